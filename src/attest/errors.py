@@ -1,0 +1,165 @@
+"""The attest error tree.
+
+One tree, carrying fields, knowing nothing of HTTP or exit codes. The shells map these to
+status codes (``attest.api.errors``) and to exit codes (``attest.cli``).
+
+Calling steps out of order is a programming error (``RuntimeError``), not an ``AttestError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class AttestError(Exception):
+    """Root of every error attest raises on purpose."""
+
+
+# --- evidence that cannot even be read -------------------------------------------------------
+
+
+class EvidenceFormatError(AttestError):
+    """Bytes or documents that do not parse. Raised for hostile or truncated input."""
+
+
+class QuoteFormatError(EvidenceFormatError):
+    """A TPMS_ATTEST, TPMT_SIGNATURE, TPM2B_PUBLIC or PCR file that does not parse."""
+
+
+class EventLogFormatError(EvidenceFormatError):
+    """A firmware event log, CEL or IMA log that does not parse."""
+
+
+class ManifestFormatError(EvidenceFormatError):
+    """A trust root, registry snapshot or other signed document that does not parse."""
+
+
+# --- evidence that parses but does not verify ------------------------------------------------
+
+
+class VerificationError(AttestError):
+    """Evidence that parsed but failed a check. ``check`` names the failed check."""
+
+    check: str = "verification"
+
+
+class SignatureError(VerificationError):
+    check = "signature"
+
+
+class AttestationTypeError(VerificationError):
+    """Not TPM-generated, or not the expected structure type (e.g. not a quote)."""
+
+    check = "attest-type"
+
+
+class NonceError(VerificationError):
+    check = "nonce"
+
+
+class PcrSelectionError(VerificationError):
+    check = "pcr-selection"
+
+
+class PcrDigestError(VerificationError):
+    check = "pcr-digest"
+
+
+class ClockError(VerificationError):
+    """clockInfo not safe, or counters / clock went backwards against the previous quote."""
+
+    check = "clock"
+
+
+class KeyPolicyError(VerificationError):
+    """A key is of a type, size, scheme or with attributes that policy does not allow."""
+
+    check = "key-policy"
+
+
+class CertificateError(VerificationError):
+    """An EK (or other) certificate chain does not validate."""
+
+    check = "certificate"
+
+
+class CredentialError(VerificationError):
+    """Credential activation did not prove the AK and EK live in the same TPM."""
+
+    check = "credential-activation"
+
+
+class ReplayError(VerificationError):
+    """An event log does not replay into the quoted PCR values."""
+
+    check = "replay"
+
+    def __init__(self, message: str, *, invalid_pcrs: Iterable[tuple[str, int]] = ()) -> None:
+        super().__init__(message)
+        self.invalid_pcrs: tuple[tuple[str, int], ...] = tuple(invalid_pcrs)
+
+
+class ThresholdError(VerificationError):
+    check = "threshold"
+
+    def __init__(self, message: str, *, signed: int, threshold: int) -> None:
+        super().__init__(message)
+        self.signed = signed
+        self.threshold = threshold
+
+
+class RollbackError(VerificationError):
+    check = "rollback"
+
+    def __init__(self, message: str, *, trusted: int, got: int) -> None:
+        super().__init__(message)
+        self.trusted = trusted
+        self.got = got
+
+
+class FreezeError(VerificationError):
+    """Same sequence but different bytes, or other signs of a frozen / forked feed."""
+
+    check = "freeze"
+
+
+class ExpiredError(FreezeError):
+    check = "expired"
+
+
+class NotBlessedError(VerificationError):
+    check = "not-blessed"
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+
+class UpgradeRefused(AttestError):
+    """The upgrade gate refused an image. ``reason`` is a stable reason code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --- adapters --------------------------------------------------------------------------------
+
+
+class TpmError(AttestError):
+    """A TPM operation failed. ``rc`` is the TSS2 response code (0 when there is none)."""
+
+    def __init__(self, message: str, *, rc: int = 0) -> None:
+        super().__init__(message)
+        self.rc = rc
+
+
+class TransportError(AttestError):
+    """A network or IPC peer could not be reached or answered nonsense."""
+
+
+class ConfigError(AttestError):
+    """A configuration value is missing or invalid. ``key`` names it."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
