@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -25,15 +25,13 @@ class HashAlg(enum.IntEnum):
     @property
     def bank_name(self) -> str:
         """The name used at the edges: ``sha1``, ``sha256``, ``sha384``, ``sha512``, ``sm3_256``."""
-        return self.name.lower()
+        return _BANK_NAME[self]
 
     def new(self, data: bytes = b"") -> hashlib._Hash:
-        if self is HashAlg.SM3_256:
-            return hashlib.new("sm3", data)
-        return hashlib.new(self.bank_name, data)
+        return _CTOR[self](data)
 
     def digest(self, data: bytes) -> bytes:
-        return self.new(data).digest()
+        return _CTOR[self](data).digest()
 
     @classmethod
     def from_name(cls, name: str) -> HashAlg:
@@ -51,6 +49,21 @@ _DIGEST_SIZE = {
     HashAlg.SHA384: 48,
     HashAlg.SHA512: 64,
     HashAlg.SM3_256: 32,
+}
+
+_BANK_NAME = {alg: alg.name.lower() for alg in HashAlg}
+
+
+def _sm3(data: bytes = b"") -> hashlib._Hash:
+    return hashlib.new("sm3", data)  # only where OpenSSL provides SM3
+
+
+_CTOR: dict[HashAlg, Callable[..., hashlib._Hash]] = {
+    HashAlg.SHA1: hashlib.sha1,
+    HashAlg.SHA256: hashlib.sha256,
+    HashAlg.SHA384: hashlib.sha384,
+    HashAlg.SHA512: hashlib.sha512,
+    HashAlg.SM3_256: _sm3,
 }
 
 MAX_PCR = 24  # PC Client platforms implement PCRs 0..23.
@@ -88,7 +101,7 @@ class PcrSelection:
             if idx.strip().lower() == "all":
                 sel[alg] = list(range(MAX_PCR))
                 continue
-            values = []
+            values: list[int] = []
             for token in idx.split(","):
                 token = token.strip()
                 if not token:

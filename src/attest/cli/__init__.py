@@ -64,7 +64,7 @@ def print_json(doc: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from attest.cli import eventlog, manifest, quote
+    from attest.cli import demo, eventlog, manifest, quote
 
     parser = argparse.ArgumentParser(
         prog="attest", description="Node-integrity attestation: evidence, appraisal, manifests."
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
-    for module in (quote, eventlog, manifest):
+    for module in (demo, quote, eventlog, manifest):
         module.register(sub)
     return parser
 
@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # tpm2-pytss reports every failed ESYS call on the "esys" logger; our errors say it once.
+    logging.getLogger("esys").setLevel(logging.DEBUG if args.verbose >= 2 else logging.CRITICAL)
     try:
         rc: int = args.func(args)
         return rc

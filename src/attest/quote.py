@@ -1,0 +1,247 @@
+"""Quote verification: pure Python over ``cryptography``; no TPM library is imported here.
+
+``verify_quote`` checks, in this order, and raises a specific error at the first failure:
+
+1. both structures parse (``QuoteFormatError``);
+2. the signature scheme and hash are allowed and match the AK, and the signature verifies over
+   the exact TPMS_ATTEST bytes (``KeyPolicyError``, ``SignatureError``) -- nothing inside the
+   structure is believed before this;
+3. ``magic`` is TPM_GENERATED_VALUE and ``type`` is TPM_ST_ATTEST_QUOTE (Part 2 §10.12.12;
+   ``AttestationTypeError``);
+4. ``extraData`` equals the expected qualifying data, byte for byte (``NonceError``);
+5. the signed PCR selection is exactly the set of PCR values presented -- same banks, same
+   indices (``PcrSelectionError``);
+6. ``pcrDigest`` equals H_sig(values in selection order) (Part 3 §18.4; ``PcrDigestError``);
+7. ``clockInfo.safe`` and, against the previous verified quote of the same TPM, resetCount /
+   restartCount / clock never go backwards (Part 1 §36.6; ``ClockError``).
+
+Note: for keys outside the endorsement hierarchy the TPM obfuscates resetCount, restartCount
+and firmwareVersion (Part 1 §36.7); attest's AK is an endorsement-hierarchy primary, so they
+are the TPM's real counters.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from attest.errors import (
+    AttestationTypeError,
+    ClockError,
+    KeyPolicyError,
+    NonceError,
+    PcrDigestError,
+    PcrSelectionError,
+    SignatureError,
+)
+from attest.model import HashAlg, PcrSelection, PcrValues
+from attest.tpmstruct import (
+    TPM_GENERATED_VALUE,
+    TPM_ST_ATTEST_QUOTE,
+    Alg,
+    Attest,
+    ClockInfo,
+    Public,
+    Signature,
+    parse_attest,
+    parse_signature,
+)
+
+_HASHES: dict[HashAlg, hashes.HashAlgorithm] = {
+    HashAlg.SHA1: hashes.SHA1(),
+    HashAlg.SHA256: hashes.SHA256(),
+    HashAlg.SHA384: hashes.SHA384(),
+    HashAlg.SHA512: hashes.SHA512(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QuotePolicy:
+    """What a verifier accepts. The defaults refuse SHA-1 signatures and RSA under 2048 bits."""
+
+    signature_hashes: frozenset[HashAlg] = frozenset(
+        {HashAlg.SHA256, HashAlg.SHA384, HashAlg.SHA512}
+    )
+    schemes: frozenset[Alg] = frozenset({Alg.ECDSA, Alg.RSASSA, Alg.RSAPSS})
+    min_rsa_bits: int = 2048
+    require_safe_clock: bool = True
+
+
+DEFAULT_POLICY = QuotePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedQuote:
+    """A quote whose every check passed. ``pcrs`` holds exactly the signed selection."""
+
+    pcrs: PcrValues
+    selection: PcrSelection
+    nonce: bytes
+    clock: ClockInfo
+    firmware_version: int
+    qualified_signer: bytes
+    signature_alg: Alg
+    signature_hash: HashAlg
+    attest: Attest = field(repr=False)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "valid": True,
+            "nonce": self.nonce.hex(),
+            "pcr_selection": str(self.selection),
+            "pcrs": self.pcrs.to_json(),
+            "clock": {
+                "clock_ms": self.clock.clock,
+                "reset_count": self.clock.reset_count,
+                "restart_count": self.clock.restart_count,
+                "safe": self.clock.safe,
+            },
+            "firmware_version": f"{self.firmware_version:016x}",
+            "qualified_signer": self.qualified_signer.hex(),
+            "signature": {"alg": self.signature_alg.name, "hash": self.signature_hash.bank_name},
+        }
+
+
+def verify_signature(message: bytes, sig: Signature, ak: Public, policy: QuotePolicy) -> None:
+    """Check that ``sig`` is an allowed signature by ``ak`` over ``message``; raise otherwise."""
+    if sig.alg not in policy.schemes:
+        raise KeyPolicyError(f"signature scheme {sig.alg.name} is not allowed")
+    if sig.hash not in policy.signature_hashes:
+        raise KeyPolicyError(f"signature hash {sig.hash.bank_name} is not allowed")
+    # A restricted signing key signs only with its own scheme (Part 1 §25.2.3.2).
+    if ak.scheme != Alg.NULL and (sig.alg != ak.scheme or sig.hash != ak.scheme_hash):
+        raise SignatureError(
+            f"signature is {sig.alg.name}/{sig.hash.bank_name}, but the AK's scheme is "
+            f"{Alg(ak.scheme).name}/{ak.scheme_hash.bank_name if ak.scheme_hash else '-'}"
+        )
+    h = _HASHES[sig.hash]
+    key = ak.key
+    try:
+        if sig.alg == Alg.ECDSA:
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise SignatureError("ECDSA signature but the AK is not an ECC key")
+            der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
+            key.verify(der, message, ec.ECDSA(h))
+        else:
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise SignatureError(f"{sig.alg.name} signature but the AK is not an RSA key")
+            if key.key_size < policy.min_rsa_bits:
+                raise KeyPolicyError(f"RSA-{key.key_size} AK is below {policy.min_rsa_bits} bits")
+            pad: padding.AsymmetricPadding = (
+                padding.PKCS1v15()
+                if sig.alg == Alg.RSASSA
+                else padding.PSS(mgf=padding.MGF1(h), salt_length=padding.PSS.DIGEST_LENGTH)
+            )
+            key.verify(sig.sig, message, pad, h)
+    except InvalidSignature:
+        raise SignatureError("the signature does not verify with the AK") from None
+
+
+def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]) -> None:
+    """The PCR values presented must be exactly the signed selection: same banks, same indices.
+
+    A genuine quote over PCRs {0,1} must not vouch for values labelled {2,3}, even though the
+    digest over the concatenated values would match (keylime and tpm2_checkquote accept that).
+    """
+    if len(signed.banks) != len(presented):
+        _selection_mismatch(signed, presented)
+    for alg, indices in signed.banks:
+        given = presented.get(alg)
+        if given is None:
+            _selection_mismatch(signed, presented)
+        if len(given) != len(indices) or not all(i in given for i in indices):
+            raise PcrSelectionError(
+                f"the quote signs {alg.bank_name} PCRs {_fmt(indices)} but values are given "
+                f"for {_fmt(sorted(given))}"
+            )
+        size = alg.digest_size
+        for i in indices:
+            if len(given[i]) != size:
+                raise PcrSelectionError(
+                    f"{alg.bank_name} PCR {i} value is {len(given[i])} bytes, not {size}"
+                )
+
+
+def _selection_mismatch(signed: PcrSelection, presented: Mapping[HashAlg, object]) -> NoReturn:
+    want = ",".join(sorted(a.bank_name for a, _ in signed.banks))
+    got = ",".join(sorted(a.bank_name for a in presented))
+    raise PcrSelectionError(f"the quote signs banks [{want}] but values are given for [{got}]")
+
+
+def _fmt(indices: object) -> str:
+    return "[" + ",".join(str(i) for i in indices) + "]"  # type: ignore[attr-defined]
+
+
+def check_clock(clock: ClockInfo, previous: ClockInfo | None, *, require_safe: bool) -> None:
+    if require_safe and not clock.safe:
+        raise ClockError("clockInfo.safe is NO: the TPM clock may have gone backwards")
+    if previous is None:
+        return
+    if clock.reset_count < previous.reset_count:
+        raise ClockError(
+            f"resetCount went backwards ({previous.reset_count} -> {clock.reset_count})"
+        )
+    if clock.reset_count == previous.reset_count:
+        # Within one reset epoch restartCount only grows and the clock only advances.
+        if clock.restart_count < previous.restart_count:
+            raise ClockError(
+                f"restartCount went backwards ({previous.restart_count} -> "
+                f"{clock.restart_count}) without a TPM reset"
+            )
+        if clock.clock < previous.clock:
+            raise ClockError(
+                f"clock went backwards ({previous.clock} -> {clock.clock} ms) within a reset "
+                f"epoch"
+            )
+
+
+def verify_quote(
+    attest: bytes,
+    signature: bytes,
+    *,
+    ak: Public,
+    nonce: bytes,
+    pcrs: Mapping[HashAlg, Mapping[int, bytes]] | PcrValues,
+    previous: ClockInfo | VerifiedQuote | None = None,
+    policy: QuotePolicy = DEFAULT_POLICY,
+) -> VerifiedQuote:
+    """Verify a TPM2_Quote; return the verified quote or raise (see the module docstring)."""
+    sig = parse_signature(signature)
+    parsed = parse_attest(attest)
+    verify_signature(attest, sig, ak, policy)
+    if parsed.magic != TPM_GENERATED_VALUE:
+        raise AttestationTypeError(
+            f"magic 0x{parsed.magic:08x} is not TPM_GENERATED_VALUE: not made by a TPM"
+        )
+    if parsed.type != TPM_ST_ATTEST_QUOTE:
+        raise AttestationTypeError(f"type 0x{parsed.type:04x} is not TPM_ST_ATTEST_QUOTE")
+    if not hmac.compare_digest(parsed.extra_data, nonce):
+        raise NonceError("qualifying data in the quote is not the expected nonce")
+    values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
+    check_selection(parsed.pcr_select, values)
+    banks = parsed.pcr_select.banks
+    concatenated = b"".join([values[alg][i] for alg, indices in banks for i in indices])
+    if not hmac.compare_digest(sig.hash.digest(concatenated), parsed.pcr_digest):
+        raise PcrDigestError(
+            "pcrDigest does not match the PCR values presented (values changed or reordered)"
+        )
+    prev = previous.clock if isinstance(previous, VerifiedQuote) else previous
+    check_clock(parsed.clock_info, prev, require_safe=policy.require_safe_clock)
+    return VerifiedQuote(
+        pcrs=PcrValues({alg: {i: values[alg][i] for i in idx} for alg, idx in banks}),
+        selection=parsed.pcr_select,
+        nonce=parsed.extra_data,
+        clock=parsed.clock_info,
+        firmware_version=parsed.firmware_version,
+        qualified_signer=parsed.qualified_signer,
+        signature_alg=sig.alg,
+        signature_hash=sig.hash,
+        attest=parsed,
+    )

@@ -1,0 +1,69 @@
+"""Real TPM output captured from tpm2-tools (tests/unit/fixtures/tpm2tools-quote/README.md)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attest.cli import main
+from attest.cli.quote import load_ak, load_pcrs
+from attest.errors import PcrSelectionError, QuoteFormatError
+from attest.model import HashAlg, PcrSelection
+from attest.quote import verify_quote
+from attest.tpmstruct import read_tools_serialized_pcrs
+
+FIX = Path(__file__).parent / "fixtures" / "tpm2tools-quote"
+NONCE = bytes.fromhex("c0ffee" * 8)
+SEL = PcrSelection.parse("sha256:0,1,2,16+sha1:7")
+
+
+def test_serialized_pcr_file_is_labelled_by_its_own_selection() -> None:
+    sel, values = read_tools_serialized_pcrs((FIX / "quote.pcrs").read_bytes())
+    assert sel == SEL
+    assert values[HashAlg.SHA256][0] == bytes(32)
+    assert values[HashAlg.SHA256][16] != bytes(32)  # PCR 16 had been extended
+    assert len(values[HashAlg.SHA1][7]) == 20
+
+
+@pytest.mark.parametrize("stem,pcrs", [("quote", "quote.pcrs"), ("quote2", "quote2.values")])
+def test_tpm2_tools_quote_verifies(stem: str, pcrs: str) -> None:
+    attest = (FIX / f"{stem}.msg").read_bytes()
+    values = load_pcrs(FIX / pcrs, attest=attest, pcr_list=None)
+    vq = verify_quote(attest, (FIX / f"{stem}.sig").read_bytes(), ak=load_ak(FIX / "ak.pem"),
+                      nonce=NONCE, pcrs=values)  # fmt: skip
+    assert vq.selection == SEL
+
+
+def test_values_file_labelled_with_other_pcr_list_is_refused() -> None:
+    attest = (FIX / "quote2.msg").read_bytes()
+    other = PcrSelection.parse("sha256:3,4,5,6+sha1:7")
+    values = load_pcrs(FIX / "quote2.values", attest=attest, pcr_list=other)
+    with pytest.raises(PcrSelectionError):
+        verify_quote(attest, (FIX / "quote2.sig").read_bytes(), ak=load_ak(FIX / "ak.pem"),
+                     nonce=NONCE, pcrs=values)  # fmt: skip
+
+
+def test_cli_verify_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["quote", "verify", "--ak", str(FIX / "ak.pem"), "-m", str(FIX / "quote.msg"),
+            "-s", str(FIX / "quote.sig"), "-f", str(FIX / "quote.pcrs")]  # fmt: skip
+    assert main([*base, "--nonce", NONCE.hex()]) == 0
+    assert '"valid": true' in capsys.readouterr().out
+    assert main([*base, "--nonce", "00"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("attest: nonce check failed") and err.count("\n") == 1
+    assert main([*base, "--nonce", "zz"]) == 3
+    assert main(["quote", "verify", "--ak", str(FIX / "missing.pem"), "--nonce", "00",
+                 "-m", "x", "-s", "y", "-f", "z"]) == 6  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 667), st.integers(0, 255))
+def test_serialized_reader_raises_only_format_error(pos: int, byte: int) -> None:
+    data = bytearray((FIX / "quote.pcrs").read_bytes())
+    data[pos] = byte
+    with contextlib.suppress(QuoteFormatError):
+        read_tools_serialized_pcrs(bytes(data))
