@@ -1,0 +1,138 @@
+"""Pure edits of trust roots and registry drafts (used by ``attest manifest``).
+
+Every edit returns a new document and re-validates it with the same strict reader that
+verification uses, so an edit can never produce a document a node would refuse to parse.
+Editing a *signed* registry starts the next draft: sequence + 1, signatures dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from attest.errors import ManifestFormatError
+from attest.manifest.envelope import Key, UnverifiedEnvelope
+from attest.manifest.model import (
+    ROLE_PLATFORM,
+    ROLE_RELEASES,
+    ROLE_ROOT,
+    Embargo,
+    PlatformReference,
+    RegistrySnapshot,
+    Release,
+    Revocation,
+    Role,
+    RollbackAuthorisation,
+    SignedPlatformReference,
+    TrustRoot,
+)
+from attest.manifest.parse import parse_registry_signed, parse_root_signed
+
+
+def new_root(
+    *,
+    version: int,
+    expires: datetime,
+    role_keys: Mapping[str, Sequence[Key]],
+    thresholds: Mapping[str, int],
+) -> TrustRoot:
+    keys: dict[str, Key] = {}
+    roles: dict[str, Role] = {}
+    for name in (ROLE_ROOT, ROLE_RELEASES, ROLE_PLATFORM):
+        ids = []
+        for k in role_keys.get(name, ()):
+            keys[k.keyid] = k
+            ids.append(k.keyid)
+        roles[name] = Role(tuple(sorted(set(ids))), thresholds.get(name, 1))
+    root = TrustRoot(version=version, expires=expires, keys=dict(sorted(keys.items())),
+                     roles=roles)
+    return parse_root_signed(root.to_json())
+
+
+def checked(snapshot: RegistrySnapshot) -> RegistrySnapshot:
+    return parse_registry_signed(snapshot.to_json())
+
+
+def next_draft(env: UnverifiedEnvelope, snapshot: RegistrySnapshot) -> RegistrySnapshot:
+    """The snapshot to edit: a signed (published) snapshot moves to the next sequence."""
+    if env.signatures:
+        return replace(snapshot, sequence=snapshot.sequence + 1)
+    return snapshot
+
+
+def empty_registry(*, expires: datetime, sequence: int = 1) -> RegistrySnapshot:
+    return checked(RegistrySnapshot(sequence=sequence, expires=expires))
+
+
+def bless(snapshot: RegistrySnapshot, release: Release) -> RegistrySnapshot:
+    if release.version in snapshot.releases:
+        raise ManifestFormatError(f"release {release.version} is already in the registry")
+    return checked(replace(snapshot, releases={**snapshot.releases, release.version: release}))
+
+
+def next_release_sequence(snapshot: RegistrySnapshot) -> int:
+    return max((r.sequence for r in snapshot.releases.values()), default=0) + 1
+
+
+def _release(snapshot: RegistrySnapshot, version: str) -> Release:
+    try:
+        return snapshot.releases[version]
+    except KeyError:
+        raise ManifestFormatError(f"no release {version} in the registry") from None
+
+
+def revoke(snapshot: RegistrySnapshot, version: str, *, reason: str, at: datetime
+           ) -> RegistrySnapshot:
+    rel = _release(snapshot, version)
+    rev = Revocation(version, rel.artifact_sha256, reason, at)
+    return checked(replace(snapshot, revocations={**snapshot.revocations, version: rev}))
+
+
+def allow_rollback(snapshot: RegistrySnapshot, from_version: str, to_version: str, *,
+                   reason: str) -> RegistrySnapshot:
+    rule = RollbackAuthorisation(from_version, to_version, reason)
+    return checked(replace(snapshot, rollbacks=(*snapshot.rollbacks, rule)))
+
+
+def disclose(snapshot: RegistrySnapshot, version: str, *, commit: bytes, at: datetime
+             ) -> RegistrySnapshot:
+    rel = _release(snapshot, version)
+    if rel.embargo is None or rel.embargo.disclosed_at is not None:
+        raise ManifestFormatError(f"release {version} is not under an undisclosed embargo")
+    new = replace(rel, source_commit=commit, embargo=replace(rel.embargo, disclosed_at=at))
+    return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
+
+
+def fleet_complete(snapshot: RegistrySnapshot, version: str, *, at: datetime
+                   ) -> RegistrySnapshot:
+    """Start the embargo clock: the whole fleet runs ``version`` since ``at``."""
+    rel = _release(snapshot, version)
+    if rel.embargo is None:
+        raise ManifestFormatError(f"release {version} is not embargoed")
+    if rel.embargo.fleet_complete_at is not None:
+        raise ManifestFormatError(f"release {version}: the quiet period already started")
+    new = replace(rel, embargo=replace(rel.embargo, fleet_complete_at=at))
+    return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
+
+
+def embargo(quiet_period_days: int) -> Embargo:
+    return Embargo(quiet_period_days=quiet_period_days)
+
+
+def set_platform(snapshot: RegistrySnapshot, reference: PlatformReference) -> RegistrySnapshot:
+    signed = SignedPlatformReference(reference, ())
+    return checked(replace(snapshot,
+                           platforms={**snapshot.platforms, reference.platform_id: signed}))
+
+
+def with_platform_signature(snapshot: RegistrySnapshot, platform_id: str, keyid: str,
+                            sig: bytes) -> RegistrySnapshot:
+    try:
+        current = snapshot.platforms[platform_id]
+    except KeyError:
+        raise ManifestFormatError(f"no platform reference {platform_id}") from None
+    env = UnverifiedEnvelope(current.reference.to_json(), current.signatures)
+    env = env.with_signature(keyid, sig)
+    new = SignedPlatformReference(current.reference, env.signatures)
+    return replace(snapshot, platforms={**snapshot.platforms, platform_id: new})
