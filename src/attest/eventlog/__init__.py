@@ -1,0 +1,74 @@
+"""Firmware event logs: parse, decode, replay, verify and explain (pure core).
+
+    log = parse_event_log(data)                 # bytes -> UnverifiedEventLog
+    verified = replay(log, quoted_pcrs)         # -> VerifiedEventLog, or ReplayError
+    boot = facts(verified)                      # -> BootFacts (from verified events only)
+"""
+
+from __future__ import annotations
+
+from attest.eventlog.cel import (
+    CelRecord,
+    ImaEntry,
+    dumps_cel,
+    dumps_cel_record,
+    loads_cel,
+    new_record,
+    parse_ima_log,
+    read_systemd_measure_log,
+    replay_cel,
+    replay_ima,
+    verify_cel,
+)
+from attest.eventlog.diff import Divergence, describe, diff_logs
+from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
+from attest.eventlog.parse import (
+    FORMAT_CRYPTO_AGILE,
+    FORMAT_SHA1,
+    Event,
+    UnverifiedEventLog,
+    parse_event_log,
+)
+from attest.eventlog.quirks import QUIRKS, AppliedQuirk, Quirk, QuirkKind
+from attest.eventlog.replay import (
+    DigestStatus,
+    VerifiedEventLog,
+    replay,
+    replay_pcrs,
+    replay_self,
+)
+
+__all__ = [
+    "FORMAT_CRYPTO_AGILE",
+    "FORMAT_SHA1",
+    "QUIRKS",
+    "AppliedQuirk",
+    "BootFacts",
+    "CelRecord",
+    "DigestStatus",
+    "Divergence",
+    "Event",
+    "ImaEntry",
+    "Quirk",
+    "QuirkKind",
+    "UnverifiedEventLog",
+    "VerifiedEventLog",
+    "describe",
+    "diff_logs",
+    "dumps_cel",
+    "dumps_cel_record",
+    "facts",
+    "load_options_digest",
+    "loads_cel",
+    "new_record",
+    "parse_event_log",
+    "parse_ima_log",
+    "read_systemd_measure_log",
+    "replay",
+    "replay_cel",
+    "replay_ima",
+    "replay_pcrs",
+    "replay_self",
+    "verify_cel",
+    "verity_root_hashes",
+]
