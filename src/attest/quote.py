@@ -22,10 +22,11 @@ are the TPM's real counters.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import NamedTuple, NoReturn, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -61,6 +62,14 @@ _HASHES: dict[HashAlg, hashes.HashAlgorithm] = {
     HashAlg.SHA512: hashes.SHA512(),
 }
 
+# Built once: signature parameter objects cost as much to create as the rest of a check.
+_ECDSA = {alg: ec.ECDSA(h) for alg, h in _HASHES.items()}
+_PKCS1 = padding.PKCS1v15()
+_PSS = {
+    alg: padding.PSS(mgf=padding.MGF1(h), salt_length=padding.PSS.DIGEST_LENGTH)
+    for alg, h in _HASHES.items()
+}
+
 
 @dataclass(frozen=True, slots=True)
 class QuotePolicy:
@@ -77,8 +86,7 @@ class QuotePolicy:
 DEFAULT_POLICY = QuotePolicy()
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedQuote:
+class VerifiedQuote(NamedTuple):
     """A quote whose every check passed. ``pcrs`` holds exactly the signed selection."""
 
     pcrs: PcrValues
@@ -89,7 +97,7 @@ class VerifiedQuote:
     qualified_signer: bytes
     signature_alg: Alg
     signature_hash: HashAlg
-    attest: Attest = field(repr=False)
+    attest: Attest
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -121,25 +129,21 @@ def verify_signature(message: bytes, sig: Signature, ak: Public, policy: QuotePo
             f"signature is {sig.alg.name}/{sig.hash.bank_name}, but the AK's scheme is "
             f"{Alg(ak.scheme).name}/{ak.scheme_hash.bank_name if ak.scheme_hash else '-'}"
         )
-    h = _HASHES[sig.hash]
     key = ak.key
     try:
         if sig.alg == Alg.ECDSA:
-            if not isinstance(key, ec.EllipticCurvePublicKey):
+            # ak.key is built from ak.type, so the type tells the key class without isinstance.
+            if ak.type != Alg.ECC:
                 raise SignatureError("ECDSA signature but the AK is not an ECC key")
             der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
-            key.verify(der, message, ec.ECDSA(h))
+            cast(ec.EllipticCurvePublicKey, key).verify(der, message, _ECDSA[sig.hash])
         else:
-            if not isinstance(key, rsa.RSAPublicKey):
+            if ak.type != Alg.RSA:
                 raise SignatureError(f"{sig.alg.name} signature but the AK is not an RSA key")
-            if key.key_size < policy.min_rsa_bits:
-                raise KeyPolicyError(f"RSA-{key.key_size} AK is below {policy.min_rsa_bits} bits")
-            pad: padding.AsymmetricPadding = (
-                padding.PKCS1v15()
-                if sig.alg == Alg.RSASSA
-                else padding.PSS(mgf=padding.MGF1(h), salt_length=padding.PSS.DIGEST_LENGTH)
-            )
-            key.verify(sig.sig, message, pad, h)
+            if ak.key_bits < policy.min_rsa_bits:
+                raise KeyPolicyError(f"RSA-{ak.key_bits} AK is below {policy.min_rsa_bits} bits")
+            pad = _PKCS1 if sig.alg == Alg.RSASSA else _PSS[sig.hash]
+            cast(rsa.RSAPublicKey, key).verify(sig.sig, message, pad, _HASHES[sig.hash])
     except InvalidSignature:
         raise SignatureError("the signature does not verify with the AK") from None
 
@@ -156,17 +160,22 @@ def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[in
         given = presented.get(alg)
         if given is None:
             _selection_mismatch(signed, presented)
-        if len(given) != len(indices) or not all(i in given for i in indices):
+        if given.keys() != _index_set(indices):
             raise PcrSelectionError(
                 f"the quote signs {alg.bank_name} PCRs {_fmt(indices)} but values are given "
                 f"for {_fmt(sorted(given))}"
             )
-        size = alg.digest_size
-        for i in indices:
-            if len(given[i]) != size:
-                raise PcrSelectionError(
-                    f"{alg.bank_name} PCR {i} value is {len(given[i])} bytes, not {size}"
-                )
+        if set(map(len, given.values())) != {alg.digest_size}:
+            bad = next(i for i, v in given.items() if len(v) != alg.digest_size)
+            raise PcrSelectionError(
+                f"{alg.bank_name} PCR {bad} value is {len(given[bad])} bytes, "
+                f"not {alg.digest_size}"
+            )
+
+
+@functools.lru_cache(maxsize=256)
+def _index_set(indices: tuple[int, ...]) -> frozenset[int]:
+    return frozenset(indices)
 
 
 def _selection_mismatch(signed: PcrSelection, presented: Mapping[HashAlg, object]) -> NoReturn:
@@ -227,21 +236,21 @@ def verify_quote(
     values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
     check_selection(parsed.pcr_select, values)
     banks = parsed.pcr_select.banks
-    concatenated = b"".join([values[alg][i] for alg, indices in banks for i in indices])
+    concatenated = b"".join(
+        [b"".join(map(values[alg].__getitem__, indices)) for alg, indices in banks]
+    )
     if not hmac.compare_digest(sig.hash.digest(concatenated), parsed.pcr_digest):
         raise PcrDigestError(
             "pcrDigest does not match the PCR values presented (values changed or reordered)"
         )
     prev = previous.clock if isinstance(previous, VerifiedQuote) else previous
     check_clock(parsed.clock_info, prev, require_safe=policy.require_safe_clock)
-    return VerifiedQuote(
-        pcrs=PcrValues({alg: {i: values[alg][i] for i in idx} for alg, idx in banks}),
-        selection=parsed.pcr_select,
-        nonce=parsed.extra_data,
-        clock=parsed.clock_info,
-        firmware_version=parsed.firmware_version,
-        qualified_signer=parsed.qualified_signer,
-        signature_alg=sig.alg,
-        signature_hash=sig.hash,
-        attest=parsed,
+    # check_selection proved the presented mapping holds exactly the selection; a PcrValues
+    # is kept as it is, a plain mapping is copied so later changes to it cannot leak in.
+    verified = pcrs if isinstance(pcrs, PcrValues) else PcrValues(
+        {alg: dict(values[alg]) for alg, _ in banks}
     )
+    return VerifiedQuote(
+        verified, parsed.pcr_select, parsed.extra_data, parsed.clock_info,
+        parsed.firmware_version, parsed.qualified_signer, sig.alg, sig.hash, parsed,
+    )  # fmt: skip

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -176,13 +177,21 @@ def read_pcr_selection(r: Reader) -> PcrSelection:
     then the blob is decoded by a memoised pure function: a verifier sees the same few
     selections over and over, and quote verification is a hot path."""
     buf, start = r.buf, r.pos
-    count = r.u32()
+    n = len(buf)
+    if start + 4 > n:
+        raise r.fail("truncated PCR selection count")
+    count = int.from_bytes(buf[start : start + 4], "big")
     if count > MAX_BANKS:
         raise r.fail(f"PCR selection has {count} banks, at most {MAX_BANKS} allowed")
+    pos = start + 4
     for _ in range(count):
-        r.take(2)
-        r.take(r.u8())
-    return _decode_pcr_selection(buf[start : r.pos])
+        if pos + 3 > n:
+            raise r.fail("truncated PCR selection")
+        pos += 3 + buf[pos + 2]
+    if pos > n:
+        raise r.fail("truncated PCR selection bitmap")
+    r.pos = pos
+    return _decode_pcr_selection(buf[start:pos])
 
 
 @functools.lru_cache(maxsize=256)
@@ -224,9 +233,9 @@ def pcr_selection_bytes(selection: PcrSelection) -> bytes:
 # --- TPMS_ATTEST (§10.12.12) -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ClockInfo:
-    """TPMS_CLOCK_INFO (§10.11.1)."""
+class ClockInfo(NamedTuple):
+    """TPMS_CLOCK_INFO (§10.11.1). Value types on the quote hot path are NamedTuples: as
+    immutable as a frozen dataclass and several times cheaper to build."""
 
     clock: int
     reset_count: int
@@ -234,8 +243,7 @@ class ClockInfo:
     safe: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Attest:
+class Attest(NamedTuple):
     """A parsed TPMS_ATTEST whose ``attested`` part is a quote (TPMS_QUOTE_INFO, §10.12.4).
 
     Parsed only: nothing about it is verified. ``raw`` is exactly the bytes that were parsed.
@@ -249,7 +257,7 @@ class Attest:
     firmware_version: int
     pcr_select: PcrSelection  # empty unless ``type`` is TPM_ST_ATTEST_QUOTE
     pcr_digest: bytes
-    raw: bytes = field(repr=False)
+    raw: bytes
 
     @property
     def is_quote(self) -> bool:
@@ -257,6 +265,8 @@ class Attest:
 
 
 _CLOCK_FW = struct.Struct(">QIIBQ")  # TPMS_CLOCK_INFO then firmwareVersion
+_ATTEST_HEAD = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
+_NO_SELECTION = PcrSelection(())
 
 
 def parse_attest(data: bytes) -> Attest:
@@ -264,34 +274,54 @@ def parse_attest(data: bytes) -> Attest:
 
     Accepts the bare structure (what ``tpm2_quote -m`` writes) -- a TPM2B_ATTEST size prefix
     is not accepted, so that exactly one encoding is signed and verified."""
-    if len(data) > 4096:
-        raise QuoteFormatError(f"TPMS_ATTEST of {len(data)} bytes exceeds 4096")
-    r = Reader(data, "TPMS_ATTEST")
-    magic, st = struct.unpack(">IH", r.take(6))
-    signer = r.tpm2b(MAX_NAME, "qualifiedSigner")
-    extra = r.tpm2b(MAX_DIGEST, "extraData")
-    clock, reset, restart, safe, fw = _CLOCK_FW.unpack(r.take(_CLOCK_FW.size))
+    n = len(data)
+    if n > 4096:
+        raise QuoteFormatError(f"TPMS_ATTEST of {n} bytes exceeds 4096")
+    # Offsets are computed directly (this is the verifier's hot path); every length is checked
+    # against what remains before it is used.
+    if n < 8:
+        raise QuoteFormatError(f"TPMS_ATTEST: {n} bytes is too short")
+    magic, st, size = _ATTEST_HEAD.unpack_from(data)
+    if size > MAX_NAME:
+        raise QuoteFormatError(f"TPMS_ATTEST: qualifiedSigner claims {size} bytes")
+    pos = 8 + size
+    signer = data[8:pos]
+    if pos + 2 > n:
+        raise QuoteFormatError("TPMS_ATTEST: truncated in qualifiedSigner")
+    size = data[pos] << 8 | data[pos + 1]
+    if size > MAX_DIGEST:
+        raise QuoteFormatError(f"TPMS_ATTEST: extraData claims {size} bytes")
+    pos += 2
+    extra = data[pos : pos + size]
+    pos += size
+    if pos + _CLOCK_FW.size > n:
+        raise QuoteFormatError("TPMS_ATTEST: truncated before clockInfo")
+    clock, reset, restart, safe, fw = _CLOCK_FW.unpack_from(data, pos)
+    pos += _CLOCK_FW.size
     if safe > 1:
-        raise r.fail(f"clockInfo.safe is {safe}, not a TPMI_YES_NO")
+        raise QuoteFormatError(f"TPMS_ATTEST: clockInfo.safe is {safe}, not a TPMI_YES_NO")
     if st == TPM_ST_ATTEST_QUOTE:
+        r = Reader(data, "TPMS_ATTEST")
+        r.pos = pos
         sel = read_pcr_selection(r)
-        digest = r.tpm2b(MAX_DIGEST, "pcrDigest")
-        r.end()
+        pos = r.pos
+        if pos + 2 > n:
+            raise QuoteFormatError("TPMS_ATTEST: truncated before pcrDigest")
+        size = data[pos] << 8 | data[pos + 1]
+        if size > MAX_DIGEST or pos + 2 + size != n:
+            raise QuoteFormatError(
+                f"TPMS_ATTEST: pcrDigest of {size} bytes with {n - pos - 2} bytes left "
+                f"(truncated, or trailing bytes)"
+            )
+        digest = data[pos + 2 :]
     else:
         # Another attestation type (certify, NV, ...): its union member is not parsed here;
         # the verifier refuses the type once the signature has been checked.
-        sel, digest = PcrSelection(()), b""
+        sel, digest = _NO_SELECTION, b""
     return Attest(
-        magic=magic,
-        type=st,
-        qualified_signer=signer,
-        extra_data=extra,
-        clock_info=ClockInfo(clock, reset, restart, bool(safe)),
-        firmware_version=fw,
-        pcr_select=sel,
-        pcr_digest=digest,
-        raw=data,
-    )
+        magic, st, signer, extra, ClockInfo(clock, reset, restart, safe == 1), fw, sel,
+        digest, data,
+    )  # fmt: skip
 
 
 def build_attest(
@@ -328,8 +358,7 @@ def build_attest(
 # --- TPMT_SIGNATURE (§11.3.4) ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
+class Signature(NamedTuple):
     """A parsed TPMT_SIGNATURE. ECDSA: ``r``/``s`` big-endian; RSA: ``sig``."""
 
     alg: Alg
@@ -339,23 +368,37 @@ class Signature:
     s: bytes = b""
 
 
+_SIG_HEAD = struct.Struct(">HHH")  # sigAlg, hash, first TPM2B size
+_SIG_ALGS = {int(a): a for a in (Alg.RSASSA, Alg.RSAPSS, Alg.ECDSA)}
+_HASH_BY_ID = {int(a): a for a in HashAlg}
+
+
 def parse_signature(data: bytes) -> Signature:
-    if len(data) > 1024:
-        raise QuoteFormatError(f"TPMT_SIGNATURE of {len(data)} bytes exceeds 1024")
-    r = Reader(data, "TPMT_SIGNATURE")
-    alg = r.u16()
-    if alg in (Alg.RSASSA, Alg.RSAPSS):
-        h = r.hash_alg("signature hash")
-        sig = r.tpm2b(MAX_RSA_KEY_BYTES, "RSA signature")
-        r.end()
-        return Signature(Alg(alg), h, sig=sig)
-    if alg == Alg.ECDSA:
-        h = r.hash_alg("signature hash")
-        sig_r = r.tpm2b(MAX_ECC_KEY_BYTES, "signatureR")
-        sig_s = r.tpm2b(MAX_ECC_KEY_BYTES, "signatureS")
-        r.end()
-        return Signature(Alg.ECDSA, h, r=sig_r, s=sig_s)
-    raise QuoteFormatError(f"TPMT_SIGNATURE algorithm 0x{alg:04x} is not RSASSA, RSAPSS or ECDSA")
+    n = len(data)
+    if n > 1024:
+        raise QuoteFormatError(f"TPMT_SIGNATURE of {n} bytes exceeds 1024")
+    if n < 6:
+        raise QuoteFormatError(f"TPMT_SIGNATURE: {n} bytes is too short")
+    alg_id, hash_id, size = _SIG_HEAD.unpack_from(data)
+    alg = _SIG_ALGS.get(alg_id)
+    if alg is None:
+        raise QuoteFormatError(
+            f"TPMT_SIGNATURE algorithm 0x{alg_id:04x} is not RSASSA, RSAPSS or ECDSA"
+        )
+    h = _HASH_BY_ID.get(hash_id)
+    if h is None:
+        raise QuoteFormatError(f"TPMT_SIGNATURE hash 0x{hash_id:04x} is not a known hash")
+    if alg is not Alg.ECDSA:
+        if size > MAX_RSA_KEY_BYTES or 6 + size != n:
+            raise QuoteFormatError(f"TPMT_SIGNATURE: RSA signature of {size} bytes in {n - 6}")
+        return Signature(alg, h, data[6:])
+    if size > MAX_ECC_KEY_BYTES or 8 + size > n:
+        raise QuoteFormatError(f"TPMT_SIGNATURE: signatureR of {size} bytes does not fit")
+    pos = 6 + size
+    size_s = data[pos] << 8 | data[pos + 1]
+    if size_s > MAX_ECC_KEY_BYTES or pos + 2 + size_s != n:
+        raise QuoteFormatError(f"TPMT_SIGNATURE: signatureS of {size_s} bytes does not fit")
+    return Signature(alg, h, b"", data[6:pos], data[pos + 2 :])
 
 
 def build_signature(sig: Signature) -> bytes:
