@@ -99,6 +99,13 @@ class ReplayError(VerificationError):
         self.invalid_pcrs: tuple[tuple[str, int], ...] = tuple(invalid_pcrs)
 
 
+class AuditChainError(VerificationError):
+    """The audit log's hash chain is broken, or it does not match its anchors in the runtime
+    log (an entry was edited, deleted, inserted or the tail truncated)."""
+
+    check = "audit-chain"
+
+
 class ThresholdError(VerificationError):
     check = "threshold"
 
@@ -155,6 +162,11 @@ class TpmError(AttestError):
 
 class TransportError(AttestError):
     """A network or IPC peer could not be reached or answered nonsense."""
+
+
+class OperationNotAllowed(TransportError):
+    """A well-formed request that this channel may not make (e.g. ``audit_record`` on the
+    API socket of the broker, or a runtime event kind outside the allow-list)."""
 
 
 class ConfigError(AttestError):

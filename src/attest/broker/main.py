@@ -1,0 +1,144 @@
+"""``attestd-tpm``: the privileged helper that owns the TPM (a shell).
+
+Opens the TPM, reconciles the runtime log and the audit log with it, records a
+``daemon-start`` event, and serves ``attest.node.NodePort`` on two Unix sockets until SIGTERM
+or SIGINT. Only this process ever extends the runtime PCR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from attest import __version__
+from attest.broker import protocol as p
+from attest.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
+from attest.broker.local import LocalNode
+from attest.broker.server import BrokerServer
+from attest.errors import AttestError, ConfigError
+from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_DAEMON_START
+
+logger = logging.getLogger("attest.broker")
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _parser() -> argparse.ArgumentParser:
+    a = argparse.ArgumentParser(prog="attestd-tpm", description="attest privileged TPM broker")
+    a.add_argument("--version", action="version", version=f"attestd-tpm {__version__}")
+    a.add_argument("--tcti", default="device:/dev/tpmrm0", help="TPM TCTI (default %(default)s)")
+    a.add_argument(
+        "--socket",
+        type=Path,
+        default=Path(DEFAULT_SOCKET),
+        help="API socket, mode 0660 (default %(default)s)",
+    )
+    a.add_argument("--socket-group", help="group owning the API socket (e.g. attest)")
+    a.add_argument(
+        "--operator-socket",
+        type=Path,
+        default=Path(DEFAULT_OPERATOR_SOCKET),
+        help="operator socket, mode 0600; 'none' to disable (default %(default)s)",
+    )
+    a.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/attest"),
+        help="runtime log, audit log and audit key (default %(default)s)",
+    )
+    a.add_argument(
+        "--runtime-pcr",
+        type=int,
+        default=DEFAULT_RUNTIME_PCR,
+        help="PCR of the runtime log (default %(default)s)",
+    )
+    a.add_argument(
+        "--ak-type", default="ecc256", choices=["ecc256", "ecc384", "rsa2048", "rsa2048-pss"]
+    )
+    a.add_argument(
+        "--measure-kinds",
+        default=",".join(sorted(p.DEFAULT_MEASURE_KINDS)),
+        help="runtime event kinds the API socket may measure (default %(default)s)",
+    )
+    a.add_argument("-v", "--verbose", action="count", default=0)
+    return a  # fmt: skip
+
+
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID.read_text().strip()[:64] or None
+    except OSError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO - 10 * min(args.verbose, 1),
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.getLogger("esys").setLevel(logging.CRITICAL)
+    try:
+        return _run(args)
+    except AttestError as exc:
+        logger.error("attestd-tpm cannot start: %s: %s", type(exc).__name__, exc)
+        return 1
+    except OSError as exc:
+        logger.error("attestd-tpm cannot start: %s", exc)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from attest.tpm.esapi import AkSpec, EsapiTpm  # the only importer of tpm2_pytss
+
+    if not 0 <= args.runtime_pcr < 24:
+        raise ConfigError("must be 0..23", key="runtime_pcr")
+    kinds = frozenset(k.strip() for k in args.measure_kinds.split(",") if k.strip())
+    if kinds - p.OPERATOR_MEASURE_KINDS:
+        raise ConfigError(f"unknown or reserved kinds {sorted(kinds - p.OPERATOR_MEASURE_KINDS)}",
+                          key="measure_kinds")  # fmt: skip
+    gid = None
+    if args.socket_group:
+        try:
+            gid = grp.getgrnam(args.socket_group).gr_gid
+        except KeyError:
+            raise ConfigError(f"no group {args.socket_group!r}", key="socket_group") from None
+    args.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    tpm = EsapiTpm(args.tcti, ak=AkSpec(args.ak_type))
+    node = LocalNode.open(tpm, args.state_dir, pcr=args.runtime_pcr)
+    start_event: dict[str, str] = {"version": __version__}
+    boot_id = _boot_id()
+    if boot_id:
+        start_event["boot_id"] = boot_id
+    node.runtime.measure(KIND_DAEMON_START, start_event)
+    # After a TPM reset while running, the new runtime log starts with a daemon-start again.
+    node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_DAEMON_START, start_event))
+    operator = None if str(args.operator_socket) == "none" else args.operator_socket
+    server = BrokerServer(node, args.socket, operator_socket_path=operator,
+                          socket_group=gid, measure_kinds=kinds)  # fmt: skip
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.shutdown()
+        node.close()
+    logger.info("attestd-tpm stopped")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

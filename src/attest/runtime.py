@@ -1,0 +1,339 @@
+"""The runtime measurement log: typed events of the node daemon, and their verification.
+
+Pure: records in, typed events out; no files, no TPM, no clock.
+
+The privileged helper (``attestd-tpm``) keeps a TCG Canonical Event Log (CEL 1.0, JSON
+encoding) of what happened on the node after boot, and extends every record into one PCR, the
+*runtime PCR* (13 by default; ``docs/runtime-log.md`` says why). Each record is
+
+- ``content_type``: ``"attest/<kind>"``;
+- ``content``: the event's typed content (below), a JSON object;
+- ``digests``: in every bank, the hash of the *measured bytes* ``canonicalize({"kind": kind,
+  "content": content})`` (RFC 8785).
+
+So a verifier recomputes each digest from the content it is shown (content authenticity): a
+record whose content was edited after it was measured is rejected even if its digests replay.
+
+Event kinds and their content (digests are lower-case hex at the edge, ``bytes`` inside):
+
+=================  ========================================================================
+``daemon-start``   ``{version, boot_id?}``
+``config``         ``{sha256}`` digest of the loaded policy / configuration
+``tls-key``        ``{spki_sha256}`` digest of the API's TLS SubjectPublicKeyInfo (DER)
+``verity-device``  ``{name, root_hash, ...}`` a dm-verity device seen (extra members allowed)
+``upgrade-decision`` ``{accepted, reason, version, ...}`` an upgrade-gate decision
+``audit``          ``{audit_seq, entry_hash}`` anchors an operator-audit entry (``attest.audit``)
+``nv-counter``     ``{index, value}`` an NV counter value (rollback protection)
+=================  ========================================================================
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from attest.errors import AttestError, EventLogFormatError, ReplayError
+from attest.eventlog.cel import CelRecord, new_record, verify_cel
+from attest.manifest.canonical import canonicalize
+from attest.model import HashAlg, PcrValues
+
+DEFAULT_RUNTIME_PCR = 13
+CONTENT_TYPE_PREFIX = "attest/"
+MAX_CONTENT_BYTES = 16 * 1024  # canonical measured bytes of one event
+
+KIND_DAEMON_START = "daemon-start"
+KIND_CONFIG = "config"
+KIND_TLS_KEY = "tls-key"
+KIND_VERITY_DEVICE = "verity-device"
+KIND_UPGRADE_DECISION = "upgrade-decision"
+KIND_AUDIT = "audit"
+KIND_NV_COUNTER = "nv-counter"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}\Z")
+_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}\Z")
+
+
+# --- typed content ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStart:
+    version: str
+    boot_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDigest:
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TlsKey:
+    spki_sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerityDevice:
+    name: str
+    root_hash: bytes
+    extra: Mapping[str, Any]  # any further members, as measured (e.g. data_device, salt)
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeDecision:
+    accepted: bool
+    reason: str
+    version: str
+    extra: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditAnchor:
+    audit_seq: int
+    entry_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NvCounter:
+    index: int
+    value: int
+
+
+EventDetail = (
+    DaemonStart | ConfigDigest | TlsKey | VerityDevice | UpgradeDecision | AuditAnchor | NvCounter
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeEvent:
+    """One verified runtime event: its record number, kind, content as measured, and the
+    typed reading of that content."""
+
+    recnum: int
+    kind: str
+    content: Mapping[str, Any]
+    detail: EventDetail
+
+
+def _fail(kind: str, msg: str) -> EventLogFormatError:
+    return EventLogFormatError(f"runtime event {kind!r}: {msg}")
+
+
+def _members(
+    kind: str, c: Mapping[str, Any], required: Sequence[str], optional: Sequence[str] = (),
+    *, open_: bool = False,
+) -> None:  # fmt: skip
+    missing = [k for k in required if k not in c]
+    if missing:
+        raise _fail(kind, f"missing {', '.join(missing)}")
+    if not open_:
+        extra = sorted(set(c) - set(required) - set(optional))
+        if extra:
+            raise _fail(kind, f"unknown member(s) {', '.join(e[:40] for e in extra[:5])}")
+
+
+def _str(kind: str, c: Mapping[str, Any], key: str, *, limit: int = 256) -> str:
+    v = c[key]
+    if not isinstance(v, str) or not 0 < len(v) <= limit:
+        raise _fail(kind, f"{key} must be a non-empty string of at most {limit} characters")
+    return v
+
+
+def _digest(kind: str, c: Mapping[str, Any], key: str, *, size: int | None = 32) -> bytes:
+    v = c[key]
+    if not isinstance(v, str) or not _HEX.match(v):
+        raise _fail(kind, f"{key} must be lower-case hex")
+    b = bytes.fromhex(v)
+    if size is not None and len(b) != size:
+        raise _fail(kind, f"{key} must be {size} bytes, not {len(b)}")
+    return b
+
+
+def _uint(kind: str, c: Mapping[str, Any], key: str, *, bits: int = 53) -> int:
+    v = c[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**bits:
+        raise _fail(kind, f"{key} must be an integer in 0..2**{bits}-1")
+    return v
+
+
+def _daemon_start(c: Mapping[str, Any]) -> DaemonStart:
+    _members(KIND_DAEMON_START, c, ("version",), ("boot_id",))
+    boot = _str(KIND_DAEMON_START, c, "boot_id", limit=64) if "boot_id" in c else None
+    return DaemonStart(_str(KIND_DAEMON_START, c, "version", limit=64), boot)
+
+
+def _config(c: Mapping[str, Any]) -> ConfigDigest:
+    _members(KIND_CONFIG, c, ("sha256",))
+    return ConfigDigest(_digest(KIND_CONFIG, c, "sha256"))
+
+
+def _tls_key(c: Mapping[str, Any]) -> TlsKey:
+    _members(KIND_TLS_KEY, c, ("spki_sha256",))
+    return TlsKey(_digest(KIND_TLS_KEY, c, "spki_sha256"))
+
+
+def _verity(c: Mapping[str, Any]) -> VerityDevice:
+    _members(KIND_VERITY_DEVICE, c, ("name", "root_hash"), open_=True)
+    name = _str(KIND_VERITY_DEVICE, c, "name", limit=128)
+    root = _digest(KIND_VERITY_DEVICE, c, "root_hash", size=None)
+    return VerityDevice(name, root, {k: v for k, v in c.items() if k not in ("name", "root_hash")})
+
+
+def _upgrade(c: Mapping[str, Any]) -> UpgradeDecision:
+    kind = KIND_UPGRADE_DECISION
+    _members(kind, c, ("accepted", "reason", "version"), open_=True)
+    if not isinstance(c["accepted"], bool):
+        raise _fail(kind, "accepted must be true or false")
+    extra = {k: v for k, v in c.items() if k not in ("accepted", "reason", "version")}
+    return UpgradeDecision(
+        c["accepted"], _str(kind, c, "reason", limit=128), _str(kind, c, "version", limit=128),
+        extra,
+    )  # fmt: skip
+
+
+def _audit(c: Mapping[str, Any]) -> AuditAnchor:
+    _members(KIND_AUDIT, c, ("audit_seq", "entry_hash"))
+    return AuditAnchor(_uint(KIND_AUDIT, c, "audit_seq"), _digest(KIND_AUDIT, c, "entry_hash"))
+
+
+def _nv(c: Mapping[str, Any]) -> NvCounter:
+    _members(KIND_NV_COUNTER, c, ("index", "value"))
+    return NvCounter(_uint(KIND_NV_COUNTER, c, "index", bits=32),
+                     _uint(KIND_NV_COUNTER, c, "value"))  # fmt: skip
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], EventDetail]] = {
+    KIND_DAEMON_START: _daemon_start,
+    KIND_CONFIG: _config,
+    KIND_TLS_KEY: _tls_key,
+    KIND_VERITY_DEVICE: _verity,
+    KIND_UPGRADE_DECISION: _upgrade,
+    KIND_AUDIT: _audit,
+    KIND_NV_COUNTER: _nv,
+}
+KINDS: frozenset[str] = frozenset(_PARSERS)
+
+
+def parse_content(kind: str, content: Mapping[str, Any]) -> EventDetail:
+    """The typed reading of an event's content; ``EventLogFormatError`` when the kind is
+    unknown or the content does not have the kind's shape."""
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise EventLogFormatError(f"unknown runtime event kind {kind[:64]!r}")
+    if not isinstance(content, Mapping):
+        raise _fail(kind, "content must be a JSON object")
+    return parser(content)
+
+
+def measured_bytes(kind: str, content: Mapping[str, Any]) -> bytes:
+    """The bytes whose hash is extended for an event: RFC 8785 of ``{kind, content}``."""
+    try:
+        data = canonicalize({"kind": kind, "content": dict(content)})
+    except AttestError as exc:  # ManifestFormatError from the canonicaliser
+        raise _fail(kind, f"content is not canonical JSON: {exc}") from None
+    if len(data) > MAX_CONTENT_BYTES:
+        raise _fail(kind, f"content is {len(data)} bytes, limit {MAX_CONTENT_BYTES}")
+    return data
+
+
+def new_runtime_record(
+    recnum: int, kind: str, content: Mapping[str, Any], *, pcr: int, banks: Sequence[HashAlg]
+) -> CelRecord:
+    """Check ``content`` against its kind and build the CEL record to append and extend."""
+    parse_content(kind, content)
+    return new_record(
+        recnum, pcr, measured_bytes(kind, content), content_type=CONTENT_TYPE_PREFIX + kind,
+        content=content, banks=banks,
+    )  # fmt: skip
+
+
+# --- verification ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRuntimeLog:
+    """A runtime log that replayed into the quoted runtime PCR, every record's content
+    authentic."""
+
+    pcr: int
+    records: tuple[CelRecord, ...]
+    events: tuple[RuntimeEvent, ...]
+
+    def of_kind(self, kind: str) -> tuple[RuntimeEvent, ...]:
+        return tuple(e for e in self.events if e.kind == kind)
+
+    def latest(self, kind: str) -> RuntimeEvent | None:
+        found = self.of_kind(kind)
+        return found[-1] if found else None
+
+    @property
+    def audit_anchors(self) -> tuple[AuditAnchor, ...]:
+        """The audit anchors, in log order, for ``attest.audit.verify_audit_chain``."""
+        return tuple(e.detail for e in self.events if isinstance(e.detail, AuditAnchor))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pcr": self.pcr,
+            "events": [
+                {"recnum": e.recnum, "kind": e.kind, "content": dict(e.content)}
+                for e in self.events
+            ],
+        }
+
+
+def check_records(records: Sequence[CelRecord], *, pcr: int) -> tuple[RuntimeEvent, ...]:
+    """Structure and content authenticity of a runtime log, without a quote: record numbers
+    0..n-1 in order, all on ``pcr``, known kinds with well-formed content, and every digest the
+    hash of the measured bytes. Raises ``EventLogFormatError`` or ``ReplayError``."""
+    events: list[RuntimeEvent] = []
+    for i, r in enumerate(records):
+        if r.recnum != i:
+            raise EventLogFormatError(
+                f"runtime log record {i} has recnum {r.recnum}: records must be numbered "
+                f"0..n-1 without gaps"
+            )
+        if r.pcr != pcr:
+            raise EventLogFormatError(f"runtime log record {i} is on PCR {r.pcr}, not {pcr}")
+        if not r.content_type.startswith(CONTENT_TYPE_PREFIX):
+            raise EventLogFormatError(
+                f"runtime log record {i}: content type {r.content_type[:64]!r} is not attest/*"
+            )
+        kind = r.content_type[len(CONTENT_TYPE_PREFIX) :]
+        detail = parse_content(kind, r.content)
+        measured = measured_bytes(kind, r.content)
+        bad = [
+            (alg.bank_name, pcr)
+            for alg, digest in r.digests.items()
+            if not hmac.compare_digest(HashAlg(alg).digest(measured), digest)
+        ]
+        if bad:
+            raise ReplayError(
+                f"runtime log record {i} ({kind}): the content is not what was measured "
+                f"(digest differs in {', '.join(b for b, _ in bad)})",
+                invalid_pcrs=bad,
+            )
+        events.append(RuntimeEvent(i, kind, r.content, detail))
+    return tuple(events)
+
+
+def verify_runtime_log(
+    records: Sequence[CelRecord], quoted: PcrValues, *, pcr: int = DEFAULT_RUNTIME_PCR
+) -> VerifiedRuntimeLog:
+    """Verify an (untrusted) runtime log against quoted PCR values.
+
+    1. structure: recnum 0..n-1 contiguous, every record on ``pcr``, known kinds, well-formed
+       content (``EventLogFormatError``);
+    2. content authenticity: each digest is the hash of the record's measured bytes
+       (``ReplayError``), so content edited after it was measured fails even when the
+       digests replay;
+    3. replay: extending every record's digest from zero reproduces the quoted ``pcr`` in every
+       bank the quote and the log share (TPM 2.0 Part 1 §17.6.4; ``ReplayError``). The PCR
+       must hold nothing but these records, so a truncated or extended log fails here.
+    """
+    records = tuple(records)
+    events = check_records(records, pcr=pcr)  # 1, 2
+    verify_cel(records, quoted, pcrs=[pcr])  # 3
+    return VerifiedRuntimeLog(pcr, records, events)

@@ -1,0 +1,340 @@
+"""The broker protocol (pure), and the server and client over a Unix socket with a fake TPM."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from attest.audit import verify_audit_chain
+from attest.broker import protocol as p
+from attest.broker.client import BrokerClient
+from attest.broker.local import LocalNode
+from attest.broker.server import BrokerServer
+from attest.errors import (
+    AttestError,
+    AuditChainError,
+    ConfigError,
+    ReplayError,
+    RollbackError,
+    TpmError,
+    TransportError,
+    UpgradeRefused,
+)
+from attest.model import HashAlg, PcrSelection
+from attest.quote import verify_quote
+from attest.runtime import verify_runtime_log
+from attest.tpm.fake import FakeTpm
+
+SEL = PcrSelection.of({HashAlg.SHA256: [0, 13], HashAlg.SHA1: [13]})
+
+# --- pure: requests, framing, errors ---------------------------------------------------------
+
+REQUESTS: list[p.Request] = [
+    p.Identity(),
+    p.ReadPcrs(SEL),
+    p.Quote(SEL, b"\x01" * 32),
+    p.ActivateCredential(b"\x02" * 50, b"\x03" * 256),
+    p.Measure("tls-key", {"spki_sha256": "ab" * 32}),
+    p.RuntimeLogRead(5),
+    p.AuditRecord({"event": "login", "user": "u"}),
+    p.AuditLogRead(0),
+    p.NvCounterRead(0x01500010),
+]
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: r.op)
+def test_every_request_round_trips(req: p.Request) -> None:
+    assert p.decode_request(p.encode_request(req)) == req
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"op": "shell", "args": {}},
+        {"op": "identity", "args": {}, "extra": 1},
+        {"op": "identity", "args": {"x": 1}},
+        {"op": "quote", "args": {"selection": {"sha256": [0]}, "qualifying_data": "00" * 65}},
+        {"op": "quote", "args": {"selection": {"sha256": [24]}, "qualifying_data": ""}},
+        {"op": "read_pcrs", "args": {"selection": {"sha256": list(range(25))}}},
+        {"op": "read_pcrs", "args": {"selection": {"md5": [0]}}},
+        {"op": "read_pcrs", "args": {"selection": {"sha256": [True]}}},
+        {"op": "measure", "args": {"kind": "evil", "content": {}}},
+        {"op": "measure", "args": {"kind": "config", "content": []}},
+        {"op": "runtime_log", "args": {"start": -1}},
+        {"op": "nv_counter_read", "args": {"index": 0x81000001}},
+        {"op": "activate_credential", "args": {"id_object": "0g", "encrypted_secret": ""}},
+    ],
+)
+def test_rejects_malformed_requests(doc: dict[str, Any]) -> None:
+    with pytest.raises(TransportError):
+        p.decode_request(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"op":"identity","op":"identity","args":{}}',  # duplicate names
+        b'{"op":"runtime_log","args":{"start":1.5}}',  # float
+        b'{"op":"runtime_log","args":{"start":NaN}}',
+        b"[" * 5000 + b"]" * 5000,  # deep nesting
+        b'{"op":"runtime_log","args":{"start":' + b"9" * 5000 + b"}}",  # huge integer
+        b"\xff\xfe",  # not UTF-8
+        b"",
+    ],
+)
+def test_rejects_hostile_json(body: bytes) -> None:
+    with pytest.raises(TransportError):
+        p.decode_request(body)
+
+
+def test_rejects_oversized_frames_before_reading_them() -> None:
+    with pytest.raises(TransportError, match="exceeds"):
+        p.frame_length(struct.pack(">I", p.MAX_REQUEST + 1), limit=p.MAX_REQUEST)
+    with pytest.raises(TransportError):
+        p.encode_frame(b"x" * (p.MAX_REQUEST + 1), limit=p.MAX_REQUEST)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.binary(max_size=300))
+def test_frame_and_request_decoder_raise_only_transport_error(data: bytes) -> None:
+    try:
+        body = p.decode_frame(data, limit=p.MAX_REQUEST)
+        p.decode_request(body)
+    except TransportError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20)
+    | st.floats(allow_nan=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+ops = st.sampled_from(list(p.OPS) + ["x"])
+arg_names = st.sampled_from(["selection", "qualifying_data", "id_object", "encrypted_secret",
+                             "kind", "content", "start", "event", "index", "junk"])  # fmt: skip
+
+
+@settings(max_examples=250, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(ops, st.dictionaries(arg_names, json_values, max_size=4))
+def test_structured_request_decoder_raises_only_transport_error(
+    op: str, args: dict[str, Any]
+) -> None:
+    try:
+        req = p.decode_request(json.dumps({"op": op, "args": args}).encode())
+    except TransportError:
+        return
+    assert req.op == op
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.sampled_from(REQUESTS), json_values)
+def test_response_decoder_raises_only_attest_errors(req: p.Request, doc: Any) -> None:
+    for wrapped in ({"ok": doc}, {"error": doc}, doc):
+        # Any attest error may legitimately come back; nothing else may escape.
+        with contextlib.suppress(AttestError):
+            p.decode_response(req, json.dumps(wrapped).encode())
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TpmError("TPM is gone", rc=0xA000A),
+        ReplayError("no", invalid_pcrs=[("sha256", 13)]),
+        ConfigError("bad", key="runtime_pcr"),
+        UpgradeRefused("rollback", "older than trusted"),
+        RollbackError("older", trusted=5, got=4),
+        AuditChainError("entry 3 was edited"),
+        p.OperationNotAllowed("audit_record is not allowed"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_cross_the_wire_as_their_own_class_with_fields(exc: Exception) -> None:
+    with pytest.raises(type(exc)) as info:
+        p.decode_response(p.Identity(), p.encode_error(exc))
+    got = info.value
+    assert str(got) == str(exc) and type(got) is type(exc)
+    for field in ("rc", "invalid_pcrs", "key", "reason", "trusted", "got"):
+        assert getattr(got, field, None) == getattr(exc, field, None)
+
+
+def test_unexpected_server_exception_is_reported_without_details() -> None:
+    body = p.encode_error(KeyError("/etc/shadow secret"))
+    assert b"shadow" not in body
+    with pytest.raises(TransportError, match="internal error"):
+        p.decode_response(p.Identity(), body)
+
+
+# --- server and client with a fake TPM -------------------------------------------------------
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[tuple[BrokerServer, Path, Path, FakeTpm]]:
+    tpm = FakeTpm()
+    node = LocalNode.open(tpm, tmp_path)
+    api, op = tmp_path / "api.sock", tmp_path / "op.sock"
+    server = BrokerServer(node, api, operator_socket_path=op, request_timeout=0.5).start()
+    yield server, api, op, tpm
+    server.shutdown()
+    node.close()
+
+
+def test_sockets_have_restrictive_modes(broker: Any) -> None:
+    _, api, op, _ = broker
+    assert stat.S_IMODE(api.stat().st_mode) == 0o660
+    assert stat.S_IMODE(op.stat().st_mode) == 0o600
+
+
+def test_quote_runtime_log_and_audit_through_client_verify(broker: Any) -> None:
+    _, api, op, _ = broker
+    with BrokerClient(api) as c, BrokerClient(op) as o:
+        c.measure("config", {"sha256": "11" * 32})
+        o.audit_record({"event": "login", "user": "root", "service": "sshd"})
+        ident = c.identity()
+        sel = PcrSelection.of({HashAlg.SHA256: [13]})
+        q = c.quote(sel, b"nonce")
+        verify_quote(q.attest, q.signature, ak=ident.ak, nonce=b"nonce", pcrs=q.pcrs)
+        v = verify_runtime_log(c.runtime_log(), q.pcrs, pcr=13)
+        assert verify_audit_chain(c.audit_log(), v.audit_anchors)[0].service == "sshd"
+
+
+def test_api_socket_cannot_record_audit_events(broker: Any) -> None:
+    _, api, _, _ = broker
+    with BrokerClient(api) as c, pytest.raises(p.OperationNotAllowed, match="audit_record"):
+        c.audit_record({"event": "login", "user": "x"})
+
+
+@pytest.mark.parametrize("kind", ["audit", "upgrade-decision", "nv-counter"])
+def test_api_socket_cannot_measure_kinds_outside_allow_list(broker: Any, kind: str) -> None:
+    _, api, _, _ = broker
+    contents: dict[str, dict[str, Any]] = {
+        "audit": {"audit_seq": 0, "entry_hash": "00" * 32},
+        "upgrade-decision": {"accepted": True, "reason": "ok", "version": "2"},
+        "nv-counter": {"index": 1, "value": 1},
+    }
+    content = contents[kind]
+    with BrokerClient(api) as c, pytest.raises(p.OperationNotAllowed):
+        c.measure(kind, content)
+
+
+def test_operator_socket_cannot_forge_audit_anchors(broker: Any) -> None:
+    _, _, op, _ = broker
+    with BrokerClient(op) as o, pytest.raises(p.OperationNotAllowed):
+        o.measure("audit", {"audit_seq": 0, "entry_hash": "00" * 32})
+
+
+def test_tpm_error_keeps_rc_across_socket(broker: Any) -> None:
+    _, api, _, tpm = broker
+    with BrokerClient(api) as c:
+        tpm.available = False
+        with pytest.raises(TpmError) as info:
+            c.quote(SEL, b"")
+        assert info.value.rc == 0xA000A
+        tpm.available = True
+        assert c.read_pcrs(SEL).get(HashAlg.SHA256, 0) == bytes(32)
+
+
+def _raw(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(path))
+    return s
+
+
+def test_hostile_frame_gets_error_and_connection_is_closed(broker: Any) -> None:
+    _, api, _, _ = broker
+    with _raw(api) as s:
+        s.sendall(struct.pack(">I", 0xFFFFFFFF))
+        n = struct.unpack(">I", s.recv(4))[0]
+        doc = json.loads(s.recv(n))
+        assert doc["error"]["type"] == "TransportError"
+        assert s.recv(1) == b""
+
+
+def test_garbage_json_gets_error_and_connection_stays_usable(broker: Any) -> None:
+    _, api, _, _ = broker
+    with _raw(api) as s:
+        for body in (b"not json", p.encode_request(p.Identity())):
+            s.sendall(p.encode_frame(body, limit=p.MAX_REQUEST))
+            n = struct.unpack(">I", s.recv(4))[0]
+            data = b""
+            while len(data) < n:
+                data += s.recv(n - len(data))
+        assert "ok" in json.loads(data)
+
+
+def test_slow_client_does_not_block_others(broker: Any) -> None:
+    _, api, _, _ = broker
+    slow = _raw(api)
+    slow.sendall(struct.pack(">I", 100) + b"{")  # starts a request and stalls
+    t0 = time.monotonic()
+    with BrokerClient(api) as c:
+        c.identity()
+    assert time.monotonic() - t0 < 0.5
+    time.sleep(0.7)  # past request_timeout: the broker dropped the slow client
+    assert slow.recv(1) == b""
+    slow.close()
+
+
+def test_client_reconnects_after_broker_restart(broker: Any, tmp_path: Path) -> None:
+    server, api, op, _ = broker
+    with BrokerClient(api) as c:
+        c.identity()
+        server.shutdown()
+        server2 = BrokerServer(server.node, api, operator_socket_path=op).start()
+        try:
+            assert c.runtime_log() == ()
+        finally:
+            server2.shutdown()
+
+
+def test_client_reports_missing_broker_as_transport_error(tmp_path: Path) -> None:
+    with BrokerClient(tmp_path / "nothing.sock", timeout=1) as c, \
+            pytest.raises(TransportError, match="cannot reach"):  # fmt: skip
+        c.identity()
+
+
+def test_client_is_thread_safe(broker: Any) -> None:
+    _, api, _, _ = broker
+    errors: list[BaseException] = []
+    with BrokerClient(api) as c:
+
+        def work(i: int) -> None:
+            try:
+                for _ in range(10):
+                    c.read_pcrs(SEL)
+                c.measure("config", {"sha256": f"{i:02x}" * 32})
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert [r.recnum for r in c.runtime_log()] == [0, 1, 2, 3]
+
+
+def test_refuses_to_replace_non_socket_file(tmp_path: Path) -> None:
+    (tmp_path / "api.sock").write_text("important")
+    (tmp_path / "state").mkdir()
+    node = LocalNode.open(FakeTpm(), tmp_path / "state")
+    with pytest.raises(TransportError, match="not a socket"):
+        BrokerServer(node, tmp_path / "api.sock").start()
+    assert (tmp_path / "api.sock").read_text() == "important"
+    assert os.path.exists(tmp_path / "api.sock")
