@@ -1,0 +1,100 @@
+"""Request and response bodies of the attestd API (also what /openapi.json publishes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HEX_NONCE = r"^[0-9a-fA-F]{16,128}$"  # 8..64 bytes: a TPM2B_DATA holds at most 64
+
+
+class LogRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: int = Field(0, ge=0, le=1 << 40, description="firmware: byte offset; runtime: recnum")
+
+
+Bank = Literal["sha1", "sha256", "sha384", "sha512"]
+
+
+def _all_sha256() -> dict[Bank, list[int]]:
+    return {"sha256": list(range(24))}
+
+
+class EvidenceRequest(BaseModel):
+    """RFC 9684-style challenge: a fresh nonce, the PCRs to quote, the logs to include."""
+
+    model_config = ConfigDict(extra="forbid")
+    nonce: str = Field(pattern=HEX_NONCE, description="hex, 8..64 bytes, fresh per challenge")
+    pcrs: dict[Bank, list[int]] = Field(
+        default_factory=_all_sha256,
+        description="PCR indices per bank (0..23)",
+        max_length=4,
+    )
+    logs: dict[Literal["firmware", "runtime"], LogRequest] = Field(
+        default_factory=dict, description="logs to include, each from a starting index"
+    )
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id_object: str = Field(max_length=2048, description="base64 TPM2B_ID_OBJECT contents")
+    encrypted_secret: str = Field(max_length=2048, description="base64 encrypted seed")
+
+
+class ActivateResponse(BaseModel):
+    secret: str = Field(description="base64 of the secret the credential released")
+
+
+class QuoteBody(BaseModel):
+    attest: str = Field(description="base64 TPMS_ATTEST")
+    signature: str = Field(description="base64 TPMT_SIGNATURE")
+
+
+class BatchBody(BaseModel):
+    size: int
+    index: int
+    proof: list[str] = Field(description="hex hashes, RFC 9162 inclusion path, bottom-up")
+    tls_binding: str | None = Field(description="hex sha256 of the node TLS key's SPKI")
+
+
+class AkBody(BaseModel):
+    public: str = Field(description="base64 TPM2B_PUBLIC")
+    name: str = Field(description="hex TPM Name")
+
+
+class FirmwareLogBody(BaseModel):
+    start: int
+    total: int
+    data: str = Field(description="base64 bytes of binary_bios_measurements from start")
+
+
+class RuntimeLogBody(BaseModel):
+    pcr: int
+    start: int
+    records: list[dict[str, object]] = Field(description="TCG CEL JSON records")
+
+
+class ImageBody(BaseModel):
+    version: str | None
+    slot: str | None
+
+
+class EvidenceResponse(BaseModel):
+    version: int
+    node_id: str
+    quote: QuoteBody
+    pcrs: dict[str, dict[str, str]]
+    batch: BatchBody
+    ak: AkBody
+    firmware_log: FirmwareLogBody | None
+    runtime_log: RuntimeLogBody | None
+    verity: dict[str, object] | None
+    image: ImageBody
+    time: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+    check: str | None
+    detail: str

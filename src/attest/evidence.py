@@ -1,0 +1,166 @@
+"""The evidence document ``attestd`` returns for a challenge, and its verification. Pure.
+
+The document (JSON; digests hex, blobs base64) -- ``POST /v1/evidence`` in docs/api.md::
+
+    {"version": 1, "node_id": str,
+     "quote": {"attest": b64 TPMS_ATTEST, "signature": b64 TPMT_SIGNATURE},
+     "pcrs": {"sha256": {"0": hex, ...}, ...},
+     "batch": {"size": n, "index": i, "proof": [hex, ...], "tls_binding": hex | null},
+     "ak": {"public": b64 TPM2B_PUBLIC, "name": hex},
+     "firmware_log": {"start": byte offset, "total": bytes, "data": b64} | null,
+     "runtime_log": {"pcr": n, "start": recnum, "records": [CEL JSON records]} | null,
+     "verity": {...} | null, "image": {"version": str | null, "slot": str | null},
+     "time": ISO 8601 (the node's clock; informational)}
+
+``verify_evidence`` authenticates the quote (every check of ``verify_quote``) with the Merkle
+root it signs, proves the verifier's own challenge is a leaf of that root, and checks the quote
+covers exactly the PCRs that were asked for. Appraisal (event logs, manifests) builds on the
+returned ``VerifiedEvidence``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from attest.errors import EvidenceFormatError, NonceError, PcrSelectionError
+from attest.merkle import MAX_LEAVES, challenge_leaf, verify_inclusion
+from attest.model import PcrSelection, PcrValues
+from attest.quote import DEFAULT_POLICY, QuotePolicy, VerifiedQuote, verify_quote
+from attest.tpmstruct import ClockInfo, Public, parse_attest
+
+EVIDENCE_VERSION = 1
+MAX_EVIDENCE_BYTES = 8 << 20
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: object, what: str, *, limit: int = MAX_EVIDENCE_BYTES) -> bytes:
+    if not isinstance(text, str) or len(text) > limit * 4 // 3 + 4:
+        raise EvidenceFormatError(f"{what} is not a base64 string of at most {limit} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise EvidenceFormatError(f"{what} is not valid base64") from None
+
+
+def unhex(text: object, what: str, *, size: int | None = None, limit: int = 64) -> bytes:
+    if not isinstance(text, str) or len(text) > 2 * limit:
+        raise EvidenceFormatError(f"{what} is not a hex string of at most {limit} bytes")
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise EvidenceFormatError(f"{what} is not hex") from None
+    if size is not None and len(value) != size:
+        raise EvidenceFormatError(f"{what} is {len(value)} bytes, not {size}")
+    return value
+
+
+def _obj(doc: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(doc, Mapping):
+        raise EvidenceFormatError(f"{what} is not an object")
+    return doc
+
+
+def _int(value: object, what: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise EvidenceFormatError(f"{what} is not an integer in {lo}..{hi}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedEvidence:
+    """The evidence document, parsed but not yet believed."""
+
+    node_id: str
+    attest: bytes
+    signature: bytes
+    pcrs: PcrValues
+    batch_size: int
+    batch_index: int
+    proof: tuple[bytes, ...]
+    tls_binding: bytes
+    ak_public: bytes
+    doc: Mapping[str, Any] = field(repr=False)
+
+
+def parse_evidence(doc: object) -> UnverifiedEvidence:
+    """Parse the evidence document's shape; raise ``EvidenceFormatError`` for anything else."""
+    d = _obj(doc, "evidence")
+    if d.get("version") != EVIDENCE_VERSION:
+        raise EvidenceFormatError(f"evidence version {d.get('version')!r} is not 1")
+    quote = _obj(d.get("quote"), "quote")
+    batch = _obj(d.get("batch"), "batch")
+    ak = _obj(d.get("ak"), "ak")
+    try:
+        pcrs = PcrValues.from_json(_obj(d.get("pcrs"), "pcrs"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EvidenceFormatError(f"pcrs: {exc}") from None
+    size = _int(batch.get("size"), "batch.size", 1, MAX_LEAVES)
+    proof_doc = batch.get("proof")
+    if not isinstance(proof_doc, list) or len(proof_doc) > 64:
+        raise EvidenceFormatError("batch.proof is not a list of at most 64 hashes")
+    binding = batch.get("tls_binding")
+    node_id = d.get("node_id")
+    if not isinstance(node_id, str) or len(node_id) > 256:
+        raise EvidenceFormatError("node_id is not a string")
+    return UnverifiedEvidence(
+        node_id=node_id,
+        attest=unb64(quote.get("attest"), "quote.attest", limit=4096),
+        signature=unb64(quote.get("signature"), "quote.signature", limit=1024),
+        pcrs=pcrs,
+        batch_size=size,
+        batch_index=_int(batch.get("index"), "batch.index", 0, size - 1),
+        proof=tuple(unhex(p, "batch.proof[]", size=32) for p in proof_doc),
+        tls_binding=b"" if binding is None else unhex(binding, "batch.tls_binding"),
+        ak_public=unb64(ak.get("public"), "ak.public", limit=2048),
+        doc=d,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEvidence:
+    quote: VerifiedQuote
+    evidence: UnverifiedEvidence  # the rest of the document, for appraisal to check further
+    tls_binding: bytes
+
+
+def verify_evidence(
+    doc: object,
+    *,
+    nonce: bytes,
+    ak: Public,
+    selection: PcrSelection,
+    tls_binding: bytes | None = None,
+    previous: ClockInfo | VerifiedQuote | None = None,
+    policy: QuotePolicy = DEFAULT_POLICY,
+) -> VerifiedEvidence:
+    """Verify a challenge's evidence against the enrolled AK.
+
+    ``tls_binding``: the binding of the node's TLS key the verifier itself observed on the
+    connection (sha256 of its SubjectPublicKeyInfo), when it used TLS; the evidence must then
+    name exactly that key, or a relaying machine-in-the-middle could pass another node's
+    answer off as this one's.
+    """
+    ev = parse_evidence(doc)
+    if tls_binding is not None and ev.tls_binding != tls_binding:
+        raise NonceError("the evidence is bound to another TLS key than the one connected to")
+    # The root the TPM signed is the quote's qualifying data; it is authenticated by the
+    # signature check inside verify_quote before the inclusion proof is trusted.
+    claimed_root = parse_attest(ev.attest).extra_data
+    vq = verify_quote(
+        ev.attest, ev.signature, ak=ak, nonce=claimed_root, pcrs=ev.pcrs, previous=previous,
+        policy=policy,
+    )  # fmt: skip
+    verify_inclusion(
+        challenge_leaf(nonce, ev.tls_binding), index=ev.batch_index, size=ev.batch_size,
+        proof=ev.proof, root=vq.nonce,
+    )  # fmt: skip
+    if vq.selection.as_dict() != selection.as_dict():
+        raise PcrSelectionError(f"the quote covers {vq.selection}, not {selection} as asked")
+    return VerifiedEvidence(vq, ev, ev.tls_binding)

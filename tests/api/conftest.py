@@ -1,0 +1,85 @@
+"""The API tier: the real app, built by create_app with a fake TPM behind the node port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from attest.api.app import create_app
+from attest.api.middleware import ChannelApp
+from attest.config import ApiSettings, Settings, TpmSettings
+from attest.tpm.fake import FakeTpm
+
+
+@pytest.fixture()
+def fake_tpm() -> FakeTpm:
+    return FakeTpm()
+
+
+@pytest.fixture()
+def node(fake_tpm: FakeTpm, tmp_path: Path) -> Iterator[Any]:
+    from attest.broker.local import LocalNode
+
+    (tmp_path / "state").mkdir()
+    n = LocalNode.open(fake_tpm, tmp_path / "state", pcr=13)
+    yield n
+    n.close()
+
+
+def make_settings(tmp_path: Path, **api: Any) -> Settings:
+    return Settings(
+        node_id="node-under-test",
+        tpm=TpmSettings(state_dir=str(tmp_path / "state")),
+        api=ApiSettings(**api),
+    ).validate()
+
+
+AppFactory = Callable[..., Any]
+
+
+@pytest.fixture()
+def app_factory(node: Any, tmp_path: Path) -> AppFactory:
+    def build(**kw: Any) -> Any:
+        api = {k: kw.pop(k) for k in list(kw) if k in ApiSettings.__dataclass_fields__}
+        return create_app(make_settings(tmp_path, **api), node=kw.pop("node", node), **kw)
+
+    return build
+
+
+@pytest.fixture()
+async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
+    app = app_factory()
+    async with _running(app, "public") as c:
+        yield c
+
+
+@pytest.fixture()
+async def operator_client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
+    app = app_factory()
+    async with _running(app, "operator") as c:
+        yield c
+
+
+class _running:
+    """Run the app's lifespan and talk to it over an in-process transport."""
+
+    def __init__(self, app: Any, channel: str) -> None:
+        self.app = app
+        self.channel = channel
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        from asgi_lifespan import LifespanManager  # type: ignore[import-not-found]
+
+        self.lm = LifespanManager(self.app.fastapi)
+        await self.lm.__aenter__()
+        transport = httpx.ASGITransport(app=ChannelApp(self.app, self.channel))
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://node")
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+        await self.lm.__aexit__(*exc)
