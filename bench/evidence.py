@@ -203,7 +203,8 @@ def main() -> int:
     print(f"batching off: {u[0]:6d} challenges/s  p50 {u[1]:7.1f} ms  p99 {u[2]:7.1f} ms  "
           f"failures {u[3]}")  # fmt: skip
     ratio = b[0] / max(u[0], 1)
-    print(f"evidence offered_cps={args.rate} batched_cps={b[0]} batched_p50_ms={b[1]:.1f} batched_p99_ms={b[2]:.1f} "
+    print(f"evidence offered_cps={args.rate} batched_cps={b[0]} batched_p50_ms={b[1]:.1f} "
+          f"batched_p99_ms={b[2]:.1f} "
           f"batched_failures={b[3]} unbatched_cps={u[0]} unbatched_p99_ms={u[2]:.1f} "
           f"ratio={ratio:.1f} quote_ms={args.quote_ms:.0f} "
           f"p99_in_quote_times={b[2] / args.quote_ms:.2f}")  # fmt: skip

@@ -220,6 +220,12 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             ident = ctx.identity
             if ident is None:
                 ident = await loop.run_in_executor(None, ctx.get_identity)
+            inactive = [alg.bank_name for alg, _ in selection.banks if alg not in ident.banks]
+            if inactive and ident.banks:
+                raise EvidenceFormatError(
+                    f"PCR bank(s) {', '.join(inactive)} not active on this TPM; active: "
+                    f"{', '.join(b.bank_name for b in ident.banks)}"
+                )
             result = await ctx.batcher.submit(selection, leaf)
         except TpmError as exc:
             ctx.tpm_failed(exc)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-HEX_NONCE = r"^[0-9a-fA-F]{16,128}$"  # 8..64 bytes: a TPM2B_DATA holds at most 64
+HEX_NONCE = r"^(?:[0-9a-fA-F]{2}){8,64}$"  # 8..64 bytes: a TPM2B_DATA holds at most 64
+PcrIndex = Annotated[int, Field(ge=0, le=23)]
 
 
 class LogRequest(BaseModel):
@@ -17,7 +18,7 @@ class LogRequest(BaseModel):
 Bank = Literal["sha1", "sha256", "sha384", "sha512"]
 
 
-def _all_sha256() -> dict[Bank, list[int]]:
+def _all_sha256() -> dict[Bank, list[int]]:  # the default selection
     return {"sha256": list(range(24))}
 
 
@@ -26,7 +27,7 @@ class EvidenceRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     nonce: str = Field(pattern=HEX_NONCE, description="hex, 8..64 bytes, fresh per challenge")
-    pcrs: dict[Bank, list[int]] = Field(
+    pcrs: dict[Bank, Annotated[list[PcrIndex], Field(min_length=1, max_length=24)]] = Field(
         default_factory=_all_sha256,
         description="PCR indices per bank (0..23)",
         max_length=4,

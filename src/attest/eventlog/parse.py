@@ -14,15 +14,19 @@ never fatal: a payload that does not decode is kept as ``MalformedPayload``.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from attest.errors import EventLogFormatError
 from attest.eventlog.uefi import (
+    DECODERS,
     EV_NO_ACTION,
     MalformedPayload,
     Payload,
+    PayloadError,
     RawPayload,
     SpecIdEvent,
     StartupLocality,
@@ -45,6 +49,7 @@ MAX_EVENT_SIZE = 16 * 1024 * 1024
 MAX_EVENTS = 1_000_000
 
 _KNOWN_ALGS = {int(a): a for a in HashAlg}
+_SHA1 = int(HashAlg.SHA1)
 _HDR1 = struct.Struct("<II20sI")  # TCG_PCR_EVENT header: pcr, type, sha1 digest, size
 _HDR2 = struct.Struct("<III")  # TCG_PCR_EVENT2 header: pcr, type, digest count
 _U16 = struct.Struct("<H")
@@ -193,10 +198,10 @@ def _parse_sha1(data: bytes, strict: bool) -> UnverifiedEventLog:
     off = 0
     n = len(data)
     sha1 = int(HashAlg.SHA1)
+    index = 0
     while off < n:
-        if events and _padding(data, off):
+        if index and _padding(data, off):
             break
-        index = len(events)
         if index >= MAX_EVENTS:
             raise _err("too many events", index, off)
         pcr, etype, digest, edata, off = _sha1_event(data, off, index)
@@ -204,6 +209,7 @@ def _parse_sha1(data: bytes, strict: bool) -> UnverifiedEventLog:
         if strict:
             _check_payload(ev, strict)
         events.append(ev)
+        index += 1
     spec = events[0].payload if events and isinstance(events[0].payload, SpecIdEvent) else None
     return UnverifiedEventLog(
         FORMAT_SHA1,
@@ -238,67 +244,98 @@ def _parse_agile(
             raise EventLogFormatError(f"Spec ID event lists algorithm 0x{alg:04x} twice")
         sizes[alg] = size
     banks = tuple(_KNOWN_ALGS[a] for a in sizes if a in _KNOWN_ALGS and _hashable(_KNOWN_ALGS[a]))
-    events: list[Event] = [Event(0, pcr0, etype0, {int(HashAlg.SHA1): digest0}, edata0, payload0)]
+    events: list[Event] = [_new_event(0, pcr0, etype0, {_SHA1: digest0}, edata0, payload0)]
     n = len(data)
     hdr2 = _HDR2.unpack_from
     u16 = _U16.unpack_from
     u32 = _U32.unpack_from
     max_count = len(sizes)
     alg_order = tuple(sizes)
-    block = struct.Struct("<" + "".join(f"H{size}s" for size in sizes.values()))
-    block_len = block.size
+    # Fast path: the whole event header (TCG_PCR_EVENT2 up to eventSize) in one unpack, when it
+    # carries every bank in the Spec ID order (what firmware writes) and fits in the data.
+    whole = _event2_header(tuple(sizes.values()))
+    whole_len = whole.size
+    unpack_whole = whole.unpack_from
+    digest_dict = _digest_dict(alg_order)
+    # Event construction and payload decoding inlined (_new_event, decode_payload): a function
+    # call per event was a measurable share of the parse.
+    new = object.__new__
+    si, sp, st, sd, sa, sl = _EVENT_SLOTS
+    decoders = DECODERS.get
+    append = events.append
     digests: dict[int, bytes]
+    fields: _Fields
+    index = 1
     while off < n:
-        if _padding(data, off):
+        first = data[off]
+        if (first == 0 or first == 0xFF) and _padding(data, off):
             break
-        index = len(events)
         if index >= MAX_EVENTS:
             raise _err("too many events", index, off)
         start = off
-        if off + 12 > n:
-            raise _err(f"truncated header: needs 12 bytes, {n - off} remain", index, off)
-        pcr, etype, count = hdr2(data, off)
+        if off + whole_len <= n:
+            fields = unpack_whole(data, off)
+            pcr, etype, count = fields[0], fields[1], fields[2]
+        else:
+            if off + 12 > n:
+                raise _err(f"truncated header: needs 12 bytes, {n - off} remain", index, off)
+            fields = ()  # no fast path: the slow loop below reads what is there
+            pcr, etype, count = hdr2(data, off)
         if pcr > MAX_PCR_INDEX and not (pcr == NO_PCR and etype == EV_NO_ACTION):
             raise _err(f"PCR index {pcr} out of range", index, start)
         if count == 0 or count > max_count:
             raise _err(f"digest count {count}, the Spec ID event lists {max_count}", index, start)
-        off += 12
-        if count == max_count and off + block_len <= n:
-            # Fast path: every bank, in the Spec ID order (what firmware writes).
-            fields = block.unpack_from(data, off)
-            if fields[0::2] == alg_order:
-                digests = dict(zip(alg_order, fields[1::2], strict=True))
-                off += block_len
-                count = 0
-        if count:
+        fast = digest_dict(fields) if count == max_count and fields else None
+        if fast is not None:
+            digests = fast
+            size = fields[-1]
+            off += whole_len
+        else:
+            off += 12
             digests = {}
-        for _ in range(count):
-            if off + 2 > n:
-                raise _err("truncated digest", index, start)
-            alg = u16(data, off)[0]
-            known_size = sizes.get(alg)
-            if known_size is None:
-                raise _err(f"algorithm 0x{alg:04x} is not in the Spec ID event", index, start)
-            size = known_size
-            if alg in digests:
-                raise _err(f"two digests of algorithm 0x{alg:04x}", index, start)
-            off += 2
-            if off + size > n:
-                raise _err("truncated digest", index, start)
-            digests[alg] = data[off : off + size]
-            off += size
-        if off + 4 > n:
-            raise _err("truncated event size", index, start)
-        size = u32(data, off)[0]
-        off += 4
+            for _ in range(count):
+                if off + 2 > n:
+                    raise _err("truncated digest", index, start)
+                alg = u16(data, off)[0]
+                known_size = sizes.get(alg)
+                if known_size is None:
+                    raise _err(f"algorithm 0x{alg:04x} is not in the Spec ID event", index, start)
+                size = known_size
+                if alg in digests:
+                    raise _err(f"two digests of algorithm 0x{alg:04x}", index, start)
+                off += 2
+                if off + size > n:
+                    raise _err("truncated digest", index, start)
+                digests[alg] = data[off : off + size]
+                off += size
+            if off + 4 > n:
+                raise _err("truncated event size", index, start)
+            size = u32(data, off)[0]
+            off += 4
         if size > MAX_EVENT_SIZE or off + size > n:
             raise _err(f"event size {size} exceeds the {n - off} bytes left", index, start)
         edata = data[off : off + size]
         off += size
-        ev = _new_event(index, pcr, etype, digests, edata, decode_payload(etype, edata))
+        dec = decoders(etype)
+        payload: Payload
+        if dec is None:
+            payload = RawPayload(f"unknown event type 0x{etype:08x}")
+        else:
+            try:
+                payload = dec(edata)
+            except PayloadError as exc:
+                payload = MalformedPayload(str(exc))
+        ev = new(Event)
+        si(ev, index)
+        sp(ev, pcr)
+        st(ev, etype)
+        sd(ev, digests)
+        sa(ev, edata)
+        sl(ev, payload)
         if strict:
             _check_payload(ev, strict)
-        events.append(ev)
+        append(ev)
+        index += 1
     return UnverifiedEventLog(
         FORMAT_CRYPTO_AGILE,
         spec,
@@ -310,7 +347,60 @@ def _parse_agile(
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _event2_header(sizes: tuple[int, ...]) -> struct.Struct:
+    """TCG_PCR_EVENT2 up to eventSize (PFP §10.2.2) when the TPML_DIGEST_VALUES holds every bank
+    of the Spec ID event in its order: pcrIndex, eventType, count, (algId, digest)*, eventSize."""
+    return struct.Struct("<III" + "".join(f"H{size}s" for size in sizes) + "I")
+
+
+_Fields = tuple[Any, ...]
+
+
+def _digest_dict(algs: tuple[int, ...]) -> Callable[[_Fields], dict[int, bytes] | None]:
+    """A function from the unpacked ``_event2_header`` fields to {alg: digest}, or None when the
+    algorithm IDs are not the Spec ID event's in its order. Written out for one to four banks:
+    ``dict(zip(...))`` cost more than the rest of the event header."""
+    if len(algs) == 1:
+        (a,) = algs
+
+        def one(f: _Fields) -> dict[int, bytes] | None:
+            return {a: f[4]} if f[3] == a else None
+
+        return one
+    if len(algs) == 2:
+        a, b = algs
+
+        def two(f: _Fields) -> dict[int, bytes] | None:
+            return {a: f[4], b: f[6]} if f[3] == a and f[5] == b else None
+
+        return two
+    if len(algs) == 3:
+        a, b, c = algs
+
+        def three(f: _Fields) -> dict[int, bytes] | None:
+            return {a: f[4], b: f[6], c: f[8]} if f[3] == a and f[5] == b and f[7] == c else None
+
+        return three
+    if len(algs) == 4:
+        a, b, c, d = algs
+
+        def four(f: _Fields) -> dict[int, bytes] | None:
+            if f[3] == a and f[5] == b and f[7] == c and f[9] == d:
+                return {a: f[4], b: f[6], c: f[8], d: f[10]}
+            return None
+
+        return four
+
+    def many(f: _Fields) -> dict[int, bytes] | None:
+        return dict(zip(algs, f[4:-1:2], strict=True)) if f[3:-1:2] == algs else None
+
+    return many
+
+
+@functools.cache
 def _hashable(alg: HashAlg) -> bool:
+    """Whether this Python's hashlib provides the algorithm (SM3 depends on OpenSSL)."""
     try:
         alg.new()
     except ValueError:

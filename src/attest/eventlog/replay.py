@@ -94,36 +94,55 @@ def _measured(events: Iterable[Event]) -> list[Event]:
     return [e for e in events if e.type != EV_NO_ACTION]
 
 
+def _chains(events: Iterable[Event]) -> dict[int, list[Mapping[int, bytes]]]:
+    """The digests of each PCR's events in log order, grouped once for every bank."""
+    chains: dict[int, list[Mapping[int, bytes]]] = {}
+    for e in events:
+        chain = chains.get(e.pcr)
+        if chain is None:
+            chains[e.pcr] = [e.digests]
+        else:
+            chain.append(e.digests)
+    return chains
+
+
 def _replay_bank(
-    events: Sequence[Event], alg: HashAlg, locality: int
+    chains: Mapping[int, Sequence[Mapping[int, bytes]]], alg: HashAlg, locality: int
 ) -> tuple[dict[int, bytes], set[int]]:
     """Replay one bank. Returns (values of PCRs with events, PCRs an event lacked a digest in)."""
-    h = _FAST.get(int(alg))
-    size = alg.digest_size
+    fast = _FAST.get(int(alg))
+    key = int(alg)
+    zero = bytes(alg.digest_size)
     values: dict[int, bytes] = {}
     incomplete: set[int] = set()
-    zero = bytes(size)
-    for e in events:
-        d = e.digests.get(alg)
-        pcr = e.pcr
-        if d is None:
-            incomplete.add(pcr)
-            continue
-        old = values.get(pcr)
-        if old is None:
-            old = _replay_start(alg, pcr, locality) if pcr == 0 else zero
-        values[pcr] = h(old + d).digest() if h is not None else alg.digest(old + d)
-    for p in incomplete:
-        values.pop(p, None)
+    for pcr, chain in chains.items():
+        value = _replay_start(alg, pcr, locality) if pcr == 0 else zero
+        if fast is not None:  # the common case, without a call per extend
+            try:
+                for digests in chain:
+                    value = fast(value + digests[key]).digest()
+            except KeyError:
+                incomplete.add(pcr)
+                continue
+        else:
+            for digests in chain:
+                d = digests.get(key)
+                if d is None:
+                    incomplete.add(pcr)
+                    break
+                value = alg.digest(value + d)
+            if pcr in incomplete:
+                continue
+        values[pcr] = value
     return values, incomplete
 
 
 def replay_pcrs(log: UnverifiedEventLog, *, banks: Iterable[HashAlg] | None = None) -> PcrValues:
     """The PCR values the log replays to, per bank, for the PCRs that have events."""
-    measured = _measured(log.events)
+    chains = _chains(_measured(log.events))
     out: dict[HashAlg, Mapping[int, bytes]] = {}
     for alg in log.banks if banks is None else banks:
-        values, _ = _replay_bank(measured, alg, log.startup_locality)
+        values, _ = _replay_bank(chains, alg, log.startup_locality)
         if values:
             out[alg] = values
     return PcrValues(out)
@@ -274,7 +293,8 @@ def replay(
             invalid_pcrs=[(HashAlg(a).bank_name, i) for a, v in quoted.values.items() for i in v],
         )
     measured = _measured(log.events)
-    logged = {e.pcr for e in measured}
+    chains = _chains(measured)
+    logged = set(chains)
     locality = log.startup_locality
     verified_pcrs: set[int] = set()
     bad: list[tuple[str, int]] = []
@@ -282,7 +302,7 @@ def replay(
     replayed: dict[HashAlg, dict[int, bytes]] = {}
     quoted_pcrs: set[int] = set()
     for alg in banks:
-        values, incomplete = _replay_bank(measured, alg, locality)
+        values, incomplete = _replay_bank(chains, alg, locality)
         replayed[alg] = values
         q = quoted.values[alg]
         quoted_pcrs.update(q)

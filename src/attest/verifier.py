@@ -1,0 +1,203 @@
+"""Verifier orchestration over the node API (an adapter: it moves evidence between the
+``NodeClient`` and the pure checks in ``attest.enroll``, ``attest.evidence``,
+``attest.runtime`` and ``attest.eventlog``).
+
+- ``enroll``: trust in the AK -- EK certificate chain (when CA roots are configured), AK
+  attributes, and TPM2 credential activation proving the AK lives in the TPM that owns the EK.
+- ``challenge``: one fresh appraisal -- nonce, quote (signature, Merkle inclusion, selection,
+  digest, clock against the previous quote), runtime log replay into the runtime PCR, firmware
+  log replay into PCRs 0-7 when the node serves one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from attest.client import NodeClient
+from attest.enroll import (
+    ek_matches_certificate,
+    finish_enrollment,
+    start_enrollment,
+    verify_ak_attributes,
+    verify_ek_certificate,
+)
+from attest.errors import CertificateError, CredentialError, EvidenceFormatError
+from attest.evidence import VerifiedEvidence, unb64, verify_evidence
+from attest.model import HashAlg, PcrSelection
+from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
+from attest.tpmstruct import ClockInfo, Public, parse_public
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """What a verifier remembers about a node after enrolling it."""
+
+    node_id: str
+    ak_public: bytes  # TPM2B_PUBLIC
+    ak_name: bytes
+    ek_sha256: bytes | None  # sha256 of the EK TPMT_PUBLIC, when the node has an EK
+    ek_certificate: str | None  # the EK certificate's subject/issuer, when verified
+    activated: bool
+    runtime_pcr: int
+    enrolled_at: str
+
+    @property
+    def ak(self) -> Public:
+        return parse_public(self.ak_public)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "ak_public": self.ak_public.hex(),
+            "ak_name": self.ak_name.hex(),
+            "ek_sha256": None if self.ek_sha256 is None else self.ek_sha256.hex(),
+            "ek_certificate": self.ek_certificate,
+            "activated": self.activated,
+            "runtime_pcr": self.runtime_pcr,
+            "enrolled_at": self.enrolled_at,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Enrollment:
+        try:
+            return cls(
+                node_id=str(doc["node_id"]),
+                ak_public=bytes.fromhex(doc["ak_public"]),
+                ak_name=bytes.fromhex(doc["ak_name"]),
+                ek_sha256=None if doc["ek_sha256"] is None else bytes.fromhex(doc["ek_sha256"]),
+                ek_certificate=doc["ek_certificate"],
+                activated=bool(doc["activated"]),
+                runtime_pcr=int(doc["runtime_pcr"]),
+                enrolled_at=str(doc["enrolled_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EvidenceFormatError(f"enrollment record: {exc}") from None
+
+
+def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[int, bytes]]:
+    ak = parse_public(unb64(doc.get("ak", {}).get("public"), "ak.public", limit=2048))
+    ek_doc = doc.get("ek")
+    ek = None if ek_doc is None else parse_public(unb64(ek_doc.get("public"), "ek.public",
+                                                        limit=2048))  # fmt: skip
+    certs = {int(k, 16): unb64(v, "ek certificate", limit=8192)
+             for k, v in (doc.get("ek_certificates") or {}).items()}  # fmt: skip
+    return ak, ek, certs
+
+
+def enroll(
+    client: NodeClient,
+    *,
+    now: datetime,
+    ek_roots: Sequence[x509.Certificate] = (),
+    ek_intermediates: Sequence[x509.Certificate] = (),
+    activator: NodeClient | None = None,
+) -> Enrollment:
+    """Enroll a node: returns the record to remember, or raises naming what failed.
+
+    ``activator`` is a client on an authenticated channel (mutual TLS or the operator
+    socket) for credential activation; without it the AK is trusted on the EK certificate
+    and attributes alone -- say so in the result (``activated`` is False).
+    """
+    ident = client.identity()
+    ak, ek, certs = _identity_parts(ident)
+    verify_ak_attributes(ak)
+    subject = None
+    if ek_roots:
+        if ek is None:
+            raise CertificateError("EK roots are configured but the node presents no EK")
+        if not certs:
+            raise CertificateError("the node presents no EK certificate")
+        verified = None
+        problems = []
+        for der in certs.values():
+            try:
+                v = verify_ek_certificate(der, roots=ek_roots, intermediates=ek_intermediates,
+                                          now=now)  # fmt: skip
+                ek_matches_certificate(ek, v.certificate)
+                verified = v
+                break
+            except CertificateError as exc:  # another of the node's EK certificates may fit
+                problems.append(str(exc))
+        if verified is None:
+            raise CertificateError("no EK certificate verifies and matches the EK: "
+                                   + "; ".join(problems))  # fmt: skip
+        subject = (f"{verified.certificate.subject.rfc4514_string()} issued by "
+                   f"{verified.certificate.issuer.rfc4514_string()}")  # fmt: skip
+    activated = False
+    if activator is not None:
+        if ek is None:
+            raise CredentialError("the node has no EK to activate a credential with")
+        challenge, expected = start_enrollment(ek, ak)
+        returned = activator.activate(challenge.id_object, challenge.encrypted_secret)
+        finish_enrollment(expected, returned)
+        activated = True
+    return Enrollment(
+        node_id=str(ident.get("node_id", "")),
+        ak_public=ak.tpm2b(),
+        ak_name=ak.name,
+        ek_sha256=None if ek is None else hashlib.sha256(ek.raw).digest(),
+        ek_certificate=subject,
+        activated=activated,
+        runtime_pcr=int(ident.get("runtime_pcr", 13)),
+        enrolled_at=now.isoformat(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Appraisal:
+    evidence: VerifiedEvidence
+    runtime: VerifiedRuntimeLog | None
+    firmware: Any = None  # VerifiedEventLog, when the node served a firmware log
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def clock(self) -> ClockInfo:
+        return self.evidence.quote.clock
+
+
+def challenge(
+    client: NodeClient,
+    enrollment: Enrollment,
+    *,
+    selection: PcrSelection,
+    previous: ClockInfo | None = None,
+    firmware: bool = True,
+) -> Appraisal:
+    """One appraisal of the node's current state against its enrolled AK."""
+    sel = selection.as_dict()
+    sha256 = set(sel.get(HashAlg.SHA256, ()))
+    sha256.add(enrollment.runtime_pcr)
+    if firmware:
+        sha256.update(range(8))
+    full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
+    nonce = os.urandom(32)
+    doc = client.evidence(nonce, full, firmware_from=0 if firmware else None, runtime_from=0)
+    ve = verify_evidence(doc, nonce=nonce, ak=enrollment.ak, selection=full, previous=previous,
+                         tls_binding=client.peer_binding)  # fmt: skip
+    notes: list[str] = []
+    runtime = None
+    rt = doc.get("runtime_log")
+    if rt is not None:
+        import json
+
+        from attest.eventlog.cel import loads_cel
+
+        records = loads_cel(json.dumps(rt.get("records", [])))
+        runtime = verify_runtime_log(records, ve.quote.pcrs, pcr=enrollment.runtime_pcr)
+    fw_doc = doc.get("firmware_log")
+    fw = None
+    if fw_doc is not None:
+        from attest.eventlog import parse_event_log, replay
+
+        data = unb64(fw_doc.get("data"), "firmware_log.data")
+        fw = replay(parse_event_log(data), ve.quote.pcrs)
+    elif firmware:
+        notes.append("the node serves no firmware event log (swtpm without firmware)")
+    return Appraisal(ve, runtime, fw, tuple(notes))

@@ -1,0 +1,193 @@
+"""The real daemon processes (attestd-tpm + attestd) on a swtpm, with the verifier library
+as client: enrollment, evidence, recovery when the TPM goes away, a bounded load test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from tests.conftest import SwtpmFactory
+
+from attest.client import NodeClient
+from attest.errors import ClockError, CredentialError, TransportError
+from attest.model import PcrSelection
+from attest.swtpm import SwtpmProcess, SwtpmState, free_port_pair
+from attest.verifier import challenge, enroll
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Node:
+    swtpm: SwtpmProcess
+    state: SwtpmState
+    port: int
+    api_sock: Path
+    broker: subprocess.Popen[bytes]
+    api: subprocess.Popen[bytes]
+    work: Path
+
+    def client(self) -> NodeClient:
+        return NodeClient(f"http://127.0.0.1:{self.port}")
+
+    def operator(self) -> NodeClient:
+        return NodeClient("http://operator", uds=str(self.api_sock))
+
+    def roots(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+        root = x509.load_pem_x509_certificate(self.state.root_ca.read_bytes())
+        inter = x509.load_pem_x509_certificate(self.state.intermediate_ca.read_bytes())
+        return [root], [inter]
+
+
+def _wait(pred: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{what} within {timeout} s")
+
+
+@pytest.fixture()
+def node(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[Node]:
+    sw, state = swtpm_factory()
+    run = tmp_path / "run"
+    run.mkdir()
+    node_state = tmp_path / "node"
+    node_state.mkdir(mode=0o700)
+    port = free_port_pair()
+    env = {**os.environ, "ATTEST_TPM_BROKER_SOCKET": str(run / "tpm.sock"),
+           "ATTEST_API_PORT": str(port), "ATTEST_API_OPERATOR_SOCKET": str(run / "api.sock"),
+           "ATTEST_TPM_STATE_DIR": str(node_state), "ATTEST_NODE_ID": "swtpm-node",
+           "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none"),
+           "ATTEST_API_RATE_PER_SECOND": "100000", "ATTEST_API_RATE_BURST": "100000"}  # fmt: skip
+    logs = (tmp_path / "broker.log").open("wb"), (tmp_path / "api.log").open("wb")
+    broker = subprocess.Popen(
+        [str(BIN / "attestd-tpm"), "--tcti", sw.tcti, "--socket", str(run / "tpm.sock"),
+         "--operator-socket", str(run / "tpm-op.sock"), "--state-dir", str(node_state)],
+        env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
+    _wait(lambda: (run / "tpm.sock").exists(), 30, "broker socket")
+    api = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=logs[1],
+                           stderr=subprocess.STDOUT)  # fmt: skip
+    n = Node(sw, state, port, run / "api.sock", broker, api, tmp_path)
+    with n.client() as c:
+        _wait(c.ready, 60, "attestd ready")
+    yield n
+    for proc in (api, broker):
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for f in logs:
+        f.close()
+
+
+def test_enroll_and_attest_through_the_daemons(node: Node) -> None:
+    roots, inter = node.roots()
+    with node.client() as c, node.operator() as op:
+        e = enroll(c, now=datetime.now(UTC), ek_roots=roots, ek_intermediates=inter,
+                   activator=op)  # fmt: skip
+        assert e.activated and e.ek_certificate and e.node_id == "swtpm-node"
+        a1 = challenge(c, e, selection=PcrSelection.parse("sha256:0-7"), firmware=False)
+        a2 = challenge(c, e, selection=PcrSelection.parse("sha256:0-7"), firmware=False,
+                       previous=a1.clock)  # fmt: skip
+    assert a1.runtime is not None
+    kinds = {ev.kind for ev in a1.runtime.events}
+    assert {"daemon-start", "config"} <= kinds
+    assert a2.clock.clock >= a1.clock.clock
+
+
+def test_activation_is_refused_on_the_public_listener(node: Node) -> None:
+    with node.client() as c, pytest.raises(TransportError, match="403"):
+        enroll(c, now=datetime.now(UTC), activator=c)
+
+
+def test_activation_for_another_tpm_fails(node: Node, swtpm_factory: SwtpmFactory,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    """A credential made for another TPM's EK cannot be activated by this node."""
+    from attest.enroll import start_enrollment
+    from attest.swtpm import manufacture
+    from attest.tpm.esapi import EsapiTpm
+
+    other_state = manufacture(tmp_path / "other")
+    with SwtpmProcess(other_state.state_dir) as other, EsapiTpm(other.tcti) as t:
+        other_ek = t.ek_public()
+    with node.client() as c, node.operator() as op:
+        ident = enroll(c, now=datetime.now(UTC))
+        ch, expected = start_enrollment(other_ek, ident.ak)
+        with pytest.raises(TransportError):
+            op.activate(ch.id_object, ch.encrypted_secret)
+        from attest.verifier import Enrollment  # noqa: F401  (documented type)
+
+        with pytest.raises(CredentialError):
+            from attest.enroll import finish_enrollment
+
+            finish_enrollment(expected, os.urandom(len(expected)))
+
+
+def test_tpm_loss_and_return_through_the_daemons(node: Node) -> None:
+    with node.client() as c:
+        e = enroll(c, now=datetime.now(UTC))
+        challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
+        node.swtpm.stop(orderly=False)  # the TPM disappears (power cut of the TPM)
+        with pytest.raises(TransportError, match="503"):
+            challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
+        _wait(lambda: not c.ready(), 10, "readiness off")
+        node.swtpm.start()
+        _wait(c.ready, 30, "readiness back")
+        # The TPM lost power: it honestly reports an unsafe clock until its next NV save.
+        with pytest.raises(ClockError):
+            challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
+
+
+def test_load_on_loopback_is_batched_and_bounded(node: Node) -> None:
+    """300 concurrent challenges against swtpm: all answered, every answer verifies, and
+    they share quotes."""
+    import httpx
+
+    from attest.evidence import verify_evidence
+
+    with node.client() as c:
+        e = enroll(c, now=datetime.now(UTC))
+    sel = PcrSelection.parse("sha256:0-7")
+
+    async def run() -> list[int]:
+        sizes = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.port}",
+                                     timeout=60) as client:  # fmt: skip
+            async def one() -> None:
+                nonce = os.urandom(32)
+                body = {"nonce": nonce.hex(), "pcrs": {"sha256": list(range(8))}}
+                r = await client.post("/v1/evidence", json=body)
+                assert r.status_code == 200, r.text
+                verify_evidence(r.json(), nonce=nonce, ak=e.ak, selection=sel)
+                sizes.append(r.json()["batch"]["size"])
+
+            await asyncio.gather(*(one() for _ in range(300)))
+        return sizes
+
+    sizes = asyncio.run(run())
+    assert len(sizes) == 300
+    assert max(sizes) > 1  # challenges shared quotes
+
+
+def test_schemathesis_finds_no_server_error(node: Node) -> None:
+    """Property-based requests against the published OpenAPI spec: no 5xx but the documented
+    TPM-unavailable 503."""
+    result = subprocess.run(
+        [str(BIN / "schemathesis"), "run", f"http://127.0.0.1:{node.port}/openapi.json",
+         "--checks", "not_a_server_error", "--max-examples", "30", "--exclude-method", "GET",
+         "--exclude-path", "/metrics"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
