@@ -60,12 +60,20 @@ class ImageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    # The node's locally trusted blessed registry (trust root + snapshot, attest.manifest.store)
+    # used by the self-appraisal in /v1/status and by the upgrade gate.
+    trust_dir: str = "/var/lib/attest/trust"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     node_id: str = ""
     tpm: TpmSettings = field(default_factory=TpmSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
 
     def validate(self) -> Settings:
         if not 0 <= self.tpm.runtime_pcr <= 15:
@@ -96,7 +104,8 @@ class Settings:
         return self
 
 
-_SECTIONS = {"tpm": TpmSettings, "api": ApiSettings, "logs": LogSettings, "image": ImageSettings}
+_SECTIONS = {"tpm": TpmSettings, "api": ApiSettings, "logs": LogSettings,
+             "image": ImageSettings, "registry": RegistrySettings}  # fmt: skip
 
 
 def _coerce(value: Any, to: type, key: str) -> Any:

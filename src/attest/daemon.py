@@ -97,16 +97,21 @@ async def serve(settings: Settings, node: Any) -> None:
     binding = b""
     if settings.api.tls_cert:
         binding = tls_binding(settings.api.tls_cert)
-    try:
-        node.measure("daemon-start", {"version": __version__})
-        node.measure("config", {"sha256": settings_digest(settings)})
-        if binding:
-            node.measure("tls-key", {"spki_sha256": binding.hex()})
-    except AttestError as exc:
-        logger.error("could not record start-up measurements: %s", exc)
+    def record_start() -> None:
+        try:
+            node.measure("daemon-start", {"version": __version__})
+            node.measure("config", {"sha256": settings_digest(settings)})
+            if binding:
+                node.measure("tls-key", {"spki_sha256": binding.hex()})
+            verity.remeasure()
+        except AttestError as exc:
+            logger.error("could not record start-up measurements: %s", exc)
+
     verity = VerityTracker(node)
+    record_start()
     app = create_app(settings, node=node, tls_binding=binding,
-                     firmware_log=read_firmware_log(settings), verity=verity.report)  # fmt: skip
+                     firmware_log=read_firmware_log(settings), verity=verity.report,
+                     status=make_status(settings, verity), on_fresh_log=record_start)  # fmt: skip
     common: dict[str, Any] = {"lifespan": "off", "log_level": "warning", "access_log": False,
                               "timeout_graceful_shutdown": 5}  # fmt: skip
     configs = []
@@ -156,6 +161,51 @@ async def serve(settings: Settings, node: Any) -> None:
     node.close()
 
 
+def make_status(settings: Settings, verity: VerityTracker) -> Any:
+    """The self-appraisal behind /v1/status: TPM, runtime log replay, verity, and the running
+    image's release in the locally trusted registry (attest.selfcheck decides)."""
+    from datetime import UTC, datetime
+
+    from attest.manifest.store import load_state
+    from attest.model import HashAlg, PcrSelection
+    from attest.runtime import verify_runtime_log
+    from attest.selfcheck import evaluate_node
+
+    pcr = settings.tpm.runtime_pcr
+    selection = PcrSelection.of({HashAlg.SHA256: [pcr]})
+
+    def runtime_problem(node: Any) -> str | None:
+        for _ in range(3):  # a measurement may land between the two reads: try again
+            try:
+                quoted = node.read_pcrs(selection)
+                verify_runtime_log(node.runtime_log(0), quoted, pcr=pcr)
+                return None
+            except AttestError as exc:
+                problem = str(exc)
+        return problem
+
+    def status(ctx: Any) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        tpm_error = None if ctx.ready else (ctx.last_tpm_error or "starting")
+        runtime_error = runtime_problem(ctx.node) if ctx.ready else None
+        registry = registry_error = None
+        try:
+            state = load_state(settings.registry.trust_dir)
+            if state is None:
+                registry_error = f"no trust root in {settings.registry.trust_dir}"
+            else:
+                registry = state.check_fresh(now=now)
+        except AttestError as exc:
+            registry_error = str(exc)
+        except OSError as exc:
+            registry_error = f"{settings.registry.trust_dir}: {exc.strerror}"
+        return evaluate_node(tpm_error=tpm_error, runtime_error=runtime_error,
+                             verity=verity.latest_report, registry=registry,
+                             registry_error=registry_error, now=now).to_json()  # fmt: skip
+
+    return status
+
+
 class VerityTracker:
     """Keeps the latest dm-verity report for evidence, and records every verity device the
     node sees (name, root hash, status) in the runtime log, once per distinct state."""
@@ -165,6 +215,7 @@ class VerityTracker:
 
         self.node = node
         self.latest: dict[str, Any] | None = None
+        self.latest_report: Any = None
         self.seen: set[tuple[str, str, str]] = set()
         self.watcher = VerityWatcher(self._on_report)
         try:
@@ -174,6 +225,7 @@ class VerityTracker:
 
     def _on_report(self, report: Any) -> None:
         self.latest = report.to_json()
+        self.latest_report = report
         for dev in report.devices:
             root = dev.table.root_digest.hex() if dev.table is not None else ""
             key = (dev.name, root, str(dev.status))
@@ -188,6 +240,12 @@ class VerityTracker:
 
     def report(self) -> dict[str, Any] | None:
         return self.latest
+
+    def remeasure(self) -> None:
+        """Record the current devices again (the runtime log started afresh)."""
+        self.seen.clear()
+        if self.latest_report is not None:
+            self._on_report(self.latest_report)
 
     def stop(self) -> None:
         self.watcher.stop()

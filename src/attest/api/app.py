@@ -65,6 +65,11 @@ class NodeContext:
     last_tpm_error: str = ""
     metrics: Metrics = field(default_factory=Metrics)
     probe: asyncio.Task[None] | None = None
+    # Re-records the API's own runtime events (config, TLS key, ...) when the runtime log
+    # started afresh: after a TPM reset the broker rotates the log.
+    on_fresh_log: Callable[[], None] | None = None
+    log_mark: tuple[int, str] | None = None  # (recnum, content digest) of the last record seen
+    watcher: asyncio.Task[None] | None = None
     shared: tuple[RawQuote, bytes] | None = None
 
     def get_identity(self) -> NodeIdentity:
@@ -99,6 +104,37 @@ class NodeContext:
             self.ready = True
             self.last_tpm_error = ""
             logger.warning("TPM back, readiness on")
+            await loop.run_in_executor(None, self.check_log)
+
+    def check_log(self) -> None:
+        """If the runtime log no longer holds the last record we saw (a TPM reset made the
+        broker start a fresh log), record our events again."""
+        try:
+            records = self.node.runtime_log(0)
+        except AttestError as exc:
+            logger.info("runtime log not readable: %s", exc)
+            return
+        mark = self.log_mark
+        fresh = mark is not None and (
+            len(records) <= mark[0] or _mark(records[mark[0]])[1] != mark[1]
+        )
+        if fresh and self.on_fresh_log is not None:
+            logger.warning("runtime log restarted (TPM reset): recording start events again")
+            self.on_fresh_log()
+            records = self.node.runtime_log(0)
+        self.log_mark = _mark(records[-1]) if records else None
+
+    async def watch_log(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if self.ready:
+                await loop.run_in_executor(None, self.check_log)
+
+
+def _mark(record: Any) -> tuple[int, str]:
+    digest = next(iter(record.digests.values()), b"")
+    return record.recnum, digest.hex()
 
 
 def _no_verity() -> dict[str, Any] | None:
@@ -135,6 +171,8 @@ def create_app(
     image: Callable[[], tuple[str | None, str | None]] | None = None,
     status: Callable[[NodeContext], dict[str, Any]] = basic_status,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_fresh_log: Callable[[], None] | None = None,
+    log_check_interval: float = 15.0,
 ) -> Any:
     """Build the ASGI app: FastAPI routes wrapped in the size and rate limits."""
     ctx = NodeContext(
@@ -150,6 +188,7 @@ def create_app(
         image=image or _read_image(settings),
         status=status,
         clock=clock,
+        on_fresh_log=on_fresh_log,
     )
 
     @asynccontextmanager
@@ -158,12 +197,15 @@ def create_app(
         try:
             await loop.run_in_executor(None, ctx.get_identity)
             ctx.ready = True
+            await loop.run_in_executor(None, ctx.check_log)
         except TpmError as exc:
             ctx.tpm_failed(exc)
+        ctx.watcher = loop.create_task(ctx.watch_log(log_check_interval))
         yield
         await ctx.batcher.close()
-        if ctx.probe is not None:
-            ctx.probe.cancel()
+        for task in (ctx.probe, ctx.watcher):
+            if task is not None:
+                task.cancel()
 
     app = FastAPI(
         title="attestd",
