@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 from typing import Any
 
 import httpx
@@ -18,7 +19,8 @@ MAX_RESPONSE = 16 << 20
 
 class NodeClient:
     """One node's API. ``uds`` talks over the operator Unix socket instead of TCP;
-    ``cert``/``key`` present a client certificate for the mutual-TLS listener."""
+    ``cert`` (certificate, key) presents a client certificate for the mutual-TLS listener; it
+    is loaded into ``verify`` when that is an SSLContext (pass a context of its own)."""
 
     def __init__(
         self,
@@ -29,8 +31,17 @@ class NodeClient:
         cert: tuple[str, str] | None = None,
         timeout: float = 10.0,
     ) -> None:
-        transport = httpx.HTTPTransport(uds=uds, verify=verify, cert=cert) if uds or cert \
-            else None  # fmt: skip
+        if cert is not None:
+            # A client certificate for the mutual-TLS listener goes into the SSL context.
+            if isinstance(verify, ssl.SSLContext):
+                context = verify
+            elif isinstance(verify, str):
+                context = ssl.create_default_context(cafile=verify)
+            else:
+                context = ssl.create_default_context()
+            context.load_cert_chain(cert[0], cert[1])
+            verify = context
+        transport = httpx.HTTPTransport(uds=uds, verify=verify) if uds else None
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.base_url, timeout=timeout, verify=verify, transport=transport
@@ -72,7 +83,7 @@ class NodeClient:
         ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
         if ssl_object is None:
             return
-        der = ssl_object.getpeercert(binary_form=True)
+        der = ssl_object.getpeercert(True)  # positional: the low-level _SSLSocket takes no kw
         if der:
             from cryptography import x509
             from cryptography.hazmat.primitives import serialization

@@ -1,0 +1,132 @@
+"""attestd over TLS: the evidence is bound to the node's TLS key, mutating endpoints need a
+client certificate from the configured CA (the mutual-TLS listener)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tests.conftest import SwtpmFactory
+
+from attest.client import NodeClient
+from attest.daemon import tls_binding
+from attest.errors import NonceError, TransportError
+from attest.evidence import verify_evidence
+from attest.model import PcrSelection
+from attest.swtpm import free_port_pair
+from attest.verifier import challenge, enroll
+
+BIN = Path(sys.executable).parent
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,  # noqa: E501
+          *, ca: bool = False, san: str | None = None) -> x509.Certificate:  # fmt: skip
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    iss_name, iss_key = issuer or (subject, key)
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(iss_name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+    if san:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+            __import__("ipaddress").ip_address(san))]), critical=False)  # fmt: skip
+    return b.sign(iss_key, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> None:
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is not None:
+        path.with_suffix(".key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))  # fmt: skip
+
+
+@pytest.fixture()
+def tls_node(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[dict[str, object]]:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("attest test CA", ca_key, None, ca=True)
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    srv = _cert("node", srv_key, (ca.subject, ca_key), san="127.0.0.1")
+    cli_key = ec.generate_private_key(ec.SECP256R1())
+    cli = _cert("orchestrator", cli_key, (ca.subject, ca_key))
+    _write(tmp_path / "ca", ca, None)
+    _write(tmp_path / "server", srv, srv_key)
+    _write(tmp_path / "client", cli, cli_key)
+    sw, _ = swtpm_factory()
+    port = free_port_pair()
+    state = tmp_path / "node"
+    env = {**os.environ, "ATTEST_TPM_TCTI": sw.tcti, "ATTEST_TPM_STATE_DIR": str(state),
+           "ATTEST_API_PORT": str(port), "ATTEST_API_MTLS_PORT": str(port + 1),
+           "ATTEST_API_TLS_CERT": str(tmp_path / "server.crt"),
+           "ATTEST_API_TLS_KEY": str(tmp_path / "server.key"),
+           "ATTEST_API_CLIENT_CA": str(tmp_path / "ca.crt"),
+           "ATTEST_API_OPERATOR_SOCKET": str(tmp_path / "no-such-dir" / "api.sock"),
+           "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none")}  # fmt: skip
+    log = (tmp_path / "attestd.log").open("wb")
+    proc = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    verify = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"https://127.0.0.1:{port}/readyz", verify=verify).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail((tmp_path / "attestd.log").read_text())
+        time.sleep(0.1)
+    yield {"port": port, "dir": tmp_path, "verify": verify}
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+def test_evidence_is_bound_to_the_tls_key_connected_to(tls_node: dict[str, object]) -> None:
+    port, d, verify = tls_node["port"], tls_node["dir"], tls_node["verify"]
+    assert isinstance(d, Path)
+    with NodeClient(f"https://127.0.0.1:{port}", verify=verify) as c:
+        e = enroll(c, now=NOW)
+        a = challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
+        assert c.peer_binding == tls_binding(str(d / "server.crt"))
+        assert a.evidence.tls_binding == c.peer_binding
+        kinds = {ev.kind for ev in a.runtime.events} if a.runtime else set()
+        assert "tls-key" in kinds
+        # A relay holding another TLS key passes this node's answer on: the verifier connected
+        # to the relay sees the relay's key, and the evidence names the node's.
+        nonce = os.urandom(32)
+        doc = c.evidence(nonce, PcrSelection.parse("sha256:0"))
+        verify_evidence(doc, nonce=nonce, ak=e.ak, selection=PcrSelection.parse("sha256:0"),
+                        tls_binding=c.peer_binding)  # fmt: skip
+        with pytest.raises(NonceError, match="TLS key"):
+            verify_evidence(doc, nonce=nonce, ak=e.ak, selection=PcrSelection.parse("sha256:0"),
+                            tls_binding=b"\x00" * 32)  # fmt: skip
+
+
+def test_activation_needs_a_client_certificate(tls_node: dict[str, object]) -> None:
+    port, d, verify = tls_node["port"], tls_node["dir"], tls_node["verify"]
+    assert isinstance(d, Path) and isinstance(port, int)
+    with NodeClient(f"https://127.0.0.1:{port}", verify=verify) as public:
+        with pytest.raises(TransportError, match="403"):
+            public.activate(b"\x00" * 8, b"\x00" * 8)
+        e_public = enroll(public, now=NOW)
+    # Without a client certificate the mutual-TLS listener refuses the handshake.
+    with NodeClient(f"https://127.0.0.1:{port + 1}", verify=verify) as anonymous, \
+            pytest.raises(TransportError):  # fmt: skip
+        anonymous.identity()
+    with NodeClient(f"https://127.0.0.1:{port + 1}", verify=verify,
+                    cert=(str(d / "client.crt"), str(d / "client.key"))) as mtls:  # fmt: skip
+        e = enroll(mtls, now=NOW, activator=mtls)
+    assert e.activated and e.ak_name == e_public.ak_name
