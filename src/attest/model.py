@@ -18,6 +18,9 @@ class HashAlg(enum.IntEnum):
     SHA512 = 0x000D
     SM3_256 = 0x0012
 
+    # Enum's own __hash__ is a Python function; these values key hot dictionaries.
+    __hash__ = int.__hash__
+
     @property
     def digest_size(self) -> int:
         return _DIGEST_SIZE[self]

@@ -173,6 +173,31 @@ def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[in
             )
 
 
+def _selected_values(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]
+                     ) -> bytes:  # fmt: skip
+    """The presented values concatenated in the signed selection's order, after checking
+    that they are exactly that selection (the fast path of ``check_selection``: same number
+    of values per bank and every signed index present means the same index set)."""
+    if len(signed.banks) != len(presented):
+        _selection_mismatch(signed, presented)
+    parts: list[bytes] = []
+    for alg, indices in signed.banks:
+        given = presented.get(alg)
+        if given is None or len(given) != len(indices):
+            check_selection(signed, presented)  # raises with the precise message
+            raise AssertionError("unreachable")
+        try:
+            chosen = [given[i] for i in indices]
+        except KeyError:
+            check_selection(signed, presented)
+            raise AssertionError("unreachable") from None
+        if len(set(map(len, chosen))) > 1 or (chosen and len(chosen[0]) != alg.digest_size):
+            check_selection(signed, presented)
+            raise AssertionError("unreachable")
+        parts += chosen
+    return b"".join(parts)
+
+
 @functools.lru_cache(maxsize=256)
 def _index_set(indices: tuple[int, ...]) -> frozenset[int]:
     return frozenset(indices)
@@ -234,11 +259,8 @@ def verify_quote(
     if not hmac.compare_digest(parsed.extra_data, nonce):
         raise NonceError("qualifying data in the quote is not the expected nonce")
     values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
-    check_selection(parsed.pcr_select, values)
     banks = parsed.pcr_select.banks
-    concatenated = b"".join(
-        [b"".join(map(values[alg].__getitem__, indices)) for alg, indices in banks]
-    )
+    concatenated = _selected_values(parsed.pcr_select, values)
     if not hmac.compare_digest(sig.hash.digest(concatenated), parsed.pcr_digest):
         raise PcrDigestError(
             "pcrDigest does not match the PCR values presented (values changed or reordered)"

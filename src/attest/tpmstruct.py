@@ -54,6 +54,8 @@ class Alg(enum.IntEnum):
     SYMCIPHER = 0x0025
     CFB = 0x0043
 
+    __hash__ = int.__hash__  # Enum's Python-level __hash__ is slow on the quote hot path
+
 
 class EccCurve(enum.IntEnum):
     """TPM_ECC_CURVE (§6.4)."""
