@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-TIERS = ("unit", "api", "swtpm", "vm")
+TIERS = ("unit", "api", "swtpm", "fleet", "vm")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attest.appraisal import Enrollment
 from attest.client import NodeClient
 from attest.enroll import (
     ek_matches_certificate,
@@ -28,57 +29,13 @@ from attest.enroll import (
     verify_ak_attributes,
     verify_ek_certificate,
 )
-from attest.errors import CertificateError, CredentialError, EvidenceFormatError
+from attest.errors import CertificateError, CredentialError
 from attest.evidence import VerifiedEvidence, unb64, verify_evidence
 from attest.model import HashAlg, PcrSelection
 from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
 from attest.tpmstruct import ClockInfo, Public, parse_public
 
-
-@dataclass(frozen=True, slots=True)
-class Enrollment:
-    """What a verifier remembers about a node after enrolling it."""
-
-    node_id: str
-    ak_public: bytes  # TPM2B_PUBLIC
-    ak_name: bytes
-    ek_sha256: bytes | None  # sha256 of the EK TPMT_PUBLIC, when the node has an EK
-    ek_certificate: str | None  # the EK certificate's subject/issuer, when verified
-    activated: bool
-    runtime_pcr: int
-    enrolled_at: str
-
-    @property
-    def ak(self) -> Public:
-        return parse_public(self.ak_public)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "ak_public": self.ak_public.hex(),
-            "ak_name": self.ak_name.hex(),
-            "ek_sha256": None if self.ek_sha256 is None else self.ek_sha256.hex(),
-            "ek_certificate": self.ek_certificate,
-            "activated": self.activated,
-            "runtime_pcr": self.runtime_pcr,
-            "enrolled_at": self.enrolled_at,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Enrollment:
-        try:
-            return cls(
-                node_id=str(doc["node_id"]),
-                ak_public=bytes.fromhex(doc["ak_public"]),
-                ak_name=bytes.fromhex(doc["ak_name"]),
-                ek_sha256=None if doc["ek_sha256"] is None else bytes.fromhex(doc["ek_sha256"]),
-                ek_certificate=doc["ek_certificate"],
-                activated=bool(doc["activated"]),
-                runtime_pcr=int(doc["runtime_pcr"]),
-                enrolled_at=str(doc["enrolled_at"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EvidenceFormatError(f"enrollment record: {exc}") from None
+__all__ = ["Appraisal", "Enrollment", "Evidence", "challenge", "enroll", "gather", "selection_for"]
 
 
 def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[int, bytes]]:
@@ -201,3 +158,50 @@ def challenge(
     elif firmware:
         notes.append("the node serves no firmware event log (swtpm without firmware)")
     return Appraisal(ve, runtime, fw, tuple(notes))
+
+
+# --- evidence gathering for ``attest.appraisal.appraise`` (the verify CLI, the fleet) -------
+
+# PCRs a full appraisal asks for besides the runtime PCR: firmware (0-7), boot loader and
+# kernel command line (8, 9), unified kernel image (11) and its command line (12).
+APPRAISAL_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12)
+
+
+def selection_for(enrollment: Enrollment, extra: PcrSelection | None = None) -> PcrSelection:
+    """The selection of an appraisal: ``extra`` (default: sha256 0-9, 11, 12) plus the
+    enrolled runtime PCR in sha256."""
+    sel = (extra or PcrSelection.of({HashAlg.SHA256: APPRAISAL_PCRS})).as_dict()
+    sha256 = set(sel.get(HashAlg.SHA256, ()))
+    sha256.add(enrollment.runtime_pcr)
+    return PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One contact's raw material for ``appraise``: nothing here is verified yet."""
+
+    doc: dict[str, Any]
+    nonce: bytes
+    selection: PcrSelection
+    tls_binding: bytes | None
+    identity: dict[str, Any] | None
+    audit_entries: list[dict[str, Any]] | None
+
+
+def gather(
+    client: NodeClient,
+    selection: PcrSelection,
+    *,
+    operator: NodeClient | None = None,
+    identity: dict[str, Any] | None = None,
+    nonce: bytes | None = None,
+) -> Evidence:
+    """Challenge the node with a fresh nonce (firmware and runtime logs from the start) and,
+    with an operator channel, fetch its audit log. Raises ``TransportError``."""
+    nonce = os.urandom(32) if nonce is None else nonce
+    doc = client.evidence(nonce, selection, firmware_from=0, runtime_from=0)
+    audit = None
+    if operator is not None:
+        entries = operator.audit(0).get("entries")
+        audit = entries if isinstance(entries, list) else None
+    return Evidence(doc, nonce, selection, client.peer_binding, identity, audit)

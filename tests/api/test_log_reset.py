@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.api.conftest import AppFactory, _running
+
 from attest.broker.local import LocalNode
 from attest.tpm.fake import FakeTpm
-from tests.api.conftest import AppFactory, _running
 
 
 async def test_api_events_are_recorded_again_after_a_tpm_reset(app_factory: AppFactory,

@@ -6,90 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from tests.conftest import SwtpmFactory
+from tests.swtpm.conftest import BIN, Node
+from tests.swtpm.conftest import wait as _wait
 
-from attest.client import NodeClient
 from attest.errors import ClockError, CredentialError, TransportError
 from attest.model import PcrSelection
-from attest.swtpm import SwtpmProcess, SwtpmState, free_port_pair
+from attest.swtpm import SwtpmProcess
 from attest.verifier import challenge, enroll
-
-BIN = Path(sys.executable).parent
-
-
-@dataclass
-class Node:
-    swtpm: SwtpmProcess
-    state: SwtpmState
-    port: int
-    api_sock: Path
-    broker: subprocess.Popen[bytes]
-    api: subprocess.Popen[bytes]
-    work: Path
-
-    def client(self) -> NodeClient:
-        return NodeClient(f"http://127.0.0.1:{self.port}")
-
-    def operator(self) -> NodeClient:
-        return NodeClient("http://operator", uds=str(self.api_sock))
-
-    def roots(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
-        root = x509.load_pem_x509_certificate(self.state.root_ca.read_bytes())
-        inter = x509.load_pem_x509_certificate(self.state.intermediate_ca.read_bytes())
-        return [root], [inter]
-
-
-def _wait(pred: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    pytest.fail(f"{what} within {timeout} s")
-
-
-@pytest.fixture()
-def node(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[Node]:
-    sw, state = swtpm_factory()
-    run = tmp_path / "run"
-    run.mkdir()
-    node_state = tmp_path / "node"
-    node_state.mkdir(mode=0o700)
-    port = free_port_pair()
-    env = {**os.environ, "ATTEST_TPM_BROKER_SOCKET": str(run / "tpm.sock"),
-           "ATTEST_API_PORT": str(port), "ATTEST_API_OPERATOR_SOCKET": str(run / "api.sock"),
-           "ATTEST_TPM_STATE_DIR": str(node_state), "ATTEST_NODE_ID": "swtpm-node",
-           "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none"),
-           "ATTEST_API_RATE_PER_SECOND": "100000", "ATTEST_API_RATE_BURST": "100000"}  # fmt: skip
-    logs = (tmp_path / "broker.log").open("wb"), (tmp_path / "api.log").open("wb")
-    broker = subprocess.Popen(
-        [str(BIN / "attestd-tpm"), "--tcti", sw.tcti, "--socket", str(run / "tpm.sock"),
-         "--operator-socket", str(run / "tpm-op.sock"), "--state-dir", str(node_state)],
-        env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
-    _wait(lambda: (run / "tpm.sock").exists(), 30, "broker socket")
-    api = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=logs[1],
-                           stderr=subprocess.STDOUT)  # fmt: skip
-    n = Node(sw, state, port, run / "api.sock", broker, api, tmp_path)
-    with n.client() as c:
-        _wait(c.ready, 60, "attestd ready")
-    yield n
-    for proc in (api, broker):
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    for f in logs:
-        f.close()
 
 
 def test_enroll_and_attest_through_the_daemons(node: Node) -> None:

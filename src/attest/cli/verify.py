@@ -1,0 +1,298 @@
+"""``attest verify URL``: enroll a node on first contact, appraise it on every contact, and
+print a verdict with the first thing that diverged (and a signed EAR).
+
+Exit codes (distinct from attest's 0-6): 0 affirming, 10 warning, 11 contraindicated (also an
+identity alarm, and a refused enrollment), 12 could not appraise (node unreachable, malformed
+evidence, no usable registry). docs/verify.md has the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from attest.appraisal import (
+    AppraisalResult,
+    Enrollment,
+    Tier,
+    Verdict,
+    appraise,
+    enrollment_refused,
+    unappraisable,
+)
+from attest.cli import EXIT_OK, print_json
+from attest.client import NodeClient
+from attest.enrollstore import EnrollmentStore, NodeRecord
+from attest.errors import AttestError, ConfigError, TransportError, VerificationError
+from attest.manifest.model import VerifiedRegistry, format_time
+from attest.model import PcrSelection
+
+EXIT_AFFIRMING = EXIT_OK
+EXIT_WARNING = 10
+EXIT_CONTRAINDICATED = 11
+EXIT_UNAPPRAISABLE = 12
+
+EXIT_CODES = {
+    Verdict.AFFIRMING: EXIT_AFFIRMING,
+    Verdict.WARNING: EXIT_WARNING,
+    Verdict.CONTRAINDICATED: EXIT_CONTRAINDICATED,
+    Verdict.ALARM: EXIT_CONTRAINDICATED,
+    Verdict.UNAPPRAISABLE: EXIT_UNAPPRAISABLE,
+}
+
+DEFAULT_STATE = "~/.local/state/attest/verifier"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("verify", help="appraise one node: enroll on first contact, then attest")
+    add_arguments(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="the node's API, e.g. https://node-7:8443 or http://127.0.0.1:P")
+    p.add_argument("--state", type=Path, default=None,
+                   help=f"enrollment records (default {DEFAULT_STATE}, or $ATTEST_VERIFIER_STATE)")
+    p.add_argument("--ek-ca", action="append", default=[], metavar="PEM",
+                   help="EK certificate CA (roots and intermediates; repeat)")
+    p.add_argument("--client-cert", help="client certificate for the node's mutual-TLS listener")
+    p.add_argument("--client-key", help="its private key")
+    p.add_argument("--operator-socket", help="the node's operator Unix socket (activation, audit)")
+    p.add_argument("--tls-ca", help="CA that signs the node's TLS certificate (https URLs)")
+    p.add_argument("--trust-dir", type=Path,
+                   help="the verifier's trusted manifest state (attest manifest verify --state)")
+    p.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
+    p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
+    p.add_argument("--platform", help="the node's platform id in the registry (e.g. ovmf-q35)")
+    p.add_argument("--pcrs", type=PcrSelection.parse, default=None,
+                   help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12)")
+    p.add_argument("--ear-key", help="P-256 private key (PEM) that signs the EAR")
+    p.add_argument("--ear-out", help="write the EAR (compact JWS) to this file")
+    p.add_argument("--re-enroll", action="store_true",
+                   help="operator action: replace the enrolled AK/EK with what the node presents")
+    p.add_argument("--json", action="store_true")
+
+
+# --- adapters the command needs --------------------------------------------------------------
+
+
+def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry | None:
+    from attest.manifest.parse import MAX_REGISTRY_BYTES, MAX_ROOT_BYTES
+    from attest.manifest.verify import verify_root_self_signed, verify_snapshot
+    from attest.state import read_bytes
+
+    if args.trust_dir is not None:
+        from attest.manifest.store import load_state
+
+        state = load_state(args.trust_dir)
+        if state is None:
+            raise ConfigError(f"no trusted manifest state in {args.trust_dir}", key="--trust-dir")
+        return state.check_fresh(now=now)
+    if args.root is not None or args.snapshot is not None:
+        if args.root is None or args.snapshot is None:
+            raise ConfigError("give --root and --snapshot together", key="--snapshot")
+        root = verify_root_self_signed(read_bytes(args.root, max_size=MAX_ROOT_BYTES), now=now)
+        return verify_snapshot(root.root, read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES),
+                               now=now)  # fmt: skip
+    return None
+
+
+def _ek_cas(paths: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    from cryptography import x509
+
+    roots: list[Any] = []
+    inter: list[Any] = []
+    for path in paths:
+        for cert in x509.load_pem_x509_certificates(Path(path).read_bytes()):
+            (roots if cert.issuer == cert.subject else inter).append(cert)
+    return roots, inter
+
+
+def _ear_key(path: str | None) -> Any:
+    if path is None:
+        return None
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(Path(path).read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve,
+                                                                          ec.SECP256R1):
+        raise ConfigError("the EAR key must be an EC P-256 private key", key="--ear-key")
+    return key
+
+
+@contextlib.contextmanager
+def _clients(args: argparse.Namespace) -> Iterator[tuple[NodeClient, NodeClient | None]]:
+    verify: Any = args.tls_ca if args.tls_ca else True
+    cert = None
+    if args.client_cert or args.client_key:
+        if not (args.client_cert and args.client_key):
+            raise ConfigError("give --client-cert and --client-key together", key="--client-key")
+        cert = (args.client_cert, args.client_key)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(NodeClient(args.url, verify=verify))
+        operator = None
+        if args.operator_socket:
+            operator = stack.enter_context(NodeClient("http://operator",
+                                                      uds=args.operator_socket))  # fmt: skip
+        elif cert is not None:
+            operator = stack.enter_context(NodeClient(args.url, verify=verify, cert=cert))
+        yield client, operator
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)  # taken once for the whole appraisal
+    state_dir = args.state or Path(os.environ.get("ATTEST_VERIFIER_STATE",
+                                                  DEFAULT_STATE)).expanduser()  # fmt: skip
+    store = EnrollmentStore(state_dir)
+    ear_key = _ear_key(args.ear_key)
+    roots, inter = _ek_cas(args.ek_ca)
+    address = args.url.rstrip("/")
+    notes: list[str] = []
+    re_enrollment: dict[str, Any] | None = None
+    record = store.load(address)
+    nonce = os.urandom(32)
+    try:
+        registry = _load_registry(args, now)
+    except (VerificationError, ConfigError) as exc:
+        result = unappraisable(record.enrollment.node_id if record else "", f"no usable "
+                               f"registry: {exc}", nonce=nonce, now=now)  # fmt: skip
+        return _report(args, result, ear_key, now, record, notes, None)
+    if registry is None:
+        notes.append("no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "
+                     "and expected PCRs are not appraised")  # fmt: skip
+    from attest.verifier import enroll, gather, selection_for
+
+    with _clients(args) as (client, operator):
+        try:
+            identity = client.identity()
+            if record is None or args.re_enroll:
+                try:
+                    enrollment = enroll(client, now=now, ek_roots=roots, ek_intermediates=inter,
+                                        activator=operator)  # fmt: skip
+                except VerificationError as exc:
+                    result = enrollment_refused(str(identity.get("node_id", ""))[:256],
+                                                f"{exc.check}: {exc}", nonce=nonce, now=now)
+                    return _report(args, result, ear_key, now, record, notes, None)
+                if record is None:
+                    record = store.enroll(address, enrollment)
+                    notes.append(_enrolled_line(enrollment, first=True))
+                else:
+                    record, re_enrollment = store.replace(address, enrollment,
+                                                          at=format_time(now))  # fmt: skip
+                    notes.append(_enrolled_line(enrollment, first=False))
+                if operator is None:
+                    notes.append("enrolled WITHOUT credential activation (no --operator-socket "
+                                 "or client certificate): the AK is trusted on first use")
+            selection = selection_for(record.enrollment, args.pcrs)
+            ev = gather(client, selection, nonce=nonce)
+            audit: list[dict[str, Any]] | None = None
+            if operator is not None:
+                try:
+                    entries = operator.audit(0).get("entries")
+                    audit = entries if isinstance(entries, list) else None
+                except TransportError as exc:
+                    notes.append(f"audit log not fetched: {exc}")
+        except TransportError as exc:
+            node_id = record.enrollment.node_id if record else ""
+            result = unappraisable(node_id, f"node unreachable: {exc}", nonce=nonce, now=now)
+            return _report(args, result, ear_key, now, record, notes, re_enrollment)
+        except AttestError as exc:
+            node_id = record.enrollment.node_id if record else ""
+            result = unappraisable(node_id, f"malformed answer: {exc}", nonce=nonce, now=now)
+            return _report(args, result, ear_key, now, record, notes, re_enrollment)
+    result = appraise(
+        ev.doc, enrollment=record.enrollment, nonce=nonce, selection=selection,
+        registry=registry, platform_id=args.platform, previous=record.last_clock,
+        tls_binding=ev.tls_binding, now=now, audit_entries=audit, identity=identity,
+    )  # fmt: skip
+    if result.verdict is not Verdict.ALARM:
+        record = store.appraised(record, clock=result.clock, verdict=result.verdict.value,
+                                 at=format_time(now))  # fmt: skip
+    return _report(args, result, ear_key, now, record, notes, re_enrollment)
+
+
+def _enrolled_line(e: Enrollment, *, first: bool) -> str:
+    how = "credential activation" if e.activated else "no activation"
+    ek = f"EK certificate {e.ek_certificate}" if e.ek_certificate else "EK certificate not checked"
+    what = "enrolled on first contact" if first else "RE-ENROLLED by operator action (--re-enroll)"
+    return f"{what}: node {e.node_id}, AK {e.ak_name.hex()}; {ek}; {how}"
+
+
+def _report(
+    args: argparse.Namespace,
+    result: AppraisalResult,
+    ear_key: Any,
+    now: datetime,
+    record: NodeRecord | None,
+    notes: list[str],
+    re_enrollment: dict[str, Any] | None,
+) -> int:
+    from attest.result import result_ear
+
+    token = result_ear(result, ear_key, now=now) if ear_key is not None else None
+    if token is not None and args.ear_out:
+        from attest.state import atomic_write_bytes
+
+        atomic_write_bytes(args.ear_out, token.encode() + b"\n")
+    all_notes = [*notes, *result.notes]
+    if token is None:
+        all_notes.append("no --ear-key: the attestation result is not signed")
+    code = EXIT_CODES[result.verdict]
+    if args.json:
+        print_json({
+            "address": args.url.rstrip("/"), "status": result.status,
+            "verdict": result.verdict.value, "exit_code": code, "ear": token,
+            "claims": result.trustworthiness_vector,
+            "explanation": result.first_divergence, "result": result.to_json(),
+            "enrollment": None if record is None else record.enrollment.to_json(),
+            "re_enrollment": re_enrollment, "notes": all_notes,
+        })  # fmt: skip
+        return code
+    out = sys.stdout
+    print(f"{result.node_id or args.url}: {result.verdict.value.upper()}", file=out)
+    if result.first_divergence:
+        print(f"  first divergence: {result.first_divergence}", file=out)
+    for c in result.claims:
+        if c.value == 0 and not c.findings:
+            continue
+        worst = max(c.findings, key=lambda f: (f.tier, f.value)) if c.findings else None
+        why = worst.explanation if worst is not None else ""
+        label = c.tier.label if c.tier is not Tier.NONE else "no claim"
+        print(f"  {c.claim.value:<18} {c.value:>3} {label:<16} {why}", file=out)
+    for n in all_notes:
+        print(f"  note: {n}", file=out)
+    if token is not None and args.ear_out:
+        print(f"  EAR written to {args.ear_out}", file=out)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``attest verify`` on its own (until it is wired into ``attest.cli``)."""
+    import logging
+
+    from attest.cli import error_line
+
+    parser = argparse.ArgumentParser(prog="attest verify")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return cmd_verify(args)
+    except (AttestError, OSError) as exc:
+        code, line = error_line(exc)
+        print(line, file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Fixtures of the swtpm tier: the real node daemons (attestd-tpm + attestd) on a swtpm."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import pytest
+from cryptography import x509
+from tests.conftest import SwtpmFactory
+
+from attest.client import NodeClient
+from attest.swtpm import SwtpmProcess, SwtpmState, free_port_pair
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Node:
+    swtpm: SwtpmProcess
+    state: SwtpmState
+    port: int
+    api_sock: Path
+    broker: subprocess.Popen[bytes]
+    api: subprocess.Popen[bytes]
+    work: Path
+    logs: tuple[IO[bytes], ...] = field(default=())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> NodeClient:
+        return NodeClient(self.url)
+
+    def operator(self) -> NodeClient:
+        return NodeClient("http://operator", uds=str(self.api_sock))
+
+    def roots(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+        root = x509.load_pem_x509_certificate(self.state.root_ca.read_bytes())
+        inter = x509.load_pem_x509_certificate(self.state.intermediate_ca.read_bytes())
+        return [root], [inter]
+
+    def stop(self) -> None:
+        """Stop the daemons (the swtpm is stopped by its factory)."""
+        for proc in (self.api, self.broker):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for f in self.logs:
+            f.close()
+
+
+def wait(pred: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{what} within {timeout} s")
+
+
+NodeFactory = Callable[..., Node]
+
+
+@pytest.fixture()
+def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFactory]:
+    """Start nodes: ``start(name="node", port=None, tpm=None)`` -- each on its own fresh copy
+    of the session's swtpm state (or on ``tpm``, a running swtpm the caller owns) with its own
+    node state dir; ``port`` reuses an address (a node restarted on another TPM)."""
+    nodes: list[Node] = []
+
+    def start(name: str = "node", port: int | None = None,
+              tpm: tuple[SwtpmProcess, SwtpmState] | None = None) -> Node:  # fmt: skip
+        sw, state = tpm if tpm is not None else swtpm_factory(f"{name}-tpm")
+        work = tmp_path / name
+        run = work / "run"
+        run.mkdir(parents=True)
+        node_state = work / "state"
+        node_state.mkdir(mode=0o700)
+        port = port or free_port_pair()
+        env = {**os.environ, "ATTEST_TPM_BROKER_SOCKET": str(run / "tpm.sock"),
+               "ATTEST_API_PORT": str(port), "ATTEST_API_OPERATOR_SOCKET": str(run / "api.sock"),
+               "ATTEST_TPM_STATE_DIR": str(node_state), "ATTEST_NODE_ID": "swtpm-node",
+               "ATTEST_LOGS_FIRMWARE_LOG": str(work / "none"),
+               "ATTEST_API_RATE_PER_SECOND": "100000",
+               "ATTEST_API_RATE_BURST": "100000"}  # fmt: skip
+        logs = (work / "broker.log").open("wb"), (work / "api.log").open("wb")
+        broker = subprocess.Popen(
+            [str(BIN / "attestd-tpm"), "--tcti", sw.tcti, "--socket", str(run / "tpm.sock"),
+             "--operator-socket", str(run / "tpm-op.sock"), "--state-dir", str(node_state)],
+            env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
+        wait(lambda: (run / "tpm.sock").exists(), 30, "broker socket")
+        api = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=logs[1],
+                               stderr=subprocess.STDOUT)  # fmt: skip
+        n = Node(sw, state, port, run / "api.sock", broker, api, work, logs)
+        nodes.append(n)
+        with n.client() as c:
+            wait(c.ready, 60, "attestd ready")
+        return n
+
+    yield start
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture()
+def node(node_factory: NodeFactory) -> Node:
+    return node_factory()

@@ -1,0 +1,125 @@
+"""``attest verify URL`` against the real daemons on swtpm: enrollment on first contact
+(EK chain + credential activation over the operator socket), the stored enrollment on the next
+contact, an AK change (the node restarted on another TPM) as an alarm, a node that is down."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from tests.swtpm.conftest import Node, NodeFactory
+
+from attest.cli.verify import main
+from attest.result import verify_ear
+from attest.swtpm import SwtpmProcess, manufacture
+
+
+@pytest.fixture()
+def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "ear.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))  # fmt: skip
+    return path, key
+
+
+def verify(capsys: pytest.CaptureFixture[str], node: Node, state: Path, key: Path,
+           *extra: str, url: str | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    args = [url or node.url, "--state", str(state), "--ear-key", str(key), "--json",
+            "--ek-ca", str(node.state.root_ca), "--ek-ca", str(node.state.intermediate_ca),
+            "--operator-socket", str(node.api_sock), *extra]  # fmt: skip
+    capsys.readouterr()
+    code = main(args)
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def test_first_contact_enrolls_then_the_stored_enrollment_is_used(
+    node: Node, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = tmp_path / "verifier"
+    code, doc = verify(capsys, node, state, ear_key[0])
+    assert code == 0, (doc["explanation"], doc["notes"])
+    assert doc["verdict"] == "affirming"
+    assert any(n.startswith("enrolled on first contact") for n in doc["notes"])
+    assert doc["enrollment"]["activated"] is True
+    assert "swtpm-localca" in doc["enrollment"]["ek_certificate"]
+    assert doc["claims"]["instance-identity"] == 2
+    assert doc["claims"]["configuration"] == 2  # runtime log + audit chain
+    claims = verify_ear(doc["ear"], ear_key[1].public_key())
+    assert claims["submods"]["swtpm-node"]["ear.status"] == "affirming"
+
+    (record_file,) = state.glob("node-*.json")
+    first = json.loads(record_file.read_text())
+    assert first["last_clock"] is not None
+
+    code, doc = verify(capsys, node, state, ear_key[0])
+    assert code == 0, (doc["explanation"], doc["notes"])
+    assert not any("enrolled" in n for n in doc["notes"])
+    second = json.loads(record_file.read_text())
+    assert second["enrollment"] == first["enrollment"]
+    assert second["last_clock"]["clock_ms"] >= first["last_clock"]["clock_ms"]
+
+
+def test_ak_change_is_an_alarm_until_an_operator_re_enrolls(
+    node_factory: NodeFactory, tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey], capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = tmp_path / "verifier"
+    first = node_factory("first")
+    code, doc = verify(capsys, first, state, ear_key[0])
+    assert code == 0, (doc["explanation"], doc["notes"])
+    enrolled = doc["enrollment"]
+    first.stop()
+
+    # The same address, now answered by a node on another TPM (its own EK, its own AK).
+    other_state = manufacture(tmp_path / "other-tpm")
+    sw = SwtpmProcess(other_state.state_dir).start()
+    try:
+        second = node_factory("second", port=first.port, tpm=(sw, other_state))
+        code, doc = verify(capsys, second, state, ear_key[0])
+        assert code == 11, doc
+        assert doc["verdict"] == "alarm" and doc["status"] == "contraindicated"
+        assert doc["explanation"].startswith("ALARM: the node presents AK")
+        assert doc["enrollment"] == enrolled  # not silently replaced
+        claims = verify_ear(doc["ear"], ear_key[1].public_key())
+        assert claims["submods"]["swtpm-node"]["ear.status"] == "contraindicated"
+
+        code, doc = verify(capsys, second, state, ear_key[0], "--re-enroll")
+        assert code == 0, (doc["explanation"], doc["notes"])
+        assert doc["re_enrollment"]["previous_ak_name"] == enrolled["ak_name"]
+        assert doc["re_enrollment"]["new_ak_name"] == doc["enrollment"]["ak_name"]
+        assert any("RE-ENROLLED by operator action" in n for n in doc["notes"])
+    finally:
+        sw.stop()
+
+
+def test_node_down_could_not_appraise(
+    node: Node, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = tmp_path / "verifier"
+    assert verify(capsys, node, state, ear_key[0])[0] == 0
+    node.stop()
+    code, doc = verify(capsys, node, state, ear_key[0])
+    assert code == 12, doc
+    assert doc["verdict"] == "could-not-appraise" and doc["status"] == "none"
+    assert "node unreachable" in doc["explanation"]
+
+
+def test_human_output_names_the_verdict(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    capsys.readouterr()
+    code = main([node.url, "--state", str(tmp_path / "v"), "--operator-socket",
+                 str(node.api_sock)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("swtpm-node: AFFIRMING")
+    assert "instance-identity" in out and "not signed" in out

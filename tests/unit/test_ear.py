@@ -1,0 +1,102 @@
+"""EAR: claims set, ES256 compact JWS round trip, and refusal of tampered or re-algorithmed
+tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from attest.appraisal import Claim, Finding, _summarise
+from attest.errors import EvidenceFormatError, SignatureError
+from attest.result import EAR_PROFILE, ear_claims, result_ear, sign_ear, submod, verify_ear
+
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def _result() -> object:
+    return _summarise(
+        [Finding(Claim.INSTANCE_IDENTITY, 2, "quote", "quote ok"),
+         Finding(Claim.FILE_SYSTEM, 96, "verity", "dm-verity root hash 00 is not blessed")],
+        node_id="node-7", nonce=b"n" * 32, now=NOW, policy_id="attest/default@1",
+    )  # fmt: skip
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_ear_round_trip() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    r = _result()
+    token = result_ear(r, key, now=NOW)  # type: ignore[arg-type]
+    claims = verify_ear(token, key.public_key())
+    assert claims["eat_profile"] == EAR_PROFILE
+    assert claims["iat"] == int(NOW.timestamp())
+    assert claims["eat_nonce"] == _b64(b"n" * 32)
+    assert claims["ear.verifier-id"]["developer"] == "attest"
+    sm = claims["submods"]["node-7"]
+    assert sm["ear.status"] == "contraindicated"
+    assert sm["ear.trustworthiness-vector"] == {"instance-identity": 2, "file-system": 96}
+    assert sm["ear.appraisal-policy-id"] == "attest/default@1"
+    assert sm["attest.explanation"]["first_divergence"] == "dm-verity root hash 00 is not blessed"
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header == {"alg": "ES256", "typ": "JWT"}
+    assert len(base64.urlsafe_b64decode(token.split(".")[2] + "==")) == 64  # raw r || s
+
+
+def test_submods_map_is_general() -> None:
+    r = _result()
+    claims = ear_claims({"host": submod(r), "guest": submod(r)}, now=NOW)  # type: ignore[arg-type]
+    assert set(claims["submods"]) == {"host", "guest"} and "eat_nonce" not in claims
+
+
+def test_tampered_ear_is_refused() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = result_ear(_result(), key, now=NOW)  # type: ignore[arg-type]
+    h, p, s = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(p + "=="))
+    claims["submods"]["node-7"]["ear.status"] = "affirming"
+    forged = f"{h}.{_b64(json.dumps(claims).encode())}.{s}"
+    with pytest.raises(SignatureError):
+        verify_ear(forged, key.public_key())
+
+
+def test_ear_signed_by_another_key_is_refused() -> None:
+    token = result_ear(_result(), ec.generate_private_key(ec.SECP256R1()), now=NOW)  # type: ignore[arg-type]
+    with pytest.raises(SignatureError):
+        verify_ear(token, ec.generate_private_key(ec.SECP256R1()).public_key())
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", "ES384", "es256"])
+def test_algorithm_is_pinned_to_es256(alg: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = sign_ear(ear_claims({"n": submod(_result())}, now=NOW), key)  # type: ignore[arg-type]
+    _, p, s = token.split(".")
+    h = _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    with pytest.raises(SignatureError, match="alg"):
+        verify_ear(f"{h}.{p}.{s if alg != 'none' else ''}", key.public_key())
+
+
+def test_critical_header_is_refused() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = sign_ear(ear_claims({"n": submod(_result())}, now=NOW), key)  # type: ignore[arg-type]
+    _, p, s = token.split(".")
+    h = _b64(json.dumps({"alg": "ES256", "crit": ["exp"]}).encode())
+    with pytest.raises(SignatureError, match="critical"):
+        verify_ear(f"{h}.{p}.{s}", key.public_key())
+
+
+@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "!!.e30.AA", "e30.e30." + "A" * 86])
+def test_malformed_tokens_raise_the_documented_errors(token: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises((EvidenceFormatError, SignatureError)):
+        verify_ear(token, key.public_key())
+
+
+def test_es256_needs_a_p256_key() -> None:
+    with pytest.raises(ValueError, match="P-256"):
+        sign_ear({"x": 1}, ec.generate_private_key(ec.SECP384R1()))
