@@ -1,0 +1,84 @@
+"""The appraisal seam of the fleet service.
+
+The poller calls one function per challenge with the signature of ``attest.appraisal.appraise``
+(the ``Appraiser`` protocol: tests and the benchmark may inject another) and stores what
+``summarize`` reads off its ``AppraisalResult``: the EAR status (affirming / warning /
+contraindicated / none), the explanation of the first divergence and the others, the release
+the node *attested to* (only from the authenticated dm-verity root hash the appraisal matched in
+the registry -- never the version string the node claims), the quote's clock for the next
+appraisal's ``previous``, and the full ``to_json()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from attest.appraisal import AppraisalResult, Enrollment, appraise
+from attest.manifest import VerifiedRegistry
+from attest.manifest.evaluate import ReleaseStatus
+from attest.model import PcrSelection
+from attest.tpmstruct import ClockInfo
+
+STATUSES = ("affirming", "warning", "contraindicated", "none")
+# A node "runs" a release (for rollout shares) when the appraisal found its authenticated root
+# hash in the registry as a blessed release; an overdue embargo is still that release.
+RUNNING = (ReleaseStatus.BLESSED, ReleaseStatus.EMBARGOED_OVERDUE)
+
+
+class Appraiser(Protocol):
+    def __call__(
+        self,
+        evidence_doc: object,
+        *,
+        enrollment: Enrollment,
+        nonce: bytes,
+        selection: PcrSelection,
+        registry: VerifiedRegistry | None,
+        platform_id: str | None,
+        previous: ClockInfo | None,
+        tls_binding: bytes | None,
+        now: datetime,
+    ) -> AppraisalResult: ...
+
+
+def default_appraiser() -> Appraiser:
+    return appraise
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    status: str
+    explanation: str
+    first_divergence: str | None
+    release: str | None
+    clock: ClockInfo | None
+    doc: dict[str, Any] = field(repr=False)
+
+
+def summarize(result: AppraisalResult) -> Summary:
+    status = result.status if result.status in STATUSES else "none"
+    if result.alarm:
+        status = "contraindicated"
+    reasons = list(result.explanations)
+    if result.first_divergence and result.first_divergence not in reasons:
+        reasons.insert(0, result.first_divergence)
+    if not reasons:
+        reasons = [f"{result.verdict.value}: every check passed"]
+    release = None
+    decision = result.release
+    if decision is not None and decision.release is not None and decision.status in RUNNING:
+        release = decision.release.version
+    return Summary(status, "; ".join(reasons), result.first_divergence, release, result.clock,
+                   result.to_json())  # fmt: skip
+
+
+def result_release(doc: Mapping[str, Any]) -> str | None:
+    """The release version recorded in a stored result document, if it was attested."""
+    rel = doc.get("release")
+    if isinstance(rel, Mapping) and rel.get("status") in {s.value for s in RUNNING}:
+        v = rel.get("version")
+        return v if isinstance(v, str) else None
+    return None

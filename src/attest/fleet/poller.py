@@ -1,0 +1,296 @@
+"""The fleet's scheduler (an adapter between the store, the node API and the appraisal).
+
+One asyncio loop per worker process: it leases due nodes from the store (up to its free
+concurrency), challenges each over a keep-alive connection with a fresh nonce, appraises the
+evidence, and writes results back in batches (one transaction per ``batch`` results or per
+``flush_interval``). Per node: the next challenge is due ``interval`` after this one, with
+``jitter`` (a fraction, uniform) so the fleet does not beat in step; a node that does not
+answer is retried with exponential backoff (``interval * 2**failures``, at most
+``max_backoff``), marked ``unreachable`` after ``unreachable_after`` consecutive failures, and
+is never dropped. The store calls run on one dedicated thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from attest.appraisal import Enrollment
+from attest.errors import AttestError, TransportError
+from attest.fleet.appraiser import Appraiser, summarize
+from attest.fleet.http import HttpPool, Origin
+from attest.fleet.store import Leased, Outcome, Store
+from attest.manifest import VerifiedRegistry
+from attest.model import HashAlg, PcrSelection
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SELECTION = "sha256:0-7"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    worker_id: str = "worker-1"
+    interval: float = 10.0
+    jitter: float = 0.1
+    concurrency: int = 256
+    timeout: float = 5.0
+    max_backoff: float = 300.0
+    unreachable_after: int = 2
+    lease_ttl: float = 60.0
+    batch: int = 500
+    flush_interval: float = 0.25
+    tick: float = 0.05
+    selection: str = DEFAULT_SELECTION  # the runtime PCR of each enrollment is added
+    platform_id: str | None = None
+
+    def validate(self) -> PollSettings:
+        if self.interval <= 0 or not 0 <= self.jitter < 1:
+            raise ValueError("interval must be positive and jitter in [0, 1)")
+        if self.concurrency < 1 or self.batch < 1:
+            raise ValueError("concurrency and batch must be at least 1")
+        if self.lease_ttl <= self.timeout * 2:
+            raise ValueError("lease_ttl must exceed twice the timeout")
+        PcrSelection.parse(self.selection)
+        return self
+
+
+@dataclass
+class PollMetrics:
+    appraisals: int = 0
+    failures: int = 0
+    dropped: int = 0  # results whose lease was lost
+    leased: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    appraise_seconds: float = 0.0  # time inside appraise(): the CPU part of an appraisal
+    latencies: list[float] = field(default_factory=list)  # kept only when record_latencies
+
+    def observe(self, seconds: float, keep: bool) -> None:
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_buckets[i] += 1
+                break
+        else:
+            self.latency_buckets[-1] += 1
+        self.latency_sum += seconds
+        if keep:
+            self.latencies.append(seconds)
+
+
+class Poller:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        settings: PollSettings,
+        appraise: Appraiser,
+        registry: Callable[[], VerifiedRegistry | None] = lambda: None,
+        on_change: Callable[[Outcome], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        record_latencies: bool = False,
+    ) -> None:
+        self.store = store
+        self.settings = settings.validate()
+        self.appraise = appraise
+        self.registry = registry
+        self.on_change = on_change
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.record_latencies = record_latencies
+        self.metrics = PollMetrics()
+        self.pool = HttpPool(timeout=settings.timeout, max_idle=settings.concurrency)
+        self._base = PcrSelection.parse(settings.selection)
+        self._selections: dict[int, tuple[PcrSelection, dict[str, list[int]]]] = {}
+        self._enrollments: dict[str, tuple[str, Enrollment]] = {}
+        self._origins: dict[str, Origin] = {}
+        self._pending: list[Outcome] = []
+        self._inflight = 0
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="fleet-db")
+
+    # --- one node ---------------------------------------------------------------------------
+
+    def _selection(self, runtime_pcr: int) -> tuple[PcrSelection, dict[str, list[int]]]:
+        cached = self._selections.get(runtime_pcr)
+        if cached is None:
+            sel = self._base.as_dict()
+            sha256 = set(sel.get(HashAlg.SHA256, ())) | {runtime_pcr}
+            full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
+            cached = (full, {alg.bank_name: list(idx) for alg, idx in full.banks})
+            self._selections[runtime_pcr] = cached
+        return cached
+
+    def _enrollment(self, node: Leased) -> Enrollment | None:
+        if node.enrollment_doc is None:
+            return None
+        cached = self._enrollments.get(node.node_id)
+        if cached is None or cached[0] != node.enrollment_doc:
+            cached = (node.enrollment_doc, Enrollment.from_json(json.loads(node.enrollment_doc)))
+            self._enrollments[node.node_id] = cached
+        return cached[1]
+
+    def _next_due(self, now: float, delay: float) -> float:
+        j = self.settings.jitter
+        return now + delay * (1.0 + self.rng.uniform(-j, j))
+
+    async def _one(self, node: Leased) -> None:
+        start = self.clock()
+        t0 = time.perf_counter()
+        try:
+            outcome = await self._attempt(node, start)
+        except Exception as exc:  # a bug must not stop the fleet: report it on the node
+            logger.exception("appraisal crashed", extra={"node_id": node.node_id})
+            outcome = self._failed(node, start, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._inflight -= 1
+        self.metrics.observe(time.perf_counter() - t0, self.record_latencies)
+        if outcome.result is None:
+            self.metrics.failures += 1
+        else:
+            self.metrics.appraisals += 1
+            self.metrics.by_status[outcome.verdict] = \
+                self.metrics.by_status.get(outcome.verdict, 0) + 1  # fmt: skip
+        self._pending.append(outcome)
+
+    async def _attempt(self, node: Leased, start: float) -> Outcome:
+        s = self.settings
+        enrollment = self._enrollment(node)
+        if enrollment is None:
+            return Outcome(node.node_id, node.token, start, "unenrolled",
+                           "the node is registered but not enrolled: no AK is trusted yet",
+                           None, None, None, {}, "", 0, self._next_due(start, s.interval),
+                           node.appraisals + 1, node.verdict)  # fmt: skip
+        origin = self._origins.get(node.url)
+        if origin is None:
+            origin = self._origins[node.url] = Origin.parse(node.url)
+        selection, pcrs = self._selection(enrollment.runtime_pcr)
+        nonce = os.urandom(32)
+        body = {"nonce": nonce.hex(), "pcrs": pcrs, "logs": {"runtime": {"start": 0}}}
+        try:
+            resp = await self.pool.request(origin, "POST", "/v1/evidence", body)
+            if resp.status != 200:
+                raise TransportError(f"HTTP {resp.status}: {resp.body[:200]!r}")
+            doc = resp.json()
+            if not isinstance(doc, Mapping):
+                raise TransportError("the evidence is not a JSON object")
+        except TransportError as exc:
+            return self._failed(node, start, str(exc))
+        c0 = time.perf_counter()
+        try:
+            result = self.appraise(
+                doc, enrollment=enrollment, nonce=nonce, selection=selection,
+                registry=self.registry(), platform_id=s.platform_id, previous=node.clock,
+                tls_binding=resp.tls_binding, now=datetime.fromtimestamp(start, UTC),
+            )  # fmt: skip
+            summary = summarize(result)
+        except AttestError as exc:  # an appraisal that raises instead of returning a result
+            self.metrics.appraise_seconds += time.perf_counter() - c0
+            return Outcome(node.node_id, node.token, start, "contraindicated", str(exc),
+                           getattr(exc, "check", "appraisal"), None, None, {"error": str(exc)},
+                           "", 0, self._next_due(start, s.interval), node.appraisals + 1,
+                           node.verdict)  # fmt: skip
+        self.metrics.appraise_seconds += time.perf_counter() - c0
+        return Outcome(node.node_id, node.token, start, summary.status, summary.explanation,
+                       summary.first_divergence, summary.release, summary.clock, summary.doc,
+                       "", 0, self._next_due(start, s.interval), node.appraisals + 1,
+                       node.verdict)  # fmt: skip
+
+    def _failed(self, node: Leased, start: float, error: str) -> Outcome:
+        s = self.settings
+        failures = node.failures + 1
+        delay = min(s.interval * (2 ** min(failures, 20)), s.max_backoff)
+        unreachable = failures >= s.unreachable_after
+        verdict = "unreachable" if unreachable else node.verdict
+        explanation = f"the node does not answer ({failures} attempts): {error}"
+        logger.info("node did not answer", extra={"node_id": node.node_id, "error": error,
+                                                  "failures": failures})  # fmt: skip
+        return Outcome(node.node_id, node.token, start, verdict, explanation, None, None, None,
+                       None, error, failures, self._next_due(start, delay), node.appraisals,
+                       node.verdict)  # fmt: skip
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        for i in range(0, len(batch), s.batch):
+            part = batch[i:i + s.batch]
+            done = await loop.run_in_executor(self._db, self.store.complete, s.worker_id, part)
+            self.metrics.dropped += len(part) - len(done)
+            if self.on_change is not None:
+                for o in done:
+                    if o.verdict != o.previous_verdict:
+                        self.on_change(o)
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self._flush()
+        except Exception:
+            logger.exception("writing results failed; the leases will expire")
+
+    def _lease(self, limit: int) -> list[Leased]:
+        s = self.settings
+        return self.store.lease(s.worker_id, now=self.clock(), limit=limit, ttl=s.lease_ttl)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; then finish the appraisals in flight and flush."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+        last_flush = time.monotonic()
+        flushing: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                free = s.concurrency - self._inflight
+                got: Sequence[Leased] = ()
+                if free > 0:
+                    try:
+                        got = await loop.run_in_executor(self._db, self._lease, min(free, s.batch))
+                    except Exception:  # the database is away: keep what we have, retry
+                        logger.exception("lease failed")
+                        got = ()
+                        await asyncio.sleep(1.0)
+                    self.metrics.leased += len(got)
+                    for node in got:
+                        self._inflight += 1
+                        t = loop.create_task(self._one(node))
+                        tasks.add(t)
+                        t.add_done_callback(tasks.discard)
+                now = time.monotonic()
+                if (self._pending and (flushing is None or flushing.done())
+                        and (len(self._pending) >= s.batch
+                             or now - last_flush >= s.flush_interval)):  # fmt: skip
+                    # Written in the background: challenges go on while the batch commits.
+                    last_flush = now
+                    flushing = loop.create_task(self._flush_logged())
+                if len(got) < min(free, s.batch) or free <= 0:
+                    with_timeout = asyncio.ensure_future(stop.wait())
+                    done, _ = await asyncio.wait({with_timeout}, timeout=s.tick)
+                    if not done:
+                        with_timeout.cancel()
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            if tasks:
+                await asyncio.wait(tasks, timeout=s.timeout + 1)
+            if flushing is not None:
+                await flushing
+            await self._flush()
+            self.pool.close()
+
+    def close(self) -> None:
+        self._db.shutdown(wait=True)

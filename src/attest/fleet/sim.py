@@ -1,0 +1,198 @@
+"""Many simulated nodes behind one lightweight HTTP/1.1 server (for the benchmark, tests and
+demos; never used by the service itself).
+
+Node ``i`` answers at ``/n/{i}/v1/evidence`` and ``/n/{i}/v1/identity`` with the node API's
+documents (``attest.api.app``): a fresh quote by its own ``FakeTpm`` (a real ECDSA P-256 AK,
+derived from ``seed`` and ``i``) over the caller's nonce (a batch of one: the quote signs the
+Merkle leaf of the challenge), its PCRs and its runtime log. Controls: ``set_image`` (measure a
+dm-verity device into the runtime PCR, as attestd does at boot), ``tamper`` (extend the runtime
+PCR behind the log's back), ``down`` (close connections without answering). Every evidence
+request is counted, and timed when ``record_times`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from attest.appraisal import Enrollment
+from attest.eventlog.cel import CelRecord
+from attest.evidence import EVIDENCE_VERSION, b64
+from attest.merkle import challenge_leaf, leaf_hash
+from attest.model import HashAlg, PcrSelection
+from attest.runtime import KIND_VERITY_DEVICE, new_runtime_record
+from attest.tpm.fake import FakeTpm
+
+BANKS = (HashAlg.SHA256,)
+MAX_BODY = 65536
+
+
+@dataclass
+class SimNode:
+    index: int
+    tpm: FakeTpm
+    runtime_pcr: int
+    records: list[CelRecord] = field(default_factory=list)
+    records_json: list[dict[str, Any]] = field(default_factory=list)
+    down: bool = False
+    requests: int = 0
+    times: list[float] = field(default_factory=list)
+    ak_json: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def node_id(self) -> str:
+        return f"sim-{self.index}"
+
+    def measure(self, kind: str, content: dict[str, Any]) -> None:
+        rec = new_runtime_record(len(self.records), kind, content, pcr=self.runtime_pcr,
+                                 banks=BANKS)  # fmt: skip
+        self.tpm.extend(self.runtime_pcr, dict(rec.digests))
+        self.records.append(rec)
+        self.records_json.append(rec.to_json())
+
+
+class SimFleet:
+    def __init__(self, count: int, *, seed: str = "attest-sim", runtime_pcr: int = 13,
+                 verity_root_hash: bytes | None = None, record_times: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.runtime_pcr = runtime_pcr
+        self.record_times = record_times
+        self.clock = clock
+        self.nodes: list[SimNode] = []
+        for i in range(count):
+            tpm = FakeTpm(banks=BANKS, seed=f"{seed}/{i}".encode())
+            ak = tpm.ak_public()
+            node = SimNode(i, tpm, runtime_pcr,
+                           ak_json={"public": b64(ak.tpm2b()), "name": ak.name.hex()})
+            self.nodes.append(node)
+            if verity_root_hash is not None:
+                self.set_image(i, verity_root_hash)
+        self._selections: dict[str, PcrSelection] = {}
+        self.server: asyncio.Server | None = None
+
+    # --- controls ---------------------------------------------------------------------------
+
+    def set_image(self, i: int, verity_root_hash: bytes, name: str = "root") -> None:
+        self.nodes[i].measure(KIND_VERITY_DEVICE, {"name": name,
+                                                   "root_hash": verity_root_hash.hex()})
+
+    def tamper(self, i: int) -> None:
+        self.nodes[i].tpm.extend(self.runtime_pcr, {HashAlg.SHA256: os.urandom(32)})
+
+    def enrollment(self, i: int, *, now: datetime | None = None) -> Enrollment:
+        """The enrollment record a verifier would make (trust in the AK out of band: the
+        simulated TPMs have no EK)."""
+        ak = self.nodes[i].tpm.ak_public()
+        return Enrollment(
+            node_id=self.nodes[i].node_id, ak_public=ak.tpm2b(), ak_name=ak.name,
+            ek_sha256=None, ek_certificate=None, activated=False,
+            runtime_pcr=self.runtime_pcr,
+            enrolled_at=(now or datetime.now(UTC)).isoformat(),
+        )  # fmt: skip
+
+    # --- the documents ----------------------------------------------------------------------
+
+    def identity(self, node: SimNode) -> dict[str, Any]:
+        return {"node_id": node.node_id, "ak": node.ak_json, "ek": None, "ek_certificates": {},
+                "banks": [b.bank_name for b in BANKS], "runtime_pcr": self.runtime_pcr,
+                "tls_binding": None, "version": "sim"}  # fmt: skip
+
+    def evidence(self, node: SimNode, req: dict[str, Any]) -> dict[str, Any]:
+        nonce = bytes.fromhex(req["nonce"])
+        key = json.dumps(req["pcrs"], sort_keys=True)
+        sel = self._selections.get(key)
+        if sel is None:
+            sel = PcrSelection.of({HashAlg.from_name(b): idx for b, idx in req["pcrs"].items()})
+            self._selections[key] = sel
+        # A batch of one: the Merkle root of a single leaf is the leaf's hash.
+        quote = node.tpm.quote(sel, leaf_hash(challenge_leaf(nonce, b"")))
+        logs = req.get("logs") or {}
+        runtime = None
+        if "runtime" in logs:
+            start = int(logs["runtime"].get("start", 0))
+            runtime = {"pcr": self.runtime_pcr, "start": start,
+                       "records": node.records_json[start:]}
+        return {
+            "batch": {"size": 1, "index": 0, "proof": [], "tls_binding": None},
+            "firmware_log": None, "runtime_log": runtime,
+            "version": EVIDENCE_VERSION, "node_id": node.node_id,
+            "quote": {"attest": b64(quote.attest), "signature": b64(quote.signature)},
+            "pcrs": quote.pcrs.to_json(), "ak": node.ak_json, "verity": None,
+            "image": {"version": None, "slot": None},
+            "time": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
+        }  # fmt: skip
+
+    # --- the HTTP server --------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._conn, host, port, backlog=4096,
+                                                 limit=MAX_BODY)  # fmt: skip
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    def url(self, port: int, i: int, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{port}/n/{i}"
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head[:-4].split(b"\r\n")
+                method, path, _ = lines[0].split(b" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                if length > MAX_BODY:
+                    return
+                body = await reader.readexactly(length) if length else b""
+                status, doc = self._route(method, path.decode(), body)
+                if status == 0:  # the node is down: drop the connection unanswered
+                    return
+                out = json.dumps(doc, separators=(",", ":")).encode()
+                writer.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (status, len(out), out))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError,
+                ValueError, asyncio.CancelledError):  # fmt: skip
+            pass  # the client went away, or the server is stopping
+        finally:
+            writer.close()
+
+    def _route(self, method: bytes, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        parts = path.split("/")  # "", "n", i, "v1", endpoint
+        if len(parts) < 5 or parts[1] != "n" or not parts[2].isdigit():
+            return 404, {"detail": "no such path"}
+        i = int(parts[2])
+        if i >= len(self.nodes):
+            return 404, {"detail": "no such node"}
+        node = self.nodes[i]
+        if node.down:
+            return 0, {}
+        tail = "/".join(parts[3:])
+        if tail == "v1/evidence" and method == b"POST":
+            node.requests += 1
+            if self.record_times:
+                node.times.append(self.clock())
+            try:
+                return 200, self.evidence(node, json.loads(body))
+            except (ValueError, KeyError, TypeError) as exc:
+                return 400, {"detail": str(exc)}
+        if tail == "v1/identity":
+            return 200, self.identity(node)
+        if tail == "readyz":
+            return 200, {"ready": True}
+        return 404, {"detail": "no such endpoint"}

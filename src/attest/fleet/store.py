@@ -1,0 +1,443 @@
+"""The fleet's state: nodes, enrollments, results (a per-node ring of recent appraisals plus
+the history of verdict changes), release marks and leases (an adapter; no ORM).
+
+Two back ends behind one ``Store`` protocol:
+
+- ``SqliteStore`` (stdlib ``sqlite3``, WAL): embedded, zero set-up, one verifier process (or a
+  few on one machine: every lease is taken in a single-writer ``BEGIN IMMEDIATE`` transaction).
+- ``PostgresStore`` (psycopg 3): several verifier processes share one fleet.
+
+Leases: a worker takes due nodes in one transaction that (1) selects nodes whose ``next_due``
+has passed -- ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers skip each other's
+rows instead of waiting -- (2) moves their ``next_due`` to the lease's expiry and (3) records
+``leases(node_id, worker_id, token, expires_at)``. Step 2 is what makes a node invisible to
+other workers once the transaction commits (a concurrent ``SKIP LOCKED`` reader re-checks the
+updated row and drops it). A worker records results only for leases it still holds, by token
+(fencing): a worker that stalls past its lease loses that result instead of overwriting a newer
+one, and a worker that dies loses nothing -- its nodes fall due again when the leases expire.
+
+Times are POSIX seconds (float) inside; the API turns them into ISO 8601.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from attest.appraisal import Enrollment
+from attest.tpmstruct import ClockInfo
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HISTORY = 20  # recent results kept per node (a ring); verdict changes are all kept
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    node_id: str
+    url: str
+    enrolled: bool
+    added_at: float
+    next_due: float
+    verdict: str  # affirming | warning | contraindicated | none | unreachable | unenrolled
+    explanation: str
+    first_divergence: str | None
+    release: str | None
+    last_appraised: float | None
+    last_seen: float | None
+    last_error: str
+    failures: int
+    appraisals: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id, "url": self.url, "enrolled": self.enrolled,
+            "added_at": self.added_at, "next_due": self.next_due, "verdict": self.verdict,
+            "explanation": self.explanation, "first_divergence": self.first_divergence,
+            "release": self.release, "last_appraised": self.last_appraised,
+            "last_seen": self.last_seen, "last_error": self.last_error,
+            "failures": self.failures, "appraisals": self.appraisals,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """A node this worker holds a lease on: everything one appraisal needs."""
+
+    node_id: str
+    url: str
+    enrollment_doc: str | None
+    verdict: str
+    failures: int
+    appraisals: int
+    clock: ClockInfo | None
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished attempt on a leased node."""
+
+    node_id: str
+    token: int
+    at: float
+    verdict: str
+    explanation: str
+    first_divergence: str | None
+    release: str | None
+    clock: ClockInfo | None
+    result: dict[str, Any] | None  # the appraisal result; None when the node did not answer
+    error: str  # transport error, "" when the node answered
+    failures: int  # consecutive transport failures after this attempt
+    next_due: float
+    seq: int  # this node's appraisal count after this attempt (the ring's sequence)
+    previous_verdict: str
+
+
+class Store(Protocol):
+    def add_node(self, node_id: str, url: str, enrollment: Enrollment | None, *,
+                 now: float) -> None: ...  # fmt: skip
+    def remove_node(self, node_id: str) -> bool: ...
+    def get_node(self, node_id: str) -> NodeRow | None: ...
+    def list_nodes(self) -> list[NodeRow]: ...
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float) -> list[Leased]: ...
+    def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]: ...
+    def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
+    def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+    def release_marks(self) -> dict[str, float]: ...
+    def mark_fleet_complete(self, version: str, at: float) -> bool: ...
+    def close(self) -> None: ...
+
+
+def clock_text(c: ClockInfo | None) -> str | None:
+    return None if c is None else f"{c.clock},{c.reset_count},{c.restart_count},{int(c.safe)}"
+
+
+def clock_from_text(t: str | None) -> ClockInfo | None:
+    if not t:
+        return None
+    a, b, c, d = t.split(",")
+    return ClockInfo(int(a), int(b), int(c), d == "1")
+
+
+_NODE_COLS = ("n.node_id, n.url, e.node_id IS NOT NULL, n.added_at, n.next_due, n.verdict, "
+              "n.explanation, n.first_divergence, n.release, n.last_appraised, n.last_seen, "
+              "n.last_error, n.failures, n.appraisals")  # fmt: skip
+
+
+def _node_row(r: Sequence[Any]) -> NodeRow:
+    return NodeRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                   r[11], r[12], r[13])  # fmt: skip
+
+
+def _schema(*, real: str, serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS nodes (
+            node_id TEXT PRIMARY KEY, url TEXT NOT NULL, added_at {real} NOT NULL,
+            next_due {real} NOT NULL, verdict TEXT NOT NULL DEFAULT 'none',
+            explanation TEXT NOT NULL DEFAULT '', first_divergence TEXT, release TEXT,
+            last_appraised {real}, last_seen {real}, last_error TEXT NOT NULL DEFAULT '',
+            failures INTEGER NOT NULL DEFAULT 0, appraisals BIGINT NOT NULL DEFAULT 0,
+            clock TEXT)""",
+        "CREATE INDEX IF NOT EXISTS nodes_due ON nodes (next_due)",
+        f"""CREATE TABLE IF NOT EXISTS enrollments (
+            node_id TEXT PRIMARY KEY REFERENCES nodes(node_id) ON DELETE CASCADE,
+            doc TEXT NOT NULL, enrolled_at {real} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS results (
+            node_id TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
+            slot INTEGER NOT NULL, seq BIGINT NOT NULL, at {real} NOT NULL,
+            worker_id TEXT NOT NULL, verdict TEXT NOT NULL, doc TEXT NOT NULL,
+            PRIMARY KEY (node_id, slot))""",
+        f"""CREATE TABLE IF NOT EXISTS changes (
+            id {serial}, node_id TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
+            at {real} NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
+            explanation TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS changes_node ON changes (node_id, id)",
+        f"""CREATE TABLE IF NOT EXISTS leases (
+            node_id TEXT PRIMARY KEY REFERENCES nodes(node_id) ON DELETE CASCADE,
+            worker_id TEXT NOT NULL, token BIGINT NOT NULL, expires_at {real} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS fleet_releases (
+            version TEXT PRIMARY KEY, fleet_complete_at {real} NOT NULL)""",
+    ]
+
+
+def _result_doc(o: Outcome, worker_id: str) -> str:
+    return json.dumps({
+        "seq": o.seq, "at": o.at, "worker_id": worker_id, "verdict": o.verdict,
+        "explanation": o.explanation, "first_divergence": o.first_divergence,
+        "release": o.release, "error": o.error or None, "result": o.result,
+    }, separators=(",", ":"), default=str)  # fmt: skip
+
+
+class _SqlStore:
+    """The SQL both back ends share; ``P`` is the driver's placeholder."""
+
+    P = "?"
+    history = DEFAULT_HISTORY
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql if self.P == "?" else sql.replace("?", self.P)
+
+    def add_node(self, node_id: str, url: str, enrollment: Enrollment | None, *,
+                 now: float) -> None:  # fmt: skip
+        verdict = "none" if enrollment is not None else "unenrolled"
+        with self._tx() as cur:
+            cur.execute(self._q(
+                "INSERT INTO nodes (node_id, url, added_at, next_due, verdict) VALUES "
+                "(?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET url = excluded.url"),
+                (node_id, url, now, now, verdict))  # fmt: skip
+            if enrollment is not None:
+                cur.execute(self._q(
+                    "INSERT INTO enrollments (node_id, doc, enrolled_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (node_id) DO UPDATE SET doc = excluded.doc, "
+                    "enrolled_at = excluded.enrolled_at"),
+                    (node_id, json.dumps(enrollment.to_json()), now))  # fmt: skip
+                cur.execute(self._q("UPDATE nodes SET next_due = ?, verdict = CASE WHEN "
+                                    "verdict = 'unenrolled' THEN 'none' ELSE verdict END "
+                                    "WHERE node_id = ?"), (now, node_id))  # fmt: skip
+
+    def remove_node(self, node_id: str) -> bool:
+        with self._tx() as cur:
+            for table in ("leases", "results", "changes", "enrollments"):
+                cur.execute(self._q(f"DELETE FROM {table} WHERE node_id = ?"), (node_id,))
+            cur.execute(self._q("DELETE FROM nodes WHERE node_id = ?"), (node_id,))
+            return bool(cur.rowcount)
+
+    def get_node(self, node_id: str) -> NodeRow | None:
+        with self._tx() as cur:
+            cur.execute(self._q(f"SELECT {_NODE_COLS} FROM nodes n LEFT JOIN enrollments e "
+                                "ON e.node_id = n.node_id WHERE n.node_id = ?"), (node_id,))
+            r = cur.fetchone()
+        return None if r is None else _node_row(r)
+
+    def list_nodes(self) -> list[NodeRow]:
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_NODE_COLS} FROM nodes n LEFT JOIN enrollments e "
+                        "ON e.node_id = n.node_id ORDER BY n.node_id")
+            return [_node_row(r) for r in cur.fetchall()]
+
+    def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute(self._q("SELECT doc FROM results WHERE node_id = ? ORDER BY seq DESC "
+                                "LIMIT ?"), (node_id, limit))  # fmt: skip
+            return [json.loads(r[0]) for r in cur.fetchall()]
+
+    def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        where = "" if node_id is None else "WHERE node_id = ? "
+        args: tuple[Any, ...] = (limit,) if node_id is None else (node_id, limit)
+        with self._tx() as cur:
+            cur.execute(self._q(f"SELECT node_id, at, old, new, explanation FROM changes "
+                                f"{where}ORDER BY id DESC LIMIT ?"), args)  # fmt: skip
+            return [{"node_id": r[0], "at": r[1], "from": r[2], "to": r[3],
+                     "explanation": r[4]} for r in cur.fetchall()]  # fmt: skip
+
+    def release_marks(self) -> dict[str, float]:
+        with self._tx() as cur:
+            cur.execute("SELECT version, fleet_complete_at FROM fleet_releases")
+            return {r[0]: r[1] for r in cur.fetchall()}
+
+    def mark_fleet_complete(self, version: str, at: float) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("INSERT INTO fleet_releases (version, fleet_complete_at) "
+                                "VALUES (?, ?) ON CONFLICT (version) DO NOTHING"), (version, at))
+            return bool(cur.rowcount)
+
+    def _write(self, cur: Any, worker_id: str, done: Sequence[Outcome]) -> None:
+        cur.executemany(self._q(
+            "UPDATE nodes SET next_due = ?, verdict = ?, explanation = ?, first_divergence = ?, "
+            "release = COALESCE(?, CASE WHEN ? THEN release ELSE NULL END), "
+            "last_appraised = COALESCE(?, last_appraised), last_seen = COALESCE(?, last_seen), "
+            "last_error = ?, failures = ?, appraisals = ?, clock = COALESCE(?, clock) "
+            "WHERE node_id = ?"), [
+            (o.next_due, o.verdict, o.explanation, o.first_divergence, o.release,
+             o.result is None, o.at if o.result is not None else None,
+             o.at if o.result is not None else None, o.error, o.failures, o.seq,
+             clock_text(o.clock), o.node_id) for o in done])  # fmt: skip
+        cur.executemany(self._q(
+            "INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, slot) DO UPDATE SET "
+            "seq = excluded.seq, at = excluded.at, worker_id = excluded.worker_id, "
+            "verdict = excluded.verdict, doc = excluded.doc"), [
+            (o.node_id, o.seq % self.history, o.seq, o.at, worker_id, o.verdict,
+             _result_doc(o, worker_id)) for o in done])  # fmt: skip
+        changed = [o for o in done if o.verdict != o.previous_verdict]
+        if changed:
+            cur.executemany(self._q(
+                "INSERT INTO changes (node_id, at, old, new, explanation) VALUES "
+                "(?, ?, ?, ?, ?)"), [(o.node_id, o.at, o.previous_verdict, o.verdict,
+                                      o.explanation) for o in changed])  # fmt: skip
+
+
+class SqliteStore(_SqlStore):
+    """SQLite in WAL mode. One connection, serialised by a lock (the poller writes from one
+    thread; API reads are short)."""
+
+    def __init__(self, path: str, *, history: int = DEFAULT_HISTORY) -> None:
+        self.path = path
+        self.history = history
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)  # fmt: skip
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._tx() as cur:
+            for stmt in _schema(real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT"):
+                cur.execute(stmt)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        # BEGIN IMMEDIATE takes the single write lock at once: a lease is one atomic step
+        # even with several processes on the same file.
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float) -> list[Leased]:
+        token = secrets.randbits(62)
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT n.node_id, n.url, e.doc, n.verdict, n.failures, n.appraisals, n.clock "
+                "FROM nodes n LEFT JOIN enrollments e ON e.node_id = n.node_id "
+                "WHERE n.next_due <= ? ORDER BY n.next_due LIMIT ?", (now, limit))
+            rows = cur.fetchall()
+            if not rows:
+                return []
+            cur.executemany("UPDATE nodes SET next_due = ? WHERE node_id = ?",
+                            [(now + ttl, r[0]) for r in rows])  # fmt: skip
+            cur.executemany("INSERT OR REPLACE INTO leases (node_id, worker_id, token, "
+                            "expires_at) VALUES (?, ?, ?, ?)",
+                            [(r[0], worker_id, token, now + ttl) for r in rows])  # fmt: skip
+        return [Leased(r[0], r[1], r[2], r[3], r[4], r[5], clock_from_text(r[6]), token)
+                for r in rows]  # fmt: skip
+
+    def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        if not outcomes:
+            return []
+        with self._tx() as cur:
+            held: dict[str, int] = {}
+            ids = [o.node_id for o in outcomes]
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                cur.execute(f"SELECT node_id, token FROM leases WHERE worker_id = ? AND node_id "
+                            f"IN ({','.join('?' * len(part))})", (worker_id, *part))  # fmt: skip
+                held.update(cur.fetchall())
+            done = [o for o in outcomes if held.get(o.node_id) == o.token]
+            cur.executemany("DELETE FROM leases WHERE node_id = ? AND token = ?",
+                            [(o.node_id, o.token) for o in done])  # fmt: skip
+            if done:
+                self._write(cur, worker_id, done)
+        _log_lost(worker_id, outcomes, done)
+        return done
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _log_lost(worker_id: str, outcomes: Sequence[Outcome], done: Sequence[Outcome]) -> None:
+    if len(done) != len(outcomes):
+        kept = {o.node_id for o in done}
+        lost = [o.node_id for o in outcomes if o.node_id not in kept]
+        logger.warning("results dropped: lease lost (expired and taken by another worker)",
+                       extra={"worker_id": worker_id, "nodes": lost[:20], "count": len(lost)})
+
+
+class PostgresStore(_SqlStore):
+    """PostgreSQL through psycopg 3. One connection for the poller's leases and writes, one
+    for reads, each serialised by its own lock."""
+
+    P = "%s"
+
+    def __init__(self, dsn: str, *, history: int = DEFAULT_HISTORY) -> None:
+        import psycopg  # the optional "fleet" extra: imported only by this back end
+
+        self.history = history
+        self._psycopg = psycopg
+        self._write_db = psycopg.connect(dsn)
+        self._read_db = psycopg.connect(dsn)
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        with self._write_tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(7500)")  # two workers creating at once
+            for stmt in _schema(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY"):
+                cur.execute(stmt)
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[Any]:
+        with self._wlock, self._write_db.transaction(), self._write_db.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._rlock, self._read_db.transaction(), self._read_db.cursor() as cur:
+            yield cur
+
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float) -> list[Leased]:
+        token = secrets.randbits(62)
+        with self._write_tx() as cur:
+            cur.execute(
+                "WITH due AS (SELECT node_id FROM nodes WHERE next_due <= %s "
+                "ORDER BY next_due LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "UPDATE nodes n SET next_due = %s FROM due WHERE n.node_id = due.node_id "
+                "RETURNING n.node_id, n.url, n.verdict, n.failures, n.appraisals, n.clock",
+                (now, limit, now + ttl))
+            rows = cur.fetchall()
+            if not rows:
+                return []
+            ids = [r[0] for r in rows]
+            cur.execute("SELECT node_id, doc FROM enrollments WHERE node_id = ANY(%s)", (ids,))
+            docs = dict(cur.fetchall())
+            cur.execute(
+                "INSERT INTO leases (node_id, worker_id, token, expires_at) "
+                "SELECT unnest(%s::text[]), %s, %s, %s ON CONFLICT (node_id) DO UPDATE SET "
+                "worker_id = excluded.worker_id, token = excluded.token, "
+                "expires_at = excluded.expires_at", (ids, worker_id, token, now + ttl))
+        return [Leased(r[0], r[1], docs.get(r[0]), r[2], r[3], r[4], clock_from_text(r[5]),
+                       token) for r in rows]  # fmt: skip
+
+    def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        if not outcomes:
+            return []
+        with self._write_tx() as cur:
+            cur.execute(
+                "DELETE FROM leases l USING unnest(%s::text[], %s::bigint[]) AS o(node_id, token) "
+                "WHERE l.node_id = o.node_id AND l.token = o.token AND l.worker_id = %s "
+                "RETURNING l.node_id",
+                ([o.node_id for o in outcomes], [o.token for o in outcomes], worker_id))
+            held = {r[0] for r in cur.fetchall()}
+            done = [o for o in outcomes if o.node_id in held]
+            if done:
+                self._write(cur, worker_id, done)
+        _log_lost(worker_id, outcomes, done)
+        return done
+
+    def close(self) -> None:
+        self._write_db.close()
+        self._read_db.close()
+
+
+def open_store(url: str, *, history: int = DEFAULT_HISTORY) -> Store:
+    """``sqlite:///relative/path``, ``sqlite:////absolute/path`` (SQLAlchemy's spelling), a
+    bare path, or ``postgresql://...``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url, history=history)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    return SqliteStore(path, history=history)

@@ -1,0 +1,187 @@
+"""Fixtures of the fleet tier: simulated nodes on loopback, a throwaway PostgreSQL server,
+and a signed registry.
+
+PostgreSQL: Debian's server binaries (``/usr/lib/postgresql/<v>/bin``: initdb, pg_ctl) start a
+cluster in a temporary directory on a free port, for the session. PostgreSQL refuses to run as
+root: under root the cluster runs as the system user ``attest-test``, created with ``useradd``
+when missing. Missing binaries skip the PostgreSQL tests with the reason, and FAIL them under
+``CI=true`` (``.ci/run`` installs the ``postgresql`` package).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.unit.manifest.manifest_helpers import NOW, World, build_world, release
+
+from attest.fleet.sim import SimFleet
+from attest.manifest import VerifiedRegistry, verify_snapshot
+
+PG_USER = "attest-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SimServer:
+    """A ``SimFleet`` serving from its own thread and event loop (so that worker processes and
+    the test's own loop can both talk to it)."""
+
+    def __init__(self, fleet: SimFleet) -> None:
+        self.fleet = fleet
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.port = self.loop.run_until_complete(fleet.start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def url(self, i: int) -> str:
+        return self.fleet.url(self.port, i)
+
+    def call(self, fn: object, *args: object) -> None:
+        """Run a control (``set_image``, ``tamper``, ...) on the server's thread."""
+        done = threading.Event()
+
+        def go() -> None:
+            fn(*args)  # type: ignore[operator]
+            done.set()
+
+        self.loop.call_soon_threadsafe(go)
+        done.wait(5)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.fleet.stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@contextlib.contextmanager
+def sim_server(fleet: SimFleet) -> Iterator[SimServer]:
+    srv = SimServer(fleet)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+# --- a signed registry -------------------------------------------------------------------------
+
+
+@dataclass
+class Registry:
+    world: World
+    verified: VerifiedRegistry
+
+    def root_hash(self, version: str) -> bytes:
+        return self.verified.snapshot.releases[version].verity.root_hash
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    """Releases 1.0.0 and 1.1.0, and 1.2.0 embargoed (blessed by checksum only)."""
+    from attest.manifest.model import Embargo
+
+    world = build_world()
+    snap = world.snapshot(releases=[release("1.0.0", 1), release("1.1.0", 2),
+                                    release("1.2.0", 3, commit=False, embargo=Embargo())])
+    verified = verify_snapshot(world.root, world.registry_bytes(snap), now=NOW)
+    return Registry(world, verified)
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(Path(p).parts[-3]))  # fmt: skip
+    return Path(found[-1]).parent if found else None
+
+
+def _need_pg() -> Path:
+    bindir = _pg_bindir()
+    if bindir is not None:
+        return bindir
+    msg = "PostgreSQL server binaries missing (/usr/lib/postgresql/*/bin; apt package postgresql)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the PostgreSQL tests: {msg}")
+    pytest.skip(msg)
+
+
+def _as_user() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        PG_USER], check=True)  # fmt: skip
+    return ["runuser", "-u", PG_USER, "--"]
+
+
+@dataclass
+class PgServer:
+    dsn_base: str
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = "t_" + secrets.token_hex(6)
+        with psycopg.connect(self.dsn_base + "/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"{self.dsn_base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    bindir = _need_pg()
+    pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
+    prefix = _as_user()
+    work = Path(tempfile.mkdtemp(prefix="attest-pg-"))
+    os.chmod(work, 0o755)
+    if prefix:
+        shutil.chown(work, PG_USER)
+    data, port = work / "data", free_port()
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                    "--auth=trust", "-E", "UTF8", "--no-sync"], check=True,
+                   capture_output=True)  # fmt: skip
+    opts = (f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
+                    str(work / "log"), "-w", "-t", "60", "start"], check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        yield PgServer(f"postgresql://postgres@127.0.0.1:{port}")
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)  # fmt: skip
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture()
+def pg_dsn(pg_server: PgServer) -> str:
+    return pg_server.new_database()

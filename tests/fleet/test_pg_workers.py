@@ -1,0 +1,82 @@
+"""Two ``attest fleet serve`` processes sharing one real PostgreSQL: every node is appraised,
+by one worker at a time, never twice within an interval; when a worker is killed, the other
+takes its nodes over once their leases expire."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from tests.fleet.conftest import free_port, sim_server
+
+from attest.fleet.sim import SimFleet
+from attest.fleet.store import open_store
+
+N = 40
+INTERVAL = 1.0
+JITTER = 0.1
+TTL = 3.0
+
+
+def serve(dsn: str, worker: str, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "attest.cli.fleet", "serve", "--db", dsn, "--listen",
+           f"127.0.0.1:{free_port()}", "--interval", str(INTERVAL), "--jitter", str(JITTER),
+           "--timeout", "1", "--lease-ttl", str(TTL), "--concurrency", "8",
+           "--worker-id", worker]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_two_workers_never_double_appraise_and_survive_a_kill(pg_dsn: str,
+                                                             tmp_path: Path) -> None:
+    sim = SimFleet(N, record_times=True)
+    with sim_server(sim) as srv:
+        store = open_store(pg_dsn)
+        for i in range(N):
+            store.add_node(f"sim-{i}", srv.url(i), sim.enrollment(i), now=time.time())
+        store.close()
+        w1 = serve(pg_dsn, "w1", tmp_path / "w1.log")
+        w2 = serve(pg_dsn, "w2", tmp_path / "w2.log")
+        try:
+            time.sleep(7.0)
+            w1.send_signal(signal.SIGKILL)  # dies mid-flight: leases held, results unflushed
+            w1.wait(10)
+            killed_at = time.time()
+            time.sleep(TTL + 3.0)
+            end = time.time()
+        finally:
+            for w in (w1, w2):
+                if w.poll() is None:
+                    w.send_signal(signal.SIGTERM)
+            for w in (w1, w2):
+                try:
+                    w.wait(15)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+    logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("w1", "w2")}
+    assert w2.returncode == 0, logs["w2"]
+
+    # One worker at a time: consecutive challenges to any node are at least the jittered
+    # interval apart (a double appraisal would be two challenges close together).
+    min_gap = INTERVAL * (1 - JITTER) - 0.05
+    for node in sim.nodes:
+        t = node.times
+        assert len(t) >= 5, (node.node_id, len(t))
+        gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
+        assert min(gaps) >= min_gap, (node.node_id, min(gaps), logs)
+        # ... and every node is still appraised after w1 died (w2 took its nodes over).
+        assert any(x > killed_at + TTL for x in t), node.node_id
+        assert t[-1] > end - 2 * INTERVAL - TTL
+    with psycopg.connect(pg_dsn) as conn:
+        workers = {r[0] for r in conn.execute("SELECT DISTINCT worker_id FROM results")}
+        verdicts = {r[0] for r in conn.execute("SELECT verdict FROM nodes")}
+    assert workers == {"w1", "w2"}, "both workers shared the fleet"
+    assert verdicts <= {"affirming", "warning"}, verdicts
+    if os.environ.get("ATTEST_FLEET_DEBUG"):
+        print({n.node_id: len(n.times) for n in sim.nodes})

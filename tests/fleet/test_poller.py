@@ -1,0 +1,195 @@
+"""The poller against simulated nodes on loopback and against the real attestd app: verdicts,
+explanations, unreachable nodes, backoff, signed webhooks on verdict changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
+
+from attest.appraisal import Enrollment
+from attest.fleet.appraiser import default_appraiser
+from attest.fleet.poller import Poller, PollSettings
+from attest.fleet.sim import SimFleet
+from attest.fleet.store import SqliteStore, Store
+from attest.fleet.webhooks import WebhookSender, WebhookSignatureError, verify_signature
+
+SECRET = b"0123456789abcdef-webhook-secret"
+
+
+def settings(**kw: Any) -> PollSettings:
+    base = dict(worker_id="t", interval=0.5, jitter=0.1, concurrency=16, timeout=1.0,
+                lease_ttl=5.0, flush_interval=0.05, tick=0.02, unreachable_after=2,
+                max_backoff=1.0)  # fmt: skip
+    base.update(kw)
+    return PollSettings(**base)  # type: ignore[arg-type]
+
+
+async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def verdicts(store: Store) -> dict[str, str]:
+    return {n.node_id: n.verdict for n in store.list_nodes()}
+
+
+class Receiver:
+    """A webhook receiver that checks every signature; fails the first delivery on purpose."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.bad = 0
+        self.calls = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(ln.split(": ", 1) for ln in lines[1:] if ": " in ln)
+        body = await reader.readexactly(int(headers.get("content-length",
+                                                        headers.get("Content-Length", 0))))
+        self.calls += 1
+        status = 200
+        if self.calls == 1:
+            status = 503  # the sender must retry
+        else:
+            try:
+                self.events.append(verify_signature(SECRET, headers, body, now=time.time()))
+            except WebhookSignatureError:
+                self.bad += 1
+                status = 401
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                     .encode())  # fmt: skip
+        await writer.drain()
+        writer.close()
+
+
+async def test_fleet_verdicts_unreachable_and_signed_webhooks(tmp_path: Path,
+                                                              registry: Registry) -> None:
+    sim = SimFleet(4, record_times=True)
+    with sim_server(sim) as srv:
+        for i in range(4):
+            srv.call(sim.set_image, i, registry.root_hash("1.0.0"))
+        store = SqliteStore(str(tmp_path / "fleet.db"))
+        for i in range(4):
+            store.add_node(f"sim-{i}", srv.url(i), sim.enrollment(i), now=time.time())
+        receiver = Receiver()
+        server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+        hook_port = server.sockets[0].getsockname()[1]
+        sender = WebhookSender(f"http://127.0.0.1:{hook_port}/hook", SECRET, backoff=0.05)
+        poller = Poller(store, settings=settings(), appraise=default_appraiser(),
+                        registry=lambda: registry.verified, on_change=sender.notify)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(poller.run(stop)), asyncio.create_task(sender.run(stop))]
+        try:
+            await until(lambda: set(verdicts(store).values()) == {"affirming"})
+            node = store.get_node("sim-0")
+            assert node is not None and node.release == "1.0.0"
+
+            srv.call(sim.tamper, 1)  # the runtime PCR no longer matches its log
+            sim.nodes[2].down = True  # stops answering
+            await until(lambda: verdicts(store)["sim-1"] == "contraindicated"
+                        and verdicts(store)["sim-2"] == "unreachable")
+            bad = store.get_node("sim-1")
+            assert bad is not None and "runtime log" in bad.explanation
+            down = store.get_node("sim-2")
+            assert down is not None and down.failures >= 2 and down.release == "1.0.0"
+
+            # Not forgotten: still polled (with backoff), and back when it answers again.
+            sim.nodes[2].down = False
+            await until(lambda: verdicts(store)["sim-2"] == "affirming")
+            await until(lambda: len(receiver.events) >= 4 + 3)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            poller.close()
+            server.close()
+        assert receiver.bad == 0 and sender.metrics.failed_attempts >= 1
+        changes = {(e["node_id"], e["from"], e["to"]) for e in receiver.events}
+        assert ("sim-1", "affirming", "contraindicated") in changes
+        assert ("sim-2", "affirming", "unreachable") in changes
+        assert ("sim-2", "unreachable", "affirming") in changes
+        # Backoff: while down, sim-2 was tried far less often than the healthy nodes.
+        history = [c["to"] for c in store.changes("sim-2")][::-1]
+        assert history == ["affirming", "unreachable", "affirming"]
+        store.close()
+
+
+def test_webhook_signature_rejects_tampering() -> None:
+    from attest.fleet.webhooks import sign
+
+    body = json.dumps({"to": "affirming"}).encode()
+    ts = int(time.time())
+    headers = {"X-Attest-Timestamp": str(ts), "X-Attest-Signature": sign(SECRET, ts, body)}
+    assert verify_signature(SECRET, headers, body, now=ts)["to"] == "affirming"
+    with pytest.raises(WebhookSignatureError):
+        verify_signature(SECRET, headers, body.replace(b"affirming", b"warning"), now=ts)
+    with pytest.raises(WebhookSignatureError):
+        verify_signature(SECRET, headers, body, now=ts + 3600)  # a replay, an hour later
+
+
+async def test_poller_appraises_the_real_node_api(tmp_path: Path) -> None:
+    """The fleet against attestd itself (create_app + LocalNode + FakeTpm under uvicorn)."""
+    import uvicorn
+
+    from attest.api.app import create_app
+    from attest.api.middleware import ChannelApp
+    from attest.broker.local import LocalNode
+    from attest.client import NodeClient
+    from attest.config import Settings, TpmSettings
+    from attest.tpm.fake import FakeTpm
+    from attest.verifier import enroll
+
+    state = tmp_path / "node"
+    state.mkdir()
+    node = LocalNode.open(FakeTpm(), state, pcr=13)
+    app = create_app(Settings(node_id="real-1", tpm=TpmSettings(state_dir=str(state))).validate(),
+                     node=node)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(ChannelApp(app, "public"), host="127.0.0.1",
+                                           port=port, log_level="error"))  # fmt: skip
+    serving = asyncio.create_task(server.serve())
+    await until(lambda: server.started)
+    url = f"http://127.0.0.1:{port}"
+    loop = asyncio.get_running_loop()
+
+    def do_enroll() -> Enrollment:
+        from datetime import UTC, datetime
+
+        with NodeClient(url) as c:
+            return Enrollment.from_json(enroll(c, now=datetime.now(UTC)).to_json())
+
+    e = await loop.run_in_executor(None, do_enroll)
+    store = SqliteStore(str(tmp_path / "fleet.db"))
+    store.add_node("real-1", url, e, now=time.time())
+    poller = Poller(store, settings=settings(), appraise=default_appraiser())
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    try:
+        await until(lambda: (store.get_node("real-1") or object()).__getattribute__("appraisals")
+                    >= 2)  # fmt: skip
+    finally:
+        stop.set()
+        await task
+        poller.close()
+        server.should_exit = True
+        await serving
+        node.close()
+    row = store.get_node("real-1")
+    assert row is not None and row.verdict in ("affirming", "warning"), row.explanation
+    assert row.failures == 0
+    store.close()
+
+
+def test_sim_server_fixture_answers(tmp_path: Path) -> None:
+    with sim_server(SimFleet(1)) as srv:
+        assert isinstance(srv, SimServer) and srv.port > 0

@@ -1,0 +1,101 @@
+"""Leases, fencing and history, on both back ends (SQLite and a real PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from attest.fleet.sim import SimFleet
+from attest.fleet.store import Leased, Outcome, Store, open_store
+
+SIM = SimFleet(3)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path}/fleet.db", history=3)
+    else:
+        s = open_store(request.getfixturevalue("pg_dsn"), history=3)
+    for i in range(3):
+        s.add_node(f"sim-{i}", f"http://127.0.0.1:1/n/{i}", SIM.enrollment(i), now=100.0)
+    yield s
+    s.close()
+
+
+def outcome(node: Leased, at: float, verdict: str = "affirming", **kw: object) -> Outcome:
+    doc = dict(node_id=node.node_id, token=node.token, at=at, verdict=verdict,
+               explanation=f"{verdict} at {at}", first_divergence=None, release="1.0.0",
+               clock=None, result={"status": verdict}, error="", failures=0, next_due=at + 10,
+               seq=node.appraisals + 1, previous_verdict=node.verdict)  # fmt: skip
+    doc.update(kw)
+    return Outcome(**doc)  # type: ignore[arg-type]
+
+
+def test_lease_takes_each_due_node_once(store: Store) -> None:
+    first = store.lease("w1", now=101.0, limit=2, ttl=30)
+    second = store.lease("w2", now=101.0, limit=10, ttl=30)
+    assert len(first) == 2 and len(second) == 1
+    assert {n.node_id for n in first}.isdisjoint({n.node_id for n in second})
+    assert store.lease("w3", now=101.0, limit=10, ttl=30) == []
+
+
+def test_nodes_not_due_are_not_leased(store: Store) -> None:
+    assert store.lease("w1", now=99.0, limit=10, ttl=30) == []
+
+
+def test_completion_moves_due_time_and_records_history(store: Store) -> None:
+    leased = store.lease("w1", now=101.0, limit=10, ttl=30)
+    done = store.complete("w1", [outcome(n, 101.0) for n in leased])
+    assert len(done) == 3
+    n0 = store.get_node("sim-0")
+    assert n0 is not None and n0.verdict == "affirming" and n0.next_due == 111.0
+    assert n0.release == "1.0.0" and n0.appraisals == 1
+    assert store.lease("w1", now=105.0, limit=10, ttl=30) == []
+    assert [c["to"] for c in store.changes("sim-0")] == ["affirming"]
+
+
+def test_dead_worker_loses_nothing_and_its_late_result_is_fenced(store: Store) -> None:
+    (a,) = store.lease("w1", now=101.0, limit=1, ttl=30)
+    # w1 dies (or stalls): its lease expires and w2 takes the node over.
+    taken = {n.node_id: n for n in store.lease("w2", now=140.0, limit=10, ttl=30)}
+    assert a.node_id in taken
+    # The stalled worker's late answer must not overwrite w2's lease or result.
+    assert store.complete("w1", [outcome(a, 141.0, "contraindicated")]) == []
+    assert store.complete("w2", [outcome(taken[a.node_id], 142.0)]) != []
+    node = store.get_node(a.node_id)
+    assert node is not None and node.verdict == "affirming"
+
+
+def test_result_ring_keeps_the_last_n(store: Store) -> None:
+    now = 101.0
+    for k in range(5):
+        (n,) = [x for x in store.lease("w1", now=now, limit=10, ttl=30) if x.node_id == "sim-1"]
+        others = [x for x in store.lease("w1", now=now, limit=10, ttl=30)]
+        store.complete("w1", [outcome(n, now, "warning" if k % 2 else "affirming")] +
+                       [outcome(o, now) for o in others])  # fmt: skip
+        now += 11
+    got = store.results("sim-1", 10)
+    assert [r["seq"] for r in got] == [5, 4, 3]  # history=3
+    assert len(store.changes("sim-1")) == 5  # every verdict change is kept
+
+
+def test_unreachable_node_keeps_its_last_release(store: Store) -> None:
+    (n,) = [x for x in store.lease("w1", now=101.0, limit=10, ttl=30) if x.node_id == "sim-2"]
+    store.complete("w1", [outcome(n, 101.0)])
+    (n,) = store.lease("w1", now=112.0, limit=10, ttl=30)[-1:]
+    n = next(x for x in store.lease("w1", now=200.0, limit=10, ttl=30) if x.node_id == "sim-2") \
+        if n.node_id != "sim-2" else n  # fmt: skip
+    store.complete("w1", [outcome(n, 200.0, "unreachable", result=None, release=None,
+                                  error="refused", failures=2)])  # fmt: skip
+    row = store.get_node("sim-2")
+    assert row is not None and row.verdict == "unreachable" and row.release == "1.0.0"
+    assert row.failures == 2 and row.last_error == "refused"
+
+
+def test_fleet_complete_mark_is_set_once(store: Store) -> None:
+    assert store.mark_fleet_complete("1.2.0", 500.0)
+    assert not store.mark_fleet_complete("1.2.0", 600.0)
+    assert store.release_marks() == {"1.2.0": 500.0}

@@ -1,0 +1,113 @@
+"""The fleet page in a real headless Chromium (Debian's ``chromium``), with a screenshot: fleet
+overview, per-node verdict and explanation, rollout and embargo clock; hostile node-supplied
+strings are escaped."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from tests.conftest import need_binaries
+from tests.fleet.conftest import Registry, free_port, sim_server
+
+from attest.fleet.api import create_fleet_app
+from attest.fleet.appraiser import default_appraiser
+from attest.fleet.poller import Poller, PollSettings
+from attest.fleet.sim import SimFleet
+from attest.fleet.store import SqliteStore
+
+HOSTILE = 'evil"><script>alert(1)</script>'
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[bytes]:
+    profile = tempfile.mkdtemp(prefix="attest-chromium-")
+    try:
+        return subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", *args],
+            capture_output=True, timeout=90, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture()
+def fleet_site(tmp_path: Path, registry: Registry) -> object:
+    """A fleet of five: three on 1.2.0 (embargoed), one tampered, one down, and a hostile id."""
+    sim = SimFleet(5)
+    with sim_server(sim) as srv:
+        for i in range(5):
+            srv.call(sim.set_image, i, registry.root_hash("1.2.0" if i < 4 else "1.0.0"))
+        srv.call(sim.tamper, 3)
+        store = SqliteStore(str(tmp_path / "fleet.db"))
+        for i in range(5):
+            store.add_node(f"node-{i}", srv.url(i), sim.enrollment(i), now=time.time())
+        store.add_node(HOSTILE, f"http://127.0.0.1:{free_port()}/", sim.enrollment(0),
+                       now=time.time())  # fmt: skip
+        poller = Poller(store, settings=PollSettings(interval=60, timeout=0.5, lease_ttl=5,
+                                                     unreachable_after=1, flush_interval=0.05),
+                        appraise=default_appraiser(), registry=lambda: registry.verified)
+
+        async def poll_once() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(poller.run(stop))
+            end = time.monotonic() + 10
+            while time.monotonic() < end and any(n.verdict in ("none",)
+                                                 for n in store.list_nodes()):  # fmt: skip
+                await asyncio.sleep(0.05)
+            stop.set()
+            await task
+
+        asyncio.run(poll_once())
+        poller.close()
+    app = create_fleet_app(store, registry=lambda: registry.verified)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(10)
+    store.close()
+
+
+def test_fleet_page_in_headless_chromium(fleet_site: tuple[str, SqliteStore],
+                                         tmp_path: Path) -> None:
+    need_binaries("chromium")
+    base, store = fleet_site
+    verdicts = {n.node_id: n.verdict for n in store.list_nodes()}
+    assert verdicts["node-0"] == "affirming" and verdicts["node-3"] == "contraindicated"
+    assert verdicts[HOSTILE] == "unreachable"
+
+    page = httpx.get(base + "/").text
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert "contraindicated" in page and "runtime log" in page  # node-3's explanation
+    assert "1.2.0" in page and "waiting for the whole fleet" in page  # 3 of 5 run it
+    node_page = httpx.get(base + "/nodes/node-3").text
+    assert "runtime log" in node_page and "Verdict history" in node_page
+    releases = httpx.get(base + "/v1/releases").json()["releases"]
+    r120 = next(r for r in releases if r["version"] == "1.2.0")
+    assert r120["running"] == 3 and r120["total"] == 6 and r120["embargo"] == "awaiting_fleet"
+    metrics = httpx.get(base + "/metrics").text
+    assert 'attest_fleet_nodes{verdict="contraindicated"} 1' in metrics
+
+    shot = tmp_path / "fleet.png"
+    run = chromium(f"--screenshot={shot}", "--window-size=1280,900", base + "/")
+    assert shot.exists(), run.stderr.decode()[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not blank
+    dom = chromium("--dump-dom", base + "/nodes/node-3").stdout.decode()
+    assert "contraindicated" in dom and "runtime log" in dom
+    keep = Path(tempfile.gettempdir()) / "attest-fleet-page.png"
+    shutil.copyfile(shot, keep)  # for a person to look at after the run
