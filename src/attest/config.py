@@ -51,6 +51,9 @@ class ApiSettings:
 class LogSettings:
     firmware_log: str = "/sys/kernel/security/tpm0/binary_bios_measurements"
     max_firmware_log_bytes: int = 4 << 20
+    # The kernel command line, sent with evidence: the Linux EFI stub measures only its digest
+    # (PCR 9), so a verifier needs the text to explain a change (it checks it against PCR 9).
+    cmdline: str = "/proc/cmdline"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ The document (JSON; digests hex, blobs base64) -- ``POST /v1/evidence`` in docs/
      "ak": {"public": b64 TPM2B_PUBLIC, "name": hex},
      "firmware_log": {"start": byte offset, "total": bytes, "data": b64} | null,
      "runtime_log": {"pcr": n, "start": recnum, "records": [CEL JSON records]} | null,
-     "verity": {...} | null, "image": {"version": str | null, "slot": str | null},
+     "verity": {...} | null, "boot": {"cmdline": str | null},
+     "image": {"version": str | null, "slot": str | null},
      "time": ISO 8601 (the node's clock; informational)}
 
 ``verify_evidence`` authenticates the quote (every check of ``verify_quote``) with the Merkle

@@ -71,6 +71,7 @@ class NodeContext:
     log_mark: tuple[int, str] | None = None  # (recnum, content digest) of the last record seen
     watcher: asyncio.Task[None] | None = None
     shared: tuple[RawQuote, bytes] | None = None
+    cmdline: str | None = None
 
     def get_identity(self) -> NodeIdentity:
         if self.identity is None:
@@ -137,6 +138,14 @@ def _mark(record: Any) -> tuple[int, str]:
     return record.recnum, digest.hex()
 
 
+def _read_cmdline(settings: Settings) -> str | None:
+    try:
+        with open(settings.logs.cmdline, encoding="utf-8", errors="replace") as fh:
+            return fh.read(8192).strip() or None
+    except OSError:
+        return None
+
+
 def _no_verity() -> dict[str, Any] | None:
     return None
 
@@ -189,6 +198,7 @@ def create_app(
         status=status,
         clock=clock,
         on_fresh_log=on_fresh_log,
+        cmdline=_read_cmdline(settings),
     )
 
     @asynccontextmanager
@@ -408,6 +418,7 @@ def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> byte
         "pcrs": quote.pcrs.to_json(),
         "ak": {"public": b64(ident.ak.tpm2b()), "name": ident.ak.name.hex()},
         "verity": ctx.verity(),
+        "boot": {"cmdline": ctx.cmdline},
         "image": {"version": version, "slot": slot},
         "time": ctx.clock().isoformat(),
     }

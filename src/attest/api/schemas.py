@@ -91,6 +91,7 @@ class EvidenceResponse(BaseModel):
     firmware_log: FirmwareLogBody | None
     runtime_log: RuntimeLogBody | None
     verity: dict[str, object] | None
+    boot: dict[str, str | None] = Field(description="the kernel command line (text)")
     image: ImageBody
     time: str
 

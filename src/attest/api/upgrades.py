@@ -1,0 +1,151 @@
+"""``POST /v1/upgrades``: offer an image to the upgrade gate over the authenticated API.
+
+Wire with ``add_upgrade_routes(app, ctx, gate_factory)`` (see docs/upgrade.md). The body is
+streamed -- never buffered -- to a temporary file in ``upload_dir`` (the state directory), with
+the size limit enforced while it arrives; then the gate (``attest.upgrade.UpgradeGate``) reads
+that file once to verify it. Only the mutual-TLS and operator channels may call it.
+
+Body (``Content-Type: application/vnd.attest.upgrade``), all lengths 8-byte big-endian::
+
+    snapshot_length || snapshot (canonical registry JSON)
+    tree_length     || hash tree (``veritysetup format`` output; length 0: none)
+    image bytes     (to the end of the body)
+
+Query: ``version`` (optional; the release the image claims to be, for precise refusals).
+Answers: 200 ``{accepted, reason, version, sequence, slot, ...}``; 403 unauthenticated;
+409 ``{"error": "UpgradeRefused", "check": <reason code>, "detail": ...}`` for every refusal;
+413 over the limit (``check: upload-too-large``); 400 a malformed body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+
+from attest.api.app import NodeContext, require_trusted_channel
+from attest.api.errors import error_body
+from attest.api.middleware import CHANNEL_KEY
+from attest.errors import EvidenceFormatError, UpgradeRefused
+from attest.gate import UPLOAD_TOO_LARGE
+from attest.upgrade import MAX_HASH_TREE, MAX_SNAPSHOT, Offer, UpgradeGate
+
+MEDIA_TYPE = "application/vnd.attest.upgrade"
+DEFAULT_MAX_UPLOAD = 8 << 30
+_LEN = 8
+
+
+class _Body:
+    """Pull exact byte counts from the request stream."""
+
+    def __init__(self, stream: AsyncIterator[bytes]) -> None:
+        self._stream = stream
+        self._buf = bytearray()
+        self.total = 0
+        self.done = False
+
+    async def _more(self) -> bool:
+        if self.done:
+            return False
+        try:
+            chunk = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self.done = True
+            return False
+        self.total += len(chunk)
+        self._buf += chunk
+        return True
+
+    async def exactly(self, n: int, what: str) -> bytes:
+        while len(self._buf) < n:
+            if not await self._more():
+                raise EvidenceFormatError(f"upgrade body ends inside the {what}")
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._buf:
+            out = bytes(self._buf)
+            self._buf.clear()
+            yield out
+        while await self._more():
+            out = bytes(self._buf)
+            self._buf.clear()
+            yield out
+
+
+def add_upgrade_routes(
+    app: FastAPI,
+    ctx: NodeContext,
+    gate_factory: Callable[[], UpgradeGate],
+    *,
+    upload_dir: str | os.PathLike[str],
+    max_upload: int = DEFAULT_MAX_UPLOAD,
+) -> None:
+    """Add ``POST /v1/upgrades``. ``gate_factory`` opens the gate (slots, node, trust dir) for
+    one request; uploads are spooled in ``upload_dir`` and deleted afterwards."""
+    lock = asyncio.Lock()  # one upgrade at a time
+
+    @app.post("/v1/upgrades", dependencies=[Depends(require_trusted_channel)], responses={
+        403: {"description": "unauthenticated channel"},
+        409: {"description": "refused by the upgrade gate (check = reason code)"},
+        413: {"description": "upload over the size limit"}})  # fmt: skip
+    async def upgrade(request: Request,
+                      version: str | None = Query(None, max_length=128)) -> JSONResponse:
+        """Offer an image (streamed) with the registry snapshot that blesses it."""
+        actor = f"api-{request.scope.get(CHANNEL_KEY, 'public')}"
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_upload:
+            return await _too_large(gate_factory, max_upload, actor)
+        body = _Body(request.stream())
+        snap_len = int.from_bytes(await body.exactly(_LEN, "snapshot length"), "big")
+        if snap_len > MAX_SNAPSHOT:
+            raise EvidenceFormatError(f"snapshot of {snap_len} bytes, limit {MAX_SNAPSHOT}")
+        snapshot = await body.exactly(snap_len, "snapshot")
+        tree_len = int.from_bytes(await body.exactly(_LEN, "hash-tree length"), "big")
+        if tree_len > MAX_HASH_TREE:
+            raise EvidenceFormatError(f"hash tree of {tree_len} bytes, limit {MAX_HASH_TREE}")
+        tree = await body.exactly(tree_len, "hash tree") if tree_len else None
+        Path(upload_dir).mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".upload.", suffix=".img", dir=upload_dir)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in body.chunks():
+                    if body.total > max_upload:
+                        return await _too_large(gate_factory, max_upload, actor)
+                    out.write(chunk)
+            offer = Offer(path, snapshot, hash_tree=tree, version=version, actor=actor)
+            loop = asyncio.get_running_loop()
+            async with lock:
+                decision = await loop.run_in_executor(None, _stage, gate_factory, offer,
+                                                      ctx.clock())  # fmt: skip
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return JSONResponse(decision)
+
+
+def _stage(gate_factory: Callable[[], UpgradeGate], offer: Offer, now: Any) -> dict[str, Any]:
+    gate = gate_factory()
+    d = gate.stage(offer, now=now)
+    doc = d.to_json()
+    doc["slot"] = gate.slots.load().pending
+    return doc
+
+
+async def _too_large(gate_factory: Callable[[], UpgradeGate], limit: int,
+                     actor: str) -> JSONResponse:  # fmt: skip
+    loop = asyncio.get_running_loop()
+    exc: UpgradeRefused = await loop.run_in_executor(
+        None, lambda: gate_factory().refuse_upload(
+            UPLOAD_TOO_LARGE, f"upload over the limit of {limit} bytes", actor=actor))
+    return JSONResponse(error_body(exc), status_code=413)
