@@ -17,6 +17,7 @@ nesting deeper than ``MAX_DEPTH``, raising only ``ManifestFormatError``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from attest.errors import ManifestFormatError
@@ -24,33 +25,23 @@ from attest.errors import ManifestFormatError
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 16
 
-_SHORT_ESCAPES = {
-    0x08: "\\b",
-    0x09: "\\t",
-    0x0A: "\\n",
-    0x0C: "\\f",
-    0x0D: "\\r",
-    0x22: '\\"',
-    0x5C: "\\\\",
-}
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 JsonValue = Any  # dict[str, JsonValue] | list[JsonValue] | str | int | bool | None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _escape(s: str) -> str:
-    out: list[str] = ['"']
-    for ch in s:
-        c = ord(ch)
-        if c in _SHORT_ESCAPES:
-            out.append(_SHORT_ESCAPES[c])
-        elif c < 0x20:
-            out.append(f"\\u{c:04x}")
-        elif 0xD800 <= c <= 0xDFFF:
-            raise ManifestFormatError("string holds a lone surrogate (not I-JSON)")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    """RFC 8785 §3.2.2.2 string serialisation. Python's JSON encoder with ensure_ascii off
+    emits exactly that (short escapes for \\b \\f \\n \\r \\t, \\u00xx in lower case for
+    the other controls, quote and backslash escaped, everything else verbatim), and does it in
+    C; only lone surrogates (not I-JSON) need refusing first."""
+    if _SURROGATE.search(s):
+        raise ManifestFormatError("string holds a lone surrogate (not I-JSON)")
+    return _dumps(s)
 
 
 def _utf16_key(name: str) -> bytes:
