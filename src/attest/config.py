@@ -40,6 +40,7 @@ class ApiSettings:
     mtls_port: int = 7444
     operator_socket: str = "/run/attest/api.sock"
     max_request_bytes: int = 65536
+    max_upload_bytes: int = 8 << 30  # POST /v1/upgrades, streamed to disk
     rate_per_second: float = 200.0  # per client address
     rate_burst: int = 400
     batching: bool = True

@@ -182,6 +182,7 @@ def create_app(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_fresh_log: Callable[[], None] | None = None,
     log_check_interval: float = 15.0,
+    extra_routes: Callable[[FastAPI, NodeContext], dict[str, int]] | None = None,
 ) -> Any:
     """Build the ASGI app: FastAPI routes wrapped in the size and rate limits."""
     ctx = NodeContext(
@@ -226,8 +227,11 @@ def create_app(
     app.state.ctx = ctx
     app.add_exception_handler(AttestError, attest_error_handler)
     _routes(app, ctx)
+    # Further route groups (the upgrade upload) are composed in by the shell; they name the
+    # paths whose bodies they stream themselves, with those paths' size limits.
+    streaming = extra_routes(app, ctx) if extra_routes is not None else {}
     limited = RateLimit(app, rate=settings.api.rate_per_second, burst=settings.api.rate_burst)
-    outer = SizeLimit(limited, settings.api.max_request_bytes)
+    outer = SizeLimit(limited, settings.api.max_request_bytes, streaming=streaming)
     outer.fastapi = app  # type: ignore[attr-defined]  # for tests and the daemon
     outer.ctx = ctx  # type: ignore[attr-defined]
     return outer

@@ -49,12 +49,26 @@ class SizeLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether announced by
     Content-Length or streamed in chunks."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, *,
+                 streaming: dict[str, int] | None = None) -> None:  # fmt: skip
         self.app = app
         self.limit = limit
+        # Paths whose bodies are streamed to disk by their route (image uploads): only the
+        # declared Content-Length is checked here, against the path's own limit; the route
+        # enforces that limit while it streams.
+        self.streaming = streaming or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        stream_limit = self.streaming.get(scope.get("path", ""))
+        if stream_limit is not None:
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and (not value.isdigit()
+                                                  or int(value) > stream_limit):  # fmt: skip
+                    await _reply(send, 413, _too_large(stream_limit))
+                    return
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):

@@ -89,9 +89,10 @@ def add_upgrade_routes(
     *,
     upload_dir: str | os.PathLike[str],
     max_upload: int = DEFAULT_MAX_UPLOAD,
-) -> None:
+) -> dict[str, int]:
     """Add ``POST /v1/upgrades``. ``gate_factory`` opens the gate (slots, node, trust dir) for
-    one request; uploads are spooled in ``upload_dir`` and deleted afterwards."""
+    one request; uploads are spooled in ``upload_dir`` and deleted afterwards. Returns the
+    streamed path with its size limit (``create_app``'s ``extra_routes`` contract)."""
     lock = asyncio.Lock()  # one upgrade at a time
 
     @app.post("/v1/upgrades", dependencies=[Depends(require_trusted_channel)], responses={
@@ -132,6 +133,8 @@ def add_upgrade_routes(
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return JSONResponse(decision)
+
+    return {"/v1/upgrades": max_upload}
 
 
 def _stage(gate_factory: Callable[[], UpgradeGate], offer: Offer, now: Any) -> dict[str, Any]:

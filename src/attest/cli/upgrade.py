@@ -1,0 +1,182 @@
+"""``attest upgrade stage | confirm | status | boot``: the upgrade gate on this node (root).
+
+The gate is privileged work -- it writes the inactive slot and increments a TPM NV counter --
+so these commands run as root, in-process, with the TPM at ``--tcti`` (the node services --
+runtime and audit logs -- are opened in ``--state-dir``, as the broker does). While the broker
+(``attestd-tpm``) owns the TPM, run them through it instead once it serves the gate operations
+(docs/upgrade.md, "Where the gate runs").
+
+``boot`` performs the boot-time slot selection with fallback of an unconfirmed slot; on a real
+node the boot loader does that part (boot counting), and ``boot`` then only catches the NV
+counter up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from attest.cli import EXIT_OK, EXIT_REFUSED, print_json
+
+DEFAULT_SLOTS_DIR = "/var/lib/attest/slots"
+DEFAULT_TRUST_DIR = "/var/lib/attest/manifest"
+DEFAULT_STATE_DIR = "/var/lib/attest"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("upgrade", help="stage, confirm and inspect A/B image upgrades")
+    usub = p.add_subparsers(dest="cmd", metavar="SUBCOMMAND")
+    usub.required = True
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--slots-dir", default=DEFAULT_SLOTS_DIR,
+                       help="slots and boot pointer (default %(default)s)")
+        q.add_argument("--slot-device", action="append", default=[], metavar="SLOT=DEV",
+                       help="use a block device for a slot, e.g. b=/dev/vda3 (repeatable)")
+        q.add_argument("--slot-capacity", type=int, default=4 << 30,
+                       help="size of a file slot in bytes (default %(default)s)")
+        q.add_argument("--trust-dir", default=DEFAULT_TRUST_DIR,
+                       help="trusted root.json / registry.json (default %(default)s)")
+        q.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                       help="runtime and audit logs (default %(default)s)")
+        q.add_argument("--tcti", default=os.environ.get("ATTEST_TPM_TCTI", "device:/dev/tpmrm0"),
+                       help="TPM TCTI (default %(default)s)")
+        q.add_argument("--nv-index", type=lambda s: int(s, 0), default=None,
+                       help="NV counter index (default 0x01000a77)")
+        q.add_argument("--json", action="store_true", help="JSON on stdout")
+
+    s = usub.add_parser("stage", help="verify an image and write it to the inactive slot")
+    s.add_argument("image")
+    s.add_argument("--snapshot", required=True, help="the signed registry snapshot")
+    s.add_argument("--root", action="append", default=[], help="a newer root (rotation)")
+    s.add_argument("--hash-tree", help="its veritysetup hash tree, to name a corrupted block")
+    s.add_argument("--version", dest="release", help="the release the image claims to be")
+    s.add_argument("--now", help="ISO time instead of the clock (testing)")
+    common(s)
+    s.set_defaults(func=cmd_stage)
+    for name, func, text in (
+        ("confirm", cmd_confirm, "commit the booted staged slot (after a good boot)"),
+        ("status", cmd_status, "slots, versions, pending confirmation, NV counter"),
+        ("boot", cmd_boot, "boot-time slot selection with fallback (the boot loader's job)"),
+    ):  # fmt: skip
+        q = usub.add_parser(name, help=text)
+        common(q)
+        q.set_defaults(func=func)
+
+
+def _devices(args: argparse.Namespace) -> dict[str, str]:
+    from attest.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in args.slot_device:
+        slot, sep, dev = item.partition("=")
+        if not sep or slot not in ("a", "b") or not dev:
+            raise ConfigError(f"{item!r} is not SLOT=DEVICE with SLOT a or b", key="slot-device")
+        out[slot] = dev
+    return out
+
+
+class _Opened:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from attest.broker.local import LocalNode
+        from attest.slots import SlotStore
+        from attest.tpm.esapi import EsapiTpm
+        from attest.upgrade import DEFAULT_NV_INDEX, LocalGateNode, UpgradeGate
+
+        self.node = LocalNode.open(EsapiTpm(args.tcti), args.state_dir)
+        slots = SlotStore(args.slots_dir, devices=_devices(args), capacity=args.slot_capacity)
+        self.gate = UpgradeGate(slots, LocalGateNode(self.node), args.trust_dir,
+                                nv_index=args.nv_index or DEFAULT_NV_INDEX)  # fmt: skip
+
+    def __enter__(self) -> _Opened:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.node.close()
+
+
+def _actor() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from attest.errors import UpgradeRefused
+    from attest.state import read_bytes
+    from attest.upgrade import MAX_SNAPSHOT, Offer, read_hash_tree
+
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    offer = Offer(
+        Path(args.image), read_bytes(args.snapshot, max_size=MAX_SNAPSHOT),
+        roots=tuple(read_bytes(r, max_size=MAX_SNAPSHOT) for r in args.root),
+        hash_tree=read_hash_tree(args.hash_tree) if args.hash_tree else None,
+        version=args.release, actor=_actor(),
+    )  # fmt: skip
+    with _Opened(args) as o:
+        try:
+            d = o.gate.stage(offer, now=now)
+        except UpgradeRefused as exc:
+            if args.json:
+                print_json({"accepted": False, "reason": exc.reason, "message": str(exc)})
+                return EXIT_REFUSED
+            raise
+        slot = o.gate.slots.load().pending
+    if args.json:
+        print_json({**d.to_json(), "slot": slot})
+    else:
+        print(f"staged {d.version} in slot {slot} ({d.reason}): {d.message}")
+        print("reboot into it, then run `attest upgrade confirm`")
+    return EXIT_OK
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    with _Opened(args) as o:
+        ptr = o.gate.confirm(actor=_actor())
+    image = ptr.installed
+    version = None if image is None else image.version
+    if args.json:
+        print_json({"active": ptr.active, "version": version})
+    else:
+        print(f"confirmed: slot {ptr.active} ({version}) is now the active slot")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _Opened(args) as o:
+        doc = o.gate.status()
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    for slot in ("a", "b"):
+        image = doc["slots"][slot]
+        what = "empty / being written" if image is None else \
+            f"{image['version']} (#{image['sequence']}, sha256 {image['sha256'][:16]}…)"
+        marks = [m for m, on in (("active", doc["active"] == slot),
+                                 ("pending", doc["pending"] == slot),
+                                 ("booted", doc["booted"] == slot)) if on]  # fmt: skip
+        print(f"slot {slot}: {what} {' '.join(f'[{m}]' for m in marks)}")
+    if doc["pending_confirmation"]:
+        print("running an unconfirmed upgrade: `attest upgrade confirm` to commit it")
+    elif doc["pending"]:
+        print(f"staged in slot {doc['pending']}: reboot to try it ({doc['tries']} tries)")
+    nv = doc["nv_counter"]
+    print(f"NV counter {nv['index']}: {nv['value']} (committed release #"
+          f"{nv['committed_sequence']})")
+    return EXIT_OK
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    with _Opened(args) as o:
+        r = o.gate.boot()
+    if args.json:
+        print_json({"slot": r.slot, "version": r.image.version, "fell_back": r.fell_back,
+                    "reason": r.reason})  # fmt: skip
+    else:
+        print(f"boot slot {r.slot} ({r.image.version}){' after fallback' if r.fell_back else ''}"
+              f": {r.reason}")
+    return EXIT_OK
