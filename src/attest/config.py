@@ -71,6 +71,22 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UpgradeSettings:
+    # POST /v1/upgrades (docs/upgrade.md). attestd streams uploads into spool_dir; with the
+    # broker (production) attestd-tpm opens them there and runs the gate (its --spool-dir
+    # must name the same directory; docs/daemon-hardening.md has the layout). The other keys
+    # are for the in-process gate of development mode (tpm.tcti): attestd-tpm takes them as
+    # its own options (--slots-dir, --slot-device, --nv-index; trust dir: registry.trust_dir).
+    enabled: bool = True
+    spool_dir: str = "/var/lib/attest/spool"
+    slots_dir: str = "/var/lib/attest/slots"
+    slot_a_device: str = ""  # a block device instead of slots_dir/slot-a.img
+    slot_b_device: str = ""
+    slot_capacity: int = 4 << 30  # size of a file slot
+    nv_index: int = 0x01000A77
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     node_id: str = ""
     tpm: TpmSettings = field(default_factory=TpmSettings)
@@ -78,6 +94,7 @@ class Settings:
     logs: LogSettings = field(default_factory=LogSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    upgrade: UpgradeSettings = field(default_factory=UpgradeSettings)
 
     def validate(self) -> Settings:
         if not 0 <= self.tpm.runtime_pcr <= 15:
@@ -103,13 +120,21 @@ class Settings:
             raise ConfigError("must be positive", key="api.rate_per_second")
         if not 1 <= self.api.max_batch <= 1 << 16:
             raise ConfigError("must be 1..65536", key="api.max_batch")
+        if not 0x01000000 <= self.upgrade.nv_index <= 0x013FFFFF:
+            raise ConfigError("must be an owner NV index, 0x01000000..0x013fffff",
+                              key="upgrade.nv_index")  # fmt: skip
+        if self.upgrade.slot_capacity < 4096:
+            raise ConfigError("must be at least 4096 bytes", key="upgrade.slot_capacity")
+        if not os.path.isabs(self.upgrade.spool_dir):
+            raise ConfigError("must be an absolute path", key="upgrade.spool_dir")
         if len(self.node_id) > 128:
             raise ConfigError("at most 128 characters", key="node_id")
         return self
 
 
 _SECTIONS = {"tpm": TpmSettings, "api": ApiSettings, "logs": LogSettings,
-             "image": ImageSettings, "registry": RegistrySettings}  # fmt: skip
+             "image": ImageSettings, "registry": RegistrySettings,
+             "upgrade": UpgradeSettings}  # fmt: skip
 
 
 def _coerce(value: Any, to: type, key: str) -> Any:
@@ -125,6 +150,10 @@ def _coerce(value: Any, to: type, key: str) -> Any:
             raise ConfigError(f"{value!r} is not an integer", key=key)
         try:
             return int(value)
+        except (TypeError, ValueError):
+            pass
+        try:  # 0x... in the environment (TOML has hex integers of its own)
+            return int(value, 0) if isinstance(value, str) else int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{value!r} is not an integer", key=key) from None
     if to is float:

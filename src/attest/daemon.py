@@ -8,6 +8,10 @@ or -- for development and demos only -- runs the node services in-process over a
 - mutual-TLS TCP (``api.mtls_port``, when ``api.client_ca`` is set) for mutating endpoints,
 - the operator Unix socket (``api.operator_socket``, mode 0600) for local operators.
 
+``POST /v1/upgrades`` (``upgrade.enabled``) spools uploads in ``upgrade.spool_dir``; the gate
+that verifies and writes them is ``attestd-tpm``'s (``BrokerGate``), or in development mode an
+in-process ``UpgradeGate`` over the same TPM (``upgrade_routes``).
+
 Start-up is kept short (a node under TCG emulation runs Python ~14x slower): heavy modules
 are imported only once the configuration is known to be good.
 """
@@ -22,7 +26,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +75,41 @@ def open_node(settings: Settings) -> Any:
     return BrokerClient(settings.tpm.broker_socket)
 
 
+def upgrade_routes(settings: Settings, node: Any) -> Callable[[Any, Any], dict[str, int]] | None:
+    """``create_app``'s ``extra_routes`` for ``POST /v1/upgrades`` (None: upgrades are off).
+    Broker mode: the broker's gate reads the spooled upload (least privilege: this process
+    writes no slot and moves no counter). Development mode: an in-process gate."""
+    from attest.api.upgrades import Gate, add_upgrade_routes
+
+    u = settings.upgrade
+    if not u.enabled:
+        return None
+    limit = settings.api.max_upload_bytes
+    factory: Callable[[], Gate]
+    if settings.tpm.tcti:
+        from attest.slots import SlotStore
+        from attest.upgrade import LocalGateNode, UpgradeGate
+
+        devices = {s: d for s, d in (("a", u.slot_a_device), ("b", u.slot_b_device)) if d}
+
+        def factory() -> Gate:
+            slots = SlotStore(u.slots_dir, devices=devices, capacity=u.slot_capacity)
+            return UpgradeGate(slots, LocalGateNode(node), settings.registry.trust_dir,
+                               nv_index=u.nv_index)  # fmt: skip
+    else:
+        from attest.broker.client import BrokerGate
+
+        gate = BrokerGate(settings.tpm.broker_socket, spool_dir=u.spool_dir, max_upload=limit)
+
+        def factory() -> Gate:
+            return gate
+
+    def extra(app: Any, ctx: Any) -> dict[str, int]:
+        return add_upgrade_routes(app, ctx, factory, upload_dir=u.spool_dir, max_upload=limit)
+
+    return extra
+
+
 def read_firmware_log(settings: Settings) -> bytes | None:
     path = Path(settings.logs.firmware_log)
     try:
@@ -111,7 +150,8 @@ async def serve(settings: Settings, node: Any) -> None:
     record_start()
     app = create_app(settings, node=node, tls_binding=binding,
                      firmware_log=read_firmware_log(settings), verity=verity.report,
-                     status=make_status(settings, verity), on_fresh_log=record_start)  # fmt: skip
+                     status=make_status(settings, verity), on_fresh_log=record_start,
+                     extra_routes=upgrade_routes(settings, node))  # fmt: skip
     common: dict[str, Any] = {"lifespan": "off", "log_level": "warning", "access_log": False,
                               "timeout_graceful_shutdown": 5}  # fmt: skip
     configs = []

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -42,6 +42,11 @@ class Node:
     def operator(self) -> NodeClient:
         return NodeClient("http://operator", uds=str(self.api_sock))
 
+    @property
+    def broker_operator_sock(self) -> Path:
+        """attestd-tpm's operator socket."""
+        return self.work / "run" / "tpm-op.sock"
+
     def roots(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
         root = x509.load_pem_x509_certificate(self.state.root_ca.read_bytes())
         inter = x509.load_pem_x509_certificate(self.state.intermediate_ca.read_bytes())
@@ -75,13 +80,17 @@ NodeFactory = Callable[..., Node]
 
 @pytest.fixture()
 def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFactory]:
-    """Start nodes: ``start(name="node", port=None, tpm=None)`` -- each on its own fresh copy
-    of the session's swtpm state (or on ``tpm``, a running swtpm the caller owns) with its own
-    node state dir; ``port`` reuses an address (a node restarted on another TPM)."""
+    """Start nodes: ``start(name="node", port=None, tpm=None, broker_args=(), env=None)`` --
+    each on its own fresh copy of the session's swtpm state (or on ``tpm``, a running swtpm the
+    caller owns) with its own node state dir; ``port`` reuses an address (a node restarted on
+    another TPM); ``broker_args`` are more ``attestd-tpm`` options (e.g. the upgrade gate's)
+    and ``env`` more environment for both daemons (e.g. ``ATTEST_UPGRADE_SPOOL_DIR``)."""
     nodes: list[Node] = []
 
     def start(name: str = "node", port: int | None = None,
-              tpm: tuple[SwtpmProcess, SwtpmState] | None = None) -> Node:  # fmt: skip
+              tpm: tuple[SwtpmProcess, SwtpmState] | None = None,
+              broker_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+              ) -> Node:  # fmt: skip
         sw, state = tpm if tpm is not None else swtpm_factory(f"{name}-tpm")
         work = tmp_path / name
         run = work / "run"
@@ -94,11 +103,12 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
                "ATTEST_TPM_STATE_DIR": str(node_state), "ATTEST_NODE_ID": "swtpm-node",
                "ATTEST_LOGS_FIRMWARE_LOG": str(work / "none"),
                "ATTEST_API_RATE_PER_SECOND": "100000",
-               "ATTEST_API_RATE_BURST": "100000"}  # fmt: skip
+               "ATTEST_API_RATE_BURST": "100000", **(env or {})}  # fmt: skip
         logs = (work / "broker.log").open("wb"), (work / "api.log").open("wb")
         broker = subprocess.Popen(
             [str(BIN / "attestd-tpm"), "--tcti", sw.tcti, "--socket", str(run / "tpm.sock"),
-             "--operator-socket", str(run / "tpm-op.sock"), "--state-dir", str(node_state)],
+             "--operator-socket", str(run / "tpm-op.sock"), "--state-dir", str(node_state),
+             *broker_args],
             env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
         wait(lambda: (run / "tpm.sock").exists(), 30, "broker socket")
         api = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=logs[1],

@@ -27,6 +27,7 @@ from attest.errors import (
     AttestError,
     AuditChainError,
     ConfigError,
+    OperationNotAllowed,
     ReplayError,
     RollbackError,
     TpmError,
@@ -52,6 +53,15 @@ REQUESTS: list[p.Request] = [
     p.AuditRecord({"event": "login", "user": "u"}),
     p.AuditLogRead(0),
     p.NvCounterRead(0x01500010),
+    p.NvCounterDefine(0x01000A77),
+    p.NvCounterIncrement(0x01000A77),
+    p.UpgradeStage("/var/lib/attest/spool/.upload.x.img", b'{"signed":{}}', "api-mtls"),
+    p.UpgradeStage("/s/u.img", b"{}", "alice", roots=(b"{}",), hash_tree_path="/s/t",
+                   version="1.0.0"),  # fmt: skip
+    p.UpgradeRefuseUpload(1 << 33, "api-operator"),
+    p.UpgradeStatus(),
+    p.UpgradeConfirm("root"),
+    p.UpgradeBoot(),
 ]
 
 
@@ -76,6 +86,18 @@ def test_every_request_round_trips(req: p.Request) -> None:
         {"op": "runtime_log", "args": {"start": -1}},
         {"op": "nv_counter_read", "args": {"index": 0x81000001}},
         {"op": "activate_credential", "args": {"id_object": "0g", "encrypted_secret": ""}},
+        {"op": "nv_counter_increment", "args": {"index": 0x81000001}},
+        {"op": "upgrade_stage", "args": {"upload_path": "rel.img", "snapshot": "", "actor": "a"}},
+        {"op": "upgrade_stage", "args": {"upload_path": "/a\u0000b", "snapshot": "",
+                                         "actor": "a"}},
+        {"op": "upgrade_stage", "args": {"upload_path": "/a", "snapshot": "", "actor": ""}},
+        {"op": "upgrade_stage", "args": {"upload_path": "/a", "snapshot": "", "actor": "a\n"}},
+        {"op": "upgrade_stage", "args": {"upload_path": "/a", "snapshot": "",
+                                         "actor": "a", "now": "2020-01-01"}},
+        {"op": "upgrade_stage", "args": {"upload_path": "/a", "actor": "a",
+                                         "snapshot": "00" * (p.MAX_STAGE_SNAPSHOT + 1)}},
+        {"op": "upgrade_confirm", "args": {}},
+        {"op": "upgrade_refuse_upload", "args": {"limit": -1, "actor": "api-x"}},
     ],
 )
 def test_rejects_malformed_requests(doc: dict[str, Any]) -> None:
@@ -126,7 +148,9 @@ json_values = st.recursive(
 )  # fmt: skip
 ops = st.sampled_from(list(p.OPS) + ["x"])
 arg_names = st.sampled_from(["selection", "qualifying_data", "id_object", "encrypted_secret",
-                             "kind", "content", "start", "event", "index", "junk"])  # fmt: skip
+                             "kind", "content", "start", "event", "index", "junk",
+                             "upload_path", "snapshot", "actor", "roots", "hash_tree_path",
+                             "version", "limit"])  # fmt: skip
 
 
 @settings(max_examples=250, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -191,6 +215,20 @@ def broker(tmp_path: Path) -> Iterator[tuple[BrokerServer, Path, Path, FakeTpm]]
     yield server, api, op, tpm
     server.shutdown()
     node.close()
+
+
+def test_every_op_is_allowed_on_a_socket_and_operator_only_ops_not_on_the_api() -> None:
+    assert frozenset(p.OPS) == p.OPERATOR_OPS
+    for op in ("audit_record", "nv_counter_define", "nv_counter_increment", "upgrade_confirm",
+               "upgrade_boot"):  # fmt: skip
+        assert op not in p.UNPRIVILEGED_OPS
+    assert {"upgrade_stage", "upgrade_status", "nv_counter_read"} <= p.UNPRIVILEGED_OPS
+
+
+def test_upgrade_ops_without_a_gate_are_refused(broker: Any) -> None:
+    _, _, op, _ = broker
+    with BrokerClient(op) as c, pytest.raises(OperationNotAllowed, match="--slots-dir"):
+        c.upgrade_status()
 
 
 def test_sockets_have_restrictive_modes(broker: Any) -> None:

@@ -1,9 +1,11 @@
 """``POST /v1/upgrades``: offer an image to the upgrade gate over the authenticated API.
 
 Wire with ``add_upgrade_routes(app, ctx, gate_factory)`` (see docs/upgrade.md). The body is
-streamed -- never buffered -- to a temporary file in ``upload_dir`` (the state directory), with
-the size limit enforced while it arrives; then the gate (``attest.upgrade.UpgradeGate``) reads
-that file once to verify it. Only the mutual-TLS and operator channels may call it.
+streamed -- never buffered -- to a temporary file (mode 0640) in ``upload_dir`` (the spool
+directory), with the size limit enforced while it arrives; then the gate reads that file once
+to verify it: an in-process ``attest.upgrade.UpgradeGate`` (development), or
+``attest.broker.client.BrokerGate``, which has ``attestd-tpm``'s gate open the spooled file
+(production; docs/daemon-hardening.md). Only the mutual-TLS and operator channels may call it.
 
 Body (``Content-Type: application/vnd.attest.upgrade``), all lengths 8-byte big-endian::
 
@@ -24,8 +26,9 @@ import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
@@ -36,6 +39,19 @@ from attest.api.middleware import CHANNEL_KEY
 from attest.errors import EvidenceFormatError, UpgradeRefused
 from attest.gate import UPLOAD_TOO_LARGE
 from attest.upgrade import MAX_HASH_TREE, MAX_SNAPSHOT, Offer, UpgradeGate
+
+
+class _Decision(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Gate(Protocol):
+    """What the route needs of a gate: ``UpgradeGate`` or ``BrokerGate``."""
+
+    def stage(self, offer: Offer, *, now: datetime) -> _Decision: ...
+
+    def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused: ...
+
 
 MEDIA_TYPE = "application/vnd.attest.upgrade"
 DEFAULT_MAX_UPLOAD = 8 << 30
@@ -85,7 +101,7 @@ class _Body:
 def add_upgrade_routes(
     app: FastAPI,
     ctx: NodeContext,
-    gate_factory: Callable[[], UpgradeGate],
+    gate_factory: Callable[[], Gate],
     *,
     upload_dir: str | os.PathLike[str],
     max_upload: int = DEFAULT_MAX_UPLOAD,
@@ -117,8 +133,9 @@ def add_upgrade_routes(
         tree = await body.exactly(tree_len, "hash tree") if tree_len else None
         Path(upload_dir).mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".upload.", suffix=".img", dir=upload_dir)
-        path = Path(name)
+        path = Path(name).absolute()
         try:
+            os.fchmod(fd, 0o640)  # the broker reads it through the spool directory's group
             with os.fdopen(fd, "wb") as out:
                 async for chunk in body.chunks():
                     if body.total > max_upload:
@@ -137,15 +154,15 @@ def add_upgrade_routes(
     return {"/v1/upgrades": max_upload}
 
 
-def _stage(gate_factory: Callable[[], UpgradeGate], offer: Offer, now: Any) -> dict[str, Any]:
+def _stage(gate_factory: Callable[[], Gate], offer: Offer, now: Any) -> dict[str, Any]:
     gate = gate_factory()
-    d = gate.stage(offer, now=now)
-    doc = d.to_json()
-    doc["slot"] = gate.slots.load().pending
+    doc = gate.stage(offer, now=now).to_json()
+    if isinstance(gate, UpgradeGate):  # the broker's answer names the slot itself
+        doc["slot"] = gate.slots.load().pending
     return doc
 
 
-async def _too_large(gate_factory: Callable[[], UpgradeGate], limit: int,
+async def _too_large(gate_factory: Callable[[], Gate], limit: int,
                      actor: str) -> JSONResponse:  # fmt: skip
     loop = asyncio.get_running_loop()
     exc: UpgradeRefused = await loop.run_in_executor(

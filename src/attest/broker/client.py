@@ -3,31 +3,48 @@
 One connection, used by one request at a time (thread-safe). A dropped connection (the broker
 restarted, or closed an idle connection) is re-established transparently: a request that could
 not be *sent* is always retried once; a request that was sent but not answered is retried only
-when it is idempotent (everything but ``measure`` and ``audit_record``), so an event is never
-recorded twice by a retry. Errors the broker reports are raised as their own attest class.
+when it is idempotent (not ``measure``, ``audit_record``, the NV counter's define and
+increment, nor the ``upgrade_*`` operations that record or write), so an event is never
+recorded twice by a retry. Errors the broker reports are raised as their own attest class
+(a gate refusal as ``UpgradeRefused`` with its reason code).
+
+``BrokerGate`` is the upgrade gate as the unprivileged API sees it (``add_upgrade_routes``'s
+gate in broker mode): ``stage`` sends the spooled upload's path to the broker's gate.
+``spool_file`` copies a file into the spool directory, for callers whose file is elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from attest.broker import protocol as p
 from attest.broker.transport import recv_frame, send_frame
-from attest.errors import TransportError
+from attest.errors import EvidenceFormatError, TransportError, UpgradeRefused
 from attest.eventlog.cel import CelRecord
+from attest.gate import UPLOAD_TOO_LARGE
 from attest.model import PcrSelection, PcrValues
 from attest.node import NodeIdentity
 from attest.tpm.port import RawQuote
 
 DEFAULT_SOCKET = "/run/attest/tpm.sock"
 DEFAULT_OPERATOR_SOCKET = "/run/attest/tpm-operator.sock"
-_NOT_IDEMPOTENT = (p.Measure, p.AuditRecord)
+DEFAULT_SPOOL_DIR = "/var/lib/attest/spool"
+# Staging reads the whole image twice (verify, read back) and writes it once: allow for
+# several GiB on a slow disk.
+STAGE_TIMEOUT = 3600.0
+_NOT_IDEMPOTENT = (p.Measure, p.AuditRecord, p.NvCounterDefine, p.NvCounterIncrement,
+                   p.UpgradeStage, p.UpgradeRefuseUpload, p.UpgradeConfirm,
+                   p.UpgradeBoot)  # fmt: skip
 
 
 class BrokerClient:
@@ -124,6 +141,41 @@ class BrokerClient:
         result: int = self._call(p.NvCounterRead(index))
         return result
 
+    # --- the upgrade gate (attest.upgrade.GateNode, and the gate itself) ----------------------
+
+    def nv_counter_define(self, index: int) -> int:
+        result: int = self._call(p.NvCounterDefine(index))
+        return result
+
+    def nv_counter_increment(self, index: int) -> int:
+        result: int = self._call(p.NvCounterIncrement(index))
+        return result
+
+    def upgrade_stage(self, req: p.UpgradeStage) -> dict[str, Any]:
+        """The accepted decision (with ``slot``); ``UpgradeRefused`` for every refusal."""
+        result: dict[str, Any] = self._call(req)
+        return result
+
+    def upgrade_refuse_upload(self, limit: int, *, actor: str) -> UpgradeRefused:
+        """Have the broker record an ``upload-too-large`` refusal; returns it."""
+        try:
+            self._call(p.UpgradeRefuseUpload(limit, actor))
+        except UpgradeRefused as exc:
+            return exc
+        raise TransportError("attestd-tpm did not refuse an upload over the limit")
+
+    def upgrade_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.UpgradeStatus())
+        return result
+
+    def upgrade_confirm(self, *, actor: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.UpgradeConfirm(actor))
+        return result
+
+    def upgrade_boot(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.UpgradeBoot())
+        return result
+
     def close(self) -> None:
         with self._lock:
             self._drop()
@@ -133,3 +185,78 @@ class BrokerClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def spool_file(spool_dir: str | os.PathLike[str], *, source: Path | None = None,
+               data: bytes | None = None, suffix: str = ".img") -> Iterator[Path]:
+    """A file in the spool directory holding ``source``'s bytes (or ``data``), mode 0640 (the
+    broker reads it through the spool group), deleted on exit. A ``source`` already in the
+    spool directory is used as it is."""
+    spool = Path(spool_dir)
+    if source is not None and Path(os.path.realpath(source.parent)) == Path(
+            os.path.realpath(spool)):  # fmt: skip
+        yield source.absolute()
+        return
+    fd, name = tempfile.mkstemp(prefix=".spool.", suffix=suffix, dir=spool)
+    path = Path(name).absolute()
+    try:
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "wb") as out:
+            if source is not None:
+                with source.open("rb") as src:
+                    shutil.copyfileobj(src, out, 4 << 20)
+            elif data is not None:
+                out.write(data)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerDecision:
+    """The broker's accepted decision (``GateDecision.to_json()`` plus ``slot``)."""
+
+    doc: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.doc)
+
+
+class BrokerGate:
+    """The upgrade gate run by ``attestd-tpm``, for ``attest.api.upgrades.add_upgrade_routes``.
+
+    ``stage`` sends the offer (its image already spooled in ``spool_dir`` by the API; a hash
+    tree is spooled here) to the broker, which verifies, decides, records and writes; ``now``
+    is ignored (the broker's clock decides). ``refuse_upload`` has the broker record an
+    ``upload-too-large`` refusal of an upload over ``max_upload``."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], *,
+                 spool_dir: str | os.PathLike[str], max_upload: int,
+                 timeout: float = STAGE_TIMEOUT) -> None:  # fmt: skip
+        self.socket_path = Path(socket_path)
+        self.spool_dir = Path(spool_dir)
+        self.max_upload = max_upload
+        self.timeout = timeout
+
+    def stage(self, offer: Any, *, now: datetime) -> BrokerDecision:
+        if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
+            raise EvidenceFormatError(f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
+                                      f"takes at most {p.MAX_STAGE_SNAPSHOT}")  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            tree = None
+            if offer.hash_tree is not None:
+                tree = str(stack.enter_context(spool_file(self.spool_dir, data=offer.hash_tree,
+                                                          suffix=".tree")))  # fmt: skip
+            image = stack.enter_context(spool_file(self.spool_dir, source=Path(offer.image)))
+            req = p.UpgradeStage(str(image), offer.snapshot, offer.actor, roots=offer.roots,
+                                 hash_tree_path=tree, version=offer.version)  # fmt: skip
+            with BrokerClient(self.socket_path, timeout=self.timeout) as client:
+                return BrokerDecision(client.upgrade_stage(req))
+
+    def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused:
+        if reason != UPLOAD_TOO_LARGE:
+            raise ValueError(f"the broker records only {UPLOAD_TOO_LARGE} refusals of uploads")
+        with BrokerClient(self.socket_path, timeout=self.timeout) as client:
+            return client.upgrade_refuse_upload(self.max_upload, actor=actor)

@@ -91,6 +91,12 @@ class LocalNode:
     def nv_counter_read(self, index: int) -> int:
         return self.tpm.nv_counter_read(index)
 
+    def nv_counter_define(self, index: int) -> int:
+        return self.tpm.nv_counter_define(index)
+
+    def nv_counter_increment(self, index: int) -> int:
+        return self.tpm.nv_counter_increment(index)
+
     def close(self) -> None:
         self.audit.close()
         self.runtime.close()

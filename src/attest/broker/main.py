@@ -3,6 +3,11 @@
 Opens the TPM, reconciles the runtime log and the audit log with it, records a
 ``daemon-start`` event, and serves ``attest.node.NodePort`` on two Unix sockets until SIGTERM
 or SIGINT. Only this process ever extends the runtime PCR.
+
+With ``--slots-dir`` it also owns the upgrade gate (``attest.broker.upgrades``): the slots, the
+trusted registry (``--trust-dir``), the NV counter (``--nv-index``) and the spool directory the
+API puts uploads in (``--spool-dir``). It then catches the NV counter up with the committed
+slot at start (``UpgradeGate.reconcile``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import grp
 import logging
+import pwd
 import signal
 import sys
 import threading
@@ -22,8 +28,11 @@ from attest.broker import protocol as p
 from attest.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 from attest.broker.local import LocalNode
 from attest.broker.server import BrokerServer
+from attest.broker.upgrades import BrokerUpgrades, Spool
 from attest.errors import AttestError, ConfigError
 from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_DAEMON_START
+from attest.slots import DEFAULT_CAPACITY, SlotStore
+from attest.upgrade import DEFAULT_NV_INDEX
 
 logger = logging.getLogger("attest.broker")
 
@@ -67,6 +76,25 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(sorted(p.DEFAULT_MEASURE_KINDS)),
         help="runtime event kinds the API socket may measure (default %(default)s)",
     )
+    g = a.add_argument_group("upgrade gate (docs/upgrade.md; off without --slots-dir)")
+    g.add_argument("--slots-dir", type=Path,
+                   help="slot files and the boot pointer boot.json (enables the gate)")
+    g.add_argument("--slot-device", action="append", default=[], metavar="SLOT=DEV",
+                   help="a block device for a slot, e.g. b=/dev/vda3 (repeatable)")
+    g.add_argument("--slot-capacity", type=int, default=DEFAULT_CAPACITY,
+                   help="size of a file slot in bytes (default %(default)s)")
+    g.add_argument("--trust-dir", type=Path, default=Path("/var/lib/attest/trust"),
+                   help="trusted root.json / registry.json (default %(default)s)")
+    g.add_argument("--nv-index", type=lambda s: int(s, 0), default=DEFAULT_NV_INDEX,
+                   help=f"NV counter index (default 0x{DEFAULT_NV_INDEX:08x})")
+    g.add_argument("--spool-dir", type=Path,
+                   help="where attestd spools uploads (mode 2770, group attest); without "
+                        "it, upgrade_stage is refused")
+    g.add_argument("--spool-group",
+                   help="group spooled files must have (default: the spool directory's)")
+    g.add_argument("--spool-user", action="append", default=[],
+                   help="a user that may own spooled files (repeatable; e.g. attest and root; "
+                        "default: any)")
     a.add_argument("-v", "--verbose", action="count", default=0)
     return a  # fmt: skip
 
@@ -119,8 +147,9 @@ def _run(args: argparse.Namespace) -> int:
     # After a TPM reset while running, the new runtime log starts with a daemon-start again.
     node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_DAEMON_START, start_event))
     operator = None if str(args.operator_socket) == "none" else args.operator_socket
+    upgrades = _upgrades(args, node)
     server = BrokerServer(node, args.socket, operator_socket_path=operator,
-                          socket_group=gid, measure_kinds=kinds)  # fmt: skip
+                          socket_group=gid, measure_kinds=kinds, upgrades=upgrades)  # fmt: skip
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -135,9 +164,49 @@ def _run(args: argparse.Namespace) -> int:
             pass
     finally:
         server.shutdown()
+        if upgrades is not None:
+            upgrades.close()
         node.close()
     logger.info("attestd-tpm stopped")
     return 0
+
+
+def _devices(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        slot, sep, dev = item.partition("=")
+        if not sep or slot not in ("a", "b") or not dev:
+            raise ConfigError(f"{item!r} is not SLOT=DEVICE with SLOT a or b", key="slot_device")
+        out[slot] = dev
+    return out
+
+
+def _upgrades(args: argparse.Namespace, node: LocalNode) -> BrokerUpgrades | None:
+    if args.slots_dir is None:
+        if args.spool_dir is not None:
+            raise ConfigError("the upgrade gate needs --slots-dir", key="spool_dir")
+        return None
+    spool = None
+    if args.spool_dir is not None:
+        gid = uids = None
+        try:
+            if args.spool_group:
+                gid = grp.getgrnam(args.spool_group).gr_gid
+            if args.spool_user:
+                uids = {pwd.getpwnam(u).pw_uid for u in args.spool_user}
+        except KeyError as exc:
+            raise ConfigError(f"no such user or group {exc}", key="spool_user") from None
+        spool = Spool(args.spool_dir, gid=gid, uids=uids)
+    args.slots_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    slots = SlotStore(args.slots_dir, devices=_devices(args.slot_device),
+                      capacity=args.slot_capacity)  # fmt: skip
+    upgrades = BrokerUpgrades(node, slots, args.trust_dir, spool=spool, nv_index=args.nv_index)
+    try:
+        upgrades.gate.reconcile()  # a crash between confirm's pointer switch and its increments
+    except AttestError as exc:
+        logger.error("upgrade gate: could not reconcile the NV counter: %s", exc)
+    logger.info("upgrade gate on %s (spool %s)", args.slots_dir, args.spool_dir)
+    return upgrades
 
 
 def run() -> None:

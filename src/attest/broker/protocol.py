@@ -12,6 +12,12 @@ Unknown ops, unknown or missing members, wrong types, duplicate names, floats, d
 oversized values are refused. Every malformed input raises ``TransportError`` and nothing else.
 Errors travel as the name of their ``attest.errors`` class with their fields (``rc`` of a
 ``TpmError``, ``invalid_pcrs`` of a ``ReplayError``, ...), and the client raises the same class.
+
+The upgrade gate's operations (docs/upgrade.md, "Where the gate runs"): ``upgrade_stage``
+names an upload the API spooled in the broker's spool directory (``upload_path``; the image
+never travels in a frame) and carries the snapshot inline (at most ``MAX_STAGE_SNAPSHOT``
+bytes, so that the request fits a frame); a hash tree, up to 256 MiB, is spooled too
+(``hash_tree_path``). The broker takes ``now`` from its own clock, never from the request.
 """
 
 from __future__ import annotations
@@ -42,9 +48,14 @@ MAX_MESSAGE_TEXT = 4096
 # What the unprivileged API process may ask, and which runtime event kinds it may measure.
 OPS = (
     "identity", "read_pcrs", "quote", "activate_credential", "measure", "runtime_log",
-    "audit_record", "audit_log", "nv_counter_read",
+    "audit_record", "audit_log", "nv_counter_read", "nv_counter_define", "nv_counter_increment",
+    "upgrade_stage", "upgrade_refuse_upload", "upgrade_status", "upgrade_confirm", "upgrade_boot",
 )  # fmt: skip
-UNPRIVILEGED_OPS = frozenset(OPS) - {"audit_record"}
+# The API may offer an upload to the gate (which verifies it and records the decision) and read
+# the gate's status; it may not move the NV counter, confirm an upgrade or select a boot slot.
+OPERATOR_ONLY_OPS = frozenset({"audit_record", "nv_counter_define", "nv_counter_increment",
+                               "upgrade_confirm", "upgrade_boot"})  # fmt: skip
+UNPRIVILEGED_OPS = frozenset(OPS) - OPERATOR_ONLY_OPS
 OPERATOR_OPS = frozenset(OPS)
 DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "verity-device", "config", "daemon-start"})
 # Audit anchors are written only by the audit log itself, never on request.
@@ -280,12 +291,73 @@ class NvCounterRead:
     op: ClassVar[str] = "nv_counter_read"
 
 
+@dataclass(frozen=True, slots=True)
+class NvCounterDefine:
+    index: int
+    op: ClassVar[str] = "nv_counter_define"
+
+
+@dataclass(frozen=True, slots=True)
+class NvCounterIncrement:
+    index: int
+    op: ClassVar[str] = "nv_counter_increment"
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeStage:
+    """Offer the spooled upload at ``upload_path`` to the broker's gate (``attest.upgrade.Offer``
+    without the image bytes)."""
+
+    upload_path: str
+    snapshot: bytes
+    actor: str
+    roots: tuple[bytes, ...] = ()
+    hash_tree_path: str | None = None
+    version: str | None = None
+    op: ClassVar[str] = "upgrade_stage"
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRefuseUpload:
+    """Record the refusal of an upload over the API's size limit (``upload-too-large``)."""
+
+    limit: int
+    actor: str
+    op: ClassVar[str] = "upgrade_refuse_upload"
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeStatus:
+    op: ClassVar[str] = "upgrade_status"
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeConfirm:
+    actor: str
+    op: ClassVar[str] = "upgrade_confirm"
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeBoot:
+    op: ClassVar[str] = "upgrade_boot"
+
+
 Request = (
     Identity | ReadPcrs | Quote | ActivateCredential | Measure | RuntimeLogRead | AuditRecord
-    | AuditLogRead | NvCounterRead
+    | AuditLogRead | NvCounterRead | NvCounterDefine | NvCounterIncrement | UpgradeStage
+    | UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot
 )  # fmt: skip
+_NV_REQUESTS: Mapping[str, Callable[[int], Request]] = {
+    "nv_counter_read": NvCounterRead, "nv_counter_define": NvCounterDefine,
+    "nv_counter_increment": NvCounterIncrement}  # fmt: skip
 
 MAX_QUALIFYING_DATA = 64  # TPM2B_DATA
+MAX_PATH = 4096
+MAX_ACTOR = 64
+MAX_VERSION = 128
+MAX_ROOTS = 8
+# The snapshot travels inline as hex: it must leave room in a MAX_REQUEST frame.
+MAX_STAGE_SNAPSHOT = MAX_REQUEST // 2 - 8 * 1024
 MAX_CREDENTIAL_BLOB = 1024  # TPM2B_ID_OBJECT / TPM2B_ENCRYPTED_SECRET contents
 NV_INDEX_FIRST, NV_INDEX_LAST = 0x01000000, 0x01FFFFFF  # TPM_HT_NV_INDEX (Part 2 §7.2)
 
@@ -307,9 +379,63 @@ def encode_request(req: Request) -> bytes:
         args = {"start": req.start}
     elif isinstance(req, AuditRecord):
         args = {"event": dict(req.event)}
+    elif isinstance(req, UpgradeStage):
+        args = {"upload_path": req.upload_path, "snapshot": req.snapshot.hex(),
+                "actor": req.actor}  # fmt: skip
+        if req.roots:
+            args["roots"] = [r.hex() for r in req.roots]
+        if req.hash_tree_path is not None:
+            args["hash_tree_path"] = req.hash_tree_path
+        if req.version is not None:
+            args["version"] = req.version
+    elif isinstance(req, UpgradeRefuseUpload):
+        args = {"limit": req.limit, "actor": req.actor}
+    elif isinstance(req, UpgradeConfirm):
+        args = {"actor": req.actor}
+    elif isinstance(req, UpgradeStatus | UpgradeBoot):
+        args = {}
     else:
         args = {"index": req.index}
     return dumps({"op": req.op, "args": args})
+
+
+def _path(v: Any, what: str) -> str:
+    s = _str(v, what, limit=MAX_PATH)
+    if not s.startswith("/") or "\0" in s:
+        raise TransportError(f"{what} must be an absolute path")
+    return s
+
+
+def _actor(v: Any) -> str:
+    s = _str(v, "actor", limit=MAX_ACTOR)
+    if not s or not s.isprintable():
+        raise TransportError("actor must be a non-empty printable string")
+    return s
+
+
+def _decode_upgrade(op: str, a: Any) -> Request:
+    if op == "upgrade_stage":
+        _obj(a, op, ("upload_path", "snapshot", "actor"), ("roots", "hash_tree_path", "version"))
+        roots = a.get("roots", [])
+        if not isinstance(roots, list) or len(roots) > MAX_ROOTS:
+            raise TransportError(f"roots must be a list of at most {MAX_ROOTS}")
+        tree = a.get("hash_tree_path")
+        version = a.get("version")
+        return UpgradeStage(
+            _path(a["upload_path"], "upload_path"),
+            _hex(a["snapshot"], "snapshot", limit=MAX_STAGE_SNAPSHOT),
+            _actor(a["actor"]),
+            roots=tuple(_hex(r, "root", limit=MAX_STAGE_SNAPSHOT) for r in roots),
+            hash_tree_path=None if tree is None else _path(tree, "hash_tree_path"),
+            version=None if version is None else _str(version, "version", limit=MAX_VERSION),
+        )
+    if op == "upgrade_refuse_upload":
+        _obj(a, op, ("limit", "actor"))
+        return UpgradeRefuseUpload(_uint(a["limit"], "limit"), _actor(a["actor"]))
+    if op == "upgrade_confirm":
+        return UpgradeConfirm(_actor(_obj(a, op, ("actor",))["actor"]))
+    _obj(a, op, ())
+    return UpgradeStatus() if op == "upgrade_status" else UpgradeBoot()
 
 
 def decode_request(body: bytes) -> Request:
@@ -352,10 +478,12 @@ def decode_request(body: bytes) -> Request:
         if not isinstance(event, dict) or len(event) > 16:
             raise TransportError("event must be an object of at most 16 members")
         return AuditRecord(event)
+    if op.startswith("upgrade_"):
+        return _decode_upgrade(op, a)
     index = _uint(_obj(a, op, ("index",))["index"], "index", bits=32)
     if not NV_INDEX_FIRST <= index <= NV_INDEX_LAST:
         raise TransportError(f"NV index 0x{index:08x} is not in the NV index range")
-    return NvCounterRead(index)
+    return _NV_REQUESTS[op](index)
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -436,6 +564,9 @@ def encode_result(req: Request, result: Any) -> bytes:
         doc = dict(result)
     elif isinstance(req, AuditLogRead):
         doc = {"entries": [dict(e) for e in result]}
+    elif isinstance(req, UpgradeStage | UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm
+                    | UpgradeBoot):  # fmt: skip
+        doc = dict(result)
     else:
         doc = {"value": int(result)}
     return dumps({"ok": doc})
@@ -464,6 +595,15 @@ def _decode_ok(req: Request, doc: Any) -> Any:
         return _entries([doc])[0]
     if isinstance(req, AuditLogRead):
         return _entries(_obj(doc, "audit log", ("entries",))["entries"])
+    if isinstance(req, UpgradeStage):
+        if not isinstance(doc, dict) or not isinstance(doc.get("accepted"), bool):
+            raise TransportError("decision must be an object with a boolean 'accepted'")
+        _str(doc.get("reason"), "reason", limit=64)
+        return doc
+    if isinstance(req, UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot):
+        if not isinstance(doc, dict):
+            raise TransportError(f"{req.op} result must be an object")
+        return doc
     return _uint(_obj(doc, "counter", ("value",))["value"], "value", bits=64)
 
 

@@ -2,8 +2,12 @@
 
 - The API socket (mode 0660, group configurable) answers ``protocol.UNPRIVILEGED_OPS`` and
   measures only the kinds of its allow-list (default ``protocol.DEFAULT_MEASURE_KINDS``).
-- The operator socket (mode 0600: root, for PAM/sshd hooks and the ``attest audit`` CLI)
-  additionally answers ``audit_record`` and measures any kind but ``audit``.
+- The operator socket (mode 0600: root, for PAM/sshd hooks and the ``attest audit`` and
+  ``attest upgrade`` CLIs) additionally answers ``protocol.OPERATOR_ONLY_OPS`` (audit records,
+  NV counter define/increment, upgrade confirm/boot) and measures any kind but ``audit``.
+- The ``upgrade_*`` operations go to ``BrokerUpgrades`` (when configured). On the API socket
+  the actor of an upgrade request must be ``api-<channel>``: the API cannot record a decision
+  in an operator's name.
 - One thread per connection, a bounded number of connections per socket (the API cannot
   starve the operator socket), an idle timeout between requests and a short timeout to finish
   a request once started, and bounded frame sizes: a slow or malicious client cannot block
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import stat
 import struct
@@ -30,11 +35,13 @@ from pathlib import Path
 from attest.broker import protocol as p
 from attest.broker.local import LocalNode
 from attest.broker.transport import recv_frame, send_frame
+from attest.broker.upgrades import BrokerUpgrades
 from attest.errors import AttestError, OperationNotAllowed, TransportError
 
 logger = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")
+_API_ACTOR = re.compile(r"api-[a-z]{1,16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +96,13 @@ class BrokerServer:
         max_connections: int = 32,
         idle_timeout: float = 300.0,
         request_timeout: float = 10.0,
+        upgrades: BrokerUpgrades | None = None,
     ) -> None:
         unknown = set(measure_kinds) - p.OPERATOR_MEASURE_KINDS
         if unknown:
             raise ValueError(f"cannot allow measuring {', '.join(sorted(unknown))}")
         self.node = node
+        self.upgrades = upgrades
         self._paths = [(Path(socket_path), "api", 0o660, socket_group)]
         if operator_socket_path is not None:
             self._paths.append((Path(operator_socket_path), "operator", 0o600, None))
@@ -216,6 +225,9 @@ class BrokerServer:
                 raise OperationNotAllowed(
                     f"measuring {req.kind!r} events is not allowed on the {lst.name} socket"
                 )
+            actor = getattr(req, "actor", None)
+            if lst.name == "api" and actor is not None and not _API_ACTOR.fullmatch(actor):
+                raise OperationNotAllowed("the API socket acts as api-<channel> only")
             logger.debug("request %s from uid %d on %s socket", op, uid, lst.name)
             out = p.encode_result(req, self._dispatch(req))
             if len(out) > p.MAX_RESPONSE:
@@ -250,4 +262,21 @@ class BrokerServer:
             return n.audit_record(req.event)
         if isinstance(req, p.AuditLogRead):
             return n.audit_log(req.start)
-        return n.nv_counter_read(req.index)
+        if isinstance(req, p.NvCounterRead):
+            return n.nv_counter_read(req.index)
+        if isinstance(req, p.NvCounterDefine):
+            return n.nv_counter_define(req.index)
+        if isinstance(req, p.NvCounterIncrement):
+            return n.nv_counter_increment(req.index)
+        u = self.upgrades
+        if u is None:
+            raise OperationNotAllowed("attestd-tpm does not run the upgrade gate (--slots-dir)")
+        if isinstance(req, p.UpgradeStage):
+            return u.stage(req)
+        if isinstance(req, p.UpgradeRefuseUpload):
+            raise u.refuse_upload(req)
+        if isinstance(req, p.UpgradeStatus):
+            return u.status()
+        if isinstance(req, p.UpgradeConfirm):
+            return u.confirm(req)
+        return u.boot()

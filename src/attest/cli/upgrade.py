@@ -1,10 +1,12 @@
 """``attest upgrade stage | confirm | status | boot``: the upgrade gate on this node (root).
 
-The gate is privileged work -- it writes the inactive slot and increments a TPM NV counter --
-so these commands run as root, in-process, with the TPM at ``--tcti`` (the node services --
-runtime and audit logs -- are opened in ``--state-dir``, as the broker does). While the broker
-(``attestd-tpm``) owns the TPM, run them through it instead once it serves the gate operations
-(docs/upgrade.md, "Where the gate runs").
+The gate is privileged work -- it writes the inactive slot and increments a TPM NV counter.
+In production ``attestd-tpm`` owns the TPM and runs the gate: ``--broker-socket`` (its
+operator socket, e.g. /run/attest/tpm-operator.sock) sends the commands there; ``stage``
+first copies the image into the broker's spool directory (``--spool-dir``) unless it is
+already in it (docs/upgrade.md, "Where the gate runs"). For development, without
+``--broker-socket`` the gate runs in-process as root with the TPM at ``--tcti`` (the node
+services -- runtime and audit logs -- are opened in ``--state-dir``, as the broker does).
 
 ``boot`` performs the boot-time slot selection with fallback of an unconfirmed slot; on a real
 node the boot loader does that part (boot counting), and ``boot`` then only catches the NV
@@ -14,6 +16,7 @@ counter up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ from attest.cli import EXIT_OK, EXIT_REFUSED, print_json
 DEFAULT_SLOTS_DIR = "/var/lib/attest/slots"
 DEFAULT_TRUST_DIR = "/var/lib/attest/manifest"
 DEFAULT_STATE_DIR = "/var/lib/attest"
+DEFAULT_SPOOL_DIR = "/var/lib/attest/spool"
 
 
 def register(sub: Any) -> None:
@@ -33,6 +37,13 @@ def register(sub: Any) -> None:
     usub.required = True
 
     def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--broker-socket", metavar="PATH",
+                       help="production: attestd-tpm's operator socket, which runs the gate "
+                            "(e.g. /run/attest/tpm-operator.sock); the slot, trust, TPM and "
+                            "state options are then the broker's own")
+        q.add_argument("--spool-dir", default=DEFAULT_SPOOL_DIR,
+                       help="with --broker-socket: the broker's spool directory "
+                            "(default %(default)s)")
         q.add_argument("--slots-dir", default=DEFAULT_SLOTS_DIR,
                        help="slots and boot pointer (default %(default)s)")
         q.add_argument("--slot-device", action="append", default=[], metavar="SLOT=DEV",
@@ -100,7 +111,35 @@ class _Opened:
 
 
 def _actor() -> str:
-    return os.environ.get("SUDO_USER") or getpass.getuser()
+    return (os.environ.get("SUDO_USER") or getpass.getuser())[:64]
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from attest.broker.client import STAGE_TIMEOUT, BrokerClient
+
+    return BrokerClient(args.broker_socket, timeout=STAGE_TIMEOUT)
+
+
+def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
+    from attest.broker import protocol as p
+    from attest.broker.client import spool_file
+    from attest.errors import ConfigError, EvidenceFormatError
+
+    if args.now:
+        raise ConfigError("the broker judges expiry by its own clock", key="now")
+    if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
+        raise EvidenceFormatError(f"snapshot over {p.MAX_STAGE_SNAPSHOT} bytes")
+    with contextlib.ExitStack() as stack:
+        tree = None
+        if offer.hash_tree is not None:
+            tree = str(stack.enter_context(spool_file(args.spool_dir, data=offer.hash_tree,
+                                                      suffix=".tree")))  # fmt: skip
+        image = stack.enter_context(spool_file(args.spool_dir, source=offer.image))
+        req = p.UpgradeStage(str(image), offer.snapshot, offer.actor, roots=offer.roots,
+                             hash_tree_path=tree, version=offer.version)  # fmt: skip
+        with _broker(args) as client:
+            doc: dict[str, Any] = client.upgrade_stage(req)
+            return doc
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -117,38 +156,51 @@ def cmd_stage(args: argparse.Namespace) -> int:
         hash_tree=read_hash_tree(args.hash_tree) if args.hash_tree else None,
         version=args.release, actor=_actor(),
     )  # fmt: skip
-    with _Opened(args) as o:
-        try:
-            d = o.gate.stage(offer, now=now)
-        except UpgradeRefused as exc:
-            if args.json:
-                print_json({"accepted": False, "reason": exc.reason, "message": str(exc)})
-                return EXIT_REFUSED
-            raise
-        slot = o.gate.slots.load().pending
+    try:
+        if args.broker_socket:
+            doc = _stage_via_broker(args, offer)
+        else:
+            with _Opened(args) as o:
+                doc = o.gate.stage(offer, now=now).to_json()
+                doc["slot"] = o.gate.slots.load().pending
+    except UpgradeRefused as exc:
+        if args.json:
+            print_json({"accepted": False, "reason": exc.reason, "message": str(exc)})
+            return EXIT_REFUSED
+        raise
     if args.json:
-        print_json({**d.to_json(), "slot": slot})
+        print_json(doc)
     else:
-        print(f"staged {d.version} in slot {slot} ({d.reason}): {d.message}")
+        print(f"staged {doc['version']} in slot {doc['slot']} ({doc['reason']}): "
+              f"{doc['message']}")  # fmt: skip
         print("reboot into it, then run `attest upgrade confirm`")
     return EXIT_OK
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    with _Opened(args) as o:
-        ptr = o.gate.confirm(actor=_actor())
-    image = ptr.installed
-    version = None if image is None else image.version
-    if args.json:
-        print_json({"active": ptr.active, "version": version})
+    if args.broker_socket:
+        with _broker(args) as client:
+            doc = client.upgrade_confirm(actor=_actor())
+        active, version = doc.get("active"), doc.get("version")
     else:
-        print(f"confirmed: slot {ptr.active} ({version}) is now the active slot")
+        with _Opened(args) as o:
+            ptr = o.gate.confirm(actor=_actor())
+        image = ptr.installed
+        active, version = ptr.active, None if image is None else image.version
+    if args.json:
+        print_json({"active": active, "version": version})
+    else:
+        print(f"confirmed: slot {active} ({version}) is now the active slot")
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _Opened(args) as o:
-        doc = o.gate.status()
+    if args.broker_socket:
+        with _broker(args) as client:
+            doc = client.upgrade_status()
+    else:
+        with _Opened(args) as o:
+            doc = o.gate.status()
     if args.json:
         print_json(doc)
         return EXIT_OK
@@ -171,12 +223,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    with _Opened(args) as o:
-        r = o.gate.boot()
-    if args.json:
-        print_json({"slot": r.slot, "version": r.image.version, "fell_back": r.fell_back,
-                    "reason": r.reason})  # fmt: skip
+    if args.broker_socket:
+        with _broker(args) as client:
+            doc = client.upgrade_boot()
     else:
-        print(f"boot slot {r.slot} ({r.image.version}){' after fallback' if r.fell_back else ''}"
-              f": {r.reason}")
+        with _Opened(args) as o:
+            r = o.gate.boot()
+        doc = {"slot": r.slot, "version": r.image.version, "fell_back": r.fell_back,
+               "reason": r.reason}  # fmt: skip
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"boot slot {doc['slot']} ({doc['version']})"
+              f"{' after fallback' if doc['fell_back'] else ''}: {doc['reason']}")
     return EXIT_OK

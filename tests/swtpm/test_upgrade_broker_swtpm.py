@@ -1,0 +1,170 @@
+"""Upgrades in the production split, on swtpm: the unprivileged attestd spools a
+``POST /v1/upgrades`` upload, the privileged attestd-tpm's gate opens it in its spool directory,
+decides, records (runtime log + audit log) and writes slot B; the operator confirms through
+``attest upgrade … --broker-socket`` (NV counter raised by the broker). An unblessed upload is a
+409 with its reason code and writes nothing; the public listener gets 403; the decisions are in
+the runtime log served with evidence, which verifies against the quoted PCR."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.swtpm.conftest import BIN, Node, NodeFactory
+from tests.unit.upgrade_helpers import TEST_TRUST, Image, make_image, signed, snapshot
+
+from attest.audit import verify_audit_chain
+from attest.broker.client import BrokerClient
+from attest.errors import OperationNotAllowed
+from attest.eventlog.cel import loads_cel
+from attest.evidence import verify_evidence
+from attest.model import PcrSelection
+from attest.runtime import check_records, verify_runtime_log
+from attest.verifier import enroll
+
+PCR = 13
+CAPACITY = 1 << 20
+
+
+def _body(snap: bytes, image: bytes, tree: bytes = b"") -> bytes:
+    return len(snap).to_bytes(8, "big") + snap + len(tree).to_bytes(8, "big") + tree + image
+
+
+def _digests(d: Path) -> dict[str, str]:
+    return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(d.rglob("*")) if f.is_file()}  # fmt: skip
+
+
+@dataclass
+class Gate:
+    node: Node
+    spool: Path
+    slots: Path
+    v1: Image
+    v2: Image
+    stray: Image  # a well-formed image no registry blesses
+    snap: bytes
+    snap_path: Path
+
+    def post(self, image: Image, *, uds: bool = True, **params: str) -> httpx.Response:
+        transport = httpx.HTTPTransport(uds=str(self.node.api_sock)) if uds else None
+        base = "http://operator" if uds else self.node.url
+        with httpx.Client(transport=transport, base_url=base, timeout=120) as c:
+            return c.post("/v1/upgrades", params=params,
+                          content=_body(self.snap, image.path.read_bytes()),
+                          headers={"Content-Type": "application/vnd.attest.upgrade"})  # fmt: skip
+
+    def cli(self, *args: str) -> dict[str, Any]:
+        r = subprocess.run([str(BIN / "attest"), "upgrade", *args, "--json", "--broker-socket",
+                            str(self.node.broker_operator_sock), "--spool-dir", str(self.spool)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+
+@pytest.fixture()
+def gate(node_factory: NodeFactory, tmp_path: Path) -> Gate:
+    root = tmp_path / "gate"
+    spool, trust, slots = root / "spool", root / "trust", root / "slots"
+    spool.mkdir(parents=True)
+    spool.chmod(0o2770)  # set-group-id: uploads get the directory's group
+    trust.mkdir()
+    shutil.copy(TEST_TRUST / "root.json", trust / "root.json")
+    images = root / "images"
+    images.mkdir()
+    v1 = make_image(images, "1.0.0", 1)
+    v2 = make_image(images, "2.0.0", 2, blocks=80)
+    stray = make_image(images, "9.9.9", 9, blocks=72)
+    snap = signed(snapshot(5, [v1.release, v2.release]))
+    snap_path = root / "snapshot.json"
+    snap_path.write_bytes(snap)
+    node = node_factory(
+        "upgrade",
+        broker_args=["--slots-dir", str(slots), "--slot-capacity", str(CAPACITY),
+                     "--trust-dir", str(trust), "--spool-dir", str(spool)],
+        env={"ATTEST_UPGRADE_SPOOL_DIR": str(spool)},
+    )  # fmt: skip
+    return Gate(node, spool, slots, v1, v2, stray, snap, snap_path)
+
+
+def test_broker_stages_confirms_and_records_upgrades_offered_to_attestd(gate: Gate) -> None:
+    # a blessed upload over attestd's operator socket: the broker writes slot B
+    r = gate.post(gate.v1)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] is True and r.json()["slot"] == "b"
+    assert r.json()["reason"] == "upgrade" and r.json()["version"] == "1.0.0"
+    size = gate.v1.release.artifact_size
+    assert (gate.slots / "slot-b.img").read_bytes()[:size] == gate.v1.path.read_bytes()
+    assert list(gate.spool.iterdir()) == []  # the spooled upload is gone
+
+    # the boot loader's part and the confirmation, through the broker's operator socket
+    assert gate.cli("boot")["slot"] == "b"
+    assert gate.cli("confirm") == {"active": "b", "version": "1.0.0"}
+    status = gate.cli("status")
+    assert status["active"] == "b" and status["nv_counter"]["committed_sequence"] == 1
+
+    # an unblessed upload: 409 with the reason code, nothing written
+    before = _digests(gate.slots)
+    r = gate.post(gate.stray)
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == "UpgradeRefused" and r.json()["check"] == "unknown-artifact"
+    r = gate.post(gate.v1, version="2.0.0")  # claims to be 2.0.0: a precise refusal
+    assert r.status_code == 409 and r.json()["check"] == "size-mismatch"
+    assert _digests(gate.slots) == before
+
+    # the CLI stages a file from elsewhere: it is copied into the spool directory first
+    d = gate.cli("stage", str(gate.v2.path), "--snapshot", str(gate.snap_path))
+    assert d["accepted"] is True and d["slot"] == "a" and d["version"] == "2.0.0"
+
+    # a verifier: the decisions are in the runtime log served with evidence, which replays into
+    # the quoted runtime PCR; the audit chain matches its anchors
+    with gate.node.client() as c:
+        e = enroll(c, now=datetime.now(UTC))
+        sel = PcrSelection.parse(f"sha256:{PCR}")
+        nonce = hashlib.sha256(b"upgrade broker test").digest()
+        doc = c.evidence(nonce, sel, runtime_from=0)
+    ve = verify_evidence(doc, nonce=nonce, ak=e.ak, selection=sel)
+    records = loads_cel(json.dumps(doc["runtime_log"]["records"]))
+    log = verify_runtime_log(records, ve.quote.pcrs, pcr=PCR)
+    decisions = [(ev.content["accepted"], ev.content["reason"], ev.content["version"])
+                 for ev in log.of_kind("upgrade-decision")]  # fmt: skip
+    assert decisions == [(True, "upgrade", "1.0.0"), (False, "unknown-artifact", "unknown"),
+                         (False, "size-mismatch", "2.0.0"), (True, "upgrade", "2.0.0")]
+    assert [ev.content["slot"] for ev in log.of_kind("upgrade-decision")
+            if ev.content["accepted"]] == ["b", "a"]  # fmt: skip
+    assert log.of_kind("nv-counter")
+    with BrokerClient(gate.node.broker_operator_sock) as broker:
+        entries = [dict(x) for x in broker.audit_log()]
+    verify_audit_chain(entries, log.audit_anchors)
+    assert [x["service"] for x in entries] == [
+        "upgrade.upgrade", "upgrade.confirm", "upgrade.unknown-artifact",
+        "upgrade.size-mismatch", "upgrade.upgrade"]
+    assert [x["result"] for x in entries] == ["success", "success", "denied", "denied",
+                                               "success"]  # fmt: skip
+
+
+def test_public_listener_gets_403_and_nothing_is_recorded(gate: Gate) -> None:
+    r = gate.post(gate.v1, uds=False)
+    assert r.status_code == 403
+    assert not gate.slots.exists() or not (gate.slots / "slot-b.img").exists()
+    with BrokerClient(gate.node.broker_operator_sock) as broker:
+        assert broker.audit_log() == ()
+        events = check_records(broker.runtime_log(), pcr=PCR)
+    assert "upgrade-decision" not in {ev.kind for ev in events}
+    assert list(gate.spool.iterdir()) == []
+
+
+def test_api_socket_of_the_broker_may_not_confirm(gate: Gate) -> None:
+    with BrokerClient(gate.node.work / "run" / "tpm.sock") as api:
+        with pytest.raises(OperationNotAllowed):
+            api.upgrade_confirm(actor="api-operator")
+        assert "nv_counter" in api.upgrade_status()  # reading the status is allowed
