@@ -1,0 +1,175 @@
+"""The harness CLI (a shell over build.py, run.py and scenarios.py).
+
+    python -m vm_harness build [--version V]
+    python -m vm_harness up [--name N]          boot, wait for attestd, print how to reach it
+    python -m vm_harness down [--name N]
+    python -m vm_harness scenario NAME
+    python -m vm_harness scenarios              all of them, with a summary table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _image(version: str):  # type: ignore[no-untyped-def]
+    from .build import build
+
+    return build(version=version)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .scenarios import SCENARIOS
+
+    p = argparse.ArgumentParser(prog="python -m vm_harness")
+    p.add_argument("--version", default="1.0.0", help="release version of the image")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build", help="build (or take from the cache) the node image")
+    up = sub.add_parser("up", help="boot a node VM and leave it running")
+    up.add_argument("--name", default="up")
+    dn = sub.add_parser("down", help="stop a VM started by up")
+    dn.add_argument("--name", default="up")
+    sc = sub.add_parser("scenario", help="run one scenario")
+    sc.add_argument("name", choices=sorted(SCENARIOS))
+    sub.add_parser("scenarios", help="run every scenario, with a summary table")
+    sub.add_parser("predict", help="print the PCRs 4/9/11/12 predicted from the image's UKI")
+    bl = sub.add_parser("bless", help="bless the image into a registry draft with "
+                        "`attest manifest bless` (artifact, verity root hash, predicted PCRs)")
+    bl.add_argument("--registry", required=True, help="registry draft to edit")
+    bl.add_argument("--commit", default="0" * 40, help="source commit of the release")
+    sub.add_parser("profile", help="diagnostic boot: the guest's slowest imports of attestd")
+    sub.add_parser("record-platform", help="boot once and write the harness platform's PCR "
+                   "reference to firmware_manifests/platforms/")
+    args = p.parse_args(argv)
+
+    from .image import BuildError
+    from .run import VmError
+
+    try:
+        if args.cmd == "build":
+            node = _image(args.version)
+            print(f"{node.directory}/image.json")
+            return EXIT_OK
+        if args.cmd == "predict":
+            print(json.dumps(_image(args.version).expected_pcrs, indent=2))
+            return EXIT_OK
+        if args.cmd == "down":
+            from .run import down
+
+            stopped = down(args.name)
+            print("stopped " + ", ".join(stopped) if stopped else f"no VM {args.name!r} running")
+            return EXIT_OK
+        if args.cmd == "up":
+            return _up(args)
+        if args.cmd == "bless":
+            return _bless(args)
+        if args.cmd == "profile":
+            from .scenarios import Harness, import_profile
+
+            with Harness(_image(args.version)) as h:
+                ready, lines = import_profile(h)
+            print(f"ready {ready:.1f} s after QEMU start (a diagnostic boot: slower)")
+            print("\n".join(lines))
+            return EXIT_OK
+        if args.cmd == "record-platform":
+            from .scenarios import record_platform
+
+            path, pcrs = record_platform(_image(args.version))
+            print(f"{path}: " + ", ".join(f"PCR {i} {v[:16]}…" for i, v in pcrs.items()))
+            return EXIT_OK
+        names = [args.name] if args.cmd == "scenario" else list(SCENARIOS)
+        return _scenarios(args.version, names)
+    except (BuildError, VmError) as exc:
+        print(f"vm_harness: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .run import Vm
+
+    node = _image(args.version)
+    vm = Vm(node, name=args.name)
+    vm.prepare()
+    vm.start()
+    try:
+        t = vm.wait_ready()
+    except BaseException:
+        vm.stop()
+        raise
+    # Leave QEMU and swtpm running (own sessions): forget them so that exit does not stop them.
+    from . import run as r
+
+    r._live.discard(vm)
+    if vm.qmp is not None:
+        vm.qmp.close()
+    print(f"node {args.name} ({node.version}, {vm.accel}) up in {t:.1f} s")
+    print(f"  attestd API     {vm.url}   (e.g. curl {vm.url}/v1/identity)")
+    print(f"  serial log      {vm.serial_log}")
+    print(f"  EK CA root      {vm.tpm_state().root_ca}")
+    print(f"  stop it         python -m vm_harness down --name {args.name}")
+    return EXIT_OK
+
+
+def _scenarios(version: str, names: list[str]) -> int:
+    from .scenarios import Harness, run_scenarios
+
+    t0 = time.monotonic()
+    node = _image(version)
+    rows = []
+    with Harness(node) as h:
+        for out in run_scenarios(h, names):
+            mark = "PASS" if out.passed else "FAIL"
+            print(f"[{mark}] {out.name} ({out.seconds:.1f} s): {out.detail}", flush=True)
+            rows.append(out)
+    print()
+    print(f"{'scenario':<22} {'result':<6} {'seconds':>8}  detail")
+    for o in rows:
+        print(f"{o.name:<22} {'PASS' if o.passed else 'FAIL':<6} {o.seconds:>8.1f}  "
+              f"{o.detail[:90]}")  # fmt: skip
+    for o in rows:
+        if o.data.get("boot"):
+            print(f"\nboot timeline of {o.name} (seconds after QEMU start, as the host saw them):")
+            for m in o.data["boot"]:
+                print(f"  {m['host_s']:7.2f}  {m['event'][:110]}")
+    passed = sum(o.passed for o in rows)
+    print(f"{passed} passed, {len(rows) - passed} failed in {time.monotonic() - t0:.0f} s")
+    return EXIT_OK if passed == len(rows) else EXIT_FAILED
+
+
+def _bless(args: argparse.Namespace) -> int:
+    return bless_image(_image(args.version), registry=args.registry, commit=args.commit)
+
+
+def bless_image(node: Any, *, registry: str, commit: str = "0" * 40) -> int:
+    """The release artifact is the squashfs (the slot image's first ``root_size`` bytes; the
+    hash tree follows it). ``attest manifest bless`` recomputes its sha256 and verity root
+    hash with the build's salt and refuses a mismatch; the predicted PCRs 4/9/11/12 go in as
+    the release's expected PCRs for the harness platform."""
+    import subprocess
+    from pathlib import Path
+
+    artifact = Path(node.directory) / "root.squashfs"
+    with open(node.root, "rb") as src, artifact.open("wb") as dst:
+        left = node.root_size
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            dst.write(chunk)
+            left -= len(chunk)
+    cmd = [sys.executable, "-m", "attest", "manifest", "bless", str(artifact),
+           "--version", node.version, "--commit", commit, "--salt", node.verity_salt,
+           "--expect-root-hash", node.verity_root_hash,
+           "--expected-pcrs", str(Path(node.directory) / "expected-pcrs.json"),
+           "--registry", registry]  # fmt: skip
+    rc = subprocess.run(cmd).returncode
+    artifact.unlink()
+    return rc
+

@@ -1,0 +1,399 @@
+"""Good and hostile scenarios against a booted node, each returning a ``Outcome`` that says
+what was expected, what happened and why.
+
+Appraisal here uses what exists in attest today -- ``attest.verifier.enroll`` (EK certificate
+chain to the harness's private CA, AK attributes) and ``challenge`` (quote, Merkle proof,
+runtime-log replay, firmware-log replay) -- plus the release's predicted PCRs 4/9/11/12
+(``attest.uki``) and the harness platform's PCRs 0-2 (``firmware_manifests/platforms``).
+When ``attest verify`` lands, ``appraise`` delegates to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from attest import uki
+from attest.model import HashAlg, PcrSelection
+
+from . import REPO, WORK
+from .build import NodeImage
+from .run import Vm, VmError
+
+PLATFORM_REF = REPO / "firmware_manifests" / "platforms" / "attest-vm-harness-q35.json"
+RELEASE_PCRS = (4, 9, 11, 12)
+PLATFORM_PCRS = (0, 1, 2)
+SELECTION = PcrSelection.parse("sha256:0-9,11,12")
+
+PCR_MEANING = {
+    0: "firmware code (platform)", 1: "firmware configuration (platform)",
+    2: "option ROMs (platform)", 4: "boot applications: the UKI and its kernel",
+    9: "the kernel's LoadOptions (command line) and initrd", 11: "UKI sections",
+    12: "command line override / credentials",
+}  # fmt: skip
+
+
+@dataclass
+class Verdict:
+    """The harness's appraisal: affirming, or contraindicated with the first divergences."""
+
+    status: str  # "affirming" | "contraindicated" | "unreachable"
+    reasons: list[str] = field(default_factory=list)
+    pcrs: dict[int, str] = field(default_factory=dict)
+    enrollment: Any = None
+    clock: Any = None
+    seconds: float = 0.0
+
+    @property
+    def affirming(self) -> bool:
+        return self.status == "affirming"
+
+
+def load_platform_ref(path: Path = PLATFORM_REF) -> dict[int, bytes] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError:
+        return None
+    return {int(k): bytes.fromhex(v) for k, v in doc["pcrs"]["sha256"].items()}
+
+
+def enroll_node(vm: Vm) -> Any:
+    from cryptography import x509
+
+    from attest.client import NodeClient
+    from attest.verifier import enroll
+
+    st = vm.tpm_state()
+    roots = [x509.load_pem_x509_certificate(st.root_ca.read_bytes())]
+    inter = [x509.load_pem_x509_certificate(st.intermediate_ca.read_bytes())]
+    with NodeClient(vm.url, timeout=60) as client:
+        return enroll(client, now=datetime.now(UTC), ek_roots=roots, ek_intermediates=inter)
+
+
+def explain_pcr(i: int, got: bytes, want: bytes, image: NodeImage, log: Any) -> str:
+    """Name the PCR, what it holds, and the first event that differs from the prediction."""
+    msg = (f"PCR {i} ({PCR_MEANING.get(i, '?')}): quoted {got.hex()[:16]}…, "
+           f"expected {want.hex()[:16]}…")
+    predicted: list[bytes] | None = None
+    uki_bytes = Path(image.uki).read_bytes()
+    if i == 9:
+        predicted = uki.pcr9_events(uki_bytes)
+        names = ["LoadOptions (kernel command line)", "initrd"]
+    elif i == 11:
+        predicted = uki.pcr11_events(uki_bytes)
+        names = [f"{s} {what}" for s in uki.parse_uki(uki_bytes).sections
+                 for what in ("name", "contents")]  # fmt: skip
+    elif i == 4:
+        predicted = uki.pcr4_events(uki_bytes)
+        names = ["EFI action", "separator", "UKI image", "kernel image"]
+    if predicted is not None and log is not None:
+        events = [e for e in log.events if e.pcr == i]
+        for n, (ev, want_d) in enumerate(zip(events, predicted, strict=False)):
+            got_d = ev.digests.get(HashAlg.SHA256)
+            if got_d != want_d:
+                what = names[n] if n < len(names) else f"event {n}"
+                return f"{msg}; first changed measurement: {what}"
+        if len(events) != len(predicted):
+            return f"{msg}; {len(events)} events where {len(predicted)} were expected"
+    return msg
+
+
+def appraise(vm: Vm, image: NodeImage, enrollment: Any = None, previous: Any = None) -> Verdict:
+    """Enroll (unless given) and challenge the node; compare with the release and platform."""
+    from attest.client import NodeClient
+    from attest.errors import AttestError
+    from attest.verifier import challenge
+
+    t0 = time.monotonic()
+    try:
+        if enrollment is None:
+            enrollment = enroll_node(vm)
+        with NodeClient(vm.url, timeout=60) as client:
+            a = challenge(client, enrollment, selection=SELECTION, previous=previous,
+                          firmware=True)  # fmt: skip
+    except AttestError as exc:
+        return Verdict("contraindicated", [f"{type(exc).__name__}: {exc}"],
+                       enrollment=enrollment, seconds=time.monotonic() - t0)  # fmt: skip
+    quoted = a.evidence.quote.pcrs
+    pcrs = {i: quoted.get(HashAlg.SHA256, i).hex() for i in range(13) if
+            i in dict(SELECTION.as_dict()).get(HashAlg.SHA256, ())}  # fmt: skip
+    reasons = []
+    want = {int(k): bytes.fromhex(v) for k, v in image.expected_pcrs["sha256"].items()}
+    for i in RELEASE_PCRS:
+        got = quoted.get(HashAlg.SHA256, i)
+        if got != want[i]:
+            reasons.append(explain_pcr(i, got, want[i], image, a.firmware))
+    platform = load_platform_ref()
+    if platform is None:
+        reasons.append(f"no platform reference at {PLATFORM_REF}")
+    else:
+        for i in PLATFORM_PCRS:
+            got = quoted.get(HashAlg.SHA256, i)
+            if got != platform[i]:
+                reasons.append(explain_pcr(i, got, platform[i], image, None))
+    reasons += check_verity(a, image)
+    status = "affirming" if not reasons else "contraindicated"
+    return Verdict(status, reasons, pcrs, enrollment, a.clock, time.monotonic() - t0)
+
+
+def record_platform(image: NodeImage, path: Path = PLATFORM_REF,
+                    vm: Vm | None = None) -> tuple[Path, dict[int, str]]:  # fmt: skip
+    """Boot the VM template once and record its PCRs 0-7 as the harness platform's reference
+    (the shape ``attest manifest platform-set --ref`` reads). Only 0-2 are appraised: they
+    depend on the template (memory size, devices, how the ESP is attached), not the image."""
+    from attest.client import NodeClient
+    from attest.verifier import challenge
+
+    with Harness(image) as h:
+        vm = vm or h.booted()
+        enrollment = enroll_node(vm)
+        with NodeClient(vm.url, timeout=60) as client:
+            a = challenge(client, enrollment, selection=PcrSelection.parse("sha256:0-7"),
+                          firmware=True)  # fmt: skip
+    pcrs = {i: a.evidence.quote.pcrs.get(HashAlg.SHA256, i).hex() for i in range(8)}
+    doc = {
+        "platform_id": "attest-vm-harness-q35",
+        "description": ("vm_harness template: QEMU q35, 1 vCPU, 512 MiB, OVMF_CODE_4M + fresh "
+                        "OVMF_VARS_4M (Debian ovmf), tpm-crb + swtpm, ESP and A/B slots on "
+                        "virtio-blk, virtio-net without option ROM, Secure Boot off. Recorded "
+                        "by `python -m vm_harness record-platform`; PCRs 0-2 are appraised."),
+        "example": False,
+        "pcrs": {"sha256": {str(i): pcrs[i] for i in PLATFORM_PCRS}},
+        "event_digests": {},
+        "secure_boot": {"enabled": False, "variables": {}},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path, pcrs
+
+
+def check_verity(a: Any, image: NodeImage) -> list[str]:
+    """The release's dm-verity root must be what the node runs on: recorded in the quoted
+    runtime log (PCR 13, authenticated by the replay), and in the node's verity report open
+    with that root hash, verified, panic on corruption, backed by the measured command line."""
+    want = image.verity_root_hash
+    recorded = [e.content.get("root_hash") for e in (a.runtime.of_kind("verity-device")
+                                                     if a.runtime else ())]  # fmt: skip
+    out = []
+    if want not in recorded:
+        out.append(f"the runtime log records no verity device with the release's root hash "
+                   f"{want[:16]}… (recorded: {[str(r)[:16] for r in recorded]})")  # fmt: skip
+    report = a.evidence.evidence.doc.get("verity") or {}
+    devices = [d for d in report.get("devices", []) if isinstance(d, dict)
+               and d.get("root_hash") == want]  # fmt: skip
+    if not devices:
+        out.append("the node reports no open verity device with the release's root hash")
+    elif devices[0].get("status") != "verified" or devices[0].get("corruption_mode") != "panic":
+        d = devices[0]
+        out.append(f"verity device {d.get('name')}: status {d.get('status')}, corruption mode "
+                   f"{d.get('corruption_mode')} (want verified, panic)")  # fmt: skip
+    if report and not report.get("cmdline_backed"):
+        out.append("the verity root hash is not backed by the kernel command line")
+    return out
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    name: str
+    passed: bool
+    detail: str
+    seconds: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Harness:
+    """Holds the built image and, where a scenario does not need a fresh one, a booted VM
+    reused across scenarios."""
+
+    def __init__(self, image: NodeImage, work: Path = WORK) -> None:
+        self.image = image
+        self.work = work
+        self.vm: Vm | None = None
+        self.boot_seconds: float | None = None
+        self.first_affirming: float | None = None
+
+    def booted(self) -> Vm:
+        if self.vm is None or not self.vm.alive():
+            if self.vm is not None:
+                self.vm.stop()
+            self.vm = Vm(self.image, name="node", work=self.work)
+            self.vm.prepare()
+            self.vm.start()
+            self.boot_seconds = self.vm.wait_ready()
+        return self.vm
+
+    def close(self) -> None:
+        if self.vm is not None:
+            self.vm.stop()
+            self.vm = None
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def s1_blessed_boot_affirming(h: Harness) -> Outcome:
+    vm = h.booted()
+    v = appraise(vm, h.image)
+    if h.first_affirming is None and v.affirming:
+        h.first_affirming = time.monotonic() - vm.t_start
+    ok = v.affirming
+    detail = (f"affirming: PCRs 4/9/11/12 equal the prediction from the UKI, 0-2 the platform "
+              f"reference; boot→ready {h.boot_seconds:.1f} s, first affirming "
+              f"{h.first_affirming or 0:.1f} s after QEMU start") if ok else \
+        "; ".join(v.reasons)  # fmt: skip
+    return Outcome("blessed-boot", ok, detail, data={"pcrs": v.pcrs,
+                                                    "boot": vm.boot_report()})  # fmt: skip
+
+
+def s2_corrupt_root_fails_closed(h: Harness) -> Outcome:
+    """Flip one byte of the root's first data block (the squashfs superblock, read at mount)
+    in a VM of its own: dm-verity must stop the node."""
+    h.close()  # one VM at a time on this 2-core machine
+    vm = Vm(h.image, name="corrupt", work=h.work)
+    vm.prepare()
+    flip_byte(vm.dir / "slot-a.qcow2", offset=0)
+    with vm:
+        try:
+            vm.wait_ready(timeout=150)
+            return Outcome("corrupt-root", False, "the node served its API from a corrupt root")
+        except VmError:
+            pass
+        reason = vm.failure_reason()
+    ok = "verity" in reason.lower() or "FAIL-CLOSED" in reason or "corrupt" in reason.lower()
+    return Outcome("corrupt-root", ok,
+                   f"node failed closed, unreachable for attestation; cause: {reason}")
+
+
+def flip_byte(qcow2: Path, *, offset: int) -> None:
+    """Flip one byte of a qcow2 overlay's guest data (writes go to the overlay only)."""
+    import subprocess
+
+    raw = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"read -v {offset} 1", str(qcow2)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    byte = int(raw.split(":", 1)[1].split()[0], 16)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                    f"write -P {byte ^ 0xFF} {offset} 1", str(qcow2)],
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def variant_vm(h: Harness, name: str, *, extra_cmdline: str) -> Vm:
+    """A prepared VM whose ESP holds the release's UKI rebuilt with more on its command line
+    (the same kernel, initrd and root)."""
+    from . import image as im
+    from .build import STUB
+
+    h.close()  # one VM at a time on this 2-core machine
+    vm = Vm(h.image, name=name, work=h.work)
+    vm.prepare()
+    parts = uki.parse_uki(Path(h.image.uki).read_bytes())
+    tmp = vm.dir / "uki-parts"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "linux").write_bytes(parts.linux)
+    (tmp / "initrd").write_bytes(parts.initrd or b"")
+    changed = im.build_uki(tmp / "changed.efi", stub=STUB, linux=tmp / "linux",
+                           initrd=tmp / "initrd", cmdline=f"{h.image.cmdline} {extra_cmdline}",
+                           osrel=parts.sections[".osrel"].decode())  # fmt: skip
+    esp = im.build_esp(tmp / "esp.img", efi=changed)
+    (vm.dir / "esp.qcow2").unlink()
+    vm._overlay(esp, vm.dir / "esp.qcow2")
+    return vm
+
+
+def s3_changed_cmdline_contraindicated(h: Harness) -> Outcome:
+    """The same kernel, initrd and root, but a UKI whose command line says more (here
+    ``attest.debug=1``): the node boots, and attestation must fail naming PCR and change."""
+    vm = variant_vm(h, "cmdline", extra_cmdline="attest.debug=1")
+    with vm:
+        vm.wait_ready()
+        v = appraise(vm, h.image)
+    named = [r for r in v.reasons if r.startswith(("PCR 9", "PCR 11"))]
+    ok = v.status == "contraindicated" and bool(named) and \
+        any("command line" in r or ".cmdline" in r for r in named)  # fmt: skip
+    return Outcome("changed-cmdline", ok, f"{v.status}: " + "; ".join(v.reasons),
+                   data={"reasons": v.reasons})  # fmt: skip
+
+
+def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
+    """On the shared node: (i) a power cycle with the same TPM -> the quote's resetCount went
+    up: the verifier reports the TPM reset; (ii) a new TPM (fresh swtpm state, new EK) under the
+    same disks -> the enrolled AK is unknown to it and the verifier says so."""
+    vm = h.booted()
+    first = appraise(vm, h.image)
+    if not first.affirming:
+        return Outcome("tpm-reset-replaced", False, "baseline: " + "; ".join(first.reasons))
+    enrollment, before = first.enrollment, first.clock
+    vm.stop()  # power off the node: QMP quit, swtpm with it
+    vm.start()
+    vm.wait_ready()
+    again = appraise(vm, h.image, enrollment=enrollment, previous=before)
+    details = []
+    if again.clock is not None and again.clock.reset_count > before.reset_count:
+        reset_ok = True
+        details.append(f"same TPM after a power cut: {again.status}, TPM reset detected "
+                       f"(resetCount {before.reset_count} -> {again.clock.reset_count})")
+    else:
+        # A power cut gives the TPM no TPM2_Shutdown: its clock is no longer "safe" and the
+        # verifier refuses the quote naming the clock check (Part 1 §36.6).
+        text = "; ".join(again.reasons)
+        reset_ok = again.status == "contraindicated" and ("clock" in text.lower()
+                                                           or "reset" in text.lower())
+        details.append(f"same TPM after a power cut: {again.status}: {text[:200]}")
+    vm.stop()
+    vm.prepare(fresh_disks=False, fresh_tpm=True)  # a new TPM: new EK, new AK
+    vm.start()
+    vm.wait_ready()
+    replaced = appraise(vm, h.image, enrollment=enrollment, previous=again.clock)
+    new = enroll_node(vm)
+    replaced_ok = replaced.status == "contraindicated" and new.ak_name != enrollment.ak_name \
+        and new.ek_sha256 != enrollment.ek_sha256  # fmt: skip
+    details.append(f"new TPM: {replaced.status} ({'; '.join(replaced.reasons)[:160]}); its EK "
+                   f"{(new.ek_sha256 or b'').hex()[:16]}… and AK are not the enrolled "
+                   f"{(enrollment.ek_sha256 or b'').hex()[:16]}…")  # fmt: skip
+    h.close()  # the shared node now has another TPM: the next scenario boots a fresh one
+    return Outcome("tpm-reset-replaced", reset_ok and replaced_ok, " | ".join(details))
+
+
+def import_profile(h: Harness) -> tuple[float, list[str]]:
+    """A diagnostic boot (``attest.importtime=1``): seconds to ready, and the guest's slowest
+    imports (cumulative microseconds) as the node printed them."""
+    vm = variant_vm(h, "importtime", extra_cmdline="attest.importtime=1")
+    with vm:
+        ready = vm.wait_ready()
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and "import profile" not in vm.serial_text():
+            time.sleep(1)
+        time.sleep(3)
+        text = vm.serial_text()
+    lines = text.split("attest-node: import profile", 1)[-1].splitlines()[1:]
+    return ready, [ln.strip() for ln in lines if "import time:" in ln]
+
+
+SCENARIOS: dict[str, Callable[[Harness], Outcome]] = {
+    # Scenario 8 runs right after 1 on the same booted node; 2 and 3 need VMs of their own.
+    "blessed-boot": s1_blessed_boot_affirming,
+    "tpm-reset-replaced": s8_tpm_reset_and_replacement,
+    "corrupt-root": s2_corrupt_root_fails_closed,
+    "changed-cmdline": s3_changed_cmdline_contraindicated,
+}
+
+
+def run_scenarios(h: Harness, names: list[str]) -> Iterator[Outcome]:
+    for name in names:
+        t0 = time.monotonic()
+        try:
+            out = SCENARIOS[name](h)
+        except Exception as exc:  # a scenario's crash is its failure, the others still run
+            out = Outcome(name, False, f"{type(exc).__name__}: {exc}")
+        out.seconds = round(time.monotonic() - t0, 1)
+        yield out
