@@ -5,15 +5,24 @@ verifier process (the real poller, store and appraisal: ``attest.appraisal.appra
 
     python bench/fleet.py [--nodes N] [--interval S] [--seconds S] [--concurrency C]
                           [--db sqlite|postgresql://...] [--workers W]
+                          [--firmware-log PATH|none] [--runtime-events K]
+
+Each simulated node serves a firmware event log (default: the real OVMF log from
+../shared/eventlogs, measured into its PCRs 0-7; ``none`` for none) and a runtime log of
+``--runtime-events`` records (a dm-verity device and configuration events). The verifier keeps a
+``NodeMemory`` per node (``attest.appraisal.appraise_incremental``): each log is fetched once
+and then only from where it ended.
 
 Prints appraisals/s (target: N / interval), p99 latency (challenge + appraisal), the CPU share
-of the verifier and of the simulator, and -- measured in the same run, without the network --
-the CPU cost of one appraisal against the bare ECDSA signature check of the same quote. With
+of the verifier and of the simulator, and -- measured in the same run, without the network,
+interleaved -- the CPU cost of one appraisal (full: the first contact, whole logs; incremental:
+every later one) against the bare ECDSA signature check of the same quote. With
 ``--workers 2 --db postgresql://...`` two verifier processes share the fleet and the simulator
 counts challenges per node to show no node was appraised twice within an interval.
 Last line:
     fleet nodes=… interval_s=… target_aps=… aps=… p99_ms=… verifier_cpu=… sim_cpu=…
-          appraise_us=… bare_verify_us=… appraise_over_verify=… double_appraisals=…
+          appraise_us=… appraise_full_us=… bare_verify_us=… appraise_over_verify=…
+          double_appraisals=…
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -44,11 +54,26 @@ def _run(coro: object) -> object:
         return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def simulate(n: int, port_q: mp.Queue, stop: mp.Event, gaps_q: mp.Queue) -> None:  # type: ignore[type-arg]
+ROOT = Path(__file__).resolve().parents[1]
+OVMF_LOG = ROOT.parent / "shared" / "eventlogs" / "ovmf__q35-direct-boot.bin"
+ROOT_HASH = bytes(range(32))
+
+
+def make_fleet(n: int, firmware: bytes | None, runtime_events: int, **kw: object) -> object:
     from attest.fleet.sim import SimFleet
 
+    fleet = SimFleet(n, firmware_log=firmware, verity_root_hash=ROOT_HASH if runtime_events
+                     else None, **kw)  # type: ignore[arg-type]  # fmt: skip
+    for i in range(n):
+        for k in range(runtime_events - 1):
+            fleet.measure(i, "config", {"sha256": f"{k:064x}"})
+    return fleet
+
+
+def simulate(n: int, firmware: bytes | None, runtime_events: int, port_q: mp.Queue,  # type: ignore[type-arg]
+             stop: Any, gaps_q: mp.Queue) -> None:  # type: ignore[type-arg]  # fmt: skip
     async def main() -> None:
-        fleet = SimFleet(n, record_times=True)
+        fleet: Any = make_fleet(n, firmware, runtime_events, record_times=True)
         port_q.put(await fleet.start())
         while not stop.is_set():
             await asyncio.sleep(0.2)
@@ -57,7 +82,7 @@ def simulate(n: int, port_q: mp.Queue, stop: mp.Event, gaps_q: mp.Queue) -> None
         gaps = [b - a for node in fleet.nodes
                 for a, b in zip(node.times, node.times[1:], strict=False)]
         gaps_q.put((min(gaps) if gaps else float("nan"), sum(1 for g in gaps if g < 0.5),
-                    sum(node.requests for node in fleet.nodes)))
+                    sum(node.requests for node in fleet.nodes), fleet.log_bytes))
         await fleet.stop()
 
     _run(main())
@@ -70,9 +95,19 @@ def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
     from attest.fleet.store import open_store
 
     store = open_store(db)
+    appraiser: Any = default_appraiser()
+    if args.full_appraisal:  # the reference: every contact fetches and appraises whole logs
+        from attest.appraisal import Appraised, NodeMemory, appraise_incremental
+
+        def full(doc: object, *, memory: NodeMemory, **kw: Any) -> Appraised:
+            got = appraise_incremental(doc, memory=NodeMemory(), **kw)
+            return Appraised(got.result, NodeMemory())
+
+        appraiser = full
+
     settings = PollSettings(worker_id=worker, interval=args.interval, jitter=0.1,
                             concurrency=args.concurrency, timeout=5.0, lease_ttl=30.0)
-    poller = Poller(store, settings=settings, appraise=default_appraiser(),
+    poller = Poller(store, settings=settings, appraise=appraiser,
                     record_latencies=True)
 
     async def main() -> None:
@@ -83,7 +118,16 @@ def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
         a0, f0, s0 = m.appraisals, m.failures, m.appraise_seconds
         c0, t0 = time.process_time(), time.time()
         del m.latencies[:]
+        prof = None
+        if args.profile:  # the event loop thread only
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         await asyncio.sleep(args.seconds)
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(f"{args.profile}.{worker}")
         a1, f1, s1 = m.appraisals, m.failures, m.appraise_seconds
         c1, t1 = time.process_time(), time.time()
         lat = sorted(m.latencies)
@@ -93,55 +137,69 @@ def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
                  "cpu": (c1 - c0) / (t1 - t0), "appraise_cpu_share": (s1 - s0) / (t1 - t0),
                  "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
                  "p50": lat[len(lat) // 2] if lat else float("nan"),
-                 "dropped": m.dropped})
+                 "dropped": m.dropped, "refetches": m.refetches})
 
     _run(main())
     poller.close()
     store.close()
 
 
-def offline_costs(rounds: int = 5, n: int = 400) -> tuple[float, float]:
-    """µs per appraisal (appraise() on a real evidence document, no network) and µs per bare
-    ECDSA verify of the same quote, both min-of-rounds, measured here and now."""
+def offline_costs(firmware: bytes | None, runtime_events: int, rounds: int = 7,
+                  n: int = 300) -> tuple[list[float], list[float], list[float]]:  # fmt: skip
+    """µs per appraisal without the network -- full (``appraise``: whole logs) and incremental
+    (``appraise_incremental`` with the memory of the previous contact: the steady state) --
+    and µs per bare ECDSA verify of the same quote; ``rounds`` interleaved rounds each."""
     from datetime import UTC, datetime
 
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    from attest.appraisal import appraise
+    from attest.appraisal import NodeMemory, Verdict, appraise, appraise_incremental
     from attest.evidence import unb64
-    from attest.fleet.sim import SimFleet
     from attest.model import PcrSelection
     from attest.tpmstruct import parse_signature
 
-    fleet = SimFleet(1, verity_root_hash=bytes(32))
+    fleet: Any = make_fleet(1, firmware, runtime_events)
     node = fleet.nodes[0]
     nonce = os.urandom(32)
     sel = PcrSelection.parse("sha256:0-7,13")
-    doc = fleet.evidence(node, {"nonce": nonce.hex(), "pcrs": {"sha256": [*range(8), 13]},
-                                "logs": {"runtime": {"start": 0}}})
+    pcrs = {"sha256": [*range(8), 13]}
     enrollment = fleet.enrollment(0)
     now = datetime.now(UTC)
-    assert appraise(doc, enrollment=enrollment, nonce=nonce, selection=sel, registry=None,
-                    platform_id=None, previous=None, tls_binding=None, now=now).status != "none"
+    kw: dict[str, Any] = {"enrollment": enrollment, "nonce": nonce, "selection": sel,
+                          "registry": None, "platform_id": None, "previous": None,
+                          "tls_binding": None, "now": now}  # fmt: skip
+    full_doc = fleet.evidence(node, {"nonce": nonce.hex(), "pcrs": pcrs,
+                                     "logs": NodeMemory().log_request()})  # fmt: skip
+    first = appraise_incremental(full_doc, memory=NodeMemory(), **kw)
+    assert first.result.verdict is not Verdict.UNAPPRAISABLE, first.result.explanations
+    memory = first.memory
+    doc = fleet.evidence(node, {"nonce": nonce.hex(), "pcrs": pcrs,
+                                "logs": memory.log_request()})  # fmt: skip
+    again = appraise_incremental(doc, memory=memory, **kw)
+    assert again.complete and again.result.verdict is first.result.verdict
+    assert again.result.explanations == appraise(full_doc, **kw).explanations
     attest = unb64(doc["quote"]["attest"], "attest")
     s = parse_signature(unb64(doc["quote"]["signature"], "sig"))
     der = encode_dss_signature(int.from_bytes(s.r, "big"), int.from_bytes(s.s, "big"))
     key = node.tpm.ak_public().key
     algo = ec.ECDSA(hashes.SHA256())
-    best_a = best_v = float("inf")
+    inc, full, bare = [], [], []
     for _ in range(rounds):
         t = time.perf_counter()
         for _ in range(n):
-            key.verify(der, attest, algo)  # type: ignore[union-attr]
-        best_v = min(best_v, (time.perf_counter() - t) / n)
+            key.verify(der, attest, algo)
+        bare.append((time.perf_counter() - t) / n * 1e6)
         t = time.perf_counter()
         for _ in range(n):
-            appraise(doc, enrollment=enrollment, nonce=nonce, selection=sel, registry=None,
-                     platform_id=None, previous=None, tls_binding=None, now=now)
-        best_a = min(best_a, (time.perf_counter() - t) / n)
-    return best_a * 1e6, best_v * 1e6
+            appraise_incremental(doc, memory=memory, **kw)
+        inc.append((time.perf_counter() - t) / n * 1e6)
+        t = time.perf_counter()
+        for _ in range(n // 4):
+            appraise(full_doc, **kw)
+        full.append((time.perf_counter() - t) / (n // 4) * 1e6)
+    return inc, full, bare
 
 
 def main() -> int:
@@ -149,24 +207,42 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=10000)
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--warmup", type=float, default=None, help="default: one interval")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="default: three intervals (the first contact of every node fetches "
+                         "and appraises the whole logs; the steady state is measured)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--db", default="sqlite", help="sqlite or a postgresql:// DSN")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--firmware-log", default=str(OVMF_LOG),
+                    help="the nodes' firmware event log, or 'none' (default: the OVMF log)")
+    ap.add_argument("--full-appraisal", action="store_true",
+                    help="the reference: no NodeMemory, every contact fetches and appraises "
+                         "the whole logs (as before incremental appraisal)")
+    ap.add_argument("--profile", default="",
+                    help="write a cProfile of each verifier's event loop to PROFILE.<worker>")
+    ap.add_argument("--runtime-events", type=int, default=4,
+                    help="runtime log records per node (a verity device + config events)")
     args = ap.parse_args()
+
+    from statistics import median
 
     from attest.fleet.sim import SimFleet
     from attest.fleet.store import open_store
 
-    appraise_us, verify_us = offline_costs()
-    print(f"offline: appraise {appraise_us:.0f} µs, bare ECDSA verify {verify_us:.0f} µs "
-          f"({appraise_us / verify_us:.1f}×)")
+    firmware = None if args.firmware_log == "none" else Path(args.firmware_log).read_bytes()
+    inc, full, bare = offline_costs(firmware, args.runtime_events)
+    appraise_us, full_us, verify_us = median(inc), median(full), median(bare)
+    print(f"offline (no network, {len(inc)} interleaved rounds, min / median): incremental "
+          f"appraisal {min(inc):.0f} / {appraise_us:.0f} µs; full appraisal {min(full):.0f} / "
+          f"{full_us:.0f} µs; bare ECDSA P-256 verify {min(bare):.0f} / {verify_us:.0f} µs "
+          f"(ratios {appraise_us / verify_us:.1f}× and {full_us / verify_us:.1f}×)")
 
     ctx = mp.get_context("spawn")
     port_q, gaps_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    sim = ctx.Process(target=simulate, args=(args.nodes, port_q, stop, gaps_q), daemon=True)
+    sim = ctx.Process(target=simulate, args=(args.nodes, firmware, args.runtime_events, port_q,
+                                             stop, gaps_q), daemon=True)  # fmt: skip
     sim.start()
-    port = port_q.get(timeout=120)
+    port = port_q.get(timeout=300)
     db = args.db
     if db == "sqlite":
         db = f"sqlite:///{tempfile.mkdtemp(prefix='attest-fleet-bench-')}/fleet.db"
@@ -180,7 +256,7 @@ def main() -> int:
                        now=t0 + args.interval * i / args.nodes)
     store.close()
     del enroll
-    warmup = args.interval if args.warmup is None else args.warmup
+    warmup = 3 * args.interval if args.warmup is None else args.warmup
     start_at = time.time() + warmup
     out = ctx.Queue()
     workers = [ctx.Process(target=verifier, args=(db, f"w{k + 1}", args, start_at, out))
@@ -195,23 +271,31 @@ def main() -> int:
     for w in workers:
         w.join(30)
     stop.set()
-    min_gap, doubles, requests = gaps_q.get(timeout=60)
+    min_gap, doubles, requests, log_bytes = gaps_q.get(timeout=60)
     sim.join(30)
     aps = sum(r["aps"] for r in results)
+    cpu = sum(r["cpu"] for r in results)
     p99 = max(r["p99"] for r in results) * 1000
     for r in sorted(results, key=lambda r: r["worker"]):
         print(f"{r['worker']}: {r['aps']:7.1f} appraisals/s  p50 {r['p50'] * 1000:6.1f} ms  "
               f"p99 {r['p99'] * 1000:6.1f} ms  CPU {r['cpu']:.2f} core (appraise() "
-              f"{r['appraise_cpu_share']:.2f})  failures {r['failures']}  dropped {r['dropped']}")
+              f"{r['appraise_cpu_share']:.2f})  failures {r['failures']}  dropped {r['dropped']}"
+              f"  refetches {r['refetches']}")
     target = args.nodes / args.interval
+    full_logs = log_bytes / len(firmware) if firmware else 0
     print(f"simulator CPU {sim_cpu:.2f} core; min gap between two challenges to one node "
-          f"{min_gap:.2f} s; {requests} challenges served")
+          f"{min_gap:.2f} s; {requests} challenges served, {full_logs:.0f} of them with the "
+          f"whole firmware log (warm-up included)")
     print(f"fleet nodes={args.nodes} interval_s={args.interval:g} workers={args.workers} "
-          f"db={'postgresql' if db.startswith('postgres') else 'sqlite'} target_aps={target:.0f} "
+          f"db={'postgresql' if db.startswith('postgres') else 'sqlite'} "
+          f"firmware_log={'none' if firmware is None else len(firmware)} "
+          f"runtime_events={args.runtime_events} "
+          f"mode={'full' if args.full_appraisal else 'incremental'} target_aps={target:.0f} "
           f"aps={aps:.0f} keeps_up={int(aps >= 0.97 * target)} p99_ms={p99:.1f} "
-          f"verifier_cpu={sum(r['cpu'] for r in results):.2f} sim_cpu={sim_cpu:.2f} "
-          f"appraise_us={appraise_us:.0f} bare_verify_us={verify_us:.0f} "
-          f"appraise_over_verify={appraise_us / verify_us:.1f} double_appraisals={doubles}")
+          f"verifier_cpu={cpu:.2f} verifier_cpu_us_per_appraisal={cpu / aps * 1e6:.0f} "
+          f"sim_cpu={sim_cpu:.2f} appraise_us={appraise_us:.0f} appraise_full_us={full_us:.0f} "
+          f"bare_verify_us={verify_us:.0f} appraise_over_verify={appraise_us / verify_us:.1f} "
+          f"double_appraisals={doubles}")
     return 0
 
 

@@ -238,11 +238,14 @@ def parse_entry(doc: Any) -> AuditEntry:
 # --- verification ----------------------------------------------------------------------------
 
 
-def check_chain(entries: Sequence[AuditEntry]) -> tuple[AuditEntry, ...]:
+def check_chain(
+    entries: Sequence[AuditEntry], *, after: AuditEntry | None = None
+) -> tuple[AuditEntry, ...]:
     """The chain alone (no anchors): consecutive ``seq``; entry 0 links to the zero hash; each
-    ``prev_hash`` is the previous ``entry_hash``; each ``entry_hash`` is recomputed."""
+    ``prev_hash`` is the previous ``entry_hash``; each ``entry_hash`` is recomputed.
+    ``after``: an entry already verified that the first of ``entries`` must follow."""
     out: list[AuditEntry] = []
-    prev: AuditEntry | None = None
+    prev: AuditEntry | None = after
     for e in entries:
         if prev is None:
             if e.seq == 0 and e.prev_hash != ZERO_HASH:
@@ -283,7 +286,28 @@ def verify_audit_chain(
     Returns the entries or raises ``AuditChainError`` (``EventLogFormatError`` for entries that
     do not parse)."""
     parsed = tuple(e if isinstance(e, AuditEntry) else parse_entry(e) for e in entries)
-    chain = check_chain(parsed)
+    return _check_anchors(check_chain(parsed), anchors)
+
+
+def verify_audit_chain_from(
+    held: Sequence[AuditEntry],
+    new_entries: Sequence[AuditEntry | Mapping[str, Any]],
+    anchors: Sequence[AuditAnchor],
+) -> tuple[AuditEntry, ...]:
+    """``verify_audit_chain(held + new_entries, anchors)`` for ``held`` entries that an earlier
+    call verified (against anchors that ``anchors`` extends: the same runtime log, later):
+    only the new entries are parsed and hashed, linked from the last held entry; the anchor
+    checks (each anchor against its entry, truncation, the last entry anchored) run over the
+    whole chain, so a later anchor naming an edited held entry still fails."""
+    parsed = tuple(e if isinstance(e, AuditEntry) else parse_entry(e) for e in new_entries)
+    held = tuple(held)
+    chain = held + check_chain(parsed, after=held[-1] if held else None)
+    return _check_anchors(chain, anchors)
+
+
+def _check_anchors(
+    chain: tuple[AuditEntry, ...], anchors: Sequence[AuditAnchor]
+) -> tuple[AuditEntry, ...]:
     by_seq: dict[int, bytes] = {}
     for a in anchors:
         seen = by_seq.setdefault(a.audit_seq, a.entry_hash)

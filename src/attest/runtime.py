@@ -24,6 +24,10 @@ Event kinds and their content (digests are lower-case hex at the edge, ``bytes``
 ``upgrade-decision`` ``{accepted, reason, version, ...}`` an upgrade-gate decision
 ``audit``          ``{audit_seq, entry_hash}`` anchors an operator-audit entry (``attest.audit``)
 ``nv-counter``     ``{index, value}`` an NV counter value (rollback protection)
+``vtpm``           ``{guest_id, ek_sha256, ek_cert_sha256?}`` a guest vTPM this host created
+                   and vouches for (``attest.vtpm``; sha256 of the EK TPMT_PUBLIC)
+``policy``         ``{mac, sha256}`` the mandatory access control policy loaded (e.g.
+                   ``selinux`` and the sha256 of ``/sys/fs/selinux/policy``)
 =================  ========================================================================
 """
 
@@ -38,7 +42,7 @@ from typing import Any
 from attest.errors import AttestError, EventLogFormatError, ReplayError
 from attest.eventlog.cel import CelRecord, new_record, verify_cel
 from attest.manifest.canonical import canonicalize
-from attest.model import HashAlg, PcrValues
+from attest.model import HashAlg, PcrValues, extend
 
 DEFAULT_RUNTIME_PCR = 13
 CONTENT_TYPE_PREFIX = "attest/"
@@ -51,6 +55,8 @@ KIND_VERITY_DEVICE = "verity-device"
 KIND_UPGRADE_DECISION = "upgrade-decision"
 KIND_AUDIT = "audit"
 KIND_NV_COUNTER = "nv-counter"
+KIND_VTPM = "vtpm"
+KIND_POLICY = "policy"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}\Z")
 _HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}\Z")
@@ -102,9 +108,25 @@ class NvCounter:
     value: int
 
 
+@dataclass(frozen=True, slots=True)
+class VtpmVouch:
+    """The host created the guest ``guest_id``'s vTPM, whose EK is ``ek_sha256``."""
+
+    guest_id: str
+    ek_sha256: bytes
+    ek_cert_sha256: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MacPolicy:
+    mac: str  # selinux, apparmor, smack, ...
+    sha256: bytes
+
+
 EventDetail = (
     DaemonStart | ConfigDigest | TlsKey | VerityDevice | UpgradeDecision | AuditAnchor | NvCounter
-)
+    | VtpmVouch | MacPolicy
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +227,23 @@ def _nv(c: Mapping[str, Any]) -> NvCounter:
                      _uint(KIND_NV_COUNTER, c, "value"))  # fmt: skip
 
 
+def _vtpm(c: Mapping[str, Any]) -> VtpmVouch:
+    _members(KIND_VTPM, c, ("guest_id", "ek_sha256"), ("ek_cert_sha256",))
+    guest = _str(KIND_VTPM, c, "guest_id", limit=128)
+    if not _NAME.match(guest):
+        raise _fail(KIND_VTPM, "guest_id must be a name ([A-Za-z0-9._:@+/-], at most 128)")
+    cert = _digest(KIND_VTPM, c, "ek_cert_sha256") if "ek_cert_sha256" in c else None
+    return VtpmVouch(guest, _digest(KIND_VTPM, c, "ek_sha256"), cert)
+
+
+def _policy(c: Mapping[str, Any]) -> MacPolicy:
+    _members(KIND_POLICY, c, ("mac", "sha256"))
+    mac = _str(KIND_POLICY, c, "mac", limit=32)
+    if not _NAME.match(mac):
+        raise _fail(KIND_POLICY, "mac must be a short name")
+    return MacPolicy(mac, _digest(KIND_POLICY, c, "sha256"))
+
+
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], EventDetail]] = {
     KIND_DAEMON_START: _daemon_start,
     KIND_CONFIG: _config,
@@ -213,6 +252,8 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], EventDetail]] = {
     KIND_UPGRADE_DECISION: _upgrade,
     KIND_AUDIT: _audit,
     KIND_NV_COUNTER: _nv,
+    KIND_VTPM: _vtpm,
+    KIND_POLICY: _policy,
 }
 KINDS: frozenset[str] = frozenset(_PARSERS)
 
@@ -284,12 +325,15 @@ class VerifiedRuntimeLog:
         }
 
 
-def check_records(records: Sequence[CelRecord], *, pcr: int) -> tuple[RuntimeEvent, ...]:
+def check_records(
+    records: Sequence[CelRecord], *, pcr: int, start: int = 0
+) -> tuple[RuntimeEvent, ...]:
     """Structure and content authenticity of a runtime log, without a quote: record numbers
-    0..n-1 in order, all on ``pcr``, known kinds with well-formed content, and every digest the
-    hash of the measured bytes. Raises ``EventLogFormatError`` or ``ReplayError``."""
+    0..n-1 in order (``start``..``start``+n-1 for the records after the first ``start``), all
+    on ``pcr``, known kinds with well-formed content, and every digest the hash of the measured
+    bytes. Raises ``EventLogFormatError`` or ``ReplayError``."""
     events: list[RuntimeEvent] = []
-    for i, r in enumerate(records):
+    for i, r in enumerate(records, start):
         if r.recnum != i:
             raise EventLogFormatError(
                 f"runtime log record {i} has recnum {r.recnum}: records must be numbered "
@@ -337,3 +381,78 @@ def verify_runtime_log(
     events = check_records(records, pcr=pcr)  # 1, 2
     verify_cel(records, quoted, pcrs=[pcr])  # 3
     return VerifiedRuntimeLog(pcr, records, events)
+
+
+# --- incremental verification ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeReplay:
+    """A runtime log verified against a quote, with its replay: ``values`` is the runtime PCR's
+    value per bank after every record (the banks in which every record has a digest). What a
+    verifier keeps so that the next quote's log is checked from where this one ended."""
+
+    log: VerifiedRuntimeLog
+    values: Mapping[HashAlg, bytes]
+    anchors: tuple[AuditAnchor, ...] = ()
+
+    @property
+    def next_recnum(self) -> int:
+        return len(self.log.records)
+
+
+def _replayed(
+    values: Mapping[HashAlg, bytes], records: Sequence[CelRecord]
+) -> dict[HashAlg, bytes]:
+    out = dict(values)
+    for r in records:
+        out = {a: extend(a, v, r.digests[a]) for a, v in out.items() if a in r.digests}
+    return out
+
+
+def verify_runtime_log_from(
+    held: RuntimeReplay | None,
+    new_records: Sequence[CelRecord],
+    quoted: PcrValues,
+    *,
+    pcr: int = DEFAULT_RUNTIME_PCR,
+) -> RuntimeReplay:
+    """``verify_runtime_log`` of ``held``'s records followed by ``new_records``, checking only
+    the new ones: structure and content authenticity of the new records (numbered from
+    ``held.next_recnum``), then the replay -- ``held``'s running value per bank extended by
+    the new digests -- against the quoted ``pcr``.
+
+    The result equals ``verify_runtime_log(held records + new_records, quoted)`` (same
+    records, events, and the same errors for the new records and the replay) provided that
+    ``held`` was verified against an earlier quote *of the same TPM reset epoch*: the PCR can
+    only be extended, so ``H(...H(H(0 || d0) || d1)... || dn)`` commits to the whole sequence and
+    a change to any held record would make the quoted value differ from ``held.values``
+    extended by the new digests. ``held=None`` is the full verification."""
+    start = 0 if held is None else held.next_recnum
+    records = tuple(new_records)
+    events = check_records(records, pcr=pcr, start=start)  # 1, 2 (new records only)
+    zero = {a: bytes(a.digest_size) for a in HashAlg}
+    base: Mapping[HashAlg, bytes] = zero if held is None else held.values
+    values = _replayed(base, records)
+    # 3: as verify_cel: every quoted bank in which every record has a digest must match.
+    bad: list[tuple[str, int]] = []
+    checked = False
+    for alg, quoted_values in quoted.values.items():
+        alg = HashAlg(alg)
+        got = values.get(alg)
+        if got is None or pcr not in quoted_values:
+            continue
+        checked = True
+        if got != quoted_values[pcr]:
+            bad.append((alg.bank_name, pcr))
+    if bad or not checked:
+        raise ReplayError(
+            "runtime log does not replay into the quoted PCRs "
+            + (", ".join(f"{b}:{p}" for b, p in bad) or "(no common bank / PCR)"),
+            invalid_pcrs=bad,
+        )
+    anchors = tuple(e.detail for e in events if isinstance(e.detail, AuditAnchor))
+    if held is None:
+        return RuntimeReplay(VerifiedRuntimeLog(pcr, records, events), values, anchors)
+    log = VerifiedRuntimeLog(pcr, held.log.records + records, held.log.events + events)
+    return RuntimeReplay(log, values, held.anchors + anchors)

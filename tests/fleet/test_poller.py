@@ -193,3 +193,45 @@ async def test_poller_appraises_the_real_node_api(tmp_path: Path) -> None:
 def test_sim_server_fixture_answers(tmp_path: Path) -> None:
     with sim_server(SimFleet(1)) as srv:
         assert isinstance(srv, SimServer) and srv.port > 0
+
+
+OVMF_LOG = Path(__file__).resolve().parents[2].parent / "shared" / "eventlogs" \
+    / "ovmf__q35-direct-boot.bin"  # fmt: skip
+
+
+@pytest.mark.skipif(not OVMF_LOG.exists(), reason=f"{OVMF_LOG} is missing")
+async def test_poller_fetches_logs_once_and_refetches_after_a_reset(tmp_path: Path) -> None:
+    """The firmware log is served once per boot; after a TPM reset the node is challenged again
+    for the whole logs at once (still affirming); an unlogged extension of the runtime PCR is
+    found (the incremental check fails, the full one names it)."""
+    fw = OVMF_LOG.read_bytes()
+    fleet = SimFleet(3, firmware_log=fw, verity_root_hash=bytes(32))
+    srv = SimServer(fleet)
+    store = SqliteStore(str(tmp_path / "fleet.db"))
+    try:
+        for i in range(3):
+            store.add_node(f"sim-{i}", srv.url(i), fleet.enrollment(i), now=time.time())
+        poller = Poller(store, settings=settings(interval=0.3), appraise=default_appraiser())
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        await until(lambda: all(n.requests >= 3 for n in fleet.nodes))
+        assert fleet.log_bytes == 3 * len(fw)  # the whole log once per node, then nothing
+        assert set(verdicts(store).values()) == {"affirming"}
+        srv.call(fleet.reboot, 0)
+        srv.call(fleet.measure, 1, "config", {"sha256": "aa" * 32})
+        srv.call(fleet.tamper, 2)
+        seen = fleet.nodes[0].requests
+        await until(lambda: fleet.nodes[0].requests >= seen + 4
+                    and verdicts(store)["sim-2"] == "contraindicated")  # fmt: skip
+        assert poller.metrics.refetches >= 2  # the reset, and the failed incremental check
+        assert fleet.log_bytes >= 4 * len(fw)  # node 0's new boot: its log fetched again
+        got = verdicts(store)
+        assert got["sim-0"] == "affirming" and got["sim-1"] == "affirming"
+        (latest,) = store.results("sim-2", limit=1)
+        assert "does not replay" in latest["explanation"]
+        stop.set()
+        await task
+        poller.close()
+    finally:
+        store.close()
+        srv.close()

@@ -99,3 +99,23 @@ def test_fleet_complete_mark_is_set_once(store: Store) -> None:
     assert store.mark_fleet_complete("1.2.0", 500.0)
     assert not store.mark_fleet_complete("1.2.0", 600.0)
     assert store.release_marks() == {"1.2.0": 500.0}
+
+
+def test_lease_affinity_leaves_a_node_to_its_worker_until_overdue(
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL: a node w1 took last is left to w1 (which holds its logs) until it is
+    ``affinity`` seconds overdue; then another worker takes it over (w1 died or stalls)."""
+    s = open_store(request.getfixturevalue("pg_dsn"), history=3)
+    try:
+        s.add_node("sim-0", "http://127.0.0.1:1/n/0", SIM.enrollment(0), now=100.0)
+        (n,) = s.lease("w1", now=101.0, limit=10, ttl=30, affinity=5.0)
+        assert s.complete("w1", [outcome(n, 101.0)])  # due again at 111
+        assert s.lease("w2", now=112.0, limit=10, ttl=30, affinity=5.0) == []
+        (again,) = s.lease("w1", now=112.0, limit=10, ttl=30, affinity=5.0)
+        assert s.complete("w1", [outcome(again, 112.0)])  # due again at 122
+        (taken,) = s.lease("w2", now=128.0, limit=10, ttl=30, affinity=5.0)
+        assert taken.node_id == "sim-0"
+        assert s.lease("w1", now=128.0, limit=10, ttl=30, affinity=5.0) == []  # leased to w2
+    finally:
+        s.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -176,7 +176,7 @@ def make_node(root_hash: bytes = R_BLESSED, *, seed: bytes = b"node-7", version:
     records = []
     for i, (kind, content) in enumerate(events):
         rec = new_runtime_record(i, kind, content, pcr=RUNTIME_PCR, banks=[HashAlg.SHA256])
-        tpm.extend(RUNTIME_PCR, dict(rec.digests))  # type: ignore[arg-type]
+        tpm.extend(RUNTIME_PCR, dict(rec.digests))
         records.append(rec.to_json())
     node = Node(tpm, fw, records, audit, version=version, cmdline=cmdline_for(root_hash))
     node.clock_ms = clock
@@ -184,8 +184,8 @@ def make_node(root_hash: bytes = R_BLESSED, *, seed: bytes = b"node-7", version:
 
 
 def make_registry(node: Node, *, releases: list[Release] | None = None,
-                  revocations: list[Revocation] = (), platform_pcrs: PcrValues | None = None,
-                  variant_pcrs: Mapping[int, bytes] | None = None) -> VerifiedRegistry:  # type: ignore[assignment]  # fmt: skip
+                  revocations: Sequence[Revocation] = (), platform_pcrs: PcrValues | None = None,
+                  variant_pcrs: Mapping[int, bytes] | None = None) -> VerifiedRegistry:  # fmt: skip
     """A registry #5 blessing ``releases`` (default 1.4.2 and 1.5.0), with the node's firmware
     PCRs 0-7 as the OVMF platform reference and its PCRs 4 and 9 as 1.4.2's expected values."""
     quoted = node.pcrs().values[HashAlg.SHA256]

@@ -1,8 +1,10 @@
 """The appraisal seam of the fleet service.
 
-The poller calls one function per challenge with the signature of ``attest.appraisal.appraise``
-(the ``Appraiser`` protocol: tests and the benchmark may inject another) and stores what
-``summarize`` reads off its ``AppraisalResult``: the EAR status (affirming / warning /
+The poller calls one function per challenge with the signature of
+``attest.appraisal.appraise_incremental`` (the ``Appraiser`` protocol: tests and the benchmark
+may inject another): the node's ``NodeMemory`` goes in and the next one comes back with the
+result, so each log is fetched and checked only from where the last appraisal ended. It stores
+what ``summarize`` reads off the ``AppraisalResult``: the EAR status (affirming / warning /
 contraindicated / none), the explanation of the first divergence and the others, the release
 the node *attested to* (only from the authenticated dm-verity root hash the appraisal matched in
 the registry -- never the version string the node claims), the quote's clock for the next
@@ -14,9 +16,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol
 
-from attest.appraisal import AppraisalResult, Enrollment, appraise
+from attest.appraisal import (
+    AppraisalResult,
+    Appraised,
+    Enrollment,
+    FirmwareReplayCache,
+    NodeMemory,
+    appraise_incremental,
+)
 from attest.manifest import VerifiedRegistry
 from attest.manifest.evaluate import ReleaseStatus
 from attest.model import PcrSelection
@@ -33,6 +43,7 @@ class Appraiser(Protocol):
         self,
         evidence_doc: object,
         *,
+        memory: NodeMemory,
         enrollment: Enrollment,
         nonce: bytes,
         selection: PcrSelection,
@@ -41,11 +52,13 @@ class Appraiser(Protocol):
         previous: ClockInfo | None,
         tls_binding: bytes | None,
         now: datetime,
-    ) -> AppraisalResult: ...
+    ) -> Appraised: ...
 
 
-def default_appraiser() -> Appraiser:
-    return appraise
+def default_appraiser(cache: FirmwareReplayCache | None = None) -> Appraiser:
+    """``appraise_incremental`` with one ``FirmwareReplayCache`` for all the nodes (a node
+    whose firmware log and PCRs 0-7 another node already showed costs no parse or replay)."""
+    return partial(appraise_incremental, cache=cache or FirmwareReplayCache())
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,18 @@ evidence, and writes results back in batches (one transaction per ``batch`` resu
 ``jitter`` (a fraction, uniform) so the fleet does not beat in step; a node that does not
 answer is retried with exponential backoff (``interval * 2**failures``, at most
 ``max_backoff``), marked ``unreachable`` after ``unreachable_after`` consecutive failures, and
-is never dropped. The store calls run on one dedicated thread, off the event loop.
+is never dropped.
+
+Each node's ``NodeMemory`` (``attest.appraisal``) is kept in this process between two of its
+appraisals: the firmware event log is fetched once per boot, the runtime log from the next
+record, and only what is new is checked (docs/fleet.md, "Incremental appraisal"). When the
+evidence does not continue what is held (TPM reset, rotated log), the node is challenged again
+at once for the whole logs. A node leased by another worker in between needs nothing special:
+what is held stays a prefix of what its PCRs commit to.
+
+The store calls run on two dedicated threads, off the event loop: one takes leases, the other
+writes results (on PostgreSQL each has its own connection), so a batch commit never delays
+the next lease.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from attest.appraisal import Enrollment
+from attest.appraisal import Appraised, Enrollment, NodeMemory
 from attest.errors import AttestError, TransportError
 from attest.fleet.appraiser import Appraiser, summarize
 from attest.fleet.http import HttpPool, Origin
@@ -47,6 +58,10 @@ class PollSettings:
     max_backoff: float = 300.0
     unreachable_after: int = 2
     lease_ttl: float = 60.0
+    # Leave a node another worker took last to it until it is overdue by this many intervals:
+    # that worker holds the node's logs (PostgreSQL only). A dead or stalled worker's nodes are
+    # taken over then.
+    affinity: float = 1.0
     batch: int = 500
     flush_interval: float = 0.25
     tick: float = 0.05
@@ -74,6 +89,7 @@ class PollMetrics:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
     appraise_seconds: float = 0.0  # time inside appraise(): the CPU part of an appraisal
+    refetches: int = 0  # second challenges for the whole logs (TPM reset, rotated log)
     latencies: list[float] = field(default_factory=list)  # kept only when record_latencies
 
     def observe(self, seconds: float, keep: bool) -> None:
@@ -117,7 +133,11 @@ class Poller:
         self._origins: dict[str, Origin] = {}
         self._pending: list[Outcome] = []
         self._inflight = 0
-        self._db = ThreadPoolExecutor(1, thread_name_prefix="fleet-db")
+        self._min_lease = max(1, min(settings.batch, settings.concurrency // 4))
+        self._slots = asyncio.Event()  # set when _min_lease slots are free
+        self._memory: dict[str, NodeMemory] = {}
+        self._lease_db = ThreadPoolExecutor(1, thread_name_prefix="fleet-lease")
+        self._write_db = ThreadPoolExecutor(1, thread_name_prefix="fleet-write")
 
     # --- one node ---------------------------------------------------------------------------
 
@@ -138,6 +158,7 @@ class Poller:
         if cached is None or cached[0] != node.enrollment_doc:
             cached = (node.enrollment_doc, Enrollment.from_json(json.loads(node.enrollment_doc)))
             self._enrollments[node.node_id] = cached
+            self._memory.pop(node.node_id, None)  # held logs belong to the old enrollment
         return cached[1]
 
     def _next_due(self, now: float, delay: float) -> float:
@@ -154,6 +175,8 @@ class Poller:
             outcome = self._failed(node, start, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._inflight -= 1
+            if self.settings.concurrency - self._inflight >= self._min_lease:
+                self._slots.set()
         self.metrics.observe(time.perf_counter() - t0, self.record_latencies)
         if outcome.result is None:
             self.metrics.failures += 1
@@ -175,32 +198,52 @@ class Poller:
         if origin is None:
             origin = self._origins[node.url] = Origin.parse(node.url)
         selection, pcrs = self._selection(enrollment.runtime_pcr)
-        nonce = os.urandom(32)
-        body = {"nonce": nonce.hex(), "pcrs": pcrs, "logs": {"runtime": {"start": 0}}}
-        try:
-            resp = await self.pool.request(origin, "POST", "/v1/evidence", body)
-            if resp.status != 200:
-                raise TransportError(f"HTTP {resp.status}: {resp.body[:200]!r}")
-            doc = resp.json()
-            if not isinstance(doc, Mapping):
-                raise TransportError("the evidence is not a JSON object")
-        except TransportError as exc:
-            return self._failed(node, start, str(exc))
-        c0 = time.perf_counter()
-        try:
-            result = self.appraise(
-                doc, enrollment=enrollment, nonce=nonce, selection=selection,
-                registry=self.registry(), platform_id=s.platform_id, previous=node.clock,
-                tls_binding=resp.tls_binding, now=datetime.fromtimestamp(start, UTC),
-            )  # fmt: skip
-            summary = summarize(result)
-        except AttestError as exc:  # an appraisal that raises instead of returning a result
+        memory = self._memory.pop(node.node_id, None) or NodeMemory()
+        registry = self.registry()
+        now = datetime.fromtimestamp(start, UTC)
+        # At most two challenges: the second, for the whole logs, when the node cannot continue
+        # the held ones (HTTP 400: an offset past the end of a rotated log) or the evidence
+        # does not continue them (Appraised.complete is False).
+        while True:
+            nonce = os.urandom(32)
+            body = {"nonce": nonce.hex(), "pcrs": pcrs, "logs": memory.log_request()}
+            try:
+                resp = await self.pool.request(origin, "POST", "/v1/evidence", body)
+                if resp.status == 400 and memory.holds_logs:
+                    self.metrics.refetches += 1
+                    memory = memory.forget_logs()
+                    continue
+                if resp.status != 200:
+                    raise TransportError(f"HTTP {resp.status}: {resp.body[:200]!r}")
+                doc = resp.json()
+                if not isinstance(doc, Mapping):
+                    raise TransportError("the evidence is not a JSON object")
+            except TransportError as exc:
+                self._memory[node.node_id] = memory
+                return self._failed(node, start, str(exc))
+            c0 = time.perf_counter()
+            try:
+                appraised: Appraised = self.appraise(
+                    doc, memory=memory, enrollment=enrollment, nonce=nonce,
+                    selection=selection, registry=registry, platform_id=s.platform_id,
+                    previous=node.clock, tls_binding=resp.tls_binding, now=now,
+                )  # fmt: skip
+            except AttestError as exc:  # an appraisal that raises instead of returning a result
+                self.metrics.appraise_seconds += time.perf_counter() - c0
+                return Outcome(node.node_id, node.token, start, "contraindicated", str(exc),
+                               getattr(exc, "check", "appraisal"), None, None,
+                               {"error": str(exc)}, "", 0, self._next_due(start, s.interval),
+                               node.appraisals + 1, node.verdict)  # fmt: skip
             self.metrics.appraise_seconds += time.perf_counter() - c0
-            return Outcome(node.node_id, node.token, start, "contraindicated", str(exc),
-                           getattr(exc, "check", "appraisal"), None, None, {"error": str(exc)},
-                           "", 0, self._next_due(start, s.interval), node.appraisals + 1,
-                           node.verdict)  # fmt: skip
-        self.metrics.appraise_seconds += time.perf_counter() - c0
+            if appraised.complete or not memory.holds_logs:
+                break
+            logger.info("held logs do not continue: fetching them again",
+                        extra={"node_id": node.node_id,
+                               "reason": appraised.result.first_divergence})  # fmt: skip
+            self.metrics.refetches += 1
+            memory = appraised.memory
+        self._memory[node.node_id] = appraised.memory
+        summary = summarize(appraised.result)
         return Outcome(node.node_id, node.token, start, summary.status, summary.explanation,
                        summary.first_divergence, summary.release, summary.clock, summary.doc,
                        "", 0, self._next_due(start, s.interval), node.appraisals + 1,
@@ -229,7 +272,8 @@ class Poller:
         s = self.settings
         for i in range(0, len(batch), s.batch):
             part = batch[i:i + s.batch]
-            done = await loop.run_in_executor(self._db, self.store.complete, s.worker_id, part)
+            done = await loop.run_in_executor(self._write_db, self.store.complete, s.worker_id,
+                                              part)  # fmt: skip
             self.metrics.dropped += len(part) - len(done)
             if self.on_change is not None:
                 for o in done:
@@ -244,7 +288,8 @@ class Poller:
 
     def _lease(self, limit: int) -> list[Leased]:
         s = self.settings
-        return self.store.lease(s.worker_id, now=self.clock(), limit=limit, ttl=s.lease_ttl)
+        return self.store.lease(s.worker_id, now=self.clock(), limit=limit, ttl=s.lease_ttl,
+                                affinity=s.affinity * s.interval)  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; then finish the appraisals in flight and flush."""
@@ -254,12 +299,19 @@ class Poller:
         last_flush = time.monotonic()
         flushing: asyncio.Task[None] | None = None
         try:
+            last_lease = 0.0
             while not stop.is_set():
                 free = s.concurrency - self._inflight
+                want = min(free, s.batch)
                 got: Sequence[Leased] = ()
-                if free > 0:
+                # Lease in batches: when a quarter of the slots are free (or a tick passed),
+                # not for every slot that frees -- one round trip per batch, not per node.
+                leasing = want >= self._min_lease or (
+                    want > 0 and time.monotonic() - last_lease >= s.tick)
+                if leasing:
+                    last_lease = time.monotonic()
                     try:
-                        got = await loop.run_in_executor(self._db, self._lease, min(free, s.batch))
+                        got = await loop.run_in_executor(self._lease_db, self._lease, want)
                     except Exception:  # the database is away: keep what we have, retry
                         logger.exception("lease failed")
                         got = ()
@@ -277,11 +329,17 @@ class Poller:
                     # Written in the background: challenges go on while the batch commits.
                     last_flush = now
                     flushing = loop.create_task(self._flush_logged())
-                if len(got) < min(free, s.batch) or free <= 0:
-                    with_timeout = asyncio.ensure_future(stop.wait())
-                    done, _ = await asyncio.wait({with_timeout}, timeout=s.tick)
-                    if not done:
-                        with_timeout.cancel()
+                if (leasing and len(got) < want) or not leasing:
+                    # Nothing more is due (wait a tick), or too few slots are free (wait until
+                    # enough are, at most a tick).
+                    self._slots.clear()
+                    waits = {asyncio.ensure_future(stop.wait())}
+                    if not leasing:
+                        waits.add(asyncio.ensure_future(self._slots.wait()))
+                    _, pending = await asyncio.wait(waits, timeout=s.tick,
+                                                    return_when=asyncio.FIRST_COMPLETED)
+                    for w in pending:
+                        w.cancel()
                 else:
                     await asyncio.sleep(0)
         finally:
@@ -293,4 +351,5 @@ class Poller:
             self.pool.close()
 
     def close(self) -> None:
-        self._db.shutdown(wait=True)
+        self._lease_db.shutdown(wait=True)
+        self._write_db.shutdown(wait=True)

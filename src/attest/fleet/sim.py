@@ -4,10 +4,15 @@ demos; never used by the service itself).
 Node ``i`` answers at ``/n/{i}/v1/evidence`` and ``/n/{i}/v1/identity`` with the node API's
 documents (``attest.api.app``): a fresh quote by its own ``FakeTpm`` (a real ECDSA P-256 AK,
 derived from ``seed`` and ``i``) over the caller's nonce (a batch of one: the quote signs the
-Merkle leaf of the challenge), its PCRs and its runtime log. Controls: ``set_image`` (measure a
-dm-verity device into the runtime PCR, as attestd does at boot), ``tamper`` (extend the runtime
-PCR behind the log's back), ``down`` (close connections without answering). Every evidence
-request is counted, and timed when ``record_times`` is set.
+Merkle leaf of the challenge), its PCRs, its firmware event log (when one is given: the same
+log for every node, its events extended into each TPM at boot) from the byte offset asked for,
+and its runtime log from the record asked for (an offset past the end is HTTP 400, as attestd
+answers). Controls: ``set_image`` (measure a dm-verity device into the runtime PCR, as attestd
+does at boot), ``measure`` (any runtime event), ``tamper`` (extend the runtime PCR behind the
+log's back), ``reboot`` (TPM reset: PCRs cleared, firmware log measured again, a fresh runtime
+log), ``rotate_log`` (the runtime log restarted without a TPM reset), ``down`` (close
+connections without answering). Every evidence request is counted, and timed when
+``record_times`` is set; ``log_bytes`` counts the log bytes served.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from attest.appraisal import Enrollment
 from attest.eventlog.cel import CelRecord
+from attest.eventlog.parse import parse_event_log
 from attest.evidence import EVIDENCE_VERSION, b64
 from attest.merkle import challenge_leaf, leaf_hash
 from attest.model import HashAlg, PcrSelection
@@ -61,10 +67,22 @@ class SimNode:
 class SimFleet:
     def __init__(self, count: int, *, seed: str = "attest-sim", runtime_pcr: int = 13,
                  verity_root_hash: bytes | None = None, record_times: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.time,
+                 firmware_log: bytes | None = None) -> None:  # fmt: skip
         self.runtime_pcr = runtime_pcr
         self.record_times = record_times
         self.clock = clock
+        self.firmware_log = firmware_log
+        self.log_bytes = 0
+        # The firmware log's measurements (EV_NO_ACTION is never extended), and its base64 for
+        # the common answers (the whole log; nothing new).
+        self._fw_extends: list[tuple[int, bytes]] = []
+        self._fw_b64 = {0: b64(firmware_log or b""), len(firmware_log or b""): ""}
+        if firmware_log is not None:
+            self._fw_extends = [(e.pcr, e.digests[HashAlg.SHA256])
+                                for e in parse_event_log(firmware_log).events
+                                if e.type != 0x3 and HashAlg.SHA256 in e.digests]  # fmt: skip
+        self._verity_root_hash = verity_root_hash
         self.nodes: list[SimNode] = []
         for i in range(count):
             tpm = FakeTpm(banks=BANKS, seed=f"{seed}/{i}".encode())
@@ -72,8 +90,13 @@ class SimFleet:
             node = SimNode(i, tpm, runtime_pcr,
                            ak_json={"public": b64(ak.tpm2b()), "name": ak.name.hex()})
             self.nodes.append(node)
-            if verity_root_hash is not None:
-                self.set_image(i, verity_root_hash)
+            self._boot(node)
+
+    def _boot(self, node: SimNode) -> None:
+        for pcr, digest in self._fw_extends:
+            node.tpm.extend(pcr, {HashAlg.SHA256: digest})
+        if self._verity_root_hash is not None:
+            self.set_image(node.index, self._verity_root_hash)
         self._selections: dict[str, PcrSelection] = {}
         self.server: asyncio.Server | None = None
 
@@ -83,8 +106,24 @@ class SimFleet:
         self.nodes[i].measure(KIND_VERITY_DEVICE, {"name": name,
                                                    "root_hash": verity_root_hash.hex()})
 
+    def measure(self, i: int, kind: str, content: dict[str, Any]) -> None:
+        self.nodes[i].measure(kind, content)
+
     def tamper(self, i: int) -> None:
         self.nodes[i].tpm.extend(self.runtime_pcr, {HashAlg.SHA256: os.urandom(32)})
+
+    def reboot(self, i: int) -> None:
+        """A TPM reset: PCRs cleared, the firmware measured again, a fresh runtime log."""
+        node = self.nodes[i]
+        node.tpm.reset()
+        node.records.clear()
+        node.records_json.clear()
+        self._boot(node)
+
+    def rotate_log(self, i: int) -> None:
+        """The runtime log starts afresh while the runtime PCR keeps its value (no reset)."""
+        self.nodes[i].records.clear()
+        self.nodes[i].records_json.clear()
 
     def enrollment(self, i: int, *, now: datetime | None = None) -> Enrollment:
         """The enrollment record a verifier would make (trust in the AK out of band: the
@@ -117,11 +156,24 @@ class SimFleet:
         runtime = None
         if "runtime" in logs:
             start = int(logs["runtime"].get("start", 0))
+            if not 0 <= start <= len(node.records_json):
+                raise ValueError(f"runtime log start {start} is past its end")
             runtime = {"pcr": self.runtime_pcr, "start": start,
                        "records": node.records_json[start:]}
+        firmware = None
+        if "firmware" in logs and self.firmware_log is not None:
+            start = int(logs["firmware"].get("start", 0))
+            total = len(self.firmware_log)
+            if not 0 <= start <= total:
+                raise ValueError(f"firmware log start {start} is past its end ({total})")
+            data = self._fw_b64.get(start)
+            if data is None:
+                data = b64(self.firmware_log[start:])
+            self.log_bytes += total - start
+            firmware = {"start": start, "total": total, "data": data}
         return {
             "batch": {"size": 1, "index": 0, "proof": [], "tls_binding": None},
-            "firmware_log": None, "runtime_log": runtime,
+            "firmware_log": firmware, "runtime_log": runtime,
             "version": EVIDENCE_VERSION, "node_id": node.node_id,
             "quote": {"attest": b64(quote.attest), "signature": b64(quote.signature)},
             "pcrs": quote.pcrs.to_json(), "ak": node.ak_json, "verity": None,

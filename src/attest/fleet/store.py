@@ -107,7 +107,8 @@ class Store(Protocol):
     def remove_node(self, node_id: str) -> bool: ...
     def get_node(self, node_id: str) -> NodeRow | None: ...
     def list_nodes(self) -> list[NodeRow]: ...
-    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float) -> list[Leased]: ...
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
+              affinity: float = 0.0) -> list[Leased]: ...  # fmt: skip
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]: ...
     def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
     def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
@@ -145,7 +146,7 @@ def _schema(*, real: str, serial: str) -> list[str]:
             explanation TEXT NOT NULL DEFAULT '', first_divergence TEXT, release TEXT,
             last_appraised {real}, last_seen {real}, last_error TEXT NOT NULL DEFAULT '',
             failures INTEGER NOT NULL DEFAULT 0, appraisals BIGINT NOT NULL DEFAULT 0,
-            clock TEXT)""",
+            clock TEXT, owner TEXT)""",
         "CREATE INDEX IF NOT EXISTS nodes_due ON nodes (next_due)",
         f"""CREATE TABLE IF NOT EXISTS enrollments (
             node_id TEXT PRIMARY KEY REFERENCES nodes(node_id) ON DELETE CASCADE,
@@ -310,7 +311,9 @@ class SqliteStore(_SqlStore):
                 raise
             cur.execute("COMMIT")
 
-    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float) -> list[Leased]:
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
+              affinity: float = 0.0) -> list[Leased]:  # fmt: skip
+        # ``affinity`` is not applied: one SQLite file has one worker, as a rule.
         token = secrets.randbits(62)
         with self._tx() as cur:
             cur.execute(
@@ -360,9 +363,16 @@ def _log_lost(worker_id: str, outcomes: Sequence[Outcome], done: Sequence[Outcom
                        extra={"worker_id": worker_id, "nodes": lost[:20], "count": len(lost)})
 
 
+_PG_RELATIONS = ("nodes", "nodes_due", "enrollments", "results", "changes", "changes_node",
+                 "leases", "fleet_releases")  # what _schema creates
+
+
 class PostgresStore(_SqlStore):
-    """PostgreSQL through psycopg 3. One connection for the poller's leases and writes, one
-    for reads, each serialised by its own lock."""
+    """PostgreSQL through psycopg 3. Three connections, each serialised by its own lock: one
+    takes leases, one writes results (so a batch commit never holds up the next lease), one
+    serves reads. A lease batch and a result batch are each ONE statement in autocommit mode
+    (data-modifying CTEs over ``unnest``-ed arrays: atomic, one round trip, no per-row
+    statements)."""
 
     P = "%s"
 
@@ -371,65 +381,137 @@ class PostgresStore(_SqlStore):
 
         self.history = history
         self._psycopg = psycopg
-        self._write_db = psycopg.connect(dsn)
+        self._lease_db = psycopg.connect(dsn, autocommit=True)
+        self._write_db = psycopg.connect(dsn, autocommit=True)
         self._read_db = psycopg.connect(dsn)
+        self._llock = threading.Lock()
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
-        with self._write_tx() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(7500)")  # two workers creating at once
-            for stmt in _schema(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY"):
-                cur.execute(stmt)
-
-    @contextmanager
-    def _write_tx(self) -> Iterator[Any]:
         with self._wlock, self._write_db.transaction(), self._write_db.cursor() as cur:
-            yield cur
+            cur.execute("SELECT pg_advisory_xact_lock(7500)")  # two workers creating at once
+            # DDL only when something is missing: even `IF NOT EXISTS` statements lock the
+            # tables they name, and another worker may be leasing and writing (a deadlock).
+            cur.execute("SELECT count(*) FROM pg_class WHERE relnamespace = "
+                        "current_schema()::regnamespace AND relname = ANY(%s)",
+                        (list(_PG_RELATIONS),))  # fmt: skip
+            row = cur.fetchone()
+            if row is None or row[0] != len(_PG_RELATIONS):
+                for stmt in _schema(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY"):
+                    cur.execute(stmt)
+            # The worker that took the node last (lease affinity): added to older databases.
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                        "current_schema() AND table_name = 'nodes' AND column_name = 'owner'")
+            if cur.fetchone() is None:
+                cur.execute("ALTER TABLE nodes ADD COLUMN owner TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
         with self._rlock, self._read_db.transaction(), self._read_db.cursor() as cur:
             yield cur
 
-    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float) -> list[Leased]:
+    # One statement: pick due rows (SKIP LOCKED: concurrent workers skip each other's rows),
+    # move their due time to the lease's expiry (a concurrent reader re-checks the updated row
+    # and drops it), record the leases, and return what the appraisals need. Affinity: a node
+    # another worker took last is left to it until it is ``affinity`` seconds overdue (that
+    # worker holds the node's logs in memory; one that stalls or dies loses its nodes then).
+    _LEASE = """
+        WITH due AS (
+            SELECT node_id FROM nodes WHERE next_due <= %(now)s
+                AND (owner IS NULL OR owner = %(worker)s OR next_due <= %(steal)s)
+            ORDER BY next_due LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
+        taken AS (
+            UPDATE nodes n SET next_due = %(expires)s, owner = %(worker)s
+            FROM due WHERE n.node_id = due.node_id
+            RETURNING n.node_id, n.url, n.verdict, n.failures, n.appraisals, n.clock),
+        leased AS (
+            INSERT INTO leases (node_id, worker_id, token, expires_at)
+            SELECT node_id, %(worker)s, %(token)s, %(expires)s FROM taken
+            ON CONFLICT (node_id) DO UPDATE SET worker_id = excluded.worker_id,
+                token = excluded.token, expires_at = excluded.expires_at)
+        SELECT t.node_id, t.url, e.doc, t.verdict, t.failures, t.appraisals, t.clock
+        FROM taken t LEFT JOIN enrollments e ON e.node_id = t.node_id"""
+
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
+              affinity: float = 0.0) -> list[Leased]:  # fmt: skip
         token = secrets.randbits(62)
-        with self._write_tx() as cur:
-            cur.execute(
-                "WITH due AS (SELECT node_id FROM nodes WHERE next_due <= %s "
-                "ORDER BY next_due LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "UPDATE nodes n SET next_due = %s FROM due WHERE n.node_id = due.node_id "
-                "RETURNING n.node_id, n.url, n.verdict, n.failures, n.appraisals, n.clock",
-                (now, limit, now + ttl))
+        with self._llock, self._lease_db.cursor() as cur:
+            cur.execute(self._LEASE, {"now": now, "limit": limit, "expires": now + ttl,
+                                      "worker": worker_id, "token": token,
+                                      "steal": now - affinity})  # fmt: skip
             rows = cur.fetchall()
-            if not rows:
-                return []
-            ids = [r[0] for r in rows]
-            cur.execute("SELECT node_id, doc FROM enrollments WHERE node_id = ANY(%s)", (ids,))
-            docs = dict(cur.fetchall())
-            cur.execute(
-                "INSERT INTO leases (node_id, worker_id, token, expires_at) "
-                "SELECT unnest(%s::text[]), %s, %s, %s ON CONFLICT (node_id) DO UPDATE SET "
-                "worker_id = excluded.worker_id, token = excluded.token, "
-                "expires_at = excluded.expires_at", (ids, worker_id, token, now + ttl))
-        return [Leased(r[0], r[1], docs.get(r[0]), r[2], r[3], r[4], clock_from_text(r[5]),
-                       token) for r in rows]  # fmt: skip
+        return [Leased(r[0], r[1], r[2], r[3], r[4], r[5], clock_from_text(r[6]), token)
+                for r in rows]  # fmt: skip
+
+    # One statement: fence by token (only leases still held count), then update the nodes,
+    # the result ring and the verdict changes of exactly those.
+    _COMPLETE = """
+        WITH o AS (
+            SELECT * FROM unnest(
+                %(node_id)s::text[], %(token)s::bigint[], %(at)s::float8[], %(next_due)s::float8[],
+                %(verdict)s::text[], %(explanation)s::text[], %(first_divergence)s::text[],
+                %(release)s::text[], %(answered)s::bool[], %(error)s::text[],
+                %(failures)s::int[], %(seq)s::bigint[], %(clock)s::text[], %(slot)s::int[],
+                %(doc)s::text[], %(previous)s::text[])
+            AS o(node_id, token, at, next_due, verdict, explanation, first_divergence, release,
+                 answered, error, failures, seq, clock, slot, doc, previous)),
+        held AS (
+            DELETE FROM leases l USING o
+            WHERE l.node_id = o.node_id AND l.token = o.token AND l.worker_id = %(worker)s
+            RETURNING l.node_id, l.token),
+        done AS (
+            SELECT o.* FROM o JOIN held ON held.node_id = o.node_id AND held.token = o.token),
+        upd AS (
+            UPDATE nodes n SET next_due = d.next_due, verdict = d.verdict,
+                explanation = d.explanation, first_divergence = d.first_divergence,
+                release = COALESCE(d.release, CASE WHEN d.answered THEN NULL ELSE n.release END),
+                last_appraised = CASE WHEN d.answered THEN d.at ELSE n.last_appraised END,
+                last_seen = CASE WHEN d.answered THEN d.at ELSE n.last_seen END,
+                last_error = d.error, failures = d.failures, appraisals = d.seq,
+                clock = COALESCE(d.clock, n.clock)
+            FROM done d WHERE n.node_id = d.node_id),
+        res AS (
+            INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc)
+            SELECT node_id, slot, seq, at, %(worker)s, verdict, doc FROM done
+            ON CONFLICT (node_id, slot) DO UPDATE SET seq = excluded.seq, at = excluded.at,
+                worker_id = excluded.worker_id, verdict = excluded.verdict, doc = excluded.doc),
+        chg AS (
+            INSERT INTO changes (node_id, at, old, new, explanation)
+            SELECT node_id, at, previous, verdict, explanation FROM done
+            WHERE verdict <> previous ORDER BY node_id)
+        SELECT node_id, token FROM held"""
 
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
         if not outcomes:
             return []
-        with self._write_tx() as cur:
-            cur.execute(
-                "DELETE FROM leases l USING unnest(%s::text[], %s::bigint[]) AS o(node_id, token) "
-                "WHERE l.node_id = o.node_id AND l.token = o.token AND l.worker_id = %s "
-                "RETURNING l.node_id",
-                ([o.node_id for o in outcomes], [o.token for o in outcomes], worker_id))
-            held = {r[0] for r in cur.fetchall()}
-            done = [o for o in outcomes if o.node_id in held]
-            if done:
-                self._write(cur, worker_id, done)
+        docs = [_result_doc(o, worker_id) for o in outcomes]  # outside the lock
+        args = {
+            "worker": worker_id,
+            "node_id": [o.node_id for o in outcomes],
+            "token": [o.token for o in outcomes],
+            "at": [o.at for o in outcomes],
+            "next_due": [o.next_due for o in outcomes],
+            "verdict": [o.verdict for o in outcomes],
+            "explanation": [o.explanation for o in outcomes],
+            "first_divergence": [o.first_divergence for o in outcomes],
+            "release": [o.release for o in outcomes],
+            "answered": [o.result is not None for o in outcomes],
+            "error": [o.error for o in outcomes],
+            "failures": [o.failures for o in outcomes],
+            "seq": [o.seq for o in outcomes],
+            "clock": [clock_text(o.clock) for o in outcomes],
+            "slot": [o.seq % self.history for o in outcomes],
+            "doc": docs,
+            "previous": [o.previous_verdict for o in outcomes],
+        }
+        with self._wlock, self._write_db.cursor() as cur:
+            cur.execute(self._COMPLETE, args)
+            held = {(r[0], r[1]) for r in cur.fetchall()}
+        done = [o for o in outcomes if (o.node_id, o.token) in held]
         _log_lost(worker_id, outcomes, done)
         return done
 
     def close(self) -> None:
+        self._lease_db.close()
         self._write_db.close()
         self._read_db.close()
 
