@@ -44,7 +44,7 @@ DEFAULT_SPOOL_DIR = "/var/lib/attest/spool"
 STAGE_TIMEOUT = 3600.0
 _NOT_IDEMPOTENT = (p.Measure, p.AuditRecord, p.NvCounterDefine, p.NvCounterIncrement,
                    p.UpgradeStage, p.UpgradeRefuseUpload, p.UpgradeConfirm,
-                   p.UpgradeBoot)  # fmt: skip
+                   p.UpgradeBoot, p.VtpmCreate, p.VtpmRecord)  # fmt: skip
 
 
 class BrokerClient:
@@ -174,6 +174,20 @@ class BrokerClient:
 
     def upgrade_boot(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call(p.UpgradeBoot())
+        return result
+
+    # --- the host's guest vTPMs (attest.vtpm; operator socket) --------------------------------
+
+    def vtpm_create(self, guest_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.VtpmCreate(guest_id))
+        return result
+
+    def vtpm_record(self, guest_id: str, ek_public: bytes) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.VtpmRecord(guest_id, ek_public))
+        return result
+
+    def vtpm_list(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.VtpmList())
         return result
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from attest.errors import OperationNotAllowed, TpmError
 from attest.eventlog.cel import CelRecord
 from attest.model import PcrSelection, PcrValues
 from attest.node import NodeIdentity
-from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT
+from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT, KIND_VTPM
 from attest.runtime_store import RuntimeLog
 from attest.tpm.port import RawQuote, TpmPort
 
@@ -77,6 +77,8 @@ class LocalNode:
     def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord:
         if kind == KIND_AUDIT:
             raise OperationNotAllowed("audit anchors are written by the audit log only")
+        if kind == KIND_VTPM:
+            raise OperationNotAllowed("vTPMs are vouched for by vtpm_create / vtpm_record only")
         return self.runtime.measure(kind, content)
 
     def runtime_log(self, start: int = 0) -> tuple[CelRecord, ...]:

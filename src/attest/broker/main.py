@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import hashlib
 import logging
 import pwd
 import signal
@@ -30,13 +31,15 @@ from attest.broker.local import LocalNode
 from attest.broker.server import BrokerServer
 from attest.broker.upgrades import BrokerUpgrades, Spool
 from attest.errors import AttestError, ConfigError
-from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_DAEMON_START
+from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_DAEMON_START, KIND_POLICY
 from attest.slots import DEFAULT_CAPACITY, SlotStore
 from attest.upgrade import DEFAULT_NV_INDEX
+from attest.vtpm import VtpmManager
 
 logger = logging.getLogger("attest.broker")
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+SELINUX_POLICY = Path("/sys/fs/selinux/policy")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--spool-user", action="append", default=[],
                    help="a user that may own spooled files (repeatable; e.g. attest and root; "
                         "default: any)")
+    a.add_argument("--mac-policy", type=Path, default=SELINUX_POLICY,
+                   help="the loaded SELinux policy, measured as a 'policy' event at start when "
+                        "present (default %(default)s)")
+    a.add_argument("--vtpm-dir", type=Path,
+                   help="host side: create guest vTPMs here and vouch for them in the runtime "
+                        "log (operator socket: vtpm_create, vtpm_record; docs/host-guest.md)")
     a.add_argument("-v", "--verbose", action="count", default=0)
     return a  # fmt: skip
 
@@ -104,6 +113,19 @@ def _boot_id() -> str | None:
         return BOOT_ID.read_text().strip()[:64] or None
     except OSError:
         return None
+
+
+def mac_policy_event(path: Path, *, mac: str = "selinux") -> dict[str, str] | None:
+    """The ``policy`` runtime event for the MAC policy loaded from ``path``; None when the
+    node has none there (the event is then not recorded)."""
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return {"mac": mac, "sha256": h.hexdigest()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,10 +168,20 @@ def _run(args: argparse.Namespace) -> int:
     node.runtime.measure(KIND_DAEMON_START, start_event)
     # After a TPM reset while running, the new runtime log starts with a daemon-start again.
     node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_DAEMON_START, start_event))
+    policy = mac_policy_event(args.mac_policy)
+    if policy is not None:
+        node.runtime.measure(KIND_POLICY, policy)
+        node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_POLICY, policy))
+        logger.info("MAC policy %s measured: sha256 %s", args.mac_policy, policy["sha256"])
+    vtpms = None
+    if args.vtpm_dir is not None:
+        vtpms = VtpmManager(args.vtpm_dir, node.runtime, audit=node.audit)
+        logger.info("guest vTPMs in %s (%d created)", args.vtpm_dir, len(vtpms.created()))
     operator = None if str(args.operator_socket) == "none" else args.operator_socket
     upgrades = _upgrades(args, node)
     server = BrokerServer(node, args.socket, operator_socket_path=operator,
-                          socket_group=gid, measure_kinds=kinds, upgrades=upgrades)  # fmt: skip
+                          socket_group=gid, measure_kinds=kinds, upgrades=upgrades,
+                          vtpms=vtpms)  # fmt: skip
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -35,7 +35,7 @@ from attest.errors import AttestError, AuditChainError, OperationNotAllowed, Tra
 from attest.eventlog.cel import CelRecord, loads_cel
 from attest.model import MAX_PCR, HashAlg, PcrSelection, PcrValues
 from attest.node import NodeIdentity
-from attest.runtime import KIND_AUDIT, KINDS
+from attest.runtime import KIND_AUDIT, KIND_VTPM, KINDS
 from attest.tpm.port import RawQuote
 from attest.tpmstruct import parse_public
 
@@ -50,16 +50,20 @@ OPS = (
     "identity", "read_pcrs", "quote", "activate_credential", "measure", "runtime_log",
     "audit_record", "audit_log", "nv_counter_read", "nv_counter_define", "nv_counter_increment",
     "upgrade_stage", "upgrade_refuse_upload", "upgrade_status", "upgrade_confirm", "upgrade_boot",
+    "vtpm_create", "vtpm_record", "vtpm_list",
 )  # fmt: skip
 # The API may offer an upload to the gate (which verifies it and records the decision) and read
 # the gate's status; it may not move the NV counter, confirm an upgrade or select a boot slot.
 OPERATOR_ONLY_OPS = frozenset({"audit_record", "nv_counter_define", "nv_counter_increment",
-                               "upgrade_confirm", "upgrade_boot"})  # fmt: skip
+                               "upgrade_confirm", "upgrade_boot",
+                               # the host's guest vTPMs (attest.vtpm): create, vouch, list
+                               "vtpm_create", "vtpm_record", "vtpm_list"})  # fmt: skip
 UNPRIVILEGED_OPS = frozenset(OPS) - OPERATOR_ONLY_OPS
 OPERATOR_OPS = frozenset(OPS)
 DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "verity-device", "config", "daemon-start"})
-# Audit anchors are written only by the audit log itself, never on request.
-OPERATOR_MEASURE_KINDS = KINDS - {KIND_AUDIT}
+# Audit anchors are written only by the audit log itself, never on request; vTPM vouchings only
+# by vtpm_create / vtpm_record, which check the created set.
+OPERATOR_MEASURE_KINDS = KINDS - {KIND_AUDIT, KIND_VTPM}
 
 
 # --- framing ---------------------------------------------------------------------------------
@@ -342,10 +346,33 @@ class UpgradeBoot:
     op: ClassVar[str] = "upgrade_boot"
 
 
+@dataclass(frozen=True, slots=True)
+class VtpmCreate:
+    """Manufacture a vTPM for ``guest_id`` and vouch for it (``attest.vtpm``)."""
+
+    guest_id: str
+    op: ClassVar[str] = "vtpm_create"
+
+
+@dataclass(frozen=True, slots=True)
+class VtpmRecord:
+    """Vouch for the vTPM whose EK public area is ``ek_public`` as ``guest_id``'s."""
+
+    guest_id: str
+    ek_public: bytes
+    op: ClassVar[str] = "vtpm_record"
+
+
+@dataclass(frozen=True, slots=True)
+class VtpmList:
+    op: ClassVar[str] = "vtpm_list"
+
+
 Request = (
     Identity | ReadPcrs | Quote | ActivateCredential | Measure | RuntimeLogRead | AuditRecord
     | AuditLogRead | NvCounterRead | NvCounterDefine | NvCounterIncrement | UpgradeStage
-    | UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot
+    | UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot | VtpmCreate
+    | VtpmRecord | VtpmList
 )  # fmt: skip
 _NV_REQUESTS: Mapping[str, Callable[[int], Request]] = {
     "nv_counter_read": NvCounterRead, "nv_counter_define": NvCounterDefine,
@@ -392,8 +419,12 @@ def encode_request(req: Request) -> bytes:
         args = {"limit": req.limit, "actor": req.actor}
     elif isinstance(req, UpgradeConfirm):
         args = {"actor": req.actor}
-    elif isinstance(req, UpgradeStatus | UpgradeBoot):
+    elif isinstance(req, UpgradeStatus | UpgradeBoot | VtpmList):
         args = {}
+    elif isinstance(req, VtpmCreate):
+        args = {"guest_id": req.guest_id}
+    elif isinstance(req, VtpmRecord):
+        args = {"guest_id": req.guest_id, "ek_public": req.ek_public.hex()}
     else:
         args = {"index": req.index}
     return dumps({"op": req.op, "args": args})
@@ -480,6 +511,15 @@ def decode_request(body: bytes) -> Request:
         return AuditRecord(event)
     if op.startswith("upgrade_"):
         return _decode_upgrade(op, a)
+    if op == "vtpm_create":
+        return VtpmCreate(_str(_obj(a, op, ("guest_id",))["guest_id"], "guest_id", limit=64))
+    if op == "vtpm_record":
+        _obj(a, op, ("guest_id", "ek_public"))
+        return VtpmRecord(_str(a["guest_id"], "guest_id", limit=64),
+                          _hex(a["ek_public"], "ek_public", limit=2048))  # fmt: skip
+    if op == "vtpm_list":
+        _obj(a, op, ())
+        return VtpmList()
     index = _uint(_obj(a, op, ("index",))["index"], "index", bits=32)
     if not NV_INDEX_FIRST <= index <= NV_INDEX_LAST:
         raise TransportError(f"NV index 0x{index:08x} is not in the NV index range")
@@ -565,7 +605,7 @@ def encode_result(req: Request, result: Any) -> bytes:
     elif isinstance(req, AuditLogRead):
         doc = {"entries": [dict(e) for e in result]}
     elif isinstance(req, UpgradeStage | UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm
-                    | UpgradeBoot):  # fmt: skip
+                    | UpgradeBoot | VtpmCreate | VtpmRecord | VtpmList):  # fmt: skip
         doc = dict(result)
     else:
         doc = {"value": int(result)}
@@ -600,7 +640,8 @@ def _decode_ok(req: Request, doc: Any) -> Any:
             raise TransportError("decision must be an object with a boolean 'accepted'")
         _str(doc.get("reason"), "reason", limit=64)
         return doc
-    if isinstance(req, UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot):
+    if isinstance(req, UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot
+                  | VtpmCreate | VtpmRecord | VtpmList):  # fmt: skip
         if not isinstance(doc, dict):
             raise TransportError(f"{req.op} result must be an object")
         return doc

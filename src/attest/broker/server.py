@@ -37,6 +37,7 @@ from attest.broker.local import LocalNode
 from attest.broker.transport import recv_frame, send_frame
 from attest.broker.upgrades import BrokerUpgrades
 from attest.errors import AttestError, OperationNotAllowed, TransportError
+from attest.vtpm import VtpmManager
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,14 @@ class BrokerServer:
         idle_timeout: float = 300.0,
         request_timeout: float = 10.0,
         upgrades: BrokerUpgrades | None = None,
+        vtpms: VtpmManager | None = None,
     ) -> None:
         unknown = set(measure_kinds) - p.OPERATOR_MEASURE_KINDS
         if unknown:
             raise ValueError(f"cannot allow measuring {', '.join(sorted(unknown))}")
         self.node = node
         self.upgrades = upgrades
+        self.vtpms = vtpms
         self._paths = [(Path(socket_path), "api", 0o660, socket_group)]
         if operator_socket_path is not None:
             self._paths.append((Path(operator_socket_path), "operator", 0o600, None))
@@ -229,7 +232,10 @@ class BrokerServer:
             if lst.name == "api" and actor is not None and not _API_ACTOR.fullmatch(actor):
                 raise OperationNotAllowed("the API socket acts as api-<channel> only")
             logger.debug("request %s from uid %d on %s socket", op, uid, lst.name)
-            out = p.encode_result(req, self._dispatch(req))
+            if isinstance(req, p.VtpmCreate | p.VtpmRecord | p.VtpmList):
+                out = p.encode_result(req, self._vtpm(req, uid))
+            else:
+                out = p.encode_result(req, self._dispatch(req))
             if len(out) > p.MAX_RESPONSE:
                 raise TransportError(
                     f"response of {len(out)} bytes exceeds {p.MAX_RESPONSE}: ask from a later start"
@@ -243,6 +249,17 @@ class BrokerServer:
         except Exception:
             logger.exception("request %s from uid %d failed", op, uid)
             return p.encode_error(RuntimeError())
+
+    def _vtpm(self, req: p.VtpmCreate | p.VtpmRecord | p.VtpmList, uid: int) -> object:
+        v = self.vtpms
+        if v is None:
+            raise OperationNotAllowed("attestd-tpm does not manage guest vTPMs (--vtpm-dir)")
+        if isinstance(req, p.VtpmList):
+            return {"vtpms": [vt.to_json() for vt in v.created()]}
+        operator = f"uid:{uid}"  # pseudonymised by the audit log of a refusal
+        if isinstance(req, p.VtpmCreate):
+            return v.create(req.guest_id, operator=operator)
+        return v.record(req.guest_id, req.ek_public, operator=operator)
 
     def _dispatch(self, req: p.Request) -> object:
         n = self.node

@@ -64,7 +64,7 @@ def print_json(doc: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from attest.cli import audit, demo, eventlog, fleet, manifest, quote, upgrade, verify
+    from attest.cli import audit, demo, eventlog, fleet, manifest, quote, upgrade, verify, vtpm
 
     parser = argparse.ArgumentParser(
         prog="attest", description="Node-integrity attestation: evidence, appraisal, manifests."
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
-    for module in (demo, verify, fleet, quote, eventlog, manifest, upgrade, audit):
+    for module in (demo, verify, fleet, quote, eventlog, manifest, upgrade, vtpm, audit):
         module.register(sub)
     return parser
 

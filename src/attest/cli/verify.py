@@ -4,6 +4,11 @@ print a verdict with the first thing that diverged (and a signed EAR).
 Exit codes (distinct from attest's 0-6): 0 affirming, 10 warning, 11 contraindicated (also an
 identity alarm, and a refused enrollment), 12 could not appraise (node unreachable, malformed
 evidence, no usable registry). docs/verify.md has the details.
+
+``attest verify --host HOST_URL GUEST_URL`` appraises a host and its guest VM as one node
+(``attest.pair``; docs/host-guest.md): the host first, then the guest, whose AK is accepted only
+when the host vouched for its vTPM in a quote answering the same challenge. One EAR with the
+submodules ``host`` and ``guest``; the exit code is the worse layer's.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +26,11 @@ from typing import Any
 from attest.appraisal import (
     AppraisalResult,
     Enrollment,
+    NodeMemory,
     Tier,
     Verdict,
     appraise,
+    appraise_incremental,
     enrollment_refused,
     unappraisable,
 )
@@ -32,6 +40,8 @@ from attest.enrollstore import EnrollmentStore, NodeRecord
 from attest.errors import AttestError, ConfigError, TransportError, VerificationError
 from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection
+from attest.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
+from attest.runtime import VtpmVouch
 
 EXIT_AFFIRMING = EXIT_OK
 EXIT_WARNING = 10
@@ -77,6 +87,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--re-enroll", action="store_true",
                    help="operator action: replace the enrolled AK/EK with what the node presents")
     p.add_argument("--json", action="store_true")
+    h = p.add_argument_group("host and guest (docs/host-guest.md): URL is then the guest's")
+    h.add_argument("--host", metavar="HOST_URL",
+                   help="appraise URL as the guest VM of this host, as one node")
+    h.add_argument("--guest-id", help="the guest's id on the host (default: its enrolled node id)")
+    h.add_argument("--host-ek-ca", action="append", default=[], metavar="PEM",
+                   help="the host TPM's EK certificate CAs (--ek-ca is then the guest's: the "
+                        "host's vTPM CA)")
+    h.add_argument("--host-operator-socket", help="the host's operator Unix socket")
+    h.add_argument("--host-client-cert", help="client certificate for the host's mTLS listener")
+    h.add_argument("--host-client-key", help="its private key")
+    h.add_argument("--host-tls-ca", help="CA that signs the host's TLS certificate")
+    h.add_argument("--host-trust-dir", type=Path, help="trusted manifests for the host's images")
+    h.add_argument("--host-root", type=Path, help="trust root for the host (with --host-snapshot)")
+    h.add_argument("--host-snapshot", type=Path, help="registry snapshot for the host")
+    h.add_argument("--host-platform", help="the host's platform id (--platform: the guest's, "
+                                           "i.e. the VM template)")
 
 
 # --- adapters the command needs --------------------------------------------------------------
@@ -150,6 +176,8 @@ def _clients(args: argparse.Namespace) -> Iterator[tuple[NodeClient, NodeClient 
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if getattr(args, "host", None):
+        return cmd_verify_pair(args)
     now = datetime.now(UTC)  # taken once for the whole appraisal
     state_dir = args.state or Path(os.environ.get("ATTEST_VERIFIER_STATE",
                                                   DEFAULT_STATE)).expanduser()  # fmt: skip
@@ -270,6 +298,173 @@ def _report(
         label = c.tier.label if c.tier is not Tier.NONE else "no claim"
         print(f"  {c.claim.value:<18} {c.value:>3} {label:<16} {why}", file=out)
     for n in all_notes:
+        print(f"  note: {n}", file=out)
+    if token is not None and args.ear_out:
+        print(f"  EAR written to {args.ear_out}", file=out)
+    return code
+
+
+# --- a host and its guest as one node (attest.pair) ------------------------------------------
+
+
+@dataclass
+class _Layer:
+    """One layer's appraisal in a pair verification, and what the pair needs of it."""
+
+    address: str
+    result: AppraisalResult
+    record: NodeRecord | None
+    notes: list[str]
+    re_enrollment: dict[str, Any] | None = None
+    vouchings: tuple[VtpmVouch, ...] | None = None  # verified vtpm events (a host's)
+
+
+def _host_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The host's options under the names the one-node helpers read."""
+    return argparse.Namespace(
+        url=args.host, ek_ca=args.host_ek_ca, operator_socket=args.host_operator_socket,
+        client_cert=args.host_client_cert, client_key=args.host_client_key,
+        tls_ca=args.host_tls_ca, trust_dir=args.host_trust_dir, root=args.host_root,
+        snapshot=args.host_snapshot, platform=args.host_platform, pcrs=args.pcrs,
+        re_enroll=args.re_enroll,
+    )  # fmt: skip
+
+
+def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: bytes,
+                    now: datetime) -> _Layer:  # fmt: skip
+    """``cmd_verify``'s contact with one node (enroll on first contact, challenge, appraise),
+    keeping the verified runtime log's ``vtpm`` events. Never raises for the node's faults."""
+    from attest.verifier import enroll, gather, selection_for
+
+    address = ns.url.rstrip("/")
+    notes: list[str] = []
+    record = store.load(address)
+    node_id = record.enrollment.node_id if record else ""
+    try:
+        registry = _load_registry(ns, now)
+    except (VerificationError, ConfigError) as exc:
+        return _Layer(address, unappraisable(node_id, f"no usable registry: {exc}", nonce=nonce,
+                                             now=now), record, notes)  # fmt: skip
+    if registry is None:
+        notes.append("no registry given: releases, dm-verity and expected PCRs are not appraised")
+    roots, inter = _ek_cas(ns.ek_ca)
+    re_enrollment = None
+    with _clients(ns) as (client, operator):
+        try:
+            identity = client.identity()
+            if record is None or ns.re_enroll:
+                try:
+                    enrollment = enroll(client, now=now, ek_roots=roots, ek_intermediates=inter,
+                                        activator=operator)  # fmt: skip
+                except VerificationError as exc:
+                    result = enrollment_refused(str(identity.get("node_id", ""))[:256],
+                                                f"{exc.check}: {exc}", nonce=nonce, now=now)
+                    return _Layer(address, result, record, notes)
+                if record is None:
+                    record = store.enroll(address, enrollment)
+                    notes.append(_enrolled_line(enrollment, first=True))
+                else:
+                    record, re_enrollment = store.replace(address, enrollment,
+                                                          at=format_time(now))  # fmt: skip
+                    notes.append(_enrolled_line(enrollment, first=False))
+                if operator is None:
+                    notes.append("enrolled WITHOUT credential activation: the AK is trusted on "
+                                 "first use")  # fmt: skip
+            selection = selection_for(record.enrollment, ns.pcrs)
+            ev = gather(client, selection, nonce=nonce)
+            audit: list[dict[str, Any]] | None = None
+            if operator is not None:
+                try:
+                    entries = operator.audit(0).get("entries")
+                    audit = entries if isinstance(entries, list) else None
+                except TransportError as exc:
+                    notes.append(f"audit log not fetched: {exc}")
+        except TransportError as exc:
+            node_id = record.enrollment.node_id if record else node_id
+            result = unappraisable(node_id, f"node unreachable: {exc}", nonce=nonce, now=now)
+            return _Layer(address, result, record, notes, re_enrollment)
+        except AttestError as exc:
+            node_id = record.enrollment.node_id if record else node_id
+            result = unappraisable(node_id, f"malformed answer: {exc}", nonce=nonce, now=now)
+            return _Layer(address, result, record, notes, re_enrollment)
+    done = appraise_incremental(
+        ev.doc, memory=NodeMemory(), enrollment=record.enrollment, nonce=nonce,
+        selection=selection, registry=registry, platform_id=ns.platform,
+        previous=record.last_clock, tls_binding=ev.tls_binding, now=now, audit_entries=audit,
+        identity=identity,
+    )  # fmt: skip
+    result = done.result
+    # memory.runtime is set only when the quote verified (our nonce, the enrolled AK) and the
+    # runtime log replayed into its runtime PCR: only then are its vtpm events facts.
+    rt = done.memory.runtime
+    vouchings = None if rt is None else vouchings_of(rt.log.events)
+    if result.verdict is not Verdict.ALARM:
+        record = store.appraised(record, clock=result.clock, verdict=result.verdict.value,
+                                 at=format_time(now))  # fmt: skip
+    return _Layer(address, result, record, notes, re_enrollment, vouchings)
+
+
+def cmd_verify_pair(args: argparse.Namespace) -> int:
+    """``attest verify --host HOST_URL GUEST_URL``: the host first, then the guest."""
+    now = datetime.now(UTC)
+    state_dir = args.state or Path(os.environ.get("ATTEST_VERIFIER_STATE",
+                                                  DEFAULT_STATE)).expanduser()  # fmt: skip
+    store = EnrollmentStore(state_dir)
+    ear_key = _ear_key(args.ear_key)
+    challenge = os.urandom(32)
+    host_nonce, guest_nonce = pair_nonces(challenge)
+    host = _appraise_layer(_host_args(args), store, nonce=host_nonce, now=now)
+    guest = _appraise_layer(args, store, nonce=guest_nonce, now=now)
+    enrolled = guest.record.enrollment if guest.record is not None else None
+    guest_id = args.guest_id or (enrolled.node_id if enrolled else guest.result.node_id)
+    ident = GuestIdentity(guest_id, enrolled.ek_sha256 if enrolled else None)
+    pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
+    token = None
+    if ear_key is not None:
+        from attest.result import sign_ear
+
+        token = sign_ear(pair.ear_claims(now=now), ear_key)
+        if args.ear_out:
+            from attest.state import atomic_write_bytes
+
+            atomic_write_bytes(args.ear_out, token.encode() + b"\n")
+    code = EXIT_CODES[pair.verdict]
+    layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
+    notes = [] if token is not None else ["no --ear-key: the attestation result is not signed"]
+    if args.json:
+        print_json({
+            "status": pair.status, "verdict": pair.verdict.value, "exit_code": code,
+            "ear": token, "failed_layer": pair.failed_layer,
+            "explanation": pair.first_divergence, "vouch": pair.vouch.to_json(),
+            "challenge": challenge.hex(), "notes": notes,
+            "layers": {name: {
+                "address": lay.address, "node_id": r.node_id, "status": r.status,
+                "verdict": r.verdict.value, "claims": r.trustworthiness_vector,
+                "explanation": r.first_divergence, "result": r.to_json(),
+                "enrollment": None if lay.record is None else lay.record.enrollment.to_json(),
+                "re_enrollment": lay.re_enrollment, "notes": [*lay.notes, *r.notes],
+                "vouchings": None if lay.vouchings is None else [
+                    {"guest_id": v.guest_id, "ek_sha256": v.ek_sha256.hex()}
+                    for v in lay.vouchings],
+            } for name, (lay, r) in layers.items()},
+        })  # fmt: skip
+        return code
+    out = sys.stdout
+    print(f"{pair.host.node_id or args.host} + {pair.guest.node_id or args.url}: "
+          f"{pair.verdict.value.upper()}", file=out)  # fmt: skip
+    if pair.first_divergence:
+        print(f"  first divergence: {pair.first_divergence}", file=out)
+    for name, (lay, r) in layers.items():
+        print(f"  {name} {r.node_id or lay.address}: {r.verdict.value}", file=out)
+        for c in r.claims:
+            if c.value == 0 and not c.findings:
+                continue
+            worst = max(c.findings, key=lambda f: (f.tier, f.value)) if c.findings else None
+            why = worst.explanation if worst is not None else ""
+            print(f"    {c.claim.value:<18} {c.value:>3} {c.tier.label:<16} {why}", file=out)
+        for n in [*lay.notes, *r.notes]:
+            print(f"    note: {n}", file=out)
+    for n in notes:
         print(f"  note: {n}", file=out)
     if token is not None and args.ear_out:
         print(f"  EAR written to {args.ear_out}", file=out)

@@ -1,0 +1,258 @@
+"""A host and its guest as one node, with real daemons on swtpm (no VM).
+
+The host is attestd-tpm + attestd on swtpm A (its "hardware" TPM) with ``--vtpm-dir``: its
+vTPM manager manufactures swtpm B for guest ``g1`` and vouches for it in the host's runtime
+log. The guest is another attestd-tpm + attestd pair on swtpm B (node id ``g1``). Then:
+both good → affirming; the guest moved to vTPM C the host never vouched for → contraindicated at
+the guest layer, naming the cause; vouching C for g1 → refused, logged and audited; a host
+that replays an old quote → contraindicated at the host layer as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from tests.swtpm.conftest import Node, NodeFactory
+
+from attest.broker.client import BrokerClient
+from attest.cli import EXIT_REFUSED
+from attest.cli import vtpm as vtpm_cli
+from attest.cli.verify import main as verify_main
+from attest.enrollstore import EnrollmentStore
+from attest.errors import OperationNotAllowed
+from attest.evidence import unb64
+from attest.result import verify_ear
+from attest.swtpm import SwtpmProcess, SwtpmState, manufacture
+from attest.verifier import selection_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "ear.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))  # fmt: skip
+    return path, key
+
+
+class Pair:
+    def __init__(self, host: Node, vtpm_dir: Path, guest: Node, guest_sw: SwtpmProcess) -> None:
+        self.host, self.vtpm_dir, self.guest, self.guest_sw = host, vtpm_dir, guest, guest_sw
+
+
+@pytest.fixture()
+def pair(node_factory: NodeFactory, tmp_path: Path) -> Iterator[Pair]:
+    vtpm_dir = tmp_path / "host-vtpm"
+    host = node_factory("host", broker_args=["--vtpm-dir", str(vtpm_dir)],
+                        env={"ATTEST_NODE_ID": "host-1"})  # fmt: skip
+    with BrokerClient(host.broker_operator_sock, timeout=300) as c:
+        created = c.vtpm_create("g1")
+    assert created["recorded"] is True and created["guest_id"] == "g1"
+    state = Path(created["state_dir"])
+    assert state.is_relative_to(vtpm_dir)
+    sw = SwtpmProcess(state).start()
+    try:
+        guest = node_factory("guest", tpm=(sw, SwtpmState(state, vtpm_dir / "ca")),
+                             env={"ATTEST_NODE_ID": "g1"})  # fmt: skip
+        yield Pair(host, vtpm_dir, guest, sw)
+    finally:
+        sw.stop()
+
+
+def verify_pair(capsys: pytest.CaptureFixture[str], pair: Pair, state: Path, key: Path,
+                *extra: str, host_url: str | None = None,
+                guest: Node | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    g = guest or pair.guest
+    ca = pair.vtpm_dir / "ca"
+    args = [g.url, "--host", host_url or pair.host.url, "--state", str(state),
+            "--ear-key", str(key), "--json",
+            "--ek-ca", str(ca / "swtpm-localca-rootca-cert.pem"),
+            "--ek-ca", str(ca / "issuercert.pem"), "--operator-socket", str(g.api_sock),
+            "--host-ek-ca", str(pair.host.state.root_ca),
+            "--host-ek-ca", str(pair.host.state.intermediate_ca),
+            "--host-operator-socket", str(pair.host.api_sock), *extra]  # fmt: skip
+    capsys.readouterr()
+    code = verify_main(args)
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_host_and_guest_blessed_and_vouched_is_affirming(
+    pair: Pair, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, doc = verify_pair(capsys, pair, tmp_path / "verifier", ear_key[0])
+    assert code == 0, (doc["explanation"], doc["layers"]["guest"]["result"]["explanations"])
+    assert doc["verdict"] == "affirming" and doc["failed_layer"] is None
+    host, guest = doc["layers"]["host"], doc["layers"]["guest"]
+    assert host["enrollment"]["activated"] and guest["enrollment"]["activated"]
+    # The guest's EK certificate chains to the host's vTPM CA; the host vouched for that EK.
+    assert [v["guest_id"] for v in host["vouchings"]] == ["g1"]
+    assert host["vouchings"][0]["ek_sha256"] == guest["enrollment"]["ek_sha256"]
+    assert doc["vouch"]["value"] == 2 and "vouched for by host-1" in doc["vouch"]["explanation"]
+    claims = verify_ear(doc["ear"], ear_key[1].public_key())
+    assert set(claims["submods"]) == {"host", "guest"}
+    assert {s["ear.status"] for s in claims["submods"].values()} == {"affirming"}
+    assert claims["submods"]["guest"]["attest.node-id"] == "g1"
+
+    # A second pair verification uses the stored enrollments and is still affirming.
+    code, doc = verify_pair(capsys, pair, tmp_path / "verifier", ear_key[0])
+    assert code == 0, doc["explanation"]
+
+
+def test_guest_moved_to_an_unvouched_vtpm_is_contraindicated_and_cannot_be_vouched(
+    pair: Pair, node_factory: NodeFactory, tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey], capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = tmp_path / "verifier"
+    assert verify_pair(capsys, pair, state, ear_key[0])[0] == 0
+    pair.guest.stop()
+    pair.guest_sw.stop()
+    # vTPM C: same vTPM CA (so the EK chain alone would pass), never vouched for by the host.
+    c = manufacture(tmp_path / "vtpm-c", ca_dir=pair.vtpm_dir / "ca")
+    sw = SwtpmProcess(c.state_dir).start()
+    try:
+        moved = node_factory("moved", port=pair.guest.port, tpm=(sw, c),
+                             env={"ATTEST_NODE_ID": "g1"})  # fmt: skip
+        # The verifier's enrollment of g1 is vTPM B's: an alarm at the guest layer.
+        code, doc = verify_pair(capsys, pair, state, ear_key[0], guest=moved)
+        assert code == 11 and doc["verdict"] == "alarm" and doc["failed_layer"] == "guest"
+        # An operator re-enrolls g1 on C: its own appraisal passes, the vouching does not.
+        code, doc = verify_pair(capsys, pair, state, ear_key[0], "--re-enroll", guest=moved)
+        assert code == 11, doc
+        assert doc["verdict"] == "contraindicated" and doc["failed_layer"] == "guest"
+        assert doc["layers"]["host"]["verdict"] == "affirming"
+        assert doc["explanation"].startswith("guest layer (g1): guest vTPM not vouched for")
+        assert "that host-1 never vouched for" in doc["explanation"]
+        claims = verify_ear(doc["ear"], ear_key[1].public_key())
+        assert claims["submods"]["host"]["ear.status"] == "affirming"
+        assert claims["submods"]["guest"]["ear.status"] == "contraindicated"
+
+        # Vouching C for g1 is refused: the host did not create it (and g1 has B).
+        with moved.client() as mc:
+            ek_c = unb64(mc.identity()["ek"]["public"], "ek", limit=2048)
+        with BrokerClient(pair.host.broker_operator_sock) as b:
+            with pytest.raises(OperationNotAllowed, match="not the vTPM this host created"):
+                b.vtpm_record("g1", ek_c)
+            (b_entry,) = b.vtpm_list()["vtpms"]  # the created set: g1 on B only
+            assert b_entry["guest_id"] == "g1"
+            again = b.vtpm_record("g1", bytes.fromhex(b_entry["ek_public"]))
+            assert again["recorded"] is False  # B is already vouched for in this boot
+        ek_file = tmp_path / "ek-c.pub"
+        ek_file.write_bytes(ek_c)
+        capsys.readouterr()
+        code = vtpm_cli.main(["record", "--guest", "g1", "--ek-public", str(ek_file),
+                              "--broker-socket", str(pair.host.broker_operator_sock)])
+        assert code == EXIT_REFUSED
+        assert "refused" in capsys.readouterr().err
+        # ... logged by the broker and audited on the host, anchored in its runtime log.
+        assert "vtpm record for guest g1 refused" in (pair.host.work / "broker.log").read_text()
+        with pair.host.operator() as op:
+            entries = op.audit(0)["entries"]
+        assert [e["service"] for e in entries[-2:]] == ["attest-vtpm-record"] * 2
+        assert {e["result"] for e in entries[-2:]} == {"denied"}
+        # The API socket cannot vouch at all, not even through measure.
+        with BrokerClient(pair.host.work / "run" / "tpm.sock") as api:
+            with pytest.raises(OperationNotAllowed):
+                api.vtpm_record("g1", ek_c)
+            with pytest.raises(OperationNotAllowed):
+                api.measure("vtpm", {"guest_id": "g1", "ek_sha256": "ab" * 32})
+        # Still refused in the next pair verification; the host is still affirming.
+        code, doc = verify_pair(capsys, pair, state, ear_key[0], guest=moved)
+        assert code == 11 and doc["failed_layer"] == "guest"
+    finally:
+        sw.stop()
+
+
+class _Replay(BaseHTTPRequestHandler):
+    """A host that forwards identity requests and answers every challenge with an old quote."""
+
+    upstream = ""
+    old: bytes = b""
+
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's name
+        with urllib.request.urlopen(self.upstream + self.path, timeout=10) as r:
+            self._send(r.status, r.read())
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._send(200, self.old)
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_host_replaying_an_old_quote_is_refused_as_stale(
+    pair: Pair, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state = tmp_path / "verifier"
+    assert verify_pair(capsys, pair, state, ear_key[0])[0] == 0
+    enrollment = EnrollmentStore(state).load(pair.host.url)
+    assert enrollment is not None
+    with pair.host.client() as c:  # a genuine host quote, vouching for g1, of an earlier time
+        old = c.evidence(os.urandom(32), selection_for(enrollment.enrollment), firmware_from=0,
+                         runtime_from=0)  # fmt: skip
+    handler = type("Replay", (_Replay,), {"upstream": pair.host.url,
+                                          "old": json.dumps(old).encode()})  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        code, doc = verify_pair(capsys, pair, state, ear_key[0], host_url=url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 11, doc
+    assert doc["failed_layer"] == "host" and doc["layers"]["host"]["verdict"] == "contraindicated"
+    assert doc["explanation"].startswith("host layer (host-1): quote (nonce)")
+    assert "stale or replayed" in doc["explanation"]
+    assert doc["layers"]["host"]["vouchings"] is None  # a stale quote vouches for nothing
+    assert "no fresh vouching" in doc["vouch"]["explanation"]
+    assert doc["layers"]["guest"]["verdict"] == "contraindicated"
+
+
+TEST_MANIFESTS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "test"
+
+
+def test_unblessed_host_with_a_blessed_guest_is_contraindicated_at_the_host_layer(
+    pair: Pair, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The host's root file system is a dm-verity device no release of the registry blesses.
+    with BrokerClient(pair.host.work / "run" / "tpm.sock") as api:
+        api.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
+    code, doc = verify_pair(capsys, pair, tmp_path / "verifier", ear_key[0],
+                            "--host-root", str(TEST_MANIFESTS / "root.json"),
+                            "--host-snapshot", str(TEST_MANIFESTS / "registry.json"))
+    assert code == 11, doc
+    assert doc["failed_layer"] == "host"
+    assert doc["layers"]["host"]["verdict"] == "contraindicated"
+    assert doc["layers"]["host"]["claims"]["executables"] >= 96
+    assert doc["explanation"].startswith("host layer (host-1): ")
+    # The guest's own appraisal passes, but a host outside policy cannot vouch for it.
+    guest = doc["layers"]["guest"]["result"]
+    assert [f["check"] for f in guest["findings"] if f["tier"] != "affirming"] == ["host-vouch"]
+    assert "a host outside policy cannot vouch" in doc["vouch"]["explanation"]
+    claims = verify_ear(doc["ear"], ear_key[1].public_key())
+    assert claims["submods"]["host"]["ear.status"] == "contraindicated"
