@@ -29,7 +29,6 @@ from attest.appraisal import (
     NodeMemory,
     Tier,
     Verdict,
-    appraise,
     appraise_incremental,
     enrollment_refused,
     unappraisable,
@@ -183,70 +182,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                                   DEFAULT_STATE)).expanduser()  # fmt: skip
     store = EnrollmentStore(state_dir)
     ear_key = _ear_key(args.ear_key)
-    roots, inter = _ek_cas(args.ek_ca)
-    address = args.url.rstrip("/")
-    notes: list[str] = []
-    re_enrollment: dict[str, Any] | None = None
-    record = store.load(address)
-    nonce = os.urandom(32)
-    try:
-        registry = _load_registry(args, now)
-    except (VerificationError, ConfigError) as exc:
-        result = unappraisable(record.enrollment.node_id if record else "", f"no usable "
-                               f"registry: {exc}", nonce=nonce, now=now)  # fmt: skip
-        return _report(args, result, ear_key, now, record, notes, None)
-    if registry is None:
-        notes.append("no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "
-                     "and expected PCRs are not appraised")  # fmt: skip
-    from attest.verifier import enroll, gather, selection_for
-
-    with _clients(args) as (client, operator):
-        try:
-            identity = client.identity()
-            if record is None or args.re_enroll:
-                try:
-                    enrollment = enroll(client, now=now, ek_roots=roots, ek_intermediates=inter,
-                                        activator=operator)  # fmt: skip
-                except VerificationError as exc:
-                    result = enrollment_refused(str(identity.get("node_id", ""))[:256],
-                                                f"{exc.check}: {exc}", nonce=nonce, now=now)
-                    return _report(args, result, ear_key, now, record, notes, None)
-                if record is None:
-                    record = store.enroll(address, enrollment)
-                    notes.append(_enrolled_line(enrollment, first=True))
-                else:
-                    record, re_enrollment = store.replace(address, enrollment,
-                                                          at=format_time(now))  # fmt: skip
-                    notes.append(_enrolled_line(enrollment, first=False))
-                if operator is None:
-                    notes.append("enrolled WITHOUT credential activation (no --operator-socket "
-                                 "or client certificate): the AK is trusted on first use")
-            selection = selection_for(record.enrollment, args.pcrs)
-            ev = gather(client, selection, nonce=nonce)
-            audit: list[dict[str, Any]] | None = None
-            if operator is not None:
-                try:
-                    entries = operator.audit(0).get("entries")
-                    audit = entries if isinstance(entries, list) else None
-                except TransportError as exc:
-                    notes.append(f"audit log not fetched: {exc}")
-        except TransportError as exc:
-            node_id = record.enrollment.node_id if record else ""
-            result = unappraisable(node_id, f"node unreachable: {exc}", nonce=nonce, now=now)
-            return _report(args, result, ear_key, now, record, notes, re_enrollment)
-        except AttestError as exc:
-            node_id = record.enrollment.node_id if record else ""
-            result = unappraisable(node_id, f"malformed answer: {exc}", nonce=nonce, now=now)
-            return _report(args, result, ear_key, now, record, notes, re_enrollment)
-    result = appraise(
-        ev.doc, enrollment=record.enrollment, nonce=nonce, selection=selection,
-        registry=registry, platform_id=args.platform, previous=record.last_clock,
-        tls_binding=ev.tls_binding, now=now, audit_entries=audit, identity=identity,
-    )  # fmt: skip
-    if result.verdict is not Verdict.ALARM:
-        record = store.appraised(record, clock=result.clock, verdict=result.verdict.value,
-                                 at=format_time(now))  # fmt: skip
-    return _report(args, result, ear_key, now, record, notes, re_enrollment)
+    layer = _appraise_layer(args, store, nonce=os.urandom(32), now=now)
+    return _report(args, layer.result, ear_key, now, layer.record, layer.notes,
+                   layer.re_enrollment)  # fmt: skip
 
 
 def _enrolled_line(e: Enrollment, *, first: bool) -> str:
@@ -332,8 +270,9 @@ def _host_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: bytes,
                     now: datetime) -> _Layer:  # fmt: skip
-    """``cmd_verify``'s contact with one node (enroll on first contact, challenge, appraise),
-    keeping the verified runtime log's ``vtpm`` events. Never raises for the node's faults."""
+    """One node's contact (enroll on first contact, challenge, appraise) for ``cmd_verify``
+    and for each layer of a pair, keeping the verified runtime log's ``vtpm`` events. Never
+    raises for the node's faults."""
     from attest.verifier import enroll, gather, selection_for
 
     address = ns.url.rstrip("/")
@@ -346,7 +285,8 @@ def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: by
         return _Layer(address, unappraisable(node_id, f"no usable registry: {exc}", nonce=nonce,
                                              now=now), record, notes)  # fmt: skip
     if registry is None:
-        notes.append("no registry given: releases, dm-verity and expected PCRs are not appraised")
+        notes.append("no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "
+                     "and expected PCRs are not appraised")  # fmt: skip
     roots, inter = _ek_cas(ns.ek_ca)
     re_enrollment = None
     with _clients(ns) as (client, operator):
@@ -368,8 +308,8 @@ def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: by
                                                           at=format_time(now))  # fmt: skip
                     notes.append(_enrolled_line(enrollment, first=False))
                 if operator is None:
-                    notes.append("enrolled WITHOUT credential activation: the AK is trusted on "
-                                 "first use")  # fmt: skip
+                    notes.append("enrolled WITHOUT credential activation (no --operator-socket "
+                                 "or client certificate): the AK is trusted on first use")
             selection = selection_for(record.enrollment, ns.pcrs)
             ev = gather(client, selection, nonce=nonce)
             audit: list[dict[str, Any]] | None = None
