@@ -55,7 +55,17 @@ from attest.evidence import VerifiedEvidence, unb64, verify_evidence
 from attest.manifest.evaluate import ReleaseDecision, ReleaseStatus, evaluate_release
 from attest.manifest.model import PlatformReference, Release, VerifiedRegistry, format_time
 from attest.model import HashAlg, PcrSelection, PcrValues
-from attest.runtime import RuntimeReplay, VerifiedRuntimeLog, VerityDevice, verify_runtime_log_from
+from attest.runtime import (
+    KIND_CONFIG,
+    KIND_POLICY,
+    ConfigDigest,
+    MacPolicy,
+    RuntimeEvent,
+    RuntimeReplay,
+    VerifiedRuntimeLog,
+    VerityDevice,
+    verify_runtime_log_from,
+)
 from attest.tpmstruct import ClockInfo, Public, parse_public
 
 DEFAULT_POLICY_ID = "attest/default@1"
@@ -1145,6 +1155,69 @@ class AuditChainCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class BlessedPolicyCheck:
+    """configuration: when the node's release blesses a runtime policy (``Release.policies``),
+    the runtime log's latest ``policy`` event (the loaded MAC policy) and latest ``config``
+    event (attestd's configuration digest) carry blessed digests. Digests are compared, never
+    recomputed; a release that blesses none makes no finding."""
+
+    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
+        d = ctx.release
+        rel = None if d is None else d.release
+        if ctx.evidence is None or rel is None or rel.policies is None:
+            return ()
+        blessed = rel.policies
+        if ctx.runtime is None:
+            return (Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-policy",
+                            f"release {rel.version} blesses the node's MAC policy and "
+                            "configuration, but no verified runtime log shows them"),)
+        out: list[Finding] = []
+        if blessed.mac is not None:
+            out.append(self._mac(rel, blessed.mac, ctx.runtime.latest(KIND_POLICY)))
+        if blessed.config is not None:
+            out.append(self._config(rel, blessed.config, ctx.runtime.latest(KIND_CONFIG)))
+        return tuple(out)
+
+    @staticmethod
+    def _mac(rel: Release, mac: Mapping[str, bytes], event: RuntimeEvent | None) -> Finding:
+        want = ", ".join(f"{k} {v.hex()}" for k, v in mac.items()) or "none"
+        detail = None if event is None else event.detail
+        if event is None or not isinstance(detail, MacPolicy):
+            if not mac:
+                return Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "release-policy",
+                               f"no MAC policy measured, as release {rel.version} expects")
+            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-policy",
+                           f"MAC policy missing: release {rel.version} blesses {want}, the "
+                           "runtime log has no `policy` event")  # fmt: skip
+        got = f"{detail.mac} {detail.sha256.hex()}"
+        blessed = mac.get(detail.mac)
+        if blessed is None or not hmac.compare_digest(blessed, detail.sha256):
+            what = f"{detail.mac} policy digest" if blessed is not None else "MAC policy"
+            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-policy",
+                           f"{what} differs from release {rel.version}: "
+                           f"{blessed.hex() if blessed is not None else want} → "
+                           f"{detail.sha256.hex() if blessed is not None else got} "
+                           f"(runtime log event {event.recnum})")  # fmt: skip
+        return Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "release-policy",
+                       f"{detail.mac} policy digest is release {rel.version}'s")
+
+    @staticmethod
+    def _config(rel: Release, config: Sequence[bytes], event: RuntimeEvent | None) -> Finding:
+        want = " | ".join(c.hex() for c in config[:3]) + (" | …" if len(config) > 3 else "")
+        if event is None or not isinstance(event.detail, ConfigDigest):
+            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-config",
+                           f"config digest missing: release {rel.version} blesses {want}, the "
+                           "runtime log has no `config` event")  # fmt: skip
+        got = event.detail.sha256
+        if not any(hmac.compare_digest(c, got) for c in config):
+            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-config",
+                           f"config digest differs from release {rel.version}: {want} → "
+                           f"{got.hex()} (runtime log event {event.recnum})")  # fmt: skip
+        return Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "release-config",
+                       f"attestd config digest is one release {rel.version} blesses")
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseStatusCheck:
     """executables: the release is blessed, not revoked, and its embargo not overdue."""
 
@@ -1168,6 +1241,7 @@ DEFAULT_APPRAISAL_POLICY: AppraisalPolicy = AllOf((
     VerityCheck(),
     RuntimeLogCheck(),
     AuditChainCheck(),
+    BlessedPolicyCheck(),
     ReleaseStatusCheck(),
 ))  # fmt: skip
 

@@ -8,7 +8,9 @@ or ``ATTEST_TPM_TCTI=swtpm:host=127.0.0.1,port=2321``. See docs/configuration.md
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -38,6 +40,10 @@ class ApiSettings:
     tls_key: str = ""
     client_ca: str = ""  # enables the mutual-TLS listener for mutating endpoints
     mtls_port: int = 7444
+    # The mutual-TLS listener's own certificate and key (default: tls_cert/tls_key). With
+    # these alone the public listener stays plain HTTP (evidence is signed by the TPM).
+    mtls_cert: str = ""
+    mtls_key: str = ""
     operator_socket: str = "/run/attest/api.sock"
     max_request_bytes: int = 65536
     max_upload_bytes: int = 8 << 30  # POST /v1/upgrades, streamed to disk
@@ -112,8 +118,11 @@ class Settings:
                 raise ConfigError(f"{port} is not a TCP port", key=key)
         if bool(self.api.tls_cert) != bool(self.api.tls_key):
             raise ConfigError("tls_cert and tls_key go together", key="api.tls_cert")
-        if self.api.client_ca and not self.api.tls_cert:
-            raise ConfigError("mutual TLS needs tls_cert and tls_key", key="api.client_ca")
+        if bool(self.api.mtls_cert) != bool(self.api.mtls_key):
+            raise ConfigError("mtls_cert and mtls_key go together", key="api.mtls_cert")
+        if self.api.client_ca and not (self.api.tls_cert or self.api.mtls_cert):
+            raise ConfigError("mutual TLS needs tls_cert and tls_key (or mtls_cert and "
+                              "mtls_key)", key="api.client_ca")  # fmt: skip
         if not 1024 <= self.api.max_request_bytes <= 1 << 30:
             raise ConfigError("must be 1 KiB..1 GiB", key="api.max_request_bytes")
         if self.api.rate_per_second <= 0 or self.api.rate_burst < 1:
@@ -209,3 +218,11 @@ def load_settings(
 
 def state_path(settings: Settings, name: str) -> Path:
     return Path(settings.tpm.state_dir) / name
+
+
+def settings_digest(settings: Settings) -> str:
+    """The digest of the loaded configuration, recorded in the runtime log (``config`` event)
+    by attestd and computed by ``attest manifest config-digest`` for a release to bless: sha256
+    of its JSON with sorted keys and no white space (docs/configuration.md)."""
+    doc = json.dumps(dataclasses.asdict(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from attest import __version__
-from attest.config import Settings, load_settings
+from attest.config import Settings, load_settings, settings_digest
 from attest.errors import AttestError
 
 logger = logging.getLogger("attestd")
@@ -47,16 +47,6 @@ def tls_binding(cert_path: str) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(spki).digest()
-
-
-def settings_digest(settings: Settings) -> str:
-    """The digest of the loaded configuration, recorded in the runtime log: sha256 of its
-    JSON with sorted keys and no white space (documented in docs/configuration.md)."""
-    import dataclasses
-    import json
-
-    doc = json.dumps(dataclasses.asdict(settings), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(doc.encode()).hexdigest()
 
 
 def open_node(settings: Settings) -> Any:
@@ -161,6 +151,8 @@ async def serve(settings: Settings, node: Any) -> None:
     configs.append(uvicorn.Config(ChannelApp(app, "public"), host=settings.api.host,
                                   port=settings.api.port, **tls, **common))  # fmt: skip
     if settings.api.client_ca:
+        if settings.api.mtls_cert:
+            tls = {"ssl_certfile": settings.api.mtls_cert, "ssl_keyfile": settings.api.mtls_key}
         configs.append(uvicorn.Config(
             ChannelApp(app, "mtls"), host=settings.api.host, port=settings.api.mtls_port,
             ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=settings.api.client_ca, **tls,

@@ -302,13 +302,14 @@ class VerifiedRuntimeLog:
     pcr: int
     records: tuple[CelRecord, ...]
     events: tuple[RuntimeEvent, ...]
+    last: Mapping[str, RuntimeEvent]  # kind -> its latest event (``_last_of_kind``)
 
     def of_kind(self, kind: str) -> tuple[RuntimeEvent, ...]:
         return tuple(e for e in self.events if e.kind == kind)
 
     def latest(self, kind: str) -> RuntimeEvent | None:
-        found = self.of_kind(kind)
-        return found[-1] if found else None
+        """The latest event of ``kind`` (a lookup: kept up to date as records are added)."""
+        return self.last.get(kind)
 
     @property
     def audit_anchors(self) -> tuple[AuditAnchor, ...]:
@@ -380,7 +381,15 @@ def verify_runtime_log(
     records = tuple(records)
     events = check_records(records, pcr=pcr)  # 1, 2
     verify_cel(records, quoted, pcrs=[pcr])  # 3
-    return VerifiedRuntimeLog(pcr, records, events)
+    return VerifiedRuntimeLog(pcr, records, events, _last_of_kind({}, events))
+
+
+def _last_of_kind(held: Mapping[str, RuntimeEvent], events: Sequence[RuntimeEvent]
+                  ) -> dict[str, RuntimeEvent]:  # fmt: skip
+    out = dict(held)
+    for e in events:
+        out[e.kind] = e
+    return out
 
 
 # --- incremental verification ----------------------------------------------------------------
@@ -453,6 +462,8 @@ def verify_runtime_log_from(
         )
     anchors = tuple(e.detail for e in events if isinstance(e.detail, AuditAnchor))
     if held is None:
-        return RuntimeReplay(VerifiedRuntimeLog(pcr, records, events), values, anchors)
-    log = VerifiedRuntimeLog(pcr, held.log.records + records, held.log.events + events)
+        return RuntimeReplay(VerifiedRuntimeLog(pcr, records, events, _last_of_kind({}, events)),
+                             values, anchors)  # fmt: skip
+    log = VerifiedRuntimeLog(pcr, held.log.records + records, held.log.events + events,
+                             _last_of_kind(held.log.last, events))  # fmt: skip
     return RuntimeReplay(log, values, held.anchors + anchors)

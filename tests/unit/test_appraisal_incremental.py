@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tests.unit.manifest.manifest_helpers import NOW
 from tests.unit.test_appraisal import (
@@ -25,6 +25,7 @@ from tests.unit.test_appraisal import (
     RUNTIME_PCR,
     SELECTION,
     Node,
+    blessed,
     make_node,
     make_registry,
 )
@@ -43,21 +44,35 @@ from attest.audit import ZERO_HASH, new_entry
 from attest.eventlog import parse_event_log
 from attest.eventlog.cel import loads_cel
 from attest.evidence import b64
+from attest.manifest import edit
 from attest.manifest.model import VerifiedRegistry
 from attest.model import HashAlg, PcrValues
 from attest.runtime import new_runtime_record, verify_runtime_log, verify_runtime_log_from
 
 KINDS: list[tuple[str, Any]] = [
+    # the MAC policy: two variants, one of them blessed by policy_registry's release
+    ("policy", lambda i: {"mac": "selinux",
+                          "sha256": hashlib.sha256(b"pol%d" % (i % 3 > 0)).hexdigest()}),
     ("config", lambda i: {"sha256": hashlib.sha256(b"cfg%d" % i).hexdigest()}),
     ("daemon-start", lambda i: {"version": f"0.{i}.0"}),
     ("nv-counter", lambda i: {"index": 0x01500020, "value": i}),
     ("tls-key", lambda i: {"spki_sha256": hashlib.sha256(b"tls%d" % i).hexdigest()}),
+    ("config", lambda i: {"sha256": ("33" if i % 2 else "44") * 32}),  # blessed, or not
 ]
 
 
 @pytest.fixture(scope="module")
 def registry() -> VerifiedRegistry:
     return make_registry(make_node())
+
+
+@pytest.fixture(scope="module")
+def policy_registry() -> VerifiedRegistry:
+    """Release 1.4.2 blesses a runtime policy: SELinux ``pol1`` and config ``33…``."""
+    node = make_node()
+    rel = dataclasses.replace(blessed(), policies=edit.policies(
+        mac={"selinux": hashlib.sha256(b"pol1").digest()}, config=[bytes.fromhex("33" * 32)]))
+    return make_registry(node, releases=[rel])
 
 
 # --- a node that keeps living ----------------------------------------------------------------
@@ -166,17 +181,22 @@ CACHE = FirmwareReplayCache(size=4)  # small: evictions happen too
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           derandomize=True)  # fmt: skip
 @given(polls=st.lists(st.lists(ACTION, max_size=4), min_size=1, max_size=6),
-       with_registry=st.booleans(), shared_cache=st.booleans())  # fmt: skip
+       with_registry=st.sampled_from([0, 1, 2]), shared_cache=st.booleans())  # fmt: skip
+# a blessed MAC policy and config, then a policy and a config the release does not bless
+@example(polls=[[("event", 0, 1), ("event", 5, 1)], [("event", 2, 0)], [("event", 0, 0)],
+                [("event", 0, 1), ("event", 5, 0)], [("reboot", 0, 0)]],
+         with_registry=2, shared_cache=False)  # fmt: skip
 def test_incremental_appraisal_equals_full_appraisal(
-    polls: list[list[tuple[str, int, int]]], with_registry: bool, shared_cache: bool,
-    registry: VerifiedRegistry,
+    polls: list[list[tuple[str, int, int]]], with_registry: int, shared_cache: bool,
+    registry: VerifiedRegistry, policy_registry: VerifiedRegistry,
 ) -> None:  # fmt: skip
     """Random histories (runtime events, audit entries anchored at once or later, TPM resets,
-    hidden extensions of the runtime PCR or PCR 7, a log rotated behind the TPM's back): after
+    hidden extensions of the runtime PCR or PCR 7, a log rotated behind the TPM's back; a
+    registry whose release blesses a MAC policy and config digest, or none): after
     every poll the incremental verifier's result is the full appraisal's, to the last word --
     also with a firmware replay cache shared by every node (and every example) of the run."""
     node = make_node()
-    reg = registry if with_registry else None
+    reg = (None, registry, policy_registry)[with_registry]  # none, plain, blessing policies
     cache = CACHE if shared_cache else None
     memory = NodeMemory()
     for step, actions in enumerate(polls):

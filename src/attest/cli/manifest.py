@@ -19,14 +19,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from attest.cli import EXIT_OK, print_json
+from attest.config import load_settings, settings_digest
 from attest.errors import ConfigError, ManifestFormatError
 from attest.manifest import edit
 from attest.manifest.canonical import canonicalize, parse_json
 from attest.manifest.envelope import Key, PrivateKey, UnverifiedEnvelope, sign
 from attest.manifest.evaluate import EmbargoState, embargo_state, evaluate_release
 from attest.manifest.model import (
+    MAC_NONE,
     ROLE_ROOT,
     ROLES,
+    BlessedPolicies,
     RegistrySnapshot,
     Release,
     SignedPlatformReference,
@@ -83,6 +86,29 @@ def _hex(text: str, *, key: str, size: int | None = None) -> bytes:
     if size is not None and len(raw) != size:
         raise ConfigError(f"expected {size} bytes, got {len(raw)}", key=key)
     return raw
+
+
+def _policies(args: argparse.Namespace) -> BlessedPolicies | None:
+    """``--policy-mac TYPE=SHA256`` (repeat) or ``--policy-mac none``, ``--config-digest
+    SHA256`` (repeat): the runtime policy a release blesses (None when neither is given)."""
+    mac: dict[str, bytes] | None = None
+    items: list[str] = args.policy_mac or []
+    if MAC_NONE in items:
+        if len(items) > 1:
+            raise ConfigError('"none" excludes any other MAC policy', key="--policy-mac")
+        mac = {}
+    for item in items:
+        if item == MAC_NONE:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected TYPE=SHA256HEX or none, got {item!r}",
+                              key="--policy-mac")
+        if mac is not None and name in mac:
+            raise ConfigError(f"MAC type {name!r} given twice", key="--policy-mac")
+        mac = {**(mac or {}), name: _hex(value, key="--policy-mac", size=32)}
+    config = [_hex(d, key="--config-digest", size=32) for d in args.config_digest or []]
+    return edit.policies(mac=mac, config=config)
 
 
 def _expires(args: argparse.Namespace, now: datetime, *, default_days: int) -> datetime:
@@ -239,10 +265,50 @@ def cmd_bless(args: argparse.Namespace) -> int:
         embargo=edit.embargo(args.quiet_days) if args.embargo else None,
         boot_components=components,
         expected_pcrs=expected,
+        policies=_policies(args),
     )
     new = edit.bless(draft, release)
     return _done(args, new, f"blessed {args.version} sha256={digests.sha256.hex()} "
                             f"verity={digests.verity.root_hash.hex()}")
+
+
+def cmd_set_policies(args: argparse.Namespace) -> int:
+    draft, _ = _edit(args)
+    blessed = None if args.clear else _policies(args)
+    if blessed is None and not args.clear:
+        raise ConfigError("give --policy-mac and/or --config-digest, or --clear",
+                          key="--policy-mac")
+    what = "no runtime policy" if blessed is None else _policies_line(blessed)
+    return _done(args, edit.set_policies(draft, args.version, blessed),
+                 f"release {args.version} blesses {what}")
+
+
+def cmd_config_digest(args: argparse.Namespace) -> int:
+    """The digest attestd measures (``config`` event) for this configuration: the very
+    ``load_settings`` + ``settings_digest`` attestd runs, over the file and the ``ATTEST_*``
+    environment given with ``--env`` (never this shell's own environment)."""
+    environ: dict[str, str] = {}
+    for item in args.env or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("ATTEST_"):
+            raise ConfigError(f"expected ATTEST_NAME=VALUE, got {item[:60]!r}", key="--env")
+        environ[name] = value
+    digest = settings_digest(load_settings(args.config, environ=environ))
+    if args.json:
+        print_json({"config": args.config, "environment": sorted(environ), "sha256": digest})
+    else:
+        print(digest)
+    return EXIT_OK
+
+
+def _policies_line(p: BlessedPolicies) -> str:
+    parts = []
+    if p.mac is not None:
+        parts.append("MAC policy " + (", ".join(f"{k} {v.hex()}" for k, v in p.mac.items())
+                                      if p.mac else "none"))
+    if p.config is not None:
+        parts.append("config " + ", ".join(d.hex() for d in p.config))
+    return "; ".join(parts)
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -421,6 +487,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         state = embargo_state(rel, now=now)
         src = rel.source_commit.hex() if rel.source_commit else "(embargoed)"
         print(f"      source {src}")
+        if rel.policies is not None:
+            print(f"      policies: {_policies_line(rel.policies)}")
         if rel.embargo is not None:
             e = rel.embargo
             clock = {
@@ -462,6 +530,15 @@ def _show_platform(pid: str, sref: SignedPlatformReference) -> None:
 
 
 # --- registration ------------------------------------------------------------------------
+
+
+def _policy_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--policy-mac", action="append", metavar="TYPE=SHA256|none",
+                    help="the MAC policy the release's nodes load (e.g. selinux=HEX, the sha256 "
+                         "of /sys/fs/selinux/policy), or none; repeat for other MAC types")
+    sp.add_argument("--config-digest", action="append", metavar="SHA256",
+                    help="an attestd config digest the release allows (attest manifest "
+                         "config-digest); repeat")
 
 
 def register(sub: Any) -> None:
@@ -515,7 +592,21 @@ def register(sub: Any) -> None:
     b.add_argument("--boot-component", action="append", metavar="NAME=SHA256")
     b.add_argument("--expected-pcrs", metavar="FILE",
                    help="JSON {platform: {variant: {bank: {pcr: hex}}}}")
+    _policy_args(b)
     reg(b)
+
+    sp = add("set-policies", cmd_set_policies,
+             "bless the runtime policy (MAC policy, attestd config digests) of a release")
+    sp.add_argument("version")
+    _policy_args(sp)
+    sp.add_argument("--clear", action="store_true", help="stop blessing any runtime policy")
+    reg(sp)
+
+    cd = add("config-digest", cmd_config_digest,
+             "the config digest attestd measures for a configuration file (to bless it)")
+    cd.add_argument("config", nargs="?", help="attestd's TOML file (none: the defaults)")
+    cd.add_argument("--env", action="append", metavar="ATTEST_NAME=VALUE",
+                    help="an ATTEST_* variable of attestd's environment; repeat")
 
     r = add("revoke", cmd_revoke, "revoke a release (it stops attesting as blessed)")
     r.add_argument("version")

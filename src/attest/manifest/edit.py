@@ -17,6 +17,7 @@ from attest.manifest.model import (
     ROLE_PLATFORM,
     ROLE_RELEASES,
     ROLE_ROOT,
+    BlessedPolicies,
     Embargo,
     PlatformReference,
     RegistrySnapshot,
@@ -113,6 +114,24 @@ def fleet_complete(snapshot: RegistrySnapshot, version: str, *, at: datetime
     if rel.embargo.fleet_complete_at is not None:
         raise ManifestFormatError(f"release {version}: the quiet period already started")
     new = replace(rel, embargo=replace(rel.embargo, fleet_complete_at=at))
+    return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
+
+
+def policies(*, mac: Mapping[str, bytes] | None, config: Sequence[bytes] | None
+             ) -> BlessedPolicies | None:
+    """The policies to bless (None when neither is given): ``mac`` empty means "no MAC policy
+    expected"; config digests are sorted and de-duplicated (the document's one spelling)."""
+    if mac is None and not config:
+        return None
+    return BlessedPolicies(mac=None if mac is None else dict(sorted(mac.items())),
+                           config=tuple(sorted(set(config))) if config else None)
+
+
+def set_policies(snapshot: RegistrySnapshot, version: str, blessed: BlessedPolicies | None
+                 ) -> RegistrySnapshot:
+    """Bless (or, with None, stop blessing) the runtime policy of an existing release."""
+    rel = _release(snapshot, version)
+    new = replace(rel, policies=blessed)
     return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
 
 

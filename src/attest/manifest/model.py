@@ -20,6 +20,7 @@ ROLE_RELEASES = "releases"  # blesses OS releases: signs the registry snapshot
 ROLE_PLATFORM = "platform"  # signs platform firmware references
 ROLES = (ROLE_ROOT, ROLE_RELEASES, ROLE_PLATFORM)
 DEFAULT_QUIET_PERIOD_DAYS = 10
+MAC_NONE = "none"  # policies.mac: no mandatory access control policy is expected
 
 
 def format_time(t: datetime) -> str:
@@ -113,6 +114,29 @@ def _opt_time(t: datetime | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class BlessedPolicies:
+    """The runtime policy a release blesses, compared with the node's runtime log
+    (``attest.appraisal.BlessedPolicyCheck``): the latest ``policy`` event (the loaded MAC
+    policy) and the latest ``config`` event (attestd's configuration digest).
+
+    ``mac``: None = not checked; empty = no MAC policy expected (``"none"`` in the document);
+    else MAC type (``selinux``, ...) -> sha256 of the loaded policy. ``config``: None = not
+    checked; else the sorted attestd configuration digests allowed (e.g. one per deployment).
+    """
+
+    mac: Mapping[str, bytes] | None = None
+    config: tuple[bytes, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.mac is not None:
+            out["mac"] = {k: v.hex() for k, v in self.mac.items()} if self.mac else MAC_NONE
+        if self.config is not None:
+            out["config"] = [d.hex() for d in self.config]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     version: str
     sequence: int  # monotonic release number: anti-rollback compares these
@@ -124,9 +148,10 @@ class Release:
     embargo: Embargo | None = None
     boot_components: Mapping[str, bytes] = field(default_factory=dict)
     expected_pcrs: Mapping[str, Mapping[str, PcrValues]] = field(default_factory=dict)
+    policies: BlessedPolicies | None = None  # None: the release blesses no runtime policy
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "version": self.version,
             "sequence": self.sequence,
             "artifact": {"sha256": self.artifact_sha256.hex(), "size": self.artifact_size},
@@ -140,6 +165,9 @@ class Release:
                 for platform, variants in self.expected_pcrs.items()
             },
         }
+        if self.policies is not None:  # optional: registries without it read as before
+            doc["policies"] = self.policies.to_json()
+        return doc
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,10 @@ from attest.errors import ManifestFormatError
 from attest.manifest.canonical import parse_canonical
 from attest.manifest.envelope import Key, UnverifiedEnvelope, parse_envelope, parse_hex
 from attest.manifest.model import (
+    MAC_NONE,
     ROLES,
     SPEC_VERSION,
+    BlessedPolicies,
     Embargo,
     PlatformReference,
     RegistrySnapshot,
@@ -41,10 +43,13 @@ MAX_ENTRIES = 1024
 MAX_PLATFORMS = 64
 MAX_TEXT = 1024
 MAX_COMPONENTS = 64
+MAX_MAC_TYPES = 8
+MAX_CONFIG_DIGESTS = 64
 
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}")
 _VERITY_HASHES = {"sha256": 32, "sha512": 64, "sha1": 20}
+_MAC_RE = re.compile(r"[a-z][a-z0-9._-]{0,31}")  # selinux, apparmor, smack, ...
 
 T = TypeVar("T")
 
@@ -266,10 +271,42 @@ def _commit(value: object, *, field: str) -> bytes:
     return raw
 
 
+def parse_policies(value: object, *, field: str) -> BlessedPolicies:
+    """``{"mac"?: {type: sha256} | "none", "config"?: [sha256, ...]}``, at least one member;
+    config digests sorted and distinct (one spelling per document)."""
+    doc = _obj(value, field=field, required=set(), optional=frozenset({"mac", "config"}))
+    if not doc:
+        raise ManifestFormatError(f"{field}: bless mac and/or config (or leave policies out)")
+    mac: dict[str, bytes] | None = None
+    if "mac" in doc:
+        raw = doc["mac"]
+        if raw == MAC_NONE:
+            mac = {}
+        elif not isinstance(raw, dict) or not 1 <= len(raw) <= MAX_MAC_TYPES:
+            raise ManifestFormatError(f"{field}.mac: expected \"none\" or an object of 1-"
+                                      f"{MAX_MAC_TYPES} MAC type -> sha256")
+        else:
+            mac = {}
+            for k, v in raw.items():
+                if not _MAC_RE.fullmatch(k) or k == MAC_NONE:
+                    raise ManifestFormatError(f"{field}.mac: {k[:40]!r} is not a MAC type name "
+                                              "([a-z][a-z0-9._-], at most 32)")
+                mac[k] = parse_hex(v, field=f"{field}.mac.{k}", size=32)
+    config: tuple[bytes, ...] | None = None
+    if "config" in doc:
+        items = _list(doc["config"], field=f"{field}.config", limit=MAX_CONFIG_DIGESTS)
+        config = tuple(parse_hex(d, field=f"{field}.config", size=32) for d in items)
+        if not config:
+            raise ManifestFormatError(f"{field}.config: no digest (leave config out instead)")
+        if list(config) != sorted(set(config)):
+            raise ManifestFormatError(f"{field}.config: digests must be sorted and distinct")
+    return BlessedPolicies(mac=mac, config=config)
+
+
 def _release(version: str, value: object, field: str) -> Release:
     doc = _obj(value, field=field, required={
         "version", "sequence", "artifact", "verity", "blessed_at", "source", "embargo",
-        "boot_components", "expected_pcrs"})
+        "boot_components", "expected_pcrs"}, optional=frozenset({"policies"}))
     if doc["version"] != version:
         raise ManifestFormatError(f"{field}.version does not match its key")
     art = _obj(doc["artifact"], field=f"{field}.artifact", required={"sha256", "size"})
@@ -296,6 +333,9 @@ def _release(version: str, value: object, field: str) -> Release:
                       limit=MAX_COMPONENTS,
                       item=lambda k, v, f: parse_hex(v, field=f, size=32))
     expected = parse_expected_pcrs(doc["expected_pcrs"], field=f"{field}.expected_pcrs")
+    policies = None
+    if "policies" in doc:
+        policies = parse_policies(doc["policies"], field=f"{field}.policies")
     return Release(
         version=version,
         sequence=_int(doc["sequence"], field=f"{field}.sequence", lo=1, hi=2**53 - 1),
@@ -307,6 +347,7 @@ def _release(version: str, value: object, field: str) -> Release:
         embargo=embargo,
         boot_components=components,
         expected_pcrs=expected,
+        policies=policies,
     )
 
 

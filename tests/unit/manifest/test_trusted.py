@@ -22,6 +22,7 @@ from attest.errors import (
 )
 from attest.manifest import edit
 from attest.manifest.canonical import canonicalize
+from attest.manifest.model import RegistrySnapshot
 from attest.manifest.parse import load_registry
 from attest.manifest.store import load_state, save_state
 from attest.manifest.trusted import TrustedState
@@ -164,7 +165,7 @@ def _mutations(doc: object) -> st.SearchStrategy[object]:
 @given(data=st.data())
 def test_registry_parser_parses_or_raises_format_error(data: st.DataObject) -> None:
     world = _shared_world()
-    doc = json.loads(world.registry_bytes())
+    doc = json.loads(world.registry_bytes(_policy_snapshot(world)))
     # Walk to a random node and replace it (or delete a member, or add one).
     node = doc
     path: list[object] = []
@@ -195,6 +196,16 @@ def test_registry_parser_parses_or_raises_format_error(data: st.DataObject) -> N
 
 
 _WORLDS: list[World] = []
+
+
+def _policy_snapshot(world: World) -> RegistrySnapshot:
+    """The world's snapshot with one release that blesses a runtime policy (release.policies),
+    so the mutations reach that member too."""
+    snap = world.snapshot()
+    rel = snap.releases["1.1.0"]
+    blessed = edit.policies(mac={"selinux": b"\x01" * 32},
+                            config=[b"\x02" * 32, b"\x03" * 32])
+    return edit.set_policies(snap, rel.version, blessed)
 
 
 def _shared_world() -> World:
