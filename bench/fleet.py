@@ -13,6 +13,9 @@ Each simulated node serves a firmware event log (default: the real OVMF log from
 ``NodeMemory`` per node (``attest.appraisal.appraise_incremental``): each log is fetched once
 and then only from where it ended.
 
+Each appraisal is signed as an EAR with a verifier key, as ``attest fleet serve`` does
+(``--no-ear``: not signed, the reference before signed results).
+
 Prints appraisals/s (target: N / interval), p99 latency (challenge + appraisal), the CPU share
 of the verifier and of the simulator, and -- measured in the same run, without the network,
 interleaved -- the CPU cost of one appraisal (full: the first contact, whole logs; incremental:
@@ -107,8 +110,13 @@ def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
 
     settings = PollSettings(worker_id=worker, interval=args.interval, jitter=0.1,
                             concurrency=args.concurrency, timeout=5.0, lease_ttl=30.0)
+    signer = None
+    if not args.no_ear:  # as `attest fleet serve` does: a signed EAR per appraisal
+        from attest.fleet.signing import load_or_create_key
+
+        signer = load_or_create_key(args.ear_key)
     poller = Poller(store, settings=settings, appraise=appraiser,
-                    record_latencies=True)
+                    record_latencies=True, signer=signer)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -220,6 +228,8 @@ def main() -> int:
                          "the whole logs (as before incremental appraisal)")
     ap.add_argument("--profile", default="",
                     help="write a cProfile of each verifier's event loop to PROFILE.<worker>")
+    ap.add_argument("--no-ear", action="store_true",
+                    help="do not sign an EAR per appraisal (the reference before signed EARs)")
     ap.add_argument("--runtime-events", type=int, default=4,
                     help="runtime log records per node (a verity device + config events)")
     args = ap.parse_args()
@@ -244,8 +254,14 @@ def main() -> int:
     sim.start()
     port = port_q.get(timeout=300)
     db = args.db
+    work = tempfile.mkdtemp(prefix="attest-fleet-bench-")
     if db == "sqlite":
-        db = f"sqlite:///{tempfile.mkdtemp(prefix='attest-fleet-bench-')}/fleet.db"
+        db = f"sqlite:///{work}/fleet.db"
+    args.ear_key = f"{work}/ear.pem"
+    if not args.no_ear:
+        from attest.fleet.signing import load_or_create_key
+
+        load_or_create_key(args.ear_key)  # one key for all the workers
     # The verifier's enrollment records, as `attest fleet add` would make them (the simulated
     # TPMs derive their AKs from the same seeds).
     enroll = SimFleet(args.nodes)
@@ -290,7 +306,8 @@ def main() -> int:
           f"db={'postgresql' if db.startswith('postgres') else 'sqlite'} "
           f"firmware_log={'none' if firmware is None else len(firmware)} "
           f"runtime_events={args.runtime_events} "
-          f"mode={'full' if args.full_appraisal else 'incremental'} target_aps={target:.0f} "
+          f"mode={'full' if args.full_appraisal else 'incremental'} ear={int(not args.no_ear)} "
+          f"target_aps={target:.0f} "
           f"aps={aps:.0f} keeps_up={int(aps >= 0.97 * target)} p99_ms={p99:.1f} "
           f"verifier_cpu={cpu:.2f} verifier_cpu_us_per_appraisal={cpu / aps * 1e6:.0f} "
           f"sim_cpu={sim_cpu:.2f} appraise_us={appraise_us:.0f} appraise_full_us={full_us:.0f} "

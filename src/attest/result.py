@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -122,16 +123,22 @@ def _check_key(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> N
         raise ValueError(f"ES256 needs a P-256 key, not {key.curve.name}")
 
 
+@functools.lru_cache(maxsize=16)
+def _header(kid: str | None) -> str:
+    """The encoded JWS protected header (the same for every token of one key: computed once)."""
+    header: dict[str, str] = {"alg": ALG, "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    return b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+
+
 def sign_ear(
     claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, *, kid: str | None = None
 ) -> str:
     """JWS compact serialization (RFC 7515 §7.1) of ``claims`` with ES256."""
     _check_key(key)
-    header: dict[str, str] = {"alg": ALG, "typ": "JWT"}
-    if kid is not None:
-        header["kid"] = kid
     signing_input = (
-        b64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+        _header(kid)
         + "."
         + b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     )
@@ -182,3 +189,45 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise EvidenceFormatError(f"EAR {what} is not a JSON object")
     return doc
+
+
+# --- the verifier's public key as a JWK (RFC 7517), for relying parties ----------------------
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 thumbprint of an EC public JWK: base64url SHA-256 of its required members
+    (crv, kty, x, y) in lexicographic order, no whitespace. Used as the key id (``kid``)."""
+    import hashlib
+
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")},
+                           separators=(",", ":"), sort_keys=True)  # fmt: skip
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def public_jwk(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    """The public JWK (RFC 7518 §6.2) of an ES256 key, with ``kid`` its RFC 7638 thumbprint."""
+    _check_key(key)
+    pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    nums = pub.public_numbers()
+    jwk = {"kty": "EC", "crv": "P-256", "x": b64url(nums.x.to_bytes(32, "big")),
+           "y": b64url(nums.y.to_bytes(32, "big"))}  # fmt: skip
+    return {**jwk, "alg": ALG, "use": "sig", "kid": jwk_thumbprint(jwk)}
+
+
+def jwk_public_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
+    """The P-256 public key of a JWK (what ``verify_ear`` takes), or ``EvidenceFormatError``:
+    only ``kty`` EC on ``crv`` P-256 with 32-byte coordinates on the curve, no private part."""
+    if not isinstance(jwk, Mapping) or jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
+        raise EvidenceFormatError("the JWK is not an EC P-256 key")
+    if "d" in jwk:
+        raise EvidenceFormatError("the JWK carries a private key")
+    if jwk.get("alg", ALG) != ALG:
+        raise EvidenceFormatError(f"the JWK is for {str(jwk.get('alg'))[:16]!r}, not {ALG}")
+    x, y = unb64url(jwk.get("x"), "JWK x"), unb64url(jwk.get("y"), "JWK y")  # type: ignore[arg-type]
+    if len(x) != 32 or len(y) != 32:
+        raise EvidenceFormatError("the JWK's coordinates are not 32 bytes")
+    try:
+        return ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                             ec.SECP256R1()).public_key()  # fmt: skip
+    except ValueError:
+        raise EvidenceFormatError("the JWK's point is not on P-256") from None

@@ -35,7 +35,8 @@ from attest.model import HashAlg, PcrSelection
 from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
 from attest.tpmstruct import ClockInfo, Public, parse_public
 
-__all__ = ["Appraisal", "Enrollment", "Evidence", "challenge", "enroll", "gather", "selection_for"]
+__all__ = ["Appraisal", "Enrollment", "Evidence", "challenge", "enroll", "gather", "load_ek_cas",
+           "selection_for"]
 
 
 def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[int, bytes]]:
@@ -46,6 +47,25 @@ def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[in
     certs = {int(k, 16): unb64(v, "ek certificate", limit=8192)
              for k, v in (doc.get("ek_certificates") or {}).items()}  # fmt: skip
     return ak, ek, certs
+
+
+def load_ek_cas(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[x509.Certificate],
+                                                                   list[x509.Certificate]]:
+    """EK certificate CAs from PEM files or directories of them (``*.pem``, ``*.crt``,
+    ``*.cer``): (roots, intermediates) -- the self-signed ones are roots. Used by ``attest
+    verify --ek-ca`` and ``attest fleet --ek-roots``."""
+    from pathlib import Path
+
+    roots: list[x509.Certificate] = []
+    inter: list[x509.Certificate] = []
+    for path in paths:
+        p = Path(path)
+        files = sorted(f for f in p.iterdir() if f.suffix in (".pem", ".crt", ".cer")
+                       and f.is_file()) if p.is_dir() else [p]  # fmt: skip
+        for f in files:
+            for cert in x509.load_pem_x509_certificates(f.read_bytes()):
+                (roots if cert.issuer == cert.subject else inter).append(cert)
+    return roots, inter
 
 
 def enroll(

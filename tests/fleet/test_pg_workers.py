@@ -25,10 +25,12 @@ TTL = 3.0
 
 
 def serve(dsn: str, worker: str, log: Path) -> subprocess.Popen[bytes]:
+    # Simulated nodes have no EK: trust on first use, explicitly. Both workers share one EAR
+    # key file (created by whichever starts first).
     cmd = [sys.executable, "-m", "attest.cli.fleet", "serve", "--db", dsn, "--listen",
            f"127.0.0.1:{free_port()}", "--interval", str(INTERVAL), "--jitter", str(JITTER),
            "--timeout", "1", "--lease-ttl", str(TTL), "--concurrency", "8",
-           "--worker-id", worker]  # fmt: skip
+           "--worker-id", worker, "--tofu", "--ear-key", str(log.parent / "ear.pem")]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -91,7 +93,18 @@ def test_two_workers_never_double_appraise_and_survive_a_kill(pg_dsn: str,
     with psycopg.connect(pg_dsn) as conn:
         workers = {r[0] for r in conn.execute("SELECT DISTINCT worker_id FROM results")}
         verdicts = {r[0] for r in conn.execute("SELECT verdict FROM nodes")}
+        ears = [r[0] for r in conn.execute("SELECT ear FROM nodes")]
+        change_ears = [r[0] for r in conn.execute("SELECT ear FROM changes")]
     assert workers == {"w1", "w2"}, "both workers shared the fleet"
     assert verdicts <= {"affirming", "warning"}, verdicts
+    # Every node's latest result and every verdict change is an EAR under the one shared key.
+    from attest.fleet.signing import load_or_create_key
+    from attest.result import jwk_public_key, verify_ear
+
+    key = jwk_public_key(load_or_create_key(tmp_path / "ear.pem").jwk)
+    assert len(ears) == N and len(change_ears) >= N
+    for token in [*ears, *change_ears]:
+        (sm,) = verify_ear(token, key)["submods"].values()
+        assert sm["ear.status"] in ("affirming", "warning")
     if os.environ.get("ATTEST_FLEET_DEBUG"):
         print({n.node_id: len(n.times) for n in sim.nodes})

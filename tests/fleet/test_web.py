@@ -1,6 +1,6 @@
 """The fleet page in a real headless Chromium (Debian's ``chromium``), with a screenshot: fleet
-overview, per-node verdict and explanation, rollout and embargo clock; hostile node-supplied
-strings are escaped."""
+overview, per-node verdict and explanation, a host + guest pair with each layer's verdict,
+rollout and embargo clock; hostile node-supplied strings are escaped."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.fleet.conftest import Registry, free_port, sim_server
 
 from attest.fleet.api import create_fleet_app
 from attest.fleet.appraiser import default_appraiser
+from attest.fleet.enrollment import PairEnrollment
 from attest.fleet.poller import Poller, PollSettings
 from attest.fleet.sim import SimFleet
 from attest.fleet.store import SqliteStore
@@ -42,15 +43,20 @@ def chromium(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 @pytest.fixture()
 def fleet_site(tmp_path: Path, registry: Registry) -> object:
-    """A fleet of five: three on 1.2.0 (embargoed), one tampered, one down, and a hostile id."""
-    sim = SimFleet(5)
+    """A fleet of five: three on 1.2.0 (embargoed), one tampered, one down, and a hostile id;
+    and a host + guest pair whose host vouched for another vTPM (the guest layer fails)."""
+    sim = SimFleet(7)
     with sim_server(sim) as srv:
-        for i in range(5):
+        for i in range(7):
             srv.call(sim.set_image, i, registry.root_hash("1.2.0" if i < 4 else "1.0.0"))
         srv.call(sim.tamper, 3)
+        srv.call(sim.vouch, 5, "g1", bytes(32))
         store = SqliteStore(str(tmp_path / "fleet.db"))
         for i in range(5):
             store.add_node(f"node-{i}", srv.url(i), sim.enrollment(i), now=time.time())
+        store.add_node("pair-1", srv.url(6), PairEnrollment(sim.enrollment(5),
+                                                            sim.enrollment(6, ek=True), "g1"),
+                       now=time.time(), host_url=srv.url(5))  # fmt: skip
         store.add_node(HOSTILE, f"http://127.0.0.1:{free_port()}/", sim.enrollment(0),
                        now=time.time())  # fmt: skip
         poller = Poller(store, settings=PollSettings(interval=60, timeout=0.5, lease_ttl=5,
@@ -88,7 +94,7 @@ def test_fleet_page_in_headless_chromium(fleet_site: tuple[str, SqliteStore],
     base, store = fleet_site
     verdicts = {n.node_id: n.verdict for n in store.list_nodes()}
     assert verdicts["node-0"] == "affirming" and verdicts["node-3"] == "contraindicated"
-    assert verdicts[HOSTILE] == "unreachable"
+    assert verdicts[HOSTILE] == "unreachable" and verdicts["pair-1"] == "contraindicated"
 
     page = httpx.get(base + "/").text
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
@@ -98,9 +104,9 @@ def test_fleet_page_in_headless_chromium(fleet_site: tuple[str, SqliteStore],
     assert "runtime log" in node_page and "Verdict history" in node_page
     releases = httpx.get(base + "/v1/releases").json()["releases"]
     r120 = next(r for r in releases if r["version"] == "1.2.0")
-    assert r120["running"] == 3 and r120["total"] == 6 and r120["embargo"] == "awaiting_fleet"
+    assert r120["running"] == 3 and r120["total"] == 7 and r120["embargo"] == "awaiting_fleet"
     metrics = httpx.get(base + "/metrics").text
-    assert 'attest_fleet_nodes{verdict="contraindicated"} 1' in metrics
+    assert 'attest_fleet_nodes{verdict="contraindicated"} 2' in metrics
 
     shot = tmp_path / "fleet.png"
     run = chromium(f"--screenshot={shot}", "--window-size=1280,900", base + "/")
@@ -109,5 +115,13 @@ def test_fleet_page_in_headless_chromium(fleet_site: tuple[str, SqliteStore],
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not blank
     dom = chromium("--dump-dom", base + "/nodes/node-3").stdout.decode()
     assert "contraindicated" in dom and "runtime log" in dom
+    # The pair's row shows both layers: the host affirming, the guest contraindicated.
+    overview = chromium("--dump-dom", base + "/").stdout.decode()
+    row = next(r for r in overview.split("<tr>") if "pair-1" in r)
+    assert "host + guest" in row and "guest layer (sim-6)" in row
+    assert 'host <span class="v affirming">affirming</span>' in row
+    assert 'guest <span class="v contraindicated">contraindicated</span>' in row
+    pair = chromium("--dump-dom", base + "/nodes/pair-1").stdout.decode()
+    assert "Host and guest" in pair and "not vouched for by the host" in pair
     keep = Path(tempfile.gettempdir()) / "attest-fleet-page.png"
     shutil.copyfile(shot, keep)  # for a person to look at after the run

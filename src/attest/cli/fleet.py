@@ -2,9 +2,13 @@
 
     attest fleet serve [--db URL] [--listen HOST:PORT] [--interval S] [--concurrency N]
                        [--worker-id ID] [--webhook URL --webhook-secret-file F]
-                       [--trust-dir DIR] [--api-token-file F]
-    attest fleet add URL [--id ID] [--db URL]
+                       [--trust-dir DIR] [--api-token-file F] [--ear-key PEM]
+                       (--ek-roots PEM|DIR --client-cert C --client-key K | --tofu)
+    attest fleet add URL [--host HOST_URL] [--id ID] [--db URL]
+                     (--ek-roots PEM|DIR [--client-cert C --client-key K | --operator-socket S]
+                      | --tofu)
     attest fleet ls [--json] [--db URL]
+    attest fleet show ID [--json] [--db URL]
 
 ``--db``: ``sqlite:///path`` (default ``$ATTEST_FLEET_DB`` or ``sqlite:///attest-fleet.db`` in
 the working directory) or ``postgresql://...`` when several ``serve`` processes share the fleet
@@ -23,37 +27,47 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from attest.appraisal import Enrollment
-from attest.client import NodeClient
 from attest.errors import ConfigError
 from attest.fleet.api import create_fleet_app, iso
 from attest.fleet.appraiser import default_appraiser
+from attest.fleet.enrollment import Enroller, EnrollPolicy, Registration, with_roots
 from attest.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.fleet.rollout import completed_embargoes, rollout
+from attest.fleet.signing import load_or_create_key
 from attest.fleet.store import Store, open_store
 from attest.fleet.webhooks import WebhookSender
 from attest.manifest import VerifiedRegistry
 from attest.manifest.store import load_state
-from attest.verifier import enroll
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DB = "sqlite:///attest-fleet.db"  # relative to the working directory
+DEFAULT_EAR_KEY = "attest-fleet-ear.pem"  # relative to the working directory
 
 
 def _db(args: argparse.Namespace) -> Store:
     return open_store(args.db or os.environ.get("ATTEST_FLEET_DB") or DEFAULT_DB)
 
 
-def enroll_url(url: str) -> Enrollment:
-    """Enroll a node over its API: identity and AK attributes (trust in the AK on first use;
-    credential activation needs an authenticated channel, see docs/fleet.md)."""
-    with NodeClient(url) as client:
-        e = enroll(client, now=datetime.now(UTC))
-    return Enrollment.from_json(e.to_json())
+def _enroller(args: argparse.Namespace) -> Enroller:
+    """The enrollment policies from the options (``attest.fleet.enrollment``; fails closed:
+    EK roots, or an explicit ``--tofu``). ``$ATTEST_FLEET_EK_ROOTS`` (paths separated by
+    ``:``) and ``$ATTEST_FLEET_TOFU=1`` are the defaults."""
+    roots = args.ek_roots or [p for p in os.environ.get("ATTEST_FLEET_EK_ROOTS", "").split(
+        os.pathsep) if p]  # fmt: skip
+    tofu = args.tofu or os.environ.get("ATTEST_FLEET_TOFU", "") in ("1", "true", "yes")
+    policy = EnrollPolicy.from_paths(
+        roots, tofu=tofu, tls_ca=args.tls_ca, client_cert=args.client_cert,
+        client_key=args.client_key, operator_socket=getattr(args, "operator_socket", None))
+    host = replace(with_roots(policy, args.host_ek_roots, key="--host-ek-roots"),
+                   operator_socket=getattr(args, "host_operator_socket", None))  # fmt: skip
+    if getattr(args, "host", None):  # a pair: the host's activation channel is its own
+        host.validate(key="--host-operator-socket")
+    return Enroller(policy, host_policy=host)
 
 
 def _registry_source(trust_dir: str | None) -> Callable[[], VerifiedRegistry | None]:
@@ -95,13 +109,16 @@ def _listen(text: str) -> tuple[str, int]:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    enroller = _enroller(args)  # a bad policy fails here, before anything starts
     store = _db(args)
     host, port = _listen(args.listen)
     registry = _registry_source(args.trust_dir)
+    host_registry = _registry_source(args.host_trust_dir) if args.host_trust_dir else registry
     settings = PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         interval=args.interval, jitter=args.jitter, concurrency=args.concurrency,
         timeout=args.timeout, selection=args.selection, platform_id=args.platform_id,
+        host_platform_id=args.host_platform_id,
         lease_ttl=args.lease_ttl or max(60.0, 4 * args.timeout),
     )  # fmt: skip
     sender = None
@@ -113,10 +130,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = None
     if args.api_token_file:
         token = Path(args.api_token_file).read_text().strip()
+    signer = load_or_create_key(args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY")
+                                or DEFAULT_EAR_KEY)  # fmt: skip
     poller = Poller(store, settings=settings, appraise=default_appraiser(), registry=registry,
-                    on_change=sender.notify if sender else None)  # fmt: skip
+                    on_change=sender.notify if sender else None, signer=signer,
+                    host_registry=host_registry)  # fmt: skip
     app = create_fleet_app(store, registry=registry, poller=poller, webhooks=sender,
-                           enroll=enroll_url, api_token=token)  # fmt: skip
+                           enroll=enroller, api_token=token, signer=signer)  # fmt: skip
+    logger.warning("enrollment policy: %s", enroller.policy.describe())
 
     class Server(uvicorn.Server):
         # uvicorn re-raises SIGTERM/SIGINT after its own shutdown, which would kill the process
@@ -136,8 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  asyncio.create_task(watch_rollout(store, registry, stop))]  # fmt: skip
         if sender is not None:
             tasks.append(asyncio.create_task(sender.run(stop)))
-        logger.warning("fleet service on http://%s:%d (worker %s)", host, port,
-                       settings.worker_id)  # fmt: skip
+        logger.warning("fleet service on http://%s:%d (worker %s, EAR key id %s)", host, port,
+                       settings.worker_id, signer.kid)  # fmt: skip
         try:
             await server.serve()
         finally:
@@ -175,14 +196,34 @@ async def watch_rollout(store: Store, registry: Callable[[], VerifiedRegistry | 
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from attest.cli import print_json
+    from attest.fleet.enrollment import PairEnrollment
+
+    if args.host is None and (args.guest_id or args.host_ek_roots):
+        raise ConfigError("--guest-id and --host-ek-roots are for a pair (--host HOST_URL)",
+                          key="--host")  # fmt: skip
+    enroller = _enroller(args)
+    e = enroller(Registration(args.url, args.host, args.guest_id, args.activation_url,
+                              args.host_activation_url))  # fmt: skip
+    node_id = args.id or e.node_id or args.url
     store = _db(args)
     try:
-        e = enroll_url(args.url)
-        node_id = args.id or e.node_id or args.url
-        store.add_node(node_id, args.url, e, now=time.time())
+        store.add_node(node_id, args.url, e, now=time.time(), host_url=args.host)
     finally:
         store.close()
-    print(f"{node_id}: enrolled (AK {e.ak_name.hex()[:16]}…, activated={e.activated})")
+    if args.json:
+        print_json({"node_id": node_id, "url": args.url, "host_url": args.host,
+                    "enrollment": e.to_json()})  # fmt: skip
+        return 0
+    layers = [("host", e.host), ("guest", e.guest)] if isinstance(e, PairEnrollment) \
+        else [("node", e)]  # fmt: skip
+    print(f"{node_id}: enrolled{' as a host + guest pair' if args.host else ''}")
+    for name, le in layers:
+        ek = f"EK certificate {le.ek_certificate}" if le.ek_certificate else \
+            "EK certificate NOT checked (--tofu)"  # fmt: skip
+        act = "credential activation ok" if le.activated else \
+            "NO credential activation: AK trusted on first use (--tofu)"  # fmt: skip
+        print(f"  {name} {le.node_id}: AK {le.ak_name.hex()[:16]}…; {ek}; {act}")
     return 0
 
 
@@ -191,7 +232,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     store = _db(args)
     try:
-        nodes = store.list_nodes()
+        nodes = store.list_nodes(ear=args.json)
     finally:
         store.close()
     if args.json:
@@ -202,6 +243,43 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for n in nodes:
         print(f"{n.node_id:<24} {n.verdict:<16} {iso(n.last_appraised) or 'never':<34} "
               f"{n.explanation[:100]}")  # fmt: skip
+        for name, lay in (n.layers or {}).items():
+            if name in ("host", "guest") and isinstance(lay, dict):
+                print(f"  {name:<22} {str(lay.get('verdict')):<16} "
+                      f"{str(lay.get('explanation') or '')[:100]}")  # fmt: skip
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from attest.cli import print_json
+    from attest.fleet.api import node_json
+
+    store = _db(args)
+    try:
+        n = store.get_node(args.node_id)
+        changes = store.changes(args.node_id, 20) if n is not None else []
+    finally:
+        store.close()
+    if n is None:
+        raise ConfigError(f"no node {args.node_id!r} in the fleet", key="node_id")
+    if args.json:
+        doc = node_json(n)
+        doc["history"] = [{**c, "at": iso(c["at"])} for c in changes]
+        print_json(doc)
+        return 0
+    print(f"{n.node_id}: {n.verdict.upper()}  ({n.url}"
+          f"{', host ' + n.host_url if n.host_url else ''})")  # fmt: skip
+    print(f"  explanation: {n.explanation}")
+    for name, lay in (n.layers or {}).items():
+        if name in ("host", "guest") and isinstance(lay, dict):
+            print(f"  {name} {lay.get('node_id')}: {lay.get('verdict')} — "
+                  f"{lay.get('explanation') or ''}")  # fmt: skip
+    print(f"  release: {n.release or '—'}; last appraised {iso(n.last_appraised) or 'never'} "
+          f"({n.appraisals} appraisals)")  # fmt: skip
+    ear = f"signed, {len(n.ear)} bytes (--json prints it)" if n.ear else "none yet"
+    print(f"  EAR: {ear}")
+    for c in changes:
+        print(f"  {iso(c['at'])}  {c['from']} → {c['to']}: {c['explanation'][:100]}")
     return 0
 
 
@@ -213,6 +291,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def db(q: argparse.ArgumentParser) -> None:
         q.add_argument("--db", help="sqlite:///PATH or postgresql://... "
                        "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)")  # fmt: skip
+
+    def enrollment(q: argparse.ArgumentParser) -> None:
+        g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
+        g.add_argument("--ek-roots", action="append", metavar="PEM|DIR",
+                       help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
+                            "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
+                            "certificate must chain to them, and credential activation must "
+                            "prove the AK lives beside that EK")  # fmt: skip
+        g.add_argument("--host-ek-roots", action="append", metavar="PEM|DIR",
+                       help="a pair's host layer: its EK CAs (default: --ek-roots, which are "
+                            "then the guests' vTPM CA)")  # fmt: skip
+        g.add_argument("--tofu", action="store_true",
+                       help="allow trust on first use: enroll without EK roots, or without "
+                            "credential activation (said in the enrollment)")  # fmt: skip
+        g.add_argument("--client-cert", help="client certificate for the nodes' mutual-TLS "
+                       "listener (credential activation)")  # fmt: skip
+        g.add_argument("--client-key", help="its private key")
+        g.add_argument("--tls-ca", help="CA of the nodes' TLS certificates (https URLs)")
 
     s = fs.add_parser("serve", help="appraise the registered nodes continuously; serve the "
                       "REST API, metrics and the web page")  # fmt: skip
@@ -230,21 +326,46 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="PCRs to quote (the runtime PCR is added) (default %(default)s)")
     s.add_argument("--platform-id", help="platform reference to appraise firmware against")
     s.add_argument("--trust-dir", help="trusted manifest state (attest manifest verify --state)")
+    s.add_argument("--host-trust-dir", help="a pair's host layer: its trusted manifest state "
+                   "(default --trust-dir)")  # fmt: skip
+    s.add_argument("--host-platform-id", help="a pair's host layer: its platform reference "
+                   "(default --platform-id)")  # fmt: skip
     s.add_argument("--webhook", help="URL to POST signed verdict changes to")
     s.add_argument("--webhook-secret-file", help="HMAC-SHA256 key for the webhook (≥ 16 bytes)")
     s.add_argument("--api-token-file", help="bearer token required to register/remove nodes")
+    s.add_argument("--ear-key", help="P-256 private key (PEM) that signs the attestation "
+                   "results (EAR); created (mode 0600) when missing (default "
+                   f"$ATTEST_FLEET_EAR_KEY or {DEFAULT_EAR_KEY}); give all workers the same")
+    enrollment(s)
     s.set_defaults(func=cmd_serve)
 
-    a = fs.add_parser("add", help="enroll a node and register it")
-    a.add_argument("url", help="the node API's base URL, e.g. http://10.0.0.5:7443")
-    a.add_argument("--id", help="node id (default: the node's own)")
+    a = fs.add_parser("add", help="enroll a node (or a host + guest pair) and register it")
+    a.add_argument("url", help="the node API's base URL, e.g. http://10.0.0.5:7443 (with "
+                   "--host: the guest's)")  # fmt: skip
+    a.add_argument("--id", help="node id (default: the node's own; a pair's: the guest's)")
+    a.add_argument("--host", metavar="HOST_URL", help="register URL as the guest VM of this "
+                   "host, appraised as one node (docs/host-guest.md)")  # fmt: skip
+    a.add_argument("--guest-id", help="the guest's id on the host (default: its node id)")
+    a.add_argument("--activation-url", help="the node's mutual-TLS listener (default: URL)")
+    a.add_argument("--host-activation-url", help="the host's mutual-TLS listener")
+    a.add_argument("--operator-socket", help="the node's operator socket, for credential "
+                   "activation when run on the node")  # fmt: skip
+    a.add_argument("--host-operator-socket", help="the host's operator socket")
+    a.add_argument("--json", action="store_true")
     db(a)
+    enrollment(a)
     a.set_defaults(func=cmd_add)
 
     ls = fs.add_parser("ls", help="list registered nodes and verdicts")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="with each node's latest signed EAR")
     db(ls)
     ls.set_defaults(func=cmd_ls)
+
+    sh = fs.add_parser("show", help="one node: verdict, layers, explanation, history, EAR")
+    sh.add_argument("node_id")
+    sh.add_argument("--json", action="store_true")
+    db(sh)
+    sh.set_defaults(func=cmd_show)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

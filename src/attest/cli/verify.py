@@ -129,14 +129,9 @@ def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry 
 
 
 def _ek_cas(paths: Sequence[str]) -> tuple[list[Any], list[Any]]:
-    from cryptography import x509
+    from attest.verifier import load_ek_cas
 
-    roots: list[Any] = []
-    inter: list[Any] = []
-    for path in paths:
-        for cert in x509.load_pem_x509_certificates(Path(path).read_bytes()):
-            (roots if cert.issuer == cert.subject else inter).append(cert)
-    return roots, inter
+    return load_ek_cas(paths)
 
 
 def _ear_key(path: str | None) -> Any:

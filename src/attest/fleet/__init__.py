@@ -3,6 +3,10 @@
 - ``store``: the fleet's state (nodes, enrollments, results, leases) in SQLite or PostgreSQL;
 - ``http``: a lean keep-alive HTTP/1.1 client for the node API (the poller's hot path);
 - ``appraiser``: the appraisal seam (``attest.appraisal.appraise``, or a quote-only fallback);
+- ``enrollment``: enrolling nodes and host + guest pairs (``attest.verifier.enroll``: EK
+  chain to the configured roots, credential activation; fails closed without ``tofu``);
+- ``pairs``: what the fleet stores of a host + guest pair (the pair logic is ``attest.pair``);
+- ``signing``: the verifier key that signs every appraisal's EAR, served as a JWK set;
 - ``poller``: the asyncio scheduler (due times, bounded concurrency, jitter, backoff, leases);
 - ``webhooks``: HMAC-signed notifications of verdict changes;
 - ``rollout``: per-release rollout shares and embargo clocks;

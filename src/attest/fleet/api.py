@@ -1,8 +1,10 @@
 """The fleet service's HTTP face: ``create_fleet_app(store, ...)``.
 
 REST (JSON; times ISO 8601 UTC): ``/v1/nodes`` (GET list, POST register),
-``/v1/nodes/{id}`` (GET, DELETE), ``/v1/nodes/{id}/results`` (recent appraisals),
-``/v1/nodes/{id}/history`` (verdict changes), ``/v1/releases`` (rollout shares and embargo
+``/v1/nodes/{id}`` (GET, DELETE), ``/v1/nodes/{id}/ear`` (the latest signed EAR),
+``/v1/nodes/{id}/results`` (recent appraisals), ``/v1/nodes/{id}/history`` (verdict changes,
+each with its EAR), ``/v1/verifier-key`` (the EAR signing key as a JWK set),
+``/v1/releases`` (rollout shares and embargo
 clocks), ``/metrics`` (Prometheus), ``/healthz``; and pages for people: ``/`` (fleet overview,
 rollout, embargo clocks) and ``/nodes/{id}`` (verdict, explanation, findings, history).
 Pages are rendered on the server with no script; every string a node or the store supplied
@@ -22,14 +24,16 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from attest import __version__
 from attest.appraisal import Enrollment
 from attest.errors import AttestError, TransportError, VerificationError
+from attest.fleet.enrollment import PairEnrollment, Registration
 from attest.fleet.poller import LATENCY_BUCKETS, Poller
 from attest.fleet.rollout import ReleaseRollout, rollout
+from attest.fleet.signing import EarSigner
 from attest.fleet.store import NodeRow, Store
 from attest.fleet.webhooks import WebhookSender
 from attest.manifest import VerifiedRegistry
@@ -41,17 +45,32 @@ SEVERITY = {"contraindicated": 0, "unreachable": 1, "warning": 2, "none": 3, "un
 PAGE_ROWS = 500
 
 
+_URL = r"^https?://"
+
+
 class RegisterRequest(BaseModel):
-    url: str = Field(max_length=2048, pattern=r"^https?://")
+    url: str = Field(max_length=2048, pattern=_URL, description="the node's API (a pair's guest)")
     node_id: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+    host_url: str | None = Field(default=None, max_length=2048, pattern=_URL,
+                                 description="a host + guest pair: the host's API")
+    guest_id: str | None = Field(default=None, max_length=128,
+                                 pattern=r"^[A-Za-z0-9._:@+/-]+$",
+                                 description="a pair: the guest's id on the host")
+    activation_url: str | None = Field(default=None, max_length=2048, pattern=_URL,
+                                       description="the node's mutual-TLS listener, for "
+                                                   "credential activation (default: url)")
+    host_activation_url: str | None = Field(default=None, max_length=2048, pattern=_URL)
 
 
 def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
-def node_json(n: NodeRow) -> dict[str, Any]:
-    doc = n.to_json()
+EAR_MEDIA_TYPE = "application/eat+jwt"  # RFC 9711 §10.9.1: an EAT in a JWT
+
+
+def node_json(n: NodeRow, *, ear: bool = True) -> dict[str, Any]:
+    doc = n.to_json(ear=ear)
     for k in ("added_at", "next_due", "last_appraised", "last_seen"):
         doc[k] = iso(doc[k])
     return doc
@@ -63,9 +82,10 @@ def create_fleet_app(
     registry: Callable[[], VerifiedRegistry | None] = lambda: None,
     poller: Poller | None = None,
     webhooks: WebhookSender | None = None,
-    enroll: Callable[[str], Enrollment] | None = None,
+    enroll: Callable[[Registration], Enrollment | PairEnrollment] | None = None,
     api_token: str | None = None,
     clock: Callable[[], float] = time.time,
+    signer: EarSigner | None = None,
 ) -> FastAPI:
     app = FastAPI(title="attest fleet", version=__version__,
                   description="Continuous attestation of a fleet of nodes.")  # fmt: skip
@@ -90,21 +110,30 @@ def create_fleet_app(
         return n
 
     @app.get("/v1/nodes")
-    def list_nodes(verdict: str | None = Query(None, max_length=32)) -> dict[str, Any]:
-        """Every registered node with its current verdict."""
-        nodes = store.list_nodes()
-        return {"nodes": [node_json(n) for n in nodes if verdict in (None, n.verdict)]}
+    def list_nodes(verdict: str | None = Query(None, max_length=32),
+                   ear: bool = Query(False)) -> dict[str, Any]:  # fmt: skip
+        """Every registered node with its current verdict (``?ear=true``: and its latest
+        signed EAR)."""
+        nodes = store.list_nodes(ear=ear)
+        return {"nodes": [node_json(n, ear=ear) for n in nodes
+                          if verdict in (None, n.verdict)]}  # fmt: skip
 
     @app.post("/v1/nodes", status_code=201)
     async def register(req: RegisterRequest, request: Request) -> dict[str, Any]:
-        """Register a node: enroll its AK (identity, EK certificate chain when CA roots are
-        configured) and start appraising it."""
+        """Register a node -- or, with ``host_url``, a host and its guest as one node: enroll
+        (EK certificate chain to the configured roots and credential activation, or trust on
+        first use where the service allows it; each layer of a pair) and start appraising.
+        422 names the failed check (and the layer)."""
         authorise(request)
         if enroll is None:
             raise HTTPException(503, "this service has no enroller configured")
+        if req.host_url is None and (req.guest_id or req.host_activation_url):
+            raise HTTPException(422, "guest_id and host_activation_url need host_url")
+        reg = Registration(req.url, req.host_url, req.guest_id, req.activation_url,
+                           req.host_activation_url)  # fmt: skip
         loop = asyncio.get_running_loop()
         try:
-            enrollment = await loop.run_in_executor(None, enroll, req.url)
+            enrollment = await loop.run_in_executor(None, enroll, reg)
         except TransportError as exc:
             raise HTTPException(502, f"the node did not answer: {exc}") from None
         except VerificationError as exc:
@@ -112,9 +141,12 @@ def create_fleet_app(
         except AttestError as exc:
             raise HTTPException(422, f"enrollment refused: {exc}") from None
         node_id = req.node_id or enrollment.node_id or req.url
-        await loop.run_in_executor(None, lambda: store.add_node(node_id, req.url, enrollment,
-                                                                now=clock()))  # fmt: skip
-        return node_json(get(node_id))
+        logger.info("node registered", extra={
+            "node_id": node_id, "url": req.url, "host_url": req.host_url,
+            "activated": _activated(enrollment)})  # fmt: skip
+        await loop.run_in_executor(None, lambda: store.add_node(
+            node_id, req.url, enrollment, now=clock(), host_url=req.host_url))  # fmt: skip
+        return {**node_json(get(node_id)), "enrollment": enrollment.to_json()}
 
     @app.get("/v1/nodes/{node_id}")
     def node(node_id: str) -> dict[str, Any]:
@@ -122,6 +154,23 @@ def create_fleet_app(
         n = get(node_id)
         latest = store.results(node_id, 1)
         return {**node_json(n), "latest": latest[0] if latest else None}
+
+    @app.get("/v1/nodes/{node_id}/ear", responses={200: {"content": {EAR_MEDIA_TYPE: {}}}})
+    def node_ear(node_id: str) -> Response:
+        """The node's latest attestation result: an EAR (JWT, ES256) signed with the key at
+        ``/v1/verifier-key``."""
+        n = get(node_id)
+        if n.ear is None:
+            raise HTTPException(404, f"no signed result for {node_id!r} yet")
+        return Response(n.ear, media_type=EAR_MEDIA_TYPE,
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    @app.get("/v1/verifier-key")
+    def verifier_key() -> JSONResponse:
+        """The public key that signs the EARs, as a JWK set (RFC 7517 §5)."""
+        if signer is None:
+            raise HTTPException(404, "this service signs no attestation results")
+        return JSONResponse(signer.jwks(), media_type="application/jwk-set+json")
 
     @app.delete("/v1/nodes/{node_id}")
     def remove(node_id: str, request: Request) -> dict[str, Any]:
@@ -180,6 +229,11 @@ def create_fleet_app(
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=500)
 
     return app
+
+
+def _activated(e: Enrollment | PairEnrollment) -> bool:
+    return e.host.activated and e.guest.activated if isinstance(e, PairEnrollment) \
+        else e.activated  # fmt: skip
 
 
 # --- Prometheus ------------------------------------------------------------------------------
@@ -267,6 +321,7 @@ min-width:110px}.tile b{display:block;font-size:22px}
 .bar{background:#eef0f3;border-radius:4px;height:10px;width:200px;display:inline-block}
 .bar i{display:block;height:10px;border-radius:4px;background:#2f7d4a}
 .overdue{color:#8f1610;font-weight:600}.muted{color:#777}code{font-size:12px}
+.layers{margin-top:3px;font-size:12px;color:#555;white-space:nowrap}
 """
 
 
@@ -307,6 +362,38 @@ def _releases_html(releases: list[ReleaseRollout]) -> str:
             f"<th></th></tr>{''.join(rows)}</table>")  # fmt: skip
 
 
+def _layers(n: NodeRow) -> list[tuple[str, dict[str, Any]]]:
+    lay = n.layers or {}
+    return [(name, lay[name]) for name in ("host", "guest") if isinstance(lay.get(name), dict)]
+
+
+def _layer_badges(n: NodeRow) -> str:
+    """A pair's row: each layer's verdict under the pair's."""
+    if not n.pair:
+        return ""
+    parts = [f"<div>{name} {_badge(str(lay.get('verdict')))}</div>" for name, lay in _layers(n)]
+    return f"<div class=layers>{''.join(parts) or 'layers: not appraised yet'}</div>"
+
+
+def _layers_html(n: NodeRow) -> str:
+    if not n.pair:
+        return ""
+    lay = n.layers or {}
+    rows = "".join(
+        f"<tr><td><b>{_e(name)}</b></td><td>{_e(d.get('node_id'))}</td>"
+        f"<td><code>{_e(d.get('url'))}</code></td><td>{_badge(str(d.get('verdict')))}</td>"
+        f"<td>{_e(d.get('explanation'))}</td><td>{_e(d.get('release') or '—')}</td></tr>"
+        for name, d in _layers(n)
+    ) or "<tr><td colspan=6 class=muted>Not appraised yet.</td></tr>"  # fmt: skip
+    v = lay.get("vouch")
+    vouch: dict[str, Any] = v if isinstance(v, dict) else {}
+    failed = lay.get("failed_layer")
+    return ("<section><h2>Host and guest</h2><table><tr><th>Layer</th><th>Node</th><th>URL</th>"
+            f"<th>Verdict</th><th>Explanation</th><th>Release</th></tr>{rows}</table>"
+            f"<p>Failed layer: <b>{_e(failed or '—')}</b>. Host vouching: "
+            f"{_e(vouch.get('explanation') or '—')}</p></section>")  # fmt: skip
+
+
 def render_overview(nodes: list[NodeRow], releases: list[ReleaseRollout], *, now: float) -> str:
     counts: dict[str, int] = {}
     for n in nodes:
@@ -315,8 +402,9 @@ def render_overview(nodes: list[NodeRow], releases: list[ReleaseRollout], *, now
                     for k in sorted(counts, key=lambda k: SEVERITY.get(k, 9)))  # fmt: skip
     ordered = sorted(nodes, key=lambda n: (SEVERITY.get(n.verdict, 9), n.node_id))
     rows = "".join(
-        f'<tr><td><a href="/nodes/{_e(quote(n.node_id, safe=""))}">{_e(n.node_id)}</a></td>'
-        f"<td>{_badge(n.verdict)}</td><td>{_e(n.explanation[:300])}</td>"
+        f'<tr><td><a href="/nodes/{_e(quote(n.node_id, safe=""))}">{_e(n.node_id)}</a>'
+        f"{' <span class=muted>host + guest</span>' if n.pair else ''}</td>"
+        f"<td>{_badge(n.verdict)}{_layer_badges(n)}</td><td>{_e(n.explanation[:300])}</td>"
         f"<td>{_e(n.release or '—')}</td><td>{_e(_ago(n.last_appraised, now))}</td></tr>"
         for n in ordered[:PAGE_ROWS]
     )  # fmt: skip
@@ -337,11 +425,14 @@ def render_node(n: NodeRow, results: list[dict[str, Any]], changes: list[dict[st
     latest = results[0].get("result") if results else None
     findings = ""
     if isinstance(latest, dict):
-        items = latest.get("findings") or []
+        # One node's result, or a pair's (attest.pair.PairResult.to_json: both layers').
+        parts = [("", latest)]
+        if isinstance(latest.get("layers"), dict):
+            parts = [(f"{k}: ", v) for k, v in latest["layers"].items() if isinstance(v, dict)]
         findings = "".join(
-            f"<tr><td>{_e(f.get('claim'))}</td><td>{_badge(str(f.get('tier')))}</td>"
+            f"<tr><td>{_e(prefix)}{_e(f.get('claim'))}</td><td>{_badge(str(f.get('tier')))}</td>"
             f"<td>{_e(f.get('check'))}</td><td>{_e(f.get('explanation'))}</td></tr>"
-            for f in items if isinstance(f, dict)
+            for prefix, doc in parts for f in (doc.get("findings") or []) if isinstance(f, dict)
         )  # fmt: skip
         findings = ("<table><tr><th>Claim</th><th>Tier</th><th>Check</th><th>Finding</th></tr>"
                     f"{findings}</table>") if findings else "<p class=muted>No findings.</p>"
@@ -359,12 +450,14 @@ def render_node(n: NodeRow, results: list[dict[str, Any]], changes: list[dict[st
         f"<tr><th>Explanation</th><td>{_e(n.explanation)}</td></tr>"
         f"<tr><th>First divergence</th><td>{_e(n.first_divergence or '—')}</td></tr>"
         f"<tr><th>Release attested</th><td>{_e(n.release or '—')}</td></tr>"
-        f"<tr><th>URL</th><td><code>{_e(n.url)}</code></td></tr>"
+        f"<tr><th>URL</th><td><code>{_e(n.url)}</code>"
+        f"{' (guest; host <code>' + _e(n.host_url) + '</code>)' if n.pair else ''}</td></tr>"
         f"<tr><th>Last appraised</th><td>{_e(_ago(n.last_appraised, now))} "
         f"({n.appraisals} appraisals)</td></tr>"
         f"<tr><th>Last error</th><td>{_e(n.last_error or '—')} "
         f"{'(' + str(n.failures) + ' consecutive failures)' if n.failures else ''}</td></tr>"
         "</table></section>"
+        f"{_layers_html(n)}"
         "<section><h2>Findings of the latest appraisal</h2>"
         f"{findings or '<p class=muted>None.</p>'}</section>"
         f"<section><h2>Verdict history</h2><table>{hist}</table></section>"

@@ -31,16 +31,23 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
-from attest.appraisal import Appraised, Enrollment, NodeMemory
+from attest.appraisal import AppraisalResult, Appraised, Enrollment, NodeMemory, unappraisable
 from attest.errors import AttestError, TransportError
-from attest.fleet.appraiser import Appraiser, summarize
+from attest.fleet.appraiser import STATUSES, Appraiser, summarize
+from attest.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.fleet.http import HttpPool, Origin
+from attest.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
+from attest.fleet.signing import EarSigner
 from attest.fleet.store import Leased, Outcome, Store
 from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
+from attest.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
+from attest.result import ear_claims, submod
+from attest.tpmstruct import ClockInfo
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,7 @@ class PollSettings:
     tick: float = 0.05
     selection: str = DEFAULT_SELECTION  # the runtime PCR of each enrollment is added
     platform_id: str | None = None
+    host_platform_id: str | None = None  # a pair's host layer (default: platform_id)
 
     def validate(self) -> PollSettings:
         if self.interval <= 0 or not 0 <= self.jitter < 1:
@@ -77,6 +85,16 @@ class PollSettings:
             raise ValueError("lease_ttl must exceed twice the timeout")
         PcrSelection.parse(self.selection)
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class _Contact:
+    """One challenge of one node (or pair layer): the appraisal, or why there is none."""
+
+    nonce: bytes
+    appraised: Appraised | None = None
+    error: str = ""  # the node did not answer
+    raised: AttestError | None = None  # the appraiser raised instead of returning a result
 
 
 @dataclass
@@ -116,8 +134,12 @@ class Poller:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         record_latencies: bool = False,
+        signer: EarSigner | None = None,
+        host_registry: Callable[[], VerifiedRegistry | None] | None = None,
     ) -> None:
         self.store = store
+        self.signer = signer
+        self.host_registry = host_registry or registry  # a pair's host layer
         self.settings = settings.validate()
         self.appraise = appraise
         self.registry = registry
@@ -129,7 +151,7 @@ class Poller:
         self.pool = HttpPool(timeout=settings.timeout, max_idle=settings.concurrency)
         self._base = PcrSelection.parse(settings.selection)
         self._selections: dict[int, tuple[PcrSelection, dict[str, list[int]]]] = {}
-        self._enrollments: dict[str, tuple[str, Enrollment]] = {}
+        self._enrollments: dict[str, tuple[str, Enrollment | PairEnrollment]] = {}
         self._origins: dict[str, Origin] = {}
         self._pending: list[Outcome] = []
         self._inflight = 0
@@ -151,15 +173,35 @@ class Poller:
             self._selections[runtime_pcr] = cached
         return cached
 
-    def _enrollment(self, node: Leased) -> Enrollment | None:
+    def _enrollment(self, node: Leased) -> Enrollment | PairEnrollment | None:
         if node.enrollment_doc is None:
             return None
         cached = self._enrollments.get(node.node_id)
         if cached is None or cached[0] != node.enrollment_doc:
-            cached = (node.enrollment_doc, Enrollment.from_json(json.loads(node.enrollment_doc)))
+            cached = (node.enrollment_doc, enrollment_from_json(json.loads(node.enrollment_doc)))
             self._enrollments[node.node_id] = cached
-            self._memory.pop(node.node_id, None)  # held logs belong to the old enrollment
+            for key in (node.node_id, f"{node.node_id}\0host", f"{node.node_id}\0guest"):
+                self._memory.pop(key, None)  # held logs belong to the old enrollment
         return cached[1]
+
+    def _ear(self, submods: Mapping[str, Mapping[str, Any]], start: float,
+             nonce: bytes | None) -> dict[str, Any] | None:  # fmt: skip
+        """The EAR claims of one attempt (``attest.result``; None without a signer). They are
+        signed on the writer thread, just before the result is stored (``_complete``): the
+        ECDSA signature runs there without the GIL, off the event loop."""
+        if self.signer is None:
+            return None
+        now = datetime.fromtimestamp(start, UTC)
+        return ear_claims(submods, now=now, nonce=nonce)
+
+    def _complete(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Sign the outcomes' EARs, then store them (on the writer thread)."""
+        signer = self.signer
+        if signer is not None:
+            outcomes = [o if o.ear_claims is None else
+                        replace(o, ear=signer.sign(o.ear_claims), ear_claims=None)
+                        for o in outcomes]  # fmt: skip
+        return self.store.complete(self.settings.worker_id, outcomes)
 
     def _next_due(self, now: float, delay: float) -> float:
         j = self.settings.jitter
@@ -186,27 +228,29 @@ class Poller:
                 self.metrics.by_status.get(outcome.verdict, 0) + 1  # fmt: skip
         self._pending.append(outcome)
 
-    async def _attempt(self, node: Leased, start: float) -> Outcome:
-        s = self.settings
-        enrollment = self._enrollment(node)
-        if enrollment is None:
-            return Outcome(node.node_id, node.token, start, "unenrolled",
-                           "the node is registered but not enrolled: no AK is trusted yet",
-                           None, None, None, {}, "", 0, self._next_due(start, s.interval),
-                           node.appraisals + 1, node.verdict)  # fmt: skip
-        origin = self._origins.get(node.url)
+    def _origin(self, url: str) -> Origin:
+        origin = self._origins.get(url)
         if origin is None:
-            origin = self._origins[node.url] = Origin.parse(node.url)
+            origin = self._origins[url] = Origin.parse(url)
+        return origin
+
+    async def _contact(self, key: str, url: str, enrollment: Enrollment, *, start: float,
+                       previous: ClockInfo | None, registry: VerifiedRegistry | None,
+                       platform_id: str | None,
+                       nonce: bytes | None = None) -> _Contact:  # fmt: skip
+        """Challenge one node (or one layer of a pair: ``key`` names its memory) and appraise
+        the answer incrementally. ``nonce``: the challenge to answer (a pair layer's, derived
+        from the pair's challenge); a fresh one per request otherwise."""
         selection, pcrs = self._selection(enrollment.runtime_pcr)
-        memory = self._memory.pop(node.node_id, None) or NodeMemory()
-        registry = self.registry()
+        memory = self._memory.pop(key, None) or NodeMemory()
+        origin = self._origin(url)
         now = datetime.fromtimestamp(start, UTC)
         # At most two challenges: the second, for the whole logs, when the node cannot continue
         # the held ones (HTTP 400: an offset past the end of a rotated log) or the evidence
         # does not continue them (Appraised.complete is False).
         while True:
-            nonce = os.urandom(32)
-            body = {"nonce": nonce.hex(), "pcrs": pcrs, "logs": memory.log_request()}
+            challenge = nonce or os.urandom(32)
+            body = {"nonce": challenge.hex(), "pcrs": pcrs, "logs": memory.log_request()}
             try:
                 resp = await self.pool.request(origin, "POST", "/v1/evidence", body)
                 if resp.status == 400 and memory.holds_logs:
@@ -219,35 +263,107 @@ class Poller:
                 if not isinstance(doc, Mapping):
                     raise TransportError("the evidence is not a JSON object")
             except TransportError as exc:
-                self._memory[node.node_id] = memory
-                return self._failed(node, start, str(exc))
+                self._memory[key] = memory
+                return _Contact(challenge, error=str(exc))
             c0 = time.perf_counter()
             try:
                 appraised: Appraised = self.appraise(
-                    doc, memory=memory, enrollment=enrollment, nonce=nonce,
-                    selection=selection, registry=registry, platform_id=s.platform_id,
-                    previous=node.clock, tls_binding=resp.tls_binding, now=now,
+                    doc, memory=memory, enrollment=enrollment, nonce=challenge,
+                    selection=selection, registry=registry, platform_id=platform_id,
+                    previous=previous, tls_binding=resp.tls_binding, now=now,
                 )  # fmt: skip
             except AttestError as exc:  # an appraisal that raises instead of returning a result
                 self.metrics.appraise_seconds += time.perf_counter() - c0
-                return Outcome(node.node_id, node.token, start, "contraindicated", str(exc),
-                               getattr(exc, "check", "appraisal"), None, None,
-                               {"error": str(exc)}, "", 0, self._next_due(start, s.interval),
-                               node.appraisals + 1, node.verdict)  # fmt: skip
+                return _Contact(challenge, raised=exc)
             self.metrics.appraise_seconds += time.perf_counter() - c0
             if appraised.complete or not memory.holds_logs:
                 break
             logger.info("held logs do not continue: fetching them again",
-                        extra={"node_id": node.node_id,
-                               "reason": appraised.result.first_divergence})  # fmt: skip
+                        extra={"node_id": key, "reason": appraised.result.first_divergence})
             self.metrics.refetches += 1
             memory = appraised.memory
-        self._memory[node.node_id] = appraised.memory
-        summary = summarize(appraised.result)
+        self._memory[key] = appraised.memory
+        return _Contact(challenge, appraised)
+
+    async def _attempt(self, node: Leased, start: float) -> Outcome:
+        s = self.settings
+        enrollment = self._enrollment(node)
+        if enrollment is None:
+            return Outcome(node.node_id, node.token, start, "unenrolled",
+                           "the node is registered but not enrolled: no AK is trusted yet",
+                           None, None, None, {}, "", 0, self._next_due(start, s.interval),
+                           node.appraisals + 1, node.verdict)  # fmt: skip
+        if isinstance(enrollment, PairEnrollment):
+            return await self._attempt_pair(node, enrollment, start)
+        c = await self._contact(node.node_id, node.url, enrollment, start=start,
+                                previous=node.clock, registry=self.registry(),
+                                platform_id=s.platform_id)  # fmt: skip
+        if c.raised is not None:
+            exc = c.raised
+            claims = self._ear({node.node_id: {
+                "ear.status": "contraindicated", "ear.trustworthiness-vector": {},
+                "attest.verdict": "contraindicated", "attest.node-id": node.node_id,
+                "attest.explanation": {"first_divergence": str(exc),
+                                       "explanations": [str(exc)]}}}, start, c.nonce)
+            return Outcome(node.node_id, node.token, start, "contraindicated", str(exc),
+                           getattr(exc, "check", "appraisal"), None, None,
+                           {"error": str(exc)}, "", 0, self._next_due(start, s.interval),
+                           node.appraisals + 1, node.verdict, ear_claims=claims)  # fmt: skip
+        if c.appraised is None:
+            return self._failed(node, start, c.error)
+        result = c.appraised.result
+        summary = summarize(result)
+        claims = self._ear({node.node_id: {**submod(result), "attest.node-id": result.node_id}},
+                           start, c.nonce)  # fmt: skip
         return Outcome(node.node_id, node.token, start, summary.status, summary.explanation,
                        summary.first_divergence, summary.release, summary.clock, summary.doc,
                        "", 0, self._next_due(start, s.interval), node.appraisals + 1,
-                       node.verdict)  # fmt: skip
+                       node.verdict, ear_claims=claims)  # fmt: skip
+
+    async def _attempt_pair(self, node: Leased, pe: PairEnrollment, start: float) -> Outcome:
+        """A host and its guest as one node (``attest.pair``), as ``attest verify --host``:
+        one challenge, both layers challenged at once with the nonces derived from it."""
+        s = self.settings
+        if node.host_url is None:
+            raise RuntimeError(f"pair {node.node_id} has no host URL")
+        challenge = os.urandom(32)
+        host_nonce, guest_nonce = pair_nonces(challenge)
+        host_c, guest_c = await asyncio.gather(
+            self._contact(f"{node.node_id}\0host", node.host_url, pe.host, start=start,
+                          previous=node.host_clock, registry=self.host_registry(),
+                          platform_id=s.host_platform_id or s.platform_id, nonce=host_nonce),
+            self._contact(f"{node.node_id}\0guest", node.url, pe.guest, start=start,
+                          previous=node.clock, registry=self.registry(),
+                          platform_id=s.platform_id, nonce=guest_nonce),
+        )  # fmt: skip
+        for layer, c, url in ((HOST, host_c, node.host_url), (GUEST, guest_c, node.url)):
+            if c.appraised is None and c.raised is None:  # a layer that does not answer
+                return self._failed(node, start, f"{layer} layer ({url}): {c.error}")
+        now = datetime.fromtimestamp(start, UTC)
+
+        def result_of(c: _Contact, layer: Enrollment, nonce: bytes) -> AppraisalResult:
+            if c.appraised is not None:
+                return c.appraised.result
+            return unappraisable(layer.node_id, f"appraisal failed: {c.raised}", nonce=nonce,
+                                 now=now)  # fmt: skip
+
+        host_r = result_of(host_c, pe.host, host_nonce)
+        guest_r = result_of(guest_c, pe.guest, guest_nonce)
+        vouchings = None if host_c.appraised is None else fresh_vouchings(host_c.appraised)
+        pair = appraise_pair(host_r, guest_r, vouchings,
+                             GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
+                             challenge=challenge)  # fmt: skip
+        status = pair.status if pair.status in STATUSES else "none"
+        # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
+        # challenge both layers' nonces come from.
+        claims = None if self.signer is None else pair.ear_claims(now=now)
+        return Outcome(node.node_id, node.token, start, status, pair_explanation(pair),
+                       pair.first_divergence, summarize(pair.guest).release,
+                       guest_r.clock or node.clock, pair.to_json(), "", 0,
+                       self._next_due(start, s.interval), node.appraisals + 1, node.verdict,
+                       layers=pair_layers(pair, node.host_url, node.url),
+                       host_clock=host_r.clock or node.host_clock,
+                       ear_claims=claims)  # fmt: skip
 
     def _failed(self, node: Leased, start: float, error: str) -> Outcome:
         s = self.settings
@@ -258,9 +374,17 @@ class Poller:
         explanation = f"the node does not answer ({failures} attempts): {error}"
         logger.info("node did not answer", extra={"node_id": node.node_id, "error": error,
                                                   "failures": failures})  # fmt: skip
+        # Once the node is unreachable its latest EAR says so (status none); before that, the
+        # last appraisal's EAR stands.
+        claims = None
+        if unreachable and self.signer is not None:
+            r = unappraisable(node.node_id, explanation, nonce=b"",
+                              now=datetime.fromtimestamp(start, UTC))  # fmt: skip
+            claims = self._ear({node.node_id: {**submod(r), "attest.node-id": node.node_id}},
+                               start, None)  # fmt: skip
         return Outcome(node.node_id, node.token, start, verdict, explanation, None, None, None,
                        None, error, failures, self._next_due(start, delay), node.appraisals,
-                       node.verdict)  # fmt: skip
+                       node.verdict, ear_claims=claims)  # fmt: skip
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -272,8 +396,7 @@ class Poller:
         s = self.settings
         for i in range(0, len(batch), s.batch):
             part = batch[i:i + s.batch]
-            done = await loop.run_in_executor(self._write_db, self.store.complete, s.worker_id,
-                                              part)  # fmt: skip
+            done = await loop.run_in_executor(self._write_db, self._complete, part)
             self.metrics.dropped += len(part) - len(done)
             if self.on_change is not None:
                 for o in done:

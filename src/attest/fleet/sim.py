@@ -11,14 +11,19 @@ answers). Controls: ``set_image`` (measure a dm-verity device into the runtime P
 does at boot), ``measure`` (any runtime event), ``tamper`` (extend the runtime PCR behind the
 log's back), ``reboot`` (TPM reset: PCRs cleared, firmware log measured again, a fresh runtime
 log), ``rotate_log`` (the runtime log restarted without a TPM reset), ``down`` (close
-connections without answering). Every evidence request is counted, and timed when
-``record_times`` is set; ``log_bytes`` counts the log bytes served.
+connections without answering), ``vouch`` (a host node vouches for a guest's vTPM: a ``vtpm``
+runtime event, as ``attest vtpm record`` makes; docs/host-guest.md). Each node presents an EK
+public key (a P-256 key with an EK's attributes, no certificate) in ``/v1/identity``, so that
+a guest enrolled over the API has the ``ek_sha256`` a host vouches for. Every evidence
+request is counted, and timed when ``record_times`` is set; ``log_bytes`` counts the log bytes
+served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -27,14 +32,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from attest.appraisal import Enrollment
 from attest.eventlog.cel import CelRecord
 from attest.eventlog.parse import parse_event_log
 from attest.evidence import EVIDENCE_VERSION, b64
 from attest.merkle import challenge_leaf, leaf_hash
 from attest.model import HashAlg, PcrSelection
-from attest.runtime import KIND_VERITY_DEVICE, new_runtime_record
+from attest.runtime import KIND_VERITY_DEVICE, KIND_VTPM, new_runtime_record
 from attest.tpm.fake import FakeTpm
+from attest.tpmstruct import Alg, ObjectAttr, Public, public_from_key
+
+# An EK's attributes (TCG EK Credential Profile, template L-2 without authPolicy): a restricted
+# decryption key that never leaves the TPM.
+EK_ATTRS = (ObjectAttr.FIXED_TPM | ObjectAttr.FIXED_PARENT | ObjectAttr.SENSITIVE_DATA_ORIGIN
+            | ObjectAttr.ADMIN_WITH_POLICY | ObjectAttr.RESTRICTED | ObjectAttr.DECRYPT)
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 BANKS = (HashAlg.SHA256,)
 MAX_BODY = 65536
@@ -51,6 +65,24 @@ class SimNode:
     requests: int = 0
     times: list[float] = field(default_factory=list)
     ak_json: dict[str, str] = field(default_factory=dict)
+    seed: str = ""
+    _ek: Public | None = None
+
+    @property
+    def ek(self) -> Public:
+        """The node's EK public area (derived from its seed on first use)."""
+        if self._ek is None:
+            scalar = int.from_bytes(hashlib.sha256(f"{self.seed}/ek".encode()).digest(),
+                                    "big") % _P256_ORDER  # fmt: skip
+            key = ec.derive_private_key(scalar or 1, ec.SECP256R1()).public_key()
+            self._ek = public_from_key(key, attributes=EK_ATTRS, scheme=Alg.NULL,
+                                       scheme_hash=None)  # fmt: skip
+        return self._ek
+
+    @property
+    def ek_sha256(self) -> bytes:
+        """What a verifier enrolls (``Enrollment.ek_sha256``) and a host vouches for."""
+        return hashlib.sha256(self.ek.raw).digest()
 
     @property
     def node_id(self) -> str:
@@ -88,7 +120,8 @@ class SimFleet:
             tpm = FakeTpm(banks=BANKS, seed=f"{seed}/{i}".encode())
             ak = tpm.ak_public()
             node = SimNode(i, tpm, runtime_pcr,
-                           ak_json={"public": b64(ak.tpm2b()), "name": ak.name.hex()})
+                           ak_json={"public": b64(ak.tpm2b()), "name": ak.name.hex()},
+                           seed=f"{seed}/{i}")
             self.nodes.append(node)
             self._boot(node)
 
@@ -109,6 +142,10 @@ class SimFleet:
     def measure(self, i: int, kind: str, content: dict[str, Any]) -> None:
         self.nodes[i].measure(kind, content)
 
+    def vouch(self, host: int, guest_id: str, ek_sha256: bytes) -> None:
+        """Node ``host`` vouches for a guest's vTPM (a ``vtpm`` runtime event)."""
+        self.nodes[host].measure(KIND_VTPM, {"guest_id": guest_id, "ek_sha256": ek_sha256.hex()})
+
     def tamper(self, i: int) -> None:
         self.nodes[i].tpm.extend(self.runtime_pcr, {HashAlg.SHA256: os.urandom(32)})
 
@@ -125,13 +162,14 @@ class SimFleet:
         self.nodes[i].records.clear()
         self.nodes[i].records_json.clear()
 
-    def enrollment(self, i: int, *, now: datetime | None = None) -> Enrollment:
+    def enrollment(self, i: int, *, now: datetime | None = None, ek: bool = False) -> Enrollment:
         """The enrollment record a verifier would make (trust in the AK out of band: the
-        simulated TPMs have no EK)."""
+        simulated EKs have no certificate); ``ek``: with the EK's sha256 (a pair's guest)."""
         ak = self.nodes[i].tpm.ak_public()
         return Enrollment(
             node_id=self.nodes[i].node_id, ak_public=ak.tpm2b(), ak_name=ak.name,
-            ek_sha256=None, ek_certificate=None, activated=False,
+            ek_sha256=self.nodes[i].ek_sha256 if ek else None, ek_certificate=None,
+            activated=False,
             runtime_pcr=self.runtime_pcr,
             enrolled_at=(now or datetime.now(UTC)).isoformat(),
         )  # fmt: skip
@@ -139,7 +177,9 @@ class SimFleet:
     # --- the documents ----------------------------------------------------------------------
 
     def identity(self, node: SimNode) -> dict[str, Any]:
-        return {"node_id": node.node_id, "ak": node.ak_json, "ek": None, "ek_certificates": {},
+        ek = node.ek
+        return {"node_id": node.node_id, "ak": node.ak_json,
+                "ek": {"public": b64(ek.tpm2b()), "name": ek.name.hex()}, "ek_certificates": {},
                 "banks": [b.bank_name for b in BANKS], "runtime_pcr": self.runtime_pcr,
                 "tls_binding": None, "version": "sim"}  # fmt: skip
 

@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from attest.appraisal import Enrollment
 from attest.tpmstruct import ClockInfo
 
 logger = logging.getLogger(__name__)
@@ -55,16 +54,30 @@ class NodeRow:
     last_error: str
     failures: int
     appraisals: int
+    ear: str | None = None  # the latest signed EAR (None when not read, or none yet)
+    host_url: str | None = None  # a host + guest pair: the host's API (url is the guest's)
+    layers: dict[str, Any] | None = None  # a pair: {failed_layer, vouch, host: {..}, guest: {..}}
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    @property
+    def pair(self) -> bool:
+        return self.host_url is not None
+
+    def to_json(self, *, ear: bool = True) -> dict[str, Any]:
+        doc = {
             "node_id": self.node_id, "url": self.url, "enrolled": self.enrolled,
             "added_at": self.added_at, "next_due": self.next_due, "verdict": self.verdict,
             "explanation": self.explanation, "first_divergence": self.first_divergence,
             "release": self.release, "last_appraised": self.last_appraised,
             "last_seen": self.last_seen, "last_error": self.last_error,
             "failures": self.failures, "appraisals": self.appraisals,
+            "kind": "pair" if self.pair else "node",
         }  # fmt: skip
+        if self.pair:
+            doc["host_url"] = self.host_url
+            doc["layers"] = self.layers
+        if ear:
+            doc["ear"] = self.ear
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,8 @@ class Leased:
     appraisals: int
     clock: ClockInfo | None
     token: int
+    host_url: str | None = None  # a host + guest pair
+    host_clock: ClockInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +114,24 @@ class Outcome:
     next_due: float
     seq: int  # this node's appraisal count after this attempt (the ring's sequence)
     previous_verdict: str
+    ear: str | None = None  # the signed EAR of this attempt; None keeps the node's last one
+    layers: dict[str, Any] | None = None  # a pair's per-layer verdicts (None for one node)
+    host_clock: ClockInfo | None = None  # a pair: the host quote's clock
+    ear_claims: dict[str, Any] | None = None  # to sign into ``ear`` before it is stored
+
+
+class EnrollmentDoc(Protocol):
+    """An ``Enrollment``, or a pair's (``attest.fleet.pairs.PairEnrollment``)."""
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class Store(Protocol):
-    def add_node(self, node_id: str, url: str, enrollment: Enrollment | None, *,
-                 now: float) -> None: ...  # fmt: skip
+    def add_node(self, node_id: str, url: str, enrollment: EnrollmentDoc | None, *,
+                 now: float, host_url: str | None = None) -> None: ...  # fmt: skip
     def remove_node(self, node_id: str) -> bool: ...
     def get_node(self, node_id: str) -> NodeRow | None: ...
-    def list_nodes(self) -> list[NodeRow]: ...
+    def list_nodes(self, *, ear: bool = False) -> list[NodeRow]: ...
     def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
               affinity: float = 0.0) -> list[Leased]: ...  # fmt: skip
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]: ...
@@ -117,25 +142,47 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def clock_text(c: ClockInfo | None) -> str | None:
-    return None if c is None else f"{c.clock},{c.reset_count},{c.restart_count},{int(c.safe)}"
+def _one_clock(c: ClockInfo | None) -> str:
+    return "" if c is None else f"{c.clock},{c.reset_count},{c.restart_count},{int(c.safe)}"
 
 
-def clock_from_text(t: str | None) -> ClockInfo | None:
+def clock_text(c: ClockInfo | None, host: ClockInfo | None = None) -> str | None:
+    """The ``clock`` column: the quote's clock; a pair's is ``guest|host``."""
+    if host is not None:
+        return f"{_one_clock(c)}|{_one_clock(host)}"
+    return None if c is None else _one_clock(c)
+
+
+def _parse_clock(t: str) -> ClockInfo | None:
     if not t:
         return None
     a, b, c, d = t.split(",")
     return ClockInfo(int(a), int(b), int(c), d == "1")
 
 
+def clock_from_text(t: str | None) -> ClockInfo | None:
+    return None if not t else _parse_clock(t.partition("|")[0])
+
+
+def host_clock_from_text(t: str | None) -> ClockInfo | None:
+    return None if not t else _parse_clock(t.partition("|")[2])
+
+
+def _leased(r: Sequence[Any], token: int) -> Leased:
+    """(node_id, url, doc, verdict, failures, appraisals, clock, host_url)"""
+    return Leased(r[0], r[1], r[2], r[3], r[4], r[5], clock_from_text(r[6]), token, r[7],
+                  host_clock_from_text(r[6]))  # fmt: skip
+
+
 _NODE_COLS = ("n.node_id, n.url, e.node_id IS NOT NULL, n.added_at, n.next_due, n.verdict, "
               "n.explanation, n.first_divergence, n.release, n.last_appraised, n.last_seen, "
-              "n.last_error, n.failures, n.appraisals")  # fmt: skip
+              "n.last_error, n.failures, n.appraisals, n.host_url, n.layers")  # fmt: skip
 
 
 def _node_row(r: Sequence[Any]) -> NodeRow:
     return NodeRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                   r[11], r[12], r[13])  # fmt: skip
+                   r[11], r[12], r[13], r[16] if len(r) > 16 else None, r[14],
+                   json.loads(r[15]) if r[15] else None)  # fmt: skip
 
 
 def _schema(*, real: str, serial: str) -> list[str]:
@@ -146,7 +193,7 @@ def _schema(*, real: str, serial: str) -> list[str]:
             explanation TEXT NOT NULL DEFAULT '', first_divergence TEXT, release TEXT,
             last_appraised {real}, last_seen {real}, last_error TEXT NOT NULL DEFAULT '',
             failures INTEGER NOT NULL DEFAULT 0, appraisals BIGINT NOT NULL DEFAULT 0,
-            clock TEXT, owner TEXT)""",
+            clock TEXT, owner TEXT, ear TEXT, host_url TEXT, layers TEXT)""",
         "CREATE INDEX IF NOT EXISTS nodes_due ON nodes (next_due)",
         f"""CREATE TABLE IF NOT EXISTS enrollments (
             node_id TEXT PRIMARY KEY REFERENCES nodes(node_id) ON DELETE CASCADE,
@@ -159,7 +206,7 @@ def _schema(*, real: str, serial: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS changes (
             id {serial}, node_id TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
             at {real} NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
-            explanation TEXT NOT NULL)""",
+            explanation TEXT NOT NULL, ear TEXT)""",
         "CREATE INDEX IF NOT EXISTS changes_node ON changes (node_id, id)",
         f"""CREATE TABLE IF NOT EXISTS leases (
             node_id TEXT PRIMARY KEY REFERENCES nodes(node_id) ON DELETE CASCADE,
@@ -169,12 +216,26 @@ def _schema(*, real: str, serial: str) -> list[str]:
     ]
 
 
+# Columns added after the first release of the schema: (table, column, type), added to an
+# older database on start.
+_ADDED_COLUMNS = (("nodes", "owner", "TEXT"), ("nodes", "ear", "TEXT"),
+                  ("nodes", "host_url", "TEXT"), ("nodes", "layers", "TEXT"),
+                  ("changes", "ear", "TEXT"))  # fmt: skip
+
+
 def _result_doc(o: Outcome, worker_id: str) -> str:
-    return json.dumps({
+    doc = {
         "seq": o.seq, "at": o.at, "worker_id": worker_id, "verdict": o.verdict,
         "explanation": o.explanation, "first_divergence": o.first_divergence,
         "release": o.release, "error": o.error or None, "result": o.result,
-    }, separators=(",", ":"), default=str)  # fmt: skip
+    }  # fmt: skip
+    if o.layers is not None:
+        doc["layers"] = o.layers
+    return json.dumps(doc, separators=(",", ":"), default=str)
+
+
+def _layers_text(o: Outcome) -> str | None:
+    return None if o.layers is None else json.dumps(o.layers, separators=(",", ":"))
 
 
 class _SqlStore:
@@ -190,14 +251,15 @@ class _SqlStore:
     def _q(self, sql: str) -> str:
         return sql if self.P == "?" else sql.replace("?", self.P)
 
-    def add_node(self, node_id: str, url: str, enrollment: Enrollment | None, *,
-                 now: float) -> None:  # fmt: skip
+    def add_node(self, node_id: str, url: str, enrollment: EnrollmentDoc | None, *,
+                 now: float, host_url: str | None = None) -> None:  # fmt: skip
         verdict = "none" if enrollment is not None else "unenrolled"
         with self._tx() as cur:
             cur.execute(self._q(
-                "INSERT INTO nodes (node_id, url, added_at, next_due, verdict) VALUES "
-                "(?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET url = excluded.url"),
-                (node_id, url, now, now, verdict))  # fmt: skip
+                "INSERT INTO nodes (node_id, url, added_at, next_due, verdict, host_url) VALUES "
+                "(?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, "
+                "host_url = excluded.host_url"),
+                (node_id, url, now, now, verdict, host_url))  # fmt: skip
             if enrollment is not None:
                 cur.execute(self._q(
                     "INSERT INTO enrollments (node_id, doc, enrolled_at) VALUES (?, ?, ?) "
@@ -217,15 +279,16 @@ class _SqlStore:
 
     def get_node(self, node_id: str) -> NodeRow | None:
         with self._tx() as cur:
-            cur.execute(self._q(f"SELECT {_NODE_COLS} FROM nodes n LEFT JOIN enrollments e "
-                                "ON e.node_id = n.node_id WHERE n.node_id = ?"), (node_id,))
+            cur.execute(self._q(f"SELECT {_NODE_COLS}, n.ear FROM nodes n LEFT JOIN enrollments "
+                                "e ON e.node_id = n.node_id WHERE n.node_id = ?"), (node_id,))
             r = cur.fetchone()
         return None if r is None else _node_row(r)
 
-    def list_nodes(self) -> list[NodeRow]:
+    def list_nodes(self, *, ear: bool = False) -> list[NodeRow]:
+        """Every node; their EARs (about 1 kB each) only when ``ear``."""
         with self._tx() as cur:
-            cur.execute(f"SELECT {_NODE_COLS} FROM nodes n LEFT JOIN enrollments e "
-                        "ON e.node_id = n.node_id ORDER BY n.node_id")
+            cur.execute(f"SELECT {_NODE_COLS}{', n.ear' if ear else ''} FROM nodes n "
+                        "LEFT JOIN enrollments e ON e.node_id = n.node_id ORDER BY n.node_id")
             return [_node_row(r) for r in cur.fetchall()]
 
     def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -238,10 +301,10 @@ class _SqlStore:
         where = "" if node_id is None else "WHERE node_id = ? "
         args: tuple[Any, ...] = (limit,) if node_id is None else (node_id, limit)
         with self._tx() as cur:
-            cur.execute(self._q(f"SELECT node_id, at, old, new, explanation FROM changes "
+            cur.execute(self._q(f"SELECT node_id, at, old, new, explanation, ear FROM changes "
                                 f"{where}ORDER BY id DESC LIMIT ?"), args)  # fmt: skip
             return [{"node_id": r[0], "at": r[1], "from": r[2], "to": r[3],
-                     "explanation": r[4]} for r in cur.fetchall()]  # fmt: skip
+                     "explanation": r[4], "ear": r[5]} for r in cur.fetchall()]  # fmt: skip
 
     def release_marks(self) -> dict[str, float]:
         with self._tx() as cur:
@@ -259,12 +322,13 @@ class _SqlStore:
             "UPDATE nodes SET next_due = ?, verdict = ?, explanation = ?, first_divergence = ?, "
             "release = COALESCE(?, CASE WHEN ? THEN release ELSE NULL END), "
             "last_appraised = COALESCE(?, last_appraised), last_seen = COALESCE(?, last_seen), "
-            "last_error = ?, failures = ?, appraisals = ?, clock = COALESCE(?, clock) "
-            "WHERE node_id = ?"), [
+            "last_error = ?, failures = ?, appraisals = ?, clock = COALESCE(?, clock), "
+            "ear = COALESCE(?, ear), layers = COALESCE(?, layers) WHERE node_id = ?"), [
             (o.next_due, o.verdict, o.explanation, o.first_divergence, o.release,
              o.result is None, o.at if o.result is not None else None,
              o.at if o.result is not None else None, o.error, o.failures, o.seq,
-             clock_text(o.clock), o.node_id) for o in done])  # fmt: skip
+             clock_text(o.clock, o.host_clock), o.ear, _layers_text(o), o.node_id)
+            for o in done])  # fmt: skip
         cur.executemany(self._q(
             "INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, slot) DO UPDATE SET "
@@ -275,9 +339,9 @@ class _SqlStore:
         changed = [o for o in done if o.verdict != o.previous_verdict]
         if changed:
             cur.executemany(self._q(
-                "INSERT INTO changes (node_id, at, old, new, explanation) VALUES "
-                "(?, ?, ?, ?, ?)"), [(o.node_id, o.at, o.previous_verdict, o.verdict,
-                                      o.explanation) for o in changed])  # fmt: skip
+                "INSERT INTO changes (node_id, at, old, new, explanation, ear) VALUES "
+                "(?, ?, ?, ?, ?, ?)"), [(o.node_id, o.at, o.previous_verdict, o.verdict,
+                                         o.explanation, o.ear) for o in changed])  # fmt: skip
 
 
 class SqliteStore(_SqlStore):
@@ -296,6 +360,11 @@ class SqliteStore(_SqlStore):
         with self._tx() as cur:
             for stmt in _schema(real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT"):
                 cur.execute(stmt)
+            for table, column, kind in _ADDED_COLUMNS:  # an older database
+                cur.execute(f"SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?",
+                            (column,))  # fmt: skip
+                if cur.fetchone() is None:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -317,8 +386,8 @@ class SqliteStore(_SqlStore):
         token = secrets.randbits(62)
         with self._tx() as cur:
             cur.execute(
-                "SELECT n.node_id, n.url, e.doc, n.verdict, n.failures, n.appraisals, n.clock "
-                "FROM nodes n LEFT JOIN enrollments e ON e.node_id = n.node_id "
+                "SELECT n.node_id, n.url, e.doc, n.verdict, n.failures, n.appraisals, n.clock, "
+                "n.host_url FROM nodes n LEFT JOIN enrollments e ON e.node_id = n.node_id "
                 "WHERE n.next_due <= ? ORDER BY n.next_due LIMIT ?", (now, limit))
             rows = cur.fetchall()
             if not rows:
@@ -328,8 +397,7 @@ class SqliteStore(_SqlStore):
             cur.executemany("INSERT OR REPLACE INTO leases (node_id, worker_id, token, "
                             "expires_at) VALUES (?, ?, ?, ?)",
                             [(r[0], worker_id, token, now + ttl) for r in rows])  # fmt: skip
-        return [Leased(r[0], r[1], r[2], r[3], r[4], r[5], clock_from_text(r[6]), token)
-                for r in rows]  # fmt: skip
+        return [_leased(r, token) for r in rows]
 
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
         if not outcomes:
@@ -398,11 +466,13 @@ class PostgresStore(_SqlStore):
             if row is None or row[0] != len(_PG_RELATIONS):
                 for stmt in _schema(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY"):
                     cur.execute(stmt)
-            # The worker that took the node last (lease affinity): added to older databases.
-            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
-                        "current_schema() AND table_name = 'nodes' AND column_name = 'owner'")
-            if cur.fetchone() is None:
-                cur.execute("ALTER TABLE nodes ADD COLUMN owner TEXT")
+            # Columns added since (the lease owner, the EAR, pairs): added to older databases.
+            for table, column, kind in _ADDED_COLUMNS:
+                cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                            "current_schema() AND table_name = %s AND column_name = %s",
+                            (table, column))  # fmt: skip
+                if cur.fetchone() is None:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -422,13 +492,15 @@ class PostgresStore(_SqlStore):
         taken AS (
             UPDATE nodes n SET next_due = %(expires)s, owner = %(worker)s
             FROM due WHERE n.node_id = due.node_id
-            RETURNING n.node_id, n.url, n.verdict, n.failures, n.appraisals, n.clock),
+            RETURNING n.node_id, n.url, n.verdict, n.failures, n.appraisals, n.clock,
+                n.host_url),
         leased AS (
             INSERT INTO leases (node_id, worker_id, token, expires_at)
             SELECT node_id, %(worker)s, %(token)s, %(expires)s FROM taken
             ON CONFLICT (node_id) DO UPDATE SET worker_id = excluded.worker_id,
                 token = excluded.token, expires_at = excluded.expires_at)
-        SELECT t.node_id, t.url, e.doc, t.verdict, t.failures, t.appraisals, t.clock
+        SELECT t.node_id, t.url, e.doc, t.verdict, t.failures, t.appraisals, t.clock,
+            t.host_url
         FROM taken t LEFT JOIN enrollments e ON e.node_id = t.node_id"""
 
     def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
@@ -439,8 +511,7 @@ class PostgresStore(_SqlStore):
                                       "worker": worker_id, "token": token,
                                       "steal": now - affinity})  # fmt: skip
             rows = cur.fetchall()
-        return [Leased(r[0], r[1], r[2], r[3], r[4], r[5], clock_from_text(r[6]), token)
-                for r in rows]  # fmt: skip
+        return [_leased(r, token) for r in rows]
 
     # One statement: fence by token (only leases still held count), then update the nodes,
     # the result ring and the verdict changes of exactly those.
@@ -451,9 +522,9 @@ class PostgresStore(_SqlStore):
                 %(verdict)s::text[], %(explanation)s::text[], %(first_divergence)s::text[],
                 %(release)s::text[], %(answered)s::bool[], %(error)s::text[],
                 %(failures)s::int[], %(seq)s::bigint[], %(clock)s::text[], %(slot)s::int[],
-                %(doc)s::text[], %(previous)s::text[])
+                %(doc)s::text[], %(previous)s::text[], %(ear)s::text[], %(layers)s::text[])
             AS o(node_id, token, at, next_due, verdict, explanation, first_divergence, release,
-                 answered, error, failures, seq, clock, slot, doc, previous)),
+                 answered, error, failures, seq, clock, slot, doc, previous, ear, layers)),
         held AS (
             DELETE FROM leases l USING o
             WHERE l.node_id = o.node_id AND l.token = o.token AND l.worker_id = %(worker)s
@@ -467,7 +538,8 @@ class PostgresStore(_SqlStore):
                 last_appraised = CASE WHEN d.answered THEN d.at ELSE n.last_appraised END,
                 last_seen = CASE WHEN d.answered THEN d.at ELSE n.last_seen END,
                 last_error = d.error, failures = d.failures, appraisals = d.seq,
-                clock = COALESCE(d.clock, n.clock)
+                clock = COALESCE(d.clock, n.clock), ear = COALESCE(d.ear, n.ear),
+                layers = COALESCE(d.layers, n.layers)
             FROM done d WHERE n.node_id = d.node_id),
         res AS (
             INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc)
@@ -475,8 +547,8 @@ class PostgresStore(_SqlStore):
             ON CONFLICT (node_id, slot) DO UPDATE SET seq = excluded.seq, at = excluded.at,
                 worker_id = excluded.worker_id, verdict = excluded.verdict, doc = excluded.doc),
         chg AS (
-            INSERT INTO changes (node_id, at, old, new, explanation)
-            SELECT node_id, at, previous, verdict, explanation FROM done
+            INSERT INTO changes (node_id, at, old, new, explanation, ear)
+            SELECT node_id, at, previous, verdict, explanation, ear FROM done
             WHERE verdict <> previous ORDER BY node_id)
         SELECT node_id, token FROM held"""
 
@@ -498,10 +570,12 @@ class PostgresStore(_SqlStore):
             "error": [o.error for o in outcomes],
             "failures": [o.failures for o in outcomes],
             "seq": [o.seq for o in outcomes],
-            "clock": [clock_text(o.clock) for o in outcomes],
+            "clock": [clock_text(o.clock, o.host_clock) for o in outcomes],
             "slot": [o.seq % self.history for o in outcomes],
             "doc": docs,
             "previous": [o.previous_verdict for o in outcomes],
+            "ear": [o.ear for o in outcomes],
+            "layers": [_layers_text(o) for o in outcomes],
         }
         with self._wlock, self._write_db.cursor() as cur:
             cur.execute(self._COMPLETE, args)

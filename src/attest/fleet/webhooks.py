@@ -3,7 +3,9 @@
 Each event is a JSON POST::
 
     {"event": "verdict-changed", "node_id": ..., "from": ..., "to": ..., "explanation": ...,
-     "first_divergence": ..., "at": ISO 8601, "id": unique event id}
+     "first_divergence": ..., "at": ISO 8601, "id": unique event id,
+     "ear": the signed EAR of the appraisal that changed it (or null),
+     "failed_layer"?, "layers"?: {"host": {...}, "guest": {...}} for a host + guest pair}
 
 with ``X-Attest-Timestamp: <unix seconds>`` and ``X-Attest-Signature: sha256=<hex>``, the
 HMAC-SHA256 under the shared secret of ``<timestamp>.<body>`` (the receiver recomputes it over
@@ -87,12 +89,18 @@ class WebhookSender:
 
     def notify(self, o: Outcome) -> None:
         """Queue the event for a verdict change (never blocks the poller)."""
-        event = {
+        event: dict[str, Any] = {
             "event": "verdict-changed", "id": secrets.token_hex(8), "node_id": o.node_id,
             "from": o.previous_verdict, "to": o.verdict, "explanation": o.explanation,
             "first_divergence": o.first_divergence, "release": o.release,
-            "at": datetime.fromtimestamp(o.at, UTC).isoformat(),
+            "at": datetime.fromtimestamp(o.at, UTC).isoformat(), "ear": o.ear,
         }  # fmt: skip
+        if o.layers is not None:  # a host + guest pair: each layer's verdict and explanation
+            event["failed_layer"] = o.layers.get("failed_layer")
+            event["layers"] = {name: {k: lay.get(k) for k in ("node_id", "verdict",
+                                                              "explanation", "release")}
+                               for name, lay in o.layers.items()
+                               if name in ("host", "guest") and isinstance(lay, dict)}  # fmt: skip
         if self.queue.full():
             self.queue.get_nowait()
             self.metrics.dropped += 1

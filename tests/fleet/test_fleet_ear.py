@@ -1,0 +1,163 @@
+"""The fleet's signed attestation results: an EAR (ES256 JWT, ``attest.result``) per appraisal,
+signed with the service's own key (created 0600 on first start), served with its public key as
+a JWK set; relying parties verify it offline with ``attest.result.verify_ear``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.fleet.conftest import Registry, free_port, sim_server
+from tests.fleet.test_poller import settings, until, verdicts
+
+from attest.errors import ConfigError, EvidenceFormatError, SignatureError
+from attest.fleet.api import EAR_MEDIA_TYPE, create_fleet_app
+from attest.fleet.appraiser import default_appraiser
+from attest.fleet.poller import Poller
+from attest.fleet.signing import load_or_create_key
+from attest.fleet.sim import SimFleet
+from attest.fleet.store import SqliteStore
+from attest.result import jwk_public_key, public_jwk, verify_ear
+
+
+def _flip(token: str, part: int) -> str:
+    """The token with one claim changed (a part re-encoded), signature kept."""
+    parts = token.split(".")
+    raw = base64.urlsafe_b64decode(parts[part] + "=" * (-len(parts[part]) % 4))
+    doc = json.loads(raw)
+    if part == 1:
+        for sm in doc["submods"].values():
+            sm["ear.status"] = "affirming"
+    parts[part] = base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+    return ".".join(parts)
+
+
+def test_key_is_created_0600_once_and_never_group_readable(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:  # fmt: skip
+    path = tmp_path / "ear.pem"
+    first = load_or_create_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path).kid == first.kid  # loaded, not replaced
+    assert "PRIVATE KEY" not in caplog.text and "PRIVATE KEY" not in repr(first)
+    assert "d" not in first.jwk and first.jwk["kid"] == public_jwk(jwk_public_key(first.jwk))["kid"]
+    os.chmod(path, 0o640)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        load_or_create_key(path)
+
+
+def test_jwk_refuses_private_and_foreign_keys(tmp_path: Path) -> None:
+    jwk = load_or_create_key(tmp_path / "k.pem").jwk
+    for bad in ({**jwk, "crv": "P-384"}, {**jwk, "kty": "RSA"}, {**jwk, "d": jwk["x"]},
+                {**jwk, "alg": "HS256"}, {**jwk, "y": jwk["x"]}):  # fmt: skip
+        with pytest.raises(EvidenceFormatError):
+            jwk_public_key(bad)
+
+
+async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
+    tmp_path: Path, registry: Registry
+) -> None:
+    signer = load_or_create_key(tmp_path / "ear.pem")
+    sim = SimFleet(3)
+    with sim_server(sim) as srv:
+        for i in range(3):
+            srv.call(sim.set_image, i, registry.root_hash("1.0.0"))
+        store = SqliteStore(str(tmp_path / "fleet.db"))
+        for i in range(3):
+            store.add_node(f"n{i}", srv.url(i), sim.enrollment(i), now=time.time())
+        store.add_node("gone", f"http://127.0.0.1:{free_port()}/", sim.enrollment(0),
+                       now=time.time())  # fmt: skip
+        poller = Poller(store, settings=settings(), appraise=default_appraiser(),
+                        registry=lambda: registry.verified, signer=signer)
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await until(lambda: verdicts(store) == {"n0": "affirming", "n1": "affirming",
+                                                    "n2": "affirming", "gone": "unreachable"})
+            srv.call(sim.tamper, 1)
+            await until(lambda: verdicts(store)["n1"] == "contraindicated")
+        finally:
+            stop.set()
+            await task
+            poller.close()
+
+    client = TestClient(create_fleet_app(store, signer=signer))
+    jwks = client.get("/v1/verifier-key")
+    assert jwks.status_code == 200 and jwks.headers["content-type"] == "application/jwk-set+json"
+    (jwk,) = jwks.json()["keys"]
+    key = jwk_public_key(jwk)  # all a relying party needs, offline
+
+    got = client.get("/v1/nodes/n0/ear")
+    assert got.status_code == 200 and got.headers["content-type"].startswith(EAR_MEDIA_TYPE)
+    claims = verify_ear(got.text, key)
+    sm = claims["submods"]["n0"]
+    assert sm["ear.status"] == "affirming" and sm["attest.node-id"] == "sim-0"
+    assert sm["ear.trustworthiness-vector"]["instance-identity"] == 2
+    assert len(base64.urlsafe_b64decode(claims["eat_nonce"] + "==")) == 32  # the challenge
+    header = json.loads(base64.urlsafe_b64decode(got.text.split(".")[0] + "=="))
+    assert header == {"alg": "ES256", "kid": jwk["kid"], "typ": "JWT"}
+    assert client.get("/v1/nodes/n0").json()["ear"] == got.text  # in the node's JSON too
+
+    bad = verify_ear(client.get("/v1/nodes/n1/ear").text, key)["submods"]["n1"]
+    assert bad["ear.status"] == "contraindicated"
+    assert "runtime log" in bad["attest.explanation"]["first_divergence"]
+    gone = verify_ear(client.get("/v1/nodes/gone/ear").text, key)["submods"]["gone"]
+    assert gone["ear.status"] == "none" and "does not answer" in \
+        gone["attest.explanation"]["first_divergence"]  # fmt: skip
+
+    # Every verdict change in the history carries the EAR that made it.
+    history = client.get("/v1/nodes/n1/history").json()["changes"]
+    assert [c["to"] for c in history] == ["contraindicated", "affirming"]
+    assert [verify_ear(c["ear"], key)["submods"]["n1"]["ear.status"] for c in history] == \
+        ["contraindicated", "affirming"]  # fmt: skip
+
+    # Tampering: a changed claim, a changed header, a foreign key, alg none.
+    token = client.get("/v1/nodes/n1/ear").text
+    with pytest.raises(SignatureError):
+        verify_ear(_flip(token, 1), key)
+    with pytest.raises(SignatureError):
+        verify_ear(_flip(token, 0), key)
+    with pytest.raises(SignatureError):
+        verify_ear(token, jwk_public_key(load_or_create_key(tmp_path / "other.pem").jwk))
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    with pytest.raises(SignatureError):
+        verify_ear(".".join([none_header, *token.split(".")[1:]]), key)
+
+    listed = client.get("/v1/nodes").json()["nodes"]
+    assert all("ear" not in n for n in listed)  # the list stays small unless asked
+    with_ear = client.get("/v1/nodes", params={"ear": "true"}).json()["nodes"]
+    assert {n["node_id"]: bool(n["ear"]) for n in with_ear} == \
+        {"gone": True, "n0": True, "n1": True, "n2": True}  # fmt: skip
+    assert client.get("/v1/nodes/nope/ear").status_code == 404
+    assert TestClient(create_fleet_app(store)).get("/v1/verifier-key").status_code == 404
+    store.close()
+
+
+def test_cli_ls_and_show_print_the_ear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:  # fmt: skip
+    from attest.cli.fleet import main
+    from attest.fleet.store import Outcome
+
+    db = f"sqlite:///{tmp_path}/fleet.db"
+    store = SqliteStore(str(tmp_path / "fleet.db"))
+    store.add_node("n0", "http://127.0.0.1:1/", SimFleet(1).enrollment(0), now=100.0)
+    (leased,) = store.lease("w", now=101.0, limit=1, ttl=30)
+    store.complete("w", [Outcome("n0", leased.token, 101.0, "affirming", "fine", None, None,
+                                 None, {}, "", 0, 111.0, 1, leased.verdict, "h.p.s")])
+    store.close()
+    assert main(["ls", "--json", "--db", db]) == 0
+    (node,) = json.loads(capsys.readouterr().out)
+    assert node["ear"] == "h.p.s" and node["verdict"] == "affirming"
+    assert main(["show", "n0", "--json", "--db", db]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ear"] == "h.p.s" and doc["history"][0]["ear"] == "h.p.s"
+    assert main(["show", "n0", "--db", db]) == 0
+    assert "AFFIRMING" in capsys.readouterr().out
+    assert main(["show", "nope", "--db", db]) == 2
