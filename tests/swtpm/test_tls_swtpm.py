@@ -130,3 +130,55 @@ def test_activation_needs_a_client_certificate(tls_node: dict[str, object]) -> N
                     cert=(str(d / "client.crt"), str(d / "client.key"))) as mtls:  # fmt: skip
         e = enroll(mtls, now=NOW, activator=mtls)
     assert e.activated and e.ak_name == e_public.ak_name
+
+
+def test_fleet_poller_checks_the_nodes_tls_certificate(tls_node: dict[str, object],
+                                                       tmp_path: Path) -> None:
+    """``attest fleet serve --tls-ca``: the poller reaches an https node whose certificate
+    chains to the private CA, and the appraisal binds the answer to that TLS key; with the
+    system's CAs only, the same node is unreachable (certificate refused), never appraised."""
+    import asyncio
+
+    from attest.cli.fleet import _tls_context
+    from attest.fleet.appraiser import default_appraiser
+    from attest.fleet.poller import Poller, PollSettings
+    from attest.fleet.store import SqliteStore
+
+    port, d, verify = tls_node["port"], tls_node["dir"], tls_node["verify"]
+    assert isinstance(d, Path)
+    url = f"https://127.0.0.1:{port}"
+    with NodeClient(url, verify=verify) as c:
+        e = enroll(c, now=NOW)
+    settings = PollSettings(worker_id="t", interval=0.5, jitter=0.0, concurrency=4, timeout=5.0,
+                            lease_ttl=20.0, flush_interval=0.05, tick=0.02,
+                            unreachable_after=1, max_backoff=1.0)  # fmt: skip
+
+    def poll(ctx: ssl.SSLContext | None, db: str) -> tuple[str, str]:
+        store = SqliteStore(str(tmp_path / db))
+        store.add_node("tls-node", url, e, now=time.time())
+        poller = Poller(store, settings=settings, appraise=default_appraiser(), ssl_context=ctx)
+
+        async def go() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(poller.run(stop))
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                row = store.get_node("tls-node")
+                if row is not None and row.verdict not in ("none", "unenrolled"):
+                    break
+                await asyncio.sleep(0.1)
+            stop.set()
+            await task
+
+        asyncio.run(go())
+        poller.close()
+        row = store.get_node("tls-node")
+        store.close()
+        assert row is not None
+        return row.verdict, row.explanation
+
+    verdict, why = poll(_tls_context(str(d / "ca.crt")), "private-ca.db")
+    assert verdict == "affirming", why
+    verdict, why = poll(None, "system-ca.db")
+    assert verdict == "unreachable"
+    assert "CERTIFICATE_VERIFY_FAILED" in why, why

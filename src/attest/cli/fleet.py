@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -98,6 +99,17 @@ def _registry_source(trust_dir: str | None) -> Callable[[], VerifiedRegistry | N
     return current
 
 
+def _tls_context(ca: str | None) -> ssl.SSLContext | None:
+    """How the poller checks the nodes' TLS certificates on https URLs: against ``--tls-ca``
+    (a private CA), else the system's CAs. Host names are checked either way."""
+    if not ca:
+        return None
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the nodes' TLS CA {ca}: {exc}", key="--tls-ca") from None
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
@@ -134,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 or DEFAULT_EAR_KEY)  # fmt: skip
     poller = Poller(store, settings=settings, appraise=default_appraiser(), registry=registry,
                     on_change=sender.notify if sender else None, signer=signer,
-                    host_registry=host_registry)  # fmt: skip
+                    host_registry=host_registry, ssl_context=_tls_context(args.tls_ca))
     app = create_fleet_app(store, registry=registry, poller=poller, webhooks=sender,
                            enroll=enroller, api_token=token, signer=signer)  # fmt: skip
     logger.warning("enrollment policy: %s", enroller.policy.describe())

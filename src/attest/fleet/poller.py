@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -136,7 +137,10 @@ class Poller:
         record_latencies: bool = False,
         signer: EarSigner | None = None,
         host_registry: Callable[[], VerifiedRegistry | None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context`` verifies the nodes' TLS certificates on https URLs (default: the
+        system's CAs); the appraisal then binds each answer to the TLS key connected to."""
         self.store = store
         self.signer = signer
         self.host_registry = host_registry or registry  # a pair's host layer
@@ -148,7 +152,8 @@ class Poller:
         self.rng = rng or random.Random()
         self.record_latencies = record_latencies
         self.metrics = PollMetrics()
-        self.pool = HttpPool(timeout=settings.timeout, max_idle=settings.concurrency)
+        self.pool = HttpPool(timeout=settings.timeout, max_idle=settings.concurrency,
+                             ssl_context=ssl_context)  # fmt: skip
         self._base = PcrSelection.parse(settings.selection)
         self._selections: dict[int, tuple[PcrSelection, dict[str, list[int]]]] = {}
         self._enrollments: dict[str, tuple[str, Enrollment | PairEnrollment]] = {}
