@@ -27,10 +27,26 @@ from . import image as im
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 BUSYBOX = Path("/bin/busybox")
 VERITYSETUP = Path("/usr/sbin/veritysetup")
+TPM2 = Path("/usr/bin/tpm2")  # tpm2-tools: the initramfs extends PCR 15 with it
 BUILD_TOOLS = ("debootstrap", "mksquashfs", "veritysetup", "objcopy", "mkfs.vfat", "mcopy",
-               "cpio", "busybox", "apt-get", "dpkg-deb", "chroot")  # fmt: skip
+               "cpio", "busybox", "apt-get", "dpkg-deb", "chroot", "mkfs.ext4", "e2fsck",
+               "debugfs")  # fmt: skip
 FORMAT = 4  # bump to invalidate every cached step
 PLATFORM_ID = "attest-vm-harness-q35"  # firmware_manifests/platforms/<id>.json
+CMDLINE = "console=ttyS0 panic=-1 quiet"
+OSREL = 'NAME="attest node"\nID=attest-node\nPRETTY_NAME="attest node"\n'
+
+
+RELEASE_SEQUENCES = {"1.0.0": 1, "1.1.0": 2}  # the harness's releases, in order
+
+
+def release_sequence(version: str) -> int:
+    """The registry's release number of a harness release. Small: the upgrade gate counts a
+    new TPM NV counter up to the installed sequence one increment at a time."""
+    if version in RELEASE_SEQUENCES:
+        return RELEASE_SEQUENCES[version]
+    major, minor, patch = (int(x) for x in version.split("."))
+    return major * 100 + minor * 10 + patch
 
 
 def say(msg: str) -> None:
@@ -118,7 +134,7 @@ class NodeImage:
     verity_root_hash: str
     verity_salt: str
     cmdline: str
-    expected_pcrs: dict[str, dict[str, str]]  # {"sha256": {"4": hex, "9": ..., "11", "12"}}
+    expected_pcrs: dict[str, dict[str, str]]  # {"sha256": {"4": hex, "9", "11", "12", "15"}}
     kernel_release: str
     build_seconds: float
 
@@ -129,7 +145,8 @@ class NodeImage:
 
 def check_tools() -> list[str]:
     return [t for t in BUILD_TOOLS if shutil.which(t) is None] + \
-        [str(p) for p in (STUB, BUSYBOX, VERITYSETUP) if not p.exists()]  # fmt: skip
+        [str(p) for p in (STUB, BUSYBOX, VERITYSETUP, TPM2, im.TPM2_DLOPENED)
+         if not p.exists()]  # fmt: skip
 
 
 def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None) -> NodeImage:
@@ -165,14 +182,15 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
     rdir, rmeta = cache.step("root", root_key,
                              lambda d: _root(d, bdir, (ddir, wdir), version, log))
 
-    initrd_key = _h(FORMAT, kernel_key, im.INITRAMFS_INIT, im.INITRD_MODULES, _file_h(BUSYBOX),
-                    _file_h(VERITYSETUP))  # fmt: skip
+    initrd_key = _h(FORMAT, kernel_key, im.INITRAMFS_INIT, im.INITRD_MODULES, im.INITRD_APPLETS,
+                    _file_h(BUSYBOX), _file_h(VERITYSETUP), _file_h(TPM2),
+                    _file_h(im.TPM2_DLOPENED))  # fmt: skip
     idir, _ = cache.step("initramfs", initrd_key, lambda d: _initramfs(d, kdir, kmeta, log))
 
-    cmdline = (f"console=ttyS0 panic=-1 quiet roothash={rmeta['root_hash']} attest.slot=a "
-               f"attest.hashoffset={rmeta['data_size']}")  # fmt: skip
-    osrel = (f'NAME="attest node"\nID=attest-node\nVERSION_ID="{version}"\n'
-             f'PRETTY_NAME="attest node {version}"\n')  # fmt: skip
+    # The UKI is shared by both slots (the gate upgrades slots, not the ESP): nothing in it
+    # names a release. The initramfs picks the slot and measures its root hash into PCR 15.
+    cmdline = CMDLINE
+    osrel = OSREL
     uki_key = _h(FORMAT, _file_h(STUB), kernel_key, initrd_key, cmdline, osrel,
                  _file_h(Path(uki.__file__)), _file_h(Path(im.__file__)))
     udir, umeta = cache.step("uki", uki_key, lambda d: _uki(d, kdir, kmeta, idir, cmdline, osrel))
@@ -194,7 +212,8 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
         verity_root_hash=rmeta["root_hash"],
         verity_salt=rmeta["salt"],
         cmdline=cmdline,
-        expected_pcrs=umeta["expected_pcrs"],
+        expected_pcrs={"sha256": {**umeta["expected_pcrs"]["sha256"],
+                                  str(im.VERITY_PCR): im.pcr15(rmeta["root_hash"])}},
         kernel_release=kmeta["kver"],
         build_seconds=round(time.monotonic() - t0, 1),
     )
@@ -240,7 +259,8 @@ def _root(d: Path, base: Path, wheels: tuple[Path, ...], version: str,
 
 def _initramfs(d: Path, kdir: Path, kmeta: dict[str, Any], log: Path) -> dict[str, Any]:
     out = im.build_initramfs(d / "initrd.img", mods=kdir / kmeta["modules"], kver=kmeta["kver"],
-                             busybox=BUSYBOX, veritysetup=VERITYSETUP, work=d)  # fmt: skip
+                             busybox=BUSYBOX, veritysetup=VERITYSETUP, tpm2=TPM2,
+                             work=d)  # fmt: skip
     shutil.rmtree(d / "initramfs")
     return {"sha256": im.sha256_file(out)}
 

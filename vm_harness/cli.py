@@ -3,7 +3,7 @@
     python -m vm_harness build [--version V]
     python -m vm_harness up [--name N]          boot, wait for attestd, print how to reach it
     python -m vm_harness down [--name N]
-    python -m vm_harness scenario NAME
+    python -m vm_harness scenario NAME [NAME ...]
     python -m vm_harness scenarios              all of them, with a summary table
 """
 
@@ -36,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--name", default="up")
     dn = sub.add_parser("down", help="stop a VM started by up")
     dn.add_argument("--name", default="up")
-    sc = sub.add_parser("scenario", help="run one scenario")
-    sc.add_argument("name", choices=sorted(SCENARIOS))
+    sc = sub.add_parser("scenario", help="run scenarios by name (in order, on one shared node)")
+    sc.add_argument("name", nargs="+", choices=sorted(SCENARIOS))
     sub.add_parser("scenarios", help="run every scenario, with a summary table")
     sub.add_parser("predict", help="print the PCRs 4/9/11/12 predicted from the image's UKI")
     bl = sub.add_parser("bless", help="bless the image into a registry draft with "
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, pcrs = record_platform(_image(args.version))
             print(f"{path}: " + ", ".join(f"PCR {i} {v[:16]}…" for i, v in pcrs.items()))
             return EXIT_OK
-        names = [args.name] if args.cmd == "scenario" else list(SCENARIOS)
+        names = list(args.name) if args.cmd == "scenario" else list(SCENARIOS)
         return _scenarios(args.version, names)
     except (BuildError, VmError) as exc:
         print(f"vm_harness: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ debootstrap from the mirror found in the apt configuration) and PyPI (wheels bui
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -15,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,15 @@ ROOT_PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/loc
               "usr/share/common-licenses", "var/log")  # fmt: skip
 # Kernel modules the initramfs loads (with their dependencies).
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "dm-verity", "squashfs")
+INITRD_APPLETS = ("sh", "mount", "modprobe", "insmod", "cat", "sleep", "ip", "mkdir",
+                  "switch_root", "poweroff", "echo", "sed", "grep", "mv", "rm", "sync",
+                  "printf", "sha256sum")  # fmt: skip
+TPM2_DLOPENED = Path("/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0")
 
 GUEST_API_PORT = 7443
-ROOT_RECIPE = 2  # bump when install_root/pack_squashfs change (part of the root step's key)
+GUEST_MTLS_PORT = 7444  # the mutual-TLS listener: POST/GET /v1/upgrades (harness client cert)
+STATE_MOUNT = "var/lib/attest-state"  # where the initramfs moves the state disk in the root
+ROOT_RECIPE = 3  # bump when install_root/pack_squashfs change (part of the root step's key)
 # zstd level 6: packs ~4x faster than the default 15 on two cores, a few % larger, and
 # decompresses as fast.
 SQUASHFS_OPTIONS = ("-comp", "zstd", "-Xcompression-level", "6", "-b", "131072")
@@ -245,8 +253,23 @@ mount -t tmpfs -o mode=0700 tmpfs /var/lib/attest
 mount -t tmpfs tmpfs /tmp
 mkdir -p /run/attest
 hostname attest-node
-slot=$(sed -n 's/.*attest\\.slot=\\([a-z]\\).*/\\1/p' /proc/cmdline)
+# The state disk (mounted by the initramfs): the slot pointer, trust root, upload spool, TLS.
+st=/var/lib/attest-state/attest
+slot=$(sed -n 's/^ "booted": "\\([ab]\\)",$/\\1/p' $st/slots/boot.json)
 echo "$slot" > /run/attest/slot
+for b in /sys/block/vd*; do
+  case "$(cat $b/serial 2>/dev/null)" in
+    slot-a) export ATTEST_UPGRADE_SLOT_A_DEVICE=/dev/${b##*/} ;;
+    slot-b) export ATTEST_UPGRADE_SLOT_B_DEVICE=/dev/${b##*/} ;;
+  esac
+done
+mkdir -p $st/spool $st/trust
+export ATTEST_UPGRADE_SLOTS_DIR=$st/slots ATTEST_UPGRADE_SPOOL_DIR=$st/spool \\
+       ATTEST_REGISTRY_TRUST_DIR=$st/trust
+if [ -f $st/tls/node.pem ]; then
+  export ATTEST_API_CLIENT_CA=$st/tls/client-ca.pem ATTEST_API_MTLS_CERT=$st/tls/node.pem \\
+         ATTEST_API_MTLS_KEY=$st/tls/node.key ATTEST_API_MTLS_PORT={mtls_port}
+fi
 up "root mounted (slot $slot), starting attestd"
 export ATTEST_TPM_TCTI=device:/dev/tpmrm0 ATTEST_API_HOST=0.0.0.0 \\
        ATTEST_API_PORT={port} ATTEST_NODE_ID=vm-node PYTHONDONTWRITEBYTECODE=1
@@ -298,9 +321,11 @@ def install_root(root: Path, *, wheels: Sequence[Path], busybox: Path, log: Path
     shutil.copy2(busybox, root / "usr/local/bin/busybox")
     init = root / "usr/sbin/attest-node-init"
     init.write_text(NODE_INIT.replace("{port}", str(GUEST_API_PORT))
+                    .replace("{mtls_port}", str(GUEST_MTLS_PORT))
                     .replace("{daemon_args}", daemon_args))  # fmt: skip
     init.chmod(0o755)
     (root / "var/lib/attest").mkdir(parents=True, exist_ok=True)
+    (root / STATE_MOUNT).mkdir(parents=True, exist_ok=True)
     (root / "etc/attest").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(root / "root/.cache", ignore_errors=True)
 
@@ -327,10 +352,11 @@ class VerityImage:
 
 
 def add_verity(image: Path, *, salt: str, log: Path) -> VerityImage:
-    """Append a dm-verity hash tree to ``image`` (format 1, sha256, 4 KiB blocks)."""
+    """Append a dm-verity hash tree to ``image`` (format 1, sha256, 4 KiB blocks, no
+    superblock: the layout the upgrade gate writes to a slot, ``attest.slots.seal_slot``)."""
     data_size = image.stat().st_size
     out = run(["veritysetup", "format", str(image), str(image), f"--hash-offset={data_size}",
-               f"--salt={salt}", "--data-block-size=4096",
+               "--no-superblock", f"--salt={salt}", "--data-block-size=4096",
                "--hash-block-size=4096", "--hash=sha256"], log=log)  # fmt: skip
     m = re.search(r"Root hash:\s*([0-9a-f]{64})", out)
     if not m:
@@ -340,49 +366,154 @@ def add_verity(image: Path, *, salt: str, log: Path) -> VerityImage:
 
 # --- initramfs --------------------------------------------------------------------------------
 
-INITRAMFS_INIT = """#!/bin/sh
-# attest initramfs: open the dm-verity root fail-closed and switch to it.
+# A/B slot chooser of the initramfs: ``attest.slots.SlotStore.boot`` (verify=False: dm-verity
+# checks the bytes as they are read) in busybox sh over the pointer slots.py writes (its shape is
+# a contract: slots.py's module docstring). Sourced by /init; tests/vm/test_loader.py runs it
+# against slots.py. ``choose FILE`` sets ``slot``, ``reason`` and the slot's parameters
+# (``roothash salt size blocks alg dbs hbs version``) and records the boot in FILE (atomically:
+# temp file, sync, rename, sync); it returns 1 with ``why`` set when the pointer is unusable.
+LOADER_CHOOSER = r"""
+ptr_get() {  # FILE KEY: a top-level member's value, quotes removed
+  sed -n "s/^ \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$1"
+}
+slot_get() {  # FILE SLOT KEY: a member of the slot's entry or of its verity parameters
+  q='"\{0,1\}'  # an optional quote
+  sed -n "/^  \"$2\": {\$/,/^  }/s/^    \{0,1\}\"$3\": $q\([^\",]*\)$q,\{0,1\}\$/\1/p" "$1"
+}
+slot_null() { grep -q "^  \"$2\": null,\{0,1\}\$" "$1"; }
+is_num() { case "$1" in ''|*[!0-9]*) return 1 ;; esac; }
+is_hex() { case "$1" in ''|*[!0-9a-f]*) return 1 ;; esac; }
+ptr_set() {  # FILE KEY JSON ...: rewrite top-level members and generation + 1, atomically
+  f=$1; shift
+  : > "$f.loader.sed"
+  while [ $# -gt 1 ]; do
+    echo "s/^\( \"$1\": \)[^,]*\(,\{0,1\}\)\$/\1$2\2/" >> "$f.loader.sed"; shift 2
+  done
+  echo "s/^\( \"generation\": \)[0-9]*/\1$((gen + 1))/" >> "$f.loader.sed"
+  sed -f "$f.loader.sed" "$f" > "$f.loader.tmp" && sync && mv "$f.loader.tmp" "$f" && sync \
+    || { why="cannot record the boot in $f"; return 1; }
+  rm -f "$f.loader.sed"
+}
+slot_params() {  # FILE SLOT: the slot's verity parameters, checked
+  roothash=$(slot_get "$1" "$2" root_hash); salt=$(slot_get "$1" "$2" salt)
+  size=$(slot_get "$1" "$2" size); blocks=$(slot_get "$1" "$2" data_blocks)
+  alg=$(slot_get "$1" "$2" hash_algorithm); dbs=$(slot_get "$1" "$2" data_block_size)
+  hbs=$(slot_get "$1" "$2" hash_block_size); version=$(slot_get "$1" "$2" version)
+  [ "$(slot_get "$1" "$2" format)" = 1 ] || { why="slot $2: verity format is not 1"; return 1; }
+  is_hex "$roothash" && [ ${#roothash} -eq 64 ] || { why="slot $2: bad root hash"; return 1; }
+  is_hex "$salt" || [ "$salt" = "" ] || { why="slot $2: bad salt"; return 1; }
+  [ "$alg" = sha256 ] || { why="slot $2: hash $alg (only sha256 is measured)"; return 1; }
+  is_num "$size" && is_num "$blocks" && is_num "$dbs" && is_num "$hbs" \
+    || { why="slot $2: bad sizes"; return 1; }
+  [ $((blocks * dbs)) -eq "$size" ] || { why="slot $2: size is not data_blocks x block"; return 1; }
+}
+choose() {  # FILE
+  slot=; why=
+  choose_ "$1" || { slot=; return 1; }
+}
+choose_() {
+  p=$1
+  [ -f "$p" ] || { why="no boot pointer $p"; return 1; }
+  [ "$(ptr_get "$p" format)" = 1 ] || { why="boot pointer $p: not format 1"; return 1; }
+  active=$(ptr_get "$p" active); pending=$(ptr_get "$p" pending)
+  booted=$(ptr_get "$p" booted); tries=$(ptr_get "$p" tries); gen=$(ptr_get "$p" generation)
+  case "$active" in a|b) ;; *) why="boot pointer: active slot '$active'"; return 1 ;; esac
+  case "$pending" in a|b|null) ;; *) why="boot pointer: pending slot '$pending'"; return 1 ;; esac
+  case "$booted" in a|b|null) ;; *) why="boot pointer: booted slot '$booted'"; return 1 ;; esac
+  is_num "$tries" && is_num "$gen" || { why="boot pointer: tries/generation"; return 1; }
+  [ "$pending" != "$active" ] || { why="boot pointer: pending = active"; return 1; }
+  fell_back=
+  if [ "$pending" != null ]; then
+    if [ "$tries" -gt 0 ] && ! slot_null "$p" "$pending"; then
+      slot=$pending
+      slot_params "$p" "$slot" || return 1
+      ptr_set "$p" tries $((tries - 1)) booted "\"$slot\"" || return 1
+      reason="trying staged slot $slot ($version), $((tries - 1)) tries left"
+      return 0
+    fi
+    if [ "$tries" -le 0 ]; then fell_back="staged slot $pending was not confirmed"
+    else fell_back="staged slot $pending does not verify"; fi
+  fi
+  if ! slot_null "$p" "$active"; then
+    slot=$active
+    slot_params "$p" "$slot" || return 1
+    if [ -n "$fell_back" ]; then
+      ptr_set "$p" pending null tries 0 booted "\"$slot\"" || return 1
+    elif [ "$booted" != "$slot" ]; then
+      ptr_set "$p" booted "\"$slot\"" || return 1
+    fi
+    reason=${fell_back:-"active slot $slot ($version)"}
+    return 0
+  fi
+  [ "$active" = a ] && slot=b || slot=a
+  slot_null "$p" "$slot" && { why="no slot to boot in $p"; return 1; }
+  slot_params "$p" "$slot" || return 1
+  ptr_set "$p" active "\"$slot\"" pending null tries 0 booted "\"$slot\"" || return 1
+  reason="active slot $active does not verify"
+}
+"""
+
+# The bytes measured into PCR 15 before switch_root: one TPM2_PCR_Extend of the sha256 bank
+# with SHA-256(ASCII "attest-verity-root:" + the chosen slot's root hash, 64 lower-case hex
+# digits). ``pcr15`` predicts the PCR from a root hash.
+VERITY_PCR = 15
+VERITY_EVENT_PREFIX = b"attest-verity-root:"
+
+INITRAMFS_INIT = r"""#!/bin/sh
+# attest initramfs: choose the boot slot (A/B pointer on the state disk), measure its dm-verity
+# root hash into PCR 15, open it fail-closed and switch to it. Nothing from a slot runs before
+# the measurement; anything unreadable powers the node off.
 export PATH=/bin:/sbin:/usr/sbin:/usr/bin DM_DISABLE_UDEV=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 up() { read t _ < /proc/uptime; echo "attest-init: t=$t $*" > /dev/console; }
-die() { up "FAIL-CLOSED: $*"; sleep 1; poweroff -f; }
+die() { up "FAIL-CLOSED: $*"; sleep 1; poweroff -f; exit 1; }
+{chooser}
+disk() {  # the virtio disk whose serial is $1 (waits up to 10 s for it to appear)
+  i=0
+  while [ $i -lt 100 ]; do
+    for b in /sys/block/vd*; do
+      [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && { echo /dev/${b##*/}; return 0; }
+    done
+    sleep 0.1; i=$((i+1))
+  done
+  return 1
+}
 up "initramfs"
 for m in {modules}; do modprobe "$m" || die "module $m"; done
-for w in $(cat /proc/cmdline); do
-  case "$w" in
-    roothash=*) roothash="${w#roothash=}" ;;
-    attest.slot=*) slot="${w#attest.slot=}" ;;
-    attest.hashoffset=*) hashoffset="${w#attest.hashoffset=}" ;;
-  esac
-done
-[ -n "$roothash" ] && [ -n "$slot" ] && [ -n "$hashoffset" ] \\
-  || die "no roothash/slot/hashoffset on the command line"
-dev=
-i=0
-while [ -z "$dev" ] && [ $i -lt 100 ]; do
-  for b in /sys/block/vd*; do
-    [ "$(cat $b/serial 2>/dev/null)" = "slot-$slot" ] && dev=/dev/${b##*/}
-  done
-  [ -z "$dev" ] && { sleep 0.1; i=$((i+1)); }
-done
-[ -n "$dev" ] || die "no disk for slot $slot"
+state=$(disk state) || die "no state disk"
+mkdir -p /state
+mount -t ext4 -o rw,nosuid,nodev,noexec "$state" /state || die "mount the state disk $state"
+choose /state/attest/slots/boot.json || die "$why"
+up "slot $slot: $reason"
+dev=$(disk slot-$slot) || die "no disk for slot $slot"
+event=$(printf 'attest-verity-root:%s' "$roothash" | sha256sum) && event=${event%% *}
+TPM2TOOLS_TCTI=device:/dev/tpmrm0 tpm2 pcrextend "15:sha256=$event" \
+  || die "could not measure the root hash into PCR 15"
 # --panic-on-corruption: a block that does not match the tree stops the node (panic=-1 and
 # QEMU's -no-reboot end it) instead of being read past or retried.
-veritysetup open "$dev" root "$dev" "$roothash" --hash-offset="$hashoffset" \\
-  --panic-on-corruption || die "veritysetup open $dev"
-up "verity root open: $dev slot $slot roothash $roothash"
+veritysetup open "$dev" root "$dev" "$roothash" --no-superblock --format=1 --hash="$alg" \
+  --data-block-size="$dbs" --hash-block-size="$hbs" --data-blocks="$blocks" --salt="$salt" \
+  --hash-offset="$size" --panic-on-corruption || die "veritysetup open $dev"
+up "verity root open: $dev slot $slot roothash $roothash (PCR 15 extended)"
 mkdir -p /newroot
 mount -t squashfs -o ro /dev/mapper/root /newroot || die "mount the verity root"
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
 up "switch_root"
+mount --move /state /newroot/{state_mount} || die "move the state disk into the root"
 mount --move /dev /newroot/dev
 mount --move /sys /newroot/sys
 mount --move /proc /newroot/proc
 exec switch_root /newroot /usr/sbin/attest-node-init
-"""
+""".replace("{chooser}", LOADER_CHOOSER.strip()).replace("{state_mount}", STATE_MOUNT)
+
+
+def pcr15(root_hash: str) -> str:
+    """PCR 15 (sha256) after the initramfs measured the slot with this root hash (hex)."""
+    event = hashlib.sha256(VERITY_EVENT_PREFIX + root_hash.encode()).digest()
+    return hashlib.sha256(bytes(32) + event).hexdigest()
 
 
 def _copy_with_libs(binary: Path, dest_root: Path) -> None:
@@ -404,18 +535,22 @@ def _copy_with_libs(binary: Path, dest_root: Path) -> None:
 
 
 def build_initramfs(out: Path, *, mods: Path, kver: str, busybox: Path,
-                    veritysetup: Path, work: Path) -> Path:  # fmt: skip
+                    veritysetup: Path, tpm2: Path, work: Path) -> Path:  # fmt: skip
     """A reproducible newc cpio (sorted names, every time EPOCH, root-owned), gzip -n."""
     tree = work / "initramfs"
     if tree.exists():
         shutil.rmtree(tree)
-    for d in ("bin", "sbin", "proc", "sys", "dev", "newroot", "lib", "lib64", "usr", "run"):
+    for d in ("bin", "sbin", "proc", "sys", "dev", "newroot", "state", "lib", "lib64", "usr",
+              "run"):  # fmt: skip
         (tree / d).mkdir(parents=True)
     shutil.copy2(busybox, tree / "bin/busybox")
-    for applet in ("sh", "mount", "modprobe", "insmod", "cat", "sleep", "ip", "mkdir",
-                   "switch_root", "poweroff", "echo", "sed"):  # fmt: skip
+    for applet in INITRD_APPLETS:
         (tree / "bin" / applet).symlink_to("busybox")
     _copy_with_libs(veritysetup, tree)
+    # tpm2-tools (PCR 15) and the TCTI its loader dlopens (ldd does not name it; its own
+    # libraries, libtss2-mu and libc, are tpm2's too).
+    _copy_with_libs(tpm2, tree)
+    shutil.copy2(TPM2_DLOPENED.resolve(), tree / "lib/x86_64-linux-gnu" / TPM2_DLOPENED.name)
     modroot = tree / "lib/modules" / kver
     for rel in module_closure(mods, kver, INITRD_MODULES):
         t = modroot / rel
@@ -499,3 +634,40 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --- the state disk ---------------------------------------------------------------------------
+
+
+def build_state_disk(out: Path, *, files: dict[str, tuple[bytes, int]], size_mib: int) -> Path:
+    """The node's writable state disk: ext4 (built into the cloud kernel), populated from
+    ``files`` (path in the disk -> (bytes, mode)) with ``mkfs.ext4 -d``, every file root-owned.
+    The disk image is sparse: its size costs nothing until the guest writes."""
+    tree = out.parent / (out.name + ".tree")
+    shutil.rmtree(tree, ignore_errors=True)
+    for rel, (data, mode) in files.items():
+        f = tree / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+        f.chmod(mode)
+    tree.mkdir(exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        out.unlink()
+    run(["mkfs.ext4", "-q", "-F", "-L", "attest-state", "-E", "root_owner=0:0", "-d", str(tree),
+         str(out), f"{size_mib}M"])  # fmt: skip
+    shutil.rmtree(tree)
+    return out
+
+
+def read_state_file(disk: Path, rel: str) -> bytes | None:
+    """A file of the state disk as the guest would see it after a crash: a sparse copy of the
+    disk, its ext4 journal replayed (``e2fsck -E journal_only``), the file read with
+    ``debugfs``. Works while the guest runs (a crash-consistent view). None: no such file."""
+    with tempfile.TemporaryDirectory(prefix="attest-state-") as d:
+        copy = Path(d) / "state.img"
+        run(["cp", "--sparse=always", str(disk), str(copy)])
+        subprocess.run(["e2fsck", "-E", "journal_only", "-y", str(copy)], capture_output=True)
+        proc = subprocess.run(["debugfs", "-R", f"cat /{rel}", str(copy)], capture_output=True)
+        if proc.returncode != 0 or b"File not found" in proc.stderr:
+            return None
+        return proc.stdout

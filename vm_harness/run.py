@@ -33,7 +33,7 @@ from attest.swtpm import SwtpmState, manufacture
 
 from . import WORK
 from .build import NodeImage
-from .image import GUEST_API_PORT
+from .image import GUEST_API_PORT, GUEST_MTLS_PORT, build_state_disk, read_state_file
 from .kvm import OVMF_CODE, OVMF_VARS, QEMU, choose_accel
 
 BOOT_TIMEOUT = 150.0  # TCG: ~45 s; load on the other core stretches it by half, or more
@@ -55,6 +55,8 @@ def _stop_all() -> None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second signal (e.g. from `timeout`, which
+        signal.signal(sig, signal.SIG_IGN)  # forwards its own) must not abort the clean-up
     raise SystemExit(128 + signum)
 
 
@@ -124,6 +126,7 @@ class Vm:
     accel: str | None = None
     swtpm_state: Path | None = None  # reuse a manufactured TPM (scenario 8 swaps it)
     port: int = 0
+    mtls_port: int = 0  # host port of the guest's mutual-TLS listener (upgrades)
     milestones: list[Milestone] = field(default_factory=list)
     t_start: float = 0.0
 
@@ -144,6 +147,22 @@ class Vm:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def mtls_url(self) -> str:
+        return f"https://127.0.0.1:{self.mtls_port}"
+
+    @property
+    def state_disk(self) -> Path:
+        return self.dir / "state.img"
+
+    def state_file(self, rel: str) -> bytes | None:
+        """A file of the node's state disk (``attest/slots/boot.json`` …), crash-consistent."""
+        return read_state_file(self.state_disk, rel)
+
+    @property
+    def slot_b(self) -> Path:
+        return self.dir / "slot-b.img"
+
+    @property
     def ca_dir(self) -> Path:
         return self.work / "ca"
 
@@ -157,7 +176,9 @@ class Vm:
             shutil.rmtree(self.dir / "tpm", ignore_errors=True)
             manufacture(self.dir / "tpm", banks=("sha256",), ca_dir=self.ca_dir)
         if fresh_disks:
-            for f in ("esp.qcow2", "slot-a.qcow2", "slot-b.img", "vars.fd"):
+            from .trust import STATE_DISK_MIB, state_files
+
+            for f in ("esp.qcow2", "slot-a.qcow2", "slot-b.img", "state.img", "vars.fd"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / f).unlink()
             self._overlay(Path(self.image.esp), self.dir / "esp.qcow2")
@@ -165,6 +186,8 @@ class Vm:
             size = Path(self.image.root).stat().st_size + SLOT_SIZE_SLACK
             with (self.dir / "slot-b.img").open("wb") as fh:
                 fh.truncate(size)
+            build_state_disk(self.state_disk, files=state_files(self.image, self.work),
+                             size_mib=STATE_DISK_MIB)  # fmt: skip
             shutil.copyfile(OVMF_VARS, self.dir / "vars.fd")
 
     @staticmethod
@@ -214,7 +237,10 @@ class Vm:
             "-device", "virtio-blk-pci,drive=slota,serial=slot-a",
             "-drive", f"if=none,id=slotb,format=raw,file={d / 'slot-b.img'}",
             "-device", "virtio-blk-pci,drive=slotb,serial=slot-b",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:{GUEST_API_PORT}",
+            "-drive", f"if=none,id=state,format=raw,file={self.state_disk}",
+            "-device", "virtio-blk-pci,drive=state,serial=state",
+            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:{GUEST_API_PORT},"
+                       f"hostfwd=tcp:127.0.0.1:{self.mtls_port}-:{GUEST_MTLS_PORT}",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
         ]  # fmt: skip
 
@@ -226,6 +252,8 @@ class Vm:
             self.accel, _why = choose_accel(self.work)
         if not self.port:
             self.port = free_port()
+        if not self.mtls_port:
+            self.mtls_port = free_port()
         _live.add(self)
         tpm_sock = self._start_swtpm()
         qmp_sock = self.dir / "qmp.sock"
@@ -252,6 +280,7 @@ class Vm:
 
     def _write_state(self) -> None:
         doc = {"name": self.name, "port": self.port, "url": self.url,
+               "mtls_url": self.mtls_url,
                "qemu_pid": self.qemu.pid if self.qemu else None,
                "swtpm_pid": self.swtpm.pid if self.swtpm else None,
                "serial_log": str(self.serial_log), "accel": self.accel,

@@ -26,15 +26,16 @@ from .build import NodeImage
 from .run import Vm, VmError
 
 PLATFORM_REF = REPO / "firmware_manifests" / "platforms" / "attest-vm-harness-q35.json"
-RELEASE_PCRS = (4, 9, 11, 12)
+RELEASE_PCRS = (4, 9, 11, 12, 15)
 PLATFORM_PCRS = (0, 1, 2)
-SELECTION = PcrSelection.parse("sha256:0-9,11,12")
+SELECTION = PcrSelection.parse("sha256:0-9,11,12,15")
 
 PCR_MEANING = {
     0: "firmware code (platform)", 1: "firmware configuration (platform)",
     2: "option ROMs (platform)", 4: "boot applications: the UKI and its kernel",
     9: "the kernel's LoadOptions (command line) and initrd", 11: "UKI sections",
     12: "command line override / credentials",
+    15: "the booted slot's dm-verity root hash (measured by the initramfs)",
 }  # fmt: skip
 
 
@@ -91,6 +92,9 @@ def explain_pcr(i: int, got: bytes, want: bytes, image: NodeImage, log: Any) -> 
     elif i == 4:
         predicted = uki.pcr4_events(uki_bytes)
         names = ["EFI action", "separator", "UKI image", "kernel image"]
+    elif i == 15:
+        return (f"{msg}; the node booted a root other than release {image.version}'s "
+                f"(root hash {image.verity_root_hash[:16]}…)")
     if predicted is not None and log is not None:
         events = [e for e in log.events if e.pcr == i]
         for n, (ev, want_d) in enumerate(zip(events, predicted, strict=False)):
@@ -120,7 +124,7 @@ def appraise(vm: Vm, image: NodeImage, enrollment: Any = None, previous: Any = N
         return Verdict("contraindicated", [f"{type(exc).__name__}: {exc}"],
                        enrollment=enrollment, seconds=time.monotonic() - t0)  # fmt: skip
     quoted = a.evidence.quote.pcrs
-    pcrs = {i: quoted.get(HashAlg.SHA256, i).hex() for i in range(13) if
+    pcrs = {i: quoted.get(HashAlg.SHA256, i).hex() for i in range(24) if
             i in dict(SELECTION.as_dict()).get(HashAlg.SHA256, ())}  # fmt: skip
     reasons = []
     want = {int(k): bytes.fromhex(v) for k, v in image.expected_pcrs["sha256"].items()}
@@ -175,7 +179,9 @@ def record_platform(image: NodeImage, path: Path = PLATFORM_REF,
 def check_verity(a: Any, image: NodeImage) -> list[str]:
     """The release's dm-verity root must be what the node runs on: recorded in the quoted
     runtime log (PCR 13, authenticated by the replay), and in the node's verity report open
-    with that root hash, verified, panic on corruption, backed by the measured command line."""
+    with that root hash, verified, panic on corruption. (The initramfs measured the root hash
+    it opened into PCR 15, which ``appraise`` compares with the release's prediction: the
+    shared UKI's command line names no root hash.)"""
     want = image.verity_root_hash
     recorded = [e.content.get("root_hash") for e in (a.runtime.of_kind("verity-device")
                                                      if a.runtime else ())]  # fmt: skip
@@ -192,8 +198,6 @@ def check_verity(a: Any, image: NodeImage) -> list[str]:
         d = devices[0]
         out.append(f"verity device {d.get('name')}: status {d.get('status')}, corruption mode "
                    f"{d.get('corruption_mode')} (want verified, panic)")  # fmt: skip
-    if report and not report.get("cmdline_backed"):
-        out.append("the verity root hash is not backed by the kernel command line")
     return out
 
 
@@ -219,6 +223,9 @@ class Harness:
         self.vm: Vm | None = None
         self.boot_seconds: float | None = None
         self.first_affirming: float | None = None
+        self.running = image.version  # the release the shared node runs (upgrades change it)
+        self.images = {image.version: image}
+        self.snapshot_sequence = 0
 
     def booted(self) -> Vm:
         if self.vm is None or not self.vm.alive():
@@ -228,7 +235,26 @@ class Harness:
             self.vm.prepare()
             self.vm.start()
             self.boot_seconds = self.vm.wait_ready()
+            self.running = self.image.version
         return self.vm
+
+    def release(self, version: str) -> NodeImage:
+        """The image of ``version`` (built, or taken from the build cache)."""
+        if version not in self.images:
+            from .build import build
+
+            self.images[version] = build(version=version, work=self.work)
+        return self.images[version]
+
+    def snapshot(self, versions: list[str], *, rollbacks: tuple[tuple[str, str], ...] = ()
+                 ) -> bytes:  # fmt: skip
+        """A signed registry snapshot blessing ``versions``, at the next sequence number (the
+        node's trust state refuses a lower one and an equal one with other bytes)."""
+        from .trust import signed_registry
+
+        self.snapshot_sequence += 1
+        return signed_registry([self.release(v) for v in versions],
+                               sequence=self.snapshot_sequence, rollbacks=rollbacks)
 
     def close(self) -> None:
         if self.vm is not None:
@@ -248,9 +274,9 @@ def s1_blessed_boot_affirming(h: Harness) -> Outcome:
     if h.first_affirming is None and v.affirming:
         h.first_affirming = time.monotonic() - vm.t_start
     ok = v.affirming
-    detail = (f"affirming: PCRs 4/9/11/12 equal the prediction from the UKI, 0-2 the platform "
-              f"reference; boot→ready {h.boot_seconds:.1f} s, first affirming "
-              f"{h.first_affirming or 0:.1f} s after QEMU start") if ok else \
+    detail = (f"affirming: PCRs 4/9/11/12 equal the prediction from the UKI, 15 the release's "
+              f"root hash, 0-2 the platform reference; boot→ready {h.boot_seconds:.1f} s, "
+              f"first affirming {h.first_affirming or 0:.1f} s after QEMU start") if ok else \
         "; ".join(v.reasons)  # fmt: skip
     return Outcome("blessed-boot", ok, detail, data={"pcrs": v.pcrs,
                                                     "boot": vm.boot_report()})  # fmt: skip
@@ -329,14 +355,15 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
     up: the verifier reports the TPM reset; (ii) a new TPM (fresh swtpm state, new EK) under the
     same disks -> the enrolled AK is unknown to it and the verifier says so."""
     vm = h.booted()
-    first = appraise(vm, h.image)
+    image = h.release(h.running)  # after the upgrade scenarios, the release the node runs
+    first = appraise(vm, image)
     if not first.affirming:
         return Outcome("tpm-reset-replaced", False, "baseline: " + "; ".join(first.reasons))
     enrollment, before = first.enrollment, first.clock
     vm.stop()  # power off the node: QMP quit, swtpm with it
     vm.start()
     vm.wait_ready()
-    again = appraise(vm, h.image, enrollment=enrollment, previous=before)
+    again = appraise(vm, image, enrollment=enrollment, previous=before)
     details = []
     if again.clock is not None and again.clock.reset_count > before.reset_count:
         reset_ok = True
@@ -353,7 +380,7 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
     vm.prepare(fresh_disks=False, fresh_tpm=True)  # a new TPM: new EK, new AK
     vm.start()
     vm.wait_ready()
-    replaced = appraise(vm, h.image, enrollment=enrollment, previous=again.clock)
+    replaced = appraise(vm, image, enrollment=enrollment, previous=again.clock)
     new = enroll_node(vm)
     replaced_ok = replaced.status == "contraindicated" and new.ak_name != enrollment.ak_name \
         and new.ek_sha256 != enrollment.ek_sha256  # fmt: skip
@@ -362,6 +389,201 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
                    f"{(enrollment.ek_sha256 or b'').hex()[:16]}…")  # fmt: skip
     h.close()  # the shared node now has another TPM: the next scenario boots a fresh one
     return Outcome("tpm-reset-replaced", reset_ok and replaced_ok, " | ".join(details))
+
+
+# --- upgrades (issue 8, scenarios 4-7) --------------------------------------------------------
+
+OLD, NEW = "1.0.0", "1.1.0"
+
+
+def _other(version: str) -> str:
+    return NEW if version == OLD else OLD
+
+
+def _pointer_view(st: dict[str, Any]) -> dict[str, Any]:
+    """What of the gate's status says "nothing was written": the pointer and the slots."""
+    return {k: st.get(k) for k in ("active", "pending", "tries", "booted", "generation", "slots")}
+
+
+def _boot_line(vm: Vm) -> str:
+    import re
+
+    m = re.findall(r"attest-init: t=\S+ (slot [ab]: .*)", vm.serial_text())
+    return m[-1].strip() if m else "no slot line on the serial console"
+
+
+def _stage_boot_confirm(h: Harness, version: str, snapshot: bytes, name: str,
+                        notes: list[str]) -> Outcome | None:  # fmt: skip
+    """Offer ``version`` (accepted), power-cycle into it, appraise it as that release (and not
+    as the one it replaced), confirm. None when all of it held, else the failing Outcome."""
+    from . import upgrades as up
+
+    vm = h.booted()
+    before = h.running
+    target = h.release(version)
+    t0 = time.monotonic()
+    code, doc = up.upload(vm, target, snapshot, version=version)
+    if code != 200 or not doc.get("accepted"):
+        return Outcome(name, False, f"offer of {version} refused: HTTP {code} {doc}")
+    slot = doc.get("slot")
+    st = up.status(vm)
+    if st["pending"] != slot or st["tries"] != 1 or st["slots"][slot]["version"] != version:
+        return Outcome(name, False, f"after staging, the pointer is {_pointer_view(st)}")
+    notes.append(f"{version} accepted ({doc.get('reason')}) and written to slot {slot} in "
+                 f"{time.monotonic() - t0:.0f} s (upload, gate, write, read-back)")
+    ready = up.power_cycle(vm)
+    line = _boot_line(vm)
+    if f"slot {slot}: trying staged slot {slot} ({version})" not in line:
+        return Outcome(name, False, f"after the reboot the initramfs said: {line}")
+    v = appraise(vm, target)
+    if not v.affirming:
+        return Outcome(name, False, f"slot {slot} does not attest as {version}: "
+                       + "; ".join(v.reasons))  # fmt: skip
+    w = appraise(vm, h.release(before), enrollment=v.enrollment)
+    if w.affirming or not any(r.startswith("PCR 15") for r in w.reasons):
+        return Outcome(name, False, f"the node also attests as {before}: {w.reasons}")
+    st = up.status(vm)
+    if not st.get("pending_confirmation"):
+        return Outcome(name, False, f"no confirmation pending after the reboot: {st}")
+    code, st = up.confirm(vm)
+    if code != 200 or st["active"] != slot or st["pending"] is not None:
+        return Outcome(name, False, f"confirm: HTTP {code} {st}")
+    nv = st["nv_counter"]["committed_sequence"]
+    h.running = version
+    notes.append(f"rebooted ({ready:.0f} s to ready): {line}; attests affirming as {version} "
+                 f"(PCR 15 = its root hash; as {before}: {w.reasons[0][:60]}…); confirmed: "
+                 f"slot {slot} active, NV counter at sequence {nv}")
+    return None
+
+
+def _on_release(h: Harness, version: str, name: str, notes: list[str]) -> Outcome | None:
+    """Bring the shared node to ``version`` (for a scenario run on its own)."""
+    h.booted()
+    if h.running == version:
+        return None
+    rollbacks = ((NEW, OLD),) if version == OLD else ()
+    notes.append(f"(set-up: {h.running} -> {version})")
+    return _stage_boot_confirm(h, version, h.snapshot([OLD, NEW], rollbacks=rollbacks), name,
+                               notes)  # fmt: skip
+
+
+def s4_unblessed_upgrade_refused(h: Harness) -> Outcome:
+    """Offer the other release with a registry that blesses only the running one: refused
+    with its reason, recorded, and nothing written (pointer unchanged; the guest wrote no byte
+    to either slot's disk, as QEMU counts them)."""
+    from . import upgrades as up
+
+    name = "unblessed-upgrade"
+    vm = h.booted()
+    offered = _other(h.running)
+    snap = h.snapshot([h.running])
+    before = up.status(vm)
+    wrote = {s: up.written(vm, s) for s in ("a", "b")}
+    code, doc = up.upload(vm, h.release(offered), snap, version=offered)
+    after = up.status(vm)
+    wrote_after = {s: up.written(vm, s) for s in ("a", "b")}
+    ok = code == 409 and doc.get("check") == "unknown-artifact" and \
+        _pointer_view(before) == _pointer_view(after) and wrote == wrote_after  # fmt: skip
+    detail = (f"HTTP {code} {doc.get('check')}: {doc.get('detail')}; pointer generation "
+              f"{before['generation']} -> {after['generation']}, bytes written to slots a/b: "
+              f"{wrote_after['a'] - wrote['a']}/{wrote_after['b'] - wrote['b']}")
+    return Outcome(name, ok, detail)
+
+
+def s5_blessed_upgrade(h: Harness) -> Outcome:
+    """1.0.0 -> 1.1.0 through the node's real path: upload over mutual TLS, gate, slot B
+    write + read-back, pointer pending; reboot: the initramfs gives slot B its one try and
+    measures its root hash into PCR 15; the node attests as 1.1.0; confirm commits it."""
+    name = "blessed-upgrade"
+    notes: list[str] = []
+    bad = _on_release(h, OLD, name, notes) or _stage_boot_confirm(
+        h, NEW, h.snapshot([OLD, NEW]), name, notes)
+    return bad or Outcome(name, True, "; ".join(notes))
+
+
+def s6_rollback(h: Harness) -> Outcome:
+    """On 1.1.0 (committed): 1.0.0 is refused as a rollback (nothing written); with the
+    registry's authorisation 1.1.0 -> 1.0.0 it is accepted, booted, attests, is confirmed."""
+    from . import upgrades as up
+
+    name = "rollback"
+    notes: list[str] = []
+    bad = _on_release(h, NEW, name, notes)
+    if bad:
+        return bad
+    vm = h.booted()
+    before = up.status(vm)
+    code, doc = up.upload(vm, h.release(OLD), h.snapshot([OLD, NEW]), version=OLD)
+    after = up.status(vm)
+    if code != 409 or doc.get("check") != "rollback-unauthorised" or \
+            _pointer_view(before) != _pointer_view(after):  # fmt: skip
+        return Outcome(name, False, f"unauthorised rollback: HTTP {code} {doc}; pointer "
+                       f"{_pointer_view(before)} -> {_pointer_view(after)}")  # fmt: skip
+    notes.append(f"without authorisation: HTTP 409 {doc['check']}: {doc.get('detail')}; "
+                 "pointer unchanged")
+    snap = h.snapshot([OLD, NEW], rollbacks=((NEW, OLD),))
+    bad = _stage_boot_confirm(h, OLD, snap, name, notes)
+    return bad or Outcome(name, True, "; ".join(notes))
+
+
+def s7_power_cut_mid_write(h: Harness) -> Outcome:
+    """Offer the other release; when QEMU has seen the guest write the first MiB of it to the
+    inactive slot (and not all of it), cut the power (QMP ``quit``). Power on with the same
+    disks, VARS and TPM: the node boots its active slot and attests as the release it ran; the
+    pointer is consistent (the half-written slot is "being written": never bootable)."""
+    import threading
+
+    from . import upgrades as up
+
+    name = "power-cut-upgrade"
+    vm = h.booted()
+    running = h.running
+    offered = _other(running)
+    snap = h.snapshot([OLD, NEW], rollbacks=((NEW, OLD),))
+    before = up.status(vm)
+    slot = before["inactive"]
+    base = up.written(vm, slot)
+    size = h.release(offered).root_size
+    result: dict[str, Any] = {}
+
+    def offer() -> None:
+        try:
+            result["answer"] = up.upload(vm, h.release(offered), snap, version=offered)
+        except Exception as exc:  # the power cut ends the connection
+            result["error"] = f"{type(exc).__name__}"
+
+    t = threading.Thread(target=offer, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    done = 0
+    while t.is_alive() and time.monotonic() - t0 < 900:
+        done = up.written(vm, slot) - base
+        if done >= 1 << 20:
+            vm.quit()  # the power cut
+            break
+        time.sleep(0.02)
+    cut_after = time.monotonic() - t0
+    t.join(timeout=30)
+    if "answer" in result or not 0 < done < size:
+        return Outcome(name, False, f"no power cut mid-write: {done} of {size} bytes written "
+                       f"when cut; offer: {result}")  # fmt: skip
+    vm.stop()
+    vm.start()
+    ready = vm.wait_ready()
+    line = _boot_line(vm)
+    v = appraise(vm, h.release(running))
+    st = up.status(vm)
+    ptr = _pointer_view(st)
+    consistent = (st["active"] == before["active"] and st["pending"] is None
+                  and st["slots"][slot] is None
+                  and st["slots"][st["active"]]["version"] == running)  # fmt: skip
+    ok = v.affirming and consistent and f"slot {before['active']}:" in line
+    detail = (f"power cut {cut_after:.0f} s into the offer of {offered}, {done >> 20} MiB of "
+              f"{size >> 20} MiB written to slot {slot}; rebooted ({ready:.0f} s): {line}; "
+              f"{v.status} as {running}" + ("" if v.affirming else f" ({v.reasons})") +
+              f"; pointer: active {ptr['active']}, pending {ptr['pending']}, slot {slot} "
+              f"{'being written (null)' if ptr['slots'][slot] is None else ptr['slots'][slot]}")
+    return Outcome(name, ok, detail)
 
 
 def import_profile(h: Harness) -> tuple[float, list[str]]:
@@ -380,8 +602,13 @@ def import_profile(h: Harness) -> tuple[float, list[str]]:
 
 
 SCENARIOS: dict[str, Callable[[Harness], Outcome]] = {
-    # Scenario 8 runs right after 1 on the same booted node; 2 and 3 need VMs of their own.
+    # 4-7 and then 8 follow 1 on the same booted node (8 swaps its TPM and closes it); 2 and 3
+    # need VMs of their own.
     "blessed-boot": s1_blessed_boot_affirming,
+    "unblessed-upgrade": s4_unblessed_upgrade_refused,
+    "blessed-upgrade": s5_blessed_upgrade,
+    "rollback": s6_rollback,
+    "power-cut-upgrade": s7_power_cut_mid_write,
     "tpm-reset-replaced": s8_tpm_reset_and_replacement,
     "corrupt-root": s2_corrupt_root_fails_closed,
     "changed-cmdline": s3_changed_cmdline_contraindicated,

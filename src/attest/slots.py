@@ -20,11 +20,22 @@ active slot. A slot is booted only if its bytes verify against what the pointer 
 
 Every write, fsync and rename calls ``hook(boundary)`` first (``FaultHook``): the fault-injection
 tests raise there to "kill" the process at each boundary and re-open everything from disk.
+
+Slots on block devices are what a boot loader opens: ``seal_slot`` writes the image's dm-verity
+hash tree right after it (offset = image size, no superblock, levels top first -- what
+``veritysetup format --no-superblock --hash-offset=SIZE`` writes), so the loader needs only the
+pointer's parameters (``veritysetup open --no-superblock --hash-offset=SIZE --salt=… ROOT``).
+
+``boot.json``'s shape is a contract with a shell boot loader (``vm_harness``'s initramfs reads
+and updates it with ``sed``): sorted keys, one space of indentation per level, so every
+top-level member is one line `` "name": value,`` and every slot member sits inside its own
+``  "a": {`` … ``  },`` block. ``tests/vm/test_loader.py`` runs the loader against this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -152,6 +163,31 @@ class BootResult:
     image: SlotImage
     fell_back: bool
     reason: str
+
+
+def hash_tree(level0: bytes, params: VerityParams) -> bytes:
+    """The dm-verity hash tree (format 1, no superblock, levels top first) whose level 0 is
+    ``level0`` (``VerityHasher(keep_level0=True).level0``). Raises ``EvidenceFormatError`` when
+    its top block does not hash to ``params.root_hash``."""
+    hbs = params.hash_block_size
+    proto = hashlib.new(params.hash_algorithm, params.salt)
+    size = proto.digest_size
+    pad = bytes((1 << (size - 1).bit_length()) - size)
+    levels = [level0]
+    while len(levels[-1]) > hbs:
+        below = levels[-1]
+        out = bytearray()
+        for off in range(0, len(below), hbs):
+            h = proto.copy()
+            h.update(below[off : off + hbs])
+            out += h.digest() + pad
+        out += bytes(-len(out) % hbs)
+        levels.append(bytes(out))
+    top = proto.copy()
+    top.update(levels[-1])
+    if params.data_blocks > 1 and top.digest() != params.root_hash:
+        raise EvidenceFormatError("hash tree: its top block does not hash to the root hash")
+    return b"".join(reversed(levels)) if params.data_blocks > 1 else b""
 
 
 def _fsync_dir(directory: Path, hook: FaultHook, name: str) -> None:
@@ -295,6 +331,38 @@ class SlotStore:
             return False
         return (d.size == image.size and d.sha256 == image.sha256
                 and d.verity.root_hash == image.verity.root_hash)  # fmt: skip
+
+    def seal_slot(self, slot: str, image: SlotImage) -> str | None:
+        """Read the written slot back and check it against ``image`` (as ``verify_slot``); on a
+        block-device slot, also write the dm-verity hash tree after the image (module
+        docstring) and make it durable. ``None`` when sealed, else why not."""
+        if not self.is_device(slot):
+            return None if self.verify_slot(slot, image) else "it does not read back as written"
+        p = self.path(slot)
+        v = image.verity
+        try:
+            d = hash_image(p, salt=v.salt, hash_algorithm=v.hash_algorithm,
+                           data_block_size=v.data_block_size, hash_block_size=v.hash_block_size,
+                           length=image.size, keep_level0=True)  # fmt: skip
+        except (OSError, EvidenceFormatError) as exc:
+            return f"it could not be read back: {exc}"
+        if (d.size, d.sha256, d.verity.root_hash) != (image.size, image.sha256, v.root_hash):
+            return "it does not read back as written"
+        assert d.level0 is not None
+        tree = hash_tree(d.level0, v)
+        if image.size + len(tree) > self.capacity(slot):
+            return (f"no room for its {len(tree)}-byte hash tree after the image "
+                    f"({self.capacity(slot)} bytes)")  # fmt: skip
+        self.hook("slot.tree-open")
+        fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            self.hook("slot.tree-write")
+            os.pwrite(fd, tree, image.size)
+            self.hook("slot.tree-fsync")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return None
 
     # --- boot and confirm -----------------------------------------------------------------
 

@@ -295,10 +295,11 @@ class UpgradeGate:
         ptr = self.slots.save(replace(ptr, pending=None, tries=0, slots=slots))
         self.slots.write_image(target_slot, offer.image, size)
         image = SlotImage(rel.version, rel.sequence, digests.sha256, size, rel.verity)
-        if not self.slots.verify_slot(target_slot, image):
+        problem = self.slots.seal_slot(target_slot, image)  # read back (+ hash tree)
+        if problem is not None:
             bad = refuse(WRITE_VERIFY_FAILED,
-                         f"slot {target_slot} did not read back as release {rel.version} (the "
-                         "source changed while it was copied, or the medium is failing)",
+                         f"slot {target_slot} was not sealed as release {rel.version}: {problem} "
+                         "(the source changed while it was copied, or the medium is failing)",
                          version=rel.version)  # fmt: skip
             raise self._refused(bad, actor=actor, extra=extra)
         slots[target_slot] = image

@@ -1,8 +1,9 @@
 """The scenarios of issue 8 in QEMU + OVMF + swtpm, each test named after its scenario.
 
 Order matters only for speed, and one VM runs at a time: the shared VM is booted by the first
-scenario-1 test and reused by scenario 8, which swaps its TPM and closes it; scenarios 2 and 3
-boot VMs of their own.
+scenario-1 test and reused by the upgrade scenarios 4-7 (each also runs on its own: it brings
+the node to the release it needs) and by scenario 8, which swaps its TPM and closes it;
+scenarios 2 and 3 boot VMs of their own.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import pytest
 from vm_harness import image as im
 from vm_harness.build import STUB, NodeImage
 from vm_harness.scenarios import (
+    NEW,
     RELEASE_PCRS,
     Harness,
     appraise,
     s2_corrupt_root_fails_closed,
     s3_changed_cmdline_contraindicated,
+    s4_unblessed_upgrade_refused,
+    s5_blessed_upgrade,
+    s6_rollback,
+    s7_power_cut_mid_write,
     s8_tpm_reset_and_replacement,
 )
 
@@ -56,11 +62,24 @@ def test_bless_puts_the_predicted_pcrs_and_verity_root_in_the_release(
     assert release["expected_pcrs"]["attest-vm-harness-q35"]["uki"] == node_image.expected_pcrs
 
 
+def test_releases_share_the_uki_pcrs_and_differ_in_the_root_hash_pcr(harness: Harness) -> None:
+    """The UKI names no release (both slots boot it): 1.0.0 and 1.1.0 predict the same PCRs
+    4/9/11/12; PCR 15 (the initramfs's measurement of the slot's root hash) tells them apart."""
+    old, new = harness.image, harness.release(NEW)
+    assert Path(old.uki).read_bytes() == Path(new.uki).read_bytes()
+    assert old.verity_root_hash != new.verity_root_hash
+    a, b = old.expected_pcrs["sha256"], new.expected_pcrs["sha256"]
+    assert {k: a[k] for k in ("4", "9", "11", "12")} == {k: b[k] for k in ("4", "9", "11", "12")}
+    assert a["15"] != b["15"] and a["15"] == im.pcr15(old.verity_root_hash)
+
+
 def test_scenario1_predicted_pcrs_equal_the_booted_vm_quote(harness: Harness) -> None:
-    """PCRs 4/9/11/12 computed offline from the UKI equal what the booted node quotes."""
+    """PCRs 4/9/11/12 computed offline from the UKI, and 15 from the release's root hash,
+    equal what the booted node quotes."""
     vm = harness.booted()
     v = appraise(vm, harness.image)
     predicted = uki.predict_json(Path(harness.image.uki).read_bytes())["sha256"]
+    predicted["15"] = im.pcr15(harness.image.verity_root_hash)
     assert {i: v.pcrs[i] for i in RELEASE_PCRS} == {i: predicted[str(i)] for i in RELEASE_PCRS}
 
 
@@ -69,6 +88,31 @@ def test_scenario1_blessed_image_boots_and_attests_affirming(harness: Harness) -
     v = appraise(vm, harness.image)
     assert v.affirming, v.reasons
     assert v.enrollment.ek_certificate  # the EK chain to the harness CA was verified
+
+
+def test_scenario4_unblessed_upgrade_is_refused_and_nothing_written(harness: Harness) -> None:
+    out = s4_unblessed_upgrade_refused(harness)
+    assert out.passed, out.detail
+    assert "unknown-artifact" in out.detail
+
+
+def test_scenario5_blessed_upgrade_reboots_into_slot_b_attests_and_confirms(
+    harness: Harness,
+) -> None:
+    out = s5_blessed_upgrade(harness)
+    assert out.passed, out.detail
+    assert harness.running == NEW
+
+
+def test_scenario6_rollback_refused_then_authorised(harness: Harness) -> None:
+    out = s6_rollback(harness)
+    assert out.passed, out.detail
+    assert "rollback-unauthorised" in out.detail
+
+
+def test_scenario7_power_cut_mid_write_boots_the_old_slot(harness: Harness) -> None:
+    out = s7_power_cut_mid_write(harness)
+    assert out.passed, out.detail
 
 
 def test_scenario8_tpm_reset_and_replacement_detected(harness: Harness) -> None:

@@ -17,6 +17,12 @@ Query: ``version`` (optional; the release the image claims to be, for precise re
 Answers: 200 ``{accepted, reason, version, sequence, slot, ...}``; 403 unauthenticated;
 409 ``{"error": "UpgradeRefused", "check": <reason code>, "detail": ...}`` for every refusal;
 413 over the limit (``check: upload-too-large``); 400 a malformed body.
+
+With an in-process gate (development mode) the same channels also have
+``GET /v1/upgrades`` (the gate's status: slot pointer and NV counter) and
+``POST /v1/upgrades/confirm`` (commit the booted staged slot, after the operator saw it attest;
+409 ``check: nothing-to-confirm`` when the node did not boot a staged slot). The broker keeps
+both on its operator socket (``attest upgrade status|confirm``): answered 501 here.
 """
 
 from __future__ import annotations
@@ -151,7 +157,44 @@ def add_upgrade_routes(
                 path.unlink()
         return JSONResponse(decision)
 
+    @app.get("/v1/upgrades", dependencies=[Depends(require_trusted_channel)], responses={
+        403: {"description": "unauthenticated channel"},
+        501: {"description": "the gate runs in the broker: its operator socket"}})  # fmt: skip
+    async def upgrade_status() -> JSONResponse:
+        """The upgrade gate's status: slots, pointer, pending confirmation, NV counter."""
+        gate = gate_factory()
+        if not isinstance(gate, UpgradeGate):
+            return _not_here("status")
+        loop = asyncio.get_running_loop()
+        return JSONResponse(await loop.run_in_executor(None, gate.status))
+
+    @app.post("/v1/upgrades/confirm", dependencies=[Depends(require_trusted_channel)],
+              responses={403: {"description": "unauthenticated channel"},
+                         409: {"description": "nothing to confirm"},
+                         501: {"description": "the gate runs in the broker"}})  # fmt: skip
+    async def upgrade_confirm(request: Request) -> JSONResponse:
+        """Commit the staged slot the node booted (it becomes the active slot; the NV
+        counter rises to its sequence)."""
+        actor = f"api-{request.scope.get(CHANNEL_KEY, 'public')}"
+        gate = gate_factory()
+        if not isinstance(gate, UpgradeGate):
+            return _not_here("confirm")
+        loop = asyncio.get_running_loop()
+        async with lock:
+            try:
+                await loop.run_in_executor(None, lambda: gate.confirm(actor=actor))
+            except RuntimeError as exc:  # the node did not boot a staged slot
+                return JSONResponse({"error": "UpgradeRefused", "check": "nothing-to-confirm",
+                                     "detail": str(exc)}, status_code=409)  # fmt: skip
+            return JSONResponse(await loop.run_in_executor(None, gate.status))
+
     return {"/v1/upgrades": max_upload}
+
+
+def _not_here(what: str) -> JSONResponse:
+    return JSONResponse({"error": "NotSupported", "detail": f"upgrade {what} is on the broker's "
+                         "operator socket (attest upgrade " + what + ")"},
+                        status_code=501)  # fmt: skip
 
 
 def _stage(gate_factory: Callable[[], Gate], offer: Offer, now: Any) -> dict[str, Any]:
