@@ -1030,13 +1030,22 @@ RELEASE_PCRS: Mapping[int, tuple[Claim, str]] = {
     9: (Claim.CONFIGURATION, "kernel command line or initrd differs"),
     11: (Claim.EXECUTABLES, "unified kernel image sections differ"),
     12: (Claim.CONFIGURATION, "kernel command line or credentials differ"),
+    15: (Claim.FILE_SYSTEM, "dm-verity root hash measured before switch_root differs"),
 }
+# A release PCR that differs (first) or that the quote does not include (second: the release
+# pins it but the verifier did not ask for it -- never affirming, but not the node's fault).
+_DIFFERS = {Claim.EXECUTABLES: CONTRAINDICATED_RUNTIME, Claim.CONFIGURATION: UNSUPPORTABLE_CONFIG,
+            Claim.FILE_SYSTEM: CONTRAINDICATED_FILES}  # fmt: skip
+_NOT_QUOTED = {Claim.EXECUTABLES: UNRECOGNIZED_RUNTIME, Claim.CONFIGURATION: UNSAFE_CONFIG,
+               Claim.FILE_SYSTEM: UNRECOGNIZED_FILES}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class ReleasePcrCheck:
-    """executables / configuration: quoted boot PCRs equal one of the release's expected
-    variants for the node's platform. A differing command line names both root hashes."""
+    """executables / configuration / file-system: quoted boot PCRs equal one of the release's
+    expected variants for the node's platform. A differing command line names both root
+    hashes. Every PCR a variant pins must be quoted in each of its banks the quote has (a
+    PCR left out of the selection is never taken as matching: fail closed)."""
 
     def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
         quoted = ctx.quoted
@@ -1046,35 +1055,38 @@ class ReleasePcrCheck:
         variants = rel.expected_pcrs.get(ctx.platform_id)
         if not variants:
             return ()
-        best: list[tuple[int, Claim, str]] | None = None
+        best: list[tuple[int, Claim, int, str]] | None = None
         for _name, expected in sorted(variants.items()):
-            diffs: list[tuple[int, Claim, str]] = []
-            n = 0
+            diffs: list[tuple[int, Claim, int, str]] = []
+            banks = 0
             for alg, values in expected.values.items():
                 got = quoted.values.get(alg)
                 if got is None:
                     continue
+                banks += 1
                 for pcr, want in sorted(values.items()):
+                    claim, what = RELEASE_PCRS.get(pcr, (Claim.EXECUTABLES, "differs"))
                     if pcr not in got:
-                        continue
-                    n += 1
-                    if not hmac.compare_digest(got[pcr], want):
-                        claim, what = RELEASE_PCRS.get(pcr, (Claim.EXECUTABLES, "differs"))
-                        diffs.append((pcr, claim, self._explain(ctx, rel, pcr, what, want,
-                                                                got[pcr])))  # fmt: skip
-            if n and not diffs:
+                        diffs.append((pcr, claim, _NOT_QUOTED[claim],
+                                      f"PCR {pcr}: release {rel.version} pins it "
+                                      f"({alg.bank_name}) but the quote does not include it; "
+                                      "appraise with a PCR selection that does"))  # fmt: skip
+                    elif not hmac.compare_digest(got[pcr], want):
+                        diffs.append((pcr, claim, _DIFFERS[claim],
+                                      self._explain(ctx, rel, pcr, what, want, got[pcr])))
+            if not banks:
+                diffs.append((-1, Claim.EXECUTABLES, UNRECOGNIZED_RUNTIME,
+                              f"the quote has none of the banks release {rel.version}'s "
+                              f"expected PCRs ({_name}) are given in"))  # fmt: skip
+            if not diffs:
                 return (Finding(Claim.EXECUTABLES, APPROVED_BOOT, "release-pcrs",
                                 f"boot PCRs equal release {rel.version}'s expected values "
                                 f"({_name}) on {ctx.platform_id}"),)  # fmt: skip
-            if n and (best is None or len(diffs) < len(best)):
+            if best is None or len(diffs) < len(best):
                 best = diffs
-        if best is None:
-            return ()
-        out = []
-        for _pcr, claim, text in best:
-            value = CONTRAINDICATED_RUNTIME if claim is Claim.EXECUTABLES else UNSUPPORTABLE_CONFIG
-            out.append(Finding(claim, value, "release-pcrs", text))
-        return tuple(out)
+        assert best is not None
+        return tuple(Finding(claim, value, "release-pcrs", text)
+                     for _pcr, claim, value, text in best)  # fmt: skip
 
     @staticmethod
     def _explain(ctx: AppraisalContext, rel: Release, pcr: int, what: str, want: bytes,

@@ -183,12 +183,13 @@ def challenge(
 # --- evidence gathering for ``attest.appraisal.appraise`` (the verify CLI, the fleet) -------
 
 # PCRs a full appraisal asks for besides the runtime PCR: firmware (0-7), boot loader and
-# kernel command line (8, 9), unified kernel image (11) and its command line (12).
-APPRAISAL_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12)
+# kernel command line (8, 9), unified kernel image (11) and its command line (12), the dm-verity
+# root hash measured before switch_root (15; docs/runtime-log.md).
+APPRAISAL_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 15)
 
 
 def selection_for(enrollment: Enrollment, extra: PcrSelection | None = None) -> PcrSelection:
-    """The selection of an appraisal: ``extra`` (default: sha256 0-9, 11, 12) plus the
+    """The selection of an appraisal: ``extra`` (default: sha256 0-9, 11, 12, 15) plus the
     enrolled runtime PCR in sha256."""
     sel = (extra or PcrSelection.of({HashAlg.SHA256: APPRAISAL_PCRS})).as_dict()
     sha256 = set(sel.get(HashAlg.SHA256, ()))

@@ -370,6 +370,32 @@ def test_pcr9_cmdline_differs_names_both_root_hashes(
     )
 
 
+def test_release_pcr_not_quoted_is_never_affirming(good: Node) -> None:
+    """A release that pins PCR 15 (the verity root measured by the initramfs) appraised with a
+    selection that leaves 15 out: not taken as matching (fail closed), and said so."""
+    quoted = good.pcrs().values[HashAlg.SHA256]
+    reg = make_registry(good, variant_pcrs={4: quoted[4], 9: quoted[9], 15: b"\x15" * 32})
+    r = run(good, reg)
+    assert r.verdict is Verdict.WARNING
+    assert r.claim(Claim.FILE_SYSTEM).value == 32
+    assert not [f for c in r.claims for f in c.findings
+                if f.check == "release-pcrs" and f.value < 32]  # nothing approved by it
+    assert "PCR 15: release 1.4.2 pins it (sha256) but the quote does not include it; " \
+        "appraise with a PCR selection that does" in r.explanations  # fmt: skip
+
+
+def test_release_pcr_15_differs_is_a_file_system_finding(good: Node) -> None:
+    quoted = good.pcrs().values[HashAlg.SHA256]
+    reg = make_registry(good, variant_pcrs={4: quoted[4], 9: quoted[9], 11: b"\x00" * 32})
+    r = run(good, reg)  # PCR 11 is quoted (all zero on this node): equal, so affirming
+    assert r.verdict is Verdict.AFFIRMING, r.explanation
+    reg = make_registry(good, variant_pcrs={4: quoted[4], 9: quoted[9], 11: b"\x11" * 32})
+    r = run(good, reg)
+    assert r.verdict is Verdict.CONTRAINDICATED
+    assert r.claim(Claim.EXECUTABLES).value == 96
+    assert (r.first_divergence or "").startswith("PCR 11: unified kernel image sections differ")
+
+
 def test_unauthenticated_cmdline_is_ignored(good: Node, registry: VerifiedRegistry) -> None:
     """A reported command line that is not the measured one says nothing."""
     node = dataclasses.replace(make_node(R_OTHER), cmdline=cmdline_for(R_BLESSED))

@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
     p.add_argument("--platform", help="the node's platform id in the registry (e.g. ovmf-q35)")
     p.add_argument("--pcrs", type=PcrSelection.parse, default=None,
-                   help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12)")
+                   help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12,15)")
     p.add_argument("--ear-key", help="P-256 private key (PEM) that signs the EAR")
     p.add_argument("--ear-out", help="write the EAR (compact JWS) to this file")
     p.add_argument("--re-enroll", action="store_true",

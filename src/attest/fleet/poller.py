@@ -49,10 +49,13 @@ from attest.model import HashAlg, PcrSelection
 from attest.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.result import ear_claims, submod
 from attest.tpmstruct import ClockInfo
+from attest.verifier import APPRAISAL_PCRS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SELECTION = "sha256:0-7"
+# The same PCRs as `attest verify` (firmware, boot loader, kernel, UKI, verity root; the runtime
+# PCR of each enrollment is added): a release's expected PCRs are checked only where quoted.
+DEFAULT_SELECTION = "sha256:" + ",".join(str(p) for p in APPRAISAL_PCRS)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
