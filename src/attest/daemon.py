@@ -233,9 +233,19 @@ def make_status(settings: Settings, verity: VerityTracker) -> Any:
             registry_error = f"{settings.registry.trust_dir}: {exc.strerror}"
         return evaluate_node(tpm_error=tpm_error, runtime_error=runtime_error,
                              verity=verity.latest_report, registry=registry,
-                             registry_error=registry_error, now=now).to_json()  # fmt: skip
+                             registry_error=registry_error, now=now,
+                             root_devno=root_devno()).to_json()  # fmt: skip
 
     return status
+
+
+def root_devno() -> str | None:
+    """"major:minor" of the device mounted at / (None when it cannot be stat'ed)."""
+    try:
+        dev = os.stat("/").st_dev
+    except OSError:
+        return None
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 class VerityTracker:

@@ -40,7 +40,11 @@ def evaluate_node(
     registry: VerifiedRegistry | None,
     registry_error: str | None,
     now: datetime,
+    root_devno: str | None = None,
 ) -> NodeVerdict:
+    """``root_devno`` ("major:minor" of the device mounted at /) names the root's verity device
+    when the kernel command line carries no root hash (a root hash chosen and measured by the
+    initramfs, as the VM harness's A/B slots do): that device's root digest is looked up."""
     found: list[tuple[str, str]] = []  # (verdict, reason)
     checks: dict[str, str] = {}
     checks["tpm"] = "ok" if tpm_error is None else "failed"
@@ -60,9 +64,13 @@ def evaluate_node(
             checks["verity"] = "corrupted"
             bad = [d.name for d in verity.devices if str(d.status) == "corrupted"]
             found.append(("corrupted", f"dm-verity reported corruption on {', '.join(bad)}"))
+        elif not root_hashes and (root_dev := _root_device(verity, root_devno)) is not None:
+            checks["verity"] = "ok"
+            root_hashes = [root_dev]
         elif not root_hashes:
             checks["verity"] = "none"
-            found.append(("unknown", "the kernel command line names no dm-verity root hash"))
+            found.append(("unknown", "neither the kernel command line nor the device mounted at "
+                                     "/ names a dm-verity root hash"))  # fmt: skip
         elif not verity.cmdline_backed:
             checks["verity"] = "unbacked"
             missing = ", ".join(h.root_hash.hex()[:16] for h in verity.unbacked)
@@ -91,3 +99,13 @@ def evaluate_node(
                            release_doc, checks)  # fmt: skip
     worst = min(found, key=lambda f: _ORDER.index(f[0]))[0]
     return NodeVerdict(worst, tuple(reason for _, reason in found), release_doc, checks)
+
+
+def _root_device(verity: VerityReport, root_devno: str | None) -> bytes | None:
+    """The root digest of the verity device mounted at / (``root_devno``), if it is one."""
+    if root_devno is None:
+        return None
+    for d in verity.devices:
+        if d.devno == root_devno and d.root_digest is not None:
+            return d.root_digest
+    return None

@@ -77,3 +77,34 @@ def test_no_registry_is_unknown_not_blessed() -> None:
                       registry=None, registry_error="no trust root in /x",
                       now=NOW + timedelta(days=1))  # fmt: skip
     assert v.verdict == "unknown" and "no trust root" in v.reasons[0]
+
+
+def _device_only(root: bytes, devno: str) -> VerityReport:
+    """No root hash on the command line (the initramfs chose and measured it): only the active
+    verity device, with the table parsed from ``dmsetup table``."""
+    from attest.dmverity import parse_verity_table
+
+    table = parse_verity_table(
+        f"0 8 verity 1 254:1 254:1 4096 4096 1 1 sha256 {root.hex()} {'00' * 32}")
+    return VerityReport((VerityDevice("root", "CRYPT-VERITY-x", devno, table,
+                                      VerityStatus.VERIFIED, None),), ())  # fmt: skip
+
+
+def test_root_device_names_the_release_without_a_command_line_root_hash() -> None:
+    v = evaluate_node(tpm_error=None, runtime_error=None,
+                      verity=_device_only(REL.verity.root_hash, "254:0"), registry=registry(),
+                      registry_error=None, now=NOW, root_devno="254:0")  # fmt: skip
+    assert v.verdict == "blessed" and v.checks["verity"] == "ok"
+    assert v.release and v.release["version"] == "1.0.0"
+    unknown = evaluate_node(tpm_error=None, runtime_error=None,
+                            verity=_device_only(b"\x09" * 32, "254:0"), registry=registry(),
+                            registry_error=None, now=NOW, root_devno="254:0")  # fmt: skip
+    assert unknown.verdict == "not-blessed"
+
+
+def test_a_verity_device_not_mounted_at_root_names_nothing() -> None:
+    v = evaluate_node(tpm_error=None, runtime_error=None,
+                      verity=_device_only(REL.verity.root_hash, "254:3"), registry=registry(),
+                      registry_error=None, now=NOW, root_devno="254:0")  # fmt: skip
+    assert v.verdict == "unknown" and v.checks["verity"] == "none"
+    assert "mounted at /" in " ".join(v.reasons)
