@@ -65,6 +65,13 @@ IMAGE_TOO_LARGE = "image-too-large"
 UPLOAD_TOO_LARGE = "upload-too-large"
 PENDING_CONFIRMATION = "pending-confirmation"
 WRITE_VERIFY_FAILED = "write-verify-failed"
+SEQUENCE_JUMP = "sequence-jump"
+
+# A TPM NV counter moves one step per TPM2_NV_Increment, and the gate's counter holds the
+# committed release sequence: an upgrade costs (new - installed) increments. Registries number
+# releases consecutively (`attest manifest bless` does); a larger jump is refused rather than
+# spending minutes (and NV write endurance) on increments.
+MAX_SEQUENCE_STEP = 1024
 
 ACCEPT_REASONS = frozenset({UPGRADE, REINSTALL, AUTHORISED_ROLLBACK})
 REASONS: dict[str, str] = {
@@ -90,6 +97,7 @@ REASONS: dict[str, str] = {
     UPLOAD_TOO_LARGE: "the upload exceeds the configured size limit",
     PENDING_CONFIRMATION: "the node runs an unconfirmed upgrade: confirm it (or reboot) first",
     WRITE_VERIFY_FAILED: "the slot did not read back as the verified image",
+    SEQUENCE_JUMP: "the release sequence is more than MAX_SEQUENCE_STEP above the installed one",
 }
 
 
@@ -288,6 +296,13 @@ def evaluate_upgrade(
     snap = trusted.snapshot
     high = max(current.sequence, nv_counter)
     facts = {"installed_sequence": current.sequence, "nv_sequence": nv_counter}
+    if target.sequence - high > MAX_SEQUENCE_STEP:
+        return refuse(SEQUENCE_JUMP,
+                      f"release {v} (#{target.sequence}) is {target.sequence - high} sequence "
+                      f"numbers above the installed #{high}; the TPM NV counter that proves "
+                      f"the installed sequence moves one increment at a time (at most "
+                      f"{MAX_SEQUENCE_STEP} per upgrade): number releases consecutively",
+                      version=v, **facts)  # fmt: skip
     if target.sequence >= high:
         kind = RollbackKind.UPGRADE if target.sequence > high else RollbackKind.REINSTALL
         code = UPGRADE if kind is RollbackKind.UPGRADE else REINSTALL

@@ -319,6 +319,20 @@ def test_mix_and_match_of_two_releases_is_not_blessed(w: World) -> None:
     assert not d.accepted and d.reason == "verity-root-mismatch"
 
 
+def test_a_sequence_jump_beyond_the_nv_counter_step_limit_is_refused(
+        w: World, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import attest.gate
+
+    monkeypatch.setattr(attest.gate, "MAX_SEQUENCE_STEP", 1)
+    d = evaluate_upgrade(InstalledState(None, 1, 1 << 30), _image(w.v3), _pure(w), nv_counter=1,
+                         now=NOW)  # fmt: skip
+    assert not d.accepted and d.reason == "sequence-jump"
+    assert "2 sequence numbers above the installed #1" in d.message
+    d = evaluate_upgrade(InstalledState(None, 1, 1 << 30), _image(w.v2), _pure(w), nv_counter=1,
+                         now=NOW)  # fmt: skip
+    assert d.accepted and d.reason == "upgrade"
+
+
 def test_each_refusal_code_is_distinct_and_documented() -> None:
     from attest.gate import REASONS
 
