@@ -147,7 +147,7 @@ def _bless(args: argparse.Namespace) -> int:
     return bless_image(_image(args.version), registry=args.registry, commit=args.commit)
 
 
-def bless_image(node: Any, *, registry: str, commit: str = "0" * 40) -> int:
+def bless_image(node: Any, *, registry: str, commit: str = "0" * 40, quiet: bool = False) -> int:
     """The release artifact is the squashfs (the slot image's first ``root_size`` bytes; the
     hash tree follows it). ``attest manifest bless`` recomputes its sha256 and verity root
     hash with the build's salt and refuses a mismatch; the predicted PCRs 4/9/11/12 go in as
@@ -169,7 +169,10 @@ def bless_image(node: Any, *, registry: str, commit: str = "0" * 40) -> int:
            "--expect-root-hash", node.verity_root_hash,
            "--expected-pcrs", str(Path(node.directory) / "expected-pcrs.json"),
            "--registry", registry]  # fmt: skip
-    rc = subprocess.run(cmd).returncode
+    done = subprocess.run(cmd, capture_output=quiet, text=True)
+    if quiet and done.returncode != 0:
+        print(done.stderr or done.stdout, file=sys.stderr)
+    rc = done.returncode
     artifact.unlink()
     return rc
 

@@ -1,11 +1,14 @@
 """Good and hostile scenarios against a booted node, each returning a ``Outcome`` that says
 what was expected, what happened and why.
 
-Appraisal here uses what exists in attest today -- ``attest.verifier.enroll`` (EK certificate
-chain to the harness's private CA, AK attributes) and ``challenge`` (quote, Merkle proof,
-runtime-log replay, firmware-log replay) -- plus the release's predicted PCRs 4/9/11/12
-(``attest.uki``) and the harness platform's PCRs 0-2 (``firmware_manifests/platforms``).
-When ``attest verify`` lands, ``appraise`` delegates to it.
+Scenario 1 verifies the node as an orchestrator would: the real ``attest verify`` CLI as a
+subprocess against a registry made with ``attest manifest`` (``orchestrator.py``). The
+harness's own ``appraise`` -- ``attest.verifier.enroll`` (EK certificate chain to the harness's
+private CA, AK attributes) and ``challenge`` (quote, Merkle proof, runtime-log replay,
+firmware-log replay) plus the release's predicted PCRs 4/9/11/12/15 (``attest.uki``,
+``image.pcr15``) and the harness platform's PCRs 0-2 (``firmware_manifests/platforms``) --
+shows prediction == quote with the values at hand, explains a divergent PCR event by event,
+and appraises the other scenarios' nodes.
 """
 
 from __future__ import annotations
@@ -213,6 +216,15 @@ class Outcome:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class VerifierFiles:
+    registry: Path
+    trust: Path
+    revoked: Path
+    key: Path
+    enrollments: Path
+
+
 class Harness:
     """Holds the built image and, where a scenario does not need a fresh one, a booted VM
     reused across scenarios."""
@@ -226,6 +238,28 @@ class Harness:
         self.running = image.version  # the release the shared node runs (upgrades change it)
         self.images = {image.version: image}
         self.snapshot_sequence = 0
+        self._verifier: VerifierFiles | None = None
+
+    def verifier_files(self) -> VerifierFiles:
+        """The orchestrator's files for ``attest verify`` (made once per harness, with the
+        ``attest manifest`` commands): a registry blessing this image with the harness
+        platform's reference, the verifier's trusted state made from it, the next snapshot
+        with the release revoked, and an EAR signing key."""
+        if self._verifier is None:
+            import shutil
+
+            from . import orchestrator as orch
+
+            d = self.work / "verifier"
+            shutil.rmtree(d, ignore_errors=True)
+            blessed = orch.blessed_registry(self.image, d / "registry.json")
+            self._verifier = VerifierFiles(
+                registry=blessed, trust=orch.trust_dir(blessed, d / "trust"),
+                revoked=orch.revoked_registry(blessed, d / "registry-revoked.json",
+                                              self.image.version,
+                                              "vm-harness scenario 1: negative check"),
+                key=orch.ear_key(d / "ear.pem"), enrollments=d / "enrollments")  # fmt: skip
+        return self._verifier
 
     def booted(self) -> Vm:
         if self.vm is None or not self.vm.alive():
@@ -269,17 +303,92 @@ class Harness:
 
 
 def s1_blessed_boot_affirming(h: Harness) -> Outcome:
-    vm = h.booted()
-    v = appraise(vm, h.image)
-    if h.first_affirming is None and v.affirming:
+    """The blessed image boots and attests affirming end to end through ``attest verify``:
+    first contact enrolls (EK chain to the harness CA, credential activation over the node's
+    mutual-TLS listener) and is affirming as the release; a second run re-uses the enrollment
+    and stays affirming; the same node against the next snapshot, which revokes the release,
+    is contraindicated (exit 11) naming the revocation. The harness's own appraisal shows the
+    prediction == the quoted PCRs."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import orchestrator as orch
+    from .trust import TEST_TRUST
+
+    name = "blessed-boot"
+    with ThreadPoolExecutor(1) as pool:  # the registry is made while the node boots
+        files_f = pool.submit(h.verifier_files)
+        vm = h.booted()
+        files = files_f.result()
+    shutil.rmtree(files.enrollments, ignore_errors=True)  # a verifier that never saw the node
+    runs: dict[str, orch.VerifyRun] = {}
+    runs["first"] = first = orch.attest_verify(vm, state=files.enrollments, key=files.key,
+                                               trust=files.trust)  # fmt: skip
+    if h.first_affirming is None and first.code == 0:
         h.first_affirming = time.monotonic() - vm.t_start
-    ok = v.affirming
-    detail = (f"affirming: PCRs 4/9/11/12 equal the prediction from the UKI, 15 the release's "
-              f"root hash, 0-2 the platform reference; boot→ready {h.boot_seconds:.1f} s, "
-              f"first affirming {h.first_affirming or 0:.1f} s after QEMU start") if ok else \
-        "; ".join(v.reasons)  # fmt: skip
-    return Outcome("blessed-boot", ok, detail, data={"pcrs": v.pcrs,
-                                                    "boot": vm.boot_report()})  # fmt: skip
+    runs["second"] = second = orch.attest_verify(vm, state=files.enrollments, key=files.key,
+                                                 trust=files.trust)  # fmt: skip
+    runs["revoked"] = revoked = orch.attest_verify(
+        vm, state=files.enrollments, key=files.key, root=TEST_TRUST / "root.json",
+        snapshot=files.revoked)  # fmt: skip
+    v = appraise(vm, h.image)  # prediction == quote, verity report, with the values at hand
+    version = h.image.version
+    problems = s1_problems(runs, version)
+    if not v.affirming:
+        problems.append("harness appraisal: " + "; ".join(v.reasons))
+    data = {"pcrs": v.pcrs, "boot": vm.boot_report(),
+            "cli": {k: {"code": r.code, "doc": r.doc, "ear": r.ear, "seconds": r.seconds,
+                        "argv": r.argv} for k, r in runs.items()}}  # fmt: skip
+    if problems:
+        return Outcome(name, False, "; ".join(problems), data=data)
+    detail = (f"`attest verify` exit 0 affirming as release {version} (enrolled on first "
+              f"contact: EK chain to the harness CA, credential activation over mutual TLS; "
+              f"EAR ear.status affirming; {first.seconds:.1f} s), again exit 0 with the stored "
+              f"enrollment ({second.seconds:.1f} s), exit {revoked.code} against the snapshot "
+              f"revoking it: {revoked.explanation[:100]}; harness: PCRs 4/9/11/12/15 equal the "
+              f"prediction, 0-2 the platform reference; boot→ready {h.boot_seconds or 0:.1f} s, "
+              f"first affirming {h.first_affirming or 0:.1f} s after QEMU start")
+    return Outcome(name, True, detail, data=data)
+
+
+EXPECTED_CHECKS = ("quote", "firmware-replay", "platform", "release-pcrs", "verity", "runtime-log",
+                   "audit-chain", "release")
+
+
+def s1_problems(runs: dict[str, Any], version: str) -> list[str]:
+    """What scenario 1's three ``attest verify`` runs got wrong (empty when all held)."""
+    out: list[str] = []
+    first, second, revoked = runs["first"], runs["second"], runs["revoked"]
+    for label, r in (("first run", first), ("second run", second)):
+        doc = r.doc
+        if r.code != 0 or doc.get("verdict") != "affirming":
+            out.append(f"{label}: {r.summary()}")
+            continue
+        if r.release.get("status") != "blessed" or r.release.get("version") != version:
+            out.append(f"{label}: release {r.release}, want {version} blessed")
+        checks = {f.get("check") for f in doc["result"].get("findings", [])
+                  if f.get("tier") == "affirming"}  # fmt: skip
+        missing = [c for c in EXPECTED_CHECKS if c not in checks]
+        if missing:
+            out.append(f"{label}: no affirming finding of {missing}")
+        node = doc["result"].get("node_id")
+        sub = ((r.ear or {}).get("submods") or {}).get(node) or {}
+        if sub.get("ear.status") != "affirming":
+            out.append(f"{label}: the EAR's submodule {node!r} says {sub.get('ear.status')}")
+        if any("audit log not fetched" in str(n) for n in doc.get("notes", [])):
+            out.append(f"{label}: {doc['notes']}")
+    enrolled = first.doc.get("enrollment") or {}
+    if not first.first_contact or not enrolled.get("activated") or \
+            not enrolled.get("ek_certificate"):  # fmt: skip
+        out.append(f"first run: not enrolled with EK chain + activation: {enrolled} "
+                   f"{first.doc.get('notes')}")  # fmt: skip
+    if second.first_contact or (second.doc.get("enrollment") or {}).get("ak_name") != \
+            enrolled.get("ak_name") or second.doc.get("re_enrollment") is not None:  # fmt: skip
+        out.append(f"second run did not re-use the enrollment: {second.doc.get('notes')}")
+    if revoked.code != 11 or revoked.doc.get("verdict") != "contraindicated" or \
+            "revoked" not in revoked.explanation or version not in revoked.explanation:
+        out.append(f"against the revoking snapshot: {revoked.summary()}")
+    return out
 
 
 def s2_corrupt_root_fails_closed(h: Harness) -> Outcome:

@@ -132,6 +132,33 @@ def test_activation_needs_a_client_certificate(tls_node: dict[str, object]) -> N
     assert e.activated and e.ak_name == e_public.ak_name
 
 
+def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
+    tls_node: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``attest verify URL --activation-url MTLS --client-cert C --client-key K``: the
+    evidence comes from the public listener, credential activation and the audit log from the
+    node's mutual-TLS listener (another port, as attestd's ``api.mtls_port``)."""
+    import json
+
+    from attest.cli import EXIT_USAGE
+    from attest.cli.verify import main
+
+    port, d = tls_node["port"], tls_node["dir"]
+    assert isinstance(d, Path) and isinstance(port, int)
+    common = [f"https://127.0.0.1:{port}", "--state", str(tmp_path / "verifier"),
+              "--tls-ca", str(d / "ca.crt"), "--json"]  # fmt: skip
+    # --activation-url without a client certificate: a usage error, nothing contacted
+    assert main([*common, "--activation-url", f"https://127.0.0.1:{port + 1}"]) == EXIT_USAGE
+    assert "--activation-url needs --client-cert" in capsys.readouterr().err
+    code = main([*common, "--activation-url", f"https://127.0.0.1:{port + 1}",
+                 "--client-cert", str(d / "client.crt"), "--client-key", str(d / "client.key")])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["enrollment"]["activated"] is True, doc
+    assert not any("WITHOUT credential activation" in n for n in doc["notes"])
+    assert not any("audit log not fetched" in n for n in doc["notes"]), doc["notes"]
+    assert doc["verdict"] in ("affirming", "warning") and code in (0, 10), doc["explanation"]
+
+
 def test_fleet_poller_checks_the_nodes_tls_certificate(tls_node: dict[str, object],
                                                        tmp_path: Path) -> None:
     """``attest fleet serve --tls-ca``: the poller reaches an https node whose certificate

@@ -19,6 +19,7 @@ from vm_harness.scenarios import (
     RELEASE_PCRS,
     Harness,
     appraise,
+    s1_blessed_boot_affirming,
     s2_corrupt_root_fails_closed,
     s3_changed_cmdline_contraindicated,
     s4_unblessed_upgrade_refused,
@@ -83,11 +84,31 @@ def test_scenario1_predicted_pcrs_equal_the_booted_vm_quote(harness: Harness) ->
     assert {i: v.pcrs[i] for i in RELEASE_PCRS} == {i: predicted[str(i)] for i in RELEASE_PCRS}
 
 
-def test_scenario1_blessed_image_boots_and_attests_affirming(harness: Harness) -> None:
-    vm = harness.booted()
-    v = appraise(vm, harness.image)
-    assert v.affirming, v.reasons
-    assert v.enrollment.ek_certificate  # the EK chain to the harness CA was verified
+def test_scenario1_blessed_image_attests_affirming_through_attest_verify(
+    harness: Harness,
+) -> None:
+    """`attest verify` as an orchestrator runs it (subprocess; a registry made with `attest
+    manifest` blessing the release's expected PCRs 4/9/11/12/15 and the platform's 0-2; EK
+    chain to the harness CA; credential activation over the node's mutual-TLS listener):
+    exit 0 affirming as the release, the stored enrollment re-used on the second run, exit 11
+    naming the revocation against the next snapshot, which revokes the release."""
+    out = s1_blessed_boot_affirming(harness)
+    assert out.passed, out.detail
+    cli = out.data["cli"]
+    first, second, revoked = cli["first"], cli["second"], cli["revoked"]
+    assert first["code"] == 0 and first["doc"]["verdict"] == "affirming"
+    assert first["doc"]["result"]["release"]["version"] == harness.image.version
+    assert first["doc"]["enrollment"]["activated"] is True
+    assert first["doc"]["enrollment"]["ek_certificate"]  # the EK chain to the harness CA
+    node = first["doc"]["result"]["node_id"]
+    assert first["ear"]["submods"][node]["ear.status"] == "affirming"
+    assert second["code"] == 0 and second["doc"]["verdict"] == "affirming"
+    assert not any("enrolled" in n for n in second["doc"]["notes"])
+    assert second["doc"]["enrollment"] == first["doc"]["enrollment"]
+    assert revoked["code"] == 11 and revoked["doc"]["verdict"] == "contraindicated"
+    assert f"release {harness.image.version} was revoked" in revoked["doc"]["explanation"]
+    assert {i: out.data["pcrs"][i] for i in RELEASE_PCRS} == \
+        {i: harness.image.expected_pcrs["sha256"][str(i)] for i in RELEASE_PCRS}  # fmt: skip
 
 
 def test_scenario4_unblessed_upgrade_is_refused_and_nothing_written(harness: Harness) -> None:

@@ -72,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="EK certificate CA (roots and intermediates; repeat)")
     p.add_argument("--client-cert", help="client certificate for the node's mutual-TLS listener")
     p.add_argument("--client-key", help="its private key")
+    p.add_argument("--activation-url", metavar="URL",
+                   help="the node's mutual-TLS listener (default: URL; e.g. "
+                        "https://node-7:7444): credential activation and the audit log go "
+                        "there with --client-cert")
     p.add_argument("--operator-socket", help="the node's operator Unix socket (activation, audit)")
     p.add_argument("--tls-ca", help="CA that signs the node's TLS certificate (https URLs)")
     p.add_argument("--trust-dir", type=Path,
@@ -96,6 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--host-operator-socket", help="the host's operator Unix socket")
     h.add_argument("--host-client-cert", help="client certificate for the host's mTLS listener")
     h.add_argument("--host-client-key", help="its private key")
+    h.add_argument("--host-activation-url", metavar="URL",
+                   help="the host's mutual-TLS listener (default: HOST_URL)")
     h.add_argument("--host-tls-ca", help="CA that signs the host's TLS certificate")
     h.add_argument("--host-trust-dir", type=Path, help="trusted manifests for the host's images")
     h.add_argument("--host-root", type=Path, help="trust root for the host (with --host-snapshot)")
@@ -149,20 +155,32 @@ def _ear_key(path: str | None) -> Any:
 
 @contextlib.contextmanager
 def _clients(args: argparse.Namespace) -> Iterator[tuple[NodeClient, NodeClient | None]]:
-    verify: Any = args.tls_ca if args.tls_ca else True
+    def verify() -> Any:  # a context per client: a client certificate is loaded into it
+        if not args.tls_ca:
+            return True
+        import ssl
+
+        return ssl.create_default_context(cafile=args.tls_ca)
+
     cert = None
     if args.client_cert or args.client_key:
         if not (args.client_cert and args.client_key):
             raise ConfigError("give --client-cert and --client-key together", key="--client-key")
         cert = (args.client_cert, args.client_key)
+    if getattr(args, "activation_url", None) and cert is None:
+        raise ConfigError("--activation-url needs --client-cert and --client-key",
+                          key="--activation-url")
     with contextlib.ExitStack() as stack:
-        client = stack.enter_context(NodeClient(args.url, verify=verify))
+        client = stack.enter_context(NodeClient(args.url, verify=verify()))
         operator = None
         if args.operator_socket:
             operator = stack.enter_context(NodeClient("http://operator",
                                                       uds=args.operator_socket))  # fmt: skip
         elif cert is not None:
-            operator = stack.enter_context(NodeClient(args.url, verify=verify, cert=cert))
+            # The mutual-TLS listener: URL itself, or a listener of its own (attestd's
+            # api.mtls_port) when URL is the public one.
+            mtls_url = getattr(args, "activation_url", None) or args.url
+            operator = stack.enter_context(NodeClient(mtls_url, verify=verify(), cert=cert))
         yield client, operator
 
 
@@ -257,9 +275,9 @@ def _host_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(
         url=args.host, ek_ca=args.host_ek_ca, operator_socket=args.host_operator_socket,
         client_cert=args.host_client_cert, client_key=args.host_client_key,
-        tls_ca=args.host_tls_ca, trust_dir=args.host_trust_dir, root=args.host_root,
-        snapshot=args.host_snapshot, platform=args.host_platform, pcrs=args.pcrs,
-        re_enroll=args.re_enroll,
+        activation_url=args.host_activation_url, tls_ca=args.host_tls_ca,
+        trust_dir=args.host_trust_dir, root=args.host_root, snapshot=args.host_snapshot,
+        platform=args.host_platform, pcrs=args.pcrs, re_enroll=args.re_enroll,
     )  # fmt: skip
 
 
