@@ -29,7 +29,7 @@ from attest.enroll import (
     verify_ak_attributes,
     verify_ek_certificate,
 )
-from attest.errors import CertificateError, CredentialError
+from attest.errors import CertificateError, CredentialError, TransportError
 from attest.evidence import VerifiedEvidence, unb64, verify_evidence
 from attest.model import HashAlg, PcrSelection
 from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
@@ -112,7 +112,10 @@ def enroll(
         if ek is None:
             raise CredentialError("the node has no EK to activate a credential with")
         challenge, expected = start_enrollment(ek, ak)
-        returned = activator.activate(challenge.id_object, challenge.encrypted_secret)
+        try:
+            returned = activator.activate(challenge.id_object, challenge.encrypted_secret)
+        except TransportError as exc:  # the activation channel refused: not an absent node
+            raise CredentialError(f"credential activation failed: {exc}") from None
         finish_enrollment(expected, returned)
         activated = True
     return Enrollment(

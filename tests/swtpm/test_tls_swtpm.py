@@ -157,6 +157,15 @@ def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
     assert not any("WITHOUT credential activation" in n for n in doc["notes"])
     assert not any("audit log not fetched" in n for n in doc["notes"]), doc["notes"]
     assert doc["verdict"] in ("affirming", "warning") and code in (0, 10), doc["explanation"]
+    # Activation sent to the public listener (403 there): the enrollment is refused as a failed
+    # credential activation (exit 11), not reported as an unreachable node (12).
+    code = main([f"https://127.0.0.1:{port}", "--state", str(tmp_path / "verifier-2"),
+                 "--tls-ca", str(d / "ca.crt"), "--json",
+                 "--activation-url", f"https://127.0.0.1:{port}",
+                 "--client-cert", str(d / "client.crt"), "--client-key", str(d / "client.key")])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 11, doc
+    assert "credential-activation" in doc["explanation"] and "403" in doc["explanation"], doc
 
 
 def test_fleet_poller_checks_the_nodes_tls_certificate(tls_node: dict[str, object],

@@ -103,17 +103,6 @@ class EnrollPolicy:
                 "mutual-tls" if self.client_cert else None}  # fmt: skip
 
 
-class _Activator(NodeClient):
-    """The activation channel: a refusal there is a failed credential activation, not an
-    unreachable node."""
-
-    def activate(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
-        try:
-            return super().activate(id_object, encrypted_secret)
-        except TransportError as exc:
-            raise CredentialError(f"credential activation failed: {exc}") from None
-
-
 @contextlib.contextmanager
 def _clients(url: str, policy: EnrollPolicy, activation_url: str | None
              ) -> Iterator[tuple[NodeClient, NodeClient | None]]:  # fmt: skip
@@ -122,10 +111,10 @@ def _clients(url: str, policy: EnrollPolicy, activation_url: str | None
         client = stack.enter_context(NodeClient(url, verify=verify))
         activator: NodeClient | None = None
         if policy.operator_socket:
-            activator = stack.enter_context(_Activator("http://operator",
+            activator = stack.enter_context(NodeClient("http://operator",
                                                        uds=policy.operator_socket))  # fmt: skip
         elif policy.client_cert is not None:
-            activator = stack.enter_context(_Activator(activation_url or url, verify=verify,
+            activator = stack.enter_context(NodeClient(activation_url or url, verify=verify,
                                                        cert=policy.client_cert))  # fmt: skip
         yield client, activator
 
