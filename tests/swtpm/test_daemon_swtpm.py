@@ -36,8 +36,12 @@ def test_enroll_and_attest_through_the_daemons(node: Node) -> None:
 
 
 def test_activation_is_refused_on_the_public_listener(node: Node) -> None:
-    with node.client() as c, pytest.raises(TransportError, match="403"):
+    """The public listener answers 403 to activation: a failed credential activation (the
+    enrollment is refused, naming the check), not an unreachable node."""
+    with node.client() as c, pytest.raises(CredentialError,
+                                           match="credential activation failed: .*403") as exc:
         enroll(c, now=datetime.now(UTC), activator=c)
+    assert exc.value.check == "credential-activation"
 
 
 def test_activation_for_another_tpm_fails(node: Node, swtpm_factory: SwtpmFactory,
