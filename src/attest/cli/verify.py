@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from attest.appraisal import (
     AppraisalResult,
@@ -241,13 +241,7 @@ def _report(
     print(f"{result.node_id or args.url}: {result.verdict.value.upper()}", file=out)
     if result.first_divergence:
         print(f"  first divergence: {result.first_divergence}", file=out)
-    for c in result.claims:
-        if c.value == 0 and not c.findings:
-            continue
-        worst = max(c.findings, key=lambda f: (f.tier, f.value)) if c.findings else None
-        why = worst.explanation if worst is not None else ""
-        label = c.tier.label if c.tier is not Tier.NONE else "no claim"
-        print(f"  {c.claim.value:<18} {c.value:>3} {label:<16} {why}", file=out)
+    _print_claims(result, out, indent="  ")
     for n in all_notes:
         print(f"  note: {n}", file=out)
     if token is not None and args.ear_out:
@@ -279,6 +273,17 @@ def _host_args(args: argparse.Namespace) -> argparse.Namespace:
         trust_dir=args.host_trust_dir, root=args.host_root, snapshot=args.host_snapshot,
         platform=args.host_platform, pcrs=args.pcrs, re_enroll=args.re_enroll,
     )  # fmt: skip
+
+
+def _print_claims(result: AppraisalResult, out: TextIO, *, indent: str) -> None:
+    """One line per claim that says something: value, tier and its worst finding."""
+    for c in result.claims:
+        if c.value == 0 and not c.findings:
+            continue
+        worst = max(c.findings, key=lambda f: (f.tier, f.value)) if c.findings else None
+        why = worst.explanation if worst is not None else ""
+        label = c.tier.label if c.tier is not Tier.NONE else "no claim"
+        print(f"{indent}{c.claim.value:<18} {c.value:>3} {label:<16} {why}", file=out)
 
 
 def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: bytes,
@@ -409,12 +414,7 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
         print(f"  first divergence: {pair.first_divergence}", file=out)
     for name, (lay, r) in layers.items():
         print(f"  {name} {r.node_id or lay.address}: {r.verdict.value}", file=out)
-        for c in r.claims:
-            if c.value == 0 and not c.findings:
-                continue
-            worst = max(c.findings, key=lambda f: (f.tier, f.value)) if c.findings else None
-            why = worst.explanation if worst is not None else ""
-            print(f"    {c.claim.value:<18} {c.value:>3} {c.tier.label:<16} {why}", file=out)
+        _print_claims(r, out, indent="    ")
         for n in [*lay.notes, *r.notes]:
             print(f"    note: {n}", file=out)
     for n in notes:
