@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+import ssl
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,6 +68,31 @@ def load_ek_cas(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[x509.Cert
             for cert in x509.load_pem_x509_certificates(f.read_bytes()):
                 (roots if cert.issuer == cert.subject else inter).append(cert)
     return roots, inter
+
+
+@contextlib.contextmanager
+def open_channels(url: str, *, tls_ca: str | None = None, operator_socket: str | None = None,
+                  client_cert: tuple[str, str] | None = None,
+                  activation_url: str | None = None,
+                  ) -> Iterator[tuple[NodeClient, NodeClient | None]]:  # fmt: skip
+    """The clients of one contact: the node's API at ``url`` (evidence, identity) and its
+    authenticated channel for credential activation and the audit log, if any -- the operator
+    socket, else the mutual-TLS listener (``activation_url``, attestd's ``api.mtls_port``, or
+    ``url`` itself) with ``client_cert``. ``tls_ca`` verifies https URLs (default: the system's
+    CAs); each client gets its own TLS context (a client certificate is loaded into it)."""
+
+    def verify() -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=tls_ca) if tls_ca else True
+
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(NodeClient(url, verify=verify()))
+        channel: NodeClient | None = None
+        if operator_socket:
+            channel = stack.enter_context(NodeClient("http://operator", uds=operator_socket))
+        elif client_cert is not None:
+            channel = stack.enter_context(NodeClient(activation_url or url, verify=verify(),
+                                                     cert=client_cert))  # fmt: skip
+        yield client, channel
 
 
 def enroll(

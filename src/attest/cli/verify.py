@@ -17,7 +17,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,35 +153,21 @@ def _ear_key(path: str | None) -> Any:
     return key
 
 
-@contextlib.contextmanager
-def _clients(args: argparse.Namespace) -> Iterator[tuple[NodeClient, NodeClient | None]]:
-    def verify() -> Any:  # a context per client: a client certificate is loaded into it
-        if not args.tls_ca:
-            return True
-        import ssl
-
-        return ssl.create_default_context(cafile=args.tls_ca)
+def _clients(args: argparse.Namespace) -> contextlib.AbstractContextManager[
+        tuple[NodeClient, NodeClient | None]]:  # fmt: skip
+    from attest.verifier import open_channels
 
     cert = None
     if args.client_cert or args.client_key:
         if not (args.client_cert and args.client_key):
             raise ConfigError("give --client-cert and --client-key together", key="--client-key")
         cert = (args.client_cert, args.client_key)
-    if getattr(args, "activation_url", None) and cert is None:
+    activation_url = getattr(args, "activation_url", None)
+    if activation_url and cert is None:
         raise ConfigError("--activation-url needs --client-cert and --client-key",
                           key="--activation-url")
-    with contextlib.ExitStack() as stack:
-        client = stack.enter_context(NodeClient(args.url, verify=verify()))
-        operator = None
-        if args.operator_socket:
-            operator = stack.enter_context(NodeClient("http://operator",
-                                                      uds=args.operator_socket))  # fmt: skip
-        elif cert is not None:
-            # The mutual-TLS listener: URL itself, or a listener of its own (attestd's
-            # api.mtls_port) when URL is the public one.
-            mtls_url = getattr(args, "activation_url", None) or args.url
-            operator = stack.enter_context(NodeClient(mtls_url, verify=verify(), cert=cert))
-        yield client, operator
+    return open_channels(args.url, tls_ca=args.tls_ca, operator_socket=args.operator_socket,
+                         client_cert=cert, activation_url=activation_url)
 
 
 # --- the command -----------------------------------------------------------------------------

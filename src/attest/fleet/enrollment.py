@@ -17,9 +17,8 @@ roots, the guest's vTPM CA).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 from cryptography import x509
 
 from attest.appraisal import Enrollment
-from attest.client import NodeClient
 from attest.errors import (
     CertificateError,
     ConfigError,
@@ -36,7 +34,7 @@ from attest.errors import (
     VerificationError,
 )
 from attest.pair import GUEST, HOST
-from attest.verifier import enroll, load_ek_cas
+from attest.verifier import enroll, load_ek_cas, open_channels
 
 logger = logging.getLogger(__name__)
 
@@ -103,22 +101,6 @@ class EnrollPolicy:
                 "mutual-tls" if self.client_cert else None}  # fmt: skip
 
 
-@contextlib.contextmanager
-def _clients(url: str, policy: EnrollPolicy, activation_url: str | None
-             ) -> Iterator[tuple[NodeClient, NodeClient | None]]:  # fmt: skip
-    verify: Any = policy.tls_ca or True
-    with contextlib.ExitStack() as stack:
-        client = stack.enter_context(NodeClient(url, verify=verify))
-        activator: NodeClient | None = None
-        if policy.operator_socket:
-            activator = stack.enter_context(NodeClient("http://operator",
-                                                       uds=policy.operator_socket))  # fmt: skip
-        elif policy.client_cert is not None:
-            activator = stack.enter_context(NodeClient(activation_url or url, verify=verify,
-                                                       cert=policy.client_cert))  # fmt: skip
-        yield client, activator
-
-
 def enroll_node(url: str, policy: EnrollPolicy, *, now: datetime,
                 activation_url: str | None = None) -> Enrollment:  # fmt: skip
     """Enroll the node at ``url`` under ``policy``: the enrollment, or raise
@@ -130,7 +112,9 @@ def enroll_node(url: str, policy: EnrollPolicy, *, now: datetime,
     if policy.ek_roots and not policy.can_activate and not policy.tofu:
         raise CredentialError("no authenticated channel for credential activation "
                               "(--client-cert/--client-key): enrollment fails closed")
-    with _clients(url, policy, activation_url) as (client, activator):
+    with open_channels(url, tls_ca=policy.tls_ca, operator_socket=policy.operator_socket,
+                       client_cert=policy.client_cert,
+                       activation_url=activation_url) as (client, activator):
         e = enroll(client, now=now, ek_roots=policy.ek_roots,
                    ek_intermediates=policy.ek_intermediates, activator=activator)  # fmt: skip
     logger.info("node enrolled", extra={"url": url, "node_id": e.node_id,
