@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def serve(port: int, batching: bool, quote_ms: float, ready: mp.Event) -> None:  # type: ignore[valid-type]
     import uvicorn
 
-    from attest.api.app import create_app
-    from attest.api.middleware import ChannelApp
-    from attest.broker.local import LocalNode
-    from attest.config import ApiSettings, Settings, TpmSettings
-    from attest.tpm.fake import FakeTpm
+    from attest.node.api.app import create_app
+    from attest.node.api.middleware import ChannelApp
+    from attest.node.broker.local import LocalNode
+    from attest.node.config import ApiSettings, Settings, TpmSettings
+    from attest.node.tpm.fake import FakeTpm
 
     state = tempfile.mkdtemp(prefix="attest-bench-")
     settings = Settings(
@@ -167,7 +167,7 @@ def _cpu_seconds(pid: int | None) -> float:
 
 def run_case(batching: bool, seconds: float, concurrency: int, quote_ms: float
              ) -> tuple[int, float, float, int]:  # fmt: skip
-    from attest.swtpm import free_port_pair
+    from attest.node.tpm.swtpm import free_port_pair
 
     port = free_port_pair()
     ready = mp.Event()

@@ -63,7 +63,7 @@ ROOT_HASH = bytes(range(32))
 
 
 def make_fleet(n: int, firmware: bytes | None, runtime_events: int, **kw: object) -> object:
-    from attest.fleet.sim import SimFleet
+    from attest.testing.fleet_sim import SimFleet
 
     fleet = SimFleet(n, firmware_log=firmware, verity_root_hash=ROOT_HASH if runtime_events
                      else None, **kw)  # type: ignore[arg-type]  # fmt: skip
@@ -93,9 +93,9 @@ def simulate(n: int, firmware: bytes | None, runtime_events: int, port_q: mp.Que
 
 def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
              out: mp.Queue) -> None:  # type: ignore[type-arg]
-    from attest.fleet.appraiser import default_appraiser
-    from attest.fleet.poller import Poller, PollSettings
-    from attest.fleet.store import open_store
+    from attest.verifier.fleet.appraiser import default_appraiser
+    from attest.verifier.fleet.poller import Poller, PollSettings
+    from attest.verifier.fleet.store import open_store
 
     store = open_store(db)
     appraiser: Any = default_appraiser()
@@ -112,7 +112,7 @@ def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
                             concurrency=args.concurrency, timeout=5.0, lease_ttl=30.0)
     signer = None
     if not args.no_ear:  # as `attest fleet serve` does: a signed EAR per appraisal
-        from attest.fleet.signing import load_or_create_key
+        from attest.verifier.fleet.signing import load_or_create_key
 
         signer = load_or_create_key(args.ear_key)
     poller = Poller(store, settings=settings, appraise=appraiser,
@@ -236,8 +236,8 @@ def main() -> int:
 
     from statistics import median
 
-    from attest.fleet.sim import SimFleet
-    from attest.fleet.store import open_store
+    from attest.testing.fleet_sim import SimFleet
+    from attest.verifier.fleet.store import open_store
 
     firmware = None if args.firmware_log == "none" else Path(args.firmware_log).read_bytes()
     inc, full, bare = offline_costs(firmware, args.runtime_events)
@@ -259,7 +259,7 @@ def main() -> int:
         db = f"sqlite:///{work}/fleet.db"
     args.ear_key = f"{work}/ear.pem"
     if not args.no_ear:
-        from attest.fleet.signing import load_or_create_key
+        from attest.verifier.fleet.signing import load_or_create_key
 
         load_or_create_key(args.ear_key)  # one key for all the workers
     # The verifier's enrollment records, as `attest fleet add` would make them (the simulated

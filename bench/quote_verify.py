@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.model import HashAlg, PcrSelection  # noqa: E402
 from attest.quote import verify_quote  # noqa: E402
-from attest.tpm.fake import FakeTpm  # noqa: E402
+from attest.node.tpm.fake import FakeTpm  # noqa: E402
 from attest.tpmstruct import Alg, parse_signature  # noqa: E402
 
 SEL = PcrSelection.parse("sha256:0-23")

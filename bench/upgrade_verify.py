@@ -8,7 +8,7 @@ afterwards), warms the page cache, then per round, back to back on the same file
 
 - reference: `openssl dgst -sha256 IMG` (artifact digest) + `veritysetup verify IMG TREE ROOT`
   (the dm-verity tree against the root hash) -- two reads, two hash passes;
-- attest: ``attest.verity.hash_image`` -- one read, the artifact SHA-256 in a worker thread and
+- attest: ``attest.verity.hashtree.hash_image`` -- one read, the artifact SHA-256 in a worker thread and
   the verity tree in the calling thread, concurrently;
 - one SHA-256 pass (`openssl dgst`) alone: the floor attest approaches with two free cores.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from attest.verity import hash_image  # noqa: E402
+from attest.verity.hashtree import hash_image  # noqa: E402
 
 
 def timed(argv: list[str]) -> float:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from attest.verity import hash_image
+from attest.verity.hashtree import hash_image
 
 SIZE = int(os.environ.get("BENCH_VERITY_MIB", "256")) << 20
 

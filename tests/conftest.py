@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from attest.swtpm import SwtpmProcess, SwtpmState
+from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState
 
 if TYPE_CHECKING:
-    from attest.tpm.esapi import EsapiTpm
+    from attest.node.tpm.esapi import EsapiTpm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -62,7 +62,7 @@ def shared_dir() -> Path:
 def swtpm_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One manufactured TPM state (EK certs from a private CA), made once per session."""
     need_binaries("swtpm", "swtpm_setup", "swtpm_localca")
-    from attest.swtpm import manufacture
+    from attest.node.tpm.swtpm import manufacture
 
     work = tmp_path_factory.mktemp("swtpm-template")
     manufacture(work)
@@ -98,7 +98,7 @@ def swtpm(swtpm_factory: SwtpmFactory) -> tuple[SwtpmProcess, SwtpmState]:
 @pytest.fixture()
 def tpm(swtpm: tuple[SwtpmProcess, SwtpmState]) -> Iterator[EsapiTpm]:
     """An EsapiTpm connected to a fresh swtpm (tpm2_pytss is imported only here)."""
-    from attest.tpm.esapi import EsapiTpm
+    from attest.node.tpm.esapi import EsapiTpm
 
     t = EsapiTpm(swtpm[0].tcti)
     yield t

@@ -353,7 +353,7 @@ class VerityImage:
 
 def add_verity(image: Path, *, salt: str, log: Path) -> VerityImage:
     """Append a dm-verity hash tree to ``image`` (format 1, sha256, 4 KiB blocks, no
-    superblock: the layout the upgrade gate writes to a slot, ``attest.slots.seal_slot``)."""
+    superblock: the layout the upgrade gate writes to a slot, ``attest.node.upgrade.slots.seal_slot``)."""
     data_size = image.stat().st_size
     out = run(["veritysetup", "format", str(image), str(image), f"--hash-offset={data_size}",
                "--no-superblock", f"--salt={salt}", "--data-block-size=4096",
@@ -366,7 +366,7 @@ def add_verity(image: Path, *, salt: str, log: Path) -> VerityImage:
 
 # --- initramfs --------------------------------------------------------------------------------
 
-# A/B slot chooser of the initramfs: ``attest.slots.SlotStore.boot`` (verify=False: dm-verity
+# A/B slot chooser of the initramfs: ``attest.node.upgrade.slots.SlotStore.boot`` (verify=False: dm-verity
 # checks the bytes as they are read) in busybox sh over the pointer slots.py writes (its shape is
 # a contract: slots.py's module docstring). Sourced by /init; tests/vm/test_loader.py runs it
 # against slots.py. ``choose FILE`` sets ``slot``, ``reason`` and the slot's parameters

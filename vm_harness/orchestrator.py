@@ -146,7 +146,7 @@ def attest_verify(vm: Vm, *, state: Path, key: Path, trust: Path | None = None,
                   root: Path | None = None, snapshot: Path | None = None,
                   timeout: float = 300) -> VerifyRun:  # fmt: skip
     """``attest verify`` as an orchestrator runs it against the VM (a subprocess)."""
-    from attest.result import verify_ear
+    from attest.appraisal.ear import verify_ear
 
     st = vm.tpm_state()
     tls = tls_files(vm.work)

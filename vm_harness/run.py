@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from attest.swtpm import SwtpmState, manufacture
+from attest.node.tpm.swtpm import SwtpmState, manufacture
 
 from . import WORK
 from .build import NodeImage
@@ -316,7 +316,7 @@ class Vm:
 
     def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Wait until attestd answers /readyz through the port forward; seconds since start."""
-        from attest.client import NodeClient
+        from attest.verifier.client import NodeClient
 
         deadline = self.t_start + timeout
         with NodeClient(self.url, timeout=2.0) as client:

@@ -3,7 +3,7 @@ what was expected, what happened and why.
 
 Scenario 1 verifies the node as an orchestrator would: the real ``attest verify`` CLI as a
 subprocess against a registry made with ``attest manifest`` (``orchestrator.py``). The
-harness's own ``appraise`` -- ``attest.verifier.enroll`` (EK certificate chain to the harness's
+harness's own ``appraise`` -- ``attest.verifier.contact.enroll`` (EK certificate chain to the harness's
 private CA, AK attributes) and ``challenge`` (quote, Merkle proof, runtime-log replay,
 firmware-log replay) plus the release's predicted PCRs 4/9/11/12/15 (``attest.uki``,
 ``image.pcr15``) and the harness platform's PCRs 0-2 (``firmware_manifests/platforms``) --
@@ -69,8 +69,8 @@ def load_platform_ref(path: Path = PLATFORM_REF) -> dict[int, bytes] | None:
 def enroll_node(vm: Vm) -> Any:
     from cryptography import x509
 
-    from attest.client import NodeClient
-    from attest.verifier import enroll
+    from attest.verifier.client import NodeClient
+    from attest.verifier.contact import enroll
 
     st = vm.tpm_state()
     roots = [x509.load_pem_x509_certificate(st.root_ca.read_bytes())]
@@ -112,9 +112,9 @@ def explain_pcr(i: int, got: bytes, want: bytes, image: NodeImage, log: Any) -> 
 
 def appraise(vm: Vm, image: NodeImage, enrollment: Any = None, previous: Any = None) -> Verdict:
     """Enroll (unless given) and challenge the node; compare with the release and platform."""
-    from attest.client import NodeClient
+    from attest.verifier.client import NodeClient
     from attest.errors import AttestError
-    from attest.verifier import challenge
+    from attest.verifier.contact import challenge
 
     t0 = time.monotonic()
     try:
@@ -153,8 +153,8 @@ def record_platform(image: NodeImage, path: Path = PLATFORM_REF,
     """Boot the VM template once and record its PCRs 0-7 as the harness platform's reference
     (the shape ``attest manifest platform-set --ref`` reads). Only 0-2 are appraised: they
     depend on the template (memory size, devices, how the ESP is attached), not the image."""
-    from attest.client import NodeClient
-    from attest.verifier import challenge
+    from attest.verifier.client import NodeClient
+    from attest.verifier.contact import challenge
 
     with Harness(image) as h:
         vm = vm or h.booted()

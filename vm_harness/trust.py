@@ -6,7 +6,7 @@ keys of ``firmware_manifests/test`` (never production keys).
 The state disk (ext4, virtio serial ``state``), as the guest sees it under
 ``/var/lib/attest-state``::
 
-    attest/slots/boot.json      attest.slots pointer (the initramfs chooses the slot from it)
+    attest/slots/boot.json      attest.node.upgrade.slots pointer (the initramfs chooses the slot from it)
     attest/trust/root.json      the trust root the upgrade gate starts from (TEST root)
     attest/spool/               POST /v1/upgrades uploads (streamed here)
     attest/tls/node.pem|.key    the mutual-TLS listener's certificate (harness CA)
@@ -31,7 +31,7 @@ from attest.manifest.model import (
     VerityParams,
 )
 from attest.model import PcrValues
-from attest.slots import BootPointer, SlotImage, SlotStore
+from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore
 
 from . import REPO
 from .build import PLATFORM_ID, NodeImage, release_sequence
@@ -55,7 +55,7 @@ def slot_image(image: NodeImage) -> SlotImage:
 
 
 def initial_pointer(image: NodeImage) -> bytes:
-    """boot.json as ``attest.slots`` writes it: slot A holds ``image``, slot B is empty."""
+    """boot.json as ``attest.node.upgrade.slots`` writes it: slot A holds ``image``, slot B is empty."""
     with tempfile.TemporaryDirectory(prefix="attest-ptr-") as d:
         store = SlotStore(d)
         store.save(BootPointer(active="a", slots={"a": slot_image(image), "b": None}))

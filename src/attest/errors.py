@@ -1,7 +1,7 @@
 """The attest error tree.
 
 One tree, carrying fields, knowing nothing of HTTP or exit codes. The shells map these to
-status codes (``attest.api.errors``) and to exit codes (``attest.cli``).
+status codes (``attest.node.api.errors``) and to exit codes (``attest.cli``).
 
 Calling steps out of order is a programming error (``RuntimeError``), not an ``AttestError``.
 """

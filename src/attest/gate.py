@@ -4,7 +4,7 @@
 installed, the digests the gate measured over the image, the freshly verified registry, and the
 TPM NV counter (the highest release sequence this node ever committed). ``evaluate_trust_error``
 turns a failed trust refresh (``TrustedState.update_registry``) into a refusal. Nothing here
-reads a file, the clock or the TPM; ``attest.upgrade`` does, and calls these.
+reads a file, the clock or the TPM; ``attest.node.upgrade.stager`` does, and calls these.
 
 Every refusal carries a stable reason code (``REASONS``; ``docs/upgrade.md`` has the table) and a
 message that says what differed. ``GateDecision.raise_if_refused`` raises ``UpgradeRefused``.

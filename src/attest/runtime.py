@@ -25,7 +25,7 @@ Event kinds and their content (digests are lower-case hex at the edge, ``bytes``
 ``audit``          ``{audit_seq, entry_hash}`` anchors an operator-audit entry (``attest.audit``)
 ``nv-counter``     ``{index, value}`` an NV counter value (rollback protection)
 ``vtpm``           ``{guest_id, ek_sha256, ek_cert_sha256?}`` a guest vTPM this host created
-                   and vouches for (``attest.vtpm``; sha256 of the EK TPMT_PUBLIC)
+                   and vouches for (``attest.node.tpm.vtpm``; sha256 of the EK TPMT_PUBLIC)
 ``policy``         ``{mac, sha256}`` the mandatory access control policy loaded (e.g.
                    ``selinux`` and the sha256 of ``/sys/fs/selinux/policy``)
 =================  ========================================================================

@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from attest.api.app import create_app
-from attest.api.middleware import ChannelApp
-from attest.config import ApiSettings, Settings, TpmSettings
-from attest.tpm.fake import FakeTpm
+from attest.node.api.app import create_app
+from attest.node.api.middleware import ChannelApp
+from attest.node.config import ApiSettings, Settings, TpmSettings
+from attest.node.tpm.fake import FakeTpm
 
 
 @pytest.fixture()
@@ -22,7 +22,7 @@ def fake_tpm() -> FakeTpm:
 
 @pytest.fixture()
 def node(fake_tpm: FakeTpm, tmp_path: Path) -> Iterator[Any]:
-    from attest.broker.local import LocalNode
+    from attest.node.broker.local import LocalNode
 
     (tmp_path / "state").mkdir()
     n = LocalNode.open(fake_tpm, tmp_path / "state", pcr=13)

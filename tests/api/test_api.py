@@ -14,7 +14,7 @@ from tests.api.conftest import AppFactory, _running
 from attest.errors import NonceError, PcrSelectionError
 from attest.evidence import unb64, verify_evidence
 from attest.model import PcrSelection
-from attest.tpm.fake import FakeTpm
+from attest.node.tpm.fake import FakeTpm
 from attest.tpmstruct import parse_public
 
 SEL = {"sha256": [0, 1, 2, 3, 4, 5, 6, 7]}
@@ -65,7 +65,7 @@ async def test_concurrent_challenges_share_quotes(app_factory: AppFactory,
     """With a slow TPM, challenges that arrive while a quote is in flight are answered by
     one quote over their Merkle root; every verifier's proof checks out."""
     slow = FakeTpm(quote_delay=0.2)
-    from attest.broker.local import LocalNode
+    from attest.node.broker.local import LocalNode
 
     (tmp_path / "slow").mkdir()
     node = LocalNode.open(slow, tmp_path / "slow", pcr=13)
@@ -87,7 +87,7 @@ async def test_concurrent_challenges_share_quotes(app_factory: AppFactory,
 async def test_batching_off_quotes_each_challenge(app_factory: AppFactory,
                                                   tmp_path: Path) -> None:
     fake = FakeTpm()
-    from attest.broker.local import LocalNode
+    from attest.node.broker.local import LocalNode
 
     (tmp_path / "fast").mkdir()
     node = LocalNode.open(fake, tmp_path / "fast", pcr=13)

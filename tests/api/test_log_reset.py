@@ -7,8 +7,8 @@ from typing import Any
 
 from tests.api.conftest import AppFactory, _running
 
-from attest.broker.local import LocalNode
-from attest.tpm.fake import FakeTpm
+from attest.node.broker.local import LocalNode
+from attest.node.tpm.fake import FakeTpm
 
 
 async def test_api_events_are_recorded_again_after_a_tpm_reset(app_factory: AppFactory,

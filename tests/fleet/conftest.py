@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from tests.unit.manifest.manifest_helpers import NOW, World, build_world, release
 
-from attest.fleet.sim import SimFleet
+from attest.testing.fleet_sim import SimFleet
 from attest.manifest import VerifiedRegistry, verify_snapshot
 
 PG_USER = "attest-test"

@@ -1,6 +1,6 @@
-"""The fleet's signed attestation results: an EAR (ES256 JWT, ``attest.result``) per appraisal,
+"""The fleet's signed attestation results: an EAR (ES256 JWT, ``attest.appraisal.ear``) per appraisal,
 signed with the service's own key (created 0600 on first start), served with its public key as
-a JWK set; relying parties verify it offline with ``attest.result.verify_ear``."""
+a JWK set; relying parties verify it offline with ``attest.appraisal.ear.verify_ear``."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from tests.fleet.conftest import Registry, free_port, sim_server
 from tests.fleet.test_poller import settings, until, verdicts
 
 from attest.errors import ConfigError, EvidenceFormatError, SignatureError
-from attest.fleet.api import EAR_MEDIA_TYPE, create_fleet_app
-from attest.fleet.appraiser import default_appraiser
-from attest.fleet.poller import Poller
-from attest.fleet.signing import load_or_create_key
-from attest.fleet.sim import SimFleet
-from attest.fleet.store import SqliteStore
-from attest.result import jwk_public_key, public_jwk, verify_ear
+from attest.verifier.fleet.api import EAR_MEDIA_TYPE, create_fleet_app
+from attest.verifier.fleet.appraiser import default_appraiser
+from attest.verifier.fleet.poller import Poller
+from attest.verifier.fleet.signing import load_or_create_key
+from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.store import SqliteStore
+from attest.appraisal.ear import jwk_public_key, public_jwk, verify_ear
 
 
 def _flip(token: str, part: int) -> str:
@@ -98,7 +98,7 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
     assert got.status_code == 200 and got.headers["content-type"].startswith(EAR_MEDIA_TYPE)
     claims = verify_ear(got.text, key)
     sm = claims["submods"]["n0"]
-    assert sm["ear.status"] == "affirming" and sm["attest.node-id"] == "sim-0"
+    assert sm["ear.status"] == "affirming" and sm["attest.node.port-id"] == "sim-0"
     assert sm["ear.trustworthiness-vector"]["instance-identity"] == 2
     assert len(base64.urlsafe_b64decode(claims["eat_nonce"] + "==")) == 32  # the challenge
     header = json.loads(base64.urlsafe_b64decode(got.text.split(".")[0] + "=="))
@@ -143,7 +143,7 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
 def test_cli_ls_and_show_print_the_ear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                        ) -> None:  # fmt: skip
     from attest.cli.fleet import main
-    from attest.fleet.store import Outcome
+    from attest.verifier.fleet.store import Outcome
 
     db = f"sqlite:///{tmp_path}/fleet.db"
     store = SqliteStore(str(tmp_path / "fleet.db"))

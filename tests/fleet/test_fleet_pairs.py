@@ -1,5 +1,5 @@
 """Host + guest pairs in the fleet (issue 9): registered over REST as one node, appraised as
-``attest verify --host`` does (``attest.pair``): one challenge, the guest accepted only when the
+``attest verify --host`` does (``attest.appraisal.pair``): one challenge, the guest accepted only when the
 host vouched for its vTPM in the fresh host quote; each layer's verdict and explanation stored,
 served, signed (one EAR, submodules host and guest) and sent in webhooks."""
 
@@ -15,15 +15,15 @@ from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
 from tests.fleet.test_poller import settings, until, verdicts
 
-from attest.fleet.api import create_fleet_app
-from attest.fleet.appraiser import default_appraiser
-from attest.fleet.enrollment import Enroller, EnrollPolicy
-from attest.fleet.pairs import fresh_vouchings
-from attest.fleet.poller import Poller
-from attest.fleet.signing import load_or_create_key
-from attest.fleet.sim import SimFleet
-from attest.fleet.store import Outcome, SqliteStore
-from attest.result import jwk_public_key, verify_ear
+from attest.verifier.fleet.api import create_fleet_app
+from attest.verifier.fleet.appraiser import default_appraiser
+from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
+from attest.verifier.fleet.pairs import fresh_vouchings
+from attest.verifier.fleet.poller import Poller
+from attest.verifier.fleet.signing import load_or_create_key
+from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.store import Outcome, SqliteStore
+from attest.appraisal.ear import jwk_public_key, verify_ear
 
 
 async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
@@ -85,7 +85,7 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
             assert set(claims["submods"]) == {"host", "guest"}
             assert claims["submods"]["host"]["ear.status"] == "affirming"
             assert claims["submods"]["guest"]["ear.status"] == "contraindicated"
-            assert claims["submods"]["guest"]["attest.node-id"] == "sim-3"
+            assert claims["submods"]["guest"]["attest.node.port-id"] == "sim-3"
             assert len(base64.urlsafe_b64decode(claims["eat_nonce"] + "==")) == 32
 
             # The host of pair-1 goes out of policy: the pair fails at the host layer.
@@ -111,7 +111,7 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
     hostfail = changes[("pair-1", "affirming", "contraindicated")]
     assert hostfail.layers is not None and hostfail.layers["failed_layer"] == "host"
     assert hostfail.ear is not None  # the webhook carries the signed result
-    from attest.fleet.webhooks import WebhookSender
+    from attest.verifier.fleet.webhooks import WebhookSender
 
     sender = WebhookSender("http://127.0.0.1:9/", b"0123456789abcdef0123")
     sender.notify(changes[("pair-2", "none", "contraindicated")])
@@ -160,7 +160,7 @@ def test_vouchings_count_only_from_a_quote_verified_now(tmp_path: Path) -> None:
 
 
 def test_store_keeps_both_clocks_and_the_layers(tmp_path: Path) -> None:
-    from attest.fleet.enrollment import PairEnrollment
+    from attest.verifier.fleet.enrollment import PairEnrollment
     from attest.tpmstruct import ClockInfo
 
     sim = SimFleet(2)

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from tests.fleet.conftest import free_port, sim_server
 
-from attest.fleet.sim import SimFleet
-from attest.fleet.store import open_store
+from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.store import open_store
 
 N = 40
 INTERVAL = 1.0
@@ -98,8 +98,8 @@ def test_two_workers_never_double_appraise_and_survive_a_kill(pg_dsn: str,
     assert workers == {"w1", "w2"}, "both workers shared the fleet"
     assert verdicts <= {"affirming", "warning"}, verdicts
     # Every node's latest result and every verdict change is an EAR under the one shared key.
-    from attest.fleet.signing import load_or_create_key
-    from attest.result import jwk_public_key, verify_ear
+    from attest.verifier.fleet.signing import load_or_create_key
+    from attest.appraisal.ear import jwk_public_key, verify_ear
 
     key = jwk_public_key(load_or_create_key(tmp_path / "ear.pem").jwk)
     assert len(ears) == N and len(change_ears) >= N

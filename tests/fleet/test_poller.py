@@ -14,11 +14,11 @@ import pytest
 from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
 
 from attest.appraisal import Enrollment
-from attest.fleet.appraiser import default_appraiser
-from attest.fleet.poller import Poller, PollSettings
-from attest.fleet.sim import SimFleet
-from attest.fleet.store import SqliteStore, Store
-from attest.fleet.webhooks import WebhookSender, WebhookSignatureError, verify_signature
+from attest.verifier.fleet.appraiser import default_appraiser
+from attest.verifier.fleet.poller import Poller, PollSettings
+from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.store import SqliteStore, Store
+from attest.verifier.fleet.webhooks import WebhookSender, WebhookSignatureError, verify_signature
 
 SECRET = b"0123456789abcdef-webhook-secret"
 
@@ -125,7 +125,7 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(tmp_path: Path,
 
 
 def test_webhook_signature_rejects_tampering() -> None:
-    from attest.fleet.webhooks import sign
+    from attest.verifier.fleet.webhooks import sign
 
     body = json.dumps({"to": "affirming"}).encode()
     ts = int(time.time())
@@ -141,13 +141,13 @@ async def test_poller_appraises_the_real_node_api(tmp_path: Path) -> None:
     """The fleet against attestd itself (create_app + LocalNode + FakeTpm under uvicorn)."""
     import uvicorn
 
-    from attest.api.app import create_app
-    from attest.api.middleware import ChannelApp
-    from attest.broker.local import LocalNode
-    from attest.client import NodeClient
-    from attest.config import Settings, TpmSettings
-    from attest.tpm.fake import FakeTpm
-    from attest.verifier import enroll
+    from attest.node.api.app import create_app
+    from attest.node.api.middleware import ChannelApp
+    from attest.node.broker.local import LocalNode
+    from attest.verifier.client import NodeClient
+    from attest.node.config import Settings, TpmSettings
+    from attest.node.tpm.fake import FakeTpm
+    from attest.verifier.contact import enroll
 
     state = tmp_path / "node"
     state.mkdir()

@@ -8,8 +8,8 @@ from datetime import timedelta
 from tests.fleet.conftest import Registry
 from tests.unit.manifest.manifest_helpers import NOW
 
-from attest.fleet.rollout import completed_embargoes, rollout
-from attest.fleet.store import NodeRow
+from attest.verifier.fleet.rollout import completed_embargoes, rollout
+from attest.verifier.fleet.store import NodeRow
 from attest.manifest import edit, verify_snapshot
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from attest.fleet.sim import SimFleet
-from attest.fleet.store import Leased, Outcome, Store, open_store
+from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.store import Leased, Outcome, Store, open_store
 
 SIM = SimFleet(3)
 

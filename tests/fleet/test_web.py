@@ -18,12 +18,12 @@ import uvicorn
 from tests.conftest import need_binaries
 from tests.fleet.conftest import Registry, free_port, sim_server
 
-from attest.fleet.api import create_fleet_app
-from attest.fleet.appraiser import default_appraiser
-from attest.fleet.enrollment import PairEnrollment
-from attest.fleet.poller import Poller, PollSettings
-from attest.fleet.sim import SimFleet
-from attest.fleet.store import SqliteStore
+from attest.verifier.fleet.api import create_fleet_app
+from attest.verifier.fleet.appraiser import default_appraiser
+from attest.verifier.fleet.enrollment import PairEnrollment
+from attest.verifier.fleet.poller import Poller, PollSettings
+from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.store import SqliteStore
 
 HOSTILE = 'evil"><script>alert(1)</script>'
 

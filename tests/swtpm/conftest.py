@@ -15,8 +15,8 @@ import pytest
 from cryptography import x509
 from tests.conftest import SwtpmFactory
 
-from attest.client import NodeClient
-from attest.swtpm import SwtpmProcess, SwtpmState, free_port_pair
+from attest.verifier.client import NodeClient
+from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair
 
 BIN = Path(sys.executable).parent
 

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 
 from attest.audit import verify_audit_chain
-from attest.broker.client import BrokerClient
-from attest.broker.local import LocalNode
-from attest.broker.server import BrokerServer
+from attest.node.broker.client import BrokerClient
+from attest.node.broker.local import LocalNode
+from attest.node.broker.server import BrokerServer
 from attest.errors import AuditChainError, ClockError, OperationNotAllowed, ReplayError, TpmError
 from attest.eventlog.cel import dumps_cel_record
 from attest.model import PcrSelection
 from attest.quote import DEFAULT_POLICY, QuotePolicy, verify_quote
 from attest.runtime import VerifiedRuntimeLog, new_runtime_record, verify_runtime_log
-from attest.swtpm import SwtpmProcess
-from attest.tpm.esapi import EsapiTpm
+from attest.node.tpm.swtpm import SwtpmProcess
+from attest.node.tpm.esapi import EsapiTpm
 
 PCR = 13
 

@@ -16,8 +16,8 @@ from tests.swtpm.conftest import wait as _wait
 
 from attest.errors import ClockError, CredentialError, TransportError
 from attest.model import PcrSelection
-from attest.swtpm import SwtpmProcess
-from attest.verifier import challenge, enroll
+from attest.node.tpm.swtpm import SwtpmProcess
+from attest.verifier.contact import challenge, enroll
 
 
 def test_enroll_and_attest_through_the_daemons(node: Node) -> None:
@@ -48,8 +48,8 @@ def test_activation_for_another_tpm_fails(node: Node, swtpm_factory: SwtpmFactor
                                          tmp_path: Path) -> None:  # fmt: skip
     """A credential made for another TPM's EK cannot be activated by this node."""
     from attest.enroll import start_enrollment
-    from attest.swtpm import manufacture
-    from attest.tpm.esapi import EsapiTpm
+    from attest.node.tpm.swtpm import manufacture
+    from attest.node.tpm.esapi import EsapiTpm
 
     other_state = manufacture(tmp_path / "other")
     with SwtpmProcess(other_state.state_dir) as other, EsapiTpm(other.tcti) as t:
@@ -59,7 +59,7 @@ def test_activation_for_another_tpm_fails(node: Node, swtpm_factory: SwtpmFactor
         ch, expected = start_enrollment(other_ek, ident.ak)
         with pytest.raises(TransportError):
             op.activate(ch.id_object, ch.encrypted_secret)
-        from attest.verifier import Enrollment  # noqa: F401  (documented type)
+        from attest.verifier.contact import Enrollment  # noqa: F401  (documented type)
 
         with pytest.raises(CredentialError):
             from attest.enroll import finish_enrollment

@@ -22,8 +22,8 @@ from attest.enroll import (
     verify_ek_certificate,
 )
 from attest.errors import CertificateError, TpmError
-from attest.swtpm import SwtpmProcess, SwtpmState, manufacture
-from attest.tpm.esapi import EsapiTpm
+from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, manufacture
+from attest.node.tpm.esapi import EsapiTpm
 from attest.tpmstruct import Public, Reader, parse_public
 
 RSA_EK_CERT = 0x01C00002

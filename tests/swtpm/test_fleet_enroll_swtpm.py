@@ -20,11 +20,11 @@ from fastapi.testclient import TestClient
 from tests.swtpm.conftest import Node, NodeFactory
 
 from attest.cli.fleet import main
-from attest.fleet.api import create_fleet_app
-from attest.fleet.enrollment import Enroller, EnrollPolicy
-from attest.fleet.store import SqliteStore
-from attest.swtpm import SwtpmProcess, manufacture
-from attest.verifier import load_ek_cas
+from attest.verifier.fleet.api import create_fleet_app
+from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
+from attest.verifier.fleet.store import SqliteStore
+from attest.node.tpm.swtpm import SwtpmProcess, manufacture
+from attest.verifier.contact import load_ek_cas
 
 
 def other_root(path: Path) -> Path:

@@ -24,16 +24,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.swtpm.conftest import Node, NodeFactory
 
-from attest.broker.client import BrokerClient
+from attest.node.broker.client import BrokerClient
 from attest.cli import EXIT_REFUSED
 from attest.cli import vtpm as vtpm_cli
 from attest.cli.verify import main as verify_main
-from attest.enrollstore import EnrollmentStore
+from attest.verifier.enrollments import EnrollmentStore
 from attest.errors import OperationNotAllowed
 from attest.evidence import unb64
-from attest.result import verify_ear
-from attest.swtpm import SwtpmProcess, SwtpmState, manufacture
-from attest.verifier import selection_for
+from attest.appraisal.ear import verify_ear
+from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, manufacture
+from attest.verifier.contact import selection_for
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_host_and_guest_blessed_and_vouched_is_affirming(
     claims = verify_ear(doc["ear"], ear_key[1].public_key())
     assert set(claims["submods"]) == {"host", "guest"}
     assert {s["ear.status"] for s in claims["submods"].values()} == {"affirming"}
-    assert claims["submods"]["guest"]["attest.node-id"] == "g1"
+    assert claims["submods"]["guest"]["attest.node.port-id"] == "g1"
 
     # A second pair verification uses the stored enrollments and is still affirming.
     code, doc = verify_pair(capsys, pair, tmp_path / "verifier", ear_key[0])

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.swtpm.conftest import Node, NodeFactory
 from tests.swtpm.test_verify_swtpm import ear_key, verify  # noqa: F401 -- fixture
 
-from attest.broker.client import BrokerClient
+from attest.node.broker.client import BrokerClient
 from attest.cli import main as attest_main
 
 pytestmark = pytest.mark.slow

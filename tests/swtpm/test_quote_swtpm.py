@@ -15,7 +15,7 @@ from tests.conftest import need_binaries
 from attest.errors import ClockError, PcrSelectionError, TpmError
 from attest.model import HashAlg, PcrSelection
 from attest.quote import verify_quote
-from attest.tpm.esapi import AkSpec, EsapiTpm
+from attest.node.tpm.esapi import AkSpec, EsapiTpm
 from attest.tpmstruct import TPM_RH_ENDORSEMENT_QN
 
 NONCE = bytes.fromhex("c0ffee" * 8)
@@ -153,7 +153,7 @@ def test_power_cut_marks_clock_unsafe(swtpm: Any) -> None:
 
 
 def test_a_dead_tpm_is_a_tpm_error(tmp_path: Path) -> None:
-    from attest.swtpm import free_port_pair
+    from attest.node.tpm.swtpm import free_port_pair
 
     with pytest.raises(TpmError):
         EsapiTpm(f"swtpm:host=127.0.0.1,port={free_port_pair()}").quote(

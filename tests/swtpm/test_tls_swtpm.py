@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import SwtpmFactory
 
-from attest.client import NodeClient
-from attest.daemon import tls_binding
+from attest.verifier.client import NodeClient
+from attest.node.daemon import tls_binding
 from attest.errors import NonceError, TransportError
 from attest.evidence import verify_evidence
 from attest.model import PcrSelection
-from attest.swtpm import free_port_pair
-from attest.verifier import challenge, enroll
+from attest.node.tpm.swtpm import free_port_pair
+from attest.verifier.contact import challenge, enroll
 
 BIN = Path(sys.executable).parent
 NOW = dt.datetime.now(dt.UTC)
@@ -176,9 +176,9 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(tls_node: dict[str, objec
     import asyncio
 
     from attest.cli.fleet import _tls_context
-    from attest.fleet.appraiser import default_appraiser
-    from attest.fleet.poller import Poller, PollSettings
-    from attest.fleet.store import SqliteStore
+    from attest.verifier.fleet.appraiser import default_appraiser
+    from attest.verifier.fleet.poller import Poller, PollSettings
+    from attest.verifier.fleet.store import SqliteStore
 
     port, d, verify = tls_node["port"], tls_node["dir"], tls_node["verify"]
     assert isinstance(d, Path)

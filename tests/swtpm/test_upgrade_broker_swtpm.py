@@ -22,13 +22,13 @@ from tests.swtpm.conftest import BIN, Node, NodeFactory
 from tests.unit.upgrade_helpers import TEST_TRUST, Image, make_image, signed, snapshot
 
 from attest.audit import verify_audit_chain
-from attest.broker.client import BrokerClient
+from attest.node.broker.client import BrokerClient
 from attest.errors import OperationNotAllowed
 from attest.eventlog.cel import loads_cel
 from attest.evidence import verify_evidence
 from attest.model import PcrSelection
 from attest.runtime import check_records, verify_runtime_log
-from attest.verifier import enroll
+from attest.verifier.contact import enroll
 
 PCR = 13
 CAPACITY = 1 << 20

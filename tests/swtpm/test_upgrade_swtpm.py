@@ -12,13 +12,13 @@ import pytest
 from tests.unit.upgrade_helpers import NOW, make_image, new_node, offer, signed, snapshot
 
 from attest.audit import verify_audit_chain
-from attest.broker.local import LocalNode
+from attest.node.broker.local import LocalNode
 from attest.errors import UpgradeRefused
 from attest.model import PcrSelection
 from attest.runtime import verify_runtime_log
-from attest.slots import SlotStore
-from attest.tpm.esapi import EsapiTpm
-from attest.upgrade import LocalGateNode, UpgradeGate
+from attest.node.upgrade.slots import SlotStore
+from attest.node.tpm.esapi import EsapiTpm
+from attest.node.upgrade.stager import LocalGateNode, UpgradeGate
 
 PCR = 13
 

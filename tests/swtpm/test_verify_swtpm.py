@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.swtpm.conftest import Node, NodeFactory
 
 from attest.cli.verify import main
-from attest.result import verify_ear
-from attest.swtpm import SwtpmProcess, manufacture
+from attest.appraisal.ear import verify_ear
+from attest.node.tpm.swtpm import SwtpmProcess, manufacture
 
 
 @pytest.fixture()

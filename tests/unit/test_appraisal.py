@@ -57,7 +57,7 @@ from attest.manifest.verify import verify_root_self_signed, verify_snapshot
 from attest.merkle import MerkleTree, challenge_leaf
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.runtime import new_runtime_record
-from attest.tpm.fake import FakeTpm
+from attest.node.tpm.fake import FakeTpm
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTLOGS = REPO.parent / "shared" / "eventlogs"

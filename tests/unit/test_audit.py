@@ -20,12 +20,12 @@ from attest.audit import (
     pseudonym,
     verify_audit_chain,
 )
-from attest.audit_store import AuditLog
+from attest.node.logs.audit import AuditLog
 from attest.errors import AuditChainError, ConfigError, EventLogFormatError, VerificationError
 from attest.model import HashAlg, PcrSelection
 from attest.runtime import AuditAnchor, verify_runtime_log
-from attest.runtime_store import RuntimeLog
-from attest.tpm.fake import FakeTpm
+from attest.node.logs.runtime import RuntimeLog
+from attest.node.tpm.fake import FakeTpm
 
 KEY = bytes(range(32))
 T = "2026-01-02T03:04:05+00:00"

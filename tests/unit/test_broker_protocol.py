@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attest.audit import verify_audit_chain
-from attest.broker import protocol as p
-from attest.broker.client import BrokerClient
-from attest.broker.local import LocalNode
-from attest.broker.server import BrokerServer
+from attest.node.broker import protocol as p
+from attest.node.broker.client import BrokerClient
+from attest.node.broker.local import LocalNode
+from attest.node.broker.server import BrokerServer
 from attest.errors import (
     AttestError,
     AuditChainError,
@@ -37,7 +37,7 @@ from attest.errors import (
 from attest.model import HashAlg, PcrSelection
 from attest.quote import verify_quote
 from attest.runtime import verify_runtime_log
-from attest.tpm.fake import FakeTpm
+from attest.node.tpm.fake import FakeTpm
 
 SEL = PcrSelection.of({HashAlg.SHA256: [0, 13], HashAlg.SHA1: [13]})
 

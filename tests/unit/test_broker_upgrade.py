@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 from tests.unit.upgrade_helpers import NOW, Image, make_image, new_node, signed, snapshot
 
-from attest.broker import protocol as p
-from attest.broker.client import BrokerClient, BrokerGate, spool_file
-from attest.broker.local import LocalNode
-from attest.broker.server import BrokerServer
-from attest.broker.upgrades import BrokerUpgrades, Spool
+from attest.node.broker import protocol as p
+from attest.node.broker.client import BrokerClient, BrokerGate, spool_file
+from attest.node.broker.local import LocalNode
+from attest.node.broker.server import BrokerServer
+from attest.node.broker.upgrades import BrokerUpgrades, Spool
 from attest.errors import ConfigError, OperationNotAllowed, TransportError, UpgradeRefused
 from attest.runtime import check_records
-from attest.slots import SlotStore
-from attest.tpm.fake import FakeTpm
-from attest.upgrade import DEFAULT_NV_INDEX, Offer
+from attest.node.upgrade.slots import SlotStore
+from attest.node.tpm.fake import FakeTpm
+from attest.node.upgrade.stager import DEFAULT_NV_INDEX, Offer
 
 
 def digest_tree(d: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attest.dmverity import (
+from attest.verity.devices import (
     CorruptionMode,
     ErrorMode,
     VerityDevice,
@@ -25,7 +25,7 @@ from attest.dmverity import (
     parse_verity_table,
 )
 from attest.errors import EvidenceFormatError
-from attest.verity import verity_root_hash
+from attest.verity.hashtree import verity_root_hash
 
 # `veritysetup format data.img hash.img --salt=5eed…cafe --uuid=6f1c2b7e-…` on a 1 MiB image of
 # b"a" (cryptsetup 2.6.1) printed this root hash; opened as 7:0 (data) + 7:1 (hash, superblock

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attest.appraisal import Claim, Finding, _summarise
 from attest.errors import EvidenceFormatError, SignatureError
-from attest.result import EAR_PROFILE, ear_claims, result_ear, sign_ear, submod, verify_ear
+from attest.appraisal.ear import EAR_PROFILE, ear_claims, result_ear, sign_ear, submod, verify_ear
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 

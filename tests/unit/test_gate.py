@@ -351,10 +351,10 @@ def _body(snap: bytes, image: bytes, tree: bytes = b"") -> bytes:
 def _client(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
     import httpx
 
-    from attest.api.app import create_app
-    from attest.api.middleware import ChannelApp
-    from attest.api.upgrades import add_upgrade_routes
-    from attest.config import ApiSettings, Settings
+    from attest.node.api.app import create_app
+    from attest.node.api.middleware import ChannelApp
+    from attest.node.api.upgrades import add_upgrade_routes
+    from attest.node.config import ApiSettings, Settings
 
     settings = Settings(api=ApiSettings())  # the default 64 KiB limit for other requests
     outer = create_app(settings, node=w.local, clock=lambda: NOW, extra_routes=lambda app, ctx:

@@ -1,4 +1,4 @@
-"""Host and guest as one node: ``attest.pair`` (pure), the ``vtpm`` / ``policy`` runtime
+"""Host and guest as one node: ``attest.appraisal.pair`` (pure), the ``vtpm`` / ``policy`` runtime
 events, the host's ``VtpmManager`` (with a fake manufacturer and EK reader) and the broker's
 ``vtpm_*`` operations and allow-lists."""
 
@@ -27,7 +27,7 @@ from attest.appraisal import (
     unappraisable,
     with_findings,
 )
-from attest.broker import protocol as p
+from attest.node.broker import protocol as p
 from attest.errors import (
     EventLogFormatError,
     EvidenceFormatError,
@@ -36,8 +36,8 @@ from attest.errors import (
 )
 from attest.eventlog.cel import CelRecord
 from attest.model import HashAlg
-from attest.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
-from attest.result import sign_ear, verify_ear
+from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
+from attest.appraisal.ear import sign_ear, verify_ear
 from attest.runtime import (
     KIND_POLICY,
     KIND_VTPM,
@@ -48,7 +48,7 @@ from attest.runtime import (
     parse_content,
 )
 from attest.tpmstruct import Public, parse_public
-from attest.vtpm import VtpmManager, ek_sha256
+from attest.node.tpm.vtpm import VtpmManager, ek_sha256
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CHALLENGE = b"c" * 32
@@ -176,7 +176,7 @@ def test_ear_has_one_submodule_per_layer() -> None:
     claims = verify_ear(sign_ear(pair.ear_claims(now=NOW), key), key.public_key())
     assert set(claims["submods"]) == {"host", "guest"}
     assert claims["submods"]["host"]["ear.status"] == "affirming"
-    assert claims["submods"]["host"]["attest.node-id"] == "host-1"
+    assert claims["submods"]["host"]["attest.node.port-id"] == "host-1"
     assert claims["submods"]["guest"]["ear.status"] == "contraindicated"
     assert "never vouched" in claims["submods"]["guest"]["attest.explanation"]["first_divergence"]
     doc = pair.to_json()

@@ -43,7 +43,7 @@ from attest.appraisal import (
     appraise_incremental,
 )
 from attest.cli import main
-from attest.config import load_settings, settings_digest
+from attest.node.config import load_settings, settings_digest
 from attest.errors import ManifestFormatError
 from attest.eventlog import parse_event_log
 from attest.eventlog.cel import loads_cel
@@ -52,7 +52,7 @@ from attest.manifest.canonical import canonicalize
 from attest.manifest.model import BlessedPolicies, RegistrySnapshot, Release, VerifiedRegistry
 from attest.manifest.parse import load_registry
 from attest.model import HashAlg
-from attest.pair import GUEST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
+from attest.appraisal.pair import GUEST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
 from attest.runtime import verify_runtime_log
 
 SELINUX = hashlib.sha256(b"selinux policy 33").digest()

@@ -21,7 +21,7 @@ from attest.errors import (
 )
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.quote import QuotePolicy, verify_quote
-from attest.tpm.fake import AK_ATTRS, FakeTpm
+from attest.node.tpm.fake import AK_ATTRS, FakeTpm
 from attest.tpmstruct import (
     TPM_RH_ENDORSEMENT_QN,
     TPM_ST_ATTEST_CERTIFY,

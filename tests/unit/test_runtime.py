@@ -22,8 +22,8 @@ from attest.runtime import (
     new_runtime_record,
     verify_runtime_log,
 )
-from attest.runtime_store import RuntimeLog
-from attest.tpm.fake import FakeTpm
+from attest.node.logs.runtime import RuntimeLog
+from attest.node.tpm.fake import FakeTpm
 
 PCR = DEFAULT_RUNTIME_PCR
 BANKS = (HashAlg.SHA256, HashAlg.SHA1)

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 from tests.unit.manifest.manifest_helpers import NOW, build_world, release
 
-from attest.dmverity import CmdlineRootHash, VerityDevice, VerityReport, VerityStatus
+from attest.verity.devices import CmdlineRootHash, VerityDevice, VerityReport, VerityStatus
 from attest.manifest import verify_snapshot
 from attest.manifest.model import Revocation
-from attest.selfcheck import evaluate_node
+from attest.appraisal.selfcheck import evaluate_node
 
 WORLD = build_world()
 REL = release("1.0.0", 1)
@@ -82,7 +82,7 @@ def test_no_registry_is_unknown_not_blessed() -> None:
 def _device_only(root: bytes, devno: str) -> VerityReport:
     """No root hash on the command line (the initramfs chose and measured it): only the active
     verity device, with the table parsed from ``dmsetup table``."""
-    from attest.dmverity import parse_verity_table
+    from attest.verity.devices import parse_verity_table
 
     table = parse_verity_table(
         f"0 8 verity 1 254:1 254:1 4096 4096 1 1 sha256 {root.hex()} {'00' * 32}")

@@ -1,4 +1,4 @@
-"""The hash tree ``attest.slots.seal_slot`` writes after an image in a block-device slot is
+"""The hash tree ``attest.node.upgrade.slots.seal_slot`` writes after an image in a block-device slot is
 byte for byte what ``veritysetup format --no-superblock`` writes (the layout a boot loader
 opens with ``--hash-offset=SIZE``)."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from attest.errors import EvidenceFormatError
-from attest.slots import hash_tree
-from attest.verity import hash_image
+from attest.node.upgrade.slots import hash_tree
+from attest.verity.hashtree import hash_image
 
 
 @pytest.mark.parametrize("blocks", [2, 127, 128, 129, 128 * 128 + 3])

@@ -10,8 +10,8 @@ import pytest
 from tests.unit.upgrade_helpers import KillAt, Killed, image_bytes
 
 from attest.errors import EvidenceFormatError
-from attest.slots import BootPointer, SlotImage, SlotStore, UnbootableError
-from attest.verity import hash_image
+from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore, UnbootableError
+from attest.verity.hashtree import hash_image
 
 
 def put(store: SlotStore, slot: str, version: str, seq: int, tmp: Path) -> SlotImage:

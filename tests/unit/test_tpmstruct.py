@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from attest.errors import QuoteFormatError
 from attest.model import HashAlg, PcrSelection
-from attest.tpm.fake import FakeTpm
+from attest.node.tpm.fake import FakeTpm
 from attest.tpmstruct import (
     Alg,
     parse_attest,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from attest.dmverity import CorruptionMode, VerityReport, VerityStatus
-from attest.udev import (
+from attest.verity.devices import CorruptionMode, VerityReport, VerityStatus
+from attest.node.verity_watch import (
     SysfsContext,
     SysfsDevice,
     UdevDevice,
@@ -194,7 +194,7 @@ def test_default_context_falls_back_to_sysfs_without_pyudev(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "pyudev", None)  # import raises ImportError
-    with caplog.at_level(logging.WARNING, logger="attest.udev"):
+    with caplog.at_level(logging.WARNING, logger="attest.node.verity_watch"):
         ctx = default_context()
     assert ctx == SysfsContext()
     assert "pyudev unavailable" in caplog.text
@@ -311,7 +311,7 @@ def test_watcher_polls_when_udev_is_unavailable(
     watcher = VerityWatcher(reports, context=SysfsContext(sysfs), run=dmsetup,
                             cmdline_path=tmp_path / "cmdline", observer_factory=no_netlink,
                             poll_interval=0.01)
-    with caplog.at_level(logging.WARNING, logger="attest.udev"):
+    with caplog.at_level(logging.WARNING, logger="attest.node.verity_watch"):
         watcher.start()
     try:
         assert watcher.mode == "polling"
@@ -351,7 +351,7 @@ def test_watcher_survives_a_failing_callback(
                             poll_interval=3600)
     watcher.start()
     try:
-        with caplog.at_level(logging.ERROR, logger="attest.udev"):
+        with caplog.at_level(logging.ERROR, logger="attest.node.verity_watch"):
             observers[0].fire("change", "dm-0")  # raises inside: logged, swallowed
         observers[0].fire("change", "dm-0")
         assert len(calls) == 3

@@ -42,7 +42,7 @@ async def test_confirm_commits_the_booted_staged_slot(w: World) -> None:  # noqa
 def test_mtls_certificate_settings_go_together_and_enable_mutual_tls_alone() -> None:
     import pytest
 
-    from attest.config import load_settings
+    from attest.node.config import load_settings
     from attest.errors import ConfigError
 
     s = load_settings(environ={"ATTEST_API_CLIENT_CA": "/ca.pem", "ATTEST_API_MTLS_CERT": "/c",

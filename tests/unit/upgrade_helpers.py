@@ -15,13 +15,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from tests.unit.manifest.manifest_helpers import Signer, sign_doc
 
-from attest.broker.local import LocalNode
+from attest.node.broker.local import LocalNode
 from attest.manifest.edit import checked
 from attest.manifest.model import RegistrySnapshot, Release, Revocation, RollbackAuthorisation
-from attest.slots import FaultHook, SlotStore, no_faults
-from attest.tpm.fake import FakeTpm
-from attest.upgrade import LocalGateNode, Offer, UpgradeGate
-from attest.verity import hash_image
+from attest.node.upgrade.slots import FaultHook, SlotStore, no_faults
+from attest.node.tpm.fake import FakeTpm
+from attest.node.upgrade.stager import LocalGateNode, Offer, UpgradeGate
+from attest.verity.hashtree import hash_image
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_TRUST = REPO / "firmware_manifests" / "test"

@@ -1,5 +1,5 @@
 """The initramfs's A/B slot chooser (busybox sh, ``vm_harness.image.LOADER_CHOOSER``) against
-``attest.slots.SlotStore.boot``: on the same pointer written by slots.py, both pick the same
+``attest.node.upgrade.slots.SlotStore.boot``: on the same pointer written by slots.py, both pick the same
 slot and leave the same pointer (which slots.py still reads); anything unreadable fails closed.
 Runs the chooser under busybox's own sh, sed and grep, as the initramfs does (no QEMU)."""
 
@@ -16,7 +16,7 @@ from tests.conftest import need_binaries
 from vm_harness.image import INITRD_APPLETS, LOADER_CHOOSER
 
 from attest.manifest.model import VerityParams
-from attest.slots import BootPointer, SlotImage, SlotStore, UnbootableError
+from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore, UnbootableError
 
 
 def _image(version: str, seed: int) -> SlotImage:

@@ -36,11 +36,11 @@ from vm_harness.build import NodeImage
 from vm_harness.run import Vm
 from vm_harness.scenarios import appraise as harness_appraise
 
-from attest.broker.client import BrokerClient
+from attest.node.broker.client import BrokerClient
 from attest.cli.verify import main as verify_main
-from attest.enrollstore import EnrollmentStore
-from attest.result import verify_ear
-from attest.verifier import selection_for
+from attest.verifier.enrollments import EnrollmentStore
+from attest.appraisal.ear import verify_ear
+from attest.verifier.contact import selection_for
 
 pytestmark = pytest.mark.slow
 GUEST_ID = "vm-node"  # the node id the harness image's attestd runs with

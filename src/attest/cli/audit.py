@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from attest.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
+from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 from attest.cli import EXIT_OK, print_json
 
 # PAM_TYPE (pam_exec(8)) -> audit event.
@@ -90,7 +90,7 @@ def event_from_pam(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from attest.broker.client import BrokerClient
+    from attest.node.broker.client import BrokerClient
     from attest.errors import ConfigError
 
     if args.from_pam:
@@ -111,7 +111,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from attest.broker.client import BrokerClient
+    from attest.node.broker.client import BrokerClient
 
     with BrokerClient(args.socket) as client:
         entries = client.audit_log(args.start)
@@ -130,7 +130,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     runtime log into it and check the audit chain against its anchors. The logs are read
     around the quote and the whole read is retried when an event arrived meanwhile."""
     from attest.audit import verify_audit_chain
-    from attest.broker.client import BrokerClient
+    from attest.node.broker.client import BrokerClient
     from attest.errors import TransportError
     from attest.model import PcrSelection
     from attest.quote import verify_quote

@@ -82,9 +82,9 @@ def _wait(what: str, ok: Any, proc: subprocess.Popen[bytes], log: Path,
 def _demo(work: Path, args: argparse.Namespace) -> int:
     from cryptography import x509
 
-    from attest.client import NodeClient
-    from attest.swtpm import SwtpmProcess, SwtpmState, free_port_pair, manufacture
-    from attest.verifier import challenge, enroll
+    from attest.verifier.client import NodeClient
+    from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair, manufacture
+    from attest.verifier.contact import challenge, enroll
 
     say = (lambda *a: None) if args.json else print
     t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
 
 
 def _record_login(operator_sock: Path) -> None:
-    from attest.broker.client import BrokerClient
+    from attest.node.broker.client import BrokerClient
 
     with contextlib.closing(BrokerClient(str(operator_sock))) as broker:
         broker.audit_record({"event": "login", "user": "demo-operator", "source": "127.0.0.1",

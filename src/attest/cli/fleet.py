@@ -33,16 +33,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attest.errors import ConfigError
-from attest.fleet.api import create_fleet_app, iso
-from attest.fleet.appraiser import default_appraiser
-from attest.fleet.enrollment import Enroller, EnrollPolicy, Registration, with_roots
-from attest.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
-from attest.fleet.rollout import completed_embargoes, rollout
-from attest.fleet.signing import load_or_create_key
-from attest.fleet.store import Store, open_store
-from attest.fleet.webhooks import WebhookSender
+from attest.verifier.fleet.api import create_fleet_app, iso
+from attest.verifier.fleet.appraiser import default_appraiser
+from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy, Registration, with_roots
+from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
+from attest.verifier.fleet.rollout import completed_embargoes, rollout
+from attest.verifier.fleet.signing import load_or_create_key
+from attest.verifier.fleet.store import Store, open_store
+from attest.verifier.fleet.webhooks import WebhookSender
 from attest.manifest import VerifiedRegistry
-from attest.manifest.store import load_state
+from attest.storage.trusted_state import load_state
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _db(args: argparse.Namespace) -> Store:
 
 
 def _enroller(args: argparse.Namespace) -> Enroller:
-    """The enrollment policies from the options (``attest.fleet.enrollment``; fails closed:
+    """The enrollment policies from the options (``attest.verifier.fleet.enrollment``; fails closed:
     EK roots, or an explicit ``--tofu``). ``$ATTEST_FLEET_EK_ROOTS`` (paths separated by
     ``:``) and ``$ATTEST_FLEET_TOFU=1`` are the defaults."""
     roots = args.ek_roots or [p for p in os.environ.get("ATTEST_FLEET_EK_ROOTS", "").split(
@@ -209,7 +209,7 @@ async def watch_rollout(store: Store, registry: Callable[[], VerifiedRegistry | 
 
 def cmd_add(args: argparse.Namespace) -> int:
     from attest.cli import print_json
-    from attest.fleet.enrollment import PairEnrollment
+    from attest.verifier.fleet.enrollment import PairEnrollment
 
     if args.host is None and (args.guest_id or args.host_ek_roots):
         raise ConfigError("--guest-id and --host-ek-roots are for a pair (--host HOST_URL)",
@@ -248,7 +248,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        from attest.fleet.api import node_json
+        from attest.verifier.fleet.api import node_json
 
         print_json([node_json(n) for n in nodes])
         return 0
@@ -264,7 +264,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from attest.cli import print_json
-    from attest.fleet.api import node_json
+    from attest.verifier.fleet.api import node_json
 
     store = _db(args)
     try:

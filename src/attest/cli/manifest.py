@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from attest.cli import EXIT_OK, print_json
-from attest.config import load_settings, settings_digest
+from attest.node.config import load_settings, settings_digest
 from attest.errors import ConfigError, ManifestFormatError
 from attest.manifest import edit
 from attest.manifest.canonical import canonicalize, parse_json
@@ -45,7 +45,7 @@ from attest.manifest.parse import (
     parse_expected_pcrs,
     parse_platform_signed,
 )
-from attest.manifest.store import load_state, save_state
+from attest.storage.trusted_state import load_state, save_state
 from attest.manifest.trusted import TrustedState
 from attest.manifest.verify import (
     check_expiry,
@@ -53,8 +53,8 @@ from attest.manifest.verify import (
     verify_root_update,
     verify_snapshot,
 )
-from attest.state import atomic_write_bytes, read_bytes
-from attest.verity import hash_image
+from attest.storage.files import atomic_write_bytes, read_bytes
+from attest.verity.hashtree import hash_image
 
 MAX_KEY_FILE = 16 * 1024
 

@@ -77,7 +77,7 @@ def _nonce(text: str) -> bytes:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from attest.tpm.esapi import AkSpec, EsapiTpm
+    from attest.node.tpm.esapi import AkSpec, EsapiTpm
 
     nonce = _nonce(args.nonce)
     with EsapiTpm(args.tcti, ak=AkSpec(args.ak_type)) as tpm:

@@ -93,10 +93,10 @@ def _devices(args: argparse.Namespace) -> dict[str, str]:
 
 class _Opened:
     def __init__(self, args: argparse.Namespace) -> None:
-        from attest.broker.local import LocalNode
-        from attest.slots import SlotStore
-        from attest.tpm.esapi import EsapiTpm
-        from attest.upgrade import DEFAULT_NV_INDEX, LocalGateNode, UpgradeGate
+        from attest.node.broker.local import LocalNode
+        from attest.node.upgrade.slots import SlotStore
+        from attest.node.tpm.esapi import EsapiTpm
+        from attest.node.upgrade.stager import DEFAULT_NV_INDEX, LocalGateNode, UpgradeGate
 
         self.node = LocalNode.open(EsapiTpm(args.tcti), args.state_dir)
         slots = SlotStore(args.slots_dir, devices=_devices(args), capacity=args.slot_capacity)
@@ -115,14 +115,14 @@ def _actor() -> str:
 
 
 def _broker(args: argparse.Namespace) -> Any:
-    from attest.broker.client import STAGE_TIMEOUT, BrokerClient
+    from attest.node.broker.client import STAGE_TIMEOUT, BrokerClient
 
     return BrokerClient(args.broker_socket, timeout=STAGE_TIMEOUT)
 
 
 def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
-    from attest.broker import protocol as p
-    from attest.broker.client import spool_file
+    from attest.node.broker import protocol as p
+    from attest.node.broker.client import spool_file
     from attest.errors import ConfigError, EvidenceFormatError
 
     if args.now:
@@ -144,8 +144,8 @@ def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from attest.errors import UpgradeRefused
-    from attest.state import read_bytes
-    from attest.upgrade import MAX_SNAPSHOT, Offer, read_hash_tree
+    from attest.storage.files import read_bytes
+    from attest.node.upgrade.stager import MAX_SNAPSHOT, Offer, read_hash_tree
 
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     if now.tzinfo is None:

@@ -6,7 +6,7 @@ identity alarm, and a refused enrollment), 12 could not appraise (node unreachab
 evidence, no usable registry). docs/verify.md has the details.
 
 ``attest verify --host HOST_URL GUEST_URL`` appraises a host and its guest VM as one node
-(``attest.pair``; docs/host-guest.md): the host first, then the guest, whose AK is accepted only
+(``attest.appraisal.pair``; docs/host-guest.md): the host first, then the guest, whose AK is accepted only
 when the host vouched for its vTPM in a quote answering the same challenge. One EAR with the
 submodules ``host`` and ``guest``; the exit code is the worse layer's.
 """
@@ -34,12 +34,12 @@ from attest.appraisal import (
     unappraisable,
 )
 from attest.cli import EXIT_OK, print_json
-from attest.client import NodeClient
-from attest.enrollstore import EnrollmentStore, NodeRecord
+from attest.verifier.client import NodeClient
+from attest.verifier.enrollments import EnrollmentStore, NodeRecord
 from attest.errors import AttestError, ConfigError, TransportError, VerificationError
 from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection
-from attest.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
+from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
 from attest.runtime import VtpmVouch
 
 EXIT_AFFIRMING = EXIT_OK
@@ -116,10 +116,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry | None:
     from attest.manifest.parse import MAX_REGISTRY_BYTES, MAX_ROOT_BYTES
     from attest.manifest.verify import verify_root_self_signed, verify_snapshot
-    from attest.state import read_bytes
+    from attest.storage.files import read_bytes
 
     if args.trust_dir is not None:
-        from attest.manifest.store import load_state
+        from attest.storage.trusted_state import load_state
 
         state = load_state(args.trust_dir)
         if state is None:
@@ -135,7 +135,7 @@ def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry 
 
 
 def _ek_cas(paths: Sequence[str]) -> tuple[list[Any], list[Any]]:
-    from attest.verifier import load_ek_cas
+    from attest.verifier.contact import load_ek_cas
 
     return load_ek_cas(paths)
 
@@ -155,7 +155,7 @@ def _ear_key(path: str | None) -> Any:
 
 def _clients(args: argparse.Namespace) -> contextlib.AbstractContextManager[
         tuple[NodeClient, NodeClient | None]]:  # fmt: skip
-    from attest.verifier import open_channels
+    from attest.verifier.contact import open_channels
 
     cert = None
     if args.client_cert or args.client_key:
@@ -202,11 +202,11 @@ def _report(
     notes: list[str],
     re_enrollment: dict[str, Any] | None,
 ) -> int:
-    from attest.result import result_ear
+    from attest.appraisal.ear import result_ear
 
     token = result_ear(result, ear_key, now=now) if ear_key is not None else None
     if token is not None and args.ear_out:
-        from attest.state import atomic_write_bytes
+        from attest.storage.files import atomic_write_bytes
 
         atomic_write_bytes(args.ear_out, token.encode() + b"\n")
     all_notes = [*notes, *result.notes]
@@ -235,7 +235,7 @@ def _report(
     return code
 
 
-# --- a host and its guest as one node (attest.pair) ------------------------------------------
+# --- a host and its guest as one node (attest.appraisal.pair) ------------------------------------------
 
 
 @dataclass
@@ -277,7 +277,7 @@ def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: by
     """One node's contact (enroll on first contact, challenge, appraise) for ``cmd_verify``
     and for each layer of a pair, keeping the verified runtime log's ``vtpm`` events. Never
     raises for the node's faults."""
-    from attest.verifier import enroll, gather, selection_for
+    from attest.verifier.contact import enroll, gather, selection_for
 
     address = ns.url.rstrip("/")
     notes: list[str] = []
@@ -365,11 +365,11 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
     pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
     token = None
     if ear_key is not None:
-        from attest.result import sign_ear
+        from attest.appraisal.ear import sign_ear
 
         token = sign_ear(pair.ear_claims(now=now), ear_key)
         if args.ear_out:
-            from attest.state import atomic_write_bytes
+            from attest.storage.files import atomic_write_bytes
 
             atomic_write_bytes(args.ear_out, token.encode() + b"\n")
     code = EXIT_CODES[pair.verdict]

@@ -18,10 +18,10 @@ import argparse
 import sys
 from typing import Any
 
-from attest.broker.client import DEFAULT_OPERATOR_SOCKET, BrokerClient
+from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, BrokerClient
 from attest.cli import EXIT_OK, EXIT_REFUSED, print_json
 from attest.errors import AttestError, OperationNotAllowed
-from attest.state import read_bytes
+from attest.storage.files import read_bytes
 
 
 def register(sub: Any) -> None:

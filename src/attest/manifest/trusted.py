@@ -2,7 +2,7 @@
 
 The state is the last verified root and the last verified registry snapshot, kept as their exact
 bytes. Updating never mutates: each rule returns a new ``TrustedState`` or raises, so the caller
-persists the new state only once it is fully verified (``attest.manifest.store``).
+persists the new state only once it is fully verified (``attest.storage.trusted_state``).
 
 Rules:
 

@@ -12,7 +12,7 @@ import pytest
 from attest.manifest.evaluate import ReleaseStatus, evaluate_release, evaluate_rollback
 from attest.manifest.parse import load_registry, load_root
 from attest.manifest.trusted import TrustedState
-from attest.verity import verity_root_hash
+from attest.verity.hashtree import verity_root_hash
 
 REPO = Path(__file__).resolve().parents[3]
 FM = REPO / "firmware_manifests"

@@ -24,9 +24,9 @@ from attest.manifest import edit
 from attest.manifest.canonical import canonicalize
 from attest.manifest.model import RegistrySnapshot
 from attest.manifest.parse import load_registry
-from attest.manifest.store import load_state, save_state
+from attest.storage.trusted_state import load_state, save_state
 from attest.manifest.trusted import TrustedState
-from attest.state import atomic_write_bytes
+from attest.storage.files import atomic_write_bytes
 
 
 def _state(world: World, seq: int = 5) -> TrustedState:

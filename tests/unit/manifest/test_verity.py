@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest.errors import EvidenceFormatError
-from attest.verity import VerityHasher, hash_image, verity_root_hash
+from attest.verity.hashtree import VerityHasher, hash_image, verity_root_hash
 
 VERITYSETUP = shutil.which("veritysetup") or (
     "/usr/sbin/veritysetup" if os.path.exists("/usr/sbin/veritysetup") else None

@@ -1,0 +1,111 @@
+"""The node's self-appraisal (``GET /v1/status``): a plain verdict with reasons, for the node
+provider. Pure: the daemon gathers the inputs, this decides.
+
+Verdicts, worst first: ``degraded`` (the TPM or the runtime log is not sound -- the node cannot
+prove anything), ``revoked``, ``not-blessed``, ``corrupted`` (a verity device reported a bad
+block), ``unknown`` (no trusted registry, or no verity root hash to look up), ``warning``
+(blessed, with an overdue embargo disclosure), ``blessed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from attest.verity.devices import VerityReport
+from attest.manifest import VerifiedRegistry, evaluate_release
+from attest.manifest.evaluate import ReleaseStatus
+
+_ORDER = ("degraded", "revoked", "not-blessed", "corrupted", "unknown", "warning", "blessed")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeVerdict:
+    verdict: str
+    reasons: tuple[str, ...]
+    release: dict[str, Any] | None = None
+    checks: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons),
+                "release": self.release, "checks": dict(self.checks)}  # fmt: skip
+
+
+def evaluate_node(
+    *,
+    tpm_error: str | None,
+    runtime_error: str | None,
+    verity: VerityReport | None,
+    registry: VerifiedRegistry | None,
+    registry_error: str | None,
+    now: datetime,
+    root_devno: str | None = None,
+) -> NodeVerdict:
+    """``root_devno`` ("major:minor" of the device mounted at /) names the root's verity device
+    when the kernel command line carries no root hash (a root hash chosen and measured by the
+    initramfs, as the VM harness's A/B slots do): that device's root digest is looked up."""
+    found: list[tuple[str, str]] = []  # (verdict, reason)
+    checks: dict[str, str] = {}
+    checks["tpm"] = "ok" if tpm_error is None else "failed"
+    if tpm_error is not None:
+        found.append(("degraded", f"TPM unavailable: {tpm_error}"))
+    checks["runtime_log"] = "ok" if runtime_error is None else "failed"
+    if runtime_error is not None:
+        found.append(("degraded", f"runtime log: {runtime_error}"))
+    release_doc = None
+    root_hashes: list[bytes] = []
+    if verity is None:
+        checks["verity"] = "unknown"
+        found.append(("unknown", "dm-verity state unknown (discovery unavailable)"))
+    else:
+        root_hashes = [h.root_hash for h in verity.cmdline_root_hashes]
+        if verity.corrupted:
+            checks["verity"] = "corrupted"
+            bad = [d.name for d in verity.devices if str(d.status) == "corrupted"]
+            found.append(("corrupted", f"dm-verity reported corruption on {', '.join(bad)}"))
+        elif not root_hashes and (root_dev := _root_device(verity, root_devno)) is not None:
+            checks["verity"] = "ok"
+            root_hashes = [root_dev]
+        elif not root_hashes:
+            checks["verity"] = "none"
+            found.append(("unknown", "neither the kernel command line nor the device mounted at "
+                                     "/ names a dm-verity root hash"))  # fmt: skip
+        elif not verity.cmdline_backed:
+            checks["verity"] = "unbacked"
+            missing = ", ".join(h.root_hash.hex()[:16] for h in verity.unbacked)
+            found.append(("not-blessed", f"root hash(es) {missing}… on the kernel command line "
+                                         f"are not backed by an active verity device"))  # fmt: skip
+        else:
+            checks["verity"] = "ok"
+    if registry is None:
+        checks["registry"] = "unknown"
+        found.append(("unknown", f"no trusted registry: {registry_error or 'not configured'}"))
+    elif root_hashes:
+        checks["registry"] = "ok"
+        for root in root_hashes:
+            decision = evaluate_release(registry, verity_root_hash=root, now=now)
+            release_doc = decision.to_json()
+            if decision.status is ReleaseStatus.BLESSED:
+                continue
+            verdict = {
+                ReleaseStatus.REVOKED: "revoked",
+                ReleaseStatus.NOT_BLESSED: "not-blessed",
+                ReleaseStatus.EMBARGOED_OVERDUE: "warning",
+            }[decision.status]
+            found.append((verdict, "; ".join(decision.reasons)))
+    if not found:
+        return NodeVerdict("blessed", ("image, verity root and runtime log check out",),
+                           release_doc, checks)  # fmt: skip
+    worst = min(found, key=lambda f: _ORDER.index(f[0]))[0]
+    return NodeVerdict(worst, tuple(reason for _, reason in found), release_doc, checks)
+
+
+def _root_device(verity: VerityReport, root_devno: str | None) -> bytes | None:
+    """The root digest of the verity device mounted at / (``root_devno``), if it is one."""
+    if root_devno is None:
+        return None
+    for d in verity.devices:
+        if d.devno == root_devno and d.root_digest is not None:
+            return d.root_digest
+    return None

@@ -1,5 +1,0 @@
-"""``python -m attest.broker``: the same as ``attestd-tpm``."""
-
-from attest.broker.main import run
-
-run()

@@ -1,0 +1,440 @@
+"""The attestd HTTP API: ``create_app(settings, *, node=...)``.
+
+The app holds no TPM handle: it talks to a ``NodePort`` (the privileged broker in production,
+an in-process ``LocalNode`` over a fake TPM in tests -- injected here, no test-only branches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from attest import __version__
+from attest.node.api import schemas
+from attest.node.api.errors import attest_error_handler
+from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
+from attest.node.api.batcher import QuoteBatcher
+from attest.node.config import Settings
+from attest.errors import AttestError, EvidenceFormatError, TpmError
+from attest.evidence import EVIDENCE_VERSION, b64, unb64
+from attest.merkle import challenge_leaf
+from attest.model import HashAlg, PcrSelection
+from attest.node.port import NodeIdentity, NodePort
+from attest.node.tpm.port import RawQuote
+
+logger = logging.getLogger(__name__)
+
+PROBE_SELECTION = PcrSelection.parse("sha256:0")
+
+
+@dataclass
+class Metrics:
+    started: float = field(default_factory=time.time)
+    challenges: int = 0
+    evidence_errors: int = 0
+    tpm_failures: int = 0
+    activations: int = 0
+
+
+@dataclass
+class NodeContext:
+    """Everything the routes share. One per app."""
+
+    settings: Settings
+    node: NodePort
+    batcher: QuoteBatcher
+    tls_binding: bytes
+    firmware_log: bytes | None
+    verity: Callable[[], dict[str, Any] | None]
+    image: Callable[[], tuple[str | None, str | None]]
+    status: Callable[[NodeContext], dict[str, Any]]
+    clock: Callable[[], datetime]
+    identity: NodeIdentity | None = None
+    node_id: str = ""
+    ready: bool = False
+    last_tpm_error: str = ""
+    metrics: Metrics = field(default_factory=Metrics)
+    probe: asyncio.Task[None] | None = None
+    # Re-records the API's own runtime events (config, TLS key, ...) when the runtime log
+    # started afresh: after a TPM reset the broker rotates the log.
+    on_fresh_log: Callable[[], None] | None = None
+    log_mark: tuple[int, str] | None = None  # (recnum, content digest) of the last record seen
+    watcher: asyncio.Task[None] | None = None
+    shared: tuple[RawQuote, bytes] | None = None
+    cmdline: str | None = None
+
+    def get_identity(self) -> NodeIdentity:
+        if self.identity is None:
+            ident = self.node.identity()
+            self.identity = ident
+            self.node_id = self.settings.node_id or "ak-" + ident.ak.name.hex()[4:28]
+        return self.identity
+
+    def tpm_failed(self, exc: TpmError) -> None:
+        self.metrics.tpm_failures += 1
+        self.last_tpm_error = str(exc)
+        if self.ready:
+            logger.warning("TPM unavailable, readiness off: %s", exc)
+        self.ready = False
+        if self.probe is None or self.probe.done():
+            self.probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Probe the TPM until it answers again; then turn readiness back on."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while not self.ready:
+            await asyncio.sleep(delay)
+            try:
+                await loop.run_in_executor(None, self.node.read_pcrs, PROBE_SELECTION)
+                await loop.run_in_executor(None, self.get_identity)
+            except TpmError as exc:
+                self.last_tpm_error = str(exc)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.ready = True
+            self.last_tpm_error = ""
+            logger.warning("TPM back, readiness on")
+            await loop.run_in_executor(None, self.check_log)
+
+    def check_log(self) -> None:
+        """If the runtime log no longer holds the last record we saw (a TPM reset made the
+        broker start a fresh log), record our events again."""
+        try:
+            records = self.node.runtime_log(0)
+        except AttestError as exc:
+            logger.info("runtime log not readable: %s", exc)
+            return
+        mark = self.log_mark
+        fresh = mark is not None and (
+            len(records) <= mark[0] or _mark(records[mark[0]])[1] != mark[1]
+        )
+        if fresh and self.on_fresh_log is not None:
+            logger.warning("runtime log restarted (TPM reset): recording start events again")
+            self.on_fresh_log()
+            records = self.node.runtime_log(0)
+        self.log_mark = _mark(records[-1]) if records else None
+
+    async def watch_log(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if self.ready:
+                await loop.run_in_executor(None, self.check_log)
+
+
+def _mark(record: Any) -> tuple[int, str]:
+    digest = next(iter(record.digests.values()), b"")
+    return record.recnum, digest.hex()
+
+
+def _read_cmdline(settings: Settings) -> str | None:
+    try:
+        with open(settings.logs.cmdline, encoding="utf-8", errors="replace") as fh:
+            return fh.read(8192).strip() or None
+    except OSError:
+        return None
+
+
+def _no_verity() -> dict[str, Any] | None:
+    return None
+
+
+def _read_image(settings: Settings) -> Callable[[], tuple[str | None, str | None]]:
+    def read() -> tuple[str | None, str | None]:
+        out: list[str | None] = []
+        for path in (settings.image.version_file, settings.image.slot_file):
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    out.append(fh.read(256).strip() or None)
+            except OSError:
+                out.append(None)
+        return out[0], out[1]
+
+    return read
+
+
+def basic_status(ctx: NodeContext) -> dict[str, Any]:
+    """Self-appraisal without a registry: TPM and runtime log health."""
+    reasons = [] if ctx.ready else [f"TPM unavailable: {ctx.last_tpm_error}"]
+    return {"verdict": "ok" if ctx.ready else "degraded", "reasons": reasons}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    node: NodePort,
+    tls_binding: bytes = b"",
+    firmware_log: bytes | None = None,
+    verity: Callable[[], dict[str, Any] | None] = _no_verity,
+    image: Callable[[], tuple[str | None, str | None]] | None = None,
+    status: Callable[[NodeContext], dict[str, Any]] = basic_status,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_fresh_log: Callable[[], None] | None = None,
+    log_check_interval: float = 15.0,
+    extra_routes: Callable[[FastAPI, NodeContext], dict[str, int]] | None = None,
+) -> Any:
+    """Build the ASGI app: FastAPI routes wrapped in the size and rate limits."""
+    ctx = NodeContext(
+        settings=settings,
+        node=node,
+        batcher=QuoteBatcher(
+            node.quote, batching=settings.api.batching, max_batch=settings.api.max_batch,
+            max_waiting=settings.api.max_waiting,
+        ),  # fmt: skip
+        tls_binding=tls_binding,
+        firmware_log=firmware_log,
+        verity=verity,
+        image=image or _read_image(settings),
+        status=status,
+        clock=clock,
+        on_fresh_log=on_fresh_log,
+        cmdline=_read_cmdline(settings),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, ctx.get_identity)
+            ctx.ready = True
+            await loop.run_in_executor(None, ctx.check_log)
+        except TpmError as exc:
+            ctx.tpm_failed(exc)
+        ctx.watcher = loop.create_task(ctx.watch_log(log_check_interval))
+        yield
+        await ctx.batcher.close()
+        for task in (ctx.probe, ctx.watcher):
+            if task is not None:
+                task.cancel()
+
+    app = FastAPI(
+        title="attestd",
+        version=__version__,
+        description="Node attestation API (RFC 9684-style challenge-response evidence).",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.add_exception_handler(AttestError, attest_error_handler)
+    _routes(app, ctx)
+    # Further route groups (the upgrade upload) are composed in by the shell; they name the
+    # paths whose bodies they stream themselves, with those paths' size limits.
+    streaming = extra_routes(app, ctx) if extra_routes is not None else {}
+    limited = RateLimit(app, rate=settings.api.rate_per_second, burst=settings.api.rate_burst)
+    outer = SizeLimit(limited, settings.api.max_request_bytes, streaming=streaming)
+    outer.fastapi = app  # type: ignore[attr-defined]  # for tests and the daemon
+    outer.ctx = ctx  # type: ignore[attr-defined]
+    return outer
+
+
+def require_trusted_channel(request: Request) -> None:
+    channel = request.scope.get(CHANNEL_KEY, "public")
+    if channel not in TRUSTED_CHANNELS:
+        raise HTTPException(
+            status_code=403,
+            detail="this endpoint needs an authenticated client: mutual TLS or the operator "
+            "socket",
+        )
+
+
+def _parse_selection(pcrs: dict[str, list[int]]) -> PcrSelection:
+    try:
+        sel = PcrSelection.of({HashAlg.from_name(b): idx for b, idx in pcrs.items()})
+    except ValueError as exc:
+        raise EvidenceFormatError(f"pcrs: {exc}") from None
+    if sel.count() == 0 or any(not idx for _, idx in sel.banks):
+        raise EvidenceFormatError("pcrs: select at least one PCR in each bank")
+    return sel
+
+
+def _routes(app: FastAPI, ctx: NodeContext) -> None:
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": schemas.ErrorBody}, 503: {"model": schemas.ErrorBody},
+    }  # fmt: skip
+
+    @app.post("/v1/evidence", response_model=None, responses={
+        200: {"model": schemas.EvidenceResponse}, **errors})  # fmt: skip
+    async def evidence(req: schemas.EvidenceRequest) -> Response:
+        """A fresh quote over the requested PCRs answering this nonce (shared with the
+        challenges that waited for the same quote: see ``batch``), plus the logs asked for."""
+        nonce = bytes.fromhex(req.nonce)
+        selection = _parse_selection({str(k): v for k, v in req.pcrs.items()})
+        ctx.metrics.challenges += 1
+        leaf = challenge_leaf(nonce, ctx.tls_binding)
+        loop = asyncio.get_running_loop()
+        try:
+            ident = ctx.identity
+            if ident is None:
+                ident = await loop.run_in_executor(None, ctx.get_identity)
+            inactive = [alg.bank_name for alg, _ in selection.banks if alg not in ident.banks]
+            if inactive and ident.banks:
+                raise EvidenceFormatError(
+                    f"PCR bank(s) {', '.join(inactive)} not active on this TPM; active: "
+                    f"{', '.join(b.bank_name for b in ident.banks)}"
+                )
+            result = await ctx.batcher.submit(selection, leaf)
+        except TpmError as exc:
+            ctx.tpm_failed(exc)
+            raise
+        batch = {"size": result.size, "index": result.index,
+                 "proof": [p.hex() for p in result.proof],
+                 "tls_binding": ctx.tls_binding.hex() or None}  # fmt: skip
+        fw = req.logs.get("firmware")
+        rt = req.logs.get("runtime")
+        extra: dict[str, Any] = {"firmware_log": None, "runtime_log": None}
+        if fw is not None:
+            extra["firmware_log"] = _firmware_log(ctx, fw.start)
+        if rt is not None:
+            records = await loop.run_in_executor(None, ctx.node.runtime_log, rt.start)
+            extra["runtime_log"] = {
+                "pcr": ctx.settings.tpm.runtime_pcr,
+                "start": rt.start,
+                "records": [r.to_json() for r in records],
+            }
+        # The parts every challenge answered by this quote shares are encoded once per quote
+        # (this is the hot endpoint: a batch can answer thousands of challenges).
+        common = _shared_part(ctx, ident, result.quote)
+        head = json.dumps({"batch": batch, **extra}, separators=(",", ":")).encode()
+        return Response(head[:-1] + b"," + common[1:], media_type="application/json")
+
+    @app.get("/v1/identity")
+    async def identity() -> dict[str, Any]:
+        """EK certificate(s), EK and AK public areas and names, node id, PCR banks."""
+        loop = asyncio.get_running_loop()
+        try:
+            ident = await loop.run_in_executor(None, ctx.get_identity)
+        except TpmError as exc:
+            ctx.tpm_failed(exc)
+            raise
+        return {
+            "node_id": ctx.node_id,
+            "ak": {"public": b64(ident.ak.tpm2b()), "name": ident.ak.name.hex()},
+            "ek": None if ident.ek is None else {
+                "public": b64(ident.ek.tpm2b()), "name": ident.ek.name.hex()},
+            "ek_certificates": {f"0x{i:08x}": b64(der) for i, der in
+                                sorted(ident.ek_certificates.items())},
+            "banks": [b.bank_name for b in ident.banks],
+            "runtime_pcr": ctx.settings.tpm.runtime_pcr,
+            "tls_binding": ctx.tls_binding.hex() or None,
+            "version": __version__,
+        }  # fmt: skip
+
+    @app.post("/v1/enroll/activate", response_model=schemas.ActivateResponse,
+              dependencies=[Depends(require_trusted_channel)],
+              responses={403: {"model": schemas.ErrorBody}, **errors})  # fmt: skip
+    async def activate(req: schemas.ActivateRequest) -> dict[str, str]:
+        """The node half of TPM2 credential activation (TPM2_ActivateCredential with the AK
+        and the EK). Needs an authenticated client."""
+        id_object = unb64(req.id_object, "id_object", limit=1024)
+        secret = unb64(req.encrypted_secret, "encrypted_secret", limit=1024)
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(None, ctx.node.activate_credential, id_object,
+                                             secret)  # fmt: skip
+        except TpmError as exc:
+            if exc.rc == 0 or (exc.rc & 0xFFFF0000) == 0x000A0000:
+                ctx.tpm_failed(exc)
+            raise
+        ctx.metrics.activations += 1
+        return {"secret": b64(out)}
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        """Self-appraisal: a plain verdict with reasons, for the node provider."""
+        loop = asyncio.get_running_loop()
+        doc = await loop.run_in_executor(None, ctx.status, ctx)
+        version, slot = ctx.image()
+        return {**doc, "node_id": ctx.node_id, "tpm_ready": ctx.ready,
+                "image": {"version": version, "slot": slot}, "version": __version__,
+                "time": ctx.clock().isoformat()}  # fmt: skip
+
+    @app.get("/v1/audit")
+    async def audit(start: int = Query(0, ge=0, le=1 << 40)) -> dict[str, Any]:
+        """The operator-access audit log from an index (pseudonymised entries)."""
+        loop = asyncio.get_running_loop()
+        try:
+            entries = await loop.run_in_executor(None, ctx.node.audit_log, start)
+        except TpmError as exc:
+            ctx.tpm_failed(exc)
+            raise
+        return {"start": start, "entries": [dict(e) for e in entries]}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        """Prometheus text exposition."""
+        loop = asyncio.get_running_loop()
+        doc = await loop.run_in_executor(None, ctx.status, ctx)
+        m, b = ctx.metrics, ctx.batcher
+        verdict = doc.get("verdict", "unknown")
+        lines = [
+            "# HELP attest_up attestd is running", "# TYPE attest_up gauge", "attest_up 1",
+            "# TYPE attest_tpm_ready gauge", f"attest_tpm_ready {int(ctx.ready)}",
+            "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
+            "# TYPE attest_status_ok gauge",
+            f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in ("ok", "blessed"))}',
+            "# TYPE attest_challenges_total counter", f"attest_challenges_total {m.challenges}",
+            "# TYPE attest_quotes_total counter", f"attest_quotes_total {b.quotes}",
+            "# TYPE attest_quote_waiting gauge", f"attest_quote_waiting {b.waiting}",
+            "# TYPE attest_tpm_failures_total counter",
+            f"attest_tpm_failures_total {m.tpm_failures}",
+            "# TYPE attest_activations_total counter",
+            f"attest_activations_total {m.activations}",
+            "# TYPE attest_uptime_seconds gauge",
+            f"attest_uptime_seconds {time.time() - m.started:.0f}",
+        ]  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: {"model": schemas.ErrorBody}})
+    async def readyz() -> JSONResponse:
+        """The TPM answers: evidence can be served."""
+        if ctx.ready:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "reason": ctx.last_tpm_error or "starting"},
+                            status_code=503)  # fmt: skip
+
+
+def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> bytes:
+    """The JSON object of the evidence fields shared by every challenge one quote answers
+    (the firmware/runtime logs and ``batch`` are per challenge). Cached for the last quote."""
+    cached = ctx.shared
+    if cached is not None and cached[0] is quote:
+        return cached[1]
+    version, slot = ctx.image()
+    doc = {
+        "version": EVIDENCE_VERSION,
+        "node_id": ctx.node_id,
+        "quote": {"attest": b64(quote.attest), "signature": b64(quote.signature)},
+        "pcrs": quote.pcrs.to_json(),
+        "ak": {"public": b64(ident.ak.tpm2b()), "name": ident.ak.name.hex()},
+        "verity": ctx.verity(),
+        "boot": {"cmdline": ctx.cmdline},
+        "image": {"version": version, "slot": slot},
+        "time": ctx.clock().isoformat(),
+    }
+    encoded = json.dumps(doc, separators=(",", ":")).encode()
+    ctx.shared = (quote, encoded)
+    return encoded
+
+
+def _firmware_log(ctx: NodeContext, start: int) -> dict[str, Any] | None:
+    data = ctx.firmware_log
+    if data is None:
+        return None
+    if start > len(data):
+        raise EvidenceFormatError(f"firmware log start {start} is past its end ({len(data)})")
+    return {"start": start, "total": len(data), "data": b64(data[start:])}

@@ -1,0 +1,5 @@
+"""``python -m attest.node.broker``: the same as ``attestd-tpm``."""
+
+from attest.node.broker.main import run
+
+run()

@@ -1,0 +1,276 @@
+"""``BrokerClient``: ``attest.node.port.NodePort`` over the broker's Unix socket (an adapter).
+
+One connection, used by one request at a time (thread-safe). A dropped connection (the broker
+restarted, or closed an idle connection) is re-established transparently: a request that could
+not be *sent* is always retried once; a request that was sent but not answered is retried only
+when it is idempotent (not ``measure``, ``audit_record``, the NV counter's define and
+increment, nor the ``upgrade_*`` operations that record or write), so an event is never
+recorded twice by a retry. Errors the broker reports are raised as their own attest class
+(a gate refusal as ``UpgradeRefused`` with its reason code).
+
+``BrokerGate`` is the upgrade gate as the unprivileged API sees it (``add_upgrade_routes``'s
+gate in broker mode): ``stage`` sends the spooled upload's path to the broker's gate.
+``spool_file`` copies a file into the spool directory, for callers whose file is elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from attest.node.broker import protocol as p
+from attest.node.broker.transport import recv_frame, send_frame
+from attest.errors import EvidenceFormatError, TransportError, UpgradeRefused
+from attest.eventlog.cel import CelRecord
+from attest.gate import UPLOAD_TOO_LARGE
+from attest.model import PcrSelection, PcrValues
+from attest.node.port import NodeIdentity
+from attest.node.tpm.port import RawQuote
+
+DEFAULT_SOCKET = "/run/attest/tpm.sock"
+DEFAULT_OPERATOR_SOCKET = "/run/attest/tpm-operator.sock"
+DEFAULT_SPOOL_DIR = "/var/lib/attest/spool"
+# Staging reads the whole image twice (verify, read back) and writes it once: allow for
+# several GiB on a slow disk.
+STAGE_TIMEOUT = 3600.0
+_NOT_IDEMPOTENT = (p.Measure, p.AuditRecord, p.NvCounterDefine, p.NvCounterIncrement,
+                   p.UpgradeStage, p.UpgradeRefuseUpload, p.UpgradeConfirm,
+                   p.UpgradeBoot, p.VtpmCreate, p.VtpmRecord)  # fmt: skip
+
+
+class BrokerClient:
+    def __init__(self, socket_path: str | os.PathLike[str] = DEFAULT_SOCKET, *,
+                 timeout: float = 60.0) -> None:  # fmt: skip
+        self.socket_path = Path(socket_path)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self._timeout)
+        try:
+            s.connect(str(self.socket_path))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def _call(self, req: p.Request) -> Any:
+        frame_body = p.encode_request(req)
+        with self._lock:
+            for attempt in (1, 2):
+                sent = False
+                try:
+                    if self._sock is None:
+                        self._sock = self._connect()
+                    send_frame(self._sock, frame_body, limit=p.MAX_REQUEST)
+                    sent = True
+                    body = recv_frame(self._sock, limit=p.MAX_RESPONSE)
+                    if body is None:
+                        raise ConnectionResetError("attestd-tpm closed the connection")
+                except TimeoutError:
+                    self._drop()
+                    raise TransportError(
+                        f"attestd-tpm at {self.socket_path} did not answer {req.op} within "
+                        f"{self._timeout:.0f} s"
+                    ) from None
+                except TransportError:
+                    self._drop()  # a garbled frame: the stream is out of step
+                    raise
+                except OSError as exc:
+                    self._drop()
+                    if attempt == 1 and (not sent or not isinstance(req, _NOT_IDEMPOTENT)):
+                        continue
+                    raise TransportError(
+                        f"cannot reach attestd-tpm at {self.socket_path}: {exc.strerror or exc}"
+                    ) from None
+                return p.decode_response(req, body)
+            raise AssertionError("unreachable")
+
+    # --- NodePort -------------------------------------------------------------------------
+
+    def identity(self) -> NodeIdentity:
+        result: NodeIdentity = self._call(p.Identity())
+        return result
+
+    def read_pcrs(self, selection: PcrSelection) -> PcrValues:
+        result: PcrValues = self._call(p.ReadPcrs(selection))
+        return result
+
+    def quote(self, selection: PcrSelection, qualifying_data: bytes) -> RawQuote:
+        result: RawQuote = self._call(p.Quote(selection, qualifying_data))
+        return result
+
+    def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
+        result: bytes = self._call(p.ActivateCredential(id_object, encrypted_secret))
+        return result
+
+    def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord:
+        result: CelRecord = self._call(p.Measure(kind, content))
+        return result
+
+    def runtime_log(self, start: int = 0) -> tuple[CelRecord, ...]:
+        result: tuple[CelRecord, ...] = self._call(p.RuntimeLogRead(start))
+        return result
+
+    def audit_record(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
+        result: Mapping[str, Any] = self._call(p.AuditRecord(event))
+        return result
+
+    def audit_log(self, start: int = 0) -> tuple[Mapping[str, Any], ...]:
+        result: tuple[Mapping[str, Any], ...] = self._call(p.AuditLogRead(start))
+        return result
+
+    def nv_counter_read(self, index: int) -> int:
+        result: int = self._call(p.NvCounterRead(index))
+        return result
+
+    # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ----------------------
+
+    def nv_counter_define(self, index: int) -> int:
+        result: int = self._call(p.NvCounterDefine(index))
+        return result
+
+    def nv_counter_increment(self, index: int) -> int:
+        result: int = self._call(p.NvCounterIncrement(index))
+        return result
+
+    def upgrade_stage(self, req: p.UpgradeStage) -> dict[str, Any]:
+        """The accepted decision (with ``slot``); ``UpgradeRefused`` for every refusal."""
+        result: dict[str, Any] = self._call(req)
+        return result
+
+    def upgrade_refuse_upload(self, limit: int, *, actor: str) -> UpgradeRefused:
+        """Have the broker record an ``upload-too-large`` refusal; returns it."""
+        try:
+            self._call(p.UpgradeRefuseUpload(limit, actor))
+        except UpgradeRefused as exc:
+            return exc
+        raise TransportError("attestd-tpm did not refuse an upload over the limit")
+
+    def upgrade_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.UpgradeStatus())
+        return result
+
+    def upgrade_confirm(self, *, actor: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.UpgradeConfirm(actor))
+        return result
+
+    def upgrade_boot(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.UpgradeBoot())
+        return result
+
+    # --- the host's guest vTPMs (attest.node.tpm.vtpm; operator socket) --------------------------------
+
+    def vtpm_create(self, guest_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.VtpmCreate(guest_id))
+        return result
+
+    def vtpm_record(self, guest_id: str, ek_public: bytes) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.VtpmRecord(guest_id, ek_public))
+        return result
+
+    def vtpm_list(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(p.VtpmList())
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def spool_file(spool_dir: str | os.PathLike[str], *, source: Path | None = None,
+               data: bytes | None = None, suffix: str = ".img") -> Iterator[Path]:
+    """A file in the spool directory holding ``source``'s bytes (or ``data``), mode 0640 (the
+    broker reads it through the spool group), deleted on exit. A ``source`` already in the
+    spool directory is used as it is."""
+    spool = Path(spool_dir)
+    if source is not None and Path(os.path.realpath(source.parent)) == Path(
+            os.path.realpath(spool)):  # fmt: skip
+        yield source.absolute()
+        return
+    fd, name = tempfile.mkstemp(prefix=".spool.", suffix=suffix, dir=spool)
+    path = Path(name).absolute()
+    try:
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "wb") as out:
+            if source is not None:
+                with source.open("rb") as src:
+                    shutil.copyfileobj(src, out, 4 << 20)
+            elif data is not None:
+                out.write(data)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerDecision:
+    """The broker's accepted decision (``GateDecision.to_json()`` plus ``slot``)."""
+
+    doc: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.doc)
+
+
+class BrokerGate:
+    """The upgrade gate run by ``attestd-tpm``, for ``attest.node.api.upgrades.add_upgrade_routes``.
+
+    ``stage`` sends the offer (its image already spooled in ``spool_dir`` by the API; a hash
+    tree is spooled here) to the broker, which verifies, decides, records and writes; ``now``
+    is ignored (the broker's clock decides). ``refuse_upload`` has the broker record an
+    ``upload-too-large`` refusal of an upload over ``max_upload``."""
+
+    def __init__(self, socket_path: str | os.PathLike[str], *,
+                 spool_dir: str | os.PathLike[str], max_upload: int,
+                 timeout: float = STAGE_TIMEOUT) -> None:  # fmt: skip
+        self.socket_path = Path(socket_path)
+        self.spool_dir = Path(spool_dir)
+        self.max_upload = max_upload
+        self.timeout = timeout
+
+    def stage(self, offer: Any, *, now: datetime) -> BrokerDecision:
+        if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
+            raise EvidenceFormatError(f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
+                                      f"takes at most {p.MAX_STAGE_SNAPSHOT}")  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            tree = None
+            if offer.hash_tree is not None:
+                tree = str(stack.enter_context(spool_file(self.spool_dir, data=offer.hash_tree,
+                                                          suffix=".tree")))  # fmt: skip
+            image = stack.enter_context(spool_file(self.spool_dir, source=Path(offer.image)))
+            req = p.UpgradeStage(str(image), offer.snapshot, offer.actor, roots=offer.roots,
+                                 hash_tree_path=tree, version=offer.version)  # fmt: skip
+            with BrokerClient(self.socket_path, timeout=self.timeout) as client:
+                return BrokerDecision(client.upgrade_stage(req))
+
+    def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused:
+        if reason != UPLOAD_TOO_LARGE:
+            raise ValueError(f"the broker records only {UPLOAD_TOO_LARGE} refusals of uploads")
+        with BrokerClient(self.socket_path, timeout=self.timeout) as client:
+            return client.upgrade_refuse_upload(self.max_upload, actor=actor)

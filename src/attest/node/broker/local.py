@@ -1,0 +1,105 @@
+"""``LocalNode``: the node's privileged services in-process, around any ``TpmPort``.
+
+The broker serves one of these over its sockets; the API tests and benchmarks use one directly
+(with a ``FakeTpm``), so both paths run the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from attest.node.logs.audit import AuditLog
+from attest.errors import OperationNotAllowed, TpmError
+from attest.eventlog.cel import CelRecord
+from attest.model import PcrSelection, PcrValues
+from attest.node.port import NodeIdentity
+from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT, KIND_VTPM
+from attest.node.logs.runtime import RuntimeLog
+from attest.node.tpm.port import RawQuote, TpmPort
+
+RUNTIME_LOG_NAME = "runtime.log"
+AUDIT_LOG_NAME = "audit.log"
+AUDIT_KEY_NAME = "audit.key"
+
+
+class LocalNode:
+    """Implements ``attest.node.port.NodePort`` in-process. Thread-safe (the TPM port, the runtime
+    log and the audit log each are). ``close()`` closes the logs and the TPM."""
+
+    def __init__(self, tpm: TpmPort, runtime: RuntimeLog, audit: AuditLog) -> None:
+        self.tpm = tpm
+        self.runtime = runtime
+        self.audit = audit
+        self._identity: NodeIdentity | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, tpm: TpmPort, state_dir: str | os.PathLike[str], *, pcr: int = DEFAULT_RUNTIME_PCR
+    ) -> LocalNode:
+        """The node with its logs in ``state_dir`` (``runtime.log``, ``audit.log``,
+        ``audit.key``), reconciled with the TPM."""
+        state = Path(state_dir)
+        runtime = RuntimeLog(state / RUNTIME_LOG_NAME, tpm, pcr=pcr)
+        audit = AuditLog(state / AUDIT_LOG_NAME, state / AUDIT_KEY_NAME, runtime)
+        return cls(tpm, runtime, audit)
+
+    def identity(self) -> NodeIdentity:
+        with self._lock:
+            if self._identity is None:
+                try:
+                    ek = self.tpm.ek_public()
+                except TpmError as exc:
+                    if exc.rc:  # the TPM failed: do not cache an identity without the EK
+                        raise
+                    ek = None  # a TPM without an EK (the fake): no credential activation
+                self._identity = NodeIdentity(
+                    ak=self.tpm.ak_public(),
+                    ek=ek,
+                    ek_certificates=self.tpm.ek_certificates(),
+                    banks=self.tpm.banks(),
+                )
+            return self._identity
+
+    def read_pcrs(self, selection: PcrSelection) -> PcrValues:
+        return self.tpm.read_pcrs(selection)
+
+    def quote(self, selection: PcrSelection, qualifying_data: bytes) -> RawQuote:
+        return self.tpm.quote(selection, qualifying_data)
+
+    def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
+        return self.tpm.activate_credential(id_object, encrypted_secret)
+
+    def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord:
+        if kind == KIND_AUDIT:
+            raise OperationNotAllowed("audit anchors are written by the audit log only")
+        if kind == KIND_VTPM:
+            raise OperationNotAllowed("vTPMs are vouched for by vtpm_create / vtpm_record only")
+        return self.runtime.measure(kind, content)
+
+    def runtime_log(self, start: int = 0) -> tuple[CelRecord, ...]:
+        return self.runtime.records(start)
+
+    def audit_record(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
+        return self.audit.record(event).to_json()
+
+    def audit_log(self, start: int = 0) -> tuple[Mapping[str, Any], ...]:
+        return tuple(e.to_json() for e in self.audit.entries(start))
+
+    def nv_counter_read(self, index: int) -> int:
+        return self.tpm.nv_counter_read(index)
+
+    def nv_counter_define(self, index: int) -> int:
+        return self.tpm.nv_counter_define(index)
+
+    def nv_counter_increment(self, index: int) -> int:
+        return self.tpm.nv_counter_increment(index)
+
+    def close(self) -> None:
+        self.audit.close()
+        self.runtime.close()
+        self.tpm.close()

@@ -1,0 +1,245 @@
+"""``attestd-tpm``: the privileged helper that owns the TPM (a shell).
+
+Opens the TPM, reconciles the runtime log and the audit log with it, records a
+``daemon-start`` event, and serves ``attest.node.port.NodePort`` on two Unix sockets until SIGTERM
+or SIGINT. Only this process ever extends the runtime PCR.
+
+With ``--slots-dir`` it also owns the upgrade gate (``attest.node.broker.upgrades``): the slots, the
+trusted registry (``--trust-dir``), the NV counter (``--nv-index``) and the spool directory the
+API puts uploads in (``--spool-dir``). It then catches the NV counter up with the committed
+slot at start (``UpgradeGate.reconcile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import hashlib
+import logging
+import pwd
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from attest import __version__
+from attest.node.broker import protocol as p
+from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
+from attest.node.broker.local import LocalNode
+from attest.node.broker.server import BrokerServer
+from attest.node.broker.upgrades import BrokerUpgrades, Spool
+from attest.errors import AttestError, ConfigError
+from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_DAEMON_START, KIND_POLICY
+from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
+from attest.node.upgrade.stager import DEFAULT_NV_INDEX
+from attest.node.tpm.vtpm import VtpmManager
+
+logger = logging.getLogger("attest.node.broker")
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+SELINUX_POLICY = Path("/sys/fs/selinux/policy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    a = argparse.ArgumentParser(prog="attestd-tpm", description="attest privileged TPM broker")
+    a.add_argument("--version", action="version", version=f"attestd-tpm {__version__}")
+    a.add_argument("--tcti", default="device:/dev/tpmrm0", help="TPM TCTI (default %(default)s)")
+    a.add_argument(
+        "--socket",
+        type=Path,
+        default=Path(DEFAULT_SOCKET),
+        help="API socket, mode 0660 (default %(default)s)",
+    )
+    a.add_argument("--socket-group", help="group owning the API socket (e.g. attest)")
+    a.add_argument(
+        "--operator-socket",
+        type=Path,
+        default=Path(DEFAULT_OPERATOR_SOCKET),
+        help="operator socket, mode 0600; 'none' to disable (default %(default)s)",
+    )
+    a.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/attest"),
+        help="runtime log, audit log and audit key (default %(default)s)",
+    )
+    a.add_argument(
+        "--runtime-pcr",
+        type=int,
+        default=DEFAULT_RUNTIME_PCR,
+        help="PCR of the runtime log (default %(default)s)",
+    )
+    a.add_argument(
+        "--ak-type", default="ecc256", choices=["ecc256", "ecc384", "rsa2048", "rsa2048-pss"]
+    )
+    a.add_argument(
+        "--measure-kinds",
+        default=",".join(sorted(p.DEFAULT_MEASURE_KINDS)),
+        help="runtime event kinds the API socket may measure (default %(default)s)",
+    )
+    g = a.add_argument_group("upgrade gate (docs/upgrade.md; off without --slots-dir)")
+    g.add_argument("--slots-dir", type=Path,
+                   help="slot files and the boot pointer boot.json (enables the gate)")
+    g.add_argument("--slot-device", action="append", default=[], metavar="SLOT=DEV",
+                   help="a block device for a slot, e.g. b=/dev/vda3 (repeatable)")
+    g.add_argument("--slot-capacity", type=int, default=DEFAULT_CAPACITY,
+                   help="size of a file slot in bytes (default %(default)s)")
+    g.add_argument("--trust-dir", type=Path, default=Path("/var/lib/attest/trust"),
+                   help="trusted root.json / registry.json (default %(default)s)")
+    g.add_argument("--nv-index", type=lambda s: int(s, 0), default=DEFAULT_NV_INDEX,
+                   help=f"NV counter index (default 0x{DEFAULT_NV_INDEX:08x})")
+    g.add_argument("--spool-dir", type=Path,
+                   help="where attestd spools uploads (mode 2770, group attest); without "
+                        "it, upgrade_stage is refused")
+    g.add_argument("--spool-group",
+                   help="group spooled files must have (default: the spool directory's)")
+    g.add_argument("--spool-user", action="append", default=[],
+                   help="a user that may own spooled files (repeatable; e.g. attest and root; "
+                        "default: any)")
+    a.add_argument("--mac-policy", type=Path, default=SELINUX_POLICY,
+                   help="the loaded SELinux policy, measured as a 'policy' event at start when "
+                        "present (default %(default)s)")
+    a.add_argument("--vtpm-dir", type=Path,
+                   help="host side: create guest vTPMs here and vouch for them in the runtime "
+                        "log (operator socket: vtpm_create, vtpm_record; docs/host-guest.md)")
+    a.add_argument("-v", "--verbose", action="count", default=0)
+    return a  # fmt: skip
+
+
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID.read_text().strip()[:64] or None
+    except OSError:
+        return None
+
+
+def mac_policy_event(path: Path, *, mac: str = "selinux") -> dict[str, str] | None:
+    """The ``policy`` runtime event for the MAC policy loaded from ``path``; None when the
+    node has none there (the event is then not recorded)."""
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return {"mac": mac, "sha256": h.hexdigest()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO - 10 * min(args.verbose, 1),
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.getLogger("esys").setLevel(logging.CRITICAL)
+    try:
+        return _run(args)
+    except AttestError as exc:
+        logger.error("attestd-tpm cannot start: %s: %s", type(exc).__name__, exc)
+        return 1
+    except OSError as exc:
+        logger.error("attestd-tpm cannot start: %s", exc)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from attest.node.tpm.esapi import AkSpec, EsapiTpm  # the only importer of tpm2_pytss
+
+    if not 0 <= args.runtime_pcr < 24:
+        raise ConfigError("must be 0..23", key="runtime_pcr")
+    kinds = frozenset(k.strip() for k in args.measure_kinds.split(",") if k.strip())
+    if kinds - p.OPERATOR_MEASURE_KINDS:
+        raise ConfigError(f"unknown or reserved kinds {sorted(kinds - p.OPERATOR_MEASURE_KINDS)}",
+                          key="measure_kinds")  # fmt: skip
+    gid = None
+    if args.socket_group:
+        try:
+            gid = grp.getgrnam(args.socket_group).gr_gid
+        except KeyError:
+            raise ConfigError(f"no group {args.socket_group!r}", key="socket_group") from None
+    args.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    tpm = EsapiTpm(args.tcti, ak=AkSpec(args.ak_type))
+    node = LocalNode.open(tpm, args.state_dir, pcr=args.runtime_pcr)
+    start_event: dict[str, str] = {"version": __version__}
+    boot_id = _boot_id()
+    if boot_id:
+        start_event["boot_id"] = boot_id
+    node.runtime.measure(KIND_DAEMON_START, start_event)
+    # After a TPM reset while running, the new runtime log starts with a daemon-start again.
+    node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_DAEMON_START, start_event))
+    policy = mac_policy_event(args.mac_policy)
+    if policy is not None:
+        node.runtime.measure(KIND_POLICY, policy)
+        node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_POLICY, policy))
+        logger.info("MAC policy %s measured: sha256 %s", args.mac_policy, policy["sha256"])
+    vtpms = None
+    if args.vtpm_dir is not None:
+        vtpms = VtpmManager(args.vtpm_dir, node.runtime, audit=node.audit)
+        logger.info("guest vTPMs in %s (%d created)", args.vtpm_dir, len(vtpms.created()))
+    operator = None if str(args.operator_socket) == "none" else args.operator_socket
+    upgrades = _upgrades(args, node)
+    server = BrokerServer(node, args.socket, operator_socket_path=operator,
+                          socket_group=gid, measure_kinds=kinds, upgrades=upgrades,
+                          vtpms=vtpms)  # fmt: skip
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.shutdown()
+        if upgrades is not None:
+            upgrades.close()
+        node.close()
+    logger.info("attestd-tpm stopped")
+    return 0
+
+
+def _devices(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        slot, sep, dev = item.partition("=")
+        if not sep or slot not in ("a", "b") or not dev:
+            raise ConfigError(f"{item!r} is not SLOT=DEVICE with SLOT a or b", key="slot_device")
+        out[slot] = dev
+    return out
+
+
+def _upgrades(args: argparse.Namespace, node: LocalNode) -> BrokerUpgrades | None:
+    if args.slots_dir is None:
+        if args.spool_dir is not None:
+            raise ConfigError("the upgrade gate needs --slots-dir", key="spool_dir")
+        return None
+    spool = None
+    if args.spool_dir is not None:
+        gid = uids = None
+        try:
+            if args.spool_group:
+                gid = grp.getgrnam(args.spool_group).gr_gid
+            if args.spool_user:
+                uids = {pwd.getpwnam(u).pw_uid for u in args.spool_user}
+        except KeyError as exc:
+            raise ConfigError(f"no such user or group {exc}", key="spool_user") from None
+        spool = Spool(args.spool_dir, gid=gid, uids=uids)
+    args.slots_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    slots = SlotStore(args.slots_dir, devices=_devices(args.slot_device),
+                      capacity=args.slot_capacity)  # fmt: skip
+    upgrades = BrokerUpgrades(node, slots, args.trust_dir, spool=spool, nv_index=args.nv_index)
+    try:
+        upgrades.gate.reconcile()  # a crash between confirm's pointer switch and its increments
+    except AttestError as exc:
+        logger.error("upgrade gate: could not reconcile the NV counter: %s", exc)
+    logger.info("upgrade gate on %s (spool %s)", args.slots_dir, args.spool_dir)
+    return upgrades
+
+
+def run() -> None:
+    sys.exit(main())

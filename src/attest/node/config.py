@@ -1,0 +1,228 @@
+"""Daemon configuration: one typed ``Settings`` object from a TOML file and ``ATTEST_``
+environment variables, validated once at start-up. A bad value fails with its key's name.
+
+Environment variables override the file: ``ATTEST_<SECTION>_<KEY>``, e.g. ``ATTEST_API_PORT=7443``
+or ``ATTEST_TPM_TCTI=swtpm:host=127.0.0.1,port=2321``. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attest.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class TpmSettings:
+    broker_socket: str = "/run/attest/tpm.sock"
+    # When set, attestd runs the node services in-process over this TCTI instead of talking to
+    # attestd-tpm: for development and demos only (the API process then holds the TPM).
+    tcti: str = ""
+    ak_type: str = "ecc256"
+    runtime_pcr: int = 13
+    state_dir: str = "/var/lib/attest"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 7443
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""  # enables the mutual-TLS listener for mutating endpoints
+    mtls_port: int = 7444
+    # The mutual-TLS listener's own certificate and key (default: tls_cert/tls_key). With
+    # these alone the public listener stays plain HTTP (evidence is signed by the TPM).
+    mtls_cert: str = ""
+    mtls_key: str = ""
+    operator_socket: str = "/run/attest/api.sock"
+    max_request_bytes: int = 65536
+    max_upload_bytes: int = 8 << 30  # POST /v1/upgrades, streamed to disk
+    rate_per_second: float = 200.0  # per client address
+    rate_burst: int = 400
+    batching: bool = True
+    max_batch: int = 4096
+    max_waiting: int = 20000
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    firmware_log: str = "/sys/kernel/security/tpm0/binary_bios_measurements"
+    max_firmware_log_bytes: int = 4 << 20
+    # The kernel command line, sent with evidence: the Linux EFI stub measures only its digest
+    # (PCR 9), so a verifier needs the text to explain a change (it checks it against PCR 9).
+    cmdline: str = "/proc/cmdline"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSettings:
+    version_file: str = "/etc/attest/image-version"
+    slot_file: str = "/run/attest/slot"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    # The node's locally trusted blessed registry (trust root + snapshot, attest.storage.trusted_state)
+    # used by the self-appraisal in /v1/status and by the upgrade gate.
+    trust_dir: str = "/var/lib/attest/trust"
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeSettings:
+    # POST /v1/upgrades (docs/upgrade.md). attestd streams uploads into spool_dir; with the
+    # broker (production) attestd-tpm opens them there and runs the gate (its --spool-dir
+    # must name the same directory; docs/daemon-hardening.md has the layout). The other keys
+    # are for the in-process gate of development mode (tpm.tcti): attestd-tpm takes them as
+    # its own options (--slots-dir, --slot-device, --nv-index; trust dir: registry.trust_dir).
+    enabled: bool = True
+    spool_dir: str = "/var/lib/attest/spool"
+    slots_dir: str = "/var/lib/attest/slots"
+    slot_a_device: str = ""  # a block device instead of slots_dir/slot-a.img
+    slot_b_device: str = ""
+    slot_capacity: int = 4 << 30  # size of a file slot
+    nv_index: int = 0x01000A77
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node_id: str = ""
+    tpm: TpmSettings = field(default_factory=TpmSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
+    image: ImageSettings = field(default_factory=ImageSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    upgrade: UpgradeSettings = field(default_factory=UpgradeSettings)
+
+    def validate(self) -> Settings:
+        if not 0 <= self.tpm.runtime_pcr <= 15:
+            # 16 and 23 are resettable from locality 0, 17-22 are DRTM: a runtime log in
+            # them could be reset and replayed (docs/runtime-log.md).
+            raise ConfigError("must be a non-resettable PCR, 0..15", key="tpm.runtime_pcr")
+        if self.tpm.ak_type not in ("ecc256", "ecc384", "rsa2048", "rsa2048-pss"):
+            raise ConfigError(f"unknown AK type {self.tpm.ak_type!r}", key="tpm.ak_type")
+        try:
+            ipaddress.ip_address(self.api.host)
+        except ValueError:
+            raise ConfigError(f"{self.api.host!r} is not an IP address", key="api.host") from None
+        for key, port in (("api.port", self.api.port), ("api.mtls_port", self.api.mtls_port)):
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{port} is not a TCP port", key=key)
+        if bool(self.api.tls_cert) != bool(self.api.tls_key):
+            raise ConfigError("tls_cert and tls_key go together", key="api.tls_cert")
+        if bool(self.api.mtls_cert) != bool(self.api.mtls_key):
+            raise ConfigError("mtls_cert and mtls_key go together", key="api.mtls_cert")
+        if self.api.client_ca and not (self.api.tls_cert or self.api.mtls_cert):
+            raise ConfigError("mutual TLS needs tls_cert and tls_key (or mtls_cert and "
+                              "mtls_key)", key="api.client_ca")  # fmt: skip
+        if not 1024 <= self.api.max_request_bytes <= 1 << 30:
+            raise ConfigError("must be 1 KiB..1 GiB", key="api.max_request_bytes")
+        if self.api.rate_per_second <= 0 or self.api.rate_burst < 1:
+            raise ConfigError("must be positive", key="api.rate_per_second")
+        if not 1 <= self.api.max_batch <= 1 << 16:
+            raise ConfigError("must be 1..65536", key="api.max_batch")
+        if not 0x01000000 <= self.upgrade.nv_index <= 0x013FFFFF:
+            raise ConfigError("must be an owner NV index, 0x01000000..0x013fffff",
+                              key="upgrade.nv_index")  # fmt: skip
+        if self.upgrade.slot_capacity < 4096:
+            raise ConfigError("must be at least 4096 bytes", key="upgrade.slot_capacity")
+        if not os.path.isabs(self.upgrade.spool_dir):
+            raise ConfigError("must be an absolute path", key="upgrade.spool_dir")
+        if len(self.node_id) > 128:
+            raise ConfigError("at most 128 characters", key="node_id")
+        return self
+
+
+_SECTIONS = {"tpm": TpmSettings, "api": ApiSettings, "logs": LogSettings,
+             "image": ImageSettings, "registry": RegistrySettings,
+             "upgrade": UpgradeSettings}  # fmt: skip
+
+
+def _coerce(value: Any, to: type, key: str) -> Any:
+    if to is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                         "no", "off"):  # fmt: skip
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{value!r} is not a boolean", key=key)
+    if to is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{value!r} is not an integer", key=key)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            pass
+        try:  # 0x... in the environment (TOML has hex integers of its own)
+            return int(value, 0) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{value!r} is not an integer", key=key) from None
+    if to is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{value!r} is not a number", key=key) from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a string", key=key)
+    return value
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    hints = {"str": str, "int": int, "float": float, "bool": bool}
+    return {f.name: hints[str(f.type)] for f in dataclasses.fields(cls)}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (if any), apply ``ATTEST_*`` overrides, validate."""
+    env = os.environ if environ is None else environ
+    doc: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", key="config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", key="config") from None
+    unknown = set(doc) - set(_SECTIONS) - {"node_id"}
+    if unknown:
+        raise ConfigError("unknown setting", key=sorted(unknown)[0])
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        raw = doc.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a table", key=name)
+        types = _field_types(cls)
+        bad = set(raw) - set(types)
+        if bad:
+            raise ConfigError("unknown setting", key=f"{name}.{sorted(bad)[0]}")
+        values = {k: _coerce(v, types[k], f"{name}.{k}") for k, v in raw.items()}
+        for k, t in types.items():
+            env_key = f"ATTEST_{name.upper()}_{k.upper()}"
+            if env_key in env:
+                values[k] = _coerce(env[env_key], t, f"{name}.{k}")
+        sections[name] = cls(**values)
+    node_id = _coerce(env.get("ATTEST_NODE_ID", doc.get("node_id", "")), str, "node_id")
+    return Settings(node_id=node_id, **sections).validate()
+
+
+def state_path(settings: Settings, name: str) -> Path:
+    return Path(settings.tpm.state_dir) / name
+
+
+def settings_digest(settings: Settings) -> str:
+    """The digest of the loaded configuration, recorded in the runtime log (``config`` event)
+    by attestd and computed by ``attest manifest config-digest`` for a release to bless: sha256
+    of its JSON with sorted keys and no white space (docs/configuration.md)."""
+    doc = json.dumps(dataclasses.asdict(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()

@@ -1,0 +1,340 @@
+"""attestd: the node daemon (the network-facing, unprivileged half).
+
+It talks to the privileged ``attestd-tpm`` broker over a Unix socket (``tpm.broker_socket``),
+or -- for development and demos only -- runs the node services in-process over a TCTI
+(``tpm.tcti`` / ``--tcti``). It serves the HTTP API on up to three listeners:
+
+- public TCP (``api.host``/``api.port``; HTTPS when ``api.tls_cert``/``tls_key`` are set),
+- mutual-TLS TCP (``api.mtls_port``, when ``api.client_ca`` is set) for mutating endpoints,
+- the operator Unix socket (``api.operator_socket``, mode 0600) for local operators.
+
+``POST /v1/upgrades`` (``upgrade.enabled``) spools uploads in ``upgrade.spool_dir``; the gate
+that verifies and writes them is ``attestd-tpm``'s (``BrokerGate``), or in development mode an
+in-process ``UpgradeGate`` over the same TPM (``upgrade_routes``).
+
+Start-up is kept short (a node under TCG emulation runs Python ~14x slower): heavy modules
+are imported only once the configuration is known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from attest import __version__
+from attest.node.config import Settings, load_settings, settings_digest
+from attest.errors import AttestError
+
+logger = logging.getLogger("attestd")
+
+
+def tls_binding(cert_path: str) -> bytes:
+    """sha256 of the TLS certificate's SubjectPublicKeyInfo (what verifiers pin)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).digest()
+
+
+def open_node(settings: Settings) -> Any:
+    if settings.tpm.tcti:
+        from attest.node.broker.local import LocalNode
+        from attest.node.tpm.esapi import AkSpec, EsapiTpm
+
+        logger.warning("running the TPM in-process (tpm.tcti set): development mode, "
+                       "not least-privilege")  # fmt: skip
+        tpm = EsapiTpm(settings.tpm.tcti, ak=AkSpec(settings.tpm.ak_type))
+        state = Path(settings.tpm.state_dir)
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return LocalNode.open(tpm, state, pcr=settings.tpm.runtime_pcr)
+    from attest.node.broker.client import BrokerClient
+
+    return BrokerClient(settings.tpm.broker_socket)
+
+
+def upgrade_routes(settings: Settings, node: Any) -> Callable[[Any, Any], dict[str, int]] | None:
+    """``create_app``'s ``extra_routes`` for ``POST /v1/upgrades`` (None: upgrades are off).
+    Broker mode: the broker's gate reads the spooled upload (least privilege: this process
+    writes no slot and moves no counter). Development mode: an in-process gate."""
+    from attest.node.api.upgrades import Gate, add_upgrade_routes
+
+    u = settings.upgrade
+    if not u.enabled:
+        return None
+    limit = settings.api.max_upload_bytes
+    factory: Callable[[], Gate]
+    if settings.tpm.tcti:
+        from attest.node.upgrade.slots import SlotStore
+        from attest.node.upgrade.stager import LocalGateNode, UpgradeGate
+
+        devices = {s: d for s, d in (("a", u.slot_a_device), ("b", u.slot_b_device)) if d}
+
+        def factory() -> Gate:
+            slots = SlotStore(u.slots_dir, devices=devices, capacity=u.slot_capacity)
+            return UpgradeGate(slots, LocalGateNode(node), settings.registry.trust_dir,
+                               nv_index=u.nv_index)  # fmt: skip
+    else:
+        from attest.node.broker.client import BrokerGate
+
+        gate = BrokerGate(settings.tpm.broker_socket, spool_dir=u.spool_dir, max_upload=limit)
+
+        def factory() -> Gate:
+            return gate
+
+    def extra(app: Any, ctx: Any) -> dict[str, int]:
+        return add_upgrade_routes(app, ctx, factory, upload_dir=u.spool_dir, max_upload=limit)
+
+    return extra
+
+
+def read_firmware_log(settings: Settings) -> bytes | None:
+    path = Path(settings.logs.firmware_log)
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(settings.logs.max_firmware_log_bytes + 1)
+    except OSError as exc:
+        logger.info("no firmware event log at %s (%s)", path, exc.strerror)
+        return None
+    if len(data) > settings.logs.max_firmware_log_bytes:
+        logger.error("firmware event log over %d bytes: not served",
+                     settings.logs.max_firmware_log_bytes)  # fmt: skip
+        return None
+    return data
+
+
+async def serve(settings: Settings, node: Any) -> None:
+    import ssl
+
+    import uvicorn
+
+    from attest.node.api.app import create_app
+    from attest.node.api.middleware import ChannelApp
+
+    binding = b""
+    if settings.api.tls_cert:
+        binding = tls_binding(settings.api.tls_cert)
+    def record_start() -> None:
+        try:
+            node.measure("daemon-start", {"version": __version__})
+            node.measure("config", {"sha256": settings_digest(settings)})
+            if binding:
+                node.measure("tls-key", {"spki_sha256": binding.hex()})
+            verity.remeasure()
+        except AttestError as exc:
+            logger.error("could not record start-up measurements: %s", exc)
+
+    verity = VerityTracker(node)
+    record_start()
+    app = create_app(settings, node=node, tls_binding=binding,
+                     firmware_log=read_firmware_log(settings), verity=verity.report,
+                     status=make_status(settings, verity), on_fresh_log=record_start,
+                     extra_routes=upgrade_routes(settings, node))  # fmt: skip
+    common: dict[str, Any] = {"lifespan": "off", "log_level": "warning", "access_log": False,
+                              "timeout_graceful_shutdown": 5}  # fmt: skip
+    configs = []
+    tls: dict[str, Any] = {}
+    if settings.api.tls_cert:
+        tls = {"ssl_certfile": settings.api.tls_cert, "ssl_keyfile": settings.api.tls_key}
+    configs.append(uvicorn.Config(ChannelApp(app, "public"), host=settings.api.host,
+                                  port=settings.api.port, **tls, **common))  # fmt: skip
+    if settings.api.client_ca:
+        if settings.api.mtls_cert:
+            tls = {"ssl_certfile": settings.api.mtls_cert, "ssl_keyfile": settings.api.mtls_key}
+        configs.append(uvicorn.Config(
+            ChannelApp(app, "mtls"), host=settings.api.host, port=settings.api.mtls_port,
+            ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=settings.api.client_ca, **tls,
+            **common))  # fmt: skip
+    sock = Path(settings.api.operator_socket)
+    if sock.parent.is_dir():
+        if sock.exists():
+            sock.unlink()
+        configs.append(uvicorn.Config(ChannelApp(app, "operator"), uds=str(sock), **common))
+    class Server(uvicorn.Server):
+        """One of several servers in this process: signals are handled once, below."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    servers = [Server(c) for c in configs]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with _lifespan(app):
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        if sock.parent.is_dir():
+            for _ in range(100):
+                if sock.exists():
+                    os.chmod(sock, 0o600)
+                    break
+                await asyncio.sleep(0.05)
+        logger.warning("attestd %s serving on %s", __version__, ", ".join(
+            f"{c.host}:{c.port}" if c.uds is None else c.uds for c in configs))  # fmt: skip
+        done_or_stop = asyncio.create_task(stop.wait())
+        await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for s in servers:
+            s.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+    verity.stop()
+    node.close()
+
+
+def make_status(settings: Settings, verity: VerityTracker) -> Any:
+    """The self-appraisal behind /v1/status: TPM, runtime log replay, verity, and the running
+    image's release in the locally trusted registry (attest.appraisal.selfcheck decides)."""
+    from datetime import UTC, datetime
+
+    from attest.storage.trusted_state import load_state
+    from attest.model import HashAlg, PcrSelection
+    from attest.runtime import verify_runtime_log
+    from attest.appraisal.selfcheck import evaluate_node
+
+    pcr = settings.tpm.runtime_pcr
+    selection = PcrSelection.of({HashAlg.SHA256: [pcr]})
+
+    def runtime_problem(node: Any) -> str | None:
+        for _ in range(3):  # a measurement may land between the two reads: try again
+            try:
+                quoted = node.read_pcrs(selection)
+                verify_runtime_log(node.runtime_log(0), quoted, pcr=pcr)
+                return None
+            except AttestError as exc:
+                problem = str(exc)
+        return problem
+
+    def status(ctx: Any) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        tpm_error = None if ctx.ready else (ctx.last_tpm_error or "starting")
+        runtime_error = runtime_problem(ctx.node) if ctx.ready else None
+        registry = registry_error = None
+        try:
+            state = load_state(settings.registry.trust_dir)
+            if state is None:
+                registry_error = f"no trust root in {settings.registry.trust_dir}"
+            else:
+                registry = state.check_fresh(now=now)
+        except AttestError as exc:
+            registry_error = str(exc)
+        except OSError as exc:
+            registry_error = f"{settings.registry.trust_dir}: {exc.strerror}"
+        return evaluate_node(tpm_error=tpm_error, runtime_error=runtime_error,
+                             verity=verity.latest_report, registry=registry,
+                             registry_error=registry_error, now=now,
+                             root_devno=root_devno()).to_json()  # fmt: skip
+
+    return status
+
+
+def root_devno() -> str | None:
+    """"major:minor" of the device mounted at / (None when it cannot be stat'ed)."""
+    try:
+        dev = os.stat("/").st_dev
+    except OSError:
+        return None
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+class VerityTracker:
+    """Keeps the latest dm-verity report for evidence, and records every verity device the
+    node sees (name, root hash, status) in the runtime log, once per distinct state."""
+
+    def __init__(self, node: Any) -> None:
+        from attest.node.verity_watch import VerityWatcher
+
+        self.node = node
+        self.latest: dict[str, Any] | None = None
+        self.latest_report: Any = None
+        self.seen: set[tuple[str, str, str]] = set()
+        self.watcher = VerityWatcher(self._on_report)
+        try:
+            self.watcher.start()
+        except Exception as exc:  # discovery must never stop the daemon; say why once
+            logger.error("dm-verity discovery unavailable: %s", exc)
+
+    def _on_report(self, report: Any) -> None:
+        self.latest = report.to_json()
+        self.latest_report = report
+        for dev in report.devices:
+            root = dev.table.root_digest.hex() if dev.table is not None else ""
+            key = (dev.name, root, str(dev.status))
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            try:
+                self.node.measure("verity-device", {"name": dev.name, "root_hash": root,
+                                                    "status": str(dev.status)})  # fmt: skip
+            except AttestError as exc:
+                logger.error("could not record verity device %s: %s", dev.name, exc)
+
+    def report(self) -> dict[str, Any] | None:
+        return self.latest
+
+    def remeasure(self) -> None:
+        """Record the current devices again (the runtime log started afresh)."""
+        self.seen.clear()
+        if self.latest_report is not None:
+            self._on_report(self.latest_report)
+
+    def stop(self) -> None:
+        self.watcher.stop()
+
+
+class _lifespan:
+    """Run the FastAPI lifespan once for all listeners."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app.fastapi
+
+    async def __aenter__(self) -> None:
+        self.cm = self.app.router.lifespan_context(self.app)
+        await self.cm.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cm.__aexit__(*exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attestd", description="attest node daemon")
+    parser.add_argument("--version", action="version", version=f"attestd {__version__}")
+    parser.add_argument("--config", help="TOML configuration file (also ATTEST_CONFIG)")
+    parser.add_argument("--tcti", help="development: run the TPM in-process over this TCTI")
+    parser.add_argument("--port", type=int, help="public API port (overrides api.port)")
+    parser.add_argument("--state-dir", help="overrides tpm.state_dir")
+    parser.add_argument("--operator-socket", help="overrides api.operator_socket")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.getLogger("esys").setLevel(logging.CRITICAL)
+    env = dict(os.environ)
+    for flag, key in ((args.tcti, "ATTEST_TPM_TCTI"), (args.port, "ATTEST_API_PORT"),
+                      (args.state_dir, "ATTEST_TPM_STATE_DIR"),
+                      (args.operator_socket, "ATTEST_API_OPERATOR_SOCKET")):  # fmt: skip
+        if flag is not None:
+            env[key] = str(flag)
+    try:
+        settings = load_settings(args.config or env.get("ATTEST_CONFIG"), environ=env)
+        node = open_node(settings)
+    except AttestError as exc:
+        print(f"attestd: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings, node))
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

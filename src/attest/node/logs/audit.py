@@ -1,0 +1,202 @@
+"""The operator audit log on disk, anchored in the runtime log (an adapter).
+
+- The pseudonymisation key is 32 random bytes in ``key_path`` (mode 0600), generated on first
+  use with an atomic write; a key file readable by group or others is refused.
+- ``record(event)`` pseudonymises the event (``attest.audit.new_entry``), appends the entry to
+  an append-only JSON-SEQ file and fsyncs it, *then* anchors it: an ``audit`` runtime event
+  ``{audit_seq, entry_hash}`` extended into the runtime PCR.
+- On open, and when the runtime log starts afresh after a TPM reset, the log is reconciled with
+  its anchors: an entry written but not anchored (a crash between the two steps) is anchored
+  now; a new boot's runtime log gets a checkpoint anchor of the current head; an audit log that
+  is shorter than its anchors or disagrees with them is refused (``AuditChainError``).
+
+Identities never reach this module's files or log lines in clear: only pseudonyms are stored,
+and the logger prints sequence numbers and event types only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from attest.audit import (
+    KEY_SIZE,
+    ZERO_HASH,
+    AuditEntry,
+    check_chain,
+    new_entry,
+    parse_entry,
+)
+from attest.errors import AuditChainError, ConfigError, EventLogFormatError
+from attest.manifest.canonical import canonicalize
+from attest.runtime import KIND_AUDIT, AuditAnchor, parse_content
+from attest.node.logs.runtime import MAX_LOG_BYTES, RuntimeLog, drop_torn_tail
+from attest.storage.files import atomic_write_bytes, fsync_dir, read_bytes
+
+logger = logging.getLogger(__name__)
+
+RS = b"\x1e"
+
+
+def load_or_create_key(key_path: str | os.PathLike[str]) -> bytes:
+    """The node-local pseudonymisation key; created (0600, atomically) when missing."""
+    path = Path(key_path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        atomic_write_bytes(path, secrets.token_bytes(KEY_SIZE), mode=0o600)
+        logger.info("created a new audit pseudonymisation key at %s", path)
+        st = path.stat()
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError(
+            f"{path} is readable or writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); it must be 0600", key="audit_key",
+        )  # fmt: skip
+    key = read_bytes(path, max_size=KEY_SIZE + 1)
+    if len(key) != KEY_SIZE:
+        raise ConfigError(f"{path} holds {len(key)} bytes, not {KEY_SIZE}", key="audit_key")
+    return key
+
+
+def _loads(data: bytes) -> tuple[AuditEntry, ...]:
+    out: list[AuditEntry] = []
+    for n, chunk in enumerate(data.split(RS)):
+        if not chunk.strip():
+            continue
+        try:
+            doc = json.loads(chunk)
+        except (ValueError, RecursionError):
+            raise EventLogFormatError(f"audit log line {n} is not JSON") from None
+        out.append(parse_entry(doc))
+    return tuple(out)
+
+
+class AuditLog:
+    """The audit log at ``path``, pseudonymised with the key at ``key_path``, anchored in
+    ``runtime``. Thread-safe: it shares ``runtime.lock``, so an entry and its anchor are
+    written in one critical section."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], key_path: str | os.PathLike[str], runtime: RuntimeLog
+    ) -> None:
+        self.path = Path(path)
+        self._runtime = runtime
+        self._lock = runtime.lock
+        self._key = load_or_create_key(key_path)
+        self._fd = -1
+        with self._lock:
+            data = b""
+            with contextlib.suppress(FileNotFoundError):
+                data = read_bytes(self.path, max_size=MAX_LOG_BYTES)
+            data = drop_torn_tail(self.path, data)
+            self._entries = list(check_chain(_loads(data)))
+            if self._entries and self._entries[0].seq != 0:
+                raise AuditChainError(f"{self.path} does not start at entry 0")
+            existed = self.path.exists()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               0o640)  # fmt: skip
+            if not existed:
+                fsync_dir(self.path.parent)
+            self._reconcile()
+            runtime.add_reset_hook(self._checkpoint)
+
+    # --- anchoring --------------------------------------------------------------------------
+
+    def _anchors(self) -> list[AuditAnchor]:
+        out = []
+        for r in self._runtime.records():
+            if r.content_type == "attest/" + KIND_AUDIT:
+                detail = parse_content(KIND_AUDIT, r.content)
+                assert isinstance(detail, AuditAnchor)
+                out.append(detail)
+        return out
+
+    def _anchor(self, entry: AuditEntry) -> None:
+        self._runtime.measure(
+            KIND_AUDIT, {"audit_seq": entry.seq, "entry_hash": entry.entry_hash.hex()}
+        )
+
+    def _checkpoint(self) -> None:
+        """A fresh runtime log (new boot): anchor the head, which commits to every entry."""
+        if self._entries:
+            logger.info("audit log: anchoring head entry %d in the new runtime log",
+                        self._entries[-1].seq)  # fmt: skip
+            self._anchor(self._entries[-1])
+
+    def _reconcile(self) -> None:
+        anchors = self._anchors()
+        n = len(self._entries)
+        for a in anchors:
+            if a.audit_seq >= n:
+                raise AuditChainError(
+                    f"{self.path} has {n} entries but the runtime log anchors entry "
+                    f"{a.audit_seq}: the audit log was truncated or replaced"
+                )
+            if self._entries[a.audit_seq].entry_hash != a.entry_hash:
+                raise AuditChainError(
+                    f"{self.path}: entry {a.audit_seq} does not match its anchor: edited"
+                )
+        if not n:
+            return
+        if not anchors:
+            self._checkpoint()
+            return
+        for e in self._entries[anchors[-1].audit_seq + 1 :]:
+            logger.warning("audit log: entry %d was written but not anchored; anchoring now",
+                           e.seq)  # fmt: skip
+            self._anchor(e)
+
+    # --- the operations ---------------------------------------------------------------------
+
+    def record(self, event: Mapping[str, Any], *, now: datetime | None = None) -> AuditEntry:
+        """Record a raw event (``attest.audit.new_entry``; ``time`` defaults to ``now``, UTC)
+        and anchor it. Returns the stored (pseudonymised) entry."""
+        raw = dict(event)
+        if raw.get("time") is None:
+            raw["time"] = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+        with self._lock:
+            if self._fd < 0:
+                raise RuntimeError("audit log used after close()")
+            prev = self._entries[-1].entry_hash if self._entries else ZERO_HASH
+            entry = new_entry(self._key, raw, seq=len(self._entries), prev_hash=prev)
+            line = RS + canonicalize(entry.to_json()) + b"\n"
+            size = os.fstat(self._fd).st_size
+            try:
+                if os.write(self._fd, line) != len(line):
+                    raise OSError(f"short write to {self.path}")
+                os.fsync(self._fd)
+            except BaseException:
+                os.ftruncate(self._fd, size)
+                raise
+            self._entries.append(entry)
+            # If this fails (TPM down), the entry is anchored at the next start or record.
+            self._anchor_pending()
+            logger.info("audit entry %d recorded: %s", entry.seq, entry.event)
+            return entry
+
+    def _anchor_pending(self) -> None:
+        anchors = self._anchors()
+        if not anchors:
+            # A fresh runtime log without its checkpoint: the head commits to every entry.
+            self._anchor(self._entries[-1])
+            return
+        for e in self._entries[anchors[-1].audit_seq + 1 :]:
+            self._anchor(e)
+
+    def entries(self, start: int = 0) -> tuple[AuditEntry, ...]:
+        with self._lock:
+            return tuple(self._entries[max(start, 0) :])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -1,0 +1,64 @@
+"""The node port: everything the network-facing daemon may ask of the node's privileged side.
+
+The API process (``attestd``) holds no TPM handle. It talks to a ``NodePort``:
+
+- in production, ``attest.node.broker.client.BrokerClient`` -- a narrow, typed protocol over a Unix
+  socket to the privileged helper (``attestd-tpm``) that owns the TPM, the runtime
+  measurement log and the audit log;
+- in tests and benchmarks, ``attest.node.broker.local.LocalNode`` -- the same services in-process
+  around any ``TpmPort`` (a ``FakeTpm`` or an ``EsapiTpm``).
+
+Only the privileged side extends the runtime PCR, so the log and the PCR cannot diverge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from attest.eventlog.cel import CelRecord
+from attest.model import HashAlg, PcrSelection, PcrValues
+from attest.node.tpm.port import RawQuote
+from attest.tpmstruct import Public
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """What a verifier needs to enroll the node: EK certificates (DER, by NV index), the EK
+    public area (for credential activation; None when the TPM has none, e.g. the fake), the
+    AK public area, and the PCR banks."""
+
+    ak: Public
+    ek: Public | None
+    ek_certificates: Mapping[int, bytes] = field(default_factory=dict)
+    banks: tuple[HashAlg, ...] = ()
+
+
+class NodePort(Protocol):
+    def identity(self) -> NodeIdentity: ...
+
+    def read_pcrs(self, selection: PcrSelection) -> PcrValues: ...
+
+    def quote(self, selection: PcrSelection, qualifying_data: bytes) -> RawQuote: ...
+
+    def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes: ...
+
+    def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord:
+        """Append a runtime event to the runtime log and extend it into the runtime PCR."""
+        ...
+
+    def runtime_log(self, start: int = 0) -> tuple[CelRecord, ...]:
+        """Runtime log records with recnum >= start."""
+        ...
+
+    def audit_record(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Record an operator-access event (pseudonymised, hash-chained, anchored in the
+        runtime log); returns the stored entry."""
+        ...
+
+    def audit_log(self, start: int = 0) -> tuple[Mapping[str, Any], ...]: ...
+
+    def nv_counter_read(self, index: int) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,258 @@
+"""Verifier orchestration over the node API (an adapter: it moves evidence between the
+``NodeClient`` and the pure checks in ``attest.enroll``, ``attest.evidence``,
+``attest.runtime`` and ``attest.eventlog``).
+
+- ``enroll``: trust in the AK -- EK certificate chain (when CA roots are configured), AK
+  attributes, and TPM2 credential activation proving the AK lives in the TPM that owns the EK.
+- ``challenge``: one fresh appraisal -- nonce, quote (signature, Merkle inclusion, selection,
+  digest, clock against the previous quote), runtime log replay into the runtime PCR, firmware
+  log replay into PCRs 0-7 when the node serves one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import ssl
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from attest.appraisal import Enrollment
+from attest.verifier.client import NodeClient
+from attest.enroll import (
+    ek_matches_certificate,
+    finish_enrollment,
+    start_enrollment,
+    verify_ak_attributes,
+    verify_ek_certificate,
+)
+from attest.errors import CertificateError, CredentialError, TransportError
+from attest.evidence import VerifiedEvidence, unb64, verify_evidence
+from attest.model import HashAlg, PcrSelection
+from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
+from attest.tpmstruct import ClockInfo, Public, parse_public
+
+__all__ = ["Appraisal", "Enrollment", "Evidence", "challenge", "enroll", "gather", "load_ek_cas",
+           "selection_for"]
+
+
+def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[int, bytes]]:
+    ak = parse_public(unb64(doc.get("ak", {}).get("public"), "ak.public", limit=2048))
+    ek_doc = doc.get("ek")
+    ek = None if ek_doc is None else parse_public(unb64(ek_doc.get("public"), "ek.public",
+                                                        limit=2048))  # fmt: skip
+    certs = {int(k, 16): unb64(v, "ek certificate", limit=8192)
+             for k, v in (doc.get("ek_certificates") or {}).items()}  # fmt: skip
+    return ak, ek, certs
+
+
+def load_ek_cas(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[x509.Certificate],
+                                                                   list[x509.Certificate]]:
+    """EK certificate CAs from PEM files or directories of them (``*.pem``, ``*.crt``,
+    ``*.cer``): (roots, intermediates) -- the self-signed ones are roots. Used by ``attest
+    verify --ek-ca`` and ``attest fleet --ek-roots``."""
+    from pathlib import Path
+
+    roots: list[x509.Certificate] = []
+    inter: list[x509.Certificate] = []
+    for path in paths:
+        p = Path(path)
+        files = sorted(f for f in p.iterdir() if f.suffix in (".pem", ".crt", ".cer")
+                       and f.is_file()) if p.is_dir() else [p]  # fmt: skip
+        for f in files:
+            for cert in x509.load_pem_x509_certificates(f.read_bytes()):
+                (roots if cert.issuer == cert.subject else inter).append(cert)
+    return roots, inter
+
+
+@contextlib.contextmanager
+def open_channels(url: str, *, tls_ca: str | None = None, operator_socket: str | None = None,
+                  client_cert: tuple[str, str] | None = None,
+                  activation_url: str | None = None,
+                  ) -> Iterator[tuple[NodeClient, NodeClient | None]]:  # fmt: skip
+    """The clients of one contact: the node's API at ``url`` (evidence, identity) and its
+    authenticated channel for credential activation and the audit log, if any -- the operator
+    socket, else the mutual-TLS listener (``activation_url``, attestd's ``api.mtls_port``, or
+    ``url`` itself) with ``client_cert``. ``tls_ca`` verifies https URLs (default: the system's
+    CAs); each client gets its own TLS context (a client certificate is loaded into it)."""
+
+    def verify() -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=tls_ca) if tls_ca else True
+
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(NodeClient(url, verify=verify()))
+        channel: NodeClient | None = None
+        if operator_socket:
+            channel = stack.enter_context(NodeClient("http://operator", uds=operator_socket))
+        elif client_cert is not None:
+            channel = stack.enter_context(NodeClient(activation_url or url, verify=verify(),
+                                                     cert=client_cert))  # fmt: skip
+        yield client, channel
+
+
+def enroll(
+    client: NodeClient,
+    *,
+    now: datetime,
+    ek_roots: Sequence[x509.Certificate] = (),
+    ek_intermediates: Sequence[x509.Certificate] = (),
+    activator: NodeClient | None = None,
+) -> Enrollment:
+    """Enroll a node: returns the record to remember, or raises naming what failed.
+
+    ``activator`` is a client on an authenticated channel (mutual TLS or the operator
+    socket) for credential activation; without it the AK is trusted on the EK certificate
+    and attributes alone -- say so in the result (``activated`` is False).
+    """
+    ident = client.identity()
+    ak, ek, certs = _identity_parts(ident)
+    verify_ak_attributes(ak)
+    subject = None
+    if ek_roots:
+        if ek is None:
+            raise CertificateError("EK roots are configured but the node presents no EK")
+        if not certs:
+            raise CertificateError("the node presents no EK certificate")
+        verified = None
+        problems = []
+        for der in certs.values():
+            try:
+                v = verify_ek_certificate(der, roots=ek_roots, intermediates=ek_intermediates,
+                                          now=now)  # fmt: skip
+                ek_matches_certificate(ek, v.certificate)
+                verified = v
+                break
+            except CertificateError as exc:  # another of the node's EK certificates may fit
+                problems.append(str(exc))
+        if verified is None:
+            raise CertificateError("no EK certificate verifies and matches the EK: "
+                                   + "; ".join(problems))  # fmt: skip
+        subject = (f"{verified.certificate.subject.rfc4514_string()} issued by "
+                   f"{verified.certificate.issuer.rfc4514_string()}")  # fmt: skip
+    activated = False
+    if activator is not None:
+        if ek is None:
+            raise CredentialError("the node has no EK to activate a credential with")
+        challenge, expected = start_enrollment(ek, ak)
+        try:
+            returned = activator.activate(challenge.id_object, challenge.encrypted_secret)
+        except TransportError as exc:  # the activation channel refused: not an absent node
+            raise CredentialError(f"credential activation failed: {exc}") from None
+        finish_enrollment(expected, returned)
+        activated = True
+    return Enrollment(
+        node_id=str(ident.get("node_id", "")),
+        ak_public=ak.tpm2b(),
+        ak_name=ak.name,
+        ek_sha256=None if ek is None else hashlib.sha256(ek.raw).digest(),
+        ek_certificate=subject,
+        activated=activated,
+        runtime_pcr=int(ident.get("runtime_pcr", 13)),
+        enrolled_at=now.isoformat(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Appraisal:
+    evidence: VerifiedEvidence
+    runtime: VerifiedRuntimeLog | None
+    firmware: Any = None  # VerifiedEventLog, when the node served a firmware log
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def clock(self) -> ClockInfo:
+        return self.evidence.quote.clock
+
+
+def challenge(
+    client: NodeClient,
+    enrollment: Enrollment,
+    *,
+    selection: PcrSelection,
+    previous: ClockInfo | None = None,
+    firmware: bool = True,
+) -> Appraisal:
+    """One appraisal of the node's current state against its enrolled AK."""
+    sel = selection.as_dict()
+    sha256 = set(sel.get(HashAlg.SHA256, ()))
+    sha256.add(enrollment.runtime_pcr)
+    if firmware:
+        sha256.update(range(8))
+    full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
+    nonce = os.urandom(32)
+    doc = client.evidence(nonce, full, firmware_from=0 if firmware else None, runtime_from=0)
+    ve = verify_evidence(doc, nonce=nonce, ak=enrollment.ak, selection=full, previous=previous,
+                         tls_binding=client.peer_binding)  # fmt: skip
+    notes: list[str] = []
+    runtime = None
+    rt = doc.get("runtime_log")
+    if rt is not None:
+        import json
+
+        from attest.eventlog.cel import loads_cel
+
+        records = loads_cel(json.dumps(rt.get("records", [])))
+        runtime = verify_runtime_log(records, ve.quote.pcrs, pcr=enrollment.runtime_pcr)
+    fw_doc = doc.get("firmware_log")
+    fw = None
+    if fw_doc is not None:
+        from attest.eventlog import parse_event_log, replay
+
+        data = unb64(fw_doc.get("data"), "firmware_log.data")
+        fw = replay(parse_event_log(data), ve.quote.pcrs)
+    elif firmware:
+        notes.append("the node serves no firmware event log (swtpm without firmware)")
+    return Appraisal(ve, runtime, fw, tuple(notes))
+
+
+# --- evidence gathering for ``attest.appraisal.appraise`` (the verify CLI, the fleet) -------
+
+# PCRs a full appraisal asks for besides the runtime PCR: firmware (0-7), boot loader and
+# kernel command line (8, 9), unified kernel image (11) and its command line (12), the dm-verity
+# root hash measured before switch_root (15; docs/runtime-log.md).
+APPRAISAL_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 15)
+
+
+def selection_for(enrollment: Enrollment, extra: PcrSelection | None = None) -> PcrSelection:
+    """The selection of an appraisal: ``extra`` (default: sha256 0-9, 11, 12, 15) plus the
+    enrolled runtime PCR in sha256."""
+    sel = (extra or PcrSelection.of({HashAlg.SHA256: APPRAISAL_PCRS})).as_dict()
+    sha256 = set(sel.get(HashAlg.SHA256, ()))
+    sha256.add(enrollment.runtime_pcr)
+    return PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One contact's raw material for ``appraise``: nothing here is verified yet."""
+
+    doc: dict[str, Any]
+    nonce: bytes
+    selection: PcrSelection
+    tls_binding: bytes | None
+    identity: dict[str, Any] | None
+    audit_entries: list[dict[str, Any]] | None
+
+
+def gather(
+    client: NodeClient,
+    selection: PcrSelection,
+    *,
+    operator: NodeClient | None = None,
+    identity: dict[str, Any] | None = None,
+    nonce: bytes | None = None,
+) -> Evidence:
+    """Challenge the node with a fresh nonce (firmware and runtime logs from the start) and,
+    with an operator channel, fetch its audit log. Raises ``TransportError``."""
+    nonce = os.urandom(32) if nonce is None else nonce
+    doc = client.evidence(nonce, selection, firmware_from=0, runtime_from=0)
+    audit = None
+    if operator is not None:
+        entries = operator.audit(0).get("entries")
+        audit = entries if isinstance(entries, list) else None
+    return Evidence(doc, nonce, selection, client.peer_binding, identity, audit)

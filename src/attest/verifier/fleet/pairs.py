@@ -1,0 +1,57 @@
+"""A fleet node that is a host and its guest VM (docs/host-guest.md), appraised as
+``attest verify --host HOST_URL GUEST_URL`` does: one challenge, the layers' nonces derived from
+it (``attest.appraisal.pair.pair_nonces``), each layer appraised as one node, and the pair's verdict from
+``attest.appraisal.pair.appraise_pair`` -- the guest's AK is accepted only when its enrolled EK is one the
+host vouched for (a ``vtpm`` runtime event) in the host quote answering this challenge.
+
+This module holds what the fleet stores and shows of a pair (the per-layer summaries; the
+enrollment is ``attest.verifier.fleet.enrollment.PairEnrollment``); the pair logic itself is
+``attest.appraisal.pair``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attest.appraisal import AppraisalResult, Appraised
+from attest.verifier.fleet.appraiser import summarize
+from attest.appraisal.pair import GUEST, HOST, PairResult, vouchings_of
+from attest.runtime import VtpmVouch
+
+
+def fresh_vouchings(appraised: Appraised) -> tuple[VtpmVouch, ...] | None:
+    """The host's ``vtpm`` events, only when *this* appraisal verified its quote (our nonce, the
+    enrolled AK) and replayed the runtime log into it. An incremental appraisal whose quote
+    failed returns the memory it was given -- a runtime log verified against an *earlier*
+    quote -- so the memory alone is not enough: ``result.clock`` is set only when this quote
+    verified, and then the memory is this appraisal's."""
+    rt = appraised.memory.runtime
+    if appraised.result.clock is None or rt is None:
+        return None
+    return vouchings_of(rt.log.events)
+
+
+def layer_json(result: AppraisalResult, url: str) -> dict[str, Any]:
+    s = summarize(result)
+    return {"node_id": result.node_id, "url": url, "verdict": s.status,
+            "attest_verdict": result.verdict.value, "explanation": s.explanation,
+            "first_divergence": s.first_divergence, "release": s.release,
+            "claims": result.trustworthiness_vector}  # fmt: skip
+
+
+def pair_layers(pair: PairResult, host_url: str, guest_url: str) -> dict[str, Any]:
+    """What the fleet stores of a pair besides its verdict: each layer's verdict and
+    explanation, which layer failed, and the host-vouch finding."""
+    return {"failed_layer": pair.failed_layer, "vouch": pair.vouch.to_json(),
+            HOST: layer_json(pair.host, host_url), GUEST: layer_json(pair.guest, guest_url)}
+
+
+def pair_explanation(pair: PairResult) -> str:
+    """The pair's first divergence (naming the layer), then the layers' other findings."""
+    reasons = [pair.first_divergence] if pair.first_divergence else []
+    for name, r in pair.layers.items():
+        for e in r.explanations:
+            line = f"{name} layer ({r.node_id or '?'}): {e}"
+            if line not in reasons:
+                reasons.append(line)
+    return "; ".join(reasons) or f"{pair.verdict.value}: every check passed on both layers"

@@ -1,0 +1,486 @@
+"""The fleet's scheduler (an adapter between the store, the node API and the appraisal).
+
+One asyncio loop per worker process: it leases due nodes from the store (up to its free
+concurrency), challenges each over a keep-alive connection with a fresh nonce, appraises the
+evidence, and writes results back in batches (one transaction per ``batch`` results or per
+``flush_interval``). Per node: the next challenge is due ``interval`` after this one, with
+``jitter`` (a fraction, uniform) so the fleet does not beat in step; a node that does not
+answer is retried with exponential backoff (``interval * 2**failures``, at most
+``max_backoff``), marked ``unreachable`` after ``unreachable_after`` consecutive failures, and
+is never dropped.
+
+Each node's ``NodeMemory`` (``attest.appraisal``) is kept in this process between two of its
+appraisals: the firmware event log is fetched once per boot, the runtime log from the next
+record, and only what is new is checked (docs/fleet.md, "Incremental appraisal"). When the
+evidence does not continue what is held (TPM reset, rotated log), the node is challenged again
+at once for the whole logs. A node leased by another worker in between needs nothing special:
+what is held stays a prefix of what its PCRs commit to.
+
+The store calls run on two dedicated threads, off the event loop: one takes leases, the other
+writes results (on PostgreSQL each has its own connection), so a batch commit never delays
+the next lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from attest.appraisal import AppraisalResult, Appraised, Enrollment, NodeMemory, unappraisable
+from attest.errors import AttestError, TransportError
+from attest.verifier.fleet.appraiser import STATUSES, Appraiser, summarize
+from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
+from attest.verifier.fleet.http import HttpPool, Origin
+from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
+from attest.verifier.fleet.signing import EarSigner
+from attest.verifier.fleet.store import Leased, Outcome, Store
+from attest.manifest import VerifiedRegistry
+from attest.model import HashAlg, PcrSelection
+from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
+from attest.appraisal.ear import ear_claims, submod
+from attest.tpmstruct import ClockInfo
+from attest.verifier.contact import APPRAISAL_PCRS
+
+logger = logging.getLogger(__name__)
+
+# The same PCRs as `attest verify` (firmware, boot loader, kernel, UKI, verity root; the runtime
+# PCR of each enrollment is added): a release's expected PCRs are checked only where quoted.
+DEFAULT_SELECTION = "sha256:" + ",".join(str(p) for p in APPRAISAL_PCRS)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    worker_id: str = "worker-1"
+    interval: float = 10.0
+    jitter: float = 0.1
+    concurrency: int = 256
+    timeout: float = 5.0
+    max_backoff: float = 300.0
+    unreachable_after: int = 2
+    lease_ttl: float = 60.0
+    # Leave a node another worker took last to it until it is overdue by this many intervals:
+    # that worker holds the node's logs (PostgreSQL only). A dead or stalled worker's nodes are
+    # taken over then.
+    affinity: float = 1.0
+    batch: int = 500
+    flush_interval: float = 0.25
+    tick: float = 0.05
+    selection: str = DEFAULT_SELECTION  # the runtime PCR of each enrollment is added
+    platform_id: str | None = None
+    host_platform_id: str | None = None  # a pair's host layer (default: platform_id)
+
+    def validate(self) -> PollSettings:
+        if self.interval <= 0 or not 0 <= self.jitter < 1:
+            raise ValueError("interval must be positive and jitter in [0, 1)")
+        if self.concurrency < 1 or self.batch < 1:
+            raise ValueError("concurrency and batch must be at least 1")
+        if self.lease_ttl <= self.timeout * 2:
+            raise ValueError("lease_ttl must exceed twice the timeout")
+        PcrSelection.parse(self.selection)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class _Contact:
+    """One challenge of one node (or pair layer): the appraisal, or why there is none."""
+
+    nonce: bytes
+    appraised: Appraised | None = None
+    error: str = ""  # the node did not answer
+    raised: AttestError | None = None  # the appraiser raised instead of returning a result
+
+
+@dataclass
+class PollMetrics:
+    appraisals: int = 0
+    failures: int = 0
+    dropped: int = 0  # results whose lease was lost
+    leased: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    appraise_seconds: float = 0.0  # time inside appraise(): the CPU part of an appraisal
+    refetches: int = 0  # second challenges for the whole logs (TPM reset, rotated log)
+    latencies: list[float] = field(default_factory=list)  # kept only when record_latencies
+
+    def observe(self, seconds: float, keep: bool) -> None:
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_buckets[i] += 1
+                break
+        else:
+            self.latency_buckets[-1] += 1
+        self.latency_sum += seconds
+        if keep:
+            self.latencies.append(seconds)
+
+
+class Poller:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        settings: PollSettings,
+        appraise: Appraiser,
+        registry: Callable[[], VerifiedRegistry | None] = lambda: None,
+        on_change: Callable[[Outcome], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        record_latencies: bool = False,
+        signer: EarSigner | None = None,
+        host_registry: Callable[[], VerifiedRegistry | None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """``ssl_context`` verifies the nodes' TLS certificates on https URLs (default: the
+        system's CAs); the appraisal then binds each answer to the TLS key connected to."""
+        self.store = store
+        self.signer = signer
+        self.host_registry = host_registry or registry  # a pair's host layer
+        self.settings = settings.validate()
+        self.appraise = appraise
+        self.registry = registry
+        self.on_change = on_change
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.record_latencies = record_latencies
+        self.metrics = PollMetrics()
+        self.pool = HttpPool(timeout=settings.timeout, max_idle=settings.concurrency,
+                             ssl_context=ssl_context)  # fmt: skip
+        self._base = PcrSelection.parse(settings.selection)
+        self._selections: dict[int, tuple[PcrSelection, dict[str, list[int]]]] = {}
+        self._enrollments: dict[str, tuple[str, Enrollment | PairEnrollment]] = {}
+        self._origins: dict[str, Origin] = {}
+        self._pending: list[Outcome] = []
+        self._inflight = 0
+        self._min_lease = max(1, min(settings.batch, settings.concurrency // 4))
+        self._slots = asyncio.Event()  # set when _min_lease slots are free
+        self._memory: dict[str, NodeMemory] = {}
+        self._lease_db = ThreadPoolExecutor(1, thread_name_prefix="fleet-lease")
+        self._write_db = ThreadPoolExecutor(1, thread_name_prefix="fleet-write")
+
+    # --- one node ---------------------------------------------------------------------------
+
+    def _selection(self, runtime_pcr: int) -> tuple[PcrSelection, dict[str, list[int]]]:
+        cached = self._selections.get(runtime_pcr)
+        if cached is None:
+            sel = self._base.as_dict()
+            sha256 = set(sel.get(HashAlg.SHA256, ())) | {runtime_pcr}
+            full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
+            cached = (full, {alg.bank_name: list(idx) for alg, idx in full.banks})
+            self._selections[runtime_pcr] = cached
+        return cached
+
+    def _enrollment(self, node: Leased) -> Enrollment | PairEnrollment | None:
+        if node.enrollment_doc is None:
+            return None
+        cached = self._enrollments.get(node.node_id)
+        if cached is None or cached[0] != node.enrollment_doc:
+            cached = (node.enrollment_doc, enrollment_from_json(json.loads(node.enrollment_doc)))
+            self._enrollments[node.node_id] = cached
+            for key in (node.node_id, f"{node.node_id}\0host", f"{node.node_id}\0guest"):
+                self._memory.pop(key, None)  # held logs belong to the old enrollment
+        return cached[1]
+
+    def _ear(self, submods: Mapping[str, Mapping[str, Any]], start: float,
+             nonce: bytes | None) -> dict[str, Any] | None:  # fmt: skip
+        """The EAR claims of one attempt (``attest.appraisal.ear``; None without a signer). They are
+        signed on the writer thread, just before the result is stored (``_complete``): the
+        ECDSA signature runs there without the GIL, off the event loop."""
+        if self.signer is None:
+            return None
+        now = datetime.fromtimestamp(start, UTC)
+        return ear_claims(submods, now=now, nonce=nonce)
+
+    def _complete(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Sign the outcomes' EARs, then store them (on the writer thread)."""
+        signer = self.signer
+        if signer is not None:
+            outcomes = [o if o.ear_claims is None else
+                        replace(o, ear=signer.sign(o.ear_claims), ear_claims=None)
+                        for o in outcomes]  # fmt: skip
+        return self.store.complete(self.settings.worker_id, outcomes)
+
+    def _next_due(self, now: float, delay: float) -> float:
+        j = self.settings.jitter
+        return now + delay * (1.0 + self.rng.uniform(-j, j))
+
+    async def _one(self, node: Leased) -> None:
+        start = self.clock()
+        t0 = time.perf_counter()
+        try:
+            outcome = await self._attempt(node, start)
+        except Exception as exc:  # a bug must not stop the fleet: report it on the node
+            logger.exception("appraisal crashed", extra={"node_id": node.node_id})
+            outcome = self._failed(node, start, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._inflight -= 1
+            if self.settings.concurrency - self._inflight >= self._min_lease:
+                self._slots.set()
+        self.metrics.observe(time.perf_counter() - t0, self.record_latencies)
+        if outcome.result is None:
+            self.metrics.failures += 1
+        else:
+            self.metrics.appraisals += 1
+            self.metrics.by_status[outcome.verdict] = \
+                self.metrics.by_status.get(outcome.verdict, 0) + 1  # fmt: skip
+        self._pending.append(outcome)
+
+    def _origin(self, url: str) -> Origin:
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = self._origins[url] = Origin.parse(url)
+        return origin
+
+    async def _contact(self, key: str, url: str, enrollment: Enrollment, *, start: float,
+                       previous: ClockInfo | None, registry: VerifiedRegistry | None,
+                       platform_id: str | None,
+                       nonce: bytes | None = None) -> _Contact:  # fmt: skip
+        """Challenge one node (or one layer of a pair: ``key`` names its memory) and appraise
+        the answer incrementally. ``nonce``: the challenge to answer (a pair layer's, derived
+        from the pair's challenge); a fresh one per request otherwise."""
+        selection, pcrs = self._selection(enrollment.runtime_pcr)
+        memory = self._memory.pop(key, None) or NodeMemory()
+        origin = self._origin(url)
+        now = datetime.fromtimestamp(start, UTC)
+        # At most two challenges: the second, for the whole logs, when the node cannot continue
+        # the held ones (HTTP 400: an offset past the end of a rotated log) or the evidence
+        # does not continue them (Appraised.complete is False).
+        while True:
+            challenge = nonce or os.urandom(32)
+            body = {"nonce": challenge.hex(), "pcrs": pcrs, "logs": memory.log_request()}
+            try:
+                resp = await self.pool.request(origin, "POST", "/v1/evidence", body)
+                if resp.status == 400 and memory.holds_logs:
+                    self.metrics.refetches += 1
+                    memory = memory.forget_logs()
+                    continue
+                if resp.status != 200:
+                    raise TransportError(f"HTTP {resp.status}: {resp.body[:200]!r}")
+                doc = resp.json()
+                if not isinstance(doc, Mapping):
+                    raise TransportError("the evidence is not a JSON object")
+            except TransportError as exc:
+                self._memory[key] = memory
+                return _Contact(challenge, error=str(exc))
+            c0 = time.perf_counter()
+            try:
+                appraised: Appraised = self.appraise(
+                    doc, memory=memory, enrollment=enrollment, nonce=challenge,
+                    selection=selection, registry=registry, platform_id=platform_id,
+                    previous=previous, tls_binding=resp.tls_binding, now=now,
+                )  # fmt: skip
+            except AttestError as exc:  # an appraisal that raises instead of returning a result
+                self.metrics.appraise_seconds += time.perf_counter() - c0
+                return _Contact(challenge, raised=exc)
+            self.metrics.appraise_seconds += time.perf_counter() - c0
+            if appraised.complete or not memory.holds_logs:
+                break
+            logger.info("held logs do not continue: fetching them again",
+                        extra={"node_id": key, "reason": appraised.result.first_divergence})
+            self.metrics.refetches += 1
+            memory = appraised.memory
+        self._memory[key] = appraised.memory
+        return _Contact(challenge, appraised)
+
+    async def _attempt(self, node: Leased, start: float) -> Outcome:
+        s = self.settings
+        enrollment = self._enrollment(node)
+        if enrollment is None:
+            return Outcome(node.node_id, node.token, start, "unenrolled",
+                           "the node is registered but not enrolled: no AK is trusted yet",
+                           None, None, None, {}, "", 0, self._next_due(start, s.interval),
+                           node.appraisals + 1, node.verdict)  # fmt: skip
+        if isinstance(enrollment, PairEnrollment):
+            return await self._attempt_pair(node, enrollment, start)
+        c = await self._contact(node.node_id, node.url, enrollment, start=start,
+                                previous=node.clock, registry=self.registry(),
+                                platform_id=s.platform_id)  # fmt: skip
+        if c.raised is not None:
+            exc = c.raised
+            claims = self._ear({node.node_id: {
+                "ear.status": "contraindicated", "ear.trustworthiness-vector": {},
+                "attest.verdict": "contraindicated", "attest.node.port-id": node.node_id,
+                "attest.explanation": {"first_divergence": str(exc),
+                                       "explanations": [str(exc)]}}}, start, c.nonce)
+            return Outcome(node.node_id, node.token, start, "contraindicated", str(exc),
+                           getattr(exc, "check", "appraisal"), None, None,
+                           {"error": str(exc)}, "", 0, self._next_due(start, s.interval),
+                           node.appraisals + 1, node.verdict, ear_claims=claims)  # fmt: skip
+        if c.appraised is None:
+            return self._failed(node, start, c.error)
+        result = c.appraised.result
+        summary = summarize(result)
+        claims = self._ear({node.node_id: {**submod(result), "attest.node.port-id": result.node_id}},
+                           start, c.nonce)  # fmt: skip
+        return Outcome(node.node_id, node.token, start, summary.status, summary.explanation,
+                       summary.first_divergence, summary.release, summary.clock, summary.doc,
+                       "", 0, self._next_due(start, s.interval), node.appraisals + 1,
+                       node.verdict, ear_claims=claims)  # fmt: skip
+
+    async def _attempt_pair(self, node: Leased, pe: PairEnrollment, start: float) -> Outcome:
+        """A host and its guest as one node (``attest.appraisal.pair``), as ``attest verify --host``:
+        one challenge, both layers challenged at once with the nonces derived from it."""
+        s = self.settings
+        if node.host_url is None:
+            raise RuntimeError(f"pair {node.node_id} has no host URL")
+        challenge = os.urandom(32)
+        host_nonce, guest_nonce = pair_nonces(challenge)
+        host_c, guest_c = await asyncio.gather(
+            self._contact(f"{node.node_id}\0host", node.host_url, pe.host, start=start,
+                          previous=node.host_clock, registry=self.host_registry(),
+                          platform_id=s.host_platform_id or s.platform_id, nonce=host_nonce),
+            self._contact(f"{node.node_id}\0guest", node.url, pe.guest, start=start,
+                          previous=node.clock, registry=self.registry(),
+                          platform_id=s.platform_id, nonce=guest_nonce),
+        )  # fmt: skip
+        for layer, c, url in ((HOST, host_c, node.host_url), (GUEST, guest_c, node.url)):
+            if c.appraised is None and c.raised is None:  # a layer that does not answer
+                return self._failed(node, start, f"{layer} layer ({url}): {c.error}")
+        now = datetime.fromtimestamp(start, UTC)
+
+        def result_of(c: _Contact, layer: Enrollment, nonce: bytes) -> AppraisalResult:
+            if c.appraised is not None:
+                return c.appraised.result
+            return unappraisable(layer.node_id, f"appraisal failed: {c.raised}", nonce=nonce,
+                                 now=now)  # fmt: skip
+
+        host_r = result_of(host_c, pe.host, host_nonce)
+        guest_r = result_of(guest_c, pe.guest, guest_nonce)
+        vouchings = None if host_c.appraised is None else fresh_vouchings(host_c.appraised)
+        pair = appraise_pair(host_r, guest_r, vouchings,
+                             GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
+                             challenge=challenge)  # fmt: skip
+        status = pair.status if pair.status in STATUSES else "none"
+        # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
+        # challenge both layers' nonces come from.
+        claims = None if self.signer is None else pair.ear_claims(now=now)
+        return Outcome(node.node_id, node.token, start, status, pair_explanation(pair),
+                       pair.first_divergence, summarize(pair.guest).release,
+                       guest_r.clock or node.clock, pair.to_json(), "", 0,
+                       self._next_due(start, s.interval), node.appraisals + 1, node.verdict,
+                       layers=pair_layers(pair, node.host_url, node.url),
+                       host_clock=host_r.clock or node.host_clock,
+                       ear_claims=claims)  # fmt: skip
+
+    def _failed(self, node: Leased, start: float, error: str) -> Outcome:
+        s = self.settings
+        failures = node.failures + 1
+        delay = min(s.interval * (2 ** min(failures, 20)), s.max_backoff)
+        unreachable = failures >= s.unreachable_after
+        verdict = "unreachable" if unreachable else node.verdict
+        explanation = f"the node does not answer ({failures} attempts): {error}"
+        logger.info("node did not answer", extra={"node_id": node.node_id, "error": error,
+                                                  "failures": failures})  # fmt: skip
+        # Once the node is unreachable its latest EAR says so (status none); before that, the
+        # last appraisal's EAR stands.
+        claims = None
+        if unreachable and self.signer is not None:
+            r = unappraisable(node.node_id, explanation, nonce=b"",
+                              now=datetime.fromtimestamp(start, UTC))  # fmt: skip
+            claims = self._ear({node.node_id: {**submod(r), "attest.node.port-id": node.node_id}},
+                               start, None)  # fmt: skip
+        return Outcome(node.node_id, node.token, start, verdict, explanation, None, None, None,
+                       None, error, failures, self._next_due(start, delay), node.appraisals,
+                       node.verdict, ear_claims=claims)  # fmt: skip
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        for i in range(0, len(batch), s.batch):
+            part = batch[i:i + s.batch]
+            done = await loop.run_in_executor(self._write_db, self._complete, part)
+            self.metrics.dropped += len(part) - len(done)
+            if self.on_change is not None:
+                for o in done:
+                    if o.verdict != o.previous_verdict:
+                        self.on_change(o)
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self._flush()
+        except Exception:
+            logger.exception("writing results failed; the leases will expire")
+
+    def _lease(self, limit: int) -> list[Leased]:
+        s = self.settings
+        return self.store.lease(s.worker_id, now=self.clock(), limit=limit, ttl=s.lease_ttl,
+                                affinity=s.affinity * s.interval)  # fmt: skip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; then finish the appraisals in flight and flush."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+        last_flush = time.monotonic()
+        flushing: asyncio.Task[None] | None = None
+        try:
+            last_lease = 0.0
+            while not stop.is_set():
+                free = s.concurrency - self._inflight
+                want = min(free, s.batch)
+                got: Sequence[Leased] = ()
+                # Lease in batches: when a quarter of the slots are free (or a tick passed),
+                # not for every slot that frees -- one round trip per batch, not per node.
+                leasing = want >= self._min_lease or (
+                    want > 0 and time.monotonic() - last_lease >= s.tick)
+                if leasing:
+                    last_lease = time.monotonic()
+                    try:
+                        got = await loop.run_in_executor(self._lease_db, self._lease, want)
+                    except Exception:  # the database is away: keep what we have, retry
+                        logger.exception("lease failed")
+                        got = ()
+                        await asyncio.sleep(1.0)
+                    self.metrics.leased += len(got)
+                    for node in got:
+                        self._inflight += 1
+                        t = loop.create_task(self._one(node))
+                        tasks.add(t)
+                        t.add_done_callback(tasks.discard)
+                now = time.monotonic()
+                if (self._pending and (flushing is None or flushing.done())
+                        and (len(self._pending) >= s.batch
+                             or now - last_flush >= s.flush_interval)):  # fmt: skip
+                    # Written in the background: challenges go on while the batch commits.
+                    last_flush = now
+                    flushing = loop.create_task(self._flush_logged())
+                if (leasing and len(got) < want) or not leasing:
+                    # Nothing more is due (wait a tick), or too few slots are free (wait until
+                    # enough are, at most a tick).
+                    self._slots.clear()
+                    waits = {asyncio.ensure_future(stop.wait())}
+                    if not leasing:
+                        waits.add(asyncio.ensure_future(self._slots.wait()))
+                    _, pending = await asyncio.wait(waits, timeout=s.tick,
+                                                    return_when=asyncio.FIRST_COMPLETED)
+                    for w in pending:
+                        w.cancel()
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            if tasks:
+                await asyncio.wait(tasks, timeout=s.timeout + 1)
+            if flushing is not None:
+                await flushing
+            await self._flush()
+            self.pool.close()
+
+    def close(self) -> None:
+        self._lease_db.shutdown(wait=True)
+        self._write_db.shutdown(wait=True)

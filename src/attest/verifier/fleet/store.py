@@ -1,0 +1,599 @@
+"""The fleet's state: nodes, enrollments, results (a per-node ring of recent appraisals plus
+the history of verdict changes), release marks and leases (an adapter; no ORM).
+
+Two back ends behind one ``Store`` protocol:
+
+- ``SqliteStore`` (stdlib ``sqlite3``, WAL): embedded, zero set-up, one verifier process (or a
+  few on one machine: every lease is taken in a single-writer ``BEGIN IMMEDIATE`` transaction).
+- ``PostgresStore`` (psycopg 3): several verifier processes share one fleet.
+
+Leases: a worker takes due nodes in one transaction that (1) selects nodes whose ``next_due``
+has passed -- ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers skip each other's
+rows instead of waiting -- (2) moves their ``next_due`` to the lease's expiry and (3) records
+``leases(node_id, worker_id, token, expires_at)``. Step 2 is what makes a node invisible to
+other workers once the transaction commits (a concurrent ``SKIP LOCKED`` reader re-checks the
+updated row and drops it). A worker records results only for leases it still holds, by token
+(fencing): a worker that stalls past its lease loses that result instead of overwriting a newer
+one, and a worker that dies loses nothing -- its nodes fall due again when the leases expire.
+
+Times are POSIX seconds (float) inside; the API turns them into ISO 8601.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from attest.tpmstruct import ClockInfo
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HISTORY = 20  # recent results kept per node (a ring); verdict changes are all kept
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    node_id: str
+    url: str
+    enrolled: bool
+    added_at: float
+    next_due: float
+    verdict: str  # affirming | warning | contraindicated | none | unreachable | unenrolled
+    explanation: str
+    first_divergence: str | None
+    release: str | None
+    last_appraised: float | None
+    last_seen: float | None
+    last_error: str
+    failures: int
+    appraisals: int
+    ear: str | None = None  # the latest signed EAR (None when not read, or none yet)
+    host_url: str | None = None  # a host + guest pair: the host's API (url is the guest's)
+    layers: dict[str, Any] | None = None  # a pair: {failed_layer, vouch, host: {..}, guest: {..}}
+
+    @property
+    def pair(self) -> bool:
+        return self.host_url is not None
+
+    def to_json(self, *, ear: bool = True) -> dict[str, Any]:
+        doc = {
+            "node_id": self.node_id, "url": self.url, "enrolled": self.enrolled,
+            "added_at": self.added_at, "next_due": self.next_due, "verdict": self.verdict,
+            "explanation": self.explanation, "first_divergence": self.first_divergence,
+            "release": self.release, "last_appraised": self.last_appraised,
+            "last_seen": self.last_seen, "last_error": self.last_error,
+            "failures": self.failures, "appraisals": self.appraisals,
+            "kind": "pair" if self.pair else "node",
+        }  # fmt: skip
+        if self.pair:
+            doc["host_url"] = self.host_url
+            doc["layers"] = self.layers
+        if ear:
+            doc["ear"] = self.ear
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """A node this worker holds a lease on: everything one appraisal needs."""
+
+    node_id: str
+    url: str
+    enrollment_doc: str | None
+    verdict: str
+    failures: int
+    appraisals: int
+    clock: ClockInfo | None
+    token: int
+    host_url: str | None = None  # a host + guest pair
+    host_clock: ClockInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished attempt on a leased node."""
+
+    node_id: str
+    token: int
+    at: float
+    verdict: str
+    explanation: str
+    first_divergence: str | None
+    release: str | None
+    clock: ClockInfo | None
+    result: dict[str, Any] | None  # the appraisal result; None when the node did not answer
+    error: str  # transport error, "" when the node answered
+    failures: int  # consecutive transport failures after this attempt
+    next_due: float
+    seq: int  # this node's appraisal count after this attempt (the ring's sequence)
+    previous_verdict: str
+    ear: str | None = None  # the signed EAR of this attempt; None keeps the node's last one
+    layers: dict[str, Any] | None = None  # a pair's per-layer verdicts (None for one node)
+    host_clock: ClockInfo | None = None  # a pair: the host quote's clock
+    ear_claims: dict[str, Any] | None = None  # to sign into ``ear`` before it is stored
+
+
+class EnrollmentDoc(Protocol):
+    """An ``Enrollment``, or a pair's (``attest.verifier.fleet.pairs.PairEnrollment``)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Store(Protocol):
+    def add_node(self, node_id: str, url: str, enrollment: EnrollmentDoc | None, *,
+                 now: float, host_url: str | None = None) -> None: ...  # fmt: skip
+    def remove_node(self, node_id: str) -> bool: ...
+    def get_node(self, node_id: str) -> NodeRow | None: ...
+    def list_nodes(self, *, ear: bool = False) -> list[NodeRow]: ...
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
+              affinity: float = 0.0) -> list[Leased]: ...  # fmt: skip
+    def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]: ...
+    def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
+    def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+    def release_marks(self) -> dict[str, float]: ...
+    def mark_fleet_complete(self, version: str, at: float) -> bool: ...
+    def close(self) -> None: ...
+
+
+def _one_clock(c: ClockInfo | None) -> str:
+    return "" if c is None else f"{c.clock},{c.reset_count},{c.restart_count},{int(c.safe)}"
+
+
+def clock_text(c: ClockInfo | None, host: ClockInfo | None = None) -> str | None:
+    """The ``clock`` column: the quote's clock; a pair's is ``guest|host``."""
+    if host is not None:
+        return f"{_one_clock(c)}|{_one_clock(host)}"
+    return None if c is None else _one_clock(c)
+
+
+def _parse_clock(t: str) -> ClockInfo | None:
+    if not t:
+        return None
+    a, b, c, d = t.split(",")
+    return ClockInfo(int(a), int(b), int(c), d == "1")
+
+
+def clock_from_text(t: str | None) -> ClockInfo | None:
+    return None if not t else _parse_clock(t.partition("|")[0])
+
+
+def host_clock_from_text(t: str | None) -> ClockInfo | None:
+    return None if not t else _parse_clock(t.partition("|")[2])
+
+
+def _leased(r: Sequence[Any], token: int) -> Leased:
+    """(node_id, url, doc, verdict, failures, appraisals, clock, host_url)"""
+    return Leased(r[0], r[1], r[2], r[3], r[4], r[5], clock_from_text(r[6]), token, r[7],
+                  host_clock_from_text(r[6]))  # fmt: skip
+
+
+_NODE_COLS = ("n.node_id, n.url, e.node_id IS NOT NULL, n.added_at, n.next_due, n.verdict, "
+              "n.explanation, n.first_divergence, n.release, n.last_appraised, n.last_seen, "
+              "n.last_error, n.failures, n.appraisals, n.host_url, n.layers")  # fmt: skip
+
+
+def _node_row(r: Sequence[Any]) -> NodeRow:
+    return NodeRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                   r[11], r[12], r[13], r[16] if len(r) > 16 else None, r[14],
+                   json.loads(r[15]) if r[15] else None)  # fmt: skip
+
+
+def _schema(*, real: str, serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS nodes (
+            node_id TEXT PRIMARY KEY, url TEXT NOT NULL, added_at {real} NOT NULL,
+            next_due {real} NOT NULL, verdict TEXT NOT NULL DEFAULT 'none',
+            explanation TEXT NOT NULL DEFAULT '', first_divergence TEXT, release TEXT,
+            last_appraised {real}, last_seen {real}, last_error TEXT NOT NULL DEFAULT '',
+            failures INTEGER NOT NULL DEFAULT 0, appraisals BIGINT NOT NULL DEFAULT 0,
+            clock TEXT, owner TEXT, ear TEXT, host_url TEXT, layers TEXT)""",
+        "CREATE INDEX IF NOT EXISTS nodes_due ON nodes (next_due)",
+        f"""CREATE TABLE IF NOT EXISTS enrollments (
+            node_id TEXT PRIMARY KEY REFERENCES nodes(node_id) ON DELETE CASCADE,
+            doc TEXT NOT NULL, enrolled_at {real} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS results (
+            node_id TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
+            slot INTEGER NOT NULL, seq BIGINT NOT NULL, at {real} NOT NULL,
+            worker_id TEXT NOT NULL, verdict TEXT NOT NULL, doc TEXT NOT NULL,
+            PRIMARY KEY (node_id, slot))""",
+        f"""CREATE TABLE IF NOT EXISTS changes (
+            id {serial}, node_id TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
+            at {real} NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
+            explanation TEXT NOT NULL, ear TEXT)""",
+        "CREATE INDEX IF NOT EXISTS changes_node ON changes (node_id, id)",
+        f"""CREATE TABLE IF NOT EXISTS leases (
+            node_id TEXT PRIMARY KEY REFERENCES nodes(node_id) ON DELETE CASCADE,
+            worker_id TEXT NOT NULL, token BIGINT NOT NULL, expires_at {real} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS fleet_releases (
+            version TEXT PRIMARY KEY, fleet_complete_at {real} NOT NULL)""",
+    ]
+
+
+# Columns added after the first release of the schema: (table, column, type), added to an
+# older database on start.
+_ADDED_COLUMNS = (("nodes", "owner", "TEXT"), ("nodes", "ear", "TEXT"),
+                  ("nodes", "host_url", "TEXT"), ("nodes", "layers", "TEXT"),
+                  ("changes", "ear", "TEXT"))  # fmt: skip
+
+
+def _result_doc(o: Outcome, worker_id: str) -> str:
+    doc = {
+        "seq": o.seq, "at": o.at, "worker_id": worker_id, "verdict": o.verdict,
+        "explanation": o.explanation, "first_divergence": o.first_divergence,
+        "release": o.release, "error": o.error or None, "result": o.result,
+    }  # fmt: skip
+    if o.layers is not None:
+        doc["layers"] = o.layers
+    return json.dumps(doc, separators=(",", ":"), default=str)
+
+
+def _layers_text(o: Outcome) -> str | None:
+    return None if o.layers is None else json.dumps(o.layers, separators=(",", ":"))
+
+
+class _SqlStore:
+    """The SQL both back ends share; ``P`` is the driver's placeholder."""
+
+    P = "?"
+    history = DEFAULT_HISTORY
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql if self.P == "?" else sql.replace("?", self.P)
+
+    def add_node(self, node_id: str, url: str, enrollment: EnrollmentDoc | None, *,
+                 now: float, host_url: str | None = None) -> None:  # fmt: skip
+        verdict = "none" if enrollment is not None else "unenrolled"
+        with self._tx() as cur:
+            cur.execute(self._q(
+                "INSERT INTO nodes (node_id, url, added_at, next_due, verdict, host_url) VALUES "
+                "(?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, "
+                "host_url = excluded.host_url"),
+                (node_id, url, now, now, verdict, host_url))  # fmt: skip
+            if enrollment is not None:
+                cur.execute(self._q(
+                    "INSERT INTO enrollments (node_id, doc, enrolled_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (node_id) DO UPDATE SET doc = excluded.doc, "
+                    "enrolled_at = excluded.enrolled_at"),
+                    (node_id, json.dumps(enrollment.to_json()), now))  # fmt: skip
+                cur.execute(self._q("UPDATE nodes SET next_due = ?, verdict = CASE WHEN "
+                                    "verdict = 'unenrolled' THEN 'none' ELSE verdict END "
+                                    "WHERE node_id = ?"), (now, node_id))  # fmt: skip
+
+    def remove_node(self, node_id: str) -> bool:
+        with self._tx() as cur:
+            for table in ("leases", "results", "changes", "enrollments"):
+                cur.execute(self._q(f"DELETE FROM {table} WHERE node_id = ?"), (node_id,))
+            cur.execute(self._q("DELETE FROM nodes WHERE node_id = ?"), (node_id,))
+            return bool(cur.rowcount)
+
+    def get_node(self, node_id: str) -> NodeRow | None:
+        with self._tx() as cur:
+            cur.execute(self._q(f"SELECT {_NODE_COLS}, n.ear FROM nodes n LEFT JOIN enrollments "
+                                "e ON e.node_id = n.node_id WHERE n.node_id = ?"), (node_id,))
+            r = cur.fetchone()
+        return None if r is None else _node_row(r)
+
+    def list_nodes(self, *, ear: bool = False) -> list[NodeRow]:
+        """Every node; their EARs (about 1 kB each) only when ``ear``."""
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_NODE_COLS}{', n.ear' if ear else ''} FROM nodes n "
+                        "LEFT JOIN enrollments e ON e.node_id = n.node_id ORDER BY n.node_id")
+            return [_node_row(r) for r in cur.fetchall()]
+
+    def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._tx() as cur:
+            cur.execute(self._q("SELECT doc FROM results WHERE node_id = ? ORDER BY seq DESC "
+                                "LIMIT ?"), (node_id, limit))  # fmt: skip
+            return [json.loads(r[0]) for r in cur.fetchall()]
+
+    def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        where = "" if node_id is None else "WHERE node_id = ? "
+        args: tuple[Any, ...] = (limit,) if node_id is None else (node_id, limit)
+        with self._tx() as cur:
+            cur.execute(self._q(f"SELECT node_id, at, old, new, explanation, ear FROM changes "
+                                f"{where}ORDER BY id DESC LIMIT ?"), args)  # fmt: skip
+            return [{"node_id": r[0], "at": r[1], "from": r[2], "to": r[3],
+                     "explanation": r[4], "ear": r[5]} for r in cur.fetchall()]  # fmt: skip
+
+    def release_marks(self) -> dict[str, float]:
+        with self._tx() as cur:
+            cur.execute("SELECT version, fleet_complete_at FROM fleet_releases")
+            return {r[0]: r[1] for r in cur.fetchall()}
+
+    def mark_fleet_complete(self, version: str, at: float) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("INSERT INTO fleet_releases (version, fleet_complete_at) "
+                                "VALUES (?, ?) ON CONFLICT (version) DO NOTHING"), (version, at))
+            return bool(cur.rowcount)
+
+    def _write(self, cur: Any, worker_id: str, done: Sequence[Outcome]) -> None:
+        cur.executemany(self._q(
+            "UPDATE nodes SET next_due = ?, verdict = ?, explanation = ?, first_divergence = ?, "
+            "release = COALESCE(?, CASE WHEN ? THEN release ELSE NULL END), "
+            "last_appraised = COALESCE(?, last_appraised), last_seen = COALESCE(?, last_seen), "
+            "last_error = ?, failures = ?, appraisals = ?, clock = COALESCE(?, clock), "
+            "ear = COALESCE(?, ear), layers = COALESCE(?, layers) WHERE node_id = ?"), [
+            (o.next_due, o.verdict, o.explanation, o.first_divergence, o.release,
+             o.result is None, o.at if o.result is not None else None,
+             o.at if o.result is not None else None, o.error, o.failures, o.seq,
+             clock_text(o.clock, o.host_clock), o.ear, _layers_text(o), o.node_id)
+            for o in done])  # fmt: skip
+        cur.executemany(self._q(
+            "INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, slot) DO UPDATE SET "
+            "seq = excluded.seq, at = excluded.at, worker_id = excluded.worker_id, "
+            "verdict = excluded.verdict, doc = excluded.doc"), [
+            (o.node_id, o.seq % self.history, o.seq, o.at, worker_id, o.verdict,
+             _result_doc(o, worker_id)) for o in done])  # fmt: skip
+        changed = [o for o in done if o.verdict != o.previous_verdict]
+        if changed:
+            cur.executemany(self._q(
+                "INSERT INTO changes (node_id, at, old, new, explanation, ear) VALUES "
+                "(?, ?, ?, ?, ?, ?)"), [(o.node_id, o.at, o.previous_verdict, o.verdict,
+                                         o.explanation, o.ear) for o in changed])  # fmt: skip
+
+
+class SqliteStore(_SqlStore):
+    """SQLite in WAL mode. One connection, serialised by a lock (the poller writes from one
+    thread; API reads are short)."""
+
+    def __init__(self, path: str, *, history: int = DEFAULT_HISTORY) -> None:
+        self.path = path
+        self.history = history
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)  # fmt: skip
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._tx() as cur:
+            for stmt in _schema(real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT"):
+                cur.execute(stmt)
+            for table, column, kind in _ADDED_COLUMNS:  # an older database
+                cur.execute(f"SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?",
+                            (column,))  # fmt: skip
+                if cur.fetchone() is None:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        # BEGIN IMMEDIATE takes the single write lock at once: a lease is one atomic step
+        # even with several processes on the same file.
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
+              affinity: float = 0.0) -> list[Leased]:  # fmt: skip
+        # ``affinity`` is not applied: one SQLite file has one worker, as a rule.
+        token = secrets.randbits(62)
+        with self._tx() as cur:
+            cur.execute(
+                "SELECT n.node_id, n.url, e.doc, n.verdict, n.failures, n.appraisals, n.clock, "
+                "n.host_url FROM nodes n LEFT JOIN enrollments e ON e.node_id = n.node_id "
+                "WHERE n.next_due <= ? ORDER BY n.next_due LIMIT ?", (now, limit))
+            rows = cur.fetchall()
+            if not rows:
+                return []
+            cur.executemany("UPDATE nodes SET next_due = ? WHERE node_id = ?",
+                            [(now + ttl, r[0]) for r in rows])  # fmt: skip
+            cur.executemany("INSERT OR REPLACE INTO leases (node_id, worker_id, token, "
+                            "expires_at) VALUES (?, ?, ?, ?)",
+                            [(r[0], worker_id, token, now + ttl) for r in rows])  # fmt: skip
+        return [_leased(r, token) for r in rows]
+
+    def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        if not outcomes:
+            return []
+        with self._tx() as cur:
+            held: dict[str, int] = {}
+            ids = [o.node_id for o in outcomes]
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                cur.execute(f"SELECT node_id, token FROM leases WHERE worker_id = ? AND node_id "
+                            f"IN ({','.join('?' * len(part))})", (worker_id, *part))  # fmt: skip
+                held.update(cur.fetchall())
+            done = [o for o in outcomes if held.get(o.node_id) == o.token]
+            cur.executemany("DELETE FROM leases WHERE node_id = ? AND token = ?",
+                            [(o.node_id, o.token) for o in done])  # fmt: skip
+            if done:
+                self._write(cur, worker_id, done)
+        _log_lost(worker_id, outcomes, done)
+        return done
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _log_lost(worker_id: str, outcomes: Sequence[Outcome], done: Sequence[Outcome]) -> None:
+    if len(done) != len(outcomes):
+        kept = {o.node_id for o in done}
+        lost = [o.node_id for o in outcomes if o.node_id not in kept]
+        logger.warning("results dropped: lease lost (expired and taken by another worker)",
+                       extra={"worker_id": worker_id, "nodes": lost[:20], "count": len(lost)})
+
+
+_PG_RELATIONS = ("nodes", "nodes_due", "enrollments", "results", "changes", "changes_node",
+                 "leases", "fleet_releases")  # what _schema creates
+
+
+class PostgresStore(_SqlStore):
+    """PostgreSQL through psycopg 3. Three connections, each serialised by its own lock: one
+    takes leases, one writes results (so a batch commit never holds up the next lease), one
+    serves reads. A lease batch and a result batch are each ONE statement in autocommit mode
+    (data-modifying CTEs over ``unnest``-ed arrays: atomic, one round trip, no per-row
+    statements)."""
+
+    P = "%s"
+
+    def __init__(self, dsn: str, *, history: int = DEFAULT_HISTORY) -> None:
+        import psycopg  # the optional "fleet" extra: imported only by this back end
+
+        self.history = history
+        self._psycopg = psycopg
+        self._lease_db = psycopg.connect(dsn, autocommit=True)
+        self._write_db = psycopg.connect(dsn, autocommit=True)
+        self._read_db = psycopg.connect(dsn)
+        self._llock = threading.Lock()
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        with self._wlock, self._write_db.transaction(), self._write_db.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(7500)")  # two workers creating at once
+            # DDL only when something is missing: even `IF NOT EXISTS` statements lock the
+            # tables they name, and another worker may be leasing and writing (a deadlock).
+            cur.execute("SELECT count(*) FROM pg_class WHERE relnamespace = "
+                        "current_schema()::regnamespace AND relname = ANY(%s)",
+                        (list(_PG_RELATIONS),))  # fmt: skip
+            row = cur.fetchone()
+            if row is None or row[0] != len(_PG_RELATIONS):
+                for stmt in _schema(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY"):
+                    cur.execute(stmt)
+            # Columns added since (the lease owner, the EAR, pairs): added to older databases.
+            for table, column, kind in _ADDED_COLUMNS:
+                cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                            "current_schema() AND table_name = %s AND column_name = %s",
+                            (table, column))  # fmt: skip
+                if cur.fetchone() is None:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._rlock, self._read_db.transaction(), self._read_db.cursor() as cur:
+            yield cur
+
+    # One statement: pick due rows (SKIP LOCKED: concurrent workers skip each other's rows),
+    # move their due time to the lease's expiry (a concurrent reader re-checks the updated row
+    # and drops it), record the leases, and return what the appraisals need. Affinity: a node
+    # another worker took last is left to it until it is ``affinity`` seconds overdue (that
+    # worker holds the node's logs in memory; one that stalls or dies loses its nodes then).
+    _LEASE = """
+        WITH due AS (
+            SELECT node_id FROM nodes WHERE next_due <= %(now)s
+                AND (owner IS NULL OR owner = %(worker)s OR next_due <= %(steal)s)
+            ORDER BY next_due LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
+        taken AS (
+            UPDATE nodes n SET next_due = %(expires)s, owner = %(worker)s
+            FROM due WHERE n.node_id = due.node_id
+            RETURNING n.node_id, n.url, n.verdict, n.failures, n.appraisals, n.clock,
+                n.host_url),
+        leased AS (
+            INSERT INTO leases (node_id, worker_id, token, expires_at)
+            SELECT node_id, %(worker)s, %(token)s, %(expires)s FROM taken
+            ON CONFLICT (node_id) DO UPDATE SET worker_id = excluded.worker_id,
+                token = excluded.token, expires_at = excluded.expires_at)
+        SELECT t.node_id, t.url, e.doc, t.verdict, t.failures, t.appraisals, t.clock,
+            t.host_url
+        FROM taken t LEFT JOIN enrollments e ON e.node_id = t.node_id"""
+
+    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
+              affinity: float = 0.0) -> list[Leased]:  # fmt: skip
+        token = secrets.randbits(62)
+        with self._llock, self._lease_db.cursor() as cur:
+            cur.execute(self._LEASE, {"now": now, "limit": limit, "expires": now + ttl,
+                                      "worker": worker_id, "token": token,
+                                      "steal": now - affinity})  # fmt: skip
+            rows = cur.fetchall()
+        return [_leased(r, token) for r in rows]
+
+    # One statement: fence by token (only leases still held count), then update the nodes,
+    # the result ring and the verdict changes of exactly those.
+    _COMPLETE = """
+        WITH o AS (
+            SELECT * FROM unnest(
+                %(node_id)s::text[], %(token)s::bigint[], %(at)s::float8[], %(next_due)s::float8[],
+                %(verdict)s::text[], %(explanation)s::text[], %(first_divergence)s::text[],
+                %(release)s::text[], %(answered)s::bool[], %(error)s::text[],
+                %(failures)s::int[], %(seq)s::bigint[], %(clock)s::text[], %(slot)s::int[],
+                %(doc)s::text[], %(previous)s::text[], %(ear)s::text[], %(layers)s::text[])
+            AS o(node_id, token, at, next_due, verdict, explanation, first_divergence, release,
+                 answered, error, failures, seq, clock, slot, doc, previous, ear, layers)),
+        held AS (
+            DELETE FROM leases l USING o
+            WHERE l.node_id = o.node_id AND l.token = o.token AND l.worker_id = %(worker)s
+            RETURNING l.node_id, l.token),
+        done AS (
+            SELECT o.* FROM o JOIN held ON held.node_id = o.node_id AND held.token = o.token),
+        upd AS (
+            UPDATE nodes n SET next_due = d.next_due, verdict = d.verdict,
+                explanation = d.explanation, first_divergence = d.first_divergence,
+                release = COALESCE(d.release, CASE WHEN d.answered THEN NULL ELSE n.release END),
+                last_appraised = CASE WHEN d.answered THEN d.at ELSE n.last_appraised END,
+                last_seen = CASE WHEN d.answered THEN d.at ELSE n.last_seen END,
+                last_error = d.error, failures = d.failures, appraisals = d.seq,
+                clock = COALESCE(d.clock, n.clock), ear = COALESCE(d.ear, n.ear),
+                layers = COALESCE(d.layers, n.layers)
+            FROM done d WHERE n.node_id = d.node_id),
+        res AS (
+            INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc)
+            SELECT node_id, slot, seq, at, %(worker)s, verdict, doc FROM done
+            ON CONFLICT (node_id, slot) DO UPDATE SET seq = excluded.seq, at = excluded.at,
+                worker_id = excluded.worker_id, verdict = excluded.verdict, doc = excluded.doc),
+        chg AS (
+            INSERT INTO changes (node_id, at, old, new, explanation, ear)
+            SELECT node_id, at, previous, verdict, explanation, ear FROM done
+            WHERE verdict <> previous ORDER BY node_id)
+        SELECT node_id, token FROM held"""
+
+    def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        if not outcomes:
+            return []
+        docs = [_result_doc(o, worker_id) for o in outcomes]  # outside the lock
+        args = {
+            "worker": worker_id,
+            "node_id": [o.node_id for o in outcomes],
+            "token": [o.token for o in outcomes],
+            "at": [o.at for o in outcomes],
+            "next_due": [o.next_due for o in outcomes],
+            "verdict": [o.verdict for o in outcomes],
+            "explanation": [o.explanation for o in outcomes],
+            "first_divergence": [o.first_divergence for o in outcomes],
+            "release": [o.release for o in outcomes],
+            "answered": [o.result is not None for o in outcomes],
+            "error": [o.error for o in outcomes],
+            "failures": [o.failures for o in outcomes],
+            "seq": [o.seq for o in outcomes],
+            "clock": [clock_text(o.clock, o.host_clock) for o in outcomes],
+            "slot": [o.seq % self.history for o in outcomes],
+            "doc": docs,
+            "previous": [o.previous_verdict for o in outcomes],
+            "ear": [o.ear for o in outcomes],
+            "layers": [_layers_text(o) for o in outcomes],
+        }
+        with self._wlock, self._write_db.cursor() as cur:
+            cur.execute(self._COMPLETE, args)
+            held = {(r[0], r[1]) for r in cur.fetchall()}
+        done = [o for o in outcomes if (o.node_id, o.token) in held]
+        _log_lost(worker_id, outcomes, done)
+        return done
+
+    def close(self) -> None:
+        self._lease_db.close()
+        self._write_db.close()
+        self._read_db.close()
+
+
+def open_store(url: str, *, history: int = DEFAULT_HISTORY) -> Store:
+    """``sqlite:///relative/path``, ``sqlite:////absolute/path`` (SQLAlchemy's spelling), a
+    bare path, or ``postgresql://...``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url, history=history)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    return SqliteStore(path, history=history)
