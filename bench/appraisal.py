@@ -73,9 +73,16 @@ def main() -> None:
     nonce = b"n" * 32
     doc = node.evidence(nonce)
     enrollment = node.enrollment
-    kw: dict[str, Any] = {"enrollment": enrollment, "nonce": nonce, "selection": SELECTION,
-                          "registry": registry, "platform_id": PLATFORM, "previous": None,
-                          "tls_binding": None, "now": NOW}  # fmt: skip
+    kw: dict[str, Any] = {
+        "enrollment": enrollment,
+        "nonce": nonce,
+        "selection": SELECTION,
+        "registry": registry,
+        "platform_id": PLATFORM,
+        "previous": None,
+        "tls_binding": None,
+        "now": NOW,
+    }
 
     def full() -> object:
         return appraise(doc, audit_entries=node.audit, **kw)
@@ -88,8 +95,11 @@ def main() -> None:
     first = appraise_incremental(doc, memory=NodeMemory(), audit_entries=node.audit, **kw)
     memory = first.memory
     n_fw, n_rt = len(node.fw), len(node.records)
-    later = {**doc, "firmware_log": {"start": n_fw, "total": n_fw, "data": ""},
-             "runtime_log": {**doc["runtime_log"], "start": n_rt, "records": []}}  # fmt: skip
+    later = {
+        **doc,
+        "firmware_log": {"start": n_fw, "total": n_fw, "data": ""},
+        "runtime_log": {**doc["runtime_log"], "start": n_rt, "records": []},
+    }
     assert b64(node.fw) == doc["firmware_log"]["data"]
 
     def incremental() -> object:
@@ -118,17 +128,20 @@ def main() -> None:
             for _ in range(reps[name]):
                 fn()
             times[name].append((time.perf_counter() - t) / reps[name] * 1e6)
-    bare_us, app_us, inc_us = (statistics.median(times[k]) for k in ("bare", "full",
-                                                                      "incremental"))
+    bare_us, app_us, inc_us = (statistics.median(times[k]) for k in ("bare", "full", "incremental"))
     fw_events = len(parse_event_log(node.fw).events)
-    print(f"firmware log {len(node.fw)} bytes, {fw_events} events; runtime log "
-          f"{len(node.records)} events; audit {len(node.audit)} entries")
+    print(
+        f"firmware log {len(node.fw)} bytes, {fw_events} events; runtime log "
+        f"{len(node.records)} events; audit {len(node.audit)} entries"
+    )
     for k in fns:
         print(f"{k:12s} min {min(times[k]):7.0f} µs  median {statistics.median(times[k]):7.0f} µs")
-    print(f"appraisal appraise_us={app_us:.0f} incremental_us={inc_us:.0f} "
-          f"bare_verify_us={bare_us:.0f} ratio={app_us / bare_us:.1f} "
-          f"incremental_ratio={inc_us / bare_us:.1f} firmware_events={fw_events} "
-          f"runtime_events={len(node.records)}")
+    print(
+        f"appraisal appraise_us={app_us:.0f} incremental_us={inc_us:.0f} "
+        f"bare_verify_us={bare_us:.0f} ratio={app_us / bare_us:.1f} "
+        f"incremental_ratio={inc_us / bare_us:.1f} firmware_events={fw_events} "
+        f"runtime_events={len(node.records)}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ from attest.errors import EventLogFormatError
 from attest.eventlog import parse_event_log, replay_pcrs
 
 # tpm2-tools runs these with --eventlog-version=2 (shared/eventlogs/PROVENANCE.md).
-_V2 = ("event-arch-linux", "event-gce-ubuntu-2104-log", "event-sd-boot-fedora37",
-       "event-moklisttrusted")
+_V2 = (
+    "event-arch-linux",
+    "event-gce-ubuntu-2104-log",
+    "event-sd-boot-fedora37",
+    "event-moklisttrusted",
+)
 
 
 def _attest_once(blobs: list[bytes]) -> tuple[int, int]:

@@ -40,14 +40,21 @@ def serve(port: int, batching: bool, quote_ms: float, ready: mp.Event) -> None: 
 
     state = tempfile.mkdtemp(prefix="attest-bench-")
     settings = Settings(
-        node_id="bench", tpm=TpmSettings(state_dir=state),
+        node_id="bench",
+        tpm=TpmSettings(state_dir=state),
         api=ApiSettings(port=port, batching=batching, rate_per_second=1e9, rate_burst=10**9),
-    ).validate()  # fmt: skip
+    ).validate()
     node = LocalNode.open(FakeTpm(quote_delay=quote_ms / 1000), Path(state), pcr=13)
     app = create_app(settings, node=node)
-    config = uvicorn.Config(ChannelApp(app, "public"), host="127.0.0.1", port=port,
-                            log_level="error", access_log=False, backlog=4096,
-                            timeout_keep_alive=60)  # fmt: skip
+    config = uvicorn.Config(
+        ChannelApp(app, "public"),
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        access_log=False,
+        backlog=4096,
+        timeout_keep_alive=60,
+    )
     server = uvicorn.Server(config)
     ready.set()  # type: ignore[attr-defined]
     server.run()
@@ -73,15 +80,20 @@ class Conn:
             return await self._request(method, path, body)
 
     async def _request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json"
-                f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.w.write(head + body)
         await self.w.drain()
         raw = await self.r.readuntil(b"\r\n\r\n")
         lines = raw.split(b"\r\n")
         status = int(lines[0].split()[1])
-        length = next(int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:])
-                      if k.strip().lower() == b"content-length")  # fmt: skip
+        length = next(
+            int(v)
+            for k, _, v in (ln.partition(b":") for ln in lines[1:])
+            if k.strip().lower() == b"content-length"
+        )
         return status, await self.r.readexactly(length)
 
     def close(self) -> None:
@@ -165,8 +177,9 @@ def _cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_case(batching: bool, seconds: float, concurrency: int, quote_ms: float
-             ) -> tuple[int, float, float, int]:  # fmt: skip
+def run_case(
+    batching: bool, seconds: float, concurrency: int, quote_ms: float
+) -> tuple[int, float, float, int]:
     from attest.node.tpm.swtpm import free_port_pair
 
     port = free_port_pair()
@@ -196,18 +209,24 @@ def main() -> int:
     ap.add_argument("--quote-ms", type=float, default=200.0)
     args = ap.parse_args()
     b = run_case(True, args.seconds, args.rate, args.quote_ms)
-    print(f"batching on : {b[0]:6d} challenges/s  p50 {b[1]:7.1f} ms  p99 {b[2]:7.1f} ms  "
-          f"failures {b[3]}")  # fmt: skip
+    print(
+        f"batching on : {b[0]:6d} challenges/s  p50 {b[1]:7.1f} ms  p99 {b[2]:7.1f} ms  "
+        f"failures {b[3]}"
+    )
     # Without batching the TPM caps throughput at 1/quote time: offer a little more than that.
     u = run_case(False, min(args.seconds, 5.0), max(2, int(1500 / args.quote_ms)), args.quote_ms)
-    print(f"batching off: {u[0]:6d} challenges/s  p50 {u[1]:7.1f} ms  p99 {u[2]:7.1f} ms  "
-          f"failures {u[3]}")  # fmt: skip
+    print(
+        f"batching off: {u[0]:6d} challenges/s  p50 {u[1]:7.1f} ms  p99 {u[2]:7.1f} ms  "
+        f"failures {u[3]}"
+    )
     ratio = b[0] / max(u[0], 1)
-    print(f"evidence offered_cps={args.rate} batched_cps={b[0]} batched_p50_ms={b[1]:.1f} "
-          f"batched_p99_ms={b[2]:.1f} "
-          f"batched_failures={b[3]} unbatched_cps={u[0]} unbatched_p99_ms={u[2]:.1f} "
-          f"ratio={ratio:.1f} quote_ms={args.quote_ms:.0f} "
-          f"p99_in_quote_times={b[2] / args.quote_ms:.2f}")  # fmt: skip
+    print(
+        f"evidence offered_cps={args.rate} batched_cps={b[0]} batched_p50_ms={b[1]:.1f} "
+        f"batched_p99_ms={b[2]:.1f} "
+        f"batched_failures={b[3]} unbatched_cps={u[0]} unbatched_p99_ms={u[2]:.1f} "
+        f"ratio={ratio:.1f} quote_ms={args.quote_ms:.0f} "
+        f"p99_in_quote_times={b[2] / args.quote_ms:.2f}"
+    )
     return 0 if b[3] == 0 else 1
 
 

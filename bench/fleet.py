@@ -65,16 +65,23 @@ ROOT_HASH = bytes(range(32))
 def make_fleet(n: int, firmware: bytes | None, runtime_events: int, **kw: object) -> object:
     from attest.testing.fleet_sim import SimFleet
 
-    fleet = SimFleet(n, firmware_log=firmware, verity_root_hash=ROOT_HASH if runtime_events
-                     else None, **kw)  # type: ignore[arg-type]  # fmt: skip
+    fleet = SimFleet(
+        n, firmware_log=firmware, verity_root_hash=ROOT_HASH if runtime_events else None, **kw
+    )  # type: ignore[arg-type]
     for i in range(n):
         for k in range(runtime_events - 1):
             fleet.measure(i, "config", {"sha256": f"{k:064x}"})
     return fleet
 
 
-def simulate(n: int, firmware: bytes | None, runtime_events: int, port_q: mp.Queue,  # type: ignore[type-arg]
-             stop: Any, gaps_q: mp.Queue) -> None:  # type: ignore[type-arg]  # fmt: skip
+def simulate(
+    n: int,
+    firmware: bytes | None,
+    runtime_events: int,
+    port_q: mp.Queue,  # type: ignore[type-arg]
+    stop: Any,
+    gaps_q: mp.Queue,
+) -> None:  # type: ignore[type-arg]
     async def main() -> None:
         fleet: Any = make_fleet(n, firmware, runtime_events, record_times=True)
         port_q.put(await fleet.start())
@@ -82,17 +89,25 @@ def simulate(n: int, firmware: bytes | None, runtime_events: int, port_q: mp.Que
             await asyncio.sleep(0.2)
         # the minimum gap between two challenges to the same node, and the count of gaps
         # under 0.5 s (a double appraisal), for the report
-        gaps = [b - a for node in fleet.nodes
-                for a, b in zip(node.times, node.times[1:], strict=False)]
-        gaps_q.put((min(gaps) if gaps else float("nan"), sum(1 for g in gaps if g < 0.5),
-                    sum(node.requests for node in fleet.nodes), fleet.log_bytes))
+        gaps = [
+            b - a for node in fleet.nodes for a, b in zip(node.times, node.times[1:], strict=False)
+        ]
+        gaps_q.put(
+            (
+                min(gaps) if gaps else float("nan"),
+                sum(1 for g in gaps if g < 0.5),
+                sum(node.requests for node in fleet.nodes),
+                fleet.log_bytes,
+            )
+        )
         await fleet.stop()
 
     _run(main())
 
 
-def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
-             out: mp.Queue) -> None:  # type: ignore[type-arg]
+def verifier(
+    db: str, worker: str, args: argparse.Namespace, start_at: float, out: mp.Queue
+) -> None:  # type: ignore[type-arg]
     from attest.verifier.fleet.appraiser import default_appraiser
     from attest.verifier.fleet.poller import Poller, PollSettings
     from attest.verifier.fleet.store import open_store
@@ -108,15 +123,22 @@ def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
 
         appraiser = full
 
-    settings = PollSettings(worker_id=worker, interval=args.interval, jitter=0.1,
-                            concurrency=args.concurrency, timeout=5.0, lease_ttl=30.0)
+    settings = PollSettings(
+        worker_id=worker,
+        interval=args.interval,
+        jitter=0.1,
+        concurrency=args.concurrency,
+        timeout=5.0,
+        lease_ttl=30.0,
+    )
     signer = None
     if not args.no_ear:  # as `attest fleet serve` does: a signed EAR per appraisal
         from attest.verifier.fleet.signing import load_or_create_key
 
         signer = load_or_create_key(args.ear_key)
-    poller = Poller(store, settings=settings, appraise=appraiser,
-                    record_latencies=True, signer=signer)
+    poller = Poller(
+        store, settings=settings, appraise=appraiser, record_latencies=True, signer=signer
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -141,19 +163,28 @@ def verifier(db: str, worker: str, args: argparse.Namespace, start_at: float,
         lat = sorted(m.latencies)
         stop.set()
         await task
-        out.put({"worker": worker, "aps": (a1 - a0) / (t1 - t0), "failures": f1 - f0,
-                 "cpu": (c1 - c0) / (t1 - t0), "appraise_cpu_share": (s1 - s0) / (t1 - t0),
-                 "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
-                 "p50": lat[len(lat) // 2] if lat else float("nan"),
-                 "dropped": m.dropped, "refetches": m.refetches})
+        out.put(
+            {
+                "worker": worker,
+                "aps": (a1 - a0) / (t1 - t0),
+                "failures": f1 - f0,
+                "cpu": (c1 - c0) / (t1 - t0),
+                "appraise_cpu_share": (s1 - s0) / (t1 - t0),
+                "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
+                "p50": lat[len(lat) // 2] if lat else float("nan"),
+                "dropped": m.dropped,
+                "refetches": m.refetches,
+            }
+        )
 
     _run(main())
     poller.close()
     store.close()
 
 
-def offline_costs(firmware: bytes | None, runtime_events: int, rounds: int = 7,
-                  n: int = 300) -> tuple[list[float], list[float], list[float]]:  # fmt: skip
+def offline_costs(
+    firmware: bytes | None, runtime_events: int, rounds: int = 7, n: int = 300
+) -> tuple[list[float], list[float], list[float]]:
     """µs per appraisal without the network -- full (``appraise``: whole logs) and incremental
     (``appraise_incremental`` with the memory of the previous contact: the steady state) --
     and µs per bare ECDSA verify of the same quote; ``rounds`` interleaved rounds each."""
@@ -175,16 +206,23 @@ def offline_costs(firmware: bytes | None, runtime_events: int, rounds: int = 7,
     pcrs = {"sha256": [*range(8), 13]}
     enrollment = fleet.enrollment(0)
     now = datetime.now(UTC)
-    kw: dict[str, Any] = {"enrollment": enrollment, "nonce": nonce, "selection": sel,
-                          "registry": None, "platform_id": None, "previous": None,
-                          "tls_binding": None, "now": now}  # fmt: skip
-    full_doc = fleet.evidence(node, {"nonce": nonce.hex(), "pcrs": pcrs,
-                                     "logs": NodeMemory().log_request()})  # fmt: skip
+    kw: dict[str, Any] = {
+        "enrollment": enrollment,
+        "nonce": nonce,
+        "selection": sel,
+        "registry": None,
+        "platform_id": None,
+        "previous": None,
+        "tls_binding": None,
+        "now": now,
+    }
+    full_doc = fleet.evidence(
+        node, {"nonce": nonce.hex(), "pcrs": pcrs, "logs": NodeMemory().log_request()}
+    )
     first = appraise_incremental(full_doc, memory=NodeMemory(), **kw)
     assert first.result.verdict is not Verdict.UNAPPRAISABLE, first.result.explanations
     memory = first.memory
-    doc = fleet.evidence(node, {"nonce": nonce.hex(), "pcrs": pcrs,
-                                "logs": memory.log_request()})  # fmt: skip
+    doc = fleet.evidence(node, {"nonce": nonce.hex(), "pcrs": pcrs, "logs": memory.log_request()})
     again = appraise_incremental(doc, memory=memory, **kw)
     assert again.complete and again.result.verdict is first.result.verdict
     assert again.result.explanations == appraise(full_doc, **kw).explanations
@@ -215,23 +253,43 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=10000)
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--warmup", type=float, default=None,
-                    help="default: three intervals (the first contact of every node fetches "
-                         "and appraises the whole logs; the steady state is measured)")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="default: three intervals (the first contact of every node fetches "
+        "and appraises the whole logs; the steady state is measured)",
+    )
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--db", default="sqlite", help="sqlite or a postgresql:// DSN")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--firmware-log", default=str(OVMF_LOG),
-                    help="the nodes' firmware event log, or 'none' (default: the OVMF log)")
-    ap.add_argument("--full-appraisal", action="store_true",
-                    help="the reference: no NodeMemory, every contact fetches and appraises "
-                         "the whole logs (as before incremental appraisal)")
-    ap.add_argument("--profile", default="",
-                    help="write a cProfile of each verifier's event loop to PROFILE.<worker>")
-    ap.add_argument("--no-ear", action="store_true",
-                    help="do not sign an EAR per appraisal (the reference before signed EARs)")
-    ap.add_argument("--runtime-events", type=int, default=4,
-                    help="runtime log records per node (a verity device + config events)")
+    ap.add_argument(
+        "--firmware-log",
+        default=str(OVMF_LOG),
+        help="the nodes' firmware event log, or 'none' (default: the OVMF log)",
+    )
+    ap.add_argument(
+        "--full-appraisal",
+        action="store_true",
+        help="the reference: no NodeMemory, every contact fetches and appraises "
+        "the whole logs (as before incremental appraisal)",
+    )
+    ap.add_argument(
+        "--profile",
+        default="",
+        help="write a cProfile of each verifier's event loop to PROFILE.<worker>",
+    )
+    ap.add_argument(
+        "--no-ear",
+        action="store_true",
+        help="do not sign an EAR per appraisal (the reference before signed EARs)",
+    )
+    ap.add_argument(
+        "--runtime-events",
+        type=int,
+        default=4,
+        help="runtime log records per node (a verity device + config events)",
+    )
     args = ap.parse_args()
 
     from statistics import median
@@ -242,15 +300,20 @@ def main() -> int:
     firmware = None if args.firmware_log == "none" else Path(args.firmware_log).read_bytes()
     inc, full, bare = offline_costs(firmware, args.runtime_events)
     appraise_us, full_us, verify_us = median(inc), median(full), median(bare)
-    print(f"offline (no network, {len(inc)} interleaved rounds, min / median): incremental "
-          f"appraisal {min(inc):.0f} / {appraise_us:.0f} µs; full appraisal {min(full):.0f} / "
-          f"{full_us:.0f} µs; bare ECDSA P-256 verify {min(bare):.0f} / {verify_us:.0f} µs "
-          f"(ratios {appraise_us / verify_us:.1f}× and {full_us / verify_us:.1f}×)")
+    print(
+        f"offline (no network, {len(inc)} interleaved rounds, min / median): incremental "
+        f"appraisal {min(inc):.0f} / {appraise_us:.0f} µs; full appraisal {min(full):.0f} / "
+        f"{full_us:.0f} µs; bare ECDSA P-256 verify {min(bare):.0f} / {verify_us:.0f} µs "
+        f"(ratios {appraise_us / verify_us:.1f}× and {full_us / verify_us:.1f}×)"
+    )
 
     ctx = mp.get_context("spawn")
     port_q, gaps_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    sim = ctx.Process(target=simulate, args=(args.nodes, firmware, args.runtime_events, port_q,
-                                             stop, gaps_q), daemon=True)  # fmt: skip
+    sim = ctx.Process(
+        target=simulate,
+        args=(args.nodes, firmware, args.runtime_events, port_q, stop, gaps_q),
+        daemon=True,
+    )
     sim.start()
     port = port_q.get(timeout=300)
     db = args.db
@@ -268,15 +331,21 @@ def main() -> int:
     store = open_store(db)
     t0 = time.time()
     for i in range(args.nodes):  # first challenges spread over one interval, not all at once
-        store.add_node(f"sim-{i}", f"http://127.0.0.1:{port}/n/{i}", enroll.enrollment(i),
-                       now=t0 + args.interval * i / args.nodes)
+        store.add_node(
+            f"sim-{i}",
+            f"http://127.0.0.1:{port}/n/{i}",
+            enroll.enrollment(i),
+            now=t0 + args.interval * i / args.nodes,
+        )
     store.close()
     del enroll
     warmup = 3 * args.interval if args.warmup is None else args.warmup
     start_at = time.time() + warmup
     out = ctx.Queue()
-    workers = [ctx.Process(target=verifier, args=(db, f"w{k + 1}", args, start_at, out))
-               for k in range(args.workers)]  # fmt: skip
+    workers = [
+        ctx.Process(target=verifier, args=(db, f"w{k + 1}", args, start_at, out))
+        for k in range(args.workers)
+    ]
     for w in workers:
         w.start()
     time.sleep(max(0.0, start_at - time.time()))
@@ -293,26 +362,32 @@ def main() -> int:
     cpu = sum(r["cpu"] for r in results)
     p99 = max(r["p99"] for r in results) * 1000
     for r in sorted(results, key=lambda r: r["worker"]):
-        print(f"{r['worker']}: {r['aps']:7.1f} appraisals/s  p50 {r['p50'] * 1000:6.1f} ms  "
-              f"p99 {r['p99'] * 1000:6.1f} ms  CPU {r['cpu']:.2f} core (appraise() "
-              f"{r['appraise_cpu_share']:.2f})  failures {r['failures']}  dropped {r['dropped']}"
-              f"  refetches {r['refetches']}")
+        print(
+            f"{r['worker']}: {r['aps']:7.1f} appraisals/s  p50 {r['p50'] * 1000:6.1f} ms  "
+            f"p99 {r['p99'] * 1000:6.1f} ms  CPU {r['cpu']:.2f} core (appraise() "
+            f"{r['appraise_cpu_share']:.2f})  failures {r['failures']}  dropped {r['dropped']}"
+            f"  refetches {r['refetches']}"
+        )
     target = args.nodes / args.interval
     full_logs = log_bytes / len(firmware) if firmware else 0
-    print(f"simulator CPU {sim_cpu:.2f} core; min gap between two challenges to one node "
-          f"{min_gap:.2f} s; {requests} challenges served, {full_logs:.0f} of them with the "
-          f"whole firmware log (warm-up included)")
-    print(f"fleet nodes={args.nodes} interval_s={args.interval:g} workers={args.workers} "
-          f"db={'postgresql' if db.startswith('postgres') else 'sqlite'} "
-          f"firmware_log={'none' if firmware is None else len(firmware)} "
-          f"runtime_events={args.runtime_events} "
-          f"mode={'full' if args.full_appraisal else 'incremental'} ear={int(not args.no_ear)} "
-          f"target_aps={target:.0f} "
-          f"aps={aps:.0f} keeps_up={int(aps >= 0.97 * target)} p99_ms={p99:.1f} "
-          f"verifier_cpu={cpu:.2f} verifier_cpu_us_per_appraisal={cpu / aps * 1e6:.0f} "
-          f"sim_cpu={sim_cpu:.2f} appraise_us={appraise_us:.0f} appraise_full_us={full_us:.0f} "
-          f"bare_verify_us={verify_us:.0f} appraise_over_verify={appraise_us / verify_us:.1f} "
-          f"double_appraisals={doubles}")
+    print(
+        f"simulator CPU {sim_cpu:.2f} core; min gap between two challenges to one node "
+        f"{min_gap:.2f} s; {requests} challenges served, {full_logs:.0f} of them with the "
+        f"whole firmware log (warm-up included)"
+    )
+    print(
+        f"fleet nodes={args.nodes} interval_s={args.interval:g} workers={args.workers} "
+        f"db={'postgresql' if db.startswith('postgres') else 'sqlite'} "
+        f"firmware_log={'none' if firmware is None else len(firmware)} "
+        f"runtime_events={args.runtime_events} "
+        f"mode={'full' if args.full_appraisal else 'incremental'} ear={int(not args.no_ear)} "
+        f"target_aps={target:.0f} "
+        f"aps={aps:.0f} keeps_up={int(aps >= 0.97 * target)} p99_ms={p99:.1f} "
+        f"verifier_cpu={cpu:.2f} verifier_cpu_us_per_appraisal={cpu / aps * 1e6:.0f} "
+        f"sim_cpu={sim_cpu:.2f} appraise_us={appraise_us:.0f} appraise_full_us={full_us:.0f} "
+        f"bare_verify_us={verify_us:.0f} appraise_over_verify={appraise_us / verify_us:.1f} "
+        f"double_appraisals={doubles}"
+    )
     return 0
 
 

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature  # noqa: E402
 
 from attest.model import HashAlg, PcrSelection  # noqa: E402
-from attest.quote import verify_quote  # noqa: E402
 from attest.node.tpm.fake import FakeTpm  # noqa: E402
+from attest.quote import verify_quote  # noqa: E402
 from attest.tpmstruct import Alg, parse_signature  # noqa: E402
 
 SEL = PcrSelection.parse("sha256:0-23")
@@ -55,8 +55,10 @@ def bare_check(tpm: FakeTpm, quotes: list[tuple[bytes, bytes, bytes, object]]) -
         s = parse_signature(sig)
         if s.alg == Alg.ECDSA:
             prepared.append(
-                (encode_dss_signature(int.from_bytes(s.r, "big"), int.from_bytes(s.s, "big")),
-                 attest)  # fmt: skip
+                (
+                    encode_dss_signature(int.from_bytes(s.r, "big"), int.from_bytes(s.s, "big")),
+                    attest,
+                )
             )
         else:
             prepared.append((s.sig, attest))
@@ -86,8 +88,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=60)
     args = ap.parse_args()
     fields = []
-    print(f"{'key':8} {'attest µs/quote':>16} {'bare µs/quote':>14} {'overhead µs':>12} "
-          f"{'quotes/s':>9}")  # fmt: skip
+    print(
+        f"{'key':8} {'attest µs/quote':>16} {'bare µs/quote':>14} {'overhead µs':>12} "
+        f"{'quotes/s':>9}"
+    )
     for kind in ("ecc256", "rsa2048"):
         tpm, quotes = make_quotes(kind, args.quotes)
         attest_check(tpm, quotes[:20])  # warm up (key objects, caches)
@@ -103,8 +107,10 @@ def main() -> int:
         ours, bare = min(ours_all), min(bare_all)
         over = ours - bare
         med = statistics.median(ours_all) / statistics.median(bare_all)
-        print(f"{kind:8} {ours * 1e6:16.1f} {bare * 1e6:14.1f} {over * 1e6:12.1f} "
-              f"{1 / ours:9.0f}   (median ratio {med:.2f})")  # fmt: skip
+        print(
+            f"{kind:8} {ours * 1e6:16.1f} {bare * 1e6:14.1f} {over * 1e6:12.1f} "
+            f"{1 / ours:9.0f}   (median ratio {med:.2f})"
+        )
         fields += [
             f"{kind}_attest_us={ours * 1e6:.1f}",
             f"{kind}_bare_us={bare * 1e6:.1f}",

@@ -8,7 +8,8 @@ afterwards), warms the page cache, then per round, back to back on the same file
 
 - reference: `openssl dgst -sha256 IMG` (artifact digest) + `veritysetup verify IMG TREE ROOT`
   (the dm-verity tree against the root hash) -- two reads, two hash passes;
-- attest: ``attest.verity.hashtree.hash_image`` -- one read, the artifact SHA-256 in a worker thread and
+- attest: ``attest.verity.hashtree.hash_image`` -- one read, the artifact SHA-256 in a worker
+  thread and
   the verity tree in the calling thread, concurrently;
 - one SHA-256 pass (`openssl dgst`) alone: the floor attest approaches with two free cores.
 
@@ -58,8 +59,12 @@ def main() -> int:
             for _ in range(args.mib):
                 f.write(os.urandom(1 << 20))
         salt = secrets.token_bytes(32)
-        out = subprocess.run(["veritysetup", "format", str(img), str(tree), f"--salt={salt.hex()}"],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["veritysetup", "format", str(img), str(tree), f"--salt={salt.hex()}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         root = next(line.split()[-1] for line in out.splitlines() if line.startswith("Root hash"))
         timed(["openssl", "dgst", "-sha256", str(img)])  # warm the page cache
         got = hash_image(img, salt=salt)
@@ -74,19 +79,27 @@ def main() -> int:
             hash_image(img, salt=salt)
             att.append(time.perf_counter() - t)
             t = time.perf_counter()
-            procs = [subprocess.Popen(["openssl", "dgst", "-sha256", str(img)],
-                                      stdout=subprocess.DEVNULL) for _ in range(2)]
+            procs = [
+                subprocess.Popen(
+                    ["openssl", "dgst", "-sha256", str(img)], stdout=subprocess.DEVNULL
+                )
+                for _ in range(2)
+            ]
             for p in procs:
                 p.wait()
             pair.append(time.perf_counter() - t)
     o, v, a = min(ssl), min(ver), min(att)
     parallel = 2 * o / min(pair)  # 2.0 = two real cores of SHA-256, 1.0 = one
-    print(f"openssl dgst {o:.2f} s, veritysetup verify {v:.2f} s, attest {a:.2f} s "
-          f"({args.mib} MiB, min of {args.rounds}); two SHA-256 streams run "
-          f"{parallel:.2f}x as fast as one on this machine")
-    print(f"upgrade_verify mib={args.mib} attest_s={a:.3f} openssl_s={o:.3f} "
-          f"veritysetup_s={v:.3f} reference_s={o + v:.3f} speedup={(o + v) / a:.2f} "
-          f"target=1.3 single_pass_ratio={a / o:.2f} parallel_sha={parallel:.2f}")
+    print(
+        f"openssl dgst {o:.2f} s, veritysetup verify {v:.2f} s, attest {a:.2f} s "
+        f"({args.mib} MiB, min of {args.rounds}); two SHA-256 streams run "
+        f"{parallel:.2f}x as fast as one on this machine"
+    )
+    print(
+        f"upgrade_verify mib={args.mib} attest_s={a:.3f} openssl_s={o:.3f} "
+        f"veritysetup_s={v:.3f} reference_s={o + v:.3f} speedup={(o + v) / a:.2f} "
+        f"target=1.3 single_pass_ratio={a / o:.2f} parallel_sha={parallel:.2f}"
+    )
     return 0
 
 

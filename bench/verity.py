@@ -37,9 +37,19 @@ def main() -> int:
         t0 = time.perf_counter()
         ours = hash_image(image, salt=salt).verity.root_hash
         t1 = time.perf_counter()
-        out = subprocess.run([tool, "format", "--no-superblock", f"--salt={salt.hex()}",
-                              str(image), str(image) + ".hash"],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [
+                tool,
+                "format",
+                "--no-superblock",
+                f"--salt={salt.hex()}",
+                str(image),
+                str(image) + ".hash",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         t2 = time.perf_counter()
     m = re.search(r"Root hash:\s+([0-9a-f]+)", out)
     if not m or bytes.fromhex(m.group(1)) != ours:

@@ -28,9 +28,22 @@ STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 BUSYBOX = Path("/bin/busybox")
 VERITYSETUP = Path("/usr/sbin/veritysetup")
 TPM2 = Path("/usr/bin/tpm2")  # tpm2-tools: the initramfs extends PCR 15 with it
-BUILD_TOOLS = ("debootstrap", "mksquashfs", "veritysetup", "objcopy", "mkfs.vfat", "mcopy",
-               "cpio", "busybox", "apt-get", "dpkg-deb", "chroot", "mkfs.ext4", "e2fsck",
-               "debugfs")  # fmt: skip
+BUILD_TOOLS = (
+    "debootstrap",
+    "mksquashfs",
+    "veritysetup",
+    "objcopy",
+    "mkfs.vfat",
+    "mcopy",
+    "cpio",
+    "busybox",
+    "apt-get",
+    "dpkg-deb",
+    "chroot",
+    "mkfs.ext4",
+    "e2fsck",
+    "debugfs",
+)
 FORMAT = 4  # bump to invalidate every cached step
 PLATFORM_ID = "attest-vm-harness-q35"  # firmware_manifests/platforms/<id>.json
 CMDLINE = "console=ttyS0 panic=-1 quiet"
@@ -56,8 +69,9 @@ def say(msg: str) -> None:
 def _h(*parts: Any) -> str:
     h = hashlib.sha256()
     for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode() if not isinstance(p, bytes)
-                 else p)  # fmt: skip
+        h.update(
+            json.dumps(p, sort_keys=True, default=str).encode() if not isinstance(p, bytes) else p
+        )
         h.update(b"\0")
     return h.hexdigest()[:16]
 
@@ -70,8 +84,10 @@ def _tree_h(root: Path, patterns: tuple[str, ...] = ("*.py", "*.toml", "*.json",
     h = hashlib.sha256()
     for pat in patterns:
         for p in sorted(root.rglob(pat)):
-            if any(part in (".venv", ".work", "__pycache__", "tests", "bench") for part in
-                   p.relative_to(root).parts):  # fmt: skip
+            if any(
+                part in (".venv", ".work", "__pycache__", "tests", "bench")
+                for part in p.relative_to(root).parts
+            ):
                 continue
             h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
@@ -144,9 +160,9 @@ class NodeImage:
 
 
 def check_tools() -> list[str]:
-    return [t for t in BUILD_TOOLS if shutil.which(t) is None] + \
-        [str(p) for p in (STUB, BUSYBOX, VERITYSETUP, TPM2, im.TPM2_DLOPENED)
-         if not p.exists()]  # fmt: skip
+    return [t for t in BUILD_TOOLS if shutil.which(t) is None] + [
+        str(p) for p in (STUB, BUSYBOX, VERITYSETUP, TPM2, im.TPM2_DLOPENED) if not p.exists()
+    ]
 
 
 def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None) -> NodeImage:
@@ -177,22 +193,46 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
     src_key = _h(FORMAT, _tree_h(REPO / "src"), _file_h(REPO / "pyproject.toml"))
     wdir, _ = cache.step("attest", src_key, lambda d: _wheels(d, log, deps=False))
 
-    root_key = _h(FORMAT, base_key, deps_key, src_key, im.NODE_INIT, _file_h(BUSYBOX), version,
-                  im.SQUASHFS_OPTIONS, im.ROOT_RECIPE)  # fmt: skip
-    rdir, rmeta = cache.step("root", root_key,
-                             lambda d: _root(d, bdir, (ddir, wdir), version, log))
+    root_key = _h(
+        FORMAT,
+        base_key,
+        deps_key,
+        src_key,
+        im.NODE_INIT,
+        _file_h(BUSYBOX),
+        version,
+        im.SQUASHFS_OPTIONS,
+        im.ROOT_RECIPE,
+    )
+    rdir, rmeta = cache.step("root", root_key, lambda d: _root(d, bdir, (ddir, wdir), version, log))
 
-    initrd_key = _h(FORMAT, kernel_key, im.INITRAMFS_INIT, im.INITRD_MODULES, im.INITRD_APPLETS,
-                    _file_h(BUSYBOX), _file_h(VERITYSETUP), _file_h(TPM2),
-                    _file_h(im.TPM2_DLOPENED))  # fmt: skip
+    initrd_key = _h(
+        FORMAT,
+        kernel_key,
+        im.INITRAMFS_INIT,
+        im.INITRD_MODULES,
+        im.INITRD_APPLETS,
+        _file_h(BUSYBOX),
+        _file_h(VERITYSETUP),
+        _file_h(TPM2),
+        _file_h(im.TPM2_DLOPENED),
+    )
     idir, _ = cache.step("initramfs", initrd_key, lambda d: _initramfs(d, kdir, kmeta, log))
 
     # The UKI is shared by both slots (the gate upgrades slots, not the ESP): nothing in it
     # names a release. The initramfs picks the slot and measures its root hash into PCR 15.
     cmdline = CMDLINE
     osrel = OSREL
-    uki_key = _h(FORMAT, _file_h(STUB), kernel_key, initrd_key, cmdline, osrel,
-                 _file_h(Path(uki.__file__)), _file_h(Path(im.__file__)))
+    uki_key = _h(
+        FORMAT,
+        _file_h(STUB),
+        kernel_key,
+        initrd_key,
+        cmdline,
+        osrel,
+        _file_h(Path(uki.__file__)),
+        _file_h(Path(im.__file__)),
+    )
     udir, umeta = cache.step("uki", uki_key, lambda d: _uki(d, kdir, kmeta, idir, cmdline, osrel))
 
     esp_key = _h(FORMAT, uki_key)
@@ -212,15 +252,20 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
         verity_root_hash=rmeta["root_hash"],
         verity_salt=rmeta["salt"],
         cmdline=cmdline,
-        expected_pcrs={"sha256": {**umeta["expected_pcrs"]["sha256"],
-                                  str(im.VERITY_PCR): im.pcr15(rmeta["root_hash"])}},
+        expected_pcrs={
+            "sha256": {
+                **umeta["expected_pcrs"]["sha256"],
+                str(im.VERITY_PCR): im.pcr15(rmeta["root_hash"]),
+            }
+        },
         kernel_release=kmeta["kver"],
         build_seconds=round(time.monotonic() - t0, 1),
     )
     (out / "image.json").write_text(json.dumps(asdict(node), indent=2))
     # The shape `attest manifest bless --expected-pcrs` reads: {platform: {variant: {bank: ...}}}
-    (out / "expected-pcrs.json").write_text(json.dumps(
-        {PLATFORM_ID: {"uki": node.expected_pcrs}}, indent=2))  # fmt: skip
+    (out / "expected-pcrs.json").write_text(
+        json.dumps({PLATFORM_ID: {"uki": node.expected_pcrs}}, indent=2)
+    )
     say(f"image {version}: {out}/image.json ({node.build_seconds:.1f} s)")
     return node
 
@@ -228,8 +273,11 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
 def _kernel(d: Path) -> dict[str, Any]:
     vmlinuz, mods, kver = im.fetch_kernel(d)
     im.module_closure(mods, kver, im.INITRD_MODULES)  # writes modules.dep once
-    return {"vmlinuz": str(vmlinuz.relative_to(d)), "modules": str(mods.relative_to(d)),
-            "kver": kver}  # fmt: skip
+    return {
+        "vmlinuz": str(vmlinuz.relative_to(d)),
+        "modules": str(mods.relative_to(d)),
+        "kver": kver,
+    }
 
 
 def _base(d: Path, mirror: str, suite: str, log: Path) -> dict[str, Any]:
@@ -242,8 +290,7 @@ def _wheels(d: Path, log: Path, *, deps: bool) -> dict[str, Any]:
     return {"wheels": sorted(p.name for p in d.glob("*.whl"))}
 
 
-def _root(d: Path, base: Path, wheels: tuple[Path, ...], version: str,
-          log: Path) -> dict[str, Any]:  # fmt: skip
+def _root(d: Path, base: Path, wheels: tuple[Path, ...], version: str, log: Path) -> dict[str, Any]:
     tree = d / "tree"
     im.run(["cp", "-a", "--reflink=auto", str(base / "root"), str(tree)])
     im.install_root(tree, wheels=wheels, busybox=BUSYBOX, log=log)
@@ -258,17 +305,30 @@ def _root(d: Path, base: Path, wheels: tuple[Path, ...], version: str,
 
 
 def _initramfs(d: Path, kdir: Path, kmeta: dict[str, Any], log: Path) -> dict[str, Any]:
-    out = im.build_initramfs(d / "initrd.img", mods=kdir / kmeta["modules"], kver=kmeta["kver"],
-                             busybox=BUSYBOX, veritysetup=VERITYSETUP, tpm2=TPM2,
-                             work=d)  # fmt: skip
+    out = im.build_initramfs(
+        d / "initrd.img",
+        mods=kdir / kmeta["modules"],
+        kver=kmeta["kver"],
+        busybox=BUSYBOX,
+        veritysetup=VERITYSETUP,
+        tpm2=TPM2,
+        work=d,
+    )
     shutil.rmtree(d / "initramfs")
     return {"sha256": im.sha256_file(out)}
 
 
-def _uki(d: Path, kdir: Path, kmeta: dict[str, Any], idir: Path, cmdline: str,
-         osrel: str) -> dict[str, Any]:  # fmt: skip
-    out = im.build_uki(d / "attest.efi", stub=STUB, linux=kdir / kmeta["vmlinuz"],
-                       initrd=idir / "initrd.img", cmdline=cmdline, osrel=osrel)  # fmt: skip
+def _uki(
+    d: Path, kdir: Path, kmeta: dict[str, Any], idir: Path, cmdline: str, osrel: str
+) -> dict[str, Any]:
+    out = im.build_uki(
+        d / "attest.efi",
+        stub=STUB,
+        linux=kdir / kmeta["vmlinuz"],
+        initrd=idir / "initrd.img",
+        cmdline=cmdline,
+        osrel=osrel,
+    )
     return {"sha256": im.sha256_file(out), "expected_pcrs": uki.predict_json(out.read_bytes())}
 
 

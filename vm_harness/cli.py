@@ -1,10 +1,10 @@
 """The harness CLI (a shell over build.py, run.py and scenarios.py).
 
-    python -m vm_harness build [--version V]
-    python -m vm_harness up [--name N]          boot, wait for attestd, print how to reach it
-    python -m vm_harness down [--name N]
-    python -m vm_harness scenario NAME [NAME ...]
-    python -m vm_harness scenarios              all of them, with a summary table
+python -m vm_harness build [--version V]
+python -m vm_harness up [--name N]          boot, wait for attestd, print how to reach it
+python -m vm_harness down [--name N]
+python -m vm_harness scenario NAME [NAME ...]
+python -m vm_harness scenarios              all of them, with a summary table
 """
 
 from __future__ import annotations
@@ -40,13 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     sc.add_argument("name", nargs="+", choices=sorted(SCENARIOS))
     sub.add_parser("scenarios", help="run every scenario, with a summary table")
     sub.add_parser("predict", help="print the PCRs 4/9/11/12 predicted from the image's UKI")
-    bl = sub.add_parser("bless", help="bless the image into a registry draft with "
-                        "`attest manifest bless` (artifact, verity root hash, predicted PCRs)")
+    bl = sub.add_parser(
+        "bless",
+        help="bless the image into a registry draft with "
+        "`attest manifest bless` (artifact, verity root hash, predicted PCRs)",
+    )
     bl.add_argument("--registry", required=True, help="registry draft to edit")
     bl.add_argument("--commit", default="0" * 40, help="source commit of the release")
     sub.add_parser("profile", help="diagnostic boot: the guest's slowest imports of attestd")
-    sub.add_parser("record-platform", help="boot once and write the harness platform's PCR "
-                   "reference to firmware_manifests/platforms/")
+    sub.add_parser(
+        "record-platform",
+        help="boot once and write the harness platform's PCR "
+        "reference to firmware_manifests/platforms/",
+    )
     args = p.parse_args(argv)
 
     from .image import BuildError
@@ -131,8 +137,9 @@ def _scenarios(version: str, names: list[str]) -> int:
     print()
     print(f"{'scenario':<22} {'result':<6} {'seconds':>8}  detail")
     for o in rows:
-        print(f"{o.name:<22} {'PASS' if o.passed else 'FAIL':<6} {o.seconds:>8.1f}  "
-              f"{o.detail[:90]}")  # fmt: skip
+        print(
+            f"{o.name:<22} {'PASS' if o.passed else 'FAIL':<6} {o.seconds:>8.1f}  {o.detail[:90]}"
+        )
     for o in rows:
         if o.data.get("boot"):
             print(f"\nboot timeline of {o.name} (seconds after QEMU start, as the host saw them):")
@@ -164,15 +171,29 @@ def bless_image(node: Any, *, registry: str, commit: str = "0" * 40, quiet: bool
                 break
             dst.write(chunk)
             left -= len(chunk)
-    cmd = [sys.executable, "-m", "attest", "manifest", "bless", str(artifact),
-           "--version", node.version, "--commit", commit, "--salt", node.verity_salt,
-           "--expect-root-hash", node.verity_root_hash,
-           "--expected-pcrs", str(Path(node.directory) / "expected-pcrs.json"),
-           "--registry", registry]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "attest",
+        "manifest",
+        "bless",
+        str(artifact),
+        "--version",
+        node.version,
+        "--commit",
+        commit,
+        "--salt",
+        node.verity_salt,
+        "--expect-root-hash",
+        node.verity_root_hash,
+        "--expected-pcrs",
+        str(Path(node.directory) / "expected-pcrs.json"),
+        "--registry",
+        registry,
+    ]
     done = subprocess.run(cmd, capture_output=quiet, text=True)
     if quiet and done.returncode != 0:
         print(done.stderr or done.stdout, file=sys.stderr)
     rc = done.returncode
     artifact.unlink()
     return rc
-

@@ -28,19 +28,53 @@ EPOCH = 0  # every timestamp in the image (reproducible builds)
 
 # Debian packages of the guest root, beyond debootstrap's minbase.
 GUEST_PACKAGES = (
-    "python3", "python3-venv", "dmsetup", "libudev1",
-    "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "libtss2-rc0", "libtss2-mu0", "libtss2-sys1",
-    "libtss2-fapi1", "libtss2-tcti-device0",
-)  # fmt: skip
+    "python3",
+    "python3-venv",
+    "dmsetup",
+    "libudev1",
+    "libtss2-esys-3.0.2-0",
+    "libtss2-tctildr0",
+    "libtss2-rc0",
+    "libtss2-mu0",
+    "libtss2-sys1",
+    "libtss2-fapi1",
+    "libtss2-tcti-device0",
+)
 # Paths dropped from the root before packing (docs, locales, man pages, caches).
-ROOT_PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
-              "usr/share/i18n", "var/cache/apt", "var/lib/apt/lists", "usr/share/zoneinfo",
-              "usr/share/common-licenses", "var/log")  # fmt: skip
+ROOT_PRUNE = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/i18n",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+    "usr/share/zoneinfo",
+    "usr/share/common-licenses",
+    "var/log",
+)
 # Kernel modules the initramfs loads (with their dependencies).
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "dm-verity", "squashfs")
-INITRD_APPLETS = ("sh", "mount", "modprobe", "insmod", "cat", "sleep", "ip", "mkdir",
-                  "switch_root", "poweroff", "echo", "sed", "grep", "mv", "rm", "sync",
-                  "printf", "sha256sum")  # fmt: skip
+INITRD_APPLETS = (
+    "sh",
+    "mount",
+    "modprobe",
+    "insmod",
+    "cat",
+    "sleep",
+    "ip",
+    "mkdir",
+    "switch_root",
+    "poweroff",
+    "echo",
+    "sed",
+    "grep",
+    "mv",
+    "rm",
+    "sync",
+    "printf",
+    "sha256sum",
+)
 TPM2_DLOPENED = Path("/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0")
 
 GUEST_API_PORT = 7443
@@ -56,9 +90,14 @@ class BuildError(RuntimeError):
     """A build step failed; the message names the step and the tool's last lines."""
 
 
-def run(cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
-        env: dict[str, str] | None = None, log: Path | None = None,
-        input: bytes | None = None) -> str:  # fmt: skip
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    input: bytes | None = None,
+) -> str:
     """Run a tool; raise ``BuildError`` with its last lines on failure."""
     argv = [str(c) for c in cmd]
     proc = subprocess.run(argv, cwd=cwd, env=env, input=input, capture_output=True)
@@ -221,8 +260,18 @@ def module_closure(mods: Path, kver: str, names: Iterable[str]) -> list[str]:
 
 def debootstrap_base(root: Path, *, mirror: str, suite: str, log: Path) -> None:
     """debootstrap --variant=minbase plus the guest packages, straight from the mirror."""
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(GUEST_PACKAGES)}",
-         "--components=main", suite, str(root), mirror], log=log)  # fmt: skip
+    run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(GUEST_PACKAGES)}",
+            "--components=main",
+            suite,
+            str(root),
+            mirror,
+        ],
+        log=log,
+    )
     for p in ROOT_PRUNE:
         shutil.rmtree(root / p, ignore_errors=True)
 
@@ -231,8 +280,20 @@ def build_wheels(out: Path, *, repo: Path, log: Path, deps: bool) -> None:
     """attest's dependencies (``deps``) or attest itself as wheels, built on the host
     (tpm2-pytss from source against libtss2-dev: the guest has the same Debian release and
     libraries)."""
-    run([sys.executable, "-m", "pip", "wheel", "-q", *(() if deps else ("--no-deps",)),
-         "--wheel-dir", str(out), str(repo)], log=log)  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            *(() if deps else ("--no-deps",)),
+            "--wheel-dir",
+            str(out),
+            str(repo),
+        ],
+        log=log,
+    )
     for whl in out.glob("attest-*.whl"):
         if deps:
             whl.unlink()
@@ -297,8 +358,9 @@ up "attestd exited ($rc): powering off"
 """
 
 
-def install_root(root: Path, *, wheels: Sequence[Path], busybox: Path, log: Path,
-                 daemon_args: str = "") -> None:  # fmt: skip
+def install_root(
+    root: Path, *, wheels: Sequence[Path], busybox: Path, log: Path, daemon_args: str = ""
+) -> None:
     """Install attest into a venv in the root (pip in a chroot, from host-built wheels only),
     compile bytecode that needs no mtime check, and add the node's init."""
     wdir = root / "tmp" / "wheels"
@@ -306,23 +368,57 @@ def install_root(root: Path, *, wheels: Sequence[Path], busybox: Path, log: Path
         shutil.copytree(w, wdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.json"))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
     run(["chroot", str(root), "python3", "-m", "venv", "/opt/attest"], env=env, log=log)
-    run(["chroot", str(root), "/opt/attest/bin/pip", "install", "-q", "--no-index",
-         "--no-compile", "--find-links", "/tmp/wheels", "attest"], env=env, log=log)  # fmt: skip
+    run(
+        [
+            "chroot",
+            str(root),
+            "/opt/attest/bin/pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-compile",
+            "--find-links",
+            "/tmp/wheels",
+            "attest",
+        ],
+        env=env,
+        log=log,
+    )
     shutil.rmtree(wdir)
-    run(["chroot", str(root), "/opt/attest/bin/pip", "uninstall", "-q", "-y", "pip"],
-        env=env, log=log)  # fmt: skip
+    run(
+        ["chroot", str(root), "/opt/attest/bin/pip", "uninstall", "-q", "-y", "pip"],
+        env=env,
+        log=log,
+    )
     # Unchecked-hash pycs: valid whatever the file times are (squashfs is packed with every
     # time set to EPOCH) and never rewritten on a read-only root.
-    run(["chroot", str(root), "python3", "-m", "compileall", "-q", "-f", "-j0",
-         "--invalidation-mode", "unchecked-hash", "/opt/attest/lib", "/usr/lib/python3.11",
-         "/usr/lib/python3/dist-packages"],
-        env=env, log=log)  # fmt: skip
+    run(
+        [
+            "chroot",
+            str(root),
+            "python3",
+            "-m",
+            "compileall",
+            "-q",
+            "-f",
+            "-j0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "/opt/attest/lib",
+            "/usr/lib/python3.11",
+            "/usr/lib/python3/dist-packages",
+        ],
+        env=env,
+        log=log,
+    )
     (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, root / "usr/local/bin/busybox")
     init = root / "usr/sbin/attest-node-init"
-    init.write_text(NODE_INIT.replace("{port}", str(GUEST_API_PORT))
-                    .replace("{mtls_port}", str(GUEST_MTLS_PORT))
-                    .replace("{daemon_args}", daemon_args))  # fmt: skip
+    init.write_text(
+        NODE_INIT.replace("{port}", str(GUEST_API_PORT))
+        .replace("{mtls_port}", str(GUEST_MTLS_PORT))
+        .replace("{daemon_args}", daemon_args)
+    )
     init.chmod(0o755)
     (root / "var/lib/attest").mkdir(parents=True, exist_ok=True)
     (root / STATE_MOUNT).mkdir(parents=True, exist_ok=True)
@@ -333,9 +429,25 @@ def install_root(root: Path, *, wheels: Sequence[Path], busybox: Path, log: Path
 def pack_squashfs(root: Path, out: Path, *, log: Path) -> None:
     """squashfs-zstd, reproducible (fixed times, root-owned), padded to 4 KiB blocks."""
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
-    run(["mksquashfs", str(root), str(out), *SQUASHFS_OPTIONS, "-noappend", "-all-root",
-         "-no-progress", "-quiet", "-mkfs-time", str(EPOCH), "-all-time", str(EPOCH),
-         "-no-xattrs"], env=env, log=log)  # fmt: skip
+    run(
+        [
+            "mksquashfs",
+            str(root),
+            str(out),
+            *SQUASHFS_OPTIONS,
+            "-noappend",
+            "-all-root",
+            "-no-progress",
+            "-quiet",
+            "-mkfs-time",
+            str(EPOCH),
+            "-all-time",
+            str(EPOCH),
+            "-no-xattrs",
+        ],
+        env=env,
+        log=log,
+    )
     size = out.stat().st_size
     pad = (-size) % 4096
     if pad:
@@ -353,11 +465,24 @@ class VerityImage:
 
 def add_verity(image: Path, *, salt: str, log: Path) -> VerityImage:
     """Append a dm-verity hash tree to ``image`` (format 1, sha256, 4 KiB blocks, no
-    superblock: the layout the upgrade gate writes to a slot, ``attest.node.upgrade.slots.seal_slot``)."""
+    superblock: the layout the upgrade gate writes to a slot,
+    ``attest.node.upgrade.slots.seal_slot``)."""
     data_size = image.stat().st_size
-    out = run(["veritysetup", "format", str(image), str(image), f"--hash-offset={data_size}",
-               "--no-superblock", f"--salt={salt}", "--data-block-size=4096",
-               "--hash-block-size=4096", "--hash=sha256"], log=log)  # fmt: skip
+    out = run(
+        [
+            "veritysetup",
+            "format",
+            str(image),
+            str(image),
+            f"--hash-offset={data_size}",
+            "--no-superblock",
+            f"--salt={salt}",
+            "--data-block-size=4096",
+            "--hash-block-size=4096",
+            "--hash=sha256",
+        ],
+        log=log,
+    )
     m = re.search(r"Root hash:\s*([0-9a-f]{64})", out)
     if not m:
         raise BuildError(f"veritysetup printed no root hash: {out[-200:]}")
@@ -366,7 +491,8 @@ def add_verity(image: Path, *, salt: str, log: Path) -> VerityImage:
 
 # --- initramfs --------------------------------------------------------------------------------
 
-# A/B slot chooser of the initramfs: ``attest.node.upgrade.slots.SlotStore.boot`` (verify=False: dm-verity
+# A/B slot chooser of the initramfs: ``attest.node.upgrade.slots.SlotStore.boot`` (verify=False:
+# dm-verity
 # checks the bytes as they are read) in busybox sh over the pointer slots.py writes (its shape is
 # a contract: slots.py's module docstring). Sourced by /init; tests/vm/test_loader.py runs it
 # against slots.py. ``choose FILE`` sets ``slot``, ``reason`` and the slot's parameters
@@ -534,14 +660,26 @@ def _copy_with_libs(binary: Path, dest_root: Path) -> None:
             shutil.copy2(real, t)
 
 
-def build_initramfs(out: Path, *, mods: Path, kver: str, busybox: Path,
-                    veritysetup: Path, tpm2: Path, work: Path) -> Path:  # fmt: skip
+def build_initramfs(
+    out: Path, *, mods: Path, kver: str, busybox: Path, veritysetup: Path, tpm2: Path, work: Path
+) -> Path:
     """A reproducible newc cpio (sorted names, every time EPOCH, root-owned), gzip -n."""
     tree = work / "initramfs"
     if tree.exists():
         shutil.rmtree(tree)
-    for d in ("bin", "sbin", "proc", "sys", "dev", "newroot", "state", "lib", "lib64", "usr",
-              "run"):  # fmt: skip
+    for d in (
+        "bin",
+        "sbin",
+        "proc",
+        "sys",
+        "dev",
+        "newroot",
+        "state",
+        "lib",
+        "lib64",
+        "usr",
+        "run",
+    ):
         (tree / d).mkdir(parents=True)
     shutil.copy2(busybox, tree / "bin/busybox")
     for applet in INITRD_APPLETS:
@@ -567,10 +705,15 @@ def pack_cpio(tree: Path, out: Path) -> Path:
     paths = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     for p in [tree, *(tree / q for q in paths)]:
         os.utime(p, (EPOCH, EPOCH), follow_symlinks=False)
-    data = run_bytes(["cpio", "--quiet", "-o", "-H", "newc", "--reproducible", "-R", "0:0"],
-                     cwd=tree, input="\n".join([".", *paths]).encode() + b"\n")  # fmt: skip
-    with out.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=EPOCH,
-                                              filename="", compresslevel=6) as gz:  # fmt: skip
+    data = run_bytes(
+        ["cpio", "--quiet", "-o", "-H", "newc", "--reproducible", "-R", "0:0"],
+        cwd=tree,
+        input="\n".join([".", *paths]).encode() + b"\n",
+    )
+    with (
+        out.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=EPOCH, filename="", compresslevel=6) as gz,
+    ):
         gz.write(data)
     return out
 
@@ -585,8 +728,9 @@ def run_bytes(cmd: Sequence[str], *, cwd: Path, input: bytes) -> bytes:
 # --- unified kernel image + ESP ---------------------------------------------------------------
 
 
-def build_uki(out: Path, *, stub: Path, linux: Path, initrd: Path, cmdline: str,
-              osrel: str) -> Path:  # fmt: skip
+def build_uki(
+    out: Path, *, stub: Path, linux: Path, initrd: Path, cmdline: str, osrel: str
+) -> Path:
     """objcopy the sections onto systemd-stub at page-aligned addresses past the stub, then
     zero the PE timestamp (objcopy stamps the current time): byte-for-byte reproducible."""
     work = out.parent
@@ -604,9 +748,14 @@ def build_uki(out: Path, *, stub: Path, linux: Path, initrd: Path, cmdline: str,
     args = ["objcopy"]
     for name in (".osrel", ".cmdline", ".linux", ".initrd"):
         size = files[name].stat().st_size
-        args += ["--add-section", f"{name}={files[name]}",
-                 "--change-section-vma", f"{name}={addr:#x}",
-                 "--set-section-flags", f"{name}=data,readonly"]  # fmt: skip
+        args += [
+            "--add-section",
+            f"{name}={files[name]}",
+            "--change-section-vma",
+            f"{name}={addr:#x}",
+            "--set-section-flags",
+            f"{name}=data,readonly",
+        ]
         addr += ((size + align - 1) // align) * align
     tmp = work / "uki.tmp"
     run([*args, str(stub), str(tmp)])
@@ -653,8 +802,21 @@ def build_state_disk(out: Path, *, files: dict[str, tuple[bytes, int]], size_mib
     tree.mkdir(exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         out.unlink()
-    run(["mkfs.ext4", "-q", "-F", "-L", "attest-state", "-E", "root_owner=0:0", "-d", str(tree),
-         str(out), f"{size_mib}M"])  # fmt: skip
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "attest-state",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            str(tree),
+            str(out),
+            f"{size_mib}M",
+        ]
+    )
     shutil.rmtree(tree)
     return out
 

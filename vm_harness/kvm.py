@@ -28,12 +28,30 @@ def probe_kvm(*, seconds: float = 4.0) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="attest-kvm-probe-") as tmp:
         vars_copy = Path(tmp) / "vars.fd"
         shutil.copyfile(OVMF_VARS, vars_copy)
-        cmd = [QEMU, "-machine", "q35", "-accel", "kvm", "-m", "128", "-display", "none",
-               "-serial", "none", "-monitor", "none", "-nodefaults", "-no-reboot",
-               "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-               "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        cmd = [
+            QEMU,
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-m",
+            "128",
+            "-display",
+            "none",
+            "-serial",
+            "none",
+            "-monitor",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        ]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
@@ -41,12 +59,17 @@ def probe_kvm(*, seconds: float = 4.0) -> tuple[bool, str]:
         if alive:
             proc.kill()
         out = proc.communicate(timeout=10)[0].decode(errors="replace")
-    bad = [w for w in ("emulation failure", "internal error", "failed to initialize")
-           if w in out.lower()]  # fmt: skip
+    bad = [
+        w
+        for w in ("emulation failure", "internal error", "failed to initialize")
+        if w in out.lower()
+    ]
     if not alive or bad:
         lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
-        line = next((ln for ln in lines if any(w in ln.lower() for w in bad)),
-                    lines[-1] if lines else f"exited {proc.returncode}")  # fmt: skip
+        line = next(
+            (ln for ln in lines if any(w in ln.lower() for w in bad)),
+            lines[-1] if lines else f"exited {proc.returncode}",
+        )
         return False, f"KVM cannot run OVMF here: {line.strip()[:120]}"
     return True, "KVM runs OVMF"
 

@@ -42,15 +42,18 @@ class OrchestratorError(RuntimeError):
 
 
 def _attest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ATTEST, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [*ATTEST, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def _step(*args: str) -> str:
     r = _attest(*args)
     if r.returncode != 0:
-        raise OrchestratorError(f"attest {' '.join(args[:2])}: exit {r.returncode}: "
-                                f"{(r.stderr or r.stdout).strip()[-400:]}")  # fmt: skip
+        raise OrchestratorError(
+            f"attest {' '.join(args[:2])}: exit {r.returncode}: "
+            f"{(r.stderr or r.stdout).strip()[-400:]}"
+        )
     return r.stdout
 
 
@@ -74,8 +77,15 @@ def blessed_registry(image: NodeImage, path: Path) -> Path:
     if bless_image(image, registry=str(path), quiet=True) != 0:
         raise OrchestratorError(f"attest manifest bless of {image.version} failed")
     _step("manifest", "platform-set", "--ref", str(PLATFORM_REF), "--registry", str(path))
-    _step("manifest", "sign", str(path), "--key", str(TEST_TRUST / "keys" / PLATFORM_KEY),
-          "--platform", PLATFORM_ID)  # fmt: skip
+    _step(
+        "manifest",
+        "sign",
+        str(path),
+        "--key",
+        str(TEST_TRUST / "keys" / PLATFORM_KEY),
+        "--platform",
+        PLATFORM_ID,
+    )
     _sign_releases(path)
     return path
 
@@ -92,8 +102,16 @@ def revoked_registry(blessed: Path, path: Path, version: str, reason: str) -> Pa
 def trust_dir(registry: Path, state: Path) -> Path:
     """The verifier's trusted manifests: ``attest manifest verify --state`` (the TEST root and
     the registry, threshold-checked, fresh, persisted)."""
-    _step("manifest", "verify", "--root", str(TEST_TRUST / "root.json"), "--registry",
-          str(registry), "--state", str(state))  # fmt: skip
+    _step(
+        "manifest",
+        "verify",
+        "--root",
+        str(TEST_TRUST / "root.json"),
+        "--registry",
+        str(registry),
+        "--state",
+        str(state),
+    )
     return state
 
 
@@ -104,9 +122,13 @@ def ear_key(path: Path) -> Path:
 
         key = ec.generate_private_key(ec.SECP256R1())
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         path.chmod(0o600)
     return path
 
@@ -134,27 +156,53 @@ class VerifyRun:
 
     @property
     def first_contact(self) -> bool:
-        return any(str(n).startswith("enrolled on first contact")
-                   for n in self.doc.get("notes", []))  # fmt: skip
+        return any(
+            str(n).startswith("enrolled on first contact") for n in self.doc.get("notes", [])
+        )
 
     def summary(self) -> str:
-        return (f"exit {self.code} {self.doc.get('verdict')} ({self.seconds:.1f} s)"
-                + (f": {self.explanation}" if self.explanation else ""))
+        return f"exit {self.code} {self.doc.get('verdict')} ({self.seconds:.1f} s)" + (
+            f": {self.explanation}" if self.explanation else ""
+        )
 
 
-def attest_verify(vm: Vm, *, state: Path, key: Path, trust: Path | None = None,
-                  root: Path | None = None, snapshot: Path | None = None,
-                  timeout: float = 300) -> VerifyRun:  # fmt: skip
+def attest_verify(
+    vm: Vm,
+    *,
+    state: Path,
+    key: Path,
+    trust: Path | None = None,
+    root: Path | None = None,
+    snapshot: Path | None = None,
+    timeout: float = 300,
+) -> VerifyRun:
     """``attest verify`` as an orchestrator runs it against the VM (a subprocess)."""
     from attest.appraisal.ear import verify_ear
 
     st = vm.tpm_state()
     tls = tls_files(vm.work)
-    argv = [vm.url, "--state", str(state), "--platform", PLATFORM_ID,
-            "--ek-ca", str(st.root_ca), "--ek-ca", str(st.intermediate_ca),
-            "--activation-url", vm.mtls_url, "--tls-ca", str(tls.ca),
-            "--client-cert", str(tls.client_cert), "--client-key", str(tls.client_key),
-            "--ear-key", str(key), "--json"]  # fmt: skip
+    argv = [
+        vm.url,
+        "--state",
+        str(state),
+        "--platform",
+        PLATFORM_ID,
+        "--ek-ca",
+        str(st.root_ca),
+        "--ek-ca",
+        str(st.intermediate_ca),
+        "--activation-url",
+        vm.mtls_url,
+        "--tls-ca",
+        str(tls.ca),
+        "--client-cert",
+        str(tls.client_cert),
+        "--client-key",
+        str(tls.client_key),
+        "--ear-key",
+        str(key),
+        "--json",
+    ]
     if trust is not None:
         argv += ["--trust-dir", str(trust)]
     if root is not None and snapshot is not None:
@@ -165,13 +213,15 @@ def attest_verify(vm: Vm, *, state: Path, key: Path, trust: Path | None = None,
     try:
         doc = json.loads(r.stdout)
     except ValueError:
-        doc = {"verdict": None, "explanation": f"no JSON (exit {r.returncode}): "
-                                               f"{(r.stderr or r.stdout).strip()[-400:]}"}
+        doc = {
+            "verdict": None,
+            "explanation": f"no JSON (exit {r.returncode}): "
+            f"{(r.stderr or r.stdout).strip()[-400:]}",
+        }
     claims = None
     if doc.get("ear"):
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         pub = load_pem_private_key(key.read_bytes(), None).public_key()
         claims = verify_ear(doc["ear"], pub)  # type: ignore[arg-type]
-    return VerifyRun(r.returncode, doc, claims, seconds, ["attest", "verify", *argv],
-                     r.stderr)  # fmt: skip
+    return VerifyRun(r.returncode, doc, claims, seconds, ["attest", "verify", *argv], r.stderr)

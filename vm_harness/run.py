@@ -186,14 +186,18 @@ class Vm:
             size = Path(self.image.root).stat().st_size + SLOT_SIZE_SLACK
             with (self.dir / "slot-b.img").open("wb") as fh:
                 fh.truncate(size)
-            build_state_disk(self.state_disk, files=state_files(self.image, self.work),
-                             size_mib=STATE_DISK_MIB)  # fmt: skip
+            build_state_disk(
+                self.state_disk, files=state_files(self.image, self.work), size_mib=STATE_DISK_MIB
+            )
             shutil.copyfile(OVMF_VARS, self.dir / "vars.fd")
 
     @staticmethod
     def _overlay(base: Path, out: Path) -> None:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
-                        str(out)], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(out)],
+            check=True,
+            capture_output=True,
+        )
 
     # --- processes -----------------------------------------------------------------------
     def _start_swtpm(self) -> Path:
@@ -203,11 +207,23 @@ class Vm:
         state = self.swtpm_state or self.tpm_state().state_dir
         log = self.dir / "swtpm.log"
         self.swtpm = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--ctrl", f"type=unixio,path={sock}", "--terminate",
-             "--log", f"file={log},level=1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # fmt: skip
+            [
+                "swtpm",
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={state}",
+                "--ctrl",
+                f"type=unixio,path={sock}",
+                "--terminate",
+                "--log",
+                f"file={log},level=1",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         for _ in range(200):
             if sock.exists():
                 return sock
@@ -221,28 +237,62 @@ class Vm:
         cpu = ["-cpu", "host"] if accel == "kvm" else []
         d = self.dir
         return [
-            QEMU, "-name", f"attest-{self.name}", "-machine", "q35", "-accel", accel, *cpu,
-            "-m", str(self.memory_mib), "-smp", "1", "-nodefaults", "-no-reboot",
-            "-display", "none", "-monitor", "none",
-            "-serial", f"file:{self.serial_log}",
-            "-qmp", f"unix:{qmp_sock},server=on,wait=off",
-            "-pidfile", str(d / "qemu.pid"),
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={d / 'vars.fd'}",
-            "-chardev", f"socket,id=chrtpm,path={tpm_sock}",
-            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
-            "-drive", f"if=none,id=esp,format=qcow2,file={d / 'esp.qcow2'}",
-            "-device", "virtio-blk-pci,drive=esp,serial=esp,bootindex=0",
-            "-drive", f"if=none,id=slota,format=qcow2,file={d / 'slot-a.qcow2'}",
-            "-device", "virtio-blk-pci,drive=slota,serial=slot-a",
-            "-drive", f"if=none,id=slotb,format=raw,file={d / 'slot-b.img'}",
-            "-device", "virtio-blk-pci,drive=slotb,serial=slot-b",
-            "-drive", f"if=none,id=state,format=raw,file={self.state_disk}",
-            "-device", "virtio-blk-pci,drive=state,serial=state",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:{GUEST_API_PORT},"
-                       f"hostfwd=tcp:127.0.0.1:{self.mtls_port}-:{GUEST_MTLS_PORT}",
-            "-device", "virtio-net-pci,netdev=n0,romfile=",
-        ]  # fmt: skip
+            QEMU,
+            "-name",
+            f"attest-{self.name}",
+            "-machine",
+            "q35",
+            "-accel",
+            accel,
+            *cpu,
+            "-m",
+            str(self.memory_mib),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{self.serial_log}",
+            "-qmp",
+            f"unix:{qmp_sock},server=on,wait=off",
+            "-pidfile",
+            str(d / "qemu.pid"),
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={d / 'vars.fd'}",
+            "-chardev",
+            f"socket,id=chrtpm,path={tpm_sock}",
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            "-device",
+            "tpm-crb,tpmdev=tpm0",
+            "-drive",
+            f"if=none,id=esp,format=qcow2,file={d / 'esp.qcow2'}",
+            "-device",
+            "virtio-blk-pci,drive=esp,serial=esp,bootindex=0",
+            "-drive",
+            f"if=none,id=slota,format=qcow2,file={d / 'slot-a.qcow2'}",
+            "-device",
+            "virtio-blk-pci,drive=slota,serial=slot-a",
+            "-drive",
+            f"if=none,id=slotb,format=raw,file={d / 'slot-b.img'}",
+            "-device",
+            "virtio-blk-pci,drive=slotb,serial=slot-b",
+            "-drive",
+            f"if=none,id=state,format=raw,file={self.state_disk}",
+            "-device",
+            "virtio-blk-pci,drive=state,serial=state",
+            "-netdev",
+            f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:{GUEST_API_PORT},"
+            f"hostfwd=tcp:127.0.0.1:{self.mtls_port}-:{GUEST_MTLS_PORT}",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]
 
     def start(self) -> Vm:
         install_cleanup_handlers()
@@ -265,9 +315,13 @@ class Vm:
         cmd = self.qemu_command(tpm_sock, qmp_sock)
         (self.dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
         self.t_start = time.monotonic()
-        self.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=(self.dir / "qemu.out").open("wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.qemu = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=(self.dir / "qemu.out").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._write_state()
         self.qmp = Qmp(qmp_sock)
         try:
@@ -279,12 +333,17 @@ class Vm:
         return self
 
     def _write_state(self) -> None:
-        doc = {"name": self.name, "port": self.port, "url": self.url,
-               "mtls_url": self.mtls_url,
-               "qemu_pid": self.qemu.pid if self.qemu else None,
-               "swtpm_pid": self.swtpm.pid if self.swtpm else None,
-               "serial_log": str(self.serial_log), "accel": self.accel,
-               "version": self.image.version}  # fmt: skip
+        doc = {
+            "name": self.name,
+            "port": self.port,
+            "url": self.url,
+            "mtls_url": self.mtls_url,
+            "qemu_pid": self.qemu.pid if self.qemu else None,
+            "swtpm_pid": self.swtpm.pid if self.swtpm else None,
+            "serial_log": str(self.serial_log),
+            "accel": self.accel,
+            "version": self.image.version,
+        }
         (self.dir / "state.json").write_text(json.dumps(doc, indent=2))
 
     def alive(self) -> bool:
@@ -310,8 +369,11 @@ class Vm:
         self._serial_pos += last_nl + 1
         now = time.monotonic() - self.t_start
         for line in chunk[: last_nl + 1].decode(errors="replace").splitlines():
-            if line.startswith(("attest-init:", "attest-node:", "BdsDxe", "EFI stub")) or \
-                    "Kernel panic" in line or "attestd" in line:  # fmt: skip
+            if (
+                line.startswith(("attest-init:", "attest-node:", "BdsDxe", "EFI stub"))
+                or "Kernel panic" in line
+                or "attestd" in line
+            ):
                 self.milestones.append(Milestone(round(now, 2), line.strip()[:200]))
 
     def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> float:
@@ -323,15 +385,19 @@ class Vm:
             while time.monotonic() < deadline:
                 self.poll_serial()
                 if not self.alive():
-                    raise VmError(f"QEMU exited ({self.qemu.returncode if self.qemu else '?'})"
-                                  f" before the daemon was ready: {self.failure_reason()}")
+                    raise VmError(
+                        f"QEMU exited ({self.qemu.returncode if self.qemu else '?'})"
+                        f" before the daemon was ready: {self.failure_reason()}"
+                    )
                 if client.ready():
                     t = time.monotonic() - self.t_start
                     self.milestones.append(Milestone(round(t, 2), "attestd /readyz 200"))
                     return t
                 time.sleep(0.25)
-        raise VmError(f"attestd not ready within {timeout:.0f} s; serial tail: "
-                      f"{' | '.join(self.serial_text().strip().splitlines()[-4:])}")
+        raise VmError(
+            f"attestd not ready within {timeout:.0f} s; serial tail: "
+            f"{' | '.join(self.serial_text().strip().splitlines()[-4:])}"
+        )
 
     def wait_exit(self, timeout: float = BOOT_TIMEOUT) -> int:
         assert self.qemu is not None
@@ -346,8 +412,12 @@ class Vm:
     def failure_reason(self) -> str:
         """The serial log's account of why the node stopped (panic, fail-closed line)."""
         text = self.serial_text()
-        for pat in (r"attest-init: t=\S+ FAIL-CLOSED: .*", r"device-mapper: verity.*corrupted.*",
-                    r"Kernel panic - not syncing: .*", r"attest-node: .*exited.*"):  # fmt: skip
+        for pat in (
+            r"attest-init: t=\S+ FAIL-CLOSED: .*",
+            r"device-mapper: verity.*corrupted.*",
+            r"Kernel panic - not syncing: .*",
+            r"attest-node: .*exited.*",
+        ):
             m = re.search(pat, text)
             if m:
                 return m.group(0).strip()

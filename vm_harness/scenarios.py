@@ -3,7 +3,8 @@ what was expected, what happened and why.
 
 Scenario 1 verifies the node as an orchestrator would: the real ``attest verify`` CLI as a
 subprocess against a registry made with ``attest manifest`` (``orchestrator.py``). The
-harness's own ``appraise`` -- ``attest.verifier.contact.enroll`` (EK certificate chain to the harness's
+harness's own ``appraise`` -- ``attest.verifier.contact.enroll`` (EK certificate chain to the
+harness's
 private CA, AK attributes) and ``challenge`` (quote, Merkle proof, runtime-log replay,
 firmware-log replay) plus the release's predicted PCRs 4/9/11/12/15 (``attest.uki``,
 ``image.pcr15``) and the harness platform's PCRs 0-2 (``firmware_manifests/platforms``) --
@@ -34,12 +35,15 @@ PLATFORM_PCRS = (0, 1, 2)
 SELECTION = PcrSelection.parse("sha256:0-9,11,12,15")
 
 PCR_MEANING = {
-    0: "firmware code (platform)", 1: "firmware configuration (platform)",
-    2: "option ROMs (platform)", 4: "boot applications: the UKI and its kernel",
-    9: "the kernel's LoadOptions (command line) and initrd", 11: "UKI sections",
+    0: "firmware code (platform)",
+    1: "firmware configuration (platform)",
+    2: "option ROMs (platform)",
+    4: "boot applications: the UKI and its kernel",
+    9: "the kernel's LoadOptions (command line) and initrd",
+    11: "UKI sections",
     12: "command line override / credentials",
     15: "the booted slot's dm-verity root hash (measured by the initramfs)",
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -81,8 +85,10 @@ def enroll_node(vm: Vm) -> Any:
 
 def explain_pcr(i: int, got: bytes, want: bytes, image: NodeImage, log: Any) -> str:
     """Name the PCR, what it holds, and the first event that differs from the prediction."""
-    msg = (f"PCR {i} ({PCR_MEANING.get(i, '?')}): quoted {got.hex()[:16]}…, "
-           f"expected {want.hex()[:16]}…")
+    msg = (
+        f"PCR {i} ({PCR_MEANING.get(i, '?')}): quoted {got.hex()[:16]}…, "
+        f"expected {want.hex()[:16]}…"
+    )
     predicted: list[bytes] | None = None
     uki_bytes = Path(image.uki).read_bytes()
     if i == 9:
@@ -90,14 +96,19 @@ def explain_pcr(i: int, got: bytes, want: bytes, image: NodeImage, log: Any) -> 
         names = ["LoadOptions (kernel command line)", "initrd"]
     elif i == 11:
         predicted = uki.pcr11_events(uki_bytes)
-        names = [f"{s} {what}" for s in uki.parse_uki(uki_bytes).sections
-                 for what in ("name", "contents")]  # fmt: skip
+        names = [
+            f"{s} {what}"
+            for s in uki.parse_uki(uki_bytes).sections
+            for what in ("name", "contents")
+        ]
     elif i == 4:
         predicted = uki.pcr4_events(uki_bytes)
         names = ["EFI action", "separator", "UKI image", "kernel image"]
     elif i == 15:
-        return (f"{msg}; the node booted a root other than release {image.version}'s "
-                f"(root hash {image.verity_root_hash[:16]}…)")
+        return (
+            f"{msg}; the node booted a root other than release {image.version}'s "
+            f"(root hash {image.verity_root_hash[:16]}…)"
+        )
     if predicted is not None and log is not None:
         events = [e for e in log.events if e.pcr == i]
         for n, (ev, want_d) in enumerate(zip(events, predicted, strict=False)):
@@ -112,8 +123,8 @@ def explain_pcr(i: int, got: bytes, want: bytes, image: NodeImage, log: Any) -> 
 
 def appraise(vm: Vm, image: NodeImage, enrollment: Any = None, previous: Any = None) -> Verdict:
     """Enroll (unless given) and challenge the node; compare with the release and platform."""
-    from attest.verifier.client import NodeClient
     from attest.errors import AttestError
+    from attest.verifier.client import NodeClient
     from attest.verifier.contact import challenge
 
     t0 = time.monotonic()
@@ -121,14 +132,20 @@ def appraise(vm: Vm, image: NodeImage, enrollment: Any = None, previous: Any = N
         if enrollment is None:
             enrollment = enroll_node(vm)
         with NodeClient(vm.url, timeout=60) as client:
-            a = challenge(client, enrollment, selection=SELECTION, previous=previous,
-                          firmware=True)  # fmt: skip
+            a = challenge(client, enrollment, selection=SELECTION, previous=previous, firmware=True)
     except AttestError as exc:
-        return Verdict("contraindicated", [f"{type(exc).__name__}: {exc}"],
-                       enrollment=enrollment, seconds=time.monotonic() - t0)  # fmt: skip
+        return Verdict(
+            "contraindicated",
+            [f"{type(exc).__name__}: {exc}"],
+            enrollment=enrollment,
+            seconds=time.monotonic() - t0,
+        )
     quoted = a.evidence.quote.pcrs
-    pcrs = {i: quoted.get(HashAlg.SHA256, i).hex() for i in range(24) if
-            i in dict(SELECTION.as_dict()).get(HashAlg.SHA256, ())}  # fmt: skip
+    pcrs = {
+        i: quoted.get(HashAlg.SHA256, i).hex()
+        for i in range(24)
+        if i in dict(SELECTION.as_dict()).get(HashAlg.SHA256, ())
+    }
     reasons = []
     want = {int(k): bytes.fromhex(v) for k, v in image.expected_pcrs["sha256"].items()}
     for i in RELEASE_PCRS:
@@ -148,8 +165,9 @@ def appraise(vm: Vm, image: NodeImage, enrollment: Any = None, previous: Any = N
     return Verdict(status, reasons, pcrs, enrollment, a.clock, time.monotonic() - t0)
 
 
-def record_platform(image: NodeImage, path: Path = PLATFORM_REF,
-                    vm: Vm | None = None) -> tuple[Path, dict[int, str]]:  # fmt: skip
+def record_platform(
+    image: NodeImage, path: Path = PLATFORM_REF, vm: Vm | None = None
+) -> tuple[Path, dict[int, str]]:
     """Boot the VM template once and record its PCRs 0-7 as the harness platform's reference
     (the shape ``attest manifest platform-set --ref`` reads). Only 0-2 are appraised: they
     depend on the template (memory size, devices, how the ESP is attached), not the image."""
@@ -160,15 +178,18 @@ def record_platform(image: NodeImage, path: Path = PLATFORM_REF,
         vm = vm or h.booted()
         enrollment = enroll_node(vm)
         with NodeClient(vm.url, timeout=60) as client:
-            a = challenge(client, enrollment, selection=PcrSelection.parse("sha256:0-7"),
-                          firmware=True)  # fmt: skip
+            a = challenge(
+                client, enrollment, selection=PcrSelection.parse("sha256:0-7"), firmware=True
+            )
     pcrs = {i: a.evidence.quote.pcrs.get(HashAlg.SHA256, i).hex() for i in range(8)}
     doc = {
         "platform_id": "attest-vm-harness-q35",
-        "description": ("vm_harness template: QEMU q35, 1 vCPU, 512 MiB, OVMF_CODE_4M + fresh "
-                        "OVMF_VARS_4M (Debian ovmf), tpm-crb + swtpm, ESP and A/B slots on "
-                        "virtio-blk, virtio-net without option ROM, Secure Boot off. Recorded "
-                        "by `python -m vm_harness record-platform`; PCRs 0-2 are appraised."),
+        "description": (
+            "vm_harness template: QEMU q35, 1 vCPU, 512 MiB, OVMF_CODE_4M + fresh "
+            "OVMF_VARS_4M (Debian ovmf), tpm-crb + swtpm, ESP and A/B slots on "
+            "virtio-blk, virtio-net without option ROM, Secure Boot off. Recorded "
+            "by `python -m vm_harness record-platform`; PCRs 0-2 are appraised."
+        ),
         "example": False,
         "pcrs": {"sha256": {str(i): pcrs[i] for i in PLATFORM_PCRS}},
         "event_digests": {},
@@ -186,21 +207,28 @@ def check_verity(a: Any, image: NodeImage) -> list[str]:
     it opened into PCR 15, which ``appraise`` compares with the release's prediction: the
     shared UKI's command line names no root hash.)"""
     want = image.verity_root_hash
-    recorded = [e.content.get("root_hash") for e in (a.runtime.of_kind("verity-device")
-                                                     if a.runtime else ())]  # fmt: skip
+    recorded = [
+        e.content.get("root_hash")
+        for e in (a.runtime.of_kind("verity-device") if a.runtime else ())
+    ]
     out = []
     if want not in recorded:
-        out.append(f"the runtime log records no verity device with the release's root hash "
-                   f"{want[:16]}… (recorded: {[str(r)[:16] for r in recorded]})")  # fmt: skip
+        out.append(
+            f"the runtime log records no verity device with the release's root hash "
+            f"{want[:16]}… (recorded: {[str(r)[:16] for r in recorded]})"
+        )
     report = a.evidence.evidence.doc.get("verity") or {}
-    devices = [d for d in report.get("devices", []) if isinstance(d, dict)
-               and d.get("root_hash") == want]  # fmt: skip
+    devices = [
+        d for d in report.get("devices", []) if isinstance(d, dict) and d.get("root_hash") == want
+    ]
     if not devices:
         out.append("the node reports no open verity device with the release's root hash")
     elif devices[0].get("status") != "verified" or devices[0].get("corruption_mode") != "panic":
         d = devices[0]
-        out.append(f"verity device {d.get('name')}: status {d.get('status')}, corruption mode "
-                   f"{d.get('corruption_mode')} (want verified, panic)")  # fmt: skip
+        out.append(
+            f"verity device {d.get('name')}: status {d.get('status')}, corruption mode "
+            f"{d.get('corruption_mode')} (want verified, panic)"
+        )
     return out
 
 
@@ -254,11 +282,17 @@ class Harness:
             shutil.rmtree(d, ignore_errors=True)
             blessed = orch.blessed_registry(self.image, d / "registry.json")
             self._verifier = VerifierFiles(
-                registry=blessed, trust=orch.trust_dir(blessed, d / "trust"),
-                revoked=orch.revoked_registry(blessed, d / "registry-revoked.json",
-                                              self.image.version,
-                                              "vm-harness scenario 1: negative check"),
-                key=orch.ear_key(d / "ear.pem"), enrollments=d / "enrollments")  # fmt: skip
+                registry=blessed,
+                trust=orch.trust_dir(blessed, d / "trust"),
+                revoked=orch.revoked_registry(
+                    blessed,
+                    d / "registry-revoked.json",
+                    self.image.version,
+                    "vm-harness scenario 1: negative check",
+                ),
+                key=orch.ear_key(d / "ear.pem"),
+                enrollments=d / "enrollments",
+            )
         return self._verifier
 
     def booted(self) -> Vm:
@@ -280,15 +314,19 @@ class Harness:
             self.images[version] = build(version=version, work=self.work)
         return self.images[version]
 
-    def snapshot(self, versions: list[str], *, rollbacks: tuple[tuple[str, str], ...] = ()
-                 ) -> bytes:  # fmt: skip
+    def snapshot(
+        self, versions: list[str], *, rollbacks: tuple[tuple[str, str], ...] = ()
+    ) -> bytes:
         """A signed registry snapshot blessing ``versions``, at the next sequence number (the
         node's trust state refuses a lower one and an equal one with other bytes)."""
         from .trust import signed_registry
 
         self.snapshot_sequence += 1
-        return signed_registry([self.release(v) for v in versions],
-                               sequence=self.snapshot_sequence, rollbacks=rollbacks)
+        return signed_registry(
+            [self.release(v) for v in versions],
+            sequence=self.snapshot_sequence,
+            rollbacks=rollbacks,
+        )
 
     def close(self) -> None:
         if self.vm is not None:
@@ -322,37 +360,58 @@ def s1_blessed_boot_affirming(h: Harness) -> Outcome:
         files = files_f.result()
     shutil.rmtree(files.enrollments, ignore_errors=True)  # a verifier that never saw the node
     runs: dict[str, orch.VerifyRun] = {}
-    runs["first"] = first = orch.attest_verify(vm, state=files.enrollments, key=files.key,
-                                               trust=files.trust)  # fmt: skip
+    runs["first"] = first = orch.attest_verify(
+        vm, state=files.enrollments, key=files.key, trust=files.trust
+    )
     if h.first_affirming is None and first.code == 0:
         h.first_affirming = time.monotonic() - vm.t_start
-    runs["second"] = second = orch.attest_verify(vm, state=files.enrollments, key=files.key,
-                                                 trust=files.trust)  # fmt: skip
+    runs["second"] = second = orch.attest_verify(
+        vm, state=files.enrollments, key=files.key, trust=files.trust
+    )
     runs["revoked"] = revoked = orch.attest_verify(
-        vm, state=files.enrollments, key=files.key, root=TEST_TRUST / "root.json",
-        snapshot=files.revoked)  # fmt: skip
+        vm,
+        state=files.enrollments,
+        key=files.key,
+        root=TEST_TRUST / "root.json",
+        snapshot=files.revoked,
+    )
     v = appraise(vm, h.image)  # prediction == quote, verity report, with the values at hand
     version = h.image.version
     problems = s1_problems(runs, version)
     if not v.affirming:
         problems.append("harness appraisal: " + "; ".join(v.reasons))
-    data = {"pcrs": v.pcrs, "boot": vm.boot_report(),
-            "cli": {k: {"code": r.code, "doc": r.doc, "ear": r.ear, "seconds": r.seconds,
-                        "argv": r.argv} for k, r in runs.items()}}  # fmt: skip
+    data = {
+        "pcrs": v.pcrs,
+        "boot": vm.boot_report(),
+        "cli": {
+            k: {"code": r.code, "doc": r.doc, "ear": r.ear, "seconds": r.seconds, "argv": r.argv}
+            for k, r in runs.items()
+        },
+    }
     if problems:
         return Outcome(name, False, "; ".join(problems), data=data)
-    detail = (f"`attest verify` exit 0 affirming as release {version} (enrolled on first "
-              f"contact: EK chain to the harness CA, credential activation over mutual TLS; "
-              f"EAR ear.status affirming; {first.seconds:.1f} s), again exit 0 with the stored "
-              f"enrollment ({second.seconds:.1f} s), exit {revoked.code} against the snapshot "
-              f"revoking it: {revoked.explanation[:100]}; harness: PCRs 4/9/11/12/15 equal the "
-              f"prediction, 0-2 the platform reference; boot→ready {h.boot_seconds or 0:.1f} s, "
-              f"first affirming {h.first_affirming or 0:.1f} s after QEMU start")
+    detail = (
+        f"`attest verify` exit 0 affirming as release {version} (enrolled on first "
+        f"contact: EK chain to the harness CA, credential activation over mutual TLS; "
+        f"EAR ear.status affirming; {first.seconds:.1f} s), again exit 0 with the stored "
+        f"enrollment ({second.seconds:.1f} s), exit {revoked.code} against the snapshot "
+        f"revoking it: {revoked.explanation[:100]}; harness: PCRs 4/9/11/12/15 equal the "
+        f"prediction, 0-2 the platform reference; boot→ready {h.boot_seconds or 0:.1f} s, "
+        f"first affirming {h.first_affirming or 0:.1f} s after QEMU start"
+    )
     return Outcome(name, True, detail, data=data)
 
 
-EXPECTED_CHECKS = ("quote", "firmware-replay", "platform", "release-pcrs", "verity", "runtime-log",
-                   "audit-chain", "release")
+EXPECTED_CHECKS = (
+    "quote",
+    "firmware-replay",
+    "platform",
+    "release-pcrs",
+    "verity",
+    "runtime-log",
+    "audit-chain",
+    "release",
+)
 
 
 def s1_problems(runs: dict[str, Any], version: str) -> list[str]:
@@ -366,8 +425,11 @@ def s1_problems(runs: dict[str, Any], version: str) -> list[str]:
             continue
         if r.release.get("status") != "blessed" or r.release.get("version") != version:
             out.append(f"{label}: release {r.release}, want {version} blessed")
-        checks = {f.get("check") for f in doc["result"].get("findings", [])
-                  if f.get("tier") == "affirming"}  # fmt: skip
+        checks = {
+            f.get("check")
+            for f in doc["result"].get("findings", [])
+            if f.get("tier") == "affirming"
+        }
         missing = [c for c in EXPECTED_CHECKS if c not in checks]
         if missing:
             out.append(f"{label}: no affirming finding of {missing}")
@@ -378,15 +440,27 @@ def s1_problems(runs: dict[str, Any], version: str) -> list[str]:
         if any("audit log not fetched" in str(n) for n in doc.get("notes", [])):
             out.append(f"{label}: {doc['notes']}")
     enrolled = first.doc.get("enrollment") or {}
-    if not first.first_contact or not enrolled.get("activated") or \
-            not enrolled.get("ek_certificate"):  # fmt: skip
-        out.append(f"first run: not enrolled with EK chain + activation: {enrolled} "
-                   f"{first.doc.get('notes')}")  # fmt: skip
-    if second.first_contact or (second.doc.get("enrollment") or {}).get("ak_name") != \
-            enrolled.get("ak_name") or second.doc.get("re_enrollment") is not None:  # fmt: skip
+    if (
+        not first.first_contact
+        or not enrolled.get("activated")
+        or not enrolled.get("ek_certificate")
+    ):
+        out.append(
+            f"first run: not enrolled with EK chain + activation: {enrolled} "
+            f"{first.doc.get('notes')}"
+        )
+    if (
+        second.first_contact
+        or (second.doc.get("enrollment") or {}).get("ak_name") != enrolled.get("ak_name")
+        or second.doc.get("re_enrollment") is not None
+    ):
         out.append(f"second run did not re-use the enrollment: {second.doc.get('notes')}")
-    if revoked.code != 11 or revoked.doc.get("verdict") != "contraindicated" or \
-            "revoked" not in revoked.explanation or version not in revoked.explanation:
+    if (
+        revoked.code != 11
+        or revoked.doc.get("verdict") != "contraindicated"
+        or "revoked" not in revoked.explanation
+        or version not in revoked.explanation
+    ):
         out.append(f"against the revoking snapshot: {revoked.summary()}")
     return out
 
@@ -406,20 +480,27 @@ def s2_corrupt_root_fails_closed(h: Harness) -> Outcome:
             pass
         reason = vm.failure_reason()
     ok = "verity" in reason.lower() or "FAIL-CLOSED" in reason or "corrupt" in reason.lower()
-    return Outcome("corrupt-root", ok,
-                   f"node failed closed, unreachable for attestation; cause: {reason}")
+    return Outcome(
+        "corrupt-root", ok, f"node failed closed, unreachable for attestation; cause: {reason}"
+    )
 
 
 def flip_byte(qcow2: Path, *, offset: int) -> None:
     """Flip one byte of a qcow2 overlay's guest data (writes go to the overlay only)."""
     import subprocess
 
-    raw = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"read -v {offset} 1", str(qcow2)],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    raw = subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"read -v {offset} 1", str(qcow2)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     byte = int(raw.split(":", 1)[1].split()[0], 16)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c",
-                    f"write -P {byte ^ 0xFF} {offset} 1", str(qcow2)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P {byte ^ 0xFF} {offset} 1", str(qcow2)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def variant_vm(h: Harness, name: str, *, extra_cmdline: str) -> Vm:
@@ -436,9 +517,14 @@ def variant_vm(h: Harness, name: str, *, extra_cmdline: str) -> Vm:
     tmp.mkdir(exist_ok=True)
     (tmp / "linux").write_bytes(parts.linux)
     (tmp / "initrd").write_bytes(parts.initrd or b"")
-    changed = im.build_uki(tmp / "changed.efi", stub=STUB, linux=tmp / "linux",
-                           initrd=tmp / "initrd", cmdline=f"{h.image.cmdline} {extra_cmdline}",
-                           osrel=parts.sections[".osrel"].decode())  # fmt: skip
+    changed = im.build_uki(
+        tmp / "changed.efi",
+        stub=STUB,
+        linux=tmp / "linux",
+        initrd=tmp / "initrd",
+        cmdline=f"{h.image.cmdline} {extra_cmdline}",
+        osrel=parts.sections[".osrel"].decode(),
+    )
     esp = im.build_esp(tmp / "esp.img", efi=changed)
     (vm.dir / "esp.qcow2").unlink()
     vm._overlay(esp, vm.dir / "esp.qcow2")
@@ -453,10 +539,14 @@ def s3_changed_cmdline_contraindicated(h: Harness) -> Outcome:
         vm.wait_ready()
         v = appraise(vm, h.image)
     named = [r for r in v.reasons if r.startswith(("PCR 9", "PCR 11"))]
-    ok = v.status == "contraindicated" and bool(named) and \
-        any("command line" in r or ".cmdline" in r for r in named)  # fmt: skip
-    return Outcome("changed-cmdline", ok, f"{v.status}: " + "; ".join(v.reasons),
-                   data={"reasons": v.reasons})  # fmt: skip
+    ok = (
+        v.status == "contraindicated"
+        and bool(named)
+        and any("command line" in r or ".cmdline" in r for r in named)
+    )
+    return Outcome(
+        "changed-cmdline", ok, f"{v.status}: " + "; ".join(v.reasons), data={"reasons": v.reasons}
+    )
 
 
 def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
@@ -476,14 +566,17 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
     details = []
     if again.clock is not None and again.clock.reset_count > before.reset_count:
         reset_ok = True
-        details.append(f"same TPM after a power cut: {again.status}, TPM reset detected "
-                       f"(resetCount {before.reset_count} -> {again.clock.reset_count})")
+        details.append(
+            f"same TPM after a power cut: {again.status}, TPM reset detected "
+            f"(resetCount {before.reset_count} -> {again.clock.reset_count})"
+        )
     else:
         # A power cut gives the TPM no TPM2_Shutdown: its clock is no longer "safe" and the
         # verifier refuses the quote naming the clock check (Part 1 §36.6).
         text = "; ".join(again.reasons)
-        reset_ok = again.status == "contraindicated" and ("clock" in text.lower()
-                                                           or "reset" in text.lower())
+        reset_ok = again.status == "contraindicated" and (
+            "clock" in text.lower() or "reset" in text.lower()
+        )
         details.append(f"same TPM after a power cut: {again.status}: {text[:200]}")
     vm.stop()
     vm.prepare(fresh_disks=False, fresh_tpm=True)  # a new TPM: new EK, new AK
@@ -491,11 +584,16 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
     vm.wait_ready()
     replaced = appraise(vm, image, enrollment=enrollment, previous=again.clock)
     new = enroll_node(vm)
-    replaced_ok = replaced.status == "contraindicated" and new.ak_name != enrollment.ak_name \
-        and new.ek_sha256 != enrollment.ek_sha256  # fmt: skip
-    details.append(f"new TPM: {replaced.status} ({'; '.join(replaced.reasons)[:160]}); its EK "
-                   f"{(new.ek_sha256 or b'').hex()[:16]}… and AK are not the enrolled "
-                   f"{(enrollment.ek_sha256 or b'').hex()[:16]}…")  # fmt: skip
+    replaced_ok = (
+        replaced.status == "contraindicated"
+        and new.ak_name != enrollment.ak_name
+        and new.ek_sha256 != enrollment.ek_sha256
+    )
+    details.append(
+        f"new TPM: {replaced.status} ({'; '.join(replaced.reasons)[:160]}); its EK "
+        f"{(new.ek_sha256 or b'').hex()[:16]}… and AK are not the enrolled "
+        f"{(enrollment.ek_sha256 or b'').hex()[:16]}…"
+    )
     h.close()  # the shared node now has another TPM: the next scenario boots a fresh one
     return Outcome("tpm-reset-replaced", reset_ok and replaced_ok, " | ".join(details))
 
@@ -521,8 +619,9 @@ def _boot_line(vm: Vm) -> str:
     return m[-1].strip() if m else "no slot line on the serial console"
 
 
-def _stage_boot_confirm(h: Harness, version: str, snapshot: bytes, name: str,
-                        notes: list[str]) -> Outcome | None:  # fmt: skip
+def _stage_boot_confirm(
+    h: Harness, version: str, snapshot: bytes, name: str, notes: list[str]
+) -> Outcome | None:
     """Offer ``version`` (accepted), power-cycle into it, appraise it as that release (and not
     as the one it replaced), confirm. None when all of it held, else the failing Outcome."""
     from . import upgrades as up
@@ -538,16 +637,19 @@ def _stage_boot_confirm(h: Harness, version: str, snapshot: bytes, name: str,
     st = up.status(vm)
     if st["pending"] != slot or st["tries"] != 1 or st["slots"][slot]["version"] != version:
         return Outcome(name, False, f"after staging, the pointer is {_pointer_view(st)}")
-    notes.append(f"{version} accepted ({doc.get('reason')}) and written to slot {slot} in "
-                 f"{time.monotonic() - t0:.0f} s (upload, gate, write, read-back)")
+    notes.append(
+        f"{version} accepted ({doc.get('reason')}) and written to slot {slot} in "
+        f"{time.monotonic() - t0:.0f} s (upload, gate, write, read-back)"
+    )
     ready = up.power_cycle(vm)
     line = _boot_line(vm)
     if f"slot {slot}: trying staged slot {slot} ({version})" not in line:
         return Outcome(name, False, f"after the reboot the initramfs said: {line}")
     v = appraise(vm, target)
     if not v.affirming:
-        return Outcome(name, False, f"slot {slot} does not attest as {version}: "
-                       + "; ".join(v.reasons))  # fmt: skip
+        return Outcome(
+            name, False, f"slot {slot} does not attest as {version}: " + "; ".join(v.reasons)
+        )
     w = appraise(vm, h.release(before), enrollment=v.enrollment)
     if w.affirming or not any(r.startswith("PCR 15") for r in w.reasons):
         return Outcome(name, False, f"the node also attests as {before}: {w.reasons}")
@@ -559,9 +661,11 @@ def _stage_boot_confirm(h: Harness, version: str, snapshot: bytes, name: str,
         return Outcome(name, False, f"confirm: HTTP {code} {st}")
     nv = st["nv_counter"]["committed_sequence"]
     h.running = version
-    notes.append(f"rebooted ({ready:.0f} s to ready): {line}; attests affirming as {version} "
-                 f"(PCR 15 = its root hash; as {before}: {w.reasons[0][:60]}…); confirmed: "
-                 f"slot {slot} active, NV counter at sequence {nv}")
+    notes.append(
+        f"rebooted ({ready:.0f} s to ready): {line}; attests affirming as {version} "
+        f"(PCR 15 = its root hash; as {before}: {w.reasons[0][:60]}…); confirmed: "
+        f"slot {slot} active, NV counter at sequence {nv}"
+    )
     return None
 
 
@@ -572,8 +676,7 @@ def _on_release(h: Harness, version: str, name: str, notes: list[str]) -> Outcom
         return None
     rollbacks = ((NEW, OLD),) if version == OLD else ()
     notes.append(f"(set-up: {h.running} -> {version})")
-    return _stage_boot_confirm(h, version, h.snapshot([OLD, NEW], rollbacks=rollbacks), name,
-                               notes)  # fmt: skip
+    return _stage_boot_confirm(h, version, h.snapshot([OLD, NEW], rollbacks=rollbacks), name, notes)
 
 
 def s4_unblessed_upgrade_refused(h: Harness) -> Outcome:
@@ -591,11 +694,17 @@ def s4_unblessed_upgrade_refused(h: Harness) -> Outcome:
     code, doc = up.upload(vm, h.release(offered), snap, version=offered)
     after = up.status(vm)
     wrote_after = {s: up.written(vm, s) for s in ("a", "b")}
-    ok = code == 409 and doc.get("check") == "unknown-artifact" and \
-        _pointer_view(before) == _pointer_view(after) and wrote == wrote_after  # fmt: skip
-    detail = (f"HTTP {code} {doc.get('check')}: {doc.get('detail')}; pointer generation "
-              f"{before['generation']} -> {after['generation']}, bytes written to slots a/b: "
-              f"{wrote_after['a'] - wrote['a']}/{wrote_after['b'] - wrote['b']}")
+    ok = (
+        code == 409
+        and doc.get("check") == "unknown-artifact"
+        and _pointer_view(before) == _pointer_view(after)
+        and wrote == wrote_after
+    )
+    detail = (
+        f"HTTP {code} {doc.get('check')}: {doc.get('detail')}; pointer generation "
+        f"{before['generation']} -> {after['generation']}, bytes written to slots a/b: "
+        f"{wrote_after['a'] - wrote['a']}/{wrote_after['b'] - wrote['b']}"
+    )
     return Outcome(name, ok, detail)
 
 
@@ -606,7 +715,8 @@ def s5_blessed_upgrade(h: Harness) -> Outcome:
     name = "blessed-upgrade"
     notes: list[str] = []
     bad = _on_release(h, OLD, name, notes) or _stage_boot_confirm(
-        h, NEW, h.snapshot([OLD, NEW]), name, notes)
+        h, NEW, h.snapshot([OLD, NEW]), name, notes
+    )
     return bad or Outcome(name, True, "; ".join(notes))
 
 
@@ -624,12 +734,20 @@ def s6_rollback(h: Harness) -> Outcome:
     before = up.status(vm)
     code, doc = up.upload(vm, h.release(OLD), h.snapshot([OLD, NEW]), version=OLD)
     after = up.status(vm)
-    if code != 409 or doc.get("check") != "rollback-unauthorised" or \
-            _pointer_view(before) != _pointer_view(after):  # fmt: skip
-        return Outcome(name, False, f"unauthorised rollback: HTTP {code} {doc}; pointer "
-                       f"{_pointer_view(before)} -> {_pointer_view(after)}")  # fmt: skip
-    notes.append(f"without authorisation: HTTP 409 {doc['check']}: {doc.get('detail')}; "
-                 "pointer unchanged")
+    if (
+        code != 409
+        or doc.get("check") != "rollback-unauthorised"
+        or _pointer_view(before) != _pointer_view(after)
+    ):
+        return Outcome(
+            name,
+            False,
+            f"unauthorised rollback: HTTP {code} {doc}; pointer "
+            f"{_pointer_view(before)} -> {_pointer_view(after)}",
+        )
+    notes.append(
+        f"without authorisation: HTTP 409 {doc['check']}: {doc.get('detail')}; pointer unchanged"
+    )
     snap = h.snapshot([OLD, NEW], rollbacks=((NEW, OLD),))
     bad = _stage_boot_confirm(h, OLD, snap, name, notes)
     return bad or Outcome(name, True, "; ".join(notes))
@@ -674,8 +792,11 @@ def s7_power_cut_mid_write(h: Harness) -> Outcome:
     cut_after = time.monotonic() - t0
     t.join(timeout=30)
     if "answer" in result or not 0 < done < size:
-        return Outcome(name, False, f"no power cut mid-write: {done} of {size} bytes written "
-                       f"when cut; offer: {result}")  # fmt: skip
+        return Outcome(
+            name,
+            False,
+            f"no power cut mid-write: {done} of {size} bytes written when cut; offer: {result}",
+        )
     vm.stop()
     vm.start()
     ready = vm.wait_ready()
@@ -683,15 +804,21 @@ def s7_power_cut_mid_write(h: Harness) -> Outcome:
     v = appraise(vm, h.release(running))
     st = up.status(vm)
     ptr = _pointer_view(st)
-    consistent = (st["active"] == before["active"] and st["pending"] is None
-                  and st["slots"][slot] is None
-                  and st["slots"][st["active"]]["version"] == running)  # fmt: skip
+    consistent = (
+        st["active"] == before["active"]
+        and st["pending"] is None
+        and st["slots"][slot] is None
+        and st["slots"][st["active"]]["version"] == running
+    )
     ok = v.affirming and consistent and f"slot {before['active']}:" in line
-    detail = (f"power cut {cut_after:.0f} s into the offer of {offered}, {done >> 20} MiB of "
-              f"{size >> 20} MiB written to slot {slot}; rebooted ({ready:.0f} s): {line}; "
-              f"{v.status} as {running}" + ("" if v.affirming else f" ({v.reasons})") +
-              f"; pointer: active {ptr['active']}, pending {ptr['pending']}, slot {slot} "
-              f"{'being written (null)' if ptr['slots'][slot] is None else ptr['slots'][slot]}")
+    detail = (
+        f"power cut {cut_after:.0f} s into the offer of {offered}, {done >> 20} MiB of "
+        f"{size >> 20} MiB written to slot {slot}; rebooted ({ready:.0f} s): {line}; "
+        f"{v.status} as {running}"
+        + ("" if v.affirming else f" ({v.reasons})")
+        + f"; pointer: active {ptr['active']}, pending {ptr['pending']}, slot {slot} "
+        f"{'being written (null)' if ptr['slots'][slot] is None else ptr['slots'][slot]}"
+    )
     return Outcome(name, ok, detail)
 
 

@@ -6,7 +6,8 @@ keys of ``firmware_manifests/test`` (never production keys).
 The state disk (ext4, virtio serial ``state``), as the guest sees it under
 ``/var/lib/attest-state``::
 
-    attest/slots/boot.json      attest.node.upgrade.slots pointer (the initramfs chooses the slot from it)
+    attest/slots/boot.json      attest.node.upgrade.slots pointer (the initramfs chooses the slot
+    from it)
     attest/trust/root.json      the trust root the upgrade gate starts from (TEST root)
     attest/spool/               POST /v1/upgrades uploads (streamed here)
     attest/tls/node.pem|.key    the mutual-TLS listener's certificate (harness CA)
@@ -42,20 +43,30 @@ STATE_DISK_MIB = 256  # the upload spool holds a whole image (~75 MB) while the 
 
 
 def verity_params(image: NodeImage) -> VerityParams:
-    return VerityParams(root_hash=bytes.fromhex(image.verity_root_hash),
-                        salt=bytes.fromhex(image.verity_salt), hash_algorithm="sha256",
-                        data_block_size=4096, hash_block_size=4096,
-                        data_blocks=image.root_size // 4096, format=1)  # fmt: skip
+    return VerityParams(
+        root_hash=bytes.fromhex(image.verity_root_hash),
+        salt=bytes.fromhex(image.verity_salt),
+        hash_algorithm="sha256",
+        data_block_size=4096,
+        hash_block_size=4096,
+        data_blocks=image.root_size // 4096,
+        format=1,
+    )
 
 
 def slot_image(image: NodeImage) -> SlotImage:
-    return SlotImage(image.version, release_sequence(image.version),
-                     bytes.fromhex(image.root_sha256), image.root_size,
-                     verity_params(image))  # fmt: skip
+    return SlotImage(
+        image.version,
+        release_sequence(image.version),
+        bytes.fromhex(image.root_sha256),
+        image.root_size,
+        verity_params(image),
+    )
 
 
 def initial_pointer(image: NodeImage) -> bytes:
-    """boot.json as ``attest.node.upgrade.slots`` writes it: slot A holds ``image``, slot B is empty."""
+    """boot.json as ``attest.node.upgrade.slots`` writes it: slot A holds ``image``, slot B is
+    empty."""
     with tempfile.TemporaryDirectory(prefix="attest-ptr-") as d:
         store = SlotStore(d)
         store.save(BootPointer(active="a", slots={"a": slot_image(image), "b": None}))
@@ -78,10 +89,13 @@ def tls_files(work: Path) -> TlsFiles:
     """The harness's private CA (made once, in ``WORK/tls``): a server certificate for the node
     (IP 127.0.0.1: the port forward) and a client certificate for the harness."""
     d = work / "tls"
-    files = TlsFiles(d / "ca.pem", d / "node.pem", d / "node.key", d / "client.pem",
-                     d / "client.key")  # fmt: skip
-    if all(p.exists() for p in (files.ca, files.node_cert, files.node_key, files.client_cert,
-                                files.client_key)):  # fmt: skip
+    files = TlsFiles(
+        d / "ca.pem", d / "node.pem", d / "node.key", d / "client.pem", d / "client.key"
+    )
+    if all(
+        p.exists()
+        for p in (files.ca, files.node_cert, files.node_key, files.client_cert, files.client_key)
+    ):
         return files
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -96,37 +110,62 @@ def tls_files(work: Path) -> TlsFiles:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     def pem_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         path.chmod(0o600)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("attest vm-harness TLS CA (TEST)"))
-          .issuer_name(name("attest vm-harness TLS CA (TEST)")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now)
-          .not_valid_after(later)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("attest vm-harness TLS CA (TEST)"))
+        .issuer_name(name("attest vm-harness TLS CA (TEST)"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(later)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
 
-    def leaf(cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName],
-             cert: Path, key: Path) -> None:  # fmt: skip
+    def leaf(
+        cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName], cert: Path, key: Path
+    ) -> None:
         k = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
-             .public_key(k.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now).not_valid_after(later)
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))  # fmt: skip
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca.subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(later)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
         if san:
             b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
         cert.write_bytes(b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
         pem_key(k, key)
 
-    leaf("attest-node", ExtendedKeyUsageOID.SERVER_AUTH,
-         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("attest-node")],
-         files.node_cert, files.node_key)  # fmt: skip
-    leaf("vm-harness operator", ExtendedKeyUsageOID.CLIENT_AUTH, [], files.client_cert,
-         files.client_key)  # fmt: skip
+    leaf(
+        "attest-node",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("attest-node")],
+        files.node_cert,
+        files.node_key,
+    )
+    leaf(
+        "vm-harness operator",
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        [],
+        files.client_cert,
+        files.client_key,
+    )
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     return files
 
@@ -149,28 +188,42 @@ def state_files(image: NodeImage, work: Path) -> dict[str, tuple[bytes, int]]:
 
 def release_of(image: NodeImage, *, blessed_at: dt.datetime) -> Release:
     pcrs = PcrValues.from_json(image.expected_pcrs)
-    return Release(version=image.version, sequence=release_sequence(image.version),
-                   artifact_sha256=bytes.fromhex(image.root_sha256),
-                   artifact_size=image.root_size, verity=verity_params(image),
-                   blessed_at=blessed_at, source_commit=bytes(20),
-                   expected_pcrs={PLATFORM_ID: {"uki": pcrs}})  # fmt: skip
+    return Release(
+        version=image.version,
+        sequence=release_sequence(image.version),
+        artifact_sha256=bytes.fromhex(image.root_sha256),
+        artifact_size=image.root_size,
+        verity=verity_params(image),
+        blessed_at=blessed_at,
+        source_commit=bytes(20),
+        expected_pcrs={PLATFORM_ID: {"uki": pcrs}},
+    )
 
 
-def signed_registry(images: Iterable[NodeImage], *, sequence: int,
-                    rollbacks: Iterable[tuple[str, str]] = ()) -> bytes:  # fmt: skip
+def signed_registry(
+    images: Iterable[NodeImage], *, sequence: int, rollbacks: Iterable[tuple[str, str]] = ()
+) -> bytes:
     """A registry snapshot blessing ``images`` (their build's digests and predicted PCRs),
     with rollback authorisations FROM -> TO, signed by the TEST releases keys (threshold 2)."""
     from cryptography.hazmat.primitives import serialization
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rels = {i.version: release_of(i, blessed_at=now - dt.timedelta(hours=1)) for i in images}
-    snap = checked(RegistrySnapshot(
-        sequence=sequence, expires=now + dt.timedelta(days=30), releases=rels,
-        rollbacks=tuple(RollbackAuthorisation(a, b, "vm-harness scenario 6") for a, b in rollbacks),
-    ))  # fmt: skip
+    snap = checked(
+        RegistrySnapshot(
+            sequence=sequence,
+            expires=now + dt.timedelta(days=30),
+            releases=rels,
+            rollbacks=tuple(
+                RollbackAuthorisation(a, b, "vm-harness scenario 6") for a, b in rollbacks
+            ),
+        )
+    )
     env = UnverifiedEnvelope(snap.to_json(), ())
     for name in RELEASE_KEYS:
         key = serialization.load_pem_private_key((TEST_TRUST / "keys" / name).read_bytes(), None)
-        env = env.with_signature(Key.of_private(key).keyid,  # type: ignore[arg-type]
-                                 sign(key, env.signed_bytes))  # type: ignore[arg-type]
+        env = env.with_signature(
+            Key.of_private(key).keyid,  # type: ignore[arg-type]
+            sign(key, env.signed_bytes),  # type: ignore[arg-type]
+        )
     return env.to_bytes()

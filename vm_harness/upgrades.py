@@ -45,14 +45,24 @@ def _body(image: NodeImage, snapshot: bytes) -> Iterator[bytes]:
             yield chunk
 
 
-def upload(vm: Vm, image: NodeImage, snapshot: bytes, *, version: str | None = None,
-           timeout: float = UPLOAD_TIMEOUT) -> tuple[int, dict[str, Any]]:  # fmt: skip
+def upload(
+    vm: Vm,
+    image: NodeImage,
+    snapshot: bytes,
+    *,
+    version: str | None = None,
+    timeout: float = UPLOAD_TIMEOUT,
+) -> tuple[int, dict[str, Any]]:
     """Offer ``image`` with ``snapshot``: (HTTP status, answer)."""
     size = 16 + len(snapshot) + image.root_size
     params = {"version": version} if version else None
     with _client(vm, timeout) as c:
-        r = c.post("/v1/upgrades", params=params, content=_body(image, snapshot),
-                   headers={"Content-Type": MEDIA_TYPE, "Content-Length": str(size)})
+        r = c.post(
+            "/v1/upgrades",
+            params=params,
+            content=_body(image, snapshot),
+            headers={"Content-Type": MEDIA_TYPE, "Content-Length": str(size)},
+        )
     try:
         doc = r.json()
     except ValueError:

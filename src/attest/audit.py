@@ -77,8 +77,11 @@ class AuditEntry:
     def body(self) -> dict[str, Any]:
         """The hashed members (everything but the two hashes; absent members omitted)."""
         doc: dict[str, Any] = {
-            "seq": self.seq, "time": self.time, "event": self.event, "operator": self.operator,
-        }  # fmt: skip
+            "seq": self.seq,
+            "time": self.time,
+            "event": self.event,
+            "operator": self.operator,
+        }
         for key in ("source", "service", "session", "result"):
             value = getattr(self, key)
             if value is not None:
@@ -178,8 +181,18 @@ def new_entry(key: bytes, raw: Mapping[str, Any], *, seq: int, prev_hash: bytes)
 
 
 def _with_hash(e: AuditEntry) -> AuditEntry:
-    return AuditEntry(e.seq, e.time, e.event, e.operator, e.source, e.service, e.session,
-                      e.result, e.prev_hash, entry_hash(e.prev_hash, e.body()))  # fmt: skip
+    return AuditEntry(
+        e.seq,
+        e.time,
+        e.event,
+        e.operator,
+        e.source,
+        e.service,
+        e.session,
+        e.result,
+        e.prev_hash,
+        entry_hash(e.prev_hash, e.body()),
+    )
 
 
 def _hex32(doc: Mapping[str, Any], name: str, where: str) -> bytes:
@@ -198,8 +211,18 @@ def parse_entry(doc: Any) -> AuditEntry:
     if not isinstance(doc, Mapping):
         raise EventLogFormatError("audit entry is not an object")
     where = "audit entry"
-    allowed = {"seq", "time", "event", "operator", "source", "service", "session", "result",
-               "prev_hash", "entry_hash"}  # fmt: skip
+    allowed = {
+        "seq",
+        "time",
+        "event",
+        "operator",
+        "source",
+        "service",
+        "session",
+        "result",
+        "prev_hash",
+        "entry_hash",
+    }
     if set(doc) - allowed:
         raise EventLogFormatError(f"{where}: unknown members")
     seq = doc.get("seq")

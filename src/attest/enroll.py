@@ -102,8 +102,9 @@ def _describe(cert: x509.Certificate) -> str:
     return f"{subject!r} (serial {cert.serial_number:#x}, issuer {cert.issuer.rfc4514_string()!r})"
 
 
-def _ca_basic_constraints(_policy: Policy, cert: x509.Certificate,
-                          ext: x509.BasicConstraints) -> None:  # fmt: skip
+def _ca_basic_constraints(
+    _policy: Policy, cert: x509.Certificate, ext: x509.BasicConstraints
+) -> None:
     # RFC 5280 §4.2.1.9: an issuer must assert cA; pathLenConstraint is enforced by the
     # path builder.
     if not ext.ca:
@@ -116,8 +117,9 @@ def _ca_key_usage(_policy: Policy, cert: x509.Certificate, ext: x509.KeyUsage) -
         raise ValueError(f"issuer {_describe(cert)} lacks keyUsage keyCertSign")
 
 
-def _ee_basic_constraints(_policy: Policy, cert: x509.Certificate,
-                          ext: x509.BasicConstraints | None) -> None:  # fmt: skip
+def _ee_basic_constraints(
+    _policy: Policy, cert: x509.Certificate, ext: x509.BasicConstraints | None
+) -> None:
     if ext is not None and ext.ca:
         raise ValueError(f"EK certificate {_describe(cert)} is a CA certificate")
 
@@ -129,8 +131,9 @@ def _ee_key_usage(_policy: Policy, cert: x509.Certificate, ext: x509.KeyUsage | 
         raise ValueError(f"EK certificate {_describe(cert)} allows certificate signing")
 
 
-def _ee_extended_key_usage(_policy: Policy, cert: x509.Certificate,
-                           ext: x509.ExtendedKeyUsage | None) -> None:  # fmt: skip
+def _ee_extended_key_usage(
+    _policy: Policy, cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None
+) -> None:
     if ext is not None and TCG_KP_EK_CERTIFICATE not in ext:
         raise ValueError(
             f"EK certificate {_describe(cert)} has an extendedKeyUsage without "
@@ -229,9 +232,12 @@ def verify_ek_certificate(
     manufacturer, model, version = _tpm_identity(cert)
     logger.info(
         "EK certificate verified",
-        extra={"issuer": cert.issuer.rfc4514_string(),
-               "root": chain[-1].subject.rfc4514_string(), "depth": len(chain)},
-    )  # fmt: skip
+        extra={
+            "issuer": cert.issuer.rfc4514_string(),
+            "root": chain[-1].subject.rfc4514_string(),
+            "depth": len(chain),
+        },
+    )
     return VerifiedEk(cert, chain, now, manufacturer, model, version)
 
 
@@ -309,8 +315,9 @@ def _label(label: bytes) -> bytes:
     return label if label.endswith(b"\0") else label + b"\0"
 
 
-def kdfa(hash_alg: HashAlg, key: bytes, label: bytes, context_u: bytes, context_v: bytes,
-         bits: int) -> bytes:  # fmt: skip
+def kdfa(
+    hash_alg: HashAlg, key: bytes, label: bytes, context_u: bytes, context_v: bytes, bits: int
+) -> bytes:
     """KDFa: SP 800-108 counter-mode KDF with HMAC (Part 1 §11.4.9.2).
 
     K(i) = HMAC(key, [i]32 || label || 0x00 || contextU || contextV || [bits]32), i = 1, 2, ...
@@ -326,8 +333,9 @@ def kdfa(hash_alg: HashAlg, key: bytes, label: bytes, context_u: bytes, context_
     return bytes(out[: bits // 8])
 
 
-def kdfe(hash_alg: HashAlg, z: bytes, use: bytes, party_u: bytes, party_v: bytes,
-         bits: int) -> bytes:  # fmt: skip
+def kdfe(
+    hash_alg: HashAlg, z: bytes, use: bytes, party_u: bytes, party_v: bytes, bits: int
+) -> bytes:
     """KDFe: SP 800-56A concatenation KDF (Part 1 §11.4.10.3).
 
     K(i) = H([i]32 || Z || use || 0x00 || partyUInfo || partyVInfo), i = 1, 2, ...
@@ -420,11 +428,15 @@ _CURVE_ORDER = {
     EccCurve.NIST_P256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
     EccCurve.NIST_P384: int(
         "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf"
-        "581a0db248b0a77aecec196accc52973", 16),
+        "581a0db248b0a77aecec196accc52973",
+        16,
+    ),
     EccCurve.NIST_P521: int(
         "01ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
-        "fa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409", 16),
-}  # fmt: skip
+        "fa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409",
+        16,
+    ),
+}
 
 
 def _seed(ek: Public, hash_alg: HashAlg, rng: Rng) -> tuple[bytes, bytes]:
@@ -449,8 +461,9 @@ def _seed(ek: Public, hash_alg: HashAlg, rng: Rng) -> tuple[bytes, bytes]:
     return seed, _tpm2b(eph_x) + _tpm2b(eph_y)  # TPMS_ECC_POINT
 
 
-def make_credential(ek: Public, ak_name: bytes, secret: bytes, *,
-                    rng: Rng = os.urandom) -> tuple[bytes, bytes]:  # fmt: skip
+def make_credential(
+    ek: Public, ak_name: bytes, secret: bytes, *, rng: Rng = os.urandom
+) -> tuple[bytes, bytes]:
     """TPM2_MakeCredential in software (Part 3 §12.6, Part 1 §24).
 
     Returns ``(id_object, encrypted_secret)``: the contents of TPM2B_ID_OBJECT
@@ -498,8 +511,9 @@ def start_enrollment(ek: Public, ak: Public, *, rng: Rng = os.urandom) -> tuple[
     verify_ak_attributes(ak)
     secret = rng(_check_ek(ek)[0].digest_size)
     id_object, encrypted_secret = make_credential(ek, ak.name, secret, rng=rng)
-    logger.info("credential challenge issued", extra={"ak_name_sha256":
-                hashlib.sha256(ak.name).hexdigest()})  # fmt: skip
+    logger.info(
+        "credential challenge issued", extra={"ak_name_sha256": hashlib.sha256(ak.name).hexdigest()}
+    )
     return Challenge(id_object, encrypted_secret), secret
 
 

@@ -155,13 +155,21 @@ def verify_evidence(
     # signature check inside verify_quote before the inclusion proof is trusted.
     claimed_root = parse_attest(ev.attest).extra_data
     vq = verify_quote(
-        ev.attest, ev.signature, ak=ak, nonce=claimed_root, pcrs=ev.pcrs, previous=previous,
+        ev.attest,
+        ev.signature,
+        ak=ak,
+        nonce=claimed_root,
+        pcrs=ev.pcrs,
+        previous=previous,
         policy=policy,
-    )  # fmt: skip
+    )
     verify_inclusion(
-        challenge_leaf(nonce, ev.tls_binding), index=ev.batch_index, size=ev.batch_size,
-        proof=ev.proof, root=vq.nonce,
-    )  # fmt: skip
+        challenge_leaf(nonce, ev.tls_binding),
+        index=ev.batch_index,
+        size=ev.batch_size,
+        proof=ev.proof,
+        root=vq.nonce,
+    )
     if vq.selection.as_dict() != selection.as_dict():
         raise PcrSelectionError(f"the quote covers {vq.selection}, not {selection} as asked")
     return VerifiedEvidence(vq, ev, ev.tls_binding)

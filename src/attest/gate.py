@@ -159,8 +159,7 @@ class GateDecision:
         }
 
 
-def refuse(reason: str, message: str, *, version: str | None = None,
-           **facts: Any) -> GateDecision:  # fmt: skip
+def refuse(reason: str, message: str, *, version: str | None = None, **facts: Any) -> GateDecision:
     if reason not in REASONS or reason in ACCEPT_REASONS:
         raise ValueError(f"not a refusal reason code: {reason!r}")
     return GateDecision(False, reason, message, version=version, facts=dict(facts))
@@ -188,18 +187,23 @@ def evaluate_trust_error(exc: AttestError, *, version: str | None = None) -> Gat
     raise exc
 
 
-def evaluate_precondition(current: InstalledState, *, size: int,
-                          version: str | None = None) -> GateDecision | None:  # fmt: skip
+def evaluate_precondition(
+    current: InstalledState, *, size: int, version: str | None = None
+) -> GateDecision | None:
     """Refusals that need no reading of the image: a refusal, or ``None`` to go on."""
     if current.booted_unconfirmed:
-        return refuse(PENDING_CONFIRMATION,
-                      "the node runs a staged upgrade that is not confirmed: run `attest upgrade "
-                      "confirm` after a good boot (or reboot to fall back) before staging another",
-                      version=version)  # fmt: skip
+        return refuse(
+            PENDING_CONFIRMATION,
+            "the node runs a staged upgrade that is not confirmed: run `attest upgrade "
+            "confirm` after a good boot (or reboot to fall back) before staging another",
+            version=version,
+        )
     if size > current.slot_capacity:
-        return refuse(IMAGE_TOO_LARGE,
-                      f"image of {size} bytes does not fit the inactive slot "
-                      f"({current.slot_capacity} bytes)", version=version)  # fmt: skip
+        return refuse(
+            IMAGE_TOO_LARGE,
+            f"image of {size} bytes does not fit the inactive slot ({current.slot_capacity} bytes)",
+            version=version,
+        )
     return None
 
 
@@ -209,49 +213,65 @@ def _target(candidate: VerifiedImage, trusted: VerifiedRegistry) -> Release | Ga
     if candidate.requested_version is not None:
         rel = snap.releases.get(candidate.requested_version)
         if rel is None:
-            return refuse(UNKNOWN_ARTIFACT,
-                          f"version {candidate.requested_version} is not a release in {where}",
-                          version=candidate.requested_version)  # fmt: skip
+            return refuse(
+                UNKNOWN_ARTIFACT,
+                f"version {candidate.requested_version} is not a release in {where}",
+                version=candidate.requested_version,
+            )
         return rel
     for rel in snap.releases.values():
         if rel.artifact_sha256 == candidate.sha256:
             return rel
-    return refuse(UNKNOWN_ARTIFACT,
-                  f"artifact sha256 {candidate.sha256.hex()} ({candidate.size} bytes) is not a "
-                  f"release in {where}")  # fmt: skip
+    return refuse(
+        UNKNOWN_ARTIFACT,
+        f"artifact sha256 {candidate.sha256.hex()} ({candidate.size} bytes) is not a "
+        f"release in {where}",
+    )
 
 
 def _image_checks(rel: Release, c: VerifiedImage) -> GateDecision | None:
     v = rel.version
     if c.size != rel.artifact_size:
-        return refuse(SIZE_MISMATCH,
-                      f"image is {c.size} bytes; release {v} is {rel.artifact_size} bytes",
-                      version=v)  # fmt: skip
-    if c.params.salt != rel.verity.salt or c.params.hash_algorithm != rel.verity.hash_algorithm \
-            or c.params.data_block_size != rel.verity.data_block_size \
-            or c.params.hash_block_size != rel.verity.hash_block_size:  # fmt: skip
+        return refuse(
+            SIZE_MISMATCH,
+            f"image is {c.size} bytes; release {v} is {rel.artifact_size} bytes",
+            version=v,
+        )
+    if (
+        c.params.salt != rel.verity.salt
+        or c.params.hash_algorithm != rel.verity.hash_algorithm
+        or c.params.data_block_size != rel.verity.data_block_size
+        or c.params.hash_block_size != rel.verity.hash_block_size
+    ):
         raise ValueError("the image was hashed with other verity parameters than the release's")
     if c.verity_root_hash != rel.verity.root_hash:
         if c.bad_block is not None:
             dbs = rel.verity.data_block_size
-            return refuse(CORRUPTED_BLOCK,
-                          f"data block {c.bad_block} (offset {c.bad_block * dbs}) does not match "
-                          f"the blessed hash tree of release {v}", version=v,
-                          bad_block=c.bad_block)  # fmt: skip
-        tree = {"absent": "no hash tree was offered to name the block",
-                "trusted": "the offered hash tree matches every block, so the tree is not "
-                           "this image's",
-                "untrusted": "the offered hash tree does not verify against the blessed root "
-                             "hash"}.get(c.hash_tree, c.hash_tree)  # fmt: skip
+            return refuse(
+                CORRUPTED_BLOCK,
+                f"data block {c.bad_block} (offset {c.bad_block * dbs}) does not match "
+                f"the blessed hash tree of release {v}",
+                version=v,
+                bad_block=c.bad_block,
+            )
+        tree = {
+            "absent": "no hash tree was offered to name the block",
+            "trusted": "the offered hash tree matches every block, so the tree is not this image's",
+            "untrusted": "the offered hash tree does not verify against the blessed root hash",
+        }.get(c.hash_tree, c.hash_tree)
         same = "same" if c.sha256 == rel.artifact_sha256 else "different"
-        return refuse(VERITY_ROOT_MISMATCH,
-                      f"dm-verity root hash {c.verity_root_hash.hex()} is not release {v}'s "
-                      f"{rel.verity.root_hash.hex()} ({same} artifact sha256; {tree})",
-                      version=v)  # fmt: skip
+        return refuse(
+            VERITY_ROOT_MISMATCH,
+            f"dm-verity root hash {c.verity_root_hash.hex()} is not release {v}'s "
+            f"{rel.verity.root_hash.hex()} ({same} artifact sha256; {tree})",
+            version=v,
+        )
     if c.sha256 != rel.artifact_sha256:
-        return refuse(SHA256_MISMATCH,
-                      f"artifact sha256 {c.sha256.hex()} is not release {v}'s "
-                      f"{rel.artifact_sha256.hex()}", version=v)  # fmt: skip
+        return refuse(
+            SHA256_MISMATCH,
+            f"artifact sha256 {c.sha256.hex()} is not release {v}'s {rel.artifact_sha256.hex()}",
+            version=v,
+        )
     return None
 
 
@@ -273,8 +293,7 @@ def evaluate_upgrade(
     sha256 against that release; blessed and not revoked (``evaluate_release`` with both
     digests, so a mix-and-match of two releases is refused); anti-rollback.
     """
-    pre = evaluate_precondition(current, size=candidate.size,
-                                version=candidate.requested_version)  # fmt: skip
+    pre = evaluate_precondition(current, size=candidate.size, version=candidate.requested_version)
     if pre is not None:
         return pre
     target = _target(candidate, trusted)
@@ -284,8 +303,12 @@ def evaluate_upgrade(
     if bad is not None:
         return bad
     v = target.version
-    rd = evaluate_release(trusted, artifact_sha256=candidate.sha256,
-                          verity_root_hash=candidate.verity_root_hash, now=now)  # fmt: skip
+    rd = evaluate_release(
+        trusted,
+        artifact_sha256=candidate.sha256,
+        verity_root_hash=candidate.verity_root_hash,
+        now=now,
+    )
     if rd.status is ReleaseStatus.REVOKED:
         return refuse(REVOKED, "; ".join(rd.reasons), version=v)
     if rd.status is ReleaseStatus.NOT_BLESSED or rd.release is None:
@@ -297,20 +320,26 @@ def evaluate_upgrade(
     high = max(current.sequence, nv_counter)
     facts = {"installed_sequence": current.sequence, "nv_sequence": nv_counter}
     if target.sequence - high > MAX_SEQUENCE_STEP:
-        return refuse(SEQUENCE_JUMP,
-                      f"release {v} (#{target.sequence}) is {target.sequence - high} sequence "
-                      f"numbers above the installed #{high}; the TPM NV counter that proves "
-                      f"the installed sequence moves one increment at a time (at most "
-                      f"{MAX_SEQUENCE_STEP} per upgrade): number releases consecutively",
-                      version=v, **facts)  # fmt: skip
+        return refuse(
+            SEQUENCE_JUMP,
+            f"release {v} (#{target.sequence}) is {target.sequence - high} sequence "
+            f"numbers above the installed #{high}; the TPM NV counter that proves "
+            f"the installed sequence moves one increment at a time (at most "
+            f"{MAX_SEQUENCE_STEP} per upgrade): number releases consecutively",
+            version=v,
+            **facts,
+        )
     if target.sequence >= high:
         kind = RollbackKind.UPGRADE if target.sequence > high else RollbackKind.REINSTALL
         code = UPGRADE if kind is RollbackKind.UPGRADE else REINSTALL
-        msg = (f"release {v} (#{target.sequence}) is blessed in registry #{snap.sequence} and "
-               f"{'newer than' if code == UPGRADE else 'the same sequence as'} the installed "
-               f"#{high}")  # fmt: skip
-        return GateDecision(True, code, msg, version=v, release=target, kind=kind,
-                            embargo=rd.embargo, facts=facts)  # fmt: skip
+        msg = (
+            f"release {v} (#{target.sequence}) is blessed in registry #{snap.sequence} and "
+            f"{'newer than' if code == UPGRADE else 'the same sequence as'} the installed "
+            f"#{high}"
+        )
+        return GateDecision(
+            True, code, msg, version=v, release=target, kind=kind, embargo=rd.embargo, facts=facts
+        )
 
     # Older than the highest committed sequence: only an authorisation from the release at
     # that sequence (the TPM's word, not the state file's) to exactly this one will do.
@@ -318,21 +347,37 @@ def evaluate_upgrade(
     if from_rel is not None:
         rb = evaluate_rollback(trusted, from_version=from_rel.version, to_version=v)
         if rb.allowed and rb.kind is RollbackKind.AUTHORISED_ROLLBACK:
-            return GateDecision(True, AUTHORISED_ROLLBACK, rb.reason, version=v, release=target,
-                                kind=rb.kind, embargo=rd.embargo, facts=facts)  # fmt: skip
+            return GateDecision(
+                True,
+                AUTHORISED_ROLLBACK,
+                rb.reason,
+                version=v,
+                release=target,
+                kind=rb.kind,
+                embargo=rd.embargo,
+                facts=facts,
+            )
     named = [r for r in snap.rollbacks if r.to_version == v]
     installed = from_rel.version if from_rel is not None else f"the release with sequence #{high}"
     why = ""
     if high > current.sequence:
-        why = (f" (the state file says #{current.sequence}, but the TPM NV counter says "
-               f"#{nv_counter} was committed)")  # fmt: skip
+        why = (
+            f" (the state file says #{current.sequence}, but the TPM NV counter says "
+            f"#{nv_counter} was committed)"
+        )
     if named:
         pairs = ", ".join(f"{r.from_version} -> {r.to_version}" for r in named)
-        return refuse(ROLLBACK_OTHER_PAIR,
-                      f"release {v} (#{target.sequence}) is older than the installed {installed} "
-                      f"(#{high}){why}; the registry authorises only {pairs}", version=v,
-                      **facts)  # fmt: skip
-    return refuse(ROLLBACK_UNAUTHORISED,
-                  f"release {v} (#{target.sequence}) is older than the installed {installed} "
-                  f"(#{high}){why} and no rollback to it is authorised", version=v,
-                  **facts)  # fmt: skip
+        return refuse(
+            ROLLBACK_OTHER_PAIR,
+            f"release {v} (#{target.sequence}) is older than the installed {installed} "
+            f"(#{high}){why}; the registry authorises only {pairs}",
+            version=v,
+            **facts,
+        )
+    return refuse(
+        ROLLBACK_UNAUTHORISED,
+        f"release {v} (#{target.sequence}) is older than the installed {installed} "
+        f"(#{high}){why} and no rollback to it is authorised",
+        version=v,
+        **facts,
+    )

@@ -34,9 +34,13 @@ def challenge_leaf(nonce: bytes, tls_binding: bytes = b"") -> bytes:
     if len(tls_binding) > 64:
         raise NonceError("TLS binding longer than 64 bytes")
     return (
-        LEAF_DOMAIN + b"\x00" + bytes([len(nonce)]) + nonce + bytes([len(tls_binding)])
+        LEAF_DOMAIN
+        + b"\x00"
+        + bytes([len(nonce)])
+        + nonce
+        + bytes([len(tls_binding)])
         + tls_binding
-    )  # fmt: skip
+    )
 
 
 def leaf_hash(data: bytes) -> bytes:

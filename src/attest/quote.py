@@ -168,13 +168,13 @@ def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[in
         if set(map(len, given.values())) != {alg.digest_size}:
             bad = next(i for i, v in given.items() if len(v) != alg.digest_size)
             raise PcrSelectionError(
-                f"{alg.bank_name} PCR {bad} value is {len(given[bad])} bytes, "
-                f"not {alg.digest_size}"
+                f"{alg.bank_name} PCR {bad} value is {len(given[bad])} bytes, not {alg.digest_size}"
             )
 
 
-def _selected_values(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]
-                     ) -> bytes:  # fmt: skip
+def _selected_values(
+    signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]
+) -> bytes:
     """The presented values concatenated in the signed selection's order, after checking
     that they are exactly that selection (the fast path of ``check_selection``: same number
     of values per bank and every signed index present means the same index set)."""
@@ -231,8 +231,7 @@ def check_clock(clock: ClockInfo, previous: ClockInfo | None, *, require_safe: b
             )
         if clock.clock < previous.clock:
             raise ClockError(
-                f"clock went backwards ({previous.clock} -> {clock.clock} ms) within a reset "
-                f"epoch"
+                f"clock went backwards ({previous.clock} -> {clock.clock} ms) within a reset epoch"
             )
 
 
@@ -269,10 +268,19 @@ def verify_quote(
     check_clock(parsed.clock_info, prev, require_safe=policy.require_safe_clock)
     # check_selection proved the presented mapping holds exactly the selection; a PcrValues
     # is kept as it is, a plain mapping is copied so later changes to it cannot leak in.
-    verified = pcrs if isinstance(pcrs, PcrValues) else PcrValues(
-        {alg: dict(values[alg]) for alg, _ in banks}
+    verified = (
+        pcrs
+        if isinstance(pcrs, PcrValues)
+        else PcrValues({alg: dict(values[alg]) for alg, _ in banks})
     )
     return VerifiedQuote(
-        verified, parsed.pcr_select, parsed.extra_data, parsed.clock_info,
-        parsed.firmware_version, parsed.qualified_signer, sig.alg, sig.hash, parsed,
-    )  # fmt: skip
+        verified,
+        parsed.pcr_select,
+        parsed.extra_data,
+        parsed.clock_info,
+        parsed.firmware_version,
+        parsed.qualified_signer,
+        sig.alg,
+        sig.hash,
+        parsed,
+    )

@@ -124,9 +124,16 @@ class MacPolicy:
 
 
 EventDetail = (
-    DaemonStart | ConfigDigest | TlsKey | VerityDevice | UpgradeDecision | AuditAnchor | NvCounter
-    | VtpmVouch | MacPolicy
-)  # fmt: skip
+    DaemonStart
+    | ConfigDigest
+    | TlsKey
+    | VerityDevice
+    | UpgradeDecision
+    | AuditAnchor
+    | NvCounter
+    | VtpmVouch
+    | MacPolicy
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +152,13 @@ def _fail(kind: str, msg: str) -> EventLogFormatError:
 
 
 def _members(
-    kind: str, c: Mapping[str, Any], required: Sequence[str], optional: Sequence[str] = (),
-    *, open_: bool = False,
-) -> None:  # fmt: skip
+    kind: str,
+    c: Mapping[str, Any],
+    required: Sequence[str],
+    optional: Sequence[str] = (),
+    *,
+    open_: bool = False,
+) -> None:
     missing = [k for k in required if k not in c]
     if missing:
         raise _fail(kind, f"missing {', '.join(missing)}")
@@ -211,9 +222,11 @@ def _upgrade(c: Mapping[str, Any]) -> UpgradeDecision:
         raise _fail(kind, "accepted must be true or false")
     extra = {k: v for k, v in c.items() if k not in ("accepted", "reason", "version")}
     return UpgradeDecision(
-        c["accepted"], _str(kind, c, "reason", limit=128), _str(kind, c, "version", limit=128),
+        c["accepted"],
+        _str(kind, c, "reason", limit=128),
+        _str(kind, c, "version", limit=128),
         extra,
-    )  # fmt: skip
+    )
 
 
 def _audit(c: Mapping[str, Any]) -> AuditAnchor:
@@ -223,8 +236,9 @@ def _audit(c: Mapping[str, Any]) -> AuditAnchor:
 
 def _nv(c: Mapping[str, Any]) -> NvCounter:
     _members(KIND_NV_COUNTER, c, ("index", "value"))
-    return NvCounter(_uint(KIND_NV_COUNTER, c, "index", bits=32),
-                     _uint(KIND_NV_COUNTER, c, "value"))  # fmt: skip
+    return NvCounter(
+        _uint(KIND_NV_COUNTER, c, "index", bits=32), _uint(KIND_NV_COUNTER, c, "value")
+    )
 
 
 def _vtpm(c: Mapping[str, Any]) -> VtpmVouch:
@@ -286,9 +300,13 @@ def new_runtime_record(
     """Check ``content`` against its kind and build the CEL record to append and extend."""
     parse_content(kind, content)
     return new_record(
-        recnum, pcr, measured_bytes(kind, content), content_type=CONTENT_TYPE_PREFIX + kind,
-        content=content, banks=banks,
-    )  # fmt: skip
+        recnum,
+        pcr,
+        measured_bytes(kind, content),
+        content_type=CONTENT_TYPE_PREFIX + kind,
+        content=content,
+        banks=banks,
+    )
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -384,8 +402,9 @@ def verify_runtime_log(
     return VerifiedRuntimeLog(pcr, records, events, _last_of_kind({}, events))
 
 
-def _last_of_kind(held: Mapping[str, RuntimeEvent], events: Sequence[RuntimeEvent]
-                  ) -> dict[str, RuntimeEvent]:  # fmt: skip
+def _last_of_kind(
+    held: Mapping[str, RuntimeEvent], events: Sequence[RuntimeEvent]
+) -> dict[str, RuntimeEvent]:
     out = dict(held)
     for e in events:
         out[e.kind] = e
@@ -462,8 +481,13 @@ def verify_runtime_log_from(
         )
     anchors = tuple(e.detail for e in events if isinstance(e.detail, AuditAnchor))
     if held is None:
-        return RuntimeReplay(VerifiedRuntimeLog(pcr, records, events, _last_of_kind({}, events)),
-                             values, anchors)  # fmt: skip
-    log = VerifiedRuntimeLog(pcr, held.log.records + records, held.log.events + events,
-                             _last_of_kind(held.log.last, events))  # fmt: skip
+        return RuntimeReplay(
+            VerifiedRuntimeLog(pcr, records, events, _last_of_kind({}, events)), values, anchors
+        )
+    log = VerifiedRuntimeLog(
+        pcr,
+        held.log.records + records,
+        held.log.events + events,
+        _last_of_kind(held.log.last, events),
+    )
     return RuntimeReplay(log, values, held.anchors + anchors)

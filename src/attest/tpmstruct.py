@@ -321,9 +321,16 @@ def parse_attest(data: bytes) -> Attest:
         # the verifier refuses the type once the signature has been checked.
         sel, digest = _NO_SELECTION, b""
     return Attest(
-        magic, st, signer, extra, ClockInfo(clock, reset, restart, safe == 1), fw, sel,
-        digest, data,
-    )  # fmt: skip
+        magic,
+        st,
+        signer,
+        extra,
+        ClockInfo(clock, reset, restart, safe == 1),
+        fw,
+        sel,
+        digest,
+        data,
+    )
 
 
 def build_attest(
@@ -524,9 +531,18 @@ def parse_public(data: bytes, *, sized: bool | None = None) -> Public:
         if bits not in (1024, 2048, 3072, 4096) or len(modulus) * 8 != bits:
             raise QuoteFormatError(f"RSA key of {bits} bits has a {len(modulus)}-byte modulus")
         return Public(
-            Alg.RSA, name_alg, attrs, policy, sym, scheme, scheme_hash,
-            key_bits=bits, exponent=exponent, modulus=modulus, raw=data,
-        )  # fmt: skip
+            Alg.RSA,
+            name_alg,
+            attrs,
+            policy,
+            sym,
+            scheme,
+            scheme_hash,
+            key_bits=bits,
+            exponent=exponent,
+            modulus=modulus,
+            raw=data,
+        )
     if typ == Alg.ECC:
         sym = _read_symdef(r)
         scheme, scheme_hash = _read_scheme(r, "ECC scheme")
@@ -538,9 +554,19 @@ def parse_public(data: bytes, *, sized: bool | None = None) -> Public:
         if curve not in _CURVES:
             raise QuoteFormatError(f"ECC curve 0x{curve:04x} is not supported")
         return Public(
-            Alg.ECC, name_alg, attrs, policy, sym, scheme, scheme_hash,
-            curve=curve, kdf=kdf, x=x, y=y, raw=data,
-        )  # fmt: skip
+            Alg.ECC,
+            name_alg,
+            attrs,
+            policy,
+            sym,
+            scheme,
+            scheme_hash,
+            curve=curve,
+            kdf=kdf,
+            x=x,
+            y=y,
+            raw=data,
+        )
     raise QuoteFormatError(f"TPMT_PUBLIC type 0x{typ:04x} is not an RSA or ECC key")
 
 
@@ -571,19 +597,30 @@ def public_from_key(
         n = nums.n.to_bytes(key.key_size // 8, "big")
         e = 0 if nums.e == 65537 else nums.e
         raw = (
-            struct.pack(">H", Alg.RSA) + head[2:] + sym + sch
-            + struct.pack(">HI", key.key_size, e) + _tpm2b(n)
-        )  # fmt: skip
+            struct.pack(">H", Alg.RSA)
+            + head[2:]
+            + sym
+            + sch
+            + struct.pack(">HI", key.key_size, e)
+            + _tpm2b(n)
+        )
     else:
-        curve = {"secp256r1": EccCurve.NIST_P256, "secp384r1": EccCurve.NIST_P384,
-                 "secp521r1": EccCurve.NIST_P521}[key.curve.name]  # fmt: skip
+        curve = {
+            "secp256r1": EccCurve.NIST_P256,
+            "secp384r1": EccCurve.NIST_P384,
+            "secp521r1": EccCurve.NIST_P521,
+        }[key.curve.name]
         size = _CURVES[curve][1]
         pn = key.public_numbers()
         raw = (
-            struct.pack(">H", Alg.ECC) + head[2:] + sym + sch
+            struct.pack(">H", Alg.ECC)
+            + head[2:]
+            + sym
+            + sch
             + struct.pack(">HH", curve, Alg.NULL)
-            + _tpm2b(pn.x.to_bytes(size, "big")) + _tpm2b(pn.y.to_bytes(size, "big"))
-        )  # fmt: skip
+            + _tpm2b(pn.x.to_bytes(size, "big"))
+            + _tpm2b(pn.y.to_bytes(size, "big"))
+        )
     return parse_public(raw, sized=False)
 
 
@@ -671,8 +708,9 @@ def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg,
     return selection, values
 
 
-def digest_of_values(alg: HashAlg, values: Mapping[HashAlg, Mapping[int, bytes]],
-                     selection: PcrSelection) -> bytes:  # fmt: skip
+def digest_of_values(
+    alg: HashAlg, values: Mapping[HashAlg, Mapping[int, bytes]], selection: PcrSelection
+) -> bytes:
     """The quote's pcrDigest: H(concatenation of the selected PCR values in selection order)
     (Part 3 §18.4)."""
     h = alg.new()

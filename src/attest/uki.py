@@ -66,8 +66,10 @@ class Section:
 
     def data(self, image: bytes) -> bytes:
         """The section's bytes as loaded: ``VirtualSize`` long (zero-filled past the raw data)."""
-        raw = image[self.pointer_to_raw_data : self.pointer_to_raw_data
-                    + min(self.size_of_raw_data, self.virtual_size)]  # fmt: skip
+        raw = image[
+            self.pointer_to_raw_data : self.pointer_to_raw_data
+            + min(self.size_of_raw_data, self.virtual_size)
+        ]
         return raw + bytes(self.virtual_size - len(raw))
 
 
@@ -95,8 +97,10 @@ class PeImage:
     @property
     def end_of_image(self) -> int:
         """The first relative virtual address past every section."""
-        return max((s.virtual_address + max(s.virtual_size, s.size_of_raw_data)
-                    for s in self.sections), default=0)  # fmt: skip
+        return max(
+            (s.virtual_address + max(s.virtual_size, s.size_of_raw_data) for s in self.sections),
+            default=0,
+        )
 
 
 def _u16(b: bytes, off: int) -> int:
@@ -241,8 +245,10 @@ def parse_uki(image: bytes) -> UkiParts:
             # Assembled sections carry all their bytes in the file; a section that claims
             # more in memory than on disk is refused rather than zero-filled (bounded work).
             if s.virtual_size > s.size_of_raw_data:
-                raise UkiFormatError(f"section {name}: VirtualSize {s.virtual_size} is over "
-                                     f"SizeOfRawData {s.size_of_raw_data}")
+                raise UkiFormatError(
+                    f"section {name}: VirtualSize {s.virtual_size} is over "
+                    f"SizeOfRawData {s.size_of_raw_data}"
+                )
             out[name] = s.data(image)
     if ".linux" not in out:
         raise UkiFormatError("no .linux section: not a unified kernel image")
@@ -258,8 +264,12 @@ def _chain(alg: HashAlg, digests: Iterable[bytes]) -> bytes:
 
 def pcr4_events(image: bytes, alg: HashAlg = HashAlg.SHA256) -> list[bytes]:
     parts = parse_uki(image)
-    return [alg.digest(CALLING_EFI_APPLICATION), alg.digest(SEPARATOR),
-            authenticode_digest(image, alg), authenticode_digest(parts.linux, alg)]  # fmt: skip
+    return [
+        alg.digest(CALLING_EFI_APPLICATION),
+        alg.digest(SEPARATOR),
+        authenticode_digest(image, alg),
+        authenticode_digest(parts.linux, alg),
+    ]
 
 
 def pcr11_events(image: bytes, alg: HashAlg = HashAlg.SHA256) -> list[bytes]:
@@ -272,8 +282,9 @@ def pcr11_events(image: bytes, alg: HashAlg = HashAlg.SHA256) -> list[bytes]:
     return out
 
 
-def pcr9_events(image: bytes, alg: HashAlg = HashAlg.SHA256, *,
-                cmdline: str | None = None) -> list[bytes]:  # fmt: skip
+def pcr9_events(
+    image: bytes, alg: HashAlg = HashAlg.SHA256, *, cmdline: str | None = None
+) -> list[bytes]:
     """``cmdline`` overrides the embedded command line (what a firmware-shell boot does)."""
     parts = parse_uki(image)
     text = parts.cmdline if cmdline is None else cmdline
@@ -300,8 +311,10 @@ def predict_pcrs(
 
 def predict_json(image: bytes, algs: Iterable[HashAlg] = (HashAlg.SHA256,)) -> dict[str, Any]:
     """``{"sha256": {"4": hex, ...}}`` -- the labelled-JSON shape the CLI reads."""
-    return {alg.bank_name: {str(i): v.hex() for i, v in pcrs.items()}
-            for alg, pcrs in predict_pcrs(image, algs).items()}  # fmt: skip
+    return {
+        alg.bank_name: {str(i): v.hex() for i, v in pcrs.items()}
+        for alg, pcrs in predict_pcrs(image, algs).items()
+    }
 
 
 # --- assembly helpers (pure): reproducible bytes ---------------------------------------------

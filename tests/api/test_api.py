@@ -27,8 +27,7 @@ async def challenge(
     **extra: Any,
 ) -> tuple[bytes, Any]:
     nonce = nonce or os.urandom(32)
-    r = await client.post("/v1/evidence", json={"nonce": nonce.hex(), "pcrs": pcrs or SEL,
-                                                **extra})  # fmt: skip
+    r = await client.post("/v1/evidence", json={"nonce": nonce.hex(), "pcrs": pcrs or SEL, **extra})
     return nonce, r
 
 
@@ -37,8 +36,7 @@ async def test_evidence_verifies_against_identity(client: httpx.AsyncClient) -> 
     ak = parse_public(unb64(ident["ak"]["public"], "ak"))
     nonce, r = await challenge(client)
     assert r.status_code == 200, r.text
-    ve = verify_evidence(r.json(), nonce=nonce, ak=ak, selection=PcrSelection.parse(
-        "sha256:0-7"))  # fmt: skip
+    ve = verify_evidence(r.json(), nonce=nonce, ak=ak, selection=PcrSelection.parse("sha256:0-7"))
     assert ve.quote.selection == PcrSelection.parse("sha256:0-7")
     assert r.json()["node_id"] == "node-under-test"
 
@@ -48,8 +46,9 @@ async def test_evidence_for_another_nonce_is_refused(client: httpx.AsyncClient) 
     ak = parse_public(unb64(ident["ak"]["public"], "ak"))
     _, r = await challenge(client)
     with pytest.raises(NonceError):
-        verify_evidence(r.json(), nonce=os.urandom(32), ak=ak,
-                        selection=PcrSelection.parse("sha256:0-7"))  # fmt: skip
+        verify_evidence(
+            r.json(), nonce=os.urandom(32), ak=ak, selection=PcrSelection.parse("sha256:0-7")
+        )
 
 
 async def test_evidence_selection_must_be_what_was_asked(client: httpx.AsyncClient) -> None:
@@ -60,8 +59,7 @@ async def test_evidence_selection_must_be_what_was_asked(client: httpx.AsyncClie
         verify_evidence(r.json(), nonce=nonce, ak=ak, selection=PcrSelection.parse("sha256:0-8"))
 
 
-async def test_concurrent_challenges_share_quotes(app_factory: AppFactory,
-                                                  tmp_path: Path) -> None:
+async def test_concurrent_challenges_share_quotes(app_factory: AppFactory, tmp_path: Path) -> None:
     """With a slow TPM, challenges that arrive while a quote is in flight are answered by
     one quote over their Merkle root; every verifier's proof checks out."""
     slow = FakeTpm(quote_delay=0.2)
@@ -76,16 +74,16 @@ async def test_concurrent_challenges_share_quotes(app_factory: AppFactory,
         results = await asyncio.gather(*(challenge(client) for _ in range(60)))
         for nonce, r in results:
             assert r.status_code == 200, r.text
-            verify_evidence(r.json(), nonce=nonce, ak=ak,
-                            selection=PcrSelection.parse("sha256:0-7"))  # fmt: skip
+            verify_evidence(
+                r.json(), nonce=nonce, ak=ak, selection=PcrSelection.parse("sha256:0-7")
+            )
         sizes = {r.json()["batch"]["size"] for _, r in results}
     assert slow.quotes < 60 / 4, f"{slow.quotes} quotes for 60 challenges"
     assert max(sizes) > 1
     node.close()
 
 
-async def test_batching_off_quotes_each_challenge(app_factory: AppFactory,
-                                                  tmp_path: Path) -> None:
+async def test_batching_off_quotes_each_challenge(app_factory: AppFactory, tmp_path: Path) -> None:
     fake = FakeTpm()
     from attest.node.broker.local import LocalNode
 
@@ -99,17 +97,21 @@ async def test_batching_off_quotes_each_challenge(app_factory: AppFactory,
     node.close()
 
 
-@pytest.mark.parametrize("body,why", [
-    ({"nonce": "ab", "pcrs": SEL}, "short nonce"),
-    ({"nonce": "zz" * 16, "pcrs": SEL}, "not hex"),
-    ({"nonce": "ab" * 65, "pcrs": SEL}, "over 64 bytes"),
-    ({"nonce": "ab" * 16, "pcrs": {"md5": [0]}}, "unknown bank"),
-    ({"nonce": "ab" * 16, "pcrs": {"sha256": [24]}}, "PCR out of range"),
-    ({"nonce": "ab" * 16, "pcrs": {"sha256": []}}, "empty selection"),
-    ({"nonce": "ab" * 16, "pcrs": SEL, "surprise": 1}, "unknown field"),
-])  # fmt: skip
-async def test_bad_challenges_are_client_errors(client: httpx.AsyncClient, body: Any,
-                                                why: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "body,why",
+    [
+        ({"nonce": "ab", "pcrs": SEL}, "short nonce"),
+        ({"nonce": "zz" * 16, "pcrs": SEL}, "not hex"),
+        ({"nonce": "ab" * 65, "pcrs": SEL}, "over 64 bytes"),
+        ({"nonce": "ab" * 16, "pcrs": {"md5": [0]}}, "unknown bank"),
+        ({"nonce": "ab" * 16, "pcrs": {"sha256": [24]}}, "PCR out of range"),
+        ({"nonce": "ab" * 16, "pcrs": {"sha256": []}}, "empty selection"),
+        ({"nonce": "ab" * 16, "pcrs": SEL, "surprise": 1}, "unknown field"),
+    ],
+)
+async def test_bad_challenges_are_client_errors(
+    client: httpx.AsyncClient, body: Any, why: str
+) -> None:
     r = await client.post("/v1/evidence", json=body)
     assert r.status_code in (400, 422), why
 
@@ -120,8 +122,7 @@ async def test_bank_not_active_is_reported(client: httpx.AsyncClient) -> None:
     assert "sha384" in r.json()["detail"] and "active" in r.json()["detail"]
 
 
-async def test_runtime_log_is_served_incrementally(client: httpx.AsyncClient,
-                                                   node: Any) -> None:  # fmt: skip
+async def test_runtime_log_is_served_incrementally(client: httpx.AsyncClient, node: Any) -> None:
     node.measure("config", {"sha256": "00" * 32})
     _, r = await challenge(client, logs={"runtime": {"start": 0}})
     records = r.json()["runtime_log"]["records"]
@@ -146,8 +147,9 @@ async def test_firmware_log_from_offset(app_factory: AppFactory, shared_dir: Pat
 
 
 async def test_activation_needs_an_authenticated_channel(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/enroll/activate", json={"id_object": "AA==",
-                                                       "encrypted_secret": "AA=="})  # fmt: skip
+    r = await client.post(
+        "/v1/enroll/activate", json={"id_object": "AA==", "encrypted_secret": "AA=="}
+    )
     assert r.status_code == 403
 
 
@@ -163,16 +165,20 @@ async def test_activation_on_operator_channel_reaches_the_tpm(
 async def test_oversized_request_is_refused(app_factory: AppFactory) -> None:
     app = app_factory(max_request_bytes=2048)
     async with _running(app, "public") as client:
-        r = await client.post("/v1/evidence", content=b"{" + b" " * 4096 + b"}",
-                              headers={"content-type": "application/json"})  # fmt: skip
+        r = await client.post(
+            "/v1/evidence",
+            content=b"{" + b" " * 4096 + b"}",
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 413
 
         async def chunks() -> Any:
             for _ in range(10):
                 yield b" " * 1024
 
-        r = await client.post("/v1/evidence", content=chunks(),
-                              headers={"content-type": "application/json"})  # fmt: skip
+        r = await client.post(
+            "/v1/evidence", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413
 
 
@@ -186,8 +192,9 @@ async def test_abusive_client_is_rate_limited(app_factory: AppFactory) -> None:
         assert (await client.get("/healthz")).status_code == 200  # operators are not limited
 
 
-async def test_tpm_gone_turns_readiness_off_and_recovers(app_factory: AppFactory,
-                                                         fake_tpm: FakeTpm) -> None:  # fmt: skip
+async def test_tpm_gone_turns_readiness_off_and_recovers(
+    app_factory: AppFactory, fake_tpm: FakeTpm
+) -> None:
     app = app_factory()
     async with _running(app, "public") as client:
         assert (await client.get("/readyz")).status_code == 200

@@ -11,8 +11,9 @@ from attest.node.broker.local import LocalNode
 from attest.node.tpm.fake import FakeTpm
 
 
-async def test_api_events_are_recorded_again_after_a_tpm_reset(app_factory: AppFactory,
-                                                               tmp_path: Path) -> None:  # fmt: skip
+async def test_api_events_are_recorded_again_after_a_tpm_reset(
+    app_factory: AppFactory, tmp_path: Path
+) -> None:
     tpm = FakeTpm()
     (tmp_path / "n").mkdir()
     node = LocalNode.open(tpm, tmp_path / "n", pcr=13)

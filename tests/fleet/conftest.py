@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from tests.unit.manifest.manifest_helpers import NOW, World, build_world, release
 
-from attest.testing.fleet_sim import SimFleet
 from attest.manifest import VerifiedRegistry, verify_snapshot
+from attest.testing.fleet_sim import SimFleet
 
 PG_USER = "attest-test"
 
@@ -107,8 +107,13 @@ def registry() -> Registry:
     from attest.manifest.model import Embargo
 
     world = build_world()
-    snap = world.snapshot(releases=[release("1.0.0", 1), release("1.1.0", 2),
-                                    release("1.2.0", 3, commit=False, embargo=Embargo())])
+    snap = world.snapshot(
+        releases=[
+            release("1.0.0", 1),
+            release("1.1.0", 2),
+            release("1.2.0", 3, commit=False, embargo=Embargo()),
+        ]
+    )
     verified = verify_snapshot(world.root, world.registry_bytes(snap), now=NOW)
     return Registry(world, verified)
 
@@ -117,8 +122,9 @@ def registry() -> Registry:
 
 
 def _pg_bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parts[-3]))  # fmt: skip
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3])
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -138,8 +144,10 @@ def _as_user() -> list[str]:
     try:
         pwd.getpwnam(PG_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        PG_USER], check=True)  # fmt: skip
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+            check=True,
+        )
     return ["runuser", "-u", PG_USER, "--"]
 
 
@@ -166,19 +174,51 @@ def pg_server() -> Iterator[PgServer]:
     if prefix:
         shutil.chown(work, PG_USER)
     data, port = work / "data", free_port()
-    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                    "--auth=trust", "-E", "UTF8", "--no-sync"], check=True,
-                   capture_output=True)  # fmt: skip
-    opts = (f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
-    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-                    str(work / "log"), "-w", "-t", "60", "start"], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    opts = (
+        f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+    )
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(work / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield PgServer(f"postgresql://postgres@127.0.0.1:{port}")
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
-"""The fleet's signed attestation results: an EAR (ES256 JWT, ``attest.appraisal.ear``) per appraisal,
+"""The fleet's signed attestation results: an EAR (ES256 JWT, ``attest.appraisal.ear``) per
+appraisal,
 signed with the service's own key (created 0600 on first start), served with its public key as
 a JWK set; relying parties verify it offline with ``attest.appraisal.ear.verify_ear``."""
 
@@ -17,14 +18,14 @@ from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, free_port, sim_server
 from tests.fleet.test_poller import settings, until, verdicts
 
+from attest.appraisal.ear import jwk_public_key, public_jwk, verify_ear
 from attest.errors import ConfigError, EvidenceFormatError, SignatureError
+from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.api import EAR_MEDIA_TYPE, create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.signing import load_or_create_key
-from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.store import SqliteStore
-from attest.appraisal.ear import jwk_public_key, public_jwk, verify_ear
 
 
 def _flip(token: str, part: int) -> str:
@@ -39,9 +40,9 @@ def _flip(token: str, part: int) -> str:
     return ".".join(parts)
 
 
-def test_key_is_created_0600_once_and_never_group_readable(tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture
-                                                          ) -> None:  # fmt: skip
+def test_key_is_created_0600_once_and_never_group_readable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "ear.pem"
     first = load_or_create_key(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -55,8 +56,13 @@ def test_key_is_created_0600_once_and_never_group_readable(tmp_path: Path,
 
 def test_jwk_refuses_private_and_foreign_keys(tmp_path: Path) -> None:
     jwk = load_or_create_key(tmp_path / "k.pem").jwk
-    for bad in ({**jwk, "crv": "P-384"}, {**jwk, "kty": "RSA"}, {**jwk, "d": jwk["x"]},
-                {**jwk, "alg": "HS256"}, {**jwk, "y": jwk["x"]}):  # fmt: skip
+    for bad in (
+        {**jwk, "crv": "P-384"},
+        {**jwk, "kty": "RSA"},
+        {**jwk, "d": jwk["x"]},
+        {**jwk, "alg": "HS256"},
+        {**jwk, "y": jwk["x"]},
+    ):
         with pytest.raises(EvidenceFormatError):
             jwk_public_key(bad)
 
@@ -72,15 +78,30 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
         store = SqliteStore(str(tmp_path / "fleet.db"))
         for i in range(3):
             store.add_node(f"n{i}", srv.url(i), sim.enrollment(i), now=time.time())
-        store.add_node("gone", f"http://127.0.0.1:{free_port()}/", sim.enrollment(0),
-                       now=time.time())  # fmt: skip
-        poller = Poller(store, settings=settings(), appraise=default_appraiser(),
-                        registry=lambda: registry.verified, signer=signer)
+        store.add_node(
+            "gone", f"http://127.0.0.1:{free_port()}/", sim.enrollment(0), now=time.time()
+        )
+        poller = Poller(
+            store,
+            settings=settings(),
+            appraise=default_appraiser(),
+            registry=lambda: registry.verified,
+            signer=signer,
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))
         try:
-            await until(lambda: verdicts(store) == {"n0": "affirming", "n1": "affirming",
-                                                    "n2": "affirming", "gone": "unreachable"})
+            await until(
+                lambda: (
+                    verdicts(store)
+                    == {
+                        "n0": "affirming",
+                        "n1": "affirming",
+                        "n2": "affirming",
+                        "gone": "unreachable",
+                    }
+                )
+            )
             srv.call(sim.tamper, 1)
             await until(lambda: verdicts(store)["n1"] == "contraindicated")
         finally:
@@ -109,14 +130,18 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
     assert bad["ear.status"] == "contraindicated"
     assert "runtime log" in bad["attest.explanation"]["first_divergence"]
     gone = verify_ear(client.get("/v1/nodes/gone/ear").text, key)["submods"]["gone"]
-    assert gone["ear.status"] == "none" and "does not answer" in \
-        gone["attest.explanation"]["first_divergence"]  # fmt: skip
+    assert (
+        gone["ear.status"] == "none"
+        and "does not answer" in gone["attest.explanation"]["first_divergence"]
+    )
 
     # Every verdict change in the history carries the EAR that made it.
     history = client.get("/v1/nodes/n1/history").json()["changes"]
     assert [c["to"] for c in history] == ["contraindicated", "affirming"]
-    assert [verify_ear(c["ear"], key)["submods"]["n1"]["ear.status"] for c in history] == \
-        ["contraindicated", "affirming"]  # fmt: skip
+    assert [verify_ear(c["ear"], key)["submods"]["n1"]["ear.status"] for c in history] == [
+        "contraindicated",
+        "affirming",
+    ]
 
     # Tampering: a changed claim, a changed header, a foreign key, alg none.
     token = client.get("/v1/nodes/n1/ear").text
@@ -133,15 +158,18 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
     listed = client.get("/v1/nodes").json()["nodes"]
     assert all("ear" not in n for n in listed)  # the list stays small unless asked
     with_ear = client.get("/v1/nodes", params={"ear": "true"}).json()["nodes"]
-    assert {n["node_id"]: bool(n["ear"]) for n in with_ear} == \
-        {"gone": True, "n0": True, "n1": True, "n2": True}  # fmt: skip
+    assert {n["node_id"]: bool(n["ear"]) for n in with_ear} == {
+        "gone": True,
+        "n0": True,
+        "n1": True,
+        "n2": True,
+    }
     assert client.get("/v1/nodes/nope/ear").status_code == 404
     assert TestClient(create_fleet_app(store)).get("/v1/verifier-key").status_code == 404
     store.close()
 
 
-def test_cli_ls_and_show_print_the_ear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                       ) -> None:  # fmt: skip
+def test_cli_ls_and_show_print_the_ear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from attest.cli.fleet import main
     from attest.verifier.fleet.store import Outcome
 
@@ -149,8 +177,28 @@ def test_cli_ls_and_show_print_the_ear(tmp_path: Path, capsys: pytest.CaptureFix
     store = SqliteStore(str(tmp_path / "fleet.db"))
     store.add_node("n0", "http://127.0.0.1:1/", SimFleet(1).enrollment(0), now=100.0)
     (leased,) = store.lease("w", now=101.0, limit=1, ttl=30)
-    store.complete("w", [Outcome("n0", leased.token, 101.0, "affirming", "fine", None, None,
-                                 None, {}, "", 0, 111.0, 1, leased.verdict, "h.p.s")])
+    store.complete(
+        "w",
+        [
+            Outcome(
+                "n0",
+                leased.token,
+                101.0,
+                "affirming",
+                "fine",
+                None,
+                None,
+                None,
+                {},
+                "",
+                0,
+                111.0,
+                1,
+                leased.verdict,
+                "h.p.s",
+            )
+        ],
+    )
     store.close()
     assert main(["ls", "--json", "--db", db]) == 0
     (node,) = json.loads(capsys.readouterr().out)

@@ -1,5 +1,6 @@
 """Host + guest pairs in the fleet (issue 9): registered over REST as one node, appraised as
-``attest verify --host`` does (``attest.appraisal.pair``): one challenge, the guest accepted only when the
+``attest verify --host`` does (``attest.appraisal.pair``): one challenge, the guest accepted only
+when the
 host vouched for its vTPM in the fresh host quote; each layer's verdict and explanation stored,
 served, signed (one EAR, submodules host and guest) and sent in webhooks."""
 
@@ -15,15 +16,15 @@ from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
 from tests.fleet.test_poller import settings, until, verdicts
 
+from attest.appraisal.ear import jwk_public_key, verify_ear
+from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
 from attest.verifier.fleet.pairs import fresh_vouchings
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.signing import load_or_create_key
-from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.store import Outcome, SqliteStore
-from attest.appraisal.ear import jwk_public_key, verify_ear
 
 
 async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
@@ -42,35 +43,51 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
         app = create_fleet_app(store, enroll=Enroller(EnrollPolicy(tofu=True)), signer=signer)
         client = TestClient(app)
         for name, host, guest, gid in (("pair-1", 0, 1, "g1"), ("pair-2", 2, 3, "g2")):
-            r = client.post("/v1/nodes", json={"url": srv.url(guest), "host_url": srv.url(host),
-                                               "guest_id": gid, "node_id": name})
+            r = client.post(
+                "/v1/nodes",
+                json={
+                    "url": srv.url(guest),
+                    "host_url": srv.url(host),
+                    "guest_id": gid,
+                    "node_id": name,
+                },
+            )
             assert r.status_code == 201, r.text
             doc = r.json()
             assert doc["kind"] == "pair" and doc["host_url"] == srv.url(host)
-            assert doc["enrollment"]["pair"]["guest"]["ek_sha256"] == \
-                sim.nodes[guest].ek_sha256.hex()  # fmt: skip
+            assert (
+                doc["enrollment"]["pair"]["guest"]["ek_sha256"] == sim.nodes[guest].ek_sha256.hex()
+            )
         # A guest_id without a host is refused; so is a pair whose host does not answer.
-        assert client.post("/v1/nodes", json={"url": srv.url(1), "guest_id": "g1"}
-                           ).status_code == 422  # fmt: skip
+        assert (
+            client.post("/v1/nodes", json={"url": srv.url(1), "guest_id": "g1"}).status_code == 422
+        )
         r = client.post("/v1/nodes", json={"url": srv.url(1), "host_url": "http://127.0.0.1:9/"})
         assert r.status_code == 502 and "host layer" in r.json()["detail"]
 
         events: list[Outcome] = []
-        poller = Poller(store, settings=settings(), appraise=default_appraiser(),
-                        registry=lambda: registry.verified, signer=signer,
-                        on_change=events.append)
+        poller = Poller(
+            store,
+            settings=settings(),
+            appraise=default_appraiser(),
+            registry=lambda: registry.verified,
+            signer=signer,
+            on_change=events.append,
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))
         try:
-            await until(lambda: verdicts(store) == {"pair-1": "affirming",
-                                                    "pair-2": "contraindicated"})
+            await until(
+                lambda: verdicts(store) == {"pair-1": "affirming", "pair-2": "contraindicated"}
+            )
             node = client.get("/v1/nodes/pair-2").json()
             # Only the guest is contraindicated, and the explanation names the guest layer.
             assert node["layers"]["failed_layer"] == "guest"
             assert node["layers"]["host"]["verdict"] == "affirming"
             assert node["layers"]["guest"]["verdict"] == "contraindicated"
-            assert node["explanation"].startswith("guest layer (sim-3): guest vTPM not vouched "
-                                                  "for by the host")
+            assert node["explanation"].startswith(
+                "guest layer (sim-3): guest vTPM not vouched for by the host"
+            )
             assert "never vouched for" in node["layers"]["guest"]["explanation"]
             assert node["release"] == "1.0.0"  # the guest's image
             assert node["layers"]["host"]["release"] == "1.1.0"
@@ -143,12 +160,25 @@ def test_vouchings_count_only_from_a_quote_verified_now(tmp_path: Path) -> None:
     sim.vouch(0, "g1", hashlib.sha256(b"ek").digest())
     node, e = sim.nodes[0], sim.enrollment(0)
     sel = PcrSelection.parse("sha256:0-7,13")
-    kw = dict(enrollment=e, selection=sel, registry=None, platform_id=None, previous=None,
-              tls_binding=None, now=datetime.now(UTC))  # fmt: skip
+    kw = dict(
+        enrollment=e,
+        selection=sel,
+        registry=None,
+        platform_id=None,
+        previous=None,
+        tls_binding=None,
+        now=datetime.now(UTC),
+    )
 
     def challenge(memory: NodeMemory, nonce: bytes, answer: bytes) -> object:
-        doc = sim.evidence(node, {"nonce": answer.hex(), "pcrs": {"sha256": [*range(8), 13]},
-                                  "logs": memory.log_request()})  # fmt: skip
+        doc = sim.evidence(
+            node,
+            {
+                "nonce": answer.hex(),
+                "pcrs": {"sha256": [*range(8), 13]},
+                "logs": memory.log_request(),
+            },
+        )
         return appraise_incremental(doc, memory=memory, nonce=nonce, **kw)  # type: ignore[arg-type]
 
     first = challenge(NodeMemory(), b"a" * 32, b"a" * 32)
@@ -160,8 +190,8 @@ def test_vouchings_count_only_from_a_quote_verified_now(tmp_path: Path) -> None:
 
 
 def test_store_keeps_both_clocks_and_the_layers(tmp_path: Path) -> None:
-    from attest.verifier.fleet.enrollment import PairEnrollment
     from attest.tpmstruct import ClockInfo
+    from attest.verifier.fleet.enrollment import PairEnrollment
 
     sim = SimFleet(2)
     store = SqliteStore(str(tmp_path / "fleet.db"))
@@ -170,10 +200,30 @@ def test_store_keeps_both_clocks_and_the_layers(tmp_path: Path) -> None:
     (leased,) = store.lease("w", now=2.0, limit=5, ttl=30)
     assert leased.host_url == "http://h/" and leased.enrollment_doc is not None
     g, h = ClockInfo(10, 1, 0, True), ClockInfo(20, 2, 1, True)
-    layers = {"failed_layer": None, "host": {"verdict": "affirming"},
-              "guest": {"verdict": "affirming"}}  # fmt: skip
-    o = Outcome("p", leased.token, 2.0, "affirming", "ok", None, None, g, {}, "", 0, 12.0, 1,
-                leased.verdict, "h.p.s", layers, h)  # fmt: skip
+    layers = {
+        "failed_layer": None,
+        "host": {"verdict": "affirming"},
+        "guest": {"verdict": "affirming"},
+    }
+    o = Outcome(
+        "p",
+        leased.token,
+        2.0,
+        "affirming",
+        "ok",
+        None,
+        None,
+        g,
+        {},
+        "",
+        0,
+        12.0,
+        1,
+        leased.verdict,
+        "h.p.s",
+        layers,
+        h,
+    )
     assert store.complete("w", [o])
     (again,) = store.lease("w", now=13.0, limit=5, ttl=30)
     assert again.clock == g and again.host_clock == h

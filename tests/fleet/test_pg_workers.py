@@ -27,23 +27,44 @@ TTL = 3.0
 def serve(dsn: str, worker: str, log: Path) -> subprocess.Popen[bytes]:
     # Simulated nodes have no EK: trust on first use, explicitly. Both workers share one EAR
     # key file (created by whichever starts first).
-    cmd = [sys.executable, "-m", "attest.cli.fleet", "serve", "--db", dsn, "--listen",
-           f"127.0.0.1:{free_port()}", "--interval", str(INTERVAL), "--jitter", str(JITTER),
-           "--timeout", "1", "--lease-ttl", str(TTL), "--concurrency", "8",
-           "--worker-id", worker, "--tofu", "--ear-key", str(log.parent / "ear.pem")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "attest.cli.fleet",
+        "serve",
+        "--db",
+        dsn,
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--interval",
+        str(INTERVAL),
+        "--jitter",
+        str(JITTER),
+        "--timeout",
+        "1",
+        "--lease-ttl",
+        str(TTL),
+        "--concurrency",
+        "8",
+        "--worker-id",
+        worker,
+        "--tofu",
+        "--ear-key",
+        str(log.parent / "ear.pem"),
+    ]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
 def _has_results(dsn: str, worker: str) -> bool:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT 1 FROM results WHERE worker_id = %s LIMIT 1",
-                           (worker,)).fetchone()  # fmt: skip
+        row = conn.execute(
+            "SELECT 1 FROM results WHERE worker_id = %s LIMIT 1", (worker,)
+        ).fetchone()
     return row is not None
 
 
-def test_two_workers_never_double_appraise_and_survive_a_kill(pg_dsn: str,
-                                                             tmp_path: Path) -> None:
+def test_two_workers_never_double_appraise_and_survive_a_kill(pg_dsn: str, tmp_path: Path) -> None:
     sim = SimFleet(N, record_times=True)
     with sim_server(sim) as srv:
         store = open_store(pg_dsn)
@@ -98,8 +119,8 @@ def test_two_workers_never_double_appraise_and_survive_a_kill(pg_dsn: str,
     assert workers == {"w1", "w2"}, "both workers shared the fleet"
     assert verdicts <= {"affirming", "warning"}, verdicts
     # Every node's latest result and every verdict change is an EAR under the one shared key.
-    from attest.verifier.fleet.signing import load_or_create_key
     from attest.appraisal.ear import jwk_public_key, verify_ear
+    from attest.verifier.fleet.signing import load_or_create_key
 
     key = jwk_public_key(load_or_create_key(tmp_path / "ear.pem").jwk)
     assert len(ears) == N and len(change_ears) >= N

@@ -14,9 +14,9 @@ import pytest
 from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
 
 from attest.appraisal import Enrollment
+from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.poller import Poller, PollSettings
-from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.store import SqliteStore, Store
 from attest.verifier.fleet.webhooks import WebhookSender, WebhookSignatureError, verify_signature
 
@@ -24,9 +24,18 @@ SECRET = b"0123456789abcdef-webhook-secret"
 
 
 def settings(**kw: Any) -> PollSettings:
-    base = dict(worker_id="t", interval=0.5, jitter=0.1, concurrency=16, timeout=1.0,
-                lease_ttl=5.0, flush_interval=0.05, tick=0.02, unreachable_after=2,
-                max_backoff=1.0)  # fmt: skip
+    base = dict(
+        worker_id="t",
+        interval=0.5,
+        jitter=0.1,
+        concurrency=16,
+        timeout=1.0,
+        lease_ttl=5.0,
+        flush_interval=0.05,
+        tick=0.02,
+        unreachable_after=2,
+        max_backoff=1.0,
+    )
     base.update(kw)
     return PollSettings(**base)  # type: ignore[arg-type]
 
@@ -55,8 +64,9 @@ class Receiver:
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
         headers = dict(ln.split(": ", 1) for ln in lines[1:] if ": " in ln)
-        body = await reader.readexactly(int(headers.get("content-length",
-                                                        headers.get("Content-Length", 0))))
+        body = await reader.readexactly(
+            int(headers.get("content-length", headers.get("Content-Length", 0)))
+        )
         self.calls += 1
         status = 200
         if self.calls == 1:
@@ -67,14 +77,16 @@ class Receiver:
             except WebhookSignatureError:
                 self.bad += 1
                 status = 401
-        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                     .encode())  # fmt: skip
+        writer.write(
+            f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
         await writer.drain()
         writer.close()
 
 
-async def test_fleet_verdicts_unreachable_and_signed_webhooks(tmp_path: Path,
-                                                              registry: Registry) -> None:
+async def test_fleet_verdicts_unreachable_and_signed_webhooks(
+    tmp_path: Path, registry: Registry
+) -> None:
     sim = SimFleet(4, record_times=True)
     with sim_server(sim) as srv:
         for i in range(4):
@@ -86,8 +98,13 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(tmp_path: Path,
         server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
         hook_port = server.sockets[0].getsockname()[1]
         sender = WebhookSender(f"http://127.0.0.1:{hook_port}/hook", SECRET, backoff=0.05)
-        poller = Poller(store, settings=settings(), appraise=default_appraiser(),
-                        registry=lambda: registry.verified, on_change=sender.notify)
+        poller = Poller(
+            store,
+            settings=settings(),
+            appraise=default_appraiser(),
+            registry=lambda: registry.verified,
+            on_change=sender.notify,
+        )
         stop = asyncio.Event()
         tasks = [asyncio.create_task(poller.run(stop)), asyncio.create_task(sender.run(stop))]
         try:
@@ -97,8 +114,12 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(tmp_path: Path,
 
             srv.call(sim.tamper, 1)  # the runtime PCR no longer matches its log
             sim.nodes[2].down = True  # stops answering
-            await until(lambda: verdicts(store)["sim-1"] == "contraindicated"
-                        and verdicts(store)["sim-2"] == "unreachable")
+            await until(
+                lambda: (
+                    verdicts(store)["sim-1"] == "contraindicated"
+                    and verdicts(store)["sim-2"] == "unreachable"
+                )
+            )
             bad = store.get_node("sim-1")
             assert bad is not None and "runtime log" in bad.explanation
             down = store.get_node("sim-2")
@@ -144,19 +165,21 @@ async def test_poller_appraises_the_real_node_api(tmp_path: Path) -> None:
     from attest.node.api.app import create_app
     from attest.node.api.middleware import ChannelApp
     from attest.node.broker.local import LocalNode
-    from attest.verifier.client import NodeClient
     from attest.node.config import Settings, TpmSettings
     from attest.node.tpm.fake import FakeTpm
+    from attest.verifier.client import NodeClient
     from attest.verifier.contact import enroll
 
     state = tmp_path / "node"
     state.mkdir()
     node = LocalNode.open(FakeTpm(), state, pcr=13)
-    app = create_app(Settings(node_id="real-1", tpm=TpmSettings(state_dir=str(state))).validate(),
-                     node=node)  # fmt: skip
+    app = create_app(
+        Settings(node_id="real-1", tpm=TpmSettings(state_dir=str(state))).validate(), node=node
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(ChannelApp(app, "public"), host="127.0.0.1",
-                                           port=port, log_level="error"))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(ChannelApp(app, "public"), host="127.0.0.1", port=port, log_level="error")
+    )
     serving = asyncio.create_task(server.serve())
     await until(lambda: server.started)
     url = f"http://127.0.0.1:{port}"
@@ -175,8 +198,9 @@ async def test_poller_appraises_the_real_node_api(tmp_path: Path) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run(stop))
     try:
-        await until(lambda: (store.get_node("real-1") or object()).__getattribute__("appraisals")
-                    >= 2)  # fmt: skip
+        await until(
+            lambda: (store.get_node("real-1") or object()).__getattribute__("appraisals") >= 2
+        )
     finally:
         stop.set()
         await task
@@ -195,8 +219,12 @@ def test_sim_server_fixture_answers(tmp_path: Path) -> None:
         assert isinstance(srv, SimServer) and srv.port > 0
 
 
-OVMF_LOG = Path(__file__).resolve().parents[2].parent / "shared" / "eventlogs" \
-    / "ovmf__q35-direct-boot.bin"  # fmt: skip
+OVMF_LOG = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "eventlogs"
+    / "ovmf__q35-direct-boot.bin"
+)
 
 
 @pytest.mark.skipif(not OVMF_LOG.exists(), reason=f"{OVMF_LOG} is missing")
@@ -221,8 +249,12 @@ async def test_poller_fetches_logs_once_and_refetches_after_a_reset(tmp_path: Pa
         srv.call(fleet.measure, 1, "config", {"sha256": "aa" * 32})
         srv.call(fleet.tamper, 2)
         seen = fleet.nodes[0].requests
-        await until(lambda: fleet.nodes[0].requests >= seen + 4
-                    and verdicts(store)["sim-2"] == "contraindicated")  # fmt: skip
+        await until(
+            lambda: (
+                fleet.nodes[0].requests >= seen + 4
+                and verdicts(store)["sim-2"] == "contraindicated"
+            )
+        )
         assert poller.metrics.refetches >= 2  # the reset, and the failed incremental check
         assert fleet.log_bytes >= 4 * len(fw)  # node 0's new boot: its log fetched again
         got = verdicts(store)

@@ -8,14 +8,15 @@ from datetime import timedelta
 from tests.fleet.conftest import Registry
 from tests.unit.manifest.manifest_helpers import NOW
 
+from attest.manifest import edit, verify_snapshot
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.store import NodeRow
-from attest.manifest import edit, verify_snapshot
 
 
 def row(i: int, release: str | None, verdict: str = "affirming") -> NodeRow:
-    return NodeRow(f"n{i}", "http://x", True, 0.0, 0.0, verdict, "", None, release, 1.0, 1.0,
-                   "", 0, 1)  # fmt: skip
+    return NodeRow(
+        f"n{i}", "http://x", True, 0.0, 0.0, verdict, "", None, release, 1.0, 1.0, "", 0, 1
+    )
 
 
 def test_quiet_period_starts_when_the_whole_fleet_runs_the_patch(registry: Registry) -> None:
@@ -32,14 +33,20 @@ def test_quiet_period_starts_when_the_whole_fleet_runs_the_patch(registry: Regis
     assert r["1.2.0"].embargo == "quiet_period" and r["1.2.0"].fleet_complete_source == "observed"
     assert r["1.2.0"].disclosure_due == NOW + timedelta(days=10)
     assert "attest manifest fleet-complete 1.2.0 --at" in r["1.2.0"].note
-    late = {x.version: x for x in rollout(whole, registry.verified, observed,
-                                          now=NOW + timedelta(days=10, seconds=1))}
+    late = {
+        x.version: x
+        for x in rollout(
+            whole, registry.verified, observed, now=NOW + timedelta(days=10, seconds=1)
+        )
+    }
     assert late["1.2.0"].overdue and late["1.2.0"].to_json()["overdue"] is True
 
 
 def test_the_signed_fleet_complete_date_wins_over_the_observed_one(registry: Registry) -> None:
     snap = edit.fleet_complete(registry.verified.snapshot, "1.2.0", at=NOW - timedelta(days=11))
     signed = verify_snapshot(registry.world.root, registry.world.registry_bytes(snap), now=NOW)
-    r = {x.version: x for x in rollout([row(0, "1.2.0")], signed, {"1.2.0": NOW.timestamp()},
-                                       now=NOW)}  # fmt: skip
+    r = {
+        x.version: x
+        for x in rollout([row(0, "1.2.0")], signed, {"1.2.0": NOW.timestamp()}, now=NOW)
+    }
     assert r["1.2.0"].fleet_complete_source == "registry" and r["1.2.0"].overdue

@@ -26,10 +26,22 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def outcome(node: Leased, at: float, verdict: str = "affirming", **kw: object) -> Outcome:
-    doc = dict(node_id=node.node_id, token=node.token, at=at, verdict=verdict,
-               explanation=f"{verdict} at {at}", first_divergence=None, release="1.0.0",
-               clock=None, result={"status": verdict}, error="", failures=0, next_due=at + 10,
-               seq=node.appraisals + 1, previous_verdict=node.verdict)  # fmt: skip
+    doc = dict(
+        node_id=node.node_id,
+        token=node.token,
+        at=at,
+        verdict=verdict,
+        explanation=f"{verdict} at {at}",
+        first_divergence=None,
+        release="1.0.0",
+        clock=None,
+        result={"status": verdict},
+        error="",
+        failures=0,
+        next_due=at + 10,
+        seq=node.appraisals + 1,
+        previous_verdict=node.verdict,
+    )
     doc.update(kw)
     return Outcome(**doc)  # type: ignore[arg-type]
 
@@ -74,8 +86,11 @@ def test_result_ring_keeps_the_last_n(store: Store) -> None:
     for k in range(5):
         (n,) = [x for x in store.lease("w1", now=now, limit=10, ttl=30) if x.node_id == "sim-1"]
         others = [x for x in store.lease("w1", now=now, limit=10, ttl=30)]
-        store.complete("w1", [outcome(n, now, "warning" if k % 2 else "affirming")] +
-                       [outcome(o, now) for o in others])  # fmt: skip
+        store.complete(
+            "w1",
+            [outcome(n, now, "warning" if k % 2 else "affirming")]
+            + [outcome(o, now) for o in others],
+        )
         now += 11
     got = store.results("sim-1", 10)
     assert [r["seq"] for r in got] == [5, 4, 3]  # history=3
@@ -86,10 +101,15 @@ def test_unreachable_node_keeps_its_last_release(store: Store) -> None:
     (n,) = [x for x in store.lease("w1", now=101.0, limit=10, ttl=30) if x.node_id == "sim-2"]
     store.complete("w1", [outcome(n, 101.0)])
     (n,) = store.lease("w1", now=112.0, limit=10, ttl=30)[-1:]
-    n = next(x for x in store.lease("w1", now=200.0, limit=10, ttl=30) if x.node_id == "sim-2") \
-        if n.node_id != "sim-2" else n  # fmt: skip
-    store.complete("w1", [outcome(n, 200.0, "unreachable", result=None, release=None,
-                                  error="refused", failures=2)])  # fmt: skip
+    n = (
+        next(x for x in store.lease("w1", now=200.0, limit=10, ttl=30) if x.node_id == "sim-2")
+        if n.node_id != "sim-2"
+        else n
+    )
+    store.complete(
+        "w1",
+        [outcome(n, 200.0, "unreachable", result=None, release=None, error="refused", failures=2)],
+    )
     row = store.get_node("sim-2")
     assert row is not None and row.verdict == "unreachable" and row.release == "1.0.0"
     assert row.failures == 2 and row.last_error == "refused"

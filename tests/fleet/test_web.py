@@ -18,11 +18,11 @@ import uvicorn
 from tests.conftest import need_binaries
 from tests.fleet.conftest import Registry, free_port, sim_server
 
+from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import PairEnrollment
 from attest.verifier.fleet.poller import Poller, PollSettings
-from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.store import SqliteStore
 
 HOSTILE = 'evil"><script>alert(1)</script>'
@@ -32,11 +32,23 @@ def chromium(*args: str) -> subprocess.CompletedProcess[bytes]:
     profile = tempfile.mkdtemp(prefix="attest-chromium-")
     try:
         return subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", *args],
-            capture_output=True, timeout=90, check=False,
-        )  # fmt: skip
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -54,21 +66,32 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
         store = SqliteStore(str(tmp_path / "fleet.db"))
         for i in range(5):
             store.add_node(f"node-{i}", srv.url(i), sim.enrollment(i), now=time.time())
-        store.add_node("pair-1", srv.url(6), PairEnrollment(sim.enrollment(5),
-                                                            sim.enrollment(6, ek=True), "g1"),
-                       now=time.time(), host_url=srv.url(5))  # fmt: skip
-        store.add_node(HOSTILE, f"http://127.0.0.1:{free_port()}/", sim.enrollment(0),
-                       now=time.time())  # fmt: skip
-        poller = Poller(store, settings=PollSettings(interval=60, timeout=0.5, lease_ttl=5,
-                                                     unreachable_after=1, flush_interval=0.05),
-                        appraise=default_appraiser(), registry=lambda: registry.verified)
+        store.add_node(
+            "pair-1",
+            srv.url(6),
+            PairEnrollment(sim.enrollment(5), sim.enrollment(6, ek=True), "g1"),
+            now=time.time(),
+            host_url=srv.url(5),
+        )
+        store.add_node(
+            HOSTILE, f"http://127.0.0.1:{free_port()}/", sim.enrollment(0), now=time.time()
+        )
+        poller = Poller(
+            store,
+            settings=PollSettings(
+                interval=60, timeout=0.5, lease_ttl=5, unreachable_after=1, flush_interval=0.05
+            ),
+            appraise=default_appraiser(),
+            registry=lambda: registry.verified,
+        )
 
         async def poll_once() -> None:
             stop = asyncio.Event()
             task = asyncio.create_task(poller.run(stop))
             end = time.monotonic() + 10
-            while time.monotonic() < end and any(n.verdict in ("none",)
-                                                 for n in store.list_nodes()):  # fmt: skip
+            while time.monotonic() < end and any(
+                n.verdict in ("none",) for n in store.list_nodes()
+            ):
                 await asyncio.sleep(0.05)
             stop.set()
             await task
@@ -88,8 +111,9 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
     store.close()
 
 
-def test_fleet_page_in_headless_chromium(fleet_site: tuple[str, SqliteStore],
-                                         tmp_path: Path) -> None:
+def test_fleet_page_in_headless_chromium(
+    fleet_site: tuple[str, SqliteStore], tmp_path: Path
+) -> None:
     need_binaries("chromium")
     base, store = fleet_site
     verdicts = {n.node_id: n.verdict for n in store.list_nodes()}

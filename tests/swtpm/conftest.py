@@ -15,8 +15,8 @@ import pytest
 from cryptography import x509
 from tests.conftest import SwtpmFactory
 
-from attest.verifier.client import NodeClient
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair
+from attest.verifier.client import NodeClient
 
 BIN = Path(sys.executable).parent
 
@@ -87,10 +87,13 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
     and ``env`` more environment for both daemons (e.g. ``ATTEST_UPGRADE_SPOOL_DIR``)."""
     nodes: list[Node] = []
 
-    def start(name: str = "node", port: int | None = None,
-              tpm: tuple[SwtpmProcess, SwtpmState] | None = None,
-              broker_args: Sequence[str] = (), env: Mapping[str, str] | None = None
-              ) -> Node:  # fmt: skip
+    def start(
+        name: str = "node",
+        port: int | None = None,
+        tpm: tuple[SwtpmProcess, SwtpmState] | None = None,
+        broker_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Node:
         sw, state = tpm if tpm is not None else swtpm_factory(f"{name}-tpm")
         work = tmp_path / name
         run = work / "run"
@@ -98,21 +101,40 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
         node_state = work / "state"
         node_state.mkdir(mode=0o700)
         port = port or free_port_pair()
-        env = {**os.environ, "ATTEST_TPM_BROKER_SOCKET": str(run / "tpm.sock"),
-               "ATTEST_API_PORT": str(port), "ATTEST_API_OPERATOR_SOCKET": str(run / "api.sock"),
-               "ATTEST_TPM_STATE_DIR": str(node_state), "ATTEST_NODE_ID": "swtpm-node",
-               "ATTEST_LOGS_FIRMWARE_LOG": str(work / "none"),
-               "ATTEST_API_RATE_PER_SECOND": "100000",
-               "ATTEST_API_RATE_BURST": "100000", **(env or {})}  # fmt: skip
+        env = {
+            **os.environ,
+            "ATTEST_TPM_BROKER_SOCKET": str(run / "tpm.sock"),
+            "ATTEST_API_PORT": str(port),
+            "ATTEST_API_OPERATOR_SOCKET": str(run / "api.sock"),
+            "ATTEST_TPM_STATE_DIR": str(node_state),
+            "ATTEST_NODE_ID": "swtpm-node",
+            "ATTEST_LOGS_FIRMWARE_LOG": str(work / "none"),
+            "ATTEST_API_RATE_PER_SECOND": "100000",
+            "ATTEST_API_RATE_BURST": "100000",
+            **(env or {}),
+        }
         logs = (work / "broker.log").open("wb"), (work / "api.log").open("wb")
         broker = subprocess.Popen(
-            [str(BIN / "attestd-tpm"), "--tcti", sw.tcti, "--socket", str(run / "tpm.sock"),
-             "--operator-socket", str(run / "tpm-op.sock"), "--state-dir", str(node_state),
-             *broker_args],
-            env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
+            [
+                str(BIN / "attestd-tpm"),
+                "--tcti",
+                sw.tcti,
+                "--socket",
+                str(run / "tpm.sock"),
+                "--operator-socket",
+                str(run / "tpm-op.sock"),
+                "--state-dir",
+                str(node_state),
+                *broker_args,
+            ],
+            env=env,
+            stdout=logs[0],
+            stderr=subprocess.STDOUT,
+        )
         wait(lambda: (run / "tpm.sock").exists(), 30, "broker socket")
-        api = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=logs[1],
-                               stderr=subprocess.STDOUT)  # fmt: skip
+        api = subprocess.Popen(
+            [str(BIN / "attestd")], env=env, stdout=logs[1], stderr=subprocess.STDOUT
+        )
         n = Node(sw, state, port, run / "api.sock", broker, api, work, logs)
         nodes.append(n)
         with n.client() as c:

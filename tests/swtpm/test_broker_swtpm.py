@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 
 from attest.audit import verify_audit_chain
-from attest.node.broker.client import BrokerClient
-from attest.node.broker.local import LocalNode
-from attest.node.broker.server import BrokerServer
 from attest.errors import AuditChainError, ClockError, OperationNotAllowed, ReplayError, TpmError
 from attest.eventlog.cel import dumps_cel_record
 from attest.model import PcrSelection
+from attest.node.broker.client import BrokerClient
+from attest.node.broker.local import LocalNode
+from attest.node.broker.server import BrokerServer
+from attest.node.tpm.esapi import EsapiTpm
+from attest.node.tpm.swtpm import SwtpmProcess
 from attest.quote import DEFAULT_POLICY, QuotePolicy, verify_quote
 from attest.runtime import VerifiedRuntimeLog, new_runtime_record, verify_runtime_log
-from attest.node.tpm.swtpm import SwtpmProcess
-from attest.node.tpm.esapi import EsapiTpm
 
 PCR = 13
 
@@ -88,8 +88,15 @@ def test_quote_via_broker_verifies_and_runtime_log_replays(broker: Broker) -> No
 
 
 def test_audit_record_is_anchored_and_chain_verifies_remotely(broker: Broker) -> None:
-    broker.operator.audit_record({"event": "session-open", "user": "alice", "source": "10.1.2.3",
-                                  "service": "sshd", "session": "pts/0"})  # fmt: skip
+    broker.operator.audit_record(
+        {
+            "event": "session-open",
+            "user": "alice",
+            "source": "10.1.2.3",
+            "service": "sshd",
+            "session": "pts/0",
+        }
+    )
     broker.operator.audit_record({"event": "session-close", "user": "alice", "service": "sshd"})
     runtime, audit = attest_node(broker.api)
     assert [e.event for e in audit] == ["session-open", "session-close"]

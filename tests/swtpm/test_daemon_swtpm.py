@@ -23,12 +23,12 @@ from attest.verifier.contact import challenge, enroll
 def test_enroll_and_attest_through_the_daemons(node: Node) -> None:
     roots, inter = node.roots()
     with node.client() as c, node.operator() as op:
-        e = enroll(c, now=datetime.now(UTC), ek_roots=roots, ek_intermediates=inter,
-                   activator=op)  # fmt: skip
+        e = enroll(c, now=datetime.now(UTC), ek_roots=roots, ek_intermediates=inter, activator=op)
         assert e.activated and e.ek_certificate and e.node_id == "swtpm-node"
         a1 = challenge(c, e, selection=PcrSelection.parse("sha256:0-7"), firmware=False)
-        a2 = challenge(c, e, selection=PcrSelection.parse("sha256:0-7"), firmware=False,
-                       previous=a1.clock)  # fmt: skip
+        a2 = challenge(
+            c, e, selection=PcrSelection.parse("sha256:0-7"), firmware=False, previous=a1.clock
+        )
     assert a1.runtime is not None
     kinds = {ev.kind for ev in a1.runtime.events}
     assert {"daemon-start", "config"} <= kinds
@@ -38,18 +38,21 @@ def test_enroll_and_attest_through_the_daemons(node: Node) -> None:
 def test_activation_is_refused_on_the_public_listener(node: Node) -> None:
     """The public listener answers 403 to activation: a failed credential activation (the
     enrollment is refused, naming the check), not an unreachable node."""
-    with node.client() as c, pytest.raises(CredentialError,
-                                           match="credential activation failed: .*403") as exc:
+    with (
+        node.client() as c,
+        pytest.raises(CredentialError, match="credential activation failed: .*403") as exc,
+    ):
         enroll(c, now=datetime.now(UTC), activator=c)
     assert exc.value.check == "credential-activation"
 
 
-def test_activation_for_another_tpm_fails(node: Node, swtpm_factory: SwtpmFactory,
-                                         tmp_path: Path) -> None:  # fmt: skip
+def test_activation_for_another_tpm_fails(
+    node: Node, swtpm_factory: SwtpmFactory, tmp_path: Path
+) -> None:
     """A credential made for another TPM's EK cannot be activated by this node."""
     from attest.enroll import start_enrollment
-    from attest.node.tpm.swtpm import manufacture
     from attest.node.tpm.esapi import EsapiTpm
+    from attest.node.tpm.swtpm import manufacture
 
     other_state = manufacture(tmp_path / "other")
     with SwtpmProcess(other_state.state_dir) as other, EsapiTpm(other.tcti) as t:
@@ -95,8 +98,10 @@ def test_load_on_loopback_is_batched_and_bounded(node: Node) -> None:
 
     async def run() -> list[int]:
         sizes = []
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{node.port}",
-                                     timeout=60) as client:  # fmt: skip
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{node.port}", timeout=60
+        ) as client:
+
             async def one() -> None:
                 nonce = os.urandom(32)
                 body = {"nonce": nonce.hex(), "pcrs": {"sha256": list(range(8))}}
@@ -117,9 +122,21 @@ def test_schemathesis_finds_no_server_error(node: Node) -> None:
     """Property-based requests against the published OpenAPI spec: no 5xx but the documented
     TPM-unavailable 503."""
     result = subprocess.run(
-        [str(BIN / "schemathesis"), "run", f"http://127.0.0.1:{node.port}/openapi.json",
-         "--checks", "not_a_server_error", "--max-examples", "30", "--exclude-method", "GET",
-         "--exclude-path", "/metrics"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(BIN / "schemathesis"),
+            "run",
+            f"http://127.0.0.1:{node.port}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "30",
+            "--exclude-method",
+            "GET",
+            "--exclude-path",
+            "/metrics",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -22,8 +22,8 @@ from attest.enroll import (
     verify_ek_certificate,
 )
 from attest.errors import CertificateError, TpmError
-from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, manufacture
 from attest.node.tpm.esapi import EsapiTpm
+from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, manufacture
 from attest.tpmstruct import Public, Reader, parse_public
 
 RSA_EK_CERT = 0x01C00002
@@ -69,8 +69,9 @@ class Tools:
 
     def __call__(self, *args: str, offline: bool = False) -> None:
         env = {k: v for k, v in self.env.items() if not (offline and k == "TPM2TOOLS_TCTI")}
-        proc = subprocess.run(list(args), cwd=self.work, env=env, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+        proc = subprocess.run(
+            list(args), cwd=self.work, env=env, capture_output=True, text=True, timeout=60
+        )
         if proc.returncode != 0:
             pytest.fail(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
 
@@ -90,8 +91,10 @@ def test_ek_certificate_from_nv_chains_to_the_swtpm_local_ca(
         certs[RSA_EK_CERT], roots=roots, intermediates=inters, now=datetime.now(UTC)
     )
     assert [c.subject for c in verified.chain] == [
-        verified.certificate.subject, inters[0].subject, roots[0].subject,
-    ]  # fmt: skip
+        verified.certificate.subject,
+        inters[0].subject,
+        roots[0].subject,
+    ]
     assert verified.tpm_model == "swtpm"
     ek_matches_certificate(tpm.ek_public(), verified.certificate)
 
@@ -101,9 +104,11 @@ def test_p384_ek_certificate_verifies_but_is_not_the_rsa_ek(
 ) -> None:
     roots, inters = _ca(swtpm[1])
     verified = verify_ek_certificate(
-        tpm.ek_certificates()[P384_EK_CERT], roots=roots, intermediates=inters,
+        tpm.ek_certificates()[P384_EK_CERT],
+        roots=roots,
+        intermediates=inters,
         now=datetime.now(UTC),
-    )  # fmt: skip
+    )
     with pytest.raises(CertificateError, match="not the key certified"):
         ek_matches_certificate(tpm.ek_public(), verified.certificate)
 
@@ -121,9 +126,10 @@ def other_tpm(tmp_path: Path) -> Iterator[tuple[EsapiTpm, SwtpmState]]:
 
 
 def test_ek_certificate_of_another_tpm_is_refused(
-    tpm: EsapiTpm, swtpm: tuple[SwtpmProcess, SwtpmState],
+    tpm: EsapiTpm,
+    swtpm: tuple[SwtpmProcess, SwtpmState],
     other_tpm: tuple[EsapiTpm, SwtpmState],
-) -> None:  # fmt: skip
+) -> None:
     other, other_state = other_tpm
     foreign = other.ek_certificates()[RSA_EK_CERT]
     roots, inters = _ca(swtpm[1])
@@ -167,8 +173,10 @@ def test_credential_for_the_ek_of_another_tpm_fails_activation(
     assert info.value.rc != 0
     # ...while the other TPM, holding that EK, would release it only to its own AK's name.
     challenge, expected = start_enrollment(other_ek, other_tpm[0].ak_public())
-    assert other_tpm[0].activate_credential(challenge.id_object,
-                                            challenge.encrypted_secret) == expected  # fmt: skip
+    assert (
+        other_tpm[0].activate_credential(challenge.id_object, challenge.encrypted_secret)
+        == expected
+    )
 
 
 # --- interop with tpm2-tools --------------------------------------------------------------------
@@ -184,8 +192,22 @@ def test_tpm2_makecredential_output_activates_through_our_adapter(
     )
     secret = os.urandom(32)
     tools.path("secret.bin").write_bytes(secret)
-    tools("tpm2_makecredential", "-T", "none", "-G", "rsa", "-u", "ek.pem", "-s", "secret.bin",
-          "-n", tpm.ak_public().name.hex(), "-o", "cred.out", offline=True)  # fmt: skip
+    tools(
+        "tpm2_makecredential",
+        "-T",
+        "none",
+        "-G",
+        "rsa",
+        "-u",
+        "ek.pem",
+        "-s",
+        "secret.bin",
+        "-n",
+        tpm.ak_public().name.hex(),
+        "-o",
+        "cred.out",
+        offline=True,
+    )
     id_object, enc = _from_tools_blob(tools.path("cred.out").read_bytes())
     assert tpm.activate_credential(id_object, enc) == secret
 
@@ -194,8 +216,23 @@ def _tools_ek_and_ak(tools: Tools, alg: str) -> tuple[Public, Public, str]:
     """Create an EK (TCG template) persistently and an AK under it; return their publics."""
     handle = "0x81018001"  # swtpm_setup already persisted its EK at 0x81010001
     tools("tpm2_createek", "-G", alg, "-c", handle, "-u", "ek.pub")
-    tools("tpm2_createak", "-C", handle, "-c", "ak.ctx", "-G", "ecc", "-g", "sha256",
-          "-s", "ecdsa", "-u", "ak.pub", "-n", "ak.name")  # fmt: skip
+    tools(
+        "tpm2_createak",
+        "-C",
+        handle,
+        "-c",
+        "ak.ctx",
+        "-G",
+        "ecc",
+        "-g",
+        "sha256",
+        "-s",
+        "ecdsa",
+        "-u",
+        "ak.pub",
+        "-n",
+        "ak.name",
+    )
     ek = parse_public(tools.path("ek.pub").read_bytes())
     ak = parse_public(tools.path("ak.pub").read_bytes())
     assert ak.name == tools.path("ak.name").read_bytes()
@@ -218,8 +255,19 @@ def test_our_credential_activates_with_tpm2_activatecredential(
     # The TCG EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT) (EK Credential Profile B.3.3).
     tools("tpm2_startauthsession", "--policy-session", "-S", "session.ctx")
     tools("tpm2_policysecret", "-S", "session.ctx", "-c", "e")
-    tools("tpm2_activatecredential", "-c", "ak.ctx", "-C", ek_handle, "-i", "cred.in",
-          "-o", "secret.out", "-P", "session:session.ctx")  # fmt: skip
+    tools(
+        "tpm2_activatecredential",
+        "-c",
+        "ak.ctx",
+        "-C",
+        ek_handle,
+        "-i",
+        "cred.in",
+        "-o",
+        "secret.out",
+        "-P",
+        "session:session.ctx",
+    )
     tools("tpm2_flushcontext", "session.ctx")
     finish_enrollment(expected, tools.path("secret.out").read_bytes())
 
@@ -230,14 +278,34 @@ def test_p384_credential_activates_in_the_tpm(swtpm_factory: Factory, tmp_path: 
     # definition, so use a P-384 storage key with those (SHA-384, AES-256-CFB) and userWithAuth.
     proc, _ = swtpm_factory("tools-p384")
     tools = Tools(proc, tmp_path / "work-p384")
-    tools("tpm2_createprimary", "-C", "e", "-g", "sha384", "-G", "ecc384:aes256cfb",
-          "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt",
-          "-c", "primary.ctx")  # fmt: skip
+    tools(
+        "tpm2_createprimary",
+        "-C",
+        "e",
+        "-g",
+        "sha384",
+        "-G",
+        "ecc384:aes256cfb",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt",
+        "-c",
+        "primary.ctx",
+    )
     tools("tpm2_evictcontrol", "-C", "o", "-c", "primary.ctx", "0x81018002")
     tools("tpm2_flushcontext", "-t")
-    tools("tpm2_create", "-C", "0x81018002", "-G", "ecc256:ecdsa-sha256:null",
-          "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
-          "-u", "ak.pub", "-r", "ak.priv")  # fmt: skip
+    tools(
+        "tpm2_create",
+        "-C",
+        "0x81018002",
+        "-G",
+        "ecc256:ecdsa-sha256:null",
+        "-a",
+        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+        "-u",
+        "ak.pub",
+        "-r",
+        "ak.priv",
+    )
     tools("tpm2_load", "-C", "0x81018002", "-u", "ak.pub", "-r", "ak.priv", "-c", "ak.ctx")
     tools("tpm2_readpublic", "-c", "0x81018002", "-o", "ek.pub")
     ek = parse_public(tools.path("ek.pub").read_bytes())
@@ -247,6 +315,15 @@ def test_p384_credential_activates_in_the_tpm(swtpm_factory: Factory, tmp_path: 
     tools.path("cred.in").write_bytes(
         _to_tools_blob(challenge.id_object, challenge.encrypted_secret)
     )
-    tools("tpm2_activatecredential", "-c", "ak.ctx", "-C", "0x81018002", "-i", "cred.in",
-          "-o", "secret.out")  # fmt: skip
+    tools(
+        "tpm2_activatecredential",
+        "-c",
+        "ak.ctx",
+        "-C",
+        "0x81018002",
+        "-i",
+        "cred.in",
+        "-o",
+        "secret.out",
+    )
     finish_enrollment(expected, tools.path("secret.out").read_bytes())

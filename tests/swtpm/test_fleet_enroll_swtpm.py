@@ -20,11 +20,11 @@ from fastapi.testclient import TestClient
 from tests.swtpm.conftest import Node, NodeFactory
 
 from attest.cli.fleet import main
+from attest.node.tpm.swtpm import SwtpmProcess, manufacture
+from attest.verifier.contact import load_ek_cas
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
 from attest.verifier.fleet.store import SqliteStore
-from attest.node.tpm.swtpm import SwtpmProcess, manufacture
-from attest.verifier.contact import load_ek_cas
 
 
 def other_root(path: Path) -> Path:
@@ -32,11 +32,17 @@ def other_root(path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the TPM vendor")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=9))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))  # fmt: skip
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
 
@@ -49,12 +55,23 @@ def ca_dir(node: Node, tmp_path: Path) -> Path:
     return d
 
 
-def test_fleet_add_verifies_the_ek_chain_and_activates(node: Node, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]
-                                                       ) -> None:  # fmt: skip
+def test_fleet_add_verifies_the_ek_chain_and_activates(
+    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = f"sqlite:///{tmp_path}/fleet.db"
-    code = main(["add", node.url, "--db", db, "--ek-roots", str(ca_dir(node, tmp_path)),
-                 "--operator-socket", str(node.api_sock), "--json"])
+    code = main(
+        [
+            "add",
+            node.url,
+            "--db",
+            db,
+            "--ek-roots",
+            str(ca_dir(node, tmp_path)),
+            "--operator-socket",
+            str(node.api_sock),
+            "--json",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     e = json.loads(out.out)["enrollment"]
@@ -66,24 +83,38 @@ def test_fleet_add_verifies_the_ek_chain_and_activates(node: Node, tmp_path: Pat
     store.close()
 
     # Roots that did not issue the EK certificate: refused, naming the check.
-    code = main(["add", node.url, "--db", db, "--id", "again", "--ek-roots",
-                 str(other_root(tmp_path / "other.pem")), "--operator-socket",
-                 str(node.api_sock)])  # fmt: skip
+    code = main(
+        [
+            "add",
+            node.url,
+            "--db",
+            db,
+            "--id",
+            "again",
+            "--ek-roots",
+            str(other_root(tmp_path / "other.pem")),
+            "--operator-socket",
+            str(node.api_sock),
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "certificate" in err, err
     # Fail closed: no roots and no --tofu; roots but no channel for activation.
     assert main(["add", node.url, "--db", db, "--id", "x"]) == 2
     assert "--tofu" in capsys.readouterr().err
-    assert main(["add", node.url, "--db", db, "--id", "x", "--ek-roots",
-                 str(ca_dir(node, tmp_path))]) == 2  # fmt: skip
+    assert (
+        main(["add", node.url, "--db", db, "--id", "x", "--ek-roots", str(ca_dir(node, tmp_path))])
+        == 2
+    )
     assert "credential activation" in capsys.readouterr().err
     # --tofu is said in the output.
     assert main(["add", node.url, "--db", db, "--id", "tofu", "--tofu"]) == 0
     assert "NOT checked" in capsys.readouterr().out
 
 
-def test_register_over_rest_refuses_with_the_check_name(node_factory: NodeFactory,
-                                                        tmp_path: Path) -> None:
+def test_register_over_rest_refuses_with_the_check_name(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
     a = node_factory("a")
     # Another TPM (its own EK and AK; node_factory's nodes share one manufactured state).
     other = manufacture(tmp_path / "other-tpm")
@@ -115,13 +146,15 @@ def _register_checks(a: Node, b: Node, tmp_path: Path) -> None:
 
     other, _ = load_ek_cas([other_root(tmp_path / "other.pem")])
     r = app(EnrollPolicy(tuple(other), (), operator_socket=str(a.api_sock))).post(
-        "/v1/nodes", json={"url": a.url, "node_id": "a3"})
+        "/v1/nodes", json={"url": a.url, "node_id": "a3"}
+    )
     assert r.status_code == 422 and "(certificate)" in r.json()["detail"], r.text
 
     r = app(EnrollPolicy()).post("/v1/nodes", json={"url": a.url, "node_id": "a4"})
     assert r.status_code == 422 and "(ek-roots)" in r.json()["detail"], r.text
     r = app(EnrollPolicy(tuple(roots), tuple(inter))).post(
-        "/v1/nodes", json={"url": a.url, "node_id": "a5"})
+        "/v1/nodes", json={"url": a.url, "node_id": "a5"}
+    )
     assert r.status_code == 422 and "(credential-activation)" in r.json()["detail"], r.text
     assert {n.node_id for n in store.list_nodes()} == {"a"}
     store.close()

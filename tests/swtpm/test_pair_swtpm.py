@@ -24,16 +24,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.swtpm.conftest import Node, NodeFactory
 
-from attest.node.broker.client import BrokerClient
+from attest.appraisal.ear import verify_ear
 from attest.cli import EXIT_REFUSED
 from attest.cli import vtpm as vtpm_cli
 from attest.cli.verify import main as verify_main
-from attest.verifier.enrollments import EnrollmentStore
 from attest.errors import OperationNotAllowed
 from attest.evidence import unb64
-from attest.appraisal.ear import verify_ear
+from attest.node.broker.client import BrokerClient
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, manufacture
 from attest.verifier.contact import selection_for
+from attest.verifier.enrollments import EnrollmentStore
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,13 @@ pytestmark = pytest.mark.slow
 def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path / "ear.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))  # fmt: skip
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return path, key
 
 
@@ -56,8 +60,9 @@ class Pair:
 @pytest.fixture()
 def pair(node_factory: NodeFactory, tmp_path: Path) -> Iterator[Pair]:
     vtpm_dir = tmp_path / "host-vtpm"
-    host = node_factory("host", broker_args=["--vtpm-dir", str(vtpm_dir)],
-                        env={"ATTEST_NODE_ID": "host-1"})  # fmt: skip
+    host = node_factory(
+        "host", broker_args=["--vtpm-dir", str(vtpm_dir)], env={"ATTEST_NODE_ID": "host-1"}
+    )
     with BrokerClient(host.broker_operator_sock, timeout=300) as c:
         created = c.vtpm_create("g1")
     assert created["recorded"] is True and created["guest_id"] == "g1"
@@ -65,32 +70,57 @@ def pair(node_factory: NodeFactory, tmp_path: Path) -> Iterator[Pair]:
     assert state.is_relative_to(vtpm_dir)
     sw = SwtpmProcess(state).start()
     try:
-        guest = node_factory("guest", tpm=(sw, SwtpmState(state, vtpm_dir / "ca")),
-                             env={"ATTEST_NODE_ID": "g1"})  # fmt: skip
+        guest = node_factory(
+            "guest", tpm=(sw, SwtpmState(state, vtpm_dir / "ca")), env={"ATTEST_NODE_ID": "g1"}
+        )
         yield Pair(host, vtpm_dir, guest, sw)
     finally:
         sw.stop()
 
 
-def verify_pair(capsys: pytest.CaptureFixture[str], pair: Pair, state: Path, key: Path,
-                *extra: str, host_url: str | None = None,
-                guest: Node | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+def verify_pair(
+    capsys: pytest.CaptureFixture[str],
+    pair: Pair,
+    state: Path,
+    key: Path,
+    *extra: str,
+    host_url: str | None = None,
+    guest: Node | None = None,
+) -> tuple[int, dict[str, Any]]:
     g = guest or pair.guest
     ca = pair.vtpm_dir / "ca"
-    args = [g.url, "--host", host_url or pair.host.url, "--state", str(state),
-            "--ear-key", str(key), "--json",
-            "--ek-ca", str(ca / "swtpm-localca-rootca-cert.pem"),
-            "--ek-ca", str(ca / "issuercert.pem"), "--operator-socket", str(g.api_sock),
-            "--host-ek-ca", str(pair.host.state.root_ca),
-            "--host-ek-ca", str(pair.host.state.intermediate_ca),
-            "--host-operator-socket", str(pair.host.api_sock), *extra]  # fmt: skip
+    args = [
+        g.url,
+        "--host",
+        host_url or pair.host.url,
+        "--state",
+        str(state),
+        "--ear-key",
+        str(key),
+        "--json",
+        "--ek-ca",
+        str(ca / "swtpm-localca-rootca-cert.pem"),
+        "--ek-ca",
+        str(ca / "issuercert.pem"),
+        "--operator-socket",
+        str(g.api_sock),
+        "--host-ek-ca",
+        str(pair.host.state.root_ca),
+        "--host-ek-ca",
+        str(pair.host.state.intermediate_ca),
+        "--host-operator-socket",
+        str(pair.host.api_sock),
+        *extra,
+    ]
     capsys.readouterr()
     code = verify_main(args)
     return code, json.loads(capsys.readouterr().out)
 
 
 def test_host_and_guest_blessed_and_vouched_is_affirming(
-    pair: Pair, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    pair: Pair,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, doc = verify_pair(capsys, pair, tmp_path / "verifier", ear_key[0])
@@ -113,8 +143,11 @@ def test_host_and_guest_blessed_and_vouched_is_affirming(
 
 
 def test_guest_moved_to_an_unvouched_vtpm_is_contraindicated_and_cannot_be_vouched(
-    pair: Pair, node_factory: NodeFactory, tmp_path: Path,
-    ear_key: tuple[Path, ec.EllipticCurvePrivateKey], capsys: pytest.CaptureFixture[str],
+    pair: Pair,
+    node_factory: NodeFactory,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     state = tmp_path / "verifier"
     assert verify_pair(capsys, pair, state, ear_key[0])[0] == 0
@@ -124,8 +157,9 @@ def test_guest_moved_to_an_unvouched_vtpm_is_contraindicated_and_cannot_be_vouch
     c = manufacture(tmp_path / "vtpm-c", ca_dir=pair.vtpm_dir / "ca")
     sw = SwtpmProcess(c.state_dir).start()
     try:
-        moved = node_factory("moved", port=pair.guest.port, tpm=(sw, c),
-                             env={"ATTEST_NODE_ID": "g1"})  # fmt: skip
+        moved = node_factory(
+            "moved", port=pair.guest.port, tpm=(sw, c), env={"ATTEST_NODE_ID": "g1"}
+        )
         # The verifier's enrollment of g1 is vTPM B's: an alarm at the guest layer.
         code, doc = verify_pair(capsys, pair, state, ear_key[0], guest=moved)
         assert code == 11 and doc["verdict"] == "alarm" and doc["failed_layer"] == "guest"
@@ -153,8 +187,17 @@ def test_guest_moved_to_an_unvouched_vtpm_is_contraindicated_and_cannot_be_vouch
         ek_file = tmp_path / "ek-c.pub"
         ek_file.write_bytes(ek_c)
         capsys.readouterr()
-        code = vtpm_cli.main(["record", "--guest", "g1", "--ek-public", str(ek_file),
-                              "--broker-socket", str(pair.host.broker_operator_sock)])
+        code = vtpm_cli.main(
+            [
+                "record",
+                "--guest",
+                "g1",
+                "--ek-public",
+                str(ek_file),
+                "--broker-socket",
+                str(pair.host.broker_operator_sock),
+            ]
+        )
         assert code == EXIT_REFUSED
         assert "refused" in capsys.readouterr().err
         # ... logged by the broker and audited on the host, anchored in its runtime log.
@@ -202,7 +245,9 @@ class _Replay(BaseHTTPRequestHandler):
 
 
 def test_host_replaying_an_old_quote_is_refused_as_stale(
-    pair: Pair, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    pair: Pair,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     state = tmp_path / "verifier"
@@ -210,10 +255,12 @@ def test_host_replaying_an_old_quote_is_refused_as_stale(
     enrollment = EnrollmentStore(state).load(pair.host.url)
     assert enrollment is not None
     with pair.host.client() as c:  # a genuine host quote, vouching for g1, of an earlier time
-        old = c.evidence(os.urandom(32), selection_for(enrollment.enrollment), firmware_from=0,
-                         runtime_from=0)  # fmt: skip
-    handler = type("Replay", (_Replay,), {"upstream": pair.host.url,
-                                          "old": json.dumps(old).encode()})  # fmt: skip
+        old = c.evidence(
+            os.urandom(32), selection_for(enrollment.enrollment), firmware_from=0, runtime_from=0
+        )
+    handler = type(
+        "Replay", (_Replay,), {"upstream": pair.host.url, "old": json.dumps(old).encode()}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
@@ -236,15 +283,24 @@ TEST_MANIFESTS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "t
 
 
 def test_unblessed_host_with_a_blessed_guest_is_contraindicated_at_the_host_layer(
-    pair: Pair, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    pair: Pair,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # The host's root file system is a dm-verity device no release of the registry blesses.
     with BrokerClient(pair.host.work / "run" / "tpm.sock") as api:
         api.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
-    code, doc = verify_pair(capsys, pair, tmp_path / "verifier", ear_key[0],
-                            "--host-root", str(TEST_MANIFESTS / "root.json"),
-                            "--host-snapshot", str(TEST_MANIFESTS / "registry.json"))
+    code, doc = verify_pair(
+        capsys,
+        pair,
+        tmp_path / "verifier",
+        ear_key[0],
+        "--host-root",
+        str(TEST_MANIFESTS / "root.json"),
+        "--host-snapshot",
+        str(TEST_MANIFESTS / "registry.json"),
+    )
     assert code == 11, doc
     assert doc["failed_layer"] == "host"
     assert doc["layers"]["host"]["verdict"] == "contraindicated"

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.swtpm.conftest import Node, NodeFactory
 from tests.swtpm.test_verify_swtpm import ear_key, verify  # noqa: F401 -- fixture
 
-from attest.node.broker.client import BrokerClient
 from attest.cli import main as attest_main
+from attest.node.broker.client import BrokerClient
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +45,9 @@ def attestd_environment(node: Node) -> list[str]:
     return [a for v in sorted(env) for a in ("--env", v)]
 
 
-def registry_blessing(tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str, *,
-                      config: str, mac: str) -> tuple[Path, str]:  # fmt: skip
+def registry_blessing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str, *, config: str, mac: str
+) -> tuple[Path, str]:
     """The TEST registry plus release ``version`` (always the same image and salt, so the same
     dm-verity root hash) blessing ``config`` and ``mac``, signed by two TEST release keys; and
     the release's dm-verity root hash."""
@@ -54,29 +55,45 @@ def registry_blessing(tmp_path: Path, capsys: pytest.CaptureFixture[str], versio
     shutil.copy(TEST_MANIFESTS / "registry.json", reg)
     img = tmp_path / f"image-{version}"
     img.write_bytes(hashlib.sha256(b"the node image").digest() * 128 * 3)  # 3 blocks
-    manifest(capsys, "bless", str(img), "--version", version, "--commit", "ab" * 20,
-             "--salt", "5a" * 32,
-             "--config-digest", config, "--policy-mac", f"selinux={mac}",
-             "--registry", str(reg))  # fmt: skip
+    manifest(
+        capsys,
+        "bless",
+        str(img),
+        "--version",
+        version,
+        "--commit",
+        "ab" * 20,
+        "--salt",
+        "5a" * 32,
+        "--config-digest",
+        config,
+        "--policy-mac",
+        f"selinux={mac}",
+        "--registry",
+        str(reg),
+    )
     for k in ("releases-1", "releases-2"):
-        manifest(capsys, "sign", str(reg), "--key", str(TEST_MANIFESTS / "keys" /
-                                                         f"TEST-ONLY-{k}.pem"))  # fmt: skip
+        manifest(
+            capsys, "sign", str(reg), "--key", str(TEST_MANIFESTS / "keys" / f"TEST-ONLY-{k}.pem")
+        )
     root_hash = json.loads(reg.read_bytes())["signed"]["releases"][version]["verity"]["root_hash"]
     return reg, root_hash
 
 
 def test_measured_config_digest_is_blessed_and_appraises_affirming(
-    node_factory: NodeFactory, tmp_path: Path,
+    node_factory: NodeFactory,
+    tmp_path: Path,
     ear_key: tuple[Path, ec.EllipticCurvePrivateKey],  # noqa: F811
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     conf = tmp_path / "attestd.toml"
-    conf.write_text("[api]\nmax_batch = 1024\n\n[image]\nversion_file = \"/nonexistent\"\n")
+    conf.write_text('[api]\nmax_batch = 1024\n\n[image]\nversion_file = "/nonexistent"\n')
     policy = tmp_path / "selinux-policy"
     policy.write_bytes(os.urandom(4096))
     mac = hashlib.sha256(policy.read_bytes()).hexdigest()
-    node = node_factory("policy-node", broker_args=["--mac-policy", str(policy)],
-                        env={"ATTEST_CONFIG": str(conf)})  # fmt: skip
+    node = node_factory(
+        "policy-node", broker_args=["--mac-policy", str(policy)], env={"ATTEST_CONFIG": str(conf)}
+    )
 
     # The digest governance computes from the file = the one attestd measured.
     out = manifest(capsys, "config-digest", str(conf), *attestd_environment(node), "--json")
@@ -93,8 +110,16 @@ def test_measured_config_digest_is_blessed_and_appraises_affirming(
     reg, root_hash = registry_blessing(tmp_path, capsys, "9.0.0", config=digest, mac=mac)
     with BrokerClient(node.work / "run" / "tpm.sock") as api:
         api.measure("verity-device", {"name": "root", "root_hash": root_hash})
-    code, doc = verify(capsys, node, tmp_path / "verifier", ear_key[0],
-                       "--root", str(TEST_MANIFESTS / "root.json"), "--snapshot", str(reg))
+    code, doc = verify(
+        capsys,
+        node,
+        tmp_path / "verifier",
+        ear_key[0],
+        "--root",
+        str(TEST_MANIFESTS / "root.json"),
+        "--snapshot",
+        str(reg),
+    )
     assert code == 0, (doc["explanation"], doc["notes"])
     assert doc["claims"]["configuration"] == 2
     found = {f["check"]: f for f in doc["result"]["findings"]}
@@ -106,9 +131,18 @@ def test_measured_config_digest_is_blessed_and_appraises_affirming(
     other = hashlib.sha256(b"another deployment").hexdigest()
     reg2, root2 = registry_blessing(tmp_path, capsys, "9.0.1", config=other, mac=mac)
     assert root2 == root_hash
-    code, doc = verify(capsys, node, tmp_path / "verifier", ear_key[0],
-                       "--root", str(TEST_MANIFESTS / "root.json"), "--snapshot", str(reg2))
+    code, doc = verify(
+        capsys,
+        node,
+        tmp_path / "verifier",
+        ear_key[0],
+        "--root",
+        str(TEST_MANIFESTS / "root.json"),
+        "--snapshot",
+        str(reg2),
+    )
     assert code == 11, doc
     assert doc["claims"]["configuration"] == 96
     assert doc["explanation"].startswith(
-        f"config digest differs from release 9.0.1: {other} → {digest}")
+        f"config digest differs from release 9.0.1: {other} → {digest}"
+    )

@@ -14,8 +14,8 @@ from tests.conftest import need_binaries
 
 from attest.errors import ClockError, PcrSelectionError, TpmError
 from attest.model import HashAlg, PcrSelection
-from attest.quote import verify_quote
 from attest.node.tpm.esapi import AkSpec, EsapiTpm
+from attest.quote import verify_quote
 from attest.tpmstruct import TPM_RH_ENDORSEMENT_QN
 
 NONCE = bytes.fromhex("c0ffee" * 8)
@@ -23,15 +23,18 @@ NONCE = bytes.fromhex("c0ffee" * 8)
 
 def attest_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "attest", *map(str, args)], capture_output=True, text=True,
+        [sys.executable, "-m", "attest", *map(str, args)],
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
 
 
 def tools(tcti: str, *args: str | Path, cwd: Path) -> str:
     env = {**os.environ, "TPM2TOOLS_TCTI": tcti}
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
+    )
     assert proc.returncode == 0, f"{args[0]} failed: {proc.stderr}"
     return proc.stdout
 
@@ -90,8 +93,9 @@ def test_no_transient_handles_leak(swtpm: Any) -> None:
             tpm.quote(sel, NONCE)
             tpm.ek_public()
     env = {**os.environ, "TPM2TOOLS_TCTI": proc.tcti}
-    out = subprocess.run(["tpm2_getcap", "handles-transient"], capture_output=True, text=True,
-                         env=env, timeout=30)  # fmt: skip
+    out = subprocess.run(
+        ["tpm2_getcap", "handles-transient"], capture_output=True, text=True, env=env, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
 
@@ -131,10 +135,17 @@ def test_adapter_recovers_when_swtpm_restarts(swtpm: Any) -> None:
             tpm.quote(sel, NONCE)
         proc.start()
         second = tpm.quote(sel, NONCE)
-        v1 = verify_quote(first.attest, first.signature, ak=tpm.ak_public(), nonce=NONCE,
-                          pcrs=first.pcrs)  # fmt: skip
-        v2 = verify_quote(second.attest, second.signature, ak=tpm.ak_public(), nonce=NONCE,
-                          pcrs=second.pcrs, previous=v1)  # fmt: skip
+        v1 = verify_quote(
+            first.attest, first.signature, ak=tpm.ak_public(), nonce=NONCE, pcrs=first.pcrs
+        )
+        v2 = verify_quote(
+            second.attest,
+            second.signature,
+            ak=tpm.ak_public(),
+            nonce=NONCE,
+            pcrs=second.pcrs,
+            previous=v1,
+        )
     # A restart of swtpm with startup-clear is a TPM Reset.
     assert v2.clock.reset_count == v1.clock.reset_count + 1
 
@@ -171,55 +182,171 @@ def test_tpm2_quote_verifies_with_attest(swtpm: Any, tmp_path: Path, alg: str) -
     t = proc.tcti
     scheme = "ecdsa" if alg == "ecc" else "rsassa"
     tools(t, "tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub", cwd=tmp_path)
-    tools(t, "tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", alg, "-g", "sha256",
-          "-s", scheme, "-u", "ak.pub", "-f", "pem", "-n", "ak.name", cwd=tmp_path)  # fmt: skip
+    tools(
+        t,
+        "tpm2_createak",
+        "-C",
+        "ek.ctx",
+        "-c",
+        "ak.ctx",
+        "-G",
+        alg,
+        "-g",
+        "sha256",
+        "-s",
+        scheme,
+        "-u",
+        "ak.pub",
+        "-f",
+        "pem",
+        "-n",
+        "ak.name",
+        cwd=tmp_path,
+    )
     tools(t, "tpm2_flushcontext", "-t", cwd=tmp_path)
     tools(t, "tpm2_flushcontext", "-s", cwd=tmp_path)
-    tools(t, "tpm2_quote", "-c", "ak.ctx", "-l", "sha256:0,1,2,16", "-q", NONCE.hex(),
-          "-m", "q.msg", "-s", "q.sig", "-o", "q.pcrs", "-g", "sha256", cwd=tmp_path)  # fmt: skip
-    out = attest_cli("quote", "verify", "--ak", tmp_path / "ak.pub", "--nonce", NONCE.hex(),
-                     "--quote", tmp_path / "q.msg", "--signature", tmp_path / "q.sig",
-                     "--pcrs", tmp_path / "q.pcrs")  # fmt: skip
+    tools(
+        t,
+        "tpm2_quote",
+        "-c",
+        "ak.ctx",
+        "-l",
+        "sha256:0,1,2,16",
+        "-q",
+        NONCE.hex(),
+        "-m",
+        "q.msg",
+        "-s",
+        "q.sig",
+        "-o",
+        "q.pcrs",
+        "-g",
+        "sha256",
+        cwd=tmp_path,
+    )
+    out = attest_cli(
+        "quote",
+        "verify",
+        "--ak",
+        tmp_path / "ak.pub",
+        "--nonce",
+        NONCE.hex(),
+        "--quote",
+        tmp_path / "q.msg",
+        "--signature",
+        tmp_path / "q.sig",
+        "--pcrs",
+        tmp_path / "q.pcrs",
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["valid"] is True
     assert doc["pcr_selection"] == "sha256:0,1,2,16"
     assert doc["nonce"] == NONCE.hex()
     # The same files with the wrong nonce: one line naming the check, exit 1.
-    bad = attest_cli("quote", "verify", "--ak", tmp_path / "ak.pub", "--nonce", "00" * 24,
-                     "--quote", tmp_path / "q.msg", "--signature", tmp_path / "q.sig",
-                     "--pcrs", tmp_path / "q.pcrs")  # fmt: skip
+    bad = attest_cli(
+        "quote",
+        "verify",
+        "--ak",
+        tmp_path / "ak.pub",
+        "--nonce",
+        "00" * 24,
+        "--quote",
+        tmp_path / "q.msg",
+        "--signature",
+        tmp_path / "q.sig",
+        "--pcrs",
+        tmp_path / "q.pcrs",
+    )
     assert bad.returncode == 1
     assert bad.stderr.count("\n") == 1 and "nonce check failed" in bad.stderr
     # Asking for another selection than the quote covers is refused too.
-    other = attest_cli("quote", "verify", "--ak", tmp_path / "ak.pub", "--nonce", NONCE.hex(),
-                       "--quote", tmp_path / "q.msg", "--signature", tmp_path / "q.sig",
-                       "--pcrs", tmp_path / "q.pcrs", "--pcr-list", "sha256:0,1,2,17")  # fmt: skip
+    other = attest_cli(
+        "quote",
+        "verify",
+        "--ak",
+        tmp_path / "ak.pub",
+        "--nonce",
+        NONCE.hex(),
+        "--quote",
+        tmp_path / "q.msg",
+        "--signature",
+        tmp_path / "q.sig",
+        "--pcrs",
+        tmp_path / "q.pcrs",
+        "--pcr-list",
+        "sha256:0,1,2,17",
+    )
     assert other.returncode == 1 and "pcr-selection" in other.stderr
 
 
 @pytest.mark.parametrize("kind", ["ecc256", "rsa2048"])
-def test_attest_quote_verifies_with_tpm2_checkquote(swtpm: Any, tmp_path: Path,
-                                                    kind: str) -> None:  # fmt: skip
+def test_attest_quote_verifies_with_tpm2_checkquote(swtpm: Any, tmp_path: Path, kind: str) -> None:
     need_binaries("tpm2_checkquote")
     proc, _ = swtpm
-    out = attest_cli("quote", "create", "--tcti", proc.tcti, "--nonce", NONCE.hex(),
-                     "--pcrs", "sha256:0,1,7", "--ak-type", kind, "-m", tmp_path / "q.msg",
-                     "-s", tmp_path / "q.sig", "-o", tmp_path / "q.pcrs",
-                     "--ak-pem", tmp_path / "ak.pem",
-                     "--ak-public", tmp_path / "ak.tpm2b")  # fmt: skip
+    out = attest_cli(
+        "quote",
+        "create",
+        "--tcti",
+        proc.tcti,
+        "--nonce",
+        NONCE.hex(),
+        "--pcrs",
+        "sha256:0,1,7",
+        "--ak-type",
+        kind,
+        "-m",
+        tmp_path / "q.msg",
+        "-s",
+        tmp_path / "q.sig",
+        "-o",
+        tmp_path / "q.pcrs",
+        "--ak-pem",
+        tmp_path / "ak.pem",
+        "--ak-public",
+        tmp_path / "ak.tpm2b",
+    )
     assert out.returncode == 0, out.stderr
     check = subprocess.run(
-        ["tpm2_checkquote", "-u", str(tmp_path / "ak.pem"), "-m", str(tmp_path / "q.msg"),
-         "-s", str(tmp_path / "q.sig"), "-f", str(tmp_path / "q.pcrs"), "-l", "sha256:0,1,7",
-         "-q", NONCE.hex(), "-g", "sha256"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "tpm2_checkquote",
+            "-u",
+            str(tmp_path / "ak.pem"),
+            "-m",
+            str(tmp_path / "q.msg"),
+            "-s",
+            str(tmp_path / "q.sig"),
+            "-f",
+            str(tmp_path / "q.pcrs"),
+            "-l",
+            "sha256:0,1,7",
+            "-q",
+            NONCE.hex(),
+            "-g",
+            "sha256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stderr
     # and attest verifies its own files, with the AK as TPM2B_PUBLIC this time
-    ours = attest_cli("quote", "verify", "--ak", tmp_path / "ak.tpm2b", "--nonce", NONCE.hex(),
-                      "-m", tmp_path / "q.msg", "-s", tmp_path / "q.sig",
-                      "-f", tmp_path / "q.pcrs", "--pcr-list", "sha256:0,1,7")  # fmt: skip
+    ours = attest_cli(
+        "quote",
+        "verify",
+        "--ak",
+        tmp_path / "ak.tpm2b",
+        "--nonce",
+        NONCE.hex(),
+        "-m",
+        tmp_path / "q.msg",
+        "-s",
+        tmp_path / "q.sig",
+        "-f",
+        tmp_path / "q.pcrs",
+        "--pcr-list",
+        "sha256:0,1,7",
+    )
     assert ours.returncode == 0, ours.stderr
     assert json.loads(ours.stdout)["ak_name"] is not None
 
@@ -238,8 +365,11 @@ def test_relabelled_values_refused_by_attest_but_not_by_tpm2_checkquote(
         ak = tpm.ak_public()
     from cryptography.hazmat.primitives import serialization
 
-    (tmp_path / "ak.pem").write_bytes(ak.key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    (tmp_path / "ak.pem").write_bytes(
+        ak.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     (tmp_path / "q.msg").write_bytes(q.attest)
     (tmp_path / "q.sig").write_bytes(q.signature)
     vals = q.pcrs.values[HashAlg.SHA256]
@@ -247,18 +377,50 @@ def test_relabelled_values_refused_by_attest_but_not_by_tpm2_checkquote(
     relabelled = {"sha256": {"2": vals[0].hex(), "3": vals[1].hex(), "4": vals[7].hex()}}
     (tmp_path / "relabelled.json").write_text(json.dumps(relabelled))
     peer = subprocess.run(
-        ["tpm2_checkquote", "-u", str(tmp_path / "ak.pem"), "-m", str(tmp_path / "q.msg"),
-         "-s", str(tmp_path / "q.sig"), "-f", str(tmp_path / "q.pcrs"), "-l", "sha256:2,3,4",
-         "-q", NONCE.hex(), "-g", "sha256"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    ours = attest_cli("quote", "verify", "--ak", tmp_path / "ak.pem", "--nonce", NONCE.hex(),
-                      "-m", tmp_path / "q.msg", "-s", tmp_path / "q.sig",
-                      "-f", tmp_path / "relabelled.json")  # fmt: skip
+        [
+            "tpm2_checkquote",
+            "-u",
+            str(tmp_path / "ak.pem"),
+            "-m",
+            str(tmp_path / "q.msg"),
+            "-s",
+            str(tmp_path / "q.sig"),
+            "-f",
+            str(tmp_path / "q.pcrs"),
+            "-l",
+            "sha256:2,3,4",
+            "-q",
+            NONCE.hex(),
+            "-g",
+            "sha256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    ours = attest_cli(
+        "quote",
+        "verify",
+        "--ak",
+        tmp_path / "ak.pem",
+        "--nonce",
+        NONCE.hex(),
+        "-m",
+        tmp_path / "q.msg",
+        "-s",
+        tmp_path / "q.sig",
+        "-f",
+        tmp_path / "relabelled.json",
+    )
     assert ours.returncode == 1 and "pcr-selection check failed" in ours.stderr
     with pytest.raises(PcrSelectionError):
-        verify_quote(q.attest, q.signature, ak=ak, nonce=NONCE, pcrs={
-            HashAlg.SHA256: {2: vals[0], 3: vals[1], 4: vals[7]}})  # fmt: skip
+        verify_quote(
+            q.attest,
+            q.signature,
+            ak=ak,
+            nonce=NONCE,
+            pcrs={HashAlg.SHA256: {2: vals[0], 3: vals[1], 4: vals[7]}},
+        )
     # Record what the peer does with the same relabelled input (FACTS.md: it accepts).
     print(f"tpm2_checkquote on relabelled PCRs: exit {peer.returncode}")
 

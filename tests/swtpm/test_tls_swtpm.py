@@ -20,38 +20,56 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import SwtpmFactory
 
-from attest.verifier.client import NodeClient
-from attest.node.daemon import tls_binding
 from attest.errors import NonceError, TransportError
 from attest.evidence import verify_evidence
 from attest.model import PcrSelection
+from attest.node.daemon import tls_binding
 from attest.node.tpm.swtpm import free_port_pair
+from attest.verifier.client import NodeClient
 from attest.verifier.contact import challenge, enroll
 
 BIN = Path(sys.executable).parent
 NOW = dt.datetime.now(dt.UTC)
 
 
-def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,  # noqa: E501
-          *, ca: bool = False, san: str | None = None) -> x509.Certificate:  # fmt: skip
+def _cert(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,  # noqa: E501
+    *,
+    ca: bool = False,
+    san: str | None = None,
+) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     iss_name, iss_key = issuer or (subject, key)
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(iss_name)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(iss_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if san:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(
-            __import__("ipaddress").ip_address(san))]), critical=False)  # fmt: skip
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address(san))]),
+            critical=False,
+        )
     return b.sign(iss_key, hashes.SHA256())
 
 
 def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> None:
     path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:
-        path.with_suffix(".key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))  # fmt: skip
+        path.with_suffix(".key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
 
 
 @pytest.fixture()
@@ -68,13 +86,18 @@ def tls_node(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[dict[str, 
     sw, _ = swtpm_factory()
     port = free_port_pair()
     state = tmp_path / "node"
-    env = {**os.environ, "ATTEST_TPM_TCTI": sw.tcti, "ATTEST_TPM_STATE_DIR": str(state),
-           "ATTEST_API_PORT": str(port), "ATTEST_API_MTLS_PORT": str(port + 1),
-           "ATTEST_API_TLS_CERT": str(tmp_path / "server.crt"),
-           "ATTEST_API_TLS_KEY": str(tmp_path / "server.key"),
-           "ATTEST_API_CLIENT_CA": str(tmp_path / "ca.crt"),
-           "ATTEST_API_OPERATOR_SOCKET": str(tmp_path / "no-such-dir" / "api.sock"),
-           "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none")}  # fmt: skip
+    env = {
+        **os.environ,
+        "ATTEST_TPM_TCTI": sw.tcti,
+        "ATTEST_TPM_STATE_DIR": str(state),
+        "ATTEST_API_PORT": str(port),
+        "ATTEST_API_MTLS_PORT": str(port + 1),
+        "ATTEST_API_TLS_CERT": str(tmp_path / "server.crt"),
+        "ATTEST_API_TLS_KEY": str(tmp_path / "server.key"),
+        "ATTEST_API_CLIENT_CA": str(tmp_path / "ca.crt"),
+        "ATTEST_API_OPERATOR_SOCKET": str(tmp_path / "no-such-dir" / "api.sock"),
+        "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none"),
+    }
     log = (tmp_path / "attestd.log").open("wb")
     proc = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=log, stderr=subprocess.STDOUT)
     verify = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
@@ -108,11 +131,21 @@ def test_evidence_is_bound_to_the_tls_key_connected_to(tls_node: dict[str, objec
         # to the relay sees the relay's key, and the evidence names the node's.
         nonce = os.urandom(32)
         doc = c.evidence(nonce, PcrSelection.parse("sha256:0"))
-        verify_evidence(doc, nonce=nonce, ak=e.ak, selection=PcrSelection.parse("sha256:0"),
-                        tls_binding=c.peer_binding)  # fmt: skip
+        verify_evidence(
+            doc,
+            nonce=nonce,
+            ak=e.ak,
+            selection=PcrSelection.parse("sha256:0"),
+            tls_binding=c.peer_binding,
+        )
         with pytest.raises(NonceError, match="TLS key"):
-            verify_evidence(doc, nonce=nonce, ak=e.ak, selection=PcrSelection.parse("sha256:0"),
-                            tls_binding=b"\x00" * 32)  # fmt: skip
+            verify_evidence(
+                doc,
+                nonce=nonce,
+                ak=e.ak,
+                selection=PcrSelection.parse("sha256:0"),
+                tls_binding=b"\x00" * 32,
+            )
 
 
 def test_activation_needs_a_client_certificate(tls_node: dict[str, object]) -> None:
@@ -123,17 +156,24 @@ def test_activation_needs_a_client_certificate(tls_node: dict[str, object]) -> N
             public.activate(b"\x00" * 8, b"\x00" * 8)
         e_public = enroll(public, now=NOW)
     # Without a client certificate the mutual-TLS listener refuses the handshake.
-    with NodeClient(f"https://127.0.0.1:{port + 1}", verify=verify) as anonymous, \
-            pytest.raises(TransportError):  # fmt: skip
+    with (
+        NodeClient(f"https://127.0.0.1:{port + 1}", verify=verify) as anonymous,
+        pytest.raises(TransportError),
+    ):
         anonymous.identity()
-    with NodeClient(f"https://127.0.0.1:{port + 1}", verify=verify,
-                    cert=(str(d / "client.crt"), str(d / "client.key"))) as mtls:  # fmt: skip
+    with NodeClient(
+        f"https://127.0.0.1:{port + 1}",
+        verify=verify,
+        cert=(str(d / "client.crt"), str(d / "client.key")),
+    ) as mtls:
         e = enroll(mtls, now=NOW, activator=mtls)
     assert e.activated and e.ak_name == e_public.ak_name
 
 
 def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
-    tls_node: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tls_node: dict[str, object],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``attest verify URL --activation-url MTLS --client-cert C --client-key K``: the
     evidence comes from the public listener, credential activation and the audit log from the
@@ -145,13 +185,28 @@ def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
 
     port, d = tls_node["port"], tls_node["dir"]
     assert isinstance(d, Path) and isinstance(port, int)
-    common = [f"https://127.0.0.1:{port}", "--state", str(tmp_path / "verifier"),
-              "--tls-ca", str(d / "ca.crt"), "--json"]  # fmt: skip
+    common = [
+        f"https://127.0.0.1:{port}",
+        "--state",
+        str(tmp_path / "verifier"),
+        "--tls-ca",
+        str(d / "ca.crt"),
+        "--json",
+    ]
     # --activation-url without a client certificate: a usage error, nothing contacted
     assert main([*common, "--activation-url", f"https://127.0.0.1:{port + 1}"]) == EXIT_USAGE
     assert "--activation-url needs --client-cert" in capsys.readouterr().err
-    code = main([*common, "--activation-url", f"https://127.0.0.1:{port + 1}",
-                 "--client-cert", str(d / "client.crt"), "--client-key", str(d / "client.key")])
+    code = main(
+        [
+            *common,
+            "--activation-url",
+            f"https://127.0.0.1:{port + 1}",
+            "--client-cert",
+            str(d / "client.crt"),
+            "--client-key",
+            str(d / "client.key"),
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["enrollment"]["activated"] is True, doc
     assert not any("WITHOUT credential activation" in n for n in doc["notes"])
@@ -159,17 +214,30 @@ def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
     assert doc["verdict"] in ("affirming", "warning") and code in (0, 10), doc["explanation"]
     # Activation sent to the public listener (403 there): the enrollment is refused as a failed
     # credential activation (exit 11), not reported as an unreachable node (12).
-    code = main([f"https://127.0.0.1:{port}", "--state", str(tmp_path / "verifier-2"),
-                 "--tls-ca", str(d / "ca.crt"), "--json",
-                 "--activation-url", f"https://127.0.0.1:{port}",
-                 "--client-cert", str(d / "client.crt"), "--client-key", str(d / "client.key")])
+    code = main(
+        [
+            f"https://127.0.0.1:{port}",
+            "--state",
+            str(tmp_path / "verifier-2"),
+            "--tls-ca",
+            str(d / "ca.crt"),
+            "--json",
+            "--activation-url",
+            f"https://127.0.0.1:{port}",
+            "--client-cert",
+            str(d / "client.crt"),
+            "--client-key",
+            str(d / "client.key"),
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 11, doc
     assert "credential-activation" in doc["explanation"] and "403" in doc["explanation"], doc
 
 
-def test_fleet_poller_checks_the_nodes_tls_certificate(tls_node: dict[str, object],
-                                                       tmp_path: Path) -> None:
+def test_fleet_poller_checks_the_nodes_tls_certificate(
+    tls_node: dict[str, object], tmp_path: Path
+) -> None:
     """``attest fleet serve --tls-ca``: the poller reaches an https node whose certificate
     chains to the private CA, and the appraisal binds the answer to that TLS key; with the
     system's CAs only, the same node is unreachable (certificate refused), never appraised."""
@@ -185,9 +253,18 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(tls_node: dict[str, objec
     url = f"https://127.0.0.1:{port}"
     with NodeClient(url, verify=verify) as c:
         e = enroll(c, now=NOW)
-    settings = PollSettings(worker_id="t", interval=0.5, jitter=0.0, concurrency=4, timeout=5.0,
-                            lease_ttl=20.0, flush_interval=0.05, tick=0.02,
-                            unreachable_after=1, max_backoff=1.0)  # fmt: skip
+    settings = PollSettings(
+        worker_id="t",
+        interval=0.5,
+        jitter=0.0,
+        concurrency=4,
+        timeout=5.0,
+        lease_ttl=20.0,
+        flush_interval=0.05,
+        tick=0.02,
+        unreachable_after=1,
+        max_backoff=1.0,
+    )
 
     def poll(ctx: ssl.SSLContext | None, db: str) -> tuple[str, str]:
         store = SqliteStore(str(tmp_path / db))

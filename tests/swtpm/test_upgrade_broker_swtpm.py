@@ -22,11 +22,11 @@ from tests.swtpm.conftest import BIN, Node, NodeFactory
 from tests.unit.upgrade_helpers import TEST_TRUST, Image, make_image, signed, snapshot
 
 from attest.audit import verify_audit_chain
-from attest.node.broker.client import BrokerClient
 from attest.errors import OperationNotAllowed
 from attest.eventlog.cel import loads_cel
 from attest.evidence import verify_evidence
 from attest.model import PcrSelection
+from attest.node.broker.client import BrokerClient
 from attest.runtime import check_records, verify_runtime_log
 from attest.verifier.contact import enroll
 
@@ -39,8 +39,11 @@ def _body(snap: bytes, image: bytes, tree: bytes = b"") -> bytes:
 
 
 def _digests(d: Path) -> dict[str, str]:
-    return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(d.rglob("*")) if f.is_file()}  # fmt: skip
+    return {
+        str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(d.rglob("*"))
+        if f.is_file()
+    }
 
 
 @dataclass
@@ -58,14 +61,29 @@ class Gate:
         transport = httpx.HTTPTransport(uds=str(self.node.api_sock)) if uds else None
         base = "http://operator" if uds else self.node.url
         with httpx.Client(transport=transport, base_url=base, timeout=120) as c:
-            return c.post("/v1/upgrades", params=params,
-                          content=_body(self.snap, image.path.read_bytes()),
-                          headers={"Content-Type": "application/vnd.attest.upgrade"})  # fmt: skip
+            return c.post(
+                "/v1/upgrades",
+                params=params,
+                content=_body(self.snap, image.path.read_bytes()),
+                headers={"Content-Type": "application/vnd.attest.upgrade"},
+            )
 
     def cli(self, *args: str) -> dict[str, Any]:
-        r = subprocess.run([str(BIN / "attest"), "upgrade", *args, "--json", "--broker-socket",
-                            str(self.node.broker_operator_sock), "--spool-dir", str(self.spool)],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [
+                str(BIN / "attest"),
+                "upgrade",
+                *args,
+                "--json",
+                "--broker-socket",
+                str(self.node.broker_operator_sock),
+                "--spool-dir",
+                str(self.spool),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         doc: dict[str, Any] = json.loads(r.stdout)
         return doc
@@ -89,10 +107,18 @@ def gate(node_factory: NodeFactory, tmp_path: Path) -> Gate:
     snap_path.write_bytes(snap)
     node = node_factory(
         "upgrade",
-        broker_args=["--slots-dir", str(slots), "--slot-capacity", str(CAPACITY),
-                     "--trust-dir", str(trust), "--spool-dir", str(spool)],
+        broker_args=[
+            "--slots-dir",
+            str(slots),
+            "--slot-capacity",
+            str(CAPACITY),
+            "--trust-dir",
+            str(trust),
+            "--spool-dir",
+            str(spool),
+        ],
         env={"ATTEST_UPGRADE_SPOOL_DIR": str(spool)},
-    )  # fmt: skip
+    )
     return Gate(node, spool, slots, v1, v2, stray, snap, snap_path)
 
 
@@ -135,21 +161,31 @@ def test_broker_stages_confirms_and_records_upgrades_offered_to_attestd(gate: Ga
     ve = verify_evidence(doc, nonce=nonce, ak=e.ak, selection=sel)
     records = loads_cel(json.dumps(doc["runtime_log"]["records"]))
     log = verify_runtime_log(records, ve.quote.pcrs, pcr=PCR)
-    decisions = [(ev.content["accepted"], ev.content["reason"], ev.content["version"])
-                 for ev in log.of_kind("upgrade-decision")]  # fmt: skip
-    assert decisions == [(True, "upgrade", "1.0.0"), (False, "unknown-artifact", "unknown"),
-                         (False, "size-mismatch", "2.0.0"), (True, "upgrade", "2.0.0")]
-    assert [ev.content["slot"] for ev in log.of_kind("upgrade-decision")
-            if ev.content["accepted"]] == ["b", "a"]  # fmt: skip
+    decisions = [
+        (ev.content["accepted"], ev.content["reason"], ev.content["version"])
+        for ev in log.of_kind("upgrade-decision")
+    ]
+    assert decisions == [
+        (True, "upgrade", "1.0.0"),
+        (False, "unknown-artifact", "unknown"),
+        (False, "size-mismatch", "2.0.0"),
+        (True, "upgrade", "2.0.0"),
+    ]
+    assert [
+        ev.content["slot"] for ev in log.of_kind("upgrade-decision") if ev.content["accepted"]
+    ] == ["b", "a"]
     assert log.of_kind("nv-counter")
     with BrokerClient(gate.node.broker_operator_sock) as broker:
         entries = [dict(x) for x in broker.audit_log()]
     verify_audit_chain(entries, log.audit_anchors)
     assert [x["service"] for x in entries] == [
-        "upgrade.upgrade", "upgrade.confirm", "upgrade.unknown-artifact",
-        "upgrade.size-mismatch", "upgrade.upgrade"]
-    assert [x["result"] for x in entries] == ["success", "success", "denied", "denied",
-                                               "success"]  # fmt: skip
+        "upgrade.upgrade",
+        "upgrade.confirm",
+        "upgrade.unknown-artifact",
+        "upgrade.size-mismatch",
+        "upgrade.upgrade",
+    ]
+    assert [x["result"] for x in entries] == ["success", "success", "denied", "denied", "success"]
 
 
 def test_public_listener_gets_403_and_nothing_is_recorded(gate: Gate) -> None:

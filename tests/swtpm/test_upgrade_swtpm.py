@@ -12,13 +12,13 @@ import pytest
 from tests.unit.upgrade_helpers import NOW, make_image, new_node, offer, signed, snapshot
 
 from attest.audit import verify_audit_chain
-from attest.node.broker.local import LocalNode
 from attest.errors import UpgradeRefused
 from attest.model import PcrSelection
-from attest.runtime import verify_runtime_log
-from attest.node.upgrade.slots import SlotStore
+from attest.node.broker.local import LocalNode
 from attest.node.tpm.esapi import EsapiTpm
+from attest.node.upgrade.slots import SlotStore
 from attest.node.upgrade.stager import LocalGateNode, UpgradeGate
+from attest.runtime import verify_runtime_log
 
 PCR = 13
 
@@ -32,9 +32,13 @@ def test_nv_counter_anti_rollback_on_swtpm(swtpm: Any, tmp_path: Path) -> None:
     tpm = EsapiTpm(swtpm[0].tcti)
     local = LocalNode.open(tpm, node_dir / "state", pcr=PCR)
     try:
+
         def gate() -> UpgradeGate:
-            return UpgradeGate(SlotStore(node_dir / "slots", capacity=1 << 20),
-                               LocalGateNode(local), node_dir / "trust")
+            return UpgradeGate(
+                SlotStore(node_dir / "slots", capacity=1 << 20),
+                LocalGateNode(local),
+                node_dir / "trust",
+            )
 
         def install(img: Any) -> int:
             g = gate()
@@ -66,16 +70,25 @@ def test_nv_counter_anti_rollback_on_swtpm(swtpm: Any, tmp_path: Path) -> None:
         sel = PcrSelection.parse(f"sha256:{PCR}")
         quoted = tpm.read_pcrs(sel)
         log = verify_runtime_log(local.runtime_log(), quoted, pcr=PCR)
-        decisions = [(e.content["accepted"], e.content["reason"], e.content["version"])
-                     for e in log.of_kind("upgrade-decision")]
-        assert decisions == [(True, "upgrade", "1.0.0"), (True, "upgrade", "3.0.0"),
-                             (False, "rollback-unauthorised", "2.0.0")]
+        decisions = [
+            (e.content["accepted"], e.content["reason"], e.content["version"])
+            for e in log.of_kind("upgrade-decision")
+        ]
+        assert decisions == [
+            (True, "upgrade", "1.0.0"),
+            (True, "upgrade", "3.0.0"),
+            (False, "rollback-unauthorised", "2.0.0"),
+        ]
         counters = [e.content["value"] for e in log.of_kind("nv-counter")]
         assert counters[-1] == raw3
         entries = [dict(e) for e in local.audit_log()]
         verify_audit_chain(entries, log.audit_anchors)
         assert [e["service"] for e in entries] == [
-            "upgrade.upgrade", "upgrade.confirm", "upgrade.upgrade", "upgrade.confirm",
-            "upgrade.rollback-unauthorised"]
+            "upgrade.upgrade",
+            "upgrade.confirm",
+            "upgrade.upgrade",
+            "upgrade.confirm",
+            "upgrade.rollback-unauthorised",
+        ]
     finally:
         local.close()

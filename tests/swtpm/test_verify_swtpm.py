@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.swtpm.conftest import Node, NodeFactory
 
-from attest.cli.verify import main
 from attest.appraisal.ear import verify_ear
+from attest.cli.verify import main
 from attest.node.tpm.swtpm import SwtpmProcess, manufacture
 
 
@@ -22,17 +22,39 @@ from attest.node.tpm.swtpm import SwtpmProcess, manufacture
 def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path / "ear.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))  # fmt: skip
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return path, key
 
 
-def verify(capsys: pytest.CaptureFixture[str], node: Node, state: Path, key: Path,
-           *extra: str, url: str | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
-    args = [url or node.url, "--state", str(state), "--ear-key", str(key), "--json",
-            "--ek-ca", str(node.state.root_ca), "--ek-ca", str(node.state.intermediate_ca),
-            "--operator-socket", str(node.api_sock), *extra]  # fmt: skip
+def verify(
+    capsys: pytest.CaptureFixture[str],
+    node: Node,
+    state: Path,
+    key: Path,
+    *extra: str,
+    url: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    args = [
+        url or node.url,
+        "--state",
+        str(state),
+        "--ear-key",
+        str(key),
+        "--json",
+        "--ek-ca",
+        str(node.state.root_ca),
+        "--ek-ca",
+        str(node.state.intermediate_ca),
+        "--operator-socket",
+        str(node.api_sock),
+        *extra,
+    ]
     capsys.readouterr()
     code = main(args)
     out = capsys.readouterr().out
@@ -40,7 +62,9 @@ def verify(capsys: pytest.CaptureFixture[str], node: Node, state: Path, key: Pat
 
 
 def test_first_contact_enrolls_then_the_stored_enrollment_is_used(
-    node: Node, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    node: Node,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     state = tmp_path / "verifier"
@@ -68,8 +92,10 @@ def test_first_contact_enrolls_then_the_stored_enrollment_is_used(
 
 
 def test_ak_change_is_an_alarm_until_an_operator_re_enrolls(
-    node_factory: NodeFactory, tmp_path: Path,
-    ear_key: tuple[Path, ec.EllipticCurvePrivateKey], capsys: pytest.CaptureFixture[str],
+    node_factory: NodeFactory,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     state = tmp_path / "verifier"
     first = node_factory("first")
@@ -101,7 +127,9 @@ def test_ak_change_is_an_alarm_until_an_operator_re_enrolls(
 
 
 def test_node_down_could_not_appraise(
-    node: Node, tmp_path: Path, ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    node: Node,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     state = tmp_path / "verifier"
@@ -114,11 +142,12 @@ def test_node_down_could_not_appraise(
 
 
 def test_human_output_names_the_verdict(
-    node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    node: Node,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     capsys.readouterr()
-    code = main([node.url, "--state", str(tmp_path / "v"), "--operator-socket",
-                 str(node.api_sock)])  # fmt: skip
+    code = main([node.url, "--state", str(tmp_path / "v"), "--operator-socket", str(node.api_sock)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("swtpm-node: AFFIRMING")

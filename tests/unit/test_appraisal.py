@@ -56,8 +56,8 @@ from attest.manifest.model import (
 from attest.manifest.verify import verify_root_self_signed, verify_snapshot
 from attest.merkle import MerkleTree, challenge_leaf
 from attest.model import HashAlg, PcrSelection, PcrValues
-from attest.runtime import new_runtime_record
 from attest.node.tpm.fake import FakeTpm
+from attest.runtime import new_runtime_record
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTLOGS = REPO.parent / "shared" / "eventlogs"
@@ -118,9 +118,16 @@ class Node:
     @property
     def enrollment(self) -> Enrollment:
         ak = self.tpm.ak_public()
-        return Enrollment(node_id="node-7", ak_public=ak.tpm2b(), ak_name=ak.name,
-                          ek_sha256=None, ek_certificate=None, activated=True,
-                          runtime_pcr=RUNTIME_PCR, enrolled_at="2025-05-01T00:00:00Z")
+        return Enrollment(
+            node_id="node-7",
+            ak_public=ak.tpm2b(),
+            ak_name=ak.name,
+            ek_sha256=None,
+            ek_certificate=None,
+            activated=True,
+            runtime_pcr=RUNTIME_PCR,
+            enrolled_at="2025-05-01T00:00:00Z",
+        )
 
     def pcrs(self) -> PcrValues:
         return self.tpm.read_pcrs(SELECTION)
@@ -130,24 +137,33 @@ class Node:
         tree = MerkleTree.build([challenge_leaf(nonce)])
         q = self.tpm.quote(SELECTION, tree.root)
         doc: dict[str, Any] = {
-            "version": EVIDENCE_VERSION, "node_id": "node-7",
+            "version": EVIDENCE_VERSION,
+            "node_id": "node-7",
             "quote": {"attest": b64(q.attest), "signature": b64(q.signature)},
             "pcrs": q.pcrs.to_json(),
             "batch": {"size": 1, "index": 0, "proof": [], "tls_binding": None},
-            "ak": {"public": b64(self.tpm.ak_public().tpm2b()),
-                   "name": self.tpm.ak_public().name.hex()},
+            "ak": {
+                "public": b64(self.tpm.ak_public().tpm2b()),
+                "name": self.tpm.ak_public().name.hex(),
+            },
             "firmware_log": {"start": 0, "total": len(self.fw), "data": b64(self.fw)},
             "runtime_log": {"pcr": RUNTIME_PCR, "start": 0, "records": list(self.records)},
-            "verity": None, "image": {"version": self.version, "slot": "a"},
+            "verity": None,
+            "image": {"version": self.version, "slot": "a"},
             "time": "2025-06-01T00:00:00+00:00",
-        }  # fmt: skip
+        }
         if self.cmdline is not None:
             doc["boot"] = {"cmdline": self.cmdline}
         return doc
 
 
-def make_node(root_hash: bytes = R_BLESSED, *, seed: bytes = b"node-7", version: str = "1.4.2",
-              n_audit: int = 3) -> Node:  # fmt: skip
+def make_node(
+    root_hash: bytes = R_BLESSED,
+    *,
+    seed: bytes = b"node-7",
+    version: str = "1.4.2",
+    n_audit: int = 3,
+) -> Node:
     clock = [1000.0]
     tpm = FakeTpm(banks=(HashAlg.SHA256,), seed=seed, clock=lambda: clock[0] / 1000)
     fw = firmware_log(root_hash)
@@ -157,10 +173,19 @@ def make_node(root_hash: bytes = R_BLESSED, *, seed: bytes = b"node-7", version:
     audit = []
     prev = ZERO_HASH
     for i in range(n_audit):
-        entry = new_entry(AUDIT_KEY, {"event": "login", "user": f"op{i}", "source": "10.0.0.9",
-                                      "service": "sshd", "result": "success",
-                                      "time": f"2025-05-2{i}T10:00:00Z"},
-                          seq=i, prev_hash=prev)  # fmt: skip
+        entry = new_entry(
+            AUDIT_KEY,
+            {
+                "event": "login",
+                "user": f"op{i}",
+                "source": "10.0.0.9",
+                "service": "sshd",
+                "result": "success",
+                "time": f"2025-05-2{i}T10:00:00Z",
+            },
+            seq=i,
+            prev_hash=prev,
+        )
         audit.append(entry.to_json())
         prev = entry.entry_hash
     events: list[tuple[str, Mapping[str, Any]]] = [
@@ -183,41 +208,67 @@ def make_node(root_hash: bytes = R_BLESSED, *, seed: bytes = b"node-7", version:
     return node
 
 
-def make_registry(node: Node, *, releases: list[Release] | None = None,
-                  revocations: Sequence[Revocation] = (), platform_pcrs: PcrValues | None = None,
-                  variant_pcrs: Mapping[int, bytes] | None = None) -> VerifiedRegistry:  # fmt: skip
+def make_registry(
+    node: Node,
+    *,
+    releases: list[Release] | None = None,
+    revocations: Sequence[Revocation] = (),
+    platform_pcrs: PcrValues | None = None,
+    variant_pcrs: Mapping[int, bytes] | None = None,
+) -> VerifiedRegistry:
     """A registry #5 blessing ``releases`` (default 1.4.2 and 1.5.0), with the node's firmware
     PCRs 0-7 as the OVMF platform reference and its PCRs 4 and 9 as 1.4.2's expected values."""
     quoted = node.pcrs().values[HashAlg.SHA256]
     plat = platform_pcrs or PcrValues({HashAlg.SHA256: {i: quoted[i] for i in range(8)}})
     boot = variant_pcrs or {4: quoted[4], 9: quoted[9]}
     rels = releases if releases is not None else [blessed(), blessed("1.5.0", 4)]
-    rels = [dataclasses.replace(r, expected_pcrs={PLATFORM: {"direct-boot": PcrValues(
-        {HashAlg.SHA256: dict(boot)})}}) for r in rels]  # fmt: skip
+    rels = [
+        dataclasses.replace(
+            r, expected_pcrs={PLATFORM: {"direct-boot": PcrValues({HashAlg.SHA256: dict(boot)})}}
+        )
+        for r in rels
+    ]
     ref = PlatformReference(PLATFORM, "QEMU q35 + OVMF 2022.11", plat)
-    snap = edit.checked(RegistrySnapshot(
-        sequence=5, expires=FAR, releases={r.version: r for r in rels},
-        revocations={r.version: r for r in revocations},
-        platforms={PLATFORM: SignedPlatformReference(ref, ())},
-    ))  # fmt: skip
+    snap = edit.checked(
+        RegistrySnapshot(
+            sequence=5,
+            expires=FAR,
+            releases={r.version: r for r in rels},
+            revocations={r.version: r for r in revocations},
+            platforms={PLATFORM: SignedPlatformReference(ref, ())},
+        )
+    )
     p = signer("platform-1")
-    snap = edit.with_platform_signature(snap, PLATFORM, p.keyid,
-                                        sign(p.private, canonicalize(ref.to_json())))
+    snap = edit.with_platform_signature(
+        snap, PLATFORM, p.keyid, sign(p.private, canonicalize(ref.to_json()))
+    )
     data = sign_doc(snap.to_json(), [signer("releases-1"), signer("releases-2")])
     root = verify_root_self_signed((TEST_MANIFESTS / "root.json").read_bytes()).root
     return verify_snapshot(root, data, now=NOW)
 
 
-def run(node: Node, registry: VerifiedRegistry | None, *, nonce: bytes = b"n" * 32,
-        doc: dict[str, Any] | None = None, enrollment: Enrollment | None = None,
-        **kw: Any) -> AppraisalResult:  # fmt: skip
+def run(
+    node: Node,
+    registry: VerifiedRegistry | None,
+    *,
+    nonce: bytes = b"n" * 32,
+    doc: dict[str, Any] | None = None,
+    enrollment: Enrollment | None = None,
+    **kw: Any,
+) -> AppraisalResult:
     kw.setdefault("previous", None)
     kw.setdefault("audit_entries", node.audit)
     return appraise(
-        doc if doc is not None else node.evidence(nonce), enrollment=enrollment or node.enrollment,
-        nonce=nonce, selection=SELECTION, registry=registry, platform_id=PLATFORM,
-        tls_binding=None, now=NOW, **kw,
-    )  # fmt: skip
+        doc if doc is not None else node.evidence(nonce),
+        enrollment=enrollment or node.enrollment,
+        nonce=nonce,
+        selection=SELECTION,
+        registry=registry,
+        platform_id=PLATFORM,
+        tls_binding=None,
+        now=NOW,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -335,9 +386,14 @@ def test_audit_tail_truncated(good: Node, registry: VerifiedRegistry) -> None:
 
 def test_release_revoked(good: Node) -> None:
     rel = blessed()
-    reg = make_registry(good, revocations=[Revocation("1.4.2", rel.artifact_sha256,
-                                                      "CVE-2025-0001 in the kernel",
-                                                      NOW - timedelta(days=1))])  # fmt: skip
+    reg = make_registry(
+        good,
+        revocations=[
+            Revocation(
+                "1.4.2", rel.artifact_sha256, "CVE-2025-0001 in the kernel", NOW - timedelta(days=1)
+            )
+        ],
+    )
     r = run(good, reg)
     assert r.verdict is Verdict.CONTRAINDICATED
     assert r.claim(Claim.EXECUTABLES).value == 96
@@ -378,10 +434,13 @@ def test_release_pcr_not_quoted_is_never_affirming(good: Node) -> None:
     r = run(good, reg)
     assert r.verdict is Verdict.WARNING
     assert r.claim(Claim.FILE_SYSTEM).value == 32
-    assert not [f for c in r.claims for f in c.findings
-                if f.check == "release-pcrs" and f.value < 32]  # nothing approved by it
-    assert "PCR 15: release 1.4.2 pins it (sha256) but the quote does not include it; " \
-        "appraise with a PCR selection that does" in r.explanations  # fmt: skip
+    assert not [
+        f for c in r.claims for f in c.findings if f.check == "release-pcrs" and f.value < 32
+    ]  # nothing approved by it
+    assert (
+        "PCR 15: release 1.4.2 pins it (sha256) but the quote does not include it; "
+        "appraise with a PCR selection that does" in r.explanations
+    )
 
 
 def test_release_pcr_15_differs_is_a_file_system_finding(good: Node) -> None:
@@ -402,13 +461,17 @@ def test_unauthenticated_cmdline_is_ignored(good: Node, registry: VerifiedRegist
     r = run(node, registry)
     assert r.verdict is Verdict.CONTRAINDICATED
     assert (r.first_divergence or "").startswith(
-        "PCR 9: kernel command line or initrd differs from release 1.4.2: expected ")
+        "PCR 9: kernel command line or initrd differs from release 1.4.2: expected "
+    )
     assert "roothash=" not in (r.first_divergence or "")
 
 
 def test_embargo_overdue_is_a_warning(good: Node) -> None:
-    rel = dataclasses.replace(blessed(), source_commit=None, embargo=Embargo(
-        quiet_period_days=10, fleet_complete_at=NOW - timedelta(days=30)))  # fmt: skip
+    rel = dataclasses.replace(
+        blessed(),
+        source_commit=None,
+        embargo=Embargo(quiet_period_days=10, fleet_complete_at=NOW - timedelta(days=30)),
+    )
     r = run(good, make_registry(good, releases=[rel]))
     assert r.verdict is Verdict.WARNING
     assert r.claim(Claim.EXECUTABLES).value == 32
@@ -421,8 +484,9 @@ def test_platform_firmware_differs(good: Node) -> None:
     r = run(good, make_registry(good, platform_pcrs=PcrValues({HashAlg.SHA256: plat})))
     assert r.verdict is Verdict.CONTRAINDICATED
     assert r.claim(Claim.HARDWARE).value == 96
-    assert (r.first_divergence or "").startswith(f"PCR 0: platform firmware differs from "
-                                                 f"reference {PLATFORM}")
+    assert (r.first_divergence or "").startswith(
+        f"PCR 0: platform firmware differs from reference {PLATFORM}"
+    )
 
 
 def test_malformed_evidence_could_not_appraise(good: Node, registry: VerifiedRegistry) -> None:
@@ -469,8 +533,11 @@ def test_changed_ek_is_an_alarm(good: Node, registry: VerifiedRegistry) -> None:
     """The identity document of this contact presents another EK than the enrolled one."""
     enrolled = dataclasses.replace(good.enrollment, ek_sha256=hashlib.sha256(b"ek").digest())
     other_ek = make_node(seed=b"another TPM").tpm.ak_public()  # any TPMT_PUBLIC will do
-    identity = {"node_id": "node-7", "ak": {"public": b64(good.tpm.ak_public().tpm2b())},
-                "ek": {"public": b64(other_ek.tpm2b())}}
+    identity = {
+        "node_id": "node-7",
+        "ak": {"public": b64(good.tpm.ak_public().tpm2b())},
+        "ek": {"public": b64(other_ek.tpm2b())},
+    }
     r = run(good, registry, enrollment=enrolled, identity=identity)
     assert r.verdict is Verdict.ALARM
     assert (r.first_divergence or "").startswith("ALARM: the node presents EK sha256")

@@ -51,8 +51,10 @@ from attest.runtime import new_runtime_record, verify_runtime_log, verify_runtim
 
 KINDS: list[tuple[str, Any]] = [
     # the MAC policy: two variants, one of them blessed by policy_registry's release
-    ("policy", lambda i: {"mac": "selinux",
-                          "sha256": hashlib.sha256(b"pol%d" % (i % 3 > 0)).hexdigest()}),
+    (
+        "policy",
+        lambda i: {"mac": "selinux", "sha256": hashlib.sha256(b"pol%d" % (i % 3 > 0)).hexdigest()},
+    ),
     ("config", lambda i: {"sha256": hashlib.sha256(b"cfg%d" % i).hexdigest()}),
     ("daemon-start", lambda i: {"version": f"0.{i}.0"}),
     ("nv-counter", lambda i: {"index": 0x01500020, "value": i}),
@@ -70,8 +72,12 @@ def registry() -> VerifiedRegistry:
 def policy_registry() -> VerifiedRegistry:
     """Release 1.4.2 blesses a runtime policy: SELinux ``pol1`` and config ``33…``."""
     node = make_node()
-    rel = dataclasses.replace(blessed(), policies=edit.policies(
-        mac={"selinux": hashlib.sha256(b"pol1").digest()}, config=[bytes.fromhex("33" * 32)]))
+    rel = dataclasses.replace(
+        blessed(),
+        policies=edit.policies(
+            mac={"selinux": hashlib.sha256(b"pol1").digest()}, config=[bytes.fromhex("33" * 32)]
+        ),
+    )
     return make_registry(node, releases=[rel])
 
 
@@ -79,8 +85,9 @@ def policy_registry() -> VerifiedRegistry:
 
 
 def measure(node: Node, kind: str, content: dict[str, Any]) -> None:
-    rec = new_runtime_record(len(node.records), kind, content, pcr=RUNTIME_PCR,
-                             banks=[HashAlg.SHA256])  # fmt: skip
+    rec = new_runtime_record(
+        len(node.records), kind, content, pcr=RUNTIME_PCR, banks=[HashAlg.SHA256]
+    )
     node.tpm.extend(RUNTIME_PCR, dict(rec.digests))
     node.records.append(rec.to_json())
 
@@ -90,17 +97,27 @@ def record_audit(node: Node, *, anchor: bool = True) -> None:
     anchor in the runtime log."""
     prev = bytes.fromhex(node.audit[-1]["entry_hash"]) if node.audit else ZERO_HASH
     seq = len(node.audit)
-    entry = new_entry(AUDIT_KEY, {"event": "login", "user": f"op{seq}", "service": "sshd",
-                                  "result": "success", "time": "2025-05-30T10:00:00Z"},
-                      seq=seq, prev_hash=prev)  # fmt: skip
+    entry = new_entry(
+        AUDIT_KEY,
+        {
+            "event": "login",
+            "user": f"op{seq}",
+            "service": "sshd",
+            "result": "success",
+            "time": "2025-05-30T10:00:00Z",
+        },
+        seq=seq,
+        prev_hash=prev,
+    )
     node.audit.append(entry.to_json())
     if anchor:
         anchor_pending(node)
 
 
 def anchor_pending(node: Node) -> None:
-    anchored = {r["content"]["audit_seq"] for r in node.records
-                if r["content_type"] == "attest/audit"}  # fmt: skip
+    anchored = {
+        r["content"]["audit_seq"] for r in node.records if r["content_type"] == "attest/audit"
+    }
     for a in node.audit:
         if a["seq"] not in anchored and (not anchored or a["seq"] > max(anchored)):
             measure(node, "audit", {"audit_seq": a["seq"], "entry_hash": a["entry_hash"]})
@@ -128,21 +145,34 @@ def incremental_doc(full: dict[str, Any], memory: NodeMemory) -> dict[str, Any] 
     fw_start, rt_start = memory.firmware_size, memory.runtime_next
     if fw_start > len(data) or rt_start > len(records):
         return None
-    return {**full,
-            "firmware_log": {"start": fw_start, "total": len(data), "data": b64(data[fw_start:])},
-            "runtime_log": {**full["runtime_log"], "start": rt_start,
-                            "records": records[rt_start:]}}  # fmt: skip
+    return {
+        **full,
+        "firmware_log": {"start": fw_start, "total": len(data), "data": b64(data[fw_start:])},
+        "runtime_log": {**full["runtime_log"], "start": rt_start, "records": records[rt_start:]},
+    }
 
 
 def args(node: Node, registry: VerifiedRegistry | None, nonce: bytes) -> dict[str, Any]:
-    return {"enrollment": node.enrollment, "nonce": nonce, "selection": SELECTION,
-            "registry": registry, "platform_id": PLATFORM, "previous": None,
-            "tls_binding": None, "now": NOW}  # fmt: skip
+    return {
+        "enrollment": node.enrollment,
+        "nonce": nonce,
+        "selection": SELECTION,
+        "registry": registry,
+        "platform_id": PLATFORM,
+        "previous": None,
+        "tls_binding": None,
+        "now": NOW,
+    }
 
 
-def poll(node: Node, memory: NodeMemory, registry: VerifiedRegistry | None, *,
-         nonce: bytes = b"n" * 32, cache: FirmwareReplayCache | None = None,
-         ) -> tuple[Appraised, AppraisalResult, bool]:  # fmt: skip
+def poll(
+    node: Node,
+    memory: NodeMemory,
+    registry: VerifiedRegistry | None,
+    *,
+    nonce: bytes = b"n" * 32,
+    cache: FirmwareReplayCache | None = None,
+) -> tuple[Appraised, AppraisalResult, bool]:
     """One poll as the fleet poller makes it; returns (incremental answer, full appraisal of
     the same quote and whole logs, whether the whole logs had to be fetched again)."""
     full_doc = node.evidence(nonce)
@@ -152,14 +182,16 @@ def poll(node: Node, memory: NodeMemory, registry: VerifiedRegistry | None, *,
     refetched = doc is None
     a: Appraised | None = None
     if doc is not None:
-        a = appraise_incremental(doc, memory=memory, audit_entries=node.audit[memory.audit_next:],
-                                 **kw_inc)  # fmt: skip
+        a = appraise_incremental(
+            doc, memory=memory, audit_entries=node.audit[memory.audit_next :], **kw_inc
+        )
         if not a.complete:
             assert not a.memory.holds_logs
             memory, refetched = a.memory, True
     if refetched:
-        a = appraise_incremental(full_doc, memory=memory.forget_logs(),
-                                 audit_entries=node.audit, **kw_inc)  # fmt: skip
+        a = appraise_incremental(
+            full_doc, memory=memory.forget_logs(), audit_entries=node.audit, **kw_inc
+        )
         assert a.complete
     assert a is not None
     return a, appraise(full_doc, audit_entries=node.audit, **kw), refetched
@@ -178,18 +210,33 @@ ACTION = st.one_of(
 CACHE = FirmwareReplayCache(size=4)  # small: evictions happen too
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          derandomize=True)  # fmt: skip
-@given(polls=st.lists(st.lists(ACTION, max_size=4), min_size=1, max_size=6),
-       with_registry=st.sampled_from([0, 1, 2]), shared_cache=st.booleans())  # fmt: skip
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+@given(
+    polls=st.lists(st.lists(ACTION, max_size=4), min_size=1, max_size=6),
+    with_registry=st.sampled_from([0, 1, 2]),
+    shared_cache=st.booleans(),
+)
 # a blessed MAC policy and config, then a policy and a config the release does not bless
-@example(polls=[[("event", 0, 1), ("event", 5, 1)], [("event", 2, 0)], [("event", 0, 0)],
-                [("event", 0, 1), ("event", 5, 0)], [("reboot", 0, 0)]],
-         with_registry=2, shared_cache=False)  # fmt: skip
+@example(
+    polls=[
+        [("event", 0, 1), ("event", 5, 1)],
+        [("event", 2, 0)],
+        [("event", 0, 0)],
+        [("event", 0, 1), ("event", 5, 0)],
+        [("reboot", 0, 0)],
+    ],
+    with_registry=2,
+    shared_cache=False,
+)
 def test_incremental_appraisal_equals_full_appraisal(
-    polls: list[list[tuple[str, int, int]]], with_registry: int, shared_cache: bool,
-    registry: VerifiedRegistry, policy_registry: VerifiedRegistry,
-) -> None:  # fmt: skip
+    polls: list[list[tuple[str, int, int]]],
+    with_registry: int,
+    shared_cache: bool,
+    registry: VerifiedRegistry,
+    policy_registry: VerifiedRegistry,
+) -> None:
     """Random histories (runtime events, audit entries anchored at once or later, TPM resets,
     hidden extensions of the runtime PCR or PCR 7, a log rotated behind the TPM's back; a
     registry whose release blesses a MAC policy and config digest, or none): after
@@ -255,8 +302,10 @@ def test_second_poll_fetches_nothing_old_and_reuses_the_firmware_replay(
     assert first.result.verdict is Verdict.AFFIRMING
     assert m.firmware_size == len(node.fw) and m.runtime_next == len(node.records)
     assert m.audit_next == len(node.audit)
-    assert m.log_request() == {"firmware": {"start": len(node.fw)},
-                               "runtime": {"start": len(node.records)}}  # fmt: skip
+    assert m.log_request() == {
+        "firmware": {"start": len(node.fw)},
+        "runtime": {"start": len(node.records)},
+    }
     measure(node, "config", {"sha256": "44" * 32})
     second, full, refetched = poll(node, m, registry)
     assert not refetched and second.complete
@@ -275,9 +324,11 @@ def test_tpm_reset_forces_a_full_refetch(registry: VerifiedRegistry) -> None:
     full_doc = node.evidence(b"n" * 32)
     doc = incremental_doc(full_doc, m)
     assert doc is None  # the fresh runtime log is shorter: attestd would answer HTTP 400
-    doc = {**full_doc, "firmware_log": {**full_doc["firmware_log"], "start": m.firmware_size,
-                                        "data": ""},
-           "runtime_log": {**full_doc["runtime_log"], "start": 0}}  # a node that ignores it
+    doc = {
+        **full_doc,
+        "firmware_log": {**full_doc["firmware_log"], "start": m.firmware_size, "data": ""},
+        "runtime_log": {**full_doc["runtime_log"], "start": 0},
+    }  # a node that ignores it
     a = appraise_incremental(doc, memory=m, audit_entries=[], **args(node, registry, b"n" * 32))
     assert not a.complete and not a.memory.holds_logs
     assert "TPM was reset" in (a.result.first_divergence or "")
@@ -338,8 +389,9 @@ def test_held_history_is_the_measured_one_even_if_the_node_edits_its_copy(
     assert got.memory.runtime.log.events[i].content["root_hash"] == original
     assert full.verdict is Verdict.CONTRAINDICATED  # the rewritten copy, when sent, fails
     # ... and a node that answers from record 0 with the rewritten copy is appraised in full.
-    resent = appraise_incremental(node.evidence(b"n" * 32), memory=m, audit_entries=[],
-                                  **args(node, registry, b"n" * 32))  # fmt: skip
+    resent = appraise_incremental(
+        node.evidence(b"n" * 32), memory=m, audit_entries=[], **args(node, registry, b"n" * 32)
+    )
     assert resent.complete and resent.result.verdict is Verdict.CONTRAINDICATED
 
 
@@ -374,10 +426,19 @@ def test_audit_entry_that_does_not_link_to_the_held_head_is_detected(
     forged = [dict(e) for e in node.audit]
     prev = ZERO_HASH
     for k, e in enumerate(forged):
-        entry = new_entry(AUDIT_KEY, {"event": "login", "user": "someone-else" if k == 1
-                                      else f"op{k}", "source": "10.0.0.9", "service": "sshd",
-                                      "result": "success", "time": e["time"]},
-                          seq=k, prev_hash=prev)  # fmt: skip
+        entry = new_entry(
+            AUDIT_KEY,
+            {
+                "event": "login",
+                "user": "someone-else" if k == 1 else f"op{k}",
+                "source": "10.0.0.9",
+                "service": "sshd",
+                "result": "success",
+                "time": e["time"],
+            },
+            seq=k,
+            prev_hash=prev,
+        )
         forged[k] = entry.to_json()
         prev = entry.entry_hash
     node.audit[:] = forged

@@ -20,12 +20,12 @@ from attest.audit import (
     pseudonym,
     verify_audit_chain,
 )
-from attest.node.logs.audit import AuditLog
 from attest.errors import AuditChainError, ConfigError, EventLogFormatError, VerificationError
 from attest.model import HashAlg, PcrSelection
-from attest.runtime import AuditAnchor, verify_runtime_log
+from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
 from attest.node.tpm.fake import FakeTpm
+from attest.runtime import AuditAnchor, verify_runtime_log
 
 KEY = bytes(range(32))
 T = "2026-01-02T03:04:05+00:00"
@@ -37,8 +37,12 @@ def chain(n: int) -> list[AuditEntry]:
     out: list[AuditEntry] = []
     prev = ZERO_HASH
     for i in range(n):
-        e = new_entry(KEY, {"event": "login", "user": f"user{i}", "source": HOST,
-                            "service": "sshd", "time": T}, seq=i, prev_hash=prev)  # fmt: skip
+        e = new_entry(
+            KEY,
+            {"event": "login", "user": f"user{i}", "source": HOST, "service": "sshd", "time": T},
+            seq=i,
+            prev_hash=prev,
+        )
         out.append(e)
         prev = e.entry_hash
     return out
@@ -64,9 +68,20 @@ def verified_anchors(tpm: FakeTpm, runtime: RuntimeLog) -> tuple[AuditAnchor, ..
 
 
 def test_identities_are_pseudonymised_never_stored_in_clear() -> None:
-    e = new_entry(KEY, {"event": "session-open", "user": USER, "source": HOST,
-                        "session": "pts/3", "service": "sshd", "result": "success", "time": T},
-                  seq=0, prev_hash=ZERO_HASH)  # fmt: skip
+    e = new_entry(
+        KEY,
+        {
+            "event": "session-open",
+            "user": USER,
+            "source": HOST,
+            "session": "pts/3",
+            "service": "sshd",
+            "result": "success",
+            "time": T,
+        },
+        seq=0,
+        prev_hash=ZERO_HASH,
+    )
     text = json.dumps(e.to_json())
     for secret in (USER, HOST, "pts/3"):
         assert secret not in text
@@ -84,12 +99,20 @@ def test_pseudonyms_depend_on_node_key_and_field() -> None:
 
 def test_malformed_event_error_does_not_echo_identity() -> None:
     with pytest.raises(EventLogFormatError) as info:
-        new_entry(KEY, {"event": "login", "user": USER, "time": T, "nickname": USER},
-                  seq=0, prev_hash=ZERO_HASH)  # fmt: skip
+        new_entry(
+            KEY,
+            {"event": "login", "user": USER, "time": T, "nickname": USER},
+            seq=0,
+            prev_hash=ZERO_HASH,
+        )
     assert USER not in str(info.value)
     with pytest.raises(EventLogFormatError) as info:
-        new_entry(KEY, {"event": "login", "user": USER, "service": USER + " x", "time": T},
-                  seq=0, prev_hash=ZERO_HASH)  # fmt: skip
+        new_entry(
+            KEY,
+            {"event": "login", "user": USER, "service": USER + " x", "time": T},
+            seq=0,
+            prev_hash=ZERO_HASH,
+        )
     assert USER not in str(info.value)
 
 
@@ -133,8 +156,13 @@ def test_detects_edited_entry_with_every_later_hash_recomputed() -> None:
     forged = [original[0]]
     prev = original[0].entry_hash
     for e in original[1:]:
-        raw = {"event": "logout" if e.seq == 2 else e.event, "user": f"user{e.seq}",
-               "source": HOST, "service": "sshd", "time": T}  # fmt: skip
+        raw = {
+            "event": "logout" if e.seq == 2 else e.event,
+            "user": f"user{e.seq}",
+            "source": HOST,
+            "service": "sshd",
+            "time": T,
+        }
         forged.append(new_entry(KEY, raw, seq=e.seq, prev_hash=prev))
         prev = forged[-1].entry_hash
     with pytest.raises(AuditChainError, match="does not match its anchor"):
@@ -160,8 +188,9 @@ def test_detects_deleted_audit_log() -> None:
 
 def test_detects_inserted_unanchored_entry() -> None:
     entries = chain(3)
-    extra = new_entry(KEY, {"event": "logout", "user": "x", "time": T}, seq=3,
-                      prev_hash=entries[-1].entry_hash)  # fmt: skip
+    extra = new_entry(
+        KEY, {"event": "logout", "user": "x", "time": T}, seq=3, prev_hash=entries[-1].entry_hash
+    )
     with pytest.raises(AuditChainError, match="not anchored"):
         verify_audit_chain([*entries, extra], anchors(entries))
 
@@ -177,8 +206,9 @@ def test_detects_first_entry_not_starting_chain() -> None:
 def test_checkpoint_anchor_of_head_commits_to_earlier_entries() -> None:
     # A later boot's runtime log anchors the head it found (entry 2), then entry 3.
     entries = chain(4)
-    verify_audit_chain(entries, [AuditAnchor(2, entries[2].entry_hash),
-                                 AuditAnchor(3, entries[3].entry_hash)])  # fmt: skip
+    verify_audit_chain(
+        entries, [AuditAnchor(2, entries[2].entry_hash), AuditAnchor(3, entries[3].entry_hash)]
+    )
     edited = [replace(entries[0], time="2026-01-01T00:00:00+00:00"), *entries[1:]]
     with pytest.raises(AuditChainError):
         verify_audit_chain(edited, [AuditAnchor(3, entries[3].entry_hash)])
@@ -202,8 +232,7 @@ def test_record_anchors_every_entry_in_runtime_pcr(tmp_path: Path) -> None:
     tpm, runtime, audit = open_logs(tmp_path)
     for i in range(3):
         audit.record({"event": "login", "user": f"op{i}", "service": "sshd"})
-    got = verify_audit_chain([e.to_json() for e in audit.entries()],
-                             verified_anchors(tpm, runtime))  # fmt: skip
+    got = verify_audit_chain([e.to_json() for e in audit.entries()], verified_anchors(tpm, runtime))
     assert [e.seq for e in got] == [0, 1, 2]
 
 
@@ -244,8 +273,9 @@ def test_entry_written_but_not_anchored_is_anchored_on_open(tmp_path: Path) -> N
     runtime.close()
     # Crash between the audit append and the anchor: append entry 1 by hand.
     e0 = audit.entries()[0]
-    e1 = new_entry(audit._key, {"event": "logout", "user": "a", "time": T}, seq=1,
-                   prev_hash=e0.entry_hash)  # fmt: skip
+    e1 = new_entry(
+        audit._key, {"event": "logout", "user": "a", "time": T}, seq=1, prev_hash=e0.entry_hash
+    )
     from attest.manifest.canonical import canonicalize
 
     with (tmp_path / "audit.log").open("ab") as f:

@@ -19,10 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attest.audit import verify_audit_chain
-from attest.node.broker import protocol as p
-from attest.node.broker.client import BrokerClient
-from attest.node.broker.local import LocalNode
-from attest.node.broker.server import BrokerServer
 from attest.errors import (
     AttestError,
     AuditChainError,
@@ -35,9 +31,13 @@ from attest.errors import (
     UpgradeRefused,
 )
 from attest.model import HashAlg, PcrSelection
+from attest.node.broker import protocol as p
+from attest.node.broker.client import BrokerClient
+from attest.node.broker.local import LocalNode
+from attest.node.broker.server import BrokerServer
+from attest.node.tpm.fake import FakeTpm
 from attest.quote import verify_quote
 from attest.runtime import verify_runtime_log
-from attest.node.tpm.fake import FakeTpm
 
 SEL = PcrSelection.of({HashAlg.SHA256: [0, 13], HashAlg.SHA1: [13]})
 
@@ -56,8 +56,9 @@ REQUESTS: list[p.Request] = [
     p.NvCounterDefine(0x01000A77),
     p.NvCounterIncrement(0x01000A77),
     p.UpgradeStage("/var/lib/attest/spool/.upload.x.img", b'{"signed":{}}', "api-mtls"),
-    p.UpgradeStage("/s/u.img", b"{}", "alice", roots=(b"{}",), hash_tree_path="/s/t",
-                   version="1.0.0"),  # fmt: skip
+    p.UpgradeStage(
+        "/s/u.img", b"{}", "alice", roots=(b"{}",), hash_tree_path="/s/t", version="1.0.0"
+    ),
     p.UpgradeRefuseUpload(1 << 33, "api-operator"),
     p.UpgradeStatus(),
     p.UpgradeConfirm("root"),
@@ -88,14 +89,21 @@ def test_every_request_round_trips(req: p.Request) -> None:
         {"op": "activate_credential", "args": {"id_object": "0g", "encrypted_secret": ""}},
         {"op": "nv_counter_increment", "args": {"index": 0x81000001}},
         {"op": "upgrade_stage", "args": {"upload_path": "rel.img", "snapshot": "", "actor": "a"}},
-        {"op": "upgrade_stage", "args": {"upload_path": "/a\u0000b", "snapshot": "",
-                                         "actor": "a"}},
+        {"op": "upgrade_stage", "args": {"upload_path": "/a\u0000b", "snapshot": "", "actor": "a"}},
         {"op": "upgrade_stage", "args": {"upload_path": "/a", "snapshot": "", "actor": ""}},
         {"op": "upgrade_stage", "args": {"upload_path": "/a", "snapshot": "", "actor": "a\n"}},
-        {"op": "upgrade_stage", "args": {"upload_path": "/a", "snapshot": "",
-                                         "actor": "a", "now": "2020-01-01"}},
-        {"op": "upgrade_stage", "args": {"upload_path": "/a", "actor": "a",
-                                         "snapshot": "00" * (p.MAX_STAGE_SNAPSHOT + 1)}},
+        {
+            "op": "upgrade_stage",
+            "args": {"upload_path": "/a", "snapshot": "", "actor": "a", "now": "2020-01-01"},
+        },
+        {
+            "op": "upgrade_stage",
+            "args": {
+                "upload_path": "/a",
+                "actor": "a",
+                "snapshot": "00" * (p.MAX_STAGE_SNAPSHOT + 1),
+            },
+        },
         {"op": "upgrade_confirm", "args": {}},
         {"op": "upgrade_refuse_upload", "args": {"limit": -1, "actor": "api-x"}},
     ],
@@ -140,17 +148,38 @@ def test_frame_and_request_decoder_raise_only_transport_error(data: bytes) -> No
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.text(max_size=20)
     | st.floats(allow_nan=False),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
-)  # fmt: skip
+)
 ops = st.sampled_from(list(p.OPS) + ["x"])
-arg_names = st.sampled_from(["selection", "qualifying_data", "id_object", "encrypted_secret",
-                             "kind", "content", "start", "event", "index", "junk",
-                             "upload_path", "snapshot", "actor", "roots", "hash_tree_path",
-                             "version", "limit"])  # fmt: skip
+arg_names = st.sampled_from(
+    [
+        "selection",
+        "qualifying_data",
+        "id_object",
+        "encrypted_secret",
+        "kind",
+        "content",
+        "start",
+        "event",
+        "index",
+        "junk",
+        "upload_path",
+        "snapshot",
+        "actor",
+        "roots",
+        "hash_tree_path",
+        "version",
+        "limit",
+    ]
+)
 
 
 @settings(max_examples=250, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -219,8 +248,13 @@ def broker(tmp_path: Path) -> Iterator[tuple[BrokerServer, Path, Path, FakeTpm]]
 
 def test_every_op_is_allowed_on_a_socket_and_operator_only_ops_not_on_the_api() -> None:
     assert frozenset(p.OPS) == p.OPERATOR_OPS
-    for op in ("audit_record", "nv_counter_define", "nv_counter_increment", "upgrade_confirm",
-               "upgrade_boot"):  # fmt: skip
+    for op in (
+        "audit_record",
+        "nv_counter_define",
+        "nv_counter_increment",
+        "upgrade_confirm",
+        "upgrade_boot",
+    ):
         assert op not in p.UNPRIVILEGED_OPS
     assert {"upgrade_stage", "upgrade_status", "nv_counter_read"} <= p.UNPRIVILEGED_OPS
 
@@ -341,8 +375,10 @@ def test_client_reconnects_after_broker_restart(broker: Any, tmp_path: Path) -> 
 
 
 def test_client_reports_missing_broker_as_transport_error(tmp_path: Path) -> None:
-    with BrokerClient(tmp_path / "nothing.sock", timeout=1) as c, \
-            pytest.raises(TransportError, match="cannot reach"):  # fmt: skip
+    with (
+        BrokerClient(tmp_path / "nothing.sock", timeout=1) as c,
+        pytest.raises(TransportError, match="cannot reach"),
+    ):
         c.identity()
 
 

@@ -15,21 +15,24 @@ from pathlib import Path
 import pytest
 from tests.unit.upgrade_helpers import NOW, Image, make_image, new_node, signed, snapshot
 
+from attest.errors import ConfigError, OperationNotAllowed, TransportError, UpgradeRefused
 from attest.node.broker import protocol as p
 from attest.node.broker.client import BrokerClient, BrokerGate, spool_file
 from attest.node.broker.local import LocalNode
 from attest.node.broker.server import BrokerServer
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
-from attest.errors import ConfigError, OperationNotAllowed, TransportError, UpgradeRefused
-from attest.runtime import check_records
-from attest.node.upgrade.slots import SlotStore
 from attest.node.tpm.fake import FakeTpm
+from attest.node.upgrade.slots import SlotStore
 from attest.node.upgrade.stager import DEFAULT_NV_INDEX, Offer
+from attest.runtime import check_records
 
 
 def digest_tree(d: Path) -> dict[str, str]:
-    return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(d.rglob("*")) if f.is_file()}  # fmt: skip
+    return {
+        str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(d.rglob("*"))
+        if f.is_file()
+    }
 
 
 @dataclass
@@ -58,8 +61,11 @@ class World:
 
     def decisions(self) -> list[tuple[bool, str]]:
         events = check_records(self.local.runtime_log(), pcr=self.local.runtime.pcr)
-        return [(e.content["accepted"], e.content["reason"]) for e in events
-                if e.kind == "upgrade-decision"]  # fmt: skip
+        return [
+            (e.content["accepted"], e.content["reason"])
+            for e in events
+            if e.kind == "upgrade-decision"
+        ]
 
 
 @pytest.fixture
@@ -70,12 +76,27 @@ def w(tmp_path: Path) -> Iterator[World]:
     spool.mkdir(mode=0o770)
     v1 = make_image(tmp_path, "1.0.0", 1)
     v2 = make_image(tmp_path, "2.0.0", 2, blocks=80)
-    upgrades = BrokerUpgrades(local, SlotStore(node.slots_dir, capacity=1 << 20),
-                              node.trust_dir, spool=Spool(spool), clock=lambda: NOW)  # fmt: skip
+    upgrades = BrokerUpgrades(
+        local,
+        SlotStore(node.slots_dir, capacity=1 << 20),
+        node.trust_dir,
+        spool=Spool(spool),
+        clock=lambda: NOW,
+    )
     api, op = tmp_path / "api.sock", tmp_path / "op.sock"
     server = BrokerServer(local, api, operator_socket_path=op, upgrades=upgrades).start()
-    yield World(tmp_path, api, op, spool, node.slots_dir, local, node.tpm, v1, v2,
-                signed(snapshot(5, [v1.release, v2.release])))
+    yield World(
+        tmp_path,
+        api,
+        op,
+        spool,
+        node.slots_dir,
+        local,
+        node.tpm,
+        v1,
+        v2,
+        signed(snapshot(5, [v1.release, v2.release])),
+    )
     server.shutdown()
     upgrades.close()
     local.close()
@@ -116,8 +137,11 @@ def test_refusal_crosses_the_socket_with_its_reason_and_writes_nothing(w: World)
 def test_broker_refuses_upload_path_outside_its_spool_dir(w: World, where: str) -> None:
     outside = w.tmp / "elsewhere.img"
     shutil.copy(w.v1.path, outside)
-    path = {"outside": str(outside), "dotdot": f"{w.spool}/../elsewhere.img",
-            "relative": "elsewhere.img"}[where]  # fmt: skip
+    path = {
+        "outside": str(outside),
+        "dotdot": f"{w.spool}/../elsewhere.img",
+        "relative": "elsewhere.img",
+    }[where]
     expected = TransportError if where == "relative" else OperationNotAllowed
     with BrokerClient(w.api) as c, pytest.raises(expected):
         c.upgrade_stage(w.stage_req(path))
@@ -175,9 +199,16 @@ def test_world_writable_spool_dir_is_refused_at_start(tmp_path: Path) -> None:
         Spool(d)
 
 
-@pytest.mark.parametrize("req", [p.UpgradeConfirm("api-operator"), p.UpgradeBoot(),
-                                 p.NvCounterDefine(DEFAULT_NV_INDEX),
-                                 p.NvCounterIncrement(DEFAULT_NV_INDEX)], ids=lambda r: r.op)
+@pytest.mark.parametrize(
+    "req",
+    [
+        p.UpgradeConfirm("api-operator"),
+        p.UpgradeBoot(),
+        p.NvCounterDefine(DEFAULT_NV_INDEX),
+        p.NvCounterIncrement(DEFAULT_NV_INDEX),
+    ],
+    ids=lambda r: r.op,
+)
 def test_api_socket_cannot_confirm_boot_or_move_the_counter(w: World, req: p.Request) -> None:
     with BrokerClient(w.api) as c, pytest.raises(OperationNotAllowed):
         c._call(req)

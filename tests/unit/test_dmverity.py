@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attest.errors import EvidenceFormatError
 from attest.verity.devices import (
     CorruptionMode,
     ErrorMode,
@@ -24,7 +25,6 @@ from attest.verity.devices import (
     parse_verity_status,
     parse_verity_table,
 )
-from attest.errors import EvidenceFormatError
 from attest.verity.hashtree import verity_root_hash
 
 # `veritysetup format data.img hash.img --salt=5eed…cafe --uuid=6f1c2b7e-…` on a 1 MiB image of
@@ -37,8 +37,9 @@ UUID = "CRYPT-VERITY-6f1c2b7e0a4d4c559f0e2d7f0b8a1c33-root"
 OTHER = "aa" * 32
 
 
-def device(name: str, table: str | None, status: VerityStatus = VerityStatus.VERIFIED
-           ) -> VerityDevice:
+def device(
+    name: str, table: str | None, status: VerityStatus = VerityStatus.VERIFIED
+) -> VerityDevice:
     return VerityDevice(
         name=name,
         uuid=f"CRYPT-VERITY-{name}",
@@ -58,7 +59,11 @@ def test_parses_veritysetup_table() -> None:
     assert (t.data_device, t.hash_device) == ("7:0", "7:1")
     assert (t.data_devno, t.hash_devno) == ((7, 0), (7, 1))
     assert (t.data_block_size, t.hash_block_size, t.data_blocks, t.hash_start_block) == (
-        4096, 4096, 256, 1)
+        4096,
+        4096,
+        256,
+        1,
+    )
     assert t.algorithm == "sha256"
     assert t.root_digest.hex() == ROOT
     assert t.salt.hex() == SALT
@@ -77,24 +82,32 @@ def test_parses_table_built_from_live_veritysetup_format(tmp_path: Path) -> None
     data.write_bytes(bytes(range(256)) * 64 * 16)  # 256 KiB
     out = subprocess.run(
         ["veritysetup", "format", str(data), str(hashes), "--hash=sha512"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     fields = dict(re.findall(r"^([A-Za-z ]+):\s+(\S+)$", out, re.M))
-    line = (f"0 512 verity {fields['Hash type']} 254:0 254:1 {fields['Data block size']} "
-            f"{fields['Hash block size']} {fields['Data blocks']} 1 {fields['Hash algorithm']} "
-            f"{fields['Root hash']} {fields['Salt']} 1 panic_on_corruption")
+    line = (
+        f"0 512 verity {fields['Hash type']} 254:0 254:1 {fields['Data block size']} "
+        f"{fields['Hash block size']} {fields['Data blocks']} 1 {fields['Hash algorithm']} "
+        f"{fields['Root hash']} {fields['Salt']} 1 panic_on_corruption"
+    )
     t = parse_verity_table(line)
     assert t.algorithm == "sha512" and len(t.root_digest) == 64
-    assert t.root_digest == verity_root_hash(data.read_bytes(), salt=t.salt,
-                                             hash_algorithm="sha512")
+    assert t.root_digest == verity_root_hash(
+        data.read_bytes(), salt=t.salt, hash_algorithm="sha512"
+    )
     assert t.corruption_mode is CorruptionMode.PANIC
 
 
 def test_parses_every_kernel_option() -> None:
-    line = (f"0 2048 verity 1 254:16 254:32 4096 4096 256 1 sha256 {ROOT} - 15 "
-            "restart_on_corruption panic_on_error ignore_zero_blocks check_at_most_once "
-            "try_verify_in_tasklet use_fec_from_device 254:48 fec_roots 2 fec_blocks 264 "
-            "fec_start 0 root_hash_sig_key_desc verity:root")
+    line = (
+        f"0 2048 verity 1 254:16 254:32 4096 4096 256 1 sha256 {ROOT} - 15 "
+        "restart_on_corruption panic_on_error ignore_zero_blocks check_at_most_once "
+        "try_verify_in_tasklet use_fec_from_device 254:48 fec_roots 2 fec_blocks 264 "
+        "fec_start 0 root_hash_sig_key_desc verity:root"
+    )
     t = parse_verity_table(line)
     assert t.salt == b""
     assert t.corruption_mode is CorruptionMode.RESTART
@@ -163,8 +176,21 @@ def test_format_error_is_an_evidence_format_error() -> None:
 
 _printable = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
 _words = st.lists(
-    st.sampled_from(TABLE.split() + ["-", "1", "2", "0", "panic_on_corruption", "fec_roots",
-                                     "use_fec_from_device", "root_hash_sig_key_desc", "C", "V"]),
+    st.sampled_from(
+        TABLE.split()
+        + [
+            "-",
+            "1",
+            "2",
+            "0",
+            "panic_on_corruption",
+            "fec_roots",
+            "use_fec_from_device",
+            "root_hash_sig_key_desc",
+            "C",
+            "V",
+        ]
+    ),
     max_size=30,
 ).map(" ".join)
 
@@ -217,10 +243,14 @@ _tables = st.builds(
     ignore_zero_blocks=st.booleans(),
     check_at_most_once=st.booleans(),
     try_verify_in_tasklet=st.booleans(),
-    fec=st.none() | st.builds(VerityFec, device=st.just("254:3"),
-                              roots=st.none() | st.integers(2, 24),
-                              blocks=st.none() | st.integers(0, 2**40),
-                              start=st.none() | st.integers(0, 2**40)),
+    fec=st.none()
+    | st.builds(
+        VerityFec,
+        device=st.just("254:3"),
+        roots=st.none() | st.integers(2, 24),
+        blocks=st.none() | st.integers(0, 2**40),
+        start=st.none() | st.integers(0, 2**40),
+    ),
     root_hash_sig_key_desc=st.none() | st.from_regex(r"[a-z:]{1,20}", fullmatch=True),
 )
 
@@ -249,8 +279,16 @@ def test_parses_status(line: str, status: VerityStatus) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["", "0 2048 verity", "0 2048 verity X", "0 2048 verity v", "0 2048 crypt V",
-     "0 2048 verity V x", "0 2048 verity V - -", "0 2048 verity V\n0 2048 verity V"],
+    [
+        "",
+        "0 2048 verity",
+        "0 2048 verity X",
+        "0 2048 verity v",
+        "0 2048 crypt V",
+        "0 2048 verity V x",
+        "0 2048 verity V - -",
+        "0 2048 verity V\n0 2048 verity V",
+    ],
 )
 def test_rejects_malformed_status(line: str) -> None:
     with pytest.raises(VerityFormatError):
@@ -264,16 +302,27 @@ def test_cmdline_root_hash_backed_by_active_device() -> None:
     report = evaluate_verity([device("root", TABLE)], cmdline=f"quiet roothash={ROOT} ro")
     assert report.cmdline_backed
     assert not report.corrupted
-    assert [(h.parameter, h.root_hash.hex(), h.backed_by)
-            for h in report.cmdline_root_hashes] == [("roothash", ROOT, ("root",))]
+    assert [(h.parameter, h.root_hash.hex(), h.backed_by) for h in report.cmdline_root_hashes] == [
+        ("roothash", ROOT, ("root",))
+    ]
     doc = report.to_json()
     assert doc["cmdline_backed"] is True
-    assert doc["devices"] == [{
-        "name": "root", "uuid": "CRYPT-VERITY-root", "devno": "253:0", "status": "verified",
-        "root_hash": ROOT, "salt": SALT, "algorithm": "sha256", "data_device": "7:0",
-        "hash_device": "7:1", "corruption_mode": "eio",
-        "table": parse_verity_table(TABLE).to_json(), "error": None,
-    }]
+    assert doc["devices"] == [
+        {
+            "name": "root",
+            "uuid": "CRYPT-VERITY-root",
+            "devno": "253:0",
+            "status": "verified",
+            "root_hash": ROOT,
+            "salt": SALT,
+            "algorithm": "sha256",
+            "data_device": "7:0",
+            "hash_device": "7:1",
+            "corruption_mode": "eio",
+            "table": parse_verity_table(TABLE).to_json(),
+            "error": None,
+        }
+    ]
 
 
 def test_cmdline_root_hash_with_different_device_hash_is_unbacked() -> None:
@@ -286,19 +335,23 @@ def test_cmdline_root_hash_without_any_device_is_unbacked() -> None:
     report = evaluate_verity([], cmdline=f"usrhash={ROOT}")
     assert not report.cmdline_backed
     assert report.to_json()["cmdline_root_hashes"] == [
-        {"parameter": "usrhash", "root_hash": ROOT, "backed_by": []}]
+        {"parameter": "usrhash", "root_hash": ROOT, "backed_by": []}
+    ]
 
 
 def test_device_whose_table_was_unreadable_backs_nothing() -> None:
-    report = evaluate_verity([device("root", None, VerityStatus.UNKNOWN)],
-                             cmdline=f"roothash={ROOT}")
+    report = evaluate_verity(
+        [device("root", None, VerityStatus.UNKNOWN)], cmdline=f"roothash={ROOT}"
+    )
     assert not report.cmdline_backed
     assert report.to_json()["devices"][0]["error"] == "table: dmsetup table failed"  # type: ignore[index]
 
 
 def test_every_cmdline_hash_must_be_backed() -> None:
-    cmdline = (f"roothash={ROOT} dm-mod.create=\"usr,,,ro,0 2048 verity 1 /dev/vda2 /dev/vda3 "
-               f"4096 4096 256 1 sha256 {OTHER} -\"")
+    cmdline = (
+        f'roothash={ROOT} dm-mod.create="usr,,,ro,0 2048 verity 1 /dev/vda2 /dev/vda3 '
+        f'4096 4096 256 1 sha256 {OTHER} -"'
+    )
     only_root = evaluate_verity([device("root", TABLE)], cmdline=cmdline)
     assert [h.parameter for h in only_root.cmdline_root_hashes] == ["roothash", "dm-mod.create"]
     assert not only_root.cmdline_backed
@@ -314,8 +367,9 @@ def test_cmdline_without_root_hash_is_not_backed() -> None:
 
 
 def test_corruption_is_reported_even_when_backed() -> None:
-    report = evaluate_verity([device("root", TABLE, VerityStatus.CORRUPTED)],
-                             cmdline=f"roothash={ROOT}")
+    report = evaluate_verity(
+        [device("root", TABLE, VerityStatus.CORRUPTED)], cmdline=f"roothash={ROOT}"
+    )
     assert report.cmdline_backed
     assert report.corrupted
     assert report.to_json()["corrupted"] is True

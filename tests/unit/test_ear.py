@@ -11,18 +11,23 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attest.appraisal import Claim, Finding, _summarise
-from attest.errors import EvidenceFormatError, SignatureError
 from attest.appraisal.ear import EAR_PROFILE, ear_claims, result_ear, sign_ear, submod, verify_ear
+from attest.errors import EvidenceFormatError, SignatureError
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 def _result() -> object:
     return _summarise(
-        [Finding(Claim.INSTANCE_IDENTITY, 2, "quote", "quote ok"),
-         Finding(Claim.FILE_SYSTEM, 96, "verity", "dm-verity root hash 00 is not blessed")],
-        node_id="node-7", nonce=b"n" * 32, now=NOW, policy_id="attest/default@1",
-    )  # fmt: skip
+        [
+            Finding(Claim.INSTANCE_IDENTITY, 2, "quote", "quote ok"),
+            Finding(Claim.FILE_SYSTEM, 96, "verity", "dm-verity root hash 00 is not blessed"),
+        ],
+        node_id="node-7",
+        nonce=b"n" * 32,
+        now=NOW,
+        policy_id="attest/default@1",
+    )
 
 
 def _b64(data: bytes) -> str:

@@ -51,25 +51,53 @@ U = bytes.fromhex("0bfe935e70c321c7ca3afc75ce0d0ca2f98b5422e008bb31c00c6d7f1f1c0
 V = bytes.fromhex("4c94485e0c21ae6c41ce1dfe7b6bfaceea5ab68e40a2476f50208e526f506080")
 
 KDFA_VECTORS = [
-    (HashAlg.SHA256, KEY, b"STORAGE", NAME, b"", 128,
-     "5a02fd7c7454d58831350af38dbbd17d"),
-    (HashAlg.SHA256, KEY, b"INTEGRITY", b"", b"", 256,
-     "bacf689f634ece301e1f1b15b072d9c87db6a69585db42b1a0cb8f73ebe2692e"),
-    (HashAlg.SHA384, KEY + KEY[:16], b"STORAGE", NAME, b"\xca\xfe", 256,
-     "99bb41136ed1bb872c01b866cd39ec97c57b9ef2f014d92edf2b105ca0038f29"),
-    (HashAlg.SHA256, KEY, b"INTEGRITY", b"\x01", b"\x02", 640,
-     "410b3ce638e213cf13906c2656d4a4a7c3b4edc00bf1d9ce1b506b8179dc77df4944cbd27884bde74ba84e8e"
-     "1bbab81ae6cbcfbac271b10d083275056f72b0b1e02f684b575bda2d16bfdb2081c4bee2"),
-]  # fmt: skip
+    (HashAlg.SHA256, KEY, b"STORAGE", NAME, b"", 128, "5a02fd7c7454d58831350af38dbbd17d"),
+    (
+        HashAlg.SHA256,
+        KEY,
+        b"INTEGRITY",
+        b"",
+        b"",
+        256,
+        "bacf689f634ece301e1f1b15b072d9c87db6a69585db42b1a0cb8f73ebe2692e",
+    ),
+    (
+        HashAlg.SHA384,
+        KEY + KEY[:16],
+        b"STORAGE",
+        NAME,
+        b"\xca\xfe",
+        256,
+        "99bb41136ed1bb872c01b866cd39ec97c57b9ef2f014d92edf2b105ca0038f29",
+    ),
+    (
+        HashAlg.SHA256,
+        KEY,
+        b"INTEGRITY",
+        b"\x01",
+        b"\x02",
+        640,
+        "410b3ce638e213cf13906c2656d4a4a7c3b4edc00bf1d9ce1b506b8179dc77df4944cbd27884bde74ba84e8e"
+        "1bbab81ae6cbcfbac271b10d083275056f72b0b1e02f684b575bda2d16bfdb2081c4bee2",
+    ),
+]
 KDFE_VECTORS = [
     (HashAlg.SHA256, Z, 256, "496afb478a53f9afd7c74165b52eb2b12bd16145828fc1894d4a13bfa311f064"),
-    (HashAlg.SHA384, Z + U[:16], 384,
-     "3f059d87aaf625df2bc0548d766f884053ffc80cc30a81e7ca6337c31b381036af32611ea48b6944de379e7b"
-     "f3e6bb38"),
-    (HashAlg.SHA256, Z, 512,
-     "496afb478a53f9afd7c74165b52eb2b12bd16145828fc1894d4a13bfa311f064a9d1e7fefbc71006edebb651"
-     "a5cccd8af91ae002e5b5030a34154663c44543eb"),
-]  # fmt: skip
+    (
+        HashAlg.SHA384,
+        Z + U[:16],
+        384,
+        "3f059d87aaf625df2bc0548d766f884053ffc80cc30a81e7ca6337c31b381036af32611ea48b6944de379e7b"
+        "f3e6bb38",
+    ),
+    (
+        HashAlg.SHA256,
+        Z,
+        512,
+        "496afb478a53f9afd7c74165b52eb2b12bd16145828fc1894d4a13bfa311f064a9d1e7fefbc71006edebb651"
+        "a5cccd8af91ae002e5b5030a34154663c44543eb",
+    ),
+]
 
 
 @pytest.mark.parametrize(("alg", "key", "label", "cu", "cv", "bits", "expected"), KDFA_VECTORS)
@@ -130,8 +158,9 @@ def test_kdfa_agrees_with_tpm2_pytss(
     v=st.binary(max_size=66),
     nbytes=st.integers(min_value=1, max_value=150),
 )
-def test_kdfe_agrees_with_tpm2_pytss(alg: HashAlg, z: bytes, u: bytes, v: bytes,
-                                     nbytes: int) -> None:  # fmt: skip
+def test_kdfe_agrees_with_tpm2_pytss(
+    alg: HashAlg, z: bytes, u: bytes, v: bytes, nbytes: int
+) -> None:
     assert kdfe(alg, z, b"IDENTITY", u, v, nbytes * 8) == _pytss().kdfe(
         int(alg), z, b"IDENTITY\0", u, v, nbytes * 8
     )
@@ -140,25 +169,42 @@ def test_kdfe_agrees_with_tpm2_pytss(alg: HashAlg, z: bytes, u: bytes, v: bytes,
 # --- software EKs and a software ActivateCredential written from the spec ---------------------
 
 EK_ATTRS = (
-    ObjectAttr.FIXED_TPM | ObjectAttr.FIXED_PARENT | ObjectAttr.SENSITIVE_DATA_ORIGIN
-    | ObjectAttr.ADMIN_WITH_POLICY | ObjectAttr.RESTRICTED | ObjectAttr.DECRYPT
-)  # fmt: skip
+    ObjectAttr.FIXED_TPM
+    | ObjectAttr.FIXED_PARENT
+    | ObjectAttr.SENSITIVE_DATA_ORIGIN
+    | ObjectAttr.ADMIN_WITH_POLICY
+    | ObjectAttr.RESTRICTED
+    | ObjectAttr.DECRYPT
+)
 AK_ATTRS = (
-    ObjectAttr.FIXED_TPM | ObjectAttr.FIXED_PARENT | ObjectAttr.SENSITIVE_DATA_ORIGIN
-    | ObjectAttr.USER_WITH_AUTH | ObjectAttr.NO_DA | ObjectAttr.RESTRICTED
+    ObjectAttr.FIXED_TPM
+    | ObjectAttr.FIXED_PARENT
+    | ObjectAttr.SENSITIVE_DATA_ORIGIN
+    | ObjectAttr.USER_WITH_AUTH
+    | ObjectAttr.NO_DA
+    | ObjectAttr.RESTRICTED
     | ObjectAttr.SIGN_ENCRYPT
-)  # fmt: skip
+)
 PrivKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 _PYCA = {HashAlg.SHA256: hashes.SHA256, HashAlg.SHA384: hashes.SHA384}
 
 
-def ek_public(key: PrivKey, *, name_alg: HashAlg = HashAlg.SHA256, sym_bits: int = 128,
-              attributes: ObjectAttr = EK_ATTRS) -> Public:  # fmt: skip
+def ek_public(
+    key: PrivKey,
+    *,
+    name_alg: HashAlg = HashAlg.SHA256,
+    sym_bits: int = 128,
+    attributes: ObjectAttr = EK_ATTRS,
+) -> Public:
     return public_from_key(
-        key.public_key(), attributes=attributes, scheme=Alg.NULL, scheme_hash=None,
-        name_alg=name_alg, symmetric=SymDef(Alg.AES, sym_bits, Alg.CFB),
+        key.public_key(),
+        attributes=attributes,
+        scheme=Alg.NULL,
+        scheme_hash=None,
+        name_alg=name_alg,
+        symmetric=SymDef(Alg.AES, sym_bits, Alg.CFB),
         auth_policy=bytes(name_alg.digest_size),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +224,9 @@ def software_eks(rsa_ek_key: rsa.RSAPrivateKey) -> dict[str, tuple[PrivKey, Publ
     }
 
 
-def software_activate(key: PrivKey, ek: Public, ak_name: bytes, id_object: bytes,
-                      encrypted_secret: bytes) -> bytes:  # fmt: skip
+def software_activate(
+    key: PrivKey, ek: Public, ak_name: bytes, id_object: bytes, encrypted_secret: bytes
+) -> bytes:
     """TPM2_ActivateCredential's crypto (Part 1 §24, Part 3 §12.5), independent of enroll."""
     halg = ek.name_alg
     if isinstance(key, rsa.RSAPrivateKey):
@@ -393,16 +440,20 @@ def test_make_credential_refuses_a_secret_the_tpm_would_refuse(
 def ecc_ak() -> Public:
     return public_from_key(
         ec.generate_private_key(ec.SECP256R1()).public_key(),
-        attributes=AK_ATTRS, scheme=Alg.ECDSA, scheme_hash=HashAlg.SHA256,
-    )  # fmt: skip
+        attributes=AK_ATTRS,
+        scheme=Alg.ECDSA,
+        scheme_hash=HashAlg.SHA256,
+    )
 
 
 @pytest.fixture(scope="module")
 def rsa_ak(rsa_ek_key: rsa.RSAPrivateKey) -> Public:
     return public_from_key(
-        rsa_ek_key.public_key(), attributes=AK_ATTRS, scheme=Alg.RSASSA,
+        rsa_ek_key.public_key(),
+        attributes=AK_ATTRS,
+        scheme=Alg.RSASSA,
         scheme_hash=HashAlg.SHA256,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("kind", EK_KINDS)
@@ -531,8 +582,10 @@ def test_refuses_ak_with_ecdaa_scheme(ecc_ak: Public) -> None:
 def test_refuses_rsa_1024_ak() -> None:
     small = public_from_key(
         rsa.generate_private_key(65537, 1024).public_key(),
-        attributes=AK_ATTRS, scheme=Alg.RSASSA, scheme_hash=HashAlg.SHA256,
-    )  # fmt: skip
+        attributes=AK_ATTRS,
+        scheme=Alg.RSASSA,
+        scheme_hash=HashAlg.SHA256,
+    )
     with pytest.raises(KeyPolicyError, match="1024 bits"):
         verify_ak_attributes(small)
 
@@ -561,9 +614,16 @@ def _cn(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_ca(cn: str, issuer: Ca | None = None, *, ca: bool = True, key_cert_sign: bool = True,
-            path_length: int | None = None, key: CaKey | None = None,
-            not_after: datetime = NOT_AFTER) -> Ca:  # fmt: skip
+def make_ca(
+    cn: str,
+    issuer: Ca | None = None,
+    *,
+    ca: bool = True,
+    key_cert_sign: bool = True,
+    path_length: int | None = None,
+    key: CaKey | None = None,
+    not_after: datetime = NOT_AFTER,
+) -> Ca:
     key = key or ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
@@ -573,16 +633,23 @@ def make_ca(cn: str, issuer: Ca | None = None, *, ca: bool = True, key_cert_sign
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOT_BEFORE)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None),
-                       critical=True)  # fmt: skip
+        .add_extension(
+            x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True
+        )
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=key_cert_sign,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=key_cert_sign,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
     )
     if issuer is not None:
@@ -593,18 +660,27 @@ def make_ca(cn: str, issuer: Ca | None = None, *, ca: bool = True, key_cert_sign
     return Ca(builder.sign(signer, hashes.SHA256()), key)
 
 
-def make_ek_cert(ek_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, issuer: Ca, *,
-                 eku: x509.ObjectIdentifier = TCG_EK_EKU, ca: bool = False,
-                 extra: x509.ExtensionType | None = None, extra_critical: bool = False,
-                 not_before: datetime = NOT_BEFORE, not_after: datetime = NOT_AFTER,
-                 rsa_padding: padding.PSS | padding.PKCS1v15 | None = None) -> bytes:  # fmt: skip
+def make_ek_cert(
+    ek_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
+    issuer: Ca,
+    *,
+    eku: x509.ObjectIdentifier = TCG_EK_EKU,
+    ca: bool = False,
+    extra: x509.ExtensionType | None = None,
+    extra_critical: bool = False,
+    not_before: datetime = NOT_BEFORE,
+    not_after: datetime = NOT_AFTER,
+    rsa_padding: padding.PSS | padding.PKCS1v15 | None = None,
+) -> bytes:
     """An EK certificate shaped like real ones: empty subject, critical subjectAltName with the
     TPM manufacturer/model/version directoryName (EK Credential Profile §3.2.9)."""
-    tpm_dn = x509.Name([
-        x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.1"), "id:49465800"),
-        x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.2"), "SLB9670"),
-        x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.3"), "id:0007003D"),
-    ])  # fmt: skip
+    tpm_dn = x509.Name(
+        [
+            x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.1"), "id:49465800"),
+            x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.2"), "SLB9670"),
+            x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.3"), "id:0007003D"),
+        ]
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
@@ -618,12 +694,18 @@ def make_ek_cert(ek_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, issuer: C
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=True,
-                data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
         )
@@ -649,14 +731,20 @@ def test_accepts_an_ek_certificate_shaped_like_a_real_one(
     pki: tuple[Ca, Ca], ek_cert: bytes, software_eks: dict[str, tuple[PrivKey, Public]]
 ) -> None:
     root, inter = pki
-    verified = verify_ek_certificate(ek_cert, roots=[root.cert], intermediates=[inter.cert],
-                                     now=NOW)  # fmt: skip
+    verified = verify_ek_certificate(
+        ek_cert, roots=[root.cert], intermediates=[inter.cert], now=NOW
+    )
     assert verified.certificate.subject == x509.Name([])
-    assert [c.subject for c in verified.chain] == [x509.Name([]), inter.cert.subject,
-                                                   root.cert.subject]  # fmt: skip
+    assert [c.subject for c in verified.chain] == [
+        x509.Name([]),
+        inter.cert.subject,
+        root.cert.subject,
+    ]
     assert (verified.tpm_manufacturer, verified.tpm_model, verified.tpm_version) == (
-        "id:49465800", "SLB9670", "id:0007003D",
-    )  # fmt: skip
+        "id:49465800",
+        "SLB9670",
+        "id:0007003D",
+    )
     ek_matches_certificate(software_eks["rsa2048"][1], verified.certificate)
 
 
@@ -673,8 +761,9 @@ def test_rejects_ek_certificate_signed_by_a_lookalike_ca(
     impostor = make_ca("Test TPM Issuing CA", make_ca("Test TPM Root"))
     der = make_ek_cert(rsa_ek_key.public_key(), impostor)
     with pytest.raises(CertificateError):
-        verify_ek_certificate(der, roots=[pki[0].cert], intermediates=[impostor.cert, pki[1].cert],
-                              now=NOW)  # fmt: skip
+        verify_ek_certificate(
+            der, roots=[pki[0].cert], intermediates=[impostor.cert, pki[1].cert], now=NOW
+        )
 
 
 def test_rejects_without_the_intermediate(pki: tuple[Ca, Ca], ek_cert: bytes) -> None:
@@ -685,15 +774,23 @@ def test_rejects_without_the_intermediate(pki: tuple[Ca, Ca], ek_cert: bytes) ->
 def test_rejects_ek_certificate_expired_at_now(pki: tuple[Ca, Ca], ek_cert: bytes) -> None:
     root, inter = pki
     with pytest.raises(CertificateError, match="not valid at validation time"):
-        verify_ek_certificate(ek_cert, roots=[root.cert], intermediates=[inter.cert],
-                              now=NOT_AFTER + timedelta(seconds=1))  # fmt: skip
+        verify_ek_certificate(
+            ek_cert,
+            roots=[root.cert],
+            intermediates=[inter.cert],
+            now=NOT_AFTER + timedelta(seconds=1),
+        )
 
 
 def test_rejects_ek_certificate_not_yet_valid_at_now(pki: tuple[Ca, Ca], ek_cert: bytes) -> None:
     root, inter = pki
     with pytest.raises(CertificateError):
-        verify_ek_certificate(ek_cert, roots=[root.cert], intermediates=[inter.cert],
-                              now=NOT_BEFORE - timedelta(days=1))  # fmt: skip
+        verify_ek_certificate(
+            ek_cert,
+            roots=[root.cert],
+            intermediates=[inter.cert],
+            now=NOT_BEFORE - timedelta(days=1),
+        )
 
 
 def test_rejects_chain_through_an_expired_intermediate(
@@ -713,8 +810,9 @@ def test_rejects_tampered_signature(pki: tuple[Ca, Ca], ek_cert: bytes) -> None:
         verify_ek_certificate(bad, roots=[root.cert], intermediates=[inter.cert], now=NOW)
 
 
-def test_rejects_tampered_public_key(pki: tuple[Ca, Ca], ek_cert: bytes,
-                                     rsa_ek_key: rsa.RSAPrivateKey) -> None:  # fmt: skip
+def test_rejects_tampered_public_key(
+    pki: tuple[Ca, Ca], ek_cert: bytes, rsa_ek_key: rsa.RSAPrivateKey
+) -> None:
     root, inter = pki
     n = rsa_ek_key.public_key().public_numbers().n.to_bytes(256, "big")
     at = ek_cert.index(n)
@@ -736,8 +834,9 @@ def test_rejects_issuer_without_ca_flag(pki: tuple[Ca, Ca], rsa_ek_key: rsa.RSAP
         verify_ek_certificate(der, roots=[root.cert], intermediates=[not_ca.cert], now=NOW)
 
 
-def test_rejects_issuer_without_key_cert_sign(pki: tuple[Ca, Ca],
-                                              rsa_ek_key: rsa.RSAPrivateKey) -> None:  # fmt: skip
+def test_rejects_issuer_without_key_cert_sign(
+    pki: tuple[Ca, Ca], rsa_ek_key: rsa.RSAPrivateKey
+) -> None:
     root, _ = pki
     no_ku = make_ca("CA Without keyCertSign", root, key_cert_sign=False)
     der = make_ek_cert(rsa_ek_key.public_key(), no_ku)
@@ -765,16 +864,19 @@ def test_rejects_chains_deeper_than_the_bound(rsa_ek_key: rsa.RSAPrivateKey) -> 
         chain.append(make_ca(f"Deep Intermediate {i}", chain[-1]))
     der = make_ek_cert(rsa_ek_key.public_key(), chain[-1])
     with pytest.raises(CertificateError):
-        verify_ek_certificate(der, roots=[root.cert], intermediates=[c.cert for c in chain[1:]],
-                              now=NOW)  # fmt: skip
+        verify_ek_certificate(
+            der, roots=[root.cert], intermediates=[c.cert for c in chain[1:]], now=NOW
+        )
     # Three intermediates are still accepted.
     der3 = make_ek_cert(rsa_ek_key.public_key(), chain[3])
-    verify_ek_certificate(der3, roots=[root.cert], intermediates=[c.cert for c in chain[1:4]],
-                          now=NOW)  # fmt: skip
+    verify_ek_certificate(
+        der3, roots=[root.cert], intermediates=[c.cert for c in chain[1:4]], now=NOW
+    )
 
 
-def test_rejects_ek_certificate_that_is_a_ca(pki: tuple[Ca, Ca],
-                                             rsa_ek_key: rsa.RSAPrivateKey) -> None:  # fmt: skip
+def test_rejects_ek_certificate_that_is_a_ca(
+    pki: tuple[Ca, Ca], rsa_ek_key: rsa.RSAPrivateKey
+) -> None:
     root, inter = pki
     der = make_ek_cert(rsa_ek_key.public_key(), inter, ca=True)
     with pytest.raises(CertificateError, match="is a CA certificate"):
@@ -805,8 +907,10 @@ def test_rejects_unrecognised_critical_extension(
 
 def test_accepts_rsa_pss_and_pkcs1_signed_links(rsa_ek_key: rsa.RSAPrivateKey) -> None:
     root = make_ca("RSA Root", key=rsa.generate_private_key(65537, 2048))
-    for pad in (padding.PKCS1v15(),
-                padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)):  # fmt: skip
+    for pad in (
+        padding.PKCS1v15(),
+        padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH),
+    ):
         der = make_ek_cert(rsa_ek_key.public_key(), root, rsa_padding=pad)
         verify_ek_certificate(der, roots=[root.cert], now=NOW)
 

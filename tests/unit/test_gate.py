@@ -31,8 +31,11 @@ from attest.runtime import check_records
 
 
 def tree_state(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
 class World:
@@ -50,9 +53,13 @@ class World:
         sequence with other bytes is a freeze attack)."""
         key = (seq, repr(sorted(kw.items())))
         if key not in self._snaps:
-            self._snaps[key] = signed(snapshot(
-                seq, [self.v1.release, self.v2.release, self.v3.release], **kw,  # type: ignore[arg-type]
-            ))
+            self._snaps[key] = signed(
+                snapshot(
+                    seq,
+                    [self.v1.release, self.v2.release, self.v3.release],
+                    **kw,  # type: ignore[arg-type]
+                )
+            )
         return self._snaps[key]
 
     def install(self, image: Image, snap: bytes) -> None:
@@ -142,8 +149,9 @@ def test_names_the_corrupted_block_with_the_blessed_hash_tree(w: World) -> None:
     if tree is None:
         pytest.skip("veritysetup is not installed")
     bad = corrupt(w.v1, w.tmp / "bad.img", 37)
-    e = w.refused(offer(w.v1, w.snap(), image=bad, version="1.0.0", hash_tree=tree),
-                  "corrupted-block")
+    e = w.refused(
+        offer(w.v1, w.snap(), image=bad, version="1.0.0", hash_tree=tree), "corrupted-block"
+    )
     assert "data block 37 (offset 151552) does not match the blessed hash tree" in str(e)
 
 
@@ -152,8 +160,9 @@ def test_foreign_hash_tree_does_not_name_a_block(w: World) -> None:
     if tree is None:
         pytest.skip("veritysetup is not installed")
     bad = corrupt(w.v1, w.tmp / "bad.img", 3)
-    e = w.refused(offer(w.v1, w.snap(), image=bad, version="1.0.0", hash_tree=tree),
-                  "verity-root-mismatch")
+    e = w.refused(
+        offer(w.v1, w.snap(), image=bad, version="1.0.0", hash_tree=tree), "verity-root-mismatch"
+    )
     assert "does not verify against the blessed root" in str(e)
 
 
@@ -218,8 +227,9 @@ def test_refuses_older_release_without_authorisation(w: World) -> None:
 
 def test_refuses_rollback_authorised_for_another_pair(w: World) -> None:
     w.install(w.v3, w.snap(10))
-    e = w.refused(offer(w.v1, w.snap(11, rollbacks=[("2.0.0", "1.0.0")])),
-                  "rollback-authorisation-mismatch")
+    e = w.refused(
+        offer(w.v1, w.snap(11, rollbacks=[("2.0.0", "1.0.0")])), "rollback-authorisation-mismatch"
+    )
     assert "2.0.0 -> 1.0.0" in str(e)
 
 
@@ -292,44 +302,50 @@ def _image(img: Image) -> VerifiedImage:
     return VerifiedImage(r.artifact_sha256, r.artifact_size, r.verity.root_hash, r.verity)
 
 
-@pytest.mark.parametrize(("installed", "nv", "target", "reason"), [
-    (0, 0, "1.0.0", "upgrade"),           # fresh node
-    (1, 1, "2.0.0", "upgrade"),
-    (2, 2, "2.0.0", "reinstall"),
-    (2, 2, "1.0.0", "rollback-authorisation-mismatch"),  # only 3.0.0 -> 1.0.0 is authorised
-    (3, 3, "2.0.0", "rollback-unauthorised"),
-    (3, 3, "1.0.0", "authorised-rollback"),  # exactly 3.0.0 -> 1.0.0
-    (1, 3, "1.0.0", "authorised-rollback"),  # after that rollback, still authorised
-    (1, 3, "2.0.0", "rollback-unauthorised"),  # state says 1, the TPM says 3 was committed
-    (3, 1, "2.0.0", "rollback-unauthorised"),  # NV behind (crash): the state file counts too
-])
+@pytest.mark.parametrize(
+    ("installed", "nv", "target", "reason"),
+    [
+        (0, 0, "1.0.0", "upgrade"),  # fresh node
+        (1, 1, "2.0.0", "upgrade"),
+        (2, 2, "2.0.0", "reinstall"),
+        (2, 2, "1.0.0", "rollback-authorisation-mismatch"),  # only 3.0.0 -> 1.0.0 is authorised
+        (3, 3, "2.0.0", "rollback-unauthorised"),
+        (3, 3, "1.0.0", "authorised-rollback"),  # exactly 3.0.0 -> 1.0.0
+        (1, 3, "1.0.0", "authorised-rollback"),  # after that rollback, still authorised
+        (1, 3, "2.0.0", "rollback-unauthorised"),  # state says 1, the TPM says 3 was committed
+        (3, 1, "2.0.0", "rollback-unauthorised"),  # NV behind (crash): the state file counts too
+    ],
+)
 def test_rollback_rules(w: World, installed: int, nv: int, target: str, reason: str) -> None:
     img = {"1.0.0": w.v1, "2.0.0": w.v2, "3.0.0": w.v3}[target]
     current = InstalledState(None, installed, 1 << 30)
     d = evaluate_upgrade(current, _image(img), _pure(w), nv_counter=nv, now=NOW)
-    assert d.reason == reason and d.accepted == (reason in ("upgrade", "reinstall",
-                                                             "authorised-rollback"))
+    assert d.reason == reason and d.accepted == (
+        reason in ("upgrade", "reinstall", "authorised-rollback")
+    )
 
 
 def test_mix_and_match_of_two_releases_is_not_blessed(w: World) -> None:
     r1, r2 = w.v1.release, w.v2.release
     mixed = VerifiedImage(r1.artifact_sha256, r1.artifact_size, r2.verity.root_hash, r1.verity)
-    d = evaluate_upgrade(InstalledState(None, 0, 1 << 30), mixed, _pure(w), nv_counter=0,
-                         now=NOW)
+    d = evaluate_upgrade(InstalledState(None, 0, 1 << 30), mixed, _pure(w), nv_counter=0, now=NOW)
     assert not d.accepted and d.reason == "verity-root-mismatch"
 
 
 def test_a_sequence_jump_beyond_the_nv_counter_step_limit_is_refused(
-        w: World, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import attest.gate
 
     monkeypatch.setattr(attest.gate, "MAX_SEQUENCE_STEP", 1)
-    d = evaluate_upgrade(InstalledState(None, 1, 1 << 30), _image(w.v3), _pure(w), nv_counter=1,
-                         now=NOW)  # fmt: skip
+    d = evaluate_upgrade(
+        InstalledState(None, 1, 1 << 30), _image(w.v3), _pure(w), nv_counter=1, now=NOW
+    )
     assert not d.accepted and d.reason == "sequence-jump"
     assert "2 sequence numbers above the installed #1" in d.message
-    d = evaluate_upgrade(InstalledState(None, 1, 1 << 30), _image(w.v2), _pure(w), nv_counter=1,
-                         now=NOW)  # fmt: skip
+    d = evaluate_upgrade(
+        InstalledState(None, 1, 1 << 30), _image(w.v2), _pure(w), nv_counter=1, now=NOW
+    )
     assert d.accepted and d.reason == "upgrade"
 
 
@@ -345,7 +361,7 @@ def test_each_refusal_code_is_distinct_and_documented() -> None:
 
 
 def _body(snap: bytes, image: bytes, tree: bytes = b"") -> bytes:
-    return (len(snap).to_bytes(8, "big") + snap + len(tree).to_bytes(8, "big") + tree + image)
+    return len(snap).to_bytes(8, "big") + snap + len(tree).to_bytes(8, "big") + tree + image
 
 
 def _client(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
@@ -357,11 +373,17 @@ def _client(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
     from attest.node.config import ApiSettings, Settings
 
     settings = Settings(api=ApiSettings())  # the default 64 KiB limit for other requests
-    outer = create_app(settings, node=w.local, clock=lambda: NOW, extra_routes=lambda app, ctx:
-                       add_upgrade_routes(app, ctx, lambda: w.gate, upload_dir=w.tmp / "uploads",
-                                          max_upload=max_upload))  # fmt: skip
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=ChannelApp(outer, channel)),
-                             base_url="http://node")
+    outer = create_app(
+        settings,
+        node=w.local,
+        clock=lambda: NOW,
+        extra_routes=lambda app, ctx: add_upgrade_routes(
+            app, ctx, lambda: w.gate, upload_dir=w.tmp / "uploads", max_upload=max_upload
+        ),
+    )
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=ChannelApp(outer, channel)), base_url="http://node"
+    )
 
 
 async def test_api_stages_an_upload_on_an_authenticated_channel(w: World) -> None:
@@ -376,8 +398,9 @@ async def test_api_refusal_is_409_with_the_reason_code(w: World) -> None:
     bad = bytearray(w.v1.path.read_bytes())
     bad[9] ^= 1
     async with _client(w, "operator") as c:  # type: ignore[attr-defined]
-        r = await c.post("/v1/upgrades", params={"version": "1.0.0"},
-                         content=_body(w.snap(), bytes(bad)))
+        r = await c.post(
+            "/v1/upgrades", params={"version": "1.0.0"}, content=_body(w.snap(), bytes(bad))
+        )
     assert r.status_code == 409 and r.json()["check"] == "verity-root-mismatch"
 
 

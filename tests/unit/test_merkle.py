@@ -43,8 +43,9 @@ def test_rejects_other_tls_binding() -> None:
     the TLS key the verifier saw."""
     tree = MerkleTree.build([challenge_leaf(b"n" * 16, b"\x01" * 32)])
     with pytest.raises(NonceError):
-        verify_inclusion(challenge_leaf(b"n" * 16, b"\x02" * 32), index=0, size=1, proof=(),
-                         root=tree.root)  # fmt: skip
+        verify_inclusion(
+            challenge_leaf(b"n" * 16, b"\x02" * 32), index=0, size=1, proof=(), root=tree.root
+        )
 
 
 def test_rejects_wrong_index_or_size() -> None:

@@ -27,7 +27,8 @@ from attest.appraisal import (
     unappraisable,
     with_findings,
 )
-from attest.node.broker import protocol as p
+from attest.appraisal.ear import sign_ear, verify_ear
+from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.errors import (
     EventLogFormatError,
     EvidenceFormatError,
@@ -36,8 +37,8 @@ from attest.errors import (
 )
 from attest.eventlog.cel import CelRecord
 from attest.model import HashAlg
-from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
-from attest.appraisal.ear import sign_ear, verify_ear
+from attest.node.broker import protocol as p
+from attest.node.tpm.vtpm import VtpmManager, ek_sha256
 from attest.runtime import (
     KIND_POLICY,
     KIND_VTPM,
@@ -48,7 +49,6 @@ from attest.runtime import (
     parse_content,
 )
 from attest.tpmstruct import Public, parse_public
-from attest.node.tpm.vtpm import VtpmManager, ek_sha256
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CHALLENGE = b"c" * 32
@@ -58,16 +58,26 @@ EK_C = hashlib.sha256(b"ek-c").digest()
 
 
 def result(node_id: str, nonce: bytes, *findings: Finding) -> AppraisalResult:
-    base = AppraisalResult(node_id=node_id, verdict=Verdict.AFFIRMING, claims=(), findings=(),
-                           first_divergence=None, policy_id="attest/default@1", nonce=nonce,
-                           appraised_at=NOW)  # fmt: skip
+    base = AppraisalResult(
+        node_id=node_id,
+        verdict=Verdict.AFFIRMING,
+        claims=(),
+        findings=(),
+        first_divergence=None,
+        policy_id="attest/default@1",
+        nonce=nonce,
+        appraised_at=NOW,
+    )
     return with_findings(base, findings)
 
 
 def ok(node_id: str, nonce: bytes) -> AppraisalResult:
-    return result(node_id, nonce,
-                  Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote", "quote ok"),
-                  Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "runtime-log", "log ok"))
+    return result(
+        node_id,
+        nonce,
+        Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote", "quote ok"),
+        Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "runtime-log", "log ok"),
+    )
 
 
 HOST_OK = ok("host-1", HOST_NONCE)
@@ -122,10 +132,14 @@ def test_no_vouching_at_all_in_this_boot() -> None:
 
 
 def test_unblessed_host_is_blamed_at_the_host_layer() -> None:
-    host = result("host-1", HOST_NONCE,
-                  Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote", "quote ok"),
-                  Finding(Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "release",
-                          "release 9.9.9 is not blessed"))  # fmt: skip
+    host = result(
+        "host-1",
+        HOST_NONCE,
+        Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote", "quote ok"),
+        Finding(
+            Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "release", "release 9.9.9 is not blessed"
+        ),
+    )
     pair = appraise_pair(host, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE)
     assert pair.verdict is Verdict.CONTRAINDICATED and pair.failed_layer == HOST
     assert pair.first_divergence == "host layer (host-1): release 9.9.9 is not blessed"
@@ -135,9 +149,16 @@ def test_unblessed_host_is_blamed_at_the_host_layer() -> None:
 
 
 def test_stale_host_quote_vouches_for_nothing() -> None:
-    stale = result("host-1", HOST_NONCE, Finding(
-        Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "quote:nonce",
-        "quote (nonce): the quote does not answer this challenge (stale or replayed): ..."))
+    stale = result(
+        "host-1",
+        HOST_NONCE,
+        Finding(
+            Claim.INSTANCE_IDENTITY,
+            UNTRUSTWORTHY_INSTANCE,
+            "quote:nonce",
+            "quote (nonce): the quote does not answer this challenge (stale or replayed): ...",
+        ),
+    )
     pair = appraise_pair(stale, GUEST_OK, None, G1, challenge=CHALLENGE)
     assert pair.failed_layer == HOST and pair.verdict is Verdict.CONTRAINDICATED
     assert "stale or replayed" in (pair.first_divergence or "")
@@ -151,8 +172,9 @@ def test_results_of_another_verification_are_refused() -> None:
     assert pair.verdict is Verdict.CONTRAINDICATED
     assert "not challenged in the same pair verification" in pair.vouch.explanation
     # Swapped nonces (the guest answering the host's challenge) fail too.
-    swapped = appraise_pair(ok("host-1", GUEST_NONCE), ok("g1", HOST_NONCE), VOUCHED, G1,
-                            challenge=CHALLENGE)  # fmt: skip
+    swapped = appraise_pair(
+        ok("host-1", GUEST_NONCE), ok("g1", HOST_NONCE), VOUCHED, G1, challenge=CHALLENGE
+    )
     assert swapped.verdict is Verdict.CONTRAINDICATED
 
 
@@ -189,23 +211,30 @@ def test_ear_has_one_submodule_per_layer() -> None:
 
 def test_vtpm_and_policy_events_parse_and_replay() -> None:
     banks = (HashAlg.SHA256,)
-    recs = [new_runtime_record(0, KIND_VTPM, {"guest_id": "g1", "ek_sha256": EK_B.hex()},
-                               pcr=13, banks=banks),
-            new_runtime_record(1, KIND_POLICY, {"mac": "selinux", "sha256": EK_C.hex()},
-                               pcr=13, banks=banks)]  # fmt: skip
+    recs = [
+        new_runtime_record(
+            0, KIND_VTPM, {"guest_id": "g1", "ek_sha256": EK_B.hex()}, pcr=13, banks=banks
+        ),
+        new_runtime_record(
+            1, KIND_POLICY, {"mac": "selinux", "sha256": EK_C.hex()}, pcr=13, banks=banks
+        ),
+    ]
     events = check_records(recs, pcr=13)
     assert events[0].detail == VtpmVouch("g1", EK_B, None)
     assert events[1].detail == MacPolicy("selinux", EK_C)
 
 
-@pytest.mark.parametrize("content", [
-    {"guest_id": "g1"},
-    {"guest_id": "g1", "ek_sha256": "AB" * 32},
-    {"guest_id": "", "ek_sha256": "ab" * 32},
-    {"guest_id": "g 1", "ek_sha256": "ab" * 32},
-    {"guest_id": "g1", "ek_sha256": "ab" * 31},
-    {"guest_id": "g1", "ek_sha256": "ab" * 32, "extra": 1},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"guest_id": "g1"},
+        {"guest_id": "g1", "ek_sha256": "AB" * 32},
+        {"guest_id": "", "ek_sha256": "ab" * 32},
+        {"guest_id": "g 1", "ek_sha256": "ab" * 32},
+        {"guest_id": "g1", "ek_sha256": "ab" * 31},
+        {"guest_id": "g1", "ek_sha256": "ab" * 32, "extra": 1},
+    ],
+)
 def test_malformed_vtpm_content_is_refused(content: Mapping[str, Any]) -> None:
     with pytest.raises(EventLogFormatError):
         parse_content(KIND_VTPM, content)
@@ -241,9 +270,14 @@ class FakeAudit:
 def fake_ek(seed: int) -> Public:
     """An ECC P-256 EK-shaped public area (TPMT_PUBLIC) with a distinct point per seed."""
     key = ec.derive_private_key(seed, ec.SECP256R1()).public_key().public_numbers()
-    raw = (bytes.fromhex("0023000b000300b20020") + bytes(32)  # type, nameAlg, attrs, policy
-           + bytes.fromhex("0006008000430010000300100020") + key.x.to_bytes(32, "big")
-           + b"\x00\x20" + key.y.to_bytes(32, "big"))  # fmt: skip
+    raw = (
+        bytes.fromhex("0023000b000300b20020")
+        + bytes(32)  # type, nameAlg, attrs, policy
+        + bytes.fromhex("0006008000430010000300100020")
+        + key.x.to_bytes(32, "big")
+        + b"\x00\x20"
+        + key.y.to_bytes(32, "big")
+    )
     return parse_public(raw, sized=False)
 
 
@@ -259,8 +293,7 @@ def manager(tmp_path: Path) -> tuple[VtpmManager, FakeLog, FakeAudit]:
     def read_ek(state: Path) -> tuple[Public, dict[int, bytes]]:
         return fake_ek(next(eks)), {0x01C0000A: b"cert-der"}
 
-    m = VtpmManager(tmp_path / "vtpm", log, audit=audit, manufacture=manufacture,
-                    read_ek=read_ek)  # fmt: skip
+    m = VtpmManager(tmp_path / "vtpm", log, audit=audit, manufacture=manufacture, read_ek=read_ek)
     return m, log, audit
 
 
@@ -290,7 +323,8 @@ def test_record_again_in_the_same_boot_is_a_no_op(
 
 
 def test_refuses_a_vtpm_the_host_did_not_create(
-    manager: tuple[VtpmManager, FakeLog, FakeAudit], caplog: pytest.LogCaptureFixture,
+    manager: tuple[VtpmManager, FakeLog, FakeAudit],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     m, log, audit = manager
     m.create("g1")
@@ -320,15 +354,23 @@ def test_refuses_when_this_boot_already_vouches_another_vtpm(
     m, log, _ = manager
     m.create("g1")
     # This boot's log vouches another EK for g1 (e.g. the registry was restored from a backup).
-    log.recs[:] = [new_runtime_record(0, KIND_VTPM, {"guest_id": "g1", "ek_sha256": EK_C.hex()},
-                                      pcr=13, banks=(HashAlg.SHA256,))]  # fmt: skip
+    log.recs[:] = [
+        new_runtime_record(
+            0,
+            KIND_VTPM,
+            {"guest_id": "g1", "ek_sha256": EK_C.hex()},
+            pcr=13,
+            banks=(HashAlg.SHA256,),
+        )
+    ]
     with pytest.raises(OperationNotAllowed, match="already vouches another vTPM"):
         m.record("g1", fake_ek(1).raw)
 
 
 @pytest.mark.parametrize("gid", ["", "../x", "a/b", ".hidden", "x" * 65])
 def test_guest_ids_that_are_not_names_are_refused(
-    manager: tuple[VtpmManager, FakeLog, FakeAudit], gid: str,
+    manager: tuple[VtpmManager, FakeLog, FakeAudit],
+    gid: str,
 ) -> None:
     with pytest.raises(OperationNotAllowed):
         manager[0].create(gid)
@@ -366,8 +408,9 @@ def test_a_failed_manufacture_leaves_nothing_behind(tmp_path: Path) -> None:
         (guest_dir / "state").mkdir()
         raise OSError("swtpm_setup failed")
 
-    m = VtpmManager(tmp_path / "vtpm", FakeLog(), manufacture=broken,
-                    read_ek=lambda s: (fake_ek(1), {}))  # fmt: skip
+    m = VtpmManager(
+        tmp_path / "vtpm", FakeLog(), manufacture=broken, read_ek=lambda s: (fake_ek(1), {})
+    )
     with pytest.raises(OSError):
         m.create("g1")
     assert m.created() == () and not (m.root / "guests" / "g1").exists()

@@ -20,8 +20,8 @@ from attest.errors import (
     SignatureError,
 )
 from attest.model import HashAlg, PcrSelection, PcrValues
-from attest.quote import QuotePolicy, verify_quote
 from attest.node.tpm.fake import AK_ATTRS, FakeTpm
+from attest.quote import QuotePolicy, verify_quote
 from attest.tpmstruct import (
     TPM_RH_ENDORSEMENT_QN,
     TPM_ST_ATTEST_CERTIFY,
@@ -65,9 +65,11 @@ class Signer:
             self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             self.scheme = Alg.RSAPSS if kind == "pss" else Alg.RSASSA
         self.ak = public_from_key(
-            self.key.public_key(), attributes=AK_ATTRS, scheme=self.scheme,
+            self.key.public_key(),
+            attributes=AK_ATTRS,
+            scheme=self.scheme,
             scheme_hash=HashAlg.SHA256,
-        )  # fmt: skip
+        )
 
     def sign(self, message: bytes, h: HashAlg = HashAlg.SHA256) -> bytes:
         halg = {HashAlg.SHA256: hashes.SHA256(), HashAlg.SHA1: hashes.SHA1()}[h]
@@ -171,15 +173,19 @@ def test_rejects_sha1_signature_by_default(fake: FakeTpm) -> None:
 
 def test_rejects_small_rsa_key() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    ak = public_from_key(key.public_key(), attributes=AK_ATTRS, scheme=Alg.RSASSA,
-                         scheme_hash=HashAlg.SHA256)  # fmt: skip
+    ak = public_from_key(
+        key.public_key(), attributes=AK_ATTRS, scheme=Alg.RSASSA, scheme_hash=HashAlg.SHA256
+    )
     values = {HashAlg.SHA256: {0: bytes(32)}}
     sel = PcrSelection.parse("sha256:0")
     attest = build_attest(
-        qualified_signer=ak.name, extra_data=NONCE, clock_info=ClockInfo(1, 1, 0, True),
-        firmware_version=0, pcr_select=sel,
+        qualified_signer=ak.name,
+        extra_data=NONCE,
+        clock_info=ClockInfo(1, 1, 0, True),
+        firmware_version=0,
+        pcr_select=sel,
         pcr_digest=digest_of_values(HashAlg.SHA256, values, sel),
-    )  # fmt: skip
+    )
     raw = key.sign(attest, padding.PKCS1v15(), hashes.SHA256())
     sig = build_signature(Signature(Alg.RSASSA, HashAlg.SHA256, sig=raw))
     with pytest.raises(KeyPolicyError, match="1024"):
@@ -241,9 +247,10 @@ def test_rejects_relabelled_pcr_selection(fake: FakeTpm) -> None:
         HashAlg.SHA1: dict(q.pcrs.values[HashAlg.SHA1]),
     }
     # Same values in the same order: the digest alone would not notice.
-    assert digest_of_values(
-        HashAlg.SHA256, relabelled, PcrSelection.parse("sha256:4,5,6,7+sha1:7")
-    ) == parse_attest(q.attest).pcr_digest
+    assert (
+        digest_of_values(HashAlg.SHA256, relabelled, PcrSelection.parse("sha256:4,5,6,7+sha1:7"))
+        == parse_attest(q.attest).pcr_digest
+    )
     with pytest.raises(PcrSelectionError, match="PCRs"):
         verify_quote(q.attest, q.signature, ak=fake.ak_public(), nonce=NONCE, pcrs=relabelled)
 
@@ -266,8 +273,7 @@ def test_rejects_extra_pcr_value(fake: FakeTpm) -> None:
 
 def test_rejects_values_for_another_bank(fake: FakeTpm) -> None:
     q = fake.quote(SEL, NONCE)
-    values = {HashAlg.SHA256: dict(q.pcrs.values[HashAlg.SHA256]),
-              HashAlg.SHA384: {7: bytes(48)}}  # fmt: skip
+    values = {HashAlg.SHA256: dict(q.pcrs.values[HashAlg.SHA256]), HashAlg.SHA384: {7: bytes(48)}}
     with pytest.raises(PcrSelectionError, match="banks"):
         verify_quote(q.attest, q.signature, ak=fake.ak_public(), nonce=NONCE, pcrs=values)
 
@@ -322,44 +328,76 @@ def test_rejects_unsafe_clock(fake: FakeTpm) -> None:
 def test_rejects_reset_count_going_backwards(fake: FakeTpm) -> None:
     signer, attest, sig, values = _signed(ClockInfo(5000, 2, 0, True), fake)
     with pytest.raises(ClockError, match="resetCount"):
-        verify_quote(attest, sig, ak=signer.ak, nonce=NONCE, pcrs=values,
-                     previous=ClockInfo(1000, 3, 0, True))  # fmt: skip
+        verify_quote(
+            attest,
+            sig,
+            ak=signer.ak,
+            nonce=NONCE,
+            pcrs=values,
+            previous=ClockInfo(1000, 3, 0, True),
+        )
 
 
 def test_rejects_restart_count_going_backwards_without_reset(fake: FakeTpm) -> None:
     signer, attest, sig, values = _signed(ClockInfo(5000, 3, 1, True), fake)
     with pytest.raises(ClockError, match="restartCount"):
-        verify_quote(attest, sig, ak=signer.ak, nonce=NONCE, pcrs=values,
-                     previous=ClockInfo(1000, 3, 2, True))  # fmt: skip
+        verify_quote(
+            attest,
+            sig,
+            ak=signer.ak,
+            nonce=NONCE,
+            pcrs=values,
+            previous=ClockInfo(1000, 3, 2, True),
+        )
 
 
 def test_accepts_restart_count_back_to_zero_after_reset(fake: FakeTpm) -> None:
     """TPM Reset increments resetCount and sets restartCount to 0 (Part 1 §36.6)."""
     signer, attest, sig, values = _signed(ClockInfo(500, 4, 0, True), fake)
-    vq = verify_quote(attest, sig, ak=signer.ak, nonce=NONCE, pcrs=values,
-                      previous=ClockInfo(90000, 3, 5, True))  # fmt: skip
+    vq = verify_quote(
+        attest, sig, ak=signer.ak, nonce=NONCE, pcrs=values, previous=ClockInfo(90000, 3, 5, True)
+    )
     assert vq.clock.reset_count == 4
 
 
 def test_rejects_clock_going_backwards_within_reset_epoch(fake: FakeTpm) -> None:
     signer, attest, sig, values = _signed(ClockInfo(999, 3, 1, True), fake)
     with pytest.raises(ClockError, match="clock went backwards"):
-        verify_quote(attest, sig, ak=signer.ak, nonce=NONCE, pcrs=values,
-                     previous=ClockInfo(1000, 3, 1, True))  # fmt: skip
+        verify_quote(
+            attest,
+            sig,
+            ak=signer.ak,
+            nonce=NONCE,
+            pcrs=values,
+            previous=ClockInfo(1000, 3, 1, True),
+        )
 
 
 def test_previous_may_be_a_verified_quote(fake: FakeTpm) -> None:
     first = fake.quote(SEL, NONCE)
-    v1 = verify_quote(first.attest, first.signature, ak=fake.ak_public(), nonce=NONCE,
-                      pcrs=first.pcrs)  # fmt: skip
+    v1 = verify_quote(
+        first.attest, first.signature, ak=fake.ak_public(), nonce=NONCE, pcrs=first.pcrs
+    )
     fake.reset()
     second = fake.quote(SEL, NONCE)
-    v2 = verify_quote(second.attest, second.signature, ak=fake.ak_public(), nonce=NONCE,
-                      pcrs=second.pcrs, previous=v1)  # fmt: skip
+    v2 = verify_quote(
+        second.attest,
+        second.signature,
+        ak=fake.ak_public(),
+        nonce=NONCE,
+        pcrs=second.pcrs,
+        previous=v1,
+    )
     assert v2.clock.reset_count == v1.clock.reset_count + 1
     with pytest.raises(ClockError):
-        verify_quote(first.attest, first.signature, ak=fake.ak_public(), nonce=NONCE,
-                     pcrs=first.pcrs, previous=v2)  # fmt: skip
+        verify_quote(
+            first.attest,
+            first.signature,
+            ak=fake.ak_public(),
+            nonce=NONCE,
+            pcrs=first.pcrs,
+            previous=v2,
+        )
 
 
 # --- format ------------------------------------------------------------------------------
@@ -374,8 +412,7 @@ def test_rejects_truncated_attest(fake: FakeTpm) -> None:
 def test_rejects_trailing_bytes_after_attest(fake: FakeTpm) -> None:
     q = fake.quote(SEL, NONCE)
     with pytest.raises(QuoteFormatError, match="trailing"):
-        verify_quote(q.attest + b"\x00", q.signature, ak=fake.ak_public(), nonce=NONCE,
-                     pcrs=q.pcrs)  # fmt: skip
+        verify_quote(q.attest + b"\x00", q.signature, ak=fake.ak_public(), nonce=NONCE, pcrs=q.pcrs)
 
 
 def test_rejects_size_prefixed_attest(fake: FakeTpm) -> None:
@@ -389,6 +426,11 @@ def test_rejects_size_prefixed_attest(fake: FakeTpm) -> None:
 def test_pcr_values_object_and_mapping_are_equivalent(fake: FakeTpm) -> None:
     q = fake.quote(SEL, NONCE)
     a = verify_quote(q.attest, q.signature, ak=fake.ak_public(), nonce=NONCE, pcrs=q.pcrs)
-    b = verify_quote(q.attest, q.signature, ak=fake.ak_public(), nonce=NONCE,
-                     pcrs=PcrValues(dict(q.pcrs.values)).values)  # fmt: skip
+    b = verify_quote(
+        q.attest,
+        q.signature,
+        ak=fake.ak_public(),
+        nonce=NONCE,
+        pcrs=PcrValues(dict(q.pcrs.values)).values,
+    )
     assert a.pcrs == b.pcrs

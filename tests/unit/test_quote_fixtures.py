@@ -33,8 +33,13 @@ def test_serialized_pcr_file_is_labelled_by_its_own_selection() -> None:
 def test_tpm2_tools_quote_verifies(stem: str, pcrs: str) -> None:
     attest = (FIX / f"{stem}.msg").read_bytes()
     values = load_pcrs(FIX / pcrs, attest=attest, pcr_list=None)
-    vq = verify_quote(attest, (FIX / f"{stem}.sig").read_bytes(), ak=load_ak(FIX / "ak.pem"),
-                      nonce=NONCE, pcrs=values)  # fmt: skip
+    vq = verify_quote(
+        attest,
+        (FIX / f"{stem}.sig").read_bytes(),
+        ak=load_ak(FIX / "ak.pem"),
+        nonce=NONCE,
+        pcrs=values,
+    )
     assert vq.selection == SEL
 
 
@@ -43,21 +48,53 @@ def test_values_file_labelled_with_other_pcr_list_is_refused() -> None:
     other = PcrSelection.parse("sha256:3,4,5,6+sha1:7")
     values = load_pcrs(FIX / "quote2.values", attest=attest, pcr_list=other)
     with pytest.raises(PcrSelectionError):
-        verify_quote(attest, (FIX / "quote2.sig").read_bytes(), ak=load_ak(FIX / "ak.pem"),
-                     nonce=NONCE, pcrs=values)  # fmt: skip
+        verify_quote(
+            attest,
+            (FIX / "quote2.sig").read_bytes(),
+            ak=load_ak(FIX / "ak.pem"),
+            nonce=NONCE,
+            pcrs=values,
+        )
 
 
 def test_cli_verify_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["quote", "verify", "--ak", str(FIX / "ak.pem"), "-m", str(FIX / "quote.msg"),
-            "-s", str(FIX / "quote.sig"), "-f", str(FIX / "quote.pcrs")]  # fmt: skip
+    base = [
+        "quote",
+        "verify",
+        "--ak",
+        str(FIX / "ak.pem"),
+        "-m",
+        str(FIX / "quote.msg"),
+        "-s",
+        str(FIX / "quote.sig"),
+        "-f",
+        str(FIX / "quote.pcrs"),
+    ]
     assert main([*base, "--nonce", NONCE.hex()]) == 0
     assert '"valid": true' in capsys.readouterr().out
     assert main([*base, "--nonce", "00"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("attest: nonce check failed") and err.count("\n") == 1
     assert main([*base, "--nonce", "zz"]) == 3
-    assert main(["quote", "verify", "--ak", str(FIX / "missing.pem"), "--nonce", "00",
-                 "-m", "x", "-s", "y", "-f", "z"]) == 6  # fmt: skip
+    assert (
+        main(
+            [
+                "quote",
+                "verify",
+                "--ak",
+                str(FIX / "missing.pem"),
+                "--nonce",
+                "00",
+                "-m",
+                "x",
+                "-s",
+                "y",
+                "-f",
+                "z",
+            ]
+        )
+        == 6
+    )
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,6 +12,8 @@ import pytest
 from attest.errors import EventLogFormatError, ReplayError, TpmError
 from attest.eventlog.cel import CelRecord, dumps_cel_record, loads_cel
 from attest.model import HashAlg, PcrSelection, PcrValues
+from attest.node.logs.runtime import RuntimeLog
+from attest.node.tpm.fake import FakeTpm
 from attest.runtime import (
     DEFAULT_RUNTIME_PCR,
     AuditAnchor,
@@ -22,8 +24,6 @@ from attest.runtime import (
     new_runtime_record,
     verify_runtime_log,
 )
-from attest.node.logs.runtime import RuntimeLog
-from attest.node.tpm.fake import FakeTpm
 
 PCR = DEFAULT_RUNTIME_PCR
 BANKS = (HashAlg.SHA256, HashAlg.SHA1)
@@ -130,8 +130,9 @@ def test_rejects_foreign_content_type_and_unknown_kind() -> None:
         ("verity-device", {"name": "root", "root_hash": "00", "ratio": 0.5}),
     ],
 )
-def test_refuses_malformed_event_content_before_measuring(kind: str, content: dict[str, object],
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_refuses_malformed_event_content_before_measuring(
+    kind: str, content: dict[str, object], tmp_path: Path
+) -> None:
     tpm = FakeTpm()
     log = RuntimeLog(tmp_path / "r.log", tpm)
     before = quoted(tpm)

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 from tests.unit.manifest.manifest_helpers import NOW, build_world, release
 
-from attest.verity.devices import CmdlineRootHash, VerityDevice, VerityReport, VerityStatus
+from attest.appraisal.selfcheck import evaluate_node
 from attest.manifest import verify_snapshot
 from attest.manifest.model import Revocation
-from attest.appraisal.selfcheck import evaluate_node
+from attest.verity.devices import CmdlineRootHash, VerityDevice, VerityReport, VerityStatus
 
 WORLD = build_world()
 REL = release("1.0.0", 1)
@@ -32,50 +32,88 @@ def verity(root: bytes, *, backed: bool = True, corrupted: bool = False) -> Veri
 
 
 def test_blessed_node() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None, verity=verity(REL.verity.root_hash),
-                      registry=registry(), registry_error=None, now=NOW)  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=verity(REL.verity.root_hash),
+        registry=registry(),
+        registry_error=None,
+        now=NOW,
+    )
     assert v.verdict == "blessed"
     assert v.release and v.release["version"] == "1.0.0"
 
 
 def test_revoked_release_is_reported() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None, verity=verity(REL.verity.root_hash),
-                      registry=registry(revoked=True), registry_error=None, now=NOW)  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=verity(REL.verity.root_hash),
+        registry=registry(revoked=True),
+        registry_error=None,
+        now=NOW,
+    )
     assert v.verdict == "revoked"
 
 
 def test_unknown_root_hash_is_not_blessed() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None, verity=verity(b"\x09" * 32),
-                      registry=registry(), registry_error=None, now=NOW)  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=verity(b"\x09" * 32),
+        registry=registry(),
+        registry_error=None,
+        now=NOW,
+    )
     assert v.verdict == "not-blessed"
 
 
 def test_unbacked_cmdline_root_hash_is_not_blessed() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None,
-                      verity=verity(REL.verity.root_hash, backed=False), registry=registry(),
-                      registry_error=None, now=NOW)  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=verity(REL.verity.root_hash, backed=False),
+        registry=registry(),
+        registry_error=None,
+        now=NOW,
+    )
     assert v.verdict == "not-blessed" and "not backed" in " ".join(v.reasons)
 
 
 def test_corruption_is_reported() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None,
-                      verity=verity(REL.verity.root_hash, corrupted=True), registry=registry(),
-                      registry_error=None, now=NOW)  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=verity(REL.verity.root_hash, corrupted=True),
+        registry=registry(),
+        registry_error=None,
+        now=NOW,
+    )
     assert v.verdict == "corrupted"
 
 
 def test_tpm_and_runtime_log_problems_are_worst() -> None:
-    v = evaluate_node(tpm_error="gone", runtime_error="does not replay",
-                      verity=verity(REL.verity.root_hash, corrupted=True), registry=None,
-                      registry_error="no trust root", now=NOW)  # fmt: skip
+    v = evaluate_node(
+        tpm_error="gone",
+        runtime_error="does not replay",
+        verity=verity(REL.verity.root_hash, corrupted=True),
+        registry=None,
+        registry_error="no trust root",
+        now=NOW,
+    )
     assert v.verdict == "degraded"
     assert len(v.reasons) == 4
 
 
 def test_no_registry_is_unknown_not_blessed() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None, verity=verity(REL.verity.root_hash),
-                      registry=None, registry_error="no trust root in /x",
-                      now=NOW + timedelta(days=1))  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=verity(REL.verity.root_hash),
+        registry=None,
+        registry_error="no trust root in /x",
+        now=NOW + timedelta(days=1),
+    )
     assert v.verdict == "unknown" and "no trust root" in v.reasons[0]
 
 
@@ -85,26 +123,46 @@ def _device_only(root: bytes, devno: str) -> VerityReport:
     from attest.verity.devices import parse_verity_table
 
     table = parse_verity_table(
-        f"0 8 verity 1 254:1 254:1 4096 4096 1 1 sha256 {root.hex()} {'00' * 32}")
-    return VerityReport((VerityDevice("root", "CRYPT-VERITY-x", devno, table,
-                                      VerityStatus.VERIFIED, None),), ())  # fmt: skip
+        f"0 8 verity 1 254:1 254:1 4096 4096 1 1 sha256 {root.hex()} {'00' * 32}"
+    )
+    return VerityReport(
+        (VerityDevice("root", "CRYPT-VERITY-x", devno, table, VerityStatus.VERIFIED, None),), ()
+    )
 
 
 def test_root_device_names_the_release_without_a_command_line_root_hash() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None,
-                      verity=_device_only(REL.verity.root_hash, "254:0"), registry=registry(),
-                      registry_error=None, now=NOW, root_devno="254:0")  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=_device_only(REL.verity.root_hash, "254:0"),
+        registry=registry(),
+        registry_error=None,
+        now=NOW,
+        root_devno="254:0",
+    )
     assert v.verdict == "blessed" and v.checks["verity"] == "ok"
     assert v.release and v.release["version"] == "1.0.0"
-    unknown = evaluate_node(tpm_error=None, runtime_error=None,
-                            verity=_device_only(b"\x09" * 32, "254:0"), registry=registry(),
-                            registry_error=None, now=NOW, root_devno="254:0")  # fmt: skip
+    unknown = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=_device_only(b"\x09" * 32, "254:0"),
+        registry=registry(),
+        registry_error=None,
+        now=NOW,
+        root_devno="254:0",
+    )
     assert unknown.verdict == "not-blessed"
 
 
 def test_a_verity_device_not_mounted_at_root_names_nothing() -> None:
-    v = evaluate_node(tpm_error=None, runtime_error=None,
-                      verity=_device_only(REL.verity.root_hash, "254:3"), registry=registry(),
-                      registry_error=None, now=NOW, root_devno="254:0")  # fmt: skip
+    v = evaluate_node(
+        tpm_error=None,
+        runtime_error=None,
+        verity=_device_only(REL.verity.root_hash, "254:3"),
+        registry=registry(),
+        registry_error=None,
+        now=NOW,
+        root_devno="254:0",
+    )
     assert v.verdict == "unknown" and v.checks["verity"] == "none"
     assert "mounted at /" in " ".join(v.reasons)

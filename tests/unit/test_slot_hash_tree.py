@@ -1,4 +1,5 @@
-"""The hash tree ``attest.node.upgrade.slots.seal_slot`` writes after an image in a block-device slot is
+"""The hash tree ``attest.node.upgrade.slots.seal_slot`` writes after an image in a block-device
+slot is
 byte for byte what ``veritysetup format --no-superblock`` writes (the layout a boot loader
 opens with ``--hash-offset=SIZE``)."""
 
@@ -21,12 +22,17 @@ def test_hash_tree_equals_veritysetup_no_superblock(tmp_path: Path, blocks: int)
     if shutil.which("veritysetup") is None:
         pytest.skip("veritysetup (cryptsetup-bin) is not installed")
     img = tmp_path / "img"
-    img.write_bytes(b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 128
-                             for i in range(blocks)))  # fmt: skip
+    img.write_bytes(
+        b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 128 for i in range(blocks))
+    )
     salt = hashlib.sha256(b"salt").digest()
     tree = tmp_path / "tree"
-    out = subprocess.run(["veritysetup", "format", "--no-superblock", f"--salt={salt.hex()}",
-                          str(img), str(tree)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["veritysetup", "format", "--no-superblock", f"--salt={salt.hex()}", str(img), str(tree)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     d = hash_image(img, salt=salt, keep_level0=True)
     assert d.verity.root_hash.hex() in out
     assert d.level0 is not None

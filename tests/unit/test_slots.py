@@ -33,8 +33,7 @@ def store(tmp_path: Path) -> SlotStore:
 def stage(store: SlotStore, tmp: Path, version: str = "2.0") -> SlotImage:
     ptr = store.load()
     b = put(store, ptr.inactive, version, 2, tmp)
-    store.save(replace(ptr, pending=ptr.inactive, tries=1,
-                       slots={**ptr.slots, ptr.inactive: b}))
+    store.save(replace(ptr, pending=ptr.inactive, tries=1, slots={**ptr.slots, ptr.inactive: b}))
     return b
 
 
@@ -48,8 +47,9 @@ def test_boots_the_active_slot(store: SlotStore) -> None:
     assert (r.slot, r.image.version, r.fell_back) == ("a", "1.0", False)
 
 
-def test_staged_slot_is_tried_once_then_falls_back_unless_confirmed(store: SlotStore,
-                                                                     tmp_path: Path) -> None:
+def test_staged_slot_is_tried_once_then_falls_back_unless_confirmed(
+    store: SlotStore, tmp_path: Path
+) -> None:
     stage(store, tmp_path)
     first = store.boot()
     assert first.slot == "b" and store.load().booted_unconfirmed
@@ -81,8 +81,9 @@ def test_corrupted_staged_slot_is_not_booted(store: SlotStore, tmp_path: Path) -
     assert (r.slot, r.fell_back) == ("a", True) and "does not verify" in r.reason
 
 
-def test_corrupted_active_slot_boots_the_other_committed_slot(store: SlotStore,
-                                                              tmp_path: Path) -> None:
+def test_corrupted_active_slot_boots_the_other_committed_slot(
+    store: SlotStore, tmp_path: Path
+) -> None:
     stage(store, tmp_path)
     store.boot()
     store.confirm()  # b active, a still holds 1.0
@@ -92,14 +93,16 @@ def test_corrupted_active_slot_boots_the_other_committed_slot(store: SlotStore,
 
 
 @pytest.mark.parametrize("at", range(5))  # create, write, fsync, rename, fsync-dir
-def test_pointer_write_is_atomic_at_every_boundary(store: SlotStore, tmp_path: Path,
-                                                   at: int) -> None:
+def test_pointer_write_is_atomic_at_every_boundary(
+    store: SlotStore, tmp_path: Path, at: int
+) -> None:
     old = store.pointer_path.read_bytes()
     b = put(store, "b", "2.0", 2, tmp_path)
     store.hook = KillAt(at)
     with pytest.raises(Killed):
-        store.save(replace(store.load(), pending="b", tries=1,
-                           slots={**store.load().slots, "b": b}))
+        store.save(
+            replace(store.load(), pending="b", tries=1, slots={**store.load().slots, "b": b})
+        )
     store.hook = KillAt()
     now = store.pointer_path.read_bytes()
     assert now == old or json.loads(now)["pending"] == "b"  # old or new, never a mix

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from attest.verity.devices import CorruptionMode, VerityReport, VerityStatus
 from attest.node.verity_watch import (
     SysfsContext,
     SysfsDevice,
@@ -25,6 +24,7 @@ from attest.node.verity_watch import (
     read_cmdline,
     verity_report,
 )
+from attest.verity.devices import CorruptionMode, VerityReport, VerityStatus
 
 ROOT = "81e204e0910e063a25034a14e47abaf029f172a39686392e98951d9b15f04fb1"
 SALT = "5eed00000000000000000000000000000000000000000000000000000000cafe"
@@ -81,8 +81,12 @@ class FakeDmsetup:
         source = self.tables if command == "table" else self.statuses
         if uuid not in source:
             return subprocess.CompletedProcess(
-                list(args), 1, "", "device-mapper: table ioctl on  failed: No such device "
-                "or address\nCommand failed.\n")
+                list(args),
+                1,
+                "",
+                "device-mapper: table ioctl on  failed: No such device "
+                "or address\nCommand failed.\n",
+            )
         return subprocess.CompletedProcess(list(args), 0, source[uuid], "")
 
 
@@ -134,26 +138,34 @@ def test_queries_dmsetup_by_uuid_so_a_hostile_name_is_never_an_argument(
     make_dm(tmp_path, "dm-0", uuid=ROOT_UUID, name="--showkeys", dev="253:0")
     [dev] = discover(context=SysfsContext(tmp_path), run=dmsetup)
     assert dev.name == "--showkeys"
-    assert dmsetup.calls == [["dmsetup", "table", "-u", ROOT_UUID],
-                             ["dmsetup", "status", "-u", ROOT_UUID]]
+    assert dmsetup.calls == [
+        ["dmsetup", "table", "-u", ROOT_UUID],
+        ["dmsetup", "status", "-u", ROOT_UUID],
+    ]
 
 
 def test_uses_udev_properties_when_sysfs_lacks_dm_attributes(
     tmp_path: Path, dmsetup: FakeDmsetup
 ) -> None:
-    ctx = FakeContext([
-        FakeUdevDevice("dm-0", str(tmp_path / "nowhere"),
-                       {"DM_UUID": ROOT_UUID, "DM_NAME": "root", "MAJOR": "253", "MINOR": "0"}),
-        FakeUdevDevice("sda", str(tmp_path / "sda"), {"DM_UUID": USR_UUID}),  # not dm-*
-    ])
+    ctx = FakeContext(
+        [
+            FakeUdevDevice(
+                "dm-0",
+                str(tmp_path / "nowhere"),
+                {"DM_UUID": ROOT_UUID, "DM_NAME": "root", "MAJOR": "253", "MINOR": "0"},
+            ),
+            FakeUdevDevice("sda", str(tmp_path / "sda"), {"DM_UUID": USR_UUID}),  # not dm-*
+        ]
+    )
     [dev] = discover(context=ctx, run=dmsetup)
     assert (dev.name, dev.uuid, dev.devno) == ("root", ROOT_UUID, "253:0")
 
 
 def test_sysfs_uuid_wins_over_a_stale_udev_property(sysfs: Path, dmsetup: FakeDmsetup) -> None:
     # The udev database says dm-1 is verity; the kernel says it is LUKS.
-    ctx = FakeContext([FakeUdevDevice(
-        "dm-1", str(sysfs / "devices/virtual/block/dm-1"), {"DM_UUID": ROOT_UUID})])
+    ctx = FakeContext(
+        [FakeUdevDevice("dm-1", str(sysfs / "devices/virtual/block/dm-1"), {"DM_UUID": ROOT_UUID})]
+    )
     assert discover(context=ctx, run=dmsetup) == []
 
 
@@ -220,8 +232,9 @@ def test_unreadable_cmdline_backs_nothing(
     sysfs: Path, dmsetup: FakeDmsetup, tmp_path: Path
 ) -> None:
     assert read_cmdline(tmp_path / "absent") == ""
-    report = verity_report(context=SysfsContext(sysfs), run=dmsetup,
-                           cmdline_path=tmp_path / "absent")
+    report = verity_report(
+        context=SysfsContext(sysfs), run=dmsetup, cmdline_path=tmp_path / "absent"
+    )
     assert not report.cmdline_backed
 
 
@@ -261,9 +274,7 @@ class Reports:
             assert self.arrived.wait(timeout), f"only {len(self.items)} reports, wanted {n}"
 
 
-def test_watcher_reports_on_dm_events(
-    sysfs: Path, dmsetup: FakeDmsetup, tmp_path: Path
-) -> None:
+def test_watcher_reports_on_dm_events(sysfs: Path, dmsetup: FakeDmsetup, tmp_path: Path) -> None:
     cmdline = tmp_path / "cmdline"
     cmdline.write_text(f"roothash={ROOT}")
     observers: list[FakeObserver] = []
@@ -273,8 +284,14 @@ def test_watcher_reports_on_dm_events(
         return observers[-1]
 
     reports = Reports()
-    watcher = VerityWatcher(reports, context=SysfsContext(sysfs), run=dmsetup,
-                            cmdline_path=cmdline, observer_factory=factory, poll_interval=3600)
+    watcher = VerityWatcher(
+        reports,
+        context=SysfsContext(sysfs),
+        run=dmsetup,
+        cmdline_path=cmdline,
+        observer_factory=factory,
+        poll_interval=3600,
+    )
     watcher.start()
     try:
         assert watcher.mode == "udev"
@@ -308,9 +325,14 @@ def test_watcher_polls_when_udev_is_unavailable(
         raise OSError(93, "Protocol not supported")
 
     reports = Reports()
-    watcher = VerityWatcher(reports, context=SysfsContext(sysfs), run=dmsetup,
-                            cmdline_path=tmp_path / "cmdline", observer_factory=no_netlink,
-                            poll_interval=0.01)
+    watcher = VerityWatcher(
+        reports,
+        context=SysfsContext(sysfs),
+        run=dmsetup,
+        cmdline_path=tmp_path / "cmdline",
+        observer_factory=no_netlink,
+        poll_interval=0.01,
+    )
     with caplog.at_level(logging.WARNING, logger="attest.node.verity_watch"):
         watcher.start()
     try:
@@ -346,9 +368,14 @@ def test_watcher_survives_a_failing_callback(
         observers.append(FakeObserver(on_event))
         return observers[-1]
 
-    watcher = VerityWatcher(flaky, context=SysfsContext(sysfs), run=dmsetup,
-                            cmdline_path=tmp_path / "cmdline", observer_factory=factory,
-                            poll_interval=3600)
+    watcher = VerityWatcher(
+        flaky,
+        context=SysfsContext(sysfs),
+        run=dmsetup,
+        cmdline_path=tmp_path / "cmdline",
+        observer_factory=factory,
+        poll_interval=3600,
+    )
     watcher.start()
     try:
         with caplog.at_level(logging.ERROR, logger="attest.node.verity_watch"):

@@ -21,8 +21,15 @@ from attest.model import HashAlg, extend
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 
 
-def make_pe(sections: list[tuple[str, bytes]], *, trailing: bytes = b"", cert: bytes = b"",
-            timestamp: int = 0, checksum: int = 0, vsizes: dict[str, int] | None = None) -> bytes:
+def make_pe(
+    sections: list[tuple[str, bytes]],
+    *,
+    trailing: bytes = b"",
+    cert: bytes = b"",
+    timestamp: int = 0,
+    checksum: int = 0,
+    vsizes: dict[str, int] | None = None,
+) -> bytes:
     """A minimal PE32+ image: DOS stub, COFF header, optional header with 16 data
     directories, a section table, raw data aligned to 512, then trailing bytes and a
     certificate table (pointed to by the security directory)."""
@@ -44,11 +51,41 @@ def make_pe(sections: list[tuple[str, bytes]], *, trailing: bytes = b"", cert: b
     cert_off = headers + len(body) if cert else 0
     dos = b"MZ" + bytes(0x3A) + struct.pack("<I", pe_off)
     dos += bytes(pe_off - len(dos))
-    coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, len(sections), timestamp, 0, 0,
-                                   opt_size, 0x22)  # fmt: skip
-    opt = struct.pack("<HBBIIIIIQIIHHHHHHIIIIHHQQQQII", 0x20B, 0, 0, len(raw), 0, 0, 0x1000,
-                      0x1000, 0, salign, falign, 0, 0, 0, 0, 0, 0, 0, va, headers, checksum,
-                      10, 0, 0, 0, 0, 0, 0, 16)  # fmt: skip
+    coff = b"PE\0\0" + struct.pack(
+        "<HHIIIHH", 0x8664, len(sections), timestamp, 0, 0, opt_size, 0x22
+    )
+    opt = struct.pack(
+        "<HBBIIIIIQIIHHHHHHIIIIHHQQQQII",
+        0x20B,
+        0,
+        0,
+        len(raw),
+        0,
+        0,
+        0x1000,
+        0x1000,
+        0,
+        salign,
+        falign,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        va,
+        headers,
+        checksum,
+        10,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        16,
+    )
     dirs = bytearray(16 * 8)
     struct.pack_into("<II", dirs, 8 * 4, cert_off, len(cert))
     hdr = dos + coff + opt + bytes(dirs) + b"".join(rows)
@@ -98,9 +135,15 @@ def test_with_timestamp_makes_images_identical() -> None:
 
 def fake_uki(cmdline: str = "console=ttyS0 roothash=ab", initrd: bytes = b"INITRD") -> bytes:
     linux = make_pe([(".text", b"kernel" * 100)])
-    return make_pe([(".text", b"stub" * 100), (".osrel", b"ID=test\n"),
-                    (".cmdline", cmdline.encode()), (".linux", linux),
-                    (".initrd", initrd)])  # fmt: skip
+    return make_pe(
+        [
+            (".text", b"stub" * 100),
+            (".osrel", b"ID=test\n"),
+            (".cmdline", cmdline.encode()),
+            (".linux", linux),
+            (".initrd", initrd),
+        ]
+    )
 
 
 def chain(digests: list[bytes]) -> bytes:
@@ -115,24 +158,35 @@ def test_pcr11_measures_name_then_bytes_in_stub_order() -> None:
     parts = uki.parse_uki(image)
     expected = []
     for name in (".linux", ".osrel", ".cmdline", ".initrd"):
-        expected += [hashlib.sha256(name.encode() + b"\0").digest(),
-                     hashlib.sha256(parts.sections[name]).digest()]  # fmt: skip
+        expected += [
+            hashlib.sha256(name.encode() + b"\0").digest(),
+            hashlib.sha256(parts.sections[name]).digest(),
+        ]
     assert uki.predict_pcrs(image)[HashAlg.SHA256][11] == chain(expected)
 
 
 def test_pcr9_is_utf16_load_options_then_initrd() -> None:
     image = fake_uki(cmdline="quiet roothash=00")
-    expected = chain([hashlib.sha256("quiet roothash=00\0".encode("utf-16-le")).digest(),
-                      hashlib.sha256(b"INITRD").digest()])  # fmt: skip
+    expected = chain(
+        [
+            hashlib.sha256("quiet roothash=00\0".encode("utf-16-le")).digest(),
+            hashlib.sha256(b"INITRD").digest(),
+        ]
+    )
     assert uki.predict_pcrs(image)[HashAlg.SHA256][9] == expected
 
 
 def test_pcr4_is_action_separator_uki_then_kernel() -> None:
     image = fake_uki()
     linux = uki.parse_uki(image).linux
-    expected = chain([hashlib.sha256(uki.CALLING_EFI_APPLICATION).digest(),
-                      hashlib.sha256(bytes(4)).digest(), uki.authenticode_digest(image),
-                      uki.authenticode_digest(linux)])  # fmt: skip
+    expected = chain(
+        [
+            hashlib.sha256(uki.CALLING_EFI_APPLICATION).digest(),
+            hashlib.sha256(bytes(4)).digest(),
+            uki.authenticode_digest(image),
+            uki.authenticode_digest(linux),
+        ]
+    )
     assert uki.predict_pcrs(image)[HashAlg.SHA256][4] == expected
 
 
@@ -144,8 +198,10 @@ def test_shell_command_line_changes_pcr9_not_pcr11() -> None:
 
 
 def test_section_data_is_virtual_size_long() -> None:
-    image = make_pe([(".text", b"a" * 10), (".linux", make_pe([(".text", b"k")])),
-                     (".cmdline", b"abc")], vsizes={".cmdline": 2})  # fmt: skip
+    image = make_pe(
+        [(".text", b"a" * 10), (".linux", make_pe([(".text", b"k")])), (".cmdline", b"abc")],
+        vsizes={".cmdline": 2},
+    )
     assert uki.parse_uki(image).sections[".cmdline"] == b"ab"
 
 
@@ -166,8 +222,10 @@ def test_hostile_bytes_parse_or_raise_uki_format_error(junk: bytes, at: int, pat
 
 
 def test_rejects_section_larger_in_memory_than_on_disk() -> None:
-    image = make_pe([(".linux", make_pe([(".text", b"k")])), (".initrd", b"x" * 10)],
-                    vsizes={".initrd": 1 << 30})  # fmt: skip
+    image = make_pe(
+        [(".linux", make_pe([(".text", b"k")])), (".initrd", b"x" * 10)],
+        vsizes={".initrd": 1 << 30},
+    )
     with pytest.raises(uki.UkiFormatError, match="VirtualSize"):
         uki.predict_pcrs(image)
 

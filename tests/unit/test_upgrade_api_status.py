@@ -42,11 +42,16 @@ async def test_confirm_commits_the_booted_staged_slot(w: World) -> None:  # noqa
 def test_mtls_certificate_settings_go_together_and_enable_mutual_tls_alone() -> None:
     import pytest
 
-    from attest.node.config import load_settings
     from attest.errors import ConfigError
+    from attest.node.config import load_settings
 
-    s = load_settings(environ={"ATTEST_API_CLIENT_CA": "/ca.pem", "ATTEST_API_MTLS_CERT": "/c",
-                               "ATTEST_API_MTLS_KEY": "/k"})  # fmt: skip
+    s = load_settings(
+        environ={
+            "ATTEST_API_CLIENT_CA": "/ca.pem",
+            "ATTEST_API_MTLS_CERT": "/c",
+            "ATTEST_API_MTLS_KEY": "/k",
+        }
+    )
     assert s.api.mtls_cert == "/c" and not s.api.tls_cert  # the public listener stays HTTP
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"ATTEST_API_MTLS_CERT": "/c"})

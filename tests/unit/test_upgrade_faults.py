@@ -71,14 +71,25 @@ BOUNDARIES = _boundaries()
 
 def test_every_kind_of_boundary_is_exercised() -> None:
     kinds = {b.split(".", 1)[1] if b.startswith("pointer.") else b for b in BOUNDARIES}
-    for k in ("create-temp", "write-temp", "fsync-temp", "rename", "fsync-dir", "slot.write",
-              "slot.fsync", "slot.truncate", "trust.save", "nv.increment"):
+    for k in (
+        "create-temp",
+        "write-temp",
+        "fsync-temp",
+        "rename",
+        "fsync-dir",
+        "slot.write",
+        "slot.fsync",
+        "slot.truncate",
+        "trust.save",
+        "nv.increment",
+    ):
         assert k in kinds, k
     assert BOUNDARIES.count("slot.write") >= 3  # a multi-chunk image
 
 
-@pytest.mark.parametrize("at", range(len(BOUNDARIES)),
-                         ids=[f"{i}-{b}" for i, b in enumerate(BOUNDARIES)])
+@pytest.mark.parametrize(
+    "at", range(len(BOUNDARIES)), ids=[f"{i}-{b}" for i, b in enumerate(BOUNDARIES)]
+)
 def test_killed_at_every_boundary_still_boots_and_recovers(tmp_path: Path, at: int) -> None:
     s = Scenario(tmp_path)
     with pytest.raises(Killed):

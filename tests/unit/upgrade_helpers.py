@@ -15,11 +15,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from tests.unit.manifest.manifest_helpers import Signer, sign_doc
 
-from attest.node.broker.local import LocalNode
 from attest.manifest.edit import checked
 from attest.manifest.model import RegistrySnapshot, Release, Revocation, RollbackAuthorisation
-from attest.node.upgrade.slots import FaultHook, SlotStore, no_faults
+from attest.node.broker.local import LocalNode
 from attest.node.tpm.fake import FakeTpm
+from attest.node.upgrade.slots import FaultHook, SlotStore, no_faults
 from attest.node.upgrade.stager import LocalGateNode, Offer, UpgradeGate
 from attest.verity.hashtree import hash_image
 
@@ -59,28 +59,45 @@ class Image:
     release: Release
 
 
-def make_image(work: Path, version: str, sequence: int, *, blocks: int = 64,
-               salt: bytes | None = None) -> Image:
+def make_image(
+    work: Path, version: str, sequence: int, *, blocks: int = 64, salt: bytes | None = None
+) -> Image:
     """An image file and its release, blessed with real dm-verity parameters."""
     path = work / f"{version}.img"
     path.write_bytes(image_bytes(version, blocks))
     salt = salt if salt is not None else hashlib.sha256(f"salt {version}".encode()).digest()
     d = hash_image(path, salt=salt)
-    rel = Release(version=version, sequence=sequence, artifact_sha256=d.sha256,
-                  artifact_size=d.size, verity=d.verity, blessed_at=NOW - timedelta(days=1),
-                  source_commit=hashlib.sha1(version.encode()).digest())
+    rel = Release(
+        version=version,
+        sequence=sequence,
+        artifact_sha256=d.sha256,
+        artifact_size=d.size,
+        verity=d.verity,
+        blessed_at=NOW - timedelta(days=1),
+        source_commit=hashlib.sha1(version.encode()).digest(),
+    )
     return Image(version, path, rel)
 
 
-def snapshot(seq: int, releases: Iterable[Release], *, expires: datetime = EXPIRES,
-             rollbacks: Iterable[tuple[str, str]] = (),
-             revoked: Iterable[str] = ()) -> RegistrySnapshot:
+def snapshot(
+    seq: int,
+    releases: Iterable[Release],
+    *,
+    expires: datetime = EXPIRES,
+    rollbacks: Iterable[tuple[str, str]] = (),
+    revoked: Iterable[str] = (),
+) -> RegistrySnapshot:
     rels = {r.version: r for r in releases}
-    revs = {v: Revocation(v, rels[v].artifact_sha256, "TEST: vulnerable", NOW - timedelta(hours=1))
-            for v in revoked}
+    revs = {
+        v: Revocation(v, rels[v].artifact_sha256, "TEST: vulnerable", NOW - timedelta(hours=1))
+        for v in revoked
+    }
     rbs = tuple(RollbackAuthorisation(a, b, "TEST: emergency") for a, b in rollbacks)
-    return checked(RegistrySnapshot(sequence=seq, expires=expires, releases=rels,
-                                    revocations=revs, rollbacks=rbs))
+    return checked(
+        RegistrySnapshot(
+            sequence=seq, expires=expires, releases=rels, revocations=revs, rollbacks=rbs
+        )
+    )
 
 
 def signed(snap: RegistrySnapshot, signers: Iterable[Signer] | None = None) -> bytes:
@@ -91,8 +108,11 @@ def veritysetup_tree(image: Path, salt: bytes, out: Path) -> bytes | None:
     """The hash tree ``veritysetup format`` writes for ``image`` (None without veritysetup)."""
     if shutil.which("veritysetup") is None:
         return None
-    subprocess.run(["veritysetup", "format", str(image), str(out), f"--salt={salt.hex()}"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["veritysetup", "format", str(image), str(out), f"--salt={salt.hex()}"],
+        check=True,
+        capture_output=True,
+    )
     return out.read_bytes()
 
 
@@ -129,8 +149,9 @@ class Node:
     def slots_dir(self) -> Path:
         return self.root / "slots"
 
-    def open(self, hook: FaultHook = no_faults, *, capacity: int = 64 << 20,
-             write_chunk: int = 64 * 1024) -> tuple[UpgradeGate, LocalNode]:
+    def open(
+        self, hook: FaultHook = no_faults, *, capacity: int = 64 << 20, write_chunk: int = 64 * 1024
+    ) -> tuple[UpgradeGate, LocalNode]:
         """Open everything from disk, as a fresh process would."""
         self.tpm.closed = False
         local = LocalNode.open(self.tpm, self.root / "state")

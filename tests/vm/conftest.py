@@ -14,8 +14,7 @@ from vm_harness.scenarios import Harness
 
 @pytest.fixture(scope="session")
 def node_image() -> NodeImage:
-    need_binaries("qemu-system-x86_64", "qemu-img", "qemu-io", "swtpm", "swtpm_setup",
-                  *BUILD_TOOLS)  # fmt: skip
+    need_binaries("qemu-system-x86_64", "qemu-img", "qemu-io", "swtpm", "swtpm_setup", *BUILD_TOOLS)
     pytest.importorskip("qemu.qmp", reason="the PyPI package qemu.qmp (pyproject extra 'vm')")
     from vm_harness.build import build
 

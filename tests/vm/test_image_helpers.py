@@ -40,10 +40,13 @@ def test_deb822_stanzas_give_uri_per_suite_skipping_sources_and_disabled() -> No
 
 
 def test_one_line_sources_skip_options_and_comments() -> None:
-    text = "# deb http://old.example/debian bookworm main\n" \
-           "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n"
-    assert [(s.uri, s.suite) for s in parse_sources_list(text)] == \
-        [("http://one.example/debian", "bookworm")]  # fmt: skip
+    text = (
+        "# deb http://old.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n"
+    )
+    assert [(s.uri, s.suite) for s in parse_sources_list(text)] == [
+        ("http://one.example/debian", "bookworm")
+    ]
 
 
 def test_find_mirror_reads_sources_list_d_and_ignores_other_files(tmp_path: Path) -> None:

@@ -36,11 +36,11 @@ from vm_harness.build import NodeImage
 from vm_harness.run import Vm
 from vm_harness.scenarios import appraise as harness_appraise
 
-from attest.node.broker.client import BrokerClient
-from attest.cli.verify import main as verify_main
-from attest.verifier.enrollments import EnrollmentStore
 from attest.appraisal.ear import verify_ear
+from attest.cli.verify import main as verify_main
+from attest.node.broker.client import BrokerClient
 from attest.verifier.contact import selection_for
+from attest.verifier.enrollments import EnrollmentStore
 
 pytestmark = pytest.mark.slow
 GUEST_ID = "vm-node"  # the node id the harness image's attestd runs with
@@ -61,27 +61,49 @@ class PairVm:
     ear_pub: ec.EllipticCurvePublicKey
     state: Path
 
-    def verify(self, capsys: pytest.CaptureFixture[str], *extra: str,
-               host_url: str | None = None) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    def verify(
+        self, capsys: pytest.CaptureFixture[str], *extra: str, host_url: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         ca = self.vtpm_dir / "ca"
-        args = [self.guest.url, "--host", host_url or self.host.url, "--state", str(self.state),
-                "--ear-key", str(self.ear_key), "--json", "--guest-id", GUEST_ID,
-                "--ek-ca", str(ca / "swtpm-localca-rootca-cert.pem"),
-                "--ek-ca", str(ca / "issuercert.pem"),
-                # the harness's own vTPM CA: a TPM it manufactures chains too (scenario 2)
-                "--ek-ca", str(self.guest.ca_dir / "swtpm-localca-rootca-cert.pem"),
-                "--ek-ca", str(self.guest.ca_dir / "issuercert.pem"),
-                "--host-ek-ca", str(self.host.state.root_ca),
-                "--host-ek-ca", str(self.host.state.intermediate_ca),
-                "--host-operator-socket", str(self.host.api_sock), *extra]  # fmt: skip
+        args = [
+            self.guest.url,
+            "--host",
+            host_url or self.host.url,
+            "--state",
+            str(self.state),
+            "--ear-key",
+            str(self.ear_key),
+            "--json",
+            "--guest-id",
+            GUEST_ID,
+            "--ek-ca",
+            str(ca / "swtpm-localca-rootca-cert.pem"),
+            "--ek-ca",
+            str(ca / "issuercert.pem"),
+            # the harness's own vTPM CA: a TPM it manufactures chains too (scenario 2)
+            "--ek-ca",
+            str(self.guest.ca_dir / "swtpm-localca-rootca-cert.pem"),
+            "--ek-ca",
+            str(self.guest.ca_dir / "issuercert.pem"),
+            "--host-ek-ca",
+            str(self.host.state.root_ca),
+            "--host-ek-ca",
+            str(self.host.state.intermediate_ca),
+            "--host-operator-socket",
+            str(self.host.api_sock),
+            *extra,
+        ]
         capsys.readouterr()
         code = verify_main(args)
         return code, json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture()
-def pair_vm(node_image: NodeImage, node_factory: NodeFactory,  # noqa: F811
-            tmp_path: Path) -> Iterator[PairVm]:  # fmt: skip
+def pair_vm(
+    node_image: NodeImage,
+    node_factory: NodeFactory,  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[PairVm]:
     _no_other_vm()
     vtpm_dir = tmp_path / "host-vtpm"
     # The host's vTPM CA is the harness's, so that the harness's own appraisal (scenario 1)
@@ -89,16 +111,21 @@ def pair_vm(node_image: NodeImage, node_factory: NodeFactory,  # noqa: F811
     vtpm_dir.mkdir()
     (WORK / "ca").mkdir(parents=True, exist_ok=True)
     (vtpm_dir / "ca").symlink_to(WORK / "ca")
-    host = node_factory("host", broker_args=["--vtpm-dir", str(vtpm_dir)],
-                        env={"ATTEST_NODE_ID": "host-1"})  # fmt: skip
+    host = node_factory(
+        "host", broker_args=["--vtpm-dir", str(vtpm_dir)], env={"ATTEST_NODE_ID": "host-1"}
+    )
     with BrokerClient(host.broker_operator_sock, timeout=300) as c:
         created = c.vtpm_create(GUEST_ID)
     vm = Vm(node_image, name="pair-guest", swtpm_state=Path(created["state_dir"]))
     key = ec.generate_private_key(ec.SECP256R1())
     ear = tmp_path / "ear.pem"
-    ear.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))  # fmt: skip
+    ear.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     try:
         vm.prepare(fresh_tpm=False)
         vm.start()
@@ -109,7 +136,8 @@ def pair_vm(node_image: NodeImage, node_factory: NodeFactory,  # noqa: F811
 
 
 def test_scenario1_host_and_guest_blessed_is_affirming(
-    pair_vm: PairVm, capsys: pytest.CaptureFixture[str],
+    pair_vm: PairVm,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, doc = pair_vm.verify(capsys)
     assert code == 0, (doc["explanation"], doc["layers"]["guest"]["notes"])
@@ -124,7 +152,8 @@ def test_scenario1_host_and_guest_blessed_is_affirming(
 
 
 def test_scenario2_guest_moved_to_an_unvouched_vtpm_is_contraindicated(
-    pair_vm: PairVm, capsys: pytest.CaptureFixture[str],
+    pair_vm: PairVm,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert pair_vm.verify(capsys)[0] == 0
     vm = pair_vm.guest
@@ -140,28 +169,37 @@ def test_scenario2_guest_moved_to_an_unvouched_vtpm_is_contraindicated(
 
 
 def test_scenario3_unblessed_host_is_contraindicated_at_the_host_layer(
-    pair_vm: PairVm, capsys: pytest.CaptureFixture[str],
+    pair_vm: PairVm,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     with BrokerClient(pair_vm.host.work / "run" / "tpm.sock") as api:
         api.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
-    code, doc = pair_vm.verify(capsys, "--host-root", str(TEST_MANIFESTS / "root.json"),
-                               "--host-snapshot", str(TEST_MANIFESTS / "registry.json"))
+    code, doc = pair_vm.verify(
+        capsys,
+        "--host-root",
+        str(TEST_MANIFESTS / "root.json"),
+        "--host-snapshot",
+        str(TEST_MANIFESTS / "registry.json"),
+    )
     assert code == 11, doc
     assert doc["failed_layer"] == "host"
     assert doc["explanation"].startswith("host layer (host-1): ")
 
 
 def test_scenario4_replayed_old_host_quote_is_refused_as_stale(
-    pair_vm: PairVm, capsys: pytest.CaptureFixture[str],
+    pair_vm: PairVm,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert pair_vm.verify(capsys)[0] == 0
     record = EnrollmentStore(pair_vm.state).load(pair_vm.host.url)
     assert record is not None
     with pair_vm.host.client() as c:
-        old = c.evidence(os.urandom(32), selection_for(record.enrollment), firmware_from=0,
-                         runtime_from=0)  # fmt: skip
-    handler = type("Replay", (_Replay,), {"upstream": pair_vm.host.url,
-                                          "old": json.dumps(old).encode()})  # fmt: skip
+        old = c.evidence(
+            os.urandom(32), selection_for(record.enrollment), firmware_from=0, runtime_from=0
+        )
+    handler = type(
+        "Replay", (_Replay,), {"upstream": pair_vm.host.url, "old": json.dumps(old).encode()}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -38,11 +38,18 @@ def test_uki_build_is_byte_for_byte_reproducible(node_image: NodeImage, tmp_path
     parts = uki.parse_uki(Path(node_image.uki).read_bytes())
     (tmp_path / "linux").write_bytes(parts.linux)
     (tmp_path / "initrd").write_bytes(parts.initrd or b"")
-    again = im.build_uki(tmp_path / "again.efi", stub=STUB, linux=tmp_path / "linux",
-                         initrd=tmp_path / "initrd", cmdline=node_image.cmdline,
-                         osrel=parts.sections[".osrel"].decode())  # fmt: skip
-    assert hashlib.sha256(again.read_bytes()).hexdigest() == \
-        hashlib.sha256(Path(node_image.uki).read_bytes()).hexdigest()  # fmt: skip
+    again = im.build_uki(
+        tmp_path / "again.efi",
+        stub=STUB,
+        linux=tmp_path / "linux",
+        initrd=tmp_path / "initrd",
+        cmdline=node_image.cmdline,
+        osrel=parts.sections[".osrel"].decode(),
+    )
+    assert (
+        hashlib.sha256(again.read_bytes()).hexdigest()
+        == hashlib.sha256(Path(node_image.uki).read_bytes()).hexdigest()
+    )
 
 
 def test_bless_puts_the_predicted_pcrs_and_verity_root_in_the_release(
@@ -107,8 +114,9 @@ def test_scenario1_blessed_image_attests_affirming_through_attest_verify(
     assert second["doc"]["enrollment"] == first["doc"]["enrollment"]
     assert revoked["code"] == 11 and revoked["doc"]["verdict"] == "contraindicated"
     assert f"release {harness.image.version} was revoked" in revoked["doc"]["explanation"]
-    assert {i: out.data["pcrs"][i] for i in RELEASE_PCRS} == \
-        {i: harness.image.expected_pcrs["sha256"][str(i)] for i in RELEASE_PCRS}  # fmt: skip
+    assert {i: out.data["pcrs"][i] for i in RELEASE_PCRS} == {
+        i: harness.image.expected_pcrs["sha256"][str(i)] for i in RELEASE_PCRS
+    }
 
 
 def test_scenario4_unblessed_upgrade_is_refused_and_nothing_written(harness: Harness) -> None:

@@ -109,9 +109,15 @@ class Tier(enum.IntEnum):
 
 _NONE_TIER = Tier.NONE
 _TIERS: tuple[Tier, ...] = tuple(
-    Tier.AFFIRMING if 2 <= v <= 31 else Tier.WARNING if 32 <= v <= 95
-    else Tier.CONTRAINDICATED if v >= 96 else Tier.NONE for v in range(128)
-)  # fmt: skip
+    Tier.AFFIRMING
+    if 2 <= v <= 31
+    else Tier.WARNING
+    if 32 <= v <= 95
+    else Tier.CONTRAINDICATED
+    if v >= 96
+    else Tier.NONE
+    for v in range(128)
+)
 _TIER_LABELS: dict[Tier, str] = {t: t.name.lower() for t in Tier}
 
 
@@ -173,8 +179,13 @@ class Finding:
         return Tier.of(self.value)
 
     def to_json(self) -> dict[str, Any]:
-        return {"claim": self.claim.value, "value": self.value, "tier": self.tier.label,
-                "check": self.check, "explanation": self.explanation}  # fmt: skip
+        return {
+            "claim": self.claim.value,
+            "value": self.value,
+            "tier": self.tier.label,
+            "check": self.check,
+            "explanation": self.explanation,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +199,14 @@ class ClaimResult:
         return Tier.of(self.value)
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "tier": self.tier.label,
-                "explanations": [f.explanation for f in self.findings]}  # fmt: skip
+        return {
+            "value": self.value,
+            "tier": self.tier.label,
+            "explanations": [f.explanation for f in self.findings],
+        }
 
 
-# --- enrollment (the value the verifier remembers; persisted by attest.verifier.enrollments) ----------
+# --- enrollment (the value the verifier remembers; persisted by attest.verifier.enrollments) ---
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,8 +377,7 @@ class NodeMemory:
         """The ``logs`` member of the next ``POST /v1/evidence``: each log from where the
         held part ends (docs/api.md: the firmware log from a byte offset, the runtime log from a
         record number)."""
-        return {"firmware": {"start": self.firmware_size},
-                "runtime": {"start": self.runtime_next}}  # fmt: skip
+        return {"firmware": {"start": self.firmware_size}, "runtime": {"start": self.runtime_next}}
 
     def forget_logs(self) -> NodeMemory:
         return NodeMemory(ak_public=self.ak_public, ak=self.ak)
@@ -393,8 +406,9 @@ class FirmwareReplayCache:
             self._put(self._logs, digest, log)
         return digest, log
 
-    def replayed(self, digest: bytes, log: UnverifiedEventLog, quoted: PcrValues,
-                 key: FirmwareKey) -> tuple[VerifiedEventLog, BootFacts]:  # fmt: skip
+    def replayed(
+        self, digest: bytes, log: UnverifiedEventLog, quoted: PcrValues, key: FirmwareKey
+    ) -> tuple[VerifiedEventLog, BootFacts]:
         found = self._replays.get((digest, key))
         if found is not None:
             self.hits += 1
@@ -469,8 +483,11 @@ class AppraisalResult:
     @property
     def explanations(self) -> tuple[str, ...]:
         """One sentence per finding that is not affirming, in check order."""
-        return tuple(f.explanation for f in self.findings if f.tier > Tier.AFFIRMING
-                     or f.value in (VERIFIER_MALFUNCTION, UNEXPECTED_EVIDENCE))  # fmt: skip
+        return tuple(
+            f.explanation
+            for f in self.findings
+            if f.tier > Tier.AFFIRMING or f.value in (VERIFIER_MALFUNCTION, UNEXPECTED_EVIDENCE)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -485,14 +502,19 @@ class AppraisalResult:
             "policy_id": self.policy_id,
             "nonce": self.nonce.hex(),
             "appraised_at": format_time(self.appraised_at),
-            "clock": None if self.clock is None else {
-                "clock_ms": self.clock.clock, "reset_count": self.clock.reset_count,
-                "restart_count": self.clock.restart_count, "safe": self.clock.safe},
+            "clock": None
+            if self.clock is None
+            else {
+                "clock_ms": self.clock.clock,
+                "reset_count": self.clock.reset_count,
+                "restart_count": self.clock.restart_count,
+                "safe": self.clock.safe,
+            },
             "release": None if self.release is None else self.release.to_json(),
             "platform_id": self.platform_id,
             "notes": list(self.notes),
             "quirks": list(self.quirks),
-        }  # fmt: skip
+        }
 
 
 def _summarise(
@@ -535,20 +557,34 @@ def _summarise(
     if first is None and verdict is Verdict.UNAPPRAISABLE:
         first = next((f.explanation for f in findings), "no claim could be made")
     return AppraisalResult(
-        node_id=node_id, verdict=verdict, claims=tuple(claims), findings=tuple(findings),
-        first_divergence=first, policy_id=policy_id, nonce=nonce, appraised_at=now,
-        clock=clock, release=release, platform_id=platform_id, notes=tuple(notes),
+        node_id=node_id,
+        verdict=verdict,
+        claims=tuple(claims),
+        findings=tuple(findings),
+        first_divergence=first,
+        policy_id=policy_id,
+        nonce=nonce,
+        appraised_at=now,
+        clock=clock,
+        release=release,
+        platform_id=platform_id,
+        notes=tuple(notes),
         quirks=tuple(quirks),
-    )  # fmt: skip
+    )
 
 
 def unappraisable(
     node_id: str, reason: str, *, nonce: bytes, now: datetime, policy_id: str = DEFAULT_POLICY_ID
 ) -> AppraisalResult:
     """The result when there is no evidence to appraise (node unreachable, malformed answer)."""
-    return _summarise([Finding(Claim.INSTANCE_IDENTITY, NO_CLAIM, "evidence", reason)],
-                      node_id=node_id, nonce=nonce, now=now, policy_id=policy_id,
-                      forced=Verdict.UNAPPRAISABLE)  # fmt: skip
+    return _summarise(
+        [Finding(Claim.INSTANCE_IDENTITY, NO_CLAIM, "evidence", reason)],
+        node_id=node_id,
+        nonce=nonce,
+        now=now,
+        policy_id=policy_id,
+        forced=Verdict.UNAPPRAISABLE,
+    )
 
 
 def enrollment_refused(
@@ -556,10 +592,19 @@ def enrollment_refused(
 ) -> AppraisalResult:
     """The result when enrolling the node failed (EK chain, AK attributes, activation)."""
     return _summarise(
-        [Finding(Claim.INSTANCE_IDENTITY, UNRECOGNIZED_INSTANCE, "enrollment",
-                 f"enrollment refused: {reason}")],
-        node_id=node_id, nonce=nonce, now=now, policy_id=policy_id,
-    )  # fmt: skip
+        [
+            Finding(
+                Claim.INSTANCE_IDENTITY,
+                UNRECOGNIZED_INSTANCE,
+                "enrollment",
+                f"enrollment refused: {reason}",
+            )
+        ],
+        node_id=node_id,
+        nonce=nonce,
+        now=now,
+        policy_id=policy_id,
+    )
 
 
 def identity_alarm(
@@ -568,22 +613,35 @@ def identity_alarm(
     """The result when the node's AK or EK is not the enrolled one (found before a challenge)."""
     return _summarise(
         [Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "identity", reason)],
-        node_id=node_id, nonce=nonce, now=now, policy_id=policy_id, forced=Verdict.ALARM,
-    )  # fmt: skip
+        node_id=node_id,
+        nonce=nonce,
+        now=now,
+        policy_id=policy_id,
+        forced=Verdict.ALARM,
+    )
 
 
 def with_findings(
     result: AppraisalResult, findings: Sequence[Finding], *, first: bool = False
 ) -> AppraisalResult:
     """``result`` with more findings (before its own when ``first``), claims and verdict
-    recomputed; an alarm or an unappraisable verdict stays what it was (``attest.appraisal.pair``)."""
+    recomputed; an alarm or an unappraisable verdict stays what it was
+    (``attest.appraisal.pair``)."""
     forced = result.verdict if result.verdict in (Verdict.ALARM, Verdict.UNAPPRAISABLE) else None
     both = (*findings, *result.findings) if first else (*result.findings, *findings)
     return _summarise(
-        both, node_id=result.node_id, nonce=result.nonce, now=result.appraised_at,
-        policy_id=result.policy_id, forced=forced, clock=result.clock, release=result.release,
-        platform_id=result.platform_id, notes=result.notes, quirks=result.quirks,
-    )  # fmt: skip
+        both,
+        node_id=result.node_id,
+        nonce=result.nonce,
+        now=result.appraised_at,
+        policy_id=result.policy_id,
+        forced=forced,
+        clock=result.clock,
+        release=result.release,
+        platform_id=result.platform_id,
+        notes=result.notes,
+        quirks=result.quirks,
+    )
 
 
 # --- verification stages ---------------------------------------------------------------------
@@ -608,19 +666,26 @@ def compare_identity(
             got = parse_public(ak_public).name.hex()
         except AttestError:
             got = "an unparseable key"
-        return (f"ALARM: the node presents AK {got}, not the AK {enrollment.ak_name.hex()} "
-                f"enrolled {enrollment.enrolled_at}: another TPM, or the key was replaced "
-                "(re-enroll only by operator action)")  # fmt: skip
+        return (
+            f"ALARM: the node presents AK {got}, not the AK {enrollment.ak_name.hex()} "
+            f"enrolled {enrollment.enrolled_at}: another TPM, or the key was replaced "
+            "(re-enroll only by operator action)"
+        )
     if enrollment.ek_sha256 is not None and ek_presented:
         if ek_sha256 is None:
-            return ("ALARM: the node no longer presents the EK it was enrolled with "
-                    f"(sha256 {enrollment.ek_sha256.hex()})")  # fmt: skip
+            return (
+                "ALARM: the node no longer presents the EK it was enrolled with "
+                f"(sha256 {enrollment.ek_sha256.hex()})"
+            )
         if not hmac.compare_digest(ek_sha256, enrollment.ek_sha256):
-            return (f"ALARM: the node presents EK sha256 {ek_sha256.hex()}, not the enrolled "
-                    f"{enrollment.ek_sha256.hex()}: another TPM")  # fmt: skip
+            return (
+                f"ALARM: the node presents EK sha256 {ek_sha256.hex()}, not the enrolled "
+                f"{enrollment.ek_sha256.hex()}: another TPM"
+            )
     if node_id is not None and enrollment.node_id and node_id != enrollment.node_id:
-        return (f"ALARM: the node now calls itself {node_id[:64]!r}, enrolled as "
-                f"{enrollment.node_id!r}")  # fmt: skip
+        return (
+            f"ALARM: the node now calls itself {node_id[:64]!r}, enrolled as {enrollment.node_id!r}"
+        )
     return None
 
 
@@ -634,8 +699,9 @@ def identity_of(doc: Mapping[str, Any]) -> tuple[bytes | None, bytes | None, str
     ek_doc = doc.get("ek")
     ek = None
     if isinstance(ek_doc, Mapping):
-        ek = hashlib.sha256(parse_public(unb64(ek_doc.get("public"), "ek.public",
-                                               limit=2048)).raw).digest()  # fmt: skip
+        ek = hashlib.sha256(
+            parse_public(unb64(ek_doc.get("public"), "ek.public", limit=2048)).raw
+        ).digest()
     node_id = doc.get("node_id")
     return ak, ek, node_id if isinstance(node_id, str) else None
 
@@ -650,8 +716,9 @@ def _runtime_records(doc: object, *, resume: int = 0) -> tuple[int, tuple[CelRec
     incremental = resume > 0 and type(start) is int and start == resume
     held = resume if incremental else 0
     if not isinstance(records, list) or held + len(records) > MAX_RUNTIME_RECORDS:
-        raise EvidenceFormatError(f"runtime_log.records is not a list of at most "
-                                  f"{MAX_RUNTIME_RECORDS} records")  # fmt: skip
+        raise EvidenceFormatError(
+            f"runtime_log.records is not a list of at most {MAX_RUNTIME_RECORDS} records"
+        )
     if start != 0 and not incremental:
         raise EvidenceFormatError("runtime_log does not start at record 0")
     if not records:
@@ -699,10 +766,14 @@ def _firmware_key(logged: frozenset[int], quoted: PcrValues) -> FirmwareKey:
     values of PCRs 0-7 and of the PCRs the log has events for (``logged``; the others only by
     number: they are reported as unlogged)."""
     return tuple(
-        (int(alg), tuple((pcr, v if pcr <= 7 or pcr in logged else None)
-                         for pcr, v in sorted(values.items())))
+        (
+            int(alg),
+            tuple(
+                (pcr, v if pcr <= 7 or pcr in logged else None) for pcr, v in sorted(values.items())
+            ),
+        )
         for alg, values in sorted(quoted.values.items())
-    )  # fmt: skip
+    )
 
 
 def _establish(
@@ -724,9 +795,13 @@ def _establish(
     """The verification stages. Raises ``_Stale`` when ``memory`` held a log and the evidence
     does not continue it (the caller challenges again with no memory)."""
     node_id = evidence_doc.get("node_id")
-    ctx = AppraisalContext(node_id=node_id if isinstance(node_id, str) else enrollment.node_id,
-                           enrollment=enrollment, registry=registry, platform_id=platform_id,
-                           now=now)  # fmt: skip
+    ctx = AppraisalContext(
+        node_id=node_id if isinstance(node_id, str) else enrollment.node_id,
+        enrollment=enrollment,
+        registry=registry,
+        platform_id=platform_id,
+        now=now,
+    )
     notes: list[str] = []
     if memory.ak is None or not hmac.compare_digest(memory.ak_public, enrollment.ak_public):
         memory = NodeMemory(ak_public=enrollment.ak_public, ak=enrollment.ak)
@@ -734,8 +809,11 @@ def _establish(
     # 1. identity: the AK in the evidence (and the identity document, when given) must be the
     #    enrolled one. A different key is an alarm; the quote is not even tried with it.
     ak_doc = evidence_doc.get("ak")
-    ak = unb64(ak_doc.get("public"), "ak.public", limit=2048) if isinstance(ak_doc, Mapping) \
-        else None  # fmt: skip
+    ak = (
+        unb64(ak_doc.get("public"), "ak.public", limit=2048)
+        if isinstance(ak_doc, Mapping)
+        else None
+    )
     alarm = compare_identity(enrollment, ak_public=ak, ek_sha256=None, ek_presented=False)
     if alarm is None and identity is not None:
         i_ak, i_ek, i_node = identity_of(identity)
@@ -747,8 +825,14 @@ def _establish(
     #    digest, clock (attest.evidence / attest.quote give the order and spec sections).
     try:
         assert memory.ak is not None
-        ve = verify_evidence(evidence_doc, nonce=nonce, ak=memory.ak, selection=selection,
-                             tls_binding=tls_binding, previous=previous)  # fmt: skip
+        ve = verify_evidence(
+            evidence_doc,
+            nonce=nonce,
+            ak=memory.ak,
+            selection=selection,
+            tls_binding=tls_binding,
+            previous=previous,
+        )
     except VerificationError as exc:
         return _replace(ctx, evidence_error=exc), memory
     quoted = ve.quote.pcrs
@@ -760,8 +844,9 @@ def _establish(
     epoch = (clock.reset_count, clock.restart_count)
     if memory.epoch != epoch:
         if memory.holds_logs:
-            raise _Stale(f"the TPM was reset or restarted (resetCount/restartCount "
-                         f"{memory.epoch} → {epoch})")  # fmt: skip
+            raise _Stale(
+                f"the TPM was reset or restarted (resetCount/restartCount {memory.epoch} → {epoch})"
+            )
         memory = NodeMemory(ak_public=memory.ak_public, ak=memory.ak, epoch=epoch)
 
     # 3. firmware event log replayed into the quoted PCRs; facts from verified events only.
@@ -803,9 +888,15 @@ def _establish(
             else:
                 fw = replay(log, quoted)
                 boot = facts(fw)
-            fw_memory = {"firmware_size": size, "firmware_digest": digest, "firmware_log": log,
-                         "firmware_pcrs": logged, "firmware_key": key, "firmware": fw,
-                         "boot": boot}  # fmt: skip
+            fw_memory = {
+                "firmware_size": size,
+                "firmware_digest": digest,
+                "firmware_log": log,
+                "firmware_pcrs": logged,
+                "firmware_key": key,
+                "firmware": fw,
+                "boot": boot,
+            }
         except AttestError as exc:
             if held_fw is not None:
                 raise _Stale(f"the firmware event log held: {exc}") from None
@@ -826,13 +917,13 @@ def _establish(
         try:
             first, records = _runtime_records(rt_doc, resume=memory.runtime_next)
             resumed = first > 0
-            replayed = verify_runtime_log_from(held_rt if resumed else None, records, quoted,
-                                               pcr=enrollment.runtime_pcr)  # fmt: skip
+            replayed = verify_runtime_log_from(
+                held_rt if resumed else None, records, quoted, pcr=enrollment.runtime_pcr
+            )
             runtime = replayed.log
         except AttestError as exc:
             if resumed:
-                raise _Stale(f"the runtime log from record {memory.runtime_next}: {exc}") \
-                    from None  # fmt: skip
+                raise _Stale(f"the runtime log from record {memory.runtime_next}: {exc}") from None
             rt_error = exc
 
     # 5. audit chain against the runtime log's anchors; held entries are not hashed again.
@@ -845,9 +936,7 @@ def _establish(
             if len(audit_entries) > MAX_AUDIT_ENTRIES:
                 raise EvidenceFormatError(f"more than {MAX_AUDIT_ENTRIES} audit entries")
             entries = [parse_entry(e) for e in audit_entries]
-            resumed = bool(audit_held) and (
-                not entries or entries[0].seq == audit_held[-1].seq + 1
-            )
+            resumed = bool(audit_held) and (not entries or entries[0].seq == audit_held[-1].seq + 1)
             if resumed and len(audit_held) + len(entries) > MAX_AUDIT_ENTRIES:
                 raise EvidenceFormatError(f"more than {MAX_AUDIT_ENTRIES} audit entries")
             anchors = replayed.anchors
@@ -866,12 +955,17 @@ def _establish(
             audit_held = audit
         except AttestError as exc:
             if resumed:
-                raise _Stale(f"the audit entries from {audit_held[-1].seq + 1}: {exc}") \
-                    from None  # fmt: skip
+                raise _Stale(f"the audit entries from {audit_held[-1].seq + 1}: {exc}") from None
             audit_error = exc
             audit_held = ()
-    next_memory = NodeMemory(ak_public=memory.ak_public, ak=memory.ak, epoch=memory.epoch,
-                             runtime=replayed, audit=audit_held, **fw_memory)  # fmt: skip
+    next_memory = NodeMemory(
+        ak_public=memory.ak_public,
+        ak=memory.ak,
+        epoch=memory.epoch,
+        runtime=replayed,
+        audit=audit_held,
+        **fw_memory,
+    )
 
     # 6. the release: named by an authenticated dm-verity root hash (runtime log verity-device
     #    events, then the verified kernel command line); the version the node claims is used
@@ -879,9 +973,11 @@ def _establish(
     cmdline = _authenticated_cmdline(doc, boot)
     hashes: list[tuple[str, bytes]] = []
     if runtime is not None:
-        hashes += [(f"runtime log event {e.recnum} (verity-device {e.detail.name})",
-                    e.detail.root_hash) for e in runtime.events
-                   if isinstance(e.detail, VerityDevice)]  # fmt: skip
+        hashes += [
+            (f"runtime log event {e.recnum} (verity-device {e.detail.name})", e.detail.root_hash)
+            for e in runtime.events
+            if isinstance(e.detail, VerityDevice)
+        ]
     if cmdline is not None:
         hashes += [(f"kernel command line {k}=", h) for k, h in verity_root_hashes(cmdline)]
     image = doc.get("image")
@@ -896,24 +992,38 @@ def _establish(
         elif claimed is not None and claimed in snap.releases:
             rel = snap.releases[claimed]
             decision = evaluate_release(registry, artifact_sha256=rel.artifact_sha256, now=now)
-            notes.append(f"no authenticated dm-verity root hash: release {claimed} is the "
-                         "version the node names")  # fmt: skip
+            notes.append(
+                f"no authenticated dm-verity root hash: release {claimed} is the "
+                "version the node names"
+            )
         reference = decision.release if decision is not None else None
         if reference is None and claimed is not None:
             reference = snap.releases.get(claimed)
     return _replace(
-        ctx, evidence=ve, firmware=fw, firmware_error=fw_error, boot=boot, runtime=runtime,
-        runtime_error=rt_error, audit=audit, audit_error=audit_error, cmdline=cmdline,
-        verity_root_hashes=tuple(hashes), claimed_version=claimed, release=decision,
-        reference_release=reference, notes=tuple(notes),
-    ), next_memory  # fmt: skip
+        ctx,
+        evidence=ve,
+        firmware=fw,
+        firmware_error=fw_error,
+        boot=boot,
+        runtime=runtime,
+        runtime_error=rt_error,
+        audit=audit,
+        audit_error=audit_error,
+        cmdline=cmdline,
+        verity_root_hashes=tuple(hashes),
+        claimed_version=claimed,
+        release=decision,
+        reference_release=reference,
+        notes=tuple(notes),
+    ), next_memory
 
 
 def _replace(ctx: AppraisalContext, **changes: Any) -> AppraisalContext:
     # The fresh context of _establish plus the stages' values (dataclasses.replace costs
     # ~20 µs a call on this hot path; a direct construction a few).
-    return AppraisalContext(ctx.node_id, ctx.enrollment, ctx.registry, ctx.platform_id,
-                            ctx.now, **changes)  # fmt: skip
+    return AppraisalContext(
+        ctx.node_id, ctx.enrollment, ctx.registry, ctx.platform_id, ctx.now, **changes
+    )
 
 
 # --- the checks (policies) -------------------------------------------------------------------
@@ -929,8 +1039,11 @@ class QuoteCheck:
 
     def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
         if ctx.identity_alarm is not None:
-            return (Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "identity",
-                            ctx.identity_alarm),)  # fmt: skip
+            return (
+                Finding(
+                    Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "identity", ctx.identity_alarm
+                ),
+            )
         exc = ctx.evidence_error
         if exc is not None:
             if isinstance(exc, (SignatureError, KeyPolicyError)):
@@ -949,17 +1062,28 @@ class QuoteCheck:
                 value = UNTRUSTWORTHY_INSTANCE
                 what = "the quote does not verify"
             check = exc.check if isinstance(exc, VerificationError) else "quote"
-            return (Finding(Claim.INSTANCE_IDENTITY, value, f"quote:{check}",
-                            f"quote ({check}): {what}: {exc}"),)  # fmt: skip
+            return (
+                Finding(
+                    Claim.INSTANCE_IDENTITY,
+                    value,
+                    f"quote:{check}",
+                    f"quote ({check}): {what}: {exc}",
+                ),
+            )
         if ctx.evidence is None:
             return ()
         e = ctx.enrollment
         how = "credential activation" if e.activated else "enrollment without activation"
         q = ctx.evidence.quote
-        return (Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote",
-                        f"quote by the AK enrolled {e.enrolled_at} ({how}) answers this "
-                        f"challenge; resetCount {q.clock.reset_count}, clock {q.clock.clock} ms"),
-                )  # fmt: skip
+        return (
+            Finding(
+                Claim.INSTANCE_IDENTITY,
+                TRUSTWORTHY_INSTANCE,
+                "quote",
+                f"quote by the AK enrolled {e.enrolled_at} ({how}) answers this "
+                f"challenge; resetCount {q.clock.reset_count}, clock {q.clock.clock} ms",
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -974,15 +1098,27 @@ class FirmwareReplayCheck:
                 text = f"firmware event log does not replay into quoted PCR(s) {pcrs}: {exc}"
             else:
                 text = f"firmware event log: {exc}"
-            return (Finding(Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "firmware-replay", text),
-                    Finding(Claim.HARDWARE, UNSAFE_HARDWARE, "firmware-replay",
-                            "firmware measurements cannot be read: " + text))  # fmt: skip
+            return (
+                Finding(Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "firmware-replay", text),
+                Finding(
+                    Claim.HARDWARE,
+                    UNSAFE_HARDWARE,
+                    "firmware-replay",
+                    "firmware measurements cannot be read: " + text,
+                ),
+            )
         if ctx.firmware is None:
             return ()
         fw = ctx.firmware
         q = f" (quirks tolerated: {', '.join(a.name for a in fw.quirks)})" if fw.quirks else ""
-        return (Finding(Claim.EXECUTABLES, APPROVED_BOOT, "firmware-replay",
-                        f"firmware event log replays into the quoted PCRs{q}"),)  # fmt: skip
+        return (
+            Finding(
+                Claim.EXECUTABLES,
+                APPROVED_BOOT,
+                "firmware-replay",
+                f"firmware event log replays into the quoted PCRs{q}",
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -995,9 +1131,15 @@ class PlatformReferenceCheck:
             return ()
         signed = ctx.registry.snapshot.platforms.get(ctx.platform_id)
         if signed is None:
-            return (Finding(Claim.HARDWARE, UNRECOGNIZED_HARDWARE, "platform",
-                            f"platform {ctx.platform_id!r} is not in registry "
-                            f"#{ctx.registry.snapshot.sequence}"),)  # fmt: skip
+            return (
+                Finding(
+                    Claim.HARDWARE,
+                    UNRECOGNIZED_HARDWARE,
+                    "platform",
+                    f"platform {ctx.platform_id!r} is not in registry "
+                    f"#{ctx.registry.snapshot.sequence}",
+                ),
+            )
         ref: PlatformReference = signed.reference
         compared = 0
         for alg, values in ref.pcrs.values.items():
@@ -1010,17 +1152,34 @@ class PlatformReferenceCheck:
                 compared += 1
                 if not hmac.compare_digest(got[pcr], want):
                     what = f"platform firmware differs from reference {ref.platform_id}"
-                    return (Finding(Claim.HARDWARE, CONTRAINDICATED_HARDWARE, "platform",
-                                    _pcr_line(pcr, what, want, got[pcr])),)  # fmt: skip
+                    return (
+                        Finding(
+                            Claim.HARDWARE,
+                            CONTRAINDICATED_HARDWARE,
+                            "platform",
+                            _pcr_line(pcr, what, want, got[pcr]),
+                        ),
+                    )
         if compared == 0:
             return ()
         if ref.example:
-            return (Finding(Claim.HARDWARE, UNSAFE_HARDWARE, "platform",
-                            f"platform reference {ref.platform_id} is a placeholder "
-                            "(example: true): nothing can be vouched for"),)  # fmt: skip
-        return (Finding(Claim.HARDWARE, GENUINE_HARDWARE, "platform",
-                        f"{compared} firmware PCRs equal platform reference "
-                        f"{ref.platform_id}"),)  # fmt: skip
+            return (
+                Finding(
+                    Claim.HARDWARE,
+                    UNSAFE_HARDWARE,
+                    "platform",
+                    f"platform reference {ref.platform_id} is a placeholder "
+                    "(example: true): nothing can be vouched for",
+                ),
+            )
+        return (
+            Finding(
+                Claim.HARDWARE,
+                GENUINE_HARDWARE,
+                "platform",
+                f"{compared} firmware PCRs equal platform reference {ref.platform_id}",
+            ),
+        )
 
 
 # PCRs a release pins, and the claim each speaks to (FACTS.md: UKI PCRs 4/9/11/12).
@@ -1034,10 +1193,16 @@ RELEASE_PCRS: Mapping[int, tuple[Claim, str]] = {
 }
 # A release PCR that differs (first) or that the quote does not include (second: the release
 # pins it but the verifier did not ask for it -- never affirming, but not the node's fault).
-_DIFFERS = {Claim.EXECUTABLES: CONTRAINDICATED_RUNTIME, Claim.CONFIGURATION: UNSUPPORTABLE_CONFIG,
-            Claim.FILE_SYSTEM: CONTRAINDICATED_FILES}  # fmt: skip
-_NOT_QUOTED = {Claim.EXECUTABLES: UNRECOGNIZED_RUNTIME, Claim.CONFIGURATION: UNSAFE_CONFIG,
-               Claim.FILE_SYSTEM: UNRECOGNIZED_FILES}  # fmt: skip
+_DIFFERS = {
+    Claim.EXECUTABLES: CONTRAINDICATED_RUNTIME,
+    Claim.CONFIGURATION: UNSUPPORTABLE_CONFIG,
+    Claim.FILE_SYSTEM: CONTRAINDICATED_FILES,
+}
+_NOT_QUOTED = {
+    Claim.EXECUTABLES: UNRECOGNIZED_RUNTIME,
+    Claim.CONFIGURATION: UNSAFE_CONFIG,
+    Claim.FILE_SYSTEM: UNRECOGNIZED_FILES,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -1067,39 +1232,69 @@ class ReleasePcrCheck:
                 for pcr, want in sorted(values.items()):
                     claim, what = RELEASE_PCRS.get(pcr, (Claim.EXECUTABLES, "differs"))
                     if pcr not in got:
-                        diffs.append((pcr, claim, _NOT_QUOTED[claim],
-                                      f"PCR {pcr}: release {rel.version} pins it "
-                                      f"({alg.bank_name}) but the quote does not include it; "
-                                      "appraise with a PCR selection that does"))  # fmt: skip
+                        diffs.append(
+                            (
+                                pcr,
+                                claim,
+                                _NOT_QUOTED[claim],
+                                f"PCR {pcr}: release {rel.version} pins it "
+                                f"({alg.bank_name}) but the quote does not include it; "
+                                "appraise with a PCR selection that does",
+                            )
+                        )
                     elif not hmac.compare_digest(got[pcr], want):
-                        diffs.append((pcr, claim, _DIFFERS[claim],
-                                      self._explain(ctx, rel, pcr, what, want, got[pcr])))
+                        diffs.append(
+                            (
+                                pcr,
+                                claim,
+                                _DIFFERS[claim],
+                                self._explain(ctx, rel, pcr, what, want, got[pcr]),
+                            )
+                        )
             if not banks:
-                diffs.append((-1, Claim.EXECUTABLES, UNRECOGNIZED_RUNTIME,
-                              f"the quote has none of the banks release {rel.version}'s "
-                              f"expected PCRs ({_name}) are given in"))  # fmt: skip
+                diffs.append(
+                    (
+                        -1,
+                        Claim.EXECUTABLES,
+                        UNRECOGNIZED_RUNTIME,
+                        f"the quote has none of the banks release {rel.version}'s "
+                        f"expected PCRs ({_name}) are given in",
+                    )
+                )
             if not diffs:
-                return (Finding(Claim.EXECUTABLES, APPROVED_BOOT, "release-pcrs",
-                                f"boot PCRs equal release {rel.version}'s expected values "
-                                f"({_name}) on {ctx.platform_id}"),)  # fmt: skip
+                return (
+                    Finding(
+                        Claim.EXECUTABLES,
+                        APPROVED_BOOT,
+                        "release-pcrs",
+                        f"boot PCRs equal release {rel.version}'s expected values "
+                        f"({_name}) on {ctx.platform_id}",
+                    ),
+                )
             if best is None or len(diffs) < len(best):
                 best = diffs
         assert best is not None
-        return tuple(Finding(claim, value, "release-pcrs", text)
-                     for _pcr, claim, value, text in best)  # fmt: skip
+        return tuple(
+            Finding(claim, value, "release-pcrs", text) for _pcr, claim, value, text in best
+        )
 
     @staticmethod
-    def _explain(ctx: AppraisalContext, rel: Release, pcr: int, what: str, want: bytes,
-                 got: bytes) -> str:  # fmt: skip
+    def _explain(
+        ctx: AppraisalContext, rel: Release, pcr: int, what: str, want: bytes, got: bytes
+    ) -> str:
         if pcr in (8, 9, 12) and ctx.cmdline is not None:
             found = verity_root_hashes(ctx.cmdline)
             if found:
                 key, actual = found[0]
                 if actual != rel.verity.root_hash:
-                    return (f"PCR {pcr}: kernel command line differs from release {rel.version}: "
-                            f"`{key}={rel.verity.root_hash.hex()}` → `{key}={actual.hex()}`")
-            return (f"PCR {pcr}: {what} from release {rel.version}: the node booted "
-                    f"`{ctx.cmdline[:512]}`; expected {_short(want)}, quoted {_short(got)}")
+                    return (
+                        f"PCR {pcr}: kernel command line differs from release {rel.version}: "
+                        f"`{key}={rel.verity.root_hash.hex()}` → `{key}={actual.hex()}`"
+                    )
+            return (
+                f"PCR {pcr}: {what} from release {rel.version}: the node booted "
+                f"`{ctx.cmdline[:512]}`; expected {_short(want)}, quoted {_short(got)}"
+            )
         return _pcr_line(pcr, f"{what} from release {rel.version}", want, got)
 
 
@@ -1111,21 +1306,38 @@ class VerityCheck:
         if ctx.evidence is None or ctx.registry is None:
             return ()
         if not ctx.verity_root_hashes:
-            return (Finding(Claim.FILE_SYSTEM, NO_CLAIM, "verity",
-                            "no measured dm-verity root hash (runtime log or verified kernel "
-                            "command line): the root file system is not vouched for"),)
+            return (
+                Finding(
+                    Claim.FILE_SYSTEM,
+                    NO_CLAIM,
+                    "verity",
+                    "no measured dm-verity root hash (runtime log or verified kernel "
+                    "command line): the root file system is not vouched for",
+                ),
+            )
         out = []
         snap = ctx.registry.snapshot
         for source, h in ctx.verity_root_hashes:
             rel = next((r for r in snap.releases.values() if r.verity.root_hash == h), None)
             if rel is None:
-                out.append(Finding(Claim.FILE_SYSTEM, CONTRAINDICATED_FILES, "verity",
-                                   f"dm-verity root hash {h.hex()} ({source}) is not blessed "
-                                   f"in registry #{snap.sequence}"))  # fmt: skip
+                out.append(
+                    Finding(
+                        Claim.FILE_SYSTEM,
+                        CONTRAINDICATED_FILES,
+                        "verity",
+                        f"dm-verity root hash {h.hex()} ({source}) is not blessed "
+                        f"in registry #{snap.sequence}",
+                    )
+                )
             else:
-                out.append(Finding(Claim.FILE_SYSTEM, APPROVED_FILES, "verity",
-                                   f"dm-verity root hash ({source}) is release "
-                                   f"{rel.version}'s"))  # fmt: skip
+                out.append(
+                    Finding(
+                        Claim.FILE_SYSTEM,
+                        APPROVED_FILES,
+                        "verity",
+                        f"dm-verity root hash ({source}) is release {rel.version}'s",
+                    )
+                )
         return tuple(out)
 
 
@@ -1138,15 +1350,33 @@ class RuntimeLogCheck:
             return ()
         pcr = ctx.enrollment.runtime_pcr
         if ctx.runtime_error is not None:
-            return (Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "runtime-log",
-                            f"runtime log (PCR {pcr}): {ctx.runtime_error}"),)  # fmt: skip
+            return (
+                Finding(
+                    Claim.CONFIGURATION,
+                    UNSUPPORTABLE_CONFIG,
+                    "runtime-log",
+                    f"runtime log (PCR {pcr}): {ctx.runtime_error}",
+                ),
+            )
         if ctx.runtime is None:
-            return (Finding(Claim.CONFIGURATION, UNSAFE_CONFIG, "runtime-log",
-                            f"the node served no runtime log for PCR {pcr}"),)  # fmt: skip
+            return (
+                Finding(
+                    Claim.CONFIGURATION,
+                    UNSAFE_CONFIG,
+                    "runtime-log",
+                    f"the node served no runtime log for PCR {pcr}",
+                ),
+            )
         kinds = sorted({e.kind for e in ctx.runtime.events})
-        return (Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "runtime-log",
-                        f"runtime log replays into PCR {pcr}: {len(ctx.runtime.events)} events "
-                        f"({', '.join(kinds)})"),)  # fmt: skip
+        return (
+            Finding(
+                Claim.CONFIGURATION,
+                APPROVED_CONFIG,
+                "runtime-log",
+                f"runtime log replays into PCR {pcr}: {len(ctx.runtime.events)} events "
+                f"({', '.join(kinds)})",
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1157,13 +1387,25 @@ class AuditChainCheck:
         if ctx.runtime is None:
             return ()
         if ctx.audit_error is not None:
-            return (Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "audit-chain",
-                            f"operator audit log: {ctx.audit_error}"),)  # fmt: skip
+            return (
+                Finding(
+                    Claim.CONFIGURATION,
+                    UNSUPPORTABLE_CONFIG,
+                    "audit-chain",
+                    f"operator audit log: {ctx.audit_error}",
+                ),
+            )
         if ctx.audit is None:
             return ()
-        return (Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "audit-chain",
-                        f"{len(ctx.audit)} operator audit entries chain and match their "
-                        "runtime-log anchors"),)  # fmt: skip
+        return (
+            Finding(
+                Claim.CONFIGURATION,
+                APPROVED_CONFIG,
+                "audit-chain",
+                f"{len(ctx.audit)} operator audit entries chain and match their "
+                "runtime-log anchors",
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1180,9 +1422,15 @@ class BlessedPolicyCheck:
             return ()
         blessed = rel.policies
         if ctx.runtime is None:
-            return (Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-policy",
-                            f"release {rel.version} blesses the node's MAC policy and "
-                            "configuration, but no verified runtime log shows them"),)
+            return (
+                Finding(
+                    Claim.CONFIGURATION,
+                    UNSUPPORTABLE_CONFIG,
+                    "release-policy",
+                    f"release {rel.version} blesses the node's MAC policy and "
+                    "configuration, but no verified runtime log shows them",
+                ),
+            )
         out: list[Finding] = []
         if blessed.mac is not None:
             out.append(self._mac(rel, blessed.mac, ctx.runtime.latest(KIND_POLICY)))
@@ -1196,37 +1444,65 @@ class BlessedPolicyCheck:
         detail = None if event is None else event.detail
         if event is None or not isinstance(detail, MacPolicy):
             if not mac:
-                return Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "release-policy",
-                               f"no MAC policy measured, as release {rel.version} expects")
-            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-policy",
-                           f"MAC policy missing: release {rel.version} blesses {want}, the "
-                           "runtime log has no `policy` event")  # fmt: skip
+                return Finding(
+                    Claim.CONFIGURATION,
+                    APPROVED_CONFIG,
+                    "release-policy",
+                    f"no MAC policy measured, as release {rel.version} expects",
+                )
+            return Finding(
+                Claim.CONFIGURATION,
+                UNSUPPORTABLE_CONFIG,
+                "release-policy",
+                f"MAC policy missing: release {rel.version} blesses {want}, the "
+                "runtime log has no `policy` event",
+            )
         got = f"{detail.mac} {detail.sha256.hex()}"
         blessed = mac.get(detail.mac)
         if blessed is None or not hmac.compare_digest(blessed, detail.sha256):
             what = f"{detail.mac} policy digest" if blessed is not None else "MAC policy"
-            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-policy",
-                           f"{what} differs from release {rel.version}: "
-                           f"{blessed.hex() if blessed is not None else want} → "
-                           f"{detail.sha256.hex() if blessed is not None else got} "
-                           f"(runtime log event {event.recnum})")  # fmt: skip
-        return Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "release-policy",
-                       f"{detail.mac} policy digest is release {rel.version}'s")
+            return Finding(
+                Claim.CONFIGURATION,
+                UNSUPPORTABLE_CONFIG,
+                "release-policy",
+                f"{what} differs from release {rel.version}: "
+                f"{blessed.hex() if blessed is not None else want} → "
+                f"{detail.sha256.hex() if blessed is not None else got} "
+                f"(runtime log event {event.recnum})",
+            )
+        return Finding(
+            Claim.CONFIGURATION,
+            APPROVED_CONFIG,
+            "release-policy",
+            f"{detail.mac} policy digest is release {rel.version}'s",
+        )
 
     @staticmethod
     def _config(rel: Release, config: Sequence[bytes], event: RuntimeEvent | None) -> Finding:
         want = " | ".join(c.hex() for c in config[:3]) + (" | …" if len(config) > 3 else "")
         if event is None or not isinstance(event.detail, ConfigDigest):
-            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-config",
-                           f"config digest missing: release {rel.version} blesses {want}, the "
-                           "runtime log has no `config` event")  # fmt: skip
+            return Finding(
+                Claim.CONFIGURATION,
+                UNSUPPORTABLE_CONFIG,
+                "release-config",
+                f"config digest missing: release {rel.version} blesses {want}, the "
+                "runtime log has no `config` event",
+            )
         got = event.detail.sha256
         if not any(hmac.compare_digest(c, got) for c in config):
-            return Finding(Claim.CONFIGURATION, UNSUPPORTABLE_CONFIG, "release-config",
-                           f"config digest differs from release {rel.version}: {want} → "
-                           f"{got.hex()} (runtime log event {event.recnum})")  # fmt: skip
-        return Finding(Claim.CONFIGURATION, APPROVED_CONFIG, "release-config",
-                       f"attestd config digest is one release {rel.version} blesses")
+            return Finding(
+                Claim.CONFIGURATION,
+                UNSUPPORTABLE_CONFIG,
+                "release-config",
+                f"config digest differs from release {rel.version}: {want} → "
+                f"{got.hex()} (runtime log event {event.recnum})",
+            )
+        return Finding(
+            Claim.CONFIGURATION,
+            APPROVED_CONFIG,
+            "release-config",
+            f"attestd config digest is one release {rel.version} blesses",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1245,17 +1521,19 @@ class ReleaseStatusCheck:
         return (Finding(Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "release", text),)
 
 
-DEFAULT_APPRAISAL_POLICY: AppraisalPolicy = AllOf((
-    QuoteCheck(),
-    FirmwareReplayCheck(),
-    PlatformReferenceCheck(),
-    ReleasePcrCheck(),
-    VerityCheck(),
-    RuntimeLogCheck(),
-    AuditChainCheck(),
-    BlessedPolicyCheck(),
-    ReleaseStatusCheck(),
-))  # fmt: skip
+DEFAULT_APPRAISAL_POLICY: AppraisalPolicy = AllOf(
+    (
+        QuoteCheck(),
+        FirmwareReplayCheck(),
+        PlatformReferenceCheck(),
+        ReleasePcrCheck(),
+        VerityCheck(),
+        RuntimeLogCheck(),
+        AuditChainCheck(),
+        BlessedPolicyCheck(),
+        ReleaseStatusCheck(),
+    )
+)
 
 
 # --- the entry point -------------------------------------------------------------------------
@@ -1288,11 +1566,21 @@ def appraise(
     to compare its AK / EK with the enrollment. ``now``: the verifier's time, taken once.
     """
     return appraise_incremental(
-        evidence_doc, memory=NodeMemory(), enrollment=enrollment, nonce=nonce,
-        selection=selection, registry=registry, platform_id=platform_id, previous=previous,
-        tls_binding=tls_binding, now=now, audit_entries=audit_entries, identity=identity,
-        policy=policy, policy_id=policy_id,
-    ).result  # fmt: skip
+        evidence_doc,
+        memory=NodeMemory(),
+        enrollment=enrollment,
+        nonce=nonce,
+        selection=selection,
+        registry=registry,
+        platform_id=platform_id,
+        previous=previous,
+        tls_binding=tls_binding,
+        now=now,
+        audit_entries=audit_entries,
+        identity=identity,
+        policy=policy,
+        policy_id=policy_id,
+    ).result
 
 
 def appraise_incremental(
@@ -1327,32 +1615,73 @@ def appraise_incremental(
         raise ValueError("now must be an aware datetime")
     node_id = enrollment.node_id
     if not isinstance(evidence_doc, Mapping):
-        return Appraised(unappraisable(node_id, "evidence is not a JSON object", nonce=nonce,
-                                       now=now, policy_id=policy_id), memory)  # fmt: skip
+        return Appraised(
+            unappraisable(
+                node_id, "evidence is not a JSON object", nonce=nonce, now=now, policy_id=policy_id
+            ),
+            memory,
+        )
     try:
         ctx, memory = _establish(
-            evidence_doc, enrollment=enrollment, nonce=nonce, selection=selection,
-            registry=registry, platform_id=platform_id, previous=previous,
-            tls_binding=tls_binding, now=now, audit_entries=audit_entries, identity=identity,
-            memory=memory, cache=cache,
-        )  # fmt: skip
+            evidence_doc,
+            enrollment=enrollment,
+            nonce=nonce,
+            selection=selection,
+            registry=registry,
+            platform_id=platform_id,
+            previous=previous,
+            tls_binding=tls_binding,
+            now=now,
+            audit_entries=audit_entries,
+            identity=identity,
+            memory=memory,
+            cache=cache,
+        )
     except _Stale as exc:
-        return Appraised(unappraisable(node_id, f"the logs must be fetched again: {exc}",
-                                       nonce=nonce, now=now, policy_id=policy_id),
-                         memory.forget_logs(), complete=False)  # fmt: skip
+        return Appraised(
+            unappraisable(
+                node_id,
+                f"the logs must be fetched again: {exc}",
+                nonce=nonce,
+                now=now,
+                policy_id=policy_id,
+            ),
+            memory.forget_logs(),
+            complete=False,
+        )
     except EvidenceFormatError as exc:
-        return Appraised(unappraisable(node_id, f"malformed evidence: {exc}", nonce=nonce,
-                                       now=now, policy_id=policy_id), memory)  # fmt: skip
+        return Appraised(
+            unappraisable(
+                node_id, f"malformed evidence: {exc}", nonce=nonce, now=now, policy_id=policy_id
+            ),
+            memory,
+        )
     if isinstance(ctx.evidence_error, EvidenceFormatError):
-        return Appraised(unappraisable(ctx.node_id, f"malformed evidence: {ctx.evidence_error}",
-                                       nonce=nonce, now=now, policy_id=policy_id),
-                         memory)  # fmt: skip
+        return Appraised(
+            unappraisable(
+                ctx.node_id,
+                f"malformed evidence: {ctx.evidence_error}",
+                nonce=nonce,
+                now=now,
+                policy_id=policy_id,
+            ),
+            memory,
+        )
     findings = policy.evaluate(ctx)
     fw = ctx.firmware
-    return Appraised(_summarise(
-        findings, node_id=ctx.node_id, nonce=nonce, now=now, policy_id=policy_id,
-        forced=Verdict.ALARM if ctx.identity_alarm is not None else None,
-        clock=None if ctx.evidence is None else ctx.evidence.quote.clock,
-        release=ctx.release, platform_id=platform_id, notes=ctx.notes,
-        quirks=() if fw is None else tuple(f"{q.name}@{q.version}" for q in fw.quirks),
-    ), memory)  # fmt: skip
+    return Appraised(
+        _summarise(
+            findings,
+            node_id=ctx.node_id,
+            nonce=nonce,
+            now=now,
+            policy_id=policy_id,
+            forced=Verdict.ALARM if ctx.identity_alarm is not None else None,
+            clock=None if ctx.evidence is None else ctx.evidence.quote.clock,
+            release=ctx.release,
+            platform_id=platform_id,
+            notes=ctx.notes,
+            quirks=() if fw is None else tuple(f"{q.name}@{q.version}" for q in fw.quirks),
+        ),
+        memory,
+    )

@@ -114,8 +114,11 @@ def result_ear(
     kid: str | None = None,
 ) -> str:
     """Convenience: one appraisal as a signed EAR (the submodule is named by the node id)."""
-    return sign_ear(ear_claims({result.node_id or "node": submod(result)}, now=now,
-                               nonce=result.nonce), key, kid=kid)  # fmt: skip
+    return sign_ear(
+        ear_claims({result.node_id or "node": submod(result)}, now=now, nonce=result.nonce),
+        key,
+        kid=kid,
+    )
 
 
 def _check_key(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> None:
@@ -199,8 +202,9 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     (crv, kty, x, y) in lexicographic order, no whitespace. Used as the key id (``kid``)."""
     import hashlib
 
-    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")},
-                           separators=(",", ":"), sort_keys=True)  # fmt: skip
+    canonical = json.dumps(
+        {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
+    )
     return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
@@ -209,8 +213,12 @@ def public_jwk(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> d
     _check_key(key)
     pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
     nums = pub.public_numbers()
-    jwk = {"kty": "EC", "crv": "P-256", "x": b64url(nums.x.to_bytes(32, "big")),
-           "y": b64url(nums.y.to_bytes(32, "big"))}  # fmt: skip
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64url(nums.x.to_bytes(32, "big")),
+        "y": b64url(nums.y.to_bytes(32, "big")),
+    }
     return {**jwk, "alg": ALG, "use": "sig", "kid": jwk_thumbprint(jwk)}
 
 
@@ -227,7 +235,8 @@ def jwk_public_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
     if len(x) != 32 or len(y) != 32:
         raise EvidenceFormatError("the JWK's coordinates are not 32 bytes")
     try:
-        return ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
-                                             ec.SECP256R1()).public_key()  # fmt: skip
+        return ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+        ).public_key()
     except ValueError:
         raise EvidenceFormatError("the JWK's point is not on P-256") from None

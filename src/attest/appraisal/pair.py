@@ -2,7 +2,8 @@
 
 The host is appraised first, then the guest; the guest's AK is accepted only when its EK is one
 the appraised host vouched for -- a ``vtpm`` event ``{guest_id, ek_sha256}`` in the host's
-runtime log (``attest.runtime``, recorded by ``attest.node.tpm.vtpm``), replayed into the runtime PCR of
+runtime log (``attest.runtime``, recorded by ``attest.node.tpm.vtpm``), replayed into the runtime
+PCR of
 a host quote that answers *this* verification's challenge:
 
     challenge = os.urandom(32)                       # one per pair verification
@@ -50,8 +51,13 @@ CHECK = "host-vouch"
 _DOMAIN = b"attest-pair-v1\x00"
 
 # How bad each verdict is for the pair: a definite "no" is worse than "could not tell".
-_SEVERITY = {Verdict.AFFIRMING: 0, Verdict.WARNING: 1, Verdict.UNAPPRAISABLE: 2,
-             Verdict.CONTRAINDICATED: 3, Verdict.ALARM: 4}  # fmt: skip
+_SEVERITY = {
+    Verdict.AFFIRMING: 0,
+    Verdict.WARNING: 1,
+    Verdict.UNAPPRAISABLE: 2,
+    Verdict.CONTRAINDICATED: 3,
+    Verdict.ALARM: 4,
+}
 
 
 def pair_nonces(challenge: bytes) -> tuple[bytes, bytes]:
@@ -59,8 +65,10 @@ def pair_nonces(challenge: bytes) -> tuple[bytes, bytes]:
     per-layer domain, so neither quote can answer the other layer's challenge."""
     if len(challenge) < 16:
         raise ValueError("the pair challenge must be at least 16 bytes")
-    return (hashlib.sha256(_DOMAIN + b"host\x00" + challenge).digest(),
-            hashlib.sha256(_DOMAIN + b"guest\x00" + challenge).digest())  # fmt: skip
+    return (
+        hashlib.sha256(_DOMAIN + b"host\x00" + challenge).digest(),
+        hashlib.sha256(_DOMAIN + b"guest\x00" + challenge).digest(),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +99,9 @@ class PairResult:
         return {HOST: self.host, GUEST: self.guest}
 
     def submods(self) -> dict[str, dict[str, Any]]:
-        return {name: {**submod(r), "attest.node.port-id": r.node_id}
-                for name, r in self.layers.items()}  # fmt: skip
+        return {
+            name: {**submod(r), "attest.node.port-id": r.node_id} for name, r in self.layers.items()
+        }
 
     def ear_claims(self, *, now: datetime, build: str | None = None) -> dict[str, Any]:
         return ear_claims(self.submods(), now=now, nonce=self.challenge, build=build)
@@ -117,49 +126,78 @@ def _vouch_finding(
     challenge: bytes | None,
 ) -> Finding:
     def no(value: int, why: str) -> Finding:
-        return Finding(Claim.INSTANCE_IDENTITY, value, CHECK,
-                       f"guest vTPM not vouched for by the host: {why}")  # fmt: skip
+        return Finding(
+            Claim.INSTANCE_IDENTITY, value, CHECK, f"guest vTPM not vouched for by the host: {why}"
+        )
 
     host_name = host.node_id or "the host"
     if challenge is not None:
         want_host, want_guest = pair_nonces(challenge)
-        if not (hmac.compare_digest(host.nonce, want_host)
-                and hmac.compare_digest(guest.nonce, want_guest)):  # fmt: skip
-            return no(UNTRUSTWORTHY_INSTANCE, "the host and the guest were not challenged in the "
-                      "same pair verification")  # fmt: skip
+        if not (
+            hmac.compare_digest(host.nonce, want_host)
+            and hmac.compare_digest(guest.nonce, want_guest)
+        ):
+            return no(
+                UNTRUSTWORTHY_INSTANCE,
+                "the host and the guest were not challenged in the same pair verification",
+            )
     if host.verdict is Verdict.UNAPPRAISABLE:
-        return no(UNRECOGNIZED_INSTANCE, f"{host_name} could not be appraised "
-                  f"({host.first_divergence}), so nothing ties the guest to a host")  # fmt: skip
+        return no(
+            UNRECOGNIZED_INSTANCE,
+            f"{host_name} could not be appraised "
+            f"({host.first_divergence}), so nothing ties the guest to a host",
+        )
     if vouchings is None:
-        return no(UNTRUSTWORTHY_INSTANCE, f"{host_name}'s quote and runtime log did not verify "
-                  f"for this challenge ({host.first_divergence}): no fresh vouching")  # fmt: skip
+        return no(
+            UNTRUSTWORTHY_INSTANCE,
+            f"{host_name}'s quote and runtime log did not verify "
+            f"for this challenge ({host.first_divergence}): no fresh vouching",
+        )
     ek = ident.ek_sha256
     if ek is None:
         return no(UNRECOGNIZED_INSTANCE, f"guest {ident.guest_id} was enrolled without an EK")
     mine = [v for v in vouchings if v.guest_id == ident.guest_id]
     same_ek = [v for v in vouchings if hmac.compare_digest(v.ek_sha256, ek)]
     if len({v.ek_sha256 for v in mine}) > 1:
-        return no(UNTRUSTWORTHY_INSTANCE, f"{host_name} vouched for more than one vTPM for guest "
-                  f"{ident.guest_id} in this boot")  # fmt: skip
+        return no(
+            UNTRUSTWORTHY_INSTANCE,
+            f"{host_name} vouched for more than one vTPM for guest {ident.guest_id} in this boot",
+        )
     if not same_ek:
         if mine:
-            return no(UNTRUSTWORTHY_INSTANCE, f"guest {ident.guest_id} runs on a vTPM (EK sha256 "
-                      f"{ek.hex()}) that {host_name} never vouched for; it vouched EK sha256 "
-                      f"{mine[0].ek_sha256.hex()} for {ident.guest_id} (moved to another vTPM, "
-                      "or a substitute)")  # fmt: skip
-        return no(UNTRUSTWORTHY_INSTANCE, f"{host_name} vouched for no vTPM for guest "
-                  f"{ident.guest_id} in this boot (the guest's EK sha256 {ek.hex()} is not "
-                  f"among the {len(vouchings)} vTPMs it vouched for)")  # fmt: skip
+            return no(
+                UNTRUSTWORTHY_INSTANCE,
+                f"guest {ident.guest_id} runs on a vTPM (EK sha256 "
+                f"{ek.hex()}) that {host_name} never vouched for; it vouched EK sha256 "
+                f"{mine[0].ek_sha256.hex()} for {ident.guest_id} (moved to another vTPM, "
+                "or a substitute)",
+            )
+        return no(
+            UNTRUSTWORTHY_INSTANCE,
+            f"{host_name} vouched for no vTPM for guest "
+            f"{ident.guest_id} in this boot (the guest's EK sha256 {ek.hex()} is not "
+            f"among the {len(vouchings)} vTPMs it vouched for)",
+        )
     others = sorted({v.guest_id for v in same_ek} - {ident.guest_id})
     if not mine:
-        return no(UNTRUSTWORTHY_INSTANCE, f"{host_name} vouched for this vTPM (EK sha256 "
-                  f"{ek.hex()}) as guest {', '.join(others)}'s, not {ident.guest_id}'s")
+        return no(
+            UNTRUSTWORTHY_INSTANCE,
+            f"{host_name} vouched for this vTPM (EK sha256 "
+            f"{ek.hex()}) as guest {', '.join(others)}'s, not {ident.guest_id}'s",
+        )
     if host.verdict in (Verdict.CONTRAINDICATED, Verdict.ALARM):
-        return no(UNRECOGNIZED_INSTANCE, f"{host_name} vouched for it, but the host layer is "
-                  f"{host.verdict.value}: a host outside policy cannot vouch")  # fmt: skip
-    return Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, CHECK,
-                   f"guest {ident.guest_id}'s vTPM (EK sha256 {ek.hex()}) is vouched for by "
-                   f"{host_name} in a host quote answering this verification's challenge")
+        return no(
+            UNRECOGNIZED_INSTANCE,
+            f"{host_name} vouched for it, but the host layer is "
+            f"{host.verdict.value}: a host outside policy cannot vouch",
+        )
+    return Finding(
+        Claim.INSTANCE_IDENTITY,
+        TRUSTWORTHY_INSTANCE,
+        CHECK,
+        f"guest {ident.guest_id}'s vTPM (EK sha256 {ek.hex()}) is vouched for by "
+        f"{host_name} in a host quote answering this verification's challenge",
+    )
 
 
 def _layer_line(name: str, r: AppraisalResult) -> str:
@@ -198,4 +236,3 @@ def appraise_pair(
 def vouchings_of(events: Sequence[Any]) -> tuple[VtpmVouch, ...]:
     """The ``VtpmVouch`` details of verified runtime events (``VerifiedRuntimeLog.events``)."""
     return tuple(e.detail for e in events if isinstance(e.detail, VtpmVouch))
-

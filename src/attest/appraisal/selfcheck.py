@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from attest.verity.devices import VerityReport
 from attest.manifest import VerifiedRegistry, evaluate_release
 from attest.manifest.evaluate import ReleaseStatus
+from attest.verity.devices import VerityReport
 
 _ORDER = ("degraded", "revoked", "not-blessed", "corrupted", "unknown", "warning", "blessed")
 
@@ -28,8 +28,12 @@ class NodeVerdict:
     checks: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "reasons": list(self.reasons),
-                "release": self.release, "checks": dict(self.checks)}  # fmt: skip
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "release": self.release,
+            "checks": dict(self.checks),
+        }
 
 
 def evaluate_node(
@@ -69,13 +73,23 @@ def evaluate_node(
             root_hashes = [root_dev]
         elif not root_hashes:
             checks["verity"] = "none"
-            found.append(("unknown", "neither the kernel command line nor the device mounted at "
-                                     "/ names a dm-verity root hash"))  # fmt: skip
+            found.append(
+                (
+                    "unknown",
+                    "neither the kernel command line nor the device mounted at "
+                    "/ names a dm-verity root hash",
+                )
+            )
         elif not verity.cmdline_backed:
             checks["verity"] = "unbacked"
             missing = ", ".join(h.root_hash.hex()[:16] for h in verity.unbacked)
-            found.append(("not-blessed", f"root hash(es) {missing}… on the kernel command line "
-                                         f"are not backed by an active verity device"))  # fmt: skip
+            found.append(
+                (
+                    "not-blessed",
+                    f"root hash(es) {missing}… on the kernel command line "
+                    f"are not backed by an active verity device",
+                )
+            )
         else:
             checks["verity"] = "ok"
     if registry is None:
@@ -95,8 +109,9 @@ def evaluate_node(
             }[decision.status]
             found.append((verdict, "; ".join(decision.reasons)))
     if not found:
-        return NodeVerdict("blessed", ("image, verity root and runtime log check out",),
-                           release_doc, checks)  # fmt: skip
+        return NodeVerdict(
+            "blessed", ("image, verity root and runtime log check out",), release_doc, checks
+        )
     worst = min(found, key=lambda f: _ORDER.index(f[0]))[0]
     return NodeVerdict(worst, tuple(reason for _, reason in found), release_doc, checks)
 

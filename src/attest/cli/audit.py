@@ -20,8 +20,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 from attest.cli import EXIT_OK, print_json
+from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 
 # PAM_TYPE (pam_exec(8)) -> audit event.
 PAM_EVENTS = {
@@ -68,7 +68,7 @@ def register(sub: Any) -> None:
 
     v = asub.add_parser("verify", help="verify the audit chain against the runtime PCR")
     v.add_argument("--socket", default=DEFAULT_SOCKET, help="broker socket (default %(default)s)")
-    v.set_defaults(func=cmd_verify)  # fmt: skip
+    v.set_defaults(func=cmd_verify)
 
 
 def event_from_pam(env: Mapping[str, str]) -> dict[str, str]:
@@ -77,21 +77,21 @@ def event_from_pam(env: Mapping[str, str]) -> dict[str, str]:
 
     pam_type = env.get("PAM_TYPE", "")
     if pam_type not in PAM_EVENTS:
-        raise ConfigError(f"PAM_TYPE {pam_type[:32]!r} is not one of {', '.join(PAM_EVENTS)}",
-                          key="PAM_TYPE")  # fmt: skip
+        raise ConfigError(
+            f"PAM_TYPE {pam_type[:32]!r} is not one of {', '.join(PAM_EVENTS)}", key="PAM_TYPE"
+        )
     if not env.get("PAM_USER"):
         raise ConfigError("PAM_USER is not set", key="PAM_USER")
     event = {"event": PAM_EVENTS[pam_type], "user": env["PAM_USER"]}
-    for var, field in (("PAM_RHOST", "source"), ("PAM_SERVICE", "service"),
-                       ("PAM_TTY", "session")):  # fmt: skip
+    for var, field in (("PAM_RHOST", "source"), ("PAM_SERVICE", "service"), ("PAM_TTY", "session")):
         if env.get(var):
             event[field] = env[var]
     return event
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from attest.node.broker.client import BrokerClient
     from attest.errors import ConfigError
+    from attest.node.broker.client import BrokerClient
 
     if args.from_pam:
         event = event_from_pam(os.environ)
@@ -119,8 +119,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print_json([dict(e) for e in entries])
         return EXIT_OK
     for e in entries:
-        extras = " ".join(f"{k}={e[k]}" for k in ("source", "service", "session", "result")
-                          if k in e)  # fmt: skip
+        extras = " ".join(
+            f"{k}={e[k]}" for k in ("source", "service", "session", "result") if k in e
+        )
         print(f"{e['seq']:>6} {e['time']} {e['event']:<14} {e['operator']} {extras}".rstrip())
     return EXIT_OK
 
@@ -130,9 +131,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     runtime log into it and check the audit chain against its anchors. The logs are read
     around the quote and the whole read is retried when an event arrived meanwhile."""
     from attest.audit import verify_audit_chain
-    from attest.node.broker.client import BrokerClient
     from attest.errors import TransportError
     from attest.model import PcrSelection
+    from attest.node.broker.client import BrokerClient
     from attest.quote import verify_quote
     from attest.runtime import DEFAULT_RUNTIME_PCR, verify_runtime_log
 
@@ -152,12 +153,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verify_quote(q.attest, q.signature, ak=ident.ak, nonce=nonce, pcrs=q.pcrs)
     runtime = verify_runtime_log(records, q.pcrs, pcr=pcr)
     chain = verify_audit_chain(entries, runtime.audit_anchors)
-    print_json({
-        "runtime_pcr": pcr,
-        "runtime_events": len(runtime.events),
-        "audit_entries": len(chain),
-        "audit_head": chain[-1].entry_hash.hex() if chain else None,
-        "verified": True,
-    })  # fmt: skip
+    print_json(
+        {
+            "runtime_pcr": pcr,
+            "runtime_events": len(runtime.events),
+            "audit_entries": len(chain),
+            "audit_head": chain[-1].entry_hash.hex() if chain else None,
+            "verified": True,
+        }
+    )
     print("attest: audit log verified against the quoted runtime PCR", file=sys.stderr)
     return EXIT_OK

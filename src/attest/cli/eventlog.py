@@ -107,7 +107,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{'#':>4} {'PCR':>3}  {'TYPE':<34} {'DIGEST':<16}  MEANING")
     for e in log.events:
         d = e.digests.get(pref) if pref is not None else None
-        digest = (d.hex()[:16] if d else "-")
+        digest = d.hex()[:16] if d else "-"
         print(f"{e.index:>4} {e.pcr:>3}  {e.type_name:<34} {digest:<16}  {describe(e)}")
     if log.unknown_event_types:
         print("unknown event types: " + ", ".join(f"0x{t:08x}" for t in log.unknown_event_types))
@@ -136,9 +136,17 @@ def cmd_facts(args: argparse.Namespace) -> int:
         return EXIT_OK
     print("UNVERIFIED: replayed against the log's own PCR values, not against a TPM quote")
     print(f"secure boot: {doc['secure_boot']}")
-    for key in ("secure_boot_variables", "boot_applications", "kernel_cmdlines",
-                "load_options_digests", "initrd_digests", "verity_root_hashes", "quirks",
-                "untrusted_events", "anomalies"):
+    for key in (
+        "secure_boot_variables",
+        "boot_applications",
+        "kernel_cmdlines",
+        "load_options_digests",
+        "initrd_digests",
+        "verity_root_hashes",
+        "quirks",
+        "untrusted_events",
+        "anomalies",
+    ):
         value = doc[key]
         if not value:
             continue

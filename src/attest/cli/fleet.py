@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attest.errors import ConfigError
+from attest.manifest import VerifiedRegistry
+from attest.storage.trusted_state import load_state
 from attest.verifier.fleet.api import create_fleet_app, iso
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy, Registration, with_roots
@@ -41,8 +43,6 @@ from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
 from attest.verifier.fleet.store import Store, open_store
 from attest.verifier.fleet.webhooks import WebhookSender
-from attest.manifest import VerifiedRegistry
-from attest.storage.trusted_state import load_state
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +58,22 @@ def _enroller(args: argparse.Namespace) -> Enroller:
     """The enrollment policies from the options (``attest.verifier.fleet.enrollment``; fails closed:
     EK roots, or an explicit ``--tofu``). ``$ATTEST_FLEET_EK_ROOTS`` (paths separated by
     ``:``) and ``$ATTEST_FLEET_TOFU=1`` are the defaults."""
-    roots = args.ek_roots or [p for p in os.environ.get("ATTEST_FLEET_EK_ROOTS", "").split(
-        os.pathsep) if p]  # fmt: skip
+    roots = args.ek_roots or [
+        p for p in os.environ.get("ATTEST_FLEET_EK_ROOTS", "").split(os.pathsep) if p
+    ]
     tofu = args.tofu or os.environ.get("ATTEST_FLEET_TOFU", "") in ("1", "true", "yes")
     policy = EnrollPolicy.from_paths(
-        roots, tofu=tofu, tls_ca=args.tls_ca, client_cert=args.client_cert,
-        client_key=args.client_key, operator_socket=getattr(args, "operator_socket", None))
-    host = replace(with_roots(policy, args.host_ek_roots, key="--host-ek-roots"),
-                   operator_socket=getattr(args, "host_operator_socket", None))  # fmt: skip
+        roots,
+        tofu=tofu,
+        tls_ca=args.tls_ca,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        operator_socket=getattr(args, "operator_socket", None),
+    )
+    host = replace(
+        with_roots(policy, args.host_ek_roots, key="--host-ek-roots"),
+        operator_socket=getattr(args, "host_operator_socket", None),
+    )
     if getattr(args, "host", None):  # a pair: the host's activation channel is its own
         host.validate(key="--host-operator-socket")
     return Enroller(policy, host_policy=host)
@@ -128,11 +136,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host_registry = _registry_source(args.host_trust_dir) if args.host_trust_dir else registry
     settings = PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
-        interval=args.interval, jitter=args.jitter, concurrency=args.concurrency,
-        timeout=args.timeout, selection=args.selection, platform_id=args.platform_id,
+        interval=args.interval,
+        jitter=args.jitter,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        selection=args.selection,
+        platform_id=args.platform_id,
         host_platform_id=args.host_platform_id,
         lease_ttl=args.lease_ttl or max(60.0, 4 * args.timeout),
-    )  # fmt: skip
+    )
     sender = None
     if args.webhook:
         if not args.webhook_secret_file:
@@ -142,13 +154,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = None
     if args.api_token_file:
         token = Path(args.api_token_file).read_text().strip()
-    signer = load_or_create_key(args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY")
-                                or DEFAULT_EAR_KEY)  # fmt: skip
-    poller = Poller(store, settings=settings, appraise=default_appraiser(), registry=registry,
-                    on_change=sender.notify if sender else None, signer=signer,
-                    host_registry=host_registry, ssl_context=_tls_context(args.tls_ca))
-    app = create_fleet_app(store, registry=registry, poller=poller, webhooks=sender,
-                           enroll=enroller, api_token=token, signer=signer)  # fmt: skip
+    signer = load_or_create_key(
+        args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY") or DEFAULT_EAR_KEY
+    )
+    poller = Poller(
+        store,
+        settings=settings,
+        appraise=default_appraiser(),
+        registry=registry,
+        on_change=sender.notify if sender else None,
+        signer=signer,
+        host_registry=host_registry,
+        ssl_context=_tls_context(args.tls_ca),
+    )
+    app = create_fleet_app(
+        store,
+        registry=registry,
+        poller=poller,
+        webhooks=sender,
+        enroll=enroller,
+        api_token=token,
+        signer=signer,
+    )
     logger.warning("enrollment policy: %s", enroller.policy.describe())
 
     class Server(uvicorn.Server):
@@ -160,17 +187,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                       access_log=False))  # fmt: skip
+        server = Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-        tasks = [asyncio.create_task(poller.run(stop)),
-                 asyncio.create_task(watch_rollout(store, registry, stop))]  # fmt: skip
+        tasks = [
+            asyncio.create_task(poller.run(stop)),
+            asyncio.create_task(watch_rollout(store, registry, stop)),
+        ]
         if sender is not None:
             tasks.append(asyncio.create_task(sender.run(stop)))
-        logger.warning("fleet service on http://%s:%d (worker %s, EAR key id %s)", host, port,
-                       settings.worker_id, signer.kid)  # fmt: skip
+        logger.warning(
+            "fleet service on http://%s:%d (worker %s, EAR key id %s)",
+            host,
+            port,
+            settings.worker_id,
+            signer.kid,
+        )
         try:
             await server.serve()
         finally:
@@ -185,20 +220,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def watch_rollout(store: Store, registry: Callable[[], VerifiedRegistry | None],
-                        stop: asyncio.Event, every: float = 5.0) -> None:  # fmt: skip
+async def watch_rollout(
+    store: Store,
+    registry: Callable[[], VerifiedRegistry | None],
+    stop: asyncio.Event,
+    every: float = 5.0,
+) -> None:
     """Record the moment the whole fleet first runs an embargoed release."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
+
             def check() -> None:
                 now = time.time()
-                report = rollout(store.list_nodes(), registry(), store.release_marks(),
-                                 now=datetime.fromtimestamp(now, UTC))  # fmt: skip
+                report = rollout(
+                    store.list_nodes(),
+                    registry(),
+                    store.release_marks(),
+                    now=datetime.fromtimestamp(now, UTC),
+                )
                 for version in completed_embargoes(report):
                     if store.mark_fleet_complete(version, now):
-                        logger.warning("the whole fleet runs embargoed release %s: quiet period "
-                                       "starts now", version)  # fmt: skip
+                        logger.warning(
+                            "the whole fleet runs embargoed release %s: quiet period starts now",
+                            version,
+                        )
 
             await loop.run_in_executor(None, check)
         except Exception:
@@ -212,11 +258,15 @@ def cmd_add(args: argparse.Namespace) -> int:
     from attest.verifier.fleet.enrollment import PairEnrollment
 
     if args.host is None and (args.guest_id or args.host_ek_roots):
-        raise ConfigError("--guest-id and --host-ek-roots are for a pair (--host HOST_URL)",
-                          key="--host")  # fmt: skip
+        raise ConfigError(
+            "--guest-id and --host-ek-roots are for a pair (--host HOST_URL)", key="--host"
+        )
     enroller = _enroller(args)
-    e = enroller(Registration(args.url, args.host, args.guest_id, args.activation_url,
-                              args.host_activation_url))  # fmt: skip
+    e = enroller(
+        Registration(
+            args.url, args.host, args.guest_id, args.activation_url, args.host_activation_url
+        )
+    )
     node_id = args.id or e.node_id or args.url
     store = _db(args)
     try:
@@ -224,17 +274,25 @@ def cmd_add(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print_json({"node_id": node_id, "url": args.url, "host_url": args.host,
-                    "enrollment": e.to_json()})  # fmt: skip
+        print_json(
+            {"node_id": node_id, "url": args.url, "host_url": args.host, "enrollment": e.to_json()}
+        )
         return 0
-    layers = [("host", e.host), ("guest", e.guest)] if isinstance(e, PairEnrollment) \
-        else [("node", e)]  # fmt: skip
+    layers = (
+        [("host", e.host), ("guest", e.guest)] if isinstance(e, PairEnrollment) else [("node", e)]
+    )
     print(f"{node_id}: enrolled{' as a host + guest pair' if args.host else ''}")
     for name, le in layers:
-        ek = f"EK certificate {le.ek_certificate}" if le.ek_certificate else \
-            "EK certificate NOT checked (--tofu)"  # fmt: skip
-        act = "credential activation ok" if le.activated else \
-            "NO credential activation: AK trusted on first use (--tofu)"  # fmt: skip
+        ek = (
+            f"EK certificate {le.ek_certificate}"
+            if le.ek_certificate
+            else "EK certificate NOT checked (--tofu)"
+        )
+        act = (
+            "credential activation ok"
+            if le.activated
+            else "NO credential activation: AK trusted on first use (--tofu)"
+        )
         print(f"  {name} {le.node_id}: AK {le.ak_name.hex()[:16]}…; {ek}; {act}")
     return 0
 
@@ -253,12 +311,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print_json([node_json(n) for n in nodes])
         return 0
     for n in nodes:
-        print(f"{n.node_id:<24} {n.verdict:<16} {iso(n.last_appraised) or 'never':<34} "
-              f"{n.explanation[:100]}")  # fmt: skip
+        print(
+            f"{n.node_id:<24} {n.verdict:<16} {iso(n.last_appraised) or 'never':<34} "
+            f"{n.explanation[:100]}"
+        )
         for name, lay in (n.layers or {}).items():
             if name in ("host", "guest") and isinstance(lay, dict):
-                print(f"  {name:<22} {str(lay.get('verdict')):<16} "
-                      f"{str(lay.get('explanation') or '')[:100]}")  # fmt: skip
+                print(
+                    f"  {name:<22} {str(lay.get('verdict')):<16} "
+                    f"{str(lay.get('explanation') or '')[:100]}"
+                )
     return 0
 
 
@@ -279,15 +341,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         doc["history"] = [{**c, "at": iso(c["at"])} for c in changes]
         print_json(doc)
         return 0
-    print(f"{n.node_id}: {n.verdict.upper()}  ({n.url}"
-          f"{', host ' + n.host_url if n.host_url else ''})")  # fmt: skip
+    print(
+        f"{n.node_id}: {n.verdict.upper()}  ({n.url}{', host ' + n.host_url if n.host_url else ''})"
+    )
     print(f"  explanation: {n.explanation}")
     for name, lay in (n.layers or {}).items():
         if name in ("host", "guest") and isinstance(lay, dict):
-            print(f"  {name} {lay.get('node_id')}: {lay.get('verdict')} — "
-                  f"{lay.get('explanation') or ''}")  # fmt: skip
-    print(f"  release: {n.release or '—'}; last appraised {iso(n.last_appraised) or 'never'} "
-          f"({n.appraisals} appraisals)")  # fmt: skip
+            print(
+                f"  {name} {lay.get('node_id')}: {lay.get('verdict')} — "
+                f"{lay.get('explanation') or ''}"
+            )
+    print(
+        f"  release: {n.release or '—'}; last appraised {iso(n.last_appraised) or 'never'} "
+        f"({n.appraisals} appraisals)"
+    )
     ear = f"signed, {len(n.ear)} bytes (--json prints it)" if n.ear else "none yet"
     print(f"  EAR: {ear}")
     for c in changes:
@@ -301,67 +368,111 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fs.required = True
 
     def db(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--db", help="sqlite:///PATH or postgresql://... "
-                       "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)")  # fmt: skip
+        q.add_argument(
+            "--db",
+            help="sqlite:///PATH or postgresql://... "
+            "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)",
+        )
 
     def enrollment(q: argparse.ArgumentParser) -> None:
         g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
-        g.add_argument("--ek-roots", action="append", metavar="PEM|DIR",
-                       help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
-                            "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
-                            "certificate must chain to them, and credential activation must "
-                            "prove the AK lives beside that EK")  # fmt: skip
-        g.add_argument("--host-ek-roots", action="append", metavar="PEM|DIR",
-                       help="a pair's host layer: its EK CAs (default: --ek-roots, which are "
-                            "then the guests' vTPM CA)")  # fmt: skip
-        g.add_argument("--tofu", action="store_true",
-                       help="allow trust on first use: enroll without EK roots, or without "
-                            "credential activation (said in the enrollment)")  # fmt: skip
-        g.add_argument("--client-cert", help="client certificate for the nodes' mutual-TLS "
-                       "listener (credential activation)")  # fmt: skip
+        g.add_argument(
+            "--ek-roots",
+            action="append",
+            metavar="PEM|DIR",
+            help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
+            "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
+            "certificate must chain to them, and credential activation must "
+            "prove the AK lives beside that EK",
+        )
+        g.add_argument(
+            "--host-ek-roots",
+            action="append",
+            metavar="PEM|DIR",
+            help="a pair's host layer: its EK CAs (default: --ek-roots, which are "
+            "then the guests' vTPM CA)",
+        )
+        g.add_argument(
+            "--tofu",
+            action="store_true",
+            help="allow trust on first use: enroll without EK roots, or without "
+            "credential activation (said in the enrollment)",
+        )
+        g.add_argument(
+            "--client-cert",
+            help="client certificate for the nodes' mutual-TLS listener (credential activation)",
+        )
         g.add_argument("--client-key", help="its private key")
         g.add_argument("--tls-ca", help="CA of the nodes' TLS certificates (https URLs)")
 
-    s = fs.add_parser("serve", help="appraise the registered nodes continuously; serve the "
-                      "REST API, metrics and the web page")  # fmt: skip
+    s = fs.add_parser(
+        "serve",
+        help="appraise the registered nodes continuously; serve the "
+        "REST API, metrics and the web page",
+    )
     db(s)
     s.add_argument("--listen", default="127.0.0.1:7500", help="HOST:PORT (default %(default)s)")
-    s.add_argument("--interval", type=float, default=10.0, help="seconds between appraisals "
-                   "of one node (default %(default)s)")  # fmt: skip
+    s.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="seconds between appraisals of one node (default %(default)s)",
+    )
     s.add_argument("--jitter", type=float, default=0.1, help="fraction of the interval")
     s.add_argument("--concurrency", type=int, default=256, help="challenges in flight")
     s.add_argument("--timeout", type=float, default=5.0, help="per challenge, seconds")
-    s.add_argument("--lease-ttl", type=float, help="seconds a dead worker's nodes wait before "
-                   "another worker takes them (default max(60, 4 × timeout))")
+    s.add_argument(
+        "--lease-ttl",
+        type=float,
+        help="seconds a dead worker's nodes wait before "
+        "another worker takes them (default max(60, 4 × timeout))",
+    )
     s.add_argument("--worker-id", help="this worker's name in leases (default host-pid)")
-    s.add_argument("--selection", default=DEFAULT_SELECTION,
-                   help="PCRs to quote (the runtime PCR is added) (default %(default)s)")
+    s.add_argument(
+        "--selection",
+        default=DEFAULT_SELECTION,
+        help="PCRs to quote (the runtime PCR is added) (default %(default)s)",
+    )
     s.add_argument("--platform-id", help="platform reference to appraise firmware against")
     s.add_argument("--trust-dir", help="trusted manifest state (attest manifest verify --state)")
-    s.add_argument("--host-trust-dir", help="a pair's host layer: its trusted manifest state "
-                   "(default --trust-dir)")  # fmt: skip
-    s.add_argument("--host-platform-id", help="a pair's host layer: its platform reference "
-                   "(default --platform-id)")  # fmt: skip
+    s.add_argument(
+        "--host-trust-dir",
+        help="a pair's host layer: its trusted manifest state (default --trust-dir)",
+    )
+    s.add_argument(
+        "--host-platform-id",
+        help="a pair's host layer: its platform reference (default --platform-id)",
+    )
     s.add_argument("--webhook", help="URL to POST signed verdict changes to")
     s.add_argument("--webhook-secret-file", help="HMAC-SHA256 key for the webhook (≥ 16 bytes)")
     s.add_argument("--api-token-file", help="bearer token required to register/remove nodes")
-    s.add_argument("--ear-key", help="P-256 private key (PEM) that signs the attestation "
-                   "results (EAR); created (mode 0600) when missing (default "
-                   f"$ATTEST_FLEET_EAR_KEY or {DEFAULT_EAR_KEY}); give all workers the same")
+    s.add_argument(
+        "--ear-key",
+        help="P-256 private key (PEM) that signs the attestation "
+        "results (EAR); created (mode 0600) when missing (default "
+        f"$ATTEST_FLEET_EAR_KEY or {DEFAULT_EAR_KEY}); give all workers the same",
+    )
     enrollment(s)
     s.set_defaults(func=cmd_serve)
 
     a = fs.add_parser("add", help="enroll a node (or a host + guest pair) and register it")
-    a.add_argument("url", help="the node API's base URL, e.g. http://10.0.0.5:7443 (with "
-                   "--host: the guest's)")  # fmt: skip
+    a.add_argument(
+        "url", help="the node API's base URL, e.g. http://10.0.0.5:7443 (with --host: the guest's)"
+    )
     a.add_argument("--id", help="node id (default: the node's own; a pair's: the guest's)")
-    a.add_argument("--host", metavar="HOST_URL", help="register URL as the guest VM of this "
-                   "host, appraised as one node (docs/host-guest.md)")  # fmt: skip
+    a.add_argument(
+        "--host",
+        metavar="HOST_URL",
+        help="register URL as the guest VM of this "
+        "host, appraised as one node (docs/host-guest.md)",
+    )
     a.add_argument("--guest-id", help="the guest's id on the host (default: its node id)")
     a.add_argument("--activation-url", help="the node's mutual-TLS listener (default: URL)")
     a.add_argument("--host-activation-url", help="the host's mutual-TLS listener")
-    a.add_argument("--operator-socket", help="the node's operator socket, for credential "
-                   "activation when run on the node")  # fmt: skip
+    a.add_argument(
+        "--operator-socket",
+        help="the node's operator socket, for credential activation when run on the node",
+    )
     a.add_argument("--host-operator-socket", help="the host's operator socket")
     a.add_argument("--json", action="store_true")
     db(a)

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from attest.cli import EXIT_OK, print_json
-from attest.node.config import load_settings, settings_digest
 from attest.errors import ConfigError, ManifestFormatError
 from attest.manifest import edit
 from attest.manifest.canonical import canonicalize, parse_json
@@ -45,7 +44,6 @@ from attest.manifest.parse import (
     parse_expected_pcrs,
     parse_platform_signed,
 )
-from attest.storage.trusted_state import load_state, save_state
 from attest.manifest.trusted import TrustedState
 from attest.manifest.verify import (
     check_expiry,
@@ -53,7 +51,9 @@ from attest.manifest.verify import (
     verify_root_update,
     verify_snapshot,
 )
+from attest.node.config import load_settings, settings_digest
 from attest.storage.files import atomic_write_bytes, read_bytes
+from attest.storage.trusted_state import load_state, save_state
 from attest.verity.hashtree import hash_image
 
 MAX_KEY_FILE = 16 * 1024
@@ -102,8 +102,7 @@ def _policies(args: argparse.Namespace) -> BlessedPolicies | None:
             continue
         name, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"expected TYPE=SHA256HEX or none, got {item!r}",
-                              key="--policy-mac")
+            raise ConfigError(f"expected TYPE=SHA256HEX or none, got {item!r}", key="--policy-mac")
         if mac is not None and name in mac:
             raise ConfigError(f"MAC type {name!r} given twice", key="--policy-mac")
         mac = {**(mac or {}), name: _hex(value, key="--policy-mac", size=32)}
@@ -182,7 +181,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         private = ec.generate_private_key(ec.SECP256R1())
     key = Key.of_private(private)
     pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     if args.test_only:
@@ -220,11 +220,17 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise ConfigError("no keys given for the role", key=f"--{role}-key")
         thresholds[role] = threshold or 1
     version = previous.version + 1 if previous is not None else 1
-    root = edit.new_root(version=version, expires=_expires(args, now, default_days=365),
-                         role_keys=role_keys, thresholds=thresholds)
+    root = edit.new_root(
+        version=version,
+        expires=_expires(args, now, default_days=365),
+        role_keys=role_keys,
+        thresholds=thresholds,
+    )
     _write_doc(args.out, UnverifiedEnvelope(root.to_json(), ()))
-    print(f"root v{root.version} written to {args.out} (unsigned; needs {thresholds[ROLE_ROOT]} "
-          f"root signature(s){' of the old and the new root role' if previous else ''})")
+    print(
+        f"root v{root.version} written to {args.out} (unsigned; needs {thresholds[ROLE_ROOT]} "
+        f"root signature(s){' of the old and the new root role' if previous else ''})"
+    )
     if args.registry_out:
         reg = edit.empty_registry(expires=_expires(args, now, default_days=365))
         _save_registry(args.registry_out, reg)
@@ -238,8 +244,10 @@ def cmd_bless(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --commit SHA or --embargo", key="--commit")
     salt = _hex(args.salt, key="--salt") if args.salt else secrets.token_bytes(32)
     digests = hash_image(args.image, salt=salt)
-    if args.expect_root_hash and _hex(args.expect_root_hash, key="--expect-root-hash") != \
-            digests.verity.root_hash:
+    if (
+        args.expect_root_hash
+        and _hex(args.expect_root_hash, key="--expect-root-hash") != digests.verity.root_hash
+    ):
         raise ManifestFormatError(
             f"{args.image}: computed dm-verity root hash {digests.verity.root_hash.hex()} "
             f"differs from --expect-root-hash"
@@ -268,19 +276,27 @@ def cmd_bless(args: argparse.Namespace) -> int:
         policies=_policies(args),
     )
     new = edit.bless(draft, release)
-    return _done(args, new, f"blessed {args.version} sha256={digests.sha256.hex()} "
-                            f"verity={digests.verity.root_hash.hex()}")
+    return _done(
+        args,
+        new,
+        f"blessed {args.version} sha256={digests.sha256.hex()} "
+        f"verity={digests.verity.root_hash.hex()}",
+    )
 
 
 def cmd_set_policies(args: argparse.Namespace) -> int:
     draft, _ = _edit(args)
     blessed = None if args.clear else _policies(args)
     if blessed is None and not args.clear:
-        raise ConfigError("give --policy-mac and/or --config-digest, or --clear",
-                          key="--policy-mac")
+        raise ConfigError(
+            "give --policy-mac and/or --config-digest, or --clear", key="--policy-mac"
+        )
     what = "no runtime policy" if blessed is None else _policies_line(blessed)
-    return _done(args, edit.set_policies(draft, args.version, blessed),
-                 f"release {args.version} blesses {what}")
+    return _done(
+        args,
+        edit.set_policies(draft, args.version, blessed),
+        f"release {args.version} blesses {what}",
+    )
 
 
 def cmd_config_digest(args: argparse.Namespace) -> int:
@@ -304,8 +320,10 @@ def cmd_config_digest(args: argparse.Namespace) -> int:
 def _policies_line(p: BlessedPolicies) -> str:
     parts = []
     if p.mac is not None:
-        parts.append("MAC policy " + (", ".join(f"{k} {v.hex()}" for k, v in p.mac.items())
-                                      if p.mac else "none"))
+        parts.append(
+            "MAC policy "
+            + (", ".join(f"{k} {v.hex()}" for k, v in p.mac.items()) if p.mac else "none")
+        )
     if p.config is not None:
         parts.append("config " + ", ".join(d.hex() for d in p.config))
     return "; ".join(parts)
@@ -313,28 +331,39 @@ def _policies_line(p: BlessedPolicies) -> str:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     draft, now = _edit(args)
-    return _done(args, edit.revoke(draft, args.version, reason=args.reason, at=now),
-                 f"revoked {args.version}")
+    return _done(
+        args,
+        edit.revoke(draft, args.version, reason=args.reason, at=now),
+        f"revoked {args.version}",
+    )
 
 
 def cmd_allow_rollback(args: argparse.Namespace) -> int:
     draft, _ = _edit(args)
-    return _done(args, edit.allow_rollback(draft, args.from_version, args.to_version,
-                                           reason=args.reason),
-                 f"rollback {args.from_version} -> {args.to_version} authorised")
+    return _done(
+        args,
+        edit.allow_rollback(draft, args.from_version, args.to_version, reason=args.reason),
+        f"rollback {args.from_version} -> {args.to_version} authorised",
+    )
 
 
 def cmd_disclose(args: argparse.Namespace) -> int:
     draft, now = _edit(args)
-    return _done(args, edit.disclose(draft, args.version, commit=_hex(args.commit, key="--commit"),
-                                     at=now), f"disclosed {args.version}")
+    return _done(
+        args,
+        edit.disclose(draft, args.version, commit=_hex(args.commit, key="--commit"), at=now),
+        f"disclosed {args.version}",
+    )
 
 
 def cmd_fleet_complete(args: argparse.Namespace) -> int:
     draft, now = _edit(args)
     at = _time(args.at, key="--at") if args.at else now
-    return _done(args, edit.fleet_complete(draft, args.version, at=at),
-                 f"embargo clock of {args.version} started at {format_time(at)}")
+    return _done(
+        args,
+        edit.fleet_complete(draft, args.version, at=at),
+        f"embargo clock of {args.version} started at {format_time(at)}",
+    )
 
 
 def cmd_platform_set(args: argparse.Namespace) -> int:
@@ -354,12 +383,16 @@ def cmd_sign(args: argparse.Namespace) -> int:
     key = Key.of_private(private)
     if args.platform:
         if kind != "registry":
-            raise ConfigError("--platform signs a platform reference inside a registry",
-                              key="--platform")
+            raise ConfigError(
+                "--platform signs a platform reference inside a registry", key="--platform"
+            )
         env, snap = load_registry(data)
         if env.signatures:
-            raise ConfigError("sign platform references before the registry itself (the "
-                              "registry signatures cover them)", key="--platform")
+            raise ConfigError(
+                "sign platform references before the registry itself (the "
+                "registry signatures cover them)",
+                key="--platform",
+            )
         ref = snap.platforms.get(args.platform)
         if ref is None:
             raise ManifestFormatError(f"no platform reference {args.platform}")
@@ -371,8 +404,9 @@ def cmd_sign(args: argparse.Namespace) -> int:
     env = (load_root(data) if kind == "root" else load_registry(data))[0]
     new_env = env.with_signature(key.keyid, sign(private, env.signed_bytes))
     _write_doc(args.document, new_env)
-    print(f"signed {kind} {args.document} with {key.keyid} "
-          f"({len(new_env.signatures)} signature(s))")
+    print(
+        f"signed {kind} {args.document} with {key.keyid} ({len(new_env.signatures)} signature(s))"
+    )
     return EXIT_OK
 
 
@@ -399,8 +433,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if root_bytes is None:
             raise ConfigError("give --root (or --state)", key="--root")
         if args.trusted_root:
-            trusted = verify_root_self_signed(read_bytes(args.trusted_root,
-                                                         max_size=MAX_ROOT_BYTES))
+            trusted = verify_root_self_signed(
+                read_bytes(args.trusted_root, max_size=MAX_ROOT_BYTES)
+            )
             root = verify_root_update(trusted.root, root_bytes).root
         else:
             root = verify_root_self_signed(root_bytes).root
@@ -410,11 +445,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     line = f"OK root v{root.version} (expires {format_time(root.expires)})"
     if registry is not None:
         snap = registry.snapshot
-        out["registry"] = {"sequence": snap.sequence, "expires": format_time(snap.expires),
-                           "signers": sorted(registry.signers),
-                           "releases": sorted(snap.releases)}
-        line += (f"; registry #{snap.sequence} (expires {format_time(snap.expires)}, "
-                 f"{len(registry.signers)} signer(s), {len(snap.releases)} release(s))")
+        out["registry"] = {
+            "sequence": snap.sequence,
+            "expires": format_time(snap.expires),
+            "signers": sorted(registry.signers),
+            "releases": sorted(snap.releases),
+        }
+        line += (
+            f"; registry #{snap.sequence} (expires {format_time(snap.expires)}, "
+            f"{len(registry.signers)} signer(s), {len(snap.releases)} release(s))"
+        )
     if args.json:
         print_json(out | {"ok": True})
     else:
@@ -425,14 +465,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     now = _now(args)
     root = verify_root_self_signed(read_bytes(args.root, max_size=MAX_ROOT_BYTES), now=now).root
-    registry = verify_snapshot(root, read_bytes(args.registry, max_size=MAX_REGISTRY_BYTES),
-                               now=now)
-    sha = _hex(args.artifact_sha256, key="--artifact-sha256", size=32) \
-        if args.artifact_sha256 else None
+    registry = verify_snapshot(
+        root, read_bytes(args.registry, max_size=MAX_REGISTRY_BYTES), now=now
+    )
+    sha = (
+        _hex(args.artifact_sha256, key="--artifact-sha256", size=32)
+        if args.artifact_sha256
+        else None
+    )
     vrh = _hex(args.verity_root_hash, key="--verity-root-hash") if args.verity_root_hash else None
     if sha is None and vrh is None:
-        raise ConfigError("give --artifact-sha256 and/or --verity-root-hash",
-                          key="--artifact-sha256")
+        raise ConfigError(
+            "give --artifact-sha256 and/or --verity-root-hash", key="--artifact-sha256"
+        )
     decision = evaluate_release(registry, artifact_sha256=sha, verity_root_hash=vrh, now=now)
     if args.json:
         print_json(decision.to_json())
@@ -456,8 +501,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.json:
             print_json(env.to_json())
             return EXIT_OK
-        print(f"trust root v{root.version}  expires {format_time(root.expires)} "
-              f"({_ago(root.expires, now)})  signatures: {len(env.signatures)}")
+        print(
+            f"trust root v{root.version}  expires {format_time(root.expires)} "
+            f"({_ago(root.expires, now)})  signatures: {len(env.signatures)}"
+        )
         for name in ROLES:
             role = root.role(name)
             print(f"  role {name}: threshold {role.threshold} of {len(role.keyids)}")
@@ -473,14 +520,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(env.to_json())
         return EXIT_OK
-    print(f"registry #{snap.sequence}  expires {format_time(snap.expires)} "
-          f"({_ago(snap.expires, now)})  signatures: {len(env.signatures)}  {verified}")
+    print(
+        f"registry #{snap.sequence}  expires {format_time(snap.expires)} "
+        f"({_ago(snap.expires, now)})  signatures: {len(env.signatures)}  {verified}"
+    )
     print("releases:")
     for rel in sorted(snap.releases.values(), key=lambda r: r.sequence):
         print(f"  {rel.version}  #{rel.sequence}  blessed {format_time(rel.blessed_at)}")
         print(f"      artifact sha256 {rel.artifact_sha256.hex()}  ({rel.artifact_size} bytes)")
-        print(f"      verity root {rel.verity.root_hash.hex()}  salt {rel.verity.salt.hex()[:16]}"
-              f"…  {rel.verity.data_blocks} x {rel.verity.data_block_size}")
+        print(
+            f"      verity root {rel.verity.root_hash.hex()}  salt {rel.verity.salt.hex()[:16]}"
+            f"…  {rel.verity.data_blocks} x {rel.verity.data_block_size}"
+        )
         if rel.version in snap.revocations:
             rev = snap.revocations[rel.version]
             print(f"      REVOKED {format_time(rev.revoked_at)}: {rev.reason}")
@@ -496,8 +547,10 @@ def cmd_show(args: argparse.Namespace) -> int:
                 EmbargoState.DISCLOSED: f"disclosed {_opt(e.disclosed_at)}",
             }.get(state)
             if clock is None and e.disclosure_due is not None:
-                clock = (f"fleet complete {_opt(e.fleet_complete_at)}; disclosure due "
-                         f"{format_time(e.disclosure_due)} ({_ago(e.disclosure_due, now)})")
+                clock = (
+                    f"fleet complete {_opt(e.fleet_complete_at)}; disclosure due "
+                    f"{format_time(e.disclosure_due)} ({_ago(e.disclosure_due, now)})"
+                )
                 if state is EmbargoState.OVERDUE:
                     clock = "OVERDUE: " + clock
             print(f"      embargo ({e.quiet_period_days}-day quiet period): {clock}")
@@ -533,17 +586,25 @@ def _show_platform(pid: str, sref: SignedPlatformReference) -> None:
 
 
 def _policy_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--policy-mac", action="append", metavar="TYPE=SHA256|none",
-                    help="the MAC policy the release's nodes load (e.g. selinux=HEX, the sha256 "
-                         "of /sys/fs/selinux/policy), or none; repeat for other MAC types")
-    sp.add_argument("--config-digest", action="append", metavar="SHA256",
-                    help="an attestd config digest the release allows (attest manifest "
-                         "config-digest); repeat")
+    sp.add_argument(
+        "--policy-mac",
+        action="append",
+        metavar="TYPE=SHA256|none",
+        help="the MAC policy the release's nodes load (e.g. selinux=HEX, the sha256 "
+        "of /sys/fs/selinux/policy), or none; repeat for other MAC types",
+    )
+    sp.add_argument(
+        "--config-digest",
+        action="append",
+        metavar="SHA256",
+        help="an attestd config digest the release allows (attest manifest config-digest); repeat",
+    )
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "manifest", help="trust root, blessed registry: create, sign, verify, show",
+        "manifest",
+        help="trust root, blessed registry: create, sign, verify, show",
         description="Blessed manifests and the trust root. See docs/manifest.md.",
     )
     msub = p.add_subparsers(dest="manifest_command", metavar="SUBCOMMAND")
@@ -571,8 +632,12 @@ def register(sub: Any) -> None:
     i = add("init", cmd_init, "create a new (unsigned) trust root, optionally an empty registry")
     i.add_argument("--out", required=True, help="root file to write")
     for role in ROLES:
-        i.add_argument(f"--{role}-key", action="append", metavar="PUB",
-                       help=f"public key (.pub.json or .pem) of the {role} role; repeat")
+        i.add_argument(
+            f"--{role}-key",
+            action="append",
+            metavar="PUB",
+            help=f"public key (.pub.json or .pem) of the {role} role; repeat",
+        )
         i.add_argument(f"--{role}-threshold", type=int)
     i.add_argument("--previous", help="the current root: the new one is its rotation (v+1)")
     i.add_argument("--expires")
@@ -590,23 +655,34 @@ def register(sub: Any) -> None:
     b.add_argument("--salt", help="dm-verity salt (hex); default: 32 random bytes")
     b.add_argument("--expect-root-hash", help="refuse unless the computed root hash is this")
     b.add_argument("--boot-component", action="append", metavar="NAME=SHA256")
-    b.add_argument("--expected-pcrs", metavar="FILE",
-                   help="JSON {platform: {variant: {bank: {pcr: hex}}}}")
+    b.add_argument(
+        "--expected-pcrs", metavar="FILE", help="JSON {platform: {variant: {bank: {pcr: hex}}}}"
+    )
     _policy_args(b)
     reg(b)
 
-    sp = add("set-policies", cmd_set_policies,
-             "bless the runtime policy (MAC policy, attestd config digests) of a release")
+    sp = add(
+        "set-policies",
+        cmd_set_policies,
+        "bless the runtime policy (MAC policy, attestd config digests) of a release",
+    )
     sp.add_argument("version")
     _policy_args(sp)
     sp.add_argument("--clear", action="store_true", help="stop blessing any runtime policy")
     reg(sp)
 
-    cd = add("config-digest", cmd_config_digest,
-             "the config digest attestd measures for a configuration file (to bless it)")
+    cd = add(
+        "config-digest",
+        cmd_config_digest,
+        "the config digest attestd measures for a configuration file (to bless it)",
+    )
     cd.add_argument("config", nargs="?", help="attestd's TOML file (none: the defaults)")
-    cd.add_argument("--env", action="append", metavar="ATTEST_NAME=VALUE",
-                    help="an ATTEST_* variable of attestd's environment; repeat")
+    cd.add_argument(
+        "--env",
+        action="append",
+        metavar="ATTEST_NAME=VALUE",
+        help="an ATTEST_* variable of attestd's environment; repeat",
+    )
 
     r = add("revoke", cmd_revoke, "revoke a release (it stops attesting as blessed)")
     r.add_argument("version")
@@ -624,8 +700,11 @@ def register(sub: Any) -> None:
     d.add_argument("--commit", required=True)
     reg(d)
 
-    f = add("fleet-complete", cmd_fleet_complete,
-            "start an embargo's quiet period: the whole fleet runs the release")
+    f = add(
+        "fleet-complete",
+        cmd_fleet_complete,
+        "start an embargo's quiet period: the whole fleet runs the release",
+    )
     f.add_argument("version")
     f.add_argument("--at", help="when the fleet completed (default: now)")
     reg(f)
@@ -639,8 +718,9 @@ def register(sub: Any) -> None:
     s.add_argument("--key", required=True, help="PEM private key")
     s.add_argument("--platform", help="sign this platform reference inside the registry")
 
-    v = add("verify", cmd_verify,
-            "exit 0 only for a valid, fresh, threshold-signed root (and registry)")
+    v = add(
+        "verify", cmd_verify, "exit 0 only for a valid, fresh, threshold-signed root (and registry)"
+    )
     v.add_argument("--root", help="trust root file")
     v.add_argument("--registry", help="registry snapshot file")
     v.add_argument("--trusted-root", help="verify --root as a rotation of this trusted root")
@@ -658,4 +738,3 @@ def register(sub: Any) -> None:
     sh.add_argument("document")
     sh.add_argument("--root", help="verify the registry against this root first")
     sh.add_argument("--now")
-

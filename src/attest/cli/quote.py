@@ -31,12 +31,17 @@ def register(sub: Any) -> None:
     c.add_argument("--tcti", required=True, help="device:/dev/tpmrm0 or swtpm:host=H,port=P")
     c.add_argument("--nonce", required=True, help="qualifying data, hex (at most 64 bytes)")
     c.add_argument("--pcrs", required=True, type=_selection, help="e.g. sha256:0,1,2+sha1:7")
-    c.add_argument("--ak-type", default="ecc256",
-                   choices=["ecc256", "ecc384", "rsa2048", "rsa2048-pss"])  # fmt: skip
+    c.add_argument(
+        "--ak-type", default="ecc256", choices=["ecc256", "ecc384", "rsa2048", "rsa2048-pss"]
+    )
     c.add_argument("-m", "--message", type=Path, help="write the TPMS_ATTEST here")
     c.add_argument("-s", "--signature", type=Path, help="write the TPMT_SIGNATURE here")
-    c.add_argument("-o", "--pcr-output", type=Path,
-                   help="write PCR values here (tpm2-tools values format; .json: labelled JSON)")
+    c.add_argument(
+        "-o",
+        "--pcr-output",
+        type=Path,
+        help="write PCR values here (tpm2-tools values format; .json: labelled JSON)",
+    )
     c.add_argument("--ak-public", type=Path, help="write the AK's TPM2B_PUBLIC here")
     c.add_argument("--ak-pem", type=Path, help="write the AK's public key (PEM) here")
     c.add_argument("--json", action="store_true", help="print everything as JSON on stdout")
@@ -47,13 +52,24 @@ def register(sub: Any) -> None:
     v.add_argument("--nonce", required=True, help="the qualifying data expected, hex")
     v.add_argument("--quote", "-m", required=True, type=Path, help="TPMS_ATTEST file")
     v.add_argument("--signature", "-s", required=True, type=Path, help="TPMT_SIGNATURE file")
-    v.add_argument("--pcrs", "-f", required=True, type=Path,
-                   help="PCR values: a tpm2-tools serialized or values file, or JSON")  # fmt: skip
-    v.add_argument("--pcr-list", type=_selection,
-                   help="the selection that was asked for; the quote must cover exactly it "
-                        "(also labels a tpm2-tools values file)")  # fmt: skip
-    v.add_argument("--previous", type=Path,
-                   help="JSON output of the previous verify of this TPM (clock/counter checks)")
+    v.add_argument(
+        "--pcrs",
+        "-f",
+        required=True,
+        type=Path,
+        help="PCR values: a tpm2-tools serialized or values file, or JSON",
+    )
+    v.add_argument(
+        "--pcr-list",
+        type=_selection,
+        help="the selection that was asked for; the quote must cover exactly it "
+        "(also labels a tpm2-tools values file)",
+    )
+    v.add_argument(
+        "--previous",
+        type=Path,
+        help="JSON output of the previous verify of this TPM (clock/counter checks)",
+    )
     v.add_argument("--allow-sha1", action="store_true", help="accept SHA-1 signatures")
     v.add_argument("--json", action="store_true", help="JSON on stdout (the default)")
     v.set_defaults(func=cmd_verify)
@@ -179,9 +195,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.allow_sha1:
         policy = QuotePolicy(signature_hashes=policy.signature_hashes | {HashAlg.SHA1})
     vq = verify_quote(
-        attest, signature, ak=ak, nonce=_nonce(args.nonce), pcrs=pcrs, previous=previous,
+        attest,
+        signature,
+        ak=ak,
+        nonce=_nonce(args.nonce),
+        pcrs=pcrs,
+        previous=previous,
         policy=policy,
-    )  # fmt: skip
+    )
     if args.pcr_list is not None and vq.selection.as_dict() != args.pcr_list.as_dict():
         raise PcrSelectionError(f"the quote covers {vq.selection}, not {args.pcr_list} as asked")
     doc = vq.to_json()

@@ -37,27 +37,57 @@ def register(sub: Any) -> None:
     usub.required = True
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--broker-socket", metavar="PATH",
-                       help="production: attestd-tpm's operator socket, which runs the gate "
-                            "(e.g. /run/attest/tpm-operator.sock); the slot, trust, TPM and "
-                            "state options are then the broker's own")
-        q.add_argument("--spool-dir", default=DEFAULT_SPOOL_DIR,
-                       help="with --broker-socket: the broker's spool directory "
-                            "(default %(default)s)")
-        q.add_argument("--slots-dir", default=DEFAULT_SLOTS_DIR,
-                       help="slots and boot pointer (default %(default)s)")
-        q.add_argument("--slot-device", action="append", default=[], metavar="SLOT=DEV",
-                       help="use a block device for a slot, e.g. b=/dev/vda3 (repeatable)")
-        q.add_argument("--slot-capacity", type=int, default=4 << 30,
-                       help="size of a file slot in bytes (default %(default)s)")
-        q.add_argument("--trust-dir", default=DEFAULT_TRUST_DIR,
-                       help="trusted root.json / registry.json (default %(default)s)")
-        q.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                       help="runtime and audit logs (default %(default)s)")
-        q.add_argument("--tcti", default=os.environ.get("ATTEST_TPM_TCTI", "device:/dev/tpmrm0"),
-                       help="TPM TCTI (default %(default)s)")
-        q.add_argument("--nv-index", type=lambda s: int(s, 0), default=None,
-                       help="NV counter index (default 0x01000a77)")
+        q.add_argument(
+            "--broker-socket",
+            metavar="PATH",
+            help="production: attestd-tpm's operator socket, which runs the gate "
+            "(e.g. /run/attest/tpm-operator.sock); the slot, trust, TPM and "
+            "state options are then the broker's own",
+        )
+        q.add_argument(
+            "--spool-dir",
+            default=DEFAULT_SPOOL_DIR,
+            help="with --broker-socket: the broker's spool directory (default %(default)s)",
+        )
+        q.add_argument(
+            "--slots-dir",
+            default=DEFAULT_SLOTS_DIR,
+            help="slots and boot pointer (default %(default)s)",
+        )
+        q.add_argument(
+            "--slot-device",
+            action="append",
+            default=[],
+            metavar="SLOT=DEV",
+            help="use a block device for a slot, e.g. b=/dev/vda3 (repeatable)",
+        )
+        q.add_argument(
+            "--slot-capacity",
+            type=int,
+            default=4 << 30,
+            help="size of a file slot in bytes (default %(default)s)",
+        )
+        q.add_argument(
+            "--trust-dir",
+            default=DEFAULT_TRUST_DIR,
+            help="trusted root.json / registry.json (default %(default)s)",
+        )
+        q.add_argument(
+            "--state-dir",
+            default=DEFAULT_STATE_DIR,
+            help="runtime and audit logs (default %(default)s)",
+        )
+        q.add_argument(
+            "--tcti",
+            default=os.environ.get("ATTEST_TPM_TCTI", "device:/dev/tpmrm0"),
+            help="TPM TCTI (default %(default)s)",
+        )
+        q.add_argument(
+            "--nv-index",
+            type=lambda s: int(s, 0),
+            default=None,
+            help="NV counter index (default 0x01000a77)",
+        )
         q.add_argument("--json", action="store_true", help="JSON on stdout")
 
     s = usub.add_parser("stage", help="verify an image and write it to the inactive slot")
@@ -73,7 +103,7 @@ def register(sub: Any) -> None:
         ("confirm", cmd_confirm, "commit the booted staged slot (after a good boot)"),
         ("status", cmd_status, "slots, versions, pending confirmation, NV counter"),
         ("boot", cmd_boot, "boot-time slot selection with fallback (the boot loader's job)"),
-    ):  # fmt: skip
+    ):
         q = usub.add_parser(name, help=text)
         common(q)
         q.set_defaults(func=func)
@@ -94,14 +124,18 @@ def _devices(args: argparse.Namespace) -> dict[str, str]:
 class _Opened:
     def __init__(self, args: argparse.Namespace) -> None:
         from attest.node.broker.local import LocalNode
-        from attest.node.upgrade.slots import SlotStore
         from attest.node.tpm.esapi import EsapiTpm
+        from attest.node.upgrade.slots import SlotStore
         from attest.node.upgrade.stager import DEFAULT_NV_INDEX, LocalGateNode, UpgradeGate
 
         self.node = LocalNode.open(EsapiTpm(args.tcti), args.state_dir)
         slots = SlotStore(args.slots_dir, devices=_devices(args), capacity=args.slot_capacity)
-        self.gate = UpgradeGate(slots, LocalGateNode(self.node), args.trust_dir,
-                                nv_index=args.nv_index or DEFAULT_NV_INDEX)  # fmt: skip
+        self.gate = UpgradeGate(
+            slots,
+            LocalGateNode(self.node),
+            args.trust_dir,
+            nv_index=args.nv_index or DEFAULT_NV_INDEX,
+        )
 
     def __enter__(self) -> _Opened:
         return self
@@ -121,9 +155,9 @@ def _broker(args: argparse.Namespace) -> Any:
 
 
 def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
+    from attest.errors import ConfigError, EvidenceFormatError
     from attest.node.broker import protocol as p
     from attest.node.broker.client import spool_file
-    from attest.errors import ConfigError, EvidenceFormatError
 
     if args.now:
         raise ConfigError("the broker judges expiry by its own clock", key="now")
@@ -132,11 +166,20 @@ def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         tree = None
         if offer.hash_tree is not None:
-            tree = str(stack.enter_context(spool_file(args.spool_dir, data=offer.hash_tree,
-                                                      suffix=".tree")))  # fmt: skip
+            tree = str(
+                stack.enter_context(
+                    spool_file(args.spool_dir, data=offer.hash_tree, suffix=".tree")
+                )
+            )
         image = stack.enter_context(spool_file(args.spool_dir, source=offer.image))
-        req = p.UpgradeStage(str(image), offer.snapshot, offer.actor, roots=offer.roots,
-                             hash_tree_path=tree, version=offer.version)  # fmt: skip
+        req = p.UpgradeStage(
+            str(image),
+            offer.snapshot,
+            offer.actor,
+            roots=offer.roots,
+            hash_tree_path=tree,
+            version=offer.version,
+        )
         with _broker(args) as client:
             doc: dict[str, Any] = client.upgrade_stage(req)
             return doc
@@ -144,18 +187,20 @@ def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from attest.errors import UpgradeRefused
-    from attest.storage.files import read_bytes
     from attest.node.upgrade.stager import MAX_SNAPSHOT, Offer, read_hash_tree
+    from attest.storage.files import read_bytes
 
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     offer = Offer(
-        Path(args.image), read_bytes(args.snapshot, max_size=MAX_SNAPSHOT),
+        Path(args.image),
+        read_bytes(args.snapshot, max_size=MAX_SNAPSHOT),
         roots=tuple(read_bytes(r, max_size=MAX_SNAPSHOT) for r in args.root),
         hash_tree=read_hash_tree(args.hash_tree) if args.hash_tree else None,
-        version=args.release, actor=_actor(),
-    )  # fmt: skip
+        version=args.release,
+        actor=_actor(),
+    )
     try:
         if args.broker_socket:
             doc = _stage_via_broker(args, offer)
@@ -171,8 +216,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     else:
-        print(f"staged {doc['version']} in slot {doc['slot']} ({doc['reason']}): "
-              f"{doc['message']}")  # fmt: skip
+        print(f"staged {doc['version']} in slot {doc['slot']} ({doc['reason']}): {doc['message']}")
         print("reboot into it, then run `attest upgrade confirm`")
     return EXIT_OK
 
@@ -206,19 +250,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for slot in ("a", "b"):
         image = doc["slots"][slot]
-        what = "empty / being written" if image is None else \
-            f"{image['version']} (#{image['sequence']}, sha256 {image['sha256'][:16]}…)"
-        marks = [m for m, on in (("active", doc["active"] == slot),
-                                 ("pending", doc["pending"] == slot),
-                                 ("booted", doc["booted"] == slot)) if on]  # fmt: skip
+        what = (
+            "empty / being written"
+            if image is None
+            else f"{image['version']} (#{image['sequence']}, sha256 {image['sha256'][:16]}…)"
+        )
+        marks = [
+            m
+            for m, on in (
+                ("active", doc["active"] == slot),
+                ("pending", doc["pending"] == slot),
+                ("booted", doc["booted"] == slot),
+            )
+            if on
+        ]
         print(f"slot {slot}: {what} {' '.join(f'[{m}]' for m in marks)}")
     if doc["pending_confirmation"]:
         print("running an unconfirmed upgrade: `attest upgrade confirm` to commit it")
     elif doc["pending"]:
         print(f"staged in slot {doc['pending']}: reboot to try it ({doc['tries']} tries)")
     nv = doc["nv_counter"]
-    print(f"NV counter {nv['index']}: {nv['value']} (committed release #"
-          f"{nv['committed_sequence']})")
+    print(
+        f"NV counter {nv['index']}: {nv['value']} (committed release #{nv['committed_sequence']})"
+    )
     return EXIT_OK
 
 
@@ -229,11 +283,17 @@ def cmd_boot(args: argparse.Namespace) -> int:
     else:
         with _Opened(args) as o:
             r = o.gate.boot()
-        doc = {"slot": r.slot, "version": r.image.version, "fell_back": r.fell_back,
-               "reason": r.reason}  # fmt: skip
+        doc = {
+            "slot": r.slot,
+            "version": r.image.version,
+            "fell_back": r.fell_back,
+            "reason": r.reason,
+        }
     if args.json:
         print_json(doc)
     else:
-        print(f"boot slot {doc['slot']} ({doc['version']})"
-              f"{' after fallback' if doc['fell_back'] else ''}: {doc['reason']}")
+        print(
+            f"boot slot {doc['slot']} ({doc['version']})"
+            f"{' after fallback' if doc['fell_back'] else ''}: {doc['reason']}"
+        )
     return EXIT_OK

@@ -6,7 +6,8 @@ identity alarm, and a refused enrollment), 12 could not appraise (node unreachab
 evidence, no usable registry). docs/verify.md has the details.
 
 ``attest verify --host HOST_URL GUEST_URL`` appraises a host and its guest VM as one node
-(``attest.appraisal.pair``; docs/host-guest.md): the host first, then the guest, whose AK is accepted only
+(``attest.appraisal.pair``; docs/host-guest.md): the host first, then the guest, whose AK is
+accepted only
 when the host vouched for its vTPM in a quote answering the same challenge. One EAR with the
 submodules ``host`` and ``guest``; the exit code is the worse layer's.
 """
@@ -33,14 +34,21 @@ from attest.appraisal import (
     enrollment_refused,
     unappraisable,
 )
+from attest.appraisal.pair import (
+    GUEST,
+    HOST,
+    GuestIdentity,
+    appraise_pair,
+    pair_nonces,
+    vouchings_of,
+)
 from attest.cli import EXIT_OK, print_json
-from attest.verifier.client import NodeClient
-from attest.verifier.enrollments import EnrollmentStore, NodeRecord
 from attest.errors import AttestError, ConfigError, TransportError, VerificationError
 from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection
-from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
 from attest.runtime import VtpmVouch
+from attest.verifier.client import NodeClient
+from attest.verifier.enrollments import EnrollmentStore, NodeRecord
 
 EXIT_AFFIRMING = EXIT_OK
 EXIT_WARNING = 10
@@ -66,48 +74,80 @@ def register(sub: Any) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="the node's API, e.g. https://node-7:8443 or http://127.0.0.1:P")
-    p.add_argument("--state", type=Path, default=None,
-                   help=f"enrollment records (default {DEFAULT_STATE}, or $ATTEST_VERIFIER_STATE)")
-    p.add_argument("--ek-ca", action="append", default=[], metavar="PEM",
-                   help="EK certificate CA (roots and intermediates; repeat)")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help=f"enrollment records (default {DEFAULT_STATE}, or $ATTEST_VERIFIER_STATE)",
+    )
+    p.add_argument(
+        "--ek-ca",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="EK certificate CA (roots and intermediates; repeat)",
+    )
     p.add_argument("--client-cert", help="client certificate for the node's mutual-TLS listener")
     p.add_argument("--client-key", help="its private key")
-    p.add_argument("--activation-url", metavar="URL",
-                   help="the node's mutual-TLS listener (default: URL; e.g. "
-                        "https://node-7:7444): credential activation and the audit log go "
-                        "there with --client-cert")
+    p.add_argument(
+        "--activation-url",
+        metavar="URL",
+        help="the node's mutual-TLS listener (default: URL; e.g. "
+        "https://node-7:7444): credential activation and the audit log go "
+        "there with --client-cert",
+    )
     p.add_argument("--operator-socket", help="the node's operator Unix socket (activation, audit)")
     p.add_argument("--tls-ca", help="CA that signs the node's TLS certificate (https URLs)")
-    p.add_argument("--trust-dir", type=Path,
-                   help="the verifier's trusted manifest state (attest manifest verify --state)")
+    p.add_argument(
+        "--trust-dir",
+        type=Path,
+        help="the verifier's trusted manifest state (attest manifest verify --state)",
+    )
     p.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
     p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
     p.add_argument("--platform", help="the node's platform id in the registry (e.g. ovmf-q35)")
-    p.add_argument("--pcrs", type=PcrSelection.parse, default=None,
-                   help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12,15)")
+    p.add_argument(
+        "--pcrs",
+        type=PcrSelection.parse,
+        default=None,
+        help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12,15)",
+    )
     p.add_argument("--ear-key", help="P-256 private key (PEM) that signs the EAR")
     p.add_argument("--ear-out", help="write the EAR (compact JWS) to this file")
-    p.add_argument("--re-enroll", action="store_true",
-                   help="operator action: replace the enrolled AK/EK with what the node presents")
+    p.add_argument(
+        "--re-enroll",
+        action="store_true",
+        help="operator action: replace the enrolled AK/EK with what the node presents",
+    )
     p.add_argument("--json", action="store_true")
     h = p.add_argument_group("host and guest (docs/host-guest.md): URL is then the guest's")
-    h.add_argument("--host", metavar="HOST_URL",
-                   help="appraise URL as the guest VM of this host, as one node")
+    h.add_argument(
+        "--host", metavar="HOST_URL", help="appraise URL as the guest VM of this host, as one node"
+    )
     h.add_argument("--guest-id", help="the guest's id on the host (default: its enrolled node id)")
-    h.add_argument("--host-ek-ca", action="append", default=[], metavar="PEM",
-                   help="the host TPM's EK certificate CAs (--ek-ca is then the guest's: the "
-                        "host's vTPM CA)")
+    h.add_argument(
+        "--host-ek-ca",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="the host TPM's EK certificate CAs (--ek-ca is then the guest's: the host's vTPM CA)",
+    )
     h.add_argument("--host-operator-socket", help="the host's operator Unix socket")
     h.add_argument("--host-client-cert", help="client certificate for the host's mTLS listener")
     h.add_argument("--host-client-key", help="its private key")
-    h.add_argument("--host-activation-url", metavar="URL",
-                   help="the host's mutual-TLS listener (default: HOST_URL)")
+    h.add_argument(
+        "--host-activation-url",
+        metavar="URL",
+        help="the host's mutual-TLS listener (default: HOST_URL)",
+    )
     h.add_argument("--host-tls-ca", help="CA that signs the host's TLS certificate")
     h.add_argument("--host-trust-dir", type=Path, help="trusted manifests for the host's images")
     h.add_argument("--host-root", type=Path, help="trust root for the host (with --host-snapshot)")
     h.add_argument("--host-snapshot", type=Path, help="registry snapshot for the host")
-    h.add_argument("--host-platform", help="the host's platform id (--platform: the guest's, "
-                                           "i.e. the VM template)")
+    h.add_argument(
+        "--host-platform",
+        help="the host's platform id (--platform: the guest's, i.e. the VM template)",
+    )
 
 
 # --- adapters the command needs --------------------------------------------------------------
@@ -129,8 +169,9 @@ def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry 
         if args.root is None or args.snapshot is None:
             raise ConfigError("give --root and --snapshot together", key="--snapshot")
         root = verify_root_self_signed(read_bytes(args.root, max_size=MAX_ROOT_BYTES), now=now)
-        return verify_snapshot(root.root, read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES),
-                               now=now)  # fmt: skip
+        return verify_snapshot(
+            root.root, read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES), now=now
+        )
     return None
 
 
@@ -147,14 +188,14 @@ def _ear_key(path: str | None) -> Any:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     key = load_pem_private_key(Path(path).read_bytes(), None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve,
-                                                                          ec.SECP256R1):
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError("the EAR key must be an EC P-256 private key", key="--ear-key")
     return key
 
 
-def _clients(args: argparse.Namespace) -> contextlib.AbstractContextManager[
-        tuple[NodeClient, NodeClient | None]]:  # fmt: skip
+def _clients(
+    args: argparse.Namespace,
+) -> contextlib.AbstractContextManager[tuple[NodeClient, NodeClient | None]]:
     from attest.verifier.contact import open_channels
 
     cert = None
@@ -164,10 +205,16 @@ def _clients(args: argparse.Namespace) -> contextlib.AbstractContextManager[
         cert = (args.client_cert, args.client_key)
     activation_url = getattr(args, "activation_url", None)
     if activation_url and cert is None:
-        raise ConfigError("--activation-url needs --client-cert and --client-key",
-                          key="--activation-url")
-    return open_channels(args.url, tls_ca=args.tls_ca, operator_socket=args.operator_socket,
-                         client_cert=cert, activation_url=activation_url)
+        raise ConfigError(
+            "--activation-url needs --client-cert and --client-key", key="--activation-url"
+        )
+    return open_channels(
+        args.url,
+        tls_ca=args.tls_ca,
+        operator_socket=args.operator_socket,
+        client_cert=cert,
+        activation_url=activation_url,
+    )
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -177,13 +224,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if getattr(args, "host", None):
         return cmd_verify_pair(args)
     now = datetime.now(UTC)  # taken once for the whole appraisal
-    state_dir = args.state or Path(os.environ.get("ATTEST_VERIFIER_STATE",
-                                                  DEFAULT_STATE)).expanduser()  # fmt: skip
+    state_dir = (
+        args.state or Path(os.environ.get("ATTEST_VERIFIER_STATE", DEFAULT_STATE)).expanduser()
+    )
     store = EnrollmentStore(state_dir)
     ear_key = _ear_key(args.ear_key)
     layer = _appraise_layer(args, store, nonce=os.urandom(32), now=now)
-    return _report(args, layer.result, ear_key, now, layer.record, layer.notes,
-                   layer.re_enrollment)  # fmt: skip
+    return _report(args, layer.result, ear_key, now, layer.record, layer.notes, layer.re_enrollment)
 
 
 def _enrolled_line(e: Enrollment, *, first: bool) -> str:
@@ -214,14 +261,21 @@ def _report(
         all_notes.append("no --ear-key: the attestation result is not signed")
     code = EXIT_CODES[result.verdict]
     if args.json:
-        print_json({
-            "address": args.url.rstrip("/"), "status": result.status,
-            "verdict": result.verdict.value, "exit_code": code, "ear": token,
-            "claims": result.trustworthiness_vector,
-            "explanation": result.first_divergence, "result": result.to_json(),
-            "enrollment": None if record is None else record.enrollment.to_json(),
-            "re_enrollment": re_enrollment, "notes": all_notes,
-        })  # fmt: skip
+        print_json(
+            {
+                "address": args.url.rstrip("/"),
+                "status": result.status,
+                "verdict": result.verdict.value,
+                "exit_code": code,
+                "ear": token,
+                "claims": result.trustworthiness_vector,
+                "explanation": result.first_divergence,
+                "result": result.to_json(),
+                "enrollment": None if record is None else record.enrollment.to_json(),
+                "re_enrollment": re_enrollment,
+                "notes": all_notes,
+            }
+        )
         return code
     out = sys.stdout
     print(f"{result.node_id or args.url}: {result.verdict.value.upper()}", file=out)
@@ -235,7 +289,7 @@ def _report(
     return code
 
 
-# --- a host and its guest as one node (attest.appraisal.pair) ------------------------------------------
+# --- a host and its guest as one node (attest.appraisal.pair) ---
 
 
 @dataclass
@@ -253,12 +307,20 @@ class _Layer:
 def _host_args(args: argparse.Namespace) -> argparse.Namespace:
     """The host's options under the names the one-node helpers read."""
     return argparse.Namespace(
-        url=args.host, ek_ca=args.host_ek_ca, operator_socket=args.host_operator_socket,
-        client_cert=args.host_client_cert, client_key=args.host_client_key,
-        activation_url=args.host_activation_url, tls_ca=args.host_tls_ca,
-        trust_dir=args.host_trust_dir, root=args.host_root, snapshot=args.host_snapshot,
-        platform=args.host_platform, pcrs=args.pcrs, re_enroll=args.re_enroll,
-    )  # fmt: skip
+        url=args.host,
+        ek_ca=args.host_ek_ca,
+        operator_socket=args.host_operator_socket,
+        client_cert=args.host_client_cert,
+        client_key=args.host_client_key,
+        activation_url=args.host_activation_url,
+        tls_ca=args.host_tls_ca,
+        trust_dir=args.host_trust_dir,
+        root=args.host_root,
+        snapshot=args.host_snapshot,
+        platform=args.host_platform,
+        pcrs=args.pcrs,
+        re_enroll=args.re_enroll,
+    )
 
 
 def _print_claims(result: AppraisalResult, out: TextIO, *, indent: str) -> None:
@@ -272,8 +334,9 @@ def _print_claims(result: AppraisalResult, out: TextIO, *, indent: str) -> None:
         print(f"{indent}{c.claim.value:<18} {c.value:>3} {label:<16} {why}", file=out)
 
 
-def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: bytes,
-                    now: datetime) -> _Layer:  # fmt: skip
+def _appraise_layer(
+    ns: argparse.Namespace, store: EnrollmentStore, *, nonce: bytes, now: datetime
+) -> _Layer:
     """One node's contact (enroll on first contact, challenge, appraise) for ``cmd_verify``
     and for each layer of a pair, keeping the verified runtime log's ``vtpm`` events. Never
     raises for the node's faults."""
@@ -286,11 +349,17 @@ def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: by
     try:
         registry = _load_registry(ns, now)
     except (VerificationError, ConfigError) as exc:
-        return _Layer(address, unappraisable(node_id, f"no usable registry: {exc}", nonce=nonce,
-                                             now=now), record, notes)  # fmt: skip
+        return _Layer(
+            address,
+            unappraisable(node_id, f"no usable registry: {exc}", nonce=nonce, now=now),
+            record,
+            notes,
+        )
     if registry is None:
-        notes.append("no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "
-                     "and expected PCRs are not appraised")  # fmt: skip
+        notes.append(
+            "no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "
+            "and expected PCRs are not appraised"
+        )
     roots, inter = _ek_cas(ns.ek_ca)
     re_enrollment = None
     with _clients(ns) as (client, operator):
@@ -298,22 +367,28 @@ def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: by
             identity = client.identity()
             if record is None or ns.re_enroll:
                 try:
-                    enrollment = enroll(client, now=now, ek_roots=roots, ek_intermediates=inter,
-                                        activator=operator)  # fmt: skip
+                    enrollment = enroll(
+                        client, now=now, ek_roots=roots, ek_intermediates=inter, activator=operator
+                    )
                 except VerificationError as exc:
-                    result = enrollment_refused(str(identity.get("node_id", ""))[:256],
-                                                f"{exc.check}: {exc}", nonce=nonce, now=now)
+                    result = enrollment_refused(
+                        str(identity.get("node_id", ""))[:256],
+                        f"{exc.check}: {exc}",
+                        nonce=nonce,
+                        now=now,
+                    )
                     return _Layer(address, result, record, notes)
                 if record is None:
                     record = store.enroll(address, enrollment)
                     notes.append(_enrolled_line(enrollment, first=True))
                 else:
-                    record, re_enrollment = store.replace(address, enrollment,
-                                                          at=format_time(now))  # fmt: skip
+                    record, re_enrollment = store.replace(address, enrollment, at=format_time(now))
                     notes.append(_enrolled_line(enrollment, first=False))
                 if operator is None:
-                    notes.append("enrolled WITHOUT credential activation (no --operator-socket "
-                                 "or client certificate): the AK is trusted on first use")
+                    notes.append(
+                        "enrolled WITHOUT credential activation (no --operator-socket "
+                        "or client certificate): the AK is trusted on first use"
+                    )
             selection = selection_for(record.enrollment, ns.pcrs)
             ev = gather(client, selection, nonce=nonce)
             audit: list[dict[str, Any]] | None = None
@@ -332,27 +407,37 @@ def _appraise_layer(ns: argparse.Namespace, store: EnrollmentStore, *, nonce: by
             result = unappraisable(node_id, f"malformed answer: {exc}", nonce=nonce, now=now)
             return _Layer(address, result, record, notes, re_enrollment)
     done = appraise_incremental(
-        ev.doc, memory=NodeMemory(), enrollment=record.enrollment, nonce=nonce,
-        selection=selection, registry=registry, platform_id=ns.platform,
-        previous=record.last_clock, tls_binding=ev.tls_binding, now=now, audit_entries=audit,
+        ev.doc,
+        memory=NodeMemory(),
+        enrollment=record.enrollment,
+        nonce=nonce,
+        selection=selection,
+        registry=registry,
+        platform_id=ns.platform,
+        previous=record.last_clock,
+        tls_binding=ev.tls_binding,
+        now=now,
+        audit_entries=audit,
         identity=identity,
-    )  # fmt: skip
+    )
     result = done.result
     # memory.runtime is set only when the quote verified (our nonce, the enrolled AK) and the
     # runtime log replayed into its runtime PCR: only then are its vtpm events facts.
     rt = done.memory.runtime
     vouchings = None if rt is None else vouchings_of(rt.log.events)
     if result.verdict is not Verdict.ALARM:
-        record = store.appraised(record, clock=result.clock, verdict=result.verdict.value,
-                                 at=format_time(now))  # fmt: skip
+        record = store.appraised(
+            record, clock=result.clock, verdict=result.verdict.value, at=format_time(now)
+        )
     return _Layer(address, result, record, notes, re_enrollment, vouchings)
 
 
 def cmd_verify_pair(args: argparse.Namespace) -> int:
     """``attest verify --host HOST_URL GUEST_URL``: the host first, then the guest."""
     now = datetime.now(UTC)
-    state_dir = args.state or Path(os.environ.get("ATTEST_VERIFIER_STATE",
-                                                  DEFAULT_STATE)).expanduser()  # fmt: skip
+    state_dir = (
+        args.state or Path(os.environ.get("ATTEST_VERIFIER_STATE", DEFAULT_STATE)).expanduser()
+    )
     store = EnrollmentStore(state_dir)
     ear_key = _ear_key(args.ear_key)
     challenge = os.urandom(32)
@@ -376,26 +461,49 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
     layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
     notes = [] if token is not None else ["no --ear-key: the attestation result is not signed"]
     if args.json:
-        print_json({
-            "status": pair.status, "verdict": pair.verdict.value, "exit_code": code,
-            "ear": token, "failed_layer": pair.failed_layer,
-            "explanation": pair.first_divergence, "vouch": pair.vouch.to_json(),
-            "challenge": challenge.hex(), "notes": notes,
-            "layers": {name: {
-                "address": lay.address, "node_id": r.node_id, "status": r.status,
-                "verdict": r.verdict.value, "claims": r.trustworthiness_vector,
-                "explanation": r.first_divergence, "result": r.to_json(),
-                "enrollment": None if lay.record is None else lay.record.enrollment.to_json(),
-                "re_enrollment": lay.re_enrollment, "notes": [*lay.notes, *r.notes],
-                "vouchings": None if lay.vouchings is None else [
-                    {"guest_id": v.guest_id, "ek_sha256": v.ek_sha256.hex()}
-                    for v in lay.vouchings],
-            } for name, (lay, r) in layers.items()},
-        })  # fmt: skip
+        print_json(
+            {
+                "status": pair.status,
+                "verdict": pair.verdict.value,
+                "exit_code": code,
+                "ear": token,
+                "failed_layer": pair.failed_layer,
+                "explanation": pair.first_divergence,
+                "vouch": pair.vouch.to_json(),
+                "challenge": challenge.hex(),
+                "notes": notes,
+                "layers": {
+                    name: {
+                        "address": lay.address,
+                        "node_id": r.node_id,
+                        "status": r.status,
+                        "verdict": r.verdict.value,
+                        "claims": r.trustworthiness_vector,
+                        "explanation": r.first_divergence,
+                        "result": r.to_json(),
+                        "enrollment": None
+                        if lay.record is None
+                        else lay.record.enrollment.to_json(),
+                        "re_enrollment": lay.re_enrollment,
+                        "notes": [*lay.notes, *r.notes],
+                        "vouchings": None
+                        if lay.vouchings is None
+                        else [
+                            {"guest_id": v.guest_id, "ek_sha256": v.ek_sha256.hex()}
+                            for v in lay.vouchings
+                        ],
+                    }
+                    for name, (lay, r) in layers.items()
+                },
+            }
+        )
         return code
     out = sys.stdout
-    print(f"{pair.host.node_id or args.host} + {pair.guest.node_id or args.url}: "
-          f"{pair.verdict.value.upper()}", file=out)  # fmt: skip
+    print(
+        f"{pair.host.node_id or args.host} + {pair.guest.node_id or args.url}: "
+        f"{pair.verdict.value.upper()}",
+        file=out,
+    )
     if pair.first_divergence:
         print(f"  first divergence: {pair.first_divergence}", file=out)
     for name, (lay, r) in layers.items():

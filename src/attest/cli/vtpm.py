@@ -18,9 +18,9 @@ import argparse
 import sys
 from typing import Any
 
-from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, BrokerClient
 from attest.cli import EXIT_OK, EXIT_REFUSED, print_json
 from attest.errors import AttestError, OperationNotAllowed
+from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, BrokerClient
 from attest.storage.files import read_bytes
 
 
@@ -30,8 +30,12 @@ def register(sub: Any) -> None:
     vs.required = True
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--broker-socket", default=DEFAULT_OPERATOR_SOCKET, metavar="PATH",
-                       help="attestd-tpm's operator socket (default %(default)s)")
+        q.add_argument(
+            "--broker-socket",
+            default=DEFAULT_OPERATOR_SOCKET,
+            metavar="PATH",
+            help="attestd-tpm's operator socket (default %(default)s)",
+        )
         q.add_argument("--json", action="store_true")
 
     c = vs.add_parser("create", help="manufacture a guest's vTPM and vouch for it")
@@ -40,8 +44,12 @@ def register(sub: Any) -> None:
     c.set_defaults(func=cmd_create)
     r = vs.add_parser("record", help="vouch for a guest's vTPM in this boot's runtime log")
     r.add_argument("--guest", required=True, metavar="ID")
-    r.add_argument("--ek-public", required=True, metavar="FILE",
-                   help="the vTPM's EK public area (TPM2B_PUBLIC or TPMT_PUBLIC, binary)")
+    r.add_argument(
+        "--ek-public",
+        required=True,
+        metavar="FILE",
+        help="the vTPM's EK public area (TPM2B_PUBLIC or TPMT_PUBLIC, binary)",
+    )
     common(r)
     r.set_defaults(func=cmd_record)
     ls = vs.add_parser("ls", help="the vTPMs this host created")
@@ -62,8 +70,10 @@ def _print_vouch(args: argparse.Namespace, doc: dict[str, Any]) -> None:
         print_json(doc)
         return
     how = "vouched in" if doc.get("recorded") else "already vouched in"
-    print(f"guest {doc['guest_id']}: vTPM EK sha256 {doc['ek_sha256']} {how} runtime event "
-          f"{doc['recnum']}; state {doc['state_dir']}")  # fmt: skip
+    print(
+        f"guest {doc['guest_id']}: vTPM EK sha256 {doc['ek_sha256']} {how} runtime event "
+        f"{doc['recnum']}; state {doc['state_dir']}"
+    )
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -98,8 +108,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print_json(doc)
         return EXIT_OK
     for v in doc.get("vtpms", []):
-        print(f"{v['guest_id']}\tEK sha256 {v['ek_sha256']}\tcreated {v['created_at']}\t"
-              f"{v['state_dir']}")  # fmt: skip
+        print(
+            f"{v['guest_id']}\tEK sha256 {v['ek_sha256']}\tcreated {v['created_at']}\t"
+            f"{v['state_dir']}"
+        )
     return EXIT_OK
 
 

@@ -1,8 +1,8 @@
 """Firmware event logs: parse, decode, replay, verify and explain (pure core).
 
-    log = parse_event_log(data)                 # bytes -> UnverifiedEventLog
-    verified = replay(log, quoted_pcrs)         # -> VerifiedEventLog, or ReplayError
-    boot = facts(verified)                      # -> BootFacts (from verified events only)
+log = parse_event_log(data)                 # bytes -> UnverifiedEventLog
+verified = replay(log, quoted_pcrs)         # -> VerifiedEventLog, or ReplayError
+boot = facts(verified)                      # -> BootFacts (from verified events only)
 """
 
 from __future__ import annotations

@@ -54,8 +54,9 @@ def new_record(
     which is what the caller extends into ``pcr``."""
     if not 0 <= pcr < 24:
         raise ValueError(f"PCR {pcr} out of range")
-    return CelRecord(recnum, pcr, {a: a.digest(measured) for a in banks}, content_type,
-                     dict(content))
+    return CelRecord(
+        recnum, pcr, {a: a.digest(measured) for a in banks}, content_type, dict(content)
+    )
 
 
 def dumps_cel(records: Iterable[CelRecord]) -> str:
@@ -245,8 +246,14 @@ def parse_ima_log(data: bytes) -> tuple[ImaEntry, ...]:
             fields = _ima_fields(tdata)
             digest = None
             path = None
-            if len(fields) >= 2 and name in ("ima-ng", "ima-sig", "ima-ngv2", "ima-sigv2",
-                                             "ima-buf", "ima-modsig"):
+            if len(fields) >= 2 and name in (
+                "ima-ng",
+                "ima-sig",
+                "ima-ngv2",
+                "ima-sigv2",
+                "ima-buf",
+                "ima-modsig",
+            ):
                 d = fields[0]
                 sep = d.find(b"\x00")
                 if sep > 0:

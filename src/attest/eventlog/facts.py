@@ -121,8 +121,12 @@ class BootFacts:
                 {"event": i, "name": n, "data_sha256": h.hex()} for i, n, h in self.authorities
             ],
             "boot_applications": [
-                {"event": a.event, "path": a.path, "device_path": a.device_path,
-                 "digests": dig(a.digests)}
+                {
+                    "event": a.event,
+                    "path": a.path,
+                    "device_path": a.device_path,
+                    "digests": dig(a.digests),
+                }
                 for a in self.boot_applications
             ],
             "kernel_cmdlines": [
@@ -286,8 +290,11 @@ def facts(verified: VerifiedEventLog, *, quirks: Sequence[Quirk] = QUIRKS) -> Bo
         elif t == EV_EFI_BOOT_SERVICES_APPLICATION and e.pcr == 4 and isinstance(p, ImageLoad):
             # The digest is the Authenticode hash of the image (PFP §10.4.3); the device path is
             # informational (not covered by the digest) and reported as such.
-            apps.append(BootApplication(e.index, p.device_path.file_path, p.device_path.text,
-                                        dict(e.digests)))
+            apps.append(
+                BootApplication(
+                    e.index, p.device_path.file_path, p.device_path.text, dict(e.digests)
+                )
+            )
         elif t == EV_IPL and trusted(e):
             found = _cmdline_of(e)
             if found is not None:
@@ -297,8 +304,9 @@ def facts(verified: VerifiedEventLog, *, quirks: Sequence[Quirk] = QUIRKS) -> Bo
                 )
         elif t == EV_EVENT_TAG and isinstance(p, TaggedEvent) and e.pcr == 9:
             if p.tag_id == LINUX_LOAD_OPTIONS_TAG:
-                load_options.append(MeasuredDigest(e.index, e.pcr, "linux-efi-stub",
-                                                   dict(e.digests)))
+                load_options.append(
+                    MeasuredDigest(e.index, e.pcr, "linux-efi-stub", dict(e.digests))
+                )
             elif p.tag_id == LINUX_INITRD_TAG:
                 initrds.append(MeasuredDigest(e.index, e.pcr, "linux-efi-stub", dict(e.digests)))
         elif t == EV_IPL and e.pcr == 9:
@@ -321,4 +329,3 @@ def facts(verified: VerifiedEventLog, *, quirks: Sequence[Quirk] = QUIRKS) -> Bo
         verified.untrusted_events,
         verified.anomalies,
     )
-

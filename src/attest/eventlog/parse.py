@@ -54,8 +54,17 @@ _HDR1 = struct.Struct("<II20sI")  # TCG_PCR_EVENT header: pcr, type, sha1 digest
 _HDR2 = struct.Struct("<III")  # TCG_PCR_EVENT2 header: pcr, type, digest count
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-_PAD_TYPES = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x00\x00\x00", b"\xff\xff\xff",
-              b"\x00\x00", b"\xff\xff", b"\x00", b"\xff", b"")
+_PAD_TYPES = (
+    b"\x00\x00\x00\x00",
+    b"\xff\xff\xff\xff",
+    b"\x00\x00\x00",
+    b"\xff\xff\xff",
+    b"\x00\x00",
+    b"\xff\xff",
+    b"\x00",
+    b"\xff",
+    b"",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +125,14 @@ class UnverifiedEventLog:
     @property
     def unknown_event_types(self) -> tuple[int, ...]:
         return tuple(
-            sorted({e.type for e in self.events if isinstance(e.payload, RawPayload)
-                    and e.payload.note.startswith("unknown event type")})
+            sorted(
+                {
+                    e.type
+                    for e in self.events
+                    if isinstance(e.payload, RawPayload)
+                    and e.payload.note.startswith("unknown event type")
+                }
+            )
         )
 
     @property
@@ -149,9 +164,7 @@ def _sha1_event(data: bytes, off: int, index: int) -> tuple[int, int, bytes, byt
     return pcr, etype, digest, data[start : start + size], start + size
 
 
-def parse_event_log(
-    data: bytes, *, strict: bool = False
-) -> UnverifiedEventLog:
+def parse_event_log(data: bytes, *, strict: bool = False) -> UnverifiedEventLog:
     """Parse a firmware event log (``binary_bios_measurements``).
 
     Raises ``EventLogFormatError`` for anything that does not frame as a TCG log. With

@@ -85,8 +85,10 @@ def initial_value(alg: HashAlg, pcr: int, locality: int = 0) -> bytes:
 
 def _replay_start(alg: HashAlg, pcr: int, locality: int) -> bytes:
     # Logged DRTM PCRs were reset to zero by the DRTM event itself; PCR 0 honours the locality.
-    return bytes(alg.digest_size - 1) + bytes([locality & 0xFF]) if pcr == 0 else bytes(
-        alg.digest_size
+    return (
+        bytes(alg.digest_size - 1) + bytes([locality & 0xFF])
+        if pcr == 0
+        else bytes(alg.digest_size)
     )
 
 
@@ -212,9 +214,14 @@ def _check_digest(
         if _matches(e, banks, _ipl_forms(e.data)):
             return DigestStatus.DATA, None
         return DigestStatus.EXTERNAL, None
-    if t == EV_EVENT_TAG and isinstance(e.payload, TaggedEvent) and e.payload.tag_id in (
-        LINUX_INITRD_TAG,
-        LINUX_LOAD_OPTIONS_TAG,
+    if (
+        t == EV_EVENT_TAG
+        and isinstance(e.payload, TaggedEvent)
+        and e.payload.tag_id
+        in (
+            LINUX_INITRD_TAG,
+            LINUX_LOAD_OPTIONS_TAG,
+        )
     ):
         return DigestStatus.EXTERNAL, None
     if t not in _DATA_TYPES:
@@ -353,8 +360,9 @@ def replay(
     return _finish(
         log,
         events,
-        PcrValues({a: {p: v for p, v in quoted.values[a].items() if p in verified_pcrs}
-                   for a in banks}),
+        PcrValues(
+            {a: {p: v for p, v in quoted.values[a].items() if p in verified_pcrs} for a in banks}
+        ),
         banks,
         quirks,
         applied,

@@ -251,8 +251,6 @@ def _fast_init(cls: type[_D]) -> type[_D]:
     return cls
 
 
-
-
 @_fast_init
 @dataclass(frozen=True, slots=True)
 class RawPayload:

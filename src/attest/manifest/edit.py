@@ -46,8 +46,7 @@ def new_root(
             keys[k.keyid] = k
             ids.append(k.keyid)
         roles[name] = Role(tuple(sorted(set(ids))), thresholds.get(name, 1))
-    root = TrustRoot(version=version, expires=expires, keys=dict(sorted(keys.items())),
-                     roles=roles)
+    root = TrustRoot(version=version, expires=expires, keys=dict(sorted(keys.items())), roles=roles)
     return parse_root_signed(root.to_json())
 
 
@@ -83,21 +82,24 @@ def _release(snapshot: RegistrySnapshot, version: str) -> Release:
         raise ManifestFormatError(f"no release {version} in the registry") from None
 
 
-def revoke(snapshot: RegistrySnapshot, version: str, *, reason: str, at: datetime
-           ) -> RegistrySnapshot:
+def revoke(
+    snapshot: RegistrySnapshot, version: str, *, reason: str, at: datetime
+) -> RegistrySnapshot:
     rel = _release(snapshot, version)
     rev = Revocation(version, rel.artifact_sha256, reason, at)
     return checked(replace(snapshot, revocations={**snapshot.revocations, version: rev}))
 
 
-def allow_rollback(snapshot: RegistrySnapshot, from_version: str, to_version: str, *,
-                   reason: str) -> RegistrySnapshot:
+def allow_rollback(
+    snapshot: RegistrySnapshot, from_version: str, to_version: str, *, reason: str
+) -> RegistrySnapshot:
     rule = RollbackAuthorisation(from_version, to_version, reason)
     return checked(replace(snapshot, rollbacks=(*snapshot.rollbacks, rule)))
 
 
-def disclose(snapshot: RegistrySnapshot, version: str, *, commit: bytes, at: datetime
-             ) -> RegistrySnapshot:
+def disclose(
+    snapshot: RegistrySnapshot, version: str, *, commit: bytes, at: datetime
+) -> RegistrySnapshot:
     rel = _release(snapshot, version)
     if rel.embargo is None or rel.embargo.disclosed_at is not None:
         raise ManifestFormatError(f"release {version} is not under an undisclosed embargo")
@@ -105,8 +107,7 @@ def disclose(snapshot: RegistrySnapshot, version: str, *, commit: bytes, at: dat
     return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
 
 
-def fleet_complete(snapshot: RegistrySnapshot, version: str, *, at: datetime
-                   ) -> RegistrySnapshot:
+def fleet_complete(snapshot: RegistrySnapshot, version: str, *, at: datetime) -> RegistrySnapshot:
     """Start the embargo clock: the whole fleet runs ``version`` since ``at``."""
     rel = _release(snapshot, version)
     if rel.embargo is None:
@@ -117,18 +118,22 @@ def fleet_complete(snapshot: RegistrySnapshot, version: str, *, at: datetime
     return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
 
 
-def policies(*, mac: Mapping[str, bytes] | None, config: Sequence[bytes] | None
-             ) -> BlessedPolicies | None:
+def policies(
+    *, mac: Mapping[str, bytes] | None, config: Sequence[bytes] | None
+) -> BlessedPolicies | None:
     """The policies to bless (None when neither is given): ``mac`` empty means "no MAC policy
     expected"; config digests are sorted and de-duplicated (the document's one spelling)."""
     if mac is None and not config:
         return None
-    return BlessedPolicies(mac=None if mac is None else dict(sorted(mac.items())),
-                           config=tuple(sorted(set(config))) if config else None)
+    return BlessedPolicies(
+        mac=None if mac is None else dict(sorted(mac.items())),
+        config=tuple(sorted(set(config))) if config else None,
+    )
 
 
-def set_policies(snapshot: RegistrySnapshot, version: str, blessed: BlessedPolicies | None
-                 ) -> RegistrySnapshot:
+def set_policies(
+    snapshot: RegistrySnapshot, version: str, blessed: BlessedPolicies | None
+) -> RegistrySnapshot:
     """Bless (or, with None, stop blessing) the runtime policy of an existing release."""
     rel = _release(snapshot, version)
     new = replace(rel, policies=blessed)
@@ -141,12 +146,14 @@ def embargo(quiet_period_days: int) -> Embargo:
 
 def set_platform(snapshot: RegistrySnapshot, reference: PlatformReference) -> RegistrySnapshot:
     signed = SignedPlatformReference(reference, ())
-    return checked(replace(snapshot,
-                           platforms={**snapshot.platforms, reference.platform_id: signed}))
+    return checked(
+        replace(snapshot, platforms={**snapshot.platforms, reference.platform_id: signed})
+    )
 
 
-def with_platform_signature(snapshot: RegistrySnapshot, platform_id: str, keyid: str,
-                            sig: bytes) -> RegistrySnapshot:
+def with_platform_signature(
+    snapshot: RegistrySnapshot, platform_id: str, keyid: str, sig: bytes
+) -> RegistrySnapshot:
     try:
         current = snapshot.platforms[platform_id]
     except KeyError:

@@ -54,7 +54,8 @@ class ReleaseDecision:
             "version": None if self.release is None else self.release.version,
             "sequence": None if self.release is None else self.release.sequence,
             "embargo": self.embargo.value,
-            "disclosure_due": None if self.disclosure_due is None
+            "disclosure_due": None
+            if self.disclosure_due is None
             else format_time(self.disclosure_due),
             "reasons": list(self.reasons),
         }
@@ -109,22 +110,30 @@ def evaluate_release(
             rel = snap.releases.get(rev.version)
             return ReleaseDecision(
                 ReleaseStatus.REVOKED,
-                (f"release {rev.version} was revoked at {format_time(rev.revoked_at)}: "
-                 f"{rev.reason}",),
+                (
+                    f"release {rev.version} was revoked at {format_time(rev.revoked_at)}: "
+                    f"{rev.reason}",
+                ),
                 release=rel,
             )
 
     if artifact_sha256 is not None and by_art is None:
-        return ReleaseDecision(ReleaseStatus.NOT_BLESSED,
-                               (f"artifact sha256 {artifact_sha256.hex()} is not in {where}",))
+        return ReleaseDecision(
+            ReleaseStatus.NOT_BLESSED,
+            (f"artifact sha256 {artifact_sha256.hex()} is not in {where}",),
+        )
     if verity_root_hash is not None and by_verity is None:
-        return ReleaseDecision(ReleaseStatus.NOT_BLESSED,
-                               (f"dm-verity root hash {verity_root_hash.hex()} is not in {where}",))
+        return ReleaseDecision(
+            ReleaseStatus.NOT_BLESSED,
+            (f"dm-verity root hash {verity_root_hash.hex()} is not in {where}",),
+        )
     if by_art is not None and by_verity is not None and by_art is not by_verity:
         return ReleaseDecision(
             ReleaseStatus.NOT_BLESSED,
-            (f"artifact is release {by_art.version} but the dm-verity root hash is release "
-             f"{by_verity.version}'s",),
+            (
+                f"artifact is release {by_art.version} but the dm-verity root hash is release "
+                f"{by_verity.version}'s",
+            ),
         )
     release = by_art if by_art is not None else by_verity
     assert release is not None
@@ -141,8 +150,9 @@ def evaluate_release(
         assert due is not None
         status = ReleaseStatus.EMBARGOED_OVERDUE
         reasons.append(f"embargoed: disclosure was due {format_time(due)} and has not happened")
-    return ReleaseDecision(status, tuple(reasons), release=release, embargo=state,
-                           disclosure_due=due)
+    return ReleaseDecision(
+        status, tuple(reasons), release=release, embargo=state, disclosure_due=due
+    )
 
 
 class RollbackKind(enum.Enum):
@@ -181,30 +191,46 @@ def evaluate_rollback(
     snap = _snapshot(registry)
     target = snap.releases.get(to_version)
     if target is None:
-        return RollbackDecision(False, RollbackKind.UNKNOWN,
-                                f"{to_version} is not a release in registry #{snap.sequence}")
+        return RollbackDecision(
+            False,
+            RollbackKind.UNKNOWN,
+            f"{to_version} is not a release in registry #{snap.sequence}",
+        )
     if to_version in snap.revocations:
-        return RollbackDecision(False, RollbackKind.ROLLBACK,
-                                f"{to_version} is revoked: {snap.revocations[to_version].reason}")
+        return RollbackDecision(
+            False,
+            RollbackKind.ROLLBACK,
+            f"{to_version} is revoked: {snap.revocations[to_version].reason}",
+        )
     current = snap.releases.get(from_version)
     have = current.sequence if current is not None else from_sequence
     if have is None:
-        return RollbackDecision(False, RollbackKind.UNKNOWN,
-                                f"installed {from_version} is not in registry #{snap.sequence} "
-                                "and no installed sequence was given")
+        return RollbackDecision(
+            False,
+            RollbackKind.UNKNOWN,
+            f"installed {from_version} is not in registry #{snap.sequence} "
+            "and no installed sequence was given",
+        )
     if to_version == from_version:
         return RollbackDecision(True, RollbackKind.REINSTALL, f"{to_version} is installed")
     if target.sequence > have:
-        return RollbackDecision(True, RollbackKind.UPGRADE,
-                                f"{to_version} (#{target.sequence}) is newer than #{have}")
+        return RollbackDecision(
+            True, RollbackKind.UPGRADE, f"{to_version} (#{target.sequence}) is newer than #{have}"
+        )
     if target.sequence == have:
-        return RollbackDecision(True, RollbackKind.REINSTALL,
-                                f"{to_version} has the installed sequence #{have}")
+        return RollbackDecision(
+            True, RollbackKind.REINSTALL, f"{to_version} has the installed sequence #{have}"
+        )
     for rule in snap.rollbacks:
         if rule.from_version == from_version and rule.to_version == to_version:
-            return RollbackDecision(True, RollbackKind.AUTHORISED_ROLLBACK,
-                                    f"rollback {from_version} -> {to_version} authorised: "
-                                    f"{rule.reason}")
-    return RollbackDecision(False, RollbackKind.ROLLBACK,
-                            f"{to_version} (#{target.sequence}) is older than #{have} and no "
-                            f"rollback from {from_version} to it is authorised")
+            return RollbackDecision(
+                True,
+                RollbackKind.AUTHORISED_ROLLBACK,
+                f"rollback {from_version} -> {to_version} authorised: {rule.reason}",
+            )
+    return RollbackDecision(
+        False,
+        RollbackKind.ROLLBACK,
+        f"{to_version} (#{target.sequence}) is older than #{have} and no "
+        f"rollback from {from_version} to it is authorised",
+    )

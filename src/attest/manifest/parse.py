@@ -129,8 +129,9 @@ def _list(value: object, *, field: str, limit: int) -> list[Any]:
 
 def _type_header(signed: Mapping[str, Any], *, expected: str, field: str) -> None:
     if signed.get("_type") != expected:
-        raise ManifestFormatError(f"{field}: _type is {str(signed.get('_type'))[:20]!r}, "
-                                  f"expected {expected!r}")
+        raise ManifestFormatError(
+            f"{field}: _type is {str(signed.get('_type'))[:20]!r}, expected {expected!r}"
+        )
     if signed.get("spec_version") != SPEC_VERSION:
         raise ManifestFormatError(f"{field}: unsupported spec_version")
 
@@ -147,8 +148,9 @@ def _same(model_json: Mapping[str, Any], signed: Mapping[str, Any], *, field: st
 def parse_root_signed(signed: Mapping[str, Any]) -> TrustRoot:
     f = "root"
     _type_header(signed, expected="root", field=f)
-    doc = _obj(signed, field=f,
-               required={"_type", "spec_version", "version", "expires", "keys", "roles"})
+    doc = _obj(
+        signed, field=f, required={"_type", "spec_version", "version", "expires", "keys", "roles"}
+    )
     version = _int(doc["version"], field=f"{f}.version", lo=1, hi=2**31)
     expires = parse_time(doc["expires"], field=f"{f}.expires")
     raw_keys = doc["keys"]
@@ -173,8 +175,9 @@ def parse_root_signed(signed: Mapping[str, Any]) -> TrustRoot:
         for k in keyids:
             if k not in keys:
                 raise ManifestFormatError(f"{f}.roles.{name}: key id {k[:16]}... is not in keys")
-        threshold = _int(rdoc["threshold"], field=f"{f}.roles.{name}.threshold", lo=1,
-                         hi=max(1, len(keyids)))
+        threshold = _int(
+            rdoc["threshold"], field=f"{f}.roles.{name}.threshold", lo=1, hi=max(1, len(keyids))
+        )
         if not keyids:
             raise ManifestFormatError(f"{f}.roles.{name}: no keys")
         roles[name] = Role(keyids, threshold)
@@ -229,13 +232,24 @@ def _pcr_index(text: str, *, field: str, max_index: int) -> int:
 
 
 def _verity(value: object, *, field: str) -> VerityParams:
-    doc = _obj(value, field=field, required={"root_hash", "salt", "hash_algorithm",
-                                              "data_block_size", "hash_block_size",
-                                              "data_blocks", "format"})
+    doc = _obj(
+        value,
+        field=field,
+        required={
+            "root_hash",
+            "salt",
+            "hash_algorithm",
+            "data_block_size",
+            "hash_block_size",
+            "data_blocks",
+            "format",
+        },
+    )
     alg = doc["hash_algorithm"]
     if alg not in _VERITY_HASHES:
-        raise ManifestFormatError(f"{field}.hash_algorithm: expected one of "
-                                  f"{', '.join(_VERITY_HASHES)}")
+        raise ManifestFormatError(
+            f"{field}.hash_algorithm: expected one of {', '.join(_VERITY_HASHES)}"
+        )
     sizes = [512 << i for i in range(8)]  # 512 .. 65536, powers of two (veritysetup's range)
     dbs, hbs = doc["data_block_size"], doc["hash_block_size"]
     if dbs not in sizes or hbs not in sizes or isinstance(dbs, bool) or isinstance(hbs, bool):
@@ -254,11 +268,13 @@ def _verity(value: object, *, field: str) -> VerityParams:
 
 
 def _embargo(value: object, *, field: str) -> Embargo:
-    doc = _obj(value, field=field,
-               required={"quiet_period_days", "fleet_complete_at", "disclosed_at"})
+    doc = _obj(
+        value, field=field, required={"quiet_period_days", "fleet_complete_at", "disclosed_at"}
+    )
     return Embargo(
-        quiet_period_days=_int(doc["quiet_period_days"], field=f"{field}.quiet_period_days",
-                               lo=0, hi=366),
+        quiet_period_days=_int(
+            doc["quiet_period_days"], field=f"{field}.quiet_period_days", lo=0, hi=366
+        ),
         fleet_complete_at=_opt_time(doc["fleet_complete_at"], field=f"{field}.fleet_complete_at"),
         disclosed_at=_opt_time(doc["disclosed_at"], field=f"{field}.disclosed_at"),
     )
@@ -283,14 +299,17 @@ def parse_policies(value: object, *, field: str) -> BlessedPolicies:
         if raw == MAC_NONE:
             mac = {}
         elif not isinstance(raw, dict) or not 1 <= len(raw) <= MAX_MAC_TYPES:
-            raise ManifestFormatError(f"{field}.mac: expected \"none\" or an object of 1-"
-                                      f"{MAX_MAC_TYPES} MAC type -> sha256")
+            raise ManifestFormatError(
+                f'{field}.mac: expected "none" or an object of 1-{MAX_MAC_TYPES} MAC type -> sha256'
+            )
         else:
             mac = {}
             for k, v in raw.items():
                 if not _MAC_RE.fullmatch(k) or k == MAC_NONE:
-                    raise ManifestFormatError(f"{field}.mac: {k[:40]!r} is not a MAC type name "
-                                              "([a-z][a-z0-9._-], at most 32)")
+                    raise ManifestFormatError(
+                        f"{field}.mac: {k[:40]!r} is not a MAC type name "
+                        "([a-z][a-z0-9._-], at most 32)"
+                    )
                 mac[k] = parse_hex(v, field=f"{field}.mac.{k}", size=32)
     config: tuple[bytes, ...] | None = None
     if "config" in doc:
@@ -304,17 +323,32 @@ def parse_policies(value: object, *, field: str) -> BlessedPolicies:
 
 
 def _release(version: str, value: object, field: str) -> Release:
-    doc = _obj(value, field=field, required={
-        "version", "sequence", "artifact", "verity", "blessed_at", "source", "embargo",
-        "boot_components", "expected_pcrs"}, optional=frozenset({"policies"}))
+    doc = _obj(
+        value,
+        field=field,
+        required={
+            "version",
+            "sequence",
+            "artifact",
+            "verity",
+            "blessed_at",
+            "source",
+            "embargo",
+            "boot_components",
+            "expected_pcrs",
+        },
+        optional=frozenset({"policies"}),
+    )
     if doc["version"] != version:
         raise ManifestFormatError(f"{field}.version does not match its key")
     art = _obj(doc["artifact"], field=f"{field}.artifact", required={"sha256", "size"})
     source = doc["source"]
     commit = None
     if source is not None:
-        commit = _commit(_obj(source, field=f"{field}.source", required={"commit"})["commit"],
-                         field=f"{field}.source.commit")
+        commit = _commit(
+            _obj(source, field=f"{field}.source", required={"commit"})["commit"],
+            field=f"{field}.source.commit",
+        )
     embargo = None if doc["embargo"] is None else _embargo(doc["embargo"], field=f"{field}.embargo")
     # The source rule: a release names its commit, unless it is under an undisclosed embargo.
     if embargo is None and commit is None:
@@ -329,9 +363,12 @@ def _release(version: str, value: object, field: str) -> Release:
         raise ManifestFormatError(
             f"{field}: verity data_blocks x data_block_size must equal the artifact size"
         )
-    components = _map(doc["boot_components"], field=f"{field}.boot_components",
-                      limit=MAX_COMPONENTS,
-                      item=lambda k, v, f: parse_hex(v, field=f, size=32))
+    components = _map(
+        doc["boot_components"],
+        field=f"{field}.boot_components",
+        limit=MAX_COMPONENTS,
+        item=lambda k, v, f: parse_hex(v, field=f, size=32),
+    )
     expected = parse_expected_pcrs(doc["expected_pcrs"], field=f"{field}.expected_pcrs")
     policies = None
     if "policies" in doc:
@@ -354,9 +391,12 @@ def _release(version: str, value: object, field: str) -> Release:
 def parse_expected_pcrs(value: object, *, field: str) -> dict[str, dict[str, PcrValues]]:
     """``{platform_id: {boot_variant: {bank: {pcr: hex}}}}``."""
     return _map(
-        value, field=field, limit=MAX_PLATFORMS,
-        item=lambda k, v, f: _map(v, field=f, limit=16,
-                                  item=lambda k2, v2, f2: _pcr_values(v2, field=f2)),
+        value,
+        field=field,
+        limit=MAX_PLATFORMS,
+        item=lambda k, v, f: _map(
+            v, field=f, limit=16, item=lambda k2, v2, f2: _pcr_values(v2, field=f2)
+        ),
     )
 
 
@@ -364,8 +404,9 @@ def _revocation(version: str, value: object, field: str) -> Revocation:
     doc = _obj(value, field=field, required={"artifact_sha256", "reason", "revoked_at"})
     return Revocation(
         version=version,
-        artifact_sha256=parse_hex(doc["artifact_sha256"], field=f"{field}.artifact_sha256",
-                                  size=32),
+        artifact_sha256=parse_hex(
+            doc["artifact_sha256"], field=f"{field}.artifact_sha256", size=32
+        ),
         reason=_text(doc["reason"], field=f"{field}.reason"),
         revoked_at=parse_time(doc["revoked_at"], field=f"{field}.revoked_at"),
     )
@@ -373,9 +414,20 @@ def _revocation(version: str, value: object, field: str) -> Revocation:
 
 def parse_platform_signed(signed: Mapping[str, Any], *, field: str) -> PlatformReference:
     _type_header(signed, expected="platform", field=field)
-    doc = _obj(signed, field=field, required={
-        "_type", "spec_version", "platform_id", "description", "example", "pcrs",
-        "event_digests", "secure_boot"})
+    doc = _obj(
+        signed,
+        field=field,
+        required={
+            "_type",
+            "spec_version",
+            "platform_id",
+            "description",
+            "example",
+            "pcrs",
+            "event_digests",
+            "secure_boot",
+        },
+    )
     event_digests: dict[str, dict[int, tuple[bytes, ...]]] = {}
     raw_ev = doc["event_digests"]
     if not isinstance(raw_ev, dict) or len(raw_ev) > 8:
@@ -393,12 +445,17 @@ def parse_platform_signed(signed: Mapping[str, Any], *, field: str) -> PlatformR
         }
     sb = None
     if doc["secure_boot"] is not None:
-        sbd = _obj(doc["secure_boot"], field=f"{field}.secure_boot",
-                   required={"enabled", "variables"})
+        sbd = _obj(
+            doc["secure_boot"], field=f"{field}.secure_boot", required={"enabled", "variables"}
+        )
         sb = SecureBootExpectation(
             enabled=_bool(sbd["enabled"], field=f"{field}.secure_boot.enabled"),
-            variables=_map(sbd["variables"], field=f"{field}.secure_boot.variables", limit=16,
-                           item=lambda k, v, f: parse_hex(v, field=f, size=32)),
+            variables=_map(
+                sbd["variables"],
+                field=f"{field}.secure_boot.variables",
+                limit=16,
+                item=lambda k, v, f: parse_hex(v, field=f, size=32),
+            ),
         )
     return PlatformReference(
         platform_id=_name(doc["platform_id"], field=f"{field}.platform_id"),
@@ -422,19 +479,32 @@ def _platform(platform_id: str, value: object, field: str) -> SignedPlatformRefe
 def parse_registry_signed(signed: Mapping[str, Any]) -> RegistrySnapshot:
     f = "registry"
     _type_header(signed, expected="registry", field=f)
-    doc = _obj(signed, field=f, required={
-        "_type", "spec_version", "sequence", "expires", "releases", "revoked", "rollbacks",
-        "platforms"})
+    doc = _obj(
+        signed,
+        field=f,
+        required={
+            "_type",
+            "spec_version",
+            "sequence",
+            "expires",
+            "releases",
+            "revoked",
+            "rollbacks",
+            "platforms",
+        },
+    )
     releases = _map(doc["releases"], field=f"{f}.releases", limit=MAX_RELEASES, item=_release)
     seen_seq: dict[int, str] = {}
     seen_art: dict[bytes, str] = {}
     for v, r in releases.items():
         if r.sequence in seen_seq:
-            raise ManifestFormatError(f"{f}.releases: {v} and {seen_seq[r.sequence]} share "
-                                      f"sequence {r.sequence}")
+            raise ManifestFormatError(
+                f"{f}.releases: {v} and {seen_seq[r.sequence]} share sequence {r.sequence}"
+            )
         if r.artifact_sha256 in seen_art:
-            raise ManifestFormatError(f"{f}.releases: {v} and {seen_art[r.artifact_sha256]} "
-                                      "share an artifact")
+            raise ManifestFormatError(
+                f"{f}.releases: {v} and {seen_art[r.artifact_sha256]} share an artifact"
+            )
         seen_seq[r.sequence] = v
         seen_art[r.artifact_sha256] = v
     revoked = _map(doc["revoked"], field=f"{f}.revoked", limit=MAX_ENTRIES, item=_revocation)
@@ -455,14 +525,15 @@ def parse_registry_signed(signed: Mapping[str, Any]) -> RegistrySnapshot:
             if v not in releases:
                 raise ManifestFormatError(f"{where}: {v} is not a release in this registry")
         if releases[rb.to_version].sequence >= releases[rb.from_version].sequence:
-            raise ManifestFormatError(f"{where}: {rb.to_version} is not older than "
-                                      f"{rb.from_version}; no authorisation is needed")
+            raise ManifestFormatError(
+                f"{where}: {rb.to_version} is not older than "
+                f"{rb.from_version}; no authorisation is needed"
+            )
         if (rb.from_version, rb.to_version) in pairs:
             raise ManifestFormatError(f"{where}: duplicate rollback rule")
         pairs.add((rb.from_version, rb.to_version))
         rollbacks.append(rb)
-    platforms = _map(doc["platforms"], field=f"{f}.platforms", limit=MAX_PLATFORMS,
-                     item=_platform)
+    platforms = _map(doc["platforms"], field=f"{f}.platforms", limit=MAX_PLATFORMS, item=_platform)
     return RegistrySnapshot(
         sequence=_int(doc["sequence"], field=f"{f}.sequence", lo=1, hi=2**53 - 1),
         expires=parse_time(doc["expires"], field=f"{f}.expires"),
@@ -475,8 +546,9 @@ def parse_registry_signed(signed: Mapping[str, Any]) -> RegistrySnapshot:
 
 def load_registry(data: bytes) -> tuple[UnverifiedEnvelope, RegistrySnapshot]:
     """Parse a registry file: bounded, canonical, well-formed. Signatures are *not* checked."""
-    env = parse_envelope(parse_canonical(data, max_size=MAX_REGISTRY_BYTES),
-                         field="registry document")
+    env = parse_envelope(
+        parse_canonical(data, max_size=MAX_REGISTRY_BYTES), field="registry document"
+    )
     snap = parse_registry_signed(env.signed)
     _same(snap.to_json(), env.signed, field="registry")
     return env, snap

@@ -72,8 +72,10 @@ class TrustedState:
         if new_root_bytes == self.root.raw:
             return self
         new = verify_root_update(self.root.root, new_root_bytes)
-        logger.info("root rotated", extra={"from_version": self.root.root.version,
-                                           "to_version": new.root.version})
+        logger.info(
+            "root rotated",
+            extra={"from_version": self.root.root.version, "to_version": new.root.version},
+        )
         registry = None if self.floor_raw is None else _still_valid(new, self.floor_raw)
         return replace(self, root=new, registry=registry)
 
@@ -104,8 +106,9 @@ class TrustedState:
                     "(forked or replayed feed)"
                 )
         logger.info("registry accepted", extra={"sequence": candidate.snapshot.sequence})
-        return replace(self, registry=candidate, floor_sequence=candidate.snapshot.sequence,
-                       floor_raw=data)
+        return replace(
+            self, registry=candidate, floor_sequence=candidate.snapshot.sequence, floor_raw=data
+        )
 
     def check_fresh(self, *, now: datetime) -> VerifiedRegistry:
         """The trusted registry, if root and registry are unexpired at ``now``; raise otherwise."""

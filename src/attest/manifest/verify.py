@@ -72,8 +72,9 @@ def verify_root_update(trusted: TrustRoot, data: bytes) -> VerifiedRoot:
     intermediate root in a chain may have expired; the caller checks the final one (§5.3.10)."""
     env, new = load_root(data)
     what = f"root v{new.version}"
-    check_threshold(env, trusted=trusted, role=ROLE_ROOT, what=f"{what} (by trusted root "
-                    f"v{trusted.version})")
+    check_threshold(
+        env, trusted=trusted, role=ROLE_ROOT, what=f"{what} (by trusted root v{trusted.version})"
+    )
     check_threshold(env, trusted=new, role=ROLE_ROOT, what=f"{what} (by its own root role)")
     if new.version != trusted.version + 1:
         raise RollbackError(
@@ -92,8 +93,9 @@ def verify_snapshot_signatures(root: TrustRoot, data: bytes) -> VerifiedRegistry
     signers = check_threshold(env, trusted=root, role=ROLE_RELEASES, what=what)
     for pid, signed_ref in snap.platforms.items():
         penv = UnverifiedEnvelope(signed_ref.reference.to_json(), signed_ref.signatures)
-        check_threshold(penv, trusted=root, role=ROLE_PLATFORM,
-                        what=f"{what} platform reference {pid}")
+        check_threshold(
+            penv, trusted=root, role=ROLE_PLATFORM, what=f"{what} platform reference {pid}"
+        )
     return VerifiedRegistry(snap, data, signers)
 
 

@@ -71,7 +71,8 @@ class ImageSettings:
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
-    # The node's locally trusted blessed registry (trust root + snapshot, attest.storage.trusted_state)
+    # The node's locally trusted blessed registry (trust root + snapshot,
+    # attest.storage.trusted_state)
     # used by the self-appraisal in /v1/status and by the upgrade gate.
     trust_dir: str = "/var/lib/attest/trust"
 
@@ -121,8 +122,10 @@ class Settings:
         if bool(self.api.mtls_cert) != bool(self.api.mtls_key):
             raise ConfigError("mtls_cert and mtls_key go together", key="api.mtls_cert")
         if self.api.client_ca and not (self.api.tls_cert or self.api.mtls_cert):
-            raise ConfigError("mutual TLS needs tls_cert and tls_key (or mtls_cert and "
-                              "mtls_key)", key="api.client_ca")  # fmt: skip
+            raise ConfigError(
+                "mutual TLS needs tls_cert and tls_key (or mtls_cert and mtls_key)",
+                key="api.client_ca",
+            )
         if not 1024 <= self.api.max_request_bytes <= 1 << 30:
             raise ConfigError("must be 1 KiB..1 GiB", key="api.max_request_bytes")
         if self.api.rate_per_second <= 0 or self.api.rate_burst < 1:
@@ -130,8 +133,9 @@ class Settings:
         if not 1 <= self.api.max_batch <= 1 << 16:
             raise ConfigError("must be 1..65536", key="api.max_batch")
         if not 0x01000000 <= self.upgrade.nv_index <= 0x013FFFFF:
-            raise ConfigError("must be an owner NV index, 0x01000000..0x013fffff",
-                              key="upgrade.nv_index")  # fmt: skip
+            raise ConfigError(
+                "must be an owner NV index, 0x01000000..0x013fffff", key="upgrade.nv_index"
+            )
         if self.upgrade.slot_capacity < 4096:
             raise ConfigError("must be at least 4096 bytes", key="upgrade.slot_capacity")
         if not os.path.isabs(self.upgrade.spool_dir):
@@ -141,17 +145,30 @@ class Settings:
         return self
 
 
-_SECTIONS = {"tpm": TpmSettings, "api": ApiSettings, "logs": LogSettings,
-             "image": ImageSettings, "registry": RegistrySettings,
-             "upgrade": UpgradeSettings}  # fmt: skip
+_SECTIONS = {
+    "tpm": TpmSettings,
+    "api": ApiSettings,
+    "logs": LogSettings,
+    "image": ImageSettings,
+    "registry": RegistrySettings,
+    "upgrade": UpgradeSettings,
+}
 
 
 def _coerce(value: Any, to: type, key: str) -> Any:
     if to is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
-                                                         "no", "off"):  # fmt: skip
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{value!r} is not a boolean", key=key)
     if to is int:

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from attest import __version__
-from attest.node.config import Settings, load_settings, settings_digest
 from attest.errors import AttestError
+from attest.node.config import Settings, load_settings, settings_digest
 
 logger = logging.getLogger("attestd")
 
@@ -54,8 +54,9 @@ def open_node(settings: Settings) -> Any:
         from attest.node.broker.local import LocalNode
         from attest.node.tpm.esapi import AkSpec, EsapiTpm
 
-        logger.warning("running the TPM in-process (tpm.tcti set): development mode, "
-                       "not least-privilege")  # fmt: skip
+        logger.warning(
+            "running the TPM in-process (tpm.tcti set): development mode, not least-privilege"
+        )
         tpm = EsapiTpm(settings.tpm.tcti, ak=AkSpec(settings.tpm.ak_type))
         state = Path(settings.tpm.state_dir)
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -84,8 +85,9 @@ def upgrade_routes(settings: Settings, node: Any) -> Callable[[Any, Any], dict[s
 
         def factory() -> Gate:
             slots = SlotStore(u.slots_dir, devices=devices, capacity=u.slot_capacity)
-            return UpgradeGate(slots, LocalGateNode(node), settings.registry.trust_dir,
-                               nv_index=u.nv_index)  # fmt: skip
+            return UpgradeGate(
+                slots, LocalGateNode(node), settings.registry.trust_dir, nv_index=u.nv_index
+            )
     else:
         from attest.node.broker.client import BrokerGate
 
@@ -109,8 +111,9 @@ def read_firmware_log(settings: Settings) -> bytes | None:
         logger.info("no firmware event log at %s (%s)", path, exc.strerror)
         return None
     if len(data) > settings.logs.max_firmware_log_bytes:
-        logger.error("firmware event log over %d bytes: not served",
-                     settings.logs.max_firmware_log_bytes)  # fmt: skip
+        logger.error(
+            "firmware event log over %d bytes: not served", settings.logs.max_firmware_log_bytes
+        )
         return None
     return data
 
@@ -126,6 +129,7 @@ async def serve(settings: Settings, node: Any) -> None:
     binding = b""
     if settings.api.tls_cert:
         binding = tls_binding(settings.api.tls_cert)
+
     def record_start() -> None:
         try:
             node.measure("daemon-start", {"version": __version__})
@@ -138,30 +142,55 @@ async def serve(settings: Settings, node: Any) -> None:
 
     verity = VerityTracker(node)
     record_start()
-    app = create_app(settings, node=node, tls_binding=binding,
-                     firmware_log=read_firmware_log(settings), verity=verity.report,
-                     status=make_status(settings, verity), on_fresh_log=record_start,
-                     extra_routes=upgrade_routes(settings, node))  # fmt: skip
-    common: dict[str, Any] = {"lifespan": "off", "log_level": "warning", "access_log": False,
-                              "timeout_graceful_shutdown": 5}  # fmt: skip
+    app = create_app(
+        settings,
+        node=node,
+        tls_binding=binding,
+        firmware_log=read_firmware_log(settings),
+        verity=verity.report,
+        status=make_status(settings, verity),
+        on_fresh_log=record_start,
+        extra_routes=upgrade_routes(settings, node),
+    )
+    common: dict[str, Any] = {
+        "lifespan": "off",
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+    }
     configs = []
     tls: dict[str, Any] = {}
     if settings.api.tls_cert:
         tls = {"ssl_certfile": settings.api.tls_cert, "ssl_keyfile": settings.api.tls_key}
-    configs.append(uvicorn.Config(ChannelApp(app, "public"), host=settings.api.host,
-                                  port=settings.api.port, **tls, **common))  # fmt: skip
+    configs.append(
+        uvicorn.Config(
+            ChannelApp(app, "public"),
+            host=settings.api.host,
+            port=settings.api.port,
+            **tls,
+            **common,
+        )
+    )
     if settings.api.client_ca:
         if settings.api.mtls_cert:
             tls = {"ssl_certfile": settings.api.mtls_cert, "ssl_keyfile": settings.api.mtls_key}
-        configs.append(uvicorn.Config(
-            ChannelApp(app, "mtls"), host=settings.api.host, port=settings.api.mtls_port,
-            ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=settings.api.client_ca, **tls,
-            **common))  # fmt: skip
+        configs.append(
+            uvicorn.Config(
+                ChannelApp(app, "mtls"),
+                host=settings.api.host,
+                port=settings.api.mtls_port,
+                ssl_cert_reqs=ssl.CERT_REQUIRED,
+                ssl_ca_certs=settings.api.client_ca,
+                **tls,
+                **common,
+            )
+        )
     sock = Path(settings.api.operator_socket)
     if sock.parent.is_dir():
         if sock.exists():
             sock.unlink()
         configs.append(uvicorn.Config(ChannelApp(app, "operator"), uds=str(sock), **common))
+
     class Server(uvicorn.Server):
         """One of several servers in this process: signals are handled once, below."""
 
@@ -182,8 +211,11 @@ async def serve(settings: Settings, node: Any) -> None:
                     os.chmod(sock, 0o600)
                     break
                 await asyncio.sleep(0.05)
-        logger.warning("attestd %s serving on %s", __version__, ", ".join(
-            f"{c.host}:{c.port}" if c.uds is None else c.uds for c in configs))  # fmt: skip
+        logger.warning(
+            "attestd %s serving on %s",
+            __version__,
+            ", ".join(f"{c.host}:{c.port}" if c.uds is None else c.uds for c in configs),
+        )
         done_or_stop = asyncio.create_task(stop.wait())
         await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for s in servers:
@@ -198,10 +230,10 @@ def make_status(settings: Settings, verity: VerityTracker) -> Any:
     image's release in the locally trusted registry (attest.appraisal.selfcheck decides)."""
     from datetime import UTC, datetime
 
-    from attest.storage.trusted_state import load_state
+    from attest.appraisal.selfcheck import evaluate_node
     from attest.model import HashAlg, PcrSelection
     from attest.runtime import verify_runtime_log
-    from attest.appraisal.selfcheck import evaluate_node
+    from attest.storage.trusted_state import load_state
 
     pcr = settings.tpm.runtime_pcr
     selection = PcrSelection.of({HashAlg.SHA256: [pcr]})
@@ -231,16 +263,21 @@ def make_status(settings: Settings, verity: VerityTracker) -> Any:
             registry_error = str(exc)
         except OSError as exc:
             registry_error = f"{settings.registry.trust_dir}: {exc.strerror}"
-        return evaluate_node(tpm_error=tpm_error, runtime_error=runtime_error,
-                             verity=verity.latest_report, registry=registry,
-                             registry_error=registry_error, now=now,
-                             root_devno=root_devno()).to_json()  # fmt: skip
+        return evaluate_node(
+            tpm_error=tpm_error,
+            runtime_error=runtime_error,
+            verity=verity.latest_report,
+            registry=registry,
+            registry_error=registry_error,
+            now=now,
+            root_devno=root_devno(),
+        ).to_json()
 
     return status
 
 
 def root_devno() -> str | None:
-    """"major:minor" of the device mounted at / (None when it cannot be stat'ed)."""
+    """ "major:minor" of the device mounted at / (None when it cannot be stat'ed)."""
     try:
         dev = os.stat("/").st_dev
     except OSError:
@@ -275,8 +312,10 @@ class VerityTracker:
                 continue
             self.seen.add(key)
             try:
-                self.node.measure("verity-device", {"name": dev.name, "root_hash": root,
-                                                    "status": str(dev.status)})  # fmt: skip
+                self.node.measure(
+                    "verity-device",
+                    {"name": dev.name, "root_hash": root, "status": str(dev.status)},
+                )
             except AttestError as exc:
                 logger.error("could not record verity device %s: %s", dev.name, exc)
 
@@ -317,13 +356,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--operator-socket", help="overrides api.operator_socket")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("esys").setLevel(logging.CRITICAL)
     env = dict(os.environ)
-    for flag, key in ((args.tcti, "ATTEST_TPM_TCTI"), (args.port, "ATTEST_API_PORT"),
-                      (args.state_dir, "ATTEST_TPM_STATE_DIR"),
-                      (args.operator_socket, "ATTEST_API_OPERATOR_SOCKET")):  # fmt: skip
+    for flag, key in (
+        (args.tcti, "ATTEST_TPM_TCTI"),
+        (args.port, "ATTEST_API_PORT"),
+        (args.state_dir, "ATTEST_TPM_STATE_DIR"),
+        (args.operator_socket, "ATTEST_API_OPERATOR_SOCKET"),
+    ):
         if flag is not None:
             env[key] = str(flag)
     try:

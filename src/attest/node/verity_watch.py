@@ -236,8 +236,9 @@ def read_cmdline(path: Path = PROC_CMDLINE) -> str:
         with path.open("rb") as f:
             return f.read(MAX_CMDLINE).decode("utf-8", "replace").strip()
     except OSError as e:
-        logger.warning("kernel command line unreadable", extra={"path": str(path),
-                                                                "reason": str(e)})
+        logger.warning(
+            "kernel command line unreadable", extra={"path": str(path), "reason": str(e)}
+        )
         return ""
 
 
@@ -254,9 +255,7 @@ def verity_report(
 # --- watching --------------------------------------------------------------------------------
 
 
-def udev_observer(
-    context: UdevContext, on_event: Callable[[str, UdevDevice], None]
-) -> Observer:
+def udev_observer(context: UdevContext, on_event: Callable[[str, UdevDevice], None]) -> Observer:
     """A ``pyudev.MonitorObserver`` on block-device uevents (raises when netlink or libudev is
     unavailable). Without a running udevd, udev-source events never arrive, so kernel-source
     events are used then (this module reads sysfs and dmsetup, never the udev database)."""
@@ -338,9 +337,7 @@ class VerityWatcher:
         else:
             self._observer = observer
             self.mode = "udev"
-        self._poller = threading.Thread(
-            target=self._poll, name="attest-verity-poll", daemon=True
-        )
+        self._poller = threading.Thread(target=self._poll, name="attest-verity-poll", daemon=True)
         self._poller.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -395,4 +392,3 @@ class VerityWatcher:
                 )
                 self._callback(report)
             return report
-

@@ -40,14 +40,20 @@ from attest.eventlog.parse import parse_event_log
 from attest.evidence import EVIDENCE_VERSION, b64
 from attest.merkle import challenge_leaf, leaf_hash
 from attest.model import HashAlg, PcrSelection
-from attest.runtime import KIND_VERITY_DEVICE, KIND_VTPM, new_runtime_record
 from attest.node.tpm.fake import FakeTpm
+from attest.runtime import KIND_VERITY_DEVICE, KIND_VTPM, new_runtime_record
 from attest.tpmstruct import Alg, ObjectAttr, Public, public_from_key
 
 # An EK's attributes (TCG EK Credential Profile, template L-2 without authPolicy): a restricted
 # decryption key that never leaves the TPM.
-EK_ATTRS = (ObjectAttr.FIXED_TPM | ObjectAttr.FIXED_PARENT | ObjectAttr.SENSITIVE_DATA_ORIGIN
-            | ObjectAttr.ADMIN_WITH_POLICY | ObjectAttr.RESTRICTED | ObjectAttr.DECRYPT)
+EK_ATTRS = (
+    ObjectAttr.FIXED_TPM
+    | ObjectAttr.FIXED_PARENT
+    | ObjectAttr.SENSITIVE_DATA_ORIGIN
+    | ObjectAttr.ADMIN_WITH_POLICY
+    | ObjectAttr.RESTRICTED
+    | ObjectAttr.DECRYPT
+)
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 BANKS = (HashAlg.SHA256,)
@@ -72,11 +78,12 @@ class SimNode:
     def ek(self) -> Public:
         """The node's EK public area (derived from its seed on first use)."""
         if self._ek is None:
-            scalar = int.from_bytes(hashlib.sha256(f"{self.seed}/ek".encode()).digest(),
-                                    "big") % _P256_ORDER  # fmt: skip
+            scalar = (
+                int.from_bytes(hashlib.sha256(f"{self.seed}/ek".encode()).digest(), "big")
+                % _P256_ORDER
+            )
             key = ec.derive_private_key(scalar or 1, ec.SECP256R1()).public_key()
-            self._ek = public_from_key(key, attributes=EK_ATTRS, scheme=Alg.NULL,
-                                       scheme_hash=None)  # fmt: skip
+            self._ek = public_from_key(key, attributes=EK_ATTRS, scheme=Alg.NULL, scheme_hash=None)
         return self._ek
 
     @property
@@ -89,18 +96,26 @@ class SimNode:
         return f"sim-{self.index}"
 
     def measure(self, kind: str, content: dict[str, Any]) -> None:
-        rec = new_runtime_record(len(self.records), kind, content, pcr=self.runtime_pcr,
-                                 banks=BANKS)  # fmt: skip
+        rec = new_runtime_record(
+            len(self.records), kind, content, pcr=self.runtime_pcr, banks=BANKS
+        )
         self.tpm.extend(self.runtime_pcr, dict(rec.digests))
         self.records.append(rec)
         self.records_json.append(rec.to_json())
 
 
 class SimFleet:
-    def __init__(self, count: int, *, seed: str = "attest-sim", runtime_pcr: int = 13,
-                 verity_root_hash: bytes | None = None, record_times: bool = False,
-                 clock: Callable[[], float] = time.time,
-                 firmware_log: bytes | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        count: int,
+        *,
+        seed: str = "attest-sim",
+        runtime_pcr: int = 13,
+        verity_root_hash: bytes | None = None,
+        record_times: bool = False,
+        clock: Callable[[], float] = time.time,
+        firmware_log: bytes | None = None,
+    ) -> None:
         self.runtime_pcr = runtime_pcr
         self.record_times = record_times
         self.clock = clock
@@ -111,17 +126,23 @@ class SimFleet:
         self._fw_extends: list[tuple[int, bytes]] = []
         self._fw_b64 = {0: b64(firmware_log or b""), len(firmware_log or b""): ""}
         if firmware_log is not None:
-            self._fw_extends = [(e.pcr, e.digests[HashAlg.SHA256])
-                                for e in parse_event_log(firmware_log).events
-                                if e.type != 0x3 and HashAlg.SHA256 in e.digests]  # fmt: skip
+            self._fw_extends = [
+                (e.pcr, e.digests[HashAlg.SHA256])
+                for e in parse_event_log(firmware_log).events
+                if e.type != 0x3 and HashAlg.SHA256 in e.digests
+            ]
         self._verity_root_hash = verity_root_hash
         self.nodes: list[SimNode] = []
         for i in range(count):
             tpm = FakeTpm(banks=BANKS, seed=f"{seed}/{i}".encode())
             ak = tpm.ak_public()
-            node = SimNode(i, tpm, runtime_pcr,
-                           ak_json={"public": b64(ak.tpm2b()), "name": ak.name.hex()},
-                           seed=f"{seed}/{i}")
+            node = SimNode(
+                i,
+                tpm,
+                runtime_pcr,
+                ak_json={"public": b64(ak.tpm2b()), "name": ak.name.hex()},
+                seed=f"{seed}/{i}",
+            )
             self.nodes.append(node)
             self._boot(node)
 
@@ -136,8 +157,9 @@ class SimFleet:
     # --- controls ---------------------------------------------------------------------------
 
     def set_image(self, i: int, verity_root_hash: bytes, name: str = "root") -> None:
-        self.nodes[i].measure(KIND_VERITY_DEVICE, {"name": name,
-                                                   "root_hash": verity_root_hash.hex()})
+        self.nodes[i].measure(
+            KIND_VERITY_DEVICE, {"name": name, "root_hash": verity_root_hash.hex()}
+        )
 
     def measure(self, i: int, kind: str, content: dict[str, Any]) -> None:
         self.nodes[i].measure(kind, content)
@@ -167,21 +189,30 @@ class SimFleet:
         simulated EKs have no certificate); ``ek``: with the EK's sha256 (a pair's guest)."""
         ak = self.nodes[i].tpm.ak_public()
         return Enrollment(
-            node_id=self.nodes[i].node_id, ak_public=ak.tpm2b(), ak_name=ak.name,
-            ek_sha256=self.nodes[i].ek_sha256 if ek else None, ek_certificate=None,
+            node_id=self.nodes[i].node_id,
+            ak_public=ak.tpm2b(),
+            ak_name=ak.name,
+            ek_sha256=self.nodes[i].ek_sha256 if ek else None,
+            ek_certificate=None,
             activated=False,
             runtime_pcr=self.runtime_pcr,
             enrolled_at=(now or datetime.now(UTC)).isoformat(),
-        )  # fmt: skip
+        )
 
     # --- the documents ----------------------------------------------------------------------
 
     def identity(self, node: SimNode) -> dict[str, Any]:
         ek = node.ek
-        return {"node_id": node.node_id, "ak": node.ak_json,
-                "ek": {"public": b64(ek.tpm2b()), "name": ek.name.hex()}, "ek_certificates": {},
-                "banks": [b.bank_name for b in BANKS], "runtime_pcr": self.runtime_pcr,
-                "tls_binding": None, "version": "sim"}  # fmt: skip
+        return {
+            "node_id": node.node_id,
+            "ak": node.ak_json,
+            "ek": {"public": b64(ek.tpm2b()), "name": ek.name.hex()},
+            "ek_certificates": {},
+            "banks": [b.bank_name for b in BANKS],
+            "runtime_pcr": self.runtime_pcr,
+            "tls_binding": None,
+            "version": "sim",
+        }
 
     def evidence(self, node: SimNode, req: dict[str, Any]) -> dict[str, Any]:
         nonce = bytes.fromhex(req["nonce"])
@@ -198,8 +229,11 @@ class SimFleet:
             start = int(logs["runtime"].get("start", 0))
             if not 0 <= start <= len(node.records_json):
                 raise ValueError(f"runtime log start {start} is past its end")
-            runtime = {"pcr": self.runtime_pcr, "start": start,
-                       "records": node.records_json[start:]}
+            runtime = {
+                "pcr": self.runtime_pcr,
+                "start": start,
+                "records": node.records_json[start:],
+            }
         firmware = None
         if "firmware" in logs and self.firmware_log is not None:
             start = int(logs["firmware"].get("start", 0))
@@ -213,19 +247,24 @@ class SimFleet:
             firmware = {"start": start, "total": total, "data": data}
         return {
             "batch": {"size": 1, "index": 0, "proof": [], "tls_binding": None},
-            "firmware_log": firmware, "runtime_log": runtime,
-            "version": EVIDENCE_VERSION, "node_id": node.node_id,
+            "firmware_log": firmware,
+            "runtime_log": runtime,
+            "version": EVIDENCE_VERSION,
+            "node_id": node.node_id,
             "quote": {"attest": b64(quote.attest), "signature": b64(quote.signature)},
-            "pcrs": quote.pcrs.to_json(), "ak": node.ak_json, "verity": None,
+            "pcrs": quote.pcrs.to_json(),
+            "ak": node.ak_json,
+            "verity": None,
             "image": {"version": None, "slot": None},
             "time": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
-        }  # fmt: skip
+        }
 
     # --- the HTTP server --------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self.server = await asyncio.start_server(self._conn, host, port, backlog=4096,
-                                                 limit=MAX_BODY)  # fmt: skip
+        self.server = await asyncio.start_server(
+            self._conn, host, port, backlog=4096, limit=MAX_BODY
+        )
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -255,11 +294,18 @@ class SimFleet:
                 if status == 0:  # the node is down: drop the connection unanswered
                     return
                 out = json.dumps(doc, separators=(",", ":")).encode()
-                writer.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (status, len(out), out))
+                writer.write(
+                    b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (status, len(out), out)
+                )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError,
-                ValueError, asyncio.CancelledError):  # fmt: skip
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            asyncio.CancelledError,
+        ):
             pass  # the client went away, or the server is stopping
         finally:
             writer.close()

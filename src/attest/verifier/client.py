@@ -88,8 +88,12 @@ class NodeClient:
             from cryptography import x509
             from cryptography.hazmat.primitives import serialization
 
-            spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            spki = (
+                x509.load_der_x509_certificate(der)
+                .public_key()
+                .public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
             )
             self.peer_binding = hashlib.sha256(spki).digest()
 
@@ -119,8 +123,11 @@ class NodeClient:
         return doc
 
     def activate(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
-        doc = self._request("POST", "/v1/enroll/activate", json={
-            "id_object": b64(id_object), "encrypted_secret": b64(encrypted_secret)})  # fmt: skip
+        doc = self._request(
+            "POST",
+            "/v1/enroll/activate",
+            json={"id_object": b64(id_object), "encrypted_secret": b64(encrypted_secret)},
+        )
         return unb64(doc.get("secret"), "secret", limit=64)
 
     def status(self) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from typing import Any
 from cryptography import x509
 
 from attest.appraisal import Enrollment
-from attest.verifier.client import NodeClient
 from attest.enroll import (
     ek_matches_certificate,
     finish_enrollment,
@@ -36,23 +35,38 @@ from attest.evidence import VerifiedEvidence, unb64, verify_evidence
 from attest.model import HashAlg, PcrSelection
 from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
 from attest.tpmstruct import ClockInfo, Public, parse_public
+from attest.verifier.client import NodeClient
 
-__all__ = ["Appraisal", "Enrollment", "Evidence", "challenge", "enroll", "gather", "load_ek_cas",
-           "selection_for"]
+__all__ = [
+    "Appraisal",
+    "Enrollment",
+    "Evidence",
+    "challenge",
+    "enroll",
+    "gather",
+    "load_ek_cas",
+    "selection_for",
+]
 
 
 def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[int, bytes]]:
     ak = parse_public(unb64(doc.get("ak", {}).get("public"), "ak.public", limit=2048))
     ek_doc = doc.get("ek")
-    ek = None if ek_doc is None else parse_public(unb64(ek_doc.get("public"), "ek.public",
-                                                        limit=2048))  # fmt: skip
-    certs = {int(k, 16): unb64(v, "ek certificate", limit=8192)
-             for k, v in (doc.get("ek_certificates") or {}).items()}  # fmt: skip
+    ek = (
+        None
+        if ek_doc is None
+        else parse_public(unb64(ek_doc.get("public"), "ek.public", limit=2048))
+    )
+    certs = {
+        int(k, 16): unb64(v, "ek certificate", limit=8192)
+        for k, v in (doc.get("ek_certificates") or {}).items()
+    }
     return ak, ek, certs
 
 
-def load_ek_cas(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[x509.Certificate],
-                                                                   list[x509.Certificate]]:
+def load_ek_cas(
+    paths: Sequence[str | os.PathLike[str]],
+) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """EK certificate CAs from PEM files or directories of them (``*.pem``, ``*.crt``,
     ``*.cer``): (roots, intermediates) -- the self-signed ones are roots. Used by ``attest
     verify --ek-ca`` and ``attest fleet --ek-roots``."""
@@ -62,8 +76,11 @@ def load_ek_cas(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[x509.Cert
     inter: list[x509.Certificate] = []
     for path in paths:
         p = Path(path)
-        files = sorted(f for f in p.iterdir() if f.suffix in (".pem", ".crt", ".cer")
-                       and f.is_file()) if p.is_dir() else [p]  # fmt: skip
+        files = (
+            sorted(f for f in p.iterdir() if f.suffix in (".pem", ".crt", ".cer") and f.is_file())
+            if p.is_dir()
+            else [p]
+        )
         for f in files:
             for cert in x509.load_pem_x509_certificates(f.read_bytes()):
                 (roots if cert.issuer == cert.subject else inter).append(cert)
@@ -71,10 +88,14 @@ def load_ek_cas(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[x509.Cert
 
 
 @contextlib.contextmanager
-def open_channels(url: str, *, tls_ca: str | None = None, operator_socket: str | None = None,
-                  client_cert: tuple[str, str] | None = None,
-                  activation_url: str | None = None,
-                  ) -> Iterator[tuple[NodeClient, NodeClient | None]]:  # fmt: skip
+def open_channels(
+    url: str,
+    *,
+    tls_ca: str | None = None,
+    operator_socket: str | None = None,
+    client_cert: tuple[str, str] | None = None,
+    activation_url: str | None = None,
+) -> Iterator[tuple[NodeClient, NodeClient | None]]:
     """The clients of one contact: the node's API at ``url`` (evidence, identity) and its
     authenticated channel for credential activation and the audit log, if any -- the operator
     socket, else the mutual-TLS listener (``activation_url``, attestd's ``api.mtls_port``, or
@@ -90,8 +111,9 @@ def open_channels(url: str, *, tls_ca: str | None = None, operator_socket: str |
         if operator_socket:
             channel = stack.enter_context(NodeClient("http://operator", uds=operator_socket))
         elif client_cert is not None:
-            channel = stack.enter_context(NodeClient(activation_url or url, verify=verify(),
-                                                     cert=client_cert))  # fmt: skip
+            channel = stack.enter_context(
+                NodeClient(activation_url or url, verify=verify(), cert=client_cert)
+            )
         yield client, channel
 
 
@@ -122,18 +144,22 @@ def enroll(
         problems = []
         for der in certs.values():
             try:
-                v = verify_ek_certificate(der, roots=ek_roots, intermediates=ek_intermediates,
-                                          now=now)  # fmt: skip
+                v = verify_ek_certificate(
+                    der, roots=ek_roots, intermediates=ek_intermediates, now=now
+                )
                 ek_matches_certificate(ek, v.certificate)
                 verified = v
                 break
             except CertificateError as exc:  # another of the node's EK certificates may fit
                 problems.append(str(exc))
         if verified is None:
-            raise CertificateError("no EK certificate verifies and matches the EK: "
-                                   + "; ".join(problems))  # fmt: skip
-        subject = (f"{verified.certificate.subject.rfc4514_string()} issued by "
-                   f"{verified.certificate.issuer.rfc4514_string()}")  # fmt: skip
+            raise CertificateError(
+                "no EK certificate verifies and matches the EK: " + "; ".join(problems)
+            )
+        subject = (
+            f"{verified.certificate.subject.rfc4514_string()} issued by "
+            f"{verified.certificate.issuer.rfc4514_string()}"
+        )
     activated = False
     if activator is not None:
         if ek is None:
@@ -186,8 +212,14 @@ def challenge(
     full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
     nonce = os.urandom(32)
     doc = client.evidence(nonce, full, firmware_from=0 if firmware else None, runtime_from=0)
-    ve = verify_evidence(doc, nonce=nonce, ak=enrollment.ak, selection=full, previous=previous,
-                         tls_binding=client.peer_binding)  # fmt: skip
+    ve = verify_evidence(
+        doc,
+        nonce=nonce,
+        ak=enrollment.ak,
+        selection=full,
+        previous=previous,
+        tls_binding=client.peer_binding,
+    )
     notes: list[str] = []
     runtime = None
     rt = doc.get("runtime_log")

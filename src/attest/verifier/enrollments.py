@@ -47,13 +47,18 @@ class NodeRecord:
             "version": RECORD_VERSION,
             "address": self.address,
             "enrollment": self.enrollment.to_json(),
-            "last_clock": None if c is None else {
-                "clock_ms": c.clock, "reset_count": c.reset_count,
-                "restart_count": c.restart_count, "safe": c.safe},
+            "last_clock": None
+            if c is None
+            else {
+                "clock_ms": c.clock,
+                "reset_count": c.reset_count,
+                "restart_count": c.restart_count,
+                "safe": c.safe,
+            },
             "last_verdict": self.last_verdict,
             "last_appraised_at": self.last_appraised_at,
             "re_enrollments": [dict(r) for r in self.re_enrollments],
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, doc: object) -> NodeRecord:
@@ -61,8 +66,16 @@ class NodeRecord:
             raise EvidenceFormatError("enrollment record is not a version 1 object")
         try:
             c = doc.get("last_clock")
-            clock = None if c is None else ClockInfo(int(c["clock_ms"]), int(c["reset_count"]),
-                                                     int(c["restart_count"]), bool(c["safe"]))
+            clock = (
+                None
+                if c is None
+                else ClockInfo(
+                    int(c["clock_ms"]),
+                    int(c["reset_count"]),
+                    int(c["restart_count"]),
+                    bool(c["safe"]),
+                )
+            )
             return cls(
                 address=str(doc["address"]),
                 enrollment=Enrollment.from_json(doc["enrollment"]),
@@ -70,7 +83,7 @@ class NodeRecord:
                 last_verdict=doc.get("last_verdict"),
                 last_appraised_at=doc.get("last_appraised_at"),
                 re_enrollments=tuple(doc.get("re_enrollments") or ()),
-            )  # fmt: skip
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise EvidenceFormatError(f"enrollment record: {exc}") from None
 
@@ -109,8 +122,10 @@ class EnrollmentStore:
     def enroll(self, address: str, enrollment: Enrollment) -> NodeRecord:
         """First contact: remember the node. Refuses to overwrite an existing record."""
         if self.load(address) is not None:
-            raise RuntimeError(f"{address} is already enrolled: re-enrollment is an explicit "
-                               "operator action (replace)")  # fmt: skip
+            raise RuntimeError(
+                f"{address} is already enrolled: re-enrollment is an explicit "
+                "operator action (replace)"
+            )
         record = NodeRecord(address.rstrip("/"), enrollment)
         self.save(record)
         return record
@@ -128,22 +143,28 @@ class EnrollmentStore:
             "operator_action": reason,
             "previous_node_id": old.enrollment.node_id,
             "previous_ak_name": old.enrollment.ak_name.hex(),
-            "previous_ek_sha256": None if old.enrollment.ek_sha256 is None
+            "previous_ek_sha256": None
+            if old.enrollment.ek_sha256 is None
             else old.enrollment.ek_sha256.hex(),
             "previous_enrolled_at": old.enrollment.enrolled_at,
             "new_ak_name": enrollment.ak_name.hex(),
-            "new_ek_sha256": None if enrollment.ek_sha256 is None
-            else enrollment.ek_sha256.hex(),
-        }  # fmt: skip
-        record = NodeRecord(address.rstrip("/"), enrollment,
-                            re_enrollments=(*old.re_enrollments, entry))  # fmt: skip
+            "new_ek_sha256": None if enrollment.ek_sha256 is None else enrollment.ek_sha256.hex(),
+        }
+        record = NodeRecord(
+            address.rstrip("/"), enrollment, re_enrollments=(*old.re_enrollments, entry)
+        )
         self.save(record)
         return record, entry
 
-    def appraised(self, record: NodeRecord, *, clock: ClockInfo | None, verdict: str,
-                  at: str) -> NodeRecord:  # fmt: skip
+    def appraised(
+        self, record: NodeRecord, *, clock: ClockInfo | None, verdict: str, at: str
+    ) -> NodeRecord:
         """Remember an appraisal; the clock only from a verified quote (never moves back)."""
-        new = replace(record, last_verdict=verdict, last_appraised_at=at,
-                      last_clock=clock if clock is not None else record.last_clock)  # fmt: skip
+        new = replace(
+            record,
+            last_verdict=verdict,
+            last_appraised_at=at,
+            last_clock=clock if clock is not None else record.last_clock,
+        )
         self.save(new)
         return new

@@ -172,10 +172,19 @@ class VerityTable:
     def to_line(self) -> str:
         """The table line as ``dmsetup table`` prints it (inverse of ``parse_verity_table``)."""
         words = [
-            str(self.start), str(self.length), "verity", str(self.version), self.data_device,
-            self.hash_device, str(self.data_block_size), str(self.hash_block_size),
-            str(self.data_blocks), str(self.hash_start_block), self.algorithm,
-            self.root_digest.hex(), self.salt.hex() or "-",
+            str(self.start),
+            str(self.length),
+            "verity",
+            str(self.version),
+            self.data_device,
+            self.hash_device,
+            str(self.data_block_size),
+            str(self.hash_block_size),
+            str(self.data_blocks),
+            str(self.hash_start_block),
+            self.algorithm,
+            self.root_digest.hex(),
+            self.salt.hex() or "-",
         ]
         opts = self.options()
         if opts:
@@ -282,10 +291,18 @@ def parse_verity_table(text: str) -> VerityTable:
     salt = b"" if args[9] == "-" else _hex(args[9], "salt", MAX_SALT)
     opts = _parse_options(args[10:])
     return VerityTable(
-        start=start, length=length, version=version, data_device=data_device,
-        hash_device=hash_device, data_block_size=data_bs, hash_block_size=hash_bs,
-        data_blocks=data_blocks, hash_start_block=hash_start, algorithm=algorithm,
-        root_digest=root, salt=salt,
+        start=start,
+        length=length,
+        version=version,
+        data_device=data_device,
+        hash_device=hash_device,
+        data_block_size=data_bs,
+        hash_block_size=hash_bs,
+        data_blocks=data_blocks,
+        hash_start_block=hash_start,
+        algorithm=algorithm,
+        root_digest=root,
+        salt=salt,
         corruption_mode=opts.corruption_mode or CorruptionMode.EIO,
         error_mode=opts.error_mode or ErrorMode.EIO,
         ignore_zero_blocks="ignore_zero_blocks" in opts.flags,
@@ -442,8 +459,11 @@ class VerityReport:
         return {
             "devices": [d.to_json() for d in self.devices],
             "cmdline_root_hashes": [
-                {"parameter": h.parameter, "root_hash": h.root_hash.hex(),
-                 "backed_by": list(h.backed_by)}
+                {
+                    "parameter": h.parameter,
+                    "root_hash": h.root_hash.hex(),
+                    "backed_by": list(h.backed_by),
+                }
                 for h in self.cmdline_root_hashes
             ],
             "cmdline_backed": self.cmdline_backed,

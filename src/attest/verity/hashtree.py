@@ -216,8 +216,12 @@ def verity_root_hash(
     hash_block_size: int = 4096,
 ) -> bytes:
     """Root hash of an in-memory image (pure)."""
-    h = VerityHasher(salt=salt, hash_algorithm=hash_algorithm, data_block_size=data_block_size,
-                     hash_block_size=hash_block_size)
+    h = VerityHasher(
+        salt=salt,
+        hash_algorithm=hash_algorithm,
+        data_block_size=data_block_size,
+        hash_block_size=hash_block_size,
+    )
     h.update(data)
     return h.finish()
 
@@ -245,14 +249,22 @@ def hash_image(
     one read, both hashes computed concurrently (module docstring). ``length`` reads only that
     many bytes (a slot larger than its image); ``sink`` sees every chunk once, in order (from
     the calling thread). With ``keep_level0`` the result carries the level-0 hash blocks."""
-    verity = VerityHasher(salt=salt, hash_algorithm=hash_algorithm,
-                          data_block_size=data_block_size, hash_block_size=hash_block_size,
-                          keep_level0=keep_level0)  # fmt: skip
+    verity = VerityHasher(
+        salt=salt,
+        hash_algorithm=hash_algorithm,
+        data_block_size=data_block_size,
+        hash_block_size=hash_block_size,
+        keep_level0=keep_level0,
+    )
     with Path(path).open("rb", buffering=0) as f:
         sha, size = _hash_concurrently(f.readinto, verity, length=length, sink=sink)
     root = verity.finish()
-    return ImageDigests(sha256=sha, size=size, verity=verity.params(root),
-                        level0=verity.level0 if keep_level0 else None)  # fmt: skip
+    return ImageDigests(
+        sha256=sha,
+        size=size,
+        verity=verity.params(root),
+        level0=verity.level0 if keep_level0 else None,
+    )
 
 
 def _hash_concurrently(

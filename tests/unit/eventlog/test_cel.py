@@ -53,8 +53,10 @@ def test_cel_json_seq_lines_as_systemd_writes_them() -> None:
 
 def test_systemd_measure_log_record() -> None:
     d = "ab" * 32
-    line = ('\x1e{"pcr":11,"digests":[{"hashAlg":"sha256","digest":"' + d + '"}],'
-            '"content_type":"systemd","content":{"string":"enter-initrd","eventType":"phase"}}\n')
+    line = (
+        '\x1e{"pcr":11,"digests":[{"hashAlg":"sha256","digest":"' + d + '"}],'
+        '"content_type":"systemd","content":{"string":"enter-initrd","eventType":"phase"}}\n'
+    )
     (rec,) = read_systemd_measure_log(line)
     assert rec.pcr == 11 and rec.content["string"] == "enter-initrd"
     assert rec.digests[HashAlg.SHA256] == bytes.fromhex(d)
@@ -69,8 +71,17 @@ def test_verify_cel_accepts_matching_and_rejects_tampered_log() -> None:
     assert err.value.invalid_pcrs == (("sha256", 15),)
 
 
-@pytest.mark.parametrize("text", ["", "[1]", '{"pcr": 99, "digests": []}', "[", "\xff",
-                                  '{"pcr":1,"digests":[{"hashAlg":"sha256","digest":"00"}]}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[1]",
+        '{"pcr": 99, "digests": []}',
+        "[",
+        "\xff",
+        '{"pcr":1,"digests":[{"hashAlg":"sha256","digest":"00"}]}',
+    ],
+)
 def test_bad_cel_raises_format_error(text: str) -> None:
     if text == "":
         assert loads_cel(text) == ()

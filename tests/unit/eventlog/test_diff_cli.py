@@ -54,7 +54,8 @@ def test_cli_diff_human(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_malformed_log_exits_with_format_code(
-    tmp_path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    tmp_path,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     bad = tmp_path / "bad.bin"
     bad.write_bytes(read_log("tpm2tools__event-bootorder")[:-5])

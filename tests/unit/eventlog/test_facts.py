@@ -24,8 +24,9 @@ def test_empty_secureboot_variable_reads_disabled_via_quirk() -> None:
     f = _facts("tpm2tools__event-sd-boot-fedora37")
     assert f.secure_boot is False
     assert "secureboot-empty-variable" in {q.name for q in f.quirks}
-    strict = facts(replay_self(parse_event_log(read_log("tpm2tools__event-sd-boot-fedora37"))),
-                   quirks=())
+    strict = facts(
+        replay_self(parse_event_log(read_log("tpm2tools__event-sd-boot-fedora37"))), quirks=()
+    )
     assert strict.secure_boot is None
 
 
@@ -68,19 +69,24 @@ def test_facts_json_says_unverified_without_quote() -> None:
 def test_verity_roothash_and_usrhash_parameters() -> None:
     line = f"root=/dev/dm-0 roothash={ROOT} usrhash={ROOT[::-1]} quiet"
     assert verity_root_hashes(line) == [
-        ("roothash", bytes.fromhex(ROOT)), ("usrhash", bytes.fromhex(ROOT[::-1]))
+        ("roothash", bytes.fromhex(ROOT)),
+        ("usrhash", bytes.fromhex(ROOT[::-1])),
     ]
 
 
 def test_verity_root_hash_in_dm_mod_create_table() -> None:
-    table = (f'dm-mod.create="vroot,,,ro,0 2097152 verity 1 /dev/vda1 /dev/vda2 4096 4096 '
-             f'262144 1 sha256 {ROOT} 0011223344556677 1 ignore_zero_blocks" root=/dev/dm-0')
+    table = (
+        f'dm-mod.create="vroot,,,ro,0 2097152 verity 1 /dev/vda1 /dev/vda2 4096 4096 '
+        f'262144 1 sha256 {ROOT} 0011223344556677 1 ignore_zero_blocks" root=/dev/dm-0'
+    )
     assert verity_root_hashes(table) == [("dm-mod.create", bytes.fromhex(ROOT))]
 
 
 def test_verity_root_hexdigest_in_chromeos_dm_parameter() -> None:
-    line = (f'dm="1 vroot none ro 1,0 2506752 verity payload=PARTUUID=%U/PARTNROFF=1 '
-            f'hashtree=PARTUUID=%U/PARTNROFF=1 alg=sha256 root_hexdigest={ROOT} salt=00"')
+    line = (
+        f'dm="1 vroot none ro 1,0 2506752 verity payload=PARTUUID=%U/PARTNROFF=1 '
+        f'hashtree=PARTUUID=%U/PARTNROFF=1 alg=sha256 root_hexdigest={ROOT} salt=00"'
+    )
     assert verity_root_hashes(line) == [("dm", bytes.fromhex(ROOT))]
 
 

@@ -25,7 +25,8 @@ from attest.eventlog.uefi import (
 from conftest import LOGS, read_log
 
 PAYLOAD_CLASSES = [
-    c for c in vars(uefi).values()
+    c
+    for c in vars(uefi).values()
     if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == uefi.__name__
 ]
 
@@ -92,9 +93,7 @@ def test_signature_lists_keep_each_entry_owner() -> None:
     stype = uuid.UUID(EFI_CERT_SHA256).bytes_le
     (sl,) = decode_signature_lists(stype + header + entries)
     assert isinstance(sl, SignatureList) and sl.type_name == "sha256"
-    assert sl.signatures == tuple(
-        (guid_str(owners[i % 2]), bytes([i]) * 32) for i in range(5)
-    )
+    assert sl.signatures == tuple((guid_str(owners[i % 2]), bytes([i]) * 32) for i in range(5))
 
 
 def test_gpt_without_partitions_accepts_any_entry_size() -> None:

@@ -40,8 +40,9 @@ def test_every_real_log_parses_with_every_payload_decoded(path) -> None:  # type
     assert log.events
     assert log.format == (FORMAT_SHA1 if path.stem in SHA1_FORMAT else FORMAT_CRYPTO_AGILE)
     assert not log.malformed_events
-    assert all(not isinstance(e.payload, RawPayload) or "unknown" not in e.payload.note
-               for e in log.events)
+    assert all(
+        not isinstance(e.payload, RawPayload) or "unknown" not in e.payload.note for e in log.events
+    )
 
 
 def test_crypto_agile_spec_id_lists_banks_and_sizes() -> None:
@@ -125,16 +126,22 @@ def test_fast_event_constructor_equals_dataclass_constructor() -> None:
 
 def test_secure_boot_variables_decode_signature_lists() -> None:
     log = parse_event_log(read_log("goattest__windows_gcp_shielded_vm"))
-    db = next(e.payload for e in log.events
-              if isinstance(e.payload, VariableData) and e.payload.name == "db")
+    db = next(
+        e.payload
+        for e in log.events
+        if isinstance(e.payload, VariableData) and e.payload.name == "db"
+    )
     assert isinstance(db.value, tuple) and db.value
     assert {sl.type_name for sl in db.value} == {"x509"}
 
 
 def test_boot_option_decodes_description_and_file_path() -> None:
     log = parse_event_log(read_log("tpm2tools__event-bootorder"))
-    opts = {e.payload.name: e.payload.value for e in log.events
-            if isinstance(e.payload, VariableData) and e.payload.name.startswith("Boot0")}
+    opts = {
+        e.payload.name: e.payload.value
+        for e in log.events
+        if isinstance(e.payload, VariableData) and e.payload.name.startswith("Boot0")
+    }
     assert opts["Boot0001"].description == "UEFI Misc Device"  # type: ignore[union-attr]
     assert opts["Boot0001"].device_path.text == "PciRoot(0x0)/Pci(0x6,0x0)"  # type: ignore[union-attr]
     assert opts["Boot0002"].device_path.text.endswith(  # type: ignore[union-attr]

@@ -40,7 +40,8 @@ def make_signers(n: int) -> list[Signer]:
     out = []
     for i in range(n):
         priv: PrivateKey = (
-            ed25519.Ed25519PrivateKey.generate() if i % 2 == 0
+            ed25519.Ed25519PrivateKey.generate()
+            if i % 2 == 0
             else ec.generate_private_key(ec.SECP256R1())
         )
         out.append(Signer(priv))
@@ -54,16 +55,18 @@ def sign_doc(signed: dict[str, object], signers: Iterable[Signer]) -> bytes:
     return env.to_bytes()
 
 
-def release(version: str, seq: int, *, embargo: Embargo | None = None,
-            commit: bool = True) -> Release:
+def release(
+    version: str, seq: int, *, embargo: Embargo | None = None, commit: bool = True
+) -> Release:
     art = hashlib.sha256(f"artifact {version}".encode()).digest()
     return Release(
         version=version,
         sequence=seq,
         artifact_sha256=art,
         artifact_size=4096 * 3,
-        verity=VerityParams(root_hash=hashlib.sha256(b"verity" + art).digest(),
-                            salt=b"\x01" * 32, data_blocks=3),
+        verity=VerityParams(
+            root_hash=hashlib.sha256(b"verity" + art).digest(), salt=b"\x01" * 32, data_blocks=3
+        ),
         blessed_at=NOW - timedelta(days=30),
         source_commit=hashlib.sha1(version.encode()).digest() if commit else None,
         embargo=embargo,
@@ -80,25 +83,40 @@ class World:
     def root_bytes(self, signers: Iterable[Signer] | None = None) -> bytes:
         return sign_doc(self.root.to_json(), self.root_signers if signers is None else signers)
 
-    def snapshot(self, seq: int = 1, *, expires: datetime = FAR,
-                 releases: Iterable[Release] = ()) -> RegistrySnapshot:
+    def snapshot(
+        self, seq: int = 1, *, expires: datetime = FAR, releases: Iterable[Release] = ()
+    ) -> RegistrySnapshot:
         rels = list(releases) or [release("1.0.0", 1), release("1.1.0", 2)]
-        return edit.checked(RegistrySnapshot(sequence=seq, expires=expires,
-                                             releases={r.version: r for r in rels}))
+        return edit.checked(
+            RegistrySnapshot(sequence=seq, expires=expires, releases={r.version: r for r in rels})
+        )
 
-    def registry_bytes(self, snap: RegistrySnapshot | None = None,
-                       signers: Iterable[Signer] | None = None) -> bytes:
+    def registry_bytes(
+        self, snap: RegistrySnapshot | None = None, signers: Iterable[Signer] | None = None
+    ) -> bytes:
         snap = snap if snap is not None else self.snapshot()
         return sign_doc(snap.to_json(), self.release_signers[:2] if signers is None else signers)
 
 
-def build_world(*, root_n: int = 3, root_t: int = 2, rel_n: int = 3, rel_t: int = 2,
-                plat_n: int = 2, plat_t: int = 1, version: int = 1) -> World:
+def build_world(
+    *,
+    root_n: int = 3,
+    root_t: int = 2,
+    rel_n: int = 3,
+    rel_t: int = 2,
+    plat_n: int = 2,
+    plat_t: int = 1,
+    version: int = 1,
+) -> World:
     rs, ls, ps = make_signers(root_n), make_signers(rel_n), make_signers(plat_n)
     root = edit.new_root(
-        version=version, expires=FAR,
-        role_keys={"root": [s.key for s in rs], "releases": [s.key for s in ls],
-                   "platform": [s.key for s in ps]},
+        version=version,
+        expires=FAR,
+        role_keys={
+            "root": [s.key for s in rs],
+            "releases": [s.key for s in ls],
+            "platform": [s.key for s in ps],
+        },
         thresholds={"root": root_t, "releases": rel_t, "platform": plat_t},
     )
     return World(rs, ls, ps, root)

@@ -25,7 +25,7 @@ def test_rfc8785_sorts_members_by_utf16_code_units() -> None:
 
 def test_rfc8785_string_escaping() -> None:
     # RFC 8785 §3.2.2.2: short escapes, \u00xx lower-case for other controls, '/' and DEL literal.
-    s = "\u20ac$\u000f\nA'B\"\\\\\"/\x7f\u2028"
+    s = '\u20ac$\u000f\nA\'B"\\\\"/\x7f\u2028'
     assert canonicalize(s) == ('"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/\x7f\u2028"').encode()
 
 
@@ -48,9 +48,19 @@ def test_rejects_non_canonical_document() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b'{"a":1.5}', b'{"a":1e3}', b"NaN", b'{"a":Infinity}', b'{"a":1,"a":2}',
-        b'"\\ud800"', b"\xff", b"[" * 40 + b"]" * 40, b'{"a":9007199254740992}',
-        b"1" * 5000, b"", b"{", b'{"a":-9007199254740992}',
+        b'{"a":1.5}',
+        b'{"a":1e3}',
+        b"NaN",
+        b'{"a":Infinity}',
+        b'{"a":1,"a":2}',
+        b'"\\ud800"',
+        b"\xff",
+        b"[" * 40 + b"]" * 40,
+        b'{"a":9007199254740992}',
+        b"1" * 5000,
+        b"",
+        b"{",
+        b'{"a":-9007199254740992}',
     ],
 )
 def test_strict_reader_refuses(data: bytes) -> None:
@@ -71,11 +81,18 @@ def test_canonicalize_refuses_floats_and_big_ints() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
+    st.none()
+    | st.booleans()
+    | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
     | st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8),
-                      children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8),
+            children,
+            max_size=4,
+        )
+    ),
     max_leaves=20,
 )
 

@@ -20,18 +20,44 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-          monkeypatch: pytest.MonkeyPatch) -> Path:
+def setup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Path:
     monkeypatch.chdir(tmp_path)
-    for name, kind in [("r1", "ed25519"), ("r2", "ecdsa-p256"), ("l1", "ed25519"),
-                       ("l2", "ecdsa-p256"), ("p1", "ed25519")]:
+    for name, kind in [
+        ("r1", "ed25519"),
+        ("r2", "ecdsa-p256"),
+        ("l1", "ed25519"),
+        ("l2", "ecdsa-p256"),
+        ("p1", "ed25519"),
+    ]:
         assert run(capsys, "keygen", "--type", kind, "--out", name)[0] == 0
-    rc, out, _ = run(capsys, "init", "--out", "root.json", "--registry-out", "reg.json",
-                     "--root-key", "r1.pub.json", "--root-key", "r2.pub.json",
-                     "--root-threshold", "2", "--releases-key", "l1.pub.json",
-                     "--releases-key", "l2.pem", "--releases-threshold", "2",
-                     "--platform-key", "p1.pub.json", "--now", "2025-01-01T00:00:00Z",
-                     "--expires", "2030-01-01T00:00:00Z")
+    rc, out, _ = run(
+        capsys,
+        "init",
+        "--out",
+        "root.json",
+        "--registry-out",
+        "reg.json",
+        "--root-key",
+        "r1.pub.json",
+        "--root-key",
+        "r2.pub.json",
+        "--root-threshold",
+        "2",
+        "--releases-key",
+        "l1.pub.json",
+        "--releases-key",
+        "l2.pem",
+        "--releases-threshold",
+        "2",
+        "--platform-key",
+        "p1.pub.json",
+        "--now",
+        "2025-01-01T00:00:00Z",
+        "--expires",
+        "2030-01-01T00:00:00Z",
+    )
     assert rc == 0, out
     for k in ("r1", "r2"):
         assert run(capsys, "sign", "root.json", "--key", f"{k}.pem")[0] == 0
@@ -39,33 +65,82 @@ def setup(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     return tmp_path
 
 
-def test_keygen_init_bless_sign_verify_show(setup: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run(capsys, "bless", "img", "--version", "1.0.0", "--commit", COMMIT,
-                       "--registry", "reg.json", "--now", "2025-01-02T00:00:00Z")
+def test_keygen_init_bless_sign_verify_show(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run(
+        capsys,
+        "bless",
+        "img",
+        "--version",
+        "1.0.0",
+        "--commit",
+        COMMIT,
+        "--registry",
+        "reg.json",
+        "--now",
+        "2025-01-02T00:00:00Z",
+    )
     assert rc == 0, err
-    rc, _, err = run(capsys, "verify", "--root", "root.json", "--registry", "reg.json",
-                     "--now", "2025-01-03T00:00:00Z")
+    rc, _, err = run(
+        capsys,
+        "verify",
+        "--root",
+        "root.json",
+        "--registry",
+        "reg.json",
+        "--now",
+        "2025-01-03T00:00:00Z",
+    )
     assert rc == 1 and err.count("\n") == 1 and "threshold" in err and "0 valid" in err
     for k in ("l1", "l2"):
         assert run(capsys, "sign", "reg.json", "--key", f"{k}.pem")[0] == 0
-    rc, out, err = run(capsys, "verify", "--root", "root.json", "--registry", "reg.json",
-                       "--now", "2025-01-03T00:00:00Z", "--json")
+    rc, out, err = run(
+        capsys,
+        "verify",
+        "--root",
+        "root.json",
+        "--registry",
+        "reg.json",
+        "--now",
+        "2025-01-03T00:00:00Z",
+        "--json",
+    )
     assert rc == 0, err
     doc = json.loads(out)
-    assert doc["ok"] and doc["registry"]["sequence"] == 1 and doc["registry"]["releases"] == [
-        "1.0.0"]
-    rc, out, _ = run(capsys, "show", "reg.json", "--root", "root.json",
-                     "--now", "2025-01-03T00:00:00Z")
+    assert (
+        doc["ok"] and doc["registry"]["sequence"] == 1 and doc["registry"]["releases"] == ["1.0.0"]
+    )
+    rc, out, _ = run(
+        capsys, "show", "reg.json", "--root", "root.json", "--now", "2025-01-03T00:00:00Z"
+    )
     assert rc == 0 and "1.0.0" in out and "verified" in out and COMMIT in out
     sha = __import__("hashlib").sha256((setup / "img").read_bytes()).hexdigest()
     assert sha in out
-    rc, out, _ = run(capsys, "evaluate", "--root", "root.json", "--registry", "reg.json",
-                     "--artifact-sha256", sha, "--now", "2025-01-03T00:00:00Z")
+    rc, out, _ = run(
+        capsys,
+        "evaluate",
+        "--root",
+        "root.json",
+        "--registry",
+        "reg.json",
+        "--artifact-sha256",
+        sha,
+        "--now",
+        "2025-01-03T00:00:00Z",
+    )
     assert rc == 0 and out.startswith("blessed")
     # Expired at a later --now: one clear line, exit 1.
-    rc, _, err = run(capsys, "verify", "--root", "root.json", "--registry", "reg.json",
-                     "--now", "2031-01-01T00:00:00Z")
+    rc, _, err = run(
+        capsys,
+        "verify",
+        "--root",
+        "root.json",
+        "--registry",
+        "reg.json",
+        "--now",
+        "2031-01-01T00:00:00Z",
+    )
     assert rc == 1 and "expired" in err and err.count("\n") == 1
 
 
@@ -77,8 +152,17 @@ def test_cli_state_refuses_rollback_and_embargo_workflow(
     for k in ("l1", "l2"):
         run(capsys, "sign", "reg.json", "--key", f"{k}.pem")
     first = (setup / "reg.json").read_bytes()
-    verify = ["verify", "--root", "root.json", "--registry", "reg.json", "--state", "st",
-              "--now", "2025-01-03T00:00:00Z"]
+    verify = [
+        "verify",
+        "--root",
+        "root.json",
+        "--registry",
+        "reg.json",
+        "--state",
+        "st",
+        "--now",
+        "2025-01-03T00:00:00Z",
+    ]
     assert run(capsys, *verify)[0] == 0
     # Editing a signed registry starts draft #2.
     rc, out, _ = run(capsys, "fleet-complete", "1.0.0", "--at", "2025-01-01T00:00:00Z", *reg)
@@ -110,28 +194,71 @@ def test_cli_bless_refuses_partial_block_image_and_wrong_expected_hash(
     setup: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (setup / "odd").write_bytes(b"x" * 5000)
-    rc, _, err = run(capsys, "bless", "odd", "--version", "1", "--commit", COMMIT,
-                     "--registry", "reg.json")
+    rc, _, err = run(
+        capsys, "bless", "odd", "--version", "1", "--commit", COMMIT, "--registry", "reg.json"
+    )
     assert rc == 3 and "multiple" in err
-    rc, _, err = run(capsys, "bless", "img", "--version", "1", "--commit", COMMIT,
-                     "--registry", "reg.json", "--salt", "00", "--expect-root-hash", "00" * 32)
+    rc, _, err = run(
+        capsys,
+        "bless",
+        "img",
+        "--version",
+        "1",
+        "--commit",
+        COMMIT,
+        "--registry",
+        "reg.json",
+        "--salt",
+        "00",
+        "--expect-root-hash",
+        "00" * 32,
+    )
     assert rc == 3 and "differs" in err
 
 
 def test_cli_root_rotation(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "keygen", "--out", "r3")
-    rc, _, err = run(capsys, "init", "--out", "root2.json", "--previous", "root.json",
-                     "--root-key", "r2.pub.json", "--root-key", "r3.pub.json",
-                     "--root-threshold", "2", "--expires", "2030-01-01T00:00:00Z")
+    rc, _, err = run(
+        capsys,
+        "init",
+        "--out",
+        "root2.json",
+        "--previous",
+        "root.json",
+        "--root-key",
+        "r2.pub.json",
+        "--root-key",
+        "r3.pub.json",
+        "--root-threshold",
+        "2",
+        "--expires",
+        "2030-01-01T00:00:00Z",
+    )
     assert rc == 0, err
     for k in ("r2", "r3"):
         run(capsys, "sign", "root2.json", "--key", f"{k}.pem")
-    rc, _, err = run(capsys, "verify", "--root", "root2.json", "--trusted-root", "root.json",
-                     "--now", "2025-02-01T00:00:00Z")
+    rc, _, err = run(
+        capsys,
+        "verify",
+        "--root",
+        "root2.json",
+        "--trusted-root",
+        "root.json",
+        "--now",
+        "2025-02-01T00:00:00Z",
+    )
     assert rc == 1 and "threshold" in err  # only 1 of 2 old root keys signed
     run(capsys, "sign", "root2.json", "--key", "r1.pem")
-    rc, out, err = run(capsys, "verify", "--root", "root2.json", "--trusted-root", "root.json",
-                       "--now", "2025-02-01T00:00:00Z")
+    rc, out, err = run(
+        capsys,
+        "verify",
+        "--root",
+        "root2.json",
+        "--trusted-root",
+        "root.json",
+        "--now",
+        "2025-02-01T00:00:00Z",
+    )
     assert rc == 0 and "root v2" in out, err
 
 

@@ -31,7 +31,8 @@ def _load_regenerate() -> Any:
 
 def _state() -> TrustedState:
     return TrustedState.bootstrap((FM / "test/root.json").read_bytes(), now=NOW).update_registry(
-        (FM / "test/registry.json").read_bytes(), now=NOW)
+        (FM / "test/registry.json").read_bytes(), now=NOW
+    )
 
 
 def test_committed_test_documents_verify() -> None:
@@ -57,8 +58,9 @@ def test_example_releases_match_their_images() -> None:
         image = mod.example_image(version, blocks)
         assert rel.artifact_sha256 == hashlib.sha256(image).digest()
         assert rel.verity.root_hash == verity_root_hash(image, salt=rel.verity.salt)
-        status = evaluate_release(reg, artifact_sha256=rel.artifact_sha256,
-                                  verity_root_hash=rel.verity.root_hash, now=NOW).status
+        status = evaluate_release(
+            reg, artifact_sha256=rel.artifact_sha256, verity_root_hash=rel.verity.root_hash, now=NOW
+        ).status
         assert status is (ReleaseStatus.REVOKED if version == "0.2.0" else ReleaseStatus.BLESSED)
     assert evaluate_rollback(reg, from_version="0.2.1", to_version="0.1.0").allowed
 
@@ -115,8 +117,9 @@ def _required_paths(schema: dict[str, Any], defs: dict[str, Any], doc: Any) -> l
     return problems
 
 
-@pytest.mark.parametrize(("schema", "doc"), [("root", "test/root.json"),
-                                             ("registry", "test/registry.json")])
+@pytest.mark.parametrize(
+    ("schema", "doc"), [("root", "test/root.json"), ("registry", "test/registry.json")]
+)
 def test_schema_and_parser_agree_on_example_documents(schema: str, doc: str) -> None:
     data = (FM / doc).read_bytes()
     (load_root if schema == "root" else load_registry)(data)  # the parser accepts it

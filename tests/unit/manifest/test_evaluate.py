@@ -20,8 +20,9 @@ from attest.manifest.model import Embargo, VerifiedRegistry
 from attest.manifest.verify import verify_snapshot
 
 
-def _reg(world: World, *rels: object, revoke: str | None = None,
-         rollback: tuple[str, str] | None = None) -> VerifiedRegistry:
+def _reg(
+    world: World, *rels: object, revoke: str | None = None, rollback: tuple[str, str] | None = None
+) -> VerifiedRegistry:
     snap = world.snapshot(releases=rels)  # type: ignore[arg-type]
     if revoke:
         snap = edit.revoke(snap, revoke, reason="CVE-2025-0001", at=NOW)
@@ -33,8 +34,9 @@ def _reg(world: World, *rels: object, revoke: str | None = None,
 def test_blessed_by_artifact_and_verity(world: World) -> None:
     reg = _reg(world)
     rel = reg.snapshot.releases["1.1.0"]
-    d = evaluate_release(reg, artifact_sha256=rel.artifact_sha256,
-                         verity_root_hash=rel.verity.root_hash, now=NOW)
+    d = evaluate_release(
+        reg, artifact_sha256=rel.artifact_sha256, verity_root_hash=rel.verity.root_hash, now=NOW
+    )
     assert d.status is ReleaseStatus.BLESSED and d.ok
     assert d.require_blessed().version == "1.1.0"
     assert evaluate_release(reg, verity_root_hash=rel.verity.root_hash, now=NOW).ok
@@ -51,8 +53,9 @@ def test_arbitrary_software_not_blessed(world: World) -> None:
 def test_mix_and_match_artifact_of_one_release_verity_of_another(world: World) -> None:
     reg = _reg(world)
     a, b = reg.snapshot.releases["1.0.0"], reg.snapshot.releases["1.1.0"]
-    d = evaluate_release(reg, artifact_sha256=a.artifact_sha256,
-                         verity_root_hash=b.verity.root_hash, now=NOW)
+    d = evaluate_release(
+        reg, artifact_sha256=a.artifact_sha256, verity_root_hash=b.verity.root_hash, now=NOW
+    )
     assert d.status is ReleaseStatus.NOT_BLESSED
     assert "1.0.0" in d.reasons[0] and "1.1.0" in d.reasons[0]
 
@@ -60,8 +63,10 @@ def test_mix_and_match_artifact_of_one_release_verity_of_another(world: World) -
 def test_revoked_release_stops_attesting(world: World) -> None:
     reg = _reg(world, revoke="1.0.0")
     rel = reg.snapshot.releases["1.0.0"]
-    for kwargs in ({"artifact_sha256": rel.artifact_sha256},
-                   {"verity_root_hash": rel.verity.root_hash}):
+    for kwargs in (
+        {"artifact_sha256": rel.artifact_sha256},
+        {"verity_root_hash": rel.verity.root_hash},
+    ):
         d = evaluate_release(reg, now=NOW, **kwargs)  # type: ignore[arg-type]
         assert d.status is ReleaseStatus.REVOKED and "CVE-2025-0001" in d.reasons[0]
 
@@ -79,8 +84,9 @@ def test_embargo_clock(world: World) -> None:
 
 
 def test_embargo_overdue(world: World) -> None:
-    emb = release("2.0.0", 3, commit=False,
-                  embargo=Embargo(fleet_complete_at=NOW - timedelta(days=11)))
+    emb = release(
+        "2.0.0", 3, commit=False, embargo=Embargo(fleet_complete_at=NOW - timedelta(days=11))
+    )
     reg = _reg(world, release("1.0.0", 1), emb)
     d = evaluate_release(reg, artifact_sha256=emb.artifact_sha256, now=NOW)
     assert d.status is ReleaseStatus.EMBARGOED_OVERDUE and not d.ok
@@ -103,8 +109,10 @@ def test_rollback_needs_explicit_authorisation(world: World) -> None:
     reg = _reg(world)
     d = evaluate_rollback(reg, from_version="1.1.0", to_version="1.0.0")
     assert not d.allowed and d.kind is RollbackKind.ROLLBACK
-    assert evaluate_rollback(reg, from_version="1.0.0", to_version="1.1.0").kind \
+    assert (
+        evaluate_rollback(reg, from_version="1.0.0", to_version="1.1.0").kind
         is RollbackKind.UPGRADE
+    )
     reg2 = _reg(world, rollback=("1.1.0", "1.0.0"))
     d = evaluate_rollback(reg2, from_version="1.1.0", to_version="1.0.0")
     assert d.allowed and d.kind is RollbackKind.AUTHORISED_ROLLBACK and "incident 42" in d.reason
@@ -121,10 +129,10 @@ def test_rollback_to_revoked_refused_and_unknown_installed(world: World) -> None
     assert not evaluate_rollback(reg, from_version="1.1.0", to_version="1.0.0").allowed
     d = evaluate_rollback(reg, from_version="0.0.1", to_version="1.1.0")
     assert not d.allowed and d.kind is RollbackKind.UNKNOWN
-    assert evaluate_rollback(reg, from_version="0.0.1", to_version="1.1.0",
-                             from_sequence=1).allowed
-    assert not evaluate_rollback(reg, from_version="0.0.1", to_version="1.1.0",
-                                 from_sequence=9).allowed
+    assert evaluate_rollback(reg, from_version="0.0.1", to_version="1.1.0", from_sequence=1).allowed
+    assert not evaluate_rollback(
+        reg, from_version="0.0.1", to_version="1.1.0", from_sequence=9
+    ).allowed
 
 
 def test_rollback_rule_must_point_backwards(world: World) -> None:

@@ -24,9 +24,9 @@ from attest.manifest import edit
 from attest.manifest.canonical import canonicalize
 from attest.manifest.model import RegistrySnapshot
 from attest.manifest.parse import load_registry
-from attest.storage.trusted_state import load_state, save_state
 from attest.manifest.trusted import TrustedState
 from attest.storage.files import atomic_write_bytes
+from attest.storage.trusted_state import load_state, save_state
 
 
 def _state(world: World, seq: int = 5) -> TrustedState:
@@ -63,7 +63,8 @@ def test_equal_sequence_other_valid_signature_set_is_freeze(world: World) -> Non
     # Same signed content, a different (still valid) set of signers: different bytes.
     snap = world.snapshot(5)
     s = TrustedState.bootstrap(world.root_bytes(), now=NOW).update_registry(
-        world.registry_bytes(snap, world.release_signers[:2]), now=NOW)
+        world.registry_bytes(snap, world.release_signers[:2]), now=NOW
+    )
     with pytest.raises(FreezeError):
         s.update_registry(world.registry_bytes(snap, world.release_signers[1:]), now=NOW)
 
@@ -77,7 +78,8 @@ def test_rejects_expired_registry_at_supplied_now(world: World) -> None:
 
 def test_freeze_check_fresh_refuses_stale_trusted_registry(world: World) -> None:
     s = TrustedState.bootstrap(world.root_bytes(), now=NOW).update_registry(
-        world.registry_bytes(world.snapshot(1, expires=NOW + timedelta(days=1))), now=NOW)
+        world.registry_bytes(world.snapshot(1, expires=NOW + timedelta(days=1))), now=NOW
+    )
     assert s.check_fresh(now=NOW).snapshot.sequence == 1
     with pytest.raises(ExpiredError):
         s.check_fresh(now=NOW + timedelta(days=1))
@@ -93,10 +95,13 @@ def test_rotation_of_release_keys_keeps_rollback_floor(world: World) -> None:
     s = _state(world, seq=5)
     new_rel = make_signers(2)
     root2 = edit.new_root(
-        version=2, expires=FAR,
-        role_keys={"root": [k.key for k in world.root_signers],
-                   "releases": [k.key for k in new_rel],
-                   "platform": [k.key for k in world.platform_signers]},
+        version=2,
+        expires=FAR,
+        role_keys={
+            "root": [k.key for k in world.root_signers],
+            "releases": [k.key for k in new_rel],
+            "platform": [k.key for k in world.platform_signers],
+        },
         thresholds={"root": 2, "releases": 2, "platform": 1},
     )
     s2 = s.update_root(sign_doc(root2.to_json(), world.root_signers))
@@ -156,8 +161,16 @@ def test_atomic_write_failure_keeps_old_content(tmp_path: Path) -> None:
 
 
 def _mutations(doc: object) -> st.SearchStrategy[object]:
-    leaves = st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=70) \
-        | st.just("ab" * 32) | st.just("2036-01-01T00:00:00Z") | st.just([]) | st.just({})
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**60), 2**60)
+        | st.text(max_size=70)
+        | st.just("ab" * 32)
+        | st.just("2036-01-01T00:00:00Z")
+        | st.just([])
+        | st.just({})
+    )
     return leaves
 
 
@@ -170,8 +183,9 @@ def test_registry_parser_parses_or_raises_format_error(data: st.DataObject) -> N
     node = doc
     path: list[object] = []
     while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
-        key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict)
-                                        else list(range(len(node)))))
+        key = data.draw(
+            st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node))))
+        )
         path.append(key)
         node = node[key]  # type: ignore[index]
     if not path:
@@ -203,8 +217,7 @@ def _policy_snapshot(world: World) -> RegistrySnapshot:
     so the mutations reach that member too."""
     snap = world.snapshot()
     rel = snap.releases["1.1.0"]
-    blessed = edit.policies(mac={"selinux": b"\x01" * 32},
-                            config=[b"\x02" * 32, b"\x03" * 32])
+    blessed = edit.policies(mac={"selinux": b"\x01" * 32}, config=[b"\x02" * 32, b"\x03" * 32])
     return edit.set_policies(snap, rel.version, blessed)
 
 

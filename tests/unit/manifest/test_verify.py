@@ -49,8 +49,9 @@ def test_arbitrary_software_tampered_release_refused(world: World) -> None:
 
 def test_compromise_of_fewer_keys_than_threshold(world: World) -> None:
     with pytest.raises(ThresholdError) as e:
-        verify_snapshot(world.root, world.registry_bytes(signers=world.release_signers[:1]),
-                        now=NOW)
+        verify_snapshot(
+            world.root, world.registry_bytes(signers=world.release_signers[:1]), now=NOW
+        )
     assert (e.value.signed, e.value.threshold) == (1, 2)
 
 
@@ -99,8 +100,10 @@ def test_signature_under_wrong_keyid_does_not_count(world: World) -> None:
     doc = env.to_json()
     # b's signature presented under a's key id, plus b's own: only b's counts.
     sig_b = sign(b.private, env.signed_bytes)
-    doc["signatures"] = [{"keyid": a.keyid, "sig": sig_b.hex()},
-                         {"keyid": b.keyid, "sig": sig_b.hex()}]
+    doc["signatures"] = [
+        {"keyid": a.keyid, "sig": sig_b.hex()},
+        {"keyid": b.keyid, "sig": sig_b.hex()},
+    ]
     with pytest.raises(ThresholdError) as e:
         verify_snapshot(world.root, canonicalize(doc), now=NOW)
     assert e.value.signed == 1
@@ -146,8 +149,9 @@ def test_rejects_non_canonical_document(world: World) -> None:
 
 def test_mix_and_match_signatures_from_another_snapshot(world: World) -> None:
     a = json.loads(world.registry_bytes(world.snapshot(1)))
-    b = json.loads(world.registry_bytes(world.snapshot(
-        2, releases=[release("1.0.0", 1), release("6.6.6", 2)])))
+    b = json.loads(
+        world.registry_bytes(world.snapshot(2, releases=[release("1.0.0", 1), release("6.6.6", 2)]))
+    )
     a["signed"] = b["signed"] | {"sequence": 1}
     with pytest.raises(ThresholdError):
         verify_snapshot(world.root, canonicalize(a), now=NOW)
@@ -162,8 +166,9 @@ def test_mix_and_match_registry_of_another_trust_root(world: World) -> None:
 
 
 def _platform(pid: str = "ovmf") -> PlatformReference:
-    return PlatformReference(pid, "test platform",
-                             PcrValues({HashAlg.SHA256: {i: bytes([i]) * 32 for i in range(8)}}))
+    return PlatformReference(
+        pid, "test platform", PcrValues({HashAlg.SHA256: {i: bytes([i]) * 32 for i in range(8)}})
+    )
 
 
 def test_platform_reference_needs_platform_role(world: World) -> None:
@@ -194,10 +199,13 @@ def test_mix_and_match_platform_reference_moved_to_other_platform(world: World) 
 def test_root_rotation_needs_old_and_new_threshold(world: World) -> None:
     new_signers = make_signers(2)
     new_root = edit.new_root(
-        version=2, expires=FAR,
-        role_keys={"root": [s.key for s in new_signers],
-                   "releases": [s.key for s in world.release_signers],
-                   "platform": [s.key for s in world.platform_signers]},
+        version=2,
+        expires=FAR,
+        role_keys={
+            "root": [s.key for s in new_signers],
+            "releases": [s.key for s in world.release_signers],
+            "platform": [s.key for s in world.platform_signers],
+        },
         thresholds={"root": 2, "releases": 2, "platform": 1},
     )
     signed = new_root.to_json()

@@ -26,9 +26,18 @@ needs_veritysetup = pytest.mark.skipif(
 def _veritysetup_root(image: Path, salt: bytes, *extra: str) -> bytes:
     assert VERITYSETUP is not None
     out = subprocess.run(
-        [VERITYSETUP, "format", "--no-superblock", f"--salt={salt.hex() or '-'}", *extra,
-         str(image), str(image) + ".hash"],
-        check=True, capture_output=True, text=True,
+        [
+            VERITYSETUP,
+            "format",
+            "--no-superblock",
+            f"--salt={salt.hex() or '-'}",
+            *extra,
+            str(image),
+            str(image) + ".hash",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     m = re.search(r"Root hash:\s+([0-9a-f]+)", out)
     assert m, out
@@ -49,18 +58,21 @@ def test_root_hash_matches_veritysetup(tmp_path: Path, blocks: int) -> None:
 @needs_veritysetup
 @pytest.mark.parametrize(
     ("alg", "dbs", "hbs", "salt"),
-    [("sha512", 4096, 4096, b"\x01\x02"), ("sha1", 1024, 512, b"s" * 7),
-     ("sha256", 512, 4096, b"")],
+    [
+        ("sha512", 4096, 4096, b"\x01\x02"),
+        ("sha1", 1024, 512, b"s" * 7),
+        ("sha256", 512, 4096, b""),
+    ],
 )
 def test_root_hash_matches_veritysetup_other_params(
     tmp_path: Path, alg: str, dbs: int, hbs: int, salt: bytes
 ) -> None:
     image = tmp_path / "img"
     image.write_bytes(os.urandom(dbs * 700))
-    want = _veritysetup_root(image, salt, f"--hash={alg}", f"--data-block-size={dbs}",
-                             f"--hash-block-size={hbs}")
-    got = hash_image(image, salt=salt, hash_algorithm=alg, data_block_size=dbs,
-                     hash_block_size=hbs)
+    want = _veritysetup_root(
+        image, salt, f"--hash={alg}", f"--data-block-size={dbs}", f"--hash-block-size={hbs}"
+    )
+    got = hash_image(image, salt=salt, hash_algorithm=alg, data_block_size=dbs, hash_block_size=hbs)
     assert got.verity.root_hash == want
 
 

@@ -20,15 +20,15 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from attest import __version__
-from attest.node.api import schemas
-from attest.node.api.errors import attest_error_handler
-from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
-from attest.node.api.batcher import QuoteBatcher
-from attest.node.config import Settings
 from attest.errors import AttestError, EvidenceFormatError, TpmError
 from attest.evidence import EVIDENCE_VERSION, b64, unb64
 from attest.merkle import challenge_leaf
 from attest.model import HashAlg, PcrSelection
+from attest.node.api import schemas
+from attest.node.api.batcher import QuoteBatcher
+from attest.node.api.errors import attest_error_handler
+from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
+from attest.node.config import Settings
 from attest.node.port import NodeIdentity, NodePort
 from attest.node.tpm.port import RawQuote
 
@@ -189,9 +189,11 @@ def create_app(
         settings=settings,
         node=node,
         batcher=QuoteBatcher(
-            node.quote, batching=settings.api.batching, max_batch=settings.api.max_batch,
+            node.quote,
+            batching=settings.api.batching,
+            max_batch=settings.api.max_batch,
             max_waiting=settings.api.max_waiting,
-        ),  # fmt: skip
+        ),
         tls_binding=tls_binding,
         firmware_log=firmware_log,
         verity=verity,
@@ -242,8 +244,7 @@ def require_trusted_channel(request: Request) -> None:
     if channel not in TRUSTED_CHANNELS:
         raise HTTPException(
             status_code=403,
-            detail="this endpoint needs an authenticated client: mutual TLS or the operator "
-            "socket",
+            detail="this endpoint needs an authenticated client: mutual TLS or the operator socket",
         )
 
 
@@ -259,11 +260,15 @@ def _parse_selection(pcrs: dict[str, list[int]]) -> PcrSelection:
 
 def _routes(app: FastAPI, ctx: NodeContext) -> None:
     errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": schemas.ErrorBody}, 503: {"model": schemas.ErrorBody},
-    }  # fmt: skip
+        400: {"model": schemas.ErrorBody},
+        503: {"model": schemas.ErrorBody},
+    }
 
-    @app.post("/v1/evidence", response_model=None, responses={
-        200: {"model": schemas.EvidenceResponse}, **errors})  # fmt: skip
+    @app.post(
+        "/v1/evidence",
+        response_model=None,
+        responses={200: {"model": schemas.EvidenceResponse}, **errors},
+    )
     async def evidence(req: schemas.EvidenceRequest) -> Response:
         """A fresh quote over the requested PCRs answering this nonce (shared with the
         challenges that waited for the same quote: see ``batch``), plus the logs asked for."""
@@ -286,9 +291,12 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         except TpmError as exc:
             ctx.tpm_failed(exc)
             raise
-        batch = {"size": result.size, "index": result.index,
-                 "proof": [p.hex() for p in result.proof],
-                 "tls_binding": ctx.tls_binding.hex() or None}  # fmt: skip
+        batch = {
+            "size": result.size,
+            "index": result.index,
+            "proof": [p.hex() for p in result.proof],
+            "tls_binding": ctx.tls_binding.hex() or None,
+        }
         fw = req.logs.get("firmware")
         rt = req.logs.get("runtime")
         extra: dict[str, Any] = {"firmware_log": None, "runtime_log": None}
@@ -319,19 +327,24 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         return {
             "node_id": ctx.node_id,
             "ak": {"public": b64(ident.ak.tpm2b()), "name": ident.ak.name.hex()},
-            "ek": None if ident.ek is None else {
-                "public": b64(ident.ek.tpm2b()), "name": ident.ek.name.hex()},
-            "ek_certificates": {f"0x{i:08x}": b64(der) for i, der in
-                                sorted(ident.ek_certificates.items())},
+            "ek": None
+            if ident.ek is None
+            else {"public": b64(ident.ek.tpm2b()), "name": ident.ek.name.hex()},
+            "ek_certificates": {
+                f"0x{i:08x}": b64(der) for i, der in sorted(ident.ek_certificates.items())
+            },
             "banks": [b.bank_name for b in ident.banks],
             "runtime_pcr": ctx.settings.tpm.runtime_pcr,
             "tls_binding": ctx.tls_binding.hex() or None,
             "version": __version__,
-        }  # fmt: skip
+        }
 
-    @app.post("/v1/enroll/activate", response_model=schemas.ActivateResponse,
-              dependencies=[Depends(require_trusted_channel)],
-              responses={403: {"model": schemas.ErrorBody}, **errors})  # fmt: skip
+    @app.post(
+        "/v1/enroll/activate",
+        response_model=schemas.ActivateResponse,
+        dependencies=[Depends(require_trusted_channel)],
+        responses={403: {"model": schemas.ErrorBody}, **errors},
+    )
     async def activate(req: schemas.ActivateRequest) -> dict[str, str]:
         """The node half of TPM2 credential activation (TPM2_ActivateCredential with the AK
         and the EK). Needs an authenticated client."""
@@ -339,8 +352,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         secret = unb64(req.encrypted_secret, "encrypted_secret", limit=1024)
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(None, ctx.node.activate_credential, id_object,
-                                             secret)  # fmt: skip
+            out = await loop.run_in_executor(None, ctx.node.activate_credential, id_object, secret)
         except TpmError as exc:
             if exc.rc == 0 or (exc.rc & 0xFFFF0000) == 0x000A0000:
                 ctx.tpm_failed(exc)
@@ -354,9 +366,14 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(None, ctx.status, ctx)
         version, slot = ctx.image()
-        return {**doc, "node_id": ctx.node_id, "tpm_ready": ctx.ready,
-                "image": {"version": version, "slot": slot}, "version": __version__,
-                "time": ctx.clock().isoformat()}  # fmt: skip
+        return {
+            **doc,
+            "node_id": ctx.node_id,
+            "tpm_ready": ctx.ready,
+            "image": {"version": version, "slot": slot},
+            "version": __version__,
+            "time": ctx.clock().isoformat(),
+        }
 
     @app.get("/v1/audit")
     async def audit(start: int = Query(0, ge=0, le=1 << 40)) -> dict[str, Any]:
@@ -377,21 +394,27 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         m, b = ctx.metrics, ctx.batcher
         verdict = doc.get("verdict", "unknown")
         lines = [
-            "# HELP attest_up attestd is running", "# TYPE attest_up gauge", "attest_up 1",
-            "# TYPE attest_tpm_ready gauge", f"attest_tpm_ready {int(ctx.ready)}",
+            "# HELP attest_up attestd is running",
+            "# TYPE attest_up gauge",
+            "attest_up 1",
+            "# TYPE attest_tpm_ready gauge",
+            f"attest_tpm_ready {int(ctx.ready)}",
             "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
             "# TYPE attest_status_ok gauge",
             f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in ("ok", "blessed"))}',
-            "# TYPE attest_challenges_total counter", f"attest_challenges_total {m.challenges}",
-            "# TYPE attest_quotes_total counter", f"attest_quotes_total {b.quotes}",
-            "# TYPE attest_quote_waiting gauge", f"attest_quote_waiting {b.waiting}",
+            "# TYPE attest_challenges_total counter",
+            f"attest_challenges_total {m.challenges}",
+            "# TYPE attest_quotes_total counter",
+            f"attest_quotes_total {b.quotes}",
+            "# TYPE attest_quote_waiting gauge",
+            f"attest_quote_waiting {b.waiting}",
             "# TYPE attest_tpm_failures_total counter",
             f"attest_tpm_failures_total {m.tpm_failures}",
             "# TYPE attest_activations_total counter",
             f"attest_activations_total {m.activations}",
             "# TYPE attest_uptime_seconds gauge",
             f"attest_uptime_seconds {time.time() - m.started:.0f}",
-        ]  # fmt: skip
+        ]
         return "\n".join(lines) + "\n"
 
     @app.get("/healthz")
@@ -404,8 +427,9 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         """The TPM answers: evidence can be served."""
         if ctx.ready:
             return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "reason": ctx.last_tpm_error or "starting"},
-                            status_code=503)  # fmt: skip
+        return JSONResponse(
+            {"ready": False, "reason": ctx.last_tpm_error or "starting"}, status_code=503
+        )
 
 
 def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> bytes:

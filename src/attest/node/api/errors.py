@@ -8,7 +8,6 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from attest.node.api.batcher import Overloaded
 from attest.errors import (
     AttestError,
     ConfigError,
@@ -19,6 +18,7 @@ from attest.errors import (
     UpgradeRefused,
     VerificationError,
 )
+from attest.node.api.batcher import Overloaded
 
 
 def status_for(exc: AttestError) -> int:

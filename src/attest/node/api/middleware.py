@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -34,14 +34,21 @@ class ChannelApp:
         await self.app(scope, receive, send)
 
 
-async def _reply(send: Send, status: int, body: dict[str, Any],
-                 headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]  # fmt: skip
+async def _reply(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     data = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()), *headers],
-    })  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -49,8 +56,9 @@ class SizeLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether announced by
     Content-Length or streamed in chunks."""
 
-    def __init__(self, app: ASGIApp, limit: int, *,
-                 streaming: dict[str, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, app: ASGIApp, limit: int, *, streaming: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
         # Paths whose bodies are streamed to disk by their route (image uploads): only the
@@ -65,8 +73,7 @@ class SizeLimit:
         stream_limit = self.streaming.get(scope.get("path", ""))
         if stream_limit is not None:
             for name, value in scope.get("headers", ()):
-                if name == b"content-length" and (not value.isdigit()
-                                                  or int(value) > stream_limit):  # fmt: skip
+                if name == b"content-length" and (not value.isdigit() or int(value) > stream_limit):
                     await _reply(send, 413, _too_large(stream_limit))
                     return
             await self.app(scope, receive, send)
@@ -109,16 +116,22 @@ class SizeLimit:
 
 
 def _too_large(limit: int) -> dict[str, Any]:
-    return {"error": "RequestTooLarge", "check": None,
-            "detail": f"request body over {limit} bytes"}  # fmt: skip
+    return {"error": "RequestTooLarge", "check": None, "detail": f"request body over {limit} bytes"}
 
 
 class RateLimit:
     """Token bucket per client address; the operator socket is not limited. Memory is
     bounded: at most ``max_clients`` buckets, the least recently seen evicted first."""
 
-    def __init__(self, app: ASGIApp, *, rate: float, burst: int, max_clients: int = 10000,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rate: float,
+        burst: int,
+        max_clients: int = 10000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.rate = rate
         self.burst = float(burst)
@@ -140,9 +153,16 @@ class RateLimit:
             self.buckets[key] = (tokens, now)
             self.refused += 1
             retry = max(1, int((1.0 - tokens) / self.rate + 0.999))
-            await _reply(send, 429, {"error": "RateLimited", "check": None,
-                                     "detail": "too many requests from this address"},
-                         [(b"retry-after", str(retry).encode())])  # fmt: skip
+            await _reply(
+                send,
+                429,
+                {
+                    "error": "RateLimited",
+                    "check": None,
+                    "detail": "too many requests from this address",
+                },
+                [(b"retry-after", str(retry).encode())],
+            )
             return
         self.buckets[key] = (tokens - 1.0, now)
         while len(self.buckets) > self.max_clients:

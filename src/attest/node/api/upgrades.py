@@ -39,11 +39,11 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
+from attest.errors import EvidenceFormatError, UpgradeRefused
+from attest.gate import UPLOAD_TOO_LARGE
 from attest.node.api.app import NodeContext, require_trusted_channel
 from attest.node.api.errors import error_body
 from attest.node.api.middleware import CHANNEL_KEY
-from attest.errors import EvidenceFormatError, UpgradeRefused
-from attest.gate import UPLOAD_TOO_LARGE
 from attest.node.upgrade.stager import MAX_HASH_TREE, MAX_SNAPSHOT, Offer, UpgradeGate
 
 
@@ -117,12 +117,18 @@ def add_upgrade_routes(
     streamed path with its size limit (``create_app``'s ``extra_routes`` contract)."""
     lock = asyncio.Lock()  # one upgrade at a time
 
-    @app.post("/v1/upgrades", dependencies=[Depends(require_trusted_channel)], responses={
-        403: {"description": "unauthenticated channel"},
-        409: {"description": "refused by the upgrade gate (check = reason code)"},
-        413: {"description": "upload over the size limit"}})  # fmt: skip
-    async def upgrade(request: Request,
-                      version: str | None = Query(None, max_length=128)) -> JSONResponse:
+    @app.post(
+        "/v1/upgrades",
+        dependencies=[Depends(require_trusted_channel)],
+        responses={
+            403: {"description": "unauthenticated channel"},
+            409: {"description": "refused by the upgrade gate (check = reason code)"},
+            413: {"description": "upload over the size limit"},
+        },
+    )
+    async def upgrade(
+        request: Request, version: str | None = Query(None, max_length=128)
+    ) -> JSONResponse:
         """Offer an image (streamed) with the registry snapshot that blesses it."""
         actor = f"api-{request.scope.get(CHANNEL_KEY, 'public')}"
         declared = request.headers.get("content-length")
@@ -150,16 +156,22 @@ def add_upgrade_routes(
             offer = Offer(path, snapshot, hash_tree=tree, version=version, actor=actor)
             loop = asyncio.get_running_loop()
             async with lock:
-                decision = await loop.run_in_executor(None, _stage, gate_factory, offer,
-                                                      ctx.clock())  # fmt: skip
+                decision = await loop.run_in_executor(
+                    None, _stage, gate_factory, offer, ctx.clock()
+                )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return JSONResponse(decision)
 
-    @app.get("/v1/upgrades", dependencies=[Depends(require_trusted_channel)], responses={
-        403: {"description": "unauthenticated channel"},
-        501: {"description": "the gate runs in the broker: its operator socket"}})  # fmt: skip
+    @app.get(
+        "/v1/upgrades",
+        dependencies=[Depends(require_trusted_channel)],
+        responses={
+            403: {"description": "unauthenticated channel"},
+            501: {"description": "the gate runs in the broker: its operator socket"},
+        },
+    )
     async def upgrade_status() -> JSONResponse:
         """The upgrade gate's status: slots, pointer, pending confirmation, NV counter."""
         gate = gate_factory()
@@ -168,10 +180,15 @@ def add_upgrade_routes(
         loop = asyncio.get_running_loop()
         return JSONResponse(await loop.run_in_executor(None, gate.status))
 
-    @app.post("/v1/upgrades/confirm", dependencies=[Depends(require_trusted_channel)],
-              responses={403: {"description": "unauthenticated channel"},
-                         409: {"description": "nothing to confirm"},
-                         501: {"description": "the gate runs in the broker"}})  # fmt: skip
+    @app.post(
+        "/v1/upgrades/confirm",
+        dependencies=[Depends(require_trusted_channel)],
+        responses={
+            403: {"description": "unauthenticated channel"},
+            409: {"description": "nothing to confirm"},
+            501: {"description": "the gate runs in the broker"},
+        },
+    )
     async def upgrade_confirm(request: Request) -> JSONResponse:
         """Commit the staged slot the node booted (it becomes the active slot; the NV
         counter rises to its sequence)."""
@@ -184,17 +201,24 @@ def add_upgrade_routes(
             try:
                 await loop.run_in_executor(None, lambda: gate.confirm(actor=actor))
             except RuntimeError as exc:  # the node did not boot a staged slot
-                return JSONResponse({"error": "UpgradeRefused", "check": "nothing-to-confirm",
-                                     "detail": str(exc)}, status_code=409)  # fmt: skip
+                return JSONResponse(
+                    {"error": "UpgradeRefused", "check": "nothing-to-confirm", "detail": str(exc)},
+                    status_code=409,
+                )
             return JSONResponse(await loop.run_in_executor(None, gate.status))
 
     return {"/v1/upgrades": max_upload}
 
 
 def _not_here(what: str) -> JSONResponse:
-    return JSONResponse({"error": "NotSupported", "detail": f"upgrade {what} is on the broker's "
-                         "operator socket (attest upgrade " + what + ")"},
-                        status_code=501)  # fmt: skip
+    return JSONResponse(
+        {
+            "error": "NotSupported",
+            "detail": f"upgrade {what} is on the broker's "
+            "operator socket (attest upgrade " + what + ")",
+        },
+        status_code=501,
+    )
 
 
 def _stage(gate_factory: Callable[[], Gate], offer: Offer, now: Any) -> dict[str, Any]:
@@ -205,10 +229,12 @@ def _stage(gate_factory: Callable[[], Gate], offer: Offer, now: Any) -> dict[str
     return doc
 
 
-async def _too_large(gate_factory: Callable[[], Gate], limit: int,
-                     actor: str) -> JSONResponse:  # fmt: skip
+async def _too_large(gate_factory: Callable[[], Gate], limit: int, actor: str) -> JSONResponse:
     loop = asyncio.get_running_loop()
     exc: UpgradeRefused = await loop.run_in_executor(
-        None, lambda: gate_factory().refuse_upload(
-            UPLOAD_TOO_LARGE, f"upload over the limit of {limit} bytes", actor=actor))
+        None,
+        lambda: gate_factory().refuse_upload(
+            UPLOAD_TOO_LARGE, f"upload over the limit of {limit} bytes", actor=actor
+        ),
+    )
     return JSONResponse(error_body(exc), status_code=413)

@@ -27,12 +27,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from attest.node.broker import protocol as p
-from attest.node.broker.transport import recv_frame, send_frame
 from attest.errors import EvidenceFormatError, TransportError, UpgradeRefused
 from attest.eventlog.cel import CelRecord
 from attest.gate import UPLOAD_TOO_LARGE
 from attest.model import PcrSelection, PcrValues
+from attest.node.broker import protocol as p
+from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.port import NodeIdentity
 from attest.node.tpm.port import RawQuote
 
@@ -42,14 +42,24 @@ DEFAULT_SPOOL_DIR = "/var/lib/attest/spool"
 # Staging reads the whole image twice (verify, read back) and writes it once: allow for
 # several GiB on a slow disk.
 STAGE_TIMEOUT = 3600.0
-_NOT_IDEMPOTENT = (p.Measure, p.AuditRecord, p.NvCounterDefine, p.NvCounterIncrement,
-                   p.UpgradeStage, p.UpgradeRefuseUpload, p.UpgradeConfirm,
-                   p.UpgradeBoot, p.VtpmCreate, p.VtpmRecord)  # fmt: skip
+_NOT_IDEMPOTENT = (
+    p.Measure,
+    p.AuditRecord,
+    p.NvCounterDefine,
+    p.NvCounterIncrement,
+    p.UpgradeStage,
+    p.UpgradeRefuseUpload,
+    p.UpgradeConfirm,
+    p.UpgradeBoot,
+    p.VtpmCreate,
+    p.VtpmRecord,
+)
 
 
 class BrokerClient:
-    def __init__(self, socket_path: str | os.PathLike[str] = DEFAULT_SOCKET, *,
-                 timeout: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self, socket_path: str | os.PathLike[str] = DEFAULT_SOCKET, *, timeout: float = 60.0
+    ) -> None:
         self.socket_path = Path(socket_path)
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -141,7 +151,7 @@ class BrokerClient:
         result: int = self._call(p.NvCounterRead(index))
         return result
 
-    # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ----------------------
+    # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ---
 
     def nv_counter_define(self, index: int) -> int:
         result: int = self._call(p.NvCounterDefine(index))
@@ -176,7 +186,7 @@ class BrokerClient:
         result: dict[str, Any] = self._call(p.UpgradeBoot())
         return result
 
-    # --- the host's guest vTPMs (attest.node.tpm.vtpm; operator socket) --------------------------------
+    # --- the host's guest vTPMs (attest.node.tpm.vtpm; operator socket) ---
 
     def vtpm_create(self, guest_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(p.VtpmCreate(guest_id))
@@ -202,14 +212,20 @@ class BrokerClient:
 
 
 @contextlib.contextmanager
-def spool_file(spool_dir: str | os.PathLike[str], *, source: Path | None = None,
-               data: bytes | None = None, suffix: str = ".img") -> Iterator[Path]:
+def spool_file(
+    spool_dir: str | os.PathLike[str],
+    *,
+    source: Path | None = None,
+    data: bytes | None = None,
+    suffix: str = ".img",
+) -> Iterator[Path]:
     """A file in the spool directory holding ``source``'s bytes (or ``data``), mode 0640 (the
     broker reads it through the spool group), deleted on exit. A ``source`` already in the
     spool directory is used as it is."""
     spool = Path(spool_dir)
     if source is not None and Path(os.path.realpath(source.parent)) == Path(
-            os.path.realpath(spool)):  # fmt: skip
+        os.path.realpath(spool)
+    ):
         yield source.absolute()
         return
     fd, name = tempfile.mkstemp(prefix=".spool.", suffix=suffix, dir=spool)
@@ -246,9 +262,14 @@ class BrokerGate:
     is ignored (the broker's clock decides). ``refuse_upload`` has the broker record an
     ``upload-too-large`` refusal of an upload over ``max_upload``."""
 
-    def __init__(self, socket_path: str | os.PathLike[str], *,
-                 spool_dir: str | os.PathLike[str], max_upload: int,
-                 timeout: float = STAGE_TIMEOUT) -> None:  # fmt: skip
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        *,
+        spool_dir: str | os.PathLike[str],
+        max_upload: int,
+        timeout: float = STAGE_TIMEOUT,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.spool_dir = Path(spool_dir)
         self.max_upload = max_upload
@@ -256,16 +277,27 @@ class BrokerGate:
 
     def stage(self, offer: Any, *, now: datetime) -> BrokerDecision:
         if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
-            raise EvidenceFormatError(f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
-                                      f"takes at most {p.MAX_STAGE_SNAPSHOT}")  # fmt: skip
+            raise EvidenceFormatError(
+                f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
+                f"takes at most {p.MAX_STAGE_SNAPSHOT}"
+            )
         with contextlib.ExitStack() as stack:
             tree = None
             if offer.hash_tree is not None:
-                tree = str(stack.enter_context(spool_file(self.spool_dir, data=offer.hash_tree,
-                                                          suffix=".tree")))  # fmt: skip
+                tree = str(
+                    stack.enter_context(
+                        spool_file(self.spool_dir, data=offer.hash_tree, suffix=".tree")
+                    )
+                )
             image = stack.enter_context(spool_file(self.spool_dir, source=Path(offer.image)))
-            req = p.UpgradeStage(str(image), offer.snapshot, offer.actor, roots=offer.roots,
-                                 hash_tree_path=tree, version=offer.version)  # fmt: skip
+            req = p.UpgradeStage(
+                str(image),
+                offer.snapshot,
+                offer.actor,
+                roots=offer.roots,
+                hash_tree_path=tree,
+                version=offer.version,
+            )
             with BrokerClient(self.socket_path, timeout=self.timeout) as client:
                 return BrokerDecision(client.upgrade_stage(req))
 

@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from attest.node.logs.audit import AuditLog
 from attest.errors import OperationNotAllowed, TpmError
 from attest.eventlog.cel import CelRecord
 from attest.model import PcrSelection, PcrValues
-from attest.node.port import NodeIdentity
-from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT, KIND_VTPM
+from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
+from attest.node.port import NodeIdentity
 from attest.node.tpm.port import RawQuote, TpmPort
+from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT, KIND_VTPM
 
 RUNTIME_LOG_NAME = "runtime.log"
 AUDIT_LOG_NAME = "audit.log"

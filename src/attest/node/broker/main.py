@@ -25,16 +25,16 @@ from pathlib import Path
 from types import FrameType
 
 from attest import __version__
+from attest.errors import AttestError, ConfigError
 from attest.node.broker import protocol as p
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 from attest.node.broker.local import LocalNode
 from attest.node.broker.server import BrokerServer
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
-from attest.errors import AttestError, ConfigError
-from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_DAEMON_START, KIND_POLICY
+from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
 from attest.node.upgrade.stager import DEFAULT_NV_INDEX
-from attest.node.tpm.vtpm import VtpmManager
+from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_DAEMON_START, KIND_POLICY
 
 logger = logging.getLogger("attest.node.broker")
 
@@ -80,32 +80,66 @@ def _parser() -> argparse.ArgumentParser:
         help="runtime event kinds the API socket may measure (default %(default)s)",
     )
     g = a.add_argument_group("upgrade gate (docs/upgrade.md; off without --slots-dir)")
-    g.add_argument("--slots-dir", type=Path,
-                   help="slot files and the boot pointer boot.json (enables the gate)")
-    g.add_argument("--slot-device", action="append", default=[], metavar="SLOT=DEV",
-                   help="a block device for a slot, e.g. b=/dev/vda3 (repeatable)")
-    g.add_argument("--slot-capacity", type=int, default=DEFAULT_CAPACITY,
-                   help="size of a file slot in bytes (default %(default)s)")
-    g.add_argument("--trust-dir", type=Path, default=Path("/var/lib/attest/trust"),
-                   help="trusted root.json / registry.json (default %(default)s)")
-    g.add_argument("--nv-index", type=lambda s: int(s, 0), default=DEFAULT_NV_INDEX,
-                   help=f"NV counter index (default 0x{DEFAULT_NV_INDEX:08x})")
-    g.add_argument("--spool-dir", type=Path,
-                   help="where attestd spools uploads (mode 2770, group attest); without "
-                        "it, upgrade_stage is refused")
-    g.add_argument("--spool-group",
-                   help="group spooled files must have (default: the spool directory's)")
-    g.add_argument("--spool-user", action="append", default=[],
-                   help="a user that may own spooled files (repeatable; e.g. attest and root; "
-                        "default: any)")
-    a.add_argument("--mac-policy", type=Path, default=SELINUX_POLICY,
-                   help="the loaded SELinux policy, measured as a 'policy' event at start when "
-                        "present (default %(default)s)")
-    a.add_argument("--vtpm-dir", type=Path,
-                   help="host side: create guest vTPMs here and vouch for them in the runtime "
-                        "log (operator socket: vtpm_create, vtpm_record; docs/host-guest.md)")
+    g.add_argument(
+        "--slots-dir",
+        type=Path,
+        help="slot files and the boot pointer boot.json (enables the gate)",
+    )
+    g.add_argument(
+        "--slot-device",
+        action="append",
+        default=[],
+        metavar="SLOT=DEV",
+        help="a block device for a slot, e.g. b=/dev/vda3 (repeatable)",
+    )
+    g.add_argument(
+        "--slot-capacity",
+        type=int,
+        default=DEFAULT_CAPACITY,
+        help="size of a file slot in bytes (default %(default)s)",
+    )
+    g.add_argument(
+        "--trust-dir",
+        type=Path,
+        default=Path("/var/lib/attest/trust"),
+        help="trusted root.json / registry.json (default %(default)s)",
+    )
+    g.add_argument(
+        "--nv-index",
+        type=lambda s: int(s, 0),
+        default=DEFAULT_NV_INDEX,
+        help=f"NV counter index (default 0x{DEFAULT_NV_INDEX:08x})",
+    )
+    g.add_argument(
+        "--spool-dir",
+        type=Path,
+        help="where attestd spools uploads (mode 2770, group attest); without "
+        "it, upgrade_stage is refused",
+    )
+    g.add_argument(
+        "--spool-group", help="group spooled files must have (default: the spool directory's)"
+    )
+    g.add_argument(
+        "--spool-user",
+        action="append",
+        default=[],
+        help="a user that may own spooled files (repeatable; e.g. attest and root; default: any)",
+    )
+    a.add_argument(
+        "--mac-policy",
+        type=Path,
+        default=SELINUX_POLICY,
+        help="the loaded SELinux policy, measured as a 'policy' event at start when "
+        "present (default %(default)s)",
+    )
+    a.add_argument(
+        "--vtpm-dir",
+        type=Path,
+        help="host side: create guest vTPMs here and vouch for them in the runtime "
+        "log (operator socket: vtpm_create, vtpm_record; docs/host-guest.md)",
+    )
     a.add_argument("-v", "--verbose", action="count", default=0)
-    return a  # fmt: skip
+    return a
 
 
 def _boot_id() -> str | None:
@@ -130,8 +164,9 @@ def mac_policy_event(path: Path, *, mac: str = "selinux") -> dict[str, str] | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO - 10 * min(args.verbose, 1),
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO - 10 * min(args.verbose, 1), format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("esys").setLevel(logging.CRITICAL)
     try:
         return _run(args)
@@ -150,8 +185,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("must be 0..23", key="runtime_pcr")
     kinds = frozenset(k.strip() for k in args.measure_kinds.split(",") if k.strip())
     if kinds - p.OPERATOR_MEASURE_KINDS:
-        raise ConfigError(f"unknown or reserved kinds {sorted(kinds - p.OPERATOR_MEASURE_KINDS)}",
-                          key="measure_kinds")  # fmt: skip
+        raise ConfigError(
+            f"unknown or reserved kinds {sorted(kinds - p.OPERATOR_MEASURE_KINDS)}",
+            key="measure_kinds",
+        )
     gid = None
     if args.socket_group:
         try:
@@ -179,9 +216,15 @@ def _run(args: argparse.Namespace) -> int:
         logger.info("guest vTPMs in %s (%d created)", args.vtpm_dir, len(vtpms.created()))
     operator = None if str(args.operator_socket) == "none" else args.operator_socket
     upgrades = _upgrades(args, node)
-    server = BrokerServer(node, args.socket, operator_socket_path=operator,
-                          socket_group=gid, measure_kinds=kinds, upgrades=upgrades,
-                          vtpms=vtpms)  # fmt: skip
+    server = BrokerServer(
+        node,
+        args.socket,
+        operator_socket_path=operator,
+        socket_group=gid,
+        measure_kinds=kinds,
+        upgrades=upgrades,
+        vtpms=vtpms,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -230,8 +273,9 @@ def _upgrades(args: argparse.Namespace, node: LocalNode) -> BrokerUpgrades | Non
             raise ConfigError(f"no such user or group {exc}", key="spool_user") from None
         spool = Spool(args.spool_dir, gid=gid, uids=uids)
     args.slots_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    slots = SlotStore(args.slots_dir, devices=_devices(args.slot_device),
-                      capacity=args.slot_capacity)  # fmt: skip
+    slots = SlotStore(
+        args.slots_dir, devices=_devices(args.slot_device), capacity=args.slot_capacity
+    )
     upgrades = BrokerUpgrades(node, slots, args.trust_dir, spool=spool, nv_index=args.nv_index)
     try:
         upgrades.gate.reconcile()  # a crash between confirm's pointer switch and its increments

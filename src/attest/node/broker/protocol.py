@@ -35,8 +35,8 @@ from attest.errors import AttestError, AuditChainError, OperationNotAllowed, Tra
 from attest.eventlog.cel import CelRecord, loads_cel
 from attest.model import MAX_PCR, HashAlg, PcrSelection, PcrValues
 from attest.node.port import NodeIdentity
-from attest.runtime import KIND_AUDIT, KIND_VTPM, KINDS
 from attest.node.tpm.port import RawQuote
+from attest.runtime import KIND_AUDIT, KIND_VTPM, KINDS
 from attest.tpmstruct import parse_public
 
 MAX_REQUEST = 1024 * 1024
@@ -47,17 +47,41 @@ MAX_MESSAGE_TEXT = 4096
 
 # What the unprivileged API process may ask, and which runtime event kinds it may measure.
 OPS = (
-    "identity", "read_pcrs", "quote", "activate_credential", "measure", "runtime_log",
-    "audit_record", "audit_log", "nv_counter_read", "nv_counter_define", "nv_counter_increment",
-    "upgrade_stage", "upgrade_refuse_upload", "upgrade_status", "upgrade_confirm", "upgrade_boot",
-    "vtpm_create", "vtpm_record", "vtpm_list",
-)  # fmt: skip
+    "identity",
+    "read_pcrs",
+    "quote",
+    "activate_credential",
+    "measure",
+    "runtime_log",
+    "audit_record",
+    "audit_log",
+    "nv_counter_read",
+    "nv_counter_define",
+    "nv_counter_increment",
+    "upgrade_stage",
+    "upgrade_refuse_upload",
+    "upgrade_status",
+    "upgrade_confirm",
+    "upgrade_boot",
+    "vtpm_create",
+    "vtpm_record",
+    "vtpm_list",
+)
 # The API may offer an upload to the gate (which verifies it and records the decision) and read
 # the gate's status; it may not move the NV counter, confirm an upgrade or select a boot slot.
-OPERATOR_ONLY_OPS = frozenset({"audit_record", "nv_counter_define", "nv_counter_increment",
-                               "upgrade_confirm", "upgrade_boot",
-                               # the host's guest vTPMs (attest.node.tpm.vtpm): create, vouch, list
-                               "vtpm_create", "vtpm_record", "vtpm_list"})  # fmt: skip
+OPERATOR_ONLY_OPS = frozenset(
+    {
+        "audit_record",
+        "nv_counter_define",
+        "nv_counter_increment",
+        "upgrade_confirm",
+        "upgrade_boot",
+        # the host's guest vTPMs (attest.node.tpm.vtpm): create, vouch, list
+        "vtpm_create",
+        "vtpm_record",
+        "vtpm_list",
+    }
+)
 UNPRIVILEGED_OPS = frozenset(OPS) - OPERATOR_ONLY_OPS
 OPERATOR_OPS = frozenset(OPS)
 DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "verity-device", "config", "daemon-start"})
@@ -136,8 +160,13 @@ def loads(body: bytes, *, limit: int) -> Any:
         raise TransportError(f"message of {len(body)} bytes exceeds the limit of {limit}")
     try:
         text = body.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_pairs, parse_float=_no_float,
-                           parse_int=_int, parse_constant=_no_constant)  # fmt: skip
+        value = json.loads(
+            text,
+            object_pairs_hook=_pairs,
+            parse_float=_no_float,
+            parse_int=_int,
+            parse_constant=_no_constant,
+        )
     except TransportError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -153,8 +182,9 @@ def dumps(doc: Any) -> bytes:
 # --- field readers ---------------------------------------------------------------------------
 
 
-def _obj(doc: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-         ) -> dict[str, Any]:  # fmt: skip
+def _obj(
+    doc: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise TransportError(f"{what} must be an object")
     missing = [k for k in required if k not in doc]
@@ -309,7 +339,8 @@ class NvCounterIncrement:
 
 @dataclass(frozen=True, slots=True)
 class UpgradeStage:
-    """Offer the spooled upload at ``upload_path`` to the broker's gate (``attest.node.upgrade.stager.Offer``
+    """Offer the spooled upload at ``upload_path`` to the broker's gate
+    (``attest.node.upgrade.stager.Offer``
     without the image bytes)."""
 
     upload_path: str
@@ -369,14 +400,31 @@ class VtpmList:
 
 
 Request = (
-    Identity | ReadPcrs | Quote | ActivateCredential | Measure | RuntimeLogRead | AuditRecord
-    | AuditLogRead | NvCounterRead | NvCounterDefine | NvCounterIncrement | UpgradeStage
-    | UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot | VtpmCreate
-    | VtpmRecord | VtpmList
-)  # fmt: skip
+    Identity
+    | ReadPcrs
+    | Quote
+    | ActivateCredential
+    | Measure
+    | RuntimeLogRead
+    | AuditRecord
+    | AuditLogRead
+    | NvCounterRead
+    | NvCounterDefine
+    | NvCounterIncrement
+    | UpgradeStage
+    | UpgradeRefuseUpload
+    | UpgradeStatus
+    | UpgradeConfirm
+    | UpgradeBoot
+    | VtpmCreate
+    | VtpmRecord
+    | VtpmList
+)
 _NV_REQUESTS: Mapping[str, Callable[[int], Request]] = {
-    "nv_counter_read": NvCounterRead, "nv_counter_define": NvCounterDefine,
-    "nv_counter_increment": NvCounterIncrement}  # fmt: skip
+    "nv_counter_read": NvCounterRead,
+    "nv_counter_define": NvCounterDefine,
+    "nv_counter_increment": NvCounterIncrement,
+}
 
 MAX_QUALIFYING_DATA = 64  # TPM2B_DATA
 MAX_PATH = 4096
@@ -396,8 +444,10 @@ def encode_request(req: Request) -> bytes:
     elif isinstance(req, ReadPcrs):
         args = {"selection": selection_to_json(req.selection)}
     elif isinstance(req, Quote):
-        args = {"selection": selection_to_json(req.selection),
-                "qualifying_data": req.qualifying_data.hex()}  # fmt: skip
+        args = {
+            "selection": selection_to_json(req.selection),
+            "qualifying_data": req.qualifying_data.hex(),
+        }
     elif isinstance(req, ActivateCredential):
         args = {"id_object": req.id_object.hex(), "encrypted_secret": req.encrypted_secret.hex()}
     elif isinstance(req, Measure):
@@ -407,8 +457,7 @@ def encode_request(req: Request) -> bytes:
     elif isinstance(req, AuditRecord):
         args = {"event": dict(req.event)}
     elif isinstance(req, UpgradeStage):
-        args = {"upload_path": req.upload_path, "snapshot": req.snapshot.hex(),
-                "actor": req.actor}  # fmt: skip
+        args = {"upload_path": req.upload_path, "snapshot": req.snapshot.hex(), "actor": req.actor}
         if req.roots:
             args["roots"] = [r.hex() for r in req.roots]
         if req.hash_tree_path is not None:
@@ -515,8 +564,9 @@ def decode_request(body: bytes) -> Request:
         return VtpmCreate(_str(_obj(a, op, ("guest_id",))["guest_id"], "guest_id", limit=64))
     if op == "vtpm_record":
         _obj(a, op, ("guest_id", "ek_public"))
-        return VtpmRecord(_str(a["guest_id"], "guest_id", limit=64),
-                          _hex(a["ek_public"], "ek_public", limit=2048))  # fmt: skip
+        return VtpmRecord(
+            _str(a["guest_id"], "guest_id", limit=64), _hex(a["ek_public"], "ek_public", limit=2048)
+        )
     if op == "vtpm_list":
         _obj(a, op, ())
         return VtpmList()
@@ -592,8 +642,11 @@ def encode_result(req: Request, result: Any) -> bytes:
     elif isinstance(req, ReadPcrs):
         doc = result.to_json()
     elif isinstance(req, Quote):
-        doc = {"attest": result.attest.hex(), "signature": result.signature.hex(),
-               "pcrs": result.pcrs.to_json()}  # fmt: skip
+        doc = {
+            "attest": result.attest.hex(),
+            "signature": result.signature.hex(),
+            "pcrs": result.pcrs.to_json(),
+        }
     elif isinstance(req, ActivateCredential):
         doc = {"secret": result.hex()}
     elif isinstance(req, Measure):
@@ -604,8 +657,17 @@ def encode_result(req: Request, result: Any) -> bytes:
         doc = dict(result)
     elif isinstance(req, AuditLogRead):
         doc = {"entries": [dict(e) for e in result]}
-    elif isinstance(req, UpgradeStage | UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm
-                    | UpgradeBoot | VtpmCreate | VtpmRecord | VtpmList):  # fmt: skip
+    elif isinstance(
+        req,
+        UpgradeStage
+        | UpgradeRefuseUpload
+        | UpgradeStatus
+        | UpgradeConfirm
+        | UpgradeBoot
+        | VtpmCreate
+        | VtpmRecord
+        | VtpmList,
+    ):
         doc = dict(result)
     else:
         doc = {"value": int(result)}
@@ -640,8 +702,16 @@ def _decode_ok(req: Request, doc: Any) -> Any:
             raise TransportError("decision must be an object with a boolean 'accepted'")
         _str(doc.get("reason"), "reason", limit=64)
         return doc
-    if isinstance(req, UpgradeRefuseUpload | UpgradeStatus | UpgradeConfirm | UpgradeBoot
-                  | VtpmCreate | VtpmRecord | VtpmList):  # fmt: skip
+    if isinstance(
+        req,
+        UpgradeRefuseUpload
+        | UpgradeStatus
+        | UpgradeConfirm
+        | UpgradeBoot
+        | VtpmCreate
+        | VtpmRecord
+        | VtpmList,
+    ):
         if not isinstance(doc, dict):
             raise TransportError(f"{req.op} result must be an object")
         return doc
@@ -700,15 +770,20 @@ def _error_from_json(doc: Any) -> AttestError:
         _errors.TpmError: lambda: _errors.TpmError(msg, rc=_uint(d.get("rc", 0), "rc", bits=32)),
         _errors.ReplayError: lambda: _errors.ReplayError(msg, invalid_pcrs=_pairs_list(d)),
         _errors.ConfigError: lambda: _errors.ConfigError(
-            msg.removeprefix(f"{d.get('key')}: "), key=_str(d.get("key"), "key", limit=256)),
+            msg.removeprefix(f"{d.get('key')}: "), key=_str(d.get("key"), "key", limit=256)
+        ),
         _errors.UpgradeRefused: lambda: _errors.UpgradeRefused(
-            _str(d.get("reason"), "reason", limit=256), msg),
+            _str(d.get("reason"), "reason", limit=256), msg
+        ),
         _errors.ThresholdError: lambda: _errors.ThresholdError(
-            msg, signed=_uint(d.get("signed"), "signed"),
-            threshold=_uint(d.get("threshold"), "threshold")),
+            msg,
+            signed=_uint(d.get("signed"), "signed"),
+            threshold=_uint(d.get("threshold"), "threshold"),
+        ),
         _errors.RollbackError: lambda: _errors.RollbackError(
-            msg, trusted=_uint(d.get("trusted"), "trusted"), got=_uint(d.get("got"), "got")),
-    }  # fmt: skip
+            msg, trusted=_uint(d.get("trusted"), "trusted"), got=_uint(d.get("got"), "got")
+        ),
+    }
     maker = makers.get(cls)
     return maker() if maker is not None else cls(msg)
 

@@ -32,11 +32,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from attest.errors import AttestError, OperationNotAllowed, TransportError
 from attest.node.broker import protocol as p
 from attest.node.broker.local import LocalNode
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.upgrades import BrokerUpgrades
-from attest.errors import AttestError, OperationNotAllowed, TransportError
 from attest.node.tpm.vtpm import VtpmManager
 
 logger = logging.getLogger(__name__)
@@ -130,11 +130,13 @@ class BrokerServer:
                 ops, kinds = p.UNPRIVILEGED_OPS, self._kinds
             else:
                 ops, kinds = p.OPERATOR_OPS, p.OPERATOR_MEASURE_KINDS
-            lst = _Listener(name, path, ops, kinds, mode, sock,
-                            threading.BoundedSemaphore(self._max))  # fmt: skip
+            lst = _Listener(
+                name, path, ops, kinds, mode, sock, threading.BoundedSemaphore(self._max)
+            )
             self._listeners.append(lst)
-            t = threading.Thread(target=self._accept_loop, args=(lst,),
-                                 name=f"broker-accept-{name}", daemon=True)  # fmt: skip
+            t = threading.Thread(
+                target=self._accept_loop, args=(lst,), name=f"broker-accept-{name}", daemon=True
+            )
             t.start()
             self._threads.append(t)
             logger.info("attestd-tpm listening on %s (%s, mode %04o)", path, name, mode)
@@ -187,8 +189,9 @@ class BrokerServer:
                 continue
             with self._conns_lock:
                 self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(lst, conn), daemon=True,
-                             name=f"broker-conn-{lst.name}").start()  # fmt: skip
+            threading.Thread(
+                target=self._serve, args=(lst, conn), daemon=True, name=f"broker-conn-{lst.name}"
+            ).start()
 
     def _serve(self, lst: _Listener, conn: socket.socket) -> None:
         try:
@@ -243,8 +246,9 @@ class BrokerServer:
             return out
         except AttestError as exc:
             detail = exc if op != "audit_record" else "(not logged)"
-            logger.info("request %s from uid %d refused: %s: %s", op, uid,
-                        type(exc).__name__, detail)  # fmt: skip
+            logger.info(
+                "request %s from uid %d refused: %s: %s", op, uid, type(exc).__name__, detail
+            )
             return p.encode_error(exc)
         except Exception:
             logger.exception("request %s from uid %d failed", op, uid)

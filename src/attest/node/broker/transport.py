@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from attest.node.broker.protocol import HEADER, encode_frame, frame_length
 from attest.errors import TransportError
+from attest.node.broker.protocol import HEADER, encode_frame, frame_length
 
 _CHUNK = 256 * 1024
 

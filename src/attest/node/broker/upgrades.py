@@ -33,12 +33,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attest.node.broker import protocol as p
-from attest.node.broker.local import LocalNode
 from attest.errors import ConfigError, EvidenceFormatError, OperationNotAllowed, UpgradeRefused
 from attest.gate import UPLOAD_TOO_LARGE
+from attest.node.broker import protocol as p
+from attest.node.broker.local import LocalNode
 from attest.node.upgrade.slots import SlotStore
-from attest.node.upgrade.stager import DEFAULT_NV_INDEX, MAX_HASH_TREE, LocalGateNode, Offer, UpgradeGate
+from attest.node.upgrade.stager import (
+    DEFAULT_NV_INDEX,
+    MAX_HASH_TREE,
+    LocalGateNode,
+    Offer,
+    UpgradeGate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,13 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 class Spool:
     """The spool directory and its rules (module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, gid: int | None = None,
-                 uids: Collection[int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        gid: int | None = None,
+        uids: Collection[int] | None = None,
+    ) -> None:
         self.directory = Path(os.path.realpath(directory))
         try:
             st = os.stat(self.directory)
@@ -115,9 +126,16 @@ class BrokerUpgrades:
     """The gate's operations for ``BrokerServer`` (``upgrade_*``; ``spool`` None: staging is
     not configured, status and confirm still work)."""
 
-    def __init__(self, node: LocalNode, slots: SlotStore, trust_dir: str | os.PathLike[str], *,
-                 spool: Spool | None, nv_index: int = DEFAULT_NV_INDEX,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        node: LocalNode,
+        slots: SlotStore,
+        trust_dir: str | os.PathLike[str],
+        *,
+        spool: Spool | None,
+        nv_index: int = DEFAULT_NV_INDEX,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.gate = UpgradeGate(slots, LocalGateNode(node), trust_dir, nv_index=nv_index)
         self.spool = spool
         self.clock = clock
@@ -143,8 +161,14 @@ class BrokerUpgrades:
             if req.hash_tree_path is not None:
                 fds.append(self.spool.open(req.hash_tree_path))
                 tree = _read_fd(fds[1], MAX_HASH_TREE, "hash tree")
-            offer = Offer(Path(f"/proc/self/fd/{fds[0]}"), req.snapshot, roots=req.roots,
-                          hash_tree=tree, version=req.version, actor=req.actor)  # fmt: skip
+            offer = Offer(
+                Path(f"/proc/self/fd/{fds[0]}"),
+                req.snapshot,
+                roots=req.roots,
+                hash_tree=tree,
+                version=req.version,
+                actor=req.actor,
+            )
 
             def run() -> dict[str, Any]:
                 doc = self.gate.stage(offer, now=self.clock()).to_json()
@@ -159,8 +183,11 @@ class BrokerUpgrades:
             self._staging.release()
 
     def refuse_upload(self, req: p.UpgradeRefuseUpload) -> UpgradeRefused:
-        return self._run(lambda: self.gate.refuse_upload(
-            UPLOAD_TOO_LARGE, f"upload over the limit of {req.limit} bytes", actor=req.actor))
+        return self._run(
+            lambda: self.gate.refuse_upload(
+                UPLOAD_TOO_LARGE, f"upload over the limit of {req.limit} bytes", actor=req.actor
+            )
+        )
 
     def status(self) -> dict[str, Any]:
         return self.gate.status()  # reads only: the pointer is replaced atomically
@@ -172,8 +199,12 @@ class BrokerUpgrades:
 
     def boot(self) -> dict[str, Any]:
         r = self._run(self.gate.boot)
-        return {"slot": r.slot, "version": r.image.version, "fell_back": r.fell_back,
-                "reason": r.reason}  # fmt: skip
+        return {
+            "slot": r.slot,
+            "version": r.image.version,
+            "fell_back": r.fell_back,
+            "reason": r.reason,
+        }
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)

@@ -37,8 +37,8 @@ from attest.audit import (
 )
 from attest.errors import AuditChainError, ConfigError, EventLogFormatError
 from attest.manifest.canonical import canonicalize
-from attest.runtime import KIND_AUDIT, AuditAnchor, parse_content
 from attest.node.logs.runtime import MAX_LOG_BYTES, RuntimeLog, drop_torn_tail
+from attest.runtime import KIND_AUDIT, AuditAnchor, parse_content
 from attest.storage.files import atomic_write_bytes, fsync_dir, read_bytes
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,9 @@ def load_or_create_key(key_path: str | os.PathLike[str]) -> bytes:
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise ConfigError(
             f"{path} is readable or writable by group or others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}); it must be 0600", key="audit_key",
-        )  # fmt: skip
+            f"{stat.S_IMODE(st.st_mode):04o}); it must be 0600",
+            key="audit_key",
+        )
     key = read_bytes(path, max_size=KEY_SIZE + 1)
     if len(key) != KEY_SIZE:
         raise ConfigError(f"{path} holds {len(key)} bytes, not {KEY_SIZE}", key="audit_key")
@@ -101,8 +102,9 @@ class AuditLog:
             if self._entries and self._entries[0].seq != 0:
                 raise AuditChainError(f"{self.path} does not start at entry 0")
             existed = self.path.exists()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                               0o640)  # fmt: skip
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+            )
             if not existed:
                 fsync_dir(self.path.parent)
             self._reconcile()
@@ -127,8 +129,9 @@ class AuditLog:
     def _checkpoint(self) -> None:
         """A fresh runtime log (new boot): anchor the head, which commits to every entry."""
         if self._entries:
-            logger.info("audit log: anchoring head entry %d in the new runtime log",
-                        self._entries[-1].seq)  # fmt: skip
+            logger.info(
+                "audit log: anchoring head entry %d in the new runtime log", self._entries[-1].seq
+            )
             self._anchor(self._entries[-1])
 
     def _reconcile(self) -> None:
@@ -150,8 +153,7 @@ class AuditLog:
             self._checkpoint()
             return
         for e in self._entries[anchors[-1].audit_seq + 1 :]:
-            logger.warning("audit log: entry %d was written but not anchored; anchoring now",
-                           e.seq)  # fmt: skip
+            logger.warning("audit log: entry %d was written but not anchored; anchoring now", e.seq)
             self._anchor(e)
 
     # --- the operations ---------------------------------------------------------------------

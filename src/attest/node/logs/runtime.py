@@ -33,9 +33,9 @@ from typing import Any
 from attest.errors import EventLogFormatError, ReplayError, TpmError
 from attest.eventlog.cel import RS, CelRecord, dumps_cel_record, loads_cel
 from attest.model import HashAlg, PcrSelection, PcrValues, extend
+from attest.node.tpm.port import TpmPort
 from attest.runtime import DEFAULT_RUNTIME_PCR, check_records, new_runtime_record
 from attest.storage.files import fsync_dir, read_bytes
-from attest.node.tpm.port import TpmPort
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ def drop_torn_tail(path: Path, data: bytes) -> bytes:
         return data
     keep = data.rfind(b"\n") + 1
     logger.warning(
-        "dropping a torn record at the end of %s (%d bytes, never extended)", path,
+        "dropping a torn record at the end of %s (%d bytes, never extended)",
+        path,
         len(data) - keep,
-    )  # fmt: skip
+    )
     with path.open("r+b") as f:
         f.truncate(keep)
         f.flush()
@@ -111,8 +112,7 @@ class RuntimeLog:
         if self._fd >= 0:
             os.close(self._fd)
         existed = self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                           0o644)  # fmt: skip
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if not existed:
             fsync_dir(self.path.parent)
 
@@ -167,8 +167,10 @@ class RuntimeLog:
             last = self._records[-1]
             logger.warning(
                 "runtime log: record %d was written but not extended into PCR %d "
-                "(crash or TPM failure); extending it now", last.recnum, self.pcr,
-            )  # fmt: skip
+                "(crash or TPM failure); extending it now",
+                last.recnum,
+                self.pcr,
+            )
             self._tpm.extend(self.pcr, {a: last.digests[a] for a in self._banks})
             return
         bad = [(a.bank_name, self.pcr) for a in self._banks if current[a] != self._expected[a]]
@@ -189,8 +191,11 @@ class RuntimeLog:
             target = self.path.with_name(f"{self.path.name}.reset-{stamp}-{n}")
         logger.warning(
             "runtime PCR %d is zero but the log has %d records: the TPM was reset; keeping the "
-            "old log as %s and starting a new one", self.pcr, len(self._records), target,
-        )  # fmt: skip
+            "old log as %s and starting a new one",
+            self.pcr,
+            len(self._records),
+            target,
+        )
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -231,8 +236,7 @@ class RuntimeLog:
                 a: extend(a, self._expected[a], record.digests[a]) for a in self._banks
             }
             self._tpm.extend(self.pcr, {a: record.digests[a] for a in self._banks})
-            logger.info("runtime event %d measured into PCR %d: %s", record.recnum, self.pcr,
-                        kind)  # fmt: skip
+            logger.info("runtime event %d measured into PCR %d: %s", record.recnum, self.pcr, kind)
             return record
 
     def records(self, start: int = 0) -> tuple[CelRecord, ...]:

@@ -33,10 +33,14 @@ from attest.tpmstruct import (
 )
 
 AK_ATTRS = (
-    ObjectAttr.FIXED_TPM | ObjectAttr.FIXED_PARENT | ObjectAttr.SENSITIVE_DATA_ORIGIN
-    | ObjectAttr.USER_WITH_AUTH | ObjectAttr.NO_DA | ObjectAttr.RESTRICTED
+    ObjectAttr.FIXED_TPM
+    | ObjectAttr.FIXED_PARENT
+    | ObjectAttr.SENSITIVE_DATA_ORIGIN
+    | ObjectAttr.USER_WITH_AUTH
+    | ObjectAttr.NO_DA
+    | ObjectAttr.RESTRICTED
     | ObjectAttr.SIGN_ENCRYPT
-)  # fmt: skip
+)
 
 
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -73,15 +77,19 @@ class FakeTpm:
             scalar = int.from_bytes(hashlib.sha256(seed + b"/ak").digest(), "big") % _P256_ORDER
             self._key = ec.derive_private_key(scalar or 1, ec.SECP256R1())
             self._ak = public_from_key(
-                self._key.public_key(), attributes=AK_ATTRS, scheme=Alg.ECDSA,
+                self._key.public_key(),
+                attributes=AK_ATTRS,
+                scheme=Alg.ECDSA,
                 scheme_hash=HashAlg.SHA256,
-            )  # fmt: skip
+            )
         elif ak == "rsa2048":
             self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             self._ak = public_from_key(
-                self._key.public_key(), attributes=AK_ATTRS, scheme=Alg.RSASSA,
+                self._key.public_key(),
+                attributes=AK_ATTRS,
+                scheme=Alg.RSASSA,
                 scheme_hash=HashAlg.SHA256,
-            )  # fmt: skip
+            )
         else:
             raise ValueError(f"fake TPM supports AK types ecc256 and rsa2048, not {ak!r}")
 
@@ -150,8 +158,9 @@ class FakeTpm:
             )
         if isinstance(self._key, ec.EllipticCurvePrivateKey):
             r, s = decode_dss_signature(self._key.sign(attest, ec.ECDSA(hashes.SHA256())))
-            sig = Signature(Alg.ECDSA, HashAlg.SHA256, r=r.to_bytes(32, "big"),
-                            s=s.to_bytes(32, "big"))  # fmt: skip
+            sig = Signature(
+                Alg.ECDSA, HashAlg.SHA256, r=r.to_bytes(32, "big"), s=s.to_bytes(32, "big")
+            )
         else:
             raw = self._key.sign(attest, padding.PKCS1v15(), hashes.SHA256())
             sig = Signature(Alg.RSASSA, HashAlg.SHA256, sig=raw)

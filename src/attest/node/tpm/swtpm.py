@@ -76,10 +76,18 @@ def manufacture(
         f"active_pcr_banks = {','.join(banks)}\n"
     )
     cmd = [
-        "swtpm_setup", "--tpm2", "--tpmstate", str(state), "--config", str(setup_conf),
-        "--create-ek-cert", "--create-platform-cert", "--pcr-banks", ",".join(banks),
+        "swtpm_setup",
+        "--tpm2",
+        "--tpmstate",
+        str(state),
+        "--config",
+        str(setup_conf),
+        "--create-ek-cert",
+        "--create-platform-cert",
+        "--pcr-banks",
+        ",".join(banks),
         "--overwrite",
-    ]  # fmt: skip
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -126,22 +134,31 @@ class SwtpmProcess:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("swtpm already running")
         cmd = [
-            "swtpm", "socket", "--tpm2",
-            "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-            "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-            "--flags", "startup-clear,not-need-init",
-            "--tpmstate", f"dir={self.state_dir}",
-            "--log", f"file={self.log_path},level=1",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)  # fmt: skip
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--server",
+            f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+            "--flags",
+            "startup-clear,not-need-init",
+            "--tpmstate",
+            f"dir={self.state_dir}",
+            "--log",
+            f"file={self.log_path},level=1",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 raise TpmError(f"swtpm exited with {self.proc.returncode}: {err.strip()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return self
             time.sleep(0.02)

@@ -4,7 +4,8 @@ A node is a host on a hardware TPM running a guest VM on a virtual TPM (swtpm). 
 proves nothing about where it ran unless the host says "I created this vTPM for that guest":
 ``VtpmManager`` is how the host says it (docs/host-guest.md).
 
-- ``create(guest_id)`` manufactures the guest's vTPM state (``attest.node.tpm.swtpm.manufacture``) in
+- ``create(guest_id)`` manufactures the guest's vTPM state (``attest.node.tpm.swtpm.manufacture``)
+  in
   ``ROOT/guests/GUEST/state``, its EK certificate issued by the host's own vTPM CA in
   ``ROOT/ca``; reads the new vTPM's EK; remembers it in the *created set*
   (``ROOT/registry.json``, written atomically, mode 0600); and records the vouching.
@@ -60,7 +61,8 @@ Manufacturer = Callable[[Path, Path], Path]  # (guest dir, CA dir) -> the TPM st
 
 
 class VouchLog(Protocol):
-    """What the manager needs of the host's runtime log (``attest.node.logs.runtime.RuntimeLog``)."""
+    """What the manager needs of the host's runtime log
+    (``attest.node.logs.runtime.RuntimeLog``)."""
 
     def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord: ...
 
@@ -122,11 +124,12 @@ class CreatedVtpm:
                 guest_id=check_guest_id(doc["guest_id"]),
                 ek_public=ek.raw,
                 ek_sha256=bytes.fromhex(doc["ek_sha256"]),
-                ek_cert_sha256=None if doc["ek_cert_sha256"] is None
+                ek_cert_sha256=None
+                if doc["ek_cert_sha256"] is None
                 else bytes.fromhex(doc["ek_cert_sha256"]),
                 state_dir=str(doc["state_dir"]),
                 created_at=str(doc["created_at"]),
-            )  # fmt: skip
+            )
         except (KeyError, TypeError, ValueError, AttestError) as exc:
             raise EvidenceFormatError(f"vTPM registry entry: {exc}") from None
         if out.ek_sha256 != ek_sha256(ek):
@@ -137,8 +140,8 @@ class CreatedVtpm:
 def read_swtpm_ek(state_dir: Path) -> tuple[Public, dict[int, bytes]]:
     """The EK public area and EK certificates of the swtpm state in ``state_dir``: serves it on
     a loopback port for the moment it takes to read them."""
-    from attest.node.tpm.swtpm import SwtpmProcess
     from attest.node.tpm.esapi import EsapiTpm  # the only importer of tpm2_pytss; needed only here
+    from attest.node.tpm.swtpm import SwtpmProcess
 
     with SwtpmProcess(state_dir) as sw:
         tpm = EsapiTpm(sw.tcti)
@@ -195,24 +198,33 @@ class VtpmManager:
             doc = json.loads(data)
         except ValueError:
             raise EvidenceFormatError(f"{self.registry_path} is not JSON") from None
-        if not isinstance(doc, dict) or doc.get("version") != REGISTRY_VERSION \
-                or not isinstance(doc.get("guests"), dict) or len(doc["guests"]) > MAX_GUESTS:
-            raise EvidenceFormatError(f"{self.registry_path}: not a version "
-                                      f"{REGISTRY_VERSION} vTPM registry")  # fmt: skip
+        if (
+            not isinstance(doc, dict)
+            or doc.get("version") != REGISTRY_VERSION
+            or not isinstance(doc.get("guests"), dict)
+            or len(doc["guests"]) > MAX_GUESTS
+        ):
+            raise EvidenceFormatError(
+                f"{self.registry_path}: not a version {REGISTRY_VERSION} vTPM registry"
+            )
         out = {}
         for gid, entry in doc["guests"].items():
             vt = CreatedVtpm.from_json(entry)
             if vt.guest_id != gid:
-                raise EvidenceFormatError(f"{self.registry_path}: entry {gid[:64]!r} names "
-                                          "another guest")  # fmt: skip
+                raise EvidenceFormatError(
+                    f"{self.registry_path}: entry {gid[:64]!r} names another guest"
+                )
             out[gid] = vt
         return out
 
     def _save(self, guests: Mapping[str, CreatedVtpm]) -> None:
-        doc = {"version": REGISTRY_VERSION,
-               "guests": {g: v.to_json() for g, v in sorted(guests.items())}}  # fmt: skip
-        atomic_write_bytes(self.registry_path, json.dumps(doc, indent=1).encode() + b"\n",
-                           mode=0o600)  # fmt: skip
+        doc = {
+            "version": REGISTRY_VERSION,
+            "guests": {g: v.to_json() for g, v in sorted(guests.items())},
+        }
+        atomic_write_bytes(
+            self.registry_path, json.dumps(doc, indent=1).encode() + b"\n", mode=0o600
+        )
 
     def created(self) -> tuple[CreatedVtpm, ...]:
         with self._lock:
@@ -224,27 +236,43 @@ class VtpmManager:
         logger.warning("vtpm %s for guest %s refused: %s", what, guest_id, reason)
         if self.audit is not None and operator is not None:
             try:
-                self.audit.record({"event": "command", "user": operator,
-                                   "service": f"attest-vtpm-{what}", "result": "denied"})
+                self.audit.record(
+                    {
+                        "event": "command",
+                        "user": operator,
+                        "service": f"attest-vtpm-{what}",
+                        "result": "denied",
+                    }
+                )
             except (AttestError, OSError) as exc:  # the refusal stands; say why it is unaudited
                 logger.error("vtpm %s refusal not audited: %s", what, exc)
         raise OperationNotAllowed(f"vtpm {what} for guest {guest_id} refused: {reason}")
 
-    def create(self, guest_id: str, *, operator: str | None = None,
-               now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    def create(
+        self, guest_id: str, *, operator: str | None = None, now: datetime | None = None
+    ) -> dict[str, Any]:
         """Manufacture a vTPM for ``guest_id``, add it to the created set and vouch for it.
         A guest that already has a vTPM is refused (one vTPM per guest id)."""
         check_guest_id(guest_id)
         with self._lock:
             guests = self.load()
             if guest_id in guests:
-                self._refuse("create", guest_id, f"it already has a vTPM (EK sha256 "
-                             f"{guests[guest_id].ek_sha256.hex()}, created "
-                             f"{guests[guest_id].created_at})", operator)  # fmt: skip
+                self._refuse(
+                    "create",
+                    guest_id,
+                    f"it already has a vTPM (EK sha256 "
+                    f"{guests[guest_id].ek_sha256.hex()}, created "
+                    f"{guests[guest_id].created_at})",
+                    operator,
+                )
             guest_dir = self.root / "guests" / guest_id
             if guest_dir.exists():
-                self._refuse("create", guest_id, f"{guest_dir} exists but is not in the created "
-                             "set; remove it by hand", operator)  # fmt: skip
+                self._refuse(
+                    "create",
+                    guest_id,
+                    f"{guest_dir} exists but is not in the created set; remove it by hand",
+                    operator,
+                )
             guest_dir.mkdir(parents=True, mode=0o700)
             self.ca_dir.mkdir(exist_ok=True, mode=0o700)
             try:
@@ -253,15 +281,23 @@ class VtpmManager:
             except BaseException:
                 shutil.rmtree(guest_dir, ignore_errors=True)  # nothing of it was remembered
                 raise
-            vt = CreatedVtpm(guest_id, ek.raw, ek_sha256(ek), ek_cert_sha256(ek, certs),
-                             str(state), format_time(now or datetime.now(UTC)))  # fmt: skip
+            vt = CreatedVtpm(
+                guest_id,
+                ek.raw,
+                ek_sha256(ek),
+                ek_cert_sha256(ek, certs),
+                str(state),
+                format_time(now or datetime.now(UTC)),
+            )
             self._save({**guests, guest_id: vt})
-            logger.info("vtpm created for guest %s: EK sha256 %s in %s", guest_id,
-                        vt.ek_sha256.hex(), state)  # fmt: skip
+            logger.info(
+                "vtpm created for guest %s: EK sha256 %s in %s", guest_id, vt.ek_sha256.hex(), state
+            )
             return {**vt.to_json(), **self._vouch(vt)}
 
-    def record(self, guest_id: str, ek_public: bytes, *,
-               operator: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def record(
+        self, guest_id: str, ek_public: bytes, *, operator: str | None = None
+    ) -> dict[str, Any]:
         """Vouch, in this boot's runtime log, for the vTPM whose EK public area (TPMT_PUBLIC
         or TPM2B_PUBLIC) is ``ek_public`` as guest ``guest_id``'s."""
         check_guest_id(guest_id)
@@ -273,11 +309,21 @@ class VtpmManager:
         with self._lock:
             vt = self.load().get(guest_id)
             if vt is None:
-                self._refuse("record", guest_id, f"this host created no vTPM for it (EK sha256 "
-                             f"{digest.hex()} is not in the created set)", operator)  # fmt: skip
+                self._refuse(
+                    "record",
+                    guest_id,
+                    f"this host created no vTPM for it (EK sha256 "
+                    f"{digest.hex()} is not in the created set)",
+                    operator,
+                )
             elif vt.ek_sha256 != digest:
-                self._refuse("record", guest_id, f"EK sha256 {digest.hex()} is not the vTPM this "
-                             f"host created for it ({vt.ek_sha256.hex()})", operator)  # fmt: skip
+                self._refuse(
+                    "record",
+                    guest_id,
+                    f"EK sha256 {digest.hex()} is not the vTPM this "
+                    f"host created for it ({vt.ek_sha256.hex()})",
+                    operator,
+                )
             assert vt is not None
             return {**vt.to_json(), **self._vouch(vt, operator=operator)}
 
@@ -287,16 +333,25 @@ class VtpmManager:
             if ev.guest_id != vt.guest_id:
                 continue
             if ev.ek_sha256 != vt.ek_sha256:
-                self._refuse("record", vt.guest_id, f"this boot's runtime log already vouches "
-                             f"another vTPM for it (EK sha256 {ev.ek_sha256.hex()}, runtime "
-                             f"event {rec.recnum})", operator)  # fmt: skip
+                self._refuse(
+                    "record",
+                    vt.guest_id,
+                    f"this boot's runtime log already vouches "
+                    f"another vTPM for it (EK sha256 {ev.ek_sha256.hex()}, runtime "
+                    f"event {rec.recnum})",
+                    operator,
+                )
             return {"recnum": rec.recnum, "recorded": False}
         content: dict[str, Any] = {"guest_id": vt.guest_id, "ek_sha256": vt.ek_sha256.hex()}
         if vt.ek_cert_sha256 is not None:
             content["ek_cert_sha256"] = vt.ek_cert_sha256.hex()
         rec = self.runtime.measure(KIND_VTPM, content)
-        logger.info("vtpm of guest %s vouched in runtime event %d (EK sha256 %s)", vt.guest_id,
-                    rec.recnum, vt.ek_sha256.hex())  # fmt: skip
+        logger.info(
+            "vtpm of guest %s vouched in runtime event %d (EK sha256 %s)",
+            vt.guest_id,
+            rec.recnum,
+            vt.ek_sha256.hex(),
+        )
         return {"recnum": rec.recnum, "recorded": True}
 
     def _vouched(self) -> list[tuple[CelRecord, VtpmVouch]]:
@@ -308,4 +363,3 @@ class VtpmManager:
             assert isinstance(detail, VtpmVouch)
             out.append((rec, detail))
         return out
-

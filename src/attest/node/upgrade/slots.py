@@ -83,22 +83,34 @@ class SlotImage:
     verity: VerityParams
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "sequence": self.sequence, "sha256": self.sha256.hex(),
-                "size": self.size, "verity": self.verity.to_json()}  # fmt: skip
+        return {
+            "version": self.version,
+            "sequence": self.sequence,
+            "sha256": self.sha256.hex(),
+            "size": self.size,
+            "verity": self.verity.to_json(),
+        }
 
     @classmethod
     def from_json(cls, doc: Any) -> SlotImage:
         try:
             v = doc["verity"]
             params = VerityParams(
-                root_hash=bytes.fromhex(v["root_hash"]), salt=bytes.fromhex(v["salt"]),
+                root_hash=bytes.fromhex(v["root_hash"]),
+                salt=bytes.fromhex(v["salt"]),
                 hash_algorithm=str(v["hash_algorithm"]),
                 data_block_size=int(v["data_block_size"]),
-                hash_block_size=int(v["hash_block_size"]), data_blocks=int(v["data_blocks"]),
+                hash_block_size=int(v["hash_block_size"]),
+                data_blocks=int(v["data_blocks"]),
                 format=int(v["format"]),
-            )  # fmt: skip
-            return cls(str(doc["version"]), int(doc["sequence"]), bytes.fromhex(doc["sha256"]),
-                       int(doc["size"]), params)  # fmt: skip
+            )
+            return cls(
+                str(doc["version"]),
+                int(doc["sequence"]),
+                bytes.fromhex(doc["sha256"]),
+                int(doc["size"]),
+                params,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise EvidenceFormatError(f"boot pointer: bad slot entry: {exc}") from None
 
@@ -143,16 +155,24 @@ class BootPointer:
             if doc["format"] != POINTER_FORMAT:
                 raise ValueError(f"format {doc['format']!r}")
             active, pending, booted = doc["active"], doc["pending"], doc["booted"]
-            if active not in SLOTS or pending not in (None, *SLOTS) or booted not in (None,
-                                                                                   *SLOTS):
+            if active not in SLOTS or pending not in (None, *SLOTS) or booted not in (None, *SLOTS):
                 raise ValueError("slot names must be 'a' or 'b'")
             if pending == active:
                 raise ValueError("the pending slot cannot be the active one")
-            slots = {s: None if doc["slots"][s] is None else SlotImage.from_json(doc["slots"][s])
-                     for s in SLOTS}  # fmt: skip
+            slots = {
+                s: None if doc["slots"][s] is None else SlotImage.from_json(doc["slots"][s])
+                for s in SLOTS
+            }
             nv = doc["nv_offset"]
-            return cls(active, pending, int(doc["tries"]), booted, slots,
-                       None if nv is None else int(nv), int(doc["generation"]))  # fmt: skip
+            return cls(
+                active,
+                pending,
+                int(doc["tries"]),
+                booted,
+                slots,
+                None if nv is None else int(nv),
+                int(doc["generation"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise EvidenceFormatError(f"boot pointer does not parse: {exc}") from None
 
@@ -324,13 +344,21 @@ class SlotStore:
         try:
             if not self.is_device(slot) and p.stat().st_size < image.size:
                 return False
-            d = hash_image(p, salt=image.verity.salt, hash_algorithm=image.verity.hash_algorithm,
-                           data_block_size=image.verity.data_block_size,
-                           hash_block_size=image.verity.hash_block_size, length=image.size)
+            d = hash_image(
+                p,
+                salt=image.verity.salt,
+                hash_algorithm=image.verity.hash_algorithm,
+                data_block_size=image.verity.data_block_size,
+                hash_block_size=image.verity.hash_block_size,
+                length=image.size,
+            )
         except (OSError, EvidenceFormatError):
             return False
-        return (d.size == image.size and d.sha256 == image.sha256
-                and d.verity.root_hash == image.verity.root_hash)  # fmt: skip
+        return (
+            d.size == image.size
+            and d.sha256 == image.sha256
+            and d.verity.root_hash == image.verity.root_hash
+        )
 
     def seal_slot(self, slot: str, image: SlotImage) -> str | None:
         """Read the written slot back and check it against ``image`` (as ``verify_slot``); on a
@@ -341,9 +369,15 @@ class SlotStore:
         p = self.path(slot)
         v = image.verity
         try:
-            d = hash_image(p, salt=v.salt, hash_algorithm=v.hash_algorithm,
-                           data_block_size=v.data_block_size, hash_block_size=v.hash_block_size,
-                           length=image.size, keep_level0=True)  # fmt: skip
+            d = hash_image(
+                p,
+                salt=v.salt,
+                hash_algorithm=v.hash_algorithm,
+                data_block_size=v.data_block_size,
+                hash_block_size=v.hash_block_size,
+                length=image.size,
+                keep_level0=True,
+            )
         except (OSError, EvidenceFormatError) as exc:
             return f"it could not be read back: {exc}"
         if (d.size, d.sha256, d.verity.root_hash) != (image.size, image.sha256, v.root_hash):
@@ -351,8 +385,10 @@ class SlotStore:
         assert d.level0 is not None
         tree = hash_tree(d.level0, v)
         if image.size + len(tree) > self.capacity(slot):
-            return (f"no room for its {len(tree)}-byte hash tree after the image "
-                    f"({self.capacity(slot)} bytes)")  # fmt: skip
+            return (
+                f"no room for its {len(tree)}-byte hash tree after the image "
+                f"({self.capacity(slot)} bytes)"
+            )
         self.hook("slot.tree-open")
         fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -374,22 +410,36 @@ class SlotStore:
         reason = ""
         if ptr.pending is not None:
             image = ptr.slots.get(ptr.pending)
-            if ptr.tries > 0 and image is not None and (
-                    not verify or self.verify_slot(ptr.pending, image)):  # fmt: skip
+            if (
+                ptr.tries > 0
+                and image is not None
+                and (not verify or self.verify_slot(ptr.pending, image))
+            ):
                 self.save(replace(ptr, tries=ptr.tries - 1, booted=ptr.pending))
-                return BootResult(ptr.pending, image, False,
-                                  f"trying staged slot {ptr.pending} ({image.version}), "
-                                  f"{ptr.tries - 1} tries left")  # fmt: skip
+                return BootResult(
+                    ptr.pending,
+                    image,
+                    False,
+                    f"trying staged slot {ptr.pending} ({image.version}), "
+                    f"{ptr.tries - 1} tries left",
+                )
             fell_back = True
-            reason = (f"staged slot {ptr.pending} was not confirmed" if ptr.tries <= 0 else
-                      f"staged slot {ptr.pending} does not verify")  # fmt: skip
+            reason = (
+                f"staged slot {ptr.pending} was not confirmed"
+                if ptr.tries <= 0
+                else f"staged slot {ptr.pending} does not verify"
+            )
             ptr = replace(ptr, pending=None, tries=0)
         active = ptr.slots.get(ptr.active)
         if active is not None and (not verify or self.verify_slot(ptr.active, active)):
             if fell_back or ptr.booted != ptr.active:
                 self.save(replace(ptr, booted=ptr.active))
-            return BootResult(ptr.active, active, fell_back,
-                              reason or f"active slot {ptr.active} ({active.version})")
+            return BootResult(
+                ptr.active,
+                active,
+                fell_back,
+                reason or f"active slot {ptr.active} ({active.version})",
+            )
         # The active slot is gone (it must not happen): the other committed slot, if any.
         other = ptr.inactive
         image = ptr.slots.get(other)

@@ -46,11 +46,11 @@ from attest.gate import (
     refuse,
 )
 from attest.manifest.model import Release, VerifiedRegistry, VerityParams
-from attest.storage.trusted_state import load_state, save_state
 from attest.manifest.trusted import TrustedState
-from attest.runtime import KIND_NV_COUNTER, KIND_UPGRADE_DECISION
 from attest.node.upgrade.slots import BootPointer, BootResult, FaultHook, SlotImage, SlotStore
+from attest.runtime import KIND_NV_COUNTER, KIND_UPGRADE_DECISION
 from attest.storage.files import read_bytes
+from attest.storage.trusted_state import load_state, save_state
 from attest.verity.hashtree import ImageDigests, first_bad_block, hash_image, trusted_level0
 
 logger = logging.getLogger(__name__)
@@ -160,8 +160,11 @@ class UpgradeGate:
             if exc.rc & 0xFF != _RC_HANDLE:
                 raise
             if ptr.nv_offset is not None:
-                raise TpmError(f"NV counter 0x{self.nv_index:08x} is gone but the slot pointer "
-                               "says it was defined", rc=exc.rc) from None  # fmt: skip
+                raise TpmError(
+                    f"NV counter 0x{self.nv_index:08x} is gone but the slot pointer "
+                    "says it was defined",
+                    rc=exc.rc,
+                ) from None
             return installed, None
         committed = raw - (ptr.nv_offset or 0)
         if ptr.nv_offset is not None and committed < installed:
@@ -184,8 +187,11 @@ class UpgradeGate:
         try:
             raw = self.node.nv_counter_read(self.nv_index)
             offset = 0
-            logger.warning("NV counter 0x%08x exists but the slot pointer has no offset: "
-                           "reading it with offset 0 (fail-closed)", self.nv_index)
+            logger.warning(
+                "NV counter 0x%08x exists but the slot pointer has no offset: "
+                "reading it with offset 0 (fail-closed)",
+                self.nv_index,
+            )
         except TpmError as exc:
             if exc.rc & 0xFF != _RC_HANDLE:
                 raise
@@ -204,10 +210,14 @@ class UpgradeGate:
 
     def _record(self, d: GateDecision, *, actor: str, extra: Mapping[str, Any]) -> None:
         """Audit entry first, then the runtime event naming it (so the quote covers both)."""
-        entry = self.node.audit_record({
-            "event": "command", "user": actor, "service": f"upgrade.{d.reason}"[:64],
-            "result": "success" if d.accepted else "denied",
-        })  # fmt: skip
+        entry = self.node.audit_record(
+            {
+                "event": "command",
+                "user": actor,
+                "service": f"upgrade.{d.reason}"[:64],
+                "result": "success" if d.accepted else "denied",
+            }
+        )
         content: dict[str, Any] = {
             "accepted": d.accepted,
             "reason": d.reason,
@@ -220,8 +230,10 @@ class UpgradeGate:
             content["sequence"] = d.release.sequence
         self.node.measure(KIND_UPGRADE_DECISION, content)
         log = logger.info if d.accepted else logger.warning
-        log("upgrade decision", extra={"accepted": d.accepted, "reason": d.reason,
-                                       "version": d.version})  # fmt: skip
+        log(
+            "upgrade decision",
+            extra={"accepted": d.accepted, "reason": d.reason, "version": d.version},
+        )
 
     def _refused(self, d: GateDecision, *, actor: str, extra: Mapping[str, Any]) -> UpgradeRefused:
         self._record(d, actor=actor, extra=extra)
@@ -236,8 +248,10 @@ class UpgradeGate:
     def _trust(self, offer: Offer, *, now: datetime) -> TrustedState:
         state = load_state(self.trust_dir)
         if state is None:
-            raise ConfigError(f"no trusted root in {self.trust_dir} (install root.json first)",
-                              key="upgrade.trust_dir")  # fmt: skip
+            raise ConfigError(
+                f"no trusted root in {self.trust_dir} (install root.json first)",
+                key="upgrade.trust_dir",
+            )
         state = state.update_roots(list(offer.roots))
         return state.update_registry(offer.snapshot, now=now)
 
@@ -263,8 +277,9 @@ class UpgradeGate:
         except ConfigError:
             raise
         except AttestError as exc:
-            raise self._refused(evaluate_trust_error(exc, version=offer.version), actor=actor,
-                                extra=extra) from None  # fmt: skip
+            raise self._refused(
+                evaluate_trust_error(exc, version=offer.version), actor=actor, extra=extra
+            ) from None
         trusted = new_state.registry
         assert trusted is not None
         extra["snapshot_sequence"] = trusted.snapshot.sequence
@@ -297,18 +312,21 @@ class UpgradeGate:
         image = SlotImage(rel.version, rel.sequence, digests.sha256, size, rel.verity)
         problem = self.slots.seal_slot(target_slot, image)  # read back (+ hash tree)
         if problem is not None:
-            bad = refuse(WRITE_VERIFY_FAILED,
-                         f"slot {target_slot} was not sealed as release {rel.version}: {problem} "
-                         "(the source changed while it was copied, or the medium is failing)",
-                         version=rel.version)  # fmt: skip
+            bad = refuse(
+                WRITE_VERIFY_FAILED,
+                f"slot {target_slot} was not sealed as release {rel.version}: {problem} "
+                "(the source changed while it was copied, or the medium is failing)",
+                version=rel.version,
+            )
             raise self._refused(bad, actor=actor, extra=extra)
         slots[target_slot] = image
         self.slots.save(replace(ptr, pending=target_slot, tries=self.slots.tries, slots=slots))
         logger.info("staged", extra={"version": rel.version, "slot": target_slot})
         return decision
 
-    def _measure_image(self, offer: Offer, trusted: VerifiedRegistry,
-                       params: VerityParams) -> tuple[ImageDigests, VerifiedImage]:  # fmt: skip
+    def _measure_image(
+        self, offer: Offer, trusted: VerifiedRegistry, params: VerityParams
+    ) -> tuple[ImageDigests, VerifiedImage]:
         keep = offer.hash_tree is not None
         d = _hash(offer.image, params, keep=keep)
         snap = trusted.snapshot
@@ -331,9 +349,15 @@ class UpgradeGate:
             else:
                 if d.verity.root_hash != rel.verity.root_hash and d.level0 is not None:
                     bad_block = first_bad_block(d.level0, level0, rel.verity)
-        return d, VerifiedImage(sha256=d.sha256, size=d.size, verity_root_hash=d.verity.root_hash,
-                                params=used, requested_version=offer.version,
-                                bad_block=bad_block, hash_tree=tree_state)  # fmt: skip
+        return d, VerifiedImage(
+            sha256=d.sha256,
+            size=d.size,
+            verity_root_hash=d.verity.root_hash,
+            params=used,
+            requested_version=offer.version,
+            bad_block=bad_block,
+            hash_tree=tree_state,
+        )
 
     # --- confirm / status -----------------------------------------------------------------
 
@@ -344,11 +368,14 @@ class UpgradeGate:
         if ensured is not ptr:
             ptr = self.slots.save(ensured)
         committed, raw = self._nv_state(ptr)
-        self.node.audit_record({"event": "command", "user": actor, "service": "upgrade.confirm",
-                                "result": "success"})  # fmt: skip
+        self.node.audit_record(
+            {"event": "command", "user": actor, "service": "upgrade.confirm", "result": "success"}
+        )
         installed = ptr.installed
-        logger.info("confirmed", extra={"version": None if installed is None
-                                        else installed.version, "nv_counter": raw})
+        logger.info(
+            "confirmed",
+            extra={"version": None if installed is None else installed.version, "nv_counter": raw},
+        )
         return ptr
 
     def boot(self) -> BootResult:
@@ -369,25 +396,37 @@ class UpgradeGate:
         with contextlib.suppress(AttestError):
             raw = self.node.nv_counter_read(self.nv_index)
         offset = doc.get("nv_offset")
-        doc["nv_counter"] = {"index": f"0x{self.nv_index:08x}", "value": raw,
-                             "committed_sequence": None if raw is None
-                             else raw - (offset or 0)}  # fmt: skip
+        doc["nv_counter"] = {
+            "index": f"0x{self.nv_index:08x}",
+            "value": raw,
+            "committed_sequence": None if raw is None else raw - (offset or 0),
+        }
         return doc
 
 
 def _same_params(a: VerityParams, b: VerityParams) -> bool:
     return (a.salt, a.hash_algorithm, a.data_block_size, a.hash_block_size) == (
-        b.salt, b.hash_algorithm, b.data_block_size, b.hash_block_size)  # fmt: skip
+        b.salt,
+        b.hash_algorithm,
+        b.data_block_size,
+        b.hash_block_size,
+    )
 
 
 def _hash(path: Path, p: VerityParams, *, keep: bool) -> ImageDigests:
-    return hash_image(path, salt=p.salt, hash_algorithm=p.hash_algorithm,
-                      data_block_size=p.data_block_size, hash_block_size=p.hash_block_size,
-                      keep_level0=keep)  # fmt: skip
+    return hash_image(
+        path,
+        salt=p.salt,
+        hash_algorithm=p.hash_algorithm,
+        data_block_size=p.data_block_size,
+        hash_block_size=p.hash_block_size,
+        keep_level0=keep,
+    )
 
 
-def _params_for(trusted: VerifiedRegistry, version: str | None,
-                size: int) -> VerityParams | GateDecision:  # fmt: skip
+def _params_for(
+    trusted: VerifiedRegistry, version: str | None, size: int
+) -> VerityParams | GateDecision:
     """The verity parameters to hash the image with: the named release's, else those of a
     release of the image's size (the artifact digest then picks the release; a release of the
     same size with another salt costs a second read). No release of this size: refused
@@ -396,12 +435,15 @@ def _params_for(trusted: VerifiedRegistry, version: str | None,
     if version is not None:
         rel = snap.releases.get(version)
         if rel is None:
-            return refuse(UNKNOWN_ARTIFACT,
-                          f"version {version} is not a release in registry #{snap.sequence}",
-                          version=version)  # fmt: skip
+            return refuse(
+                UNKNOWN_ARTIFACT,
+                f"version {version} is not a release in registry #{snap.sequence}",
+                version=version,
+            )
         return rel.verity
     for rel in snap.releases.values():
         if rel.artifact_size == size:
             return rel.verity
-    return refuse(UNKNOWN_ARTIFACT,
-                  f"no release in registry #{snap.sequence} has an artifact of {size} bytes")
+    return refuse(
+        UNKNOWN_ARTIFACT, f"no release in registry #{snap.sequence} has an artifact of {size} bytes"
+    )

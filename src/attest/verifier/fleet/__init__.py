@@ -5,7 +5,8 @@
 - ``appraiser``: the appraisal seam (``attest.appraisal.appraise``, or a quote-only fallback);
 - ``enrollment``: enrolling nodes and host + guest pairs (``attest.verifier.contact.enroll``: EK
   chain to the configured roots, credential activation; fails closed without ``tofu``);
-- ``pairs``: what the fleet stores of a host + guest pair (the pair logic is ``attest.appraisal.pair``);
+- ``pairs``: what the fleet stores of a host + guest pair (the pair logic is
+  ``attest.appraisal.pair``);
 - ``signing``: the verifier key that signs every appraisal's EAR, served as a JWK set;
 - ``poller``: the asyncio scheduler (due times, bounded concurrency, jitter, backoff, leases);
 - ``webhooks``: HMAC-signed notifications of verdict changes;

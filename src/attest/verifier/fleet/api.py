@@ -30,18 +30,24 @@ from pydantic import BaseModel, Field
 from attest import __version__
 from attest.appraisal import Enrollment
 from attest.errors import AttestError, TransportError, VerificationError
+from attest.manifest import VerifiedRegistry
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
 from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import NodeRow, Store
 from attest.verifier.fleet.webhooks import WebhookSender
-from attest.manifest import VerifiedRegistry
 
 logger = logging.getLogger(__name__)
 
-SEVERITY = {"contraindicated": 0, "unreachable": 1, "warning": 2, "none": 3, "unenrolled": 4,
-            "affirming": 5}  # fmt: skip
+SEVERITY = {
+    "contraindicated": 0,
+    "unreachable": 1,
+    "warning": 2,
+    "none": 3,
+    "unenrolled": 4,
+    "affirming": 5,
+}
 PAGE_ROWS = 500
 
 
@@ -51,14 +57,24 @@ _URL = r"^https?://"
 class RegisterRequest(BaseModel):
     url: str = Field(max_length=2048, pattern=_URL, description="the node's API (a pair's guest)")
     node_id: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
-    host_url: str | None = Field(default=None, max_length=2048, pattern=_URL,
-                                 description="a host + guest pair: the host's API")
-    guest_id: str | None = Field(default=None, max_length=128,
-                                 pattern=r"^[A-Za-z0-9._:@+/-]+$",
-                                 description="a pair: the guest's id on the host")
-    activation_url: str | None = Field(default=None, max_length=2048, pattern=_URL,
-                                       description="the node's mutual-TLS listener, for "
-                                                   "credential activation (default: url)")
+    host_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=_URL,
+        description="a host + guest pair: the host's API",
+    )
+    guest_id: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:@+/-]+$",
+        description="a pair: the guest's id on the host",
+    )
+    activation_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=_URL,
+        description="the node's mutual-TLS listener, for credential activation (default: url)",
+    )
     host_activation_url: str | None = Field(default=None, max_length=2048, pattern=_URL)
 
 
@@ -87,8 +103,11 @@ def create_fleet_app(
     clock: Callable[[], float] = time.time,
     signer: EarSigner | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="attest fleet", version=__version__,
-                  description="Continuous attestation of a fleet of nodes.")  # fmt: skip
+    app = FastAPI(
+        title="attest fleet",
+        version=__version__,
+        description="Continuous attestation of a fleet of nodes.",
+    )
 
     def now_dt() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
@@ -110,13 +129,13 @@ def create_fleet_app(
         return n
 
     @app.get("/v1/nodes")
-    def list_nodes(verdict: str | None = Query(None, max_length=32),
-                   ear: bool = Query(False)) -> dict[str, Any]:  # fmt: skip
+    def list_nodes(
+        verdict: str | None = Query(None, max_length=32), ear: bool = Query(False)
+    ) -> dict[str, Any]:
         """Every registered node with its current verdict (``?ear=true``: and its latest
         signed EAR)."""
         nodes = store.list_nodes(ear=ear)
-        return {"nodes": [node_json(n, ear=ear) for n in nodes
-                          if verdict in (None, n.verdict)]}  # fmt: skip
+        return {"nodes": [node_json(n, ear=ear) for n in nodes if verdict in (None, n.verdict)]}
 
     @app.post("/v1/nodes", status_code=201)
     async def register(req: RegisterRequest, request: Request) -> dict[str, Any]:
@@ -129,8 +148,9 @@ def create_fleet_app(
             raise HTTPException(503, "this service has no enroller configured")
         if req.host_url is None and (req.guest_id or req.host_activation_url):
             raise HTTPException(422, "guest_id and host_activation_url need host_url")
-        reg = Registration(req.url, req.host_url, req.guest_id, req.activation_url,
-                           req.host_activation_url)  # fmt: skip
+        reg = Registration(
+            req.url, req.host_url, req.guest_id, req.activation_url, req.host_activation_url
+        )
         loop = asyncio.get_running_loop()
         try:
             enrollment = await loop.run_in_executor(None, enroll, reg)
@@ -141,11 +161,21 @@ def create_fleet_app(
         except AttestError as exc:
             raise HTTPException(422, f"enrollment refused: {exc}") from None
         node_id = req.node_id or enrollment.node_id or req.url
-        logger.info("node registered", extra={
-            "node_id": node_id, "url": req.url, "host_url": req.host_url,
-            "activated": _activated(enrollment)})  # fmt: skip
-        await loop.run_in_executor(None, lambda: store.add_node(
-            node_id, req.url, enrollment, now=clock(), host_url=req.host_url))  # fmt: skip
+        logger.info(
+            "node registered",
+            extra={
+                "node_id": node_id,
+                "url": req.url,
+                "host_url": req.host_url,
+                "activated": _activated(enrollment),
+            },
+        )
+        await loop.run_in_executor(
+            None,
+            lambda: store.add_node(
+                node_id, req.url, enrollment, now=clock(), host_url=req.host_url
+            ),
+        )
         return {**node_json(get(node_id)), "enrollment": enrollment.to_json()}
 
     @app.get("/v1/nodes/{node_id}")
@@ -162,8 +192,7 @@ def create_fleet_app(
         n = get(node_id)
         if n.ear is None:
             raise HTTPException(404, f"no signed result for {node_id!r} yet")
-        return Response(n.ear, media_type=EAR_MEDIA_TYPE,
-                        headers={"Cache-Control": "no-store"})  # fmt: skip
+        return Response(n.ear, media_type=EAR_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
 
     @app.get("/v1/verifier-key")
     def verifier_key() -> JSONResponse:
@@ -221,8 +250,9 @@ def create_fleet_app(
         n = store.get_node(node_id)
         if n is None:
             return HTMLResponse(_page("Not found", f"<p>No node {_e(node_id)}.</p>"), 404)
-        return HTMLResponse(render_node(n, store.results(node_id, 20),
-                                        store.changes(node_id, 50), now=clock()))  # fmt: skip
+        return HTMLResponse(
+            render_node(n, store.results(node_id, 20), store.changes(node_id, 50), now=clock())
+        )
 
     @app.exception_handler(AttestError)
     async def attest_error(request: Request, exc: AttestError) -> JSONResponse:
@@ -232,8 +262,7 @@ def create_fleet_app(
 
 
 def _activated(e: Enrollment | PairEnrollment) -> bool:
-    return e.host.activated and e.guest.activated if isinstance(e, PairEnrollment) \
-        else e.activated  # fmt: skip
+    return e.host.activated and e.guest.activated if isinstance(e, PairEnrollment) else e.activated
 
 
 # --- Prometheus ------------------------------------------------------------------------------
@@ -243,22 +272,37 @@ def _label(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus(nodes: list[NodeRow], releases: list[ReleaseRollout], poller: Poller | None,
-               webhooks: WebhookSender | None) -> str:  # fmt: skip
+def prometheus(
+    nodes: list[NodeRow],
+    releases: list[ReleaseRollout],
+    poller: Poller | None,
+    webhooks: WebhookSender | None,
+) -> str:
     counts = dict.fromkeys(SEVERITY, 0)
     for n in nodes:
         counts[n.verdict] = counts.get(n.verdict, 0) + 1
-    out = ["# HELP attest_fleet_nodes registered nodes by current verdict",
-           "# TYPE attest_fleet_nodes gauge"]  # fmt: skip
+    out = [
+        "# HELP attest_fleet_nodes registered nodes by current verdict",
+        "# TYPE attest_fleet_nodes gauge",
+    ]
     out += [f'attest_fleet_nodes{{verdict="{_label(k)}"}} {v}' for k, v in sorted(counts.items())]
-    out += ["# HELP attest_fleet_release_share share of nodes attesting to a release",
-            "# TYPE attest_fleet_release_share gauge"]  # fmt: skip
-    out += [f'attest_fleet_release_share{{version="{_label(r.version)}"}} {r.share:.6f}'
-            for r in releases]  # fmt: skip
-    out += ["# HELP attest_fleet_embargo_overdue 1 when an embargoed release's disclosure is late",
-            "# TYPE attest_fleet_embargo_overdue gauge"]  # fmt: skip
-    out += [f'attest_fleet_embargo_overdue{{version="{_label(r.version)}"}} {int(r.overdue)}'
-            for r in releases if r.embargo != "none"]  # fmt: skip
+    out += [
+        "# HELP attest_fleet_release_share share of nodes attesting to a release",
+        "# TYPE attest_fleet_release_share gauge",
+    ]
+    out += [
+        f'attest_fleet_release_share{{version="{_label(r.version)}"}} {r.share:.6f}'
+        for r in releases
+    ]
+    out += [
+        "# HELP attest_fleet_embargo_overdue 1 when an embargoed release's disclosure is late",
+        "# TYPE attest_fleet_embargo_overdue gauge",
+    ]
+    out += [
+        f'attest_fleet_embargo_overdue{{version="{_label(r.version)}"}} {int(r.overdue)}'
+        for r in releases
+        if r.embargo != "none"
+    ]
     if poller is not None:
         m = poller.metrics
         out += [
@@ -272,22 +316,26 @@ def prometheus(nodes: list[NodeRow], releases: list[ReleaseRollout], poller: Pol
             f"attest_fleet_results_dropped_total {m.dropped}",
             "# HELP attest_fleet_appraisal_seconds challenge + appraisal time per node",
             "# TYPE attest_fleet_appraisal_seconds histogram",
-        ]  # fmt: skip
+        ]
         acc = 0
         for bound, k in zip((*LATENCY_BUCKETS, float("inf")), m.latency_buckets, strict=True):
             acc += k
             le = "+Inf" if bound == float("inf") else f"{bound:g}"
             out.append(f'attest_fleet_appraisal_seconds_bucket{{le="{le}"}} {acc}')
-        out += [f"attest_fleet_appraisal_seconds_sum {m.latency_sum:.6f}",
-                f"attest_fleet_appraisal_seconds_count {acc}"]  # fmt: skip
+        out += [
+            f"attest_fleet_appraisal_seconds_sum {m.latency_sum:.6f}",
+            f"attest_fleet_appraisal_seconds_count {acc}",
+        ]
     if webhooks is not None:
         w = webhooks.metrics
-        out += ["# TYPE attest_fleet_webhooks_sent_total counter",
-                f"attest_fleet_webhooks_sent_total {w.sent}",
-                "# TYPE attest_fleet_webhooks_dropped_total counter",
-                f"attest_fleet_webhooks_dropped_total {w.dropped + w.given_up}",
-                "# TYPE attest_fleet_webhook_queue gauge",
-                f"attest_fleet_webhook_queue {webhooks.queue.qsize()}"]  # fmt: skip
+        out += [
+            "# TYPE attest_fleet_webhooks_sent_total counter",
+            f"attest_fleet_webhooks_sent_total {w.sent}",
+            "# TYPE attest_fleet_webhooks_dropped_total counter",
+            f"attest_fleet_webhooks_dropped_total {w.dropped + w.given_up}",
+            "# TYPE attest_fleet_webhook_queue gauge",
+            f"attest_fleet_webhook_queue {webhooks.queue.qsize()}",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -327,10 +375,12 @@ min-width:110px}.tile b{display:block;font-size:22px}
 
 def _page(title: str, body: str, *, refresh: int | None = None) -> str:
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-            f'<header><h1>attest fleet — {_e(title)}</h1></header><main>{body}</main>'
-            "</body></html>")  # fmt: skip
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>attest fleet — {_e(title)}</h1></header><main>{body}</main>"
+        "</body></html>"
+    )
 
 
 def _badge(verdict: str) -> str:
@@ -344,8 +394,11 @@ def _releases_html(releases: list[ReleaseRollout]) -> str:
     rows = []
     for r in releases:
         pct = 100 * r.share
-        clock = {"none": "—", "disclosed": "disclosed",
-                 "awaiting_fleet": "waiting for the whole fleet"}.get(r.embargo, "")  # fmt: skip
+        clock = {
+            "none": "—",
+            "disclosed": "disclosed",
+            "awaiting_fleet": "waiting for the whole fleet",
+        }.get(r.embargo, "")
         if r.embargo in ("quiet_period", "overdue"):
             due = r.disclosure_due.strftime("%Y-%m-%d %H:%M UTC") if r.disclosure_due else "?"
             src = " (observed by this service)" if r.fleet_complete_source == "observed" else ""
@@ -357,9 +410,11 @@ def _releases_html(releases: list[ReleaseRollout]) -> str:
             f"<tr><td><b>{_e(r.version)}</b>{revoked}</td><td>{r.running} / {r.total}</td>"
             f'<td><span class=bar><i style="width:{pct:.1f}%"></i></span> {pct:.1f}%</td>'
             f"<td>{clock}</td><td class=muted>{_e(r.note)}</td></tr>"
-        )  # fmt: skip
-    return ("<table><tr><th>Release</th><th>Nodes</th><th>Rollout</th><th>Embargo clock</th>"
-            f"<th></th></tr>{''.join(rows)}</table>")  # fmt: skip
+        )
+    return (
+        "<table><tr><th>Release</th><th>Nodes</th><th>Rollout</th><th>Embargo clock</th>"
+        f"<th></th></tr>{''.join(rows)}</table>"
+    )
 
 
 def _layers(n: NodeRow) -> list[tuple[str, dict[str, Any]]]:
@@ -379,27 +434,34 @@ def _layers_html(n: NodeRow) -> str:
     if not n.pair:
         return ""
     lay = n.layers or {}
-    rows = "".join(
-        f"<tr><td><b>{_e(name)}</b></td><td>{_e(d.get('node_id'))}</td>"
-        f"<td><code>{_e(d.get('url'))}</code></td><td>{_badge(str(d.get('verdict')))}</td>"
-        f"<td>{_e(d.get('explanation'))}</td><td>{_e(d.get('release') or '—')}</td></tr>"
-        for name, d in _layers(n)
-    ) or "<tr><td colspan=6 class=muted>Not appraised yet.</td></tr>"  # fmt: skip
+    rows = (
+        "".join(
+            f"<tr><td><b>{_e(name)}</b></td><td>{_e(d.get('node_id'))}</td>"
+            f"<td><code>{_e(d.get('url'))}</code></td><td>{_badge(str(d.get('verdict')))}</td>"
+            f"<td>{_e(d.get('explanation'))}</td><td>{_e(d.get('release') or '—')}</td></tr>"
+            for name, d in _layers(n)
+        )
+        or "<tr><td colspan=6 class=muted>Not appraised yet.</td></tr>"
+    )
     v = lay.get("vouch")
     vouch: dict[str, Any] = v if isinstance(v, dict) else {}
     failed = lay.get("failed_layer")
-    return ("<section><h2>Host and guest</h2><table><tr><th>Layer</th><th>Node</th><th>URL</th>"
-            f"<th>Verdict</th><th>Explanation</th><th>Release</th></tr>{rows}</table>"
-            f"<p>Failed layer: <b>{_e(failed or '—')}</b>. Host vouching: "
-            f"{_e(vouch.get('explanation') or '—')}</p></section>")  # fmt: skip
+    return (
+        "<section><h2>Host and guest</h2><table><tr><th>Layer</th><th>Node</th><th>URL</th>"
+        f"<th>Verdict</th><th>Explanation</th><th>Release</th></tr>{rows}</table>"
+        f"<p>Failed layer: <b>{_e(failed or '—')}</b>. Host vouching: "
+        f"{_e(vouch.get('explanation') or '—')}</p></section>"
+    )
 
 
 def render_overview(nodes: list[NodeRow], releases: list[ReleaseRollout], *, now: float) -> str:
     counts: dict[str, int] = {}
     for n in nodes:
         counts[n.verdict] = counts.get(n.verdict, 0) + 1
-    tiles = "".join(f'<div class="tile {k}"><b>{counts[k]}</b>{_e(k)}</div>'
-                    for k in sorted(counts, key=lambda k: SEVERITY.get(k, 9)))  # fmt: skip
+    tiles = "".join(
+        f'<div class="tile {k}"><b>{counts[k]}</b>{_e(k)}</div>'
+        for k in sorted(counts, key=lambda k: SEVERITY.get(k, 9))
+    )
     ordered = sorted(nodes, key=lambda n: (SEVERITY.get(n.verdict, 9), n.node_id))
     rows = "".join(
         f'<tr><td><a href="/nodes/{_e(quote(n.node_id, safe=""))}">{_e(n.node_id)}</a>'
@@ -407,9 +469,15 @@ def render_overview(nodes: list[NodeRow], releases: list[ReleaseRollout], *, now
         f"<td>{_badge(n.verdict)}{_layer_badges(n)}</td><td>{_e(n.explanation[:300])}</td>"
         f"<td>{_e(n.release or '—')}</td><td>{_e(_ago(n.last_appraised, now))}</td></tr>"
         for n in ordered[:PAGE_ROWS]
-    )  # fmt: skip
-    more = (f"<p class=muted>{len(nodes) - PAGE_ROWS} more nodes (all affirming or less severe "
-            "first shown); see /v1/nodes.</p>") if len(nodes) > PAGE_ROWS else ""  # fmt: skip
+    )
+    more = (
+        (
+            f"<p class=muted>{len(nodes) - PAGE_ROWS} more nodes (all affirming or less severe "
+            "first shown); see /v1/nodes.</p>"
+        )
+        if len(nodes) > PAGE_ROWS
+        else ""
+    )
     body = (
         f"<section><h2>Fleet: {len(nodes)} nodes</h2><div class=tiles>{tiles}</div></section>"
         f"<section><h2>Releases: rollout and embargo clocks</h2>{_releases_html(releases)}"
@@ -420,8 +488,9 @@ def render_overview(nodes: list[NodeRow], releases: list[ReleaseRollout], *, now
     return _page("overview", body, refresh=10)
 
 
-def render_node(n: NodeRow, results: list[dict[str, Any]], changes: list[dict[str, Any]], *,
-                now: float) -> str:  # fmt: skip
+def render_node(
+    n: NodeRow, results: list[dict[str, Any]], changes: list[dict[str, Any]], *, now: float
+) -> str:
     latest = results[0].get("result") if results else None
     findings = ""
     if isinstance(latest, dict):
@@ -432,19 +501,31 @@ def render_node(n: NodeRow, results: list[dict[str, Any]], changes: list[dict[st
         findings = "".join(
             f"<tr><td>{_e(prefix)}{_e(f.get('claim'))}</td><td>{_badge(str(f.get('tier')))}</td>"
             f"<td>{_e(f.get('check'))}</td><td>{_e(f.get('explanation'))}</td></tr>"
-            for prefix, doc in parts for f in (doc.get("findings") or []) if isinstance(f, dict)
-        )  # fmt: skip
-        findings = ("<table><tr><th>Claim</th><th>Tier</th><th>Check</th><th>Finding</th></tr>"
-                    f"{findings}</table>") if findings else "<p class=muted>No findings.</p>"
-    hist = "".join(
-        f"<tr><td>{_e(iso(c['at']))}</td><td>{_badge(c['from'])} → {_badge(c['to'])}</td>"
-        f"<td>{_e(c['explanation'])}</td></tr>" for c in changes
-    ) or "<tr><td colspan=3 class=muted>No changes yet.</td></tr>"  # fmt: skip
+            for prefix, doc in parts
+            for f in (doc.get("findings") or [])
+            if isinstance(f, dict)
+        )
+        findings = (
+            (
+                "<table><tr><th>Claim</th><th>Tier</th><th>Check</th><th>Finding</th></tr>"
+                f"{findings}</table>"
+            )
+            if findings
+            else "<p class=muted>No findings.</p>"
+        )
+    hist = (
+        "".join(
+            f"<tr><td>{_e(iso(c['at']))}</td><td>{_badge(c['from'])} → {_badge(c['to'])}</td>"
+            f"<td>{_e(c['explanation'])}</td></tr>"
+            for c in changes
+        )
+        or "<tr><td colspan=3 class=muted>No changes yet.</td></tr>"
+    )
     recent = "".join(
         f"<tr><td>{_e(iso(r.get('at')))}</td><td>{_badge(str(r.get('verdict')))}</td>"
         f"<td>{_e(r.get('worker_id'))}</td><td>{_e(r.get('error') or '')}</td></tr>"
         for r in results
-    )  # fmt: skip
+    )
     body = (
         f"<section><h2>{_e(n.node_id)} {_badge(n.verdict)}</h2><table>"
         f"<tr><th>Explanation</th><td>{_e(n.explanation)}</td></tr>"
@@ -462,6 +543,6 @@ def render_node(n: NodeRow, results: list[dict[str, Any]], changes: list[dict[st
         f"{findings or '<p class=muted>None.</p>'}</section>"
         f"<section><h2>Verdict history</h2><table>{hist}</table></section>"
         "<section><h2>Recent appraisals</h2><table><tr><th>At</th><th>Verdict</th><th>Worker</th>"
-        f"<th>Error</th></tr>{recent}</table></section><p><a href=\"/\">← fleet</a></p>"
-    )  # fmt: skip
+        f'<th>Error</th></tr>{recent}</table></section><p><a href="/">← fleet</a></p>'
+    )
     return _page(n.node_id, body, refresh=10)

@@ -84,8 +84,9 @@ def summarize(result: AppraisalResult) -> Summary:
     decision = result.release
     if decision is not None and decision.release is not None and decision.status in RUNNING:
         release = decision.release.version
-    return Summary(status, "; ".join(reasons), result.first_divergence, release, result.clock,
-                   result.to_json())  # fmt: skip
+    return Summary(
+        status, "; ".join(reasons), result.first_divergence, release, result.clock, result.to_json()
+    )
 
 
 def result_release(doc: Mapping[str, Any]) -> str | None:

@@ -11,7 +11,8 @@ attributes, TPM2 credential activation over an authenticated channel), under the
 - without EK roots: refused, unless ``tofu`` (trust on first use, said in the enrollment:
   ``ek_certificate`` is null and ``activated`` false when there was no channel).
 
-A pair (``attest.verifier.fleet.pairs``) enrolls each layer under its own policy (the host's TPM vendor
+A pair (``attest.verifier.fleet.pairs``) enrolls each layer under its own policy (the host's TPM
+vendor
 roots, the guest's vTPM CA).
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from cryptography import x509
 
 from attest.appraisal import Enrollment
+from attest.appraisal.pair import GUEST, HOST
 from attest.errors import (
     CertificateError,
     ConfigError,
@@ -33,7 +35,6 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
-from attest.appraisal.pair import GUEST, HOST
 from attest.verifier.contact import enroll, load_ek_cas, open_channels
 
 logger = logging.getLogger(__name__)
@@ -64,18 +65,30 @@ class EnrollPolicy:
     operator_socket: str | None = None  # the node's operator socket (fleet add on the node)
 
     @classmethod
-    def from_paths(cls, ek_roots: list[str] | None, *, tofu: bool = False,
-                   tls_ca: str | None = None, client_cert: str | None = None,
-                   client_key: str | None = None, operator_socket: str | None = None,
-                   key: str = "--ek-roots") -> EnrollPolicy:  # fmt: skip
+    def from_paths(
+        cls,
+        ek_roots: list[str] | None,
+        *,
+        tofu: bool = False,
+        tls_ca: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        operator_socket: str | None = None,
+        key: str = "--ek-roots",
+    ) -> EnrollPolicy:
         if bool(client_cert) != bool(client_key):
             raise ConfigError("give --client-cert and --client-key together", key="--client-key")
         roots, inter = load_ek_cas(ek_roots or [])
         if ek_roots and not roots:
             raise ConfigError("no self-signed root certificate among the EK CAs given", key=key)
-        return cls(tuple(roots), tuple(inter), tofu, tls_ca,
-                   (client_cert, client_key) if client_cert and client_key else None,
-                   operator_socket).validate(key=key)  # fmt: skip
+        return cls(
+            tuple(roots),
+            tuple(inter),
+            tofu,
+            tls_ca,
+            (client_cert, client_key) if client_cert and client_key else None,
+            operator_socket,
+        ).validate(key=key)
 
     @property
     def can_activate(self) -> bool:
@@ -84,42 +97,73 @@ class EnrollPolicy:
     def validate(self, *, key: str = "--ek-roots") -> EnrollPolicy:
         """Fail at start-up, not at the first registration."""
         if not self.ek_roots and not self.tofu:
-            raise ConfigError("enrollment fails closed: give the TPM vendors' EK roots "
-                              "(--ek-roots PEM|DIR), or allow trust on first use (--tofu)",
-                              key=key)  # fmt: skip
+            raise ConfigError(
+                "enrollment fails closed: give the TPM vendors' EK roots "
+                "(--ek-roots PEM|DIR), or allow trust on first use (--tofu)",
+                key=key,
+            )
         if self.ek_roots and not self.can_activate and not self.tofu:
-            raise ConfigError("EK roots need credential activation over an authenticated "
-                              "channel to bind the AK to the EK: --client-cert/--client-key "
-                              "(the nodes' mutual-TLS listener) or --operator-socket; or "
-                              "--tofu to trust the AK without it", key=key)  # fmt: skip
+            raise ConfigError(
+                "EK roots need credential activation over an authenticated "
+                "channel to bind the AK to the EK: --client-cert/--client-key "
+                "(the nodes' mutual-TLS listener) or --operator-socket; or "
+                "--tofu to trust the AK without it",
+                key=key,
+            )
         return self
 
     def describe(self) -> dict[str, Any]:
-        return {"ek_roots": [c.subject.rfc4514_string() for c in self.ek_roots],
-                "ek_intermediates": len(self.ek_intermediates), "tofu": self.tofu,
-                "activation": "operator-socket" if self.operator_socket else
-                "mutual-tls" if self.client_cert else None}  # fmt: skip
+        return {
+            "ek_roots": [c.subject.rfc4514_string() for c in self.ek_roots],
+            "ek_intermediates": len(self.ek_intermediates),
+            "tofu": self.tofu,
+            "activation": "operator-socket"
+            if self.operator_socket
+            else "mutual-tls"
+            if self.client_cert
+            else None,
+        }
 
 
-def enroll_node(url: str, policy: EnrollPolicy, *, now: datetime,
-                activation_url: str | None = None) -> Enrollment:  # fmt: skip
+def enroll_node(
+    url: str, policy: EnrollPolicy, *, now: datetime, activation_url: str | None = None
+) -> Enrollment:
     """Enroll the node at ``url`` under ``policy``: the enrollment, or raise
     (``VerificationError`` naming the check: ``ek-roots``, ``certificate``, ``key-policy``,
     ``credential-activation``; ``TransportError`` when the node does not answer)."""
     if not policy.ek_roots and not policy.tofu:
-        raise EnrollmentPolicyError("this service has no EK roots (--ek-roots) and trust on "
-                                    "first use is off (--tofu): enrollment fails closed")
+        raise EnrollmentPolicyError(
+            "this service has no EK roots (--ek-roots) and trust on "
+            "first use is off (--tofu): enrollment fails closed"
+        )
     if policy.ek_roots and not policy.can_activate and not policy.tofu:
-        raise CredentialError("no authenticated channel for credential activation "
-                              "(--client-cert/--client-key): enrollment fails closed")
-    with open_channels(url, tls_ca=policy.tls_ca, operator_socket=policy.operator_socket,
-                       client_cert=policy.client_cert,
-                       activation_url=activation_url) as (client, activator):
-        e = enroll(client, now=now, ek_roots=policy.ek_roots,
-                   ek_intermediates=policy.ek_intermediates, activator=activator)  # fmt: skip
-    logger.info("node enrolled", extra={"url": url, "node_id": e.node_id,
-                                        "ek_certificate": e.ek_certificate,
-                                        "activated": e.activated})  # fmt: skip
+        raise CredentialError(
+            "no authenticated channel for credential activation "
+            "(--client-cert/--client-key): enrollment fails closed"
+        )
+    with open_channels(
+        url,
+        tls_ca=policy.tls_ca,
+        operator_socket=policy.operator_socket,
+        client_cert=policy.client_cert,
+        activation_url=activation_url,
+    ) as (client, activator):
+        e = enroll(
+            client,
+            now=now,
+            ek_roots=policy.ek_roots,
+            ek_intermediates=policy.ek_intermediates,
+            activator=activator,
+        )
+    logger.info(
+        "node enrolled",
+        extra={
+            "url": url,
+            "node_id": e.node_id,
+            "ek_certificate": e.ek_certificate,
+            "activated": e.activated,
+        },
+    )
     return e
 
 
@@ -146,29 +190,44 @@ class PairEnrollment:
         return self.guest.node_id
 
     def to_json(self) -> dict[str, Any]:
-        return {"pair": {"guest_id": self.guest_id, "host": self.host.to_json(),
-                         "guest": self.guest.to_json()}}  # fmt: skip
+        return {
+            "pair": {
+                "guest_id": self.guest_id,
+                "host": self.host.to_json(),
+                "guest": self.guest.to_json(),
+            }
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> PairEnrollment:
         p = doc["pair"]
-        return cls(Enrollment.from_json(p["host"]), Enrollment.from_json(p["guest"]),
-                   str(p["guest_id"]))  # fmt: skip
+        return cls(
+            Enrollment.from_json(p["host"]), Enrollment.from_json(p["guest"]), str(p["guest_id"])
+        )
 
 
 def enrollment_from_json(doc: Mapping[str, Any]) -> Enrollment | PairEnrollment:
     return PairEnrollment.from_json(doc) if "pair" in doc else Enrollment.from_json(doc)
 
 
-def enroll_pair(guest_url: str, host_url: str, *, policy: EnrollPolicy,
-                host_policy: EnrollPolicy, now: datetime, guest_id: str | None = None,
-                activation_url: str | None = None,
-                host_activation_url: str | None = None) -> PairEnrollment:  # fmt: skip
+def enroll_pair(
+    guest_url: str,
+    host_url: str,
+    *,
+    policy: EnrollPolicy,
+    host_policy: EnrollPolicy,
+    now: datetime,
+    guest_id: str | None = None,
+    activation_url: str | None = None,
+    host_activation_url: str | None = None,
+) -> PairEnrollment:
     """Enroll the host, then the guest, each as one node under its own policy; a refusal names
     the layer (``LayerRefused``, its ``check`` the layer's)."""
     layers: dict[str, Enrollment] = {}
-    for layer, url, pol, act in ((HOST, host_url, host_policy, host_activation_url),
-                                 (GUEST, guest_url, policy, activation_url)):  # fmt: skip
+    for layer, url, pol, act in (
+        (HOST, host_url, host_policy, host_activation_url),
+        (GUEST, guest_url, policy, activation_url),
+    ):
         try:
             layers[layer] = enroll_node(url, pol, now=now, activation_url=act)
         except VerificationError as exc:
@@ -177,8 +236,11 @@ def enroll_pair(guest_url: str, host_url: str, *, policy: EnrollPolicy,
             raise TransportError(f"{layer} layer ({url}): {exc}") from None
     guest = layers[GUEST]
     if guest.ek_sha256 is None:
-        raise LayerRefused(GUEST, guest_url, CertificateError(
-            "the guest presents no EK: no host can vouch for its vTPM"))  # fmt: skip
+        raise LayerRefused(
+            GUEST,
+            guest_url,
+            CertificateError("the guest presents no EK: no host can vouch for its vTPM"),
+        )
     return PairEnrollment(layers[HOST], guest, guest_id or guest.node_id)
 
 
@@ -196,8 +258,13 @@ class Registration:
 class Enroller:
     """Enrolls what a ``Registration`` names under the service's policies."""
 
-    def __init__(self, policy: EnrollPolicy, *, host_policy: EnrollPolicy | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: EnrollPolicy,
+        *,
+        host_policy: EnrollPolicy | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.policy = policy
         self.host_policy = host_policy or policy
         self.clock = clock
@@ -206,7 +273,13 @@ class Enroller:
         now = self.clock()
         if reg.host_url is None:
             return enroll_node(reg.url, self.policy, now=now, activation_url=reg.activation_url)
-        return enroll_pair(reg.url, reg.host_url, policy=self.policy,
-                           host_policy=self.host_policy, now=now, guest_id=reg.guest_id,
-                           activation_url=reg.activation_url,
-                           host_activation_url=reg.host_activation_url)  # fmt: skip
+        return enroll_pair(
+            reg.url,
+            reg.host_url,
+            policy=self.policy,
+            host_policy=self.host_policy,
+            now=now,
+            guest_id=reg.guest_id,
+            activation_url=reg.activation_url,
+            host_activation_url=reg.host_activation_url,
+        )

@@ -78,8 +78,10 @@ def _spki_binding(der: bytes) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    spki = (
+        x509.load_der_x509_certificate(der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return hashlib.sha256(spki).digest()
 
@@ -87,8 +89,13 @@ def _spki_binding(der: bytes) -> bytes:
 class HttpPool:
     """Keep-alive connections per origin, at most ``max_idle`` idle ones kept per origin."""
 
-    def __init__(self, *, timeout: float = 10.0, max_idle: int = 256,
-                 ssl_context: ssl.SSLContext | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        max_idle: int = 256,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.timeout = timeout
         self.max_idle = max_idle
         self.ssl_context = ssl_context
@@ -99,20 +106,26 @@ class HttpPool:
         ctx = None
         if origin.scheme == "https":
             ctx = self.ssl_context or ssl.create_default_context()
-        reader, writer = await asyncio.open_connection(origin.host, origin.port, ssl=ctx,
-                                                       limit=MAX_HEADER)  # fmt: skip
+        reader, writer = await asyncio.open_connection(
+            origin.host, origin.port, ssl=ctx, limit=MAX_HEADER
+        )
         self.opened += 1
         return _Conn(reader, writer)
 
-    async def request(self, origin: Origin, method: str, path: str,
-                      body: Mapping[str, Any] | bytes | None = None) -> Response:  # fmt: skip
+    async def request(
+        self, origin: Origin, method: str, path: str, body: Mapping[str, Any] | bytes | None = None
+    ) -> Response:
         """One request on ``origin``'s prefix + ``path``; raise ``TransportError`` on any
         connection problem, timeout or malformed answer (the status is the caller's)."""
-        data = json.dumps(body, separators=(",", ":")).encode() if isinstance(body, Mapping) \
-            else (body or b"")  # fmt: skip
-        head = (f"{method} {origin.prefix}{path} HTTP/1.1\r\nHost: {origin.host}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-                ).encode()  # fmt: skip
+        data = (
+            json.dumps(body, separators=(",", ":")).encode()
+            if isinstance(body, Mapping)
+            else (body or b"")
+        )
+        head = (
+            f"{method} {origin.prefix}{path} HTTP/1.1\r\nHost: {origin.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
         where = f"{origin.scheme}://{origin.host}:{origin.port}{origin.prefix}{path}"
         try:
             async with asyncio.timeout(self.timeout):
@@ -131,8 +144,13 @@ class HttpPool:
                     status, payload, keep = await self._exchange(conn, head + data)
         except TimeoutError:
             raise TransportError(f"{where}: no answer within {self.timeout:g} s") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-                ssl.SSLError) as exc:  # fmt: skip
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            ssl.SSLError,
+        ) as exc:
             raise TransportError(f"{where}: {type(exc).__name__}: {exc}") from None
         binding = conn.binding
         if keep:

@@ -1,7 +1,9 @@
 """A fleet node that is a host and its guest VM (docs/host-guest.md), appraised as
 ``attest verify --host HOST_URL GUEST_URL`` does: one challenge, the layers' nonces derived from
-it (``attest.appraisal.pair.pair_nonces``), each layer appraised as one node, and the pair's verdict from
-``attest.appraisal.pair.appraise_pair`` -- the guest's AK is accepted only when its enrolled EK is one the
+it (``attest.appraisal.pair.pair_nonces``), each layer appraised as one node, and the pair's
+verdict from
+``attest.appraisal.pair.appraise_pair`` -- the guest's AK is accepted only when its enrolled EK is
+one the
 host vouched for (a ``vtpm`` runtime event) in the host quote answering this challenge.
 
 This module holds what the fleet stores and shows of a pair (the per-layer summaries; the
@@ -14,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised
-from attest.verifier.fleet.appraiser import summarize
 from attest.appraisal.pair import GUEST, HOST, PairResult, vouchings_of
 from attest.runtime import VtpmVouch
+from attest.verifier.fleet.appraiser import summarize
 
 
 def fresh_vouchings(appraised: Appraised) -> tuple[VtpmVouch, ...] | None:
@@ -33,17 +35,27 @@ def fresh_vouchings(appraised: Appraised) -> tuple[VtpmVouch, ...] | None:
 
 def layer_json(result: AppraisalResult, url: str) -> dict[str, Any]:
     s = summarize(result)
-    return {"node_id": result.node_id, "url": url, "verdict": s.status,
-            "attest_verdict": result.verdict.value, "explanation": s.explanation,
-            "first_divergence": s.first_divergence, "release": s.release,
-            "claims": result.trustworthiness_vector}  # fmt: skip
+    return {
+        "node_id": result.node_id,
+        "url": url,
+        "verdict": s.status,
+        "attest_verdict": result.verdict.value,
+        "explanation": s.explanation,
+        "first_divergence": s.first_divergence,
+        "release": s.release,
+        "claims": result.trustworthiness_vector,
+    }
 
 
 def pair_layers(pair: PairResult, host_url: str, guest_url: str) -> dict[str, Any]:
     """What the fleet stores of a pair besides its verdict: each layer's verdict and
     explanation, which layer failed, and the host-vouch finding."""
-    return {"failed_layer": pair.failed_layer, "vouch": pair.vouch.to_json(),
-            HOST: layer_json(pair.host, host_url), GUEST: layer_json(pair.guest, guest_url)}
+    return {
+        "failed_layer": pair.failed_layer,
+        "vouch": pair.vouch.to_json(),
+        HOST: layer_json(pair.host, host_url),
+        GUEST: layer_json(pair.guest, guest_url),
+    }
 
 
 def pair_explanation(pair: PairResult) -> str:

@@ -37,19 +37,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised, Enrollment, NodeMemory, unappraisable
+from attest.appraisal.ear import ear_claims, submod
+from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.errors import AttestError, TransportError
+from attest.manifest import VerifiedRegistry
+from attest.model import HashAlg, PcrSelection
+from attest.tpmstruct import ClockInfo
+from attest.verifier.contact import APPRAISAL_PCRS
 from attest.verifier.fleet.appraiser import STATUSES, Appraiser, summarize
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Leased, Outcome, Store
-from attest.manifest import VerifiedRegistry
-from attest.model import HashAlg, PcrSelection
-from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
-from attest.appraisal.ear import ear_claims, submod
-from attest.tpmstruct import ClockInfo
-from attest.verifier.contact import APPRAISAL_PCRS
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +155,9 @@ class Poller:
         self.rng = rng or random.Random()
         self.record_latencies = record_latencies
         self.metrics = PollMetrics()
-        self.pool = HttpPool(timeout=settings.timeout, max_idle=settings.concurrency,
-                             ssl_context=ssl_context)  # fmt: skip
+        self.pool = HttpPool(
+            timeout=settings.timeout, max_idle=settings.concurrency, ssl_context=ssl_context
+        )
         self._base = PcrSelection.parse(settings.selection)
         self._selections: dict[int, tuple[PcrSelection, dict[str, list[int]]]] = {}
         self._enrollments: dict[str, tuple[str, Enrollment | PairEnrollment]] = {}
@@ -192,8 +193,9 @@ class Poller:
                 self._memory.pop(key, None)  # held logs belong to the old enrollment
         return cached[1]
 
-    def _ear(self, submods: Mapping[str, Mapping[str, Any]], start: float,
-             nonce: bytes | None) -> dict[str, Any] | None:  # fmt: skip
+    def _ear(
+        self, submods: Mapping[str, Mapping[str, Any]], start: float, nonce: bytes | None
+    ) -> dict[str, Any] | None:
         """The EAR claims of one attempt (``attest.appraisal.ear``; None without a signer). They are
         signed on the writer thread, just before the result is stored (``_complete``): the
         ECDSA signature runs there without the GIL, off the event loop."""
@@ -206,9 +208,12 @@ class Poller:
         """Sign the outcomes' EARs, then store them (on the writer thread)."""
         signer = self.signer
         if signer is not None:
-            outcomes = [o if o.ear_claims is None else
-                        replace(o, ear=signer.sign(o.ear_claims), ear_claims=None)
-                        for o in outcomes]  # fmt: skip
+            outcomes = [
+                o
+                if o.ear_claims is None
+                else replace(o, ear=signer.sign(o.ear_claims), ear_claims=None)
+                for o in outcomes
+            ]
         return self.store.complete(self.settings.worker_id, outcomes)
 
     def _next_due(self, now: float, delay: float) -> float:
@@ -232,8 +237,9 @@ class Poller:
             self.metrics.failures += 1
         else:
             self.metrics.appraisals += 1
-            self.metrics.by_status[outcome.verdict] = \
-                self.metrics.by_status.get(outcome.verdict, 0) + 1  # fmt: skip
+            self.metrics.by_status[outcome.verdict] = (
+                self.metrics.by_status.get(outcome.verdict, 0) + 1
+            )
         self._pending.append(outcome)
 
     def _origin(self, url: str) -> Origin:
@@ -242,10 +248,18 @@ class Poller:
             origin = self._origins[url] = Origin.parse(url)
         return origin
 
-    async def _contact(self, key: str, url: str, enrollment: Enrollment, *, start: float,
-                       previous: ClockInfo | None, registry: VerifiedRegistry | None,
-                       platform_id: str | None,
-                       nonce: bytes | None = None) -> _Contact:  # fmt: skip
+    async def _contact(
+        self,
+        key: str,
+        url: str,
+        enrollment: Enrollment,
+        *,
+        start: float,
+        previous: ClockInfo | None,
+        registry: VerifiedRegistry | None,
+        platform_id: str | None,
+        nonce: bytes | None = None,
+    ) -> _Contact:
         """Challenge one node (or one layer of a pair: ``key`` names its memory) and appraise
         the answer incrementally. ``nonce``: the challenge to answer (a pair layer's, derived
         from the pair's challenge); a fresh one per request otherwise."""
@@ -276,18 +290,27 @@ class Poller:
             c0 = time.perf_counter()
             try:
                 appraised: Appraised = self.appraise(
-                    doc, memory=memory, enrollment=enrollment, nonce=challenge,
-                    selection=selection, registry=registry, platform_id=platform_id,
-                    previous=previous, tls_binding=resp.tls_binding, now=now,
-                )  # fmt: skip
+                    doc,
+                    memory=memory,
+                    enrollment=enrollment,
+                    nonce=challenge,
+                    selection=selection,
+                    registry=registry,
+                    platform_id=platform_id,
+                    previous=previous,
+                    tls_binding=resp.tls_binding,
+                    now=now,
+                )
             except AttestError as exc:  # an appraisal that raises instead of returning a result
                 self.metrics.appraise_seconds += time.perf_counter() - c0
                 return _Contact(challenge, raised=exc)
             self.metrics.appraise_seconds += time.perf_counter() - c0
             if appraised.complete or not memory.holds_logs:
                 break
-            logger.info("held logs do not continue: fetching them again",
-                        extra={"node_id": key, "reason": appraised.result.first_divergence})
+            logger.info(
+                "held logs do not continue: fetching them again",
+                extra={"node_id": key, "reason": appraised.result.first_divergence},
+            )
             self.metrics.refetches += 1
             memory = appraised.memory
         self._memory[key] = appraised.memory
@@ -297,39 +320,98 @@ class Poller:
         s = self.settings
         enrollment = self._enrollment(node)
         if enrollment is None:
-            return Outcome(node.node_id, node.token, start, "unenrolled",
-                           "the node is registered but not enrolled: no AK is trusted yet",
-                           None, None, None, {}, "", 0, self._next_due(start, s.interval),
-                           node.appraisals + 1, node.verdict)  # fmt: skip
+            return Outcome(
+                node.node_id,
+                node.token,
+                start,
+                "unenrolled",
+                "the node is registered but not enrolled: no AK is trusted yet",
+                None,
+                None,
+                None,
+                {},
+                "",
+                0,
+                self._next_due(start, s.interval),
+                node.appraisals + 1,
+                node.verdict,
+            )
         if isinstance(enrollment, PairEnrollment):
             return await self._attempt_pair(node, enrollment, start)
-        c = await self._contact(node.node_id, node.url, enrollment, start=start,
-                                previous=node.clock, registry=self.registry(),
-                                platform_id=s.platform_id)  # fmt: skip
+        c = await self._contact(
+            node.node_id,
+            node.url,
+            enrollment,
+            start=start,
+            previous=node.clock,
+            registry=self.registry(),
+            platform_id=s.platform_id,
+        )
         if c.raised is not None:
             exc = c.raised
-            claims = self._ear({node.node_id: {
-                "ear.status": "contraindicated", "ear.trustworthiness-vector": {},
-                "attest.verdict": "contraindicated", "attest.node.port-id": node.node_id,
-                "attest.explanation": {"first_divergence": str(exc),
-                                       "explanations": [str(exc)]}}}, start, c.nonce)
-            return Outcome(node.node_id, node.token, start, "contraindicated", str(exc),
-                           getattr(exc, "check", "appraisal"), None, None,
-                           {"error": str(exc)}, "", 0, self._next_due(start, s.interval),
-                           node.appraisals + 1, node.verdict, ear_claims=claims)  # fmt: skip
+            claims = self._ear(
+                {
+                    node.node_id: {
+                        "ear.status": "contraindicated",
+                        "ear.trustworthiness-vector": {},
+                        "attest.verdict": "contraindicated",
+                        "attest.node.port-id": node.node_id,
+                        "attest.explanation": {
+                            "first_divergence": str(exc),
+                            "explanations": [str(exc)],
+                        },
+                    }
+                },
+                start,
+                c.nonce,
+            )
+            return Outcome(
+                node.node_id,
+                node.token,
+                start,
+                "contraindicated",
+                str(exc),
+                getattr(exc, "check", "appraisal"),
+                None,
+                None,
+                {"error": str(exc)},
+                "",
+                0,
+                self._next_due(start, s.interval),
+                node.appraisals + 1,
+                node.verdict,
+                ear_claims=claims,
+            )
         if c.appraised is None:
             return self._failed(node, start, c.error)
         result = c.appraised.result
         summary = summarize(result)
-        claims = self._ear({node.node_id: {**submod(result), "attest.node.port-id": result.node_id}},
-                           start, c.nonce)  # fmt: skip
-        return Outcome(node.node_id, node.token, start, summary.status, summary.explanation,
-                       summary.first_divergence, summary.release, summary.clock, summary.doc,
-                       "", 0, self._next_due(start, s.interval), node.appraisals + 1,
-                       node.verdict, ear_claims=claims)  # fmt: skip
+        claims = self._ear(
+            {node.node_id: {**submod(result), "attest.node.port-id": result.node_id}},
+            start,
+            c.nonce,
+        )
+        return Outcome(
+            node.node_id,
+            node.token,
+            start,
+            summary.status,
+            summary.explanation,
+            summary.first_divergence,
+            summary.release,
+            summary.clock,
+            summary.doc,
+            "",
+            0,
+            self._next_due(start, s.interval),
+            node.appraisals + 1,
+            node.verdict,
+            ear_claims=claims,
+        )
 
     async def _attempt_pair(self, node: Leased, pe: PairEnrollment, start: float) -> Outcome:
-        """A host and its guest as one node (``attest.appraisal.pair``), as ``attest verify --host``:
+        """A host and its guest as one node (``attest.appraisal.pair``), as ``attest verify
+        --host``:
         one challenge, both layers challenged at once with the nonces derived from it."""
         s = self.settings
         if node.host_url is None:
@@ -337,13 +419,27 @@ class Poller:
         challenge = os.urandom(32)
         host_nonce, guest_nonce = pair_nonces(challenge)
         host_c, guest_c = await asyncio.gather(
-            self._contact(f"{node.node_id}\0host", node.host_url, pe.host, start=start,
-                          previous=node.host_clock, registry=self.host_registry(),
-                          platform_id=s.host_platform_id or s.platform_id, nonce=host_nonce),
-            self._contact(f"{node.node_id}\0guest", node.url, pe.guest, start=start,
-                          previous=node.clock, registry=self.registry(),
-                          platform_id=s.platform_id, nonce=guest_nonce),
-        )  # fmt: skip
+            self._contact(
+                f"{node.node_id}\0host",
+                node.host_url,
+                pe.host,
+                start=start,
+                previous=node.host_clock,
+                registry=self.host_registry(),
+                platform_id=s.host_platform_id or s.platform_id,
+                nonce=host_nonce,
+            ),
+            self._contact(
+                f"{node.node_id}\0guest",
+                node.url,
+                pe.guest,
+                start=start,
+                previous=node.clock,
+                registry=self.registry(),
+                platform_id=s.platform_id,
+                nonce=guest_nonce,
+            ),
+        )
         for layer, c, url in ((HOST, host_c, node.host_url), (GUEST, guest_c, node.url)):
             if c.appraised is None and c.raised is None:  # a layer that does not answer
                 return self._failed(node, start, f"{layer} layer ({url}): {c.error}")
@@ -352,26 +448,43 @@ class Poller:
         def result_of(c: _Contact, layer: Enrollment, nonce: bytes) -> AppraisalResult:
             if c.appraised is not None:
                 return c.appraised.result
-            return unappraisable(layer.node_id, f"appraisal failed: {c.raised}", nonce=nonce,
-                                 now=now)  # fmt: skip
+            return unappraisable(
+                layer.node_id, f"appraisal failed: {c.raised}", nonce=nonce, now=now
+            )
 
         host_r = result_of(host_c, pe.host, host_nonce)
         guest_r = result_of(guest_c, pe.guest, guest_nonce)
         vouchings = None if host_c.appraised is None else fresh_vouchings(host_c.appraised)
-        pair = appraise_pair(host_r, guest_r, vouchings,
-                             GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
-                             challenge=challenge)  # fmt: skip
+        pair = appraise_pair(
+            host_r,
+            guest_r,
+            vouchings,
+            GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
+            challenge=challenge,
+        )
         status = pair.status if pair.status in STATUSES else "none"
         # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
         # challenge both layers' nonces come from.
         claims = None if self.signer is None else pair.ear_claims(now=now)
-        return Outcome(node.node_id, node.token, start, status, pair_explanation(pair),
-                       pair.first_divergence, summarize(pair.guest).release,
-                       guest_r.clock or node.clock, pair.to_json(), "", 0,
-                       self._next_due(start, s.interval), node.appraisals + 1, node.verdict,
-                       layers=pair_layers(pair, node.host_url, node.url),
-                       host_clock=host_r.clock or node.host_clock,
-                       ear_claims=claims)  # fmt: skip
+        return Outcome(
+            node.node_id,
+            node.token,
+            start,
+            status,
+            pair_explanation(pair),
+            pair.first_divergence,
+            summarize(pair.guest).release,
+            guest_r.clock or node.clock,
+            pair.to_json(),
+            "",
+            0,
+            self._next_due(start, s.interval),
+            node.appraisals + 1,
+            node.verdict,
+            layers=pair_layers(pair, node.host_url, node.url),
+            host_clock=host_r.clock or node.host_clock,
+            ear_claims=claims,
+        )
 
     def _failed(self, node: Leased, start: float, error: str) -> Outcome:
         s = self.settings
@@ -380,19 +493,37 @@ class Poller:
         unreachable = failures >= s.unreachable_after
         verdict = "unreachable" if unreachable else node.verdict
         explanation = f"the node does not answer ({failures} attempts): {error}"
-        logger.info("node did not answer", extra={"node_id": node.node_id, "error": error,
-                                                  "failures": failures})  # fmt: skip
+        logger.info(
+            "node did not answer",
+            extra={"node_id": node.node_id, "error": error, "failures": failures},
+        )
         # Once the node is unreachable its latest EAR says so (status none); before that, the
         # last appraisal's EAR stands.
         claims = None
         if unreachable and self.signer is not None:
-            r = unappraisable(node.node_id, explanation, nonce=b"",
-                              now=datetime.fromtimestamp(start, UTC))  # fmt: skip
-            claims = self._ear({node.node_id: {**submod(r), "attest.node.port-id": node.node_id}},
-                               start, None)  # fmt: skip
-        return Outcome(node.node_id, node.token, start, verdict, explanation, None, None, None,
-                       None, error, failures, self._next_due(start, delay), node.appraisals,
-                       node.verdict, ear_claims=claims)  # fmt: skip
+            r = unappraisable(
+                node.node_id, explanation, nonce=b"", now=datetime.fromtimestamp(start, UTC)
+            )
+            claims = self._ear(
+                {node.node_id: {**submod(r), "attest.node.port-id": node.node_id}}, start, None
+            )
+        return Outcome(
+            node.node_id,
+            node.token,
+            start,
+            verdict,
+            explanation,
+            None,
+            None,
+            None,
+            None,
+            error,
+            failures,
+            self._next_due(start, delay),
+            node.appraisals,
+            node.verdict,
+            ear_claims=claims,
+        )
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -403,7 +534,7 @@ class Poller:
         loop = asyncio.get_running_loop()
         s = self.settings
         for i in range(0, len(batch), s.batch):
-            part = batch[i:i + s.batch]
+            part = batch[i : i + s.batch]
             done = await loop.run_in_executor(self._write_db, self._complete, part)
             self.metrics.dropped += len(part) - len(done)
             if self.on_change is not None:
@@ -419,8 +550,13 @@ class Poller:
 
     def _lease(self, limit: int) -> list[Leased]:
         s = self.settings
-        return self.store.lease(s.worker_id, now=self.clock(), limit=limit, ttl=s.lease_ttl,
-                                affinity=s.affinity * s.interval)  # fmt: skip
+        return self.store.lease(
+            s.worker_id,
+            now=self.clock(),
+            limit=limit,
+            ttl=s.lease_ttl,
+            affinity=s.affinity * s.interval,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; then finish the appraisals in flight and flush."""
@@ -438,7 +574,8 @@ class Poller:
                 # Lease in batches: when a quarter of the slots are free (or a tick passed),
                 # not for every slot that frees -- one round trip per batch, not per node.
                 leasing = want >= self._min_lease or (
-                    want > 0 and time.monotonic() - last_lease >= s.tick)
+                    want > 0 and time.monotonic() - last_lease >= s.tick
+                )
                 if leasing:
                     last_lease = time.monotonic()
                     try:
@@ -454,9 +591,11 @@ class Poller:
                         tasks.add(t)
                         t.add_done_callback(tasks.discard)
                 now = time.monotonic()
-                if (self._pending and (flushing is None or flushing.done())
-                        and (len(self._pending) >= s.batch
-                             or now - last_flush >= s.flush_interval)):  # fmt: skip
+                if (
+                    self._pending
+                    and (flushing is None or flushing.done())
+                    and (len(self._pending) >= s.batch or now - last_flush >= s.flush_interval)
+                ):
                     # Written in the background: challenges go on while the batch commits.
                     last_flush = now
                     flushing = loop.create_task(self._flush_logged())
@@ -467,8 +606,9 @@ class Poller:
                     waits = {asyncio.ensure_future(stop.wait())}
                     if not leasing:
                         waits.add(asyncio.ensure_future(self._slots.wait()))
-                    _, pending = await asyncio.wait(waits, timeout=s.tick,
-                                                    return_when=asyncio.FIRST_COMPLETED)
+                    _, pending = await asyncio.wait(
+                        waits, timeout=s.tick, return_when=asyncio.FIRST_COMPLETED
+                    )
                     for w in pending:
                         w.cancel()
                 else:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from attest.verifier.fleet.store import NodeRow
 from attest.manifest import VerifiedRegistry
 from attest.manifest.model import format_time
+from attest.verifier.fleet.store import NodeRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +51,29 @@ class ReleaseRollout:
             return None if v is None else format_time(v)
 
         return {
-            "version": self.version, "sequence": self.sequence, "running": self.running,
-            "total": self.total, "share": round(self.share, 6), "revoked": self.revoked,
-            "embargo": self.embargo, "quiet_period_days": self.quiet_period_days,
+            "version": self.version,
+            "sequence": self.sequence,
+            "running": self.running,
+            "total": self.total,
+            "share": round(self.share, 6),
+            "revoked": self.revoked,
+            "embargo": self.embargo,
+            "quiet_period_days": self.quiet_period_days,
             "fleet_complete_at": t(self.fleet_complete_at),
             "fleet_complete_source": self.fleet_complete_source,
-            "disclosure_due": t(self.disclosure_due), "overdue": self.overdue, "note": self.note,
-        }  # fmt: skip
+            "disclosure_due": t(self.disclosure_due),
+            "overdue": self.overdue,
+            "note": self.note,
+        }
 
 
-def rollout(nodes: Sequence[NodeRow], registry: VerifiedRegistry | None,
-            marks: Mapping[str, float], *, now: datetime) -> list[ReleaseRollout]:  # fmt: skip
+def rollout(
+    nodes: Sequence[NodeRow],
+    registry: VerifiedRegistry | None,
+    marks: Mapping[str, float],
+    *,
+    now: datetime,
+) -> list[ReleaseRollout]:
     total = len(nodes)
     running: dict[str, int] = {}
     for n in nodes:
@@ -71,22 +83,38 @@ def rollout(nodes: Sequence[NodeRow], registry: VerifiedRegistry | None,
     snap = registry.snapshot if registry is not None else None
     releases = dict(snap.releases) if snap is not None else {}
     revoked = set(snap.revocations) if snap is not None else set()
-    for version in sorted(set(releases) | set(running),
-                          key=lambda v: (releases[v].sequence if v in releases else -1, v)):
+    for version in sorted(
+        set(releases) | set(running),
+        key=lambda v: (releases[v].sequence if v in releases else -1, v),
+    ):
         rel = releases.get(version)
         count = running.get(version, 0)
         e = rel.embargo if rel is not None else None
         if e is None:
-            out.append(ReleaseRollout(version, rel.sequence if rel else None, count, total,
-                                      version in revoked, "none", None, None, None, None,
-                                      "" if rel else "not in the trusted registry"))
+            out.append(
+                ReleaseRollout(
+                    version,
+                    rel.sequence if rel else None,
+                    count,
+                    total,
+                    version in revoked,
+                    "none",
+                    None,
+                    None,
+                    None,
+                    None,
+                    "" if rel else "not in the trusted registry",
+                )
+            )
             continue
         at, source = e.fleet_complete_at, "registry" if e.fleet_complete_at else None
         note = ""
         if at is None and version in marks:
             at, source = datetime.fromtimestamp(marks[version], UTC), "observed"
-            note = (f"the whole fleet was first seen running it at {format_time(at)}; record it "
-                    f"with: attest manifest fleet-complete {version} --at {format_time(at)}")
+            note = (
+                f"the whole fleet was first seen running it at {format_time(at)}; record it "
+                f"with: attest manifest fleet-complete {version} --at {format_time(at)}"
+            )
         due = None if at is None else at + timedelta(days=e.quiet_period_days)
         if e.disclosed_at is not None:
             state = "disclosed"
@@ -95,13 +123,28 @@ def rollout(nodes: Sequence[NodeRow], registry: VerifiedRegistry | None,
             note = f"quiet period starts when all {total} nodes run it ({count} do)"
         else:
             state = "overdue" if now > due else "quiet_period"
-        out.append(ReleaseRollout(version, rel.sequence if rel else None, count, total,
-                                  version in revoked, state, e.quiet_period_days, at, source,
-                                  due, note))  # fmt: skip
+        out.append(
+            ReleaseRollout(
+                version,
+                rel.sequence if rel else None,
+                count,
+                total,
+                version in revoked,
+                state,
+                e.quiet_period_days,
+                at,
+                source,
+                due,
+                note,
+            )
+        )
     return out
 
 
 def completed_embargoes(report: Sequence[ReleaseRollout]) -> list[str]:
     """Embargoed releases the whole fleet now runs whose clock has not started anywhere."""
-    return [r.version for r in report
-            if r.embargo == "awaiting_fleet" and r.total > 0 and r.running == r.total]
+    return [
+        r.version
+        for r in report
+        if r.embargo == "awaiting_fleet" and r.total > 0 and r.running == r.total
+    ]

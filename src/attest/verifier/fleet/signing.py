@@ -22,8 +22,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attest.errors import ConfigError
 from attest.appraisal.ear import public_jwk, sign_ear
+from attest.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ class EarSigner:
     """Signs EAR claims with one P-256 key; ``jwk`` is its public half (with ``kid``)."""
 
     def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve,
-                                                                             ec.SECP256R1):
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+            key.curve, ec.SECP256R1
+        ):
             raise ValueError("the EAR key must be an EC P-256 private key")
         self._key = key
         self.jwk = public_jwk(key)
@@ -61,11 +62,13 @@ def load_or_create_key(path: str | os.PathLike[str]) -> EarSigner:
     except FileExistsError:
         return _load(p)
     except OSError as exc:
-        raise ConfigError(f"cannot create the EAR key {p}: {exc.strerror}", key="--ear-key") \
-            from None  # fmt: skip
+        raise ConfigError(
+            f"cannot create the EAR key {p}: {exc.strerror}", key="--ear-key"
+        ) from None
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())  # fmt: skip
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
@@ -75,8 +78,7 @@ def load_or_create_key(path: str | os.PathLike[str]) -> EarSigner:
         p.unlink(missing_ok=True)
         raise
     signer = EarSigner(key)
-    logger.warning("generated a new verifier (EAR) key", extra={"path": str(p),
-                                                                "kid": signer.kid})
+    logger.warning("generated a new verifier (EAR) key", extra={"path": str(p), "kid": signer.kid})
     return signer
 
 
@@ -85,9 +87,11 @@ def _load(p: Path) -> EarSigner:
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"the EAR key {p} is readable by group or others "
-                              f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it",
-                              key="--ear-key")  # fmt: skip
+            raise ConfigError(
+                f"the EAR key {p} is readable by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it",
+                key="--ear-key",
+            )
         data = f.read(MAX_KEY_FILE + 1)
     if not data.strip():
         # An empty file: another worker created it and is still writing.
@@ -95,7 +99,7 @@ def _load(p: Path) -> EarSigner:
 
         for _ in range(50):
             time.sleep(0.1)
-            data = p.read_bytes()[:MAX_KEY_FILE + 1]
+            data = p.read_bytes()[: MAX_KEY_FILE + 1]
             if data.strip():
                 break
     if len(data) > MAX_KEY_FILE:
@@ -103,9 +107,9 @@ def _load(p: Path) -> EarSigner:
     try:
         key = serialization.load_pem_private_key(data, None)
     except (ValueError, TypeError):
-        raise ConfigError(f"the EAR key {p} is not an unencrypted PEM private key",
-                          key="--ear-key") from None  # fmt: skip
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve,
-                                                                         ec.SECP256R1):
+        raise ConfigError(
+            f"the EAR key {p} is not an unencrypted PEM private key", key="--ear-key"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigError(f"the EAR key {p} is not an EC P-256 key", key="--ear-key")
     return EarSigner(key)

@@ -64,14 +64,22 @@ class NodeRow:
 
     def to_json(self, *, ear: bool = True) -> dict[str, Any]:
         doc = {
-            "node_id": self.node_id, "url": self.url, "enrolled": self.enrolled,
-            "added_at": self.added_at, "next_due": self.next_due, "verdict": self.verdict,
-            "explanation": self.explanation, "first_divergence": self.first_divergence,
-            "release": self.release, "last_appraised": self.last_appraised,
-            "last_seen": self.last_seen, "last_error": self.last_error,
-            "failures": self.failures, "appraisals": self.appraisals,
+            "node_id": self.node_id,
+            "url": self.url,
+            "enrolled": self.enrolled,
+            "added_at": self.added_at,
+            "next_due": self.next_due,
+            "verdict": self.verdict,
+            "explanation": self.explanation,
+            "first_divergence": self.first_divergence,
+            "release": self.release,
+            "last_appraised": self.last_appraised,
+            "last_seen": self.last_seen,
+            "last_error": self.last_error,
+            "failures": self.failures,
+            "appraisals": self.appraisals,
             "kind": "pair" if self.pair else "node",
-        }  # fmt: skip
+        }
         if self.pair:
             doc["host_url"] = self.host_url
             doc["layers"] = self.layers
@@ -127,13 +135,21 @@ class EnrollmentDoc(Protocol):
 
 
 class Store(Protocol):
-    def add_node(self, node_id: str, url: str, enrollment: EnrollmentDoc | None, *,
-                 now: float, host_url: str | None = None) -> None: ...  # fmt: skip
+    def add_node(
+        self,
+        node_id: str,
+        url: str,
+        enrollment: EnrollmentDoc | None,
+        *,
+        now: float,
+        host_url: str | None = None,
+    ) -> None: ...
     def remove_node(self, node_id: str) -> bool: ...
     def get_node(self, node_id: str) -> NodeRow | None: ...
     def list_nodes(self, *, ear: bool = False) -> list[NodeRow]: ...
-    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
-              affinity: float = 0.0) -> list[Leased]: ...  # fmt: skip
+    def lease(
+        self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
+    ) -> list[Leased]: ...
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]: ...
     def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
     def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
@@ -170,19 +186,47 @@ def host_clock_from_text(t: str | None) -> ClockInfo | None:
 
 def _leased(r: Sequence[Any], token: int) -> Leased:
     """(node_id, url, doc, verdict, failures, appraisals, clock, host_url)"""
-    return Leased(r[0], r[1], r[2], r[3], r[4], r[5], clock_from_text(r[6]), token, r[7],
-                  host_clock_from_text(r[6]))  # fmt: skip
+    return Leased(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        clock_from_text(r[6]),
+        token,
+        r[7],
+        host_clock_from_text(r[6]),
+    )
 
 
-_NODE_COLS = ("n.node_id, n.url, e.node_id IS NOT NULL, n.added_at, n.next_due, n.verdict, "
-              "n.explanation, n.first_divergence, n.release, n.last_appraised, n.last_seen, "
-              "n.last_error, n.failures, n.appraisals, n.host_url, n.layers")  # fmt: skip
+_NODE_COLS = (
+    "n.node_id, n.url, e.node_id IS NOT NULL, n.added_at, n.next_due, n.verdict, "
+    "n.explanation, n.first_divergence, n.release, n.last_appraised, n.last_seen, "
+    "n.last_error, n.failures, n.appraisals, n.host_url, n.layers"
+)
 
 
 def _node_row(r: Sequence[Any]) -> NodeRow:
-    return NodeRow(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                   r[11], r[12], r[13], r[16] if len(r) > 16 else None, r[14],
-                   json.loads(r[15]) if r[15] else None)  # fmt: skip
+    return NodeRow(
+        r[0],
+        r[1],
+        bool(r[2]),
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        r[16] if len(r) > 16 else None,
+        r[14],
+        json.loads(r[15]) if r[15] else None,
+    )
 
 
 def _schema(*, real: str, serial: str) -> list[str]:
@@ -218,17 +262,27 @@ def _schema(*, real: str, serial: str) -> list[str]:
 
 # Columns added after the first release of the schema: (table, column, type), added to an
 # older database on start.
-_ADDED_COLUMNS = (("nodes", "owner", "TEXT"), ("nodes", "ear", "TEXT"),
-                  ("nodes", "host_url", "TEXT"), ("nodes", "layers", "TEXT"),
-                  ("changes", "ear", "TEXT"))  # fmt: skip
+_ADDED_COLUMNS = (
+    ("nodes", "owner", "TEXT"),
+    ("nodes", "ear", "TEXT"),
+    ("nodes", "host_url", "TEXT"),
+    ("nodes", "layers", "TEXT"),
+    ("changes", "ear", "TEXT"),
+)
 
 
 def _result_doc(o: Outcome, worker_id: str) -> str:
     doc = {
-        "seq": o.seq, "at": o.at, "worker_id": worker_id, "verdict": o.verdict,
-        "explanation": o.explanation, "first_divergence": o.first_divergence,
-        "release": o.release, "error": o.error or None, "result": o.result,
-    }  # fmt: skip
+        "seq": o.seq,
+        "at": o.at,
+        "worker_id": worker_id,
+        "verdict": o.verdict,
+        "explanation": o.explanation,
+        "first_divergence": o.first_divergence,
+        "release": o.release,
+        "error": o.error or None,
+        "result": o.result,
+    }
     if o.layers is not None:
         doc["layers"] = o.layers
     return json.dumps(doc, separators=(",", ":"), default=str)
@@ -251,24 +305,42 @@ class _SqlStore:
     def _q(self, sql: str) -> str:
         return sql if self.P == "?" else sql.replace("?", self.P)
 
-    def add_node(self, node_id: str, url: str, enrollment: EnrollmentDoc | None, *,
-                 now: float, host_url: str | None = None) -> None:  # fmt: skip
+    def add_node(
+        self,
+        node_id: str,
+        url: str,
+        enrollment: EnrollmentDoc | None,
+        *,
+        now: float,
+        host_url: str | None = None,
+    ) -> None:
         verdict = "none" if enrollment is not None else "unenrolled"
         with self._tx() as cur:
-            cur.execute(self._q(
-                "INSERT INTO nodes (node_id, url, added_at, next_due, verdict, host_url) VALUES "
-                "(?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, "
-                "host_url = excluded.host_url"),
-                (node_id, url, now, now, verdict, host_url))  # fmt: skip
+            cur.execute(
+                self._q(
+                    "INSERT INTO nodes (node_id, url, added_at, next_due, verdict, host_url) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node_id) "
+                    "DO UPDATE SET url = excluded.url, host_url = excluded.host_url"
+                ),
+                (node_id, url, now, now, verdict, host_url),
+            )
             if enrollment is not None:
-                cur.execute(self._q(
-                    "INSERT INTO enrollments (node_id, doc, enrolled_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (node_id) DO UPDATE SET doc = excluded.doc, "
-                    "enrolled_at = excluded.enrolled_at"),
-                    (node_id, json.dumps(enrollment.to_json()), now))  # fmt: skip
-                cur.execute(self._q("UPDATE nodes SET next_due = ?, verdict = CASE WHEN "
-                                    "verdict = 'unenrolled' THEN 'none' ELSE verdict END "
-                                    "WHERE node_id = ?"), (now, node_id))  # fmt: skip
+                cur.execute(
+                    self._q(
+                        "INSERT INTO enrollments (node_id, doc, enrolled_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (node_id) DO UPDATE SET doc = excluded.doc, "
+                        "enrolled_at = excluded.enrolled_at"
+                    ),
+                    (node_id, json.dumps(enrollment.to_json()), now),
+                )
+                cur.execute(
+                    self._q(
+                        "UPDATE nodes SET next_due = ?, verdict = CASE WHEN "
+                        "verdict = 'unenrolled' THEN 'none' ELSE verdict END "
+                        "WHERE node_id = ?"
+                    ),
+                    (now, node_id),
+                )
 
     def remove_node(self, node_id: str) -> bool:
         with self._tx() as cur:
@@ -279,32 +351,55 @@ class _SqlStore:
 
     def get_node(self, node_id: str) -> NodeRow | None:
         with self._tx() as cur:
-            cur.execute(self._q(f"SELECT {_NODE_COLS}, n.ear FROM nodes n LEFT JOIN enrollments "
-                                "e ON e.node_id = n.node_id WHERE n.node_id = ?"), (node_id,))
+            cur.execute(
+                self._q(
+                    f"SELECT {_NODE_COLS}, n.ear FROM nodes n LEFT JOIN enrollments "
+                    "e ON e.node_id = n.node_id WHERE n.node_id = ?"
+                ),
+                (node_id,),
+            )
             r = cur.fetchone()
         return None if r is None else _node_row(r)
 
     def list_nodes(self, *, ear: bool = False) -> list[NodeRow]:
         """Every node; their EARs (about 1 kB each) only when ``ear``."""
         with self._tx() as cur:
-            cur.execute(f"SELECT {_NODE_COLS}{', n.ear' if ear else ''} FROM nodes n "
-                        "LEFT JOIN enrollments e ON e.node_id = n.node_id ORDER BY n.node_id")
+            cur.execute(
+                f"SELECT {_NODE_COLS}{', n.ear' if ear else ''} FROM nodes n "
+                "LEFT JOIN enrollments e ON e.node_id = n.node_id ORDER BY n.node_id"
+            )
             return [_node_row(r) for r in cur.fetchall()]
 
     def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]:
         with self._tx() as cur:
-            cur.execute(self._q("SELECT doc FROM results WHERE node_id = ? ORDER BY seq DESC "
-                                "LIMIT ?"), (node_id, limit))  # fmt: skip
+            cur.execute(
+                self._q("SELECT doc FROM results WHERE node_id = ? ORDER BY seq DESC LIMIT ?"),
+                (node_id, limit),
+            )
             return [json.loads(r[0]) for r in cur.fetchall()]
 
     def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         where = "" if node_id is None else "WHERE node_id = ? "
         args: tuple[Any, ...] = (limit,) if node_id is None else (node_id, limit)
         with self._tx() as cur:
-            cur.execute(self._q(f"SELECT node_id, at, old, new, explanation, ear FROM changes "
-                                f"{where}ORDER BY id DESC LIMIT ?"), args)  # fmt: skip
-            return [{"node_id": r[0], "at": r[1], "from": r[2], "to": r[3],
-                     "explanation": r[4], "ear": r[5]} for r in cur.fetchall()]  # fmt: skip
+            cur.execute(
+                self._q(
+                    f"SELECT node_id, at, old, new, explanation, ear FROM changes "
+                    f"{where}ORDER BY id DESC LIMIT ?"
+                ),
+                args,
+            )
+            return [
+                {
+                    "node_id": r[0],
+                    "at": r[1],
+                    "from": r[2],
+                    "to": r[3],
+                    "explanation": r[4],
+                    "ear": r[5],
+                }
+                for r in cur.fetchall()
+            ]
 
     def release_marks(self) -> dict[str, float]:
         with self._tx() as cur:
@@ -313,35 +408,78 @@ class _SqlStore:
 
     def mark_fleet_complete(self, version: str, at: float) -> bool:
         with self._tx() as cur:
-            cur.execute(self._q("INSERT INTO fleet_releases (version, fleet_complete_at) "
-                                "VALUES (?, ?) ON CONFLICT (version) DO NOTHING"), (version, at))
+            cur.execute(
+                self._q(
+                    "INSERT INTO fleet_releases (version, fleet_complete_at) "
+                    "VALUES (?, ?) ON CONFLICT (version) DO NOTHING"
+                ),
+                (version, at),
+            )
             return bool(cur.rowcount)
 
     def _write(self, cur: Any, worker_id: str, done: Sequence[Outcome]) -> None:
-        cur.executemany(self._q(
-            "UPDATE nodes SET next_due = ?, verdict = ?, explanation = ?, first_divergence = ?, "
-            "release = COALESCE(?, CASE WHEN ? THEN release ELSE NULL END), "
-            "last_appraised = COALESCE(?, last_appraised), last_seen = COALESCE(?, last_seen), "
-            "last_error = ?, failures = ?, appraisals = ?, clock = COALESCE(?, clock), "
-            "ear = COALESCE(?, ear), layers = COALESCE(?, layers) WHERE node_id = ?"), [
-            (o.next_due, o.verdict, o.explanation, o.first_divergence, o.release,
-             o.result is None, o.at if o.result is not None else None,
-             o.at if o.result is not None else None, o.error, o.failures, o.seq,
-             clock_text(o.clock, o.host_clock), o.ear, _layers_text(o), o.node_id)
-            for o in done])  # fmt: skip
-        cur.executemany(self._q(
-            "INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, slot) DO UPDATE SET "
-            "seq = excluded.seq, at = excluded.at, worker_id = excluded.worker_id, "
-            "verdict = excluded.verdict, doc = excluded.doc"), [
-            (o.node_id, o.seq % self.history, o.seq, o.at, worker_id, o.verdict,
-             _result_doc(o, worker_id)) for o in done])  # fmt: skip
+        cur.executemany(
+            self._q(
+                "UPDATE nodes SET next_due = ?, verdict = ?, explanation = ?, "
+                "first_divergence = ?, "
+                "release = COALESCE(?, CASE WHEN ? THEN release ELSE NULL END), "
+                "last_appraised = COALESCE(?, last_appraised), last_seen = COALESCE(?, last_seen), "
+                "last_error = ?, failures = ?, appraisals = ?, clock = COALESCE(?, clock), "
+                "ear = COALESCE(?, ear), layers = COALESCE(?, layers) WHERE node_id = ?"
+            ),
+            [
+                (
+                    o.next_due,
+                    o.verdict,
+                    o.explanation,
+                    o.first_divergence,
+                    o.release,
+                    o.result is None,
+                    o.at if o.result is not None else None,
+                    o.at if o.result is not None else None,
+                    o.error,
+                    o.failures,
+                    o.seq,
+                    clock_text(o.clock, o.host_clock),
+                    o.ear,
+                    _layers_text(o),
+                    o.node_id,
+                )
+                for o in done
+            ],
+        )
+        cur.executemany(
+            self._q(
+                "INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, slot) DO UPDATE SET "
+                "seq = excluded.seq, at = excluded.at, worker_id = excluded.worker_id, "
+                "verdict = excluded.verdict, doc = excluded.doc"
+            ),
+            [
+                (
+                    o.node_id,
+                    o.seq % self.history,
+                    o.seq,
+                    o.at,
+                    worker_id,
+                    o.verdict,
+                    _result_doc(o, worker_id),
+                )
+                for o in done
+            ],
+        )
         changed = [o for o in done if o.verdict != o.previous_verdict]
         if changed:
-            cur.executemany(self._q(
-                "INSERT INTO changes (node_id, at, old, new, explanation, ear) VALUES "
-                "(?, ?, ?, ?, ?, ?)"), [(o.node_id, o.at, o.previous_verdict, o.verdict,
-                                         o.explanation, o.ear) for o in changed])  # fmt: skip
+            cur.executemany(
+                self._q(
+                    "INSERT INTO changes (node_id, at, old, new, explanation, ear) VALUES "
+                    "(?, ?, ?, ?, ?, ?)"
+                ),
+                [
+                    (o.node_id, o.at, o.previous_verdict, o.verdict, o.explanation, o.ear)
+                    for o in changed
+                ],
+            )
 
 
 class SqliteStore(_SqlStore):
@@ -351,8 +489,9 @@ class SqliteStore(_SqlStore):
     def __init__(self, path: str, *, history: int = DEFAULT_HISTORY) -> None:
         self.path = path
         self.history = history
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)  # fmt: skip
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -361,8 +500,7 @@ class SqliteStore(_SqlStore):
             for stmt in _schema(real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT"):
                 cur.execute(stmt)
             for table, column, kind in _ADDED_COLUMNS:  # an older database
-                cur.execute(f"SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?",
-                            (column,))  # fmt: skip
+                cur.execute(f"SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?", (column,))
                 if cur.fetchone() is None:
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
@@ -380,23 +518,29 @@ class SqliteStore(_SqlStore):
                 raise
             cur.execute("COMMIT")
 
-    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
-              affinity: float = 0.0) -> list[Leased]:  # fmt: skip
+    def lease(
+        self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
+    ) -> list[Leased]:
         # ``affinity`` is not applied: one SQLite file has one worker, as a rule.
         token = secrets.randbits(62)
         with self._tx() as cur:
             cur.execute(
                 "SELECT n.node_id, n.url, e.doc, n.verdict, n.failures, n.appraisals, n.clock, "
                 "n.host_url FROM nodes n LEFT JOIN enrollments e ON e.node_id = n.node_id "
-                "WHERE n.next_due <= ? ORDER BY n.next_due LIMIT ?", (now, limit))
+                "WHERE n.next_due <= ? ORDER BY n.next_due LIMIT ?",
+                (now, limit),
+            )
             rows = cur.fetchall()
             if not rows:
                 return []
-            cur.executemany("UPDATE nodes SET next_due = ? WHERE node_id = ?",
-                            [(now + ttl, r[0]) for r in rows])  # fmt: skip
-            cur.executemany("INSERT OR REPLACE INTO leases (node_id, worker_id, token, "
-                            "expires_at) VALUES (?, ?, ?, ?)",
-                            [(r[0], worker_id, token, now + ttl) for r in rows])  # fmt: skip
+            cur.executemany(
+                "UPDATE nodes SET next_due = ? WHERE node_id = ?", [(now + ttl, r[0]) for r in rows]
+            )
+            cur.executemany(
+                "INSERT OR REPLACE INTO leases (node_id, worker_id, token, "
+                "expires_at) VALUES (?, ?, ?, ?)",
+                [(r[0], worker_id, token, now + ttl) for r in rows],
+            )
         return [_leased(r, token) for r in rows]
 
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -406,13 +550,18 @@ class SqliteStore(_SqlStore):
             held: dict[str, int] = {}
             ids = [o.node_id for o in outcomes]
             for i in range(0, len(ids), 500):
-                part = ids[i:i + 500]
-                cur.execute(f"SELECT node_id, token FROM leases WHERE worker_id = ? AND node_id "
-                            f"IN ({','.join('?' * len(part))})", (worker_id, *part))  # fmt: skip
+                part = ids[i : i + 500]
+                cur.execute(
+                    f"SELECT node_id, token FROM leases WHERE worker_id = ? AND node_id "
+                    f"IN ({','.join('?' * len(part))})",
+                    (worker_id, *part),
+                )
                 held.update(cur.fetchall())
             done = [o for o in outcomes if held.get(o.node_id) == o.token]
-            cur.executemany("DELETE FROM leases WHERE node_id = ? AND token = ?",
-                            [(o.node_id, o.token) for o in done])  # fmt: skip
+            cur.executemany(
+                "DELETE FROM leases WHERE node_id = ? AND token = ?",
+                [(o.node_id, o.token) for o in done],
+            )
             if done:
                 self._write(cur, worker_id, done)
         _log_lost(worker_id, outcomes, done)
@@ -427,12 +576,22 @@ def _log_lost(worker_id: str, outcomes: Sequence[Outcome], done: Sequence[Outcom
     if len(done) != len(outcomes):
         kept = {o.node_id for o in done}
         lost = [o.node_id for o in outcomes if o.node_id not in kept]
-        logger.warning("results dropped: lease lost (expired and taken by another worker)",
-                       extra={"worker_id": worker_id, "nodes": lost[:20], "count": len(lost)})
+        logger.warning(
+            "results dropped: lease lost (expired and taken by another worker)",
+            extra={"worker_id": worker_id, "nodes": lost[:20], "count": len(lost)},
+        )
 
 
-_PG_RELATIONS = ("nodes", "nodes_due", "enrollments", "results", "changes", "changes_node",
-                 "leases", "fleet_releases")  # what _schema creates
+_PG_RELATIONS = (
+    "nodes",
+    "nodes_due",
+    "enrollments",
+    "results",
+    "changes",
+    "changes_node",
+    "leases",
+    "fleet_releases",
+)  # what _schema creates
 
 
 class PostgresStore(_SqlStore):
@@ -459,18 +618,22 @@ class PostgresStore(_SqlStore):
             cur.execute("SELECT pg_advisory_xact_lock(7500)")  # two workers creating at once
             # DDL only when something is missing: even `IF NOT EXISTS` statements lock the
             # tables they name, and another worker may be leasing and writing (a deadlock).
-            cur.execute("SELECT count(*) FROM pg_class WHERE relnamespace = "
-                        "current_schema()::regnamespace AND relname = ANY(%s)",
-                        (list(_PG_RELATIONS),))  # fmt: skip
+            cur.execute(
+                "SELECT count(*) FROM pg_class WHERE relnamespace = "
+                "current_schema()::regnamespace AND relname = ANY(%s)",
+                (list(_PG_RELATIONS),),
+            )
             row = cur.fetchone()
             if row is None or row[0] != len(_PG_RELATIONS):
                 for stmt in _schema(real="DOUBLE PRECISION", serial="BIGSERIAL PRIMARY KEY"):
                     cur.execute(stmt)
             # Columns added since (the lease owner, the EAR, pairs): added to older databases.
             for table, column, kind in _ADDED_COLUMNS:
-                cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
-                            "current_schema() AND table_name = %s AND column_name = %s",
-                            (table, column))  # fmt: skip
+                cur.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                    "current_schema() AND table_name = %s AND column_name = %s",
+                    (table, column),
+                )
                 if cur.fetchone() is None:
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
@@ -503,13 +666,22 @@ class PostgresStore(_SqlStore):
             t.host_url
         FROM taken t LEFT JOIN enrollments e ON e.node_id = t.node_id"""
 
-    def lease(self, worker_id: str, *, now: float, limit: int, ttl: float,
-              affinity: float = 0.0) -> list[Leased]:  # fmt: skip
+    def lease(
+        self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
+    ) -> list[Leased]:
         token = secrets.randbits(62)
         with self._llock, self._lease_db.cursor() as cur:
-            cur.execute(self._LEASE, {"now": now, "limit": limit, "expires": now + ttl,
-                                      "worker": worker_id, "token": token,
-                                      "steal": now - affinity})  # fmt: skip
+            cur.execute(
+                self._LEASE,
+                {
+                    "now": now,
+                    "limit": limit,
+                    "expires": now + ttl,
+                    "worker": worker_id,
+                    "token": token,
+                    "steal": now - affinity,
+                },
+            )
             rows = cur.fetchall()
         return [_leased(r, token) for r in rows]
 
@@ -595,5 +767,5 @@ def open_store(url: str, *, history: int = DEFAULT_HISTORY) -> Store:
     bare path, or ``postgresql://...``."""
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url, history=history)
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
     return SqliteStore(path, history=history)

@@ -48,8 +48,9 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify_signature(secret: bytes, headers: Mapping[str, str], body: bytes, *, now: float,
-                     tolerance: float = 300.0) -> dict[str, Any]:  # fmt: skip
+def verify_signature(
+    secret: bytes, headers: Mapping[str, str], body: bytes, *, now: float, tolerance: float = 300.0
+) -> dict[str, Any]:
     """For receivers: the event, if the signature is ours and fresh; raise otherwise."""
     lower = {k.lower(): v for k, v in headers.items()}
     try:
@@ -75,8 +76,16 @@ class WebhookMetrics:
 
 
 class WebhookSender:
-    def __init__(self, url: str, secret: bytes, *, max_queue: int = 10000, attempts: int = 6,
-                 backoff: float = 0.5, timeout: float = 5.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        secret: bytes,
+        *,
+        max_queue: int = 10000,
+        attempts: int = 6,
+        backoff: float = 0.5,
+        timeout: float = 5.0,
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the webhook secret must be at least 16 bytes")
         self.url = url
@@ -90,17 +99,24 @@ class WebhookSender:
     def notify(self, o: Outcome) -> None:
         """Queue the event for a verdict change (never blocks the poller)."""
         event: dict[str, Any] = {
-            "event": "verdict-changed", "id": secrets.token_hex(8), "node_id": o.node_id,
-            "from": o.previous_verdict, "to": o.verdict, "explanation": o.explanation,
-            "first_divergence": o.first_divergence, "release": o.release,
-            "at": datetime.fromtimestamp(o.at, UTC).isoformat(), "ear": o.ear,
-        }  # fmt: skip
+            "event": "verdict-changed",
+            "id": secrets.token_hex(8),
+            "node_id": o.node_id,
+            "from": o.previous_verdict,
+            "to": o.verdict,
+            "explanation": o.explanation,
+            "first_divergence": o.first_divergence,
+            "release": o.release,
+            "at": datetime.fromtimestamp(o.at, UTC).isoformat(),
+            "ear": o.ear,
+        }
         if o.layers is not None:  # a host + guest pair: each layer's verdict and explanation
             event["failed_layer"] = o.layers.get("failed_layer")
-            event["layers"] = {name: {k: lay.get(k) for k in ("node_id", "verdict",
-                                                              "explanation", "release")}
-                               for name, lay in o.layers.items()
-                               if name in ("host", "guest") and isinstance(lay, dict)}  # fmt: skip
+            event["layers"] = {
+                name: {k: lay.get(k) for k in ("node_id", "verdict", "explanation", "release")}
+                for name, lay in o.layers.items()
+                if name in ("host", "guest") and isinstance(lay, dict)
+            }
         if self.queue.full():
             self.queue.get_nowait()
             self.metrics.dropped += 1
@@ -117,14 +133,18 @@ class WebhookSender:
                     continue
                 await self._deliver(client, event, stop)
 
-    async def _deliver(self, client: httpx.AsyncClient, event: dict[str, Any],
-                       stop: asyncio.Event) -> None:  # fmt: skip
+    async def _deliver(
+        self, client: httpx.AsyncClient, event: dict[str, Any], stop: asyncio.Event
+    ) -> None:
         body = json.dumps(event, separators=(",", ":")).encode()
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             ts = int(time.time())
-            headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(ts),
-                       SIGNATURE_HEADER: sign(self.secret, ts, body)}  # fmt: skip
+            headers = {
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: str(ts),
+                SIGNATURE_HEADER: sign(self.secret, ts, body),
+            }
             try:
                 r = await client.post(self.url, content=body, headers=headers)
                 if 200 <= r.status_code < 300:
