@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.swtpm.conftest import Node, NodeFactory
 
 from attest.appraisal.ear import verify_ear
-from attest.cli import EXIT_REFUSED
 from attest.cli import vtpm as vtpm_cli
+from attest.cli._common import EXIT_REFUSED
 from attest.cli.verify import main as verify_main
 from attest.errors import OperationNotAllowed
 from attest.evidence import unb64

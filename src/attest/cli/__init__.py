@@ -1,85 +1,84 @@
 """The ``attest`` command line: one parser, a sub-command module per capability.
 
 Each ``attest.cli.<group>`` module exposes ``register(subparsers)`` and command functions that
-take the parsed arguments and return an exit code. Errors are mapped here, once, to an exit code
-and one clear line on stderr.
+take the parsed arguments and return an exit code. Only the module of the command being run is
+imported (``COMMANDS`` names them), so ``attest quote verify`` loads neither the fleet service
+nor the HTTP stack. Errors are mapped here, once, to an exit code and one clear line on stderr
+(``attest.cli._common``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from attest import __version__
-from attest.errors import (
-    AttestError,
-    ConfigError,
-    EvidenceFormatError,
-    TpmError,
-    TransportError,
-    UpgradeRefused,
-    VerificationError,
-)
+from attest.cli._common import error_line
+from attest.errors import AttestError
 
-# Exit codes (documented in the README's CLI reference).
-EXIT_OK = 0
-EXIT_VERIFY_FAILED = 1  # evidence parsed but a check failed; the line names the check
-EXIT_USAGE = 2  # bad arguments (argparse uses 2 as well)
-EXIT_FORMAT = 3  # input does not parse
-EXIT_TPM = 4  # the TPM or a peer could not be reached / failed
-EXIT_REFUSED = 5  # a decision refused the request (e.g. the upgrade gate)
-EXIT_IO = 6  # a file could not be read or written
+# name -> (module, one line of help); the order is the order of ``attest --help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("attest.cli.demo", "run a node (swtpm + attestd) and attest it end to end"),
+    "verify": ("attest.cli.verify", "appraise one node: enroll on first contact, then attest"),
+    "fleet": ("attest.cli.fleet", "the fleet verifier service"),
+    "quote": ("attest.cli.quote", "take and verify TPM quotes"),
+    "eventlog": ("attest.cli.eventlog", "parse, replay and explain TCG firmware event logs"),
+    "manifest": ("attest.cli.manifest", "trust root, blessed registry: create, sign, verify, show"),
+    "upgrade": ("attest.cli.upgrade", "stage, confirm and inspect A/B image upgrades"),
+    "vtpm": ("attest.cli.vtpm", "host side: create guest vTPMs and vouch for them"),
+    "audit": ("attest.cli.audit", "record, show and verify the operator audit log"),
+}
 
-
-def error_line(exc: BaseException) -> tuple[int, str]:
-    """Map an error to (exit code, one line for stderr)."""
-    if isinstance(exc, VerificationError):
-        return EXIT_VERIFY_FAILED, f"attest: {exc.check} check failed: {exc}"
-    if isinstance(exc, EvidenceFormatError):
-        return EXIT_FORMAT, f"attest: malformed input: {exc}"
-    if isinstance(exc, UpgradeRefused):
-        return EXIT_REFUSED, f"attest: refused ({exc.reason}): {exc}"
-    if isinstance(exc, TpmError):
-        rc = f" (rc 0x{exc.rc:x})" if exc.rc else ""
-        return EXIT_TPM, f"attest: TPM error{rc}: {exc}"
-    if isinstance(exc, TransportError):
-        return EXIT_TPM, f"attest: transport error: {exc}"
-    if isinstance(exc, ConfigError):
-        return EXIT_USAGE, f"attest: configuration error: {exc}"
-    if isinstance(exc, AttestError):
-        return EXIT_VERIFY_FAILED, f"attest: {exc}"
-    if isinstance(exc, OSError):
-        name = f" {exc.filename}" if exc.filename else ""
-        return EXIT_IO, f"attest: cannot access{name}: {exc.strerror or exc}"
-    raise exc
+EPILOG = """exit codes:
+  0  success (verify: affirming)
+  1  a check failed; the error line names it
+  2  usage or configuration error
+  3  input does not parse
+  4  the TPM or a peer could not be reached or failed
+  5  a decision refused the request (e.g. the upgrade gate)
+  6  a file could not be read or written
+  10 verify: warning   11 verify: contraindicated   12 verify: node unreachable
+"""
 
 
-def print_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first word that is one), or None."""
+    for word in argv:
+        if word in COMMANDS:
+            return word
+        if not word.startswith("-"):
+            return None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from attest.cli import audit, demo, eventlog, fleet, manifest, quote, upgrade, verify, vtpm
-
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser, with the full argument set of the command named in ``argv`` (if any) and a
+    help line for every other command."""
     parser = argparse.ArgumentParser(
-        prog="attest", description="Node-integrity attestation: evidence, appraisal, manifests."
+        prog="attest",
+        description="Node-integrity attestation: evidence, appraisal, manifests.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"attest {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
-    for module in (demo, verify, fleet, quote, eventlog, manifest, upgrade, vtpm, audit):
-        module.register(sub)
+    chosen = _command_in(argv)
+    for name, (module, help_) in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from attest.cli import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, print_json
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 
 # PAM_TYPE (pam_exec(8)) -> audit event.

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from attest.cli import EXIT_OK, EXIT_VERIFY_FAILED, print_json
+from attest.cli._common import EXIT_OK, EXIT_VERIFY_FAILED, print_json
 from attest.errors import TransportError, VerificationError
 from attest.model import PcrSelection, PcrValues
 

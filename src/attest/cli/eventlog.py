@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from attest.cli import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, print_json
 from attest.eventlog import (
     describe,
     diff_logs,

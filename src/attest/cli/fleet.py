@@ -32,6 +32,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from attest.cli._common import error_line, print_json
 from attest.errors import ConfigError
 from attest.manifest import VerifiedRegistry
 from attest.storage.trusted_state import load_state
@@ -254,7 +255,6 @@ async def watch_rollout(
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from attest.cli import print_json
     from attest.verifier.fleet.enrollment import PairEnrollment
 
     if args.host is None and (args.guest_id or args.host_ek_roots):
@@ -298,7 +298,6 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from attest.cli import print_json
 
     store = _db(args)
     try:
@@ -325,7 +324,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from attest.cli import print_json
     from attest.verifier.fleet.api import node_json
 
     store = _db(args)
@@ -493,7 +491,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``attest fleet`` on its own (until it is wired into ``attest.cli``)."""
-    from attest.cli import error_line
 
     parser = argparse.ArgumentParser(prog="attest")
     sub = parser.add_subparsers(dest="group")

@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from attest.cli import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, print_json
 from attest.errors import ConfigError, ManifestFormatError
 from attest.manifest import edit
 from attest.manifest.canonical import canonicalize, parse_json

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attest.cli import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, print_json
 from attest.errors import PcrSelectionError, QuoteFormatError
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import Alg, ObjectAttr, Public, parse_attest, parse_public, public_from_key

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from attest.cli import EXIT_OK, EXIT_REFUSED, print_json
+from attest.cli._common import EXIT_OK, EXIT_REFUSED, print_json
 
 DEFAULT_SLOTS_DIR = "/var/lib/attest/slots"
 DEFAULT_TRUST_DIR = "/var/lib/attest/manifest"

@@ -42,7 +42,7 @@ from attest.appraisal.pair import (
     pair_nonces,
     vouchings_of,
 )
-from attest.cli import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, error_line, print_json
 from attest.errors import AttestError, ConfigError, TransportError, VerificationError
 from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection
@@ -521,8 +521,6 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``attest verify`` on its own (until it is wired into ``attest.cli``)."""
     import logging
-
-    from attest.cli import error_line
 
     parser = argparse.ArgumentParser(prog="attest verify")
     add_arguments(parser)

@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Any
 
-from attest.cli import EXIT_OK, EXIT_REFUSED, print_json
+from attest.cli._common import EXIT_OK, EXIT_REFUSED, error_line, print_json
 from attest.errors import AttestError, OperationNotAllowed
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, BrokerClient
 from attest.storage.files import read_bytes
@@ -117,7 +117,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``attest vtpm`` on its own (until it is wired into ``attest.cli``)."""
-    from attest.cli import error_line
 
     parser = argparse.ArgumentParser(prog="attest")
     sub = parser.add_subparsers(dest="group")

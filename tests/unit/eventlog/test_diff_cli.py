@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from attest.cli import EXIT_FORMAT, main
+from attest.cli import main
+from attest.cli._common import EXIT_FORMAT
 from attest.eventlog import diff_logs, parse_event_log
 from conftest import corpus_dir, read_log, yaml_pcrs
 

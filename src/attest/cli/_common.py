@@ -1,0 +1,58 @@
+"""What every ``attest`` sub-command shares: exit codes, the one error line, JSON output.
+
+A leaf module: it imports only ``attest.errors``, so each sub-command module can import it
+without importing the parser (``attest.cli``) that imports the sub-commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from attest.errors import (
+    AttestError,
+    ConfigError,
+    EvidenceFormatError,
+    TpmError,
+    TransportError,
+    UpgradeRefused,
+    VerificationError,
+)
+
+# Exit codes (documented in the README's CLI reference).
+EXIT_OK = 0
+EXIT_VERIFY_FAILED = 1  # evidence parsed but a check failed; the line names the check
+EXIT_USAGE = 2  # bad arguments (argparse uses 2 as well)
+EXIT_FORMAT = 3  # input does not parse
+EXIT_TPM = 4  # the TPM or a peer could not be reached / failed
+EXIT_REFUSED = 5  # a decision refused the request (e.g. the upgrade gate)
+EXIT_IO = 6  # a file could not be read or written
+
+
+def error_line(exc: BaseException) -> tuple[int, str]:
+    """Map an error to (exit code, one line for stderr)."""
+    if isinstance(exc, VerificationError):
+        return EXIT_VERIFY_FAILED, f"attest: {exc.check} check failed: {exc}"
+    if isinstance(exc, EvidenceFormatError):
+        return EXIT_FORMAT, f"attest: malformed input: {exc}"
+    if isinstance(exc, UpgradeRefused):
+        return EXIT_REFUSED, f"attest: refused ({exc.reason}): {exc}"
+    if isinstance(exc, TpmError):
+        rc = f" (rc 0x{exc.rc:x})" if exc.rc else ""
+        return EXIT_TPM, f"attest: TPM error{rc}: {exc}"
+    if isinstance(exc, TransportError):
+        return EXIT_TPM, f"attest: transport error: {exc}"
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE, f"attest: configuration error: {exc}"
+    if isinstance(exc, AttestError):
+        return EXIT_VERIFY_FAILED, f"attest: {exc}"
+    if isinstance(exc, OSError):
+        name = f" {exc.filename}" if exc.filename else ""
+        return EXIT_IO, f"attest: cannot access{name}: {exc.strerror or exc}"
+    raise exc
+
+
+def print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
