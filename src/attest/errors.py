@@ -175,3 +175,47 @@ class ConfigError(AttestError):
     def __init__(self, message: str, *, key: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+# --- specialisations, each raised by one module (named in its docstring) -------------------
+
+
+class PayloadError(EventLogFormatError):
+    """An event's data does not decode as the structure its type announces (eventlog.uefi)."""
+
+
+class UkiFormatError(EvidenceFormatError):
+    """Bytes that are not a PE image, or not a unified kernel image (attest.uki)."""
+
+
+class VerityFormatError(EvidenceFormatError):
+    """A device-mapper verity table or status line that does not parse (verity.devices)."""
+
+
+class UnbootableError(AttestError):
+    """No slot verifies: the node cannot boot (node.upgrade.slots; must never happen)."""
+
+
+class Overloaded(TpmError):
+    """More challenges wait than attestd will hold; try again shortly (node.api.batcher)."""
+
+
+class WebhookSignatureError(VerificationError):
+    """A webhook whose signature or timestamp does not verify (verifier.fleet.webhooks)."""
+
+    check = "webhook-signature"
+
+
+class EnrollmentPolicyError(VerificationError):
+    """Enrollment refused by the fleet's policy before the node was asked anything."""
+
+    check = "ek-roots"
+
+
+class LayerRefused(VerificationError):
+    """A pair's layer refused: ``check`` is the layer's failed check, the message names it."""
+
+    def __init__(self, layer: str, url: str, exc: VerificationError) -> None:
+        super().__init__(f"{layer} layer ({url}): {exc}")
+        self.check = exc.check
+        self.layer = layer

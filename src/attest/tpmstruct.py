@@ -261,10 +261,6 @@ class Attest(NamedTuple):
     pcr_digest: bytes
     raw: bytes
 
-    @property
-    def is_quote(self) -> bool:
-        return self.type == TPM_ST_ATTEST_QUOTE
-
 
 _CLOCK_FW = struct.Struct(">QIIBQ")  # TPMS_CLOCK_INFO then firmwareVersion
 _ATTEST_HEAD = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attest.errors import EvidenceFormatError
+from attest.errors import UkiFormatError
 from attest.model import HashAlg, extend
 
 MAX_IMAGE = 1 << 30  # bounded input: no UKI is a GiB
@@ -50,10 +50,6 @@ PCR_KERNEL_CONFIG = 12
 _IMAGE_DIRECTORY_ENTRY_SECURITY = 4
 _PE32 = 0x10B
 _PE32_PLUS = 0x20B
-
-
-class UkiFormatError(EvidenceFormatError):
-    """Bytes that are not a PE image, or not a unified kernel image."""
 
 
 @dataclass(frozen=True, slots=True)

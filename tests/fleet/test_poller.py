@@ -14,11 +14,12 @@ import pytest
 from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
 
 from attest.appraisal import Enrollment
+from attest.errors import WebhookSignatureError
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.poller import Poller, PollSettings
 from attest.verifier.fleet.store import SqliteStore, Store
-from attest.verifier.fleet.webhooks import WebhookSender, WebhookSignatureError, verify_signature
+from attest.verifier.fleet.webhooks import WebhookSender, verify_signature
 
 SECRET = b"0123456789abcdef-webhook-secret"
 

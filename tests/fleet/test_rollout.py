@@ -9,8 +9,8 @@ from tests.fleet.conftest import Registry
 from tests.unit.manifest.manifest_helpers import NOW
 
 from attest.manifest import edit, verify_snapshot
+from attest.verifier.fleet.model import NodeRow
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
-from attest.verifier.fleet.store import NodeRow
 
 
 def row(i: int, release: str | None, verdict: str = "affirming") -> NodeRow:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from tests.unit.upgrade_helpers import KillAt, Killed, image_bytes
 
-from attest.errors import EvidenceFormatError
-from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore, UnbootableError
+from attest.errors import EvidenceFormatError, UnbootableError
+from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore
 from attest.verity.hashtree import hash_image
 
 

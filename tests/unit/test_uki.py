@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest import uki
+from attest.errors import UkiFormatError
 from attest.model import HashAlg, extend
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
@@ -206,7 +207,7 @@ def test_section_data_is_virtual_size_long() -> None:
 
 
 def test_rejects_image_without_linux_section() -> None:
-    with pytest.raises(uki.UkiFormatError, match="not a unified kernel image"):
+    with pytest.raises(UkiFormatError, match="not a unified kernel image"):
         uki.parse_uki(make_pe(SECTIONS))
 
 
@@ -217,7 +218,7 @@ def test_hostile_bytes_parse_or_raise_uki_format_error(junk: bytes, at: int, pat
     base = bytearray(fake_uki())
     base[at : at + len(patch)] = patch
     for data in (bytes(junk), bytes(base), bytes(base[: at + 64])):
-        with contextlib.suppress(uki.UkiFormatError):
+        with contextlib.suppress(UkiFormatError):
             uki.predict_pcrs(data)
 
 
@@ -226,7 +227,7 @@ def test_rejects_section_larger_in_memory_than_on_disk() -> None:
         [(".linux", make_pe([(".text", b"k")])), (".initrd", b"x" * 10)],
         vsizes={".initrd": 1 << 30},
     )
-    with pytest.raises(uki.UkiFormatError, match="VirtualSize"):
+    with pytest.raises(UkiFormatError, match="VirtualSize"):
         uki.predict_pcrs(image)
 
 

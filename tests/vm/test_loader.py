@@ -16,8 +16,9 @@ import pytest
 from tests.conftest import need_binaries
 from vm_harness.image import INITRD_APPLETS, LOADER_CHOOSER
 
+from attest.errors import UnbootableError
 from attest.manifest.model import VerityParams
-from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore, UnbootableError
+from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore
 
 
 def _image(version: str, seed: int) -> SlotImage:

@@ -20,13 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attest.errors import EventLogFormatError
+from attest.errors import EventLogFormatError, PayloadError
 from attest.eventlog.uefi import (
     DECODERS,
     EV_NO_ACTION,
     MalformedPayload,
     Payload,
-    PayloadError,
     RawPayload,
     SpecIdEvent,
     StartupLocality,

@@ -49,7 +49,6 @@ from attest.eventlog.uefi import (
     LINUX_INITRD_TAG,
     LINUX_LOAD_OPTIONS_TAG,
     TaggedEvent,
-    TextPayload,
     VariableData,
 )
 from attest.model import MAX_PCR, HashAlg, PcrValues
@@ -487,14 +486,6 @@ def _structure(
                 + ",".join(str(i) for i in early)
             )
     return anomalies
-
-
-def is_calling_efi_application(e: Event) -> bool:
-    return (
-        e.type == EV_EFI_ACTION
-        and isinstance(e.payload, TextPayload)
-        and e.payload.text.startswith(CALLING_EFI_APPLICATION.decode())
-    )
 
 
 __all__ = [

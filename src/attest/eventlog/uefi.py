@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from attest.errors import EventLogFormatError
+from attest.errors import PayloadError
 
 # --- event types (PFP 1.05 §10.4.1, Table 9 and Table 10) ------------------------------------
 
@@ -102,10 +102,6 @@ SIGNATURE_TYPE_NAMES = {
 # Linux EFI stub tagged events (linux/drivers/firmware/efi/libstub/efistub.h).
 LINUX_INITRD_TAG = 0x8F3B22EC
 LINUX_LOAD_OPTIONS_TAG = 0x8F3B22ED
-
-
-class PayloadError(EventLogFormatError):
-    """An event's data does not decode as the structure its type announces."""
 
 
 # --- small bounded readers -------------------------------------------------------------------

@@ -15,7 +15,6 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from attest.errors import ConfigError
@@ -231,10 +230,6 @@ def load_settings(
         sections[name] = cls(**values)
     node_id = _coerce(env.get("ATTEST_NODE_ID", doc.get("node_id", "")), str, "node_id")
     return Settings(node_id=node_id, **sections).validate()
-
-
-def state_path(settings: Settings, name: str) -> Path:
-    return Path(settings.tpm.state_dir) / name
 
 
 def settings_digest(settings: Settings) -> str:

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from attest.errors import VerityFormatError
 from attest.verity.devices import (
     UUID_PREFIX,
     VerityDevice,
-    VerityFormatError,
     VerityReport,
     VerityStatus,
     VerityTable,

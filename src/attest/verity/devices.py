@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from attest.errors import EvidenceFormatError
+from attest.errors import VerityFormatError
 from attest.eventlog.facts import verity_root_hashes
 
 MAX_LINE = 4096  # a verity table with every option is well under 1 KiB
@@ -66,10 +66,6 @@ _UINT = re.compile(r"[0-9]{1,20}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _ALG = re.compile(r"[A-Za-z0-9_()-]{1,64}")
 _DEVNO = re.compile(r"([0-9]{1,10}):([0-9]{1,10})")
-
-
-class VerityFormatError(EvidenceFormatError):
-    """A device-mapper verity table or status line that does not parse."""
 
 
 class CorruptionMode(enum.StrEnum):

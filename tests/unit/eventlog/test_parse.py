@@ -157,7 +157,7 @@ def test_device_path_text_and_file_path() -> None:
 
 
 def test_device_path_node_length_below_header_is_rejected() -> None:
-    from attest.eventlog.uefi import PayloadError
+    from attest.errors import PayloadError
 
     with pytest.raises(PayloadError):
         decode_device_path(b"\x04\x04\x02\x00")

@@ -15,16 +15,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from attest.errors import TpmError
+from attest.errors import Overloaded, TpmError
 from attest.merkle import MerkleTree
 from attest.model import PcrSelection
 from attest.node.tpm.port import RawQuote
 
 logger = logging.getLogger(__name__)
-
-
-class Overloaded(TpmError):
-    """More challenges are waiting than the daemon will hold; try again shortly."""
 
 
 @dataclass(frozen=True, slots=True)

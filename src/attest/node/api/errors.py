@@ -13,12 +13,12 @@ from attest.errors import (
     ConfigError,
     EvidenceFormatError,
     OperationNotAllowed,
+    Overloaded,
     TpmError,
     TransportError,
     UpgradeRefused,
     VerificationError,
 )
-from attest.node.api.batcher import Overloaded
 
 
 def status_for(exc: AttestError) -> int:

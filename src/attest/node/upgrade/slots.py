@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from attest.errors import AttestError, EvidenceFormatError
+from attest.errors import EvidenceFormatError, UnbootableError
 from attest.manifest.model import VerityParams
 from attest.storage.files import read_optional
 from attest.verity.hashtree import hash_image
@@ -66,10 +66,6 @@ FaultHook = Callable[[str], None]
 
 def no_faults(boundary: str) -> None:
     """The default hook: no fault injection."""
-
-
-class UnbootableError(AttestError):
-    """No slot verifies: the node cannot boot (this must never happen; tests prove it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,11 @@ from attest.appraisal import Enrollment
 from attest.errors import AttestError, TransportError, VerificationError
 from attest.manifest import VerifiedRegistry
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
+from attest.verifier.fleet.model import NodeRow
 from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner
-from attest.verifier.fleet.store import NodeRow, Store
+from attest.verifier.fleet.store import Store
 from attest.verifier.fleet.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)

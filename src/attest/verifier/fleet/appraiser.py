@@ -13,7 +13,6 @@ appraisal's ``previous``, and the full ``to_json()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -87,12 +86,3 @@ def summarize(result: AppraisalResult) -> Summary:
     return Summary(
         status, "; ".join(reasons), result.first_divergence, release, result.clock, result.to_json()
     )
-
-
-def result_release(doc: Mapping[str, Any]) -> str | None:
-    """The release version recorded in a stored result document, if it was attested."""
-    rel = doc.get("release")
-    if isinstance(rel, Mapping) and rel.get("status") in {s.value for s in RUNNING}:
-        v = rel.get("version")
-        return v if isinstance(v, str) else None
-    return None

@@ -32,27 +32,14 @@ from attest.errors import (
     CertificateError,
     ConfigError,
     CredentialError,
+    EnrollmentPolicyError,
+    LayerRefused,
     TransportError,
     VerificationError,
 )
 from attest.verifier.contact import enroll, load_ek_cas, open_channels
 
 logger = logging.getLogger(__name__)
-
-
-class EnrollmentPolicyError(VerificationError):
-    """Enrollment refused by the service's policy before the node was asked anything."""
-
-    check = "ek-roots"
-
-
-class LayerRefused(VerificationError):
-    """A pair's layer refused: ``check`` is the layer's failed check, the message names it."""
-
-    def __init__(self, layer: str, url: str, exc: VerificationError) -> None:
-        super().__init__(f"{layer} layer ({url}): {exc}")
-        self.check = exc.check
-        self.layer = layer
 
 
 @dataclass(frozen=True, slots=True)

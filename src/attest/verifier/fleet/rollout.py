@@ -21,7 +21,7 @@ from typing import Any
 
 from attest.manifest import VerifiedRegistry
 from attest.manifest.model import format_time
-from attest.verifier.fleet.store import NodeRow
+from attest.verifier.fleet.model import NodeRow
 
 
 @dataclass(frozen=True, slots=True)

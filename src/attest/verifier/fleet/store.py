@@ -32,60 +32,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from attest.tpmstruct import ClockInfo
+from attest.verifier.fleet.model import NodeRow
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = 20  # recent results kept per node (a ring); verdict changes are all kept
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    node_id: str
-    url: str
-    enrolled: bool
-    added_at: float
-    next_due: float
-    verdict: str  # affirming | warning | contraindicated | none | unreachable | unenrolled
-    explanation: str
-    first_divergence: str | None
-    release: str | None
-    last_appraised: float | None
-    last_seen: float | None
-    last_error: str
-    failures: int
-    appraisals: int
-    ear: str | None = None  # the latest signed EAR (None when not read, or none yet)
-    host_url: str | None = None  # a host + guest pair: the host's API (url is the guest's)
-    layers: dict[str, Any] | None = None  # a pair: {failed_layer, vouch, host: {..}, guest: {..}}
-
-    @property
-    def pair(self) -> bool:
-        return self.host_url is not None
-
-    def to_json(self, *, ear: bool = True) -> dict[str, Any]:
-        doc = {
-            "node_id": self.node_id,
-            "url": self.url,
-            "enrolled": self.enrolled,
-            "added_at": self.added_at,
-            "next_due": self.next_due,
-            "verdict": self.verdict,
-            "explanation": self.explanation,
-            "first_divergence": self.first_divergence,
-            "release": self.release,
-            "last_appraised": self.last_appraised,
-            "last_seen": self.last_seen,
-            "last_error": self.last_error,
-            "failures": self.failures,
-            "appraisals": self.appraisals,
-            "kind": "pair" if self.pair else "node",
-        }
-        if self.pair:
-            doc["host_url"] = self.host_url
-            doc["layers"] = self.layers
-        if ear:
-            doc["ear"] = self.ear
-        return doc
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,17 +30,13 @@ from typing import Any
 
 import httpx
 
-from attest.errors import VerificationError
+from attest.errors import WebhookSignatureError
 from attest.verifier.fleet.store import Outcome
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Attest-Signature"
 TIMESTAMP_HEADER = "X-Attest-Timestamp"
-
-
-class WebhookSignatureError(VerificationError):
-    check = "webhook-signature"
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:

@@ -1,0 +1,56 @@
+"""What the fleet knows of one registered node, as the store returns it. Pure (no SQL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    node_id: str
+    url: str
+    enrolled: bool
+    added_at: float
+    next_due: float
+    verdict: str  # affirming | warning | contraindicated | none | unreachable | unenrolled
+    explanation: str
+    first_divergence: str | None
+    release: str | None
+    last_appraised: float | None
+    last_seen: float | None
+    last_error: str
+    failures: int
+    appraisals: int
+    ear: str | None = None  # the latest signed EAR (None when not read, or none yet)
+    host_url: str | None = None  # a host + guest pair: the host's API (url is the guest's)
+    layers: dict[str, Any] | None = None  # a pair: {failed_layer, vouch, host: {..}, guest: {..}}
+
+    @property
+    def pair(self) -> bool:
+        return self.host_url is not None
+
+    def to_json(self, *, ear: bool = True) -> dict[str, Any]:
+        doc = {
+            "node_id": self.node_id,
+            "url": self.url,
+            "enrolled": self.enrolled,
+            "added_at": self.added_at,
+            "next_due": self.next_due,
+            "verdict": self.verdict,
+            "explanation": self.explanation,
+            "first_divergence": self.first_divergence,
+            "release": self.release,
+            "last_appraised": self.last_appraised,
+            "last_seen": self.last_seen,
+            "last_error": self.last_error,
+            "failures": self.failures,
+            "appraisals": self.appraisals,
+            "kind": "pair" if self.pair else "node",
+        }
+        if self.pair:
+            doc["host_url"] = self.host_url
+            doc["layers"] = self.layers
+        if ear:
+            doc["ear"] = self.ear
+        return doc
