@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -76,14 +77,23 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries(verbose: int) -> None:
+    """A command's output is its documented lines: library logging (ours and the TSS C
+    library's ``ERROR:esys:…`` lines for failures our errors report once) shows only with
+    ``-v`` (info) or ``-vv`` (debug)."""
+    level = (logging.ERROR, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("esys").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
+    if verbose < 2:
+        # Read by libtss2 at its first log call; tpm2_pytss is imported later, lazily.
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # tpm2-pytss reports every failed ESYS call on the "esys" logger; our errors say it once.
-    logging.getLogger("esys").setLevel(logging.DEBUG if args.verbose >= 2 else logging.CRITICAL)
+    quiet_libraries(args.verbose)
     try:
         rc: int = args.func(args)
         return rc

@@ -26,7 +26,7 @@ from typing import Any
 from attest.cli._common import EXIT_OK, EXIT_REFUSED, print_json
 
 DEFAULT_SLOTS_DIR = "/var/lib/attest/slots"
-DEFAULT_TRUST_DIR = "/var/lib/attest/manifest"
+DEFAULT_TRUST_DIR = "/var/lib/attest/trust"
 DEFAULT_STATE_DIR = "/var/lib/attest"
 DEFAULT_SPOOL_DIR = "/var/lib/attest/spool"
 

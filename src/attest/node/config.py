@@ -196,11 +196,40 @@ def _field_types(cls: type) -> dict[str, type]:
     return {f.name: hints[str(f.type)] for f in dataclasses.fields(cls)}
 
 
+DEFAULT_CONFIG = "/etc/attest/attestd.toml"
+
+# ATTEST_* variables that belong to other programs (the verifier CLI, the fleet, the VM
+# harness) and so are not attestd's to refuse; every other ATTEST_* variable must be a setting.
+_OTHER_PROGRAMS = ("ATTEST_FLEET_", "ATTEST_VERIFIER_", "ATTEST_VM_")
+
+
+def config_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """The configuration file attestd reads: ``--config``, else ``ATTEST_CONFIG``, else
+    ``/etc/attest/attestd.toml`` when it exists (packages install it), else none (defaults)."""
+    if explicit:
+        return explicit
+    if env.get("ATTEST_CONFIG"):
+        return env["ATTEST_CONFIG"]
+    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
+
+
+def _check_environment(env: Mapping[str, str]) -> None:
+    """Refuse an ``ATTEST_*`` variable that names no setting (a typo must not be ignored)."""
+    known = {"ATTEST_CONFIG", "ATTEST_NODE_ID"}
+    for name, cls in _SECTIONS.items():
+        known |= {f"ATTEST_{name.upper()}_{k.upper()}" for k in _field_types(cls)}
+    for var in sorted(env):
+        if var.startswith("ATTEST_") and var not in known and not var.startswith(_OTHER_PROGRAMS):
+            raise ConfigError("unknown environment variable (no such setting)", key=var)
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read the TOML file (if any), apply ``ATTEST_*`` overrides, validate."""
+    """Read the TOML file (if any), apply ``ATTEST_*`` overrides, validate. An unknown TOML
+    key or ``ATTEST_*`` variable is refused with its name."""
     env = os.environ if environ is None else environ
+    _check_environment(env)
     doc: dict[str, Any] = {}
     if path is not None:
         try:

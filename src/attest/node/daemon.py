@@ -32,7 +32,7 @@ from typing import Any
 
 from attest import __version__
 from attest.errors import AttestError
-from attest.node.config import Settings, load_settings, settings_digest
+from attest.node.config import Settings, config_path, load_settings, settings_digest
 
 logger = logging.getLogger("attestd")
 
@@ -349,7 +349,11 @@ class _lifespan:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="attestd", description="attest node daemon")
     parser.add_argument("--version", action="version", version=f"attestd {__version__}")
-    parser.add_argument("--config", help="TOML configuration file (also ATTEST_CONFIG)")
+    parser.add_argument(
+        "--config",
+        help="TOML configuration file (also ATTEST_CONFIG; default: "
+        "/etc/attest/attestd.toml when it exists)",
+    )
     parser.add_argument("--tcti", help="development: run the TPM in-process over this TCTI")
     parser.add_argument("--port", type=int, help="public API port (overrides api.port)")
     parser.add_argument("--state-dir", help="overrides tpm.state_dir")
@@ -371,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if flag is not None:
             env[key] = str(flag)
     try:
-        settings = load_settings(args.config or env.get("ATTEST_CONFIG"), environ=env)
+        settings = load_settings(config_path(args.config, env), environ=env)
         node = open_node(settings)
     except AttestError as exc:
         print(f"attestd: {exc}", file=sys.stderr)
