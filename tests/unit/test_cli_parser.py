@@ -6,6 +6,7 @@ import argparse
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,32 @@ def test_only_the_named_command_gets_its_arguments() -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert sub.choices["quote"]._actions[1:]  # quote has its own sub-commands
     assert len(sub.choices["fleet"]._actions) == 1  # only -h: not loaded
+
+
+HEAVY = ("fastapi", "httpx", "pydantic", "psycopg", "tpm2_pytss", "uvicorn", "starlette")
+FIX = "tests/unit/fixtures/tpm2tools-quote"
+
+
+def _imported_by(argv: list[str]) -> set[str]:
+    code = (
+        "import sys\n"
+        "from attest.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "print('MODULES', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("MODULES"))
+    return set(line.split()[1:])
+
+
+def test_quote_verify_loads_no_server_http_or_tpm_library() -> None:
+    argv = ["quote", "verify", "--ak", f"{FIX}/ak.pem", "-m", f"{FIX}/quote.msg"]
+    argv += ["-s", f"{FIX}/quote.sig", "-f", f"{FIX}/quote.pcrs", "--nonce", "c0ffee" * 8]
+    loaded = _imported_by(argv)
+    assert "attest" in loaded and not loaded & set(HEAVY)
+
+
+def test_eventlog_replay_loads_no_server_http_or_tpm_library(shared_dir: Path) -> None:
+    log = shared_dir / "eventlogs" / "ovmf__q35-direct-boot.bin"
+    loaded = _imported_by(["eventlog", "replay", str(log), "--json"])
+    assert "attest" in loaded and not loaded & set(HEAVY)
