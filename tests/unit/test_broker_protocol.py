@@ -32,8 +32,10 @@ from attest.errors import (
 )
 from attest.model import HashAlg, PcrSelection
 from attest.node.broker import protocol as p
+from attest.node.broker import wire
 from attest.node.broker.client import BrokerClient
 from attest.node.broker.local import LocalNode
+from attest.node.broker.protocol import OPS
 from attest.node.broker.server import BrokerServer
 from attest.node.tpm.fake import FakeTpm
 from attest.quote import verify_quote
@@ -43,32 +45,41 @@ SEL = PcrSelection.of({HashAlg.SHA256: [0, 13], HashAlg.SHA1: [13]})
 
 # --- pure: requests, framing, errors ---------------------------------------------------------
 
-REQUESTS: list[p.Request] = [
-    p.Identity(),
-    p.ReadPcrs(SEL),
-    p.Quote(SEL, b"\x01" * 32),
-    p.ActivateCredential(b"\x02" * 50, b"\x03" * 256),
-    p.Measure("tls-key", {"spki_sha256": "ab" * 32}),
-    p.RuntimeLogRead(5),
-    p.AuditRecord({"event": "login", "user": "u"}),
-    p.AuditLogRead(0),
-    p.NvCounterRead(0x01500010),
-    p.NvCounterDefine(0x01000A77),
-    p.NvCounterIncrement(0x01000A77),
-    p.UpgradeStage("/var/lib/attest/spool/.upload.x.img", b'{"signed":{}}', "api-mtls"),
-    p.UpgradeStage(
-        "/s/u.img", b"{}", "alice", roots=(b"{}",), hash_tree_path="/s/t", version="1.0.0"
+REQUESTS: list[p.Request[Any, Any]] = [
+    p.Request(OPS.identity, None),
+    p.Request(OPS.read_pcrs, p.ReadPcrs(SEL)),
+    p.Request(OPS.quote, p.Quote(SEL, b"\x01" * 32)),
+    p.Request(OPS.activate_credential, p.ActivateCredential(b"\x02" * 50, b"\x03" * 256)),
+    p.Request(OPS.measure, p.Measure("tls-key", {"spki_sha256": "ab" * 32})),
+    p.Request(OPS.runtime_log, p.LogRead(5)),
+    p.Request(OPS.audit_record, p.AuditRecord({"event": "login", "user": "u"})),
+    p.Request(OPS.audit_log, p.LogRead(0)),
+    p.Request(OPS.nv_counter_read, p.NvIndex(0x01500010)),
+    p.Request(OPS.nv_counter_define, p.NvIndex(0x01000A77)),
+    p.Request(OPS.nv_counter_increment, p.NvIndex(0x01000A77)),
+    p.Request(
+        OPS.upgrade_stage,
+        p.UpgradeStage("/var/lib/attest/spool/.upload.x.img", b'{"signed":{}}', "api-mtls"),
     ),
-    p.UpgradeRefuseUpload(1 << 33, "api-operator"),
-    p.UpgradeStatus(),
-    p.UpgradeConfirm("root"),
-    p.UpgradeBoot(),
+    p.Request(
+        OPS.upgrade_stage,
+        p.UpgradeStage(
+            "/s/u.img", b"{}", "alice", roots=(b"{}",), hash_tree_path="/s/t", version="1.0.0"
+        ),
+    ),
+    p.Request(OPS.upgrade_refuse_upload, p.UpgradeRefuseUpload(1 << 33, "api-operator")),
+    p.Request(OPS.upgrade_status, None),
+    p.Request(OPS.upgrade_confirm, p.UpgradeConfirm("root")),
+    p.Request(OPS.upgrade_boot, None),
+    p.Request(OPS.vtpm_create, p.VtpmCreate("g1")),
+    p.Request(OPS.vtpm_record, p.VtpmRecord("g1", b"\x00\x23")),
+    p.Request(OPS.vtpm_list, None),
 ]
 
 
-@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: r.op)
-def test_every_request_round_trips(req: p.Request) -> None:
-    assert p.decode_request(p.encode_request(req)) == req
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: r.op.name)
+def test_every_request_round_trips(req: p.Request[Any, Any]) -> None:
+    assert p.decode_request(p.encode_request(req.op, req.args)) == req
 
 
 @pytest.mark.parametrize(
@@ -132,16 +143,16 @@ def test_rejects_hostile_json(body: bytes) -> None:
 
 def test_rejects_oversized_frames_before_reading_them() -> None:
     with pytest.raises(TransportError, match="exceeds"):
-        p.frame_length(struct.pack(">I", p.MAX_REQUEST + 1), limit=p.MAX_REQUEST)
+        wire.frame_length(struct.pack(">I", wire.MAX_REQUEST + 1), limit=wire.MAX_REQUEST)
     with pytest.raises(TransportError):
-        p.encode_frame(b"x" * (p.MAX_REQUEST + 1), limit=p.MAX_REQUEST)
+        wire.encode_frame(b"x" * (wire.MAX_REQUEST + 1), limit=wire.MAX_REQUEST)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.binary(max_size=300))
 def test_frame_and_request_decoder_raise_only_transport_error(data: bytes) -> None:
     try:
-        body = p.decode_frame(data, limit=p.MAX_REQUEST)
+        body = wire.decode_frame(data, limit=wire.MAX_REQUEST)
         p.decode_request(body)
     except TransportError:
         pass
@@ -158,7 +169,7 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-ops = st.sampled_from(list(p.OPS) + ["x"])
+ops = st.sampled_from([op.name for op in p.TABLE] + ["x"])
 arg_names = st.sampled_from(
     [
         "selection",
@@ -191,16 +202,16 @@ def test_structured_request_decoder_raises_only_transport_error(
         req = p.decode_request(json.dumps({"op": op, "args": args}).encode())
     except TransportError:
         return
-    assert req.op == op
+    assert req.op.name == op
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.sampled_from(REQUESTS), json_values)
-def test_response_decoder_raises_only_attest_errors(req: p.Request, doc: Any) -> None:
+@given(st.sampled_from(p.TABLE), json_values)
+def test_response_decoder_raises_only_attest_errors(op: p.Op[Any, Any], doc: Any) -> None:
     for wrapped in ({"ok": doc}, {"error": doc}, doc):
         # Any attest error may legitimately come back; nothing else may escape.
         with contextlib.suppress(AttestError):
-            p.decode_response(req, json.dumps(wrapped).encode())
+            p.decode_response(op, json.dumps(wrapped).encode())
 
 
 @pytest.mark.parametrize(
@@ -212,13 +223,13 @@ def test_response_decoder_raises_only_attest_errors(req: p.Request, doc: Any) ->
         UpgradeRefused("rollback", "older than trusted"),
         RollbackError("older", trusted=5, got=4),
         AuditChainError("entry 3 was edited"),
-        p.OperationNotAllowed("audit_record is not allowed"),
+        OperationNotAllowed("audit_record is not allowed"),
     ],
     ids=lambda e: type(e).__name__,
 )
 def test_errors_cross_the_wire_as_their_own_class_with_fields(exc: Exception) -> None:
     with pytest.raises(type(exc)) as info:
-        p.decode_response(p.Identity(), p.encode_error(exc))
+        p.decode_response(OPS.identity, wire.encode_error(exc))
     got = info.value
     assert str(got) == str(exc) and type(got) is type(exc)
     for field in ("rc", "invalid_pcrs", "key", "reason", "trusted", "got"):
@@ -226,10 +237,10 @@ def test_errors_cross_the_wire_as_their_own_class_with_fields(exc: Exception) ->
 
 
 def test_unexpected_server_exception_is_reported_without_details() -> None:
-    body = p.encode_error(KeyError("/etc/shadow secret"))
+    body = wire.encode_error(KeyError("/etc/shadow secret"))
     assert b"shadow" not in body
     with pytest.raises(TransportError, match="internal error"):
-        p.decode_response(p.Identity(), body)
+        p.decode_response(OPS.identity, body)
 
 
 # --- server and client with a fake TPM -------------------------------------------------------
@@ -247,15 +258,15 @@ def broker(tmp_path: Path) -> Iterator[tuple[BrokerServer, Path, Path, FakeTpm]]
 
 
 def test_every_op_is_allowed_on_a_socket_and_operator_only_ops_not_on_the_api() -> None:
-    assert frozenset(p.OPS) == p.OPERATOR_OPS
-    for op in (
+    assert frozenset(op.name for op in p.TABLE) == p.OPERATOR_OPS
+    for name in (
         "audit_record",
         "nv_counter_define",
         "nv_counter_increment",
         "upgrade_confirm",
         "upgrade_boot",
     ):
-        assert op not in p.UNPRIVILEGED_OPS
+        assert name not in p.UNPRIVILEGED_OPS
     assert {"upgrade_stage", "upgrade_status", "nv_counter_read"} <= p.UNPRIVILEGED_OPS
 
 
@@ -286,7 +297,7 @@ def test_quote_runtime_log_and_audit_through_client_verify(broker: Any) -> None:
 
 def test_api_socket_cannot_record_audit_events(broker: Any) -> None:
     _, api, _, _ = broker
-    with BrokerClient(api) as c, pytest.raises(p.OperationNotAllowed, match="audit_record"):
+    with BrokerClient(api) as c, pytest.raises(OperationNotAllowed, match="audit_record"):
         c.audit_record({"event": "login", "user": "x"})
 
 
@@ -299,13 +310,13 @@ def test_api_socket_cannot_measure_kinds_outside_allow_list(broker: Any, kind: s
         "nv-counter": {"index": 1, "value": 1},
     }
     content = contents[kind]
-    with BrokerClient(api) as c, pytest.raises(p.OperationNotAllowed):
+    with BrokerClient(api) as c, pytest.raises(OperationNotAllowed):
         c.measure(kind, content)
 
 
 def test_operator_socket_cannot_forge_audit_anchors(broker: Any) -> None:
     _, _, op, _ = broker
-    with BrokerClient(op) as o, pytest.raises(p.OperationNotAllowed):
+    with BrokerClient(op) as o, pytest.raises(OperationNotAllowed):
         o.measure("audit", {"audit_seq": 0, "entry_hash": "00" * 32})
 
 
@@ -340,8 +351,8 @@ def test_hostile_frame_gets_error_and_connection_is_closed(broker: Any) -> None:
 def test_garbage_json_gets_error_and_connection_stays_usable(broker: Any) -> None:
     _, api, _, _ = broker
     with _raw(api) as s:
-        for body in (b"not json", p.encode_request(p.Identity())):
-            s.sendall(p.encode_frame(body, limit=p.MAX_REQUEST))
+        for body in (b"not json", p.encode_request(OPS.identity, None)):
+            s.sendall(wire.encode_frame(body, limit=wire.MAX_REQUEST))
             n = struct.unpack(">I", s.recv(4))[0]
             data = b""
             while len(data) < n:
