@@ -37,14 +37,18 @@ from attest.node.broker.client import BrokerClient
 from attest.node.broker.local import LocalNode
 from attest.node.broker.protocol import OPS
 from attest.node.broker.server import BrokerServer
+from attest.node.broker.transport import recv_frame
 from attest.node.tpm.fake import FakeTpm
 from attest.quote import verify_quote
 from attest.runtime import verify_runtime_log
 
+FIXTURES = Path(__file__).parent / "fixtures"
 SEL = PcrSelection.of({HashAlg.SHA256: [0, 13], HashAlg.SHA1: [13]})
 
 # --- pure: requests, framing, errors ---------------------------------------------------------
 
+# One request for every operation of the table (a new operation fails
+# test_every_operation_has_a_sample_request until it has one here).
 REQUESTS: list[p.Request[Any, Any]] = [
     p.Request(OPS.identity, None),
     p.Request(OPS.read_pcrs, p.ReadPcrs(SEL)),
@@ -75,11 +79,53 @@ REQUESTS: list[p.Request[Any, Any]] = [
     p.Request(OPS.vtpm_record, p.VtpmRecord("g1", b"\x00\x23")),
     p.Request(OPS.vtpm_list, None),
 ]
+SAMPLE = {r.op: r for r in REQUESTS}  # the last sample of each operation
+
+
+def test_every_operation_has_a_sample_request() -> None:
+    assert set(SAMPLE) == set(p.TABLE)
+
+
+def test_the_table_names_each_operation_once_as_its_attribute() -> None:
+    assert [op.name for op in p.TABLE] == [k for k in vars(OPS) if not k.startswith("_")]
+    assert len(p.BY_NAME) == len(p.TABLE)
+    assert all(p.BY_NAME[op.name] is op for op in p.TABLE)
 
 
 @pytest.mark.parametrize("req", REQUESTS, ids=lambda r: r.op.name)
 def test_every_request_round_trips(req: p.Request[Any, Any]) -> None:
     assert p.decode_request(p.encode_request(req.op, req.args)) == req
+
+
+GOLDEN = json.loads((FIXTURES / "broker-wire-a6fb87b.json").read_text())
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=lambda c: str(c["op"]))
+def test_wire_bytes_are_those_of_the_eleven_site_protocol(case: dict[str, str]) -> None:
+    """Requests and results recorded from the protocol before it was a table (a6fb87b):
+    each decodes and encodes again to the same bytes."""
+    op = p.BY_NAME[case["op"]]
+    request, response = case["request"].encode(), case["response"].encode()
+    req = p.decode_request(request)
+    assert req.op is op and p.encode_request(op, req.args) == request
+    result = p.decode_response(op, response)
+    if op is OPS.upgrade_refuse_upload:  # answered by an error; its result is never sent
+        assert result is None and response == b'{"ok":{}}'
+    else:
+        assert p.encode_result(op, result) == response
+
+
+def test_every_actor_argument_reaches_the_servers_actor_rule() -> None:
+    """The server holds the API socket to ``api-<channel>`` through ``args.actor``."""
+    with_actor = [r for r in REQUESTS if "actor" in r.op.args.to_json(r.args)]
+    assert {r.op for r in with_actor} == {
+        OPS.upgrade_stage,
+        OPS.upgrade_refuse_upload,
+        OPS.upgrade_confirm,
+    }
+    for r in with_actor:
+        decoded = p.decode_request(p.encode_request(r.op, r.args))
+        assert decoded.args.actor == r.op.args.to_json(r.args)["actor"]
 
 
 @pytest.mark.parametrize(
@@ -189,6 +235,8 @@ arg_names = st.sampled_from(
         "hash_tree_path",
         "version",
         "limit",
+        "guest_id",
+        "ek_public",
     ]
 )
 
@@ -208,7 +256,10 @@ def test_structured_request_decoder_raises_only_transport_error(
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.sampled_from(p.TABLE), json_values)
 def test_response_decoder_raises_only_attest_errors(op: p.Op[Any, Any], doc: Any) -> None:
-    for wrapped in ({"ok": doc}, {"error": doc}, doc):
+    # A result that does not decode is a TransportError, whatever the operation's result type.
+    with contextlib.suppress(TransportError):
+        p.decode_response(op, json.dumps({"ok": doc}).encode())
+    for wrapped in ({"error": doc}, doc):
         # Any attest error may legitimately come back; nothing else may escape.
         with contextlib.suppress(AttestError):
             p.decode_response(op, json.dumps(wrapped).encode())
@@ -259,15 +310,115 @@ def broker(tmp_path: Path) -> Iterator[tuple[BrokerServer, Path, Path, FakeTpm]]
 
 def test_every_op_is_allowed_on_a_socket_and_operator_only_ops_not_on_the_api() -> None:
     assert frozenset(op.name for op in p.TABLE) == p.OPERATOR_OPS
+    assert {op.name for op in OPERATOR_ONLY} == p.OPERATOR_ONLY_OPS
+    # Named here, not derived: a flag flipped in the table fails this test.
     for name in (
         "audit_record",
         "nv_counter_define",
         "nv_counter_increment",
         "upgrade_confirm",
         "upgrade_boot",
+        "vtpm_create",
+        "vtpm_record",
+        "vtpm_list",
     ):
-        assert name not in p.UNPRIVILEGED_OPS
+        assert name in p.OPERATOR_ONLY_OPS and name not in p.UNPRIVILEGED_OPS
     assert {"upgrade_stage", "upgrade_status", "nv_counter_read"} <= p.UNPRIVILEGED_OPS
+
+
+OPERATOR_ONLY = [op for op in p.TABLE if op.privilege is p.Privilege.OPERATOR]
+API_OPS = [op for op in p.TABLE if op.privilege is p.Privilege.API]
+
+
+def _ask(path: Path, body: bytes) -> Any:
+    """One raw request on a fresh connection; the decoded response document."""
+    with _raw(path) as s:
+        s.sendall(wire.encode_frame(body, limit=wire.MAX_REQUEST))
+        answer = recv_frame(s, limit=wire.MAX_RESPONSE)
+    assert answer is not None
+    return json.loads(answer)
+
+
+@pytest.mark.parametrize("op", OPERATOR_ONLY, ids=lambda o: o.name)
+def test_api_socket_refuses_every_operator_only_operation(broker: Any, op: p.Op[Any, Any]) -> None:
+    """Derived from the table: an operation added with ``Privilege.OPERATOR`` is covered."""
+    _, api, operator, _ = broker
+    refused = f"{op.name} is not allowed on the api socket"
+    with BrokerClient(api) as c, pytest.raises(OperationNotAllowed, match=refused):
+        c.call(op, SAMPLE[op].args)
+    # Refused before its arguments are read, whatever they are.
+    doc = _ask(api, wire.dumps({"op": op.name, "args": {"junk": [1, {"x": "y"}]}}))
+    assert doc == {"error": {"type": "OperationNotAllowed", "message": refused}}
+    # The operator socket does not refuse it for its privilege.
+    with BrokerClient(operator) as o:
+        try:
+            o.call(op, SAMPLE[op].args)
+        except AttestError as exc:
+            assert "is not allowed on the" not in str(exc)
+
+
+@pytest.mark.parametrize("op", API_OPS, ids=lambda o: o.name)
+def test_api_socket_answers_every_api_operation(broker: Any, op: p.Op[Any, Any]) -> None:
+    _, api, _, _ = broker
+    with BrokerClient(api) as c:
+        try:
+            c.call(op, SAMPLE[op].args)
+        except AttestError as exc:  # the fake TPM, no gate: but not refused for its privilege
+            assert "is not allowed on the api socket" not in str(exc)
+
+
+@pytest.mark.parametrize("op", p.TABLE, ids=lambda o: o.name)
+def test_client_resends_after_a_dropped_connection_only_what_is_idempotent(
+    tmp_path: Path, op: p.Op[Any, Any]
+) -> None:
+    """A broker that reads each request and hangs up unanswered: the client sends it a second
+    time only when the table says it is idempotent (an event is never recorded twice)."""
+    path = tmp_path / "drop.sock"
+    seen: list[bytes] = []
+    done = threading.Event()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(str(path))
+        srv.listen(4)
+        srv.settimeout(0.05)
+
+        def drop() -> None:
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn, _ = srv.accept()
+                    with conn:
+                        conn.settimeout(5)
+                        body = recv_frame(conn, limit=wire.MAX_REQUEST)
+                        assert body is not None
+                        seen.append(body)
+
+        t = threading.Thread(target=drop)
+        t.start()
+        try:
+            with (
+                BrokerClient(path, timeout=5) as c,
+                pytest.raises(TransportError, match="cannot reach"),
+            ):
+                c.call(op, SAMPLE[op].args)
+        finally:
+            done.set()
+            t.join()
+    sent = p.encode_request(op, SAMPLE[op].args)
+    assert seen == [sent, sent] if op.idempotent else seen == [sent]
+    assert op.idempotent == (op.name in IDEMPOTENT)
+
+
+# Named here, not derived: what may be resent after a dropped connection.
+IDEMPOTENT = {
+    "identity",
+    "read_pcrs",
+    "quote",
+    "activate_credential",
+    "runtime_log",
+    "audit_log",
+    "nv_counter_read",
+    "upgrade_status",
+    "vtpm_list",
+}
 
 
 def test_upgrade_ops_without_a_gate_are_refused(broker: Any) -> None:

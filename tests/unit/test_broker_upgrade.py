@@ -46,6 +46,7 @@ class World:
     spool: Path
     slots: Path
     local: LocalNode
+    upgrades: BrokerUpgrades
     tpm: FakeTpm
     v1: Image
     v2: Image
@@ -95,6 +96,7 @@ def w(tmp_path: Path) -> Iterator[World]:
         spool,
         node.slots_dir,
         local,
+        upgrades,
         node.tpm,
         v1,
         v2,
@@ -242,6 +244,7 @@ def test_operator_socket_boots_confirms_and_raises_the_nv_counter(w: World) -> N
         assert c.upgrade_confirm(actor="alice") == Confirmed("b", "1.0.0")
         status = c.upgrade_status()
     assert status.pointer.active == "b" and status.nv_counter.committed_sequence == 1
+    assert status.to_json() == w.upgrades.gate.status()  # the typed status says it all
     assert w.local.audit_log()[-1]["service"] == "upgrade.confirm"
 
 
