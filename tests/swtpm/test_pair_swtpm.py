@@ -65,8 +65,8 @@ def pair(node_factory: NodeFactory, tmp_path: Path) -> Iterator[Pair]:
     )
     with BrokerClient(host.broker_operator_sock, timeout=300) as c:
         created = c.vtpm_create("g1")
-    assert created["recorded"] is True and created["guest_id"] == "g1"
-    state = Path(created["state_dir"])
+    assert created.recorded is True and created.vtpm.guest_id == "g1"
+    state = Path(created.vtpm.state_dir)
     assert state.is_relative_to(vtpm_dir)
     sw = SwtpmProcess(state).start()
     try:
@@ -180,10 +180,10 @@ def test_guest_moved_to_an_unvouched_vtpm_is_contraindicated_and_cannot_be_vouch
         with BrokerClient(pair.host.broker_operator_sock) as b:
             with pytest.raises(OperationNotAllowed, match="not the vTPM this host created"):
                 b.vtpm_record("g1", ek_c)
-            (b_entry,) = b.vtpm_list()["vtpms"]  # the created set: g1 on B only
-            assert b_entry["guest_id"] == "g1"
-            again = b.vtpm_record("g1", bytes.fromhex(b_entry["ek_public"]))
-            assert again["recorded"] is False  # B is already vouched for in this boot
+            (b_entry,) = b.vtpm_list()  # the created set: g1 on B only
+            assert b_entry.guest_id == "g1"
+            again = b.vtpm_record("g1", b_entry.ek_public)
+            assert again.recorded is False  # B is already vouched for in this boot
         ek_file = tmp_path / "ek-c.pub"
         ek_file.write_bytes(ek_c)
         capsys.readouterr()

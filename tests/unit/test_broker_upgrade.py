@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.upgrade_helpers import NOW, Image, make_image, new_node, signed, snapshot
@@ -19,6 +20,8 @@ from attest.errors import ConfigError, OperationNotAllowed, TransportError, Upgr
 from attest.node.broker import protocol as p
 from attest.node.broker.client import BrokerClient, BrokerGate, spool_file
 from attest.node.broker.local import LocalNode
+from attest.node.broker.protocol import OPS
+from attest.node.broker.results import Confirmed
 from attest.node.broker.server import BrokerServer
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
 from attest.node.tpm.fake import FakeTpm
@@ -43,6 +46,7 @@ class World:
     spool: Path
     slots: Path
     local: LocalNode
+    upgrades: BrokerUpgrades
     tpm: FakeTpm
     v1: Image
     v2: Image
@@ -92,6 +96,7 @@ def w(tmp_path: Path) -> Iterator[World]:
         spool,
         node.slots_dir,
         local,
+        upgrades,
         node.tpm,
         v1,
         v2,
@@ -202,16 +207,18 @@ def test_world_writable_spool_dir_is_refused_at_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "req",
     [
-        p.UpgradeConfirm("api-operator"),
-        p.UpgradeBoot(),
-        p.NvCounterDefine(DEFAULT_NV_INDEX),
-        p.NvCounterIncrement(DEFAULT_NV_INDEX),
+        p.Request(OPS.upgrade_confirm, p.UpgradeConfirm("api-operator")),
+        p.Request(OPS.upgrade_boot, None),
+        p.Request(OPS.nv_counter_define, p.NvIndex(DEFAULT_NV_INDEX)),
+        p.Request(OPS.nv_counter_increment, p.NvIndex(DEFAULT_NV_INDEX)),
     ],
-    ids=lambda r: r.op,
+    ids=lambda r: r.op.name,
 )
-def test_api_socket_cannot_confirm_boot_or_move_the_counter(w: World, req: p.Request) -> None:
+def test_api_socket_cannot_confirm_boot_or_move_the_counter(
+    w: World, req: p.Request[Any, Any]
+) -> None:
     with BrokerClient(w.api) as c, pytest.raises(OperationNotAllowed):
-        c._call(req)
+        c.call(req.op, req.args)
 
 
 def test_api_socket_cannot_act_in_an_operators_name(w: World) -> None:
@@ -233,10 +240,11 @@ def test_operator_socket_boots_confirms_and_raises_the_nv_counter(w: World) -> N
     with BrokerClient(w.op) as c:
         with pytest.raises(OperationNotAllowed, match="nothing to confirm"):
             c.upgrade_confirm(actor="alice")
-        assert c.upgrade_boot()["slot"] == "b"
-        assert c.upgrade_confirm(actor="alice") == {"active": "b", "version": "1.0.0"}
+        assert c.upgrade_boot().slot == "b"
+        assert c.upgrade_confirm(actor="alice") == Confirmed("b", "1.0.0")
         status = c.upgrade_status()
-    assert status["active"] == "b" and status["nv_counter"]["committed_sequence"] == 1
+    assert status.pointer.active == "b" and status.nv_counter.committed_sequence == 1
+    assert status.to_json() == w.upgrades.gate.status()  # the typed status says it all
     assert w.local.audit_log()[-1]["service"] == "upgrade.confirm"
 
 

@@ -392,9 +392,14 @@ def test_a_tampered_registry_fails_to_load(
 
 
 def test_vtpm_ops_round_trip_and_are_operator_only() -> None:
-    for req in (p.VtpmCreate("g1"), p.VtpmRecord("g1", b"\x00\x23"), p.VtpmList()):
-        assert p.decode_request(p.encode_request(req)) == req
-        assert req.op in p.OPERATOR_ONLY_OPS and req.op not in p.UNPRIVILEGED_OPS
+    requests: list[p.Request[Any, Any]] = [
+        p.Request(p.OPS.vtpm_create, p.VtpmCreate("g1")),
+        p.Request(p.OPS.vtpm_record, p.VtpmRecord("g1", b"\x00\x23")),
+        p.Request(p.OPS.vtpm_list, None),
+    ]
+    for req in requests:
+        assert p.decode_request(p.encode_request(req.op, req.args)) == req
+        assert req.op.name in p.OPERATOR_ONLY_OPS and req.op.name not in p.UNPRIVILEGED_OPS
     assert KIND_VTPM not in p.OPERATOR_MEASURE_KINDS  # never through measure
     assert KIND_POLICY in p.OPERATOR_MEASURE_KINDS and KIND_POLICY not in p.DEFAULT_MEASURE_KINDS
     with pytest.raises(TransportError):

@@ -116,7 +116,7 @@ def pair_vm(
     )
     with BrokerClient(host.broker_operator_sock, timeout=300) as c:
         created = c.vtpm_create(GUEST_ID)
-    vm = Vm(node_image, name="pair-guest", swtpm_state=Path(created["state_dir"]))
+    vm = Vm(node_image, name="pair-guest", swtpm_state=Path(created.vtpm.state_dir))
     key = ec.generate_private_key(ec.SECP256R1())
     ear = tmp_path / "ear.pem"
     ear.write_bytes(

@@ -181,7 +181,7 @@ def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
             version=offer.version,
         )
         with _broker(args) as client:
-            doc: dict[str, Any] = client.upgrade_stage(req)
+            doc: dict[str, Any] = client.upgrade_stage(req).to_json()
             return doc
 
 
@@ -224,7 +224,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_confirm(args: argparse.Namespace) -> int:
     if args.broker_socket:
         with _broker(args) as client:
-            doc = client.upgrade_confirm(actor=_actor())
+            doc = client.upgrade_confirm(actor=_actor()).to_json()
         active, version = doc.get("active"), doc.get("version")
     else:
         with _Opened(args) as o:
@@ -241,7 +241,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.broker_socket:
         with _broker(args) as client:
-            doc = client.upgrade_status()
+            doc = client.upgrade_status().to_json()
     else:
         with _Opened(args) as o:
             doc = o.gate.status()
@@ -279,7 +279,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_boot(args: argparse.Namespace) -> int:
     if args.broker_socket:
         with _broker(args) as client:
-            doc = client.upgrade_boot()
+            doc = client.upgrade_boot().to_json()
     else:
         with _Opened(args) as o:
             r = o.gate.boot()

@@ -80,7 +80,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     # manufacturing takes a few seconds (key generation, EK certificate)
     with BrokerClient(args.broker_socket, timeout=300.0) as client:
         try:
-            doc = client.vtpm_create(args.guest)
+            doc = client.vtpm_create(args.guest).to_json()
         except OperationNotAllowed as exc:
             return _refused(args, exc)
     _print_vouch(args, doc)
@@ -91,7 +91,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     ek = read_bytes(args.ek_public, max_size=4096)
     with BrokerClient(args.broker_socket) as client:
         try:
-            doc = client.vtpm_record(args.guest, ek)
+            doc = client.vtpm_record(args.guest, ek).to_json()
         except OperationNotAllowed as exc:
             return _refused(args, exc)
     _print_vouch(args, doc)
@@ -101,7 +101,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     with BrokerClient(args.broker_socket) as client:
         try:
-            doc = client.vtpm_list()
+            doc = {"vtpms": [v.to_json() for v in client.vtpm_list()]}
         except OperationNotAllowed as exc:
             return _refused(args, exc)
     if args.json:

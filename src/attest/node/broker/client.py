@@ -1,12 +1,13 @@
 """``BrokerClient``: ``attest.node.port.NodePort`` over the broker's Unix socket (an adapter).
 
-One connection, used by one request at a time (thread-safe). A dropped connection (the broker
-restarted, or closed an idle connection) is re-established transparently: a request that could
-not be *sent* is always retried once; a request that was sent but not answered is retried only
-when it is idempotent (not ``measure``, ``audit_record``, the NV counter's define and
-increment, nor the ``upgrade_*`` operations that record or write), so an event is never
-recorded twice by a retry. Errors the broker reports are raised as their own attest class
-(a gate refusal as ``UpgradeRefused`` with its reason code).
+``BrokerClient.call(op, args)`` sends any operation of the table ``protocol.OPS`` and returns
+its typed result (``call(OPS.quote, Quote(selection, nonce))`` is a ``RawQuote`` to mypy); the
+named methods are thin typed calls of it. One connection, used by one request at a time
+(thread-safe). A dropped connection (the broker restarted, or closed an idle connection) is
+re-established transparently: a request that could not be *sent* is always retried once; a
+request that was sent but not answered is retried only when its entry is ``idempotent``, so an
+event is never recorded twice by a retry. Errors the broker reports are raised as their own
+attest class (a gate refusal as ``UpgradeRefused`` with its reason code).
 
 ``BrokerGate`` is the upgrade gate as the unprivileged API sees it (``add_upgrade_routes``'s
 gate in broker mode): ``stage`` sends the spooled upload's path to the broker's gate.
@@ -22,19 +23,22 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from attest.errors import EvidenceFormatError, TransportError, UpgradeRefused
 from attest.eventlog.cel import CelRecord
 from attest.gate import UPLOAD_TOO_LARGE
 from attest.model import PcrSelection, PcrValues
 from attest.node.broker import protocol as p
+from attest.node.broker.protocol import OPS
+from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade, VtpmVouched
 from attest.node.broker.transport import recv_frame, send_frame
+from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE
 from attest.node.port import NodeIdentity
 from attest.node.tpm.port import RawQuote
+from attest.node.tpm.vtpm import CreatedVtpm
 
 DEFAULT_SOCKET = "/run/attest/tpm.sock"
 DEFAULT_OPERATOR_SOCKET = "/run/attest/tpm-operator.sock"
@@ -42,18 +46,8 @@ DEFAULT_SPOOL_DIR = "/var/lib/attest/spool"
 # Staging reads the whole image twice (verify, read back) and writes it once: allow for
 # several GiB on a slow disk.
 STAGE_TIMEOUT = 3600.0
-_NOT_IDEMPOTENT = (
-    p.Measure,
-    p.AuditRecord,
-    p.NvCounterDefine,
-    p.NvCounterIncrement,
-    p.UpgradeStage,
-    p.UpgradeRefuseUpload,
-    p.UpgradeConfirm,
-    p.UpgradeBoot,
-    p.VtpmCreate,
-    p.VtpmRecord,
-)
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class BrokerClient:
@@ -81,23 +75,24 @@ class BrokerClient:
                 self._sock.close()
             self._sock = None
 
-    def _call(self, req: p.Request) -> Any:
-        frame_body = p.encode_request(req)
+    def call(self, op: p.Op[A, R], args: A) -> R:
+        """Send ``op`` with ``args`` and return its typed result (module docstring)."""
+        frame_body = p.encode_request(op, args)
         with self._lock:
             for attempt in (1, 2):
                 sent = False
                 try:
                     if self._sock is None:
                         self._sock = self._connect()
-                    send_frame(self._sock, frame_body, limit=p.MAX_REQUEST)
+                    send_frame(self._sock, frame_body, limit=MAX_REQUEST)
                     sent = True
-                    body = recv_frame(self._sock, limit=p.MAX_RESPONSE)
+                    body = recv_frame(self._sock, limit=MAX_RESPONSE)
                     if body is None:
                         raise ConnectionResetError("attestd-tpm closed the connection")
                 except TimeoutError:
                     self._drop()
                     raise TransportError(
-                        f"attestd-tpm at {self.socket_path} did not answer {req.op} within "
+                        f"attestd-tpm at {self.socket_path} did not answer {op.name} within "
                         f"{self._timeout:.0f} s"
                     ) from None
                 except TransportError:
@@ -105,100 +100,82 @@ class BrokerClient:
                     raise
                 except OSError as exc:
                     self._drop()
-                    if attempt == 1 and (not sent or not isinstance(req, _NOT_IDEMPOTENT)):
+                    if attempt == 1 and (not sent or op.idempotent):
                         continue
                     raise TransportError(
                         f"cannot reach attestd-tpm at {self.socket_path}: {exc.strerror or exc}"
                     ) from None
-                return p.decode_response(req, body)
+                return p.decode_response(op, body)
             raise AssertionError("unreachable")
 
     # --- NodePort -------------------------------------------------------------------------
 
     def identity(self) -> NodeIdentity:
-        result: NodeIdentity = self._call(p.Identity())
-        return result
+        return self.call(OPS.identity, None)
 
     def read_pcrs(self, selection: PcrSelection) -> PcrValues:
-        result: PcrValues = self._call(p.ReadPcrs(selection))
-        return result
+        return self.call(OPS.read_pcrs, p.ReadPcrs(selection))
 
     def quote(self, selection: PcrSelection, qualifying_data: bytes) -> RawQuote:
-        result: RawQuote = self._call(p.Quote(selection, qualifying_data))
-        return result
+        return self.call(OPS.quote, p.Quote(selection, qualifying_data))
 
     def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
-        result: bytes = self._call(p.ActivateCredential(id_object, encrypted_secret))
-        return result
+        return self.call(OPS.activate_credential, p.ActivateCredential(id_object, encrypted_secret))
 
     def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord:
-        result: CelRecord = self._call(p.Measure(kind, content))
-        return result
+        return self.call(OPS.measure, p.Measure(kind, content))
 
     def runtime_log(self, start: int = 0) -> tuple[CelRecord, ...]:
-        result: tuple[CelRecord, ...] = self._call(p.RuntimeLogRead(start))
-        return result
+        return self.call(OPS.runtime_log, p.LogRead(start))
 
     def audit_record(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
-        result: Mapping[str, Any] = self._call(p.AuditRecord(event))
-        return result
+        return self.call(OPS.audit_record, p.AuditRecord(event))
 
     def audit_log(self, start: int = 0) -> tuple[Mapping[str, Any], ...]:
-        result: tuple[Mapping[str, Any], ...] = self._call(p.AuditLogRead(start))
-        return result
+        return self.call(OPS.audit_log, p.LogRead(start))
 
     def nv_counter_read(self, index: int) -> int:
-        result: int = self._call(p.NvCounterRead(index))
-        return result
+        return self.call(OPS.nv_counter_read, p.NvIndex(index))
 
     # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ---
 
     def nv_counter_define(self, index: int) -> int:
-        result: int = self._call(p.NvCounterDefine(index))
-        return result
+        return self.call(OPS.nv_counter_define, p.NvIndex(index))
 
     def nv_counter_increment(self, index: int) -> int:
-        result: int = self._call(p.NvCounterIncrement(index))
-        return result
+        return self.call(OPS.nv_counter_increment, p.NvIndex(index))
 
-    def upgrade_stage(self, req: p.UpgradeStage) -> dict[str, Any]:
+    def upgrade_stage(self, req: p.UpgradeStage) -> StagedUpgrade:
         """The accepted decision (with ``slot``); ``UpgradeRefused`` for every refusal."""
-        result: dict[str, Any] = self._call(req)
-        return result
+        return self.call(OPS.upgrade_stage, req)
 
     def upgrade_refuse_upload(self, limit: int, *, actor: str) -> UpgradeRefused:
         """Have the broker record an ``upload-too-large`` refusal; returns it."""
         try:
-            self._call(p.UpgradeRefuseUpload(limit, actor))
+            self.call(OPS.upgrade_refuse_upload, p.UpgradeRefuseUpload(limit, actor))
         except UpgradeRefused as exc:
             return exc
         raise TransportError("attestd-tpm did not refuse an upload over the limit")
 
-    def upgrade_status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(p.UpgradeStatus())
-        return result
+    def upgrade_status(self) -> GateStatus:
+        return self.call(OPS.upgrade_status, None)
 
-    def upgrade_confirm(self, *, actor: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(p.UpgradeConfirm(actor))
-        return result
+    def upgrade_confirm(self, *, actor: str) -> Confirmed:
+        return self.call(OPS.upgrade_confirm, p.UpgradeConfirm(actor))
 
-    def upgrade_boot(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(p.UpgradeBoot())
-        return result
+    def upgrade_boot(self) -> BootChoice:
+        return self.call(OPS.upgrade_boot, None)
 
     # --- the host's guest vTPMs (attest.node.tpm.vtpm; operator socket) ---
 
-    def vtpm_create(self, guest_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(p.VtpmCreate(guest_id))
-        return result
+    def vtpm_create(self, guest_id: str) -> VtpmVouched:
+        return self.call(OPS.vtpm_create, p.VtpmCreate(guest_id))
 
-    def vtpm_record(self, guest_id: str, ek_public: bytes) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(p.VtpmRecord(guest_id, ek_public))
-        return result
+    def vtpm_record(self, guest_id: str, ek_public: bytes) -> VtpmVouched:
+        return self.call(OPS.vtpm_record, p.VtpmRecord(guest_id, ek_public))
 
-    def vtpm_list(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(p.VtpmList())
-        return result
+    def vtpm_list(self) -> tuple[CreatedVtpm, ...]:
+        return self.call(OPS.vtpm_list, None)
 
     def close(self) -> None:
         with self._lock:
@@ -244,16 +221,6 @@ def spool_file(
             path.unlink()
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerDecision:
-    """The broker's accepted decision (``GateDecision.to_json()`` plus ``slot``)."""
-
-    doc: Mapping[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.doc)
-
-
 class BrokerGate:
     """The upgrade gate run by ``attestd-tpm``, for ``attest.node.api.upgrades.add_upgrade_routes``.
 
@@ -275,7 +242,7 @@ class BrokerGate:
         self.max_upload = max_upload
         self.timeout = timeout
 
-    def stage(self, offer: Any, *, now: datetime) -> BrokerDecision:
+    def stage(self, offer: Any, *, now: datetime) -> StagedUpgrade:
         if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
             raise EvidenceFormatError(
                 f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
@@ -299,7 +266,7 @@ class BrokerGate:
                 version=offer.version,
             )
             with BrokerClient(self.socket_path, timeout=self.timeout) as client:
-                return BrokerDecision(client.upgrade_stage(req))
+                return client.upgrade_stage(req)
 
     def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused:
         if reason != UPLOAD_TOO_LARGE:

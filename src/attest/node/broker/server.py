@@ -1,21 +1,26 @@
 """``BrokerServer``: serve a ``LocalNode`` on Unix sockets (an adapter).
 
-- The API socket (mode 0660, group configurable) answers ``protocol.UNPRIVILEGED_OPS`` and
-  measures only the kinds of its allow-list (default ``protocol.DEFAULT_MEASURE_KINDS``).
-- The operator socket (mode 0600: root, for PAM/sshd hooks and the ``attest audit`` and
-  ``attest upgrade`` CLIs) additionally answers ``protocol.OPERATOR_ONLY_OPS`` (audit records,
-  NV counter define/increment, upgrade confirm/boot) and measures any kind but ``audit``.
-- The ``upgrade_*`` operations go to ``BrokerUpgrades`` (when configured). On the API socket
-  the actor of an upgrade request must be ``api-<channel>``: the API cannot record a decision
-  in an operator's name.
+What each socket answers, and what the broker runs for each operation, is the table
+``protocol.OPS``; this module only reads it:
+
+- The API socket (mode 0660, group configurable) answers ``protocol.UNPRIVILEGED_OPS`` (the
+  operations of privilege ``API``) and measures only the kinds of its allow-list (default
+  ``protocol.DEFAULT_MEASURE_KINDS``).
+- The operator socket (mode 0600: root, for PAM/sshd hooks and the ``attest audit``,
+  ``attest upgrade`` and ``attest vtpm`` CLIs) answers every operation (``protocol.OPERATOR_OPS``)
+  and measures any kind but ``audit`` and ``vtpm``.
+- An operation the socket does not answer is refused before its arguments are read.
+- On the API socket the ``actor`` of a request, when it has one, must be ``api-<channel>``:
+  the API cannot record a decision in an operator's name.
 - One thread per connection, a bounded number of connections per socket (the API cannot
   starve the operator socket), an idle timeout between requests and a short timeout to finish
   a request once started, and bounded frame sizes: a slow or malicious client cannot block
   others. TPM calls are serialised by the TPM adapter.
-- Errors go back as typed error responses (``protocol.encode_error``); unexpected exceptions
+- Errors go back as typed error responses (``wire.encode_error``); unexpected exceptions
   are logged here and reported as an internal error without details.
 - The peer's uid and pid (SO_PEERCRED) are logged per connection; request arguments never are
-  (an audit event holds identities in clear until the audit log pseudonymises them).
+  (an audit event holds identities in clear until the audit log pseudonymises them), nor the
+  refusals of an operation marked ``redact``.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from pathlib import Path
 from attest.errors import AttestError, OperationNotAllowed, TransportError
 from attest.node.broker import protocol as p
 from attest.node.broker.local import LocalNode
+from attest.node.broker.services import Services
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.upgrades import BrokerUpgrades
+from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE, encode_error
 from attest.node.tpm.vtpm import VtpmManager
 
 logger = logging.getLogger(__name__)
@@ -197,20 +204,21 @@ class BrokerServer:
         try:
             pid, uid, _ = peer_credentials(conn)
             logger.info("connection on %s socket from uid %d (pid %d)", lst.name, uid, pid)
+            services = Services(self.node, self.upgrades, self.vtpms, lst.name, lst.kinds, uid)
             while not self._stop.is_set():
                 conn.settimeout(self._idle)
                 try:
-                    body = recv_frame(conn, limit=p.MAX_REQUEST, body_timeout=self._request_timeout)
+                    body = recv_frame(conn, limit=MAX_REQUEST, body_timeout=self._request_timeout)
                 except TransportError as exc:  # oversized or torn frame: stream out of step
                     logger.warning("bad frame from uid %d: %s", uid, exc)
                     with contextlib.suppress(OSError):
                         conn.settimeout(self._request_timeout)
-                        send_frame(conn, p.encode_error(exc), limit=p.MAX_RESPONSE)
+                        send_frame(conn, encode_error(exc), limit=MAX_RESPONSE)
                     return
                 if body is None:
                     return
                 conn.settimeout(self._request_timeout)
-                send_frame(conn, self._handle(lst, uid, body), limit=p.MAX_RESPONSE)
+                send_frame(conn, self._handle(lst, services, body), limit=MAX_RESPONSE)
         except OSError as exc:  # timeouts, resets: end this connection only
             logger.info("connection on %s socket closed: %s", lst.name, exc)
         finally:
@@ -220,84 +228,30 @@ class BrokerServer:
                 conn.close()
             lst.slots.release()
 
-    def _handle(self, lst: _Listener, uid: int, body: bytes) -> bytes:
-        op = "?"
+    def _handle(self, lst: _Listener, services: Services, body: bytes) -> bytes:
+        uid, name, redact = services.uid, "?", False
         try:
-            req = p.decode_request(body)
-            op = req.op
-            if req.op not in lst.ops:
-                raise OperationNotAllowed(f"{req.op} is not allowed on the {lst.name} socket")
-            if isinstance(req, p.Measure) and req.kind not in lst.kinds:
-                raise OperationNotAllowed(
-                    f"measuring {req.kind!r} events is not allowed on the {lst.name} socket"
-                )
-            actor = getattr(req, "actor", None)
+            op, doc = p.read_request(body)
+            name, redact = op.name, op.redact
+            if op.name not in lst.ops:
+                raise OperationNotAllowed(f"{op.name} is not allowed on the {lst.name} socket")
+            args = p.decode_args(op, doc)
+            actor = getattr(args, "actor", None)
             if lst.name == "api" and actor is not None and not _API_ACTOR.fullmatch(actor):
                 raise OperationNotAllowed("the API socket acts as api-<channel> only")
-            logger.debug("request %s from uid %d on %s socket", op, uid, lst.name)
-            if isinstance(req, p.VtpmCreate | p.VtpmRecord | p.VtpmList):
-                out = p.encode_result(req, self._vtpm(req, uid))
-            else:
-                out = p.encode_result(req, self._dispatch(req))
-            if len(out) > p.MAX_RESPONSE:
+            logger.debug("request %s from uid %d on %s socket", name, uid, lst.name)
+            out = p.encode_result(op, op.serve(services, args))
+            if len(out) > MAX_RESPONSE:
                 raise TransportError(
-                    f"response of {len(out)} bytes exceeds {p.MAX_RESPONSE}: ask from a later start"
+                    f"response of {len(out)} bytes exceeds {MAX_RESPONSE}: ask from a later start"
                 )
             return out
         except AttestError as exc:
-            detail = exc if op != "audit_record" else "(not logged)"
+            detail = "(not logged)" if redact else exc
             logger.info(
-                "request %s from uid %d refused: %s: %s", op, uid, type(exc).__name__, detail
+                "request %s from uid %d refused: %s: %s", name, uid, type(exc).__name__, detail
             )
-            return p.encode_error(exc)
+            return encode_error(exc)
         except Exception:
-            logger.exception("request %s from uid %d failed", op, uid)
-            return p.encode_error(RuntimeError())
-
-    def _vtpm(self, req: p.VtpmCreate | p.VtpmRecord | p.VtpmList, uid: int) -> object:
-        v = self.vtpms
-        if v is None:
-            raise OperationNotAllowed("attestd-tpm does not manage guest vTPMs (--vtpm-dir)")
-        if isinstance(req, p.VtpmList):
-            return {"vtpms": [vt.to_json() for vt in v.created()]}
-        operator = f"uid:{uid}"  # pseudonymised by the audit log of a refusal
-        if isinstance(req, p.VtpmCreate):
-            return v.create(req.guest_id, operator=operator)
-        return v.record(req.guest_id, req.ek_public, operator=operator)
-
-    def _dispatch(self, req: p.Request) -> object:
-        n = self.node
-        if isinstance(req, p.Identity):
-            return n.identity()
-        if isinstance(req, p.ReadPcrs):
-            return n.read_pcrs(req.selection)
-        if isinstance(req, p.Quote):
-            return n.quote(req.selection, req.qualifying_data)
-        if isinstance(req, p.ActivateCredential):
-            return n.activate_credential(req.id_object, req.encrypted_secret)
-        if isinstance(req, p.Measure):
-            return n.measure(req.kind, req.content)
-        if isinstance(req, p.RuntimeLogRead):
-            return n.runtime_log(req.start)
-        if isinstance(req, p.AuditRecord):
-            return n.audit_record(req.event)
-        if isinstance(req, p.AuditLogRead):
-            return n.audit_log(req.start)
-        if isinstance(req, p.NvCounterRead):
-            return n.nv_counter_read(req.index)
-        if isinstance(req, p.NvCounterDefine):
-            return n.nv_counter_define(req.index)
-        if isinstance(req, p.NvCounterIncrement):
-            return n.nv_counter_increment(req.index)
-        u = self.upgrades
-        if u is None:
-            raise OperationNotAllowed("attestd-tpm does not run the upgrade gate (--slots-dir)")
-        if isinstance(req, p.UpgradeStage):
-            return u.stage(req)
-        if isinstance(req, p.UpgradeRefuseUpload):
-            raise u.refuse_upload(req)
-        if isinstance(req, p.UpgradeStatus):
-            return u.status()
-        if isinstance(req, p.UpgradeConfirm):
-            return u.confirm(req)
-        return u.boot()
+            logger.exception("request %s from uid %d failed", name, uid)
+            return encode_error(RuntimeError())

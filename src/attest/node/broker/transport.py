@@ -1,12 +1,12 @@
 """Frames over a connected stream socket (an adapter shared by the broker's server and client).
-A frame is ``protocol.HEADER`` (4-byte big-endian length) + body; see ``protocol``."""
+A frame is ``wire.HEADER`` (4-byte big-endian length) + body; see ``wire``."""
 
 from __future__ import annotations
 
 import socket
 
 from attest.errors import TransportError
-from attest.node.broker.protocol import HEADER, encode_frame, frame_length
+from attest.node.broker.wire import HEADER, encode_frame, frame_length
 
 _CHUNK = 256 * 1024
 

@@ -31,12 +31,13 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import NoReturn, TypeVar
 
-from attest.errors import ConfigError, EvidenceFormatError, OperationNotAllowed, UpgradeRefused
+from attest.errors import ConfigError, EvidenceFormatError, OperationNotAllowed
 from attest.gate import UPLOAD_TOO_LARGE
 from attest.node.broker import protocol as p
 from attest.node.broker.local import LocalNode
+from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade
 from attest.node.upgrade.slots import SlotStore
 from attest.node.upgrade.stager import (
     DEFAULT_NV_INDEX,
@@ -149,7 +150,7 @@ class BrokerUpgrades:
         except RuntimeError as exc:  # steps out of order (confirm without a staged boot)
             raise OperationNotAllowed(str(exc)) from None
 
-    def stage(self, req: p.UpgradeStage) -> dict[str, Any]:
+    def stage(self, req: p.UpgradeStage) -> StagedUpgrade:
         if self.spool is None:
             raise OperationNotAllowed("attestd-tpm has no spool directory (--spool-dir)")
         if not self._staging.acquire(blocking=False):
@@ -170,10 +171,9 @@ class BrokerUpgrades:
                 actor=req.actor,
             )
 
-            def run() -> dict[str, Any]:
+            def run() -> StagedUpgrade:
                 doc = self.gate.stage(offer, now=self.clock()).to_json()
-                doc["slot"] = self.gate.slots.load().pending
-                return doc
+                return StagedUpgrade.from_json({**doc, "slot": self.gate.slots.load().pending})
 
             return self._run(run)
         finally:
@@ -182,29 +182,26 @@ class BrokerUpgrades:
                     os.close(fd)
             self._staging.release()
 
-    def refuse_upload(self, req: p.UpgradeRefuseUpload) -> UpgradeRefused:
-        return self._run(
+    def refuse_upload(self, req: p.UpgradeRefuseUpload) -> NoReturn:
+        """Record the ``upload-too-large`` refusal and raise it."""
+        raise self._run(
             lambda: self.gate.refuse_upload(
                 UPLOAD_TOO_LARGE, f"upload over the limit of {req.limit} bytes", actor=req.actor
             )
         )
 
-    def status(self) -> dict[str, Any]:
-        return self.gate.status()  # reads only: the pointer is replaced atomically
+    def status(self) -> GateStatus:
+        # reads only: the pointer is replaced atomically
+        return GateStatus.from_json(self.gate.status())
 
-    def confirm(self, req: p.UpgradeConfirm) -> dict[str, Any]:
+    def confirm(self, req: p.UpgradeConfirm) -> Confirmed:
         ptr = self._run(lambda: self.gate.confirm(actor=req.actor))
         image = ptr.installed
-        return {"active": ptr.active, "version": None if image is None else image.version}
+        return Confirmed(ptr.active, None if image is None else image.version)
 
-    def boot(self) -> dict[str, Any]:
+    def boot(self) -> BootChoice:
         r = self._run(self.gate.boot)
-        return {
-            "slot": r.slot,
-            "version": r.image.version,
-            "fell_back": r.fell_back,
-            "reason": r.reason,
-        }
+        return BootChoice(r.slot, r.image.version, r.fell_back, r.reason)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
