@@ -32,13 +32,13 @@ from attest.appraisal import (
     AppraisalContext,
     AppraisalResult,
     Claim,
-    Enrollment,
     Finding,
     Tier,
     Verdict,
     appraise,
 )
 from attest.audit import ZERO_HASH, new_entry
+from attest.enroll import Enrollment
 from attest.eventlog import facts, load_options_digest, parse_event_log, replay_pcrs, replay_self
 from attest.evidence import EVIDENCE_VERSION, b64
 from attest.manifest import edit

@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from attest.audit import AuditEntry, parse_entry, verify_audit_chain, verify_audit_chain_from
+from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
     ClockError,
@@ -204,55 +205,6 @@ class ClaimResult:
             "tier": self.tier.label,
             "explanations": [f.explanation for f in self.findings],
         }
-
-
-# --- enrollment (the value the verifier remembers; persisted by attest.verifier.enrollments) ---
-
-
-@dataclass(frozen=True, slots=True)
-class Enrollment:
-    """What a verifier remembers about a node after enrolling it."""
-
-    node_id: str
-    ak_public: bytes  # TPM2B_PUBLIC
-    ak_name: bytes
-    ek_sha256: bytes | None  # sha256 of the EK TPMT_PUBLIC, when the node has an EK
-    ek_certificate: str | None  # the EK certificate's subject/issuer, when verified
-    activated: bool
-    runtime_pcr: int
-    enrolled_at: str
-
-    @property
-    def ak(self) -> Public:
-        return parse_public(self.ak_public)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "ak_public": self.ak_public.hex(),
-            "ak_name": self.ak_name.hex(),
-            "ek_sha256": None if self.ek_sha256 is None else self.ek_sha256.hex(),
-            "ek_certificate": self.ek_certificate,
-            "activated": self.activated,
-            "runtime_pcr": self.runtime_pcr,
-            "enrolled_at": self.enrolled_at,
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Enrollment:
-        try:
-            return cls(
-                node_id=str(doc["node_id"]),
-                ak_public=bytes.fromhex(doc["ak_public"]),
-                ak_name=bytes.fromhex(doc["ak_name"]),
-                ek_sha256=None if doc["ek_sha256"] is None else bytes.fromhex(doc["ek_sha256"]),
-                ek_certificate=doc["ek_certificate"],
-                activated=bool(doc["activated"]),
-                runtime_pcr=int(doc["runtime_pcr"]),
-                enrolled_at=str(doc["enrolled_at"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise EvidenceFormatError(f"enrollment record: {exc}") from None
 
 
 # --- what the verification stages established ------------------------------------------------

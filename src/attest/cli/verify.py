@@ -26,7 +26,6 @@ from typing import Any, TextIO
 
 from attest.appraisal import (
     AppraisalResult,
-    Enrollment,
     NodeMemory,
     Tier,
     Verdict,
@@ -43,6 +42,7 @@ from attest.appraisal.pair import (
     vouchings_of,
 )
 from attest.cli import EXIT_OK, print_json
+from attest.enroll import Enrollment
 from attest.errors import AttestError, ConfigError, TransportError, VerificationError
 from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection

@@ -22,11 +22,11 @@ from typing import Any, Protocol
 from attest.appraisal import (
     AppraisalResult,
     Appraised,
-    Enrollment,
     FirmwareReplayCache,
     NodeMemory,
     appraise_incremental,
 )
+from attest.enroll import Enrollment
 from attest.manifest import VerifiedRegistry
 from attest.manifest.evaluate import ReleaseStatus
 from attest.model import PcrSelection
