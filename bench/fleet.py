@@ -194,7 +194,8 @@ def offline_costs(
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    from attest.appraisal import NodeMemory, Verdict, appraise, appraise_incremental
+    from attest.appraisal import NodeMemory, appraise, appraise_incremental
+    from attest.appraisal.claims import Verdict
     from attest.evidence import unb64
     from attest.model import PcrSelection
     from attest.tpmstruct import parse_signature

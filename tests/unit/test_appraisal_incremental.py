@@ -33,13 +33,12 @@ from tests.unit.test_appraisal import (
 from attest.appraisal import (
     AppraisalResult,
     Appraised,
-    Claim,
     FirmwareReplayCache,
     NodeMemory,
-    Verdict,
     appraise,
     appraise_incremental,
 )
+from attest.appraisal.claims import Claim, Verdict
 from attest.audit import ZERO_HASH, new_entry
 from attest.eventlog import parse_event_log
 from attest.eventlog.cel import loads_cel

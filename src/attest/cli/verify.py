@@ -27,12 +27,11 @@ from typing import Any, TextIO
 from attest.appraisal import (
     AppraisalResult,
     NodeMemory,
-    Tier,
-    Verdict,
     appraise_incremental,
     enrollment_refused,
     unappraisable,
 )
+from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.pair import (
     GUEST,
     HOST,
