@@ -65,6 +65,7 @@ from attest.appraisal.claims import (
     first_divergence,
     verdict_of,
 )
+from attest.appraisal.memory import FirmwareReplayCache, NodeMemory, firmware_key
 from attest.audit import AuditEntry, parse_entry, verify_audit_chain, verify_audit_chain_from
 from attest.enroll import Enrollment
 from attest.errors import (
@@ -98,7 +99,7 @@ from attest.runtime import (
     VerityDevice,
     verify_runtime_log_from,
 )
-from attest.tpmstruct import ClockInfo, Public, parse_public
+from attest.tpmstruct import ClockInfo, parse_public
 
 DEFAULT_POLICY_ID = "attest/default@1"
 MAX_RUNTIME_RECORDS = 100_000
@@ -172,106 +173,6 @@ class AnyOf:
             if worst < best_tier:
                 best, best_tier = found, worst
         return best or ()
-
-
-# --- what a verifier remembers about a node between appraisals -----------------------------
-
-FirmwareKey = tuple[tuple[int, tuple[tuple[int, bytes | None], ...]], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeMemory:
-    """What a verifier keeps about one node between two appraisals so that the next one fetches
-    and checks only what is new (``appraise_incremental``). Immutable: each appraisal returns
-    the next memory. ``NodeMemory()`` holds nothing: the appraisal is a full one.
-
-    Everything held was verified against a quote of the TPM reset epoch ``epoch``
-    (resetCount, restartCount); a quote of another epoch makes it all void.
-
-    - the AK, parsed (its ``cryptography`` key built once);
-    - the firmware event log: its size in bytes, the parsed log and -- when it replayed -- the
-      verified replay with its boot facts, for the quoted values it was verified against
-      (``firmware_key``: the quoted PCRs 0-7 and the PCRs the log has events for);
-    - the runtime log: the verified records and the running runtime PCR value per bank;
-    - the operator audit entries verified against the runtime log's anchors.
-    """
-
-    ak_public: bytes = b""
-    ak: Public | None = None
-    epoch: tuple[int, int] | None = None
-    firmware_size: int = 0
-    firmware_digest: bytes = b""  # SHA-256 of the firmware log's bytes
-    firmware_log: UnverifiedEventLog | None = None
-    firmware_pcrs: frozenset[int] = frozenset()  # the PCRs the log has events for
-    firmware_key: FirmwareKey | None = None
-    firmware: VerifiedEventLog | None = None
-    boot: BootFacts | None = None
-    runtime: RuntimeReplay | None = None
-    audit: tuple[AuditEntry, ...] = ()
-
-    @property
-    def holds_logs(self) -> bool:
-        return self.firmware_log is not None or self.runtime is not None or bool(self.audit)
-
-    @property
-    def runtime_next(self) -> int:
-        return 0 if self.runtime is None else self.runtime.next_recnum
-
-    @property
-    def audit_next(self) -> int:
-        """The ``start`` for ``GET /v1/audit``: the seq after the last entry held."""
-        return self.audit[-1].seq + 1 if self.audit else 0
-
-    def log_request(self) -> dict[str, dict[str, int]]:
-        """The ``logs`` member of the next ``POST /v1/evidence``: each log from where the
-        held part ends (docs/api.md: the firmware log from a byte offset, the runtime log from a
-        record number)."""
-        return {"firmware": {"start": self.firmware_size}, "runtime": {"start": self.runtime_next}}
-
-    def forget_logs(self) -> NodeMemory:
-        return NodeMemory(ak_public=self.ak_public, ak=self.ak)
-
-
-class FirmwareReplayCache:
-    """Firmware event logs and their verified replays, shared by every node one verifier
-    appraises: nodes of one platform and firmware version serve byte-identical logs, so the
-    log is parsed once and replayed once per set of quoted values it reads. A memo of pure
-    functions -- ``parse_event_log(data)`` keyed by the data's SHA-256, ``replay`` + ``facts``
-    keyed by (that digest, ``_firmware_key``) -- so it never changes a result; only successes
-    are kept; at most ``size`` entries of each (the oldest go first)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._logs: dict[bytes, UnverifiedEventLog] = {}
-        self._replays: dict[tuple[bytes, FirmwareKey], tuple[VerifiedEventLog, BootFacts]] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def parsed(self, data: bytes) -> tuple[bytes, UnverifiedEventLog]:
-        digest = hashlib.sha256(data).digest()
-        log = self._logs.get(digest)
-        if log is None:
-            log = parse_event_log(data)
-            self._put(self._logs, digest, log)
-        return digest, log
-
-    def replayed(
-        self, digest: bytes, log: UnverifiedEventLog, quoted: PcrValues, key: FirmwareKey
-    ) -> tuple[VerifiedEventLog, BootFacts]:
-        found = self._replays.get((digest, key))
-        if found is not None:
-            self.hits += 1
-            return found
-        self.misses += 1
-        fw = replay(log, quoted)
-        found = (fw, facts(fw))
-        self._put(self._replays, (digest, key), found)
-        return found
-
-    def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        if len(table) >= self.size:
-            del table[next(iter(table))]
-        table[key] = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,21 +488,6 @@ def _logged_pcrs(log: UnverifiedEventLog, held: NodeMemory) -> frozenset[int]:
     return frozenset(e.pcr for e in log.events)
 
 
-def _firmware_key(logged: frozenset[int], quoted: PcrValues) -> FirmwareKey:
-    """What ``replay(log, quoted)`` reads of ``quoted``: per bank, the selected PCRs, with the
-    values of PCRs 0-7 and of the PCRs the log has events for (``logged``; the others only by
-    number: they are reported as unlogged)."""
-    return tuple(
-        (
-            int(alg),
-            tuple(
-                (pcr, v if pcr <= 7 or pcr in logged else None) for pcr, v in sorted(values.items())
-            ),
-        )
-        for alg, values in sorted(quoted.values.items())
-    )
-
-
 def _establish(
     evidence_doc: Mapping[str, Any],
     *,
@@ -706,7 +592,7 @@ def _establish(
                 else:
                     digest, log = b"", parse_event_log(data)
             logged = _logged_pcrs(log, memory)
-            key = _firmware_key(logged, quoted)
+            key = firmware_key(logged, quoted)
             if log is held_fw and key == memory.firmware_key and memory.firmware is not None:
                 fw, boot = memory.firmware, memory.boot
             elif cache is not None:

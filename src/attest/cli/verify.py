@@ -26,12 +26,12 @@ from typing import Any, TextIO
 
 from attest.appraisal import (
     AppraisalResult,
-    NodeMemory,
     appraise_incremental,
     enrollment_refused,
     unappraisable,
 )
 from attest.appraisal.claims import Tier, Verdict
+from attest.appraisal.memory import NodeMemory
 from attest.appraisal.pair import (
     GUEST,
     HOST,
