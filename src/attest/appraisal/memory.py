@@ -72,6 +72,43 @@ class NodeMemory:
     def forget_logs(self) -> NodeMemory:
         return NodeMemory(ak_public=self.ak_public, ak=self.ak)
 
+    def holding(
+        self,
+        firmware: HeldFirmware | None,
+        runtime: RuntimeReplay | None,
+        audit: tuple[AuditEntry, ...],
+    ) -> NodeMemory:
+        """The next memory: this one's AK and epoch, and what this appraisal verified."""
+        if firmware is None:
+            return NodeMemory(self.ak_public, self.ak, self.epoch, runtime=runtime, audit=audit)
+        return NodeMemory(
+            self.ak_public,
+            self.ak,
+            self.epoch,
+            firmware_size=firmware.size,
+            firmware_digest=firmware.digest,
+            firmware_log=firmware.log,
+            firmware_pcrs=firmware.pcrs,
+            firmware_key=firmware.key,
+            firmware=firmware.verified,
+            boot=firmware.boot,
+            runtime=runtime,
+            audit=audit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeldFirmware:
+    """A firmware event log that replayed, as the next ``NodeMemory`` holds it."""
+
+    size: int  # its size in bytes
+    digest: bytes  # SHA-256 of its bytes (b"" when no FirmwareReplayCache computed it)
+    log: UnverifiedEventLog
+    pcrs: frozenset[int]  # the PCRs it has events for
+    key: FirmwareKey  # the quoted values its replay read
+    verified: VerifiedEventLog
+    boot: BootFacts | None
+
 
 class FirmwareReplayCache:
     """Firmware event logs and their verified replays, shared by every node one verifier
