@@ -44,7 +44,7 @@ from attest.manifest.evaluate import ReleaseDecision, evaluate_release
 from attest.manifest.model import Release, VerifiedRegistry
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.runtime import RuntimeReplay, VerifiedRuntimeLog, VerityDevice, verify_runtime_log_from
-from attest.tpmstruct import ClockInfo, Public, parse_public
+from attest.tpmstruct import ClockInfo, parse_public
 
 MAX_RUNTIME_RECORDS = 100_000
 MAX_AUDIT_ENTRIES = 100_000
@@ -255,12 +255,11 @@ def check_quote(
     """The verified quote, by ``memory``'s AK (the enrolled one), and the memory of its TPM
     reset epoch. Raises ``VerificationError`` (or ``EvidenceFormatError``) when it does not
     verify; ``StaleMemory`` when ``memory`` holds logs of another epoch."""
-    ak: Public | None = memory.ak
-    assert ak is not None
+    assert memory.ak is not None
     ve = verify_evidence(
         evidence_doc,
         nonce=nonce,
-        ak=ak,
+        ak=memory.ak,
         selection=selection,
         tls_binding=tls_binding,
         previous=previous,
