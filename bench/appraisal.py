@@ -63,7 +63,9 @@ def main() -> None:
     from tests.unit.manifest.manifest_helpers import NOW
     from tests.unit.test_appraisal import PLATFORM, SELECTION, make_node, make_registry
 
-    from attest.appraisal import NodeMemory, Verdict, appraise, appraise_incremental
+    from attest.appraisal import appraise, appraise_incremental
+    from attest.appraisal.claims import Verdict
+    from attest.appraisal.memory import NodeMemory
     from attest.eventlog import parse_event_log
     from attest.evidence import b64
     from attest.tpmstruct import parse_signature

@@ -115,7 +115,8 @@ def verifier(
     store = open_store(db)
     appraiser: Any = default_appraiser()
     if args.full_appraisal:  # the reference: every contact fetches and appraises whole logs
-        from attest.appraisal import Appraised, NodeMemory, appraise_incremental
+        from attest.appraisal import Appraised, appraise_incremental
+        from attest.appraisal.memory import NodeMemory
 
         def full(doc: object, *, memory: NodeMemory, **kw: Any) -> Appraised:
             got = appraise_incremental(doc, memory=NodeMemory(), **kw)
@@ -194,7 +195,9 @@ def offline_costs(
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    from attest.appraisal import NodeMemory, Verdict, appraise, appraise_incremental
+    from attest.appraisal import appraise, appraise_incremental
+    from attest.appraisal.claims import Verdict
+    from attest.appraisal.memory import NodeMemory
     from attest.evidence import unb64
     from attest.model import PcrSelection
     from attest.tpmstruct import parse_signature

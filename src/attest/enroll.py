@@ -15,6 +15,9 @@ verifier side of enrollment is
 A TPM releases the secret only if the AK with exactly that Name is loaded in the same TPM as
 the EK's private key, so a matching secret proves the AK lives beside a genuine EK.
 
+What the verifier remembers afterwards is an ``Enrollment`` record (persisted by
+``attest.verifier.enrollments``; ``attest.appraisal`` appraises evidence against it).
+
 Section numbers refer to TPM 2.0 Library Part 1 (Architecture) and Part 3 (Commands),
 revision 1.59, unless said otherwise.
 """
@@ -25,9 +28,10 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -44,9 +48,15 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from attest.errors import CertificateError, CredentialError, KeyPolicyError, QuoteFormatError
+from attest.errors import (
+    CertificateError,
+    CredentialError,
+    EvidenceFormatError,
+    KeyPolicyError,
+    QuoteFormatError,
+)
 from attest.model import HashAlg
-from attest.tpmstruct import Alg, EccCurve, ObjectAttr, Public, ecc_coordinate_size
+from attest.tpmstruct import Alg, EccCurve, ObjectAttr, Public, ecc_coordinate_size, parse_public
 
 logger = logging.getLogger(__name__)
 
@@ -528,3 +538,52 @@ def finish_enrollment(expected_secret: bytes, returned_secret: bytes) -> None:
             "the TPM that holds the EK"
         )
     logger.info("credential activation verified")
+
+
+# --- enrollment (the value the verifier remembers; persisted by attest.verifier.enrollments) ---
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """What a verifier remembers about a node after enrolling it."""
+
+    node_id: str
+    ak_public: bytes  # TPM2B_PUBLIC
+    ak_name: bytes
+    ek_sha256: bytes | None  # sha256 of the EK TPMT_PUBLIC, when the node has an EK
+    ek_certificate: str | None  # the EK certificate's subject/issuer, when verified
+    activated: bool
+    runtime_pcr: int
+    enrolled_at: str
+
+    @property
+    def ak(self) -> Public:
+        return parse_public(self.ak_public)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "ak_public": self.ak_public.hex(),
+            "ak_name": self.ak_name.hex(),
+            "ek_sha256": None if self.ek_sha256 is None else self.ek_sha256.hex(),
+            "ek_certificate": self.ek_certificate,
+            "activated": self.activated,
+            "runtime_pcr": self.runtime_pcr,
+            "enrolled_at": self.enrolled_at,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Enrollment:
+        try:
+            return cls(
+                node_id=str(doc["node_id"]),
+                ak_public=bytes.fromhex(doc["ak_public"]),
+                ak_name=bytes.fromhex(doc["ak_name"]),
+                ek_sha256=None if doc["ek_sha256"] is None else bytes.fromhex(doc["ek_sha256"]),
+                ek_certificate=doc["ek_certificate"],
+                activated=bool(doc["activated"]),
+                runtime_pcr=int(doc["runtime_pcr"]),
+                enrolled_at=str(doc["enrolled_at"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EvidenceFormatError(f"enrollment record: {exc}") from None

@@ -153,7 +153,8 @@ def test_vouchings_count_only_from_a_quote_verified_now(tmp_path: Path) -> None:
     nothing now."""
     from datetime import UTC, datetime
 
-    from attest.appraisal import NodeMemory, appraise_incremental
+    from attest.appraisal import appraise_incremental
+    from attest.appraisal.memory import NodeMemory
     from attest.model import PcrSelection
 
     sim = SimFleet(1)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
 
-from attest.appraisal import Enrollment
+from attest.enroll import Enrollment
 from attest.errors import WebhookSignatureError
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.appraiser import default_appraiser

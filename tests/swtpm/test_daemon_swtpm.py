@@ -62,7 +62,7 @@ def test_activation_for_another_tpm_fails(
         ch, expected = start_enrollment(other_ek, ident.ak)
         with pytest.raises(TransportError):
             op.activate(ch.id_object, ch.encrypted_secret)
-        from attest.verifier.contact import Enrollment  # noqa: F401  (documented type)
+        from attest.enroll import Enrollment  # noqa: F401  (documented type)
 
         with pytest.raises(CredentialError):
             from attest.enroll import finish_enrollment

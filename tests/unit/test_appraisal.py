@@ -26,19 +26,12 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from tests.unit.manifest.manifest_helpers import FAR, NOW, Signer, release, sign_doc
 
-from attest.appraisal import (
-    AllOf,
-    AnyOf,
-    AppraisalContext,
-    AppraisalResult,
-    Claim,
-    Enrollment,
-    Finding,
-    Tier,
-    Verdict,
-    appraise,
-)
+from attest.appraisal import AppraisalResult, appraise
+from attest.appraisal.checks import AllOf, AnyOf
+from attest.appraisal.claims import Claim, Finding, Tier, Verdict
+from attest.appraisal.stages import AppraisalContext
 from attest.audit import ZERO_HASH, new_entry
+from attest.enroll import Enrollment
 from attest.eventlog import facts, load_options_digest, parse_event_log, replay_pcrs, replay_self
 from attest.evidence import EVIDENCE_VERSION, b64
 from attest.manifest import edit

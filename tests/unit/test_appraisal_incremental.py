@@ -30,16 +30,9 @@ from tests.unit.test_appraisal import (
     make_registry,
 )
 
-from attest.appraisal import (
-    AppraisalResult,
-    Appraised,
-    Claim,
-    FirmwareReplayCache,
-    NodeMemory,
-    Verdict,
-    appraise,
-    appraise_incremental,
-)
+from attest.appraisal import AppraisalResult, Appraised, appraise, appraise_incremental
+from attest.appraisal.claims import Claim, Verdict
+from attest.appraisal.memory import FirmwareReplayCache, NodeMemory
 from attest.audit import ZERO_HASH, new_entry
 from attest.eventlog import parse_event_log
 from attest.eventlog.cel import loads_cel

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attest.appraisal import Claim, Finding, _summarise
+from attest.appraisal import _summarise
+from attest.appraisal.claims import Claim, Finding
 from attest.appraisal.ear import EAR_PROFILE, ear_claims, result_ear, sign_ear, submod, verify_ear
 from attest.errors import EvidenceFormatError, SignatureError
 

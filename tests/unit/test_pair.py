@@ -14,18 +14,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attest.appraisal import (
+from attest.appraisal import AppraisalResult, identity_alarm, unappraisable, with_findings
+from attest.appraisal.claims import (
     APPROVED_CONFIG,
     CONTRAINDICATED_RUNTIME,
     TRUSTWORTHY_INSTANCE,
     UNTRUSTWORTHY_INSTANCE,
-    AppraisalResult,
     Claim,
     Finding,
     Verdict,
-    identity_alarm,
-    unappraisable,
-    with_findings,
 )
 from attest.appraisal.ear import sign_ear, verify_ear
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces

@@ -34,14 +34,9 @@ from tests.unit.test_appraisal import (
 )
 from tests.unit.test_appraisal_incremental import measure
 
-from attest.appraisal import (
-    Claim,
-    NodeMemory,
-    Tier,
-    Verdict,
-    appraise,
-    appraise_incremental,
-)
+from attest.appraisal import appraise, appraise_incremental
+from attest.appraisal.claims import Claim, Tier, Verdict
+from attest.appraisal.memory import NodeMemory
 from attest.appraisal.pair import GUEST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
 from attest.cli import main
 from attest.errors import ManifestFormatError

@@ -3,11 +3,12 @@
 ``appraise(evidence_doc, *, enrollment, nonce, ...) -> AppraisalResult`` never raises for a
 problem with the evidence: every problem becomes a claim value and a human sentence, and the
 first one in check order is ``first_divergence``. It raises only for programming errors
-(``ValueError`` / ``TypeError`` for arguments of the wrong shape).
+(``ValueError`` / ``TypeError`` for arguments of the wrong shape). ``appraise_incremental`` is
+the same appraisal for a verifier that keeps a ``NodeMemory`` per node (``memory``).
 
 Two layers:
 
-1. *verification* (``_establish``): the evidence is parsed and checked in the spec's order --
+1. *verification* (``stages``): the evidence is parsed and checked in the spec's order --
    AK and EK against the enrollment (a change is an alarm, never a silent re-enrollment); the
    quote (signature, Merkle inclusion of our nonce, PCR selection, digest, clock and counters
    against the previous quote: ``attest.evidence.verify_evidence``); the firmware event log
@@ -15,428 +16,45 @@ Two layers:
    the audit chain against the runtime log's anchors; the release the node runs, found in the
    verified registry by its authenticated dm-verity root hash. The outcome is an
    ``AppraisalContext``: verified values, or the error that stopped each stage.
-2. *policy* (``AppraisalPolicy``, one method ``evaluate(ctx) -> tuple[Finding, ...]``,
-   combinable with ``AllOf`` / ``AnyOf``): reads the context and says, per AR4SI claim
+2. *policy* (``checks``: ``AppraisalPolicy``, one method ``evaluate(ctx) -> tuple[Finding,
+   ...]``, combinable with ``AllOf`` / ``AnyOf``): reads the context and says, per AR4SI claim
    (draft-ietf-rats-ar4si §2.3), what the verifier believes and why.
 
 A claim's value is the worst of its findings; the overall status is the worst claim (the AR4SI
-tiers: affirming 2-31 < warning 32-95 < contraindicated 96-127).
+tiers: affirming 2-31 < warning 32-95 < contraindicated 96-127; ``claims``).
 """
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import hmac
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from attest.audit import AuditEntry, parse_entry, verify_audit_chain, verify_audit_chain_from
-from attest.errors import (
-    AttestError,
-    ClockError,
-    EvidenceFormatError,
-    KeyPolicyError,
-    NonceError,
-    PcrDigestError,
-    PcrSelectionError,
-    ReplayError,
-    SignatureError,
-    VerificationError,
+from attest.appraisal.checks import DEFAULT_APPRAISAL_POLICY, DEFAULT_POLICY_ID, AppraisalPolicy
+from attest.appraisal.claims import (
+    NO_CLAIM,
+    UNEXPECTED_EVIDENCE,
+    UNRECOGNIZED_INSTANCE,
+    UNTRUSTWORTHY_INSTANCE,
+    VERIFIER_MALFUNCTION,
+    Claim,
+    ClaimResult,
+    Finding,
+    Tier,
+    Verdict,
+    claim_results,
+    first_divergence,
+    verdict_of,
 )
-from attest.eventlog.cel import CelRecord, loads_cel
-from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
-from attest.eventlog.parse import UnverifiedEventLog, parse_event_log
-from attest.eventlog.replay import VerifiedEventLog, replay
-from attest.evidence import VerifiedEvidence, unb64, verify_evidence
-from attest.manifest.evaluate import ReleaseDecision, ReleaseStatus, evaluate_release
-from attest.manifest.model import PlatformReference, Release, VerifiedRegistry, format_time
-from attest.model import HashAlg, PcrSelection, PcrValues
-from attest.runtime import (
-    KIND_CONFIG,
-    KIND_POLICY,
-    ConfigDigest,
-    MacPolicy,
-    RuntimeEvent,
-    RuntimeReplay,
-    VerifiedRuntimeLog,
-    VerityDevice,
-    verify_runtime_log_from,
-)
-from attest.tpmstruct import ClockInfo, Public, parse_public
-
-DEFAULT_POLICY_ID = "attest/default@1"
-MAX_RUNTIME_RECORDS = 100_000
-MAX_AUDIT_ENTRIES = 100_000
-
-# --- AR4SI ---------------------------------------------------------------------------------
-
-
-class Claim(enum.Enum):
-    """The AR4SI trustworthiness claims (draft-ietf-rats-ar4si §2.3), in EAR spelling."""
-
-    INSTANCE_IDENTITY = "instance-identity"
-    CONFIGURATION = "configuration"
-    EXECUTABLES = "executables"
-    FILE_SYSTEM = "file-system"
-    HARDWARE = "hardware"
-    RUNTIME_OPAQUE = "runtime-opaque"
-    STORAGE_OPAQUE = "storage-opaque"
-    SOURCED_DATA = "sourced-data"
-
-
-class Tier(enum.IntEnum):
-    """The AR4SI tiers, ordered by severity; ``value`` is the EAR ``ear.status`` string."""
-
-    NONE = 0
-    AFFIRMING = 1
-    WARNING = 2
-    CONTRAINDICATED = 3
-
-    @property
-    def label(self) -> str:
-        return _TIER_LABELS[self]
-
-    @classmethod
-    def of(cls, value: int) -> Tier:
-        """AR4SI §2.3.1: 2..31 affirming, 32..95 warning, 96..127 contraindicated; -1 (verifier
-        malfunction), 0 (no claim), 1 (unexpected evidence) carry no tier."""
-        return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER  # appraisal's hot path
-
-
-_NONE_TIER = Tier.NONE
-_TIERS: tuple[Tier, ...] = tuple(
-    Tier.AFFIRMING
-    if 2 <= v <= 31
-    else Tier.WARNING
-    if 32 <= v <= 95
-    else Tier.CONTRAINDICATED
-    if v >= 96
-    else Tier.NONE
-    for v in range(128)
-)
-_TIER_LABELS: dict[Tier, str] = {t: t.name.lower() for t in Tier}
-
-
-# Values (draft-ietf-rats-ar4si §2.3.3-§2.3.10, as in Veraison's EAR libraries).
-NO_CLAIM = 0
-VERIFIER_MALFUNCTION = -1
-UNEXPECTED_EVIDENCE = 1
-CRYPTO_VALIDATION_FAILED = 99
-TRUSTWORTHY_INSTANCE = 2
-UNTRUSTWORTHY_INSTANCE = 96
-UNRECOGNIZED_INSTANCE = 97
-APPROVED_CONFIG = 2
-UNSAFE_CONFIG = 32
-UNSUPPORTABLE_CONFIG = 96
-APPROVED_RUNTIME = 2
-APPROVED_BOOT = 3
-UNSAFE_RUNTIME = 32
-UNRECOGNIZED_RUNTIME = 33
-CONTRAINDICATED_RUNTIME = 96
-APPROVED_FILES = 2
-UNRECOGNIZED_FILES = 32
-CONTRAINDICATED_FILES = 96
-GENUINE_HARDWARE = 2
-UNSAFE_HARDWARE = 32
-CONTRAINDICATED_HARDWARE = 96
-UNRECOGNIZED_HARDWARE = 97
-
-
-class Verdict(enum.Enum):
-    """The overall outcome. ``ALARM``: the node's AK or EK is not the enrolled one (reported
-    as contraindicated in the EAR); ``UNAPPRAISABLE``: the evidence could not be read."""
-
-    AFFIRMING = "affirming"
-    WARNING = "warning"
-    CONTRAINDICATED = "contraindicated"
-    ALARM = "alarm"
-    UNAPPRAISABLE = "could-not-appraise"
-
-    @property
-    def ear_status(self) -> str:
-        if self is Verdict.ALARM:
-            return Tier.CONTRAINDICATED.label
-        if self is Verdict.UNAPPRAISABLE:
-            return Tier.NONE.label
-        return str(self.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One check's statement about one claim: the AR4SI value and why."""
-
-    claim: Claim
-    value: int
-    check: str  # stable check name: quote, identity, firmware-replay, platform, release-pcrs, ...
-    explanation: str
-
-    @property
-    def tier(self) -> Tier:
-        return Tier.of(self.value)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "claim": self.claim.value,
-            "value": self.value,
-            "tier": self.tier.label,
-            "check": self.check,
-            "explanation": self.explanation,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    claim: Claim
-    value: int
-    findings: tuple[Finding, ...]
-
-    @property
-    def tier(self) -> Tier:
-        return Tier.of(self.value)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "tier": self.tier.label,
-            "explanations": [f.explanation for f in self.findings],
-        }
-
-
-# --- enrollment (the value the verifier remembers; persisted by attest.verifier.enrollments) ---
-
-
-@dataclass(frozen=True, slots=True)
-class Enrollment:
-    """What a verifier remembers about a node after enrolling it."""
-
-    node_id: str
-    ak_public: bytes  # TPM2B_PUBLIC
-    ak_name: bytes
-    ek_sha256: bytes | None  # sha256 of the EK TPMT_PUBLIC, when the node has an EK
-    ek_certificate: str | None  # the EK certificate's subject/issuer, when verified
-    activated: bool
-    runtime_pcr: int
-    enrolled_at: str
-
-    @property
-    def ak(self) -> Public:
-        return parse_public(self.ak_public)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node_id": self.node_id,
-            "ak_public": self.ak_public.hex(),
-            "ak_name": self.ak_name.hex(),
-            "ek_sha256": None if self.ek_sha256 is None else self.ek_sha256.hex(),
-            "ek_certificate": self.ek_certificate,
-            "activated": self.activated,
-            "runtime_pcr": self.runtime_pcr,
-            "enrolled_at": self.enrolled_at,
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Enrollment:
-        try:
-            return cls(
-                node_id=str(doc["node_id"]),
-                ak_public=bytes.fromhex(doc["ak_public"]),
-                ak_name=bytes.fromhex(doc["ak_name"]),
-                ek_sha256=None if doc["ek_sha256"] is None else bytes.fromhex(doc["ek_sha256"]),
-                ek_certificate=doc["ek_certificate"],
-                activated=bool(doc["activated"]),
-                runtime_pcr=int(doc["runtime_pcr"]),
-                enrolled_at=str(doc["enrolled_at"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise EvidenceFormatError(f"enrollment record: {exc}") from None
-
-
-# --- what the verification stages established ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AppraisalContext:
-    """Verified values (or the error that stopped each stage): what policies read."""
-
-    node_id: str
-    enrollment: Enrollment
-    registry: VerifiedRegistry | None
-    platform_id: str | None
-    now: datetime
-    identity_alarm: str | None = None
-    evidence: VerifiedEvidence | None = None
-    evidence_error: AttestError | None = None
-    firmware: VerifiedEventLog | None = None
-    firmware_error: AttestError | None = None
-    boot: BootFacts | None = None
-    runtime: VerifiedRuntimeLog | None = None
-    runtime_error: AttestError | None = None
-    audit: tuple[AuditEntry, ...] | None = None
-    audit_error: AttestError | None = None
-    cmdline: str | None = None  # the kernel command line, authenticated by a measurement
-    verity_root_hashes: tuple[tuple[str, bytes], ...] = ()  # (source, root hash), authenticated
-    claimed_version: str | None = None  # the image version the node names (not authenticated)
-    release: ReleaseDecision | None = None  # the release the authenticated root hash names
-    reference_release: Release | None = None  # the release whose expected PCRs apply
-    notes: tuple[str, ...] = ()
-
-    @property
-    def quoted(self) -> PcrValues | None:
-        return None if self.evidence is None else self.evidence.quote.pcrs
-
-
-class AppraisalPolicy(Protocol):
-    """Appraisal policy: one method, reading verified facts, returning findings."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AllOf:
-    """Every policy applies; the findings of all of them count."""
-
-    policies: tuple[AppraisalPolicy, ...]
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        return tuple(f for p in self.policies for f in p.evaluate(ctx))
-
-
-@dataclass(frozen=True, slots=True)
-class AnyOf:
-    """Alternatives: the first policy whose findings are all affirming (or carry no claim)
-    wins; if none does, the alternative whose worst finding is least severe is reported."""
-
-    policies: tuple[AppraisalPolicy, ...]
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        best: tuple[Finding, ...] | None = None
-        best_tier = Tier.CONTRAINDICATED + 1
-        for p in self.policies:
-            found = p.evaluate(ctx)
-            worst = max((f.tier for f in found), default=Tier.NONE)
-            if worst <= Tier.AFFIRMING:
-                return found
-            if worst < best_tier:
-                best, best_tier = found, worst
-        return best or ()
-
-
-# --- what a verifier remembers about a node between appraisals -----------------------------
-
-FirmwareKey = tuple[tuple[int, tuple[tuple[int, bytes | None], ...]], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeMemory:
-    """What a verifier keeps about one node between two appraisals so that the next one fetches
-    and checks only what is new (``appraise_incremental``). Immutable: each appraisal returns
-    the next memory. ``NodeMemory()`` holds nothing: the appraisal is a full one.
-
-    Everything held was verified against a quote of the TPM reset epoch ``epoch``
-    (resetCount, restartCount); a quote of another epoch makes it all void.
-
-    - the AK, parsed (its ``cryptography`` key built once);
-    - the firmware event log: its size in bytes, the parsed log and -- when it replayed -- the
-      verified replay with its boot facts, for the quoted values it was verified against
-      (``firmware_key``: the quoted PCRs 0-7 and the PCRs the log has events for);
-    - the runtime log: the verified records and the running runtime PCR value per bank;
-    - the operator audit entries verified against the runtime log's anchors.
-    """
-
-    ak_public: bytes = b""
-    ak: Public | None = None
-    epoch: tuple[int, int] | None = None
-    firmware_size: int = 0
-    firmware_digest: bytes = b""  # SHA-256 of the firmware log's bytes
-    firmware_log: UnverifiedEventLog | None = None
-    firmware_pcrs: frozenset[int] = frozenset()  # the PCRs the log has events for
-    firmware_key: FirmwareKey | None = None
-    firmware: VerifiedEventLog | None = None
-    boot: BootFacts | None = None
-    runtime: RuntimeReplay | None = None
-    audit: tuple[AuditEntry, ...] = ()
-
-    @property
-    def holds_logs(self) -> bool:
-        return self.firmware_log is not None or self.runtime is not None or bool(self.audit)
-
-    @property
-    def runtime_next(self) -> int:
-        return 0 if self.runtime is None else self.runtime.next_recnum
-
-    @property
-    def audit_next(self) -> int:
-        """The ``start`` for ``GET /v1/audit``: the seq after the last entry held."""
-        return self.audit[-1].seq + 1 if self.audit else 0
-
-    def log_request(self) -> dict[str, dict[str, int]]:
-        """The ``logs`` member of the next ``POST /v1/evidence``: each log from where the
-        held part ends (docs/api.md: the firmware log from a byte offset, the runtime log from a
-        record number)."""
-        return {"firmware": {"start": self.firmware_size}, "runtime": {"start": self.runtime_next}}
-
-    def forget_logs(self) -> NodeMemory:
-        return NodeMemory(ak_public=self.ak_public, ak=self.ak)
-
-
-class FirmwareReplayCache:
-    """Firmware event logs and their verified replays, shared by every node one verifier
-    appraises: nodes of one platform and firmware version serve byte-identical logs, so the
-    log is parsed once and replayed once per set of quoted values it reads. A memo of pure
-    functions -- ``parse_event_log(data)`` keyed by the data's SHA-256, ``replay`` + ``facts``
-    keyed by (that digest, ``_firmware_key``) -- so it never changes a result; only successes
-    are kept; at most ``size`` entries of each (the oldest go first)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._logs: dict[bytes, UnverifiedEventLog] = {}
-        self._replays: dict[tuple[bytes, FirmwareKey], tuple[VerifiedEventLog, BootFacts]] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def parsed(self, data: bytes) -> tuple[bytes, UnverifiedEventLog]:
-        digest = hashlib.sha256(data).digest()
-        log = self._logs.get(digest)
-        if log is None:
-            log = parse_event_log(data)
-            self._put(self._logs, digest, log)
-        return digest, log
-
-    def replayed(
-        self, digest: bytes, log: UnverifiedEventLog, quoted: PcrValues, key: FirmwareKey
-    ) -> tuple[VerifiedEventLog, BootFacts]:
-        found = self._replays.get((digest, key))
-        if found is not None:
-            self.hits += 1
-            return found
-        self.misses += 1
-        fw = replay(log, quoted)
-        found = (fw, facts(fw))
-        self._put(self._replays, (digest, key), found)
-        return found
-
-    def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        if len(table) >= self.size:
-            del table[next(iter(table))]
-        table[key] = value
-
-
-@dataclass(frozen=True, slots=True)
-class Appraised:
-    """``appraise_incremental``'s answer. ``complete`` False: the logs were asked for from
-    offsets that no longer apply (the TPM was reset, a log was rotated or does not continue
-    what is held, or a held part no longer replays): ``result`` is only a placeholder and the
-    verifier must challenge again with ``memory`` (which holds no logs) -- that full appraisal
-    is the one to keep."""
-
-    result: AppraisalResult
-    memory: NodeMemory
-    complete: bool = True
-
+from attest.appraisal.memory import FirmwareReplayCache, NodeMemory
+from attest.appraisal.stages import AppraisalContext, StaleMemory, establish
+from attest.enroll import Enrollment
+from attest.errors import EvidenceFormatError
+from attest.manifest.evaluate import ReleaseDecision
+from attest.manifest.model import VerifiedRegistry, format_time
+from attest.model import PcrSelection
+from attest.tpmstruct import ClockInfo
 
 # --- the result ------------------------------------------------------------------------------
 
@@ -517,6 +135,19 @@ class AppraisalResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Appraised:
+    """``appraise_incremental``'s answer. ``complete`` False: the logs were asked for from
+    offsets that no longer apply (the TPM was reset, a log was rotated or does not continue
+    what is held, or a held part no longer replays): ``result`` is only a placeholder and the
+    verifier must challenge again with ``memory`` (which holds no logs) -- that full appraisal
+    is the one to keep."""
+
+    result: AppraisalResult
+    memory: NodeMemory
+    complete: bool = True
+
+
 def _summarise(
     findings: Sequence[Finding],
     *,
@@ -531,37 +162,14 @@ def _summarise(
     notes: Sequence[str] = (),
     quirks: Sequence[str] = (),
 ) -> AppraisalResult:
-    by_claim: dict[Claim, list[Finding]] = {}
-    for f in findings:
-        by_claim.setdefault(f.claim, []).append(f)
-    claims = []
-    for claim in Claim:
-        mine = tuple(by_claim.get(claim, ()))
-        value = NO_CLAIM
-        if mine:
-            # The worst tier wins; within a tier the highest value (the more specific one).
-            value = max(mine, key=lambda f: (Tier.of(f.value), f.value)).value
-        claims.append(ClaimResult(claim, value, mine))
-    worst = max((Tier.of(c.value) for c in claims), default=Tier.NONE)
-    if forced is not None:
-        verdict = forced
-    elif worst is Tier.CONTRAINDICATED:
-        verdict = Verdict.CONTRAINDICATED
-    elif worst is Tier.WARNING:
-        verdict = Verdict.WARNING
-    elif worst is Tier.AFFIRMING:
-        verdict = Verdict.AFFIRMING
-    else:
-        verdict = Verdict.UNAPPRAISABLE
-    first = next((f.explanation for f in findings if f.tier > Tier.AFFIRMING), None)
-    if first is None and verdict is Verdict.UNAPPRAISABLE:
-        first = next((f.explanation for f in findings), "no claim could be made")
+    claims = claim_results(findings)
+    verdict = forced if forced is not None else verdict_of(claims)
     return AppraisalResult(
         node_id=node_id,
         verdict=verdict,
-        claims=tuple(claims),
+        claims=claims,
         findings=tuple(findings),
-        first_divergence=first,
+        first_divergence=first_divergence(findings, verdict),
         policy_id=policy_id,
         nonce=nonce,
         appraised_at=now,
@@ -644,899 +252,7 @@ def with_findings(
     )
 
 
-# --- verification stages ---------------------------------------------------------------------
-
-
-def _short(h: bytes) -> str:
-    return h.hex()
-
-
-def compare_identity(
-    enrollment: Enrollment,
-    *,
-    ak_public: bytes | None,
-    ek_sha256: bytes | None,
-    node_id: str | None = None,
-    ek_presented: bool = True,
-) -> str | None:
-    """The alarm sentence when a presented AK / EK / node id is not the enrolled one.
-    ``ek_presented=False``: the document carries no EK to compare (the evidence document)."""
-    if ak_public is not None and not hmac.compare_digest(ak_public, enrollment.ak_public):
-        try:
-            got = parse_public(ak_public).name.hex()
-        except AttestError:
-            got = "an unparseable key"
-        return (
-            f"ALARM: the node presents AK {got}, not the AK {enrollment.ak_name.hex()} "
-            f"enrolled {enrollment.enrolled_at}: another TPM, or the key was replaced "
-            "(re-enroll only by operator action)"
-        )
-    if enrollment.ek_sha256 is not None and ek_presented:
-        if ek_sha256 is None:
-            return (
-                "ALARM: the node no longer presents the EK it was enrolled with "
-                f"(sha256 {enrollment.ek_sha256.hex()})"
-            )
-        if not hmac.compare_digest(ek_sha256, enrollment.ek_sha256):
-            return (
-                f"ALARM: the node presents EK sha256 {ek_sha256.hex()}, not the enrolled "
-                f"{enrollment.ek_sha256.hex()}: another TPM"
-            )
-    if node_id is not None and enrollment.node_id and node_id != enrollment.node_id:
-        return (
-            f"ALARM: the node now calls itself {node_id[:64]!r}, enrolled as {enrollment.node_id!r}"
-        )
-    return None
-
-
-def identity_of(doc: Mapping[str, Any]) -> tuple[bytes | None, bytes | None, str | None]:
-    """(AK TPM2B_PUBLIC, sha256 of the EK TPMT_PUBLIC, node id) from a ``/v1/identity``
-    answer; raises ``EvidenceFormatError``."""
-    ak_doc = doc.get("ak")
-    ak = None
-    if isinstance(ak_doc, Mapping):
-        ak = unb64(ak_doc.get("public"), "ak.public", limit=2048)
-    ek_doc = doc.get("ek")
-    ek = None
-    if isinstance(ek_doc, Mapping):
-        ek = hashlib.sha256(
-            parse_public(unb64(ek_doc.get("public"), "ek.public", limit=2048)).raw
-        ).digest()
-    node_id = doc.get("node_id")
-    return ak, ek, node_id if isinstance(node_id, str) else None
-
-
-def _runtime_records(doc: object, *, resume: int = 0) -> tuple[int, tuple[CelRecord, ...]]:
-    """(start, records) of a ``runtime_log`` answer: from record 0, or from ``resume`` (the
-    records the verifier holds) when it asked for the log from there."""
-    if not isinstance(doc, Mapping):
-        raise EvidenceFormatError("runtime_log is not an object")
-    records = doc.get("records")
-    start = doc.get("start", 0)
-    incremental = resume > 0 and type(start) is int and start == resume
-    held = resume if incremental else 0
-    if not isinstance(records, list) or held + len(records) > MAX_RUNTIME_RECORDS:
-        raise EvidenceFormatError(
-            f"runtime_log.records is not a list of at most {MAX_RUNTIME_RECORDS} records"
-        )
-    if start != 0 and not incremental:
-        raise EvidenceFormatError("runtime_log does not start at record 0")
-    if not records:
-        return held, ()
-    # loads_cel is the one strict CEL reader; it takes text, so the records go back to JSON.
-    return held, loads_cel(json.dumps(records))
-
-
-def _authenticated_cmdline(doc: Mapping[str, Any], boot: BootFacts | None) -> str | None:
-    """The kernel command line, only when a verified measurement vouches for it: a command
-    line event whose data matched its digest (GRUB, systemd-boot, systemd-stub), or the one the
-    node reports (``boot.cmdline``) when its UTF-16LE form is the Linux EFI stub's verified PCR
-    9 LoadOptions digest."""
-    if boot is None:
-        return None
-    if boot.kernel_cmdlines:
-        return boot.kernel_cmdlines[-1].text
-    reported = doc.get("boot")
-    text = reported.get("cmdline") if isinstance(reported, Mapping) else None
-    if not isinstance(text, str) or len(text) > 4096:
-        return None
-    for m in boot.load_options:
-        for alg, digest in m.digests.items():
-            try:
-                h = HashAlg(alg)
-            except ValueError:
-                continue
-            if hmac.compare_digest(load_options_digest(text, h), digest):
-                return text
-    return None
-
-
-class _Stale(Exception):  # noqa: N818 -- control flow inside _establish, never escapes it
-    """A log was asked for incrementally and what came back cannot continue what is held."""
-
-
-def _logged_pcrs(log: UnverifiedEventLog, held: NodeMemory) -> frozenset[int]:
-    if log is held.firmware_log:
-        return held.firmware_pcrs
-    return frozenset(e.pcr for e in log.events)
-
-
-def _firmware_key(logged: frozenset[int], quoted: PcrValues) -> FirmwareKey:
-    """What ``replay(log, quoted)`` reads of ``quoted``: per bank, the selected PCRs, with the
-    values of PCRs 0-7 and of the PCRs the log has events for (``logged``; the others only by
-    number: they are reported as unlogged)."""
-    return tuple(
-        (
-            int(alg),
-            tuple(
-                (pcr, v if pcr <= 7 or pcr in logged else None) for pcr, v in sorted(values.items())
-            ),
-        )
-        for alg, values in sorted(quoted.values.items())
-    )
-
-
-def _establish(
-    evidence_doc: Mapping[str, Any],
-    *,
-    enrollment: Enrollment,
-    nonce: bytes,
-    selection: PcrSelection,
-    registry: VerifiedRegistry | None,
-    platform_id: str | None,
-    previous: ClockInfo | None,
-    tls_binding: bytes | None,
-    now: datetime,
-    audit_entries: Sequence[Mapping[str, Any]] | None,
-    identity: Mapping[str, Any] | None,
-    memory: NodeMemory,
-    cache: FirmwareReplayCache | None,
-) -> tuple[AppraisalContext, NodeMemory]:
-    """The verification stages. Raises ``_Stale`` when ``memory`` held a log and the evidence
-    does not continue it (the caller challenges again with no memory)."""
-    node_id = evidence_doc.get("node_id")
-    ctx = AppraisalContext(
-        node_id=node_id if isinstance(node_id, str) else enrollment.node_id,
-        enrollment=enrollment,
-        registry=registry,
-        platform_id=platform_id,
-        now=now,
-    )
-    notes: list[str] = []
-    if memory.ak is None or not hmac.compare_digest(memory.ak_public, enrollment.ak_public):
-        memory = NodeMemory(ak_public=enrollment.ak_public, ak=enrollment.ak)
-
-    # 1. identity: the AK in the evidence (and the identity document, when given) must be the
-    #    enrolled one. A different key is an alarm; the quote is not even tried with it.
-    ak_doc = evidence_doc.get("ak")
-    ak = (
-        unb64(ak_doc.get("public"), "ak.public", limit=2048)
-        if isinstance(ak_doc, Mapping)
-        else None
-    )
-    alarm = compare_identity(enrollment, ak_public=ak, ek_sha256=None, ek_presented=False)
-    if alarm is None and identity is not None:
-        i_ak, i_ek, i_node = identity_of(identity)
-        alarm = compare_identity(enrollment, ak_public=i_ak, ek_sha256=i_ek, node_id=i_node)
-    if alarm is not None:
-        return _replace(ctx, identity_alarm=alarm), memory
-
-    # 2. the quote: signature by the enrolled AK, Merkle inclusion of our nonce, selection,
-    #    digest, clock (attest.evidence / attest.quote give the order and spec sections).
-    try:
-        assert memory.ak is not None
-        ve = verify_evidence(
-            evidence_doc,
-            nonce=nonce,
-            ak=memory.ak,
-            selection=selection,
-            tls_binding=tls_binding,
-            previous=previous,
-        )
-    except VerificationError as exc:
-        return _replace(ctx, evidence_error=exc), memory
-    quoted = ve.quote.pcrs
-    doc = evidence_doc
-    # What is held was verified in one TPM reset epoch: PCRs are reset with the TPM, and the
-    # node starts fresh logs. Another epoch voids it all (TPM 2.0 Part 1 §36.7: resetCount,
-    # restartCount).
-    clock = ve.quote.clock
-    epoch = (clock.reset_count, clock.restart_count)
-    if memory.epoch != epoch:
-        if memory.holds_logs:
-            raise _Stale(
-                f"the TPM was reset or restarted (resetCount/restartCount {memory.epoch} → {epoch})"
-            )
-        memory = NodeMemory(ak_public=memory.ak_public, ak=memory.ak, epoch=epoch)
-
-    # 3. firmware event log replayed into the quoted PCRs; facts from verified events only.
-    #    Held: the log is immutable after boot, so it is fetched once; its replay is redone
-    #    unless the quoted values it reads are the ones it was verified against.
-    fw = boot = None
-    fw_error: AttestError | None = None
-    fw_doc = doc.get("firmware_log")
-    held_fw = memory.firmware_log
-    fw_memory: dict[str, Any] = {}  # none held
-    if fw_doc is None:
-        if held_fw is not None:
-            raise _Stale("the node no longer serves the firmware event log held")
-        notes.append("the node serves no firmware event log")
-    else:
-        try:
-            if not isinstance(fw_doc, Mapping):
-                raise EvidenceFormatError("firmware_log is not an object")
-            start = fw_doc.get("start", 0)
-            if held_fw is not None and type(start) is int and start == memory.firmware_size:
-                if unb64(fw_doc.get("data"), "firmware_log.data"):
-                    raise _Stale("the firmware event log grew after it was fetched")
-                log, size, digest = held_fw, memory.firmware_size, memory.firmware_digest
-            elif start != 0:
-                raise EvidenceFormatError("firmware_log does not start at byte 0")
-            else:
-                data = unb64(fw_doc.get("data"), "firmware_log.data")
-                size = len(data)
-                if cache is not None:
-                    digest, log = cache.parsed(data)
-                else:
-                    digest, log = b"", parse_event_log(data)
-            logged = _logged_pcrs(log, memory)
-            key = _firmware_key(logged, quoted)
-            if log is held_fw and key == memory.firmware_key and memory.firmware is not None:
-                fw, boot = memory.firmware, memory.boot
-            elif cache is not None:
-                fw, boot = cache.replayed(digest, log, quoted, key)
-            else:
-                fw = replay(log, quoted)
-                boot = facts(fw)
-            fw_memory = {
-                "firmware_size": size,
-                "firmware_digest": digest,
-                "firmware_log": log,
-                "firmware_pcrs": logged,
-                "firmware_key": key,
-                "firmware": fw,
-                "boot": boot,
-            }
-        except AttestError as exc:
-            if held_fw is not None:
-                raise _Stale(f"the firmware event log held: {exc}") from None
-            fw_error = exc
-
-    # 4. runtime log replayed into the runtime PCR: held, the new records only are checked and
-    #    extend the running value, which must equal the quoted PCR (attest.runtime).
-    runtime = None
-    replayed: RuntimeReplay | None = None
-    rt_error: AttestError | None = None
-    rt_doc = doc.get("runtime_log")
-    held_rt = memory.runtime
-    if rt_doc is None:
-        if held_rt is not None:
-            raise _Stale("the node no longer serves the runtime log")
-    else:
-        resumed = False
-        try:
-            first, records = _runtime_records(rt_doc, resume=memory.runtime_next)
-            resumed = first > 0
-            replayed = verify_runtime_log_from(
-                held_rt if resumed else None, records, quoted, pcr=enrollment.runtime_pcr
-            )
-            runtime = replayed.log
-        except AttestError as exc:
-            if resumed:
-                raise _Stale(f"the runtime log from record {memory.runtime_next}: {exc}") from None
-            rt_error = exc
-
-    # 5. audit chain against the runtime log's anchors; held entries are not hashed again.
-    audit = None
-    audit_error: AttestError | None = None
-    audit_held = memory.audit if replayed is not None else ()
-    if audit_entries is not None and replayed is not None:
-        resumed = False
-        try:
-            if len(audit_entries) > MAX_AUDIT_ENTRIES:
-                raise EvidenceFormatError(f"more than {MAX_AUDIT_ENTRIES} audit entries")
-            entries = [parse_entry(e) for e in audit_entries]
-            resumed = bool(audit_held) and (not entries or entries[0].seq == audit_held[-1].seq + 1)
-            if resumed and len(audit_held) + len(entries) > MAX_AUDIT_ENTRIES:
-                raise EvidenceFormatError(f"more than {MAX_AUDIT_ENTRIES} audit entries")
-            anchors = replayed.anchors
-            # Entries recorded after the quote are not anchored in it yet: appraise the log up
-            # to the newest entry the quoted runtime log anchors (an anchored entry missing
-            # from the log still fails: truncation).
-            newest = max((a.audit_seq for a in anchors), default=-1)
-            later = [e for e in entries if e.seq > newest]
-            if later:
-                notes.append(f"{len(later)} audit entries newer than the quote are not appraised")
-            anchored = [e for e in entries if e.seq <= newest]
-            if resumed:
-                audit = verify_audit_chain_from(audit_held, anchored, anchors)
-            else:
-                audit = verify_audit_chain(anchored, anchors)
-            audit_held = audit
-        except AttestError as exc:
-            if resumed:
-                raise _Stale(f"the audit entries from {audit_held[-1].seq + 1}: {exc}") from None
-            audit_error = exc
-            audit_held = ()
-    next_memory = NodeMemory(
-        ak_public=memory.ak_public,
-        ak=memory.ak,
-        epoch=memory.epoch,
-        runtime=replayed,
-        audit=audit_held,
-        **fw_memory,
-    )
-
-    # 6. the release: named by an authenticated dm-verity root hash (runtime log verity-device
-    #    events, then the verified kernel command line); the version the node claims is used
-    #    only to pick expected PCRs when no authenticated root hash names a release.
-    cmdline = _authenticated_cmdline(doc, boot)
-    hashes: list[tuple[str, bytes]] = []
-    if runtime is not None:
-        hashes += [
-            (f"runtime log event {e.recnum} (verity-device {e.detail.name})", e.detail.root_hash)
-            for e in runtime.events
-            if isinstance(e.detail, VerityDevice)
-        ]
-    if cmdline is not None:
-        hashes += [(f"kernel command line {k}=", h) for k, h in verity_root_hashes(cmdline)]
-    image = doc.get("image")
-    claimed = image.get("version") if isinstance(image, Mapping) else None
-    claimed = claimed if isinstance(claimed, str) and len(claimed) <= 128 else None
-    decision = None
-    reference = None
-    if registry is not None:
-        snap = registry.snapshot
-        if hashes:
-            decision = evaluate_release(registry, verity_root_hash=hashes[0][1], now=now)
-        elif claimed is not None and claimed in snap.releases:
-            rel = snap.releases[claimed]
-            decision = evaluate_release(registry, artifact_sha256=rel.artifact_sha256, now=now)
-            notes.append(
-                f"no authenticated dm-verity root hash: release {claimed} is the "
-                "version the node names"
-            )
-        reference = decision.release if decision is not None else None
-        if reference is None and claimed is not None:
-            reference = snap.releases.get(claimed)
-    return _replace(
-        ctx,
-        evidence=ve,
-        firmware=fw,
-        firmware_error=fw_error,
-        boot=boot,
-        runtime=runtime,
-        runtime_error=rt_error,
-        audit=audit,
-        audit_error=audit_error,
-        cmdline=cmdline,
-        verity_root_hashes=tuple(hashes),
-        claimed_version=claimed,
-        release=decision,
-        reference_release=reference,
-        notes=tuple(notes),
-    ), next_memory
-
-
-def _replace(ctx: AppraisalContext, **changes: Any) -> AppraisalContext:
-    # The fresh context of _establish plus the stages' values (dataclasses.replace costs
-    # ~20 µs a call on this hot path; a direct construction a few).
-    return AppraisalContext(
-        ctx.node_id, ctx.enrollment, ctx.registry, ctx.platform_id, ctx.now, **changes
-    )
-
-
-# --- the checks (policies) -------------------------------------------------------------------
-
-
-def _pcr_line(pcr: int, what: str, expected: bytes, got: bytes) -> str:
-    return f"PCR {pcr}: {what}: expected {_short(expected)}, quoted {_short(got)}"
-
-
-@dataclass(frozen=True, slots=True)
-class QuoteCheck:
-    """instance-identity: the quote verifies with the enrolled AK, for our nonce, fresh."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        if ctx.identity_alarm is not None:
-            return (
-                Finding(
-                    Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "identity", ctx.identity_alarm
-                ),
-            )
-        exc = ctx.evidence_error
-        if exc is not None:
-            if isinstance(exc, (SignatureError, KeyPolicyError)):
-                value = CRYPTO_VALIDATION_FAILED
-                what = "the quote is not signed by the enrolled AK"
-            elif isinstance(exc, NonceError):
-                value = UNTRUSTWORTHY_INSTANCE
-                what = "the quote does not answer this challenge (stale or replayed)"
-            elif isinstance(exc, ClockError):
-                value = UNTRUSTWORTHY_INSTANCE
-                what = "the quote is older than the node's previous quote (replayed)"
-            elif isinstance(exc, (PcrSelectionError, PcrDigestError)):
-                value = CRYPTO_VALIDATION_FAILED
-                what = "the PCR values are not the ones the quote signs"
-            else:
-                value = UNTRUSTWORTHY_INSTANCE
-                what = "the quote does not verify"
-            check = exc.check if isinstance(exc, VerificationError) else "quote"
-            return (
-                Finding(
-                    Claim.INSTANCE_IDENTITY,
-                    value,
-                    f"quote:{check}",
-                    f"quote ({check}): {what}: {exc}",
-                ),
-            )
-        if ctx.evidence is None:
-            return ()
-        e = ctx.enrollment
-        how = "credential activation" if e.activated else "enrollment without activation"
-        q = ctx.evidence.quote
-        return (
-            Finding(
-                Claim.INSTANCE_IDENTITY,
-                TRUSTWORTHY_INSTANCE,
-                "quote",
-                f"quote by the AK enrolled {e.enrolled_at} ({how}) answers this "
-                f"challenge; resetCount {q.clock.reset_count}, clock {q.clock.clock} ms",
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class FirmwareReplayCheck:
-    """executables (boot): the firmware event log replays into the quoted PCRs."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        exc = ctx.firmware_error
-        if exc is not None:
-            if isinstance(exc, ReplayError) and exc.invalid_pcrs:
-                pcrs = ", ".join(f"{b}:{i}" for b, i in exc.invalid_pcrs[:8])
-                text = f"firmware event log does not replay into quoted PCR(s) {pcrs}: {exc}"
-            else:
-                text = f"firmware event log: {exc}"
-            return (
-                Finding(Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "firmware-replay", text),
-                Finding(
-                    Claim.HARDWARE,
-                    UNSAFE_HARDWARE,
-                    "firmware-replay",
-                    "firmware measurements cannot be read: " + text,
-                ),
-            )
-        if ctx.firmware is None:
-            return ()
-        fw = ctx.firmware
-        q = f" (quirks tolerated: {', '.join(a.name for a in fw.quirks)})" if fw.quirks else ""
-        return (
-            Finding(
-                Claim.EXECUTABLES,
-                APPROVED_BOOT,
-                "firmware-replay",
-                f"firmware event log replays into the quoted PCRs{q}",
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PlatformReferenceCheck:
-    """hardware: quoted PCRs 0-7 equal the signed reference of the node's platform."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        quoted = ctx.quoted
-        if quoted is None or ctx.registry is None or ctx.platform_id is None:
-            return ()
-        signed = ctx.registry.snapshot.platforms.get(ctx.platform_id)
-        if signed is None:
-            return (
-                Finding(
-                    Claim.HARDWARE,
-                    UNRECOGNIZED_HARDWARE,
-                    "platform",
-                    f"platform {ctx.platform_id!r} is not in registry "
-                    f"#{ctx.registry.snapshot.sequence}",
-                ),
-            )
-        ref: PlatformReference = signed.reference
-        compared = 0
-        for alg, values in ref.pcrs.values.items():
-            got = quoted.values.get(alg)
-            if got is None:
-                continue
-            for pcr, want in sorted(values.items()):
-                if pcr not in got:
-                    continue
-                compared += 1
-                if not hmac.compare_digest(got[pcr], want):
-                    what = f"platform firmware differs from reference {ref.platform_id}"
-                    return (
-                        Finding(
-                            Claim.HARDWARE,
-                            CONTRAINDICATED_HARDWARE,
-                            "platform",
-                            _pcr_line(pcr, what, want, got[pcr]),
-                        ),
-                    )
-        if compared == 0:
-            return ()
-        if ref.example:
-            return (
-                Finding(
-                    Claim.HARDWARE,
-                    UNSAFE_HARDWARE,
-                    "platform",
-                    f"platform reference {ref.platform_id} is a placeholder "
-                    "(example: true): nothing can be vouched for",
-                ),
-            )
-        return (
-            Finding(
-                Claim.HARDWARE,
-                GENUINE_HARDWARE,
-                "platform",
-                f"{compared} firmware PCRs equal platform reference {ref.platform_id}",
-            ),
-        )
-
-
-# PCRs a release pins, and the claim each speaks to (FACTS.md: UKI PCRs 4/9/11/12).
-RELEASE_PCRS: Mapping[int, tuple[Claim, str]] = {
-    4: (Claim.EXECUTABLES, "kernel / boot application differs"),
-    8: (Claim.CONFIGURATION, "boot loader command line differs"),
-    9: (Claim.CONFIGURATION, "kernel command line or initrd differs"),
-    11: (Claim.EXECUTABLES, "unified kernel image sections differ"),
-    12: (Claim.CONFIGURATION, "kernel command line or credentials differ"),
-    15: (Claim.FILE_SYSTEM, "dm-verity root hash measured before switch_root differs"),
-}
-# A release PCR that differs (first) or that the quote does not include (second: the release
-# pins it but the verifier did not ask for it -- never affirming, but not the node's fault).
-_DIFFERS = {
-    Claim.EXECUTABLES: CONTRAINDICATED_RUNTIME,
-    Claim.CONFIGURATION: UNSUPPORTABLE_CONFIG,
-    Claim.FILE_SYSTEM: CONTRAINDICATED_FILES,
-}
-_NOT_QUOTED = {
-    Claim.EXECUTABLES: UNRECOGNIZED_RUNTIME,
-    Claim.CONFIGURATION: UNSAFE_CONFIG,
-    Claim.FILE_SYSTEM: UNRECOGNIZED_FILES,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ReleasePcrCheck:
-    """executables / configuration / file-system: quoted boot PCRs equal one of the release's
-    expected variants for the node's platform. A differing command line names both root
-    hashes. Every PCR a variant pins must be quoted in each of its banks the quote has (a
-    PCR left out of the selection is never taken as matching: fail closed)."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        quoted = ctx.quoted
-        rel = ctx.reference_release
-        if quoted is None or rel is None or ctx.platform_id is None:
-            return ()
-        variants = rel.expected_pcrs.get(ctx.platform_id)
-        if not variants:
-            return ()
-        best: list[tuple[int, Claim, int, str]] | None = None
-        for _name, expected in sorted(variants.items()):
-            diffs: list[tuple[int, Claim, int, str]] = []
-            banks = 0
-            for alg, values in expected.values.items():
-                got = quoted.values.get(alg)
-                if got is None:
-                    continue
-                banks += 1
-                for pcr, want in sorted(values.items()):
-                    claim, what = RELEASE_PCRS.get(pcr, (Claim.EXECUTABLES, "differs"))
-                    if pcr not in got:
-                        diffs.append(
-                            (
-                                pcr,
-                                claim,
-                                _NOT_QUOTED[claim],
-                                f"PCR {pcr}: release {rel.version} pins it "
-                                f"({alg.bank_name}) but the quote does not include it; "
-                                "appraise with a PCR selection that does",
-                            )
-                        )
-                    elif not hmac.compare_digest(got[pcr], want):
-                        diffs.append(
-                            (
-                                pcr,
-                                claim,
-                                _DIFFERS[claim],
-                                self._explain(ctx, rel, pcr, what, want, got[pcr]),
-                            )
-                        )
-            if not banks:
-                diffs.append(
-                    (
-                        -1,
-                        Claim.EXECUTABLES,
-                        UNRECOGNIZED_RUNTIME,
-                        f"the quote has none of the banks release {rel.version}'s "
-                        f"expected PCRs ({_name}) are given in",
-                    )
-                )
-            if not diffs:
-                return (
-                    Finding(
-                        Claim.EXECUTABLES,
-                        APPROVED_BOOT,
-                        "release-pcrs",
-                        f"boot PCRs equal release {rel.version}'s expected values "
-                        f"({_name}) on {ctx.platform_id}",
-                    ),
-                )
-            if best is None or len(diffs) < len(best):
-                best = diffs
-        assert best is not None
-        return tuple(
-            Finding(claim, value, "release-pcrs", text) for _pcr, claim, value, text in best
-        )
-
-    @staticmethod
-    def _explain(
-        ctx: AppraisalContext, rel: Release, pcr: int, what: str, want: bytes, got: bytes
-    ) -> str:
-        if pcr in (8, 9, 12) and ctx.cmdline is not None:
-            found = verity_root_hashes(ctx.cmdline)
-            if found:
-                key, actual = found[0]
-                if actual != rel.verity.root_hash:
-                    return (
-                        f"PCR {pcr}: kernel command line differs from release {rel.version}: "
-                        f"`{key}={rel.verity.root_hash.hex()}` → `{key}={actual.hex()}`"
-                    )
-            return (
-                f"PCR {pcr}: {what} from release {rel.version}: the node booted "
-                f"`{ctx.cmdline[:512]}`; expected {_short(want)}, quoted {_short(got)}"
-            )
-        return _pcr_line(pcr, f"{what} from release {rel.version}", want, got)
-
-
-@dataclass(frozen=True, slots=True)
-class VerityCheck:
-    """file-system: the authenticated dm-verity root hash is a blessed release's."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        if ctx.evidence is None or ctx.registry is None:
-            return ()
-        if not ctx.verity_root_hashes:
-            return (
-                Finding(
-                    Claim.FILE_SYSTEM,
-                    NO_CLAIM,
-                    "verity",
-                    "no measured dm-verity root hash (runtime log or verified kernel "
-                    "command line): the root file system is not vouched for",
-                ),
-            )
-        out = []
-        snap = ctx.registry.snapshot
-        for source, h in ctx.verity_root_hashes:
-            rel = next((r for r in snap.releases.values() if r.verity.root_hash == h), None)
-            if rel is None:
-                out.append(
-                    Finding(
-                        Claim.FILE_SYSTEM,
-                        CONTRAINDICATED_FILES,
-                        "verity",
-                        f"dm-verity root hash {h.hex()} ({source}) is not blessed "
-                        f"in registry #{snap.sequence}",
-                    )
-                )
-            else:
-                out.append(
-                    Finding(
-                        Claim.FILE_SYSTEM,
-                        APPROVED_FILES,
-                        "verity",
-                        f"dm-verity root hash ({source}) is release {rel.version}'s",
-                    )
-                )
-        return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeLogCheck:
-    """configuration: the runtime log replays into the runtime PCR, content authentic."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        if ctx.evidence is None:
-            return ()
-        pcr = ctx.enrollment.runtime_pcr
-        if ctx.runtime_error is not None:
-            return (
-                Finding(
-                    Claim.CONFIGURATION,
-                    UNSUPPORTABLE_CONFIG,
-                    "runtime-log",
-                    f"runtime log (PCR {pcr}): {ctx.runtime_error}",
-                ),
-            )
-        if ctx.runtime is None:
-            return (
-                Finding(
-                    Claim.CONFIGURATION,
-                    UNSAFE_CONFIG,
-                    "runtime-log",
-                    f"the node served no runtime log for PCR {pcr}",
-                ),
-            )
-        kinds = sorted({e.kind for e in ctx.runtime.events})
-        return (
-            Finding(
-                Claim.CONFIGURATION,
-                APPROVED_CONFIG,
-                "runtime-log",
-                f"runtime log replays into PCR {pcr}: {len(ctx.runtime.events)} events "
-                f"({', '.join(kinds)})",
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AuditChainCheck:
-    """configuration: operator audit entries chain and match their runtime-log anchors."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        if ctx.runtime is None:
-            return ()
-        if ctx.audit_error is not None:
-            return (
-                Finding(
-                    Claim.CONFIGURATION,
-                    UNSUPPORTABLE_CONFIG,
-                    "audit-chain",
-                    f"operator audit log: {ctx.audit_error}",
-                ),
-            )
-        if ctx.audit is None:
-            return ()
-        return (
-            Finding(
-                Claim.CONFIGURATION,
-                APPROVED_CONFIG,
-                "audit-chain",
-                f"{len(ctx.audit)} operator audit entries chain and match their "
-                "runtime-log anchors",
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class BlessedPolicyCheck:
-    """configuration: when the node's release blesses a runtime policy (``Release.policies``),
-    the runtime log's latest ``policy`` event (the loaded MAC policy) and latest ``config``
-    event (attestd's configuration digest) carry blessed digests. Digests are compared, never
-    recomputed; a release that blesses none makes no finding."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        d = ctx.release
-        rel = None if d is None else d.release
-        if ctx.evidence is None or rel is None or rel.policies is None:
-            return ()
-        blessed = rel.policies
-        if ctx.runtime is None:
-            return (
-                Finding(
-                    Claim.CONFIGURATION,
-                    UNSUPPORTABLE_CONFIG,
-                    "release-policy",
-                    f"release {rel.version} blesses the node's MAC policy and "
-                    "configuration, but no verified runtime log shows them",
-                ),
-            )
-        out: list[Finding] = []
-        if blessed.mac is not None:
-            out.append(self._mac(rel, blessed.mac, ctx.runtime.latest(KIND_POLICY)))
-        if blessed.config is not None:
-            out.append(self._config(rel, blessed.config, ctx.runtime.latest(KIND_CONFIG)))
-        return tuple(out)
-
-    @staticmethod
-    def _mac(rel: Release, mac: Mapping[str, bytes], event: RuntimeEvent | None) -> Finding:
-        want = ", ".join(f"{k} {v.hex()}" for k, v in mac.items()) or "none"
-        detail = None if event is None else event.detail
-        if event is None or not isinstance(detail, MacPolicy):
-            if not mac:
-                return Finding(
-                    Claim.CONFIGURATION,
-                    APPROVED_CONFIG,
-                    "release-policy",
-                    f"no MAC policy measured, as release {rel.version} expects",
-                )
-            return Finding(
-                Claim.CONFIGURATION,
-                UNSUPPORTABLE_CONFIG,
-                "release-policy",
-                f"MAC policy missing: release {rel.version} blesses {want}, the "
-                "runtime log has no `policy` event",
-            )
-        got = f"{detail.mac} {detail.sha256.hex()}"
-        blessed = mac.get(detail.mac)
-        if blessed is None or not hmac.compare_digest(blessed, detail.sha256):
-            what = f"{detail.mac} policy digest" if blessed is not None else "MAC policy"
-            return Finding(
-                Claim.CONFIGURATION,
-                UNSUPPORTABLE_CONFIG,
-                "release-policy",
-                f"{what} differs from release {rel.version}: "
-                f"{blessed.hex() if blessed is not None else want} → "
-                f"{detail.sha256.hex() if blessed is not None else got} "
-                f"(runtime log event {event.recnum})",
-            )
-        return Finding(
-            Claim.CONFIGURATION,
-            APPROVED_CONFIG,
-            "release-policy",
-            f"{detail.mac} policy digest is release {rel.version}'s",
-        )
-
-    @staticmethod
-    def _config(rel: Release, config: Sequence[bytes], event: RuntimeEvent | None) -> Finding:
-        want = " | ".join(c.hex() for c in config[:3]) + (" | …" if len(config) > 3 else "")
-        if event is None or not isinstance(event.detail, ConfigDigest):
-            return Finding(
-                Claim.CONFIGURATION,
-                UNSUPPORTABLE_CONFIG,
-                "release-config",
-                f"config digest missing: release {rel.version} blesses {want}, the "
-                "runtime log has no `config` event",
-            )
-        got = event.detail.sha256
-        if not any(hmac.compare_digest(c, got) for c in config):
-            return Finding(
-                Claim.CONFIGURATION,
-                UNSUPPORTABLE_CONFIG,
-                "release-config",
-                f"config digest differs from release {rel.version}: {want} → "
-                f"{got.hex()} (runtime log event {event.recnum})",
-            )
-        return Finding(
-            Claim.CONFIGURATION,
-            APPROVED_CONFIG,
-            "release-config",
-            f"attestd config digest is one release {rel.version} blesses",
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseStatusCheck:
-    """executables: the release is blessed, not revoked, and its embargo not overdue."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        d = ctx.release
-        if ctx.evidence is None or ctx.registry is None or d is None:
-            return ()
-        text = "; ".join(d.reasons)
-        if d.status is ReleaseStatus.BLESSED:
-            return (Finding(Claim.EXECUTABLES, APPROVED_RUNTIME, "release", text),)
-        if d.status is ReleaseStatus.EMBARGOED_OVERDUE:
-            return (Finding(Claim.EXECUTABLES, UNSAFE_RUNTIME, "release", text),)
-        return (Finding(Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "release", text),)
-
-
-DEFAULT_APPRAISAL_POLICY: AppraisalPolicy = AllOf(
-    (
-        QuoteCheck(),
-        FirmwareReplayCheck(),
-        PlatformReferenceCheck(),
-        ReleasePcrCheck(),
-        VerityCheck(),
-        RuntimeLogCheck(),
-        AuditChainCheck(),
-        BlessedPolicyCheck(),
-        ReleaseStatusCheck(),
-    )
-)
-
-
-# --- the entry point -------------------------------------------------------------------------
+# --- the entry points ------------------------------------------------------------------------
 
 
 def appraise(
@@ -1613,16 +329,13 @@ def appraise_incremental(
     on it). Never raises for evidence problems."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
-    node_id = enrollment.node_id
     if not isinstance(evidence_doc, Mapping):
-        return Appraised(
-            unappraisable(
-                node_id, "evidence is not a JSON object", nonce=nonce, now=now, policy_id=policy_id
-            ),
-            memory,
+        reason = "evidence is not a JSON object"
+        return _unappraisable(
+            enrollment.node_id, reason, memory, nonce=nonce, now=now, policy_id=policy_id
         )
     try:
-        ctx, memory = _establish(
+        ctx, memory = establish(
             evidence_doc,
             enrollment=enrollment,
             nonce=nonce,
@@ -1637,51 +350,60 @@ def appraise_incremental(
             memory=memory,
             cache=cache,
         )
-    except _Stale as exc:
-        return Appraised(
-            unappraisable(
-                node_id,
-                f"the logs must be fetched again: {exc}",
-                nonce=nonce,
-                now=now,
-                policy_id=policy_id,
-            ),
+    except StaleMemory as exc:
+        reason = f"the logs must be fetched again: {exc}"
+        return _unappraisable(
+            enrollment.node_id,
+            reason,
             memory.forget_logs(),
-            complete=False,
-        )
-    except EvidenceFormatError as exc:
-        return Appraised(
-            unappraisable(
-                node_id, f"malformed evidence: {exc}", nonce=nonce, now=now, policy_id=policy_id
-            ),
-            memory,
-        )
-    if isinstance(ctx.evidence_error, EvidenceFormatError):
-        return Appraised(
-            unappraisable(
-                ctx.node_id,
-                f"malformed evidence: {ctx.evidence_error}",
-                nonce=nonce,
-                now=now,
-                policy_id=policy_id,
-            ),
-            memory,
-        )
-    findings = policy.evaluate(ctx)
-    fw = ctx.firmware
-    return Appraised(
-        _summarise(
-            findings,
-            node_id=ctx.node_id,
             nonce=nonce,
             now=now,
             policy_id=policy_id,
-            forced=Verdict.ALARM if ctx.identity_alarm is not None else None,
-            clock=None if ctx.evidence is None else ctx.evidence.quote.clock,
-            release=ctx.release,
-            platform_id=platform_id,
-            notes=ctx.notes,
-            quirks=() if fw is None else tuple(f"{q.name}@{q.version}" for q in fw.quirks),
-        ),
-        memory,
+            complete=False,
+        )
+    except EvidenceFormatError as exc:
+        reason = f"malformed evidence: {exc}"
+        return _unappraisable(
+            enrollment.node_id, reason, memory, nonce=nonce, now=now, policy_id=policy_id
+        )
+    if isinstance(ctx.evidence_error, EvidenceFormatError):
+        reason = f"malformed evidence: {ctx.evidence_error}"
+        return _unappraisable(
+            ctx.node_id, reason, memory, nonce=nonce, now=now, policy_id=policy_id
+        )
+    return Appraised(_decide(ctx, policy, nonce=nonce, policy_id=policy_id), memory)
+
+
+def _unappraisable(
+    node_id: str,
+    reason: str,
+    memory: NodeMemory,
+    *,
+    nonce: bytes,
+    now: datetime,
+    policy_id: str,
+    complete: bool = True,
+) -> Appraised:
+    result = unappraisable(node_id, reason, nonce=nonce, now=now, policy_id=policy_id)
+    return Appraised(result, memory, complete)
+
+
+def _decide(
+    ctx: AppraisalContext, policy: AppraisalPolicy, *, nonce: bytes, policy_id: str
+) -> AppraisalResult:
+    """The policy's findings about what the stages established, summarised."""
+    findings = policy.evaluate(ctx)
+    fw = ctx.firmware
+    return _summarise(
+        findings,
+        node_id=ctx.node_id,
+        nonce=nonce,
+        now=ctx.now,
+        policy_id=policy_id,
+        forced=Verdict.ALARM if ctx.identity_alarm is not None else None,
+        clock=None if ctx.evidence is None else ctx.evidence.quote.clock,
+        release=ctx.release,
+        platform_id=ctx.platform_id,
+        notes=ctx.notes,
+        quirks=() if fw is None else tuple(f"{q.name}@{q.version}" for q in fw.quirks),
     )

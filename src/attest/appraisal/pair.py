@@ -32,15 +32,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from attest.appraisal import (
+from attest.appraisal import AppraisalResult, with_findings
+from attest.appraisal.claims import (
     TRUSTWORTHY_INSTANCE,
     UNRECOGNIZED_INSTANCE,
     UNTRUSTWORTHY_INSTANCE,
-    AppraisalResult,
     Claim,
     Finding,
     Verdict,
-    with_findings,
 )
 from attest.appraisal.ear import ear_claims, submod
 from attest.runtime import VtpmVouch

@@ -26,14 +26,12 @@ from typing import Any, TextIO
 
 from attest.appraisal import (
     AppraisalResult,
-    Enrollment,
-    NodeMemory,
-    Tier,
-    Verdict,
     appraise_incremental,
     enrollment_refused,
     unappraisable,
 )
+from attest.appraisal.claims import Tier, Verdict
+from attest.appraisal.memory import NodeMemory
 from attest.appraisal.pair import (
     GUEST,
     HOST,
@@ -43,6 +41,7 @@ from attest.appraisal.pair import (
     vouchings_of,
 )
 from attest.cli._common import EXIT_OK, error_line, print_json
+from attest.enroll import Enrollment
 from attest.errors import AttestError, ConfigError, TransportError, VerificationError
 from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection

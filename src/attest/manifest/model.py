@@ -116,7 +116,7 @@ def _opt_time(t: datetime | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class BlessedPolicies:
     """The runtime policy a release blesses, compared with the node's runtime log
-    (``attest.appraisal.BlessedPolicyCheck``): the latest ``policy`` event (the loaded MAC
+    (``attest.appraisal.checks.BlessedPolicyCheck``): the latest ``policy`` event (the loaded MAC
     policy) and the latest ``config`` event (attestd's configuration digest).
 
     ``mac``: None = not checked; empty = no MAC policy expected (``"none"`` in the document);

@@ -34,7 +34,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attest.appraisal import Enrollment
+from attest.enroll import Enrollment
 from attest.eventlog.cel import CelRecord
 from attest.eventlog.parse import parse_event_log
 from attest.evidence import EVIDENCE_VERSION, b64

@@ -22,8 +22,8 @@ from typing import Any
 
 from cryptography import x509
 
-from attest.appraisal import Enrollment
 from attest.enroll import (
+    Enrollment,
     ek_matches_certificate,
     finish_enrollment,
     start_enrollment,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from attest.appraisal import Enrollment
+from attest.enroll import Enrollment
 from attest.errors import EvidenceFormatError
 from attest.storage.files import atomic_write_bytes, read_optional
 from attest.tpmstruct import ClockInfo

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, Field
 
 from attest import __version__
-from attest.appraisal import Enrollment
+from attest.enroll import Enrollment
 from attest.errors import AttestError, TransportError, VerificationError
 from attest.manifest import VerifiedRegistry
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration

@@ -18,14 +18,9 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
-from attest.appraisal import (
-    AppraisalResult,
-    Appraised,
-    Enrollment,
-    FirmwareReplayCache,
-    NodeMemory,
-    appraise_incremental,
-)
+from attest.appraisal import AppraisalResult, Appraised, appraise_incremental
+from attest.appraisal.memory import FirmwareReplayCache, NodeMemory
+from attest.enroll import Enrollment
 from attest.manifest import VerifiedRegistry
 from attest.manifest.evaluate import ReleaseStatus
 from attest.model import PcrSelection

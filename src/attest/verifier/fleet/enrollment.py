@@ -26,8 +26,8 @@ from typing import Any
 
 from cryptography import x509
 
-from attest.appraisal import Enrollment
 from attest.appraisal.pair import GUEST, HOST
+from attest.enroll import Enrollment
 from attest.errors import (
     CertificateError,
     ConfigError,

@@ -36,9 +36,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from attest.appraisal import AppraisalResult, Appraised, Enrollment, NodeMemory, unappraisable
+from attest.appraisal import AppraisalResult, Appraised, unappraisable
 from attest.appraisal.ear import ear_claims, submod
+from attest.appraisal.memory import NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
+from attest.enroll import Enrollment
 from attest.errors import AttestError, TransportError
 from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection

@@ -1,0 +1,184 @@
+"""The AR4SI vocabulary: claims, their values and tiers, findings, verdicts. Pure.
+
+The attestation-result claims of draft-ietf-rats-ar4si §2.3, in the spelling of EAR
+(draft-fv-rats-ear) and Veraison's EAR libraries. A check states a ``Finding`` (one claim, one
+value, why); a claim's value is the worst of its findings (``claim_results``); the overall
+``Verdict`` is the worst claim (``verdict_of``; the AR4SI tiers: affirming 2-31 < warning 32-95
+< contraindicated 96-127).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class Claim(enum.Enum):
+    """The AR4SI trustworthiness claims (draft-ietf-rats-ar4si §2.3), in EAR spelling."""
+
+    INSTANCE_IDENTITY = "instance-identity"
+    CONFIGURATION = "configuration"
+    EXECUTABLES = "executables"
+    FILE_SYSTEM = "file-system"
+    HARDWARE = "hardware"
+    RUNTIME_OPAQUE = "runtime-opaque"
+    STORAGE_OPAQUE = "storage-opaque"
+    SOURCED_DATA = "sourced-data"
+
+
+class Tier(enum.IntEnum):
+    """The AR4SI tiers, ordered by severity; ``value`` is the EAR ``ear.status`` string."""
+
+    NONE = 0
+    AFFIRMING = 1
+    WARNING = 2
+    CONTRAINDICATED = 3
+
+    @property
+    def label(self) -> str:
+        return _TIER_LABELS[self]
+
+    @classmethod
+    def of(cls, value: int) -> Tier:
+        """AR4SI §2.3.1: 2..31 affirming, 32..95 warning, 96..127 contraindicated; -1 (verifier
+        malfunction), 0 (no claim), 1 (unexpected evidence) carry no tier."""
+        return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER  # appraisal's hot path
+
+
+_NONE_TIER = Tier.NONE
+_TIERS: tuple[Tier, ...] = tuple(
+    Tier.AFFIRMING
+    if 2 <= v <= 31
+    else Tier.WARNING
+    if 32 <= v <= 95
+    else Tier.CONTRAINDICATED
+    if v >= 96
+    else Tier.NONE
+    for v in range(128)
+)
+_TIER_LABELS: dict[Tier, str] = {t: t.name.lower() for t in Tier}
+
+
+# Values (draft-ietf-rats-ar4si §2.3.3-§2.3.10, as in Veraison's EAR libraries).
+NO_CLAIM = 0
+VERIFIER_MALFUNCTION = -1
+UNEXPECTED_EVIDENCE = 1
+CRYPTO_VALIDATION_FAILED = 99
+TRUSTWORTHY_INSTANCE = 2
+UNTRUSTWORTHY_INSTANCE = 96
+UNRECOGNIZED_INSTANCE = 97
+APPROVED_CONFIG = 2
+UNSAFE_CONFIG = 32
+UNSUPPORTABLE_CONFIG = 96
+APPROVED_RUNTIME = 2
+APPROVED_BOOT = 3
+UNSAFE_RUNTIME = 32
+UNRECOGNIZED_RUNTIME = 33
+CONTRAINDICATED_RUNTIME = 96
+APPROVED_FILES = 2
+UNRECOGNIZED_FILES = 32
+CONTRAINDICATED_FILES = 96
+GENUINE_HARDWARE = 2
+UNSAFE_HARDWARE = 32
+CONTRAINDICATED_HARDWARE = 96
+UNRECOGNIZED_HARDWARE = 97
+
+
+class Verdict(enum.Enum):
+    """The overall outcome. ``ALARM``: the node's AK or EK is not the enrolled one (reported
+    as contraindicated in the EAR); ``UNAPPRAISABLE``: the evidence could not be read."""
+
+    AFFIRMING = "affirming"
+    WARNING = "warning"
+    CONTRAINDICATED = "contraindicated"
+    ALARM = "alarm"
+    UNAPPRAISABLE = "could-not-appraise"
+
+    @property
+    def ear_status(self) -> str:
+        if self is Verdict.ALARM:
+            return Tier.CONTRAINDICATED.label
+        if self is Verdict.UNAPPRAISABLE:
+            return Tier.NONE.label
+        return str(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One check's statement about one claim: the AR4SI value and why."""
+
+    claim: Claim
+    value: int
+    check: str  # stable check name: quote, identity, firmware-replay, platform, release-pcrs, ...
+    explanation: str
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.of(self.value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "claim": self.claim.value,
+            "value": self.value,
+            "tier": self.tier.label,
+            "check": self.check,
+            "explanation": self.explanation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claim: Claim
+    value: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def tier(self) -> Tier:
+        return Tier.of(self.value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "tier": self.tier.label,
+            "explanations": [f.explanation for f in self.findings],
+        }
+
+
+def claim_results(findings: Sequence[Finding]) -> tuple[ClaimResult, ...]:
+    """One result per ``Claim``, in ``Claim`` order: the value of its worst finding (no
+    finding: ``NO_CLAIM``)."""
+    by_claim: dict[Claim, list[Finding]] = {}
+    for f in findings:
+        by_claim.setdefault(f.claim, []).append(f)
+    claims = []
+    for claim in Claim:
+        mine = tuple(by_claim.get(claim, ()))
+        value = NO_CLAIM
+        if mine:
+            # The worst tier wins; within a tier the highest value (the more specific one).
+            value = max(mine, key=lambda f: (Tier.of(f.value), f.value)).value
+        claims.append(ClaimResult(claim, value, mine))
+    return tuple(claims)
+
+
+def verdict_of(claims: Sequence[ClaimResult]) -> Verdict:
+    """The tier of the worst claim; when no claim has a tier, the node could not be appraised."""
+    worst = max((Tier.of(c.value) for c in claims), default=Tier.NONE)
+    if worst is Tier.CONTRAINDICATED:
+        return Verdict.CONTRAINDICATED
+    if worst is Tier.WARNING:
+        return Verdict.WARNING
+    if worst is Tier.AFFIRMING:
+        return Verdict.AFFIRMING
+    return Verdict.UNAPPRAISABLE
+
+
+def first_divergence(findings: Sequence[Finding], verdict: Verdict) -> str | None:
+    """The first finding, in check order, that is not affirming; when the node could not be
+    appraised and none is, the first finding (or that no claim could be made)."""
+    first = next((f.explanation for f in findings if f.tier > Tier.AFFIRMING), None)
+    if first is None and verdict is Verdict.UNAPPRAISABLE:
+        first = next((f.explanation for f in findings), "no claim could be made")
+    return first
