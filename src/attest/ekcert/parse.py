@@ -257,9 +257,10 @@ def parse_certificate(data: bytes) -> ParsedCertificate:
     canonical = der.sequence(tbs, outer_alg, der.encode(sig_node, found, "signatureValue"))
     try:
         cert = x509.load_der_x509_certificate(canonical)
-        # cryptography reads extensions and the key lazily: read them now, so a certificate
-        # that parses here never raises a parse error later.
-        cert.extensions  # noqa: B018
+        # cryptography reads names, extensions and the key lazily: read them now, so a
+        # certificate that parses here never raises a parse error later.
+        for lazy in (cert.issuer, cert.subject, cert.extensions, cert.serial_number):
+            del lazy
         cert.public_key()
     except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
         raise CertificateFormatError(f"not an X.509 certificate: {exc}") from None
