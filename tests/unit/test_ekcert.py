@@ -31,7 +31,7 @@ from attest.ekcert.verify import verify_ek_chain
 from attest.enroll import verify_ek_certificate
 from attest.errors import CertificateError, CertificateFormatError
 from attest.verifier.contact import load_ek_cas
-from attest.verifier.ek_roots import load_ca_dirs, load_ca_tree
+from attest.verifier.ek_roots import bundled_ek_roots, load_ca_dirs, load_ca_tree
 
 NOW = datetime(2030, 6, 1, tzinfo=UTC)
 NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
@@ -540,3 +540,9 @@ def test_mutated_certificates_parse_or_fail_cleanly_and_never_verify(
         return  # the mutation only touched trailing bytes or re-encoded nothing signed
     with pytest.raises(CertificateError):
         verify_ek_chain(cert, anchors=[root.cert], intermediates=[inter.cert], now=NOW)
+
+
+def test_the_bundled_store_loads_without_errors() -> None:
+    store = bundled_ek_roots()
+    assert store.errors == ()
+    assert not set(store.roots) & set(store.intermediates)
