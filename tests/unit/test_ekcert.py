@@ -474,6 +474,29 @@ def test_ca_files_load_one_by_one_pem_or_der(tmp_path: Path, pki: tuple[Ca, Ca])
     assert len(store.roots) == 2 and [e.path for e in store.errors] == [str(d / "broken.crt")]
 
 
+def test_one_bad_certificate_in_a_bundle_costs_only_itself(
+    tmp_path: Path, pki: tuple[Ca, Ca]
+) -> None:
+    root, inter = pki
+    bad = b"-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n"
+    bundle = tmp_path / "vendor-bundle.pem"
+    bundle.write_bytes(
+        root.cert.public_bytes(Encoding.PEM) + bad + inter.cert.public_bytes(Encoding.PEM)
+    )
+    store = load_ca_dirs(roots=[bundle])
+    assert len(store.roots) == 2 and [e.error[:15] for e in store.errors] == ["PEM certificate"]
+
+
+def test_named_ca_paths_fail_closed(tmp_path: Path) -> None:
+    # A typo or a file with no usable root must not leave a verifier trusting nothing quietly.
+    with pytest.raises(FileNotFoundError):
+        load_ek_cas([tmp_path / "no-such-ca.pem"])
+    broken = tmp_path / "broken.pem"
+    broken.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(CertificateFormatError, match="no EK root loaded"):
+        load_ek_cas([broken])
+
+
 def test_store_tree_layout(tmp_path: Path, pki: tuple[Ca, Ca], chain: bytes) -> None:
     root, inter = pki
     (tmp_path / "vendor" / "roots").mkdir(parents=True)

@@ -9,22 +9,27 @@ time to verify at), ``cas/<vendor>/{roots,intermediates}/`` (the vendors' CA cer
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import os
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.conftest import SHARED
 
 from attest.ekcert.der import Deviation
 from attest.ekcert.parse import ParsedCertificate, parse_certificate, parse_input
 from attest.ekcert.verify import verify_ek_chain
 from attest.enroll import verify_ek_certificate
-from attest.errors import CertificateError
+from attest.errors import CertificateError, CertificateFormatError
 from attest.verifier.ek_roots import CaStore, load_ca_tree
 
+NOW_FUZZ = datetime(2026, 6, 1, tzinfo=UTC)
 CORPUS = Path(os.environ.get("ATTEST_EK_CORPUS") or SHARED / "ekcerts")
 pytestmark = [
     pytest.mark.skipif(
@@ -149,3 +154,36 @@ def _vendor_certs(vendor: str) -> list[ParsedCertificate]:
     store = load_ca_tree(CORPUS / "cas")
     mine = {f.read_bytes() for f in (CORPUS / "cas" / vendor).rglob("*") if f.is_file()}
     return [c for c in (*store.roots, *store.intermediates) if c.der in mine]
+
+
+@functools.cache
+def _real_samples() -> tuple[bytes, ...]:
+    out = [parse_input((CORPUS / "leaves" / r["file"]).read_bytes()).der for r in _leaves()]
+    out += [f.read_bytes() for f in sorted((CORPUS / "cas" / "nuvoton" / "roots").glob("*"))]
+    return tuple(out)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_real_certificates_raise_only_the_documented_errors(data: st.DataObject) -> None:
+    samples = _real_samples()
+    raw = bytearray(data.draw(st.sampled_from(samples)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "truncate"]))
+        if op == "flip":
+            raw[at] ^= data.draw(st.integers(1, 255))
+        elif op == "cut":
+            del raw[at : at + data.draw(st.integers(1, 16))]
+        elif op == "insert":
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            del raw[at:]
+        if not raw:
+            return
+    try:
+        cert = parse_certificate(bytes(raw))
+    except CertificateFormatError:
+        return
+    with contextlib.suppress(CertificateError):
+        verify_ek_chain(cert, anchors=[parse_certificate(s) for s in samples[-1:]], now=NOW_FUZZ)

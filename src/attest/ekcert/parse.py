@@ -294,21 +294,34 @@ def parse_input(data: bytes) -> ParsedCertificate:
 
 def parse_bundle(data: bytes) -> list[ParsedCertificate]:
     """Certificates from a CA file as vendors publish them: PEM with one or more
-    certificates (text around them ignored), or one DER certificate (``.cer``/``.crt``)."""
+    certificates (text around them ignored), or one DER certificate (``.cer``/``.crt``).
+    Any certificate that does not parse fails the whole file (``parse_bundle_lenient`` does
+    not)."""
+    certs, problems = parse_bundle_lenient(data)
+    if problems:
+        raise CertificateFormatError(problems[0])
+    return certs
+
+
+def parse_bundle_lenient(data: bytes) -> tuple[list[ParsedCertificate], list[str]]:
+    """Like ``parse_bundle``, but one PEM block that does not parse costs that block only:
+    (the certificates that parsed, a problem per block that did not)."""
     if len(data) > MAX_INPUT_BYTES:
         raise CertificateFormatError(f"{len(data)} bytes is more than a certificate bundle")
     if b"-----BEGIN" not in data:
-        return [parse_certificate(data)]
-    out = []
+        return [parse_certificate(data)], []
+    out, problems = [], []
     for i, match in enumerate(_PEM.finditer(data)):
         if i >= MAX_BUNDLE_CERTIFICATES:
             raise CertificateFormatError(f"more than {MAX_BUNDLE_CERTIFICATES} certificates")
         try:
             body = base64.b64decode(re.sub(rb"\s+", b"", match.group(1)), validate=True)
+            out.append(parse_certificate(body))
         except (binascii.Error, ValueError):
-            raise CertificateFormatError(f"PEM certificate {i + 1} is not base64") from None
-        out.append(parse_certificate(body))
-    return out
+            problems.append(f"PEM certificate {i + 1} is not base64")
+        except CertificateFormatError as exc:
+            problems.append(f"PEM certificate {i + 1}: {exc}")
+    return out, problems
 
 
 @dataclass(frozen=True, slots=True)

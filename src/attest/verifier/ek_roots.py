@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from attest.ekcert.parse import ParsedCertificate, parse_bundle
+from attest.ekcert.parse import ParsedCertificate, parse_bundle_lenient
 from attest.errors import CertificateFormatError
 
 logger = logging.getLogger(__name__)
@@ -88,16 +88,22 @@ def _read(entry: Traversable, errors: list[LoadError]) -> list[ParsedCertificate
             data = f.read(MAX_CA_FILE_BYTES + 1)
         if len(data) > MAX_CA_FILE_BYTES:
             raise CertificateFormatError(f"larger than {MAX_CA_FILE_BYTES} bytes")
-        return parse_bundle(data)
+        certs, problems = parse_bundle_lenient(data)
     except (OSError, CertificateFormatError) as exc:
-        errors.append(LoadError(where, str(exc)))
-        logger.warning("EK CA file not loaded", extra={"path": where, "error": str(exc)})
-        return []
+        certs, problems = [], [str(exc)]
+    for problem in problems:
+        errors.append(LoadError(where, problem))
+        logger.warning("EK CA certificate not loaded", extra={"path": where, "error": problem})
+    return certs
 
 
 def _read_all(entries: Iterable[Traversable], errors: list[LoadError]) -> list[ParsedCertificate]:
+    """Certificates from files and directories. A path that was named but does not exist is an
+    error (``FileNotFoundError``): a typo must not quietly leave a verifier without roots."""
     out: list[ParsedCertificate] = []
     for entry in entries:
+        if not entry.is_file() and not entry.is_dir():
+            raise FileNotFoundError(2, "No such file or directory", str(entry))
         for f in _files(entry):
             out.extend(_read(f, errors))
     return out
@@ -108,9 +114,15 @@ def _paths(paths: Sequence[str | os.PathLike[str]]) -> list[Traversable]:
 
 
 def load_ek_cas_store(paths: Sequence[str | os.PathLike[str]]) -> CaStore:
-    """Roots and intermediates together: the self-issued certificates are the roots."""
+    """Roots and intermediates together: the self-issued certificates are the roots. Files that
+    do not load are listed; if paths were named and no root loaded while some file failed,
+    ``CertificateFormatError`` (never a store that silently trusts nothing)."""
     errors: list[LoadError] = []
     certs = _unique(_read_all(_paths(paths), errors))
+    if errors and not any(c.self_issued for c in certs):
+        raise CertificateFormatError(
+            "no EK root loaded: " + "; ".join(f"{e.path}: {e.error}" for e in errors)
+        )
     return CaStore(
         tuple(c for c in certs if c.self_issued),
         tuple(c for c in certs if not c.self_issued),
