@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -38,18 +38,13 @@ from cryptography.hazmat.decrepit.ciphers.modes import CFB
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.x509.oid import ExtensionOID
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    Policy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
 
+from attest.ekcert.der import Tolerated
+from attest.ekcert.parse import ParsedCertificate, parse_certificate
+from attest.ekcert.verify import verify_ek_chain
 from attest.errors import (
     CertificateError,
+    CertificateFormatError,
     CredentialError,
     EvidenceFormatError,
     KeyPolicyError,
@@ -62,33 +57,7 @@ logger = logging.getLogger(__name__)
 
 Rng = Callable[[int], bytes]
 
-# --- EK certificates (TCG EK Credential Profile 2.x, RFC 5280) ---------------------------------
-
-#: tcg-kp-EKCertificate (EK Credential Profile §3.2.16): if an EK certificate carries an
-#: extendedKeyUsage extension, it must contain this purpose.
-TCG_KP_EK_CERTIFICATE = x509.ObjectIdentifier("2.23.133.8.1")
-#: TPM manufacturer / model / version attributes of the subjectAltName directoryName
-#: (EK Credential Profile §3.2.9).
-TCG_AT_TPM_MANUFACTURER = x509.ObjectIdentifier("2.23.133.2.1")
-TCG_AT_TPM_MODEL = x509.ObjectIdentifier("2.23.133.2.2")
-TCG_AT_TPM_VERSION = x509.ObjectIdentifier("2.23.133.2.3")
-
-#: Longest chain accepted: EK, up to three intermediates, root.
-MAX_CHAIN_DEPTH = 4
-
-# Critical extensions whose meaning this module (or cryptography's path validation) enforces.
-# RFC 5280 §4.2: a certificate with any other critical extension must be rejected.
-_UNDERSTOOD_CRITICAL = frozenset(
-    {
-        ExtensionOID.BASIC_CONSTRAINTS,
-        ExtensionOID.KEY_USAGE,
-        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
-        ExtensionOID.EXTENDED_KEY_USAGE,
-        ExtensionOID.NAME_CONSTRAINTS,
-        ExtensionOID.POLICY_CONSTRAINTS,
-        ExtensionOID.INHIBIT_ANY_POLICY,
-    }
-)
+# --- EK certificates (TCG EK Credential Profile 2.x, RFC 5280; attest.ekcert) -------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,161 +66,61 @@ class VerifiedEk:
 
     ``chain`` runs from the EK certificate to the root. ``tpm_manufacturer``/``tpm_model``/
     ``tpm_version`` come from the subjectAltName directoryName when present (informational:
-    they are as trustworthy as the CA that signed them)."""
+    they are as trustworthy as the CA that signed them). ``deviations`` names every departure
+    from DER that was tolerated in reading the chain (certificate, deviation)."""
 
-    certificate: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
+    certificate: ParsedCertificate
+    chain: tuple[ParsedCertificate, ...]
     verified_at: datetime
     tpm_manufacturer: str | None = None
     tpm_model: str | None = None
     tpm_version: str | None = None
+    deviations: tuple[tuple[str, Tolerated], ...] = ()
 
 
-def _describe(cert: x509.Certificate) -> str:
+def _describe(cert: ParsedCertificate | x509.Certificate) -> str:
     subject = cert.subject.rfc4514_string() or "<empty subject>"
     return f"{subject!r} (serial {cert.serial_number:#x}, issuer {cert.issuer.rfc4514_string()!r})"
-
-
-def _ca_basic_constraints(
-    _policy: Policy, cert: x509.Certificate, ext: x509.BasicConstraints
-) -> None:
-    # RFC 5280 §4.2.1.9: an issuer must assert cA; pathLenConstraint is enforced by the
-    # path builder.
-    if not ext.ca:
-        raise ValueError(f"issuer {_describe(cert)} is not a CA (basicConstraints cA=false)")
-
-
-def _ca_key_usage(_policy: Policy, cert: x509.Certificate, ext: x509.KeyUsage) -> None:
-    # RFC 5280 §4.2.1.3: an issuer's key must be usable for keyCertSign.
-    if not ext.key_cert_sign:
-        raise ValueError(f"issuer {_describe(cert)} lacks keyUsage keyCertSign")
-
-
-def _ee_basic_constraints(
-    _policy: Policy, cert: x509.Certificate, ext: x509.BasicConstraints | None
-) -> None:
-    if ext is not None and ext.ca:
-        raise ValueError(f"EK certificate {_describe(cert)} is a CA certificate")
-
-
-def _ee_key_usage(_policy: Policy, cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
-    # An EK is a decryption key; a certificate that lets its key sign certificates is not an
-    # EK certificate (EK Credential Profile §3.2.8).
-    if ext is not None and (ext.key_cert_sign or ext.crl_sign):
-        raise ValueError(f"EK certificate {_describe(cert)} allows certificate signing")
-
-
-def _ee_extended_key_usage(
-    _policy: Policy, cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None
-) -> None:
-    if ext is not None and TCG_KP_EK_CERTIFICATE not in ext:
-        raise ValueError(
-            f"EK certificate {_describe(cert)} has an extendedKeyUsage without "
-            f"tcg-kp-EKCertificate ({TCG_KP_EK_CERTIFICATE.dotted_string})"
-        )
-
-
-def _ek_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
-    """Extension policies for EK chains.
-
-    The web-PKI EE policy refuses EK certificates (no serverAuth/clientAuth EKU, a critical
-    subjectAltName holding only a directoryName, often an empty subject), so the EE policy is
-    built from ``permit_all`` with the EK-specific checks above. CA certificates must carry
-    basicConstraints cA=true and keyUsage keyCertSign. Signature algorithms (no SHA-1), key
-    sizes, validity windows, name chaining and path lengths are enforced by cryptography's
-    path validation itself."""
-    agnostic = Criticality.AGNOSTIC
-    ca = (
-        ExtensionPolicy.permit_all()
-        .require_present(x509.BasicConstraints, agnostic, _ca_basic_constraints)
-        .require_present(x509.KeyUsage, agnostic, _ca_key_usage)
-    )
-    ee = (
-        ExtensionPolicy.permit_all()
-        .may_be_present(x509.BasicConstraints, agnostic, _ee_basic_constraints)
-        .may_be_present(x509.KeyUsage, agnostic, _ee_key_usage)
-        .may_be_present(x509.ExtendedKeyUsage, agnostic, _ee_extended_key_usage)
-    )
-    return ca, ee
-
-
-def _tpm_identity(cert: x509.Certificate) -> tuple[str | None, str | None, str | None]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None, None, None
-    values: dict[x509.ObjectIdentifier, str] = {}
-    for name in san.get_values_for_type(x509.DirectoryName):
-        for attr in name:
-            if isinstance(attr.value, str):
-                values.setdefault(attr.oid, attr.value)
-    return (
-        values.get(TCG_AT_TPM_MANUFACTURER),
-        values.get(TCG_AT_TPM_MODEL),
-        values.get(TCG_AT_TPM_VERSION),
-    )
 
 
 def verify_ek_certificate(
     cert_der: bytes,
     *,
-    roots: Sequence[x509.Certificate],
-    intermediates: Sequence[x509.Certificate] = (),
+    roots: Sequence[ParsedCertificate | x509.Certificate],
+    intermediates: Sequence[ParsedCertificate | x509.Certificate] = (),
     now: datetime,
 ) -> VerifiedEk:
-    """Verify that ``cert_der`` is an EK certificate chaining to one of ``roots`` at ``now``.
+    """Verify that ``cert_der`` (DER, BER as vendors ship it, or raw NV contents with padding)
+    is an EK certificate chaining to one of ``roots`` at ``now``.
 
     ``intermediates`` are untrusted helpers for path building (e.g. a vendor's issuing CAs).
     Raises ``CertificateError`` naming the certificate and the check that failed.
     """
     if not roots:
-        raise CertificateError("no trusted EK roots are configured")
+        raise CertificateError("no trusted EK roots are configured", reason="no-roots")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     try:
-        cert = x509.load_der_x509_certificate(cert_der)
-    except ValueError as exc:
-        raise CertificateError(f"EK certificate is not a DER X.509 certificate: {exc}") from None
-
-    ca_policy, ee_policy = _ek_policies()
-    verifier = (
-        PolicyBuilder()
-        .store(Store(list(roots)))
-        .time(now.astimezone(UTC))
-        .max_chain_depth(MAX_CHAIN_DEPTH - 1)  # counts intermediates and root beyond the leaf
-        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
-        .build_client_verifier()
-    )
-    try:
-        verified = verifier.verify(cert, list(intermediates))
-    except VerificationError as exc:
+        cert = parse_certificate(cert_der)
+    except CertificateFormatError as exc:
         raise CertificateError(
-            f"EK certificate {_describe(cert)} does not verify against the configured roots "
-            f"at {now.isoformat()}: {exc}"
+            f"EK certificate is not a DER X.509 certificate (nor one a vendor ships): {exc}",
+            reason="format",
         ) from None
-    chain = tuple(verified.chain)
-
-    # RFC 5280 §4.2: refuse critical extensions nobody here understands, on every link.
-    for link in chain:
-        for ext in link.extensions:
-            if ext.critical and ext.oid not in _UNDERSTOOD_CRITICAL:
-                raise CertificateError(
-                    f"certificate {_describe(link)} has an unrecognised critical extension "
-                    f"{ext.oid.dotted_string}"
-                )
-    manufacturer, model, version = _tpm_identity(cert)
-    logger.info(
-        "EK certificate verified",
-        extra={
-            "issuer": cert.issuer.rfc4514_string(),
-            "root": chain[-1].subject.rfc4514_string(),
-            "depth": len(chain),
-        },
+    verified = verify_ek_chain(cert, anchors=roots, intermediates=intermediates, now=now)
+    ident = verified.identity
+    return VerifiedEk(
+        cert,
+        verified.chain,
+        verified.verified_at,
+        ident.manufacturer,
+        ident.model,
+        ident.version,
+        verified.deviations,
     )
-    return VerifiedEk(cert, chain, now, manufacturer, model, version)
 
 
-def ek_matches_certificate(ek: Public, cert: x509.Certificate) -> None:
+def ek_matches_certificate(ek: Public, cert: ParsedCertificate | x509.Certificate) -> None:
     """Raise ``CertificateError`` unless the EK public area holds the certificate's key."""
     cert_key = cert.public_key()
     ek_key = ek.key

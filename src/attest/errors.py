@@ -34,6 +34,11 @@ class ManifestFormatError(EvidenceFormatError):
     """A trust root, registry snapshot or other signed document that does not parse."""
 
 
+class CertificateFormatError(EvidenceFormatError):
+    """Bytes that are not an X.509 certificate, even read as tolerantly as vendors require
+    (attest.ekcert)."""
+
+
 # --- evidence that parses but does not verify ------------------------------------------------
 
 
@@ -78,9 +83,14 @@ class KeyPolicyError(VerificationError):
 
 
 class CertificateError(VerificationError):
-    """An EK (or other) certificate chain does not validate."""
+    """An EK (or other) certificate chain does not validate. ``reason`` names the failed
+    check (``signature``, ``validity``, ``ca-constraints``, ``no-path``, ...; attest.ekcert)."""
 
     check = "certificate"
+
+    def __init__(self, message: str, *, reason: str = "certificate") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CredentialError(VerificationError):

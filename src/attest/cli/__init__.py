@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "upgrade": ("attest.cli.upgrade", "stage, confirm and inspect A/B image upgrades"),
     "vtpm": ("attest.cli.vtpm", "host side: create guest vTPMs and vouch for them"),
     "audit": ("attest.cli.audit", "record, show and verify the operator audit log"),
+    "ek": ("attest.cli.ek", "verify TPM EK certificates against the vendors' CAs"),
 }
 
 EPILOG = """exit codes:

@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attest.ekcert.parse import ParsedCertificate
 from attest.enroll import (
     Enrollment,
     ek_matches_certificate,
@@ -36,6 +37,7 @@ from attest.model import HashAlg, PcrSelection
 from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
 from attest.tpmstruct import ClockInfo, Public, parse_public
 from attest.verifier.client import NodeClient
+from attest.verifier.ek_roots import load_ek_cas_store
 
 __all__ = [
     "Appraisal",
@@ -66,25 +68,13 @@ def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[in
 
 def load_ek_cas(
     paths: Sequence[str | os.PathLike[str]],
-) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
-    """EK certificate CAs from PEM files or directories of them (``*.pem``, ``*.crt``,
-    ``*.cer``): (roots, intermediates) -- the self-signed ones are roots. Used by ``attest
+) -> tuple[list[ParsedCertificate], list[ParsedCertificate]]:
+    """EK certificate CAs from PEM or DER files or directories of them (``*.pem``, ``*.crt``,
+    ``*.cer``, ``*.der``): (roots, intermediates) -- the self-issued ones are roots. A file that
+    does not load is logged and skipped (``attest.verifier.ek_roots``). Used by ``attest
     verify --ek-ca`` and ``attest fleet --ek-roots``."""
-    from pathlib import Path
-
-    roots: list[x509.Certificate] = []
-    inter: list[x509.Certificate] = []
-    for path in paths:
-        p = Path(path)
-        files = (
-            sorted(f for f in p.iterdir() if f.suffix in (".pem", ".crt", ".cer") and f.is_file())
-            if p.is_dir()
-            else [p]
-        )
-        for f in files:
-            for cert in x509.load_pem_x509_certificates(f.read_bytes()):
-                (roots if cert.issuer == cert.subject else inter).append(cert)
-    return roots, inter
+    store = load_ek_cas_store(paths)
+    return list(store.roots), list(store.intermediates)
 
 
 @contextlib.contextmanager
@@ -121,8 +111,8 @@ def enroll(
     client: NodeClient,
     *,
     now: datetime,
-    ek_roots: Sequence[x509.Certificate] = (),
-    ek_intermediates: Sequence[x509.Certificate] = (),
+    ek_roots: Sequence[ParsedCertificate | x509.Certificate] = (),
+    ek_intermediates: Sequence[ParsedCertificate | x509.Certificate] = (),
     activator: NodeClient | None = None,
 ) -> Enrollment:
     """Enroll a node: returns the record to remember, or raises naming what failed.

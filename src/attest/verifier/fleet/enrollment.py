@@ -27,6 +27,7 @@ from typing import Any
 from cryptography import x509
 
 from attest.appraisal.pair import GUEST, HOST
+from attest.ekcert.parse import ParsedCertificate
 from attest.enroll import Enrollment
 from attest.errors import (
     CertificateError,
@@ -44,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class EnrollPolicy:
-    ek_roots: tuple[x509.Certificate, ...] = ()
-    ek_intermediates: tuple[x509.Certificate, ...] = ()
+    ek_roots: tuple[ParsedCertificate | x509.Certificate, ...] = ()
+    ek_intermediates: tuple[ParsedCertificate | x509.Certificate, ...] = ()
     tofu: bool = False  # trust an AK on first use (no EK chain, or no credential activation)
     tls_ca: str | None = None  # CA of the nodes' TLS certificates (https URLs)
     client_cert: tuple[str, str] | None = None  # (certificate, key) for the mTLS listener
