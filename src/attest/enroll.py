@@ -24,6 +24,7 @@ revision 1.59, unless said otherwise.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import logging
@@ -412,6 +413,14 @@ def finish_enrollment(expected_secret: bytes, returned_secret: bytes) -> None:
 # --- enrollment (the value the verifier remembers; persisted by attest.verifier.enrollments) ---
 
 
+class EnrollmentStrength(enum.StrEnum):
+    """What an enrollment proved, strongest first."""
+
+    EK_CHAIN = "ek-chain+activated"  # the EK chains to a configured root; the AK is in its TPM
+    ACTIVATED = "activated"  # credential activation proved the AK shares a TPM with the EK
+    TOFU = "tofu"  # trust on first use: the AK the node presented first
+
+
 @dataclass(frozen=True, slots=True)
 class Enrollment:
     """What a verifier remembers about a node after enrolling it."""
@@ -428,6 +437,15 @@ class Enrollment:
     @property
     def ak(self) -> Public:
         return parse_public(self.ak_public)
+
+    @property
+    def strength(self) -> EnrollmentStrength:
+        """How far the verifier's trust in this AK reaches (shown with every verdict)."""
+        if self.activated and self.ek_certificate is not None:
+            return EnrollmentStrength.EK_CHAIN
+        if self.activated:
+            return EnrollmentStrength.ACTIVATED
+        return EnrollmentStrength.TOFU
 
     def to_json(self) -> dict[str, Any]:
         return {

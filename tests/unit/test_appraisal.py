@@ -156,6 +156,9 @@ def make_node(
     seed: bytes = b"node-7",
     version: str = "1.4.2",
     n_audit: int = 3,
+    verity_event: bool = True,
+    audit_key: bytes = AUDIT_KEY,
+    audit_user: str = "op",
 ) -> Node:
     clock = [1000.0]
     tpm = FakeTpm(banks=(HashAlg.SHA256,), seed=seed, clock=lambda: clock[0] / 1000)
@@ -167,10 +170,10 @@ def make_node(
     prev = ZERO_HASH
     for i in range(n_audit):
         entry = new_entry(
-            AUDIT_KEY,
+            audit_key,
             {
                 "event": "login",
-                "user": f"op{i}",
+                "user": f"{audit_user}{i}",
                 "source": "10.0.0.9",
                 "service": "sshd",
                 "result": "success",
@@ -185,7 +188,11 @@ def make_node(
         ("daemon-start", {"version": "0.1.0"}),
         ("config", {"sha256": "11" * 32}),
         ("tls-key", {"spki_sha256": "22" * 32}),
-        ("verity-device", {"name": "root", "root_hash": root_hash.hex()}),
+        *(
+            [("verity-device", {"name": "root", "root_hash": root_hash.hex()})]
+            if verity_event
+            else []
+        ),
         ("nv-counter", {"index": 0x01500020, "value": 3}),
         *[("audit", {"audit_seq": a["seq"], "entry_hash": a["entry_hash"]}) for a in audit],
         ("config", {"sha256": "33" * 32}),
@@ -490,9 +497,11 @@ def test_malformed_evidence_could_not_appraise(good: Node, registry: VerifiedReg
     assert "malformed evidence" in (r.first_divergence or "")
 
 
-def test_without_registry_only_the_quote_and_logs_count(good: Node) -> None:
+def test_without_registry_the_release_is_not_appraised(good: Node) -> None:
     r = run(good, None)
-    assert r.verdict is Verdict.AFFIRMING
+    assert r.verdict is Verdict.WARNING  # not knowing which release runs is never affirming
+    assert r.trustworthiness_vector["executables"] == 33
+    assert "no registry: release not appraised" in (r.first_divergence or "")
     assert "file-system" not in r.trustworthiness_vector
     assert "hardware" not in r.trustworthiness_vector
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from attest.appraisal.checks import DEFAULT_APPRAISAL_POLICY, DEFAULT_POLICY_ID, AppraisalPolicy
+from attest.appraisal.checks import DEFAULT_APPRAISAL_POLICY, AppraisalPolicy
 from attest.appraisal.claims import (
     NO_CLAIM,
     UNEXPECTED_EVIDENCE,
@@ -47,7 +47,9 @@ from attest.appraisal.claims import (
     first_divergence,
     verdict_of,
 )
-from attest.appraisal.memory import FirmwareReplayCache, NodeMemory
+from attest.appraisal.history import next_continuity, reset_notes
+from attest.appraisal.memory import Continuity, FirmwareReplayCache, NodeMemory
+from attest.appraisal.rules import DEFAULT_POLICY_ID, DEFAULT_RULES, VerifierRules
 from attest.appraisal.stages import AppraisalContext, StaleMemory, establish
 from attest.enroll import Enrollment
 from attest.errors import EvidenceFormatError
@@ -77,6 +79,9 @@ class AppraisalResult:
     platform_id: str | None = None
     notes: tuple[str, ...] = ()
     quirks: tuple[str, ...] = ()
+    # What the verifier stores for the next appraisal (None: keep what it had).
+    continuity: Continuity | None = None
+    enrollment: str | None = None  # the enrollment's strength (attest.enroll.EnrollmentStrength)
 
     @property
     def status(self) -> str:
@@ -132,6 +137,8 @@ class AppraisalResult:
             "platform_id": self.platform_id,
             "notes": list(self.notes),
             "quirks": list(self.quirks),
+            "enrollment": self.enrollment,
+            "continuity": None if self.continuity is None else self.continuity.to_json(),
         }
 
 
@@ -161,6 +168,8 @@ def _summarise(
     platform_id: str | None = None,
     notes: Sequence[str] = (),
     quirks: Sequence[str] = (),
+    continuity: Continuity | None = None,
+    enrollment: str | None = None,
 ) -> AppraisalResult:
     claims = claim_results(findings)
     verdict = forced if forced is not None else verdict_of(claims)
@@ -178,6 +187,8 @@ def _summarise(
         platform_id=platform_id,
         notes=tuple(notes),
         quirks=tuple(quirks),
+        continuity=continuity,
+        enrollment=enrollment,
     )
 
 
@@ -249,6 +260,8 @@ def with_findings(
         platform_id=result.platform_id,
         notes=result.notes,
         quirks=result.quirks,
+        continuity=result.continuity,
+        enrollment=result.enrollment,
     )
 
 
@@ -269,7 +282,9 @@ def appraise(
     audit_entries: Sequence[Mapping[str, Any]] | None = None,
     identity: Mapping[str, Any] | None = None,
     policy: AppraisalPolicy = DEFAULT_APPRAISAL_POLICY,
-    policy_id: str = DEFAULT_POLICY_ID,
+    policy_id: str | None = None,
+    rules: VerifierRules = DEFAULT_RULES,
+    continuity: Continuity | None = None,
 ) -> AppraisalResult:
     """Appraise one evidence document (``POST /v1/evidence``'s answer) against the enrollment,
     the challenge and the verified registry. Never raises for evidence problems.
@@ -280,6 +295,9 @@ def appraise(
     ``audit_entries``: the operator audit entries (``GET /v1/audit``) when fetched over an
     authenticated channel. ``identity``: the node's ``/v1/identity`` answer of this contact,
     to compare its AK / EK with the enrollment. ``now``: the verifier's time, taken once.
+    ``rules``: the verifier's rules (``attest.appraisal.rules``; their id is the result's
+    ``policy_id`` unless one is given). ``continuity``: what this verifier stored after its
+    last appraisal of the node (``result.continuity`` is the next one to store).
     """
     return appraise_incremental(
         evidence_doc,
@@ -296,6 +314,8 @@ def appraise(
         identity=identity,
         policy=policy,
         policy_id=policy_id,
+        rules=rules,
+        continuity=continuity,
     ).result
 
 
@@ -314,7 +334,9 @@ def appraise_incremental(
     audit_entries: Sequence[Mapping[str, Any]] | None = None,
     identity: Mapping[str, Any] | None = None,
     policy: AppraisalPolicy = DEFAULT_APPRAISAL_POLICY,
-    policy_id: str = DEFAULT_POLICY_ID,
+    policy_id: str | None = None,
+    rules: VerifierRules = DEFAULT_RULES,
+    continuity: Continuity | None = None,
     cache: FirmwareReplayCache | None = None,
 ) -> Appraised:
     """``appraise`` for a verifier that challenges a node again and again: ``memory`` is what
@@ -329,6 +351,7 @@ def appraise_incremental(
     on it). Never raises for evidence problems."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
+    policy_id = rules.policy_id if policy_id is None else policy_id
     if not isinstance(evidence_doc, Mapping):
         reason = "evidence is not a JSON object"
         return _unappraisable(
@@ -349,6 +372,8 @@ def appraise_incremental(
             identity=identity,
             memory=memory,
             cache=cache,
+            rules=rules,
+            continuity=continuity,
         )
     except StaleMemory as exc:
         reason = f"the logs must be fetched again: {exc}"
@@ -394,6 +419,7 @@ def _decide(
     """The policy's findings about what the stages established, summarised."""
     findings = policy.evaluate(ctx)
     fw = ctx.firmware
+    ok_identity = ctx.identity_alarm is None and ctx.evidence is not None
     return _summarise(
         findings,
         node_id=ctx.node_id,
@@ -404,6 +430,9 @@ def _decide(
         clock=None if ctx.evidence is None else ctx.evidence.quote.clock,
         release=ctx.release,
         platform_id=ctx.platform_id,
-        notes=ctx.notes,
+        notes=(*ctx.notes, *reset_notes(ctx)),
         quirks=() if fw is None else tuple(f"{q.name}@{q.version}" for q in fw.quirks),
+        # An alarm (another AK/EK) must not move what is remembered of the enrolled node.
+        continuity=next_continuity(ctx, findings) if ok_identity else ctx.previous,
+        enrollment=ctx.enrollment.strength.value,
     )

@@ -36,6 +36,7 @@ from attest.appraisal.claims import (
     Finding,
     Tier,
 )
+from attest.appraisal.history import AuditChainCheck, AuditContinuityCheck, RuntimeLogCheck
 from attest.appraisal.stages import AppraisalContext
 from attest.errors import (
     ClockError,
@@ -51,8 +52,6 @@ from attest.eventlog.facts import verity_root_hashes
 from attest.manifest.evaluate import ReleaseStatus
 from attest.manifest.model import PlatformReference, Release
 from attest.runtime import KIND_CONFIG, KIND_POLICY, ConfigDigest, MacPolicy, RuntimeEvent
-
-DEFAULT_POLICY_ID = "attest/default@1"
 
 
 class AppraisalPolicy(Protocol):
@@ -369,13 +368,16 @@ class VerityCheck:
         if ctx.evidence is None or ctx.registry is None:
             return ()
         if not ctx.verity_root_hashes:
+            # Not knowing which release runs is not "blessed": the node chooses what it shows.
+            relaxed = ctx.rules.allow_unidentified_release
             return (
                 Finding(
                     Claim.FILE_SYSTEM,
-                    NO_CLAIM,
+                    NO_CLAIM if relaxed else CONTRAINDICATED_FILES,
                     "verity",
-                    "no measured dm-verity root hash (runtime log or verified kernel "
-                    "command line): the root file system is not vouched for",
+                    "no authenticated dm-verity root hash (runtime log or verified kernel "
+                    "command line): the release the node runs is not identified"
+                    + (" (allowed by the verifier's rules)" if relaxed else ""),
                 ),
             )
         out = []
@@ -402,73 +404,6 @@ class VerityCheck:
                     )
                 )
         return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeLogCheck:
-    """configuration: the runtime log replays into the runtime PCR, content authentic."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        if ctx.evidence is None:
-            return ()
-        pcr = ctx.enrollment.runtime_pcr
-        if ctx.runtime_error is not None:
-            return (
-                Finding(
-                    Claim.CONFIGURATION,
-                    UNSUPPORTABLE_CONFIG,
-                    "runtime-log",
-                    f"runtime log (PCR {pcr}): {ctx.runtime_error}",
-                ),
-            )
-        if ctx.runtime is None:
-            return (
-                Finding(
-                    Claim.CONFIGURATION,
-                    UNSAFE_CONFIG,
-                    "runtime-log",
-                    f"the node served no runtime log for PCR {pcr}",
-                ),
-            )
-        kinds = sorted({e.kind for e in ctx.runtime.events})
-        return (
-            Finding(
-                Claim.CONFIGURATION,
-                APPROVED_CONFIG,
-                "runtime-log",
-                f"runtime log replays into PCR {pcr}: {len(ctx.runtime.events)} events "
-                f"({', '.join(kinds)})",
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AuditChainCheck:
-    """configuration: operator audit entries chain and match their runtime-log anchors."""
-
-    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
-        if ctx.runtime is None:
-            return ()
-        if ctx.audit_error is not None:
-            return (
-                Finding(
-                    Claim.CONFIGURATION,
-                    UNSUPPORTABLE_CONFIG,
-                    "audit-chain",
-                    f"operator audit log: {ctx.audit_error}",
-                ),
-            )
-        if ctx.audit is None:
-            return ()
-        return (
-            Finding(
-                Claim.CONFIGURATION,
-                APPROVED_CONFIG,
-                "audit-chain",
-                f"{len(ctx.audit)} operator audit entries chain and match their "
-                "runtime-log anchors",
-            ),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,8 +509,21 @@ class ReleaseStatusCheck:
 
     def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
         d = ctx.release
-        if ctx.evidence is None or ctx.registry is None or d is None:
+        if ctx.evidence is None:
             return ()
+        if ctx.registry is None:
+            if ctx.rules.allow_unidentified_release:
+                return ()
+            return (
+                Finding(
+                    Claim.EXECUTABLES,
+                    UNRECOGNIZED_RUNTIME,
+                    "release",
+                    "no registry: release not appraised (give the verifier a blessed registry)",
+                ),
+            )
+        if d is None:
+            return ()  # VerityCheck says why no release was identified
         text = "; ".join(d.reasons)
         if d.status is ReleaseStatus.BLESSED:
             return (Finding(Claim.EXECUTABLES, APPROVED_RUNTIME, "release", text),)
@@ -593,6 +541,7 @@ DEFAULT_APPRAISAL_POLICY: AppraisalPolicy = AllOf(
         VerityCheck(),
         RuntimeLogCheck(),
         AuditChainCheck(),
+        AuditContinuityCheck(),
         BlessedPolicyCheck(),
         ReleaseStatusCheck(),
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attest.audit import AuditEntry
+from attest.errors import EvidenceFormatError
 from attest.eventlog.facts import BootFacts, facts
 from attest.eventlog.parse import UnverifiedEventLog, parse_event_log
 from attest.eventlog.replay import VerifiedEventLog, replay
@@ -18,6 +19,70 @@ from attest.runtime import RuntimeReplay
 from attest.tpmstruct import Public
 
 FirmwareKey = tuple[tuple[int, tuple[tuple[int, bytes | None], ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The newest operator audit entry a verifier verified: its sequence number and hash."""
+
+    seq: int
+    entry_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Continuity:
+    """What a verifier must remember of a node so that history deleted by the node's root
+    cannot go unnoticed (``attest.appraisal.history``): kept for the life of the enrollment,
+    across TPM resets, in the verifier's store (``attest verify``'s enrollment file, the
+    fleet's database). ``None`` where nothing was verified yet.
+
+    - ``audit_head``: the newest audit entry verified (any TPM epoch): the node's chain must
+      still contain it;
+    - ``reset_count``: the TPM resetCount of the last verified quote (a change is a reset,
+      reported);
+    - ``runtime_seen``: a runtime log was verified in that reset epoch: withholding it now is
+      a choice the node made.
+    """
+
+    audit_head: AuditHead | None = None
+    reset_count: int | None = None
+    runtime_seen: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        head = self.audit_head
+        return {
+            "audit_head": None
+            if head is None
+            else {"seq": head.seq, "entry_hash": head.entry_hash.hex()},
+            "reset_count": self.reset_count,
+            "runtime_seen": self.runtime_seen,
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> Continuity:
+        """The stored form back; ``EvidenceFormatError`` for anything else (a store is data)."""
+        try:
+            if not isinstance(doc, dict):
+                raise TypeError("not an object")
+            head = doc["audit_head"]
+            seq = None if head is None else head["seq"]
+            if head is not None and (type(seq) is not int or not 0 <= seq < 2**63):
+                raise ValueError("audit_head.seq")
+            digest = None if head is None else bytes.fromhex(head["entry_hash"])
+            if digest is not None and len(digest) != 32:
+                raise ValueError("audit_head.entry_hash")
+            reset = doc["reset_count"]
+            if reset is not None and (type(reset) is not int or not 0 <= reset < 2**32):
+                raise ValueError("reset_count")
+            if type(doc["runtime_seen"]) is not bool:
+                raise ValueError("runtime_seen")
+            return cls(
+                None if seq is None or digest is None else AuditHead(seq, digest),
+                reset,
+                doc["runtime_seen"],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EvidenceFormatError(f"continuity record: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

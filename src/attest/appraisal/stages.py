@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from attest.appraisal.memory import FirmwareReplayCache, HeldFirmware, NodeMemory, firmware_key
+from attest.appraisal.memory import (
+    Continuity,
+    FirmwareReplayCache,
+    HeldFirmware,
+    NodeMemory,
+    firmware_key,
+)
+from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
 from attest.audit import AuditEntry, parse_entry, verify_audit_chain, verify_audit_chain_from
 from attest.enroll import Enrollment
 from attest.errors import AttestError, EvidenceFormatError, VerificationError
@@ -75,6 +82,8 @@ class AppraisalContext:
     release: ReleaseDecision | None = None  # the release the authenticated root hash names
     reference_release: Release | None = None  # the release whose expected PCRs apply
     notes: tuple[str, ...] = ()
+    rules: VerifierRules = DEFAULT_RULES  # the verifier's, never the node's
+    previous: Continuity | None = None  # what this verifier verified of the node before
 
     @property
     def quoted(self) -> PcrValues | None:
@@ -100,6 +109,8 @@ def establish(
     identity: Mapping[str, Any] | None,
     memory: NodeMemory,
     cache: FirmwareReplayCache | None,
+    rules: VerifierRules = DEFAULT_RULES,
+    continuity: Continuity | None = None,
 ) -> tuple[AppraisalContext, NodeMemory]:
     """The verification stages, in order; the context and the next memory. Raises
     ``StaleMemory`` when ``memory`` held a log and the evidence does not continue it (the
@@ -111,6 +122,8 @@ def establish(
         registry=registry,
         platform_id=platform_id,
         now=now,
+        rules=rules,
+        previous=continuity,
     )
     if memory.ak is None or not hmac.compare_digest(memory.ak_public, enrollment.ak_public):
         memory = NodeMemory(ak_public=enrollment.ak_public, ak=enrollment.ak)
@@ -131,9 +144,8 @@ def establish(
     quoted = ve.quote.pcrs
     notes: list[str] = []
     fw = replay_firmware(evidence_doc, quoted, memory, cache, notes)
-    replayed, runtime_error = replay_runtime(
-        evidence_doc, quoted, memory, pcr=enrollment.runtime_pcr
-    )
+    # The verifier's runtime PCR, whatever the node (or an old enrollment) says.
+    replayed, runtime_error = replay_runtime(evidence_doc, quoted, memory, pcr=rules.runtime_pcr)
     audit, audit_error, audit_held = verify_audit(audit_entries, replayed, memory, notes)
     runtime = None if replayed is None else replayed.log
     rel = find_release(evidence_doc, fw.boot, runtime, registry=registry, now=now, notes=notes)
@@ -160,7 +172,14 @@ def _replace(ctx: AppraisalContext, **changes: Any) -> AppraisalContext:
     # The fresh context of establish plus the stages' values (dataclasses.replace costs
     # ~20 µs a call on this hot path; a direct construction a few).
     return AppraisalContext(
-        ctx.node_id, ctx.enrollment, ctx.registry, ctx.platform_id, ctx.now, **changes
+        ctx.node_id,
+        ctx.enrollment,
+        ctx.registry,
+        ctx.platform_id,
+        ctx.now,
+        rules=ctx.rules,
+        previous=ctx.previous,
+        **changes,
     )
 
 
