@@ -183,12 +183,12 @@ class NodeClient:
             try:
                 doc = httpx.Response(status, content=body).json()
                 detail = doc.get("detail") if isinstance(doc, dict) else doc
-            except ValueError:
+            except (ValueError, RecursionError):
                 detail = body.decode("utf-8", "replace")
             raise TransportError(f"{where}: HTTP {status}: {_printable(str(detail))}")
         try:
             return httpx.Response(200, content=body).json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
             raise TransportError(f"{path}: the answer is not JSON") from None
 
     def _read(self, r: httpx.Response, where: str) -> bytes:
