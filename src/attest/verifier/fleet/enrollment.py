@@ -55,6 +55,14 @@ class LayerRefused(VerificationError):
         self.layer = layer
 
 
+class LayerUnreachable(TransportError):
+    """A pair's layer did not answer: the message names the layer and its URL."""
+
+    def __init__(self, layer: str, url: str, exc: TransportError) -> None:
+        super().__init__(f"{layer} layer ({url}): {exc}")
+        self.layer = layer
+
+
 @dataclass(frozen=True, slots=True)
 class EnrollPolicy:
     ek_roots: tuple[x509.Certificate, ...] = ()
@@ -233,7 +241,7 @@ def enroll_pair(
         except VerificationError as exc:
             raise LayerRefused(layer, url, exc) from None
         except TransportError as exc:
-            raise TransportError(f"{layer} layer ({url}): {exc}") from None
+            raise LayerUnreachable(layer, url, exc) from None
     guest = layers[GUEST]
     if guest.ek_sha256 is None:
         raise LayerRefused(
