@@ -144,6 +144,39 @@ def test_insecure_no_auth_on_loopback_warns_once_per_open_thing(tmp_path: Path) 
         assert sum(what in line for line in opened) == 1, (what, opened)
 
 
+def test_listener_serves_tls_with_listen_cert(tmp_path: Path) -> None:
+    cert, key = _client_cert(tmp_path)  # self-signed: the client does not verify it here
+    port = free_port()
+    svc = _serve(
+        tmp_path,
+        "--api-token-file",
+        _token(tmp_path, "w", WRITE),
+        "--listen-cert",
+        cert,
+        "--listen-key",
+        key,
+        "--listen",
+        f"127.0.0.1:{port}",
+        wait=False,
+    )
+    try:
+        url = f"https://127.0.0.1:{port}/healthz"
+        deadline = time.monotonic() + 30
+        while True:
+            assert svc.proc.poll() is None and time.monotonic() < deadline, svc.text()
+            try:
+                ok = httpx.get(url, verify=False, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with pytest.raises(httpx.HTTPError):  # plain HTTP gets no answer
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        _stop(svc)
+    assert ok.status_code == 200
+    assert "plain HTTP" not in svc.text() and "https://127.0.0.1" in svc.text()
+
+
 def test_writes_need_the_write_token_and_reads_a_token(fleet: Service) -> None:
     body = {"url": "http://127.0.0.1:1"}
     post = httpx.post(fleet.url + "/v1/nodes", json=body, timeout=10)
