@@ -8,11 +8,15 @@ on a developer's machine, and FAILS under CI (``CI=true``), where .ci/run instal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -103,3 +107,33 @@ def tpm(swtpm: tuple[SwtpmProcess, SwtpmState]) -> Iterator[EsapiTpm]:
     t = EsapiTpm(swtpm[0].tcti)
     yield t
     t.close()
+
+
+@contextlib.contextmanager
+def uvicorn_server(app: Any, **config: Any) -> Iterator[str]:
+    """Serve an ASGI app with a real uvicorn server on 127.0.0.1 (a free port) from a thread,
+    with its lifespan: yields the base URL; stops the server on exit. uvicorn's loggers are
+    left to propagate (no ``log_config``), so ``caplog`` sees what it logs."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_config=None, lifespan="on", access_log=False, **{"log_level": None, **config}
+        )
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

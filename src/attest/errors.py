@@ -229,3 +229,29 @@ class LayerRefused(VerificationError):
         super().__init__(f"{layer} layer ({url}): {exc}")
         self.check = exc.check
         self.layer = layer
+
+
+class LayerUnreachable(TransportError):
+    """A pair's layer did not answer: the message names the layer and its URL."""
+
+    def __init__(self, layer: str, url: str, exc: TransportError) -> None:
+        super().__init__(f"{layer} layer ({url}): {exc}")
+        self.layer = layer
+
+
+class RegistrationRefused(AttestError):
+    """A node id or URL the fleet does not accept (verifier.fleet.admission); ``check`` names it."""
+
+    check = "registration"
+
+
+class NodeIdRefused(RegistrationRefused):
+    """A node id outside the fleet's id rule."""
+
+    check = "node-id"
+
+
+class NodeUrlRefused(RegistrationRefused):
+    """A node URL that is not an http(s) origin, or outside --allow-nodes."""
+
+    check = "node-url"

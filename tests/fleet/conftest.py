@@ -63,6 +63,11 @@ class SimServer:
     def url(self, i: int) -> str:
         return self.fleet.url(self.port, i)
 
+    def origin(self, i: int) -> str:
+        """Node ``i`` on a port of its own: an origin URL, as ``POST /v1/nodes`` accepts."""
+        port = asyncio.run_coroutine_threadsafe(self.fleet.listen(i), self.loop).result(5)
+        return f"http://127.0.0.1:{port}"
+
     def call(self, fn: object, *args: object) -> None:
         """Run a control (``set_image``, ``tamper``, ...) on the server's thread."""
         done = threading.Event()

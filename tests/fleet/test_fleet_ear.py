@@ -21,6 +21,7 @@ from tests.fleet.test_poller import settings, until, verdicts
 from attest.appraisal.ear import jwk_public_key, public_jwk, verify_ear
 from attest.errors import ConfigError, EvidenceFormatError, SignatureError
 from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import EAR_MEDIA_TYPE, create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.poller import Poller
@@ -109,7 +110,7 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
             await task
             poller.close()
 
-    client = TestClient(create_fleet_app(store, signer=signer))
+    client = TestClient(create_fleet_app(store, signer=signer, access=Access("w" * 16)))
     jwks = client.get("/v1/verifier-key")
     assert jwks.status_code == 200 and jwks.headers["content-type"] == "application/jwk-set+json"
     (jwk,) = jwks.json()["keys"]
@@ -165,7 +166,8 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
         "n2": True,
     }
     assert client.get("/v1/nodes/nope/ear").status_code == 404
-    assert TestClient(create_fleet_app(store)).get("/v1/verifier-key").status_code == 404
+    unsigned = TestClient(create_fleet_app(store, access=Access("w" * 16)))
+    assert unsigned.get("/v1/verifier-key").status_code == 404
     store.close()
 
 

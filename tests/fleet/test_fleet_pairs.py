@@ -18,6 +18,7 @@ from tests.fleet.test_poller import settings, until, verdicts
 
 from attest.appraisal.ear import jwk_public_key, verify_ear
 from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
@@ -40,29 +41,35 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
         srv.call(sim.vouch, 0, "g1", sim.nodes[1].ek_sha256)
         srv.call(sim.vouch, 2, "g2", hashlib.sha256(b"another vTPM").digest())
         store = SqliteStore(str(tmp_path / "fleet.db"))
-        app = create_fleet_app(store, enroll=Enroller(EnrollPolicy(tofu=True)), signer=signer)
-        client = TestClient(app)
+        app = create_fleet_app(
+            store,
+            enroll=Enroller(EnrollPolicy(tofu=True)),
+            signer=signer,
+            access=Access("w" * 16),
+        )
+        client = TestClient(app, headers={"Authorization": "Bearer " + "w" * 16})
+        origin = {i: srv.origin(i) for i in range(4)}  # POST /v1/nodes takes origin URLs
         for name, host, guest, gid in (("pair-1", 0, 1, "g1"), ("pair-2", 2, 3, "g2")):
             r = client.post(
                 "/v1/nodes",
                 json={
-                    "url": srv.url(guest),
-                    "host_url": srv.url(host),
+                    "url": origin[guest],
+                    "host_url": origin[host],
                     "guest_id": gid,
                     "node_id": name,
                 },
             )
             assert r.status_code == 201, r.text
             doc = r.json()
-            assert doc["kind"] == "pair" and doc["host_url"] == srv.url(host)
+            assert doc["kind"] == "pair" and doc["host_url"] == origin[host]
             assert (
                 doc["enrollment"]["pair"]["guest"]["ek_sha256"] == sim.nodes[guest].ek_sha256.hex()
             )
         # A guest_id without a host is refused; so is a pair whose host does not answer.
         assert (
-            client.post("/v1/nodes", json={"url": srv.url(1), "guest_id": "g1"}).status_code == 422
+            client.post("/v1/nodes", json={"url": origin[1], "guest_id": "g1"}).status_code == 422
         )
-        r = client.post("/v1/nodes", json={"url": srv.url(1), "host_url": "http://127.0.0.1:9/"})
+        r = client.post("/v1/nodes", json={"url": origin[1], "host_url": "http://127.0.0.1:9/"})
         assert r.status_code == 502 and "host layer" in r.json()["detail"]
 
         events: list[Outcome] = []

@@ -49,6 +49,7 @@ def serve(dsn: str, worker: str, log: Path) -> subprocess.Popen[bytes]:
         "--worker-id",
         worker,
         "--tofu",
+        "--insecure-no-auth",  # on loopback: nothing is registered over the API here
         "--ear-key",
         str(log.parent / "ear.pem"),
     ]

@@ -18,7 +18,9 @@ import uvicorn
 from tests.conftest import need_binaries
 from tests.fleet.conftest import Registry, free_port, sim_server
 
+from attest.errors import NodeIdRefused
 from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import PairEnrollment
@@ -73,8 +75,15 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
             now=time.time(),
             host_url=srv.url(5),
         )
+        # A hostile id cannot be registered at all (one rule for every node id); hostile text
+        # still reaches the page through what the store keeps, here the URL in the error.
+        with pytest.raises(NodeIdRefused):
+            store.add_node(HOSTILE, "http://127.0.0.1:1/", sim.enrollment(0), now=time.time())
         store.add_node(
-            HOSTILE, f"http://127.0.0.1:{free_port()}/", sim.enrollment(0), now=time.time()
+            "hostile",
+            f"http://127.0.0.1:{free_port()}/{HOSTILE}",
+            sim.enrollment(0),
+            now=time.time(),
         )
         poller = Poller(
             store,
@@ -98,7 +107,7 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
 
         asyncio.run(poll_once())
         poller.close()
-    app = create_fleet_app(store, registry=lambda: registry.verified)
+    app = create_fleet_app(store, registry=lambda: registry.verified, access=Access("w" * 16))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -118,7 +127,7 @@ def test_fleet_page_in_headless_chromium(
     base, store = fleet_site
     verdicts = {n.node_id: n.verdict for n in store.list_nodes()}
     assert verdicts["node-0"] == "affirming" and verdicts["node-3"] == "contraindicated"
-    assert verdicts[HOSTILE] == "unreachable" and verdicts["pair-1"] == "contraindicated"
+    assert verdicts["hostile"] == "unreachable" and verdicts["pair-1"] == "contraindicated"
 
     page = httpx.get(base + "/").text
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import SwtpmFactory
-from tests.swtpm.conftest import BIN, Node
+from tests.swtpm.conftest import BIN, Node, NodeFactory
 from tests.swtpm.conftest import wait as _wait
 
 from attest.errors import ClockError, CredentialError, TransportError
@@ -140,3 +140,39 @@ def test_schemathesis_finds_no_server_error(node: Node) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def _healthz_codes(node: Node, forwarded_for: list[str]) -> list[int]:
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{node.port}", timeout=10) as client:
+        return [
+            client.get("/healthz", headers={"X-Forwarded-For": ip}).status_code
+            for ip in forwarded_for
+        ]
+
+
+def test_forwarded_for_does_not_bypass_the_rate_limit(node_factory: NodeFactory) -> None:
+    """By default attestd ignores X-Forwarded-For (uvicorn would believe it from 127.0.0.1):
+    a local client that invents a new address per request is still counted as itself."""
+    env = {"ATTEST_API_RATE_PER_SECOND": "0.2", "ATTEST_API_RATE_BURST": "5"}
+    node = node_factory("limited", env=env)
+    codes = _healthz_codes(node, [f"198.51.100.{i}" for i in range(12)])
+    assert codes.count(200) <= 5 and codes[-1] == 429, codes
+
+
+def test_forwarded_for_is_believed_only_from_configured_proxies(
+    node_factory: NodeFactory,
+) -> None:
+    """With api.trusted_proxies naming the proxy (here: loopback), each forwarded client has
+    its own bucket; one forwarded client alone is still limited."""
+    env = {
+        "ATTEST_API_RATE_PER_SECOND": "0.2",
+        "ATTEST_API_RATE_BURST": "5",
+        "ATTEST_API_TRUSTED_PROXIES": "127.0.0.0/8",
+    }
+    node = node_factory("proxied", env=env)
+    many = _healthz_codes(node, [f"198.51.100.{i}" for i in range(12)])
+    one = _healthz_codes(node, ["203.0.113.9"] * 8)
+    assert many == [200] * 12, many
+    assert one[:5] == [200] * 5 and one[-1] == 429, one

@@ -22,6 +22,7 @@ from tests.swtpm.conftest import Node, NodeFactory
 from attest.cli.fleet import main
 from attest.node.tpm.swtpm import SwtpmProcess, manufacture
 from attest.verifier.contact import load_ek_cas
+from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
 from attest.verifier.fleet.store import SqliteStore
@@ -131,7 +132,8 @@ def _register_checks(a: Node, b: Node, tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "fleet.db"))
 
     def app(policy: EnrollPolicy) -> TestClient:
-        return TestClient(create_fleet_app(store, enroll=Enroller(policy)))
+        app = create_fleet_app(store, enroll=Enroller(policy), access=Access("w" * 16))
+        return TestClient(app, headers={"Authorization": "Bearer " + "w" * 16})
 
     good = EnrollPolicy(tuple(roots), tuple(inter), operator_socket=str(a.api_sock))
     r = app(good).post("/v1/nodes", json={"url": a.url, "node_id": "a"})

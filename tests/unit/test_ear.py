@@ -106,3 +106,57 @@ def test_malformed_tokens_raise_the_documented_errors(token: str) -> None:
 def test_es256_needs_a_p256_key() -> None:
     with pytest.raises(ValueError, match="P-256"):
         sign_ear({"x": 1}, ec.generate_private_key(ec.SECP384R1()))
+
+
+_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _s(token: str) -> int:
+    return int.from_bytes(base64.urlsafe_b64decode(token.split(".")[2] + "==")[32:], "big")
+
+
+def test_signer_emits_low_s_only() -> None:
+    """ECDSA picks a random k: about half of the raw signatures have s > n/2. Every token the
+    signer emits has the low-S form, over many signatures."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    claims = ear_claims({"n": submod(_result())}, now=NOW)  # type: ignore[arg-type]
+    for _ in range(64):
+        token = sign_ear(claims, key)
+        assert 0 < _s(token) <= _N // 2
+        verify_ear(token, key.public_key())
+
+
+def test_high_s_twin_of_a_valid_signature_is_refused() -> None:
+    """(r, n - s) verifies under plain ECDSA whenever (r, s) does: a second token of other
+    bytes for the same result. verify_ear refuses it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = result_ear(_result(), key, now=NOW)  # type: ignore[arg-type]
+    h, p, sig = token.split(".")
+    raw = base64.urlsafe_b64decode(sig + "==")
+    r, s = int.from_bytes(raw[:32], "big"), _s(token)
+    twin = f"{h}.{p}.{_b64(raw[:32] + (_N - s).to_bytes(32, 'big'))}"
+    # The twin is a valid ECDSA signature (the malleability this guards against) ...
+    key.public_key().verify(
+        encode_dss_signature(r, _N - s), f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())
+    )
+    # ... which verify_ear refuses, while it accepts the original.
+    with pytest.raises(SignatureError, match="high S"):
+        verify_ear(twin, key.public_key())
+    assert verify_ear(token, key.public_key())["submods"]["node-7"]
+
+
+def test_non_canonical_base64url_spelling_is_refused() -> None:
+    """The 64-byte signature is 86 base64url characters: the last carries 2 unused bits. A
+    re-spelling with those bits set decodes to the same bytes; it is refused."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = result_ear(_result(), key, now=NOW)  # type: ignore[arg-type]
+    h, p, sig = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelled = sig[:-1] + alphabet[alphabet.index(sig[-1]) | 1]
+    assert base64.urlsafe_b64decode(respelled + "==") == base64.urlsafe_b64decode(sig + "==")
+    assert respelled != sig
+    with pytest.raises(EvidenceFormatError, match="canonical"):
+        verify_ear(f"{h}.{p}.{respelled}", key.public_key())

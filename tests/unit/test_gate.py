@@ -364,9 +364,7 @@ def _body(snap: bytes, image: bytes, tree: bytes = b"") -> bytes:
     return len(snap).to_bytes(8, "big") + snap + len(tree).to_bytes(8, "big") + tree + image
 
 
-def _client(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
-    import httpx
-
+def _app(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
     from attest.node.api.app import create_app
     from attest.node.api.middleware import ChannelApp
     from attest.node.api.upgrades import add_upgrade_routes
@@ -381,8 +379,15 @@ def _client(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
             app, ctx, lambda: w.gate, upload_dir=w.tmp / "uploads", max_upload=max_upload
         ),
     )
+    return ChannelApp(outer, channel)
+
+
+def _client(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
+    import httpx
+
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=ChannelApp(outer, channel)), base_url="http://node"
+        transport=httpx.ASGITransport(app=_app(w, channel, max_upload=max_upload)),  # type: ignore[arg-type]
+        base_url="http://node",
     )
 
 
@@ -423,3 +428,29 @@ async def test_api_refuses_upload_over_the_limit_while_streaming(w: World) -> No
     entry = w.local.audit_log()[-1]
     assert entry["service"] == "upgrade.upload-too-large" and entry["result"] == "denied"
     assert not list((w.tmp / "uploads").iterdir())
+
+
+def test_api_records_an_upload_declared_over_the_limit(w: World) -> None:
+    """A Content-Length over max_upload_bytes is refused at once (nothing read or spooled),
+    and recorded like a streamed one: 413 ``upload-too-large``, audit entry and
+    ``upgrade-decision`` runtime event. Through a real uvicorn server on 127.0.0.1."""
+    import httpx
+    from tests.conftest import uvicorn_server
+
+    def decisions() -> list[object]:
+        events = check_records(w.local.runtime_log(), pcr=w.local.runtime.pcr)
+        return [e for e in events if e.kind == "upgrade-decision"]
+
+    before = len(decisions())
+    body = _body(w.snap(), b"\0" * 200_000)
+    with uvicorn_server(_app(w, "mtls", max_upload=100_000)) as url:
+        r = httpx.post(f"{url}/v1/upgrades", content=body, timeout=30)
+    assert r.status_code == 413, r.text
+    assert r.json()["check"] == "upload-too-large" and "100000" in r.json()["detail"]
+    after = decisions()
+    assert len(after) == before + 1
+    last = after[-1]
+    assert last.content["accepted"] is False and last.content["reason"] == "upload-too-large"  # type: ignore[attr-defined]
+    entry = w.local.audit_log()[-1]
+    assert entry["service"] == "upgrade.upload-too-large" and entry["result"] == "denied"
+    assert not (w.tmp / "uploads").exists() or not list((w.tmp / "uploads").iterdir())

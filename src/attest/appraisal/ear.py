@@ -46,6 +46,9 @@ EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 ALG = "ES256"
 MAX_TOKEN = 1 << 20
 _ES256 = ec.ECDSA(hashes.SHA256())
+# The order of the P-256 group (SEC 2 §2.4.2 / FIPS 186-4 D.1.2.3): an ECDSA signature
+# (r, s) verifies exactly when (r, n - s) does.
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 STATUSES = ("none", "affirming", "warning", "contraindicated")
 
 
@@ -58,12 +61,17 @@ def b64url(data: bytes) -> str:
 
 
 def unb64url(text: str, what: str) -> bytes:
+    """Strict unpadded base64url: the one encoding of the bytes (RFC 4648 §3.5: the unused
+    bits of the last character must be zero), so that a token has no second spelling."""
     if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
         raise EvidenceFormatError(f"EAR {what} is not unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise EvidenceFormatError(f"EAR {what} is not base64url") from None
+    if b64url(data) != text:
+        raise EvidenceFormatError(f"EAR {what} is not canonical base64url")
+    return data
 
 
 def submod(result: AppraisalResult) -> dict[str, Any]:
@@ -138,7 +146,8 @@ def _header(kid: str | None) -> str:
 def sign_ear(
     claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, *, kid: str | None = None
 ) -> str:
-    """JWS compact serialization (RFC 7515 §7.1) of ``claims`` with ES256."""
+    """JWS compact serialization (RFC 7515 §7.1) of ``claims`` with ES256. The signature is
+    normalised to low S (``s <= n/2``), the only form ``verify_ear`` accepts."""
     _check_key(key)
     signing_input = (
         _header(kid)
@@ -146,6 +155,8 @@ def sign_ear(
         + b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     )
     r, s = decode_dss_signature(key.sign(signing_input.encode("ascii"), _ES256))
+    if s > _P256_N // 2:
+        s = _P256_N - s
     return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 
@@ -156,6 +167,13 @@ def verify_ear(token: str, public_key: ec.EllipticCurvePublicKey) -> dict[str, A
     The algorithm is pinned: the header must say ES256 (RFC 8725 §3.1 -- never let the token
     choose, so ``none`` or an HMAC keyed with the public key cannot pass), and must carry no
     ``crit`` extension we do not understand (RFC 7515 §4.1.11).
+
+    ECDSA is malleable: whoever holds a valid token can make a second valid one of other bytes
+    by replacing ``s`` with ``n - s`` (or by re-spelling a base64url segment). Relying parties
+    may deduplicate or cache results by the token's bytes, so each result must have one
+    spelling: the signer emits low S only, and this refuses a high ``s`` (``SignatureError``)
+    and non-canonical base64url (``EvidenceFormatError``), as Bitcoin's BIP 62 and Ethereum's
+    EIP-2 do for the same reason.
     """
     _check_key(public_key)
     if not isinstance(token, str) or len(token) > MAX_TOKEN:
@@ -171,7 +189,10 @@ def verify_ear(token: str, public_key: ec.EllipticCurvePublicKey) -> dict[str, A
     sig = unb64url(parts[2], "signature")
     if len(sig) != 64:
         raise SignatureError(f"ES256 signature is {len(sig)} bytes, not 64")
-    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    if s > _P256_N // 2:
+        raise SignatureError("ES256 signature has a high S (not the signer's canonical form)")
+    der = encode_dss_signature(r, s)
     try:
         public_key.verify(der, f"{parts[0]}.{parts[1]}".encode("ascii"), _ES256)
     except InvalidSignature:

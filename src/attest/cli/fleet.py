@@ -2,7 +2,10 @@
 
     attest fleet serve [--db URL] [--listen HOST:PORT] [--interval S] [--concurrency N]
                        [--worker-id ID] [--webhook URL --webhook-secret-file F]
-                       [--trust-dir DIR] [--api-token-file F] [--ear-key PEM]
+                       [--trust-dir DIR] [--ear-key PEM]
+                       (--api-token-file F | --insecure-no-auth) [--read-token-file F]
+                       [--listen-cert C --listen-key K] [--allow-nodes CIDR[,CIDR]]
+                       [--trusted-proxies IP|CIDR[,...]]
                        (--ek-roots PEM|DIR --client-cert C --client-key K | --tofu)
     attest fleet add URL [--host HOST_URL] [--id ID] [--db URL]
                      (--ek-roots PEM|DIR [--client-cert C --client-key K | --operator-socket S]
@@ -31,11 +34,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from attest.cli._common import error_line, print_json
 from attest.errors import ConfigError
 from attest.manifest import VerifiedRegistry
 from attest.storage.trusted_state import load_state
+from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
+from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
 from attest.verifier.fleet.api import create_fleet_app, iso
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy, Registration, with_roots
@@ -127,12 +133,47 @@ def _listen(text: str) -> tuple[str, int]:
         raise ConfigError(f"{text!r} is not HOST:PORT", key="--listen") from None
 
 
+def _security(args: argparse.Namespace, host: str) -> tuple[Access, NodeAddresses, dict[str, Any]]:
+    """Who may use the service, which nodes it may contact, and uvicorn's TLS and proxy
+    options; refuse (``ConfigError``) an unsafe combination, log one warning per open thing."""
+    access = Access(
+        read_token_file(args.api_token_file, key="--api-token-file")
+        if args.api_token_file
+        else None,
+        read_token_file(args.read_token_file, key="--read-token-file")
+        if args.read_token_file
+        else None,
+        insecure_no_auth=args.insecure_no_auth,
+    )
+    if bool(args.listen_cert) != bool(args.listen_key):
+        raise ConfigError("give --listen-cert and --listen-key together", key="--listen-key")
+    allow = parse_networks(args.allow_nodes, key="--allow-nodes") if args.allow_nodes else None
+    for line in serve_warnings(
+        listen_host=host, access=access, tls=bool(args.listen_cert), allow_nodes=bool(allow)
+    ):
+        logger.warning("%s", line)
+    proxies = (
+        [str(n) for n in parse_networks(args.trusted_proxies, key="--trusted-proxies")]
+        if args.trusted_proxies
+        else []
+    )
+    options: dict[str, Any] = {
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1: only from --trusted-proxies.
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or None,
+    }
+    if args.listen_cert:
+        options.update(ssl_certfile=args.listen_cert, ssl_keyfile=args.listen_key)
+    return access, NodeAddresses(allow), options
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    host, port = _listen(args.listen)
+    access, nodes, listen_options = _security(args, host)  # before anything starts
     enroller = _enroller(args)  # a bad policy fails here, before anything starts
     store = _db(args)
-    host, port = _listen(args.listen)
     registry = _registry_source(args.trust_dir)
     host_registry = _registry_source(args.host_trust_dir) if args.host_trust_dir else registry
     settings = PollSettings(
@@ -152,9 +193,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError("a webhook needs --webhook-secret-file", key="--webhook")
         secret = Path(args.webhook_secret_file).read_bytes().strip()
         sender = WebhookSender(args.webhook, secret)
-    token = None
-    if args.api_token_file:
-        token = Path(args.api_token_file).read_text().strip()
     signer = load_or_create_key(
         args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY") or DEFAULT_EAR_KEY
     )
@@ -174,7 +212,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         poller=poller,
         webhooks=sender,
         enroll=enroller,
-        api_token=token,
+        access=access,
+        nodes=nodes,
         signer=signer,
     )
     logger.warning("enrollment policy: %s", enroller.policy.describe())
@@ -189,7 +228,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         server = Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", access_log=False, **listen_options
+            )
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -201,7 +242,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if sender is not None:
             tasks.append(asyncio.create_task(sender.run(stop)))
         logger.warning(
-            "fleet service on http://%s:%d (worker %s, EAR key id %s)",
+            "fleet service on %s://%s:%d (worker %s, EAR key id %s)",
+            "https" if args.listen_cert else "http",
             host,
             port,
             settings.worker_id,
@@ -261,6 +303,14 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--guest-id and --host-ek-roots are for a pair (--host HOST_URL)", key="--host"
         )
+    for key, url in (
+        ("url", args.url),
+        ("--host", args.host),
+        ("--activation-url", args.activation_url),
+        ("--host-activation-url", args.host_activation_url),
+    ):
+        if url is not None:
+            check_node_url(url, what=key)
     enroller = _enroller(args)
     e = enroller(
         Registration(
@@ -443,7 +493,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     s.add_argument("--webhook", help="URL to POST signed verdict changes to")
     s.add_argument("--webhook-secret-file", help="HMAC-SHA256 key for the webhook (≥ 16 bytes)")
-    s.add_argument("--api-token-file", help="bearer token required to register/remove nodes")
+    s.add_argument(
+        "--api-token-file",
+        help="the write token: needed to register/remove nodes (required, unless "
+        "--insecure-no-auth); it also reads",
+    )
+    s.add_argument(
+        "--read-token-file",
+        help="a read token: when given, the API, pages and metrics need it or the write token "
+        "(/healthz stays open)",
+    )
+    s.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="without --api-token-file: let anyone who reaches the listener register and "
+        "remove nodes (a loopback --listen only)",
+    )
+    s.add_argument("--listen-cert", help="TLS certificate (PEM) of the service's listener")
+    s.add_argument("--listen-key", help="its private key (a non-loopback --listen needs TLS)")
+    s.add_argument(
+        "--allow-nodes",
+        metavar="CIDR[,CIDR]",
+        help="networks nodes may be registered in: every address a node's host resolves to "
+        "must lie inside (default: any address)",
+    )
+    s.add_argument(
+        "--trusted-proxies",
+        metavar="IP|CIDR[,...]",
+        help="reverse proxies whose X-Forwarded-For/-Proto are believed (default: none)",
+    )
     s.add_argument(
         "--ear-key",
         help="P-256 private key (PEM) that signs the attestation "

@@ -48,6 +48,11 @@ class ApiSettings:
     max_upload_bytes: int = 8 << 30  # POST /v1/upgrades, streamed to disk
     rate_per_second: float = 200.0  # per client address
     rate_burst: int = 400
+    # Reverse proxies (IP addresses or CIDR networks, comma-separated) whose X-Forwarded-For
+    # and X-Forwarded-Proto the public listener believes: the rate limit then counts the
+    # forwarded client. Empty (the default): forwarded headers are ignored, so that no local
+    # process can pick the address it is counted under.
+    trusted_proxies: str = ""
     batching: bool = True
     max_batch: int = 4096
     max_waiting: int = 20000
@@ -129,6 +134,13 @@ class Settings:
             raise ConfigError("must be 1 KiB..1 GiB", key="api.max_request_bytes")
         if self.api.rate_per_second <= 0 or self.api.rate_burst < 1:
             raise ConfigError("must be positive", key="api.rate_per_second")
+        for proxy in self.trusted_proxy_list():
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{proxy!r} is not an IP address or network", key="api.trusted_proxies"
+                ) from None
         if not 1 <= self.api.max_batch <= 1 << 16:
             raise ConfigError("must be 1..65536", key="api.max_batch")
         if not 0x01000000 <= self.upgrade.nv_index <= 0x013FFFFF:
@@ -142,6 +154,9 @@ class Settings:
         if len(self.node_id) > 128:
             raise ConfigError("at most 128 characters", key="node_id")
         return self
+
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.api.trusted_proxies.split(",") if p.strip()]
 
 
 _SECTIONS = {

@@ -157,18 +157,22 @@ async def serve(settings: Settings, node: Any) -> None:
         "log_level": "warning",
         "access_log": False,
         "timeout_graceful_shutdown": 5,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process could
+        # then pick the address the rate limit counts it under. Only api.trusted_proxies'.
+        "proxy_headers": False,
     }
     configs = []
     tls: dict[str, Any] = {}
     if settings.api.tls_cert:
         tls = {"ssl_certfile": settings.api.tls_cert, "ssl_keyfile": settings.api.tls_key}
+    proxies = settings.trusted_proxy_list()
     configs.append(
         uvicorn.Config(
             ChannelApp(app, "public"),
             host=settings.api.host,
             port=settings.api.port,
             **tls,
-            **common,
+            **{**common, "proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or None},
         )
     )
     if settings.api.client_ca:

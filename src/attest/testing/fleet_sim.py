@@ -1,7 +1,9 @@
 """Many simulated nodes behind one lightweight HTTP/1.1 server (for the benchmark, tests and
 demos; never used by the service itself).
 
-Node ``i`` answers at ``/n/{i}/v1/evidence`` and ``/n/{i}/v1/identity`` with the node API's
+Node ``i`` answers at ``/n/{i}/v1/evidence`` and ``/n/{i}/v1/identity`` -- and, on a port of
+its own (``listen``), at ``/v1/evidence`` and ``/v1/identity``, the origin URL that ``POST
+/v1/nodes`` accepts -- with the node API's
 documents (``attest.node.api.app``): a fresh quote by its own ``FakeTpm`` (a real ECDSA P-256 AK,
 derived from ``seed`` and ``i``) over the caller's nonce (a batch of one: the quote signs the
 Merkle leaf of the challenge), its PCRs, its firmware event log (when one is given: the same
@@ -132,6 +134,7 @@ class SimFleet:
                 if e.type != 0x3 and HashAlg.SHA256 in e.digests
             ]
         self._verity_root_hash = verity_root_hash
+        self._own: list[asyncio.Server] = []  # one node each (``listen``)
         self.nodes: list[SimNode] = []
         for i in range(count):
             tpm = FakeTpm(banks=BANKS, seed=f"{seed}/{i}".encode())
@@ -267,16 +270,30 @@ class SimFleet:
         )
         return int(self.server.sockets[0].getsockname()[1])
 
+    async def listen(self, i: int, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve node ``i`` alone on a port of its own, at the root: its URL is an origin,
+        ``http://host:port`` (what ``POST /v1/nodes`` accepts). Returns the port."""
+        prefix = f"/n/{i}"
+
+        async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._conn(reader, writer, prefix)
+
+        server = await asyncio.start_server(conn, host, port, limit=MAX_BODY)
+        self._own.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        for server in [s for s in (self.server, *self._own) if s is not None]:
+            server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+                await asyncio.wait_for(server.wait_closed(), 2)
 
     def url(self, port: int, i: int, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{port}/n/{i}"
 
-    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _conn(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, prefix: str = ""
+    ) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -290,7 +307,7 @@ class SimFleet:
                 if length > MAX_BODY:
                     return
                 body = await reader.readexactly(length) if length else b""
-                status, doc = self._route(method, path.decode(), body)
+                status, doc = self._route(method, prefix + path.decode(), body)
                 if status == 0:  # the node is down: drop the connection unanswered
                     return
                 out = json.dumps(doc, separators=(",", ":")).encode()

@@ -1,13 +1,24 @@
 """HTTP client of the attestd API (adapter). Verification is done by the pure core
 (``attest.evidence``); this module only moves bytes and reports transport problems.
+
+Every answer is read as a stream under two hard bounds, whatever the peer does: at most
+``max_response`` bytes (a declared ``Content-Length`` over it is refused before reading; an
+endless chunked body is cut at the cap) and one total ``deadline`` per request -- connect,
+TLS handshake, headers and body together, enforced on every socket read and write (a peer that
+trickles a byte per second is cut off when the deadline passes, not after one idle timeout per
+byte). Both end in ``TransportError`` naming the bound.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ssl
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
+import httpcore
 import httpx
 
 from attest.errors import TransportError
@@ -15,12 +26,102 @@ from attest.evidence import b64, unb64
 from attest.model import PcrSelection
 
 MAX_RESPONSE = 16 << 20
+DETAIL_CHARS = 200  # of a peer's error answer, in our message (printable characters only)
+
+# The monotonic time by which the request in progress on this thread must be done.
+_DEADLINE: ContextVar[float | None] = ContextVar("attest_client_deadline", default=None)
+
+
+def _until_deadline(timeout: float | None) -> float | None:
+    """The time one socket operation may take: its own timeout, cut to what is left."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise httpcore.ReadTimeout("the request's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake ends by the deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _until_deadline(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _until_deadline(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self._inner.start_tls(ssl_context, server_hostname, _until_deadline(timeout))
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, _until_deadline(timeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, _until_deadline(timeout), socket_options)
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport over the deadline backend. httpx has no public hook for a network
+    backend: the connection pool it builds is replaced by one that has ours."""
+
+    def __init__(self, *, verify: Any, uds: str | None) -> None:
+        super().__init__(verify=verify, uds=uds)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify),
+            uds=uds,
+            network_backend=_DeadlineBackend(),
+        )
+
+
+def _printable(text: str) -> str:
+    """A peer's text, safe to print on a terminal or log line: no control characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:DETAIL_CHARS])
 
 
 class NodeClient:
     """One node's API. ``uds`` talks over the operator Unix socket instead of TCP;
     ``cert`` (certificate, key) presents a client certificate for the mutual-TLS listener; it
-    is loaded into ``verify`` when that is an SSLContext (pass a context of its own)."""
+    is loaded into ``verify`` when that is an SSLContext (pass a context of its own).
+    ``timeout`` bounds each socket operation, ``deadline`` (default 3 × ``timeout``) a whole
+    request, ``max_response`` the bytes of an answer."""
 
     def __init__(
         self,
@@ -30,6 +131,8 @@ class NodeClient:
         verify: Any = True,
         cert: tuple[str, str] | None = None,
         timeout: float = 10.0,
+        deadline: float | None = None,
+        max_response: int = MAX_RESPONSE,
     ) -> None:
         if cert is not None:
             # A client certificate for the mutual-TLS listener goes into the SSL context.
@@ -41,10 +144,14 @@ class NodeClient:
                 context = ssl.create_default_context()
             context.load_cert_chain(cert[0], cert[1])
             verify = context
-        transport = httpx.HTTPTransport(uds=uds, verify=verify) if uds else None
         self.base_url = base_url.rstrip("/")
+        self.deadline = 3 * timeout if deadline is None else deadline
+        self.max_response = max_response
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, verify=verify, transport=transport
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=_DeadlineTransport(verify=verify, uds=uds),
+            headers={"Accept-Encoding": "identity"},  # no decompression bombs: bytes as sent
         )
         self.peer_binding: bytes | None = None
 
@@ -58,24 +165,47 @@ class NodeClient:
         self.close()
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
+        where = f"{self.base_url}{path}"
+        token = _DEADLINE.set(time.monotonic() + self.deadline)
         try:
-            r = self._http.request(method, path, **kw)
+            with self._http.stream(method, path, **kw) as r:
+                self._note_peer(r)
+                status, body = r.status_code, self._read(r, where)
+        except httpx.TimeoutException:
+            raise TransportError(
+                f"{where}: no complete answer within the deadline of {self.deadline:g} s"
+            ) from None
         except httpx.HTTPError as exc:
-            raise TransportError(f"{self.base_url}{path}: {exc}") from None
-        self._note_peer(r)
-        if len(r.content) > MAX_RESPONSE:
-            raise TransportError(f"{path}: response over {MAX_RESPONSE} bytes")
-        if r.status_code != 200:
+            raise TransportError(f"{where}: {_printable(str(exc))}") from None
+        finally:
+            _DEADLINE.reset(token)
+        if status != 200:
             try:
-                body = r.json()
-                detail = body.get("detail") if isinstance(body, dict) else body
-            except ValueError:
-                detail = r.text[:200]
-            raise TransportError(f"{self.base_url}{path}: HTTP {r.status_code}: {detail}")
+                doc = httpx.Response(status, content=body).json()
+                detail = doc.get("detail") if isinstance(doc, dict) else doc
+            except (ValueError, RecursionError):
+                detail = body.decode("utf-8", "replace")
+            raise TransportError(f"{where}: HTTP {status}: {_printable(str(detail))}")
         try:
-            return r.json()
-        except ValueError:
+            return httpx.Response(200, content=body).json()
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
             raise TransportError(f"{path}: the answer is not JSON") from None
+
+    def _read(self, r: httpx.Response, where: str) -> bytes:
+        """The body, at most ``max_response`` bytes, as sent (no content decoding)."""
+        cap = self.max_response
+        over = TransportError(f"{where}: response over the limit of {cap} bytes: refused")
+        if r.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            raise TransportError(f"{where}: the answer is content-encoded: refused")
+        declared = r.headers.get("content-length")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > cap):
+            raise over
+        out = bytearray()
+        for chunk in r.iter_raw():
+            if len(out) + len(chunk) > cap:
+                raise over
+            out += chunk
+        return bytes(out)
 
     def _note_peer(self, r: httpx.Response) -> None:
         """Remember the binding (sha256 of SPKI) of the TLS key we actually talked to."""
@@ -139,8 +269,11 @@ class NodeClient:
         return doc
 
     def ready(self) -> bool:
+        token = _DEADLINE.set(time.monotonic() + self.deadline)
         try:
-            r = self._http.get("/readyz")
+            with self._http.stream("GET", "/readyz") as r:  # the status is enough: no body
+                return r.status_code == 200
         except httpx.HTTPError:
             return False
-        return r.status_code == 200
+        finally:
+            _DEADLINE.reset(token)

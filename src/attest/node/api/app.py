@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
 from attest.errors import AttestError, EvidenceFormatError, TpmError
@@ -26,7 +28,11 @@ from attest.merkle import challenge_leaf
 from attest.model import HashAlg, PcrSelection
 from attest.node.api import schemas
 from attest.node.api.batcher import QuoteBatcher
-from attest.node.api.errors import attest_error_handler
+from attest.node.api.errors import (
+    attest_error_handler,
+    http_error_handler,
+    validation_error_handler,
+)
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
 from attest.node.config import Settings
 from attest.node.port import NodeIdentity, NodePort
@@ -228,6 +234,8 @@ def create_app(
     )
     app.state.ctx = ctx
     app.add_exception_handler(AttestError, attest_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     _routes(app, ctx)
     # Further route groups (the upgrade upload) are composed in by the shell; they name the
     # paths whose bodies they stream themselves, with those paths' size limits.

@@ -1,12 +1,24 @@
 """The one place that maps attest errors to HTTP status codes.
 
-Every error answer is ``{"error": <class>, "check": <check or null>, "detail": <message>}``.
+Every error answer is ``{"error": <class>, "check": <check or null>, "detail": <message>}``;
+also a request that breaks the schema (422, ``check: request-schema``) and the framework's own
+refusals (404, 405, 403, ...). A client's input is never echoed back: a request that fails
+validation is described by where and which rule, in at most ``MAX_DETAIL`` printable ASCII
+characters -- NaN, Infinity, 1e999 or a lone surrogate in a body cannot make the answer
+unencodable (which was a 500 with a traceback logged per request).
 """
 
 from __future__ import annotations
 
+import http
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from attest.errors import (
     AttestError,
@@ -53,3 +65,49 @@ async def attest_error_handler(request: Request, exc: Exception) -> JSONResponse
     assert isinstance(exc, AttestError)
     headers = {"Retry-After": "1"} if isinstance(exc, TpmError) else None
     return JSONResponse(error_body(exc), status_code=status_for(exc), headers=headers)
+
+
+MAX_DETAIL = 300
+_LOC_PART = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+def describe_validation(errors: Iterable[Mapping[str, Any]]) -> str:
+    """``body.nonce: String should match pattern ...; ...``: each failure's location (parts
+    that are not plain names are shown as ``?``) and pydantic's message (which names the rule,
+    not the input), printable ASCII, at most ``MAX_DETAIL`` characters."""
+    parts = []
+    for e in errors:
+        loc = ".".join(
+            str(p) if isinstance(p, int) or _LOC_PART.match(str(p)) else "?"
+            for p in e.get("loc", ())
+        )
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    text = "; ".join(parts) or "the request does not match the schema"
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    body = {
+        "error": "RequestValidationError",
+        "check": "request-schema",
+        "detail": describe_validation(exc.errors()),
+    }
+    return JSONResponse(body, status_code=422)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The framework's refusals (no such path, method, an unauthenticated channel) in the
+    same shape."""
+    assert isinstance(exc, HTTPException)
+    try:
+        name = http.HTTPStatus(exc.status_code).phrase.title().replace(" ", "").replace("-", "")
+    except ValueError:
+        name = "HTTPError"
+    detail = exc.detail if isinstance(exc.detail, str) else name
+    return JSONResponse(
+        {"error": name, "check": None, "detail": detail[:MAX_DETAIL]},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )

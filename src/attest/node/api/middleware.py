@@ -61,9 +61,10 @@ class SizeLimit:
     ) -> None:
         self.app = app
         self.limit = limit
-        # Paths whose bodies are streamed to disk by their route (image uploads): only the
-        # declared Content-Length is checked here, against the path's own limit; the route
-        # enforces that limit while it streams.
+        # Paths whose bodies are streamed to disk by their route (image uploads), with their
+        # own limits: the route refuses a declared or streamed length over the limit itself,
+        # so that the refusal is recorded (``upload-too-large``); only a malformed
+        # Content-Length is refused here.
         self.streaming = streaming or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,7 +74,7 @@ class SizeLimit:
         stream_limit = self.streaming.get(scope.get("path", ""))
         if stream_limit is not None:
             for name, value in scope.get("headers", ()):
-                if name == b"content-length" and (not value.isdigit() or int(value) > stream_limit):
+                if name == b"content-length" and not value.isdigit():
                     await _reply(send, 413, _too_large(stream_limit))
                     return
             await self.app(scope, receive, send)

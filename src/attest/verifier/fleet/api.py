@@ -9,12 +9,16 @@ clocks), ``/metrics`` (Prometheus), ``/healthz``; and pages for people: ``/`` (f
 rollout, embargo clocks) and ``/nodes/{id}`` (verdict, explanation, findings, history).
 Pages are rendered on the server with no script; every string a node or the store supplied
 is HTML-escaped.
+
+Access (``attest.verifier.fleet.access``): writes need the write token, reads the read or the
+write token when the service has a read token. Every error is ``{"error", "check", "detail"}``
+and never echoes what a node or a client sent: a node that does not answer as an attest node is
+one fixed ``502`` whatever it answered (or whether anything listens at all).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import html
 import logging
 import time
@@ -24,13 +28,34 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
 from attest.enroll import Enrollment
-from attest.errors import AttestError, TransportError, VerificationError
+from attest.errors import (
+    AttestError,
+    EvidenceFormatError,
+    RegistrationRefused,
+    TransportError,
+    VerificationError,
+)
 from attest.manifest import VerifiedRegistry
+from attest.verifier.fleet.access import (
+    Access,
+    TokenAuth,
+    error_answer,
+    http_error,
+    unreachable_answer,
+    validation_error,
+)
+from attest.verifier.fleet.admission import (
+    NODE_ID_RULE,
+    NodeAddresses,
+    check_node_id,
+)
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
 from attest.verifier.fleet.model import NodeRow
 from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
@@ -57,7 +82,7 @@ _URL = r"^https?://"
 
 class RegisterRequest(BaseModel):
     url: str = Field(max_length=2048, pattern=_URL, description="the node's API (a pair's guest)")
-    node_id: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+    node_id: str | None = Field(default=None, pattern=NODE_ID_RULE)  # 1..128 characters
     host_url: str | None = Field(
         default=None,
         max_length=2048,
@@ -100,7 +125,8 @@ def create_fleet_app(
     poller: Poller | None = None,
     webhooks: WebhookSender | None = None,
     enroll: Callable[[Registration], Enrollment | PairEnrollment] | None = None,
-    api_token: str | None = None,
+    access: Access,
+    nodes: NodeAddresses = NodeAddresses(),  # noqa: B008 - frozen, immutable
     clock: Callable[[], float] = time.time,
     signer: EarSigner | None = None,
 ) -> FastAPI:
@@ -109,19 +135,15 @@ def create_fleet_app(
         version=__version__,
         description="Continuous attestation of a fleet of nodes.",
     )
+    app.add_middleware(TokenAuth, access=access)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
     def now_dt() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
 
     def report() -> list[ReleaseRollout]:
         return rollout(store.list_nodes(), registry(), store.release_marks(), now=now_dt())
-
-    def authorise(request: Request) -> None:
-        if api_token is None:
-            return
-        got = request.headers.get("authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {api_token}".encode()):
-            raise HTTPException(401, "this endpoint needs the fleet API token")
 
     def get(node_id: str) -> NodeRow:
         n = store.get_node(node_id)
@@ -138,13 +160,13 @@ def create_fleet_app(
         nodes = store.list_nodes(ear=ear)
         return {"nodes": [node_json(n, ear=ear) for n in nodes if verdict in (None, n.verdict)]}
 
-    @app.post("/v1/nodes", status_code=201)
-    async def register(req: RegisterRequest, request: Request) -> dict[str, Any]:
+    @app.post("/v1/nodes", status_code=201, response_model=None)
+    async def register(req: RegisterRequest) -> dict[str, Any] | JSONResponse:
         """Register a node -- or, with ``host_url``, a host and its guest as one node: enroll
         (EK certificate chain to the configured roots and credential activation, or trust on
         first use where the service allows it; each layer of a pair) and start appraising.
-        422 names the failed check (and the layer)."""
-        authorise(request)
+        422 names the failed check (and the layer) or the rule a node id or URL breaks; 502:
+        the node did not answer as an attest node."""
         if enroll is None:
             raise HTTPException(503, "this service has no enroller configured")
         if req.host_url is None and (req.guest_id or req.host_activation_url):
@@ -154,14 +176,19 @@ def create_fleet_app(
         )
         loop = asyncio.get_running_loop()
         try:
+            await loop.run_in_executor(None, _check_urls, nodes, reg)
             enrollment = await loop.run_in_executor(None, enroll, reg)
-        except TransportError as exc:
-            raise HTTPException(502, f"the node did not answer: {exc}") from None
+            node_id = check_node_id(req.node_id or enrollment.node_id or req.url)
+        except RegistrationRefused as exc:
+            return error_answer(422, exc, str(exc))
         except VerificationError as exc:
-            raise HTTPException(422, f"enrollment refused ({exc.check}): {exc}") from None
+            return error_answer(422, exc, f"enrollment refused ({exc.check}): {exc}")
+        except (TransportError, EvidenceFormatError) as exc:
+            return unreachable_answer(req.url, exc, getattr(exc, "layer", None))
         except AttestError as exc:
-            raise HTTPException(422, f"enrollment refused: {exc}") from None
-        node_id = req.node_id or enrollment.node_id or req.url
+            return error_answer(422, exc, f"enrollment refused: {exc}")
+        except Exception as exc:  # noqa: BLE001 - whatever a peer's answer broke: no 500
+            return unreachable_answer(req.url, exc, getattr(exc, "layer", None))
         logger.info(
             "node registered",
             extra={
@@ -203,9 +230,8 @@ def create_fleet_app(
         return JSONResponse(signer.jwks(), media_type="application/jwk-set+json")
 
     @app.delete("/v1/nodes/{node_id}")
-    def remove(node_id: str, request: Request) -> dict[str, Any]:
+    def remove(node_id: str) -> dict[str, Any]:
         """Stop appraising a node and forget its history."""
-        authorise(request)
         if not store.remove_node(node_id):
             raise HTTPException(404, f"no node {node_id!r}")
         return {"removed": node_id}
@@ -257,9 +283,16 @@ def create_fleet_app(
 
     @app.exception_handler(AttestError)
     async def attest_error(request: Request, exc: AttestError) -> JSONResponse:
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=500)
+        return error_answer(500, exc, str(exc))
 
     return app
+
+
+def _check_urls(nodes: NodeAddresses, reg: Registration) -> None:
+    for what in ("url", "host_url", "activation_url", "host_activation_url"):
+        url = getattr(reg, what)
+        if url is not None:
+            nodes.check(url, what=what)
 
 
 def _activated(e: Enrollment | PairEnrollment) -> bool:

@@ -35,6 +35,7 @@ from attest.errors import (
     CredentialError,
     EnrollmentPolicyError,
     LayerRefused,
+    LayerUnreachable,
     TransportError,
     VerificationError,
 )
@@ -221,7 +222,7 @@ def enroll_pair(
         except VerificationError as exc:
             raise LayerRefused(layer, url, exc) from None
         except TransportError as exc:
-            raise TransportError(f"{layer} layer ({url}): {exc}") from None
+            raise LayerUnreachable(layer, url, exc) from None
     guest = layers[GUEST]
     if guest.ek_sha256 is None:
         raise LayerRefused(

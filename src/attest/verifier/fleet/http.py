@@ -2,9 +2,12 @@
 
 The poller makes ~1,000 requests per second from one process; httpx's async pool tops out
 near 300 here, so the hot path uses this: one request at a time per connection, a bounded pool
-of idle connections per origin, ``Content-Length`` and chunked bodies, a size limit, a
-timeout, and the peer's TLS key binding (sha256 of its SubjectPublicKeyInfo) for evidence
-bound to the TLS channel. Anything it cannot read raises ``TransportError``.
+of idle connections per origin, ``Content-Length`` and chunked bodies, a hard size limit
+(``max_response``: a declared length over it is refused before reading, a chunked body is cut
+at it), one total deadline per request (``timeout``: connect, send, headers and body together;
+a trickling peer is cut off when it passes), and the peer's TLS key binding (sha256 of its
+SubjectPublicKeyInfo) for evidence bound to the TLS channel. Anything it cannot read raises
+``TransportError``.
 """
 
 from __future__ import annotations
@@ -95,8 +98,10 @@ class HttpPool:
         timeout: float = 10.0,
         max_idle: int = 256,
         ssl_context: ssl.SSLContext | None = None,
+        max_response: int = MAX_RESPONSE,
     ) -> None:
         self.timeout = timeout
+        self.max_response = max_response
         self.max_idle = max_idle
         self.ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
@@ -143,7 +148,9 @@ class HttpPool:
                     conn = await self._connect(origin)
                     status, payload, keep = await self._exchange(conn, head + data)
         except TimeoutError:
-            raise TransportError(f"{where}: no answer within {self.timeout:g} s") from None
+            raise TransportError(
+                f"{where}: no complete answer within the deadline of {self.timeout:g} s"
+            ) from None
         except (
             OSError,
             asyncio.IncompleteReadError,
@@ -189,20 +196,21 @@ class HttpPool:
             return status, await self._chunked(conn.reader), keep
         if length is None:
             raise ValueError("no Content-Length")
-        if not 0 <= length <= MAX_RESPONSE:
-            raise ValueError(f"response of {length} bytes, over {MAX_RESPONSE}")
+        if not 0 <= length <= self.max_response:
+            raise ValueError(
+                f"response of {length} bytes, over the limit of {self.max_response} bytes"
+            )
         return status, await conn.reader.readexactly(length), keep
 
-    @staticmethod
-    async def _chunked(reader: asyncio.StreamReader) -> bytes:
+    async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
         out = bytearray()
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:
                 await reader.readuntil(b"\r\n")  # no trailers expected; the final CRLF
                 return bytes(out)
-            if len(out) + size > MAX_RESPONSE:
-                raise ValueError(f"chunked response over {MAX_RESPONSE} bytes")
+            if not 0 < len(out) + size <= self.max_response:
+                raise ValueError(f"chunked response over the limit of {self.max_response} bytes")
             out += await reader.readexactly(size)
             await reader.readexactly(2)
 

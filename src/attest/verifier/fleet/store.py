@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from attest.tpmstruct import ClockInfo
+from attest.verifier.fleet.admission import check_node_id
 from attest.verifier.fleet.model import NodeRow
 
 logger = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ class _SqlStore:
         now: float,
         host_url: str | None = None,
     ) -> None:
+        check_node_id(node_id)  # whoever chose it: reachable as /v1/nodes/{id}
         verdict = "none" if enrollment is not None else "unenrolled"
         with self._tx() as cur:
             cur.execute(

@@ -12,6 +12,9 @@ HMAC-SHA256 under the shared secret of ``<timestamp>.<body>`` (the receiver reco
 the raw body, compares in constant time, and rejects stale timestamps to stop replays:
 ``verify_signature``). Delivery is at least once: a bounded queue (the oldest event is dropped
 and counted when it is full), retries with exponential backoff on errors and non-2xx answers.
+Only the receiver's status is read, never its body, and each attempt has one total deadline
+(``timeout``: connect, send and the answer's headers together), so a receiver that trickles or
+streams without end holds a sender for ``timeout`` at most.
 """
 
 from __future__ import annotations
@@ -142,11 +145,14 @@ class WebhookSender:
                 SIGNATURE_HEADER: sign(self.secret, ts, body),
             }
             try:
-                r = await client.post(self.url, content=body, headers=headers)
-                if 200 <= r.status_code < 300:
+                async with asyncio.timeout(self.timeout):
+                    status = await self._post(client, body, headers)
+                if 200 <= status < 300:
                     self.metrics.sent += 1
                     return
-                why = f"HTTP {r.status_code}"
+                why = f"HTTP {status}"
+            except TimeoutError:
+                why = f"no answer within the deadline of {self.timeout:g} s"
             except httpx.HTTPError as exc:
                 why = f"{type(exc).__name__}: {exc}"
             self.metrics.failed_attempts += 1
@@ -156,3 +162,8 @@ class WebhookSender:
                 delay = min(delay * 2, 60.0)
         self.metrics.given_up += 1
         logger.warning("webhook event given up", extra={"event_id": event["id"]})
+
+    async def _post(self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> int:
+        """The receiver's status; its body is never read (the connection is closed)."""
+        async with client.stream("POST", self.url, content=body, headers=headers) as r:
+            return r.status_code

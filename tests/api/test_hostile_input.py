@@ -1,0 +1,74 @@
+"""Bad JSON at attestd's public endpoint, through a real uvicorn server on 127.0.0.1: NaN,
+Infinity, 1e999 and lone surrogates are Python's json extensions that FastAPI accepts and
+then cannot encode back into its validation answer -- that was a 500 with a traceback logged
+per request. Each must be a 4xx in the API's error shape, bounded, not echoing the input, and
+log no traceback."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from tests.api.conftest import AppFactory
+from tests.conftest import uvicorn_server
+
+from attest.node.api.middleware import ChannelApp
+
+NONCE = '"nonce": "' + "00" * 16 + '"'
+# Python's json module reads these; RFC 8259 JSON has none of them.
+BAD_BODIES = {
+    "nan": '{"nonce": NaN}',
+    "infinity": "{" + NONCE + ', "pcrs": {"sha256": [Infinity]}}',
+    "minus-infinity": '{"nonce": -Infinity}',
+    "1e999": "{" + NONCE + ', "logs": {"runtime": {"start": 1e999}}}',
+    "lone-surrogate": '{"nonce": "\\ud800"}',
+    "lone-surrogate-key": "{" + NONCE + ', "\\udfff": 1}',
+    "lone-surrogate-bank": "{" + NONCE + ', "pcrs": {"\\ud800": [0]}}',
+    "bare-nan": "NaN",
+}
+ECHOES = ("NaN", "Infinity", "1e999", "ud800", "udfff", "\ud800", "\udfff")
+
+
+def assert_refused_cleanly(r: httpx.Response) -> None:
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert len(r.content) < 1024
+    doc = r.json()
+    assert set(doc) == {"error", "check", "detail"}, doc
+    assert isinstance(doc["detail"], str) and doc["detail"].isascii()
+    for echo in ECHOES:
+        assert echo not in r.text, (echo, r.text)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_BODIES))
+def test_non_standard_json_is_a_clean_4xx_at_attestd(
+    name: str, app_factory: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.INFO),
+        uvicorn_server(ChannelApp(app_factory(), "public")) as url,
+    ):
+        r = httpx.post(
+            f"{url}/v1/evidence",
+            content=BAD_BODIES[name].encode(),
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        ok = httpx.get(f"{url}/healthz", timeout=10)
+    assert_refused_cleanly(r)
+    assert r.status_code == 422 and r.json()["check"] == "request-schema"
+    assert ok.status_code == 200  # the server is still serving
+    tracebacks = [rec for rec in caplog.records if rec.exc_info or "Traceback" in rec.getMessage()]
+    assert not tracebacks, [rec.getMessage() for rec in tracebacks]
+
+
+def test_framework_refusals_have_the_error_shape(app_factory: AppFactory) -> None:
+    with uvicorn_server(ChannelApp(app_factory(), "public")) as url:
+        missing = httpx.get(f"{url}/v1/nothing-here", timeout=10)
+        method = httpx.delete(f"{url}/v1/evidence", timeout=10)
+        forbidden = httpx.post(f"{url}/v1/enroll/activate", json={}, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"] == "NotFound"
+    assert method.status_code == 405 and method.json()["error"] == "MethodNotAllowed"
+    assert forbidden.status_code == 403 and forbidden.json()["error"] == "Forbidden"
+    for r in (missing, method, forbidden):
+        assert set(r.json()) == {"error", "check", "detail"}, r.text
