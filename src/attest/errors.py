@@ -93,6 +93,12 @@ class CertificateError(VerificationError):
         self.reason = reason
 
 
+class RuntimePcrError(VerificationError):
+    """The node claims a runtime PCR other than the verifier's rules name (enrollment)."""
+
+    check = "runtime-pcr"
+
+
 class CredentialError(VerificationError):
     """Credential activation did not prove the AK and EK live in the same TPM."""
 

@@ -229,18 +229,25 @@ OVMF_LOG = (
 
 
 @pytest.mark.skipif(not OVMF_LOG.exists(), reason=f"{OVMF_LOG} is missing")
-async def test_poller_fetches_logs_once_and_refetches_after_a_reset(tmp_path: Path) -> None:
+async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
+    tmp_path: Path, registry: Registry
+) -> None:
     """The firmware log is served once per boot; after a TPM reset the node is challenged again
     for the whole logs at once (still affirming); an unlogged extension of the runtime PCR is
     found (the incremental check fails, the full one names it)."""
     fw = OVMF_LOG.read_bytes()
-    fleet = SimFleet(3, firmware_log=fw, verity_root_hash=bytes(32))
+    fleet = SimFleet(3, firmware_log=fw, verity_root_hash=registry.root_hash("1.0.0"))
     srv = SimServer(fleet)
     store = SqliteStore(str(tmp_path / "fleet.db"))
     try:
         for i in range(3):
             store.add_node(f"sim-{i}", srv.url(i), fleet.enrollment(i), now=time.time())
-        poller = Poller(store, settings=settings(interval=0.3), appraise=default_appraiser())
+        poller = Poller(
+            store,
+            settings=settings(interval=0.3),
+            appraise=default_appraiser(),
+            registry=lambda: registry.verified,
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))
         await until(lambda: all(n.requests >= 3 for n in fleet.nodes))

@@ -256,7 +256,10 @@ def test_host_replaying_an_old_quote_is_refused_as_stale(
     assert enrollment is not None
     with pair.host.client() as c:  # a genuine host quote, vouching for g1, of an earlier time
         old = c.evidence(
-            os.urandom(32), selection_for(enrollment.enrollment), firmware_from=0, runtime_from=0
+            os.urandom(32),
+            selection_for(enrollment.enrollment.runtime_pcr),
+            firmware_from=0,
+            runtime_from=0,
         )
     handler = type(
         "Replay", (_Replay,), {"upstream": pair.host.url, "old": json.dumps(old).encode()}

@@ -195,7 +195,10 @@ def test_scenario4_replayed_old_host_quote_is_refused_as_stale(
     assert record is not None
     with pair_vm.host.client() as c:
         old = c.evidence(
-            os.urandom(32), selection_for(record.enrollment), firmware_from=0, runtime_from=0
+            os.urandom(32),
+            selection_for(record.enrollment.runtime_pcr),
+            firmware_from=0,
+            runtime_from=0,
         )
     handler = type(
         "Replay", (_Replay,), {"upstream": pair_vm.host.url, "old": json.dumps(old).encode()}

@@ -81,6 +81,13 @@ def submod(result: AppraisalResult) -> dict[str, Any]:
         "ear.trustworthiness-vector": result.trustworthiness_vector,
         "ear.appraisal-policy-id": result.policy_id,
         "attest.verdict": result.verdict.value,
+        "attest.enrollment": result.enrollment,
+        "attest.release": None
+        if result.release is None or result.release.release is None
+        else {
+            "version": result.release.release.version,
+            "status": result.release.status.value,
+        },
         "attest.explanation": {
             "first_divergence": result.first_divergence,
             "explanations": list(result.explanations),

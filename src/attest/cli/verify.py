@@ -40,9 +40,16 @@ from attest.appraisal.pair import (
     pair_nonces,
     vouchings_of,
 )
+from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import EXIT_OK, error_line, print_json
 from attest.enroll import Enrollment
-from attest.errors import AttestError, ConfigError, TransportError, VerificationError
+from attest.errors import (
+    AttestError,
+    ConfigError,
+    EnrollmentPolicyError,
+    TransportError,
+    VerificationError,
+)
 from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection
 from attest.runtime import VtpmVouch
@@ -85,6 +92,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PEM",
         help="EK certificate CA (roots and intermediates; repeat)",
+    )
+    p.add_argument(
+        "--tofu",
+        action="store_true",
+        help="enroll without an EK chain or credential activation (trust on first use); "
+        "without it enrollment fails closed",
+    )
+    p.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
+        "docs/verify.md); the EAR names them",
     )
     p.add_argument("--client-cert", help="client certificate for the node's mutual-TLS listener")
     p.add_argument("--client-key", help="its private key")
@@ -175,9 +195,44 @@ def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry 
 
 
 def _ek_cas(paths: Sequence[str]) -> tuple[list[Any], list[Any]]:
-    from attest.verifier.contact import load_ek_cas
+    """The EK CAs given with ``--ek-ca``, else the vendor CAs bundled with attest."""
+    if paths:
+        from attest.verifier.contact import load_ek_cas
 
-    return load_ek_cas(paths)
+        return load_ek_cas(paths)
+    from attest.verifier.ek_roots import bundled_ek_roots
+
+    store = bundled_ek_roots()
+    return list(store.roots), list(store.intermediates)
+
+
+def _rules(args: argparse.Namespace) -> VerifierRules:
+    path = getattr(args, "policy", None)
+    if path is None:
+        return DEFAULT_RULES
+    from attest.storage.files import read_bytes
+
+    try:
+        return parse_rules(read_bytes(path, max_size=MAX_RULES_BYTES))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}", key="--policy") from None
+
+
+def _enrollment_refusal(ns: argparse.Namespace, roots: Sequence[Any], activator: Any) -> str | None:
+    """Why enrolling would be weaker than asked (fail closed), or None."""
+    if getattr(ns, "tofu", False):
+        return None
+    if not roots:
+        return (
+            "enrollment fails closed: no EK CA verifies the node's TPM (give --ek-ca PEM|DIR, "
+            "or --tofu to trust the AK on first use)"
+        )
+    if activator is None:
+        return (
+            "enrollment fails closed: credential activation needs an authenticated channel "
+            "(--operator-socket, or --client-cert/--client-key), or --tofu"
+        )
+    return None
 
 
 def _ear_key(path: str | None) -> Any:
@@ -239,6 +294,13 @@ def _enrolled_line(e: Enrollment, *, first: bool) -> str:
     return f"{what}: node {e.node_id}, AK {e.ak_name.hex()}; {ek}; {how}"
 
 
+def _release_json(result: AppraisalResult) -> dict[str, str] | None:
+    d = result.release
+    if d is None or d.release is None:
+        return None
+    return {"version": d.release.version, "status": d.status.value}
+
+
 def _report(
     args: argparse.Namespace,
     result: AppraisalResult,
@@ -269,6 +331,9 @@ def _report(
                 "ear": token,
                 "claims": result.trustworthiness_vector,
                 "explanation": result.first_divergence,
+                "release": _release_json(result),
+                "enrollment_strength": result.enrollment,
+                "policy_id": result.policy_id,
                 "result": result.to_json(),
                 "enrollment": None if record is None else record.enrollment.to_json(),
                 "re_enrollment": re_enrollment,
@@ -278,6 +343,12 @@ def _report(
         return code
     out = sys.stdout
     print(f"{result.node_id or args.url}: {result.verdict.value.upper()}", file=out)
+    rel = _release_json(result)
+    running = "not identified" if rel is None else f"{rel['version']} ({rel['status']})"
+    print(
+        f"  release: {running}; enrollment: {result.enrollment}; policy: {result.policy_id}",
+        file=out,
+    )
     if result.first_divergence:
         print(f"  first divergence: {result.first_divergence}", file=out)
     _print_claims(result, out, indent="  ")
@@ -319,6 +390,8 @@ def _host_args(args: argparse.Namespace) -> argparse.Namespace:
         platform=args.host_platform,
         pcrs=args.pcrs,
         re_enroll=args.re_enroll,
+        tofu=args.tofu,
+        policy=args.policy,
     )
 
 
@@ -359,15 +432,24 @@ def _appraise_layer(
             "no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "
             "and expected PCRs are not appraised"
         )
-    roots, inter = _ek_cas(ns.ek_ca)
+    rules = _rules(ns)
+    roots, inter = _ek_cas(ns.ek_ca) if record is None or ns.re_enroll else ([], [])
     re_enrollment = None
     with _clients(ns) as (client, operator):
         try:
             identity = client.identity()
             if record is None or ns.re_enroll:
+                refusal = _enrollment_refusal(ns, roots, operator)
                 try:
+                    if refusal is not None:
+                        raise EnrollmentPolicyError(refusal)
                     enrollment = enroll(
-                        client, now=now, ek_roots=roots, ek_intermediates=inter, activator=operator
+                        client,
+                        now=now,
+                        ek_roots=roots if ns.ek_ca or not ns.tofu else [],
+                        ek_intermediates=inter,
+                        activator=operator,
+                        runtime_pcr=rules.runtime_pcr,
                     )
                 except VerificationError as exc:
                     result = enrollment_refused(
@@ -388,7 +470,7 @@ def _appraise_layer(
                         "enrolled WITHOUT credential activation (no --operator-socket "
                         "or client certificate): the AK is trusted on first use"
                     )
-            selection = selection_for(record.enrollment, ns.pcrs)
+            selection = selection_for(rules.runtime_pcr, ns.pcrs)
             ev = gather(client, selection, nonce=nonce)
             audit: list[dict[str, Any]] | None = None
             if operator is not None:
@@ -418,6 +500,8 @@ def _appraise_layer(
         now=now,
         audit_entries=audit,
         identity=identity,
+        rules=rules,
+        continuity=record.continuity,
     )
     result = done.result
     # memory.runtime is set only when the quote verified (our nonce, the enrolled AK) and the
@@ -426,7 +510,11 @@ def _appraise_layer(
     vouchings = None if rt is None else vouchings_of(rt.log.events)
     if result.verdict is not Verdict.ALARM:
         record = store.appraised(
-            record, clock=result.clock, verdict=result.verdict.value, at=format_time(now)
+            record,
+            clock=result.clock,
+            verdict=result.verdict.value,
+            at=format_time(now),
+            continuity=result.continuity,
         )
     return _Layer(address, result, record, notes, re_enrollment, vouchings)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptography import x509
 
+from attest.appraisal.rules import DEFAULT_RULES
 from attest.ekcert.parse import ParsedCertificate
 from attest.enroll import (
     Enrollment,
@@ -31,7 +32,7 @@ from attest.enroll import (
     verify_ak_attributes,
     verify_ek_certificate,
 )
-from attest.errors import CertificateError, CredentialError, TransportError
+from attest.errors import CertificateError, CredentialError, RuntimePcrError, TransportError
 from attest.evidence import VerifiedEvidence, unb64, verify_evidence
 from attest.model import HashAlg, PcrSelection
 from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
@@ -114,8 +115,13 @@ def enroll(
     ek_roots: Sequence[ParsedCertificate | x509.Certificate] = (),
     ek_intermediates: Sequence[ParsedCertificate | x509.Certificate] = (),
     activator: NodeClient | None = None,
+    runtime_pcr: int = DEFAULT_RULES.runtime_pcr,
 ) -> Enrollment:
     """Enroll a node: returns the record to remember, or raises naming what failed.
+
+    ``runtime_pcr`` is the verifier's (``VerifierRules.runtime_pcr``): the node's identity
+    must claim exactly it, or enrollment is refused (``RuntimePcrError``) -- a relay must not
+    move the runtime log to a PCR the verifier does not watch.
 
     ``activator`` is a client on an authenticated channel (mutual TLS or the operator
     socket) for credential activation; without it the AK is trusted on the EK certificate
@@ -123,6 +129,12 @@ def enroll(
     """
     ident = client.identity()
     ak, ek, certs = _identity_parts(ident)
+    claim = ident.get("runtime_pcr")
+    if type(claim) is not int or claim != runtime_pcr:
+        raise RuntimePcrError(
+            f"the node claims runtime PCR {str(claim)[:16]!r}; this verifier's rules use PCR "
+            f"{runtime_pcr}"
+        )
     verify_ak_attributes(ak)
     subject = None
     if ek_roots:
@@ -168,7 +180,7 @@ def enroll(
         ek_sha256=None if ek is None else hashlib.sha256(ek.raw).digest(),
         ek_certificate=subject,
         activated=activated,
-        runtime_pcr=int(ident.get("runtime_pcr", 13)),
+        runtime_pcr=runtime_pcr,
         enrolled_at=now.isoformat(),
     )
 
@@ -240,12 +252,12 @@ def challenge(
 APPRAISAL_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 15)
 
 
-def selection_for(enrollment: Enrollment, extra: PcrSelection | None = None) -> PcrSelection:
+def selection_for(runtime_pcr: int, extra: PcrSelection | None = None) -> PcrSelection:
     """The selection of an appraisal: ``extra`` (default: sha256 0-9, 11, 12, 15) plus the
-    enrolled runtime PCR in sha256."""
+    verifier's runtime PCR (``VerifierRules.runtime_pcr``) in sha256."""
     sel = (extra or PcrSelection.of({HashAlg.SHA256: APPRAISAL_PCRS})).as_dict()
     sha256 = set(sel.get(HashAlg.SHA256, ()))
-    sha256.add(enrollment.runtime_pcr)
+    sha256.add(runtime_pcr)
     return PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
 
 

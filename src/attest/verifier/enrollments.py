@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from attest.appraisal.memory import Continuity
 from attest.enroll import Enrollment
 from attest.errors import EvidenceFormatError
 from attest.storage.files import atomic_write_bytes, read_optional
@@ -40,6 +41,8 @@ class NodeRecord:
     last_verdict: str | None = None
     last_appraised_at: str | None = None
     re_enrollments: tuple[Mapping[str, Any], ...] = field(default=())
+    # What was verified before (audit head, TPM epoch): kept until an operator re-enrolls.
+    continuity: Continuity | None = None
 
     def to_json(self) -> dict[str, Any]:
         c = self.last_clock
@@ -58,6 +61,7 @@ class NodeRecord:
             "last_verdict": self.last_verdict,
             "last_appraised_at": self.last_appraised_at,
             "re_enrollments": [dict(r) for r in self.re_enrollments],
+            "continuity": None if self.continuity is None else self.continuity.to_json(),
         }
 
     @classmethod
@@ -83,6 +87,9 @@ class NodeRecord:
                 last_verdict=doc.get("last_verdict"),
                 last_appraised_at=doc.get("last_appraised_at"),
                 re_enrollments=tuple(doc.get("re_enrollments") or ()),
+                continuity=None
+                if doc.get("continuity") is None
+                else Continuity.from_json(doc["continuity"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EvidenceFormatError(f"enrollment record: {exc}") from None
@@ -157,14 +164,22 @@ class EnrollmentStore:
         return record, entry
 
     def appraised(
-        self, record: NodeRecord, *, clock: ClockInfo | None, verdict: str, at: str
+        self,
+        record: NodeRecord,
+        *,
+        clock: ClockInfo | None,
+        verdict: str,
+        at: str,
+        continuity: Continuity | None = None,
     ) -> NodeRecord:
-        """Remember an appraisal; the clock only from a verified quote (never moves back)."""
+        """Remember an appraisal; the clock only from a verified quote (never moves back), the
+        continuity the appraisal returned (``None``: keep what was remembered)."""
         new = replace(
             record,
             last_verdict=verdict,
             last_appraised_at=at,
             last_clock=clock if clock is not None else record.last_clock,
+            continuity=continuity if continuity is not None else record.continuity,
         )
         self.save(new)
         return new
