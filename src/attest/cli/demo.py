@@ -37,7 +37,9 @@ from attest.errors import TransportError
 from attest.model import PcrSelection, PcrValues
 
 if TYPE_CHECKING:
-    from attest.appraisal import AppraisalResult, Enrollment
+    from attest.appraisal import AppraisalResult, Appraised, Enrollment
+    from attest.node.tpm.swtpm import SwtpmState
+    from attest.verifier.client import NodeClient
     from attest.verifier.contact import Evidence
 
 
@@ -99,7 +101,7 @@ def _wait(
 
 
 @contextlib.contextmanager
-def _node(work: Path, say: Any) -> Iterator[tuple[Any, Any, Any, Path]]:
+def _node(work: Path, say: Any) -> Iterator[tuple[NodeClient, NodeClient, SwtpmState, Path]]:
     """The node as in production on a (manufactured once) swtpm: yields the API client, the
     operator-socket client, the swtpm state (its CA) and the broker's operator socket."""
     from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair, manufacture
@@ -162,9 +164,9 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from attest.appraisal import NodeMemory, Verdict, appraise_incremental
+    from attest.appraisal import Verdict
     from attest.appraisal.ear import result_ear, verify_ear
-    from attest.verifier.contact import enroll, gather, selection_for
+    from attest.verifier.contact import enroll
 
     say = (lambda *a: None) if args.json else print
     t0 = time.perf_counter()
@@ -182,27 +184,13 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
         _record_login(operator_sock)
         say("audit       operator login recorded (pseudonymised, hash-chained, anchored)")
         t1 = time.perf_counter()
-        selection = selection_for(enrollment, args.pcrs)
-        ev = gather(client, selection, operator=operator, identity=client.identity())
-        done = appraise_incremental(
-            ev.doc,
-            memory=NodeMemory(),
-            enrollment=enrollment,
-            nonce=ev.nonce,
-            selection=ev.selection,
-            registry=None,
-            platform_id=None,
-            previous=None,
-            tls_binding=ev.tls_binding,
-            now=now,
-            audit_entries=ev.audit_entries,
-            identity=ev.identity,
-        )
+        ev, done = _appraise(client, operator, enrollment, args.pcrs, now)
         t_app = time.perf_counter() - t1
     result = done.result
     key = ec.generate_private_key(ec.SECP256R1())
     token = result_ear(result, key, now=now)
-    status = verify_ear(token, key.public_key())["submods"][result.node_id]["ear.status"]
+    claims = verify_ear(token, key.public_key())
+    status = claims["submods"][result.node_id or "node"]["ear.status"]
     say(
         f"appraised   {result.node_id}: {result.verdict.value.upper()} in {t_app * 1e3:.0f} ms "
         f"(challenge, evidence and audit log, appraisal: the path of `attest verify`)"
@@ -239,6 +227,37 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
             }
         )
     return EXIT_OK if ok else EXIT_VERIFY_FAILED
+
+
+def _appraise(
+    client: NodeClient,
+    operator: NodeClient,
+    enrollment: Enrollment,
+    pcrs: PcrSelection,
+    now: datetime,
+) -> tuple[Evidence, Appraised]:
+    """One contact as ``attest verify`` makes it: a fresh challenge (the evidence with both
+    logs, the audit log over the operator socket) appraised without a registry."""
+    from attest.appraisal import NodeMemory, appraise_incremental
+    from attest.verifier.contact import gather, selection_for
+
+    selection = selection_for(enrollment, pcrs)
+    ev = gather(client, selection, operator=operator, identity=client.identity())
+    done = appraise_incremental(
+        ev.doc,
+        memory=NodeMemory(),
+        enrollment=enrollment,
+        nonce=ev.nonce,
+        selection=ev.selection,
+        registry=None,
+        platform_id=None,
+        previous=None,
+        tls_binding=ev.tls_binding,
+        now=now,
+        audit_entries=ev.audit_entries,
+        identity=ev.identity,
+    )
+    return ev, done
 
 
 def _record_login(operator_sock: Path) -> None:
