@@ -14,20 +14,23 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+
+from . import run
+from .build import NodeImage, build
+from .harness import Harness
+from .image import BuildError
+from .orchestrator import bless_image
+from .run import Vm, VmError
+from .scenarios import SCENARIOS, import_profile, record_platform, run_scenarios
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _image(version: str):  # type: ignore[no-untyped-def]
-    from .build import build
-
+def _image(version: str) -> NodeImage:
     return build(version=version)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .scenarios import SCENARIOS
-
     p = argparse.ArgumentParser(prog="python -m vm_harness")
     p.add_argument("--version", default="1.0.0", help="release version of the image")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -54,10 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference to firmware_manifests/platforms/",
     )
     args = p.parse_args(argv)
-
-    from .image import BuildError
-    from .run import VmError
-
     try:
         if args.cmd == "build":
             node = _image(args.version)
@@ -67,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(_image(args.version).expected_pcrs, indent=2))
             return EXIT_OK
         if args.cmd == "down":
-            from .run import down
-
-            stopped = down(args.name)
+            stopped = run.down(args.name)
             print("stopped " + ", ".join(stopped) if stopped else f"no VM {args.name!r} running")
             return EXIT_OK
         if args.cmd == "up":
@@ -77,16 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "bless":
             return _bless(args)
         if args.cmd == "profile":
-            from .scenarios import Harness, import_profile
-
             with Harness(_image(args.version)) as h:
                 ready, lines = import_profile(h)
             print(f"ready {ready:.1f} s after QEMU start (a diagnostic boot: slower)")
             print("\n".join(lines))
             return EXIT_OK
         if args.cmd == "record-platform":
-            from .scenarios import record_platform
-
             path, pcrs = record_platform(_image(args.version))
             print(f"{path}: " + ", ".join(f"PCR {i} {v[:16]}…" for i, v in pcrs.items()))
             return EXIT_OK
@@ -98,8 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .run import Vm
-
     node = _image(args.version)
     vm = Vm(node, name=args.name)
     vm.prepare()
@@ -110,9 +101,7 @@ def _up(args: argparse.Namespace) -> int:
         vm.stop()
         raise
     # Leave QEMU and swtpm running (own sessions): forget them so that exit does not stop them.
-    from . import run as r
-
-    r._live.discard(vm)
+    run._live.discard(vm)
     if vm.qmp is not None:
         vm.qmp.close()
     print(f"node {args.name} ({node.version}, {vm.accel}) up in {t:.1f} s")
@@ -124,8 +113,6 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _scenarios(version: str, names: list[str]) -> int:
-    from .scenarios import Harness, run_scenarios
-
     t0 = time.monotonic()
     node = _image(version)
     rows = []
@@ -152,48 +139,3 @@ def _scenarios(version: str, names: list[str]) -> int:
 
 def _bless(args: argparse.Namespace) -> int:
     return bless_image(_image(args.version), registry=args.registry, commit=args.commit)
-
-
-def bless_image(node: Any, *, registry: str, commit: str = "0" * 40, quiet: bool = False) -> int:
-    """The release artifact is the squashfs (the slot image's first ``root_size`` bytes; the
-    hash tree follows it). ``attest manifest bless`` recomputes its sha256 and verity root
-    hash with the build's salt and refuses a mismatch; the predicted PCRs 4/9/11/12 go in as
-    the release's expected PCRs for the harness platform."""
-    import subprocess
-    from pathlib import Path
-
-    artifact = Path(node.directory) / "root.squashfs"
-    with open(node.root, "rb") as src, artifact.open("wb") as dst:
-        left = node.root_size
-        while left:
-            chunk = src.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            dst.write(chunk)
-            left -= len(chunk)
-    cmd = [
-        sys.executable,
-        "-m",
-        "attest",
-        "manifest",
-        "bless",
-        str(artifact),
-        "--version",
-        node.version,
-        "--commit",
-        commit,
-        "--salt",
-        node.verity_salt,
-        "--expect-root-hash",
-        node.verity_root_hash,
-        "--expected-pcrs",
-        str(Path(node.directory) / "expected-pcrs.json"),
-        "--registry",
-        registry,
-    ]
-    done = subprocess.run(cmd, capture_output=quiet, text=True)
-    if quiet and done.returncode != 0:
-        print(done.stderr or done.stdout, file=sys.stderr)
-    rc = done.returncode
-    artifact.unlink()
-    return rc

@@ -4,7 +4,7 @@
 scenario 1).
 
 The registry (TEST keys of ``firmware_manifests/test``, never production keys):
-``attest manifest bless`` of the release (``cli.bless_image``: the squashfs, the build's salt
+``attest manifest bless`` of the release (``bless_image``: the squashfs, the build's salt
 and root hash, ``expected-pcrs.json``: PCRs 4/9/11/12 and 15 for the harness platform),
 ``platform-set`` of ``firmware_manifests/platforms/attest-vm-harness-q35.json`` (PCRs 0-2),
 signed by one platform key and two releases keys (the TEST root's thresholds).
@@ -27,13 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from attest.appraisal.ear import verify_ear
+from attest.manifest.edit import empty_registry
+from attest.manifest.envelope import UnverifiedEnvelope
+
 from . import REPO
 from .build import PLATFORM_ID, NodeImage
 from .run import Vm
-from .trust import RELEASE_KEYS, TEST_TRUST, tls_files
+from .trust import PLATFORM_KEY, PLATFORM_REF, RELEASE_KEYS, TEST_TRUST, tls_files
 
-PLATFORM_REF = REPO / "firmware_manifests" / "platforms" / f"{PLATFORM_ID}.json"
-PLATFORM_KEY = "TEST-ONLY-platform-1.pem"  # the TEST root's platform threshold is 1
 ATTEST = [sys.executable, "-m", "attest"]
 
 
@@ -62,14 +67,51 @@ def _sign_releases(registry: Path) -> None:
         _step("manifest", "sign", str(registry), "--key", str(TEST_TRUST / "keys" / name))
 
 
+def bless_image(
+    node: NodeImage, *, registry: str, commit: str = "0" * 40, quiet: bool = False
+) -> int:
+    """``attest manifest bless`` of the release into the registry draft ``registry``: the
+    release artifact is the squashfs (the slot image's first ``root_size`` bytes; the hash tree
+    follows it); the command recomputes its sha256 and verity root hash with the build's salt
+    and refuses a mismatch; the predicted PCRs 4/9/11/12/15 go in as the release's expected
+    PCRs for the harness platform. The command's exit code."""
+    artifact = Path(node.directory) / "root.squashfs"
+    with open(node.root, "rb") as src, artifact.open("wb") as dst:
+        left = node.root_size
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            dst.write(chunk)
+            left -= len(chunk)
+    cmd = [
+        *ATTEST,
+        "manifest",
+        "bless",
+        str(artifact),
+        "--version",
+        node.version,
+        "--commit",
+        commit,
+        "--salt",
+        node.verity_salt,
+        "--expect-root-hash",
+        node.verity_root_hash,
+        "--expected-pcrs",
+        str(Path(node.directory) / "expected-pcrs.json"),
+        "--registry",
+        registry,
+    ]
+    done = subprocess.run(cmd, capture_output=quiet, text=True)
+    if quiet and done.returncode != 0:
+        print(done.stderr or done.stdout, file=sys.stderr)
+    artifact.unlink()
+    return done.returncode
+
+
 def blessed_registry(image: NodeImage, path: Path) -> Path:
     """A signed registry snapshot at ``path`` blessing ``image`` (its artifact, dm-verity
     root hash and expected PCRs) and holding the harness platform's reference."""
-    from attest.manifest.edit import empty_registry
-    from attest.manifest.envelope import UnverifiedEnvelope
-
-    from .cli import bless_image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     draft = empty_registry(expires=now + dt.timedelta(days=30))
@@ -117,9 +159,6 @@ def trust_dir(registry: Path, state: Path) -> Path:
 
 def ear_key(path: Path) -> Path:
     if not path.exists():
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         key = ec.generate_private_key(ec.SECP256R1())
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(
@@ -177,8 +216,6 @@ def attest_verify(
     timeout: float = 300,
 ) -> VerifyRun:
     """``attest verify`` as an orchestrator runs it against the VM (a subprocess)."""
-    from attest.appraisal.ear import verify_ear
-
     st = vm.tpm_state()
     tls = tls_files(vm.work)
     argv = [
@@ -220,8 +257,7 @@ def attest_verify(
         }
     claims = None
     if doc.get("ear"):
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        pub = load_pem_private_key(key.read_bytes(), None).public_key()
-        claims = verify_ear(doc["ear"], pub)  # type: ignore[arg-type]
+        private = serialization.load_pem_private_key(key.read_bytes(), None)
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        claims = verify_ear(doc["ear"], private.public_key())
     return VerifyRun(r.returncode, doc, claims, seconds, ["attest", "verify", *argv], r.stderr)

@@ -30,11 +30,13 @@ from types import FrameType
 from typing import Any
 
 from attest.node.tpm.swtpm import SwtpmState, manufacture
+from attest.verifier.client import NodeClient
 
 from . import WORK
 from .build import NodeImage
 from .image import GUEST_API_PORT, GUEST_MTLS_PORT, build_state_disk, read_state_file
 from .kvm import OVMF_CODE, OVMF_VARS, QEMU, choose_accel
+from .trust import STATE_DISK_MIB, state_files
 
 BOOT_TIMEOUT = 150.0  # TCG: ~45 s; load on the other core stretches it by half, or more
 MEMORY_MIB = 512
@@ -83,7 +85,7 @@ class Qmp:
     """A synchronous face on ``qemu.qmp.QMPClient`` (its own event loop)."""
 
     def __init__(self, path: Path) -> None:
-        from qemu.qmp import QMPClient
+        from qemu.qmp import QMPClient  # the optional 'vm' extra: imported when a VM starts
 
         self.loop = asyncio.new_event_loop()
         self.client = QMPClient("attest-vm")
@@ -176,8 +178,6 @@ class Vm:
             shutil.rmtree(self.dir / "tpm", ignore_errors=True)
             manufacture(self.dir / "tpm", banks=("sha256",), ca_dir=self.ca_dir)
         if fresh_disks:
-            from .trust import STATE_DISK_MIB, state_files
-
             for f in ("esp.qcow2", "slot-a.qcow2", "slot-b.img", "state.img", "vars.fd"):
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / f).unlink()
@@ -378,8 +378,6 @@ class Vm:
 
     def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Wait until attestd answers /readyz through the port forward; seconds since start."""
-        from attest.verifier.client import NodeClient
-
         deadline = self.t_start + timeout
         with NodeClient(self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """What the harness's node trusts and what the harness signs with: the node's state disk
 contents (slot pointer, trust root, TLS), the harness's private TLS CA for the mutual-TLS
-upgrade channel, and registry snapshots blessing the harness's releases, signed with the TEST
-keys of ``firmware_manifests/test`` (never production keys).
+upgrade channel, and registry snapshots blessing the harness's releases (for the node's upgrade
+gate; for the verifier with the harness platform's reference too), signed with the TEST keys of
+``firmware_manifests/test`` (never production keys).
 
 The state disk (ext4, virtio serial ``state``), as the guest sees it under
 ``/var/lib/attest-state``::
@@ -18,19 +19,29 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from attest.manifest.edit import checked
-from attest.manifest.envelope import Key, UnverifiedEnvelope, sign
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from attest.manifest.canonical import canonicalize
+from attest.manifest.edit import checked, set_platform, with_platform_signature
+from attest.manifest.envelope import Key, PrivateKey, UnverifiedEnvelope, sign
 from attest.manifest.model import (
     RegistrySnapshot,
     Release,
     RollbackAuthorisation,
+    VerifiedRegistry,
     VerityParams,
 )
+from attest.manifest.parse import parse_platform_signed
+from attest.manifest.verify import verify_root_self_signed, verify_snapshot
 from attest.model import PcrValues
 from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore
 
@@ -39,6 +50,8 @@ from .build import PLATFORM_ID, NodeImage, release_sequence
 
 TEST_TRUST = REPO / "firmware_manifests" / "test"
 RELEASE_KEYS = ("TEST-ONLY-releases-1.pem", "TEST-ONLY-releases-2.pem")  # threshold 2
+PLATFORM_KEY = "TEST-ONLY-platform-1.pem"  # the TEST root's platform threshold is 1
+PLATFORM_REF = REPO / "firmware_manifests" / "platforms" / f"{PLATFORM_ID}.json"
 STATE_DISK_MIB = 256  # the upload spool holds a whole image (~75 MB) while the gate reads it
 
 
@@ -97,11 +110,6 @@ def tls_files(work: Path) -> TlsFiles:
         for p in (files.ca, files.node_cert, files.node_key, files.client_cert, files.client_key)
     ):
         return files
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     d.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     later = now + dt.timedelta(days=3650)
@@ -200,13 +208,35 @@ def release_of(image: NodeImage, *, blessed_at: dt.datetime) -> Release:
     )
 
 
+def _private_key(name: str) -> PrivateKey:
+    """One of the TEST keys (Ed25519 or ECDSA: what the manifests sign with)."""
+    key = serialization.load_pem_private_key((TEST_TRUST / "keys" / name).read_bytes(), None)
+    if not isinstance(key, PrivateKey):
+        raise TypeError(f"{name}: not an Ed25519 or ECDSA private key")
+    return key
+
+
+def _with_platform(snap: RegistrySnapshot, path: Path) -> RegistrySnapshot:
+    """``snap`` with the platform reference at ``path`` (the shape ``attest manifest
+    platform-set --ref`` reads), signed by the TEST platform key."""
+    doc = {"_type": "platform", "spec_version": "1", **json.loads(path.read_text())}
+    ref = parse_platform_signed(doc, field=str(path))
+    key = _private_key(PLATFORM_KEY)
+    snap = set_platform(snap, ref)
+    sig = sign(key, canonicalize(ref.to_json()))
+    return with_platform_signature(snap, ref.platform_id, Key.of_private(key).keyid, sig)
+
+
 def signed_registry(
-    images: Iterable[NodeImage], *, sequence: int, rollbacks: Iterable[tuple[str, str]] = ()
+    images: Iterable[NodeImage],
+    *,
+    sequence: int,
+    rollbacks: Iterable[tuple[str, str]] = (),
+    platform: Path | None = None,
 ) -> bytes:
     """A registry snapshot blessing ``images`` (their build's digests and predicted PCRs),
-    with rollback authorisations FROM -> TO, signed by the TEST releases keys (threshold 2)."""
-    from cryptography.hazmat.primitives import serialization
-
+    with rollback authorisations FROM -> TO and, with ``platform``, that platform reference
+    (signed by the TEST platform key), signed by the TEST releases keys (threshold 2)."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rels = {i.version: release_of(i, blessed_at=now - dt.timedelta(hours=1)) for i in images}
     snap = checked(
@@ -219,11 +249,20 @@ def signed_registry(
             ),
         )
     )
+    if platform is not None:
+        snap = _with_platform(snap, platform)
     env = UnverifiedEnvelope(snap.to_json(), ())
     for name in RELEASE_KEYS:
-        key = serialization.load_pem_private_key((TEST_TRUST / "keys" / name).read_bytes(), None)
-        env = env.with_signature(
-            Key.of_private(key).keyid,  # type: ignore[arg-type]
-            sign(key, env.signed_bytes),  # type: ignore[arg-type]
-        )
+        key = _private_key(name)
+        env = env.with_signature(Key.of_private(key).keyid, sign(key, env.signed_bytes))
     return env.to_bytes()
+
+
+def verifier_registry(images: Iterable[NodeImage], *, sequence: int = 1) -> VerifiedRegistry:
+    """The registry an orchestrator appraises the harness's nodes with: ``images`` blessed and
+    the harness platform's reference, verified under the TEST root as ``attest verify --root
+    --snapshot`` verifies it."""
+    now = dt.datetime.now(dt.UTC)
+    data = signed_registry(images, sequence=sequence, platform=PLATFORM_REF)
+    root = verify_root_self_signed((TEST_TRUST / "root.json").read_bytes(), now=now)
+    return verify_snapshot(root.root, data, now=now)

@@ -13,18 +13,25 @@ The document (JSON; digests hex, blobs base64) -- ``POST /v1/evidence`` in docs/
      "image": {"version": str | null, "slot": str | null},
      "time": ISO 8601 (the node's clock; informational)}
 
-``verify_evidence`` authenticates the quote (every check of ``verify_quote``) with the Merkle
-root it signs, proves the verifier's own challenge is a leaf of that root, and checks the quote
-covers exactly the PCRs that were asked for. Appraisal (event logs, manifests) builds on the
-returned ``VerifiedEvidence``.
+This module is the document's one home. The node side builds it from ``quote_members`` (the
+members every challenge one quote answers shares; attestd encodes them once per quote) and
+``challenge_members`` (the place in the batch and the logs asked for), with
+``firmware_log_member`` / ``runtime_log_member`` for the logs; ``encode_members`` and
+``join_encoded`` make the bytes. The verifier side reads it with ``parse_evidence`` ->
+``UnverifiedEvidence``; ``verify_evidence`` authenticates the quote (every check of
+``verify_quote``) with the Merkle root it signs, proves the verifier's own challenge is a leaf of
+that root, and checks the quote covers exactly the PCRs that were asked for. Appraisal (event
+logs, manifests) builds on the returned ``VerifiedEvidence``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from attest.errors import EvidenceFormatError, NonceError, PcrSelectionError
@@ -60,6 +67,94 @@ def unhex(text: object, what: str, *, size: int | None = None, limit: int = 64) 
     if size is not None and len(value) != size:
         raise EvidenceFormatError(f"{what} is {len(value)} bytes, not {size}")
     return value
+
+
+# --- building the document (the node's side) --------------------------------------------------
+
+
+def quote_members(
+    *,
+    node_id: str,
+    attest: bytes,
+    signature: bytes,
+    pcrs: PcrValues,
+    ak: Public,
+    verity: Mapping[str, Any] | None,
+    cmdline: str | None,
+    image_version: str | None,
+    image_slot: str | None,
+    time: datetime,
+) -> dict[str, Any]:
+    """The members every challenge answered by one quote shares: the quote and its PCRs, the
+    AK, and what the node reports about itself (verity devices, command line, image; not
+    authenticated by the quote -- appraisal trusts them only through measurements)."""
+    return {
+        "version": EVIDENCE_VERSION,
+        "node_id": node_id,
+        "quote": {"attest": b64(attest), "signature": b64(signature)},
+        "pcrs": pcrs.to_json(),
+        "ak": {"public": b64(ak.tpm2b()), "name": ak.name.hex()},
+        "verity": None if verity is None else dict(verity),
+        "boot": {"cmdline": cmdline},
+        "image": {"version": image_version, "slot": image_slot},
+        "time": time.isoformat(),
+    }
+
+
+def challenge_members(
+    *,
+    batch_size: int,
+    batch_index: int,
+    proof: Sequence[bytes],
+    tls_binding: bytes,
+    firmware_log: Mapping[str, Any] | None,
+    runtime_log: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The members of one challenge's answer: its leaf's place in the quoted Merkle tree, the
+    node's TLS key binding (empty: none), and the logs asked for (``*_log_member``)."""
+    return {
+        "batch": {
+            "size": batch_size,
+            "index": batch_index,
+            "proof": [p.hex() for p in proof],
+            "tls_binding": tls_binding.hex() or None,
+        },
+        "firmware_log": None if firmware_log is None else dict(firmware_log),
+        "runtime_log": None if runtime_log is None else dict(runtime_log),
+    }
+
+
+def firmware_log_member(data: bytes, start: int, *, encoded: str | None = None) -> dict[str, Any]:
+    """The firmware event log from byte ``start`` (``encoded``: ``b64(data[start:])`` when the
+    caller already has it). Raises ``EvidenceFormatError`` for a start past the end."""
+    if not 0 <= start <= len(data):
+        raise EvidenceFormatError(f"firmware log start {start} is past its end ({len(data)})")
+    return {
+        "start": start,
+        "total": len(data),
+        "data": b64(data[start:]) if encoded is None else encoded,
+    }
+
+
+def runtime_log_member(
+    pcr: int, start: int, records: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The runtime log from record ``start``: its CEL JSON records (``CelRecord.to_json``)."""
+    return {"pcr": pcr, "start": start, "records": list(records)}
+
+
+def encode_members(members: Mapping[str, Any]) -> bytes:
+    """Compact JSON of a set of members (a JSON object)."""
+    return json.dumps(members, separators=(",", ":")).encode()
+
+
+def join_encoded(challenge: bytes, quote: bytes) -> bytes:
+    """The document from the encoded ``challenge_members`` and ``quote_members`` (two JSON
+    objects with no member in common): one object holding both."""
+    return challenge[:-1] + b"," + quote[1:]
+
+
+# --- reading and verifying it (the verifier's side) ---------------------------------------------
 
 
 def _obj(doc: object, what: str) -> Mapping[str, Any]:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -15,8 +16,14 @@ import pytest
 from cryptography import x509
 from tests.conftest import SwtpmFactory
 
+from attest.appraisal import Appraised, appraise_incremental
+from attest.appraisal.memory import NodeMemory
+from attest.enroll import Enrollment
+from attest.model import PcrSelection
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair
+from attest.tpmstruct import ClockInfo
 from attest.verifier.client import NodeClient
+from attest.verifier.contact import gather, selection_for
 
 BIN = Path(sys.executable).parent
 
@@ -73,6 +80,39 @@ def wait(pred: Callable[[], object], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"{what} within {timeout} s")
+
+
+def appraise_contact(
+    client: NodeClient,
+    enrollment: Enrollment,
+    *,
+    pcrs: PcrSelection | None = None,
+    operator: NodeClient | None = None,
+    previous: ClockInfo | None = None,
+) -> Appraised:
+    """One contact as ``attest verify`` makes it, without a registry: a fresh challenge
+    (``gather``: the evidence with both logs from the start, the audit log over ``operator``)
+    appraised by ``appraise_incremental``. Raises ``TransportError`` (the node did not answer)."""
+    ev = gather(
+        client,
+        selection_for(enrollment.runtime_pcr, pcrs),
+        operator=operator,
+        identity=client.identity(),
+    )
+    return appraise_incremental(
+        ev.doc,
+        memory=NodeMemory(),
+        enrollment=enrollment,
+        nonce=ev.nonce,
+        selection=ev.selection,
+        registry=None,
+        platform_id=None,
+        previous=previous,
+        tls_binding=ev.tls_binding,
+        now=datetime.now(UTC),
+        audit_entries=ev.audit_entries,
+        identity=ev.identity,
+    )
 
 
 NodeFactory = Callable[..., Node]

@@ -1,5 +1,6 @@
 """The real daemon processes (attestd-tpm + attestd) on a swtpm, with the verifier library
-as client: enrollment, evidence, recovery when the TPM goes away, a bounded load test."""
+as client: enrollment, appraisal (``gather`` + ``appraise``, the path of ``attest verify``),
+recovery when the TPM goes away, a bounded load test."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import SwtpmFactory
-from tests.swtpm.conftest import BIN, Node, NodeFactory
+from tests.swtpm.conftest import BIN, Node, NodeFactory, appraise_contact
 from tests.swtpm.conftest import wait as _wait
 
-from attest.errors import ClockError, CredentialError, TransportError
+from attest.appraisal import appraise
+from attest.appraisal.claims import Verdict
+from attest.errors import CredentialError, TransportError
 from attest.model import PcrSelection
 from attest.node.tpm.swtpm import SwtpmProcess
-from attest.verifier.contact import challenge, enroll
+from attest.verifier.contact import enroll
+
+SEL = PcrSelection.parse("sha256:0-7")
 
 
 def test_enroll_and_attest_through_the_daemons(node: Node) -> None:
@@ -25,14 +30,17 @@ def test_enroll_and_attest_through_the_daemons(node: Node) -> None:
     with node.client() as c, node.operator() as op:
         e = enroll(c, now=datetime.now(UTC), ek_roots=roots, ek_intermediates=inter, activator=op)
         assert e.activated and e.ek_certificate and e.node_id == "swtpm-node"
-        a1 = challenge(c, e, selection=PcrSelection.parse("sha256:0-7"), firmware=False)
-        a2 = challenge(
-            c, e, selection=PcrSelection.parse("sha256:0-7"), firmware=False, previous=a1.clock
-        )
-    assert a1.runtime is not None
-    kinds = {ev.kind for ev in a1.runtime.events}
+        a1 = appraise_contact(c, e, pcrs=SEL, operator=op)
+        assert a1.result.clock is not None
+        a2 = appraise_contact(c, e, pcrs=SEL, operator=op, previous=a1.result.clock)
+    for a in (a1, a2):
+        assert a.result.verdict is Verdict.AFFIRMING, a.result.first_divergence
+        checks = {f.check for f in a.result.findings if f.tier.label == "affirming"}
+        assert {"quote", "runtime-log", "audit-chain"} <= checks
+    assert a1.memory.runtime is not None
+    kinds = {ev.kind for ev in a1.memory.runtime.log.events}
     assert {"daemon-start", "config"} <= kinds
-    assert a2.clock.clock >= a1.clock.clock
+    assert a2.result.clock is not None and a2.result.clock.clock >= a1.result.clock.clock
 
 
 def test_activation_is_refused_on_the_public_listener(node: Node) -> None:
@@ -62,8 +70,6 @@ def test_activation_for_another_tpm_fails(
         ch, expected = start_enrollment(other_ek, ident.ak)
         with pytest.raises(TransportError):
             op.activate(ch.id_object, ch.encrypted_secret)
-        from attest.enroll import Enrollment  # noqa: F401  (documented type)
-
         with pytest.raises(CredentialError):
             from attest.enroll import finish_enrollment
 
@@ -73,28 +79,29 @@ def test_activation_for_another_tpm_fails(
 def test_tpm_loss_and_return_through_the_daemons(node: Node) -> None:
     with node.client() as c:
         e = enroll(c, now=datetime.now(UTC))
-        challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
+        sel = PcrSelection.parse("sha256:0")
+        assert appraise_contact(c, e, pcrs=sel).result.verdict is Verdict.AFFIRMING
         node.swtpm.stop(orderly=False)  # the TPM disappears (power cut of the TPM)
         with pytest.raises(TransportError, match="503"):
-            challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
+            appraise_contact(c, e, pcrs=sel)
         _wait(lambda: not c.ready(), 10, "readiness off")
         node.swtpm.start()
         _wait(c.ready, 30, "readiness back")
         # The TPM lost power: it honestly reports an unsafe clock until its next NV save.
-        with pytest.raises(ClockError):
-            challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
+        after = appraise_contact(c, e, pcrs=sel).result
+    assert after.verdict is Verdict.CONTRAINDICATED
+    assert [f.check for f in after.findings if f.tier.label != "affirming"] == ["quote:clock"]
+    assert "clockInfo.safe is NO" in (after.first_divergence or "")
 
 
 def test_load_on_loopback_is_batched_and_bounded(node: Node) -> None:
-    """300 concurrent challenges against swtpm: all answered, every answer verifies, and
-    they share quotes."""
+    """300 concurrent challenges against swtpm: all answered, every answer appraises
+    affirming, and they share quotes."""
     import httpx
-
-    from attest.evidence import verify_evidence
 
     with node.client() as c:
         e = enroll(c, now=datetime.now(UTC))
-    sel = PcrSelection.parse("sha256:0-7")
+    sel = PcrSelection.parse("sha256:0-7,13")
 
     async def run() -> list[int]:
         sizes = []
@@ -104,10 +111,25 @@ def test_load_on_loopback_is_batched_and_bounded(node: Node) -> None:
 
             async def one() -> None:
                 nonce = os.urandom(32)
-                body = {"nonce": nonce.hex(), "pcrs": {"sha256": list(range(8))}}
+                body = {
+                    "nonce": nonce.hex(),
+                    "pcrs": {"sha256": [*range(8), 13]},
+                    "logs": {"runtime": {"start": 0}},
+                }
                 r = await client.post("/v1/evidence", json=body)
                 assert r.status_code == 200, r.text
-                verify_evidence(r.json(), nonce=nonce, ak=e.ak, selection=sel)
+                result = appraise(
+                    r.json(),
+                    enrollment=e,
+                    nonce=nonce,
+                    selection=sel,
+                    registry=None,
+                    platform_id=None,
+                    previous=None,
+                    tls_binding=None,
+                    now=datetime.now(UTC),
+                )
+                assert result.verdict is Verdict.AFFIRMING, result.first_divergence
                 sizes.append(r.json()["batch"]["size"])
 
             await asyncio.gather(*(one() for _ in range(300)))

@@ -431,4 +431,11 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["valid"] is True
-    assert "pcr-selection" in doc["relabelled_quote_refused"]
+    # the appraisal of attest verify: affirming, enrolled with credential activation, the
+    # audit log anchored in the runtime log, a signed EAR
+    assert doc["verdict"] == "affirming" and doc["result"]["status"] == "affirming"
+    assert doc["enrollment"]["activated"] is True
+    checks = {f["check"] for f in doc["result"]["findings"] if f["tier"] == "affirming"}
+    assert {"quote", "runtime-log", "audit-chain"} <= checks
+    assert doc["audit_entries"] >= 1 and doc["ear"].count(".") == 2
+    assert "quote (pcr-selection)" in doc["relabelled_quote_refused"]

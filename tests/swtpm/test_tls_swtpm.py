@@ -20,13 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import SwtpmFactory
 
-from attest.errors import NonceError, TransportError
-from attest.evidence import verify_evidence
+from attest.appraisal import Appraised, appraise_incremental
+from attest.appraisal.claims import Verdict
+from attest.appraisal.memory import NodeMemory
+from attest.errors import TransportError
 from attest.model import PcrSelection
 from attest.node.daemon import tls_binding
 from attest.node.tpm.swtpm import free_port_pair
 from attest.verifier.client import NodeClient
-from attest.verifier.contact import challenge, enroll
+from attest.verifier.contact import enroll, gather, selection_for
 
 BIN = Path(sys.executable).parent
 NOW = dt.datetime.now(dt.UTC)
@@ -122,30 +124,37 @@ def test_evidence_is_bound_to_the_tls_key_connected_to(tls_node: dict[str, objec
     assert isinstance(d, Path)
     with NodeClient(f"https://127.0.0.1:{port}", verify=verify) as c:
         e = enroll(c, now=NOW)
-        a = challenge(c, e, selection=PcrSelection.parse("sha256:0"), firmware=False)
-        assert c.peer_binding == tls_binding(str(d / "server.crt"))
-        assert a.evidence.tls_binding == c.peer_binding
-        kinds = {ev.kind for ev in a.runtime.events} if a.runtime else set()
-        assert "tls-key" in kinds
-        # A relay holding another TLS key passes this node's answer on: the verifier connected
-        # to the relay sees the relay's key, and the evidence names the node's.
-        nonce = os.urandom(32)
-        doc = c.evidence(nonce, PcrSelection.parse("sha256:0"))
-        verify_evidence(
-            doc,
-            nonce=nonce,
-            ak=e.ak,
-            selection=PcrSelection.parse("sha256:0"),
-            tls_binding=c.peer_binding,
+        ev = gather(
+            c, selection_for(e.runtime_pcr, PcrSelection.parse("sha256:0")), identity=c.identity()
         )
-        with pytest.raises(NonceError, match="TLS key"):
-            verify_evidence(
-                doc,
-                nonce=nonce,
-                ak=e.ak,
-                selection=PcrSelection.parse("sha256:0"),
-                tls_binding=b"\x00" * 32,
-            )
+        assert c.peer_binding == tls_binding(str(d / "server.crt"))
+        assert ev.tls_binding == c.peer_binding
+
+    def appraised(binding: bytes | None) -> Appraised:
+        return appraise_incremental(
+            ev.doc,
+            memory=NodeMemory(),
+            enrollment=e,
+            nonce=ev.nonce,
+            selection=ev.selection,
+            registry=None,
+            platform_id=None,
+            previous=None,
+            tls_binding=binding,
+            now=dt.datetime.now(dt.UTC),
+            identity=ev.identity,
+        )
+
+    done = appraised(ev.tls_binding)
+    assert done.result.verdict is Verdict.AFFIRMING, done.result.first_divergence
+    assert done.memory.runtime is not None
+    assert "tls-key" in {x.kind for x in done.memory.runtime.log.events}
+    # A relay holding another TLS key passes this node's answer on: the verifier connected
+    # to the relay sees the relay's key, and the evidence names the node's.
+    relayed = appraised(b"\x00" * 32).result
+    assert relayed.verdict is Verdict.CONTRAINDICATED
+    assert [f.check for f in relayed.findings] == ["quote:nonce"]
+    assert "bound to another TLS key" in (relayed.first_divergence or "")
 
 
 def test_activation_needs_a_client_certificate(tls_node: dict[str, object]) -> None:

@@ -3,7 +3,8 @@
 decides, records (runtime log + audit log) and writes slot B; the operator confirms through
 ``attest upgrade … --broker-socket`` (NV counter raised by the broker). An unblessed upload is a
 409 with its reason code and writes nothing; the public listener gets 403; the decisions are in
-the runtime log served with evidence, which verifies against the quoted PCR."""
+the runtime log served with evidence, which a verifier appraises affirming (the runtime log
+replays into the quoted PCR, the audit chain matches its anchors)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.swtpm.conftest import BIN, Node, NodeFactory
+from tests.swtpm.conftest import BIN, Node, NodeFactory, appraise_contact
 from tests.unit.upgrade_helpers import TEST_TRUST, Image, make_image, signed, snapshot
 
-from attest.audit import verify_audit_chain
+from attest.appraisal.claims import Verdict
 from attest.errors import OperationNotAllowed
-from attest.eventlog.cel import loads_cel
-from attest.evidence import verify_evidence
 from attest.model import PcrSelection
 from attest.node.broker.client import BrokerClient
 from attest.node.upgrade.stager import DEFAULT_NV_INDEX
-from attest.runtime import check_records, verify_runtime_log
+from attest.runtime import check_records
 from attest.verifier.contact import enroll
 
 PCR = 13
@@ -152,16 +151,15 @@ def test_broker_stages_confirms_and_records_upgrades_offered_to_attestd(gate: Ga
     d = gate.cli("stage", str(gate.v2.path), "--snapshot", str(gate.snap_path))
     assert d["accepted"] is True and d["slot"] == "a" and d["version"] == "2.0.0"
 
-    # a verifier: the decisions are in the runtime log served with evidence, which replays into
-    # the quoted runtime PCR; the audit chain matches its anchors
-    with gate.node.client() as c:
+    # a verifier appraising the node as attest verify does: the decisions are in the runtime
+    # log served with evidence, which replays into the quoted runtime PCR; the audit chain
+    # (fetched over the operator socket) matches its anchors
+    with gate.node.client() as c, gate.node.operator() as op:
         e = enroll(c, now=datetime.now(UTC))
-        sel = PcrSelection.parse(f"sha256:{PCR}")
-        nonce = hashlib.sha256(b"upgrade broker test").digest()
-        doc = c.evidence(nonce, sel, runtime_from=0)
-    ve = verify_evidence(doc, nonce=nonce, ak=e.ak, selection=sel)
-    records = loads_cel(json.dumps(doc["runtime_log"]["records"]))
-    log = verify_runtime_log(records, ve.quote.pcrs, pcr=PCR)
+        done = appraise_contact(c, e, pcrs=PcrSelection.parse(f"sha256:{PCR}"), operator=op)
+    assert done.result.verdict is Verdict.AFFIRMING, done.result.first_divergence
+    assert done.memory.runtime is not None
+    log = done.memory.runtime.log
     decisions = [
         (ev.content["accepted"], ev.content["reason"], ev.content["version"])
         for ev in log.of_kind("upgrade-decision")
@@ -176,17 +174,15 @@ def test_broker_stages_confirms_and_records_upgrades_offered_to_attestd(gate: Ga
         ev.content["slot"] for ev in log.of_kind("upgrade-decision") if ev.content["accepted"]
     ] == ["b", "a"]
     assert log.of_kind("nv-counter")
-    with BrokerClient(gate.node.broker_operator_sock) as broker:
-        entries = [dict(x) for x in broker.audit_log()]
-    verify_audit_chain(entries, log.audit_anchors)
-    assert [x["service"] for x in entries] == [
+    entries = done.memory.audit  # verified against the runtime log's anchors
+    assert [x.service for x in entries] == [
         "upgrade.upgrade",
         "upgrade.confirm",
         "upgrade.unknown-artifact",
         "upgrade.size-mismatch",
         "upgrade.upgrade",
     ]
-    assert [x["result"] for x in entries] == ["success", "success", "denied", "denied", "success"]
+    assert [x.result for x in entries] == ["success", "success", "denied", "denied", "success"]
 
 
 def test_public_listener_gets_403_and_nothing_is_recorded(gate: Gate) -> None:

@@ -8,16 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 from tests.conftest import need_binaries
-from vm_harness.build import BUILD_TOOLS, NodeImage
-from vm_harness.scenarios import Harness
+from vm_harness.build import BUILD_TOOLS, NodeImage, build
+from vm_harness.harness import Harness
 
 
 @pytest.fixture(scope="session")
 def node_image() -> NodeImage:
     need_binaries("qemu-system-x86_64", "qemu-img", "qemu-io", "swtpm", "swtpm_setup", *BUILD_TOOLS)
     pytest.importorskip("qemu.qmp", reason="the PyPI package qemu.qmp (pyproject extra 'vm')")
-    from vm_harness.build import build
-
     return build()
 
 

@@ -3,7 +3,8 @@ TPM, attestd-tpm with ``--vtpm-dir`` + attestd), the VM is the guest, booted on 
 host's manager created for it (``Vm(swtpm_state=...)``).
 
 1. host and guest both good, the guest's vTPM vouched for by the host -> affirming (and the
-   harness's own appraisal of the guest image: blessed);
+   guest on its own, appraised in process on the same path against the harness's registry:
+   affirming as its release);
 2. the guest moved to a vTPM the host never vouched for -> contraindicated at the guest layer,
    naming the cause;
 3. the host running an unblessed image (a dm-verity root no release blesses) with a good guest
@@ -34,7 +35,8 @@ from tests.swtpm.test_pair_swtpm import TEST_MANIFESTS, _Replay
 from vm_harness import WORK
 from vm_harness.build import NodeImage
 from vm_harness.run import Vm
-from vm_harness.scenarios import appraise as harness_appraise
+from vm_harness.trust import verifier_registry
+from vm_harness.verifier import attest_vm
 
 from attest.appraisal.ear import verify_ear
 from attest.cli.verify import main as verify_main
@@ -145,10 +147,15 @@ def test_scenario1_host_and_guest_blessed_is_affirming(
     assert [v["guest_id"] for v in doc["layers"]["host"]["vouchings"]] == [GUEST_ID]
     claims = verify_ear(doc["ear"], pair_vm.ear_pub)
     assert {s["ear.status"] for s in claims["submods"].values()} == {"affirming"}
-    # The guest image is the blessed one: the harness's appraisal (predicted PCRs 4/9/11/12,
-    # platform reference 0-2) of the same VM.
-    v = harness_appraise(pair_vm.guest, pair_vm.guest.image)
-    assert v.affirming, v.reasons
+    # The guest image is the blessed one: the same VM appraised on its own against a registry
+    # blessing the release (expected PCRs 4/9/11/12/15) and the platform reference (0-2).
+    image = pair_vm.guest.image
+    att = attest_vm(
+        pair_vm.guest,
+        registry=verifier_registry([image]),
+        key=ec.generate_private_key(ec.SECP256R1()),
+    )
+    assert att.affirming_as(image.version), att.summary()
 
 
 def test_scenario2_guest_moved_to_an_unvouched_vtpm_is_contraindicated(

@@ -14,20 +14,23 @@ from pathlib import Path
 import pytest
 from vm_harness import image as im
 from vm_harness.build import STUB, NodeImage
+from vm_harness.harness import Harness
+from vm_harness.orchestrator import bless_image
 from vm_harness.scenarios import (
-    NEW,
-    RELEASE_PCRS,
-    Harness,
-    appraise,
     s1_blessed_boot_affirming,
     s2_corrupt_root_fails_closed,
     s3_changed_cmdline_contraindicated,
+    s8_tpm_reset_and_replacement,
+)
+from vm_harness.upgrade_scenarios import (
+    NEW,
+    OLD,
     s4_unblessed_upgrade_refused,
     s5_blessed_upgrade,
     s6_rollback,
     s7_power_cut_mid_write,
-    s8_tpm_reset_and_replacement,
 )
+from vm_harness.verifier import RELEASE_PCRS
 
 from attest import uki
 
@@ -60,8 +63,6 @@ def test_bless_puts_the_predicted_pcrs_and_verity_root_in_the_release(
     import json
     import shutil
 
-    from vm_harness.cli import bless_image
-
     registry = tmp_path / "registry.json"
     shutil.copy(Path(__file__).parents[2] / "firmware_manifests/test/registry.json", registry)
     assert bless_image(node_image, registry=str(registry)) == 0
@@ -83,12 +84,16 @@ def test_releases_share_the_uki_pcrs_and_differ_in_the_root_hash_pcr(harness: Ha
 
 def test_scenario1_predicted_pcrs_equal_the_booted_vm_quote(harness: Harness) -> None:
     """PCRs 4/9/11/12 computed offline from the UKI, and 15 from the release's root hash,
-    equal what the booted node quotes."""
+    equal what the booted node quotes, in a quote the appraisal affirms as the release."""
     vm = harness.booted()
-    v = appraise(vm, harness.image)
+    att = harness.attest(vm)
+    assert att.affirming_as(harness.image.version), att.summary()
+    assert att.ear["submods"][att.result.node_id]["ear.status"] == "affirming"
     predicted = uki.predict_json(Path(harness.image.uki).read_bytes())["sha256"]
     predicted["15"] = im.pcr15(harness.image.verity_root_hash)
-    assert {i: v.pcrs[i] for i in RELEASE_PCRS} == {i: predicted[str(i)] for i in RELEASE_PCRS}
+    assert {i: att.quoted[i].hex() for i in RELEASE_PCRS} == {
+        i: predicted[str(i)] for i in RELEASE_PCRS
+    }
 
 
 def test_scenario1_blessed_image_attests_affirming_through_attest_verify(
@@ -114,6 +119,8 @@ def test_scenario1_blessed_image_attests_affirming_through_attest_verify(
     assert second["doc"]["enrollment"] == first["doc"]["enrollment"]
     assert revoked["code"] == 11 and revoked["doc"]["verdict"] == "contraindicated"
     assert f"release {harness.image.version} was revoked" in revoked["doc"]["explanation"]
+    assert out.data["in_process"]["status"] == "affirming"
+    assert out.data["in_process"]["release"] == harness.image.version
     assert {i: out.data["pcrs"][i] for i in RELEASE_PCRS} == {
         i: harness.image.expected_pcrs["sha256"][str(i)] for i in RELEASE_PCRS
     }
@@ -131,17 +138,34 @@ def test_scenario5_blessed_upgrade_reboots_into_slot_b_attests_and_confirms(
     out = s5_blessed_upgrade(harness)
     assert out.passed, out.detail
     assert harness.running == NEW
+    assert f"attests affirming as {NEW}" in out.detail
+
+
+def test_scenario5_the_upgraded_node_is_not_the_old_release(harness: Harness) -> None:
+    """After scenario 5 the node runs 1.1.0: affirming as 1.1.0 against a registry blessing
+    both releases; against one blessing only 1.0.0, contraindicated by its dm-verity root
+    hash, no release named."""
+    assert harness.running == NEW
+    vm = harness.booted()
+    both = harness.attest(vm)
+    assert both.affirming_as(NEW), both.summary()
+    old_only = harness.attest(vm, enrollment=both.enrollment, versions=[OLD])
+    assert old_only.status == "contraindicated" and old_only.release is None
+    assert "verity" in old_only.failed_checks, old_only.summary()
 
 
 def test_scenario6_rollback_refused_then_authorised(harness: Harness) -> None:
     out = s6_rollback(harness)
     assert out.passed, out.detail
     assert "rollback-unauthorised" in out.detail
+    assert harness.running == OLD and f"attests affirming as {OLD}" in out.detail
 
 
 def test_scenario7_power_cut_mid_write_boots_the_old_slot(harness: Harness) -> None:
+    running = harness.running
     out = s7_power_cut_mid_write(harness)
     assert out.passed, out.detail
+    assert f"attests affirming as {running}" in out.detail
 
 
 def test_scenario8_tpm_reset_and_replacement_detected(harness: Harness) -> None:
@@ -157,4 +181,10 @@ def test_scenario2_flipped_root_block_fails_closed(harness: Harness) -> None:
 def test_scenario3_changed_cmdline_names_pcr_and_change(harness: Harness) -> None:
     out = s3_changed_cmdline_contraindicated(harness)
     assert out.passed, out.detail
-    assert any(r.startswith("PCR 9") and "command line" in r for r in out.data["reasons"])
+    assert out.data["status"] == "contraindicated"
+    assert any(f.startswith("PCR 9") and "command line" in f for f in out.data["findings"])
+    # the harness's observation: the first measurement that differs from the prediction
+    assert any(
+        e.startswith("PCR 9") and "LoadOptions (kernel command line)" in e
+        for e in out.data["explained"]
+    )

@@ -6,10 +6,16 @@
 3. the verifier enrolls the node: EK certificate chain against the CA, AK attributes, TPM2
    credential activation over the operator socket;
 4. an operator login is recorded in the audit log;
-5. the verifier challenges the node with a fresh nonce and verifies the evidence: quote,
-   Merkle inclusion of its nonce, runtime log replayed into the runtime PCR, audit chain
-   anchored in it;
-6. the same genuine quote with relabelled PCR values is shown to be refused.
+5. the verifier appraises the node exactly as ``attest verify`` does: a fresh challenge
+   (``attest.verifier.contact.gather``: nonce, evidence, the audit log over the operator
+   socket) appraised by ``attest.appraisal.appraise_incremental`` -- quote, Merkle inclusion of
+   its nonce, runtime log replayed into the runtime PCR, audit chain anchored in it -- and the
+   result signed as an EAR (an ephemeral demo key) whose signature is checked;
+6. the same genuine answer with its PCR values relabelled is appraised the same way, and
+   refused.
+
+No registry is given: releases, dm-verity root hashes and expected PCRs are not appraised (as
+``attest verify`` without ``--trust-dir``).
 """
 
 from __future__ import annotations
@@ -24,11 +30,18 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attest.cli._common import EXIT_OK, EXIT_VERIFY_FAILED, print_json
-from attest.errors import TransportError, VerificationError
+from attest.errors import TransportError
 from attest.model import PcrSelection, PcrValues
+
+if TYPE_CHECKING:
+    from attest.appraisal import AppraisalResult, Appraised
+    from attest.enroll import Enrollment
+    from attest.node.tpm.swtpm import SwtpmState
+    from attest.verifier.client import NodeClient
+    from attest.verifier.contact import Evidence
 
 
 def register(sub: Any) -> None:
@@ -88,14 +101,13 @@ def _wait(
     raise TransportError(f"{what} did not become ready within {timeout:.0f} s (log: {log})")
 
 
-def _demo(work: Path, args: argparse.Namespace) -> int:
-    from cryptography import x509
-
+@contextlib.contextmanager
+def _node(work: Path, say: Any) -> Iterator[tuple[NodeClient, NodeClient, SwtpmState, Path]]:
+    """The node as in production on a (manufactured once) swtpm: yields the API client, the
+    operator-socket client, the swtpm state (its CA) and the broker's operator socket."""
     from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair, manufacture
     from attest.verifier.client import NodeClient
-    from attest.verifier.contact import challenge, enroll
 
-    say = (lambda *a: None) if args.json else print
     t0 = time.perf_counter()
     tpm_dir = work / "tpm"
     if not (tpm_dir / "state" / "tpm2-00.permall").exists():
@@ -146,61 +158,108 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
                     f"attestd     API on http://127.0.0.1:{port}, operator socket {api_sock}"
                     f" (up {time.perf_counter() - t0:.1f} s after start)"
                 )
-                now = datetime.now(UTC)
-                roots = [x509.load_pem_x509_certificate(state.root_ca.read_bytes())]
-                inter = [x509.load_pem_x509_certificate(state.intermediate_ca.read_bytes())]
-                enrollment = enroll(
-                    client, now=now, ek_roots=roots, ek_intermediates=inter, activator=operator
-                )
-                say(
-                    f"enrolled    {enrollment.node_id}: EK certificate "
-                    f"{enrollment.ek_certificate}; AK attributes ok; credential activation ok"
-                )
-                _record_login(operator_sock)
-                say("audit       operator login recorded (pseudonymised, hash-chained, anchored)")
-                t1 = time.perf_counter()
-                appraisal = challenge(client, enrollment, selection=args.pcrs, firmware=False)
-                t_app = time.perf_counter() - t1
-                q = appraisal.evidence.quote
-                rt = appraisal.runtime
-                kinds = [e.kind for e in rt.events] if rt else []
-                batch = appraisal.evidence.evidence.batch_size
-                say(
-                    f"quote       {q.selection}, {q.signature_alg.name}/"
-                    f"{q.signature_hash.bank_name}, batch of {batch}, "
-                    f"resetCount {q.clock.reset_count}"
-                )
-                say(
-                    f"runtime log {len(kinds)} events replay into PCR {enrollment.runtime_pcr}: "
-                    f"{', '.join(kinds)}"
-                )
-                anchors = rt.audit_anchors if rt else ()
-                audit_doc = operator.audit(0)
-                from attest.audit import verify_audit_chain
+                yield client, operator, state, operator_sock
 
-                entries = verify_audit_chain(audit_doc["entries"], anchors)
-                say(f"audit chain {len(entries)} entries verified against their runtime anchors")
-                say(
-                    f"verdict     VALID: node {enrollment.node_id} attested in "
-                    f"{t_app * 1e3:.0f} ms (challenge, quote, Merkle proof, logs)"
-                )
-                refused = _relabel_attack(appraisal, enrollment)
-                outcome = f"REFUSED ({refused})" if refused else "ACCEPTED -- this is a bug"
-                say(f"attack      the same quote with its PCR values relabelled: {outcome}")
+
+def _demo(work: Path, args: argparse.Namespace) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from attest.appraisal.claims import Verdict
+    from attest.appraisal.ear import result_ear, verify_ear
+    from attest.verifier.contact import enroll
+
+    say = (lambda *a: None) if args.json else print
+    t0 = time.perf_counter()
+    with _node(work, say) as (client, operator, state, operator_sock):
+        now = datetime.now(UTC)  # taken once, as attest verify does
+        roots = [x509.load_pem_x509_certificate(state.root_ca.read_bytes())]
+        inter = [x509.load_pem_x509_certificate(state.intermediate_ca.read_bytes())]
+        enrollment = enroll(
+            client, now=now, ek_roots=roots, ek_intermediates=inter, activator=operator
+        )
+        say(
+            f"enrolled    {enrollment.node_id}: EK certificate "
+            f"{enrollment.ek_certificate}; AK attributes ok; credential activation ok"
+        )
+        _record_login(operator_sock)
+        say("audit       operator login recorded (pseudonymised, hash-chained, anchored)")
+        t1 = time.perf_counter()
+        ev, done = _appraise(client, operator, enrollment, args.pcrs, now)
+        t_app = time.perf_counter() - t1
+    result = done.result
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = result_ear(result, key, now=now)
+    claims = verify_ear(token, key.public_key())
+    status = claims["submods"][result.node_id or "node"]["ear.status"]
+    say(
+        f"appraised   {result.node_id}: {result.verdict.value.upper()} in {t_app * 1e3:.0f} ms "
+        f"(challenge, evidence and audit log, appraisal: the path of `attest verify`)"
+    )
+    for f in result.findings:
+        say(f"  {f.check:<12} {f.tier.label:<10} {f.explanation}")
+    for n in (*result.notes, "no registry: releases, dm-verity and expected PCRs not appraised"):
+        say(f"  note: {n}")
+    say(f"EAR         signed (ES256, an ephemeral demo key), signature verified: {status}")
+    attack = _relabel_attack(ev, enrollment, now)
+    refused = attack.verdict not in (Verdict.AFFIRMING, Verdict.WARNING)
+    outcome = (
+        f"REFUSED ({attack.status}: {attack.first_divergence})"
+        if refused
+        else f"{attack.verdict.value.upper()} -- this is a bug"
+    )
+    say(f"attack      the same quote with its PCR values relabelled: {outcome}")
+    rt = done.memory.runtime
+    kinds = [e.kind for e in rt.log.events] if rt is not None else []
+    ok = result.verdict is Verdict.AFFIRMING and status == "affirming" and refused
     if args.json:
         print_json(
             {
-                "valid": True,
+                "valid": ok,
                 "node_id": enrollment.node_id,
                 "enrollment": enrollment.to_json(),
-                "quote": q.to_json(),
+                "verdict": result.verdict.value,
+                "result": result.to_json(),
+                "ear": token,
                 "runtime_events": kinds,
-                "audit_entries": len(entries),
-                "relabelled_quote_refused": refused,
+                "audit_entries": len(done.memory.audit),
+                "relabelled_quote_refused": attack.first_divergence if refused else None,
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         )
-    return EXIT_OK if refused else EXIT_VERIFY_FAILED
+    return EXIT_OK if ok else EXIT_VERIFY_FAILED
+
+
+def _appraise(
+    client: NodeClient,
+    operator: NodeClient,
+    enrollment: Enrollment,
+    pcrs: PcrSelection,
+    now: datetime,
+) -> tuple[Evidence, Appraised]:
+    """One contact as ``attest verify`` makes it: a fresh challenge (the evidence with both
+    logs, the audit log over the operator socket) appraised without a registry."""
+    from attest.appraisal import appraise_incremental
+    from attest.appraisal.memory import NodeMemory
+    from attest.verifier.contact import gather, selection_for
+
+    selection = selection_for(enrollment.runtime_pcr, pcrs)
+    ev = gather(client, selection, operator=operator, identity=client.identity())
+    done = appraise_incremental(
+        ev.doc,
+        memory=NodeMemory(),
+        enrollment=enrollment,
+        nonce=ev.nonce,
+        selection=ev.selection,
+        registry=None,
+        platform_id=None,
+        previous=None,
+        tls_binding=ev.tls_binding,
+        now=now,
+        audit_entries=ev.audit_entries,
+        identity=ev.identity,
+    )
+    return ev, done
 
 
 def _record_login(operator_sock: Path) -> None:
@@ -218,18 +277,26 @@ def _record_login(operator_sock: Path) -> None:
         )
 
 
-def _relabel_attack(appraisal: Any, enrollment: Any) -> str | None:
-    """The attack keylime and tpm2_checkquote accept: the same genuine quote, its PCR values
-    relabelled to other indices (same order, so the digest still matches)."""
-    from attest.quote import verify_quote
+def _relabel_attack(ev: Evidence, enrollment: Enrollment, now: datetime) -> AppraisalResult:
+    """The attack keylime and tpm2_checkquote accept: the same genuine answer, its PCR values
+    relabelled to other indices (same order, so the quote's digest still matches), appraised
+    as the genuine one was."""
+    from attest.appraisal import appraise
+    from attest.evidence import parse_evidence
 
-    ev = appraisal.evidence.evidence
-    vq = appraisal.evidence.quote
-    bank, values = next(iter(vq.pcrs.values.items()))
+    genuine = parse_evidence(ev.doc)
+    bank, values = next(iter(genuine.pcrs.values.items()))
     shift = 24 - max(values) - 1 if max(values) < 23 else -min(values)
-    relabelled = PcrValues({**vq.pcrs.values, bank: {i + shift: v for i, v in values.items()}})
-    try:
-        verify_quote(ev.attest, ev.signature, ak=enrollment.ak, nonce=vq.nonce, pcrs=relabelled)
-    except VerificationError as exc:
-        return f"{exc.check}: {exc}"
-    return None
+    relabelled = PcrValues({**genuine.pcrs.values, bank: {i + shift: v for i, v in values.items()}})
+    return appraise(
+        {**ev.doc, "pcrs": relabelled.to_json()},
+        enrollment=enrollment,
+        nonce=ev.nonce,
+        selection=ev.selection,
+        registry=None,
+        platform_id=None,
+        previous=None,
+        tls_binding=ev.tls_binding,
+        now=now,
+        identity=ev.identity,
+    )

@@ -39,7 +39,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attest.enroll import Enrollment
 from attest.eventlog.cel import CelRecord
 from attest.eventlog.parse import parse_event_log
-from attest.evidence import EVIDENCE_VERSION, b64
+from attest.evidence import (
+    b64,
+    challenge_members,
+    firmware_log_member,
+    quote_members,
+    runtime_log_member,
+)
 from attest.merkle import challenge_leaf, leaf_hash
 from attest.model import HashAlg, PcrSelection
 from attest.node.tpm.fake import FakeTpm
@@ -232,34 +238,38 @@ class SimFleet:
             start = int(logs["runtime"].get("start", 0))
             if not 0 <= start <= len(node.records_json):
                 raise ValueError(f"runtime log start {start} is past its end")
-            runtime = {
-                "pcr": self.runtime_pcr,
-                "start": start,
-                "records": node.records_json[start:],
-            }
+            runtime = runtime_log_member(self.runtime_pcr, start, node.records_json[start:])
         firmware = None
         if "firmware" in logs and self.firmware_log is not None:
             start = int(logs["firmware"].get("start", 0))
             total = len(self.firmware_log)
             if not 0 <= start <= total:
                 raise ValueError(f"firmware log start {start} is past its end ({total})")
-            data = self._fw_b64.get(start)
-            if data is None:
-                data = b64(self.firmware_log[start:])
+            firmware = firmware_log_member(
+                self.firmware_log, start, encoded=self._fw_b64.get(start)
+            )
             self.log_bytes += total - start
-            firmware = {"start": start, "total": total, "data": data}
         return {
-            "batch": {"size": 1, "index": 0, "proof": [], "tls_binding": None},
-            "firmware_log": firmware,
-            "runtime_log": runtime,
-            "version": EVIDENCE_VERSION,
-            "node_id": node.node_id,
-            "quote": {"attest": b64(quote.attest), "signature": b64(quote.signature)},
-            "pcrs": quote.pcrs.to_json(),
-            "ak": node.ak_json,
-            "verity": None,
-            "image": {"version": None, "slot": None},
-            "time": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
+            **challenge_members(
+                batch_size=1,
+                batch_index=0,
+                proof=(),
+                tls_binding=b"",
+                firmware_log=firmware,
+                runtime_log=runtime,
+            ),
+            **quote_members(
+                node_id=node.node_id,
+                attest=quote.attest,
+                signature=quote.signature,
+                pcrs=quote.pcrs,
+                ak=node.tpm.ak_public(),
+                verity=None,
+                cmdline=None,
+                image_version=None,
+                image_slot=None,
+                time=datetime.fromtimestamp(self.clock(), UTC),
+            ),
         }
 
     # --- the HTTP server --------------------------------------------------------------------

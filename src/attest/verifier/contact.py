@@ -1,12 +1,13 @@
-"""Verifier orchestration over the node API (an adapter: it moves evidence between the
-``NodeClient`` and the pure checks in ``attest.enroll``, ``attest.evidence``,
-``attest.runtime`` and ``attest.eventlog``).
+"""One contact of the verifier with a node over its API (an adapter: it moves documents between
+the ``NodeClient`` and the pure checks in ``attest.enroll`` and ``attest.appraisal``).
 
+- ``open_channels``: the clients of one contact (the API; the operator socket or the mutual-TLS
+  listener for credential activation and the audit log).
 - ``enroll``: trust in the AK -- EK certificate chain (when CA roots are configured), AK
   attributes, and TPM2 credential activation proving the AK lives in the TPM that owns the EK.
-- ``challenge``: one fresh appraisal -- nonce, quote (signature, Merkle inclusion, selection,
-  digest, clock against the previous quote), runtime log replay into the runtime PCR, firmware
-  log replay into PCRs 0-7 when the node serves one.
+- ``gather``: one fresh challenge's raw material (``Evidence``) for ``attest.appraisal.appraise``
+  / ``appraise_incremental``, which decide trust -- the one path of ``attest verify``, the fleet,
+  ``attest demo`` and the harnesses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import os
 import ssl
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -33,21 +34,20 @@ from attest.enroll import (
     verify_ek_certificate,
 )
 from attest.errors import CertificateError, CredentialError, RuntimePcrError, TransportError
-from attest.evidence import VerifiedEvidence, unb64, verify_evidence
+from attest.evidence import unb64
 from attest.model import HashAlg, PcrSelection
-from attest.runtime import VerifiedRuntimeLog, verify_runtime_log
-from attest.tpmstruct import ClockInfo, Public, parse_public
+from attest.tpmstruct import Public, parse_public
 from attest.verifier.client import NodeClient
 from attest.verifier.ek_roots import load_ek_cas_store
 
 __all__ = [
-    "Appraisal",
+    "APPRAISAL_PCRS",
     "Enrollment",
     "Evidence",
-    "challenge",
     "enroll",
     "gather",
     "load_ek_cas",
+    "open_channels",
     "selection_for",
 ]
 
@@ -86,24 +86,30 @@ def open_channels(
     operator_socket: str | None = None,
     client_cert: tuple[str, str] | None = None,
     activation_url: str | None = None,
+    timeout: float = 10.0,
 ) -> Iterator[tuple[NodeClient, NodeClient | None]]:
     """The clients of one contact: the node's API at ``url`` (evidence, identity) and its
     authenticated channel for credential activation and the audit log, if any -- the operator
     socket, else the mutual-TLS listener (``activation_url``, attestd's ``api.mtls_port``, or
     ``url`` itself) with ``client_cert``. ``tls_ca`` verifies https URLs (default: the system's
-    CAs); each client gets its own TLS context (a client certificate is loaded into it)."""
+    CAs); each client gets its own TLS context (a client certificate is loaded into it).
+    ``timeout``: seconds per request."""
 
     def verify() -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=tls_ca) if tls_ca else True
 
     with contextlib.ExitStack() as stack:
-        client = stack.enter_context(NodeClient(url, verify=verify()))
+        client = stack.enter_context(NodeClient(url, verify=verify(), timeout=timeout))
         channel: NodeClient | None = None
         if operator_socket:
-            channel = stack.enter_context(NodeClient("http://operator", uds=operator_socket))
+            channel = stack.enter_context(
+                NodeClient("http://operator", uds=operator_socket, timeout=timeout)
+            )
         elif client_cert is not None:
             channel = stack.enter_context(
-                NodeClient(activation_url or url, verify=verify(), cert=client_cert)
+                NodeClient(
+                    activation_url or url, verify=verify(), cert=client_cert, timeout=timeout
+                )
             )
         yield client, channel
 
@@ -185,66 +191,7 @@ def enroll(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Appraisal:
-    evidence: VerifiedEvidence
-    runtime: VerifiedRuntimeLog | None
-    firmware: Any = None  # VerifiedEventLog, when the node served a firmware log
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def clock(self) -> ClockInfo:
-        return self.evidence.quote.clock
-
-
-def challenge(
-    client: NodeClient,
-    enrollment: Enrollment,
-    *,
-    selection: PcrSelection,
-    previous: ClockInfo | None = None,
-    firmware: bool = True,
-) -> Appraisal:
-    """One appraisal of the node's current state against its enrolled AK."""
-    sel = selection.as_dict()
-    sha256 = set(sel.get(HashAlg.SHA256, ()))
-    sha256.add(enrollment.runtime_pcr)
-    if firmware:
-        sha256.update(range(8))
-    full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
-    nonce = os.urandom(32)
-    doc = client.evidence(nonce, full, firmware_from=0 if firmware else None, runtime_from=0)
-    ve = verify_evidence(
-        doc,
-        nonce=nonce,
-        ak=enrollment.ak,
-        selection=full,
-        previous=previous,
-        tls_binding=client.peer_binding,
-    )
-    notes: list[str] = []
-    runtime = None
-    rt = doc.get("runtime_log")
-    if rt is not None:
-        import json
-
-        from attest.eventlog.cel import loads_cel
-
-        records = loads_cel(json.dumps(rt.get("records", [])))
-        runtime = verify_runtime_log(records, ve.quote.pcrs, pcr=enrollment.runtime_pcr)
-    fw_doc = doc.get("firmware_log")
-    fw = None
-    if fw_doc is not None:
-        from attest.eventlog import parse_event_log, replay
-
-        data = unb64(fw_doc.get("data"), "firmware_log.data")
-        fw = replay(parse_event_log(data), ve.quote.pcrs)
-    elif firmware:
-        notes.append("the node serves no firmware event log (swtpm without firmware)")
-    return Appraisal(ve, runtime, fw, tuple(notes))
-
-
-# --- evidence gathering for ``attest.appraisal.appraise`` (the verify CLI, the fleet) -------
+# --- evidence gathering for ``attest.appraisal.appraise`` --------------------------------------
 
 # PCRs a full appraisal asks for besides the runtime PCR: firmware (0-7), boot loader and
 # kernel command line (8, 9), unified kernel image (11) and its command line (12), the dm-verity

@@ -7,7 +7,6 @@ an in-process ``LocalNode`` over a fake TPM in tests -- injected here, no test-o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
 from attest.errors import AttestError, EvidenceFormatError, TpmError
-from attest.evidence import EVIDENCE_VERSION, b64, unb64
+from attest.evidence import (
+    b64,
+    challenge_members,
+    encode_members,
+    firmware_log_member,
+    join_encoded,
+    quote_members,
+    runtime_log_member,
+    unb64,
+)
 from attest.merkle import challenge_leaf
 from attest.model import HashAlg, PcrSelection
 from attest.node.api import schemas
@@ -299,29 +307,30 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         except TpmError as exc:
             ctx.tpm_failed(exc)
             raise
-        batch = {
-            "size": result.size,
-            "index": result.index,
-            "proof": [p.hex() for p in result.proof],
-            "tls_binding": ctx.tls_binding.hex() or None,
-        }
         fw = req.logs.get("firmware")
         rt = req.logs.get("runtime")
-        extra: dict[str, Any] = {"firmware_log": None, "runtime_log": None}
-        if fw is not None:
-            extra["firmware_log"] = _firmware_log(ctx, fw.start)
+        firmware_log = runtime_log = None
+        if fw is not None and ctx.firmware_log is not None:
+            firmware_log = firmware_log_member(ctx.firmware_log, fw.start)
         if rt is not None:
             records = await loop.run_in_executor(None, ctx.node.runtime_log, rt.start)
-            extra["runtime_log"] = {
-                "pcr": ctx.settings.tpm.runtime_pcr,
-                "start": rt.start,
-                "records": [r.to_json() for r in records],
-            }
+            runtime_log = runtime_log_member(
+                ctx.settings.tpm.runtime_pcr, rt.start, [r.to_json() for r in records]
+            )
+        head = encode_members(
+            challenge_members(
+                batch_size=result.size,
+                batch_index=result.index,
+                proof=result.proof,
+                tls_binding=ctx.tls_binding,
+                firmware_log=firmware_log,
+                runtime_log=runtime_log,
+            )
+        )
         # The parts every challenge answered by this quote shares are encoded once per quote
         # (this is the hot endpoint: a batch can answer thousands of challenges).
         common = _shared_part(ctx, ident, result.quote)
-        head = json.dumps({"batch": batch, **extra}, separators=(",", ":")).encode()
-        return Response(head[:-1] + b"," + common[1:], media_type="application/json")
+        return Response(join_encoded(head, common), media_type="application/json")
 
     @app.get("/v1/identity")
     async def identity() -> dict[str, Any]:
@@ -447,26 +456,19 @@ def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> byte
     if cached is not None and cached[0] is quote:
         return cached[1]
     version, slot = ctx.image()
-    doc = {
-        "version": EVIDENCE_VERSION,
-        "node_id": ctx.node_id,
-        "quote": {"attest": b64(quote.attest), "signature": b64(quote.signature)},
-        "pcrs": quote.pcrs.to_json(),
-        "ak": {"public": b64(ident.ak.tpm2b()), "name": ident.ak.name.hex()},
-        "verity": ctx.verity(),
-        "boot": {"cmdline": ctx.cmdline},
-        "image": {"version": version, "slot": slot},
-        "time": ctx.clock().isoformat(),
-    }
-    encoded = json.dumps(doc, separators=(",", ":")).encode()
+    encoded = encode_members(
+        quote_members(
+            node_id=ctx.node_id,
+            attest=quote.attest,
+            signature=quote.signature,
+            pcrs=quote.pcrs,
+            ak=ident.ak,
+            verity=ctx.verity(),
+            cmdline=ctx.cmdline,
+            image_version=version,
+            image_slot=slot,
+            time=ctx.clock(),
+        )
+    )
     ctx.shared = (quote, encoded)
     return encoded
-
-
-def _firmware_log(ctx: NodeContext, start: int) -> dict[str, Any] | None:
-    data = ctx.firmware_log
-    if data is None:
-        return None
-    if start > len(data):
-        raise EvidenceFormatError(f"firmware log start {start} is past its end ({len(data)})")
-    return {"start": start, "total": len(data), "data": b64(data[start:])}
