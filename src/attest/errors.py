@@ -261,3 +261,17 @@ class NodeUrlRefused(RegistrationRefused):
     """A node URL that is not an http(s) origin, or outside --allow-nodes."""
 
     check = "node-url"
+
+
+class SnpFormatError(EvidenceFormatError):
+    """An SEV-SNP attestation report, AMD certificate, CRL or certificate table that does not
+    parse (attest.snp)."""
+
+
+class SnpCheckError(VerificationError):
+    """An SEV-SNP report that parsed but failed a check (attest.snp); ``check`` names it
+    (one of ``attest.snp.findings.SnpCheck``)."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check

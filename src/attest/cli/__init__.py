@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vtpm": ("attest.cli.vtpm", "host side: create guest vTPMs and vouch for them"),
     "audit": ("attest.cli.audit", "record, show and verify the operator audit log"),
     "ek": ("attest.cli.ek", "verify TPM EK certificates against the vendors' CAs"),
+    "snp": ("attest.cli.snp", "verify AMD SEV-SNP reports, predict launch measurements"),
 }
 
 EPILOG = """exit codes:

@@ -1,0 +1,224 @@
+"""``attest snp verify`` and ``attest snp measure``: AMD SEV-SNP reports and launch digests.
+
+``verify`` checks a report against its VCEK/VLEK and a chain to an AMD root, at ``--now``. attest
+pins each product's ARK by its key's SHA-256 and ships no certificate: the ARK comes with the
+chain (AMD's KDS cert_chain is ASK + ARK), the certificate table, or ``--ark-dir``.
+``measure`` predicts the launch digest of an SNP guest with the ``sev-snp-measure`` library
+(the optional ``snp`` extra: ``pip install 'attest[snp]'``). See docs/snp.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import importlib
+from pathlib import Path
+from typing import Any
+
+from attest.cli._common import EXIT_OK, print_json
+from attest.errors import ConfigError, SnpFormatError
+from attest.snp.certs import AmdCertificate, load_certificates
+from attest.snp.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, parse_cert_table
+from attest.snp.report import Signer, TcbVersion, parse_report
+from attest.snp.roots import AMD_ARK_PINS
+from attest.snp.verify import SnpVerifier, VerifiedReport
+from attest.storage.files import read_bytes
+
+MAX_INPUT = 1024 * 1024
+MAX_ARK_FILES = 32
+CERT_SUFFIXES = (".pem", ".der", ".crt", ".cer")
+GUEST_FEATURES = 0x1  # sev-snp-measure's default for SNP: SNPActive
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("snp", help="verify AMD SEV-SNP reports, predict launch measurements")
+    ssub = p.add_subparsers(dest="cmd", metavar="SUBCOMMAND")
+    ssub.required = True
+
+    v = ssub.add_parser("verify", help="verify a report: signature, chain to a pinned AMD root")
+    v.add_argument("--report", required=True, type=Path, help="ATTESTATION_REPORT (1184 bytes)")
+    v.add_argument("--vcek", type=Path, help="the VCEK or VLEK, DER or PEM")
+    v.add_argument(
+        "--chain",
+        type=Path,
+        help="PEM: the ASK or ASVK and the ARK (AMD's KDS cert_chain); the ARK may come from "
+        "--ark-dir instead",
+    )
+    v.add_argument(
+        "--certs-table",
+        type=Path,
+        help="an extended report's / configfs-TSM auxblob certificate table",
+    )
+    v.add_argument(
+        "--ark-dir",
+        type=Path,
+        help="a directory of AMD certificates (*.pem, *.der, *.crt, *.cer): each product's ARK, "
+        "optionally its ASK/ASVK; an ARK counts only when its key is the pinned one",
+    )
+    v.add_argument("--now", type=_when, help="check validity at this ISO 8601 time")
+    v.add_argument("--report-data", type=_report_data, help="expected REPORT_DATA, 64 bytes hex")
+    v.add_argument("--json", action="store_true", help="print the verified fields as JSON")
+    v.set_defaults(func=cmd_verify)
+
+    m = ssub.add_parser("measure", help="the expected launch digest of an SNP guest")
+    m.add_argument("--ovmf", required=True, type=Path, help="OVMF with SEV metadata (AmdSev)")
+    m.add_argument("--vcpus", required=True, type=int, help="number of vCPUs")
+    m.add_argument("--vcpu-type", required=True, help="e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa")
+    m.add_argument("--kernel", type=Path, help="kernel (measured by hash: SNP_KERNEL_HASHES)")
+    m.add_argument("--initrd", type=Path, help="initrd (with --kernel)")
+    m.add_argument("--append", help="kernel command line (with --kernel)")
+    m.add_argument("--json", action="store_true", help='print {"measurement": ...}')
+    m.set_defaults(func=cmd_measure)
+
+
+def _when(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _report_data(text: str) -> bytes:
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("REPORT_DATA must be hex") from None
+    if len(data) != 64:
+        raise argparse.ArgumentTypeError(f"REPORT_DATA is 64 bytes, got {len(data)}")
+    return data
+
+
+def _certificates(args: argparse.Namespace, signer: Signer) -> tuple[bytes, bytes]:
+    """(leaf, intermediates) from --vcek/--chain or from --certs-table."""
+    if args.certs_table is not None:
+        if args.vcek is not None or args.chain is not None:
+            raise ConfigError("use --certs-table or --vcek/--chain, not both", key="--certs-table")
+        table = parse_cert_table(read_bytes(args.certs_table, max_size=MAX_INPUT))
+        leaf = table.get(VLEK_GUID if signer is Signer.VLEK else VCEK_GUID)
+        if leaf is None:
+            raise SnpFormatError(f"the certificate table has no {signer.name}")
+        pems = [_pem(c) for g in (ASK_GUID, ARK_GUID) if (c := table.get(g)) is not None]
+        return leaf, b"".join(pems)
+    if args.vcek is None:
+        raise ConfigError("give the report's VCEK/VLEK or a certificate table", key="--vcek")
+    chain = read_bytes(args.chain, max_size=MAX_INPUT) if args.chain is not None else b""
+    return read_bytes(args.vcek, max_size=MAX_INPUT), chain
+
+
+def _amd_certs(directory: Path | None) -> list[AmdCertificate]:
+    """The certificates of the operator's AMD directory (--ark-dir), sorted by file name."""
+    if directory is None:
+        return []
+    files = sorted(
+        f for f in directory.iterdir() if f.suffix.lower() in CERT_SUFFIXES and f.is_file()
+    )
+    if not files or len(files) > MAX_ARK_FILES:
+        raise ConfigError(
+            f"{directory}: expected 1-{MAX_ARK_FILES} certificate files "
+            f"({', '.join(CERT_SUFFIXES)}), found {len(files)}",
+            key="--ark-dir",
+        )
+    certs: list[AmdCertificate] = []
+    for f in files:
+        try:
+            certs += load_certificates(read_bytes(f, max_size=MAX_INPUT))
+        except SnpFormatError as exc:
+            raise SnpFormatError(f"{f}: {exc}") from None
+    return certs
+
+
+def _pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+
+
+def _tcb(raw: bytes, vr: VerifiedReport) -> dict[str, int]:
+    return TcbVersion.decode(raw, vr.product).as_dict()
+
+
+def report_json(vr: VerifiedReport) -> dict[str, object]:
+    r = vr.report
+    return {
+        "version": r.version,
+        "product": vr.product.value,
+        "signer": vr.signer.name.lower(),
+        "measurement": r.measurement.hex(),
+        "report_data": r.report_data.hex(),
+        "host_data": r.host_data.hex(),
+        "chip_id": r.chip_id.hex(),
+        "vmpl": r.vmpl,
+        "policy": r.policy.as_dict(),
+        "guest_svn": r.guest_svn,
+        "family_id": r.family_id.hex(),
+        "image_id": r.image_id.hex(),
+        "id_key_digest": r.id_key_digest.hex(),
+        "author_key_digest": r.author_key_digest.hex(),
+        "report_id": r.report_id.hex(),
+        "platform_info": f"0x{r.platform_info:x}",
+        "reported_tcb": vr.reported_tcb.as_dict(),
+        "current_tcb": _tcb(r.current_tcb, vr),
+        "committed_tcb": _tcb(r.committed_tcb, vr),
+        "launch_tcb": _tcb(r.launch_tcb, vr),
+        "cpuid": None if r.cpuid is None else {"family": r.cpuid[0], "model": r.cpuid[1]},
+        "leaf_not_after": vr.chain.leaf.x509.not_valid_after_utc.isoformat(),
+    }
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    raw = read_bytes(args.report, max_size=MAX_INPUT)
+    report = parse_report(raw)
+    leaf, intermediates = _certificates(args, report.signer)
+    now = args.now or dt.datetime.now(dt.UTC)  # the shell takes the clock, once
+    verifier = SnpVerifier(pins=AMD_ARK_PINS, amd_certs=_amd_certs(args.ark_dir))
+    vr = verifier.verify(
+        raw, leaf=leaf, intermediates=intermediates, now=now, expected_report_data=args.report_data
+    )
+    if args.json:
+        print_json(report_json(vr))
+    else:
+        print(
+            f"verified: {vr.product.value} {vr.signer.name} report v{report.version}, "
+            f"measurement {report.measurement.hex()}"
+        )
+    return EXIT_OK
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    if args.kernel is None and (args.initrd is not None or args.append is not None):
+        raise ConfigError("--initrd and --append need --kernel", key="--kernel")
+    try:  # the optional 'snp' extra, loaded only by this command
+        guest = importlib.import_module("sevsnpmeasure.guest")
+        ovmf = importlib.import_module("sevsnpmeasure.ovmf")
+        sev_mode = importlib.import_module("sevsnpmeasure.sev_mode")
+        vcpu_types = importlib.import_module("sevsnpmeasure.vcpu_types")
+    except ImportError:
+        raise ConfigError("needs sev-snp-measure: pip install 'attest[snp]'", key="snp") from None
+    sigs: dict[str, int] = vcpu_types.CPU_SIGS
+    if args.vcpu_type not in sigs:
+        raise ConfigError(f"unknown vCPU type; one of {', '.join(sigs)}", key="--vcpu-type")
+    if args.vcpus < 1:
+        raise ConfigError("at least one vCPU", key="--vcpus")
+    read_bytes(args.ovmf)  # a missing or oversized file is an I/O error, before the library
+    try:
+        if not ovmf.OVMF(str(args.ovmf)).metadata_items():
+            raise SnpFormatError(f"{args.ovmf}: no SEV metadata (not an AmdSev/SNP OVMF build)")
+        digest: bytes = guest.calc_launch_digest(
+            sev_mode.SevMode.SEV_SNP,
+            args.vcpus,
+            sigs[args.vcpu_type],
+            str(args.ovmf),
+            str(args.kernel) if args.kernel else None,
+            str(args.initrd) if args.initrd else None,
+            args.append,
+            GUEST_FEATURES,
+        )
+    except (RuntimeError, ValueError) as exc:  # what sev-snp-measure raises on a bad OVMF
+        raise SnpFormatError(f"{args.ovmf}: {exc}") from None
+    if args.json:
+        print_json({"measurement": digest.hex()})
+    else:
+        print(digest.hex())
+    return EXIT_OK
