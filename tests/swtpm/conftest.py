@@ -18,6 +18,7 @@ from tests.conftest import SwtpmFactory
 
 from attest.appraisal import Appraised, appraise_incremental
 from attest.appraisal.memory import NodeMemory
+from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.model import PcrSelection
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair
@@ -82,6 +83,17 @@ def wait(pred: Callable[[], object], timeout: float, what: str) -> None:
     pytest.fail(f"{what} within {timeout} s")
 
 
+# The developer rule for nodes that run no blessed image (docs/verify.md, --policy).
+NO_RELEASE_RULES = VerifierRules(allow_unidentified_release=True)
+
+
+def no_release_policy(directory: Path) -> str:
+    """A ``--policy`` file with the developer rule of ``NO_RELEASE_RULES``, for the CLI."""
+    path = directory / "no-release-policy.json"
+    path.write_text('{"allow_unidentified_release": true}\n')
+    return str(path)
+
+
 def appraise_contact(
     client: NodeClient,
     enrollment: Enrollment,
@@ -89,10 +101,14 @@ def appraise_contact(
     pcrs: PcrSelection | None = None,
     operator: NodeClient | None = None,
     previous: ClockInfo | None = None,
+    rules: VerifierRules = NO_RELEASE_RULES,
 ) -> Appraised:
     """One contact as ``attest verify`` makes it, without a registry: a fresh challenge
     (``gather``: the evidence with both logs from the start, the audit log over ``operator``)
-    appraised by ``appraise_incremental``. Raises ``TransportError`` (the node did not answer)."""
+    appraised by ``appraise_incremental``. Raises ``TransportError`` (the node did not answer).
+    These nodes run no blessed image, so the default rules say explicitly that the release is
+    not appraised (``allow_unidentified_release``); with the product's default rules the
+    verdict would be a warning ("no registry: release not appraised")."""
     ev = gather(
         client,
         selection_for(enrollment.runtime_pcr, pcrs),
@@ -112,6 +128,7 @@ def appraise_contact(
         now=datetime.now(UTC),
         audit_entries=ev.audit_entries,
         identity=ev.identity,
+        rules=rules,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import SwtpmFactory
-from tests.swtpm.conftest import BIN, Node, NodeFactory, appraise_contact
+from tests.swtpm.conftest import BIN, NO_RELEASE_RULES, Node, NodeFactory, appraise_contact
 from tests.swtpm.conftest import wait as _wait
 
 from attest.appraisal import appraise
@@ -128,6 +128,7 @@ def test_load_on_loopback_is_batched_and_bounded(node: Node) -> None:
                     previous=None,
                     tls_binding=None,
                     now=datetime.now(UTC),
+                    rules=NO_RELEASE_RULES,
                 )
                 assert result.verdict is Verdict.AFFIRMING, result.first_divergence
                 sizes.append(r.json()["batch"]["size"])

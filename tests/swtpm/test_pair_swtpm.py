@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.swtpm.conftest import Node, NodeFactory
+from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
 
 from attest.appraisal.ear import verify_ear
 from attest.cli import vtpm as vtpm_cli
@@ -110,6 +110,7 @@ def verify_pair(
         str(pair.host.state.intermediate_ca),
         "--host-operator-socket",
         str(pair.host.api_sock),
+        *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
         *extra,
     ]
     capsys.readouterr()

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import SwtpmFactory
+from tests.swtpm.conftest import NO_RELEASE_RULES, no_release_policy
 
 from attest.appraisal import Appraised, appraise_incremental
 from attest.appraisal.claims import Verdict
@@ -143,6 +144,7 @@ def test_evidence_is_bound_to_the_tls_key_connected_to(tls_node: dict[str, objec
             tls_binding=binding,
             now=dt.datetime.now(dt.UTC),
             identity=ev.identity,
+            rules=NO_RELEASE_RULES,
         )
 
     done = appraised(ev.tls_binding)
@@ -201,6 +203,9 @@ def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
         "--tls-ca",
         str(d / "ca.crt"),
         "--json",
+        "--tofu",  # the test CA's node has no EK CA to chain to; activation still runs
+        "--policy",
+        no_release_policy(tmp_path),
     ]
     # --activation-url without a client certificate: a usage error, nothing contacted
     assert main([*common, "--activation-url", f"https://127.0.0.1:{port + 1}"]) == EXIT_USAGE
@@ -231,6 +236,7 @@ def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
             "--tls-ca",
             str(d / "ca.crt"),
             "--json",
+            "--tofu",
             "--activation-url",
             f"https://127.0.0.1:{port}",
             "--client-cert",

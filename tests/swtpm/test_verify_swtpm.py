@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.swtpm.conftest import Node, NodeFactory
+from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
 
 from attest.appraisal.ear import verify_ear
 from attest.cli.verify import main
@@ -53,6 +53,7 @@ def verify(
         str(node.state.intermediate_ca),
         "--operator-socket",
         str(node.api_sock),
+        *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
         *extra,
     ]
     capsys.readouterr()
@@ -147,8 +148,13 @@ def test_human_output_names_the_verdict(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     capsys.readouterr()
-    code = main([node.url, "--state", str(tmp_path / "v"), "--operator-socket", str(node.api_sock)])
+    base = [node.url, "--state", str(tmp_path / "v"), "--operator-socket", str(node.api_sock)]
+    # Without an EK CA (none of the bundled vendor CAs issued swtpm's EK), no --tofu: refused.
+    assert main(base) == 11
+    assert "enrollment fails closed" in capsys.readouterr().out
+    code = main([*base, "--tofu", "--policy", no_release_policy(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("swtpm-node: AFFIRMING")
+    assert "release: not identified; enrollment: activated; policy: attest/custom@" in out
     assert "instance-identity" in out and "not signed" in out
