@@ -22,12 +22,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.cli import verify_main, vtpm_main
 from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
 
 from attest.appraisal.ear import verify_ear
-from attest.cli import vtpm as vtpm_cli
 from attest.cli._common import EXIT_REFUSED
-from attest.cli.verify import main as verify_main
 from attest.errors import OperationNotAllowed
 from attest.evidence import unb64
 from attest.node.broker.client import BrokerClient
@@ -188,7 +187,7 @@ def test_guest_moved_to_an_unvouched_vtpm_is_contraindicated_and_cannot_be_vouch
         ek_file = tmp_path / "ek-c.pub"
         ek_file.write_bytes(ek_c)
         capsys.readouterr()
-        code = vtpm_cli.main(
+        code = vtpm_main(
             [
                 "record",
                 "--guest",

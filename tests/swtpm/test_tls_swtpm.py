@@ -191,8 +191,9 @@ def test_attest_verify_activates_over_the_separate_mutual_tls_listener(
     node's mutual-TLS listener (another port, as attestd's ``api.mtls_port``)."""
     import json
 
+    from tests.support.cli import verify_main as main
+
     from attest.cli._common import EXIT_USAGE
-    from attest.cli.verify import main
 
     port, d = tls_node["port"], tls_node["dir"]
     assert isinstance(d, Path) and isinstance(port, int)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.cli import verify_main as main
 from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
 
 from attest.appraisal.ear import verify_ear
-from attest.cli.verify import main
 from attest.node.tpm.swtpm import SwtpmProcess, manufacture
 
 

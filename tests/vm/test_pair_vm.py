@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.cli import verify_main
 from tests.swtpm.conftest import Node, NodeFactory, node_factory  # noqa: F401 -- the fixture
 from tests.swtpm.test_pair_swtpm import TEST_MANIFESTS, _Replay
 from vm_harness import WORK
@@ -39,7 +40,6 @@ from vm_harness.trust import verifier_registry
 from vm_harness.verifier import attest_vm
 
 from attest.appraisal.ear import verify_ear
-from attest.cli.verify import main as verify_main
 from attest.node.broker.client import BrokerClient
 from attest.verifier.contact import selection_for
 from attest.verifier.enrollments import EnrollmentStore

@@ -41,7 +41,7 @@ from attest.appraisal.pair import (
     vouchings_of,
 )
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
-from attest.cli._common import EXIT_OK, error_line, print_json
+from attest.cli._common import EXIT_OK, print_json
 from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
@@ -603,23 +603,3 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
     if token is not None and args.ear_out:
         print(f"  EAR written to {args.ear_out}", file=out)
     return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``attest verify`` on its own (until it is wired into ``attest.cli``)."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="attest verify")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        return cmd_verify(args)
-    except (AttestError, OSError) as exc:
-        code, line = error_line(exc)
-        print(line, file=sys.stderr)
-        return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,8 +18,8 @@ import argparse
 import sys
 from typing import Any
 
-from attest.cli._common import EXIT_OK, EXIT_REFUSED, error_line, print_json
-from attest.errors import AttestError, OperationNotAllowed
+from attest.cli._common import EXIT_OK, EXIT_REFUSED, print_json
+from attest.errors import OperationNotAllowed
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, BrokerClient
 from attest.storage.files import read_bytes
 
@@ -113,23 +113,3 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"{v['state_dir']}"
         )
     return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``attest vtpm`` on its own (until it is wired into ``attest.cli``)."""
-
-    parser = argparse.ArgumentParser(prog="attest")
-    sub = parser.add_subparsers(dest="group")
-    register(sub)
-    args = parser.parse_args(["vtpm", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        code: int = args.func(args)
-        return code
-    except (AttestError, OSError) as exc:
-        code, line = error_line(exc)
-        print(line, file=sys.stderr)
-        return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
