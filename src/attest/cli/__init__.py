@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from attest import __version__
-from attest.cli._common import error_line
+from attest.cli._common import EXIT_INTERNAL, error_line
 from attest.errors import AttestError
 
 # name -> (module, one line of help); the order is the order of ``attest --help``.
@@ -43,6 +43,7 @@ EPILOG = """exit codes:
   4  the TPM or a peer could not be reached or failed
   5  a decision refused the request (e.g. the upgrade gate)
   6  a file could not be read or written
+  70 a bug in attest (one line; -vv shows the traceback)
   10 verify: warning   11 verify: contraindicated   12 verify: node unreachable
 """
 
@@ -106,6 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attest: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 -- the one place every failure ends as one line
+        if args.verbose >= 2:
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(
+            f"attest: unexpected error ({type(exc).__name__}): {text} -- a bug in attest; "
+            "-vv shows where",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def run() -> None:

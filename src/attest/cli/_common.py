@@ -28,6 +28,7 @@ EXIT_FORMAT = 3  # input does not parse
 EXIT_TPM = 4  # the TPM or a peer could not be reached / failed
 EXIT_REFUSED = 5  # a decision refused the request (e.g. the upgrade gate)
 EXIT_IO = 6  # a file could not be read or written
+EXIT_INTERNAL = 70  # a bug in attest (sysexits EX_SOFTWARE): one line, -vv shows the traceback
 
 
 def error_line(exc: BaseException) -> tuple[int, str]:

@@ -241,10 +241,44 @@ def _ear_key(path: str | None) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    key = load_pem_private_key(Path(path).read_bytes(), None)
+    try:
+        key = load_pem_private_key(Path(path).read_bytes(), None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{path} is not an unencrypted PEM private key (the .pub.json of keygen is the "
+            "public half)",
+            key="--ear-key",
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ConfigError("the EAR key must be an EC P-256 private key", key="--ear-key")
+        raise ConfigError(f"{path}: the EAR key must be an EC P-256 private key", key="--ear-key")
     return key
+
+
+def _check_url(url: str, key: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{url[:200]!r} is not an http(s) URL of a node", key=key)
+
+
+def _check_client_cert(cert: str, key: str) -> None:
+    """The client certificate and key load (a usage error naming the files, not a TLS one)."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{exc.filename}: no such file", key="--client-cert") from None
+    except (ssl.SSLError, OSError):
+        raise ConfigError(
+            f"{cert} and {key} are not a PEM certificate and its private key",
+            key="--client-cert",
+        ) from None
 
 
 def _clients(
@@ -252,11 +286,13 @@ def _clients(
 ) -> contextlib.AbstractContextManager[tuple[NodeClient, NodeClient | None]]:
     from attest.verifier.contact import open_channels
 
+    _check_url(args.url, "URL")
     cert = None
     if args.client_cert or args.client_key:
         if not (args.client_cert and args.client_key):
             raise ConfigError("give --client-cert and --client-key together", key="--client-key")
         cert = (args.client_cert, args.client_key)
+        _check_client_cert(args.client_cert, args.client_key)
     activation_url = getattr(args, "activation_url", None)
     if activation_url and cert is None:
         raise ConfigError(
