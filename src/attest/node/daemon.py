@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("esys").setLevel(logging.CRITICAL)
+    if not args.verbose:  # libtss2's own ERROR lines (development mode's in-process TPM)
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
     env = dict(os.environ)
     for flag, key in (
         (args.tcti, "ATTEST_TPM_TCTI"),

@@ -16,6 +16,7 @@ import argparse
 import grp
 import hashlib
 import logging
+import os
 import pwd
 import signal
 import sys
@@ -168,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO - 10 * min(args.verbose, 1), format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("esys").setLevel(logging.CRITICAL)
+    if not args.verbose:
+        # libtss2 prints an ERROR line for every failed ESYS call, including the expected ones
+        # of a normal start (probing which EK certificate indices exist): our errors say what
+        # failed once, with the response code. -v shows the library's lines again.
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
     try:
         return _run(args)
     except AttestError as exc:
