@@ -199,3 +199,15 @@ def test_forwarded_for_is_believed_only_from_configured_proxies(
     one = _healthz_codes(node, ["203.0.113.9"] * 8)
     assert many == [200] * 12, many
     assert one[:5] == [200] * 5 and one[-1] == 429, one
+
+
+def test_a_normal_start_logs_no_tss_errors(node: Node) -> None:
+    """attestd-tpm probes which EK certificate indices exist at every start; libtss2 reports
+    each miss as an ERROR line of its own unless told otherwise (issue 16, N7)."""
+    with node.client() as c:
+        assert c.identity()["node_id"] == "swtpm-node"
+    for f in node.logs:
+        f.flush()
+    text = (node.work / "broker.log").read_text(errors="replace")
+    assert text.strip()  # the broker logged its start
+    assert "ERROR:esys" not in text and "ERROR:tcti" not in text, text[-2000:]
