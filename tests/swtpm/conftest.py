@@ -154,9 +154,11 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
         sw, state = tpm if tpm is not None else swtpm_factory(f"{name}-tpm")
         work = tmp_path / name
         run = work / "run"
-        run.mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)  # a restart of ``name`` keeps its state
+        for stale in run.glob("*.sock"):
+            stale.unlink()
         node_state = work / "state"
-        node_state.mkdir(mode=0o700)
+        node_state.mkdir(mode=0o700, exist_ok=True)
         port = port or free_port_pair()
         env = {
             **os.environ,
@@ -170,7 +172,7 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
             "ATTEST_API_RATE_BURST": "100000",
             **(env or {}),
         }
-        logs = (work / "broker.log").open("wb"), (work / "api.log").open("wb")
+        logs = (work / "broker.log").open("ab"), (work / "api.log").open("ab")
         broker = subprocess.Popen(
             [
                 str(BIN / "attestd-tpm"),
