@@ -239,8 +239,7 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
 
     say = (lambda *a: None) if args.json else print
     t0 = time.perf_counter()
-    now = datetime.now(UTC)  # taken once, as attest verify does
-    rel = build_release(work / "release", now=now)
+    rel = build_release(work / "release", now=datetime.now(UTC))
     say(
         f"release     {rel.version}: {rel.image} ({rel.digests.size // 1024} KiB), artifact sha256 "
         f"{rel.digests.sha256.hex()[:16]}..., dm-verity root hash "
@@ -252,6 +251,7 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
     )
     out = _Outcome()
     with _node(work, say) as node:
+        now = datetime.now(UTC)  # taken once, as attest verify does (after the TPM's CA exists)
         roots = [x509.load_pem_x509_certificate(node.state.root_ca.read_bytes())]
         inter = [x509.load_pem_x509_certificate(node.state.intermediate_ca.read_bytes())]
         enrollment = enroll(
