@@ -428,14 +428,51 @@ def test_relabelled_values_refused_by_attest_but_not_by_tpm2_checkquote(
 def test_demo_command_runs(tmp_path: Path) -> None:
     need_binaries("swtpm_setup")
     out = attest_cli("demo", "--workdir", tmp_path / "demo", "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)
     assert doc["valid"] is True
-    # the appraisal of attest verify: affirming, enrolled with credential activation, the
-    # audit log anchored in the runtime log, a signed EAR
+    # attested as running blessed release 1.0.0 (its dm-verity root hash from the runtime log,
+    # blessed in a registry signed with the TEST keys), through the appraisal of attest verify
+    assert doc["release"] == "1.0.0"
     assert doc["verdict"] == "affirming" and doc["result"]["status"] == "affirming"
+    assert doc["result"]["release"]["status"] == "blessed"
+    assert doc["result"]["release"]["version"] == "1.0.0"
     assert doc["enrollment"]["activated"] is True
     checks = {f["check"] for f in doc["result"]["findings"] if f["tier"] == "affirming"}
-    assert {"quote", "runtime-log", "audit-chain"} <= checks
-    assert doc["audit_entries"] >= 1 and doc["ear"].count(".") == 2
+    assert {"quote", "runtime-log", "audit-chain", "verity", "release"} <= checks
+    assert doc["ear"].count(".") == 2
+    assert "firmware_manifests/test" in doc["test_keys"]
+    # the relabelled quote is refused
     assert "quote (pcr-selection)" in doc["relabelled_quote_refused"]
+    # an image nobody blessed: the gate refuses it with its reason code, nothing switched
+    up = doc["upgrade"]
+    assert up["refused"] is True and up["status"] == 409
+    assert up["check"] == "unknown-artifact" and up["pointer_unchanged"] is True
+    # PCR 13 extended behind the broker: the node still answers, the verifier contraindicates
+    # naming the runtime PCR
+    tamper = doc["tamper"]
+    assert tamper["verdict"] == "contraindicated" and tamper["pcr"] == 13
+    assert "PCR 13" in tamper["reason"] and "runtime-log" in tamper["contraindicated"]
+    assert tamper["names_runtime_pcr"] is True
+    assert doc["seconds"] < 30
+
+
+def test_demo_text_output_names_each_step(tmp_path: Path) -> None:
+    need_binaries("swtpm_setup")
+    out = attest_cli("demo", "--workdir", tmp_path / "demo")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+
+    def line(prefix: str) -> str:
+        found = [x for x in lines if x.startswith(prefix)]
+        assert found, f"no {prefix!r} line in:\n{out.stdout}"
+        return found[0]
+
+    assert "TEST keys" in line("registry ")
+    assert "plays the node's kernel" in line("node kernel")
+    assert "AFFIRMING as release 1.0.0" in line("RELEASE ")
+    assert "REFUSED" in line("attack ")
+    assert "REFUSED unknown-artifact" in line("upgrade ") and "unchanged" in line("upgrade ")
+    assert "CONTRAINDICATED" in line("tamper ")
+    assert any("runtime-log" in x and "PCR 13" in x for x in lines)
+    assert "every step came out" in line("mission ")

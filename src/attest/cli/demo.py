@@ -1,44 +1,63 @@
-"""``attest demo``: the main job on embedded defaults -- a node and a verifier on this machine.
+"""``attest demo``: the mission on embedded defaults -- a node and a verifier on this machine,
+every line a real check through the path of ``attest verify``.
 
-1. a software TPM (swtpm) is manufactured with EK certificates from a private CA;
-2. the node starts as in production: ``attestd-tpm`` (the privileged broker owning the TPM,
-   the runtime log and the audit log) and ``attestd`` (the unprivileged HTTP API);
-3. the verifier enrolls the node: EK certificate chain against the CA, AK attributes, TPM2
-   credential activation over the operator socket;
-4. an operator login is recorded in the audit log;
-5. the verifier appraises the node exactly as ``attest verify`` does: a fresh challenge
-   (``attest.verifier.contact.gather``: nonce, evidence, the audit log over the operator
-   socket) appraised by ``attest.appraisal.appraise_incremental`` -- quote, Merkle inclusion of
-   its nonce, runtime log replayed into the runtime PCR, audit chain anchored in it -- and the
-   result signed as an EAR (an ephemeral demo key) whose signature is checked;
-6. the same genuine answer with its PCR values relabelled is appraised the same way, and
-   refused.
+1. a small release image is built and its artifact sha256 and dm-verity root hash computed by
+   ``attest.verity.hashtree``; it is blessed as release 1.0.0 in a registry signed with the
+   TEST keys of ``firmware_manifests/test`` and verified under its TEST root
+   (``attest.cli._demo_release``);
+2. a software TPM (swtpm) is manufactured with EK certificates from a private CA, and the node
+   starts as in production: ``attestd-tpm`` (the privileged broker owning the TPM, the runtime
+   and audit logs, the upgrade gate) and ``attestd`` (the unprivileged HTTP API);
+3. the verifier enrolls the node: EK certificate chain, AK attributes, TPM2 credential
+   activation over the operator socket; an operator login is recorded in the audit log;
+4. the node runs the release: there is no device-mapper here, so the demo plays the node's
+   kernel and records the ``verity-device`` event attestd's udev watcher would record, through
+   attestd-tpm's operator socket;
+5. the verifier appraises the node as ``attest verify`` does, with the registry: a fresh
+   challenge (``attest.verifier.contact.gather``) appraised by
+   ``attest.appraisal.appraise_incremental``: AFFIRMING *as release 1.0.0*, signed as an EAR
+   whose signature is checked; the same answer with its PCR values relabelled is refused;
+6. an image nobody blessed is offered to the node's upgrade gate: refused with its reason code,
+   the slot pointer unchanged;
+7. the runtime PCR is extended behind attestd-tpm's back, straight on the swtpm: the node
+   still serves its evidence and the verifier says contraindicated, naming the PCR.
 
-No registry is given: releases, dm-verity root hashes and expected PCRs are not appraised (as
-``attest verify`` without ``--trust-dir``).
+Exit 0 only when every step came out so.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attest.cli._common import EXIT_OK, EXIT_VERIFY_FAILED, print_json
+from attest.cli._demo_release import (
+    TEST_TRUST,
+    VERSION,
+    DemoRelease,
+    build_release,
+    extend_behind_broker,
+    offer_unblessed,
+)
 from attest.errors import TransportError
 from attest.model import PcrSelection, PcrValues
 
 if TYPE_CHECKING:
     from attest.appraisal import AppraisalResult, Appraised
     from attest.enroll import Enrollment
+    from attest.manifest.model import VerifiedRegistry
     from attest.node.tpm.swtpm import SwtpmState
     from attest.verifier.client import NodeClient
     from attest.verifier.contact import Evidence
@@ -101,10 +120,33 @@ def _wait(
     raise TransportError(f"{what} did not become ready within {timeout:.0f} s (log: {log})")
 
 
+@dataclass(frozen=True, slots=True)
+class _Node:
+    client: NodeClient  # the public API
+    operator: NodeClient  # attestd's operator socket
+    state: SwtpmState  # the swtpm (its EK CA)
+    swtpm_port: int
+    api_socket: Path
+    broker_operator: Path  # attestd-tpm's operator socket
+
+
+def _gate_dirs(work: Path) -> tuple[list[str], dict[str, str]]:
+    """The upgrade gate's slots, trust root (the TEST root) and spool: attestd-tpm's options
+    and attestd's environment."""
+    gate = work / "gate"
+    slots, trust, spool = gate / "slots", gate / "trust", gate / "spool"
+    for d in (slots, trust, spool):
+        d.mkdir(parents=True, exist_ok=True)
+    spool.chmod(0o2770)  # set-group-id: uploads get the directory's group
+    shutil.copyfile(TEST_TRUST / "root.json", trust / "root.json")
+    args = ["--slots-dir", str(slots), "--slot-capacity", str(1 << 20)]
+    args += ["--trust-dir", str(trust), "--spool-dir", str(spool)]
+    return args, {"ATTEST_UPGRADE_SPOOL_DIR": str(spool)}
+
+
 @contextlib.contextmanager
-def _node(work: Path, say: Any) -> Iterator[tuple[NodeClient, NodeClient, SwtpmState, Path]]:
-    """The node as in production on a (manufactured once) swtpm: yields the API client, the
-    operator-socket client, the swtpm state (its CA) and the broker's operator socket."""
+def _node(work: Path, say: Any) -> Iterator[_Node]:
+    """The node as in production on a (manufactured once) swtpm, its upgrade gate on."""
     from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair, manufacture
     from attest.verifier.client import NodeClient
 
@@ -121,7 +163,9 @@ def _node(work: Path, say: Any) -> Iterator[tuple[NodeClient, NodeClient, SwtpmS
     broker_sock, operator_sock, api_sock = run / "tpm.sock", run / "tpm-op.sock", run / "api.sock"
     port = free_port_pair()
     bindir = Path(sys.executable).parent
+    gate_args, gate_env = _gate_dirs(work)
     env = {
+        **gate_env,
         **os.environ,
         "ATTEST_TPM_BROKER_SOCKET": str(broker_sock),
         "ATTEST_API_PORT": str(port),
@@ -144,10 +188,11 @@ def _node(work: Path, say: Any) -> Iterator[tuple[NodeClient, NodeClient, SwtpmS
             str(operator_sock),
             "--state-dir",
             str(node_state),
+            *gate_args,
         ]
         with _process(broker_cmd, env, work / "attestd-tpm.log") as broker:
             _wait("attestd-tpm", broker_sock.exists, broker, work / "attestd-tpm.log")
-            say(f"attestd-tpm privileged broker on {broker_sock}")
+            say(f"attestd-tpm privileged broker on {broker_sock}, upgrade gate on (TEST root)")
             with (
                 _process([str(bindir / "attestd")], env, work / "attestd.log") as api,
                 NodeClient(f"http://127.0.0.1:{port}") as client,
@@ -158,100 +203,246 @@ def _node(work: Path, say: Any) -> Iterator[tuple[NodeClient, NodeClient, SwtpmS
                     f"attestd     API on http://127.0.0.1:{port}, operator socket {api_sock}"
                     f" (up {time.perf_counter() - t0:.1f} s after start)"
                 )
-                yield client, operator, state, operator_sock
+                yield _Node(client, operator, state, sw.port, api_sock, operator_sock)
+
+
+@dataclass
+class _Outcome:
+    """What each step of the demo found (``--json`` and the exit code)."""
+
+    release: str | None = None  # the version the affirming appraisal identified
+    verdict: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    ear: str = ""
+    ear_status: str = ""
+    relabel: str | None = None  # the refusal of the relabelled quote
+    upgrade: dict[str, Any] = field(default_factory=dict)
+    tamper: dict[str, Any] = field(default_factory=dict)
+
+    def ok(self) -> bool:
+        return (
+            self.verdict == "affirming"
+            and self.ear_status == "affirming"
+            and self.release == VERSION
+            and self.relabel is not None
+            and self.upgrade.get("refused") is True
+            and self.upgrade.get("pointer_unchanged") is True
+            and self.tamper.get("verdict") == "contraindicated"
+            and bool(self.tamper.get("names_runtime_pcr"))
+        )
 
 
 def _demo(work: Path, args: argparse.Namespace) -> int:
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
 
-    from attest.appraisal.claims import Verdict
-    from attest.appraisal.ear import result_ear, verify_ear
     from attest.verifier.contact import enroll
 
     say = (lambda *a: None) if args.json else print
     t0 = time.perf_counter()
-    with _node(work, say) as (client, operator, state, operator_sock):
-        now = datetime.now(UTC)  # taken once, as attest verify does
-        roots = [x509.load_pem_x509_certificate(state.root_ca.read_bytes())]
-        inter = [x509.load_pem_x509_certificate(state.intermediate_ca.read_bytes())]
+    rel = build_release(work / "release", now=datetime.now(UTC))
+    say(
+        f"release     {rel.version}: {rel.image} ({rel.digests.size // 1024} KiB), artifact sha256 "
+        f"{rel.digests.sha256.hex()[:16]}..., dm-verity root hash "
+        f"{rel.digests.verity.root_hash.hex()[:16]}... (attest.verity.hashtree)"
+    )
+    say(
+        f"registry    #{rel.registry.snapshot.sequence} blesses {rel.version}: signed by the TEST "
+        f"releases keys (2 of 3) under the TEST root of {TEST_TRUST} -- TEST keys, never production"
+    )
+    out = _Outcome()
+    with _node(work, say) as node:
+        now = datetime.now(UTC)  # taken once, as attest verify does (after the TPM's CA exists)
+        roots = [x509.load_pem_x509_certificate(node.state.root_ca.read_bytes())]
+        inter = [x509.load_pem_x509_certificate(node.state.intermediate_ca.read_bytes())]
         enrollment = enroll(
-            client, now=now, ek_roots=roots, ek_intermediates=inter, activator=operator
+            node.client, now=now, ek_roots=roots, ek_intermediates=inter, activator=node.operator
         )
         say(
             f"enrolled    {enrollment.node_id}: EK certificate "
             f"{enrollment.ek_certificate}; AK attributes ok; credential activation ok"
         )
-        _record_login(operator_sock)
+        _record_login(node.broker_operator)
         say("audit       operator login recorded (pseudonymised, hash-chained, anchored)")
-        t1 = time.perf_counter()
-        ev, done = _appraise(client, operator, enrollment, args.pcrs, now)
-        t_app = time.perf_counter() - t1
-    result = done.result
-    key = ec.generate_private_key(ec.SECP256R1())
-    token = result_ear(result, key, now=now)
-    claims = verify_ear(token, key.public_key())
-    status = claims["submods"][result.node_id or "node"]["ear.status"]
-    say(
-        f"appraised   {result.node_id}: {result.verdict.value.upper()} in {t_app * 1e3:.0f} ms "
-        f"(challenge, evidence and audit log, appraisal: the path of `attest verify`)"
-    )
-    for f in result.findings:
-        say(f"  {f.check:<12} {f.tier.label:<10} {f.explanation}")
-    for n in (*result.notes, "no registry: releases, dm-verity and expected PCRs not appraised"):
-        say(f"  note: {n}")
-    say(f"EAR         signed (ES256, an ephemeral demo key), signature verified: {status}")
-    attack = _relabel_attack(ev, enrollment, now)
-    refused = attack.verdict not in (Verdict.AFFIRMING, Verdict.WARNING)
-    outcome = (
-        f"REFUSED ({attack.status}: {attack.first_divergence})"
-        if refused
-        else f"{attack.verdict.value.upper()} -- this is a bug"
-    )
-    say(f"attack      the same quote with its PCR values relabelled: {outcome}")
-    rt = done.memory.runtime
-    kinds = [e.kind for e in rt.log.events] if rt is not None else []
-    ok = result.verdict is Verdict.AFFIRMING and status == "affirming" and refused
+        _play_kernel(node, rel, say)
+        _attest(node, enrollment, rel, args.pcrs, now, out, say)
+        _upgrade(node, rel, out, say)
+        _tamper(node, enrollment, rel, args.pcrs, out, say)
+    ok = out.ok()
+    say(f"mission     {'every step came out as it must' if ok else 'FAILED (see above)'}")
     if args.json:
         print_json(
             {
                 "valid": ok,
                 "node_id": enrollment.node_id,
                 "enrollment": enrollment.to_json(),
-                "verdict": result.verdict.value,
-                "result": result.to_json(),
-                "ear": token,
-                "runtime_events": kinds,
-                "audit_entries": len(done.memory.audit),
-                "relabelled_quote_refused": attack.first_divergence if refused else None,
+                "release": out.release,
+                "verdict": out.verdict,
+                "result": out.result,
+                "ear": out.ear,
+                "relabelled_quote_refused": out.relabel,
+                "upgrade": out.upgrade,
+                "tamper": out.tamper,
+                "test_keys": str(TEST_TRUST),
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         )
     return EXIT_OK if ok else EXIT_VERIFY_FAILED
 
 
+def _play_kernel(node: _Node, rel: DemoRelease, say: Any) -> None:
+    """On a real node attestd's udev watcher records the dm-verity device the kernel set up
+    (``attest.node.verity_watch``); here the demo plays the kernel and records the same
+    ``verity-device`` event through attestd-tpm's operator socket."""
+    from attest.node.broker.client import BrokerClient
+
+    root = rel.digests.verity.root_hash.hex()
+    with contextlib.closing(BrokerClient(str(node.broker_operator))) as broker:
+        rec = broker.measure(
+            "verity-device", {"name": "root", "root_hash": root, "status": "verified"}
+        )
+    say(
+        f"node kernel no device-mapper here: the demo plays the node's kernel and records the "
+        f"verity-device event attestd's udev watcher would (root, {root[:16]}..., runtime log "
+        f"record {rec.recnum}) through attestd-tpm's operator socket"
+    )
+
+
+def _attest(
+    node: _Node,
+    enrollment: Enrollment,
+    rel: DemoRelease,
+    pcrs: PcrSelection,
+    now: datetime,
+    out: _Outcome,
+    say: Any,
+) -> None:
+    """The appraisal of ``attest verify`` with the registry, its EAR, and the relabel attack."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from attest.appraisal.claims import Verdict
+    from attest.appraisal.ear import result_ear, verify_ear
+
+    t1 = time.perf_counter()
+    ev, done = _appraise(node, enrollment, pcrs, now, rel.registry)
+    t_app = time.perf_counter() - t1
+    result = done.result
+    key = ec.generate_private_key(ec.SECP256R1())
+    out.ear = result_ear(result, key, now=now)
+    claims = verify_ear(out.ear, key.public_key())
+    out.ear_status = claims["submods"][result.node_id or "node"]["ear.status"]
+    out.verdict, out.result = result.verdict.value, result.to_json()
+    say(
+        f"appraised   {result.node_id}: {result.verdict.value.upper()} in {t_app * 1e3:.0f} ms "
+        f"(challenge, evidence and audit log, appraisal with the registry: the path of "
+        f"`attest verify`)"
+    )
+    for f in result.findings:
+        say(f"  {f.check:<12} {f.tier.label:<10} {f.explanation}")
+    for n in result.notes:
+        say(f"  note: {n}")
+    decided = result.release
+    if result.verdict is Verdict.AFFIRMING and decided is not None and decided.ok:
+        out.release = decided.release.version if decided.release is not None else None
+    say(
+        f"RELEASE     {result.verdict.value.upper()} as release {out.release} "
+        f"(its dm-verity root hash, from the quoted runtime log, is blessed in registry "
+        f"#{rel.registry.snapshot.sequence})"
+        if out.release is not None
+        else f"RELEASE     not identified: {result.first_divergence} -- this is a bug"
+    )
+    say(f"EAR         signed (ES256, an ephemeral demo key), signature verified: {out.ear_status}")
+    attack = _relabel_attack(ev, enrollment, now, rel.registry)
+    refused = attack.verdict not in (Verdict.AFFIRMING, Verdict.WARNING)
+    out.relabel = attack.first_divergence if refused else None
+    say(
+        "attack      the same quote with its PCR values relabelled: "
+        + (
+            f"REFUSED ({attack.status}: {attack.first_divergence})"
+            if refused
+            else f"{attack.verdict.value.upper()} -- this is a bug"
+        )
+    )
+
+
+def _upgrade(node: _Node, rel: DemoRelease, out: _Outcome, say: Any) -> None:
+    """An image nobody blessed, offered to the node's upgrade gate."""
+    offer = offer_unblessed(rel, node.api_socket, node.broker_operator)
+    out.upgrade = {
+        "refused": offer.refused,
+        "status": offer.status,
+        "check": offer.check,
+        "detail": offer.detail,
+        "pointer_unchanged": offer.pointer_unchanged,
+        "active": offer.pointer_after.get("active"),
+    }
+    outcome = (
+        f"REFUSED {offer.check} ({offer.detail})"
+        if offer.refused
+        else f"HTTP {offer.status} -- this is a bug"
+    )
+    pointer = "unchanged" if offer.pointer_unchanged else "CHANGED -- this is a bug"
+    say(
+        f"upgrade     {rel.stray.name}, blessed by nobody, offered to the node's upgrade gate "
+        f"(POST /v1/upgrades, operator socket): {outcome}; slot pointer {pointer} "
+        f"(active slot {offer.pointer_after.get('active')})"
+    )
+
+
+def _tamper(
+    node: _Node,
+    enrollment: Enrollment,
+    rel: DemoRelease,
+    pcrs: PcrSelection,
+    out: _Outcome,
+    say: Any,
+) -> None:
+    """The runtime PCR extended behind attestd-tpm's back, then a fresh appraisal: the node
+    still answers, and the verifier names the PCR whose log no longer replays."""
+    from attest.appraisal.claims import Tier
+
+    pcr = enrollment.runtime_pcr
+    extend_behind_broker(node.swtpm_port, pcr, hashlib.sha256(b"attest demo: malware").digest())
+    _, done = _appraise(node, enrollment, pcrs, datetime.now(UTC), rel.registry)
+    result = done.result
+    bad = [f for f in result.findings if f.tier is Tier.CONTRAINDICATED]
+    runtime = next((f.explanation for f in bad if f.check == "runtime-log"), "")
+    out.tamper = {
+        "pcr": pcr,
+        "verdict": result.verdict.value,
+        "reason": runtime or result.first_divergence,
+        "contraindicated": {f.check: f.explanation for f in bad},
+        "names_runtime_pcr": f"PCR {pcr}" in runtime,
+    }
+    say(
+        f"tamper      PCR {pcr} extended behind attestd-tpm's back (TPM2_PCR_Extend straight to "
+        f"the swtpm); the node still serves its evidence: {result.verdict.value.upper()}"
+    )
+    for f in bad:
+        say(f"  {f.check:<12} {f.tier.label:<10} {f.explanation}")
+
+
 def _appraise(
-    client: NodeClient,
-    operator: NodeClient,
+    node: _Node,
     enrollment: Enrollment,
     pcrs: PcrSelection,
     now: datetime,
+    registry: VerifiedRegistry,
 ) -> tuple[Evidence, Appraised]:
     """One contact as ``attest verify`` makes it: a fresh challenge (the evidence with both
-    logs, the audit log over the operator socket) appraised without a registry."""
+    logs, the audit log over the operator socket) appraised with the registry."""
     from attest.appraisal import appraise_incremental
     from attest.appraisal.memory import NodeMemory
     from attest.verifier.contact import gather, selection_for
 
     selection = selection_for(enrollment.runtime_pcr, pcrs)
-    ev = gather(client, selection, operator=operator, identity=client.identity())
+    ev = gather(node.client, selection, operator=node.operator, identity=node.client.identity())
     done = appraise_incremental(
         ev.doc,
         memory=NodeMemory(),
         enrollment=enrollment,
         nonce=ev.nonce,
         selection=ev.selection,
-        registry=None,
+        registry=registry,
         platform_id=None,
         previous=None,
         tls_binding=ev.tls_binding,
@@ -277,7 +468,9 @@ def _record_login(operator_sock: Path) -> None:
         )
 
 
-def _relabel_attack(ev: Evidence, enrollment: Enrollment, now: datetime) -> AppraisalResult:
+def _relabel_attack(
+    ev: Evidence, enrollment: Enrollment, now: datetime, registry: VerifiedRegistry
+) -> AppraisalResult:
     """The attack keylime and tpm2_checkquote accept: the same genuine answer, its PCR values
     relabelled to other indices (same order, so the quote's digest still matches), appraised
     as the genuine one was."""
@@ -293,7 +486,7 @@ def _relabel_attack(ev: Evidence, enrollment: Enrollment, now: datetime) -> Appr
         enrollment=enrollment,
         nonce=ev.nonce,
         selection=ev.selection,
-        registry=None,
+        registry=registry,
         platform_id=None,
         previous=None,
         tls_binding=ev.tls_binding,

@@ -14,8 +14,10 @@ other way round. On open (and after any failed extend) the log is reconciled wit
   restart): the old file is kept, renamed ``<name>.reset-<UTC time>``, and a fresh log starts
   (checked before the next case, which a one-record log would also match);
 - the file minus its last record replays to the PCR: the last extend was lost, extend it now;
-- anything else: refuse (``ReplayError`` naming the bank and PCR). Someone else extended the
-  PCR, or the file was edited, truncated or deleted; see docs/runtime-log.md for recovery.
+- anything else: refuse to measure (``ReplayError`` naming the bank and PCR). Someone else
+  extended the PCR, or the file was edited, truncated or deleted; see docs/runtime-log.md for
+  recovery. The records are still served as recorded (``records``): the node does not hide a
+  tamper, the verifier sees the log not replaying into the quoted PCR and contraindicates.
 
 A torn last line (a crash in the middle of step 1) was never extended and is dropped.
 """
@@ -240,11 +242,17 @@ class RuntimeLog:
             return record
 
     def records(self, start: int = 0) -> tuple[CelRecord, ...]:
-        """The records with ``recnum >= start`` of the current log (this boot's)."""
+        """The records with ``recnum >= start`` of the current log (this boot's), as recorded.
+
+        Served even when they no longer replay into the PCR (``ReplayError`` from the
+        reconciliation: someone else extended it): the quote shows the PCR as it is and the
+        verifier decides (contraindicated, the PCR named). Only ``measure`` refuses then."""
         with self.lock:
             if self._fd >= 0:
                 try:
                     self._reconcile()
                 except TpmError as exc:  # the file is still the log; the quote will fail
                     logger.warning("runtime log: cannot compare with the TPM: %s", exc)
+                except ReplayError as exc:
+                    logger.error("runtime log served as recorded, but %s", exc)
             return tuple(self._records[max(start, 0) :])
