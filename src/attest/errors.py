@@ -261,3 +261,14 @@ class NodeUrlRefused(RegistrationRefused):
     """A node URL that is not an http(s) origin, or outside --allow-nodes."""
 
     check = "node-url"
+
+
+class NodeIdTaken(RegistrationRefused):
+    """A registration under a node id that is already enrolled, without an explicit
+    re-enrollment (verifier.fleet.store): the fleet never replaces an AK silently."""
+
+    check = "node-id-taken"
+
+    def __init__(self, node_id: str, message: str) -> None:
+        super().__init__(message)
+        self.node_id = node_id
