@@ -410,3 +410,26 @@ def test_store_refuses_an_enrolled_id_and_resets_continuity_on_re_enroll(tmp_pat
     assert leased[0].continuity is None and leased[0].clock is None
     assert leased[0].url == "http://127.0.0.1:2"
     store.close()
+
+
+# --- --policy: the rules' runtime PCR at enrollment and in every appraisal --------------------
+
+
+def test_policy_rules_choose_the_runtime_pcr_and_name_every_ear(
+    tmp_path: Path, services: list[Service]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text("runtime_pcr = 14\nallow_unidentified_release = true\n")
+    on13, on14 = SimFleet(1, seed="p13"), SimFleet(1, seed="p14", runtime_pcr=14)
+    with sim_server(on13) as s13, sim_server(on14) as s14:
+        svc = Service(tmp_path, tmp_path / "f.db", "--policy", str(rules))
+        services.append(svc)
+        r = httpx.post(svc.url + "/v1/nodes", json={"url": s13.origin(0)}, timeout=30)
+        assert r.status_code == 422 and r.json()["check"] == "runtime-pcr", r.text
+        r = httpx.post(svc.url + "/v1/nodes", json={"url": s14.origin(0)}, timeout=30)
+        assert r.status_code == 201, r.text
+        until(lambda: svc.node("sim-0")["appraisals"] > 0, svc)
+        result = svc.node("sim-0")["latest"]["result"]
+        assert result["policy_id"].startswith("attest/custom@"), result["policy_id"]
+        assert result["verdict"] == "affirming", result["explanations"]
+        assert any("PCR 14" in f["explanation"] for f in result["findings"]), result["findings"]
