@@ -275,3 +275,14 @@ class SnpCheckError(VerificationError):
     def __init__(self, check: str, message: str) -> None:
         super().__init__(message)
         self.check = check
+
+
+class NodeIdTaken(RegistrationRefused):
+    """A registration under a node id that is already enrolled, without an explicit
+    re-enrollment (verifier.fleet.store): the fleet never replaces an AK silently."""
+
+    check = "node-id-taken"
+
+    def __init__(self, node_id: str, message: str) -> None:
+        super().__init__(message)
+        self.node_id = node_id

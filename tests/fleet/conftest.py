@@ -30,6 +30,7 @@ from tests.unit.manifest.manifest_helpers import NOW, World, build_world, releas
 
 from attest.manifest import VerifiedRegistry, verify_snapshot
 from attest.testing.fleet_sim import SimFleet
+from attest.verifier.fleet.trust import RegistryState
 
 PG_USER = "attest-test"
 
@@ -104,6 +105,18 @@ class Registry:
 
     def root_hash(self, version: str) -> bytes:
         return self.verified.snapshot.releases[version].verity.root_hash
+
+    def state(self) -> RegistryState:
+        """What a fleet's registry source answers while this registry is valid and fresh."""
+        return RegistryState(self.verified, configured=True)
+
+
+def dev_policy(directory: Path) -> str:
+    """A rules file with the developer rule that lets ``fleet serve`` start without a
+    registry (``allow_unidentified_release``)."""
+    path = directory / "dev-policy.json"
+    path.write_text('{"allow_unidentified_release": true}')
+    return str(path)
 
 
 @pytest.fixture(scope="session")

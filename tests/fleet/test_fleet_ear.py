@@ -86,7 +86,7 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
             store,
             settings=settings(),
             appraise=default_appraiser(),
-            registry=lambda: registry.verified,
+            registry=registry.state,
             signer=signer,
         )
         stop = asyncio.Event()

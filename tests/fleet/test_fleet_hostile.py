@@ -19,7 +19,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.api.test_hostile_input import ECHOES
-from tests.fleet.conftest import free_port, sim_server
+from tests.fleet.conftest import dev_policy, free_port, sim_server
 from tests.fleet.hostile import MARKER, hostile
 
 from attest.testing.fleet_sim import EK_ATTRS, SimFleet, SimNode
@@ -58,6 +58,7 @@ def _serve(tmp: Path, *args: str, wait: bool = True) -> Service:
         str(tmp / "ear.pem"),
         "--listen",
         f"127.0.0.1:{port}",
+        *(() if "--trust-dir" in args else ("--policy", dev_policy(tmp))),
         *args,
     ]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)

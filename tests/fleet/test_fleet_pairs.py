@@ -77,7 +77,7 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
             store,
             settings=settings(),
             appraise=default_appraiser(),
-            registry=lambda: registry.verified,
+            registry=registry.state,
             signer=signer,
             on_change=events.append,
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.fleet.conftest import free_port, sim_server
+from tests.fleet.conftest import dev_policy, free_port, sim_server
 
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.store import open_store
@@ -52,6 +52,8 @@ def serve(dsn: str, worker: str, log: Path) -> subprocess.Popen[bytes]:
         "--insecure-no-auth",  # on loopback: nothing is registered over the API here
         "--ear-key",
         str(log.parent / "ear.pem"),
+        "--policy",  # no registry: the developer rule
+        dev_policy(log.parent),
     ]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 

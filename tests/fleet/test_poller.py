@@ -103,7 +103,7 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(
             store,
             settings=settings(),
             appraise=default_appraiser(),
-            registry=lambda: registry.verified,
+            registry=registry.state,
             on_change=sender.notify,
         )
         stop = asyncio.Event()
@@ -246,7 +246,7 @@ async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
             store,
             settings=settings(interval=0.3),
             appraise=default_appraiser(),
-            registry=lambda: registry.verified,
+            registry=registry.state,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))

@@ -91,7 +91,7 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
                 interval=60, timeout=0.5, lease_ttl=5, unreachable_after=1, flush_interval=0.05
             ),
             appraise=default_appraiser(),
-            registry=lambda: registry.verified,
+            registry=registry.state,
         )
 
         async def poll_once() -> None:
@@ -107,7 +107,7 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
 
         asyncio.run(poll_once())
         poller.close()
-    app = create_fleet_app(store, registry=lambda: registry.verified, access=Access("w" * 16))
+    app = create_fleet_app(store, registry=registry.state, access=Access("w" * 16))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)

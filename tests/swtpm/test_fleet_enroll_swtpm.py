@@ -78,9 +78,29 @@ def test_fleet_add_verifies_the_ek_chain_and_activates(
     e = json.loads(out.out)["enrollment"]
     assert e["activated"] is True and "swtpm-localca" in e["ek_certificate"]
     assert e["ek_sha256"] is not None
+    assert json.loads(out.out)["enrollment_strength"] == "ek-chain+activated"
     store = SqliteStore(f"{tmp_path}/fleet.db")
     row = store.get_node("swtpm-node")
     assert row is not None and row.enrolled and row.verdict == "none"
+    assert row.enrollment == "ek-chain+activated"
+    store.close()
+
+    # Issue 14 item 6: --tofu over the activated, EK-checked enrollment is refused ...
+    assert main(["add", node.url, "--db", db, "--tofu"]) != 0
+    err = capsys.readouterr().err
+    assert "'swtpm-node' is already enrolled" in err and "--re-enroll" in err, err
+    store = SqliteStore(f"{tmp_path}/fleet.db")
+    row = store.get_node("swtpm-node")
+    assert row is not None and row.enrollment == "ek-chain+activated"
+    store.close()
+    # ... and an explicit re-enrollment is recorded, "weaker" said.
+    assert main(["add", node.url, "--db", db, "--tofu", "--re-enroll"]) == 0
+    assert "(WEAKER)" in capsys.readouterr().out
+    store = SqliteStore(f"{tmp_path}/fleet.db")
+    change = store.changes("swtpm-node")[0]
+    assert change["detail"]["weaker"] is True
+    assert change["detail"]["previous_enrollment"] == "ek-chain+activated"
+    assert change["detail"]["new_enrollment"] == "tofu"
     store.close()
 
     # Roots that did not issue the EK certificate: refused, naming the check.
@@ -139,6 +159,11 @@ def _register_checks(a: Node, b: Node, tmp_path: Path) -> None:
     r = app(good).post("/v1/nodes", json={"url": a.url, "node_id": "a"})
     assert r.status_code == 201, r.text
     assert r.json()["enrollment"]["activated"] is True
+    assert r.json()["enrollment_strength"] == "ek-chain+activated"
+    # The enrolled id again, or another TPM given it: 409, before anything is contacted.
+    for body in ({"url": a.url, "node_id": "a"}, {"url": b.url, "node_id": "a"}):
+        r = app(good).post("/v1/nodes", json=body)
+        assert r.status_code == 409 and r.json()["check"] == "node-id-taken", r.text
 
     # Credential activation answered by another TPM (b's) for a's AK: the secret does not come
     # back, so a's AK is not proven to live beside the certified EK.

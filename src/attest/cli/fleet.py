@@ -2,12 +2,13 @@
 
     attest fleet serve [--db URL] [--listen HOST:PORT] [--interval S] [--concurrency N]
                        [--worker-id ID] [--webhook URL --webhook-secret-file F]
-                       [--trust-dir DIR] [--ear-key PEM]
+                       (--trust-dir DIR | --policy RULES allowing unidentified releases)
+                       [--policy RULES] [--registry-refresh S] [--ear-key PEM]
                        (--api-token-file F | --insecure-no-auth) [--read-token-file F]
                        [--listen-cert C --listen-key K] [--allow-nodes CIDR[,CIDR]]
                        [--trusted-proxies IP|CIDR[,...]]
                        (--ek-roots PEM|DIR --client-cert C --client-key K | --tofu)
-    attest fleet add URL [--host HOST_URL] [--id ID] [--db URL]
+    attest fleet add URL [--host HOST_URL] [--id ID] [--db URL] [--re-enroll] [--policy RULES]
                      (--ek-roots PEM|DIR [--client-cert C --client-key K | --operator-socket S]
                       | --tofu)
     attest fleet ls [--json] [--db URL]
@@ -15,7 +16,12 @@
 
 ``--db``: ``sqlite:///path`` (default ``$ATTEST_FLEET_DB`` or ``sqlite:///attest-fleet.db`` in
 the working directory) or ``postgresql://...`` when several ``serve`` processes share the fleet
-(give each its own ``--worker-id``). See docs/fleet.md.
+(give each its own ``--worker-id``).
+
+``serve`` fails closed without a registry: without ``--trust-dir`` it refuses to start unless
+``--policy`` holds the developer rule ``allow_unidentified_release``; with one, a missing,
+unreadable or expired registry makes every node could-not-appraise until a valid fresh one is
+back. ``add`` refuses an id that is already enrolled unless ``--re-enroll``. See docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -36,19 +42,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import error_line, print_json
 from attest.errors import ConfigError
-from attest.manifest import VerifiedRegistry
-from attest.storage.trusted_state import load_state
+from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
 from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
-from attest.verifier.fleet.api import create_fleet_app, iso
+from attest.verifier.fleet.api import create_fleet_app, node_json
 from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy, Registration, with_roots
+from attest.verifier.fleet.enrollment import (
+    Enroller,
+    EnrollPolicy,
+    PairEnrollment,
+    Registration,
+    with_roots,
+)
+from attest.verifier.fleet.model import iso
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
 from attest.verifier.fleet.store import Store, open_store
+from attest.verifier.fleet.trust import (
+    DEFAULT_REFRESH,
+    NO_REGISTRY,
+    RegistrySource,
+    RegistryState,
+)
 from attest.verifier.fleet.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -61,7 +80,17 @@ def _db(args: argparse.Namespace) -> Store:
     return open_store(args.db or os.environ.get("ATTEST_FLEET_DB") or DEFAULT_DB)
 
 
-def _enroller(args: argparse.Namespace) -> Enroller:
+def _rules(args: argparse.Namespace) -> VerifierRules:
+    """The verifier's rules (``--policy``; ``attest.appraisal.rules``), as ``attest verify``."""
+    if args.policy is None:
+        return DEFAULT_RULES
+    try:
+        return parse_rules(read_bytes(args.policy, max_size=MAX_RULES_BYTES))
+    except ConfigError as exc:
+        raise ConfigError(f"{args.policy}: {exc}", key="--policy") from None
+
+
+def _enroller(args: argparse.Namespace, rules: VerifierRules) -> Enroller:
     """The enrollment policies from the options (``attest.verifier.fleet.enrollment``; fails closed:
     EK roots, or an explicit ``--tofu``). ``$ATTEST_FLEET_EK_ROOTS`` (paths separated by
     ``:``) and ``$ATTEST_FLEET_TOFU=1`` are the defaults."""
@@ -83,35 +112,38 @@ def _enroller(args: argparse.Namespace) -> Enroller:
     )
     if getattr(args, "host", None):  # a pair: the host's activation channel is its own
         host.validate(key="--host-operator-socket")
-    return Enroller(policy, host_policy=host)
+    return Enroller(policy, host_policy=host, runtime_pcr=rules.runtime_pcr)
 
 
-def _registry_source(trust_dir: str | None) -> Callable[[], VerifiedRegistry | None]:
-    """The trusted registry from ``attest manifest verify --state DIR``'s directory, re-read
-    every minute (fresh only: an expired registry is not used, and that is logged)."""
-    if trust_dir is None:
-        return lambda: None
-    cache: dict[str, object] = {"at": 0.0, "registry": None}
-
-    def current() -> VerifiedRegistry | None:
-        now = time.monotonic()
-        if now - float(cache["at"]) > 60.0:  # type: ignore[arg-type]
-            cache["at"] = now
-            reg = None
-            try:
-                state = load_state(trust_dir)
-                if state is None:
-                    logger.error("no trusted state in %s", trust_dir)
-                else:
-                    reg = state.check_fresh(now=datetime.now(UTC))
-            except Exception as exc:  # noqa: BLE001 - any failure: appraise without a registry
-                logger.error("trusted registry unusable: %s", exc)
-            cache["registry"] = reg
-        r = cache["registry"]
-        return r if isinstance(r, VerifiedRegistry) else None
-
-    current()
-    return current
+def _registries(
+    args: argparse.Namespace, rules: VerifierRules
+) -> tuple[Callable[[], RegistryState], Callable[[], RegistryState]]:
+    """The registry sources (the nodes', a pair's host layer's). Fails closed: without a
+    --trust-dir the service starts only under the developer rule allow_unidentified_release
+    (nothing is then appraised against a registry, and every result says so)."""
+    if args.trust_dir is None:
+        if args.host_trust_dir is not None:
+            raise ConfigError("--host-trust-dir needs --trust-dir", key="--host-trust-dir")
+        if not rules.allow_unidentified_release:
+            raise ConfigError(
+                "the fleet appraises releases against a trusted registry: give --trust-dir "
+                "(attest manifest verify --state DIR), or --policy with the developer rule "
+                "allow_unidentified_release = true",
+                key="--trust-dir",
+            )
+        logger.warning(
+            "no --trust-dir: releases are not appraised (developer rule "
+            "allow_unidentified_release, policy %s)",
+            rules.policy_id,
+        )
+        return (lambda: NO_REGISTRY), (lambda: NO_REGISTRY)
+    registry = RegistrySource(args.trust_dir, refresh=args.registry_refresh)
+    registry()  # the first read now: its problem, if any, is logged at start
+    if args.host_trust_dir is None:
+        return registry, registry
+    host = RegistrySource(args.host_trust_dir, refresh=args.registry_refresh)
+    host()
+    return registry, host
 
 
 def _tls_context(ca: str | None) -> ssl.SSLContext | None:
@@ -172,10 +204,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = _listen(args.listen)
     access, nodes, listen_options = _security(args, host)  # before anything starts
-    enroller = _enroller(args)  # a bad policy fails here, before anything starts
+    rules = _rules(args)
+    enroller = _enroller(args, rules)  # a bad policy fails here, before anything starts
+    registry, host_registry = _registries(args, rules)
     store = _db(args)
-    registry = _registry_source(args.trust_dir)
-    host_registry = _registry_source(args.host_trust_dir) if args.host_trust_dir else registry
     settings = PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         interval=args.interval,
@@ -205,6 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signer=signer,
         host_registry=host_registry,
         ssl_context=_tls_context(args.tls_ca),
+        rules=rules,
     )
     app = create_fleet_app(
         store,
@@ -216,7 +249,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         nodes=nodes,
         signer=signer,
     )
-    logger.warning("enrollment policy: %s", enroller.policy.describe())
+    logger.warning(
+        "enrollment policy: %s; verifier rules %s: %s",
+        enroller.policy.describe(),
+        rules.policy_id,
+        rules.to_json(),
+    )
 
     class Server(uvicorn.Server):
         # uvicorn re-raises SIGTERM/SIGINT after its own shutdown, which would kill the process
@@ -265,7 +303,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def watch_rollout(
     store: Store,
-    registry: Callable[[], VerifiedRegistry | None],
+    registry: Callable[[], RegistryState],
     stop: asyncio.Event,
     every: float = 5.0,
 ) -> None:
@@ -278,7 +316,7 @@ async def watch_rollout(
                 now = time.time()
                 report = rollout(
                     store.list_nodes(),
-                    registry(),
+                    registry().registry,
                     store.release_marks(),
                     now=datetime.fromtimestamp(now, UTC),
                 )
@@ -297,8 +335,6 @@ async def watch_rollout(
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from attest.verifier.fleet.enrollment import PairEnrollment
-
     if args.host is None and (args.guest_id or args.host_ek_roots):
         raise ConfigError(
             "--guest-id and --host-ek-roots are for a pair (--host HOST_URL)", key="--host"
@@ -311,27 +347,51 @@ def cmd_add(args: argparse.Namespace) -> int:
     ):
         if url is not None:
             check_node_url(url, what=key)
-    enroller = _enroller(args)
-    e = enroller(
-        Registration(
-            args.url, args.host, args.guest_id, args.activation_url, args.host_activation_url
-        )
-    )
-    node_id = args.id or e.node_id or args.url
+    enroller = _enroller(args, _rules(args))
     store = _db(args)
     try:
-        store.add_node(node_id, args.url, e, now=time.time(), host_url=args.host)
+        if args.id is not None and not args.re_enroll:  # before contacting the node
+            known = store.get_node(args.id)
+            if known is not None and known.enrolled:
+                store.add_node(args.id, args.url, None, now=time.time())  # raises NodeIdTaken
+        e = enroller(
+            Registration(
+                args.url, args.host, args.guest_id, args.activation_url, args.host_activation_url
+            )
+        )
+        node_id = args.id or e.node_id or args.url
+        change = store.add_node(
+            node_id,
+            args.url,
+            e,
+            now=time.time(),
+            host_url=args.host,
+            re_enroll=args.re_enroll,
+            by="operator re-enroll with attest fleet add --re-enroll",
+        )
     finally:
         store.close()
     if args.json:
         print_json(
-            {"node_id": node_id, "url": args.url, "host_url": args.host, "enrollment": e.to_json()}
+            {
+                "node_id": node_id,
+                "url": args.url,
+                "host_url": args.host,
+                "enrollment_strength": e.strength.value,
+                "enrollment": e.to_json(),
+                "re_enrolled": None if change is None else {**change, "at": iso(change["at"])},
+            }
         )
         return 0
     layers = (
         [("host", e.host), ("guest", e.guest)] if isinstance(e, PairEnrollment) else [("node", e)]
     )
-    print(f"{node_id}: enrolled{' as a host + guest pair' if args.host else ''}")
+    print(
+        f"{node_id}: enrolled{' as a host + guest pair' if args.host else ''} "
+        f"(enrollment: {e.strength.value})"
+    )
+    if change is not None:
+        print(f"  {change['explanation']}")
     for name, le in layers:
         ek = (
             f"EK certificate {le.ek_certificate}"
@@ -355,14 +415,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        from attest.verifier.fleet.api import node_json
-
         print_json([node_json(n) for n in nodes])
         return 0
     for n in nodes:
         print(
-            f"{n.node_id:<24} {n.verdict:<16} {iso(n.last_appraised) or 'never':<34} "
-            f"{n.explanation[:100]}"
+            f"{n.node_id:<24} {n.verdict:<16} {n.enrollment or 'unenrolled':<19} "
+            f"{iso(n.last_appraised) or 'never':<34} {n.explanation[:100]}"
         )
         for name, lay in (n.layers or {}).items():
             if name in ("host", "guest") and isinstance(lay, dict):
@@ -374,8 +432,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from attest.verifier.fleet.api import node_json
-
     store = _db(args)
     try:
         n = store.get_node(args.node_id)
@@ -393,6 +449,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"{n.node_id}: {n.verdict.upper()}  ({n.url}{', host ' + n.host_url if n.host_url else ''})"
     )
     print(f"  explanation: {n.explanation}")
+    print(f"  enrollment: {n.enrollment or 'not enrolled'}")
     for name, lay in (n.layers or {}).items():
         if name in ("host", "guest") and isinstance(lay, dict):
             print(
@@ -406,7 +463,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     ear = f"signed, {len(n.ear)} bytes (--json prints it)" if n.ear else "none yet"
     print(f"  EAR: {ear}")
     for c in changes:
-        print(f"  {iso(c['at'])}  {c['from']} → {c['to']}: {c['explanation'][:100]}")
+        print(f"  {iso(c['at'])}  {c['from']} → {c['to']}: {c['explanation'][:160]}")
     return 0
 
 
@@ -423,6 +480,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         )
 
     def enrollment(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--policy",
+            metavar="FILE",
+            help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
+            "attest verify --policy's): named in every EAR; a node claiming another runtime PCR "
+            "is refused at enrollment",
+        )
         g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
         g.add_argument(
             "--ek-roots",
@@ -482,7 +546,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="PCRs to quote (the runtime PCR is added) (default %(default)s)",
     )
     s.add_argument("--platform-id", help="platform reference to appraise firmware against")
-    s.add_argument("--trust-dir", help="trusted manifest state (attest manifest verify --state)")
+    s.add_argument(
+        "--trust-dir",
+        help="trusted manifest state (attest manifest verify --state); required unless "
+        "--policy allows unidentified releases. Without a valid fresh registry in it, every "
+        "node is could-not-appraise",
+    )
+    s.add_argument(
+        "--registry-refresh",
+        type=float,
+        default=DEFAULT_REFRESH,
+        metavar="S",
+        help="seconds between two reads of --trust-dir (default %(default)s)",
+    )
     s.add_argument(
         "--host-trust-dir",
         help="a pair's host layer: its trusted manifest state (default --trust-dir)",
@@ -550,6 +626,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="the node's operator socket, for credential activation when run on the node",
     )
     a.add_argument("--host-operator-socket", help="the host's operator socket")
+    a.add_argument(
+        "--re-enroll",
+        action="store_true",
+        help="replace the enrollment (URL, AK) of an id that is already enrolled: recorded in "
+        "its history (weaker said so), its continuity reset; refused without it",
+    )
     a.add_argument("--json", action="store_true")
     db(a)
     enrollment(a)

@@ -7,8 +7,15 @@ each with its EAR), ``/v1/verifier-key`` (the EAR signing key as a JWK set),
 ``/v1/releases`` (rollout shares and embargo
 clocks), ``/metrics`` (Prometheus), ``/healthz``; and pages for people: ``/`` (fleet overview,
 rollout, embargo clocks) and ``/nodes/{id}`` (verdict, explanation, findings, history).
-Pages are rendered on the server with no script; every string a node or the store supplied
-is HTML-escaped.
+Pages are rendered on the server with no script (``attest.verifier.fleet.pages``).
+
+Registration never replaces an enrolled node silently: an id that is already enrolled -- given
+by the client or claimed by the node -- is a ``409`` naming it, unless the request says
+``"re_enroll": true``; a re-enrollment is recorded in the node's history (previous and new AK,
+previous and new enrollment strength, "weaker" when it is) and resets its continuity.
+Without a valid fresh registry (``--trust-dir``) every node is could-not-appraise with the
+problem named: ``/v1/nodes`` and ``/v1/nodes/{id}`` carry ``registry``, ``/metrics`` the
+gauge ``attest_fleet_registry_ok``, the page a banner.
 
 Access (``attest.verifier.fleet.access``): writes need the write token, reads the read or the
 write token when the service has a read token. Every error is ``{"error", "check", "detail"}``
@@ -19,13 +26,11 @@ one fixed ``502`` whatever it answered (or whether anything listens at all).
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,11 +43,11 @@ from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
     EvidenceFormatError,
+    NodeIdTaken,
     RegistrationRefused,
     TransportError,
     VerificationError,
 )
-from attest.manifest import VerifiedRegistry
 from attest.verifier.fleet.access import (
     Access,
     TokenAuth,
@@ -57,24 +62,16 @@ from attest.verifier.fleet.admission import (
     check_node_id,
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
-from attest.verifier.fleet.model import NodeRow
+from attest.verifier.fleet.model import SEVERITY, NodeRow, iso
+from attest.verifier.fleet.pages import render_node, render_overview, sorry_page
 from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Store
+from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
 from attest.verifier.fleet.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
-
-SEVERITY = {
-    "contraindicated": 0,
-    "unreachable": 1,
-    "warning": 2,
-    "none": 3,
-    "unenrolled": 4,
-    "affirming": 5,
-}
-PAGE_ROWS = 500
 
 
 _URL = r"^https?://"
@@ -102,10 +99,11 @@ class RegisterRequest(BaseModel):
         description="the node's mutual-TLS listener, for credential activation (default: url)",
     )
     host_activation_url: str | None = Field(default=None, max_length=2048, pattern=_URL)
-
-
-def iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+    re_enroll: bool = Field(
+        default=False,
+        description="replace the enrollment (URL and AK) of a node id that is already enrolled; "
+        "recorded in its history, resets its continuity",
+    )
 
 
 EAR_MEDIA_TYPE = "application/eat+jwt"  # RFC 9711 §10.9.1: an EAT in a JWT
@@ -121,7 +119,7 @@ def node_json(n: NodeRow, *, ear: bool = True) -> dict[str, Any]:
 def create_fleet_app(
     store: Store,
     *,
-    registry: Callable[[], VerifiedRegistry | None] = lambda: None,
+    registry: Callable[[], RegistryState] = lambda: NO_REGISTRY,
     poller: Poller | None = None,
     webhooks: WebhookSender | None = None,
     enroll: Callable[[Registration], Enrollment | PairEnrollment] | None = None,
@@ -143,7 +141,7 @@ def create_fleet_app(
         return datetime.fromtimestamp(clock(), UTC)
 
     def report() -> list[ReleaseRollout]:
-        return rollout(store.list_nodes(), registry(), store.release_marks(), now=now_dt())
+        return rollout(store.list_nodes(), registry().registry, store.release_marks(), now=now_dt())
 
     def get(node_id: str) -> NodeRow:
         n = store.get_node(node_id)
@@ -158,7 +156,10 @@ def create_fleet_app(
         """Every registered node with its current verdict (``?ear=true``: and its latest
         signed EAR)."""
         nodes = store.list_nodes(ear=ear)
-        return {"nodes": [node_json(n, ear=ear) for n in nodes if verdict in (None, n.verdict)]}
+        return {
+            "registry": registry().to_json(),
+            "nodes": [node_json(n, ear=ear) for n in nodes if verdict in (None, n.verdict)],
+        }
 
     @app.post("/v1/nodes", status_code=201, response_model=None)
     async def register(req: RegisterRequest) -> dict[str, Any] | JSONResponse:
@@ -166,7 +167,8 @@ def create_fleet_app(
         (EK certificate chain to the configured roots and credential activation, or trust on
         first use where the service allows it; each layer of a pair) and start appraising.
         422 names the failed check (and the layer) or the rule a node id or URL breaks; 502:
-        the node did not answer as an attest node."""
+        the node did not answer as an attest node; 409: the id is already enrolled (give
+        ``re_enroll``)."""
         if enroll is None:
             raise HTTPException(503, "this service has no enroller configured")
         if req.host_url is None and (req.guest_id or req.host_activation_url):
@@ -175,6 +177,10 @@ def create_fleet_app(
             req.url, req.host_url, req.guest_id, req.activation_url, req.host_activation_url
         )
         loop = asyncio.get_running_loop()
+        if req.node_id is not None and not req.re_enroll:  # before contacting anything
+            known = await loop.run_in_executor(None, store.get_node, req.node_id)
+            if known is not None and known.enrolled:
+                return _taken(req.node_id)
         try:
             await loop.run_in_executor(None, _check_urls, nodes, reg)
             enrollment = await loop.run_in_executor(None, enroll, reg)
@@ -198,20 +204,36 @@ def create_fleet_app(
                 "activated": _activated(enrollment),
             },
         )
-        await loop.run_in_executor(
-            None,
-            lambda: store.add_node(
-                node_id, req.url, enrollment, now=clock(), host_url=req.host_url
-            ),
-        )
-        return {**node_json(get(node_id)), "enrollment": enrollment.to_json()}
+        try:
+            change = await loop.run_in_executor(
+                None,
+                lambda: store.add_node(
+                    node_id,
+                    req.url,
+                    enrollment,
+                    now=clock(),
+                    host_url=req.host_url,
+                    re_enroll=req.re_enroll,
+                    by="operator re-enroll over the REST API",
+                ),
+            )
+        except NodeIdTaken as exc:
+            return _taken(exc.node_id)
+        doc = {**node_json(get(node_id)), "enrollment": enrollment.to_json()}
+        if change is not None:
+            doc["re_enrolled"] = {**change, "at": iso(change["at"])}
+        return doc
 
     @app.get("/v1/nodes/{node_id}")
     def node(node_id: str) -> dict[str, Any]:
         """The node, with its latest appraisal result."""
         n = get(node_id)
         latest = store.results(node_id, 1)
-        return {**node_json(n), "latest": latest[0] if latest else None}
+        return {
+            **node_json(n),
+            "latest": latest[0] if latest else None,
+            "registry": registry().to_json(),
+        }
 
     @app.get("/v1/nodes/{node_id}/ear", responses={200: {"content": {EAR_MEDIA_TYPE: {}}}})
     def node_ear(node_id: str) -> Response:
@@ -247,7 +269,8 @@ def create_fleet_app(
 
     @app.get("/v1/nodes/{node_id}/history")
     def history(node_id: str, limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
-        """Every change of the node's verdict, newest first."""
+        """Every change of the node's verdict and every re-enrollment (``detail``), newest
+        first."""
         get(node_id)
         docs = store.changes(node_id, limit)
         for d in docs:
@@ -262,7 +285,7 @@ def create_fleet_app(
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> str:
         """Prometheus text exposition."""
-        return prometheus(store.list_nodes(), report(), poller, webhooks)
+        return prometheus(store.list_nodes(), report(), poller, webhooks, registry())
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -270,15 +293,21 @@ def create_fleet_app(
 
     @app.get("/", response_class=HTMLResponse)
     def overview() -> str:
-        return render_overview(store.list_nodes(), report(), now=clock())
+        return render_overview(store.list_nodes(), report(), now=clock(), registry=registry())
 
     @app.get("/nodes/{node_id}", response_class=HTMLResponse)
     def node_page(node_id: str) -> HTMLResponse:
         n = store.get_node(node_id)
         if n is None:
-            return HTMLResponse(_page("Not found", f"<p>No node {_e(node_id)}.</p>"), 404)
+            return HTMLResponse(sorry_page(node_id), 404)
         return HTMLResponse(
-            render_node(n, store.results(node_id, 20), store.changes(node_id, 50), now=clock())
+            render_node(
+                n,
+                store.results(node_id, 20),
+                store.changes(node_id, 50),
+                now=clock(),
+                registry=registry(),
+            )
         )
 
     @app.exception_handler(AttestError)
@@ -293,6 +322,16 @@ def _check_urls(nodes: NodeAddresses, reg: Registration) -> None:
         url = getattr(reg, what)
         if url is not None:
             nodes.check(url, what=what)
+
+
+def _taken(node_id: str) -> JSONResponse:
+    exc = NodeIdTaken(node_id, "")
+    return error_answer(
+        409,
+        exc,
+        f"node {node_id!r} is already enrolled: its URL and AK are replaced only by an "
+        'explicit re-enrollment ("re_enroll": true), recorded in its history',
+    )
 
 
 def _activated(e: Enrollment | PairEnrollment) -> bool:
@@ -311,6 +350,7 @@ def prometheus(
     releases: list[ReleaseRollout],
     poller: Poller | None,
     webhooks: WebhookSender | None,
+    registry: RegistryState = NO_REGISTRY,
 ) -> str:
     counts = dict.fromkeys(SEVERITY, 0)
     for n in nodes:
@@ -320,6 +360,24 @@ def prometheus(
         "# TYPE attest_fleet_nodes gauge",
     ]
     out += [f'attest_fleet_nodes{{verdict="{_label(k)}"}} {v}' for k, v in sorted(counts.items())]
+    strengths: dict[str, int] = {}
+    for n in nodes:
+        if n.enrollment is not None:
+            strengths[n.enrollment] = strengths.get(n.enrollment, 0) + 1
+    out += [
+        "# HELP attest_fleet_enrollments enrolled nodes by enrollment strength",
+        "# TYPE attest_fleet_enrollments gauge",
+    ]
+    out += [
+        f'attest_fleet_enrollments{{strength="{_label(k)}"}} {v}'
+        for k, v in sorted(strengths.items())
+    ]
+    out += [
+        "# HELP attest_fleet_registry_ok 1 while nodes are appraised against a valid, fresh "
+        "trusted registry; 0 otherwise (every node is could-not-appraise when one is configured)",
+        "# TYPE attest_fleet_registry_ok gauge",
+        f"attest_fleet_registry_ok {int(registry.ok and registry.registry is not None)}",
+    ]
     out += [
         "# HELP attest_fleet_release_share share of nodes attesting to a release",
         "# TYPE attest_fleet_release_share gauge",
@@ -371,212 +429,3 @@ def prometheus(
             f"attest_fleet_webhook_queue {webhooks.queue.qsize()}",
         ]
     return "\n".join(out) + "\n"
-
-
-# --- HTML ------------------------------------------------------------------------------------
-
-
-def _e(v: object) -> str:
-    return html.escape("" if v is None else str(v), quote=True)
-
-
-def _ago(t: float | None, now: float) -> str:
-    if t is None:
-        return "never"
-    s = max(0, int(now - t))
-    return f"{s} s ago" if s < 120 else f"{s // 60} min ago" if s < 7200 else f"{s // 3600} h ago"
-
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-header{background:#1d2330;color:#fff;padding:12px 24px}header h1{margin:0;font-size:18px}
-main{padding:16px 24px}section{background:#fff;border:1px solid #dde1e7;border-radius:6px;
-margin-bottom:16px;padding:12px 16px}h2{font-size:15px;margin:0 0 8px}
-table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:4px 8px;
-border-bottom:1px solid #eef0f3;vertical-align:top}th{font-weight:600;color:#555}
-.v{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:12px}
-.affirming{background:#d7f5df;color:#11612c}.warning{background:#fff1c7;color:#7a5500}
-.contraindicated{background:#ffd9d6;color:#8f1610}.unreachable{background:#e3dcff;color:#3c2a8f}
-.none,.unenrolled{background:#e6e8eb;color:#444}
-.tiles{display:flex;gap:12px;flex-wrap:wrap}.tile{padding:8px 14px;border-radius:6px;
-min-width:110px}.tile b{display:block;font-size:22px}
-.bar{background:#eef0f3;border-radius:4px;height:10px;width:200px;display:inline-block}
-.bar i{display:block;height:10px;border-radius:4px;background:#2f7d4a}
-.overdue{color:#8f1610;font-weight:600}.muted{color:#777}code{font-size:12px}
-.layers{margin-top:3px;font-size:12px;color:#555;white-space:nowrap}
-"""
-
-
-def _page(title: str, body: str, *, refresh: int | None = None) -> str:
-    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>attest fleet — {_e(title)}</h1></header><main>{body}</main>"
-        "</body></html>"
-    )
-
-
-def _badge(verdict: str) -> str:
-    cls = verdict if verdict in SEVERITY else "none"
-    return f'<span class="v {cls}">{_e(verdict)}</span>'
-
-
-def _releases_html(releases: list[ReleaseRollout]) -> str:
-    if not releases:
-        return "<p class=muted>No trusted registry configured: rollout is not tracked.</p>"
-    rows = []
-    for r in releases:
-        pct = 100 * r.share
-        clock = {
-            "none": "—",
-            "disclosed": "disclosed",
-            "awaiting_fleet": "waiting for the whole fleet",
-        }.get(r.embargo, "")
-        if r.embargo in ("quiet_period", "overdue"):
-            due = r.disclosure_due.strftime("%Y-%m-%d %H:%M UTC") if r.disclosure_due else "?"
-            src = " (observed by this service)" if r.fleet_complete_source == "observed" else ""
-            cls = "overdue" if r.overdue else ""
-            word = "OVERDUE — disclosure was due" if r.overdue else "quiet period; disclosure due"
-            clock = f'<span class="{cls}">{word} {_e(due)}</span>{_e(src)}'
-        revoked = " <span class=overdue>revoked</span>" if r.revoked else ""
-        rows.append(
-            f"<tr><td><b>{_e(r.version)}</b>{revoked}</td><td>{r.running} / {r.total}</td>"
-            f'<td><span class=bar><i style="width:{pct:.1f}%"></i></span> {pct:.1f}%</td>'
-            f"<td>{clock}</td><td class=muted>{_e(r.note)}</td></tr>"
-        )
-    return (
-        "<table><tr><th>Release</th><th>Nodes</th><th>Rollout</th><th>Embargo clock</th>"
-        f"<th></th></tr>{''.join(rows)}</table>"
-    )
-
-
-def _layers(n: NodeRow) -> list[tuple[str, dict[str, Any]]]:
-    lay = n.layers or {}
-    return [(name, lay[name]) for name in ("host", "guest") if isinstance(lay.get(name), dict)]
-
-
-def _layer_badges(n: NodeRow) -> str:
-    """A pair's row: each layer's verdict under the pair's."""
-    if not n.pair:
-        return ""
-    parts = [f"<div>{name} {_badge(str(lay.get('verdict')))}</div>" for name, lay in _layers(n)]
-    return f"<div class=layers>{''.join(parts) or 'layers: not appraised yet'}</div>"
-
-
-def _layers_html(n: NodeRow) -> str:
-    if not n.pair:
-        return ""
-    lay = n.layers or {}
-    rows = (
-        "".join(
-            f"<tr><td><b>{_e(name)}</b></td><td>{_e(d.get('node_id'))}</td>"
-            f"<td><code>{_e(d.get('url'))}</code></td><td>{_badge(str(d.get('verdict')))}</td>"
-            f"<td>{_e(d.get('explanation'))}</td><td>{_e(d.get('release') or '—')}</td></tr>"
-            for name, d in _layers(n)
-        )
-        or "<tr><td colspan=6 class=muted>Not appraised yet.</td></tr>"
-    )
-    v = lay.get("vouch")
-    vouch: dict[str, Any] = v if isinstance(v, dict) else {}
-    failed = lay.get("failed_layer")
-    return (
-        "<section><h2>Host and guest</h2><table><tr><th>Layer</th><th>Node</th><th>URL</th>"
-        f"<th>Verdict</th><th>Explanation</th><th>Release</th></tr>{rows}</table>"
-        f"<p>Failed layer: <b>{_e(failed or '—')}</b>. Host vouching: "
-        f"{_e(vouch.get('explanation') or '—')}</p></section>"
-    )
-
-
-def render_overview(nodes: list[NodeRow], releases: list[ReleaseRollout], *, now: float) -> str:
-    counts: dict[str, int] = {}
-    for n in nodes:
-        counts[n.verdict] = counts.get(n.verdict, 0) + 1
-    tiles = "".join(
-        f'<div class="tile {k}"><b>{counts[k]}</b>{_e(k)}</div>'
-        for k in sorted(counts, key=lambda k: SEVERITY.get(k, 9))
-    )
-    ordered = sorted(nodes, key=lambda n: (SEVERITY.get(n.verdict, 9), n.node_id))
-    rows = "".join(
-        f'<tr><td><a href="/nodes/{_e(quote(n.node_id, safe=""))}">{_e(n.node_id)}</a>'
-        f"{' <span class=muted>host + guest</span>' if n.pair else ''}</td>"
-        f"<td>{_badge(n.verdict)}{_layer_badges(n)}</td><td>{_e(n.explanation[:300])}</td>"
-        f"<td>{_e(n.release or '—')}</td><td>{_e(_ago(n.last_appraised, now))}</td></tr>"
-        for n in ordered[:PAGE_ROWS]
-    )
-    more = (
-        (
-            f"<p class=muted>{len(nodes) - PAGE_ROWS} more nodes (all affirming or less severe "
-            "first shown); see /v1/nodes.</p>"
-        )
-        if len(nodes) > PAGE_ROWS
-        else ""
-    )
-    body = (
-        f"<section><h2>Fleet: {len(nodes)} nodes</h2><div class=tiles>{tiles}</div></section>"
-        f"<section><h2>Releases: rollout and embargo clocks</h2>{_releases_html(releases)}"
-        "</section><section><h2>Nodes (most severe first)</h2><table><tr><th>Node</th>"
-        "<th>Verdict</th><th>Explanation</th><th>Release</th><th>Last appraised</th></tr>"
-        f"{rows}</table>{more}</section>"
-    )
-    return _page("overview", body, refresh=10)
-
-
-def render_node(
-    n: NodeRow, results: list[dict[str, Any]], changes: list[dict[str, Any]], *, now: float
-) -> str:
-    latest = results[0].get("result") if results else None
-    findings = ""
-    if isinstance(latest, dict):
-        # One node's result, or a pair's (attest.appraisal.pair.PairResult.to_json: both layers').
-        parts = [("", latest)]
-        if isinstance(latest.get("layers"), dict):
-            parts = [(f"{k}: ", v) for k, v in latest["layers"].items() if isinstance(v, dict)]
-        findings = "".join(
-            f"<tr><td>{_e(prefix)}{_e(f.get('claim'))}</td><td>{_badge(str(f.get('tier')))}</td>"
-            f"<td>{_e(f.get('check'))}</td><td>{_e(f.get('explanation'))}</td></tr>"
-            for prefix, doc in parts
-            for f in (doc.get("findings") or [])
-            if isinstance(f, dict)
-        )
-        findings = (
-            (
-                "<table><tr><th>Claim</th><th>Tier</th><th>Check</th><th>Finding</th></tr>"
-                f"{findings}</table>"
-            )
-            if findings
-            else "<p class=muted>No findings.</p>"
-        )
-    hist = (
-        "".join(
-            f"<tr><td>{_e(iso(c['at']))}</td><td>{_badge(c['from'])} → {_badge(c['to'])}</td>"
-            f"<td>{_e(c['explanation'])}</td></tr>"
-            for c in changes
-        )
-        or "<tr><td colspan=3 class=muted>No changes yet.</td></tr>"
-    )
-    recent = "".join(
-        f"<tr><td>{_e(iso(r.get('at')))}</td><td>{_badge(str(r.get('verdict')))}</td>"
-        f"<td>{_e(r.get('worker_id'))}</td><td>{_e(r.get('error') or '')}</td></tr>"
-        for r in results
-    )
-    body = (
-        f"<section><h2>{_e(n.node_id)} {_badge(n.verdict)}</h2><table>"
-        f"<tr><th>Explanation</th><td>{_e(n.explanation)}</td></tr>"
-        f"<tr><th>First divergence</th><td>{_e(n.first_divergence or '—')}</td></tr>"
-        f"<tr><th>Release attested</th><td>{_e(n.release or '—')}</td></tr>"
-        f"<tr><th>URL</th><td><code>{_e(n.url)}</code>"
-        f"{' (guest; host <code>' + _e(n.host_url) + '</code>)' if n.pair else ''}</td></tr>"
-        f"<tr><th>Last appraised</th><td>{_e(_ago(n.last_appraised, now))} "
-        f"({n.appraisals} appraisals)</td></tr>"
-        f"<tr><th>Last error</th><td>{_e(n.last_error or '—')} "
-        f"{'(' + str(n.failures) + ' consecutive failures)' if n.failures else ''}</td></tr>"
-        "</table></section>"
-        f"{_layers_html(n)}"
-        "<section><h2>Findings of the latest appraisal</h2>"
-        f"{findings or '<p class=muted>None.</p>'}</section>"
-        f"<section><h2>Verdict history</h2><table>{hist}</table></section>"
-        "<section><h2>Recent appraisals</h2><table><tr><th>At</th><th>Verdict</th><th>Worker</th>"
-        f'<th>Error</th></tr>{recent}</table></section><p><a href="/">← fleet</a></p>'
-    )
-    return _page(n.node_id, body, refresh=10)

@@ -9,17 +9,24 @@ contraindicated / none), the explanation of the first divergence and the others,
 the node *attested to* (only from the authenticated dm-verity root hash the appraisal matched in
 the registry -- never the version string the node claims), the quote's clock for the next
 appraisal's ``previous``, and the full ``to_json()``.
+
+Every appraisal is made under the service's ``VerifierRules`` (``--policy``; the EAR's policy
+id names them) with the node's ``Continuity`` from the store (what this verifier verified of
+the node before, across restarts of the service); ``result.continuity`` is stored back. The
+incremental ``NodeMemory`` is separate: it lives in the worker only.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
 from attest.appraisal import AppraisalResult, Appraised, appraise_incremental
-from attest.appraisal.memory import FirmwareReplayCache, NodeMemory
+from attest.appraisal.memory import Continuity, FirmwareReplayCache, NodeMemory
+from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.manifest import VerifiedRegistry
 from attest.manifest.evaluate import ReleaseStatus
@@ -46,6 +53,8 @@ class Appraiser(Protocol):
         previous: ClockInfo | None,
         tls_binding: bytes | None,
         now: datetime,
+        rules: VerifierRules,
+        continuity: Continuity | None,
     ) -> Appraised: ...
 
 
@@ -81,3 +90,39 @@ def summarize(result: AppraisalResult) -> Summary:
     return Summary(
         status, "; ".join(reasons), result.first_divergence, release, result.clock, result.to_json()
     )
+
+
+# The store's ``continuity`` column: one node's ``Continuity.to_json()``; a pair's
+# ``{"host": .., "guest": ..}`` (each null until that layer was appraised).
+
+
+def continuity_of(text: str | None, layer: str | None = None) -> Continuity | None:
+    """The stored continuity (of a pair's ``layer``); ``EvidenceFormatError`` when the store
+    holds something else (fail closed: never appraise as if nothing had been verified)."""
+    if not text:
+        return None
+    doc = json.loads(text)
+    if layer is not None:
+        doc = doc.get(layer) if isinstance(doc, dict) else doc
+        if doc is None:
+            return None
+    return Continuity.from_json(doc)
+
+
+def continuity_text(c: Continuity | None) -> str | None:
+    return None if c is None else json.dumps(c.to_json(), separators=(",", ":"))
+
+
+def pair_continuity_text(
+    host: Continuity | None, guest: Continuity | None, stored: str | None
+) -> str | None:
+    """A pair's next continuity: each layer's new one, else what was stored for it."""
+    if host is None and guest is None:
+        return None
+    host = host or continuity_of(stored, "host")
+    guest = guest or continuity_of(stored, "guest")
+    doc = {
+        "host": None if host is None else host.to_json(),
+        "guest": None if guest is None else guest.to_json(),
+    }
+    return json.dumps(doc, separators=(",", ":"))

@@ -27,8 +27,9 @@ from typing import Any
 from cryptography import x509
 
 from attest.appraisal.pair import GUEST, HOST
+from attest.appraisal.rules import DEFAULT_RULES
 from attest.ekcert.parse import ParsedCertificate
-from attest.enroll import Enrollment
+from attest.enroll import Enrollment, EnrollmentStrength
 from attest.errors import (
     CertificateError,
     ConfigError,
@@ -115,11 +116,17 @@ class EnrollPolicy:
 
 
 def enroll_node(
-    url: str, policy: EnrollPolicy, *, now: datetime, activation_url: str | None = None
+    url: str,
+    policy: EnrollPolicy,
+    *,
+    now: datetime,
+    activation_url: str | None = None,
+    runtime_pcr: int = DEFAULT_RULES.runtime_pcr,
 ) -> Enrollment:
     """Enroll the node at ``url`` under ``policy``: the enrollment, or raise
     (``VerificationError`` naming the check: ``ek-roots``, ``certificate``, ``key-policy``,
-    ``credential-activation``; ``TransportError`` when the node does not answer)."""
+    ``credential-activation``, ``runtime-pcr`` when the node claims another runtime PCR than
+    the verifier's rules; ``TransportError`` when the node does not answer)."""
     if not policy.ek_roots and not policy.tofu:
         raise EnrollmentPolicyError(
             "this service has no EK roots (--ek-roots) and trust on "
@@ -143,6 +150,7 @@ def enroll_node(
             ek_roots=policy.ek_roots,
             ek_intermediates=policy.ek_intermediates,
             activator=activator,
+            runtime_pcr=runtime_pcr,
         )
     logger.info(
         "node enrolled",
@@ -151,9 +159,18 @@ def enroll_node(
             "node_id": e.node_id,
             "ek_certificate": e.ek_certificate,
             "activated": e.activated,
+            "strength": e.strength.value,
         },
     )
     return e
+
+
+# The enrollment strengths, weakest first (attest.enroll.EnrollmentStrength).
+STRENGTH_RANK = {
+    EnrollmentStrength.TOFU.value: 0,
+    EnrollmentStrength.ACTIVATED.value: 1,
+    EnrollmentStrength.EK_CHAIN.value: 2,
+}
 
 
 def with_roots(policy: EnrollPolicy, roots: list[str] | None, *, key: str) -> EnrollPolicy:
@@ -178,6 +195,17 @@ class PairEnrollment:
     def node_id(self) -> str:
         return self.guest.node_id
 
+    @property
+    def strength(self) -> EnrollmentStrength:
+        """The weaker layer's: a pair is trusted as far as its weaker enrollment reaches."""
+        h, g = self.host.strength, self.guest.strength
+        return h if STRENGTH_RANK[h.value] < STRENGTH_RANK[g.value] else g
+
+    @property
+    def ak_names(self) -> str:
+        """The AK names (hex) as the history records them; a pair's: ``host/guest``."""
+        return f"{self.host.ak_name.hex()}/{self.guest.ak_name.hex()}"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pair": {
@@ -199,6 +227,10 @@ def enrollment_from_json(doc: Mapping[str, Any]) -> Enrollment | PairEnrollment:
     return PairEnrollment.from_json(doc) if "pair" in doc else Enrollment.from_json(doc)
 
 
+def ak_names(e: Enrollment | PairEnrollment) -> str:
+    return e.ak_names if isinstance(e, PairEnrollment) else e.ak_name.hex()
+
+
 def enroll_pair(
     guest_url: str,
     host_url: str,
@@ -209,6 +241,7 @@ def enroll_pair(
     guest_id: str | None = None,
     activation_url: str | None = None,
     host_activation_url: str | None = None,
+    runtime_pcr: int = DEFAULT_RULES.runtime_pcr,
 ) -> PairEnrollment:
     """Enroll the host, then the guest, each as one node under its own policy; a refusal names
     the layer (``LayerRefused``, its ``check`` the layer's)."""
@@ -218,7 +251,9 @@ def enroll_pair(
         (GUEST, guest_url, policy, activation_url),
     ):
         try:
-            layers[layer] = enroll_node(url, pol, now=now, activation_url=act)
+            layers[layer] = enroll_node(
+                url, pol, now=now, activation_url=act, runtime_pcr=runtime_pcr
+            )
         except VerificationError as exc:
             raise LayerRefused(layer, url, exc) from None
         except TransportError as exc:
@@ -253,15 +288,25 @@ class Enroller:
         *,
         host_policy: EnrollPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        runtime_pcr: int = DEFAULT_RULES.runtime_pcr,
     ) -> None:
+        """``runtime_pcr``: the verifier's rules' (``VerifierRules.runtime_pcr``); a node
+        claiming another is refused."""
         self.policy = policy
         self.host_policy = host_policy or policy
         self.clock = clock
+        self.runtime_pcr = runtime_pcr
 
     def __call__(self, reg: Registration) -> Enrollment | PairEnrollment:
         now = self.clock()
         if reg.host_url is None:
-            return enroll_node(reg.url, self.policy, now=now, activation_url=reg.activation_url)
+            return enroll_node(
+                reg.url,
+                self.policy,
+                now=now,
+                activation_url=reg.activation_url,
+                runtime_pcr=self.runtime_pcr,
+            )
         return enroll_pair(
             reg.url,
             reg.host_url,
@@ -271,4 +316,5 @@ class Enroller:
             guest_id=reg.guest_id,
             activation_url=reg.activation_url,
             host_activation_url=reg.host_activation_url,
+            runtime_pcr=self.runtime_pcr,
         )

@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+# The fleet's verdicts, most severe first (pages and metrics).
+SEVERITY = {
+    "contraindicated": 0,
+    "unreachable": 1,
+    "warning": 2,
+    "none": 3,
+    "unenrolled": 4,
+    "affirming": 5,
+}
+
+
+def iso(t: float | None) -> str | None:
+    """POSIX seconds -> ISO 8601 UTC (the store's times at the edges)."""
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +41,9 @@ class NodeRow:
     ear: str | None = None  # the latest signed EAR (None when not read, or none yet)
     host_url: str | None = None  # a host + guest pair: the host's API (url is the guest's)
     layers: dict[str, Any] | None = None  # a pair: {failed_layer, vouch, host: {..}, guest: {..}}
+    # The enrollment's strength: ek-chain+activated | activated | tofu (a pair: its weaker
+    # layer's); None when not enrolled.
+    enrollment: str | None = None
 
     @property
     def pair(self) -> bool:
@@ -38,6 +57,7 @@ class NodeRow:
             "added_at": self.added_at,
             "next_due": self.next_due,
             "verdict": self.verdict,
+            "enrollment_strength": self.enrollment,  # as `attest verify --json` says it
             "explanation": self.explanation,
             "first_divergence": self.first_divergence,
             "release": self.release,

@@ -19,6 +19,12 @@ what is held stays a prefix of what its PCRs commit to.
 The store calls run on two dedicated threads, off the event loop: one takes leases, the other
 writes results (on PostgreSQL each has its own connection), so a batch commit never delays
 the next lease.
+
+Fail closed: with a trusted registry configured (``attest.verifier.fleet.trust``), a node is
+appraised only while the registry is valid and fresh; otherwise its verdict is could-not-appraise
+(``none``) with the registry's problem named, in the store, the EAR and the webhook -- and the
+node is not challenged. Every appraisal is made under the service's ``VerifierRules`` (its
+runtime PCR is the one quoted) and the node's stored ``Continuity``.
 """
 
 from __future__ import annotations
@@ -38,25 +44,34 @@ from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised, unappraisable
 from attest.appraisal.ear import ear_claims, submod
-from attest.appraisal.memory import NodeMemory
+from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
+from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
 from attest.enroll import Enrollment
 from attest.errors import AttestError, TransportError
 from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
 from attest.verifier.contact import APPRAISAL_PCRS
-from attest.verifier.fleet.appraiser import STATUSES, Appraiser, summarize
+from attest.verifier.fleet.appraiser import (
+    STATUSES,
+    Appraiser,
+    continuity_of,
+    continuity_text,
+    pair_continuity_text,
+    summarize,
+)
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Leased, Outcome, Store
+from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
 
 logger = logging.getLogger(__name__)
 
-# The same PCRs as `attest verify` (firmware, boot loader, kernel, UKI, verity root; the runtime
-# PCR of each enrollment is added): a release's expected PCRs are checked only where quoted.
+# The same PCRs as `attest verify` (firmware, boot loader, kernel, UKI, verity root; the rules'
+# runtime PCR is added): a release's expected PCRs are checked only where quoted.
 DEFAULT_SELECTION = "sha256:" + ",".join(str(p) for p in APPRAISAL_PCRS)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -78,7 +93,7 @@ class PollSettings:
     batch: int = 500
     flush_interval: float = 0.25
     tick: float = 0.05
-    selection: str = DEFAULT_SELECTION  # the runtime PCR of each enrollment is added
+    selection: str = DEFAULT_SELECTION  # the rules' runtime PCR is added
     platform_id: str | None = None
     host_platform_id: str | None = None  # a pair's host layer (default: platform_id)
 
@@ -135,23 +150,27 @@ class Poller:
         *,
         settings: PollSettings,
         appraise: Appraiser,
-        registry: Callable[[], VerifiedRegistry | None] = lambda: None,
+        registry: Callable[[], RegistryState] = lambda: NO_REGISTRY,
         on_change: Callable[[Outcome], None] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         record_latencies: bool = False,
         signer: EarSigner | None = None,
-        host_registry: Callable[[], VerifiedRegistry | None] | None = None,
+        host_registry: Callable[[], RegistryState] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        rules: VerifierRules = DEFAULT_RULES,
     ) -> None:
         """``ssl_context`` verifies the nodes' TLS certificates on https URLs (default: the
-        system's CAs); the appraisal then binds each answer to the TLS key connected to."""
+        system's CAs); the appraisal then binds each answer to the TLS key connected to.
+        ``registry``: the trusted registry now (a problem makes every node could-not-appraise);
+        ``rules``: the verifier's rules every appraisal is made under."""
         self.store = store
         self.signer = signer
         self.host_registry = host_registry or registry  # a pair's host layer
         self.settings = settings.validate()
         self.appraise = appraise
         self.registry = registry
+        self.rules = rules
         self.on_change = on_change
         self.clock = clock
         self.rng = rng or random.Random()
@@ -160,8 +179,7 @@ class Poller:
         self.pool = HttpPool(
             timeout=settings.timeout, max_idle=settings.concurrency, ssl_context=ssl_context
         )
-        self._base = PcrSelection.parse(settings.selection)
-        self._selections: dict[int, tuple[PcrSelection, dict[str, list[int]]]] = {}
+        self._selection = self._select(PcrSelection.parse(settings.selection), rules.runtime_pcr)
         self._enrollments: dict[str, tuple[str, Enrollment | PairEnrollment]] = {}
         self._origins: dict[str, Origin] = {}
         self._pending: list[Outcome] = []
@@ -174,15 +192,14 @@ class Poller:
 
     # --- one node ---------------------------------------------------------------------------
 
-    def _selection(self, runtime_pcr: int) -> tuple[PcrSelection, dict[str, list[int]]]:
-        cached = self._selections.get(runtime_pcr)
-        if cached is None:
-            sel = self._base.as_dict()
-            sha256 = set(sel.get(HashAlg.SHA256, ())) | {runtime_pcr}
-            full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
-            cached = (full, {alg.bank_name: list(idx) for alg, idx in full.banks})
-            self._selections[runtime_pcr] = cached
-        return cached
+    @staticmethod
+    def _select(base: PcrSelection, runtime_pcr: int) -> tuple[PcrSelection, dict[str, list[int]]]:
+        """The PCRs to quote: ``base`` and the rules' runtime PCR (never the enrollment's:
+        the appraisal refuses an enrollment that recorded another)."""
+        sel = base.as_dict()
+        sha256 = set(sel.get(HashAlg.SHA256, ())) | {runtime_pcr}
+        full = PcrSelection.of({**sel, HashAlg.SHA256: sorted(sha256)})
+        return full, {alg.bank_name: list(idx) for alg, idx in full.banks}
 
     def _enrollment(self, node: Leased) -> Enrollment | PairEnrollment | None:
         if node.enrollment_doc is None:
@@ -260,12 +277,13 @@ class Poller:
         previous: ClockInfo | None,
         registry: VerifiedRegistry | None,
         platform_id: str | None,
+        continuity: Continuity | None,
         nonce: bytes | None = None,
     ) -> _Contact:
         """Challenge one node (or one layer of a pair: ``key`` names its memory) and appraise
         the answer incrementally. ``nonce``: the challenge to answer (a pair layer's, derived
         from the pair's challenge); a fresh one per request otherwise."""
-        selection, pcrs = self._selection(enrollment.runtime_pcr)
+        selection, pcrs = self._selection
         memory = self._memory.pop(key, None) or NodeMemory()
         origin = self._origin(url)
         now = datetime.fromtimestamp(start, UTC)
@@ -302,6 +320,8 @@ class Poller:
                     previous=previous,
                     tls_binding=resp.tls_binding,
                     now=now,
+                    rules=self.rules,
+                    continuity=continuity,
                 )
             except AttestError as exc:  # an appraisal that raises instead of returning a result
                 self.metrics.appraise_seconds += time.perf_counter() - c0
@@ -340,14 +360,19 @@ class Poller:
             )
         if isinstance(enrollment, PairEnrollment):
             return await self._attempt_pair(node, enrollment, start)
+        strength = enrollment.strength.value
+        state = self.registry()
+        if not state.ok:
+            return self._not_appraised(node, start, str(state.problem), strength)
         c = await self._contact(
             node.node_id,
             node.url,
             enrollment,
             start=start,
             previous=node.clock,
-            registry=self.registry(),
+            registry=state.registry,
             platform_id=s.platform_id,
+            continuity=continuity_of(node.continuity),
         )
         if c.raised is not None:
             exc = c.raised
@@ -356,7 +381,9 @@ class Poller:
                     node.node_id: {
                         "ear.status": "contraindicated",
                         "ear.trustworthiness-vector": {},
+                        "ear.appraisal-policy-id": self.rules.policy_id,
                         "attest.verdict": "contraindicated",
+                        "attest.enrollment": strength,
                         "attest.node.port-id": node.node_id,
                         "attest.explanation": {
                             "first_divergence": str(exc),
@@ -383,9 +410,10 @@ class Poller:
                 node.appraisals + 1,
                 node.verdict,
                 ear_claims=claims,
+                enrollment=strength,
             )
         if c.appraised is None:
-            return self._failed(node, start, c.error)
+            return self._failed(node, start, c.error, strength)
         result = c.appraised.result
         summary = summarize(result)
         claims = self._ear(
@@ -409,6 +437,38 @@ class Poller:
             node.appraisals + 1,
             node.verdict,
             ear_claims=claims,
+            continuity=continuity_text(result.continuity),
+            enrollment=result.enrollment,
+        )
+
+    def _not_appraised(self, node: Leased, start: float, reason: str, strength: str) -> Outcome:
+        """Could not appraise (no valid fresh registry): said on the node, its EAR and webhook;
+        the node is not challenged, its continuity and clock stay as they are."""
+        r = unappraisable(
+            node.node_id,
+            reason,
+            nonce=b"",
+            now=datetime.fromtimestamp(start, UTC),
+            policy_id=self.rules.policy_id,
+        )
+        sm = {**submod(r), "attest.enrollment": strength, "attest.node.port-id": node.node_id}
+        return Outcome(
+            node.node_id,
+            node.token,
+            start,
+            "none",
+            f"could not appraise: {reason}",
+            reason,
+            None,
+            None,
+            {**r.to_json(), "enrollment": strength},
+            "",
+            0,
+            self._next_due(start, self.settings.interval),
+            node.appraisals + 1,
+            node.verdict,
+            ear_claims=self._ear({node.node_id: sm}, start, None),
+            enrollment=strength,
         )
 
     async def _attempt_pair(self, node: Leased, pe: PairEnrollment, start: float) -> Outcome:
@@ -418,6 +478,12 @@ class Poller:
         s = self.settings
         if node.host_url is None:
             raise RuntimeError(f"pair {node.node_id} has no host URL")
+        host_state, guest_state = self.host_registry(), self.registry()
+        for layer, state in ((HOST, host_state), (GUEST, guest_state)):
+            if not state.ok:
+                return self._not_appraised(
+                    node, start, f"{layer} layer: {state.problem}", pe.strength.value
+                )
         challenge = os.urandom(32)
         host_nonce, guest_nonce = pair_nonces(challenge)
         host_c, guest_c = await asyncio.gather(
@@ -427,8 +493,9 @@ class Poller:
                 pe.host,
                 start=start,
                 previous=node.host_clock,
-                registry=self.host_registry(),
+                registry=host_state.registry,
                 platform_id=s.host_platform_id or s.platform_id,
+                continuity=continuity_of(node.continuity, HOST),
                 nonce=host_nonce,
             ),
             self._contact(
@@ -437,14 +504,17 @@ class Poller:
                 pe.guest,
                 start=start,
                 previous=node.clock,
-                registry=self.registry(),
+                registry=guest_state.registry,
                 platform_id=s.platform_id,
+                continuity=continuity_of(node.continuity, GUEST),
                 nonce=guest_nonce,
             ),
         )
         for layer, c, url in ((HOST, host_c, node.host_url), (GUEST, guest_c, node.url)):
             if c.appraised is None and c.raised is None:  # a layer that does not answer
-                return self._failed(node, start, f"{layer} layer ({url}): {c.error}")
+                return self._failed(
+                    node, start, f"{layer} layer ({url}): {c.error}", pe.strength.value
+                )
         now = datetime.fromtimestamp(start, UTC)
 
         def result_of(c: _Contact, layer: Enrollment, nonce: bytes) -> AppraisalResult:
@@ -486,9 +556,13 @@ class Poller:
             layers=pair_layers(pair, node.host_url, node.url),
             host_clock=host_r.clock or node.host_clock,
             ear_claims=claims,
+            continuity=pair_continuity_text(host_r.continuity, guest_r.continuity, node.continuity),
+            enrollment=pe.strength.value,
         )
 
-    def _failed(self, node: Leased, start: float, error: str) -> Outcome:
+    def _failed(
+        self, node: Leased, start: float, error: str, strength: str | None = None
+    ) -> Outcome:
         s = self.settings
         failures = node.failures + 1
         delay = min(s.interval * (2 ** min(failures, 20)), s.max_backoff)
@@ -504,11 +578,14 @@ class Poller:
         claims = None
         if unreachable and self.signer is not None:
             r = unappraisable(
-                node.node_id, explanation, nonce=b"", now=datetime.fromtimestamp(start, UTC)
+                node.node_id,
+                explanation,
+                nonce=b"",
+                now=datetime.fromtimestamp(start, UTC),
+                policy_id=self.rules.policy_id,
             )
-            claims = self._ear(
-                {node.node_id: {**submod(r), "attest.node.port-id": node.node_id}}, start, None
-            )
+            sm = {**submod(r), "attest.enrollment": strength, "attest.node.port-id": node.node_id}
+            claims = self._ear({node.node_id: sm}, start, None)
         return Outcome(
             node.node_id,
             node.token,
@@ -525,6 +602,7 @@ class Poller:
             node.appraisals,
             node.verdict,
             ear_claims=claims,
+            enrollment=strength,
         )
 
     # --- the loop ---------------------------------------------------------------------------

@@ -31,8 +31,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from attest.enroll import EnrollmentStrength
+from attest.errors import NodeIdTaken
 from attest.tpmstruct import ClockInfo
 from attest.verifier.fleet.admission import check_node_id
+from attest.verifier.fleet.enrollment import STRENGTH_RANK, ak_names, enrollment_from_json
 from attest.verifier.fleet.model import NodeRow
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ class Leased:
     token: int
     host_url: str | None = None  # a host + guest pair
     host_clock: ClockInfo | None = None
+    # What this verifier verified of the node before (``attest.appraisal.memory.Continuity``
+    # as JSON; a pair's: {"host": .., "guest": ..}); None until the first appraisal.
+    continuity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +84,17 @@ class Outcome:
     layers: dict[str, Any] | None = None  # a pair's per-layer verdicts (None for one node)
     host_clock: ClockInfo | None = None  # a pair: the host quote's clock
     ear_claims: dict[str, Any] | None = None  # to sign into ``ear`` before it is stored
+    continuity: str | None = None  # the continuity to store (JSON); None keeps the stored one
+    enrollment: str | None = None  # the enrollment's strength (webhooks; not stored here)
 
 
 class EnrollmentDoc(Protocol):
     """An ``Enrollment``, or a pair's (``attest.verifier.fleet.pairs.PairEnrollment``)."""
 
     def to_json(self) -> dict[str, Any]: ...
+
+    @property
+    def strength(self) -> EnrollmentStrength: ...
 
 
 class Store(Protocol):
@@ -95,7 +106,9 @@ class Store(Protocol):
         *,
         now: float,
         host_url: str | None = None,
-    ) -> None: ...
+        re_enroll: bool = False,
+        by: str = "operator",
+    ) -> dict[str, Any] | None: ...
     def remove_node(self, node_id: str) -> bool: ...
     def get_node(self, node_id: str) -> NodeRow | None: ...
     def list_nodes(self, *, ear: bool = False) -> list[NodeRow]: ...
@@ -137,7 +150,7 @@ def host_clock_from_text(t: str | None) -> ClockInfo | None:
 
 
 def _leased(r: Sequence[Any], token: int) -> Leased:
-    """(node_id, url, doc, verdict, failures, appraisals, clock, host_url)"""
+    """(node_id, url, doc, verdict, failures, appraisals, clock, host_url, continuity)"""
     return Leased(
         r[0],
         r[1],
@@ -149,13 +162,14 @@ def _leased(r: Sequence[Any], token: int) -> Leased:
         token,
         r[7],
         host_clock_from_text(r[6]),
+        r[8],
     )
 
 
 _NODE_COLS = (
     "n.node_id, n.url, e.node_id IS NOT NULL, n.added_at, n.next_due, n.verdict, "
     "n.explanation, n.first_divergence, n.release, n.last_appraised, n.last_seen, "
-    "n.last_error, n.failures, n.appraisals, n.host_url, n.layers"
+    "n.last_error, n.failures, n.appraisals, n.host_url, n.layers, e.strength"
 )
 
 
@@ -175,9 +189,10 @@ def _node_row(r: Sequence[Any]) -> NodeRow:
         r[11],
         r[12],
         r[13],
-        r[16] if len(r) > 16 else None,
+        r[17] if len(r) > 17 else None,
         r[14],
         json.loads(r[15]) if r[15] else None,
+        r[16],
     )
 
 
@@ -220,7 +235,25 @@ _ADDED_COLUMNS = (
     ("nodes", "host_url", "TEXT"),
     ("nodes", "layers", "TEXT"),
     ("changes", "ear", "TEXT"),
+    ("nodes", "continuity", "TEXT"),  # Continuity as JSON (attest.appraisal.memory)
+    ("enrollments", "strength", "TEXT"),  # EnrollmentStrength of the doc
+    ("changes", "detail", "TEXT"),  # an operator action (a re-enrollment), as JSON
 )
+
+
+def _strength_of(doc: str) -> str:
+    return enrollment_from_json(json.loads(doc)).strength.value
+
+
+def _fill_strengths(cur: Any, q: Any) -> None:
+    """Enrollments stored before the strength column: their strength, from the doc."""
+    cur.execute("SELECT node_id, doc FROM enrollments WHERE strength IS NULL")
+    rows = cur.fetchall()
+    if rows:
+        cur.executemany(
+            q("UPDATE enrollments SET strength = ? WHERE node_id = ?"),
+            [(_strength_of(doc), node_id) for node_id, doc in rows],
+        )
 
 
 def _result_doc(o: Outcome, worker_id: str) -> str:
@@ -265,10 +298,36 @@ class _SqlStore:
         *,
         now: float,
         host_url: str | None = None,
-    ) -> None:
+        re_enroll: bool = False,
+        by: str = "operator",
+    ) -> dict[str, Any] | None:
+        """Register a node (and its enrollment). An id that is already enrolled is refused
+        (``NodeIdTaken``): its URL and AK are replaced only by an explicit ``re_enroll``,
+        which resets the node's continuity, fences the appraisals in flight and is recorded
+        in its history (returned; ``by`` names the operator action), saying when the new
+        enrollment is weaker than the old."""
         check_node_id(node_id)  # whoever chose it: reachable as /v1/nodes/{id}
         verdict = "none" if enrollment is not None else "unenrolled"
         with self._tx() as cur:
+            cur.execute(
+                self._q(
+                    "SELECT n.url, n.verdict, e.doc, e.strength FROM nodes n LEFT JOIN "
+                    "enrollments e ON e.node_id = n.node_id WHERE n.node_id = ?"
+                ),
+                (node_id,),
+            )
+            old = cur.fetchone()
+            entry = None
+            if old is not None and old[2] is not None:
+                if not re_enroll:
+                    raise NodeIdTaken(
+                        node_id,
+                        f"node {node_id!r} is already enrolled (AK "
+                        f"{ak_names(enrollment_from_json(json.loads(old[2])))[:16]}…, "
+                        f"{old[3] or _strength_of(old[2])}): its URL and AK are replaced only "
+                        "by an explicit re-enrollment (re_enroll / --re-enroll)",
+                    )
+                entry = self._re_enroll(cur, node_id, old, url, enrollment, now=now, by=by)
             cur.execute(
                 self._q(
                     "INSERT INTO nodes (node_id, url, added_at, next_due, verdict, host_url) "
@@ -280,11 +339,12 @@ class _SqlStore:
             if enrollment is not None:
                 cur.execute(
                     self._q(
-                        "INSERT INTO enrollments (node_id, doc, enrolled_at) VALUES (?, ?, ?) "
-                        "ON CONFLICT (node_id) DO UPDATE SET doc = excluded.doc, "
-                        "enrolled_at = excluded.enrolled_at"
+                        "INSERT INTO enrollments (node_id, doc, enrolled_at, strength) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                        "doc = excluded.doc, enrolled_at = excluded.enrolled_at, "
+                        "strength = excluded.strength"
                     ),
-                    (node_id, json.dumps(enrollment.to_json()), now),
+                    (node_id, json.dumps(enrollment.to_json()), now, enrollment.strength.value),
                 )
                 cur.execute(
                     self._q(
@@ -294,6 +354,73 @@ class _SqlStore:
                     ),
                     (now, node_id),
                 )
+        return entry
+
+    def _re_enroll(
+        self,
+        cur: Any,
+        node_id: str,
+        old: Sequence[Any],
+        url: str,
+        enrollment: EnrollmentDoc | None,
+        *,
+        now: float,
+        by: str,
+    ) -> dict[str, Any]:
+        """Forget what was verified under the old enrollment (continuity, clock, verdict,
+        EAR; leases in flight are fenced) and record the re-enrollment in the history."""
+        old_url, old_verdict, old_doc, old_strength = old
+        old_strength = old_strength or _strength_of(old_doc)
+        new_strength = None if enrollment is None else enrollment.strength.value
+        weaker = new_strength is None or STRENGTH_RANK[new_strength] < STRENGTH_RANK[old_strength]
+        old_ak = ak_names(enrollment_from_json(json.loads(old_doc)))
+        new_ak = (
+            None if enrollment is None else ak_names(enrollment_from_json(enrollment.to_json()))
+        )
+        detail = {
+            "event": "re-enroll",
+            "by": by,
+            "previous_ak": old_ak,
+            "new_ak": new_ak,
+            "previous_url": old_url,
+            "new_url": url,
+            "previous_enrollment": old_strength,
+            "new_enrollment": new_strength,
+            "weaker": weaker,
+        }
+        explanation = (
+            f"re-enrolled ({by}): AK {old_ak[:16]}… → "
+            f"{'none' if new_ak is None else new_ak[:16] + '…'}; enrollment {old_strength} → "
+            f"{new_strength or 'none'}{' (WEAKER)' if weaker else ''}; continuity reset"
+        )
+        cur.execute(self._q("DELETE FROM leases WHERE node_id = ?"), (node_id,))
+        cur.execute(self._q("DELETE FROM enrollments WHERE node_id = ?"), (node_id,))
+        cur.execute(
+            self._q(
+                "UPDATE nodes SET verdict = ?, explanation = ?, first_divergence = NULL, "
+                "release = NULL, clock = NULL, continuity = NULL, ear = NULL, layers = NULL, "
+                "failures = 0, last_error = '', owner = NULL, next_due = ? WHERE node_id = ?"
+            ),
+            ("unenrolled", explanation, now, node_id),
+        )
+        cur.execute(
+            self._q(
+                "INSERT INTO changes (node_id, at, old, new, explanation, ear, detail) "
+                "VALUES (?, ?, ?, ?, ?, NULL, ?)"
+            ),
+            (
+                node_id,
+                now,
+                old_verdict,
+                "unenrolled" if enrollment is None else "none",
+                explanation,
+                json.dumps(detail),
+            ),
+        )
+        logger.warning(
+            "node re-enrolled", extra={"node_id": node_id, **detail, "explanation": explanation}
+        )
+        return {"node_id": node_id, "at": now, "explanation": explanation, "detail": detail}
 
     def remove_node(self, node_id: str) -> bool:
         with self._tx() as cur:
@@ -337,7 +464,7 @@ class _SqlStore:
         with self._tx() as cur:
             cur.execute(
                 self._q(
-                    f"SELECT node_id, at, old, new, explanation, ear FROM changes "
+                    f"SELECT node_id, at, old, new, explanation, ear, detail FROM changes "
                     f"{where}ORDER BY id DESC LIMIT ?"
                 ),
                 args,
@@ -350,6 +477,7 @@ class _SqlStore:
                     "to": r[3],
                     "explanation": r[4],
                     "ear": r[5],
+                    "detail": json.loads(r[6]) if r[6] else None,
                 }
                 for r in cur.fetchall()
             ]
@@ -378,7 +506,8 @@ class _SqlStore:
                 "release = COALESCE(?, CASE WHEN ? THEN release ELSE NULL END), "
                 "last_appraised = COALESCE(?, last_appraised), last_seen = COALESCE(?, last_seen), "
                 "last_error = ?, failures = ?, appraisals = ?, clock = COALESCE(?, clock), "
-                "ear = COALESCE(?, ear), layers = COALESCE(?, layers) WHERE node_id = ?"
+                "ear = COALESCE(?, ear), layers = COALESCE(?, layers), "
+                "continuity = COALESCE(?, continuity) WHERE node_id = ?"
             ),
             [
                 (
@@ -396,6 +525,7 @@ class _SqlStore:
                     clock_text(o.clock, o.host_clock),
                     o.ear,
                     _layers_text(o),
+                    o.continuity,
                     o.node_id,
                 )
                 for o in done
@@ -456,6 +586,7 @@ class SqliteStore(_SqlStore):
                 cur.execute(f"SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?", (column,))
                 if cur.fetchone() is None:
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            _fill_strengths(cur, self._q)
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -479,8 +610,8 @@ class SqliteStore(_SqlStore):
         with self._tx() as cur:
             cur.execute(
                 "SELECT n.node_id, n.url, e.doc, n.verdict, n.failures, n.appraisals, n.clock, "
-                "n.host_url FROM nodes n LEFT JOIN enrollments e ON e.node_id = n.node_id "
-                "WHERE n.next_due <= ? ORDER BY n.next_due LIMIT ?",
+                "n.host_url, n.continuity FROM nodes n LEFT JOIN enrollments e ON "
+                "e.node_id = n.node_id WHERE n.next_due <= ? ORDER BY n.next_due LIMIT ?",
                 (now, limit),
             )
             rows = cur.fetchall()
@@ -589,6 +720,7 @@ class PostgresStore(_SqlStore):
                 )
                 if cur.fetchone() is None:
                     cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            _fill_strengths(cur, self._q)
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -609,14 +741,14 @@ class PostgresStore(_SqlStore):
             UPDATE nodes n SET next_due = %(expires)s, owner = %(worker)s
             FROM due WHERE n.node_id = due.node_id
             RETURNING n.node_id, n.url, n.verdict, n.failures, n.appraisals, n.clock,
-                n.host_url),
+                n.host_url, n.continuity),
         leased AS (
             INSERT INTO leases (node_id, worker_id, token, expires_at)
             SELECT node_id, %(worker)s, %(token)s, %(expires)s FROM taken
             ON CONFLICT (node_id) DO UPDATE SET worker_id = excluded.worker_id,
                 token = excluded.token, expires_at = excluded.expires_at)
         SELECT t.node_id, t.url, e.doc, t.verdict, t.failures, t.appraisals, t.clock,
-            t.host_url
+            t.host_url, t.continuity
         FROM taken t LEFT JOIN enrollments e ON e.node_id = t.node_id"""
 
     def lease(
@@ -647,9 +779,11 @@ class PostgresStore(_SqlStore):
                 %(verdict)s::text[], %(explanation)s::text[], %(first_divergence)s::text[],
                 %(release)s::text[], %(answered)s::bool[], %(error)s::text[],
                 %(failures)s::int[], %(seq)s::bigint[], %(clock)s::text[], %(slot)s::int[],
-                %(doc)s::text[], %(previous)s::text[], %(ear)s::text[], %(layers)s::text[])
+                %(doc)s::text[], %(previous)s::text[], %(ear)s::text[], %(layers)s::text[],
+                %(continuity)s::text[])
             AS o(node_id, token, at, next_due, verdict, explanation, first_divergence, release,
-                 answered, error, failures, seq, clock, slot, doc, previous, ear, layers)),
+                 answered, error, failures, seq, clock, slot, doc, previous, ear, layers,
+                 continuity)),
         held AS (
             DELETE FROM leases l USING o
             WHERE l.node_id = o.node_id AND l.token = o.token AND l.worker_id = %(worker)s
@@ -664,7 +798,8 @@ class PostgresStore(_SqlStore):
                 last_seen = CASE WHEN d.answered THEN d.at ELSE n.last_seen END,
                 last_error = d.error, failures = d.failures, appraisals = d.seq,
                 clock = COALESCE(d.clock, n.clock), ear = COALESCE(d.ear, n.ear),
-                layers = COALESCE(d.layers, n.layers)
+                layers = COALESCE(d.layers, n.layers),
+                continuity = COALESCE(d.continuity, n.continuity)
             FROM done d WHERE n.node_id = d.node_id),
         res AS (
             INSERT INTO results (node_id, slot, seq, at, worker_id, verdict, doc)
@@ -701,6 +836,7 @@ class PostgresStore(_SqlStore):
             "previous": [o.previous_verdict for o in outcomes],
             "ear": [o.ear for o in outcomes],
             "layers": [_layers_text(o) for o in outcomes],
+            "continuity": [o.continuity for o in outcomes],
         }
         with self._wlock, self._write_db.cursor() as cur:
             cur.execute(self._COMPLETE, args)

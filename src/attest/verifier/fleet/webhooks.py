@@ -3,7 +3,8 @@
 Each event is a JSON POST::
 
     {"event": "verdict-changed", "node_id": ..., "from": ..., "to": ..., "explanation": ...,
-     "first_divergence": ..., "at": ISO 8601, "id": unique event id,
+     "first_divergence": ..., "release": ..., "at": ISO 8601, "id": unique event id,
+     "enrollment_strength": ek-chain+activated | activated | tofu,
      "ear": the signed EAR of the appraisal that changed it (or null),
      "failed_layer"?, "layers"?: {"host": {...}, "guest": {...}} for a host + guest pair}
 
@@ -106,6 +107,7 @@ class WebhookSender:
             "explanation": o.explanation,
             "first_divergence": o.first_divergence,
             "release": o.release,
+            "enrollment_strength": o.enrollment,
             "at": datetime.fromtimestamp(o.at, UTC).isoformat(),
             "ear": o.ear,
         }
