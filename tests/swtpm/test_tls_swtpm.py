@@ -285,7 +285,13 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(
     def poll(ctx: ssl.SSLContext | None, db: str) -> tuple[str, str]:
         store = SqliteStore(str(tmp_path / db))
         store.add_node("tls-node", url, e, now=time.time())
-        poller = Poller(store, settings=settings, appraise=default_appraiser(), ssl_context=ctx)
+        poller = Poller(
+            store,
+            settings=settings,
+            appraise=default_appraiser(),
+            ssl_context=ctx,
+            rules=NO_RELEASE_RULES,  # this node runs no blessed image
+        )
 
         async def go() -> None:
             stop = asyncio.Event()
