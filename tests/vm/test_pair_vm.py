@@ -31,7 +31,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.cli import verify_main
-from tests.swtpm.conftest import Node, NodeFactory, node_factory  # noqa: F401 -- the fixture
+from tests.swtpm.conftest import Node, NodeFactory, no_release_policy, node_factory  # noqa: F401 -- the fixture
 from tests.swtpm.test_pair_swtpm import TEST_MANIFESTS, _Replay
 from vm_harness import WORK
 from vm_harness.build import NodeImage
@@ -93,6 +93,12 @@ class PairVm:
             str(self.host.state.intermediate_ca),
             "--host-operator-socket",
             str(self.host.api_sock),
+            # The guest's API is reached over user networking without an activation channel:
+            # its EK chain is checked (--ek-ca) but its AK is trusted on first use, said so.
+            "--tofu",
+            # The pair's verdict here is about vouching, not about a blessed registry.
+            "--policy",
+            no_release_policy(self.state.parent),
             *extra,
         ]
         capsys.readouterr()
