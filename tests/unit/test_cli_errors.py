@@ -73,3 +73,28 @@ def test_unexpected_errors_are_one_line_with_their_own_code(
     monkeypatch.setattr(eventlog, "cmd_show", boom)
     assert main(["eventlog", "show", "x"]) == 70
     assert "unexpected error (ZeroDivisionError): a bug" in one_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("value", "want"), [("on", True), ("1", True), ("off", False), ("", False)]
+)
+def test_fleet_boolean_environment_is_read_strictly(
+    value: str, want: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attest.cli.fleet import env_flag
+
+    monkeypatch.setenv("ATTEST_FLEET_TOFU", value)
+    assert env_flag("ATTEST_FLEET_TOFU") is want
+
+
+def test_fleet_refuses_a_non_boolean_or_unknown_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    monkeypatch.setenv("ATTEST_FLEET_TOFU", "enabled")
+    assert main(["fleet", "add", "http://127.0.0.1:9", "--db", db]) == 2
+    assert "ATTEST_FLEET_TOFU" in one_line(capsys)
+    monkeypatch.delenv("ATTEST_FLEET_TOFU")
+    monkeypatch.setenv("ATTEST_FLEET_TOFUU", "1")
+    assert main(["fleet", "ls", "--db", db]) == 2
+    assert "ATTEST_FLEET_TOFUU" in one_line(capsys)

@@ -77,6 +77,7 @@ DEFAULT_EAR_KEY = "attest-fleet-ear.pem"  # relative to the working directory
 
 
 def _db(args: argparse.Namespace) -> Store:
+    check_fleet_environment()
     return open_store(args.db or os.environ.get("ATTEST_FLEET_DB") or DEFAULT_DB)
 
 
@@ -90,6 +91,36 @@ def _rules(args: argparse.Namespace) -> VerifierRules:
         raise ConfigError(f"{args.policy}: {exc}", key="--policy") from None
 
 
+FLEET_ENVIRONMENT = (
+    "ATTEST_FLEET_DB",
+    "ATTEST_FLEET_EK_ROOTS",
+    "ATTEST_FLEET_TOFU",
+    "ATTEST_FLEET_EAR_KEY",
+)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool:
+    """A boolean ``ATTEST_FLEET_*`` variable: anything but a boolean word is refused with its
+    name (``ATTEST_FLEET_TOFU=on`` is true; ``=enabled`` is an error, never a silent false)."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(
+        f"{value[:32]!r} is not a boolean (1/0, true/false, yes/no, on/off)", key=name
+    )
+
+
+def check_fleet_environment() -> None:
+    """Refuse an ``ATTEST_FLEET_*`` variable the fleet does not know (a typo must not be
+    ignored), as attestd refuses unknown ``ATTEST_*`` settings."""
+    for var in sorted(os.environ):
+        if var.startswith("ATTEST_FLEET_") and var not in FLEET_ENVIRONMENT:
+            raise ConfigError("unknown environment variable of attest fleet", key=var)
+
+
 def _enroller(args: argparse.Namespace, rules: VerifierRules) -> Enroller:
     """The enrollment policies from the options (``attest.verifier.fleet.enrollment``; fails closed:
     EK roots, or an explicit ``--tofu``). ``$ATTEST_FLEET_EK_ROOTS`` (paths separated by
@@ -97,7 +128,7 @@ def _enroller(args: argparse.Namespace, rules: VerifierRules) -> Enroller:
     roots = args.ek_roots or [
         p for p in os.environ.get("ATTEST_FLEET_EK_ROOTS", "").split(os.pathsep) if p
     ]
-    tofu = args.tofu or os.environ.get("ATTEST_FLEET_TOFU", "") in ("1", "true", "yes")
+    tofu = args.tofu or env_flag("ATTEST_FLEET_TOFU")
     policy = EnrollPolicy.from_paths(
         roots,
         tofu=tofu,
