@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.unit.manifest.manifest_helpers import NOW, World, build_world, release
+from tests.support.manifest import NOW, World, build_world, release
 
 from attest.manifest import VerifiedRegistry, verify_snapshot
 from attest.testing.fleet_sim import SimFleet

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.fleet.conftest import Registry, dev_policy, free_port, sim_server
-from tests.unit.manifest.manifest_helpers import NOW, release
+from tests.support.manifest import NOW, release
 
 from attest.errors import NodeIdTaken
 from attest.manifest.trusted import TrustedState

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.fleet.conftest import Registry
-from tests.unit.manifest.manifest_helpers import NOW
+from tests.support.manifest import NOW
 
 from attest.manifest import edit, verify_snapshot
 from attest.verifier.fleet.model import NodeRow

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.upgrade import TEST_TRUST, Image, make_image, signed, snapshot
 from tests.swtpm.conftest import BIN, Node, NodeFactory, appraise_contact
-from tests.unit.upgrade_helpers import TEST_TRUST, Image, make_image, signed, snapshot
 
 from attest.appraisal.claims import Verdict
 from attest.errors import OperationNotAllowed

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.upgrade_helpers import NOW, make_image, new_node, offer, signed, snapshot
+from tests.support.upgrade import NOW, make_image, new_node, offer, signed, snapshot
 
 from attest.audit import verify_audit_chain
 from attest.errors import UpgradeRefused

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from tests.unit.manifest.manifest_helpers import NOW
-from tests.unit.test_appraisal import (
+from tests.support.appraisal import (
     AUDIT_KEY,
     PLATFORM,
     RUNTIME_PCR,
@@ -28,7 +27,9 @@ from tests.unit.test_appraisal import (
     blessed,
     make_node,
     make_registry,
+    measure,
 )
+from tests.support.manifest import NOW
 
 from attest.appraisal import AppraisalResult, Appraised, appraise, appraise_incremental
 from attest.appraisal.claims import Claim, Verdict
@@ -40,7 +41,7 @@ from attest.evidence import b64
 from attest.manifest import edit
 from attest.manifest.model import VerifiedRegistry
 from attest.model import HashAlg, PcrValues
-from attest.runtime import new_runtime_record, verify_runtime_log, verify_runtime_log_from
+from attest.runtime import verify_runtime_log, verify_runtime_log_from
 
 KINDS: list[tuple[str, Any]] = [
     # the MAC policy: two variants, one of them blessed by policy_registry's release
@@ -75,14 +76,6 @@ def policy_registry() -> VerifiedRegistry:
 
 
 # --- a node that keeps living ----------------------------------------------------------------
-
-
-def measure(node: Node, kind: str, content: dict[str, Any]) -> None:
-    rec = new_runtime_record(
-        len(node.records), kind, content, pcr=RUNTIME_PCR, banks=[HashAlg.SHA256]
-    )
-    node.tpm.extend(RUNTIME_PCR, dict(rec.digests))
-    node.records.append(rec.to_json())
 
 
 def record_audit(node: Node, *, anchor: bool = True) -> None:

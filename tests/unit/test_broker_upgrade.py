@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.upgrade_helpers import NOW, Image, make_image, new_node, signed, snapshot
+from tests.support.upgrade import NOW, Image, make_image, new_node, signed, snapshot
 
 from attest.errors import ConfigError, OperationNotAllowed, TransportError, UpgradeRefused
 from attest.node.broker import protocol as p

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from tests.unit.test_appraisal import (
+from tests.support.appraisal import (
     Node,
     make_node,
     make_registry,

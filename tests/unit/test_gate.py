@@ -11,11 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.unit.upgrade_helpers import (
+from tests.support.gate import World, corrupt
+from tests.support.upgrade import (
     NOW,
     Image,
     make_image,
-    new_node,
     offer,
     releases_signers,
     signed,
@@ -30,70 +30,9 @@ from attest.manifest.parse import load_registry
 from attest.runtime import check_records
 
 
-def tree_state(d: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(d.rglob("*"))
-        if p.is_file()
-    }
-
-
-class World:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.v1 = make_image(tmp, "1.0.0", 1)
-        self.v2 = make_image(tmp, "2.0.0", 2, blocks=80)
-        self.v3 = make_image(tmp, "3.0.0", 3, blocks=96)
-        self.node = new_node(tmp / "node")
-        self.gate, self.local = self.node.open()
-        self._snaps: dict[tuple[int, str], bytes] = {}
-
-    def snap(self, seq: int = 10, **kw: object) -> bytes:
-        """The signed snapshot (cached: ECDSA signatures differ on every signing, and the same
-        sequence with other bytes is a freeze attack)."""
-        key = (seq, repr(sorted(kw.items())))
-        if key not in self._snaps:
-            self._snaps[key] = signed(
-                snapshot(
-                    seq,
-                    [self.v1.release, self.v2.release, self.v3.release],
-                    **kw,  # type: ignore[arg-type]
-                )
-            )
-        return self._snaps[key]
-
-    def install(self, image: Image, snap: bytes) -> None:
-        self.gate.stage(offer(image, snap), now=NOW)
-        self.gate.slots.boot()
-        self.gate.confirm()
-
-    def refused(self, off: object, code: str) -> UpgradeRefused:
-        before = (tree_state(self.node.slots_dir), tree_state(self.node.trust_dir))
-        with pytest.raises(UpgradeRefused) as info:
-            self.gate.stage(off, now=NOW)  # type: ignore[arg-type]
-        assert info.value.reason == code, str(info.value)
-        # nothing written: slots, pointer, trust state
-        assert (tree_state(self.node.slots_dir), tree_state(self.node.trust_dir)) == before
-        # recorded: runtime log (content-authentic records) and audit log, with the reason
-        events = check_records(self.local.runtime_log(), pcr=self.local.runtime.pcr)
-        last = [e for e in events if e.kind == "upgrade-decision"][-1]
-        assert last.content["accepted"] is False and last.content["reason"] == code
-        entry = self.local.audit_log()[-1]
-        assert entry["service"] == f"upgrade.{code}" and entry["result"] == "denied"
-        assert last.content["audit_seq"] == entry["seq"]
-        return info.value
-
-
 @pytest.fixture
 def w(tmp_path: Path) -> World:
     return World(tmp_path)
-
-
-def corrupt(src: Image, dst: Path, block: int) -> Path:
-    data = bytearray(src.path.read_bytes())
-    data[block * 4096 + 17] ^= 0x40
-    dst.write_bytes(data)
-    return dst
 
 
 # --- accepted --------------------------------------------------------------------------------
@@ -355,102 +294,3 @@ def test_each_refusal_code_is_distinct_and_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "upgrade.md").read_text()
     for code in REASONS:
         assert f"`{code}`" in doc, code
-
-
-# --- the API: POST /v1/upgrades --------------------------------------------------------------
-
-
-def _body(snap: bytes, image: bytes, tree: bytes = b"") -> bytes:
-    return len(snap).to_bytes(8, "big") + snap + len(tree).to_bytes(8, "big") + tree + image
-
-
-def _app(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
-    from attest.node.api.app import create_app
-    from attest.node.api.middleware import ChannelApp
-    from attest.node.api.upgrades import add_upgrade_routes
-    from attest.node.config import ApiSettings, Settings
-
-    settings = Settings(api=ApiSettings())  # the default 64 KiB limit for other requests
-    outer = create_app(
-        settings,
-        node=w.local,
-        clock=lambda: NOW,
-        extra_routes=lambda app, ctx: add_upgrade_routes(
-            app, ctx, lambda: w.gate, upload_dir=w.tmp / "uploads", max_upload=max_upload
-        ),
-    )
-    return ChannelApp(outer, channel)
-
-
-def _client(w: World, channel: str, *, max_upload: int = 8 << 20) -> object:
-    import httpx
-
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=_app(w, channel, max_upload=max_upload)),  # type: ignore[arg-type]
-        base_url="http://node",
-    )
-
-
-async def test_api_stages_an_upload_on_an_authenticated_channel(w: World) -> None:
-    async with _client(w, "mtls") as c:  # type: ignore[attr-defined]
-        r = await c.post("/v1/upgrades", content=_body(w.snap(), w.v1.path.read_bytes()))
-    assert r.status_code == 200, r.text
-    assert r.json()["accepted"] is True and r.json()["slot"] == "b"
-    assert not list((w.tmp / "uploads").iterdir())  # the spooled upload is gone
-
-
-async def test_api_refusal_is_409_with_the_reason_code(w: World) -> None:
-    bad = bytearray(w.v1.path.read_bytes())
-    bad[9] ^= 1
-    async with _client(w, "operator") as c:  # type: ignore[attr-defined]
-        r = await c.post(
-            "/v1/upgrades", params={"version": "1.0.0"}, content=_body(w.snap(), bytes(bad))
-        )
-    assert r.status_code == 409 and r.json()["check"] == "verity-root-mismatch"
-
-
-async def test_api_refuses_unauthenticated_caller(w: World) -> None:
-    async with _client(w, "public") as c:  # type: ignore[attr-defined]
-        r = await c.post("/v1/upgrades", content=_body(w.snap(), w.v1.path.read_bytes()))
-    assert r.status_code == 403
-    assert not w.node.slots_dir.exists() or not list(w.node.slots_dir.iterdir())
-
-
-async def test_api_refuses_upload_over_the_limit_while_streaming(w: World) -> None:
-    async def stream():  # type: ignore[no-untyped-def]  # no Content-Length: chunked
-        yield _body(w.snap(), b"")
-        for _ in range(64):
-            yield b"\0" * 4096
-
-    async with _client(w, "mtls", max_upload=100_000) as c:  # type: ignore[attr-defined]
-        r = await c.post("/v1/upgrades", content=stream())
-    assert r.status_code == 413 and r.json()["check"] == "upload-too-large"
-    entry = w.local.audit_log()[-1]
-    assert entry["service"] == "upgrade.upload-too-large" and entry["result"] == "denied"
-    assert not list((w.tmp / "uploads").iterdir())
-
-
-def test_api_records_an_upload_declared_over_the_limit(w: World) -> None:
-    """A Content-Length over max_upload_bytes is refused at once (nothing read or spooled),
-    and recorded like a streamed one: 413 ``upload-too-large``, audit entry and
-    ``upgrade-decision`` runtime event. Through a real uvicorn server on 127.0.0.1."""
-    import httpx
-    from tests.conftest import uvicorn_server
-
-    def decisions() -> list[object]:
-        events = check_records(w.local.runtime_log(), pcr=w.local.runtime.pcr)
-        return [e for e in events if e.kind == "upgrade-decision"]
-
-    before = len(decisions())
-    body = _body(w.snap(), b"\0" * 200_000)
-    with uvicorn_server(_app(w, "mtls", max_upload=100_000)) as url:
-        r = httpx.post(f"{url}/v1/upgrades", content=body, timeout=30)
-    assert r.status_code == 413, r.text
-    assert r.json()["check"] == "upload-too-large" and "100000" in r.json()["detail"]
-    after = decisions()
-    assert len(after) == before + 1
-    last = after[-1]
-    assert last.content["accepted"] is False and last.content["reason"] == "upload-too-large"  # type: ignore[attr-defined]
-    entry = w.local.audit_log()[-1]
-    assert entry["service"] == "upgrade.upload-too-large" and entry["result"] == "denied"
-    assert not (w.tmp / "uploads").exists() or not list((w.tmp / "uploads").iterdir())

@@ -22,17 +22,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.unit.manifest.manifest_helpers import FAR, NOW, build_world, release, sign_doc
-from tests.unit.test_appraisal import (
+from tests.support.appraisal import (
     PLATFORM,
     SELECTION,
     Node,
     blessed,
     make_node,
     make_registry,
+    measure,
     run,
 )
-from tests.unit.test_appraisal_incremental import measure
+from tests.support.manifest import FAR, NOW, build_world, release, sign_doc
 
 from attest.appraisal import appraise, appraise_incremental
 from attest.appraisal.claims import Claim, Tier, Verdict

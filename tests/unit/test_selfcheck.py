@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.unit.manifest.manifest_helpers import NOW, build_world, release
+from tests.support.manifest import NOW, build_world, release
 
 from attest.appraisal.selfcheck import evaluate_node
 from attest.manifest import verify_snapshot

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tests.unit.upgrade_helpers import KillAt, Killed, image_bytes
+from tests.support.upgrade import KillAt, Killed, image_bytes
 
 from attest.errors import EvidenceFormatError, UnbootableError
 from attest.node.upgrade.slots import BootPointer, SlotImage, SlotStore

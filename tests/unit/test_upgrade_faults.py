@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tests.unit.upgrade_helpers import (
+from tests.support.upgrade import (
     NOW,
     KillAt,
     Killed,

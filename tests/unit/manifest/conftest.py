@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from manifest_helpers import World, build_world
+from tests.support.manifest import World, build_world
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from manifest_helpers import NOW, World, release
+from tests.support.manifest import NOW, World, release
 
 from attest.errors import ManifestFormatError, NotBlessedError
 from attest.manifest import edit

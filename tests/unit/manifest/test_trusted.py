@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from manifest_helpers import FAR, NOW, World, build_world, make_signers, sign_doc
+from tests.support.manifest import FAR, NOW, World, build_world, make_signers, sign_doc
 
 from attest.errors import (
     ExpiredError,

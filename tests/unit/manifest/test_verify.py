@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from manifest_helpers import FAR, NOW, World, build_world, make_signers, release, sign_doc
+from tests.support.manifest import FAR, NOW, World, build_world, make_signers, release, sign_doc
 
 from attest.errors import (
     ExpiredError,

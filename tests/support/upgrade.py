@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from tests.unit.manifest.manifest_helpers import Signer, sign_doc
+from tests.support.manifest import Signer, sign_doc
 
 from attest.manifest.edit import checked
 from attest.manifest.model import RegistrySnapshot, Release, Revocation, RollbackAuthorisation
