@@ -41,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     dn.add_argument("--name", default="up")
     sc = sub.add_parser("scenario", help="run scenarios by name (in order, on one shared node)")
     sc.add_argument("name", nargs="+", choices=sorted(SCENARIOS))
-    sub.add_parser("scenarios", help="run every scenario, with a summary table")
+    sc_all = sub.add_parser("scenarios", help="run every scenario, with a summary table")
+    sc_all.add_argument(
+        "--list", action="store_true", help="list the scenarios (name and what it shows), run none"
+    )
     sub.add_parser("predict", help="print the PCRs 4/9/11/12 predicted from the image's UKI")
     bl = sub.add_parser(
         "bless",
@@ -82,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "record-platform":
             path, pcrs = record_platform(_image(args.version))
             print(f"{path}: " + ", ".join(f"PCR {i} {v[:16]}…" for i, v in pcrs.items()))
+            return EXIT_OK
+        if args.cmd == "scenarios" and args.list:
+            for name, fn in SCENARIOS.items():
+                doc = (fn.__doc__ or "").strip().splitlines()
+                print(f"{name:20} {doc[0] if doc else ''}")
             return EXIT_OK
         names = list(args.name) if args.cmd == "scenario" else list(SCENARIOS)
         return _scenarios(args.version, names)

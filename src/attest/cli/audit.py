@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +67,7 @@ def register(sub: Any) -> None:
 
     v = asub.add_parser("verify", help="verify the audit chain against the runtime PCR")
     v.add_argument("--socket", default=DEFAULT_SOCKET, help="broker socket (default %(default)s)")
+    v.add_argument("--json", action="store_true", help="JSON on stdout")
     v.set_defaults(func=cmd_verify)
 
 
@@ -153,14 +153,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verify_quote(q.attest, q.signature, ak=ident.ak, nonce=nonce, pcrs=q.pcrs)
     runtime = verify_runtime_log(records, q.pcrs, pcr=pcr)
     chain = verify_audit_chain(entries, runtime.audit_anchors)
-    print_json(
-        {
-            "runtime_pcr": pcr,
-            "runtime_events": len(runtime.events),
-            "audit_entries": len(chain),
-            "audit_head": chain[-1].entry_hash.hex() if chain else None,
-            "verified": True,
-        }
+    head = chain[-1].entry_hash.hex() if chain else None
+    if args.json:
+        print_json(
+            {
+                "runtime_pcr": pcr,
+                "runtime_events": len(runtime.events),
+                "audit_entries": len(chain),
+                "audit_head": head,
+                "verified": True,
+            }
+        )
+        return EXIT_OK
+    print(
+        f"audit log verified against the quoted runtime PCR {pcr}: {len(chain)} entries, "
+        f"{len(runtime.events)} runtime events, head {head or 'none'}"
     )
-    print("attest: audit log verified against the quoted runtime PCR", file=sys.stderr)
     return EXIT_OK

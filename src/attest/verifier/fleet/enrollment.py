@@ -96,8 +96,8 @@ class EnrollPolicy:
             raise ConfigError(
                 "EK roots need credential activation over an authenticated "
                 "channel to bind the AK to the EK: --client-cert/--client-key "
-                "(the nodes' mutual-TLS listener) or --operator-socket; or "
-                "--tofu to trust the AK without it",
+                "(the nodes' mutual-TLS listener; `attest fleet add` run on the node may use "
+                "--operator-socket instead); or --tofu to trust the AK without it",
                 key=key,
             )
         return self
