@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from tests.unit.test_ekcert import Ca, der_of, ek_builder, make_ca
+from tests.support.ekpki import Ca, der_of, ek_builder, make_ca
 
 from attest.cli import main
 

@@ -10,9 +10,8 @@ bytes *before* signing (as the vendors' CAs did), so each one is a genuine chain
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support.ekpki import (
+    NOT_AFTER,
+    NOT_BEFORE,
+    NOW,
+    Ca,
+    Key,
+    der_of,
+    ek_builder,
+    make_ca,
+)
 
 from attest.ekcert import der
 from attest.ekcert.der import Deviation, Tlv
@@ -32,104 +40,6 @@ from attest.enroll import verify_ek_certificate
 from attest.errors import CertificateError, CertificateFormatError
 from attest.verifier.contact import load_ek_cas
 from attest.verifier.ek_roots import bundled_ek_roots, load_ca_dirs, load_ca_tree
-
-NOW = datetime(2030, 6, 1, tzinfo=UTC)
-NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
-NOT_AFTER = datetime(2035, 1, 1, tzinfo=UTC)
-TCG_EKU = x509.ObjectIdentifier("2.23.133.8.1")
-Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-@dataclasses.dataclass
-class Ca:
-    cert: x509.Certificate
-    key: Key
-
-
-def _name(cn: str, *, multi: bool = False) -> x509.Name:
-    if not multi:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    # One multi-valued RDN, as Nuvoton's roots have.
-    rdn = x509.RelativeDistinguishedName(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test TPM Vendor"),
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "TW"),
-        ]
-    )
-    return x509.Name([rdn])
-
-
-def _ku(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=not cert_sign,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def make_ca(
-    cn: str,
-    issuer: Ca | None = None,
-    *,
-    key: Key | None = None,
-    multi: bool = False,
-    critical_policies: bool = False,
-) -> Ca:
-    key = key or ec.generate_private_key(ec.SECP384R1())
-    subject = _name(cn, multi=multi)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.cert.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOT_BEFORE)
-        .not_valid_after(NOT_AFTER)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_ku(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-    )
-    if critical_policies:  # as STMicro's intermediates
-        policy = x509.PolicyInformation(x509.ObjectIdentifier("2.5.29.32.0"), ["http://x.test/"])
-        b = b.add_extension(x509.CertificatePolicies([policy]), critical=True)
-    return Ca(b.sign(issuer.key if issuer else key, hashes.SHA384()), key)
-
-
-def ek_builder(
-    issuer: Ca, ek: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-) -> x509.CertificateBuilder:
-    tpm = x509.RelativeDistinguishedName(
-        [
-            x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.1"), "id:4E544300"),
-            x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.2"), "NPCT75x"),
-            x509.NameAttribute(x509.ObjectIdentifier("2.23.133.2.3"), "id:00070002"),
-        ]
-    )
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(issuer.cert.subject)
-        .public_key(ek)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOT_BEFORE)
-        .not_valid_after(NOT_AFTER)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DirectoryName(x509.Name([tpm]))]), critical=True
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([TCG_EKU]), critical=False)
-        .add_extension(_ku(cert_sign=False), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
-        )
-    )
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +51,6 @@ def ek_key() -> rsa.RSAPrivateKey:
 def pki() -> tuple[Ca, Ca]:
     root = make_ca("Vendor EK Root")
     return root, make_ca("Vendor EK Issuing CA 05", root, critical_policies=True)
-
-
-def der_of(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(Encoding.DER)
-
-
-# --- writing deviations into a certificate before it is signed ---------------------------------
 
 
 def rebuild(node: Tlv, buf: bytes, edits: dict[int, bytes]) -> bytes:
