@@ -472,3 +472,12 @@ def test_the_bundled_store_loads_without_errors() -> None:
     store = bundled_ek_roots()
     assert store.errors == ()
     assert not set(store.roots) & set(store.intermediates)
+
+
+def test_an_invalid_x509_version_is_the_documented_format_error(pki: tuple[Ca, Ca]) -> None:
+    """Found by the hypothesis test above: cryptography's InvalidVersion escaped the reader."""
+    raw = der_of(pki[0].cert)
+    v3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: an X.509 v3 certificate
+    assert raw.count(v3) == 1
+    with pytest.raises(CertificateFormatError, match="not an X.509 certificate"):
+        parse_certificate(raw.replace(v3, b"\xa0\x03\x02\x01\x03"))

@@ -259,10 +259,15 @@ def parse_certificate(data: bytes) -> ParsedCertificate:
         cert = x509.load_der_x509_certificate(canonical)
         # cryptography reads names, extensions and the key lazily: read them now, so a
         # certificate that parses here never raises a parse error later.
-        for lazy in (cert.issuer, cert.subject, cert.extensions, cert.serial_number):
+        for lazy in (cert.version, cert.issuer, cert.subject, cert.extensions, cert.serial_number):
             del lazy
         cert.public_key()
-    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.InvalidVersion,
+    ) as exc:
         raise CertificateFormatError(f"not an X.509 certificate: {exc}") from None
     original = data[: outer.end]
     return ParsedCertificate(
