@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +31,7 @@ async def test_status_and_metrics_report_the_state_file_system(
 async def test_write_failures_are_counted(
     client: httpx.AsyncClient, node: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(fd: int, data: bytes, path: Path) -> None:
+    def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(runtime_mod, "write_all", full)

@@ -28,7 +28,7 @@ from attest.node.tpm.fake import FakeTpm
 from attest.runtime import verify_runtime_log
 
 EVENT = {"event": "login", "user": "alice", "source": "198.51.100.7", "service": "sshd"}
-Writer = Callable[[int, bytes, Path], None]
+Writer = Callable[[int, bytes], None]
 
 
 @pytest.fixture()
@@ -55,7 +55,7 @@ def verify(n: LocalNode) -> int:
 
 
 def enospc(real: Writer, *, partial: bool = False) -> Writer:
-    def write(fd: int, data: bytes, path: Path) -> None:
+    def write(fd: int, data: bytes) -> None:
         if partial:  # the file system filled up in the middle of the record
             os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

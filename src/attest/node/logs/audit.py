@@ -187,7 +187,7 @@ class AuditLog:
             line = RS + canonicalize(entry.to_json()) + b"\n"
             size = os.fstat(self._fd).st_size
             try:
-                write_all(self._fd, line, self.path)
+                write_all(self._fd, line)
             except OSError as exc:
                 truncate_back(self._fd, size, self.path)
                 self.storage_failures += 1

@@ -66,11 +66,12 @@ def drop_torn_tail(path: Path, data: bytes) -> bytes:
     return data[:keep]
 
 
-def write_all(fd: int, data: bytes, path: Path) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """Write ``data`` at the end of ``fd`` (opened ``O_APPEND``) and fsync it; ``OSError`` on a
     short write too (a file system that filled up in the middle of it)."""
     if os.write(fd, data) != len(data):
-        raise OSError(errno.ENOSPC, f"short write to {path}")
+        # The kernel writes what fits and returns the count: the file system filled up.
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
     os.fsync(fd)
 
 
@@ -149,7 +150,7 @@ class RuntimeLog:
         line = dumps_cel_record(record).encode("utf-8")
         size = os.fstat(self._fd).st_size
         try:
-            write_all(self._fd, line, self.path)
+            write_all(self._fd, line)
         except OSError as exc:
             # Leave no partial record behind; the PCR was not touched.
             truncate_back(self._fd, size, self.path)
