@@ -286,3 +286,8 @@ class NodeIdTaken(RegistrationRefused):
     def __init__(self, node_id: str, message: str) -> None:
         super().__init__(message)
         self.node_id = node_id
+
+
+class StorageError(AttestError):
+    """A write to the node's state file system failed (no space left, an I/O error); nothing
+    was recorded, both logs are as before (node.logs.runtime, node.logs.audit)."""

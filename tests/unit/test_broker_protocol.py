@@ -61,6 +61,7 @@ REQUESTS: list[p.Request[Any, Any]] = [
     p.Request(OPS.nv_counter_read, p.NvIndex(0x01500010)),
     p.Request(OPS.nv_counter_define, p.NvIndex(0x01000A77)),
     p.Request(OPS.nv_counter_increment, p.NvIndex(0x01000A77)),
+    p.Request(OPS.state_fs, None),
     p.Request(
         OPS.upgrade_stage,
         p.UpgradeStage("/var/lib/attest/spool/.upload.x.img", b'{"signed":{}}', "api-mtls"),
@@ -323,7 +324,7 @@ def test_every_op_is_allowed_on_a_socket_and_operator_only_ops_not_on_the_api() 
         "vtpm_list",
     ):
         assert name in p.OPERATOR_ONLY_OPS and name not in p.UNPRIVILEGED_OPS
-    assert {"upgrade_stage", "upgrade_status", "nv_counter_read"} <= p.UNPRIVILEGED_OPS
+    assert {"upgrade_stage", "upgrade_status", "nv_counter_read", "state_fs"} <= p.UNPRIVILEGED_OPS
 
 
 OPERATOR_ONLY = [op for op in p.TABLE if op.privilege is p.Privilege.OPERATOR]
@@ -416,6 +417,7 @@ IDEMPOTENT = {
     "runtime_log",
     "audit_log",
     "nv_counter_read",
+    "state_fs",
     "upgrade_status",
     "vtpm_list",
 }

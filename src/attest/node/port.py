@@ -35,6 +35,36 @@ class NodeIdentity:
     banks: tuple[HashAlg, ...] = ()
 
 
+# Below this many free bytes on the state file system the broker reports ``low``
+# (docs/runtime-log.md, "A full state file system"); ``attestd-tpm --low-space-bytes``.
+LOW_SPACE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StateFs:
+    """The file system of the broker's state directory (runtime log, audit log): bytes free
+    to the broker, the size, the ``low`` threshold, whether free space is below it, and how
+    many records were refused because a log could not be written (since the broker started)."""
+
+    free_bytes: int
+    total_bytes: int
+    threshold_bytes: int
+    write_failures: int = 0
+
+    @property
+    def low(self) -> bool:
+        return self.free_bytes < self.threshold_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "free_bytes": self.free_bytes,
+            "total_bytes": self.total_bytes,
+            "threshold_bytes": self.threshold_bytes,
+            "low": self.low,
+            "write_failures": self.write_failures,
+        }
+
+
 class NodePort(Protocol):
     def identity(self) -> NodeIdentity: ...
 
@@ -60,5 +90,9 @@ class NodePort(Protocol):
     def audit_log(self, start: int = 0) -> tuple[Mapping[str, Any], ...]: ...
 
     def nv_counter_read(self, index: int) -> int: ...
+
+    def state_fs(self) -> StateFs:
+        """Free space on the file system of the node's logs (the low-space report)."""
+        ...
 
     def close(self) -> None: ...

@@ -43,7 +43,7 @@ from attest.node.api.errors import (
 )
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
 from attest.node.config import Settings
-from attest.node.port import NodeIdentity, NodePort
+from attest.node.port import NodeIdentity, NodePort, StateFs
 from attest.node.tpm.port import RawQuote
 
 logger = logging.getLogger(__name__)
@@ -382,11 +382,13 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         """Self-appraisal: a plain verdict with reasons, for the node provider."""
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(None, ctx.status, ctx)
+        fs = await loop.run_in_executor(None, _state_fs, ctx)
         version, slot = ctx.image()
         return {
             **doc,
             "node_id": ctx.node_id,
             "tpm_ready": ctx.ready,
+            "state_fs": fs.to_json() if fs is not None else None,
             "image": {"version": version, "slot": slot},
             "version": __version__,
             "time": ctx.clock().isoformat(),
@@ -408,6 +410,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         """Prometheus text exposition."""
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(None, ctx.status, ctx)
+        fs = await loop.run_in_executor(None, _state_fs, ctx)
         m, b = ctx.metrics, ctx.batcher
         verdict = doc.get("verdict", "unknown")
         lines = [
@@ -431,6 +434,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             f"attest_activations_total {m.activations}",
             "# TYPE attest_uptime_seconds gauge",
             f"attest_uptime_seconds {time.time() - m.started:.0f}",
+            *_state_fs_metrics(fs),
         ]
         return "\n".join(lines) + "\n"
 
@@ -447,6 +451,31 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         return JSONResponse(
             {"ready": False, "reason": ctx.last_tpm_error or "starting"}, status_code=503
         )
+
+
+def _state_fs(ctx: NodeContext) -> StateFs | None:
+    """The broker's state file system report; None (logged) when the broker cannot say."""
+    try:
+        return ctx.node.state_fs()
+    except AttestError as exc:
+        logger.info("state file system report unavailable: %s", exc)
+        return None
+
+
+def _state_fs_metrics(fs: StateFs | None) -> list[str]:
+    if fs is None:
+        return []
+    return [
+        "# HELP attest_state_fs_free_bytes free bytes on the broker's state file system",
+        "# TYPE attest_state_fs_free_bytes gauge",
+        f"attest_state_fs_free_bytes {fs.free_bytes}",
+        "# HELP attest_state_fs_low 1 when free bytes are below the broker's threshold",
+        "# TYPE attest_state_fs_low gauge",
+        f"attest_state_fs_low {int(fs.low)}",
+        "# HELP attest_state_fs_write_failures_total records refused: a log could not be written",
+        "# TYPE attest_state_fs_write_failures_total counter",
+        f"attest_state_fs_write_failures_total {fs.write_failures}",
+    ]
 
 
 def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> bytes:

@@ -26,6 +26,7 @@ from attest.errors import (
     EvidenceFormatError,
     OperationNotAllowed,
     Overloaded,
+    StorageError,
     TpmError,
     TransportError,
     UpgradeRefused,
@@ -50,6 +51,8 @@ def status_for(exc: AttestError) -> int:
         return 502
     if isinstance(exc, ConfigError):
         return 500
+    if isinstance(exc, StorageError):
+        return 507  # Insufficient Storage: the node's state file system is full
     return 500
 
 

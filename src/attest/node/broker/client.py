@@ -36,7 +36,7 @@ from attest.node.broker.protocol import OPS
 from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade, VtpmVouched
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE
-from attest.node.port import NodeIdentity
+from attest.node.port import NodeIdentity, StateFs
 from attest.node.tpm.port import RawQuote
 from attest.node.tpm.vtpm import CreatedVtpm
 
@@ -136,6 +136,9 @@ class BrokerClient:
 
     def nv_counter_read(self, index: int) -> int:
         return self.call(OPS.nv_counter_read, p.NvIndex(index))
+
+    def state_fs(self) -> StateFs:
+        return self.call(OPS.state_fs, None)
 
     # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ---
 

@@ -6,6 +6,7 @@ The broker serves one of these over its sockets; the API tests and benchmarks us
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from attest.eventlog.cel import CelRecord
 from attest.model import PcrSelection, PcrValues
 from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
-from attest.node.port import NodeIdentity
+from attest.node.port import LOW_SPACE_BYTES, NodeIdentity, StateFs
 from attest.node.tpm.port import RawQuote, TpmPort
 from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT, KIND_VTPM
 
@@ -25,28 +26,45 @@ RUNTIME_LOG_NAME = "runtime.log"
 AUDIT_LOG_NAME = "audit.log"
 AUDIT_KEY_NAME = "audit.key"
 
+logger = logging.getLogger(__name__)
+
 
 class LocalNode:
     """Implements ``attest.node.port.NodePort`` in-process. Thread-safe (the TPM port, the runtime
     log and the audit log each are). ``close()`` closes the logs and the TPM."""
 
-    def __init__(self, tpm: TpmPort, runtime: RuntimeLog, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        tpm: TpmPort,
+        runtime: RuntimeLog,
+        audit: AuditLog,
+        *,
+        low_space_bytes: int = LOW_SPACE_BYTES,
+    ) -> None:
         self.tpm = tpm
         self.runtime = runtime
         self.audit = audit
+        self.low_space_bytes = low_space_bytes
+        self._low = False  # the last state_fs was low (its warning is logged once)
         self._identity: NodeIdentity | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def open(
-        cls, tpm: TpmPort, state_dir: str | os.PathLike[str], *, pcr: int = DEFAULT_RUNTIME_PCR
+        cls,
+        tpm: TpmPort,
+        state_dir: str | os.PathLike[str],
+        *,
+        pcr: int = DEFAULT_RUNTIME_PCR,
+        low_space_bytes: int = LOW_SPACE_BYTES,
     ) -> LocalNode:
         """The node with its logs in ``state_dir`` (``runtime.log``, ``audit.log``,
-        ``audit.key``), reconciled with the TPM."""
+        ``audit.key``), reconciled with the TPM. Free space below ``low_space_bytes`` on
+        that file system is reported as low (``state_fs``)."""
         state = Path(state_dir)
         runtime = RuntimeLog(state / RUNTIME_LOG_NAME, tpm, pcr=pcr)
         audit = AuditLog(state / AUDIT_LOG_NAME, state / AUDIT_KEY_NAME, runtime)
-        return cls(tpm, runtime, audit)
+        return cls(tpm, runtime, audit, low_space_bytes=low_space_bytes)
 
     def identity(self) -> NodeIdentity:
         with self._lock:
@@ -98,6 +116,26 @@ class LocalNode:
 
     def nv_counter_increment(self, index: int) -> int:
         return self.tpm.nv_counter_increment(index)
+
+    def state_fs(self) -> StateFs:
+        st = os.statvfs(self.runtime.path.parent)
+        fs = StateFs(
+            free_bytes=st.f_bavail * st.f_frsize,
+            total_bytes=st.f_blocks * st.f_frsize,
+            threshold_bytes=self.low_space_bytes,
+            write_failures=self.runtime.storage_failures + self.audit.storage_failures,
+        )
+        if fs.low != self._low:
+            self._low = fs.low
+            log = logger.warning if fs.low else logger.info
+            log(
+                "state file system of %s: %d bytes free (low below %d bytes): %s",
+                self.runtime.path.parent,
+                fs.free_bytes,
+                fs.threshold_bytes,
+                "LOW" if fs.low else "enough again",
+            )
+        return fs
 
     def close(self) -> None:
         self.audit.close()

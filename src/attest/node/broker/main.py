@@ -32,6 +32,7 @@ from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 from attest.node.broker.local import LocalNode
 from attest.node.broker.server import BrokerServer
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
+from attest.node.port import LOW_SPACE_BYTES
 from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
 from attest.node.upgrade.stager import DEFAULT_NV_INDEX
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("/var/lib/attest"),
         help="runtime log, audit log and audit key (default %(default)s)",
+    )
+    a.add_argument(
+        "--low-space-bytes",
+        type=int,
+        default=LOW_SPACE_BYTES,
+        help="report the state file system as low on space below this many free bytes "
+        "(attestd /v1/status state_fs, /metrics; default %(default)s)",
     )
     a.add_argument(
         "--runtime-pcr",
@@ -203,7 +211,11 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"no group {args.socket_group!r}", key="socket_group") from None
     args.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     tpm = EsapiTpm(args.tcti, ak=AkSpec(args.ak_type))
-    node = LocalNode.open(tpm, args.state_dir, pcr=args.runtime_pcr)
+    if args.low_space_bytes < 0:
+        raise ConfigError("must be 0 or more", key="low_space_bytes")
+    node = LocalNode.open(
+        tpm, args.state_dir, pcr=args.runtime_pcr, low_space_bytes=args.low_space_bytes
+    )
     start_event: dict[str, str] = {"version": __version__}
     boot_id = _boot_id()
     if boot_id:

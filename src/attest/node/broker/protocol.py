@@ -55,6 +55,7 @@ from attest.node.broker.wire import (
     RECORD,
     RECORDS,
     SECRET,
+    STATE_FS,
     Codec,
     dumps,
     hex_bytes,
@@ -467,6 +468,14 @@ class OPS:
         args=Codec(NvIndex.to_json, NvIndex.from_json),
         result=COUNTER,
         serve=lambda s, a: s.node.nv_counter_increment(a.index),
+    )
+    state_fs = Op(
+        "state_fs",
+        Privilege.API,
+        idempotent=True,
+        args=NO_ARGS,
+        result=STATE_FS,
+        serve=lambda s, _: s.node.state_fs(),
     )
     # The API may offer an upload to the gate (which verifies it and records the decision) and
     # read the gate's status; it may not confirm an upgrade or select a boot slot.

@@ -28,7 +28,7 @@ from attest.audit import parse_entry
 from attest.errors import AttestError, AuditChainError, OperationNotAllowed, TransportError
 from attest.eventlog.cel import CelRecord, loads_cel
 from attest.model import MAX_PCR, HashAlg, PcrSelection, PcrValues
-from attest.node.port import NodeIdentity
+from attest.node.port import NodeIdentity, StateFs
 from attest.node.tpm.port import RawQuote
 from attest.tpmstruct import Public, parse_public
 
@@ -351,6 +351,21 @@ def _counter_from_json(doc: Any) -> int:
     return uint(members(doc, "counter", ("value",))["value"], "value", bits=64)
 
 
+def _state_fs_from_json(doc: Any) -> StateFs:
+    d = members(
+        doc, "state_fs", ("free_bytes", "total_bytes", "threshold_bytes", "low", "write_failures")
+    )
+    fs = StateFs(
+        uint(d["free_bytes"], "free_bytes", bits=64),
+        uint(d["total_bytes"], "total_bytes", bits=64),
+        uint(d["threshold_bytes"], "threshold_bytes", bits=64),
+        uint(d["write_failures"], "write_failures", bits=64),
+    )
+    if boolean(d["low"], "low") is not fs.low:
+        raise TransportError("state_fs: low does not match free_bytes and threshold_bytes")
+    return fs
+
+
 IDENTITY = Codec(identity_to_json, identity_from_json)
 PCRS = Codec(pcrs_to_json, pcrs_from_json)
 QUOTE = Codec(quote_to_json, quote_from_json)
@@ -360,6 +375,7 @@ RECORDS = Codec(_records_to_json, _records_from_json)  # {"records": [...]}
 ENTRY: Codec[Mapping[str, Any]] = Codec(dict, entry_from_json)
 ENTRIES = Codec(_entries_to_json, _entries_from_json)  # {"entries": [...]}
 COUNTER: Codec[int] = Codec(lambda v: {"value": int(v)}, _counter_from_json)
+STATE_FS: Codec[StateFs] = Codec(StateFs.to_json, _state_fs_from_json)
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -3,8 +3,15 @@
 - The pseudonymisation key is 32 random bytes in ``key_path`` (mode 0600), generated on first
   use with an atomic write; a key file readable by group or others is refused.
 - ``record(event)`` pseudonymises the event (``attest.audit.new_entry``), appends the entry to
-  an append-only JSON-SEQ file and fsyncs it, *then* anchors it: an ``audit`` runtime event
-  ``{audit_seq, entry_hash}`` extended into the runtime PCR.
+  an append-only JSON-SEQ file and fsyncs it (the write-ahead), *then* anchors it: an ``audit``
+  runtime event ``{audit_seq, entry_hash}`` extended into the runtime PCR (the commit).
+- A record that fails before its anchor reached the runtime log (the state file system is
+  full, the TPM refused the PCR read, the runtime log no longer replays) is rolled back: the
+  entry is cut off ``audit.log`` again (truncated to its previous length and fsync'ed), so both
+  logs are byte for byte as before and the chain still verifies. The caller gets the error
+  (``StorageError`` for a full or failing file system). Once the anchor is in the runtime log
+  the entry stays, even if its extend then fails (``TpmError``): the runtime log extends it
+  when the TPM answers again.
 - On open, and when the runtime log starts afresh after a TPM reset, the log is reconciled with
   its anchors: an entry written but not anchored (a crash between the two steps) is anchored
   now; a new boot's runtime log gets a checkpoint anchor of the current head; an audit log that
@@ -35,9 +42,15 @@ from attest.audit import (
     new_entry,
     parse_entry,
 )
-from attest.errors import AuditChainError, ConfigError, EventLogFormatError
+from attest.errors import AuditChainError, ConfigError, EventLogFormatError, StorageError
 from attest.manifest.canonical import canonicalize
-from attest.node.logs.runtime import MAX_LOG_BYTES, RuntimeLog, drop_torn_tail
+from attest.node.logs.runtime import (
+    MAX_LOG_BYTES,
+    RuntimeLog,
+    drop_torn_tail,
+    truncate_back,
+    write_all,
+)
 from attest.runtime import KIND_AUDIT, AuditAnchor, parse_content
 from attest.storage.files import atomic_write_bytes, fsync_dir, read_bytes
 
@@ -93,6 +106,7 @@ class AuditLog:
         self._lock = runtime.lock
         self._key = load_or_create_key(key_path)
         self._fd = -1
+        self.storage_failures = 0  # entries refused because the file could not be written
         with self._lock:
             data = b""
             with contextlib.suppress(FileNotFoundError):
@@ -160,7 +174,8 @@ class AuditLog:
 
     def record(self, event: Mapping[str, Any], *, now: datetime | None = None) -> AuditEntry:
         """Record a raw event (``attest.audit.new_entry``; ``time`` defaults to ``now``, UTC)
-        and anchor it. Returns the stored (pseudonymised) entry."""
+        and anchor it. Returns the stored (pseudonymised) entry. On failure nothing was
+        recorded (module docstring), unless the anchor was written and only its extend failed."""
         raw = dict(event)
         if raw.get("time") is None:
             raw["time"] = (now or datetime.now(UTC)).isoformat(timespec="seconds")
@@ -172,17 +187,47 @@ class AuditLog:
             line = RS + canonicalize(entry.to_json()) + b"\n"
             size = os.fstat(self._fd).st_size
             try:
-                if os.write(self._fd, line) != len(line):
-                    raise OSError(f"short write to {self.path}")
-                os.fsync(self._fd)
+                write_all(self._fd, line)
+            except OSError as exc:
+                truncate_back(self._fd, size, self.path)
+                self.storage_failures += 1
+                raise StorageError(
+                    f"audit entry not recorded: cannot write {self.path} "
+                    f"({exc.strerror or exc}); the audit log is as before"
+                ) from exc
             except BaseException:
-                os.ftruncate(self._fd, size)
+                truncate_back(self._fd, size, self.path)
                 raise
             self._entries.append(entry)
-            # If this fails (TPM down), the entry is anchored at the next start or record.
-            self._anchor_pending()
+            try:
+                self._anchor_pending()
+            except BaseException:
+                if not self._anchored(entry):
+                    self._roll_back(entry, size)
+                raise
             logger.info("audit entry %d recorded: %s", entry.seq, entry.event)
             return entry
+
+    def _anchored(self, entry: AuditEntry) -> bool:
+        """Whether the runtime log holds an anchor of ``entry`` (written, maybe not extended)."""
+        for r in self._runtime.held():
+            if r.content_type == "attest/" + KIND_AUDIT:
+                a = parse_content(KIND_AUDIT, r.content)
+                if isinstance(a, AuditAnchor) and a.audit_seq == entry.seq:
+                    return True
+        return False
+
+    def _roll_back(self, entry: AuditEntry, size: int) -> None:
+        """Undo the write-ahead of ``entry``, whose anchor never reached the runtime log."""
+        if not truncate_back(self._fd, size, self.path):
+            return  # the entry stays in the file: it is anchored at the next record or start
+        self._entries.pop()
+        logger.warning(
+            "audit entry %d not anchored (the runtime log could not take its anchor): rolled "
+            "back, %s is as before",
+            entry.seq,
+            self.path,
+        )
 
     def _anchor_pending(self) -> None:
         anchors = self._anchors()

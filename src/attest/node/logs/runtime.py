@@ -20,10 +20,15 @@ other way round. On open (and after any failed extend) the log is reconciled wit
   tamper, the verifier sees the log not replaying into the quoted PCR and contraindicates.
 
 A torn last line (a crash in the middle of step 1) was never extended and is dropped.
+
+A failed write (no space left on the state file system, an I/O error) is cut off again and
+fsync'ed before the error is raised, as ``StorageError``: the file and the PCR are as before
+(``storage_failures`` counts them, for the broker's ``state_fs`` report).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -32,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from attest.errors import EventLogFormatError, ReplayError, TpmError
+from attest.errors import EventLogFormatError, ReplayError, StorageError, TpmError
 from attest.eventlog.cel import RS, CelRecord, dumps_cel_record, loads_cel
 from attest.model import HashAlg, PcrSelection, PcrValues, extend
 from attest.node.tpm.port import TpmPort
@@ -59,6 +64,28 @@ def drop_torn_tail(path: Path, data: bytes) -> bytes:
         f.flush()
         os.fsync(f.fileno())
     return data[:keep]
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` at the end of ``fd`` (opened ``O_APPEND``) and fsync it; ``OSError`` on a
+    short write too (a file system that filled up in the middle of it)."""
+    if os.write(fd, data) != len(data):
+        # The kernel writes what fits and returns the count: the file system filled up.
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)")
+    os.fsync(fd)
+
+
+def truncate_back(fd: int, size: int, path: Path) -> bool:
+    """Cut ``fd`` back to ``size`` bytes and fsync it (shrinking needs no free space). Logged,
+    not raised, if even that fails (returns False): the caller's error is the one to report,
+    and a torn or unanchored tail is repaired when the log is opened again."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as exc:
+        logger.error("cannot cut %s back to %d bytes after a failed write: %s", path, size, exc)
+        return False
+    return True
 
 
 class RuntimeLog:
@@ -88,6 +115,7 @@ class RuntimeLog:
         self._fd = -1
         self._reset_hooks: list[Callable[[], object]] = []
         self.rotated: list[Path] = []  # files set aside after a TPM reset, oldest first
+        self.storage_failures = 0  # records refused because the file could not be written
         with self.lock:
             self._load()
             self._reconcile()
@@ -122,13 +150,17 @@ class RuntimeLog:
         line = dumps_cel_record(record).encode("utf-8")
         size = os.fstat(self._fd).st_size
         try:
-            written = os.write(self._fd, line)
-            if written != len(line):
-                raise OSError(f"short write to {self.path}")
-            os.fsync(self._fd)
-        except BaseException:
+            write_all(self._fd, line)
+        except OSError as exc:
             # Leave no partial record behind; the PCR was not touched.
-            os.ftruncate(self._fd, size)
+            truncate_back(self._fd, size, self.path)
+            self.storage_failures += 1
+            raise StorageError(
+                f"runtime event not recorded: cannot write {self.path} ({exc.strerror or exc}); "
+                f"the log is as before"
+            ) from exc
+        except BaseException:
+            truncate_back(self._fd, size, self.path)
             raise
 
     def close(self) -> None:
@@ -240,6 +272,11 @@ class RuntimeLog:
             self._tpm.extend(self.pcr, {a: record.digests[a] for a in self._banks})
             logger.info("runtime event %d measured into PCR %d: %s", record.recnum, self.pcr, kind)
             return record
+
+    def held(self) -> tuple[CelRecord, ...]:
+        """The records as written to the file, without comparing with the TPM."""
+        with self.lock:
+            return tuple(self._records)
 
     def records(self, start: int = 0) -> tuple[CelRecord, ...]:
         """The records with ``recnum >= start`` of the current log (this boot's), as recorded.
