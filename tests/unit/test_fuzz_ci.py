@@ -117,3 +117,15 @@ def test_snp_crl_refuses_an_unknown_crl_version() -> None:
     with pytest.raises(SnpFormatError, match="CRL does not parse"):
         load_crl(bad)
     load_crl(der)  # the seed itself parses
+
+
+def test_ekcert_refuses_an_unsupported_general_name_in_the_san() -> None:
+    """Finding (also hit by test_ekcert's hypothesis test): a subjectAltName whose
+    directoryName [4] is retagged x400Address [3] let cryptography's
+    ``UnsupportedGeneralNameType`` (not a ValueError) escape ``parse_certificate``."""
+    der = by_name()["ekcert"].seeds[0]
+    tag_at = der.index(b"\xa4", der.index(bytes.fromhex("0603551d11")))
+    bad = der[:tag_at] + b"\xa3" + der[tag_at + 1 :]
+    with pytest.raises(CertificateFormatError, match="not supported"):
+        parse_certificate(bad)
+    assert parse_certificate(der).der == der

@@ -262,7 +262,13 @@ def parse_certificate(data: bytes) -> ParsedCertificate:
         for lazy in (cert.issuer, cert.subject, cert.extensions, cert.serial_number):
             del lazy
         cert.public_key()
-    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.InvalidVersion) as exc:
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.InvalidVersion,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
         raise CertificateFormatError(f"not an X.509 certificate: {exc}") from None
     original = data[: outer.end]
     return ParsedCertificate(

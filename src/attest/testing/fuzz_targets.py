@@ -63,6 +63,7 @@ from attest.tpmstruct import (
 from attest.uki import authenticode_digest, parse_uki, predict_pcrs
 from attest.verity.devices import parse_verity_status, parse_verity_table
 
+_TPM_MANUFACTURER = x509.ObjectIdentifier("2.23.133.2.1")
 _FAR = datetime(2036, 1, 1, tzinfo=UTC)
 
 # --- TPM structures --------------------------------------------------------------------------
@@ -270,6 +271,12 @@ def _certificate() -> x509.Certificate:
         .not_valid_before(datetime(2020, 1, 1, tzinfo=UTC))
         .not_valid_after(_FAR)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DirectoryName(x509.Name([x509.NameAttribute(_TPM_MANUFACTURER, "id:1")]))]
+            ),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
 
