@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from attest.ekcert.parse import parse_bundle_lenient, parse_certificate, parse_input
+from attest.ekcert.parse import parse_bundle_lenient, parse_certificate, parse_input, tpm_identity
 from attest.errors import (
     AttestError,
     CertificateFormatError,
@@ -281,6 +281,11 @@ def _certificate() -> x509.Certificate:
     )
 
 
+def _ekcert(data: bytes) -> object:
+    """Parse, then read what enrollment reads of an unverified EK certificate."""
+    return tpm_identity(parse_certificate(data))
+
+
 def _snp_seeds(der: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     tcb = TcbVersion(bootloader=3, tee=0, snp=8, microcode=115)
     reports = tuple(
@@ -378,7 +383,7 @@ def targets(*, eventlog_dirs: Sequence[Path] = ()) -> list[Target]:
             VerityFormatError,
         ),  # fmt: skip
         _t("uki", _uki, [_pe(linux), _pe(linux[1:])], UkiFormatError),
-        _t("ekcert", parse_certificate, [der], CertificateFormatError),
+        _t("ekcert", _ekcert, [der], CertificateFormatError),
         _t("ekcert-pem", parse_input, [pem, der], CertificateFormatError),
         _t("ekcert-bundle", parse_bundle_lenient, [pem + pem, der], CertificateFormatError),
         _t("snp-report", parse_report, reports, SnpFormatError),
