@@ -267,6 +267,7 @@ def parse_certificate(data: bytes) -> ParsedCertificate:
         UnsupportedAlgorithm,
         x509.DuplicateExtension,
         x509.InvalidVersion,
+        x509.UnsupportedGeneralNameType,
     ) as exc:
         raise CertificateFormatError(f"not an X.509 certificate: {exc}") from None
     original = data[: outer.end]

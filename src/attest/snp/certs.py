@@ -292,7 +292,7 @@ def load_crl(data: bytes) -> UnverifiedCrl:
         else:
             crl = x509.load_der_x509_crl(data)
         crl.issuer  # noqa: B018 -- parse now
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise SnpFormatError(f"CRL does not parse: {exc}") from None
     return UnverifiedCrl(crl)
 
