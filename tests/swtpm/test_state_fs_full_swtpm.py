@@ -70,7 +70,14 @@ def fill(path: Path) -> int:
 
 def verify_cli(node: Node) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "attest"), "audit", "verify", "--socket", str(node.work / "run" / "tpm.sock")],
+        [
+            str(BIN / "attest"),
+            "audit",
+            "verify",
+            "--json",
+            "--socket",
+            str(node.work / "run" / "tpm.sock"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
