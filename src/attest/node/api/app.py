@@ -152,23 +152,23 @@ class NodeContext:
 
     def check_log(self) -> None:
         """If the runtime log no longer holds the last record we saw (a TPM reset made the
-        broker start a fresh log), record our events again."""
+        broker start a fresh log), record our events again. Reads the log from that record
+        on only, so that it can run every few seconds."""
+        mark = self.log_mark
         try:
-            records = self.node.runtime_log(0)
+            records = self.node.runtime_log(mark[0] if mark is not None else 0)
         except AttestError as exc:
             logger.info("runtime log not readable: %s", exc)
             return
-        mark = self.log_mark
-        fresh = mark is not None and (
-            len(records) <= mark[0] or _mark(records[mark[0]])[1] != mark[1]
-        )
-        if (fresh or not self.start_recorded) and self.on_fresh_log is not None:
+        fresh = mark is not None and (not records or _mark(records[0]) != mark)
+        if fresh or (not self.start_recorded and self.on_fresh_log is not None):
             if fresh:
                 logger.warning("runtime log restarted (TPM reset): recording start events again")
             else:
                 logger.warning("attestd-tpm answers: recording the start events")
             try:
-                self.on_fresh_log()
+                if self.on_fresh_log is not None:
+                    self.on_fresh_log()
                 records = self.node.runtime_log(0)
             except AttestError as exc:
                 logger.warning("start events not recorded yet: %s", exc)
@@ -232,7 +232,7 @@ def create_app(
     status: Callable[[NodeContext], dict[str, Any]] = basic_status,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_fresh_log: Callable[[], None] | None = None,
-    log_check_interval: float = 15.0,
+    log_check_interval: float = 2.0,
     heartbeat_interval: float = 1.0,
     start_recorded: bool = True,
     extra_routes: Callable[[FastAPI, NodeContext], dict[str, int]] | None = None,
