@@ -73,11 +73,12 @@ def test_killed_broker_is_not_ready_then_recovers(node: Node) -> None:
     assert _metric(node, "attest_tpm_ready") == "0"
 
     node.start_broker()  # attestd is not touched
+    sock = _until(lambda: (node.work / "run" / "tpm.sock").exists(), 30, "broker socket")
     ready = _until(lambda: _readyz(node).status_code == 200, 30, "ready again")
     assert _readyz(node).json() == {"ready": True}
     assert _evidence(node).status_code == 200
     assert _metric(node, "attest_broker_up") == "1"
-    _report("broker-killed", not_ready=not_ready, ready_after_restart=ready)
+    _report("broker-killed", not_ready=not_ready, broker_socket=sock, ready_after_socket=ready)
 
 
 def test_attestd_started_before_the_broker_waits_then_serves(node: Node) -> None:
@@ -94,6 +95,7 @@ def test_attestd_started_before_the_broker_waits_then_serves(node: Node) -> None
     assert node.api.poll() is None  # no traceback, no exit
 
     node.start_broker()
+    sock = _until(lambda: (node.work / "run" / "tpm.sock").exists(), 30, "broker socket")
     ready = _until(lambda: _readyz(node).status_code == 200, 30, "ready after the broker")
     assert _evidence(node).status_code == 200
     # The start events attestd could not record at start-up are recorded now, and the node
@@ -107,7 +109,7 @@ def test_attestd_started_before_the_broker_waits_then_serves(node: Node) -> None
     assert kinds == ["daemon-start", "daemon-start", "config"] * 2
     log = (node.work / "api.log").read_text(errors="replace")
     assert "Traceback" not in log
-    _report("attestd-before-broker", ready_after_broker=ready)
+    _report("attestd-before-broker", broker_socket=sock, ready_after_socket=ready)
 
 
 def _reachable(node: Node) -> bool:
