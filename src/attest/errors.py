@@ -180,6 +180,11 @@ class TransportError(AttestError):
     """A network or IPC peer could not be reached or answered nonsense."""
 
 
+class BrokerUnavailable(TransportError):
+    """The node's TPM broker (``attestd-tpm``) cannot be reached: not running, not yet started,
+    or not answering. The node is not ready; the request may succeed later."""
+
+
 class OperationNotAllowed(TransportError):
     """A well-formed request that this channel may not make (e.g. ``audit_record`` on the
     API socket of the broker, or a runtime event kind outside the allow-list)."""

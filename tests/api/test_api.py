@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tests.api.conftest import AppFactory, _running
 
-from attest.errors import NonceError, PcrSelectionError
+from attest.errors import BrokerUnavailable, NonceError, PcrSelectionError
 from attest.evidence import unb64, verify_evidence
 from attest.model import PcrSelection
 from attest.node.tpm.fake import FakeTpm
@@ -213,6 +213,82 @@ async def test_tpm_gone_turns_readiness_off_and_recovers(
             pytest.fail("readiness did not come back with the TPM")
         _, r = await challenge(client)
         assert r.status_code == 200
+
+
+class _BrokerLink:
+    """The node as attestd sees it through ``BrokerClient``: every call fails with
+    ``BrokerUnavailable`` while ``up`` is False (attestd-tpm killed or not yet started)."""
+
+    def __init__(self, node: Any, *, up: bool = True) -> None:
+        self.node = node
+        self.up = up
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.node, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kw: Any) -> Any:
+            if not self.up:
+                raise BrokerUnavailable("cannot reach attestd-tpm at /run/attest/tpm.sock")
+            return target(*args, **kw)
+
+        return call
+
+
+async def _until_ready(client: httpx.AsyncClient, code: int) -> None:
+    for _ in range(50):
+        if (await client.get("/readyz")).status_code == code:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"/readyz never answered {code}")
+
+
+async def test_lost_broker_is_not_ready_without_a_request_and_recovers(
+    app_factory: AppFactory, node: Any
+) -> None:
+    link = _BrokerLink(node)
+    app = app_factory(node=link, heartbeat_interval=0.1)
+    async with _running(app, "public") as client:
+        await _until_ready(client, 200)
+        link.up = False  # no request in between: the heartbeat notices
+        await _until_ready(client, 503)
+        ready = (await client.get("/readyz")).json()
+        assert ready["ready"] is False and "attestd-tpm" in ready["reason"]
+        _, r = await challenge(client)
+        assert r.status_code == 503 and r.headers.get("retry-after") == "1"
+        assert r.json()["error"] == "BrokerUnavailable" and set(r.json()) == {
+            "error",
+            "check",
+            "detail",
+        }
+        assert "attest_broker_up 0" in (await client.get("/metrics")).text
+        link.up = True
+        await _until_ready(client, 200)
+        assert "attest_broker_up 1" in (await client.get("/metrics")).text
+        _, r = await challenge(client)
+        assert r.status_code == 200
+
+
+async def test_app_started_before_the_broker_records_its_start_events_later(
+    app_factory: AppFactory, node: Any
+) -> None:
+    link = _BrokerLink(node, up=False)
+    recorded: list[int] = []
+
+    def record() -> None:
+        link.measure("config", {"sha256": "22" * 32})
+        recorded.append(1)
+
+    app = app_factory(node=link, on_fresh_log=record, start_recorded=False)
+    async with _running(app, "public") as client:
+        assert (await client.get("/readyz")).status_code == 503
+        assert recorded == []
+        link.up = True
+        await _until_ready(client, 200)
+        await asyncio.sleep(0.1)  # check_log runs right after readiness turns on
+        assert recorded == [1]
+        assert [r.content_type for r in node.runtime_log(0)] == ["attest/config"]
 
 
 async def test_metrics_and_status(client: httpx.AsyncClient) -> None:

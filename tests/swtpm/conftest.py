@@ -39,6 +39,23 @@ class Node:
     api: subprocess.Popen[bytes]
     work: Path
     logs: tuple[IO[bytes], ...] = field(default=())
+    broker_cmd: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def start_broker(self) -> None:
+        """Start attestd-tpm again (after a kill) with the same options."""
+        self.broker = subprocess.Popen(
+            self.broker_cmd, env=dict(self.env), stdout=self.logs[0], stderr=subprocess.STDOUT
+        )
+
+    def start_api(self) -> None:
+        """Start attestd again (after a kill) with the same environment."""
+        self.api = subprocess.Popen(
+            [str(BIN / "attestd")],
+            env=dict(self.env),
+            stdout=self.logs[1],
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def url(self) -> str:
@@ -173,28 +190,24 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
             **(env or {}),
         }
         logs = (work / "broker.log").open("ab"), (work / "api.log").open("ab")
-        broker = subprocess.Popen(
-            [
-                str(BIN / "attestd-tpm"),
-                "--tcti",
-                sw.tcti,
-                "--socket",
-                str(run / "tpm.sock"),
-                "--operator-socket",
-                str(run / "tpm-op.sock"),
-                "--state-dir",
-                str(node_state),
-                *broker_args,
-            ],
-            env=env,
-            stdout=logs[0],
-            stderr=subprocess.STDOUT,
+        broker_cmd = (
+            str(BIN / "attestd-tpm"),
+            "--tcti",
+            sw.tcti,
+            "--socket",
+            str(run / "tpm.sock"),
+            "--operator-socket",
+            str(run / "tpm-op.sock"),
+            "--state-dir",
+            str(node_state),
+            *broker_args,
         )
+        broker = subprocess.Popen(broker_cmd, env=env, stdout=logs[0], stderr=subprocess.STDOUT)
         wait(lambda: (run / "tpm.sock").exists(), 30, "broker socket")
         api = subprocess.Popen(
             [str(BIN / "attestd")], env=env, stdout=logs[1], stderr=subprocess.STDOUT
         )
-        n = Node(sw, state, port, run / "api.sock", broker, api, work, logs)
+        n = Node(sw, state, port, run / "api.sock", broker, api, work, logs, broker_cmd, env)
         nodes.append(n)
         with n.client() as c:
             wait(c.ready, 60, "attestd ready")

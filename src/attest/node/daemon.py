@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from attest import __version__
-from attest.errors import AttestError
+from attest.errors import AttestError, BrokerUnavailable
 from attest.node.config import Settings, config_path, load_settings, settings_digest
 
 logger = logging.getLogger("attestd")
@@ -137,11 +137,19 @@ async def serve(settings: Settings, node: Any) -> None:
             if binding:
                 node.measure("tls-key", {"spki_sha256": binding.hex()})
             verity.remeasure()
+        except BrokerUnavailable:
+            raise  # recorded once attestd-tpm answers (NodeContext.start_recorded)
         except AttestError as exc:
             logger.error("could not record start-up measurements: %s", exc)
 
     verity = VerityTracker(node)
-    record_start()
+    try:
+        record_start()
+        recorded = True
+    except BrokerUnavailable as exc:
+        # attestd-tpm not (yet) running: serve not-ready and probe until it answers.
+        logger.warning("attestd-tpm not reachable at start-up, not ready: %s", exc)
+        recorded = False
     app = create_app(
         settings,
         node=node,
@@ -150,6 +158,7 @@ async def serve(settings: Settings, node: Any) -> None:
         verity=verity.report,
         status=make_status(settings, verity),
         on_fresh_log=record_start,
+        start_recorded=recorded,
         extra_routes=upgrade_routes(settings, node),
     )
     common: dict[str, Any] = {

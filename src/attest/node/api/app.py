@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
-from attest.errors import AttestError, EvidenceFormatError, TpmError
+from attest.errors import AttestError, BrokerUnavailable, EvidenceFormatError, TpmError
 from attest.evidence import (
     b64,
     challenge_members,
@@ -49,6 +49,9 @@ from attest.node.tpm.port import RawQuote
 logger = logging.getLogger(__name__)
 
 PROBE_SELECTION = PcrSelection.parse("sha256:0")
+# What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable.
+UNAVAILABLE = (TpmError, BrokerUnavailable)
+MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.2 s)
 
 
 @dataclass
@@ -77,6 +80,10 @@ class NodeContext:
     node_id: str = ""
     ready: bool = False
     last_tpm_error: str = ""
+    broker_up: bool = True  # False while attestd-tpm cannot be reached
+    # The daemon's start events (on_fresh_log) were recorded; False when the broker was not
+    # there at start-up: they are recorded once it answers.
+    start_recorded: bool = True
     metrics: Metrics = field(default_factory=Metrics)
     probe: asyncio.Task[None] | None = None
     # Re-records the API's own runtime events (config, TLS key, ...) when the runtime log
@@ -94,49 +101,79 @@ class NodeContext:
             self.node_id = self.settings.node_id or "ak-" + ident.ak.name.hex()[4:28]
         return self.identity
 
-    def tpm_failed(self, exc: TpmError) -> None:
-        self.metrics.tpm_failures += 1
+    def tpm_failed(self, exc: TpmError | BrokerUnavailable) -> None:
+        """The TPM failed or its broker is unreachable: readiness off until a probe passes."""
+        broker = isinstance(exc, BrokerUnavailable)
+        if broker:
+            self.broker_up = False
+        else:
+            self.metrics.tpm_failures += 1
         self.last_tpm_error = str(exc)
         if self.ready:
-            logger.warning("TPM unavailable, readiness off: %s", exc)
+            what = "attestd-tpm unreachable" if broker else "TPM unavailable"
+            logger.warning("%s, readiness off: %s", what, exc)
         self.ready = False
         if self.probe is None or self.probe.done():
             self.probe = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
-        """Probe the TPM until it answers again; then turn readiness back on."""
+        """Probe the TPM (through the broker) until it answers again; then turn readiness
+        back on and record the start events if they could not be recorded before."""
         loop = asyncio.get_running_loop()
         delay = 0.2
         while not self.ready:
             await asyncio.sleep(delay)
             try:
                 await loop.run_in_executor(None, self.node.read_pcrs, PROBE_SELECTION)
+                self.broker_up = True
                 await loop.run_in_executor(None, self.get_identity)
-            except TpmError as exc:
+            except UNAVAILABLE as exc:
+                self.broker_up = not isinstance(exc, BrokerUnavailable)
                 self.last_tpm_error = str(exc)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_PROBE_DELAY)
                 continue
             self.ready = True
             self.last_tpm_error = ""
             logger.warning("TPM back, readiness on")
             await loop.run_in_executor(None, self.check_log)
 
+    async def heartbeat(self, interval: float) -> None:
+        """While ready, ask the TPM (through the broker) for a PCR every ``interval`` seconds,
+        so that a lost broker or TPM turns readiness off without waiting for a request."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.ready:
+                continue
+            try:
+                await loop.run_in_executor(None, self.node.read_pcrs, PROBE_SELECTION)
+            except UNAVAILABLE as exc:
+                self.tpm_failed(exc)
+
     def check_log(self) -> None:
         """If the runtime log no longer holds the last record we saw (a TPM reset made the
-        broker start a fresh log), record our events again."""
+        broker start a fresh log), record our events again. Reads the log from that record
+        on only, so that it can run every few seconds."""
+        mark = self.log_mark
         try:
-            records = self.node.runtime_log(0)
+            records = self.node.runtime_log(mark[0] if mark is not None else 0)
         except AttestError as exc:
             logger.info("runtime log not readable: %s", exc)
             return
-        mark = self.log_mark
-        fresh = mark is not None and (
-            len(records) <= mark[0] or _mark(records[mark[0]])[1] != mark[1]
-        )
-        if fresh and self.on_fresh_log is not None:
-            logger.warning("runtime log restarted (TPM reset): recording start events again")
-            self.on_fresh_log()
-            records = self.node.runtime_log(0)
+        fresh = mark is not None and (not records or _mark(records[0]) != mark)
+        if fresh or (not self.start_recorded and self.on_fresh_log is not None):
+            if fresh:
+                logger.warning("runtime log restarted (TPM reset): recording start events again")
+            else:
+                logger.warning("attestd-tpm answers: recording the start events")
+            try:
+                if self.on_fresh_log is not None:
+                    self.on_fresh_log()
+                records = self.node.runtime_log(0)
+            except AttestError as exc:
+                logger.warning("start events not recorded yet: %s", exc)
+                return
+            self.start_recorded = True
         self.log_mark = _mark(records[-1]) if records else None
 
     async def watch_log(self, interval: float) -> None:
@@ -195,7 +232,9 @@ def create_app(
     status: Callable[[NodeContext], dict[str, Any]] = basic_status,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_fresh_log: Callable[[], None] | None = None,
-    log_check_interval: float = 15.0,
+    log_check_interval: float = 2.0,
+    heartbeat_interval: float = 1.0,
+    start_recorded: bool = True,
     extra_routes: Callable[[FastAPI, NodeContext], dict[str, int]] | None = None,
 ) -> Any:
     """Build the ASGI app: FastAPI routes wrapped in the size and rate limits."""
@@ -216,6 +255,7 @@ def create_app(
         clock=clock,
         on_fresh_log=on_fresh_log,
         cmdline=_read_cmdline(settings),
+        start_recorded=start_recorded,
     )
 
     @asynccontextmanager
@@ -225,12 +265,13 @@ def create_app(
             await loop.run_in_executor(None, ctx.get_identity)
             ctx.ready = True
             await loop.run_in_executor(None, ctx.check_log)
-        except TpmError as exc:
+        except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
         ctx.watcher = loop.create_task(ctx.watch_log(log_check_interval))
+        beat = loop.create_task(ctx.heartbeat(heartbeat_interval))
         yield
         await ctx.batcher.close()
-        for task in (ctx.probe, ctx.watcher):
+        for task in (ctx.probe, ctx.watcher, beat):
             if task is not None:
                 task.cancel()
 
@@ -304,7 +345,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
                     f"{', '.join(b.bank_name for b in ident.banks)}"
                 )
             result = await ctx.batcher.submit(selection, leaf)
-        except TpmError as exc:
+        except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
             raise
         fw = req.logs.get("firmware")
@@ -338,7 +379,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         loop = asyncio.get_running_loop()
         try:
             ident = await loop.run_in_executor(None, ctx.get_identity)
-        except TpmError as exc:
+        except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
             raise
         return {
@@ -370,6 +411,9 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         loop = asyncio.get_running_loop()
         try:
             out = await loop.run_in_executor(None, ctx.node.activate_credential, id_object, secret)
+        except BrokerUnavailable as exc:
+            ctx.tpm_failed(exc)
+            raise
         except TpmError as exc:
             if exc.rc == 0 or (exc.rc & 0xFFFF0000) == 0x000A0000:
                 ctx.tpm_failed(exc)
@@ -400,7 +444,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         loop = asyncio.get_running_loop()
         try:
             entries = await loop.run_in_executor(None, ctx.node.audit_log, start)
-        except TpmError as exc:
+        except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
             raise
         return {"start": start, "entries": [dict(e) for e in entries]}
@@ -419,6 +463,9 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             "attest_up 1",
             "# TYPE attest_tpm_ready gauge",
             f"attest_tpm_ready {int(ctx.ready)}",
+            "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
+            "# TYPE attest_broker_up gauge",
+            f"attest_broker_up {int(ctx.broker_up)}",
             "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
             "# TYPE attest_status_ok gauge",
             f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in ("ok", "blessed"))}',
@@ -445,7 +492,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
 
     @app.get("/readyz", responses={503: {"model": schemas.ErrorBody}})
     async def readyz() -> JSONResponse:
-        """The TPM answers: evidence can be served."""
+        """The TPM answers through attestd-tpm: evidence can be served."""
         if ctx.ready:
             return JSONResponse({"ready": True})
         return JSONResponse(

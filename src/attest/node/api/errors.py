@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from attest.errors import (
     AttestError,
+    BrokerUnavailable,
     ConfigError,
     EvidenceFormatError,
     OperationNotAllowed,
@@ -39,8 +40,8 @@ def status_for(exc: AttestError) -> int:
         return 503
     if isinstance(exc, OperationNotAllowed):
         return 403
-    if isinstance(exc, TpmError):
-        return 503  # the TPM is away or failed: the request may succeed later
+    if isinstance(exc, TpmError | BrokerUnavailable):
+        return 503  # the TPM or its broker is away: the request may succeed later
     if isinstance(exc, EvidenceFormatError):
         return 400
     if isinstance(exc, VerificationError):
@@ -66,7 +67,7 @@ def error_body(exc: AttestError) -> dict[str, object]:
 
 async def attest_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AttestError)
-    headers = {"Retry-After": "1"} if isinstance(exc, TpmError) else None
+    headers = {"Retry-After": "1"} if isinstance(exc, TpmError | BrokerUnavailable) else None
     return JSONResponse(error_body(exc), status_code=status_for(exc), headers=headers)
 
 

@@ -6,7 +6,9 @@ named methods are thin typed calls of it. One connection, used by one request at
 (thread-safe). A dropped connection (the broker restarted, or closed an idle connection) is
 re-established transparently: a request that could not be *sent* is always retried once; a
 request that was sent but not answered is retried only when its entry is ``idempotent``, so an
-event is never recorded twice by a retry. Errors the broker reports are raised as their own
+event is never recorded twice by a retry. A broker that cannot be reached (not running, not
+answering within ``timeout``) is ``BrokerUnavailable`` (the node is not ready); a garbled
+answer is a plain ``TransportError``. Errors the broker reports are raised as their own
 attest class (a gate refusal as ``UpgradeRefused`` with its reason code).
 
 ``BrokerGate`` is the upgrade gate as the unprivileged API sees it (``add_upgrade_routes``'s
@@ -27,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attest.errors import EvidenceFormatError, TransportError, UpgradeRefused
+from attest.errors import BrokerUnavailable, EvidenceFormatError, TransportError, UpgradeRefused
 from attest.eventlog.cel import CelRecord
 from attest.gate import UPLOAD_TOO_LARGE
 from attest.model import PcrSelection, PcrValues
@@ -91,7 +93,7 @@ class BrokerClient:
                         raise ConnectionResetError("attestd-tpm closed the connection")
                 except TimeoutError:
                     self._drop()
-                    raise TransportError(
+                    raise BrokerUnavailable(
                         f"attestd-tpm at {self.socket_path} did not answer {op.name} within "
                         f"{self._timeout:.0f} s"
                     ) from None
@@ -102,7 +104,7 @@ class BrokerClient:
                     self._drop()
                     if attempt == 1 and (not sent or op.idempotent):
                         continue
-                    raise TransportError(
+                    raise BrokerUnavailable(
                         f"cannot reach attestd-tpm at {self.socket_path}: {exc.strerror or exc}"
                     ) from None
                 return p.decode_response(op, body)

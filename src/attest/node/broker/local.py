@@ -87,6 +87,18 @@ class LocalNode:
         return self.tpm.read_pcrs(selection)
 
     def quote(self, selection: PcrSelection, qualifying_data: bytes) -> RawQuote:
+        """A quote. When the TPM adapter had to recover for it (the TPM restarted or was
+        reset since the last command), the runtime log is reconciled first -- after a reset
+        it starts afresh and the reset hooks record the start events again -- and the quote
+        is taken again, so that it covers the log served with it."""
+        before = self.tpm.recoveries()
+        quote = self.tpm.quote(selection, qualifying_data)
+        if self.tpm.recoveries() == before:
+            return quote
+        rotated = len(self.runtime.rotated)
+        self.runtime.records()  # reconciles with the PCR: rotates on a reset
+        if len(self.runtime.rotated) == rotated:
+            return quote
         return self.tpm.quote(selection, qualifying_data)
 
     def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:

@@ -9,6 +9,13 @@
   when the TCTI is not a resource manager (we own the TPM then).
 - Every TSS error becomes ``TpmError`` with its response code. A dropped connection (TCTI
   error) is retried once on a fresh connection.
+- A TPM that restarted between two commands (a swtpm restarted, a TPM Reset or Restart on
+  hardware) has lost the AK and EK this adapter loaded: the TPM answers "not loaded"
+  (TPM_RC_REFERENCE_H0.., TPM_RC_OBJECT_MEMORY). The command is retried once on a
+  fresh connection, which re-creates the deterministic keys (the same AK). A TPM that wants
+  TPM2_Startup (TPM_RC_INITIALIZE: powered on and nobody started it) is started with
+  TPM_SU_CLEAR -- a TPM Reset, PCRs cleared -- and the command retried once. ``recoveries()``
+  counts these recoveries, so that the runtime log can start afresh before the next quote.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from tpm2_pytss.constants import (
     TPM2_NT,
     TPM2_RC,
     TPM2_SE,
+    TPM2_SU,
     TPMA_NV,
     TPMA_OBJECT,
 )
@@ -71,6 +79,28 @@ AK_ATTRIBUTES = (
     | TPMA_OBJECT.NODA
 )
 _TCTI_LAYER = 0x000A0000  # TSS2_TCTI_RC_LAYER: the connection, not the TPM, failed
+_RC_INITIALIZE = 0x100  # TPM_RC_INITIALIZE: TPM2_Startup not run (Part 2 §6.6.3)
+# Warnings "this handle/session is not loaded" (TPM_RC_REFERENCE_H0..H6, _S0..S6) and "no room
+# for another object" (TPM_RC_OBJECT_MEMORY), Part 2 §6.6.3.
+# Not TPM_RC_HANDLE (0x08B in format 1): that is a handle of a wrong type or an undefined
+# NV index or persistent key (an NV counter not defined yet), never a transient key we lost.
+_RC_NOT_LOADED = {0x902, *range(0x910, 0x917), *range(0x918, 0x91F)}
+
+
+def _recovery(rc: int) -> str | None:
+    """How a failed command may recover: "connection" (reconnect), "reload" (the TPM lost our
+    objects: reconnect, re-create the keys), "startup" (run TPM2_Startup), or None."""
+    if (rc & 0xFFFF0000) == _TCTI_LAYER:
+        return "connection"
+    if rc & 0xFFFF0000:  # another TSS layer (ESAPI, SAPI, MU): not the TPM's answer
+        return None
+    if rc == _RC_INITIALIZE:
+        return "startup"
+    if rc in _RC_NOT_LOADED:
+        return "reload"
+    return None
+
+
 _NV_COUNTER_ATTRS = (TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.NO_DA) | (
     TPM2_NT.COUNTER << TPMA_NV.TPM2_NT_SHIFT
 )
@@ -103,6 +133,7 @@ class EsapiTpm:
         self._ak_public: Public | None = None
         self._ek: Any = None
         self._ek_public: Public | None = None
+        self._recoveries = 0
         self._connect()
 
     # --- connection management ------------------------------------------------------------
@@ -143,28 +174,52 @@ class EsapiTpm:
             self._esapi.close()
         self._esapi = None
 
+    def recoveries(self) -> int:
+        """How often the adapter re-established its TPM state (a new connection, keys
+        re-created after the TPM lost them, TPM2_Startup): the TPM may have been reset."""
+        return self._recoveries
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` against the TPM; map TSS errors to TpmError; on a connection error
-        reconnect once and retry."""
+        """Run ``fn`` against the TPM; map TSS errors to TpmError. Each way of recovering
+        (``_recovery``) is tried at most once per call, then the command is retried."""
         with self._lock:
-            for attempt in (1, 2):
+            tried: set[str] = set()
+            while True:
                 try:
                     if self._esapi is None:
                         self._connect()
                     return fn()
                 except TSS2_Exception as exc:
                     rc = _rc(exc)
-                    if (rc & 0xFFFF0000) == _TCTI_LAYER and attempt == 1:
-                        logger.warning("TPM connection lost during %s; reconnecting", what)
-                        self._drop()
-                        continue
-                    raise TpmError(f"{what} failed: {exc}", rc=rc) from None
+                    how = _recovery(rc)
+                    if how is None or how in tried:
+                        raise TpmError(f"{what} failed: {exc}", rc=rc) from None
+                    tried.add(how)
+                    self._recover(what, how, rc)
                 except TpmError:
-                    if attempt == 1:
-                        self._drop()
-                        continue
-                    raise
-            raise AssertionError("unreachable")
+                    if "connection" in tried:
+                        raise
+                    tried.add("connection")
+                    self._drop()
+
+    def _recover(self, what: str, how: str, rc: int) -> None:
+        if how == "startup":
+            logger.warning("TPM not started (rc 0x%x) during %s: TPM2_Startup(CLEAR)", rc, what)
+            try:
+                self._esapi.startup(TPM2_SU.CLEAR)
+            except TSS2_Exception as exc:
+                raise TpmError(f"TPM2_Startup failed: {exc}", rc=_rc(exc)) from None
+        elif how == "reload":
+            logger.warning(
+                "the TPM lost the keys loaded by attestd-tpm (rc 0x%x during %s: restarted or "
+                "reset); re-creating them",
+                rc,
+                what,
+            )
+        else:
+            logger.warning("TPM connection lost during %s; reconnecting", what)
+        self._recoveries += 1
+        self._drop()
 
     def _drop(self) -> None:
         try:

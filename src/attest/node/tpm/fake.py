@@ -66,6 +66,7 @@ class FakeTpm:
         self._t0 = clock()
         self.reset_count = 1
         self.restart_count = 0
+        self.recovered = 0  # resets, as an adapter would notice them (its AK lost)
         self.firmware_version = 0x2023_0101_0000_0001
         self.quotes = 0
         self.closed = False
@@ -189,6 +190,9 @@ class FakeTpm:
             self._nv[index] += 1
             return self._nv[index]
 
+    def recoveries(self) -> int:
+        return self.recovered
+
     def close(self) -> None:
         self.closed = True
 
@@ -200,3 +204,4 @@ class FakeTpm:
             self._pcrs = {alg: [bytes(alg.digest_size)] * 24 for alg in self._banks}
             self.reset_count += 1
             self.restart_count = 0
+            self.recovered += 1

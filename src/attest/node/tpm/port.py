@@ -70,4 +70,9 @@ class TpmPort(Protocol):
         """Increment and return the new value."""
         ...
 
+    def recoveries(self) -> int:
+        """How often the adapter re-established its TPM state (reconnected, re-created keys
+        the TPM lost, ran TPM2_Startup): when it changes, the TPM may have been reset."""
+        ...
+
     def close(self) -> None: ...

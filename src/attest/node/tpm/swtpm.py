@@ -130,7 +130,9 @@ class SwtpmProcess:
     def tcti(self) -> str:
         return f"swtpm:host=127.0.0.1,port={self.port}"
 
-    def start(self, *, timeout: float = 10.0) -> SwtpmProcess:
+    def start(self, *, timeout: float = 10.0, startup: bool = True) -> SwtpmProcess:
+        """Serve the state; ``startup=False`` leaves TPM2_Startup to the client (the TPM
+        answers TPM_RC_INITIALIZE until then, as a TPM the firmware did not start)."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("swtpm already running")
         cmd = [
@@ -142,7 +144,7 @@ class SwtpmProcess:
             "--ctrl",
             f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
             "--flags",
-            "startup-clear,not-need-init",
+            "startup-clear,not-need-init" if startup else "not-need-init",
             "--tpmstate",
             f"dir={self.state_dir}",
             "--log",
