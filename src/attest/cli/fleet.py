@@ -58,6 +58,7 @@ from attest.verifier.fleet.enrollment import (
     with_roots,
 )
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso
+from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
@@ -337,6 +338,8 @@ async def watch_rollout(
                         )
 
             await loop.run_in_executor(None, check)
+        except DatabaseUnavailable:  # logged by the store once per outage
+            pass
         except Exception:
             logger.exception("rollout check failed")
         with contextlib.suppress(TimeoutError):

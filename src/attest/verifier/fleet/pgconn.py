@@ -5,8 +5,8 @@ is found broken: a statement that fails because the connection was lost (the ser
 restarted or was unreachable) drops the connection and raises ``DatabaseUnavailable``; the next
 use connects again, at most once per backoff step (``RECONNECT_MIN`` doubling to
 ``RECONNECT_MAX`` seconds) so a server that is away is not hammered and callers fail fast in
-between. Errors that leave the connection usable (a constraint, a serialisation failure) are
-raised as they are.
+between -- and at once when another connection of the store has got through. Errors that
+leave the connection usable (a constraint, a serialisation failure) are raised as they are.
 
 ``DatabaseHealth`` is shared by a store's connections: it says whether the database answered
 the last time it was used, since when, and why not; it logs once per change of state, not per
@@ -15,6 +15,7 @@ failed statement.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -98,10 +99,15 @@ class Connection:
             return conn
         self._drop()
         now = time.monotonic()
-        if now < self._next_attempt:
+        # Backoff while the database is down; once another connection got through, at once.
+        if now < self._next_attempt and not self._health.state.up:
             raise DatabaseUnavailable(
                 f"{self._last_error} (next connection attempt in {self._next_attempt - now:.1f} s)"
             )
+        return self._open()
+
+    def _open(self) -> Any:
+        """Connect now; on failure the database is down and the next attempt waits."""
         try:
             self._conn = self._psycopg.connect(
                 self._dsn, autocommit=self._autocommit, connect_timeout=CONNECT_TIMEOUT
@@ -140,9 +146,13 @@ class Connection:
             except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
                 if not (conn.closed or conn.broken):
                     raise  # the connection is fine: the statement failed
+                # Lost on the way: connect again at once. A connection opened before a restart
+                # the server has since come back from is not an outage (the statement is lost
+                # all the same: the caller decides whether to repeat it).
                 self._last_error = _short(exc)
                 self._drop()
-                self._health.down(self._last_error)
+                with contextlib.suppress(DatabaseUnavailable):
+                    self._open()
                 raise DatabaseUnavailable(self._last_error) from exc
             self._health.up()
 

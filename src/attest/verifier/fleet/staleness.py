@@ -38,17 +38,25 @@ class StaleWatch:
         if nodes is not None:
             self.nodes = nodes
         seen = set()
+        went: dict[bool, list[str]] = {True: [], False: []}
         for n in self.nodes:
             seen.add(n.node_id)
             stale = self.freshness.stale(n, now)
             if stale == (n.node_id in self.stale):
                 continue
             (self.stale.add if stale else self.stale.discard)(n.node_id)
-            logger.warning(
-                "node verdict is stale" if stale else "node verdict is current again",
-                extra={"node_id": n.node_id, "verdict": n.verdict},
-            )
+            went[stale].append(n.node_id)
             self.sender.notify_freshness(n, stale=stale, age=self.freshness.age(n, now), now=now)
+        for stale, ids in went.items():
+            if ids:  # one line per look, not one per node
+                logger.warning(
+                    "%d node verdicts %s",
+                    len(ids),
+                    "are stale (not appraised within the freshness bound)"
+                    if stale
+                    else "are current again",
+                    extra={"nodes": ids[:20]},
+                )
         self.stale &= seen  # removed nodes
 
 
