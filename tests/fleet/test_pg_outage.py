@@ -53,6 +53,14 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def stale(self) -> set[str]:
+        """The nodes whose last freshness event said stale."""
+        last: dict[str, str] = {}
+        for e in list(self.events):
+            if e["event"] in ("node-stale", "node-fresh"):
+                last[e["node_id"]] = e["event"]
+        return {k for k, v in last.items() if v == "node-stale"}
+
     def close(self) -> None:
         self.server.shutdown()
 
@@ -147,6 +155,10 @@ def test_fleet_survives_a_postgres_restart_and_never_shows_a_stale_verdict_as_cu
             assert {n["state"] for n in nodes} == {"affirming"}, nodes
             assert all(0 <= n["age"] < 2 * INTERVAL + 1 for n in nodes), nodes
 
+            # Nodes added before the service started were stale at first (told so); wait until
+            # the watcher has seen every one current, so each turns stale in the outage.
+            wait_for("no node stale", lambda: not receiver.stale(), 10)
+            time.sleep(1.0)  # two of the watcher's looks: it has read every verdict
             pg.stop("fast")
             stopped = time.time()
             seen_503 = []

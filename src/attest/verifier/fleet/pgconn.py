@@ -53,6 +53,7 @@ class DatabaseHealth:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = DatabaseState(True, "", time.time())
+        self.outages = 0  # how many times the database went away (a connection's epoch)
 
     @property
     def state(self) -> DatabaseState:
@@ -71,6 +72,7 @@ class DatabaseHealth:
             if not self._state.up:
                 return
             self._state = DatabaseState(False, detail, time.time())
+            self.outages += 1
         logger.error("database unreachable: retrying with backoff", extra={"error": detail})
 
 
@@ -89,13 +91,17 @@ class Connection:
         self._health = health
         self._lock = threading.Lock()
         self._conn: Any = None
+        self._epoch = 0  # the health's outage count when this connection was opened
         self._delay = RECONNECT_MIN
         self._next_attempt = 0.0
         self._last_error = ""
 
     def _connection(self) -> Any:
         conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
+        # A connection opened before an outage its peers saw is dead even if it does not know
+        # yet (idle through the restart): re-opened before use, not after losing a statement.
+        fresh = self._epoch == self._health.outages
+        if conn is not None and not conn.closed and not conn.broken and fresh:
             return conn
         self._drop()
         now = time.monotonic()
@@ -119,6 +125,7 @@ class Connection:
             self._health.down(self._last_error)
             raise DatabaseUnavailable(self._last_error) from exc
         self._delay = RECONNECT_MIN
+        self._epoch = self._health.outages
         return self._conn
 
     def _drop(self) -> None:
