@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from tests.fleet.conftest import free_port
 
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.access import Access
@@ -118,3 +120,14 @@ def test_a_reachable_database_is_ready(tmp_path: Path) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["database"]["up"] is True
     assert "attest_fleet_database_up 1" in client.get("/metrics").text
+
+
+def test_fleet_ls_says_the_database_is_unreachable_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
+    from attest.cli.fleet import main
+
+    assert main(["ls", "--db", f"postgresql://postgres@127.0.0.1:{free_port()}/none"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attest: the fleet's database is unreachable:") and "\n" not in err

@@ -11,8 +11,8 @@
     attest fleet add URL [--host HOST_URL] [--id ID] [--db URL] [--re-enroll] [--policy RULES]
                      (--ek-roots PEM|DIR [--client-cert C --client-key K | --operator-socket S]
                       | --tofu)
-    attest fleet ls [--json] [--db URL]
-    attest fleet show ID [--json] [--db URL]
+    attest fleet ls [--json] [--db URL] [--interval S] [--stale-after N]
+    attest fleet show ID [--json] [--db URL] [--interval S] [--stale-after N]
 
 ``--db``: ``sqlite:///path`` (default ``$ATTEST_FLEET_DB`` or ``sqlite:///attest-fleet.db`` in
 the working directory) or ``postgresql://...`` when several ``serve`` processes share the fleet
@@ -21,7 +21,9 @@ the working directory) or ``postgresql://...`` when several ``serve`` processes 
 ``serve`` fails closed without a registry: without ``--trust-dir`` it refuses to start unless
 ``--policy`` holds the developer rule ``allow_unidentified_release``; with one, a missing,
 unreadable or expired registry makes every node could-not-appraise until a valid fresh one is
-back. ``add`` refuses an id that is already enrolled unless ``--re-enroll``. See docs/fleet.md.
+back. ``add`` refuses an id that is already enrolled unless ``--re-enroll``. ``ls`` and ``show``
+give each verdict its age and show ``stale`` one not appraised within ``--stale-after``
+intervals. See docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
-from attest.cli._common import error_line, print_json
+from attest.cli._common import EXIT_TPM, error_line, print_json
 from attest.errors import ConfigError
 from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
@@ -705,6 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
+    except DatabaseUnavailable as exc:  # a peer that could not be reached
+        print(f"attest: the fleet's database is unreachable: {exc}", file=sys.stderr)
+        return EXIT_TPM
     except Exception as exc:  # noqa: BLE001 - mapped to one line like attest.cli.main
         from attest.errors import AttestError
 

@@ -5,7 +5,8 @@ REST (JSON; times ISO 8601 UTC): ``/v1/nodes`` (GET list, POST register),
 ``/v1/nodes/{id}/results`` (recent appraisals), ``/v1/nodes/{id}/history`` (verdict changes,
 each with its EAR), ``/v1/verifier-key`` (the EAR signing key as a JWK set),
 ``/v1/releases`` (rollout shares and embargo
-clocks), ``/metrics`` (Prometheus), ``/healthz``; and pages for people: ``/`` (fleet overview,
+clocks), ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` (503 with the reason while
+the database is unreachable); and pages for people: ``/`` (fleet overview,
 rollout, embargo clocks) and ``/nodes/{id}`` (verdict, explanation, findings, history).
 Pages are rendered on the server with no script (``attest.verifier.fleet.pages``).
 
@@ -15,7 +16,9 @@ by the client or claimed by the node -- is a ``409`` naming it, unless the reque
 previous and new enrollment strength, "weaker" when it is) and resets its continuity.
 Without a valid fresh registry (``--trust-dir``) every node is could-not-appraise with the
 problem named: ``/v1/nodes`` and ``/v1/nodes/{id}`` carry ``registry``, ``/metrics`` the
-gauge ``attest_fleet_registry_ok``, the page a banner.
+gauge ``attest_fleet_registry_ok``, the page a banner. A node not appraised within its
+freshness bound (``model.Freshness``) is shown ``stale`` with its age, its stored verdict kept;
+while the database is unreachable every call that needs it is ``503`` (``check: "database"``).
 
 Access (``attest.verifier.fleet.access``): writes need the write token, reads the read or the
 write token when the service has a read token. Every error is ``{"error", "check", "detail"}``
