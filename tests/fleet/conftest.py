@@ -182,62 +182,90 @@ class PgServer:
         return f"{self.dsn_base}/{name}"
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    bindir = _need_pg()
-    pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
-    prefix = _as_user()
-    work = Path(tempfile.mkdtemp(prefix="attest-pg-"))
-    os.chmod(work, 0o755)
-    if prefix:
-        shutil.chown(work, PG_USER)
-    data, port = work / "data", free_port()
-    subprocess.run(
-        [
-            *prefix,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = (
-        f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
-    )
-    subprocess.run(
-        [
-            *prefix,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            opts,
-            "-l",
-            str(work / "log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield PgServer(f"postgresql://postgres@127.0.0.1:{port}")
-    finally:
+@dataclass
+class PgCluster:
+    """A PostgreSQL cluster in a temporary directory, on a free port: started, stopped and
+    started again on demand (``pg_ctl``)."""
+
+    bindir: Path
+    prefix: list[str]
+    work: Path
+    port: int
+
+    @classmethod
+    def create(cls) -> PgCluster:
+        bindir = _need_pg()
+        pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
+        prefix = _as_user()
+        work = Path(tempfile.mkdtemp(prefix="attest-pg-"))
+        os.chmod(work, 0o755)
+        if prefix:
+            shutil.chown(work, PG_USER)
+        c = cls(bindir, prefix, work, free_port())
         subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            [
+                *prefix,
+                str(bindir / "initdb"),
+                "-D",
+                str(c.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
             capture_output=True,
         )
-        shutil.rmtree(work, ignore_errors=True)
+        return c
+
+    @property
+    def data(self) -> Path:
+        return self.work / "data"
+
+    @property
+    def dsn_base(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), *args],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        opts = (
+            f"-p {self.port} -k {self.work} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        )
+        self._ctl("-o", opts, "-l", str(self.work / "log"), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pg_cluster() -> Iterator[PgCluster]:
+    """A cluster of its own (a test that stops and restarts it)."""
+    c = PgCluster.create()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    with pg_cluster() as c:
+        yield PgServer(c.dsn_base)
 
 
 @pytest.fixture()

@@ -205,9 +205,11 @@ def test_cli_ls_and_show_print_the_ear(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["ls", "--json", "--db", db]) == 0
     (node,) = json.loads(capsys.readouterr().out)
     assert node["ear"] == "h.p.s" and node["verdict"] == "affirming"
+    assert node["stale"] and node["state"] == "stale" and node["age"] > 1e9
     assert main(["show", "n0", "--json", "--db", db]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ear"] == "h.p.s" and doc["history"][0]["ear"] == "h.p.s"
     assert main(["show", "n0", "--db", db]) == 0
-    assert "AFFIRMING" in capsys.readouterr().out
+    # Appraised in 1970: its verdict is kept but never shown as current.
+    assert "STALE (last affirming)" in capsys.readouterr().out
     assert main(["show", "nope", "--db", db]) == 2

@@ -11,8 +11,8 @@
     attest fleet add URL [--host HOST_URL] [--id ID] [--db URL] [--re-enroll] [--policy RULES]
                      (--ek-roots PEM|DIR [--client-cert C --client-key K | --operator-socket S]
                       | --tofu)
-    attest fleet ls [--json] [--db URL]
-    attest fleet show ID [--json] [--db URL]
+    attest fleet ls [--json] [--db URL] [--interval S] [--stale-after N]
+    attest fleet show ID [--json] [--db URL] [--interval S] [--stale-after N]
 
 ``--db``: ``sqlite:///path`` (default ``$ATTEST_FLEET_DB`` or ``sqlite:///attest-fleet.db`` in
 the working directory) or ``postgresql://...`` when several ``serve`` processes share the fleet
@@ -21,7 +21,9 @@ the working directory) or ``postgresql://...`` when several ``serve`` processes 
 ``serve`` fails closed without a registry: without ``--trust-dir`` it refuses to start unless
 ``--policy`` holds the developer rule ``allow_unidentified_release``; with one, a missing,
 unreadable or expired registry makes every node could-not-appraise until a valid fresh one is
-back. ``add`` refuses an id that is already enrolled unless ``--re-enroll``. See docs/fleet.md.
+back. ``add`` refuses an id that is already enrolled unless ``--re-enroll``. ``ls`` and ``show``
+give each verdict its age and show ``stale`` one not appraised within ``--stale-after``
+intervals. See docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
-from attest.cli._common import error_line, print_json
+from attest.cli._common import EXIT_TPM, error_line, print_json
 from attest.errors import ConfigError
 from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
@@ -57,10 +59,12 @@ from attest.verifier.fleet.enrollment import (
     Registration,
     with_roots,
 )
-from attest.verifier.fleet.model import iso
+from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso
+from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
+from attest.verifier.fleet.staleness import StaleWatch, watch_staleness
 from attest.verifier.fleet.store import Store, open_store
 from attest.verifier.fleet.trust import (
     DEFAULT_REFRESH,
@@ -250,6 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host_platform_id=args.host_platform_id,
         lease_ttl=args.lease_ttl or max(60.0, 4 * args.timeout),
     )
+    freshness = _freshness(args)
     sender = None
     if args.webhook:
         if not args.webhook_secret_file:
@@ -279,6 +284,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access=access,
         nodes=nodes,
         signer=signer,
+        freshness=freshness,
     )
     logger.warning(
         "enrollment policy: %s; verifier rules %s: %s",
@@ -310,6 +316,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ]
         if sender is not None:
             tasks.append(asyncio.create_task(sender.run(stop)))
+            watch = StaleWatch(freshness, sender)
+            tasks.append(
+                asyncio.create_task(
+                    watch_staleness(store, watch, stop, period=min(5.0, args.interval / 2))
+                )
+            )
         logger.warning(
             "fleet service on %s://%s:%d (worker %s, EAR key id %s)",
             "https" if args.listen_cert else "http",
@@ -359,6 +371,8 @@ async def watch_rollout(
                         )
 
             await loop.run_in_executor(None, check)
+        except DatabaseUnavailable:  # logged by the store once per outage
+            pass
         except Exception:
             logger.exception("rollout check failed")
         with contextlib.suppress(TimeoutError):
@@ -438,20 +452,33 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
+def _freshness(args: argparse.Namespace) -> Freshness:
+    if args.stale_after < 1:
+        raise ConfigError("--stale-after must be at least 1 interval", key="--stale-after")
+    return Freshness(args.interval, args.stale_after)
 
+
+def _age(age: float | None) -> str:
+    return "never" if age is None else f"{age:.0f} s ago"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Each node's verdict with its age; ``stale`` (and the last verdict) when it was not
+    appraised within the freshness bound."""
     store = _db(args)
     try:
         nodes = store.list_nodes(ear=args.json)
     finally:
         store.close()
+    now, fresh = time.time(), _freshness(args)
     if args.json:
-        print_json([node_json(n) for n in nodes])
+        print_json([node_json(n, now=now, freshness=fresh) for n in nodes])
         return 0
     for n in nodes:
+        shown = f"stale (was {n.verdict})" if fresh.stale(n, now) else n.verdict
         print(
-            f"{n.node_id:<24} {n.verdict:<16} {n.enrollment or 'unenrolled':<19} "
-            f"{iso(n.last_appraised) or 'never':<34} {n.explanation[:100]}"
+            f"{n.node_id:<24} {shown:<28} {n.enrollment or 'unenrolled':<19} "
+            f"{_age(fresh.age(n, now)):<12} {n.explanation[:100]}"
         )
         for name, lay in (n.layers or {}).items():
             if name in ("host", "guest") and isinstance(lay, dict):
@@ -471,14 +498,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         store.close()
     if n is None:
         raise ConfigError(f"no node {args.node_id!r} in the fleet", key="node_id")
+    now, fresh = time.time(), _freshness(args)
     if args.json:
-        doc = node_json(n)
+        doc = node_json(n, now=now, freshness=fresh)
         doc["history"] = [{**c, "at": iso(c["at"])} for c in changes]
         print_json(doc)
         return 0
-    print(
-        f"{n.node_id}: {n.verdict.upper()}  ({n.url}{', host ' + n.host_url if n.host_url else ''})"
-    )
+    shown = f"STALE (last {n.verdict})" if fresh.stale(n, now) else n.verdict.upper()
+    print(f"{n.node_id}: {shown}  ({n.url}{', host ' + n.host_url if n.host_url else ''})")
     print(f"  explanation: {n.explanation}")
     print(f"  enrollment: {n.enrollment or 'not enrolled'}")
     for name, lay in (n.layers or {}).items():
@@ -489,7 +516,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             )
     print(
         f"  release: {n.release or '—'}; last appraised {iso(n.last_appraised) or 'never'} "
-        f"({n.appraisals} appraisals)"
+        f"({_age(fresh.age(n, now))}, {n.appraisals} appraisals)"
     )
     ear = f"signed, {len(n.ear)} bytes (--json prints it)" if n.ear else "none yet"
     print(f"  EAR: {ear}")
@@ -508,6 +535,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "--db",
             help="sqlite:///PATH or postgresql://... "
             "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)",
+        )
+
+    def freshness(q: argparse.ArgumentParser, *, interval: bool = True) -> None:
+        if interval:
+            q.add_argument(
+                "--interval",
+                type=float,
+                default=10.0,
+                help="the fleet's polling interval, seconds (default %(default)s)",
+            )
+        q.add_argument(
+            "--stale-after",
+            type=int,
+            default=DEFAULT_STALE_INTERVALS,
+            metavar="N",
+            help="a node not appraised within N intervals is shown stale (its stored verdict "
+            "is kept) (default %(default)s)",
         )
 
     def enrollment(q: argparse.ArgumentParser) -> None:
@@ -635,6 +679,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "results (EAR); created (mode 0600) when missing (default "
         f"$ATTEST_FLEET_EAR_KEY or {DEFAULT_EAR_KEY}); give all workers the same",
     )
+    freshness(s, interval=False)
     enrollment(s)
     s.set_defaults(func=cmd_serve)
 
@@ -668,15 +713,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     enrollment(a)
     a.set_defaults(func=cmd_add)
 
-    ls = fs.add_parser("ls", help="list registered nodes and verdicts")
+    ls = fs.add_parser("ls", help="list registered nodes, verdicts and their age")
     ls.add_argument("--json", action="store_true", help="with each node's latest signed EAR")
     db(ls)
+    freshness(ls)
     ls.set_defaults(func=cmd_ls)
 
     sh = fs.add_parser("show", help="one node: verdict, layers, explanation, history, EAR")
     sh.add_argument("node_id")
     sh.add_argument("--json", action="store_true")
     db(sh)
+    freshness(sh)
     sh.set_defaults(func=cmd_show)
 
 
@@ -691,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
+    except DatabaseUnavailable as exc:  # a peer that could not be reached
+        print(f"attest: the fleet's database is unreachable: {exc}", file=sys.stderr)
+        return EXIT_TPM
     except Exception as exc:  # noqa: BLE001 - mapped to one line like attest.cli.main
         from attest.errors import AttestError
 

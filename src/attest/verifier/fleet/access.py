@@ -123,7 +123,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _READS = frozenset({"GET", "HEAD"})
-_ALWAYS_OPEN = frozenset({"/healthz"})
+_ALWAYS_OPEN = frozenset({"/healthz", "/readyz"})
 
 
 def _presented(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:

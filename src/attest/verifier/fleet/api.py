@@ -5,7 +5,8 @@ REST (JSON; times ISO 8601 UTC): ``/v1/nodes`` (GET list, POST register),
 ``/v1/nodes/{id}/results`` (recent appraisals), ``/v1/nodes/{id}/history`` (verdict changes,
 each with its EAR), ``/v1/verifier-key`` (the EAR signing key as a JWK set),
 ``/v1/releases`` (rollout shares and embargo
-clocks), ``/metrics`` (Prometheus), ``/healthz``; and pages for people: ``/`` (fleet overview,
+clocks), ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` (503 with the reason while
+the database is unreachable); and pages for people: ``/`` (fleet overview,
 rollout, embargo clocks) and ``/nodes/{id}`` (verdict, explanation, findings, history).
 Pages are rendered on the server with no script (``attest.verifier.fleet.pages``).
 
@@ -15,7 +16,9 @@ by the client or claimed by the node -- is a ``409`` naming it, unless the reque
 previous and new enrollment strength, "weaker" when it is) and resets its continuity.
 Without a valid fresh registry (``--trust-dir``) every node is could-not-appraise with the
 problem named: ``/v1/nodes`` and ``/v1/nodes/{id}`` carry ``registry``, ``/metrics`` the
-gauge ``attest_fleet_registry_ok``, the page a banner.
+gauge ``attest_fleet_registry_ok``, the page a banner. A node not appraised within its
+freshness bound (``model.Freshness``) is shown ``stale`` with its age, its stored verdict kept;
+while the database is unreachable every call that needs it is ``503`` (``check: "database"``).
 
 Access (``attest.verifier.fleet.access``): writes need the write token, reads the read or the
 write token when the service has a read token. Every error is ``{"error", "check", "detail"}``
@@ -62,8 +65,9 @@ from attest.verifier.fleet.admission import (
     check_node_id,
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
-from attest.verifier.fleet.model import SEVERITY, NodeRow, iso
+from attest.verifier.fleet.model import SEVERITY, Freshness, NodeRow, iso
 from attest.verifier.fleet.pages import render_node, render_overview, sorry_page
+from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner
@@ -109,8 +113,10 @@ class RegisterRequest(BaseModel):
 EAR_MEDIA_TYPE = "application/eat+jwt"  # RFC 9711 §10.9.1: an EAT in a JWT
 
 
-def node_json(n: NodeRow, *, ear: bool = True) -> dict[str, Any]:
-    doc = n.to_json(ear=ear)
+def node_json(n: NodeRow, *, ear: bool = True, now: float, freshness: Freshness) -> dict[str, Any]:
+    """The node as REST and ``fleet ls --json`` show it: its stored verdict with its ``age``
+    (seconds since its last appraisal), ``stale`` and ``state`` (the verdict, or ``stale``)."""
+    doc = {**n.to_json(ear=ear), **freshness.to_json(n, now)}
     for k in ("added_at", "next_due", "last_appraised", "last_seen"):
         doc[k] = iso(doc[k])
     return doc
@@ -127,6 +133,7 @@ def create_fleet_app(
     nodes: NodeAddresses = NodeAddresses(),  # noqa: B008 - frozen, immutable
     clock: Callable[[], float] = time.time,
     signer: EarSigner | None = None,
+    freshness: Freshness = Freshness(),  # noqa: B008 - frozen, immutable
 ) -> FastAPI:
     app = FastAPI(
         title="attest fleet",
@@ -143,6 +150,9 @@ def create_fleet_app(
     def report() -> list[ReleaseRollout]:
         return rollout(store.list_nodes(), registry().registry, store.release_marks(), now=now_dt())
 
+    def as_json(n: NodeRow, *, ear: bool = True) -> dict[str, Any]:
+        return node_json(n, ear=ear, now=clock(), freshness=freshness)
+
     def get(node_id: str) -> NodeRow:
         n = store.get_node(node_id)
         if n is None:
@@ -153,12 +163,12 @@ def create_fleet_app(
     def list_nodes(
         verdict: str | None = Query(None, max_length=32), ear: bool = Query(False)
     ) -> dict[str, Any]:
-        """Every registered node with its current verdict (``?ear=true``: and its latest
-        signed EAR)."""
-        nodes = store.list_nodes(ear=ear)
+        """Every registered node with its current verdict, its age and whether it is stale
+        (``?verdict=`` a verdict or ``stale``; ``?ear=true``: and its latest signed EAR)."""
+        nodes = [as_json(n, ear=ear) for n in store.list_nodes(ear=ear)]
         return {
             "registry": registry().to_json(),
-            "nodes": [node_json(n, ear=ear) for n in nodes if verdict in (None, n.verdict)],
+            "nodes": [d for d in nodes if verdict in (None, d["verdict"], d["state"])],
         }
 
     @app.post("/v1/nodes", status_code=201, response_model=None)
@@ -219,7 +229,7 @@ def create_fleet_app(
             )
         except NodeIdTaken as exc:
             return _taken(exc.node_id)
-        doc = {**node_json(get(node_id)), "enrollment": enrollment.to_json()}
+        doc = {**as_json(get(node_id)), "enrollment": enrollment.to_json()}
         if change is not None:
             doc["re_enrolled"] = {**change, "at": iso(change["at"])}
         return doc
@@ -230,7 +240,7 @@ def create_fleet_app(
         n = get(node_id)
         latest = store.results(node_id, 1)
         return {
-            **node_json(n),
+            **as_json(n),
             "latest": latest[0] if latest else None,
             "registry": registry().to_json(),
         }
@@ -285,15 +295,53 @@ def create_fleet_app(
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> str:
         """Prometheus text exposition."""
-        return prometheus(store.list_nodes(), report(), poller, webhooks, registry())
+        db = store.check()
+        head = [
+            "# HELP attest_fleet_database_up 1 while the fleet's database answers, 0 otherwise",
+            "# TYPE attest_fleet_database_up gauge",
+            f"attest_fleet_database_up {int(db.up)}",
+        ]
+        if not db.up:  # nothing else can be read: say so, and what this worker counted
+            return "\n".join([*head, *poller_metrics(poller), *webhook_metrics(webhooks)]) + "\n"
+        nodes = store.list_nodes()
+        stale = sum(freshness.stale(n, clock()) for n in nodes)
+        return (
+            "\n".join(head)
+            + "\n"
+            + prometheus(nodes, report(), poller, webhooks, registry(), stale=stale)
+        )
+
+    def health(kind: str) -> JSONResponse:
+        db = store.check()
+        if db.up:
+            return JSONResponse({"status": kind, "database": db.to_json()})
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "ready": False,
+                "check": "database",
+                "reason": f"the fleet's database is unreachable: {db.detail}",
+                "database": db.to_json(),
+            },
+            status_code=503,
+        )
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "alive"}
+    def healthz() -> JSONResponse:
+        """200 while the service works; 503 with the reason while its database is
+        unreachable (nothing is appraised then)."""
+        return health("alive")
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        """Ready to serve: 503 with the reason while the database is unreachable."""
+        return health("ready")
 
     @app.get("/", response_class=HTMLResponse)
     def overview() -> str:
-        return render_overview(store.list_nodes(), report(), now=clock(), registry=registry())
+        return render_overview(
+            store.list_nodes(), report(), now=clock(), registry=registry(), freshness=freshness
+        )
 
     @app.get("/nodes/{node_id}", response_class=HTMLResponse)
     def node_page(node_id: str) -> HTMLResponse:
@@ -307,7 +355,20 @@ def create_fleet_app(
                 store.changes(node_id, 50),
                 now=clock(),
                 registry=registry(),
+                freshness=freshness,
             )
+        )
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {
+                "error": "DatabaseUnavailable",
+                "check": "database",
+                "detail": f"the fleet's database is unreachable: {exc}",
+            },
+            status_code=503,
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(AttestError)
@@ -351,6 +412,8 @@ def prometheus(
     poller: Poller | None,
     webhooks: WebhookSender | None,
     registry: RegistryState = NO_REGISTRY,
+    *,
+    stale: int = 0,
 ) -> str:
     counts = dict.fromkeys(SEVERITY, 0)
     for n in nodes:
@@ -364,6 +427,12 @@ def prometheus(
     for n in nodes:
         if n.enrollment is not None:
             strengths[n.enrollment] = strengths.get(n.enrollment, 0) + 1
+    out += [
+        "# HELP attest_fleet_stale_nodes nodes not appraised within the freshness bound "
+        "(shown stale; their stored verdict is kept)",
+        "# TYPE attest_fleet_stale_nodes gauge",
+        f"attest_fleet_stale_nodes {stale}",
+    ]
     out += [
         "# HELP attest_fleet_enrollments enrolled nodes by enrollment strength",
         "# TYPE attest_fleet_enrollments gauge",
@@ -395,6 +464,14 @@ def prometheus(
         for r in releases
         if r.embargo != "none"
     ]
+    out += poller_metrics(poller)
+    out += webhook_metrics(webhooks)
+    return "\n".join(out) + "\n"
+
+
+def poller_metrics(poller: Poller | None) -> list[str]:
+    """This worker's counters (known without the database)."""
+    out: list[str] = []
     if poller is not None:
         m = poller.metrics
         out += [
@@ -418,6 +495,11 @@ def prometheus(
             f"attest_fleet_appraisal_seconds_sum {m.latency_sum:.6f}",
             f"attest_fleet_appraisal_seconds_count {acc}",
         ]
+    return out
+
+
+def webhook_metrics(webhooks: WebhookSender | None) -> list[str]:
+    out: list[str] = []
     if webhooks is not None:
         w = webhooks.metrics
         out += [
@@ -428,4 +510,4 @@ def prometheus(
             "# TYPE attest_fleet_webhook_queue gauge",
             f"attest_fleet_webhook_queue {webhooks.queue.qsize()}",
         ]
-    return "\n".join(out) + "\n"
+    return out

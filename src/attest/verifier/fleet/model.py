@@ -74,3 +74,38 @@ class NodeRow:
         if ear:
             doc["ear"] = self.ear
         return doc
+
+
+STALE = "stale"  # a display state: the stored verdict is kept, but it is not current
+DEFAULT_STALE_INTERVALS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """When a verdict stops being current: a node that is due but has not been appraised for
+    ``intervals`` polling intervals is shown ``stale`` (the verifier stopped, or its database
+    is unreachable). A node in its retry backoff is not stale: it is on schedule."""
+
+    interval: float = 10.0
+    intervals: int = DEFAULT_STALE_INTERVALS
+
+    def age(self, n: NodeRow, now: float) -> float | None:
+        """Seconds since the node was last appraised (None: never)."""
+        return None if n.last_appraised is None else max(0.0, now - n.last_appraised)
+
+    def stale(self, n: NodeRow, now: float) -> bool:
+        # next_due is the last appraisal plus one interval (or a lease's expiry while one is
+        # in flight): overdue by intervals - 1 more means no appraisal for `intervals`.
+        return now - n.next_due > (self.intervals - 1) * self.interval
+
+    def state(self, n: NodeRow, now: float) -> str:
+        return STALE if self.stale(n, now) else n.verdict
+
+    def to_json(self, n: NodeRow, now: float) -> dict[str, Any]:
+        age = self.age(n, now)
+        stale = self.stale(n, now)
+        return {
+            "age": None if age is None else round(age, 3),
+            "stale": stale,
+            "state": STALE if stale else n.verdict,
+        }

@@ -8,7 +8,7 @@ import html
 from typing import Any
 from urllib.parse import quote
 
-from attest.verifier.fleet.model import SEVERITY, NodeRow, iso
+from attest.verifier.fleet.model import SEVERITY, STALE, Freshness, NodeRow, iso
 from attest.verifier.fleet.rollout import ReleaseRollout
 from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
 
@@ -39,7 +39,7 @@ border-bottom:1px solid #eef0f3;vertical-align:top}th{font-weight:600;color:#555
 .v{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:12px}
 .affirming{background:#d7f5df;color:#11612c}.warning{background:#fff1c7;color:#7a5500}
 .contraindicated{background:#ffd9d6;color:#8f1610}.unreachable{background:#e3dcff;color:#3c2a8f}
-.none,.unenrolled{background:#e6e8eb;color:#444}
+.none,.unenrolled{background:#e6e8eb;color:#444}.stale{background:#ffe0b8;color:#7a3a00}
 .tiles{display:flex;gap:12px;flex-wrap:wrap}.tile{padding:8px 14px;border-radius:6px;
 min-width:110px}.tile b{display:block;font-size:22px}
 .bar{background:#eef0f3;border-radius:4px;height:10px;width:200px;display:inline-block}
@@ -61,8 +61,24 @@ def _page(title: str, body: str, *, refresh: int | None = None) -> str:
 
 
 def _badge(verdict: str) -> str:
-    cls = verdict if verdict in SEVERITY else "none"
+    cls = verdict if verdict in SEVERITY or verdict == STALE else "none"
     return f'<span class="v {cls}">{_e(verdict)}</span>'
+
+
+def _shown(n: NodeRow, now: float, freshness: Freshness) -> str:
+    """The node's verdict; a stale one is never shown as current: ``stale``, then the last
+    verdict and its age."""
+    if not freshness.stale(n, now):
+        return _badge(n.verdict)
+    return (
+        f"{_badge(STALE)} <span class=muted>last {_badge(n.verdict)} "
+        f"{_e(_ago(n.last_appraised, now))}</span>"
+    )
+
+
+def _rank(n: NodeRow, now: float, freshness: Freshness) -> tuple[float, str]:
+    """Most severe first; a stale node right after the unreachable ones."""
+    return (1.5 if freshness.stale(n, now) else SEVERITY.get(n.verdict, 9), n.node_id)
 
 
 def _releases_html(releases: list[ReleaseRollout]) -> str:
@@ -160,19 +176,21 @@ def render_overview(
     *,
     now: float,
     registry: RegistryState = NO_REGISTRY,
+    freshness: Freshness = Freshness(),  # noqa: B008 - frozen, immutable
 ) -> str:
     counts: dict[str, int] = {}
     for n in nodes:
-        counts[n.verdict] = counts.get(n.verdict, 0) + 1
+        k = freshness.state(n, now)
+        counts[k] = counts.get(k, 0) + 1
     tiles = "".join(
         f'<div class="tile {k}"><b>{counts[k]}</b>{_e(k)}</div>'
-        for k in sorted(counts, key=lambda k: SEVERITY.get(k, 9))
+        for k in sorted(counts, key=lambda k: 1.5 if k == STALE else SEVERITY.get(k, 9))
     )
-    ordered = sorted(nodes, key=lambda n: (SEVERITY.get(n.verdict, 9), n.node_id))
+    ordered = sorted(nodes, key=lambda n: _rank(n, now, freshness))
     rows = "".join(
         f'<tr><td><a href="/nodes/{_e(quote(n.node_id, safe=""))}">{_e(n.node_id)}</a>'
         f"{' <span class=muted>host + guest</span>' if n.pair else ''}</td>"
-        f"<td>{_badge(n.verdict)}{_layer_badges(n)}</td><td>{_strength(n)}</td>"
+        f"<td>{_shown(n, now, freshness)}{_layer_badges(n)}</td><td>{_strength(n)}</td>"
         f"<td>{_e(n.explanation[:300])}</td><td>{_e(n.release or '—')}</td>"
         f"<td>{_e(_ago(n.last_appraised, now))}</td></tr>"
         for n in ordered[:PAGE_ROWS]
@@ -204,6 +222,7 @@ def render_node(
     *,
     now: float,
     registry: RegistryState = NO_REGISTRY,
+    freshness: Freshness = Freshness(),  # noqa: B008 - frozen, immutable
 ) -> str:
     latest = results[0].get("result") if results else None
     findings = ""
@@ -242,7 +261,7 @@ def render_node(
     )
     body = (
         f"{_registry_banner(registry)}"
-        f"<section><h2>{_e(n.node_id)} {_badge(n.verdict)}</h2><table>"
+        f"<section><h2>{_e(n.node_id)} {_shown(n, now, freshness)}</h2><table>"
         f"<tr><th>Explanation</th><td>{_e(n.explanation)}</td></tr>"
         f"<tr><th>Enrollment</th><td>{_strength(n)}</td></tr>"
         f"<tr><th>First divergence</th><td>{_e(n.first_divergence or '—')}</td></tr>"

@@ -18,7 +18,10 @@ what is held stays a prefix of what its PCRs commit to.
 
 The store calls run on two dedicated threads, off the event loop: one takes leases, the other
 writes results (on PostgreSQL each has its own connection), so a batch commit never delays
-the next lease.
+the next lease. While the database is unreachable the loop keeps running: leases are retried
+every ``DB_RETRY`` seconds (the store reconnects with backoff and logs once per outage), results
+that cannot be written are dropped (their leases expire and the nodes fall due again), and
+appraisals resume when the database answers.
 
 Fail closed: with a trusted registry configured (``attest.verifier.fleet.trust``), a node is
 appraised only while the registry is valid and fresh; otherwise its verdict is could-not-appraise
@@ -64,6 +67,7 @@ from attest.verifier.fleet.appraiser import (
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
+from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Leased, Outcome, Store
 from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
@@ -73,6 +77,7 @@ logger = logging.getLogger(__name__)
 # The same PCRs as `attest verify` (firmware, boot loader, kernel, UKI, verity root; the rules'
 # runtime PCR is added): a release's expected PCRs are checked only where quoted.
 DEFAULT_SELECTION = "sha256:" + ",".join(str(p) for p in APPRAISAL_PCRS)
+DB_RETRY = 0.5  # seconds between lease attempts while the database is unreachable
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -625,6 +630,8 @@ class Poller:
     async def _flush_logged(self) -> None:
         try:
             await self._flush()
+        except DatabaseUnavailable:  # logged by the store once per outage
+            logger.debug("results not written: the database is unreachable")
         except Exception:
             logger.exception("writing results failed; the leases will expire")
 
@@ -660,10 +667,13 @@ class Poller:
                     last_lease = time.monotonic()
                     try:
                         got = await loop.run_in_executor(self._lease_db, self._lease, want)
-                    except Exception:  # the database is away: keep what we have, retry
+                    except DatabaseUnavailable:  # logged by the store once per outage
+                        got = ()
+                        await asyncio.sleep(DB_RETRY)
+                    except Exception:  # keep what we have, retry
                         logger.exception("lease failed")
                         got = ()
-                        await asyncio.sleep(1.0)
+                        await asyncio.sleep(DB_RETRY)
                     self.metrics.leased += len(got)
                     for node in got:
                         self._inflight += 1

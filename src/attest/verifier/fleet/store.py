@@ -5,7 +5,9 @@ Two back ends behind one ``Store`` protocol:
 
 - ``SqliteStore`` (stdlib ``sqlite3``, WAL): embedded, zero set-up, one verifier process (or a
   few on one machine: every lease is taken in a single-writer ``BEGIN IMMEDIATE`` transaction).
-- ``PostgresStore`` (psycopg 3): several verifier processes share one fleet.
+- ``PostgresStore`` (psycopg 3): several verifier processes share one fleet. Its connections
+  are re-opened with backoff after the server goes away (``attest.verifier.fleet.pgconn``):
+  meanwhile every call raises ``DatabaseUnavailable`` and ``check()`` says why.
 
 Leases: a worker takes due nodes in one transaction that (1) selects nodes whose ``next_due``
 has passed -- ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers skip each other's
@@ -37,6 +39,12 @@ from attest.tpmstruct import ClockInfo
 from attest.verifier.fleet.admission import check_node_id
 from attest.verifier.fleet.enrollment import STRENGTH_RANK, ak_names, enrollment_from_json
 from attest.verifier.fleet.model import NodeRow
+from attest.verifier.fleet.pgconn import (
+    Connection,
+    DatabaseHealth,
+    DatabaseState,
+    DatabaseUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +128,11 @@ class Store(Protocol):
     def changes(self, node_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
     def release_marks(self) -> dict[str, float]: ...
     def mark_fleet_complete(self, version: str, at: float) -> bool: ...
+    def check(self) -> DatabaseState: ...
     def close(self) -> None: ...
+
+
+_SQLITE_UP = DatabaseState(True)
 
 
 def _one_clock(c: ClockInfo | None) -> str:
@@ -651,6 +663,10 @@ class SqliteStore(_SqlStore):
         _log_lost(worker_id, outcomes, done)
         return done
 
+    def check(self) -> DatabaseState:
+        """An embedded file: always reachable while the process runs."""
+        return _SQLITE_UP
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -679,11 +695,11 @@ _PG_RELATIONS = (
 
 
 class PostgresStore(_SqlStore):
-    """PostgreSQL through psycopg 3. Three connections, each serialised by its own lock: one
-    takes leases, one writes results (so a batch commit never holds up the next lease), one
-    serves reads. A lease batch and a result batch are each ONE statement in autocommit mode
-    (data-modifying CTEs over ``unnest``-ed arrays: atomic, one round trip, no per-row
-    statements)."""
+    """PostgreSQL through psycopg 3. Three connections, each serialised by its own lock and
+    re-opened with backoff when lost (``pgconn.Connection``): one takes leases, one writes
+    results (so a batch commit never holds up the next lease), one serves reads. A lease batch
+    and a result batch are each ONE statement in autocommit mode (data-modifying CTEs over
+    ``unnest``-ed arrays: atomic, one round trip, no per-row statements)."""
 
     P = "%s"
 
@@ -691,14 +707,11 @@ class PostgresStore(_SqlStore):
         import psycopg  # the optional "fleet" extra: imported only by this back end
 
         self.history = history
-        self._psycopg = psycopg
-        self._lease_db = psycopg.connect(dsn, autocommit=True)
-        self._write_db = psycopg.connect(dsn, autocommit=True)
-        self._read_db = psycopg.connect(dsn)
-        self._llock = threading.Lock()
-        self._wlock = threading.Lock()
-        self._rlock = threading.Lock()
-        with self._wlock, self._write_db.transaction(), self._write_db.cursor() as cur:
+        self.health = DatabaseHealth()
+        self._lease_db = Connection(psycopg, dsn, autocommit=True, health=self.health)
+        self._write_db = Connection(psycopg, dsn, autocommit=True, health=self.health)
+        self._read_db = Connection(psycopg, dsn, autocommit=False, health=self.health)
+        with self._write_db.cursor(transaction=True) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(7500)")  # two workers creating at once
             # DDL only when something is missing: even `IF NOT EXISTS` statements lock the
             # tables they name, and another worker may be leasing and writing (a deadlock).
@@ -724,8 +737,17 @@ class PostgresStore(_SqlStore):
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        with self._rlock, self._read_db.transaction(), self._read_db.cursor() as cur:
+        with self._read_db.cursor(transaction=True) as cur:
             yield cur
+
+    def check(self) -> DatabaseState:
+        """Whether the database answers now (one ``SELECT 1`` on the read connection)."""
+        try:
+            with self._read_db.cursor(transaction=True) as cur:
+                cur.execute("SELECT 1")
+        except DatabaseUnavailable:
+            pass
+        return self.health.state
 
     # One statement: pick due rows (SKIP LOCKED: concurrent workers skip each other's rows),
     # move their due time to the lease's expiry (a concurrent reader re-checks the updated row
@@ -755,7 +777,7 @@ class PostgresStore(_SqlStore):
         self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
     ) -> list[Leased]:
         token = secrets.randbits(62)
-        with self._llock, self._lease_db.cursor() as cur:
+        with self._lease_db.cursor() as cur:
             cur.execute(
                 self._LEASE,
                 {
@@ -838,7 +860,7 @@ class PostgresStore(_SqlStore):
             "layers": [_layers_text(o) for o in outcomes],
             "continuity": [o.continuity for o in outcomes],
         }
-        with self._wlock, self._write_db.cursor() as cur:
+        with self._write_db.cursor() as cur:
             cur.execute(self._COMPLETE, args)
             held = {(r[0], r[1]) for r in cur.fetchall()}
         done = [o for o in outcomes if (o.node_id, o.token) in held]

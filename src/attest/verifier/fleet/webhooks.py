@@ -8,7 +8,14 @@ Each event is a JSON POST::
      "ear": the signed EAR of the appraisal that changed it (or null),
      "failed_layer"?, "layers"?: {"host": {...}, "guest": {...}} for a host + guest pair}
 
-with ``X-Attest-Timestamp: <unix seconds>`` and ``X-Attest-Signature: sha256=<hex>``, the
+and, when a node's verdict stops being current (``attest.verifier.fleet.staleness``: not
+appraised within the freshness bound) and when it is current again::
+
+    {"event": "node-stale" | "node-fresh", "node_id": ..., "verdict": the stored verdict,
+     "age": seconds since its last appraisal (or null), "last_appraised": ISO 8601 (or null),
+     "at": ISO 8601, "id": unique event id, "enrollment_strength": ...}
+
+each with ``X-Attest-Timestamp: <unix seconds>`` and ``X-Attest-Signature: sha256=<hex>``, the
 HMAC-SHA256 under the shared secret of ``<timestamp>.<body>`` (the receiver recomputes it over
 the raw body, compares in constant time, and rejects stale timestamps to stop replays:
 ``verify_signature``). Delivery is at least once: a bounded queue (the oldest event is dropped
@@ -35,6 +42,7 @@ from typing import Any
 import httpx
 
 from attest.errors import WebhookSignatureError
+from attest.verifier.fleet.model import NodeRow, iso
 from attest.verifier.fleet.store import Outcome
 
 logger = logging.getLogger(__name__)
@@ -118,6 +126,25 @@ class WebhookSender:
                 for name, lay in o.layers.items()
                 if name in ("host", "guest") and isinstance(lay, dict)
             }
+        self._enqueue(event)
+
+    def notify_freshness(self, n: NodeRow, *, stale: bool, age: float | None, now: float) -> None:
+        """Queue a ``node-stale`` (or ``node-fresh``) event: the node's verdict stopped (or
+        started again) being current."""
+        self._enqueue(
+            {
+                "event": "node-stale" if stale else "node-fresh",
+                "id": secrets.token_hex(8),
+                "node_id": n.node_id,
+                "verdict": n.verdict,
+                "age": None if age is None else round(age, 3),
+                "last_appraised": iso(n.last_appraised),
+                "enrollment_strength": n.enrollment,
+                "at": iso(now),
+            }
+        )
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
         if self.queue.full():
             self.queue.get_nowait()
             self.metrics.dropped += 1
