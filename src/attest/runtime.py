@@ -423,6 +423,9 @@ class RuntimeReplay:
     log: VerifiedRuntimeLog
     values: Mapping[HashAlg, bytes]
     anchors: tuple[AuditAnchor, ...] = ()
+    # Records served after the ones the quote covers (recorded between the quote and the log
+    # read): not verified, not kept; the next quote covers them.
+    unquoted: int = 0
 
     @property
     def next_recnum(self) -> int:
@@ -462,6 +465,16 @@ def verify_runtime_log_from(
     zero = {a: bytes(a.digest_size) for a in HashAlg}
     base: Mapping[HashAlg, bytes] = zero if held is None else held.values
     values = _replayed(base, records)
+    unquoted = 0
+    if not _matches(values, quoted, pcr):
+        # A node reads its log after the quote: an event recorded in between is served but
+        # not quoted. Only a prefix that replays into the quoted value is verified; the tail
+        # is dropped (not trusted) and is covered by the next quote.
+        k = _quoted_prefix(base, records, quoted, pcr)
+        if k is not None:
+            unquoted = len(records) - k
+            records, events = records[:k], events[:k]
+            values = _replayed(base, records)
     # 3: as verify_cel: every quoted bank in which every record has a digest must match.
     bad: list[tuple[str, int]] = []
     checked = False
@@ -481,13 +494,39 @@ def verify_runtime_log_from(
         )
     anchors = tuple(e.detail for e in events if isinstance(e.detail, AuditAnchor))
     if held is None:
-        return RuntimeReplay(
-            VerifiedRuntimeLog(pcr, records, events, _last_of_kind({}, events)), values, anchors
-        )
+        log = VerifiedRuntimeLog(pcr, records, events, _last_of_kind({}, events))
+        return RuntimeReplay(log, values, anchors, unquoted)
     log = VerifiedRuntimeLog(
         pcr,
         held.log.records + records,
         held.log.events + events,
         _last_of_kind(held.log.last, events),
     )
-    return RuntimeReplay(log, values, held.anchors + anchors)
+    return RuntimeReplay(log, values, held.anchors + anchors, unquoted)
+
+
+def _matches(values: Mapping[HashAlg, bytes], quoted: PcrValues, pcr: int) -> bool:
+    """Every quoted bank in which every record has a digest holds ``values`` (and one does)."""
+    checked = False
+    for alg, quoted_values in quoted.values.items():
+        got = values.get(HashAlg(alg))
+        if got is None or pcr not in quoted_values:
+            continue
+        if got != quoted_values[pcr]:
+            return False
+        checked = True
+    return checked
+
+
+def _quoted_prefix(
+    base: Mapping[HashAlg, bytes], records: Sequence[CelRecord], quoted: PcrValues, pcr: int
+) -> int | None:
+    """The length of the longest proper prefix of ``records`` that replays into the quoted
+    value, or None."""
+    running = dict(base)
+    found = 0 if _matches(running, quoted, pcr) else None
+    for i, r in enumerate(records[:-1], start=1):
+        running = {a: extend(a, v, r.digests[a]) for a, v in running.items() if a in r.digests}
+        if _matches(running, quoted, pcr):
+            found = i
+    return found

@@ -286,3 +286,29 @@ def test_measure_is_thread_safe(tmp_path: Path) -> None:
     records: tuple[CelRecord, ...] = log.records()
     assert [r.recnum for r in records] == list(range(40))
     verify_runtime_log(records, quoted(tpm), pcr=PCR)
+
+
+def test_records_recorded_after_the_quote_are_dropped_not_trusted(tmp_path: Path) -> None:
+    """A node reads its log after the quote: an event recorded in between is served but not
+    quoted. The verifier verifies the prefix the quote covers and drops the tail (a race seen
+    in CI right after a TPM reset, when attestd re-records its start events)."""
+    from attest.runtime import verify_runtime_log_from
+
+    tpm, log = sample(tmp_path)
+    at_quote = quoted(tpm)
+    log.measure("config", {"sha256": "44" * 32})  # after the quote
+    replay = verify_runtime_log_from(None, log.records(), at_quote, pcr=PCR)
+    assert replay.unquoted == 1 and len(replay.log.records) == 4
+    assert [e.kind for e in replay.log.events][-1] == "verity-device"
+    # The next quote covers the dropped record: from where the verified prefix ended.
+    later = verify_runtime_log_from(replay, log.records()[4:], quoted(tpm), pcr=PCR)
+    assert later.unquoted == 0 and len(later.log.records) == 5
+
+
+def test_a_log_no_prefix_of_which_was_quoted_is_still_refused(tmp_path: Path) -> None:
+    from attest.runtime import verify_runtime_log_from
+
+    tpm, log = sample(tmp_path)
+    tpm.extend(PCR, {b: b"\x55" * b.digest_size for b in BANKS})  # behind the log's back
+    with pytest.raises(ReplayError):
+        verify_runtime_log_from(None, log.records(), quoted(tpm), pcr=PCR)

@@ -146,6 +146,11 @@ def establish(
     fw = replay_firmware(evidence_doc, quoted, memory, cache, notes)
     # The verifier's runtime PCR, whatever the node (or an old enrollment) says.
     replayed, runtime_error = replay_runtime(evidence_doc, quoted, memory, pcr=rules.runtime_pcr)
+    if replayed is not None and replayed.unquoted:
+        notes.append(
+            f"{replayed.unquoted} runtime events recorded after the quote are not appraised "
+            "(the next quote covers them)"
+        )
     audit, audit_error, audit_held = verify_audit(audit_entries, replayed, memory, notes)
     runtime = None if replayed is None else replayed.log
     rel = find_release(evidence_doc, fw.boot, runtime, registry=registry, now=now, notes=notes)
