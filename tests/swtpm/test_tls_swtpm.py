@@ -87,33 +87,47 @@ def tls_node(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[dict[str, 
     _write(tmp_path / "server", srv, srv_key)
     _write(tmp_path / "client", cli, cli_key)
     sw, _ = swtpm_factory()
-    port = free_port_pair()
     state = tmp_path / "node"
-    env = {
-        **os.environ,
-        "ATTEST_TPM_TCTI": sw.tcti,
-        "ATTEST_TPM_STATE_DIR": str(state),
-        "ATTEST_API_PORT": str(port),
-        "ATTEST_API_MTLS_PORT": str(port + 1),
-        "ATTEST_API_TLS_CERT": str(tmp_path / "server.crt"),
-        "ATTEST_API_TLS_KEY": str(tmp_path / "server.key"),
-        "ATTEST_API_CLIENT_CA": str(tmp_path / "ca.crt"),
-        "ATTEST_API_OPERATOR_SOCKET": str(tmp_path / "no-such-dir" / "api.sock"),
-        "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none"),
-    }
-    log = (tmp_path / "attestd.log").open("wb")
-    proc = subprocess.Popen([str(BIN / "attestd")], env=env, stdout=log, stderr=subprocess.STDOUT)
     verify = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"https://127.0.0.1:{port}/readyz", verify=verify).status_code == 200:
+    # free_port_pair's ports are free when chosen, not reserved: another process of the suite
+    # may take one before attestd binds it. Then attestd exits (a failed bind is fatal) and we
+    # start again on a new pair, at most three times.
+    for attempt in range(3):
+        port = free_port_pair()
+        env = {
+            **os.environ,
+            "ATTEST_TPM_TCTI": sw.tcti,
+            "ATTEST_TPM_STATE_DIR": str(state),
+            "ATTEST_API_PORT": str(port),
+            "ATTEST_API_MTLS_PORT": str(port + 1),
+            "ATTEST_API_TLS_CERT": str(tmp_path / "server.crt"),
+            "ATTEST_API_TLS_KEY": str(tmp_path / "server.key"),
+            "ATTEST_API_CLIENT_CA": str(tmp_path / "ca.crt"),
+            "ATTEST_API_OPERATOR_SOCKET": str(tmp_path / "no-such-dir" / "api.sock"),
+            "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none"),
+        }
+        log = (tmp_path / "attestd.log").open("wb")
+        proc = subprocess.Popen(
+            [str(BIN / "attestd")], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            try:
+                url = f"https://127.0.0.1:{port}/readyz"
+                ready = httpx.get(url, verify=verify).status_code == 200
+            except httpx.HTTPError:
+                pass
+            if not ready and proc.poll() is not None:
                 break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail((tmp_path / "attestd.log").read_text())
-        time.sleep(0.1)
+            time.sleep(0.1)
+        if ready:
+            break
+        text = (tmp_path / "attestd.log").read_text()
+        proc.wait(timeout=10)
+        log.close()
+        if "address already in use" not in text or attempt == 2:
+            pytest.fail(text)
     yield {"port": port, "dir": tmp_path, "verify": verify}
     proc.terminate()
     proc.wait(timeout=10)
