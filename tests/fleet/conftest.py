@@ -98,6 +98,17 @@ def sim_server(fleet: SimFleet) -> Iterator[SimServer]:
 # --- a signed registry -------------------------------------------------------------------------
 
 
+# The simulated nodes' platforms, as their signed references in the registry: nodes without a
+# firmware log (PCRs 0-7 zero), and nodes booted with the OVMF q35 log of ../shared/eventlogs.
+SIM_PLATFORM = "sim-no-firmware"
+SIM_OVMF_PLATFORM = "sim-ovmf-q35"
+OVMF_LOG = Path(__file__).resolve().parents[2].parent / "shared/eventlogs/ovmf__q35-direct-boot.bin"
+SIM_PLATFORMS = (
+    SimFleet(0).platform_reference(SIM_PLATFORM),
+    SimFleet(0, firmware_log=OVMF_LOG.read_bytes()).platform_reference(SIM_OVMF_PLATFORM),
+)
+
+
 @dataclass
 class Registry:
     world: World
@@ -130,7 +141,8 @@ def registry() -> Registry:
             release("1.0.0", 1),
             release("1.1.0", 2),
             release("1.2.0", 3, commit=False, embargo=Embargo()),
-        ]
+        ],
+        platforms=SIM_PLATFORMS,
     )
     verified = verify_snapshot(world.root, world.registry_bytes(snap), now=NOW)
     return Registry(world, verified)

@@ -29,7 +29,14 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.fleet.conftest import Registry, dev_policy, free_port, sim_server
+from tests.fleet.conftest import (
+    SIM_PLATFORM,
+    SIM_PLATFORMS,
+    Registry,
+    dev_policy,
+    free_port,
+    sim_server,
+)
 from tests.support.manifest import NOW, release
 
 from attest.errors import NodeIdTaken
@@ -69,6 +76,8 @@ class Service:
             "--insecure-no-auth",
             "--ear-key",
             str(tmp / "ear.pem"),
+            "--platform",
+            SIM_PLATFORM,
             *args,
         ]
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
@@ -152,9 +161,9 @@ def _state(registry: Registry, *, expired: bool = False) -> TrustedState:
     world = registry.world
     rels = [release("1.0.0", 1), release("1.1.0", 2)]
     snap = (
-        world.snapshot(2, expires=NOW + timedelta(days=1), releases=rels)
+        world.snapshot(2, expires=NOW + timedelta(days=1), releases=rels, platforms=SIM_PLATFORMS)
         if expired
-        else world.snapshot(3, releases=rels)
+        else world.snapshot(3, releases=rels, platforms=SIM_PLATFORMS)
     )
     return TrustedState.bootstrap(world.root_bytes(), now=NOW).update_registry(
         world.registry_bytes(snap), now=NOW

@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
+from tests.fleet.conftest import (
+    OVMF_LOG,
+    SIM_OVMF_PLATFORM,
+    SIM_PLATFORM,
+    Registry,
+    SimServer,
+    free_port,
+    sim_server,
+)
 
+from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.errors import WebhookSignatureError
 from attest.testing.fleet_sim import SimFleet
@@ -36,6 +45,7 @@ def settings(**kw: Any) -> PollSettings:
         tick=0.02,
         unreachable_after=2,
         max_backoff=1.0,
+        platform_id=SIM_PLATFORM,
     )
     base.update(kw)
     return PollSettings(**base)  # type: ignore[arg-type]
@@ -220,14 +230,6 @@ def test_sim_server_fixture_answers(tmp_path: Path) -> None:
         assert isinstance(srv, SimServer) and srv.port > 0
 
 
-OVMF_LOG = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "eventlogs"
-    / "ovmf__q35-direct-boot.bin"
-)
-
-
 @pytest.mark.skipif(not OVMF_LOG.exists(), reason=f"{OVMF_LOG} is missing")
 async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
     tmp_path: Path, registry: Registry
@@ -244,7 +246,7 @@ async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
             store.add_node(f"sim-{i}", srv.url(i), fleet.enrollment(i), now=time.time())
         poller = Poller(
             store,
-            settings=settings(interval=0.3),
+            settings=settings(interval=0.3, platform_id=SIM_OVMF_PLATFORM),
             appraise=default_appraiser(),
             registry=registry.state,
         )
@@ -275,3 +277,46 @@ async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
     finally:
         store.close()
         srv.close()
+
+
+@pytest.mark.parametrize(
+    ("platform", "waive", "want", "why"),
+    [
+        (SIM_PLATFORM, False, "affirming", "firmware PCRs equal platform reference sim-no-"),
+        (None, False, "warning", "platform not appraised: no platform named"),
+        (None, True, "affirming", "platform not appraised: waived by the verifier's policy"),
+        (SIM_OVMF_PLATFORM, True, "contraindicated", "differs from reference sim-ovmf-q35"),
+    ],
+    ids=["named", "none-named", "waived", "named-differs-despite-waiver"],
+)
+async def test_the_fleet_appraises_the_platform_it_names_or_says_it_waived_it(
+    tmp_path: Path, registry: Registry, platform: str | None, waive: bool, want: str, why: str
+) -> None:
+    """With a registry, affirming needs the firmware PCRs to equal the signed reference of the
+    platform the fleet names (--platform); naming none is a warning unless the rules waive it,
+    and the result says so. A platform named is appraised, waiver or not."""
+    rules = VerifierRules(waive_platform=waive)
+    sim = SimFleet(1, verity_root_hash=registry.root_hash("1.0.0"))
+    with sim_server(sim) as srv:
+        store = SqliteStore(str(tmp_path / "fleet.db"))
+        store.add_node("sim-0", srv.url(0), sim.enrollment(0), now=time.time())
+        poller = Poller(
+            store,
+            settings=settings(platform_id=platform),
+            appraise=default_appraiser(),
+            registry=registry.state,
+            rules=rules,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await until(lambda: bool(store.results("sim-0", limit=1)))
+            (latest,) = store.results("sim-0", limit=1)
+            assert verdicts(store)["sim-0"] == want, latest
+            assert why in json.dumps(latest), latest
+            assert rules.policy_id in json.dumps(latest), latest
+        finally:
+            stop.set()
+            await task
+            poller.close()
+            store.close()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from tests.conftest import need_binaries
-from tests.fleet.conftest import Registry, free_port, sim_server
+from tests.fleet.conftest import SIM_PLATFORM, Registry, free_port, sim_server
 
 from attest.errors import NodeIdRefused
 from attest.testing.fleet_sim import SimFleet
@@ -88,7 +88,12 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
         poller = Poller(
             store,
             settings=PollSettings(
-                interval=60, timeout=0.5, lease_ttl=5, unreachable_after=1, flush_interval=0.05
+                interval=60,
+                timeout=0.5,
+                lease_ttl=5,
+                unreachable_after=1,
+                flush_interval=0.05,
+                platform_id=SIM_PLATFORM,
             ),
             appraise=default_appraiser(),
             registry=registry.state,

@@ -440,6 +440,10 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     assert doc["enrollment"]["activated"] is True
     checks = {f["check"] for f in doc["result"]["findings"] if f["tier"] == "affirming"}
     assert {"quote", "runtime-log", "audit-chain", "verity", "release"} <= checks
+    # the one rule waived (a software TPM has no firmware), said in the result and the policy id
+    (platform,) = [f for f in doc["result"]["findings"] if f["check"] == "platform"]
+    assert platform["value"] == 0 and "waived by the verifier's policy" in platform["explanation"]
+    assert doc["result"]["policy_id"].startswith("attest/custom@"), doc["result"]["policy_id"]
     assert doc["ear"].count(".") == 2
     assert "firmware_manifests/test" in doc["test_keys"]
     # the relabelled quote is refused

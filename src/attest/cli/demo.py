@@ -13,7 +13,9 @@ every line a real check through the path of ``attest verify``.
 4. the node runs the release: there is no device-mapper here, so the demo plays the node's
    kernel and records the ``verity-device`` event attestd's udev watcher would record, through
    attestd-tpm's operator socket;
-5. the verifier appraises the node as ``attest verify`` does, with the registry: a fresh
+5. the verifier appraises the node as ``attest verify`` does, with the registry and the
+   default rules except one, said in the result: the platform is waived (a software TPM has
+   no firmware to compare with a platform reference): a fresh
    challenge (``attest.verifier.contact.gather``) appraised by
    ``attest.appraisal.appraise_incremental``: AFFIRMING *as release 1.0.0*, signed as an EAR
    whose signature is checked; the same answer with its PCR values relabelled is refused;
@@ -56,6 +58,7 @@ from attest.model import PcrSelection, PcrValues
 
 if TYPE_CHECKING:
     from attest.appraisal import AppraisalResult, Appraised
+    from attest.appraisal.rules import VerifierRules
     from attest.enroll import Enrollment
     from attest.manifest.model import VerifiedRegistry
     from attest.node.tpm.swtpm import SwtpmState
@@ -421,6 +424,15 @@ def _tamper(
         say(f"  {f.check:<12} {f.tier.label:<10} {f.explanation}")
 
 
+def _demo_rules() -> VerifierRules:
+    """The verifier's rules in the demo: the defaults, except that the platform is waived --
+    the demo's software TPM has no firmware, so PCRs 0-7 have no signed platform reference to
+    equal. The result and the EAR say so (policy ``attest/custom@...``, ``waive_platform``)."""
+    from attest.appraisal.rules import VerifierRules
+
+    return VerifierRules(waive_platform=True)
+
+
 def _appraise(
     node: _Node,
     enrollment: Enrollment,
@@ -444,6 +456,7 @@ def _appraise(
         selection=ev.selection,
         registry=registry,
         platform_id=None,
+        rules=_demo_rules(),
         previous=None,
         tls_binding=ev.tls_binding,
         now=now,
@@ -488,6 +501,7 @@ def _relabel_attack(
         selection=ev.selection,
         registry=registry,
         platform_id=None,
+        rules=_demo_rules(),
         previous=None,
         tls_binding=ev.tls_binding,
         now=now,

@@ -558,7 +558,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         q.add_argument(
             "--policy",
             metavar="FILE",
-            help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
+            help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release, "
+            "waive_platform; "
             "attest verify --policy's): named in every EAR; a node claiming another runtime PCR "
             "is refused at enrollment",
         )
@@ -620,7 +621,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=DEFAULT_SELECTION,
         help="PCRs to quote (the runtime PCR is added) (default %(default)s)",
     )
-    s.add_argument("--platform-id", help="platform reference to appraise firmware against")
+    s.add_argument(
+        "--platform",
+        "--platform-id",
+        dest="platform_id",
+        help="the nodes' platform id in the registry: firmware PCRs 0-7 are appraised against "
+        "its signed reference (none named: a warning, unless the policy has waive_platform)",
+    )
     s.add_argument(
         "--trust-dir",
         help="trusted manifest state (attest manifest verify --state); required unless "
@@ -639,8 +646,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="a pair's host layer: its trusted manifest state (default --trust-dir)",
     )
     s.add_argument(
+        "--host-platform",
         "--host-platform-id",
-        help="a pair's host layer: its platform reference (default --platform-id)",
+        dest="host_platform_id",
+        help="a pair's host layer: its platform reference (default --platform)",
     )
     s.add_argument("--webhook", help="URL to POST signed verdict changes to")
     s.add_argument("--webhook-secret-file", help="HMAC-SHA256 key for the webhook (≥ 16 bytes)")

@@ -103,7 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--policy",
         type=Path,
         metavar="FILE",
-        help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
+        help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release, "
+        "waive_platform; "
         "docs/verify.md); the EAR names them",
     )
     p.add_argument("--client-cert", help="client certificate for the node's mutual-TLS listener")
@@ -124,7 +125,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
     p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
-    p.add_argument("--platform", help="the node's platform id in the registry (e.g. ovmf-q35)")
+    p.add_argument(
+        "--platform",
+        help="the node's platform id in the registry (e.g. ovmf-q35): firmware PCRs 0-7 are "
+        "appraised against its signed reference (none named: a warning, unless the policy "
+        "has waive_platform)",
+    )
     p.add_argument(
         "--pcrs",
         type=PcrSelection.parse,
