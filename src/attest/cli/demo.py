@@ -32,11 +32,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,6 +82,12 @@ def register(sub: Any) -> None:
         default="sha256:0-7",
         type=PcrSelection.parse,
         help="PCRs to quote besides the runtime PCR (default sha256:0-7)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the mission, boot the node again (a fresh TPM reset, release 1.0.0 "
+        "running) and keep it up until Ctrl-C / SIGTERM, printing how to verify it",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -272,24 +282,90 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
         _tamper(node, enrollment, rel, args.pcrs, out, say)
     ok = out.ok()
     say(f"mission     {'every step came out as it must' if ok else 'FAILED (see above)'}")
+    doc: dict[str, Any] = {}
     if args.json:
-        print_json(
-            {
-                "valid": ok,
-                "node_id": enrollment.node_id,
-                "enrollment": enrollment.to_json(),
-                "release": out.release,
-                "verdict": out.verdict,
-                "result": out.result,
-                "ear": out.ear,
-                "relabelled_quote_refused": out.relabel,
-                "upgrade": out.upgrade,
-                "tamper": out.tamper,
-                "test_keys": str(TEST_TRUST),
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        )
-    return EXIT_OK if ok else EXIT_VERIFY_FAILED
+        doc = {
+            "valid": ok,
+            "node_id": enrollment.node_id,
+            "enrollment": enrollment.to_json(),
+            "release": out.release,
+            "verdict": out.verdict,
+            "result": out.result,
+            "ear": out.ear,
+            "relabelled_quote_refused": out.relabel,
+            "upgrade": out.upgrade,
+            "tamper": out.tamper,
+            "test_keys": str(TEST_TRUST),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    if not (args.keep and ok):
+        if args.json:
+            print_json(doc)
+        return EXIT_OK if ok else EXIT_VERIFY_FAILED
+    with _node(work, say) as node:  # swtpm started again: a TPM reset, a fresh boot
+        _play_kernel(node, rel, say)
+        keep = _kept(work, node)
+        if args.json:
+            print_json({**doc, "keep": keep})
+        else:
+            _say_kept(keep, say)
+        sys.stdout.flush()
+        _wait_for_stop()
+    say("stopped     attestd, attestd-tpm and the swtpm")
+    return EXIT_OK
+
+
+def _kept(work: Path, node: _Node) -> dict[str, Any]:
+    """How to reach the kept node: its URL, sockets, EK CA, the demo's registry and rules,
+    and an ``attest verify`` / ``attest fleet add`` command line that appraise it."""
+    policy = work / "verifier-policy.json"
+    policy.write_text(json.dumps(_demo_rules().to_json()) + "\n")
+    ca = [str(node.state.root_ca), str(node.state.intermediate_ca)]
+    url = node.client.base_url
+    verify = ["attest", "verify", url, "--state", str(work / "verifier")]
+    verify += [a for c in ca for a in ("--ek-ca", c)]
+    verify += ["--operator-socket", str(node.api_socket), "--policy", str(policy)]
+    verify += ["--root", str(TEST_TRUST / "root.json")]
+    verify += ["--snapshot", str(work / "release" / "registry.json")]
+    fleet = ["attest", "fleet", "add", url, "--db", f"sqlite:///{work / 'fleet.db'}"]
+    fleet += [a for c in ca for a in ("--ek-roots", c)]
+    fleet += ["--operator-socket", str(node.api_socket), "--policy", str(policy)]
+    return {
+        "url": url,
+        "operator_socket": str(node.api_socket),
+        "broker_operator_socket": str(node.broker_operator),
+        "ek_ca": ca,
+        "registry": str(work / "release" / "registry.json"),
+        "trust_root": str(TEST_TRUST / "root.json"),
+        "policy": str(policy),
+        "pid": os.getpid(),
+        "verify": verify,
+        "fleet_add": fleet,
+        "workdir": str(work),
+    }
+
+
+def _say_kept(keep: dict[str, Any], say: Any) -> None:
+    say(
+        f"kept        the node booted again (TPM reset) running release 1.0.0 at {keep['url']}; "
+        f"it stays up until Ctrl-C (or kill {keep['pid']})"
+    )
+    say("  appraise it: " + shlex.join(keep["verify"]))
+    say("  or add it to a fleet: " + shlex.join(keep["fleet_add"]))
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGINT or SIGTERM; the context managers then stop the node."""
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _play_kernel(node: _Node, rel: DemoRelease, say: Any) -> None:
