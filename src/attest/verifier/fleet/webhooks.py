@@ -331,7 +331,7 @@ class WebhookSender:
 
     async def _send_held(self, client: httpx.AsyncClient) -> _Round:
         event = self.held[0]
-        if not await self._attempt(client, event.id, event.body.encode()):
+        if await self._attempt(client, event.id, event.body.encode()) is not None:
             return _Round.FAILED
         with contextlib.suppress(ValueError):  # written to the outbox meanwhile: not held
             self.held.remove(event)
