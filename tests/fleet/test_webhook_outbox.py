@@ -139,6 +139,20 @@ def test_the_bound_drops_the_oldest_undelivered_events(store: Store) -> None:
     assert store.outbox_trim(5) == (5, 0)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_from_before_the_outbox_gets_its_table_on_start(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    old = _open(request, tmp_path, backend)
+    with old._outbox_tx() as cur:  # type: ignore[attr-defined]
+        cur.execute("DROP TABLE webhook_outbox")
+    old.close()
+    store = _open(request, tmp_path, backend)
+    store.outbox_add([make_event(0)])
+    assert [r["id"] for r in rows(store)] == [make_event(0).id]
+    store.close()
+
+
 # --- delivery to a real receiver -------------------------------------------------------------
 
 
@@ -273,3 +287,39 @@ async def test_events_made_while_the_database_is_away_are_sent_from_memory_then_
     (waiting,) = store.outbox_claim("peek", now=time.time() + 60, limit=5, ttl=1)
     assert json.loads(waiting.body)["event"] == "node-fresh"
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--webhook-outbox-max", "0"), ("--webhook-timeout", "-1"), ("--webhook-max-backoff", "0")],
+)
+def test_serve_refuses_a_webhook_bound_or_time_that_is_not_positive_before_it_starts(
+    option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attest.cli.fleet import main as fleet_main
+
+    (tmp_path / "hook.key").write_bytes(b"0123456789abcdef0123")
+    (tmp_path / "dev.json").write_text('{"allow_unidentified_release": true}')
+    db = tmp_path / "fleet.db"
+    rc = fleet_main(
+        [
+            "serve",
+            "--db",
+            f"sqlite:///{db}",
+            "--webhook",
+            "http://127.0.0.1:1/",
+            "--webhook-secret-file",
+            str(tmp_path / "hook.key"),
+            option,
+            value,
+            "--tofu",
+            "--insecure-no-auth",
+            "--policy",
+            str(tmp_path / "dev.json"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        rc == 2 and err == f"attest: configuration error: {option}: must be positive, not {value}"
+    )
+    assert not db.exists()  # refused before anything started

@@ -199,8 +199,8 @@ def _tls_context(ca: str | None) -> ssl.SSLContext | None:
         raise ConfigError(f"cannot load the nodes' TLS CA {ca}: {exc}", key="--tls-ca") from None
 
 
-def _webhook(args: argparse.Namespace, store: Store, worker_id: str) -> WebhookSender | None:
-    """The webhook sender (its outbox is the fleet's database), or None without --webhook."""
+def _webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
+    """The webhook's settings from the options (None without --webhook)."""
     if not args.webhook:
         return None
     if not args.webhook_secret_file:
@@ -212,15 +212,13 @@ def _webhook(args: argparse.Namespace, store: Store, worker_id: str) -> WebhookS
         ("--webhook-max-backoff", args.webhook_max_backoff),
     ):
         if value <= 0:
-            raise ConfigError(f"must be positive, not {value}", key=key)
-    settings = WebhookSettings(
+            raise ConfigError(f"must be positive, not {value:g}", key=key)
+    return WebhookSettings(
         max_events=args.webhook_outbox_max,
         timeout=args.webhook_timeout,
         backoff=args.webhook_backoff,
         max_backoff=max(args.webhook_max_backoff, args.webhook_backoff),
     )
-    secret = Path(args.webhook_secret_file).read_bytes().strip()
-    return WebhookSender(args.webhook, secret, store=store, worker_id=worker_id, settings=settings)
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -273,6 +271,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rules = _rules(args)
     enroller = _enroller(args, rules)  # a bad policy fails here, before anything starts
     registry, host_registry = _registries(args, rules)
+    hook = _webhook_settings(args)
     store = _db(args)
     settings = PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
@@ -286,7 +285,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl or max(60.0, 4 * args.timeout),
     )
     freshness = _freshness(args)
-    sender = _webhook(args, store, settings.worker_id)
+    sender = None
+    if hook is not None:  # its outbox is the fleet's database
+        secret = Path(args.webhook_secret_file).read_bytes().strip()
+        sender = WebhookSender(
+            args.webhook, secret, store=store, worker_id=settings.worker_id, settings=hook
+        )
     signer = load_or_create_key(
         args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY") or DEFAULT_EAR_KEY
     )
