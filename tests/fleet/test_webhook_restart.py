@@ -11,13 +11,12 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fleet.conftest import dev_policy, free_port, sim_server
+from tests.fleet.conftest import dev_serve_args, free_port, serve_command, sim_server
 from tests.fleet.hooks import SECRET, Receiver
 
 from attest.testing.fleet_sim import SimFleet
@@ -29,12 +28,7 @@ INTERVAL = 1.0
 
 def serve(db: str, hook: str, tmp: Path, worker: str) -> subprocess.Popen[bytes]:
     (tmp / "hook.key").write_bytes(SECRET)
-    cmd = [
-        sys.executable,
-        "-m",
-        "attest.cli.fleet",
-        "serve",
-        "--db",
+    cmd = serve_command(
         db,
         "--listen",
         f"127.0.0.1:{free_port()}",
@@ -56,13 +50,8 @@ def serve(db: str, hook: str, tmp: Path, worker: str) -> subprocess.Popen[bytes]
         "0.1",
         "--webhook-max-backoff",
         "0.5",
-        "--tofu",
-        "--insecure-no-auth",
-        "--ear-key",
-        str(tmp / "ear.pem"),
-        "--policy",
-        dev_policy(tmp),
-    ]
+        *dev_serve_args(tmp),
+    )
     return subprocess.Popen(
         cmd, stdout=(tmp / f"{worker}.log").open("wb"), stderr=subprocess.STDOUT
     )
