@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -33,6 +34,11 @@ from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.trust import RegistryState
 
 PG_USER = "attest-test"
+
+
+def serve_command(db: str, *args: str) -> list[str]:
+    """``attest fleet serve --db DB ARGS`` as a subprocess's command line."""
+    return [sys.executable, "-m", "attest.cli.fleet", "serve", "--db", db, *args]
 
 
 def free_port() -> int:
@@ -128,6 +134,13 @@ def dev_policy(directory: Path) -> str:
     path = directory / "dev-policy.json"
     path.write_text('{"allow_unidentified_release": true}')
     return str(path)
+
+
+def dev_serve_args(directory: Path) -> list[str]:
+    """``fleet serve`` options for a test on loopback: simulated nodes (trust on first use), no
+    API token, an EAR key and the developer rule in ``directory``."""
+    ear = str(directory / "ear.pem")
+    return ["--tofu", "--insecure-no-auth", "--ear-key", ear, "--policy", dev_policy(directory)]
 
 
 @pytest.fixture(scope="session")

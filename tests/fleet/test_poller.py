@@ -28,7 +28,13 @@ from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.poller import Poller, PollSettings
 from attest.verifier.fleet.store import SqliteStore, Store
-from attest.verifier.fleet.webhooks import WebhookSender, verify_signature
+from attest.verifier.fleet.webhooks import (
+    IDEMPOTENCY_HEADER,
+    WebhookSender,
+    WebhookSettings,
+    verdict_event,
+    verify_signature,
+)
 
 SECRET = b"0123456789abcdef-webhook-secret"
 
@@ -84,7 +90,9 @@ class Receiver:
             status = 503  # the sender must retry
         else:
             try:
-                self.events.append(verify_signature(SECRET, headers, body, now=time.time()))
+                event = verify_signature(SECRET, headers, body, now=time.time())
+                assert headers[IDEMPOTENCY_HEADER] == event["id"]
+                self.events.append(event)
             except WebhookSignatureError:
                 self.bad += 1
                 status = 401
@@ -108,13 +116,20 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(
         receiver = Receiver()
         server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
         hook_port = server.sockets[0].getsockname()[1]
-        sender = WebhookSender(f"http://127.0.0.1:{hook_port}/hook", SECRET, backoff=0.05)
+        sender = WebhookSender(
+            f"http://127.0.0.1:{hook_port}/hook",
+            SECRET,
+            store=store,
+            worker_id="t",
+            settings=WebhookSettings(backoff=0.05),
+        )
         poller = Poller(
             store,
             settings=settings(),
             appraise=default_appraiser(),
             registry=registry.state,
             on_change=sender.notify,
+            outbox=verdict_event,
         )
         stop = asyncio.Event()
         tasks = [asyncio.create_task(poller.run(stop)), asyncio.create_task(sender.run(stop))]
@@ -150,6 +165,9 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(
         assert ("sim-1", "affirming", "contraindicated") in changes
         assert ("sim-2", "affirming", "unreachable") in changes
         assert ("sim-2", "unreachable", "affirming") in changes
+        # Each change in the history was told exactly once (its event stored with it).
+        told = [(e["node_id"], e["to"]) for e in receiver.events]
+        assert sorted(told) == sorted((c["node_id"], c["to"]) for c in store.changes()), told
         # Backoff: while down, sim-2 was tried far less often than the healthy nodes.
         history = [c["to"] for c in store.changes("sim-2")][::-1]
         assert history == ["affirming", "unreachable", "affirming"]

@@ -1,7 +1,9 @@
 """``attest fleet``: the fleet verifier service and its node list.
 
     attest fleet serve [--db URL] [--listen HOST:PORT] [--interval S] [--concurrency N]
-                       [--worker-id ID] [--webhook URL --webhook-secret-file F]
+                       [--worker-id ID] [--webhook URL --webhook-secret-file F
+                        [--webhook-outbox-max N] [--webhook-timeout S]
+                        [--webhook-backoff S] [--webhook-max-backoff S]]
                        (--trust-dir DIR | --policy RULES allowing unidentified releases)
                        [--policy RULES] [--registry-refresh S] [--ear-key PEM]
                        (--api-token-file F | --insecure-no-auth) [--read-token-file F]
@@ -72,7 +74,12 @@ from attest.verifier.fleet.trust import (
     RegistrySource,
     RegistryState,
 )
-from attest.verifier.fleet.webhooks import WebhookSender
+from attest.verifier.fleet.webhooks import (
+    DEFAULT_OUTBOX_MAX,
+    WebhookSender,
+    WebhookSettings,
+    verdict_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +199,28 @@ def _tls_context(ca: str | None) -> ssl.SSLContext | None:
         raise ConfigError(f"cannot load the nodes' TLS CA {ca}: {exc}", key="--tls-ca") from None
 
 
+def _webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
+    """The webhook's settings from the options (None without --webhook)."""
+    if not args.webhook:
+        return None
+    if not args.webhook_secret_file:
+        raise ConfigError("a webhook needs --webhook-secret-file", key="--webhook")
+    for key, value in (
+        ("--webhook-outbox-max", args.webhook_outbox_max),
+        ("--webhook-timeout", args.webhook_timeout),
+        ("--webhook-backoff", args.webhook_backoff),
+        ("--webhook-max-backoff", args.webhook_max_backoff),
+    ):
+        if value <= 0:
+            raise ConfigError(f"must be positive, not {value:g}", key=key)
+    return WebhookSettings(
+        max_events=args.webhook_outbox_max,
+        timeout=args.webhook_timeout,
+        backoff=args.webhook_backoff,
+        max_backoff=max(args.webhook_max_backoff, args.webhook_backoff),
+    )
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
@@ -242,6 +271,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     rules = _rules(args)
     enroller = _enroller(args, rules)  # a bad policy fails here, before anything starts
     registry, host_registry = _registries(args, rules)
+    hook = _webhook_settings(args)
     store = _db(args)
     settings = PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
@@ -256,11 +286,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     freshness = _freshness(args)
     sender = None
-    if args.webhook:
-        if not args.webhook_secret_file:
-            raise ConfigError("a webhook needs --webhook-secret-file", key="--webhook")
+    if hook is not None:  # its outbox is the fleet's database
         secret = Path(args.webhook_secret_file).read_bytes().strip()
-        sender = WebhookSender(args.webhook, secret)
+        sender = WebhookSender(
+            args.webhook, secret, store=store, worker_id=settings.worker_id, settings=hook
+        )
     signer = load_or_create_key(
         args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY") or DEFAULT_EAR_KEY
     )
@@ -270,6 +300,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         appraise=default_appraiser(),
         registry=registry,
         on_change=sender.notify if sender else None,
+        outbox=verdict_event if sender else None,
         signer=signer,
         host_registry=host_registry,
         ssl_context=_tls_context(args.tls_ca),
@@ -653,6 +684,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     s.add_argument("--webhook", help="URL to POST signed verdict changes to")
     s.add_argument("--webhook-secret-file", help="HMAC-SHA256 key for the webhook (≥ 16 bytes)")
+    s.add_argument(
+        "--webhook-outbox-max",
+        type=int,
+        default=DEFAULT_OUTBOX_MAX,
+        metavar="N",
+        help="undelivered webhook events kept in the database; beyond it the oldest are dropped "
+        "and counted (default %(default)s)",
+    )
+    s.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds per delivery attempt, all told (default %(default)s)",
+    )
+    s.add_argument(
+        "--webhook-backoff",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds before the first retry, doubling per failure (default %(default)s)",
+    )
+    s.add_argument(
+        "--webhook-max-backoff",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="the longest pause between two attempts (default %(default)s)",
+    )
     s.add_argument(
         "--api-token-file",
         help="the write token: needed to register/remove nodes (required, unless "

@@ -10,7 +10,8 @@
   ``attest.appraisal.pair``);
 - ``signing``: the verifier key that signs every appraisal's EAR, served as a JWK set;
 - ``poller``: the asyncio scheduler (due times, bounded concurrency, jitter, backoff, leases);
-- ``webhooks``: HMAC-signed notifications of verdict changes;
+- ``webhooks``: HMAC-signed notifications of verdict changes, delivered at least once;
+- ``outbox``: the webhook events waiting in the fleet's database (they survive restarts);
 - ``rollout``: per-release rollout shares and embargo clocks;
 - ``api``: the REST API, Prometheus metrics and the HTML page;
 

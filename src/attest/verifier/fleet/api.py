@@ -499,15 +499,29 @@ def poller_metrics(poller: Poller | None) -> list[str]:
 
 
 def webhook_metrics(webhooks: WebhookSender | None) -> list[str]:
+    """This worker's webhook counters, and the outbox's size at its last count."""
     out: list[str] = []
     if webhooks is not None:
         w = webhooks.metrics
         out += [
+            "# HELP attest_fleet_webhooks_sent_total webhook events delivered (2xx) by this worker",
             "# TYPE attest_fleet_webhooks_sent_total counter",
             f"attest_fleet_webhooks_sent_total {w.sent}",
+            "# HELP attest_fleet_webhooks_failed_attempts_total webhook deliveries that failed "
+            "(retried with backoff)",
+            "# TYPE attest_fleet_webhooks_failed_attempts_total counter",
+            f"attest_fleet_webhooks_failed_attempts_total {w.failed_attempts}",
+            "# HELP attest_fleet_webhooks_dropped_total undelivered webhook events this worker "
+            "dropped, oldest first, at the outbox's bound (or held in memory over its bound)",
             "# TYPE attest_fleet_webhooks_dropped_total counter",
-            f"attest_fleet_webhooks_dropped_total {w.dropped + w.given_up}",
+            f"attest_fleet_webhooks_dropped_total {w.dropped}",
+            "# HELP attest_fleet_webhook_outbox_pending undelivered webhook events in the "
+            "database outbox (every worker's), at this worker's last count",
+            "# TYPE attest_fleet_webhook_outbox_pending gauge",
+            f"attest_fleet_webhook_outbox_pending {w.pending}",
+            "# HELP attest_fleet_webhook_queue webhook events held in this worker's memory "
+            "until the database answers",
             "# TYPE attest_fleet_webhook_queue gauge",
-            f"attest_fleet_webhook_queue {webhooks.queue.qsize()}",
+            f"attest_fleet_webhook_queue {len(webhooks.held)}",
         ]
     return out

@@ -66,6 +66,7 @@ from attest.verifier.fleet.appraiser import (
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin
+from attest.verifier.fleet.outbox import OutboxEvent
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
 from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.signing import EarSigner
@@ -157,6 +158,7 @@ class Poller:
         appraise: Appraiser,
         registry: Callable[[], RegistryState] = lambda: NO_REGISTRY,
         on_change: Callable[[Outcome], None] | None = None,
+        outbox: Callable[[Outcome], OutboxEvent] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         record_latencies: bool = False,
@@ -168,7 +170,10 @@ class Poller:
         """``ssl_context`` verifies the nodes' TLS certificates on https URLs (default: the
         system's CAs); the appraisal then binds each answer to the TLS key connected to.
         ``registry``: the trusted registry now (a problem makes every node could-not-appraise);
-        ``rules``: the verifier's rules every appraisal is made under."""
+        ``rules``: the verifier's rules every appraisal is made under. ``outbox`` builds the
+        webhook event of a verdict change (``webhooks.verdict_event``), stored in the webhook
+        outbox in the transaction that stores the change; ``on_change`` is called after that
+        transaction commits."""
         self.store = store
         self.signer = signer
         self.host_registry = host_registry or registry  # a pair's host layer
@@ -177,6 +182,7 @@ class Poller:
         self.registry = registry
         self.rules = rules
         self.on_change = on_change
+        self.outbox = outbox
         self.clock = clock
         self.rng = rng or random.Random()
         self.record_latencies = record_latencies
@@ -229,13 +235,20 @@ class Poller:
         return ear_claims(submods, now=now, nonce=nonce)
 
     def _complete(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        """Sign the outcomes' EARs, then store them (on the writer thread)."""
+        """Sign the outcomes' EARs, build the webhook events of verdict changes, then store
+        them (on the writer thread)."""
         signer = self.signer
         if signer is not None:
             outcomes = [
                 o
                 if o.ear_claims is None
                 else replace(o, ear=signer.sign(o.ear_claims), ear_claims=None)
+                for o in outcomes
+            ]
+        events = self.outbox
+        if events is not None:
+            outcomes = [
+                replace(o, event=events(o)) if o.verdict != o.previous_verdict else o
                 for o in outcomes
             ]
         return self.store.complete(self.settings.worker_id, outcomes)
