@@ -1,8 +1,9 @@
 """The docs say what the code does: every runnable example of README.md and docs/*.md is run
 and what it prints is compared with what the doc shows.
 
-An example is a ```` ```console ```` block right after ``<!-- doctest: swtpm -->`` (it talks
-to a node) or ``<!-- doctest: unit -->`` (it needs none); the format, placeholders and
+An example is a ```` ```console ```` block right after ``<!-- doctest: swtpm -->`` (it needs
+swtpm: it talks to a demo node, or runs ``attest demo``) or ``<!-- doctest: unit -->`` (it
+needs neither); the format, placeholders and
 wildcards are in ``tests/support/doctest_md.py``. One test per example, named
 ``FILE:LINE`` of its marker. The examples of a file run in document order in one fresh
 working directory (an example may use what an earlier one wrote; selecting one with ``-k``
@@ -13,7 +14,8 @@ Variables (exported to the commands; their values are written back as ``$NAME`` 
 commands print):
 
 - ``$REPO``: the repository's root, ``$SHARED``: the shared corpus beside it (every example);
-- ``swtpm`` examples, one demo node per file -- started as ``attest demo`` starts it
+- ``swtpm`` examples (swtpm installed), one demo node per file, started for the file's first
+  example that names one of these variables -- started as ``attest demo`` starts it
   (``attest.cli.demo.demo_node``: a swtpm with EK certificates from a private CA,
   ``attestd-tpm`` with the upgrade gate on under the TEST root, ``attestd``; node id
   ``demo-node``):
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -40,6 +43,8 @@ from tests.conftest import REPO, SHARED, need_binaries
 from tests.support.doctest_md import Example, Ran, check, example_env, extract, run
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+NODE_VARIABLES = ("NODE", "API_SOCKET", "TPM_SOCKET", "TPM_OPERATOR_SOCKET", "EK_CA", "SPOOL_DIR")
+VARIABLE = re.compile(r"\$\{?([A-Z_]+)")
 EXAMPLES = [e for path in DOCS for e in extract(path)]
 
 
@@ -73,8 +78,11 @@ class _Files:
 
     def _run(self, example: Example, request: pytest.FixtureRequest) -> list[Ran]:
         need_binaries(*example.needs)
-        if example.kind == "swtpm" and self.node is None:
-            self._start_node(request)
+        if example.kind == "swtpm":
+            need_binaries("swtpm", "swtpm_setup", "swtpm_localca")
+            uses = {m for step in example.steps for m in VARIABLE.findall(step.command)}
+            if self.node is None and uses & set(NODE_VARIABLES):
+                self._start_node(request)
         env = example_env(
             os.environ,
             bindir=Path(sys.executable).parent,
@@ -88,7 +96,6 @@ class _Files:
     def _start_node(self, request: pytest.FixtureRequest) -> None:
         from attest.cli.demo import demo_node
 
-        need_binaries("swtpm", "swtpm_setup", "swtpm_localca")
         template: Path = request.getfixturevalue("swtpm_template")
         node_dir = self.tmp.mktemp(f"{self.work.name}-node")
         shutil.copytree(template, node_dir / "tpm")
@@ -107,6 +114,7 @@ class _Files:
             "EK_CA": str(ek_ca),
             "SPOOL_DIR": str(node.spool_dir),
         }
+        assert set(NODE_VARIABLES) <= set(self.variables)
 
     def close(self) -> None:
         if self.node is not None:
