@@ -134,13 +134,19 @@ def _wait(
 
 
 @dataclass(frozen=True, slots=True)
-class _Node:
+class DemoNode:
+    """The demo's node, running (also the node the doc examples run against:
+    ``tests/swtpm/test_doc_examples.py``)."""
+
     client: NodeClient  # the public API
     operator: NodeClient  # attestd's operator socket
     state: SwtpmState  # the swtpm (its EK CA)
     swtpm_port: int
     api_socket: Path
     broker_operator: Path  # attestd-tpm's operator socket
+    url: str  # the public API's base URL
+    broker_socket: Path  # attestd-tpm's socket (attestd's)
+    spool_dir: Path  # the upgrade gate's spool directory (attestd-tpm's --spool-dir)
 
 
 def _gate_dirs(work: Path) -> tuple[list[str], dict[str, str]]:
@@ -157,16 +163,29 @@ def _gate_dirs(work: Path) -> tuple[list[str], dict[str, str]]:
     return args, {"ATTEST_UPGRADE_SPOOL_DIR": str(spool)}
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the demo prints it: relative to the working directory when it lies below
+    it (``./run demo`` prints ``.work/demo/...``), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 @contextlib.contextmanager
-def _node(work: Path, say: Any) -> Iterator[_Node]:
-    """The node as in production on a (manufactured once) swtpm, its upgrade gate on."""
+def demo_node(work: Path, say: Any) -> Iterator[DemoNode]:
+    """The node as in production on a (manufactured once, in ``work/tpm``) swtpm, its upgrade
+    gate on, its state in ``work``; ``say`` reports each process as it comes up."""
     from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair, manufacture
     from attest.verifier.client import NodeClient
 
     t0 = time.perf_counter()
     tpm_dir = work / "tpm"
     if not (tpm_dir / "state" / "tpm2-00.permall").exists():
-        say(f"manufacturing a software TPM in {tpm_dir} (EK certificates from a private CA) ...")
+        say(
+            f"manufacturing a software TPM in {_shown(tpm_dir)} (EK certificates from a private "
+            "CA) ..."
+        )
         manufacture(tpm_dir)
     state = SwtpmState(tpm_dir / "state", tpm_dir / "ca")
     run = work / "run"
@@ -205,7 +224,10 @@ def _node(work: Path, say: Any) -> Iterator[_Node]:
         ]
         with _process(broker_cmd, env, work / "attestd-tpm.log") as broker:
             _wait("attestd-tpm", broker_sock.exists, broker, work / "attestd-tpm.log")
-            say(f"attestd-tpm privileged broker on {broker_sock}, upgrade gate on (TEST root)")
+            say(
+                f"attestd-tpm privileged broker on {_shown(broker_sock)}, upgrade gate on "
+                "(TEST root)"
+            )
             with (
                 _process([str(bindir / "attestd")], env, work / "attestd.log") as api,
                 NodeClient(f"http://127.0.0.1:{port}") as client,
@@ -213,10 +235,21 @@ def _node(work: Path, say: Any) -> Iterator[_Node]:
             ):
                 _wait("attestd", client.ready, api, work / "attestd.log")
                 say(
-                    f"attestd     API on http://127.0.0.1:{port}, operator socket {api_sock}"
+                    f"attestd     API on http://127.0.0.1:{port}, operator socket "
+                    f"{_shown(api_sock)}"
                     f" (up {time.perf_counter() - t0:.1f} s after start)"
                 )
-                yield _Node(client, operator, state, sw.port, api_sock, operator_sock)
+                yield DemoNode(
+                    client,
+                    operator,
+                    state,
+                    sw.port,
+                    api_sock,
+                    operator_sock,
+                    f"http://127.0.0.1:{port}",
+                    broker_sock,
+                    Path(gate_env["ATTEST_UPGRADE_SPOOL_DIR"]),
+                )
 
 
 @dataclass
@@ -254,16 +287,18 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rel = build_release(work / "release", now=datetime.now(UTC))
     say(
-        f"release     {rel.version}: {rel.image} ({rel.digests.size // 1024} KiB), artifact sha256 "
+        f"release     {rel.version}: {_shown(rel.image)} ({rel.digests.size // 1024} KiB), "
+        f"artifact sha256 "
         f"{rel.digests.sha256.hex()[:16]}..., dm-verity root hash "
         f"{rel.digests.verity.root_hash.hex()[:16]}... (attest.verity.hashtree)"
     )
     say(
         f"registry    #{rel.registry.snapshot.sequence} blesses {rel.version}: signed by the TEST "
-        f"releases keys (2 of 3) under the TEST root of {TEST_TRUST} -- TEST keys, never production"
+        f"releases keys (2 of 3) under the TEST root of the repository's "
+        f"{TEST_TRUST.parent.name}/{TEST_TRUST.name} -- TEST keys, never production"
     )
     out = _Outcome()
-    with _node(work, say) as node:
+    with demo_node(work, say) as node:
         now = datetime.now(UTC)  # taken once, as attest verify does (after the TPM's CA exists)
         roots = [x509.load_pem_x509_certificate(node.state.root_ca.read_bytes())]
         inter = [x509.load_pem_x509_certificate(node.state.intermediate_ca.read_bytes())]
@@ -368,7 +403,7 @@ def _wait_for_stop() -> None:
             signal.signal(s, handler)
 
 
-def _play_kernel(node: _Node, rel: DemoRelease, say: Any) -> None:
+def _play_kernel(node: DemoNode, rel: DemoRelease, say: Any) -> None:
     """On a real node attestd's udev watcher records the dm-verity device the kernel set up
     (``attest.node.verity_watch``); here the demo plays the kernel and records the same
     ``verity-device`` event through attestd-tpm's operator socket."""
@@ -387,7 +422,7 @@ def _play_kernel(node: _Node, rel: DemoRelease, say: Any) -> None:
 
 
 def _attest(
-    node: _Node,
+    node: DemoNode,
     enrollment: Enrollment,
     rel: DemoRelease,
     pcrs: PcrSelection,
@@ -443,7 +478,7 @@ def _attest(
     )
 
 
-def _upgrade(node: _Node, rel: DemoRelease, out: _Outcome, say: Any) -> None:
+def _upgrade(node: DemoNode, rel: DemoRelease, out: _Outcome, say: Any) -> None:
     """An image nobody blessed, offered to the node's upgrade gate."""
     offer = offer_unblessed(rel, node.api_socket, node.broker_operator)
     out.upgrade = {
@@ -468,7 +503,7 @@ def _upgrade(node: _Node, rel: DemoRelease, out: _Outcome, say: Any) -> None:
 
 
 def _tamper(
-    node: _Node,
+    node: DemoNode,
     enrollment: Enrollment,
     rel: DemoRelease,
     pcrs: PcrSelection,
@@ -510,7 +545,7 @@ def _demo_rules() -> VerifierRules:
 
 
 def _appraise(
-    node: _Node,
+    node: DemoNode,
     enrollment: Enrollment,
     pcrs: PcrSelection,
     now: datetime,

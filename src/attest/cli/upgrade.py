@@ -270,8 +270,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif doc["pending"]:
         print(f"staged in slot {doc['pending']}: reboot to try it ({doc['tries']} tries)")
     nv = doc["nv_counter"]
+    value = "not defined yet" if nv["value"] is None else nv["value"]
+    committed = nv["committed_sequence"]
     print(
-        f"NV counter {nv['index']}: {nv['value']} (committed release #{nv['committed_sequence']})"
+        f"NV counter {nv['index']}: {value} "
+        + ("(no release committed)" if committed is None else f"(committed release #{committed})")
     )
     return EXIT_OK
 

@@ -387,10 +387,8 @@ def _report(
     print(f"{result.node_id or args.url}: {result.verdict.value.upper()}", file=out)
     rel = _release_json(result)
     running = "not identified" if rel is None else f"{rel['version']} ({rel['status']})"
-    print(
-        f"  release: {running}; enrollment: {result.enrollment}; policy: {result.policy_id}",
-        file=out,
-    )
+    strength = result.enrollment or "not enrolled"
+    print(f"  release: {running}; enrollment: {strength}; policy: {result.policy_id}", file=out)
     if result.first_divergence:
         print(f"  first divergence: {result.first_divergence}", file=out)
     _print_claims(result, out, indent="  ")

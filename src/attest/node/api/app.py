@@ -39,6 +39,8 @@ from attest.node.api.batcher import QuoteBatcher
 from attest.node.api.errors import (
     attest_error_handler,
     http_error_handler,
+    internal_error_handler,
+    printable,
     validation_error_handler,
 )
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
@@ -285,6 +287,7 @@ def create_app(
     app.add_exception_handler(AttestError, attest_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
     _routes(app, ctx)
     # Further route groups (the upgrade upload) are composed in by the shell; they name the
     # paths whose bodies they stream themselves, with those paths' size limits.
@@ -316,15 +319,12 @@ def _parse_selection(pcrs: dict[str, list[int]]) -> PcrSelection:
 
 
 def _routes(app: FastAPI, ctx: NodeContext) -> None:
-    errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": schemas.ErrorBody},
-        503: {"model": schemas.ErrorBody},
-    }
+    errors = schemas.error_responses
 
     @app.post(
         "/v1/evidence",
         response_model=None,
-        responses={200: {"model": schemas.EvidenceResponse}, **errors},
+        responses={200: {"model": schemas.EvidenceResponse}, **errors(400, 422, 503)},
     )
     async def evidence(req: schemas.EvidenceRequest) -> Response:
         """A fresh quote over the requested PCRs answering this nonce (shared with the
@@ -373,7 +373,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         common = _shared_part(ctx, ident, result.quote)
         return Response(join_encoded(head, common), media_type="application/json")
 
-    @app.get("/v1/identity")
+    @app.get("/v1/identity", responses=errors(503))
     async def identity() -> dict[str, Any]:
         """EK certificate(s), EK and AK public areas and names, node id, PCR banks."""
         loop = asyncio.get_running_loop()
@@ -401,7 +401,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         "/v1/enroll/activate",
         response_model=schemas.ActivateResponse,
         dependencies=[Depends(require_trusted_channel)],
-        responses={403: {"model": schemas.ErrorBody}, **errors},
+        responses=errors(400, 403, 422, 503),
     )
     async def activate(req: schemas.ActivateRequest) -> dict[str, str]:
         """The node half of TPM2 credential activation (TPM2_ActivateCredential with the AK
@@ -421,7 +421,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         ctx.metrics.activations += 1
         return {"secret": b64(out)}
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", responses=errors())
     async def status() -> dict[str, Any]:
         """Self-appraisal: a plain verdict with reasons, for the node provider."""
         loop = asyncio.get_running_loop()
@@ -438,7 +438,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             "time": ctx.clock().isoformat(),
         }
 
-    @app.get("/v1/audit")
+    @app.get("/v1/audit", responses=errors(422, 503))
     async def audit(start: int = Query(0, ge=0, le=1 << 40)) -> dict[str, Any]:
         """The operator-access audit log from an index (pseudonymised entries)."""
         loop = asyncio.get_running_loop()
@@ -449,7 +449,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             raise
         return {"start": start, "entries": [dict(e) for e in entries]}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(plain=True))
     async def metrics() -> str:
         """Prometheus text exposition."""
         loop = asyncio.get_running_loop()
@@ -485,18 +485,27 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         ]
         return "\n".join(lines) + "\n"
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=errors())
     async def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "alive"}
 
-    @app.get("/readyz", responses={503: {"model": schemas.ErrorBody}})
+    @app.get("/readyz", responses=errors(503))
     async def readyz() -> JSONResponse:
-        """The TPM answers through attestd-tpm: evidence can be served."""
+        """The TPM answers through attestd-tpm: evidence can be served. Not ready: 503, an
+        error (``check: tpm``) that also says ``ready: false`` and the ``reason``."""
         if ctx.ready:
             return JSONResponse({"ready": True})
+        reason = printable(ctx.last_tpm_error or "starting")
         return JSONResponse(
-            {"ready": False, "reason": ctx.last_tpm_error or "starting"}, status_code=503
+            {
+                "error": "NotReady",
+                "check": "tpm",
+                "detail": reason,
+                "ready": False,
+                "reason": reason,
+            },
+            status_code=503,
         )
 
 

@@ -22,8 +22,9 @@ while the database is unreachable every call that needs it is ``503`` (``check: 
 
 Access (``attest.verifier.fleet.access``): writes need the write token, reads the read or the
 write token when the service has a read token. Every error is ``{"error", "check", "detail"}``
-and never echoes what a node or a client sent: a node that does not answer as an attest node is
-one fixed ``502`` whatever it answered (or whether anything listens at all).
+(``access.Error``, declared by every operation of the OpenAPI document; the HTML pages are not
+in it) and never echoes what a node or a client sent: a node that does not answer as an attest
+node is one fixed ``502`` whatever it answered (or whether anything listens at all).
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ from attest.verifier.fleet.access import (
     Access,
     TokenAuth,
     error_answer,
+    error_responses,
     http_error,
+    internal_error,
+    printable,
     unreachable_answer,
     validation_error,
 )
@@ -143,6 +147,8 @@ def create_fleet_app(
     app.add_middleware(TokenAuth, access=access)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    errors = error_responses
 
     def now_dt() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
@@ -159,7 +165,7 @@ def create_fleet_app(
             raise HTTPException(404, f"no node {node_id!r}")
         return n
 
-    @app.get("/v1/nodes")
+    @app.get("/v1/nodes", responses=errors(401, 422, 503))
     def list_nodes(
         verdict: str | None = Query(None, max_length=32), ear: bool = Query(False)
     ) -> dict[str, Any]:
@@ -171,7 +177,12 @@ def create_fleet_app(
             "nodes": [d for d in nodes if verdict in (None, d["verdict"], d["state"])],
         }
 
-    @app.post("/v1/nodes", status_code=201, response_model=None)
+    @app.post(
+        "/v1/nodes",
+        status_code=201,
+        response_model=None,
+        responses=errors(401, 403, 409, 422, 502, 503),
+    )
     async def register(req: RegisterRequest) -> dict[str, Any] | JSONResponse:
         """Register a node -- or, with ``host_url``, a host and its guest as one node: enroll
         (EK certificate chain to the configured roots and credential activation, or trust on
@@ -234,7 +245,7 @@ def create_fleet_app(
             doc["re_enrolled"] = {**change, "at": iso(change["at"])}
         return doc
 
-    @app.get("/v1/nodes/{node_id}")
+    @app.get("/v1/nodes/{node_id}", responses=errors(401, 404, 503))
     def node(node_id: str) -> dict[str, Any]:
         """The node, with its latest appraisal result."""
         n = get(node_id)
@@ -245,7 +256,10 @@ def create_fleet_app(
             "registry": registry().to_json(),
         }
 
-    @app.get("/v1/nodes/{node_id}/ear", responses={200: {"content": {EAR_MEDIA_TYPE: {}}}})
+    @app.get(
+        "/v1/nodes/{node_id}/ear",
+        responses={200: {"content": {EAR_MEDIA_TYPE: {}}}, **errors(401, 404, 503)},
+    )
     def node_ear(node_id: str) -> Response:
         """The node's latest attestation result: an EAR (JWT, ES256) signed with the key at
         ``/v1/verifier-key``."""
@@ -254,21 +268,21 @@ def create_fleet_app(
             raise HTTPException(404, f"no signed result for {node_id!r} yet")
         return Response(n.ear, media_type=EAR_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
 
-    @app.get("/v1/verifier-key")
+    @app.get("/v1/verifier-key", responses=errors(401, 404))
     def verifier_key() -> JSONResponse:
         """The public key that signs the EARs, as a JWK set (RFC 7517 §5)."""
         if signer is None:
             raise HTTPException(404, "this service signs no attestation results")
         return JSONResponse(signer.jwks(), media_type="application/jwk-set+json")
 
-    @app.delete("/v1/nodes/{node_id}")
+    @app.delete("/v1/nodes/{node_id}", responses=errors(401, 403, 404, 503))
     def remove(node_id: str) -> dict[str, Any]:
         """Stop appraising a node and forget its history."""
         if not store.remove_node(node_id):
             raise HTTPException(404, f"no node {node_id!r}")
         return {"removed": node_id}
 
-    @app.get("/v1/nodes/{node_id}/results")
+    @app.get("/v1/nodes/{node_id}/results", responses=errors(401, 404, 422, 503))
     def results(node_id: str, limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
         """The node's most recent appraisals, newest first."""
         get(node_id)
@@ -277,7 +291,7 @@ def create_fleet_app(
             d["at"] = iso(d.get("at"))
         return {"node_id": node_id, "results": docs}
 
-    @app.get("/v1/nodes/{node_id}/history")
+    @app.get("/v1/nodes/{node_id}/history", responses=errors(401, 404, 422, 503))
     def history(node_id: str, limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
         """Every change of the node's verdict and every re-enrollment (``detail``), newest
         first."""
@@ -287,12 +301,12 @@ def create_fleet_app(
             d["at"] = iso(d["at"])
         return {"node_id": node_id, "changes": docs}
 
-    @app.get("/v1/releases")
+    @app.get("/v1/releases", responses=errors(401, 503))
     def releases() -> dict[str, Any]:
         """Per release: the share of nodes attesting to it, and embargo clocks."""
         return {"time": now_dt().isoformat(), "releases": [r.to_json() for r in report()]}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(401, plain=True))
     def metrics() -> str:
         """Prometheus text exposition."""
         db = store.check()
@@ -315,35 +329,39 @@ def create_fleet_app(
         db = store.check()
         if db.up:
             return JSONResponse({"status": kind, "database": db.to_json()})
+        reason = printable(f"the fleet's database is unreachable: {db.detail}")
         return JSONResponse(
             {
+                "error": "DatabaseUnavailable",
+                "check": "database",
+                "detail": reason,
                 "status": "unavailable",
                 "ready": False,
-                "check": "database",
-                "reason": f"the fleet's database is unreachable: {db.detail}",
+                "reason": reason,
                 "database": db.to_json(),
             },
             status_code=503,
         )
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=errors(503))
     def healthz() -> JSONResponse:
         """200 while the service works; 503 with the reason while its database is
         unreachable (nothing is appraised then)."""
         return health("alive")
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=errors(503))
     def readyz() -> JSONResponse:
         """Ready to serve: 503 with the reason while the database is unreachable."""
         return health("ready")
 
-    @app.get("/", response_class=HTMLResponse)
+    # The pages are for people (HTML), not part of the API the OpenAPI document describes.
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview() -> str:
         return render_overview(
             store.list_nodes(), report(), now=clock(), registry=registry(), freshness=freshness
         )
 
-    @app.get("/nodes/{node_id}", response_class=HTMLResponse)
+    @app.get("/nodes/{node_id}", response_class=HTMLResponse, include_in_schema=False)
     def node_page(node_id: str) -> HTMLResponse:
         n = store.get_node(node_id)
         if n is None:
