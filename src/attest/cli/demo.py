@@ -337,7 +337,7 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
         if args.json:
             print_json(doc)
         return EXIT_OK if ok else EXIT_VERIFY_FAILED
-    with _node(work, say) as node:  # swtpm started again: a TPM reset, a fresh boot
+    with demo_node(work, say) as node:  # swtpm started again: a TPM reset, a fresh boot
         _play_kernel(node, rel, say)
         keep = _kept(work, node)
         if args.json:
@@ -350,7 +350,7 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _kept(work: Path, node: _Node) -> dict[str, Any]:
+def _kept(work: Path, node: DemoNode) -> dict[str, Any]:
     """How to reach the kept node: its URL, sockets, EK CA, the demo's registry and rules,
     and an ``attest verify`` / ``attest fleet add`` command line that appraise it."""
     policy = work / "verifier-policy.json"
