@@ -176,9 +176,14 @@ def verdict_of(claims: Sequence[ClaimResult]) -> Verdict:
 
 
 def first_divergence(findings: Sequence[Finding], verdict: Verdict) -> str | None:
-    """The first finding, in check order, that is not affirming; when the node could not be
-    appraised and none is, the first finding (or that no claim could be made)."""
-    first = next((f.explanation for f in findings if f.tier > Tier.AFFIRMING), None)
+    """The first finding, in check order, of the worst tier found (what made the verdict: a
+    contraindicated node is explained by a contraindication, not by an earlier warning); when
+    the node could not be appraised and no finding is worse than affirming, the first finding
+    (or that no claim could be made)."""
+    worst = max((f.tier for f in findings), default=Tier.NONE)
+    first = None
+    if worst > Tier.AFFIRMING:
+        first = next(f.explanation for f in findings if f.tier is worst)
     if first is None and verdict is Verdict.UNAPPRAISABLE:
         first = next((f.explanation for f in findings), "no claim could be made")
     return first
