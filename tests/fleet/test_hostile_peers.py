@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.fleet.hostile import hostile
+from tests.support.hostile import hostile
 
 from attest.errors import TransportError
 from attest.verifier.client import NodeClient

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,11 +11,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from tests.conftest import SwtpmFactory
+from tests.support.cli import verify_main
 
 from attest.appraisal import Appraised, appraise_incremental
 from attest.appraisal.memory import NodeMemory
@@ -147,6 +151,52 @@ def appraise_contact(
         identity=ev.identity,
         rules=rules,
     )
+
+
+def verify(
+    capsys: pytest.CaptureFixture[str],
+    node: Node,
+    state: Path,
+    key: Path | None,
+    *extra: str,
+    url: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """``attest verify --json`` of ``node`` (or of ``url`` in front of it) with the swtpm's EK
+    CAs, the operator socket and, unless ``extra`` names a ``--policy``, the developer rule of
+    ``no_release_policy``; EAR signed with ``key`` when given. Returns (exit code, output)."""
+    args = [
+        url or node.url,
+        "--state",
+        str(state),
+        *([] if key is None else ["--ear-key", str(key)]),
+        "--json",
+        "--ek-ca",
+        str(node.state.root_ca),
+        "--ek-ca",
+        str(node.state.intermediate_ca),
+        "--operator-socket",
+        str(node.api_sock),
+        *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
+        *extra,
+    ]
+    capsys.readouterr()
+    code = verify_main(args)
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture()
+def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    """A fresh P-256 EAR signing key: its PEM file and the key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "ear.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path, key
 
 
 NodeFactory = Callable[..., Node]

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import SwtpmFactory
+from tests.support.poller import settings as poll_settings
 from tests.swtpm.conftest import NO_RELEASE_RULES, no_release_policy
 
 from attest.appraisal import Appraised, appraise_incremental
@@ -275,7 +276,7 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(
 
     from attest.cli.fleet import _tls_context
     from attest.verifier.fleet.appraiser import default_appraiser
-    from attest.verifier.fleet.poller import Poller, PollSettings
+    from attest.verifier.fleet.poller import Poller
     from attest.verifier.fleet.store import SqliteStore
 
     port, d, verify = tls_node["port"], tls_node["dir"], tls_node["verify"]
@@ -283,17 +284,8 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(
     url = f"https://127.0.0.1:{port}"
     with NodeClient(url, verify=verify) as c:
         e = enroll(c, now=NOW)
-    settings = PollSettings(
-        worker_id="t",
-        interval=0.5,
-        jitter=0.0,
-        concurrency=4,
-        timeout=5.0,
-        lease_ttl=20.0,
-        flush_interval=0.05,
-        tick=0.02,
-        unreachable_after=1,
-        max_backoff=1.0,
+    settings = poll_settings(
+        jitter=0.0, concurrency=4, timeout=5.0, lease_ttl=20.0, unreachable_after=1
     )
 
     def poll(ctx: ssl.SSLContext | None, db: str) -> tuple[str, str]:
