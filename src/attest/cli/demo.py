@@ -211,23 +211,25 @@ class _Outcome:
     """What each step of the demo found (``--json`` and the exit code)."""
 
     release: str | None = None  # the version the affirming appraisal identified
-    verdict: str = ""
+    verdict: str = ""  # Verdict.value of the affirming appraisal
     result: dict[str, Any] = field(default_factory=dict)
     ear: str = ""
-    ear_status: str = ""
+    ear_status: str = ""  # its EAR's ear.status (a Tier label)
     relabel: str | None = None  # the refusal of the relabelled quote
     upgrade: dict[str, Any] = field(default_factory=dict)
     tamper: dict[str, Any] = field(default_factory=dict)
 
     def ok(self) -> bool:
+        from attest.appraisal.claims import Tier, Verdict  # loaded by now: the demo appraised
+
         return (
-            self.verdict == "affirming"
-            and self.ear_status == "affirming"
+            self.verdict == Verdict.AFFIRMING.value
+            and self.ear_status == Tier.AFFIRMING.label
             and self.release == VERSION
             and self.relabel is not None
             and self.upgrade.get("refused") is True
             and self.upgrade.get("pointer_unchanged") is True
-            and self.tamper.get("verdict") == "contraindicated"
+            and self.tamper.get("verdict") == Verdict.CONTRAINDICATED.value
             and bool(self.tamper.get("names_runtime_pcr"))
         )
 

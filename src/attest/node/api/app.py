@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
+from attest.appraisal.selfcheck import SelfVerdict
 from attest.errors import AttestError, BrokerUnavailable, EvidenceFormatError, TpmError
 from attest.evidence import (
     b64,
@@ -52,6 +53,7 @@ PROBE_SELECTION = PcrSelection.parse("sha256:0")
 # What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable.
 UNAVAILABLE = (TpmError, BrokerUnavailable)
 MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.2 s)
+_SELF_OK = (SelfVerdict.OK, SelfVerdict.BLESSED)  # attest_status_ok 1
 
 
 @dataclass
@@ -218,7 +220,7 @@ def _read_image(settings: Settings) -> Callable[[], tuple[str | None, str | None
 def basic_status(ctx: NodeContext) -> dict[str, Any]:
     """Self-appraisal without a registry: TPM and runtime log health."""
     reasons = [] if ctx.ready else [f"TPM unavailable: {ctx.last_tpm_error}"]
-    return {"verdict": "ok" if ctx.ready else "degraded", "reasons": reasons}
+    return {"verdict": SelfVerdict.OK if ctx.ready else SelfVerdict.DEGRADED, "reasons": reasons}
 
 
 def create_app(
@@ -456,7 +458,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         doc = await loop.run_in_executor(None, ctx.status, ctx)
         fs = await loop.run_in_executor(None, _state_fs, ctx)
         m, b = ctx.metrics, ctx.batcher
-        verdict = doc.get("verdict", "unknown")
+        verdict = doc.get("verdict", SelfVerdict.UNKNOWN)
         lines = [
             "# HELP attest_up attestd is running",
             "# TYPE attest_up gauge",
@@ -468,7 +470,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             f"attest_broker_up {int(ctx.broker_up)}",
             "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
             "# TYPE attest_status_ok gauge",
-            f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in ("ok", "blessed"))}',
+            f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in _SELF_OK)}',
             "# TYPE attest_challenges_total counter",
             f"attest_challenges_total {m.challenges}",
             "# TYPE attest_quotes_total counter",

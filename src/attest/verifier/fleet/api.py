@@ -51,6 +51,7 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
+from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.access import (
     Access,
     TokenAuth,
@@ -462,7 +463,7 @@ def prometheus(
     out += [
         f'attest_fleet_embargo_overdue{{version="{_label(r.version)}"}} {int(r.overdue)}'
         for r in releases
-        if r.embargo != "none"
+        if r.embargo is not EmbargoState.NONE
     ]
     out += poller_metrics(poller)
     out += webhook_metrics(webhooks)

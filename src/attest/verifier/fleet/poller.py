@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised, unappraisable
+from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.ear import ear_claims, submod
 from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
@@ -57,7 +58,6 @@ from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
 from attest.verifier.contact import APPRAISAL_PCRS
 from attest.verifier.fleet.appraiser import (
-    STATUSES,
     Appraiser,
     continuity_of,
     continuity_text,
@@ -66,6 +66,7 @@ from attest.verifier.fleet.appraiser import (
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin
+from attest.verifier.fleet.model import NodeStatus
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
 from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.signing import EarSigner
@@ -351,7 +352,7 @@ class Poller:
                 node.node_id,
                 node.token,
                 start,
-                "unenrolled",
+                NodeStatus.UNENROLLED,
                 "the node is registered but not enrolled: no AK is trusted yet",
                 None,
                 None,
@@ -384,10 +385,10 @@ class Poller:
             claims = self._ear(
                 {
                     node.node_id: {
-                        "ear.status": "contraindicated",
+                        "ear.status": Tier.CONTRAINDICATED.label,
                         "ear.trustworthiness-vector": {},
                         "ear.appraisal-policy-id": self.rules.policy_id,
-                        "attest.verdict": "contraindicated",
+                        "attest.verdict": Verdict.CONTRAINDICATED.value,
                         "attest.enrollment": strength,
                         "attest.node.port-id": node.node_id,
                         "attest.explanation": {
@@ -403,7 +404,7 @@ class Poller:
                 node.node_id,
                 node.token,
                 start,
-                "contraindicated",
+                NodeStatus.CONTRAINDICATED,
                 str(exc),
                 getattr(exc, "check", "appraisal"),
                 None,
@@ -461,7 +462,7 @@ class Poller:
             node.node_id,
             node.token,
             start,
-            "none",
+            NodeStatus.NONE,
             f"could not appraise: {reason}",
             reason,
             None,
@@ -539,7 +540,7 @@ class Poller:
             GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
             challenge=challenge,
         )
-        status = pair.status if pair.status in STATUSES else "none"
+        status = NodeStatus.of_tier(pair.verdict.tier)
         # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
         # challenge both layers' nonces come from.
         claims = None if self.signer is None else pair.ear_claims(now=now)
@@ -572,7 +573,7 @@ class Poller:
         failures = node.failures + 1
         delay = min(s.interval * (2 ** min(failures, 20)), s.max_backoff)
         unreachable = failures >= s.unreachable_after
-        verdict = "unreachable" if unreachable else node.verdict
+        verdict = NodeStatus.UNREACHABLE if unreachable else node.verdict
         explanation = f"the node does not answer ({failures} attempts): {error}"
         logger.info(
             "node did not answer",
