@@ -52,6 +52,7 @@ from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
 from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
 from attest.verifier.fleet.api import create_fleet_app, node_json
 from attest.verifier.fleet.appraiser import default_appraiser
+from attest.verifier.fleet.config import DEFAULT_EAR_KEY, FleetSettings, load_fleet_settings
 from attest.verifier.fleet.enrollment import (
     Enroller,
     EnrollPolicy,
@@ -76,13 +77,18 @@ from attest.verifier.fleet.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB = "sqlite:///attest-fleet.db"  # relative to the working directory
-DEFAULT_EAR_KEY = "attest-fleet-ear.pem"  # relative to the working directory
 
-
-def _db(args: argparse.Namespace) -> Store:
-    check_fleet_environment()
-    return open_store(args.db or os.environ.get("ATTEST_FLEET_DB") or DEFAULT_DB)
+def _settings(args: argparse.Namespace) -> FleetSettings:
+    """The command's options over its ``ATTEST_FLEET_*`` environment, read once, first: an
+    unknown variable or a bad value fails before anything starts."""
+    given = vars(args)
+    return load_fleet_settings(
+        os.environ,
+        db=given.get("db"),
+        ek_roots=given.get("ek_roots"),
+        tofu=bool(given.get("tofu")),
+        ear_key=given.get("ear_key"),
+    )
 
 
 def _rules(args: argparse.Namespace) -> VerifierRules:
@@ -95,47 +101,13 @@ def _rules(args: argparse.Namespace) -> VerifierRules:
         raise ConfigError(f"{args.policy}: {exc}", key="--policy") from None
 
 
-FLEET_ENVIRONMENT = (
-    "ATTEST_FLEET_DB",
-    "ATTEST_FLEET_EK_ROOTS",
-    "ATTEST_FLEET_TOFU",
-    "ATTEST_FLEET_EAR_KEY",
-)
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-
-
-def env_flag(name: str) -> bool:
-    """A boolean ``ATTEST_FLEET_*`` variable: anything but a boolean word is refused with its
-    name (``ATTEST_FLEET_TOFU=on`` is true; ``=enabled`` is an error, never a silent false)."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(
-        f"{value[:32]!r} is not a boolean (1/0, true/false, yes/no, on/off)", key=name
-    )
-
-
-def check_fleet_environment() -> None:
-    """Refuse an ``ATTEST_FLEET_*`` variable the fleet does not know (a typo must not be
-    ignored), as attestd refuses unknown ``ATTEST_*`` settings."""
-    for var in sorted(os.environ):
-        if var.startswith("ATTEST_FLEET_") and var not in FLEET_ENVIRONMENT:
-            raise ConfigError("unknown environment variable of attest fleet", key=var)
-
-
-def _enroller(args: argparse.Namespace, rules: VerifierRules) -> Enroller:
-    """The enrollment policies from the options (``attest.verifier.fleet.enrollment``; fails closed:
-    EK roots, or an explicit ``--tofu``). ``$ATTEST_FLEET_EK_ROOTS`` (paths separated by
-    ``:``) and ``$ATTEST_FLEET_TOFU=1`` are the defaults."""
-    roots = args.ek_roots or [
-        p for p in os.environ.get("ATTEST_FLEET_EK_ROOTS", "").split(os.pathsep) if p
-    ]
-    tofu = args.tofu or env_flag("ATTEST_FLEET_TOFU")
+def _enroller(args: argparse.Namespace, settings: FleetSettings, rules: VerifierRules) -> Enroller:
+    """The enrollment policies (``attest.verifier.fleet.enrollment``; fails closed: EK roots,
+    or an explicit ``--tofu``; ``$ATTEST_FLEET_EK_ROOTS``/``$ATTEST_FLEET_TOFU`` are the
+    defaults) and the options of the channels."""
     policy = EnrollPolicy.from_paths(
-        roots,
-        tofu=tofu,
+        list(settings.ek_roots),
+        tofu=settings.tofu,
         tls_ca=args.tls_ca,
         client_cert=args.client_cert,
         client_key=args.client_key,
@@ -237,12 +209,13 @@ def _security(args: argparse.Namespace, host: str) -> tuple[Access, NodeAddresse
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    fleet = _settings(args)
     host, port = _listen(args.listen)
     access, nodes, listen_options = _security(args, host)  # before anything starts
     rules = _rules(args)
-    enroller = _enroller(args, rules)  # a bad policy fails here, before anything starts
+    enroller = _enroller(args, fleet, rules)  # a bad policy fails here, before anything starts
     registry, host_registry = _registries(args, rules)
-    store = _db(args)
+    store = open_store(fleet.db)
     settings = PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         interval=args.interval,
@@ -261,9 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError("a webhook needs --webhook-secret-file", key="--webhook")
         secret = Path(args.webhook_secret_file).read_bytes().strip()
         sender = WebhookSender(args.webhook, secret)
-    signer = load_or_create_key(
-        args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY") or DEFAULT_EAR_KEY
-    )
+    signer = load_or_create_key(fleet.ear_key)
     poller = Poller(
         store,
         settings=settings,
@@ -392,8 +363,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     ):
         if url is not None:
             check_node_url(url, what=key)
-    enroller = _enroller(args, _rules(args))
-    store = _db(args)
+    fleet = _settings(args)
+    enroller = _enroller(args, fleet, _rules(args))
+    store = open_store(fleet.db)
     try:
         if args.id is not None and not args.re_enroll:  # before contacting the node
             known = store.get_node(args.id)
@@ -465,7 +437,7 @@ def _age(age: float | None) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Each node's verdict with its age; ``stale`` (and the last verdict) when it was not
     appraised within the freshness bound."""
-    store = _db(args)
+    store = open_store(_settings(args).db)
     try:
         nodes = store.list_nodes(ear=args.json)
     finally:
@@ -490,7 +462,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _db(args)
+    store = open_store(_settings(args).db)
     try:
         n = store.get_node(args.node_id)
         changes = store.changes(args.node_id, 20) if n is not None else []
