@@ -27,10 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attest import uki
-from attest.appraisal import AppraisalResult, appraise_incremental
+from attest.appraisal import AppraisalResult
 from attest.appraisal.claims import Finding, Tier, Verdict
 from attest.appraisal.ear import result_ear, verify_ear
-from attest.appraisal.memory import NodeMemory
 from attest.enroll import Enrollment
 from attest.errors import EvidenceFormatError
 from attest.eventlog.replay import VerifiedEventLog
@@ -39,7 +38,13 @@ from attest.manifest.model import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
 from attest.verifier.client import NodeClient
-from attest.verifier.contact import enroll, gather, open_channels, selection_for
+from attest.verifier.contact import (
+    appraise_evidence,
+    enroll,
+    gather,
+    open_channels,
+    selection_for,
+)
 
 from .build import PLATFORM_ID, NodeImage
 from .run import Vm
@@ -170,19 +175,13 @@ def attest_vm(
             enrollment = _enroll(client, channel, vm, now)
         selection = selection_for(enrollment.runtime_pcr, pcrs)
         ev = gather(client, selection, operator=channel, identity=client.identity())
-    done = appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    done = appraise_evidence(
+        ev,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=registry,
         platform_id=PLATFORM_ID,
         previous=previous,
-        tls_binding=ev.tls_binding,
         now=now,
-        audit_entries=ev.audit_entries,
-        identity=ev.identity,
     )
     result = done.result
     claims = verify_ear(result_ear(result, key, now=now), key.public_key())

@@ -20,15 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.conftest import SwtpmFactory
 from tests.support.cli import verify_main
 
-from attest.appraisal import Appraised, appraise_incremental
-from attest.appraisal.memory import NodeMemory
+from attest.appraisal import Appraised
 from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.model import PcrSelection
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair
 from attest.tpmstruct import ClockInfo
 from attest.verifier.client import NodeClient
-from attest.verifier.contact import gather, selection_for
+from attest.verifier.contact import appraise_evidence, gather, selection_for
 
 BIN = Path(sys.executable).parent
 
@@ -126,7 +125,7 @@ def appraise_contact(
 ) -> Appraised:
     """One contact as ``attest verify`` makes it, without a registry: a fresh challenge
     (``gather``: the evidence with both logs from the start, the audit log over ``operator``)
-    appraised by ``appraise_incremental``. Raises ``TransportError`` (the node did not answer).
+    appraised whole (``appraise_evidence``). Raises ``TransportError`` (the node did not answer).
     These nodes run no blessed image, so the default rules say explicitly that the release is
     not appraised (``allow_unidentified_release``); with the product's default rules the
     verdict would be a warning ("no registry: release not appraised")."""
@@ -136,19 +135,13 @@ def appraise_contact(
         operator=operator,
         identity=client.identity(),
     )
-    return appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    return appraise_evidence(
+        ev,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=None,
         platform_id=None,
         previous=previous,
-        tls_binding=ev.tls_binding,
         now=datetime.now(UTC),
-        audit_entries=ev.audit_entries,
-        identity=ev.identity,
         rules=rules,
     )
 

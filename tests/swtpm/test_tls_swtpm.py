@@ -3,6 +3,7 @@ client certificate from the configured CA (the mutual-TLS listener)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import ssl
@@ -22,15 +23,14 @@ from tests.conftest import SwtpmFactory
 from tests.support.poller import settings as poll_settings
 from tests.swtpm.conftest import NO_RELEASE_RULES, no_release_policy
 
-from attest.appraisal import Appraised, appraise_incremental
+from attest.appraisal import Appraised
 from attest.appraisal.claims import Verdict
-from attest.appraisal.memory import NodeMemory
 from attest.errors import TransportError
 from attest.model import PcrSelection
 from attest.node.daemon import tls_binding
 from attest.node.tpm.swtpm import free_port_pair
 from attest.verifier.client import NodeClient
-from attest.verifier.contact import enroll, gather, selection_for
+from attest.verifier.contact import appraise_evidence, enroll, gather, selection_for
 
 BIN = Path(sys.executable).parent
 NOW = dt.datetime.now(dt.UTC)
@@ -147,18 +147,13 @@ def test_evidence_is_bound_to_the_tls_key_connected_to(tls_node: dict[str, objec
         assert ev.tls_binding == c.peer_binding
 
     def appraised(binding: bytes | None) -> Appraised:
-        return appraise_incremental(
-            ev.doc,
-            memory=NodeMemory(),
+        return appraise_evidence(
+            dataclasses.replace(ev, tls_binding=binding),
             enrollment=e,
-            nonce=ev.nonce,
-            selection=ev.selection,
             registry=None,
             platform_id=None,
             previous=None,
-            tls_binding=binding,
             now=dt.datetime.now(dt.UTC),
-            identity=ev.identity,
             rules=NO_RELEASE_RULES,
         )
 

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -432,25 +432,12 @@ def _appraise(
 ) -> tuple[Evidence, Appraised]:
     """One contact as ``attest verify`` makes it: a fresh challenge (the evidence with both
     logs, the audit log over the operator socket) appraised with the registry."""
-    from attest.appraisal import appraise_incremental
-    from attest.appraisal.memory import NodeMemory
-    from attest.verifier.contact import gather, selection_for
+    from attest.verifier.contact import appraise_evidence, gather, selection_for
 
     selection = selection_for(enrollment.runtime_pcr, pcrs)
     ev = gather(node.client, selection, operator=node.operator, identity=node.client.identity())
-    done = appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
-        enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
-        registry=registry,
-        platform_id=None,
-        previous=None,
-        tls_binding=ev.tls_binding,
-        now=now,
-        audit_entries=ev.audit_entries,
-        identity=ev.identity,
+    done = appraise_evidence(
+        ev, enrollment=enrollment, registry=registry, platform_id=None, previous=None, now=now
     )
     return ev, done
 
@@ -476,22 +463,14 @@ def _relabel_attack(
     """The attack keylime and tpm2_checkquote accept: the same genuine answer, its PCR values
     relabelled to other indices (same order, so the quote's digest still matches), appraised
     as the genuine one was."""
-    from attest.appraisal import appraise
     from attest.evidence import parse_evidence
+    from attest.verifier.contact import appraise_evidence
 
     genuine = parse_evidence(ev.doc)
     bank, values = next(iter(genuine.pcrs.values.items()))
     shift = 24 - max(values) - 1 if max(values) < 23 else -min(values)
     relabelled = PcrValues({**genuine.pcrs.values, bank: {i + shift: v for i, v in values.items()}})
-    return appraise(
-        {**ev.doc, "pcrs": relabelled.to_json()},
-        enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
-        registry=registry,
-        platform_id=None,
-        previous=None,
-        tls_binding=ev.tls_binding,
-        now=now,
-        identity=ev.identity,
-    )
+    attack = replace(ev, doc={**ev.doc, "pcrs": relabelled.to_json()}, audit_entries=None)
+    return appraise_evidence(
+        attack, enrollment=enrollment, registry=registry, platform_id=None, previous=None, now=now
+    ).result

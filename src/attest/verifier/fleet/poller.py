@@ -348,21 +348,12 @@ class Poller:
         s = self.settings
         enrollment = self._enrollment(node)
         if enrollment is None:
-            return Outcome(
-                node.node_id,
-                node.token,
+            return self._outcome(
+                node,
                 start,
                 NodeStatus.UNENROLLED,
                 "the node is registered but not enrolled: no AK is trusted yet",
-                None,
-                None,
-                None,
-                {},
-                "",
-                0,
-                self._next_due(start, s.interval),
-                node.appraisals + 1,
-                node.verdict,
+                result={},
             )
         if isinstance(enrollment, PairEnrollment):
             return await self._attempt_pair(node, enrollment, start)
@@ -400,21 +391,13 @@ class Poller:
                 start,
                 c.nonce,
             )
-            return Outcome(
-                node.node_id,
-                node.token,
+            return self._outcome(
+                node,
                 start,
                 NodeStatus.CONTRAINDICATED,
                 str(exc),
-                getattr(exc, "check", "appraisal"),
-                None,
-                None,
-                {"error": str(exc)},
-                "",
-                0,
-                self._next_due(start, s.interval),
-                node.appraisals + 1,
-                node.verdict,
+                first_divergence=getattr(exc, "check", "appraisal"),
+                result={"error": str(exc)},
                 ear_claims=claims,
                 enrollment=strength,
             )
@@ -427,21 +410,15 @@ class Poller:
             start,
             c.nonce,
         )
-        return Outcome(
-            node.node_id,
-            node.token,
+        return self._outcome(
+            node,
             start,
             summary.status,
             summary.explanation,
-            summary.first_divergence,
-            summary.release,
-            summary.clock,
-            summary.doc,
-            "",
-            0,
-            self._next_due(start, s.interval),
-            node.appraisals + 1,
-            node.verdict,
+            first_divergence=summary.first_divergence,
+            release=summary.release,
+            clock=summary.clock,
+            result=summary.doc,
             ear_claims=claims,
             continuity=continuity_text(result.continuity),
             enrollment=result.enrollment,
@@ -458,21 +435,13 @@ class Poller:
             policy_id=self.rules.policy_id,
         )
         sm = {**submod(r), "attest.enrollment": strength, "attest.node.port-id": node.node_id}
-        return Outcome(
-            node.node_id,
-            node.token,
+        return self._outcome(
+            node,
             start,
             NodeStatus.NONE,
             f"could not appraise: {reason}",
-            reason,
-            None,
-            None,
-            {**r.to_json(), "enrollment": strength},
-            "",
-            0,
-            self._next_due(start, self.settings.interval),
-            node.appraisals + 1,
-            node.verdict,
+            first_divergence=reason,
+            result={**r.to_json(), "enrollment": strength},
             ear_claims=self._ear({node.node_id: sm}, start, None),
             enrollment=strength,
         )
@@ -544,26 +513,61 @@ class Poller:
         # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
         # challenge both layers' nonces come from.
         claims = None if self.signer is None else pair.ear_claims(now=now)
-        return Outcome(
-            node.node_id,
-            node.token,
+        return self._outcome(
+            node,
             start,
             status,
             pair_explanation(pair),
-            pair.first_divergence,
-            summarize(pair.guest).release,
-            guest_r.clock or node.clock,
-            pair.to_json(),
-            "",
-            0,
-            self._next_due(start, s.interval),
-            node.appraisals + 1,
-            node.verdict,
+            first_divergence=pair.first_divergence,
+            release=summarize(pair.guest).release,
+            clock=guest_r.clock or node.clock,
+            result=pair.to_json(),
             layers=pair_layers(pair, node.host_url, node.url),
             host_clock=host_r.clock or node.host_clock,
             ear_claims=claims,
             continuity=pair_continuity_text(host_r.continuity, guest_r.continuity, node.continuity),
             enrollment=pe.strength.value,
+        )
+
+    def _outcome(
+        self,
+        node: Leased,
+        start: float,
+        verdict: NodeStatus,
+        explanation: str,
+        *,
+        result: dict[str, Any],
+        first_divergence: str | None = None,
+        release: str | None = None,
+        clock: ClockInfo | None = None,
+        ear_claims: dict[str, Any] | None = None,
+        enrollment: str | None = None,
+        continuity: str | None = None,
+        layers: dict[str, Any] | None = None,
+        host_clock: ClockInfo | None = None,
+    ) -> Outcome:
+        """An attempt that ended in a verdict (not a node that did not answer): one more
+        appraisal, no failures, due again one interval after ``start``."""
+        return Outcome(
+            node.node_id,
+            node.token,
+            start,
+            verdict,
+            explanation,
+            first_divergence,
+            release,
+            clock,
+            result,
+            "",
+            0,
+            self._next_due(start, self.settings.interval),
+            node.appraisals + 1,
+            node.verdict,
+            ear_claims=ear_claims,
+            enrollment=enrollment,
+            continuity=continuity,
+            layers=layers,
+            host_clock=host_clock,
         )
 
     def _failed(
