@@ -497,79 +497,73 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("fleet", help="the fleet verifier service")
-    fs = p.add_subparsers(dest="fleet_cmd", metavar="COMMAND")
-    fs.required = True
-
-    def db(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--db",
-            help="sqlite:///PATH or postgresql://... "
-            "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)",
-        )
-
-    def freshness(q: argparse.ArgumentParser, *, interval: bool = True) -> None:
-        if interval:
-            q.add_argument(
-                "--interval",
-                type=float,
-                default=10.0,
-                help="the fleet's polling interval, seconds (default %(default)s)",
-            )
-        q.add_argument(
-            "--stale-after",
-            type=int,
-            default=DEFAULT_STALE_INTERVALS,
-            metavar="N",
-            help="a node not appraised within N intervals is shown stale (its stored verdict "
-            "is kept) (default %(default)s)",
-        )
-
-    def enrollment(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--policy",
-            metavar="FILE",
-            help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
-            "attest verify --policy's): named in every EAR; a node claiming another runtime PCR "
-            "is refused at enrollment",
-        )
-        g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
-        g.add_argument(
-            "--ek-roots",
-            action="append",
-            metavar="PEM|DIR",
-            help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
-            "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
-            "certificate must chain to them, and credential activation must "
-            "prove the AK lives beside that EK",
-        )
-        g.add_argument(
-            "--host-ek-roots",
-            action="append",
-            metavar="PEM|DIR",
-            help="a pair's host layer: its EK CAs (default: --ek-roots, which are "
-            "then the guests' vTPM CA)",
-        )
-        g.add_argument(
-            "--tofu",
-            action="store_true",
-            help="allow trust on first use: enroll without EK roots, or without "
-            "credential activation (said in the enrollment)",
-        )
-        g.add_argument(
-            "--client-cert",
-            help="client certificate for the nodes' mutual-TLS listener (credential activation)",
-        )
-        g.add_argument("--client-key", help="its private key")
-        g.add_argument("--tls-ca", help="CA of the nodes' TLS certificates (https URLs)")
-
-    s = fs.add_parser(
-        "serve",
-        help="appraise the registered nodes continuously; serve the "
-        "REST API, metrics and the web page",
+def _db_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--db",
+        help="sqlite:///PATH or postgresql://... "
+        "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)",
     )
-    db(s)
+
+
+def _freshness_options(q: argparse.ArgumentParser, *, interval: bool = True) -> None:
+    if interval:
+        q.add_argument(
+            "--interval",
+            type=float,
+            default=10.0,
+            help="the fleet's polling interval, seconds (default %(default)s)",
+        )
+    q.add_argument(
+        "--stale-after",
+        type=int,
+        default=DEFAULT_STALE_INTERVALS,
+        metavar="N",
+        help="a node not appraised within N intervals is shown stale (its stored verdict "
+        "is kept) (default %(default)s)",
+    )
+
+
+def _enrollment_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
+        "attest verify --policy's): named in every EAR; a node claiming another runtime PCR "
+        "is refused at enrollment",
+    )
+    g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
+    g.add_argument(
+        "--ek-roots",
+        action="append",
+        metavar="PEM|DIR",
+        help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
+        "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
+        "certificate must chain to them, and credential activation must "
+        "prove the AK lives beside that EK",
+    )
+    g.add_argument(
+        "--host-ek-roots",
+        action="append",
+        metavar="PEM|DIR",
+        help="a pair's host layer: its EK CAs (default: --ek-roots, which are "
+        "then the guests' vTPM CA)",
+    )
+    g.add_argument(
+        "--tofu",
+        action="store_true",
+        help="allow trust on first use: enroll without EK roots, or without "
+        "credential activation (said in the enrollment)",
+    )
+    g.add_argument(
+        "--client-cert",
+        help="client certificate for the nodes' mutual-TLS listener (credential activation)",
+    )
+    g.add_argument("--client-key", help="its private key")
+    g.add_argument("--tls-ca", help="CA of the nodes' TLS certificates (https URLs)")
+
+
+def _serve_polling_options(s: argparse.ArgumentParser) -> None:
+    """Where the service listens; how and what it polls."""
     s.add_argument("--listen", default="127.0.0.1:7500", help="HOST:PORT (default %(default)s)")
     s.add_argument(
         "--interval",
@@ -593,6 +587,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="PCRs to quote (the runtime PCR is added) (default %(default)s)",
     )
     s.add_argument("--platform-id", help="platform reference to appraise firmware against")
+
+
+def _serve_registry_options(s: argparse.ArgumentParser) -> None:
+    """The trusted registries (the nodes' and a pair's host layer's) and platforms."""
     s.add_argument(
         "--trust-dir",
         help="trusted manifest state (attest manifest verify --state); required unless "
@@ -614,6 +612,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--host-platform-id",
         help="a pair's host layer: its platform reference (default --platform-id)",
     )
+
+
+def _serve_access_options(s: argparse.ArgumentParser) -> None:
+    """Webhooks, who may use the service, which nodes it may contact, its EAR key."""
     s.add_argument("--webhook", help="URL to POST signed verdict changes to")
     s.add_argument("--webhook-secret-file", help="HMAC-SHA256 key for the webhook (≥ 16 bytes)")
     s.add_argument(
@@ -651,10 +653,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "results (EAR); created (mode 0600) when missing (default "
         f"$ATTEST_FLEET_EAR_KEY or {DEFAULT_EAR_KEY}); give all workers the same",
     )
-    freshness(s, interval=False)
-    enrollment(s)
+
+
+def _serve_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = fs.add_parser(
+        "serve",
+        help="appraise the registered nodes continuously; serve the "
+        "REST API, metrics and the web page",
+    )
+    _db_option(s)
+    _serve_polling_options(s)
+    _serve_registry_options(s)
+    _serve_access_options(s)
+    _freshness_options(s, interval=False)
+    _enrollment_options(s)
     s.set_defaults(func=cmd_serve)
 
+
+def _add_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a = fs.add_parser("add", help="enroll a node (or a host + guest pair) and register it")
     a.add_argument(
         "url", help="the node API's base URL, e.g. http://10.0.0.5:7443 (with --host: the guest's)"
@@ -681,22 +697,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "its history (weaker said so), its continuity reset; refused without it",
     )
     a.add_argument("--json", action="store_true")
-    db(a)
-    enrollment(a)
+    _db_option(a)
+    _enrollment_options(a)
     a.set_defaults(func=cmd_add)
 
+
+def _ls_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls = fs.add_parser("ls", help="list registered nodes, verdicts and their age")
     ls.add_argument("--json", action="store_true", help="with each node's latest signed EAR")
-    db(ls)
-    freshness(ls)
+    _db_option(ls)
+    _freshness_options(ls)
     ls.set_defaults(func=cmd_ls)
 
+
+def _show_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sh = fs.add_parser("show", help="one node: verdict, layers, explanation, history, EAR")
     sh.add_argument("node_id")
     sh.add_argument("--json", action="store_true")
-    db(sh)
-    freshness(sh)
+    _db_option(sh)
+    _freshness_options(sh)
     sh.set_defaults(func=cmd_show)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("fleet", help="the fleet verifier service")
+    fs = p.add_subparsers(dest="fleet_cmd", metavar="COMMAND")
+    fs.required = True
+    _serve_parser(fs)
+    _add_parser(fs)
+    _ls_parser(fs)
+    _show_parser(fs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -317,16 +317,29 @@ def _parse_selection(pcrs: dict[str, list[int]]) -> PcrSelection:
     return sel
 
 
-def _routes(app: FastAPI, ctx: NodeContext) -> None:
-    errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": schemas.ErrorBody},
-        503: {"model": schemas.ErrorBody},
-    }
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": schemas.ErrorBody},
+    503: {"model": schemas.ErrorBody},
+}
 
+
+def _routes(app: FastAPI, ctx: NodeContext) -> None:
+    _challenge_routes(app, ctx)
+    _status_routes(app, ctx)
+
+
+def _challenge_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """What a verifier asks: evidence (a batched quote and the logs), the identity, and the
+    node half of credential activation."""
+    _evidence_route(app, ctx)
+    _identity_routes(app, ctx)
+
+
+def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
     @app.post(
         "/v1/evidence",
         response_model=None,
-        responses={200: {"model": schemas.EvidenceResponse}, **errors},
+        responses={200: {"model": schemas.EvidenceResponse}, **_ERRORS},
     )
     async def evidence(req: schemas.EvidenceRequest) -> Response:
         """A fresh quote over the requested PCRs answering this nonce (shared with the
@@ -375,6 +388,8 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         common = _shared_part(ctx, ident, result.quote)
         return Response(join_encoded(head, common), media_type="application/json")
 
+
+def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:
     @app.get("/v1/identity")
     async def identity() -> dict[str, Any]:
         """EK certificate(s), EK and AK public areas and names, node id, PCR banks."""
@@ -403,7 +418,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         "/v1/enroll/activate",
         response_model=schemas.ActivateResponse,
         dependencies=[Depends(require_trusted_channel)],
-        responses={403: {"model": schemas.ErrorBody}, **errors},
+        responses={403: {"model": schemas.ErrorBody}, **_ERRORS},
     )
     async def activate(req: schemas.ActivateRequest) -> dict[str, str]:
         """The node half of TPM2 credential activation (TPM2_ActivateCredential with the AK
@@ -422,6 +437,11 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             raise
         ctx.metrics.activations += 1
         return {"secret": b64(out)}
+
+
+def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """What the node provider reads: the self-appraisal, the audit log, metrics, liveness and
+    readiness."""
 
     @app.get("/v1/status")
     async def status() -> dict[str, Any]:
@@ -457,35 +477,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(None, ctx.status, ctx)
         fs = await loop.run_in_executor(None, _state_fs, ctx)
-        m, b = ctx.metrics, ctx.batcher
-        verdict = doc.get("verdict", SelfVerdict.UNKNOWN)
-        lines = [
-            "# HELP attest_up attestd is running",
-            "# TYPE attest_up gauge",
-            "attest_up 1",
-            "# TYPE attest_tpm_ready gauge",
-            f"attest_tpm_ready {int(ctx.ready)}",
-            "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
-            "# TYPE attest_broker_up gauge",
-            f"attest_broker_up {int(ctx.broker_up)}",
-            "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
-            "# TYPE attest_status_ok gauge",
-            f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in _SELF_OK)}',
-            "# TYPE attest_challenges_total counter",
-            f"attest_challenges_total {m.challenges}",
-            "# TYPE attest_quotes_total counter",
-            f"attest_quotes_total {b.quotes}",
-            "# TYPE attest_quote_waiting gauge",
-            f"attest_quote_waiting {b.waiting}",
-            "# TYPE attest_tpm_failures_total counter",
-            f"attest_tpm_failures_total {m.tpm_failures}",
-            "# TYPE attest_activations_total counter",
-            f"attest_activations_total {m.activations}",
-            "# TYPE attest_uptime_seconds gauge",
-            f"attest_uptime_seconds {time.time() - m.started:.0f}",
-            *_state_fs_metrics(fs),
-        ]
-        return "\n".join(lines) + "\n"
+        return _metrics_text(ctx, doc, fs)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -500,6 +492,39 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         return JSONResponse(
             {"ready": False, "reason": ctx.last_tpm_error or "starting"}, status_code=503
         )
+
+
+def _metrics_text(ctx: NodeContext, doc: dict[str, Any], fs: StateFs | None) -> str:
+    """The Prometheus text exposition of ``/metrics`` (``doc``: the self-appraisal)."""
+    m, b = ctx.metrics, ctx.batcher
+    verdict = doc.get("verdict", SelfVerdict.UNKNOWN)
+    lines = [
+        "# HELP attest_up attestd is running",
+        "# TYPE attest_up gauge",
+        "attest_up 1",
+        "# TYPE attest_tpm_ready gauge",
+        f"attest_tpm_ready {int(ctx.ready)}",
+        "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
+        "# TYPE attest_broker_up gauge",
+        f"attest_broker_up {int(ctx.broker_up)}",
+        "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
+        "# TYPE attest_status_ok gauge",
+        f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in _SELF_OK)}',
+        "# TYPE attest_challenges_total counter",
+        f"attest_challenges_total {m.challenges}",
+        "# TYPE attest_quotes_total counter",
+        f"attest_quotes_total {b.quotes}",
+        "# TYPE attest_quote_waiting gauge",
+        f"attest_quote_waiting {b.waiting}",
+        "# TYPE attest_tpm_failures_total counter",
+        f"attest_tpm_failures_total {m.tpm_failures}",
+        "# TYPE attest_activations_total counter",
+        f"attest_activations_total {m.activations}",
+        "# TYPE attest_uptime_seconds gauge",
+        f"attest_uptime_seconds {time.time() - m.started:.0f}",
+        *_state_fs_metrics(fs),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _state_fs(ctx: NodeContext) -> StateFs | None:
