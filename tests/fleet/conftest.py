@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.manifest import NOW, World, build_world, release
+from tests.support.poller import SIM_PLATFORMS
 
 from attest.manifest import VerifiedRegistry, verify_snapshot
 from attest.testing.fleet_sim import SimFleet
@@ -102,17 +103,6 @@ def sim_server(fleet: SimFleet) -> Iterator[SimServer]:
 
 
 # --- a signed registry -------------------------------------------------------------------------
-
-
-# The simulated nodes' platforms, as their signed references in the registry: nodes without a
-# firmware log (PCRs 0-7 zero), and nodes booted with the OVMF q35 log of ../shared/eventlogs.
-SIM_PLATFORM = "sim-no-firmware"
-SIM_OVMF_PLATFORM = "sim-ovmf-q35"
-OVMF_LOG = Path(__file__).resolve().parents[2].parent / "shared/eventlogs/ovmf__q35-direct-boot.bin"
-SIM_PLATFORMS = (
-    SimFleet(0).platform_reference(SIM_PLATFORM),
-    SimFleet(0, firmware_log=OVMF_LOG.read_bytes()).platform_reference(SIM_OVMF_PLATFORM),
-)
 
 
 @dataclass

@@ -29,15 +29,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.fleet.conftest import (
-    SIM_PLATFORM,
-    SIM_PLATFORMS,
-    Registry,
-    dev_policy,
-    free_port,
-    sim_server,
-)
+from tests.fleet.conftest import Registry, dev_policy, free_port, sim_server
 from tests.support.manifest import NOW, release
+from tests.support.poller import SIM_PLATFORM, SIM_PLATFORMS
 
 from attest.errors import NodeIdTaken
 from attest.manifest.trusted import TrustedState

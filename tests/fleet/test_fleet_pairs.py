@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
-from tests.fleet.test_poller import settings, until, verdicts
+from tests.support.poller import settings, until, verdicts
 
 from attest.appraisal.ear import jwk_public_key, verify_ear
 from attest.testing.fleet_sim import SimFleet

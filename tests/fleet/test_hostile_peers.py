@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fleet.hostile import hostile
+from tests.support.hostile import hostile
 
 from attest.errors import TransportError
 from attest.verifier.client import NodeClient

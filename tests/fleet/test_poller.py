@@ -6,19 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fleet.conftest import (
+from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
+from tests.support.poller import (
     OVMF_LOG,
     SIM_OVMF_PLATFORM,
     SIM_PLATFORM,
-    Registry,
-    SimServer,
-    free_port,
-    sim_server,
+    settings,
+    until,
+    verdicts,
 )
 
 from attest.appraisal.rules import VerifierRules
@@ -26,8 +25,8 @@ from attest.enroll import Enrollment
 from attest.errors import WebhookSignatureError
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.poller import Poller, PollSettings
-from attest.verifier.fleet.store import SqliteStore, Store
+from attest.verifier.fleet.poller import Poller
+from attest.verifier.fleet.store import SqliteStore
 from attest.verifier.fleet.webhooks import (
     IDEMPOTENCY_HEADER,
     WebhookSender,
@@ -37,36 +36,6 @@ from attest.verifier.fleet.webhooks import (
 )
 
 SECRET = b"0123456789abcdef-webhook-secret"
-
-
-def settings(**kw: Any) -> PollSettings:
-    base = dict(
-        worker_id="t",
-        interval=0.5,
-        jitter=0.1,
-        concurrency=16,
-        timeout=1.0,
-        lease_ttl=5.0,
-        flush_interval=0.05,
-        tick=0.02,
-        unreachable_after=2,
-        max_backoff=1.0,
-        platform_id=SIM_PLATFORM,
-    )
-    base.update(kw)
-    return PollSettings(**base)  # type: ignore[arg-type]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-def verdicts(store: Store) -> dict[str, str]:
-    return {n.node_id: n.verdict for n in store.list_nodes()}
 
 
 class Receiver:

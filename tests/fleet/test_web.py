@@ -16,7 +16,8 @@ import httpx
 import pytest
 import uvicorn
 from tests.conftest import need_binaries
-from tests.fleet.conftest import SIM_PLATFORM, Registry, free_port, sim_server
+from tests.fleet.conftest import Registry, free_port, sim_server
+from tests.support.poller import SIM_PLATFORM
 
 from attest.errors import NodeIdRefused
 from attest.testing.fleet_sim import SimFleet

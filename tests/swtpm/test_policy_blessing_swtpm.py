@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.swtpm.conftest import Node, NodeFactory
-from tests.swtpm.test_verify_swtpm import ear_key, verify  # noqa: F401 -- fixture
+from tests.support.appraisal import TEST_MANIFESTS
+from tests.swtpm.conftest import Node, NodeFactory, verify
 
 from attest.cli import main as attest_main
 from attest.node.broker.client import BrokerClient
 
 pytestmark = pytest.mark.slow
-
-TEST_MANIFESTS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "test"
 
 
 def manifest(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -105,7 +103,7 @@ def registry_blessing(
 def test_measured_config_digest_is_blessed_and_appraises_affirming(
     node_factory: NodeFactory,
     tmp_path: Path,
-    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],  # noqa: F811
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     conf = tmp_path / "attestd.toml"

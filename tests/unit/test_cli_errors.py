@@ -80,18 +80,6 @@ def test_unexpected_errors_are_one_line_with_their_own_code(
     assert "unexpected error (ZeroDivisionError): a bug" in one_line(capsys)
 
 
-@pytest.mark.parametrize(
-    ("value", "want"), [("on", True), ("1", True), ("off", False), ("", False)]
-)
-def test_fleet_boolean_environment_is_read_strictly(
-    value: str, want: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from attest.cli.fleet import env_flag
-
-    monkeypatch.setenv("ATTEST_FLEET_TOFU", value)
-    assert env_flag("ATTEST_FLEET_TOFU") is want
-
-
 def test_fleet_refuses_a_non_boolean_or_unknown_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -46,6 +46,14 @@ class Tier(enum.IntEnum):
         malfunction), 0 (no claim), 1 (unexpected evidence) carry no tier."""
         return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER  # appraisal's hot path
 
+    @classmethod
+    def of_label(cls, label: object) -> Tier:
+        """The tier an EAR's ``ear.status`` names; ``ValueError`` for anything else."""
+        for tier in cls:
+            if tier.label == label:
+                return tier
+        raise ValueError(f"not an ear.status: {label!r}")
+
 
 _NONE_TIER = Tier.NONE
 _TIERS: tuple[Tier, ...] = tuple(
@@ -97,12 +105,23 @@ class Verdict(enum.Enum):
     UNAPPRAISABLE = "could-not-appraise"
 
     @property
+    def tier(self) -> Tier:
+        """The tier the EAR reports (an alarm is contraindicated; could-not-appraise, none)."""
+        return _VERDICT_TIERS[self]
+
+    @property
     def ear_status(self) -> str:
-        if self is Verdict.ALARM:
-            return Tier.CONTRAINDICATED.label
-        if self is Verdict.UNAPPRAISABLE:
-            return Tier.NONE.label
-        return str(self.value)
+        """The EAR's ``ear.status``: the label of ``tier``."""
+        return self.tier.label
+
+
+_VERDICT_TIERS = {
+    Verdict.AFFIRMING: Tier.AFFIRMING,
+    Verdict.WARNING: Tier.WARNING,
+    Verdict.CONTRAINDICATED: Tier.CONTRAINDICATED,
+    Verdict.ALARM: Tier.CONTRAINDICATED,
+    Verdict.UNAPPRAISABLE: Tier.NONE,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,23 +257,25 @@ class _Outcome:
     """What each step of the demo found (``--json`` and the exit code)."""
 
     release: str | None = None  # the version the affirming appraisal identified
-    verdict: str = ""
+    verdict: str = ""  # Verdict.value of the affirming appraisal
     result: dict[str, Any] = field(default_factory=dict)
     ear: str = ""
-    ear_status: str = ""
+    ear_status: str = ""  # its EAR's ear.status (a Tier label)
     relabel: str | None = None  # the refusal of the relabelled quote
     upgrade: dict[str, Any] = field(default_factory=dict)
     tamper: dict[str, Any] = field(default_factory=dict)
 
     def ok(self) -> bool:
+        from attest.appraisal.claims import Tier, Verdict  # loaded by now: the demo appraised
+
         return (
-            self.verdict == "affirming"
-            and self.ear_status == "affirming"
+            self.verdict == Verdict.AFFIRMING.value
+            and self.ear_status == Tier.AFFIRMING.label
             and self.release == VERSION
             and self.relabel is not None
             and self.upgrade.get("refused") is True
             and self.upgrade.get("pointer_unchanged") is True
-            and self.tamper.get("verdict") == "contraindicated"
+            and self.tamper.get("verdict") == Verdict.CONTRAINDICATED.value
             and bool(self.tamper.get("names_runtime_pcr"))
         )
 
@@ -553,26 +555,18 @@ def _appraise(
 ) -> tuple[Evidence, Appraised]:
     """One contact as ``attest verify`` makes it: a fresh challenge (the evidence with both
     logs, the audit log over the operator socket) appraised with the registry."""
-    from attest.appraisal import appraise_incremental
-    from attest.appraisal.memory import NodeMemory
-    from attest.verifier.contact import gather, selection_for
+    from attest.verifier.contact import appraise_evidence, gather, selection_for
 
     selection = selection_for(enrollment.runtime_pcr, pcrs)
     ev = gather(node.client, selection, operator=node.operator, identity=node.client.identity())
-    done = appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    done = appraise_evidence(
+        ev,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=registry,
         platform_id=None,
-        rules=_demo_rules(),
         previous=None,
-        tls_binding=ev.tls_binding,
         now=now,
-        audit_entries=ev.audit_entries,
-        identity=ev.identity,
+        rules=_demo_rules(),
     )
     return ev, done
 
@@ -598,23 +592,20 @@ def _relabel_attack(
     """The attack keylime and tpm2_checkquote accept: the same genuine answer, its PCR values
     relabelled to other indices (same order, so the quote's digest still matches), appraised
     as the genuine one was."""
-    from attest.appraisal import appraise
     from attest.evidence import parse_evidence
+    from attest.verifier.contact import appraise_evidence
 
     genuine = parse_evidence(ev.doc)
     bank, values = next(iter(genuine.pcrs.values.items()))
     shift = 24 - max(values) - 1 if max(values) < 23 else -min(values)
     relabelled = PcrValues({**genuine.pcrs.values, bank: {i + shift: v for i, v in values.items()}})
-    return appraise(
-        {**ev.doc, "pcrs": relabelled.to_json()},
+    attack = replace(ev, doc={**ev.doc, "pcrs": relabelled.to_json()}, audit_entries=None)
+    return appraise_evidence(
+        attack,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=registry,
         platform_id=None,
-        rules=_demo_rules(),
         previous=None,
-        tls_binding=ev.tls_binding,
         now=now,
-        identity=ev.identity,
-    )
+        rules=_demo_rules(),
+    ).result

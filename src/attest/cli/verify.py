@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -26,12 +27,10 @@ from typing import Any, TextIO
 
 from attest.appraisal import (
     AppraisalResult,
-    appraise_incremental,
     enrollment_refused,
     unappraisable,
 )
 from attest.appraisal.claims import Tier, Verdict
-from attest.appraisal.memory import NodeMemory
 from attest.appraisal.pair import (
     GUEST,
     HOST,
@@ -452,7 +451,7 @@ def _appraise_layer(
     """One node's contact (enroll on first contact, challenge, appraise) for ``cmd_verify``
     and for each layer of a pair, keeping the verified runtime log's ``vtpm`` events. Never
     raises for the node's faults."""
-    from attest.verifier.contact import enroll, gather, selection_for
+    from attest.verifier.contact import appraise_evidence, enroll, gather, selection_for
 
     address = ns.url.rstrip("/")
     notes: list[str] = []
@@ -527,19 +526,13 @@ def _appraise_layer(
             node_id = record.enrollment.node_id if record else node_id
             result = unappraisable(node_id, f"malformed answer: {exc}", nonce=nonce, now=now)
             return _Layer(address, result, record, notes, re_enrollment)
-    done = appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    done = appraise_evidence(
+        dataclasses.replace(ev, identity=identity, audit_entries=audit),
         enrollment=record.enrollment,
-        nonce=nonce,
-        selection=selection,
         registry=registry,
         platform_id=ns.platform,
         previous=record.last_clock,
-        tls_binding=ev.tls_binding,
         now=now,
-        audit_entries=audit,
-        identity=identity,
         rules=rules,
         continuity=record.continuity,
     )

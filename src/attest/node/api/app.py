@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
+from attest.appraisal.selfcheck import SelfVerdict
 from attest.errors import AttestError, BrokerUnavailable, EvidenceFormatError, TpmError
 from attest.evidence import (
     b64,
@@ -54,6 +55,7 @@ PROBE_SELECTION = PcrSelection.parse("sha256:0")
 # What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable.
 UNAVAILABLE = (TpmError, BrokerUnavailable)
 MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.2 s)
+_SELF_OK = (SelfVerdict.OK, SelfVerdict.BLESSED)  # attest_status_ok 1
 
 
 @dataclass
@@ -220,7 +222,7 @@ def _read_image(settings: Settings) -> Callable[[], tuple[str | None, str | None
 def basic_status(ctx: NodeContext) -> dict[str, Any]:
     """Self-appraisal without a registry: TPM and runtime log health."""
     reasons = [] if ctx.ready else [f"TPM unavailable: {ctx.last_tpm_error}"]
-    return {"verdict": "ok" if ctx.ready else "degraded", "reasons": reasons}
+    return {"verdict": SelfVerdict.OK if ctx.ready else SelfVerdict.DEGRADED, "reasons": reasons}
 
 
 def create_app(
@@ -318,9 +320,22 @@ def _parse_selection(pcrs: dict[str, list[int]]) -> PcrSelection:
     return sel
 
 
-def _routes(app: FastAPI, ctx: NodeContext) -> None:
-    errors = schemas.error_responses
+errors = schemas.error_responses
 
+
+def _routes(app: FastAPI, ctx: NodeContext) -> None:
+    _challenge_routes(app, ctx)
+    _status_routes(app, ctx)
+
+
+def _challenge_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """What a verifier asks: evidence (a batched quote and the logs), the identity, and the
+    node half of credential activation."""
+    _evidence_route(app, ctx)
+    _identity_routes(app, ctx)
+
+
+def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
     @app.post(
         "/v1/evidence",
         response_model=None,
@@ -373,6 +388,8 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         common = _shared_part(ctx, ident, result.quote)
         return Response(join_encoded(head, common), media_type="application/json")
 
+
+def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:
     @app.get("/v1/identity", responses=errors(503))
     async def identity() -> dict[str, Any]:
         """EK certificate(s), EK and AK public areas and names, node id, PCR banks."""
@@ -421,6 +438,11 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         ctx.metrics.activations += 1
         return {"secret": b64(out)}
 
+
+def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """What the node provider reads: the self-appraisal, the audit log, metrics, liveness and
+    readiness."""
+
     @app.get("/v1/status", responses=errors())
     async def status() -> dict[str, Any]:
         """Self-appraisal: a plain verdict with reasons, for the node provider."""
@@ -455,35 +477,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(None, ctx.status, ctx)
         fs = await loop.run_in_executor(None, _state_fs, ctx)
-        m, b = ctx.metrics, ctx.batcher
-        verdict = doc.get("verdict", "unknown")
-        lines = [
-            "# HELP attest_up attestd is running",
-            "# TYPE attest_up gauge",
-            "attest_up 1",
-            "# TYPE attest_tpm_ready gauge",
-            f"attest_tpm_ready {int(ctx.ready)}",
-            "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
-            "# TYPE attest_broker_up gauge",
-            f"attest_broker_up {int(ctx.broker_up)}",
-            "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
-            "# TYPE attest_status_ok gauge",
-            f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in ("ok", "blessed"))}',
-            "# TYPE attest_challenges_total counter",
-            f"attest_challenges_total {m.challenges}",
-            "# TYPE attest_quotes_total counter",
-            f"attest_quotes_total {b.quotes}",
-            "# TYPE attest_quote_waiting gauge",
-            f"attest_quote_waiting {b.waiting}",
-            "# TYPE attest_tpm_failures_total counter",
-            f"attest_tpm_failures_total {m.tpm_failures}",
-            "# TYPE attest_activations_total counter",
-            f"attest_activations_total {m.activations}",
-            "# TYPE attest_uptime_seconds gauge",
-            f"attest_uptime_seconds {time.time() - m.started:.0f}",
-            *_state_fs_metrics(fs),
-        ]
-        return "\n".join(lines) + "\n"
+        return _metrics_text(ctx, doc, fs)
 
     @app.get("/healthz", responses=errors())
     async def healthz() -> dict[str, str]:
@@ -507,6 +501,39 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             },
             status_code=503,
         )
+
+
+def _metrics_text(ctx: NodeContext, doc: dict[str, Any], fs: StateFs | None) -> str:
+    """The Prometheus text exposition of ``/metrics`` (``doc``: the self-appraisal)."""
+    m, b = ctx.metrics, ctx.batcher
+    verdict = doc.get("verdict", SelfVerdict.UNKNOWN)
+    lines = [
+        "# HELP attest_up attestd is running",
+        "# TYPE attest_up gauge",
+        "attest_up 1",
+        "# TYPE attest_tpm_ready gauge",
+        f"attest_tpm_ready {int(ctx.ready)}",
+        "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
+        "# TYPE attest_broker_up gauge",
+        f"attest_broker_up {int(ctx.broker_up)}",
+        "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
+        "# TYPE attest_status_ok gauge",
+        f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in _SELF_OK)}',
+        "# TYPE attest_challenges_total counter",
+        f"attest_challenges_total {m.challenges}",
+        "# TYPE attest_quotes_total counter",
+        f"attest_quotes_total {b.quotes}",
+        "# TYPE attest_quote_waiting gauge",
+        f"attest_quote_waiting {b.waiting}",
+        "# TYPE attest_tpm_failures_total counter",
+        f"attest_tpm_failures_total {m.tpm_failures}",
+        "# TYPE attest_activations_total counter",
+        f"attest_activations_total {m.activations}",
+        "# TYPE attest_uptime_seconds gauge",
+        f"attest_uptime_seconds {time.time() - m.started:.0f}",
+        *_state_fs_metrics(fs),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _state_fs(ctx: NodeContext) -> StateFs | None:

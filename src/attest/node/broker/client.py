@@ -226,6 +226,40 @@ def spool_file(
             path.unlink()
 
 
+def stage_offer(
+    socket_path: str | os.PathLike[str],
+    spool_dir: str | os.PathLike[str],
+    offer: Any,
+    *,
+    timeout: float = STAGE_TIMEOUT,
+) -> StagedUpgrade:
+    """Offer an upgrade (``attest.node.upgrade.stager.Offer``) to the gate of the broker at
+    ``socket_path``: its image and hash tree are spooled in ``spool_dir`` (where the broker
+    reads them), the rest travels in the request; the broker's clock decides expiry."""
+    if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
+        raise EvidenceFormatError(
+            f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
+            f"takes at most {p.MAX_STAGE_SNAPSHOT}"
+        )
+    with contextlib.ExitStack() as stack:
+        tree = None
+        if offer.hash_tree is not None:
+            tree = str(
+                stack.enter_context(spool_file(spool_dir, data=offer.hash_tree, suffix=".tree"))
+            )
+        image = stack.enter_context(spool_file(spool_dir, source=Path(offer.image)))
+        req = p.UpgradeStage(
+            str(image),
+            offer.snapshot,
+            offer.actor,
+            roots=offer.roots,
+            hash_tree_path=tree,
+            version=offer.version,
+        )
+        with BrokerClient(socket_path, timeout=timeout) as client:
+            return client.upgrade_stage(req)
+
+
 class BrokerGate:
     """The upgrade gate run by ``attestd-tpm``, for ``attest.node.api.upgrades.add_upgrade_routes``.
 
@@ -248,30 +282,7 @@ class BrokerGate:
         self.timeout = timeout
 
     def stage(self, offer: Any, *, now: datetime) -> StagedUpgrade:
-        if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
-            raise EvidenceFormatError(
-                f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
-                f"takes at most {p.MAX_STAGE_SNAPSHOT}"
-            )
-        with contextlib.ExitStack() as stack:
-            tree = None
-            if offer.hash_tree is not None:
-                tree = str(
-                    stack.enter_context(
-                        spool_file(self.spool_dir, data=offer.hash_tree, suffix=".tree")
-                    )
-                )
-            image = stack.enter_context(spool_file(self.spool_dir, source=Path(offer.image)))
-            req = p.UpgradeStage(
-                str(image),
-                offer.snapshot,
-                offer.actor,
-                roots=offer.roots,
-                hash_tree_path=tree,
-                version=offer.version,
-            )
-            with BrokerClient(self.socket_path, timeout=self.timeout) as client:
-                return client.upgrade_stage(req)
+        return stage_offer(self.socket_path, self.spool_dir, offer, timeout=self.timeout)
 
     def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused:
         if reason != UPLOAD_TOO_LARGE:

@@ -57,6 +57,7 @@ from attest.node.broker.wire import (
     SECRET,
     STATE_FS,
     Codec,
+    codec,
     dumps,
     hex_bytes,
     loads,
@@ -392,7 +393,7 @@ class OPS:
         "read_pcrs",
         Privilege.API,
         idempotent=True,
-        args=Codec(ReadPcrs.to_json, ReadPcrs.from_json),
+        args=codec(ReadPcrs),
         result=PCRS,
         serve=lambda s, a: s.node.read_pcrs(a.selection),
     )
@@ -400,7 +401,7 @@ class OPS:
         "quote",
         Privilege.API,
         idempotent=True,
-        args=Codec(Quote.to_json, Quote.from_json),
+        args=codec(Quote),
         result=QUOTE,
         serve=lambda s, a: s.node.quote(a.selection, a.qualifying_data),
     )
@@ -408,7 +409,7 @@ class OPS:
         "activate_credential",
         Privilege.API,
         idempotent=True,
-        args=Codec(ActivateCredential.to_json, ActivateCredential.from_json),
+        args=codec(ActivateCredential),
         result=SECRET,
         serve=lambda s, a: s.node.activate_credential(a.id_object, a.encrypted_secret),
     )
@@ -416,7 +417,7 @@ class OPS:
         "measure",
         Privilege.API,
         idempotent=False,
-        args=Codec(Measure.to_json, Measure.from_json),
+        args=codec(Measure),
         result=RECORD,
         serve=lambda s, a: s.measure(a.kind, a.content),  # the socket's kinds only
     )
@@ -424,7 +425,7 @@ class OPS:
         "runtime_log",
         Privilege.API,
         idempotent=True,
-        args=Codec(LogRead.to_json, LogRead.from_json),
+        args=codec(LogRead),
         result=RECORDS,
         serve=lambda s, a: s.node.runtime_log(a.start),
     )
@@ -432,7 +433,7 @@ class OPS:
         "audit_record",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(AuditRecord.to_json, AuditRecord.from_json),
+        args=codec(AuditRecord),
         result=ENTRY,
         serve=lambda s, a: s.node.audit_record(a.event),
         redact=True,
@@ -441,7 +442,7 @@ class OPS:
         "audit_log",
         Privilege.API,
         idempotent=True,
-        args=Codec(LogRead.to_json, LogRead.from_json),
+        args=codec(LogRead),
         result=ENTRIES,
         serve=lambda s, a: s.node.audit_log(a.start),
     )
@@ -449,7 +450,7 @@ class OPS:
         "nv_counter_read",
         Privilege.API,
         idempotent=True,
-        args=Codec(NvIndex.to_json, NvIndex.from_json),
+        args=codec(NvIndex),
         result=COUNTER,
         serve=lambda s, a: s.node.nv_counter_read(a.index),
     )
@@ -457,7 +458,7 @@ class OPS:
         "nv_counter_define",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(NvIndex.to_json, NvIndex.from_json),
+        args=codec(NvIndex),
         result=COUNTER,
         serve=lambda s, a: s.node.nv_counter_define(a.index),
     )
@@ -465,7 +466,7 @@ class OPS:
         "nv_counter_increment",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(NvIndex.to_json, NvIndex.from_json),
+        args=codec(NvIndex),
         result=COUNTER,
         serve=lambda s, a: s.node.nv_counter_increment(a.index),
     )
@@ -483,15 +484,15 @@ class OPS:
         "upgrade_stage",
         Privilege.API,
         idempotent=False,
-        args=Codec(UpgradeStage.to_json, UpgradeStage.from_json),
-        result=Codec(StagedUpgrade.to_json, StagedUpgrade.from_json),
+        args=codec(UpgradeStage),
+        result=codec(StagedUpgrade),
         serve=lambda s, a: s.upgrades().stage(a),
     )
     upgrade_refuse_upload = Op(
         "upgrade_refuse_upload",
         Privilege.API,
         idempotent=False,
-        args=Codec(UpgradeRefuseUpload.to_json, UpgradeRefuseUpload.from_json),
+        args=codec(UpgradeRefuseUpload),
         result=REFUSAL,
         serve=lambda s, a: s.upgrades().refuse_upload(a),
     )
@@ -500,15 +501,15 @@ class OPS:
         Privilege.API,
         idempotent=True,
         args=NO_ARGS,
-        result=Codec(GateStatus.to_json, GateStatus.from_json),
+        result=codec(GateStatus),
         serve=lambda s, _: s.upgrades().status(),
     )
     upgrade_confirm = Op(
         "upgrade_confirm",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(UpgradeConfirm.to_json, UpgradeConfirm.from_json),
-        result=Codec(Confirmed.to_json, Confirmed.from_json),
+        args=codec(UpgradeConfirm),
+        result=codec(Confirmed),
         serve=lambda s, a: s.upgrades().confirm(a),
     )
     upgrade_boot = Op(
@@ -516,7 +517,7 @@ class OPS:
         Privilege.OPERATOR,
         idempotent=False,
         args=NO_ARGS,
-        result=Codec(BootChoice.to_json, BootChoice.from_json),
+        result=codec(BootChoice),
         serve=lambda s, _: s.upgrades().boot(),
     )
     # The host's guest vTPMs (attest.node.tpm.vtpm): create, vouch, list.
@@ -524,16 +525,16 @@ class OPS:
         "vtpm_create",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(VtpmCreate.to_json, VtpmCreate.from_json),
-        result=Codec(VtpmVouched.to_json, VtpmVouched.from_json),
+        args=codec(VtpmCreate),
+        result=codec(VtpmVouched),
         serve=lambda s, a: VtpmVouched.from_json(s.vtpms().create(a.guest_id, operator=s.operator)),
     )
     vtpm_record = Op(
         "vtpm_record",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(VtpmRecord.to_json, VtpmRecord.from_json),
-        result=Codec(VtpmVouched.to_json, VtpmVouched.from_json),
+        args=codec(VtpmRecord),
+        result=codec(VtpmVouched),
         serve=lambda s, a: VtpmVouched.from_json(
             s.vtpms().record(a.guest_id, a.ek_public, operator=s.operator)
         ),

@@ -42,7 +42,7 @@ from attest.errors import NodeIdTaken
 from attest.tpmstruct import ClockInfo
 from attest.verifier.fleet.admission import check_node_id
 from attest.verifier.fleet.enrollment import STRENGTH_RANK, ak_names, enrollment_from_json
-from attest.verifier.fleet.model import NodeRow
+from attest.verifier.fleet.model import NodeRow, NodeStatus
 from attest.verifier.fleet.outbox import (
     INSERT,
     OUTBOX_TABLE,
@@ -73,7 +73,7 @@ class Leased:
     node_id: str
     url: str
     enrollment_doc: str | None
-    verdict: str
+    verdict: NodeStatus
     failures: int
     appraisals: int
     clock: ClockInfo | None
@@ -92,7 +92,7 @@ class Outcome:
     node_id: str
     token: int
     at: float
-    verdict: str
+    verdict: NodeStatus
     explanation: str
     first_divergence: str | None
     release: str | None
@@ -102,7 +102,7 @@ class Outcome:
     failures: int  # consecutive transport failures after this attempt
     next_due: float
     seq: int  # this node's appraisal count after this attempt (the ring's sequence)
-    previous_verdict: str
+    previous_verdict: NodeStatus
     ear: str | None = None  # the signed EAR of this attempt; None keeps the node's last one
     layers: dict[str, Any] | None = None  # a pair's per-layer verdicts (None for one node)
     host_clock: ClockInfo | None = None  # a pair: the host quote's clock
@@ -185,7 +185,7 @@ def _leased(r: Sequence[Any], token: int) -> Leased:
         r[0],
         r[1],
         r[2],
-        r[3],
+        NodeStatus(r[3]),
         r[4],
         r[5],
         clock_from_text(r[6]),
@@ -210,7 +210,7 @@ def _node_row(r: Sequence[Any]) -> NodeRow:
         bool(r[2]),
         r[3],
         r[4],
-        r[5],
+        NodeStatus(r[5]),
         r[6],
         r[7],
         r[8],
@@ -230,7 +230,7 @@ def _schema(*, real: str, serial: str) -> list[str]:
     return [
         f"""CREATE TABLE IF NOT EXISTS nodes (
             node_id TEXT PRIMARY KEY, url TEXT NOT NULL, added_at {real} NOT NULL,
-            next_due {real} NOT NULL, verdict TEXT NOT NULL DEFAULT 'none',
+            next_due {real} NOT NULL, verdict TEXT NOT NULL DEFAULT '{NodeStatus.NONE}',
             explanation TEXT NOT NULL DEFAULT '', first_divergence TEXT, release TEXT,
             last_appraised {real}, last_seen {real}, last_error TEXT NOT NULL DEFAULT '',
             failures INTEGER NOT NULL DEFAULT 0, appraisals BIGINT NOT NULL DEFAULT 0,
@@ -334,7 +334,7 @@ class _SqlStore(SqlOutbox):
         in its history (returned; ``by`` names the operator action), saying when the new
         enrollment is weaker than the old."""
         check_node_id(node_id)  # whoever chose it: reachable as /v1/nodes/{id}
-        verdict = "none" if enrollment is not None else "unenrolled"
+        verdict = NodeStatus.NONE if enrollment is not None else NodeStatus.UNENROLLED
         with self._tx() as cur:
             cur.execute(
                 self._q(
@@ -376,10 +376,9 @@ class _SqlStore(SqlOutbox):
                 cur.execute(
                     self._q(
                         "UPDATE nodes SET next_due = ?, verdict = CASE WHEN "
-                        "verdict = 'unenrolled' THEN 'none' ELSE verdict END "
-                        "WHERE node_id = ?"
+                        "verdict = ? THEN ? ELSE verdict END WHERE node_id = ?"
                     ),
-                    (now, node_id),
+                    (now, NodeStatus.UNENROLLED, NodeStatus.NONE, node_id),
                 )
         return entry
 
@@ -428,7 +427,7 @@ class _SqlStore(SqlOutbox):
                 "release = NULL, clock = NULL, continuity = NULL, ear = NULL, layers = NULL, "
                 "failures = 0, last_error = '', owner = NULL, next_due = ? WHERE node_id = ?"
             ),
-            ("unenrolled", explanation, now, node_id),
+            (NodeStatus.UNENROLLED, explanation, now, node_id),
         )
         cur.execute(
             self._q(
@@ -439,7 +438,7 @@ class _SqlStore(SqlOutbox):
                 node_id,
                 now,
                 old_verdict,
-                "unenrolled" if enrollment is None else "none",
+                NodeStatus.UNENROLLED if enrollment is None else NodeStatus.NONE,
                 explanation,
                 json.dumps(detail),
             ),
