@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from tests.fleet.hooks import Receiver, make_event
-from tests.fleet.test_store import SIM, outcome
+from tests.support.store import SIM, outcome
 
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
