@@ -299,3 +299,18 @@ def test_broker_reads_the_firmware_log_systemd_passed_as_a_credential(tmp_path: 
     assert default_firmware_log({"CREDENTIALS_DIRECTORY": str(tmp_path)}) == (
         tmp_path / "firmware-log"
     )
+
+
+def test_attestd_with_a_broker_loads_neither_the_verity_watcher_nor_the_host_reader() -> None:
+    """attestd (broker mode) asks the broker; the modules that read the host stay unloaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, attest.node.daemon, attest.node.api.app, attest.node.broker.client\n"
+        "loaded = [m for m in ('attest.node.verity_watch', 'attest.node.broker.host',"
+        " 'attest.node.broker.local', 'pyudev') if m in sys.modules]\n"
+        "print(loaded)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
