@@ -461,13 +461,14 @@ def test_api_socket_cannot_record_audit_events(broker: Any) -> None:
         c.audit_record({"event": "login", "user": "x"})
 
 
-@pytest.mark.parametrize("kind", ["audit", "upgrade-decision", "nv-counter"])
+@pytest.mark.parametrize("kind", ["audit", "upgrade-decision", "nv-counter", "verity-device"])
 def test_api_socket_cannot_measure_kinds_outside_allow_list(broker: Any, kind: str) -> None:
     _, api, _, _ = broker
     contents: dict[str, dict[str, Any]] = {
         "audit": {"audit_seq": 0, "entry_hash": "00" * 32},
         "upgrade-decision": {"accepted": True, "reason": "ok", "version": "2"},
         "nv-counter": {"index": 1, "value": 1},
+        "verity-device": {"name": "root", "root_hash": "ab" * 32},  # names the release
     }
     content = contents[kind]
     with BrokerClient(api) as c, pytest.raises(OperationNotAllowed):

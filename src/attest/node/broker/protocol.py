@@ -87,7 +87,10 @@ if TYPE_CHECKING:
 A = TypeVar("A")
 R = TypeVar("R")
 
-DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "verity-device", "config", "daemon-start"})
+# What attestd records itself. Not ``verity-device``: the broker's own watcher records those
+# (attest.node.broker.host), and a verity root hash names the release the verifier appraises,
+# so the network-facing process must not be able to claim one.
+DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "config", "daemon-start"})
 # Audit anchors are written only by the audit log itself, never on request; vTPM vouchings only
 # by vtpm_create / vtpm_record, which check the created set.
 OPERATOR_MEASURE_KINDS = KINDS - {KIND_AUDIT, KIND_VTPM}
