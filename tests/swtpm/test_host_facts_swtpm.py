@@ -56,3 +56,24 @@ def test_a_broker_without_a_firmware_log_serves_evidence_without_one(
         )
     assert doc["firmware_log"] is None and doc["boot"]["cmdline"] is None
     assert doc["quote"]  # the evidence itself is there
+
+
+def test_the_brokers_verity_watcher_reports_to_attestd(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """--watch-verity on in a real attestd-tpm: this host has no dm-verity device, so the
+    root hash the command line names is unbacked, and attestd's evidence and /v1/status say
+    so from the broker's report (attestd runs no watcher: it has no device to watch)."""
+    root = "cd" * 32
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"console=ttyS0 roothash={root}\n")
+    node = node_factory(broker_args=("--cmdline", str(cmdline), "--watch-verity", "on"))
+    with BrokerClient(node.work / "run" / "tpm.sock") as api:
+        report = api.verity_report()
+    assert report is not None and report.devices == ()
+    assert [h.root_hash.hex() for h in report.unbacked] == [root]
+    with node.client() as client:
+        doc = client.evidence(secrets.token_bytes(32), PcrSelection.parse("sha256:13"))
+        assert doc["verity"] == report.to_json()
+        assert doc["verity"]["cmdline_backed"] is False
+        assert client.status()["checks"]["verity"] == "unbacked"
