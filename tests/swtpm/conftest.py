@@ -244,6 +244,12 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
             str(run / "tpm-op.sock"),
             "--state-dir",
             str(node_state),
+            # Not the host's firmware log (it would not replay into the swtpm's PCRs), no
+            # dm-verity watcher (the host has no device-mapper); broker_args may override.
+            "--firmware-log",
+            str(work / "none"),
+            "--watch-verity",
+            "off",
             *broker_args,
         )
         broker = subprocess.Popen(broker_cmd, env=env, stdout=logs[0], stderr=subprocess.STDOUT)

@@ -128,8 +128,8 @@ def test_measured_config_digest_is_blessed_and_appraises_affirming(
     # Blessed: the node runs release 9.0.0 (its root file system's dm-verity root hash,
     # measured in the runtime log) and the verifier finds its config and MAC policy blessed.
     reg, root_hash = registry_blessing(tmp_path, capsys, "9.0.0", config=digest, mac=mac)
-    with BrokerClient(node.work / "run" / "tpm.sock") as api:
-        api.measure("verity-device", {"name": "root", "root_hash": root_hash})
+    with BrokerClient(node.broker_operator_sock) as op:  # as the broker's verity watcher would
+        op.measure("verity-device", {"name": "root", "root_hash": root_hash})
     code, doc = verify(
         capsys,
         node,

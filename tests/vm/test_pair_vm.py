@@ -182,8 +182,8 @@ def test_scenario3_unblessed_host_is_contraindicated_at_the_host_layer(
     pair_vm: PairVm,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with BrokerClient(pair_vm.host.work / "run" / "tpm.sock") as api:
-        api.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
+    with BrokerClient(pair_vm.host.broker_operator_sock) as op:  # as its verity watcher would
+        op.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
     code, doc = pair_vm.verify(
         capsys,
         "--host-root",

@@ -11,7 +11,7 @@ every line a real check through the path of ``attest verify``.
 3. the verifier enrolls the node: EK certificate chain, AK attributes, TPM2 credential
    activation over the operator socket; an operator login is recorded in the audit log;
 4. the node runs the release: there is no device-mapper here, so the demo plays the node's
-   kernel and records the ``verity-device`` event attestd's udev watcher would record, through
+   kernel and records the ``verity-device`` event attestd-tpm's udev watcher would record, through
    attestd-tpm's operator socket;
 5. the verifier appraises the node as ``attest verify`` does, with the registry and the
    default rules except one, said in the result: the platform is waived (a software TPM has
@@ -220,6 +220,12 @@ def demo_node(work: Path, say: Any) -> Iterator[DemoNode]:
             str(operator_sock),
             "--state-dir",
             str(node_state),
+            # Not this machine's firmware log (it would not replay into the swtpm's PCRs);
+            # no device-mapper here: the demo plays the kernel below.
+            "--firmware-log",
+            str(work / "no-firmware-log"),
+            "--watch-verity",
+            "off",
             *gate_args,
         ]
         with _process(broker_cmd, env, work / "attestd-tpm.log") as broker:
@@ -406,7 +412,7 @@ def _wait_for_stop() -> None:
 
 
 def _play_kernel(node: DemoNode, rel: DemoRelease, say: Any) -> None:
-    """On a real node attestd's udev watcher records the dm-verity device the kernel set up
+    """On a real node attestd-tpm's udev watcher records the dm-verity device the kernel set up
     (``attest.node.verity_watch``); here the demo plays the kernel and records the same
     ``verity-device`` event through attestd-tpm's operator socket."""
     from attest.node.broker.client import BrokerClient
@@ -418,7 +424,7 @@ def _play_kernel(node: DemoNode, rel: DemoRelease, say: Any) -> None:
         )
     say(
         f"node kernel no device-mapper here: the demo plays the node's kernel and records the "
-        f"verity-device event attestd's udev watcher would (root, {root[:16]}..., runtime log "
+        f"verity-device event attestd-tpm's udev watcher would (root, {root[:16]}..., runtime log "
         f"record {rec.recnum}) through attestd-tpm's operator socket"
     )
 

@@ -2,6 +2,10 @@
 
 The app holds no TPM handle: it talks to a ``NodePort`` (the privileged broker in production,
 an in-process ``LocalNode`` over a fake TPM in tests -- injected here, no test-only branches).
+It reads no host file for evidence either: the firmware event log, the kernel command line and
+the dm-verity report come from the node port (``attestd-tpm`` reads them; docs/daemon-hardening.md).
+The firmware log and the command line do not change while the node runs: they are fetched
+once (the log in chunks) and kept; the verity report is refreshed every few seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
 from attest.appraisal.selfcheck import SelfVerdict
-from attest.errors import AttestError, BrokerUnavailable, EvidenceFormatError, TpmError
+from attest.errors import (
+    AttestError,
+    BrokerUnavailable,
+    EvidenceFormatError,
+    TpmError,
+    TransportError,
+)
 from attest.evidence import (
     b64,
     challenge_members,
@@ -46,8 +56,9 @@ from attest.node.api.errors import (
 )
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
 from attest.node.config import Settings
-from attest.node.port import NodeIdentity, NodePort, StateFs
+from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort, StateFs
 from attest.node.tpm.port import RawQuote
+from attest.verity.devices import VerityReport
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +86,6 @@ class NodeContext:
     node: NodePort
     batcher: QuoteBatcher
     tls_binding: bytes
-    firmware_log: bytes | None
-    verity: Callable[[], dict[str, Any] | None]
     image: Callable[[], tuple[str | None, str | None]]
     status: Callable[[NodeContext], dict[str, Any]]
     clock: Callable[[], datetime]
@@ -96,7 +105,11 @@ class NodeContext:
     log_mark: tuple[int, str] | None = None  # (recnum, content digest) of the last record seen
     watcher: asyncio.Task[None] | None = None
     shared: tuple[RawQuote, bytes] | None = None
+    # From the node port (load_host_facts, refresh_verity); host_loaded once they were.
+    firmware_log: bytes | None = None
     cmdline: str | None = None
+    host_loaded: bool = False
+    verity_report: VerityReport | None = None
 
     def get_identity(self) -> NodeIdentity:
         if self.identity is None:
@@ -154,6 +167,39 @@ class NodeContext:
             except UNAVAILABLE as exc:
                 self.tpm_failed(exc)
 
+    def load_host_facts(self) -> None:
+        """Fetch the firmware log and the kernel command line from the node port (once: they
+        do not change while the node runs). ``BrokerUnavailable`` / ``TpmError`` propagate
+        (not loaded: asked again later); another error (a broker without these operations,
+        a log over ``logs.max_firmware_log_bytes``) is logged and the evidence goes without."""
+        try:
+            self.firmware_log = read_firmware_log(
+                self.node, limit=self.settings.logs.max_firmware_log_bytes
+            )
+            self.cmdline = self.node.kernel_cmdline()
+        except UNAVAILABLE:
+            raise
+        except AttestError as exc:
+            logger.error("firmware log / kernel command line not served: %s", exc)
+        self.host_loaded = True
+
+    def refresh_verity(self) -> VerityReport | None:
+        """The node's latest dm-verity report (kept for evidence); the last one kept when the
+        node cannot be asked."""
+        try:
+            self.verity_report = self.node.verity_report()
+        except AttestError as exc:
+            logger.info("dm-verity report not refreshed: %s", exc)
+        return self.verity_report
+
+    def refresh_host(self) -> None:
+        self.refresh_verity()
+        if not self.host_loaded:
+            try:
+                self.load_host_facts()
+            except UNAVAILABLE as exc:
+                logger.info("firmware log not fetched yet: %s", exc)
+
     def check_log(self) -> None:
         """If the runtime log no longer holds the last record we saw (a TPM reset made the
         broker start a fresh log), record our events again. Reads the log from that record
@@ -186,23 +232,38 @@ class NodeContext:
             await asyncio.sleep(interval)
             if self.ready:
                 await loop.run_in_executor(None, self.check_log)
+                await loop.run_in_executor(None, self.refresh_host)
+
+
+def read_firmware_log(node: NodePort, *, limit: int) -> bytes | None:
+    """The node's whole firmware event log, read in chunks of ``FIRMWARE_LOG_CHUNK`` bytes;
+    None when it has none. ``TransportError`` when the answers do not add up (the size
+    changed between chunks, a chunk from elsewhere, no progress) or the log is over
+    ``limit`` bytes."""
+    parts: list[bytes] = []
+    offset, total = 0, None
+    while total is None or offset < total:
+        chunk = node.firmware_log(offset, FIRMWARE_LOG_CHUNK)
+        if chunk is None:
+            if total is not None:
+                raise TransportError("the firmware log disappeared while it was read")
+            return None
+        if total is None:
+            total = chunk.total
+            if total > limit:
+                raise TransportError(f"firmware event log of {total} bytes is over {limit}")
+        if chunk.total != total or chunk.offset != offset:
+            raise TransportError("the firmware log changed while it was read")
+        if not chunk.data and offset < total:
+            raise TransportError("attestd-tpm sent an empty chunk of the firmware log")
+        parts.append(chunk.data)
+        offset += len(chunk.data)
+    return b"".join(parts)
 
 
 def _mark(record: Any) -> tuple[int, str]:
     digest = next(iter(record.digests.values()), b"")
     return record.recnum, digest.hex()
-
-
-def _read_cmdline(settings: Settings) -> str | None:
-    try:
-        with open(settings.logs.cmdline, encoding="utf-8", errors="replace") as fh:
-            return fh.read(8192).strip() or None
-    except OSError:
-        return None
-
-
-def _no_verity() -> dict[str, Any] | None:
-    return None
 
 
 def _read_image(settings: Settings) -> Callable[[], tuple[str | None, str | None]]:
@@ -230,8 +291,6 @@ def create_app(
     *,
     node: NodePort,
     tls_binding: bytes = b"",
-    firmware_log: bytes | None = None,
-    verity: Callable[[], dict[str, Any] | None] = _no_verity,
     image: Callable[[], tuple[str | None, str | None]] | None = None,
     status: Callable[[NodeContext], dict[str, Any]] = basic_status,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -252,13 +311,10 @@ def create_app(
             max_waiting=settings.api.max_waiting,
         ),
         tls_binding=tls_binding,
-        firmware_log=firmware_log,
-        verity=verity,
         image=image or _read_image(settings),
         status=status,
         clock=clock,
         on_fresh_log=on_fresh_log,
-        cmdline=_read_cmdline(settings),
         start_recorded=start_recorded,
     )
 
@@ -269,6 +325,8 @@ def create_app(
             await loop.run_in_executor(None, ctx.get_identity)
             ctx.ready = True
             await loop.run_in_executor(None, ctx.check_log)
+            await loop.run_in_executor(None, ctx.load_host_facts)
+            await loop.run_in_executor(None, ctx.refresh_verity)
         except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
         ctx.watcher = loop.create_task(ctx.watch_log(log_check_interval))
@@ -360,6 +418,8 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
                     f"{', '.join(b.bank_name for b in ident.banks)}"
                 )
             result = await ctx.batcher.submit(selection, leaf)
+            if not ctx.host_loaded:
+                await loop.run_in_executor(None, ctx.load_host_facts)
         except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
             raise
@@ -575,7 +635,7 @@ def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> byte
             signature=quote.signature,
             pcrs=quote.pcrs,
             ak=ident.ak,
-            verity=ctx.verity(),
+            verity=None if ctx.verity_report is None else ctx.verity_report.to_json(),
             cmdline=ctx.cmdline,
             image_version=version,
             image_slot=slot,

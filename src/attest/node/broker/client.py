@@ -38,9 +38,10 @@ from attest.node.broker.protocol import OPS
 from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade, VtpmVouched
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE
-from attest.node.port import NodeIdentity, StateFs
+from attest.node.port import FIRMWARE_LOG_CHUNK, FirmwareLogChunk, NodeIdentity, StateFs
 from attest.node.tpm.port import RawQuote
 from attest.node.tpm.vtpm import CreatedVtpm
+from attest.verity.devices import VerityReport
 
 DEFAULT_SOCKET = "/run/attest/tpm.sock"
 DEFAULT_OPERATOR_SOCKET = "/run/attest/tpm-operator.sock"
@@ -141,6 +142,17 @@ class BrokerClient:
 
     def state_fs(self) -> StateFs:
         return self.call(OPS.state_fs, None)
+
+    def firmware_log(
+        self, offset: int, max_bytes: int = FIRMWARE_LOG_CHUNK
+    ) -> FirmwareLogChunk | None:
+        return self.call(OPS.firmware_log, p.FirmwareLogRead(offset, max_bytes))
+
+    def kernel_cmdline(self) -> str | None:
+        return self.call(OPS.kernel_cmdline, None)
+
+    def verity_report(self) -> VerityReport | None:
+        return self.call(OPS.verity_report, None)
 
     # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ---
 

@@ -24,6 +24,12 @@ names an upload the API spooled in the broker's spool directory (``upload_path``
 never travels in a frame) and carries the snapshot inline (at most ``MAX_STAGE_SNAPSHOT``
 bytes, so that the request fits a frame); a hash tree, up to 256 MiB, is spooled too
 (``hash_tree_path``). The broker takes ``now`` from its own clock, never from the request.
+
+The host facts (``attest.node.broker.host``): ``firmware_log``, ``kernel_cmdline`` and
+``verity_report`` read what attestd cannot (the firmware log in securityfs, dm-verity tables
+through ``/dev/mapper/control``). They are read-only, and no argument names a file: the
+broker reads the paths of its own command line. ``firmware_log`` serves the log in chunks
+(``offset``, ``max_bytes``; the broker caps ``max_bytes`` at ``FIRMWARE_LOG_CHUNK``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from attest.errors import TransportError
 from attest.model import PcrSelection
 from attest.node.broker.results import (
+    CMDLINE,
+    FIRMWARE_CHUNK,
+    VERITY_REPORT,
     BootChoice,
     Confirmed,
     GateStatus,
@@ -68,6 +77,7 @@ from attest.node.broker.wire import (
     text,
     uint,
 )
+from attest.node.port import FIRMWARE_LOG_CHUNK
 from attest.runtime import KIND_AUDIT, KIND_VTPM, KINDS
 
 if TYPE_CHECKING:
@@ -78,7 +88,10 @@ if TYPE_CHECKING:
 A = TypeVar("A")
 R = TypeVar("R")
 
-DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "verity-device", "config", "daemon-start"})
+# What attestd records itself. Not ``verity-device``: the broker's own watcher records those
+# (attest.node.broker.host), and a verity root hash names the release the verifier appraises,
+# so the network-facing process must not be able to claim one.
+DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "config", "daemon-start"})
 # Audit anchors are written only by the audit log itself, never on request; vTPM vouchings only
 # by vtpm_create / vtpm_record, which check the created set.
 OPERATOR_MEASURE_KINDS = KINDS - {KIND_AUDIT, KIND_VTPM}
@@ -226,6 +239,23 @@ class LogRead:
     @classmethod
     def from_json(cls, doc: Any) -> LogRead:
         return cls(uint(members(doc, "args", (), ("start",)).get("start", 0), "start"))
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareLogRead:
+    """Up to ``max_bytes`` of the firmware event log from byte ``offset`` on. Which log is
+    the broker's configuration (``--firmware-log``): the request has no path."""
+
+    offset: int = 0
+    max_bytes: int = FIRMWARE_LOG_CHUNK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offset": self.offset, "max_bytes": self.max_bytes}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> FirmwareLogRead:
+        d = members(doc, "args", ("offset", "max_bytes"))
+        return cls(uint(d["offset"], "offset"), uint(d["max_bytes"], "max_bytes"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +507,31 @@ class OPS:
         args=NO_ARGS,
         result=STATE_FS,
         serve=lambda s, _: s.node.state_fs(),
+    )
+    # Host facts: read-only, from the paths of the broker's own configuration.
+    firmware_log = Op(
+        "firmware_log",
+        Privilege.API,
+        idempotent=True,
+        args=Codec(FirmwareLogRead.to_json, FirmwareLogRead.from_json),
+        result=FIRMWARE_CHUNK,
+        serve=lambda s, a: s.node.firmware_log(a.offset, a.max_bytes),
+    )
+    kernel_cmdline = Op(
+        "kernel_cmdline",
+        Privilege.API,
+        idempotent=True,
+        args=NO_ARGS,
+        result=CMDLINE,
+        serve=lambda s, _: s.node.kernel_cmdline(),
+    )
+    verity_report = Op(
+        "verity_report",
+        Privilege.API,
+        idempotent=True,
+        args=NO_ARGS,
+        result=VERITY_REPORT,
+        serve=lambda s, _: s.node.verity_report(),
     )
     # The API may offer an upload to the gate (which verifies it and records the decision) and
     # read the gate's status; it may not confirm an upgrade or select a boot slot.
