@@ -182,8 +182,8 @@ def test_the_platform_is_appraised_when_named_and_a_warning_when_not(
     reg, root_hash = registry_blessing(
         tmp_path, capsys, "9.1.0", config=None, mac=None, platform=SWTPM_PLATFORM
     )
-    with BrokerClient(node.work / "run" / "tpm.sock") as api:
-        api.measure("verity-device", {"name": "root", "root_hash": root_hash})
+    with BrokerClient(node.broker_operator_sock) as op:  # as the broker's verity watcher would
+        op.measure("verity-device", {"name": "root", "root_hash": root_hash})
     registry = ("--root", str(TEST_MANIFESTS / "root.json"), "--snapshot", str(reg))
     rules = ("--policy", str(tmp_path / "default.json"))  # the default rules, from a file
     (tmp_path / "default.json").write_text("{}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.test_udev import ROOT, ROOT_UUID, USR_UUID, FakeDmsetup, make_dm, table
+from tests.support.dm import ROOT, ROOT_UUID, USR_UUID, FakeDmsetup, make_dm, table
 
 from attest.errors import TransportError
 from attest.model import PcrSelection
