@@ -281,3 +281,49 @@ def test_node_uninstall_removes_all_but_the_config(
     assert [p for p in PLACES if (root / p).exists()] == [PLACES[4]]
     rc, out, _ = run_cli(capsys, ["node", "uninstall", "--prefix", str(root)])
     assert rc == 0 and out.splitlines()[0] == f"absent: {root / PLACES[0]}"
+
+
+# --- docs/install.md says what the code does ----------------------------------------------
+
+
+def _install_md_commands() -> list[list[str]]:
+    """Every ``attest ...`` command line in docs/install.md's code blocks."""
+    text = (REPO / "docs" / "install.md").read_text()
+    blocks = re.findall(r"```(?:sh|toml)?\n(.*?)```", text, re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip()
+            if re.match(r"(\S*/)?attest\s", line):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_install_md_commands_parse_with_the_real_cli() -> None:
+    from attest.cli import build_parser
+
+    commands = _install_md_commands()
+    groups = {c[0] for c in commands}
+    assert {"node", "manifest", "verify", "fleet", "upgrade", "ek"} <= groups
+    for argv in commands:
+        try:
+            build_parser(argv).parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"docs/install.md: attest {' '.join(argv)} does not parse")
+
+
+def test_install_md_names_the_real_sockets_and_places() -> None:
+    text = (REPO / "docs" / "install.md").read_text()
+    argv = _exec_start("attestd-tpm.service")
+    s = Settings()
+    for path in (
+        s.api.operator_socket,
+        s.tpm.broker_socket,
+        _option(argv, "--operator-socket")[0],
+        "/usr/lib/systemd/system/attestd.service",
+        "/usr/lib/sysusers.d/attest.conf",
+        "/usr/lib/tmpfiles.d/attest.conf",
+        "/etc/attest/attestd.toml",
+        f"0x{s.upgrade.nv_index:08x}",
+    ):
+        assert path in text, path
