@@ -315,7 +315,7 @@ mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0700 tmpfs /var/lib/attest
 mount -t tmpfs tmpfs /tmp
-mkdir -p /run/attest
+mkdir -p /run/attest /run/attestd  # attestd-tpm's and attestd's runtime directories
 hostname attest-node
 # The state disk (mounted by the initramfs): the slot pointer, trust root, upload spool, TLS.
 st=/var/lib/attest-state/attest

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,36 +20,49 @@ _UCRED = struct.Struct("3i")
 
 
 class Notify:
-    """systemd's side of NOTIFY_SOCKET: datagrams with the sender's pid (SCM_CREDENTIALS)."""
+    """systemd's side of NOTIFY_SOCKET: datagrams with the sender's pid (SCM_CREDENTIALS),
+    read all the time by a thread, as systemd does (an unread queue fills after
+    net.unix.max_dgram_qlen datagrams)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
         self.seen: list[tuple[int, str]] = []
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
 
-    def collect(self, timeout: float) -> list[tuple[int, str]]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
+    def _read(self) -> None:
+        while not self.closed.is_set():
             try:
                 data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
             except TimeoutError:
-                break
+                continue
             pid = -1
             for level, kind, raw in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     pid = _UCRED.unpack(raw[: _UCRED.size])[0]
             self.seen.append((pid, data.decode()))
-        return self.seen
+
+    def collect(self, seconds: float) -> list[tuple[int, str]]:
+        """Everything received so far and during the next ``seconds``."""
+        time.sleep(seconds)
+        return list(self.seen)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
 
 
 @pytest.fixture()
 def notify(tmp_path: Path) -> Iterator[Notify]:
     n = Notify(tmp_path / "notify")
     yield n
-    n.sock.close()
+    n.close()
 
 
 def test_both_daemons_notify_ready_and_ping_the_watchdog(

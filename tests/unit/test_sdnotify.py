@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def test_no_or_unsupported_notify_socket_sends_nothing(value: str) -> None:
 
 def test_an_unreachable_notify_socket_is_reported_not_raised(tmp_path: Path) -> None:
     assert notify("READY=1", environ={"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(
+    receiver: tuple[socket.socket, str],
+) -> None:
+    """Datagrams queue up to net.unix.max_dgram_qlen; beyond, a blocking send would stall
+    the daemon's event loop. They are dropped instead (and said so)."""
+    s, path = receiver
+    start = time.monotonic()
+    sent = [notify("WATCHDOG=1", environ={"NOTIFY_SOCKET": path}) for _ in range(500)]
+    assert time.monotonic() - start < 5
+    assert sent[0] and not sent[-1]
+    assert s.recv(4096) == b"WATCHDOG=1"  # what was queued is still there
 
 
 def test_watchdog_interval_is_half_the_timeout_for_this_process() -> None:

@@ -34,7 +34,12 @@ def notify(message: str, *, environ: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.sendto(message.encode(), address)
+            # Never block: a full queue (a receiver that does not read; the kernel queues
+            # net.unix.max_dgram_qlen datagrams) must not stall the event loop.
+            s.sendto(message.encode(), socket.MSG_DONTWAIT, address)
+    except BlockingIOError:
+        logger.warning("systemd's notify socket %s is full: %r dropped", target, message)
+        return False
     except OSError as exc:
         logger.warning("cannot notify systemd at %s: %s", target, exc)
         return False
