@@ -60,8 +60,8 @@ def main() -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    from tests.support.appraisal import PLATFORM, SELECTION, make_node, make_registry
     from tests.support.manifest import NOW
-    from tests.unit.test_appraisal import PLATFORM, SELECTION, make_node, make_registry
 
     from attest.appraisal import appraise, appraise_incremental
     from attest.appraisal.claims import Verdict

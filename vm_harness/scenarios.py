@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from attest import uki
+from attest.appraisal.claims import Tier, Verdict
+from attest.manifest.evaluate import ReleaseStatus
 from attest.model import PcrSelection
 
 from . import image as im
@@ -52,7 +54,7 @@ def record_platform(
     with Harness(image) as h:
         vm = vm or h.booted()
         att = attest_vm(vm, registry=None, key=h.ear_key, pcrs=PcrSelection.parse("sha256:0-7"))
-    if att.status != "affirming" or not set(range(8)) <= set(att.quoted):
+    if att.tier is not Tier.AFFIRMING or not set(range(8)) <= set(att.quoted):
         raise VmError(f"the template's quote does not appraise: {att.summary()}")
     pcrs = {i: att.quoted[i].hex() for i in range(8)}
     doc = {
@@ -154,22 +156,25 @@ def s1_problems(runs: dict[str, Any], version: str) -> list[str]:
     first, second, revoked = runs["first"], runs["second"], runs["revoked"]
     for label, r in (("first run", first), ("second run", second)):
         doc = r.doc
-        if r.code != 0 or doc.get("verdict") != "affirming":
+        if r.code != 0 or doc.get("verdict") != Verdict.AFFIRMING.value:
             out.append(f"{label}: {r.summary()}")
             continue
-        if r.release.get("status") != "blessed" or r.release.get("version") != version:
+        if (
+            r.release.get("status") != ReleaseStatus.BLESSED.value
+            or r.release.get("version") != version
+        ):
             out.append(f"{label}: release {r.release}, want {version} blessed")
         checks = {
             f.get("check")
             for f in doc["result"].get("findings", [])
-            if f.get("tier") == "affirming"
+            if f.get("tier") == Tier.AFFIRMING.label
         }
         missing = [c for c in EXPECTED_CHECKS if c not in checks]
         if missing:
             out.append(f"{label}: no affirming finding of {missing}")
         node = doc["result"].get("node_id")
         sub = ((r.ear or {}).get("submods") or {}).get(node) or {}
-        if sub.get("ear.status") != "affirming":
+        if sub.get("ear.status") != Tier.AFFIRMING.label:
             out.append(f"{label}: the EAR's submodule {node!r} says {sub.get('ear.status')}")
         if any("audit log not fetched" in str(n) for n in doc.get("notes", [])):
             out.append(f"{label}: {doc['notes']}")
@@ -191,7 +196,7 @@ def s1_problems(runs: dict[str, Any], version: str) -> list[str]:
         out.append(f"second run did not re-use the enrollment: {second.doc.get('notes')}")
     if (
         revoked.code != 11
-        or revoked.doc.get("verdict") != "contraindicated"
+        or revoked.doc.get("verdict") != Verdict.CONTRAINDICATED.value
         or "revoked" not in revoked.explanation
         or version not in revoked.explanation
     ):
@@ -273,7 +278,7 @@ def s3_changed_cmdline_contraindicated(h: Harness) -> Outcome:
         att = h.attest(vm)
     pcr_findings = [f.explanation for f in att.failed if f.check == "release-pcrs"]
     ok = (
-        att.status == "contraindicated"
+        att.tier is Tier.CONTRAINDICATED
         and att.release == h.image.version  # the root is the release's: the boot is not
         and att.failed_checks == {"release-pcrs"}
         and any(e.startswith("PCR 9") and "command line" in e for e in pcr_findings)
@@ -313,7 +318,7 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
     else:
         # A power cut gives the TPM no TPM2_Shutdown: its clock may no longer be "safe" and
         # the verifier refuses the quote naming the clock check (Part 1 §36.6).
-        reset_ok = again.status == "contraindicated" and again.failed_checks == {"quote:clock"}
+        reset_ok = again.tier is Tier.CONTRAINDICATED and again.failed_checks == {"quote:clock"}
         seen = "the quote's clock check"
     details = [f"same TPM after a power cut: {again.summary()[:200]}; {seen}"]
     vm.stop()
@@ -323,8 +328,8 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
     replaced = h.attest(vm, enrollment=enrollment, previous=clock or before)
     new = enroll_vm(vm)
     replaced_ok = (
-        replaced.status == "contraindicated"
-        and replaced.verdict == "alarm"
+        replaced.tier is Tier.CONTRAINDICATED
+        and replaced.verdict is Verdict.ALARM
         and replaced.failed_checks == {"identity"}
         and new.ak_name != enrollment.ak_name
         and new.ek_sha256 != enrollment.ek_sha256

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+from attest.appraisal.claims import Tier
+
 from . import upgrades as up
 from .harness import Harness, Outcome
 from .run import Vm
@@ -61,7 +63,7 @@ def _stage_boot_confirm(
         return Outcome(name, False, f"slot {slot} does not attest as {version}: {v.summary()}")
     # Against a registry blessing only the release it replaced, the node is not that release.
     w = h.attest(vm, enrollment=v.enrollment, versions=[before])
-    if w.status != "contraindicated" or "verity" not in w.failed_checks or w.release:
+    if w.tier is not Tier.CONTRAINDICATED or "verity" not in w.failed_checks or w.release:
         return Outcome(name, False, f"against a registry of {before} only: {w.summary()}")
     st = up.status(vm)
     if not st.get("pending_confirmation"):

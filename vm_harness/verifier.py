@@ -27,10 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attest import uki
-from attest.appraisal import AppraisalResult, appraise_incremental
-from attest.appraisal.claims import Finding, Tier
+from attest.appraisal import AppraisalResult
+from attest.appraisal.claims import Finding, Tier, Verdict
 from attest.appraisal.ear import result_ear, verify_ear
-from attest.appraisal.memory import NodeMemory
 from attest.enroll import Enrollment
 from attest.errors import EvidenceFormatError
 from attest.eventlog.replay import VerifiedEventLog
@@ -39,7 +38,13 @@ from attest.manifest.model import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
 from attest.verifier.client import NodeClient
-from attest.verifier.contact import enroll, gather, open_channels, selection_for
+from attest.verifier.contact import (
+    appraise_evidence,
+    enroll,
+    gather,
+    open_channels,
+    selection_for,
+)
 
 from .build import PLATFORM_ID, NodeImage
 from .run import Vm
@@ -83,9 +88,14 @@ class Attestation:
         return str(self.submod["ear.status"])
 
     @property
-    def verdict(self) -> str:
-        """The EAR's ``attest.verdict`` (``alarm``: the AK or EK is not the enrolled one)."""
-        return str(self.submod["attest.verdict"])
+    def tier(self) -> Tier:
+        """The tier the EAR's ``ear.status`` names."""
+        return Tier.of_label(self.submod["ear.status"])
+
+    @property
+    def verdict(self) -> Verdict:
+        """The EAR's ``attest.verdict`` (``ALARM``: the AK or EK is not the enrolled one)."""
+        return Verdict(self.submod["attest.verdict"])
 
     @property
     def release(self) -> str | None:
@@ -96,7 +106,7 @@ class Attestation:
     def affirming_as(self, version: str) -> bool:
         """Affirming, as release ``version``, blessed."""
         d = self.result.release
-        return self.status == "affirming" and self.release == version and d is not None and d.ok
+        return self.tier is Tier.AFFIRMING and self.release == version and d is not None and d.ok
 
     @property
     def failed(self) -> tuple[Finding, ...]:
@@ -109,8 +119,8 @@ class Attestation:
 
     def summary(self) -> str:
         what = f"{self.status} as {self.release}" if self.release else self.status
-        if self.verdict not in (self.status, "could-not-appraise"):
-            what += f" ({self.verdict})"
+        if self.verdict.value != self.status and self.verdict is not Verdict.UNAPPRAISABLE:
+            what += f" ({self.verdict.value})"
         why = "; ".join(f"{f.check}: {f.explanation}" for f in self.failed)
         return what + (f": {why}" if why else "")
 
@@ -165,19 +175,13 @@ def attest_vm(
             enrollment = _enroll(client, channel, vm, now)
         selection = selection_for(enrollment.runtime_pcr, pcrs)
         ev = gather(client, selection, operator=channel, identity=client.identity())
-    done = appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    done = appraise_evidence(
+        ev,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=registry,
         platform_id=PLATFORM_ID,
         previous=previous,
-        tls_binding=ev.tls_binding,
         now=now,
-        audit_entries=ev.audit_entries,
-        identity=ev.identity,
     )
     result = done.result
     claims = verify_ear(result_ear(result, key, now=now), key.public_key())

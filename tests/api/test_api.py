@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,17 +134,66 @@ async def test_runtime_log_is_served_incrementally(client: httpx.AsyncClient, no
     assert r2.json()["runtime_log"]["records"] == []
 
 
-async def test_firmware_log_from_offset(app_factory: AppFactory, shared_dir: Path) -> None:
-    log = (shared_dir / "eventlogs" / "ovmf__q35-direct-boot.bin").read_bytes()
-    app = app_factory(firmware_log=log)
+@pytest.fixture()
+def host_node(fake_tpm: FakeTpm, tmp_path: Path, shared_dir: Path) -> Iterator[Any]:
+    """A node whose privileged side serves a real firmware log and a command line."""
+    from attest.node.broker.host import HostFacts
+    from attest.node.broker.local import LocalNode
+
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("BOOT_IMAGE=/vmlinuz roothash=" + "ab" * 32 + " ro\n")
+    host = HostFacts(
+        firmware_log=shared_dir / "eventlogs" / "goattest__option_rom_eventlog.bin",
+        cmdline=cmdline,
+    )
+    (tmp_path / "host-state").mkdir()
+    n = LocalNode.open(fake_tpm, tmp_path / "host-state", pcr=13, host=host)
+    yield n
+    n.close()
+
+
+async def test_firmware_log_from_offset(
+    app_factory: AppFactory, host_node: Any, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app assembles the node's log from chunks (here of 4 KiB: 18 of them) and serves
+    it from any offset the verifier asks."""
+    import attest.node.api.app as app_module
+
+    monkeypatch.setattr(app_module, "FIRMWARE_LOG_CHUNK", 4096)
+    log = (shared_dir / "eventlogs" / "goattest__option_rom_eventlog.bin").read_bytes()
+    asked: list[tuple[int, int]] = []
+    real = host_node.firmware_log
+
+    def counted(offset: int, max_bytes: int) -> Any:
+        asked.append((offset, max_bytes))
+        return real(offset, max_bytes)
+
+    monkeypatch.setattr(host_node, "firmware_log", counted)
+    app = app_factory(node=host_node)
     async with _running(app, "public") as client:
         _, r = await challenge(client, logs={"firmware": {"start": 0}})
         fw = r.json()["firmware_log"]
         assert unb64(fw["data"], "fw") == log and fw["total"] == len(log)
+        assert asked == [(o, 4096) for o in range(0, len(log), 4096)]
         _, r = await challenge(client, logs={"firmware": {"start": 100}})
         assert unb64(r.json()["firmware_log"]["data"], "fw") == log[100:]
         _, r = await challenge(client, logs={"firmware": {"start": len(log) + 1}})
         assert r.status_code == 400
+        assert len(asked) == len(range(0, len(log), 4096))  # fetched once, then kept
+        assert r.json()  # a clear error body, not a 5xx
+
+
+async def test_kernel_cmdline_comes_from_the_node(app_factory: AppFactory, host_node: Any) -> None:
+    app = app_factory(node=host_node)
+    async with _running(app, "public") as client:
+        _, r = await challenge(client)
+        assert r.json()["boot"]["cmdline"] == "BOOT_IMAGE=/vmlinuz roothash=" + "ab" * 32 + " ro"
+
+
+async def test_node_without_host_facts_serves_neither(client: httpx.AsyncClient) -> None:
+    _, r = await challenge(client, logs={"firmware": {"start": 0}})
+    assert r.status_code == 200
+    assert r.json()["firmware_log"] is None and r.json()["boot"]["cmdline"] is None
 
 
 async def test_activation_needs_an_authenticated_channel(client: httpx.AsyncClient) -> None:

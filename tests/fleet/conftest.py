@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -27,12 +28,18 @@ from pathlib import Path
 
 import pytest
 from tests.support.manifest import NOW, World, build_world, release
+from tests.support.poller import SIM_PLATFORMS
 
 from attest.manifest import VerifiedRegistry, verify_snapshot
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.trust import RegistryState
 
 PG_USER = "attest-test"
+
+
+def serve_command(db: str, *args: str) -> list[str]:
+    """``attest fleet serve --db DB ARGS`` as a subprocess's command line."""
+    return [sys.executable, "-m", "attest.cli.fleet", "serve", "--db", db, *args]
 
 
 def free_port() -> int:
@@ -119,6 +126,13 @@ def dev_policy(directory: Path) -> str:
     return str(path)
 
 
+def dev_serve_args(directory: Path) -> list[str]:
+    """``fleet serve`` options for a test on loopback: simulated nodes (trust on first use), no
+    API token, an EAR key and the developer rule in ``directory``."""
+    ear = str(directory / "ear.pem")
+    return ["--tofu", "--insecure-no-auth", "--ear-key", ear, "--policy", dev_policy(directory)]
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     """Releases 1.0.0 and 1.1.0, and 1.2.0 embargoed (blessed by checksum only)."""
@@ -130,7 +144,8 @@ def registry() -> Registry:
             release("1.0.0", 1),
             release("1.1.0", 2),
             release("1.2.0", 3, commit=False, embargo=Embargo()),
-        ]
+        ],
+        platforms=SIM_PLATFORMS,
     )
     verified = verify_snapshot(world.root, world.registry_bytes(snap), now=NOW)
     return Registry(world, verified)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, free_port, sim_server
-from tests.fleet.test_poller import settings, until, verdicts
+from tests.support.poller import settings, until, verdicts
 
 from attest.appraisal.ear import jwk_public_key, public_jwk, verify_ear
 from attest.errors import ConfigError, EvidenceFormatError, SignatureError

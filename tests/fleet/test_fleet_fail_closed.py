@@ -31,6 +31,7 @@ import httpx
 import pytest
 from tests.fleet.conftest import Registry, dev_policy, free_port, sim_server
 from tests.support.manifest import NOW, release
+from tests.support.poller import SIM_PLATFORM, SIM_PLATFORMS
 
 from attest.errors import NodeIdTaken
 from attest.manifest.trusted import TrustedState
@@ -69,6 +70,8 @@ class Service:
             "--insecure-no-auth",
             "--ear-key",
             str(tmp / "ear.pem"),
+            "--platform",
+            SIM_PLATFORM,
             *args,
         ]
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
@@ -152,9 +155,9 @@ def _state(registry: Registry, *, expired: bool = False) -> TrustedState:
     world = registry.world
     rels = [release("1.0.0", 1), release("1.1.0", 2)]
     snap = (
-        world.snapshot(2, expires=NOW + timedelta(days=1), releases=rels)
+        world.snapshot(2, expires=NOW + timedelta(days=1), releases=rels, platforms=SIM_PLATFORMS)
         if expired
-        else world.snapshot(3, releases=rels)
+        else world.snapshot(3, releases=rels, platforms=SIM_PLATFORMS)
     )
     return TrustedState.bootstrap(world.root_bytes(), now=NOW).update_registry(
         world.registry_bytes(snap), now=NOW
@@ -394,7 +397,10 @@ def test_continuity_survives_a_restart_and_a_deleted_audit_history_is_contraindi
         assert "audit entry #3" in node["explanation"], node["explanation"]
         assert "deleted" in node["explanation"]
         assert node["enrollment_strength"] == "tofu"
-        notes = node["latest"]["result"]["notes"]
+        # The reset is noted by the first appraisal after it (a later one may be the latest).
+        with contextlib.closing(SqliteStore(str(db))) as store:
+            results = store.results("sim-0", limit=100)
+        notes = [n for r in results for n in (r.get("result") or {}).get("notes", [])]
         assert any("TPM reset" in n for n in notes), notes
 
 

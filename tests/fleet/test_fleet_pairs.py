@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
-from tests.fleet.test_poller import settings, until, verdicts
+from tests.support.poller import settings, until, verdicts
 
 from attest.appraisal.ear import jwk_public_key, verify_ear
 from attest.testing.fleet_sim import SimFleet
@@ -135,11 +136,9 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
     hostfail = changes[("pair-1", "affirming", "contraindicated")]
     assert hostfail.layers is not None and hostfail.layers["failed_layer"] == "host"
     assert hostfail.ear is not None  # the webhook carries the signed result
-    from attest.verifier.fleet.webhooks import WebhookSender
+    from attest.verifier.fleet.webhooks import verdict_event
 
-    sender = WebhookSender("http://127.0.0.1:9/", b"0123456789abcdef0123")
-    sender.notify(changes[("pair-2", "none", "contraindicated")])
-    event = sender.queue.get_nowait()
+    event = json.loads(verdict_event(changes[("pair-2", "none", "contraindicated")]).body)
     assert event["failed_layer"] == "guest" and event["ear"]
     assert event["layers"]["guest"]["verdict"] == "contraindicated"
     assert event["layers"]["host"]["verdict"] == "affirming"

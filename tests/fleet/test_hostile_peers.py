@@ -10,16 +10,17 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fleet.hostile import hostile
+from tests.support.hostile import hostile
 
 from attest.errors import TransportError
 from attest.verifier.client import NodeClient
 from attest.verifier.fleet.http import HttpPool, Origin
-from attest.verifier.fleet.store import Outcome
-from attest.verifier.fleet.webhooks import WebhookSender
+from attest.verifier.fleet.store import Outcome, SqliteStore
+from attest.verifier.fleet.webhooks import WebhookSender, WebhookSettings, verdict_event
 
 CAP = 1 << 20
 
@@ -135,20 +136,27 @@ def _outcome() -> Outcome:
 
 
 @pytest.mark.parametrize("behaviour", ["endless", "trickle", "trickle-headers"])
-def test_webhook_sender_reads_no_body_and_gives_up_by_the_deadline(
-    behaviour: str, peak: Callable[[], int]
+def test_webhook_sender_reads_no_body_and_each_attempt_ends_by_the_deadline(
+    behaviour: str, peak: Callable[[], int], tmp_path: Path
 ) -> None:
     """A receiver that streams without end or trickles costs one deadline per attempt and no
-    memory: only its status is read."""
+    memory: only its status is read. An event not accepted stays in the outbox."""
+    store = SqliteStore(str(tmp_path / "f.db"))
+    store.outbox_add([verdict_event(_outcome())])
     with hostile(behaviour) as srv:
-        sender = WebhookSender(srv.url, b"k" * 32, attempts=2, backoff=0.01, timeout=1.0)
-        sender.notify(_outcome())
+        sender = WebhookSender(
+            srv.url,
+            b"k" * 32,
+            store=store,
+            worker_id="w",
+            settings=WebhookSettings(backoff=0.3, max_backoff=0.3, timeout=1.0),
+        )
 
         async def go() -> float:
             stop = asyncio.Event()
             t0 = time.monotonic()
             task = asyncio.create_task(sender.run(stop))
-            while sender.metrics.given_up + sender.metrics.sent == 0:
+            while sender.metrics.failed_attempts < 2 and sender.metrics.sent == 0:
                 await asyncio.sleep(0.05)
                 assert time.monotonic() - t0 < 10
             stop.set()
@@ -157,8 +165,13 @@ def test_webhook_sender_reads_no_body_and_gives_up_by_the_deadline(
 
         took = asyncio.run(go())
     m = sender.metrics
+    left = store.outbox_rows()
+    store.close()
     if behaviour != "trickle-headers":  # a 200 status line came at once: its body is ignored
-        assert m.sent == 1 and took < 3
+        assert m.sent == 1 and took < 3 and left == []
     else:
-        assert m.given_up == 1 and m.failed_attempts == 2 and took < 4, (m, took)
+        assert m.sent == 0 and m.failed_attempts == 2 and took < 4, (m, took)
+        (row,) = left
+        assert row["attempts"] == 2 and "deadline of 1 s" in row["last_error"], row
+        assert row["claimed_by"] is None  # let go: another sender may take it
     assert peak() < 4 * CAP, peak()

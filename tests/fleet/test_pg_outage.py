@@ -197,7 +197,7 @@ def test_fleet_survives_a_postgres_restart_and_never_shows_a_stale_verdict_as_cu
             shown_stale = sum(n["stale"] for n in listed)
             for n in listed:
                 if n["age"] >= OUTAGE:
-                    assert n["stale"] and n["state"] == "stale" and n["verdict"] == "affirming"
+                    assert n["stale"] and n["state"] == "stale" and n["verdict"] == "affirming", n
                 else:
                     assert n["last_appraised"] is not None and not n["stale"], n
             ready = wait_for(

@@ -6,51 +6,36 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
+from tests.support.poller import (
+    OVMF_LOG,
+    SIM_OVMF_PLATFORM,
+    SIM_PLATFORM,
+    settings,
+    until,
+    verdicts,
+)
 
+from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.errors import WebhookSignatureError
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.poller import Poller, PollSettings
-from attest.verifier.fleet.store import SqliteStore, Store
-from attest.verifier.fleet.webhooks import WebhookSender, verify_signature
+from attest.verifier.fleet.poller import Poller
+from attest.verifier.fleet.store import SqliteStore
+from attest.verifier.fleet.webhooks import (
+    IDEMPOTENCY_HEADER,
+    WebhookSender,
+    WebhookSettings,
+    verdict_event,
+    verify_signature,
+)
 
 SECRET = b"0123456789abcdef-webhook-secret"
-
-
-def settings(**kw: Any) -> PollSettings:
-    base = dict(
-        worker_id="t",
-        interval=0.5,
-        jitter=0.1,
-        concurrency=16,
-        timeout=1.0,
-        lease_ttl=5.0,
-        flush_interval=0.05,
-        tick=0.02,
-        unreachable_after=2,
-        max_backoff=1.0,
-    )
-    base.update(kw)
-    return PollSettings(**base)  # type: ignore[arg-type]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-def verdicts(store: Store) -> dict[str, str]:
-    return {n.node_id: n.verdict for n in store.list_nodes()}
 
 
 class Receiver:
@@ -74,7 +59,9 @@ class Receiver:
             status = 503  # the sender must retry
         else:
             try:
-                self.events.append(verify_signature(SECRET, headers, body, now=time.time()))
+                event = verify_signature(SECRET, headers, body, now=time.time())
+                assert headers[IDEMPOTENCY_HEADER] == event["id"]
+                self.events.append(event)
             except WebhookSignatureError:
                 self.bad += 1
                 status = 401
@@ -98,13 +85,20 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(
         receiver = Receiver()
         server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
         hook_port = server.sockets[0].getsockname()[1]
-        sender = WebhookSender(f"http://127.0.0.1:{hook_port}/hook", SECRET, backoff=0.05)
+        sender = WebhookSender(
+            f"http://127.0.0.1:{hook_port}/hook",
+            SECRET,
+            store=store,
+            worker_id="t",
+            settings=WebhookSettings(backoff=0.05),
+        )
         poller = Poller(
             store,
             settings=settings(),
             appraise=default_appraiser(),
             registry=registry.state,
             on_change=sender.notify,
+            outbox=verdict_event,
         )
         stop = asyncio.Event()
         tasks = [asyncio.create_task(poller.run(stop)), asyncio.create_task(sender.run(stop))]
@@ -140,6 +134,9 @@ async def test_fleet_verdicts_unreachable_and_signed_webhooks(
         assert ("sim-1", "affirming", "contraindicated") in changes
         assert ("sim-2", "affirming", "unreachable") in changes
         assert ("sim-2", "unreachable", "affirming") in changes
+        # Each change in the history was told exactly once (its event stored with it).
+        told = [(e["node_id"], e["to"]) for e in receiver.events]
+        assert sorted(told) == sorted((c["node_id"], c["to"]) for c in store.changes()), told
         # Backoff: while down, sim-2 was tried far less often than the healthy nodes.
         history = [c["to"] for c in store.changes("sim-2")][::-1]
         assert history == ["affirming", "unreachable", "affirming"]
@@ -220,14 +217,6 @@ def test_sim_server_fixture_answers(tmp_path: Path) -> None:
         assert isinstance(srv, SimServer) and srv.port > 0
 
 
-OVMF_LOG = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "eventlogs"
-    / "ovmf__q35-direct-boot.bin"
-)
-
-
 @pytest.mark.skipif(not OVMF_LOG.exists(), reason=f"{OVMF_LOG} is missing")
 async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
     tmp_path: Path, registry: Registry
@@ -244,7 +233,7 @@ async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
             store.add_node(f"sim-{i}", srv.url(i), fleet.enrollment(i), now=time.time())
         poller = Poller(
             store,
-            settings=settings(interval=0.3),
+            settings=settings(interval=0.3, platform_id=SIM_OVMF_PLATFORM),
             appraise=default_appraiser(),
             registry=registry.state,
         )
@@ -275,3 +264,46 @@ async def test_poller_fetches_logs_once_and_refetches_after_a_reset(
     finally:
         store.close()
         srv.close()
+
+
+@pytest.mark.parametrize(
+    ("platform", "waive", "want", "why"),
+    [
+        (SIM_PLATFORM, False, "affirming", "firmware PCRs equal platform reference sim-no-"),
+        (None, False, "warning", "platform not appraised: no platform named"),
+        (None, True, "affirming", "platform not appraised: waived by the verifier's policy"),
+        (SIM_OVMF_PLATFORM, True, "contraindicated", "differs from reference sim-ovmf-q35"),
+    ],
+    ids=["named", "none-named", "waived", "named-differs-despite-waiver"],
+)
+async def test_the_fleet_appraises_the_platform_it_names_or_says_it_waived_it(
+    tmp_path: Path, registry: Registry, platform: str | None, waive: bool, want: str, why: str
+) -> None:
+    """With a registry, affirming needs the firmware PCRs to equal the signed reference of the
+    platform the fleet names (--platform); naming none is a warning unless the rules waive it,
+    and the result says so. A platform named is appraised, waiver or not."""
+    rules = VerifierRules(waive_platform=waive)
+    sim = SimFleet(1, verity_root_hash=registry.root_hash("1.0.0"))
+    with sim_server(sim) as srv:
+        store = SqliteStore(str(tmp_path / "fleet.db"))
+        store.add_node("sim-0", srv.url(0), sim.enrollment(0), now=time.time())
+        poller = Poller(
+            store,
+            settings=settings(platform_id=platform),
+            appraise=default_appraiser(),
+            registry=registry.state,
+            rules=rules,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await until(lambda: bool(store.results("sim-0", limit=1)))
+            (latest,) = store.results("sim-0", limit=1)
+            assert verdicts(store)["sim-0"] == want, latest
+            assert why in json.dumps(latest), latest
+            assert rules.policy_id in json.dumps(latest), latest
+        finally:
+            stop.set()
+            await task
+            poller.close()
+            store.close()

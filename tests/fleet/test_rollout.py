@@ -9,6 +9,7 @@ from tests.fleet.conftest import Registry
 from tests.support.manifest import NOW
 
 from attest.manifest import edit, verify_snapshot
+from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.model import NodeRow
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 
@@ -22,7 +23,8 @@ def row(i: int, release: str | None, verdict: str = "affirming") -> NodeRow:
 def test_quiet_period_starts_when_the_whole_fleet_runs_the_patch(registry: Registry) -> None:
     partial = [row(0, "1.2.0"), row(1, "1.1.0"), row(2, None, "unreachable")]
     r = {x.version: x for x in rollout(partial, registry.verified, {}, now=NOW)}
-    assert r["1.2.0"].embargo == "awaiting_fleet" and abs(r["1.2.0"].share - 1 / 3) < 1e-9
+    assert r["1.2.0"].embargo is EmbargoState.AWAITING_FLEET
+    assert abs(r["1.2.0"].share - 1 / 3) < 1e-9
     assert completed_embargoes(list(r.values())) == []  # an unreachable node proves nothing
 
     whole = [row(i, "1.2.0") for i in range(3)]
@@ -30,7 +32,8 @@ def test_quiet_period_starts_when_the_whole_fleet_runs_the_patch(registry: Regis
     assert completed_embargoes(report) == ["1.2.0"]
     observed = {"1.2.0": NOW.timestamp()}
     r = {x.version: x for x in rollout(whole, registry.verified, observed, now=NOW)}
-    assert r["1.2.0"].embargo == "quiet_period" and r["1.2.0"].fleet_complete_source == "observed"
+    assert r["1.2.0"].embargo is EmbargoState.QUIET_PERIOD
+    assert r["1.2.0"].fleet_complete_source == "observed"
     assert r["1.2.0"].disclosure_due == NOW + timedelta(days=10)
     assert "attest manifest fleet-complete 1.2.0 --at" in r["1.2.0"].note
     late = {

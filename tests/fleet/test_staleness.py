@@ -4,6 +4,7 @@ Fast, on SQLite with an injected clock; the real outage is tests/fleet/test_pg_o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,15 +59,18 @@ def test_a_verdict_not_appraised_within_three_intervals_shows_stale_with_its_age
     assert "attest_fleet_stale_nodes 1" in client.get("/metrics").text
 
 
-def test_stale_and_fresh_again_are_each_told_once() -> None:
-    sender = WebhookSender("http://127.0.0.1:1/", b"k" * 16)
+def test_stale_and_fresh_again_are_each_told_once(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "f.db"))
+    sender = WebhookSender("http://127.0.0.1:1/", b"k" * 16, store=store, worker_id="w")
     watch = StaleWatch(FRESH, sender)
     row = NodeRow("n0", "u", True, T0, T0 + 10, "affirming", "", None, None, T0, T0, "", 0, 1, None)
     watch.look([row], T0 + 5)
-    assert sender.queue.empty()
+    assert not sender.held
     watch.look(None, T0 + 31)  # the database is away: the last list, judged against the clock
     watch.look(None, T0 + 40)
-    (event,) = [sender.queue.get_nowait() for _ in range(sender.queue.qsize())]
+    (held,) = sender.held
+    event = json.loads(held.body)
+    assert event["id"] == held.id
     assert (event["event"], event["node_id"], event["verdict"], event["age"]) == (
         "node-stale",
         "n0",
@@ -77,7 +81,7 @@ def test_stale_and_fresh_again_are_each_told_once() -> None:
         "n0", "u", True, T0, T0 + 50, "affirming", "", None, None, T0 + 40, T0, "", 0, 2, None
     )
     watch.look([fresh], T0 + 41)
-    assert sender.queue.get_nowait()["event"] == "node-fresh" and sender.queue.empty()
+    assert [json.loads(e.body)["event"] for e in sender.held] == ["node-stale", "node-fresh"]
 
 
 class AwayStore(SqliteStore):

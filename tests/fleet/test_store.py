@@ -6,11 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.store import SIM, outcome
 
-from attest.testing.fleet_sim import SimFleet
-from attest.verifier.fleet.store import Leased, Outcome, Store, open_store
-
-SIM = SimFleet(3)
+from attest.verifier.fleet.store import Store, open_store
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -23,27 +21,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         s.add_node(f"sim-{i}", f"http://127.0.0.1:1/n/{i}", SIM.enrollment(i), now=100.0)
     yield s
     s.close()
-
-
-def outcome(node: Leased, at: float, verdict: str = "affirming", **kw: object) -> Outcome:
-    doc = dict(
-        node_id=node.node_id,
-        token=node.token,
-        at=at,
-        verdict=verdict,
-        explanation=f"{verdict} at {at}",
-        first_divergence=None,
-        release="1.0.0",
-        clock=None,
-        result={"status": verdict},
-        error="",
-        failures=0,
-        next_due=at + 10,
-        seq=node.appraisals + 1,
-        previous_verdict=node.verdict,
-    )
-    doc.update(kw)
-    return Outcome(**doc)  # type: ignore[arg-type]
 
 
 def test_lease_takes_each_due_node_once(store: Store) -> None:

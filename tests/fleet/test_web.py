@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from tests.conftest import need_binaries
 from tests.fleet.conftest import Registry, free_port, sim_server
+from tests.support.poller import SIM_PLATFORM
 
 from attest.errors import NodeIdRefused
 from attest.testing.fleet_sim import SimFleet
@@ -88,7 +89,12 @@ def fleet_site(tmp_path: Path, registry: Registry) -> object:
         poller = Poller(
             store,
             settings=PollSettings(
-                interval=60, timeout=0.5, lease_ttl=5, unreachable_after=1, flush_interval=0.05
+                interval=60,
+                timeout=0.5,
+                lease_ttl=5,
+                unreachable_after=1,
+                flush_interval=0.05,
+                platform_id=SIM_PLATFORM,
             ),
             appraise=default_appraiser(),
             registry=registry.state,

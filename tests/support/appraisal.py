@@ -240,13 +240,13 @@ def run(
 ) -> AppraisalResult:
     kw.setdefault("previous", None)
     kw.setdefault("audit_entries", node.audit)
+    kw.setdefault("platform_id", PLATFORM)
     return appraise(
         doc if doc is not None else node.evidence(nonce),
         enrollment=enrollment or node.enrollment,
         nonce=nonce,
         selection=SELECTION,
         registry=registry,
-        platform_id=PLATFORM,
         tls_binding=None,
         now=NOW,
         **kw,

@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from attest.manifest import edit
+from attest.manifest.canonical import canonicalize
 from attest.manifest.envelope import Key, PrivateKey, UnverifiedEnvelope, sign
 from attest.manifest.model import (
     Embargo,
+    PlatformReference,
     RegistrySnapshot,
     Release,
     TrustRoot,
@@ -84,12 +86,25 @@ class World:
         return sign_doc(self.root.to_json(), self.root_signers if signers is None else signers)
 
     def snapshot(
-        self, seq: int = 1, *, expires: datetime = FAR, releases: Iterable[Release] = ()
+        self,
+        seq: int = 1,
+        *,
+        expires: datetime = FAR,
+        releases: Iterable[Release] = (),
+        platforms: Iterable[PlatformReference] = (),
     ) -> RegistrySnapshot:
+        """A snapshot of ``releases`` (default 1.0.0 and 1.1.0) and ``platforms``, each
+        platform reference signed by the first platform key."""
         rels = list(releases) or [release("1.0.0", 1), release("1.1.0", 2)]
-        return edit.checked(
+        snap = edit.checked(
             RegistrySnapshot(sequence=seq, expires=expires, releases={r.version: r for r in rels})
         )
+        signer = self.platform_signers[0]
+        for ref in platforms:
+            snap = edit.set_platform(snap, ref)
+            sig = sign(signer.private, canonicalize(ref.to_json()))
+            snap = edit.with_platform_signature(snap, ref.platform_id, signer.keyid, sig)
+        return snap
 
     def registry_bytes(
         self, snap: RegistrySnapshot | None = None, signers: Iterable[Signer] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,21 +11,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from tests.conftest import SwtpmFactory
+from tests.support.cli import verify_main
 
-from attest.appraisal import Appraised, appraise_incremental
-from attest.appraisal.memory import NodeMemory
+from attest.appraisal import Appraised
 from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.model import PcrSelection
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair
 from attest.tpmstruct import ClockInfo
 from attest.verifier.client import NodeClient
-from attest.verifier.contact import gather, selection_for
+from attest.verifier.contact import appraise_evidence, gather, selection_for
 
 BIN = Path(sys.executable).parent
 
@@ -100,14 +103,15 @@ def wait(pred: Callable[[], object], timeout: float, what: str) -> None:
     pytest.fail(f"{what} within {timeout} s")
 
 
-# The developer rule for nodes that run no blessed image (docs/verify.md, --policy).
-NO_RELEASE_RULES = VerifierRules(allow_unidentified_release=True)
+# The developer rules for swtpm nodes (docs/verify.md, --policy): they run no blessed image,
+# and no firmware measured anything into PCRs 0-7, so there is no platform reference to equal.
+NO_RELEASE_RULES = VerifierRules(allow_unidentified_release=True, waive_platform=True)
 
 
 def no_release_policy(directory: Path) -> str:
-    """A ``--policy`` file with the developer rule of ``NO_RELEASE_RULES``, for the CLI."""
+    """A ``--policy`` file with the developer rules of ``NO_RELEASE_RULES``, for the CLI."""
     path = directory / "no-release-policy.json"
-    path.write_text('{"allow_unidentified_release": true}\n')
+    path.write_text(json.dumps(NO_RELEASE_RULES.to_json()) + "\n")
     return str(path)
 
 
@@ -122,7 +126,7 @@ def appraise_contact(
 ) -> Appraised:
     """One contact as ``attest verify`` makes it, without a registry: a fresh challenge
     (``gather``: the evidence with both logs from the start, the audit log over ``operator``)
-    appraised by ``appraise_incremental``. Raises ``TransportError`` (the node did not answer).
+    appraised whole (``appraise_evidence``). Raises ``TransportError`` (the node did not answer).
     These nodes run no blessed image, so the default rules say explicitly that the release is
     not appraised (``allow_unidentified_release``); with the product's default rules the
     verdict would be a warning ("no registry: release not appraised")."""
@@ -132,21 +136,61 @@ def appraise_contact(
         operator=operator,
         identity=client.identity(),
     )
-    return appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    return appraise_evidence(
+        ev,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=None,
         platform_id=None,
         previous=previous,
-        tls_binding=ev.tls_binding,
         now=datetime.now(UTC),
-        audit_entries=ev.audit_entries,
-        identity=ev.identity,
         rules=rules,
     )
+
+
+def verify(
+    capsys: pytest.CaptureFixture[str],
+    node: Node,
+    state: Path,
+    key: Path | None,
+    *extra: str,
+    url: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """``attest verify --json`` of ``node`` (or of ``url`` in front of it) with the swtpm's EK
+    CAs, the operator socket and, unless ``extra`` names a ``--policy``, the developer rule of
+    ``no_release_policy``; EAR signed with ``key`` when given. Returns (exit code, output)."""
+    args = [
+        url or node.url,
+        "--state",
+        str(state),
+        *([] if key is None else ["--ear-key", str(key)]),
+        "--json",
+        "--ek-ca",
+        str(node.state.root_ca),
+        "--ek-ca",
+        str(node.state.intermediate_ca),
+        "--operator-socket",
+        str(node.api_sock),
+        *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
+        *extra,
+    ]
+    capsys.readouterr()
+    code = verify_main(args)
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture()
+def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    """A fresh P-256 EAR signing key: its PEM file and the key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "ear.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path, key
 
 
 NodeFactory = Callable[..., Node]
@@ -200,6 +244,12 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
             str(run / "tpm-op.sock"),
             "--state-dir",
             str(node_state),
+            # Not the host's firmware log (it would not replay into the swtpm's PCRs), no
+            # dm-verity watcher (the host has no device-mapper); broker_args may override.
+            "--firmware-log",
+            str(work / "none"),
+            "--watch-verity",
+            "off",
             *broker_args,
         )
         broker = subprocess.Popen(broker_cmd, env=env, stdout=logs[0], stderr=subprocess.STDOUT)

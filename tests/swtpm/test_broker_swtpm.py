@@ -80,7 +80,7 @@ def quoted_log(client: BrokerClient) -> tuple[tuple[Any, ...], Any, tuple[Any, .
 
 def test_quote_via_broker_verifies_and_runtime_log_replays(broker: Broker) -> None:
     broker.api.measure("tls-key", {"spki_sha256": "ab" * 32})
-    broker.api.measure("verity-device", {"name": "root", "root_hash": "cd" * 32})
+    broker.operator.measure("verity-device", {"name": "root", "root_hash": "cd" * 32})
     runtime, audit = attest_node(broker.api)
     assert [e.kind for e in runtime.events] == ["daemon-start", "tls-key", "verity-device"]
     assert audit == ()

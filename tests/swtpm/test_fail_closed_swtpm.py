@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.cli import verify_main
-from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
+from tests.swtpm.conftest import Node, NodeFactory, verify
 
 from attest.node.broker.client import BrokerClient
 
@@ -83,29 +82,6 @@ def relay_for(node: Node) -> Iterator[Callable[[Rewrite], Relay]]:
         r.server.server_close()
 
 
-def verify(
-    capsys: pytest.CaptureFixture[str], node: Node, state: Path, url: str | None = None
-) -> tuple[int, dict[str, Any]]:
-    capsys.readouterr()
-    code = verify_main(
-        [
-            url or node.url,
-            "--state",
-            str(state),
-            "--json",
-            "--ek-ca",
-            str(node.state.root_ca),
-            "--ek-ca",
-            str(node.state.intermediate_ca),
-            "--operator-socket",
-            str(node.api_sock),
-            "--policy",
-            no_release_policy(state.parent),
-        ]
-    )
-    return code, json.loads(capsys.readouterr().out)
-
-
 @pytest.mark.parametrize("claim", [16, 10, "abc", None, [13], 99, -1])
 def test_relay_claiming_another_runtime_pcr_is_not_enrolled(
     claim: object,
@@ -118,7 +94,7 @@ def test_relay_claiming_another_runtime_pcr_is_not_enrolled(
         return {**doc, "runtime_pcr": claim} if path.startswith("/v1/identity") else doc
 
     relay = relay_for(lie)
-    code, doc = verify(capsys, node, tmp_path / "v", url=relay.url)
+    code, doc = verify(capsys, node, tmp_path / "v", None, url=relay.url)
     assert code == 11, doc
     assert "runtime-pcr" in (doc["explanation"] or "") and "PCR 13" in doc["explanation"]
     assert doc["enrollment"] is None  # nothing registered
@@ -139,11 +115,11 @@ def test_relay_withholding_the_runtime_log_is_contraindicated(
 
     relay = relay_for(withhold)
     state = tmp_path / "v"
-    code, doc = verify(capsys, node, state, url=relay.url)
+    code, doc = verify(capsys, node, state, None, url=relay.url)
     assert code == 0, doc["explanation"]
     assert doc["result"]["continuity"]["runtime_seen"] is True
     withholding["on"] = True  # the same TPM epoch: the log was verified, now it is hidden
-    code, doc = verify(capsys, node, state, url=relay.url)
+    code, doc = verify(capsys, node, state, None, url=relay.url)
     assert code == 11, doc
     assert "withheld its runtime log" in doc["explanation"]
 
@@ -162,7 +138,7 @@ def test_audit_history_deleted_across_a_reboot_is_contraindicated(
     for user in ("alice", "bob"):
         _record_login(node, user)
     state = tmp_path / "v"
-    code, doc = verify(capsys, node, state)
+    code, doc = verify(capsys, node, state, None)
     assert code == 0, doc["explanation"]
     head = doc["result"]["continuity"]["audit_head"]
     assert head is not None and head["seq"] >= 1
@@ -177,7 +153,7 @@ def test_audit_history_deleted_across_a_reboot_is_contraindicated(
             f.unlink()
     again = node_factory(port=node.port, tpm=(node.swtpm, node.state))
     _record_login(again, "mallory")  # a fresh, self-consistent chain
-    code, doc = verify(capsys, again, state)
+    code, doc = verify(capsys, again, state, None)
     assert code == 11, doc
     assert "audit-history" in doc["explanation"] or any(
         "audit history was deleted" in e for e in doc["result"]["explanations"]

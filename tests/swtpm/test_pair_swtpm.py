@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.appraisal import TEST_MANIFESTS
 from tests.support.cli import verify_main, vtpm_main
+from tests.support.replay import replaying
 from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
 
 from attest.appraisal.ear import verify_ear
@@ -35,20 +33,6 @@ from attest.verifier.contact import selection_for
 from attest.verifier.enrollments import EnrollmentStore
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture()
-def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path = tmp_path / "ear.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path, key
 
 
 class Pair:
@@ -219,31 +203,6 @@ def test_guest_moved_to_an_unvouched_vtpm_is_contraindicated_and_cannot_be_vouch
         sw.stop()
 
 
-class _Replay(BaseHTTPRequestHandler):
-    """A host that forwards identity requests and answers every challenge with an old quote."""
-
-    upstream = ""
-    old: bytes = b""
-
-    def do_GET(self) -> None:  # noqa: N802 -- http.server's name
-        with urllib.request.urlopen(self.upstream + self.path, timeout=10) as r:
-            self._send(r.status, r.read())
-
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self._send(200, self.old)
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_host_replaying_an_old_quote_is_refused_as_stale(
     pair: Pair,
     tmp_path: Path,
@@ -261,18 +220,8 @@ def test_host_replaying_an_old_quote_is_refused_as_stale(
             firmware_from=0,
             runtime_from=0,
         )
-    handler = type(
-        "Replay", (_Replay,), {"upstream": pair.host.url, "old": json.dumps(old).encode()}
-    )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with replaying(pair.host.url, old) as url:
         code, doc = verify_pair(capsys, pair, state, ear_key[0], host_url=url)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert code == 11, doc
     assert doc["failed_layer"] == "host" and doc["layers"]["host"]["verdict"] == "contraindicated"
     assert doc["explanation"].startswith("host layer (host-1): quote (nonce)")
@@ -282,18 +231,16 @@ def test_host_replaying_an_old_quote_is_refused_as_stale(
     assert doc["layers"]["guest"]["verdict"] == "contraindicated"
 
 
-TEST_MANIFESTS = Path(__file__).resolve().parents[2] / "firmware_manifests" / "test"
-
-
 def test_unblessed_host_with_a_blessed_guest_is_contraindicated_at_the_host_layer(
     pair: Pair,
     tmp_path: Path,
     ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The host's root file system is a dm-verity device no release of the registry blesses.
-    with BrokerClient(pair.host.work / "run" / "tpm.sock") as api:
-        api.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
+    # The host's root file system is a dm-verity device no release of the registry blesses
+    # (recorded as the broker's verity watcher would: through its operator socket).
+    with BrokerClient(pair.host.broker_operator_sock) as op:
+        op.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
     code, doc = verify_pair(
         capsys,
         pair,

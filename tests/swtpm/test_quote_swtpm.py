@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -440,6 +441,10 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     assert doc["enrollment"]["activated"] is True
     checks = {f["check"] for f in doc["result"]["findings"] if f["tier"] == "affirming"}
     assert {"quote", "runtime-log", "audit-chain", "verity", "release"} <= checks
+    # the one rule waived (a software TPM has no firmware), said in the result and the policy id
+    (platform,) = [f for f in doc["result"]["findings"] if f["check"] == "platform"]
+    assert platform["value"] == 0 and "waived by the verifier's policy" in platform["explanation"]
+    assert doc["result"]["policy_id"].startswith("attest/custom@"), doc["result"]["policy_id"]
     assert doc["ear"].count(".") == 2
     assert "firmware_manifests/test" in doc["test_keys"]
     # the relabelled quote is refused
@@ -476,3 +481,59 @@ def test_demo_text_output_names_each_step(tmp_path: Path) -> None:
     assert "CONTRAINDICATED" in line("tamper ")
     assert any("runtime-log" in x and "PCR 13" in x for x in lines)
     assert "every step came out" in line("mission ")
+
+
+def test_demo_keep_leaves_a_node_the_printed_commands_appraise(tmp_path: Path) -> None:
+    """``attest demo --keep``: after the mission the node boots again (a TPM reset) and stays
+    up; the ``attest verify`` line it prints appraises it affirming as release 1.0.0, the
+    ``attest fleet add`` line enrolls it, and SIGTERM stops it (exit 0, the node gone)."""
+    import signal
+    import threading
+
+    import httpx
+
+    need_binaries("swtpm_setup")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attest", "demo", "--keep", "--json", "--workdir", tmp_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        doc: dict[str, Any] | None = None
+        deadline = time.monotonic() + 150
+        while doc is None:
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            try:
+                doc = json.loads("".join(lines))
+            except ValueError:
+                time.sleep(0.2)
+        assert doc["valid"] is True
+        keep = doc["keep"]
+        run = [sys.executable, "-m", "attest"]
+        out = subprocess.run(
+            [*run, *keep["verify"][1:], "--json"], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        verdict = json.loads(out.stdout)
+        assert verdict["verdict"] == "affirming", verdict
+        assert verdict["release"]["version"] == "1.0.0", verdict
+        found = {f["check"]: f["value"] for f in verdict["result"]["findings"]}
+        assert found["platform"] == 0  # the platform waived, as the demo says
+        out = subprocess.run(
+            [*run, *keep["fleet_add"][1:]], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0 and "enrolled" in out.stdout, out.stdout + out.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, "".join(lines)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(keep["url"] + "/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)

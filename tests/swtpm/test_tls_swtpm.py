@@ -3,6 +3,7 @@ client certificate from the configured CA (the mutual-TLS listener)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import ssl
@@ -19,17 +20,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import SwtpmFactory
+from tests.support.poller import settings as poll_settings
 from tests.swtpm.conftest import NO_RELEASE_RULES, no_release_policy
 
-from attest.appraisal import Appraised, appraise_incremental
+from attest.appraisal import Appraised
 from attest.appraisal.claims import Verdict
-from attest.appraisal.memory import NodeMemory
 from attest.errors import TransportError
 from attest.model import PcrSelection
 from attest.node.daemon import tls_binding
 from attest.node.tpm.swtpm import free_port_pair
 from attest.verifier.client import NodeClient
-from attest.verifier.contact import enroll, gather, selection_for
+from attest.verifier.contact import appraise_evidence, enroll, gather, selection_for
 
 BIN = Path(sys.executable).parent
 NOW = dt.datetime.now(dt.UTC)
@@ -146,18 +147,13 @@ def test_evidence_is_bound_to_the_tls_key_connected_to(tls_node: dict[str, objec
         assert ev.tls_binding == c.peer_binding
 
     def appraised(binding: bytes | None) -> Appraised:
-        return appraise_incremental(
-            ev.doc,
-            memory=NodeMemory(),
+        return appraise_evidence(
+            dataclasses.replace(ev, tls_binding=binding),
             enrollment=e,
-            nonce=ev.nonce,
-            selection=ev.selection,
             registry=None,
             platform_id=None,
             previous=None,
-            tls_binding=binding,
             now=dt.datetime.now(dt.UTC),
-            identity=ev.identity,
             rules=NO_RELEASE_RULES,
         )
 
@@ -275,7 +271,7 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(
 
     from attest.cli.fleet import _tls_context
     from attest.verifier.fleet.appraiser import default_appraiser
-    from attest.verifier.fleet.poller import Poller, PollSettings
+    from attest.verifier.fleet.poller import Poller
     from attest.verifier.fleet.store import SqliteStore
 
     port, d, verify = tls_node["port"], tls_node["dir"], tls_node["verify"]
@@ -283,17 +279,8 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(
     url = f"https://127.0.0.1:{port}"
     with NodeClient(url, verify=verify) as c:
         e = enroll(c, now=NOW)
-    settings = PollSettings(
-        worker_id="t",
-        interval=0.5,
-        jitter=0.0,
-        concurrency=4,
-        timeout=5.0,
-        lease_ttl=20.0,
-        flush_interval=0.05,
-        tick=0.02,
-        unreachable_after=1,
-        max_backoff=1.0,
+    settings = poll_settings(
+        jitter=0.0, concurrency=4, timeout=5.0, lease_ttl=20.0, unreachable_after=1
     )
 
     def poll(ctx: ssl.SSLContext | None, db: str) -> tuple[str, str]:

@@ -6,60 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.cli import verify_main as main
-from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
+from tests.swtpm.conftest import Node, NodeFactory, no_release_policy, verify
 
 from attest.appraisal.ear import verify_ear
 from attest.node.tpm.swtpm import SwtpmProcess, manufacture
-
-
-@pytest.fixture()
-def ear_key(tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path = tmp_path / "ear.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path, key
-
-
-def verify(
-    capsys: pytest.CaptureFixture[str],
-    node: Node,
-    state: Path,
-    key: Path,
-    *extra: str,
-    url: str | None = None,
-) -> tuple[int, dict[str, Any]]:
-    args = [
-        url or node.url,
-        "--state",
-        str(state),
-        "--ear-key",
-        str(key),
-        "--json",
-        "--ek-ca",
-        str(node.state.root_ca),
-        "--ek-ca",
-        str(node.state.intermediate_ca),
-        "--operator-socket",
-        str(node.api_sock),
-        *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
-        *extra,
-    ]
-    capsys.readouterr()
-    code = main(args)
-    out = capsys.readouterr().out
-    return code, json.loads(out)
 
 
 def test_first_contact_enrolls_then_the_stored_enrollment_is_used(

@@ -62,6 +62,9 @@ REQUESTS: list[p.Request[Any, Any]] = [
     p.Request(OPS.nv_counter_define, p.NvIndex(0x01000A77)),
     p.Request(OPS.nv_counter_increment, p.NvIndex(0x01000A77)),
     p.Request(OPS.state_fs, None),
+    p.Request(OPS.firmware_log, p.FirmwareLogRead(4096, 1 << 20)),
+    p.Request(OPS.kernel_cmdline, None),
+    p.Request(OPS.verity_report, None),
     p.Request(
         OPS.upgrade_stage,
         p.UpgradeStage("/var/lib/attest/spool/.upload.x.img", b'{"signed":{}}', "api-mtls"),
@@ -325,6 +328,7 @@ def test_every_op_is_allowed_on_a_socket_and_operator_only_ops_not_on_the_api() 
     ):
         assert name in p.OPERATOR_ONLY_OPS and name not in p.UNPRIVILEGED_OPS
     assert {"upgrade_stage", "upgrade_status", "nv_counter_read", "state_fs"} <= p.UNPRIVILEGED_OPS
+    assert {"firmware_log", "kernel_cmdline", "verity_report"} <= p.UNPRIVILEGED_OPS
 
 
 OPERATOR_ONLY = [op for op in p.TABLE if op.privilege is p.Privilege.OPERATOR]
@@ -418,6 +422,9 @@ IDEMPOTENT = {
     "audit_log",
     "nv_counter_read",
     "state_fs",
+    "firmware_log",
+    "kernel_cmdline",
+    "verity_report",
     "upgrade_status",
     "vtpm_list",
 }
@@ -454,13 +461,14 @@ def test_api_socket_cannot_record_audit_events(broker: Any) -> None:
         c.audit_record({"event": "login", "user": "x"})
 
 
-@pytest.mark.parametrize("kind", ["audit", "upgrade-decision", "nv-counter"])
+@pytest.mark.parametrize("kind", ["audit", "upgrade-decision", "nv-counter", "verity-device"])
 def test_api_socket_cannot_measure_kinds_outside_allow_list(broker: Any, kind: str) -> None:
     _, api, _, _ = broker
     contents: dict[str, dict[str, Any]] = {
         "audit": {"audit_seq": 0, "entry_hash": "00" * 32},
         "upgrade-decision": {"accepted": True, "reason": "ok", "version": "2"},
         "nv-counter": {"index": 1, "value": 1},
+        "verity-device": {"name": "root", "root_hash": "ab" * 32},  # names the release
     }
     content = contents[kind]
     with BrokerClient(api) as c, pytest.raises(OperationNotAllowed):

@@ -3,11 +3,16 @@ never a traceback (issue 15, item 9)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from attest.cli import main
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture
@@ -75,18 +80,6 @@ def test_unexpected_errors_are_one_line_with_their_own_code(
     assert "unexpected error (ZeroDivisionError): a bug" in one_line(capsys)
 
 
-@pytest.mark.parametrize(
-    ("value", "want"), [("on", True), ("1", True), ("off", False), ("", False)]
-)
-def test_fleet_boolean_environment_is_read_strictly(
-    value: str, want: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from attest.cli.fleet import env_flag
-
-    monkeypatch.setenv("ATTEST_FLEET_TOFU", value)
-    assert env_flag("ATTEST_FLEET_TOFU") is want
-
-
 def test_fleet_refuses_a_non_boolean_or_unknown_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -98,3 +91,35 @@ def test_fleet_refuses_a_non_boolean_or_unknown_variable(
     monkeypatch.setenv("ATTEST_FLEET_TOFUU", "1")
     assert main(["fleet", "ls", "--db", db]) == 2
     assert "ATTEST_FLEET_TOFUU" in one_line(capsys)
+
+
+def _attest(args: list[str], stdout: int | object) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "attest", *args], stdout=stdout, stderr=subprocess.PIPE, env=env
+    )
+
+
+def test_a_reader_that_went_away_stops_attest_quietly(tmp_path: Path) -> None:
+    """``attest ... | head``: the reader closes the pipe; attest stops without an error line,
+    with the status of a tool stopped by SIGPIPE (141), as ``cat`` would."""
+    proc = _attest(
+        ["manifest", "keygen", "--type", "ed25519", "--out", str(tmp_path / "k")], subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before attest writes anything: its first write finds no reader
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141 and err == b"", err
+
+
+def test_a_full_stdout_is_still_an_error_line(tmp_path: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        proc = _attest(
+            ["manifest", "keygen", "--type", "ed25519", "--out", str(tmp_path / "k")], full
+        )
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 6
+    assert err.decode() == "attest: cannot access: No space left on device\n"

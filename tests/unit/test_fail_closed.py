@@ -22,6 +22,7 @@ from attest.appraisal.rules import DEFAULT_POLICY_ID, VerifierRules, parse_rules
 from attest.enroll import EnrollmentStrength
 from attest.errors import ConfigError, EvidenceFormatError
 from attest.manifest.model import VerifiedRegistry
+from attest.model import HashAlg, PcrValues
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,56 @@ def test_no_registry_is_at_best_a_warning_naming_it(good: Node) -> None:
     assert r.policy_id == DEFAULT_POLICY_ID
     relaxed = run(good, None, rules=VerifierRules(allow_unidentified_release=True))
     assert relaxed.verdict is Verdict.AFFIRMING
+
+
+# --- the platform: firmware PCRs equal a signed reference, or the policy waives it -----------
+
+
+def test_no_platform_named_is_at_best_a_warning_naming_it(
+    good: Node, registry: VerifiedRegistry
+) -> None:
+    r = run(good, registry, platform_id=None)
+    assert r.verdict is Verdict.WARNING, r.explanations
+    assert r.claim(Claim.HARDWARE).value == 32
+    assert checks(r)["platform"] == 32
+    assert "platform not appraised: no platform named" in (r.first_divergence or "")
+    assert run(good, registry).verdict is Verdict.AFFIRMING  # the same node, platform named
+
+
+def test_a_policy_may_waive_the_platform_and_the_result_says_so(
+    good: Node, registry: VerifiedRegistry
+) -> None:
+    rules = VerifierRules(waive_platform=True)
+    r = run(good, registry, platform_id=None, rules=rules)
+    assert r.verdict is Verdict.AFFIRMING, r.explanations
+    assert r.claim(Claim.HARDWARE).value == 0  # no claim, and why
+    why = r.claim(Claim.HARDWARE).findings[0].explanation
+    assert "waived by the verifier's policy attest/custom@" in why, why
+    assert r.policy_id == rules.policy_id != DEFAULT_POLICY_ID
+    assert rules.policy_id in why
+
+
+def test_a_named_platform_is_appraised_even_when_the_policy_waives_it(good: Node) -> None:
+    other = PcrValues({HashAlg.SHA256: {0: b"\x01" * 32}})
+    r = run(
+        good, make_registry(good, platform_pcrs=other), rules=VerifierRules(waive_platform=True)
+    )
+    assert r.verdict is Verdict.CONTRAINDICATED
+    assert checks(r)["platform"] == 96
+
+
+def test_a_quote_covering_none_of_the_platform_pcrs_is_a_warning(good: Node) -> None:
+    sha1_only = PcrValues({HashAlg.SHA1: {0: b"\x00" * 20}})  # a bank the verifier did not ask for
+    r = run(good, make_registry(good, platform_pcrs=sha1_only))
+    assert r.verdict is Verdict.WARNING, r.explanations
+    assert "the quote covers none of the PCRs" in (r.first_divergence or "")
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None, "true"])
+def test_rules_refuse_a_waiver_that_is_not_a_boolean(bad: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_rules(json.dumps({"waive_platform": bad}).encode())
+    assert err.value.key == "waive_platform"
 
 
 # --- 2. the runtime PCR is the verifier's -------------------------------------------------

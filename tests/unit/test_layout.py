@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.resources
 import inspect
 import pkgutil
+from pathlib import Path
 
 import attest
 from attest.errors import AttestError
@@ -33,3 +35,58 @@ def test_every_attest_error_lives_in_errors_py() -> None:
 
 def test_py_typed_ships() -> None:
     assert (importlib.resources.files("attest") / "py.typed").is_file()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _is_test_module(dotted: str) -> bool:
+    return dotted.rsplit(".", 1)[-1].startswith("test_")
+
+
+def _imported_modules(source: str, path: Path) -> list[str]:
+    """Every module the file at ``path`` imports, by dotted name: relative imports resolved,
+    and for ``from X import Y`` both X and X.Y (Y may be a module)."""
+    package = path.relative_to(REPO).with_suffix("").parts[:-1]
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            parts = [*package[: len(package) - node.level + 1]] if node.level else []
+            base = ".".join([*parts, *([node.module] if node.module else [])])
+            found.append(base)
+            found += [f"{base}.{alias.name}" for alias in node.names]
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """Helpers shared by tests live in tests/support/ (or in a tier's conftest.py): a test
+    module imported by another hides a helper among tests and drags its fixtures along."""
+    offenders = []
+    for root in ("tests", "bench"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            for name in _imported_modules(path.read_text(), path):
+                if _is_test_module(name):
+                    offenders.append(f"{path.relative_to(REPO)} imports {name}")
+    assert offenders == []
+
+
+def test_import_check_sees_every_spelling_of_a_test_import() -> None:
+    source = (
+        "import tests.fleet.test_poller\n"
+        "from tests.fleet.test_poller import settings\n"
+        "from tests.fleet import test_poller\n"
+        "from .test_pair import x\n"
+        "from . import test_quote\n"
+        "from ..fleet.test_store import y\n"
+        "from tests.support.poller import settings\n"
+        "import tests.fleet.conftest\n"
+    )
+    names = _imported_modules(source, REPO / "tests" / "unit" / "probe.py")
+    assert sorted({n for n in names if _is_test_module(n)}) == [
+        "tests.fleet.test_poller",
+        "tests.fleet.test_store",
+        "tests.unit.test_pair",
+        "tests.unit.test_quote",
+    ]

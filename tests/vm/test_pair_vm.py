@@ -20,19 +20,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.appraisal import TEST_MANIFESTS
 from tests.support.cli import verify_main
-from tests.swtpm.conftest import Node, NodeFactory, no_release_policy, node_factory  # noqa: F401 -- the fixture
-from tests.swtpm.test_pair_swtpm import TEST_MANIFESTS, _Replay
+from tests.support.replay import replaying
+from tests.swtpm.conftest import (  # noqa: F401 -- ear_key, node_factory: the fixtures
+    Node,
+    NodeFactory,
+    ear_key,
+    no_release_policy,
+    node_factory,
+)
 from vm_harness import WORK
 from vm_harness.build import NodeImage
 from vm_harness.run import Vm
@@ -110,6 +114,7 @@ class PairVm:
 def pair_vm(
     node_image: NodeImage,
     node_factory: NodeFactory,  # noqa: F811
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],  # noqa: F811
     tmp_path: Path,
 ) -> Iterator[PairVm]:
     _no_other_vm()
@@ -125,15 +130,7 @@ def pair_vm(
     with BrokerClient(host.broker_operator_sock, timeout=300) as c:
         created = c.vtpm_create(GUEST_ID)
     vm = Vm(node_image, name="pair-guest", swtpm_state=Path(created.vtpm.state_dir))
-    key = ec.generate_private_key(ec.SECP256R1())
-    ear = tmp_path / "ear.pem"
-    ear.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ear, key = ear_key
     try:
         vm.prepare(fresh_tpm=False)
         vm.start()
@@ -185,8 +182,8 @@ def test_scenario3_unblessed_host_is_contraindicated_at_the_host_layer(
     pair_vm: PairVm,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with BrokerClient(pair_vm.host.work / "run" / "tpm.sock") as api:
-        api.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
+    with BrokerClient(pair_vm.host.broker_operator_sock) as op:  # as its verity watcher would
+        op.measure("verity-device", {"name": "root", "root_hash": "5a" * 32})
     code, doc = pair_vm.verify(
         capsys,
         "--host-root",
@@ -213,15 +210,7 @@ def test_scenario4_replayed_old_host_quote_is_refused_as_stale(
             firmware_from=0,
             runtime_from=0,
         )
-    handler = type(
-        "Replay", (_Replay,), {"upstream": pair_vm.host.url, "old": json.dumps(old).encode()}
-    )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code, doc = pair_vm.verify(capsys, host_url=f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with replaying(pair_vm.host.url, old) as url:
+        code, doc = pair_vm.verify(capsys, host_url=url)
     assert code == 11, doc
     assert doc["failed_layer"] == "host" and "stale or replayed" in doc["explanation"]

@@ -192,17 +192,28 @@ def _summarise(
     )
 
 
+def _identity_result(
+    node_id: str,
+    finding: Finding,
+    *,
+    nonce: bytes,
+    now: datetime,
+    policy_id: str,
+    forced: Verdict | None = None,
+) -> AppraisalResult:
+    """The result of one instance-identity finding made without appraising any evidence."""
+    return _summarise(
+        [finding], node_id=node_id, nonce=nonce, now=now, policy_id=policy_id, forced=forced
+    )
+
+
 def unappraisable(
     node_id: str, reason: str, *, nonce: bytes, now: datetime, policy_id: str = DEFAULT_POLICY_ID
 ) -> AppraisalResult:
     """The result when there is no evidence to appraise (node unreachable, malformed answer)."""
-    return _summarise(
-        [Finding(Claim.INSTANCE_IDENTITY, NO_CLAIM, "evidence", reason)],
-        node_id=node_id,
-        nonce=nonce,
-        now=now,
-        policy_id=policy_id,
-        forced=Verdict.UNAPPRAISABLE,
+    finding = Finding(Claim.INSTANCE_IDENTITY, NO_CLAIM, "evidence", reason)
+    return _identity_result(
+        node_id, finding, nonce=nonce, now=now, policy_id=policy_id, forced=Verdict.UNAPPRAISABLE
     )
 
 
@@ -210,33 +221,18 @@ def enrollment_refused(
     node_id: str, reason: str, *, nonce: bytes, now: datetime, policy_id: str = DEFAULT_POLICY_ID
 ) -> AppraisalResult:
     """The result when enrolling the node failed (EK chain, AK attributes, activation)."""
-    return _summarise(
-        [
-            Finding(
-                Claim.INSTANCE_IDENTITY,
-                UNRECOGNIZED_INSTANCE,
-                "enrollment",
-                f"enrollment refused: {reason}",
-            )
-        ],
-        node_id=node_id,
-        nonce=nonce,
-        now=now,
-        policy_id=policy_id,
-    )
+    why = f"enrollment refused: {reason}"
+    finding = Finding(Claim.INSTANCE_IDENTITY, UNRECOGNIZED_INSTANCE, "enrollment", why)
+    return _identity_result(node_id, finding, nonce=nonce, now=now, policy_id=policy_id)
 
 
 def identity_alarm(
     node_id: str, reason: str, *, nonce: bytes, now: datetime, policy_id: str = DEFAULT_POLICY_ID
 ) -> AppraisalResult:
     """The result when the node's AK or EK is not the enrolled one (found before a challenge)."""
-    return _summarise(
-        [Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "identity", reason)],
-        node_id=node_id,
-        nonce=nonce,
-        now=now,
-        policy_id=policy_id,
-        forced=Verdict.ALARM,
+    finding = Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "identity", reason)
+    return _identity_result(
+        node_id, finding, nonce=nonce, now=now, policy_id=policy_id, forced=Verdict.ALARM
     )
 
 

@@ -187,12 +187,35 @@ class FirmwareReplayCheck:
 
 @dataclass(frozen=True, slots=True)
 class PlatformReferenceCheck:
-    """hardware: quoted PCRs 0-7 equal the signed reference of the node's platform."""
+    """hardware: quoted PCRs 0-7 equal the signed reference of the platform the verifier
+    names. With a registry and no platform named, the platform is not appraised: a warning,
+    or no claim when the verifier's rules waive the platform (``waive_platform``), said so."""
 
     def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
         quoted = ctx.quoted
-        if quoted is None or ctx.registry is None or ctx.platform_id is None:
+        if quoted is None or ctx.registry is None:
             return ()
+        if ctx.platform_id is None:
+            if ctx.rules.waive_platform:
+                return (
+                    Finding(
+                        Claim.HARDWARE,
+                        NO_CLAIM,
+                        "platform",
+                        "platform not appraised: waived by the verifier's policy "
+                        f"{ctx.rules.policy_id} (waive_platform)",
+                    ),
+                )
+            return (
+                Finding(
+                    Claim.HARDWARE,
+                    UNSAFE_HARDWARE,
+                    "platform",
+                    "platform not appraised: no platform named, so firmware PCRs 0-7 were not "
+                    "compared with a signed platform reference (name it: --platform; or waive "
+                    "it in the policy: waive_platform)",
+                ),
+            )
         signed = ctx.registry.snapshot.platforms.get(ctx.platform_id)
         if signed is None:
             return (
@@ -225,7 +248,15 @@ class PlatformReferenceCheck:
                         ),
                     )
         if compared == 0:
-            return ()
+            return (
+                Finding(
+                    Claim.HARDWARE,
+                    UNSAFE_HARDWARE,
+                    "platform",
+                    f"platform not appraised: the quote covers none of the PCRs platform "
+                    f"reference {ref.platform_id} pins",
+                ),
+            )
         if ref.example:
             return (
                 Finding(

@@ -46,6 +46,14 @@ class Tier(enum.IntEnum):
         malfunction), 0 (no claim), 1 (unexpected evidence) carry no tier."""
         return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER  # appraisal's hot path
 
+    @classmethod
+    def of_label(cls, label: object) -> Tier:
+        """The tier an EAR's ``ear.status`` names; ``ValueError`` for anything else."""
+        for tier in cls:
+            if tier.label == label:
+                return tier
+        raise ValueError(f"not an ear.status: {label!r}")
+
 
 _NONE_TIER = Tier.NONE
 _TIERS: tuple[Tier, ...] = tuple(
@@ -97,12 +105,23 @@ class Verdict(enum.Enum):
     UNAPPRAISABLE = "could-not-appraise"
 
     @property
+    def tier(self) -> Tier:
+        """The tier the EAR reports (an alarm is contraindicated; could-not-appraise, none)."""
+        return _VERDICT_TIERS[self]
+
+    @property
     def ear_status(self) -> str:
-        if self is Verdict.ALARM:
-            return Tier.CONTRAINDICATED.label
-        if self is Verdict.UNAPPRAISABLE:
-            return Tier.NONE.label
-        return str(self.value)
+        """The EAR's ``ear.status``: the label of ``tier``."""
+        return self.tier.label
+
+
+_VERDICT_TIERS = {
+    Verdict.AFFIRMING: Tier.AFFIRMING,
+    Verdict.WARNING: Tier.WARNING,
+    Verdict.CONTRAINDICATED: Tier.CONTRAINDICATED,
+    Verdict.ALARM: Tier.CONTRAINDICATED,
+    Verdict.UNAPPRAISABLE: Tier.NONE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +195,14 @@ def verdict_of(claims: Sequence[ClaimResult]) -> Verdict:
 
 
 def first_divergence(findings: Sequence[Finding], verdict: Verdict) -> str | None:
-    """The first finding, in check order, that is not affirming; when the node could not be
-    appraised and none is, the first finding (or that no claim could be made)."""
-    first = next((f.explanation for f in findings if f.tier > Tier.AFFIRMING), None)
+    """The first finding, in check order, of the worst tier found (what made the verdict: a
+    contraindicated node is explained by a contraindication, not by an earlier warning); when
+    the node could not be appraised and no finding is worse than affirming, the first finding
+    (or that no claim could be made)."""
+    worst = max((f.tier for f in findings), default=Tier.NONE)
+    first = None
+    if worst > Tier.AFFIRMING:
+        first = next(f.explanation for f in findings if f.tier is worst)
     if first is None and verdict is Verdict.UNAPPRAISABLE:
         first = next((f.explanation for f in findings), "no claim could be made")
     return first

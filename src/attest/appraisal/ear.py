@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from attest import __version__
 from attest.appraisal import AppraisalResult
+from attest.appraisal.claims import Tier
 from attest.errors import EvidenceFormatError, SignatureError
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
@@ -49,7 +50,7 @@ _ES256 = ec.ECDSA(hashes.SHA256())
 # The order of the P-256 group (SEC 2 §2.4.2 / FIPS 186-4 D.1.2.3): an ECDSA signature
 # (r, s) verifies exactly when (r, n - s) does.
 _P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-STATUSES = ("none", "affirming", "warning", "contraindicated")
+STATUSES = tuple(t.label for t in Tier)  # none, affirming, warning, contraindicated
 
 
 def verifier_id(build: str | None = None) -> dict[str, str]:

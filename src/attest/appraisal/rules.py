@@ -1,6 +1,6 @@
 """The verifier's rules: what the *verifier* decides about every node, never the node. Pure.
 
-The default (``DEFAULT_RULES``, policy id ``attest/default@2``) fails closed:
+The default (``DEFAULT_RULES``, policy id ``attest/default@3``) fails closed:
 
 - ``runtime_pcr`` (13): the PCR the runtime log must replay into. A node's identity answer
   names the PCR it uses; enrollment refuses a node whose claim differs (``docs/verify.md``),
@@ -11,6 +11,11 @@ The default (``DEFAULT_RULES``, policy id ``attest/default@2``) fails closed:
   identified by an authenticated dm-verity root hash is contraindicated; without a registry the
   release is "not appraised" and the verdict is at best a warning. True (a developer's rule)
   turns both into no claim, shown in the result.
+- ``waive_platform`` (false): with a registry, the firmware PCRs (0-7) must equal the signed
+  reference of the platform the *verifier* names (``--platform``); a verifier that names none
+  gets a warning ("platform not appraised"), never affirming. True (for platforms without a
+  reference, such as a software TPM with no firmware) turns that into no claim, and the result
+  says the platform was waived by this policy. A platform that is named is always appraised.
 
 A rules file (``attest verify --policy FILE``, ``attest fleet serve --policy FILE``) is a JSON
 or TOML object with exactly these keys; its policy id is ``attest/custom@<sha256 of the
@@ -28,7 +33,7 @@ from typing import Any
 
 from attest.errors import ConfigError
 
-DEFAULT_POLICY_ID = "attest/default@2"
+DEFAULT_POLICY_ID = "attest/default@3"  # @3: the platform reference is required
 RUNTIME_PCRS = range(8, 16)  # neither firmware (0-7) nor resettable/debug (16-23)
 MAX_RULES_BYTES = 64 * 1024
 
@@ -37,6 +42,7 @@ MAX_RULES_BYTES = 64 * 1024
 class VerifierRules:
     runtime_pcr: int = 13
     allow_unidentified_release: bool = False
+    waive_platform: bool = False
 
     def __post_init__(self) -> None:
         if type(self.runtime_pcr) is not int or self.runtime_pcr not in RUNTIME_PCRS:
@@ -45,13 +51,15 @@ class VerifierRules:
                 "16-23 can be reset)",
                 key="runtime_pcr",
             )
-        if type(self.allow_unidentified_release) is not bool:
-            raise ConfigError("must be true or false", key="allow_unidentified_release")
+        for key in ("allow_unidentified_release", "waive_platform"):
+            if type(getattr(self, key)) is not bool:
+                raise ConfigError("must be true or false", key=key)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "runtime_pcr": self.runtime_pcr,
             "allow_unidentified_release": self.allow_unidentified_release,
+            "waive_platform": self.waive_platform,
         }
 
     @property

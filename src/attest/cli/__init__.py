@@ -13,11 +13,12 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import sys
 from collections.abc import Sequence
 
 from attest import __version__
-from attest.cli._common import EXIT_INTERNAL, error_line
+from attest.cli._common import EXIT_INTERNAL, EXIT_PIPE, error_line
 from attest.errors import AttestError
 
 # name -> (module, one line of help); the order is the order of ``attest --help``.
@@ -44,8 +45,8 @@ EPILOG = """exit codes:
   4  the TPM or a peer could not be reached or failed
   5  a decision refused the request (e.g. the upgrade gate)
   6  a file could not be read or written
+  10 verify: warning   11 verify: contraindicated   12 verify: could not appraise
   70 a bug in attest (one line; -vv shows the traceback)
-  10 verify: warning   11 verify: contraindicated   12 verify: node unreachable
 """
 
 
@@ -101,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
+    except BrokenPipeError as exc:
+        if not _stdout_gone():
+            code, line = error_line(exc)
+            print(line, file=sys.stderr)
+            return code
+        return EXIT_PIPE
     except (AttestError, OSError) as exc:
         code, line = error_line(exc)
         print(line, file=sys.stderr)
@@ -118,6 +125,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _stdout_gone() -> bool:
+    """Whether the reader of stdout went away (``attest ... | head``: the pipe's write end
+    reports an error); if so, stdout is pointed at /dev/null so that nothing fails again when
+    Python flushes it at exit."""
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, 0)  # no events asked for: POLLERR and POLLHUP are always reported
+        gone = any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (OSError, ValueError):  # no file descriptor behind stdout
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
 
 
 def run() -> None:

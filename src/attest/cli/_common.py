@@ -29,6 +29,7 @@ EXIT_TPM = 4  # the TPM or a peer could not be reached / failed
 EXIT_REFUSED = 5  # a decision refused the request (e.g. the upgrade gate)
 EXIT_IO = 6  # a file could not be read or written
 EXIT_INTERNAL = 70  # a bug in attest (sysexits EX_SOFTWARE): one line, -vv shows the traceback
+EXIT_PIPE = 141  # the reader of stdout went away (`| head`): quiet, as a tool stopped by SIGPIPE
 
 
 def error_line(exc: BaseException) -> tuple[int, str]:

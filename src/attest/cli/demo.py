@@ -11,9 +11,11 @@ every line a real check through the path of ``attest verify``.
 3. the verifier enrolls the node: EK certificate chain, AK attributes, TPM2 credential
    activation over the operator socket; an operator login is recorded in the audit log;
 4. the node runs the release: there is no device-mapper here, so the demo plays the node's
-   kernel and records the ``verity-device`` event attestd's udev watcher would record, through
+   kernel and records the ``verity-device`` event attestd-tpm's udev watcher would record, through
    attestd-tpm's operator socket;
-5. the verifier appraises the node as ``attest verify`` does, with the registry: a fresh
+5. the verifier appraises the node as ``attest verify`` does, with the registry and the
+   default rules except one, said in the result: the platform is waived (a software TPM has
+   no firmware to compare with a platform reference): a fresh
    challenge (``attest.verifier.contact.gather``) appraised by
    ``attest.appraisal.appraise_incremental``: AFFIRMING *as release 1.0.0*, signed as an EAR
    whose signature is checked; the same answer with its PCR values relabelled is refused;
@@ -30,14 +32,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +62,7 @@ from attest.model import PcrSelection, PcrValues
 
 if TYPE_CHECKING:
     from attest.appraisal import AppraisalResult, Appraised
+    from attest.appraisal.rules import VerifierRules
     from attest.enroll import Enrollment
     from attest.manifest.model import VerifiedRegistry
     from attest.node.tpm.swtpm import SwtpmState
@@ -75,6 +82,12 @@ def register(sub: Any) -> None:
         default="sha256:0-7",
         type=PcrSelection.parse,
         help="PCRs to quote besides the runtime PCR (default sha256:0-7)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the mission, boot the node again (a fresh TPM reset, release 1.0.0 "
+        "running) and keep it up until Ctrl-C / SIGTERM, printing how to verify it",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -121,13 +134,19 @@ def _wait(
 
 
 @dataclass(frozen=True, slots=True)
-class _Node:
+class DemoNode:
+    """The demo's node, running (also the node the doc examples run against:
+    ``tests/swtpm/test_doc_examples.py``)."""
+
     client: NodeClient  # the public API
     operator: NodeClient  # attestd's operator socket
     state: SwtpmState  # the swtpm (its EK CA)
     swtpm_port: int
     api_socket: Path
     broker_operator: Path  # attestd-tpm's operator socket
+    url: str  # the public API's base URL
+    broker_socket: Path  # attestd-tpm's socket (attestd's)
+    spool_dir: Path  # the upgrade gate's spool directory (attestd-tpm's --spool-dir)
 
 
 def _gate_dirs(work: Path) -> tuple[list[str], dict[str, str]]:
@@ -144,16 +163,29 @@ def _gate_dirs(work: Path) -> tuple[list[str], dict[str, str]]:
     return args, {"ATTEST_UPGRADE_SPOOL_DIR": str(spool)}
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the demo prints it: relative to the working directory when it lies below
+    it (``./run demo`` prints ``.work/demo/...``), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 @contextlib.contextmanager
-def _node(work: Path, say: Any) -> Iterator[_Node]:
-    """The node as in production on a (manufactured once) swtpm, its upgrade gate on."""
+def demo_node(work: Path, say: Any) -> Iterator[DemoNode]:
+    """The node as in production on a (manufactured once, in ``work/tpm``) swtpm, its upgrade
+    gate on, its state in ``work``; ``say`` reports each process as it comes up."""
     from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair, manufacture
     from attest.verifier.client import NodeClient
 
     t0 = time.perf_counter()
     tpm_dir = work / "tpm"
     if not (tpm_dir / "state" / "tpm2-00.permall").exists():
-        say(f"manufacturing a software TPM in {tpm_dir} (EK certificates from a private CA) ...")
+        say(
+            f"manufacturing a software TPM in {_shown(tpm_dir)} (EK certificates from a private "
+            "CA) ..."
+        )
         manufacture(tpm_dir)
     state = SwtpmState(tpm_dir / "state", tpm_dir / "ca")
     run = work / "run"
@@ -188,11 +220,20 @@ def _node(work: Path, say: Any) -> Iterator[_Node]:
             str(operator_sock),
             "--state-dir",
             str(node_state),
+            # Not this machine's firmware log (it would not replay into the swtpm's PCRs);
+            # no device-mapper here: the demo plays the kernel below.
+            "--firmware-log",
+            str(work / "no-firmware-log"),
+            "--watch-verity",
+            "off",
             *gate_args,
         ]
         with _process(broker_cmd, env, work / "attestd-tpm.log") as broker:
             _wait("attestd-tpm", broker_sock.exists, broker, work / "attestd-tpm.log")
-            say(f"attestd-tpm privileged broker on {broker_sock}, upgrade gate on (TEST root)")
+            say(
+                f"attestd-tpm privileged broker on {_shown(broker_sock)}, upgrade gate on "
+                "(TEST root)"
+            )
             with (
                 _process([str(bindir / "attestd")], env, work / "attestd.log") as api,
                 NodeClient(f"http://127.0.0.1:{port}") as client,
@@ -200,10 +241,21 @@ def _node(work: Path, say: Any) -> Iterator[_Node]:
             ):
                 _wait("attestd", client.ready, api, work / "attestd.log")
                 say(
-                    f"attestd     API on http://127.0.0.1:{port}, operator socket {api_sock}"
+                    f"attestd     API on http://127.0.0.1:{port}, operator socket "
+                    f"{_shown(api_sock)}"
                     f" (up {time.perf_counter() - t0:.1f} s after start)"
                 )
-                yield _Node(client, operator, state, sw.port, api_sock, operator_sock)
+                yield DemoNode(
+                    client,
+                    operator,
+                    state,
+                    sw.port,
+                    api_sock,
+                    operator_sock,
+                    f"http://127.0.0.1:{port}",
+                    broker_sock,
+                    Path(gate_env["ATTEST_UPGRADE_SPOOL_DIR"]),
+                )
 
 
 @dataclass
@@ -211,23 +263,25 @@ class _Outcome:
     """What each step of the demo found (``--json`` and the exit code)."""
 
     release: str | None = None  # the version the affirming appraisal identified
-    verdict: str = ""
+    verdict: str = ""  # Verdict.value of the affirming appraisal
     result: dict[str, Any] = field(default_factory=dict)
     ear: str = ""
-    ear_status: str = ""
+    ear_status: str = ""  # its EAR's ear.status (a Tier label)
     relabel: str | None = None  # the refusal of the relabelled quote
     upgrade: dict[str, Any] = field(default_factory=dict)
     tamper: dict[str, Any] = field(default_factory=dict)
 
     def ok(self) -> bool:
+        from attest.appraisal.claims import Tier, Verdict  # loaded by now: the demo appraised
+
         return (
-            self.verdict == "affirming"
-            and self.ear_status == "affirming"
+            self.verdict == Verdict.AFFIRMING.value
+            and self.ear_status == Tier.AFFIRMING.label
             and self.release == VERSION
             and self.relabel is not None
             and self.upgrade.get("refused") is True
             and self.upgrade.get("pointer_unchanged") is True
-            and self.tamper.get("verdict") == "contraindicated"
+            and self.tamper.get("verdict") == Verdict.CONTRAINDICATED.value
             and bool(self.tamper.get("names_runtime_pcr"))
         )
 
@@ -241,16 +295,18 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rel = build_release(work / "release", now=datetime.now(UTC))
     say(
-        f"release     {rel.version}: {rel.image} ({rel.digests.size // 1024} KiB), artifact sha256 "
+        f"release     {rel.version}: {_shown(rel.image)} ({rel.digests.size // 1024} KiB), "
+        f"artifact sha256 "
         f"{rel.digests.sha256.hex()[:16]}..., dm-verity root hash "
         f"{rel.digests.verity.root_hash.hex()[:16]}... (attest.verity.hashtree)"
     )
     say(
         f"registry    #{rel.registry.snapshot.sequence} blesses {rel.version}: signed by the TEST "
-        f"releases keys (2 of 3) under the TEST root of {TEST_TRUST} -- TEST keys, never production"
+        f"releases keys (2 of 3) under the TEST root of the repository's "
+        f"{TEST_TRUST.parent.name}/{TEST_TRUST.name} -- TEST keys, never production"
     )
     out = _Outcome()
-    with _node(work, say) as node:
+    with demo_node(work, say) as node:
         now = datetime.now(UTC)  # taken once, as attest verify does (after the TPM's CA exists)
         roots = [x509.load_pem_x509_certificate(node.state.root_ca.read_bytes())]
         inter = [x509.load_pem_x509_certificate(node.state.intermediate_ca.read_bytes())]
@@ -269,28 +325,94 @@ def _demo(work: Path, args: argparse.Namespace) -> int:
         _tamper(node, enrollment, rel, args.pcrs, out, say)
     ok = out.ok()
     say(f"mission     {'every step came out as it must' if ok else 'FAILED (see above)'}")
+    doc: dict[str, Any] = {}
     if args.json:
-        print_json(
-            {
-                "valid": ok,
-                "node_id": enrollment.node_id,
-                "enrollment": enrollment.to_json(),
-                "release": out.release,
-                "verdict": out.verdict,
-                "result": out.result,
-                "ear": out.ear,
-                "relabelled_quote_refused": out.relabel,
-                "upgrade": out.upgrade,
-                "tamper": out.tamper,
-                "test_keys": str(TEST_TRUST),
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
-        )
-    return EXIT_OK if ok else EXIT_VERIFY_FAILED
+        doc = {
+            "valid": ok,
+            "node_id": enrollment.node_id,
+            "enrollment": enrollment.to_json(),
+            "release": out.release,
+            "verdict": out.verdict,
+            "result": out.result,
+            "ear": out.ear,
+            "relabelled_quote_refused": out.relabel,
+            "upgrade": out.upgrade,
+            "tamper": out.tamper,
+            "test_keys": str(TEST_TRUST),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    if not (args.keep and ok):
+        if args.json:
+            print_json(doc)
+        return EXIT_OK if ok else EXIT_VERIFY_FAILED
+    with demo_node(work, say) as node:  # swtpm started again: a TPM reset, a fresh boot
+        _play_kernel(node, rel, say)
+        keep = _kept(work, node)
+        if args.json:
+            print_json({**doc, "keep": keep})
+        else:
+            _say_kept(keep, say)
+        sys.stdout.flush()
+        _wait_for_stop()
+    say("stopped     attestd, attestd-tpm and the swtpm")
+    return EXIT_OK
 
 
-def _play_kernel(node: _Node, rel: DemoRelease, say: Any) -> None:
-    """On a real node attestd's udev watcher records the dm-verity device the kernel set up
+def _kept(work: Path, node: DemoNode) -> dict[str, Any]:
+    """How to reach the kept node: its URL, sockets, EK CA, the demo's registry and rules,
+    and an ``attest verify`` / ``attest fleet add`` command line that appraise it."""
+    policy = work / "verifier-policy.json"
+    policy.write_text(json.dumps(_demo_rules().to_json()) + "\n")
+    ca = [str(node.state.root_ca), str(node.state.intermediate_ca)]
+    url = node.client.base_url
+    verify = ["attest", "verify", url, "--state", str(work / "verifier")]
+    verify += [a for c in ca for a in ("--ek-ca", c)]
+    verify += ["--operator-socket", str(node.api_socket), "--policy", str(policy)]
+    verify += ["--root", str(TEST_TRUST / "root.json")]
+    verify += ["--snapshot", str(work / "release" / "registry.json")]
+    fleet = ["attest", "fleet", "add", url, "--db", f"sqlite:///{work / 'fleet.db'}"]
+    fleet += [a for c in ca for a in ("--ek-roots", c)]
+    fleet += ["--operator-socket", str(node.api_socket), "--policy", str(policy)]
+    return {
+        "url": url,
+        "operator_socket": str(node.api_socket),
+        "broker_operator_socket": str(node.broker_operator),
+        "ek_ca": ca,
+        "registry": str(work / "release" / "registry.json"),
+        "trust_root": str(TEST_TRUST / "root.json"),
+        "policy": str(policy),
+        "pid": os.getpid(),
+        "verify": verify,
+        "fleet_add": fleet,
+        "workdir": str(work),
+    }
+
+
+def _say_kept(keep: dict[str, Any], say: Any) -> None:
+    say(
+        f"kept        the node booted again (TPM reset) running release 1.0.0 at {keep['url']}; "
+        f"it stays up until Ctrl-C (or kill {keep['pid']})"
+    )
+    say("  appraise it: " + shlex.join(keep["verify"]))
+    say("  or add it to a fleet: " + shlex.join(keep["fleet_add"]))
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGINT or SIGTERM; the context managers then stop the node."""
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _play_kernel(node: DemoNode, rel: DemoRelease, say: Any) -> None:
+    """On a real node attestd-tpm's udev watcher records the dm-verity device the kernel set up
     (``attest.node.verity_watch``); here the demo plays the kernel and records the same
     ``verity-device`` event through attestd-tpm's operator socket."""
     from attest.node.broker.client import BrokerClient
@@ -302,13 +424,13 @@ def _play_kernel(node: _Node, rel: DemoRelease, say: Any) -> None:
         )
     say(
         f"node kernel no device-mapper here: the demo plays the node's kernel and records the "
-        f"verity-device event attestd's udev watcher would (root, {root[:16]}..., runtime log "
+        f"verity-device event attestd-tpm's udev watcher would (root, {root[:16]}..., runtime log "
         f"record {rec.recnum}) through attestd-tpm's operator socket"
     )
 
 
 def _attest(
-    node: _Node,
+    node: DemoNode,
     enrollment: Enrollment,
     rel: DemoRelease,
     pcrs: PcrSelection,
@@ -364,7 +486,7 @@ def _attest(
     )
 
 
-def _upgrade(node: _Node, rel: DemoRelease, out: _Outcome, say: Any) -> None:
+def _upgrade(node: DemoNode, rel: DemoRelease, out: _Outcome, say: Any) -> None:
     """An image nobody blessed, offered to the node's upgrade gate."""
     offer = offer_unblessed(rel, node.api_socket, node.broker_operator)
     out.upgrade = {
@@ -389,7 +511,7 @@ def _upgrade(node: _Node, rel: DemoRelease, out: _Outcome, say: Any) -> None:
 
 
 def _tamper(
-    node: _Node,
+    node: DemoNode,
     enrollment: Enrollment,
     rel: DemoRelease,
     pcrs: PcrSelection,
@@ -421,8 +543,17 @@ def _tamper(
         say(f"  {f.check:<12} {f.tier.label:<10} {f.explanation}")
 
 
+def _demo_rules() -> VerifierRules:
+    """The verifier's rules in the demo: the defaults, except that the platform is waived --
+    the demo's software TPM has no firmware, so PCRs 0-7 have no signed platform reference to
+    equal. The result and the EAR say so (policy ``attest/custom@...``, ``waive_platform``)."""
+    from attest.appraisal.rules import VerifierRules
+
+    return VerifierRules(waive_platform=True)
+
+
 def _appraise(
-    node: _Node,
+    node: DemoNode,
     enrollment: Enrollment,
     pcrs: PcrSelection,
     now: datetime,
@@ -430,25 +561,18 @@ def _appraise(
 ) -> tuple[Evidence, Appraised]:
     """One contact as ``attest verify`` makes it: a fresh challenge (the evidence with both
     logs, the audit log over the operator socket) appraised with the registry."""
-    from attest.appraisal import appraise_incremental
-    from attest.appraisal.memory import NodeMemory
-    from attest.verifier.contact import gather, selection_for
+    from attest.verifier.contact import appraise_evidence, gather, selection_for
 
     selection = selection_for(enrollment.runtime_pcr, pcrs)
     ev = gather(node.client, selection, operator=node.operator, identity=node.client.identity())
-    done = appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    done = appraise_evidence(
+        ev,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=registry,
         platform_id=None,
         previous=None,
-        tls_binding=ev.tls_binding,
         now=now,
-        audit_entries=ev.audit_entries,
-        identity=ev.identity,
+        rules=_demo_rules(),
     )
     return ev, done
 
@@ -474,22 +598,20 @@ def _relabel_attack(
     """The attack keylime and tpm2_checkquote accept: the same genuine answer, its PCR values
     relabelled to other indices (same order, so the quote's digest still matches), appraised
     as the genuine one was."""
-    from attest.appraisal import appraise
     from attest.evidence import parse_evidence
+    from attest.verifier.contact import appraise_evidence
 
     genuine = parse_evidence(ev.doc)
     bank, values = next(iter(genuine.pcrs.values.items()))
     shift = 24 - max(values) - 1 if max(values) < 23 else -min(values)
     relabelled = PcrValues({**genuine.pcrs.values, bank: {i + shift: v for i, v in values.items()}})
-    return appraise(
-        {**ev.doc, "pcrs": relabelled.to_json()},
+    attack = replace(ev, doc={**ev.doc, "pcrs": relabelled.to_json()}, audit_entries=None)
+    return appraise_evidence(
+        attack,
         enrollment=enrollment,
-        nonce=ev.nonce,
-        selection=ev.selection,
         registry=registry,
         platform_id=None,
         previous=None,
-        tls_binding=ev.tls_binding,
         now=now,
-        identity=ev.identity,
-    )
+        rules=_demo_rules(),
+    ).result

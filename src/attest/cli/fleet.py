@@ -1,7 +1,9 @@
 """``attest fleet``: the fleet verifier service and its node list.
 
     attest fleet serve [--db URL] [--listen HOST:PORT] [--interval S] [--concurrency N]
-                       [--worker-id ID] [--webhook URL --webhook-secret-file F]
+                       [--worker-id ID] [--webhook URL --webhook-secret-file F
+                        [--webhook-outbox-max N] [--webhook-timeout S]
+                        [--webhook-backoff S] [--webhook-max-backoff S]]
                        (--trust-dir DIR | --policy RULES allowing unidentified releases)
                        [--policy RULES] [--registry-refresh S] [--ear-key PEM]
                        (--api-token-file F | --insecure-no-auth) [--read-token-file F]
@@ -52,6 +54,7 @@ from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
 from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
 from attest.verifier.fleet.api import create_fleet_app, node_json
 from attest.verifier.fleet.appraiser import default_appraiser
+from attest.verifier.fleet.config import DEFAULT_EAR_KEY, FleetSettings, load_fleet_settings
 from attest.verifier.fleet.enrollment import (
     Enroller,
     EnrollPolicy,
@@ -72,17 +75,27 @@ from attest.verifier.fleet.trust import (
     RegistrySource,
     RegistryState,
 )
-from attest.verifier.fleet.webhooks import WebhookSender
+from attest.verifier.fleet.webhooks import (
+    DEFAULT_OUTBOX_MAX,
+    WebhookSender,
+    WebhookSettings,
+    verdict_event,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DB = "sqlite:///attest-fleet.db"  # relative to the working directory
-DEFAULT_EAR_KEY = "attest-fleet-ear.pem"  # relative to the working directory
 
-
-def _db(args: argparse.Namespace) -> Store:
-    check_fleet_environment()
-    return open_store(args.db or os.environ.get("ATTEST_FLEET_DB") or DEFAULT_DB)
+def _settings(args: argparse.Namespace) -> FleetSettings:
+    """The command's options over its ``ATTEST_FLEET_*`` environment, read once, first: an
+    unknown variable or a bad value fails before anything starts."""
+    given = vars(args)
+    return load_fleet_settings(
+        os.environ,
+        db=given.get("db"),
+        ek_roots=given.get("ek_roots"),
+        tofu=bool(given.get("tofu")),
+        ear_key=given.get("ear_key"),
+    )
 
 
 def _rules(args: argparse.Namespace) -> VerifierRules:
@@ -95,47 +108,13 @@ def _rules(args: argparse.Namespace) -> VerifierRules:
         raise ConfigError(f"{args.policy}: {exc}", key="--policy") from None
 
 
-FLEET_ENVIRONMENT = (
-    "ATTEST_FLEET_DB",
-    "ATTEST_FLEET_EK_ROOTS",
-    "ATTEST_FLEET_TOFU",
-    "ATTEST_FLEET_EAR_KEY",
-)
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-
-
-def env_flag(name: str) -> bool:
-    """A boolean ``ATTEST_FLEET_*`` variable: anything but a boolean word is refused with its
-    name (``ATTEST_FLEET_TOFU=on`` is true; ``=enabled`` is an error, never a silent false)."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(
-        f"{value[:32]!r} is not a boolean (1/0, true/false, yes/no, on/off)", key=name
-    )
-
-
-def check_fleet_environment() -> None:
-    """Refuse an ``ATTEST_FLEET_*`` variable the fleet does not know (a typo must not be
-    ignored), as attestd refuses unknown ``ATTEST_*`` settings."""
-    for var in sorted(os.environ):
-        if var.startswith("ATTEST_FLEET_") and var not in FLEET_ENVIRONMENT:
-            raise ConfigError("unknown environment variable of attest fleet", key=var)
-
-
-def _enroller(args: argparse.Namespace, rules: VerifierRules) -> Enroller:
-    """The enrollment policies from the options (``attest.verifier.fleet.enrollment``; fails closed:
-    EK roots, or an explicit ``--tofu``). ``$ATTEST_FLEET_EK_ROOTS`` (paths separated by
-    ``:``) and ``$ATTEST_FLEET_TOFU=1`` are the defaults."""
-    roots = args.ek_roots or [
-        p for p in os.environ.get("ATTEST_FLEET_EK_ROOTS", "").split(os.pathsep) if p
-    ]
-    tofu = args.tofu or env_flag("ATTEST_FLEET_TOFU")
+def _enroller(args: argparse.Namespace, settings: FleetSettings, rules: VerifierRules) -> Enroller:
+    """The enrollment policies (``attest.verifier.fleet.enrollment``; fails closed: EK roots,
+    or an explicit ``--tofu``; ``$ATTEST_FLEET_EK_ROOTS``/``$ATTEST_FLEET_TOFU`` are the
+    defaults) and the options of the channels."""
     policy = EnrollPolicy.from_paths(
-        roots,
-        tofu=tofu,
+        list(settings.ek_roots),
+        tofu=settings.tofu,
         tls_ca=args.tls_ca,
         client_cert=args.client_cert,
         client_key=args.client_key,
@@ -192,6 +171,28 @@ def _tls_context(ca: str | None) -> ssl.SSLContext | None:
         raise ConfigError(f"cannot load the nodes' TLS CA {ca}: {exc}", key="--tls-ca") from None
 
 
+def _webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
+    """The webhook's settings from the options (None without --webhook)."""
+    if not args.webhook:
+        return None
+    if not args.webhook_secret_file:
+        raise ConfigError("a webhook needs --webhook-secret-file", key="--webhook")
+    for key, value in (
+        ("--webhook-outbox-max", args.webhook_outbox_max),
+        ("--webhook-timeout", args.webhook_timeout),
+        ("--webhook-backoff", args.webhook_backoff),
+        ("--webhook-max-backoff", args.webhook_max_backoff),
+    ):
+        if value <= 0:
+            raise ConfigError(f"must be positive, not {value:g}", key=key)
+    return WebhookSettings(
+        max_events=args.webhook_outbox_max,
+        timeout=args.webhook_timeout,
+        backoff=args.webhook_backoff,
+        max_backoff=max(args.webhook_max_backoff, args.webhook_backoff),
+    )
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
@@ -237,12 +238,14 @@ def _security(args: argparse.Namespace, host: str) -> tuple[Access, NodeAddresse
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    fleet = _settings(args)
     host, port = _listen(args.listen)
     access, nodes, listen_options = _security(args, host)  # before anything starts
     rules = _rules(args)
-    enroller = _enroller(args, rules)  # a bad policy fails here, before anything starts
+    enroller = _enroller(args, fleet, rules)  # a bad policy fails here, before anything starts
     registry, host_registry = _registries(args, rules)
-    store = _db(args)
+    hook = _webhook_settings(args)
+    store = open_store(fleet.db)
     settings = PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         interval=args.interval,
@@ -256,20 +259,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     freshness = _freshness(args)
     sender = None
-    if args.webhook:
-        if not args.webhook_secret_file:
-            raise ConfigError("a webhook needs --webhook-secret-file", key="--webhook")
+    if hook is not None:  # its outbox is the fleet's database
         secret = Path(args.webhook_secret_file).read_bytes().strip()
-        sender = WebhookSender(args.webhook, secret)
-    signer = load_or_create_key(
-        args.ear_key or os.environ.get("ATTEST_FLEET_EAR_KEY") or DEFAULT_EAR_KEY
-    )
+        sender = WebhookSender(
+            args.webhook, secret, store=store, worker_id=settings.worker_id, settings=hook
+        )
+    signer = load_or_create_key(fleet.ear_key)
     poller = Poller(
         store,
         settings=settings,
         appraise=default_appraiser(),
         registry=registry,
         on_change=sender.notify if sender else None,
+        outbox=verdict_event if sender else None,
         signer=signer,
         host_registry=host_registry,
         ssl_context=_tls_context(args.tls_ca),
@@ -392,8 +394,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     ):
         if url is not None:
             check_node_url(url, what=key)
-    enroller = _enroller(args, _rules(args))
-    store = _db(args)
+    fleet = _settings(args)
+    enroller = _enroller(args, fleet, _rules(args))
+    store = open_store(fleet.db)
     try:
         if args.id is not None and not args.re_enroll:  # before contacting the node
             known = store.get_node(args.id)
@@ -465,7 +468,7 @@ def _age(age: float | None) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Each node's verdict with its age; ``stale`` (and the last verdict) when it was not
     appraised within the freshness bound."""
-    store = _db(args)
+    store = open_store(_settings(args).db)
     try:
         nodes = store.list_nodes(ear=args.json)
     finally:
@@ -490,7 +493,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _db(args)
+    store = open_store(_settings(args).db)
     try:
         n = store.get_node(args.node_id)
         changes = store.changes(args.node_id, 20) if n is not None else []
@@ -525,79 +528,73 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("fleet", help="the fleet verifier service")
-    fs = p.add_subparsers(dest="fleet_cmd", metavar="COMMAND")
-    fs.required = True
-
-    def db(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--db",
-            help="sqlite:///PATH or postgresql://... "
-            "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)",
-        )
-
-    def freshness(q: argparse.ArgumentParser, *, interval: bool = True) -> None:
-        if interval:
-            q.add_argument(
-                "--interval",
-                type=float,
-                default=10.0,
-                help="the fleet's polling interval, seconds (default %(default)s)",
-            )
-        q.add_argument(
-            "--stale-after",
-            type=int,
-            default=DEFAULT_STALE_INTERVALS,
-            metavar="N",
-            help="a node not appraised within N intervals is shown stale (its stored verdict "
-            "is kept) (default %(default)s)",
-        )
-
-    def enrollment(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--policy",
-            metavar="FILE",
-            help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
-            "attest verify --policy's): named in every EAR; a node claiming another runtime PCR "
-            "is refused at enrollment",
-        )
-        g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
-        g.add_argument(
-            "--ek-roots",
-            action="append",
-            metavar="PEM|DIR",
-            help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
-            "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
-            "certificate must chain to them, and credential activation must "
-            "prove the AK lives beside that EK",
-        )
-        g.add_argument(
-            "--host-ek-roots",
-            action="append",
-            metavar="PEM|DIR",
-            help="a pair's host layer: its EK CAs (default: --ek-roots, which are "
-            "then the guests' vTPM CA)",
-        )
-        g.add_argument(
-            "--tofu",
-            action="store_true",
-            help="allow trust on first use: enroll without EK roots, or without "
-            "credential activation (said in the enrollment)",
-        )
-        g.add_argument(
-            "--client-cert",
-            help="client certificate for the nodes' mutual-TLS listener (credential activation)",
-        )
-        g.add_argument("--client-key", help="its private key")
-        g.add_argument("--tls-ca", help="CA of the nodes' TLS certificates (https URLs)")
-
-    s = fs.add_parser(
-        "serve",
-        help="appraise the registered nodes continuously; serve the "
-        "REST API, metrics and the web page",
+def _db_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--db",
+        help="sqlite:///PATH or postgresql://... "
+        "(default $ATTEST_FLEET_DB or sqlite:///attest-fleet.db)",
     )
-    db(s)
+
+
+def _freshness_options(q: argparse.ArgumentParser, *, interval: bool = True) -> None:
+    if interval:
+        q.add_argument(
+            "--interval",
+            type=float,
+            default=10.0,
+            help="the fleet's polling interval, seconds (default %(default)s)",
+        )
+    q.add_argument(
+        "--stale-after",
+        type=int,
+        default=DEFAULT_STALE_INTERVALS,
+        metavar="N",
+        help="a node not appraised within N intervals is shown stale (its stored verdict "
+        "is kept) (default %(default)s)",
+    )
+
+
+def _enrollment_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release, "
+        "waive_platform; attest verify --policy's): named in every EAR; a node claiming "
+        "another runtime PCR is refused at enrollment",
+    )
+    g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
+    g.add_argument(
+        "--ek-roots",
+        action="append",
+        metavar="PEM|DIR",
+        help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
+        "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
+        "certificate must chain to them, and credential activation must "
+        "prove the AK lives beside that EK",
+    )
+    g.add_argument(
+        "--host-ek-roots",
+        action="append",
+        metavar="PEM|DIR",
+        help="a pair's host layer: its EK CAs (default: --ek-roots, which are "
+        "then the guests' vTPM CA)",
+    )
+    g.add_argument(
+        "--tofu",
+        action="store_true",
+        help="allow trust on first use: enroll without EK roots, or without "
+        "credential activation (said in the enrollment)",
+    )
+    g.add_argument(
+        "--client-cert",
+        help="client certificate for the nodes' mutual-TLS listener (credential activation)",
+    )
+    g.add_argument("--client-key", help="its private key")
+    g.add_argument("--tls-ca", help="CA of the nodes' TLS certificates (https URLs)")
+
+
+def _serve_polling_options(s: argparse.ArgumentParser) -> None:
+    """Where the service listens; how and what it polls."""
     s.add_argument("--listen", default="127.0.0.1:7500", help="HOST:PORT (default %(default)s)")
     s.add_argument(
         "--interval",
@@ -620,7 +617,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=DEFAULT_SELECTION,
         help="PCRs to quote (the runtime PCR is added) (default %(default)s)",
     )
-    s.add_argument("--platform-id", help="platform reference to appraise firmware against")
+    s.add_argument(
+        "--platform",
+        "--platform-id",
+        dest="platform_id",
+        help="the nodes' platform id in the registry: firmware PCRs 0-7 are appraised against "
+        "its signed reference (none named: a warning, unless the policy has waive_platform)",
+    )
+
+
+def _serve_registry_options(s: argparse.ArgumentParser) -> None:
+    """The trusted registries (the nodes' and a pair's host layer's) and platforms."""
     s.add_argument(
         "--trust-dir",
         help="trusted manifest state (attest manifest verify --state); required unless "
@@ -639,11 +646,46 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="a pair's host layer: its trusted manifest state (default --trust-dir)",
     )
     s.add_argument(
+        "--host-platform",
         "--host-platform-id",
-        help="a pair's host layer: its platform reference (default --platform-id)",
+        dest="host_platform_id",
+        help="a pair's host layer: its platform reference (default --platform)",
     )
+
+
+def _serve_access_options(s: argparse.ArgumentParser) -> None:
+    """Webhooks, who may use the service, which nodes it may contact, its EAR key."""
     s.add_argument("--webhook", help="URL to POST signed verdict changes to")
     s.add_argument("--webhook-secret-file", help="HMAC-SHA256 key for the webhook (≥ 16 bytes)")
+    s.add_argument(
+        "--webhook-outbox-max",
+        type=int,
+        default=DEFAULT_OUTBOX_MAX,
+        metavar="N",
+        help="undelivered webhook events kept in the database; beyond it the oldest are dropped "
+        "and counted (default %(default)s)",
+    )
+    s.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds per delivery attempt, all told (default %(default)s)",
+    )
+    s.add_argument(
+        "--webhook-backoff",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds before the first retry, doubling per failure (default %(default)s)",
+    )
+    s.add_argument(
+        "--webhook-max-backoff",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="the longest pause between two attempts (default %(default)s)",
+    )
     s.add_argument(
         "--api-token-file",
         help="the write token: needed to register/remove nodes (required, unless "
@@ -679,10 +721,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "results (EAR); created (mode 0600) when missing (default "
         f"$ATTEST_FLEET_EAR_KEY or {DEFAULT_EAR_KEY}); give all workers the same",
     )
-    freshness(s, interval=False)
-    enrollment(s)
+
+
+def _serve_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = fs.add_parser(
+        "serve",
+        help="appraise the registered nodes continuously; serve the "
+        "REST API, metrics and the web page",
+    )
+    _db_option(s)
+    _serve_polling_options(s)
+    _serve_registry_options(s)
+    _serve_access_options(s)
+    _freshness_options(s, interval=False)
+    _enrollment_options(s)
     s.set_defaults(func=cmd_serve)
 
+
+def _add_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a = fs.add_parser("add", help="enroll a node (or a host + guest pair) and register it")
     a.add_argument(
         "url", help="the node API's base URL, e.g. http://10.0.0.5:7443 (with --host: the guest's)"
@@ -709,22 +765,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "its history (weaker said so), its continuity reset; refused without it",
     )
     a.add_argument("--json", action="store_true")
-    db(a)
-    enrollment(a)
+    _db_option(a)
+    _enrollment_options(a)
     a.set_defaults(func=cmd_add)
 
+
+def _ls_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls = fs.add_parser("ls", help="list registered nodes, verdicts and their age")
     ls.add_argument("--json", action="store_true", help="with each node's latest signed EAR")
-    db(ls)
-    freshness(ls)
+    _db_option(ls)
+    _freshness_options(ls)
     ls.set_defaults(func=cmd_ls)
 
+
+def _show_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sh = fs.add_parser("show", help="one node: verdict, layers, explanation, history, EAR")
     sh.add_argument("node_id")
     sh.add_argument("--json", action="store_true")
-    db(sh)
-    freshness(sh)
+    _db_option(sh)
+    _freshness_options(sh)
     sh.set_defaults(func=cmd_show)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("fleet", help="the fleet verifier service")
+    fs = p.add_subparsers(dest="fleet_cmd", metavar="COMMAND")
+    fs.required = True
+    _serve_parser(fs)
+    _add_parser(fs)
+    _ls_parser(fs)
+    _show_parser(fs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

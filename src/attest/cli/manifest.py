@@ -191,6 +191,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     for p in (pem_path, pub_path):
         if Path(p).exists() and not args.force:
             raise FileExistsError(17, "exists (use --force to overwrite)", p)
+    Path(pem_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new key directory
     atomic_write_bytes(pem_path, pem, mode=0o600)
     atomic_write_bytes(pub_path, canonicalize({"keyid": key.keyid, "key": key.to_json()}))
     if args.json:

@@ -16,7 +16,6 @@ counter up.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import os
 from datetime import UTC, datetime
@@ -155,34 +154,13 @@ def _broker(args: argparse.Namespace) -> Any:
 
 
 def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
-    from attest.errors import ConfigError, EvidenceFormatError
-    from attest.node.broker import protocol as p
-    from attest.node.broker.client import spool_file
+    from attest.errors import ConfigError
+    from attest.node.broker.client import stage_offer
 
     if args.now:
         raise ConfigError("the broker judges expiry by its own clock", key="now")
-    if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
-        raise EvidenceFormatError(f"snapshot over {p.MAX_STAGE_SNAPSHOT} bytes")
-    with contextlib.ExitStack() as stack:
-        tree = None
-        if offer.hash_tree is not None:
-            tree = str(
-                stack.enter_context(
-                    spool_file(args.spool_dir, data=offer.hash_tree, suffix=".tree")
-                )
-            )
-        image = stack.enter_context(spool_file(args.spool_dir, source=offer.image))
-        req = p.UpgradeStage(
-            str(image),
-            offer.snapshot,
-            offer.actor,
-            roots=offer.roots,
-            hash_tree_path=tree,
-            version=offer.version,
-        )
-        with _broker(args) as client:
-            doc: dict[str, Any] = client.upgrade_stage(req).to_json()
-            return doc
+    doc: dict[str, Any] = stage_offer(args.broker_socket, args.spool_dir, offer).to_json()
+    return doc
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -270,8 +248,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif doc["pending"]:
         print(f"staged in slot {doc['pending']}: reboot to try it ({doc['tries']} tries)")
     nv = doc["nv_counter"]
+    value = "not defined yet" if nv["value"] is None else nv["value"]
+    committed = nv["committed_sequence"]
     print(
-        f"NV counter {nv['index']}: {nv['value']} (committed release #{nv['committed_sequence']})"
+        f"NV counter {nv['index']}: {value} "
+        + ("(no release committed)" if committed is None else f"(committed release #{committed})")
     )
     return EXIT_OK
 

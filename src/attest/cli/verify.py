@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -26,12 +27,10 @@ from typing import Any, TextIO
 
 from attest.appraisal import (
     AppraisalResult,
-    appraise_incremental,
     enrollment_refused,
     unappraisable,
 )
 from attest.appraisal.claims import Tier, Verdict
-from attest.appraisal.memory import NodeMemory
 from attest.appraisal.pair import (
     GUEST,
     HOST,
@@ -103,7 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--policy",
         type=Path,
         metavar="FILE",
-        help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release; "
+        help="the verifier's rules (JSON or TOML: runtime_pcr, allow_unidentified_release, "
+        "waive_platform; "
         "docs/verify.md); the EAR names them",
     )
     p.add_argument("--client-cert", help="client certificate for the node's mutual-TLS listener")
@@ -124,7 +124,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
     p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
-    p.add_argument("--platform", help="the node's platform id in the registry (e.g. ovmf-q35)")
+    p.add_argument(
+        "--platform",
+        help="the node's platform id in the registry (e.g. ovmf-q35): firmware PCRs 0-7 are "
+        "appraised against its signed reference (none named: a warning, unless the policy "
+        "has waive_platform)",
+    )
     p.add_argument(
         "--pcrs",
         type=PcrSelection.parse,
@@ -381,10 +386,8 @@ def _report(
     print(f"{result.node_id or args.url}: {result.verdict.value.upper()}", file=out)
     rel = _release_json(result)
     running = "not identified" if rel is None else f"{rel['version']} ({rel['status']})"
-    print(
-        f"  release: {running}; enrollment: {result.enrollment}; policy: {result.policy_id}",
-        file=out,
-    )
+    strength = result.enrollment or "not enrolled"
+    print(f"  release: {running}; enrollment: {strength}; policy: {result.policy_id}", file=out)
     if result.first_divergence:
         print(f"  first divergence: {result.first_divergence}", file=out)
     _print_claims(result, out, indent="  ")
@@ -448,7 +451,7 @@ def _appraise_layer(
     """One node's contact (enroll on first contact, challenge, appraise) for ``cmd_verify``
     and for each layer of a pair, keeping the verified runtime log's ``vtpm`` events. Never
     raises for the node's faults."""
-    from attest.verifier.contact import enroll, gather, selection_for
+    from attest.verifier.contact import appraise_evidence, enroll, gather, selection_for
 
     address = ns.url.rstrip("/")
     notes: list[str] = []
@@ -523,19 +526,13 @@ def _appraise_layer(
             node_id = record.enrollment.node_id if record else node_id
             result = unappraisable(node_id, f"malformed answer: {exc}", nonce=nonce, now=now)
             return _Layer(address, result, record, notes, re_enrollment)
-    done = appraise_incremental(
-        ev.doc,
-        memory=NodeMemory(),
+    done = appraise_evidence(
+        dataclasses.replace(ev, identity=identity, audit_entries=audit),
         enrollment=record.enrollment,
-        nonce=nonce,
-        selection=selection,
         registry=registry,
         platform_id=ns.platform,
         previous=record.last_clock,
-        tls_binding=ev.tls_binding,
         now=now,
-        audit_entries=audit,
-        identity=identity,
         rules=rules,
         continuity=record.continuity,
     )

@@ -61,6 +61,8 @@ class ApiSettings:
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
+    # Development mode only (tpm.tcti: the node services run in-process). With attestd-tpm,
+    # attestd reads neither file: the broker reads its own --firmware-log / --cmdline.
     firmware_log: str = "/sys/kernel/security/tpm0/binary_bios_measurements"
     max_firmware_log_bytes: int = 4 << 20
     # The kernel command line, sent with evidence: the Linux EFI stub measures only its digest

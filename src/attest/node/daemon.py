@@ -12,6 +12,12 @@ or -- for development and demos only -- runs the node services in-process over a
 that verifies and writes them is ``attestd-tpm``'s (``BrokerGate``), or in development mode an
 in-process ``UpgradeGate`` over the same TPM (``upgrade_routes``).
 
+The firmware event log, the kernel command line and the dm-verity devices are read by the
+node's privileged side, never by this process (it has no device, no capability, no netlink
+socket and no /proc beyond its own): ``attestd-tpm`` serves them as broker operations
+(``attest.node.broker.host``). In development mode the in-process services read the paths of
+``logs.firmware_log`` / ``logs.cmdline`` and watch dm-verity devices here.
+
 Start-up is kept short (a node under TCG emulation runs Python ~14x slower): heavy modules
 are imported only once the configuration is known to be good.
 """
@@ -63,10 +69,19 @@ def open_node(settings: Settings) -> Any:
         logger.warning(
             "running the TPM in-process (tpm.tcti set): development mode, not least-privilege"
         )
+        from attest.node.broker.host import HostFacts
+
         tpm = EsapiTpm(settings.tpm.tcti, ak=AkSpec(settings.tpm.ak_type))
         state = Path(settings.tpm.state_dir)
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return LocalNode.open(tpm, state, pcr=settings.tpm.runtime_pcr)
+        host = HostFacts(
+            firmware_log=Path(settings.logs.firmware_log),
+            cmdline=Path(settings.logs.cmdline),
+            max_firmware_log=settings.logs.max_firmware_log_bytes,
+        )
+        node = LocalNode.open(tpm, state, pcr=settings.tpm.runtime_pcr, host=host)
+        host.watch_verity(node.runtime)  # as attestd-tpm --watch-verity on
+        return node
     from attest.node.broker.client import BrokerClient
 
     return BrokerClient(settings.tpm.broker_socket)
@@ -108,22 +123,6 @@ def upgrade_routes(settings: Settings, node: Any) -> Callable[[Any, Any], dict[s
     return extra
 
 
-def read_firmware_log(settings: Settings) -> bytes | None:
-    path = Path(settings.logs.firmware_log)
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(settings.logs.max_firmware_log_bytes + 1)
-    except OSError as exc:
-        logger.info("no firmware event log at %s (%s)", path, exc.strerror)
-        return None
-    if len(data) > settings.logs.max_firmware_log_bytes:
-        logger.error(
-            "firmware event log over %d bytes: not served", settings.logs.max_firmware_log_bytes
-        )
-        return None
-    return data
-
-
 async def serve(settings: Settings, node: Any) -> None:
     import ssl
 
@@ -142,13 +141,11 @@ async def serve(settings: Settings, node: Any) -> None:
             node.measure("config", {"sha256": settings_digest(settings)})
             if binding:
                 node.measure("tls-key", {"spki_sha256": binding.hex()})
-            verity.remeasure()
         except BrokerUnavailable:
             raise  # recorded once attestd-tpm answers (NodeContext.start_recorded)
         except AttestError as exc:
             logger.error("could not record start-up measurements: %s", exc)
 
-    verity = VerityTracker(node)
     try:
         record_start()
         recorded = True
@@ -160,9 +157,7 @@ async def serve(settings: Settings, node: Any) -> None:
         settings,
         node=node,
         tls_binding=binding,
-        firmware_log=read_firmware_log(settings),
-        verity=verity.report,
-        status=make_status(settings, verity),
+        status=make_status(settings),
         on_fresh_log=record_start,
         start_recorded=recorded,
         extra_routes=upgrade_routes(settings, node),
@@ -243,7 +238,6 @@ async def serve(settings: Settings, node: Any) -> None:
         for s in servers:
             s.should_exit = True
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    verity.stop()
     node.close()
     if not stop.is_set():  # a listener ended by itself: fail, so that Restart= restarts us
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -257,7 +251,7 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def make_status(settings: Settings, verity: VerityTracker) -> Any:
+def make_status(settings: Settings) -> Any:
     """The self-appraisal behind /v1/status: TPM, runtime log replay, verity, and the running
     image's release in the locally trusted registry (attest.appraisal.selfcheck decides)."""
     from datetime import UTC, datetime
@@ -298,7 +292,7 @@ def make_status(settings: Settings, verity: VerityTracker) -> Any:
         return evaluate_node(
             tpm_error=tpm_error,
             runtime_error=runtime_error,
-            verity=verity.latest_report,
+            verity=ctx.refresh_verity() if ctx.ready else ctx.verity_report,
             registry=registry,
             registry_error=registry_error,
             now=now,
@@ -315,53 +309,6 @@ def root_devno() -> str | None:
     except OSError:
         return None
     return f"{os.major(dev)}:{os.minor(dev)}"
-
-
-class VerityTracker:
-    """Keeps the latest dm-verity report for evidence, and records every verity device the
-    node sees (name, root hash, status) in the runtime log, once per distinct state."""
-
-    def __init__(self, node: Any) -> None:
-        from attest.node.verity_watch import VerityWatcher
-
-        self.node = node
-        self.latest: dict[str, Any] | None = None
-        self.latest_report: Any = None
-        self.seen: set[tuple[str, str, str]] = set()
-        self.watcher = VerityWatcher(self._on_report)
-        try:
-            self.watcher.start()
-        except Exception as exc:  # discovery must never stop the daemon; say why once
-            logger.error("dm-verity discovery unavailable: %s", exc)
-
-    def _on_report(self, report: Any) -> None:
-        self.latest = report.to_json()
-        self.latest_report = report
-        for dev in report.devices:
-            root = dev.table.root_digest.hex() if dev.table is not None else ""
-            key = (dev.name, root, str(dev.status))
-            if key in self.seen:
-                continue
-            self.seen.add(key)
-            try:
-                self.node.measure(
-                    "verity-device",
-                    {"name": dev.name, "root_hash": root, "status": str(dev.status)},
-                )
-            except AttestError as exc:
-                logger.error("could not record verity device %s: %s", dev.name, exc)
-
-    def report(self) -> dict[str, Any] | None:
-        return self.latest
-
-    def remeasure(self) -> None:
-        """Record the current devices again (the runtime log started afresh)."""
-        self.seen.clear()
-        if self.latest_report is not None:
-            self._on_report(self.latest_report)
-
-    def stop(self) -> None:
-        self.watcher.stop()
 
 
 class _lifespan:

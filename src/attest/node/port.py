@@ -21,6 +21,7 @@ from attest.eventlog.cel import CelRecord
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.node.tpm.port import RawQuote
 from attest.tpmstruct import Public
+from attest.verity.devices import VerityReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,25 @@ class StateFs:
         }
 
 
+# The firmware event log travels in chunks of at most this many bytes (a request for more is
+# capped by the broker); a log over MAX_FIRMWARE_LOG bytes is not served at all.
+FIRMWARE_LOG_CHUNK = 1 << 20
+MAX_FIRMWARE_LOG = 4 << 20
+# The kernel command line is read up to this many bytes (COMMAND_LINE_SIZE is 2048 on x86;
+# some architectures allow more).
+MAX_KERNEL_CMDLINE = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareLogChunk:
+    """``data``: the firmware event log's bytes from ``offset`` on (possibly fewer than asked
+    for); ``total``: the size of the whole log. ``offset == total`` and no data: the end."""
+
+    offset: int
+    total: int
+    data: bytes
+
+
 class NodePort(Protocol):
     def identity(self) -> NodeIdentity: ...
 
@@ -93,6 +113,19 @@ class NodePort(Protocol):
 
     def state_fs(self) -> StateFs:
         """Free space on the file system of the node's logs (the low-space report)."""
+        ...
+
+    def firmware_log(self, offset: int, max_bytes: int) -> FirmwareLogChunk | None:
+        """A chunk of the firmware (TCG PC Client) event log; None when the node has none.
+        Which file is read is the privileged side's configuration, never the caller's."""
+        ...
+
+    def kernel_cmdline(self) -> str | None:
+        """The kernel command line (None when unreadable)."""
+        ...
+
+    def verity_report(self) -> VerityReport | None:
+        """The latest dm-verity report of the privileged side's watcher (None: not watched)."""
         ...
 
     def close(self) -> None: ...

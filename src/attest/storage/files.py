@@ -8,6 +8,7 @@ new content, never a mix. Used by the manifest trusted state, the daemon and the
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,12 @@ DEFAULT_MAX_READ = 16 * 1024 * 1024
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
     target = Path(path)
     directory = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except FileNotFoundError:  # name the file asked for, not the temporary one
+        raise FileNotFoundError(
+            errno.ENOENT, f"its directory {directory} does not exist", str(target)
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

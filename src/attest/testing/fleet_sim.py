@@ -46,6 +46,7 @@ from attest.evidence import (
     quote_members,
     runtime_log_member,
 )
+from attest.manifest.model import PlatformReference
 from attest.merkle import challenge_leaf, leaf_hash
 from attest.model import HashAlg, PcrSelection
 from attest.node.tpm.fake import FakeTpm
@@ -154,6 +155,17 @@ class SimFleet:
             )
             self.nodes.append(node)
             self._boot(node)
+
+    def platform_reference(self, platform_id: str) -> PlatformReference:
+        """The simulated platform's firmware reference, as governance would sign it: PCRs 0-7
+        of a node booted with this fleet's firmware log (all zero without one: no firmware
+        measured anything)."""
+        tpm = FakeTpm(banks=BANKS, seed=b"attest-sim/platform")
+        for pcr, digest in self._fw_extends:
+            tpm.extend(pcr, {HashAlg.SHA256: digest})
+        pcrs = tpm.read_pcrs(PcrSelection.of({HashAlg.SHA256: range(8)}))
+        what = "its firmware event log" if self.firmware_log else "no firmware: PCRs 0-7 zero"
+        return PlatformReference(platform_id, f"attest fleet simulator ({what})", pcrs)
 
     def _boot(self, node: SimNode) -> None:
         for pcr, digest in self._fw_extends:

@@ -7,7 +7,8 @@ the ``NodeClient`` and the pure checks in ``attest.enroll`` and ``attest.apprais
   attributes, and TPM2 credential activation proving the AK lives in the TPM that owns the EK.
 - ``gather``: one fresh challenge's raw material (``Evidence``) for ``attest.appraisal.appraise``
   / ``appraise_incremental``, which decide trust -- the one path of ``attest verify``, the fleet,
-  ``attest demo`` and the harnesses.
+  ``attest demo`` and the harnesses; ``appraise_evidence`` hands a gathered ``Evidence`` to
+  ``appraise_incremental`` as all of them but the fleet (which keeps a memory per node) do.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 
 from cryptography import x509
 
-from attest.appraisal.rules import DEFAULT_RULES
+from attest.appraisal import Appraised, appraise_incremental
+from attest.appraisal.memory import Continuity, NodeMemory
+from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
 from attest.ekcert.parse import ParsedCertificate
 from attest.enroll import (
     Enrollment,
@@ -35,8 +38,9 @@ from attest.enroll import (
 )
 from attest.errors import CertificateError, CredentialError, RuntimePcrError, TransportError
 from attest.evidence import unb64
+from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
-from attest.tpmstruct import Public, parse_public
+from attest.tpmstruct import ClockInfo, Public, parse_public
 from attest.verifier.client import NodeClient
 from attest.verifier.ek_roots import load_ek_cas_store
 
@@ -44,6 +48,7 @@ __all__ = [
     "APPRAISAL_PCRS",
     "Enrollment",
     "Evidence",
+    "appraise_evidence",
     "enroll",
     "gather",
     "load_ek_cas",
@@ -237,3 +242,35 @@ def gather(
         entries = operator.audit(0).get("entries")
         audit = entries if isinstance(entries, list) else None
     return Evidence(doc, nonce, selection, client.peer_binding, identity, audit)
+
+
+def appraise_evidence(
+    ev: Evidence,
+    *,
+    enrollment: Enrollment,
+    registry: VerifiedRegistry | None,
+    platform_id: str | None,
+    previous: ClockInfo | None,
+    now: datetime,
+    rules: VerifierRules = DEFAULT_RULES,
+    continuity: Continuity | None = None,
+) -> Appraised:
+    """Appraise one contact's ``Evidence`` whole (no memory of earlier contacts): its
+    document with the nonce, selection, TLS binding, identity and audit entries it was
+    gathered with. ``appraise_incremental``'s rules: never raises for evidence problems."""
+    return appraise_incremental(
+        ev.doc,
+        memory=NodeMemory(),
+        enrollment=enrollment,
+        nonce=ev.nonce,
+        selection=ev.selection,
+        registry=registry,
+        platform_id=platform_id,
+        previous=previous,
+        tls_binding=ev.tls_binding,
+        now=now,
+        audit_entries=ev.audit_entries,
+        identity=ev.identity,
+        rules=rules,
+        continuity=continuity,
+    )

@@ -267,3 +267,25 @@ def test_cli_refuses_non_canonical_file(setup: Path, capsys: pytest.CaptureFixtu
     (setup / "root.json").write_text(json.dumps(doc, indent=2))
     rc, _, err = run(capsys, "verify", "--root", "root.json", "--now", "2025-02-01T00:00:00Z")
     assert rc == 3 and "canonical" in err and err.count("\n") == 1
+
+
+def test_keygen_makes_a_private_key_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, _ = run(capsys, "keygen", "--out", str(tmp_path / "keys" / "rel-1"))
+    assert rc == 0 and out.endswith(f"{tmp_path}/keys/rel-1.pub.json\n")
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "keys" / "rel-1.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_write_into_a_missing_directory_names_the_file_not_a_temporary_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "keygen", "--out", str(tmp_path / "k"))
+    missing = tmp_path / "no" / "root.json"
+    key = str(tmp_path / "k.pub.json")
+    roles = ["--root-key", key, "--releases-key", key, "--platform-key", key]
+    rc, _, err = run(capsys, "init", "--out", str(missing), *roles)
+    assert rc == 6
+    why = f"its directory {missing.parent} does not exist"
+    assert err == f"attest: cannot access {missing}: {why}\n"

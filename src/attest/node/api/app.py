@@ -2,6 +2,10 @@
 
 The app holds no TPM handle: it talks to a ``NodePort`` (the privileged broker in production,
 an in-process ``LocalNode`` over a fake TPM in tests -- injected here, no test-only branches).
+It reads no host file for evidence either: the firmware event log, the kernel command line and
+the dm-verity report come from the node port (``attestd-tpm`` reads them; docs/daemon-hardening.md).
+The firmware log and the command line do not change while the node runs: they are fetched
+once (the log in chunks) and kept; the verity report is refreshed every few seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
-from attest.errors import AttestError, BrokerUnavailable, EvidenceFormatError, TpmError
+from attest.appraisal.selfcheck import SelfVerdict
+from attest.errors import (
+    AttestError,
+    BrokerUnavailable,
+    EvidenceFormatError,
+    TpmError,
+    TransportError,
+)
 from attest.evidence import (
     b64,
     challenge_members,
@@ -39,12 +50,15 @@ from attest.node.api.batcher import QuoteBatcher
 from attest.node.api.errors import (
     attest_error_handler,
     http_error_handler,
+    internal_error_handler,
+    printable,
     validation_error_handler,
 )
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
 from attest.node.config import Settings
-from attest.node.port import NodeIdentity, NodePort, StateFs
+from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort, StateFs
 from attest.node.tpm.port import RawQuote
+from attest.verity.devices import VerityReport
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +66,7 @@ PROBE_SELECTION = PcrSelection.parse("sha256:0")
 # What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable.
 UNAVAILABLE = (TpmError, BrokerUnavailable)
 MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.2 s)
+_SELF_OK = (SelfVerdict.OK, SelfVerdict.BLESSED)  # attest_status_ok 1
 
 
 @dataclass
@@ -71,8 +86,6 @@ class NodeContext:
     node: NodePort
     batcher: QuoteBatcher
     tls_binding: bytes
-    firmware_log: bytes | None
-    verity: Callable[[], dict[str, Any] | None]
     image: Callable[[], tuple[str | None, str | None]]
     status: Callable[[NodeContext], dict[str, Any]]
     clock: Callable[[], datetime]
@@ -92,7 +105,11 @@ class NodeContext:
     log_mark: tuple[int, str] | None = None  # (recnum, content digest) of the last record seen
     watcher: asyncio.Task[None] | None = None
     shared: tuple[RawQuote, bytes] | None = None
+    # From the node port (load_host_facts, refresh_verity); host_loaded once they were.
+    firmware_log: bytes | None = None
     cmdline: str | None = None
+    host_loaded: bool = False
+    verity_report: VerityReport | None = None
 
     def get_identity(self) -> NodeIdentity:
         if self.identity is None:
@@ -150,6 +167,39 @@ class NodeContext:
             except UNAVAILABLE as exc:
                 self.tpm_failed(exc)
 
+    def load_host_facts(self) -> None:
+        """Fetch the firmware log and the kernel command line from the node port (once: they
+        do not change while the node runs). ``BrokerUnavailable`` / ``TpmError`` propagate
+        (not loaded: asked again later); another error (a broker without these operations,
+        a log over ``logs.max_firmware_log_bytes``) is logged and the evidence goes without."""
+        try:
+            self.firmware_log = read_firmware_log(
+                self.node, limit=self.settings.logs.max_firmware_log_bytes
+            )
+            self.cmdline = self.node.kernel_cmdline()
+        except UNAVAILABLE:
+            raise
+        except AttestError as exc:
+            logger.error("firmware log / kernel command line not served: %s", exc)
+        self.host_loaded = True
+
+    def refresh_verity(self) -> VerityReport | None:
+        """The node's latest dm-verity report (kept for evidence); the last one kept when the
+        node cannot be asked."""
+        try:
+            self.verity_report = self.node.verity_report()
+        except AttestError as exc:
+            logger.info("dm-verity report not refreshed: %s", exc)
+        return self.verity_report
+
+    def refresh_host(self) -> None:
+        self.refresh_verity()
+        if not self.host_loaded:
+            try:
+                self.load_host_facts()
+            except UNAVAILABLE as exc:
+                logger.info("firmware log not fetched yet: %s", exc)
+
     def check_log(self) -> None:
         """If the runtime log no longer holds the last record we saw (a TPM reset made the
         broker start a fresh log), record our events again. Reads the log from that record
@@ -182,23 +232,38 @@ class NodeContext:
             await asyncio.sleep(interval)
             if self.ready:
                 await loop.run_in_executor(None, self.check_log)
+                await loop.run_in_executor(None, self.refresh_host)
+
+
+def read_firmware_log(node: NodePort, *, limit: int) -> bytes | None:
+    """The node's whole firmware event log, read in chunks of ``FIRMWARE_LOG_CHUNK`` bytes;
+    None when it has none. ``TransportError`` when the answers do not add up (the size
+    changed between chunks, a chunk from elsewhere, no progress) or the log is over
+    ``limit`` bytes."""
+    parts: list[bytes] = []
+    offset, total = 0, None
+    while total is None or offset < total:
+        chunk = node.firmware_log(offset, FIRMWARE_LOG_CHUNK)
+        if chunk is None:
+            if total is not None:
+                raise TransportError("the firmware log disappeared while it was read")
+            return None
+        if total is None:
+            total = chunk.total
+            if total > limit:
+                raise TransportError(f"firmware event log of {total} bytes is over {limit}")
+        if chunk.total != total or chunk.offset != offset:
+            raise TransportError("the firmware log changed while it was read")
+        if not chunk.data and offset < total:
+            raise TransportError("attestd-tpm sent an empty chunk of the firmware log")
+        parts.append(chunk.data)
+        offset += len(chunk.data)
+    return b"".join(parts)
 
 
 def _mark(record: Any) -> tuple[int, str]:
     digest = next(iter(record.digests.values()), b"")
     return record.recnum, digest.hex()
-
-
-def _read_cmdline(settings: Settings) -> str | None:
-    try:
-        with open(settings.logs.cmdline, encoding="utf-8", errors="replace") as fh:
-            return fh.read(8192).strip() or None
-    except OSError:
-        return None
-
-
-def _no_verity() -> dict[str, Any] | None:
-    return None
 
 
 def _read_image(settings: Settings) -> Callable[[], tuple[str | None, str | None]]:
@@ -218,7 +283,7 @@ def _read_image(settings: Settings) -> Callable[[], tuple[str | None, str | None
 def basic_status(ctx: NodeContext) -> dict[str, Any]:
     """Self-appraisal without a registry: TPM and runtime log health."""
     reasons = [] if ctx.ready else [f"TPM unavailable: {ctx.last_tpm_error}"]
-    return {"verdict": "ok" if ctx.ready else "degraded", "reasons": reasons}
+    return {"verdict": SelfVerdict.OK if ctx.ready else SelfVerdict.DEGRADED, "reasons": reasons}
 
 
 def create_app(
@@ -226,8 +291,6 @@ def create_app(
     *,
     node: NodePort,
     tls_binding: bytes = b"",
-    firmware_log: bytes | None = None,
-    verity: Callable[[], dict[str, Any] | None] = _no_verity,
     image: Callable[[], tuple[str | None, str | None]] | None = None,
     status: Callable[[NodeContext], dict[str, Any]] = basic_status,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -248,13 +311,10 @@ def create_app(
             max_waiting=settings.api.max_waiting,
         ),
         tls_binding=tls_binding,
-        firmware_log=firmware_log,
-        verity=verity,
         image=image or _read_image(settings),
         status=status,
         clock=clock,
         on_fresh_log=on_fresh_log,
-        cmdline=_read_cmdline(settings),
         start_recorded=start_recorded,
     )
 
@@ -265,6 +325,8 @@ def create_app(
             await loop.run_in_executor(None, ctx.get_identity)
             ctx.ready = True
             await loop.run_in_executor(None, ctx.check_log)
+            await loop.run_in_executor(None, ctx.load_host_facts)
+            await loop.run_in_executor(None, ctx.refresh_verity)
         except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
         ctx.watcher = loop.create_task(ctx.watch_log(log_check_interval))
@@ -285,6 +347,7 @@ def create_app(
     app.add_exception_handler(AttestError, attest_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
     _routes(app, ctx)
     # Further route groups (the upgrade upload) are composed in by the shell; they name the
     # paths whose bodies they stream themselves, with those paths' size limits.
@@ -315,16 +378,26 @@ def _parse_selection(pcrs: dict[str, list[int]]) -> PcrSelection:
     return sel
 
 
-def _routes(app: FastAPI, ctx: NodeContext) -> None:
-    errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": schemas.ErrorBody},
-        503: {"model": schemas.ErrorBody},
-    }
+errors = schemas.error_responses
 
+
+def _routes(app: FastAPI, ctx: NodeContext) -> None:
+    _challenge_routes(app, ctx)
+    _status_routes(app, ctx)
+
+
+def _challenge_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """What a verifier asks: evidence (a batched quote and the logs), the identity, and the
+    node half of credential activation."""
+    _evidence_route(app, ctx)
+    _identity_routes(app, ctx)
+
+
+def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
     @app.post(
         "/v1/evidence",
         response_model=None,
-        responses={200: {"model": schemas.EvidenceResponse}, **errors},
+        responses={200: {"model": schemas.EvidenceResponse}, **errors(400, 422, 503)},
     )
     async def evidence(req: schemas.EvidenceRequest) -> Response:
         """A fresh quote over the requested PCRs answering this nonce (shared with the
@@ -345,6 +418,8 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
                     f"{', '.join(b.bank_name for b in ident.banks)}"
                 )
             result = await ctx.batcher.submit(selection, leaf)
+            if not ctx.host_loaded:
+                await loop.run_in_executor(None, ctx.load_host_facts)
         except UNAVAILABLE as exc:
             ctx.tpm_failed(exc)
             raise
@@ -373,7 +448,9 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         common = _shared_part(ctx, ident, result.quote)
         return Response(join_encoded(head, common), media_type="application/json")
 
-    @app.get("/v1/identity")
+
+def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:
+    @app.get("/v1/identity", responses=errors(503))
     async def identity() -> dict[str, Any]:
         """EK certificate(s), EK and AK public areas and names, node id, PCR banks."""
         loop = asyncio.get_running_loop()
@@ -401,7 +478,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         "/v1/enroll/activate",
         response_model=schemas.ActivateResponse,
         dependencies=[Depends(require_trusted_channel)],
-        responses={403: {"model": schemas.ErrorBody}, **errors},
+        responses=errors(400, 403, 422, 503),
     )
     async def activate(req: schemas.ActivateRequest) -> dict[str, str]:
         """The node half of TPM2 credential activation (TPM2_ActivateCredential with the AK
@@ -421,7 +498,12 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
         ctx.metrics.activations += 1
         return {"secret": b64(out)}
 
-    @app.get("/v1/status")
+
+def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """What the node provider reads: the self-appraisal, the audit log, metrics, liveness and
+    readiness."""
+
+    @app.get("/v1/status", responses=errors())
     async def status() -> dict[str, Any]:
         """Self-appraisal: a plain verdict with reasons, for the node provider."""
         loop = asyncio.get_running_loop()
@@ -438,7 +520,7 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             "time": ctx.clock().isoformat(),
         }
 
-    @app.get("/v1/audit")
+    @app.get("/v1/audit", responses=errors(422, 503))
     async def audit(start: int = Query(0, ge=0, le=1 << 40)) -> dict[str, Any]:
         """The operator-access audit log from an index (pseudonymised entries)."""
         loop = asyncio.get_running_loop()
@@ -449,55 +531,69 @@ def _routes(app: FastAPI, ctx: NodeContext) -> None:
             raise
         return {"start": start, "entries": [dict(e) for e in entries]}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(plain=True))
     async def metrics() -> str:
         """Prometheus text exposition."""
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(None, ctx.status, ctx)
         fs = await loop.run_in_executor(None, _state_fs, ctx)
-        m, b = ctx.metrics, ctx.batcher
-        verdict = doc.get("verdict", "unknown")
-        lines = [
-            "# HELP attest_up attestd is running",
-            "# TYPE attest_up gauge",
-            "attest_up 1",
-            "# TYPE attest_tpm_ready gauge",
-            f"attest_tpm_ready {int(ctx.ready)}",
-            "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
-            "# TYPE attest_broker_up gauge",
-            f"attest_broker_up {int(ctx.broker_up)}",
-            "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
-            "# TYPE attest_status_ok gauge",
-            f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in ("ok", "blessed"))}',
-            "# TYPE attest_challenges_total counter",
-            f"attest_challenges_total {m.challenges}",
-            "# TYPE attest_quotes_total counter",
-            f"attest_quotes_total {b.quotes}",
-            "# TYPE attest_quote_waiting gauge",
-            f"attest_quote_waiting {b.waiting}",
-            "# TYPE attest_tpm_failures_total counter",
-            f"attest_tpm_failures_total {m.tpm_failures}",
-            "# TYPE attest_activations_total counter",
-            f"attest_activations_total {m.activations}",
-            "# TYPE attest_uptime_seconds gauge",
-            f"attest_uptime_seconds {time.time() - m.started:.0f}",
-            *_state_fs_metrics(fs),
-        ]
-        return "\n".join(lines) + "\n"
+        return _metrics_text(ctx, doc, fs)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=errors())
     async def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "alive"}
 
-    @app.get("/readyz", responses={503: {"model": schemas.ErrorBody}})
+    @app.get("/readyz", responses=errors(503))
     async def readyz() -> JSONResponse:
-        """The TPM answers through attestd-tpm: evidence can be served."""
+        """The TPM answers through attestd-tpm: evidence can be served. Not ready: 503, an
+        error (``check: tpm``) that also says ``ready: false`` and the ``reason``."""
         if ctx.ready:
             return JSONResponse({"ready": True})
+        reason = printable(ctx.last_tpm_error or "starting")
         return JSONResponse(
-            {"ready": False, "reason": ctx.last_tpm_error or "starting"}, status_code=503
+            {
+                "error": "NotReady",
+                "check": "tpm",
+                "detail": reason,
+                "ready": False,
+                "reason": reason,
+            },
+            status_code=503,
         )
+
+
+def _metrics_text(ctx: NodeContext, doc: dict[str, Any], fs: StateFs | None) -> str:
+    """The Prometheus text exposition of ``/metrics`` (``doc``: the self-appraisal)."""
+    m, b = ctx.metrics, ctx.batcher
+    verdict = doc.get("verdict", SelfVerdict.UNKNOWN)
+    lines = [
+        "# HELP attest_up attestd is running",
+        "# TYPE attest_up gauge",
+        "attest_up 1",
+        "# TYPE attest_tpm_ready gauge",
+        f"attest_tpm_ready {int(ctx.ready)}",
+        "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
+        "# TYPE attest_broker_up gauge",
+        f"attest_broker_up {int(ctx.broker_up)}",
+        "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
+        "# TYPE attest_status_ok gauge",
+        f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in _SELF_OK)}',
+        "# TYPE attest_challenges_total counter",
+        f"attest_challenges_total {m.challenges}",
+        "# TYPE attest_quotes_total counter",
+        f"attest_quotes_total {b.quotes}",
+        "# TYPE attest_quote_waiting gauge",
+        f"attest_quote_waiting {b.waiting}",
+        "# TYPE attest_tpm_failures_total counter",
+        f"attest_tpm_failures_total {m.tpm_failures}",
+        "# TYPE attest_activations_total counter",
+        f"attest_activations_total {m.activations}",
+        "# TYPE attest_uptime_seconds gauge",
+        f"attest_uptime_seconds {time.time() - m.started:.0f}",
+        *_state_fs_metrics(fs),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _state_fs(ctx: NodeContext) -> StateFs | None:
@@ -539,7 +635,7 @@ def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> byte
             signature=quote.signature,
             pcrs=quote.pcrs,
             ak=ident.ak,
-            verity=ctx.verity(),
+            verity=None if ctx.verity_report is None else ctx.verity_report.to_json(),
             cmdline=ctx.cmdline,
             image_version=version,
             image_slot=slot,

@@ -1,11 +1,12 @@
 """The one place that maps attest errors to HTTP status codes.
 
-Every error answer is ``{"error": <class>, "check": <check or null>, "detail": <message>}``;
-also a request that breaks the schema (422, ``check: request-schema``) and the framework's own
-refusals (404, 405, 403, ...). A client's input is never echoed back: a request that fails
-validation is described by where and which rule, in at most ``MAX_DETAIL`` printable ASCII
-characters -- NaN, Infinity, 1e999 or a lone surrogate in a body cannot make the answer
-unencodable (which was a 500 with a traceback logged per request).
+Every error answer is ``{"error": <class>, "check": <check or null>, "detail": <message>}``
+(``schemas.Error``, declared for every operation in the OpenAPI document); also a request that
+breaks the schema (422, ``check: request-schema``), the framework's own refusals (404, 405,
+403, ...) and a bug (500, ``InternalError``). A client's input is never echoed back: a request
+that fails validation is described by where and which rule, in at most ``MAX_DETAIL``
+printable ASCII characters -- NaN, Infinity, 1e999 or a lone surrogate in a body cannot make
+the answer unencodable (which was a 500 with a traceback logged per request).
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ def describe_validation(errors: Iterable[Mapping[str, Any]]) -> str:
             for p in e.get("loc", ())
         )
         parts.append(f"{loc}: {e.get('msg', 'invalid')}")
-    text = "; ".join(parts) or "the request does not match the schema"
+    return printable("; ".join(parts) or "the request does not match the schema")
+
+
+def printable(text: str) -> str:
+    """``text`` as printable ASCII (others as ``?``), at most ``MAX_DETAIL`` characters."""
     text = "".join(c if " " <= c <= "~" else "?" for c in text)
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
 
@@ -111,7 +116,16 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
         name = "HTTPError"
     detail = exc.detail if isinstance(exc.detail, str) else name
     return JSONResponse(
-        {"error": name, "check": None, "detail": detail[:MAX_DETAIL]},
+        {"error": name, "check": None, "detail": printable(detail)},
         status_code=exc.status_code,
         headers=exc.headers,
+    )
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug (an exception no handler above maps): 500 in the same shape, naming nothing of
+    the exception (the server logs it with its traceback)."""
+    return JSONResponse(
+        {"error": "InternalError", "check": None, "detail": "internal error (see attestd's log)"},
+        status_code=500,
     )

@@ -96,7 +96,51 @@ class EvidenceResponse(BaseModel):
     time: str
 
 
-class ErrorBody(BaseModel):
-    error: str
-    check: str | None
-    detail: str
+class Error(BaseModel):
+    """Every error answer of attestd, whatever its status (docs/api.md)."""
+
+    error: str = Field(
+        description="the error's class: QuoteFormatError, UpgradeRefused, RequestValidationError, "
+        "RateLimited, NotFound, ..."
+    )
+    check: str | None = Field(description="the failed check or reason code; null when none")
+    detail: str = Field(
+        description="what went wrong, in at most 300 printable ASCII characters; never an echo "
+        "of the request"
+    )
+
+
+# What each error status means on attestd (docs/api.md), for the OpenAPI document.
+ERROR_STATUSES: dict[int, str] = {
+    400: "malformed request: a bad nonce or PCR selection, a PCR bank not active, a log offset "
+    "past the end, a malformed upload",
+    403: "a mutating endpoint on the public listener: it needs mutual TLS or the operator socket",
+    409: "refused by a decision (the upgrade gate: check is its reason code)",
+    413: "request body over api.max_request_bytes (an upload: over api.max_upload_bytes)",
+    422: "the request breaks the schema (check: request-schema)",
+    429: "rate limited on a TCP listener (Retry-After)",
+    501: "the upgrade gate runs in attestd-tpm: use its operator socket",
+    503: "the TPM or attestd-tpm is unavailable, or the quote queue is full (Retry-After)",
+}
+# Every request may be refused before any route sees it: its body too large, its address
+# over the rate limit.
+ALWAYS = (413, 429)
+
+
+def error_responses(*statuses: int, plain: bool = False) -> dict[int | str, dict[str, object]]:
+    """An operation's OpenAPI ``responses`` for errors: ``statuses`` and ``ALWAYS``, each with
+    the ``Error`` schema, and ``default`` (any other error status, e.g. 500 or 507: the same
+    shape). ``plain``: the route's own answer is not JSON (``/metrics``), its errors are: the
+    schema is named by reference (FastAPI would file a model under the route's media type)."""
+
+    def one(description: str) -> dict[str, object]:
+        if plain:
+            schema = {"$ref": "#/components/schemas/Error"}
+            return {"description": description, "content": {"application/json": {"schema": schema}}}
+        return {"model": Error, "description": description}
+
+    out: dict[int | str, dict[str, object]] = {
+        s: one(ERROR_STATUSES[s]) for s in sorted({*statuses, *ALWAYS})
+    }
+    out["default"] = one("any other error, in the same shape")
+    return out

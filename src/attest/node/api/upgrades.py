@@ -44,6 +44,7 @@ from attest.gate import UPLOAD_TOO_LARGE
 from attest.node.api.app import NodeContext, require_trusted_channel
 from attest.node.api.errors import error_body
 from attest.node.api.middleware import CHANNEL_KEY
+from attest.node.api.schemas import error_responses
 from attest.node.upgrade.stager import MAX_HASH_TREE, MAX_SNAPSHOT, Offer, UpgradeGate
 
 
@@ -120,11 +121,7 @@ def add_upgrade_routes(
     @app.post(
         "/v1/upgrades",
         dependencies=[Depends(require_trusted_channel)],
-        responses={
-            403: {"description": "unauthenticated channel"},
-            409: {"description": "refused by the upgrade gate (check = reason code)"},
-            413: {"description": "upload over the size limit"},
-        },
+        responses=error_responses(400, 403, 409, 422),
     )
     async def upgrade(
         request: Request, version: str | None = Query(None, max_length=128)
@@ -167,10 +164,7 @@ def add_upgrade_routes(
     @app.get(
         "/v1/upgrades",
         dependencies=[Depends(require_trusted_channel)],
-        responses={
-            403: {"description": "unauthenticated channel"},
-            501: {"description": "the gate runs in the broker: its operator socket"},
-        },
+        responses=error_responses(403, 501),
     )
     async def upgrade_status() -> JSONResponse:
         """The upgrade gate's status: slots, pointer, pending confirmation, NV counter."""
@@ -183,11 +177,7 @@ def add_upgrade_routes(
     @app.post(
         "/v1/upgrades/confirm",
         dependencies=[Depends(require_trusted_channel)],
-        responses={
-            403: {"description": "unauthenticated channel"},
-            409: {"description": "nothing to confirm"},
-            501: {"description": "the gate runs in the broker"},
-        },
+        responses=error_responses(403, 409, 501),
     )
     async def upgrade_confirm(request: Request) -> JSONResponse:
         """Commit the staged slot the node booted (it becomes the active slot; the NV
@@ -214,6 +204,7 @@ def _not_here(what: str) -> JSONResponse:
     return JSONResponse(
         {
             "error": "NotSupported",
+            "check": None,
             "detail": f"upgrade {what} is on the broker's "
             "operator socket (attest upgrade " + what + ")",
         },

@@ -38,9 +38,10 @@ from attest.node.broker.protocol import OPS
 from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade, VtpmVouched
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE
-from attest.node.port import NodeIdentity, StateFs
+from attest.node.port import FIRMWARE_LOG_CHUNK, FirmwareLogChunk, NodeIdentity, StateFs
 from attest.node.tpm.port import RawQuote
 from attest.node.tpm.vtpm import CreatedVtpm
+from attest.verity.devices import VerityReport
 
 DEFAULT_SOCKET = "/run/attest/tpm.sock"
 DEFAULT_OPERATOR_SOCKET = "/run/attest/tpm-operator.sock"
@@ -142,6 +143,17 @@ class BrokerClient:
     def state_fs(self) -> StateFs:
         return self.call(OPS.state_fs, None)
 
+    def firmware_log(
+        self, offset: int, max_bytes: int = FIRMWARE_LOG_CHUNK
+    ) -> FirmwareLogChunk | None:
+        return self.call(OPS.firmware_log, p.FirmwareLogRead(offset, max_bytes))
+
+    def kernel_cmdline(self) -> str | None:
+        return self.call(OPS.kernel_cmdline, None)
+
+    def verity_report(self) -> VerityReport | None:
+        return self.call(OPS.verity_report, None)
+
     # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ---
 
     def nv_counter_define(self, index: int) -> int:
@@ -226,6 +238,40 @@ def spool_file(
             path.unlink()
 
 
+def stage_offer(
+    socket_path: str | os.PathLike[str],
+    spool_dir: str | os.PathLike[str],
+    offer: Any,
+    *,
+    timeout: float = STAGE_TIMEOUT,
+) -> StagedUpgrade:
+    """Offer an upgrade (``attest.node.upgrade.stager.Offer``) to the gate of the broker at
+    ``socket_path``: its image and hash tree are spooled in ``spool_dir`` (where the broker
+    reads them), the rest travels in the request; the broker's clock decides expiry."""
+    if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
+        raise EvidenceFormatError(
+            f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
+            f"takes at most {p.MAX_STAGE_SNAPSHOT}"
+        )
+    with contextlib.ExitStack() as stack:
+        tree = None
+        if offer.hash_tree is not None:
+            tree = str(
+                stack.enter_context(spool_file(spool_dir, data=offer.hash_tree, suffix=".tree"))
+            )
+        image = stack.enter_context(spool_file(spool_dir, source=Path(offer.image)))
+        req = p.UpgradeStage(
+            str(image),
+            offer.snapshot,
+            offer.actor,
+            roots=offer.roots,
+            hash_tree_path=tree,
+            version=offer.version,
+        )
+        with BrokerClient(socket_path, timeout=timeout) as client:
+            return client.upgrade_stage(req)
+
+
 class BrokerGate:
     """The upgrade gate run by ``attestd-tpm``, for ``attest.node.api.upgrades.add_upgrade_routes``.
 
@@ -248,30 +294,7 @@ class BrokerGate:
         self.timeout = timeout
 
     def stage(self, offer: Any, *, now: datetime) -> StagedUpgrade:
-        if len(offer.snapshot) > p.MAX_STAGE_SNAPSHOT:
-            raise EvidenceFormatError(
-                f"snapshot of {len(offer.snapshot)} bytes: attestd-tpm "
-                f"takes at most {p.MAX_STAGE_SNAPSHOT}"
-            )
-        with contextlib.ExitStack() as stack:
-            tree = None
-            if offer.hash_tree is not None:
-                tree = str(
-                    stack.enter_context(
-                        spool_file(self.spool_dir, data=offer.hash_tree, suffix=".tree")
-                    )
-                )
-            image = stack.enter_context(spool_file(self.spool_dir, source=Path(offer.image)))
-            req = p.UpgradeStage(
-                str(image),
-                offer.snapshot,
-                offer.actor,
-                roots=offer.roots,
-                hash_tree_path=tree,
-                version=offer.version,
-            )
-            with BrokerClient(self.socket_path, timeout=self.timeout) as client:
-                return client.upgrade_stage(req)
+        return stage_offer(self.socket_path, self.spool_dir, offer, timeout=self.timeout)
 
     def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused:
         if reason != UPLOAD_TOO_LARGE:

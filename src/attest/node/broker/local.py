@@ -16,11 +16,13 @@ from typing import Any
 from attest.errors import OperationNotAllowed, TpmError
 from attest.eventlog.cel import CelRecord
 from attest.model import PcrSelection, PcrValues
+from attest.node.broker.host import HostFacts
 from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
-from attest.node.port import LOW_SPACE_BYTES, NodeIdentity, StateFs
+from attest.node.port import LOW_SPACE_BYTES, FirmwareLogChunk, NodeIdentity, StateFs
 from attest.node.tpm.port import RawQuote, TpmPort
 from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT, KIND_VTPM
+from attest.verity.devices import VerityReport
 
 RUNTIME_LOG_NAME = "runtime.log"
 AUDIT_LOG_NAME = "audit.log"
@@ -31,7 +33,9 @@ logger = logging.getLogger(__name__)
 
 class LocalNode:
     """Implements ``attest.node.port.NodePort`` in-process. Thread-safe (the TPM port, the runtime
-    log and the audit log each are). ``close()`` closes the logs and the TPM."""
+    log and the audit log each are). ``host``: where the firmware log, the kernel command
+    line and the verity report come from (``HostFacts``; by default none: the node has none).
+    ``close()`` stops the verity watcher and closes the logs and the TPM."""
 
     def __init__(
         self,
@@ -40,10 +44,12 @@ class LocalNode:
         audit: AuditLog,
         *,
         low_space_bytes: int = LOW_SPACE_BYTES,
+        host: HostFacts | None = None,
     ) -> None:
         self.tpm = tpm
         self.runtime = runtime
         self.audit = audit
+        self.host = host if host is not None else HostFacts()
         self.low_space_bytes = low_space_bytes
         self._low = False  # the last state_fs was low (its warning is logged once)
         self._identity: NodeIdentity | None = None
@@ -57,6 +63,7 @@ class LocalNode:
         *,
         pcr: int = DEFAULT_RUNTIME_PCR,
         low_space_bytes: int = LOW_SPACE_BYTES,
+        host: HostFacts | None = None,
     ) -> LocalNode:
         """The node with its logs in ``state_dir`` (``runtime.log``, ``audit.log``,
         ``audit.key``), reconciled with the TPM. Free space below ``low_space_bytes`` on
@@ -64,7 +71,7 @@ class LocalNode:
         state = Path(state_dir)
         runtime = RuntimeLog(state / RUNTIME_LOG_NAME, tpm, pcr=pcr)
         audit = AuditLog(state / AUDIT_LOG_NAME, state / AUDIT_KEY_NAME, runtime)
-        return cls(tpm, runtime, audit, low_space_bytes=low_space_bytes)
+        return cls(tpm, runtime, audit, low_space_bytes=low_space_bytes, host=host)
 
     def identity(self) -> NodeIdentity:
         with self._lock:
@@ -149,7 +156,17 @@ class LocalNode:
             )
         return fs
 
+    def firmware_log(self, offset: int, max_bytes: int) -> FirmwareLogChunk | None:
+        return self.host.firmware_log(offset, max_bytes)
+
+    def kernel_cmdline(self) -> str | None:
+        return self.host.kernel_cmdline()
+
+    def verity_report(self) -> VerityReport | None:
+        return self.host.verity_report()
+
     def close(self) -> None:
+        self.host.close()
         self.audit.close()
         self.runtime.close()
         self.tpm.close()

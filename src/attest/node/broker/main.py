@@ -8,6 +8,11 @@ With ``--slots-dir`` it also owns the upgrade gate (``attest.node.broker.upgrade
 trusted registry (``--trust-dir``), the NV counter (``--nv-index``) and the spool directory the
 API puts uploads in (``--spool-dir``). It then catches the NV counter up with the committed
 slot at start (``UpgradeGate.reconcile``).
+
+It reads for attestd what attestd may not (``attest.node.broker.host``): the firmware event
+log (``--firmware-log``), the kernel command line (``--cmdline``), and, with
+``--watch-verity`` (``auto``: when ``/dev/mapper/control`` exists), the dm-verity devices,
+which it records as ``verity-device`` runtime events itself.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pwd
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -30,10 +35,11 @@ from attest.errors import AttestError, ConfigError
 from attest.node import sdnotify
 from attest.node.broker import protocol as p
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
+from attest.node.broker.host import FIRMWARE_LOG, KERNEL_CMDLINE, MAPPER_CONTROL, HostFacts
 from attest.node.broker.local import LocalNode
 from attest.node.broker.server import BrokerServer
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
-from attest.node.port import LOW_SPACE_BYTES
+from attest.node.port import LOW_SPACE_BYTES, MAX_FIRMWARE_LOG
 from attest.node.socketlock import lock_socket
 from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
@@ -143,6 +149,34 @@ def _parser() -> argparse.ArgumentParser:
         help="the loaded SELinux policy, measured as a 'policy' event at start when "
         "present (default %(default)s)",
     )
+    h = a.add_argument_group("host facts served to attestd (read-only; docs/daemon-hardening.md)")
+    h.add_argument(
+        "--firmware-log",
+        type=_optional_path,
+        default=default_firmware_log(os.environ),
+        help="the firmware (TCG) event log; 'none': the node has none (default: the systemd "
+        f"credential {FIRMWARE_LOG_CREDENTIAL!r} when the unit passes it, else {FIRMWARE_LOG}; "
+        "here %(default)s)",
+    )
+    h.add_argument(
+        "--max-firmware-log-bytes",
+        type=int,
+        default=MAX_FIRMWARE_LOG,
+        help="a larger firmware log is not served (default %(default)s)",
+    )
+    h.add_argument(
+        "--cmdline",
+        type=_optional_path,
+        default=KERNEL_CMDLINE,
+        help="the kernel command line; 'none': not served (default %(default)s)",
+    )
+    h.add_argument(
+        "--watch-verity",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="watch dm-verity devices (udev, dmsetup) and record them in the runtime log; "
+        f"auto: when {MAPPER_CONTROL} exists (default %(default)s)",
+    )
     a.add_argument(
         "--vtpm-dir",
         type=Path,
@@ -151,6 +185,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("-v", "--verbose", action="count", default=0)
     return a
+
+
+FIRMWARE_LOG_CREDENTIAL = "firmware-log"
+
+
+def default_firmware_log(environ: Mapping[str, str]) -> Path:
+    """``$CREDENTIALS_DIRECTORY/firmware-log`` when systemd passed that credential (the unit's
+    ``LoadCredential=``: PID 1 reads the root-only securityfs file for the broker), else the
+    securityfs file itself."""
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        cred = Path(creds) / FIRMWARE_LOG_CREDENTIAL
+        if cred.is_file():
+            return cred
+    return FIRMWARE_LOG
+
+
+def _optional_path(value: str) -> Path | None:
+    return None if value == "none" else Path(value)
 
 
 def _boot_id() -> str | None:
@@ -219,8 +272,19 @@ def _run(args: argparse.Namespace) -> int:
     tpm = EsapiTpm(args.tcti, ak=AkSpec(args.ak_type))
     if args.low_space_bytes < 0:
         raise ConfigError("must be 0 or more", key="low_space_bytes")
+    if args.max_firmware_log_bytes < 0:
+        raise ConfigError("must be 0 or more", key="max_firmware_log_bytes")
+    host = HostFacts(
+        firmware_log=args.firmware_log,
+        cmdline=args.cmdline,
+        max_firmware_log=args.max_firmware_log_bytes,
+    )
     node = LocalNode.open(
-        tpm, args.state_dir, pcr=args.runtime_pcr, low_space_bytes=args.low_space_bytes
+        tpm,
+        args.state_dir,
+        pcr=args.runtime_pcr,
+        low_space_bytes=args.low_space_bytes,
+        host=host,
     )
     start_event: dict[str, str] = {"version": __version__}
     boot_id = _boot_id()
@@ -234,6 +298,10 @@ def _run(args: argparse.Namespace) -> int:
         node.runtime.measure(KIND_POLICY, policy)
         node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_POLICY, policy))
         logger.info("MAC policy %s measured: sha256 %s", args.mac_policy, policy["sha256"])
+    if args.watch_verity == "on" or (args.watch_verity == "auto" and MAPPER_CONTROL.exists()):
+        host.watch_verity(node.runtime)
+    else:
+        logger.info("not watching dm-verity devices (--watch-verity %s)", args.watch_verity)
     vtpms = None
     if args.vtpm_dir is not None:
         vtpms = VtpmManager(args.vtpm_dir, node.runtime, audit=node.audit)

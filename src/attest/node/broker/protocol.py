@@ -24,6 +24,12 @@ names an upload the API spooled in the broker's spool directory (``upload_path``
 never travels in a frame) and carries the snapshot inline (at most ``MAX_STAGE_SNAPSHOT``
 bytes, so that the request fits a frame); a hash tree, up to 256 MiB, is spooled too
 (``hash_tree_path``). The broker takes ``now`` from its own clock, never from the request.
+
+The host facts (``attest.node.broker.host``): ``firmware_log``, ``kernel_cmdline`` and
+``verity_report`` read what attestd cannot (the firmware log in securityfs, dm-verity tables
+through ``/dev/mapper/control``). They are read-only, and no argument names a file: the
+broker reads the paths of its own command line. ``firmware_log`` serves the log in chunks
+(``offset``, ``max_bytes``; the broker caps ``max_bytes`` at ``FIRMWARE_LOG_CHUNK``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from attest.errors import TransportError
 from attest.model import PcrSelection
 from attest.node.broker.results import (
+    CMDLINE,
+    FIRMWARE_CHUNK,
+    VERITY_REPORT,
     BootChoice,
     Confirmed,
     GateStatus,
@@ -57,6 +66,7 @@ from attest.node.broker.wire import (
     SECRET,
     STATE_FS,
     Codec,
+    codec,
     dumps,
     hex_bytes,
     loads,
@@ -67,6 +77,7 @@ from attest.node.broker.wire import (
     text,
     uint,
 )
+from attest.node.port import FIRMWARE_LOG_CHUNK
 from attest.runtime import KIND_AUDIT, KIND_VTPM, KINDS
 
 if TYPE_CHECKING:
@@ -77,7 +88,10 @@ if TYPE_CHECKING:
 A = TypeVar("A")
 R = TypeVar("R")
 
-DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "verity-device", "config", "daemon-start"})
+# What attestd records itself. Not ``verity-device``: the broker's own watcher records those
+# (attest.node.broker.host), and a verity root hash names the release the verifier appraises,
+# so the network-facing process must not be able to claim one.
+DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "config", "daemon-start"})
 # Audit anchors are written only by the audit log itself, never on request; vTPM vouchings only
 # by vtpm_create / vtpm_record, which check the created set.
 OPERATOR_MEASURE_KINDS = KINDS - {KIND_AUDIT, KIND_VTPM}
@@ -225,6 +239,23 @@ class LogRead:
     @classmethod
     def from_json(cls, doc: Any) -> LogRead:
         return cls(uint(members(doc, "args", (), ("start",)).get("start", 0), "start"))
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareLogRead:
+    """Up to ``max_bytes`` of the firmware event log from byte ``offset`` on. Which log is
+    the broker's configuration (``--firmware-log``): the request has no path."""
+
+    offset: int = 0
+    max_bytes: int = FIRMWARE_LOG_CHUNK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offset": self.offset, "max_bytes": self.max_bytes}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> FirmwareLogRead:
+        d = members(doc, "args", ("offset", "max_bytes"))
+        return cls(uint(d["offset"], "offset"), uint(d["max_bytes"], "max_bytes"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +423,7 @@ class OPS:
         "read_pcrs",
         Privilege.API,
         idempotent=True,
-        args=Codec(ReadPcrs.to_json, ReadPcrs.from_json),
+        args=codec(ReadPcrs),
         result=PCRS,
         serve=lambda s, a: s.node.read_pcrs(a.selection),
     )
@@ -400,7 +431,7 @@ class OPS:
         "quote",
         Privilege.API,
         idempotent=True,
-        args=Codec(Quote.to_json, Quote.from_json),
+        args=codec(Quote),
         result=QUOTE,
         serve=lambda s, a: s.node.quote(a.selection, a.qualifying_data),
     )
@@ -408,7 +439,7 @@ class OPS:
         "activate_credential",
         Privilege.API,
         idempotent=True,
-        args=Codec(ActivateCredential.to_json, ActivateCredential.from_json),
+        args=codec(ActivateCredential),
         result=SECRET,
         serve=lambda s, a: s.node.activate_credential(a.id_object, a.encrypted_secret),
     )
@@ -416,7 +447,7 @@ class OPS:
         "measure",
         Privilege.API,
         idempotent=False,
-        args=Codec(Measure.to_json, Measure.from_json),
+        args=codec(Measure),
         result=RECORD,
         serve=lambda s, a: s.measure(a.kind, a.content),  # the socket's kinds only
     )
@@ -424,7 +455,7 @@ class OPS:
         "runtime_log",
         Privilege.API,
         idempotent=True,
-        args=Codec(LogRead.to_json, LogRead.from_json),
+        args=codec(LogRead),
         result=RECORDS,
         serve=lambda s, a: s.node.runtime_log(a.start),
     )
@@ -432,7 +463,7 @@ class OPS:
         "audit_record",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(AuditRecord.to_json, AuditRecord.from_json),
+        args=codec(AuditRecord),
         result=ENTRY,
         serve=lambda s, a: s.node.audit_record(a.event),
         redact=True,
@@ -441,7 +472,7 @@ class OPS:
         "audit_log",
         Privilege.API,
         idempotent=True,
-        args=Codec(LogRead.to_json, LogRead.from_json),
+        args=codec(LogRead),
         result=ENTRIES,
         serve=lambda s, a: s.node.audit_log(a.start),
     )
@@ -449,7 +480,7 @@ class OPS:
         "nv_counter_read",
         Privilege.API,
         idempotent=True,
-        args=Codec(NvIndex.to_json, NvIndex.from_json),
+        args=codec(NvIndex),
         result=COUNTER,
         serve=lambda s, a: s.node.nv_counter_read(a.index),
     )
@@ -457,7 +488,7 @@ class OPS:
         "nv_counter_define",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(NvIndex.to_json, NvIndex.from_json),
+        args=codec(NvIndex),
         result=COUNTER,
         serve=lambda s, a: s.node.nv_counter_define(a.index),
     )
@@ -465,7 +496,7 @@ class OPS:
         "nv_counter_increment",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(NvIndex.to_json, NvIndex.from_json),
+        args=codec(NvIndex),
         result=COUNTER,
         serve=lambda s, a: s.node.nv_counter_increment(a.index),
     )
@@ -477,21 +508,46 @@ class OPS:
         result=STATE_FS,
         serve=lambda s, _: s.node.state_fs(),
     )
+    # Host facts: read-only, from the paths of the broker's own configuration.
+    firmware_log = Op(
+        "firmware_log",
+        Privilege.API,
+        idempotent=True,
+        args=Codec(FirmwareLogRead.to_json, FirmwareLogRead.from_json),
+        result=FIRMWARE_CHUNK,
+        serve=lambda s, a: s.node.firmware_log(a.offset, a.max_bytes),
+    )
+    kernel_cmdline = Op(
+        "kernel_cmdline",
+        Privilege.API,
+        idempotent=True,
+        args=NO_ARGS,
+        result=CMDLINE,
+        serve=lambda s, _: s.node.kernel_cmdline(),
+    )
+    verity_report = Op(
+        "verity_report",
+        Privilege.API,
+        idempotent=True,
+        args=NO_ARGS,
+        result=VERITY_REPORT,
+        serve=lambda s, _: s.node.verity_report(),
+    )
     # The API may offer an upload to the gate (which verifies it and records the decision) and
     # read the gate's status; it may not confirm an upgrade or select a boot slot.
     upgrade_stage = Op(
         "upgrade_stage",
         Privilege.API,
         idempotent=False,
-        args=Codec(UpgradeStage.to_json, UpgradeStage.from_json),
-        result=Codec(StagedUpgrade.to_json, StagedUpgrade.from_json),
+        args=codec(UpgradeStage),
+        result=codec(StagedUpgrade),
         serve=lambda s, a: s.upgrades().stage(a),
     )
     upgrade_refuse_upload = Op(
         "upgrade_refuse_upload",
         Privilege.API,
         idempotent=False,
-        args=Codec(UpgradeRefuseUpload.to_json, UpgradeRefuseUpload.from_json),
+        args=codec(UpgradeRefuseUpload),
         result=REFUSAL,
         serve=lambda s, a: s.upgrades().refuse_upload(a),
     )
@@ -500,15 +556,15 @@ class OPS:
         Privilege.API,
         idempotent=True,
         args=NO_ARGS,
-        result=Codec(GateStatus.to_json, GateStatus.from_json),
+        result=codec(GateStatus),
         serve=lambda s, _: s.upgrades().status(),
     )
     upgrade_confirm = Op(
         "upgrade_confirm",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(UpgradeConfirm.to_json, UpgradeConfirm.from_json),
-        result=Codec(Confirmed.to_json, Confirmed.from_json),
+        args=codec(UpgradeConfirm),
+        result=codec(Confirmed),
         serve=lambda s, a: s.upgrades().confirm(a),
     )
     upgrade_boot = Op(
@@ -516,7 +572,7 @@ class OPS:
         Privilege.OPERATOR,
         idempotent=False,
         args=NO_ARGS,
-        result=Codec(BootChoice.to_json, BootChoice.from_json),
+        result=codec(BootChoice),
         serve=lambda s, _: s.upgrades().boot(),
     )
     # The host's guest vTPMs (attest.node.tpm.vtpm): create, vouch, list.
@@ -524,16 +580,16 @@ class OPS:
         "vtpm_create",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(VtpmCreate.to_json, VtpmCreate.from_json),
-        result=Codec(VtpmVouched.to_json, VtpmVouched.from_json),
+        args=codec(VtpmCreate),
+        result=codec(VtpmVouched),
         serve=lambda s, a: VtpmVouched.from_json(s.vtpms().create(a.guest_id, operator=s.operator)),
     )
     vtpm_record = Op(
         "vtpm_record",
         Privilege.OPERATOR,
         idempotent=False,
-        args=Codec(VtpmRecord.to_json, VtpmRecord.from_json),
-        result=Codec(VtpmVouched.to_json, VtpmVouched.from_json),
+        args=codec(VtpmRecord),
+        result=codec(VtpmVouched),
         serve=lambda s, a: VtpmVouched.from_json(
             s.vtpms().record(a.guest_id, a.ek_public, operator=s.operator)
         ),

@@ -1,4 +1,4 @@
-"""Typed results of the broker's upgrade-gate and guest-vTPM operations. Pure.
+"""Typed results of the broker's host-fact, upgrade-gate and guest-vTPM operations. Pure.
 
 Each is a frozen dataclass whose ``to_json()`` is the operation's result on the wire and whose
 ``from_json()`` reads that result from untrusted JSON (``TransportError`` otherwise), so that
@@ -13,11 +13,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from attest.errors import AttestError, TransportError
+from attest.errors import AttestError, TransportError, VerityFormatError
 from attest.manifest.evaluate import EmbargoState, RollbackKind
-from attest.node.broker.wire import boolean, members, optional_text, text, uint
+from attest.node.broker.wire import (
+    Codec,
+    boolean,
+    hex_bytes,
+    members,
+    optional_text,
+    text,
+    uint,
+)
+from attest.node.port import FIRMWARE_LOG_CHUNK, MAX_KERNEL_CMDLINE, FirmwareLogChunk
 from attest.node.tpm.vtpm import CreatedVtpm
 from attest.node.upgrade.slots import SLOTS, BootPointer
+from attest.verity.devices import (
+    CmdlineRootHash,
+    VerityDevice,
+    VerityReport,
+    VerityStatus,
+    parse_verity_table,
+)
 
 MAX_TEXT = 64 * 1024
 MAX_FACTS = 16
@@ -248,3 +264,138 @@ def vtpms_from_json(doc: Any) -> tuple[CreatedVtpm, ...]:
     if not isinstance(raw, list):
         raise TransportError("vtpms must be a list")
     return tuple(_created(members(v, "vTPM", _CREATED)) for v in raw)
+
+
+# --- host facts (attest.node.broker.host) ----------------------------------------------------
+
+MAX_VERITY_DEVICES = 256
+MAX_VERITY_TEXT = 4096  # a table line, an error
+MAX_VERITY_NAME = 128  # DM_NAME_LEN
+MAX_VERITY_UUID = 129  # DM_UUID_LEN
+
+
+def firmware_chunk_to_json(chunk: FirmwareLogChunk | None) -> dict[str, Any]:
+    if chunk is None:
+        return {"present": False}
+    return {
+        "present": True,
+        "offset": chunk.offset,
+        "total": chunk.total,
+        "data": chunk.data.hex(),
+    }
+
+
+def firmware_chunk_from_json(doc: Any) -> FirmwareLogChunk | None:
+    """A chunk of at most ``FIRMWARE_LOG_CHUNK`` bytes lying inside the log it says it is of."""
+    d = members(doc, "firmware_log", ("present",), ("offset", "total", "data"))
+    if not boolean(d["present"], "present"):
+        if len(d) != 1:
+            raise TransportError("firmware_log: an absent log has no offset, total or data")
+        return None
+    d = members(doc, "firmware_log", ("present", "offset", "total", "data"))
+    chunk = FirmwareLogChunk(
+        offset=uint(d["offset"], "offset"),
+        total=uint(d["total"], "total"),
+        data=hex_bytes(d["data"], "data", limit=FIRMWARE_LOG_CHUNK),
+    )
+    if chunk.offset + len(chunk.data) > chunk.total:
+        raise TransportError("firmware_log: the chunk ends past the log's total size")
+    return chunk
+
+
+def cmdline_to_json(cmdline: str | None) -> dict[str, Any]:
+    return {"cmdline": cmdline}
+
+
+def cmdline_from_json(doc: Any) -> str | None:
+    d = members(doc, "kernel_cmdline", ("cmdline",))
+    return optional_text(d["cmdline"], "cmdline", limit=MAX_KERNEL_CMDLINE)
+
+
+def _device_to_json(dev: VerityDevice) -> dict[str, Any]:
+    return {
+        "name": dev.name,
+        "uuid": dev.uuid,
+        "devno": dev.devno,
+        "table": None if dev.table is None else dev.table.to_line(),
+        "status": dev.status.value,
+        "error": None if dev.error is None else dev.error[:MAX_VERITY_TEXT],
+    }
+
+
+def _status(v: Any) -> VerityStatus:
+    try:
+        return VerityStatus(text(v, "status", limit=64))
+    except ValueError:
+        raise TransportError(f"unknown status {str(v)[:40]!r}") from None
+
+
+def _device_from_json(doc: Any) -> VerityDevice:
+    d = members(doc, "device", ("name", "uuid", "devno", "table", "status", "error"))
+    line = optional_text(d["table"], "table", limit=MAX_VERITY_TEXT)
+    try:
+        table = None if line is None else parse_verity_table(line)
+    except VerityFormatError as exc:
+        raise TransportError(f"device table: {exc}") from None
+    return VerityDevice(
+        name=text(d["name"], "name", limit=MAX_VERITY_NAME),
+        uuid=text(d["uuid"], "uuid", limit=MAX_VERITY_UUID),
+        devno=optional_text(d["devno"], "devno", limit=32),
+        table=table,
+        status=_status(d["status"]),
+        error=optional_text(d["error"], "error", limit=MAX_VERITY_TEXT),
+    )
+
+
+def _root_hash_from_json(doc: Any) -> CmdlineRootHash:
+    d = members(doc, "cmdline_root_hash", ("parameter", "root_hash", "backed_by"))
+    backed = d["backed_by"]
+    if not isinstance(backed, list) or len(backed) > MAX_VERITY_DEVICES:
+        raise TransportError(f"backed_by must be a list of at most {MAX_VERITY_DEVICES}")
+    return CmdlineRootHash(
+        parameter=text(d["parameter"], "parameter", limit=64),
+        root_hash=hex_bytes(d["root_hash"], "root_hash", limit=64),
+        backed_by=tuple(text(n, "backed_by", limit=MAX_VERITY_NAME) for n in backed),
+    )
+
+
+def verity_report_to_json(report: VerityReport | None) -> dict[str, Any]:
+    """The report as the broker sends it: each device's table as its dm table line (parsed
+    again, bounded, by the receiver), the command line's root hashes as evaluated."""
+    if report is None:
+        return {"report": None}
+    return {
+        "report": {
+            "devices": [_device_to_json(d) for d in report.devices],
+            "cmdline_root_hashes": [
+                {
+                    "parameter": h.parameter,
+                    "root_hash": h.root_hash.hex(),
+                    "backed_by": list(h.backed_by),
+                }
+                for h in report.cmdline_root_hashes
+            ],
+        }
+    }
+
+
+def verity_report_from_json(doc: Any) -> VerityReport | None:
+    r = members(doc, "verity_report", ("report",))["report"]
+    if r is None:
+        return None
+    d = members(r, "report", ("devices", "cmdline_root_hashes"))
+    devices, hashes = d["devices"], d["cmdline_root_hashes"]
+    for v, what in ((devices, "devices"), (hashes, "cmdline_root_hashes")):
+        if not isinstance(v, list) or len(v) > MAX_VERITY_DEVICES:
+            raise TransportError(f"{what} must be a list of at most {MAX_VERITY_DEVICES}")
+    return VerityReport(
+        devices=tuple(_device_from_json(x) for x in devices),
+        cmdline_root_hashes=tuple(_root_hash_from_json(x) for x in hashes),
+    )
+
+
+FIRMWARE_CHUNK: Codec[FirmwareLogChunk | None] = Codec(
+    firmware_chunk_to_json, firmware_chunk_from_json
+)
+CMDLINE: Codec[str | None] = Codec(cmdline_to_json, cmdline_from_json)
+VERITY_REPORT: Codec[VerityReport | None] = Codec(verity_report_to_json, verity_report_from_json)

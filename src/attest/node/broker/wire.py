@@ -21,7 +21,7 @@ import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from attest import errors as _errors
 from attest.audit import parse_entry
@@ -198,6 +198,23 @@ class Codec(Generic[T]):
 
     to_json: Callable[[T], Any]
     from_json: Callable[[Any], T]
+
+
+class JsonType(Protocol):
+    """A class that is its own codec: ``to_json`` and the classmethod ``from_json``."""
+
+    def to_json(self) -> Any: ...
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Self: ...
+
+
+J = TypeVar("J", bound=JsonType)
+
+
+def codec(cls: type[J]) -> Codec[J]:
+    """The codec of a class that is its own (an operation's arguments, a typed result)."""
+    return Codec(cls.to_json, cls.from_json)
 
 
 def selection_to_json(sel: PcrSelection) -> dict[str, list[int]]:

@@ -1,6 +1,7 @@
 """The fleet verifier service (``attest fleet serve``): registered nodes appraised continuously.
 
-- ``model``: what the fleet knows of one node (``NodeRow``), free of SQL;
+- ``config``: the ``ATTEST_FLEET_*`` environment under the options, as one ``FleetSettings``;
+- ``model``: what the fleet knows of one node (``NodeRow``, its ``NodeStatus``), free of SQL;
 - ``store``: the fleet's state (nodes, enrollments, results, leases) in SQLite or PostgreSQL;
 - ``http``: a lean keep-alive HTTP/1.1 client for the node API (the poller's hot path);
 - ``appraiser``: the appraisal seam (``attest.appraisal.appraise``, or a quote-only fallback);
@@ -10,7 +11,8 @@
   ``attest.appraisal.pair``);
 - ``signing``: the verifier key that signs every appraisal's EAR, served as a JWK set;
 - ``poller``: the asyncio scheduler (due times, bounded concurrency, jitter, backoff, leases);
-- ``webhooks``: HMAC-signed notifications of verdict changes;
+- ``webhooks``: HMAC-signed notifications of verdict changes, delivered at least once;
+- ``outbox``: the webhook events waiting in the fleet's database (they survive restarts);
 - ``rollout``: per-release rollout shares and embargo clocks;
 - ``api``: the REST API, Prometheus metrics and the HTML page;
 

@@ -7,7 +7,10 @@
   that a browser can open the pages.
 - ``serve_warnings``: what ``attest fleet serve`` refuses to start with, and one warning per
   thing left open.
-- ``validation_error``: a request that breaks the schema, described without echoing it.
+- ``Error`` and ``error_responses``: the one error shape ``{error, check, detail}`` and how
+  each operation declares it in the OpenAPI document; ``validation_error``, ``http_error``,
+  ``internal_error``: a request that breaks the schema (described without echoing it), the
+  framework's refusals and a bug, in that shape.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest.errors import AttestError, ConfigError
@@ -199,6 +203,53 @@ async def _deny(send: Send, status: int, detail: str) -> None:
 
 # --- errors -----------------------------------------------------------------------------------
 
+
+class Error(BaseModel):
+    """Every error answer of the fleet service, whatever its status (docs/fleet.md)."""
+
+    error: str = Field(
+        description="the error's class: NodeIdTaken, NodeUnreachable, DatabaseUnavailable, "
+        "RequestValidationError, Unauthorized, NotFound, ..."
+    )
+    check: str | None = Field(description="the failed check or reason code; null when none")
+    detail: str = Field(
+        description="what went wrong, in at most 300 printable ASCII characters; never an echo "
+        "of what a client or a node sent"
+    )
+
+
+# What each error status means on the fleet service, for the OpenAPI document.
+ERROR_STATUSES: dict[int, str] = {
+    401: "no token, or not this service's: writes need the write token; with a read token, "
+    "reads need it or the write token (check: api-token)",
+    403: "the read token on a write (check: api-token)",
+    404: "no such node, no signed result yet, or no EAR signing key",
+    409: "the node id is already enrolled: re-enrollment is explicit (re_enroll)",
+    422: "the request breaks the schema (check: request-schema), or enrollment was refused "
+    "(check: the failed check)",
+    502: "the node did not answer as an attest node (check: node-unreachable)",
+    503: "the fleet's database is unreachable (check: database; Retry-After), or the service "
+    "has no enroller",
+}
+
+
+def error_responses(*statuses: int, plain: bool = False) -> dict[int | str, dict[str, Any]]:
+    """An operation's OpenAPI ``responses`` for errors: each of ``statuses`` with the ``Error``
+    schema, and ``default`` (any other error status, e.g. 500: the same shape). ``plain``: the
+    route's own answer is not JSON (``/metrics``), its errors are: the schema is named by
+    reference (FastAPI would file a model under the route's media type)."""
+
+    def one(description: str) -> dict[str, Any]:
+        if plain:
+            schema = {"$ref": "#/components/schemas/Error"}
+            return {"description": description, "content": {"application/json": {"schema": schema}}}
+        return {"model": Error, "description": description}
+
+    out: dict[int | str, dict[str, Any]] = {s: one(ERROR_STATUSES[s]) for s in sorted(statuses)}
+    out["default"] = one("any other error, in the same shape")
+    return out
+
+
 _LOC_PART = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 
 
@@ -242,6 +293,19 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         {"error": name, "check": None, "detail": printable(detail)},
         status_code=exc.status_code,
         headers=exc.headers,
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug (an exception no other handler maps): 500 in the same shape, naming nothing of the
+    exception (the server logs it with its traceback)."""
+    return JSONResponse(
+        {
+            "error": "InternalError",
+            "check": None,
+            "detail": "internal error (see the service's log)",
+        },
+        status_code=500,
     )
 
 

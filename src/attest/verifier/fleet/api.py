@@ -22,8 +22,9 @@ while the database is unreachable every call that needs it is ``503`` (``check: 
 
 Access (``attest.verifier.fleet.access``): writes need the write token, reads the read or the
 write token when the service has a read token. Every error is ``{"error", "check", "detail"}``
-and never echoes what a node or a client sent: a node that does not answer as an attest node is
-one fixed ``502`` whatever it answered (or whether anything listens at all).
+(``access.Error``, declared by every operation of the OpenAPI document; the HTML pages are not
+in it) and never echoes what a node or a client sent: a node that does not answer as an attest
+node is one fixed ``502`` whatever it answered (or whether anything listens at all).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,11 +53,15 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
+from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.access import (
     Access,
     TokenAuth,
     error_answer,
+    error_responses,
     http_error,
+    internal_error,
+    printable,
     unreachable_answer,
     validation_error,
 )
@@ -122,6 +128,41 @@ def node_json(n: NodeRow, *, ear: bool = True, now: float, freshness: Freshness)
     return doc
 
 
+@dataclass(frozen=True, slots=True)
+class _Fleet:
+    """What the routes serve from: the store and the service's parts (``create_fleet_app``)."""
+
+    store: Store
+    registry: Callable[[], RegistryState]
+    poller: Poller | None
+    webhooks: WebhookSender | None
+    enroll: Callable[[Registration], Enrollment | PairEnrollment] | None
+    nodes: NodeAddresses
+    clock: Callable[[], float]
+    signer: EarSigner | None
+    freshness: Freshness
+
+    def now_dt(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def report(self) -> list[ReleaseRollout]:
+        return rollout(
+            self.store.list_nodes(),
+            self.registry().registry,
+            self.store.release_marks(),
+            now=self.now_dt(),
+        )
+
+    def as_json(self, n: NodeRow, *, ear: bool = True) -> dict[str, Any]:
+        return node_json(n, ear=ear, now=self.clock(), freshness=self.freshness)
+
+    def get(self, node_id: str) -> NodeRow:
+        n = self.store.get_node(node_id)
+        if n is None:
+            raise HTTPException(404, f"no node {node_id!r}")
+        return n
+
+
 def create_fleet_app(
     store: Store,
     *,
@@ -143,35 +184,100 @@ def create_fleet_app(
     app.add_middleware(TokenAuth, access=access)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    fleet = _Fleet(store, registry, poller, webhooks, enroll, nodes, clock, signer, freshness)
+    _node_routes(app, fleet)
+    _service_routes(app, fleet)
+    _pages(app, fleet)
+    _error_handlers(app)
+    return app
 
-    def now_dt() -> datetime:
-        return datetime.fromtimestamp(clock(), UTC)
 
-    def report() -> list[ReleaseRollout]:
-        return rollout(store.list_nodes(), registry().registry, store.release_marks(), now=now_dt())
+errors = error_responses
 
-    def as_json(n: NodeRow, *, ear: bool = True) -> dict[str, Any]:
-        return node_json(n, ear=ear, now=clock(), freshness=freshness)
 
-    def get(node_id: str) -> NodeRow:
-        n = store.get_node(node_id)
-        if n is None:
-            raise HTTPException(404, f"no node {node_id!r}")
-        return n
+def _node_routes(app: FastAPI, f: _Fleet) -> None:
+    """``/v1/nodes`` (list, register), one node, its EAR and the key that signs it, its
+    removal, results and history."""
 
-    @app.get("/v1/nodes")
+    @app.get("/v1/nodes", responses=errors(401, 422, 503))
     def list_nodes(
         verdict: str | None = Query(None, max_length=32), ear: bool = Query(False)
     ) -> dict[str, Any]:
         """Every registered node with its current verdict, its age and whether it is stale
         (``?verdict=`` a verdict or ``stale``; ``?ear=true``: and its latest signed EAR)."""
-        nodes = [as_json(n, ear=ear) for n in store.list_nodes(ear=ear)]
+        nodes = [f.as_json(n, ear=ear) for n in f.store.list_nodes(ear=ear)]
         return {
-            "registry": registry().to_json(),
+            "registry": f.registry().to_json(),
             "nodes": [d for d in nodes if verdict in (None, d["verdict"], d["state"])],
         }
 
-    @app.post("/v1/nodes", status_code=201, response_model=None)
+    _register_route(app, f)
+
+    @app.get("/v1/nodes/{node_id}", responses=errors(401, 404, 503))
+    def node(node_id: str) -> dict[str, Any]:
+        """The node, with its latest appraisal result."""
+        n = f.get(node_id)
+        latest = f.store.results(node_id, 1)
+        return {
+            **f.as_json(n),
+            "latest": latest[0] if latest else None,
+            "registry": f.registry().to_json(),
+        }
+
+    @app.get(
+        "/v1/nodes/{node_id}/ear",
+        responses={200: {"content": {EAR_MEDIA_TYPE: {}}}, **errors(401, 404, 503)},
+    )
+    def node_ear(node_id: str) -> Response:
+        """The node's latest attestation result: an EAR (JWT, ES256) signed with the key at
+        ``/v1/verifier-key``."""
+        n = f.get(node_id)
+        if n.ear is None:
+            raise HTTPException(404, f"no signed result for {node_id!r} yet")
+        return Response(n.ear, media_type=EAR_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
+
+    @app.get("/v1/verifier-key", responses=errors(401, 404))
+    def verifier_key() -> JSONResponse:
+        """The public key that signs the EARs, as a JWK set (RFC 7517 §5)."""
+        if f.signer is None:
+            raise HTTPException(404, "this service signs no attestation results")
+        return JSONResponse(f.signer.jwks(), media_type="application/jwk-set+json")
+
+    @app.delete("/v1/nodes/{node_id}", responses=errors(401, 403, 404, 503))
+    def remove(node_id: str) -> dict[str, Any]:
+        """Stop appraising a node and forget its history."""
+        if not f.store.remove_node(node_id):
+            raise HTTPException(404, f"no node {node_id!r}")
+        return {"removed": node_id}
+
+    @app.get("/v1/nodes/{node_id}/results", responses=errors(401, 404, 422, 503))
+    def results(node_id: str, limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
+        """The node's most recent appraisals, newest first."""
+        f.get(node_id)
+        docs = f.store.results(node_id, limit)
+        for d in docs:
+            d["at"] = iso(d.get("at"))
+        return {"node_id": node_id, "results": docs}
+
+    @app.get("/v1/nodes/{node_id}/history", responses=errors(401, 404, 422, 503))
+    def history(node_id: str, limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
+        """Every change of the node's verdict and every re-enrollment (``detail``), newest
+        first."""
+        f.get(node_id)
+        docs = f.store.changes(node_id, limit)
+        for d in docs:
+            d["at"] = iso(d["at"])
+        return {"node_id": node_id, "changes": docs}
+
+
+def _register_route(app: FastAPI, f: _Fleet) -> None:
+    @app.post(
+        "/v1/nodes",
+        status_code=201,
+        response_model=None,
+        responses=errors(401, 403, 409, 422, 502, 503),
+    )
     async def register(req: RegisterRequest) -> dict[str, Any] | JSONResponse:
         """Register a node -- or, with ``host_url``, a host and its guest as one node: enroll
         (EK certificate chain to the configured roots and credential activation, or trust on
@@ -179,8 +285,9 @@ def create_fleet_app(
         422 names the failed check (and the layer) or the rule a node id or URL breaks; 502:
         the node did not answer as an attest node; 409: the id is already enrolled (give
         ``re_enroll``)."""
-        if enroll is None:
+        if f.enroll is None:
             raise HTTPException(503, "this service has no enroller configured")
+        enroll = f.enroll
         if req.host_url is None and (req.guest_id or req.host_activation_url):
             raise HTTPException(422, "guest_id and host_activation_url need host_url")
         reg = Registration(
@@ -188,11 +295,11 @@ def create_fleet_app(
         )
         loop = asyncio.get_running_loop()
         if req.node_id is not None and not req.re_enroll:  # before contacting anything
-            known = await loop.run_in_executor(None, store.get_node, req.node_id)
+            known = await loop.run_in_executor(None, f.store.get_node, req.node_id)
             if known is not None and known.enrolled:
                 return _taken(req.node_id)
         try:
-            await loop.run_in_executor(None, _check_urls, nodes, reg)
+            await loop.run_in_executor(None, _check_urls, f.nodes, reg)
             enrollment = await loop.run_in_executor(None, enroll, reg)
             node_id = check_node_id(req.node_id or enrollment.node_id or req.url)
         except RegistrationRefused as exc:
@@ -217,11 +324,11 @@ def create_fleet_app(
         try:
             change = await loop.run_in_executor(
                 None,
-                lambda: store.add_node(
+                lambda: f.store.add_node(
                     node_id,
                     req.url,
                     enrollment,
-                    now=clock(),
+                    now=f.clock(),
                     host_url=req.host_url,
                     re_enroll=req.re_enroll,
                     by="operator re-enroll over the REST API",
@@ -229,136 +336,99 @@ def create_fleet_app(
             )
         except NodeIdTaken as exc:
             return _taken(exc.node_id)
-        doc = {**as_json(get(node_id)), "enrollment": enrollment.to_json()}
+        doc = {**f.as_json(f.get(node_id)), "enrollment": enrollment.to_json()}
         if change is not None:
             doc["re_enrolled"] = {**change, "at": iso(change["at"])}
         return doc
 
-    @app.get("/v1/nodes/{node_id}")
-    def node(node_id: str) -> dict[str, Any]:
-        """The node, with its latest appraisal result."""
-        n = get(node_id)
-        latest = store.results(node_id, 1)
-        return {
-            **as_json(n),
-            "latest": latest[0] if latest else None,
-            "registry": registry().to_json(),
-        }
 
-    @app.get("/v1/nodes/{node_id}/ear", responses={200: {"content": {EAR_MEDIA_TYPE: {}}}})
-    def node_ear(node_id: str) -> Response:
-        """The node's latest attestation result: an EAR (JWT, ES256) signed with the key at
-        ``/v1/verifier-key``."""
-        n = get(node_id)
-        if n.ear is None:
-            raise HTTPException(404, f"no signed result for {node_id!r} yet")
-        return Response(n.ear, media_type=EAR_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
+def _service_routes(app: FastAPI, f: _Fleet) -> None:
+    """Releases and rollout, Prometheus metrics, liveness and readiness."""
 
-    @app.get("/v1/verifier-key")
-    def verifier_key() -> JSONResponse:
-        """The public key that signs the EARs, as a JWK set (RFC 7517 §5)."""
-        if signer is None:
-            raise HTTPException(404, "this service signs no attestation results")
-        return JSONResponse(signer.jwks(), media_type="application/jwk-set+json")
-
-    @app.delete("/v1/nodes/{node_id}")
-    def remove(node_id: str) -> dict[str, Any]:
-        """Stop appraising a node and forget its history."""
-        if not store.remove_node(node_id):
-            raise HTTPException(404, f"no node {node_id!r}")
-        return {"removed": node_id}
-
-    @app.get("/v1/nodes/{node_id}/results")
-    def results(node_id: str, limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
-        """The node's most recent appraisals, newest first."""
-        get(node_id)
-        docs = store.results(node_id, limit)
-        for d in docs:
-            d["at"] = iso(d.get("at"))
-        return {"node_id": node_id, "results": docs}
-
-    @app.get("/v1/nodes/{node_id}/history")
-    def history(node_id: str, limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
-        """Every change of the node's verdict and every re-enrollment (``detail``), newest
-        first."""
-        get(node_id)
-        docs = store.changes(node_id, limit)
-        for d in docs:
-            d["at"] = iso(d["at"])
-        return {"node_id": node_id, "changes": docs}
-
-    @app.get("/v1/releases")
+    @app.get("/v1/releases", responses=errors(401, 503))
     def releases() -> dict[str, Any]:
         """Per release: the share of nodes attesting to it, and embargo clocks."""
-        return {"time": now_dt().isoformat(), "releases": [r.to_json() for r in report()]}
+        return {"time": f.now_dt().isoformat(), "releases": [r.to_json() for r in f.report()]}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(401, plain=True))
     def metrics() -> str:
         """Prometheus text exposition."""
-        db = store.check()
+        db = f.store.check()
         head = [
             "# HELP attest_fleet_database_up 1 while the fleet's database answers, 0 otherwise",
             "# TYPE attest_fleet_database_up gauge",
             f"attest_fleet_database_up {int(db.up)}",
         ]
         if not db.up:  # nothing else can be read: say so, and what this worker counted
-            return "\n".join([*head, *poller_metrics(poller), *webhook_metrics(webhooks)]) + "\n"
-        nodes = store.list_nodes()
-        stale = sum(freshness.stale(n, clock()) for n in nodes)
-        return (
-            "\n".join(head)
-            + "\n"
-            + prometheus(nodes, report(), poller, webhooks, registry(), stale=stale)
-        )
+            counted = [*poller_metrics(f.poller), *webhook_metrics(f.webhooks)]
+            return "\n".join([*head, *counted]) + "\n"
+        nodes = f.store.list_nodes()
+        stale = sum(f.freshness.stale(n, f.clock()) for n in nodes)
+        body = prometheus(nodes, f.report(), f.poller, f.webhooks, f.registry(), stale=stale)
+        return "\n".join(head) + "\n" + body
 
     def health(kind: str) -> JSONResponse:
-        db = store.check()
+        db = f.store.check()
         if db.up:
             return JSONResponse({"status": kind, "database": db.to_json()})
+        reason = printable(f"the fleet's database is unreachable: {db.detail}")
         return JSONResponse(
             {
+                "error": "DatabaseUnavailable",
+                "check": "database",
+                "detail": reason,
                 "status": "unavailable",
                 "ready": False,
-                "check": "database",
-                "reason": f"the fleet's database is unreachable: {db.detail}",
+                "reason": reason,
                 "database": db.to_json(),
             },
             status_code=503,
         )
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=errors(503))
     def healthz() -> JSONResponse:
         """200 while the service works; 503 with the reason while its database is
         unreachable (nothing is appraised then)."""
         return health("alive")
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=errors(503))
     def readyz() -> JSONResponse:
         """Ready to serve: 503 with the reason while the database is unreachable."""
         return health("ready")
 
-    @app.get("/", response_class=HTMLResponse)
+
+def _pages(app: FastAPI, f: _Fleet) -> None:
+    """The pages for people: the fleet's overview and one node's page."""
+
+    # The pages are for people (HTML), not part of the API the OpenAPI document describes.
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview() -> str:
         return render_overview(
-            store.list_nodes(), report(), now=clock(), registry=registry(), freshness=freshness
+            f.store.list_nodes(),
+            f.report(),
+            now=f.clock(),
+            registry=f.registry(),
+            freshness=f.freshness,
         )
 
-    @app.get("/nodes/{node_id}", response_class=HTMLResponse)
+    @app.get("/nodes/{node_id}", response_class=HTMLResponse, include_in_schema=False)
     def node_page(node_id: str) -> HTMLResponse:
-        n = store.get_node(node_id)
+        n = f.store.get_node(node_id)
         if n is None:
             return HTMLResponse(sorry_page(node_id), 404)
         return HTMLResponse(
             render_node(
                 n,
-                store.results(node_id, 20),
-                store.changes(node_id, 50),
-                now=clock(),
-                registry=registry(),
-                freshness=freshness,
+                f.store.results(node_id, 20),
+                f.store.changes(node_id, 50),
+                now=f.clock(),
+                registry=f.registry(),
+                freshness=f.freshness,
             )
         )
 
+
+def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DatabaseUnavailable)
     async def database_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return JSONResponse(
@@ -374,8 +444,6 @@ def create_fleet_app(
     @app.exception_handler(AttestError)
     async def attest_error(request: Request, exc: AttestError) -> JSONResponse:
         return error_answer(500, exc, str(exc))
-
-    return app
 
 
 def _check_urls(nodes: NodeAddresses, reg: Registration) -> None:
@@ -462,7 +530,7 @@ def prometheus(
     out += [
         f'attest_fleet_embargo_overdue{{version="{_label(r.version)}"}} {int(r.overdue)}'
         for r in releases
-        if r.embargo != "none"
+        if r.embargo is not EmbargoState.NONE
     ]
     out += poller_metrics(poller)
     out += webhook_metrics(webhooks)
@@ -499,15 +567,29 @@ def poller_metrics(poller: Poller | None) -> list[str]:
 
 
 def webhook_metrics(webhooks: WebhookSender | None) -> list[str]:
+    """This worker's webhook counters, and the outbox's size at its last count."""
     out: list[str] = []
     if webhooks is not None:
         w = webhooks.metrics
         out += [
+            "# HELP attest_fleet_webhooks_sent_total webhook events delivered (2xx) by this worker",
             "# TYPE attest_fleet_webhooks_sent_total counter",
             f"attest_fleet_webhooks_sent_total {w.sent}",
+            "# HELP attest_fleet_webhooks_failed_attempts_total webhook deliveries that failed "
+            "(retried with backoff)",
+            "# TYPE attest_fleet_webhooks_failed_attempts_total counter",
+            f"attest_fleet_webhooks_failed_attempts_total {w.failed_attempts}",
+            "# HELP attest_fleet_webhooks_dropped_total undelivered webhook events this worker "
+            "dropped, oldest first, at the outbox's bound (or held in memory over its bound)",
             "# TYPE attest_fleet_webhooks_dropped_total counter",
-            f"attest_fleet_webhooks_dropped_total {w.dropped + w.given_up}",
+            f"attest_fleet_webhooks_dropped_total {w.dropped}",
+            "# HELP attest_fleet_webhook_outbox_pending undelivered webhook events in the "
+            "database outbox (every worker's), at this worker's last count",
+            "# TYPE attest_fleet_webhook_outbox_pending gauge",
+            f"attest_fleet_webhook_outbox_pending {w.pending}",
+            "# HELP attest_fleet_webhook_queue webhook events held in this worker's memory "
+            "until the database answers",
             "# TYPE attest_fleet_webhook_queue gauge",
-            f"attest_fleet_webhook_queue {webhooks.queue.qsize()}",
+            f"attest_fleet_webhook_queue {len(webhooks.held)}",
         ]
     return out

@@ -4,11 +4,11 @@ The poller calls one function per challenge with the signature of
 ``attest.appraisal.appraise_incremental`` (the ``Appraiser`` protocol: tests and the benchmark
 may inject another): the node's ``NodeMemory`` goes in and the next one comes back with the
 result, so each log is fetched and checked only from where the last appraisal ended. It stores
-what ``summarize`` reads off the ``AppraisalResult``: the EAR status (affirming / warning /
-contraindicated / none), the explanation of the first divergence and the others, the release
-the node *attested to* (only from the authenticated dm-verity root hash the appraisal matched in
-the registry -- never the version string the node claims), the quote's clock for the next
-appraisal's ``previous``, and the full ``to_json()``.
+what ``summarize`` reads off the ``AppraisalResult``: the EAR status as the node's
+``NodeStatus`` (affirming / warning / contraindicated / none), the explanation of the first
+divergence and the others, the release the node *attested to* (only from the authenticated
+dm-verity root hash the appraisal matched in the registry -- never the version string the node
+claims), the quote's clock for the next appraisal's ``previous``, and the full ``to_json()``.
 
 Every appraisal is made under the service's ``VerifierRules`` (``--policy``; the EAR's policy
 id names them) with the node's ``Continuity`` from the store (what this verifier verified of
@@ -32,8 +32,8 @@ from attest.manifest import VerifiedRegistry
 from attest.manifest.evaluate import ReleaseStatus
 from attest.model import PcrSelection
 from attest.tpmstruct import ClockInfo
+from attest.verifier.fleet.model import NodeStatus
 
-STATUSES = ("affirming", "warning", "contraindicated", "none")
 # A node "runs" a release (for rollout shares) when the appraisal found its authenticated root
 # hash in the registry as a blessed release; an overdue embargo is still that release.
 RUNNING = (ReleaseStatus.BLESSED, ReleaseStatus.EMBARGOED_OVERDUE)
@@ -66,7 +66,7 @@ def default_appraiser(cache: FirmwareReplayCache | None = None) -> Appraiser:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    status: str
+    status: NodeStatus
     explanation: str
     first_divergence: str | None
     release: str | None
@@ -75,9 +75,7 @@ class Summary:
 
 
 def summarize(result: AppraisalResult) -> Summary:
-    status = result.status if result.status in STATUSES else "none"
-    if result.alarm:
-        status = "contraindicated"
+    status = NodeStatus.of_tier(result.verdict.tier)  # an alarm is contraindicated
     reasons = list(result.explanations)
     if result.first_divergence and result.first_divergence not in reasons:
         reasons.insert(0, result.first_divergence)

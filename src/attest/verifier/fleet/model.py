@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-# The fleet's verdicts, most severe first (pages and metrics).
-SEVERITY = {
-    "contraindicated": 0,
-    "unreachable": 1,
-    "warning": 2,
-    "none": 3,
-    "unenrolled": 4,
-    "affirming": 5,
+from attest.appraisal.claims import Tier
+
+
+class NodeStatus(enum.StrEnum):
+    """The fleet's verdict of a node, most severe first: the EAR status of its latest appraisal
+    (``Tier``'s labels: contraindicated, warning, none, affirming), or what the fleet says
+    without one: ``unreachable`` (the node stopped answering) and ``unenrolled`` (registered,
+    no AK trusted yet). ``STALE`` is a display state only (``Freshness``): the stored verdict is
+    kept, but it is not current; it is never stored. The values are the JSON and the database's
+    strings."""
+
+    CONTRAINDICATED = "contraindicated"
+    UNREACHABLE = "unreachable"
+    WARNING = "warning"
+    NONE = "none"
+    UNENROLLED = "unenrolled"
+    AFFIRMING = "affirming"
+    STALE = "stale"
+
+    @classmethod
+    def of_tier(cls, tier: Tier) -> NodeStatus:
+        """The verdict an appraisal whose EAR status is ``tier`` leaves on the node."""
+        return cls(tier.label)
+
+
+# The stored verdicts, most severe first (pages and metrics).
+SEVERITY: dict[NodeStatus, int] = {
+    s: rank for rank, s in enumerate(NodeStatus) if s is not NodeStatus.STALE
 }
+# Where pages place a state: a stale node right after the unreachable ones; an unknown one last.
+_RANK: dict[str, float] = {s.value: r for s, r in [*SEVERITY.items(), (NodeStatus.STALE, 1.5)]}
+
+
+def rank(state: str) -> float:
+    """A state's place on the pages, most severe first."""
+    return _RANK.get(state, 9)
 
 
 def iso(t: float | None) -> str | None:
@@ -29,7 +57,7 @@ class NodeRow:
     enrolled: bool
     added_at: float
     next_due: float
-    verdict: str  # affirming | warning | contraindicated | none | unreachable | unenrolled
+    verdict: NodeStatus  # never STALE
     explanation: str
     first_divergence: str | None
     release: str | None
@@ -76,7 +104,6 @@ class NodeRow:
         return doc
 
 
-STALE = "stale"  # a display state: the stored verdict is kept, but it is not current
 DEFAULT_STALE_INTERVALS = 3
 
 
@@ -98,8 +125,8 @@ class Freshness:
         # in flight): overdue by intervals - 1 more means no appraisal for `intervals`.
         return now - n.next_due > (self.intervals - 1) * self.interval
 
-    def state(self, n: NodeRow, now: float) -> str:
-        return STALE if self.stale(n, now) else n.verdict
+    def state(self, n: NodeRow, now: float) -> NodeStatus:
+        return NodeStatus.STALE if self.stale(n, now) else n.verdict
 
     def to_json(self, n: NodeRow, now: float) -> dict[str, Any]:
         age = self.age(n, now)
@@ -107,5 +134,5 @@ class Freshness:
         return {
             "age": None if age is None else round(age, 3),
             "stale": stale,
-            "state": STALE if stale else n.verdict,
+            "state": NodeStatus.STALE if stale else n.verdict,
         }

@@ -8,7 +8,8 @@ import html
 from typing import Any
 from urllib.parse import quote
 
-from attest.verifier.fleet.model import SEVERITY, STALE, Freshness, NodeRow, iso
+from attest.manifest.evaluate import EmbargoState
+from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso, rank
 from attest.verifier.fleet.rollout import ReleaseRollout
 from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
 
@@ -61,7 +62,7 @@ def _page(title: str, body: str, *, refresh: int | None = None) -> str:
 
 
 def _badge(verdict: str) -> str:
-    cls = verdict if verdict in SEVERITY or verdict == STALE else "none"
+    cls = verdict if rank(verdict) < 9 else NodeStatus.NONE
     return f'<span class="v {cls}">{_e(verdict)}</span>'
 
 
@@ -71,14 +72,14 @@ def _shown(n: NodeRow, now: float, freshness: Freshness) -> str:
     if not freshness.stale(n, now):
         return _badge(n.verdict)
     return (
-        f"{_badge(STALE)} <span class=muted>last {_badge(n.verdict)} "
+        f"{_badge(NodeStatus.STALE)} <span class=muted>last {_badge(n.verdict)} "
         f"{_e(_ago(n.last_appraised, now))}</span>"
     )
 
 
 def _rank(n: NodeRow, now: float, freshness: Freshness) -> tuple[float, str]:
     """Most severe first; a stale node right after the unreachable ones."""
-    return (1.5 if freshness.stale(n, now) else SEVERITY.get(n.verdict, 9), n.node_id)
+    return (rank(freshness.state(n, now)), n.node_id)
 
 
 def _releases_html(releases: list[ReleaseRollout]) -> str:
@@ -88,11 +89,11 @@ def _releases_html(releases: list[ReleaseRollout]) -> str:
     for r in releases:
         pct = 100 * r.share
         clock = {
-            "none": "—",
-            "disclosed": "disclosed",
-            "awaiting_fleet": "waiting for the whole fleet",
+            EmbargoState.NONE: "—",
+            EmbargoState.DISCLOSED: "disclosed",
+            EmbargoState.AWAITING_FLEET: "waiting for the whole fleet",
         }.get(r.embargo, "")
-        if r.embargo in ("quiet_period", "overdue"):
+        if r.embargo in (EmbargoState.QUIET_PERIOD, EmbargoState.OVERDUE):
             due = r.disclosure_due.strftime("%Y-%m-%d %H:%M UTC") if r.disclosure_due else "?"
             src = " (observed by this service)" if r.fleet_complete_source == "observed" else ""
             cls = "overdue" if r.overdue else ""
@@ -183,8 +184,7 @@ def render_overview(
         k = freshness.state(n, now)
         counts[k] = counts.get(k, 0) + 1
     tiles = "".join(
-        f'<div class="tile {k}"><b>{counts[k]}</b>{_e(k)}</div>'
-        for k in sorted(counts, key=lambda k: 1.5 if k == STALE else SEVERITY.get(k, 9))
+        f'<div class="tile {k}"><b>{counts[k]}</b>{_e(k)}</div>' for k in sorted(counts, key=rank)
     )
     ordered = sorted(nodes, key=lambda n: _rank(n, now, freshness))
     rows = "".join(

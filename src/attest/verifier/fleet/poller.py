@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised, unappraisable
+from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.ear import ear_claims, submod
 from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
@@ -57,7 +58,6 @@ from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
 from attest.verifier.contact import APPRAISAL_PCRS
 from attest.verifier.fleet.appraiser import (
-    STATUSES,
     Appraiser,
     continuity_of,
     continuity_text,
@@ -66,6 +66,8 @@ from attest.verifier.fleet.appraiser import (
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin
+from attest.verifier.fleet.model import NodeStatus
+from attest.verifier.fleet.outbox import OutboxEvent
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
 from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.signing import EarSigner
@@ -157,6 +159,7 @@ class Poller:
         appraise: Appraiser,
         registry: Callable[[], RegistryState] = lambda: NO_REGISTRY,
         on_change: Callable[[Outcome], None] | None = None,
+        outbox: Callable[[Outcome], OutboxEvent] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         record_latencies: bool = False,
@@ -168,7 +171,10 @@ class Poller:
         """``ssl_context`` verifies the nodes' TLS certificates on https URLs (default: the
         system's CAs); the appraisal then binds each answer to the TLS key connected to.
         ``registry``: the trusted registry now (a problem makes every node could-not-appraise);
-        ``rules``: the verifier's rules every appraisal is made under."""
+        ``rules``: the verifier's rules every appraisal is made under. ``outbox`` builds the
+        webhook event of a verdict change (``webhooks.verdict_event``), stored in the webhook
+        outbox in the transaction that stores the change; ``on_change`` is called after that
+        transaction commits."""
         self.store = store
         self.signer = signer
         self.host_registry = host_registry or registry  # a pair's host layer
@@ -177,6 +183,7 @@ class Poller:
         self.registry = registry
         self.rules = rules
         self.on_change = on_change
+        self.outbox = outbox
         self.clock = clock
         self.rng = rng or random.Random()
         self.record_latencies = record_latencies
@@ -229,13 +236,20 @@ class Poller:
         return ear_claims(submods, now=now, nonce=nonce)
 
     def _complete(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        """Sign the outcomes' EARs, then store them (on the writer thread)."""
+        """Sign the outcomes' EARs, build the webhook events of verdict changes, then store
+        them (on the writer thread)."""
         signer = self.signer
         if signer is not None:
             outcomes = [
                 o
                 if o.ear_claims is None
                 else replace(o, ear=signer.sign(o.ear_claims), ear_claims=None)
+                for o in outcomes
+            ]
+        events = self.outbox
+        if events is not None:
+            outcomes = [
+                replace(o, event=events(o)) if o.verdict != o.previous_verdict else o
                 for o in outcomes
             ]
         return self.store.complete(self.settings.worker_id, outcomes)
@@ -347,21 +361,12 @@ class Poller:
         s = self.settings
         enrollment = self._enrollment(node)
         if enrollment is None:
-            return Outcome(
-                node.node_id,
-                node.token,
+            return self._outcome(
+                node,
                 start,
-                "unenrolled",
+                NodeStatus.UNENROLLED,
                 "the node is registered but not enrolled: no AK is trusted yet",
-                None,
-                None,
-                None,
-                {},
-                "",
-                0,
-                self._next_due(start, s.interval),
-                node.appraisals + 1,
-                node.verdict,
+                result={},
             )
         if isinstance(enrollment, PairEnrollment):
             return await self._attempt_pair(node, enrollment, start)
@@ -384,10 +389,10 @@ class Poller:
             claims = self._ear(
                 {
                     node.node_id: {
-                        "ear.status": "contraindicated",
+                        "ear.status": Tier.CONTRAINDICATED.label,
                         "ear.trustworthiness-vector": {},
                         "ear.appraisal-policy-id": self.rules.policy_id,
-                        "attest.verdict": "contraindicated",
+                        "attest.verdict": Verdict.CONTRAINDICATED.value,
                         "attest.enrollment": strength,
                         "attest.node.port-id": node.node_id,
                         "attest.explanation": {
@@ -399,21 +404,13 @@ class Poller:
                 start,
                 c.nonce,
             )
-            return Outcome(
-                node.node_id,
-                node.token,
+            return self._outcome(
+                node,
                 start,
-                "contraindicated",
+                NodeStatus.CONTRAINDICATED,
                 str(exc),
-                getattr(exc, "check", "appraisal"),
-                None,
-                None,
-                {"error": str(exc)},
-                "",
-                0,
-                self._next_due(start, s.interval),
-                node.appraisals + 1,
-                node.verdict,
+                first_divergence=getattr(exc, "check", "appraisal"),
+                result={"error": str(exc)},
                 ear_claims=claims,
                 enrollment=strength,
             )
@@ -426,21 +423,15 @@ class Poller:
             start,
             c.nonce,
         )
-        return Outcome(
-            node.node_id,
-            node.token,
+        return self._outcome(
+            node,
             start,
             summary.status,
             summary.explanation,
-            summary.first_divergence,
-            summary.release,
-            summary.clock,
-            summary.doc,
-            "",
-            0,
-            self._next_due(start, s.interval),
-            node.appraisals + 1,
-            node.verdict,
+            first_divergence=summary.first_divergence,
+            release=summary.release,
+            clock=summary.clock,
+            result=summary.doc,
             ear_claims=claims,
             continuity=continuity_text(result.continuity),
             enrollment=result.enrollment,
@@ -457,21 +448,13 @@ class Poller:
             policy_id=self.rules.policy_id,
         )
         sm = {**submod(r), "attest.enrollment": strength, "attest.node.port-id": node.node_id}
-        return Outcome(
-            node.node_id,
-            node.token,
+        return self._outcome(
+            node,
             start,
-            "none",
+            NodeStatus.NONE,
             f"could not appraise: {reason}",
-            reason,
-            None,
-            None,
-            {**r.to_json(), "enrollment": strength},
-            "",
-            0,
-            self._next_due(start, self.settings.interval),
-            node.appraisals + 1,
-            node.verdict,
+            first_divergence=reason,
+            result={**r.to_json(), "enrollment": strength},
             ear_claims=self._ear({node.node_id: sm}, start, None),
             enrollment=strength,
         )
@@ -539,30 +522,65 @@ class Poller:
             GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
             challenge=challenge,
         )
-        status = pair.status if pair.status in STATUSES else "none"
+        status = NodeStatus.of_tier(pair.verdict.tier)
         # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
         # challenge both layers' nonces come from.
         claims = None if self.signer is None else pair.ear_claims(now=now)
-        return Outcome(
-            node.node_id,
-            node.token,
+        return self._outcome(
+            node,
             start,
             status,
             pair_explanation(pair),
-            pair.first_divergence,
-            summarize(pair.guest).release,
-            guest_r.clock or node.clock,
-            pair.to_json(),
-            "",
-            0,
-            self._next_due(start, s.interval),
-            node.appraisals + 1,
-            node.verdict,
+            first_divergence=pair.first_divergence,
+            release=summarize(pair.guest).release,
+            clock=guest_r.clock or node.clock,
+            result=pair.to_json(),
             layers=pair_layers(pair, node.host_url, node.url),
             host_clock=host_r.clock or node.host_clock,
             ear_claims=claims,
             continuity=pair_continuity_text(host_r.continuity, guest_r.continuity, node.continuity),
             enrollment=pe.strength.value,
+        )
+
+    def _outcome(
+        self,
+        node: Leased,
+        start: float,
+        verdict: NodeStatus,
+        explanation: str,
+        *,
+        result: dict[str, Any],
+        first_divergence: str | None = None,
+        release: str | None = None,
+        clock: ClockInfo | None = None,
+        ear_claims: dict[str, Any] | None = None,
+        enrollment: str | None = None,
+        continuity: str | None = None,
+        layers: dict[str, Any] | None = None,
+        host_clock: ClockInfo | None = None,
+    ) -> Outcome:
+        """An attempt that ended in a verdict (not a node that did not answer): one more
+        appraisal, no failures, due again one interval after ``start``."""
+        return Outcome(
+            node.node_id,
+            node.token,
+            start,
+            verdict,
+            explanation,
+            first_divergence,
+            release,
+            clock,
+            result,
+            "",
+            0,
+            self._next_due(start, self.settings.interval),
+            node.appraisals + 1,
+            node.verdict,
+            ear_claims=ear_claims,
+            enrollment=enrollment,
+            continuity=continuity,
+            layers=layers,
+            host_clock=host_clock,
         )
 
     def _failed(
@@ -572,7 +590,7 @@ class Poller:
         failures = node.failures + 1
         delay = min(s.interval * (2 ** min(failures, 20)), s.max_backoff)
         unreachable = failures >= s.unreachable_after
-        verdict = "unreachable" if unreachable else node.verdict
+        verdict = NodeStatus.UNREACHABLE if unreachable else node.verdict
         explanation = f"the node does not answer ({failures} attempts): {error}"
         logger.info(
             "node did not answer",

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from attest.manifest import VerifiedRegistry
+from attest.manifest.evaluate import EmbargoState
 from attest.manifest.model import format_time
 from attest.verifier.fleet.model import NodeRow
 
@@ -31,7 +32,7 @@ class ReleaseRollout:
     running: int
     total: int
     revoked: bool
-    embargo: str  # none | awaiting_fleet | quiet_period | overdue | disclosed
+    embargo: EmbargoState
     quiet_period_days: int | None
     fleet_complete_at: datetime | None
     fleet_complete_source: str | None  # "registry" | "observed"
@@ -44,7 +45,7 @@ class ReleaseRollout:
 
     @property
     def overdue(self) -> bool:
-        return self.embargo == "overdue"
+        return self.embargo is EmbargoState.OVERDUE
 
     def to_json(self) -> dict[str, Any]:
         def t(v: datetime | None) -> str | None:
@@ -57,7 +58,7 @@ class ReleaseRollout:
             "total": self.total,
             "share": round(self.share, 6),
             "revoked": self.revoked,
-            "embargo": self.embargo,
+            "embargo": self.embargo.value,
             "quiet_period_days": self.quiet_period_days,
             "fleet_complete_at": t(self.fleet_complete_at),
             "fleet_complete_source": self.fleet_complete_source,
@@ -98,7 +99,7 @@ def rollout(
                     count,
                     total,
                     version in revoked,
-                    "none",
+                    EmbargoState.NONE,
                     None,
                     None,
                     None,
@@ -117,12 +118,12 @@ def rollout(
             )
         due = None if at is None else at + timedelta(days=e.quiet_period_days)
         if e.disclosed_at is not None:
-            state = "disclosed"
+            state = EmbargoState.DISCLOSED
         elif due is None:
-            state = "awaiting_fleet"
+            state = EmbargoState.AWAITING_FLEET
             note = f"quiet period starts when all {total} nodes run it ({count} do)"
         else:
-            state = "overdue" if now > due else "quiet_period"
+            state = EmbargoState.OVERDUE if now > due else EmbargoState.QUIET_PERIOD
         out.append(
             ReleaseRollout(
                 version,
@@ -146,5 +147,5 @@ def completed_embargoes(report: Sequence[ReleaseRollout]) -> list[str]:
     return [
         r.version
         for r in report
-        if r.embargo == "awaiting_fleet" and r.total > 0 and r.running == r.total
+        if r.embargo is EmbargoState.AWAITING_FLEET and r.total > 0 and r.running == r.total
     ]

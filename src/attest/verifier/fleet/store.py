@@ -18,6 +18,10 @@ updated row and drops it). A worker records results only for leases it still hol
 (fencing): a worker that stalls past its lease loses that result instead of overwriting a newer
 one, and a worker that dies loses nothing -- its nodes fall due again when the leases expire.
 
+The webhook outbox (``attest.verifier.fleet.outbox``) lives in the same database: a verdict
+change's event (``Outcome.event``) is inserted in the transaction that records the change, and
+only for results whose lease is still held.
+
 Times are POSIX seconds (float) inside; the API turns them into ISO 8601.
 """
 
@@ -29,7 +33,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +42,18 @@ from attest.errors import NodeIdTaken
 from attest.tpmstruct import ClockInfo
 from attest.verifier.fleet.admission import check_node_id
 from attest.verifier.fleet.enrollment import STRENGTH_RANK, ak_names, enrollment_from_json
-from attest.verifier.fleet.model import NodeRow
+from attest.verifier.fleet.model import NodeRow, NodeStatus
+from attest.verifier.fleet.outbox import (
+    INSERT,
+    OUTBOX_TABLE,
+    PG_CLAIM,
+    SQLITE_CLAIM,
+    OutboxEvent,
+    OutboxStore,
+    SqlOutbox,
+    insert_rows,
+    outbox_schema,
+)
 from attest.verifier.fleet.pgconn import (
     Connection,
     DatabaseHealth,
@@ -58,7 +73,7 @@ class Leased:
     node_id: str
     url: str
     enrollment_doc: str | None
-    verdict: str
+    verdict: NodeStatus
     failures: int
     appraisals: int
     clock: ClockInfo | None
@@ -77,7 +92,7 @@ class Outcome:
     node_id: str
     token: int
     at: float
-    verdict: str
+    verdict: NodeStatus
     explanation: str
     first_divergence: str | None
     release: str | None
@@ -87,13 +102,16 @@ class Outcome:
     failures: int  # consecutive transport failures after this attempt
     next_due: float
     seq: int  # this node's appraisal count after this attempt (the ring's sequence)
-    previous_verdict: str
+    previous_verdict: NodeStatus
     ear: str | None = None  # the signed EAR of this attempt; None keeps the node's last one
     layers: dict[str, Any] | None = None  # a pair's per-layer verdicts (None for one node)
     host_clock: ClockInfo | None = None  # a pair: the host quote's clock
     ear_claims: dict[str, Any] | None = None  # to sign into ``ear`` before it is stored
     continuity: str | None = None  # the continuity to store (JSON); None keeps the stored one
     enrollment: str | None = None  # the enrollment's strength (webhooks; not stored here)
+    # The webhook event of a verdict change: stored in the webhook outbox in the transaction
+    # that stores this outcome (``attest.verifier.fleet.outbox``); None enqueues nothing.
+    event: OutboxEvent | None = None
 
 
 class EnrollmentDoc(Protocol):
@@ -105,7 +123,7 @@ class EnrollmentDoc(Protocol):
     def strength(self) -> EnrollmentStrength: ...
 
 
-class Store(Protocol):
+class Store(OutboxStore, Protocol):
     def add_node(
         self,
         node_id: str,
@@ -167,7 +185,7 @@ def _leased(r: Sequence[Any], token: int) -> Leased:
         r[0],
         r[1],
         r[2],
-        r[3],
+        NodeStatus(r[3]),
         r[4],
         r[5],
         clock_from_text(r[6]),
@@ -192,7 +210,7 @@ def _node_row(r: Sequence[Any]) -> NodeRow:
         bool(r[2]),
         r[3],
         r[4],
-        r[5],
+        NodeStatus(r[5]),
         r[6],
         r[7],
         r[8],
@@ -212,7 +230,7 @@ def _schema(*, real: str, serial: str) -> list[str]:
     return [
         f"""CREATE TABLE IF NOT EXISTS nodes (
             node_id TEXT PRIMARY KEY, url TEXT NOT NULL, added_at {real} NOT NULL,
-            next_due {real} NOT NULL, verdict TEXT NOT NULL DEFAULT 'none',
+            next_due {real} NOT NULL, verdict TEXT NOT NULL DEFAULT '{NodeStatus.NONE}',
             explanation TEXT NOT NULL DEFAULT '', first_divergence TEXT, release TEXT,
             last_appraised {real}, last_seen {real}, last_error TEXT NOT NULL DEFAULT '',
             failures INTEGER NOT NULL DEFAULT 0, appraisals BIGINT NOT NULL DEFAULT 0,
@@ -236,6 +254,7 @@ def _schema(*, real: str, serial: str) -> list[str]:
             worker_id TEXT NOT NULL, token BIGINT NOT NULL, expires_at {real} NOT NULL)""",
         f"""CREATE TABLE IF NOT EXISTS fleet_releases (
             version TEXT PRIMARY KEY, fleet_complete_at {real} NOT NULL)""",
+        *outbox_schema(real=real, serial=serial),
     ]
 
 
@@ -289,18 +308,14 @@ def _layers_text(o: Outcome) -> str | None:
     return None if o.layers is None else json.dumps(o.layers, separators=(",", ":"))
 
 
-class _SqlStore:
-    """The SQL both back ends share; ``P`` is the driver's placeholder."""
+class _SqlStore(SqlOutbox):
+    """The SQL both back ends share; ``P`` is the driver's placeholder (``_q``)."""
 
-    P = "?"
     history = DEFAULT_HISTORY
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
         raise NotImplementedError
-
-    def _q(self, sql: str) -> str:
-        return sql if self.P == "?" else sql.replace("?", self.P)
 
     def add_node(
         self,
@@ -319,7 +334,7 @@ class _SqlStore:
         in its history (returned; ``by`` names the operator action), saying when the new
         enrollment is weaker than the old."""
         check_node_id(node_id)  # whoever chose it: reachable as /v1/nodes/{id}
-        verdict = "none" if enrollment is not None else "unenrolled"
+        verdict = NodeStatus.NONE if enrollment is not None else NodeStatus.UNENROLLED
         with self._tx() as cur:
             cur.execute(
                 self._q(
@@ -361,10 +376,9 @@ class _SqlStore:
                 cur.execute(
                     self._q(
                         "UPDATE nodes SET next_due = ?, verdict = CASE WHEN "
-                        "verdict = 'unenrolled' THEN 'none' ELSE verdict END "
-                        "WHERE node_id = ?"
+                        "verdict = ? THEN ? ELSE verdict END WHERE node_id = ?"
                     ),
-                    (now, node_id),
+                    (now, NodeStatus.UNENROLLED, NodeStatus.NONE, node_id),
                 )
         return entry
 
@@ -413,7 +427,7 @@ class _SqlStore:
                 "release = NULL, clock = NULL, continuity = NULL, ear = NULL, layers = NULL, "
                 "failures = 0, last_error = '', owner = NULL, next_due = ? WHERE node_id = ?"
             ),
-            ("unenrolled", explanation, now, node_id),
+            (NodeStatus.UNENROLLED, explanation, now, node_id),
         )
         cur.execute(
             self._q(
@@ -424,7 +438,7 @@ class _SqlStore:
                 node_id,
                 now,
                 old_verdict,
-                "unenrolled" if enrollment is None else "none",
+                NodeStatus.UNENROLLED if enrollment is None else NodeStatus.NONE,
                 explanation,
                 json.dumps(detail),
             ),
@@ -575,11 +589,16 @@ class _SqlStore:
                     for o in changed
                 ],
             )
+        events = [o.event for o in done if o.event is not None]
+        if events:  # the webhook outbox, in the same transaction as the changes
+            cur.executemany(self._q(INSERT), insert_rows(events))
 
 
 class SqliteStore(_SqlStore):
     """SQLite in WAL mode. One connection, serialised by a lock (the poller writes from one
     thread; API reads are short)."""
+
+    _CLAIM = SQLITE_CLAIM
 
     def __init__(self, path: str, *, history: int = DEFAULT_HISTORY) -> None:
         self.path = path
@@ -613,6 +632,9 @@ class SqliteStore(_SqlStore):
                 cur.execute("ROLLBACK")
                 raise
             cur.execute("COMMIT")
+
+    def _outbox_tx(self) -> AbstractContextManager[Any]:
+        return self._tx()
 
     def lease(
         self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
@@ -691,17 +713,20 @@ _PG_RELATIONS = (
     "changes_node",
     "leases",
     "fleet_releases",
+    OUTBOX_TABLE,
 )  # what _schema creates
 
 
 class PostgresStore(_SqlStore):
-    """PostgreSQL through psycopg 3. Three connections, each serialised by its own lock and
+    """PostgreSQL through psycopg 3. Four connections, each serialised by its own lock and
     re-opened with backoff when lost (``pgconn.Connection``): one takes leases, one writes
-    results (so a batch commit never holds up the next lease), one serves reads. A lease batch
-    and a result batch are each ONE statement in autocommit mode (data-modifying CTEs over
-    ``unnest``-ed arrays: atomic, one round trip, no per-row statements)."""
+    results (so a batch commit never holds up the next lease), one serves reads, one serves
+    the webhook sender's outbox (opened on first use). A lease batch and a result batch are
+    each ONE statement in autocommit mode (data-modifying CTEs over ``unnest``-ed arrays:
+    atomic, one round trip, no per-row statements)."""
 
     P = "%s"
+    _CLAIM = PG_CLAIM
 
     def __init__(self, dsn: str, *, history: int = DEFAULT_HISTORY) -> None:
         import psycopg  # the optional "fleet" extra: imported only by this back end
@@ -711,6 +736,7 @@ class PostgresStore(_SqlStore):
         self._lease_db = Connection(psycopg, dsn, autocommit=True, health=self.health)
         self._write_db = Connection(psycopg, dsn, autocommit=True, health=self.health)
         self._read_db = Connection(psycopg, dsn, autocommit=False, health=self.health)
+        self._outbox_db = Connection(psycopg, dsn, autocommit=True, health=self.health)
         with self._write_db.cursor(transaction=True) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(7500)")  # two workers creating at once
             # DDL only when something is missing: even `IF NOT EXISTS` statements lock the
@@ -739,6 +765,9 @@ class PostgresStore(_SqlStore):
     def _tx(self) -> Iterator[Any]:
         with self._read_db.cursor(transaction=True) as cur:
             yield cur
+
+    def _outbox_tx(self) -> AbstractContextManager[Any]:
+        return self._outbox_db.cursor(transaction=True)
 
     def check(self) -> DatabaseState:
         """Whether the database answers now (one ``SELECT 1`` on the read connection)."""
@@ -802,10 +831,10 @@ class PostgresStore(_SqlStore):
                 %(release)s::text[], %(answered)s::bool[], %(error)s::text[],
                 %(failures)s::int[], %(seq)s::bigint[], %(clock)s::text[], %(slot)s::int[],
                 %(doc)s::text[], %(previous)s::text[], %(ear)s::text[], %(layers)s::text[],
-                %(continuity)s::text[])
+                %(continuity)s::text[], %(event_id)s::text[], %(event)s::text[])
             AS o(node_id, token, at, next_due, verdict, explanation, first_divergence, release,
                  answered, error, failures, seq, clock, slot, doc, previous, ear, layers,
-                 continuity)),
+                 continuity, event_id, event)),
         held AS (
             DELETE FROM leases l USING o
             WHERE l.node_id = o.node_id AND l.token = o.token AND l.worker_id = %(worker)s
@@ -831,7 +860,11 @@ class PostgresStore(_SqlStore):
         chg AS (
             INSERT INTO changes (node_id, at, old, new, explanation, ear)
             SELECT node_id, at, previous, verdict, explanation, ear FROM done
-            WHERE verdict <> previous ORDER BY node_id)
+            WHERE verdict <> previous ORDER BY node_id),
+        evt AS (
+            INSERT INTO webhook_outbox (event_id, created_at, next_attempt, body)
+            SELECT event_id, at, at, event FROM done WHERE event IS NOT NULL ORDER BY node_id
+            ON CONFLICT (event_id) DO NOTHING)
         SELECT node_id, token FROM held"""
 
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -859,6 +892,8 @@ class PostgresStore(_SqlStore):
             "ear": [o.ear for o in outcomes],
             "layers": [_layers_text(o) for o in outcomes],
             "continuity": [o.continuity for o in outcomes],
+            "event_id": [None if o.event is None else o.event.id for o in outcomes],
+            "event": [None if o.event is None else o.event.body for o in outcomes],
         }
         with self._write_db.cursor() as cur:
             cur.execute(self._COMPLETE, args)
@@ -871,6 +906,7 @@ class PostgresStore(_SqlStore):
         self._lease_db.close()
         self._write_db.close()
         self._read_db.close()
+        self._outbox_db.close()
 
 
 def open_store(url: str, *, history: int = DEFAULT_HISTORY) -> Store:

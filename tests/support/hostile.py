@@ -6,6 +6,8 @@ Behaviours: ``endless`` (200, a chunked body that never ends), ``trickle`` (200 
 line and headers one byte every 50 ms, never finished), ``huge-length`` (declares a 1 TB body,
 sends a little), ``reflect`` (a 418 whose JSON ``detail`` and text carry ``MARKER``), and
 ``json`` (200 with a JSON object that is no attest identity).
+
+And what every clean refusal of hostile input must look like (``assert_refused_cleanly``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,23 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
+
 MARKER = "SECRET-FROM-INTERNAL-SERVICE"
 BEHAVIOURS = ("endless", "trickle", "trickle-headers", "huge-length", "reflect", "json")
+# Python's json extensions (NaN, Infinity, 1e999, lone surrogates) a refusal must not echo back.
+ECHOES = ("NaN", "Infinity", "1e999", "ud800", "udfff", "\ud800", "\udfff")
+
+
+def assert_refused_cleanly(r: httpx.Response) -> None:
+    """A 4xx in the API's error shape, bounded, ASCII, echoing none of ``ECHOES``."""
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert len(r.content) < 1024
+    doc = r.json()
+    assert set(doc) == {"error", "check", "detail"}, doc
+    assert isinstance(doc["detail"], str) and doc["detail"].isascii()
+    for echo in ECHOES:
+        assert echo not in r.text, (echo, r.text)
 
 
 class HostileServer:
