@@ -276,6 +276,9 @@ def debootstrap_base(root: Path, *, mirror: str, suite: str, log: Path) -> None:
         shutil.rmtree(root / p, ignore_errors=True)
 
 
+WHEEL_PREFIX = "attest_node_integrity-"  # the distribution attest-node-integrity's wheels
+
+
 def build_wheels(out: Path, *, repo: Path, log: Path, deps: bool) -> None:
     """attest's dependencies (``deps``) or attest itself as wheels, built on the host
     (tpm2-pytss from source against libtss2-dev: the guest has the same Debian release and
@@ -290,16 +293,16 @@ def build_wheels(out: Path, *, repo: Path, log: Path, deps: bool) -> None:
             *(() if deps else ("--no-deps",)),
             "--wheel-dir",
             str(out),
-            str(repo),
+            f"{repo}[node]",  # the node's dependencies: the [node] extra
         ],
         log=log,
     )
-    for whl in out.glob("attest-*.whl"):
+    for whl in out.glob(f"{WHEEL_PREFIX}*.whl"):
         if deps:
             whl.unlink()
     if not deps:
         for whl in out.glob("*.whl"):
-            if not whl.name.startswith("attest-"):
+            if not whl.name.startswith(WHEEL_PREFIX):
                 whl.unlink()
 
 
@@ -312,7 +315,7 @@ mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0700 tmpfs /var/lib/attest
 mount -t tmpfs tmpfs /tmp
-mkdir -p /run/attest
+mkdir -p /run/attest /run/attestd  # attestd-tpm's and attestd's runtime directories
 hostname attest-node
 # The state disk (mounted by the initramfs): the slot pointer, trust root, upload spool, TLS.
 st=/var/lib/attest-state/attest
@@ -379,7 +382,7 @@ def install_root(
             "--no-compile",
             "--find-links",
             "/tmp/wheels",
-            "attest",
+            "attest-node-integrity[node]",  # the distribution's name (docs/install.md)
         ],
         env=env,
         log=log,

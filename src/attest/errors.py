@@ -190,6 +190,15 @@ class OperationNotAllowed(TransportError):
     API socket of the broker, or a runtime event kind outside the allow-list)."""
 
 
+class SocketInUse(TransportError):
+    """Another running process holds the lock of a socket this daemon would bind (a second
+    ``attestd`` or ``attestd-tpm`` with the same configuration): it is not replaced."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class ConfigError(AttestError):
     """A configuration value is missing or invalid. ``key`` names it."""
 

@@ -43,7 +43,8 @@ class ApiSettings:
     # these alone the public listener stays plain HTTP (evidence is signed by the TPM).
     mtls_cert: str = ""
     mtls_key: str = ""
-    operator_socket: str = "/run/attest/api.sock"
+    # attestd's own RuntimeDirectory= (attestd.service): /run/attest is attestd-tpm's.
+    operator_socket: str = "/run/attestd/api.sock"
     max_request_bytes: int = 65536
     max_upload_bytes: int = 8 << 30  # POST /v1/upgrades, streamed to disk
     rate_per_second: float = 200.0  # per client address

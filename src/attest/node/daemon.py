@@ -37,10 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from attest import __version__
-from attest.errors import AttestError, BrokerUnavailable
+from attest.errors import AttestError, BrokerUnavailable, ConfigError
+from attest.node import sdnotify
 from attest.node.config import Settings, config_path, load_settings, settings_digest
+from attest.node.socketlock import SocketLock, lock_socket
 
 logger = logging.getLogger("attestd")
+
+
+class ListenerFailed(Exception):
+    """A listener ended while attestd was not asked to stop (main exits non-zero)."""
 
 
 def tls_binding(cert_path: str) -> bytes:
@@ -207,29 +213,42 @@ async def serve(settings: Settings, node: Any) -> None:
             yield
 
     servers = [Server(c) for c in configs]
+    interval = sdnotify.watchdog_interval()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with _lifespan(app):
         tasks = [asyncio.create_task(s.serve()) for s in servers]
-        if sock.parent.is_dir():
-            for _ in range(100):
-                if sock.exists():
-                    os.chmod(sock, 0o600)
-                    break
-                await asyncio.sleep(0.05)
-        logger.warning(
-            "attestd %s serving on %s",
-            __version__,
-            ", ".join(f"{c.host}:{c.port}" if c.uds is None else c.uds for c in configs),
-        )
+        # Every listener bound (a failed bind ends the process: uvicorn exits non-zero after
+        # one error line naming the address), then ready: sd_notify, the watchdog's pings.
+        while not all(s.started for s in servers) and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.02)
+        if sock.parent.is_dir() and sock.exists():
+            os.chmod(sock, 0o600)
+        where = ", ".join(f"{c.host}:{c.port}" if c.uds is None else c.uds for c in configs)
+        logger.warning("attestd %s serving on %s", __version__, where)
+        sdnotify.notify(f"READY=1\nSTATUS=serving on {where}")
+        pings = [asyncio.create_task(_watchdog(interval))] if interval else []
         done_or_stop = asyncio.create_task(stop.wait())
         await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        sdnotify.notify("STOPPING=1")
+        for t in pings:
+            t.cancel()
         for s in servers:
             s.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
     node.close()
+    if not stop.is_set():  # a listener ended by itself: fail, so that Restart= restarts us
+        errors = [r for r in results if isinstance(r, BaseException)]
+        raise ListenerFailed(f"a listener stopped unexpectedly: {errors[0] if errors else 'exit'}")
+
+
+async def _watchdog(interval: float) -> None:
+    """``WATCHDOG=1`` from the event loop: a loop that stops turning is restarted by systemd."""
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 def make_status(settings: Settings) -> Any:
@@ -338,12 +357,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             env[key] = str(flag)
     try:
         settings = load_settings(config_path(args.config, env), environ=env)
+        lock = lock_operator_socket(settings)
         node = open_node(settings)
     except AttestError as exc:
         print(f"attestd: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings, node))
+    try:
+        asyncio.run(serve(settings, node))
+    except ListenerFailed as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def lock_operator_socket(settings: Settings) -> SocketLock | None:
+    """Hold the operator socket's lock (``attest.node.socketlock``) before anything replaces a
+    stale socket there: a second attestd with the same configuration stops with one line
+    instead of taking the first one's socket. None when the socket's directory does not
+    exist (then there is no operator listener)."""
+    sock = Path(settings.api.operator_socket)
+    if not sock.parent.is_dir():
+        return None
+    try:
+        return lock_socket(sock)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot lock {sock}: {exc.strerror} (the directory must be attestd's to write: "
+            "RuntimeDirectory=attestd in the unit)",
+            key="api.operator_socket",
+        ) from None
 
 
 def run() -> None:

@@ -32,6 +32,7 @@ from types import FrameType
 
 from attest import __version__
 from attest.errors import AttestError, ConfigError
+from attest.node import sdnotify
 from attest.node.broker import protocol as p
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 from attest.node.broker.host import FIRMWARE_LOG, KERNEL_CMDLINE, MAPPER_CONTROL, HostFacts
@@ -39,6 +40,7 @@ from attest.node.broker.local import LocalNode
 from attest.node.broker.server import BrokerServer
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
 from attest.node.port import LOW_SPACE_BYTES, MAX_FIRMWARE_LOG
+from attest.node.socketlock import lock_socket
 from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
 from attest.node.upgrade.stager import DEFAULT_NV_INDEX
@@ -256,6 +258,10 @@ def _run(args: argparse.Namespace) -> int:
             f"unknown or reserved kinds {sorted(kinds - p.OPERATOR_MEASURE_KINDS)}",
             key="measure_kinds",
         )
+    # One broker per socket, before the TPM is touched: a second attestd-tpm with the same
+    # options stops here, measuring nothing and leaving the first one's sockets alone.
+    operator = None if str(args.operator_socket) == "none" else args.operator_socket
+    locks = [lock_socket(path) for path in (args.socket, operator) if path is not None]
     gid = None
     if args.socket_group:
         try:
@@ -300,7 +306,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.vtpm_dir is not None:
         vtpms = VtpmManager(args.vtpm_dir, node.runtime, audit=node.audit)
         logger.info("guest vTPMs in %s (%d created)", args.vtpm_dir, len(vtpms.created()))
-    operator = None if str(args.operator_socket) == "none" else args.operator_socket
     upgrades = _upgrades(args, node)
     server = BrokerServer(
         node,
@@ -320,14 +325,22 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
+    # Ready for systemd (Type=notify): the TPM answered, the logs are reconciled with it, the
+    # start is measured and both sockets are bound. The watchdog's pings come from this loop.
+    sdnotify.notify(f"READY=1\nSTATUS=serving on {args.socket}")
+    interval = sdnotify.watchdog_interval()
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(min(1.0, interval or 1.0)):
+            if interval:
+                sdnotify.notify("WATCHDOG=1")
     finally:
+        sdnotify.notify("STOPPING=1")
         server.shutdown()
         if upgrades is not None:
             upgrades.close()
         node.close()
+        for lock in locks:
+            lock.release()
     logger.info("attestd-tpm stopped")
     return 0
 
