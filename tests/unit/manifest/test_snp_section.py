@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,3 +202,34 @@ def test_any_mutation_parses_or_raises_the_format_error(path: str, value: object
     except ManifestFormatError:
         return
     assert parse_release_snp(parsed.to_json(), field="snp") == parsed
+
+
+def test_schema_describes_exactly_the_members_the_parser_requires() -> None:
+    schema = json.loads(
+        (Path(__file__).parents[3] / "firmware_manifests/schema/registry.schema.json").read_text()
+    )
+    defs = schema["$defs"]
+    assert defs["release"]["properties"]["snp"] == {"$ref": "#/$defs/release_snp"}
+    doc = _snp_doc()
+    parts = [
+        (defs["release_snp"], doc),
+        (defs["release_snp"]["properties"]["policy"], doc["policy"]),
+        (defs["snp_launch"], doc["launches"][0]),
+        (defs["snp_launch"]["properties"]["inputs"], doc["launches"][0]["inputs"]),
+        (defs["snp_tcb"], doc["policy"]["min_tcb"]["Milan"]),
+        (defs["snp_tcb_fmc"], doc["policy"]["min_tcb"]["Turin"]),
+    ]
+    for part, member in parts:
+        assert part["additionalProperties"] is False
+        assert set(part["properties"]) == set(member)
+    for part, member in parts[:4]:  # every member of these is required by both
+        assert set(part["required"]) == set(member)
+        for name in part["required"]:
+            broken = _snp_doc()
+            target = {id(doc): broken, id(doc["policy"]): broken["policy"]}.get(id(member))
+            if target is None:
+                launch0 = broken["launches"][0]
+                target = launch0 if member is doc["launches"][0] else launch0["inputs"]
+            del target[name]
+            with pytest.raises(ManifestFormatError, match="missing"):
+                parse_release_snp(broken, field="snp")
