@@ -12,8 +12,9 @@ from pathlib import Path
 from attest.cli.snp import launch_measurement
 from attest.errors import ConfigError
 from attest.manifest.model import SnpLaunch
+from attest.manifest.parse import MAX_SNP_VCPUS, MAX_SNP_VMPL, is_name
 from attest.snp.policy import CrlMissing, SnpPolicy
-from attest.snp.report import Product, TcbVersion
+from attest.snp.report import SUPPORTED_VERSIONS, Product, TcbVersion
 
 ROOTHASH = "{roothash}"  # replaced in --snp-cmdline by the release's dm-verity root hash (hex)
 DEFAULT_SLOT = "default"
@@ -96,6 +97,10 @@ def snp_launch(args: argparse.Namespace, *, root_hash: bytes) -> SnpLaunch | Non
         return None
     if args.snp_vcpus is None or args.snp_vcpu_type is None:
         raise ConfigError("an SNP launch needs --snp-vcpus and --snp-vcpu-type", key="--snp-vcpus")
+    if not 1 <= args.snp_vcpus <= MAX_SNP_VCPUS:
+        raise ConfigError(f"at least one vCPU, at most {MAX_SNP_VCPUS}", key="--snp-vcpus")
+    if not is_name(args.snp_slot):
+        raise ConfigError("a slot name is 1-64 characters [A-Za-z0-9._+~-]", key="--snp-slot")
     if args.snp_kernel is None and (args.snp_initrd is not None or args.snp_cmdline is not None):
         raise ConfigError("--snp-initrd and --snp-cmdline need --snp-kernel", key="--snp-kernel")
     cmdline = args.snp_cmdline
@@ -146,7 +151,21 @@ def snp_policy(args: argparse.Namespace) -> tuple[SnpPolicy, bool] | None:
     (then a new SNP section takes the defaults and an existing one is kept)."""
     if all(getattr(args, f) is None for f in _POLICY_FLAGS):
         return None
-    floors = dict(_tcb_floor(item) for item in args.snp_min_tcb or [])
+    floors: dict[Product, TcbVersion] = {}
+    for item in args.snp_min_tcb or []:
+        product, floor = _tcb_floor(item)
+        if product in floors:
+            raise ConfigError(f"{product} has two floors", key="--snp-min-tcb")
+        floors[product] = floor
+    version = 2 if args.snp_min_report_version is None else args.snp_min_report_version
+    if not min(SUPPORTED_VERSIONS) <= version <= max(SUPPORTED_VERSIONS):
+        raise ConfigError(
+            f"report versions are {min(SUPPORTED_VERSIONS)}-{max(SUPPORTED_VERSIONS)}",
+            key="--snp-min-report-version",
+        )
+    vmpl = 0 if args.snp_vmpl is None else args.snp_vmpl
+    if not 0 <= vmpl <= MAX_SNP_VMPL:
+        raise ConfigError(f"a VMPL is 0-{MAX_SNP_VMPL}", key="--snp-vmpl")
     chips: frozenset[bytes] | None = None
     if args.snp_chip_id:
         try:
@@ -158,11 +177,11 @@ def snp_policy(args: argparse.Namespace) -> tuple[SnpPolicy, bool] | None:
         chips = frozenset(ids)
     policy = SnpPolicy(
         min_tcb=dict(sorted(floors.items())),
-        min_report_version=args.snp_min_report_version or 2,
+        min_report_version=version,
         allow_migration_agent=bool(args.snp_allow_migration_agent),
         allow_smt=not args.snp_no_smt,
         require_single_socket=bool(args.snp_single_socket),
-        vmpl=args.snp_vmpl or 0,
+        vmpl=vmpl,
         allowed_chip_ids=chips,
         crl_missing=CrlMissing(args.snp_crl_missing or CrlMissing.REFUSE.value),
     )

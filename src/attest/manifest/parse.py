@@ -109,6 +109,11 @@ def _text(value: object, *, field: str, limit: int = MAX_TEXT) -> str:
     return value
 
 
+def is_name(text: str) -> bool:
+    """A release version, slot, platform id, ...: 1-64 characters [A-Za-z0-9._+~-]."""
+    return _NAME_RE.fullmatch(text) is not None
+
+
 def _name(value: object, *, field: str) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ManifestFormatError(

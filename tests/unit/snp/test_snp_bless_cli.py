@@ -271,16 +271,22 @@ def test_verify_usage_errors(blessed: Blessed, capsys: pytest.CaptureFixture[str
         (["--snp-min-tcb", "Rome=1.2.3.4"], "not one of Milan"),
         (["--snp-min-tcb", "Milan=1.2.3"], "Milan=BL.TEE.SNP.UCODE"),
         (["--snp-min-tcb", "Milan=1.2.3.256"], "0-255"),
+        (["--snp-min-tcb", "Milan=1.2.3.4", "--snp-min-tcb", "Milan=1.2.3.5"], "two floors"),
+        (["--snp-min-tcb", "Turin=1.2.3.4.5.6"], "Turin=BL.TEE.SNP.UCODE[.FMC]"),
         (["--snp-chip-id", "ab"], "64 bytes"),
+        (["--snp-vmpl", "4"], "VMPL is 0-3"),
+        (["--snp-min-report-version", "0"], "report versions are 2-5"),
+        (["--snp-slot", "a b"], "slot name"),
         (["--snp-vcpu-type", "Pentium"], "unknown vCPU type"),
         (["--snp-vcpus", "0"], "at least one vCPU"),
+        (["--snp-vcpus", "513"], "at most 512"),
     ],
 )
 def test_bless_snp_usage_errors_exit_2(
     blessed: Blessed, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     args = blessed.launch_args("c")
-    for flag in ("--snp-vcpu-type", "--snp-vcpus"):
+    for flag in ("--snp-vcpu-type", "--snp-vcpus", "--snp-slot"):
         if flag in extra:
             i = args.index(flag)
             del args[i : i + 2]
@@ -304,3 +310,23 @@ def test_bless_snp_launch_needs_an_ovmf_and_a_kernel(
     del args[i : i + 2]
     rc, _, err = _run(capsys, *base, *args)
     assert rc == 2 and "need --snp-kernel" in err
+
+
+def test_verify_reads_the_registry_from_the_trusted_state(
+    blessed: Blessed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    when = FAKE_NOW.isoformat()
+    rc, _, err = _run(
+        capsys, "manifest", "verify", "--state", "trust", "--root", "root.json",
+        "--registry", "reg.json", "--now", when,
+    )  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = _verify(blessed, capsys, slot=1)  # writes the report, with --root/--snapshot
+    assert rc == 0, err
+    argv = ["snp", "verify", "--report", "report.bin", "--vcek", "vcek.der", "--chain", "chain.pem"]
+    argv += ["--now", when, "--trust-dir", "trust", "--crl", "milan.crl"]
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 0, err
+    assert "blessed: release 1.0.0, slot b" in out
+    rc, _, err = _run(capsys, *argv[:-4], "--trust-dir", "empty", "--crl", "milan.crl")
+    assert rc == 2 and "no trusted manifest state in empty" in err
