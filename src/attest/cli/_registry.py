@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
+from pathlib import Path
 
 from attest.errors import ConfigError
 from attest.manifest.model import VerifiedRegistry
@@ -12,6 +13,13 @@ from attest.manifest.parse import MAX_REGISTRY_BYTES, MAX_ROOT_BYTES
 from attest.manifest.verify import verify_root_self_signed, verify_snapshot
 from attest.storage.files import read_bytes
 from attest.storage.trusted_state import load_state
+
+
+def add_registry_arguments(p: argparse.ArgumentParser, *, trust_dir_help: str) -> None:
+    """``--trust-dir`` or ``--root`` with ``--snapshot``: what ``load_registry`` reads."""
+    p.add_argument("--trust-dir", type=Path, help=trust_dir_help)
+    p.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
+    p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
 
 
 def load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from attest.cli._common import EXIT_OK, print_json
-from attest.cli._registry import load_registry
+from attest.cli._registry import add_registry_arguments, load_registry
 from attest.errors import ConfigError, SnpCheckError, SnpFormatError
 from attest.manifest.snp import SnpReleaseAppraisal, appraise_snp_release
 from attest.snp.certs import AmdCertificate, load_certificates, load_crl
@@ -65,13 +65,9 @@ def register(sub: Any) -> None:
     v.add_argument("--now", type=_when, help="check validity (and freshness) at this time")
     v.add_argument("--report-data", type=_report_data, help="expected REPORT_DATA, 64 bytes hex")
     v.add_argument("--json", action="store_true", help="print the verified fields as JSON")
-    v.add_argument(
-        "--trust-dir",
-        type=Path,
-        help="appraise against the blessed releases of this trusted manifest state",
+    add_registry_arguments(
+        v, trust_dir_help="appraise against the blessed releases of this trusted manifest state"
     )
-    v.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
-    v.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
     v.add_argument(
         "--release",
         help="the release the guest should run (default: the release whose blessed launch has "

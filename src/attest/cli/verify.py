@@ -42,7 +42,7 @@ from attest.appraisal.pair import (
 )
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import EXIT_OK, print_json
-from attest.cli._registry import load_registry
+from attest.cli._registry import add_registry_arguments, load_registry
 from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
@@ -119,13 +119,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--operator-socket", help="the node's operator Unix socket (activation, audit)")
     p.add_argument("--tls-ca", help="CA that signs the node's TLS certificate (https URLs)")
-    p.add_argument(
-        "--trust-dir",
-        type=Path,
-        help="the verifier's trusted manifest state (attest manifest verify --state)",
+    add_registry_arguments(
+        p, trust_dir_help="the verifier's trusted manifest state (attest manifest verify --state)"
     )
-    p.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
-    p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
     p.add_argument(
         "--platform",
         help="the node's platform id in the registry (e.g. ovmf-q35): firmware PCRs 0-7 are "
