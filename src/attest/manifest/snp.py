@@ -156,7 +156,12 @@ def appraise_snp_release(
             refusals.append(Finding(SnpCheck.RELEASE_REVOKED, msg))
     launch = next((x for x in release.snp.launches if x.measurement == measurement), None)
     if launch is None:
-        refusals.append(_mismatch(measurement, release))
+        mismatch = _mismatch(measurement, release)
+        if hits:  # the guest runs another release's blessed launch
+            other, at = hits[0]
+            where = f" (it is release {other.version}'s launch, slot {at.slot})"
+            mismatch = Finding(mismatch.check, mismatch.message + where)
+        refusals.append(mismatch)
     if release.snp.bind_host_data:
         want = release_host_data(release)
         if vr.report.host_data != want:

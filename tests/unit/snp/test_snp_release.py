@@ -91,6 +91,13 @@ def test_mismatch_names_the_inputs_of_every_blessed_launch() -> None:
     assert f"kernel {snp.launches[0].kernel_sha256.hex()}" in msg
 
 
+def test_mismatch_names_the_release_whose_launch_it_is() -> None:
+    vr = _report(measurement=OTHER)  # R2's launch, appraised as R1's
+    got = appraise_snp_release(vr, _registry(R1, R2), version="1.0.0", crl=_crl(vr), now=FAKE_NOW)
+    [finding] = got.decision.refusals
+    assert finding.message.endswith("(it is release 1.1.0's launch, slot a)")
+
+
 def test_unknown_measurement_without_a_release_is_refused() -> None:
     vr = _report(measurement=b"\x01" * 48)
     got = appraise_snp_release(vr, _registry(R1, R2), version=None, crl=_crl(vr), now=FAKE_NOW)
