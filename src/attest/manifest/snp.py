@@ -158,8 +158,8 @@ def appraise_snp_release(
     if launch is None:
         mismatch = _mismatch(measurement, release)
         if hits:  # the guest runs another release's blessed launch
-            other, at = hits[0]
-            where = f" (it is release {other.version}'s launch, slot {at.slot})"
+            twin, at = hits[0]
+            where = f" (it is release {twin.version}'s launch, slot {at.slot})"
             mismatch = Finding(mismatch.check, mismatch.message + where)
         refusals.append(mismatch)
     if release.snp.bind_host_data:
