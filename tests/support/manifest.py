@@ -17,6 +17,7 @@ from attest.manifest.model import (
     PlatformReference,
     RegistrySnapshot,
     Release,
+    SnpLaunch,
     TrustRoot,
     VerityParams,
 )
@@ -135,3 +136,16 @@ def build_world(
         thresholds={"root": root_t, "releases": rel_t, "platform": plat_t},
     )
     return World(rs, ls, ps, root)
+
+
+def snp_launch(slot: str = "a", *, vcpus: int = 4, measurement: bytes = b"\x11" * 48) -> SnpLaunch:
+    return SnpLaunch(
+        slot=slot,
+        measurement=measurement,
+        vcpus=vcpus,
+        vcpu_type="EPYC-v4",
+        ovmf_sha256=hashlib.sha256(b"ovmf").digest(),
+        kernel_sha256=hashlib.sha256(b"kernel").digest(),
+        initrd_sha256=hashlib.sha256(b"initrd").digest(),
+        cmdline_sha256=hashlib.sha256(f"root=/dev/dm-0 slot={slot}".encode()).digest(),
+    )

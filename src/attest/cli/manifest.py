@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from attest.cli import _snp_bless
 from attest.cli._common import EXIT_OK, print_json
 from attest.errors import ConfigError, ManifestFormatError
 from attest.manifest import edit
@@ -32,6 +33,7 @@ from attest.manifest.model import (
     RegistrySnapshot,
     Release,
     SignedPlatformReference,
+    SnpLaunch,
     TrustRoot,
     format_time,
 )
@@ -44,6 +46,7 @@ from attest.manifest.parse import (
     parse_expected_pcrs,
     parse_platform_signed,
 )
+from attest.manifest.snp import describe_launch, release_host_data
 from attest.manifest.trusted import TrustedState
 from attest.manifest.verify import (
     check_expiry,
@@ -263,6 +266,18 @@ def cmd_bless(args: argparse.Namespace) -> int:
     if args.expected_pcrs:
         doc = parse_json(read_bytes(args.expected_pcrs, max_size=1 << 20), max_size=1 << 20)
         expected = parse_expected_pcrs(doc, field=args.expected_pcrs)
+    snp = None
+    launch = _snp_bless.snp_launch(args, root_hash=digests.verity.root_hash)
+    policy = _snp_bless.snp_policy(args)
+    if launch is None and policy is not None:
+        raise ConfigError("an SNP policy needs an SNP launch (--snp-ovmf ...)", key="--snp-ovmf")
+    if launch is not None:
+        snp = edit.with_snp_launch(
+            None,
+            launch,
+            policy=None if policy is None else policy[0],
+            bind_host_data=None if policy is None else policy[1],
+        )
     release = Release(
         version=args.version,
         sequence=args.sequence or edit.next_release_sequence(draft),
@@ -275,13 +290,47 @@ def cmd_bless(args: argparse.Namespace) -> int:
         boot_components=components,
         expected_pcrs=expected,
         policies=_policies(args),
+        snp=snp,
     )
     new = edit.bless(draft, release)
     return _done(
         args,
         new,
         f"blessed {args.version} sha256={digests.sha256.hex()} "
-        f"verity={digests.verity.root_hash.hex()}",
+        f"verity={digests.verity.root_hash.hex()}" + _snp_line(new.releases[args.version], launch),
+    )
+
+
+def _snp_line(release: Release, launch: SnpLaunch | None) -> str:
+    if launch is None or release.snp is None:
+        return ""
+    line = f" snp[{launch.slot}]={launch.measurement.hex()}"
+    if release.snp.bind_host_data:
+        line += f" host_data={release_host_data(release).hex()}"
+    return line
+
+
+def cmd_snp_launch(args: argparse.Namespace) -> int:
+    draft, _ = _edit(args)
+    rel = draft.releases.get(args.version)
+    if rel is None:
+        raise ManifestFormatError(f"no release {args.version} in the registry")
+    launch = _snp_bless.snp_launch(args, root_hash=rel.verity.root_hash)
+    if launch is None:  # argparse requires --snp-ovmf here
+        raise ConfigError("give the launch to bless (--snp-ovmf ...)", key="--snp-ovmf")
+    policy = _snp_bless.snp_policy(args)
+    new = edit.add_snp_launch(
+        draft,
+        args.version,
+        launch,
+        policy=None if policy is None else policy[0],
+        bind_host_data=None if policy is None else policy[1],
+    )
+    return _done(
+        args,
+        new,
+        f"release {args.version} blesses SNP launch"
+        + _snp_line(new.releases[args.version], launch),
     )
 
 
@@ -541,6 +590,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"      source {src}")
         if rel.policies is not None:
             print(f"      policies: {_policies_line(rel.policies)}")
+        if rel.snp is not None:
+            _show_snp(rel)
         if rel.embargo is not None:
             e = rel.embargo
             clock = {
@@ -566,6 +617,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     for pid, sref in snap.platforms.items():
         _show_platform(pid, sref)
     return EXIT_OK
+
+
+def _show_snp(rel: Release) -> None:
+    snp = rel.snp
+    if snp is None:
+        return
+    for launch in snp.launches:
+        print(f"      snp {describe_launch(launch)}")
+    p = snp.policy
+    floors = ", ".join(f"{prod} {tcb.as_dict()}" for prod, tcb in p.min_tcb.items()) or "none"
+    bits = [f"vmpl {p.vmpl}", f"report v{p.min_report_version}+", f"smt {p.allow_smt}"]
+    bits += [f"migration agent {p.allow_migration_agent}"]
+    bits += [f"single socket {p.require_single_socket}", f"crl missing: {p.crl_missing.value}"]
+    if p.allowed_chip_ids is not None:
+        bits.append(f"{len(p.allowed_chip_ids)} allowed chip(s)")
+    if snp.bind_host_data:
+        bits.append(f"host_data {release_host_data(rel).hex()}")
+    print(f"      snp policy: TCB floors {floors}; {'; '.join(bits)}")
 
 
 def _opt(t: datetime | None) -> str:
@@ -660,7 +729,20 @@ def register(sub: Any) -> None:
         "--expected-pcrs", metavar="FILE", help="JSON {platform: {variant: {bank: {pcr: hex}}}}"
     )
     _policy_args(b)
+    _snp_bless.add_launch_arguments(b, required=False)
+    _snp_bless.add_policy_arguments(b)
     reg(b)
+
+    sl = add(
+        "snp-launch",
+        cmd_snp_launch,
+        "bless one more SEV-SNP launch (e.g. the other A/B slot) of a release; the --snp-* "
+        "policy flags, when given, replace the release's SNP policy",
+    )
+    sl.add_argument("version")
+    _snp_bless.add_launch_arguments(sl, required=True)
+    _snp_bless.add_policy_arguments(sl)
+    reg(sl)
 
     sp = add(
         "set-policies",

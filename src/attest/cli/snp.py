@@ -1,6 +1,8 @@
 """``attest snp verify`` and ``attest snp measure``: AMD SEV-SNP reports and launch digests.
 
-``verify`` checks a report against its VCEK/VLEK and a chain to an AMD root, at ``--now``. attest
+``verify`` checks a report against its VCEK/VLEK and a chain to an AMD root, at ``--now``; given
+a registry (``--trust-dir`` or ``--root``/``--snapshot``) it also appraises the guest against a
+blessed release: its launch MEASUREMENT, the release's SNP policy, HOST_DATA. attest
 pins each product's ARK by its key's SHA-256 and ships no certificate: the ARK comes with the
 chain (AMD's KDS cert_chain is ASK + ARK), the certificate table, or ``--ark-dir``.
 ``measure`` predicts the launch digest of an SNP guest with the ``sev-snp-measure`` library
@@ -17,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from attest.cli._common import EXIT_OK, print_json
-from attest.errors import ConfigError, SnpFormatError
-from attest.snp.certs import AmdCertificate, load_certificates
+from attest.cli._registry import add_registry_arguments, load_registry
+from attest.errors import ConfigError, SnpCheckError, SnpFormatError
+from attest.manifest.snp import SnpReleaseAppraisal, appraise_snp_release
+from attest.snp.certs import AmdCertificate, load_certificates, load_crl
 from attest.snp.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, parse_cert_table
+from attest.snp.findings import Finding
+from attest.snp.policy import verify_crl
 from attest.snp.report import Signer, TcbVersion, parse_report
 from attest.snp.roots import AMD_ARK_PINS
 from attest.snp.verify import SnpVerifier, VerifiedReport
@@ -56,9 +62,18 @@ def register(sub: Any) -> None:
         help="a directory of AMD certificates (*.pem, *.der, *.crt, *.cer): each product's ARK, "
         "optionally its ASK/ASVK; an ARK counts only when its key is the pinned one",
     )
-    v.add_argument("--now", type=_when, help="check validity at this ISO 8601 time")
+    v.add_argument("--now", type=_when, help="check validity (and freshness) at this time")
     v.add_argument("--report-data", type=_report_data, help="expected REPORT_DATA, 64 bytes hex")
     v.add_argument("--json", action="store_true", help="print the verified fields as JSON")
+    add_registry_arguments(
+        v, trust_dir_help="appraise against the blessed releases of this trusted manifest state"
+    )
+    v.add_argument(
+        "--release",
+        help="the release the guest should run (default: the release whose blessed launch has "
+        "the report's MEASUREMENT)",
+    )
+    v.add_argument("--crl", type=Path, help="AMD's CRL for the product (KDS /vcek/v1/PRODUCT/crl)")
     v.set_defaults(func=cmd_verify)
 
     m = ssub.add_parser("measure", help="the expected launch digest of an SNP guest")
@@ -176,47 +191,118 @@ def cmd_verify(args: argparse.Namespace) -> int:
     vr = verifier.verify(
         raw, leaf=leaf, intermediates=intermediates, now=now, expected_report_data=args.report_data
     )
+    registry = load_registry(args, now)
+    if registry is None and (args.release is not None or args.crl is not None):
+        raise ConfigError(
+            "--release and --crl need a registry (--trust-dir or --root/--snapshot)",
+            key="--release",
+        )
+    appraisal = None
+    if registry is not None:
+        crl = None
+        if args.crl is not None:
+            crl = verify_crl(load_crl(read_bytes(args.crl, max_size=MAX_INPUT)), vr.chain)
+        appraisal = appraise_snp_release(vr, registry, version=args.release, crl=crl, now=now)
     if args.json:
-        print_json(report_json(vr))
+        doc = report_json(vr)
+        if appraisal is not None:
+            doc["appraisal"] = appraisal_json(appraisal)
+        print_json(doc)
     else:
         print(
             f"verified: {vr.product.value} {vr.signer.name} report v{report.version}, "
             f"measurement {report.measurement.hex()}"
         )
+        if appraisal is not None:
+            _print_appraisal(appraisal)
+    if appraisal is not None and not appraisal.affirmed:
+        first = appraisal.decision.refusals[0]
+        more = len(appraisal.decision.refusals) - 1
+        tail = f" (and {more} more refusal(s))" if more else ""
+        raise SnpCheckError(first.check, first.message + tail)
     return EXIT_OK
 
 
-def cmd_measure(args: argparse.Namespace) -> int:
-    if args.kernel is None and (args.initrd is not None or args.append is not None):
-        raise ConfigError("--initrd and --append need --kernel", key="--kernel")
-    try:  # the optional 'snp' extra, loaded only by this command
+def appraisal_json(a: SnpReleaseAppraisal) -> dict[str, object]:
+    def findings(fs: tuple[Finding, ...]) -> list[dict[str, str]]:
+        return [{"check": f.check.value, "message": f.message} for f in fs]
+
+    return {
+        "affirmed": a.affirmed,
+        "release": None if a.release is None else a.release.version,
+        "slot": None if a.launch is None else a.launch.slot,
+        "refusals": findings(a.decision.refusals),
+        "warnings": findings(a.decision.warnings),
+    }
+
+
+def _print_appraisal(a: SnpReleaseAppraisal) -> None:
+    if a.affirmed and a.release is not None and a.launch is not None:
+        print(
+            f"blessed: release {a.release.version}, slot {a.launch.slot} "
+            f"({a.launch.vcpus} x {a.launch.vcpu_type})"
+        )
+    for f in a.decision.warnings:
+        print(f"warning: {f.check}: {f.message}")
+    for f in a.decision.refusals:
+        print(f"refused: {f.check}: {f.message}")
+
+
+def launch_measurement(
+    *,
+    ovmf: Path,
+    vcpus: int,
+    vcpu_type: str,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    append: str | None = None,
+    flags: str = "--",
+) -> bytes:
+    """The SNP launch digest ``sev-snp-measure`` computes (the adapter for the optional library:
+    ``attest snp measure`` and ``attest manifest bless --snp-*`` both measure through here).
+    ``flags`` prefixes the option names that errors cite."""
+    if kernel is None and (initrd is not None or append is not None):
+        raise ConfigError("--initrd and --append need --kernel", key=f"{flags}kernel")
+    try:  # the optional 'snp' extra, loaded only when a launch is measured
         guest = importlib.import_module("sevsnpmeasure.guest")
-        ovmf = importlib.import_module("sevsnpmeasure.ovmf")
+        ovmf_mod = importlib.import_module("sevsnpmeasure.ovmf")
         sev_mode = importlib.import_module("sevsnpmeasure.sev_mode")
         vcpu_types = importlib.import_module("sevsnpmeasure.vcpu_types")
     except ImportError:
         raise ConfigError("needs sev-snp-measure: pip install 'attest[snp]'", key="snp") from None
     sigs: dict[str, int] = vcpu_types.CPU_SIGS
-    if args.vcpu_type not in sigs:
-        raise ConfigError(f"unknown vCPU type; one of {', '.join(sigs)}", key="--vcpu-type")
-    if args.vcpus < 1:
-        raise ConfigError("at least one vCPU", key="--vcpus")
-    read_bytes(args.ovmf)  # a missing or oversized file is an I/O error, before the library
+    if vcpu_type not in sigs:
+        raise ConfigError(f"unknown vCPU type; one of {', '.join(sigs)}", key=f"{flags}vcpu-type")
+    if vcpus < 1:
+        raise ConfigError("at least one vCPU", key=f"{flags}vcpus")
+    read_bytes(ovmf)  # a missing or oversized file is an I/O error, before the library
     try:
-        if not ovmf.OVMF(str(args.ovmf)).metadata_items():
-            raise SnpFormatError(f"{args.ovmf}: no SEV metadata (not an AmdSev/SNP OVMF build)")
+        if not ovmf_mod.OVMF(str(ovmf)).metadata_items():
+            raise SnpFormatError(f"{ovmf}: no SEV metadata (not an AmdSev/SNP OVMF build)")
         digest: bytes = guest.calc_launch_digest(
             sev_mode.SevMode.SEV_SNP,
-            args.vcpus,
-            sigs[args.vcpu_type],
-            str(args.ovmf),
-            str(args.kernel) if args.kernel else None,
-            str(args.initrd) if args.initrd else None,
-            args.append,
+            vcpus,
+            sigs[vcpu_type],
+            str(ovmf),
+            str(kernel) if kernel else None,
+            str(initrd) if initrd else None,
+            append,
             GUEST_FEATURES,
         )
     except (RuntimeError, ValueError) as exc:  # what sev-snp-measure raises on a bad OVMF
-        raise SnpFormatError(f"{args.ovmf}: {exc}") from None
+        raise SnpFormatError(f"{ovmf}: {exc}") from None
+    return digest
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    digest = launch_measurement(
+        ovmf=args.ovmf,
+        vcpus=args.vcpus,
+        vcpu_type=args.vcpu_type,
+        kernel=args.kernel,
+        initrd=args.initrd,
+        append=args.append,
+    )
     if args.json:
         print_json({"measurement": digest.hex()})
     else:

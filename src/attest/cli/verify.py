@@ -41,6 +41,7 @@ from attest.appraisal.pair import (
 )
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import EXIT_OK, print_json
+from attest.cli._registry import add_registry_arguments, load_registry
 from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
@@ -49,7 +50,7 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
-from attest.manifest.model import VerifiedRegistry, format_time
+from attest.manifest.model import format_time
 from attest.model import PcrSelection
 from attest.runtime import VtpmVouch
 from attest.verifier.client import NodeClient
@@ -117,13 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--operator-socket", help="the node's operator Unix socket (activation, audit)")
     p.add_argument("--tls-ca", help="CA that signs the node's TLS certificate (https URLs)")
-    p.add_argument(
-        "--trust-dir",
-        type=Path,
-        help="the verifier's trusted manifest state (attest manifest verify --state)",
+    add_registry_arguments(
+        p, trust_dir_help="the verifier's trusted manifest state (attest manifest verify --state)"
     )
-    p.add_argument("--root", type=Path, help="trust root (with --snapshot, instead of --trust-dir)")
-    p.add_argument("--snapshot", type=Path, help="registry snapshot signed under --root")
     p.add_argument(
         "--platform",
         help="the node's platform id in the registry (e.g. ovmf-q35): firmware PCRs 0-7 are "
@@ -175,28 +172,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # --- adapters the command needs --------------------------------------------------------------
-
-
-def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry | None:
-    from attest.manifest.parse import MAX_REGISTRY_BYTES, MAX_ROOT_BYTES
-    from attest.manifest.verify import verify_root_self_signed, verify_snapshot
-    from attest.storage.files import read_bytes
-
-    if args.trust_dir is not None:
-        from attest.storage.trusted_state import load_state
-
-        state = load_state(args.trust_dir)
-        if state is None:
-            raise ConfigError(f"no trusted manifest state in {args.trust_dir}", key="--trust-dir")
-        return state.check_fresh(now=now)
-    if args.root is not None or args.snapshot is not None:
-        if args.root is None or args.snapshot is None:
-            raise ConfigError("give --root and --snapshot together", key="--snapshot")
-        root = verify_root_self_signed(read_bytes(args.root, max_size=MAX_ROOT_BYTES), now=now)
-        return verify_snapshot(
-            root.root, read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES), now=now
-        )
-    return None
 
 
 def _ek_cas(paths: Sequence[str]) -> tuple[list[Any], list[Any]]:
@@ -458,7 +433,7 @@ def _appraise_layer(
     record = store.load(address)
     node_id = record.enrollment.node_id if record else ""
     try:
-        registry = _load_registry(ns, now)
+        registry = load_registry(ns, now)
     except (VerificationError, ConfigError) as exc:
         return _Layer(
             address,

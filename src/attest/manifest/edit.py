@@ -22,13 +22,16 @@ from attest.manifest.model import (
     PlatformReference,
     RegistrySnapshot,
     Release,
+    ReleaseSnp,
     Revocation,
     Role,
     RollbackAuthorisation,
     SignedPlatformReference,
+    SnpLaunch,
     TrustRoot,
 )
 from attest.manifest.parse import parse_registry_signed, parse_root_signed
+from attest.snp.policy import SnpPolicy
 
 
 def new_root(
@@ -137,6 +140,45 @@ def set_policies(
     """Bless (or, with None, stop blessing) the runtime policy of an existing release."""
     rel = _release(snapshot, version)
     new = replace(rel, policies=blessed)
+    return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
+
+
+def with_snp_launch(
+    current: ReleaseSnp | None,
+    launch: SnpLaunch,
+    *,
+    policy: SnpPolicy | None = None,
+    bind_host_data: bool | None = None,
+) -> ReleaseSnp:
+    """A release's SNP section with ``launch`` added (in the document's order) and, when given,
+    the policy / host-data binding replaced; a launch of the same slot, vCPU type and count
+    is refused rather than overwritten."""
+    base = current or ReleaseSnp(launches=())
+    if any(existing.key == launch.key for existing in base.launches):
+        slot, vcpu_type, vcpus = launch.key
+        raise ManifestFormatError(
+            f"a launch of slot {slot} with {vcpus} x {vcpu_type} is already blessed"
+        )
+    return replace(
+        base,
+        launches=tuple(sorted((*base.launches, launch), key=lambda x: x.key)),
+        policy=base.policy if policy is None else policy,
+        bind_host_data=base.bind_host_data if bind_host_data is None else bind_host_data,
+    )
+
+
+def add_snp_launch(
+    snapshot: RegistrySnapshot,
+    version: str,
+    launch: SnpLaunch,
+    *,
+    policy: SnpPolicy | None = None,
+    bind_host_data: bool | None = None,
+) -> RegistrySnapshot:
+    """Bless one more SEV-SNP launch (e.g. the other A/B slot) of an existing release."""
+    rel = _release(snapshot, version)
+    snp = with_snp_launch(rel.snp, launch, policy=policy, bind_host_data=bind_host_data)
+    new = replace(rel, snp=snp)
     return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
 
 

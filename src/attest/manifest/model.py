@@ -13,6 +13,7 @@ from typing import Any
 
 from attest.manifest.envelope import Key, Signature
 from attest.model import PcrValues
+from attest.snp.policy import SnpPolicy
 
 SPEC_VERSION = "1"
 ROLE_ROOT = "root"
@@ -137,6 +138,79 @@ class BlessedPolicies:
 
 
 @dataclass(frozen=True, slots=True)
+class SnpLaunch:
+    """One blessed SEV-SNP launch of a release: the MEASUREMENT that ``sev-snp-measure``
+    computed from these inputs (SNP mode, guest features 0x1). The inputs are recorded by their
+    sha256 (``cmdline``: of its UTF-8 bytes, after ``{roothash}`` was substituted) so that a
+    report whose MEASUREMENT differs can be explained by what its launch would have to differ
+    in; kernel, initrd and cmdline are None for a launch measured without a kernel."""
+
+    slot: str  # the boot variant: A/B slot, or "default"
+    measurement: bytes  # 48 bytes
+    vcpus: int
+    vcpu_type: str  # sev-snp-measure's name: EPYC-v4, EPYC-Milan, EPYC-Genoa, ...
+    ovmf_sha256: bytes
+    kernel_sha256: bytes | None = None
+    initrd_sha256: bytes | None = None
+    cmdline_sha256: bytes | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The document's order and identity: one launch per slot, vCPU type and count."""
+        return (self.slot, self.vcpu_type, self.vcpus)
+
+    def to_json(self) -> dict[str, Any]:
+        def opt(d: bytes | None) -> str | None:
+            return None if d is None else d.hex()
+
+        return {
+            "slot": self.slot,
+            "measurement": self.measurement.hex(),
+            "vcpus": self.vcpus,
+            "vcpu_type": self.vcpu_type,
+            "inputs": {
+                "ovmf": self.ovmf_sha256.hex(),
+                "kernel": opt(self.kernel_sha256),
+                "initrd": opt(self.initrd_sha256),
+                "cmdline": opt(self.cmdline_sha256),
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSnp:
+    """What a release blesses for confidential (SEV-SNP) guests: its launch measurements and
+    the SNP policy its guests are appraised under (``attest.snp.release``).
+
+    ``policy`` is the core's ``SnpPolicy``; in the registry its ``allow_debug`` is always False
+    (a debuggable guest is never blessed) and its ``allowed_measurements`` / ``expected_host_data``
+    are None: the appraisal derives them from ``launches`` and, with ``bind_host_data``, from
+    the release's host-data record (``release_host_data``)."""
+
+    launches: tuple[SnpLaunch, ...]
+    policy: SnpPolicy = field(default_factory=SnpPolicy)
+    bind_host_data: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.policy
+        chips = None if p.allowed_chip_ids is None else sorted(c.hex() for c in p.allowed_chip_ids)
+        return {
+            "launches": [launch.to_json() for launch in self.launches],
+            "policy": {
+                "min_tcb": {str(prod): tcb.as_dict() for prod, tcb in p.min_tcb.items()},
+                "min_report_version": p.min_report_version,
+                "allow_migration_agent": p.allow_migration_agent,
+                "allow_smt": p.allow_smt,
+                "require_single_socket": p.require_single_socket,
+                "vmpl": p.vmpl,
+                "allowed_chip_ids": chips,
+                "crl_missing": p.crl_missing.value,
+                "bind_host_data": self.bind_host_data,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     version: str
     sequence: int  # monotonic release number: anti-rollback compares these
@@ -149,6 +223,7 @@ class Release:
     boot_components: Mapping[str, bytes] = field(default_factory=dict)
     expected_pcrs: Mapping[str, Mapping[str, PcrValues]] = field(default_factory=dict)
     policies: BlessedPolicies | None = None  # None: the release blesses no runtime policy
+    snp: ReleaseSnp | None = None  # None: the release blesses no SEV-SNP launch
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -167,7 +242,21 @@ class Release:
         }
         if self.policies is not None:  # optional: registries without it read as before
             doc["policies"] = self.policies.to_json()
+        if self.snp is not None:  # optional, as policies
+            doc["snp"] = self.snp.to_json()
         return doc
+
+    def host_data_record(self) -> dict[str, Any]:
+        """The part of the release an SNP guest's HOST_DATA binds (``bind_host_data``): its
+        identity and image only, so that later edits of the release entry (disclosure, fleet
+        completion, another blessed launch, policies) do not invalidate running guests."""
+        return {
+            "_type": "snp-host-data",
+            "version": self.version,
+            "sequence": self.sequence,
+            "artifact": {"sha256": self.artifact_sha256.hex(), "size": self.artifact_size},
+            "verity": self.verity.to_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,15 +25,19 @@ from attest.manifest.model import (
     PlatformReference,
     RegistrySnapshot,
     Release,
+    ReleaseSnp,
     Revocation,
     Role,
     RollbackAuthorisation,
     SecureBootExpectation,
     SignedPlatformReference,
+    SnpLaunch,
     TrustRoot,
     VerityParams,
 )
 from attest.model import HashAlg, PcrValues
+from attest.snp.policy import CrlMissing, SnpPolicy
+from attest.snp.report import SUPPORTED_VERSIONS, Product, TcbVersion
 
 MAX_ROOT_BYTES = 64 * 1024
 MAX_REGISTRY_BYTES = 4 * 1024 * 1024
@@ -45,6 +49,10 @@ MAX_TEXT = 1024
 MAX_COMPONENTS = 64
 MAX_MAC_TYPES = 8
 MAX_CONFIG_DIGESTS = 64
+MAX_SNP_LAUNCHES = 64
+MAX_SNP_VCPUS = 512
+MAX_SNP_CHIP_IDS = 1024
+MAX_SNP_VMPL = 3
 
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}")
@@ -99,6 +107,11 @@ def _text(value: object, *, field: str, limit: int = MAX_TEXT) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise ManifestFormatError(f"{field}: expected a string of at most {limit} characters")
     return value
+
+
+def is_name(text: str) -> bool:
+    """A release version, slot, platform id, ...: 1-64 characters [A-Za-z0-9._+~-]."""
+    return _NAME_RE.fullmatch(text) is not None
 
 
 def _name(value: object, *, field: str) -> str:
@@ -322,6 +335,122 @@ def parse_policies(value: object, *, field: str) -> BlessedPolicies:
     return BlessedPolicies(mac=mac, config=config)
 
 
+def _opt_digest(value: object, *, field: str) -> bytes | None:
+    return None if value is None else parse_hex(value, field=field, size=32)
+
+
+def _snp_launch(value: object, *, field: str) -> SnpLaunch:
+    doc = _obj(value, field=field, required={"slot", "measurement", "vcpus", "vcpu_type", "inputs"})
+    inputs = _obj(
+        doc["inputs"], field=f"{field}.inputs", required={"ovmf", "kernel", "initrd", "cmdline"}
+    )
+    launch = SnpLaunch(
+        slot=_name(doc["slot"], field=f"{field}.slot"),
+        measurement=parse_hex(doc["measurement"], field=f"{field}.measurement", size=48),
+        vcpus=_int(doc["vcpus"], field=f"{field}.vcpus", lo=1, hi=MAX_SNP_VCPUS),
+        vcpu_type=_name(doc["vcpu_type"], field=f"{field}.vcpu_type"),
+        ovmf_sha256=parse_hex(inputs["ovmf"], field=f"{field}.inputs.ovmf", size=32),
+        kernel_sha256=_opt_digest(inputs["kernel"], field=f"{field}.inputs.kernel"),
+        initrd_sha256=_opt_digest(inputs["initrd"], field=f"{field}.inputs.initrd"),
+        cmdline_sha256=_opt_digest(inputs["cmdline"], field=f"{field}.inputs.cmdline"),
+    )
+    if launch.kernel_sha256 is None and (launch.initrd_sha256 or launch.cmdline_sha256):
+        raise ManifestFormatError(f"{field}.inputs: an initrd or cmdline needs a kernel")
+    return launch
+
+
+def _tcb_floor(product: Product, value: object, *, field: str) -> TcbVersion:
+    parts = ("bootloader", "tee", "snp", "microcode")
+    optional = frozenset({"fmc"}) if product.fmc_in_tcb else frozenset()
+    doc = _obj(value, field=field, required=set(parts), optional=optional)
+    spl = {k: _int(v, field=f"{field}.{k}", lo=0, hi=255) for k, v in doc.items()}
+    return TcbVersion(**spl)
+
+
+def _min_tcb(value: object, *, field: str) -> dict[Product, TcbVersion]:
+    if not isinstance(value, dict) or len(value) > len(Product):
+        raise ManifestFormatError(f"{field}: expected an object of SNP products")
+    out: dict[Product, TcbVersion] = {}
+    for name, floor in value.items():
+        try:
+            product = Product(name)
+        except ValueError:
+            known = ", ".join(p.value for p in Product)
+            raise ManifestFormatError(
+                f"{field}: {str(name)[:20]!r} is not one of {known}"
+            ) from None
+        out[product] = _tcb_floor(product, floor, field=f"{field}.{name}")
+    return out
+
+
+def parse_release_snp(value: object, *, field: str) -> ReleaseSnp:
+    """``{"launches": [...], "policy": {...}}``: at least one launch, in normal form (sorted
+    by slot, vCPU type, count; one launch each); every policy member present."""
+    doc = _obj(value, field=field, required={"launches", "policy"})
+    raw = _list(doc["launches"], field=f"{field}.launches", limit=MAX_SNP_LAUNCHES)
+    launches = tuple(_snp_launch(v, field=f"{field}.launches[{i}]") for i, v in enumerate(raw))
+    if not launches:
+        raise ManifestFormatError(f"{field}.launches: no launch (leave snp out instead)")
+    keys = [launch.key for launch in launches]
+    if keys != sorted(set(keys)):
+        raise ManifestFormatError(
+            f"{field}.launches: sort by slot, vcpu_type, vcpus, one launch each"
+        )
+    f = f"{field}.policy"
+    pol = _obj(
+        doc["policy"],
+        field=f,
+        required={
+            "min_tcb",
+            "min_report_version",
+            "allow_migration_agent",
+            "allow_smt",
+            "require_single_socket",
+            "vmpl",
+            "allowed_chip_ids",
+            "crl_missing",
+            "bind_host_data",
+        },
+    )
+    chips: frozenset[bytes] | None = None
+    if pol["allowed_chip_ids"] is not None:
+        items = _list(
+            pol["allowed_chip_ids"], field=f"{f}.allowed_chip_ids", limit=MAX_SNP_CHIP_IDS
+        )
+        ids = [parse_hex(c, field=f"{f}.allowed_chip_ids", size=64) for c in items]
+        if not ids or ids != sorted(set(ids)):
+            raise ManifestFormatError(
+                f"{f}.allowed_chip_ids: one or more chip ids, sorted and distinct (or null)"
+            )
+        chips = frozenset(ids)
+    if not isinstance(pol["crl_missing"], str) or pol["crl_missing"] not in {
+        c.value for c in CrlMissing
+    }:
+        raise ManifestFormatError(f'{f}.crl_missing: expected "refuse" or "warn"')
+    policy = SnpPolicy(
+        min_tcb=_min_tcb(pol["min_tcb"], field=f"{f}.min_tcb"),
+        min_report_version=_int(
+            pol["min_report_version"],
+            field=f"{f}.min_report_version",
+            lo=min(SUPPORTED_VERSIONS),
+            hi=max(SUPPORTED_VERSIONS),
+        ),
+        allow_debug=False,
+        allow_migration_agent=_bool(
+            pol["allow_migration_agent"], field=f"{f}.allow_migration_agent"
+        ),
+        allow_smt=_bool(pol["allow_smt"], field=f"{f}.allow_smt"),
+        require_single_socket=_bool(
+            pol["require_single_socket"], field=f"{f}.require_single_socket"
+        ),
+        vmpl=_int(pol["vmpl"], field=f"{f}.vmpl", lo=0, hi=MAX_SNP_VMPL),
+        allowed_chip_ids=chips,
+        crl_missing=CrlMissing(pol["crl_missing"]),
+    )
+    bind = _bool(pol["bind_host_data"], field=f"{f}.bind_host_data")
+    return ReleaseSnp(launches=launches, policy=policy, bind_host_data=bind)
+
+
 def _release(version: str, value: object, field: str) -> Release:
     doc = _obj(
         value,
@@ -337,7 +466,7 @@ def _release(version: str, value: object, field: str) -> Release:
             "boot_components",
             "expected_pcrs",
         },
-        optional=frozenset({"policies"}),
+        optional=frozenset({"policies", "snp"}),
     )
     if doc["version"] != version:
         raise ManifestFormatError(f"{field}.version does not match its key")
@@ -373,6 +502,7 @@ def _release(version: str, value: object, field: str) -> Release:
     policies = None
     if "policies" in doc:
         policies = parse_policies(doc["policies"], field=f"{field}.policies")
+    snp = None if "snp" not in doc else parse_release_snp(doc["snp"], field=f"{field}.snp")
     return Release(
         version=version,
         sequence=_int(doc["sequence"], field=f"{field}.sequence", lo=1, hi=2**53 - 1),
@@ -385,6 +515,7 @@ def _release(version: str, value: object, field: str) -> Release:
         boot_components=components,
         expected_pcrs=expected,
         policies=policies,
+        snp=snp,
     )
 
 

@@ -32,6 +32,8 @@ class SnpCheck(enum.StrEnum):
     ALLOWED_CHIP = "snp-allowed-chip"
     HOST_DATA = "snp-host-data"
     MEASUREMENT = "snp-measurement"
+    RELEASE = "snp-release"  # the release named / matched is in the registry and blesses SNP
+    RELEASE_REVOKED = "snp-release-revoked"
     REVOKED = "snp-revoked"
     CRL_MISSING = "snp-crl-missing"
     CRL_STALE = "snp-crl-stale"

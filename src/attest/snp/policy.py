@@ -1,6 +1,7 @@
 """SEV-SNP appraisal policy: a typed policy and its evaluation over a verified report (pure).
 
-``SnpPolicy`` is what governance sets per release / platform (to live in the signed registry):
+``SnpPolicy`` is what governance sets per release (the signed registry's ``snp`` section,
+``attest.manifest.model.ReleaseSnp``; appraised with it by ``attest.manifest.snp``):
 TCB floors per product, guest policy bits, VMPL, report version, optional chip allow-list,
 HOST_DATA and launch measurements, and how a missing or stale CRL is treated.
 ``evaluate_snp_policy`` returns an ``SnpDecision``: every refusal and warning, each naming its

@@ -40,10 +40,12 @@ from attest.eventlog.replay import replay, replay_pcrs, replay_self
 from attest.evidence import b64, parse_evidence
 from attest.manifest import edit
 from attest.manifest.envelope import Key, UnverifiedEnvelope, sign
+from attest.manifest.model import Release, ReleaseSnp, SnpLaunch, VerityParams
 from attest.manifest.parse import load_registry, load_root
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.snp.certs import AmdCertificate, crl_signed_by, load_certificates, load_crl
 from attest.snp.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table, parse_cert_table
+from attest.snp.policy import SnpPolicy
 from attest.snp.report import Product, TcbVersion, parse_report
 from attest.testing.fuzz import Target
 from attest.testing.snp import build_report
@@ -178,7 +180,33 @@ def _manifest_seeds() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
         thresholds={"root": 1, "releases": 1, "platform": 1},
     )
     registry = edit.empty_registry(expires=_FAR)
-    return (_signed(root.to_json(), private),), (_signed(registry.to_json(), private),)
+    with_snp = edit.bless(registry, _snp_release())
+    registries = tuple(_signed(r.to_json(), private) for r in (registry, with_snp))
+    return (_signed(root.to_json(), private),), registries
+
+
+def _snp_release() -> Release:
+    """A release with an SNP section (two slots, a TCB floor, chip ids): the registry seed that
+    reaches ``parse_release_snp``."""
+    digest = hashlib.sha256(b"fuzz").digest()
+    launches = tuple(
+        SnpLaunch(slot, bytes([n]) * 48, 4, "EPYC-v4", digest, digest, None, digest)
+        for n, slot in enumerate(("a", "b"), start=1)
+    )
+    policy = SnpPolicy(
+        min_tcb={Product.TURIN: TcbVersion(bootloader=1, tee=2, snp=3, microcode=4, fmc=5)},
+        allowed_chip_ids=frozenset({b"\x01" * 64}),
+    )
+    return Release(
+        version="1.0.0",
+        sequence=1,
+        artifact_sha256=digest,
+        artifact_size=4096,
+        verity=VerityParams(root_hash=digest, salt=b"", data_blocks=1),
+        blessed_at=_FAR,
+        source_commit=bytes(20),
+        snp=ReleaseSnp(launches, policy, bind_host_data=True),
+    )
 
 
 def _evidence_seed(attest: bytes, sig: bytes, public: bytes) -> bytes:
