@@ -161,6 +161,25 @@ def result_ear(
     )
 
 
+def result_claims(result: AppraisalResult, *, now: datetime) -> dict[str, Any]:
+    """One appraisal's EAR claims (the submodule is named by the node id)."""
+    return ear_claims({result.node_id or "node": submod(result)}, now=now, nonce=result.nonce)
+
+
+def sign_as(
+    fmt: str, claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, *, kid: str | None = None
+) -> tuple[bytes, str]:
+    """``claims`` signed as ``fmt`` ("jwt" or "cwt"): (the token's bytes, its text for JSON
+    documents: the JWT itself, or the CWT in base64url)."""
+    if fmt == "cwt":
+        cwt = sign_cwt(claims, key, kid=kid)
+        return cwt, b64url(cwt)
+    if fmt != "jwt":
+        raise ValueError(f"EAR format {fmt!r} is not jwt or cwt")
+    jwt = sign_ear(claims, key, kid=kid)
+    return jwt.encode("ascii"), jwt
+
+
 def _check_key(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> None:
     if not isinstance(key.curve, ec.SECP256R1):
         raise ValueError(f"ES256 needs a P-256 key, not {key.curve.name}")
@@ -608,3 +627,23 @@ def _ascii(token: bytes) -> str:
         return token.decode("ascii")
     except UnicodeDecodeError:
         raise EvidenceFormatError("JWT EAR is not ASCII") from None
+
+
+def token_kid(token: str | bytes) -> str | None:
+    """The key id a JWT or CWT EAR names (JWS ``kid``; COSE protected or unprotected label 4),
+    read without verifying anything: only to choose among a verifier's keys. None when the
+    token names none or does not parse."""
+    try:
+        if token_format(token) == "jwt":
+            text = token if isinstance(token, str) else _ascii(token)
+            kid = _json(unb64url(text.strip().split(".")[0], "header"), "header").get("kid")
+            return kid if isinstance(kid, str) else None
+        assert isinstance(token, bytes)
+        msg = _cbor(token, "CWT")
+        while isinstance(msg, cbor2.CBORTag):
+            msg = msg.value
+        protected = _cbor(msg[0], "protected header") if msg[0] else {}
+        raw = protected.get(_HDR_KID, msg[1].get(_HDR_KID))
+        return raw.decode() if isinstance(raw, bytes) else None
+    except (EvidenceFormatError, TypeError, IndexError, KeyError, AttributeError, ValueError):
+        return None

@@ -138,7 +138,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12,15)",
     )
     p.add_argument("--ear-key", help="P-256 private key (PEM) that signs the EAR")
-    p.add_argument("--ear-out", help="write the EAR (compact JWS) to this file")
+    p.add_argument(
+        "--ear-out", help="write the EAR to this file (a JWT and a newline, or the CWT's bytes)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("jwt", "cwt"),
+        default="jwt",
+        help="the EAR's serialisation (draft-ietf-rats-ear): a JWT (default) or a CWT "
+        "(COSE_Sign1, CBOR); --json prints a CWT in base64url",
+    )
     p.add_argument(
         "--re-enroll",
         action="store_true",
@@ -343,6 +352,20 @@ def _release_json(result: AppraisalResult) -> dict[str, str] | None:
     return {"version": d.release.version, "status": d.status.value}
 
 
+def _write_ear(args: argparse.Namespace, claims: dict[str, Any], ear_key: Any) -> str:
+    """Sign the EAR claims in ``--format``, write them to ``--ear-out`` if given; the token's
+    text for the JSON output (a CWT in base64url)."""
+    from attest.appraisal.ear import sign_as
+
+    fmt = getattr(args, "format", "jwt")
+    data, text = sign_as(fmt, claims, ear_key)
+    if args.ear_out:
+        from attest.storage.files import atomic_write_bytes
+
+        atomic_write_bytes(args.ear_out, data + b"\n" if fmt == "jwt" else data)
+    return text
+
+
 def _report(
     args: argparse.Namespace,
     result: AppraisalResult,
@@ -352,13 +375,11 @@ def _report(
     notes: list[str],
     re_enrollment: dict[str, Any] | None,
 ) -> int:
-    from attest.appraisal.ear import result_ear
+    from attest.appraisal.ear import result_claims
 
-    token = result_ear(result, ear_key, now=now) if ear_key is not None else None
-    if token is not None and args.ear_out:
-        from attest.storage.files import atomic_write_bytes
-
-        atomic_write_bytes(args.ear_out, token.encode() + b"\n")
+    token = None
+    if ear_key is not None:
+        token = _write_ear(args, result_claims(result, now=now), ear_key)
     all_notes = [*notes, *result.notes]
     if token is None:
         all_notes.append("no --ear-key: the attestation result is not signed")
@@ -371,6 +392,7 @@ def _report(
                 "verdict": result.verdict.value,
                 "exit_code": code,
                 "ear": token,
+                "ear_format": getattr(args, "format", "jwt") if token else None,
                 "claims": result.trustworthiness_vector,
                 "explanation": result.first_divergence,
                 "release": _release_json(result),
@@ -577,13 +599,7 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
     pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
     token = None
     if ear_key is not None:
-        from attest.appraisal.ear import sign_ear
-
-        token = sign_ear(pair.ear_claims(now=now), ear_key)
-        if args.ear_out:
-            from attest.storage.files import atomic_write_bytes
-
-            atomic_write_bytes(args.ear_out, token.encode() + b"\n")
+        token = _write_ear(args, pair.ear_claims(now=now), ear_key)
     code = EXIT_CODES[pair.verdict]
     layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
     notes = [] if token is not None else ["no --ear-key: the attestation result is not signed"]
@@ -594,6 +610,7 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
                 "verdict": pair.verdict.value,
                 "exit_code": code,
                 "ear": token,
+                "ear_format": getattr(args, "format", "jwt") if token else None,
                 "failed_layer": pair.failed_layer,
                 "explanation": pair.first_divergence,
                 "vouch": pair.vouch.to_json(),
