@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import time
+from hashlib import sha256
 from pathlib import Path
 
 import cbor2
@@ -123,6 +124,15 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
     sm = claims["submods"]["n0"]
     assert sm["ear.status"] == "affirming" and sm["attest.node.port-id"] == "sim-0"
     assert sm["ear.trustworthiness-vector"]["instance-identity"] == 2
+    # The exact blessed registry it was appraised against, by sequence and digest.
+    reg = {
+        "sequence": registry.verified.snapshot.sequence,
+        "sha256": sha256(registry.verified.raw).hexdigest(),
+    }
+    assert sm["attest.collateral"]["registry"] == reg
+    assert sm["ear.appraisal-policy-id"].endswith(
+        f";registry={reg['sequence']}@sha256:{reg['sha256']}"
+    )
     assert len(base64.urlsafe_b64decode(claims["eat_nonce"] + "==")) == 32  # the challenge
     header = json.loads(base64.urlsafe_b64decode(got.text.split(".")[0] + "=="))
     assert header == {"alg": "ES256", "kid": jwk["kid"], "typ": "JWT"}

@@ -80,6 +80,9 @@ def test_first_contact_enrolls_then_the_stored_enrollment_is_used(
     assert doc["claims"]["configuration"] == 2  # runtime log + audit chain
     claims = verify_ear(doc["ear"], ear_key[1].public_key())
     assert claims["submods"]["swtpm-node"]["ear.status"] == "affirming"
+    # Enrolled in this run: the EAR names the EK roots the certificate was checked against.
+    roots = claims["submods"]["swtpm-node"]["attest.collateral"]["ek-roots"]
+    assert roots["count"] == 1 and len(roots["sha256"]) == 64
 
     (record_file,) = state.glob("node-*.json")
     first = json.loads(record_file.read_text())
@@ -96,6 +99,7 @@ def test_first_contact_enrolls_then_the_stored_enrollment_is_used(
     assert doc["ear_format"] == "cwt" and doc["ear"] == b64url(cwt_file.read_bytes())
     cwt_claims = verify_cwt(cwt_file.read_bytes(), ear_key[1].public_key())
     assert cwt_claims["submods"]["swtpm-node"]["ear.status"] == "affirming"
+    assert "attest.collateral" not in cwt_claims["submods"]["swtpm-node"]  # no enrollment now
     nonce = unb64url(cwt_claims["eat_nonce"], "nonce").hex()
     assert ear_main(["verify", str(cwt_file), "--key", str(ear_key[0]), "--nonce", nonce]) == 0
     assert "submod swtpm-node: affirming" in capsys.readouterr().out

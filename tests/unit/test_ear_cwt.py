@@ -392,3 +392,52 @@ def test_a_submodule_without_status_is_refused(
     for token in (sign_ear(bad, key), sign_cwt(bad, key)):
         with pytest.raises(EvidenceFormatError, match="ear.status"):
             verify_token(token, key.public_key())
+
+
+# --- the collateral an appraisal used, for auditors ---------------------------------------------
+
+
+def test_collateral_names_the_registry_platform_reference_and_ek_roots(
+    key: ec.EllipticCurvePrivateKey,
+) -> None:
+    import hashlib
+
+    from tests.support.appraisal import PLATFORM, make_node, make_registry
+
+    from attest.appraisal.ear import collateral, result_claims
+    from attest.manifest import canonicalize
+
+    registry = make_registry(make_node())
+    roots = [b"root-b DER", b"root-a DER"]
+    found = collateral(registry, PLATFORM, roots)
+    assert found["registry"] == {
+        "sequence": 5,
+        "sha256": hashlib.sha256(registry.raw).hexdigest(),
+    }
+    ref = registry.snapshot.platforms[PLATFORM]
+    assert found["platform-reference"] == {
+        "id": PLATFORM,
+        "sha256": hashlib.sha256(canonicalize(ref.to_json())).hexdigest(),
+    }
+    a, b = (
+        hashlib.sha256(r).digest() for r in sorted(roots, key=lambda r: hashlib.sha256(r).digest())
+    )
+    assert found["ek-roots"] == {"count": 2, "sha256": hashlib.sha256(a + b).hexdigest()}
+    assert collateral(registry, PLATFORM, list(reversed(roots))) == found  # order-free
+    # Another registry (another sequence or other bytes) is another id.
+    claims = result_claims(_result(), now=NOW, found=found)  # type: ignore[arg-type]
+    sm = claims["submods"]["node-7"]
+    assert sm["ear.appraisal-policy-id"] == (
+        f"attest/default@1;registry=5@sha256:{found['registry']['sha256']}"
+    )
+    assert sm["attest.collateral"] == found
+    # Both serialisations carry it.
+    assert verify_cwt(sign_cwt(claims, key), key.public_key())["submods"]["node-7"] == sm
+    assert collateral(None, PLATFORM) == {}
+    assert collateral(registry, "no-such-platform") == {"registry": found["registry"]}
+    assert (
+        result_claims(_result(), now=NOW)["submods"]["node-7"][  # type: ignore[arg-type]
+            "ear.appraisal-policy-id"
+        ]
+        == "attest/default@1"
+    )

@@ -36,9 +36,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from attest import __version__
 from attest.appraisal import AppraisalResult
 from attest.errors import EarTimeError, EvidenceFormatError, NonceError, SignatureError
+from attest.manifest import VerifiedRegistry, canonicalize
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 # The profile Trustee (confidential-containers' attestation service) puts in EARs of the same
@@ -95,12 +97,15 @@ def unb64url(text: str, what: str) -> bytes:
     return data
 
 
-def submod(result: AppraisalResult) -> dict[str, Any]:
-    """One appraisal as an EAR submodule."""
+def submod(result: AppraisalResult, found: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One appraisal as an EAR submodule; ``found``: its ``collateral(...)``, named in the
+    policy id and carried as ``attest.collateral``."""
+    extra = {} if not found else {"attest.collateral": dict(found)}
     return {
         "ear.status": result.status,
         "ear.trustworthiness-vector": result.trustworthiness_vector,
-        "ear.appraisal-policy-id": result.policy_id,
+        "ear.appraisal-policy-id": policy_id_with(result.policy_id, found or {}),
+        **extra,
         "attest.verdict": result.verdict.value,
         "attest.enrollment": result.enrollment,
         "attest.release": None
@@ -114,6 +119,47 @@ def submod(result: AppraisalResult) -> dict[str, Any]:
             "explanations": list(result.explanations),
         },
     }
+
+
+def collateral(
+    registry: VerifiedRegistry | None,
+    platform_id: str | None = None,
+    ek_roots: Sequence[bytes] = (),
+) -> dict[str, Any]:
+    """What an appraisal was measured against, by hash, so that an auditor holding the same
+    files can re-run it (the ``attest.collateral`` submodule claim): the blessed registry (the
+    SHA-256 of its canonical file, and its sequence), the platform reference used for the
+    firmware PCRs (the SHA-256 of its signed canonical form, RFC 8785), and the EK trust
+    anchors an enrollment in this appraisal was checked against (the SHA-256 over the sorted
+    SHA-256s of their DER)."""
+    out: dict[str, Any] = {}
+    if registry is not None:
+        out["registry"] = {
+            "sequence": registry.snapshot.sequence,
+            "sha256": hashlib.sha256(registry.raw).hexdigest(),
+        }
+        ref = registry.snapshot.platforms.get(platform_id) if platform_id else None
+        if ref is not None:
+            out["platform-reference"] = {
+                "id": platform_id,
+                "sha256": hashlib.sha256(canonicalize(ref.to_json())).hexdigest(),
+            }
+    if ek_roots:
+        digests = sorted(hashlib.sha256(der).digest() for der in ek_roots)
+        out["ek-roots"] = {
+            "count": len(digests),
+            "sha256": hashlib.sha256(b"".join(digests)).hexdigest(),
+        }
+    return out
+
+
+def policy_id_with(policy_id: str, found: Mapping[str, Any]) -> str:
+    """The appraisal policy id naming the exact registry too: ``POLICY;registry=SEQ@sha256:HEX``
+    (the policy alone when no registry was used)."""
+    reg = found.get("registry")
+    if not reg:
+        return policy_id
+    return f"{policy_id};registry={reg['sequence']}@sha256:{reg['sha256']}"
 
 
 def ear_claims(
@@ -161,9 +207,13 @@ def result_ear(
     )
 
 
-def result_claims(result: AppraisalResult, *, now: datetime) -> dict[str, Any]:
+def result_claims(
+    result: AppraisalResult, *, now: datetime, found: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """One appraisal's EAR claims (the submodule is named by the node id)."""
-    return ear_claims({result.node_id or "node": submod(result)}, now=now, nonce=result.nonce)
+    return ear_claims(
+        {result.node_id or "node": submod(result, found)}, now=now, nonce=result.nonce
+    )
 
 
 def sign_as(
@@ -302,8 +352,6 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
 def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638 thumbprint of an EC public JWK: base64url SHA-256 of its required members
     (crv, kty, x, y) in lexicographic order, no whitespace. Used as the key id (``kid``)."""
-    import hashlib
-
     canonical = json.dumps(
         {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
     )

@@ -335,7 +335,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     store = EnrollmentStore(state_dir)
     ear_key = _ear_key(args.ear_key)
     layer = _appraise_layer(args, store, nonce=os.urandom(32), now=now)
-    return _report(args, layer.result, ear_key, now, layer.record, layer.notes, layer.re_enrollment)
+    return _report(
+        args,
+        layer.result,
+        ear_key,
+        now,
+        layer.record,
+        layer.notes,
+        layer.re_enrollment,
+        layer.found,
+    )
 
 
 def _enrolled_line(e: Enrollment, *, first: bool) -> str:
@@ -374,12 +383,13 @@ def _report(
     record: NodeRecord | None,
     notes: list[str],
     re_enrollment: dict[str, Any] | None,
+    found: dict[str, Any] | None = None,
 ) -> int:
     from attest.appraisal.ear import result_claims
 
     token = None
     if ear_key is not None:
-        token = _write_ear(args, result_claims(result, now=now), ear_key)
+        token = _write_ear(args, result_claims(result, now=now, found=found), ear_key)
     all_notes = [*notes, *result.notes]
     if token is None:
         all_notes.append("no --ear-key: the attestation result is not signed")
@@ -434,6 +444,7 @@ class _Layer:
     notes: list[str]
     re_enrollment: dict[str, Any] | None = None
     vouchings: tuple[VtpmVouch, ...] | None = None  # verified vtpm events (a host's)
+    found: dict[str, Any] | None = None  # the collateral it used (attest.appraisal.ear)
 
 
 def _host_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -578,7 +589,18 @@ def _appraise_layer(
             at=format_time(now),
             continuity=result.continuity,
         )
-    return _Layer(address, result, record, notes, re_enrollment, vouchings)
+    from attest.appraisal.ear import collateral
+
+    enrolled_against = (
+        [c.der for c in roots] if (ns.ek_ca or not ns.tofu) and notes_enrolled(notes) else []
+    )
+    found = collateral(registry, ns.platform, enrolled_against)
+    return _Layer(address, result, record, notes, re_enrollment, vouchings, found)
+
+
+def notes_enrolled(notes: Sequence[str]) -> bool:
+    """Whether this run enrolled the node (its EK certificate checked against the roots)."""
+    return any(n.startswith(("enrolled on first contact", "RE-ENROLLED")) for n in notes)
 
 
 def cmd_verify_pair(args: argparse.Namespace) -> int:

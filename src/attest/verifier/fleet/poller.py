@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised, unappraisable
-from attest.appraisal.ear import ear_claims, submod
+from attest.appraisal.ear import collateral, ear_claims, submod
 from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
@@ -435,7 +435,12 @@ class Poller:
         result = c.appraised.result
         summary = summarize(result)
         claims = self._ear(
-            {node.node_id: {**submod(result), "attest.node.port-id": result.node_id}},
+            {
+                node.node_id: {
+                    **submod(result, collateral(state.registry, s.platform_id)),
+                    "attest.node.port-id": result.node_id,
+                }
+            },
             start,
             c.nonce,
         )
