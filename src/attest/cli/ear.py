@@ -45,7 +45,7 @@ MAX_KEY_FILE = 256 << 10
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "ear", help="verify attestation results (EAR, JWT or CWT) signed by a verifier"
+        "ear", help="verify signed attestation results (EAR: JWT or CWT)"
     )
     cmds = p.add_subparsers(dest="ear_cmd", metavar="COMMAND")
     cmds.required = True
