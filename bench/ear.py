@@ -28,18 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def calibrate(fn: Callable[[], object], seconds: float) -> int:
-    n = 1
-    while True:
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        took = time.perf_counter() - t
-        if took > 0.05:
-            return max(1, int(n * seconds / took))
-        n *= 2
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from appraisal import calibrate  # noqa: E402 -- bench/appraisal.py's, calls per round
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from attest.appraisal.ear import (
     token_kid,
     verify_token,
 )
-from attest.cli._common import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, parse_now, print_json
 from attest.errors import ConfigError, EvidenceFormatError, SignatureError
 
 EXIT_CODES = {"affirming": EXIT_OK, "warning": 10, "contraindicated": 11, "none": 12}
@@ -70,7 +70,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     token = _token(args.token)
     keys = _keys(args.key)
     nonce = _nonce(args.nonce)
-    now = _now(args.now)
+    now = parse_now(args.now)
     kid = token_kid(token)
     chosen = [k for k_id, k in keys if kid is not None and k_id == kid] or [k for _, k in keys]
     claims: dict[str, Any] | None = None
@@ -221,15 +221,3 @@ def _nonce(text: str | None) -> bytes | None:
         return bytes.fromhex(text)
     except ValueError:
         raise ConfigError(f"{text[:32]!r} is not hex", key="--nonce") from None
-
-
-def _now(text: str | None) -> datetime:
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        now = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not an ISO 8601 time", key="--now") from None
-    if now.tzinfo is None:
-        raise ConfigError(f"{text!r} has no time zone (e.g. append Z)", key="--now")
-    return now
