@@ -621,7 +621,8 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
     pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
     token = None
     if ear_key is not None:
-        token = _write_ear(args, pair.ear_claims(now=now), ear_key)
+        found = {HOST: host.found or {}, GUEST: guest.found or {}}
+        token = _write_ear(args, pair.ear_claims(now=now, found=found), ear_key)
     code = EXIT_CODES[pair.verdict]
     layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
     notes = [] if token is not None else ["no --ear-key: the attestation result is not signed"]

@@ -560,7 +560,11 @@ class Poller:
         status = pair.status if pair.status in STATUSES else "none"
         # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
         # challenge both layers' nonces come from.
-        claims = None if self.signer is None else pair.ear_claims(now=now)
+        found = {
+            HOST: collateral(host_state.registry, s.host_platform_id or s.platform_id),
+            GUEST: collateral(guest_state.registry, s.platform_id),
+        }
+        claims = None if self.signer is None else pair.ear_claims(now=now, found=found)
         return Outcome(
             node.node_id,
             node.token,
