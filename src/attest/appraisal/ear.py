@@ -15,7 +15,8 @@ integer claim keys of the draft (``CWT_KEYS`` below). The claims, in their JSON 
      "submods": {"<node-id>": {
          "ear.status": "affirming" | "warning" | "contraindicated" | "none",
          "ear.trustworthiness-vector": {"instance-identity": 2, "executables": 2, ...},
-         "ear.appraisal-policy-id": "attest/default@1",
+         "ear.appraisal-policy-id": "attest/default@3;registry=12@sha256:<hex>",
+         "attest.collateral": {"registry": {"sequence": 12, "sha256": "<hex>"}, ...},
          "attest.verdict": "affirming" | ... | "alarm" | "could-not-appraise",
          "attest.explanation": {"first_divergence": str | null, "explanations": [...]}}}}
 
@@ -63,10 +64,6 @@ EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 TRUSTEE_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
 ALG = "ES256"
 DEFAULT_TTL = 3600  # seconds from iat to exp
-# Media types (draft-ietf-rats-ear §Media Types; RFC 9782 registers application/eat+jwt and
-# application/eat+cwt, the draft's text names them with the profile as parameter).
-JWT_MEDIA_TYPE = "application/eat+jwt"
-CWT_MEDIA_TYPE = "application/eat+cwt"
 MAX_TOKEN = 1 << 20
 _ES256 = ec.ECDSA(hashes.SHA256())
 # The order of the P-256 group (SEC 2 §2.4.2 / FIPS 186-4 D.1.2.3): an ECDSA signature
