@@ -62,6 +62,12 @@ class NonceError(VerificationError):
     check = "nonce"
 
 
+class EarTimeError(VerificationError):
+    """An attestation result (EAR) past its ``exp``, or issued in the future."""
+
+    check = "ear-time"
+
+
 class PcrSelectionError(VerificationError):
     check = "pcr-selection"
 

@@ -11,18 +11,20 @@ import json
 import os
 import stat
 import time
+from hashlib import sha256
 from pathlib import Path
 
+import cbor2
 import pytest
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, free_port, sim_server
 from tests.support.poller import settings, until, verdicts
 
-from attest.appraisal.ear import jwk_public_key, public_jwk, verify_ear
+from attest.appraisal.ear import jwk_public_key, public_jwk, verify_cwt, verify_ear, verify_token
 from attest.errors import ConfigError, EvidenceFormatError, SignatureError
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.access import Access
-from attest.verifier.fleet.api import EAR_MEDIA_TYPE, create_fleet_app
+from attest.verifier.fleet.api import EAR_CWT_MEDIA_TYPE, EAR_MEDIA_TYPE, create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.signing import load_or_create_key
@@ -122,6 +124,15 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
     sm = claims["submods"]["n0"]
     assert sm["ear.status"] == "affirming" and sm["attest.node.port-id"] == "sim-0"
     assert sm["ear.trustworthiness-vector"]["instance-identity"] == 2
+    # The exact blessed registry it was appraised against, by sequence and digest.
+    reg = {
+        "sequence": registry.verified.snapshot.sequence,
+        "sha256": sha256(registry.verified.raw).hexdigest(),
+    }
+    assert sm["attest.collateral"]["registry"] == reg
+    assert sm["ear.appraisal-policy-id"].endswith(
+        f";registry={reg['sequence']}@sha256:{reg['sha256']}"
+    )
     assert len(base64.urlsafe_b64decode(claims["eat_nonce"] + "==")) == 32  # the challenge
     header = json.loads(base64.urlsafe_b64decode(got.text.split(".")[0] + "=="))
     assert header == {"alg": "ES256", "kid": jwk["kid"], "typ": "JWT"}
@@ -158,6 +169,22 @@ async def test_every_appraisal_is_a_signed_ear_a_relying_party_verifies(
 
     listed = client.get("/v1/nodes").json()["nodes"]
     assert all("ear" not in n for n in listed)  # the list stays small unless asked
+
+    # The same result as a CWT (draft-ietf-rats-ear's CBOR serialisation): the claims as signed.
+    cwt = client.get("/v1/nodes/n1/ear", params={"format": "cwt"})
+    assert cwt.status_code == 200 and cwt.headers["content-type"] == EAR_CWT_MEDIA_TYPE
+    assert verify_cwt(cwt.content, key) == verify_ear(token, key)
+    protected = cbor2.loads(cbor2.loads(cwt.content).value[0])
+    assert protected == {1: -7, 4: jwk["kid"].encode()}
+    assert verify_token(cwt.content, key, nonce=None)[0] == "cwt"
+    assert client.get("/v1/nodes/n1/ear", params={"format": "xml"}).status_code == 422
+    # Another key cannot re-sign what it did not sign; a service without a key signs nothing.
+    other = load_or_create_key(tmp_path / "other.pem")
+    rotated = TestClient(create_fleet_app(store, signer=other, access=Access("w" * 16)))
+    assert rotated.get("/v1/nodes/n1/ear", params={"format": "cwt"}).status_code == 409
+    assert rotated.get("/v1/nodes/n1/ear").text == token  # the JWT is served as stored
+    unsigned = TestClient(create_fleet_app(store, signer=None, access=Access("w" * 16)))
+    assert unsigned.get("/v1/nodes/n1/ear", params={"format": "cwt"}).status_code == 404
     with_ear = client.get("/v1/nodes", params={"ear": "true"}).json()["nodes"]
     assert {n["node_id"]: bool(n["ear"]) for n in with_ear} == {
         "gone": True,

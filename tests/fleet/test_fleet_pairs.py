@@ -111,6 +111,13 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
             assert claims["submods"]["host"]["ear.status"] == "affirming"
             assert claims["submods"]["guest"]["ear.status"] == "contraindicated"
             assert claims["submods"]["guest"]["attest.node.port-id"] == "sim-3"
+            # Each layer names the registry it was appraised against.
+            for layer in ("host", "guest"):
+                reg = claims["submods"][layer]["attest.collateral"]["registry"]
+                assert len(reg["sha256"]) == 64 and isinstance(reg["sequence"], int)
+                assert claims["submods"][layer]["ear.appraisal-policy-id"].endswith(
+                    f";registry={reg['sequence']}@sha256:{reg['sha256']}"
+                )
             assert len(base64.urlsafe_b64decode(claims["eat_nonce"] + "==")) == 32
 
             # The host of pair-1 goes out of policy: the pair fails at the host layer.

@@ -13,6 +13,11 @@ def verify_main(argv: Sequence[str]) -> int:
     return main(["verify", *argv])
 
 
+def ear_main(argv: Sequence[str]) -> int:
+    """``attest ear ARGV``."""
+    return main(["ear", *argv])
+
+
 def vtpm_main(argv: Sequence[str]) -> int:
     """``attest vtpm ARGV``."""
     return main(["vtpm", *argv])

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.cli import ear_main
 from tests.support.cli import verify_main as main
 from tests.swtpm.conftest import Node, NodeFactory, no_release_policy, verify
 
-from attest.appraisal.ear import verify_ear
+from attest.appraisal.ear import b64url, unb64url, verify_cwt, verify_ear
 from attest.node.tpm.swtpm import SwtpmProcess, manufacture
 
 
@@ -33,14 +34,30 @@ def test_first_contact_enrolls_then_the_stored_enrollment_is_used(
     assert doc["claims"]["configuration"] == 2  # runtime log + audit chain
     claims = verify_ear(doc["ear"], ear_key[1].public_key())
     assert claims["submods"]["swtpm-node"]["ear.status"] == "affirming"
+    # Enrolled in this run: the EAR names the EK roots the certificate was checked against.
+    roots = claims["submods"]["swtpm-node"]["attest.collateral"]["ek-roots"]
+    assert roots["count"] == 1 and len(roots["sha256"]) == 64
 
     (record_file,) = state.glob("node-*.json")
     first = json.loads(record_file.read_text())
     assert first["last_clock"] is not None
 
-    code, doc = verify(capsys, node, state, ear_key[0])
+    # The second appraisal's EAR as a CWT (draft-ietf-rats-ear's CBOR serialisation), written
+    # to a file that `attest ear verify` checks with the challenge nonce.
+    cwt_file = tmp_path / "ear.cwt"
+    code, doc = verify(
+        capsys, node, state, ear_key[0], "--format", "cwt", "--ear-out", str(cwt_file)
+    )
     assert code == 0, (doc["explanation"], doc["notes"])
     assert not any("enrolled" in n for n in doc["notes"])
+    assert doc["ear_format"] == "cwt" and doc["ear"] == b64url(cwt_file.read_bytes())
+    cwt_claims = verify_cwt(cwt_file.read_bytes(), ear_key[1].public_key())
+    assert cwt_claims["submods"]["swtpm-node"]["ear.status"] == "affirming"
+    assert "attest.collateral" not in cwt_claims["submods"]["swtpm-node"]  # no enrollment now
+    nonce = unb64url(cwt_claims["eat_nonce"], "nonce").hex()
+    assert ear_main(["verify", str(cwt_file), "--key", str(ear_key[0]), "--nonce", nonce]) == 0
+    assert "submod swtpm-node: affirming" in capsys.readouterr().out
+    assert ear_main(["verify", str(cwt_file), "--key", str(ear_key[0]), "--nonce", "00" * 32]) == 1
     second = json.loads(record_file.read_text())
     assert second["enrollment"] == first["enrollment"]
     assert second["last_clock"]["clock_ms"] >= first["last_clock"]["clock_ms"]

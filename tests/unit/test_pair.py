@@ -198,6 +198,11 @@ def test_ear_has_one_submodule_per_layer() -> None:
     assert claims["submods"]["host"]["attest.node.port-id"] == "host-1"
     assert claims["submods"]["guest"]["ear.status"] == "contraindicated"
     assert "never vouched" in claims["submods"]["guest"]["attest.explanation"]["first_divergence"]
+    # Each layer's collateral lands in its own submodule only.
+    reg = {"registry": {"sequence": 7, "sha256": "ab" * 32}}
+    found = pair.ear_claims(now=NOW, found={"guest": reg})["submods"]
+    assert found["guest"]["attest.collateral"] == reg and "attest.collateral" not in found["host"]
+    assert found["guest"]["ear.appraisal-policy-id"].endswith(f";registry=7@sha256:{'ab' * 32}")
     doc = pair.to_json()
     assert doc["failed_layer"] == "guest" and set(doc["layers"]) == {"host", "guest"}
     json.dumps(doc)

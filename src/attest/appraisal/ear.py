@@ -1,23 +1,35 @@
-"""Attestation results: EAR (draft-fv-rats-ear, Veraison's profile) as a signed JWT. Pure.
+"""Attestation results: EAR (draft-ietf-rats-ear, "EAT Attestation Results") as a signed JWT
+or CWT. Pure.
 
-An EAR is a JWT (RFC 7519) signed with ES256 (RFC 7518 §3.4: ECDSA P-256 SHA-256, the
-signature the raw ``r || s``, 64 bytes) in the JWS compact serialization (RFC 7515 §7.1)::
+An EAR is an EAT (RFC 9711) serialised either as a JWT (RFC 7519) signed with ES256 (RFC 7518
+§3.4: ECDSA P-256 SHA-256, the signature the raw ``r || s``, 64 bytes) in the JWS compact
+serialization (RFC 7515 §7.1), or as a CWT (RFC 8392): a tagged COSE_Sign1 (RFC 9052 §4.2,
+algorithm -7 = ES256, the same raw ``r || s`` per RFC 9053 §2.1) over a CBOR map with the
+integer claim keys of the draft (``CWT_KEYS`` below). The claims, in their JSON form::
 
     {"eat_profile": "tag:github.com,2023:veraison/ear",
      "iat": 1735689600,
+     "exp": 1735693200,
      "ear.verifier-id": {"developer": "attest", "build": "attest 0.x"},
      "eat_nonce": "<base64url of the challenge nonce>",
      "submods": {"<node-id>": {
          "ear.status": "affirming" | "warning" | "contraindicated" | "none",
          "ear.trustworthiness-vector": {"instance-identity": 2, "executables": 2, ...},
-         "ear.appraisal-policy-id": "attest/default@1",
+         "ear.appraisal-policy-id": "attest/default@3;registry=12@sha256:<hex>",
+         "attest.collateral": {"registry": {"sequence": 12, "sha256": "<hex>"}, ...},
          "attest.verdict": "affirming" | ... | "alarm" | "could-not-appraise",
          "attest.explanation": {"first_divergence": str | null, "explanations": [...]}}}}
 
-``submods`` is a general map: one node today; host and guest submodules later (issue 9).
+``submods`` is a general map: one node, or a host and a guest (``attest.appraisal.pair``).
+The draft defines no top-level status: each submodule carries its own ``ear.status``. ``exp``
+is RFC 7519 §4.1.4 / RFC 8392 §3.1.4 (a registered claim, allowed by the draft's
+``$$ear-extension``). Our own claims (``attest.*``) are unregistered extensions, text-named in
+both serialisations.
 
     token = sign_ear(ear_claims({node_id: submod(result)}, now=..., nonce=...), key)
     claims = verify_ear(token, public_key)      # signature checked, alg pinned to ES256
+    cwt = sign_cwt(claims, key)                 # the same claims as a CWT (bytes)
+    fmt, claims = verify_token(jwt_or_cwt, public_key, now=..., nonce=...)
 """
 
 from __future__ import annotations
@@ -25,11 +37,14 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
+import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,10 +56,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from attest import __version__
 from attest.appraisal import AppraisalResult
 from attest.appraisal.claims import Tier
-from attest.errors import EvidenceFormatError, SignatureError
+from attest.errors import EarTimeError, EvidenceFormatError, NonceError, SignatureError
+from attest.manifest import VerifiedRegistry, canonicalize
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
+# The profile Trustee (confidential-containers' attestation service) puts in EARs of the same
+# claims set: accepted by ``verify_token`` when asked (``attest ear verify``), never emitted.
+TRUSTEE_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
 ALG = "ES256"
+DEFAULT_TTL = 3600  # seconds from iat to exp
 MAX_TOKEN = 1 << 20
 _ES256 = ec.ECDSA(hashes.SHA256())
 # The order of the P-256 group (SEC 2 §2.4.2 / FIPS 186-4 D.1.2.3): an ECDSA signature
@@ -75,12 +95,15 @@ def unb64url(text: str, what: str) -> bytes:
     return data
 
 
-def submod(result: AppraisalResult) -> dict[str, Any]:
-    """One appraisal as an EAR submodule."""
+def submod(result: AppraisalResult, found: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One appraisal as an EAR submodule; ``found``: its ``collateral(...)``, named in the
+    policy id and carried as ``attest.collateral``."""
+    extra = {} if not found else {"attest.collateral": dict(found)}
     return {
         "ear.status": result.status,
         "ear.trustworthiness-vector": result.trustworthiness_vector,
-        "ear.appraisal-policy-id": result.policy_id,
+        "ear.appraisal-policy-id": policy_id_with(result.policy_id, found or {}),
+        **extra,
         "attest.verdict": result.verdict.value,
         "attest.enrollment": result.enrollment,
         "attest.release": None
@@ -96,14 +119,57 @@ def submod(result: AppraisalResult) -> dict[str, Any]:
     }
 
 
+def collateral(
+    registry: VerifiedRegistry | None,
+    platform_id: str | None = None,
+    ek_roots: Sequence[bytes] = (),
+) -> dict[str, Any]:
+    """What an appraisal was measured against, by hash, so that an auditor holding the same
+    files can re-run it (the ``attest.collateral`` submodule claim): the blessed registry (the
+    SHA-256 of its canonical file, and its sequence), the platform reference used for the
+    firmware PCRs (the SHA-256 of its signed canonical form, RFC 8785), and the EK trust
+    anchors an enrollment in this appraisal was checked against (the SHA-256 over the sorted
+    SHA-256s of their DER)."""
+    out: dict[str, Any] = {}
+    if registry is not None:
+        out["registry"] = {
+            "sequence": registry.snapshot.sequence,
+            "sha256": hashlib.sha256(registry.raw).hexdigest(),
+        }
+        ref = registry.snapshot.platforms.get(platform_id) if platform_id else None
+        if ref is not None:
+            out["platform-reference"] = {
+                "id": platform_id,
+                "sha256": hashlib.sha256(canonicalize(ref.to_json())).hexdigest(),
+            }
+    if ek_roots:
+        digests = sorted(hashlib.sha256(der).digest() for der in ek_roots)
+        out["ek-roots"] = {
+            "count": len(digests),
+            "sha256": hashlib.sha256(b"".join(digests)).hexdigest(),
+        }
+    return out
+
+
+def policy_id_with(policy_id: str, found: Mapping[str, Any]) -> str:
+    """The appraisal policy id naming the exact registry too: ``POLICY;registry=SEQ@sha256:HEX``
+    (the policy alone when no registry was used)."""
+    reg = found.get("registry")
+    if not reg:
+        return policy_id
+    return f"{policy_id};registry={reg['sequence']}@sha256:{reg['sha256']}"
+
+
 def ear_claims(
     submods: Mapping[str, Mapping[str, Any]],
     *,
     now: datetime,
     nonce: bytes | None = None,
     build: str | None = None,
+    ttl: int | None = DEFAULT_TTL,
 ) -> dict[str, Any]:
-    """The EAR claims set over the given submodules (name -> ``submod(result)``)."""
+    """The EAR claims set over the given submodules (name -> ``submod(result)``); ``exp`` is
+    ``ttl`` seconds after ``iat`` (none when ``ttl`` is None)."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     if not submods:
@@ -117,6 +183,8 @@ def ear_claims(
         "ear.verifier-id": verifier_id(build),
         "submods": {name: dict(sm) for name, sm in submods.items()},
     }
+    if ttl is not None:
+        claims["exp"] = claims["iat"] + ttl
     if nonce is not None:
         claims["eat_nonce"] = b64url(nonce)
     return claims
@@ -135,6 +203,29 @@ def result_ear(
         key,
         kid=kid,
     )
+
+
+def result_claims(
+    result: AppraisalResult, *, now: datetime, found: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """One appraisal's EAR claims (the submodule is named by the node id)."""
+    return ear_claims(
+        {result.node_id or "node": submod(result, found)}, now=now, nonce=result.nonce
+    )
+
+
+def sign_as(
+    fmt: str, claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, *, kid: str | None = None
+) -> tuple[bytes, str]:
+    """``claims`` signed as ``fmt`` ("jwt" or "cwt"): (the token's bytes, its text for JSON
+    documents: the JWT itself, or the CWT in base64url)."""
+    if fmt == "cwt":
+        cwt = sign_cwt(claims, key, kid=kid)
+        return cwt, b64url(cwt)
+    if fmt != "jwt":
+        raise ValueError(f"EAR format {fmt!r} is not jwt or cwt")
+    jwt = sign_ear(claims, key, kid=kid)
+    return jwt.encode("ascii"), jwt
 
 
 def _check_key(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> None:
@@ -162,15 +253,18 @@ def sign_ear(
         + "."
         + b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     )
-    r, s = decode_dss_signature(key.sign(signing_input.encode("ascii"), _ES256))
-    if s > _P256_N // 2:
-        s = _P256_N - s
-    return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    return signing_input + "." + b64url(_es256_sign(key, signing_input.encode("ascii")))
 
 
-def verify_ear(token: str, public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
-    """Verify an EAR and return its claims, or raise (``EvidenceFormatError`` for a token that
-    does not parse, ``SignatureError`` for one that does not verify).
+def verify_ear(
+    token: str,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    low_s: bool = True,
+    profiles: tuple[str, ...] = (EAR_PROFILE,),
+) -> dict[str, Any]:
+    """Verify a JWT EAR and return its claims, or raise (``EvidenceFormatError`` for a token
+    that does not parse, ``SignatureError`` for one that does not verify).
 
     The algorithm is pinned: the header must say ES256 (RFC 8725 §3.1 -- never let the token
     choose, so ``none`` or an HMAC keyed with the public key cannot pass), and must carry no
@@ -181,7 +275,8 @@ def verify_ear(token: str, public_key: ec.EllipticCurvePublicKey) -> dict[str, A
     may deduplicate or cache results by the token's bytes, so each result must have one
     spelling: the signer emits low S only, and this refuses a high ``s`` (``SignatureError``)
     and non-canonical base64url (``EvidenceFormatError``), as Bitcoin's BIP 62 and Ethereum's
-    EIP-2 do for the same reason.
+    EIP-2 do for the same reason. ``low_s=False`` accepts a high ``s`` too: for tokens of other
+    signers (Veraison's and Trustee's libraries do not normalise), checked one at a time.
     """
     _check_key(public_key)
     if not isinstance(token, str) or len(token) > MAX_TOKEN:
@@ -195,21 +290,47 @@ def verify_ear(token: str, public_key: ec.EllipticCurvePublicKey) -> dict[str, A
     if "crit" in header:
         raise SignatureError("EAR header has critical extensions this verifier does not know")
     sig = unb64url(parts[2], "signature")
+    _es256_verify(public_key, sig, f"{parts[0]}.{parts[1]}".encode("ascii"), low_s=low_s)
+    return _check_claims(_json(unb64url(parts[1], "payload"), "payload"), profiles)
+
+
+def _es256_sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """Raw ``r || s`` (64 bytes) with ``s`` normalised to low S."""
+    r, s = decode_dss_signature(key.sign(data, _ES256))
+    if s > _P256_N // 2:
+        s = _P256_N - s
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _es256_verify(
+    public_key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes, *, low_s: bool
+) -> None:
     if len(sig) != 64:
         raise SignatureError(f"ES256 signature is {len(sig)} bytes, not 64")
     r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-    if s > _P256_N // 2:
+    if low_s and s > _P256_N // 2:
         raise SignatureError("ES256 signature has a high S (not the signer's canonical form)")
-    der = encode_dss_signature(r, s)
     try:
-        public_key.verify(der, f"{parts[0]}.{parts[1]}".encode("ascii"), _ES256)
+        public_key.verify(encode_dss_signature(r, s), data, _ES256)
     except InvalidSignature:
         raise SignatureError("the EAR signature does not verify with the verifier's key") from None
-    claims = _json(unb64url(parts[1], "payload"), "payload")
-    if claims.get("eat_profile") != EAR_PROFILE:
-        raise EvidenceFormatError(f"EAR profile is not {EAR_PROFILE}")
-    if not isinstance(claims.get("submods"), dict) or not isinstance(claims.get("iat"), int):
+
+
+def _check_claims(claims: dict[str, Any], profiles: tuple[str, ...]) -> dict[str, Any]:
+    """The draft's mandatory claims: a known profile, an integer iat, a non-empty submods map
+    whose every appraisal has an ``ear.status`` tier."""
+    if claims.get("eat_profile") not in profiles:
+        raise EvidenceFormatError(
+            f"EAR profile {str(claims.get('eat_profile'))[:64]!r} is not {' or '.join(profiles)}"
+        )
+    submods = claims.get("submods")
+    if not isinstance(submods, dict) or not submods or type(claims.get("iat")) is not int:
         raise EvidenceFormatError("EAR lacks submods or iat")
+    if "exp" in claims and type(claims["exp"]) is not int:
+        raise EvidenceFormatError("EAR exp is not an integer")
+    for name, sm in submods.items():
+        if not isinstance(sm, dict) or sm.get("ear.status") not in STATUSES:
+            raise EvidenceFormatError(f"EAR submodule {str(name)[:64]!r} has no ear.status tier")
     return claims
 
 
@@ -229,8 +350,6 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
 def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638 thumbprint of an EC public JWK: base64url SHA-256 of its required members
     (crv, kty, x, y) in lexicographic order, no whitespace. Used as the key id (``kid``)."""
-    import hashlib
-
     canonical = json.dumps(
         {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
     )
@@ -269,3 +388,308 @@ def jwk_public_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
         ).public_key()
     except ValueError:
         raise EvidenceFormatError("the JWK's point is not on P-256") from None
+
+
+# --- the CWT serialisation (COSE_Sign1 over a CBOR claims map with integer keys) -------------
+
+# Claim keys: draft-ietf-rats-ear's CDDL (``ear.cddl``, ``ear-appraisal.cddl``: the EAR claims
+# 1000-1004, marked "suggested" pending IANA), RFC 9711 (EAT: eat_nonce 10, eat_profile 265,
+# submods 266), RFC 8392 (CWT: exp 4, iat 6); the AR4SI vocabulary of the draft (``ar4si.cddl``:
+# the vector's claims 0-7, the tiers none 0 / affirming 2 / warning 32 / contraindicated 96,
+# the verifier id's developer 0 / build 1); Veraison's registered-by-use extensions
+# (``ext-veraison.cddl``: -70000..-70002) and the TEEP one (65000), so that their tokens decode.
+CWT_KEYS: dict[str, int] = {
+    "exp": 4,
+    "iat": 6,
+    "eat_nonce": 10,
+    "eat_profile": 265,
+    "submods": 266,
+    "ear.raw-evidence": 1002,
+    "ear.verifier-id": 1004,
+}
+SUBMOD_KEYS: dict[str, int] = {
+    "ear.status": 1000,
+    "ear.trustworthiness-vector": 1001,
+    "ear.appraisal-policy-id": 1003,
+    "ear.teep-claims": 65000,
+    "ear.veraison.annotated-evidence": -70000,
+    "ear.veraison.policy-claims": -70001,
+    "ear.veraison.key-attestation": -70002,
+}
+VECTOR_KEYS: dict[str, int] = {
+    "instance-identity": 0,
+    "configuration": 1,
+    "executables": 2,
+    "file-system": 3,
+    "hardware": 4,
+    "runtime-opaque": 5,
+    "storage-opaque": 6,
+    "sourced-data": 7,
+}
+TIER_VALUES: dict[str, int] = {"none": 0, "affirming": 2, "warning": 32, "contraindicated": 96}
+VERIFIER_ID_KEYS: dict[str, int] = {"developer": 0, "build": 1}
+_BYTES_CLAIMS = ("eat_nonce", "ear.raw-evidence")  # bytes in CBOR, base64url text in JSON
+
+COSE_SIGN1_TAG = 18  # RFC 9052 §4.2
+CWT_TAG = 61  # RFC 8392 §6: optional, around the COSE tag
+COSE_ES256 = -7  # RFC 9053 §2.1
+_HDR_ALG, _HDR_CRIT, _HDR_KID = 1, 2, 4
+_MAX_DEPTH = 32
+
+
+def _inverse(keys: Mapping[str, int]) -> dict[int, str]:
+    return {v: k for k, v in keys.items()}
+
+
+_CWT_NAMES = _inverse(CWT_KEYS)
+_SUBMOD_NAMES = _inverse(SUBMOD_KEYS)
+_VECTOR_NAMES = _inverse(VECTOR_KEYS)
+_TIER_NAMES = _inverse(TIER_VALUES)
+_VERIFIER_ID_NAMES = _inverse(VERIFIER_ID_KEYS)
+
+
+def _keyed(doc: Mapping[str, Any], keys: Mapping[str, int]) -> dict[Any, Any]:
+    return {keys.get(k, k): v for k, v in doc.items()}
+
+
+def cbor_claims(claims: Mapping[str, Any]) -> dict[Any, Any]:
+    """The JSON form of an EAR (what ``ear_claims`` makes) -> its CBOR form (integer keys,
+    integer tiers, byte strings). Keys the draft does not number stay text."""
+    out: dict[Any, Any] = {}
+    for name, value in claims.items():
+        if name in _BYTES_CLAIMS:
+            value = _unb64_any(value, name)
+        elif name == "ear.verifier-id" and isinstance(value, Mapping):
+            value = _keyed(value, VERIFIER_ID_KEYS)
+        elif name == "submods" and isinstance(value, Mapping):
+            value = {label: _cbor_submod(sm) for label, sm in value.items()}
+        out[CWT_KEYS.get(name, name)] = value
+    return out
+
+
+def _cbor_submod(sm: Mapping[str, Any]) -> dict[Any, Any]:
+    out = _keyed(sm, SUBMOD_KEYS)
+    status = SUBMOD_KEYS["ear.status"]
+    if out.get(status) in TIER_VALUES:
+        out[status] = TIER_VALUES[out[status]]
+    vector = SUBMOD_KEYS["ear.trustworthiness-vector"]
+    if isinstance(out.get(vector), Mapping):
+        out[vector] = _keyed(out[vector], VECTOR_KEYS)
+    return out
+
+
+def json_claims(doc: Mapping[Any, Any]) -> dict[str, Any]:
+    """The CBOR form of an EAR -> its JSON form (the inverse of ``cbor_claims``), so that both
+    serialisations verify to the same claims. Byte strings anywhere become base64url text;
+    integer keys the draft does not name become their decimal text."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = _CWT_NAMES.get(key, key) if isinstance(key, int) else key
+        if name == "ear.verifier-id" and isinstance(value, Mapping):
+            value = _named(value, _VERIFIER_ID_NAMES)
+        elif name == "submods" and isinstance(value, Mapping):
+            value = {str(label): _json_submod(sm) for label, sm in value.items()}
+        out[_text_key(name)] = _jsonable(value)
+    return out
+
+
+def _json_submod(sm: Any) -> Any:
+    if not isinstance(sm, Mapping):
+        return sm
+    out: dict[str, Any] = {}
+    for key, value in sm.items():
+        name = _SUBMOD_NAMES.get(key, key) if type(key) is int else key
+        if name == "ear.status" and type(value) is int:
+            value = _TIER_NAMES.get(value, value)
+        elif name == "ear.trustworthiness-vector" and isinstance(value, Mapping):
+            value = _named(value, _VECTOR_NAMES)
+        out[_text_key(name)] = _jsonable(value)
+    return out
+
+
+def _named(doc: Mapping[Any, Any], names: Mapping[int, str]) -> dict[str, Any]:
+    return {
+        _text_key(names.get(k, k) if type(k) is int else k): _jsonable(v) for k, v in doc.items()
+    }
+
+
+def _text_key(key: Any) -> str:
+    return key if isinstance(key, str) else str(key)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return b64url(value)
+    if isinstance(value, Mapping):
+        return {_text_key(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _unb64_any(value: Any, what: str) -> bytes:
+    """base64url (ours, unpadded) or padded standard base64 (seen in Veraison's rust-ear
+    tokens) -> bytes."""
+    if not isinstance(value, str):
+        raise EvidenceFormatError(f"EAR {what} is not base64 text")
+    try:
+        return base64.b64decode(
+            value.replace("-", "+").replace("_", "/") + "=" * (-len(value) % 4), validate=True
+        )
+    except (binascii.Error, ValueError):
+        raise EvidenceFormatError(f"EAR {what} is not base64") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _protected(kid: str | None) -> bytes:
+    header: dict[int, Any] = {_HDR_ALG: COSE_ES256}
+    if kid is not None:
+        header[_HDR_KID] = kid.encode()
+    return bytes(cbor2.dumps(header, canonical=True))
+
+
+def _sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """RFC 9052 §4.4: what a COSE_Sign1 signs (no external AAD)."""
+    return bytes(cbor2.dumps(["Signature1", protected, b"", payload]))
+
+
+def sign_cwt(
+    claims: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, *, kid: str | None = None
+) -> bytes:
+    """The EAR ``claims`` (JSON form) as a CWT: a COSE_Sign1 (tag 18) with ES256 in the
+    protected header (and ``kid`` when given), the payload the deterministic CBOR (RFC 8949
+    §4.2) of ``cbor_claims(claims)``, the signature low-S raw ``r || s``."""
+    _check_key(key)
+    protected = _protected(kid)
+    payload = bytes(cbor2.dumps(cbor_claims(claims), canonical=True))
+    sig = _es256_sign(key, _sig_structure(protected, payload))
+    return bytes(cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, sig])))
+
+
+def _cbor(data: bytes, what: str) -> Any:
+    """One CBOR item filling ``data`` exactly: no trailing bytes, no duplicate map keys."""
+    fp = io.BytesIO(data)
+    try:
+        item = cbor2.CBORDecoder(fp, max_depth=_MAX_DEPTH, allow_duplicate_keys=False).decode()
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError):
+        raise EvidenceFormatError(f"EAR {what} is not well-formed CBOR") from None
+    if fp.tell() != len(data):
+        raise EvidenceFormatError(f"EAR {what} has bytes after its CBOR item")
+    return item
+
+
+def verify_cwt(
+    token: bytes,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    low_s: bool = True,
+    profiles: tuple[str, ...] = (EAR_PROFILE,),
+) -> dict[str, Any]:
+    """Verify a CWT EAR and return its claims in the JSON form (``json_claims``), or raise as
+    ``verify_ear`` does. A COSE_Sign1, tagged 18 (optionally inside the CWT tag 61) or untagged;
+    the protected header must say ES256 (-7) and carry no ``crit``; the unprotected header must
+    not name an algorithm; the payload must be attached."""
+    _check_key(public_key)
+    if not isinstance(token, bytes) or len(token) > MAX_TOKEN:
+        raise EvidenceFormatError("CWT EAR is not bytes of at most 1 MiB")
+    msg = _cbor(token, "CWT")
+    if isinstance(msg, cbor2.CBORTag) and msg.tag == CWT_TAG:
+        msg = msg.value
+    if isinstance(msg, cbor2.CBORTag):
+        if msg.tag != COSE_SIGN1_TAG:
+            raise EvidenceFormatError(f"CWT EAR is CBOR tag {msg.tag}, not COSE_Sign1 (18)")
+        msg = msg.value
+    if not isinstance(msg, list | tuple) or len(msg) != 4:
+        raise EvidenceFormatError("CWT EAR is not a COSE_Sign1 (an array of 4)")
+    protected, unprotected, payload, sig = msg
+    if not all(isinstance(x, bytes) for x in (protected, payload, sig)):
+        raise EvidenceFormatError("COSE_Sign1 fields are not byte strings (detached payload?)")
+    if not isinstance(unprotected, Mapping):
+        raise EvidenceFormatError("COSE_Sign1 unprotected header is not a map")
+    header = _cbor(protected, "protected header") if protected else {}
+    if not isinstance(header, Mapping):
+        raise EvidenceFormatError("COSE_Sign1 protected header is not a map")
+    if header.get(_HDR_ALG) != COSE_ES256 or _HDR_ALG in unprotected:
+        alg = header.get(_HDR_ALG, unprotected.get(_HDR_ALG))
+        raise SignatureError(f"CWT EAR alg {str(alg)[:16]!r} is not ES256 ({COSE_ES256})")
+    if _HDR_CRIT in header or _HDR_CRIT in unprotected:
+        raise SignatureError("CWT EAR header has critical parameters this verifier does not know")
+    _es256_verify(public_key, sig, _sig_structure(protected, payload), low_s=low_s)
+    doc = _cbor(payload, "payload")
+    if not isinstance(doc, Mapping):
+        raise EvidenceFormatError("CWT EAR payload is not a CBOR map")
+    return _check_claims(json_claims(doc), profiles)
+
+
+def token_format(token: str | bytes) -> str:
+    """``"jwt"`` or ``"cwt"``: a JWT is ASCII text of three dot-separated parts; anything that
+    starts like a CBOR tag or array is a CWT."""
+    if isinstance(token, str):
+        return "jwt"
+    text = token.strip()
+    return "jwt" if text.isascii() and text.count(b".") == 2 else "cwt"
+
+
+def verify_token(
+    token: str | bytes,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    now: datetime | None = None,
+    nonce: bytes | None = None,
+    leeway: int = 60,
+    low_s: bool = True,
+    profiles: tuple[str, ...] = (EAR_PROFILE,),
+) -> tuple[str, dict[str, Any]]:
+    """Verify a JWT or CWT EAR: signature (ES256 only), then, with ``now``, that it is not past
+    ``exp`` nor issued after ``now`` (``leeway`` seconds of clock skew either way:
+    ``EarTimeError``), and, with ``nonce``, that ``eat_nonce`` is that nonce (``NonceError``).
+    Returns the format and the claims (JSON form)."""
+    fmt = token_format(token)
+    if fmt == "jwt":
+        text = token if isinstance(token, str) else _ascii(token)
+        claims = verify_ear(text.strip(), public_key, low_s=low_s, profiles=profiles)
+    else:
+        assert isinstance(token, bytes)
+        claims = verify_cwt(token, public_key, low_s=low_s, profiles=profiles)
+    if now is not None:
+        t = int(now.timestamp())
+        if claims["iat"] > t + leeway:
+            raise EarTimeError(f"EAR issued at {claims['iat']}, after now ({t})")
+        if "exp" in claims and t >= claims["exp"] + leeway:
+            raise EarTimeError(f"EAR expired at {claims['exp']} (now {t})")
+    if nonce is not None:
+        got = claims.get("eat_nonce")
+        if got is None:
+            raise NonceError("EAR carries no eat_nonce; a nonce was expected")
+        if _unb64_any(got, "eat_nonce") != nonce:
+            raise NonceError("EAR eat_nonce is not the expected nonce")
+    return fmt, claims
+
+
+def _ascii(token: bytes) -> str:
+    try:
+        return token.decode("ascii")
+    except UnicodeDecodeError:
+        raise EvidenceFormatError("JWT EAR is not ASCII") from None
+
+
+def token_kid(token: str | bytes) -> str | None:
+    """The key id a JWT or CWT EAR names (JWS ``kid``; COSE protected or unprotected label 4),
+    read without verifying anything: only to choose among a verifier's keys. None when the
+    token names none or does not parse."""
+    try:
+        if token_format(token) == "jwt":
+            text = token if isinstance(token, str) else _ascii(token)
+            kid = _json(unb64url(text.strip().split(".")[0], "header"), "header").get("kid")
+            return kid if isinstance(kid, str) else None
+        assert isinstance(token, bytes)
+        msg = _cbor(token, "CWT")
+        while isinstance(msg, cbor2.CBORTag):
+            msg = msg.value
+        protected = _cbor(msg[0], "protected header") if msg[0] else {}
+        raw = protected.get(_HDR_KID, msg[1].get(_HDR_KID))
+        return raw.decode() if isinstance(raw, bytes) else None
+    except (EvidenceFormatError, TypeError, IndexError, KeyError, AttributeError, ValueError):
+        return None

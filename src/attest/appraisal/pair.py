@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,13 +97,24 @@ class PairResult:
     def layers(self) -> dict[str, AppraisalResult]:
         return {HOST: self.host, GUEST: self.guest}
 
-    def submods(self) -> dict[str, dict[str, Any]]:
+    def submods(
+        self, found: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """``found``: each layer's ``collateral(...)`` (``attest.appraisal.ear``), by name."""
+        found = found or {}
         return {
-            name: {**submod(r), "attest.node.port-id": r.node_id} for name, r in self.layers.items()
+            name: {**submod(r, found.get(name)), "attest.node.port-id": r.node_id}
+            for name, r in self.layers.items()
         }
 
-    def ear_claims(self, *, now: datetime, build: str | None = None) -> dict[str, Any]:
-        return ear_claims(self.submods(), now=now, nonce=self.challenge, build=build)
+    def ear_claims(
+        self,
+        *,
+        now: datetime,
+        build: str | None = None,
+        found: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        return ear_claims(self.submods(found), now=now, nonce=self.challenge, build=build)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("attest.cli.demo", "run a node (swtpm + attestd) and attest it end to end"),
     "verify": ("attest.cli.verify", "appraise one node: enroll on first contact, then attest"),
     "fleet": ("attest.cli.fleet", "the fleet verifier service"),
+    "ear": ("attest.cli.ear", "verify signed attestation results (EAR: JWT or CWT)"),
     "quote": ("attest.cli.quote", "take and verify TPM quotes"),
     "eventlog": ("attest.cli.eventlog", "parse, replay and explain TCG firmware event logs"),
     "manifest": ("attest.cli.manifest", "trust root, blessed registry: create, sign, verify, show"),

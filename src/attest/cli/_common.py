@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from attest.errors import (
@@ -53,6 +54,19 @@ def error_line(exc: BaseException) -> tuple[int, str]:
         name = f" {exc.filename}" if exc.filename else ""
         return EXIT_IO, f"attest: cannot access{name}: {exc.strerror or exc}"
     raise exc
+
+
+def parse_now(text: str | None) -> datetime:
+    """``--now``: an ISO 8601 time with a zone (``ConfigError`` otherwise); absent, now."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        now = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an ISO 8601 time", key="--now") from None
+    if now.tzinfo is None:
+        raise ConfigError(f"{text!r} has no time zone (e.g. append Z)", key="--now")
+    return now
 
 
 def print_json(doc: Any) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from attest.cli._common import EXIT_OK, EXIT_VERIFY_FAILED, print_json
+from attest.cli._common import EXIT_OK, EXIT_VERIFY_FAILED, parse_now, print_json
 from attest.ekcert.parse import MAX_INPUT_BYTES, parse_input
 from attest.ekcert.verify import VerifiedChain, verify_ek_chain
-from attest.errors import CertificateError, ConfigError
+from attest.errors import CertificateError
 from attest.storage.files import read_bytes
 from attest.verifier.ek_roots import CaStore, bundled_ek_roots, load_ca_dirs
 
@@ -53,18 +52,6 @@ def register(sub: Any) -> None:
     v.add_argument("--now", help="verify at this time (ISO 8601 with a zone; default: now)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.set_defaults(func=cmd_verify)
-
-
-def _now(text: str | None) -> datetime:
-    if text is None:
-        return datetime.now(UTC)
-    try:
-        now = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not an ISO 8601 time", key="--now") from None
-    if now.tzinfo is None:
-        raise ConfigError(f"{text!r} has no time zone (e.g. append Z)", key="--now")
-    return now
 
 
 def _store(args: argparse.Namespace) -> CaStore:
@@ -100,7 +87,7 @@ def _print(v: VerifiedChain) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    now = _now(args.now)
+    now = parse_now(args.now)
     leaf = parse_input(read_bytes(args.cert, max_size=MAX_INPUT_BYTES))  # exit 3 if not a cert
     store = _store(args)
     try:

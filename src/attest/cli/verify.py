@@ -134,7 +134,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12,15)",
     )
     p.add_argument("--ear-key", help="P-256 private key (PEM) that signs the EAR")
-    p.add_argument("--ear-out", help="write the EAR (compact JWS) to this file")
+    p.add_argument(
+        "--ear-out", help="write the EAR to this file (a JWT and a newline, or the CWT's bytes)"
+    )
+    p.add_argument(
+        "--format",
+        choices=("jwt", "cwt"),
+        default="jwt",
+        help="the EAR's serialisation (draft-ietf-rats-ear): a JWT (default) or a CWT "
+        "(COSE_Sign1, CBOR); --json prints a CWT in base64url",
+    )
     p.add_argument(
         "--re-enroll",
         action="store_true",
@@ -300,7 +309,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     store = EnrollmentStore(state_dir)
     ear_key = _ear_key(args.ear_key)
     layer = _appraise_layer(args, store, nonce=os.urandom(32), now=now)
-    return _report(args, layer.result, ear_key, now, layer.record, layer.notes, layer.re_enrollment)
+    return _report(
+        args,
+        layer.result,
+        ear_key,
+        now,
+        layer.record,
+        layer.notes,
+        layer.re_enrollment,
+        layer.found,
+    )
 
 
 def _enrolled_line(e: Enrollment, *, first: bool) -> str:
@@ -317,6 +335,20 @@ def _release_json(result: AppraisalResult) -> dict[str, str] | None:
     return {"version": d.release.version, "status": d.status.value}
 
 
+def _write_ear(args: argparse.Namespace, claims: dict[str, Any], ear_key: Any) -> str:
+    """Sign the EAR claims in ``--format``, write them to ``--ear-out`` if given; the token's
+    text for the JSON output (a CWT in base64url)."""
+    from attest.appraisal.ear import sign_as
+
+    fmt = getattr(args, "format", "jwt")
+    data, text = sign_as(fmt, claims, ear_key)
+    if args.ear_out:
+        from attest.storage.files import atomic_write_bytes
+
+        atomic_write_bytes(args.ear_out, data + b"\n" if fmt == "jwt" else data)
+    return text
+
+
 def _report(
     args: argparse.Namespace,
     result: AppraisalResult,
@@ -325,14 +357,13 @@ def _report(
     record: NodeRecord | None,
     notes: list[str],
     re_enrollment: dict[str, Any] | None,
+    found: dict[str, Any] | None = None,
 ) -> int:
-    from attest.appraisal.ear import result_ear
+    from attest.appraisal.ear import result_claims
 
-    token = result_ear(result, ear_key, now=now) if ear_key is not None else None
-    if token is not None and args.ear_out:
-        from attest.storage.files import atomic_write_bytes
-
-        atomic_write_bytes(args.ear_out, token.encode() + b"\n")
+    token = None
+    if ear_key is not None:
+        token = _write_ear(args, result_claims(result, now=now, found=found), ear_key)
     all_notes = [*notes, *result.notes]
     if token is None:
         all_notes.append("no --ear-key: the attestation result is not signed")
@@ -345,6 +376,7 @@ def _report(
                 "verdict": result.verdict.value,
                 "exit_code": code,
                 "ear": token,
+                "ear_format": getattr(args, "format", "jwt") if token else None,
                 "claims": result.trustworthiness_vector,
                 "explanation": result.first_divergence,
                 "release": _release_json(result),
@@ -386,6 +418,7 @@ class _Layer:
     notes: list[str]
     re_enrollment: dict[str, Any] | None = None
     vouchings: tuple[VtpmVouch, ...] | None = None  # verified vtpm events (a host's)
+    found: dict[str, Any] | None = None  # the collateral it used (attest.appraisal.ear)
 
 
 def _host_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -524,7 +557,18 @@ def _appraise_layer(
             at=format_time(now),
             continuity=result.continuity,
         )
-    return _Layer(address, result, record, notes, re_enrollment, vouchings)
+    from attest.appraisal.ear import collateral
+
+    enrolled_against = (
+        [c.der for c in roots] if (ns.ek_ca or not ns.tofu) and notes_enrolled(notes) else []
+    )
+    found = collateral(registry, ns.platform, enrolled_against)
+    return _Layer(address, result, record, notes, re_enrollment, vouchings, found)
+
+
+def notes_enrolled(notes: Sequence[str]) -> bool:
+    """Whether this run enrolled the node (its EK certificate checked against the roots)."""
+    return any(n.startswith(("enrolled on first contact", "RE-ENROLLED")) for n in notes)
 
 
 def cmd_verify_pair(args: argparse.Namespace) -> int:
@@ -545,13 +589,8 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
     pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
     token = None
     if ear_key is not None:
-        from attest.appraisal.ear import sign_ear
-
-        token = sign_ear(pair.ear_claims(now=now), ear_key)
-        if args.ear_out:
-            from attest.storage.files import atomic_write_bytes
-
-            atomic_write_bytes(args.ear_out, token.encode() + b"\n")
+        found = {HOST: host.found or {}, GUEST: guest.found or {}}
+        token = _write_ear(args, pair.ear_claims(now=now, found=found), ear_key)
     code = EXIT_CODES[pair.verdict]
     layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
     notes = [] if token is not None else ["no --ear-key: the attestation result is not signed"]
@@ -562,6 +601,7 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
                 "verdict": pair.verdict.value,
                 "exit_code": code,
                 "ear": token,
+                "ear_format": getattr(args, "format", "jwt") if token else None,
                 "failed_layer": pair.failed_layer,
                 "explanation": pair.first_divergence,
                 "vouch": pair.vouch.to_json(),

@@ -117,6 +117,7 @@ class RegisterRequest(BaseModel):
 
 
 EAR_MEDIA_TYPE = "application/eat+jwt"  # RFC 9711 §10.9.1: an EAT in a JWT
+EAR_CWT_MEDIA_TYPE = "application/eat+cwt"  # RFC 9782: an EAT in a CWT
 
 
 def node_json(n: NodeRow, *, ear: bool = True, now: float, freshness: Freshness) -> dict[str, Any]:
@@ -227,15 +228,30 @@ def _node_routes(app: FastAPI, f: _Fleet) -> None:
 
     @app.get(
         "/v1/nodes/{node_id}/ear",
-        responses={200: {"content": {EAR_MEDIA_TYPE: {}}}, **errors(401, 404, 503)},
+        responses={
+            200: {"content": {EAR_MEDIA_TYPE: {}, EAR_CWT_MEDIA_TYPE: {}}},
+            **errors(401, 404, 409, 422, 503),
+        },
     )
-    def node_ear(node_id: str) -> Response:
-        """The node's latest attestation result: an EAR (JWT, ES256) signed with the key at
-        ``/v1/verifier-key``."""
+    def node_ear(node_id: str, format: str = Query("jwt", pattern="^(jwt|cwt)$")) -> Response:
+        """The node's latest attestation result: an EAR (draft-ietf-rats-ear, ES256) signed with
+        the key at ``/v1/verifier-key``; a JWT, or with ``?format=cwt`` the same claims as a CWT
+        (COSE_Sign1 over CBOR, signed on request)."""
         n = f.get(node_id)
         if n.ear is None:
             raise HTTPException(404, f"no signed result for {node_id!r} yet")
-        return Response(n.ear, media_type=EAR_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        if format == "jwt":
+            return Response(n.ear, media_type=EAR_MEDIA_TYPE, headers=headers)
+        if f.signer is None:
+            raise HTTPException(404, "this service signs no attestation results")
+        try:
+            cwt = f.signer.as_cwt(n.ear)
+        except AttestError:
+            raise HTTPException(
+                409, f"the stored result of {node_id!r} was signed by another key: JWT only"
+            ) from None
+        return Response(cwt, media_type=EAR_CWT_MEDIA_TYPE, headers=headers)
 
     @app.get("/v1/verifier-key", responses=errors(401, 404))
     def verifier_key() -> JSONResponse:

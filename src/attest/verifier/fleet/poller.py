@@ -47,7 +47,7 @@ from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised, unappraisable
 from attest.appraisal.claims import Tier, Verdict
-from attest.appraisal.ear import ear_claims, submod
+from attest.appraisal.ear import collateral, ear_claims, submod
 from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
@@ -419,7 +419,12 @@ class Poller:
         result = c.appraised.result
         summary = summarize(result)
         claims = self._ear(
-            {node.node_id: {**submod(result), "attest.node.port-id": result.node_id}},
+            {
+                node.node_id: {
+                    **submod(result, collateral(state.registry, s.platform_id)),
+                    "attest.node.port-id": result.node_id,
+                }
+            },
             start,
             c.nonce,
         )
@@ -525,7 +530,11 @@ class Poller:
         status = NodeStatus.of_tier(pair.verdict.tier)
         # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
         # challenge both layers' nonces come from.
-        claims = None if self.signer is None else pair.ear_claims(now=now)
+        found = {
+            HOST: collateral(host_state.registry, s.host_platform_id or s.platform_id),
+            GUEST: collateral(guest_state.registry, s.platform_id),
+        }
+        claims = None if self.signer is None else pair.ear_claims(now=now, found=found)
         return self._outcome(
             node,
             start,

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attest.appraisal.ear import public_jwk, sign_ear
+from attest.appraisal.ear import public_jwk, sign_cwt, sign_ear, verify_ear
 from attest.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,14 @@ class EarSigner:
 
     def sign(self, claims: Mapping[str, Any]) -> str:
         return sign_ear(claims, self._key, kid=self.kid)
+
+    def as_cwt(self, jwt: str) -> bytes:
+        """A stored EAR (JWT) re-serialised as a CWT: its claims, as signed (the same ``iat``
+        and ``exp``), in a COSE_Sign1 signed now with the same key. The JWT is verified first
+        (``SignatureError`` if another key signed it), so that nothing but what this key
+        signed is ever re-signed."""
+        claims = verify_ear(jwt, self._key.public_key())
+        return sign_cwt(claims, self._key, kid=self.kid)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [dict(self.jwk)]}
