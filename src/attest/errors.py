@@ -185,6 +185,13 @@ class BrokerUnavailable(TransportError):
     or not answering. The node is not ready; the request may succeed later."""
 
 
+class DatabaseUnavailable(TransportError):  # noqa: N818 - a state, as ConnectionRefused
+    """The fleet's database cannot be reached (stopped, restarting, network lost); the fleet
+    is not ready and the request may succeed later (verifier.fleet.pgconn)."""
+
+    check = "database"
+
+
 class OperationNotAllowed(TransportError):
     """A well-formed request that this channel may not make (e.g. ``audit_record`` on the
     API socket of the broker, or a runtime event kind outside the allow-list)."""

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -45,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
-from attest.cli._common import EXIT_TPM, error_line, print_json
-from attest.errors import ConfigError
+from attest.cli._common import error_line, print_json
+from attest.errors import AttestError, ConfigError, DatabaseUnavailable, NodeUrlRefused
 from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
 from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
@@ -60,7 +61,6 @@ from attest.verifier.fleet.enrollment import (
     with_roots,
 )
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
@@ -82,7 +82,11 @@ DEFAULT_EAR_KEY = "attest-fleet-ear.pem"  # relative to the working directory
 
 def _db(args: argparse.Namespace) -> Store:
     check_fleet_environment()
-    return open_store(args.db or os.environ.get("ATTEST_FLEET_DB") or DEFAULT_DB)
+    if args.db is not None:
+        return open_store(args.db, key="--db")
+    if os.environ.get("ATTEST_FLEET_DB"):
+        return open_store(os.environ["ATTEST_FLEET_DB"], key="ATTEST_FLEET_DB")
+    return open_store(DEFAULT_DB, key="--db")
 
 
 def _rules(args: argparse.Namespace) -> VerifierRules:
@@ -234,6 +238,40 @@ def _security(args: argparse.Namespace, host: str) -> tuple[Access, NodeAddresse
     return access, NodeAddresses(allow), options
 
 
+def _positive(value: float, key: str, *, above: float = 0.0, what: str = "") -> float:
+    """A finite number over ``above`` (argparse's ``float`` takes ``nan``, ``inf`` and -1)."""
+    if not (math.isfinite(value) and value > above):
+        raise ConfigError(f"{value} is not a finite number over {what}{above:g}", key=key)
+    return value
+
+
+def _poll_settings(args: argparse.Namespace) -> PollSettings:
+    """The poller's settings, each option checked with its name (before anything starts)."""
+    timeout = _positive(args.timeout, "--timeout")
+    if not (math.isfinite(args.jitter) and 0 <= args.jitter < 1):
+        raise ConfigError(f"{args.jitter} is not a fraction in [0, 1)", key="--jitter")
+    if args.concurrency < 1:
+        raise ConfigError(f"{args.concurrency} is not at least 1", key="--concurrency")
+    _positive(args.registry_refresh, "--registry-refresh")
+    return PollSettings(
+        worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        interval=_positive(args.interval, "--interval"),
+        jitter=args.jitter,
+        concurrency=args.concurrency,
+        timeout=timeout,
+        selection=args.selection,
+        platform_id=args.platform_id,
+        host_platform_id=args.host_platform_id,
+        lease_ttl=(
+            max(60.0, 4 * timeout)
+            if args.lease_ttl is None
+            else _positive(
+                args.lease_ttl, "--lease-ttl", above=2 * timeout, what="2 × --timeout = "
+            )
+        ),
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -241,20 +279,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     access, nodes, listen_options = _security(args, host)  # before anything starts
     rules = _rules(args)
     enroller = _enroller(args, rules)  # a bad policy fails here, before anything starts
+    settings = _poll_settings(args)
+    freshness = _freshness(args)
     registry, host_registry = _registries(args, rules)
     store = _db(args)
-    settings = PollSettings(
-        worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
-        interval=args.interval,
-        jitter=args.jitter,
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        selection=args.selection,
-        platform_id=args.platform_id,
-        host_platform_id=args.host_platform_id,
-        lease_ttl=args.lease_ttl or max(60.0, 4 * args.timeout),
-    )
-    freshness = _freshness(args)
     sender = None
     if args.webhook:
         if not args.webhook_secret_file:
@@ -391,7 +419,14 @@ def cmd_add(args: argparse.Namespace) -> int:
         ("--host-activation-url", args.host_activation_url),
     ):
         if url is not None:
-            check_node_url(url, what=key)
+            try:
+                check_node_url(url, what=key)
+            except NodeUrlRefused as exc:  # an argument of this command: a usage error
+                shown = url if len(url) <= 80 else url[:77] + "..."
+                raise ConfigError(
+                    f"{shown!r} is not a node's URL ({str(exc).removeprefix(key + ': ')})",
+                    key=key,
+                ) from None
     enroller = _enroller(args, _rules(args))
     store = _db(args)
     try:
@@ -453,6 +488,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _freshness(args: argparse.Namespace) -> Freshness:
+    _positive(args.interval, "--interval")
     if args.stale_after < 1:
         raise ConfigError("--stale-after must be at least 1 interval", key="--stale-after")
     return Freshness(args.interval, args.stale_after)
@@ -465,12 +501,13 @@ def _age(age: float | None) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Each node's verdict with its age; ``stale`` (and the last verdict) when it was not
     appraised within the freshness bound."""
+    fresh = _freshness(args)
     store = _db(args)
     try:
         nodes = store.list_nodes(ear=args.json)
     finally:
         store.close()
-    now, fresh = time.time(), _freshness(args)
+    now = time.time()
     if args.json:
         print_json([node_json(n, now=now, freshness=fresh) for n in nodes])
         return 0
@@ -490,6 +527,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    fresh = _freshness(args)
     store = _db(args)
     try:
         n = store.get_node(args.node_id)
@@ -498,7 +536,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         store.close()
     if n is None:
         raise ConfigError(f"no node {args.node_id!r} in the fleet", key="node_id")
-    now, fresh = time.time(), _freshness(args)
+    now = time.time()
     if args.json:
         doc = node_json(n, now=now, freshness=fresh)
         doc["history"] = [{**c, "at": iso(c["at"])} for c in changes]
@@ -738,14 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except DatabaseUnavailable as exc:  # a peer that could not be reached
-        print(f"attest: the fleet's database is unreachable: {exc}", file=sys.stderr)
-        return EXIT_TPM
-    except Exception as exc:  # noqa: BLE001 - mapped to one line like attest.cli.main
-        from attest.errors import AttestError
-
-        if not isinstance(exc, AttestError | OSError):
-            raise
+    except (AttestError, OSError) as exc:  # one line, as attest.cli.main
         code, line = error_line(exc)
         print(line, file=sys.stderr)
         return code

@@ -18,7 +18,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,8 @@ from attest.errors import (
     AttestError,
     ConfigError,
     EnrollmentPolicyError,
+    EvidenceFormatError,
+    ManifestFormatError,
     TransportError,
     VerificationError,
 )
@@ -187,11 +189,22 @@ def _load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry 
     if args.root is not None or args.snapshot is not None:
         if args.root is None or args.snapshot is None:
             raise ConfigError("give --root and --snapshot together", key="--snapshot")
-        root = verify_root_self_signed(read_bytes(args.root, max_size=MAX_ROOT_BYTES), now=now)
-        return verify_snapshot(
-            root.root, read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES), now=now
-        )
+        root_bytes = read_bytes(args.root, max_size=MAX_ROOT_BYTES)
+        snapshot = read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES)
+        with _naming(args.root):
+            root = verify_root_self_signed(root_bytes, now=now)
+        with _naming(args.snapshot):
+            return verify_snapshot(root.root, snapshot, now=now)
     return None
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A document that does not parse is refused with the file's name (``--root garbage``)."""
+    try:
+        yield
+    except EvidenceFormatError as exc:
+        raise ManifestFormatError(f"{path}: {exc}") from None
 
 
 def _ek_cas(paths: Sequence[str]) -> tuple[list[Any], list[Any]]:

@@ -45,6 +45,7 @@ from attest import __version__
 from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
+    DatabaseUnavailable,
     EvidenceFormatError,
     NodeIdTaken,
     RegistrationRefused,
@@ -67,7 +68,6 @@ from attest.verifier.fleet.admission import (
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
 from attest.verifier.fleet.model import SEVERITY, Freshness, NodeRow, iso
 from attest.verifier.fleet.pages import render_node, render_overview, sorry_page
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner

@@ -51,7 +51,7 @@ from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
 from attest.enroll import Enrollment
-from attest.errors import AttestError, TransportError
+from attest.errors import AttestError, DatabaseUnavailable, TransportError
 from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
@@ -67,7 +67,6 @@ from attest.verifier.fleet.appraiser import (
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Leased, Outcome, Store
 from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
