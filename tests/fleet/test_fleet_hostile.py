@@ -20,9 +20,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.api.test_hostile_input import ECHOES
 from tests.fleet.conftest import dev_policy, free_port, sim_server
-from tests.fleet.hostile import MARKER, hostile
 
 from attest.testing.fleet_sim import EK_ATTRS, SimFleet, SimNode
+from attest.testing.hostile_peers import MARKER, hostile
 from attest.tpmstruct import Alg, SymDef, public_from_key
 
 WRITE = "write-token-0123456789abcdef"

@@ -1,7 +1,8 @@
 """Every client read of a peer is bounded in bytes and in total time: ``NodeClient`` (attest
 verify, fleet enrollment), the poller's ``HttpPool`` and the webhook sender, each against real
-hostile servers on 127.0.0.1 (tests/fleet/hostile.py). A refusal is a ``TransportError`` naming
-the bound, within the deadline, with the client's memory bounded by the cap."""
+hostile servers on 127.0.0.1 (``attest.testing.hostile_peers``). A refusal is a
+``TransportError`` naming the bound, within the deadline, with the client's memory bounded by
+the cap."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.fleet.hostile import hostile
 
 from attest.errors import TransportError
+from attest.testing.hostile_peers import hostile
 from attest.verifier.client import NodeClient
 from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.store import Outcome

@@ -1,5 +1,6 @@
-"""Hostile peers on 127.0.0.1 for the client-side tests: a raw HTTP/1.1 server that answers
-every request in one chosen, bad way, counting the bytes it managed to send.
+"""Hostile peers on 127.0.0.1 for the client-side tests and ``bench/peer_memory.py``: a raw
+HTTP/1.1 server that answers every request in one chosen, bad way, counting the bytes it
+managed to send.
 
 Behaviours: ``endless`` (200, a chunked body that never ends), ``trickle`` (200 with a
 ``Content-Length`` of a megabyte, sent one byte every 50 ms), ``trickle-headers`` (the status
