@@ -192,6 +192,12 @@ class DatabaseUnavailable(TransportError):  # noqa: N818 - a state, as Connectio
     check = "database"
 
 
+class ReadBudgetSpent(TransportError):
+    """An answer the fleet's poller refused while reading it: the budget shared by all answers
+    being read was held by others (verifier.fleet.http). Not the node's failure: it is polled
+    again shortly, its failure count unchanged."""
+
+
 class OperationNotAllowed(TransportError):
     """A well-formed request that this channel may not make (e.g. ``audit_record`` on the
     API socket of the broker, or a runtime event kind outside the allow-list)."""

@@ -5,8 +5,9 @@ managed to send.
 Behaviours: ``endless`` (200, a chunked body that never ends), ``trickle`` (200 with a
 ``Content-Length`` of a megabyte, sent one byte every 50 ms), ``trickle-headers`` (the status
 line and headers one byte every 50 ms, never finished), ``huge-length`` (declares a 1 TB body,
-sends a little), ``reflect`` (a 418 whose JSON ``detail`` and text carry ``MARKER``), and
-``json`` (200 with a JSON object that is no attest identity).
+sends a little), ``reflect`` (a 418 whose JSON ``detail`` and text carry ``MARKER``),
+``json`` (200 with a JSON object that is no attest identity), and, not hostile, ``large`` (200,
+a complete chunked JSON object of ``LARGE`` bytes: a big honest answer).
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ import time
 from collections.abc import Iterator
 
 MARKER = "SECRET-FROM-INTERNAL-SERVICE"
-BEHAVIOURS = ("endless", "trickle", "trickle-headers", "huge-length", "reflect", "json")
+BEHAVIOURS = ("endless", "trickle", "trickle-headers", "huge-length", "reflect", "json", "large")
+LARGE = 2 << 20
 
 
 class HostileServer:
-    def __init__(self, behaviour: str) -> None:
+    """``identity``: a JSON document answered to ``GET /v1/identity`` (a node that passes for
+    an attest node until the verifier asks for evidence); every other request gets the
+    behaviour."""
+
+    def __init__(self, behaviour: str, *, identity: bytes | None = None) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(behaviour)
         self.behaviour = behaviour
+        self.identity = identity
         self.sent = 0  # bytes written to all clients
         self.requests: list[bytes] = []  # each request's head
         self.stop = threading.Event()
@@ -69,6 +76,14 @@ class HostileServer:
                     return
                 head += more
             self.requests.append(head.split(b"\r\n\r\n")[0])
+            if self.identity is not None and head.startswith(b"GET /v1/identity "):
+                self._send(
+                    sock,
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (len(self.identity), self.identity),
+                )
+                return
             getattr(self, "_" + self.behaviour.replace("-", "_"))(sock)
         except OSError:
             pass  # the client hung up: what the bounded client must do
@@ -107,6 +122,15 @@ class HostileServer:
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body),
         )
 
+    def _large(self, sock: socket.socket) -> None:
+        self._send(sock, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        self._send(sock, b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        body = b'{"pad": "' + b"a" * (LARGE - 11) + b'"}'
+        for i in range(0, len(body), 65536):
+            part = body[i : i + 65536]
+            self._send(sock, b"%x\r\n%s\r\n" % (len(part), part))
+        self._send(sock, b"0\r\n\r\n")
+
     def _json(self, sock: socket.socket) -> None:
         body = json.dumps({"service": MARKER, "ak": [1, 2]}).encode()
         self._send(
@@ -117,8 +141,8 @@ class HostileServer:
 
 
 @contextlib.contextmanager
-def hostile(behaviour: str) -> Iterator[HostileServer]:
-    srv = HostileServer(behaviour)
+def hostile(behaviour: str, *, identity: bytes | None = None) -> Iterator[HostileServer]:
+    srv = HostileServer(behaviour, identity=identity)
     try:
         yield srv
     finally:

@@ -111,6 +111,10 @@ class RegisterRequest(BaseModel):
 
 
 EAR_MEDIA_TYPE = "application/eat+jwt"  # RFC 9711 §10.9.1: an EAT in a JWT
+# Registrations contacting nodes at once; more wait their turn. Each holds at most one small
+# answer (attest.verifier.client.MAX_SMALL_RESPONSE) whatever its node streams: memory stays
+# bounded however many registrations of hostile URLs arrive together.
+MAX_ENROLLING = 4
 
 
 def node_json(n: NodeRow, *, ear: bool = True, now: float, freshness: Freshness) -> dict[str, Any]:
@@ -171,6 +175,8 @@ def create_fleet_app(
             "nodes": [d for d in nodes if verdict in (None, d["verdict"], d["state"])],
         }
 
+    enrolling = asyncio.Semaphore(MAX_ENROLLING)
+
     @app.post("/v1/nodes", status_code=201, response_model=None)
     async def register(req: RegisterRequest) -> dict[str, Any] | JSONResponse:
         """Register a node -- or, with ``host_url``, a host and its guest as one node: enroll
@@ -192,8 +198,9 @@ def create_fleet_app(
             if known is not None and known.enrolled:
                 return _taken(req.node_id)
         try:
-            await loop.run_in_executor(None, _check_urls, nodes, reg)
-            enrollment = await loop.run_in_executor(None, enroll, reg)
+            async with enrolling:
+                await loop.run_in_executor(None, _check_urls, nodes, reg)
+                enrollment = await loop.run_in_executor(None, enroll, reg)
             node_id = check_node_id(req.node_id or enrollment.node_id or req.url)
         except RegistrationRefused as exc:
             return error_answer(422, exc, str(exc))
@@ -480,6 +487,10 @@ def poller_metrics(poller: Poller | None) -> list[str]:
             f"attest_fleet_appraisals_total {m.appraisals}",
             "# TYPE attest_fleet_poll_failures_total counter",
             f"attest_fleet_poll_failures_total {m.failures}",
+            "# HELP attest_fleet_polls_deferred_total contacts put off: the answers being read "
+            "held the read budget",
+            "# TYPE attest_fleet_polls_deferred_total counter",
+            f"attest_fleet_polls_deferred_total {m.deferred}",
             "# HELP attest_fleet_results_dropped_total results discarded: the lease was lost",
             "# TYPE attest_fleet_results_dropped_total counter",
             f"attest_fleet_results_dropped_total {m.dropped}",
