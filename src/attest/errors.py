@@ -191,6 +191,19 @@ class BrokerUnavailable(TransportError):
     or not answering. The node is not ready; the request may succeed later."""
 
 
+class DatabaseUnavailable(TransportError):  # noqa: N818 - a state, as ConnectionRefused
+    """The fleet's database cannot be reached (stopped, restarting, network lost); the fleet
+    is not ready and the request may succeed later (verifier.fleet.pgconn)."""
+
+    check = "database"
+
+
+class ReadBudgetSpent(TransportError):
+    """An answer the fleet's poller refused while reading it: the budget shared by all answers
+    being read was held by others (verifier.fleet.http). Not the node's failure: it is polled
+    again shortly, its failure count unchanged."""
+
+
 class OperationNotAllowed(TransportError):
     """A well-formed request that this channel may not make (e.g. ``audit_record`` on the
     API socket of the broker, or a runtime event kind outside the allow-list)."""

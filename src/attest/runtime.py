@@ -23,6 +23,13 @@ Event kinds and their content (digests are lower-case hex at the edge, ``bytes``
 ``verity-device``  ``{name, root_hash, ...}`` a dm-verity device seen (extra members allowed)
 ``upgrade-decision`` ``{accepted, reason, version, ...}`` an upgrade-gate decision
 ``audit``          ``{audit_seq, entry_hash}`` anchors an operator-audit entry (``attest.audit``)
+``audit-close``    ``{entries, head}`` the broker closed the audit log cleanly: ``entries``
+                   entries, the last one's hash ``head`` (all zero for none)
+``audit-unanchored`` ``{first_seq, last_seq, clean_stop, previous_boot}`` at start the broker
+                   found entries it had not anchored: appended while it was stopped
+                   (``clean_stop``: after its ``audit-close``, so not written by attest) or
+                   left by a crash between writing and anchoring (indistinguishable then);
+                   ``previous_boot``: judged against the log of the boot before a TPM reset
 ``nv-counter``     ``{index, value}`` an NV counter value (rollback protection)
 ``vtpm``           ``{guest_id, ek_sha256, ek_cert_sha256?}`` a guest vTPM this host created
                    and vouches for (``attest.node.tpm.vtpm``; sha256 of the EK TPMT_PUBLIC)
@@ -54,6 +61,8 @@ KIND_TLS_KEY = "tls-key"
 KIND_VERITY_DEVICE = "verity-device"
 KIND_UPGRADE_DECISION = "upgrade-decision"
 KIND_AUDIT = "audit"
+KIND_AUDIT_CLOSE = "audit-close"
+KIND_AUDIT_UNANCHORED = "audit-unanchored"
 KIND_NV_COUNTER = "nv-counter"
 KIND_VTPM = "vtpm"
 KIND_POLICY = "policy"
@@ -103,6 +112,29 @@ class AuditAnchor:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditClose:
+    """The audit log was closed cleanly with ``entries`` entries, the last one ``head``."""
+
+    entries: int
+    head: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditUnanchored:
+    """Entries ``first_seq..last_seq`` were in the audit log but not anchored when the broker
+    started: written while it was stopped. ``clean_stop``: it had closed the log cleanly
+    before (``AuditClose``), so no attest process wrote them; otherwise a crash between
+    writing an entry and anchoring it would leave the same trace. ``previous_boot``: the last
+    record of the audit log was in the runtime log of the boot before a TPM reset (a file no
+    PCR binds any more)."""
+
+    first_seq: int
+    last_seq: int
+    clean_stop: bool
+    previous_boot: bool
+
+
+@dataclass(frozen=True, slots=True)
 class NvCounter:
     index: int
     value: int
@@ -130,6 +162,8 @@ EventDetail = (
     | VerityDevice
     | UpgradeDecision
     | AuditAnchor
+    | AuditClose
+    | AuditUnanchored
     | NvCounter
     | VtpmVouch
     | MacPolicy
@@ -234,6 +268,23 @@ def _audit(c: Mapping[str, Any]) -> AuditAnchor:
     return AuditAnchor(_uint(KIND_AUDIT, c, "audit_seq"), _digest(KIND_AUDIT, c, "entry_hash"))
 
 
+def _audit_close(c: Mapping[str, Any]) -> AuditClose:
+    _members(KIND_AUDIT_CLOSE, c, ("entries", "head"))
+    return AuditClose(_uint(KIND_AUDIT_CLOSE, c, "entries"), _digest(KIND_AUDIT_CLOSE, c, "head"))
+
+
+def _audit_unanchored(c: Mapping[str, Any]) -> AuditUnanchored:
+    kind = KIND_AUDIT_UNANCHORED
+    _members(kind, c, ("first_seq", "last_seq", "clean_stop", "previous_boot"))
+    first, last = _uint(kind, c, "first_seq"), _uint(kind, c, "last_seq")
+    if last < first:
+        raise _fail(kind, "last_seq must not be below first_seq")
+    flags = [c[k] for k in ("clean_stop", "previous_boot")]
+    if not all(isinstance(f, bool) for f in flags):
+        raise _fail(kind, "clean_stop and previous_boot must be true or false")
+    return AuditUnanchored(first, last, flags[0], flags[1])
+
+
 def _nv(c: Mapping[str, Any]) -> NvCounter:
     _members(KIND_NV_COUNTER, c, ("index", "value"))
     return NvCounter(
@@ -265,11 +316,15 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], EventDetail]] = {
     KIND_VERITY_DEVICE: _verity,
     KIND_UPGRADE_DECISION: _upgrade,
     KIND_AUDIT: _audit,
+    KIND_AUDIT_CLOSE: _audit_close,
+    KIND_AUDIT_UNANCHORED: _audit_unanchored,
     KIND_NV_COUNTER: _nv,
     KIND_VTPM: _vtpm,
     KIND_POLICY: _policy,
 }
 KINDS: frozenset[str] = frozenset(_PARSERS)
+# Written by the audit log itself (attest.node.logs.audit), never on request.
+AUDIT_KINDS: frozenset[str] = frozenset({KIND_AUDIT, KIND_AUDIT_CLOSE, KIND_AUDIT_UNANCHORED})
 
 
 def parse_content(kind: str, content: Mapping[str, Any]) -> EventDetail:

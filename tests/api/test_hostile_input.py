@@ -62,3 +62,37 @@ def test_framework_refusals_have_the_error_shape(app_factory: AppFactory) -> Non
     assert forbidden.status_code == 403 and forbidden.json()["error"] == "Forbidden"
     for r in (missing, method, forbidden):
         assert set(r.json()) == {"error", "check", "detail"}, r.text
+
+
+# --- every JSON body the OpenAPI describes, derived (tests/support/hostile_json.py) ------------
+
+
+@pytest.mark.parametrize("channel", ["public", "operator"])
+def test_every_body_field_refuses_non_standard_json_cleanly(
+    channel: str, app_factory: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NaN, ±Infinity, ±1e999 and lone surrogates in every member of every POST body (and as
+    the whole body, and as a dictionary key) of attestd's OpenAPI, and NaN/inf/1e999 in every
+    numeric query parameter: each a 4xx in the error shape, echoing nothing, no traceback."""
+    from tests.support.hostile_json import cases, check_refusal, param_cases
+
+    app = app_factory()
+    todo = cases(app.fastapi.openapi()) + param_cases(app.fastapi.openapi())
+    assert {c.path for c in todo} >= {"/v1/evidence", "/v1/enroll/activate"}
+    assert any(c.path.startswith("/v1/audit?start=") for c in todo)
+    with (
+        caplog.at_level(logging.INFO),
+        uvicorn_server(ChannelApp(app, channel)) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        for case in todo:
+            r = client.request(
+                case.method.upper(),
+                case.path,
+                content=case.body,
+                headers={"content-type": "application/json"} if case.body else {},
+            )
+            check_refusal(case, r.status_code, r.text)
+        assert client.get("/healthz").status_code == 200
+    tracebacks = [rec for rec in caplog.records if rec.exc_info or "Traceback" in rec.getMessage()]
+    assert not tracebacks, [rec.getMessage() for rec in tracebacks]

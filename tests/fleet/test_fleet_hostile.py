@@ -19,9 +19,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.fleet.conftest import dev_policy, free_port, sim_server
-from tests.support.hostile import MARKER, assert_refused_cleanly, hostile
+from tests.support.hostile import assert_refused_cleanly
 
 from attest.testing.fleet_sim import EK_ATTRS, SimFleet, SimNode
+from attest.testing.hostile_peers import MARKER, hostile
 from attest.tpmstruct import Alg, SymDef, public_from_key
 
 WRITE = "write-token-0123456789abcdef"
@@ -403,6 +404,67 @@ def test_non_standard_json_is_a_clean_4xx_at_the_fleet(fleet: Service, name: str
     assert r.json()["check"] in ("request-schema", "node-url"), r.text
     time.sleep(0.2)
     assert fleet.text().count("Traceback") == before, fleet.text()[-3000:]
+
+
+def test_every_body_field_refuses_non_standard_json_at_the_fleet(fleet: Service) -> None:
+    """The fleet's own OpenAPI, as served: NaN, ±Infinity, ±1e999 and lone surrogates in every
+    member of every JSON body (and as the body, and as a dictionary key), NaN/inf/1e999 in every
+    numeric query parameter (tests/support/hostile_json.py): each a 4xx in the error shape,
+    echoing nothing, and no traceback in the service's log."""
+    from tests.support.hostile_json import cases, check_refusal, param_cases
+
+    spec = httpx.get(fleet.url + "/openapi.json", headers=R, timeout=10).json()
+    todo = cases(spec) + param_cases(spec)
+    assert any(c.path == "/v1/nodes" and c.method == "post" for c in todo)
+    before = fleet.text().count("Traceback")
+    with httpx.Client(base_url=fleet.url, headers=W, timeout=30) as client:
+        for case in todo:
+            headers = {"content-type": "application/json"} if case.body else {}
+            r = client.request(case.method.upper(), case.path, content=case.body, headers=headers)
+            check_refusal(case, r.status_code, r.text)
+    time.sleep(0.2)
+    assert fleet.text().count("Traceback") == before, fleet.text()[-3000:]
+
+
+def test_schemathesis_finds_no_server_error_at_the_fleet(tmp_path: Path) -> None:
+    """Property-based requests against the fleet's published OpenAPI, with the write token (so
+    registrations reach validation and the node-URL rules): no 5xx but the documented 503s.
+    (Schemathesis draws no NaN, Infinity or lone surrogate: the test above sends those.)"""
+    svc = _serve(
+        tmp_path,
+        "--api-token-file",
+        _token(tmp_path, "write", WRITE),
+        "--allow-nodes",
+        "127.0.0.0/8",
+    )
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{svc.url}/openapi.json",
+                "--header",
+                f"Authorization: Bearer {WRITE}",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "20",
+                "--request-timeout",
+                "10",
+                "--exclude-path",
+                "/metrics",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        _stop(svc)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert elapsed < 60, elapsed
+    assert "Traceback" not in svc.text(), svc.text()[-3000:]
 
 
 # --- forwarded headers (finding 7) ------------------------------------------------------------

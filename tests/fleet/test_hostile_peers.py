@@ -1,11 +1,13 @@
 """Every client read of a peer is bounded in bytes and in total time: ``NodeClient`` (attest
 verify, fleet enrollment), the poller's ``HttpPool`` and the webhook sender, each against real
-hostile servers on 127.0.0.1 (tests/fleet/hostile.py). A refusal is a ``TransportError`` naming
-the bound, within the deadline, with the client's memory bounded by the cap."""
+hostile servers on 127.0.0.1 (``attest.testing.hostile_peers``). A refusal is a
+``TransportError`` naming the bound, within the deadline, with the client's memory bounded by
+the cap."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import tracemalloc
@@ -14,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.hostile import hostile
 
 from attest.errors import TransportError
+from attest.testing.hostile_peers import hostile
 from attest.verifier.client import NodeClient
 from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.store import Outcome, SqliteStore
@@ -175,3 +177,110 @@ def test_webhook_sender_reads_no_body_and_each_attempt_ends_by_the_deadline(
         assert row["attempts"] == 2 and "deadline of 1 s" in row["last_error"], row
         assert row["claimed_by"] is None  # let go: another sender may take it
     assert peak() < 4 * CAP, peak()
+
+
+# --- many peers at once: memory bounded by one budget, not by peers x cap ----------------------
+
+
+def test_node_client_reads_small_documents_under_a_small_cap(peak: Callable[[], int]) -> None:
+    """An identity is a few KiB: an endless one is cut at MAX_SMALL_RESPONSE even though the
+    client's cap (for evidence) is 16 MiB -- so enrolling many hostile URLs at once costs
+    little each."""
+    from attest.verifier.client import MAX_RESPONSE, MAX_SMALL_RESPONSE
+
+    with hostile("endless") as srv, NodeClient(srv.url) as c:
+        assert c.max_response == MAX_RESPONSE > MAX_SMALL_RESPONSE
+        exc, took = _timed(c.identity)
+    assert f"over the limit of {MAX_SMALL_RESPONSE} bytes" in str(exc) and took < 10
+    assert peak() < 4 * MAX_SMALL_RESPONSE, peak()
+
+
+def _many(pool: HttpPool, urls: list[str]) -> list[Any]:
+    async def go() -> list[Any]:
+        try:
+            return await asyncio.gather(
+                *(pool.request(Origin.parse(u), "POST", "/v1/evidence", {}) for u in urls),
+                return_exceptions=True,
+            )
+        finally:
+            pool.close()
+
+    return asyncio.run(go())
+
+
+def test_poller_pool_holds_one_budget_for_all_answers_being_read(
+    peak: Callable[[], int],
+) -> None:
+    """Ten endless peers read at once hold the shared budget plus a small share each, not ten
+    times the 16 MiB cap; the budget is given back whatever the answers' fate."""
+    from attest.verifier.fleet.http import MAX_RESPONSE, SMALL_ANSWER
+
+    budget = 4 << 20
+    with contextlib.ExitStack() as stack:
+        peers = [stack.enter_context(hostile("endless")) for _ in range(10)]
+        pool = HttpPool(timeout=20, max_buffered=budget)
+        t0 = time.monotonic()
+        got = _many(pool, [p.url for p in peers])
+        took = time.monotonic() - t0
+        sent = sum(p.sent for p in peers)
+    assert all(isinstance(g, TransportError) for g in got), got
+    assert any("budget of 4194304 bytes" in str(g) for g in got), got
+    assert pool.over_budget >= 1 and pool.buffered == 0 and took < 15
+    # the budget, a small share each, and the sockets' read buffers: not 10 x 16 MiB
+    assert peak() < 32 << 20 < 10 * MAX_RESPONSE, peak()
+    assert sent > 10 * SMALL_ANSWER and MAX_RESPONSE == 16 << 20
+
+
+def test_poller_pool_reads_a_large_honest_answer_within_the_budget() -> None:
+    from attest.testing.hostile_peers import LARGE
+
+    with hostile("large") as srv:
+        pool = HttpPool(timeout=20, max_buffered=4 << 20)
+        (got,) = _many(pool, [srv.url])
+    assert not isinstance(got, BaseException), got
+    assert got.status == 200 and len(got.body) == LARGE and got.json()["pad"].startswith("aaa")
+    assert pool.buffered == 0 and pool.over_budget == 0
+
+
+def test_fleet_contacts_at_most_max_enrolling_nodes_at_once(tmp_path: Any) -> None:
+    """However many registrations arrive together, MAX_ENROLLING of them contact nodes at a
+    time (each holding at most one small answer); the others wait their turn."""
+    import httpx
+
+    from attest.verifier.fleet.access import Access
+    from attest.verifier.fleet.api import MAX_ENROLLING, create_fleet_app
+    from attest.verifier.fleet.store import SqliteStore
+
+    lock = threading.Lock()
+    now = [0, 0]  # in flight, most at once
+
+    def enroll(reg: object) -> Any:
+        with lock:
+            now[0] += 1
+            now[1] = max(now[1], now[0])
+        time.sleep(0.2)
+        with lock:
+            now[0] -= 1
+        raise TransportError("no node here")
+
+    store = SqliteStore(str(tmp_path / "fleet.db"))
+    app = create_fleet_app(store, enroll=enroll, access=Access("w" * 16))
+
+    async def go() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": "Bearer " + "w" * 16}
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as c:
+            answers = await asyncio.gather(
+                *(
+                    c.post(
+                        "/v1/nodes", json={"url": f"http://127.0.0.1:{9000 + i}"}, headers=headers
+                    )
+                    for i in range(3 * MAX_ENROLLING)
+                )
+            )
+        return [r.status_code for r in answers]
+
+    codes = asyncio.run(go())
+    store.close()
+    assert codes == [502] * (3 * MAX_ENROLLING)
+    assert now[1] == MAX_ENROLLING, now

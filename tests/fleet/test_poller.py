@@ -307,3 +307,34 @@ async def test_the_fleet_appraises_the_platform_it_names_or_says_it_waived_it(
             await task
             poller.close()
             store.close()
+
+
+async def test_an_answer_put_off_for_the_read_budget_is_not_the_nodes_failure(
+    tmp_path: Path,
+) -> None:
+    """With the pool's shared read budget held (here: none at all), a node whose answer is
+    larger than its own small share is asked again shortly -- never counted as a failure,
+    never marked unreachable, its verdict kept."""
+    from attest.testing.hostile_peers import hostile
+
+    sim = SimFleet(1)
+    with hostile("large") as srv:  # a complete 2 MiB answer
+        store = SqliteStore(str(tmp_path / "fleet.db"))
+        store.add_node("big-0", srv.url, sim.enrollment(0), now=time.time())
+        before = store.get_node("big-0")
+        poller = Poller(store, settings=settings(), appraise=default_appraiser())
+        poller.pool.max_buffered = 0  # no answer may grow past its own share
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        try:
+            await until(lambda: poller.metrics.deferred >= 3)
+        finally:
+            stop.set()
+            await task
+            poller.close()
+    node = store.get_node("big-0")
+    store.close()
+    assert before is not None and node is not None
+    assert node.failures == 0 and node.verdict == before.verdict != "unreachable"
+    assert "held by other answers" in node.last_error and "asked again" in node.explanation
+    assert poller.metrics.failures == 0 and poller.pool.over_budget >= 3

@@ -13,11 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import free_port
 
+from attest.errors import DatabaseUnavailable
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.model import Freshness, NodeRow
-from attest.verifier.fleet.pgconn import DatabaseState, DatabaseUnavailable
+from attest.verifier.fleet.pgconn import DatabaseState
 from attest.verifier.fleet.staleness import StaleWatch
 from attest.verifier.fleet.store import Outcome, SqliteStore
 from attest.verifier.fleet.webhooks import WebhookSender

@@ -23,11 +23,11 @@ from fastapi.testclient import TestClient
 from tests.fleet.hooks import Receiver, make_event
 from tests.support.store import SIM, outcome
 
+from attest.errors import DatabaseUnavailable
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.model import NodeRow
 from attest.verifier.fleet.outbox import OutboxEvent
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.store import Outcome, SqliteStore, Store, open_store
 from attest.verifier.fleet.webhooks import WebhookSender, WebhookSettings, verdict_event
 

@@ -141,6 +141,7 @@ def make_node(
     verity_event: bool = True,
     audit_key: bytes = AUDIT_KEY,
     audit_user: str = "op",
+    extra_events: Sequence[tuple[str, Mapping[str, Any]]] = (),
 ) -> Node:
     clock = [1000.0]
     tpm = FakeTpm(banks=(HashAlg.SHA256,), seed=seed, clock=lambda: clock[0] / 1000)
@@ -177,6 +178,7 @@ def make_node(
         ),
         ("nv-counter", {"index": 0x01500020, "value": 3}),
         *[("audit", {"audit_seq": a["seq"], "entry_hash": a["entry_hash"]}) for a in audit],
+        *extra_events,
         ("config", {"sha256": "33" * 32}),
         ("daemon-start", {"version": "0.1.0", "boot_id": "b2"}),
     ]

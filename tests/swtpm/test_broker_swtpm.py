@@ -147,16 +147,17 @@ def test_unprivileged_socket_cannot_record_audit_events(broker: Broker) -> None:
 
 
 def test_crash_between_append_and_extend_is_reconciled(broker: Broker, tmp_path: Path) -> None:
-    broker.stop()
+    broker.stop()  # a clean stop: daemon-start, then audit-close
     # Simulate the crash: the record reached the file, the extend never reached the TPM.
     banks = broker.node.runtime.banks
-    rec = new_runtime_record(1, "config", {"sha256": "12" * 32}, pcr=PCR, banks=banks)
+    rec = new_runtime_record(2, "config", {"sha256": "12" * 32}, pcr=PCR, banks=banks)
     with (broker.state / "runtime.log").open("a") as f:
         f.write(dumps_cel_record(rec))
     again = start_broker(broker.swtpm, tmp_path)
     try:
         runtime, _ = attest_node(again.api)
-        assert [e.kind for e in runtime.events] == ["daemon-start", "config", "daemon-start"]
+        kinds = ["daemon-start", "audit-close", "config", "daemon-start"]
+        assert [e.kind for e in runtime.events] == kinds
     finally:
         again.stop()
 

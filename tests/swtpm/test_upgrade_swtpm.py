@@ -92,3 +92,17 @@ def test_nv_counter_anti_rollback_on_swtpm(swtpm: Any, tmp_path: Path) -> None:
         ]
     finally:
         local.close()
+
+
+def test_cli_confirm_with_nothing_staged_is_refused_in_one_line(
+    swtpm: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attest.cli import main
+
+    node_dir = new_node(tmp_path / "node").root
+    argv = ["upgrade", "confirm", "--tcti", swtpm[0].tcti, "--slots-dir", str(node_dir / "slots")]
+    argv += ["--trust-dir", str(node_dir / "trust"), "--state-dir", str(node_dir / "state")]
+    assert main(argv) == 5  # a decision refused the request: not 1 ("a check failed"), not 70
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attest: refused (nothing-to-confirm): nothing to confirm")
+    assert "\n" not in err and "Traceback" not in err

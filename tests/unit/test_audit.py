@@ -25,7 +25,7 @@ from attest.model import HashAlg, PcrSelection
 from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
 from attest.node.tpm.fake import FakeTpm
-from attest.runtime import AuditAnchor, verify_runtime_log
+from attest.runtime import AuditAnchor, AuditUnanchored, verify_runtime_log
 
 KEY = bytes(range(32))
 T = "2026-01-02T03:04:05+00:00"
@@ -266,22 +266,144 @@ def test_identities_never_reach_disk_or_python_logging(
     assert USER not in caplog.text and HOST not in caplog.text
 
 
-def test_entry_written_but_not_anchored_is_anchored_on_open(tmp_path: Path) -> None:
+def append_entry(tmp_path: Path, audit: AuditLog, user: str = "a") -> AuditEntry:
+    """A chain-valid entry written to audit.log by hand (with the node's key), not by attest."""
+    from attest.manifest.canonical import canonicalize
+
+    data = (tmp_path / "audit.log").read_bytes()
+    entries = [json.loads(c) for c in data.split(b"\x1e") if c.strip()]
+    prev = bytes.fromhex(entries[-1]["entry_hash"]) if entries else ZERO_HASH
+    e = new_entry(
+        audit._key, {"event": "login", "user": user, "time": T}, seq=len(entries), prev_hash=prev
+    )
+    with (tmp_path / "audit.log").open("ab") as f:
+        f.write(b"\x1e" + canonicalize(e.to_json()) + b"\n")
+    return e
+
+
+def crash(audit: AuditLog, runtime: RuntimeLog) -> None:
+    """The process dies: its files are closed without a word (no audit-close)."""
+    os.close(audit._fd)
+    audit._fd = -1
+    runtime.close()
+
+
+def kinds(runtime: RuntimeLog) -> list[str]:
+    return [r.content_type.removeprefix("attest/") for r in runtime.records()]
+
+
+def unanchored(runtime: RuntimeLog) -> list[dict[str, Any]]:
+    return [
+        dict(r.content) for r in runtime.records() if r.content_type == "attest/audit-unanchored"
+    ]
+
+
+def stopped_cleanly(tmp_path: Path) -> tuple[FakeTpm, AuditLog]:
+    """A node with one audit entry whose broker stopped cleanly (audit-close recorded)."""
     tpm, runtime, audit = open_logs(tmp_path)
     audit.record({"event": "login", "user": "a"})
     audit.close()
     runtime.close()
-    # Crash between the audit append and the anchor: append entry 1 by hand.
-    e0 = audit.entries()[0]
-    e1 = new_entry(
-        audit._key, {"event": "logout", "user": "a", "time": T}, seq=1, prev_hash=e0.entry_hash
-    )
-    from attest.manifest.canonical import canonicalize
+    return tpm, audit
 
-    with (tmp_path / "audit.log").open("ab") as f:
-        f.write(b"\x1e" + canonicalize(e1.to_json()) + b"\n")
+
+def test_entry_written_but_not_anchored_is_anchored_on_open(tmp_path: Path) -> None:
+    tpm, runtime, audit = open_logs(tmp_path)
+    audit.record({"event": "login", "user": "a"})
+    # Crash between the audit append and the anchor: entry 1 is in the file, not anchored.
+    append_entry(tmp_path, audit)
+    crash(audit, runtime)
     _, runtime2, audit2 = open_logs(tmp_path, tpm=tpm)
     verify_audit_chain(audit2.entries(), verified_anchors(tpm, runtime2))
+    # Reported first (a crash and a root's append after a kill look the same), then anchored.
+    assert kinds(runtime2) == ["audit", "audit-unanchored", "audit"]
+    assert unanchored(runtime2) == [
+        {"first_seq": 1, "last_seq": 1, "clean_stop": False, "previous_boot": False}
+    ]
+
+
+def test_clean_close_records_the_entries_once(tmp_path: Path) -> None:
+    tpm, runtime, audit = open_logs(tmp_path)
+    audit.record({"event": "login", "user": "a"})
+    audit.close()
+    head = audit.entries()[-1].entry_hash.hex()
+    assert runtime.records()[-1].content == {"entries": 1, "head": head}
+    runtime.close()
+    _, runtime2, audit2 = open_logs(tmp_path, tpm=tpm)  # nothing to report or anchor
+    audit2.close()  # nothing changed: no second audit-close
+    assert kinds(runtime2) == ["audit", "audit-close"]
+
+
+def test_entry_appended_after_a_clean_stop_is_reported_as_not_written_by_attest(
+    tmp_path: Path,
+) -> None:
+    tpm, audit = stopped_cleanly(tmp_path)
+    forged = [append_entry(tmp_path, audit, "x"), append_entry(tmp_path, audit, "y")]
+    _, runtime2, audit2 = open_logs(tmp_path, tpm=tpm)
+    assert unanchored(runtime2) == [
+        {"first_seq": 1, "last_seq": 2, "clean_stop": True, "previous_boot": False}
+    ]
+    assert kinds(runtime2)[-3:] == ["audit-unanchored", "audit", "audit"]
+    # The verified runtime log carries the report; the chain itself still verifies.
+    q = tpm.read_pcrs(PcrSelection.of({HashAlg.SHA256: [runtime2.pcr]}))
+    events = verify_runtime_log(runtime2.records(), q, pcr=runtime2.pcr).events
+    assert [e.detail for e in events if isinstance(e.detail, AuditUnanchored)] == [
+        AuditUnanchored(1, 2, clean_stop=True, previous_boot=False)
+    ]
+    got = verify_audit_chain(audit2.entries(), verified_anchors(tpm, runtime2))
+    assert [e.entry_hash for e in got[1:]] == [e.entry_hash for e in forged]
+
+
+def test_first_entry_appended_to_an_empty_cleanly_closed_log_is_reported(tmp_path: Path) -> None:
+    tpm, runtime, audit = open_logs(tmp_path)
+    audit.close()  # no entry yet: audit-close {entries: 0}
+    runtime.close()
+    append_entry(tmp_path, audit)
+    _, runtime2, audit2 = open_logs(tmp_path, tpm=tpm)
+    assert unanchored(runtime2) == [
+        {"first_seq": 0, "last_seq": 0, "clean_stop": True, "previous_boot": False}
+    ]
+    verify_audit_chain(audit2.entries(), verified_anchors(tpm, runtime2))
+
+
+def test_entry_appended_across_a_reboot_is_judged_on_the_previous_boots_log(
+    tmp_path: Path,
+) -> None:
+    tpm, audit = stopped_cleanly(tmp_path)
+    append_entry(tmp_path, audit)
+    tpm.reset()  # reboot: the runtime log is set aside, a fresh one starts
+    _, runtime2, audit2 = open_logs(tmp_path, tpm=tpm)
+    assert unanchored(runtime2) == [
+        {"first_seq": 1, "last_seq": 1, "clean_stop": True, "previous_boot": True}
+    ]
+    assert kinds(runtime2) == ["audit-unanchored", "audit"]  # then the head's checkpoint
+    verify_audit_chain(audit2.entries(), verified_anchors(tpm, runtime2))
+
+
+def test_reboot_after_a_clean_stop_without_appends_reports_nothing(tmp_path: Path) -> None:
+    tpm, audit = stopped_cleanly(tmp_path)
+    tpm.reset()
+    _, runtime2, _ = open_logs(tmp_path, tpm=tpm)
+    assert kinds(runtime2) == ["audit"]
+
+
+def test_audit_kinds_are_not_measured_on_request(tmp_path: Path) -> None:
+    from attest.errors import OperationNotAllowed
+    from attest.node.broker import protocol
+    from attest.node.broker.local import LocalNode
+
+    node = LocalNode.open(FakeTpm(), tmp_path)
+    for kind, content in (
+        ("audit-close", {"entries": 0, "head": "00" * 32}),
+        (
+            "audit-unanchored",
+            {"first_seq": 0, "last_seq": 0, "clean_stop": False, "previous_boot": False},
+        ),
+    ):
+        assert kind not in protocol.OPERATOR_MEASURE_KINDS
+        with pytest.raises(OperationNotAllowed):
+            node.measure(kind, content)
+    node.close()
 
 
 def test_refuses_to_open_truncated_audit_log(tmp_path: Path) -> None:

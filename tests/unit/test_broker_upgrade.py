@@ -238,8 +238,9 @@ def test_upload_too_large_is_recorded_by_the_broker(w: World) -> None:
 def test_operator_socket_boots_confirms_and_raises_the_nv_counter(w: World) -> None:
     w.gate().stage(Offer(w.spooled(w.v1), w.snap, actor="api-operator"), now=NOW)
     with BrokerClient(w.op) as c:
-        with pytest.raises(OperationNotAllowed, match="nothing to confirm"):
+        with pytest.raises(UpgradeRefused, match="nothing to confirm") as refused:
             c.upgrade_confirm(actor="alice")
+        assert refused.value.reason == "nothing-to-confirm"
         assert c.upgrade_boot().slot == "b"
         assert c.upgrade_confirm(actor="alice") == Confirmed("b", "1.0.0")
         status = c.upgrade_status()

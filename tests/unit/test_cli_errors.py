@@ -50,7 +50,11 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
             "--client-cert: {g}",
         ),
         (["verify", "http://127.0.0.1:9", "--tofu", "--policy", "{g}"], 2, "--policy: {g}"),
-        (["verify", "http://127.0.0.1:9", "--tofu", "--root", "{g}", "--snapshot", "{g}"], 3, ""),
+        (
+            ["verify", "http://127.0.0.1:9", "--tofu", "--root", "{g}", "--snapshot", "{g}"],
+            3,
+            "malformed input: {g}: not JSON",
+        ),
         (["verify", "http://127.0.0.1:9", "--tofu", "--ear-key", "/nonexistent/k.pem"], 6, ""),
     ],
 )
@@ -123,3 +127,129 @@ def test_a_full_stdout_is_still_an_error_line(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 6
     assert err.decode() == "attest: cannot access: No space left on device\n"
+
+
+def test_ear_key_public_halves_are_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither keygen's .pub.json nor a PEM public key passes for the EAR signing key."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    assert main(["manifest", "keygen", "--type", "ecdsa-p256", "--out", str(tmp_path / "k")]) == 0
+    capsys.readouterr()
+    pem = tmp_path / "pub.pem"
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem.write_bytes(pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
+    for key in (tmp_path / "k.pub.json", pem):
+        argv = ["verify", "http://127.0.0.1:9", "--tofu", "--ear-key", str(key)]
+        assert main([*argv, "--state", str(tmp_path / "state")]) == 2
+        assert f"--ear-key: {key} is not an unencrypted PEM private key" in one_line(capsys)
+
+
+# --- the fleet: every --db consumer, the serve options (issue 15, item 9) -------------------
+
+SERVE = ["fleet", "serve", "--insecure-no-auth", "--tofu", "--listen", "127.0.0.1:0"]
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory (where a misread --db would create its file) with a policy that
+    lets serve start without a registry."""
+    (tmp_path / "foo:").mkdir()  # so that a --db read as a path "foo://bar" could be created
+    (tmp_path / "dev.toml").write_text("allow_unidentified_release = true\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ATTEST_FLEET_DB", raising=False)
+    return tmp_path
+
+
+def _serve(*more: str) -> list[str]:
+    return [*SERVE, "--policy", "dev.toml", "--ear-key", "ear.pem", *more]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["fleet", "ls", "--db", "foo://bar"], "--db: 'foo://bar': unknown database URL scheme"),
+        (["fleet", "ls", "--json", "--db", "FOO://bar"], "unknown database URL scheme 'FOO'"),
+        (["fleet", "show", "n1", "--db", "mysql://h/db"], "unknown database URL scheme 'mysql'"),
+        (["fleet", "add", "http://127.0.0.1:9", "--tofu", "--db", "sqlite://host/x"], "'sqlite'"),
+        (_serve("--db", "foo://bar"), "--db: 'foo://bar': unknown database URL scheme"),
+        (["fleet", "ls", "--db", "sqlite:///"], "--db: 'sqlite:///' names no file"),
+        (["fleet", "ls", "--db", "sqlite:"], "unknown database URL scheme 'sqlite'"),
+        (["fleet", "ls", "--db", ""], "--db: empty database URL"),
+        (["fleet", "ls", "--db", "file:///tmp/x.db"], "unknown database URL scheme 'file'"),
+        (["fleet", "ls", "--interval", "-1"], "--interval: -1.0 is not a finite number over 0"),
+        (["fleet", "show", "n1", "--interval", "nan"], "--interval: nan"),
+        (_serve("--interval", "-1"), "--interval: -1.0 is not a finite number over 0"),
+        (_serve("--interval", "inf"), "--interval: inf"),
+        (_serve("--interval", "0"), "--interval: 0.0"),
+        (_serve("--timeout", "-1"), "--timeout: -1.0"),
+        (_serve("--jitter", "1"), "--jitter: 1.0 is not a fraction in [0, 1)"),
+        (_serve("--jitter", "nan"), "--jitter: nan"),
+        (_serve("--concurrency", "0"), "--concurrency: 0 is not at least 1"),
+        (_serve("--lease-ttl", "3"), "--lease-ttl: 3.0 is not a finite number over 2 × --timeout"),
+        (_serve("--registry-refresh", "-1"), "--registry-refresh: -1.0"),
+        (_serve("--stale-after", "0"), "--stale-after"),
+        (["fleet", "add", "not-a-url", "--tofu"], "url: 'not-a-url' is not a node's URL"),
+        (["fleet", "add", "http://n:1/x", "--tofu"], "url: 'http://n:1/x' is not a node's URL"),
+        (["fleet", "add", "http://n:1", "--host", "ftp://h", "--tofu"], "--host: 'ftp://h'"),
+    ],
+)
+def test_fleet_usage_errors_are_one_line_and_exit_2(
+    argv: list[str], says: str, fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert says in one_line(capsys)
+    assert list((fleet_dir / "foo:").iterdir()) == []  # nothing was created under the typo
+    assert not (fleet_dir / "attest-fleet.db").exists()  # nor the default database
+
+
+def test_fleet_db_from_the_environment_is_named(
+    fleet_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ATTEST_FLEET_DB", "foo://bar")
+    assert main(["fleet", "ls"]) == 2
+    assert "ATTEST_FLEET_DB: 'foo://bar': unknown database URL scheme" in one_line(capsys)
+
+
+def test_fleet_db_file_that_cannot_be_used_is_an_io_error_naming_it(
+    fleet_dir: Path, garbage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = fleet_dir / "no-such-dir" / "fleet.db"
+    assert main(["fleet", "ls", "--db", f"sqlite:///{missing}"]) == 6
+    assert f"cannot access {missing}: cannot open the SQLite database" in one_line(capsys)
+    assert main(["fleet", "ls", "--db", garbage]) == 6
+    assert f"cannot access {garbage}: cannot use the SQLite database (file is not a database)" in (
+        one_line(capsys)
+    )
+
+
+@pytest.mark.parametrize(
+    ("db", "says"),
+    [
+        ("postgresql://u@h:99999/x", "--db: '99999' is not a TCP port"),
+        ("postgresql://u@h:5432,h2:port/x", "--db: 'port' is not a TCP port"),
+        ("postgres://u:s3cret@h/x?foo=1", "--db: not a PostgreSQL URI: invalid URI query"),
+        ("postgresql://u:s3cret@[h/x", "--db: not a PostgreSQL URI"),
+    ],
+)
+def test_fleet_malformed_postgres_uri_is_a_usage_error_without_the_password(
+    db: str, says: str, fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
+    assert main(["fleet", "ls", "--db", db]) == 2
+    err = one_line(capsys)
+    assert says in err and "s3cret" not in err
+
+
+def test_fleet_unreachable_postgres_is_one_line_and_exit_4(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
+    from tests.fleet.conftest import free_port
+
+    db = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    for argv in (["fleet", "ls", "--db", db], ["fleet", "show", "n1", "--db", db]):
+        assert main(argv) == 4  # as the fleet's own entry point: not 70
+        assert one_line(capsys).startswith("attest: the fleet's database is unreachable: ")

@@ -287,3 +287,36 @@ def test_enrollment_strength_is_shown_with_every_verdict(good: Node, registry: A
     assert r.enrollment == EnrollmentStrength.ACTIVATED == r.to_json()["enrollment"]
     tofu = dataclasses.replace(good.enrollment, activated=False)
     assert run(good, registry, enrollment=tofu).to_json()["enrollment"] == "tofu"
+
+
+# --- 5. audit entries written while the broker was stopped -----------------------------------
+
+
+def _late(first: int, last: int, *, clean: bool, previous_boot: bool = False) -> Any:
+    content = {"first_seq": first, "last_seq": last, "clean_stop": clean}
+    return ("audit-unanchored", {**content, "previous_boot": previous_boot})
+
+
+def test_audit_entries_appended_after_a_clean_stop_are_contraindicated(registry: Any) -> None:
+    node = make_node(n_audit=3, extra_events=[_late(1, 2, clean=True)])
+    r = run(node, registry)
+    assert r.verdict is Verdict.CONTRAINDICATED
+    assert checks(r)["audit-unanchored"] == 96
+    assert "entries #1..#2 were appended to audit.log while attestd-tpm was stopped" in (
+        r.first_divergence or ""
+    )
+    assert "not written by attest" in (r.first_divergence or "")
+
+
+def test_audit_entries_anchored_late_after_an_unclean_stop_are_a_warning(registry: Any) -> None:
+    node = make_node(n_audit=3, extra_events=[_late(2, 2, clean=False, previous_boot=True)])
+    r = run(node, registry)
+    assert r.verdict is Verdict.WARNING, r.explanations
+    assert checks(r)["audit-unanchored"] == 32
+    text = r.first_divergence or ""
+    assert "entry #2 was found unanchored" in text and "unclean stop before a TPM reset" in text
+
+
+def test_a_node_without_late_audit_entries_has_no_such_finding(registry: Any) -> None:
+    r = run(make_node(), registry)
+    assert r.verdict is Verdict.AFFIRMING and "audit-unanchored" not in checks(r)

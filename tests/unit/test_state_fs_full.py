@@ -154,9 +154,9 @@ def test_a_failed_record_reopens_as_before(
     with pytest.raises(StorageError):
         node.audit.record(EVENT)
     monkeypatch.undo()
-    before = snapshot(tmp_path)
-    node.audit.close()
+    node.audit.close()  # a clean stop: records audit-close, with the 2 entries
     node.runtime.close()
+    before = snapshot(tmp_path)
     assert isinstance(node.tpm, FakeTpm)
     runtime = RuntimeLog(tmp_path / RUNTIME_LOG_NAME, node.tpm)
     audit = AuditLog(tmp_path / AUDIT_LOG_NAME, tmp_path / "audit.key", runtime)

@@ -36,7 +36,12 @@ from attest.appraisal.claims import (
     Finding,
     Tier,
 )
-from attest.appraisal.history import AuditChainCheck, AuditContinuityCheck, RuntimeLogCheck
+from attest.appraisal.history import (
+    AuditChainCheck,
+    AuditContinuityCheck,
+    AuditUnanchoredCheck,
+    RuntimeLogCheck,
+)
 from attest.appraisal.stages import AppraisalContext
 from attest.errors import (
     ClockError,
@@ -573,6 +578,7 @@ DEFAULT_APPRAISAL_POLICY: AppraisalPolicy = AllOf(
         RuntimeLogCheck(),
         AuditChainCheck(),
         AuditContinuityCheck(),
+        AuditUnanchoredCheck(),
         BlessedPolicyCheck(),
         ReleaseStatusCheck(),
     )

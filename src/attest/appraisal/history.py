@@ -15,6 +15,10 @@ Checks (each ``evaluate(ctx) -> tuple[Finding, ...]``, on the configuration clai
 - ``AuditChainCheck``: the audit entries chain and match their runtime-log anchors.
 - ``AuditContinuityCheck``: the audit head this verifier verified before is still in the
   node's chain (checked on the entries when fetched, else on the runtime log's anchors).
+- ``AuditUnanchoredCheck``: entries the broker found in the audit log at start but had not
+  anchored (``audit-unanchored`` runtime events): after its clean stop they were written by
+  something else (contraindicated); after an unclean stop a crash between writing and
+  anchoring looks the same (a warning).
 
 ``next_continuity`` is what the verifier stores after an appraisal; ``reset_notes`` reports
 every TPM reset seen between two appraisals.
@@ -36,7 +40,7 @@ from attest.appraisal.claims import (
 )
 from attest.appraisal.memory import AuditHead, Continuity
 from attest.appraisal.stages import AppraisalContext
-from attest.runtime import AuditAnchor
+from attest.runtime import AuditAnchor, AuditUnanchored
 
 
 def _reset_count(ctx: AppraisalContext) -> int | None:
@@ -167,6 +171,37 @@ class AuditContinuityCheck:
             "its entries (fetched over an authenticated channel) its continuity with "
             f"{seen.removesuffix(',')} is not verified",
         )
+
+
+def _unanchored_text(u: AuditUnanchored) -> str:
+    one = u.first_seq == u.last_seq
+    seqs = f"entry #{u.first_seq} was" if one else f"entries #{u.first_seq}..#{u.last_seq} were"
+    when = " before a TPM reset (per the previous boot's runtime log)" if u.previous_boot else ""
+    if u.clean_stop:
+        return (
+            f"operator audit {seqs} appended to audit.log while attestd-tpm was stopped after "
+            f"closing it cleanly{when}: not written by attest (forged or copied in)"
+        )
+    return (
+        f"operator audit {seqs} found unanchored when attestd-tpm started after an unclean "
+        f"stop{when}: a crash between writing and anchoring an entry, or written by someone "
+        "else while it was down (indistinguishable)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditUnanchoredCheck:
+    """configuration: no audit entry was written while the broker was stopped (the broker's
+    ``audit-unanchored`` runtime events, in the quoted runtime log)."""
+
+    def evaluate(self, ctx: AppraisalContext) -> tuple[Finding, ...]:
+        if ctx.runtime is None:
+            return ()
+        found = [e.detail for e in ctx.runtime.events if isinstance(e.detail, AuditUnanchored)]
+        if not found:
+            return ()
+        tier = UNSUPPORTABLE_CONFIG if any(u.clean_stop for u in found) else UNSAFE_CONFIG
+        return _config(tier, "audit-unanchored", "; ".join(_unanchored_text(u) for u in found))
 
 
 def _newest_head(ctx: AppraisalContext) -> AuditHead | None:

@@ -14,6 +14,7 @@ from typing import Any
 from attest.errors import (
     AttestError,
     ConfigError,
+    DatabaseUnavailable,
     EvidenceFormatError,
     TpmError,
     TransportError,
@@ -44,6 +45,8 @@ def error_line(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, TpmError):
         rc = f" (rc 0x{exc.rc:x})" if exc.rc else ""
         return EXIT_TPM, f"attest: TPM error{rc}: {exc}"
+    if isinstance(exc, DatabaseUnavailable):
+        return EXIT_TPM, f"attest: the fleet's database is unreachable: {exc}"
     if isinstance(exc, TransportError):
         return EXIT_TPM, f"attest: transport error: {exc}"
     if isinstance(exc, ConfigError):

@@ -4,10 +4,12 @@ state) or ``--root`` with ``--snapshot`` (``attest verify``, ``attest snp verify
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from attest.errors import ConfigError
+from attest.errors import ConfigError, EvidenceFormatError, ManifestFormatError
 from attest.manifest.model import VerifiedRegistry
 from attest.manifest.parse import MAX_REGISTRY_BYTES, MAX_ROOT_BYTES
 from attest.manifest.verify import verify_root_self_signed, verify_snapshot
@@ -32,8 +34,19 @@ def load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry |
     if args.root is not None or args.snapshot is not None:
         if args.root is None or args.snapshot is None:
             raise ConfigError("give --root and --snapshot together", key="--snapshot")
-        root = verify_root_self_signed(read_bytes(args.root, max_size=MAX_ROOT_BYTES), now=now)
-        return verify_snapshot(
-            root.root, read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES), now=now
-        )
+        root_bytes = read_bytes(args.root, max_size=MAX_ROOT_BYTES)
+        snapshot = read_bytes(args.snapshot, max_size=MAX_REGISTRY_BYTES)
+        with _naming(args.root):
+            root = verify_root_self_signed(root_bytes, now=now)
+        with _naming(args.snapshot):
+            return verify_snapshot(root.root, snapshot, now=now)
     return None
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A document that does not parse is refused with the file's name (``--root garbage``)."""
+    try:
+        yield
+    except EvidenceFormatError as exc:
+        raise ManifestFormatError(f"{path}: {exc}") from None

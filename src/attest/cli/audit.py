@@ -131,11 +131,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     runtime log into it and check the audit chain against its anchors. The logs are read
     around the quote and the whole read is retried when an event arrived meanwhile."""
     from attest.audit import verify_audit_chain
-    from attest.errors import TransportError
+    from attest.errors import AuditChainError, TransportError
     from attest.model import PcrSelection
     from attest.node.broker.client import BrokerClient
     from attest.quote import verify_quote
-    from attest.runtime import DEFAULT_RUNTIME_PCR, verify_runtime_log
+    from attest.runtime import DEFAULT_RUNTIME_PCR, AuditUnanchored, verify_runtime_log
 
     with BrokerClient(args.socket) as client:
         ident = client.identity()
@@ -154,6 +154,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     runtime = verify_runtime_log(records, q.pcrs, pcr=pcr)
     chain = verify_audit_chain(entries, runtime.audit_anchors)
     head = chain[-1].entry_hash.hex() if chain else None
+    # Entries attestd-tpm found at start but had not anchored (written while it was stopped).
+    late = [e.detail for e in runtime.events if isinstance(e.detail, AuditUnanchored)]
+    forged = [u for u in late if u.clean_stop]
+    if forged:
+        raise AuditChainError(
+            f"audit entries #{forged[0].first_seq}..#{forged[0].last_seq} were appended while "
+            "attestd-tpm was stopped after closing the log cleanly: not written by attest"
+        )
     if args.json:
         print_json(
             {
@@ -162,6 +170,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "audit_entries": len(chain),
                 "audit_head": head,
                 "verified": True,
+                "unanchored_at_start": [
+                    {"first_seq": u.first_seq, "last_seq": u.last_seq, "clean_stop": False}
+                    for u in late
+                ],
             }
         )
         return EXIT_OK
@@ -169,4 +181,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"audit log verified against the quoted runtime PCR {pcr}: {len(chain)} entries, "
         f"{len(runtime.events)} runtime events, head {head or 'none'}"
     )
+    for u in late:
+        print(
+            f"  note: entries #{u.first_seq}..#{u.last_seq} were anchored only when attestd-tpm "
+            "started after an unclean stop (a crash between writing and anchoring, or written "
+            "by someone else while it was down)"
+        )
     return EXIT_OK

@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -47,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
-from attest.cli._common import EXIT_TPM, error_line, print_json
-from attest.errors import ConfigError
+from attest.cli._common import error_line, print_json
+from attest.errors import AttestError, ConfigError, DatabaseUnavailable, NodeUrlRefused
 from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
 from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
@@ -63,7 +64,6 @@ from attest.verifier.fleet.enrollment import (
     with_roots,
 )
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
@@ -96,6 +96,13 @@ def _settings(args: argparse.Namespace) -> FleetSettings:
         tofu=bool(given.get("tofu")),
         ear_key=given.get("ear_key"),
     )
+
+
+def _store(args: argparse.Namespace, fleet: FleetSettings) -> Store:
+    """The fleet's database, a bad ``--db`` (or ``ATTEST_FLEET_DB``) refused with its name."""
+    given = vars(args).get("db") is not None
+    key = "ATTEST_FLEET_DB" if not given and os.environ.get("ATTEST_FLEET_DB") else "--db"
+    return open_store(fleet.db, key=key)
 
 
 def _rules(args: argparse.Namespace) -> VerifierRules:
@@ -235,6 +242,40 @@ def _security(args: argparse.Namespace, host: str) -> tuple[Access, NodeAddresse
     return access, NodeAddresses(allow), options
 
 
+def _positive(value: float, key: str, *, above: float = 0.0, what: str = "") -> float:
+    """A finite number over ``above`` (argparse's ``float`` takes ``nan``, ``inf`` and -1)."""
+    if not (math.isfinite(value) and value > above):
+        raise ConfigError(f"{value} is not a finite number over {what}{above:g}", key=key)
+    return value
+
+
+def _poll_settings(args: argparse.Namespace) -> PollSettings:
+    """The poller's settings, each option checked with its name (before anything starts)."""
+    timeout = _positive(args.timeout, "--timeout")
+    if not (math.isfinite(args.jitter) and 0 <= args.jitter < 1):
+        raise ConfigError(f"{args.jitter} is not a fraction in [0, 1)", key="--jitter")
+    if args.concurrency < 1:
+        raise ConfigError(f"{args.concurrency} is not at least 1", key="--concurrency")
+    _positive(args.registry_refresh, "--registry-refresh")
+    return PollSettings(
+        worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        interval=_positive(args.interval, "--interval"),
+        jitter=args.jitter,
+        concurrency=args.concurrency,
+        timeout=timeout,
+        selection=args.selection,
+        platform_id=args.platform_id,
+        host_platform_id=args.host_platform_id,
+        lease_ttl=(
+            max(60.0, 4 * timeout)
+            if args.lease_ttl is None
+            else _positive(
+                args.lease_ttl, "--lease-ttl", above=2 * timeout, what="2 × --timeout = "
+            )
+        ),
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -243,21 +284,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     access, nodes, listen_options = _security(args, host)  # before anything starts
     rules = _rules(args)
     enroller = _enroller(args, fleet, rules)  # a bad policy fails here, before anything starts
+    settings = _poll_settings(args)
+    freshness = _freshness(args)
     registry, host_registry = _registries(args, rules)
     hook = _webhook_settings(args)
-    store = open_store(fleet.db)
-    settings = PollSettings(
-        worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
-        interval=args.interval,
-        jitter=args.jitter,
-        concurrency=args.concurrency,
-        timeout=args.timeout,
-        selection=args.selection,
-        platform_id=args.platform_id,
-        host_platform_id=args.host_platform_id,
-        lease_ttl=args.lease_ttl or max(60.0, 4 * args.timeout),
-    )
-    freshness = _freshness(args)
+    store = _store(args, fleet)
     sender = None
     if hook is not None:  # its outbox is the fleet's database
         secret = Path(args.webhook_secret_file).read_bytes().strip()
@@ -393,10 +424,17 @@ def cmd_add(args: argparse.Namespace) -> int:
         ("--host-activation-url", args.host_activation_url),
     ):
         if url is not None:
-            check_node_url(url, what=key)
+            try:
+                check_node_url(url, what=key)
+            except NodeUrlRefused as exc:  # an argument of this command: a usage error
+                shown = url if len(url) <= 80 else url[:77] + "..."
+                raise ConfigError(
+                    f"{shown!r} is not a node's URL ({str(exc).removeprefix(key + ': ')})",
+                    key=key,
+                ) from None
     fleet = _settings(args)
     enroller = _enroller(args, fleet, _rules(args))
-    store = open_store(fleet.db)
+    store = _store(args, fleet)
     try:
         if args.id is not None and not args.re_enroll:  # before contacting the node
             known = store.get_node(args.id)
@@ -456,6 +494,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _freshness(args: argparse.Namespace) -> Freshness:
+    _positive(args.interval, "--interval")
     if args.stale_after < 1:
         raise ConfigError("--stale-after must be at least 1 interval", key="--stale-after")
     return Freshness(args.interval, args.stale_after)
@@ -468,12 +507,14 @@ def _age(age: float | None) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     """Each node's verdict with its age; ``stale`` (and the last verdict) when it was not
     appraised within the freshness bound."""
-    store = open_store(_settings(args).db)
+    fleet = _settings(args)
+    fresh = _freshness(args)
+    store = _store(args, fleet)
     try:
         nodes = store.list_nodes(ear=args.json)
     finally:
         store.close()
-    now, fresh = time.time(), _freshness(args)
+    now = time.time()
     if args.json:
         print_json([node_json(n, now=now, freshness=fresh) for n in nodes])
         return 0
@@ -493,7 +534,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = open_store(_settings(args).db)
+    fleet = _settings(args)
+    fresh = _freshness(args)
+    store = _store(args, fleet)
     try:
         n = store.get_node(args.node_id)
         changes = store.changes(args.node_id, 20) if n is not None else []
@@ -501,7 +544,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         store.close()
     if n is None:
         raise ConfigError(f"no node {args.node_id!r} in the fleet", key="node_id")
-    now, fresh = time.time(), _freshness(args)
+    now = time.time()
     if args.json:
         doc = node_json(n, now=now, freshness=fresh)
         doc["history"] = [{**c, "at": iso(c["at"])} for c in changes]
@@ -808,14 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except DatabaseUnavailable as exc:  # a peer that could not be reached
-        print(f"attest: the fleet's database is unreachable: {exc}", file=sys.stderr)
-        return EXIT_TPM
-    except Exception as exc:  # noqa: BLE001 - mapped to one line like attest.cli.main
-        from attest.errors import AttestError
-
-        if not isinstance(exc, AttestError | OSError):
-            raise
+    except (AttestError, OSError) as exc:  # one line, as attest.cli.main
         code, line = error_line(exc)
         print(line, file=sys.stderr)
         return code

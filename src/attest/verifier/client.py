@@ -6,7 +6,9 @@ Every answer is read as a stream under two hard bounds, whatever the peer does: 
 endless chunked body is cut at the cap) and one total ``deadline`` per request -- connect,
 TLS handshake, headers and body together, enforced on every socket read and write (a peer that
 trickles a byte per second is cut off when the deadline passes, not after one idle timeout per
-byte). Both end in ``TransportError`` naming the bound.
+byte). Both end in ``TransportError`` naming the bound. The small documents (identity,
+credential activation, status) are capped at ``MAX_SMALL_RESPONSE``: a verifier that enrols
+or probes many nodes at once holds at most that much per request, whatever a peer streams.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from attest.errors import TransportError
 from attest.evidence import b64, unb64
 from attest.model import PcrSelection
 
-MAX_RESPONSE = 16 << 20
+MAX_RESPONSE = 16 << 20  # evidence (firmware and runtime logs) and the audit log
+MAX_SMALL_RESPONSE = 1 << 20  # identity (EK certificates), activation, status: a few KiB
 DETAIL_CHARS = 200  # of a peer's error answer, in our message (printable characters only)
 
 # The monotonic time by which the request in progress on this thread must be done.
@@ -164,13 +167,15 @@ class NodeClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kw: Any) -> Any:
+    def _request(self, method: str, path: str, *, small: bool = False, **kw: Any) -> Any:
+        """One request; the answer's JSON. ``small``: a small document (``MAX_SMALL_RESPONSE``)."""
         where = f"{self.base_url}{path}"
+        cap = min(self.max_response, MAX_SMALL_RESPONSE) if small else self.max_response
         token = _DEADLINE.set(time.monotonic() + self.deadline)
         try:
             with self._http.stream(method, path, **kw) as r:
                 self._note_peer(r)
-                status, body = r.status_code, self._read(r, where)
+                status, body = r.status_code, self._read(r, where, cap)
         except httpx.TimeoutException:
             raise TransportError(
                 f"{where}: no complete answer within the deadline of {self.deadline:g} s"
@@ -191,9 +196,8 @@ class NodeClient:
         except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
             raise TransportError(f"{path}: the answer is not JSON") from None
 
-    def _read(self, r: httpx.Response, where: str) -> bytes:
-        """The body, at most ``max_response`` bytes, as sent (no content decoding)."""
-        cap = self.max_response
+    def _read(self, r: httpx.Response, where: str, cap: int) -> bytes:
+        """The body, at most ``cap`` bytes, as sent (no content decoding)."""
         over = TransportError(f"{where}: response over the limit of {cap} bytes: refused")
         if r.headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise TransportError(f"{where}: the answer is content-encoded: refused")
@@ -228,7 +232,7 @@ class NodeClient:
             self.peer_binding = hashlib.sha256(spki).digest()
 
     def identity(self) -> dict[str, Any]:
-        doc: dict[str, Any] = self._request("GET", "/v1/identity")
+        doc: dict[str, Any] = self._request("GET", "/v1/identity", small=True)
         return doc
 
     def evidence(
@@ -257,11 +261,12 @@ class NodeClient:
             "POST",
             "/v1/enroll/activate",
             json={"id_object": b64(id_object), "encrypted_secret": b64(encrypted_secret)},
+            small=True,
         )
         return unb64(doc.get("secret"), "secret", limit=64)
 
     def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = self._request("GET", "/v1/status")
+        doc: dict[str, Any] = self._request("GET", "/v1/status", small=True)
         return doc
 
     def audit(self, start: int = 0) -> dict[str, Any]:

@@ -190,9 +190,9 @@ def add_upgrade_routes(
         async with lock:
             try:
                 await loop.run_in_executor(None, lambda: gate.confirm(actor=actor))
-            except RuntimeError as exc:  # the node did not boot a staged slot
+            except UpgradeRefused as exc:  # nothing-to-confirm: no staged slot was booted
                 return JSONResponse(
-                    {"error": "UpgradeRefused", "check": "nothing-to-confirm", "detail": str(exc)},
+                    {"error": "UpgradeRefused", "check": exc.reason, "detail": str(exc)},
                     status_code=409,
                 )
             return JSONResponse(await loop.run_in_executor(None, gate.status))

@@ -21,7 +21,7 @@ from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
 from attest.node.port import LOW_SPACE_BYTES, FirmwareLogChunk, NodeIdentity, StateFs
 from attest.node.tpm.port import RawQuote, TpmPort
-from attest.runtime import DEFAULT_RUNTIME_PCR, KIND_AUDIT, KIND_VTPM
+from attest.runtime import AUDIT_KINDS, DEFAULT_RUNTIME_PCR, KIND_VTPM
 from attest.verity.devices import VerityReport
 
 RUNTIME_LOG_NAME = "runtime.log"
@@ -112,7 +112,7 @@ class LocalNode:
         return self.tpm.activate_credential(id_object, encrypted_secret)
 
     def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord:
-        if kind == KIND_AUDIT:
+        if kind in AUDIT_KINDS:
             raise OperationNotAllowed("audit anchors are written by the audit log only")
         if kind == KIND_VTPM:
             raise OperationNotAllowed("vTPMs are vouched for by vtpm_create / vtpm_record only")

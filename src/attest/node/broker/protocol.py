@@ -78,7 +78,7 @@ from attest.node.broker.wire import (
     uint,
 )
 from attest.node.port import FIRMWARE_LOG_CHUNK
-from attest.runtime import KIND_AUDIT, KIND_VTPM, KINDS
+from attest.runtime import AUDIT_KINDS, KIND_VTPM, KINDS
 
 if TYPE_CHECKING:
     # For typing the ``serve`` functions only: at run time the table does not import the
@@ -94,7 +94,7 @@ R = TypeVar("R")
 DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "config", "daemon-start"})
 # Audit anchors are written only by the audit log itself, never on request; vTPM vouchings only
 # by vtpm_create / vtpm_record, which check the created set.
-OPERATOR_MEASURE_KINDS = KINDS - {KIND_AUDIT, KIND_VTPM}
+OPERATOR_MEASURE_KINDS = KINDS - AUDIT_KINDS - {KIND_VTPM}
 MAX_QUALIFYING_DATA = 64  # TPM2B_DATA
 MAX_CREDENTIAL_BLOB = 1024  # TPM2B_ID_OBJECT / TPM2B_ENCRYPTED_SECRET contents
 NV_INDEX_FIRST, NV_INDEX_LAST = 0x01000000, 0x01FFFFFF  # TPM_HT_NV_INDEX (Part 2 §7.2)

@@ -147,7 +147,7 @@ class BrokerUpgrades:
         """Run ``fn`` on the gate's worker thread (one gate operation at a time) and wait."""
         try:
             return self._worker.submit(fn).result()
-        except RuntimeError as exc:  # steps out of order (confirm without a staged boot)
+        except RuntimeError as exc:  # slot-store steps out of order
             raise OperationNotAllowed(str(exc)) from None
 
     def stage(self, req: p.UpgradeStage) -> StagedUpgrade:

@@ -16,6 +16,13 @@
   its anchors: an entry written but not anchored (a crash between the two steps) is anchored
   now; a new boot's runtime log gets a checkpoint anchor of the current head; an audit log that
   is shorter than its anchors or disagrees with them is refused (``AuditChainError``).
+- A clean ``close()`` records an ``audit-close`` runtime event ``{entries, head}``. Entries
+  found past the last anchor or close at the next open were written while no broker ran: they
+  are reported by an ``audit-unanchored`` runtime event ``{first_seq, last_seq, clean_stop,
+  previous_boot}`` *before* they are anchored, so a verifier sees them (``clean_stop``: after a
+  clean close no attest process wrote them; without it a crash between the write and the
+  anchor leaves the same trace). After a TPM reset the last records of the boot before (the
+  file set aside, ``RuntimeLog.previous``) are the reference, with ``previous_boot``.
 
 Identities never reach this module's files or log lines in clear: only pseudonyms are stored,
 and the logger prints sequence numbers and event types only.
@@ -42,7 +49,14 @@ from attest.audit import (
     new_entry,
     parse_entry,
 )
-from attest.errors import AuditChainError, ConfigError, EventLogFormatError, StorageError
+from attest.errors import (
+    AttestError,
+    AuditChainError,
+    ConfigError,
+    EventLogFormatError,
+    StorageError,
+)
+from attest.eventlog.cel import CelRecord
 from attest.manifest.canonical import canonicalize
 from attest.node.logs.runtime import (
     MAX_LOG_BYTES,
@@ -51,7 +65,14 @@ from attest.node.logs.runtime import (
     truncate_back,
     write_all,
 )
-from attest.runtime import KIND_AUDIT, AuditAnchor, parse_content
+from attest.runtime import (
+    KIND_AUDIT,
+    KIND_AUDIT_CLOSE,
+    KIND_AUDIT_UNANCHORED,
+    AuditAnchor,
+    AuditClose,
+    parse_content,
+)
 from attest.storage.files import atomic_write_bytes, fsync_dir, read_bytes
 
 logger = logging.getLogger(__name__)
@@ -78,6 +99,25 @@ def load_or_create_key(key_path: str | os.PathLike[str]) -> bytes:
     if len(key) != KEY_SIZE:
         raise ConfigError(f"{path} holds {len(key)} bytes, not {KEY_SIZE}", key="audit_key")
     return key
+
+
+def _audit_state(
+    records: tuple[CelRecord, ...],
+) -> tuple[list[AuditAnchor], AuditAnchor | AuditClose | None]:
+    """The audit anchors of a runtime log, and its last anchor or clean close (None: neither)."""
+    anchors: list[AuditAnchor] = []
+    last: AuditAnchor | AuditClose | None = None
+    for r in records:
+        if r.content_type == "attest/" + KIND_AUDIT:
+            a = parse_content(KIND_AUDIT, r.content)
+            assert isinstance(a, AuditAnchor)
+            anchors.append(a)
+            last = a
+        elif r.content_type == "attest/" + KIND_AUDIT_CLOSE:
+            c = parse_content(KIND_AUDIT_CLOSE, r.content)
+            assert isinstance(c, AuditClose)
+            last = c
+    return anchors, last
 
 
 def _loads(data: bytes) -> tuple[AuditEntry, ...]:
@@ -127,13 +167,19 @@ class AuditLog:
     # --- anchoring --------------------------------------------------------------------------
 
     def _anchors(self) -> list[AuditAnchor]:
-        out = []
-        for r in self._runtime.records():
-            if r.content_type == "attest/" + KIND_AUDIT:
-                detail = parse_content(KIND_AUDIT, r.content)
-                assert isinstance(detail, AuditAnchor)
-                out.append(detail)
-        return out
+        return _audit_state(self._runtime.records())[0]
+
+    def _head(self) -> bytes:
+        return self._entries[-1].entry_hash if self._entries else ZERO_HASH
+
+    def _continues(self, last: AuditAnchor | AuditClose) -> bool:
+        """Whether the entries still hold what ``last`` recorded (and how many it covers)."""
+        n = last.entries if isinstance(last, AuditClose) else last.audit_seq + 1
+        if n > len(self._entries):
+            return False
+        return n == 0 or self._entries[n - 1].entry_hash == (
+            last.head if isinstance(last, AuditClose) else last.entry_hash
+        )
 
     def _anchor(self, entry: AuditEntry) -> None:
         self._runtime.measure(
@@ -149,7 +195,7 @@ class AuditLog:
             self._anchor(self._entries[-1])
 
     def _reconcile(self) -> None:
-        anchors = self._anchors()
+        anchors, last = _audit_state(self._runtime.records())
         n = len(self._entries)
         for a in anchors:
             if a.audit_seq >= n:
@@ -161,14 +207,57 @@ class AuditLog:
                 raise AuditChainError(
                     f"{self.path}: entry {a.audit_seq} does not match its anchor: edited"
                 )
+        if isinstance(last, AuditClose) and not self._continues(last):
+            raise AuditChainError(
+                f"{self.path} has {n} entries but was closed with {last.entries}: the audit "
+                "log was truncated or replaced"
+            )
+        pending = self._unanchored(last)
         if not n:
             return
         if not anchors:
             self._checkpoint()
             return
-        for e in self._entries[anchors[-1].audit_seq + 1 :]:
-            logger.warning("audit log: entry %d was written but not anchored; anchoring now", e.seq)
+        for e in pending:
             self._anchor(e)
+
+    def _unanchored(self, last: AuditAnchor | AuditClose | None) -> list[AuditEntry]:
+        """The entries past what the runtime log last recorded of the audit log (this boot's,
+        else the boot's before a TPM reset), reported in the runtime log before they are
+        anchored: they were written while no broker ran."""
+        previous_boot = last is None and bool(self._runtime.previous)
+        if previous_boot:
+            last = _audit_state(self._runtime.previous)[1]
+            if last is not None and not self._continues(last):
+                logger.warning(
+                    "audit log: %s does not continue the log of the boot before the TPM reset",
+                    self.path,
+                )
+                return []
+        if last is None:
+            return []
+        done = last.entries if isinstance(last, AuditClose) else last.audit_seq + 1
+        pending = self._entries[done:]
+        if not pending:
+            return []
+        clean = isinstance(last, AuditClose)
+        (logger.error if clean else logger.warning)(
+            "audit log: entries %d..%d were written while attestd-tpm was not running (%s); "
+            "recorded as audit-unanchored, then anchored",
+            pending[0].seq,
+            pending[-1].seq,
+            "after its clean stop: not by attest" if clean else "no clean stop: a crash?",
+        )
+        self._runtime.measure(
+            KIND_AUDIT_UNANCHORED,
+            {
+                "first_seq": pending[0].seq,
+                "last_seq": pending[-1].seq,
+                "clean_stop": clean,
+                "previous_boot": previous_boot,
+            },
+        )
+        return pending
 
     # --- the operations ---------------------------------------------------------------------
 
@@ -242,8 +331,24 @@ class AuditLog:
         with self._lock:
             return tuple(self._entries[max(start, 0) :])
 
+    def _mark_closed(self) -> None:
+        """A clean stop: record the entries the log holds (``audit-close``), unless the runtime
+        log says so already. Best effort: without it the next start sees an unclean stop."""
+        _, last = _audit_state(self._runtime.held())
+        n, head = len(self._entries), self._head()
+        if isinstance(last, AuditClose) and (last.entries, last.head) == (n, head):
+            return
+        try:
+            if self._entries:
+                self._anchor_pending()  # an entry whose anchor failed earlier
+            self._runtime.measure(KIND_AUDIT_CLOSE, {"entries": n, "head": head.hex()})
+        except (AttestError, OSError, RuntimeError) as exc:
+            logger.warning("audit log: its clean close is not recorded (%s)", exc)
+
     def close(self) -> None:
+        """Close the file after recording the clean stop (``_mark_closed``)."""
         with self._lock:
             if self._fd >= 0:
+                self._mark_closed()
                 os.close(self._fd)
                 self._fd = -1

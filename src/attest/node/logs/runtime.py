@@ -115,6 +115,8 @@ class RuntimeLog:
         self._fd = -1
         self._reset_hooks: list[Callable[[], object]] = []
         self.rotated: list[Path] = []  # files set aside after a TPM reset, oldest first
+        # The records of the last file set aside (the boot before the reset), as they were.
+        self.previous: tuple[CelRecord, ...] = ()
         self.storage_failures = 0  # records refused because the file could not be written
         with self.lock:
             self._load()
@@ -236,6 +238,7 @@ class RuntimeLog:
         os.replace(self.path, target)
         fsync_dir(self.path.parent)
         self.rotated.append(target)
+        self.previous = tuple(self._records)
         self._records = []
         self._expected = self._replay(())
         self._open()

@@ -362,8 +362,12 @@ class UpgradeGate:
     # --- confirm / status -----------------------------------------------------------------
 
     def confirm(self, *, actor: str = "operator") -> BootPointer:
-        """Commit the booted staged slot and raise the NV counter to its sequence."""
-        ptr = self.slots.confirm()
+        """Commit the booted staged slot and raise the NV counter to its sequence;
+        ``UpgradeRefused("nothing-to-confirm")`` when the node did not boot a staged slot."""
+        try:
+            ptr = self.slots.confirm()
+        except RuntimeError as exc:  # an operator's request on the wrong state: refused
+            raise UpgradeRefused("nothing-to-confirm", str(exc)) from None
         ensured = self._nv_ensure(ptr)
         if ensured is not ptr:
             ptr = self.slots.save(ensured)

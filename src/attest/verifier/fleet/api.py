@@ -47,6 +47,7 @@ from attest import __version__
 from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
+    DatabaseUnavailable,
     EvidenceFormatError,
     NodeIdTaken,
     RegistrationRefused,
@@ -73,7 +74,6 @@ from attest.verifier.fleet.admission import (
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
 from attest.verifier.fleet.model import SEVERITY, Freshness, NodeRow, iso
 from attest.verifier.fleet.pages import render_node, render_overview, sorry_page
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner
@@ -118,6 +118,11 @@ class RegisterRequest(BaseModel):
 
 EAR_MEDIA_TYPE = "application/eat+jwt"  # RFC 9711 §10.9.1: an EAT in a JWT
 EAR_CWT_MEDIA_TYPE = "application/eat+cwt"  # RFC 9782: an EAT in a CWT
+
+# Registrations contacting nodes at once; more wait their turn. Each holds at most one small
+# answer (attest.verifier.client.MAX_SMALL_RESPONSE) whatever its node streams: memory stays
+# bounded however many registrations of hostile URLs arrive together.
+MAX_ENROLLING = 4
 
 
 def node_json(n: NodeRow, *, ear: bool = True, now: float, freshness: Freshness) -> dict[str, Any]:
@@ -288,6 +293,8 @@ def _node_routes(app: FastAPI, f: _Fleet) -> None:
 
 
 def _register_route(app: FastAPI, f: _Fleet) -> None:
+    enrolling = asyncio.Semaphore(MAX_ENROLLING)
+
     @app.post(
         "/v1/nodes",
         status_code=201,
@@ -315,8 +322,9 @@ def _register_route(app: FastAPI, f: _Fleet) -> None:
             if known is not None and known.enrolled:
                 return _taken(req.node_id)
         try:
-            await loop.run_in_executor(None, _check_urls, f.nodes, reg)
-            enrollment = await loop.run_in_executor(None, enroll, reg)
+            async with enrolling:
+                await loop.run_in_executor(None, _check_urls, f.nodes, reg)
+                enrollment = await loop.run_in_executor(None, enroll, reg)
             node_id = check_node_id(req.node_id or enrollment.node_id or req.url)
         except RegistrationRefused as exc:
             return error_answer(422, exc, str(exc))
@@ -564,6 +572,10 @@ def poller_metrics(poller: Poller | None) -> list[str]:
             f"attest_fleet_appraisals_total {m.appraisals}",
             "# TYPE attest_fleet_poll_failures_total counter",
             f"attest_fleet_poll_failures_total {m.failures}",
+            "# HELP attest_fleet_polls_deferred_total contacts put off: the answers being read "
+            "held the read budget",
+            "# TYPE attest_fleet_polls_deferred_total counter",
+            f"attest_fleet_polls_deferred_total {m.deferred}",
             "# HELP attest_fleet_results_dropped_total results discarded: the lease was lost",
             "# TYPE attest_fleet_results_dropped_total counter",
             f"attest_fleet_results_dropped_total {m.dropped}",

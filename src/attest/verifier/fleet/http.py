@@ -8,6 +8,12 @@ at it), one total deadline per request (``timeout``: connect, send, headers and 
 a trickling peer is cut off when it passes), and the peer's TLS key binding (sha256 of its
 SubjectPublicKeyInfo) for evidence bound to the TLS channel. Anything it cannot read raises
 ``TransportError``.
+
+Memory: each answer may hold ``SMALL_ANSWER`` bytes of its own; beyond that it draws on one
+budget shared by every answer being read (``max_buffered``). An answer that would overdraw it
+is refused (``ReadBudgetSpent``; the poller asks that node again shortly without counting a
+failure). So N peers streaming endless bodies hold at most N x ``SMALL_ANSWER`` +
+``max_buffered`` bytes, not N x ``max_response`` (bench/peer_memory.py measures it).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from attest.errors import TransportError
+from attest.errors import ReadBudgetSpent, TransportError
 
 MAX_RESPONSE = 16 << 20
 MAX_HEADER = 64 << 10
+SMALL_ANSWER = 256 << 10  # held by an answer without drawing on the shared budget
+MAX_BUFFERED = 16 << 20  # shared by all answers being read, beyond their SMALL_ANSWER
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,19 @@ class Response:
             return json.loads(self.body)
         except ValueError:
             raise TransportError("the answer is not JSON") from None
+
+
+class _OverBudget(Exception):  # noqa: N818 - internal, becomes ReadBudgetSpent
+    """An answer that would overdraw the pool's shared budget."""
+
+
+class _Drawn:
+    """What one answer has drawn on its pool's shared budget."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
 
 
 class _Conn:
@@ -99,9 +120,13 @@ class HttpPool:
         max_idle: int = 256,
         ssl_context: ssl.SSLContext | None = None,
         max_response: int = MAX_RESPONSE,
+        max_buffered: int = MAX_BUFFERED,
     ) -> None:
         self.timeout = timeout
         self.max_response = max_response
+        self.max_buffered = max_buffered
+        self.buffered = 0  # drawn on the shared budget now (one event loop: no lock)
+        self.over_budget = 0  # answers refused because the budget was held by others
         self.max_idle = max_idle
         self.ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
@@ -151,6 +176,8 @@ class HttpPool:
             raise TransportError(
                 f"{where}: no complete answer within the deadline of {self.timeout:g} s"
             ) from None
+        except _OverBudget as exc:
+            raise ReadBudgetSpent(f"{where}: {exc}") from None
         except (
             OSError,
             asyncio.IncompleteReadError,
@@ -192,26 +219,51 @@ class HttpPool:
             elif name == b"connection":
                 v = value.strip().lower()
                 keep = v == b"keep-alive" or (keep and v != b"close")
-        if chunked:
-            return status, await self._chunked(conn.reader), keep
-        if length is None:
-            raise ValueError("no Content-Length")
-        if not 0 <= length <= self.max_response:
-            raise ValueError(
-                f"response of {length} bytes, over the limit of {self.max_response} bytes"
-            )
-        return status, await conn.reader.readexactly(length), keep
+        drawn = _Drawn()  # this answer's share of the budget, given back however it ends
+        try:
+            if chunked:
+                return status, await self._chunked(conn.reader, drawn), keep
+            if length is None:
+                raise ValueError("no Content-Length")
+            if not 0 <= length <= self.max_response:
+                raise ValueError(
+                    f"response of {length} bytes, over the limit of {self.max_response} bytes"
+                )
+            self._draw(drawn, length)
+            return status, await conn.reader.readexactly(length), keep
+        finally:
+            self.buffered -= drawn.bytes
 
-    async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
-        out = bytearray()
+    def _draw(self, drawn: _Drawn, size: int) -> None:
+        """Account for an answer reaching ``size`` bytes: beyond ``SMALL_ANSWER`` from the
+        shared budget, or ``ValueError`` when the other answers being read hold it."""
+        need = max(0, size - SMALL_ANSWER) - drawn.bytes
+        if need <= 0:
+            return
+        if self.buffered + need > self.max_buffered:
+            self.over_budget += 1
+            raise _OverBudget(
+                f"an answer of {size} bytes or more: the pool's budget of {self.max_buffered} "
+                "bytes for answers being read is held by other answers"
+            )
+        self.buffered += need
+        drawn.bytes += need
+
+    async def _chunked(self, reader: asyncio.StreamReader, drawn: _Drawn) -> bytes:
+        # The chunks are kept as they came and joined once at the end: a growing buffer would
+        # be copied at each reallocation (twice the memory, for a moment, per answer).
+        parts: list[bytes] = []
+        total = 0
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:
                 await reader.readuntil(b"\r\n")  # no trailers expected; the final CRLF
-                return bytes(out)
-            if not 0 < len(out) + size <= self.max_response:
+                return b"".join(parts)
+            if not 0 < total + size <= self.max_response:
                 raise ValueError(f"chunked response over the limit of {self.max_response} bytes")
-            out += await reader.readexactly(size)
+            total += size
+            self._draw(drawn, total)
+            parts.append(await reader.readexactly(size))
             await reader.readexactly(2)
 
     def close(self) -> None:

@@ -24,17 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from attest.errors import DatabaseUnavailable
+
 logger = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.1  # seconds before the first reconnection attempt
 RECONNECT_MAX = 2.0  # the longest wait between two attempts (bounds the recovery time)
 CONNECT_TIMEOUT = 3  # seconds, per connection attempt
-
-
-class DatabaseUnavailable(Exception):  # noqa: N818 - a state, as ConnectionRefused
-    """The fleet's database cannot be reached (stopped, restarting, network lost)."""
-
-    check = "database"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +50,9 @@ class DatabaseHealth:
         self._lock = threading.Lock()
         self._state = DatabaseState(True, "", time.time())
         self.outages = 0  # how many times the database went away (a connection's epoch)
+        # Whether the database ever answered: a first connection that fails is not an outage
+        # to log (the caller's DatabaseUnavailable says it once, e.g. ``attest fleet ls``).
+        self._answered = False
 
     @property
     def state(self) -> DatabaseState:
@@ -61,6 +60,7 @@ class DatabaseHealth:
 
     def up(self) -> None:
         with self._lock:
+            self._answered = True
             if self._state.up:
                 return
             down_for = time.time() - self._state.since
@@ -73,7 +73,11 @@ class DatabaseHealth:
                 return
             self._state = DatabaseState(False, detail, time.time())
             self.outages += 1
-        logger.error("database unreachable: retrying with backoff", extra={"error": detail})
+            answered = self._answered
+        if answered:
+            logger.error("database unreachable: retrying with backoff", extra={"error": detail})
+        else:
+            logger.info("database unreachable at the first connection", extra={"error": detail})
 
 
 def _short(exc: BaseException) -> str:

@@ -7,7 +7,9 @@ evidence, and writes results back in batches (one transaction per ``batch`` resu
 ``jitter`` (a fraction, uniform) so the fleet does not beat in step; a node that does not
 answer is retried with exponential backoff (``interval * 2**failures``, at most
 ``max_backoff``), marked ``unreachable`` after ``unreachable_after`` consecutive failures, and
-is never dropped.
+is never dropped. A node whose answer was refused only because the answers being read at the
+same time held the pool's memory budget (``ReadBudgetSpent``, attest.verifier.fleet.http) is
+asked again after ``DEFER_DELAY`` seconds, its failures and verdict unchanged.
 
 Each node's ``NodeMemory`` (``attest.appraisal``) is kept in this process between two of its
 appraisals: the firmware event log is fetched once per boot, the runtime log from the next
@@ -52,7 +54,7 @@ from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
 from attest.enroll import Enrollment
-from attest.errors import AttestError, TransportError
+from attest.errors import AttestError, DatabaseUnavailable, ReadBudgetSpent, TransportError
 from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
@@ -69,7 +71,6 @@ from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.model import NodeStatus
 from attest.verifier.fleet.outbox import OutboxEvent
 from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Leased, Outcome, Store
 from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
@@ -80,6 +81,7 @@ logger = logging.getLogger(__name__)
 # runtime PCR is added): a release's expected PCRs are checked only where quoted.
 DEFAULT_SELECTION = "sha256:" + ",".join(str(p) for p in APPRAISAL_PCRS)
 DB_RETRY = 0.5  # seconds between lease attempts while the database is unreachable
+DEFER_DELAY = 1.0  # seconds before a node whose answer was put off for the read budget
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -123,6 +125,7 @@ class _Contact:
     appraised: Appraised | None = None
     error: str = ""  # the node did not answer
     raised: AttestError | None = None  # the appraiser raised instead of returning a result
+    deferred: bool = False  # not read whole for lack of the pool's budget: not the node's fault
 
 
 @dataclass
@@ -130,6 +133,7 @@ class PollMetrics:
     appraisals: int = 0
     failures: int = 0
     dropped: int = 0  # results whose lease was lost
+    deferred: int = 0  # contacts put off for the pool's read budget (not failures)
     leased: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -272,7 +276,8 @@ class Poller:
                 self._slots.set()
         self.metrics.observe(time.perf_counter() - t0, self.record_latencies)
         if outcome.result is None:
-            self.metrics.failures += 1
+            if outcome.failures > node.failures:  # a deferral is not the node's failure
+                self.metrics.failures += 1
         else:
             self.metrics.appraisals += 1
             self.metrics.by_status[outcome.verdict] = (
@@ -325,7 +330,9 @@ class Poller:
                     raise TransportError("the evidence is not a JSON object")
             except TransportError as exc:
                 self._memory[key] = memory
-                return _Contact(challenge, error=str(exc))
+                return _Contact(
+                    challenge, error=str(exc), deferred=isinstance(exc, ReadBudgetSpent)
+                )
             c0 = time.perf_counter()
             try:
                 appraised: Appraised = self.appraise(
@@ -415,7 +422,7 @@ class Poller:
                 enrollment=strength,
             )
         if c.appraised is None:
-            return self._failed(node, start, c.error, strength)
+            return self._failed(node, start, c.error, strength, deferred=c.deferred)
         result = c.appraised.result
         summary = summarize(result)
         claims = self._ear(
@@ -506,7 +513,11 @@ class Poller:
         for layer, c, url in ((HOST, host_c, node.host_url), (GUEST, guest_c, node.url)):
             if c.appraised is None and c.raised is None:  # a layer that does not answer
                 return self._failed(
-                    node, start, f"{layer} layer ({url}): {c.error}", pe.strength.value
+                    node,
+                    start,
+                    f"{layer} layer ({url}): {c.error}",
+                    pe.strength.value,
+                    deferred=c.deferred,
                 )
         now = datetime.fromtimestamp(start, UTC)
 
@@ -593,9 +604,34 @@ class Poller:
         )
 
     def _failed(
-        self, node: Leased, start: float, error: str, strength: str | None = None
+        self,
+        node: Leased,
+        start: float,
+        error: str,
+        strength: str | None = None,
+        *,
+        deferred: bool = False,
     ) -> Outcome:
         s = self.settings
+        if deferred:  # the pool's budget, not the node: soon again, nothing counted against it
+            self.metrics.deferred += 1
+            return Outcome(
+                node.node_id,
+                node.token,
+                start,
+                node.verdict,
+                f"not read this round ({error}); asked again in {DEFER_DELAY:g} s",
+                None,
+                None,
+                None,
+                None,
+                error,
+                node.failures,
+                self._next_due(start, min(s.interval, DEFER_DELAY)),
+                node.appraisals,
+                node.verdict,
+                enrollment=strength,
+            )
         failures = node.failures + 1
         delay = min(s.interval * (2 ** min(failures, 20)), s.max_backoff)
         unreachable = failures >= s.unreachable_after

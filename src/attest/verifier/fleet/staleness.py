@@ -16,8 +16,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from attest.errors import DatabaseUnavailable
 from attest.verifier.fleet.model import Freshness, NodeRow
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.store import Store
 from attest.verifier.fleet.webhooks import WebhookSender
 

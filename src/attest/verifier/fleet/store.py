@@ -27,6 +27,7 @@ Times are POSIX seconds (float) inside; the API turns them into ISO 8601.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import secrets
@@ -38,9 +39,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from attest.enroll import EnrollmentStrength
-from attest.errors import NodeIdTaken
+from attest.errors import DatabaseUnavailable, NodeIdTaken
 from attest.tpmstruct import ClockInfo
 from attest.verifier.fleet.admission import check_node_id
+from attest.verifier.fleet.dburl import parse_db_url
 from attest.verifier.fleet.enrollment import STRENGTH_RANK, ak_names, enrollment_from_json
 from attest.verifier.fleet.model import NodeRow, NodeStatus
 from attest.verifier.fleet.outbox import (
@@ -54,12 +56,7 @@ from attest.verifier.fleet.outbox import (
     insert_rows,
     outbox_schema,
 )
-from attest.verifier.fleet.pgconn import (
-    Connection,
-    DatabaseHealth,
-    DatabaseState,
-    DatabaseUnavailable,
-)
+from attest.verifier.fleet.pgconn import Connection, DatabaseHealth, DatabaseState
 
 logger = logging.getLogger(__name__)
 
@@ -603,10 +600,20 @@ class SqliteStore(_SqlStore):
     def __init__(self, path: str, *, history: int = DEFAULT_HISTORY) -> None:
         self.path = path
         self.history = history
-        self._db = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=30.0
-        )
         self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+        except sqlite3.Error as exc:  # a missing directory, no permission
+            raise OSError(errno.EIO, f"cannot open the SQLite database ({exc})", path) from None
+        try:
+            self._create()
+        except sqlite3.Error as exc:  # not a database, read-only, locked past the timeout
+            self._db.close()
+            raise OSError(errno.EIO, f"cannot use the SQLite database ({exc})", path) from None
+
+    def _create(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -909,10 +916,11 @@ class PostgresStore(_SqlStore):
         self._outbox_db.close()
 
 
-def open_store(url: str, *, history: int = DEFAULT_HISTORY) -> Store:
+def open_store(url: str, *, history: int = DEFAULT_HISTORY, key: str = "db") -> Store:
     """``sqlite:///relative/path``, ``sqlite:////absolute/path`` (SQLAlchemy's spelling), a
-    bare path, or ``postgresql://...``."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, history=history)
-    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
-    return SqliteStore(path, history=history)
+    bare path, or ``postgresql://...``; anything else is ``ConfigError(key=key)``
+    (``attest.verifier.fleet.dburl``)."""
+    db = parse_db_url(url, key=key)
+    if db.kind == "postgresql":
+        return PostgresStore(db.target, history=history)
+    return SqliteStore(db.target, history=history)

@@ -73,10 +73,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from attest.errors import WebhookSignatureError
+from attest.errors import DatabaseUnavailable, WebhookSignatureError
 from attest.verifier.fleet.model import NodeRow, iso
 from attest.verifier.fleet.outbox import ClaimedEvent, OutboxEvent, OutboxStore
-from attest.verifier.fleet.pgconn import DatabaseUnavailable
 from attest.verifier.fleet.store import Outcome
 
 logger = logging.getLogger(__name__)
