@@ -271,3 +271,29 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
 @pytest.fixture()
 def node(node_factory: NodeFactory) -> Node:
     return node_factory()
+
+
+def attest_verify(node: Node, state: Path) -> subprocess.CompletedProcess[str]:
+    """``attest verify NODE --json`` as a process, with the node's EK CA and operator socket."""
+    root, inter = node.state.root_ca, node.state.intermediate_ca
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attest",
+            "verify",
+            node.url,
+            "--state",
+            str(state),
+            "--ek-ca",
+            str(root),
+            "--ek-ca",
+            str(inter),
+            "--operator-socket",
+            str(node.api_sock),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.swtpm.conftest import Node, wait
-from tests.swtpm.test_tamper_swtpm import attest_verify
+from tests.swtpm.conftest import Node, attest_verify, wait
 
 from attest.audit import new_entry, parse_entry
 from attest.manifest.canonical import canonicalize

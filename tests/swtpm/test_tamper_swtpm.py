@@ -8,14 +8,12 @@ cannot account for, and its /v1/status self-appraisal says degraded with the rea
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.swtpm.conftest import Node, appraise_contact
+from tests.swtpm.conftest import Node, appraise_contact, attest_verify
 
 from attest.appraisal.claims import Verdict
 from attest.errors import ReplayError
@@ -37,31 +35,6 @@ def extend_behind_the_broker(node: Node, digest: bytes) -> None:
         esapi.pcr_extend(ESYS_TR.parse(f"PCR{PCR}"), TPML_DIGEST_VALUES([value]))
     finally:
         esapi.close()
-
-
-def attest_verify(node: Node, state: Path) -> subprocess.CompletedProcess[str]:
-    root, inter = node.state.root_ca, node.state.intermediate_ca
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "attest",
-            "verify",
-            node.url,
-            "--state",
-            str(state),
-            "--ek-ca",
-            str(root),
-            "--ek-ca",
-            str(inter),
-            "--operator-socket",
-            str(node.api_sock),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_pcr_extended_behind_the_broker_is_contraindicated_not_unreachable(

@@ -74,7 +74,7 @@ def load_fleet_settings(
     env_tofu = env_bool(environ, "ATTEST_FLEET_TOFU")
     env_roots = tuple(p for p in environ.get("ATTEST_FLEET_EK_ROOTS", "").split(os.pathsep) if p)
     return FleetSettings(
-        db=db or environ.get("ATTEST_FLEET_DB") or DEFAULT_DB,
+        db=db if db is not None else (environ.get("ATTEST_FLEET_DB") or DEFAULT_DB),
         ek_roots=tuple(ek_roots) if ek_roots else env_roots,
         tofu=tofu or env_tofu,
         ear_key=ear_key or environ.get("ATTEST_FLEET_EAR_KEY") or DEFAULT_EAR_KEY,
