@@ -498,6 +498,7 @@ def test_demo_keep_leaves_a_node_the_printed_commands_appraise(tmp_path: Path) -
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its node (swtpm, attestd-tpm, attestd) in its process group
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
@@ -532,8 +533,12 @@ def test_demo_keep_leaves_a_node_the_printed_commands_appraise(tmp_path: Path) -
         assert proc.wait(timeout=30) == 0, "".join(lines)
         with pytest.raises(httpx.TransportError):
             httpx.get(keep["url"] + "/healthz", timeout=2)
-    finally:
+    finally:  # a failed test stops the demo and its node too (none left running)
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         reader.join(5)
