@@ -79,6 +79,9 @@ AK_ATTRIBUTES = (
     | TPMA_OBJECT.NODA
 )
 _TCTI_LAYER = 0x000A0000  # TSS2_TCTI_RC_LAYER: the connection, not the TPM, failed
+# TSS2_ESYS_RC_BAD_SEQUENCE: the ESAPI context still waits for the answer to a command whose
+# connection broke (a TPM killed mid-command); only a new context recovers.
+_ESYS_BAD_SEQUENCE = 0x00070007
 _RC_INITIALIZE = 0x100  # TPM_RC_INITIALIZE: TPM2_Startup not run (Part 2 §6.6.3)
 # Warnings "this handle/session is not loaded" (TPM_RC_REFERENCE_H0..H6, _S0..S6) and "no room
 # for another object" (TPM_RC_OBJECT_MEMORY), Part 2 §6.6.3.
@@ -90,7 +93,7 @@ _RC_NOT_LOADED = {0x902, *range(0x910, 0x917), *range(0x918, 0x91F)}
 def _recovery(rc: int) -> str | None:
     """How a failed command may recover: "connection" (reconnect), "reload" (the TPM lost our
     objects: reconnect, re-create the keys), "startup" (run TPM2_Startup), or None."""
-    if (rc & 0xFFFF0000) == _TCTI_LAYER:
+    if (rc & 0xFFFF0000) == _TCTI_LAYER or rc == _ESYS_BAD_SEQUENCE:
         return "connection"
     if rc & 0xFFFF0000:  # another TSS layer (ESAPI, SAPI, MU): not the TPM's answer
         return None
@@ -193,6 +196,8 @@ class EsapiTpm:
                     rc = _rc(exc)
                     how = _recovery(rc)
                     if how is None or how in tried:
+                        if how == "connection":  # still broken: the next call starts afresh
+                            self._drop()
                         raise TpmError(f"{what} failed: {exc}", rc=rc) from None
                     tried.add(how)
                     self._recover(what, how, rc)

@@ -1,0 +1,83 @@
+"""How the TPM adapter recovers from a failed command, without a TPM: the ESAPI context is a
+stand-in, the failures are real ``TSS2_Exception`` response codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("tpm2_pytss")
+
+from tpm2_pytss import TSS2_Exception  # noqa: E402
+
+from attest.errors import TpmError  # noqa: E402
+from attest.node.tpm.esapi import EsapiTpm, _recovery  # noqa: E402
+
+TCTI_IO = 0x000A000A  # TSS2_TCTI_RC_IO_ERROR: the connection broke
+BAD_SEQUENCE = 0x00070007  # TSS2_ESYS_RC_BAD_SEQUENCE: the context waits for a lost answer
+
+
+class _Context:
+    def close(self) -> None:
+        pass
+
+
+class _Adapter(EsapiTpm):
+    """An ``EsapiTpm`` whose connections are counted stand-ins."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+        super().__init__("swtpm:host=127.0.0.1,port=1")  # connects once
+
+    def _connect(self) -> None:
+        self.connects += 1
+        self._esapi = _Context()
+
+
+def failing(*rcs: int, result: Any = "quote") -> Any:
+    """A command that fails with ``rcs`` in turn, then returns ``result``."""
+    left = list(rcs)
+
+    def fn() -> Any:
+        if left:
+            raise TSS2_Exception(left.pop(0))
+        return result
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("rc", "how"),
+    [
+        (TCTI_IO, "connection"),
+        (BAD_SEQUENCE, "connection"),
+        (0x100, "startup"),  # TPM_RC_INITIALIZE
+        (0x902, "reload"),  # TPM_RC_OBJECT_MEMORY
+        (0x910, "reload"),  # TPM_RC_REFERENCE_H0
+        (0x08B, None),  # TPM_RC_HANDLE: never a key we lost
+        (0x00070004, None),  # another ESAPI error
+    ],
+)
+def test_each_response_code_names_its_recovery(rc: int, how: str | None) -> None:
+    assert _recovery(rc) == how
+
+
+def test_a_context_left_waiting_by_a_killed_tpm_is_replaced() -> None:
+    """The TPM was killed mid-command: the context still waits for that answer and refuses
+    every command (bad sequence). A new context recovers; the command then succeeds."""
+    tpm = _Adapter()
+    assert tpm._call("quote", failing(BAD_SEQUENCE)) == "quote"
+    assert tpm.connects == 2 and tpm.recoveries() == 1
+
+
+def test_a_connection_still_broken_is_dropped_so_the_next_call_starts_afresh() -> None:
+    """Reconnecting once did not help (the TPM is still down): the command fails, and the
+    broken context is not kept -- the next call connects again instead of failing on it."""
+    tpm = _Adapter()
+    with pytest.raises(TpmError) as err:
+        tpm._call("quote", failing(TCTI_IO, TCTI_IO))
+    assert err.value.rc == TCTI_IO
+    assert tpm._esapi is None and tpm.connects == 2
+    assert tpm._call("quote", failing()) == "quote"  # the TPM is back
+    assert tpm.connects == 3
