@@ -21,7 +21,9 @@ members every challenge one quote answers shares; attestd encodes them once per 
 ``UnverifiedEvidence``; ``verify_evidence`` authenticates the quote (every check of
 ``verify_quote``) with the Merkle root it signs, proves the verifier's own challenge is a leaf of
 that root, and checks the quote covers exactly the PCRs that were asked for. Appraisal (event
-logs, manifests) builds on the returned ``VerifiedEvidence``.
+logs, manifests) builds on the returned ``VerifiedEvidence`` and reads the other members through
+``*_of`` functions here (``firmware_log_of``, ``runtime_log_of``, ``ak_public_of``, ...): no
+other module reads the document's members by name (tests/unit/test_layout.py checks it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from datetime import datetime
 from typing import Any
 
 from attest.errors import EvidenceFormatError, NonceError, PcrSelectionError
+from attest.eventlog.cel import CelRecord, loads_cel
 from attest.merkle import MAX_LEAVES, challenge_leaf, verify_inclusion
 from attest.model import PcrSelection, PcrValues
 from attest.quote import DEFAULT_POLICY, QuotePolicy, VerifiedQuote, verify_quote
@@ -268,3 +271,103 @@ def verify_evidence(
     if vq.selection.as_dict() != selection.as_dict():
         raise PcrSelectionError(f"the quote covers {vq.selection}, not {selection} as asked")
     return VerifiedEvidence(vq, ev, ev.tls_binding)
+
+
+# --- the members appraisal reads beyond the quote -----------------------------------------------
+# Each takes the document (a JSON object) and returns a typed, bounded value or raises
+# ``EvidenceFormatError``; nothing outside this module reads the document's members by name.
+
+MAX_RUNTIME_RECORDS = 100_000
+
+
+def evidence_node_id(doc: Mapping[str, Any]) -> str | None:
+    """The ``node_id`` the node names (not authenticated), when it is a string."""
+    node_id = doc.get("node_id")
+    return node_id if isinstance(node_id, str) else None
+
+
+def ak_public_of(doc: Mapping[str, Any]) -> bytes | None:
+    """The AK's TPM2B_PUBLIC (``ak.public``, at most 2048 bytes), ``None`` when ``ak`` is not
+    an object. Also reads a ``/v1/identity`` answer."""
+    ak = doc.get("ak")
+    return required_ak_public(doc) if isinstance(ak, Mapping) else None
+
+
+def required_ak_public(doc: Mapping[str, Any]) -> bytes:
+    """The AK's TPM2B_PUBLIC (``ak.public``, at most 2048 bytes), which must be there."""
+    ak = doc.get("ak")
+    public = ak.get("public") if isinstance(ak, Mapping) else None
+    return unb64(public, "ak.public", limit=2048)
+
+
+def ek_public_of(doc: Mapping[str, Any], *, strict: bool = False) -> bytes | None:
+    """The EK's public area as sent (``ek.public``, at most 2048 bytes) of a ``/v1/identity``
+    answer: ``None`` when ``ek`` is null, or (unless ``strict``) not an object."""
+    ek = doc.get("ek")
+    if not isinstance(ek, Mapping):
+        if strict and ek is not None:
+            raise EvidenceFormatError("ek is not an object")
+        return None
+    return unb64(ek.get("public"), "ek.public", limit=2048)
+
+
+def firmware_log_of(
+    doc: Mapping[str, Any], *, resume: int | None = None
+) -> tuple[int, bytes] | None:
+    """(start, data) of the ``firmware_log`` member, ``None`` when the node serves none: the
+    log from byte 0, or from ``resume`` (the size of the log the verifier holds) when it was
+    asked for from there (then ``start == resume``)."""
+    member = doc.get("firmware_log")
+    if member is None:
+        return None
+    if not isinstance(member, Mapping):
+        raise EvidenceFormatError("firmware_log is not an object")
+    start = member.get("start", 0)
+    if resume is not None and type(start) is int and start == resume:
+        return resume, unb64(member.get("data"), "firmware_log.data")
+    if start != 0:
+        raise EvidenceFormatError("firmware_log does not start at byte 0")
+    return 0, unb64(member.get("data"), "firmware_log.data")
+
+
+def runtime_log_of(
+    doc: Mapping[str, Any], *, resume: int = 0
+) -> tuple[int, tuple[CelRecord, ...]] | None:
+    """(start, records) of the ``runtime_log`` member, ``None`` when the node serves none: from
+    record 0, or from ``resume`` (the records the verifier holds) when it asked for the log
+    from there; at most ``MAX_RUNTIME_RECORDS`` in all."""
+    member = doc.get("runtime_log")
+    if member is None:
+        return None
+    if not isinstance(member, Mapping):
+        raise EvidenceFormatError("runtime_log is not an object")
+    records = member.get("records")
+    start = member.get("start", 0)
+    incremental = resume > 0 and type(start) is int and start == resume
+    held = resume if incremental else 0
+    if not isinstance(records, list) or held + len(records) > MAX_RUNTIME_RECORDS:
+        raise EvidenceFormatError(
+            f"runtime_log.records is not a list of at most {MAX_RUNTIME_RECORDS} records"
+        )
+    if start != 0 and not incremental:
+        raise EvidenceFormatError("runtime_log does not start at record 0")
+    if not records:
+        return held, ()
+    # loads_cel is the one strict CEL reader; it takes text, so the records go back to JSON.
+    return held, loads_cel(json.dumps(records))
+
+
+def image_version_of(doc: Mapping[str, Any]) -> str | None:
+    """The image version the node claims (``image.version``; not authenticated), when it is a
+    string of at most 128 characters."""
+    image = doc.get("image")
+    claimed = image.get("version") if isinstance(image, Mapping) else None
+    return claimed if isinstance(claimed, str) and len(claimed) <= 128 else None
+
+
+def boot_cmdline_of(doc: Mapping[str, Any]) -> str | None:
+    """The kernel command line the node reports (``boot.cmdline``; not authenticated), when it
+    is a string of at most 4096 characters."""
+    reported = doc.get("boot")
+    text = reported.get("cmdline") if isinstance(reported, Mapping) else None
+    return text if isinstance(text, str) and len(text) <= 4096 else None

@@ -90,3 +90,66 @@ def test_import_check_sees_every_spelling_of_a_test_import() -> None:
         "tests.unit.test_pair",
         "tests.unit.test_quote",
     ]
+
+
+EVIDENCE_MEMBERS = frozenset(
+    {"firmware_log", "runtime_log", "ak", "ek", "node_id", "image", "boot", "quote", "pcrs"}
+)
+
+
+def _names_a_doc(node: ast.expr) -> bool:
+    name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", "")
+    return "doc" in name.lower()
+
+
+def _evidence_member_reads(source: str, filename: str = "<snippet>") -> list[str]:
+    """``doc.get("ak")`` / ``doc["ak"]`` (read, not written) on a variable named like
+    ``*doc*``, for the evidence document's member names: ``file:line member``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and _names_a_doc(node.func.value)
+            and node.args
+        ):
+            key: ast.expr = node.args[0]
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.ctx, ast.Load)
+            and _names_a_doc(node.value)
+        ):
+            key = node.slice
+        else:
+            continue
+        if isinstance(key, ast.Constant) and key.value in EVIDENCE_MEMBERS:
+            found.append((node.lineno, key.value))
+    return [f"{filename}:{line} {member}" for line, member in sorted(found)]
+
+
+def test_only_evidence_py_reads_the_evidence_documents_members() -> None:
+    """The evidence document is encoded and parsed in one module (attest.evidence): the
+    appraisal and the verifier wing read its members through that module's functions."""
+    src = REPO / "src" / "attest"
+    offenders = []
+    for root in (src / "appraisal", src / "verifier"):
+        for path in sorted(root.rglob("*.py")):
+            offenders += _evidence_member_reads(path.read_text(), str(path.relative_to(REPO)))
+    assert offenders == []
+
+
+def test_member_read_check_sees_gets_and_subscripts_on_docs() -> None:
+    source = (
+        'fw = evidence_doc.get("firmware_log")\n'
+        'ak = doc["ak"]["public"]\n'
+        'v = self.doc.get("image", {})\n'
+        'doc["node_id"] = "written, not read"\n'
+        'x = settings.get("ak")\n'
+        'y = doc.get("verity")\n'
+    )
+    assert _evidence_member_reads(source) == [
+        "<snippet>:1 firmware_log",
+        "<snippet>:2 ak",
+        "<snippet>:3 image",
+    ]

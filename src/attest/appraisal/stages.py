@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,18 +41,26 @@ from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
 from attest.audit import AuditEntry, parse_entry, verify_audit_chain, verify_audit_chain_from
 from attest.enroll import Enrollment
 from attest.errors import AttestError, EvidenceFormatError, VerificationError
-from attest.eventlog.cel import CelRecord, loads_cel
 from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
 from attest.eventlog.parse import UnverifiedEventLog, parse_event_log
 from attest.eventlog.replay import VerifiedEventLog, replay
-from attest.evidence import VerifiedEvidence, unb64, verify_evidence
+from attest.evidence import (
+    VerifiedEvidence,
+    ak_public_of,
+    boot_cmdline_of,
+    ek_public_of,
+    evidence_node_id,
+    firmware_log_of,
+    image_version_of,
+    runtime_log_of,
+    verify_evidence,
+)
 from attest.manifest.evaluate import ReleaseDecision, evaluate_release
 from attest.manifest.model import Release, VerifiedRegistry
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.runtime import RuntimeReplay, VerifiedRuntimeLog, VerityDevice, verify_runtime_log_from
 from attest.tpmstruct import ClockInfo, parse_public
 
-MAX_RUNTIME_RECORDS = 100_000
 MAX_AUDIT_ENTRIES = 100_000
 
 
@@ -115,9 +122,9 @@ def establish(
     """The verification stages, in order; the context and the next memory. Raises
     ``StaleMemory`` when ``memory`` held a log and the evidence does not continue it (the
     caller challenges again with no memory), ``EvidenceFormatError`` for unreadable evidence."""
-    node_id = evidence_doc.get("node_id")
+    node_id = evidence_node_id(evidence_doc)
     ctx = AppraisalContext(
-        node_id=node_id if isinstance(node_id, str) else enrollment.node_id,
+        node_id=node_id if node_id is not None else enrollment.node_id,
         enrollment=enrollment,
         registry=registry,
         platform_id=platform_id,
@@ -196,12 +203,7 @@ def check_identity(
 ) -> str | None:
     """The alarm sentence when the AK in the evidence (or the AK / EK / node id of the identity
     document, when given) is not the enrolled one; raises ``EvidenceFormatError``."""
-    ak_doc = evidence_doc.get("ak")
-    ak = (
-        unb64(ak_doc.get("public"), "ak.public", limit=2048)
-        if isinstance(ak_doc, Mapping)
-        else None
-    )
+    ak = ak_public_of(evidence_doc)
     alarm = compare_identity(enrollment, ak_public=ak, ek_sha256=None, ek_presented=False)
     if alarm is None and identity is not None:
         i_ak, i_ek, i_node = identity_of(identity)
@@ -250,18 +252,10 @@ def compare_identity(
 def identity_of(doc: Mapping[str, Any]) -> tuple[bytes | None, bytes | None, str | None]:
     """(AK TPM2B_PUBLIC, sha256 of the EK TPMT_PUBLIC, node id) from a ``/v1/identity``
     answer; raises ``EvidenceFormatError``."""
-    ak_doc = doc.get("ak")
-    ak = None
-    if isinstance(ak_doc, Mapping):
-        ak = unb64(ak_doc.get("public"), "ak.public", limit=2048)
-    ek_doc = doc.get("ek")
-    ek = None
-    if isinstance(ek_doc, Mapping):
-        ek = hashlib.sha256(
-            parse_public(unb64(ek_doc.get("public"), "ek.public", limit=2048)).raw
-        ).digest()
-    node_id = doc.get("node_id")
-    return ak, ek, node_id if isinstance(node_id, str) else None
+    ak = ak_public_of(doc)
+    ek_public = ek_public_of(doc)
+    ek = None if ek_public is None else hashlib.sha256(parse_public(ek_public).raw).digest()
+    return ak, ek, evidence_node_id(doc)
 
 
 # --- 2. the quote --------------------------------------------------------------------------
@@ -326,16 +320,19 @@ def replay_firmware(
     """The firmware event log replayed into the quoted PCRs; facts from verified events only.
     Held: the log is immutable after boot, so it is fetched once; its replay is redone unless
     the quoted values it reads are the ones it was verified against."""
-    fw_doc = evidence_doc.get("firmware_log")
     held_fw = memory.firmware_log
-    if fw_doc is None:
-        if held_fw is not None:
-            raise StaleMemory("the node no longer serves the firmware event log held")
-        notes.append("the node serves no firmware event log")
-        return FirmwareOutcome()
     fw = boot = None
     try:
-        log, size, digest = _firmware_log(fw_doc, memory, cache)
+        # StaleMemory is no AttestError: it leaves this try.
+        answer = firmware_log_of(
+            evidence_doc, resume=None if held_fw is None else memory.firmware_size
+        )
+        if answer is None:
+            if held_fw is not None:
+                raise StaleMemory("the node no longer serves the firmware event log held")
+            notes.append("the node serves no firmware event log")
+            return FirmwareOutcome()
+        log, size, digest = _firmware_log(*answer, memory, cache)
         logged = _logged_pcrs(log, memory)
         key = firmware_key(logged, quoted)
         if log is held_fw and key == memory.firmware_key and memory.firmware is not None:
@@ -353,22 +350,16 @@ def replay_firmware(
 
 
 def _firmware_log(
-    fw_doc: object, memory: NodeMemory, cache: FirmwareReplayCache | None
+    start: int, data: bytes, memory: NodeMemory, cache: FirmwareReplayCache | None
 ) -> tuple[UnverifiedEventLog, int, bytes]:
     """(log, its size in bytes, SHA-256 of its bytes or b"" without a cache) of a
-    ``firmware_log`` answer: the log held, when it was asked for from where the held log ends;
-    else the whole log, parsed."""
-    if not isinstance(fw_doc, Mapping):
-        raise EvidenceFormatError("firmware_log is not an object")
-    start = fw_doc.get("start", 0)
+    ``firmware_log`` answer (``firmware_log_of``): the log held, when it was asked for from
+    where the held log ends; else the whole log, parsed."""
     held_fw = memory.firmware_log
-    if held_fw is not None and type(start) is int and start == memory.firmware_size:
-        if unb64(fw_doc.get("data"), "firmware_log.data"):
+    if held_fw is not None and start == memory.firmware_size:
+        if data:
             raise StaleMemory("the firmware event log grew after it was fetched")
         return held_fw, memory.firmware_size, memory.firmware_digest
-    if start != 0:
-        raise EvidenceFormatError("firmware_log does not start at byte 0")
-    data = unb64(fw_doc.get("data"), "firmware_log.data")
     if cache is not None:
         digest, log = cache.parsed(data)
         return log, len(data), digest
@@ -390,15 +381,16 @@ def replay_runtime(
     """The runtime log replayed into the runtime PCR (``attest.runtime``), or the error that
     stopped it. Held: the new records only are checked and extend the running value, which
     must equal the quoted PCR."""
-    rt_doc = evidence_doc.get("runtime_log")
     held_rt = memory.runtime
-    if rt_doc is None:
-        if held_rt is not None:
-            raise StaleMemory("the node no longer serves the runtime log")
-        return None, None
     resumed = False
     try:
-        first, records = _runtime_records(rt_doc, resume=memory.runtime_next)
+        # StaleMemory is no AttestError: it leaves this try.
+        answer = runtime_log_of(evidence_doc, resume=memory.runtime_next)
+        if answer is None:
+            if held_rt is not None:
+                raise StaleMemory("the node no longer serves the runtime log")
+            return None, None
+        first, records = answer
         resumed = first > 0
         replayed = verify_runtime_log_from(held_rt if resumed else None, records, quoted, pcr=pcr)
     except AttestError as exc:
@@ -406,27 +398,6 @@ def replay_runtime(
             raise StaleMemory(f"the runtime log from record {memory.runtime_next}: {exc}") from None
         return None, exc
     return replayed, None
-
-
-def _runtime_records(doc: object, *, resume: int = 0) -> tuple[int, tuple[CelRecord, ...]]:
-    """(start, records) of a ``runtime_log`` answer: from record 0, or from ``resume`` (the
-    records the verifier holds) when it asked for the log from there."""
-    if not isinstance(doc, Mapping):
-        raise EvidenceFormatError("runtime_log is not an object")
-    records = doc.get("records")
-    start = doc.get("start", 0)
-    incremental = resume > 0 and type(start) is int and start == resume
-    held = resume if incremental else 0
-    if not isinstance(records, list) or held + len(records) > MAX_RUNTIME_RECORDS:
-        raise EvidenceFormatError(
-            f"runtime_log.records is not a list of at most {MAX_RUNTIME_RECORDS} records"
-        )
-    if start != 0 and not incremental:
-        raise EvidenceFormatError("runtime_log does not start at record 0")
-    if not records:
-        return held, ()
-    # loads_cel is the one strict CEL reader; it takes text, so the records go back to JSON.
-    return held, loads_cel(json.dumps(records))
 
 
 # --- 5. the operator audit chain -----------------------------------------------------------
@@ -507,9 +478,7 @@ def find_release(
         ]
     if cmdline is not None:
         hashes += [(f"kernel command line {k}=", h) for k, h in verity_root_hashes(cmdline)]
-    image = evidence_doc.get("image")
-    claimed = image.get("version") if isinstance(image, Mapping) else None
-    claimed = claimed if isinstance(claimed, str) and len(claimed) <= 128 else None
+    claimed = image_version_of(evidence_doc)
     decision = None
     reference = None
     if registry is not None:
@@ -538,9 +507,8 @@ def _authenticated_cmdline(doc: Mapping[str, Any], boot: BootFacts | None) -> st
         return None
     if boot.kernel_cmdlines:
         return boot.kernel_cmdlines[-1].text
-    reported = doc.get("boot")
-    text = reported.get("cmdline") if isinstance(reported, Mapping) else None
-    if not isinstance(text, str) or len(text) > 4096:
+    text = boot_cmdline_of(doc)
+    if text is None:
         return None
     for m in boot.load_options:
         for alg, digest in m.digests.items():

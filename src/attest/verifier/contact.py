@@ -37,7 +37,7 @@ from attest.enroll import (
     verify_ek_certificate,
 )
 from attest.errors import CertificateError, CredentialError, RuntimePcrError, TransportError
-from attest.evidence import unb64
+from attest.evidence import ek_public_of, required_ak_public, unb64
 from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo, Public, parse_public
@@ -58,13 +58,9 @@ __all__ = [
 
 
 def _identity_parts(doc: dict[str, Any]) -> tuple[Public, Public | None, dict[int, bytes]]:
-    ak = parse_public(unb64(doc.get("ak", {}).get("public"), "ak.public", limit=2048))
-    ek_doc = doc.get("ek")
-    ek = (
-        None
-        if ek_doc is None
-        else parse_public(unb64(ek_doc.get("public"), "ek.public", limit=2048))
-    )
+    ak = parse_public(required_ak_public(doc))
+    ek_public = ek_public_of(doc, strict=True)
+    ek = None if ek_public is None else parse_public(ek_public)
     certs = {
         int(k, 16): unb64(v, "ek certificate", limit=8192)
         for k, v in (doc.get("ek_certificates") or {}).items()
