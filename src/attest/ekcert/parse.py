@@ -264,6 +264,7 @@ def parse_certificate(data: bytes) -> ParsedCertificate:
         cert.public_key()
     except (
         ValueError,
+        TypeError,  # a name attribute cryptography refuses by type (a BIT STRING but not x500UID)
         UnsupportedAlgorithm,
         x509.DuplicateExtension,
         x509.InvalidVersion,
