@@ -159,7 +159,8 @@ def _load_der(der: bytes) -> AmdCertificate:
     try:
         cert = x509.load_der_x509_certificate(parse)
         cert.subject, cert.issuer, cert.public_key()  # noqa: B018 -- parsed lazily: fail here
-    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
+    # TypeError: a name attribute cryptography refuses by type (a BIT STRING, not x500UID)
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise SnpFormatError(f"certificate does not parse: {exc}") from None
     return AmdCertificate(der=der, tbs=tbs, signature=signature, serial=serial, x509=cert)
 
@@ -292,7 +293,7 @@ def load_crl(data: bytes) -> UnverifiedCrl:
         else:
             crl = x509.load_der_x509_crl(data)
         crl.issuer  # noqa: B018 -- parse now
-    except (ValueError, x509.InvalidVersion) as exc:
+    except (ValueError, TypeError, x509.InvalidVersion) as exc:  # TypeError: as certificates
         raise SnpFormatError(f"CRL does not parse: {exc}") from None
     return UnverifiedCrl(crl)
 
