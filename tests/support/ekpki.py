@@ -4,7 +4,7 @@ extensions), for the EK certificate tests."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -116,3 +116,43 @@ def der_of(cert: x509.Certificate) -> bytes:
 
 
 # --- writing deviations into a certificate before it is signed ---------------------------------
+
+
+# A name attribute cryptography refuses by type: the CN's value re-tagged from UTF8String to a
+# BIT STRING (0 unused bits). Reading such a name raises TypeError, not ValueError (found by
+# bench/fuzz.py, seed 12385504068704895216); every reader must turn it into its format error.
+_ODD_CN = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "\x00abc")])
+_ODD_AT = datetime(2025, 1, 1)
+
+
+def _bitstring_cn(der: bytes) -> bytes:
+    utf8 = bytes([0x0C, 4]) + b"\x00abc"
+    assert utf8 in der
+    return der.replace(utf8, bytes([0x03, 4]) + b"\x00abc")
+
+
+def odd_name_certificate(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    """A self-signed certificate (DER) whose subject and issuer CN is a BIT STRING."""
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_ODD_CN)
+        .issuer_name(_ODD_CN)
+        .public_key(key.public_key())
+        .serial_number(0x1234)
+        .not_valid_before(_ODD_AT)
+        .not_valid_after(_ODD_AT + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return _bitstring_cn(cert.public_bytes(Encoding.DER))
+
+
+def odd_name_crl(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    """A CRL (DER) whose issuer CN is a BIT STRING."""
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(_ODD_CN)
+        .last_update(_ODD_AT)
+        .next_update(_ODD_AT + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return _bitstring_cn(crl.public_bytes(Encoding.DER))

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import verification
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support.ekpki import odd_name_certificate, odd_name_crl
 from tests.unit.snp.fakes import FAKE_NOW, fake
 
 from attest.errors import SnpCheckError, SnpFormatError
@@ -164,43 +165,14 @@ def test_a_hostile_ark_raises_only_named_errors(changes: list[tuple[int, int]]) 
         assert signed_by(chain.root, chain.root)
 
 
-def _bitstring_cn(der: bytes) -> bytes:
-    """``der`` with its CN value UTF8String "\\0abc" re-tagged as a BIT STRING (0 unused bits)."""
-    utf8 = bytes([0x0C, 4]) + b"\x00abc"
-    assert utf8 in der
-    return der.replace(utf8, bytes([0x03, 4]) + b"\x00abc")
-
-
 def test_a_name_attribute_of_the_wrong_string_type_is_a_format_error() -> None:
     """cryptography raises TypeError reading a BIT STRING name attribute under an OID other
     than x500UniqueIdentifier (found by the 1M-input fuzz run, in the EK certificate reader):
     the SNP certificate and CRL loaders say SnpFormatError."""
-    from datetime import datetime, timedelta
-
-    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "\x00abc")])
-    now = datetime(2025, 1, 1)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(7)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
     with pytest.raises(SnpFormatError, match="certificate does not parse"):
-        load_certificate(_bitstring_cn(cert.public_bytes(Encoding.DER)))
-    crl = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(name)
-        .last_update(now)
-        .next_update(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+        load_certificate(odd_name_certificate(key))
     with pytest.raises(SnpFormatError, match="CRL does not parse"):
-        load_crl(_bitstring_cn(crl.public_bytes(Encoding.DER)))
+        load_crl(odd_name_crl(key))
