@@ -39,6 +39,11 @@ class CertificateFormatError(EvidenceFormatError):
     (attest.ekcert)."""
 
 
+class CmwFormatError(EvidenceFormatError):
+    """Bytes that are not a RATS Conceptual Messages Wrapper (CMW, RFC 9999) attest reads, or a
+    CMW that does not carry attest's evidence (attest.cmw)."""
+
+
 # --- evidence that parses but does not verify ------------------------------------------------
 
 

@@ -7,6 +7,7 @@ event logs of a corpus directory (``../shared/eventlogs``) when the caller has o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -16,15 +17,18 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
+import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from attest import cmw
 from attest.ekcert.parse import parse_bundle_lenient, parse_certificate, parse_input, tpm_identity
 from attest.errors import (
     AttestError,
     CertificateFormatError,
+    CmwFormatError,
     EventLogFormatError,
     EvidenceFormatError,
     ManifestFormatError,
@@ -232,6 +236,39 @@ def _evidence(data: bytes) -> object:
     return parse_evidence(doc)
 
 
+def _cmw_seeds(evidence: bytes) -> tuple[bytes, ...]:
+    """Attest's own CMW forms (a record, a pair; JSON and CBOR), and a collection with a
+    Content-Format record, a CBOR tag CMW and a tunnel (veraison/cmw's
+    collection-and-tunnel example)."""
+    record = cmw.evidence_record(evidence)
+    pair = cmw.pair_collection(evidence, evidence)
+    foreign = cbor2.dumps(
+        {
+            "__cmwc_t": "tag:example.com,2024:composite-attester",
+            0: [30001, bytes.fromhex("2347da55"), 4],
+            1: cbor2.CBORTag(1668576935, bytes.fromhex("2347da55")),
+            2: ["#cmw-j2c-tunnel", b'["application/eat+jwt","Li4u",8]'],
+        }
+    )
+    c2j = json.dumps({"x": ["#cmw-c2j-tunnel", cmw.b64url(cmw.encode_cbor(record))]}).encode()
+    return (
+        cmw.encode_json(record),
+        cmw.encode_cbor(record),
+        cmw.encode_json(pair),
+        cmw.encode_cbor(pair),
+        foreign,
+        c2j,
+    )
+
+
+def _cmw(data: bytes) -> object:
+    """Decode a CMW, then read it as a saved evidence file (what ``attest verify --evidence``
+    does before the evidence parser)."""
+    with contextlib.suppress(CmwFormatError):
+        cmw.decode(data)
+    return cmw.read_saved_evidence(data)
+
+
 # --- dm-verity, UKI --------------------------------------------------------------------------
 
 _VERITY_TABLES = (
@@ -397,6 +434,12 @@ def targets(*, eventlog_dirs: Sequence[Path] = ()) -> list[Target]:
             _evidence,
             [_evidence_seed(attests[0], sigs[0], publics[0])],
             EvidenceFormatError,
+        ),
+        _t(
+            "cmw",
+            _cmw,
+            _cmw_seeds(_evidence_seed(attests[0], sigs[0], publics[0])),
+            CmwFormatError,
         ),
         _t(
             "verity-table",
