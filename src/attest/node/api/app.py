@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from attest import __version__
+from attest import __version__, cmw
 from attest.appraisal.selfcheck import SelfVerdict
 from attest.errors import (
     AttestError,
@@ -397,11 +397,13 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
     @app.post(
         "/v1/evidence",
         response_model=None,
-        responses={200: {"model": schemas.EvidenceResponse}, **errors(400, 422, 503)},
+        responses={200: schemas.evidence_ok(), **errors(400, 422, 503)},
     )
-    async def evidence(req: schemas.EvidenceRequest) -> Response:
+    async def evidence(req: schemas.EvidenceRequest, request: Request) -> Response:
         """A fresh quote over the requested PCRs answering this nonce (shared with the
-        challenges that waited for the same quote: see ``batch``), plus the logs asked for."""
+        challenges that waited for the same quote: see ``batch``), plus the logs asked for.
+        ``Accept: application/cmw+json`` or ``application/cmw+cbor``: the same document
+        wrapped as a RATS CMW record (RFC 9999; docs/cmw.md)."""
         nonce = bytes.fromhex(req.nonce)
         selection = _parse_selection({str(k): v for k, v in req.pcrs.items()})
         ctx.metrics.challenges += 1
@@ -446,7 +448,11 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
         # The parts every challenge answered by this quote shares are encoded once per quote
         # (this is the hot endpoint: a batch can answer thousands of challenges).
         common = _shared_part(ctx, ident, result.quote)
-        return Response(join_encoded(head, common), media_type="application/json")
+        document = join_encoded(head, common)
+        wrap = cmw.negotiate(request.headers.get("accept"))
+        if wrap is None:
+            return Response(document, media_type="application/json")
+        return Response(cmw.encode(cmw.evidence_record(document), wrap), media_type=wrap)
 
 
 def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:

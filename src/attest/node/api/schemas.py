@@ -96,6 +96,39 @@ class EvidenceResponse(BaseModel):
     time: str
 
 
+def evidence_ok() -> dict[str, object]:
+    """The OpenAPI 200 answer of ``POST /v1/evidence``: the document (``application/json``),
+    or by ``Accept`` the same document as a CMW record (RFC 9999; docs/cmw.md)."""
+    record = {
+        "type": "array",
+        "description": 'a CMW record: ["application/vnd.attest.evidence+json", the '
+        "document's JSON in unpadded base64url, 4 (evidence)]",
+        "minItems": 3,
+        "maxItems": 3,
+        "prefixItems": [
+            {"const": "application/vnd.attest.evidence+json"},
+            {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+            {"const": 4},
+        ],
+    }
+    return {
+        "model": EvidenceResponse,
+        "description": "the evidence document; with Accept: application/cmw+json or "
+        "application/cmw+cbor, the same document as a RATS CMW record (RFC 9999)",
+        "content": {
+            "application/cmw+json": {"schema": record},
+            "application/cmw+cbor": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "the CMW record in CBOR: [the media type (text), the "
+                    "document's JSON (bstr), 4]",
+                }
+            },
+        },
+    }
+
+
 class Error(BaseModel):
     """Every error answer of attestd, whatever its status (docs/api.md)."""
 
