@@ -23,6 +23,7 @@ from tests.support.cli import verify_main, vtpm_main
 from tests.support.replay import replaying
 from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
 
+from attest import cmw
 from attest.appraisal.ear import verify_ear
 from attest.cli._common import EXIT_REFUSED
 from attest.errors import OperationNotAllowed
@@ -262,3 +263,44 @@ def test_unblessed_host_with_a_blessed_guest_is_contraindicated_at_the_host_laye
     assert "a host outside policy cannot vouch" in doc["vouch"]["explanation"]
     claims = verify_ear(doc["ear"], ear_key[1].public_key())
     assert claims["submods"]["host"]["ear.status"] == "contraindicated"
+
+
+def test_saved_pair_evidence_is_appraised_offline_as_one_cmw_collection(
+    pair: Pair,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--save-evidence`` writes the pair as a CMW collection (``host``, ``guest``);
+    ``--evidence FILE --nonce CHALLENGE`` appraises it offline: affirming for the pair's
+    challenge, contraindicated for another (neither layer's nonce derives from it)."""
+    state = tmp_path / "verifier"
+    saved = tmp_path / "pair.cmw.json"
+    code, live = verify_pair(capsys, pair, state, ear_key[0], "--save-evidence", str(saved))
+    assert code == 0, live["explanation"]
+    collection = cmw.decode(saved.read_bytes())
+    assert isinstance(collection, cmw.Collection)
+    assert collection.ctype == cmw.PAIR_COLLECTION_TYPE
+    assert set(collection.items) == {"host", "guest"}
+    assert any(f"answers nonce {live['challenge']}" in n for n in live["notes"])
+
+    def offline(nonce: str) -> tuple[int, dict[str, Any]]:
+        args = [pair.guest.url, "--host", pair.host.url, "--state", str(state), "--json"]
+        args += ["--evidence", str(saved), "--nonce", nonce]
+        args += ["--policy", no_release_policy(state.parent), "--ear-key", str(ear_key[0])]
+        capsys.readouterr()
+        code = verify_main(args)
+        return code, json.loads(capsys.readouterr().out)
+
+    code, doc = offline(live["challenge"])
+    assert code == 0, doc["explanation"]
+    assert doc["verdict"] == "affirming" and doc["challenge"] == live["challenge"]
+    assert doc["vouch"]["value"] == 2 and "vouched for by host-1" in doc["vouch"]["explanation"]
+    assert any(n.startswith("offline appraisal of saved evidence") for n in doc["notes"])
+    claims = verify_ear(doc["ear"], ear_key[1].public_key())
+    assert {s["ear.status"] for s in claims["submods"].values()} == {"affirming"}
+
+    code, doc = offline(os.urandom(32).hex())
+    assert code == 11, doc
+    assert doc["failed_layer"] == "host" and "stale or replayed" in doc["explanation"]
+    assert doc["layers"]["guest"]["verdict"] == "contraindicated"

@@ -1,0 +1,154 @@
+"""``attest verify --host HOST_URL GUEST_URL``: a host and its guest VM as one node
+(``attest.appraisal.pair``; docs/host-guest.md), live or from saved evidence
+(``attest.cli.verify_saved``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from attest.appraisal import (
+    unappraisable,
+)
+from attest.appraisal.pair import (
+    GUEST,
+    HOST,
+    GuestIdentity,
+    appraise_pair,
+    pair_nonces,
+)
+from attest.cli._common import print_json
+from attest.cli._verify_common import (
+    EXIT_CODES,
+    Layer,
+    appraise_layer,
+    host_args,
+    load_ear_key,
+    print_claims,
+    save_evidence,
+    state_dir,
+    write_ear,
+)
+from attest.verifier.enrollments import EnrollmentStore
+
+
+def cmd_verify_pair(args: argparse.Namespace) -> int:
+    """``attest verify --host HOST_URL GUEST_URL``: the host first, then the guest."""
+    now = datetime.now(UTC)
+    store = EnrollmentStore(state_dir(args))
+    ear_key = load_ear_key(args.ear_key)
+    challenge = os.urandom(32)
+    host_nonce, guest_nonce = pair_nonces(challenge)
+    host = appraise_layer(host_args(args), store, nonce=host_nonce, now=now)
+    guest = appraise_layer(args, store, nonce=guest_nonce, now=now)
+    notes: list[str] = []
+    if getattr(args, "save_evidence", None) is not None:
+        layers = {HOST: host.document, GUEST: guest.document}
+        notes.append(save_evidence(args.save_evidence, layers, challenge))
+    return report_pair(args, host, guest, challenge, ear_key, now, notes)
+
+
+def report_pair_unappraisable(
+    args: argparse.Namespace,
+    store: EnrollmentStore,
+    reason: str,
+    challenge: bytes,
+    ear_key: Any,
+    now: datetime,
+) -> int:
+    """A pair with nothing to appraise (its saved evidence does not parse): both layers
+    could not be appraised, for ``reason``."""
+    host_nonce, guest_nonce = pair_nonces(challenge)
+    layers = []
+    for url, nonce in ((args.host, host_nonce), (args.url, guest_nonce)):
+        record = store.load(url.rstrip("/"))
+        node_id = record.enrollment.node_id if record else ""
+        result = unappraisable(node_id, reason, nonce=nonce, now=now)
+        layers.append(Layer(url.rstrip("/"), result, record, []))
+    return report_pair(args, layers[0], layers[1], challenge, ear_key, now, [])
+
+
+def report_pair(
+    args: argparse.Namespace,
+    host: Layer,
+    guest: Layer,
+    challenge: bytes,
+    ear_key: Any,
+    now: datetime,
+    extra_notes: list[str],
+) -> int:
+    """The pair's verdict (``appraise_pair``) from its two appraised layers: EAR, output
+    and exit code, for a live and an offline (``--evidence``) pair verification alike."""
+    enrolled = guest.record.enrollment if guest.record is not None else None
+    guest_id = args.guest_id or (enrolled.node_id if enrolled else guest.result.node_id)
+    ident = GuestIdentity(guest_id, enrolled.ek_sha256 if enrolled else None)
+    pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
+    token = None
+    if ear_key is not None:
+        found = {HOST: host.found or {}, GUEST: guest.found or {}}
+        token = write_ear(args, pair.ear_claims(now=now, found=found), ear_key)
+    code = EXIT_CODES[pair.verdict]
+    layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
+    notes = [*extra_notes]
+    if token is None:
+        notes.append("no --ear-key: the attestation result is not signed")
+    if args.json:
+        print_json(
+            {
+                "status": pair.status,
+                "verdict": pair.verdict.value,
+                "exit_code": code,
+                "ear": token,
+                "ear_format": getattr(args, "format", "jwt") if token else None,
+                "failed_layer": pair.failed_layer,
+                "explanation": pair.first_divergence,
+                "vouch": pair.vouch.to_json(),
+                "challenge": challenge.hex(),
+                "notes": notes,
+                "layers": {
+                    name: {
+                        "address": lay.address,
+                        "node_id": r.node_id,
+                        "status": r.status,
+                        "verdict": r.verdict.value,
+                        "claims": r.trustworthiness_vector,
+                        "explanation": r.first_divergence,
+                        "result": r.to_json(),
+                        "enrollment": None
+                        if lay.record is None
+                        else lay.record.enrollment.to_json(),
+                        "re_enrollment": lay.re_enrollment,
+                        "notes": [*lay.notes, *r.notes],
+                        "vouchings": None
+                        if lay.vouchings is None
+                        else [
+                            {"guest_id": v.guest_id, "ek_sha256": v.ek_sha256.hex()}
+                            for v in lay.vouchings
+                        ],
+                    }
+                    for name, (lay, r) in layers.items()
+                },
+            }
+        )
+        return code
+    out = sys.stdout
+    print(
+        f"{pair.host.node_id or args.host} + {pair.guest.node_id or args.url}: "
+        f"{pair.verdict.value.upper()}",
+        file=out,
+    )
+    if pair.first_divergence:
+        print(f"  first divergence: {pair.first_divergence}", file=out)
+    for name, (lay, r) in layers.items():
+        print(f"  {name} {r.node_id or lay.address}: {r.verdict.value}", file=out)
+        print_claims(r, out, indent="    ")
+        for n in [*lay.notes, *r.notes]:
+            print(f"    note: {n}", file=out)
+    for n in notes:
+        print(f"  note: {n}", file=out)
+    if token is not None and args.ear_out:
+        print(f"  EAR written to {args.ear_out}", file=out)
+    return code
