@@ -48,10 +48,16 @@ def offline(
     return code, json.loads(out) if out else {}
 
 
-def saved_nonce(notes: list[str]) -> str:
-    (line,) = [n for n in notes if n.startswith("evidence saved to")]
+def save_live(
+    capsys: pytest.CaptureFixture[str], node: Node, state: Path, key: Path, saved: Path
+) -> str:
+    """A live, affirming ``attest verify --save-evidence``: the nonce its note names."""
+    code, live = verify(capsys, node, state, key, "--save-evidence", str(saved))
+    assert code == 0, (live["explanation"], live["notes"])
+    (line,) = [n for n in live["notes"] if n.startswith("evidence saved to")]
     m = re.search(r"answers nonce ([0-9a-f]{64})", line)
     assert m is not None, line
+    assert live["result"]["nonce"] == m.group(1)
     return m.group(1)
 
 
@@ -63,10 +69,7 @@ def test_saved_evidence_is_appraised_offline_as_live_verify_does(
 ) -> None:
     state = tmp_path / "verifier"
     saved = tmp_path / "node.cmw.json"
-    code, live = verify(capsys, node, state, ear_key[0], "--save-evidence", str(saved))
-    assert code == 0, (live["explanation"], live["notes"])
-    nonce = saved_nonce(live["notes"])
-    assert live["result"]["nonce"] == nonce
+    nonce = save_live(capsys, node, state, ear_key[0], saved)
     record = cmw.decode(saved.read_bytes())
     assert isinstance(record, cmw.Record) and record.type == cmw.EVIDENCE_MEDIA_TYPE
     assert json.loads(saved.read_bytes())[2] == cmw.IND_EVIDENCE
@@ -120,9 +123,7 @@ def test_offline_appraisal_refuses_without_a_nonce_and_without_an_enrollment(
 ) -> None:
     state = tmp_path / "verifier"
     saved = tmp_path / "node.cmw.json"
-    code, live = verify(capsys, node, state, ear_key[0], "--save-evidence", str(saved))
-    assert code == 0, live["explanation"]
-    nonce = saved_nonce(live["notes"])
+    nonce = save_live(capsys, node, state, ear_key[0], saved)
 
     capsys.readouterr()
     code = verify_main([node.url, "--state", str(state), "--evidence", str(saved)])
