@@ -99,7 +99,9 @@ def _check_offline(args: argparse.Namespace) -> None:
     named = [k for k, v in contact.items() if v]
     if named:
         raise ConfigError(
-            f"--evidence appraises offline: {', '.join(named)} need a live contact", key=named[0]
+            f"--evidence appraises offline: {', '.join(named)} cannot be used without a live "
+            "contact",
+            key=named[0],
         )
 
 
