@@ -42,6 +42,7 @@ from typing import Any
 import cbor2
 
 from attest.errors import CmwFormatError
+from attest.evidence import MAX_EVIDENCE_BYTES
 
 CMW_JSON = "application/cmw+json"
 CMW_CBOR = "application/cmw+cbor"
@@ -59,7 +60,9 @@ IND_ATTESTATION_RESULTS = 1 << 3
 IND_TRUST_ANCHORS = 1 << 4
 MAX_IND = 0b11111
 
-MAX_CMW_BYTES = 16 << 20  # an 8 MiB evidence document in base64url, twice (a pair), and more
+# Two evidence documents of the most the verifier reads (a pair), in base64url, and room for
+# the wrapping: about 21.4 MiB.
+MAX_CMW_BYTES = 2 * (MAX_EVIDENCE_BYTES * 4 // 3 + 4) + (64 << 10)
 MAX_DEPTH = 4  # nested collections (tunnels count as a level)
 MAX_ITEMS = 64  # members of one collection
 MAX_LABEL = 256  # characters of a text label
@@ -422,7 +425,9 @@ def read_saved_evidence(data: bytes) -> SavedEvidence:
 
 def evidence_document(data: bytes) -> dict[str, Any]:
     """The JSON object of one evidence document's bytes (``attest.evidence.parse_evidence``
-    checks its members), or ``CmwFormatError``."""
+    checks its members), or ``CmwFormatError``; at most ``MAX_EVIDENCE_BYTES``, as live."""
+    if len(data) > MAX_EVIDENCE_BYTES:
+        raise CmwFormatError(f"the evidence document is over {MAX_EVIDENCE_BYTES} bytes")
     doc = _json(data)
     if not isinstance(doc, dict):
         raise CmwFormatError("the evidence document is not a JSON object")

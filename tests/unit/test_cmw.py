@@ -202,6 +202,18 @@ def test_any_bytes_decode_or_raise_the_one_error(data: bytes) -> None:
         cmw.decode(data)
 
 
+def test_evidence_document_is_bounded_as_the_live_answer_is() -> None:
+    from attest.evidence import MAX_EVIDENCE_BYTES
+
+    big = b'{"a":"' + b"x" * MAX_EVIDENCE_BYTES + b'"}'
+    saved = cmw.read_saved_evidence(cmw.encode_json(cmw.evidence_record(big)))
+    with pytest.raises(CmwFormatError, match="over"):
+        cmw.evidence_document(saved.layers["node"])
+    assert cmw.evidence_document(b'{"version": 1}') == {"version": 1}
+    with pytest.raises(CmwFormatError):
+        cmw.evidence_document(b"[1]")
+
+
 def test_encoder_refuses_what_the_decoder_would() -> None:
     with pytest.raises(CmwFormatError):
         cmw.encode_json(cmw.Record(50, b"a"))
