@@ -346,6 +346,10 @@ def test_corim_export_and_an_import_trusted_only_once_the_platform_role_signs(
     assert rc == 0, err
     assert "signature verified" in out and "not trusted yet" in out
     assert "left out: register 8: not a platform firmware PCR (0-7)" in out
+    rc, out, err = run(capsys, *imp, "--key", "vendor.pub.pem", *now, "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["signature_checked"] and doc["signer"] == "ACME firmware signing"
+    assert doc["trusted"] is False and doc["source"].startswith("acme-fw-2.1: vendor=ACME")
     ref = json.loads((setup / "ref.json").read_text())
     assert ref["pcrs"] == {"sha256": {str(i): (bytes([i]) * 32).hex() for i in range(8)}}
     # Signed by another key, or tampered: refused (exit 1, one line).
@@ -377,3 +381,31 @@ def test_corim_export_and_an_import_trusted_only_once_the_platform_role_signs(
     values = parse_corim((setup / "reg3.corim").read_bytes()).values
     (plat,) = [v for v in values if v.tag_id == "attest:platform:acme-rr"]
     assert plat.registers == {i: ((1, bytes([i]) * 32),) for i in range(8)}
+    # From a verifier's trusted state, too.
+    assert (
+        run(
+            capsys,
+            "verify",
+            "--state",
+            "trust",
+            "--root",
+            "root.json",
+            "--registry",
+            "reg.json",
+            *now,
+        )[0]
+        == 0
+    )
+    rc, out, err = run(
+        capsys,
+        "export-corim",
+        "--trust-dir",
+        "trust",
+        "--key",
+        "corim.pem",
+        "--out",
+        "t.corim",
+        *now,
+        "--json",
+    )
+    assert rc == 0 and json.loads(out)["platforms"] == ["acme-rr"], err
