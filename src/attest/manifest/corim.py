@@ -5,8 +5,9 @@ verified registry, a key and the time in; bytes out. The reader is ``attest.mani
 What a CoRIM of registry #SEQ holds (the keys are the draft's CDDL; "vendor" is ``VENDOR``):
 
 - the signed CoRIM (§4.2): protected header ``alg`` (ES256 -7 for a P-256 key, ES384 -35 for
-  P-384), ``content-type`` "application/rim+cbor", ``kid``, ``corim-meta`` (signer name, and
-  the signature validity: not after the registry's expiry);
+  P-384), ``content-type`` "application/rim+cbor", ``kid``, ``CWT-Claims`` (iss = the signer
+  name, sub = the CoRIM id, nbf = now, exp = the registry's expiry) and, saying the same, the
+  legacy ``corim-meta`` (signer name, signature validity) that Veraison's tools read;
 - the CoRIM map (§4.1): id ``attest-registry-SEQ``, profile ``PROFILE``, ``rim-validity`` not
   after the registry's expiry, the signer as manifest creator, one CoMID per release and one
   per platform reference (tag 506);
@@ -59,7 +60,8 @@ TAG_EPOCH = 1
 TAG_UUID = 37
 TAG_OID = 111
 TAG_BYTES = 560
-HDR_CORIM_META = 8
+HDR_CORIM_META = 8  # corim-meta (the draft's legacy alternative, still what Veraison reads)
+HDR_CWT_CLAIMS = 15  # CWT-Claims (RFC 9597)
 # draft-deeglaze-amd-sev-snp-corim-profile: the class of a guest whose report a VCEK signed,
 # and the profile's own identifier (its editor's copy; draft-02 said 2024).
 SNP_VCEK_CLASS = bytes.fromhex("d05e6d1b9f464ae2a610ce3e6ee7e153")
@@ -231,13 +233,18 @@ def export_corim(
         raise ValueError(f"registry #{registry.snapshot.sequence} has expired")
     alg = cose.alg_for_key(key)
     payload = cbor2.CBORTag(TAG_UNSIGNED_CORIM, corim_map(registry, signer=signer, now=now))
-    meta = {0: {0: signer}, 1: _validity(now, registry.snapshot.expires)}
+    expires = registry.snapshot.expires
+    meta = {0: {0: signer}, 1: _validity(now, expires)}
+    # Both metadata forms, saying the same (draft §4.2.1): iss = signer name, nbf/exp = validity
+    claims: dict[int, str | int] = {1: signer, 2: f"attest-registry-{registry.snapshot.sequence}"}
+    claims |= {4: int(expires.timestamp()), 5: int(now.timestamp())}
     protected = cose.encode_protected(
         {
             cose.HDR_ALG: alg.cose_id,
             cose.HDR_CONTENT_TYPE: CONTENT_TYPE,
             cose.HDR_KID: key_id(key),
             HDR_CORIM_META: cbor2.dumps(meta, canonical=True),
+            HDR_CWT_CLAIMS: claims,
         }
     )
     return cose.sign1(cbor2.dumps(payload, canonical=True), key, protected=protected)

@@ -339,23 +339,50 @@ class _Meta:
     kid: bytes | None = None
 
 
+def _epoch(v: Any, what: str) -> datetime:
+    """A CWT NumericDate (RFC 8392 §2: int or float seconds)."""
+    if type(v) not in (int, float) or not -(1 << 40) < v < 1 << 40:
+        raise _fail(f"{what} is not a NumericDate")
+    return datetime.fromtimestamp(int(v), UTC)
+
+
+def _cwt_claims(v: Any) -> _Meta:
+    """CWT-Claims (RFC 9597; draft §4.2.1): iss, and nbf (5) / exp (4) for the validity."""
+    claims = _map(v, "CWT-Claims")
+    return _Meta(
+        _text(claims.get(1), "CWT-Claims iss"),
+        _epoch(claims[5], "CWT-Claims nbf") if 5 in claims else None,
+        _epoch(claims[4], "CWT-Claims exp") if 4 in claims else None,
+    )
+
+
+def _corim_meta(v: Any) -> _Meta:
+    """corim-meta (§4.2.2, the legacy alternative): signer name, signature validity."""
+    meta = _map(_decode(_bytes(v, "corim-meta", 4096), "corim-meta"), "corim-meta")
+    name = _text(_map(meta.get(0), "corim-meta signer").get(0), "corim-meta signer name")
+    nb, na = _validity(meta[1], "corim-meta signature-validity") if 1 in meta else (None, None)
+    return _Meta(name, nb, na)
+
+
 def _signed_meta(msg: cose.UnverifiedSign1) -> _Meta:
-    """§4.2.1: content type, and corim-meta (8) or CWT-Claims (15)."""
+    """§4.2.1: the content type, and CWT-Claims (15) and/or corim-meta (8); with both, their
+    signer must be the same (the draft: "semantically identical"), and both validities bind."""
     if msg.protected.get(cose.HDR_CONTENT_TYPE) != c.CONTENT_TYPE:
         raise _fail(f"signed CoRIM content type is not {c.CONTENT_TYPE}")
     kid = msg.header(cose.HDR_KID)
     kid = _bytes(kid, "signed CoRIM kid", 256) if kid is not None else None
-    if c.HDR_CORIM_META in msg.protected:
-        raw = _bytes(msg.protected[c.HDR_CORIM_META], "corim-meta", 4096)
-        meta = _map(_decode(raw, "corim-meta"), "corim-meta")
-        signer = _map(meta.get(0), "corim-meta signer")
-        name = _text(signer.get(0), "corim-meta signer name")
-        nb, na = _validity(meta[1], "corim-meta signature-validity") if 1 in meta else (None, None)
-        return _Meta(name, nb, na, kid)
-    if 15 in msg.protected:  # CWT-Claims (RFC 9597): iss, nbf 5, exp 4
-        claims = _map(msg.protected[15], "CWT-Claims")
-        return _Meta(_text(claims.get(1), "CWT-Claims iss"), kid=kid)
-    raise _fail("signed CoRIM has neither corim-meta (8) nor CWT-Claims (15)")
+    found = [
+        read(msg.protected[label])
+        for label, read in ((c.HDR_CWT_CLAIMS, _cwt_claims), (c.HDR_CORIM_META, _corim_meta))
+        if label in msg.protected
+    ]
+    if not found:
+        raise _fail("signed CoRIM has neither CWT-Claims (15) nor corim-meta (8)")
+    if len({m.signer for m in found}) != 1:
+        raise _fail("signed CoRIM: CWT-Claims iss and corim-meta signer name differ")
+    nbs = [m.not_before for m in found if m.not_before is not None]
+    nas = [m.not_after for m in found if m.not_after is not None]
+    return _Meta(found[0].signer, max(nbs, default=None), min(nas, default=None), kid)
 
 
 def parse_corim(

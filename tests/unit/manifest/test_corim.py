@@ -95,6 +95,13 @@ def test_export_import_round_trip(world: World, curve: ec.EllipticCurve) -> None
     header = cbor2.loads(cbor2.loads(data).value[0])
     assert header[1] == (-7 if isinstance(curve, ec.SECP256R1) else -35)
     assert header[3] == "application/rim+cbor" and header[4] == key_id(key)
+    expires = int(registry.snapshot.expires.timestamp())
+    assert header[15] == {
+        1: "attest tests",
+        2: "attest-registry-1",
+        4: expires,
+        5: int(NOW.timestamp()),
+    }
     corim = parse_corim(data, public_key=key.public_key())
     assert corim.signature_checked and corim.signer == "attest tests"
     assert corim.corim_id == "attest-registry-1" and corim.profile == PROFILE
@@ -200,6 +207,11 @@ def _resign(key: ec.EllipticCurvePrivateKey, protected: bytes, payload: bytes) -
     return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, sig]))
 
 
+def registry_expiry(payload: bytes) -> datetime:
+    """The rim-validity not-after of a CoRIM payload."""
+    return datetime.fromtimestamp(cbor2.loads(payload).value[4][1].timestamp(), UTC)
+
+
 def test_tampered_corims_are_refused(world: World) -> None:
     key = _key()
     data = export_corim(_registry(world), key, signer="attest", now=NOW)
@@ -233,6 +245,14 @@ def test_tampered_corims_are_refused(world: World) -> None:
         h = dict(cbor2.loads(protected)) | {1: alg} | extra
         with pytest.raises(SignatureError):
             parse_corim(_resign(key, cbor2.dumps(h), payload), public_key=pub)
+    # CWT-Claims and corim-meta naming two signers (the draft: they must say the same).
+    h = dict(cbor2.loads(protected)) | {15: {1: "someone else"}}
+    with pytest.raises(CorimFormatError, match="differ"):
+        parse_corim(_resign(key, cbor2.dumps(h), payload), public_key=pub)
+    # CWT-Claims alone is enough; its nbf/exp bind with the CoRIM's own validity.
+    h = {k: v for k, v in cbor2.loads(protected).items() if k != 8} | {15: {1: "x", 4: 1 << 32}}
+    alone = parse_corim(_resign(key, cbor2.dumps(h), payload), public_key=pub)
+    assert alone.signer == "x" and alone.not_after == registry_expiry(payload)
     # An unsigned CoRIM when a key was given.
     with pytest.raises(CorimFormatError, match="not signed"):
         parse_corim(payload, public_key=pub)
