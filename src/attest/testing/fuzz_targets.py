@@ -235,7 +235,8 @@ def _corim_seeds() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     doc = corim_map(VerifiedRegistry(snap, b"", frozenset()), signer="fuzz", now=_NOW)
     payload = cbor2.dumps(cbor2.CBORTag(501, doc), canonical=True)
     meta = cbor2.dumps({0: {0: "fuzz"}, 1: {1: cbor2.CBORTag(1, int(_FAR.timestamp()))}})
-    protected = cbor2.dumps({1: -7, 3: "application/rim+cbor", 4: b"k", 8: meta})
+    claims = {1: "fuzz", 4: int(_FAR.timestamp()), 5: 0}
+    protected = cbor2.dumps({1: -7, 3: "application/rim+cbor", 4: b"k", 8: meta, 15: claims})
     signed = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, bytes(64)]))
     return (payload, signed), tuple(t.value for t in doc[1])
 
