@@ -34,6 +34,11 @@ class ManifestFormatError(EvidenceFormatError):
     """A trust root, registry snapshot or other signed document that does not parse."""
 
 
+class CorimFormatError(ManifestFormatError):
+    """A CoRIM or CoMID (draft-ietf-rats-corim) that does not parse, exceeds a bound, or holds
+    no reference value attest can use (attest.manifest.corim_parse)."""
+
+
 class CertificateFormatError(EvidenceFormatError):
     """Bytes that are not an X.509 certificate, even read as tolerantly as vendors require
     (attest.ekcert)."""

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.unit import ear_vectors as v
 
+from attest import cose
 from attest.appraisal import _summarise
 from attest.appraisal.claims import Claim, Finding
 from attest.appraisal.ear import (
@@ -176,10 +177,10 @@ def test_rust_ear_cbor_claims_decode_and_verify_as_a_cwt(key: ec.EllipticCurvePr
         "ear.raw-evidence": base64.urlsafe_b64encode(b"74726973656374\n").rstrip(b"=").decode(),
     }
     # A COSE_Sign1 around rust-ear's own payload bytes (indefinite maps and all) verifies.
-    from attest.appraisal.ear import _es256_sign, _protected, _sig_structure
+    from attest.appraisal.ear import _protected
 
     protected = _protected(None)
-    sig = _es256_sign(key, _sig_structure(protected, RUST_EAR_CBOR))
+    sig = cose.ecdsa_sign(key, cose.sig_structure(protected, RUST_EAR_CBOR), cose.ES256)
     cwt = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, RUST_EAR_CBOR, sig]))
     assert verify_cwt(cwt, key.public_key()) == doc
 
@@ -299,9 +300,7 @@ def test_joserfc_verifies_our_jwt_and_we_verify_joserfcs(
 def _resign(
     key: ec.EllipticCurvePrivateKey, protected: bytes, unprotected: dict, payload: bytes
 ) -> bytes:  # type: ignore[type-arg]
-    from attest.appraisal.ear import _es256_sign, _sig_structure
-
-    sig = _es256_sign(key, _sig_structure(protected, payload))
+    sig = cose.ecdsa_sign(key, cose.sig_structure(protected, payload), cose.ES256)
     return cbor2.dumps(cbor2.CBORTag(18, [protected, unprotected, payload, sig]))
 
 

@@ -38,24 +38,18 @@ import base64
 import binascii
 import functools
 import hashlib
-import io
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
 
-from attest import __version__
+from attest import __version__, cose
 from attest.appraisal import AppraisalResult
 from attest.appraisal.claims import Tier
+from attest.cose import ES256
 from attest.errors import EarTimeError, EvidenceFormatError, NonceError, SignatureError
 from attest.manifest import VerifiedRegistry, canonicalize
 
@@ -66,10 +60,6 @@ TRUSTEE_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
 ALG = "ES256"
 DEFAULT_TTL = 3600  # seconds from iat to exp
 MAX_TOKEN = 1 << 20
-_ES256 = ec.ECDSA(hashes.SHA256())
-# The order of the P-256 group (SEC 2 §2.4.2 / FIPS 186-4 D.1.2.3): an ECDSA signature
-# (r, s) verifies exactly when (r, n - s) does.
-_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 STATUSES = tuple(t.label for t in Tier)  # none, affirming, warning, contraindicated
 
 
@@ -253,7 +243,7 @@ def sign_ear(
         + "."
         + b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     )
-    return signing_input + "." + b64url(_es256_sign(key, signing_input.encode("ascii")))
+    return signing_input + "." + b64url(cose.ecdsa_sign(key, signing_input.encode("ascii"), ES256))
 
 
 def verify_ear(
@@ -290,30 +280,10 @@ def verify_ear(
     if "crit" in header:
         raise SignatureError("EAR header has critical extensions this verifier does not know")
     sig = unb64url(parts[2], "signature")
-    _es256_verify(public_key, sig, f"{parts[0]}.{parts[1]}".encode("ascii"), low_s=low_s)
+    cose.ecdsa_verify(
+        public_key, sig, f"{parts[0]}.{parts[1]}".encode("ascii"), ES256, low_s=low_s, what="EAR"
+    )
     return _check_claims(_json(unb64url(parts[1], "payload"), "payload"), profiles)
-
-
-def _es256_sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """Raw ``r || s`` (64 bytes) with ``s`` normalised to low S."""
-    r, s = decode_dss_signature(key.sign(data, _ES256))
-    if s > _P256_N // 2:
-        s = _P256_N - s
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def _es256_verify(
-    public_key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes, *, low_s: bool
-) -> None:
-    if len(sig) != 64:
-        raise SignatureError(f"ES256 signature is {len(sig)} bytes, not 64")
-    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-    if low_s and s > _P256_N // 2:
-        raise SignatureError("ES256 signature has a high S (not the signer's canonical form)")
-    try:
-        public_key.verify(encode_dss_signature(r, s), data, _ES256)
-    except InvalidSignature:
-        raise SignatureError("the EAR signature does not verify with the verifier's key") from None
 
 
 def _check_claims(claims: dict[str, Any], profiles: tuple[str, ...]) -> dict[str, Any]:
@@ -430,11 +400,7 @@ TIER_VALUES: dict[str, int] = {"none": 0, "affirming": 2, "warning": 32, "contra
 VERIFIER_ID_KEYS: dict[str, int] = {"developer": 0, "build": 1}
 _BYTES_CLAIMS = ("eat_nonce", "ear.raw-evidence")  # bytes in CBOR, base64url text in JSON
 
-COSE_SIGN1_TAG = 18  # RFC 9052 §4.2
-CWT_TAG = 61  # RFC 8392 §6: optional, around the COSE tag
-COSE_ES256 = -7  # RFC 9053 §2.1
-_HDR_ALG, _HDR_CRIT, _HDR_KID = 1, 2, 4
-_MAX_DEPTH = 32
+CWT_TAG = 61  # RFC 8392 §6: optional, around the COSE tag (COSE_Sign1 and ES256: attest.cose)
 
 
 def _inverse(keys: Mapping[str, int]) -> dict[int, str]:
@@ -544,15 +510,10 @@ def _unb64_any(value: Any, what: str) -> bytes:
 
 @functools.lru_cache(maxsize=16)
 def _protected(kid: str | None) -> bytes:
-    header: dict[int, Any] = {_HDR_ALG: COSE_ES256}
+    header: dict[int, Any] = {cose.HDR_ALG: ES256.cose_id}
     if kid is not None:
-        header[_HDR_KID] = kid.encode()
-    return bytes(cbor2.dumps(header, canonical=True))
-
-
-def _sig_structure(protected: bytes, payload: bytes) -> bytes:
-    """RFC 9052 §4.4: what a COSE_Sign1 signs (no external AAD)."""
-    return bytes(cbor2.dumps(["Signature1", protected, b"", payload]))
+        header[cose.HDR_KID] = kid.encode()
+    return cose.encode_protected(header)
 
 
 def sign_cwt(
@@ -562,22 +523,13 @@ def sign_cwt(
     protected header (and ``kid`` when given), the payload the deterministic CBOR (RFC 8949
     §4.2) of ``cbor_claims(claims)``, the signature low-S raw ``r || s``."""
     _check_key(key)
-    protected = _protected(kid)
     payload = bytes(cbor2.dumps(cbor_claims(claims), canonical=True))
-    sig = _es256_sign(key, _sig_structure(protected, payload))
-    return bytes(cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, sig])))
+    return cose.sign1(payload, key, protected=_protected(kid))
 
 
 def _cbor(data: bytes, what: str) -> Any:
     """One CBOR item filling ``data`` exactly: no trailing bytes, no duplicate map keys."""
-    fp = io.BytesIO(data)
-    try:
-        item = cbor2.CBORDecoder(fp, max_depth=_MAX_DEPTH, allow_duplicate_keys=False).decode()
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError):
-        raise EvidenceFormatError(f"EAR {what} is not well-formed CBOR") from None
-    if fp.tell() != len(data):
-        raise EvidenceFormatError(f"EAR {what} has bytes after its CBOR item")
-    return item
+    return cose.decode_cbor(data, error=EvidenceFormatError, what=f"EAR {what}")
 
 
 def verify_cwt(
@@ -594,30 +546,12 @@ def verify_cwt(
     _check_key(public_key)
     if not isinstance(token, bytes) or len(token) > MAX_TOKEN:
         raise EvidenceFormatError("CWT EAR is not bytes of at most 1 MiB")
-    msg = _cbor(token, "CWT")
-    if isinstance(msg, cbor2.CBORTag) and msg.tag == CWT_TAG:
-        msg = msg.value
-    if isinstance(msg, cbor2.CBORTag):
-        if msg.tag != COSE_SIGN1_TAG:
-            raise EvidenceFormatError(f"CWT EAR is CBOR tag {msg.tag}, not COSE_Sign1 (18)")
-        msg = msg.value
-    if not isinstance(msg, list | tuple) or len(msg) != 4:
-        raise EvidenceFormatError("CWT EAR is not a COSE_Sign1 (an array of 4)")
-    protected, unprotected, payload, sig = msg
-    if not all(isinstance(x, bytes) for x in (protected, payload, sig)):
-        raise EvidenceFormatError("COSE_Sign1 fields are not byte strings (detached payload?)")
-    if not isinstance(unprotected, Mapping):
-        raise EvidenceFormatError("COSE_Sign1 unprotected header is not a map")
-    header = _cbor(protected, "protected header") if protected else {}
-    if not isinstance(header, Mapping):
-        raise EvidenceFormatError("COSE_Sign1 protected header is not a map")
-    if header.get(_HDR_ALG) != COSE_ES256 or _HDR_ALG in unprotected:
-        alg = header.get(_HDR_ALG, unprotected.get(_HDR_ALG))
-        raise SignatureError(f"CWT EAR alg {str(alg)[:16]!r} is not ES256 ({COSE_ES256})")
-    if _HDR_CRIT in header or _HDR_CRIT in unprotected:
-        raise SignatureError("CWT EAR header has critical parameters this verifier does not know")
-    _es256_verify(public_key, sig, _sig_structure(protected, payload), low_s=low_s)
-    doc = _cbor(payload, "payload")
+    item = _cbor(token, "CWT")
+    if isinstance(item, cbor2.CBORTag) and item.tag == CWT_TAG:
+        item = item.value
+    msg = cose.parse_sign1(item, error=EvidenceFormatError, what="CWT EAR")
+    cose.verify_sign1(msg, public_key, allowed=(ES256,), low_s=low_s, what="CWT EAR")
+    doc = _cbor(msg.payload, "payload")
     if not isinstance(doc, Mapping):
         raise EvidenceFormatError("CWT EAR payload is not a CBOR map")
     return _check_claims(json_claims(doc), profiles)
@@ -689,7 +623,7 @@ def token_kid(token: str | bytes) -> str | None:
         while isinstance(msg, cbor2.CBORTag):
             msg = msg.value
         protected = _cbor(msg[0], "protected header") if msg[0] else {}
-        raw = protected.get(_HDR_KID, msg[1].get(_HDR_KID))
+        raw = protected.get(cose.HDR_KID, msg[1].get(cose.HDR_KID))
         return raw.decode() if isinstance(raw, bytes) else None
     except (EvidenceFormatError, TypeError, IndexError, KeyError, AttributeError, ValueError):
         return None

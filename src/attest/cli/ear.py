@@ -68,7 +68,7 @@ def register(sub: Any) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     token = _token(args.token)
-    keys = _keys(args.key)
+    keys = public_keys(args.key)
     nonce = _nonce(args.nonce)
     now = parse_now(args.now)
     kid = token_kid(token)
@@ -175,7 +175,7 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _keys(path: Path) -> list[tuple[str | None, ec.EllipticCurvePublicKey]]:
+def public_keys(path: Path) -> list[tuple[str | None, ec.EllipticCurvePublicKey]]:
     """(kid, key) of a PEM public key (or certificate), a JWK or a JWK set."""
     with path.open("rb") as f:
         data = f.read(MAX_KEY_FILE + 1)

@@ -3,7 +3,8 @@
 Documents are files. Editing commands (``bless``, ``revoke``, ``allow-rollback``, ``disclose``,
 ``fleet-complete``, ``platform-set``) rewrite a registry *draft*; editing a signed registry starts
 the next draft (sequence + 1, signatures dropped). ``sign`` adds one signature. ``verify`` exits
-0 only for a valid, fresh, threshold-signed document. Reference: ``docs/manifest.md``.
+0 only for a valid, fresh, threshold-signed document. ``export-corim`` / ``import-corim``
+(``attest.cli._corim``) speak CoRIM. Reference: ``docs/manifest.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from attest.cli import _snp_bless
+from attest.cli import _corim, _snp_bless
 from attest.cli._common import EXIT_OK, print_json
 from attest.errors import ConfigError, ManifestFormatError
 from attest.manifest import edit
@@ -795,6 +796,19 @@ def register(sub: Any) -> None:
     ps = add("platform-set", cmd_platform_set, "add or replace a platform firmware reference")
     ps.add_argument("--ref", required=True, help="platform reference JSON")
     reg(ps)
+
+    ex = add(
+        "export-corim",
+        _corim.cmd_export,
+        "the blessed registry's reference values as a signed CoRIM (draft-ietf-rats-corim)",
+    )
+    _corim.export_arguments(ex)
+    im = add(
+        "import-corim",
+        _corim.cmd_import,
+        "read a published CoRIM into an unsigned platform reference (for platform-set)",
+    )
+    _corim.import_arguments(im)
 
     s = add("sign", cmd_sign, "add a signature to a root or registry (or a platform reference)")
     s.add_argument("document")

@@ -13,6 +13,7 @@ import json
 import struct
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -29,6 +30,7 @@ from attest.errors import (
     AttestError,
     CertificateFormatError,
     CmwFormatError,
+    CorimFormatError,
     EventLogFormatError,
     EvidenceFormatError,
     ManifestFormatError,
@@ -43,8 +45,17 @@ from attest.eventlog.parse import parse_event_log
 from attest.eventlog.replay import replay, replay_pcrs, replay_self
 from attest.evidence import b64, parse_evidence
 from attest.manifest import edit
+from attest.manifest.corim import corim_map
+from attest.manifest.corim_parse import parse_comid, parse_corim, platform_reference
 from attest.manifest.envelope import Key, UnverifiedEnvelope, sign
-from attest.manifest.model import Release, ReleaseSnp, SnpLaunch, VerityParams
+from attest.manifest.model import (
+    PlatformReference,
+    Release,
+    ReleaseSnp,
+    SnpLaunch,
+    VerifiedRegistry,
+    VerityParams,
+)
 from attest.manifest.parse import load_registry, load_root
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.snp.certs import AmdCertificate, crl_signed_by, load_certificates, load_crl
@@ -71,6 +82,7 @@ from attest.verity.devices import parse_verity_status, parse_verity_table
 
 _TPM_MANUFACTURER = x509.ObjectIdentifier("2.23.133.2.1")
 _FAR = datetime(2036, 1, 1, tzinfo=UTC)
+_NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 # --- TPM structures --------------------------------------------------------------------------
 
@@ -211,6 +223,30 @@ def _snp_release() -> Release:
         source_commit=bytes(20),
         snp=ReleaseSnp(launches, policy, bind_host_data=True),
     )
+
+
+def _corim_seeds() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """A registry's CoRIM (release with PCRs and SNP launches, a platform reference), unsigned
+    and as a COSE_Sign1 whose signature is not checked (fixed bytes: the seeds stay the same
+    from run to run); and its CoMIDs."""
+    pcrs = PcrValues({HashAlg.SHA256: {i: bytes([i]) * 32 for i in range(8)}})
+    release = replace(_snp_release(), expected_pcrs={"fuzz": {"a": pcrs}})
+    snap = edit.set_platform(
+        edit.bless(edit.empty_registry(expires=_FAR), release),
+        PlatformReference("fuzz", "fuzz platform", pcrs),
+    )
+    doc = corim_map(VerifiedRegistry(snap, b"", frozenset()), signer="fuzz", now=_NOW)
+    payload = cbor2.dumps(cbor2.CBORTag(501, doc), canonical=True)
+    meta = cbor2.dumps({0: {0: "fuzz"}, 1: {1: cbor2.CBORTag(1, int(_FAR.timestamp()))}})
+    claims = {1: "fuzz", 4: int(_FAR.timestamp()), 5: 0}
+    protected = cbor2.dumps({1: -7, 3: "application/rim+cbor", 4: b"k", 8: meta, 15: claims})
+    signed = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, bytes(64)]))
+    return (payload, signed), tuple(t.value for t in doc[1])
+
+
+def _corim(data: bytes) -> object:
+    """Parse, then make the platform reference the CLI's import makes."""
+    return platform_reference(parse_corim(data), platform_id="fuzz", select="attest:platform:")
 
 
 def _evidence_seed(attest: bytes, sig: bytes, public: bytes) -> bytes:
@@ -407,6 +443,7 @@ def targets(*, eventlog_dirs: Sequence[Path] = ()) -> list[Target]:
     logs = _eventlog_seeds(eventlog_dirs)
     quoted = replay_pcrs(parse_event_log(logs[0]))
     roots, registries = _manifest_seeds()
+    corims, comids = _corim_seeds()
     cert = _certificate()
     der = cert.public_bytes(serialization.Encoding.DER)
     pem = cert.public_bytes(serialization.Encoding.PEM)
@@ -429,6 +466,8 @@ def targets(*, eventlog_dirs: Sequence[Path] = ()) -> list[Target]:
         _t("ima", parse_ima_log, [_ima_seed()], EventLogFormatError),
         _t("manifest-root", load_root, roots, ManifestFormatError),
         _t("manifest-registry", load_registry, registries, ManifestFormatError),
+        _t("corim", _corim, corims, CorimFormatError),
+        _t("comid", parse_comid, comids, CorimFormatError),
         _t(
             "evidence",
             _evidence,

@@ -6,9 +6,14 @@ import json
 import os
 from pathlib import Path
 
+import cbor2
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from attest import cose
 from attest.cli import main
+from attest.manifest.corim_parse import parse_corim
 
 COMMIT = "ab" * 20
 
@@ -289,3 +294,118 @@ def test_a_write_into_a_missing_directory_names_the_file_not_a_temporary_one(
     assert rc == 6
     why = f"its directory {missing.parent} does not exist"
     assert err == f"attest: cannot access {missing}: {why}\n"
+
+
+def _vendor_corim(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A firmware vendor's signed CoRIM: PCRs 0-7 of one platform (sha-256), and PCR 8."""
+    registers = {i: [[1, bytes([i]) * 32]] for i in range(9)}
+    comid = {
+        1: {0: "acme-fw-2.1"},
+        4: {0: [[{0: {1: "ACME", 2: "RoadRunner"}}, [{1: {14: registers}}]]]},
+    }
+    corim = cbor2.CBORTag(501, {0: "acme-fw", 1: [cbor2.CBORTag(506, cbor2.dumps(comid))]})
+    meta = cbor2.dumps({0: {0: "ACME firmware signing"}})
+    protected = cose.encode_protected({1: -7, 3: "application/rim+cbor", 8: meta})
+    return cose.sign1(cbor2.dumps(corim), key, protected=protected)
+
+
+def test_corim_export_and_an_import_trusted_only_once_the_platform_role_signs(
+    setup: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = ["--now", "2025-01-03T00:00:00Z"]
+    rc, _, err = run(
+        capsys,
+        "bless",
+        "img",
+        "--version",
+        "1.0.0",
+        "--commit",
+        COMMIT,
+        "--registry",
+        "reg.json",
+        *now,
+    )
+    assert rc == 0, err
+    for k in ("l1", "l2"):
+        assert run(capsys, "sign", "reg.json", "--key", f"{k}.pem")[0] == 0
+    assert run(capsys, "keygen", "--type", "ecdsa-p256", "--out", "corim")[0] == 0
+    export = ["export-corim", "--root", "root.json", "--snapshot", "reg.json", "--key", "corim.pem"]
+    rc, out, err = run(capsys, *export, "--out", "reg.corim", *now, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["releases"] == ["1.0.0"]
+    assert parse_corim((setup / "reg.corim").read_bytes()).corim_id == "attest-registry-1"
+    # A vendor's signed CoRIM, read with the vendor's key into an unsigned platform reference.
+    vendor = ec.generate_private_key(ec.SECP256R1())
+    (setup / "vendor.corim").write_bytes(_vendor_corim(vendor))
+    pub = vendor.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (setup / "vendor.pub.pem").write_bytes(pub)
+    imp = ["import-corim", "vendor.corim", "--platform-id", "acme-rr", "--out", "ref.json"]
+    rc, out, err = run(capsys, *imp, "--key", "vendor.pub.pem", *now)
+    assert rc == 0, err
+    assert "signature verified" in out and "not trusted yet" in out
+    assert "left out: register 8: not a platform firmware PCR (0-7)" in out
+    rc, out, err = run(capsys, *imp, "--key", "vendor.pub.pem", *now, "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["signature_checked"] and doc["signer"] == "ACME firmware signing"
+    assert doc["trusted"] is False and doc["source"].startswith("acme-fw-2.1: vendor=ACME")
+    ref = json.loads((setup / "ref.json").read_text())
+    assert ref["pcrs"] == {"sha256": {str(i): (bytes([i]) * 32).hex() for i in range(8)}}
+    # Signed by another key, or tampered: refused (exit 1, one line).
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (setup / "other.pem").write_bytes(
+        other.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    rc, _, err = run(capsys, *imp, "--key", "other.pem", *now)
+    assert rc == 1 and "signature" in err and err.count("\n") == 1
+    # In a registry, the imported reference is not trusted until the platform role signs it:
+    # the releases threshold alone does not make the registry verify.
+    verify = ["verify", "--root", "root.json", "--registry", "reg.json", *now]
+    assert run(capsys, "platform-set", "--registry", "reg.json", "--ref", "ref.json", *now)[0] == 0
+    for k in ("l1", "l2"):
+        assert run(capsys, "sign", "reg.json", "--key", f"{k}.pem")[0] == 0
+    rc, _, err = run(capsys, *verify)
+    assert rc == 1 and "platform reference acme-rr" in err and "threshold" in err, err
+    # The next draft, the platform role's signature, then the releases threshold: trusted.
+    assert run(capsys, "platform-set", "--registry", "reg.json", "--ref", "ref.json", *now)[0] == 0
+    assert run(capsys, "sign", "reg.json", "--key", "p1.pem", "--platform", "acme-rr")[0] == 0
+    for k in ("l1", "l2"):
+        assert run(capsys, "sign", "reg.json", "--key", f"{k}.pem")[0] == 0
+    rc, out, err = run(capsys, *verify)
+    assert rc == 0, err
+    # And the platform reference is exported with the registry's reference values.
+    assert run(capsys, *export, "--out", "reg3.corim", *now)[0] == 0
+    values = parse_corim((setup / "reg3.corim").read_bytes()).values
+    (plat,) = [v for v in values if v.tag_id == "attest:platform:acme-rr"]
+    assert plat.registers == {i: ((1, bytes([i]) * 32),) for i in range(8)}
+    # From a verifier's trusted state, too.
+    assert (
+        run(
+            capsys,
+            "verify",
+            "--state",
+            "trust",
+            "--root",
+            "root.json",
+            "--registry",
+            "reg.json",
+            *now,
+        )[0]
+        == 0
+    )
+    rc, out, err = run(
+        capsys,
+        "export-corim",
+        "--trust-dir",
+        "trust",
+        "--key",
+        "corim.pem",
+        "--out",
+        "t.corim",
+        *now,
+        "--json",
+    )
+    assert rc == 0 and json.loads(out)["platforms"] == ["acme-rr"], err
