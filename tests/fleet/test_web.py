@@ -4,6 +4,7 @@ rollout and embargo clock; hostile node-supplied strings are escaped."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,3 +58,33 @@ def _look_at_the_fleet(base: str, store: SqliteStore, tmp_path: Path) -> None:
     assert "Host and guest" in pair and "not vouched for by the host" in pair
     keep = Path(tempfile.gettempdir()) / "attest-fleet-page.png"
     shutil.copyfile(shot, keep)  # for a person to look at after the run
+
+
+def test_fleet_page_filters_in_headless_chromium(tmp_path: Path, registry: Registry) -> None:
+    """The search and the filters as a browser without script sees them: the filtered page
+    lists the matching nodes and no other (its rows are the server's answer to the URL the
+    form submits)."""
+    need_binaries("chromium")
+    with fleet_site(tmp_path, registry) as site:
+        dom = chromium("--dump-dom", site.base + "/?q=node-3").stdout.decode()
+        assert _listed(dom) == ["node-3"], dom[-3000:]
+        assert 'value="node-3"' in dom and "Nodes matching the filters: 1–1 of 1" in dom
+        dom = chromium("--dump-dom", site.base + "/?verdict=unreachable").stdout.decode()
+        assert _listed(dom) == ["hostile"]
+        dom = chromium("--dump-dom", site.base + "/?release=1.2.0&verdict=affirming").stdout
+        assert _listed(dom.decode()) == ["node-0", "node-1", "node-2"]
+        assert '<option value="1.2.0" selected="">1.2.0</option>' in dom.decode()
+        dom = chromium("--dump-dom", site.base + "/?enrollment=ek-chain%2Bactivated").stdout
+        assert _listed(dom.decode()) == [] and "No node matches these filters." in dom.decode()
+        shot = tmp_path / "filtered.png"
+        url = site.base + "/?verdict=contraindicated"
+        run = chromium(f"--screenshot={shot}", "--window-size=1280,900", url)
+    assert shot.exists(), run.stderr.decode()[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    shutil.copyfile(shot, Path(tempfile.gettempdir()) / "attest-fleet-filtered.png")
+
+
+def _listed(dom: str) -> list[str]:
+    """The node ids of the overview's rows, in order."""
+    return re.findall(r'<tr><td><a href="/nodes/([^"]+)">', dom)

@@ -6,8 +6,9 @@ REST (JSON; times ISO 8601 UTC): ``/v1/nodes`` (GET list, POST register),
 each with its EAR), ``/v1/verifier-key`` (the EAR signing key as a JWK set),
 ``/v1/releases`` (rollout shares and embargo
 clocks), ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` (503 with the reason while
-the database is unreachable); and pages for people: ``/`` (fleet overview,
-rollout, embargo clocks) and ``/nodes/{id}`` (verdict, explanation, findings, history).
+the database is unreachable); and pages for people: ``/`` (fleet overview, rollout, embargo
+clocks; the nodes searched and filtered by ``?q=&verdict=&release=&enrollment=&page=``) and
+``/nodes/{id}`` (verdict, explanation, findings, history).
 Pages are rendered on the server with no script (``attest.verifier.fleet.pages``).
 
 Registration never replaces an enrolled node silently: an id that is already enrolled -- given
@@ -45,7 +46,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
-from attest.enroll import Enrollment
+from attest.enroll import Enrollment, EnrollmentStrength
 from attest.errors import (
     AttestError,
     DatabaseUnavailable,
@@ -73,8 +74,18 @@ from attest.verifier.fleet.admission import (
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
 from attest.verifier.fleet.metrics import METRICS_MEDIA_TYPE, FleetCollector, fleet_registry
-from attest.verifier.fleet.model import Freshness, NodeRow, iso
-from attest.verifier.fleet.pages import render_node, render_overview, sorry_page
+from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso
+from attest.verifier.fleet.pages import (
+    MAX_PAGE,
+    RELEASE_RULE,
+    SEARCH_RULE,
+    STRENGTH_RULE,
+    VERDICT_RULE,
+    NodeFilter,
+    render_node,
+    render_overview,
+    sorry_page,
+)
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner
@@ -430,13 +441,30 @@ def _pages(app: FastAPI, f: _Fleet) -> None:
 
     # The pages are for people (HTML), not part of the API the OpenAPI document describes.
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def overview() -> str:
+    def overview(
+        q: str = Query("", max_length=128, pattern=SEARCH_RULE),
+        verdict: str = Query("", pattern=VERDICT_RULE),
+        release: str = Query("", max_length=128, pattern=RELEASE_RULE),
+        enrollment: str = Query("", pattern=STRENGTH_RULE),
+        page: int = Query(1, ge=1, le=MAX_PAGE),
+    ) -> str:
+        """The overview; ``?q=`` (node id contains), ``verdict``, ``release``, ``enrollment``
+        and ``page`` choose the nodes listed (a bad value: 422 in the error shape)."""
+        nodes = f.store.list_nodes()
+        flt = NodeFilter(
+            search=q,
+            verdict=NodeStatus(verdict) if verdict else None,
+            release=release,
+            enrollment=EnrollmentStrength(enrollment) if enrollment else None,
+            page=page,
+        )
         return render_overview(
-            f.store.list_nodes(),
-            f.report(),
+            nodes,
+            f.report(nodes),
             now=f.clock(),
             registry=f.registry(),
             freshness=f.freshness,
+            flt=flt,
         )
 
     @app.get("/nodes/{node_id}", response_class=HTMLResponse, include_in_schema=False)
