@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.api.conftest import AppFactory, _running
+from tests.api.conftest import SEL, AppFactory, _running, challenge
 from tests.support.prom import samples
 
 from attest.errors import BrokerUnavailable, NonceError, PcrSelectionError
@@ -18,19 +18,6 @@ from attest.evidence import unb64, verify_evidence
 from attest.model import PcrSelection
 from attest.node.tpm.fake import FakeTpm
 from attest.tpmstruct import parse_public
-
-SEL = {"sha256": [0, 1, 2, 3, 4, 5, 6, 7]}
-
-
-async def challenge(
-    client: httpx.AsyncClient,
-    nonce: bytes | None = None,
-    pcrs: dict[str, list[int]] | None = None,
-    **extra: Any,
-) -> tuple[bytes, Any]:
-    nonce = nonce or os.urandom(32)
-    r = await client.post("/v1/evidence", json={"nonce": nonce.hex(), "pcrs": pcrs or SEL, **extra})
-    return nonce, r
 
 
 async def test_evidence_verifies_against_identity(client: httpx.AsyncClient) -> None:

@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from tests.api.conftest import AppFactory, _running
-from tests.api.test_api import challenge
+from tests.api.conftest import AppFactory, _running, challenge
 from tests.conftest import need_binaries
 from tests.support.prom import promtool_problems, samples
 
