@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from tests.fleet.conftest import Registry, free_port, sim_server
-from tests.support.poller import SIM_PLATFORM
+from tests.support.poller import settings
 
 from attest.errors import NodeIdRefused
 from attest.testing.fleet_sim import SimFleet
@@ -25,7 +25,7 @@ from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import PairEnrollment
-from attest.verifier.fleet.poller import Poller, PollSettings
+from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.store import SqliteStore
 from attest.verifier.fleet.webhooks import WebhookSender
 
@@ -98,14 +98,7 @@ def fleet_site(tmp_path: Path, registry: Registry) -> Iterator[Site]:
         )
         poller = Poller(
             store,
-            settings=PollSettings(
-                interval=60,
-                timeout=0.5,
-                lease_ttl=5,
-                unreachable_after=1,
-                flush_interval=0.05,
-                platform_id=SIM_PLATFORM,
-            ),
+            settings=settings(interval=60, timeout=0.5, unreachable_after=1),
             appraise=default_appraiser(),
             registry=registry.state,
         )
