@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,20 @@ def make_settings(tmp_path: Path, **api: Any) -> Settings:
 
 
 AppFactory = Callable[..., Any]
+
+SEL = {"sha256": [0, 1, 2, 3, 4, 5, 6, 7]}
+
+
+async def challenge(
+    client: httpx.AsyncClient,
+    nonce: bytes | None = None,
+    pcrs: dict[str, list[int]] | None = None,
+    **extra: Any,
+) -> tuple[bytes, Any]:
+    """``POST /v1/evidence`` with a fresh nonce (or ``nonce``) over ``pcrs`` (default SEL)."""
+    nonce = nonce or os.urandom(32)
+    r = await client.post("/v1/evidence", json={"nonce": nonce.hex(), "pcrs": pcrs or SEL, **extra})
+    return nonce, r
 
 
 @pytest.fixture()

@@ -10,26 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.api.conftest import AppFactory, _running
+from tests.api.conftest import SEL, AppFactory, _running, challenge
+from tests.support.prom import samples
 
 from attest.errors import BrokerUnavailable, NonceError, PcrSelectionError
 from attest.evidence import unb64, verify_evidence
 from attest.model import PcrSelection
 from attest.node.tpm.fake import FakeTpm
 from attest.tpmstruct import parse_public
-
-SEL = {"sha256": [0, 1, 2, 3, 4, 5, 6, 7]}
-
-
-async def challenge(
-    client: httpx.AsyncClient,
-    nonce: bytes | None = None,
-    pcrs: dict[str, list[int]] | None = None,
-    **extra: Any,
-) -> tuple[bytes, Any]:
-    nonce = nonce or os.urandom(32)
-    r = await client.post("/v1/evidence", json={"nonce": nonce.hex(), "pcrs": pcrs or SEL, **extra})
-    return nonce, r
 
 
 async def test_evidence_verifies_against_identity(client: httpx.AsyncClient) -> None:
@@ -312,10 +300,10 @@ async def test_lost_broker_is_not_ready_without_a_request_and_recovers(
             "check",
             "detail",
         }
-        assert "attest_broker_up 0" in (await client.get("/metrics")).text
+        assert samples((await client.get("/metrics")).text)["attest_broker_up"] == 0
         link.up = True
         await _until_ready(client, 200)
-        assert "attest_broker_up 1" in (await client.get("/metrics")).text
+        assert samples((await client.get("/metrics")).text)["attest_broker_up"] == 1
         _, r = await challenge(client)
         assert r.status_code == 200
 
@@ -343,9 +331,8 @@ async def test_app_started_before_the_broker_records_its_start_events_later(
 
 async def test_metrics_and_status(client: httpx.AsyncClient) -> None:
     await challenge(client)
-    text = (await client.get("/metrics")).text
-    assert "attest_challenges_total 1" in text
-    assert "attest_quotes_total 1" in text
+    got = samples((await client.get("/metrics")).text)
+    assert got["attest_challenges_total"] == 1 and got["attest_quotes_total"] == 1
     status = (await client.get("/v1/status")).json()
     assert status["tpm_ready"] is True and status["verdict"]
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.prom import samples
 
 from attest.errors import StorageError
 from attest.node.api.errors import status_for
@@ -21,11 +22,11 @@ async def test_status_and_metrics_report_the_state_file_system(
     fs = status["state_fs"]
     assert set(fs) == {"free_bytes", "total_bytes", "threshold_bytes", "low", "write_failures"}
     assert fs["low"] is (fs["free_bytes"] < fs["threshold_bytes"])
-    text = (await client.get("/metrics")).text
-    assert "attest_state_fs_low 0" in text and "attest_state_fs_free_bytes " in text
+    got = samples((await client.get("/metrics")).text)
+    assert got["attest_state_fs_low"] == 0 and got["attest_state_fs_free_bytes"] > 0
     node.low_space_bytes = 1 << 62  # every file system is "low" under this threshold
     assert (await client.get("/v1/status")).json()["state_fs"]["low"] is True
-    assert "attest_state_fs_low 1" in (await client.get("/metrics")).text
+    assert samples((await client.get("/metrics")).text)["attest_state_fs_low"] == 1
 
 
 async def test_write_failures_are_counted(
@@ -39,7 +40,7 @@ async def test_write_failures_are_counted(
         node.audit_record({"event": "login", "user": "alice"})
     monkeypatch.undo()
     assert (await client.get("/v1/status")).json()["state_fs"]["write_failures"] == 1
-    assert "attest_state_fs_write_failures_total 1" in (await client.get("/metrics")).text
+    assert samples((await client.get("/metrics")).text)["attest_state_fs_write_failures_total"] == 1
 
 
 def test_a_full_file_system_is_507() -> None:

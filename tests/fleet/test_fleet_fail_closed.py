@@ -32,6 +32,7 @@ import pytest
 from tests.fleet.conftest import Registry, dev_policy, free_port, sim_server
 from tests.support.manifest import NOW, release
 from tests.support.poller import SIM_PLATFORM, SIM_PLATFORMS
+from tests.support.prom import samples
 
 from attest.errors import NodeIdTaken
 from attest.manifest.trusted import TrustedState
@@ -164,11 +165,8 @@ def _state(registry: Registry, *, expired: bool = False) -> TrustedState:
     )
 
 
-def _metric(svc: Service, name: str) -> str:
-    for line in svc.get("/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return line
-    raise AssertionError(f"no {name} in /metrics")
+def _metric(svc: Service, name: str) -> float:
+    return samples(svc.get("/metrics").text)[name]
 
 
 # --- item 5: no valid fresh registry, no appraisal --------------------------------------------
@@ -215,7 +213,7 @@ def test_fleet_without_a_valid_registry_appraises_nothing_until_one_is_back(
         assert doc["registry"]["ok"] is False and str(trust) in doc["registry"]["problem"]
         assert all(n["release"] is None for n in doc["nodes"])
         assert sum(node.requests for node in sim.nodes) == 0
-        assert _metric(svc, "attest_fleet_registry_ok").endswith(" 0")
+        assert _metric(svc, "attest_fleet_registry_ok") == 0
         assert "No node is appraised" in svc.get("/").text
         result = svc.node("sim-0")["latest"]["result"]
         assert result["verdict"] == "could-not-appraise" and result["enrollment"] == "tofu"
@@ -229,7 +227,7 @@ def test_fleet_without_a_valid_registry_appraises_nothing_until_one_is_back(
         save_state(trust, _state(registry))
         until(lambda: all_say("affirming"), svc)
         assert svc.node("sim-0")["release"] == "1.0.0"
-        assert _metric(svc, "attest_fleet_registry_ok").endswith(" 1")
+        assert _metric(svc, "attest_fleet_registry_ok") == 1
         assert "No node is appraised" not in svc.get("/").text
 
         # Expired: every node could-not-appraise again, with the expiry named -- on the page,
@@ -237,7 +235,7 @@ def test_fleet_without_a_valid_registry_appraises_nothing_until_one_is_back(
         save_state(trust, _state(registry, expired=True))
         until(lambda: all_say("none", "expired"), svc)
         assert "expired" in svc.get("/").text
-        assert _metric(svc, "attest_fleet_registry_ok").endswith(" 0")
+        assert _metric(svc, "attest_fleet_registry_ok") == 0
         until(lambda: sum(e["to"] == "none" for e in hooks.events) >= 2, svc)
         gone = [e for e in hooks.events if e["to"] == "none"]
         assert {e["from"] for e in gone} == {"affirming"}

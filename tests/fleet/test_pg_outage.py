@@ -21,6 +21,7 @@ import httpx
 import psycopg
 import pytest
 from tests.fleet.conftest import PgServer, dev_policy, free_port, pg_cluster, sim_server
+from tests.support.prom import samples
 
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.store import open_store
@@ -176,7 +177,7 @@ def test_fleet_survives_a_postgres_restart_and_never_shows_a_stale_verdict_as_cu
             assert not r.json()["ready"]
             assert v.json()["error"] == "DatabaseUnavailable" and v.json()["check"] == "database"
             assert v.json()["detail"], v.json()
-            assert "attest_fleet_database_up 0" in m.text
+            assert samples(m.text)["attest_fleet_database_up"] == 0
             # Verdicts older than the bound were announced stale while the database was away.
             stale = {
                 e["node_id"]: e
@@ -211,7 +212,10 @@ def test_fleet_survives_a_postgres_restart_and_never_shows_a_stale_verdict_as_cu
                 RECOVERY_BOUND,
             )
             first, every = appraisal_span(dsn, restarted)
-            assert "attest_fleet_database_up 1" in httpx.get(api + "/metrics", timeout=5).text
+            assert (
+                samples(httpx.get(api + "/metrics", timeout=5).text)["attest_fleet_database_up"]
+                == 1
+            )
             nodes = httpx.get(api + "/v1/nodes", timeout=5).json()["nodes"]
             assert {n["state"] for n in nodes} == {"affirming"}, nodes
             wait_for(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import free_port
+from tests.support.prom import samples
 
 from attest.errors import DatabaseUnavailable
 from attest.testing.fleet_sim import SimFleet
@@ -57,7 +58,7 @@ def test_a_verdict_not_appraised_within_three_intervals_shows_stale_with_its_age
     page = client.get("/nodes/n0").text
     assert 'class="v stale"' in page and "31 s ago" in page
     assert 'class="v stale"' in client.get("/").text
-    assert "attest_fleet_stale_nodes 1" in client.get("/metrics").text
+    assert samples(client.get("/metrics").text)["attest_fleet_stale_nodes"] == 1
 
 
 def test_stale_and_fresh_again_are_each_told_once(tmp_path: Path) -> None:
@@ -117,14 +118,14 @@ def test_an_unreachable_database_is_not_ready_and_503_not_500(tmp_path: Path) ->
         assert r.status_code == 503, r.text
         assert r.json()["error"] == "DatabaseUnavailable" and r.json()["check"] == "database"
     m = client.get("/metrics")
-    assert m.status_code == 200 and "attest_fleet_database_up 0" in m.text
+    assert m.status_code == 200 and samples(m.text)["attest_fleet_database_up"] == 0
 
 
 def test_a_reachable_database_is_ready(tmp_path: Path) -> None:
     client = TestClient(create_fleet_app(appraised_store(tmp_path), access=Access("w" * 16)))
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["database"]["up"] is True
-    assert "attest_fleet_database_up 1" in client.get("/metrics").text
+    assert samples(client.get("/metrics").text)["attest_fleet_database_up"] == 1
 
 
 def test_fleet_ls_says_the_database_is_unreachable_in_one_line(

@@ -4,133 +4,27 @@ rollout and embargo clock; hostile node-supplied strings are escaped."""
 
 from __future__ import annotations
 
-import asyncio
+import re
 import shutil
-import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import httpx
-import pytest
-import uvicorn
 from tests.conftest import need_binaries
-from tests.fleet.conftest import Registry, free_port, sim_server
-from tests.support.poller import SIM_PLATFORM
+from tests.fleet.conftest import Registry
+from tests.fleet.site import chromium, fleet_site
+from tests.support.prom import samples
 
-from attest.errors import NodeIdRefused
-from attest.testing.fleet_sim import SimFleet
-from attest.verifier.fleet.access import Access
-from attest.verifier.fleet.api import create_fleet_app
-from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.enrollment import PairEnrollment
-from attest.verifier.fleet.poller import Poller, PollSettings
 from attest.verifier.fleet.store import SqliteStore
 
-HOSTILE = 'evil"><script>alert(1)</script>'
 
-
-def chromium(*args: str) -> subprocess.CompletedProcess[bytes]:
-    profile = tempfile.mkdtemp(prefix="attest-chromium-")
-    try:
-        return subprocess.run(
-            [
-                "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                *args,
-            ],
-            capture_output=True,
-            timeout=90,
-            check=False,
-        )
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-@pytest.fixture()
-def fleet_site(tmp_path: Path, registry: Registry) -> object:
-    """A fleet of five: three on 1.2.0 (embargoed), one tampered, one down, and a hostile id;
-    and a host + guest pair whose host vouched for another vTPM (the guest layer fails)."""
-    sim = SimFleet(7)
-    with sim_server(sim) as srv:
-        for i in range(7):
-            srv.call(sim.set_image, i, registry.root_hash("1.2.0" if i < 4 else "1.0.0"))
-        srv.call(sim.tamper, 3)
-        srv.call(sim.vouch, 5, "g1", bytes(32))
-        store = SqliteStore(str(tmp_path / "fleet.db"))
-        for i in range(5):
-            store.add_node(f"node-{i}", srv.url(i), sim.enrollment(i), now=time.time())
-        store.add_node(
-            "pair-1",
-            srv.url(6),
-            PairEnrollment(sim.enrollment(5), sim.enrollment(6, ek=True), "g1"),
-            now=time.time(),
-            host_url=srv.url(5),
-        )
-        # A hostile id cannot be registered at all (one rule for every node id); hostile text
-        # still reaches the page through what the store keeps, here the URL in the error.
-        with pytest.raises(NodeIdRefused):
-            store.add_node(HOSTILE, "http://127.0.0.1:1/", sim.enrollment(0), now=time.time())
-        store.add_node(
-            "hostile",
-            f"http://127.0.0.1:{free_port()}/{HOSTILE}",
-            sim.enrollment(0),
-            now=time.time(),
-        )
-        poller = Poller(
-            store,
-            settings=PollSettings(
-                interval=60,
-                timeout=0.5,
-                lease_ttl=5,
-                unreachable_after=1,
-                flush_interval=0.05,
-                platform_id=SIM_PLATFORM,
-            ),
-            appraise=default_appraiser(),
-            registry=registry.state,
-        )
-
-        async def poll_once() -> None:
-            stop = asyncio.Event()
-            task = asyncio.create_task(poller.run(stop))
-            end = time.monotonic() + 10
-            while time.monotonic() < end and any(
-                n.verdict in ("none",) for n in store.list_nodes()
-            ):
-                await asyncio.sleep(0.05)
-            stop.set()
-            await task
-
-        asyncio.run(poll_once())
-        poller.close()
-    app = create_fleet_app(store, registry=registry.state, access=Access("w" * 16))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(10)
-    store.close()
-
-
-def test_fleet_page_in_headless_chromium(
-    fleet_site: tuple[str, SqliteStore], tmp_path: Path
-) -> None:
+def test_fleet_page_in_headless_chromium(tmp_path: Path, registry: Registry) -> None:
     need_binaries("chromium")
-    base, store = fleet_site
+    with fleet_site(tmp_path, registry) as site:
+        _look_at_the_fleet(site.base, site.store, tmp_path)
+
+
+def _look_at_the_fleet(base: str, store: SqliteStore, tmp_path: Path) -> None:
     verdicts = {n.node_id: n.verdict for n in store.list_nodes()}
     assert verdicts["node-0"] == "affirming" and verdicts["node-3"] == "contraindicated"
     assert verdicts["hostile"] == "unreachable" and verdicts["pair-1"] == "contraindicated"
@@ -144,8 +38,8 @@ def test_fleet_page_in_headless_chromium(
     releases = httpx.get(base + "/v1/releases").json()["releases"]
     r120 = next(r for r in releases if r["version"] == "1.2.0")
     assert r120["running"] == 3 and r120["total"] == 7 and r120["embargo"] == "awaiting_fleet"
-    metrics = httpx.get(base + "/metrics").text
-    assert 'attest_fleet_nodes{verdict="contraindicated"} 2' in metrics
+    metrics = samples(httpx.get(base + "/metrics").text)
+    assert metrics['attest_fleet_nodes{verdict="contraindicated"}'] == 2
 
     shot = tmp_path / "fleet.png"
     run = chromium(f"--screenshot={shot}", "--window-size=1280,900", base + "/")
@@ -164,3 +58,33 @@ def test_fleet_page_in_headless_chromium(
     assert "Host and guest" in pair and "not vouched for by the host" in pair
     keep = Path(tempfile.gettempdir()) / "attest-fleet-page.png"
     shutil.copyfile(shot, keep)  # for a person to look at after the run
+
+
+def test_fleet_page_filters_in_headless_chromium(tmp_path: Path, registry: Registry) -> None:
+    """The search and the filters as a browser without script sees them: the filtered page
+    lists the matching nodes and no other (its rows are the server's answer to the URL the
+    form submits)."""
+    need_binaries("chromium")
+    with fleet_site(tmp_path, registry) as site:
+        dom = chromium("--dump-dom", site.base + "/?q=node-3").stdout.decode()
+        assert _listed(dom) == ["node-3"], dom[-3000:]
+        assert 'value="node-3"' in dom and "Nodes matching the filters: 1–1 of 1" in dom
+        dom = chromium("--dump-dom", site.base + "/?verdict=unreachable").stdout.decode()
+        assert _listed(dom) == ["hostile"]
+        dom = chromium("--dump-dom", site.base + "/?release=1.2.0&verdict=affirming").stdout
+        assert _listed(dom.decode()) == ["node-0", "node-1", "node-2"]
+        assert '<option value="1.2.0" selected="">1.2.0</option>' in dom.decode()
+        dom = chromium("--dump-dom", site.base + "/?enrollment=ek-chain%2Bactivated").stdout
+        assert _listed(dom.decode()) == [] and "No node matches these filters." in dom.decode()
+        shot = tmp_path / "filtered.png"
+        url = site.base + "/?verdict=contraindicated"
+        run = chromium(f"--screenshot={shot}", "--window-size=1280,900", url)
+    assert shot.exists(), run.stderr.decode()[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    shutil.copyfile(shot, Path(tempfile.gettempdir()) / "attest-fleet-filtered.png")
+
+
+def _listed(dom: str) -> list[str]:
+    """The node ids of the overview's rows, in order."""
+    return re.findall(r'<tr><td><a href="/nodes/([^"]+)">', dom)

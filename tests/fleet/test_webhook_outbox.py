@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from tests.fleet.hooks import Receiver, make_event
+from tests.support.prom import samples
 from tests.support.store import SIM, outcome
 
 from attest.errors import DatabaseUnavailable
@@ -204,11 +205,11 @@ async def test_the_bound_drops_the_oldest_counts_them_in_metrics_and_logs_it(
     try:
         await until("the bound applied", lambda: s.metrics.pending == 5, 5)
         client = TestClient(create_fleet_app(store, access=Access("w" * 16), webhooks=s))
-        text = client.get("/metrics").text
-        assert "attest_fleet_webhooks_dropped_total 7\n" in text, text
-        assert "attest_fleet_webhook_outbox_pending 5\n" in text, text
-        assert "attest_fleet_webhooks_sent_total 0\n" in text, text
-        assert "attest_fleet_webhook_queue 0\n" in text, text
+        got = samples(client.get("/metrics").text)
+        assert got["attest_fleet_webhooks_dropped_total"] == 7, got
+        assert got["attest_fleet_webhook_outbox_pending"] == 5, got
+        assert got["attest_fleet_webhooks_sent_total"] == 0, got
+        assert got["attest_fleet_webhook_queue"] == 0, got
         receiver.start()  # the newest five, each once
         await until("the rest delivered", lambda: len(receiver.received()) == 5, 10)
         await asyncio.sleep(0.3)

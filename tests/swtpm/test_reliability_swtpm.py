@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.prom import samples
 from tests.swtpm.conftest import Node, appraise_contact
 
 from attest.appraisal.claims import Verdict
@@ -38,9 +39,8 @@ def _readyz(node: Node) -> httpx.Response:
     return httpx.get(f"{node.url}/readyz", timeout=10)
 
 
-def _metric(node: Node, name: str) -> str:
-    text = httpx.get(f"{node.url}/metrics", timeout=10).text
-    return next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))
+def _metric(node: Node, name: str) -> float:
+    return samples(httpx.get(f"{node.url}/metrics", timeout=10).text)[name]
 
 
 def _until(pred: Callable[[], bool], timeout: float, what: str) -> float:
@@ -69,15 +69,15 @@ def test_killed_broker_is_not_ready_then_recovers(node: Node) -> None:
     body = r.json()
     assert set(body) == {"error", "check", "detail"} and body["error"] == "BrokerUnavailable"
     assert r.headers["retry-after"] == "1"
-    assert _metric(node, "attest_broker_up") == "0"
-    assert _metric(node, "attest_tpm_ready") == "0"
+    assert _metric(node, "attest_broker_up") == 0
+    assert _metric(node, "attest_tpm_ready") == 0
 
     node.start_broker()  # attestd is not touched
     sock = _until(lambda: (node.work / "run" / "tpm.sock").exists(), 30, "broker socket")
     ready = _until(lambda: _readyz(node).status_code == 200, 30, "ready again")
     assert _readyz(node).json() == {"ready": True}
     assert _evidence(node).status_code == 200
-    assert _metric(node, "attest_broker_up") == "1"
+    assert _metric(node, "attest_broker_up") == 1
     _report("broker-killed", not_ready=not_ready, broker_socket=sock, ready_after_socket=ready)
 
 

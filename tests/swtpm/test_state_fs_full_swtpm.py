@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.prom import samples
 from tests.swtpm.conftest import BIN, Node, NodeFactory
 
 from attest.errors import StorageError
@@ -139,9 +140,9 @@ def test_full_state_fs_refuses_the_record_and_leaves_both_logs_as_before(
         fs = status["state_fs"]
         assert fs["low"] is True and fs["free_bytes"] < THRESHOLD
         assert fs["write_failures"] == 2  # the config event and the anchor
-        metrics = httpx.get(node.url + "/metrics", timeout=10).text
-        assert "attest_state_fs_low 1" in metrics
-        assert "attest_state_fs_write_failures_total 2" in metrics
+        metrics = samples(httpx.get(node.url + "/metrics", timeout=10).text)
+        assert metrics["attest_state_fs_low"] == 1
+        assert metrics["attest_state_fs_write_failures_total"] == 2
 
         # Space again: the next record succeeds at once, and the chain verifies.
         (small_fs / "filler").unlink()

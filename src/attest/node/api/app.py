@@ -21,7 +21,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__, cmw
@@ -54,9 +55,10 @@ from attest.node.api.errors import (
     printable,
     validation_error_handler,
 )
+from attest.node.api.metrics import METRICS_MEDIA_TYPE, node_registry, state_fs
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
 from attest.node.config import Settings
-from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort, StateFs
+from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort
 from attest.node.tpm.port import RawQuote
 from attest.verity.devices import VerityReport
 
@@ -66,7 +68,6 @@ PROBE_SELECTION = PcrSelection.parse("sha256:0")
 # What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable.
 UNAVAILABLE = (TpmError, BrokerUnavailable)
 MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.2 s)
-_SELF_OK = (SelfVerdict.OK, SelfVerdict.BLESSED)  # attest_status_ok 1
 
 
 @dataclass
@@ -514,7 +515,7 @@ def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
         """Self-appraisal: a plain verdict with reasons, for the node provider."""
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(None, ctx.status, ctx)
-        fs = await loop.run_in_executor(None, _state_fs, ctx)
+        fs = await loop.run_in_executor(None, state_fs, ctx)
         version, slot = ctx.image()
         return {
             **doc,
@@ -537,13 +538,18 @@ def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
             raise
         return {"start": start, "entries": [dict(e) for e in entries]}
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(plain=True))
-    async def metrics() -> str:
-        """Prometheus text exposition."""
+    registry = node_registry(ctx, lambda: ctx.status(ctx))
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {METRICS_MEDIA_TYPE: {}}}, **errors(plain=True)},
+    )
+    async def metrics() -> Response:
+        """Prometheus text exposition (the names: docs/api.md)."""
         loop = asyncio.get_running_loop()
-        doc = await loop.run_in_executor(None, ctx.status, ctx)
-        fs = await loop.run_in_executor(None, _state_fs, ctx)
-        return _metrics_text(ctx, doc, fs)
+        body = await loop.run_in_executor(None, generate_latest, registry)
+        return Response(body, media_type=METRICS_MEDIA_TYPE)
 
     @app.get("/healthz", responses=errors())
     async def healthz() -> dict[str, str]:
@@ -567,64 +573,6 @@ def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
             },
             status_code=503,
         )
-
-
-def _metrics_text(ctx: NodeContext, doc: dict[str, Any], fs: StateFs | None) -> str:
-    """The Prometheus text exposition of ``/metrics`` (``doc``: the self-appraisal)."""
-    m, b = ctx.metrics, ctx.batcher
-    verdict = doc.get("verdict", SelfVerdict.UNKNOWN)
-    lines = [
-        "# HELP attest_up attestd is running",
-        "# TYPE attest_up gauge",
-        "attest_up 1",
-        "# TYPE attest_tpm_ready gauge",
-        f"attest_tpm_ready {int(ctx.ready)}",
-        "# HELP attest_broker_up 0 while attestd-tpm cannot be reached",
-        "# TYPE attest_broker_up gauge",
-        f"attest_broker_up {int(ctx.broker_up)}",
-        "# HELP attest_status_ok 1 when the self-appraisal verdict is ok/blessed",
-        "# TYPE attest_status_ok gauge",
-        f'attest_status_ok{{verdict="{verdict}"}} {int(verdict in _SELF_OK)}',
-        "# TYPE attest_challenges_total counter",
-        f"attest_challenges_total {m.challenges}",
-        "# TYPE attest_quotes_total counter",
-        f"attest_quotes_total {b.quotes}",
-        "# TYPE attest_quote_waiting gauge",
-        f"attest_quote_waiting {b.waiting}",
-        "# TYPE attest_tpm_failures_total counter",
-        f"attest_tpm_failures_total {m.tpm_failures}",
-        "# TYPE attest_activations_total counter",
-        f"attest_activations_total {m.activations}",
-        "# TYPE attest_uptime_seconds gauge",
-        f"attest_uptime_seconds {time.time() - m.started:.0f}",
-        *_state_fs_metrics(fs),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _state_fs(ctx: NodeContext) -> StateFs | None:
-    """The broker's state file system report; None (logged) when the broker cannot say."""
-    try:
-        return ctx.node.state_fs()
-    except AttestError as exc:
-        logger.info("state file system report unavailable: %s", exc)
-        return None
-
-
-def _state_fs_metrics(fs: StateFs | None) -> list[str]:
-    if fs is None:
-        return []
-    return [
-        "# HELP attest_state_fs_free_bytes free bytes on the broker's state file system",
-        "# TYPE attest_state_fs_free_bytes gauge",
-        f"attest_state_fs_free_bytes {fs.free_bytes}",
-        "# HELP attest_state_fs_low 1 when free bytes are below the broker's threshold",
-        "# TYPE attest_state_fs_low gauge",
-        f"attest_state_fs_low {int(fs.low)}",
-        "# HELP attest_state_fs_write_failures_total records refused: a log could not be written",
-        "# TYPE attest_state_fs_write_failures_total counter",
-        f"attest_state_fs_write_failures_total {fs.write_failures}",
-    ]
 
 
 def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> bytes:

@@ -6,8 +6,9 @@ REST (JSON; times ISO 8601 UTC): ``/v1/nodes`` (GET list, POST register),
 each with its EAR), ``/v1/verifier-key`` (the EAR signing key as a JWK set),
 ``/v1/releases`` (rollout shares and embargo
 clocks), ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` (503 with the reason while
-the database is unreachable); and pages for people: ``/`` (fleet overview,
-rollout, embargo clocks) and ``/nodes/{id}`` (verdict, explanation, findings, history).
+the database is unreachable); and pages for people: ``/`` (fleet overview, rollout, embargo
+clocks; the nodes searched and filtered by ``?q=&verdict=&release=&enrollment=&page=``) and
+``/nodes/{id}`` (verdict, explanation, findings, history).
 Pages are rendered on the server with no script (``attest.verifier.fleet.pages``).
 
 Registration never replaces an enrolled node silently: an id that is already enrolled -- given
@@ -39,12 +40,13 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__
-from attest.enroll import Enrollment
+from attest.enroll import Enrollment, EnrollmentStrength
 from attest.errors import (
     AttestError,
     DatabaseUnavailable,
@@ -54,7 +56,6 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
-from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.access import (
     Access,
     TokenAuth,
@@ -72,9 +73,20 @@ from attest.verifier.fleet.admission import (
     check_node_id,
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, Registration
-from attest.verifier.fleet.model import SEVERITY, Freshness, NodeRow, iso
-from attest.verifier.fleet.pages import render_node, render_overview, sorry_page
-from attest.verifier.fleet.poller import LATENCY_BUCKETS, Poller
+from attest.verifier.fleet.metrics import METRICS_MEDIA_TYPE, FleetCollector, fleet_registry
+from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso
+from attest.verifier.fleet.pages import (
+    MAX_PAGE,
+    RELEASE_RULE,
+    SEARCH_RULE,
+    STRENGTH_RULE,
+    VERDICT_RULE,
+    NodeFilter,
+    render_node,
+    render_overview,
+    sorry_page,
+)
+from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.rollout import ReleaseRollout, rollout
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Store
@@ -151,9 +163,9 @@ class _Fleet:
     def now_dt(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def report(self) -> list[ReleaseRollout]:
+    def report(self, nodes: list[NodeRow] | None = None) -> list[ReleaseRollout]:
         return rollout(
-            self.store.list_nodes(),
+            self.store.list_nodes() if nodes is None else nodes,
             self.registry().registry,
             self.store.release_marks(),
             now=self.now_dt(),
@@ -374,22 +386,25 @@ def _service_routes(app: FastAPI, f: _Fleet) -> None:
         """Per release: the share of nodes attesting to it, and embargo clocks."""
         return {"time": f.now_dt().isoformat(), "releases": [r.to_json() for r in f.report()]}
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=errors(401, plain=True))
-    def metrics() -> str:
-        """Prometheus text exposition."""
-        db = f.store.check()
-        head = [
-            "# HELP attest_fleet_database_up 1 while the fleet's database answers, 0 otherwise",
-            "# TYPE attest_fleet_database_up gauge",
-            f"attest_fleet_database_up {int(db.up)}",
-        ]
-        if not db.up:  # nothing else can be read: say so, and what this worker counted
-            counted = [*poller_metrics(f.poller), *webhook_metrics(f.webhooks)]
-            return "\n".join([*head, *counted]) + "\n"
-        nodes = f.store.list_nodes()
-        stale = sum(f.freshness.stale(n, f.clock()) for n in nodes)
-        body = prometheus(nodes, f.report(), f.poller, f.webhooks, f.registry(), stale=stale)
-        return "\n".join(head) + "\n" + body
+    registry = fleet_registry(
+        FleetCollector(
+            f.store,
+            report=f.report,
+            registry=f.registry,
+            stale=lambda nodes: sum(f.freshness.stale(n, f.clock()) for n in nodes),
+            poller=f.poller,
+            webhooks=f.webhooks,
+        )
+    )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {METRICS_MEDIA_TYPE: {}}}, **errors(401, plain=True)},
+    )
+    def metrics() -> Response:
+        """Prometheus text exposition (the names: docs/fleet.md, "Metrics")."""
+        return Response(generate_latest(registry), media_type=METRICS_MEDIA_TYPE)
 
     def health(kind: str) -> JSONResponse:
         db = f.store.check()
@@ -426,13 +441,30 @@ def _pages(app: FastAPI, f: _Fleet) -> None:
 
     # The pages are for people (HTML), not part of the API the OpenAPI document describes.
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def overview() -> str:
+    def overview(
+        q: str = Query("", max_length=128, pattern=SEARCH_RULE),
+        verdict: str = Query("", pattern=VERDICT_RULE),
+        release: str = Query("", max_length=128, pattern=RELEASE_RULE),
+        enrollment: str = Query("", pattern=STRENGTH_RULE),
+        page: int = Query(1, ge=1, le=MAX_PAGE),
+    ) -> str:
+        """The overview; ``?q=`` (node id contains), ``verdict``, ``release``, ``enrollment``
+        and ``page`` choose the nodes listed (a bad value: 422 in the error shape)."""
+        nodes = f.store.list_nodes()
+        flt = NodeFilter(
+            search=q,
+            verdict=NodeStatus(verdict) if verdict else None,
+            release=release,
+            enrollment=EnrollmentStrength(enrollment) if enrollment else None,
+            page=page,
+        )
         return render_overview(
-            f.store.list_nodes(),
-            f.report(),
+            nodes,
+            f.report(nodes),
             now=f.clock(),
             registry=f.registry(),
             freshness=f.freshness,
+            flt=flt,
         )
 
     @app.get("/nodes/{node_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -489,135 +521,3 @@ def _taken(node_id: str) -> JSONResponse:
 
 def _activated(e: Enrollment | PairEnrollment) -> bool:
     return e.host.activated and e.guest.activated if isinstance(e, PairEnrollment) else e.activated
-
-
-# --- Prometheus ------------------------------------------------------------------------------
-
-
-def _label(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def prometheus(
-    nodes: list[NodeRow],
-    releases: list[ReleaseRollout],
-    poller: Poller | None,
-    webhooks: WebhookSender | None,
-    registry: RegistryState = NO_REGISTRY,
-    *,
-    stale: int = 0,
-) -> str:
-    counts = dict.fromkeys(SEVERITY, 0)
-    for n in nodes:
-        counts[n.verdict] = counts.get(n.verdict, 0) + 1
-    out = [
-        "# HELP attest_fleet_nodes registered nodes by current verdict",
-        "# TYPE attest_fleet_nodes gauge",
-    ]
-    out += [f'attest_fleet_nodes{{verdict="{_label(k)}"}} {v}' for k, v in sorted(counts.items())]
-    strengths: dict[str, int] = {}
-    for n in nodes:
-        if n.enrollment is not None:
-            strengths[n.enrollment] = strengths.get(n.enrollment, 0) + 1
-    out += [
-        "# HELP attest_fleet_stale_nodes nodes not appraised within the freshness bound "
-        "(shown stale; their stored verdict is kept)",
-        "# TYPE attest_fleet_stale_nodes gauge",
-        f"attest_fleet_stale_nodes {stale}",
-    ]
-    out += [
-        "# HELP attest_fleet_enrollments enrolled nodes by enrollment strength",
-        "# TYPE attest_fleet_enrollments gauge",
-    ]
-    out += [
-        f'attest_fleet_enrollments{{strength="{_label(k)}"}} {v}'
-        for k, v in sorted(strengths.items())
-    ]
-    out += [
-        "# HELP attest_fleet_registry_ok 1 while nodes are appraised against a valid, fresh "
-        "trusted registry; 0 otherwise (every node is could-not-appraise when one is configured)",
-        "# TYPE attest_fleet_registry_ok gauge",
-        f"attest_fleet_registry_ok {int(registry.ok and registry.registry is not None)}",
-    ]
-    out += [
-        "# HELP attest_fleet_release_share share of nodes attesting to a release",
-        "# TYPE attest_fleet_release_share gauge",
-    ]
-    out += [
-        f'attest_fleet_release_share{{version="{_label(r.version)}"}} {r.share:.6f}'
-        for r in releases
-    ]
-    out += [
-        "# HELP attest_fleet_embargo_overdue 1 when an embargoed release's disclosure is late",
-        "# TYPE attest_fleet_embargo_overdue gauge",
-    ]
-    out += [
-        f'attest_fleet_embargo_overdue{{version="{_label(r.version)}"}} {int(r.overdue)}'
-        for r in releases
-        if r.embargo is not EmbargoState.NONE
-    ]
-    out += poller_metrics(poller)
-    out += webhook_metrics(webhooks)
-    return "\n".join(out) + "\n"
-
-
-def poller_metrics(poller: Poller | None) -> list[str]:
-    """This worker's counters (known without the database)."""
-    out: list[str] = []
-    if poller is not None:
-        m = poller.metrics
-        out += [
-            "# HELP attest_fleet_appraisals_total appraisals completed by this worker",
-            "# TYPE attest_fleet_appraisals_total counter",
-            f"attest_fleet_appraisals_total {m.appraisals}",
-            "# TYPE attest_fleet_poll_failures_total counter",
-            f"attest_fleet_poll_failures_total {m.failures}",
-            "# HELP attest_fleet_polls_deferred_total contacts put off: the answers being read "
-            "held the read budget",
-            "# TYPE attest_fleet_polls_deferred_total counter",
-            f"attest_fleet_polls_deferred_total {m.deferred}",
-            "# HELP attest_fleet_results_dropped_total results discarded: the lease was lost",
-            "# TYPE attest_fleet_results_dropped_total counter",
-            f"attest_fleet_results_dropped_total {m.dropped}",
-            "# HELP attest_fleet_appraisal_seconds challenge + appraisal time per node",
-            "# TYPE attest_fleet_appraisal_seconds histogram",
-        ]
-        acc = 0
-        for bound, k in zip((*LATENCY_BUCKETS, float("inf")), m.latency_buckets, strict=True):
-            acc += k
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'attest_fleet_appraisal_seconds_bucket{{le="{le}"}} {acc}')
-        out += [
-            f"attest_fleet_appraisal_seconds_sum {m.latency_sum:.6f}",
-            f"attest_fleet_appraisal_seconds_count {acc}",
-        ]
-    return out
-
-
-def webhook_metrics(webhooks: WebhookSender | None) -> list[str]:
-    """This worker's webhook counters, and the outbox's size at its last count."""
-    out: list[str] = []
-    if webhooks is not None:
-        w = webhooks.metrics
-        out += [
-            "# HELP attest_fleet_webhooks_sent_total webhook events delivered (2xx) by this worker",
-            "# TYPE attest_fleet_webhooks_sent_total counter",
-            f"attest_fleet_webhooks_sent_total {w.sent}",
-            "# HELP attest_fleet_webhooks_failed_attempts_total webhook deliveries that failed "
-            "(retried with backoff)",
-            "# TYPE attest_fleet_webhooks_failed_attempts_total counter",
-            f"attest_fleet_webhooks_failed_attempts_total {w.failed_attempts}",
-            "# HELP attest_fleet_webhooks_dropped_total undelivered webhook events this worker "
-            "dropped, oldest first, at the outbox's bound (or held in memory over its bound)",
-            "# TYPE attest_fleet_webhooks_dropped_total counter",
-            f"attest_fleet_webhooks_dropped_total {w.dropped}",
-            "# HELP attest_fleet_webhook_outbox_pending undelivered webhook events in the "
-            "database outbox (every worker's), at this worker's last count",
-            "# TYPE attest_fleet_webhook_outbox_pending gauge",
-            f"attest_fleet_webhook_outbox_pending {w.pending}",
-            "# HELP attest_fleet_webhook_queue webhook events held in this worker's memory "
-            "until the database answers",
-            "# TYPE attest_fleet_webhook_queue gauge",
-            f"attest_fleet_webhook_queue {len(webhooks.held)}",
-        ]
-    return out

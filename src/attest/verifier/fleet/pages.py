@@ -1,19 +1,72 @@
 """The fleet service's pages for people (``/`` and ``/nodes/{id}``): rendered on the server
 with no script; every string a node or the store supplied is HTML-escaped. Pure (strings in,
-HTML out)."""
+HTML out).
+
+The overview is searched and filtered on the server (``NodeFilter``: query parameters of ``/``,
+a plain HTML form, no script) and paged ``PAGE_ROWS`` at a time: a node among 10,000 is found
+by typing part of its id, or by one click on a verdict tile or a release."""
 
 from __future__ import annotations
 
 import html
+import re
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+from attest.enroll import EnrollmentStrength
 from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso, rank
 from attest.verifier.fleet.rollout import ReleaseRollout
 from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
 
 PAGE_ROWS = 500
+
+# The filters' query parameters (validated by the route: anything else is a 422 in the
+# service's error shape). Empty means "any", as an HTML form sends an untouched field.
+SEARCH_RULE = r"^[^\x00-\x1f\x7f]{0,128}$"  # printable: escaped wherever it is shown
+RELEASE_RULE = r"^[\x21-\x7e]{0,128}$"
+VERDICT_RULE = "^(|" + "|".join(re.escape(s.value) for s in NodeStatus) + ")$"
+STRENGTH_RULE = "^(|" + "|".join(re.escape(s.value) for s in EnrollmentStrength) + ")$"
+MAX_PAGE = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFilter:
+    """Which nodes the overview lists: an id substring (case-insensitive), a verdict as the page
+    shows it (``stale`` included; a stale node also matches its stored verdict, as
+    ``/v1/nodes?verdict=`` does), a release, an enrollment strength; and the page."""
+
+    search: str = ""
+    verdict: NodeStatus | None = None
+    release: str = ""
+    enrollment: EnrollmentStrength | None = None
+    page: int = 1
+
+    @property
+    def active(self) -> bool:
+        return bool(self.search or self.verdict or self.release or self.enrollment)
+
+    def matches(self, n: NodeRow, state: NodeStatus) -> bool:
+        return (
+            (not self.search or self.search.casefold() in n.node_id.casefold())
+            and (self.verdict is None or self.verdict in (state, n.verdict))
+            and (not self.release or n.release == self.release)
+            and (self.enrollment is None or n.enrollment == self.enrollment)
+        )
+
+    def href(self, **change: Any) -> str:
+        """The overview's URL with these filters (and ``change``): what the links carry."""
+        f = replace(self, **change)
+        params = {
+            "q": f.search,
+            "verdict": f.verdict or "",
+            "release": f.release,
+            "enrollment": f.enrollment or "",
+            "page": "" if f.page == 1 else str(f.page),
+        }
+        query = urlencode({k: v for k, v in params.items() if v})
+        return "/?" + query if query else "/"
 
 
 # --- HTML ------------------------------------------------------------------------------------
@@ -48,6 +101,10 @@ min-width:110px}.tile b{display:block;font-size:22px}
 .overdue{color:#8f1610;font-weight:600}.muted{color:#777}code{font-size:12px}
 .layers{margin-top:3px;font-size:12px;color:#555;white-space:nowrap}
 .alarm{border-color:#8f1610;background:#ffd9d6;color:#8f1610}
+a.tile{text-decoration:none;color:inherit}a.tile:hover{outline:2px solid #1d2330}
+form.filters{display:flex;gap:8px;flex-wrap:wrap;align-items:center;margin:0 0 10px}
+form.filters input[type=search]{min-width:240px}td:first-child a{white-space:nowrap}
+.pager{margin-top:8px}.pager a{margin-right:12px}
 """
 
 
@@ -101,7 +158,8 @@ def _releases_html(releases: list[ReleaseRollout]) -> str:
             clock = f'<span class="{cls}">{word} {_e(due)}</span>{_e(src)}'
         revoked = " <span class=overdue>revoked</span>" if r.revoked else ""
         rows.append(
-            f"<tr><td><b>{_e(r.version)}</b>{revoked}</td><td>{r.running} / {r.total}</td>"
+            f'<tr><td><a href="{_e(NodeFilter(release=r.version).href())}"><b>{_e(r.version)}</b>'
+            f"</a>{revoked}</td><td>{r.running} / {r.total}</td>"
             f'<td><span class=bar><i style="width:{pct:.1f}%"></i></span> {pct:.1f}%</td>'
             f"<td>{clock}</td><td class=muted>{_e(r.note)}</td></tr>"
         )
@@ -171,6 +229,56 @@ def _strength(n: NodeRow) -> str:
     return f'<span class="{cls}">{_e(n.enrollment)}</span>'
 
 
+def _option(value: str, label: str, chosen: str) -> str:
+    sel = " selected" if value == chosen else ""
+    return f'<option value="{_e(value)}"{sel}>{_e(label)}</option>'
+
+
+def _filters_form(flt: NodeFilter, releases: list[str]) -> str:
+    """The search box and the three filters: a GET form, so it works without script."""
+
+    def select(name: str, label: str, values: list[str], chosen: str) -> str:
+        opts = "".join(_option(v, v, chosen) for v in values)
+        return (
+            f'<label>{_e(label)} <select name="{name}">{_option("", "any", chosen)}{opts}'
+            "</select></label>"
+        )
+
+    strengths = [s.value for s in EnrollmentStrength]
+    clear = '<a href="/">clear</a>' if flt.active else ""
+    return (
+        '<form class=filters method="get" action="/" role="search">'
+        '<input type="search" name="q" maxlength="128" placeholder="node id contains…" '
+        f'aria-label="node id contains" value="{_e(flt.search)}">'
+        f"{select('verdict', 'Verdict', [s.value for s in NodeStatus], flt.verdict or '')}"
+        f"{select('release', 'Release', releases, flt.release)}"
+        f"{select('enrollment', 'Enrollment', strengths, flt.enrollment or '')}"
+        f'<button type="submit">Filter</button>{clear}</form>'
+    )
+
+
+def _pager(flt: NodeFilter, matching: int) -> str:
+    pages = max(1, -(-matching // PAGE_ROWS))
+    if pages == 1:
+        return ""
+    links = []
+    if flt.page > 1:
+        links.append(f'<a href="{_e(flt.href(page=min(flt.page - 1, pages)))}">← previous</a>')
+    if flt.page < pages:
+        links.append(f'<a href="{_e(flt.href(page=flt.page + 1))}">next →</a>')
+    return f"<p class=pager>Page {flt.page} of {pages}. {''.join(links)}</p>"
+
+
+def _node_row(n: NodeRow, now: float, freshness: Freshness) -> str:
+    return (
+        f'<tr><td><a href="/nodes/{_e(quote(n.node_id, safe=""))}">{_e(n.node_id)}</a>'
+        f"{' <span class=muted>host + guest</span>' if n.pair else ''}</td>"
+        f"<td>{_shown(n, now, freshness)}{_layer_badges(n)}</td><td>{_strength(n)}</td>"
+        f"<td>{_e(n.explanation[:300])}</td><td>{_e(n.release or '—')}</td>"
+        f"<td>{_e(_ago(n.last_appraised, now))}</td></tr>"
+    )
+
+
 def render_overview(
     nodes: list[NodeRow],
     releases: list[ReleaseRollout],
@@ -178,39 +286,40 @@ def render_overview(
     now: float,
     registry: RegistryState = NO_REGISTRY,
     freshness: Freshness = Freshness(),  # noqa: B008 - frozen, immutable
+    flt: NodeFilter = NodeFilter(),  # noqa: B008 - frozen, immutable
 ) -> str:
-    counts: dict[str, int] = {}
-    for n in nodes:
-        k = freshness.state(n, now)
+    counts: dict[NodeStatus, int] = {}
+    states = [(n, freshness.state(n, now)) for n in nodes]
+    for _, k in states:
         counts[k] = counts.get(k, 0) + 1
     tiles = "".join(
-        f'<div class="tile {k}"><b>{counts[k]}</b>{_e(k)}</div>' for k in sorted(counts, key=rank)
+        f'<a class="tile {k}" href="{_e(NodeFilter(verdict=k).href())}"><b>{counts[k]}</b>'
+        f"{_e(k)}</a>"
+        for k in sorted(counts, key=rank)
     )
-    ordered = sorted(nodes, key=lambda n: _rank(n, now, freshness))
-    rows = "".join(
-        f'<tr><td><a href="/nodes/{_e(quote(n.node_id, safe=""))}">{_e(n.node_id)}</a>'
-        f"{' <span class=muted>host + guest</span>' if n.pair else ''}</td>"
-        f"<td>{_shown(n, now, freshness)}{_layer_badges(n)}</td><td>{_strength(n)}</td>"
-        f"<td>{_e(n.explanation[:300])}</td><td>{_e(n.release or '—')}</td>"
-        f"<td>{_e(_ago(n.last_appraised, now))}</td></tr>"
-        for n in ordered[:PAGE_ROWS]
+    matching = sorted(
+        (n for n, k in states if flt.matches(n, k)), key=lambda n: _rank(n, now, freshness)
     )
-    more = (
-        (
-            f"<p class=muted>{len(nodes) - PAGE_ROWS} more nodes (all affirming or less severe "
-            "first shown); see /v1/nodes.</p>"
-        )
-        if len(nodes) > PAGE_ROWS
-        else ""
+    first = (flt.page - 1) * PAGE_ROWS
+    shown = matching[first : first + PAGE_ROWS]
+    rows = "".join(_node_row(n, now, freshness) for n in shown) or (
+        "<tr><td colspan=6 class=muted>No node matches these filters.</td></tr>"
     )
+    known = sorted({r.version for r in releases} | {n.release for n in nodes if n.release})
+    span = f"{first + 1}–{first + len(shown)} of " if shown else ""
+    title = "Nodes (most severe first)"
+    if flt.active:
+        title = f"Nodes matching the filters: {span}{len(matching)} (most severe first)"
+    elif len(matching) > PAGE_ROWS:
+        title = f"Nodes {span}{len(matching)} (most severe first)"
     body = (
         f"{_registry_banner(registry)}"
         f"<section><h2>Fleet: {len(nodes)} nodes</h2><div class=tiles>{tiles}</div></section>"
         f"<section><h2>Releases: rollout and embargo clocks</h2>{_releases_html(releases)}"
-        "</section><section><h2>Nodes (most severe first)</h2><table><tr><th>Node</th>"
-        "<th>Verdict</th><th>Enrollment</th><th>Explanation</th><th>Release</th>"
-        "<th>Last appraised</th></tr>"
-        f"{rows}</table>{more}</section>"
+        f"</section><section><h2>{_e(title)}</h2>{_filters_form(flt, known)}"
+        "<table><tr><th>Node</th><th>Verdict</th><th>Enrollment</th><th>Explanation</th>"
+        f"<th>Release</th><th>Last appraised</th></tr>{rows}</table>"
+        f"{_pager(flt, len(matching))}</section>"
     )
     return _page("overview", body, refresh=10)
 
