@@ -74,7 +74,6 @@ MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.
 class Metrics:
     started: float = field(default_factory=time.time)
     challenges: int = 0
-    evidence_errors: int = 0
     tpm_failures: int = 0
     activations: int = 0
 
