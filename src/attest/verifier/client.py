@@ -273,6 +273,49 @@ class NodeClient:
         doc: dict[str, Any] = self._request("GET", "/v1/audit", params={"start": start})
         return doc
 
+    def upload(
+        self,
+        path: str,
+        chunks: Iterable[bytes],
+        *,
+        length: int,
+        media_type: str,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        """POST ``length`` bytes streamed from ``chunks`` (an upgrade or registry push); the
+        answer's status and JSON, whatever the status (the node's decision or its refusal in
+        the error shape). ``timeout`` bounds the whole request (default: the deadline)."""
+        where = f"{self.base_url}{path}"
+        token = _DEADLINE.set(time.monotonic() + (timeout or self.deadline))
+        headers = {"content-type": media_type, "content-length": str(length)}
+        try:
+            with self._http.stream(
+                "POST",
+                path,
+                content=chunks,
+                headers=headers,
+                params=params,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            ) as r:
+                self._note_peer(r)
+                status, body = r.status_code, self._read(r, where, MAX_SMALL_RESPONSE)
+        except httpx.TimeoutException:
+            raise TransportError(
+                f"{where}: no complete answer within the deadline of {timeout or self.deadline:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{where}: {_printable(str(exc))}") from None
+        finally:
+            _DEADLINE.reset(token)
+        try:
+            return status, httpx.Response(status, content=body).json()
+        except (ValueError, RecursionError):
+            raise TransportError(
+                f"{where}: HTTP {status}, the answer is not JSON: "
+                f"{_printable(body.decode('utf-8', 'replace'))}"
+            ) from None
+
     def ready(self) -> bool:
         token = _DEADLINE.set(time.monotonic() + self.deadline)
         try:
