@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.gate import World, tree_state
+from tests.support.hostile import assert_refused_cleanly
+from tests.support.hostile_json import TOKENS
 from tests.support.manifest import build_world, make_signers, sign_doc
 from tests.support.upgrade import NOW, releases_signers, signed, snapshot
 from tests.support.upgrade import test_signer as key_of
@@ -274,3 +276,17 @@ def test_push_body_round_trips_and_bounds_its_documents() -> None:
     too_many = registry_push_body(snap, tuple(b"r" for _ in range(9)))
     with pytest.raises(EvidenceFormatError, match="more than 8 roots"):
         parse_registry_push(too_many)
+
+
+@pytest.mark.parametrize("token", sorted(TOKENS))
+async def test_non_standard_json_in_a_pushed_snapshot_is_refused_cleanly(
+    w: World, token: str
+) -> None:
+    """The JSON extensions of tests/support/hostile_json.py inside the framed snapshot (and
+    as the whole, unframed body): a 4xx in the error shape that echoes none of them."""
+    doc = '{"signed": {"sequence": ' + TOKENS[token] + '}, "signatures": []}'
+    for body in (registry_push_body(doc.encode()), doc.encode()):
+        r = await push(w, body)
+        assert_refused_cleanly(r)
+        assert r.json()["check"] == "snapshot-malformed"
+    assert not (w.node.trust_dir / "registry.json").exists()

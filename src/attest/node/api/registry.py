@@ -99,7 +99,13 @@ def add_registry_route(
     )
     async def push_registry(request: Request) -> JSONResponse:
         """Push a signed registry snapshot (and newer roots): the upgrade gate's trust
-        refresh, recorded in the audit and runtime logs, persisted when accepted."""
+        refresh, recorded in the audit and runtime logs, persisted when accepted.
+
+        Body ``application/vnd.attest.registry``: ``snapshot_length || snapshot ||
+        [root_length || root] ...`` (8-byte big-endian lengths). 200: ``{accepted, reason,
+        message, previous_sequence, sequence, root_version}``; refusals are the Error shape with
+        ``check`` the reason code (409 trust refresh, 400 framing, 408 too slow, 413 too
+        large)."""
         actor = f"api-{request.scope.get(CHANNEL_KEY, 'public')}"
         too_large = f"registry push over the limit of {max_body} bytes"
         declared = request.headers.get("content-length")
