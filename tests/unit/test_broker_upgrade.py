@@ -300,5 +300,5 @@ def test_registry_push_refused_by_the_api_is_recorded_by_the_broker(w: World) ->
 
 def test_registry_push_in_an_operators_name_is_refused_on_the_api_socket(w: World) -> None:
     with BrokerClient(w.api) as c, pytest.raises(OperationNotAllowed):
-        c.registry_refresh(p.RegistryRefresh(w.snap, "root"))
+        c.registry_refresh(p.RegistryPush(w.snap, "root"))
     assert _registry_decisions(w) == []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,18 @@ def push(
     return int(status), doc
 
 
-def decision_or_raise(args: argparse.Namespace, status: int, doc: Any) -> int | None:
-    """``None`` for an accepted decision (the caller prints it); for a refusal, print it
-    (``--json``) and return exit 5, or raise it as the error the node named."""
+def answer(args: argparse.Namespace, status: int, doc: Any, line: Callable[[Any], str]) -> int:
+    """The node's answer: an accepted decision printed (``line(doc)``, or the JSON) with exit
+    0; a refusal printed as JSON (``--json``, exit 5) or raised as the error the node named
+    (exit 5 for the gate's refusals); any other error raised."""
     from attest.errors import RegistryRefused, UpgradeRefused
 
     if status == 200 and isinstance(doc, dict) and doc.get("accepted") is True:
-        return None
+        if args.json:
+            print_json(doc)
+        else:
+            print(line(doc))
+        return EXIT_OK
     if not isinstance(doc, dict) or not {"error", "check", "detail"} <= set(doc):
         raise TransportError(f"{args.url}: HTTP {status}: not a decision or an error answer")
     error, check, detail = (str(doc.get(k)) for k in ("error", "check", "detail"))
@@ -155,11 +160,3 @@ def decision_or_raise(args: argparse.Namespace, status: int, doc: Any) -> int | 
     if status == 400:
         raise EvidenceFormatError(f"the node refused the upload as malformed: {detail}")
     raise TransportError(f"{args.url}: HTTP {status} {error}: {detail}")
-
-
-def done(args: argparse.Namespace, doc: Any, line: str) -> int:
-    if args.json:
-        print_json(doc)
-    else:
-        print(line)
-    return EXIT_OK

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from attest.cli._push import add_push_arguments, decision_or_raise, done, push
+from attest.cli._push import add_push_arguments, answer, push
 
 
 def register(sub: Any) -> None:
@@ -54,12 +54,12 @@ def cmd_push(args: argparse.Namespace) -> int:
     status, doc = push(
         args, REGISTRY_PATH, [registry_push_body(snapshot, roots)], media_type=REGISTRY_MEDIA_TYPE
     )
-    refused = decision_or_raise(args, status, doc)
-    if refused is not None:
-        return refused
-    return done(
+    return answer(
         args,
+        status,
         doc,
-        f"node accepted registry #{doc['previous_sequence']} -> #{doc['sequence']} "
-        f"({doc['reason']}): {doc['message']}",
+        lambda d: (
+            f"node accepted registry #{d['previous_sequence']} -> #{d['sequence']} "
+            f"({d['reason']}): {d['message']}"
+        ),
     )

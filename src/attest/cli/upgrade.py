@@ -223,7 +223,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     """``attest upgrade push URL IMAGE SNAPSHOT``: the body of ``POST /v1/upgrades``
     (snapshot, hash tree, then the image streamed from its file) and the gate's decision."""
-    from attest.cli._push import decision_or_raise, done, push
+    from attest.cli._push import answer, push
     from attest.node.upgrade.stager import read_hash_tree
     from attest.node.upgrade.wire import MAX_SNAPSHOT, UPGRADE_MEDIA_TYPE, upgrade_head
     from attest.storage.files import read_bytes
@@ -237,14 +237,14 @@ def cmd_push(args: argparse.Namespace) -> int:
     status, doc = push(
         args, "/v1/upgrades", [head, args.image], media_type=UPGRADE_MEDIA_TYPE, params=params
     )
-    refused = decision_or_raise(args, status, doc)
-    if refused is not None:
-        return refused
-    return done(
+    return answer(
         args,
+        status,
         doc,
-        f"node staged {doc['version']} in slot {doc.get('slot')} ({doc['reason']}): "
-        f"{doc['message']}\nreboot it into the slot, then run `attest upgrade confirm` there",
+        lambda d: (
+            f"node staged {d['version']} in slot {d.get('slot')} ({d['reason']}): "
+            f"{d['message']}\nreboot it into the slot, then run `attest upgrade confirm` there"
+        ),
     )
 
 

@@ -37,7 +37,7 @@ from attest.errors import (
     UpgradeRefused,
 )
 from attest.eventlog.cel import CelRecord
-from attest.gate import UPLOAD_TOO_LARGE
+from attest.gate import UPLOAD_TOO_LARGE, RegistryRefresh
 from attest.model import PcrSelection, PcrValues
 from attest.node.broker import protocol as p
 from attest.node.broker.protocol import OPS
@@ -45,7 +45,6 @@ from attest.node.broker.results import (
     BootChoice,
     Confirmed,
     GateStatus,
-    RegistryRefreshed,
     StagedUpgrade,
     VtpmVouched,
 )
@@ -187,7 +186,7 @@ class BrokerClient:
             return exc
         raise TransportError("attestd-tpm did not refuse an upload over the limit")
 
-    def registry_refresh(self, req: p.RegistryRefresh) -> RegistryRefreshed:
+    def registry_refresh(self, req: p.RegistryPush) -> RegistryRefresh:
         """The accepted trust refresh; ``RegistryRefused`` for every refusal."""
         return self.call(OPS.registry_refresh, req)
 
@@ -315,7 +314,7 @@ class BrokerGate:
 
     def refresh_registry(
         self, snapshot: bytes, *, roots: tuple[bytes, ...] = (), actor: str, now: datetime
-    ) -> RegistryRefreshed:
+    ) -> RegistryRefresh:
         """The broker's trust refresh of a pushed snapshot (its clock decides expiry)."""
         if len(snapshot) > p.MAX_STAGE_SNAPSHOT:
             return self._api_refused(
@@ -325,7 +324,7 @@ class BrokerGate:
                 actor=actor,
             )
         with BrokerClient(self.socket_path, timeout=self.timeout) as client:
-            return client.registry_refresh(p.RegistryRefresh(snapshot, actor, roots=roots))
+            return client.registry_refresh(p.RegistryPush(snapshot, actor, roots=roots))
 
     def refuse_registry(self, reason: str, message: str, *, actor: str) -> RegistryRefused:
         """Have the broker record a push the API refused before the trust refresh."""
@@ -335,8 +334,8 @@ class BrokerGate:
             return exc
         raise TransportError("attestd-tpm did not refuse a refused registry push")
 
-    def _api_refused(self, reason: str, message: str, *, actor: str) -> RegistryRefreshed:
-        req = p.RegistryRefresh(b"", actor, refused=reason, detail=message[: p.MAX_DETAIL])
+    def _api_refused(self, reason: str, message: str, *, actor: str) -> RegistryRefresh:
+        req = p.RegistryPush(b"", actor, refused=reason, detail=message[: p.MAX_DETAIL])
         with BrokerClient(self.socket_path, timeout=self.timeout) as client:
             return client.registry_refresh(req)  # raises RegistryRefused
 

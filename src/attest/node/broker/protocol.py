@@ -44,11 +44,11 @@ from attest.model import PcrSelection
 from attest.node.broker.results import (
     CMDLINE,
     FIRMWARE_CHUNK,
+    REGISTRY_REFRESH,
     VERITY_REPORT,
     BootChoice,
     Confirmed,
     GateStatus,
-    RegistryRefreshed,
     StagedUpgrade,
     VtpmVouched,
     vtpms_from_json,
@@ -339,7 +339,7 @@ REGISTRY_API_REFUSALS = frozenset({"upload-too-large", "upload-timeout", "snapsh
 
 
 @dataclass(frozen=True, slots=True)
-class RegistryRefresh:
+class RegistryPush:
     """Push a registry snapshot (and newer roots) to the broker's gate without an image
     (``UpgradeGate.refresh_registry``). With ``refused`` (one of ``REGISTRY_API_REFUSALS``) the
     API reports a push it refused before the trust refresh (``snapshot`` is then empty and
@@ -361,7 +361,7 @@ class RegistryRefresh:
         return doc
 
     @classmethod
-    def from_json(cls, doc: Any) -> RegistryRefresh:
+    def from_json(cls, doc: Any) -> RegistryPush:
         d = members(doc, "args", ("snapshot", "actor"), ("roots", "refused", "detail"))
         roots = d.get("roots", [])
         if not isinstance(roots, list) or len(roots) > MAX_ROOTS:
@@ -602,8 +602,8 @@ class OPS:
         "registry_refresh",
         Privilege.API,
         idempotent=False,
-        args=codec(RegistryRefresh),
-        result=codec(RegistryRefreshed),
+        args=codec(RegistryPush),
+        result=REGISTRY_REFRESH,
         serve=lambda s, a: s.upgrades().refresh_registry(a),
     )
     upgrade_status = Op(

@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from attest.errors import ConfigError, EvidenceFormatError, OperationNotAllowed, RegistryRefused
-from attest.gate import UPLOAD_TOO_LARGE
+from attest.gate import UPLOAD_TOO_LARGE, RegistryRefresh
 from attest.node.broker import protocol as p
 from attest.node.broker.local import LocalNode
 from attest.node.broker.results import (
     BootChoice,
     Confirmed,
     GateStatus,
-    RegistryRefreshed,
     StagedUpgrade,
 )
 from attest.node.upgrade.slots import SlotStore
@@ -196,7 +195,7 @@ class BrokerUpgrades:
             )
         )
 
-    def refresh_registry(self, req: p.RegistryRefresh) -> RegistryRefreshed:
+    def refresh_registry(self, req: p.RegistryPush) -> RegistryRefresh:
         """A pushed registry snapshot: the gate's trust refresh (the broker's clock), recorded
         and persisted; or the recording of a push the API refused (``req.refused``)."""
         if req.refused is not None:
@@ -207,11 +206,10 @@ class BrokerUpgrades:
 
             raise self._run(record)
 
-        def run() -> RegistryRefreshed:
-            d = self.gate.refresh_registry(
+        def run() -> RegistryRefresh:
+            return self.gate.refresh_registry(
                 req.snapshot, roots=req.roots, actor=req.actor, now=self.clock()
             )
-            return RegistryRefreshed.from_json(d.to_json())
 
         return self._run(run)
 
