@@ -18,7 +18,6 @@ from tests.support.hostile import assert_refused_cleanly
 from tests.support.hostile_json import TOKENS
 from tests.support.manifest import build_world, make_signers, sign_doc
 from tests.support.upgrade import NOW, releases_signers, signed, snapshot
-from tests.support.upgrade import test_signer as key_of
 
 from attest.errors import EvidenceFormatError
 from attest.manifest import edit
@@ -188,7 +187,7 @@ async def test_refuses_signatures_below_the_threshold(w: World) -> None:
 
 
 async def test_refuses_a_snapshot_signed_by_keys_the_root_does_not_authorise(w: World) -> None:
-    wrong = signed(snapshot(10, [w.v1.release]), [key_of("root-1"), key_of("root-2")])
+    wrong = signed(snapshot(10, [w.v1.release]), make_signers(2))
     await refused(w, registry_push_body(wrong), 409, "snapshot-unsigned")
 
 
