@@ -66,6 +66,7 @@ ROLLBACK_OTHER_PAIR = "rollback-authorisation-mismatch"
 IMAGE_TOO_LARGE = "image-too-large"
 UPLOAD_TOO_LARGE = "upload-too-large"
 UPLOAD_TIMEOUT = "upload-timeout"
+NO_TRUST_ROOT = "no-trust-root"
 PENDING_CONFIRMATION = "pending-confirmation"
 WRITE_VERIFY_FAILED = "write-verify-failed"
 SEQUENCE_JUMP = "sequence-jump"
@@ -103,6 +104,7 @@ REASONS: dict[str, str] = {
     IMAGE_TOO_LARGE: "the image is larger than the inactive slot",
     UPLOAD_TOO_LARGE: "the upload exceeds the configured size limit",
     UPLOAD_TIMEOUT: "the upload did not arrive within the time limit (registry push)",
+    NO_TRUST_ROOT: "the node has no trusted root (root.json in its trust directory) to verify by",
     PENDING_CONFIRMATION: "the node runs an unconfirmed upgrade: confirm it (or reboot) first",
     WRITE_VERIFY_FAILED: "the slot did not read back as the verified image",
     SEQUENCE_JUMP: "the release sequence is more than MAX_SEQUENCE_STEP above the installed one",

@@ -289,3 +289,11 @@ async def test_non_standard_json_in_a_pushed_snapshot_is_refused_cleanly(
         assert_refused_cleanly(r)
         assert r.json()["check"] == "snapshot-malformed"
     assert not (w.node.trust_dir / "registry.json").exists()
+
+
+async def test_a_node_without_a_trust_root_refuses_with_409_not_a_server_error(w: World) -> None:
+    (w.node.trust_dir / "root.json").unlink()
+    r = await push(w, registry_push_body(w.snap(10)))
+    assert r.status_code == 409 and r.json()["check"] == "no-trust-root", r.text
+    assert "install root.json first" in r.json()["detail"]
+    assert_recorded(w, accepted=False, reason="no-trust-root", previous=0)

@@ -42,6 +42,7 @@ from attest.errors import (
 )
 from attest.eventlog.cel import CelRecord
 from attest.gate import (
+    NO_TRUST_ROOT,
     REGISTRY_CURRENT,
     UNKNOWN_ARTIFACT,
     WRITE_VERIFY_FAILED,
@@ -287,7 +288,10 @@ class UpgradeGate:
         """Run the trust refresh on a pushed snapshot (and newer roots), record the decision
         (audit entry, then a ``registry-decision`` runtime event naming it) and persist the new
         trusted state. Raises ``RegistryRefused`` with the trust refresh's reason code."""
-        old = self._load_trust()
+        try:
+            old = self._load_trust()
+        except ConfigError as exc:  # an operator's push to a node not set up: refused, recorded
+            raise self._registry_refused(NO_TRUST_ROOT, str(exc), actor=actor, previous=0) from None
         before = old.floor_sequence
         try:
             new = self._refresh(old, snapshot, roots, now=now)
