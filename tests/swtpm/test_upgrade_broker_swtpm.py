@@ -252,3 +252,38 @@ def test_registry_push_moves_the_node_to_a_new_sequence_and_a_replay_is_refused(
         ("registry.registry-updated", "success"),
         ("registry.snapshot-rollback", "denied"),
     ]
+
+
+def test_upgrade_push_uploads_image_and_snapshot_and_prints_the_gates_decision(
+    gate: Gate,
+) -> None:
+    """``attest upgrade push URL IMAGE SNAPSHOT`` to attestd's operator socket: attestd spools
+    the upload, attestd-tpm's gate decides and writes slot B; an unblessed image is refused with
+    its reason code (exit 5) and writes nothing."""
+
+    def push(image: Image, *extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(BIN / "attest"), "upgrade", "push", str(gate.node.api_sock)]
+        return subprocess.run(
+            [*cmd, str(image.path), str(gate.snap_path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = push(gate.stray)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert r.stderr.startswith("attest: refused (unknown-artifact):")
+    assert not (gate.slots / "slot-b.img").exists()
+
+    r = push(gate.v1, "--json", "--progress")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["accepted"], doc["reason"], doc["version"], doc["slot"]) == (
+        True,
+        "upgrade",
+        "1.0.0",
+        "b",
+    )
+    assert "(100%)" in r.stderr
+    size = gate.v1.release.artifact_size
+    assert (gate.slots / "slot-b.img").read_bytes()[:size] == gate.v1.path.read_bytes()
