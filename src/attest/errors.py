@@ -181,6 +181,12 @@ class UpgradeRefused(AttestError):
         self.reason = reason
 
 
+class RegistryRefused(UpgradeRefused):
+    """A registry snapshot pushed to a node without an image was refused by the trust refresh
+    (``reason``: the gate's code, e.g. ``snapshot-rollback``) or before it ran
+    (``upload-too-large``, ``upload-timeout``, ``snapshot-malformed``)."""
+
+
 # --- adapters --------------------------------------------------------------------------------
 
 

@@ -45,6 +45,8 @@ from attest.manifest.model import Release, VerifiedRegistry, VerityParams
 UPGRADE = "upgrade"
 REINSTALL = "reinstall"
 AUTHORISED_ROLLBACK = "authorised-rollback"
+REGISTRY_UPDATED = "registry-updated"
+REGISTRY_CURRENT = "registry-current"
 
 UNKNOWN_ARTIFACT = "unknown-artifact"
 SIZE_MISMATCH = "size-mismatch"
@@ -63,6 +65,8 @@ ROLLBACK_UNAUTHORISED = "rollback-unauthorised"
 ROLLBACK_OTHER_PAIR = "rollback-authorisation-mismatch"
 IMAGE_TOO_LARGE = "image-too-large"
 UPLOAD_TOO_LARGE = "upload-too-large"
+UPLOAD_TIMEOUT = "upload-timeout"
+NO_TRUST_ROOT = "no-trust-root"
 PENDING_CONFIRMATION = "pending-confirmation"
 WRITE_VERIFY_FAILED = "write-verify-failed"
 SEQUENCE_JUMP = "sequence-jump"
@@ -73,11 +77,15 @@ SEQUENCE_JUMP = "sequence-jump"
 # spending minutes (and NV write endurance) on increments.
 MAX_SEQUENCE_STEP = 1024
 
-ACCEPT_REASONS = frozenset({UPGRADE, REINSTALL, AUTHORISED_ROLLBACK})
+ACCEPT_REASONS = frozenset(
+    {UPGRADE, REINSTALL, AUTHORISED_ROLLBACK, REGISTRY_UPDATED, REGISTRY_CURRENT}
+)
 REASONS: dict[str, str] = {
     UPGRADE: "accepted: a newer blessed release",
     REINSTALL: "accepted: the blessed release with the installed sequence",
     AUTHORISED_ROLLBACK: "accepted: an older release, authorised for exactly this pair",
+    REGISTRY_UPDATED: "accepted (registry push): a newer registry snapshot is now trusted",
+    REGISTRY_CURRENT: "accepted (registry push): the snapshot is the one already trusted",
     UNKNOWN_ARTIFACT: "the image (or the named version) is not a release of the registry",
     SIZE_MISMATCH: "the image size is not the blessed artifact size",
     SHA256_MISMATCH: "the image SHA-256 is not the blessed artifact digest",
@@ -95,6 +103,8 @@ REASONS: dict[str, str] = {
     ROLLBACK_OTHER_PAIR: "a rollback to this release is authorised, but from another release",
     IMAGE_TOO_LARGE: "the image is larger than the inactive slot",
     UPLOAD_TOO_LARGE: "the upload exceeds the configured size limit",
+    UPLOAD_TIMEOUT: "the upload did not arrive within the time limit (registry push)",
+    NO_TRUST_ROOT: "the node has no trusted root (root.json in its trust directory) to verify by",
     PENDING_CONFIRMATION: "the node runs an unconfirmed upgrade: confirm it (or reboot) first",
     WRITE_VERIFY_FAILED: "the slot did not read back as the verified image",
     SEQUENCE_JUMP: "the release sequence is more than MAX_SEQUENCE_STEP above the installed one",
@@ -157,6 +167,60 @@ class GateDecision:
             "embargo": self.embargo.value,
             **self.facts,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRefresh:
+    """The decision on a registry snapshot pushed without an image (``registry-updated`` or
+    ``registry-current``; refusals are ``UpgradeRefused`` with the trust refresh's code)."""
+
+    reason: str
+    message: str
+    previous_sequence: int
+    sequence: int
+    root_version: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accepted": True,
+            "reason": self.reason,
+            "message": self.message,
+            "previous_sequence": self.previous_sequence,
+            "sequence": self.sequence,
+            "root_version": self.root_version,
+        }
+
+
+def evaluate_registry_refresh(
+    previous_sequence: int,
+    previous_root: int,
+    trusted: VerifiedRegistry,
+    *,
+    root_version: int,
+) -> RegistryRefresh:
+    """Describe an accepted trust refresh (``TrustedState.update_registry`` already checked
+    threshold, sequence, freeze and expiry): updated, or the snapshot already trusted."""
+    seq = trusted.snapshot.sequence
+    rotated = (
+        f"; root rotated v{previous_root} -> v{root_version}"
+        if root_version != previous_root
+        else ""
+    )
+    if seq == previous_sequence:
+        return RegistryRefresh(
+            REGISTRY_CURRENT,
+            f"registry #{seq} is the snapshot already trusted{rotated}",
+            previous_sequence,
+            seq,
+            root_version,
+        )
+    return RegistryRefresh(
+        REGISTRY_UPDATED,
+        f"registry #{previous_sequence} -> #{seq}{rotated}",
+        previous_sequence,
+        seq,
+        root_version,
+    )
 
 
 def refuse(reason: str, message: str, *, version: str | None = None, **facts: Any) -> GateDecision:

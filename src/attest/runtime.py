@@ -60,6 +60,7 @@ KIND_CONFIG = "config"
 KIND_TLS_KEY = "tls-key"
 KIND_VERITY_DEVICE = "verity-device"
 KIND_UPGRADE_DECISION = "upgrade-decision"
+KIND_REGISTRY_DECISION = "registry-decision"
 KIND_AUDIT = "audit"
 KIND_AUDIT_CLOSE = "audit-close"
 KIND_AUDIT_UNANCHORED = "audit-unanchored"
@@ -102,6 +103,18 @@ class UpgradeDecision:
     accepted: bool
     reason: str
     version: str
+    extra: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryDecision:
+    """A registry snapshot pushed to the node without an image: accepted (``sequence`` the
+    node now trusts) or refused (``reason``), ``previous_sequence`` the one it trusted."""
+
+    accepted: bool
+    reason: str
+    previous_sequence: int
+    sequence: int | None
     extra: Mapping[str, Any]
 
 
@@ -161,6 +174,7 @@ EventDetail = (
     | TlsKey
     | VerityDevice
     | UpgradeDecision
+    | RegistryDecision
     | AuditAnchor
     | AuditClose
     | AuditUnanchored
@@ -268,6 +282,24 @@ def _audit(c: Mapping[str, Any]) -> AuditAnchor:
     return AuditAnchor(_uint(KIND_AUDIT, c, "audit_seq"), _digest(KIND_AUDIT, c, "entry_hash"))
 
 
+def _registry(c: Mapping[str, Any]) -> RegistryDecision:
+    kind = KIND_REGISTRY_DECISION
+    _members(kind, c, ("accepted", "reason", "previous_sequence"), open_=True)
+    if not isinstance(c["accepted"], bool):
+        raise _fail(kind, "accepted must be true or false")
+    seq = _uint(kind, c, "sequence") if c.get("sequence") is not None else None
+    if c["accepted"] and seq is None:
+        raise _fail(kind, "an accepted snapshot names its sequence")
+    known = ("accepted", "reason", "previous_sequence", "sequence")
+    return RegistryDecision(
+        c["accepted"],
+        _str(kind, c, "reason", limit=128),
+        _uint(kind, c, "previous_sequence"),
+        seq,
+        {k: v for k, v in c.items() if k not in known},
+    )
+
+
 def _audit_close(c: Mapping[str, Any]) -> AuditClose:
     _members(KIND_AUDIT_CLOSE, c, ("entries", "head"))
     return AuditClose(_uint(KIND_AUDIT_CLOSE, c, "entries"), _digest(KIND_AUDIT_CLOSE, c, "head"))
@@ -315,6 +347,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], EventDetail]] = {
     KIND_TLS_KEY: _tls_key,
     KIND_VERITY_DEVICE: _verity,
     KIND_UPGRADE_DECISION: _upgrade,
+    KIND_REGISTRY_DECISION: _registry,
     KIND_AUDIT: _audit,
     KIND_AUDIT_CLOSE: _audit_close,
     KIND_AUDIT_UNANCHORED: _audit_unanchored,

@@ -38,6 +38,7 @@ def test_every_operation_documents_its_errors_with_the_error_schema(
     names = {name for name, _ in operations(spec)}
     assert {"POST /v1/evidence", "POST /v1/enroll/activate", "POST /v1/upgrades"} <= names
     assert {"GET /v1/upgrades", "POST /v1/upgrades/confirm", "GET /metrics"} <= names
+    assert "POST /v1/registry" in names
     assert problems(spec, always=(413, 429)) == []
     error = spec["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "check", "detail"]

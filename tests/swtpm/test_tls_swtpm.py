@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.conftest import SwtpmFactory
 from tests.support.poller import settings as poll_settings
+from tests.support.upgrade import TEST_TRUST, signed, snapshot
 from tests.swtpm.conftest import NO_RELEASE_RULES, no_release_policy
 
 from attest.appraisal import Appraised
@@ -89,6 +91,9 @@ def tls_node(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[dict[str, 
     _write(tmp_path / "client", cli, cli_key)
     sw, _ = swtpm_factory()
     state = tmp_path / "node"
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    shutil.copy(TEST_TRUST / "root.json", trust / "root.json")
     verify = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
     # free_port_pair's ports are free when chosen, not reserved: another process of the suite
     # may take one before attestd binds it. Then attestd exits (a failed bind is fatal) and we
@@ -106,6 +111,10 @@ def tls_node(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[dict[str, 
             "ATTEST_API_CLIENT_CA": str(tmp_path / "ca.crt"),
             "ATTEST_API_OPERATOR_SOCKET": str(tmp_path / "no-such-dir" / "api.sock"),
             "ATTEST_LOGS_FIRMWARE_LOG": str(tmp_path / "none"),
+            # the in-process upgrade gate's directories (registry push), under the TEST root
+            "ATTEST_REGISTRY_TRUST_DIR": str(trust),
+            "ATTEST_UPGRADE_SPOOL_DIR": str(tmp_path / "spool"),
+            "ATTEST_UPGRADE_SLOTS_DIR": str(tmp_path / "slots"),
         }
         log = (tmp_path / "attestd.log").open("wb")
         proc = subprocess.Popen(
@@ -318,3 +327,38 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(
     verdict, why = poll(None, "system-ca.db")
     assert verdict == "unreachable"
     assert "CERTIFICATE_VERIFY_FAILED" in why, why
+
+
+def test_registry_push_over_mutual_tls_needs_the_client_certificate(
+    tls_node: dict[str, object], tmp_path: Path
+) -> None:
+    """``attest registry push https://NODE:MTLS SNAPSHOT --client-cert C --client-key K
+    --tls-ca CA``: the node's in-process gate accepts the snapshot; without the client
+    certificate the TLS handshake fails (exit 4), and on the public listener it is 403 (exit 4);
+    neither moves the trusted sequence."""
+    port, d = tls_node["port"], tls_node["dir"]
+    assert isinstance(d, Path) and isinstance(port, int)
+    snap = tmp_path / "registry-7.json"
+    snap.write_bytes(signed(snapshot(7, [])))
+    ca = ["--tls-ca", str(d / "ca.crt")]
+    client = ["--client-cert", str(d / "client.crt"), "--client-key", str(d / "client.key")]
+
+    def push(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "attest"), "registry", "push", url, str(snap), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = push(f"https://127.0.0.1:{port + 1}", *ca)  # no client certificate
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert r.stderr.startswith("attest: transport error:")
+    r = push(f"https://127.0.0.1:{port}", *ca, *client)  # the public listener
+    assert r.returncode == 4 and "HTTP 403 Forbidden" in r.stderr, r.stderr
+    assert not (d / "trust" / "registry.json").exists()
+
+    r = push(f"https://127.0.0.1:{port + 1}", *ca, *client)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("node accepted registry #0 -> #7 (registry-updated)")
+    assert (d / "trust" / "registry.json").read_bytes() == snap.read_bytes()

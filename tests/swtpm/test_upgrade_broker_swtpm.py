@@ -202,3 +202,88 @@ def test_api_socket_of_the_broker_may_not_confirm(gate: Gate) -> None:
             api.upgrade_confirm(actor="api-operator")
         # reading the status is allowed
         assert api.upgrade_status().nv_counter.index == DEFAULT_NV_INDEX
+
+
+def test_registry_push_moves_the_node_to_a_new_sequence_and_a_replay_is_refused(
+    gate: Gate,
+) -> None:
+    """``attest registry push`` to attestd's operator socket: attestd-tpm's gate runs the
+    trust refresh and persists the snapshot in its trust directory; a replayed older snapshot
+    is refused (exit 5) and changes nothing; every decision is in the runtime log (served with
+    evidence, appraised affirming) and in the audit log it anchors."""
+    trust = gate.spool.parent / "trust"
+    snap6 = gate.spool.parent / "snapshot-6.json"
+    snap6.write_bytes(signed(snapshot(6, [gate.v1.release, gate.v2.release])))
+
+    def push(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(BIN / "attest"), "registry", "push", str(gate.node.api_sock), str(path)]
+        return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=120)
+
+    r = push(gate.snap_path, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["reason"], doc["previous_sequence"], doc["sequence"]) == ("registry-updated", 0, 5)
+    r = push(snap6)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("node accepted registry #5 -> #6 (registry-updated)")
+    assert (trust / "registry.json").read_bytes() == snap6.read_bytes()
+
+    r = push(gate.snap_path)  # the older snapshot, replayed
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert r.stderr.startswith("attest: refused (snapshot-rollback): registry sequence 5")
+    assert (trust / "registry.json").read_bytes() == snap6.read_bytes()
+
+    with gate.node.client() as c, gate.node.operator() as op:
+        e = enroll(c, now=datetime.now(UTC))
+        done = appraise_contact(c, e, pcrs=PcrSelection.parse(f"sha256:{PCR}"), operator=op)
+    assert done.result.verdict is Verdict.AFFIRMING, done.result.first_divergence
+    assert done.memory.runtime is not None
+    decisions = [
+        (ev.content["accepted"], ev.content["reason"], ev.content["sequence"])
+        for ev in done.memory.runtime.log.of_kind("registry-decision")
+    ]
+    assert decisions == [
+        (True, "registry-updated", 5),
+        (True, "registry-updated", 6),
+        (False, "snapshot-rollback", None),
+    ]
+    assert [(x.service, x.result) for x in done.memory.audit] == [
+        ("registry.registry-updated", "success"),
+        ("registry.registry-updated", "success"),
+        ("registry.snapshot-rollback", "denied"),
+    ]
+
+
+def test_upgrade_push_uploads_image_and_snapshot_and_prints_the_gates_decision(
+    gate: Gate,
+) -> None:
+    """``attest upgrade push URL IMAGE SNAPSHOT`` to attestd's operator socket: attestd spools
+    the upload, attestd-tpm's gate decides and writes slot B; an unblessed image is refused with
+    its reason code (exit 5) and writes nothing."""
+
+    def push(image: Image, *extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(BIN / "attest"), "upgrade", "push", str(gate.node.api_sock)]
+        return subprocess.run(
+            [*cmd, str(image.path), str(gate.snap_path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = push(gate.stray)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert r.stderr.startswith("attest: refused (unknown-artifact):")
+    assert not (gate.slots / "slot-b.img").exists()
+
+    r = push(gate.v1, "--json", "--progress")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["accepted"], doc["reason"], doc["version"], doc["slot"]) == (
+        True,
+        "upgrade",
+        "1.0.0",
+        "b",
+    )
+    assert "(100%)" in r.stderr
+    size = gate.v1.release.artifact_size
+    assert (gate.slots / "slot-b.img").read_bytes()[:size] == gate.v1.path.read_bytes()

@@ -76,6 +76,12 @@ REQUESTS: list[p.Request[Any, Any]] = [
         ),
     ),
     p.Request(OPS.upgrade_refuse_upload, p.UpgradeRefuseUpload(1 << 33, "api-operator")),
+    p.Request(OPS.registry_refresh, p.RegistryPush(b'{"signed":{}}', "api-mtls")),
+    p.Request(
+        OPS.registry_refresh,
+        p.RegistryPush(b"", "api-operator", refused="upload-timeout", detail="too slow"),
+    ),
+    p.Request(OPS.registry_refresh, p.RegistryPush(b"{}", "alice", roots=(b"{}", b"[]"))),
     p.Request(OPS.upgrade_status, None),
     p.Request(OPS.upgrade_confirm, p.UpgradeConfirm("root")),
     p.Request(OPS.upgrade_boot, None),
@@ -125,6 +131,7 @@ def test_every_actor_argument_reaches_the_servers_actor_rule() -> None:
     assert {r.op for r in with_actor} == {
         OPS.upgrade_stage,
         OPS.upgrade_refuse_upload,
+        OPS.registry_refresh,
         OPS.upgrade_confirm,
     }
     for r in with_actor:
@@ -167,6 +174,14 @@ def test_every_actor_argument_reaches_the_servers_actor_rule() -> None:
         },
         {"op": "upgrade_confirm", "args": {}},
         {"op": "upgrade_refuse_upload", "args": {"limit": -1, "actor": "api-x"}},
+        {"op": "registry_refresh", "args": {"snapshot": "", "actor": "a", "refused": "revoked"}},
+        {"op": "registry_refresh", "args": {"snapshot": "0", "actor": "a"}},
+        {"op": "registry_refresh", "args": {"snapshot": "", "actor": "a", "roots": ["00"] * 9}},
+        {"op": "registry_refresh", "args": {"snapshot": "", "actor": "a", "now": "2020"}},
+        {
+            "op": "registry_refresh",
+            "args": {"snapshot": "00" * (p.MAX_STAGE_SNAPSHOT + 1), "actor": "a"},
+        },
     ],
 )
 def test_rejects_malformed_requests(doc: dict[str, Any]) -> None:

@@ -259,3 +259,46 @@ def test_spool_file_is_group_readable_and_removed(tmp_path: Path) -> None:
     with spool_file(tmp_path, data=b"tree") as f:
         assert f.read_bytes() == b"tree" and (f.stat().st_mode & 0o777) == 0o640
     assert not f.exists()
+
+
+# --- registry push (a snapshot without an image) through the broker ---------------------------
+
+
+def _registry_decisions(w: World) -> list[dict[str, Any]]:
+    events = check_records(w.local.runtime_log(), pcr=w.local.runtime.pcr)
+    return [dict(e.content) for e in events if e.kind == "registry-decision"]
+
+
+def test_registry_push_through_the_api_socket_runs_the_brokers_trust_refresh(w: World) -> None:
+    from attest.errors import RegistryRefused
+    from attest.storage.trusted_state import load_state
+
+    trust = w.tmp / "node" / "trust"
+    d = w.gate().refresh_registry(w.snap, actor="api-mtls", now=NOW)
+    assert (d.reason, d.previous_sequence, d.sequence) == ("registry-updated", 0, 5)
+    state = load_state(trust)
+    assert state is not None and state.floor_sequence == 5
+    older = signed(snapshot(4, [w.v1.release]))
+    with pytest.raises(RegistryRefused) as info:  # crosses the socket as its own class
+        w.gate().refresh_registry(older, actor="api-mtls", now=NOW)
+    assert info.value.reason == "snapshot-rollback"
+    assert [(e["accepted"], e["reason"]) for e in _registry_decisions(w)] == [
+        (True, "registry-updated"),
+        (False, "snapshot-rollback"),
+    ]
+    entry = w.local.audit_log()[-1]
+    assert entry["service"] == "registry.snapshot-rollback" and entry["result"] == "denied"
+    assert (trust / "registry.json").read_bytes() == w.snap
+
+
+def test_registry_push_refused_by_the_api_is_recorded_by_the_broker(w: World) -> None:
+    exc = w.gate().refuse_registry("upload-too-large", "over 10 bytes", actor="api-operator")
+    assert exc.reason == "upload-too-large" and "over 10 bytes" in str(exc)
+    assert _registry_decisions(w)[-1]["reason"] == "upload-too-large"
+    assert w.local.audit_log()[-1]["service"] == "registry.upload-too-large"
+
+
+def test_registry_push_in_an_operators_name_is_refused_on_the_api_socket(w: World) -> None:
+    with BrokerClient(w.api) as c, pytest.raises(OperationNotAllowed):
+        c.registry_refresh(p.RegistryPush(w.snap, "root"))
+    assert _registry_decisions(w) == []

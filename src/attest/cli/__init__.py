@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eventlog": ("attest.cli.eventlog", "parse, replay and explain TCG firmware event logs"),
     "manifest": ("attest.cli.manifest", "trust root, blessed registry: create, sign, verify, show"),
     "upgrade": ("attest.cli.upgrade", "stage, confirm and inspect A/B image upgrades"),
+    "registry": ("attest.cli.registry", "push signed registry snapshots to nodes"),
     "node": ("attest.cli.node", "install the node's units, users and configuration"),
     "vtpm": ("attest.cli.vtpm", "host side: create guest vTPMs and vouch for them"),
     "audit": ("attest.cli.audit", "record, show and verify the operator audit log"),

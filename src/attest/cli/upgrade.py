@@ -1,4 +1,8 @@
-"""``attest upgrade stage | confirm | status | boot``: the upgrade gate on this node (root).
+"""``attest upgrade stage | push | confirm | status | boot``: the upgrade gate (root).
+
+``push URL IMAGE SNAPSHOT`` is the remote form of ``stage``: it uploads to a node's API
+(``POST /v1/upgrades`` on its operator socket or mutual-TLS listener; ``attest.cli._push``)
+and prints the gate's decision.
 
 The gate is privileged work -- it writes the inactive slot and increments a TPM NV counter.
 In production ``attestd-tpm`` owns the TPM and runs the gate: ``--broker-socket`` (its
@@ -98,6 +102,22 @@ def register(sub: Any) -> None:
     s.add_argument("--now", help="ISO time instead of the clock (testing)")
     common(s)
     s.set_defaults(func=cmd_stage)
+    from attest.cli._push import add_push_arguments
+
+    push = usub.add_parser(
+        "push",
+        help="upload an image and its registry snapshot to a node's gate over its API",
+        description="URL: the node's operator socket (a path or unix:PATH) or its mutual-TLS "
+        "listener (https://node:7444 with --client-cert/--client-key). The node's gate "
+        "verifies and stages the image (POST /v1/upgrades) and answers its decision.",
+    )
+    push.add_argument("url", metavar="URL")
+    push.add_argument("image", type=Path, metavar="IMAGE")
+    push.add_argument("snapshot", type=Path, metavar="SNAPSHOT", help="the signed registry.json")
+    push.add_argument("--hash-tree", type=Path, help="its veritysetup hash tree")
+    push.add_argument("--version", dest="release", help="the release the image claims to be")
+    add_push_arguments(push, timeout=600.0)
+    push.set_defaults(func=cmd_push)
     for name, func, text in (
         ("confirm", cmd_confirm, "commit the booted staged slot (after a good boot)"),
         ("status", cmd_status, "slots, versions, pending confirmation, NV counter"),
@@ -165,7 +185,8 @@ def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from attest.errors import UpgradeRefused
-    from attest.node.upgrade.stager import MAX_SNAPSHOT, Offer, read_hash_tree
+    from attest.node.upgrade.stager import Offer, read_hash_tree
+    from attest.node.upgrade.wire import MAX_SNAPSHOT
     from attest.storage.files import read_bytes
 
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
@@ -197,6 +218,34 @@ def cmd_stage(args: argparse.Namespace) -> int:
         print(f"staged {doc['version']} in slot {doc['slot']} ({doc['reason']}): {doc['message']}")
         print("reboot into it, then run `attest upgrade confirm`")
     return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``attest upgrade push URL IMAGE SNAPSHOT``: the body of ``POST /v1/upgrades``
+    (snapshot, hash tree, then the image streamed from its file) and the gate's decision."""
+    from attest.cli._push import answer, push
+    from attest.node.upgrade.stager import read_hash_tree
+    from attest.node.upgrade.wire import MAX_SNAPSHOT, UPGRADE_MEDIA_TYPE, upgrade_head
+    from attest.storage.files import read_bytes
+
+    snapshot = read_bytes(args.snapshot, max_size=MAX_SNAPSHOT)
+    tree = read_hash_tree(args.hash_tree) if args.hash_tree else b""
+    if not args.image.is_file():
+        raise FileNotFoundError(2, "no such file", str(args.image))
+    head = upgrade_head(snapshot, tree)
+    params = {"version": args.release} if args.release else None
+    status, doc = push(
+        args, "/v1/upgrades", [head, args.image], media_type=UPGRADE_MEDIA_TYPE, params=params
+    )
+    return answer(
+        args,
+        status,
+        doc,
+        lambda d: (
+            f"node staged {d['version']} in slot {d.get('slot')} ({d['reason']}): "
+            f"{d['message']}\nreboot it into the slot, then run `attest upgrade confirm` there"
+        ),
+    )
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:

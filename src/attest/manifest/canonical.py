@@ -103,11 +103,13 @@ def canonicalize(value: JsonValue) -> bytes:
 
 
 def _no_float(text: str) -> Any:
-    raise ManifestFormatError(f"floating-point number {text[:20]!r} is not allowed")
+    # The token is not repeated: a refusal names the rule, never echoes the input (a node's API
+    # answers these messages to whoever pushed the document).
+    raise ManifestFormatError("a number with a fraction or an exponent is not allowed")
 
 
 def _no_constant(text: str) -> Any:
-    raise ManifestFormatError(f"{text} is not JSON")
+    raise ManifestFormatError("a non-finite number (not JSON) is not allowed")
 
 
 def _bounded_int(text: str) -> int:

@@ -10,7 +10,8 @@ or -- for development and demos only -- runs the node services in-process over a
 
 ``POST /v1/upgrades`` (``upgrade.enabled``) spools uploads in ``upgrade.spool_dir``; the gate
 that verifies and writes them is ``attestd-tpm``'s (``BrokerGate``), or in development mode an
-in-process ``UpgradeGate`` over the same TPM (``upgrade_routes``).
+in-process ``UpgradeGate`` over the same TPM (``upgrade_routes``). The same gate serves
+``POST /v1/registry`` (a registry snapshot pushed without an image: its trust refresh).
 
 The firmware event log, the kernel command line and the dm-verity devices are read by the
 node's privileged side, never by this process (it has no device, no capability, no netlink

@@ -171,19 +171,7 @@ class NodeClient:
         """One request; the answer's JSON. ``small``: a small document (``MAX_SMALL_RESPONSE``)."""
         where = f"{self.base_url}{path}"
         cap = min(self.max_response, MAX_SMALL_RESPONSE) if small else self.max_response
-        token = _DEADLINE.set(time.monotonic() + self.deadline)
-        try:
-            with self._http.stream(method, path, **kw) as r:
-                self._note_peer(r)
-                status, body = r.status_code, self._read(r, where, cap)
-        except httpx.TimeoutException:
-            raise TransportError(
-                f"{where}: no complete answer within the deadline of {self.deadline:g} s"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise TransportError(f"{where}: {_printable(str(exc))}") from None
-        finally:
-            _DEADLINE.reset(token)
+        status, body = self._exchange(method, path, cap, self.deadline, **kw)
         if status != 200:
             try:
                 doc = httpx.Response(status, content=body).json()
@@ -195,6 +183,26 @@ class NodeClient:
             return httpx.Response(200, content=body).json()
         except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
             raise TransportError(f"{path}: the answer is not JSON") from None
+
+    def _exchange(
+        self, method: str, path: str, cap: int, deadline: float, **kw: Any
+    ) -> tuple[int, bytes]:
+        """One request under ``deadline`` seconds in all; the answer's status and body (at
+        most ``cap`` bytes)."""
+        where = f"{self.base_url}{path}"
+        token = _DEADLINE.set(time.monotonic() + deadline)
+        try:
+            with self._http.stream(method, path, **kw) as r:
+                self._note_peer(r)
+                return r.status_code, self._read(r, where, cap)
+        except httpx.TimeoutException:
+            raise TransportError(
+                f"{where}: no complete answer within the deadline of {deadline:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{where}: {_printable(str(exc))}") from None
+        finally:
+            _DEADLINE.reset(token)
 
     def _read(self, r: httpx.Response, where: str, cap: int) -> bytes:
         """The body, at most ``cap`` bytes, as sent (no content decoding)."""
@@ -272,6 +280,39 @@ class NodeClient:
     def audit(self, start: int = 0) -> dict[str, Any]:
         doc: dict[str, Any] = self._request("GET", "/v1/audit", params={"start": start})
         return doc
+
+    def upload(
+        self,
+        path: str,
+        chunks: Iterable[bytes],
+        *,
+        length: int,
+        media_type: str,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        """POST ``length`` bytes streamed from ``chunks`` (an upgrade or registry push); the
+        answer's status and JSON, whatever the status (the node's decision or its refusal in
+        the error shape). ``timeout`` bounds the whole request (default: the deadline)."""
+        where = f"{self.base_url}{path}"
+        headers = {"content-type": media_type, "content-length": str(length)}
+        status, body = self._exchange(
+            "POST",
+            path,
+            MAX_SMALL_RESPONSE,
+            timeout or self.deadline,
+            content=chunks,
+            headers=headers,
+            params=params,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        )
+        try:
+            return status, httpx.Response(status, content=body).json()
+        except (ValueError, RecursionError):
+            raise TransportError(
+                f"{where}: HTTP {status}, the answer is not JSON: "
+                f"{_printable(body.decode('utf-8', 'replace'))}"
+            ) from None
 
     def ready(self) -> bool:
         token = _DEADLINE.set(time.monotonic() + self.deadline)

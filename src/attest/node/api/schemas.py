@@ -146,9 +146,10 @@ class Error(BaseModel):
 # What each error status means on attestd (docs/api.md), for the OpenAPI document.
 ERROR_STATUSES: dict[int, str] = {
     400: "malformed request: a bad nonce or PCR selection, a PCR bank not active, a log offset "
-    "past the end, a malformed upload",
+    "past the end, a malformed upload (a registry push: check snapshot-malformed)",
     403: "a mutating endpoint on the public listener: it needs mutual TLS or the operator socket",
-    409: "refused by a decision (the upgrade gate: check is its reason code)",
+    408: "a registry push did not arrive within its time limit (check: upload-timeout)",
+    409: "refused by a decision (the upgrade gate or its trust refresh: check is its reason code)",
     413: "request body over api.max_request_bytes (an upload: over api.max_upload_bytes)",
     422: "the request breaks the schema (check: request-schema)",
     429: "rate limited on a TCP listener (Retry-After)",

@@ -44,23 +44,26 @@ from attest.gate import UPLOAD_TOO_LARGE
 from attest.node.api.app import NodeContext, require_trusted_channel
 from attest.node.api.errors import error_body
 from attest.node.api.middleware import CHANNEL_KEY
+from attest.node.api.registry import DEFAULT_READ_TIMEOUT, RegistryGate, add_registry_route
 from attest.node.api.schemas import error_responses
-from attest.node.upgrade.stager import MAX_HASH_TREE, MAX_SNAPSHOT, Offer, UpgradeGate
+from attest.node.upgrade.stager import MAX_HASH_TREE, Offer, UpgradeGate
+from attest.node.upgrade.wire import MAX_SNAPSHOT, UPGRADE_MEDIA_TYPE
 
 
 class _Decision(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
-class Gate(Protocol):
-    """What the route needs of a gate: ``UpgradeGate`` or ``BrokerGate``."""
+class Gate(RegistryGate, Protocol):
+    """What the routes need of a gate: ``UpgradeGate`` or ``BrokerGate`` (``POST
+    /v1/registry`` runs its trust refresh: ``attest.node.api.registry``)."""
 
     def stage(self, offer: Offer, *, now: datetime) -> _Decision: ...
 
     def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused: ...
 
 
-MEDIA_TYPE = "application/vnd.attest.upgrade"
+MEDIA_TYPE = UPGRADE_MEDIA_TYPE
 DEFAULT_MAX_UPLOAD = 8 << 30
 _LEN = 8
 
@@ -112,11 +115,14 @@ def add_upgrade_routes(
     *,
     upload_dir: str | os.PathLike[str],
     max_upload: int = DEFAULT_MAX_UPLOAD,
+    registry_timeout: float = DEFAULT_READ_TIMEOUT,
 ) -> dict[str, int]:
-    """Add ``POST /v1/upgrades``. ``gate_factory`` opens the gate (slots, node, trust dir) for
-    one request; uploads are spooled in ``upload_dir`` and deleted afterwards. Returns the
-    streamed path with its size limit (``create_app``'s ``extra_routes`` contract)."""
-    lock = asyncio.Lock()  # one upgrade at a time
+    """Add ``POST /v1/upgrades`` (and ``POST /v1/registry``, the same gate's trust refresh
+    without an image). ``gate_factory`` opens the gate (slots, node, trust dir) for one
+    request; uploads are spooled in ``upload_dir`` and deleted afterwards. Returns the
+    streamed paths with their size limits (``create_app``'s ``extra_routes`` contract)."""
+    lock = asyncio.Lock()  # one upgrade (or registry push) at a time
+    streamed = add_registry_route(app, ctx, gate_factory, lock=lock, read_timeout=registry_timeout)
 
     @app.post(
         "/v1/upgrades",
@@ -197,7 +203,7 @@ def add_upgrade_routes(
                 )
             return JSONResponse(await loop.run_in_executor(None, gate.status))
 
-    return {"/v1/upgrades": max_upload}
+    return {"/v1/upgrades": max_upload, **streamed}
 
 
 def _not_here(what: str) -> JSONResponse:

@@ -29,13 +29,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attest.errors import BrokerUnavailable, EvidenceFormatError, TransportError, UpgradeRefused
+from attest.errors import (
+    BrokerUnavailable,
+    EvidenceFormatError,
+    RegistryRefused,
+    TransportError,
+    UpgradeRefused,
+)
 from attest.eventlog.cel import CelRecord
-from attest.gate import UPLOAD_TOO_LARGE
+from attest.gate import UPLOAD_TOO_LARGE, RegistryRefresh
 from attest.model import PcrSelection, PcrValues
 from attest.node.broker import protocol as p
 from attest.node.broker.protocol import OPS
-from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade, VtpmVouched
+from attest.node.broker.results import (
+    BootChoice,
+    Confirmed,
+    GateStatus,
+    StagedUpgrade,
+    VtpmVouched,
+)
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE
 from attest.node.port import FIRMWARE_LOG_CHUNK, FirmwareLogChunk, NodeIdentity, StateFs
@@ -174,6 +186,10 @@ class BrokerClient:
             return exc
         raise TransportError("attestd-tpm did not refuse an upload over the limit")
 
+    def registry_refresh(self, req: p.RegistryPush) -> RegistryRefresh:
+        """The accepted trust refresh; ``RegistryRefused`` for every refusal."""
+        return self.call(OPS.registry_refresh, req)
+
     def upgrade_status(self) -> GateStatus:
         return self.call(OPS.upgrade_status, None)
 
@@ -295,6 +311,33 @@ class BrokerGate:
 
     def stage(self, offer: Any, *, now: datetime) -> StagedUpgrade:
         return stage_offer(self.socket_path, self.spool_dir, offer, timeout=self.timeout)
+
+    def refresh_registry(
+        self, snapshot: bytes, *, roots: tuple[bytes, ...] = (), actor: str, now: datetime
+    ) -> RegistryRefresh:
+        """The broker's trust refresh of a pushed snapshot (its clock decides expiry)."""
+        if len(snapshot) > p.MAX_STAGE_SNAPSHOT:
+            return self._api_refused(
+                UPLOAD_TOO_LARGE,
+                f"snapshot of {len(snapshot)} bytes: attestd-tpm takes at most "
+                f"{p.MAX_STAGE_SNAPSHOT}",
+                actor=actor,
+            )
+        with BrokerClient(self.socket_path, timeout=self.timeout) as client:
+            return client.registry_refresh(p.RegistryPush(snapshot, actor, roots=roots))
+
+    def refuse_registry(self, reason: str, message: str, *, actor: str) -> RegistryRefused:
+        """Have the broker record a push the API refused before the trust refresh."""
+        try:
+            self._api_refused(reason, message, actor=actor)
+        except RegistryRefused as exc:
+            return exc
+        raise TransportError("attestd-tpm did not refuse a refused registry push")
+
+    def _api_refused(self, reason: str, message: str, *, actor: str) -> RegistryRefresh:
+        req = p.RegistryPush(b"", actor, refused=reason, detail=message[: p.MAX_DETAIL])
+        with BrokerClient(self.socket_path, timeout=self.timeout) as client:
+            return client.registry_refresh(req)  # raises RegistryRefused
 
     def refuse_upload(self, reason: str, message: str, *, actor: str) -> UpgradeRefused:
         if reason != UPLOAD_TOO_LARGE:

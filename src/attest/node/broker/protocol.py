@@ -44,6 +44,7 @@ from attest.model import PcrSelection
 from attest.node.broker.results import (
     CMDLINE,
     FIRMWARE_CHUNK,
+    REGISTRY_REFRESH,
     VERITY_REPORT,
     BootChoice,
     Confirmed,
@@ -102,6 +103,7 @@ MAX_PATH = 4096
 MAX_ACTOR = 64
 MAX_VERSION = 128
 MAX_ROOTS = 8
+MAX_DETAIL = 512  # a registry push refusal's message, written by the API
 MAX_GUEST_ID = 64
 MAX_EK_PUBLIC = 2048
 # The snapshot travels inline as hex: it must leave room in a MAX_REQUEST frame.
@@ -332,6 +334,50 @@ class UpgradeStage:
         )
 
 
+# What the API may have the gate record as a registry push it refused before the trust refresh.
+REGISTRY_API_REFUSALS = frozenset({"upload-too-large", "upload-timeout", "snapshot-malformed"})
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryPush:
+    """Push a registry snapshot (and newer roots) to the broker's gate without an image
+    (``UpgradeGate.refresh_registry``). With ``refused`` (one of ``REGISTRY_API_REFUSALS``) the
+    API reports a push it refused before the trust refresh (``snapshot`` is then empty and
+    ``detail`` its message): the gate records that refusal and answers it."""
+
+    snapshot: bytes
+    actor: str
+    roots: tuple[bytes, ...] = ()
+    refused: str | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"snapshot": self.snapshot.hex(), "actor": self.actor}
+        if self.roots:
+            doc["roots"] = [r.hex() for r in self.roots]
+        if self.refused is not None:
+            doc["refused"] = self.refused
+            doc["detail"] = self.detail
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RegistryPush:
+        d = members(doc, "args", ("snapshot", "actor"), ("roots", "refused", "detail"))
+        roots = d.get("roots", [])
+        if not isinstance(roots, list) or len(roots) > MAX_ROOTS:
+            raise TransportError(f"roots must be a list of at most {MAX_ROOTS}")
+        refused = d.get("refused")
+        if refused is not None and refused not in REGISTRY_API_REFUSALS:
+            raise TransportError(f"refused must be one of {sorted(REGISTRY_API_REFUSALS)}")
+        return cls(
+            hex_bytes(d["snapshot"], "snapshot", limit=MAX_STAGE_SNAPSHOT),
+            _actor(d["actor"]),
+            roots=tuple(hex_bytes(r, "root", limit=MAX_STAGE_SNAPSHOT) for r in roots),
+            refused=refused,
+            detail=text(d.get("detail", ""), "detail", limit=MAX_DETAIL),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class UpgradeRefuseUpload:
     """Record the refusal of an upload over the API's size limit (``upload-too-large``)."""
@@ -550,6 +596,15 @@ class OPS:
         args=codec(UpgradeRefuseUpload),
         result=REFUSAL,
         serve=lambda s, a: s.upgrades().refuse_upload(a),
+    )
+    # A registry snapshot pushed without an image: the gate's trust refresh, recorded.
+    registry_refresh = Op(
+        "registry_refresh",
+        Privilege.API,
+        idempotent=False,
+        args=codec(RegistryPush),
+        result=REGISTRY_REFRESH,
+        serve=lambda s, a: s.upgrades().refresh_registry(a),
     )
     upgrade_status = Op(
         "upgrade_status",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from attest.errors import AttestError, TransportError, VerityFormatError
+from attest.gate import RegistryRefresh
 from attest.manifest.evaluate import EmbargoState, RollbackKind
 from attest.node.broker.wire import (
     Codec,
@@ -113,6 +114,24 @@ class StagedUpgrade:
             slot=None if d["slot"] is None else _slot(d["slot"], "slot"),
             facts=facts,
         )
+
+
+def _registry_refresh(doc: Any) -> RegistryRefresh:
+    """``registry_refresh``: the accepted trust refresh of a pushed registry snapshot
+    (``attest.gate.RegistryRefresh.to_json()``; refusals come back as ``RegistryRefused``)."""
+    d = members(doc, "decision", tuple(RegistryRefresh("", "", 0, 0, 0).to_json()))
+    if d["accepted"] is not True:
+        raise TransportError("registry_refresh answers only accepted decisions")
+    return RegistryRefresh(
+        text(d["reason"], "reason", limit=64),
+        text(d["message"], "message", limit=MAX_TEXT),
+        uint(d["previous_sequence"], "previous_sequence"),
+        uint(d["sequence"], "sequence"),
+        uint(d["root_version"], "root_version"),
+    )
+
+
+REGISTRY_REFRESH: Codec[RegistryRefresh] = Codec(RegistryRefresh.to_json, _registry_refresh)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from attest.errors import ConfigError, EvidenceFormatError, OperationNotAllowed
-from attest.gate import UPLOAD_TOO_LARGE
+from attest.errors import ConfigError, EvidenceFormatError, OperationNotAllowed, RegistryRefused
+from attest.gate import UPLOAD_TOO_LARGE, RegistryRefresh
 from attest.node.broker import protocol as p
 from attest.node.broker.local import LocalNode
-from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade
+from attest.node.broker.results import (
+    BootChoice,
+    Confirmed,
+    GateStatus,
+    StagedUpgrade,
+)
 from attest.node.upgrade.slots import SlotStore
 from attest.node.upgrade.stager import (
     DEFAULT_NV_INDEX,
@@ -189,6 +194,24 @@ class BrokerUpgrades:
                 UPLOAD_TOO_LARGE, f"upload over the limit of {req.limit} bytes", actor=req.actor
             )
         )
+
+    def refresh_registry(self, req: p.RegistryPush) -> RegistryRefresh:
+        """A pushed registry snapshot: the gate's trust refresh (the broker's clock), recorded
+        and persisted; or the recording of a push the API refused (``req.refused``)."""
+        if req.refused is not None:
+            refused: str = req.refused
+
+            def record() -> RegistryRefused:
+                return self.gate.refuse_registry(refused, req.detail, actor=req.actor)
+
+            raise self._run(record)
+
+        def run() -> RegistryRefresh:
+            return self.gate.refresh_registry(
+                req.snapshot, roots=req.roots, actor=req.actor, now=self.clock()
+            )
+
+        return self._run(run)
 
     def status(self) -> GateStatus:
         # reads only: the pointer is replaced atomically

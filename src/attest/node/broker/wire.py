@@ -452,6 +452,9 @@ def error_from_json(doc: Any) -> AttestError:
         _errors.UpgradeRefused: lambda: _errors.UpgradeRefused(
             text(d.get("reason"), "reason", limit=256), msg
         ),
+        _errors.RegistryRefused: lambda: _errors.RegistryRefused(
+            text(d.get("reason"), "reason", limit=256), msg
+        ),
         _errors.ThresholdError: lambda: _errors.ThresholdError(
             msg,
             signed=uint(d.get("signed"), "signed"),

@@ -32,15 +32,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from attest.errors import AttestError, ConfigError, EvidenceFormatError, TpmError, UpgradeRefused
+from attest.errors import (
+    AttestError,
+    ConfigError,
+    EvidenceFormatError,
+    RegistryRefused,
+    TpmError,
+    UpgradeRefused,
+)
 from attest.eventlog.cel import CelRecord
 from attest.gate import (
+    NO_TRUST_ROOT,
+    REGISTRY_CURRENT,
     UNKNOWN_ARTIFACT,
     WRITE_VERIFY_FAILED,
     GateDecision,
     InstalledState,
+    RegistryRefresh,
     VerifiedImage,
     evaluate_precondition,
+    evaluate_registry_refresh,
     evaluate_trust_error,
     evaluate_upgrade,
     refuse,
@@ -48,7 +59,7 @@ from attest.gate import (
 from attest.manifest.model import Release, VerifiedRegistry, VerityParams
 from attest.manifest.trusted import TrustedState
 from attest.node.upgrade.slots import BootPointer, BootResult, FaultHook, SlotImage, SlotStore
-from attest.runtime import KIND_NV_COUNTER, KIND_UPGRADE_DECISION
+from attest.runtime import KIND_NV_COUNTER, KIND_REGISTRY_DECISION, KIND_UPGRADE_DECISION
 from attest.storage.files import read_bytes
 from attest.storage.trusted_state import load_state, save_state
 from attest.verity.hashtree import ImageDigests, first_bad_block, hash_image, trusted_level0
@@ -60,7 +71,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_NV_INDEX = 0x01000A77
 _RC_HANDLE = 0x8B  # TPM_RC_HANDLE (format one, any handle number): the index is not defined
 MAX_HASH_TREE = 256 << 20  # a 32 GiB image has a 257 MiB tree
-MAX_SNAPSHOT = 4 << 20
 
 
 class GateNode(Protocol):
@@ -245,15 +255,124 @@ class UpgradeGate:
 
     # --- stage ----------------------------------------------------------------------------
 
-    def _trust(self, offer: Offer, *, now: datetime) -> TrustedState:
+    def _load_trust(self) -> TrustedState:
         state = load_state(self.trust_dir)
         if state is None:
             raise ConfigError(
                 f"no trusted root in {self.trust_dir} (install root.json first)",
                 key="upgrade.trust_dir",
             )
-        state = state.update_roots(list(offer.roots))
-        return state.update_registry(offer.snapshot, now=now)
+        return state
+
+    @staticmethod
+    def _refresh(
+        state: TrustedState, snapshot: bytes, roots: tuple[bytes, ...], *, now: datetime
+    ) -> TrustedState:
+        """The trust refresh (root rotation, then the registry snapshot): the one path that
+        both ``stage`` and ``refresh_registry`` run."""
+        return state.update_roots(list(roots)).update_registry(snapshot, now=now)
+
+    def _trust(self, offer: Offer, *, now: datetime) -> TrustedState:
+        return self._refresh(self._load_trust(), offer.snapshot, offer.roots, now=now)
+
+    # --- registry push (a snapshot without an image) ----------------------------------------
+
+    def refresh_registry(
+        self,
+        snapshot: bytes,
+        *,
+        roots: tuple[bytes, ...] = (),
+        actor: str = "operator",
+        now: datetime,
+    ) -> RegistryRefresh:
+        """Run the trust refresh on a pushed snapshot (and newer roots), record the decision
+        (audit entry, then a ``registry-decision`` runtime event naming it) and persist the new
+        trusted state. Raises ``RegistryRefused`` with the trust refresh's reason code."""
+        try:
+            old = self._load_trust()
+        except ConfigError as exc:  # an operator's push to a node not set up: refused, recorded
+            raise self._registry_refused(NO_TRUST_ROOT, str(exc), actor=actor, previous=0) from None
+        before = old.floor_sequence
+        try:
+            new = self._refresh(old, snapshot, roots, now=now)
+        except ConfigError:
+            raise
+        except AttestError as exc:
+            d = evaluate_trust_error(exc)
+            raise self._registry_refused(
+                d.reason, d.message, actor=actor, previous=before
+            ) from None
+        assert new.registry is not None
+        decision = evaluate_registry_refresh(
+            before, old.root.root.version, new.registry, root_version=new.root.root.version
+        )
+        # recorded before it is persisted, as ``stage`` does
+        self._record_registry(
+            True,
+            decision.reason,
+            decision.message,
+            actor=actor,
+            previous=before,
+            sequence=decision.sequence,
+        )
+        if decision.reason != REGISTRY_CURRENT or new.root.raw != old.root.raw:
+            self.hook("trust.save")
+            save_state(self.trust_dir, new)  # atomic writes: root.json, then registry.json
+        return decision
+
+    def refuse_registry(self, reason: str, message: str, *, actor: str) -> RegistryRefused:
+        """Record a registry push refused before the trust refresh ran (an upload over the
+        size limit or past the time limit) and return the refusal."""
+        refuse(reason, message)  # a refusal code, or ValueError
+        state = load_state(self.trust_dir)
+        before = 0 if state is None else state.floor_sequence
+        return self._registry_refused(reason, message, actor=actor, previous=before)
+
+    def _registry_refused(
+        self, reason: str, message: str, *, actor: str, previous: int
+    ) -> RegistryRefused:
+        self._record_registry(False, reason, message, actor=actor, previous=previous)
+        return RegistryRefused(reason, message)
+
+    def _record_registry(
+        self,
+        accepted: bool,
+        reason: str,
+        message: str,
+        *,
+        actor: str,
+        previous: int,
+        sequence: int | None = None,
+    ) -> None:
+        entry = self.node.audit_record(
+            {
+                "event": "command",
+                "user": actor,
+                "service": f"registry.{reason}"[:64],
+                "result": "success" if accepted else "denied",
+            }
+        )
+        self.node.measure(
+            KIND_REGISTRY_DECISION,
+            {
+                "accepted": accepted,
+                "reason": reason,
+                "previous_sequence": previous,
+                "sequence": sequence,
+                "detail": message[:1024],
+                "audit_seq": entry.get("seq"),
+            },
+        )
+        log = logger.info if accepted else logger.warning
+        log(
+            "registry decision",
+            extra={
+                "accepted": accepted,
+                "reason": reason,
+                "previous_sequence": previous,
+                "sequence": sequence,
+            },
+        )
 
     def stage(self, offer: Offer, *, now: datetime) -> GateDecision:
         """Verify, decide, record; on acceptance write the inactive slot and make it pending.
