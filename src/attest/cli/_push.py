@@ -56,7 +56,7 @@ def socket_path(url: str) -> str | None:
 
 
 def open_client(args: argparse.Namespace) -> Any:
-    from attest.cli.verify import _check_client_cert, _check_url
+    from attest.cli._verify_common import _check_client_cert, _check_url
     from attest.verifier.client import NodeClient
 
     uds = socket_path(args.url)
