@@ -38,7 +38,13 @@ from attest.node.broker.protocol import OPS
 from attest.node.broker.results import BootChoice, Confirmed, GateStatus, StagedUpgrade, VtpmVouched
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE
-from attest.node.port import FIRMWARE_LOG_CHUNK, FirmwareLogChunk, NodeIdentity, StateFs
+from attest.node.port import (
+    FIRMWARE_LOG_CHUNK,
+    FirmwareLogChunk,
+    NodeIdentity,
+    SnpGuestReport,
+    StateFs,
+)
 from attest.node.tpm.port import RawQuote
 from attest.node.tpm.vtpm import CreatedVtpm
 from attest.verity.devices import VerityReport
@@ -153,6 +159,9 @@ class BrokerClient:
 
     def verity_report(self) -> VerityReport | None:
         return self.call(OPS.verity_report, None)
+
+    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
+        return self.call(OPS.snp_report, p.SnpReportRequest(report_data))
 
     # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ---
 
