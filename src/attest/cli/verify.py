@@ -9,7 +9,9 @@ evidence, no usable registry). docs/verify.md has the details.
 (``attest.appraisal.pair``; docs/host-guest.md): the host first, then the guest, whose AK is
 accepted only
 when the host vouched for its vTPM in a quote answering the same challenge. One EAR with the
-submodules ``host`` and ``guest``; the exit code is the worse layer's.
+submodules ``host`` and ``guest``; the exit code is the worse layer's. A guest that sends an
+SEV-SNP report (docs/snp.md) adds the layer ``guest-snp`` (``attest.cli.verify_snp``): the
+submodules are then ``host``, ``guest-snp`` and ``guest-vtpm``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from attest.appraisal import (
 )
 from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.pair import (
-    GUEST,
+    GUEST_SNP,
     HOST,
     GuestIdentity,
     appraise_pair,
@@ -42,6 +44,7 @@ from attest.appraisal.pair import (
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import EXIT_OK, print_json
 from attest.cli._registry import add_registry_arguments, load_registry
+from attest.cli.verify_snp import add_snp_arguments, snp_layer
 from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
@@ -50,7 +53,7 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
-from attest.manifest.model import format_time
+from attest.manifest.model import VerifiedRegistry, format_time
 from attest.model import PcrSelection
 from attest.runtime import VtpmVouch
 from attest.verifier.client import NodeClient
@@ -178,6 +181,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--host-platform",
         help="the host's platform id (--platform: the guest's, i.e. the VM template)",
     )
+    add_snp_arguments(h)
 
 
 # --- adapters the command needs --------------------------------------------------------------
@@ -419,6 +423,8 @@ class _Layer:
     re_enrollment: dict[str, Any] | None = None
     vouchings: tuple[VtpmVouch, ...] | None = None  # verified vtpm events (a host's)
     found: dict[str, Any] | None = None  # the collateral it used (attest.appraisal.ear)
+    doc: dict[str, Any] | None = None  # the evidence document, when one was gathered
+    registry: VerifiedRegistry | None = None
 
 
 def _host_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -563,7 +569,7 @@ def _appraise_layer(
         [c.der for c in roots] if (ns.ek_ca or not ns.tofu) and notes_enrolled(notes) else []
     )
     found = collateral(registry, ns.platform, enrolled_against)
-    return _Layer(address, result, record, notes, re_enrollment, vouchings, found)
+    return _Layer(address, result, record, notes, re_enrollment, vouchings, found, ev.doc, registry)
 
 
 def notes_enrolled(notes: Sequence[str]) -> bool:
@@ -586,13 +592,27 @@ def cmd_verify_pair(args: argparse.Namespace) -> int:
     enrolled = guest.record.enrollment if guest.record is not None else None
     guest_id = args.guest_id or (enrolled.node_id if enrolled else guest.result.node_id)
     ident = GuestIdentity(guest_id, enrolled.ek_sha256 if enrolled else None)
-    pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
+    snp = snp_layer(
+        args,
+        doc=guest.doc,
+        ak_public=enrolled.ak_public if enrolled else None,
+        node_id=guest.result.node_id,
+        nonce=guest_nonce,
+        registry=guest.registry,
+        now=now,
+    )
+    pair = appraise_pair(
+        host.result, guest.result, host.vouchings, ident, challenge=challenge, snp=snp
+    )
     token = None
+    gname = pair.guest_name
     if ear_key is not None:
-        found = {HOST: host.found or {}, GUEST: guest.found or {}}
+        found = {HOST: host.found or {}, gname: guest.found or {}}
         token = _write_ear(args, pair.ear_claims(now=now, found=found), ear_key)
     code = EXIT_CODES[pair.verdict]
-    layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
+    layers = {HOST: (host, pair.host), gname: (guest, pair.guest)}
+    if pair.snp is not None:
+        layers = {HOST: layers[HOST], GUEST_SNP: (guest, pair.snp), gname: layers[gname]}
     notes = [] if token is not None else ["no --ear-key: the attestation result is not signed"]
     if args.json:
         print_json(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised
-from attest.appraisal.pair import GUEST, HOST, PairResult, vouchings_of
+from attest.appraisal.pair import HOST, PairResult, vouchings_of
 from attest.runtime import VtpmVouch
 from attest.verifier.fleet.appraiser import summarize
 
@@ -49,13 +49,13 @@ def layer_json(result: AppraisalResult, url: str) -> dict[str, Any]:
 
 def pair_layers(pair: PairResult, host_url: str, guest_url: str) -> dict[str, Any]:
     """What the fleet stores of a pair besides its verdict: each layer's verdict and
-    explanation, which layer failed, and the host-vouch finding."""
-    return {
-        "failed_layer": pair.failed_layer,
-        "vouch": pair.vouch.to_json(),
-        HOST: layer_json(pair.host, host_url),
-        GUEST: layer_json(pair.guest, guest_url),
+    explanation (``host``, ``guest``; with an SEV-SNP layer ``host``, ``guest-snp``,
+    ``guest-vtpm``), which layer failed, and the host-vouch finding."""
+    layers = {
+        name: layer_json(r, host_url if name == HOST else guest_url)
+        for name, r in pair.layers.items()
     }
+    return {"failed_layer": pair.failed_layer, "vouch": pair.vouch.to_json(), **layers}
 
 
 def pair_explanation(pair: PairResult) -> str:
