@@ -57,6 +57,7 @@ HOST = "host"
 GUEST = "guest"
 GUEST_SNP = "guest-snp"  # attest.appraisal.snp.GUEST_SNP
 GUEST_VTPM = "guest-vtpm"  # the guest layer's name when there is an SNP layer too
+LAYERS = (HOST, GUEST, GUEST_SNP, GUEST_VTPM)  # every layer name a pair's JSON may hold
 CHECK = "host-vouch"
 _DOMAIN = b"attest-pair-v1\x00"
 
@@ -95,7 +96,7 @@ class PairResult:
     host: AppraisalResult
     guest: AppraisalResult  # the guest's appraisal with the host-vouch finding first
     verdict: Verdict
-    failed_layer: str | None  # "host", "guest" or None
+    failed_layer: str | None  # one of LAYERS, or None
     first_divergence: str | None  # "host layer (...): ..." / "guest layer (...): ..."
     vouch: Finding
     challenge: bytes | None = None

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from attest.appraisal import AppraisalResult, result_of
 from attest.appraisal.claims import (
@@ -47,8 +48,8 @@ from attest.appraisal.claims import (
     Claim,
     Finding,
 )
-from attest.errors import SnpCheckError, SnpFormatError
-from attest.evidence import UnverifiedSnpEvidence
+from attest.errors import EvidenceFormatError, SnpCheckError, SnpFormatError
+from attest.evidence import UnverifiedSnpEvidence, parse_evidence, snp_of
 from attest.manifest.model import VerifiedRegistry
 from attest.manifest.snp import appraise_snp_release
 from attest.snp.certs import UnverifiedCrl
@@ -243,3 +244,43 @@ def appraise_guest_snp(
     if release_name is not None:
         notes.append(f"appraised under release {release_name}")
     return done([bound, *policy], notes)
+
+
+def guest_snp_layer(
+    doc: Mapping[str, Any] | None,
+    *,
+    require: bool,
+    node_id: str,
+    nonce: bytes,
+    ak_public: bytes | None,
+    verifier: SnpVerifier,
+    registry: VerifiedRegistry | None,
+    crls: Sequence[UnverifiedCrl] = (),
+    release: str | None = None,
+    now: datetime,
+) -> AppraisalResult | None:
+    """The ``guest-snp`` layer of a guest's evidence document (``attest verify --host`` and the
+    fleet's pairs), or None when there is none: no document (the guest layer says why), or no
+    ``snp`` member and not ``require``. A document whose members do not parse is the guest
+    layer's to report; with ``require`` it is also a guest that sent no usable report."""
+    if doc is None:
+        return None
+    try:
+        member = snp_of(doc)
+        binding = parse_evidence(doc).tls_binding
+    except EvidenceFormatError:
+        member, binding = None, b""
+    if member is None and not require:
+        return None
+    return appraise_guest_snp(
+        member,
+        node_id=node_id,
+        nonce=nonce,
+        tls_binding=binding,
+        ak_public=ak_public,
+        verifier=verifier,
+        registry=registry,
+        crls=crls,
+        release=release,
+        now=now,
+    )

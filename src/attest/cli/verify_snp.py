@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from attest.appraisal import AppraisalResult
-from attest.appraisal.snp import appraise_guest_snp
-from attest.errors import AttestError, ConfigError
-from attest.evidence import parse_evidence, snp_of
+from attest.appraisal.snp import guest_snp_layer
+from attest.errors import ConfigError
 from attest.manifest.model import VerifiedRegistry
 from attest.snp.certs import UnverifiedCrl, load_certificates, load_crl
 from attest.snp.roots import AMD_ARK_PINS
@@ -81,27 +80,18 @@ def snp_layer(
     guest sent no report). ``doc``: the guest's evidence (None: not gathered -- the guest
     layer says why, and an SNP layer adds nothing then). Raises ``ConfigError`` and the
     format errors of the verifier's own files (CRLs, AMD certificates)."""
-    if args.snp == "off" or doc is None:
-        return None
-    try:
-        member = snp_of(doc)
-        binding = parse_evidence(doc).tls_binding
-    except AttestError:
-        member, binding = None, b""  # the guest layer reports the malformed document
-        if args.snp == "auto":
-            return None
-    if member is None and args.snp == "auto":
+    if args.snp == "off":
         return None
     amd: list[Any] = []
     for path in args.snp_amd_cert:
         amd += load_certificates(read_bytes(path, max_size=MAX_INPUT))
     if args.snp_release is not None and registry is None:
         raise ConfigError("--snp-release needs the guest's registry", key="--snp-release")
-    return appraise_guest_snp(
-        member,
+    return guest_snp_layer(
+        doc,
+        require=args.snp == "require",
         node_id=node_id,
         nonce=nonce,
-        tls_binding=binding,
         ak_public=ak_public,
         verifier=SnpVerifier(pins=AMD_ARK_PINS, amd_certs=amd),
         registry=registry,

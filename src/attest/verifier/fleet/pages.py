@@ -8,6 +8,7 @@ import html
 from typing import Any
 from urllib.parse import quote
 
+from attest.appraisal.pair import LAYERS as PAIR_LAYERS
 from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso, rank
 from attest.verifier.fleet.rollout import ReleaseRollout
@@ -113,7 +114,7 @@ def _releases_html(releases: list[ReleaseRollout]) -> str:
 
 def _layers(n: NodeRow) -> list[tuple[str, dict[str, Any]]]:
     lay = n.layers or {}
-    return [(name, lay[name]) for name in ("host", "guest") if isinstance(lay.get(name), dict)]
+    return [(name, lay[name]) for name in PAIR_LAYERS if isinstance(lay.get(name), dict)]
 
 
 def _layer_badges(n: NodeRow) -> str:
