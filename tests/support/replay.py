@@ -38,7 +38,13 @@ class _Replay(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def replaying(upstream: str, old: dict[str, Any]) -> Iterator[str]:
     """The URL of a host in front of ``upstream`` that answers every challenge with ``old``."""
-    handler = type("Replay", (_Replay,), {"upstream": upstream, "old": json.dumps(old).encode()})
+    attrs = {"upstream": upstream, "old": json.dumps(old).encode()}
+    with _serving(type("Replay", (_Replay,), attrs)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -80,12 +86,5 @@ def splicing(upstream: str, member: str, old: Any) -> Iterator[str]:
     node's fresh answer, but with ``member`` replaced by ``old`` (one half of an earlier
     answer: e.g. an SEV-SNP report from an earlier challenge beside a fresh vTPM quote)."""
     attrs = {"upstream": upstream, "member": member, "old": old}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Splice", (_Splice,), attrs))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with _serving(type("Splice", (_Splice,), attrs)) as url:
+        yield url

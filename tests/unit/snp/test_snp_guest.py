@@ -141,31 +141,22 @@ def test_configfs_without_the_interface_is_refused(tmp_path: Path) -> None:
         ConfigfsTsm(tmp_path / "absent").get_report(DATA)
 
 
-def test_configfs_oversized_outblob_is_refused(guest: FakeSnpGuest, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("size", "message"), [(5000, "outblob is over 4000 bytes"), (100, "a report of 100 bytes")]
+)
+def test_configfs_outblob_out_of_bounds_is_refused(
+    guest: FakeSnpGuest, tmp_path: Path, size: int, message: str
+) -> None:
     tree = KernelTree(tmp_path / "report", guest)
     real = tree._write_attr
 
-    def big(name: str, data: bytes) -> None:
+    def odd(name: str, data: bytes) -> None:
         real(name, data)
         if name == "inblob":
-            (tree.dir / "outblob").write_bytes(bytes(5000))
+            (tree.dir / "outblob").write_bytes(bytes(size))
 
-    tree._write_attr = big  # type: ignore[method-assign]
-    with pytest.raises(SnpGuestError, match="outblob is over 4000 bytes"):
-        tree.get_report(DATA)
-
-
-def test_configfs_short_outblob_is_refused(guest: FakeSnpGuest, tmp_path: Path) -> None:
-    tree = KernelTree(tmp_path / "report", guest)
-    real = tree._write_attr
-
-    def short(name: str, data: bytes) -> None:
-        real(name, data)
-        if name == "inblob":
-            (tree.dir / "outblob").write_bytes(bytes(100))
-
-    tree._write_attr = short  # type: ignore[method-assign]
-    with pytest.raises(SnpGuestError, match="a report of 100 bytes"):
+    tree._write_attr = odd  # type: ignore[method-assign]
+    with pytest.raises(SnpGuestError, match=message):
         tree.get_report(DATA)
 
 
