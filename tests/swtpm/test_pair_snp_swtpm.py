@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.appraisal import TEST_MANIFESTS, signer
 from tests.support.manifest import FAR, release, sign_doc, snp_launch
 from tests.support.replay import splicing
-from tests.swtpm.conftest import NodeFactory
-from tests.swtpm.test_pair_swtpm import Pair, verify_pair
+from tests.swtpm.conftest import NodeFactory, Pair, verify_pair
 from tests.unit.snp.fakes import fake
 
 import attest.cli.verify_snp

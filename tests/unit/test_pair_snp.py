@@ -12,9 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.manifest import NOW, release, snp_launch
 from tests.unit.snp.fakes import fake
-from tests.unit.test_pair import EK_B, G1, GUEST_OK, HOST_OK, VOUCHED, ok
 
-from attest.appraisal import AppraisalResult
+from attest.appraisal import AppraisalResult, result_of
 from attest.appraisal.claims import (
     APPROVED_BOOT,
     CONTRAINDICATED_RUNTIME,
@@ -24,15 +23,24 @@ from attest.appraisal.claims import (
     UNSUPPORTABLE_CONFIG,
     UNTRUSTWORTHY_INSTANCE,
     Claim,
+    Finding,
     Verdict,
 )
 from attest.appraisal.ear import sign_ear, verify_ear
-from attest.appraisal.pair import GUEST_SNP, GUEST_VTPM, HOST, appraise_pair, pair_nonces
+from attest.appraisal.pair import (
+    GUEST_SNP,
+    GUEST_VTPM,
+    HOST,
+    GuestIdentity,
+    appraise_pair,
+    pair_nonces,
+)
 from attest.appraisal.snp import appraise_guest_snp
 from attest.errors import EvidenceFormatError
 from attest.evidence import UnverifiedSnpEvidence, snp_member, snp_of
 from attest.manifest import edit
 from attest.manifest.model import RegistrySnapshot, ReleaseSnp, VerifiedRegistry
+from attest.runtime import VtpmVouch
 from attest.snp.certs import load_crl
 from attest.snp.report import Product
 from attest.snp.reportdata import encode_report_data
@@ -40,7 +48,10 @@ from attest.snp.verify import SnpVerifier
 from attest.testing.snp import FakeAmd, guest_cert_table, make_crl
 
 CHALLENGE = b"c" * 32
-_, GUEST_NONCE = pair_nonces(CHALLENGE)
+HOST_NONCE, GUEST_NONCE = pair_nonces(CHALLENGE)
+EK_B = hashlib.sha256(b"ek-b").digest()
+G1 = GuestIdentity("g1", EK_B)
+VOUCHED = (VtpmVouch("g1", EK_B),)
 AK = b"\x00\x58" + b"a" * 88  # the enrolled AK's TPM2B_PUBLIC, as the guest binds it
 SPKI = b"\x30\x59" + b"k" * 89
 BLESSED = b"\x5b" * 48
@@ -50,6 +61,20 @@ DEBUG = 1 << 19
 @pytest.fixture()
 def amd() -> FakeAmd:
     return fake(Product.MILAN)
+
+
+def ok(node_id: str, nonce: bytes) -> AppraisalResult:
+    """A layer whose own appraisal affirms (the pair adds the host-vouch finding)."""
+    return result_of(
+        [Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote", "quote ok")],
+        node_id=node_id,
+        nonce=nonce,
+        now=NOW,
+    )
+
+
+HOST_OK = ok("host-1", HOST_NONCE)
+GUEST_OK = ok("g1", GUEST_NONCE)
 
 
 def _registry(measurement: bytes = BLESSED) -> VerifiedRegistry:
