@@ -35,7 +35,7 @@ from attest.appraisal.pair import (
     appraise_pair,
     pair_nonces,
 )
-from attest.appraisal.snp import appraise_guest_snp
+from attest.appraisal.snp import appraise_guest_snp, guest_snp_layer
 from attest.errors import EvidenceFormatError
 from attest.evidence import UnverifiedSnpEvidence, snp_member, snp_of
 from attest.manifest import edit
@@ -296,3 +296,23 @@ def test_a_vouching_that_fails_is_blamed_on_guest_vtpm(amd: FakeAmd) -> None:
 def test_without_snp_evidence_the_pair_is_host_and_guest_as_before() -> None:
     pair = appraise_pair(HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE)
     assert list(pair.layers) == ["host", "guest"] and pair.snp is None
+
+
+def test_guest_snp_layer_of_a_document(amd: FakeAmd) -> None:
+    """The verifier chooses: no member is no layer unless required; a member that does not
+    parse is a failed layer, never one left out."""
+    args = {
+        "node_id": "g1",
+        "nonce": GUEST_NONCE,
+        "ak_public": AK,
+        "verifier": SnpVerifier(pins=amd.pins),
+        "registry": _registry(),
+        "now": NOW,
+    }
+    assert guest_snp_layer(None, require=True, **args) is None  # the guest layer says why
+    assert guest_snp_layer({}, require=False, **args) is None
+    required = guest_snp_layer({}, require=True, **args)
+    assert required is not None and required.verdict is Verdict.CONTRAINDICATED
+    bad = guest_snp_layer({"snp": {"report": 7}}, require=False, **args)
+    assert bad is not None and bad.claim(Claim.INSTANCE_IDENTITY).value == CRYPTO_VALIDATION_FAILED
+    assert "does not parse" in (bad.first_divergence or "")

@@ -261,17 +261,22 @@ def guest_snp_layer(
 ) -> AppraisalResult | None:
     """The ``guest-snp`` layer of a guest's evidence document (``attest verify --host`` and the
     fleet's pairs), or None when there is none: no document (the guest layer says why), or no
-    ``snp`` member and not ``require``. A document whose members do not parse is the guest
-    layer's to report; with ``require`` it is also a guest that sent no usable report."""
+    ``snp`` member and not ``require``. An ``snp`` member that does not parse is a layer that
+    failed (instance-identity 99), never a layer left out."""
     if doc is None:
         return None
     try:
         member = snp_of(doc)
-        binding = parse_evidence(doc).tls_binding
-    except EvidenceFormatError:
-        member, binding = None, b""
+    except EvidenceFormatError as exc:
+        why = f"the guest's SEV-SNP member does not parse: {exc}"
+        finding = Finding(Claim.INSTANCE_IDENTITY, CRYPTO_VALIDATION_FAILED, "snp-format", why)
+        return result_of([finding], node_id=node_id, nonce=nonce, now=now, policy_id=POLICY_ID)
     if member is None and not require:
         return None
+    try:
+        binding = parse_evidence(doc).tls_binding
+    except EvidenceFormatError:
+        binding = b""  # the guest layer reports the document; REPORT_DATA then binds no key
     return appraise_guest_snp(
         member,
         node_id=node_id,
