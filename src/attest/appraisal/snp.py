@@ -21,6 +21,10 @@ this order, each step's failure ending it:
 
 Without a registry the policy is ``SnpPolicy()``'s defaults (debug refused, VMPL 0, a CRL
 required) and the measurement is not recognised (``executables`` 33, a warning).
+
+``guest_snp_layer`` is the entry point of ``attest verify --host`` and the fleet's pairs: it
+takes the guest's evidence document and the verifier's choice (``require``) and returns the
+layer, or None when the guest sent no report and none is required.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The ``guest-snp`` layer of ``attest verify --host HOST_URL GUEST_URL`` (docs/snp.md, "One verdict
 for host and guest"): the options, the AMD certificates and CRLs they name, and the call into
-``attest.appraisal.snp.appraise_guest_snp`` with the guest layer's evidence and enrollment.
+``attest.appraisal.snp.guest_snp_layer`` with the guest layer's evidence and enrollment (the
+fleet's pairs make the same call).
 
 The verifier chooses what is checked: ``--snp auto`` appraises the SEV-SNP report a guest
 sends, ``require`` also contraindicates a guest that sends none, ``off`` ignores it. The
