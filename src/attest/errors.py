@@ -326,6 +326,12 @@ class SnpCheckError(VerificationError):
         self.check = check
 
 
+class SnpGuestError(AttestError):
+    """The guest's kernel interface did not give an SEV-SNP report (attest.node.snp_guest):
+    no ``/dev/sev-guest`` or configfs-TSM provider, a firmware or VMM error, a configfs-TSM
+    request that raced another writer, an answer out of bounds."""
+
+
 class NodeIdTaken(RegistrationRefused):
     """A registration under a node id that is already enrolled, without an explicit
     re-enrollment (verifier.fleet.store): the fleet never replaces an AK silently."""

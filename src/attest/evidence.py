@@ -11,7 +11,14 @@ The document (JSON; digests hex, blobs base64) -- ``POST /v1/evidence`` in docs/
      "runtime_log": {"pcr": n, "start": recnum, "records": [CEL JSON records]} | null,
      "verity": {...} | null, "boot": {"cmdline": str | null},
      "image": {"version": str | null, "slot": str | null},
-     "time": ISO 8601 (the node's clock; informational)}
+     "time": ISO 8601 (the node's clock; informational),
+     "snp": {"report": b64, "certs": b64 | null, "tls_spki": b64 | null}   (SEV-SNP guests only)}
+
+``snp`` (``snp_member`` / ``snp_of``; docs/snp.md, "Guest evidence"): the guest's SEV-SNP
+ATTESTATION_REPORT, the certificate table the host served with it (configfs-TSM ``auxblob``),
+and the guest's TLS key (SubjectPublicKeyInfo DER) when it serves TLS. Its REPORT_DATA binds
+this challenge's nonce, that TLS key and the AK of this document under the versioned encoding
+of ``attest.snp.reportdata``, so the report belongs to this answer and no other.
 
 This module is the document's one home. The node side builds it from ``quote_members`` (the
 members every challenge one quote answers shares; attestd encodes them once per quote) and
@@ -144,6 +151,15 @@ def runtime_log_member(
 ) -> dict[str, Any]:
     """The runtime log from record ``start``: its CEL JSON records (``CelRecord.to_json``)."""
     return {"pcr": pcr, "start": start, "records": list(records)}
+
+
+def snp_member(report: bytes, certs: bytes | None, tls_spki: bytes | None) -> dict[str, Any]:
+    """The ``snp`` member: an SEV-SNP report, its certificate table, the guest's TLS key."""
+    return {
+        "report": b64(report),
+        "certs": None if certs is None else b64(certs),
+        "tls_spki": None if tls_spki is None else b64(tls_spki),
+    }
 
 
 def encode_members(members: Mapping[str, Any]) -> bytes:
@@ -371,3 +387,33 @@ def boot_cmdline_of(doc: Mapping[str, Any]) -> str | None:
     reported = doc.get("boot")
     text = reported.get("cmdline") if isinstance(reported, Mapping) else None
     return text if isinstance(text, str) and len(text) <= 4096 else None
+
+
+MAX_SNP_REPORT = 4000
+MAX_SNP_CERTS = 64 * 1024
+MAX_TLS_SPKI = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedSnpEvidence:
+    """The ``snp`` member, bounded but not believed: the report is checked by ``attest.snp``,
+    its REPORT_DATA against this challenge (``attest.appraisal.snp``)."""
+
+    report: bytes
+    certs: bytes | None
+    tls_spki: bytes | None
+
+
+def snp_of(doc: Mapping[str, Any]) -> UnverifiedSnpEvidence | None:
+    """The ``snp`` member, ``None`` when the node sends none (not an SEV-SNP guest)."""
+    member = doc.get("snp")
+    if member is None:
+        return None
+    if not isinstance(member, Mapping):
+        raise EvidenceFormatError("snp is not an object")
+    certs, spki = member.get("certs"), member.get("tls_spki")
+    return UnverifiedSnpEvidence(
+        report=unb64(member.get("report"), "snp.report", limit=MAX_SNP_REPORT),
+        certs=None if certs is None else unb64(certs, "snp.certs", limit=MAX_SNP_CERTS),
+        tls_spki=None if spki is None else unb64(spki, "snp.tls_spki", limit=MAX_TLS_SPKI),
+    )

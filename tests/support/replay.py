@@ -38,7 +38,13 @@ class _Replay(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def replaying(upstream: str, old: dict[str, Any]) -> Iterator[str]:
     """The URL of a host in front of ``upstream`` that answers every challenge with ``old``."""
-    handler = type("Replay", (_Replay,), {"upstream": upstream, "old": json.dumps(old).encode()})
+    attrs = {"upstream": upstream, "old": json.dumps(old).encode()}
+    with _serving(type("Replay", (_Replay,), attrs)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -48,3 +54,37 @@ def replaying(upstream: str, old: dict[str, Any]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+class _Splice(BaseHTTPRequestHandler):
+    upstream = ""
+    member = ""
+    old: Any = None
+
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's name
+        with urllib.request.urlopen(self.upstream + self.path, timeout=10) as r:
+            self._send(r.status, r.read())
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        req = urllib.request.Request(
+            self.upstream + self.path, body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            doc = json.loads(r.read())
+        if self.path == "/v1/evidence":
+            doc[self.member] = self.old
+        self._send(200, json.dumps(doc).encode())
+
+    _send = _Replay._send
+    log_message = _Replay.log_message
+
+
+@contextlib.contextmanager
+def splicing(upstream: str, member: str, old: Any) -> Iterator[str]:
+    """The URL of a node in front of ``upstream`` that answers each challenge with the real
+    node's fresh answer, but with ``member`` replaced by ``old`` (one half of an earlier
+    answer: e.g. an SEV-SNP report from an earlier challenge beside a fresh vTPM quote)."""
+    attrs = {"upstream": upstream, "member": member, "old": old}
+    with _serving(type("Splice", (_Splice,), attrs)) as url:
+        yield url

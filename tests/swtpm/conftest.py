@@ -297,3 +297,51 @@ def attest_verify(node: Node, state: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+# --- a host and its guest (test_pair_swtpm, test_pair_snp_swtpm) ---
+
+
+class Pair:
+    def __init__(self, host: Node, vtpm_dir: Path, guest: Node, guest_sw: SwtpmProcess) -> None:
+        self.host, self.vtpm_dir, self.guest, self.guest_sw = host, vtpm_dir, guest, guest_sw
+
+
+def verify_pair(
+    capsys: pytest.CaptureFixture[str],
+    pair: Pair,
+    state: Path,
+    key: Path,
+    *extra: str,
+    host_url: str | None = None,
+    guest: Node | None = None,
+) -> tuple[int, dict[str, Any]]:
+    g = guest or pair.guest
+    ca = pair.vtpm_dir / "ca"
+    args = [
+        g.url,
+        "--host",
+        host_url or pair.host.url,
+        "--state",
+        str(state),
+        "--ear-key",
+        str(key),
+        "--json",
+        "--ek-ca",
+        str(ca / "swtpm-localca-rootca-cert.pem"),
+        "--ek-ca",
+        str(ca / "issuercert.pem"),
+        "--operator-socket",
+        str(g.api_sock),
+        "--host-ek-ca",
+        str(pair.host.state.root_ca),
+        "--host-ek-ca",
+        str(pair.host.state.intermediate_ca),
+        "--host-operator-socket",
+        str(pair.host.api_sock),
+        *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
+        *extra,
+    ]
+    capsys.readouterr()
+    code = verify_main(args)
+    return code, json.loads(capsys.readouterr().out)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.appraisal import TEST_MANIFESTS
 from tests.support.cli import verify_main, vtpm_main
 from tests.support.replay import replaying
-from tests.swtpm.conftest import Node, NodeFactory, no_release_policy
+from tests.swtpm.conftest import NodeFactory, Pair, no_release_policy, verify_pair
 
 from attest import cmw
 from attest.appraisal.ear import verify_ear
@@ -34,11 +34,6 @@ from attest.verifier.contact import selection_for
 from attest.verifier.enrollments import EnrollmentStore
 
 pytestmark = pytest.mark.slow
-
-
-class Pair:
-    def __init__(self, host: Node, vtpm_dir: Path, guest: Node, guest_sw: SwtpmProcess) -> None:
-        self.host, self.vtpm_dir, self.guest, self.guest_sw = host, vtpm_dir, guest, guest_sw
 
 
 @pytest.fixture()
@@ -60,46 +55,6 @@ def pair(node_factory: NodeFactory, tmp_path: Path) -> Iterator[Pair]:
         yield Pair(host, vtpm_dir, guest, sw)
     finally:
         sw.stop()
-
-
-def verify_pair(
-    capsys: pytest.CaptureFixture[str],
-    pair: Pair,
-    state: Path,
-    key: Path,
-    *extra: str,
-    host_url: str | None = None,
-    guest: Node | None = None,
-) -> tuple[int, dict[str, Any]]:
-    g = guest or pair.guest
-    ca = pair.vtpm_dir / "ca"
-    args = [
-        g.url,
-        "--host",
-        host_url or pair.host.url,
-        "--state",
-        str(state),
-        "--ear-key",
-        str(key),
-        "--json",
-        "--ek-ca",
-        str(ca / "swtpm-localca-rootca-cert.pem"),
-        "--ek-ca",
-        str(ca / "issuercert.pem"),
-        "--operator-socket",
-        str(g.api_sock),
-        "--host-ek-ca",
-        str(pair.host.state.root_ca),
-        "--host-ek-ca",
-        str(pair.host.state.intermediate_ca),
-        "--host-operator-socket",
-        str(pair.host.api_sock),
-        *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
-        *extra,
-    ]
-    capsys.readouterr()
-    code = verify_main(args)
-    return code, json.loads(capsys.readouterr().out)
 
 
 def test_host_and_guest_blessed_and_vouched_is_affirming(

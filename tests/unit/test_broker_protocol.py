@@ -65,6 +65,7 @@ REQUESTS: list[p.Request[Any, Any]] = [
     p.Request(OPS.firmware_log, p.FirmwareLogRead(4096, 1 << 20)),
     p.Request(OPS.kernel_cmdline, None),
     p.Request(OPS.verity_report, None),
+    p.Request(OPS.snp_report, p.SnpReportRequest(b"\x07" * 64)),
     p.Request(
         OPS.upgrade_stage,
         p.UpgradeStage("/var/lib/attest/spool/.upload.x.img", b'{"signed":{}}', "api-mtls"),
@@ -343,7 +344,7 @@ def test_every_op_is_allowed_on_a_socket_and_operator_only_ops_not_on_the_api() 
     ):
         assert name in p.OPERATOR_ONLY_OPS and name not in p.UNPRIVILEGED_OPS
     assert {"upgrade_stage", "upgrade_status", "nv_counter_read", "state_fs"} <= p.UNPRIVILEGED_OPS
-    assert {"firmware_log", "kernel_cmdline", "verity_report"} <= p.UNPRIVILEGED_OPS
+    assert {"firmware_log", "kernel_cmdline", "verity_report", "snp_report"} <= p.UNPRIVILEGED_OPS
 
 
 OPERATOR_ONLY = [op for op in p.TABLE if op.privilege is p.Privilege.OPERATOR]
@@ -440,6 +441,7 @@ IDEMPOTENT = {
     "firmware_log",
     "kernel_cmdline",
     "verity_report",
+    "snp_report",
     "upgrade_status",
     "vtpm_list",
 }

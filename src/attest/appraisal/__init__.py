@@ -207,6 +207,22 @@ def _identity_result(
     )
 
 
+def result_of(
+    findings: Sequence[Finding],
+    *,
+    node_id: str,
+    nonce: bytes,
+    now: datetime,
+    policy_id: str = DEFAULT_POLICY_ID,
+    notes: Sequence[str] = (),
+) -> AppraisalResult:
+    """The result of findings made outside ``appraise`` (``attest.appraisal.snp``): claims and
+    verdict from the findings, as ``appraise`` makes them."""
+    return _summarise(
+        findings, node_id=node_id, nonce=nonce, now=now, policy_id=policy_id, notes=notes
+    )
+
+
 def unappraisable(
     node_id: str, reason: str, *, nonce: bytes, now: datetime, policy_id: str = DEFAULT_POLICY_ID
 ) -> AppraisalResult:

@@ -21,6 +21,15 @@ the host's current boot.
 
 ``host_vouchings`` is None when the host's runtime log was not verified against a fresh quote
 (no facts at all), and a (possibly empty) sequence of verified ``VtpmVouch`` otherwise.
+
+A confidential guest (SEV-SNP, docs/snp.md) adds a third layer: ``snp``, its report appraised by
+``attest.appraisal.snp.appraise_guest_snp`` with the *guest* nonce, whose REPORT_DATA binds that
+nonce and the guest's enrolled vTPM AK. So the three halves answer one challenge: the host quote
+(host nonce), the guest vTPM quote (guest nonce) and the SNP report (guest nonce, and the AK
+that signed that quote); a report from an earlier challenge fails its REPORT_DATA check and
+contraindicates the ``guest-snp`` layer. The pair then has the submodules ``host``,
+``guest-snp`` and ``guest-vtpm`` (without SNP evidence: ``host`` and ``guest``, as before),
+the verdict is the worst of them, and the failing layer is named.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ from attest.runtime import VtpmVouch
 
 HOST = "host"
 GUEST = "guest"
+GUEST_SNP = "guest-snp"  # attest.appraisal.snp.GUEST_SNP
+GUEST_VTPM = "guest-vtpm"  # the guest layer's name when there is an SNP layer too
+LAYERS = (HOST, GUEST, GUEST_SNP, GUEST_VTPM)  # every layer name a pair's JSON may hold
 CHECK = "host-vouch"
 _DOMAIN = b"attest-pair-v1\x00"
 
@@ -84,18 +96,26 @@ class PairResult:
     host: AppraisalResult
     guest: AppraisalResult  # the guest's appraisal with the host-vouch finding first
     verdict: Verdict
-    failed_layer: str | None  # "host", "guest" or None
+    failed_layer: str | None  # one of LAYERS, or None
     first_divergence: str | None  # "host layer (...): ..." / "guest layer (...): ..."
     vouch: Finding
     challenge: bytes | None = None
+    snp: AppraisalResult | None = None  # the guest's SEV-SNP layer, when it offers one
 
     @property
     def status(self) -> str:
         return self.verdict.ear_status
 
     @property
+    def guest_name(self) -> str:
+        """The vTPM guest layer's name: ``guest``, or ``guest-vtpm`` beside ``guest-snp``."""
+        return GUEST if self.snp is None else GUEST_VTPM
+
+    @property
     def layers(self) -> dict[str, AppraisalResult]:
-        return {HOST: self.host, GUEST: self.guest}
+        if self.snp is None:
+            return {HOST: self.host, GUEST: self.guest}
+        return {HOST: self.host, GUEST_SNP: self.snp, GUEST_VTPM: self.guest}
 
     def submods(
         self, found: Mapping[str, Mapping[str, Any]] | None = None
@@ -214,6 +234,17 @@ def _layer_line(name: str, r: AppraisalResult) -> str:
     return f"{name} layer ({r.node_id or '?'}): {r.first_divergence or r.verdict.value}"
 
 
+def _snp_challenged(snp: AppraisalResult, challenge: bytes | None) -> AppraisalResult:
+    """The SNP layer, contraindicated when it was appraised with another nonce than this pair
+    verification's guest nonce (its REPORT_DATA was then checked against the wrong one)."""
+    if challenge is None or hmac.compare_digest(snp.nonce, pair_nonces(challenge)[1]):
+        return snp
+    why = "the SEV-SNP report was not appraised against this pair verification's challenge"
+    return with_findings(
+        snp, (Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "snp-challenge", why),)
+    )
+
+
 def appraise_pair(
     host: AppraisalResult,
     guest: AppraisalResult,
@@ -221,26 +252,36 @@ def appraise_pair(
     guest_identity: GuestIdentity,
     *,
     challenge: bytes | None = None,
+    snp: AppraisalResult | None = None,
 ) -> PairResult:
     """One verdict for a host and its guest (see the module docstring). ``challenge``: the
     pair challenge both nonces were derived from (``pair_nonces``); when given, the results'
-    nonces must be its. Never raises for evidence problems."""
+    nonces must be its. ``snp``: the guest's SEV-SNP layer (``attest.appraisal.snp``), when
+    it offers SNP evidence. Never raises for evidence problems."""
     vouch = _vouch_finding(host, guest, host_vouchings, guest_identity, challenge)
     guest2 = guest
     if guest.verdict is not Verdict.UNAPPRAISABLE:
         guest2 = with_findings(guest, (vouch,), first=True)
-    verdict = max((host.verdict, guest2.verdict), key=_SEVERITY.__getitem__)
+    snp2 = None if snp is None else _snp_challenged(snp, challenge)
+    guests = [(GUEST if snp2 is None else GUEST_VTPM, guest2)]
+    if snp2 is not None:
+        guests.insert(0, (GUEST_SNP, snp2))  # the hardware's word first, on a tie
+    results = [host.verdict, *(r.verdict for _, r in guests)]
+    verdict = max(results, key=_SEVERITY.__getitem__)
     # The layer to blame: the host when it is out of policy (the guest cannot be vouched for
-    # then either), else the guest when it is not affirming, else the host's warning.
-    failed: str | None = None
+    # then either), else the worst guest layer that is not affirming, else the host's warning.
+    failed: tuple[str, AppraisalResult] | None = None
     if host.verdict not in (Verdict.AFFIRMING, Verdict.WARNING):
-        failed = HOST
-    elif guest2.verdict is not Verdict.AFFIRMING:
-        failed = GUEST
-    elif host.verdict is Verdict.WARNING:
-        failed = HOST
-    first = None if failed is None else _layer_line(failed, host if failed == HOST else guest2)
-    return PairResult(host, guest2, verdict, failed, first, vouch, challenge)
+        failed = (HOST, host)
+    else:
+        bad = [(n, r) for n, r in guests if r.verdict is not Verdict.AFFIRMING]
+        if bad:
+            failed = max(bad, key=lambda nr: _SEVERITY[nr[1].verdict])
+        elif host.verdict is Verdict.WARNING:
+            failed = (HOST, host)
+    first = None if failed is None else _layer_line(*failed)
+    name = None if failed is None else failed[0]
+    return PairResult(host, guest2, verdict, name, first, vouch, challenge, snp2)
 
 
 def vouchings_of(events: Sequence[Any]) -> tuple[VtpmVouch, ...]:

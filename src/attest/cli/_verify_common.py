@@ -39,7 +39,7 @@ from attest.errors import (
     VerificationError,
 )
 from attest.evidence import encode_members
-from attest.manifest.model import format_time
+from attest.manifest.model import VerifiedRegistry, format_time
 from attest.runtime import VtpmVouch
 from attest.verifier.client import NodeClient
 from attest.verifier.enrollments import EnrollmentStore, NodeRecord
@@ -285,6 +285,7 @@ class Layer:
     vouchings: tuple[VtpmVouch, ...] | None = None  # verified vtpm events (a host's)
     found: dict[str, Any] | None = None  # the collateral it used (attest.appraisal.ear)
     document: dict[str, Any] | None = None  # the evidence document appraised (--save-evidence)
+    registry: VerifiedRegistry | None = None  # the verified registry it was appraised against
 
 
 def host_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -426,7 +427,7 @@ def appraise_layer(
         [c.der for c in roots] if (ns.ek_ca or not ns.tofu) and notes_enrolled(notes) else []
     )
     found = collateral(registry, ns.platform, enrolled_against)
-    return Layer(address, result, record, notes, re_enrollment, vouchings, found, ev.doc)
+    return Layer(address, result, record, notes, re_enrollment, vouchings, found, ev.doc, registry)
 
 
 def notes_enrolled(notes: Sequence[str]) -> bool:

@@ -47,9 +47,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from attest.appraisal.pair import LAYERS as PAIR_LAYERS
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import error_line, print_json
 from attest.errors import AttestError, ConfigError, DatabaseUnavailable, NodeUrlRefused
+from attest.snp.certs import load_crl
 from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
 from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
@@ -64,6 +66,7 @@ from attest.verifier.fleet.enrollment import (
     with_roots,
 )
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso
+from attest.verifier.fleet.pairs import SnpCollateral
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
@@ -307,6 +310,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host_registry=host_registry,
         ssl_context=_tls_context(args.tls_ca),
         rules=rules,
+        snp=SnpCollateral(
+            crls=tuple(load_crl(read_bytes(p, max_size=1 << 20)) for p in args.snp_crl),
+            require=args.snp == "require",
+        ),
     )
     app = create_fleet_app(
         store,
@@ -525,7 +532,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"{_age(fresh.age(n, now)):<12} {n.explanation[:100]}"
         )
         for name, lay in (n.layers or {}).items():
-            if name in ("host", "guest") and isinstance(lay, dict):
+            if name in PAIR_LAYERS and isinstance(lay, dict):
                 print(
                     f"  {name:<22} {str(lay.get('verdict')):<16} "
                     f"{str(lay.get('explanation') or '')[:100]}"
@@ -555,7 +562,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  explanation: {n.explanation}")
     print(f"  enrollment: {n.enrollment or 'not enrolled'}")
     for name, lay in (n.layers or {}).items():
-        if name in ("host", "guest") and isinstance(lay, dict):
+        if name in PAIR_LAYERS and isinstance(lay, dict):
             print(
                 f"  {name} {lay.get('node_id')}: {lay.get('verdict')} — "
                 f"{lay.get('explanation') or ''}"
@@ -763,6 +770,21 @@ def _serve_access_options(s: argparse.ArgumentParser) -> None:
         help="P-256 private key (PEM) that signs the attestation "
         "results (EAR); created (mode 0600) when missing (default "
         f"$ATTEST_FLEET_EAR_KEY or {DEFAULT_EAR_KEY}); give all workers the same",
+    )
+    s.add_argument(
+        "--snp",
+        choices=["auto", "require"],
+        default="auto",
+        help="a pair's guest SEV-SNP report (layer guest-snp, docs/snp.md): appraised when "
+        "sent (auto), or required of every pair's guest (default %(default)s)",
+    )
+    s.add_argument(
+        "--snp-crl",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="CRL",
+        help="an AMD CRL for guest-snp layers (repeatable; read at start)",
     )
 
 

@@ -12,7 +12,6 @@ chain (AMD's KDS cert_chain is ASK + ARK), the certificate table, or ``--ark-dir
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import importlib
 from pathlib import Path
@@ -23,7 +22,7 @@ from attest.cli._registry import add_registry_arguments, load_registry
 from attest.errors import ConfigError, SnpCheckError, SnpFormatError
 from attest.manifest.snp import SnpReleaseAppraisal, appraise_snp_release
 from attest.snp.certs import AmdCertificate, load_certificates, load_crl
-from attest.snp.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, parse_cert_table
+from attest.snp.certtable import chain_of, parse_cert_table
 from attest.snp.findings import Finding
 from attest.snp.policy import verify_crl
 from attest.snp.report import Signer, TcbVersion, parse_report
@@ -110,12 +109,7 @@ def _certificates(args: argparse.Namespace, signer: Signer) -> tuple[bytes, byte
     if args.certs_table is not None:
         if args.vcek is not None or args.chain is not None:
             raise ConfigError("use --certs-table or --vcek/--chain, not both", key="--certs-table")
-        table = parse_cert_table(read_bytes(args.certs_table, max_size=MAX_INPUT))
-        leaf = table.get(VLEK_GUID if signer is Signer.VLEK else VCEK_GUID)
-        if leaf is None:
-            raise SnpFormatError(f"the certificate table has no {signer.name}")
-        pems = [_pem(c) for g in (ASK_GUID, ARK_GUID) if (c := table.get(g)) is not None]
-        return leaf, b"".join(pems)
+        return chain_of(parse_cert_table(read_bytes(args.certs_table, max_size=MAX_INPUT)), signer)
     if args.vcek is None:
         raise ConfigError("give the report's VCEK/VLEK or a certificate table", key="--vcek")
     chain = read_bytes(args.chain, max_size=MAX_INPUT) if args.chain is not None else b""
@@ -142,12 +136,6 @@ def _amd_certs(directory: Path | None) -> list[AmdCertificate]:
         except SnpFormatError as exc:
             raise SnpFormatError(f"{f}: {exc}") from None
     return certs
-
-
-def _pem(der: bytes) -> bytes:
-    body = base64.encodebytes(der).replace(b"\n", b"")
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
 
 
 def _tcb(raw: bytes, vr: VerifiedReport) -> dict[str, int]:

@@ -31,6 +31,7 @@ from attest.cli._verify_common import (
     state_dir,
 )
 from attest.cli.verify_pair import cmd_verify_pair
+from attest.cli.verify_snp import add_snp_arguments
 from attest.model import PcrSelection
 from attest.verifier.enrollments import EnrollmentStore
 
@@ -141,6 +142,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--host-platform",
         help="the host's platform id (--platform: the guest's, i.e. the VM template)",
     )
+    add_snp_arguments(h)
     verify_saved.add_arguments(p)
 
 

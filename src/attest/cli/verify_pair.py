@@ -1,6 +1,8 @@
 """``attest verify --host HOST_URL GUEST_URL``: a host and its guest VM as one node
 (``attest.appraisal.pair``; docs/host-guest.md), live or from saved evidence
-(``attest.cli.verify_saved``)."""
+(``attest.cli.verify_saved``). A guest that sends an SEV-SNP report (docs/snp.md) adds
+the layer ``guest-snp`` (``attest.cli.verify_snp``): the submodules are then ``host``,
+``guest-snp`` and ``guest-vtpm``."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from attest.appraisal import (
 )
 from attest.appraisal.pair import (
     GUEST,
+    GUEST_SNP,
     HOST,
     GuestIdentity,
     appraise_pair,
@@ -32,6 +35,7 @@ from attest.cli._verify_common import (
     state_dir,
     write_ear,
 )
+from attest.cli.verify_snp import snp_layer
 from attest.verifier.enrollments import EnrollmentStore
 
 
@@ -85,13 +89,27 @@ def report_pair(
     enrolled = guest.record.enrollment if guest.record is not None else None
     guest_id = args.guest_id or (enrolled.node_id if enrolled else guest.result.node_id)
     ident = GuestIdentity(guest_id, enrolled.ek_sha256 if enrolled else None)
-    pair = appraise_pair(host.result, guest.result, host.vouchings, ident, challenge=challenge)
+    snp = snp_layer(
+        args,
+        doc=guest.document,
+        ak_public=enrolled.ak_public if enrolled else None,
+        node_id=guest.result.node_id,
+        nonce=pair_nonces(challenge)[1],
+        registry=guest.registry,
+        now=now,
+    )
+    pair = appraise_pair(
+        host.result, guest.result, host.vouchings, ident, challenge=challenge, snp=snp
+    )
     token = None
+    gname = pair.guest_name
     if ear_key is not None:
-        found = {HOST: host.found or {}, GUEST: guest.found or {}}
+        found = {HOST: host.found or {}, gname: guest.found or {}}
         token = write_ear(args, pair.ear_claims(now=now, found=found), ear_key)
     code = EXIT_CODES[pair.verdict]
-    layers = {HOST: (host, pair.host), GUEST: (guest, pair.guest)}
+    layers = {HOST: (host, pair.host), gname: (guest, pair.guest)}
+    if pair.snp is not None:
+        layers = {HOST: layers[HOST], GUEST_SNP: (guest, pair.snp), gname: layers[gname]}
     notes = [*extra_notes]
     if token is None:
         notes.append("no --ear-key: the attestation result is not signed")

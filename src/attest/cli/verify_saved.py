@@ -211,4 +211,4 @@ def appraise_saved(
     rt = done.memory.runtime
     vouchings = None if rt is None else vouchings_of(rt.log.events)
     found = collateral(registry, ns.platform, [])
-    return common.Layer(address, done.result, record, notes, None, vouchings, found, doc)
+    return common.Layer(address, done.result, record, notes, None, vouchings, found, doc, registry)

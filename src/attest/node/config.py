@@ -101,6 +101,16 @@ class UpgradeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SnpSettings:
+    # In an SEV-SNP guest: answer each challenge with an SEV-SNP report too (the evidence's
+    # ``snp`` member; docs/snp.md, "Guest evidence"). attestd-tpm asks the AMD-SP for it
+    # (its --snp-guest names the interface); in development mode (tpm.tcti) attestd does,
+    # through ``device`` (configfs[:ROOT], sev-guest[:DEVICE] or fake:DIR).
+    enabled: bool = False
+    device: str = "configfs"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     node_id: str = ""
     tpm: TpmSettings = field(default_factory=TpmSettings)
@@ -109,6 +119,7 @@ class Settings:
     image: ImageSettings = field(default_factory=ImageSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     upgrade: UpgradeSettings = field(default_factory=UpgradeSettings)
+    snp: SnpSettings = field(default_factory=SnpSettings)
 
     def validate(self) -> Settings:
         if not 0 <= self.tpm.runtime_pcr <= 15:
@@ -169,6 +180,7 @@ _SECTIONS = {
     "image": ImageSettings,
     "registry": RegistrySettings,
     "upgrade": UpgradeSettings,
+    "snp": SnpSettings,
 }
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from attest import __version__
-from attest.errors import AttestError, BrokerUnavailable, ConfigError
+from attest.errors import AttestError, BrokerUnavailable, ConfigError, SnpGuestError
 from attest.node import sdnotify
 from attest.node.config import Settings, config_path, load_settings, settings_digest
 from attest.node.socketlock import SocketLock, lock_socket
@@ -50,16 +50,20 @@ class ListenerFailed(Exception):
     """A listener ended while attestd was not asked to stop (main exits non-zero)."""
 
 
-def tls_binding(cert_path: str) -> bytes:
-    """sha256 of the TLS certificate's SubjectPublicKeyInfo (what verifiers pin)."""
+def tls_spki(cert_path: str) -> bytes:
+    """The TLS certificate's SubjectPublicKeyInfo (DER)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-    spki = cert.public_key().public_bytes(
+    return cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return hashlib.sha256(spki).digest()
+
+
+def tls_binding(cert_path: str) -> bytes:
+    """sha256 of the TLS certificate's SubjectPublicKeyInfo (what verifiers pin)."""
+    return hashlib.sha256(tls_spki(cert_path)).digest()
 
 
 def open_node(settings: Settings) -> Any:
@@ -75,10 +79,17 @@ def open_node(settings: Settings) -> Any:
         tpm = EsapiTpm(settings.tpm.tcti, ak=AkSpec(settings.tpm.ak_type))
         state = Path(settings.tpm.state_dir)
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        from attest.node.snp_guest import open_snp_guest
+
+        try:
+            snp = open_snp_guest(settings.snp.device) if settings.snp.enabled else None
+        except (ValueError, SnpGuestError) as exc:
+            raise ConfigError(str(exc), key="snp.device") from None
         host = HostFacts(
             firmware_log=Path(settings.logs.firmware_log),
             cmdline=Path(settings.logs.cmdline),
             max_firmware_log=settings.logs.max_firmware_log_bytes,
+            snp=snp,
         )
         node = LocalNode.open(tpm, state, pcr=settings.tpm.runtime_pcr, host=host)
         host.watch_verity(node.runtime)  # as attestd-tpm --watch-verity on
@@ -132,9 +143,10 @@ async def serve(settings: Settings, node: Any) -> None:
     from attest.node.api.app import create_app
     from attest.node.api.middleware import ChannelApp
 
-    binding = b""
+    binding = spki = b""
     if settings.api.tls_cert:
-        binding = tls_binding(settings.api.tls_cert)
+        spki = tls_spki(settings.api.tls_cert)
+        binding = hashlib.sha256(spki).digest()
 
     def record_start() -> None:
         try:
@@ -158,6 +170,7 @@ async def serve(settings: Settings, node: Any) -> None:
         settings,
         node=node,
         tls_binding=binding,
+        tls_spki=spki,
         status=make_status(settings),
         on_fresh_log=record_start,
         start_recorded=recorded,

@@ -75,6 +75,21 @@ MAX_FIRMWARE_LOG = 4 << 20
 MAX_KERNEL_CMDLINE = 1 << 16
 
 
+# An SEV-SNP report and its certificate table (attest.node.snp_guest): the bounds both sides keep.
+SNP_REPORT_DATA = 64
+MAX_SNP_REPORT = 4000
+MAX_SNP_CERTS = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SnpGuestReport:
+    """An SEV-SNP report as the guest's kernel returned it, and the certificate table the host
+    served with it (None: none)."""
+
+    report: bytes
+    certs: bytes | None
+
+
 @dataclass(frozen=True, slots=True)
 class FirmwareLogChunk:
     """``data``: the firmware event log's bytes from ``offset`` on (possibly fewer than asked
@@ -126,6 +141,11 @@ class NodePort(Protocol):
 
     def verity_report(self) -> VerityReport | None:
         """The latest dm-verity report of the privileged side's watcher (None: not watched)."""
+        ...
+
+    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
+        """A fresh SEV-SNP report binding these 64 bytes (None: the privileged side has no
+        SEV-SNP guest interface configured). Which interface is its configuration."""
         ...
 
     def close(self) -> None: ...

@@ -10,10 +10,12 @@ written in EFI order is refused with a message that says so.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass
 
 from attest.errors import SnpFormatError
+from attest.snp.report import Signer
 
 ENTRY = 24
 MAX_ENTRIES = 16
@@ -65,6 +67,23 @@ def parse_cert_table(data: bytes) -> CertTable:
         if offset < header:
             raise SnpFormatError(f"entry {guid} overlaps the table itself")
     return CertTable({guid: data[o : o + n] for guid, (o, n) in spans.items()})
+
+
+def _pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+
+
+def chain_of(table: CertTable, signer: Signer) -> tuple[bytes, bytes]:
+    """(leaf DER, intermediates as a PEM bundle) of a table, for ``SnpVerifier``: the VCEK or
+    VLEK the report's SIGNING_KEY names, then the ASK / ASVK and the ARK when present.
+    ``SnpFormatError`` when the table has no such leaf."""
+    leaf = table.get(VLEK_GUID if signer is Signer.VLEK else VCEK_GUID)
+    if leaf is None:
+        raise SnpFormatError(f"the certificate table has no {signer.name}")
+    pems = [_pem(c) for g in (ASK_GUID, ARK_GUID) if (c := table.get(g)) is not None]
+    return leaf, b"".join(pems)
 
 
 def build_cert_table(certs: dict[uuid.UUID, bytes]) -> bytes:

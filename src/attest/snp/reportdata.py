@@ -4,10 +4,13 @@ The guest asks the AMD-SP for a report whose 64-byte REPORT_DATA is, in encoding
 
     SHA-512( b"attest/snp/report-data" || 0x00 || 0x01            # domain, then the version
              || 0x01 || u32be(len(nonce)) || nonce                  # the verifier's challenge
-             || 0x02 || u32be(len(tls_spki)) || tls_spki            # guest TLS key, SPKI DER
+            [|| 0x02 || u32be(len(tls_spki)) || tls_spki]           # guest TLS key, SPKI DER
              [|| 0x03 || u32be(len(vtpm_ak)) || vtpm_ak] )          # guest vTPM AK, when present
 
-Every field is length-prefixed and tagged, in this fixed order, so no two inputs encode alike,
+The TLS key is absent only when the guest serves no TLS (evidence over plain HTTP or its
+operator socket); the vTPM AK (its TPM2B_PUBLIC as the evidence carries it) when the guest has
+no vTPM. Every field is length-prefixed and tagged, in this fixed order, so no two inputs
+encode alike (an absent field is not an empty one: its tag is missing),
 and the domain string keeps the hash apart from any other SHA-512 the guest computes. The
 verifier recomputes it from what it expects and compares all 64 bytes: anything else (a raw
 nonce, another order, another version) is refused. A new encoding gets a new version byte;
@@ -33,7 +36,7 @@ def _field(tag: int, value: bytes) -> bytes:
 
 
 def encode_report_data(
-    *, nonce: bytes, tls_spki: bytes, vtpm_ak: bytes | None = None, version: int = 1
+    *, nonce: bytes, tls_spki: bytes | None, vtpm_ak: bytes | None = None, version: int = 1
 ) -> bytes:
     """The 64 bytes a guest puts in REPORT_DATA. Raises ``ValueError`` on bad arguments (a
     programming error of the caller, which chooses them)."""
@@ -44,14 +47,16 @@ def encode_report_data(
     for name, value in (("tls_spki", tls_spki), ("vtpm_ak", vtpm_ak)):
         if value is not None and not 0 < len(value) <= MAX_FIELD:
             raise ValueError(f"{name} must be 1-{MAX_FIELD} bytes")
-    body = DOMAIN + bytes([version]) + _field(1, nonce) + _field(2, tls_spki)
+    body = DOMAIN + bytes([version]) + _field(1, nonce)
+    if tls_spki is not None:
+        body += _field(2, tls_spki)
     if vtpm_ak is not None:
         body += _field(3, vtpm_ak)
     return hashlib.sha512(body).digest()
 
 
 def verify_report_data(
-    report_data: bytes, *, nonce: bytes, tls_spki: bytes, vtpm_ak: bytes | None = None
+    report_data: bytes, *, nonce: bytes, tls_spki: bytes | None, vtpm_ak: bytes | None = None
 ) -> int:
     """The encoding version under which ``report_data`` binds exactly these values, or raise
     ``SnpCheckError`` (check ``snp-report-data``)."""
@@ -59,8 +64,8 @@ def verify_report_data(
         want = encode_report_data(nonce=nonce, tls_spki=tls_spki, vtpm_ak=vtpm_ak, version=version)
         if hmac.compare_digest(want, report_data):
             return version
-    ak = " and vTPM AK" if vtpm_ak is not None else ""
+    what = ["nonce"] + ["TLS key"] * (tls_spki is not None) + ["vTPM AK"] * (vtpm_ak is not None)
     raise SnpCheckError(
         SnpCheck.REPORT_DATA,
-        f"REPORT_DATA does not bind this nonce, TLS key{ak} (encodings {ENCODINGS})",
+        f"REPORT_DATA does not bind this {', '.join(what)} (encodings {ENCODINGS})",
     )

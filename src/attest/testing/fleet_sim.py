@@ -45,12 +45,15 @@ from attest.evidence import (
     firmware_log_member,
     quote_members,
     runtime_log_member,
+    snp_member,
 )
 from attest.manifest.model import PlatformReference
 from attest.merkle import challenge_leaf, leaf_hash
 from attest.model import HashAlg, PcrSelection
+from attest.node.snp_guest import SnpGuest
 from attest.node.tpm.fake import FakeTpm
 from attest.runtime import KIND_VERITY_DEVICE, KIND_VTPM, new_runtime_record
+from attest.snp.reportdata import encode_report_data
 from attest.tpmstruct import Alg, ObjectAttr, Public, public_from_key
 
 # An EK's attributes (TCG EK Credential Profile, template L-2 without authPolicy): a restricted
@@ -82,6 +85,9 @@ class SimNode:
     ak_json: dict[str, str] = field(default_factory=dict)
     seed: str = ""
     _ek: Public | None = None
+    # An SEV-SNP guest (attest.node.snp_guest.SnpGuest, e.g. FakeSnpGuest): its answers carry
+    # an ``snp`` member bound to the nonce and the AK, as attestd's with ``[snp] enabled``.
+    snp: SnpGuest | None = None
 
     @property
     def ek(self) -> Public:
@@ -261,7 +267,7 @@ class SimFleet:
                 self.firmware_log, start, encoded=self._fw_b64.get(start)
             )
             self.log_bytes += total - start
-        return {
+        doc = {
             **challenge_members(
                 batch_size=1,
                 batch_index=0,
@@ -283,6 +289,11 @@ class SimFleet:
                 time=datetime.fromtimestamp(self.clock(), UTC),
             ),
         }
+        if node.snp is not None:
+            ak = node.tpm.ak_public().tpm2b()
+            got = node.snp.get_report(encode_report_data(nonce=nonce, tls_spki=None, vtpm_ak=ak))
+            doc["snp"] = snp_member(got.report, got.certs, None)
+        return doc
 
     # --- the HTTP server --------------------------------------------------------------------
 

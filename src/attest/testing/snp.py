@@ -14,15 +14,17 @@ import base64
 import datetime as dt
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import NameOID
 
 from attest.snp.certs import AmdCertificate, load_certificate, spki_sha256, split_certificate
+from attest.snp.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table
 from attest.snp.report import REPORT_SIZE, SIGNED_SIZE, Product, Signer, TcbVersion
 from attest.snp.roots import ArkPins
 
@@ -300,3 +302,23 @@ def make_crl(
         b = b.add_revoked_certificate(entry.build())
     crl = b.sign(key or fake.ark_key, hashes.SHA384(), rsa_padding=PSS)
     return crl.public_bytes(Encoding.DER)
+
+
+def fake_guest_dir(fake: FakeAmd, directory: Path, **fields: object) -> Path:
+    """The files ``attest.node.snp_guest.FakeSnpGuest`` reads (``--snp-guest fake:DIR``): a
+    report of this chip as the template (``fields`` as for ``FakeAmd.report``), the VCEK's
+    private key, and the certificate table (VCEK, ASK, ARK) the host would serve."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.bin").write_bytes(fake.report(**fields))
+    key = fake.vcek_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    (directory / "key.pem").write_bytes(key)
+    (directory / "key.pem").chmod(0o600)
+    (directory / "certs.bin").write_bytes(guest_cert_table(fake))
+    return directory
+
+
+def guest_cert_table(fake: FakeAmd) -> bytes:
+    """The certificate table a host serves with this chip's VCEK reports."""
+    return build_cert_table(
+        {VCEK_GUID: fake.vcek.der, ASK_GUID: fake.ask.der, ARK_GUID: fake.ark.der}
+    )

@@ -64,3 +64,17 @@ def test_bad_arguments_are_programming_errors(kw: dict[str, object]) -> None:
     args: dict[str, object] = {"nonce": NONCE, "tls_spki": SPKI} | kw
     with pytest.raises(ValueError):
         encode_report_data(**args)  # type: ignore[arg-type]
+
+
+def test_a_guest_without_tls_binds_no_key_and_that_is_not_an_empty_key() -> None:
+    """No TLS (plain HTTP, the operator socket): field 2 is absent, which no present key --
+    not even an empty one, which the encoding refuses -- can stand in for."""
+    body = DOMAIN + b"\x01" + b"\x01" + (32).to_bytes(4, "big") + NONCE
+    body += b"\x03" + len(AK).to_bytes(4, "big") + AK
+    rd = encode_report_data(nonce=NONCE, tls_spki=None, vtpm_ak=AK)
+    assert rd == hashlib.sha512(body).digest()
+    assert verify_report_data(rd, nonce=NONCE, tls_spki=None, vtpm_ak=AK) == 1
+    with pytest.raises(SnpCheckError, match="nonce, TLS key, vTPM AK"):
+        verify_report_data(rd, nonce=NONCE, tls_spki=SPKI, vtpm_ak=AK)
+    with pytest.raises(ValueError, match="tls_spki"):
+        encode_report_data(nonce=NONCE, tls_spki=b"", vtpm_ak=AK)

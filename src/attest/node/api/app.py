@@ -31,6 +31,7 @@ from attest.errors import (
     AttestError,
     BrokerUnavailable,
     EvidenceFormatError,
+    SnpGuestError,
     TpmError,
     TransportError,
 )
@@ -42,6 +43,7 @@ from attest.evidence import (
     join_encoded,
     quote_members,
     runtime_log_member,
+    snp_member,
     unb64,
 )
 from attest.merkle import challenge_leaf
@@ -60,6 +62,7 @@ from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit,
 from attest.node.config import Settings
 from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort
 from attest.node.tpm.port import RawQuote
+from attest.snp.reportdata import MAX_NONCE, MIN_NONCE, encode_report_data
 from attest.verity.devices import VerityReport
 
 logger = logging.getLogger(__name__)
@@ -110,6 +113,7 @@ class NodeContext:
     cmdline: str | None = None
     host_loaded: bool = False
     verity_report: VerityReport | None = None
+    tls_spki: bytes = b""  # the TLS key (SPKI DER) whose sha256 is tls_binding; b"": no TLS
 
     def get_identity(self) -> NodeIdentity:
         if self.identity is None:
@@ -291,6 +295,7 @@ def create_app(
     *,
     node: NodePort,
     tls_binding: bytes = b"",
+    tls_spki: bytes = b"",
     image: Callable[[], tuple[str | None, str | None]] | None = None,
     status: Callable[[NodeContext], dict[str, Any]] = basic_status,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -311,6 +316,7 @@ def create_app(
             max_waiting=settings.api.max_waiting,
         ),
         tls_binding=tls_binding,
+        tls_spki=tls_spki,
         image=image or _read_image(settings),
         status=status,
         clock=clock,
@@ -435,16 +441,17 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
             runtime_log = runtime_log_member(
                 ctx.settings.tpm.runtime_pcr, rt.start, [r.to_json() for r in records]
             )
-        head = encode_members(
-            challenge_members(
-                batch_size=result.size,
-                batch_index=result.index,
-                proof=result.proof,
-                tls_binding=ctx.tls_binding,
-                firmware_log=firmware_log,
-                runtime_log=runtime_log,
-            )
+        members = challenge_members(
+            batch_size=result.size,
+            batch_index=result.index,
+            proof=result.proof,
+            tls_binding=ctx.tls_binding,
+            firmware_log=firmware_log,
+            runtime_log=runtime_log,
         )
+        if ctx.settings.snp.enabled:
+            members["snp"] = await loop.run_in_executor(None, _snp_member, ctx, ident, nonce)
+        head = encode_members(members)
         # The parts every challenge answered by this quote shares are encoded once per quote
         # (this is the hot endpoint: a batch can answer thousands of challenges).
         common = _shared_part(ctx, ident, result.quote)
@@ -572,6 +579,21 @@ def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
             },
             status_code=503,
         )
+
+
+def _snp_member(ctx: NodeContext, ident: NodeIdentity, nonce: bytes) -> dict[str, Any]:
+    """This challenge's SEV-SNP report (docs/snp.md, "Guest evidence"): REPORT_DATA binds the
+    verifier's nonce, the TLS key and the AK (``attest.snp.reportdata``, encoding 1)."""
+    if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+        raise EvidenceFormatError(
+            f"an SEV-SNP guest answers nonces of {MIN_NONCE}..{MAX_NONCE} bytes, not {len(nonce)}"
+        )
+    spki = ctx.tls_spki or None
+    data = encode_report_data(nonce=nonce, tls_spki=spki, vtpm_ak=ident.ak.tpm2b())
+    got = ctx.node.snp_report(data)
+    if got is None:
+        raise SnpGuestError("snp.enabled is set but attestd-tpm has no --snp-guest interface")
+    return snp_member(got.report, got.certs, spki)
 
 
 def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> bytes:

@@ -28,6 +28,7 @@ from attest.errors import (
     EvidenceFormatError,
     OperationNotAllowed,
     Overloaded,
+    SnpGuestError,
     StorageError,
     TpmError,
     TransportError,
@@ -41,8 +42,8 @@ def status_for(exc: AttestError) -> int:
         return 503
     if isinstance(exc, OperationNotAllowed):
         return 403
-    if isinstance(exc, TpmError | BrokerUnavailable):
-        return 503  # the TPM or its broker is away: the request may succeed later
+    if isinstance(exc, TpmError | BrokerUnavailable | SnpGuestError):
+        return 503  # the TPM, its broker or the AMD-SP is away: the request may succeed later
     if isinstance(exc, EvidenceFormatError):
         return 400
     if isinstance(exc, VerificationError):

@@ -81,6 +81,12 @@ class ImageBody(BaseModel):
     slot: str | None
 
 
+class SnpBody(BaseModel):
+    report: str = Field(description="base64 SEV-SNP ATTESTATION_REPORT")
+    certs: str | None = Field(description="base64 certificate table (configfs-TSM auxblob)")
+    tls_spki: str | None = Field(description="base64 DER of the TLS key REPORT_DATA binds")
+
+
 class EvidenceResponse(BaseModel):
     version: int
     node_id: str
@@ -94,6 +100,9 @@ class EvidenceResponse(BaseModel):
     boot: dict[str, str | None] = Field(description="the kernel command line (text)")
     image: ImageBody
     time: str
+    snp: SnpBody | None = Field(
+        default=None, description="SEV-SNP guests only (docs/snp.md, 'Guest evidence')"
+    )
 
 
 def evidence_ok() -> dict[str, object]:

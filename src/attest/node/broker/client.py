@@ -50,7 +50,13 @@ from attest.node.broker.results import (
 )
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE
-from attest.node.port import FIRMWARE_LOG_CHUNK, FirmwareLogChunk, NodeIdentity, StateFs
+from attest.node.port import (
+    FIRMWARE_LOG_CHUNK,
+    FirmwareLogChunk,
+    NodeIdentity,
+    SnpGuestReport,
+    StateFs,
+)
 from attest.node.tpm.port import RawQuote
 from attest.node.tpm.vtpm import CreatedVtpm
 from attest.verity.devices import VerityReport
@@ -165,6 +171,9 @@ class BrokerClient:
 
     def verity_report(self) -> VerityReport | None:
         return self.call(OPS.verity_report, None)
+
+    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
+        return self.call(OPS.snp_report, p.SnpReportRequest(report_data))
 
     # --- the upgrade gate (attest.node.upgrade.stager.GateNode, and the gate itself) ---
 

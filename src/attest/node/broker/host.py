@@ -5,9 +5,12 @@ These reads need what attestd must not have (docs/daemon-hardening.md, "What att
 and why"): the firmware log in securityfs is 0440 root:root, ``dmsetup table/status`` asks
 ``/dev/mapper/control`` (CAP_SYS_ADMIN), the udev monitor is a netlink socket. So attestd-tpm
 does them and serves the results as the typed broker operations ``firmware_log``,
-``kernel_cmdline`` and ``verity_report`` (``attest.node.broker.protocol.OPS``). Which files are
-read is fixed when this object is built (attestd-tpm's flags; attestd's own configuration only
-in development mode, where attestd runs these services in-process): no request names a path.
+``kernel_cmdline`` and ``verity_report`` (``attest.node.broker.protocol.OPS``); in an SEV-SNP
+guest it also asks the AMD-SP for reports (``snp_report``; ``/dev/sev-guest`` is a device node,
+configfs-TSM needs write access to ``/sys/kernel/config``: ``attest.node.snp_guest``). Which
+files are read is fixed when this object is built (attestd-tpm's flags; attestd's own
+configuration only in development mode, where attestd runs these services in-process): no
+request names a path.
 
 - The firmware log is read once, whole (at most ``max_firmware_log`` bytes; securityfs reports
   no size, so the size is what a read returns), kept, and served in chunks of at most
@@ -35,7 +38,9 @@ from attest.node.port import (
     MAX_FIRMWARE_LOG,
     MAX_KERNEL_CMDLINE,
     FirmwareLogChunk,
+    SnpGuestReport,
 )
+from attest.node.snp_guest import SnpGuest
 from attest.node.verity_watch import VerityWatcher
 from attest.runtime import KIND_VERITY_DEVICE
 from attest.verity.devices import VerityReport
@@ -73,9 +78,11 @@ class HostFacts:
         firmware_log: Path | None = None,
         cmdline: Path | None = None,
         max_firmware_log: int = MAX_FIRMWARE_LOG,
+        snp: SnpGuest | None = None,
     ) -> None:
         if max_firmware_log < 0:
             raise ValueError("max_firmware_log must be 0 or more")
+        self.snp = snp
         self.firmware_log_path = firmware_log
         self.cmdline_path = cmdline
         self.max_firmware_log = max_firmware_log
@@ -131,6 +138,14 @@ class HostFacts:
             logger.info("kernel command line %s unreadable (%s)", self.cmdline_path, exc.strerror)
             return None
         return raw[:MAX_KERNEL_CMDLINE].decode("utf-8", "replace").strip() or None
+
+    # --- the SEV-SNP report ------------------------------------------------------------------
+
+    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
+        """A fresh report from the guest interface given at start (None: none given)."""
+        if self.snp is None:
+            return None
+        return self.snp.get_report(report_data)
 
     # --- dm-verity ---------------------------------------------------------------------------
 

@@ -19,7 +19,13 @@ from attest.model import PcrSelection, PcrValues
 from attest.node.broker.host import HostFacts
 from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
-from attest.node.port import LOW_SPACE_BYTES, FirmwareLogChunk, NodeIdentity, StateFs
+from attest.node.port import (
+    LOW_SPACE_BYTES,
+    FirmwareLogChunk,
+    NodeIdentity,
+    SnpGuestReport,
+    StateFs,
+)
 from attest.node.tpm.port import RawQuote, TpmPort
 from attest.runtime import AUDIT_KINDS, DEFAULT_RUNTIME_PCR, KIND_VTPM
 from attest.verity.devices import VerityReport
@@ -164,6 +170,9 @@ class LocalNode:
 
     def verity_report(self) -> VerityReport | None:
         return self.host.verity_report()
+
+    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
+        return self.host.snp_report(report_data)
 
     def close(self) -> None:
         self.host.close()

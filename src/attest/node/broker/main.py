@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from attest import __version__
-from attest.errors import AttestError, ConfigError
+from attest.errors import AttestError, ConfigError, SnpGuestError
 from attest.node import sdnotify
 from attest.node.broker import protocol as p
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
@@ -40,6 +40,7 @@ from attest.node.broker.local import LocalNode
 from attest.node.broker.server import BrokerServer
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
 from attest.node.port import LOW_SPACE_BYTES, MAX_FIRMWARE_LOG
+from attest.node.snp_guest import open_snp_guest
 from attest.node.socketlock import lock_socket
 from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
@@ -177,6 +178,13 @@ def _parser() -> argparse.ArgumentParser:
         help="watch dm-verity devices (udev, dmsetup) and record them in the runtime log; "
         f"auto: when {MAPPER_CONTROL} exists (default %(default)s)",
     )
+    h.add_argument(
+        "--snp-guest",
+        default="off",
+        metavar="off|configfs[:ROOT]|sev-guest[:DEVICE]|fake:DIR",
+        help="in an SEV-SNP guest: where to ask for attestation reports (snp_report; "
+        "docs/snp.md); fake:DIR signs with a test key (default %(default)s)",
+    )
     a.add_argument(
         "--vtpm-dir",
         type=Path,
@@ -274,10 +282,15 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("must be 0 or more", key="low_space_bytes")
     if args.max_firmware_log_bytes < 0:
         raise ConfigError("must be 0 or more", key="max_firmware_log_bytes")
+    try:
+        snp = open_snp_guest(args.snp_guest)
+    except (ValueError, SnpGuestError) as exc:
+        raise ConfigError(str(exc), key="snp_guest") from None
     host = HostFacts(
         firmware_log=args.firmware_log,
         cmdline=args.cmdline,
         max_firmware_log=args.max_firmware_log_bytes,
+        snp=snp,
     )
     node = LocalNode.open(
         tpm,

@@ -30,6 +30,8 @@ The host facts (``attest.node.broker.host``): ``firmware_log``, ``kernel_cmdline
 through ``/dev/mapper/control``). They are read-only, and no argument names a file: the
 broker reads the paths of its own command line. ``firmware_log`` serves the log in chunks
 (``offset``, ``max_bytes``; the broker caps ``max_bytes`` at ``FIRMWARE_LOG_CHUNK``).
+``snp_report`` asks the guest's AMD-SP for an SEV-SNP report binding the 64 bytes given, through
+the interface of the broker's ``--snp-guest`` (``attest.node.snp_guest``; None when off).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from attest.node.broker.results import (
     CMDLINE,
     FIRMWARE_CHUNK,
     REGISTRY_REFRESH,
+    SNP_REPORT,
     VERITY_REPORT,
     BootChoice,
     Confirmed,
@@ -78,7 +81,7 @@ from attest.node.broker.wire import (
     text,
     uint,
 )
-from attest.node.port import FIRMWARE_LOG_CHUNK
+from attest.node.port import FIRMWARE_LOG_CHUNK, SNP_REPORT_DATA
 from attest.runtime import AUDIT_KINDS, KIND_VTPM, KINDS
 
 if TYPE_CHECKING:
@@ -258,6 +261,25 @@ class FirmwareLogRead:
     def from_json(cls, doc: Any) -> FirmwareLogRead:
         d = members(doc, "args", ("offset", "max_bytes"))
         return cls(uint(d["offset"], "offset"), uint(d["max_bytes"], "max_bytes"))
+
+
+@dataclass(frozen=True, slots=True)
+class SnpReportRequest:
+    """An SEV-SNP report binding ``report_data`` (64 bytes). Which interface and VMPL is the
+    broker's configuration (``--snp-guest``): the request names neither."""
+
+    report_data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"report_data": self.report_data.hex()}
+
+    @classmethod
+    def from_json(cls, doc: Any) -> SnpReportRequest:
+        d = members(doc, "args", ("report_data",))
+        data = hex_bytes(d["report_data"], "report_data", limit=SNP_REPORT_DATA)
+        if len(data) != SNP_REPORT_DATA:
+            raise TransportError(f"report_data must be {SNP_REPORT_DATA} bytes")
+        return cls(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +600,15 @@ class OPS:
         args=NO_ARGS,
         result=VERITY_REPORT,
         serve=lambda s, _: s.node.verity_report(),
+    )
+    # The guest's SEV-SNP report (attest.node.snp_guest): the device is the broker's.
+    snp_report = Op(
+        "snp_report",
+        Privilege.API,
+        idempotent=True,
+        args=codec(SnpReportRequest),
+        result=SNP_REPORT,
+        serve=lambda s, a: s.node.snp_report(a.report_data),
     )
     # The API may offer an upload to the gate (which verifies it and records the decision) and
     # read the gate's status; it may not confirm an upgrade or select a boot slot.

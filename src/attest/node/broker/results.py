@@ -25,7 +25,14 @@ from attest.node.broker.wire import (
     text,
     uint,
 )
-from attest.node.port import FIRMWARE_LOG_CHUNK, MAX_KERNEL_CMDLINE, FirmwareLogChunk
+from attest.node.port import (
+    FIRMWARE_LOG_CHUNK,
+    MAX_KERNEL_CMDLINE,
+    MAX_SNP_CERTS,
+    MAX_SNP_REPORT,
+    FirmwareLogChunk,
+    SnpGuestReport,
+)
 from attest.node.tpm.vtpm import CreatedVtpm
 from attest.node.upgrade.slots import SLOTS, BootPointer
 from attest.verity.devices import (
@@ -413,8 +420,30 @@ def verity_report_from_json(doc: Any) -> VerityReport | None:
     )
 
 
+def snp_report_to_json(report: SnpGuestReport | None) -> dict[str, Any]:
+    if report is None:
+        return {"report": None, "certs": None}
+    return {
+        "report": report.report.hex(),
+        "certs": None if report.certs is None else report.certs.hex(),
+    }
+
+
+def snp_report_from_json(doc: Any) -> SnpGuestReport | None:
+    """A report of at most ``MAX_SNP_REPORT`` bytes and a table of at most ``MAX_SNP_CERTS``."""
+    d = members(doc, "snp_report", ("report", "certs"))
+    if d["report"] is None:
+        if d["certs"] is not None:
+            raise TransportError("snp_report: certificates without a report")
+        return None
+    report = hex_bytes(d["report"], "report", limit=MAX_SNP_REPORT)
+    certs = None if d["certs"] is None else hex_bytes(d["certs"], "certs", limit=MAX_SNP_CERTS)
+    return SnpGuestReport(report, certs)
+
+
 FIRMWARE_CHUNK: Codec[FirmwareLogChunk | None] = Codec(
     firmware_chunk_to_json, firmware_chunk_from_json
 )
 CMDLINE: Codec[str | None] = Codec(cmdline_to_json, cmdline_from_json)
 VERITY_REPORT: Codec[VerityReport | None] = Codec(verity_report_to_json, verity_report_from_json)
+SNP_REPORT: Codec[SnpGuestReport | None] = Codec(snp_report_to_json, snp_report_from_json)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from attest.appraisal.pair import LAYERS as PAIR_LAYERS
 from attest.enroll import EnrollmentStrength
 from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso, rank
@@ -171,7 +172,7 @@ def _releases_html(releases: list[ReleaseRollout]) -> str:
 
 def _layers(n: NodeRow) -> list[tuple[str, dict[str, Any]]]:
     lay = n.layers or {}
-    return [(name, lay[name]) for name in ("host", "guest") if isinstance(lay.get(name), dict)]
+    return [(name, lay[name]) for name in PAIR_LAYERS if isinstance(lay.get(name), dict)]
 
 
 def _layer_badges(n: NodeRow) -> str:

@@ -6,6 +6,10 @@ verdict from
 one the
 host vouched for (a ``vtpm`` runtime event) in the host quote answering this challenge.
 
+A guest that sends an SEV-SNP report gets the third layer ``guest-snp``
+(``attest.appraisal.snp.guest_snp_layer``, with the poller's ``SnpCollateral``), as
+``attest verify --host`` does.
+
 This module holds what the fleet stores and shows of a pair (the per-layer summaries; the
 enrollment is ``attest.verifier.fleet.enrollment.PairEnrollment``); the pair logic itself is
 ``attest.appraisal.pair``'s.
@@ -13,12 +17,27 @@ enrollment is ``attest.verifier.fleet.enrollment.PairEnrollment``); the pair log
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised
-from attest.appraisal.pair import GUEST, HOST, PairResult, vouchings_of
+from attest.appraisal.pair import HOST, PairResult, vouchings_of
 from attest.runtime import VtpmVouch
+from attest.snp.certs import UnverifiedCrl
+from attest.snp.verify import SnpVerifier
 from attest.verifier.fleet.appraiser import summarize
+
+
+@dataclass(frozen=True)
+class SnpCollateral:
+    """What the fleet checks a confidential guest's SEV-SNP report with (docs/snp.md, "One
+    verdict for host and guest"): the verifier (the pinned AMD roots, its chain cache), AMD's
+    CRLs, and whether every pair's guest must send a report (``attest verify --snp require``;
+    otherwise a report is appraised when sent, as ``--snp auto``)."""
+
+    verifier: SnpVerifier = field(default_factory=SnpVerifier)
+    crls: tuple[UnverifiedCrl, ...] = ()
+    require: bool = False
 
 
 def fresh_vouchings(appraised: Appraised) -> tuple[VtpmVouch, ...] | None:
@@ -49,13 +68,13 @@ def layer_json(result: AppraisalResult, url: str) -> dict[str, Any]:
 
 def pair_layers(pair: PairResult, host_url: str, guest_url: str) -> dict[str, Any]:
     """What the fleet stores of a pair besides its verdict: each layer's verdict and
-    explanation, which layer failed, and the host-vouch finding."""
-    return {
-        "failed_layer": pair.failed_layer,
-        "vouch": pair.vouch.to_json(),
-        HOST: layer_json(pair.host, host_url),
-        GUEST: layer_json(pair.guest, guest_url),
+    explanation (``host``, ``guest``; with an SEV-SNP layer ``host``, ``guest-snp``,
+    ``guest-vtpm``), which layer failed, and the host-vouch finding."""
+    layers = {
+        name: layer_json(r, host_url if name == HOST else guest_url)
+        for name, r in pair.layers.items()
     }
+    return {"failed_layer": pair.failed_layer, "vouch": pair.vouch.to_json(), **layers}
 
 
 def pair_explanation(pair: PairResult) -> str:

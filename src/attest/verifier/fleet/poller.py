@@ -53,6 +53,7 @@ from attest.appraisal.ear import collateral, ear_claims, submod
 from attest.appraisal.memory import Continuity, NodeMemory
 from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
+from attest.appraisal.snp import guest_snp_layer
 from attest.enroll import Enrollment
 from attest.errors import AttestError, DatabaseUnavailable, ReadBudgetSpent, TransportError
 from attest.manifest import VerifiedRegistry
@@ -70,7 +71,12 @@ from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_jso
 from attest.verifier.fleet.http import HttpPool, Origin
 from attest.verifier.fleet.model import NodeStatus
 from attest.verifier.fleet.outbox import OutboxEvent
-from attest.verifier.fleet.pairs import fresh_vouchings, pair_explanation, pair_layers
+from attest.verifier.fleet.pairs import (
+    SnpCollateral,
+    fresh_vouchings,
+    pair_explanation,
+    pair_layers,
+)
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Leased, Outcome, Store
 from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
@@ -126,6 +132,7 @@ class _Contact:
     error: str = ""  # the node did not answer
     raised: AttestError | None = None  # the appraiser raised instead of returning a result
     deferred: bool = False  # not read whole for lack of the pool's budget: not the node's fault
+    doc: Mapping[str, Any] | None = None  # the evidence answered (a pair's guest-snp layer)
 
 
 @dataclass
@@ -171,6 +178,7 @@ class Poller:
         host_registry: Callable[[], RegistryState] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         rules: VerifierRules = DEFAULT_RULES,
+        snp: SnpCollateral | None = None,
     ) -> None:
         """``ssl_context`` verifies the nodes' TLS certificates on https URLs (default: the
         system's CAs); the appraisal then binds each answer to the TLS key connected to.
@@ -186,6 +194,7 @@ class Poller:
         self.appraise = appraise
         self.registry = registry
         self.rules = rules
+        self.snp = snp or SnpCollateral()  # a pair's guest-snp layer (pairs.SnpCollateral)
         self.on_change = on_change
         self.outbox = outbox
         self.clock = clock
@@ -362,7 +371,7 @@ class Poller:
             self.metrics.refetches += 1
             memory = appraised.memory
         self._memory[key] = appraised.memory
-        return _Contact(challenge, appraised)
+        return _Contact(challenge, appraised, doc=doc)
 
     async def _attempt(self, node: Leased, start: float) -> Outcome:
         s = self.settings
@@ -531,19 +540,31 @@ class Poller:
         host_r = result_of(host_c, pe.host, host_nonce)
         guest_r = result_of(guest_c, pe.guest, guest_nonce)
         vouchings = None if host_c.appraised is None else fresh_vouchings(host_c.appraised)
+        snp = guest_snp_layer(
+            guest_c.doc,
+            require=self.snp.require,
+            node_id=pe.guest.node_id,
+            nonce=guest_nonce,
+            ak_public=pe.guest.ak_public,
+            verifier=self.snp.verifier,
+            registry=guest_state.registry,
+            crls=self.snp.crls,
+            now=now,
+        )
         pair = appraise_pair(
             host_r,
             guest_r,
             vouchings,
             GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
             challenge=challenge,
+            snp=snp,
         )
         status = NodeStatus.of_tier(pair.verdict.tier)
-        # The pair's EAR is attest verify --host's: submods host and guest, eat_nonce the
-        # challenge both layers' nonces come from.
+        # The pair's EAR is attest verify --host's: submods host and guest (host, guest-snp
+        # and guest-vtpm for a confidential guest), eat_nonce the pair's challenge.
         found = {
             HOST: collateral(host_state.registry, s.host_platform_id or s.platform_id),
-            GUEST: collateral(guest_state.registry, s.platform_id),
+            pair.guest_name: collateral(guest_state.registry, s.platform_id),
         }
         claims = None if self.signer is None else pair.ear_claims(now=now, found=found)
         return self._outcome(

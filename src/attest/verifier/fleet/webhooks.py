@@ -73,6 +73,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from attest.appraisal.pair import LAYERS as PAIR_LAYERS
 from attest.errors import DatabaseUnavailable, WebhookSignatureError
 from attest.verifier.fleet.model import NodeRow, iso
 from attest.verifier.fleet.outbox import ClaimedEvent, OutboxEvent, OutboxStore
@@ -135,7 +136,7 @@ def verdict_event(o: Outcome) -> OutboxEvent:
         doc["layers"] = {
             name: {k: lay.get(k) for k in ("node_id", "verdict", "explanation", "release")}
             for name, lay in o.layers.items()
-            if name in ("host", "guest") and isinstance(lay, dict)
+            if name in PAIR_LAYERS and isinstance(lay, dict)
         }
     return _event(doc, o.at)
 
