@@ -690,6 +690,45 @@ def _tools_selection(head: bytes) -> PcrSelection:
     return PcrSelection(tuple(banks))
 
 
+_ToolsLayout = tuple[struct.Struct, tuple[int, ...], struct.Struct]
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_layout(selection: PcrSelection) -> _ToolsLayout | None:
+    """The file tpm2-tools writes for ``selection`` (values in TPML_DIGESTs of 8, each TPM2B
+    sized as its bank's digest), as two struct formats over the whole file: ``fixed`` reads
+    the count fields and sizes (digests skipped), to be compared with ``expected``; ``take``
+    reads just the digests, in selection order. A file whose fixed fields are exactly these
+    parses to exactly what the field-by-field reader returns (that reader accepts other
+    layouts too; they take it)."""
+    sizes = [alg.digest_size for alg, idx in selection.banks for _ in idx]
+    if not sizes:
+        return None
+    lists = [sizes[k : k + 8] for k in range(0, len(sizes), 8)]
+    fixed, take = ["<", f"{_TOOLS_SEL_SIZE}x", "I"], ["<", f"{_TOOLS_SEL_SIZE + 4}x"]
+    expected = [len(lists)]
+    for chunk in lists:
+        fixed.append("I")
+        take.append("4x")
+        expected.append(len(chunk))
+        for size in chunk:
+            fixed.append("H64x")
+            take.append(f"2x{size}s{64 - size}x")
+            expected.append(size)
+        fixed.append(f"{66 * (8 - len(chunk))}x")
+        take.append(f"{66 * (8 - len(chunk))}x")
+    return struct.Struct("".join(fixed)), tuple(expected), struct.Struct("".join(take))
+
+
+def _label(selection: PcrSelection, digests: tuple[bytes, ...]) -> dict[HashAlg, dict[int, bytes]]:
+    values: dict[HashAlg, dict[int, bytes]] = {}
+    at = 0
+    for alg, idx in selection.banks:
+        values[alg] = dict(zip(idx, digests[at : at + len(idx)], strict=True))
+        at += len(idx)
+    return values
+
+
 def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg, dict[int, bytes]]]:
     """Parse tpm2-tools' "serialized" PCR file (``tpm2_quote -o`` default in tpm2-tools 5):
     the C structures written in host (little-endian) order -- TPML_PCR_SELECTION, a UINT32
@@ -699,6 +738,12 @@ def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg,
         raise QuoteFormatError("not a tpm2-tools serialized PCR file")
     data = bytes(data)
     selection = _tools_selection(data[:_TOOLS_SEL_SIZE])
+    layout = _tools_layout(selection)
+    if layout is not None:
+        fixed, expected, take = layout
+        if fixed.size == len(data) and fixed.unpack(data) == expected:
+            return selection, _label(selection, take.unpack(data))
+    # Any other layout (or a malformed one): field by field, which names what is wrong.
     digests: list[bytes] = []
     # is_tools_serialized_pcrs checked that the count's TPML_DIGESTs fill the rest exactly.
     off = _TOOLS_SEL_SIZE + 4

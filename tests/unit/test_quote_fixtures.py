@@ -147,3 +147,15 @@ def test_serialized_writer_reproduces_the_tpm2_tools_file() -> None:
     data = (FIX / "quote.pcrs").read_bytes()
     sel, values = read_tools_serialized_pcrs(data)
     assert tools_serialized_pcrs(sel, values) == data
+
+
+@pytest.mark.parametrize("text", ["sha256:0-23+sha1:1,7", "sha1:7", "sha384:0-9+sha256:16"])
+@pytest.mark.parametrize("per_list", [8, 3])
+def test_serialized_pcr_file_of_any_layout_reads_back(text: str, per_list: int) -> None:
+    """Files laid out as tpm2-tools writes them (8 values per TPML_DIGEST: read with one struct
+    format) and laid out otherwise (3 per list: read field by field) give the same values."""
+    sel = PcrSelection.parse(text)
+    values = {alg: {i: os.urandom(alg.digest_size) for i in idx} for alg, idx in sel.banks}
+    got_sel, got = read_tools_serialized_pcrs(tools_serialized_pcrs(sel, values, per_list=per_list))
+    assert got_sel == sel and got == values
+    assert [list(v) for v in got.values()] == [list(idx) for _, idx in sel.banks]

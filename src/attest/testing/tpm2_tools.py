@@ -10,12 +10,14 @@ from attest.model import HashAlg, PcrSelection
 
 
 def tools_serialized_pcrs(
-    selection: PcrSelection, values: Mapping[HashAlg, Mapping[int, bytes]]
+    selection: PcrSelection, values: Mapping[HashAlg, Mapping[int, bytes]], *, per_list: int = 8
 ) -> bytes:
     """The "serialized" PCR file of tpm2-tools 5 (``tpm2_quote -o``): the C structures in
     little-endian order, packed -- TPML_PCR_SELECTION (count, 16 x hash, sizeofSelect = 3,
     pcrSelect[4], 1 byte padding), a UINT32 count, then that many TPML_DIGEST of up to 8
-    TPM2B_DIGEST (size, buffer[64]) holding the values in selection order."""
+    TPM2B_DIGEST (size, buffer[64]) holding the values in selection order. tpm2-tools fills
+    each TPML_DIGEST (``per_list`` 8); fewer per list is a valid file tpm2-tools does not write.
+    """
     head = len(selection.banks).to_bytes(4, "little")
     for k in range(16):
         if k < len(selection.banks):
@@ -27,7 +29,7 @@ def tools_serialized_pcrs(
         else:
             head += bytes(8)
     digests = [values[alg][i] for alg, idx in selection.banks for i in idx]
-    lists = [digests[k : k + 8] for k in range(0, len(digests), 8)]
+    lists = [digests[k : k + per_list] for k in range(0, len(digests), per_list)]
     body = len(lists).to_bytes(4, "little")
     for chunk in lists:
         body += len(chunk).to_bytes(4, "little")
