@@ -35,11 +35,24 @@ def test_help_imports_no_sub_command() -> None:
     assert out.strip() == "['attest.cli._common']"
 
 
-def test_only_the_named_command_gets_its_arguments() -> None:
-    parser = build_parser(["-v", "quote", "verify", "--help"])
+def _commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert sub.choices["quote"]._actions[1:]  # quote has its own sub-commands
-    assert len(sub.choices["fleet"]._actions) == 1  # only -h: not loaded
+    return dict(sub.choices)
+
+
+def test_only_the_named_command_gets_its_arguments() -> None:
+    """With only -v before the command, the other commands get no parser at all."""
+    commands = _commands_of(build_parser(["-vv", "quote", "verify", "--help"]))
+    assert list(commands) == ["quote"] and commands["quote"]._actions[1:]
+
+
+@pytest.mark.parametrize("before", [["-h"], ["--he"], ["-v", "--help"], ["-x"]])
+def test_help_before_the_command_still_lists_every_command(before: list[str]) -> None:
+    """``attest -h quote`` prints the top-level help (argparse acts on -h, or an abbreviation of
+    --help, before it reaches the command): every command is there, only quote is loaded."""
+    commands = _commands_of(build_parser([*before, "quote", "verify"]))
+    assert list(commands) == list(COMMANDS)
+    assert commands["quote"]._actions[1:] and len(commands["fleet"]._actions) == 1
 
 
 HEAVY = ("fastapi", "httpx", "pydantic", "psycopg", "tpm2_pytss", "uvicorn", "starlette")

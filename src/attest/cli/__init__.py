@@ -10,6 +10,7 @@ nor the HTTP stack. Errors are mapped here, once, to an exit code and one clear 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import select
@@ -61,6 +62,16 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _only_verbose_before(argv: Sequence[str], command: str) -> bool:
+    """Whether every word before ``command`` is ``-v``/``-vv``/``--verbose``: then the top-level
+    parser can only hand over to that command (no ``-h``, abbreviated or not, prints its help)."""
+    for word in argv[: list(argv).index(command)]:
+        if word != "--verbose" and not (len(word) > 1 and word == "-" + "v" * (len(word) - 1)):
+            return False
+    return True
+
+
+@functools.cache
 def _columns() -> int:
     """The terminal width as ``shutil.get_terminal_size().columns`` reports it ($COLUMNS, else
     the terminal of stdout, else 80), without importing shutil (and its compression modules)
@@ -105,7 +116,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser, with the full argument set of the command named in ``argv`` (if any) and a
-    help line for every other command."""
+    help line for every other command (none when only ``-v`` precedes the command: see below)."""
     parser = _Parser(
         prog="attest",
         description="Node-integrity attestation: evidence, appraisal, manifests.",
@@ -117,10 +128,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
     chosen = _command_in(argv)
+    # When the command is certain, the other commands' parsers could only serve the top-level
+    # help, which is then never printed: building them costs more than the command's own work
+    # (each argparse parser looks its messages up in gettext's catalogue directories).
+    alone = chosen is not None and _only_verbose_before(argv, chosen)
     for name, (module, help_) in COMMANDS.items():
         if name == chosen:
             importlib.import_module(module).register(sub)
-        else:
+        elif not alone:
             sub.add_parser(name, help=help_)
     return parser
 
