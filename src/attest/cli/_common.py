@@ -24,6 +24,7 @@ from attest.errors import (
 
 if TYPE_CHECKING:
     from datetime import datetime
+    from pathlib import Path
 
 # Exit codes (documented in the README's CLI reference).
 EXIT_OK = 0
@@ -75,6 +76,14 @@ def parse_now(text: str | None) -> datetime:
     if now.tzinfo is None:
         raise ConfigError(f"{text!r} has no time zone (e.g. append Z)", key="--now")
     return now
+
+
+def path_arg(text: str) -> Path:
+    """``type=`` for a path argument as ``Path``, with pathlib imported only when the argument
+    is given (the commands on the hot path take theirs as ``str``)."""
+    from pathlib import Path
+
+    return Path(text)
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from typing import Any
 
-from attest.cli._common import EXIT_OK, print_json, read_file
+from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
 from attest.eventlog import (
     describe,
     diff_logs,
@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     cmds.required = True
 
     show = cmds.add_parser("show", help="list events: PCR, type, decoded meaning, digest")
-    show.add_argument("file", type=str)
+    show.add_argument("file", type=path_arg)  # printed in the header, as Path prints it
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 

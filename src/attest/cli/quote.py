@@ -12,24 +12,14 @@ import argparse
 import functools
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attest.cli._common import EXIT_OK, print_json, read_file
+from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
 from attest.errors import PcrSelectionError, QuoteFormatError
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import Alg, ObjectAttr, Public, parse_attest, parse_public, public_from_key
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-
-def _out_path(text: str) -> Path:
-    """An output path of ``quote create``; pathlib is imported only when one is given."""
-    from pathlib import Path
-
-    return Path(text)
 
 
 def register(sub: Any) -> None:
@@ -44,16 +34,16 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--ak-type", default="ecc256", choices=["ecc256", "ecc384", "rsa2048", "rsa2048-pss"]
     )
-    c.add_argument("-m", "--message", type=_out_path, help="write the TPMS_ATTEST here")
-    c.add_argument("-s", "--signature", type=_out_path, help="write the TPMT_SIGNATURE here")
+    c.add_argument("-m", "--message", type=path_arg, help="write the TPMS_ATTEST here")
+    c.add_argument("-s", "--signature", type=path_arg, help="write the TPMT_SIGNATURE here")
     c.add_argument(
         "-o",
         "--pcr-output",
-        type=_out_path,
+        type=path_arg,
         help="write PCR values here (tpm2-tools values format; .json: labelled JSON)",
     )
-    c.add_argument("--ak-public", type=_out_path, help="write the AK's TPM2B_PUBLIC here")
-    c.add_argument("--ak-pem", type=_out_path, help="write the AK's public key (PEM) here")
+    c.add_argument("--ak-public", type=path_arg, help="write the AK's TPM2B_PUBLIC here")
+    c.add_argument("--ak-pem", type=path_arg, help="write the AK's public key (PEM) here")
     c.add_argument("--json", action="store_true", help="print everything as JSON on stdout")
     c.set_defaults(func=cmd_create)
 
