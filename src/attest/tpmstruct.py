@@ -503,7 +503,16 @@ def parse_public(data: bytes, *, sized: bool | None = None) -> Public:
     ``sized=None`` detects the form: a TPM2B_PUBLIC's first two bytes are the length of the
     rest; a TPMT_PUBLIC starts with a key type (0x0001 or 0x0023), which is never such a
     length for a key.
+
+    Memoised by the exact bytes (``Public`` is immutable): a verifier or a script that checks
+    quotes of the same AK parses it once, and builds its ``cryptography`` key object
+    (``Public.key``, the costlier half) once.
     """
+    return _parse_public(bytes(data), sized)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_public(data: bytes, sized: bool | None) -> Public:
     if len(data) > 2048:
         raise QuoteFormatError(f"public area of {len(data)} bytes exceeds 2048")
     if sized is None:
@@ -651,6 +660,75 @@ def is_tools_serialized_pcrs(data: bytes) -> bool:
     )
 
 
+# The same C structures as struct formats (packed; tpm2-tools writes them field by field):
+# TPML_PCR_SELECTION = count, 16 x (hash, sizeofSelect, pcrSelect[4], 1 byte padding);
+# TPML_DIGEST = count, 8 x TPM2B_DIGEST (size, buffer[64]).
+_TOOLS_SEL = struct.Struct("<I" + "HB4sx" * MAX_BANKS)
+_TOOLS_TPML_DIGEST = struct.Struct("<I" + "H64s" * 8)
+
+
+def _tools_fail(msg: str, pos: int) -> QuoteFormatError:
+    return QuoteFormatError(f"tpm2-tools PCR file: {msg} (at byte {pos})")
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_selection(head: bytes) -> PcrSelection:
+    """The TPML_PCR_SELECTION at the head of a tpm2-tools serialized PCR file (memoised: a
+    script checks quotes over the same few selections again and again)."""
+    fields = _TOOLS_SEL.unpack(head)
+    banks: list[tuple[HashAlg, tuple[int, ...]]] = []
+    for k in range(min(fields[0], MAX_BANKS)):
+        h, size, bitmap = fields[1 + 3 * k : 4 + 3 * k]
+        pos = 4 + 8 * (k + 1)
+        try:
+            alg = HashAlg(h)
+        except ValueError:
+            raise _tools_fail(f"unknown PCR bank 0x{h:04x}", pos) from None
+        if size > PCR_SELECT_MAX or any(banks_alg == alg for banks_alg, _ in banks):
+            raise _tools_fail(f"bad selection for bank {alg.bank_name}", pos)
+        banks.append((alg, tuple(b * 8 + bit for b in range(size) for bit in _BITS[bitmap[b]])))
+    return PcrSelection(tuple(banks))
+
+
+_ToolsLayout = tuple[struct.Struct, tuple[int, ...], struct.Struct]
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_layout(selection: PcrSelection) -> _ToolsLayout | None:
+    """The file tpm2-tools writes for ``selection`` (values in TPML_DIGESTs of 8, each TPM2B
+    sized as its bank's digest), as two struct formats over the whole file: ``fixed`` reads
+    the count fields and sizes (digests skipped), to be compared with ``expected``; ``take``
+    reads just the digests, in selection order. A file whose fixed fields are exactly these
+    parses to exactly what the field-by-field reader returns (that reader accepts other
+    layouts too; they take it)."""
+    sizes = [alg.digest_size for alg, idx in selection.banks for _ in idx]
+    if not sizes:
+        return None
+    lists = [sizes[k : k + 8] for k in range(0, len(sizes), 8)]
+    fixed, take = ["<", f"{_TOOLS_SEL_SIZE}x", "I"], ["<", f"{_TOOLS_SEL_SIZE + 4}x"]
+    expected = [len(lists)]
+    for chunk in lists:
+        fixed.append("I")
+        take.append("4x")
+        expected.append(len(chunk))
+        for size in chunk:
+            fixed.append("H64x")
+            take.append(f"2x{size}s{64 - size}x")
+            expected.append(size)
+        fixed.append(f"{66 * (8 - len(chunk))}x")
+        take.append(f"{66 * (8 - len(chunk))}x")
+    return struct.Struct("".join(fixed)), tuple(expected), struct.Struct("".join(take))
+
+
+def _label(selection: PcrSelection, digests: tuple[bytes, ...]) -> dict[HashAlg, dict[int, bytes]]:
+    values: dict[HashAlg, dict[int, bytes]] = {}
+    at = 0
+    for alg, idx in selection.banks:
+        values[alg] = dict(zip(idx, digests[at : at + len(idx)], strict=True))
+        at += len(idx)
+    return values
+
+
 def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg, dict[int, bytes]]]:
     """Parse tpm2-tools' "serialized" PCR file (``tpm2_quote -o`` default in tpm2-tools 5):
     the C structures written in host (little-endian) order -- TPML_PCR_SELECTION, a UINT32
@@ -658,36 +736,27 @@ def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg,
     """
     if not is_tools_serialized_pcrs(data):
         raise QuoteFormatError("not a tpm2-tools serialized PCR file")
-    r = Reader(data, "tpm2-tools PCR file")
-    n_banks = int.from_bytes(r.take(4), "little")
-    banks: list[tuple[HashAlg, tuple[int, ...]]] = []
-    for k in range(MAX_BANKS):
-        h, size, bitmap = int.from_bytes(r.take(2), "little"), r.u8(), r.take(4)
-        r.take(1)  # padding
-        if k >= n_banks:
-            continue
-        try:
-            alg = HashAlg(h)
-        except ValueError:
-            raise r.fail(f"unknown PCR bank 0x{h:04x}") from None
-        if size > PCR_SELECT_MAX or any(banks_alg == alg for banks_alg, _ in banks):
-            raise r.fail(f"bad selection for bank {alg.bank_name}")
-        idx = tuple(b * 8 + bit for b in range(size) for bit in range(8) if bitmap[b] & (1 << bit))
-        banks.append((alg, idx))
+    data = bytes(data)
+    selection = _tools_selection(data[:_TOOLS_SEL_SIZE])
+    layout = _tools_layout(selection)
+    if layout is not None:
+        fixed, expected, take = layout
+        if fixed.size == len(data) and fixed.unpack(data) == expected:
+            return selection, _label(selection, take.unpack(data))
+    # Any other layout (or a malformed one): field by field, which names what is wrong.
     digests: list[bytes] = []
-    for _ in range(int.from_bytes(r.take(4), "little")):
-        n = int.from_bytes(r.take(4), "little")
+    # is_tools_serialized_pcrs checked that the count's TPML_DIGESTs fill the rest exactly.
+    off = _TOOLS_SEL_SIZE + 4
+    while off < len(data):
+        n, *sized = _TOOLS_TPML_DIGEST.unpack_from(data, off)
         if n > 8:
-            raise r.fail(f"TPML_DIGEST claims {n} digests, at most 8")
-        for j in range(8):
-            size = int.from_bytes(r.take(2), "little")
-            buf = r.take(64)
-            if j < n:
-                if size > 64:
-                    raise r.fail(f"digest of {size} bytes")
-                digests.append(buf[:size])
-    r.end()
-    selection = PcrSelection(tuple(banks))
+            raise _tools_fail(f"TPML_DIGEST claims {n} digests, at most 8", off + 4)
+        for j in range(n):
+            size = sized[2 * j]
+            if size > 64:
+                raise _tools_fail(f"digest of {size} bytes", off + 4 + 66 * (j + 1))
+            digests.append(sized[2 * j + 1][:size])
+        off += _TOOLS_TPML_DIGEST_SIZE
     if len(digests) != selection.count():
         raise QuoteFormatError(
             f"tpm2-tools PCR file has {len(digests)} values for {selection.count()} PCRs"
@@ -695,12 +764,13 @@ def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg,
     it = iter(digests)
     values: dict[HashAlg, dict[int, bytes]] = {}
     for alg, idx in selection.banks:
-        values[alg] = {}
+        values[alg] = bank = {}
+        size = alg.digest_size
         for i in idx:
             d = next(it)
-            if len(d) != alg.digest_size:
+            if len(d) != size:
                 raise QuoteFormatError(f"{alg.bank_name} PCR {i} value is {len(d)} bytes")
-            values[alg][i] = d
+            bank[i] = d
     return selection, values
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,37 +35,121 @@ def test_help_imports_no_sub_command() -> None:
     assert out.strip() == "['attest.cli._common']"
 
 
-def test_only_the_named_command_gets_its_arguments() -> None:
-    parser = build_parser(["-v", "quote", "verify", "--help"])
+def _commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert sub.choices["quote"]._actions[1:]  # quote has its own sub-commands
-    assert len(sub.choices["fleet"]._actions) == 1  # only -h: not loaded
+    return dict(sub.choices)
+
+
+def test_only_the_named_command_gets_its_arguments() -> None:
+    """With only -v before the command, the other commands get no parser at all."""
+    commands = _commands_of(build_parser(["-vv", "quote", "verify", "--help"]))
+    assert list(commands) == ["quote"] and commands["quote"]._actions[1:]
+
+
+@pytest.mark.parametrize("before", [["-h"], ["--he"], ["-v", "--help"], ["-x"]])
+def test_help_before_the_command_still_lists_every_command(before: list[str]) -> None:
+    """``attest -h quote`` prints the top-level help (argparse acts on -h, or an abbreviation of
+    --help, before it reaches the command): every command is there, only quote is loaded."""
+    commands = _commands_of(build_parser([*before, "quote", "verify"]))
+    assert list(commands) == list(COMMANDS)
+    assert commands["quote"]._actions[1:] and len(commands["fleet"]._actions) == 1
 
 
 HEAVY = ("fastapi", "httpx", "pydantic", "psycopg", "tpm2_pytss", "uvicorn", "starlette")
+# What the two commands scripts run most must not load either (issue 18, process start): each
+# costs 3-10 ms of a ~100 ms process. logging: the commands log nothing (they set
+# logs_nothing, and attest.cli then skips configuring logging); pathlib, shutil: paths are str
+# and argparse's formatter takes the width from os; serialization: the PEM AK is read by the
+# function that serialization.load_pem_public_key names.
+SLOW = ("logging", "pathlib", "shutil", "datetime", "cryptography.hazmat.primitives.serialization")
 FIX = "tests/unit/fixtures/tpm2tools-quote"
+QUOTE_VERIFY = ["quote", "verify", "--ak", f"{FIX}/ak.pem", "-m", f"{FIX}/quote.msg"]
+QUOTE_VERIFY += ["-s", f"{FIX}/quote.sig", "-f", f"{FIX}/quote.pcrs", "--nonce", "c0ffee" * 8]
 
 
-def _imported_by(argv: list[str]) -> set[str]:
+def _imported_by(argv: list[str]) -> tuple[int, set[str]]:
+    """The exit code of ``attest ARGV`` in a fresh interpreter and every module it loaded."""
     code = (
         "import sys\n"
         "from attest.cli import main\n"
         f"rc = main({argv!r})\n"
-        "print('MODULES', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "print('MODULES', rc, ' '.join(sorted(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("MODULES"))
-    return set(line.split()[1:])
+    _, rc, *modules = line.split()
+    return int(rc), set(modules)
+
+
+def _heavy_or_slow(loaded: set[str]) -> set[str]:
+    return {m for m in loaded if m.split(".")[0] in HEAVY or m in SLOW}
 
 
 def test_quote_verify_loads_no_server_http_or_tpm_library() -> None:
-    argv = ["quote", "verify", "--ak", f"{FIX}/ak.pem", "-m", f"{FIX}/quote.msg"]
-    argv += ["-s", f"{FIX}/quote.sig", "-f", f"{FIX}/quote.pcrs", "--nonce", "c0ffee" * 8]
-    loaded = _imported_by(argv)
-    assert "attest" in loaded and not loaded & set(HEAVY)
+    rc, loaded = _imported_by(QUOTE_VERIFY)
+    assert rc == 0 and "attest.quote" in loaded
+    assert _heavy_or_slow(loaded) == set()
 
 
 def test_eventlog_replay_loads_no_server_http_or_tpm_library(shared_dir: Path) -> None:
     log = shared_dir / "eventlogs" / "ovmf__q35-direct-boot.bin"
-    loaded = _imported_by(["eventlog", "replay", str(log), "--json"])
-    assert "attest" in loaded and not loaded & set(HEAVY)
+    rc, loaded = _imported_by(["eventlog", "replay", str(log), "--json"])
+    assert rc == 0 and "attest.eventlog.replay" in loaded
+    assert _heavy_or_slow(loaded) == set()
+
+
+def _root_logger_after(argv: list[str]) -> str:
+    """``attest ARGV`` in a fresh interpreter, then: exit code, root logger level, handlers."""
+    code = (
+        "import logging, sys\n"
+        "from attest.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "root = logging.getLogger()\n"
+        "print('ROOT', rc, logging.getLevelName(root.level), len(root.handlers))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return next(x for x in done.stdout.splitlines() if x.startswith("ROOT"))
+
+
+def test_a_command_that_may_log_still_gets_logging_configured() -> None:
+    """The shortcut is opt-in per command: ``eventlog show`` does not set logs_nothing, so the
+    root logger is configured as before (level ERROR, the one handler); the input is not an
+    event log (exit 3), which does not matter here."""
+    assert _root_logger_after(["eventlog", "show", f"{FIX}/quote.msg"]) == "ROOT 3 ERROR 1"
+
+
+def test_verbose_quote_verify_configures_logging() -> None:
+    assert _root_logger_after(["-v", *QUOTE_VERIFY]) == "ROOT 0 INFO 1"
+
+
+def test_the_pem_ak_loads_as_serialization_loads_it() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from attest.cli.quote import _load_pem_public_key
+
+    pem = Path(FIX, "ak.pem").read_bytes()
+    ours, theirs = _load_pem_public_key(pem), serialization.load_pem_public_key(pem)
+    assert ours == theirs
+    with pytest.raises(ValueError):
+        _load_pem_public_key(pem.replace(b"MFkw", b"MFkx"))
+
+
+def _help_at(columns: int) -> list[str]:
+    code = (
+        "import sys\n"
+        "from attest.cli import build_parser\n"
+        "print(build_parser([]).format_help())\n"
+        "print('SHUTIL', 'shutil' in sys.modules)\n"
+    )
+    env = {**os.environ, "COLUMNS": str(columns)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return done.stdout.splitlines()
+
+
+def test_help_wraps_at_columns_without_importing_shutil() -> None:
+    narrow, wide = _help_at(50), _help_at(200)
+    assert narrow[-1] == wide[-1] == "SHUTIL False"
+    # Description and epilog are printed as written; the commands' help is wrapped to COLUMNS - 2.
+    narrow = [x for x in narrow[: narrow.index("exit codes:")] if x.startswith("  ")]
+    wide = [x for x in wide[: wide.index("exit codes:")] if x.startswith("  ")]
+    assert max(len(x) for x in narrow) <= 48 < max(len(x) for x in wide)

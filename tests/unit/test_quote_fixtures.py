@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from hypothesis import strategies as st
 from attest.cli import main
 from attest.cli.quote import load_ak, load_pcrs
 from attest.errors import PcrSelectionError, QuoteFormatError
-from attest.model import HashAlg, PcrSelection
+from attest.model import HashAlg, PcrSelection, PcrValues
+from attest.node.tpm.fake import FakeTpm
 from attest.quote import verify_quote
-from attest.tpmstruct import read_tools_serialized_pcrs
+from attest.testing.tpm2_tools import tools_serialized_pcrs
+from attest.tpmstruct import parse_public, read_tools_serialized_pcrs
 
 FIX = Path(__file__).parent / "fixtures" / "tpm2tools-quote"
 NONCE = bytes.fromhex("c0ffee" * 8)
@@ -104,3 +107,55 @@ def test_serialized_reader_raises_only_format_error(pos: int, byte: int) -> None
     data[pos] = byte
     with contextlib.suppress(QuoteFormatError):
         read_tools_serialized_pcrs(bytes(data))
+
+
+def test_serialized_pcr_file_spanning_two_digest_lists_verifies() -> None:
+    """Eleven PCRs fill one TPML_DIGEST of 8 and a second of 3: the reader walks both."""
+    tpm = FakeTpm(ak="ecc256")
+    for i in range(10):
+        tpm.extend(i, {HashAlg.SHA256: os.urandom(32), HashAlg.SHA1: os.urandom(20)})
+    sel = PcrSelection.parse("sha256:0-9+sha1:3")
+    q = tpm.quote(sel, NONCE)
+    data = tools_serialized_pcrs(sel, {alg: dict(v) for alg, v in q.pcrs.values.items()})
+    assert len(data) == 136 + 2 * 532
+    got_sel, values = read_tools_serialized_pcrs(data)
+    assert got_sel == sel and values[HashAlg.SHA256][9] == q.pcrs.get(HashAlg.SHA256, 9)
+    verify_quote(q.attest, q.signature, ak=tpm.ak_public(), nonce=NONCE, pcrs=PcrValues(values))
+    # The second list's second digest claims 65 bytes: refused, the offset after that entry.
+    bad = bytearray(data)
+    bad[136 + 532 + 4 + 66] = 65
+    with pytest.raises(QuoteFormatError, match=r"digest of 65 bytes \(at byte 804\)"):
+        read_tools_serialized_pcrs(bytes(bad))
+
+
+def test_public_area_is_parsed_and_keyed_once_per_bytes() -> None:
+    """parse_public is memoised by the exact bytes: the same AK read again (a new bytes object,
+    as a script re-reading the file gets) is the same Public with the same key object."""
+    ak = load_ak(FIX / "ak.pem")
+    raw = ak.tpm2b()
+    first = parse_public(bytes(bytearray(raw)))
+    again = parse_public(bytes(bytearray(raw)))
+    assert first is again and first.key is again.key
+    assert first.name == ak.name and load_ak(FIX / "ak.pem") is ak
+    with pytest.raises(QuoteFormatError):
+        parse_public(raw[:-1])
+
+
+def test_serialized_writer_reproduces_the_tpm2_tools_file() -> None:
+    """The writer the benchmarks feed tpm2_checkquote and keylime with writes byte for byte
+    what tpm2_quote wrote for the captured quote."""
+    data = (FIX / "quote.pcrs").read_bytes()
+    sel, values = read_tools_serialized_pcrs(data)
+    assert tools_serialized_pcrs(sel, values) == data
+
+
+@pytest.mark.parametrize("text", ["sha256:0-23+sha1:1,7", "sha1:7", "sha384:0-9+sha256:16"])
+@pytest.mark.parametrize("per_list", [8, 3])
+def test_serialized_pcr_file_of_any_layout_reads_back(text: str, per_list: int) -> None:
+    """Files laid out as tpm2-tools writes them (8 values per TPML_DIGEST: read with one struct
+    format) and laid out otherwise (3 per list: read field by field) give the same values."""
+    sel = PcrSelection.parse(text)
+    values = {alg: {i: os.urandom(alg.digest_size) for i in idx} for alg, idx in sel.banks}
+    got_sel, got = read_tools_serialized_pcrs(tools_serialized_pcrs(sel, values, per_list=per_list))
+    assert got_sel == sel and got == values
+    assert [list(v) for v in got.values()] == [list(idx) for _, idx in sel.banks]

@@ -7,9 +7,9 @@ without importing the parser (``attest.cli``) that imports the sub-commands.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attest.errors import (
     AttestError,
@@ -21,6 +21,10 @@ from attest.errors import (
     UpgradeRefused,
     VerificationError,
 )
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from pathlib import Path
 
 # Exit codes (documented in the README's CLI reference).
 EXIT_OK = 0
@@ -61,6 +65,8 @@ def error_line(exc: BaseException) -> tuple[int, str]:
 
 def parse_now(text: str | None) -> datetime:
     """``--now``: an ISO 8601 time with a zone (``ConfigError`` otherwise); absent, now."""
+    from datetime import UTC, datetime  # not at the top: most commands take no time
+
     if text is None:
         return datetime.now(UTC)
     try:
@@ -70,6 +76,21 @@ def parse_now(text: str | None) -> datetime:
     if now.tzinfo is None:
         raise ConfigError(f"{text!r} has no time zone (e.g. append Z)", key="--now")
     return now
+
+
+def path_arg(text: str) -> Path:
+    """``type=`` for a path argument as ``Path``, with pathlib imported only when the argument
+    is given (the commands on the hot path take theirs as ``str``)."""
+    from pathlib import Path
+
+    return Path(text)
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """A whole input file, as ``Path.read_bytes`` reads it (the ``OSError`` names the file), for
+    the commands on the hot path that take paths as ``str`` so as not to import ``pathlib``."""
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def print_json(doc: Any) -> None:

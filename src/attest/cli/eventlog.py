@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
+import os
 from typing import Any
 
-from attest.cli._common import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
 from attest.eventlog import (
     describe,
     diff_logs,
@@ -28,31 +28,31 @@ def register(sub: Any) -> None:
     cmds.required = True
 
     show = cmds.add_parser("show", help="list events: PCR, type, decoded meaning, digest")
-    show.add_argument("file", type=Path)
+    show.add_argument("file", type=path_arg)  # printed in the header, as Path prints it
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
     rep = cmds.add_parser("replay", help="replay the log into every bank it records")
-    rep.add_argument("file", type=Path)
+    rep.add_argument("file", type=str)
     rep.add_argument("--json", action="store_true")
-    rep.set_defaults(func=cmd_replay)
+    rep.set_defaults(func=cmd_replay, logs_nothing=True)
 
     fac = cmds.add_parser(
         "facts", help="Secure Boot, boot applications, command lines, dm-verity root hashes"
     )
-    fac.add_argument("file", type=Path)
+    fac.add_argument("file", type=str)
     fac.add_argument("--json", action="store_true")
     fac.set_defaults(func=cmd_facts)
 
     dif = cmds.add_parser("diff", help="per PCR, the first event where two logs diverge")
-    dif.add_argument("a", type=Path)
-    dif.add_argument("b", type=Path)
+    dif.add_argument("a", type=str)
+    dif.add_argument("b", type=str)
     dif.add_argument("--json", action="store_true")
     dif.set_defaults(func=cmd_diff)
 
 
-def _load(path: Path) -> UnverifiedEventLog:
-    return parse_event_log(path.read_bytes())
+def _load(path: str | os.PathLike[str]) -> UnverifiedEventLog:
+    return parse_event_log(read_file(path))
 
 
 def _bank(alg: int) -> str:

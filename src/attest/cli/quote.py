@@ -9,14 +9,14 @@ the AK as PEM or TPM2B_PUBLIC. attest also reads and writes a labelled JSON PCR 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-from pathlib import Path
+import os
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attest.cli._common import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
 from attest.errors import PcrSelectionError, QuoteFormatError
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import Alg, ObjectAttr, Public, parse_attest, parse_public, public_from_key
@@ -34,29 +34,29 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--ak-type", default="ecc256", choices=["ecc256", "ecc384", "rsa2048", "rsa2048-pss"]
     )
-    c.add_argument("-m", "--message", type=Path, help="write the TPMS_ATTEST here")
-    c.add_argument("-s", "--signature", type=Path, help="write the TPMT_SIGNATURE here")
+    c.add_argument("-m", "--message", type=path_arg, help="write the TPMS_ATTEST here")
+    c.add_argument("-s", "--signature", type=path_arg, help="write the TPMT_SIGNATURE here")
     c.add_argument(
         "-o",
         "--pcr-output",
-        type=Path,
+        type=path_arg,
         help="write PCR values here (tpm2-tools values format; .json: labelled JSON)",
     )
-    c.add_argument("--ak-public", type=Path, help="write the AK's TPM2B_PUBLIC here")
-    c.add_argument("--ak-pem", type=Path, help="write the AK's public key (PEM) here")
+    c.add_argument("--ak-public", type=path_arg, help="write the AK's TPM2B_PUBLIC here")
+    c.add_argument("--ak-pem", type=path_arg, help="write the AK's public key (PEM) here")
     c.add_argument("--json", action="store_true", help="print everything as JSON on stdout")
     c.set_defaults(func=cmd_create)
 
     v = qsub.add_parser("verify", help="verify a quote; exit 0 and JSON when valid")
-    v.add_argument("--ak", required=True, type=Path, help="AK public key: PEM or TPM2B_PUBLIC")
+    v.add_argument("--ak", required=True, type=str, help="AK public key: PEM or TPM2B_PUBLIC")
     v.add_argument("--nonce", required=True, help="the qualifying data expected, hex")
-    v.add_argument("--quote", "-m", required=True, type=Path, help="TPMS_ATTEST file")
-    v.add_argument("--signature", "-s", required=True, type=Path, help="TPMT_SIGNATURE file")
+    v.add_argument("--quote", "-m", required=True, type=str, help="TPMS_ATTEST file")
+    v.add_argument("--signature", "-s", required=True, type=str, help="TPMT_SIGNATURE file")
     v.add_argument(
         "--pcrs",
         "-f",
         required=True,
-        type=Path,
+        type=str,
         help="PCR values: a tpm2-tools serialized or values file, or JSON",
     )
     v.add_argument(
@@ -67,12 +67,12 @@ def register(sub: Any) -> None:
     )
     v.add_argument(
         "--previous",
-        type=Path,
+        type=str,
         help="JSON output of the previous verify of this TPM (clock/counter checks)",
     )
     v.add_argument("--allow-sha1", action="store_true", help="accept SHA-1 signatures")
     v.add_argument("--json", action="store_true", help="JSON on stdout (the default)")
-    v.set_defaults(func=cmd_verify)
+    v.set_defaults(func=cmd_verify, logs_nothing=True)
 
 
 def _selection(text: str) -> PcrSelection:
@@ -111,6 +111,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.ak_public:
         args.ak_public.write_bytes(ak.tpm2b())
     if args.ak_pem:
+        from cryptography.hazmat.primitives import serialization
+
         args.ak_pem.write_bytes(
             ak.key.public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -138,24 +140,51 @@ def values_file(pcrs: PcrValues, selection: PcrSelection) -> bytes:
     return b"".join(pcrs.get(alg, i) for alg, idx in selection.banks for i in idx)
 
 
-def load_ak(path: Path) -> Public:
+def load_ak(path: str | os.PathLike[str]) -> Public:
     """An AK public key from PEM (SubjectPublicKeyInfo) or a TPM2B_PUBLIC / TPMT_PUBLIC.
     From PEM the TPM attributes and scheme are unknown (zero / NULL)."""
-    data = path.read_bytes()
+    data = read_file(path)
     if data.lstrip().startswith(b"-----BEGIN"):
         try:
-            key = serialization.load_pem_public_key(data)
+            ak = _public_from_pem(data)
         except ValueError as exc:
             raise QuoteFormatError(f"{path}: not a PEM public key: {exc}") from None
-        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        if ak is None:
             raise QuoteFormatError(f"{path}: AK must be an RSA or ECC key")
-        # A PEM carries no TPM scheme: the signature's own scheme is checked against policy.
-        return public_from_key(key, attributes=ObjectAttr(0), scheme=Alg.NULL, scheme_hash=None)
+        return ak
     return parse_public(data)
 
 
-def load_pcrs(path: Path, *, attest: bytes, pcr_list: PcrSelection | None) -> PcrValues:
-    data = path.read_bytes()
+@functools.lru_cache(maxsize=64)
+def _public_from_pem(data: bytes) -> Public | None:
+    """The AK of a PEM file, None if it is neither RSA nor ECC (``ValueError``: no PEM public
+    key). Memoised by the file's bytes, as ``parse_public`` is: a script that verifies many
+    quotes of one AK decodes it once."""
+    key = _load_pem_public_key(data)
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        return None
+    # A PEM carries no TPM scheme: the signature's own scheme is checked against policy.
+    return public_from_key(key, attributes=ObjectAttr(0), scheme=Alg.NULL, scheme_hash=None)
+
+
+def _load_pem_public_key(data: bytes) -> object:
+    """``serialization.load_pem_public_key``: in cryptography >= 47 that name is the Rust
+    binding's function itself, which is called here directly because importing the
+    ``serialization`` package (and the SSH key support it loads) costs ~5 ms of the ~100 ms of
+    ``attest quote verify``; any other cryptography layout takes the public name."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        load = rust_openssl.keys.load_pem_public_key
+    except (ImportError, AttributeError):  # pragma: no cover -- a cryptography that moved it
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key as load
+    return load(data)
+
+
+def load_pcrs(
+    path: str | os.PathLike[str], *, attest: bytes, pcr_list: PcrSelection | None
+) -> PcrValues:
+    data = read_file(path)
     if data.lstrip().startswith(b"{"):
         try:
             return PcrValues.from_json(json.loads(data))
@@ -181,13 +210,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from attest.tpmstruct import ClockInfo
 
     ak = load_ak(args.ak)
-    attest = args.quote.read_bytes()
-    signature = args.signature.read_bytes()
+    attest = read_file(args.quote)
+    signature = read_file(args.signature)
     pcrs = load_pcrs(args.pcrs, attest=attest, pcr_list=args.pcr_list)
     previous = None
     if args.previous:
         try:
-            c = json.loads(args.previous.read_text())["clock"]
+            c = json.loads(read_file(args.previous).decode())["clock"]
             previous = ClockInfo(c["clock_ms"], c["reset_count"], c["restart_count"], c["safe"])
         except (ValueError, KeyError, TypeError) as exc:
             raise QuoteFormatError(f"{args.previous}: not a verify result: {exc}") from None
