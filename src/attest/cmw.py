@@ -365,7 +365,8 @@ def evidence_record(document: bytes) -> Record:
 
 def pair_collection(host: bytes, guest: bytes) -> Collection:
     """The collection of a host's and its guest's evidence documents, answering one pair
-    challenge (``attest.appraisal.pair.pair_nonces``)."""
+    challenge (the host's nonce commits to the guest's document: ``attest.appraisal.pair.
+    host_nonce``)."""
     return Collection(
         {HOST: evidence_record(host), GUEST: evidence_record(guest)}, PAIR_COLLECTION_TYPE
     )

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -417,3 +418,48 @@ def snp_of(doc: Mapping[str, Any]) -> UnverifiedSnpEvidence | None:
         certs=None if certs is None else unb64(certs, "snp.certs", limit=MAX_SNP_CERTS),
         tls_spki=None if spki is None else unb64(spki, "snp.tls_spki", limit=MAX_TLS_SPKI),
     )
+
+
+# --- the guest evidence a pair's host quote commits to (attest.appraisal.pair) -----------------
+
+PAIR_EVIDENCE_DOMAIN = b"attest-pair-v2\x00guest-evidence\x00"
+
+
+def _pcr_bytes(pcrs: PcrValues) -> bytes:
+    """PCR values in one canonical form: per bank by TPM_ALG_ID (u16), its count (u16), then per
+    index ascending the index (u16) and the digest (the bank's size)."""
+    out = bytearray()
+    for alg in sorted(pcrs.values):
+        bank = pcrs.values[alg]
+        if len(bank) > 0xFFFF or any(not 0 <= i <= 0xFFFF for i in bank):
+            raise EvidenceFormatError(f"pcrs: bank {alg.name} has a PCR index out of range")
+        out += int(alg).to_bytes(2, "big") + len(bank).to_bytes(2, "big")
+        for index in sorted(bank):
+            out += index.to_bytes(2, "big") + bank[index]
+    return bytes(out)
+
+
+def pair_evidence_digest(doc: object) -> bytes:
+    """The digest of a guest's evidence document as received, which a pair's host quote
+    commits to (``attest.appraisal.pair.host_nonce``; docs/host-guest.md)::
+
+        SHA-256("attest-pair-v2\\0guest-evidence\\0"
+                || lp(quote.attest) || lp(quote.signature) || lp(pcrs)
+                || (0x01 || lp(snp.report)  if the document has an snp member, else 0x00))
+
+    ``lp(x)``: the length of ``x`` as 4 bytes big-endian, then ``x``; ``pcrs``: ``_pcr_bytes``
+    of the ``pcrs`` member. These are the members the guest's freshness and identity rest on
+    (the logs are bound through the quoted PCRs, the AK through the signature and REPORT_DATA).
+    Computed from the bytes before anything is verified, so the live verifier and an offline
+    one reading a saved collection (``attest.cmw``) get the same digest. Raises
+    ``EvidenceFormatError`` for a document ``parse_evidence`` or ``snp_of`` refuses."""
+    ev = parse_evidence(doc)
+    snp = snp_of(ev.doc)
+    h = hashlib.sha256(PAIR_EVIDENCE_DOMAIN)
+    for part in (ev.attest, ev.signature, _pcr_bytes(ev.pcrs)):
+        h.update(len(part).to_bytes(4, "big") + part)
+    if snp is None:
+        h.update(b"\x00")
+    else:
+        h.update(b"\x01" + len(snp.report).to_bytes(4, "big") + snp.report)
+    return h.digest()

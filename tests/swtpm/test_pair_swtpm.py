@@ -25,9 +25,10 @@ from tests.swtpm.conftest import NodeFactory, Pair, no_release_policy, verify_pa
 
 from attest import cmw
 from attest.appraisal.ear import verify_ear
+from attest.appraisal.pair import guest_nonce, host_nonce
 from attest.cli._common import EXIT_REFUSED
 from attest.errors import OperationNotAllowed
-from attest.evidence import unb64
+from attest.evidence import pair_evidence_digest, unb64
 from attest.node.broker.client import BrokerClient
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, manufacture
 from attest.verifier.contact import selection_for
@@ -180,8 +181,14 @@ def test_host_replaying_an_old_quote_is_refused_as_stale(
         code, doc = verify_pair(capsys, pair, state, ear_key[0], host_url=url)
     assert code == 11, doc
     assert doc["failed_layer"] == "host" and doc["layers"]["host"]["verdict"] == "contraindicated"
-    assert doc["explanation"].startswith("host layer (host-1): quote (nonce)")
-    assert "stale or replayed" in doc["explanation"]
+    assert doc["explanation"].startswith(
+        "host layer (host-1): the host's quote does not commit to this guest's evidence"
+    )
+    host_findings = doc["layers"]["host"]["result"]["findings"]
+    assert any(
+        f["check"] == "quote:nonce" and "stale or replayed" in f["explanation"]
+        for f in host_findings
+    )
     assert doc["layers"]["host"]["vouchings"] is None  # a stale quote vouches for nothing
     assert "no fresh vouching" in doc["vouch"]["explanation"]
     assert doc["layers"]["guest"]["verdict"] == "contraindicated"
@@ -228,7 +235,10 @@ def test_saved_pair_evidence_is_appraised_offline_as_one_cmw_collection(
 ) -> None:
     """``--save-evidence`` writes the pair as a CMW collection (``host``, ``guest``);
     ``--evidence FILE --nonce CHALLENGE`` appraises it offline: affirming for the pair's
-    challenge, contraindicated for another (neither layer's nonce derives from it)."""
+    challenge (the host's nonce recomputed from the saved guest document), contraindicated for
+    another (neither layer's nonce derives from it) and for a guest member swapped or altered:
+    a fresh answer of the same guest to the same guest nonce (authentic, but not the evidence
+    the host's quote committed to) names the host; an altered PCR names the guest."""
     state = tmp_path / "verifier"
     saved = tmp_path / "pair.cmw.json"
     code, live = verify_pair(capsys, pair, state, ear_key[0], "--save-evidence", str(saved))
@@ -255,7 +265,63 @@ def test_saved_pair_evidence_is_appraised_offline_as_one_cmw_collection(
     claims = verify_ear(doc["ear"], ear_key[1].public_key())
     assert {s["ear.status"] for s in claims["submods"].values()} == {"affirming"}
 
+    challenge = bytes.fromhex(live["challenge"])
+    saved_docs = {
+        str(n): json.loads(r.value)
+        for n, r in collection.items.items()
+        if isinstance(r, cmw.Record)
+    }
+    assert (
+        doc["layers"]["host"]["result"]["nonce"]
+        == host_nonce(challenge, pair_evidence_digest(saved_docs["guest"])).hex()
+    )
+
     code, doc = offline(os.urandom(32).hex())
     assert code == 11, doc
-    assert doc["failed_layer"] == "host" and "stale or replayed" in doc["explanation"]
-    assert doc["layers"]["guest"]["verdict"] == "contraindicated"
+    # every half fails that nonce; the guest's own quote does not answer it, so it is named
+    assert doc["failed_layer"] == "guest" and "stale or replayed" in doc["explanation"]
+    assert doc["layers"]["host"]["verdict"] == "contraindicated"
+
+    def resave(guest_doc: dict[str, Any]) -> None:
+        both = cmw.pair_collection(
+            json.dumps(saved_docs["host"]).encode(), json.dumps(guest_doc).encode()
+        )
+        saved.write_bytes(cmw.encode_json(both))
+
+    # The same guest answering the same guest nonce again: fresh and authentic, but other
+    # guest evidence than the host's quote commits to.
+    enrollment = EnrollmentStore(state).load(pair.guest.url)
+    assert enrollment is not None
+    with pair.guest.client() as c:
+        second = c.evidence(
+            guest_nonce(challenge),
+            selection_for(enrollment.enrollment.runtime_pcr),
+            firmware_from=0,
+            runtime_from=0,
+        )
+    assert pair_evidence_digest(second) != pair_evidence_digest(saved_docs["guest"])
+    resave(second)
+    code, doc = offline(live["challenge"])
+    assert code == 11, doc
+    assert doc["failed_layer"] == "host"
+    assert doc["explanation"].startswith(
+        "host layer (host-1): the host's quote does not commit to this guest's evidence"
+    )
+    guest_findings = doc["layers"]["guest"]["result"]["findings"]
+    assert [f["check"] for f in guest_findings if f["tier"] != "affirming"] == ["host-vouch"]
+
+    # A guest PCR altered in the saved file: the guest's quote no longer signs it.
+    altered = json.loads(json.dumps(saved_docs["guest"]))
+    bank = altered["pcrs"]["sha256"]
+    first = sorted(bank, key=int)[0]
+    bank[first] = "5a" * 32
+    resave(altered)
+    code, doc = offline(live["challenge"])
+    assert code == 11, doc
+    assert doc["failed_layer"] == "guest" and doc["layers"]["guest"]["verdict"] == (
+        "contraindicated"
+    )
+
+    # The untouched collection still affirms (nothing above changed what was saved for it).
+    resave(saved_docs["guest"])
+    assert offline(live["challenge"])[0] == 0

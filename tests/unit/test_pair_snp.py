@@ -33,7 +33,8 @@ from attest.appraisal.pair import (
     HOST,
     GuestIdentity,
     appraise_pair,
-    pair_nonces,
+    guest_nonce,
+    host_nonce,
 )
 from attest.appraisal.snp import appraise_guest_snp, guest_snp_layer
 from attest.errors import EvidenceFormatError
@@ -48,7 +49,9 @@ from attest.snp.verify import SnpVerifier
 from attest.testing.snp import FakeAmd, guest_cert_table, make_crl
 
 CHALLENGE = b"c" * 32
-HOST_NONCE, GUEST_NONCE = pair_nonces(CHALLENGE)
+GUEST_DIGEST = hashlib.sha256(b"the guest evidence as received").digest()
+GUEST_NONCE = guest_nonce(CHALLENGE)
+HOST_NONCE = host_nonce(CHALLENGE, GUEST_DIGEST)
 EK_B = hashlib.sha256(b"ek-b").digest()
 G1 = GuestIdentity("g1", EK_B)
 VOUCHED = (VtpmVouch("g1", EK_B),)
@@ -148,7 +151,7 @@ def test_blessed_launch_bound_to_this_challenge_is_affirming(amd: FakeAmd) -> No
 
 
 def test_report_from_an_earlier_challenge_is_stale(amd: FakeAmd) -> None:
-    earlier = pair_nonces(b"e" * 32)[1]
+    earlier = guest_nonce(b"e" * 32)
     r = _appraise(amd, _member(amd, nonce=earlier))
     assert r.verdict is Verdict.CONTRAINDICATED
     assert r.claim(Claim.INSTANCE_IDENTITY).value == UNTRUSTWORTHY_INSTANCE
@@ -252,7 +255,9 @@ def test_snp_member_is_bounded() -> None:
 
 def test_three_layers_affirming_make_one_affirming_ear(amd: FakeAmd) -> None:
     snp = _appraise(amd, _member(amd))
-    pair = appraise_pair(HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, snp=snp)
+    pair = appraise_pair(
+        HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST, snp=snp
+    )
     assert pair.verdict is Verdict.AFFIRMING and pair.failed_layer is None
     assert list(pair.layers) == [HOST, GUEST_SNP, GUEST_VTPM]
     key = ec.generate_private_key(ec.SECP256R1())
@@ -263,9 +268,11 @@ def test_three_layers_affirming_make_one_affirming_ear(amd: FakeAmd) -> None:
 
 
 def test_replayed_snp_half_contraindicates_the_pair_naming_guest_snp(amd: FakeAmd) -> None:
-    earlier = pair_nonces(b"e" * 32)[1]
+    earlier = guest_nonce(b"e" * 32)
     snp = _appraise(amd, _member(amd, nonce=earlier))
-    pair = appraise_pair(HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, snp=snp)
+    pair = appraise_pair(
+        HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST, snp=snp
+    )
     assert pair.verdict is Verdict.CONTRAINDICATED and pair.failed_layer == GUEST_SNP
     assert (pair.first_divergence or "").startswith("guest-snp layer (g1): ")
     assert "stale or replayed" in (pair.first_divergence or "")
@@ -274,27 +281,57 @@ def test_replayed_snp_half_contraindicates_the_pair_naming_guest_snp(amd: FakeAm
     assert subs["host"]["ear.status"] == subs["guest-vtpm"]["ear.status"] == "affirming"
 
 
+def test_spliced_snp_half_is_blamed_on_guest_snp_not_the_host(amd: FakeAmd) -> None:
+    # A guest half from an earlier challenge beside a fresh host quote: the host's quote, which
+    # committed to the guest evidence of its own verification, fails the commitment to this
+    # one (a nonce failure), but the layer that does not fit is the guest's.
+    earlier = guest_nonce(b"e" * 32)
+    snp = _appraise(amd, _member(amd, nonce=earlier))
+    stale = "quote (nonce): the quote does not answer this challenge (stale or replayed)"
+    host = result_of(
+        [Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "quote:nonce", stale)],
+        node_id="host-1",
+        nonce=HOST_NONCE,
+        now=NOW,
+    )
+    pair = appraise_pair(
+        host, GUEST_OK, None, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST, snp=snp
+    )
+    assert pair.verdict is Verdict.CONTRAINDICATED and pair.failed_layer == GUEST_SNP
+    assert (pair.first_divergence or "").startswith("guest-snp layer (g1): ")
+    assert pair.submods()["host"]["ear.status"] == "contraindicated"
+
+
 def test_snp_layer_appraised_against_another_challenge_is_refused(amd: FakeAmd) -> None:
-    other = pair_nonces(b"o" * 32)[1]
+    other = guest_nonce(b"o" * 32)
     snp = _appraise(amd, _member(amd, nonce=other), nonce=other)  # consistent, but not ours
     assert snp.verdict is Verdict.AFFIRMING
-    pair = appraise_pair(HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, snp=snp)
+    pair = appraise_pair(
+        HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST, snp=snp
+    )
     assert pair.failed_layer == GUEST_SNP and pair.verdict is Verdict.CONTRAINDICATED
     assert "this pair verification's challenge" in (pair.first_divergence or "")
 
 
 def test_a_vouching_that_fails_is_blamed_on_guest_vtpm(amd: FakeAmd) -> None:
     snp = _appraise(amd, _member(amd))
-    bad_host = ok("host-1", b"x" * 32)  # answers another challenge
-    pair = appraise_pair(bad_host, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, snp=snp)
-    assert pair.failed_layer == GUEST_VTPM  # the vouching fails; the host itself affirms
-    unvouched = appraise_pair(HOST_OK, GUEST_OK, (), G1, challenge=CHALLENGE, snp=snp)
+    bad_host = ok("host-1", b"x" * 32)  # answers another commitment: blamed on the host
+    pair = appraise_pair(
+        bad_host, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST, snp=snp
+    )
+    assert pair.failed_layer == HOST
+    assert "does not commit to this guest's evidence" in (pair.first_divergence or "")
+    unvouched = appraise_pair(
+        HOST_OK, GUEST_OK, (), G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST, snp=snp
+    )
     assert unvouched.failed_layer == GUEST_VTPM and unvouched.verdict is Verdict.CONTRAINDICATED
     assert EK_B.hex() in (unvouched.first_divergence or "")
 
 
 def test_without_snp_evidence_the_pair_is_host_and_guest_as_before() -> None:
-    pair = appraise_pair(HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE)
+    pair = appraise_pair(
+        HOST_OK, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST
+    )
     assert list(pair.layers) == ["host", "guest"] and pair.snp is None
 
 

@@ -37,7 +37,14 @@ from tests.support.manifest import FAR, NOW, build_world, release, sign_doc
 from attest.appraisal import appraise, appraise_incremental
 from attest.appraisal.claims import Claim, Tier, Verdict
 from attest.appraisal.memory import NodeMemory
-from attest.appraisal.pair import GUEST, GuestIdentity, appraise_pair, pair_nonces, vouchings_of
+from attest.appraisal.pair import (
+    GUEST,
+    GuestIdentity,
+    appraise_pair,
+    guest_nonce,
+    host_nonce,
+    vouchings_of,
+)
 from attest.cli import main
 from attest.errors import ManifestFormatError
 from attest.eventlog import parse_event_log
@@ -470,13 +477,20 @@ def _pair(guest_blesses: bytes) -> Any:
         guest, with_policies(guest_rel, mac={"selinux": SELINUX}, config=[guest_blesses])
     )
     challenge = b"c" * 32
-    hn, gn = pair_nonces(challenge)
-    h = run(host, host_reg, nonce=hn)
-    g = run(guest, guest_reg, nonce=gn)
+    digest = hashlib.sha256(b"the guest evidence as received").digest()
+    g = run(guest, guest_reg, nonce=guest_nonce(challenge))
+    h = run(host, host_reg, nonce=host_nonce(challenge, digest))
     events = verify_runtime_log(
         loads_cel(json.dumps(host.records)), host.pcrs(), pcr=host.enrollment.runtime_pcr
     ).events
-    return appraise_pair(h, g, vouchings_of(events), GuestIdentity("g1", EK), challenge=challenge)
+    return appraise_pair(
+        h,
+        g,
+        vouchings_of(events),
+        GuestIdentity("g1", EK),
+        challenge=challenge,
+        guest_evidence=digest,
+    )
 
 
 def test_pair_each_layer_against_its_own_release() -> None:

@@ -1,34 +1,40 @@
 """A node as a pair: the host (hardware TPM) and its guest VM (a vTPM the host created). Pure.
 
-The host is appraised first, then the guest; the guest's AK is accepted only when its EK is one
+The guest is challenged first, then the host; the guest's AK is accepted only when its EK is one
 the appraised host vouched for -- a ``vtpm`` event ``{guest_id, ek_sha256}`` in the host's
 runtime log (``attest.runtime``, recorded by ``attest.node.tpm.vtpm``), replayed into the runtime
-PCR of
-a host quote that answers *this* verification's challenge:
+PCR of a host quote that answers *this* verification's challenge and this guest's evidence:
 
     challenge = os.urandom(32)                       # one per pair verification
-    host_nonce, guest_nonce = pair_nonces(challenge)
-    ... appraise the host with host_nonce, the guest with guest_nonce ...
+    guest = ... appraise the guest with guest_nonce(challenge) ...    # the guest first
+    digest = attest.evidence.pair_evidence_digest(guest_document)      # as received
+    host = ... appraise the host with host_nonce(challenge, digest) ...
     pair = appraise_pair(host, guest, host_vouchings, GuestIdentity("g1", guest_ek_sha256),
-                         challenge=challenge)
+                         challenge=challenge, guest_evidence=digest)
     token = sign_ear(pair.ear_claims(now=now), key)  # submods {"host": ..., "guest": ...}
 
-Freshness: both nonces are derived from the one challenge (domain-separated SHA-256), so both
-quotes were made after the verifier drew it; a host quote replayed from an earlier verification
-fails the host's nonce check (contraindicated, "stale or replayed") and then vouches for
-nothing. The runtime PCR only grows within a boot, so a vouching in a fresh host quote holds for
-the host's current boot.
+Freshness and binding (pair v2): the guest nonce is SHA-256 of the challenge under the guest's
+domain; the host nonce is SHA-256 of the challenge *and* the digest of the guest's evidence as
+the verifier received it (its quote, signature, PCRs and SNP report), under the host's domain.
+So the host quote was made after the verifier drew the challenge and saw the guest's answer, and
+it commits to that answer: a host quote replayed from an earlier verification, or one made
+beside other guest evidence (another guest answering the same guest nonce, a guest half
+swapped in), fails the host's nonce check and vouches for nothing. The layer named then is the
+guest layer whose own evidence is stale when there is one (the guest half was spliced in from
+another challenge), else ``host`` ("the host's quote does not commit to this guest's
+evidence"). The runtime PCR only grows within a boot, so a vouching in a fresh host quote holds
+for the host's current boot.
 
 ``host_vouchings`` is None when the host's runtime log was not verified against a fresh quote
 (no facts at all), and a (possibly empty) sequence of verified ``VtpmVouch`` otherwise.
 
 A confidential guest (SEV-SNP, docs/snp.md) adds a third layer: ``snp``, its report appraised by
 ``attest.appraisal.snp.appraise_guest_snp`` with the *guest* nonce, whose REPORT_DATA binds that
-nonce and the guest's enrolled vTPM AK. So the three halves answer one challenge: the host quote
-(host nonce), the guest vTPM quote (guest nonce) and the SNP report (guest nonce, and the AK
-that signed that quote); a report from an earlier challenge fails its REPORT_DATA check and
-contraindicates the ``guest-snp`` layer. The pair then has the submodules ``host``,
-``guest-snp`` and ``guest-vtpm`` (without SNP evidence: ``host`` and ``guest``, as before),
+nonce and the guest's enrolled vTPM AK. So the three halves answer one challenge: the guest vTPM
+quote (guest nonce), the SNP report (guest nonce, and the AK that signed that quote) and the
+host quote (host nonce, committing to both); a report from an earlier challenge fails its
+REPORT_DATA check and contraindicates the ``guest-snp`` layer. The pair then has the submodules
+``host``, ``guest-snp`` and ``guest-vtpm`` (without SNP evidence: ``host`` and ``guest``),
 the verdict is the worst of them, and the failing layer is named.
 """
 
@@ -43,6 +49,7 @@ from typing import Any
 
 from attest.appraisal import AppraisalResult, with_findings
 from attest.appraisal.claims import (
+    NO_CLAIM,
     TRUSTWORTHY_INSTANCE,
     UNRECOGNIZED_INSTANCE,
     UNTRUSTWORTHY_INSTANCE,
@@ -51,7 +58,10 @@ from attest.appraisal.claims import (
     Verdict,
 )
 from attest.appraisal.ear import ear_claims, submod
+from attest.errors import EvidenceFormatError
+from attest.evidence import pair_evidence_digest
 from attest.runtime import VtpmVouch
+from attest.snp.findings import SnpCheck
 
 HOST = "host"
 GUEST = "guest"
@@ -59,7 +69,14 @@ GUEST_SNP = "guest-snp"  # attest.appraisal.snp.GUEST_SNP
 GUEST_VTPM = "guest-vtpm"  # the guest layer's name when there is an SNP layer too
 LAYERS = (HOST, GUEST, GUEST_SNP, GUEST_VTPM)  # every layer name a pair's JSON may hold
 CHECK = "host-vouch"
-_DOMAIN = b"attest-pair-v1\x00"
+_DOMAIN = b"attest-pair-v2\x00"
+NO_GUEST_EVIDENCE = bytes(32)  # the digest committed to when the guest sent no usable evidence
+COMMIT_CHECK = "pair-commitment"
+NOT_COMMITTED = "the host's quote does not commit to this guest's evidence"
+# Findings that say a layer's evidence does not answer this challenge (stale or replayed):
+# the vTPM quote's nonce (attest.appraisal.checks.QuoteCheck), the SNP report's REPORT_DATA
+# and ``_snp_challenged`` below.
+_FRESHNESS_CHECKS = frozenset({"quote:nonce", str(SnpCheck.REPORT_DATA), "snp-challenge"})
 
 # How bad each verdict is for the pair: a definite "no" is worse than "could not tell".
 _SEVERITY = {
@@ -71,15 +88,44 @@ _SEVERITY = {
 }
 
 
-def pair_nonces(challenge: bytes) -> tuple[bytes, bytes]:
-    """(host nonce, guest nonce) of one pair verification: SHA-256 of the challenge under a
-    per-layer domain, so neither quote can answer the other layer's challenge."""
+def guest_evidence_of(doc: object | None) -> bytes | None:
+    """The digest a pair's host nonce commits to (``attest.evidence.pair_evidence_digest``) of
+    the guest's evidence document as received; None when there is none or it does not parse
+    (the guest layer is then unappraisable, and the host nonce commits to
+    ``NO_GUEST_EVIDENCE``)."""
+    if doc is None:
+        return None
+    try:
+        return pair_evidence_digest(doc)
+    except EvidenceFormatError:
+        return None
+
+
+def _check_challenge(challenge: bytes) -> None:
     if len(challenge) < 16:
         raise ValueError("the pair challenge must be at least 16 bytes")
-    return (
-        hashlib.sha256(_DOMAIN + b"host\x00" + challenge).digest(),
-        hashlib.sha256(_DOMAIN + b"guest\x00" + challenge).digest(),
-    )
+
+
+def guest_nonce(challenge: bytes) -> bytes:
+    """The guest's nonce of one pair verification (its vTPM quote and SNP REPORT_DATA answer
+    it): ``SHA-256("attest-pair-v2\\0guest\\0" || challenge)``."""
+    _check_challenge(challenge)
+    return hashlib.sha256(_DOMAIN + b"guest\x00" + challenge).digest()
+
+
+def host_nonce(challenge: bytes, guest_evidence: bytes | None) -> bytes:
+    """The host's nonce of one pair verification, committing to the challenge and to the
+    guest's evidence as the verifier received it: ``SHA-256("attest-pair-v2\\0host\\0" ||
+    challenge || guest_evidence)``, ``guest_evidence`` being ``attest.evidence.
+    pair_evidence_digest`` of the guest's document (``NO_GUEST_EVIDENCE`` when the guest sent
+    none that parses). So the host's quote vouches only beside *this* guest evidence: a guest
+    half from another challenge, or another guest's answer to the same guest nonce, does not
+    combine with it."""
+    _check_challenge(challenge)
+    digest = NO_GUEST_EVIDENCE if guest_evidence is None else guest_evidence
+    if len(digest) != 32:
+        raise ValueError("the guest evidence digest must be 32 bytes (SHA-256)")
+    return hashlib.sha256(_DOMAIN + b"host\x00" + challenge + digest).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +200,7 @@ def _vouch_finding(
     vouchings: Sequence[VtpmVouch] | None,
     ident: GuestIdentity,
     challenge: bytes | None,
+    guest_evidence: bytes | None,
 ) -> Finding:
     def no(value: int, why: str) -> Finding:
         return Finding(
@@ -162,15 +209,13 @@ def _vouch_finding(
 
     host_name = host.node_id or "the host"
     if challenge is not None:
-        want_host, want_guest = pair_nonces(challenge)
-        if not (
-            hmac.compare_digest(host.nonce, want_host)
-            and hmac.compare_digest(guest.nonce, want_guest)
-        ):
+        if not hmac.compare_digest(guest.nonce, guest_nonce(challenge)):
             return no(
                 UNTRUSTWORTHY_INSTANCE,
                 "the host and the guest were not challenged in the same pair verification",
             )
+        if not hmac.compare_digest(host.nonce, host_nonce(challenge, guest_evidence)):
+            return no(UNTRUSTWORTHY_INSTANCE, NOT_COMMITTED)
     if host.verdict is Verdict.UNAPPRAISABLE:
         return no(
             UNRECOGNIZED_INSTANCE,
@@ -237,11 +282,54 @@ def _layer_line(name: str, r: AppraisalResult) -> str:
 def _snp_challenged(snp: AppraisalResult, challenge: bytes | None) -> AppraisalResult:
     """The SNP layer, contraindicated when it was appraised with another nonce than this pair
     verification's guest nonce (its REPORT_DATA was then checked against the wrong one)."""
-    if challenge is None or hmac.compare_digest(snp.nonce, pair_nonces(challenge)[1]):
+    if challenge is None or hmac.compare_digest(snp.nonce, guest_nonce(challenge)):
         return snp
     why = "the SEV-SNP report was not appraised against this pair verification's challenge"
     return with_findings(
         snp, (Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, "snp-challenge", why),)
+    )
+
+
+def _stale(r: AppraisalResult) -> bool:
+    """Whether a layer's evidence failed to answer the nonce it was appraised with."""
+    return any(f.check in _FRESHNESS_CHECKS and f.value != TRUSTWORTHY_INSTANCE for f in r.findings)
+
+
+def _evidence_unfit(r: AppraisalResult) -> bool:
+    """Whether a guest layer's own evidence does not stand: it could not be appraised, or a
+    check of its authenticity or freshness failed (instance identity, not the host's vouching):
+    stale, not signed by the enrolled key, PCRs or report altered."""
+    if r.verdict is Verdict.UNAPPRAISABLE:
+        return True
+    return any(
+        f.claim is Claim.INSTANCE_IDENTITY
+        and f.check != CHECK
+        and f.value not in (TRUSTWORTHY_INSTANCE, NO_CLAIM)
+        for f in r.findings
+    )
+
+
+def _host_committed(
+    host: AppraisalResult, challenge: bytes | None, guest_evidence: bytes | None
+) -> AppraisalResult:
+    """The host layer, contraindicated when its quote does not commit to this challenge and
+    this guest's evidence: appraised against another commitment than ``host_nonce(challenge,
+    guest_evidence)``, or its quote failing that nonce."""
+    if challenge is None or host.verdict is Verdict.UNAPPRAISABLE:
+        return host
+    if not hmac.compare_digest(host.nonce, host_nonce(challenge, guest_evidence)):
+        why = f"{NOT_COMMITTED}: it was appraised against another pair commitment"
+    elif _stale(host):
+        why = (
+            f"{NOT_COMMITTED}: the quote answers another challenge or other guest evidence "
+            "than the verifier received"
+        )
+    else:
+        return host
+    return with_findings(
+        host,
+        (Finding(Claim.INSTANCE_IDENTITY, UNTRUSTWORTHY_INSTANCE, COMMIT_CHECK, why),),
+        first=True,
     )
 
 
@@ -252,13 +340,18 @@ def appraise_pair(
     guest_identity: GuestIdentity,
     *,
     challenge: bytes | None = None,
+    guest_evidence: bytes | None = None,
     snp: AppraisalResult | None = None,
 ) -> PairResult:
     """One verdict for a host and its guest (see the module docstring). ``challenge``: the
-    pair challenge both nonces were derived from (``pair_nonces``); when given, the results'
-    nonces must be its. ``snp``: the guest's SEV-SNP layer (``attest.appraisal.snp``), when
-    it offers SNP evidence. Never raises for evidence problems."""
-    vouch = _vouch_finding(host, guest, host_vouchings, guest_identity, challenge)
+    pair challenge; when given, the guest's results must have been appraised with
+    ``guest_nonce(challenge)`` and the host's with ``host_nonce(challenge, guest_evidence)``,
+    ``guest_evidence`` being ``attest.evidence.pair_evidence_digest`` of the guest's document
+    as received (None: it sent none that parses). ``snp``: the guest's SEV-SNP layer
+    (``attest.appraisal.snp``), when it offers SNP evidence. Never raises for evidence
+    problems."""
+    vouch = _vouch_finding(host, guest, host_vouchings, guest_identity, challenge, guest_evidence)
+    host2 = _host_committed(host, challenge, guest_evidence)
     guest2 = guest
     if guest.verdict is not Verdict.UNAPPRAISABLE:
         guest2 = with_findings(guest, (vouch,), first=True)
@@ -266,22 +359,28 @@ def appraise_pair(
     guests = [(GUEST if snp2 is None else GUEST_VTPM, guest2)]
     if snp2 is not None:
         guests.insert(0, (GUEST_SNP, snp2))  # the hardware's word first, on a tie
-    results = [host.verdict, *(r.verdict for _, r in guests)]
+    results = [host2.verdict, *(r.verdict for _, r in guests)]
     verdict = max(results, key=_SEVERITY.__getitem__)
-    # The layer to blame: the host when it is out of policy (the guest cannot be vouched for
-    # then either), else the worst guest layer that is not affirming, else the host's warning.
+    # The layer to blame: when the host's quote does not commit to what the guest sent, a
+    # guest layer whose own evidence does not stand (stale: spliced in from another challenge;
+    # or altered), else the host; when the host is otherwise out of policy, the host (the
+    # guest cannot be vouched for then either); else the worst guest layer that is not
+    # affirming, else the host's warning.
     failed: tuple[str, AppraisalResult] | None = None
-    if host.verdict not in (Verdict.AFFIRMING, Verdict.WARNING):
-        failed = (HOST, host)
+    unfit = [(n, r) for n, r in guests if _evidence_unfit(r)]
+    if host2 is not host and unfit:
+        failed = unfit[0]
+    elif host2.verdict not in (Verdict.AFFIRMING, Verdict.WARNING):
+        failed = (HOST, host2)
     else:
         bad = [(n, r) for n, r in guests if r.verdict is not Verdict.AFFIRMING]
         if bad:
             failed = max(bad, key=lambda nr: _SEVERITY[nr[1].verdict])
-        elif host.verdict is Verdict.WARNING:
-            failed = (HOST, host)
+        elif host2.verdict is Verdict.WARNING:
+            failed = (HOST, host2)
     first = None if failed is None else _layer_line(*failed)
     name = None if failed is None else failed[0]
-    return PairResult(host, guest2, verdict, name, first, vouch, challenge, snp2)
+    return PairResult(host2, guest2, verdict, name, first, vouch, challenge, snp2)
 
 
 def vouchings_of(events: Sequence[Any]) -> tuple[VtpmVouch, ...]:

@@ -21,7 +21,9 @@ from attest.appraisal.pair import (
     HOST,
     GuestIdentity,
     appraise_pair,
-    pair_nonces,
+    guest_evidence_of,
+    guest_nonce,
+    host_nonce,
 )
 from attest.cli._common import print_json
 from attest.cli._verify_common import (
@@ -40,19 +42,21 @@ from attest.verifier.enrollments import EnrollmentStore
 
 
 def cmd_verify_pair(args: argparse.Namespace) -> int:
-    """``attest verify --host HOST_URL GUEST_URL``: the host first, then the guest."""
+    """``attest verify --host HOST_URL GUEST_URL``: the guest first, then the host (its nonce
+    committing to the guest's evidence, ``attest.appraisal.pair.host_nonce``)."""
     now = datetime.now(UTC)
     store = EnrollmentStore(state_dir(args))
     ear_key = load_ear_key(args.ear_key)
     challenge = os.urandom(32)
-    host_nonce, guest_nonce = pair_nonces(challenge)
-    host = appraise_layer(host_args(args), store, nonce=host_nonce, now=now)
-    guest = appraise_layer(args, store, nonce=guest_nonce, now=now)
+    # The guest first: the host's nonce commits to the guest's evidence as received.
+    guest = appraise_layer(args, store, nonce=guest_nonce(challenge), now=now)
+    digest = guest_evidence_of(guest.document)
+    host = appraise_layer(host_args(args), store, nonce=host_nonce(challenge, digest), now=now)
     notes: list[str] = []
     if getattr(args, "save_evidence", None) is not None:
         layers = {HOST: host.document, GUEST: guest.document}
         notes.append(save_evidence(args.save_evidence, layers, challenge))
-    return report_pair(args, host, guest, challenge, ear_key, now, notes)
+    return report_pair(args, host, guest, challenge, digest, ear_key, now, notes)
 
 
 def report_pair_unappraisable(
@@ -65,14 +69,14 @@ def report_pair_unappraisable(
 ) -> int:
     """A pair with nothing to appraise (its saved evidence does not parse): both layers
     could not be appraised, for ``reason``."""
-    host_nonce, guest_nonce = pair_nonces(challenge)
     layers = []
-    for url, nonce in ((args.host, host_nonce), (args.url, guest_nonce)):
+    nonces = (host_nonce(challenge, None), guest_nonce(challenge))
+    for url, nonce in zip((args.host, args.url), nonces, strict=True):
         record = store.load(url.rstrip("/"))
         node_id = record.enrollment.node_id if record else ""
         result = unappraisable(node_id, reason, nonce=nonce, now=now)
         layers.append(Layer(url.rstrip("/"), result, record, []))
-    return report_pair(args, layers[0], layers[1], challenge, ear_key, now, [])
+    return report_pair(args, layers[0], layers[1], challenge, None, ear_key, now, [])
 
 
 def report_pair(
@@ -80,12 +84,15 @@ def report_pair(
     host: Layer,
     guest: Layer,
     challenge: bytes,
+    guest_evidence: bytes | None,
     ear_key: Any,
     now: datetime,
     extra_notes: list[str],
 ) -> int:
     """The pair's verdict (``appraise_pair``) from its two appraised layers: EAR, output
-    and exit code, for a live and an offline (``--evidence``) pair verification alike."""
+    and exit code, for a live and an offline (``--evidence``) pair verification alike.
+    ``guest_evidence``: the digest of the guest's document the host's nonce committed to
+    (``attest.appraisal.pair.guest_evidence_of``)."""
     enrolled = guest.record.enrollment if guest.record is not None else None
     guest_id = args.guest_id or (enrolled.node_id if enrolled else guest.result.node_id)
     ident = GuestIdentity(guest_id, enrolled.ek_sha256 if enrolled else None)
@@ -94,12 +101,18 @@ def report_pair(
         doc=guest.document,
         ak_public=enrolled.ak_public if enrolled else None,
         node_id=guest.result.node_id,
-        nonce=pair_nonces(challenge)[1],
+        nonce=guest_nonce(challenge),
         registry=guest.registry,
         now=now,
     )
     pair = appraise_pair(
-        host.result, guest.result, host.vouchings, ident, challenge=challenge, snp=snp
+        host.result,
+        guest.result,
+        host.vouchings,
+        ident,
+        challenge=challenge,
+        guest_evidence=guest_evidence,
+        snp=snp,
     )
     token = None
     gname = pair.guest_name

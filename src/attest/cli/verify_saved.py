@@ -10,7 +10,9 @@ clock continuity against earlier contacts, no audit log, no TLS binding, and the
 record is left as it is. Same output and exit codes as live verify (0, 10, 11, 12).
 
 With ``--host HOST_URL`` the file is a host+guest collection and ``--nonce`` the pair's
-challenge (both layers' nonces derive from it, ``attest.appraisal.pair.pair_nonces``).
+challenge: the guest's nonce derives from it, the host's from it and the saved guest document
+(``attest.appraisal.pair.host_nonce``), so a guest member swapped or tampered with no longer
+fits the host's quote.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from typing import Any
 
 from attest import cmw
 from attest.appraisal import unappraisable
-from attest.appraisal.pair import GUEST, HOST, pair_nonces, vouchings_of
+from attest.appraisal.pair import (
+    GUEST,
+    HOST,
+    guest_evidence_of,
+    guest_nonce,
+    host_nonce,
+    vouchings_of,
+)
 from attest.cli import _verify_common as common
 from attest.cli import verify_pair
 from attest.cli._registry import load_registry
@@ -152,10 +161,11 @@ def cmd_verify_saved(args: argparse.Namespace) -> int:
         return common.report(
             args, layer.result, ear_key, now, layer.record, [note, *layer.notes], None, layer.found
         )
-    host_nonce, guest_nonce = pair_nonces(nonce)
-    host = appraise_saved(common.host_args(args), store, docs[HOST], nonce=host_nonce, now=now)
-    guest = appraise_saved(args, store, docs[GUEST], nonce=guest_nonce, now=now)
-    return verify_pair.report_pair(args, host, guest, nonce, ear_key, now, [note])
+    guest = appraise_saved(args, store, docs[GUEST], nonce=guest_nonce(nonce), now=now)
+    digest = guest_evidence_of(docs[GUEST])
+    committed = host_nonce(nonce, digest)
+    host = appraise_saved(common.host_args(args), store, docs[HOST], nonce=committed, now=now)
+    return verify_pair.report_pair(args, host, guest, nonce, digest, ear_key, now, [note])
 
 
 def appraise_saved(

@@ -1,7 +1,8 @@
 """A fleet node that is a host and its guest VM (docs/host-guest.md), appraised as
-``attest verify --host HOST_URL GUEST_URL`` does: one challenge, the layers' nonces derived from
-it (``attest.appraisal.pair.pair_nonces``), each layer appraised as one node, and the pair's
-verdict from
+``attest verify --host HOST_URL GUEST_URL`` does: one challenge, the guest challenged first
+with the nonce derived from it, then the host with a nonce committing to the challenge and the
+guest's evidence (``attest.appraisal.pair.host_nonce``), each layer appraised as one node, and
+the pair's verdict from
 ``attest.appraisal.pair.appraise_pair`` -- the guest's AK is accepted only when its enrolled EK is
 one the
 host vouched for (a ``vtpm`` runtime event) in the host quote answering this challenge.

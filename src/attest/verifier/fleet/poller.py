@@ -51,7 +51,15 @@ from attest.appraisal import AppraisalResult, Appraised, unappraisable
 from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.ear import collateral, ear_claims, submod
 from attest.appraisal.memory import Continuity, NodeMemory
-from attest.appraisal.pair import GUEST, HOST, GuestIdentity, appraise_pair, pair_nonces
+from attest.appraisal.pair import (
+    GUEST,
+    HOST,
+    GuestIdentity,
+    appraise_pair,
+    guest_evidence_of,
+)
+from attest.appraisal.pair import guest_nonce as pair_guest_nonce
+from attest.appraisal.pair import host_nonce as pair_host_nonce
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
 from attest.appraisal.snp import guest_snp_layer
 from attest.enroll import Enrollment
@@ -360,7 +368,7 @@ class Poller:
                 )
             except AttestError as exc:  # an appraisal that raises instead of returning a result
                 self.metrics.appraise_seconds += time.perf_counter() - c0
-                return _Contact(challenge, raised=exc)
+                return _Contact(challenge, raised=exc, doc=doc)
             self.metrics.appraise_seconds += time.perf_counter() - c0
             if appraised.complete or not memory.holds_logs:
                 break
@@ -483,7 +491,8 @@ class Poller:
     async def _attempt_pair(self, node: Leased, pe: PairEnrollment, start: float) -> Outcome:
         """A host and its guest as one node (``attest.appraisal.pair``), as ``attest verify
         --host``:
-        one challenge, both layers challenged at once with the nonces derived from it."""
+        one challenge, the guest challenged first, then the host with a nonce committing to
+        the challenge and the guest's evidence."""
         s = self.settings
         if node.host_url is None:
             raise RuntimeError(f"pair {node.node_id} has no host URL")
@@ -494,40 +503,49 @@ class Poller:
                     node, start, f"{layer} layer: {state.problem}", pe.strength.value
                 )
         challenge = os.urandom(32)
-        host_nonce, guest_nonce = pair_nonces(challenge)
-        host_c, guest_c = await asyncio.gather(
-            self._contact(
-                f"{node.node_id}\0host",
-                node.host_url,
-                pe.host,
-                start=start,
-                previous=node.host_clock,
-                registry=host_state.registry,
-                platform_id=s.host_platform_id or s.platform_id,
-                continuity=continuity_of(node.continuity, HOST),
-                nonce=host_nonce,
-            ),
-            self._contact(
-                f"{node.node_id}\0guest",
-                node.url,
-                pe.guest,
-                start=start,
-                previous=node.clock,
-                registry=guest_state.registry,
-                platform_id=s.platform_id,
-                continuity=continuity_of(node.continuity, GUEST),
-                nonce=guest_nonce,
-            ),
+        guest_nonce = pair_guest_nonce(challenge)
+        # The guest first, then the host: the host's nonce commits to the guest's evidence as
+        # received (attest.appraisal.pair.host_nonce), so the two are sequential.
+        guest_c = await self._contact(
+            f"{node.node_id}\0guest",
+            node.url,
+            pe.guest,
+            start=start,
+            previous=node.clock,
+            registry=guest_state.registry,
+            platform_id=s.platform_id,
+            continuity=continuity_of(node.continuity, GUEST),
+            nonce=guest_nonce,
         )
-        for layer, c, url in ((HOST, host_c, node.host_url), (GUEST, guest_c, node.url)):
-            if c.appraised is None and c.raised is None:  # a layer that does not answer
-                return self._failed(
-                    node,
-                    start,
-                    f"{layer} layer ({url}): {c.error}",
-                    pe.strength.value,
-                    deferred=c.deferred,
-                )
+        if guest_c.appraised is None and guest_c.raised is None:  # the guest does not answer
+            return self._failed(
+                node,
+                start,
+                f"{GUEST} layer ({node.url}): {guest_c.error}",
+                pe.strength.value,
+                deferred=guest_c.deferred,
+            )
+        digest = guest_evidence_of(guest_c.doc)
+        host_nonce = pair_host_nonce(challenge, digest)
+        host_c = await self._contact(
+            f"{node.node_id}\0host",
+            node.host_url,
+            pe.host,
+            start=start,
+            previous=node.host_clock,
+            registry=host_state.registry,
+            platform_id=s.host_platform_id or s.platform_id,
+            continuity=continuity_of(node.continuity, HOST),
+            nonce=host_nonce,
+        )
+        if host_c.appraised is None and host_c.raised is None:  # the host does not answer
+            return self._failed(
+                node,
+                start,
+                f"{HOST} layer ({node.host_url}): {host_c.error}",
+                pe.strength.value,
+                deferred=host_c.deferred,
+            )
         now = datetime.fromtimestamp(start, UTC)
 
         def result_of(c: _Contact, layer: Enrollment, nonce: bytes) -> AppraisalResult:
@@ -557,6 +575,7 @@ class Poller:
             vouchings,
             GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
             challenge=challenge,
+            guest_evidence=digest,
             snp=snp,
         )
         status = NodeStatus.of_tier(pair.verdict.tier)
