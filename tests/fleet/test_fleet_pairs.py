@@ -12,12 +12,15 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
 from tests.support.poller import settings, until, verdicts
 
 from attest.appraisal.ear import jwk_public_key, verify_ear
+from attest.appraisal.pair import guest_nonce, host_nonce
+from attest.evidence import pair_evidence_digest
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
@@ -27,6 +30,16 @@ from attest.verifier.fleet.pairs import fresh_vouchings
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.signing import load_or_create_key
 from attest.verifier.fleet.store import Outcome, SqliteStore
+
+
+def recording(appraise: Any, calls: list[tuple[bytes, Any]]) -> Any:
+    """The poller's appraiser, noting the nonce and document of every appraisal in order."""
+
+    def wrapped(doc: Any, **kw: Any) -> Any:
+        calls.append((kw["nonce"], doc))
+        return appraise(doc, **kw)
+
+    return wrapped
 
 
 async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
@@ -74,10 +87,11 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
         assert r.status_code == 502 and "host layer" in r.json()["detail"]
 
         events: list[Outcome] = []
+        calls: list[tuple[bytes, Any]] = []  # (nonce, evidence document) of every appraisal
         poller = Poller(
             store,
             settings=settings(),
-            appraise=default_appraiser(),
+            appraise=recording(default_appraiser(), calls),
             registry=registry.state,
             signer=signer,
             on_change=events.append,
@@ -118,7 +132,16 @@ async def test_pairs_are_appraised_as_one_node_and_name_the_failed_layer(
                 assert claims["submods"][layer]["ear.appraisal-policy-id"].endswith(
                     f";registry={reg['sequence']}@sha256:{reg['sha256']}"
                 )
-            assert len(base64.urlsafe_b64decode(claims["eat_nonce"] + "==")) == 32
+            challenge = base64.urlsafe_b64decode(claims["eat_nonce"] + "==")
+            assert len(challenge) == 32
+            # The guest was challenged first; the host's nonce commits to the challenge and to
+            # the guest's evidence as the poller received it (attest.appraisal.pair.host_nonce).
+            nonces = [n for n, _ in calls]
+            at_guest = nonces.index(guest_nonce(challenge))
+            guest_doc = calls[at_guest][1]
+            at_host = nonces.index(host_nonce(challenge, pair_evidence_digest(guest_doc)))
+            assert at_guest < at_host
+            assert host_nonce(challenge, None) not in nonces
 
             # The host of pair-1 goes out of policy: the pair fails at the host layer.
             srv.call(sim.tamper, 0)

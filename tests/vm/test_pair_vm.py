@@ -213,4 +213,8 @@ def test_scenario4_replayed_old_host_quote_is_refused_as_stale(
     with replaying(pair_vm.host.url, old) as url:
         code, doc = pair_vm.verify(capsys, host_url=url)
     assert code == 11, doc
-    assert doc["failed_layer"] == "host" and "stale or replayed" in doc["explanation"]
+    assert doc["failed_layer"] == "host"
+    assert "the host's quote does not commit to this guest's evidence" in doc["explanation"]
+    assert any(
+        "stale or replayed" in f["explanation"] for f in doc["layers"]["host"]["result"]["findings"]
+    )
