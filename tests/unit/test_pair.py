@@ -169,15 +169,20 @@ def test_no_vouching_at_all_in_this_boot() -> None:
     assert "vouched for no vTPM for guest g1" in (pair.first_divergence or "")
 
 
-def test_unblessed_host_is_blamed_at_the_host_layer() -> None:
-    host = result(
-        "host-1",
-        HOST_NONCE,
+def _unblessed(node_id: str, nonce: bytes) -> AppraisalResult:
+    """A fresh, authentic layer whose release is not blessed."""
+    return result(
+        node_id,
+        nonce,
         Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote", "quote ok"),
         Finding(
             Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "release", "release 9.9.9 is not blessed"
         ),
     )
+
+
+def test_unblessed_host_is_blamed_at_the_host_layer() -> None:
+    host = _unblessed("host-1", HOST_NONCE)
     pair = appraise_pair(
         host, GUEST_OK, VOUCHED, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST
     )
@@ -189,16 +194,7 @@ def test_unblessed_host_is_blamed_at_the_host_layer() -> None:
 
 
 def test_stale_host_quote_vouches_for_nothing() -> None:
-    stale = result(
-        "host-1",
-        HOST_NONCE,
-        Finding(
-            Claim.INSTANCE_IDENTITY,
-            UNTRUSTWORTHY_INSTANCE,
-            "quote:nonce",
-            "quote (nonce): the quote does not answer this challenge (stale or replayed): ...",
-        ),
-    )
+    stale = _stale("host-1", HOST_NONCE)
     pair = appraise_pair(
         stale, GUEST_OK, None, G1, challenge=CHALLENGE, guest_evidence=GUEST_DIGEST
     )
@@ -329,14 +325,7 @@ def test_guest_half_spliced_from_another_challenge_is_blamed_on_the_guest() -> N
     assert pair.failed_layer == GUEST
     # A fresh, authentic guest outside policy beside a host quote that does not commit to it:
     # the host is named (the guest's evidence stands; the host's does not fit it).
-    unblessed = result(
-        "g1",
-        GUEST_NONCE,
-        Finding(Claim.INSTANCE_IDENTITY, TRUSTWORTHY_INSTANCE, "quote", "quote ok"),
-        Finding(
-            Claim.EXECUTABLES, CONTRAINDICATED_RUNTIME, "release", "release 9.9.9 is not blessed"
-        ),
-    )
+    unblessed = _unblessed("g1", GUEST_NONCE)
     pair = appraise_pair(
         _stale("host-1", HOST_NONCE),
         unblessed,

@@ -517,14 +517,16 @@ class Poller:
             continuity=continuity_of(node.continuity, GUEST),
             nonce=guest_nonce,
         )
-        if guest_c.appraised is None and guest_c.raised is None:  # the guest does not answer
-            return self._failed(
-                node,
-                start,
-                f"{GUEST} layer ({node.url}): {guest_c.error}",
-                pe.strength.value,
-                deferred=guest_c.deferred,
-            )
+
+        def silent(layer: str, url: str, c: _Contact) -> Outcome | None:
+            """A layer that does not answer: the pair does not (its host is then not asked)."""
+            if c.appraised is not None or c.raised is not None:
+                return None
+            why = f"{layer} layer ({url}): {c.error}"
+            return self._failed(node, start, why, pe.strength.value, deferred=c.deferred)
+
+        if (failed := silent(GUEST, node.url, guest_c)) is not None:
+            return failed
         digest = guest_evidence_of(guest_c.doc)
         host_nonce = pair_host_nonce(challenge, digest)
         host_c = await self._contact(
@@ -538,14 +540,8 @@ class Poller:
             continuity=continuity_of(node.continuity, HOST),
             nonce=host_nonce,
         )
-        if host_c.appraised is None and host_c.raised is None:  # the host does not answer
-            return self._failed(
-                node,
-                start,
-                f"{HOST} layer ({node.host_url}): {host_c.error}",
-                pe.strength.value,
-                deferred=host_c.deferred,
-            )
+        if (failed := silent(HOST, node.host_url, host_c)) is not None:
+            return failed
         now = datetime.fromtimestamp(start, UTC)
 
         def result_of(c: _Contact, layer: Enrollment, nonce: bytes) -> AppraisalResult:
