@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +23,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.appraisal import TEST_MANIFESTS, signer
+from tests.support.cli import verify_main
 from tests.support.manifest import FAR, release, sign_doc, snp_launch
 from tests.support.replay import splicing
-from tests.swtpm.conftest import NodeFactory, Pair, verify_pair
+from tests.swtpm.conftest import NodeFactory, Pair, no_release_policy, verify_pair
 from tests.unit.snp.fakes import fake
 
 import attest.cli.verify_snp
+from attest import cmw
 from attest.appraisal.ear import b64url, verify_ear
 from attest.manifest import edit
 from attest.manifest.model import RegistrySnapshot, ReleaseSnp
@@ -146,3 +149,54 @@ def test_guest_replaying_an_earlier_snp_report_is_contraindicated_naming_guest_s
     assert doc["status"] == "contraindicated"
     assert claims["submods"]["guest-snp"]["ear.status"] == "contraindicated"
     assert claims["submods"]["guest-vtpm"]["ear.status"] == "affirming"
+
+
+def test_saved_snp_pair_affirms_offline_and_refuses_a_swapped_snp_report(
+    snp_pair: Pair,
+    tmp_path: Path,
+    ear_key: tuple[Path, ec.EllipticCurvePrivateKey],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The saved three-layer pair appraises offline as it did live (the host's nonce recomputed
+    from the saved guest document, its ``snp`` report included); the guest member's report
+    swapped for one of an earlier challenge names ``guest-snp`` -- the host's quote, committed
+    to the original report, no longer fits either, but the guest's half is the one that is
+    stale."""
+    extra = _guest_registry(tmp_path)
+    state = tmp_path / "verifier"
+    saved = tmp_path / "pair.cmw.json"
+    code, live = verify_pair(
+        capsys, snp_pair, state, ear_key[0], *extra, "--save-evidence", str(saved)
+    )
+    assert code == 0, live["explanation"]
+    collection = cmw.decode(saved.read_bytes())
+    assert isinstance(collection, cmw.Collection)
+    docs = {
+        str(n): json.loads(r.value)
+        for n, r in collection.items.items()
+        if isinstance(r, cmw.Record)
+    }
+    assert docs["guest"]["snp"] is not None
+
+    def offline() -> tuple[int, dict[str, Any]]:
+        args = [snp_pair.guest.url, "--host", snp_pair.host.url, "--state", str(state), "--json"]
+        args += ["--evidence", str(saved), "--nonce", live["challenge"], *extra]
+        args += ["--policy", no_release_policy(state.parent), "--ear-key", str(ear_key[0])]
+        capsys.readouterr()
+        code = verify_main(args)
+        return code, json.loads(capsys.readouterr().out)
+
+    code, doc = offline()
+    assert code == 0, doc["explanation"]
+    assert set(doc["layers"]) == {"host", "guest-snp", "guest-vtpm"}
+
+    with snp_pair.guest.client() as c:  # a genuine SNP report of an earlier challenge
+        earlier: dict[str, Any] = c.evidence(os.urandom(32), selection_for(13))
+    swapped = {**docs["guest"], "snp": earlier["snp"]}
+    both = cmw.pair_collection(json.dumps(docs["host"]).encode(), json.dumps(swapped).encode())
+    saved.write_bytes(cmw.encode_json(both))
+    code, doc = offline()
+    assert code == 11, doc
+    assert doc["failed_layer"] == "guest-snp" and "stale or replayed" in doc["explanation"]
+    assert doc["layers"]["host"]["verdict"] == "contraindicated"  # committed to the original
+    assert doc["layers"]["guest-vtpm"]["verdict"] == "contraindicated"  # so it vouches for none
