@@ -23,8 +23,10 @@ are the TPM's real counters.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn, cast
 
@@ -62,6 +64,15 @@ _HASHES: dict[HashAlg, hashes.HashAlgorithm] = {
     HashAlg.SHA512: hashes.SHA512(),
 }
 
+# hashlib's constructors, called directly on the hot path (HashAlg.new is one call more).
+_HASHLIB: dict[HashAlg, Callable[[bytes], hashlib._Hash]] = {
+    **{alg: alg.new for alg in HashAlg},
+    HashAlg.SHA1: hashlib.sha1,
+    HashAlg.SHA256: hashlib.sha256,
+    HashAlg.SHA384: hashlib.sha384,
+    HashAlg.SHA512: hashlib.sha512,
+}
+
 # Built once: signature parameter objects cost as much to create as the rest of a check.
 _ECDSA = {alg: ec.ECDSA(h) for alg, h in _HASHES.items()}
 _PKCS1 = padding.PKCS1v15()
@@ -84,6 +95,7 @@ class QuotePolicy:
 
 
 DEFAULT_POLICY = QuotePolicy()
+_new = tuple.__new__
 
 
 class VerifiedQuote(NamedTuple):
@@ -172,30 +184,68 @@ def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[in
             )
 
 
+# A bank of a signed selection as the hot path reads it: the bank, a C-level getter of its
+# values in selection order, how many there are, and the list of their expected lengths.
+_Bank = tuple[HashAlg, Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int, list[int]]
+_PLANS: dict[int, tuple[PcrSelection, tuple[_Bank, ...]]] = {}
+
+
+def _plan(signed: PcrSelection) -> tuple[_Bank, ...]:
+    """How to read the values of ``signed``, bank by bank, built once per selection object:
+    parsed selections are memoised (``tpmstruct``), so a verifier sees the same few objects.
+    Keyed by identity; the entry holds the object, so the id stays its own."""
+    entry = _PLANS.get(id(signed))
+    if entry is not None and entry[0] is signed:
+        return entry[1]
+    banks: list[_Bank] = []
+    for alg, indices in signed.banks:
+        get: Callable[[Mapping[int, bytes]], tuple[bytes, ...]]
+        if len(indices) > 1:
+            get = operator.itemgetter(*indices)
+        else:
+            get = functools.partial(_pick, indices)
+        banks.append((alg, get, len(indices), [alg.digest_size] * len(indices)))
+    plan = tuple(banks)
+    if len(_PLANS) >= 256:
+        _PLANS.clear()
+    _PLANS[id(signed)] = (signed, plan)
+    return plan
+
+
+def _pick(indices: tuple[int, ...], values: Mapping[int, bytes]) -> tuple[bytes, ...]:
+    return tuple(values[i] for i in indices)
+
+
 def _selected_values(
     signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]
 ) -> bytes:
     """The presented values concatenated in the signed selection's order, after checking
     that they are exactly that selection (the fast path of ``check_selection``: same number
-    of values per bank and every signed index present means the same index set)."""
-    if len(signed.banks) != len(presented):
+    of values per bank and every signed index present means the same index set; any doubt
+    goes to ``check_selection``, which raises with the precise message)."""
+    plan = _plan(signed)
+    if len(plan) != len(presented):
         _selection_mismatch(signed, presented)
     parts: list[bytes] = []
-    for alg, indices in signed.banks:
+    for alg, get, count, sizes in plan:
         given = presented.get(alg)
-        if given is None or len(given) != len(indices):
-            check_selection(signed, presented)  # raises with the precise message
-            raise AssertionError("unreachable")
+        if given is None or len(given) != count:
+            _raise_selection(signed, presented)
         try:
-            chosen = [given[i] for i in indices]
+            chosen = get(given)
         except KeyError:
-            check_selection(signed, presented)
-            raise AssertionError("unreachable") from None
-        if len(set(map(len, chosen))) > 1 or (chosen and len(chosen[0]) != alg.digest_size):
-            check_selection(signed, presented)
-            raise AssertionError("unreachable")
+            _raise_selection(signed, presented)
+        if list(map(len, chosen)) != sizes:
+            _raise_selection(signed, presented)
         parts += chosen
     return b"".join(parts)
+
+
+def _raise_selection(
+    signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]
+) -> NoReturn:
+    check_selection(signed, presented)  # raises with the precise message
+    raise AssertionError("unreachable: check_selection accepted what the fast path refused")
 
 
 @functools.lru_cache(maxsize=256)
@@ -249,38 +299,32 @@ def verify_quote(
     sig = parse_signature(signature)
     parsed = parse_attest(attest)
     verify_signature(attest, sig, ak, policy)
-    if parsed.magic != TPM_GENERATED_VALUE:
+    magic, st, signer, extra, clock, firmware, selection, pcr_digest, _ = parsed
+    if magic != TPM_GENERATED_VALUE:
         raise AttestationTypeError(
-            f"magic 0x{parsed.magic:08x} is not TPM_GENERATED_VALUE: not made by a TPM"
+            f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE: not made by a TPM"
         )
-    if parsed.type != TPM_ST_ATTEST_QUOTE:
-        raise AttestationTypeError(f"type 0x{parsed.type:04x} is not TPM_ST_ATTEST_QUOTE")
-    if not hmac.compare_digest(parsed.extra_data, nonce):
+    if st != TPM_ST_ATTEST_QUOTE:
+        raise AttestationTypeError(f"type 0x{st:04x} is not TPM_ST_ATTEST_QUOTE")
+    if not hmac.compare_digest(extra, nonce):
         raise NonceError("qualifying data in the quote is not the expected nonce")
     values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
-    banks = parsed.pcr_select.banks
-    concatenated = _selected_values(parsed.pcr_select, values)
-    if not hmac.compare_digest(sig.hash.digest(concatenated), parsed.pcr_digest):
+    concatenated = _selected_values(selection, values)
+    if not hmac.compare_digest(_HASHLIB[sig.hash](concatenated).digest(), pcr_digest):
         raise PcrDigestError(
             "pcrDigest does not match the PCR values presented (values changed or reordered)"
         )
     prev = previous.clock if isinstance(previous, VerifiedQuote) else previous
-    check_clock(parsed.clock_info, prev, require_safe=policy.require_safe_clock)
-    # check_selection proved the presented mapping holds exactly the selection; a PcrValues
+    check_clock(clock, prev, require_safe=policy.require_safe_clock)
+    # _selected_values proved the presented mapping holds exactly the selection; a PcrValues
     # is kept as it is, a plain mapping is copied so later changes to it cannot leak in.
     verified = (
         pcrs
         if isinstance(pcrs, PcrValues)
-        else PcrValues({alg: dict(values[alg]) for alg, _ in banks})
+        else PcrValues({alg: dict(values[alg]) for alg, _ in selection.banks})
     )
-    return VerifiedQuote(
-        verified,
-        parsed.pcr_select,
-        parsed.extra_data,
-        parsed.clock_info,
-        parsed.firmware_version,
-        parsed.qualified_signer,
-        sig.alg,
-        sig.hash,
-        parsed,
+    # tuple.__new__ skips the NamedTuple's Python-level __new__ (every field is given).
+    return _new(
+        VerifiedQuote,
+        (verified, selection, extra, clock, firmware, signer, sig.alg, sig.hash, parsed),
     )

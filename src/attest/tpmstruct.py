@@ -178,22 +178,33 @@ def read_pcr_selection(r: Reader) -> PcrSelection:
     """Read a TPML_PCR_SELECTION. The extent is found with a cheap scan of the size bytes,
     then the blob is decoded by a memoised pure function: a verifier sees the same few
     selections over and over, and quote verification is a hot path."""
-    buf, start = r.buf, r.pos
+    sel, r.pos = _scan_pcr_selection(r.buf, r.pos, r.what)
+    return sel
+
+
+_U32 = struct.Struct(">I")
+
+
+def _scan_pcr_selection(buf: bytes, start: int, what: str) -> tuple[PcrSelection, int]:
+    """``read_pcr_selection`` without a ``Reader``: the selection at ``start`` and where it
+    ends; an error names ``what`` and ``start``, as ``Reader.fail`` would."""
     n = len(buf)
     if start + 4 > n:
-        raise r.fail("truncated PCR selection count")
-    count = int.from_bytes(buf[start : start + 4], "big")
+        raise QuoteFormatError(f"{what}: truncated PCR selection count (at byte {start})")
+    (count,) = _U32.unpack_from(buf, start)
     if count > MAX_BANKS:
-        raise r.fail(f"PCR selection has {count} banks, at most {MAX_BANKS} allowed")
+        raise QuoteFormatError(
+            f"{what}: PCR selection has {count} banks, at most {MAX_BANKS} allowed "
+            f"(at byte {start})"
+        )
     pos = start + 4
     for _ in range(count):
         if pos + 3 > n:
-            raise r.fail("truncated PCR selection")
+            raise QuoteFormatError(f"{what}: truncated PCR selection (at byte {start})")
         pos += 3 + buf[pos + 2]
     if pos > n:
-        raise r.fail("truncated PCR selection bitmap")
-    r.pos = pos
-    return _decode_pcr_selection(buf[start:pos])
+        raise QuoteFormatError(f"{what}: truncated PCR selection bitmap (at byte {start})")
+    return _decode_pcr_selection(buf[start:pos]), pos
 
 
 @functools.lru_cache(maxsize=256)
@@ -265,6 +276,7 @@ class Attest(NamedTuple):
 _CLOCK_FW = struct.Struct(">QIIBQ")  # TPMS_CLOCK_INFO then firmwareVersion
 _ATTEST_HEAD = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _NO_SELECTION = PcrSelection(())
+_new = tuple.__new__
 
 
 def parse_attest(data: bytes) -> Attest:
@@ -299,10 +311,7 @@ def parse_attest(data: bytes) -> Attest:
     if safe > 1:
         raise QuoteFormatError(f"TPMS_ATTEST: clockInfo.safe is {safe}, not a TPMI_YES_NO")
     if st == TPM_ST_ATTEST_QUOTE:
-        r = Reader(data, "TPMS_ATTEST")
-        r.pos = pos
-        sel = read_pcr_selection(r)
-        pos = r.pos
+        sel, pos = _scan_pcr_selection(data, pos, "TPMS_ATTEST")
         if pos + 2 > n:
             raise QuoteFormatError("TPMS_ATTEST: truncated before pcrDigest")
         size = data[pos] << 8 | data[pos + 1]
@@ -316,16 +325,20 @@ def parse_attest(data: bytes) -> Attest:
         # Another attestation type (certify, NV, ...): its union member is not parsed here;
         # the verifier refuses the type once the signature has been checked.
         sel, digest = _NO_SELECTION, b""
-    return Attest(
-        magic,
-        st,
-        signer,
-        extra,
-        ClockInfo(clock, reset, restart, safe == 1),
-        fw,
-        sel,
-        digest,
-        data,
+    # tuple.__new__ skips the NamedTuples' Python-level __new__ (all fields are given).
+    return _new(
+        Attest,
+        (
+            magic,
+            st,
+            signer,
+            extra,
+            _new(ClockInfo, (clock, reset, restart, safe == 1)),
+            fw,
+            sel,
+            digest,
+            data,
+        ),
     )
 
 
@@ -396,14 +409,14 @@ def parse_signature(data: bytes) -> Signature:
     if alg is not Alg.ECDSA:
         if size > MAX_RSA_KEY_BYTES or 6 + size != n:
             raise QuoteFormatError(f"TPMT_SIGNATURE: RSA signature of {size} bytes in {n - 6}")
-        return Signature(alg, h, data[6:])
+        return _new(Signature, (alg, h, data[6:], b"", b""))
     if size > MAX_ECC_KEY_BYTES or 8 + size > n:
         raise QuoteFormatError(f"TPMT_SIGNATURE: signatureR of {size} bytes does not fit")
     pos = 6 + size
     size_s = data[pos] << 8 | data[pos + 1]
     if size_s > MAX_ECC_KEY_BYTES or pos + 2 + size_s != n:
         raise QuoteFormatError(f"TPMT_SIGNATURE: signatureS of {size_s} bytes does not fit")
-    return Signature(alg, h, b"", data[6:pos], data[pos + 2 :])
+    return _new(Signature, (alg, h, b"", data[6:pos], data[pos + 2 :]))
 
 
 def build_signature(sig: Signature) -> bytes:
