@@ -657,6 +657,7 @@ def read_tpml_digest_values(
     return out
 
 
+_U32LE = struct.Struct("<I")
 _TOOLS_SEL_SIZE = 4 + 16 * 8  # C struct TPML_PCR_SELECTION: count + 16 padded selections
 _TOOLS_TPML_DIGEST_SIZE = 4 + 8 * (2 + 64)  # C struct TPML_DIGEST: count + 8 TPM2B_DIGEST
 
@@ -665,9 +666,10 @@ def is_tools_serialized_pcrs(data: bytes) -> bool:
     """Does ``data`` have the exact shape of tpm2-tools' "serialized" PCR file?"""
     if len(data) < _TOOLS_SEL_SIZE + 4:
         return False
-    count = int.from_bytes(data[_TOOLS_SEL_SIZE : _TOOLS_SEL_SIZE + 4], "little")
+    banks: int = _U32LE.unpack_from(data)[0]
+    count: int = _U32LE.unpack_from(data, _TOOLS_SEL_SIZE)[0]
     return (
-        int.from_bytes(data[:4], "little") <= MAX_BANKS
+        banks <= MAX_BANKS
         and 0 < count <= 32
         and len(data) == _TOOLS_SEL_SIZE + 4 + count * _TOOLS_TPML_DIGEST_SIZE
     )
@@ -733,13 +735,21 @@ def _tools_layout(selection: PcrSelection) -> _ToolsLayout | None:
     return struct.Struct("".join(fixed)), tuple(expected), struct.Struct("".join(take))
 
 
-def _label(selection: PcrSelection, digests: tuple[bytes, ...]) -> dict[HashAlg, dict[int, bytes]]:
-    values: dict[HashAlg, dict[int, bytes]] = {}
+# Per bank of a selection: the bank, its indices, and where its values are in the digests.
+_Spans = tuple[tuple[HashAlg, tuple[int, ...], int, int], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_plan(head: bytes) -> tuple[PcrSelection, _ToolsLayout | None, _Spans]:
+    """Everything the fast path needs for a file whose selection is ``head``, memoised by
+    those bytes (no PcrSelection is hashed per call)."""
+    selection = _tools_selection(head)
+    spans = []
     at = 0
     for alg, idx in selection.banks:
-        values[alg] = dict(zip(idx, digests[at : at + len(idx)], strict=True))
+        spans.append((alg, idx, at, at + len(idx)))
         at += len(idx)
-    return values
+    return selection, _tools_layout(selection), tuple(spans)
 
 
 def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg, dict[int, bytes]]]:
@@ -750,12 +760,17 @@ def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg,
     if not is_tools_serialized_pcrs(data):
         raise QuoteFormatError("not a tpm2-tools serialized PCR file")
     data = bytes(data)
-    selection = _tools_selection(data[:_TOOLS_SEL_SIZE])
-    layout = _tools_layout(selection)
+    selection, layout, spans = _tools_plan(data[:_TOOLS_SEL_SIZE])
     if layout is not None:
         fixed, expected, take = layout
         if fixed.size == len(data) and fixed.unpack(data) == expected:
-            return selection, _label(selection, take.unpack(data))
+            taken: tuple[bytes, ...] = take.unpack(data)
+            if len(spans) == 1:  # the usual single bank: no slicing, no comprehension
+                alg, idx, _, _ = spans[0]
+                return selection, {alg: dict(zip(idx, taken, strict=True))}
+            return selection, {
+                alg: dict(zip(idx, taken[a:b], strict=True)) for alg, idx, a, b in spans
+            }
     # Any other layout (or a malformed one): field by field, which names what is wrong.
     digests: list[bytes] = []
     # is_tools_serialized_pcrs checked that the count's TPML_DIGESTs fill the rest exactly.
