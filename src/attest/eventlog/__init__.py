@@ -7,20 +7,9 @@ boot = facts(verified)                      # -> BootFacts (from verified events
 
 from __future__ import annotations
 
-from attest.eventlog.cel import (
-    CelRecord,
-    ImaEntry,
-    dumps_cel,
-    dumps_cel_record,
-    loads_cel,
-    new_record,
-    parse_ima_log,
-    read_systemd_measure_log,
-    replay_cel,
-    replay_ima,
-    verify_cel,
-)
-from attest.eventlog.diff import Divergence, describe, diff_logs
+import importlib
+from typing import TYPE_CHECKING
+
 from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
 from attest.eventlog.parse import (
     FORMAT_CRYPTO_AGILE,
@@ -37,6 +26,61 @@ from attest.eventlog.replay import (
     replay_pcrs,
     replay_self,
 )
+
+if TYPE_CHECKING:
+    from attest.eventlog.cel import (
+        CelRecord,
+        ImaEntry,
+        dumps_cel,
+        dumps_cel_record,
+        loads_cel,
+        new_record,
+        parse_ima_log,
+        read_systemd_measure_log,
+        replay_cel,
+        replay_ima,
+        verify_cel,
+    )
+    from attest.eventlog.diff import Divergence, describe, diff_logs
+
+# Imported on first use (PEP 562): ``attest eventlog replay`` is a process start, and these
+# modules (and ``json``, and their frozen dataclasses, each generating its methods at import)
+# are not on its path. Parsing, replay and facts load eagerly: ``facts`` cannot be lazy, as
+# importing the submodule ``attest.eventlog.facts`` (the appraisal does) would bind the
+# package's ``facts`` to that module instead of the function.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "CelRecord",
+            "ImaEntry",
+            "dumps_cel",
+            "dumps_cel_record",
+            "loads_cel",
+            "new_record",
+            "parse_ima_log",
+            "read_systemd_measure_log",
+            "replay_cel",
+            "replay_ima",
+            "verify_cel",
+        ),
+        "attest.eventlog.cel",
+    ),
+    **dict.fromkeys(("Divergence", "describe", "diff_logs"), "attest.eventlog.diff"),
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "FORMAT_CRYPTO_AGILE",

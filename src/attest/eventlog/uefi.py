@@ -434,6 +434,8 @@ class TaggedEvent:
 @_fast_init
 @dataclass(frozen=True, slots=True)
 class GptPartition:
+    """One GPT partition entry (UEFI spec §5.3.3) of an EV_EFI_GPT_EVENT."""
+
     type_guid: str
     unique_guid: str
     first_lba: int

@@ -1,0 +1,57 @@
+"""``attest.eventlog`` imports some submodules on first use; its public API is unchanged."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import attest.eventlog
+
+# By module name: the package's ``facts`` and ``replay`` are functions of those names.
+SUBMODULES = ("cel", "diff", "facts", "parse", "quirks", "replay")
+
+
+def test_every_public_name_is_the_submodules_own_object() -> None:
+    homes = [importlib.import_module(f"attest.eventlog.{m}") for m in SUBMODULES]
+    for name in attest.eventlog.__all__:
+        value = getattr(attest.eventlog, name)
+        owners = [m for m in homes if getattr(m, name, None) is value]
+        assert owners, name
+    assert set(attest.eventlog.__all__) <= set(dir(attest.eventlog))
+
+
+def test_unknown_name_raises_attribute_error() -> None:
+    try:
+        attest.eventlog.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("attest.eventlog.no_such_name did not raise")
+
+
+def test_lazy_names_load_their_module_on_first_use_only() -> None:
+    code = (
+        "import sys\n"
+        "import attest.eventlog as e\n"
+        "before = {'attest.eventlog.cel', 'attest.eventlog.diff'} & set(sys.modules)\n"
+        "from attest.eventlog import describe, verify_cel\n"
+        "after = {'attest.eventlog.cel', 'attest.eventlog.diff'} & set(sys.modules)\n"
+        "print(sorted(before), sorted(after), e.describe is describe)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split("\n")[0] == "[] ['attest.eventlog.cel', 'attest.eventlog.diff'] True"
+
+
+def test_facts_is_the_function_even_after_the_submodule_is_imported() -> None:
+    code = (
+        "import attest.appraisal.stages\n"
+        "from attest.eventlog import facts\n"
+        "print(callable(facts) and facts.__name__ == 'facts')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "True"
