@@ -7,9 +7,9 @@ import dataclasses
 import os
 from typing import Any
 
-import attest.eventlog as evlog  # describe and diff_logs load on first use (replay: never)
+import attest.eventlog as evlog  # describe, diff_logs, facts load on first use (replay: never)
 from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
-from attest.eventlog import facts, parse_event_log, replay_pcrs, replay_self
+from attest.eventlog import parse_event_log, replay_pcrs, replay_self
 from attest.eventlog.parse import UnverifiedEventLog
 from attest.model import HashAlg
 
@@ -124,7 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_facts(args: argparse.Namespace) -> int:
     verified = replay_self(_load(args.file))
-    doc = facts(verified).to_json()
+    doc = evlog.facts(verified).to_json()
     if args.json:
         print_json(doc)
         return EXIT_OK

@@ -8,9 +8,10 @@ boot = facts(verified)                      # -> BootFacts (from verified events
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
-from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
 from attest.eventlog.parse import (
     FORMAT_CRYPTO_AGILE,
     FORMAT_SHA1,
@@ -42,12 +43,11 @@ if TYPE_CHECKING:
         verify_cel,
     )
     from attest.eventlog.diff import Divergence, describe, diff_logs
+    from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
 
 # Imported on first use (PEP 562): ``attest eventlog replay`` is a process start, and these
-# modules (and ``json``, and their frozen dataclasses, each generating its methods at import)
-# are not on its path. Parsing, replay and facts load eagerly: ``facts`` cannot be lazy, as
-# importing the submodule ``attest.eventlog.facts`` (the appraisal does) would bind the
-# package's ``facts`` to that module instead of the function.
+# modules (their frozen dataclasses each generate their methods at import) are not on its
+# path. Parsing and replay load eagerly.
 _LAZY = {
     **dict.fromkeys(
         (
@@ -66,6 +66,10 @@ _LAZY = {
         "attest.eventlog.cel",
     ),
     **dict.fromkeys(("Divergence", "describe", "diff_logs"), "attest.eventlog.diff"),
+    **dict.fromkeys(
+        ("BootFacts", "facts", "load_options_digest", "verity_root_hashes"),
+        "attest.eventlog.facts",
+    ),
 }
 
 
@@ -80,6 +84,20 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package's ``facts`` is the function, as when this module imported it eagerly: the
+    import system binds a loaded submodule as an attribute of its package, which would make
+    ``attest.eventlog.facts`` the module once anything imported ``attest.eventlog.facts``."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "facts" and isinstance(value, types.ModuleType):
+            value = value.facts
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -6,6 +6,8 @@ import importlib
 import subprocess
 import sys
 
+import pytest
+
 import attest.eventlog
 
 # By module name: the package's ``facts`` and ``replay`` are functions of those names.
@@ -45,11 +47,19 @@ def test_lazy_names_load_their_module_on_first_use_only() -> None:
     assert out.split("\n")[0] == "[] ['attest.eventlog.cel', 'attest.eventlog.diff'] True"
 
 
-def test_facts_is_the_function_even_after_the_submodule_is_imported() -> None:
+@pytest.mark.parametrize(
+    "first",
+    ["import attest.appraisal.stages", "import attest.eventlog.facts", "import attest.eventlog"],
+)
+def test_facts_is_the_function_however_the_submodule_was_loaded(first: str) -> None:
+    """The submodule ``facts`` shares its name with the function the package exports; the
+    package's attribute stays the function, as when the package imported it eagerly."""
     code = (
-        "import attest.appraisal.stages\n"
+        f"{first}\n"
+        "import attest.eventlog\n"
         "from attest.eventlog import facts\n"
-        "print(callable(facts) and facts.__name__ == 'facts')\n"
+        "import attest.eventlog.facts\n"
+        "print(facts is attest.eventlog.facts and facts.__name__ == 'facts' and callable(facts))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
