@@ -32,19 +32,23 @@ def test_unknown_name_raises_attribute_error() -> None:
         raise AssertionError("attest.eventlog.no_such_name did not raise")
 
 
+def _python(code: str) -> str:
+    """The stdout of ``code`` run in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 def test_lazy_names_load_their_module_on_first_use_only() -> None:
     code = (
         "import sys\n"
         "import attest.eventlog as e\n"
-        "before = {'attest.eventlog.cel', 'attest.eventlog.diff'} & set(sys.modules)\n"
-        "from attest.eventlog import describe, verify_cel\n"
-        "after = {'attest.eventlog.cel', 'attest.eventlog.diff'} & set(sys.modules)\n"
-        "print(sorted(before), sorted(after), e.describe is describe)\n"
+        "lazy = {'attest.eventlog.cel', 'attest.eventlog.diff', 'attest.eventlog.facts'}\n"
+        "before = lazy & set(sys.modules)\n"
+        "from attest.eventlog import describe, verify_cel, BootFacts\n"
+        "print(sorted(before), sorted(lazy & set(sys.modules)), e.describe is describe)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.split("\n")[0] == "[] ['attest.eventlog.cel', 'attest.eventlog.diff'] True"
+    loaded = "['attest.eventlog.cel', 'attest.eventlog.diff', 'attest.eventlog.facts']"
+    assert _python(code) == f"[] {loaded} True"
 
 
 @pytest.mark.parametrize(
@@ -61,7 +65,4 @@ def test_facts_is_the_function_however_the_submodule_was_loaded(first: str) -> N
         "import attest.eventlog.facts\n"
         "print(facts is attest.eventlog.facts and facts.__name__ == 'facts' and callable(facts))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "True"
+    assert _python(code) == "True"
