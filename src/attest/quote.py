@@ -23,8 +23,10 @@ are the TPM's real counters.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn, cast
 
@@ -62,6 +64,15 @@ _HASHES: dict[HashAlg, hashes.HashAlgorithm] = {
     HashAlg.SHA512: hashes.SHA512(),
 }
 
+# hashlib's constructors, called directly on the hot path (HashAlg.new is one call more).
+_HASHLIB: dict[HashAlg, Callable[[bytes], hashlib._Hash]] = {
+    **{alg: alg.new for alg in HashAlg},
+    HashAlg.SHA1: hashlib.sha1,
+    HashAlg.SHA256: hashlib.sha256,
+    HashAlg.SHA384: hashlib.sha384,
+    HashAlg.SHA512: hashlib.sha512,
+}
+
 # Built once: signature parameter objects cost as much to create as the rest of a check.
 _ECDSA = {alg: ec.ECDSA(h) for alg, h in _HASHES.items()}
 _PKCS1 = padding.PKCS1v15()
@@ -84,6 +95,10 @@ class QuotePolicy:
 
 
 DEFAULT_POLICY = QuotePolicy()
+_new = tuple.__new__
+# Enum members read once: ``Alg.X`` is a class-attribute lookup through the enum's metaclass
+# (~0.1 µs each), and the hot path reads several per quote.
+_NULL, _ECDSA_ALG, _ECC, _RSA, _RSASSA = Alg.NULL, Alg.ECDSA, Alg.ECC, Alg.RSA, Alg.RSASSA
 
 
 class VerifiedQuote(NamedTuple):
@@ -119,31 +134,32 @@ class VerifiedQuote(NamedTuple):
 
 def verify_signature(message: bytes, sig: Signature, ak: Public, policy: QuotePolicy) -> None:
     """Check that ``sig`` is an allowed signature by ``ak`` over ``message``; raise otherwise."""
-    if sig.alg not in policy.schemes:
-        raise KeyPolicyError(f"signature scheme {sig.alg.name} is not allowed")
-    if sig.hash not in policy.signature_hashes:
-        raise KeyPolicyError(f"signature hash {sig.hash.bank_name} is not allowed")
+    alg, h, raw, r, s = sig
+    if alg not in policy.schemes:
+        raise KeyPolicyError(f"signature scheme {alg.name} is not allowed")
+    if h not in policy.signature_hashes:
+        raise KeyPolicyError(f"signature hash {h.bank_name} is not allowed")
     # A restricted signing key signs only with its own scheme (Part 1 §25.2.3.2).
-    if ak.scheme != Alg.NULL and (sig.alg != ak.scheme or sig.hash != ak.scheme_hash):
+    if ak.scheme != _NULL and (alg != ak.scheme or h != ak.scheme_hash):
         raise SignatureError(
-            f"signature is {sig.alg.name}/{sig.hash.bank_name}, but the AK's scheme is "
+            f"signature is {alg.name}/{h.bank_name}, but the AK's scheme is "
             f"{Alg(ak.scheme).name}/{ak.scheme_hash.bank_name if ak.scheme_hash else '-'}"
         )
     key = ak.key
     try:
-        if sig.alg == Alg.ECDSA:
+        if alg == _ECDSA_ALG:
             # ak.key is built from ak.type, so the type tells the key class without isinstance.
-            if ak.type != Alg.ECC:
+            if ak.type != _ECC:
                 raise SignatureError("ECDSA signature but the AK is not an ECC key")
-            der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
-            cast(ec.EllipticCurvePublicKey, key).verify(der, message, _ECDSA[sig.hash])
+            der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+            cast(ec.EllipticCurvePublicKey, key).verify(der, message, _ECDSA[h])
         else:
-            if ak.type != Alg.RSA:
-                raise SignatureError(f"{sig.alg.name} signature but the AK is not an RSA key")
+            if ak.type != _RSA:
+                raise SignatureError(f"{alg.name} signature but the AK is not an RSA key")
             if ak.key_bits < policy.min_rsa_bits:
                 raise KeyPolicyError(f"RSA-{ak.key_bits} AK is below {policy.min_rsa_bits} bits")
-            pad = _PKCS1 if sig.alg == Alg.RSASSA else _PSS[sig.hash]
-            cast(rsa.RSAPublicKey, key).verify(sig.sig, message, pad, _HASHES[sig.hash])
+            pad = _PKCS1 if alg == _RSASSA else _PSS[h]
+            cast(rsa.RSAPublicKey, key).verify(raw, message, pad, _HASHES[h])
     except InvalidSignature:
         raise SignatureError("the signature does not verify with the AK") from None
 
@@ -172,30 +188,68 @@ def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[in
             )
 
 
+# A bank of a signed selection as the hot path reads it: the bank, a C-level getter of its
+# values in selection order, how many there are, and the list of their expected lengths.
+_Bank = tuple[HashAlg, Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int, list[int]]
+_PLANS: dict[int, tuple[PcrSelection, tuple[_Bank, ...]]] = {}
+
+
+def _plan(signed: PcrSelection) -> tuple[_Bank, ...]:
+    """How to read the values of ``signed``, bank by bank, built once per selection object:
+    parsed selections are memoised (``tpmstruct``), so a verifier sees the same few objects.
+    Keyed by identity; the entry holds the object, so the id stays its own."""
+    entry = _PLANS.get(id(signed))
+    if entry is not None and entry[0] is signed:
+        return entry[1]
+    banks: list[_Bank] = []
+    for alg, indices in signed.banks:
+        get: Callable[[Mapping[int, bytes]], tuple[bytes, ...]]
+        if len(indices) > 1:
+            get = operator.itemgetter(*indices)
+        else:
+            get = functools.partial(_pick, indices)
+        banks.append((alg, get, len(indices), [alg.digest_size] * len(indices)))
+    plan = tuple(banks)
+    if len(_PLANS) >= 256:
+        _PLANS.clear()
+    _PLANS[id(signed)] = (signed, plan)
+    return plan
+
+
+def _pick(indices: tuple[int, ...], values: Mapping[int, bytes]) -> tuple[bytes, ...]:
+    return tuple(values[i] for i in indices)
+
+
 def _selected_values(
     signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]
 ) -> bytes:
     """The presented values concatenated in the signed selection's order, after checking
     that they are exactly that selection (the fast path of ``check_selection``: same number
-    of values per bank and every signed index present means the same index set)."""
-    if len(signed.banks) != len(presented):
+    of values per bank and every signed index present means the same index set; any doubt
+    goes to ``check_selection``, which raises with the precise message)."""
+    plan = _plan(signed)
+    if len(plan) != len(presented):
         _selection_mismatch(signed, presented)
     parts: list[bytes] = []
-    for alg, indices in signed.banks:
+    for alg, get, count, sizes in plan:
         given = presented.get(alg)
-        if given is None or len(given) != len(indices):
-            check_selection(signed, presented)  # raises with the precise message
-            raise AssertionError("unreachable")
+        if given is None or len(given) != count:
+            _raise_selection(signed, presented)
         try:
-            chosen = [given[i] for i in indices]
+            chosen = get(given)
         except KeyError:
-            check_selection(signed, presented)
-            raise AssertionError("unreachable") from None
-        if len(set(map(len, chosen))) > 1 or (chosen and len(chosen[0]) != alg.digest_size):
-            check_selection(signed, presented)
-            raise AssertionError("unreachable")
+            _raise_selection(signed, presented)
+        if list(map(len, chosen)) != sizes:
+            _raise_selection(signed, presented)
         parts += chosen
     return b"".join(parts)
+
+
+def _raise_selection(
+    signed: PcrSelection, presented: Mapping[HashAlg, Mapping[int, bytes]]
+) -> NoReturn:
+    check_selection(signed, presented)  # raises with the precise message
+    raise AssertionError("unreachable: check_selection accepted what the fast path refused")
 
 
 @functools.lru_cache(maxsize=256)
@@ -249,38 +303,32 @@ def verify_quote(
     sig = parse_signature(signature)
     parsed = parse_attest(attest)
     verify_signature(attest, sig, ak, policy)
-    if parsed.magic != TPM_GENERATED_VALUE:
+    magic, st, signer, extra, clock, firmware, selection, pcr_digest, _ = parsed
+    if magic != TPM_GENERATED_VALUE:
         raise AttestationTypeError(
-            f"magic 0x{parsed.magic:08x} is not TPM_GENERATED_VALUE: not made by a TPM"
+            f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE: not made by a TPM"
         )
-    if parsed.type != TPM_ST_ATTEST_QUOTE:
-        raise AttestationTypeError(f"type 0x{parsed.type:04x} is not TPM_ST_ATTEST_QUOTE")
-    if not hmac.compare_digest(parsed.extra_data, nonce):
+    if st != TPM_ST_ATTEST_QUOTE:
+        raise AttestationTypeError(f"type 0x{st:04x} is not TPM_ST_ATTEST_QUOTE")
+    if not hmac.compare_digest(extra, nonce):
         raise NonceError("qualifying data in the quote is not the expected nonce")
     values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
-    banks = parsed.pcr_select.banks
-    concatenated = _selected_values(parsed.pcr_select, values)
-    if not hmac.compare_digest(sig.hash.digest(concatenated), parsed.pcr_digest):
+    concatenated = _selected_values(selection, values)
+    if not hmac.compare_digest(_HASHLIB[sig.hash](concatenated).digest(), pcr_digest):
         raise PcrDigestError(
             "pcrDigest does not match the PCR values presented (values changed or reordered)"
         )
     prev = previous.clock if isinstance(previous, VerifiedQuote) else previous
-    check_clock(parsed.clock_info, prev, require_safe=policy.require_safe_clock)
-    # check_selection proved the presented mapping holds exactly the selection; a PcrValues
+    check_clock(clock, prev, require_safe=policy.require_safe_clock)
+    # _selected_values proved the presented mapping holds exactly the selection; a PcrValues
     # is kept as it is, a plain mapping is copied so later changes to it cannot leak in.
     verified = (
         pcrs
         if isinstance(pcrs, PcrValues)
-        else PcrValues({alg: dict(values[alg]) for alg, _ in banks})
+        else PcrValues({alg: dict(values[alg]) for alg, _ in selection.banks})
     )
-    return VerifiedQuote(
-        verified,
-        parsed.pcr_select,
-        parsed.extra_data,
-        parsed.clock_info,
-        parsed.firmware_version,
-        parsed.qualified_signer,
-        sig.alg,
-        sig.hash,
-        parsed,
+    # tuple.__new__ skips the NamedTuple's Python-level __new__ (every field is given).
+    return _new(
+        VerifiedQuote,
+        (verified, selection, extra, clock, firmware, signer, sig.alg, sig.hash, parsed),
     )

@@ -178,22 +178,33 @@ def read_pcr_selection(r: Reader) -> PcrSelection:
     """Read a TPML_PCR_SELECTION. The extent is found with a cheap scan of the size bytes,
     then the blob is decoded by a memoised pure function: a verifier sees the same few
     selections over and over, and quote verification is a hot path."""
-    buf, start = r.buf, r.pos
+    sel, r.pos = _scan_pcr_selection(r.buf, r.pos, r.what)
+    return sel
+
+
+_U32 = struct.Struct(">I")
+
+
+def _scan_pcr_selection(buf: bytes, start: int, what: str) -> tuple[PcrSelection, int]:
+    """``read_pcr_selection`` without a ``Reader``: the selection at ``start`` and where it
+    ends; an error names ``what`` and ``start``, as ``Reader.fail`` would."""
     n = len(buf)
     if start + 4 > n:
-        raise r.fail("truncated PCR selection count")
-    count = int.from_bytes(buf[start : start + 4], "big")
+        raise QuoteFormatError(f"{what}: truncated PCR selection count (at byte {start})")
+    (count,) = _U32.unpack_from(buf, start)
     if count > MAX_BANKS:
-        raise r.fail(f"PCR selection has {count} banks, at most {MAX_BANKS} allowed")
+        raise QuoteFormatError(
+            f"{what}: PCR selection has {count} banks, at most {MAX_BANKS} allowed "
+            f"(at byte {start})"
+        )
     pos = start + 4
     for _ in range(count):
         if pos + 3 > n:
-            raise r.fail("truncated PCR selection")
+            raise QuoteFormatError(f"{what}: truncated PCR selection (at byte {start})")
         pos += 3 + buf[pos + 2]
     if pos > n:
-        raise r.fail("truncated PCR selection bitmap")
-    r.pos = pos
-    return _decode_pcr_selection(buf[start:pos])
+        raise QuoteFormatError(f"{what}: truncated PCR selection bitmap (at byte {start})")
+    return _decode_pcr_selection(buf[start:pos]), pos
 
 
 @functools.lru_cache(maxsize=256)
@@ -265,6 +276,7 @@ class Attest(NamedTuple):
 _CLOCK_FW = struct.Struct(">QIIBQ")  # TPMS_CLOCK_INFO then firmwareVersion
 _ATTEST_HEAD = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _NO_SELECTION = PcrSelection(())
+_new = tuple.__new__
 
 
 def parse_attest(data: bytes) -> Attest:
@@ -299,10 +311,7 @@ def parse_attest(data: bytes) -> Attest:
     if safe > 1:
         raise QuoteFormatError(f"TPMS_ATTEST: clockInfo.safe is {safe}, not a TPMI_YES_NO")
     if st == TPM_ST_ATTEST_QUOTE:
-        r = Reader(data, "TPMS_ATTEST")
-        r.pos = pos
-        sel = read_pcr_selection(r)
-        pos = r.pos
+        sel, pos = _scan_pcr_selection(data, pos, "TPMS_ATTEST")
         if pos + 2 > n:
             raise QuoteFormatError("TPMS_ATTEST: truncated before pcrDigest")
         size = data[pos] << 8 | data[pos + 1]
@@ -316,16 +325,20 @@ def parse_attest(data: bytes) -> Attest:
         # Another attestation type (certify, NV, ...): its union member is not parsed here;
         # the verifier refuses the type once the signature has been checked.
         sel, digest = _NO_SELECTION, b""
-    return Attest(
-        magic,
-        st,
-        signer,
-        extra,
-        ClockInfo(clock, reset, restart, safe == 1),
-        fw,
-        sel,
-        digest,
-        data,
+    # tuple.__new__ skips the NamedTuples' Python-level __new__ (all fields are given).
+    return _new(
+        Attest,
+        (
+            magic,
+            st,
+            signer,
+            extra,
+            _new(ClockInfo, (clock, reset, restart, safe == 1)),
+            fw,
+            sel,
+            digest,
+            data,
+        ),
     )
 
 
@@ -375,6 +388,7 @@ class Signature(NamedTuple):
 
 _SIG_HEAD = struct.Struct(">HHH")  # sigAlg, hash, first TPM2B size
 _SIG_ALGS = {int(a): a for a in (Alg.RSASSA, Alg.RSAPSS, Alg.ECDSA)}
+_ECDSA_ALG = Alg.ECDSA  # read once: an enum member lookup costs ~0.1 µs
 _HASH_BY_ID = {int(a): a for a in HashAlg}
 
 
@@ -393,17 +407,17 @@ def parse_signature(data: bytes) -> Signature:
     h = _HASH_BY_ID.get(hash_id)
     if h is None:
         raise QuoteFormatError(f"TPMT_SIGNATURE hash 0x{hash_id:04x} is not a known hash")
-    if alg is not Alg.ECDSA:
+    if alg is not _ECDSA_ALG:
         if size > MAX_RSA_KEY_BYTES or 6 + size != n:
             raise QuoteFormatError(f"TPMT_SIGNATURE: RSA signature of {size} bytes in {n - 6}")
-        return Signature(alg, h, data[6:])
+        return _new(Signature, (alg, h, data[6:], b"", b""))
     if size > MAX_ECC_KEY_BYTES or 8 + size > n:
         raise QuoteFormatError(f"TPMT_SIGNATURE: signatureR of {size} bytes does not fit")
     pos = 6 + size
     size_s = data[pos] << 8 | data[pos + 1]
     if size_s > MAX_ECC_KEY_BYTES or pos + 2 + size_s != n:
         raise QuoteFormatError(f"TPMT_SIGNATURE: signatureS of {size_s} bytes does not fit")
-    return Signature(alg, h, b"", data[6:pos], data[pos + 2 :])
+    return _new(Signature, (alg, h, b"", data[6:pos], data[pos + 2 :]))
 
 
 def build_signature(sig: Signature) -> bytes:
@@ -644,6 +658,7 @@ def read_tpml_digest_values(
     return out
 
 
+_U32LE = struct.Struct("<I")
 _TOOLS_SEL_SIZE = 4 + 16 * 8  # C struct TPML_PCR_SELECTION: count + 16 padded selections
 _TOOLS_TPML_DIGEST_SIZE = 4 + 8 * (2 + 64)  # C struct TPML_DIGEST: count + 8 TPM2B_DIGEST
 
@@ -652,9 +667,10 @@ def is_tools_serialized_pcrs(data: bytes) -> bool:
     """Does ``data`` have the exact shape of tpm2-tools' "serialized" PCR file?"""
     if len(data) < _TOOLS_SEL_SIZE + 4:
         return False
-    count = int.from_bytes(data[_TOOLS_SEL_SIZE : _TOOLS_SEL_SIZE + 4], "little")
+    banks: int = _U32LE.unpack_from(data)[0]
+    count: int = _U32LE.unpack_from(data, _TOOLS_SEL_SIZE)[0]
     return (
-        int.from_bytes(data[:4], "little") <= MAX_BANKS
+        banks <= MAX_BANKS
         and 0 < count <= 32
         and len(data) == _TOOLS_SEL_SIZE + 4 + count * _TOOLS_TPML_DIGEST_SIZE
     )
@@ -720,13 +736,21 @@ def _tools_layout(selection: PcrSelection) -> _ToolsLayout | None:
     return struct.Struct("".join(fixed)), tuple(expected), struct.Struct("".join(take))
 
 
-def _label(selection: PcrSelection, digests: tuple[bytes, ...]) -> dict[HashAlg, dict[int, bytes]]:
-    values: dict[HashAlg, dict[int, bytes]] = {}
+# Per bank of a selection: the bank, its indices, and where its values are in the digests.
+_Spans = tuple[tuple[HashAlg, tuple[int, ...], int, int], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_plan(head: bytes) -> tuple[PcrSelection, _ToolsLayout | None, _Spans]:
+    """Everything the fast path needs for a file whose selection is ``head``, memoised by
+    those bytes (no PcrSelection is hashed per call)."""
+    selection = _tools_selection(head)
+    spans = []
     at = 0
     for alg, idx in selection.banks:
-        values[alg] = dict(zip(idx, digests[at : at + len(idx)], strict=True))
+        spans.append((alg, idx, at, at + len(idx)))
         at += len(idx)
-    return values
+    return selection, _tools_layout(selection), tuple(spans)
 
 
 def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg, dict[int, bytes]]]:
@@ -737,12 +761,17 @@ def read_tools_serialized_pcrs(data: bytes) -> tuple[PcrSelection, dict[HashAlg,
     if not is_tools_serialized_pcrs(data):
         raise QuoteFormatError("not a tpm2-tools serialized PCR file")
     data = bytes(data)
-    selection = _tools_selection(data[:_TOOLS_SEL_SIZE])
-    layout = _tools_layout(selection)
+    selection, layout, spans = _tools_plan(data[:_TOOLS_SEL_SIZE])
     if layout is not None:
         fixed, expected, take = layout
         if fixed.size == len(data) and fixed.unpack(data) == expected:
-            return selection, _label(selection, take.unpack(data))
+            taken: tuple[bytes, ...] = take.unpack(data)
+            if len(spans) == 1:  # the usual single bank: no slicing, no comprehension
+                alg, idx, _, _ = spans[0]
+                return selection, {alg: dict(zip(idx, taken, strict=True))}
+            return selection, {
+                alg: dict(zip(idx, taken[a:b], strict=True)) for alg, idx, a, b in spans
+            }
     # Any other layout (or a malformed one): field by field, which names what is wrong.
     digests: list[bytes] = []
     # is_tools_serialized_pcrs checked that the count's TPML_DIGESTs fill the rest exactly.

@@ -96,6 +96,17 @@ def test_eventlog_replay_loads_no_server_http_or_tpm_library(shared_dir: Path) -
     rc, loaded = _imported_by(["eventlog", "replay", str(log), "--json"])
     assert rc == 0 and "attest.eventlog.replay" in loaded
     assert _heavy_or_slow(loaded) == set()
+    # attest.eventlog loads the CEL/IMA, diff and facts modules on first use: replay never
+    # uses them.
+    assert not loaded & {"attest.eventlog.cel", "attest.eventlog.diff", "attest.eventlog.facts"}
+
+
+def test_eventlog_show_and_diff_still_load_what_they_use(shared_dir: Path) -> None:
+    log = str(shared_dir / "eventlogs" / "ovmf__q35-direct-boot.bin")
+    rc, loaded = _imported_by(["eventlog", "show", log, "--json"])
+    assert rc == 0 and "attest.eventlog.diff" in loaded
+    rc, loaded = _imported_by(["eventlog", "diff", log, log])
+    assert rc == 0 and "attest.eventlog.diff" in loaded
 
 
 def _root_logger_after(argv: list[str]) -> str:

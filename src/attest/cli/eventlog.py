@@ -7,15 +7,9 @@ import dataclasses
 import os
 from typing import Any
 
+import attest.eventlog as evlog  # describe, diff_logs, facts load on first use (replay: never)
 from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
-from attest.eventlog import (
-    describe,
-    diff_logs,
-    facts,
-    parse_event_log,
-    replay_pcrs,
-    replay_self,
-)
+from attest.eventlog import parse_event_log, replay_pcrs, replay_self
 from attest.eventlog.parse import UnverifiedEventLog
 from attest.model import HashAlg
 
@@ -93,7 +87,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                         "type": e.type_name,
                         "type_value": e.type,
                         "digests": {_bank(a): d.hex() for a, d in e.digests.items()},
-                        "meaning": describe(e),
+                        "meaning": evlog.describe(e),
                         "payload": _jsonable(e.payload),
                         "data": e.data.hex(),
                     }
@@ -108,7 +102,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for e in log.events:
         d = e.digests.get(pref) if pref is not None else None
         digest = d.hex()[:16] if d else "-"
-        print(f"{e.index:>4} {e.pcr:>3}  {e.type_name:<34} {digest:<16}  {describe(e)}")
+        print(f"{e.index:>4} {e.pcr:>3}  {e.type_name:<34} {digest:<16}  {evlog.describe(e)}")
     if log.unknown_event_types:
         print("unknown event types: " + ", ".join(f"0x{t:08x}" for t in log.unknown_event_types))
     if log.malformed_events:
@@ -130,7 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_facts(args: argparse.Namespace) -> int:
     verified = replay_self(_load(args.file))
-    doc = facts(verified).to_json()
+    doc = evlog.facts(verified).to_json()
     if args.json:
         print_json(doc)
         return EXIT_OK
@@ -161,7 +155,7 @@ def cmd_facts(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    divergences = diff_logs(_load(args.a), _load(args.b))
+    divergences = evlog.diff_logs(_load(args.a), _load(args.b))
     if args.json:
         print_json([d.to_json() for d in divergences])
         return EXIT_OK

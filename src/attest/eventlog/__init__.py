@@ -7,21 +7,11 @@ boot = facts(verified)                      # -> BootFacts (from verified events
 
 from __future__ import annotations
 
-from attest.eventlog.cel import (
-    CelRecord,
-    ImaEntry,
-    dumps_cel,
-    dumps_cel_record,
-    loads_cel,
-    new_record,
-    parse_ima_log,
-    read_systemd_measure_log,
-    replay_cel,
-    replay_ima,
-    verify_cel,
-)
-from attest.eventlog.diff import Divergence, describe, diff_logs
-from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
 from attest.eventlog.parse import (
     FORMAT_CRYPTO_AGILE,
     FORMAT_SHA1,
@@ -37,6 +27,78 @@ from attest.eventlog.replay import (
     replay_pcrs,
     replay_self,
 )
+
+if TYPE_CHECKING:
+    from attest.eventlog.cel import (
+        CelRecord,
+        ImaEntry,
+        dumps_cel,
+        dumps_cel_record,
+        loads_cel,
+        new_record,
+        parse_ima_log,
+        read_systemd_measure_log,
+        replay_cel,
+        replay_ima,
+        verify_cel,
+    )
+    from attest.eventlog.diff import Divergence, describe, diff_logs
+    from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
+
+# Imported on first use (PEP 562): ``attest eventlog replay`` is a process start, and these
+# modules (their frozen dataclasses each generate their methods at import) are not on its
+# path. Parsing and replay load eagerly.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "CelRecord",
+            "ImaEntry",
+            "dumps_cel",
+            "dumps_cel_record",
+            "loads_cel",
+            "new_record",
+            "parse_ima_log",
+            "read_systemd_measure_log",
+            "replay_cel",
+            "replay_ima",
+            "verify_cel",
+        ),
+        "attest.eventlog.cel",
+    ),
+    **dict.fromkeys(("Divergence", "describe", "diff_logs"), "attest.eventlog.diff"),
+    **dict.fromkeys(
+        ("BootFacts", "facts", "load_options_digest", "verity_root_hashes"),
+        "attest.eventlog.facts",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package's ``facts`` is the function, as when this module imported it eagerly: the
+    import system binds a loaded submodule as an attribute of its package, which would make
+    ``attest.eventlog.facts`` the module once anything imported ``attest.eventlog.facts``."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "facts" and isinstance(value, types.ModuleType):
+            value = value.facts
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "FORMAT_CRYPTO_AGILE",

@@ -49,6 +49,8 @@ class BootApplication:
 
 @dataclass(frozen=True, slots=True)
 class KernelCommandLine:
+    """A kernel command line measured by a boot loader or the EFI stub."""
+
     event: int
     pcr: int
     source: str  # "grub", "systemd-boot", "systemd-stub", "boot-loader"
@@ -67,6 +69,8 @@ class MeasuredDigest:
 
 @dataclass(frozen=True, slots=True)
 class VerityRootHash:
+    """A dm-verity root hash named on a measured kernel command line."""
+
     event: int  # the event holding the command line
     parameter: str  # roothash, usrhash, dm-mod.create, dm, ...
     root_hash: bytes
@@ -74,6 +78,8 @@ class VerityRootHash:
 
 @dataclass(frozen=True, slots=True)
 class SecureBootVariable:
+    """A measured Secure Boot variable (SecureBoot, PK, KEK, db, dbx, ...)."""
+
     name: str
     event: int
     digests: Mapping[int, bytes]  # the measured digests (of UEFI_VARIABLE_DATA), per bank
@@ -83,6 +89,9 @@ class SecureBootVariable:
 
 @dataclass(frozen=True, slots=True)
 class BootFacts:
+    """What a replayed log says about the boot; ``against_quote`` tells whether the replay was
+    checked against a TPM quote or only against the log's own values."""
+
     against_quote: bool
     secure_boot: bool | None
     secure_boot_variables: tuple[SecureBootVariable, ...]

@@ -31,6 +31,8 @@ class QuirkKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Quirk:
+    """A named, versioned firmware workaround, applied only when a strict replay fails."""
+
     name: str
     version: int
     kind: QuirkKind

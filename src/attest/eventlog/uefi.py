@@ -18,7 +18,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 from attest.errors import PayloadError
 
@@ -247,24 +247,29 @@ def _fast_init(cls: type[_D]) -> type[_D]:
     return cls
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@dataclass_transform(frozen_default=True)
+def _payload(cls: type[_D]) -> type[_D]:
+    """``@dataclass(frozen=True, slots=True)`` with ``_fast_init``'s ``__init__``: dataclasses is
+    told not to generate its own (``init=False``), which would be replaced anyway -- one
+    ``exec`` fewer per class at import, a process start of ``attest eventlog`` pays for 20."""
+    return _fast_init(dataclass(frozen=True, slots=True, init=False)(cls))
+
+
+@_payload
 class RawPayload:
     """An event type this decoder does not know, or whose data has no structure: kept raw."""
 
     note: str
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class MalformedPayload:
     """The event data does not decode as its type says. The event still replays."""
 
     error: str
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class SpecIdEvent:
     """TCG_EfiSpecIdEvent (PFP §10.4.5.1), 'Spec ID Event03' (or the TPM 1.2 'Event00')."""
 
@@ -276,16 +281,14 @@ class SpecIdEvent:
     vendor_info: bytes
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class StartupLocality:
     """'StartupLocality' EV_NO_ACTION (PFP §10.4.5.3): the locality TPM2_Startup came from."""
 
     locality: int
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class Sp800155Event:
     """'SP800-155 Event' reference-measurement pointer (PFP §10.4.5.2)."""
 
@@ -300,8 +303,7 @@ class Sp800155Event:
     firmware_version: str
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class NoActionEvent:
     """Another EV_NO_ACTION: its 16-byte signature and body."""
 
@@ -309,8 +311,7 @@ class NoActionEvent:
     body: bytes
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class TextPayload:
     """A string event (EV_ACTION, EV_EFI_ACTION, EV_IPL, EV_S_CRTM_VERSION, POST code, ...)."""
 
@@ -318,8 +319,7 @@ class TextPayload:
     encoding: str  # "ascii" or "utf-16le"
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class Separator:
     """EV_SEPARATOR (PFP §10.4.4): 0x00000000 normally, 0xFFFFFFFF (or 1) on an error path."""
 
@@ -327,8 +327,7 @@ class Separator:
     error: bool
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class FirmwareBlob:
     """UEFI_PLATFORM_FIRMWARE_BLOB / BLOB2 (PFP §10.4.3)."""
 
@@ -337,8 +336,7 @@ class FirmwareBlob:
     description: str | None = None
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class HandoffTables:
     """UEFI_HANDOFF_TABLE_POINTERS / 2: (vendor GUID, table address) pairs."""
 
@@ -346,8 +344,7 @@ class HandoffTables:
     description: str | None = None
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class DevicePath:
     """An EFI device path: its text form and the file path nodes it names."""
 
@@ -355,8 +352,7 @@ class DevicePath:
     file_path: str | None  # the concatenated MEDIA_FILEPATH nodes, e.g. \EFI\BOOT\BOOTX64.EFI
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class ImageLoad:
     """UEFI_IMAGE_LOAD_EVENT (PFP §10.4.3): image location, length and device path."""
 
@@ -366,8 +362,7 @@ class ImageLoad:
     device_path: DevicePath
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class SignatureData:
     """EFI_SIGNATURE_DATA, for a single authority (EV_EFI_VARIABLE_AUTHORITY)."""
 
@@ -375,8 +370,7 @@ class SignatureData:
     data: bytes
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class SignatureList:
     """EFI_SIGNATURE_LIST (UEFI §32.4.1)."""
 
@@ -388,8 +382,7 @@ class SignatureList:
     signatures: tuple[tuple[str, bytes], ...]
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class LoadOption:
     """EFI_LOAD_OPTION (UEFI §3.1.3), the value of a Boot#### variable."""
 
@@ -408,8 +401,7 @@ VariableValue = (
 )
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class VariableData:
     """UEFI_VARIABLE_DATA (PFP §10.4.2): the variable's GUID, name and data, decoded where we know
     the variable (Secure Boot databases, SecureBoot, BootOrder, Boot####)."""
@@ -420,8 +412,7 @@ class VariableData:
     value: VariableValue = None
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class TaggedEvent:
     """TCG_PCClientTaggedEvent (PFP §10.4.2.1). ``description`` is set for the Linux EFI stub's
     tags, whose data is a description of what was measured (the measured bytes are not logged)."""
@@ -431,9 +422,10 @@ class TaggedEvent:
     description: str | None = None
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class GptPartition:
+    """One GPT partition entry (UEFI spec §5.3.3) of an EV_EFI_GPT_EVENT."""
+
     type_guid: str
     unique_guid: str
     first_lba: int
@@ -442,8 +434,7 @@ class GptPartition:
     name: str
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class GptEvent:
     """UEFI_GPT_DATA (PFP §10.4.3): the GPT header and the partitions in use."""
 
@@ -451,8 +442,7 @@ class GptEvent:
     partitions: tuple[GptPartition, ...]
 
 
-@_fast_init
-@dataclass(frozen=True, slots=True)
+@_payload
 class SpdmEvent:
     """EV_EFI_SPDM_*: the TCG_DEVICE_SECURITY_EVENT_DATA signature and body (kept raw)."""
 
