@@ -1,10 +1,11 @@
 """Real EK certificates and vendor CAs: every genuine chain verifies (with its deviations named),
 every mutated one is refused.
 
-The corpus is real data, kept beside the repository like the event logs: ``../shared/ekcerts``
-(or ``$ATTEST_EK_CORPUS``), with its ``PROVENANCE.md``. Layout: ``leaves/`` (EK certificates as
-TPMs store them), ``leaves.tsv`` (vendor, the CN prefix of the anchor the chain must reach, the
-time to verify at), ``cas/<vendor>/{roots,intermediates}/`` (the vendors' CA certificates).
+The corpus is real data committed in ``tests/data/ekcerts/`` (``$ATTEST_EK_CORPUS`` points at
+another copy), with its ``PROVENANCE.md`` and ``rebuild.py``. Layout: ``leaves/`` (EK
+certificates as TPMs store them), ``leaves.tsv`` (vendor, the CN prefix of the anchor the chain
+must reach, the time to verify at), ``cas/<vendor>/{roots,intermediates}/`` (the vendors' CA
+certificates).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import hashlib
 import os
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +23,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.conftest import SHARED
 
 from attest.ekcert.der import Deviation
 from attest.ekcert.parse import ParsedCertificate, parse_certificate, parse_input
@@ -30,11 +32,15 @@ from attest.errors import CertificateError, CertificateFormatError
 from attest.verifier.ek_roots import CaStore, load_ca_tree
 
 NOW_FUZZ = datetime(2026, 6, 1, tzinfo=UTC)
-CORPUS = Path(os.environ.get("ATTEST_EK_CORPUS") or SHARED / "ekcerts")
+PROVENANCE_ROW = re.compile(r"^\| `([^`]+)` \|.*?\| `([0-9a-f]{64})` \|", re.M)
+IN_REPO = Path(__file__).resolve().parents[1] / "data" / "ekcerts"
+CORPUS = Path(os.environ.get("ATTEST_EK_CORPUS") or IN_REPO)
 pytestmark = [
+    # the in-repo corpus is never skipped (a missing file fails); only an absent override is
     pytest.mark.skipif(
-        not (CORPUS / "leaves.tsv").is_file(),
-        reason=f"the real EK certificate corpus is not at {CORPUS} (see docs/ek-certificates.md)",
+        CORPUS != IN_REPO and not (CORPUS / "leaves.tsv").is_file(),
+        reason=f"the EK certificate corpus ATTEST_EK_CORPUS={CORPUS} is absent (unset it to use "
+        f"{IN_REPO})",
     ),
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Google's CNs are longer than 64
 ]
@@ -48,7 +54,7 @@ EXPECTED_DEVIATIONS = {
 
 
 def _leaves() -> list[dict[str, str]]:
-    if not (CORPUS / "leaves.tsv").is_file():
+    if CORPUS != IN_REPO and not (CORPUS / "leaves.tsv").is_file():
         return []
     with (CORPUS / "leaves.tsv").open() as f:
         return list(csv.DictReader(f, delimiter="\t"))
@@ -70,6 +76,18 @@ def _leaf(row: dict[str, str]) -> tuple[bytes, ParsedCertificate]:
 
 def _now(row: dict[str, str]) -> datetime:
     return datetime.fromisoformat(row["now"])
+
+
+def test_every_corpus_file_is_listed_in_provenance_with_its_hash() -> None:
+    rows = dict(PROVENANCE_ROW.findall((CORPUS / "PROVENANCE.md").read_text()))
+    present = {
+        str(f.relative_to(CORPUS)) for d in ("leaves", "cas") for f in (CORPUS / d).rglob("*")
+    }
+    assert set(rows) == {p for p in present if (CORPUS / p).is_file()}
+    for name, sha256 in rows.items():
+        assert hashlib.sha256((CORPUS / name).read_bytes()).hexdigest() == sha256, name
+    leaves = {r for r in rows if r.startswith("leaves/")}
+    assert {f"leaves/{r['file']}" for r in _leaves()} == leaves
 
 
 def test_every_vendor_ca_file_loads(store: CaStore) -> None:

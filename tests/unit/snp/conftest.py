@@ -1,4 +1,4 @@
-"""The ``amd`` fixture: a fake AMD per product (real data: ``corpus.py``, from ../shared/snp)."""
+"""The ``amd`` fixture: a fake AMD per product (real data: ``corpus.py``, from tests/data/snp)."""
 
 from __future__ import annotations
 

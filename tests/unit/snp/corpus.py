@@ -1,9 +1,10 @@
 """The real SEV-SNP corpus: reports, AMD certificates and an OVMF suffix from public projects.
 
-attest commits none of these files. They live in the shared corpus, ``../shared/snp/`` beside
-the repository (or wherever ``ATTEST_SNP_CORPUS`` points), with their provenance (repository,
-commit, path, licence, SHA-256) in its ``PROVENANCE.md``. The tests that read them skip, naming
-the path, when it is absent; when it is present, ``EXPECTED`` is checked file by file.
+The files are committed in ``tests/data/snp/`` (small, public, Apache-2.0 or MIT), with their
+provenance (repository, commit, path, licence, SHA-256) in its ``PROVENANCE.md`` and
+``rebuild.py`` to re-take them from upstream. ``ATTEST_SNP_CORPUS`` points the tests at another
+copy; only such an override may be absent (the tests then skip, naming it). ``EXPECTED`` is
+checked file by file.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from attest.snp.report import Product, Signer
 
 REPO = Path(__file__).resolve().parents[3]
 ENV = "ATTEST_SNP_CORPUS"
-CORPUS = Path(os.environ.get(ENV) or REPO.parent / "shared" / "snp")
+IN_REPO = REPO / "tests" / "data" / "snp"
+CORPUS = Path(os.environ.get(ENV) or IN_REPO)
 
+# the in-repo corpus is never skipped (a missing file fails); only an absent override is
 requires_corpus = pytest.mark.skipif(
-    not CORPUS.is_dir(),
-    reason=f"the real SEV-SNP corpus {CORPUS} is absent (shared/snp beside the repository, "
-    f"or set {ENV})",
+    CORPUS != IN_REPO and not CORPUS.is_dir(),
+    reason=f"the SEV-SNP corpus {ENV}={CORPUS} is absent (unset it to use {IN_REPO})",
 )
 
 # every data file of the corpus and its SHA-256; PROVENANCE.md lists each with the same hash

@@ -1,4 +1,4 @@
-"""Real SEV-SNP data (the shared corpus, see corpus.py): AMD's roots against the pinned
+"""Real SEV-SNP data (tests/data/snp, see corpus.py): AMD's roots against the pinned
 fingerprints, real reports of every version parsed and verified, and real mutations refused."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``attest snp`` on real data (the shared corpus): the issue's CLI contract with AMD's chain,
+"""``attest snp`` on real data (tests/data/snp): the issue's CLI contract with AMD's chain,
 --ark-dir, a certificate table, and virtee/sev's launch digests of a real AmdSev OVMF."""
 
 from __future__ import annotations
