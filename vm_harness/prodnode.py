@@ -14,8 +14,8 @@ as edits of the shipped units:
   and the mutual-TLS key from the state disk into attestd's ``/var/lib/attest/api``.
 - drop-ins: attestd-tpm gets the A/B slot block devices (``--slot-device``, by their virtio
   serial names under ``/dev/disk/by-id``; ``DeviceAllow=block-virtblk``), and both units power
-  the node off when systemd gives up restarting them (``FailureAction=``: fail closed, as the
-  script init did when attestd exited).
+  the node off when systemd gives up restarting them (``StartLimitAction=``: fail closed, as
+  the script init did when attestd exited).
 - a udev rule giving the slot disks to ``attest-tpm``; ``/etc/attest/attestd.toml`` (the
   public listener on 0.0.0.0:7443, the mutual-TLS listener, the node id ``vm-node``).
 - journald forwards to the console (the harness reads milestones there); units a node that
@@ -132,11 +132,13 @@ RemainAfterExit=yes
 ExecStart=/usr/sbin/attest-vm-boot
 """
 
-# Both units: power the node off when systemd gives up restarting (fail closed).
+# Both units: power the node off when systemd gives up restarting (fail closed). Not
+# FailureAction=: systemd 252 takes it on every failure, also one Restart= is about to undo
+# (seen here: a killed attestd-tpm powered the node off instead of being restarted).
 FAIL_CLOSED = """[Unit]
 StartLimitIntervalSec=300
 StartLimitBurst=4
-FailureAction=poweroff-force
+StartLimitAction=poweroff-force
 """
 
 
@@ -302,6 +304,75 @@ HTTPServer(("0.0.0.0", {GUEST_DEBUG_PORT}), Handler).serve_forever()
 '''
 
 
+GUEST_OPERATOR_PORT = 7451
+OPERATOR_UNIT = """[Unit]
+Description=attest VM harness: the operator's upgrade status/confirm (test image only)
+After=attestd-tpm.service
+
+[Service]
+ExecStart=/usr/bin/python3 -I /usr/sbin/attest-vm-operator
+"""
+
+# The harness as the node's operator. With attestd-tpm, `GET /v1/upgrades` and `POST
+# /v1/upgrades/confirm` are root's, on the broker's operator socket (attestd answers 501), where
+# an operator runs `attest upgrade status|confirm --broker-socket ...` on the node. The guest
+# has no shell: this relay runs exactly those two commands for a client with a certificate of
+# the harness CA (the node's api.client_ca), over TLS with the node's certificate.
+OPERATOR_RELAY = f'''"""attest VM harness operator relay: test image only (prodnode.py)."""
+import json
+import ssl
+import subprocess
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+TLS = "{STATE}/tls"
+ATTEST = ["/opt/attest/bin/attest", "upgrade"]
+SOCK = ["--broker-socket", "/run/attest/tpm-operator.sock", "--json"]
+
+
+def attest(command):
+    p = subprocess.run(ATTEST + [command] + SOCK, capture_output=True, text=True)
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        doc = {{"error": (p.stderr or p.stdout).strip()[-400:]}}
+    return p.returncode, doc
+
+
+class Handler(BaseHTTPRequestHandler):
+    def reply(self, code, doc):
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path != "/v1/upgrades":
+            return self.send_error(404)
+        rc, doc = attest("status")
+        self.reply(200 if rc == 0 else 503, doc)
+
+    def do_POST(self):
+        if self.path != "/v1/upgrades/confirm":
+            return self.send_error(404)
+        rc, doc = attest("confirm")
+        if rc != 0:
+            return self.reply(409, doc)
+        rc, doc = attest("status")
+        self.reply(200 if rc == 0 else 503, doc)
+
+
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(f"{{TLS}}/node.pem", f"{{TLS}}/node.key")
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations(f"{{TLS}}/client-ca.pem")
+server = HTTPServer(("0.0.0.0", {GUEST_OPERATOR_PORT}), Handler)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+'''
+
+
 def install_production(
     root: Path,
     *,
@@ -347,9 +418,10 @@ def install_production(
         (d / "attest-vm.conf").write_text(text)
     (system / "attest-vm-boot.service").write_text(VM_BOOT_UNIT)
     (system / "attest-vm-debug.service").write_text(DEBUG_UNIT)
+    (system / "attest-vm-operator.service").write_text(OPERATOR_UNIT)
     wants = system / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    for unit in ("attest-vm-boot.service", "attest-vm-debug.service"):
+    for unit in ("attest-vm-boot.service", "attest-vm-debug.service", "attest-vm-operator.service"):
         link = wants / unit
         if not link.is_symlink():
             link.symlink_to(f"/etc/systemd/system/{unit}")
@@ -358,6 +430,7 @@ def install_production(
         ("attest-vm-say", SAY),
         ("attest-vm-boot", VM_BOOT),
         ("attest-vm-debug", DEBUG_AGENT),
+        ("attest-vm-operator", OPERATOR_RELAY),
     ):
         (sbin / name).write_text(text)
         (sbin / name).chmod(0o755)

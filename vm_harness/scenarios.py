@@ -436,7 +436,12 @@ def s9_privilege_split(h: Harness) -> Outcome:
         kill = _debug(vm, "/kill-broker", post=True)
         with NodeClient(vm.url, timeout=2.0) as client:
             down = _until(lambda: not client.ready(), 30)
-            back = _until(client.ready, 150) if down is not None else None
+            back = (
+                _until(lambda: client.ready() or not vm.alive(), 150) if down is not None else None
+            )
+        if not vm.alive():
+            problems.append(f"the node stopped after the broker's loss: {vm.failure_reason()}")
+            return Outcome(name, False, "; ".join(problems), data={"facts": facts})
         after_facts = _debug(vm, "/facts")
         after = h.attest(vm, enrollment=before.enrollment)
     broker = after_facts["attestd-tpm.service"]

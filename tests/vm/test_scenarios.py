@@ -107,6 +107,7 @@ def test_scenario1_blessed_image_attests_affirming_through_attest_verify(
     naming the revocation against the next snapshot, which revokes the release."""
     out = s1_blessed_boot_affirming(harness)
     assert out.passed, out.detail
+    print(f"scenario 1 ({im.node_shape()} shape): {out.detail}")  # boot times (pytest -rP)
     cli = out.data["cli"]
     first, second, revoked = cli["first"], cli["second"], cli["revoked"]
     assert first["code"] == 0 and first["doc"]["verdict"] == "affirming"
@@ -198,6 +199,7 @@ def test_scenario9_privilege_split_under_systemd(harness: Harness) -> None:
     if im.node_shape() != "systemd":
         pytest.skip(f"{im.NODE_SHAPE_ENV}={im.node_shape()}: the script init has no split")
     out = s9_privilege_split(harness)
+    print(f"scenario 9: {out.detail}")  # the figures seen in the guest (pytest -rP)
     assert out.passed, out.detail
     api = out.data["facts"]["attestd.service"]["process"]
     assert "0" not in api["Uid"] and api["tpm_visible"] is False and api["tpm_fds"] == []
