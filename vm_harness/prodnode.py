@@ -77,6 +77,29 @@ MASKED = (
     "systemd-pcrphase.service",
     "systemd-pcrphase-sysinit.service",
     "systemd-pcrphase-initrd.service",
+    "systemd-user-sessions.service",
+    "kmod-static-nodes.service",
+    "modprobe@configfs.service",
+    "modprobe@dm_mod.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+)
+# Generators masked (/etc/systemd/system-generators/NAME -> /dev/null): each is a process PID 1
+# runs at every boot and daemon-reload (~0.5 s each under TCG); only fstab's is needed here.
+MASKED_GENERATORS = (
+    "systemd-cryptsetup-generator",
+    "systemd-debug-generator",
+    "systemd-getty-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-rc-local-generator",
+    "systemd-run-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-veritysetup-generator",
 )
 
 FSTAB = f"""# attest VM image (vm_harness/prodnode.py): the root is a read-only dm-verity squashfs
@@ -404,6 +427,10 @@ def install_production(
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to("/dev/null")
+    generators = etc / "systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for name in MASKED_GENERATORS:
+        (generators / name).symlink_to("/dev/null")
     default = system / "default.target"
     if default.is_symlink() or default.exists():
         default.unlink()
