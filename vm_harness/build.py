@@ -21,7 +21,7 @@ from typing import Any
 
 from attest import uki
 
-from . import REPO, WORK
+from . import REPO, WORK, prodnode
 from . import image as im
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
@@ -193,8 +193,11 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
     src_key = _h(FORMAT, _tree_h(REPO / "src"), _file_h(REPO / "pyproject.toml"))
     wdir, _ = cache.step("attest", src_key, lambda d: _wheels(d, log, deps=False))
 
+    shape = im.node_shape()
     root_key = _h(
         FORMAT,
+        shape,
+        _file_h(Path(prodnode.__file__)) if shape == "systemd" else "",
         base_key,
         deps_key,
         src_key,
@@ -204,10 +207,13 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
         im.SQUASHFS_OPTIONS,
         im.ROOT_RECIPE,
     )
-    rdir, rmeta = cache.step("root", root_key, lambda d: _root(d, bdir, (ddir, wdir), version, log))
+    rdir, rmeta = cache.step(
+        "root", root_key, lambda d: _root(d, bdir, (ddir, wdir), version, log, shape)
+    )
 
     initrd_key = _h(
         FORMAT,
+        im.ROOT_INIT[shape],
         kernel_key,
         im.INITRAMFS_INIT,
         im.INITRD_MODULES,
@@ -217,7 +223,7 @@ def build(*, version: str = "1.0.0", work: Path = WORK, suite: str | None = None
         _file_h(TPM2),
         _file_h(im.TPM2_DLOPENED),
     )
-    idir, _ = cache.step("initramfs", initrd_key, lambda d: _initramfs(d, kdir, kmeta, log))
+    idir, _ = cache.step("initramfs", initrd_key, lambda d: _initramfs(d, kdir, kmeta, log, shape))
 
     # The UKI is shared by both slots (the gate upgrades slots, not the ESP): nothing in it
     # names a release. The initramfs picks the slot and measures its root hash into PCR 15.
@@ -290,10 +296,12 @@ def _wheels(d: Path, log: Path, *, deps: bool) -> dict[str, Any]:
     return {"wheels": sorted(p.name for p in d.glob("*.whl"))}
 
 
-def _root(d: Path, base: Path, wheels: tuple[Path, ...], version: str, log: Path) -> dict[str, Any]:
+def _root(
+    d: Path, base: Path, wheels: tuple[Path, ...], version: str, log: Path, shape: str
+) -> dict[str, Any]:
     tree = d / "tree"
     im.run(["cp", "-a", "--reflink=auto", str(base / "root"), str(tree)])
-    im.install_root(tree, wheels=wheels, busybox=BUSYBOX, log=log)
+    im.install_root(tree, wheels=wheels, busybox=BUSYBOX, log=log, shape=shape)
     (tree / "etc/attest/image-version").write_text(version + "\n")
     img = d / "root.img"
     im.pack_squashfs(tree, img, log=log)
@@ -304,7 +312,7 @@ def _root(d: Path, base: Path, wheels: tuple[Path, ...], version: str, log: Path
     return {"sha256": sha, "data_size": v.data_size, "root_hash": v.root_hash, "salt": salt}
 
 
-def _initramfs(d: Path, kdir: Path, kmeta: dict[str, Any], log: Path) -> dict[str, Any]:
+def _initramfs(d: Path, kdir: Path, kmeta: dict[str, Any], log: Path, shape: str) -> dict[str, Any]:
     out = im.build_initramfs(
         d / "initrd.img",
         mods=kdir / kmeta["modules"],
@@ -313,6 +321,7 @@ def _initramfs(d: Path, kdir: Path, kmeta: dict[str, Any], log: Path) -> dict[st
         veritysetup=VERITYSETUP,
         tpm2=TPM2,
         work=d,
+        shape=shape,
     )
     shutil.rmtree(d / "initramfs")
     return {"sha256": im.sha256_file(out)}

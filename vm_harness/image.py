@@ -23,6 +23,8 @@ from pathlib import Path
 
 from attest import uki
 
+from . import prodnode
+
 SUITE_DEFAULT = "bookworm"
 EPOCH = 0  # every timestamp in the image (reproducible builds)
 
@@ -39,6 +41,12 @@ GUEST_PACKAGES = (
     "libtss2-sys1",
     "libtss2-fapi1",
     "libtss2-tcti-device0",
+    # The production shape (docs/install.md): systemd as PID 1, udev for /dev/tpmrm0's group
+    # (tpm-udev: root:tss 0660) and the slot disks' names and owners.
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "tpm-udev",
 )
 # Paths dropped from the root before packing (docs, locales, man pages, caches).
 ROOT_PRUNE = (
@@ -76,6 +84,21 @@ INITRD_APPLETS = (
     "sha256sum",
 )
 TPM2_DLOPENED = Path("/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0")
+
+# How the node runs attest: "systemd" (production: systemd as PID 1, the shipped units as
+# their own users, installed as docs/install.md says; vm_harness/prodnode.py) or "script" (the
+# earlier development shape: a shell PID 1 starting attestd as root with the TPM in-process).
+NODE_SHAPES = ("systemd", "script")
+NODE_SHAPE_ENV = "ATTEST_VM_NODE_SHAPE"
+
+
+def node_shape() -> str:
+    """The node shape the harness builds: $ATTEST_VM_NODE_SHAPE, default "systemd"."""
+    shape = os.environ.get(NODE_SHAPE_ENV, "systemd")
+    if shape not in NODE_SHAPES:
+        raise BuildError(f"{NODE_SHAPE_ENV}={shape!r}: one of {', '.join(NODE_SHAPES)}")
+    return shape
+
 
 GUEST_API_PORT = 7443
 GUEST_MTLS_PORT = 7444  # the mutual-TLS listener: POST/GET /v1/upgrades (harness client cert)
@@ -362,10 +385,17 @@ up "attestd exited ($rc): powering off"
 
 
 def install_root(
-    root: Path, *, wheels: Sequence[Path], busybox: Path, log: Path, daemon_args: str = ""
+    root: Path,
+    *,
+    wheels: Sequence[Path],
+    busybox: Path,
+    log: Path,
+    daemon_args: str = "",
+    shape: str = "systemd",
 ) -> None:
-    """Install attest into a venv in the root (pip in a chroot, from host-built wheels only),
-    compile bytecode that needs no mtime check, and add the node's init."""
+    """Install attest into a venv in the root (pip in a chroot, from host-built wheels only:
+    docs/install.md step 3 without a network), compile bytecode that needs no mtime check, and
+    add the node's init: systemd with the shipped units (``prodnode``), or the script init."""
     wdir = root / "tmp" / "wheels"
     for w in wheels:
         shutil.copytree(w, wdir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.json"))
@@ -416,6 +446,19 @@ def install_root(
     )
     (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, root / "usr/local/bin/busybox")
+    (root / "var/lib/attest").mkdir(parents=True, exist_ok=True)
+    (root / STATE_MOUNT).mkdir(parents=True, exist_ok=True)
+    (root / "etc/attest").mkdir(parents=True, exist_ok=True)
+    if shape == "systemd":
+        prodnode.install_production(
+            root,
+            port=GUEST_API_PORT,
+            mtls_port=GUEST_MTLS_PORT,
+            chroot=lambda argv: run(["chroot", str(root), *argv], env=env, log=log),
+            host=lambda argv: run(argv, log=log),
+        )
+        shutil.rmtree(root / "root/.cache", ignore_errors=True)
+        return
     init = root / "usr/sbin/attest-node-init"
     init.write_text(
         NODE_INIT.replace("{port}", str(GUEST_API_PORT))
@@ -635,8 +678,10 @@ mount --move /state /newroot/{state_mount} || die "move the state disk into the 
 mount --move /dev /newroot/dev
 mount --move /sys /newroot/sys
 mount --move /proc /newroot/proc
-exec switch_root /newroot /usr/sbin/attest-node-init
+exec switch_root /newroot {init}
 """.replace("{chooser}", LOADER_CHOOSER.strip()).replace("{state_mount}", STATE_MOUNT)
+# The root's first process, by node shape (systemd-sysv's /sbin/init is systemd).
+ROOT_INIT = {"systemd": "/sbin/init", "script": "/usr/sbin/attest-node-init"}
 
 
 def pcr15(root_hash: str) -> str:
@@ -664,7 +709,15 @@ def _copy_with_libs(binary: Path, dest_root: Path) -> None:
 
 
 def build_initramfs(
-    out: Path, *, mods: Path, kver: str, busybox: Path, veritysetup: Path, tpm2: Path, work: Path
+    out: Path,
+    *,
+    mods: Path,
+    kver: str,
+    busybox: Path,
+    veritysetup: Path,
+    tpm2: Path,
+    work: Path,
+    shape: str = "systemd",
 ) -> Path:
     """A reproducible newc cpio (sorted names, every time EPOCH, root-owned), gzip -n."""
     tree = work / "initramfs"
@@ -699,7 +752,11 @@ def build_initramfs(
         shutil.copy2(mods / rel, t)
     run(["busybox", "depmod", "-b", str(tree), kver])
     init = tree / "init"
-    init.write_text(INITRAMFS_INIT.replace("{modules}", " ".join(INITRD_MODULES)))
+    init.write_text(
+        INITRAMFS_INIT.replace("{modules}", " ".join(INITRD_MODULES)).replace(
+            "{init}", ROOT_INIT[shape]
+        )
+    )
     init.chmod(0o755)
     return pack_cpio(tree, out)
 

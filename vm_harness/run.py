@@ -36,9 +36,10 @@ from . import WORK
 from .build import NodeImage
 from .image import GUEST_API_PORT, GUEST_MTLS_PORT, build_state_disk, read_state_file
 from .kvm import OVMF_CODE, OVMF_VARS, QEMU, choose_accel
+from .prodnode import GUEST_DEBUG_PORT, GUEST_OPERATOR_PORT
 from .trust import STATE_DISK_MIB, state_files
 
-BOOT_TIMEOUT = 150.0  # TCG: ~45 s; load on the other core stretches it by half, or more
+BOOT_TIMEOUT = 240.0  # TCG: ~45-60 s (systemd, two daemons); a loaded machine doubles it
 MEMORY_MIB = 512
 SLOT_SIZE_SLACK = 64 << 20
 
@@ -129,6 +130,8 @@ class Vm:
     swtpm_state: Path | None = None  # reuse a manufactured TPM (scenario 8 swaps it)
     port: int = 0
     mtls_port: int = 0  # host port of the guest's mutual-TLS listener (upgrades)
+    debug_port: int = 0  # host port of the test image's debug agent (prodnode.DEBUG_AGENT)
+    operator_port: int = 0  # host port of the test image's operator relay (upgrade confirm)
     milestones: list[Milestone] = field(default_factory=list)
     t_start: float = 0.0
 
@@ -289,7 +292,9 @@ class Vm:
             "virtio-blk-pci,drive=state,serial=state",
             "-netdev",
             f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:{GUEST_API_PORT},"
-            f"hostfwd=tcp:127.0.0.1:{self.mtls_port}-:{GUEST_MTLS_PORT}",
+            f"hostfwd=tcp:127.0.0.1:{self.mtls_port}-:{GUEST_MTLS_PORT},"
+            f"hostfwd=tcp:127.0.0.1:{self.debug_port}-:{GUEST_DEBUG_PORT},"
+            f"hostfwd=tcp:127.0.0.1:{self.operator_port}-:{GUEST_OPERATOR_PORT}",
             "-device",
             "virtio-net-pci,netdev=n0,romfile=",
         ]
@@ -304,6 +309,10 @@ class Vm:
             self.port = free_port()
         if not self.mtls_port:
             self.mtls_port = free_port()
+        if not self.debug_port:
+            self.debug_port = free_port()
+        if not self.operator_port:
+            self.operator_port = free_port()
         _live.add(self)
         tpm_sock = self._start_swtpm()
         qmp_sock = self.dir / "qmp.sock"
@@ -370,7 +379,8 @@ class Vm:
         now = time.monotonic() - self.t_start
         for line in chunk[: last_nl + 1].decode(errors="replace").splitlines():
             if (
-                line.startswith(("attest-init:", "attest-node:", "BdsDxe", "EFI stub"))
+                line.startswith(("attest-init:", "BdsDxe", "EFI stub"))
+                or "attest-node: " in line  # the script init's, or journald's (systemd)
                 or "Kernel panic" in line
                 or "attestd" in line
             ):

@@ -14,9 +14,11 @@ the first measurement that does), the serial console of a node that stopped.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,9 +28,11 @@ from attest import uki
 from attest.appraisal.claims import Tier, Verdict
 from attest.manifest.evaluate import ReleaseStatus
 from attest.model import PcrSelection
+from attest.verifier.client import NodeClient
 
 from . import image as im
 from . import orchestrator as orch
+from . import prodnode
 from .build import PLATFORM_ID, STUB, NodeImage
 from .harness import Harness, Outcome
 from .run import Vm, VmError
@@ -343,6 +347,134 @@ def s8_tpm_reset_and_replacement(h: Harness) -> Outcome:
     return Outcome("tpm-reset-replaced", reset_ok and replaced_ok, " | ".join(details))
 
 
+# --- scenario 9: the privilege split, under systemd ----------------------------------------
+
+HARDENING_DOC = Path(__file__).resolve().parents[1] / "docs" / "daemon-hardening.md"
+
+
+def documented_exposure(doc: Path = HARDENING_DOC) -> dict[str, float]:
+    """The `systemd-analyze security` figures docs/daemon-hardening.md promises, per unit."""
+    found = re.findall(r"Overall exposure level for (\S+): ([0-9.]+)", doc.read_text())
+    return {unit: float(v) for unit, v in found}
+
+
+def _debug(vm: Vm, path: str, *, post: bool = False, timeout: float = 60.0) -> Any:
+    """A question to the test image's debug agent (``prodnode.DEBUG_AGENT``), retried while
+    it starts (it starts after attestd)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{vm.debug_port}{path}", method="POST" if post else "GET"
+            )
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            if time.monotonic() > deadline or not vm.alive():
+                raise
+            time.sleep(1)
+
+
+def _until(cond: Callable[[], bool], timeout: float, step: float = 0.25) -> float | None:
+    """Seconds until ``cond()`` held, or None when it did not within ``timeout``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(step)
+    return None
+
+
+def privilege_problems(facts: dict[str, Any], security: dict[str, Any]) -> list[str]:
+    """What the debug agent's facts say against the privilege split (empty: it holds).
+    attestd-tpm is the positive control: the same probes see its TPM device."""
+    out: list[str] = []
+    if facts.get("pid1") != "systemd":
+        out.append(f"PID 1 is {facts.get('pid1')!r}, not systemd")
+    api, broker = facts["attestd.service"], facts["attestd-tpm.service"]
+    for unit, doc, user in (("attestd", api, "attest"), ("attestd-tpm", broker, "attest-tpm")):
+        proc = doc.get("process") or {}
+        if doc.get("active") != "active" or not proc.get("Uid"):
+            out.append(f"{unit}: not running ({doc.get('active')}, {proc})")
+            continue
+        if doc.get("user") != user or "0" in proc["Uid"]:
+            out.append(f"{unit}: user {doc.get('user')!r}, uids {proc['Uid']} (want {user}, not 0)")
+    papi, pbroker = api.get("process") or {}, broker.get("process") or {}
+    if papi.get("tpm_visible") or papi.get("tpm_fds"):
+        out.append(f"attestd sees the TPM: {papi.get('tpm_fds')} visible={papi.get('tpm_visible')}")
+    if int((papi.get("CapEff") or ["1"])[0], 16) or int((papi.get("CapBnd") or ["1"])[0], 16):
+        out.append(f"attestd has capabilities: eff {papi.get('CapEff')} bnd {papi.get('CapBnd')}")
+    if not pbroker.get("tpm_visible") or not pbroker.get("tpm_fds"):
+        out.append(f"the probe does not see attestd-tpm's TPM either: {pbroker}")
+    for unit, limit in documented_exposure().items():
+        seen = (security.get(unit) or {}).get("exposure")
+        if seen is None or seen > limit:
+            out.append(f"{unit}: exposure {seen} > documented {limit}: {security.get(unit)}")
+    return out
+
+
+def s9_privilege_split(h: Harness) -> Outcome:
+    """The production shape's privilege split, asked of the running node through the test
+    image's debug agent (a boot whose measured command line adds ``attest.vmdebug=1``, so it
+    never attests as the release: PCR 9 differs, and only that): systemd is PID 1; attestd
+    runs as ``attest`` (uid not 0, no capabilities, no TPM device in its namespace, no TPM
+    file open) and attestd-tpm as ``attest-tpm`` (it has the TPM open: the probes can see
+    one); `systemd-analyze security` in the guest is at most docs/daemon-hardening.md's
+    figure for each unit. Then SIGKILL to attestd-tpm: /readyz turns false, systemd restarts
+    the broker, /readyz comes back and the node attests again, without any operator action."""
+    name = "privilege-split"
+    vm = variant_vm(h, "privsep", extra_cmdline=prodnode.DEBUG_CMDLINE)
+    with vm:
+        vm.wait_ready()
+        facts = _debug(vm, "/facts")
+        security = _debug(vm, "/security", timeout=120)
+        problems = privilege_problems(facts, security)
+        before = h.attest(vm)
+        if before.failed_checks != {"release-pcrs"} or before.release != h.image.version:
+            problems.append(f"before the kill: {before.summary()}")
+        old_pid = (facts["attestd-tpm.service"].get("process") or {}).get("pid")
+        kill = _debug(vm, "/kill-broker", post=True)
+        with NodeClient(vm.url, timeout=2.0) as client:
+            down = _until(lambda: not client.ready(), 30)
+            back = (
+                _until(lambda: client.ready() or not vm.alive(), 150) if down is not None else None
+            )
+        if not vm.alive():
+            problems.append(f"the node stopped after the broker's loss: {vm.failure_reason()}")
+            return Outcome(name, False, "; ".join(problems), data={"facts": facts})
+        after_facts = _debug(vm, "/facts")
+        after = h.attest(vm, enrollment=before.enrollment)
+    broker = after_facts["attestd-tpm.service"]
+    new_pid = (broker.get("process") or {}).get("pid")
+    if kill.get("rc") != 0:
+        problems.append(f"systemctl kill: {kill}")
+    if down is None:
+        problems.append("/readyz stayed true for 30 s after attestd-tpm was killed")
+    elif back is None:
+        problems.append("/readyz did not come back within 150 s of the broker's loss")
+    if broker.get("restarts", 0) < 1 or new_pid == old_pid:
+        problems.append(f"systemd did not restart attestd-tpm: {broker}")
+    if after.failed_checks != {"release-pcrs"} or after.release != h.image.version:
+        problems.append(f"after the restart: {after.summary()}")
+    problems += [f"after the restart: {p}" for p in privilege_problems(after_facts, security)]
+    exposure = {u: (d or {}).get("exposure") for u, d in security.items()}
+    data = {"facts": facts, "after": after_facts, "security": security, "down": down, "back": back}
+    if problems:
+        return Outcome(name, False, "; ".join(problems), data=data)
+    api = facts["attestd.service"]["process"]
+    return Outcome(
+        name,
+        True,
+        f"PID 1 systemd; attestd uid {api['Uid'][0]} (attest), CapEff {api['CapEff'][0]}, no "
+        f"TPM device; attestd-tpm uid {facts['attestd-tpm.service']['process']['Uid'][0]} "
+        f"with the TPM; systemd-analyze security in the guest {exposure} (documented "
+        f"{documented_exposure()}); SIGKILL to attestd-tpm: /readyz false after {down:.1f} s, "
+        f"back {back:.1f} s later (restarts {broker['restarts']}), attests again as "
+        f"{after.release} (only PCR 9, the debug boot's command line, differs)",
+        data=data,
+    )
+
+
 def import_profile(h: Harness) -> tuple[float, list[str]]:
     """A diagnostic boot (``attest.importtime=1``): seconds to ready, and the guest's slowest
     imports (cumulative microseconds) as the node printed them."""
@@ -369,6 +501,7 @@ SCENARIOS: dict[str, Callable[[Harness], Outcome]] = {
     "tpm-reset-replaced": s8_tpm_reset_and_replacement,
     "corrupt-root": s2_corrupt_root_fails_closed,
     "changed-cmdline": s3_changed_cmdline_contraindicated,
+    "privilege-split": s9_privilege_split,
 }
 
 

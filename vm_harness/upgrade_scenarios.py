@@ -34,6 +34,14 @@ def _boot_line(vm: Vm) -> str:
     return m[-1].strip() if m else "no slot line on the serial console"
 
 
+def _daemon_lines(vm: Vm, n: int = 6) -> str:
+    """The daemons' last error lines on the serial console (journald forwards them), and
+    systemd's about them (a watchdog timeout, a failed unit)."""
+    marks = ("ERROR", "Traceback", "Watchdog", "Failed with result", "Main process exited")
+    lines = [ln for ln in vm.serial_text().splitlines() if any(m in ln for m in marks)]
+    return " | ".join(ln.strip()[:300] for ln in lines[-n:]) or "none"
+
+
 def _stage_boot_confirm(
     h: Harness, version: str, snapshot: bytes, name: str, notes: list[str]
 ) -> Outcome | None:
@@ -199,7 +207,8 @@ def s7_power_cut_mid_write(h: Harness) -> Outcome:
         return Outcome(
             name,
             False,
-            f"no power cut mid-write: {done} of {size} bytes written when cut; offer: {result}",
+            f"no power cut mid-write: {done} of {size} bytes written when cut; offer: {result}; "
+            f"the node's log: {_daemon_lines(vm)}",
         )
     vm.stop()
     vm.start()

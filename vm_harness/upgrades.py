@@ -70,18 +70,29 @@ def upload(
     return r.status_code, doc
 
 
+def _operator(vm: Vm, method: str, path: str, timeout: float) -> httpx.Response:
+    """``GET /v1/upgrades`` / ``POST /v1/upgrades/confirm`` on the node's mutual-TLS listener;
+    where attestd answers 501 (attestd-tpm keeps them on its root-only operator socket), the
+    same through the test image's operator relay (``prodnode.OPERATOR_RELAY``: `attest upgrade
+    status|confirm --broker-socket`, as an operator on the node runs them), same client cert."""
+    with _client(vm, timeout) as c:
+        r = c.request(method, path)
+    if r.status_code != 501 or not vm.operator_port:
+        return r
+    with _client(vm, timeout) as c:
+        return c.request(method, f"https://127.0.0.1:{vm.operator_port}{path}")
+
+
 def status(vm: Vm) -> dict[str, Any]:
-    with _client(vm, 120.0) as c:
-        r = c.get("/v1/upgrades")
-        r.raise_for_status()
-        doc: dict[str, Any] = r.json()
-        return doc
+    r = _operator(vm, "GET", "/v1/upgrades", 120.0)
+    r.raise_for_status()
+    doc: dict[str, Any] = r.json()
+    return doc
 
 
 def confirm(vm: Vm) -> tuple[int, dict[str, Any]]:
-    with _client(vm, 300.0) as c:
-        r = c.post("/v1/upgrades/confirm")
-        return r.status_code, r.json()
+    r = _operator(vm, "POST", "/v1/upgrades/confirm", 300.0)
+    return r.status_code, r.json()
 
 
 def written(vm: Vm, slot: str) -> int:

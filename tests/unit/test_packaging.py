@@ -207,6 +207,7 @@ PLACES = [
     "usr/lib/systemd/system/attestd.service",
     "usr/lib/sysusers.d/attest.conf",
     "usr/lib/tmpfiles.d/attest.conf",
+    "usr/lib/udev/rules.d/60-attest.rules",
     "etc/attest/attestd.toml",
 ]
 
@@ -243,7 +244,8 @@ def test_node_install_again_keeps_the_operators_config(tmp_path: Path) -> None:
         PLACES[1]: "unchanged",
         PLACES[2]: "replaced",
         PLACES[3]: "unchanged",
-        PLACES[4]: "kept",
+        PLACES[4]: "unchanged",
+        PLACES[5]: "kept",
     }
     assert conf.read_text() == '[api]\nhost = "0.0.0.0"\n'
 
@@ -279,8 +281,8 @@ def test_node_uninstall_removes_all_but_the_config(
     bindir, root = _fake_bindir(tmp_path), tmp_path / "root"
     install(root, bindir=bindir)
     steps = [(s.action.value, str(s.path.relative_to(root))) for s in uninstall(root)]
-    assert steps == [("removed", p) for p in PLACES[:4]] + [("kept", PLACES[4])]
-    assert [p for p in PLACES if (root / p).exists()] == [PLACES[4]]
+    assert steps == [("removed", p) for p in PLACES[:5]] + [("kept", PLACES[5])]
+    assert [p for p in PLACES if (root / p).exists()] == [PLACES[5]]
     rc, out, _ = run_cli(capsys, ["node", "uninstall", "--prefix", str(root)])
     assert rc == 0 and out.splitlines()[0] == f"absent: {root / PLACES[0]}"
 
@@ -325,6 +327,7 @@ def test_install_md_names_the_real_sockets_and_places() -> None:
         "/usr/lib/systemd/system/attestd.service",
         "/usr/lib/sysusers.d/attest.conf",
         "/usr/lib/tmpfiles.d/attest.conf",
+        "/usr/lib/udev/rules.d/60-attest.rules",
         "/etc/attest/attestd.toml",
         f"0x{s.upgrade.nv_index:08x}",
     ):

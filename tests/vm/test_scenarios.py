@@ -21,6 +21,7 @@ from vm_harness.scenarios import (
     s2_corrupt_root_fails_closed,
     s3_changed_cmdline_contraindicated,
     s8_tpm_reset_and_replacement,
+    s9_privilege_split,
 )
 from vm_harness.upgrade_scenarios import (
     NEW,
@@ -106,6 +107,7 @@ def test_scenario1_blessed_image_attests_affirming_through_attest_verify(
     naming the revocation against the next snapshot, which revokes the release."""
     out = s1_blessed_boot_affirming(harness)
     assert out.passed, out.detail
+    print(f"scenario 1 ({im.node_shape()} shape): {out.detail}")  # boot times (pytest -rP)
     cli = out.data["cli"]
     first, second, revoked = cli["first"], cli["second"], cli["revoked"]
     assert first["code"] == 0 and first["doc"]["verdict"] == "affirming"
@@ -188,3 +190,64 @@ def test_scenario3_changed_cmdline_names_pcr_and_change(harness: Harness) -> Non
         e.startswith("PCR 9") and "LoadOptions (kernel command line)" in e
         for e in out.data["explained"]
     )
+
+
+def test_scenario9_privilege_split_under_systemd(harness: Harness) -> None:
+    """systemd is PID 1, attestd runs unprivileged without the TPM, attestd-tpm with it, the
+    units' exposure in the guest is at most the documented one, and a killed broker is
+    restarted by systemd: /readyz false, then true, and the node attests again."""
+    if im.node_shape() != "systemd":
+        pytest.skip(f"{im.NODE_SHAPE_ENV}={im.node_shape()}: the script init has no split")
+    out = s9_privilege_split(harness)
+    print(f"scenario 9: {out.detail}")  # the figures seen in the guest (pytest -rP)
+    assert out.passed, out.detail
+    api = out.data["facts"]["attestd.service"]["process"]
+    assert "0" not in api["Uid"] and api["tpm_visible"] is False and api["tpm_fds"] == []
+    assert out.data["after"]["attestd-tpm.service"]["restarts"] >= 1
+
+
+MEASURE = Path("/usr/lib/systemd/systemd-measure")
+
+
+def _measure(parts: Path, phase: str) -> str:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [
+            str(MEASURE),
+            "calculate",
+            *(f"--{n}={parts / n}" for n in ("linux", "osrel", "cmdline", "initrd")),
+            "--bank=sha256",
+            f"--phase={phase}",
+            "--json=short",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    [entry] = json.loads(out)["sha256"]
+    assert entry["pcr"] == 11
+    return str(entry["hash"])
+
+
+def test_pcr11_prediction_is_systemd_measures_and_pcrphase_would_change_it(
+    node_image: NodeImage, tmp_path: Path
+) -> None:
+    """The release's PCR 11 is `systemd-measure calculate --phase=` (no phase) of the UKI's
+    sections; the image masks systemd-pcrphase (docs/vm-harness.md), which would extend it with
+    each phase word: sha256 of the word, as systemd-measure computes for `--phase=sysinit:ready`
+    -- a value the release does not name, so a node running pcrphase would not match it."""
+    if not MEASURE.exists():
+        pytest.skip(f"{MEASURE} (Debian's systemd package) is not installed")
+    parts = uki.parse_uki(Path(node_image.uki).read_bytes())
+    for name, data in parts.sections.items():
+        (tmp_path / name.lstrip(".")).write_bytes(data)
+    unphased = _measure(tmp_path, "")
+    assert unphased == node_image.expected_pcrs["sha256"]["11"]
+    assert unphased == uki.predict_json(Path(node_image.uki).read_bytes())["sha256"]["11"]
+    pcr = bytes.fromhex(unphased)
+    for word in ("sysinit", "ready"):
+        pcr = hashlib.sha256(pcr + hashlib.sha256(word.encode()).digest()).digest()
+    phased = _measure(tmp_path, "sysinit:ready")
+    assert phased == pcr.hex() != unphased

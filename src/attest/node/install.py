@@ -31,6 +31,7 @@ _FILES: tuple[tuple[str, str, str | None], ...] = (
     ("attestd.service", "usr/lib/systemd/system/attestd.service", "attestd"),
     ("attest.sysusers", "usr/lib/sysusers.d/attest.conf", None),
     ("attest.tmpfiles", "usr/lib/tmpfiles.d/attest.conf", None),
+    ("attest.udev", "usr/lib/udev/rules.d/60-attest.rules", None),
     ("attestd.toml.example", CONFIG, None),
 )
 _PACKAGED_BINDIR = "/usr/bin/"
