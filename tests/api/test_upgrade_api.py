@@ -136,3 +136,17 @@ def test_mtls_certificate_settings_go_together_and_enable_mutual_tls_alone() -> 
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"ATTEST_API_CLIENT_CA": "/ca.pem"})
     assert info.value.key == "api.client_ca"
+
+
+async def test_api_upload_into_an_unusable_spool_is_507_naming_it(w: World) -> None:
+    """A spool that cannot take the upload (here: a file where the directory should be; on a
+    node: a state file system full or remounted read-only) is the documented StorageError,
+    507 naming the directory, not a 500; nothing is staged."""
+    (w.tmp / "uploads").write_bytes(b"not a directory")
+    async with gate_client(w, "mtls") as c:  # type: ignore[attr-defined]
+        r = await c.post("/v1/upgrades", content=upload_body(w.snap(), w.v1.path.read_bytes()))
+    assert r.status_code == 507, r.text
+    doc = r.json()
+    assert doc["error"] == "StorageError" and "uploads" in doc["detail"]
+    assert "cannot create the upload file" in doc["detail"]
+    assert not w.node.slots_dir.exists() or not list(w.node.slots_dir.iterdir())

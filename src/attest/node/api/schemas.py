@@ -164,6 +164,8 @@ ERROR_STATUSES: dict[int, str] = {
     429: "rate limited on a TCP listener (Retry-After)",
     501: "the upgrade gate runs in attestd-tpm: use its operator socket",
     503: "the TPM or attestd-tpm is unavailable, or the quote queue is full (Retry-After)",
+    507: "the node's state file system cannot take the write (an upload: its spool is full, "
+    "read-only or not writable; attestd's log names the reason)",
 }
 # Every request may be refused before any route sees it: its body too large, its address
 # over the rate limit.

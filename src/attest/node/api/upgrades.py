@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
-from attest.errors import EvidenceFormatError, UpgradeRefused
+from attest.errors import EvidenceFormatError, StorageError, UpgradeRefused
 from attest.gate import UPLOAD_TOO_LARGE
 from attest.node.api.app import NodeContext, require_trusted_channel
 from attest.node.api.errors import error_body
@@ -48,6 +49,8 @@ from attest.node.api.registry import DEFAULT_READ_TIMEOUT, RegistryGate, add_reg
 from attest.node.api.schemas import error_responses
 from attest.node.upgrade.stager import MAX_HASH_TREE, Offer, UpgradeGate
 from attest.node.upgrade.wire import MAX_SNAPSHOT, UPGRADE_MEDIA_TYPE
+
+logger = logging.getLogger(__name__)
 
 
 class _Decision(Protocol):
@@ -127,7 +130,7 @@ def add_upgrade_routes(
     @app.post(
         "/v1/upgrades",
         dependencies=[Depends(require_trusted_channel)],
-        responses=error_responses(400, 403, 409, 422),
+        responses=error_responses(400, 403, 409, 422, 507),
     )
     async def upgrade(
         request: Request, version: str | None = Query(None, max_length=128)
@@ -146,8 +149,11 @@ def add_upgrade_routes(
         if tree_len > MAX_HASH_TREE:
             raise EvidenceFormatError(f"hash tree of {tree_len} bytes, limit {MAX_HASH_TREE}")
         tree = await body.exactly(tree_len, "hash tree") if tree_len else None
-        Path(upload_dir).mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".upload.", suffix=".img", dir=upload_dir)
+        try:
+            Path(upload_dir).mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".upload.", suffix=".img", dir=upload_dir)
+        except OSError as exc:
+            raise _spool_error(upload_dir, "cannot create the upload file", exc) from None
         path = Path(name).absolute()
         try:
             os.fchmod(fd, 0o640)  # the broker reads it through the spool directory's group
@@ -155,7 +161,10 @@ def add_upgrade_routes(
                 async for chunk in body.chunks():
                     if body.total > max_upload:
                         return await _too_large(gate_factory, max_upload, actor)
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise _spool_error(upload_dir, "cannot write the upload", exc) from None
             offer = Offer(path, snapshot, hash_tree=tree, version=version, actor=actor)
             loop = asyncio.get_running_loop()
             async with lock:
@@ -216,6 +225,14 @@ def _not_here(what: str) -> JSONResponse:
         },
         status_code=501,
     )
+
+
+def _spool_error(upload_dir: str | os.PathLike[str], what: str, exc: OSError) -> StorageError:
+    """A spool that cannot take the upload (read-only, full, wrong owner): 507 naming the
+    directory and the system's reason, logged for the operator; the upload is refused."""
+    err = StorageError(f"{what} in {upload_dir}: {exc.strerror or type(exc).__name__}")
+    logger.error("upgrade upload refused: %s", err)
+    return err
 
 
 def _stage(gate_factory: Callable[[], Gate], offer: Offer, now: Any) -> dict[str, Any]:
