@@ -150,3 +150,15 @@ async def test_api_upload_into_an_unusable_spool_is_507_naming_it(w: World) -> N
     assert doc["error"] == "StorageError" and "uploads" in doc["detail"]
     assert "cannot create the upload file" in doc["detail"]
     assert not w.node.slots_dir.exists() or not list(w.node.slots_dir.iterdir())
+
+
+def test_a_new_app_removes_the_upload_files_a_killed_attestd_left(w: World) -> None:
+    """A power cut mid-upload leaves the spooled image behind (the finally never ran): the
+    next attestd removes every upload file of the spool, and nothing else in it."""
+    spool = w.tmp / "uploads"
+    spool.mkdir()
+    (spool / ".upload.abc123.img").write_bytes(b"\0" * 4096)
+    (spool / ".upload.def456.img").write_bytes(b"")
+    (spool / "keep.txt").write_text("not an upload")
+    gate_app(w, "mtls")
+    assert sorted(p.name for p in spool.iterdir()) == ["keep.txt"]

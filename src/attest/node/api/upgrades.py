@@ -125,6 +125,7 @@ def add_upgrade_routes(
     request; uploads are spooled in ``upload_dir`` and deleted afterwards. Returns the
     streamed paths with their size limits (``create_app``'s ``extra_routes`` contract)."""
     lock = asyncio.Lock()  # one upgrade (or registry push) at a time
+    remove_stale_uploads(upload_dir)
     streamed = add_registry_route(app, ctx, gate_factory, lock=lock, read_timeout=registry_timeout)
 
     @app.post(
@@ -151,7 +152,7 @@ def add_upgrade_routes(
         tree = await body.exactly(tree_len, "hash tree") if tree_len else None
         try:
             Path(upload_dir).mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=".upload.", suffix=".img", dir=upload_dir)
+            fd, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, suffix=UPLOAD_SUFFIX, dir=upload_dir)
         except OSError as exc:
             raise _spool_error(upload_dir, "cannot create the upload file", exc) from None
         path = Path(name).absolute()
@@ -225,6 +226,26 @@ def _not_here(what: str) -> JSONResponse:
         },
         status_code=501,
     )
+
+
+UPLOAD_PREFIX, UPLOAD_SUFFIX = ".upload.", ".img"
+
+
+def remove_stale_uploads(upload_dir: str | os.PathLike[str]) -> int:
+    """Delete the spool files a previous attestd left (a power cut or a kill mid-upload
+    skips the ``finally`` that removes them; each holds a whole image). Only this attestd
+    writes the spool (its socket lock keeps a second one out), so at start every upload
+    file is stale. Returns how many were removed (logged)."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for f in Path(upload_dir).iterdir():
+            if f.name.startswith(UPLOAD_PREFIX) and f.name.endswith(UPLOAD_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+                    removed += 1
+    if removed:
+        logger.warning("removed %d stale upload file(s) from %s", removed, upload_dir)
+    return removed
 
 
 def _spool_error(upload_dir: str | os.PathLike[str], what: str, exc: OSError) -> StorageError:
