@@ -308,7 +308,12 @@ def main() -> int:
         help="default: three intervals (the first contact of every node fetches "
         "and appraises the whole logs; the steady state is measured)",
     )
-    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=256,
+        help="challenges in flight (attest fleet serve's default)",
+    )
     ap.add_argument("--db", default="sqlite", help="sqlite or a postgresql:// DSN")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument(
