@@ -370,16 +370,19 @@ async def test_an_unchanged_continuity_is_parsed_once_and_a_new_one_is_stored(
             (text,) = conn.execute("SELECT continuity FROM nodes").fetchone()
         return json.loads(text) if text else {}
 
-    try:
-        store.add_node("sim-0", srv.url(0), fleet.enrollment(0), now=time.time())
-        poller = Poller(
+    def worker() -> tuple[Poller, asyncio.Event, asyncio.Task[None]]:
+        p = Poller(
             store,
             settings=settings(interval=0.2),
             appraise=default_appraiser(),
             registry=registry.state,
         )
         stop = asyncio.Event()
-        task = asyncio.create_task(poller.run(stop))
+        return p, stop, asyncio.create_task(p.run(stop))
+
+    try:
+        store.add_node("sim-0", srv.url(0), fleet.enrollment(0), now=time.time())
+        poller, stop, task = worker()
         await until(lambda: fleet.nodes[0].requests >= 5)
         assert stored()["audit_head"]["seq"] == 1
         assert parsed == []  # the worker's own text, held with what it parses to
@@ -395,14 +398,7 @@ async def test_an_unchanged_continuity_is_parsed_once_and_a_new_one_is_stored(
         await task
         poller.close()
         # A restarted worker: the stored text is parsed at its first appraisal, then held.
-        again = Poller(
-            store,
-            settings=settings(interval=0.2),
-            appraise=default_appraiser(),
-            registry=registry.state,
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(again.run(stop))
+        again, stop, task = worker()
         seen = fleet.nodes[0].requests
         await until(lambda: fleet.nodes[0].requests >= seen + 4)
         stop.set()
