@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -490,6 +491,7 @@ def main() -> int:
         f"appraise_over_verify={appraise_us / median(bare):.1f} "
         f"double_appraisals={doubles}"
     )
+    shutil.rmtree(work, ignore_errors=True)  # the SQLite file and the EAR key
     return 0
 
 
