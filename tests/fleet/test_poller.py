@@ -338,3 +338,74 @@ async def test_an_answer_put_off_for_the_read_budget_is_not_the_nodes_failure(
     assert node.failures == 0 and node.verdict == before.verdict != "unreachable"
     assert "held by other answers" in node.last_error and "asked again" in node.explanation
     assert poller.metrics.failures == 0 and poller.pool.over_budget >= 3
+
+
+async def test_an_unchanged_continuity_is_parsed_once_and_a_new_one_is_stored(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored continuity is parsed once per stored text, not per appraisal (what a worker
+    wrote itself is not parsed at all); when an appraisal verifies a newer audit entry, the
+    new continuity is stored and used next; a restarted worker parses the stored one once."""
+    import hashlib
+    import sqlite3
+
+    from attest.verifier.fleet import poller as poller_mod
+
+    parsed: list[str] = []
+    real = poller_mod.continuity_of
+
+    def counting(text: str | None, layer: str | None = None) -> Any:
+        parsed.append(text or "")
+        return real(text, layer)
+
+    monkeypatch.setattr(poller_mod, "continuity_of", counting)
+    fleet = SimFleet(1, verity_root_hash=registry.root_hash("1.0.0"))
+    fleet.measure(0, "audit", {"audit_seq": 1, "entry_hash": hashlib.sha256(b"1").hexdigest()})
+    srv = SimServer(fleet)
+    db = tmp_path / "fleet.db"
+    store = SqliteStore(str(db))
+
+    def stored() -> dict[str, Any]:
+        with sqlite3.connect(db) as conn:
+            (text,) = conn.execute("SELECT continuity FROM nodes").fetchone()
+        return json.loads(text) if text else {}
+
+    def worker() -> tuple[Poller, asyncio.Event, asyncio.Task[None]]:
+        p = Poller(
+            store,
+            settings=settings(interval=0.2),
+            appraise=default_appraiser(),
+            registry=registry.state,
+        )
+        stop = asyncio.Event()
+        return p, stop, asyncio.create_task(p.run(stop))
+
+    try:
+        store.add_node("sim-0", srv.url(0), fleet.enrollment(0), now=time.time())
+        poller, stop, task = worker()
+        await until(lambda: fleet.nodes[0].requests >= 5)
+        assert stored()["audit_head"]["seq"] == 1
+        assert parsed == []  # the worker's own text, held with what it parses to
+        entry = hashlib.sha256(b"2").hexdigest()
+        srv.call(fleet.measure, 0, "audit", {"audit_seq": 2, "entry_hash": entry})
+        await until(lambda: (stored().get("audit_head") or {}).get("seq") == 2)
+        seen = fleet.nodes[0].requests
+        await until(lambda: fleet.nodes[0].requests >= seen + 3)
+        assert stored()["audit_head"] == {"seq": 2, "entry_hash": entry}
+        assert set(verdicts(store).values()) == {"affirming"}, store.list_nodes()
+        assert parsed == []
+        stop.set()
+        await task
+        poller.close()
+        # A restarted worker: the stored text is parsed at its first appraisal, then held.
+        again, stop, task = worker()
+        seen = fleet.nodes[0].requests
+        await until(lambda: fleet.nodes[0].requests >= seen + 4)
+        stop.set()
+        await task
+        again.close()
+        assert len(parsed) == 1 and json.loads(parsed[0])["audit_head"]["seq"] == 2
+        assert set(verdicts(store).values()) == {"affirming"}
+    finally:
+        store.close()
+        srv.close()

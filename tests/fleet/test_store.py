@@ -116,3 +116,34 @@ def test_lease_affinity_leaves_a_node_to_its_worker_until_overdue(
         assert s.lease("w1", now=128.0, limit=10, ttl=30, affinity=5.0) == []  # leased to w2
     finally:
         s.close()
+
+
+def test_text_with_quotes_backslashes_and_unicode_is_stored_as_written(store: Store) -> None:
+    """What a result carries (JSON documents, explanations, the EAR, continuity) is stored
+    byte for byte: PostgreSQL gets the text arrays in binary, nothing is escaped or lost."""
+    odd = 'the "quoted" \\ path \\"x\\" ünïcødé \u2028 {"k": [1, "2"]} \t end'
+    leased = {n.node_id: n for n in store.lease("w1", now=101.0, limit=10, ttl=30)}
+    n0 = leased["sim-0"]
+    o = outcome(
+        n0,
+        101.0,
+        "contraindicated",
+        explanation=odd,
+        first_divergence=odd,
+        result={"status": "contraindicated", "why": odd, "nested": {"q": '"\\'}},
+        ear="eyJhbGciOiJFUzI1NiJ9." + "A" * 50 + "." + "B-_" * 20,
+        continuity='{"audit_head":null,"reset_count":7,"runtime_seen":true}',
+    )
+    assert len(store.complete("w1", [o, outcome(leased["sim-1"], 101.0, release=None)])) == 2
+    node = store.get_node("sim-0")
+    assert node is not None and node.explanation == odd and node.first_divergence == odd
+    assert node.verdict == "contraindicated"
+    (latest,) = store.results("sim-0", limit=1)
+    assert latest["explanation"] == odd
+    assert latest["result"] == {"status": "contraindicated", "why": odd, "nested": {"q": '"\\'}}
+    (row,) = [r for r in store.list_nodes(ear=True) if r.node_id == "sim-0"]
+    assert row.ear == o.ear
+    again = {n.node_id: n for n in store.lease("w1", now=200.0, limit=10, ttl=30)}
+    assert again["sim-0"].continuity == o.continuity
+    n1 = store.get_node("sim-1")
+    assert n1 is not None and n1.release is None and n1.explanation == "affirming at 101.0"

@@ -220,6 +220,9 @@ class Poller:
         self._min_lease = max(1, min(settings.batch, settings.concurrency // 4))
         self._slots = asyncio.Event()  # set when _min_lease slots are free
         self._memory: dict[str, NodeMemory] = {}
+        # Per node: the stored continuity text last seen and what it parses to, so that an
+        # unchanged continuity (the steady state) is neither parsed nor serialised again.
+        self._continuity: dict[str, tuple[str, Continuity | None]] = {}
         self._lease_db = ThreadPoolExecutor(1, thread_name_prefix="fleet-lease")
         self._write_db = ThreadPoolExecutor(1, thread_name_prefix="fleet-write")
 
@@ -244,6 +247,28 @@ class Poller:
             for key in (node.node_id, f"{node.node_id}\0host", f"{node.node_id}\0guest"):
                 self._memory.pop(key, None)  # held logs belong to the old enrollment
         return cached[1]
+
+    def _stored_continuity(self, node: Leased) -> Continuity | None:
+        """The node's stored continuity, parsed once per stored text (``continuity_of``)."""
+        text = node.continuity
+        if not text:
+            return None
+        held = self._continuity.get(node.node_id)
+        if held is not None and held[0] == text:
+            return held[1]
+        parsed = continuity_of(text)
+        self._continuity[node.node_id] = (text, parsed)
+        return parsed
+
+    def _continuity_text(self, node: Leased, new: Continuity | None) -> str | None:
+        """The text to store for ``new``: the stored text itself when nothing changed."""
+        held = self._continuity.get(node.node_id)
+        if new is not None and held is not None and held[0] == node.continuity and held[1] == new:
+            return held[0]
+        text = continuity_text(new)
+        if text is not None:
+            self._continuity[node.node_id] = (text, new)
+        return text
 
     def _ear(
         self, submods: Mapping[str, Mapping[str, Any]], start: float, nonce: bytes | None
@@ -406,7 +431,7 @@ class Poller:
             previous=node.clock,
             registry=state.registry,
             platform_id=s.platform_id,
-            continuity=continuity_of(node.continuity),
+            continuity=self._stored_continuity(node),
         )
         if c.raised is not None:
             exc = c.raised
@@ -462,7 +487,7 @@ class Poller:
             clock=summary.clock,
             result=summary.doc,
             ear_claims=claims,
-            continuity=continuity_text(result.continuity),
+            continuity=self._continuity_text(node, result.continuity),
             enrollment=result.enrollment,
         )
 
