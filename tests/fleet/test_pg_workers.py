@@ -102,9 +102,12 @@ def test_two_workers_never_double_appraise_and_survive_a_kill(pg_dsn: str, tmp_p
     logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("w1", "w2")}
     assert w2 is not None and w2.returncode == 0, logs["w2"]
 
-    # One worker at a time: consecutive challenges to any node are at least the jittered
-    # interval apart (a double appraisal would be two challenges close together).
-    min_gap = INTERVAL * (1 - JITTER) - 0.05
+    # One worker at a time: consecutive challenges to any node are the jittered interval
+    # apart, less what the arrival times add on a loaded machine (a challenge delivered late,
+    # the next on time: 0.82 s was seen under a load of 5 on 2 cores). A double appraisal is
+    # two workers on independent schedules: gaps spread over [0, interval), and over 40 nodes
+    # times 5+ challenges some fall far below this bound.
+    min_gap = INTERVAL * (1 - JITTER) - 0.25
     for node in sim.nodes:
         t = node.times
         assert len(t) >= 5, (node.node_id, len(t))
