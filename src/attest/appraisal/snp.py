@@ -14,7 +14,9 @@ this order, each step's failure ending it:
    (untrustworthy): stale or replayed;
 3. what governance allows: ``attest.manifest.snp.appraise_snp_release`` against the verifier's
    registry (the guest chooses nothing: the release is the one whose blessed launch has the
-   report's MEASUREMENT, or the one the verifier names) with the CRLs the verifier holds.
+   report's MEASUREMENT, or the one the verifier names; ``platform``, the guest's platform as
+   the verifier names it, adds that platform reference's SNP policy) with the CRLs the
+   verifier holds.
    Each refusal and warning becomes a finding under the claim it speaks to: the launch
    measurement and the release (``executables``), the TCB, the chip and revocation
    (``hardware``), guest policy bits, VMPL, version and HOST_DATA (``configuration``).
@@ -152,6 +154,7 @@ def _policy(
     registry: VerifiedRegistry | None,
     *,
     release: str | None,
+    platform: str | None,
     crl: VerifiedCrl | None,
     now: datetime,
 ) -> tuple[list[Finding], str | None]:
@@ -171,7 +174,9 @@ def _policy(
             )
         )
     else:
-        appraisal = appraise_snp_release(vr, registry, version=release, crl=crl, now=now)
+        appraisal = appraise_snp_release(
+            vr, registry, version=release, crl=crl, now=now, platform=platform
+        )
         decision = appraisal.decision
         if appraisal.release is not None:
             name = appraisal.release.version
@@ -211,6 +216,7 @@ def appraise_guest_snp(
     registry: VerifiedRegistry | None,
     crls: Sequence[UnverifiedCrl] = (),
     release: str | None = None,
+    platform: str | None = None,
     now: datetime,
 ) -> AppraisalResult:
     """The ``guest-snp`` layer (module docstring). ``nonce``: the guest's nonce of this pair
@@ -243,7 +249,9 @@ def appraise_guest_snp(
     if bound.value != TRUSTWORTHY_INSTANCE:
         return done([bound])
     crl = _crl_for(vr, crls)
-    policy, release_name = _policy(vr, registry, release=release, crl=crl, now=now)
+    policy, release_name = _policy(
+        vr, registry, release=release, platform=platform, crl=crl, now=now
+    )
     notes = [f"measurement {vr.report.measurement.hex()}"]
     if release_name is not None:
         notes.append(f"appraised under release {release_name}")
@@ -261,6 +269,7 @@ def guest_snp_layer(
     registry: VerifiedRegistry | None,
     crls: Sequence[UnverifiedCrl] = (),
     release: str | None = None,
+    platform: str | None = None,
     now: datetime,
 ) -> AppraisalResult | None:
     """The ``guest-snp`` layer of a guest's evidence document (``attest verify --host`` and the
@@ -291,5 +300,6 @@ def guest_snp_layer(
         registry=registry,
         crls=crls,
         release=release,
+        platform=platform,
         now=now,
     )

@@ -335,6 +335,19 @@ def cmd_snp_launch(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_snp_policy(args: argparse.Namespace) -> int:
+    draft, _ = _edit(args)
+    policy = _snp_bless.snp_policy(args)
+    if policy is None:
+        raise ConfigError(
+            "give the policy (--snp-* flags; the policy is replaced whole: a flag left out "
+            "takes its default)",
+            key="--snp-min-tcb",
+        )
+    new = edit.set_snp_policy(draft, args.version, policy[0], bind_host_data=policy[1])
+    return _done(args, new, f"release {args.version}'s SNP policy replaced")
+
+
 def cmd_set_policies(args: argparse.Namespace) -> int:
     draft, _ = _edit(args)
     blessed = None if args.clear else _policies(args)
@@ -744,6 +757,16 @@ def register(sub: Any) -> None:
     _snp_bless.add_launch_arguments(sl, required=True)
     _snp_bless.add_policy_arguments(sl)
     reg(sl)
+
+    spp = add(
+        "snp-policy",
+        cmd_snp_policy,
+        "replace the SEV-SNP policy of a release (its launches are kept); flags left out "
+        "take their defaults",
+    )
+    spp.add_argument("--version", required=True, help="the release")
+    _snp_bless.add_policy_arguments(spp)
+    reg(spp)
 
     sp = add(
         "set-policies",

@@ -72,6 +72,11 @@ def register(sub: Any) -> None:
         help="the release the guest should run (default: the release whose blessed launch has "
         "the report's MEASUREMENT)",
     )
+    v.add_argument(
+        "--platform",
+        help="the guest's platform id in the registry: its reference's SNP policy, if any, "
+        "applies too (the stricter of the two)",
+    )
     v.add_argument("--crl", type=Path, help="AMD's CRL for the product (KDS /vcek/v1/PRODUCT/crl)")
     v.set_defaults(func=cmd_verify)
 
@@ -180,9 +185,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raw, leaf=leaf, intermediates=intermediates, now=now, expected_report_data=args.report_data
     )
     registry = load_registry(args, now)
-    if registry is None and (args.release is not None or args.crl is not None):
+    if registry is None and (
+        args.release is not None or args.crl is not None or args.platform is not None
+    ):
         raise ConfigError(
-            "--release and --crl need a registry (--trust-dir or --root/--snapshot)",
+            "--release, --platform and --crl need a registry (--trust-dir or --root/--snapshot)",
             key="--release",
         )
     appraisal = None
@@ -190,7 +197,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         crl = None
         if args.crl is not None:
             crl = verify_crl(load_crl(read_bytes(args.crl, max_size=MAX_INPUT)), vr.chain)
-        appraisal = appraise_snp_release(vr, registry, version=args.release, crl=crl, now=now)
+        appraisal = appraise_snp_release(
+            vr, registry, version=args.release, crl=crl, now=now, platform=args.platform
+        )
     if args.json:
         doc = report_json(vr)
         if appraisal is not None:

@@ -98,5 +98,6 @@ def snp_layer(
         registry=registry,
         crls=_crls(args.snp_crl),
         release=args.snp_release,
+        platform=args.platform,
         now=now,
     )

@@ -182,6 +182,20 @@ def add_snp_launch(
     return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
 
 
+def set_snp_policy(
+    snapshot: RegistrySnapshot, version: str, policy: SnpPolicy, *, bind_host_data: bool
+) -> RegistrySnapshot:
+    """Replace the SNP policy (and HOST_DATA binding) of a release that blesses SNP launches,
+    keeping its launches."""
+    rel = _release(snapshot, version)
+    if rel.snp is None:
+        raise ManifestFormatError(
+            f"release {version} blesses no SEV-SNP launch (attest manifest snp-launch first)"
+        )
+    new = replace(rel, snp=replace(rel.snp, policy=policy, bind_host_data=bind_host_data))
+    return checked(replace(snapshot, releases={**snapshot.releases, version: new}))
+
+
 def embargo(quiet_period_days: int) -> Embargo:
     return Embargo(quiet_period_days=quiet_period_days)
 

@@ -192,22 +192,26 @@ class ReleaseSnp:
     bind_host_data: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        p = self.policy
-        chips = None if p.allowed_chip_ids is None else sorted(c.hex() for c in p.allowed_chip_ids)
         return {
             "launches": [launch.to_json() for launch in self.launches],
-            "policy": {
-                "min_tcb": {str(prod): tcb.as_dict() for prod, tcb in p.min_tcb.items()},
-                "min_report_version": p.min_report_version,
-                "allow_migration_agent": p.allow_migration_agent,
-                "allow_smt": p.allow_smt,
-                "require_single_socket": p.require_single_socket,
-                "vmpl": p.vmpl,
-                "allowed_chip_ids": chips,
-                "crl_missing": p.crl_missing.value,
-                "bind_host_data": self.bind_host_data,
-            },
+            "policy": snp_policy_json(self.policy, bind_host_data=self.bind_host_data),
         }
+
+
+def snp_policy_json(p: SnpPolicy, *, bind_host_data: bool) -> dict[str, Any]:
+    """The registry form of an SNP policy (a release's ``snp.policy``, a platform's ``snp``)."""
+    chips = None if p.allowed_chip_ids is None else sorted(c.hex() for c in p.allowed_chip_ids)
+    return {
+        "min_tcb": {str(prod): tcb.as_dict() for prod, tcb in p.min_tcb.items()},
+        "min_report_version": p.min_report_version,
+        "allow_migration_agent": p.allow_migration_agent,
+        "allow_smt": p.allow_smt,
+        "require_single_socket": p.require_single_socket,
+        "vmpl": p.vmpl,
+        "allowed_chip_ids": chips,
+        "crl_missing": p.crl_missing.value,
+        "bind_host_data": bind_host_data,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +308,18 @@ class PlatformReference:
     event_digests: Mapping[str, Mapping[int, tuple[bytes, ...]]] = field(default_factory=dict)
     secure_boot: SecureBootExpectation | None = None
     example: bool = False  # a placeholder that must not be relied on
+    # the SEV-SNP policy of guests on this platform, on top of their release's (the stricter
+    # of the two applies: ``attest.snp.policy.stricter``); None: the release's alone
+    snp: SnpPolicy | None = None
+    snp_bind_host_data: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        doc = self._json()
+        if self.snp is not None:  # optional: references signed before it keep their form
+            doc["snp"] = snp_policy_json(self.snp, bind_host_data=self.snp_bind_host_data)
+        return doc
+
+    def _json(self) -> dict[str, Any]:
         return {
             "_type": "platform",
             "spec_version": SPEC_VERSION,

@@ -396,9 +396,16 @@ def parse_release_snp(value: object, *, field: str) -> ReleaseSnp:
         raise ManifestFormatError(
             f"{field}.launches: sort by slot, vcpu_type, vcpus, one launch each"
         )
-    f = f"{field}.policy"
+    policy, bind = parse_snp_policy(doc["policy"], field=f"{field}.policy")
+    return ReleaseSnp(launches=launches, policy=policy, bind_host_data=bind)
+
+
+def parse_snp_policy(value: object, *, field: str) -> tuple[SnpPolicy, bool]:
+    """(policy, bind HOST_DATA) of a release's ``snp.policy`` or a platform's ``snp``: every
+    member present; debug never allowed."""
+    f = field
     pol = _obj(
-        doc["policy"],
+        value,
         field=f,
         required={
             "min_tcb",
@@ -447,8 +454,7 @@ def parse_release_snp(value: object, *, field: str) -> ReleaseSnp:
         allowed_chip_ids=chips,
         crl_missing=CrlMissing(pol["crl_missing"]),
     )
-    bind = _bool(pol["bind_host_data"], field=f"{f}.bind_host_data")
-    return ReleaseSnp(launches=launches, policy=policy, bind_host_data=bind)
+    return policy, _bool(pol["bind_host_data"], field=f"{f}.bind_host_data")
 
 
 def _release(version: str, value: object, field: str) -> Release:
@@ -558,6 +564,10 @@ def parse_platform_signed(signed: Mapping[str, Any], *, field: str) -> PlatformR
             "event_digests",
             "secure_boot",
         },
+        optional=frozenset({"snp"}),
+    )
+    snp, bind = (
+        (None, False) if "snp" not in doc else parse_snp_policy(doc["snp"], field=f"{field}.snp")
     )
     event_digests: dict[str, dict[int, tuple[bytes, ...]]] = {}
     raw_ev = doc["event_digests"]
@@ -595,6 +605,8 @@ def parse_platform_signed(signed: Mapping[str, Any], *, field: str) -> PlatformR
         event_digests=event_digests,
         secure_boot=sb,
         example=_bool(doc["example"], field=f"{field}.example"),
+        snp=snp,
+        snp_bind_host_data=bind,
     )
 
 

@@ -9,6 +9,12 @@ the measurement (explained: a digest cannot be inverted, so a mismatch lists the
 blessed launch was computed from, one of which the guest's launch must differ in), the
 release's revocation, and HOST_DATA when the release binds it.
 
+Platform policy: a platform reference of the registry (signed by the platform role) may carry
+an SNP policy too. When the *verifier* names the guest's platform (``platform``; nothing the
+guest says chooses it), the report is appraised under the stricter of the release's and the
+platform's policy (``attest.snp.policy.stricter``), and each policy finding names the policy
+it came from: ``[release V policy]``, ``[platform P policy]`` or both.
+
 HOST_DATA binding: ``release_host_data(release)`` is sha256 of the RFC 8785 form of
 ``Release.host_data_record()`` — the release's version, sequence, artifact and dm-verity
 parameters — which the host passes at launch (QEMU ``sev-snp-guest,host-data=``).
@@ -20,11 +26,12 @@ import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from attest.errors import SnpCheckError
 from attest.manifest.canonical import canonicalize
 from attest.manifest.evaluate import ReleaseStatus, evaluate_release
-from attest.manifest.model import Release, SnpLaunch, VerifiedRegistry
+from attest.manifest.model import PlatformReference, Release, SnpLaunch, VerifiedRegistry
 from attest.snp.findings import Finding, SnpCheck
-from attest.snp.policy import SnpDecision, VerifiedCrl, evaluate_snp_policy
+from attest.snp.policy import SnpDecision, SnpPolicy, VerifiedCrl, evaluate_snp_policy, stricter
 from attest.snp.verify import VerifiedReport
 
 
@@ -106,6 +113,66 @@ def _release_status(
     return [], []
 
 
+def _sourced(
+    findings: tuple[Finding, ...],
+    by_release: set[SnpCheck],
+    by_platform: set[SnpCheck],
+    names: tuple[str, str],
+) -> tuple[Finding, ...]:
+    """Each finding with the policy it came from: ``[release V policy]``, ``[platform P
+    policy]`` or ``[release V and platform P policies]``."""
+    rel, plat = names
+
+    def source(check: SnpCheck) -> str:
+        if check in by_platform and check not in by_release:
+            return f"{plat} policy"
+        if check in by_platform:
+            return f"{rel} and {plat} policies"
+        return f"{rel} policy"
+
+    return tuple(Finding(f.check, f"{f.message} [{source(f.check)}]") for f in findings)
+
+
+def _checks(decision: SnpDecision) -> set[SnpCheck]:
+    return {f.check for f in (*decision.refusals, *decision.warnings)}
+
+
+def _evaluate(
+    vr: VerifiedReport,
+    release: Release,
+    policy: SnpPolicy,
+    platform: tuple[str, PlatformReference] | None,
+    *,
+    crl: VerifiedCrl | None,
+    now: datetime,
+) -> SnpDecision:
+    """The release's policy, made stricter by the platform's when it has one; each finding
+    names its policy (module docstring)."""
+    # the measurement and HOST_DATA are checked by the caller, with their explanations
+    mine = replace(policy, allowed_measurements=None, expected_host_data=None)
+    names = (f"release {release.version}", f"platform {platform[0]}" if platform else "")
+    theirs: SnpPolicy | None = None if platform is None else platform[1].snp
+    if theirs is None:
+        decision = evaluate_snp_policy(vr, mine, crl=crl, now=now)
+        return SnpDecision(
+            _sourced(decision.refusals, set(), set(), names),
+            _sourced(decision.warnings, set(), set(), names),
+        )
+    try:
+        both = stricter(mine, theirs)
+    except SnpCheckError as exc:
+        check = SnpCheck(exc.check)
+        msg = f"{names[0]} and {names[1]} policies conflict: {exc}"
+        return SnpDecision((Finding(check, msg),), ())
+    decision = evaluate_snp_policy(vr, both, crl=crl, now=now)
+    by_release = _checks(evaluate_snp_policy(vr, mine, crl=crl, now=now))
+    by_platform = _checks(evaluate_snp_policy(vr, theirs, crl=crl, now=now))
+    return SnpDecision(
+        _sourced(decision.refusals, by_release, by_platform, names),
+        _sourced(decision.warnings, by_release, by_platform, names),
+    )
+
+
 def appraise_snp_release(
     vr: VerifiedReport,
     registry: VerifiedRegistry,
@@ -113,9 +180,12 @@ def appraise_snp_release(
     version: str | None,
     crl: VerifiedCrl | None,
     now: datetime,
+    platform: str | None = None,
 ) -> SnpReleaseAppraisal:
     """Appraise a verified report against release ``version`` of the registry, or (None) the
-    release whose blessed launch has the report's MEASUREMENT.
+    release whose blessed launch has the report's MEASUREMENT; under the stricter of the
+    release's policy and that of ``platform`` (the verifier's choice, never the guest's) when
+    the platform reference has one. A platform named but not in the registry is refused.
 
     Without a version, a measurement blessed by several releases is appraised under the newest.
     A measurement that any revoked release blesses is refused: the launch is the same guest, so
@@ -150,6 +220,14 @@ def appraise_snp_release(
         )
 
     refusals, warnings = _release_status(registry, release, now=now)
+    on: tuple[str, PlatformReference] | None = None
+    if platform is not None:
+        signed = snap.platforms.get(platform)
+        if signed is None:
+            msg = f"platform {platform} is not in registry #{snap.sequence}"
+            refusals.append(Finding(SnpCheck.PLATFORM, msg))
+        else:
+            on = (platform, signed.reference)
     for other in (r.version for r, _ in hits):
         if other != release.version and other in snap.revocations:
             msg = f"measurement {measurement.hex()} is also blessed by revoked release {other}"
@@ -162,17 +240,18 @@ def appraise_snp_release(
             where = f" (it is release {twin.version}'s launch, slot {at.slot})"
             mismatch = Finding(mismatch.check, mismatch.message + where)
         refusals.append(mismatch)
-    if release.snp.bind_host_data:
+    binders = [f"release {release.version}"] if release.snp.bind_host_data else []
+    if on is not None and on[1].snp is not None and on[1].snp_bind_host_data:
+        binders.append(f"platform {on[0]}")
+    if binders:
         want = release_host_data(release)
         if vr.report.host_data != want:
             msg = (
                 f"HOST_DATA {vr.report.host_data.hex()} is not release {release.version}'s "
-                f"record digest {want.hex()}"
+                f"record digest {want.hex()} [{' and '.join(binders)} policy]"
             )
             refusals.append(Finding(SnpCheck.HOST_DATA, msg))
-    # the measurement and HOST_DATA are checked above, with their explanations
-    policy = replace(release.snp.policy, allowed_measurements=None, expected_host_data=None)
-    decision = evaluate_snp_policy(vr, policy, crl=crl, now=now)
+    decision = _evaluate(vr, release, release.snp.policy, on, crl=crl, now=now)
     return SnpReleaseAppraisal(
         release,
         launch,

@@ -34,6 +34,7 @@ class SnpCheck(enum.StrEnum):
     MEASUREMENT = "snp-measurement"
     RELEASE = "snp-release"  # the release named / matched is in the registry and blesses SNP
     RELEASE_REVOKED = "snp-release-revoked"
+    PLATFORM = "snp-platform"  # the platform the verifier names is in the registry
     REVOKED = "snp-revoked"
     CRL_MISSING = "snp-crl-missing"
     CRL_STALE = "snp-crl-stale"

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from attest.errors import SnpCheckError
 from attest.snp.certs import UnverifiedCrl, crl_signed_by
 from attest.snp.findings import Finding, SnpCheck
 from attest.snp.report import Product, TcbVersion
@@ -46,6 +47,60 @@ class SnpPolicy:
     expected_host_data: bytes | None = None  # e.g. the hash of the blessed release record
     allowed_measurements: frozenset[bytes] | None = None
     crl_missing: CrlMissing = CrlMissing.REFUSE
+
+
+def _max_floor(a: TcbVersion, b: TcbVersion) -> TcbVersion:
+    fmcs = [f for f in (a.fmc, b.fmc) if f is not None]
+    return TcbVersion(
+        bootloader=max(a.bootloader, b.bootloader),
+        tee=max(a.tee, b.tee),
+        snp=max(a.snp, b.snp),
+        microcode=max(a.microcode, b.microcode),
+        fmc=max(fmcs) if fmcs else None,
+    )
+
+
+def _both(a: frozenset[bytes] | None, b: frozenset[bytes] | None) -> frozenset[bytes] | None:
+    """Both allow-lists (None: anything): the intersection when both give one."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a & b
+
+
+def stricter(a: SnpPolicy, b: SnpPolicy) -> SnpPolicy:
+    """The policy a report meets exactly when it meets both ``a`` and ``b`` (a release's and a
+    platform's): per product the component-wise maximum of the TCB floors; a boolean allows
+    only when both allow (``require_single_socket``: when either requires); the higher minimum
+    report version; the intersection of allow-lists when both give one (an empty intersection
+    allows nothing); a missing CRL refuses when either refuses. The VMPL is an equality check:
+    two different VMPLs cannot both be met, and raise ``SnpCheckError`` (check ``snp-vmpl``)."""
+    if a.vmpl != b.vmpl:
+        raise SnpCheckError(
+            SnpCheck.VMPL, f"the policies require different VMPLs ({a.vmpl} and {b.vmpl})"
+        )
+    floors = dict(a.min_tcb)
+    for product, floor in b.min_tcb.items():
+        floors[product] = floor if product not in floors else _max_floor(floors[product], floor)
+    refuse = CrlMissing.REFUSE in (a.crl_missing, b.crl_missing)
+    return SnpPolicy(
+        min_tcb=dict(sorted(floors.items())),
+        min_report_version=max(a.min_report_version, b.min_report_version),
+        allow_debug=a.allow_debug and b.allow_debug,
+        allow_migration_agent=a.allow_migration_agent and b.allow_migration_agent,
+        allow_smt=a.allow_smt and b.allow_smt,
+        require_single_socket=a.require_single_socket or b.require_single_socket,
+        vmpl=a.vmpl,
+        allowed_chip_ids=_both(a.allowed_chip_ids, b.allowed_chip_ids),
+        expected_host_data=_host_data(a.expected_host_data, b.expected_host_data),
+        allowed_measurements=_both(a.allowed_measurements, b.allowed_measurements),
+        crl_missing=CrlMissing.REFUSE if refuse else CrlMissing.WARN,
+    )
+
+
+def _host_data(a: bytes | None, b: bytes | None) -> bytes | None:
+    if a is not None and b is not None and a != b:
+        raise SnpCheckError(SnpCheck.HOST_DATA, "the policies expect different HOST_DATA")
+    return b if a is None else a
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,11 @@ def _manifest_seeds() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     )
     registry = edit.empty_registry(expires=_FAR)
     with_snp = edit.bless(registry, _snp_release())
-    registries = tuple(_signed(r.to_json(), private) for r in (registry, with_snp))
+    pcrs = PcrValues({HashAlg.SHA256: {0: bytes(32)}})
+    policy = SnpPolicy(min_tcb={Product.MILAN: TcbVersion(1, 2, 3, 4)}, allow_smt=False)
+    ref = PlatformReference("fuzz", "fuzz platform", pcrs, snp=policy, snp_bind_host_data=True)
+    with_platform = edit.set_platform(with_snp, ref)  # reaches the platform's snp policy
+    registries = tuple(_signed(r.to_json(), private) for r in (registry, with_snp, with_platform))
     return (_signed(root.to_json(), private),), registries
 
 

@@ -210,10 +210,13 @@ def test_schema_describes_exactly_the_members_the_parser_requires() -> None:
     )
     defs = schema["$defs"]
     assert defs["release"]["properties"]["snp"] == {"$ref": "#/$defs/release_snp"}
+    assert defs["release_snp"]["properties"]["policy"] == {"$ref": "#/$defs/snp_policy"}
+    assert defs["platform_signed"]["properties"]["snp"]["$ref"] == "#/$defs/snp_policy"
+    assert "snp" not in defs["platform_signed"]["required"]  # optional, as in the parser
     doc = _snp_doc()
     parts = [
         (defs["release_snp"], doc),
-        (defs["release_snp"]["properties"]["policy"], doc["policy"]),
+        (defs["snp_policy"], doc["policy"]),
         (defs["snp_launch"], doc["launches"][0]),
         (defs["snp_launch"]["properties"]["inputs"], doc["launches"][0]["inputs"]),
         (defs["snp_tcb"], doc["policy"]["min_tcb"]["Milan"]),
@@ -233,3 +236,15 @@ def test_schema_describes_exactly_the_members_the_parser_requires() -> None:
             del target[name]
             with pytest.raises(ManifestFormatError, match="missing"):
                 parse_release_snp(broken, field="snp")
+
+
+def test_set_snp_policy_keeps_the_launches_and_needs_an_snp_section(world: World) -> None:
+    snap = world.snapshot(releases=[replace(release("1.0.0", 1), snp=SNP), release("1.1.0", 2)])
+    new = edit.set_snp_policy(snap, "1.0.0", SnpPolicy(allow_smt=False), bind_host_data=False)
+    got = new.releases["1.0.0"].snp
+    assert got is not None and got.launches == SNP.launches
+    assert got.policy == SnpPolicy(allow_smt=False) and not got.bind_host_data
+    with pytest.raises(ManifestFormatError, match="blesses no SEV-SNP launch"):
+        edit.set_snp_policy(snap, "1.1.0", SnpPolicy(), bind_host_data=False)
+    with pytest.raises(ManifestFormatError, match="9.9.9"):
+        edit.set_snp_policy(snap, "9.9.9", SnpPolicy(), bind_host_data=False)

@@ -330,3 +330,75 @@ def test_verify_reads_the_registry_from_the_trusted_state(
     assert "blessed: release 1.0.0, slot b" in out
     rc, _, err = _run(capsys, *argv[:-4], "--trust-dir", "empty", "--crl", "milan.crl")
     assert rc == 2 and "no trusted manifest state in empty" in err
+
+
+def test_snp_policy_replaces_the_release_policy_and_keeps_its_launches(
+    blessed: Blessed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snp(blessed.release())
+    seq = blessed.registry()["sequence"]
+    rc, out, err = _run(
+        capsys, "manifest", "snp-policy", "--version", "1.0.0", "--registry", "reg.json",
+        "--now", WHEN, "--snp-min-tcb", "Milan=2.0.6.101", "--snp-min-report-version", "3",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "release 1.0.0's SNP policy replaced" in out and "(unsigned)" in out
+    after = _snp(blessed.release())
+    assert after["launches"] == before["launches"]
+    policy = after["policy"]
+    assert isinstance(policy, dict)
+    assert policy["min_tcb"] == {"Milan": {"bootloader": 2, "tee": 0, "snp": 6, "microcode": 101}}
+    assert policy["min_report_version"] == 3
+    # replaced whole: flags left out take their defaults (SMT allowed, HOST_DATA not bound)
+    assert policy["allow_smt"] is True and policy["bind_host_data"] is False
+    assert blessed.registry()["sequence"] == seq + 1  # type: ignore[operator]
+    # an unsigned draft is not a registry anyone appraises under; re-signed, it is
+    rc, _, err = _verify(blessed, capsys, policy=NO_SMT | SMT, host_data=b"\x07" * 32)
+    assert rc != 0
+    blessed.sign(capsys)
+    rc, out, err = _verify(blessed, capsys, policy=NO_SMT | SMT, host_data=b"\x07" * 32)
+    assert rc == 0, err
+
+
+def test_snp_policy_usage_errors(blessed: Blessed, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = ["--registry", "reg.json", "--now", WHEN]
+    rc, _, err = _run(capsys, "manifest", "snp-policy", "--version", "1.0.0", *reg)
+    assert rc == 2 and "give the policy" in err
+    rc, _, err = _run(capsys, "manifest", "snp-policy", "--version", "9.9.9", *reg, "--snp-no-smt")
+    assert rc != 0 and "9.9.9" in err
+    rc, _, err = _run(
+        capsys, "manifest", "snp-policy", "--version", "1.0.0", *reg, "--snp-vmpl", "4"
+    )
+    assert rc == 2 and "VMPL is 0-3" in err
+
+
+def test_platform_set_takes_an_snp_policy_that_verify_applies_with_platform(
+    blessed: Blessed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    floor = {"bootloader": 255, "tee": 255, "snp": 255, "microcode": 255}
+    policy = _snp(blessed.release())["policy"]
+    assert isinstance(policy, dict)
+    ref = {
+        "platform_id": "epyc",
+        "description": "an SNP host",
+        "example": False,
+        "pcrs": {"sha256": {"0": "00" * 32}},
+        "event_digests": {},
+        "secure_boot": None,
+        "snp": {**policy, "min_tcb": {"Milan": floor}, "bind_host_data": False},
+    }
+    (blessed.dir / "epyc.json").write_text(json.dumps(ref))
+    reg = ["--registry", "reg.json", "--now", WHEN]
+    rc, _, err = _run(capsys, "manifest", "platform-set", "--ref", "epyc.json", *reg)
+    assert rc == 0, err
+    rc, _, err = _run(
+        capsys, "manifest", "sign", "reg.json", "--key", "p1.pem", "--platform", "epyc"
+    )
+    assert rc == 0, err
+    blessed.sign(capsys)
+    assert _verify(blessed, capsys)[0] == 0  # no platform named: the release's policy alone
+    rc, out, err = _verify(blessed, capsys, "--platform", "epyc")
+    assert rc == 1 and "snp-tcb-floor check failed" in err
+    assert "[platform epyc policy]" in err
+    rc, out, err = _verify(blessed, capsys, "--platform", "other")
+    assert rc == 1 and "snp-platform check failed" in err

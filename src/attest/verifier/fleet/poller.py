@@ -588,6 +588,7 @@ class Poller:
             verifier=self.snp.verifier,
             registry=guest_state.registry,
             crls=self.snp.crls,
+            platform=s.platform_id,
             now=now,
         )
         pair = appraise_pair(
