@@ -40,10 +40,12 @@ from attest.appraisal.snp import appraise_guest_snp, guest_snp_layer
 from attest.errors import EvidenceFormatError
 from attest.evidence import UnverifiedSnpEvidence, snp_member, snp_of
 from attest.manifest import edit
-from attest.manifest.model import RegistrySnapshot, ReleaseSnp, VerifiedRegistry
+from attest.manifest.model import PlatformReference, RegistrySnapshot, ReleaseSnp, VerifiedRegistry
+from attest.model import HashAlg, PcrValues
 from attest.runtime import VtpmVouch
 from attest.snp.certs import load_crl
-from attest.snp.report import Product
+from attest.snp.policy import SnpPolicy
+from attest.snp.report import Product, TcbVersion
 from attest.snp.reportdata import encode_report_data
 from attest.snp.verify import SnpVerifier
 from attest.testing.snp import FakeAmd, guest_cert_table, make_crl
@@ -116,6 +118,7 @@ def _appraise(
     tls_binding: bytes = b"",
     crl: bool = True,
     nonce: bytes = GUEST_NONCE,
+    platform: str | None = None,
 ) -> AppraisalResult:
     crls = [load_crl(make_crl(amd, this_update=NOW - dt.timedelta(days=1)))] if crl else []
     return appraise_guest_snp(
@@ -127,6 +130,7 @@ def _appraise(
         verifier=SnpVerifier(pins=amd.pins),
         registry=registry if registry is not None else _registry(),
         crls=crls,
+        platform=platform,
         now=NOW,
     )
 
@@ -353,3 +357,18 @@ def test_guest_snp_layer_of_a_document(amd: FakeAmd) -> None:
     bad = guest_snp_layer({"snp": {"report": 7}}, require=False, **args)
     assert bad is not None and bad.claim(Claim.INSTANCE_IDENTITY).value == CRYPTO_VALIDATION_FAILED
     assert "does not parse" in (bad.first_divergence or "")
+
+
+def test_the_verifier_named_platform_adds_its_snp_policy(amd: FakeAmd) -> None:
+    """The guest's platform (the verifier's --platform / the pair's platform_id) makes the
+    policy stricter; the finding names the platform's policy as the one that refused."""
+    floor = TcbVersion(bootloader=255, tee=255, snp=255, microcode=255)
+    pcrs = PcrValues({HashAlg.SHA256: {0: bytes(32)}})
+    ref = PlatformReference("epyc", "SNP host", pcrs, snp=SnpPolicy(min_tcb={Product.MILAN: floor}))
+    base = _registry()
+    registry = VerifiedRegistry(edit.set_platform(base.snapshot, ref), b"", frozenset())
+    assert _appraise(amd, _member(amd), registry=registry).verdict is Verdict.AFFIRMING
+    r = _appraise(amd, _member(amd), registry=registry, platform="epyc")
+    assert r.verdict is not Verdict.AFFIRMING
+    [refusal] = [f for f in r.findings if f.check == "snp-tcb-floor"]
+    assert refusal.explanation.endswith("[platform epyc policy]")
