@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import replace
 
 import pytest
 from tests.support.manifest import NOW, World, build_world, release
 from tests.support.manifest import snp_launch as launch
-from tests.unit.snp.fakes import FAKE_NOW, fake
+from tests.unit.snp.fakes import FAKE_NOW, milan_crl, milan_report
 
 from attest.errors import ManifestFormatError, SnpCheckError, ThresholdError
 from attest.manifest import edit
@@ -25,12 +24,10 @@ from attest.manifest.parse import load_registry, parse_platform_signed
 from attest.manifest.snp import appraise_snp_release, release_host_data
 from attest.manifest.verify import verify_snapshot
 from attest.model import HashAlg, PcrValues
-from attest.snp.certs import load_crl
 from attest.snp.findings import SnpCheck
-from attest.snp.policy import CrlMissing, SnpPolicy, VerifiedCrl, stricter, verify_crl
-from attest.snp.report import Product, TcbVersion, parse_report
-from attest.snp.verify import VerifiedReport, verify_chain, verify_report
-from attest.testing.snp import make_crl
+from attest.snp.policy import CrlMissing, SnpPolicy, stricter
+from attest.snp.report import Product, TcbVersion
+from attest.snp.verify import VerifiedReport
 
 A = b"\xaa" * 48
 SMT = 1 << 16
@@ -167,17 +164,7 @@ def test_platform_policy_is_parsed_strictly() -> None:
 # --- appraisal -----------------------------------------------------------------------------------
 
 
-def _report(**fields: object) -> VerifiedReport:
-    amd = fake(Product.MILAN)
-    chain = verify_chain(amd.vcek, [amd.ask, amd.ark], now=FAKE_NOW, pins=amd.pins)
-    return verify_report(parse_report(amd.report(**fields)), chain, now=FAKE_NOW)
-
-
-def _crl(vr: VerifiedReport) -> VerifiedCrl:
-    raw = make_crl(fake(Product.MILAN), this_update=FAKE_NOW - dt.timedelta(days=1))
-    crl = verify_crl(load_crl(raw), vr.chain)
-    assert crl is not None
-    return crl
+_report, _crl = milan_report, milan_crl
 
 
 def _registry(release_policy: SnpPolicy, *platforms: PlatformReference) -> VerifiedRegistry:

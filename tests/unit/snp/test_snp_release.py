@@ -3,40 +3,25 @@ measurement matched or explained, the release's SNP policy, revocation, HOST_DAT
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import replace
 
 import pytest
 from tests.support.manifest import release
 from tests.support.manifest import snp_launch as launch
-from tests.unit.snp.fakes import FAKE_NOW, fake
+from tests.unit.snp.fakes import FAKE_NOW, milan_crl, milan_report
 
 from attest.manifest import edit
 from attest.manifest.model import Embargo, RegistrySnapshot, Release, ReleaseSnp, VerifiedRegistry
 from attest.manifest.snp import appraise_snp_release, release_host_data
-from attest.snp.certs import load_crl
 from attest.snp.findings import SnpCheck
-from attest.snp.policy import CrlMissing, SnpPolicy, VerifiedCrl, verify_crl
-from attest.snp.report import Product, parse_report
-from attest.snp.verify import VerifiedReport, verify_chain, verify_report
-from attest.testing.snp import make_crl
+from attest.snp.policy import CrlMissing, SnpPolicy
 
 A, B, OTHER = b"\xaa" * 48, b"\xbb" * 48, b"\xcc" * 48
 SMT = 1 << 16
 BASE_POLICY = 1 << 17
 
 
-def _report(**fields: object) -> VerifiedReport:
-    amd = fake(Product.MILAN)
-    chain = verify_chain(amd.vcek, [amd.ask, amd.ark], now=FAKE_NOW, pins=amd.pins)
-    return verify_report(parse_report(amd.report(**fields)), chain, now=FAKE_NOW)
-
-
-def _crl(vr: VerifiedReport) -> VerifiedCrl:
-    raw = make_crl(fake(Product.MILAN), this_update=FAKE_NOW - dt.timedelta(days=1))
-    crl = verify_crl(load_crl(raw), vr.chain)
-    assert crl is not None
-    return crl
+_report, _crl = milan_report, milan_crl
 
 
 def _snp(policy: SnpPolicy | None = None, *, bind: bool = False) -> ReleaseSnp:
