@@ -6,8 +6,9 @@ attributes, TPM2 credential activation over an authenticated channel), under the
 - with EK roots (``--ek-roots``; none given: the vendor EK CA store bundled with attest,
   ``attest.verifier.ek_roots.verifier_ek_roots``; ``describe()`` names which): the EK
   certificate must chain to them and match the EK, and the AK is proven to live beside that EK
-  by credential activation -- over the node's mutual-TLS listener (the service's ``--client-cert``/``--client-key``) or, for ``attest fleet add`` run on the node,
-  its operator socket. Roots without such a channel are a configuration error unless trust on
+  by credential activation -- over the node's mutual-TLS listener (the service's
+  ``--client-cert``/``--client-key``) or, for ``attest fleet add`` run on the node, its
+  operator socket. Roots without such a channel are a configuration error unless trust on
   first use of the AK is explicitly allowed (``tofu``);
 - without EK roots (``tofu`` and no ``--ek-roots``: the EK certificate is not checked, as
   before the store shipped): refused, unless ``tofu`` (trust on first use, said in the enrollment:
