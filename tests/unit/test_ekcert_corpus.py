@@ -140,6 +140,7 @@ def test_a_real_leaf_verifies_through_the_default_store_with_no_roots_given(
     assert main(["ek", "verify", leaf, "--now", row["now"], "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["verified"] is True
+    assert doc["ek_roots"] == "bundled vendor EK CA store (36 roots, 162 intermediates)"
     assert row["anchor_cn_prefix"] in json.dumps(doc["chain"][-1])
     assert main(["ek", "verify", leaf, "--now", "2099-01-01T00:00:00Z", "--json"]) == 1
     # The verifier's default (attest verify without --ek-ca, attest fleet without --ek-roots).
