@@ -1,8 +1,9 @@
 """Fleet enrollment against the real daemons on swtpm (EK certificates from swtpm_setup's CA):
 ``attest fleet add`` and ``POST /v1/nodes`` verify the EK certificate chain to ``--ek-roots``
 and run credential activation -- the code path of ``attest verify``'s first contact -- and
-refuse with the failed check's name otherwise; without roots, enrollment fails closed unless
-``--tofu`` is given."""
+refuse with the failed check's name otherwise; without ``--ek-roots`` the vendor EK CA store
+bundled with attest is the roots (swtpm's CA is not in it: refused), and ``--tofu`` without
+``--ek-roots`` enrolls without checking the EK certificate."""
 
 from __future__ import annotations
 
@@ -120,9 +121,16 @@ def test_fleet_add_verifies_the_ek_chain_and_activates(
     )
     err = capsys.readouterr().err
     assert code != 0 and "certificate" in err, err
-    # Fail closed: no roots and no --tofu; roots but no channel for activation.
+    # Fail closed. No --ek-roots: the bundled vendor store, which needs a channel for
+    # activation; with one, swtpm's EK (a private test CA) has no chain to a bundled root.
     assert main(["add", node.url, "--db", db, "--id", "x"]) == 2
-    assert "--tofu" in capsys.readouterr().err
+    assert "credential activation" in capsys.readouterr().err
+    assert (
+        main(["add", node.url, "--db", db, "--id", "x", "--operator-socket", str(node.api_sock)])
+        != 0
+    )
+    err = capsys.readouterr().err
+    assert "no chain from issuer" in err and "EK roots: bundled vendor EK CA store (" in err, err
     assert (
         main(["add", node.url, "--db", db, "--id", "x", "--ek-roots", str(ca_dir(node, tmp_path))])
         == 2

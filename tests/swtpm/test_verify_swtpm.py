@@ -120,9 +120,12 @@ def test_human_output_names_the_verdict(
 ) -> None:
     capsys.readouterr()
     base = [node.url, "--state", str(tmp_path / "v"), "--operator-socket", str(node.api_sock)]
-    # Without an EK CA (none of the bundled vendor CAs issued swtpm's EK), no --tofu: refused.
+    # Without --ek-ca the bundled vendor store is used; none of its CAs issued swtpm's EK
+    # (swtpm_setup's private test CA), so, without --tofu, enrollment is refused naming it.
     assert main(base) == 11
-    assert "enrollment fails closed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "enrollment refused: certificate: no EK certificate verifies" in out, out
+    assert "no chain from issuer" in out and "EK roots: bundled vendor EK CA store (" in out, out
     code = main([*base, "--tofu", "--policy", no_release_policy(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -77,6 +77,22 @@ def test_packaged_system_files_install_from_the_wheel(venv: Path, tmp_path: Path
     assert f"ExecStart={venv}/bin/attestd\n" in unit
 
 
+def test_the_vendor_ek_ca_store_ships_in_the_wheel(venv: Path, tmp_path: Path) -> None:
+    """The bundled store is package data: an installed wheel verifies a real vendor EK
+    certificate with no roots given (``attest ek verify`` without ``--roots``)."""
+    probe = (
+        "from attest.verifier.ek_roots import bundled_ek_roots as b; s = b();"
+        "print(len(s.roots) + len(s.intermediates), len(s.errors))"
+    )
+    assert _run([venv / "bin/python", "-c", probe], tmp_path).split() == ["198", "0"]
+    leaf = REPO / "tests/data/ekcerts/leaves/infineon-rsa-ek-slb9670-mfr035.der"
+    out = _run(
+        [venv / "bin/attest", "ek", "verify", leaf, "--now", "2026-06-01T00:00:00Z", "--json"],
+        tmp_path,
+    )
+    assert json.loads(out)["verified"] is True
+
+
 def test_verifier_only_install_verifies_a_real_node(venv: Path, node: Node, tmp_path: Path) -> None:
     out = _run(
         [

@@ -1,11 +1,11 @@
 """Real EK certificates and vendor CAs: every genuine chain verifies (with its deviations named),
 every mutated one is refused.
 
-The corpus is real data committed in ``tests/data/ekcerts/`` (``$ATTEST_EK_CORPUS`` points at
-another copy), with its ``PROVENANCE.md`` and ``rebuild.py``. Layout: ``leaves/`` (EK
-certificates as TPMs store them), ``leaves.tsv`` (vendor, the CN prefix of the anchor the chain
-must reach, the time to verify at), ``cas/<vendor>/{roots,intermediates}/`` (the vendors' CA
-certificates).
+The leaves are real data committed in ``tests/data/ekcerts/`` (``$ATTEST_EK_CORPUS`` points at
+another copy), with its ``PROVENANCE.md`` and ``rebuild.py``: ``leaves/`` (EK certificates as
+TPMs store them), ``leaves.tsv`` (vendor, the CN prefix of the anchor the chain must reach, the
+time to verify at). The vendors' CA certificates are the store shipped with attest,
+``src/attest/data/ek_roots/<vendor>/{roots,intermediates}/`` with its own ``PROVENANCE.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import csv
 import functools
 import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -24,17 +25,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attest.cli import main
 from attest.ekcert.der import Deviation
 from attest.ekcert.parse import ParsedCertificate, parse_certificate, parse_input
 from attest.ekcert.verify import verify_ek_chain
 from attest.enroll import verify_ek_certificate
 from attest.errors import CertificateError, CertificateFormatError
-from attest.verifier.ek_roots import CaStore, load_ca_tree
+from attest.verifier.ek_roots import CaStore, bundled_ek_roots, load_ca_tree, verifier_ek_roots
 
 NOW_FUZZ = datetime(2026, 6, 1, tzinfo=UTC)
 PROVENANCE_ROW = re.compile(r"^\| `([^`]+)` \|.*?\| `([0-9a-f]{64})` \|", re.M)
 IN_REPO = Path(__file__).resolve().parents[1] / "data" / "ekcerts"
 CORPUS = Path(os.environ.get("ATTEST_EK_CORPUS") or IN_REPO)
+#: The bundled vendor EK CA store (package data), the CAs of every chain here.
+CAS = Path(__file__).resolve().parents[2] / "src" / "attest" / "data" / "ek_roots"
 pytestmark = [
     # the in-repo corpus is never skipped (a missing file fails); only an absent override is
     pytest.mark.skipif(
@@ -65,7 +69,7 @@ CHAINED = [row for row in _leaves() if row["anchor_cn_prefix"] != "-"]
 
 @pytest.fixture(scope="module")
 def store() -> CaStore:
-    return load_ca_tree(CORPUS / "cas")
+    return load_ca_tree(CAS)
 
 
 def _leaf(row: dict[str, str]) -> tuple[bytes, ParsedCertificate]:
@@ -78,25 +82,91 @@ def _now(row: dict[str, str]) -> datetime:
     return datetime.fromisoformat(row["now"])
 
 
+def _listed_and_present(base: Path, under: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+    rows = dict(PROVENANCE_ROW.findall((base / "PROVENANCE.md").read_text()))
+    present = {str(f.relative_to(base)) for d in under for f in (base / d).rglob("*")}
+    return rows, {p for p in present if (base / p).is_file()}
+
+
 def test_every_corpus_file_is_listed_in_provenance_with_its_hash() -> None:
-    rows = dict(PROVENANCE_ROW.findall((CORPUS / "PROVENANCE.md").read_text()))
-    present = {
-        str(f.relative_to(CORPUS)) for d in ("leaves", "cas") for f in (CORPUS / d).rglob("*")
-    }
-    assert set(rows) == {p for p in present if (CORPUS / p).is_file()}
+    rows, present = _listed_and_present(CORPUS, ["leaves"])
+    assert set(rows) == present
     for name, sha256 in rows.items():
         assert hashlib.sha256((CORPUS / name).read_bytes()).hexdigest() == sha256, name
-    leaves = {r for r in rows if r.startswith("leaves/")}
-    assert {f"leaves/{r['file']}" for r in _leaves()} == leaves
+    assert {f"leaves/{r['file']}" for r in _leaves()} == set(rows)
+
+
+def test_every_bundled_ca_file_is_listed_in_provenance_with_its_hash() -> None:
+    vendors = sorted(p.name for p in CAS.iterdir() if p.is_dir() and p.name != "LICENSES")
+    rows, present = _listed_and_present(CAS, vendors)
+    assert len(rows) == 198
+    assert set(rows) == present
+    for name, sha256 in rows.items():
+        assert hashlib.sha256((CAS / name).read_bytes()).hexdigest() == sha256, name
+    # The licence texts of the repositories they were taken from ship beside them.
+    assert {f.name for f in (CAS / "LICENSES").iterdir()} == {
+        "Apache-2.0.txt",
+        "BSD-3-Clause-tpm-ca-certificates.txt",
+    }
 
 
 def test_every_vendor_ca_file_loads(store: CaStore) -> None:
     assert store.errors == ()
-    vendors = {p.name for p in (CORPUS / "cas").iterdir()}
+    vendors = {p.name for p in CAS.iterdir()}
     assert {"infineon", "stmicroelectronics", "nuvoton", "intel", "amd", "google"} <= vendors
     kinds = {t.deviation for c in (*store.roots, *store.intermediates) for t in c.deviations}
     # Nuvoton's roots (multi-valued RDNs out of order), Intel's On-Die CA root (ECDSA NULL).
     assert {Deviation.SET_ORDER, Deviation.ECDSA_PARAMETERS} <= kinds
+
+
+@pytest.mark.parametrize(
+    "name", ["stm-rsa-ek-ica05-nv-padded.der", "infineon-ecc-ek-slb9670-mfr035.der"]
+)
+def test_a_real_leaf_verifies_through_the_default_store_with_no_roots_given(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store shipped with attest (package data, not a path given) is enough: a real node
+    enrolls with no flags. The same leaf is refused outside its validity."""
+    row = next(r for r in _leaves() if r["file"] == name)
+    bundled = bundled_ek_roots()
+    assert len(bundled.roots) + len(bundled.intermediates) == 198 and bundled.errors == ()
+    raw = (CORPUS / "leaves" / name).read_bytes()
+    v = verify_ek_certificate(
+        raw, roots=bundled.roots, intermediates=bundled.intermediates, now=_now(row)
+    )
+    assert f"CN={row['anchor_cn_prefix']}" in v.chain[-1].subject.rfc4514_string()
+    # attest ek verify without --roots: the bundled store.
+    leaf = str(CORPUS / "leaves" / name)
+    assert main(["ek", "verify", leaf, "--now", row["now"], "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verified"] is True
+    assert doc["ek_roots"] == "bundled vendor EK CA store (36 roots, 162 intermediates)"
+    assert row["anchor_cn_prefix"] in json.dumps(doc["chain"][-1])
+    assert main(["ek", "verify", leaf, "--now", "2099-01-01T00:00:00Z", "--json"]) == 1
+    # The verifier's default (attest verify without --ek-ca, attest fleet without --ek-roots).
+    ek = verifier_ek_roots([])
+    assert ek.store == bundled and ek.source.startswith("bundled vendor EK CA store (")
+    verify_ek_certificate(raw, roots=ek.roots, intermediates=ek.intermediates, now=_now(row))
+
+
+def test_named_ek_cas_replace_the_bundled_store_unless_bundled_is_named(tmp_path: Path) -> None:
+    """--ek-ca/--ek-roots restrict to the operator's CAs; 'bundled' among them adds the store."""
+    private = tmp_path / "private.der"
+    private.write_bytes(
+        (CAS / "infineon" / "roots" / "Infineon_OPTIGA_TM_ECC_Root_CA.der").read_bytes()
+    )
+    row = next(r for r in _leaves() if r["file"] == "stm-ecc-ek-ica01.der")
+    raw = (CORPUS / "leaves" / row["file"]).read_bytes()
+    only = verifier_ek_roots([str(private)])
+    assert len(only.roots) == 1 and "bundled" not in only.source
+    with pytest.raises(CertificateError, match="no chain from issuer"):
+        verify_ek_certificate(
+            raw, roots=only.roots, intermediates=only.intermediates, now=_now(row)
+        )
+    both = verifier_ek_roots(["bundled", str(private)])
+    assert both.source.startswith("bundled vendor EK CA store (") and str(private) in both.source
+    assert len(both.roots) == len(bundled_ek_roots().roots)  # the private CA is a bundled one
+    verify_ek_certificate(raw, roots=both.roots, intermediates=both.intermediates, now=_now(row))
 
 
 @pytest.mark.parametrize("row", CHAINED, ids=lambda r: r["file"])
@@ -169,15 +239,15 @@ def test_mutated_real_chain_is_refused(row: dict[str, str], store: CaStore) -> N
 
 
 def _vendor_certs(vendor: str) -> list[ParsedCertificate]:
-    store = load_ca_tree(CORPUS / "cas")
-    mine = {f.read_bytes() for f in (CORPUS / "cas" / vendor).rglob("*") if f.is_file()}
+    store = load_ca_tree(CAS)
+    mine = {f.read_bytes() for f in (CAS / vendor).rglob("*") if f.is_file()}
     return [c for c in (*store.roots, *store.intermediates) if c.der in mine]
 
 
 @functools.cache
 def _real_samples() -> tuple[bytes, ...]:
     out = [parse_input((CORPUS / "leaves" / r["file"]).read_bytes()).der for r in _leaves()]
-    out += [f.read_bytes() for f in sorted((CORPUS / "cas" / "nuvoton" / "roots").glob("*"))]
+    out += [f.read_bytes() for f in sorted((CAS / "nuvoton" / "roots").glob("*"))]
     return tuple(out)
 
 

@@ -67,16 +67,12 @@ NO_REGISTRY_NOTE = (
 # --- adapters the command needs --------------------------------------------------------------
 
 
-def _ek_cas(paths: Sequence[str]) -> tuple[list[Any], list[Any]]:
-    """The EK CAs given with ``--ek-ca``, else the vendor CAs bundled with attest."""
-    if paths:
-        from attest.verifier.contact import load_ek_cas
+def _ek_cas(paths: Sequence[str]) -> Any:
+    """The EK CAs given with ``--ek-ca`` (``bundled`` among them: the vendor store too), else
+    the vendor CAs bundled with attest (``attest.verifier.ek_roots.verifier_ek_roots``)."""
+    from attest.verifier.ek_roots import verifier_ek_roots
 
-        return load_ek_cas(paths)
-    from attest.verifier.ek_roots import bundled_ek_roots
-
-    store = bundled_ek_roots()
-    return list(store.roots), list(store.intermediates)
+    return verifier_ek_roots(paths)
 
 
 def load_rules(args: argparse.Namespace) -> VerifierRules:
@@ -344,7 +340,9 @@ def appraise_layer(
     if registry is None:
         notes.append(NO_REGISTRY_NOTE)
     rules = load_rules(ns)
-    roots, inter = _ek_cas(ns.ek_ca) if record is None or ns.re_enroll else ([], [])
+    enrolling = record is None or ns.re_enroll
+    ek = _ek_cas(ns.ek_ca) if enrolling and (ns.ek_ca or not ns.tofu) else None
+    roots, inter = (ek.roots, ek.intermediates) if ek is not None else ([], [])
     re_enrollment = None
     with _clients(ns) as (client, operator):
         try:
@@ -357,19 +355,22 @@ def appraise_layer(
                     enrollment = enroll(
                         client,
                         now=now,
-                        ek_roots=roots if ns.ek_ca or not ns.tofu else [],
+                        ek_roots=roots,
                         ek_intermediates=inter,
                         activator=operator,
                         runtime_pcr=rules.runtime_pcr,
                     )
                 except VerificationError as exc:
+                    against = f" (EK roots: {ek.source})" if ek is not None and roots else ""
                     result = enrollment_refused(
                         str(identity.get("node_id", ""))[:256],
-                        f"{exc.check}: {exc}",
+                        f"{exc.check}: {exc}{against}",
                         nonce=nonce,
                         now=now,
                     )
                     return Layer(address, result, record, notes)
+                if ek is not None:
+                    notes.append(f"EK roots: {ek.source}")
                 if record is None:
                     record = store.enroll(address, enrollment)
                     notes.append(_enrolled_line(enrollment, first=True))
@@ -423,9 +424,7 @@ def appraise_layer(
         )
     from attest.appraisal.ear import collateral
 
-    enrolled_against = (
-        [c.der for c in roots] if (ns.ek_ca or not ns.tofu) and notes_enrolled(notes) else []
-    )
+    enrolled_against = [c.der for c in roots] if notes_enrolled(notes) else []
     found = collateral(registry, ns.platform, enrolled_against)
     return Layer(address, result, record, notes, re_enrollment, vouchings, found, ev.doc, registry)
 

@@ -54,16 +54,22 @@ def register(sub: Any) -> None:
     v.set_defaults(func=cmd_verify)
 
 
-def _store(args: argparse.Namespace) -> CaStore:
+def _store(args: argparse.Namespace) -> tuple[CaStore, str]:
+    """The CAs, and which: the paths given, or the bundled store with its count."""
     if args.roots:
         store = load_ca_dirs(roots=args.roots, intermediates=args.intermediates)
+        source = ", ".join(args.roots)
     else:
         store = bundled_ek_roots()
+        source = (
+            f"bundled vendor EK CA store ({len(store.roots)} roots, "
+            f"{len(store.intermediates)} intermediates)"
+        )
         if args.intermediates:
             store = store.merged(load_ca_dirs(roots=[], intermediates=args.intermediates))
     for err in store.errors:
         print(f"attest: warning: CA file not loaded: {err.path}: {err.error}", file=sys.stderr)
-    return store
+    return store, source
 
 
 def _print(v: VerifiedChain) -> None:
@@ -89,19 +95,25 @@ def _print(v: VerifiedChain) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     now = parse_now(args.now)
     leaf = parse_input(read_bytes(args.cert, max_size=MAX_INPUT_BYTES))  # exit 3 if not a cert
-    store = _store(args)
+    store, source = _store(args)
     try:
         verified = verify_ek_chain(
             leaf, anchors=store.roots, intermediates=store.intermediates, now=now
         )
     except CertificateError as exc:
         if args.json:
-            print_json({"verified": False, "check": exc.reason, "error": str(exc)})
+            print_json(
+                {"verified": False, "check": exc.reason, "error": str(exc), "ek_roots": source}
+            )
         else:
-            print(f"attest: certificate check failed ({exc.reason}): {exc}", file=sys.stderr)
+            print(
+                f"attest: certificate check failed ({exc.reason}): {exc} (EK roots: {source})",
+                file=sys.stderr,
+            )
         return EXIT_VERIFY_FAILED
     if args.json:
-        print_json({"verified": True, **verified.describe()})
+        print_json({"verified": True, **verified.describe(), "ek_roots": source})
     else:
         _print(verified)
+        print(f"  EK roots: {source}")
     return EXIT_OK

@@ -612,13 +612,17 @@ def _enrollment_options(q: argparse.ArgumentParser) -> None:
         "waive_platform; attest verify --policy's): named in every EAR; a node claiming "
         "another runtime PCR is refused at enrollment",
     )
-    g = q.add_argument_group("enrollment (fails closed: --ek-roots, or --tofu)")
+    g = q.add_argument_group(
+        "enrollment (fails closed: EK roots, default the bundled store; or --tofu)"
+    )
     g.add_argument(
         "--ek-roots",
         action="append",
         metavar="PEM|DIR",
         help="TPM vendors' EK certificate CAs (self-signed: roots, others: "
-        "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS): the EK "
+        "intermediates; repeat; default $ATTEST_FLEET_EK_ROOTS, else the vendor EK CA store "
+        "bundled with attest unless --tofu); given, they replace the bundled store -- the "
+        "word 'bundled' among them keeps it (a private CA beside it): the EK "
         "certificate must chain to them, and credential activation must "
         "prove the AK lives beside that EK",
     )
@@ -632,8 +636,9 @@ def _enrollment_options(q: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tofu",
         action="store_true",
-        help="allow trust on first use: enroll without EK roots, or without "
-        "credential activation (said in the enrollment)",
+        help="allow trust on first use: enroll without EK roots (no --ek-roots: the EK "
+        "certificate is not checked), or without credential activation (said in the "
+        "enrollment)",
     )
     g.add_argument(
         "--client-cert",

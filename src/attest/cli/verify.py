@@ -55,7 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PEM",
-        help="EK certificate CA (roots and intermediates; repeat)",
+        help="EK certificate CA (roots and intermediates; repeat); default: the vendor EK CA "
+        "store bundled with attest (not with --tofu); given, they replace it -- "
+        "'--ek-ca bundled' keeps it beside a private CA",
     )
     p.add_argument(
         "--tofu",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
@@ -88,7 +89,11 @@ def _read(entry: Traversable, errors: list[LoadError]) -> list[ParsedCertificate
             data = f.read(MAX_CA_FILE_BYTES + 1)
         if len(data) > MAX_CA_FILE_BYTES:
             raise CertificateFormatError(f"larger than {MAX_CA_FILE_BYTES} bytes")
-        certs, problems = parse_bundle_lenient(data)
+        with warnings.catch_warnings():
+            # Google's vTPM CAs have CNs longer than X.520's 64: tolerated, and not a warning
+            # on every command that loads the bundled store.
+            warnings.filterwarnings("ignore", "Attribute's length must be", UserWarning)
+            certs, problems = parse_bundle_lenient(data)
     except (OSError, CertificateFormatError) as exc:
         certs, problems = [], [str(exc)]
     for problem in problems:
@@ -162,6 +167,49 @@ def load_ca_tree(directory: Traversable) -> CaStore:
 
 def bundled_ek_roots() -> CaStore:
     """The TPM vendors' and cloud vTPMs' EK CAs shipped with attest (package data; see
-    ``src/attest/data/ek_roots/PROVENANCE.md``). Not yet anybody's default: ``attest verify``
-    and ``attest fleet`` use it only when told to (``docs/ek-certificates.md``)."""
+    ``src/attest/data/ek_roots/PROVENANCE.md``): the default EK roots of ``attest verify``,
+    ``attest fleet`` and ``attest ek verify`` (``verifier_ek_roots``)."""
     return load_ca_tree(importlib.resources.files(BUNDLED_PACKAGE).joinpath(BUNDLED_DIR))
+
+
+#: Among ``--ek-ca``/``--ek-roots`` paths: the bundled store too (a private CA beside it).
+BUNDLED_WORD = "bundled"
+
+
+@dataclass(frozen=True, slots=True)
+class EkRoots:
+    """The EK CAs a verifier trusts, and what an auditor is told about them."""
+
+    store: CaStore
+    source: str  # "bundled vendor EK CA store (… roots, … intermediates)", or the paths given
+
+    @property
+    def roots(self) -> list[ParsedCertificate]:
+        return list(self.store.roots)
+
+    @property
+    def intermediates(self) -> list[ParsedCertificate]:
+        return list(self.store.intermediates)
+
+
+def _counted(store: CaStore) -> str:
+    return f"{len(store.roots)} roots, {len(store.intermediates)} intermediates"
+
+
+def verifier_ek_roots(paths: Sequence[str | os.PathLike[str]]) -> EkRoots:
+    """The EK roots of ``attest verify --ek-ca`` / ``attest fleet --ek-roots``: none named,
+    the bundled store; paths named, those alone (``load_ek_cas_store``: the self-issued are
+    roots), the bundled store replaced -- unless the word ``bundled`` is among them, which adds
+    the bundled store (a private CA beside the vendors')."""
+    named = [p for p in paths if os.fspath(p) != BUNDLED_WORD]
+    with_bundle = not paths or len(named) < len(paths)
+    parts: list[str] = []
+    store = CaStore()
+    if with_bundle:
+        store = bundled_ek_roots()
+        parts.append(f"bundled vendor EK CA store ({_counted(store)})")
+    if named:
+        given = load_ek_cas_store(named)
+        parts.append(f"{', '.join(os.fspath(p) for p in named)} ({_counted(given)})")
+        store = store.merged(given)
+    return EkRoots(store, " + ".join(parts))

@@ -1,7 +1,12 @@
-"""Rebuild tests/data/ekcerts/ byte for byte from the upstream repositories (PROVENANCE.md).
+"""Rebuild the EK certificate corpus byte for byte from the upstream repositories: the leaves
+in tests/data/ekcerts/ (its PROVENANCE.md) and the vendor CA store shipped with attest,
+src/attest/data/ek_roots/ (its PROVENANCE.md).
 
 Usage: python tests/data/ekcerts/rebuild.py KEYLIME_GIT GO_TPM_TOOLS_GIT CMC_GIT \
     TPM_CA_CERTIFICATES_GIT [OUT_DIR]
+
+With OUT_DIR the leaves are written under OUT_DIR and the CA store under OUT_DIR/ek_roots;
+without it, in place.
 
 Each GIT_DIR is a clone (bare or not) of keylime/keylime, google/go-tpm-tools,
 Fraunhofer-AISEC/cmc and loicsikidi/tpm-ca-certificates holding the commit below. The script
@@ -26,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: The bundled vendor EK CA store (package data).
+EK_ROOTS = HERE.parents[2] / "src" / "attest" / "data" / "ek_roots"
 
 KEYLIME = "9b1f6e6a917f86c792bac680ea7d36312d5914a5"
 GO_TPM_TOOLS = "67670e5c021a24f2366eb1808db2659211af5eb2"
@@ -92,18 +99,23 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     out = Path(argv[4]) if len(argv) == 5 else HERE
-    wanted = dict(_ROW.findall((HERE / "PROVENANCE.md").read_text()))
+    ca_out = out / "ek_roots" if len(argv) == 5 else EK_ROOTS
+    wanted = {
+        (where, name): sha256
+        for where, listed in ((out, HERE), (ca_out, EK_ROOTS))
+        for name, sha256 in _ROW.findall((listed / "PROVENANCE.md").read_text())
+    }
     by_sha = {hashlib.sha256(c).hexdigest(): c for c in candidates(*argv[:4])}
     missing = 0
-    for name, sha256 in sorted(wanted.items()):
+    for (where, name), sha256 in sorted(wanted.items()):
         data = by_sha.get(sha256)
         if data is None:
             missing += 1
-            print(f"MISSING {name} {sha256}")
+            print(f"MISSING {where / name} {sha256}")
             continue
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_bytes(data)
-    print(f"{len(wanted) - missing} of {len(wanted)} files written to {out}")
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(data)
+    print(f"{len(wanted) - missing} of {len(wanted)} files written to {out} and {ca_out}")
     return 1 if missing else 0
 
 

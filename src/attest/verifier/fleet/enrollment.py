@@ -3,12 +3,15 @@
 attributes, TPM2 credential activation over an authenticated channel), under the fleet's
 ``EnrollPolicy``, which fails closed:
 
-- with EK roots: the EK certificate must chain to them and match the EK, and the AK is proven
-  to live beside that EK by credential activation -- over the node's mutual-TLS listener (the
-  service's ``--client-cert``/``--client-key``) or, for ``attest fleet add`` run on the node,
-  its operator socket. Roots without such a channel are a configuration error unless trust on
+- with EK roots (``--ek-roots``; none given: the vendor EK CA store bundled with attest,
+  ``attest.verifier.ek_roots.verifier_ek_roots``; ``describe()`` names which): the EK
+  certificate must chain to them and match the EK, and the AK is proven to live beside that EK
+  by credential activation -- over the node's mutual-TLS listener (the service's
+  ``--client-cert``/``--client-key``) or, for ``attest fleet add`` run on the node, its
+  operator socket. Roots without such a channel are a configuration error unless trust on
   first use of the AK is explicitly allowed (``tofu``);
-- without EK roots: refused, unless ``tofu`` (trust on first use, said in the enrollment:
+- without EK roots (``tofu`` and no ``--ek-roots``: the EK certificate is not checked, as
+  before the store shipped): refused, unless ``tofu`` (trust on first use, said in the enrollment:
   ``ek_certificate`` is null and ``activated`` false when there was no channel).
 
 A pair (``attest.verifier.fleet.pairs``) enrolls each layer under its own policy (the host's TPM
@@ -40,7 +43,8 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
-from attest.verifier.contact import enroll, load_ek_cas, open_channels
+from attest.verifier.contact import enroll, open_channels
+from attest.verifier.ek_roots import verifier_ek_roots
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class EnrollPolicy:
     tls_ca: str | None = None  # CA of the nodes' TLS certificates (https URLs)
     client_cert: tuple[str, str] | None = None  # (certificate, key) for the mTLS listener
     operator_socket: str | None = None  # the node's operator socket (fleet add on the node)
+    ek_source: str = ""  # which EK CAs: the bundled store and its count, or the paths given
 
     @classmethod
     def from_paths(
@@ -68,16 +73,19 @@ class EnrollPolicy:
     ) -> EnrollPolicy:
         if bool(client_cert) != bool(client_key):
             raise ConfigError("give --client-cert and --client-key together", key="--client-key")
-        roots, inter = load_ek_cas(ek_roots or [])
-        if ek_roots and not roots:
+        # No --ek-roots: the bundled vendor store, unless --tofu (then, as before, the EK
+        # certificate is not checked); --ek-roots replaces the store ("bundled" among them: adds).
+        ek = verifier_ek_roots(ek_roots or []) if ek_roots or not tofu else None
+        if ek_roots and ek is not None and not ek.roots:
             raise ConfigError("no self-signed root certificate among the EK CAs given", key=key)
         return cls(
-            tuple(roots),
-            tuple(inter),
+            tuple(ek.roots) if ek else (),
+            tuple(ek.intermediates) if ek else (),
             tofu,
             tls_ca,
             (client_cert, client_key) if client_cert and client_key else None,
             operator_socket,
+            ek.source if ek else "",
         ).validate(key=key)
 
     @property
@@ -105,6 +113,7 @@ class EnrollPolicy:
     def describe(self) -> dict[str, Any]:
         return {
             "ek_roots": [c.subject.rfc4514_string() for c in self.ek_roots],
+            "ek_store": self.ek_source or None,
             "ek_intermediates": len(self.ek_intermediates),
             "tofu": self.tofu,
             "activation": "operator-socket"
@@ -144,14 +153,22 @@ def enroll_node(
         client_cert=policy.client_cert,
         activation_url=activation_url,
     ) as (client, activator):
-        e = enroll(
-            client,
-            now=now,
-            ek_roots=policy.ek_roots,
-            ek_intermediates=policy.ek_intermediates,
-            activator=activator,
-            runtime_pcr=runtime_pcr,
-        )
+        try:
+            e = enroll(
+                client,
+                now=now,
+                ek_roots=policy.ek_roots,
+                ek_intermediates=policy.ek_intermediates,
+                activator=activator,
+                runtime_pcr=runtime_pcr,
+            )
+        except CertificateError as exc:
+            if not policy.ek_source:
+                raise
+            # Name the store the chain was checked against (the bundled one, or --ek-roots).
+            raise CertificateError(
+                f"{exc} (EK roots: {policy.ek_source})", reason=exc.reason
+            ) from None
     logger.info(
         "node enrolled",
         extra={
@@ -177,10 +194,15 @@ def with_roots(policy: EnrollPolicy, roots: list[str] | None, *, key: str) -> En
     """``policy`` with other EK CAs (a pair's host layer), or the same without them."""
     if not roots:
         return policy
-    r, i = load_ek_cas(roots)
-    if not r:
+    ek = verifier_ek_roots(roots)
+    if not ek.roots:
         raise ConfigError("no self-signed root certificate among the EK CAs given", key=key)
-    return replace(policy, ek_roots=tuple(r), ek_intermediates=tuple(i)).validate(key=key)
+    return replace(
+        policy,
+        ek_roots=tuple(ek.roots),
+        ek_intermediates=tuple(ek.intermediates),
+        ek_source=ek.source,
+    ).validate(key=key)
 
 
 @dataclass(frozen=True, slots=True)
