@@ -72,7 +72,9 @@ def test_verifier_install_has_no_tpm_stack_and_every_command_starts(
 def test_packaged_system_files_install_from_the_wheel(venv: Path, tmp_path: Path) -> None:
     out = _run([venv / "bin/attest", "node", "install", "--prefix", tmp_path / "root"], tmp_path)
     lines = out.splitlines()
-    assert len(lines) == 5 and all(line.startswith("installed: ") for line in lines), out
+    assert len(lines) == 6 and all(line.startswith("installed: ") for line in lines), out
+    rule = (tmp_path / "root/usr/lib/udev/rules.d/60-attest.rules").read_text()
+    assert 'KERNEL=="device-mapper", OWNER="attest-tpm", MODE="0600"' in rule, rule
     unit = (tmp_path / "root/usr/lib/systemd/system/attestd.service").read_text()
     assert f"ExecStart={venv}/bin/attestd\n" in unit
 
