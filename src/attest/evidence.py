@@ -14,6 +14,12 @@ The document (JSON; digests hex, blobs base64) -- ``POST /v1/evidence`` in docs/
      "time": ISO 8601 (the node's clock; informational),
      "snp": {"report": b64, "certs": b64 | null, "tls_spki": b64 | null}   (SEV-SNP guests only)}
 
+An SEV-SNP guest **without a TPM** (docs/snp.md, "A guest without a vTPM") answers with the
+members it has -- ``version``, ``node_id``, ``snp``, ``boot``, ``image``, ``time``
+(``snp_only_members``) -- and no ``quote``, ``pcrs``, ``batch`` or ``ak``. Which shape a
+verifier reads is its own choice (``parse_snp_only`` for a guest it appraises without a vTPM),
+never the document's.
+
 ``snp`` (``snp_member`` / ``snp_of``; docs/snp.md, "Guest evidence"): the guest's SEV-SNP
 ATTESTATION_REPORT, the certificate table the host served with it (configfs-TSM ``auxblob``),
 and the guest's TLS key (SubjectPublicKeyInfo DER) when it serves TLS. Its REPORT_DATA binds
@@ -160,6 +166,27 @@ def snp_member(report: bytes, certs: bytes | None, tls_spki: bytes | None) -> di
         "report": b64(report),
         "certs": None if certs is None else b64(certs),
         "tls_spki": None if tls_spki is None else b64(tls_spki),
+    }
+
+
+def snp_only_members(
+    *,
+    node_id: str,
+    snp: Mapping[str, Any],
+    cmdline: str | None,
+    image_version: str | None,
+    image_slot: str | None,
+    time: datetime,
+) -> dict[str, Any]:
+    """The whole document of an SEV-SNP guest without a TPM: its ``snp_member`` (whose
+    REPORT_DATA binds the nonce and the TLS key, no AK) and what it says about itself."""
+    return {
+        "version": EVIDENCE_VERSION,
+        "node_id": node_id,
+        "snp": dict(snp),
+        "boot": {"cmdline": cmdline},
+        "image": {"version": image_version, "slot": image_slot},
+        "time": time.isoformat(),
     }
 
 
@@ -420,9 +447,35 @@ def snp_of(doc: Mapping[str, Any]) -> UnverifiedSnpEvidence | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class UnverifiedSnpOnly:
+    """An SEV-SNP guest's document read as one without a TPM: its node id and ``snp`` member.
+    Any TPM members it also carries are not read."""
+
+    node_id: str
+    snp: UnverifiedSnpEvidence
+    doc: Mapping[str, Any] = field(repr=False)
+
+
+def parse_snp_only(doc: object) -> UnverifiedSnpOnly:
+    """The document of a guest the verifier appraises without a vTPM (``snp_only_members``):
+    version 1, a ``node_id`` and an ``snp`` member; ``EvidenceFormatError`` otherwise."""
+    d = _obj(doc, "evidence")
+    if d.get("version") != EVIDENCE_VERSION:
+        raise EvidenceFormatError(f"evidence version {d.get('version')!r} is not 1")
+    node_id = d.get("node_id")
+    if not isinstance(node_id, str) or len(node_id) > 256:
+        raise EvidenceFormatError("node_id is not a string")
+    snp = snp_of(d)
+    if snp is None:
+        raise EvidenceFormatError("the document has no snp member (an SEV-SNP report)")
+    return UnverifiedSnpOnly(node_id, snp, d)
+
+
 # --- the guest evidence a pair's host quote commits to (attest.appraisal.pair) -----------------
 
 PAIR_EVIDENCE_DOMAIN = b"attest-pair-v2\x00guest-evidence\x00"
+PAIR_SNP_ONLY_DOMAIN = b"attest-pair-v2\x00guest-snp-evidence\x00"
 
 
 def _pcr_bytes(pcrs: PcrValues) -> bytes:
@@ -439,7 +492,7 @@ def _pcr_bytes(pcrs: PcrValues) -> bytes:
     return bytes(out)
 
 
-def pair_evidence_digest(doc: object) -> bytes:
+def pair_evidence_digest(doc: object, *, vtpm: bool = True) -> bytes:
     """The digest of a guest's evidence document as received, which a pair's host quote
     commits to (``attest.appraisal.pair.host_nonce``; docs/host-guest.md)::
 
@@ -452,7 +505,16 @@ def pair_evidence_digest(doc: object) -> bytes:
     (the logs are bound through the quoted PCRs, the AK through the signature and REPORT_DATA).
     Computed from the bytes before anything is verified, so the live verifier and an offline
     one reading a saved collection (``attest.cmw``) get the same digest. Raises
-    ``EvidenceFormatError`` for a document ``parse_evidence`` or ``snp_of`` refuses."""
+    ``EvidenceFormatError`` for a document ``parse_evidence`` or ``snp_of`` refuses.
+
+    ``vtpm=False``: the verifier appraises the guest without a vTPM (``parse_snp_only``), and
+    the digest is ``SHA-256("attest-pair-v2\\0guest-snp-evidence\\0" || lp(snp.report))``
+    (another domain, so neither form can stand for the other)."""
+    if not vtpm:
+        report = parse_snp_only(doc).snp.report
+        h = hashlib.sha256(PAIR_SNP_ONLY_DOMAIN)
+        h.update(len(report).to_bytes(4, "big") + report)
+        return h.digest()
     ev = parse_evidence(doc)
     snp = snp_of(ev.doc)
     h = hashlib.sha256(PAIR_EVIDENCE_DOMAIN)

@@ -67,6 +67,7 @@ KIND_AUDIT_UNANCHORED = "audit-unanchored"
 KIND_NV_COUNTER = "nv-counter"
 KIND_VTPM = "vtpm"
 KIND_POLICY = "policy"
+KIND_SNP_HOST = "snp-host"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}\Z")
 _HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}\Z")
@@ -163,6 +164,16 @@ class VtpmVouch:
 
 
 @dataclass(frozen=True, slots=True)
+class SnpHostChip:
+    """This host's AMD CPU is the chip ``chip_id`` (64 bytes, as AMD-SP reports it: SEV_GET_ID2),
+    read by attestd-tpm at start (``--snp-host``). An SEV-SNP guest's VCEK-signed report names
+    the chip it runs on (CHIP_ID), so a host quote holding this event vouches that such a guest
+    runs on this host (docs/snp.md, "A guest without a vTPM")."""
+
+    chip_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class MacPolicy:
     mac: str  # selinux, apparmor, smack, ...
     sha256: bytes
@@ -180,6 +191,7 @@ EventDetail = (
     | AuditUnanchored
     | NvCounter
     | VtpmVouch
+    | SnpHostChip
     | MacPolicy
 )
 
@@ -333,6 +345,14 @@ def _vtpm(c: Mapping[str, Any]) -> VtpmVouch:
     return VtpmVouch(guest, _digest(KIND_VTPM, c, "ek_sha256"), cert)
 
 
+def _snp_host(c: Mapping[str, Any]) -> SnpHostChip:
+    _members(KIND_SNP_HOST, c, ("chip_id",))
+    chip = _digest(KIND_SNP_HOST, c, "chip_id", size=64)
+    if not any(chip):
+        raise _fail(KIND_SNP_HOST, "chip_id is all zero (masked): it names no chip")
+    return SnpHostChip(chip)
+
+
 def _policy(c: Mapping[str, Any]) -> MacPolicy:
     _members(KIND_POLICY, c, ("mac", "sha256"))
     mac = _str(KIND_POLICY, c, "mac", limit=32)
@@ -353,6 +373,7 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], EventDetail]] = {
     KIND_AUDIT_UNANCHORED: _audit_unanchored,
     KIND_NV_COUNTER: _nv,
     KIND_VTPM: _vtpm,
+    KIND_SNP_HOST: _snp_host,
     KIND_POLICY: _policy,
 }
 KINDS: frozenset[str] = frozenset(_PARSERS)

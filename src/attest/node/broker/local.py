@@ -27,7 +27,7 @@ from attest.node.port import (
     StateFs,
 )
 from attest.node.tpm.port import RawQuote, TpmPort
-from attest.runtime import AUDIT_KINDS, DEFAULT_RUNTIME_PCR, KIND_VTPM
+from attest.runtime import AUDIT_KINDS, DEFAULT_RUNTIME_PCR, KIND_SNP_HOST, KIND_VTPM
 from attest.verity.devices import VerityReport
 
 RUNTIME_LOG_NAME = "runtime.log"
@@ -122,6 +122,8 @@ class LocalNode:
             raise OperationNotAllowed("audit anchors are written by the audit log only")
         if kind == KIND_VTPM:
             raise OperationNotAllowed("vTPMs are vouched for by vtpm_create / vtpm_record only")
+        if kind == KIND_SNP_HOST:
+            raise OperationNotAllowed("the host's SEV-SNP chip is recorded by attestd-tpm only")
         return self.runtime.measure(kind, content)
 
     def runtime_log(self, start: int = 0) -> tuple[CelRecord, ...]:

@@ -82,7 +82,7 @@ from attest.node.broker.wire import (
     uint,
 )
 from attest.node.port import FIRMWARE_LOG_CHUNK, SNP_REPORT_DATA
-from attest.runtime import AUDIT_KINDS, KIND_VTPM, KINDS
+from attest.runtime import AUDIT_KINDS, KIND_SNP_HOST, KIND_VTPM, KINDS
 
 if TYPE_CHECKING:
     # For typing the ``serve`` functions only: at run time the table does not import the
@@ -97,8 +97,9 @@ R = TypeVar("R")
 # so the network-facing process must not be able to claim one.
 DEFAULT_MEASURE_KINDS = frozenset({"tls-key", "config", "daemon-start"})
 # Audit anchors are written only by the audit log itself, never on request; vTPM vouchings only
-# by vtpm_create / vtpm_record, which check the created set.
-OPERATOR_MEASURE_KINDS = KINDS - AUDIT_KINDS - {KIND_VTPM}
+# by vtpm_create / vtpm_record, which check the created set; the host's SEV-SNP chip id only by
+# attestd-tpm itself at start (--snp-host reads it from the AMD-SP).
+OPERATOR_MEASURE_KINDS = KINDS - AUDIT_KINDS - {KIND_VTPM, KIND_SNP_HOST}
 MAX_QUALIFYING_DATA = 64  # TPM2B_DATA
 MAX_CREDENTIAL_BLOB = 1024  # TPM2B_ID_OBJECT / TPM2B_ENCRYPTED_SECRET contents
 NV_INDEX_FIRST, NV_INDEX_LAST = 0x01000000, 0x01FFFFFF  # TPM_HT_NV_INDEX (Part 2 §7.2)
