@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from attest.manifest.model import (
     PlatformReference,
     RegistrySnapshot,
     Release,
+    ReleaseSnp,
     SnpLaunch,
     TrustRoot,
+    VerifiedRegistry,
     VerityParams,
 )
 
@@ -149,3 +152,15 @@ def snp_launch(slot: str = "a", *, vcpus: int = 4, measurement: bytes = b"\x11" 
         initrd_sha256=hashlib.sha256(b"initrd").digest(),
         cmdline_sha256=hashlib.sha256(f"root=/dev/dm-0 slot={slot}".encode()).digest(),
     )
+
+
+def snp_registry(version: str, measurement: bytes, *, sequence: int) -> VerifiedRegistry:
+    """A verified registry (signers not checked) of one release whose slot-a SEV-SNP launch
+    has ``measurement``."""
+    rel = dataclasses.replace(
+        release(version, 1), snp=ReleaseSnp(launches=(snp_launch("a", measurement=measurement),))
+    )
+    snap = edit.checked(
+        RegistrySnapshot(sequence=sequence, expires=NOW.replace(year=2030), releases={version: rel})
+    )
+    return VerifiedRegistry(snapshot=snap, raw=b"", signers=frozenset())

@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.support.manifest import NOW, release, snp_launch
+from tests.support.manifest import NOW, snp_registry
 from tests.unit.snp.fakes import fake
 
 from attest.appraisal import AppraisalResult, result_of
@@ -40,7 +40,7 @@ from attest.appraisal.snp import appraise_guest_snp, guest_snp_layer
 from attest.errors import EvidenceFormatError
 from attest.evidence import UnverifiedSnpEvidence, snp_member, snp_of
 from attest.manifest import edit
-from attest.manifest.model import PlatformReference, RegistrySnapshot, ReleaseSnp, VerifiedRegistry
+from attest.manifest.model import PlatformReference, VerifiedRegistry
 from attest.model import HashAlg, PcrValues
 from attest.runtime import VtpmVouch
 from attest.snp.certs import load_crl
@@ -83,14 +83,7 @@ GUEST_OK = ok("g1", GUEST_NONCE)
 
 
 def _registry(measurement: bytes = BLESSED) -> VerifiedRegistry:
-    rel = dataclasses.replace(
-        release("3.0.0", 1),
-        snp=ReleaseSnp(launches=(snp_launch("a", measurement=measurement),)),
-    )
-    snap = edit.checked(
-        RegistrySnapshot(sequence=4, expires=NOW.replace(year=2030), releases={"3.0.0": rel})
-    )
-    return VerifiedRegistry(snapshot=snap, raw=b"", signers=frozenset())
+    return snp_registry("3.0.0", measurement, sequence=4)
 
 
 def _member(

@@ -36,6 +36,14 @@ host quote (host nonce, committing to both); a report from an earlier challenge 
 REPORT_DATA check and contraindicates the ``guest-snp`` layer. The pair then has the submodules
 ``host``, ``guest-snp`` and ``guest-vtpm`` (without SNP evidence: ``host`` and ``guest``),
 the verdict is the worst of them, and the failing layer is named.
+
+A confidential guest **without a vTPM** (the verifier's choice; docs/snp.md, "A guest without a
+vTPM") is the SNP layer alone: ``appraise_pair(host, None, ..., snp=...)``. Its nonce is the
+guest nonce (REPORT_DATA), the host's commits to the report (``pair_evidence_digest(doc,
+vtpm=False)``), and what vouches for it is the chip: the host's verified runtime log names its
+SEV-SNP chip (``snp-host`` events, ``host_chips_of``) and the guest's VCEK-signed report names
+the chip it runs on (the SNP layer's ``host-vouch`` finding, ``attest.appraisal.snp.HostChips``).
+The submodules are ``host`` and ``guest-snp``.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from attest.appraisal.claims import (
 from attest.appraisal.ear import ear_claims, submod
 from attest.errors import EvidenceFormatError
 from attest.evidence import pair_evidence_digest
-from attest.runtime import VtpmVouch
+from attest.runtime import SnpHostChip, VtpmVouch
 from attest.snp.findings import SnpCheck
 
 HOST = "host"
@@ -88,15 +96,15 @@ _SEVERITY = {
 }
 
 
-def guest_evidence_of(doc: object | None) -> bytes | None:
+def guest_evidence_of(doc: object | None, *, vtpm: bool = True) -> bytes | None:
     """The digest a pair's host nonce commits to (``attest.evidence.pair_evidence_digest``) of
     the guest's evidence document as received; None when there is none or it does not parse
     (the guest layer is then unappraisable, and the host nonce commits to
-    ``NO_GUEST_EVIDENCE``)."""
+    ``NO_GUEST_EVIDENCE``). ``vtpm=False``: the verifier appraises the guest without a vTPM."""
     if doc is None:
         return None
     try:
-        return pair_evidence_digest(doc)
+        return pair_evidence_digest(doc, vtpm=vtpm)
     except EvidenceFormatError:
         return None
 
@@ -140,7 +148,7 @@ class GuestIdentity:
 @dataclass(frozen=True, slots=True)
 class PairResult:
     host: AppraisalResult
-    guest: AppraisalResult  # the guest's appraisal with the host-vouch finding first
+    guest: AppraisalResult | None  # the vTPM guest with the host-vouch finding first; None: none
     verdict: Verdict
     failed_layer: str | None  # one of LAYERS, or None
     first_divergence: str | None  # "host layer (...): ..." / "guest layer (...): ..."
@@ -154,11 +162,23 @@ class PairResult:
 
     @property
     def guest_name(self) -> str:
-        """The vTPM guest layer's name: ``guest``, or ``guest-vtpm`` beside ``guest-snp``."""
+        """The guest's main layer: ``guest``, or ``guest-vtpm`` beside ``guest-snp``, or
+        ``guest-snp`` for a guest without a vTPM."""
+        if self.guest is None:
+            return GUEST_SNP
         return GUEST if self.snp is None else GUEST_VTPM
 
     @property
+    def guest_result(self) -> AppraisalResult:
+        """The guest's main layer's result (``guest_name``)."""
+        layer = self.guest if self.guest is not None else self.snp
+        assert layer is not None  # appraise_pair: a pair without a vTPM guest has an SNP layer
+        return layer
+
+    @property
     def layers(self) -> dict[str, AppraisalResult]:
+        if self.guest is None:
+            return {HOST: self.host, GUEST_SNP: self.guest_result}
         if self.snp is None:
             return {HOST: self.host, GUEST: self.guest}
         return {HOST: self.host, GUEST_SNP: self.snp, GUEST_VTPM: self.guest}
@@ -194,6 +214,13 @@ class PairResult:
         }
 
 
+def _unappraised(host: AppraisalResult) -> str:
+    return (
+        f"{host.node_id or 'the host'} could not be appraised ({host.first_divergence}), so "
+        "nothing ties the guest to a host"
+    )
+
+
 def _vouch_finding(
     host: AppraisalResult,
     guest: AppraisalResult,
@@ -217,11 +244,7 @@ def _vouch_finding(
         if not hmac.compare_digest(host.nonce, host_nonce(challenge, guest_evidence)):
             return no(UNTRUSTWORTHY_INSTANCE, NOT_COMMITTED)
     if host.verdict is Verdict.UNAPPRAISABLE:
-        return no(
-            UNRECOGNIZED_INSTANCE,
-            f"{host_name} could not be appraised "
-            f"({host.first_divergence}), so nothing ties the guest to a host",
-        )
+        return no(UNRECOGNIZED_INSTANCE, _unappraised(host))
     if vouchings is None:
         return no(
             UNTRUSTWORTHY_INSTANCE,
@@ -273,6 +296,49 @@ def _vouch_finding(
         f"guest {ident.guest_id}'s vTPM (EK sha256 {ek.hex()}) is vouched for by "
         f"{host_name} in a host quote answering this verification's challenge",
     )
+
+
+def _snp_vouch(
+    host: AppraisalResult,
+    snp: AppraisalResult,
+    challenge: bytes | None,
+    guest_evidence: bytes | None,
+) -> tuple[Finding, bool]:
+    """The vouching of a guest without a vTPM, and whether the pair must add it to the SNP
+    layer (False: it is the layer's own ``host-vouch`` finding, the chip comparison)."""
+
+    def no(value: int, why: str) -> tuple[Finding, bool]:
+        return (
+            Finding(
+                Claim.INSTANCE_IDENTITY, value, CHECK, f"guest not vouched for by the host: {why}"
+            ),
+            True,
+        )
+
+    if challenge is not None and not hmac.compare_digest(
+        host.nonce, host_nonce(challenge, guest_evidence)
+    ):
+        return no(UNTRUSTWORTHY_INSTANCE, NOT_COMMITTED)
+    if host.verdict is Verdict.UNAPPRAISABLE:
+        return no(UNRECOGNIZED_INSTANCE, _unappraised(host))
+    if host.verdict in (Verdict.CONTRAINDICATED, Verdict.ALARM):
+        return no(
+            UNRECOGNIZED_INSTANCE,
+            f"the host layer is {host.verdict.value}: a host outside policy cannot vouch",
+        )
+    own = [f for f in snp.findings if f.check == CHECK]
+    if own:
+        return own[0], False
+    finding, _ = no(
+        UNRECOGNIZED_INSTANCE,
+        "the guest's SEV-SNP report did not verify, so it names no chip to tie to the host",
+    )
+    return finding, False
+
+
+def host_chips_of(events: Sequence[Any]) -> tuple[bytes, ...]:
+    """The chip ids of verified ``snp-host`` runtime events (``VerifiedRuntimeLog.events``)."""
+    return tuple(e.detail.chip_id for e in events if isinstance(e.detail, SnpHostChip))
 
 
 def _layer_line(name: str, r: AppraisalResult) -> str:
@@ -335,7 +401,7 @@ def _host_committed(
 
 def appraise_pair(
     host: AppraisalResult,
-    guest: AppraisalResult,
+    guest: AppraisalResult | None,
     host_vouchings: Sequence[VtpmVouch] | None,
     guest_identity: GuestIdentity,
     *,
@@ -348,15 +414,29 @@ def appraise_pair(
     ``guest_nonce(challenge)`` and the host's with ``host_nonce(challenge, guest_evidence)``,
     ``guest_evidence`` being ``attest.evidence.pair_evidence_digest`` of the guest's document
     as received (None: it sent none that parses). ``snp``: the guest's SEV-SNP layer
-    (``attest.appraisal.snp``), when it offers SNP evidence. Never raises for evidence
+    (``attest.appraisal.snp``), when it offers SNP evidence. ``guest`` None: the guest has
+    no vTPM (the verifier's choice), ``snp`` is then its only layer and required, and
+    ``host_vouchings`` / ``guest_identity`` are not read. Never raises for evidence
     problems."""
-    vouch = _vouch_finding(host, guest, host_vouchings, guest_identity, challenge, guest_evidence)
     host2 = _host_committed(host, challenge, guest_evidence)
-    guest2 = guest
-    if guest.verdict is not Verdict.UNAPPRAISABLE:
-        guest2 = with_findings(guest, (vouch,), first=True)
     snp2 = None if snp is None else _snp_challenged(snp, challenge)
-    guests = [(GUEST if snp2 is None else GUEST_VTPM, guest2)]
+    guests: list[tuple[str, AppraisalResult]] = []
+    guest2: AppraisalResult | None = None
+    if guest is None:
+        if snp2 is None:
+            raise ValueError("a pair whose guest has no vTPM needs its SEV-SNP layer")
+        vouch, add = _snp_vouch(host, snp2, challenge, guest_evidence)
+        if add and snp2.verdict is not Verdict.UNAPPRAISABLE:
+            snp2 = with_findings(snp2, (vouch,), first=True)
+    else:
+        vouch = _vouch_finding(
+            host, guest, host_vouchings, guest_identity, challenge, guest_evidence
+        )
+        vouched = guest
+        if guest.verdict is not Verdict.UNAPPRAISABLE:
+            vouched = with_findings(guest, (vouch,), first=True)
+        guests.append((GUEST if snp2 is None else GUEST_VTPM, vouched))
+        guest2 = vouched
     if snp2 is not None:
         guests.insert(0, (GUEST_SNP, snp2))  # the hardware's word first, on a tie
     results = [host2.verdict, *(r.verdict for _, r in guests)]

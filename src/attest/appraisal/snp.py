@@ -27,6 +27,14 @@ required) and the measurement is not recognised (``executables`` 33, a warning).
 ``guest_snp_layer`` is the entry point of ``attest verify --host`` and the fleet's pairs: it
 takes the guest's evidence document and the verifier's choice (``require``) and returns the
 layer, or None when the guest sent no report and none is required.
+
+**A guest without a vTPM** (the verifier's choice, ``vtpm=False``; docs/snp.md, "A guest
+without a vTPM"): the document is read with ``attest.evidence.parse_snp_only``, REPORT_DATA
+binds the nonce and the TLS key only, the TLS key is the one the verifier's connection saw
+(``peer_binding``; None offline: the document's own), and the host's vouching is the chip
+(``HostChips``): the report must be VCEK-signed and its CHIP_ID one the host's verified runtime
+log names in an ``snp-host`` event (``attest.runtime.SnpHostChip``), else ``host-vouch`` is
+instance-identity 96 (another chip, no fresh host log) or 97 (a VLEK names no chip).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +55,7 @@ from attest.appraisal.claims import (
     CRYPTO_VALIDATION_FAILED,
     GENUINE_HARDWARE,
     TRUSTWORTHY_INSTANCE,
+    UNRECOGNIZED_INSTANCE,
     UNRECOGNIZED_RUNTIME,
     UNSAFE_CONFIG,
     UNSAFE_HARDWARE,
@@ -55,7 +65,7 @@ from attest.appraisal.claims import (
     Finding,
 )
 from attest.errors import EvidenceFormatError, SnpCheckError, SnpFormatError
-from attest.evidence import UnverifiedSnpEvidence, parse_evidence, snp_of
+from attest.evidence import UnverifiedSnpEvidence, parse_evidence, parse_snp_only, snp_of
 from attest.manifest.model import VerifiedRegistry
 from attest.manifest.snp import appraise_snp_release
 from attest.snp.certs import UnverifiedCrl
@@ -63,12 +73,65 @@ from attest.snp.certtable import chain_of, parse_cert_table
 from attest.snp.findings import Finding as SnpFinding
 from attest.snp.findings import SnpCheck
 from attest.snp.policy import SnpDecision, SnpPolicy, VerifiedCrl, evaluate_snp_policy, verify_crl
-from attest.snp.report import parse_report
+from attest.snp.report import Signer, parse_report
 from attest.snp.reportdata import verify_report_data
 from attest.snp.verify import SnpVerifier, VerifiedReport
 
 GUEST_SNP = "guest-snp"
 POLICY_ID = "attest/snp"
+HOST_VOUCH = "host-vouch"  # attest.appraisal.pair.CHECK
+
+
+@dataclass(frozen=True, slots=True)
+class HostChips:
+    """What vouches for a guest without a vTPM: the chip ids of the ``snp-host`` events in the
+    host's runtime log (``attest.appraisal.pair.host_chips_of``), None when that log did not
+    verify against a fresh host quote; ``host``: the host's name, for the explanation."""
+
+    host: str
+    chips: tuple[bytes, ...] | None
+
+
+def _chip_vouch(vr: VerifiedReport, vouch: HostChips) -> Finding:
+    """The ``host-vouch`` finding of a guest without a vTPM: its report's chip is the host's."""
+
+    def no(value: int, why: str) -> Finding:
+        return Finding(
+            Claim.INSTANCE_IDENTITY, value, HOST_VOUCH, f"guest not vouched for by the host: {why}"
+        )
+
+    if vouch.chips is None:
+        return no(
+            UNTRUSTWORTHY_INSTANCE,
+            f"{vouch.host}'s quote and runtime log did not verify for this challenge: no "
+            "fresh record of its SEV-SNP chip",
+        )
+    if vr.signer is not Signer.VCEK:
+        return no(
+            UNRECOGNIZED_INSTANCE,
+            f"the report is {vr.signer.name}-signed, and a VLEK names no chip: a guest without "
+            "a vTPM can be tied to its host only by a VCEK-signed report's CHIP_ID",
+        )
+    chip = vr.report.chip_id
+    if not vouch.chips:
+        return no(
+            UNTRUSTWORTHY_INSTANCE,
+            f"{vouch.host} recorded no SEV-SNP chip in this boot (attestd-tpm --snp-host)",
+        )
+    if not any(hmac.compare_digest(chip, c) for c in vouch.chips):
+        return no(
+            UNTRUSTWORTHY_INSTANCE,
+            f"the guest runs on chip {chip.hex()[:16]}..., not on {vouch.host}'s "
+            f"({', '.join(c.hex()[:16] + '...' for c in vouch.chips)})",
+        )
+    return Finding(
+        Claim.INSTANCE_IDENTITY,
+        TRUSTWORTHY_INSTANCE,
+        HOST_VOUCH,
+        f"the guest's VCEK-signed report names chip {chip.hex()[:16]}..., which {vouch.host} "
+        "recorded as its own in a host quote answering this verification's challenge",
+    )
+
 
 _HARDWARE = {
     SnpCheck.TCB_FLOOR,
@@ -218,10 +281,12 @@ def appraise_guest_snp(
     release: str | None = None,
     platform: str | None = None,
     now: datetime,
+    host_chips: HostChips | None = None,
 ) -> AppraisalResult:
     """The ``guest-snp`` layer (module docstring). ``nonce``: the guest's nonce of this pair
     verification; ``tls_binding``: the evidence's TLS key binding (b"": none); ``ak_public``:
-    the enrolled AK's TPM2B_PUBLIC (None: the guest has no vTPM). Never raises for evidence."""
+    the enrolled AK's TPM2B_PUBLIC (None: the guest has no vTPM); ``host_chips``: for a guest
+    without a vTPM, the host's chips (a ``host-vouch`` finding). Never raises for evidence."""
 
     def done(findings: Sequence[Finding], notes: Sequence[str] = ()) -> AppraisalResult:
         return result_of(
@@ -248,6 +313,7 @@ def appraise_guest_snp(
     bound = _binding(vr, snp, nonce=nonce, tls_binding=tls_binding, ak_public=ak_public)
     if bound.value != TRUSTWORTHY_INSTANCE:
         return done([bound])
+    vouched = [] if host_chips is None else [_chip_vouch(vr, host_chips)]
     crl = _crl_for(vr, crls)
     policy, release_name = _policy(
         vr, registry, release=release, platform=platform, crl=crl, now=now
@@ -255,7 +321,7 @@ def appraise_guest_snp(
     notes = [f"measurement {vr.report.measurement.hex()}"]
     if release_name is not None:
         notes.append(f"appraised under release {release_name}")
-    return done([bound, *policy], notes)
+    return done([bound, *vouched, *policy], notes)
 
 
 def guest_snp_layer(
@@ -271,25 +337,45 @@ def guest_snp_layer(
     release: str | None = None,
     platform: str | None = None,
     now: datetime,
+    host_chips: HostChips | None = None,
+    peer_binding: bytes | None = None,
 ) -> AppraisalResult | None:
     """The ``guest-snp`` layer of a guest's evidence document (``attest verify --host`` and the
     fleet's pairs), or None when there is none: no document (the guest layer says why), or no
     ``snp`` member and not ``require``. An ``snp`` member that does not parse is a layer that
-    failed (instance-identity 99), never a layer left out."""
+    failed (instance-identity 99), never a layer left out.
+
+    ``host_chips`` set: the verifier appraises the guest **without a vTPM** (module
+    docstring): the document is read as ``parse_snp_only``, a report is always required, the
+    TLS key bound is ``peer_binding`` (the live connection's SPKI hash, b"" over plain HTTP;
+    None offline: the key the document carries) and ``ak_public`` must be None."""
     if doc is None:
         return None
-    try:
-        member = snp_of(doc)
-    except EvidenceFormatError as exc:
-        why = f"the guest's SEV-SNP member does not parse: {exc}"
-        finding = Finding(Claim.INSTANCE_IDENTITY, CRYPTO_VALIDATION_FAILED, "snp-format", why)
-        return result_of([finding], node_id=node_id, nonce=nonce, now=now, policy_id=POLICY_ID)
-    if member is None and not require:
-        return None
-    try:
-        binding = parse_evidence(doc).tls_binding
-    except EvidenceFormatError:
-        binding = b""  # the guest layer reports the document; REPORT_DATA then binds no key
+    if host_chips is not None:
+        try:
+            ev = parse_snp_only(doc)
+        except EvidenceFormatError as exc:
+            why = f"evidence does not parse: {exc}"
+            return _unparsed(why, node_id=node_id, nonce=nonce, now=now)
+        member: UnverifiedSnpEvidence | None = ev.snp
+        node_id, ak_public = node_id or ev.node_id, None
+        spki = ev.snp.tls_spki
+        if peer_binding is not None:
+            binding = peer_binding
+        else:  # offline: nothing to compare the key with but the document itself
+            binding = b"" if spki is None else hashlib.sha256(spki).digest()
+    else:
+        try:
+            member = snp_of(doc)
+        except EvidenceFormatError as exc:
+            why = f"member does not parse: {exc}"
+            return _unparsed(why, node_id=node_id, nonce=nonce, now=now)
+        if member is None and not require:
+            return None
+        try:
+            binding = parse_evidence(doc).tls_binding
+        except EvidenceFormatError:
+            binding = b""  # the guest layer reports the document; REPORT_DATA binds no key
     return appraise_guest_snp(
         member,
         node_id=node_id,
@@ -302,4 +388,11 @@ def guest_snp_layer(
         release=release,
         platform=platform,
         now=now,
+        host_chips=host_chips,
     )
+
+
+def _unparsed(what: str, *, node_id: str, nonce: bytes, now: datetime) -> AppraisalResult:
+    why = f"the guest's SEV-SNP {what}"
+    finding = Finding(Claim.INSTANCE_IDENTITY, CRYPTO_VALIDATION_FAILED, "snp-format", why)
+    return result_of([finding], node_id=node_id, nonce=nonce, now=now, policy_id=POLICY_ID)

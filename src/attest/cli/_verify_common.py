@@ -25,6 +25,7 @@ from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.pair import (
     GUEST,
     HOST,
+    host_chips_of,
     vouchings_of,
 )
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
@@ -150,7 +151,7 @@ def _check_client_cert(cert: str, key: str) -> None:
         ) from None
 
 
-def _clients(
+def clients(
     args: argparse.Namespace,
 ) -> contextlib.AbstractContextManager[tuple[NodeClient, NodeClient | None]]:
     from attest.verifier.contact import open_channels
@@ -282,6 +283,8 @@ class Layer:
     found: dict[str, Any] | None = None  # the collateral it used (attest.appraisal.ear)
     document: dict[str, Any] | None = None  # the evidence document appraised (--save-evidence)
     registry: VerifiedRegistry | None = None  # the verified registry it was appraised against
+    chips: tuple[bytes, ...] | None = None  # verified snp-host events' chip ids (a host's)
+    peer_binding: bytes | None = None  # SHA-256 of the TLS key the connection saw (live)
 
 
 def host_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -344,7 +347,7 @@ def appraise_layer(
     ek = _ek_cas(ns.ek_ca) if enrolling and (ns.ek_ca or not ns.tofu) else None
     roots, inter = (ek.roots, ek.intermediates) if ek is not None else ([], [])
     re_enrollment = None
-    with _clients(ns) as (client, operator):
+    with clients(ns) as (client, operator):
         try:
             identity = client.identity()
             if record is None or ns.re_enroll:
@@ -414,6 +417,7 @@ def appraise_layer(
     # runtime log replayed into its runtime PCR: only then are its vtpm events facts.
     rt = done.memory.runtime
     vouchings = None if rt is None else vouchings_of(rt.log.events)
+    chips = None if rt is None else host_chips_of(rt.log.events)
     if result.verdict is not Verdict.ALARM:
         record = store.appraised(
             record,
@@ -426,7 +430,9 @@ def appraise_layer(
 
     enrolled_against = [c.der for c in roots] if notes_enrolled(notes) else []
     found = collateral(registry, ns.platform, enrolled_against)
-    return Layer(address, result, record, notes, re_enrollment, vouchings, found, ev.doc, registry)
+    return Layer(
+        address, result, record, notes, re_enrollment, vouchings, found, ev.doc, registry, chips
+    )
 
 
 def notes_enrolled(notes: Sequence[str]) -> bool:

@@ -29,6 +29,7 @@ from attest.appraisal.pair import (
     HOST,
     guest_evidence_of,
     guest_nonce,
+    host_chips_of,
     host_nonce,
     vouchings_of,
 )
@@ -161,8 +162,11 @@ def cmd_verify_saved(args: argparse.Namespace) -> int:
         return common.report(
             args, layer.result, ear_key, now, layer.record, [note, *layer.notes], None, layer.found
         )
-    guest = appraise_saved(args, store, docs[GUEST], nonce=guest_nonce(nonce), now=now)
-    digest = guest_evidence_of(docs[GUEST])
+    if getattr(args, "no_guest_vtpm", False):
+        guest = verify_pair.snp_only_guest(args, docs[GUEST], now=now)
+    else:
+        guest = appraise_saved(args, store, docs[GUEST], nonce=guest_nonce(nonce), now=now)
+    digest = guest_evidence_of(docs[GUEST], vtpm=not getattr(args, "no_guest_vtpm", False))
     committed = host_nonce(nonce, digest)
     host = appraise_saved(common.host_args(args), store, docs[HOST], nonce=committed, now=now)
     return verify_pair.report_pair(args, host, guest, nonce, digest, ear_key, now, [note])
@@ -220,5 +224,8 @@ def appraise_saved(
     )
     rt = done.memory.runtime
     vouchings = None if rt is None else vouchings_of(rt.log.events)
+    chips = None if rt is None else host_chips_of(rt.log.events)
     found = collateral(registry, ns.platform, [])
-    return common.Layer(address, done.result, record, notes, None, vouchings, found, doc, registry)
+    return common.Layer(
+        address, done.result, record, notes, None, vouchings, found, doc, registry, chips
+    )

@@ -4,7 +4,9 @@ for host and guest"): the options, the AMD certificates and CRLs they name, and 
 fleet's pairs make the same call).
 
 The verifier chooses what is checked: ``--snp auto`` appraises the SEV-SNP report a guest
-sends, ``require`` also contraindicates a guest that sends none, ``off`` ignores it. The
+sends, ``require`` also contraindicates a guest that sends none, ``off`` ignores it;
+``--no-guest-vtpm`` appraises a guest that has no vTPM by its report alone (a report is then
+always required, and ``--snp off`` is a usage error). The
 policy and the blessed launches are the guest's registry's (``--root/--snapshot`` or
 ``--trust-dir``); ``--snp-crl`` gives AMD's CRLs (the policy refuses a report without one
 unless the release allows it); the AMD roots are the ones pinned in attest
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from attest.appraisal import AppraisalResult
-from attest.appraisal.snp import guest_snp_layer
+from attest.appraisal.snp import HostChips, guest_snp_layer
 from attest.errors import ConfigError
 from attest.manifest.model import VerifiedRegistry
 from attest.snp.certs import UnverifiedCrl, load_certificates, load_crl
@@ -31,6 +33,12 @@ MAX_INPUT = 1 << 20
 
 
 def add_snp_arguments(h: Any) -> None:
+    h.add_argument(
+        "--no-guest-vtpm",
+        action="store_true",
+        help="the guest has no vTPM: appraise it by its SEV-SNP report alone, tied to the host "
+        "by the chip the host's runtime log names (layers host and guest-snp; docs/snp.md)",
+    )
     h.add_argument(
         "--snp",
         choices=["auto", "require", "off"],
@@ -76,12 +84,16 @@ def snp_layer(
     nonce: bytes,
     registry: VerifiedRegistry | None,
     now: datetime,
+    host_chips: HostChips | None = None,
+    peer_binding: bytes | None = None,
 ) -> AppraisalResult | None:
     """The guest-snp layer, or None when there is none (``--snp off``, or ``auto`` and the
     guest sent no report). ``doc``: the guest's evidence (None: not gathered -- the guest
-    layer says why, and an SNP layer adds nothing then). Raises ``ConfigError`` and the
-    format errors of the verifier's own files (CRLs, AMD certificates)."""
-    if args.snp == "off":
+    layer says why, and an SNP layer adds nothing then). ``host_chips``: the guest has no
+    vTPM (``--no-guest-vtpm``; ``attest.appraisal.snp.guest_snp_layer``). Raises
+    ``ConfigError`` and the format errors of the verifier's own files (CRLs, AMD
+    certificates)."""
+    if args.snp == "off" and host_chips is None:
         return None
     amd: list[Any] = []
     for path in args.snp_amd_cert:
@@ -100,4 +112,6 @@ def snp_layer(
         release=args.snp_release,
         platform=args.platform,
         now=now,
+        host_chips=host_chips,
+        peer_binding=peer_binding,
     )

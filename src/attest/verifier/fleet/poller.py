@@ -614,7 +614,7 @@ class Poller:
             status,
             pair_explanation(pair),
             first_divergence=pair.first_divergence,
-            release=summarize(pair.guest).release,
+            release=summarize(pair.guest_result).release,
             clock=guest_r.clock or node.clock,
             result=pair.to_json(),
             layers=pair_layers(pair, node.host_url, node.url),
