@@ -3,7 +3,7 @@
 The seed is drawn from ``os.urandom`` each run (``ATTEST_FUZZ_SEED`` overrides it) and printed;
 a failure names the seed, the target and the failing input in hex, so it can be replayed with
 ``ATTEST_FUZZ_SEED=<seed> pytest tests/unit/test_fuzz_ci.py -k <target>`` or by calling the
-target on the input. ``ATTEST_FUZZ_SECONDS`` sets the time per target (default 1.5 s; 23
+target on the input. ``ATTEST_FUZZ_SECONDS`` sets the time per target (default 1.5 s; 25
 targets). ``bench/fuzz.py`` runs the same targets for ≥ 1M inputs each.
 """
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.cli import verify_main
 from tests.support.manifest import NOW, snp_registry
 from tests.unit.snp.fakes import fake
 
@@ -37,6 +40,7 @@ from attest.appraisal.pair import (
     host_nonce,
 )
 from attest.appraisal.snp import HostChips, guest_snp_layer
+from attest.cli._verify_common import EXIT_CODES
 from attest.errors import EventLogFormatError, EvidenceFormatError
 from attest.evidence import pair_evidence_digest, parse_snp_only, snp_member, snp_only_members
 from attest.manifest.model import VerifiedRegistry
@@ -303,3 +307,44 @@ def test_snp_host_event_is_typed_and_bounded() -> None:
     ):
         with pytest.raises(EventLogFormatError):
             parse_content(KIND_SNP_HOST, bad)
+
+
+def test_cli_no_guest_vtpm_with_snp_off_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = verify_main(
+        [
+            "http://127.0.0.1:9",
+            "--host",
+            "http://127.0.0.1:9",
+            "--no-guest-vtpm",
+            "--snp",
+            "off",
+            "--state",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    assert "--no-guest-vtpm" in capsys.readouterr().err
+
+
+def test_cli_unreachable_guest_without_vtpm_is_unappraisable_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listens on port 9: the guest layer cannot be appraised, the pair says so (and
+    the host, asked with a nonce committing to no guest evidence, is unreachable too)."""
+    code = verify_main(
+        [
+            "http://127.0.0.1:9",
+            "--host",
+            "http://127.0.0.1:9",
+            "--no-guest-vtpm",
+            "--state",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == EXIT_CODES[Verdict.UNAPPRAISABLE]
+    assert set(out["layers"]) == {HOST, GUEST_SNP}
+    assert "node unreachable" in out["layers"][GUEST_SNP]["explanation"]

@@ -43,7 +43,14 @@ from attest.errors import (
 from attest.eventlog.cel import dumps_cel, loads_cel, new_record, parse_ima_log
 from attest.eventlog.parse import parse_event_log
 from attest.eventlog.replay import replay, replay_pcrs, replay_self
-from attest.evidence import b64, parse_evidence
+from attest.evidence import (
+    b64,
+    pair_evidence_digest,
+    parse_evidence,
+    parse_snp_only,
+    snp_member,
+    snp_only_members,
+)
 from attest.manifest import edit
 from attest.manifest.corim import corim_map
 from attest.manifest.corim_parse import parse_comid, parse_corim, platform_reference
@@ -276,6 +283,28 @@ def _evidence(data: bytes) -> object:
     return parse_evidence(doc)
 
 
+def _snp_only_seed(report: bytes, table: bytes) -> bytes:
+    doc = snp_only_members(
+        node_id="guest-1",
+        snp=snp_member(report, table, b"\x30\x03\x01\x01\xff"),
+        cmdline="ro",
+        image_version="1.0.0",
+        image_slot="a",
+        time=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return json.dumps(doc).encode()
+
+
+def _snp_only(data: bytes) -> object:
+    """A guest without a vTPM: the document as ``parse_snp_only`` reads it, and the digest a
+    pair's host nonce commits to."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        raise EvidenceFormatError("not JSON") from None
+    return parse_snp_only(doc), pair_evidence_digest(doc, vtpm=False)
+
+
 def _cmw_seeds(evidence: bytes) -> tuple[bytes, ...]:
     """Attest's own CMW forms (a record, a pair; JSON and CBOR), and a collection with a
     Content-Format record, a CBOR tag CMW and a tunnel (veraison/cmw's
@@ -476,6 +505,12 @@ def targets(*, eventlog_dirs: Sequence[Path] = ()) -> list[Target]:
             "evidence",
             _evidence,
             [_evidence_seed(attests[0], sigs[0], publics[0])],
+            EvidenceFormatError,
+        ),
+        _t(
+            "evidence-snp-only",
+            _snp_only,
+            [_snp_only_seed(reports[0], tables[0])],
             EvidenceFormatError,
         ),
         _t(
