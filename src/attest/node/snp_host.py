@@ -208,11 +208,10 @@ def recorded_chip_ids(runtime: _Runtime) -> dict[bytes, int]:
     return out
 
 
-def record_chip_ids(runtime: _Runtime, ids: Iterable[bytes]) -> tuple[int, ...]:
-    """Record an ``snp-host`` event for each of ``ids`` that this boot's runtime log does not
-    hold yet; returns the new events' numbers (none after a restart within the boot).
-    ``SnpHostError`` when the log already records a chip id not among ``ids``: nothing is
-    recorded then."""
+def check_chip_ids(runtime: _Runtime, ids: Iterable[bytes]) -> dict[bytes, int]:
+    """This boot's recorded chip ids (``recorded_chip_ids``), when all are among ``ids``;
+    ``SnpHostError`` when the log already records another chip (attestd-tpm checks this before
+    it measures its start, so that a refused start records nothing)."""
     wanted = tuple(ids)
     held = recorded_chip_ids(runtime)
     foreign = [(chip, n) for chip, n in held.items() if chip not in wanted]
@@ -224,6 +223,16 @@ def record_chip_ids(runtime: _Runtime, ids: Iterable[bytes]) -> tuple[int, ...]:
             f"({', '.join(c.hex()[:16] + '...' for c in wanted)}): refusing to record "
             "another chip in the same boot"
         )
+    return held
+
+
+def record_chip_ids(runtime: _Runtime, ids: Iterable[bytes]) -> tuple[int, ...]:
+    """Record an ``snp-host`` event for each of ``ids`` that this boot's runtime log does not
+    hold yet; returns the new events' numbers (none after a restart within the boot).
+    ``SnpHostError`` when the log already records a chip id not among ``ids``: nothing is
+    recorded then."""
+    wanted = tuple(ids)
+    held = check_chip_ids(runtime, wanted)
     new = []
     for chip in wanted:
         if chip in held:

@@ -50,7 +50,7 @@ from attest.node.broker.tpmless import TpmlessNode
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
 from attest.node.port import LOW_SPACE_BYTES, MAX_FIRMWARE_LOG
 from attest.node.snp_guest import open_snp_guest
-from attest.node.snp_host import open_snp_host, record_chip_ids
+from attest.node.snp_host import check_chip_ids, open_snp_host, record_chip_ids
 from attest.node.socketlock import SocketLock, lock_socket
 from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
@@ -330,7 +330,7 @@ def _run(args: argparse.Namespace) -> int:
         tpmless = TpmlessNode(host, args.state_dir, low_space_bytes=args.low_space_bytes)
         server = BrokerServer(tpmless, args.socket, operator_socket_path=operator, socket_group=gid)
         return _serve(args, server, tpmless, None, locks)
-    node = _open_node(args, host)
+    node = _open_node(args, host, chips)
     try:
         if chips:
             record_chip_ids(node.runtime, chips)
@@ -379,8 +379,10 @@ def _check_tpmless(args: argparse.Namespace) -> None:
     args.watch_verity = "off"
 
 
-def _open_node(args: argparse.Namespace, host: HostFacts) -> LocalNode:
-    """The TPM, the logs reconciled with it, and the start events (daemon-start, policy)."""
+def _open_node(args: argparse.Namespace, host: HostFacts, chips: Sequence[bytes]) -> LocalNode:
+    """The TPM, the logs reconciled with it, and the start events (daemon-start, policy).
+    Refused before anything is measured when this boot's log records another SEV-SNP chip
+    than ``chips`` (``--snp-host``)."""
     from attest.node.tpm.esapi import AkSpec, EsapiTpm  # the only importer of tpm2_pytss
 
     tpm = EsapiTpm(args.tcti, ak=AkSpec(args.ak_type))
@@ -391,6 +393,12 @@ def _open_node(args: argparse.Namespace, host: HostFacts) -> LocalNode:
         low_space_bytes=args.low_space_bytes,
         host=host,
     )
+    if chips:
+        try:
+            check_chip_ids(node.runtime, chips)
+        except BaseException:
+            node.close()
+            raise
     start_event: dict[str, str] = {"version": __version__}
     boot_id = _boot_id()
     if boot_id:
