@@ -22,16 +22,13 @@ from typing import Any, NoReturn
 from attest.errors import NoTpmError
 from attest.eventlog.cel import CelRecord
 from attest.model import PcrSelection, PcrValues
-from attest.node.broker.host import HostFacts
+from attest.node.broker.host import HostFacts, ServesHostFacts
 from attest.node.port import (
     LOW_SPACE_BYTES,
-    FirmwareLogChunk,
     NodeIdentity,
-    SnpGuestReport,
     StateFs,
 )
 from attest.node.tpm.port import RawQuote
-from attest.verity.devices import VerityReport
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +37,7 @@ def no_tpm(what: str) -> NoReturn:
     raise NoTpmError(f"this node has no TPM (attestd-tpm --no-tpm): {what} needs one")
 
 
-class TpmlessNode:
+class TpmlessNode(ServesHostFacts):
     """Implements the broker's node (``attest.node.broker.services.BrokerNode``) without a TPM:
     the host facts and SEV-SNP reports of ``host``, the free space of ``state_dir``."""
 
@@ -91,18 +88,6 @@ class TpmlessNode:
             total_bytes=st.f_blocks * st.f_frsize,
             threshold_bytes=self.low_space_bytes,
         )
-
-    def firmware_log(self, offset: int, max_bytes: int) -> FirmwareLogChunk | None:
-        return self.host.firmware_log(offset, max_bytes)
-
-    def kernel_cmdline(self) -> str | None:
-        return self.host.kernel_cmdline()
-
-    def verity_report(self) -> VerityReport | None:
-        return self.host.verity_report()
-
-    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
-        return self.host.snp_report(report_data)
 
     def close(self) -> None:
         self.host.close()
