@@ -294,3 +294,31 @@ def test_snp_only_implies_enabled_and_needs_a_node_id(tmp_path: Path) -> None:
         load_settings(None, environ={**env, "ATTEST_TPM_TCTI": "swtpm:port=2321"})
     with pytest.raises(ConfigError, match="snp.only"):
         load_settings(None, environ={**env, "ATTEST_SNP_ONLY": "maybe"})
+
+
+async def test_no_endpoint_answers_5xx_in_this_mode(
+    tpmless: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.routing import APIRoute
+
+    app = create_app(_settings(tmp_path), node=tpmless)
+    routes = [(m, r.path) for r in app.fastapi.routes if isinstance(r, APIRoute) for m in r.methods]
+    assert ("POST", "/v1/registry") in routes and ("POST", "/v1/evidence") in routes
+    bodies: list[dict[str, Any]] = [
+        {},
+        {"json": {}},
+        {"json": {"nonce": "00" * 32, "logs": {"firmware": {"start": 10**9}}}},
+        {"content": b"\xff" * 64, "headers": {"content-type": "application/json"}},
+        {"params": {"start": "-1"}},
+    ]
+    seen: set[int] = set()
+    for channel in ("public", "operator"):
+        async with _running(app, channel) as client:
+            for method, path in routes:
+                for kw in bodies:
+                    r = await client.request(method, path, **kw)
+                    assert r.status_code < 500, (method, path, kw, r.text)
+                    seen.add(r.status_code)
+    assert {200, 403, 409, 422} <= seen
+    tracebacks = [rec for rec in caplog.records if rec.exc_info]
+    assert not tracebacks, [rec.getMessage() for rec in tracebacks]

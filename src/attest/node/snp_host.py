@@ -195,6 +195,8 @@ class _Runtime(Protocol):
 
     def records(self, start: int = 0) -> tuple[CelRecord, ...]: ...
 
+    def add_reset_hook(self, hook: Callable[[], object]) -> None: ...
+
 
 def recorded_chip_ids(runtime: _Runtime) -> dict[bytes, int]:
     """The chip ids of this boot's ``snp-host`` events, with the first event's number."""
@@ -244,3 +246,12 @@ def record_chip_ids(runtime: _Runtime, ids: Iterable[bytes]) -> tuple[int, ...]:
         logger.info("SEV-SNP chip %s... recorded in runtime event %d", chip.hex()[:16], rec.recnum)
         new.append(rec.recnum)
     return tuple(new)
+
+
+def keep_recorded(runtime: _Runtime, ids: Iterable[bytes]) -> tuple[int, ...]:
+    """``record_chip_ids`` now, and again whenever the runtime log starts afresh after a TPM
+    reset (its reset hook): every boot's log holds the host's chips. attestd-tpm's start."""
+    wanted = tuple(ids)
+    new = record_chip_ids(runtime, wanted)
+    runtime.add_reset_hook(lambda: record_chip_ids(runtime, wanted))
+    return new

@@ -27,6 +27,7 @@ from attest.node.snp_host import (
     SevHostDevice,
     _GetId2,
     _IssueCmd,
+    keep_recorded,
     open_snp_host,
     record_chip_ids,
     recorded_chip_ids,
@@ -173,6 +174,17 @@ def test_the_chip_is_recorded_once_per_boot_and_not_again_after_a_restart(
     assert record_chip_ids(again, (CHIP_A, CHIP_B)) == (1,)
     assert recorded_chip_ids(again) == {CHIP_A: 0, CHIP_B: 1}
     again.close()
+
+
+def test_after_a_tpm_reset_the_fresh_log_records_the_chip_again(tmp_path: Path) -> None:
+    tpm = FakeTpm()
+    log = RuntimeLog(tmp_path / RUNTIME_LOG_NAME, tpm, pcr=13)
+    assert keep_recorded(log, (CHIP_A,)) == (0,)
+    tpm.reset()  # a reboot (or a restarted simulator) while attestd-tpm runs
+    log.records()  # reconciles: the log is rotated and the reset hooks run
+    assert len(log.rotated) == 1
+    assert _snp_host_events(log) == [CHIP_A.hex()] and recorded_chip_ids(log) == {CHIP_A: 0}
+    log.close()
 
 
 def test_another_chip_in_this_boots_log_refuses_and_records_nothing(tmp_path: Path) -> None:

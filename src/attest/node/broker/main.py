@@ -50,7 +50,7 @@ from attest.node.broker.tpmless import TpmlessNode
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
 from attest.node.port import LOW_SPACE_BYTES, MAX_FIRMWARE_LOG
 from attest.node.snp_guest import open_snp_guest
-from attest.node.snp_host import check_chip_ids, open_snp_host, record_chip_ids
+from attest.node.snp_host import check_chip_ids, keep_recorded, open_snp_host
 from attest.node.socketlock import SocketLock, lock_socket
 from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
@@ -333,8 +333,7 @@ def _run(args: argparse.Namespace) -> int:
     node = _open_node(args, host, chips)
     try:
         if chips:
-            record_chip_ids(node.runtime, chips)
-            node.runtime.add_reset_hook(lambda: record_chip_ids(node.runtime, chips))
+            keep_recorded(node.runtime, chips)
         if args.watch_verity == "on" or (args.watch_verity == "auto" and MAPPER_CONTROL.exists()):
             host.watch_verity(node.runtime)
         else:
