@@ -6,6 +6,10 @@ It reads no host file for evidence either: the firmware event log, the kernel co
 the dm-verity report come from the node port (``attestd-tpm`` reads them; docs/daemon-hardening.md).
 The firmware log and the command line do not change while the node runs: they are fetched
 once (the log in chunks) and kept; the verity report is refreshed every few seconds.
+
+``[snp] only`` (an SEV-SNP guest without a TPM; ``attest.node.api.snp``): the evidence is the
+SEV-SNP report alone, readiness is the node port answering, no runtime log is watched, and the
+TPM's endpoints answer 409 ``NoTpmError``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from attest.errors import (
     BrokerUnavailable,
     EvidenceFormatError,
     NoTpmError,
-    SnpGuestError,
     TpmError,
     TransportError,
 )
@@ -44,7 +47,6 @@ from attest.evidence import (
     join_encoded,
     quote_members,
     runtime_log_member,
-    snp_member,
     snp_only_members,
     unb64,
 )
@@ -61,10 +63,10 @@ from attest.node.api.errors import (
 )
 from attest.node.api.metrics import METRICS_MEDIA_TYPE, node_registry, state_fs
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
+from attest.node.api.snp import NO_TPM, add_tpmless_refusals, snp_report_member, tpmless_identity
 from attest.node.config import Settings
 from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort
 from attest.node.tpm.port import RawQuote
-from attest.snp.reportdata import MAX_NONCE, MIN_NONCE, encode_report_data
 from attest.verity.devices import VerityReport
 
 logger = logging.getLogger(__name__)
@@ -73,12 +75,7 @@ PROBE_SELECTION = PcrSelection.parse("sha256:0")
 # What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable, or
 # the broker has no TPM (--no-tpm) while attestd expects one (not [snp] only).
 UNAVAILABLE = (TpmError, BrokerUnavailable, NoTpmError)
-# An SEV-SNP guest without a TPM ([snp] only; docs/snp.md, "A guest without a vTPM").
-NO_TPM = "this node has no TPM (an SEV-SNP guest attested by its report alone: [snp] only)"
-NO_UPGRADE = (
-    f"{NO_TPM}: it is upgraded by relaunching, its launch measurement names the release "
-    "(no upgrade gate, no NV counter)"
-)
+
 MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.2 s)
 
 
@@ -415,27 +412,8 @@ errors = schemas.error_responses
 def _routes(app: FastAPI, ctx: NodeContext) -> None:
     _challenge_routes(app, ctx)
     _status_routes(app, ctx)
-    if ctx.snp_only:
-        _no_upgrade_routes(app)
-
-
-def _no_upgrade_routes(app: FastAPI) -> None:
-    """``[snp] only``: the upgrade and registry endpoints answer 409 ``NoTpmError`` (the gate
-    needs the TPM's NV counter and runtime log; such a guest is upgraded by relaunching)."""
-
-    async def refuse() -> None:
-        raise NoTpmError(NO_UPGRADE)
-
-    trusted = [Depends(require_trusted_channel)]
-    for method, path in (
-        ("POST", "/v1/upgrades"),
-        ("GET", "/v1/upgrades"),
-        ("POST", "/v1/upgrades/confirm"),
-        ("POST", "/v1/registry"),
-    ):
-        app.add_api_route(
-            path, refuse, methods=[method], dependencies=trusted, responses=errors(403, 409)
-        )
+    if ctx.snp_only:  # the gate needs a TPM: 409 on the trusted channels
+        add_tpmless_refusals(app, [Depends(require_trusted_channel)])
 
 
 def _challenge_routes(app: FastAPI, ctx: NodeContext) -> None:
@@ -499,7 +477,7 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
         )
         if ctx.settings.snp.enabled:
             ak = ident.ak.tpm2b()
-            members["snp"] = await loop.run_in_executor(None, _snp_member, ctx, ak, nonce)
+            members["snp"] = await loop.run_in_executor(None, _snp_member, ctx, nonce, ak)
         head = encode_members(members)
         # The parts every challenge answered by this quote shares are encoded once per quote
         # (this is the hot endpoint: a batch can answer thousands of challenges).
@@ -524,7 +502,7 @@ async def _snp_only_evidence(ctx: NodeContext, nonce: bytes, request: Request) -
     try:
         if not ctx.host_loaded:
             await loop.run_in_executor(None, ctx.load_host_facts)
-        snp = await loop.run_in_executor(None, _snp_member, ctx, None, nonce)
+        snp = await loop.run_in_executor(None, _snp_member, ctx, nonce, None)
     except UNAVAILABLE as exc:
         ctx.tpm_failed(exc)
         raise
@@ -546,17 +524,7 @@ def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:
         """EK certificate(s), EK and AK public areas and names, node id, PCR banks. Under
         ``[snp] only`` (no TPM): the node id and TLS binding, ``snp_only: true``, no keys."""
         if ctx.snp_only:
-            return {
-                "node_id": ctx.node_id,
-                "ak": None,
-                "ek": None,
-                "ek_certificates": {},
-                "banks": [],
-                "snp_only": True,
-                "runtime_pcr": None,
-                "tls_binding": ctx.tls_binding.hex() or None,
-                "version": __version__,
-            }
+            return tpmless_identity(ctx.node_id, ctx.tls_binding)
         loop = asyncio.get_running_loop()
         try:
             ident = await loop.run_in_executor(None, ctx.get_identity)
@@ -678,20 +646,9 @@ def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
         )
 
 
-def _snp_member(ctx: NodeContext, ak: bytes | None, nonce: bytes) -> dict[str, Any]:
-    """This challenge's SEV-SNP report (docs/snp.md, "Guest evidence"): REPORT_DATA binds the
-    verifier's nonce, the TLS key and the AK's TPM2B_PUBLIC (``attest.snp.reportdata``,
-    encoding 1; ``ak`` None: no TPM, ``[snp] only``)."""
-    if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-        raise EvidenceFormatError(
-            f"an SEV-SNP guest answers nonces of {MIN_NONCE}..{MAX_NONCE} bytes, not {len(nonce)}"
-        )
-    spki = ctx.tls_spki or None
-    data = encode_report_data(nonce=nonce, tls_spki=spki, vtpm_ak=ak)
-    got = ctx.node.snp_report(data)
-    if got is None:
-        raise SnpGuestError("snp.enabled is set but attestd-tpm has no --snp-guest interface")
-    return snp_member(got.report, got.certs, spki)
+def _snp_member(ctx: NodeContext, nonce: bytes, ak: bytes | None) -> dict[str, Any]:
+    """This challenge's ``snp`` member (``attest.node.api.snp``); ``ak`` None: no TPM."""
+    return snp_report_member(ctx.node, nonce=nonce, tls_spki=ctx.tls_spki, ak=ak)
 
 
 def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> bytes:
