@@ -346,3 +346,14 @@ class NodeIdTaken(RegistrationRefused):
 class StorageError(AttestError):
     """A write to the node's state file system failed (no space left, an I/O error); nothing
     was recorded, both logs are as before (node.logs.runtime, node.logs.audit)."""
+
+
+class SnpHostError(AttestError):
+    """The host's AMD-SP did not name its chip (attest.node.snp_host): no ``/dev/sev``, a
+    firmware error, an id of an unexpected length or all zero; or this boot's runtime log
+    already records another chip (attestd-tpm ``--snp-host`` then refuses to start)."""
+
+
+class NoTpmError(AttestError):
+    """This node has no TPM (an SEV-SNP guest attested by its report alone: attestd-tpm
+    ``--no-tpm``, attestd ``[snp] only``); the operation needs one."""

@@ -19,12 +19,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.conftest import SwtpmFactory
 from tests.support.cli import verify_main
+from tests.unit.snp.fakes import fake
 
 from attest.appraisal import Appraised
 from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.model import PcrSelection
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState, free_port_pair
+from attest.snp.report import Product, parse_report
+from attest.testing.snp import FakeAmd, fake_guest_dir
 from attest.tpmstruct import ClockInfo
 from attest.verifier.client import NodeClient
 from attest.verifier.contact import appraise_evidence, gather, selection_for
@@ -34,8 +37,8 @@ BIN = Path(sys.executable).parent
 
 @dataclass
 class Node:
-    swtpm: SwtpmProcess
-    state: SwtpmState
+    swtpm: SwtpmProcess | None  # None: a node without a TPM (attestd-tpm --no-tpm)
+    state: SwtpmState | None
     port: int
     api_sock: Path
     broker: subprocess.Popen[bytes]
@@ -76,6 +79,7 @@ class Node:
         return self.work / "run" / "tpm-op.sock"
 
     def roots(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+        assert self.state is not None, "a node without a TPM has no EK CA"
         root = x509.load_pem_x509_certificate(self.state.root_ca.read_bytes())
         inter = x509.load_pem_x509_certificate(self.state.intermediate_ca.read_bytes())
         return [root], [inter]
@@ -202,7 +206,9 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
     each on its own fresh copy of the session's swtpm state (or on ``tpm``, a running swtpm the
     caller owns) with its own node state dir; ``port`` reuses an address (a node restarted on
     another TPM); ``broker_args`` are more ``attestd-tpm`` options (e.g. the upgrade gate's)
-    and ``env`` more environment for both daemons (e.g. ``ATTEST_UPGRADE_SPOOL_DIR``)."""
+    and ``env`` more environment for both daemons (e.g. ``ATTEST_UPGRADE_SPOOL_DIR``).
+    ``no_tpm=True``: no swtpm at all, attestd-tpm ``--no-tpm`` (an SEV-SNP guest without a
+    vTPM: give it ``--snp-guest`` in ``broker_args`` and ``ATTEST_SNP_ONLY`` in ``env``)."""
     nodes: list[Node] = []
 
     def start(
@@ -211,8 +217,12 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
         tpm: tuple[SwtpmProcess, SwtpmState] | None = None,
         broker_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        no_tpm: bool = False,
     ) -> Node:
-        sw, state = tpm if tpm is not None else swtpm_factory(f"{name}-tpm")
+        sw: SwtpmProcess | None = None
+        state: SwtpmState | None = None
+        if not no_tpm:
+            sw, state = tpm if tpm is not None else swtpm_factory(f"{name}-tpm")
         work = tmp_path / name
         run = work / "run"
         run.mkdir(parents=True, exist_ok=True)  # a restart of ``name`` keeps its state
@@ -236,8 +246,7 @@ def node_factory(swtpm_factory: SwtpmFactory, tmp_path: Path) -> Iterator[NodeFa
         logs = (work / "broker.log").open("ab"), (work / "api.log").open("ab")
         broker_cmd = (
             str(BIN / "attestd-tpm"),
-            "--tcti",
-            sw.tcti,
+            *(("--no-tpm",) if sw is None else ("--tcti", sw.tcti)),
             "--socket",
             str(run / "tpm.sock"),
             "--operator-socket",
@@ -345,3 +354,51 @@ def verify_pair(
     capsys.readouterr()
     code = verify_main(args)
     return code, json.loads(capsys.readouterr().out)
+
+
+# --- an SEV-SNP guest without a vTPM, and its host (test_snp_only_node_swtpm) ---
+
+
+@dataclass
+class SnpOnlyPair:
+    """A host on swtpm whose attestd-tpm records the fake guest's chip (``--snp-host
+    fake:HEX``), and an SEV-SNP guest with no TPM at all: attestd-tpm ``--no-tpm --snp-guest
+    fake:DIR``, attestd ``[snp] only``. ``amd``: the fake AMD whose ARK a verifier pins in
+    AMD's place; ``chip_id``: the CHIP_ID of the guest's reports (the host's chip)."""
+
+    host: Node
+    guest: Node
+    amd: FakeAmd
+    snp_dir: Path
+    chip_id: bytes
+
+
+def start_snp_only_pair(
+    node_factory: NodeFactory,
+    tmp_path: Path,
+    *,
+    guest_id: str = "g1",
+    host_env: Mapping[str, str] | None = None,
+    **report: Any,
+) -> SnpOnlyPair:
+    """Start the two (``report``: fields of the fake guest's reports, e.g. ``measurement``)."""
+    amd = fake(Product.MILAN)
+    snp_dir = fake_guest_dir(amd, tmp_path / "fake-snp-only", **report)
+    chip = parse_report((snp_dir / "report.bin").read_bytes()).chip_id
+    host = node_factory(
+        "host",
+        broker_args=["--snp-host", f"fake:{chip.hex()}"],
+        env={"ATTEST_NODE_ID": "host-1", **(host_env or {})},
+    )
+    guest = node_factory(
+        "guest",
+        no_tpm=True,
+        broker_args=["--snp-guest", f"fake:{snp_dir}"],
+        env={"ATTEST_NODE_ID": guest_id, "ATTEST_SNP_ONLY": "true"},
+    )
+    return SnpOnlyPair(host, guest, amd, snp_dir, chip)
+
+
+@pytest.fixture()
+def snp_only_pair(node_factory: NodeFactory, tmp_path: Path) -> SnpOnlyPair:
+    return start_snp_only_pair(node_factory, tmp_path)

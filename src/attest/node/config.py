@@ -108,6 +108,10 @@ class SnpSettings:
     # through ``device`` (configfs[:ROOT], sev-guest[:DEVICE] or fake:DIR).
     enabled: bool = False
     device: str = "configfs"
+    # An SEV-SNP guest without a (v)TPM (docs/snp.md, "A guest without a vTPM"): evidence is
+    # the report alone (``attest.evidence.snp_only_members``), through an attestd-tpm that runs
+    # with --no-tpm. Implies ``enabled``; needs ``node_id`` (there is no AK to name the node).
+    only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,21 @@ class Settings:
     snp: SnpSettings = field(default_factory=SnpSettings)
 
     def validate(self) -> Settings:
+        if self.snp.only and not self.snp.enabled:  # [snp] only implies [snp] enabled
+            return dataclasses.replace(
+                self, snp=dataclasses.replace(self.snp, enabled=True)
+            ).validate()
+        if self.snp.only and self.tpm.tcti:
+            raise ConfigError(
+                "an SEV-SNP guest without a TPM has no TCTI (tpm.tcti is set): run attestd-tpm "
+                "--no-tpm",
+                key="snp.only",
+            )
+        if self.snp.only and not self.node_id:
+            raise ConfigError(
+                "an SEV-SNP guest without a TPM has no AK to name it: set node_id",
+                key="node_id",
+            )
         if not 0 <= self.tpm.runtime_pcr <= 15:
             # 16 and 23 are resettable from locality 0, 17-22 are DRTM: a runtime log in
             # them could be reset and replayed (docs/runtime-log.md).

@@ -106,7 +106,7 @@ def upgrade_routes(settings: Settings, node: Any) -> Callable[[Any, Any], dict[s
     from attest.node.api.upgrades import Gate, add_upgrade_routes
 
     u = settings.upgrade
-    if not u.enabled:
+    if not u.enabled or settings.snp.only:  # [snp] only: the app answers 409 (no TPM)
         return None
     limit = settings.api.max_upload_bytes
     factory: Callable[[], Gate]
@@ -160,7 +160,10 @@ async def serve(settings: Settings, node: Any) -> None:
             logger.error("could not record start-up measurements: %s", exc)
 
     try:
-        record_start()
+        if settings.snp.only:
+            logger.warning("no TPM ([snp] only): evidence is the SEV-SNP report, no runtime log")
+        else:
+            record_start()
         recorded = True
     except BrokerUnavailable as exc:
         # attestd-tpm not (yet) running: serve not-ready and probe until it answers.
@@ -172,7 +175,7 @@ async def serve(settings: Settings, node: Any) -> None:
         tls_binding=binding,
         tls_spki=spki,
         status=make_status(settings),
-        on_fresh_log=record_start,
+        on_fresh_log=None if settings.snp.only else record_start,
         start_recorded=recorded,
         extra_routes=upgrade_routes(settings, node),
     )
@@ -291,7 +294,8 @@ def make_status(settings: Settings) -> Any:
     def status(ctx: Any) -> dict[str, Any]:
         now = datetime.now(UTC)
         tpm_error = None if ctx.ready else (ctx.last_tpm_error or "starting")
-        runtime_error = runtime_problem(ctx.node) if ctx.ready else None
+        # [snp] only: no runtime log to replay (the report is the evidence)
+        runtime_error = runtime_problem(ctx.node) if ctx.ready and not ctx.snp_only else None
         registry = registry_error = None
         try:
             state = load_state(settings.registry.trust_dir)

@@ -6,6 +6,10 @@ It reads no host file for evidence either: the firmware event log, the kernel co
 the dm-verity report come from the node port (``attestd-tpm`` reads them; docs/daemon-hardening.md).
 The firmware log and the command line do not change while the node runs: they are fetched
 once (the log in chunks) and kept; the verity report is refreshed every few seconds.
+
+``[snp] only`` (an SEV-SNP guest without a TPM; ``attest.node.api.snp``): the evidence is the
+SEV-SNP report alone, readiness is the node port answering, no runtime log is watched, and the
+TPM's endpoints answer 409 ``NoTpmError``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from attest.errors import (
     AttestError,
     BrokerUnavailable,
     EvidenceFormatError,
-    SnpGuestError,
+    NoTpmError,
     TpmError,
     TransportError,
 )
@@ -43,7 +47,7 @@ from attest.evidence import (
     join_encoded,
     quote_members,
     runtime_log_member,
-    snp_member,
+    snp_only_members,
     unb64,
 )
 from attest.merkle import challenge_leaf
@@ -59,17 +63,19 @@ from attest.node.api.errors import (
 )
 from attest.node.api.metrics import METRICS_MEDIA_TYPE, node_registry, state_fs
 from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
+from attest.node.api.snp import NO_TPM, add_tpmless_refusals, snp_report_member, tpmless_identity
 from attest.node.config import Settings
 from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort
 from attest.node.tpm.port import RawQuote
-from attest.snp.reportdata import MAX_NONCE, MIN_NONCE, encode_report_data
 from attest.verity.devices import VerityReport
 
 logger = logging.getLogger(__name__)
 
 PROBE_SELECTION = PcrSelection.parse("sha256:0")
-# What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable.
-UNAVAILABLE = (TpmError, BrokerUnavailable)
+# What makes the node not ready: the TPM failed, or its broker (attestd-tpm) is unreachable, or
+# the broker has no TPM (--no-tpm) while attestd expects one (not [snp] only).
+UNAVAILABLE = (TpmError, BrokerUnavailable, NoTpmError)
+
 MAX_PROBE_DELAY = 1.0  # seconds between probes while not ready (backoff from 0.2 s)
 
 
@@ -114,6 +120,9 @@ class NodeContext:
     host_loaded: bool = False
     verity_report: VerityReport | None = None
     tls_spki: bytes = b""  # the TLS key (SPKI DER) whose sha256 is tls_binding; b"": no TLS
+    # [snp] only: no TPM behind the node port; evidence is the SEV-SNP report alone, readiness
+    # is the broker answering (``probe``), and no runtime log is watched.
+    snp_only: bool = False
 
     def get_identity(self) -> NodeIdentity:
         if self.identity is None:
@@ -122,7 +131,16 @@ class NodeContext:
             self.node_id = self.settings.node_id or "ak-" + ident.ak.name.hex()[4:28]
         return self.identity
 
-    def tpm_failed(self, exc: TpmError | BrokerUnavailable) -> None:
+    def probe_node(self) -> None:
+        """Ask the node port something cheap (and the identity, once): a PCR, or under
+        ``[snp] only`` the kernel command line (there are no PCRs). Raises what it raised."""
+        if self.snp_only:
+            self.node.kernel_cmdline()
+            return
+        self.node.read_pcrs(PROBE_SELECTION)
+        self.get_identity()
+
+    def tpm_failed(self, exc: TpmError | BrokerUnavailable | NoTpmError) -> None:
         """The TPM failed or its broker is unreachable: readiness off until a probe passes."""
         broker = isinstance(exc, BrokerUnavailable)
         if broker:
@@ -145,9 +163,8 @@ class NodeContext:
         while not self.ready:
             await asyncio.sleep(delay)
             try:
-                await loop.run_in_executor(None, self.node.read_pcrs, PROBE_SELECTION)
+                await loop.run_in_executor(None, self.probe_node)
                 self.broker_up = True
-                await loop.run_in_executor(None, self.get_identity)
             except UNAVAILABLE as exc:
                 self.broker_up = not isinstance(exc, BrokerUnavailable)
                 self.last_tpm_error = str(exc)
@@ -156,7 +173,8 @@ class NodeContext:
             self.ready = True
             self.last_tpm_error = ""
             logger.warning("TPM back, readiness on")
-            await loop.run_in_executor(None, self.check_log)
+            if not self.snp_only:
+                await loop.run_in_executor(None, self.check_log)
 
     async def heartbeat(self, interval: float) -> None:
         """While ready, ask the TPM (through the broker) for a PCR every ``interval`` seconds,
@@ -167,7 +185,7 @@ class NodeContext:
             if not self.ready:
                 continue
             try:
-                await loop.run_in_executor(None, self.node.read_pcrs, PROBE_SELECTION)
+                await loop.run_in_executor(None, self.probe_node)
             except UNAVAILABLE as exc:
                 self.tpm_failed(exc)
 
@@ -235,7 +253,8 @@ class NodeContext:
         while True:
             await asyncio.sleep(interval)
             if self.ready:
-                await loop.run_in_executor(None, self.check_log)
+                if not self.snp_only:
+                    await loop.run_in_executor(None, self.check_log)
                 await loop.run_in_executor(None, self.refresh_host)
 
 
@@ -322,15 +341,18 @@ def create_app(
         clock=clock,
         on_fresh_log=on_fresh_log,
         start_recorded=start_recorded,
+        snp_only=settings.snp.only,
+        node_id=settings.node_id if settings.snp.only else "",
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, ctx.get_identity)
+            await loop.run_in_executor(None, ctx.probe_node)
             ctx.ready = True
-            await loop.run_in_executor(None, ctx.check_log)
+            if not ctx.snp_only:
+                await loop.run_in_executor(None, ctx.check_log)
             await loop.run_in_executor(None, ctx.load_host_facts)
             await loop.run_in_executor(None, ctx.refresh_verity)
         except UNAVAILABLE as exc:
@@ -390,6 +412,8 @@ errors = schemas.error_responses
 def _routes(app: FastAPI, ctx: NodeContext) -> None:
     _challenge_routes(app, ctx)
     _status_routes(app, ctx)
+    if ctx.snp_only:  # the gate needs a TPM: 409 on the trusted channels
+        add_tpmless_refusals(app, [Depends(require_trusted_channel)])
 
 
 def _challenge_routes(app: FastAPI, ctx: NodeContext) -> None:
@@ -403,7 +427,7 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
     @app.post(
         "/v1/evidence",
         response_model=None,
-        responses={200: schemas.evidence_ok(), **errors(400, 422, 503)},
+        responses={200: schemas.evidence_ok(), **errors(400, 409, 422, 503)},
     )
     async def evidence(req: schemas.EvidenceRequest, request: Request) -> Response:
         """A fresh quote over the requested PCRs answering this nonce (shared with the
@@ -411,6 +435,8 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
         ``Accept: application/cmw+json`` or ``application/cmw+cbor``: the same document
         wrapped as a RATS CMW record (RFC 9999; docs/cmw.md)."""
         nonce = bytes.fromhex(req.nonce)
+        if ctx.snp_only:  # no TPM: the report alone; pcrs and logs are not answered
+            return await _snp_only_evidence(ctx, nonce, request)
         selection = _parse_selection({str(k): v for k, v in req.pcrs.items()})
         ctx.metrics.challenges += 1
         leaf = challenge_leaf(nonce, ctx.tls_binding)
@@ -450,22 +476,55 @@ def _evidence_route(app: FastAPI, ctx: NodeContext) -> None:
             runtime_log=runtime_log,
         )
         if ctx.settings.snp.enabled:
-            members["snp"] = await loop.run_in_executor(None, _snp_member, ctx, ident, nonce)
+            ak = ident.ak.tpm2b()
+            members["snp"] = await loop.run_in_executor(None, _snp_member, ctx, nonce, ak)
         head = encode_members(members)
         # The parts every challenge answered by this quote shares are encoded once per quote
         # (this is the hot endpoint: a batch can answer thousands of challenges).
         common = _shared_part(ctx, ident, result.quote)
         document = join_encoded(head, common)
-        wrap = cmw.negotiate(request.headers.get("accept"))
-        if wrap is None:
-            return Response(document, media_type="application/json")
-        return Response(cmw.encode(cmw.evidence_record(document), wrap), media_type=wrap)
+        return _evidence_response(document, request)
+
+
+def _evidence_response(document: bytes, request: Request) -> Response:
+    """The document as JSON, or wrapped as the CMW the ``Accept:`` header asks for."""
+    wrap = cmw.negotiate(request.headers.get("accept"))
+    if wrap is None:
+        return Response(document, media_type="application/json")
+    return Response(cmw.encode(cmw.evidence_record(document), wrap), media_type=wrap)
+
+
+async def _snp_only_evidence(ctx: NodeContext, nonce: bytes, request: Request) -> Response:
+    """``[snp] only``: the whole document is the SEV-SNP report (REPORT_DATA: the nonce and
+    the TLS key, no AK) and what the node says about itself (``snp_only_members``)."""
+    ctx.metrics.challenges += 1
+    loop = asyncio.get_running_loop()
+    try:
+        if not ctx.host_loaded:
+            await loop.run_in_executor(None, ctx.load_host_facts)
+        snp = await loop.run_in_executor(None, _snp_member, ctx, nonce, None)
+    except UNAVAILABLE as exc:
+        ctx.tpm_failed(exc)
+        raise
+    version, slot = ctx.image()
+    members = snp_only_members(
+        node_id=ctx.node_id,
+        snp=snp,
+        cmdline=ctx.cmdline,
+        image_version=version,
+        image_slot=slot,
+        time=ctx.clock(),
+    )
+    return _evidence_response(encode_members(members), request)
 
 
 def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:
     @app.get("/v1/identity", responses=errors(503))
     async def identity() -> dict[str, Any]:
-        """EK certificate(s), EK and AK public areas and names, node id, PCR banks."""
+        """EK certificate(s), EK and AK public areas and names, node id, PCR banks. Under
+        ``[snp] only`` (no TPM): the node id and TLS binding, ``snp_only: true``, no keys."""
+        if ctx.snp_only:
+            return tpmless_identity(ctx.node_id, ctx.tls_binding)
         loop = asyncio.get_running_loop()
         try:
             ident = await loop.run_in_executor(None, ctx.get_identity)
@@ -482,6 +541,7 @@ def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:
                 f"0x{i:08x}": b64(der) for i, der in sorted(ident.ek_certificates.items())
             },
             "banks": [b.bank_name for b in ident.banks],
+            "snp_only": False,
             "runtime_pcr": ctx.settings.tpm.runtime_pcr,
             "tls_binding": ctx.tls_binding.hex() or None,
             "version": __version__,
@@ -491,11 +551,13 @@ def _identity_routes(app: FastAPI, ctx: NodeContext) -> None:
         "/v1/enroll/activate",
         response_model=schemas.ActivateResponse,
         dependencies=[Depends(require_trusted_channel)],
-        responses=errors(400, 403, 422, 503),
+        responses=errors(400, 403, 409, 422, 503),
     )
     async def activate(req: schemas.ActivateRequest) -> dict[str, str]:
         """The node half of TPM2 credential activation (TPM2_ActivateCredential with the AK
-        and the EK). Needs an authenticated client."""
+        and the EK). Needs an authenticated client. ``[snp] only``: 409, no TPM."""
+        if ctx.snp_only:
+            raise NoTpmError(f"{NO_TPM}: credential activation needs one")
         id_object = unb64(req.id_object, "id_object", limit=1024)
         secret = unb64(req.encrypted_secret, "encrypted_secret", limit=1024)
         loop = asyncio.get_running_loop()
@@ -533,9 +595,12 @@ def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
             "time": ctx.clock().isoformat(),
         }
 
-    @app.get("/v1/audit", responses=errors(422, 503))
+    @app.get("/v1/audit", responses=errors(409, 422, 503))
     async def audit(start: int = Query(0, ge=0, le=1 << 40)) -> dict[str, Any]:
-        """The operator-access audit log from an index (pseudonymised entries)."""
+        """The operator-access audit log from an index (pseudonymised entries). ``[snp]
+        only``: 409, no audit log (it is anchored in the runtime PCR)."""
+        if ctx.snp_only:
+            raise NoTpmError(f"{NO_TPM}: the audit log is anchored in the runtime PCR")
         loop = asyncio.get_running_loop()
         try:
             entries = await loop.run_in_executor(None, ctx.node.audit_log, start)
@@ -581,19 +646,9 @@ def _status_routes(app: FastAPI, ctx: NodeContext) -> None:
         )
 
 
-def _snp_member(ctx: NodeContext, ident: NodeIdentity, nonce: bytes) -> dict[str, Any]:
-    """This challenge's SEV-SNP report (docs/snp.md, "Guest evidence"): REPORT_DATA binds the
-    verifier's nonce, the TLS key and the AK (``attest.snp.reportdata``, encoding 1)."""
-    if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-        raise EvidenceFormatError(
-            f"an SEV-SNP guest answers nonces of {MIN_NONCE}..{MAX_NONCE} bytes, not {len(nonce)}"
-        )
-    spki = ctx.tls_spki or None
-    data = encode_report_data(nonce=nonce, tls_spki=spki, vtpm_ak=ident.ak.tpm2b())
-    got = ctx.node.snp_report(data)
-    if got is None:
-        raise SnpGuestError("snp.enabled is set but attestd-tpm has no --snp-guest interface")
-    return snp_member(got.report, got.certs, spki)
+def _snp_member(ctx: NodeContext, nonce: bytes, ak: bytes | None) -> dict[str, Any]:
+    """This challenge's ``snp`` member (``attest.node.api.snp``); ``ak`` None: no TPM."""
+    return snp_report_member(ctx.node, nonce=nonce, tls_spki=ctx.tls_spki, ak=ak)
 
 
 def _shared_part(ctx: NodeContext, ident: NodeIdentity, quote: RawQuote) -> bytes:

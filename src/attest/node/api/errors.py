@@ -26,6 +26,7 @@ from attest.errors import (
     BrokerUnavailable,
     ConfigError,
     EvidenceFormatError,
+    NoTpmError,
     OperationNotAllowed,
     Overloaded,
     SnpGuestError,
@@ -42,6 +43,8 @@ def status_for(exc: AttestError) -> int:
         return 503
     if isinstance(exc, OperationNotAllowed):
         return 403
+    if isinstance(exc, NoTpmError):
+        return 409  # the node has no TPM ([snp] only): asking again will not help
     if isinstance(exc, TpmError | BrokerUnavailable | SnpGuestError):
         return 503  # the TPM, its broker or the AMD-SP is away: the request may succeed later
     if isinstance(exc, EvidenceFormatError):

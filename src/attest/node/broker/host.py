@@ -226,3 +226,22 @@ class _VerityRecorder:
             self._seen.clear()
             events = [] if self.latest is None else self._new_events(self.latest)
         self._record(events)
+
+
+class ServesHostFacts:
+    """The node port's host-fact operations, answered from ``self.host``: shared by the broker's
+    nodes with and without a TPM (``LocalNode``, ``TpmlessNode``)."""
+
+    host: HostFacts
+
+    def firmware_log(self, offset: int, max_bytes: int) -> FirmwareLogChunk | None:
+        return self.host.firmware_log(offset, max_bytes)
+
+    def kernel_cmdline(self) -> str | None:
+        return self.host.kernel_cmdline()
+
+    def verity_report(self) -> VerityReport | None:
+        return self.host.verity_report()
+
+    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
+        return self.host.snp_report(report_data)

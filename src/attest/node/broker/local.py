@@ -16,19 +16,16 @@ from typing import Any
 from attest.errors import OperationNotAllowed, TpmError
 from attest.eventlog.cel import CelRecord
 from attest.model import PcrSelection, PcrValues
-from attest.node.broker.host import HostFacts
+from attest.node.broker.host import HostFacts, ServesHostFacts
 from attest.node.logs.audit import AuditLog
 from attest.node.logs.runtime import RuntimeLog
 from attest.node.port import (
     LOW_SPACE_BYTES,
-    FirmwareLogChunk,
     NodeIdentity,
-    SnpGuestReport,
     StateFs,
 )
 from attest.node.tpm.port import RawQuote, TpmPort
 from attest.runtime import AUDIT_KINDS, DEFAULT_RUNTIME_PCR, KIND_SNP_HOST, KIND_VTPM
-from attest.verity.devices import VerityReport
 
 RUNTIME_LOG_NAME = "runtime.log"
 AUDIT_LOG_NAME = "audit.log"
@@ -37,7 +34,7 @@ AUDIT_KEY_NAME = "audit.key"
 logger = logging.getLogger(__name__)
 
 
-class LocalNode:
+class LocalNode(ServesHostFacts):
     """Implements ``attest.node.port.NodePort`` in-process. Thread-safe (the TPM port, the runtime
     log and the audit log each are). ``host``: where the firmware log, the kernel command
     line and the verity report come from (``HostFacts``; by default none: the node has none).
@@ -163,18 +160,6 @@ class LocalNode:
                 "LOW" if fs.low else "enough again",
             )
         return fs
-
-    def firmware_log(self, offset: int, max_bytes: int) -> FirmwareLogChunk | None:
-        return self.host.firmware_log(offset, max_bytes)
-
-    def kernel_cmdline(self) -> str | None:
-        return self.host.kernel_cmdline()
-
-    def verity_report(self) -> VerityReport | None:
-        return self.host.verity_report()
-
-    def snp_report(self, report_data: bytes) -> SnpGuestReport | None:
-        return self.host.snp_report(report_data)
 
     def close(self) -> None:
         self.host.close()

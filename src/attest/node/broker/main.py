@@ -13,6 +13,13 @@ It reads for attestd what attestd may not (``attest.node.broker.host``): the fir
 log (``--firmware-log``), the kernel command line (``--cmdline``), and, with
 ``--watch-verity`` (``auto``: when ``/dev/mapper/control`` exists), the dm-verity devices,
 which it records as ``verity-device`` runtime events itself.
+
+On an SEV-SNP host, ``--snp-host`` reads the host's chip id from the AMD-SP before the TPM is
+touched and records it as an ``snp-host`` runtime event after the start event, once per boot
+(``attest.node.snp_host``); a read failure, or another chip already in this boot's log, stops
+it. In an SEV-SNP guest without a (v)TPM, ``--no-tpm`` opens no TPM and keeps no log: it serves
+``snp_report`` and the host facts, and refuses every TPM operation
+(``attest.node.broker.tpmless``).
 """
 
 from __future__ import annotations
@@ -31,17 +38,20 @@ from pathlib import Path
 from types import FrameType
 
 from attest import __version__
-from attest.errors import AttestError, ConfigError, SnpGuestError
+from attest.errors import AttestError, ConfigError, SnpGuestError, SnpHostError
 from attest.node import sdnotify
 from attest.node.broker import protocol as p
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 from attest.node.broker.host import FIRMWARE_LOG, KERNEL_CMDLINE, MAPPER_CONTROL, HostFacts
 from attest.node.broker.local import LocalNode
 from attest.node.broker.server import BrokerServer
+from attest.node.broker.services import BrokerNode
+from attest.node.broker.tpmless import TpmlessNode
 from attest.node.broker.upgrades import BrokerUpgrades, Spool
 from attest.node.port import LOW_SPACE_BYTES, MAX_FIRMWARE_LOG
 from attest.node.snp_guest import open_snp_guest
-from attest.node.socketlock import lock_socket
+from attest.node.snp_host import check_chip_ids, keep_recorded, open_snp_host
+from attest.node.socketlock import SocketLock, lock_socket
 from attest.node.tpm.vtpm import VtpmManager
 from attest.node.upgrade.slots import DEFAULT_CAPACITY, SlotStore
 from attest.node.upgrade.stager import DEFAULT_NV_INDEX
@@ -185,6 +195,21 @@ def _parser() -> argparse.ArgumentParser:
         help="in an SEV-SNP guest: where to ask for attestation reports (snp_report; "
         "docs/snp.md); fake:DIR signs with a test key (default %(default)s)",
     )
+    h.add_argument(
+        "--snp-host",
+        default="off",
+        metavar="off|sev[:DEVICE]|fake:HEX",
+        help="on an SEV-SNP host: read this host's chip id from the AMD-SP (/dev/sev, "
+        "SEV_GET_ID2) and record it as an snp-host runtime event at start, once per boot "
+        "(docs/snp.md); fake:HEX: a 64-byte chip id in hex (default %(default)s)",
+    )
+    a.add_argument(
+        "--no-tpm",
+        action="store_true",
+        help="an SEV-SNP guest without a (v)TPM: open no TPM and keep no runtime or audit "
+        "log; serve SEV-SNP reports (needs --snp-guest) and host facts, refuse every TPM "
+        "operation (docs/snp.md, 'A guest without a vTPM')",
+    )
     a.add_argument(
         "--vtpm-dir",
         type=Path,
@@ -256,8 +281,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from attest.node.tpm.esapi import AkSpec, EsapiTpm  # the only importer of tpm2_pytss
-
     if not 0 <= args.runtime_pcr < 24:
         raise ConfigError("must be 0..23", key="runtime_pcr")
     kinds = frozenset(k.strip() for k in args.measure_kinds.split(",") if k.strip())
@@ -266,6 +289,8 @@ def _run(args: argparse.Namespace) -> int:
             f"unknown or reserved kinds {sorted(kinds - p.OPERATOR_MEASURE_KINDS)}",
             key="measure_kinds",
         )
+    if args.no_tpm:
+        _check_tpmless(args)
     # One broker per socket, before the TPM is touched: a second attestd-tpm with the same
     # options stops here, measuring nothing and leaving the first one's sockets alone.
     operator = None if str(args.operator_socket) == "none" else args.operator_socket
@@ -277,7 +302,6 @@ def _run(args: argparse.Namespace) -> int:
         except KeyError:
             raise ConfigError(f"no group {args.socket_group!r}", key="socket_group") from None
     args.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    tpm = EsapiTpm(args.tcti, ak=AkSpec(args.ak_type))
     if args.low_space_bytes < 0:
         raise ConfigError("must be 0 or more", key="low_space_bytes")
     if args.max_firmware_log_bytes < 0:
@@ -286,12 +310,81 @@ def _run(args: argparse.Namespace) -> int:
         snp = open_snp_guest(args.snp_guest)
     except (ValueError, SnpGuestError) as exc:
         raise ConfigError(str(exc), key="snp_guest") from None
+    try:
+        snp_host = open_snp_host(args.snp_host)
+    except (ValueError, SnpHostError) as exc:
+        raise ConfigError(str(exc), key="snp_host") from None
+    # Read before the TPM is touched: a host whose AMD-SP does not name its chip does not start.
+    chips = snp_host.chip_ids() if snp_host is not None else ()
     host = HostFacts(
         firmware_log=args.firmware_log,
         cmdline=args.cmdline,
         max_firmware_log=args.max_firmware_log_bytes,
         snp=snp,
     )
+    if args.no_tpm:
+        logger.warning(
+            "no TPM (--no-tpm): serving SEV-SNP reports and host facts only; no runtime or "
+            "audit log is kept"
+        )
+        tpmless = TpmlessNode(host, args.state_dir, low_space_bytes=args.low_space_bytes)
+        server = BrokerServer(tpmless, args.socket, operator_socket_path=operator, socket_group=gid)
+        return _serve(args, server, tpmless, None, locks)
+    node = _open_node(args, host, chips)
+    try:
+        if chips:
+            keep_recorded(node.runtime, chips)
+        if args.watch_verity == "on" or (args.watch_verity == "auto" and MAPPER_CONTROL.exists()):
+            host.watch_verity(node.runtime)
+        else:
+            logger.info("not watching dm-verity devices (--watch-verity %s)", args.watch_verity)
+        vtpms = None
+        if args.vtpm_dir is not None:
+            vtpms = VtpmManager(args.vtpm_dir, node.runtime, audit=node.audit)
+            logger.info("guest vTPMs in %s (%d created)", args.vtpm_dir, len(vtpms.created()))
+        upgrades = _upgrades(args, node)
+    except BaseException:
+        node.close()
+        raise
+    server = BrokerServer(
+        node,
+        args.socket,
+        operator_socket_path=operator,
+        socket_group=gid,
+        measure_kinds=kinds,
+        upgrades=upgrades,
+        vtpms=vtpms,
+    )
+    return _serve(args, server, node, upgrades, locks)
+
+
+def _check_tpmless(args: argparse.Namespace) -> None:
+    """``--no-tpm`` takes none of the options that need a TPM or a runtime log."""
+    if args.snp_guest == "off":
+        raise ConfigError(
+            "--no-tpm needs --snp-guest: a node without a TPM proves itself by its SEV-SNP "
+            "report alone",
+            key="snp_guest",
+        )
+    for key, value in (
+        ("snp_host", args.snp_host != "off"),
+        ("vtpm_dir", args.vtpm_dir is not None),
+        ("slots_dir", args.slots_dir is not None),
+        ("spool_dir", args.spool_dir is not None),
+        ("watch_verity", args.watch_verity == "on"),
+    ):
+        if value:
+            raise ConfigError("needs the TPM's runtime log, and --no-tpm opens no TPM", key=key)
+    args.watch_verity = "off"
+
+
+def _open_node(args: argparse.Namespace, host: HostFacts, chips: Sequence[bytes]) -> LocalNode:
+    """The TPM, the logs reconciled with it, and the start events (daemon-start, policy).
+    Refused before anything is measured when this boot's log records another SEV-SNP chip
+    than ``chips`` (``--snp-host``)."""
+    from attest.node.tpm.esapi import AkSpec, EsapiTpm  # the only importer of tpm2_pytss
+
+    tpm = EsapiTpm(args.tcti, ak=AkSpec(args.ak_type))
     node = LocalNode.open(
         tpm,
         args.state_dir,
@@ -299,6 +392,12 @@ def _run(args: argparse.Namespace) -> int:
         low_space_bytes=args.low_space_bytes,
         host=host,
     )
+    if chips:
+        try:
+            check_chip_ids(node.runtime, chips)
+        except BaseException:
+            node.close()
+            raise
     start_event: dict[str, str] = {"version": __version__}
     boot_id = _boot_id()
     if boot_id:
@@ -311,24 +410,16 @@ def _run(args: argparse.Namespace) -> int:
         node.runtime.measure(KIND_POLICY, policy)
         node.runtime.add_reset_hook(lambda: node.runtime.measure(KIND_POLICY, policy))
         logger.info("MAC policy %s measured: sha256 %s", args.mac_policy, policy["sha256"])
-    if args.watch_verity == "on" or (args.watch_verity == "auto" and MAPPER_CONTROL.exists()):
-        host.watch_verity(node.runtime)
-    else:
-        logger.info("not watching dm-verity devices (--watch-verity %s)", args.watch_verity)
-    vtpms = None
-    if args.vtpm_dir is not None:
-        vtpms = VtpmManager(args.vtpm_dir, node.runtime, audit=node.audit)
-        logger.info("guest vTPMs in %s (%d created)", args.vtpm_dir, len(vtpms.created()))
-    upgrades = _upgrades(args, node)
-    server = BrokerServer(
-        node,
-        args.socket,
-        operator_socket_path=operator,
-        socket_group=gid,
-        measure_kinds=kinds,
-        upgrades=upgrades,
-        vtpms=vtpms,
-    )
+    return node
+
+
+def _serve(
+    args: argparse.Namespace,
+    server: BrokerServer,
+    node: BrokerNode,
+    upgrades: BrokerUpgrades | None,
+    locks: Sequence[SocketLock],
+) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -1,4 +1,4 @@
-"""``BrokerServer``: serve a ``LocalNode`` on Unix sockets (an adapter).
+"""``BrokerServer``: serve a ``LocalNode`` (or a ``TpmlessNode``) on Unix sockets (an adapter).
 
 What each socket answers, and what the broker runs for each operation, is the table
 ``protocol.OPS``; this module only reads it:
@@ -39,8 +39,7 @@ from pathlib import Path
 
 from attest.errors import AttestError, OperationNotAllowed, TransportError
 from attest.node.broker import protocol as p
-from attest.node.broker.local import LocalNode
-from attest.node.broker.services import Services
+from attest.node.broker.services import BrokerNode, Services
 from attest.node.broker.transport import recv_frame, send_frame
 from attest.node.broker.upgrades import BrokerUpgrades
 from attest.node.broker.wire import MAX_REQUEST, MAX_RESPONSE, encode_error
@@ -95,7 +94,7 @@ def _bind(path: Path, mode: int, gid: int | None) -> socket.socket:
 class BrokerServer:
     def __init__(
         self,
-        node: LocalNode,
+        node: BrokerNode,
         socket_path: str | os.PathLike[str],
         *,
         operator_socket_path: str | os.PathLike[str] | None = None,

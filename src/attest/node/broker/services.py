@@ -6,18 +6,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from attest.errors import OperationNotAllowed
 from attest.eventlog.cel import CelRecord
-from attest.node.broker.local import LocalNode
 from attest.node.broker.upgrades import BrokerUpgrades
+from attest.node.port import NodePort
 from attest.node.tpm.vtpm import VtpmManager
+
+
+class BrokerNode(NodePort, Protocol):
+    """What the broker serves: ``attest.node.broker.local.LocalNode`` (a TPM), or
+    ``attest.node.broker.tpmless.TpmlessNode`` (``--no-tpm``: every TPM operation refused)."""
+
+    def nv_counter_define(self, index: int) -> int: ...
+
+    def nv_counter_increment(self, index: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    node: LocalNode
+    node: BrokerNode
     gate: BrokerUpgrades | None
     vtpm_manager: VtpmManager | None
     socket: str  # "api" or "operator", for messages
@@ -40,7 +49,7 @@ class Services:
         return self.vtpm_manager
 
     def measure(self, kind: str, content: Mapping[str, Any]) -> CelRecord:
-        """``LocalNode.measure`` for the kinds this socket may measure."""
+        """``BrokerNode.measure`` for the kinds this socket may measure."""
         if kind not in self.measure_kinds:
             raise OperationNotAllowed(
                 f"measuring {kind!r} events is not allowed on the {self.socket} socket"
