@@ -13,7 +13,6 @@ earlier challenge (beside a fresh vTPM quote) is contraindicated, naming ``guest
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 from collections.abc import Iterator
@@ -22,22 +21,19 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.support.appraisal import TEST_MANIFESTS, signer
 from tests.support.cli import verify_main
-from tests.support.manifest import FAR, release, sign_doc, snp_launch
 from tests.support.replay import splicing
+from tests.support.snp import guest_registry_args
 from tests.swtpm.conftest import NodeFactory, Pair, no_release_policy, verify_pair
 from tests.unit.snp.fakes import fake
 
 import attest.cli.verify_snp
 from attest import cmw
 from attest.appraisal.ear import b64url, verify_ear
-from attest.manifest import edit
-from attest.manifest.model import RegistrySnapshot, ReleaseSnp
 from attest.node.broker.client import BrokerClient
 from attest.node.tpm.swtpm import SwtpmProcess, SwtpmState
 from attest.snp.report import Product
-from attest.testing.snp import fake_guest_dir, make_crl
+from attest.testing.snp import fake_guest_dir
 from attest.verifier.contact import selection_for
 
 pytestmark = pytest.mark.slow
@@ -74,25 +70,7 @@ def snp_pair(
 
 
 def _guest_registry(tmp_path: Path) -> tuple[str, ...]:
-    """--root/--snapshot (and --snp-crl) for the guest: release 3.0.0 blesses the fake
-    guest's launch; the CRL is the fake ARK's, fresh."""
-    rel = dataclasses.replace(
-        release("3.0.0", 1), snp=ReleaseSnp(launches=(snp_launch("a", measurement=BLESSED),))
-    )
-    snap = edit.checked(RegistrySnapshot(sequence=7, expires=FAR, releases={"3.0.0": rel}))
-    path = tmp_path / "guest-registry.json"
-    path.write_bytes(sign_doc(snap.to_json(), [signer("releases-1"), signer("releases-2")]))
-    now = dt.datetime.now(dt.UTC)
-    crl = tmp_path / "milan.crl"
-    crl.write_bytes(make_crl(fake(Product.MILAN), this_update=now - dt.timedelta(hours=1)))
-    return (
-        "--root",
-        str(TEST_MANIFESTS / "root.json"),
-        "--snapshot",
-        str(path),
-        "--snp-crl",
-        str(crl),
-    )
+    return guest_registry_args(tmp_path, fake(Product.MILAN), BLESSED)
 
 
 def test_host_quote_guest_snp_report_and_vtpm_quote_make_one_affirming_ear(

@@ -427,7 +427,9 @@ def appraise_pair(
             raise ValueError("a pair whose guest has no vTPM needs its SEV-SNP layer")
         vouch, add = _snp_vouch(host, snp2, challenge, guest_evidence)
         if add and snp2.verdict is not Verdict.UNAPPRAISABLE:
-            snp2 = with_findings(snp2, (vouch,), first=True)
+            # after the layer's own findings: a report that is itself stale or altered is
+            # what its explanation names first
+            snp2 = with_findings(snp2, (vouch,))
     else:
         vouch = _vouch_finding(
             host, guest, host_vouchings, guest_identity, challenge, guest_evidence
