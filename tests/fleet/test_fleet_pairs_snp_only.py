@@ -15,12 +15,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
-from tests.support.poller import settings, until, verdicts
+from tests.support.poller import fresh_then_replayed, settings, until, verdicts
 from tests.support.snp_fleet import SnpFleet, StaleGuest, snp_fleet
 
 from attest.appraisal.ear import jwk_public_key, verify_ear
-from attest.appraisal.memory import NodeMemory
-from attest.model import PcrSelection
 from attest.runtime import KIND_SNP_HOST
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.access import Access
@@ -195,32 +193,11 @@ async def test_a_guest_without_a_vtpm_that_does_not_answer_is_the_pair_not_answe
 def test_the_host_chip_counts_only_from_a_quote_verified_now() -> None:
     """As ``fresh_vouchings``: a runtime log verified against an earlier quote names no chip
     now."""
-    from datetime import UTC, datetime
-
-    from attest.appraisal import appraise_incremental
-
     sim = SimFleet(1)
     sim.record_chip(0, b"\x07" * 64)
-    node = sim.nodes[0]
-    kw: dict[str, Any] = dict(
-        enrollment=sim.enrollment(0),
-        selection=PcrSelection.parse("sha256:0-7,13"),
-        registry=None,
-        platform_id=None,
-        previous=None,
-        tls_binding=None,
-        now=datetime.now(UTC),
-    )
-
-    def challenge(memory: NodeMemory, nonce: bytes, answer: bytes) -> Any:
-        req = {"nonce": answer.hex(), "pcrs": {"sha256": [*range(8), 13]}}
-        doc = sim.evidence(node, {**req, "logs": memory.log_request()})
-        return appraise_incremental(doc, memory=memory, nonce=nonce, **kw)
-
-    first = challenge(NodeMemory(), b"a" * 32, b"a" * 32)
+    first, replayed = fresh_then_replayed(sim)
     assert fresh_chips(first) == (b"\x07" * 64,)
-    stale = challenge(first.memory, b"b" * 32, b"c" * 32)  # a quote of another nonce
-    assert stale.memory.runtime is not None and fresh_chips(stale) is None
+    assert fresh_chips(replayed) is None
 
 
 def test_only_the_host_records_its_chip_in_the_simulator() -> None:

@@ -263,6 +263,26 @@ def ak_names(e: Enrollment | PairEnrollment) -> str:
     return e.ak_names if isinstance(e, PairEnrollment) else e.ak_name.hex()
 
 
+def _enroll_layer(
+    layer: str,
+    url: str,
+    policy: EnrollPolicy,
+    *,
+    now: datetime,
+    activation_url: str | None,
+    runtime_pcr: int,
+) -> Enrollment:
+    """One layer of a pair enrolled as one node; a refusal or silence names the layer."""
+    try:
+        return enroll_node(
+            url, policy, now=now, activation_url=activation_url, runtime_pcr=runtime_pcr
+        )
+    except VerificationError as exc:
+        raise LayerRefused(layer, url, exc) from None
+    except TransportError as exc:
+        raise LayerUnreachable(layer, url, exc) from None
+
+
 def enroll_pair(
     guest_url: str,
     host_url: str,
@@ -294,14 +314,9 @@ def enroll_pair(
         (HOST, host_url, host_policy, host_activation_url),
         (GUEST, guest_url, policy, activation_url),
     ):
-        try:
-            layers[layer] = enroll_node(
-                url, pol, now=now, activation_url=act, runtime_pcr=runtime_pcr
-            )
-        except VerificationError as exc:
-            raise LayerRefused(layer, url, exc) from None
-        except TransportError as exc:
-            raise LayerUnreachable(layer, url, exc) from None
+        layers[layer] = _enroll_layer(
+            layer, url, pol, now=now, activation_url=act, runtime_pcr=runtime_pcr
+        )
     guest = layers[GUEST]
     if guest.ek_sha256 is None:
         raise LayerRefused(
@@ -326,18 +341,14 @@ def snp_only_pair(
     is ``guest_id``, else the ``node_id`` its ``GET /v1/identity`` claims (a guest that does
     not answer with one: ``LayerUnreachable`` naming the guest layer). Nothing of the guest is
     trusted here: its SEV-SNP report is appraised at every poll."""
-    try:
-        host = enroll_node(
-            host_url,
-            host_policy,
-            now=now,
-            activation_url=host_activation_url,
-            runtime_pcr=runtime_pcr,
-        )
-    except VerificationError as exc:
-        raise LayerRefused(HOST, host_url, exc) from None
-    except TransportError as exc:
-        raise LayerUnreachable(HOST, host_url, exc) from None
+    host = _enroll_layer(
+        HOST,
+        host_url,
+        host_policy,
+        now=now,
+        activation_url=host_activation_url,
+        runtime_pcr=runtime_pcr,
+    )
     if guest_id is None:
         try:
             guest_id = _claimed_node_id(guest_url, tls_ca=host_policy.tls_ca)
