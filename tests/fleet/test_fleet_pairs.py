@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
-from tests.support.poller import settings, until, verdicts
+from tests.support.poller import fresh_then_replayed, settings, until, verdicts
 
 from attest.appraisal.ear import jwk_public_key, verify_ear
 from attest.appraisal.pair import guest_nonce, host_nonce
@@ -187,43 +187,11 @@ def test_vouchings_count_only_from_a_quote_verified_now(tmp_path: Path) -> None:
     """An incremental appraisal whose host quote fails returns the memory it was given: its
     runtime log (and vtpm events) were verified against an earlier quote, so they vouch for
     nothing now."""
-    from datetime import UTC, datetime
-
-    from attest.appraisal import appraise_incremental
-    from attest.appraisal.memory import NodeMemory
-    from attest.model import PcrSelection
-
     sim = SimFleet(1)
     sim.vouch(0, "g1", hashlib.sha256(b"ek").digest())
-    node, e = sim.nodes[0], sim.enrollment(0)
-    sel = PcrSelection.parse("sha256:0-7,13")
-    kw = dict(
-        enrollment=e,
-        selection=sel,
-        registry=None,
-        platform_id=None,
-        previous=None,
-        tls_binding=None,
-        now=datetime.now(UTC),
-    )
-
-    def challenge(memory: NodeMemory, nonce: bytes, answer: bytes) -> object:
-        doc = sim.evidence(
-            node,
-            {
-                "nonce": answer.hex(),
-                "pcrs": {"sha256": [*range(8), 13]},
-                "logs": memory.log_request(),
-            },
-        )
-        return appraise_incremental(doc, memory=memory, nonce=nonce, **kw)  # type: ignore[arg-type]
-
-    first = challenge(NodeMemory(), b"a" * 32, b"a" * 32)
-    assert [v.guest_id for v in fresh_vouchings(first) or ()] == ["g1"]  # type: ignore[arg-type]
-    # The next quote answers another nonce (a replay): the memory still holds the log.
-    stale = challenge(first.memory, b"b" * 32, b"c" * 32)  # type: ignore[attr-defined]
-    assert stale.memory.runtime is not None  # type: ignore[attr-defined]
-    assert fresh_vouchings(stale) is None  # type: ignore[arg-type]
+    first, replayed = fresh_then_replayed(sim)
+    assert [v.guest_id for v in fresh_vouchings(first) or ()] == ["g1"]
+    assert fresh_vouchings(replayed) is None
 
 
 def test_store_keeps_both_clocks_and_the_layers(tmp_path: Path) -> None:

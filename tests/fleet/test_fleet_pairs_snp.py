@@ -6,69 +6,30 @@ SNP report answers an earlier challenge is contraindicated, naming guest-snp."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime as dt
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from tests.fleet.conftest import Registry, sim_server
-from tests.support.manifest import NOW, release, snp_launch
-from tests.support.poller import SIM_PLATFORMS, settings, until, verdicts
-from tests.unit.snp.fakes import fake
+from tests.support.poller import settings, until, verdicts
+from tests.support.snp_fleet import StaleGuest, snp_fleet
 
 from attest.appraisal.ear import jwk_public_key, verify_ear
-from attest.manifest import verify_snapshot
-from attest.manifest.model import ReleaseSnp
-from attest.node.port import SnpGuestReport
-from attest.node.snp_guest import FakeSnpGuest
-from attest.snp.certs import load_crl
-from attest.snp.report import Product
-from attest.snp.reportdata import encode_report_data
-from attest.snp.verify import SnpVerifier
 from attest.testing.fleet_sim import SimFleet
-from attest.testing.snp import fake_guest_dir, make_crl
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
-from attest.verifier.fleet.pairs import SnpCollateral
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.signing import load_or_create_key
 from attest.verifier.fleet.store import SqliteStore
 from attest.verifier.fleet.trust import RegistryState
 
-BLESSED = b"\x5b" * 48
-
-
-class Stale:
-    """A guest that answers every request with the report of one earlier request."""
-
-    def __init__(self, guest: FakeSnpGuest, ak: bytes) -> None:
-        data = encode_report_data(nonce=b"e" * 32, tls_spki=None, vtpm_ak=ak)
-        self.old = guest.get_report(data)
-
-    def get_report(self, report_data: bytes) -> SnpGuestReport:
-        return self.old
-
 
 async def test_confidential_guest_pair_has_three_layers_and_names_a_replayed_snp_half(
     tmp_path: Path, registry: Registry
 ) -> None:
-    amd = fake(Product.MILAN)
-    guest = FakeSnpGuest.from_dir(fake_guest_dir(amd, tmp_path / "snp", measurement=BLESSED))
-    snap = registry.world.snapshot(
-        releases=[
-            dataclasses.replace(
-                release("1.0.0", 1),
-                snp=ReleaseSnp(launches=(snp_launch("a", measurement=BLESSED),)),
-            ),
-            release("1.1.0", 2),
-        ],
-        platforms=SIM_PLATFORMS,
-    )
-    verified = verify_snapshot(registry.world.root, registry.world.registry_bytes(snap), now=NOW)
-    now = dt.datetime.now(dt.UTC)
-    crl = load_crl(make_crl(amd, this_update=now - dt.timedelta(hours=1)))
+    cvm = snp_fleet(registry.world, tmp_path / "snp")
+    guest, verified = cvm.guest, cvm.verified
     sim = SimFleet(2)
     sim.nodes[1].snp = guest
     signer = load_or_create_key(tmp_path / "ear.pem")
@@ -97,7 +58,7 @@ async def test_confidential_guest_pair_has_three_layers_and_names_a_replayed_snp
             appraise=default_appraiser(),
             registry=lambda: RegistryState(verified, configured=True),
             signer=signer,
-            snp=SnpCollateral(verifier=SnpVerifier(pins=amd.pins), crls=(crl,)),
+            snp=cvm.collateral,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))
@@ -117,7 +78,7 @@ async def test_confidential_guest_pair_has_three_layers_and_names_a_replayed_snp
 
             # The guest answers with the SNP report of an earlier challenge.
             ak = sim.nodes[1].tpm.ak_public().tpm2b()
-            sim.nodes[1].snp = Stale(guest, ak)
+            sim.nodes[1].snp = StaleGuest(guest, ak)
             await until(lambda: verdicts(store) == {"cvm-1": "contraindicated"})
             bad = client.get("/v1/nodes/cvm-1").json()
             assert bad["layers"]["failed_layer"] == "guest-snp"

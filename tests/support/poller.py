@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from attest.appraisal import Appraised, appraise_incremental
+from attest.appraisal.memory import NodeMemory
+from attest.model import PcrSelection
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.poller import PollSettings
 from attest.verifier.fleet.store import Store
@@ -54,3 +58,29 @@ async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
 
 def verdicts(store: Store) -> dict[str, str]:
     return {n.node_id: n.verdict for n in store.list_nodes()}
+
+
+def fresh_then_replayed(sim: SimFleet) -> tuple[Appraised, Appraised]:
+    """Two incremental appraisals of ``sim``'s node 0: the first answers its challenge; the
+    second's quote answers another nonce (a replay), and the memory it returns still holds the
+    runtime log the first verified -- which vouches for nothing now."""
+    node = sim.nodes[0]
+    kw: dict[str, Any] = dict(
+        enrollment=sim.enrollment(0),
+        selection=PcrSelection.parse("sha256:0-7,13"),
+        registry=None,
+        platform_id=None,
+        previous=None,
+        tls_binding=None,
+        now=datetime.now(UTC),
+    )
+
+    def challenge(memory: NodeMemory, nonce: bytes, answer: bytes) -> Appraised:
+        req = {"nonce": answer.hex(), "pcrs": {"sha256": [*range(8), 13]}}
+        doc = sim.evidence(node, {**req, "logs": memory.log_request()})
+        return appraise_incremental(doc, memory=memory, nonce=nonce, **kw)
+
+    first = challenge(NodeMemory(), b"a" * 32, b"a" * 32)
+    replayed = challenge(first.memory, b"b" * 32, b"c" * 32)
+    assert replayed.memory.runtime is not None
+    return first, replayed

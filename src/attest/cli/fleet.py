@@ -121,7 +121,20 @@ def _rules(args: argparse.Namespace) -> VerifierRules:
 def _enroller(args: argparse.Namespace, settings: FleetSettings, rules: VerifierRules) -> Enroller:
     """The enrollment policies (``attest.verifier.fleet.enrollment``; fails closed: EK roots,
     or an explicit ``--tofu``; ``$ATTEST_FLEET_EK_ROOTS``/``$ATTEST_FLEET_TOFU`` are the
-    defaults) and the options of the channels."""
+    defaults) and the options of the channels. ``fleet add --no-guest-vtpm`` enrolls the host
+    alone: its policy is the only one (the guests' options would check nothing)."""
+    if getattr(args, "no_guest_vtpm", False):
+        host_roots = args.host_ek_roots or list(settings.ek_roots)
+        only = EnrollPolicy.from_paths(
+            host_roots,
+            tofu=settings.tofu,
+            tls_ca=args.tls_ca,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+            operator_socket=args.host_operator_socket,
+            key="--host-ek-roots" if args.host_ek_roots else "--ek-roots",
+        )
+        return Enroller(only, host_policy=only, runtime_pcr=rules.runtime_pcr)
     policy = EnrollPolicy.from_paths(
         list(settings.ek_roots),
         tofu=settings.tofu,
@@ -420,9 +433,16 @@ async def watch_rollout(
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    if args.host is None and (args.guest_id or args.host_ek_roots):
+    if args.host is None and (args.guest_id or args.host_ek_roots or args.no_guest_vtpm):
         raise ConfigError(
-            "--guest-id and --host-ek-roots are for a pair (--host HOST_URL)", key="--host"
+            "--guest-id, --host-ek-roots and --no-guest-vtpm are for a pair (--host HOST_URL)",
+            key="--host",
+        )
+    if args.no_guest_vtpm and (args.activation_url or args.operator_socket):
+        raise ConfigError(
+            "--activation-url and --operator-socket activate a guest vTPM's credential: a guest "
+            "without a vTPM (--no-guest-vtpm) has none",
+            key="--no-guest-vtpm",
         )
     for key, url in (
         ("url", args.url),
@@ -449,7 +469,12 @@ def cmd_add(args: argparse.Namespace) -> int:
                 store.add_node(args.id, args.url, None, now=time.time())  # raises NodeIdTaken
         e = enroller(
             Registration(
-                args.url, args.host, args.guest_id, args.activation_url, args.host_activation_url
+                args.url,
+                args.host,
+                args.guest_id,
+                args.activation_url,
+                args.host_activation_url,
+                guest_vtpm=not args.no_guest_vtpm,
             )
         )
         node_id = args.id or e.node_id or args.url
@@ -485,7 +510,14 @@ def cmd_add(args: argparse.Namespace) -> int:
     )
     if change is not None:
         print(f"  {change['explanation']}")
+    if isinstance(e, PairEnrollment) and e.guest is None:
+        print(
+            f"  guest {e.guest_id}: no vTPM, nothing enrolled -- appraised by its SEV-SNP report "
+            "at every poll, tied to the host by the chip the host records (layer guest-snp)"
+        )
     for name, le in layers:
+        if le is None:
+            continue
         ek = (
             f"EK certificate {le.ek_certificate}"
             if le.ek_certificate
@@ -821,6 +853,13 @@ def _add_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "host, appraised as one node (docs/host-guest.md)",
     )
     a.add_argument("--guest-id", help="the guest's id on the host (default: its node id)")
+    a.add_argument(
+        "--no-guest-vtpm",
+        action="store_true",
+        help="the guest has no vTPM: enroll the host only; the guest is appraised by its "
+        "SEV-SNP report alone, tied to the host by the chip the host records (layers host "
+        "and guest-snp; docs/fleet.md)",
+    )
     a.add_argument("--activation-url", help="the node's mutual-TLS listener (default: URL)")
     a.add_argument("--host-activation-url", help="the host's mutual-TLS listener")
     a.add_argument(

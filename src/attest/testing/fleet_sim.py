@@ -14,7 +14,12 @@ does at boot), ``measure`` (any runtime event), ``tamper`` (extend the runtime P
 log's back), ``reboot`` (TPM reset: PCRs cleared, firmware log measured again, a fresh runtime
 log), ``rotate_log`` (the runtime log restarted without a TPM reset), ``down`` (close
 connections without answering), ``vouch`` (a host node vouches for a guest's vTPM: a ``vtpm``
-runtime event, as ``attest vtpm record`` makes; docs/host-guest.md). Each node presents an EK
+runtime event, as ``attest vtpm record`` makes; docs/host-guest.md), ``record_chip`` (a host
+records its SEV-SNP chip id: an ``snp-host`` runtime event, as attestd-tpm ``--snp-host`` does
+at start; ``measure``, the operator's, refuses that kind and ``vtpm`` as the broker does), and
+``snp_only`` (node ``i`` becomes an SEV-SNP guest without a vTPM: it answers with its report
+alone, ``attest.evidence.snp_only_members``, REPORT_DATA binding the nonce and no AK; its
+identity names no AK or EK). Each node presents an EK
 public key (a P-256 key with an EK's attributes, no certificate) in ``/v1/identity``, so that
 a guest enrolled over the API has the ``ek_sha256`` a host vouches for. Every evidence
 request is counted, and timed when ``record_times`` is set; ``log_bytes`` counts the log bytes
@@ -46,13 +51,14 @@ from attest.evidence import (
     quote_members,
     runtime_log_member,
     snp_member,
+    snp_only_members,
 )
 from attest.manifest.model import PlatformReference
 from attest.merkle import challenge_leaf, leaf_hash
 from attest.model import HashAlg, PcrSelection
 from attest.node.snp_guest import SnpGuest
 from attest.node.tpm.fake import FakeTpm
-from attest.runtime import KIND_VERITY_DEVICE, KIND_VTPM, new_runtime_record
+from attest.runtime import KIND_SNP_HOST, KIND_VERITY_DEVICE, KIND_VTPM, new_runtime_record
 from attest.snp.reportdata import encode_report_data
 from attest.tpmstruct import Alg, ObjectAttr, Public, public_from_key
 
@@ -88,6 +94,9 @@ class SimNode:
     # An SEV-SNP guest (attest.node.snp_guest.SnpGuest, e.g. FakeSnpGuest): its answers carry
     # an ``snp`` member bound to the nonce and the AK, as attestd's with ``[snp] enabled``.
     snp: SnpGuest | None = None
+    # False: the guest has no vTPM (``SimFleet.snp_only``): its TPM is never used, and it
+    # answers with its SEV-SNP report alone.
+    vtpm: bool = True
 
     @property
     def ek(self) -> Public:
@@ -189,11 +198,25 @@ class SimFleet:
         )
 
     def measure(self, i: int, kind: str, content: dict[str, Any]) -> None:
+        """An operator's measurement (the broker's ``measure``): never a vTPM vouching or the
+        host's SEV-SNP chip, which only the host itself records (``vouch``, ``record_chip``)."""
+        if kind in (KIND_VTPM, KIND_SNP_HOST):
+            raise ValueError(f"{kind} events are recorded by the host itself, not on request")
         self.nodes[i].measure(kind, content)
 
     def vouch(self, host: int, guest_id: str, ek_sha256: bytes) -> None:
         """Node ``host`` vouches for a guest's vTPM (a ``vtpm`` runtime event)."""
         self.nodes[host].measure(KIND_VTPM, {"guest_id": guest_id, "ek_sha256": ek_sha256.hex()})
+
+    def record_chip(self, host: int, chip_id: bytes) -> None:
+        """Node ``host`` records its SEV-SNP chip id (an ``snp-host`` runtime event, as
+        attestd-tpm ``--snp-host`` reads it from the AMD-SP at start)."""
+        self.nodes[host].measure(KIND_SNP_HOST, {"chip_id": chip_id.hex()})
+
+    def snp_only(self, i: int, guest: SnpGuest) -> None:
+        """Node ``i`` is an SEV-SNP guest without a vTPM, its reports from ``guest``."""
+        self.nodes[i].snp = guest
+        self.nodes[i].vtpm = False
 
     def tamper(self, i: int) -> None:
         self.nodes[i].tpm.extend(self.runtime_pcr, {HashAlg.SHA256: os.urandom(32)})
@@ -229,6 +252,8 @@ class SimFleet:
     # --- the documents ----------------------------------------------------------------------
 
     def identity(self, node: SimNode) -> dict[str, Any]:
+        if not node.vtpm:  # no TPM: no AK, no EK
+            return {"node_id": node.node_id, "tls_binding": None, "version": "sim"}
         ek = node.ek
         return {
             "node_id": node.node_id,
@@ -241,8 +266,25 @@ class SimFleet:
             "version": "sim",
         }
 
+    def _snp_only_evidence(self, node: SimNode, nonce: bytes) -> dict[str, Any]:
+        """The answer of a guest without a vTPM: its SEV-SNP report, bound to the nonce only
+        (no TLS key: the simulator serves plain HTTP; no AK)."""
+        if node.snp is None:
+            raise ValueError("this node has neither a vTPM nor an SEV-SNP guest")
+        got = node.snp.get_report(encode_report_data(nonce=nonce, tls_spki=None, vtpm_ak=None))
+        return snp_only_members(
+            node_id=node.node_id,
+            snp=snp_member(got.report, got.certs, None),
+            cmdline=None,
+            image_version=None,
+            image_slot=None,
+            time=datetime.fromtimestamp(self.clock(), UTC),
+        )
+
     def evidence(self, node: SimNode, req: dict[str, Any]) -> dict[str, Any]:
         nonce = bytes.fromhex(req["nonce"])
+        if not node.vtpm:
+            return self._snp_only_evidence(node, nonce)
         key = json.dumps(req["pcrs"], sort_keys=True)
         sel = self._selections.get(key)
         if sel is None:

@@ -121,6 +121,12 @@ class RegisterRequest(BaseModel):
         description="the node's mutual-TLS listener, for credential activation (default: url)",
     )
     host_activation_url: str | None = Field(default=None, max_length=2048, pattern=_URL)
+    guest_vtpm: bool = Field(
+        default=True,
+        description="a pair: false when the guest has no vTPM -- only the host is enrolled, and "
+        "the guest is appraised by its SEV-SNP report alone, tied to the host by the chip the "
+        "host records (layers host and guest-snp)",
+    )
     re_enroll: bool = Field(
         default=False,
         description="replace the enrollment (URL and AK) of a node id that is already enrolled; "
@@ -316,17 +322,32 @@ def _register_route(app: FastAPI, f: _Fleet) -> None:
     async def register(req: RegisterRequest) -> dict[str, Any] | JSONResponse:
         """Register a node -- or, with ``host_url``, a host and its guest as one node: enroll
         (EK certificate chain to the configured roots and credential activation, or trust on
-        first use where the service allows it; each layer of a pair) and start appraising.
+        first use where the service allows it; each layer of a pair, only the host with
+        ``guest_vtpm: false``) and start appraising.
         422 names the failed check (and the layer) or the rule a node id or URL breaks; 502:
         the node did not answer as an attest node; 409: the id is already enrolled (give
         ``re_enroll``)."""
         if f.enroll is None:
             raise HTTPException(503, "this service has no enroller configured")
         enroll = f.enroll
-        if req.host_url is None and (req.guest_id or req.host_activation_url):
-            raise HTTPException(422, "guest_id and host_activation_url need host_url")
+        if req.host_url is None and (req.guest_id or req.host_activation_url or not req.guest_vtpm):
+            raise HTTPException(
+                422,
+                "guest_id, host_activation_url and guest_vtpm: false are for a pair: give host_url",
+            )
+        if not req.guest_vtpm and req.activation_url:
+            raise HTTPException(
+                422,
+                "activation_url is for a guest vTPM's credential activation: not with "
+                "guest_vtpm false",
+            )
         reg = Registration(
-            req.url, req.host_url, req.guest_id, req.activation_url, req.host_activation_url
+            req.url,
+            req.host_url,
+            req.guest_id,
+            req.activation_url,
+            req.host_activation_url,
+            guest_vtpm=req.guest_vtpm,
         )
         loop = asyncio.get_running_loop()
         if req.node_id is not None and not req.re_enroll:  # before contacting anything
@@ -520,4 +541,7 @@ def _taken(node_id: str) -> JSONResponse:
 
 
 def _activated(e: Enrollment | PairEnrollment) -> bool:
-    return e.host.activated and e.guest.activated if isinstance(e, PairEnrollment) else e.activated
+    """Whether every enrolled AK was bound to its EK by credential activation."""
+    if not isinstance(e, PairEnrollment):
+        return e.activated
+    return e.host.activated and (e.guest is None or e.guest.activated)

@@ -15,8 +15,10 @@ attributes, TPM2 credential activation over an authenticated channel), under the
   ``ek_certificate`` is null and ``activated`` false when there was no channel).
 
 A pair (``attest.verifier.fleet.pairs``) enrolls each layer under its own policy (the host's TPM
-vendor
-roots, the guest's vTPM CA).
+vendor roots, the guest's vTPM CA). A pair whose guest has **no vTPM** (``guest_vtpm=False``: an
+SEV-SNP guest appraised by its report alone; docs/fleet.md, "Host + guest pairs") enrolls the
+host only: the guest has no TPM, nothing of it is enrolled, and its SEV-SNP report, tied to the
+host by the chip the host records, is its identity at every poll.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from attest.verifier.contact import enroll, open_channels
 from attest.verifier.ek_roots import verifier_ek_roots
 
 logger = logging.getLogger(__name__)
+
+MAX_GUEST_ID = 128  # characters of a guest id (a vtpm event's guest_id, the API's guest_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,42 +211,48 @@ def with_roots(policy: EnrollPolicy, roots: list[str] | None, *, key: str) -> En
 
 @dataclass(frozen=True, slots=True)
 class PairEnrollment:
-    """Both layers' enrollments and the id the host knows the guest by."""
+    """Both layers' enrollments and the id the host knows the guest by. ``guest`` None: the
+    guest has no vTPM (appraised by its SEV-SNP report alone), and ``guest_id`` is its node id."""
 
     host: Enrollment
-    guest: Enrollment
+    guest: Enrollment | None
     guest_id: str
 
     @property
     def node_id(self) -> str:
-        return self.guest.node_id
+        return self.guest_id if self.guest is None else self.guest.node_id
 
     @property
     def strength(self) -> EnrollmentStrength:
-        """The weaker layer's: a pair is trusted as far as its weaker enrollment reaches."""
-        h, g = self.host.strength, self.guest.strength
+        """The weaker layer's: a pair is trusted as far as its weaker enrollment reaches (a
+        guest without a vTPM has no enrollment: the host's)."""
+        h = self.host.strength
+        if self.guest is None:
+            return h
+        g = self.guest.strength
         return h if STRENGTH_RANK[h.value] < STRENGTH_RANK[g.value] else g
 
     @property
     def ak_names(self) -> str:
-        """The AK names (hex) as the history records them; a pair's: ``host/guest``."""
-        return f"{self.host.ak_name.hex()}/{self.guest.ak_name.hex()}"
+        """The AK names (hex) as the history records them; a pair's: ``host/guest`` (``host/-``
+        for a guest without a vTPM)."""
+        guest = "-" if self.guest is None else self.guest.ak_name.hex()
+        return f"{self.host.ak_name.hex()}/{guest}"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pair": {
                 "guest_id": self.guest_id,
                 "host": self.host.to_json(),
-                "guest": self.guest.to_json(),
+                "guest": None if self.guest is None else self.guest.to_json(),
             }
         }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> PairEnrollment:
         p = doc["pair"]
-        return cls(
-            Enrollment.from_json(p["host"]), Enrollment.from_json(p["guest"]), str(p["guest_id"])
-        )
+        guest = None if p["guest"] is None else Enrollment.from_json(p["guest"])
+        return cls(Enrollment.from_json(p["host"]), guest, str(p["guest_id"]))
 
 
 def enrollment_from_json(doc: Mapping[str, Any]) -> Enrollment | PairEnrollment:
@@ -251,6 +261,26 @@ def enrollment_from_json(doc: Mapping[str, Any]) -> Enrollment | PairEnrollment:
 
 def ak_names(e: Enrollment | PairEnrollment) -> str:
     return e.ak_names if isinstance(e, PairEnrollment) else e.ak_name.hex()
+
+
+def _enroll_layer(
+    layer: str,
+    url: str,
+    policy: EnrollPolicy,
+    *,
+    now: datetime,
+    activation_url: str | None,
+    runtime_pcr: int,
+) -> Enrollment:
+    """One layer of a pair enrolled as one node; a refusal or silence names the layer."""
+    try:
+        return enroll_node(
+            url, policy, now=now, activation_url=activation_url, runtime_pcr=runtime_pcr
+        )
+    except VerificationError as exc:
+        raise LayerRefused(layer, url, exc) from None
+    except TransportError as exc:
+        raise LayerUnreachable(layer, url, exc) from None
 
 
 def enroll_pair(
@@ -264,22 +294,29 @@ def enroll_pair(
     activation_url: str | None = None,
     host_activation_url: str | None = None,
     runtime_pcr: int = DEFAULT_RULES.runtime_pcr,
+    guest_vtpm: bool = True,
 ) -> PairEnrollment:
     """Enroll the host, then the guest, each as one node under its own policy; a refusal names
-    the layer (``LayerRefused``, its ``check`` the layer's)."""
+    the layer (``LayerRefused``, its ``check`` the layer's). ``guest_vtpm=False``: the guest
+    has no vTPM -- only the host is enrolled (``snp_only_pair``)."""
+    if not guest_vtpm:
+        return snp_only_pair(
+            guest_url,
+            host_url,
+            host_policy=host_policy,
+            now=now,
+            guest_id=guest_id,
+            host_activation_url=host_activation_url,
+            runtime_pcr=runtime_pcr,
+        )
     layers: dict[str, Enrollment] = {}
     for layer, url, pol, act in (
         (HOST, host_url, host_policy, host_activation_url),
         (GUEST, guest_url, policy, activation_url),
     ):
-        try:
-            layers[layer] = enroll_node(
-                url, pol, now=now, activation_url=act, runtime_pcr=runtime_pcr
-            )
-        except VerificationError as exc:
-            raise LayerRefused(layer, url, exc) from None
-        except TransportError as exc:
-            raise LayerUnreachable(layer, url, exc) from None
+        layers[layer] = _enroll_layer(
+            layer, url, pol, now=now, activation_url=act, runtime_pcr=runtime_pcr
+        )
     guest = layers[GUEST]
     if guest.ek_sha256 is None:
         raise LayerRefused(
@@ -288,6 +325,51 @@ def enroll_pair(
             CertificateError("the guest presents no EK: no host can vouch for its vTPM"),
         )
     return PairEnrollment(layers[HOST], guest, guest_id or guest.node_id)
+
+
+def snp_only_pair(
+    guest_url: str,
+    host_url: str,
+    *,
+    host_policy: EnrollPolicy,
+    now: datetime,
+    guest_id: str | None = None,
+    host_activation_url: str | None = None,
+    runtime_pcr: int = DEFAULT_RULES.runtime_pcr,
+) -> PairEnrollment:
+    """A pair whose guest has no vTPM: the host enrolled under ``host_policy``; the guest's id
+    is ``guest_id``, else the ``node_id`` its ``GET /v1/identity`` claims (a guest that does
+    not answer with one: ``LayerUnreachable`` naming the guest layer). Nothing of the guest is
+    trusted here: its SEV-SNP report is appraised at every poll."""
+    host = _enroll_layer(
+        HOST,
+        host_url,
+        host_policy,
+        now=now,
+        activation_url=host_activation_url,
+        runtime_pcr=runtime_pcr,
+    )
+    if guest_id is None:
+        try:
+            guest_id = _claimed_node_id(guest_url, tls_ca=host_policy.tls_ca)
+        except TransportError as exc:
+            raise LayerUnreachable(GUEST, guest_url, exc) from None
+    logger.info(
+        "pair enrolled (guest without a vTPM)",
+        extra={"url": guest_url, "host_url": host_url, "guest_id": guest_id},
+    )
+    return PairEnrollment(host, None, guest_id)
+
+
+def _claimed_node_id(url: str, *, tls_ca: str | None) -> str:
+    """The ``node_id`` of the node's ``GET /v1/identity`` (a small answer, bounded by the
+    client); ``TransportError`` when it names none."""
+    with open_channels(url, tls_ca=tls_ca) as (client, _):
+        ident = client.identity()
+    node_id = ident.get("node_id") if isinstance(ident, dict) else None
+    if not isinstance(node_id, str) or not 0 < len(node_id) <= MAX_GUEST_ID:
+        raise TransportError("its identity names no node id (node_id: a string, 1..128)")
+    return node_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +381,7 @@ class Registration:
     guest_id: str | None = None  # a pair: the guest's id on the host (default: its node id)
     activation_url: str | None = None  # the mutual-TLS listener, when not ``url``
     host_activation_url: str | None = None
+    guest_vtpm: bool = True  # a pair: False -- the guest has no vTPM (SEV-SNP report alone)
 
 
 class Enroller:
@@ -339,4 +422,5 @@ class Enroller:
             activation_url=reg.activation_url,
             host_activation_url=reg.host_activation_url,
             runtime_pcr=self.runtime_pcr,
+            guest_vtpm=reg.guest_vtpm,
         )

@@ -51,17 +51,10 @@ from attest.appraisal import AppraisalResult, Appraised, unappraisable
 from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.ear import collateral, ear_claims, submod
 from attest.appraisal.memory import Continuity, NodeMemory
-from attest.appraisal.pair import (
-    GUEST,
-    HOST,
-    GuestIdentity,
-    appraise_pair,
-    guest_evidence_of,
-)
+from attest.appraisal.pair import GUEST, GUEST_SNP, HOST, PairResult, guest_evidence_of
 from attest.appraisal.pair import guest_nonce as pair_guest_nonce
 from attest.appraisal.pair import host_nonce as pair_host_nonce
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
-from attest.appraisal.snp import guest_snp_layer
 from attest.enroll import Enrollment
 from attest.errors import AttestError, DatabaseUnavailable, ReadBudgetSpent, TransportError
 from attest.manifest import VerifiedRegistry
@@ -76,14 +69,16 @@ from attest.verifier.fleet.appraiser import (
     summarize,
 )
 from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
-from attest.verifier.fleet.http import HttpPool, Origin
+from attest.verifier.fleet.http import HttpPool, Origin, Response
 from attest.verifier.fleet.model import NodeStatus
 from attest.verifier.fleet.outbox import OutboxEvent
 from attest.verifier.fleet.pairs import (
+    PairRound,
     SnpCollateral,
-    fresh_vouchings,
     pair_explanation,
     pair_layers,
+    snp_only_pair,
+    vtpm_pair,
 )
 from attest.verifier.fleet.signing import EarSigner
 from attest.verifier.fleet.store import Leased, Outcome, Store
@@ -141,6 +136,25 @@ class _Contact:
     raised: AttestError | None = None  # the appraiser raised instead of returning a result
     deferred: bool = False  # not read whole for lack of the pool's budget: not the node's fault
     doc: Mapping[str, Any] | None = None  # the evidence answered (a pair's guest-snp layer)
+    tls_binding: bytes | None = None  # the TLS key it came over (``_challenge`` only)
+
+
+def _layer_result(c: _Contact, node_id: str, now: datetime) -> AppraisalResult:
+    """A pair layer's appraisal, or could-not-appraise when the appraiser raised."""
+    if c.appraised is not None:
+        return c.appraised.result
+    return unappraisable(node_id, f"appraisal failed: {c.raised}", nonce=c.nonce, now=now)
+
+
+def _document(resp: Response) -> Mapping[str, Any]:
+    """The evidence document of a ``POST /v1/evidence`` answer; ``TransportError`` for any
+    other answer (not HTTP 200, not a JSON object)."""
+    if resp.status != 200:
+        raise TransportError(f"HTTP {resp.status}: {resp.body[:200]!r}")
+    doc = resp.json()
+    if not isinstance(doc, Mapping):
+        raise TransportError("the evidence is not a JSON object")
+    return doc
 
 
 @dataclass
@@ -333,6 +347,28 @@ class Poller:
             origin = self._origins[url] = Origin.parse(url)
         return origin
 
+    async def _post_evidence(
+        self, url: str, nonce: bytes, logs: Mapping[str, Mapping[str, int]]
+    ) -> Response:
+        """``POST /v1/evidence`` through the pool (its bounds: the timeout, the read budget):
+        the challenge ``nonce`` over the poller's PCRs, the logs from where ``logs`` says.
+        Raises ``TransportError`` (``ReadBudgetSpent``: put off, not the node's fault)."""
+        _, pcrs = self._selection
+        body = {"nonce": nonce.hex(), "pcrs": pcrs, "logs": dict(logs)}
+        return await self.pool.request(self._origin(url), "POST", "/v1/evidence", body)
+
+    async def _challenge(self, url: str, nonce: bytes) -> _Contact:
+        """Challenge a layer with nothing enrolled to appraise it against (a pair's guest
+        without a vTPM): its evidence document and the TLS key it came over, not appraised
+        here (the pair appraises its SEV-SNP report), or why there is none -- the same pool,
+        bounds and transport errors as ``_contact``."""
+        try:
+            resp = await self._post_evidence(url, nonce, {})
+            doc = _document(resp)
+        except TransportError as exc:
+            return _Contact(nonce, error=str(exc), deferred=isinstance(exc, ReadBudgetSpent))
+        return _Contact(nonce, doc=doc, tls_binding=resp.tls_binding)
+
     async def _contact(
         self,
         key: str,
@@ -349,27 +385,21 @@ class Poller:
         """Challenge one node (or one layer of a pair: ``key`` names its memory) and appraise
         the answer incrementally. ``nonce``: the challenge to answer (a pair layer's, derived
         from the pair's challenge); a fresh one per request otherwise."""
-        selection, pcrs = self._selection
+        selection, _ = self._selection
         memory = self._memory.pop(key, None) or NodeMemory()
-        origin = self._origin(url)
         now = datetime.fromtimestamp(start, UTC)
         # At most two challenges: the second, for the whole logs, when the node cannot continue
         # the held ones (HTTP 400: an offset past the end of a rotated log) or the evidence
         # does not continue them (Appraised.complete is False).
         while True:
             challenge = nonce or os.urandom(32)
-            body = {"nonce": challenge.hex(), "pcrs": pcrs, "logs": memory.log_request()}
             try:
-                resp = await self.pool.request(origin, "POST", "/v1/evidence", body)
+                resp = await self._post_evidence(url, challenge, memory.log_request())
                 if resp.status == 400 and memory.holds_logs:
                     self.metrics.refetches += 1
                     memory = memory.forget_logs()
                     continue
-                if resp.status != 200:
-                    raise TransportError(f"HTTP {resp.status}: {resp.body[:200]!r}")
-                doc = resp.json()
-                if not isinstance(doc, Mapping):
-                    raise TransportError("the evidence is not a JSON object")
+                doc = _document(resp)
             except TransportError as exc:
                 self._memory[key] = memory
                 return _Contact(
@@ -515,14 +545,16 @@ class Poller:
 
     async def _attempt_pair(self, node: Leased, pe: PairEnrollment, start: float) -> Outcome:
         """A host and its guest as one node (``attest.appraisal.pair``), as ``attest verify
-        --host``:
-        one challenge, the guest challenged first, then the host with a nonce committing to
-        the challenge and the guest's evidence."""
+        --host``: one challenge, the guest challenged first, then the host with a nonce
+        committing to the challenge and the guest's evidence. A guest without a vTPM
+        (``pe.guest`` None, as ``--no-guest-vtpm``) is challenged but has no appraisal of its
+        own: its SEV-SNP report is its layer (``guest-snp``), vouched for by the host's chip."""
         s = self.settings
         if node.host_url is None:
             raise RuntimeError(f"pair {node.node_id} has no host URL")
+        gname = GUEST if pe.guest is not None else GUEST_SNP
         host_state, guest_state = self.host_registry(), self.registry()
-        for layer, state in ((HOST, host_state), (GUEST, guest_state)):
+        for layer, state in ((HOST, host_state), (gname, guest_state)):
             if not state.ok:
                 return self._not_appraised(
                     node, start, f"{layer} layer: {state.problem}", pe.strength.value
@@ -531,28 +563,31 @@ class Poller:
         guest_nonce = pair_guest_nonce(challenge)
         # The guest first, then the host: the host's nonce commits to the guest's evidence as
         # received (attest.appraisal.pair.host_nonce), so the two are sequential.
-        guest_c = await self._contact(
-            f"{node.node_id}\0guest",
-            node.url,
-            pe.guest,
-            start=start,
-            previous=node.clock,
-            registry=guest_state.registry,
-            platform_id=s.platform_id,
-            continuity=continuity_of(node.continuity, GUEST),
-            nonce=guest_nonce,
-        )
+        if pe.guest is None:
+            guest_c = await self._challenge(node.url, guest_nonce)
+        else:
+            guest_c = await self._contact(
+                f"{node.node_id}\0guest",
+                node.url,
+                pe.guest,
+                start=start,
+                previous=node.clock,
+                registry=guest_state.registry,
+                platform_id=s.platform_id,
+                continuity=continuity_of(node.continuity, GUEST),
+                nonce=guest_nonce,
+            )
 
         def silent(layer: str, url: str, c: _Contact) -> Outcome | None:
             """A layer that does not answer: the pair does not (its host is then not asked)."""
-            if c.appraised is not None or c.raised is not None:
+            if c.appraised is not None or c.raised is not None or c.doc is not None:
                 return None
             why = f"{layer} layer ({url}): {c.error}"
             return self._failed(node, start, why, pe.strength.value, deferred=c.deferred)
 
-        if (failed := silent(GUEST, node.url, guest_c)) is not None:
+        if (failed := silent(gname, node.url, guest_c)) is not None:
             return failed
-        digest = guest_evidence_of(guest_c.doc)
+        digest = guest_evidence_of(guest_c.doc, vtpm=pe.guest is not None)
         host_nonce = pair_host_nonce(challenge, digest)
         host_c = await self._contact(
             f"{node.node_id}\0host",
@@ -568,46 +603,50 @@ class Poller:
         if (failed := silent(HOST, node.host_url, host_c)) is not None:
             return failed
         now = datetime.fromtimestamp(start, UTC)
-
-        def result_of(c: _Contact, layer: Enrollment, nonce: bytes) -> AppraisalResult:
-            if c.appraised is not None:
-                return c.appraised.result
-            return unappraisable(
-                layer.node_id, f"appraisal failed: {c.raised}", nonce=nonce, now=now
-            )
-
-        host_r = result_of(host_c, pe.host, host_nonce)
-        guest_r = result_of(guest_c, pe.guest, guest_nonce)
-        vouchings = None if host_c.appraised is None else fresh_vouchings(host_c.appraised)
-        snp = guest_snp_layer(
+        r = PairRound(
+            pe,
+            challenge,
+            digest,
+            now,
+            guest_state.registry,
+            host_c.appraised,
+            _layer_result(host_c, pe.host.node_id, now),
             guest_c.doc,
-            require=self.snp.require,
-            node_id=pe.guest.node_id,
-            nonce=guest_nonce,
-            ak_public=pe.guest.ak_public,
-            verifier=self.snp.verifier,
-            registry=guest_state.registry,
-            crls=self.snp.crls,
-            platform=s.platform_id,
-            now=now,
+            guest_c.tls_binding,
         )
-        pair = appraise_pair(
-            host_r,
-            guest_r,
-            vouchings,
-            GuestIdentity(pe.guest_id, pe.guest.ek_sha256),
-            challenge=challenge,
-            guest_evidence=digest,
-            snp=snp,
-        )
+        platform = s.platform_id
+        if pe.guest is None:
+            pair = snp_only_pair(r, self.snp, platform=platform)
+            return self._pair_outcome(node, start, r, pair, None, host_state, guest_state)
+        guest_r = _layer_result(guest_c, pe.guest.node_id, now)
+        pair = vtpm_pair(r, pe.guest, guest_r, self.snp, platform=platform)
+        return self._pair_outcome(node, start, r, pair, guest_r, host_state, guest_state)
+
+    def _pair_outcome(
+        self,
+        node: Leased,
+        start: float,
+        r: PairRound,
+        pair: PairResult,
+        guest_r: AppraisalResult | None,
+        host_state: RegistryState,
+        guest_state: RegistryState,
+    ) -> Outcome:
+        """The pair's verdict as the node's: stored, signed (submodules: the pair's layers,
+        eat_nonce its challenge) and sent. A guest without a vTPM (``guest_r`` None) has no
+        TPM clock and no continuity: the stored ones stay as they are."""
+        s = self.settings
         status = NodeStatus.of_tier(pair.verdict.tier)
         # The pair's EAR is attest verify --host's: submods host and guest (host, guest-snp
-        # and guest-vtpm for a confidential guest), eat_nonce the pair's challenge.
+        # and guest-vtpm for a confidential guest; host and guest-snp without a vTPM).
         found = {
             HOST: collateral(host_state.registry, s.host_platform_id or s.platform_id),
             pair.guest_name: collateral(guest_state.registry, s.platform_id),
         }
-        claims = None if self.signer is None else pair.ear_claims(now=now, found=found)
+        claims = None if self.signer is None else pair.ear_claims(now=r.now, found=found)
+        guest_clock = None if guest_r is None else guest_r.clock
+        guest_continuity = None if guest_r is None else guest_r.continuity
+        host_r = r.host_r
         return self._outcome(
             node,
             start,
@@ -615,13 +654,13 @@ class Poller:
             pair_explanation(pair),
             first_divergence=pair.first_divergence,
             release=summarize(pair.guest_result).release,
-            clock=guest_r.clock or node.clock,
+            clock=guest_clock or node.clock,
             result=pair.to_json(),
-            layers=pair_layers(pair, node.host_url, node.url),
+            layers=pair_layers(pair, node.host_url or "", node.url),
             host_clock=host_r.clock or node.host_clock,
             ear_claims=claims,
-            continuity=pair_continuity_text(host_r.continuity, guest_r.continuity, node.continuity),
-            enrollment=pe.strength.value,
+            continuity=pair_continuity_text(host_r.continuity, guest_continuity, node.continuity),
+            enrollment=r.pe.strength.value,
         )
 
     def _outcome(
