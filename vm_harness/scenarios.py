@@ -69,7 +69,7 @@ def record_platform(
     doc = {
         "platform_id": PLATFORM_ID,
         "description": (
-            "vm_harness template: QEMU q35, 1 vCPU, 512 MiB, OVMF_CODE_4M + fresh "
+            "vm_harness template: QEMU q35, 2 vCPUs, 512 MiB, OVMF_CODE_4M + fresh "
             "OVMF_VARS_4M (Debian ovmf), tpm-crb + swtpm, ESP and A/B slots on "
             "virtio-blk, virtio-net without option ROM, Secure Boot off. Recorded "
             "by `python -m vm_harness record-platform`; PCRs 0-2 are appraised."
