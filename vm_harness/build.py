@@ -80,16 +80,21 @@ def _file_h(path: Path) -> str:
     return im.sha256_file(path)[:16]
 
 
-def _tree_h(root: Path, patterns: tuple[str, ...] = ("*.py", "*.toml", "*.json", "*.md")) -> str:
+def _tree_h(root: Path) -> str:
+    """Every file of the tree that goes into the wheel: the package data too (the units,
+    sysusers.d, tmpfiles.d, the EK roots), not only the Python sources."""
     h = hashlib.sha256()
-    for pat in patterns:
-        for p in sorted(root.rglob(pat)):
-            if any(
+    for p in sorted(root.rglob("*")):
+        if (
+            not p.is_file()
+            or p.suffix == ".pyc"
+            or any(
                 part in (".venv", ".work", "__pycache__", "tests", "bench")
                 for part in p.relative_to(root).parts
-            ):
-                continue
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+            )
+        ):
+            continue
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
 

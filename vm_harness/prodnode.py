@@ -9,13 +9,15 @@ as edits of the shipped units:
   the upgrade gate's ``slots``, ``trust`` and ``spool`` are bind mounts of the state disk
   (which the initramfs mounts at ``/var/lib/attest-state``). ``systemd-tmpfiles`` gives them
   the owners and modes of ``attest.tmpfiles`` at boot, as on any node.
-- ``attest-vm-boot.service`` (oneshot, root, before the broker): the booted A/B slot (the
+- ``attest-vm-boot.service`` (oneshot, root, before attestd): the booted A/B slot (the
   boot pointer's ``booted``) into ``/run/attest-boot/slot`` for attestd's ``image.slot_file``,
-  and the mutual-TLS key from the state disk into attestd's ``/var/lib/attest/api``.
+  and the mutual-TLS key from the state disk into attestd's ``/var/lib/attest/api``. The
+  broker needs neither and starts beside it (it waits only for ``/dev/tpmrm0``).
 - drop-ins: attestd-tpm gets the A/B slot block devices (``--slot-device``, by their virtio
-  serial names under ``/dev/disk/by-id``; ``DeviceAllow=block-virtblk``), and both units power
-  the node off when systemd gives up restarting them (``StartLimitAction=``: fail closed, as
-  the script init did when attestd exited).
+  serial names under ``/dev/disk/by-id``; ``DeviceAllow=block-virtblk``) without waiting for
+  them (it opens a slot only to stage an upgrade, long after udev named the disks), and both
+  units power the node off when systemd gives up restarting them (``StartLimitAction=``: fail
+  closed, as the script init did when attestd exited).
 - a udev rule giving the slot disks to ``attest-tpm``; ``/etc/attest/attestd.toml`` (the
   public listener on 0.0.0.0:7443, the mutual-TLS listener, the node id ``vm-node``).
 - journald forwards to the console (the harness reads milestones there); units a node that
@@ -147,7 +149,7 @@ install -o attest -g attest -m 0600 $st/tls/node.key /var/lib/attest/api/node.ke
 VM_BOOT_UNIT = """[Unit]
 Description=attest VM image: the booted slot and attestd's TLS key from the state disk
 After=local-fs.target systemd-tmpfiles-setup.service
-Before=attestd-tpm.service attestd.service
+Before=attestd.service
 
 [Service]
 Type=oneshot
@@ -165,14 +167,10 @@ StartLimitAction=poweroff-force
 """
 
 
-def _dev_unit(serial: str) -> str:
-    """The device unit of ``/dev/disk/by-id/virtio-SERIAL`` (``systemd-escape --path``)."""
-    dash = "\\x2d"
-    return f"dev-disk-by{dash}id-virtio{dash}{serial.replace('-', dash)}.device"
-
-
 def broker_dropin(unit_text: str) -> str:
-    """attestd-tpm's VM drop-in: the shipped ``ExecStart=`` with the slot devices added."""
+    """attestd-tpm's VM drop-in: the shipped ``ExecStart=`` with the slot devices added. No
+    ordering on the devices' units or on ``attest-vm-boot``: the broker opens a slot device only
+    when it stages an upgrade, and reads nothing ``attest-vm-boot`` writes."""
     m = re.search(r"^ExecStart=(.*?)(?<!\\)$", unit_text, flags=re.M | re.S)
     if not m:
         raise ValueError("attestd-tpm.service has no ExecStart=")
@@ -180,13 +178,7 @@ def broker_dropin(unit_text: str) -> str:
     devs = " ".join(
         f"--slot-device {s}=/dev/disk/by-id/virtio-{serial}" for s, serial in SLOT_SERIALS.items()
     )
-    units = " ".join(_dev_unit(s) for s in SLOT_SERIALS.values())
     return f"""# attest VM image: the A/B slots are block devices (virtio serials slot-a, slot-b)
-[Unit]
-Requires=attest-vm-boot.service
-After=attest-vm-boot.service {units}
-Wants={units}
-
 [Service]
 ExecStart=
 ExecStart={exec_start} \\

@@ -41,6 +41,9 @@ from .trust import STATE_DISK_MIB, state_files
 
 BOOT_TIMEOUT = 240.0  # TCG: ~45-60 s (systemd, two daemons); a loaded machine doubles it
 MEMORY_MIB = 512
+# TCG runs each vCPU in a host thread of its own (MTTCG): with two, attestd-tpm and attestd
+# start side by side when the host has a core to spare. Changes PCR 0 (record-platform).
+VCPUS = 2
 SLOT_SIZE_SLACK = 64 << 20
 
 _live: weakref.WeakSet[Vm] = weakref.WeakSet()
@@ -251,7 +254,7 @@ class Vm:
             "-m",
             str(self.memory_mib),
             "-smp",
-            "1",
+            str(VCPUS),
             "-nodefaults",
             "-no-reboot",
             "-display",

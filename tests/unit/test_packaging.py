@@ -105,6 +105,30 @@ def test_units_are_notify_with_a_watchdog(unit: str) -> None:
     assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
 
 
+def _unit_deps(unit: str) -> dict[str, set[str]]:
+    """The [Unit] section's dependency settings of a shipped unit, each as a set of units."""
+    out: dict[str, set[str]] = {}
+    for m in re.finditer(r"^(After|Before|Wants|Requires|BindsTo|PartOf)=(.*)$", _unit(unit), re.M):
+        out.setdefault(m.group(1), set()).update(m.group(2).split())
+    return out
+
+
+def _unit(unit: str) -> str:
+    return packaged(unit).decode().split("\n[Service]", 1)[0]
+
+
+def test_attestd_starts_beside_its_broker_and_survives_its_restart() -> None:
+    """attestd pulls attestd-tpm in but is not ordered after it (the two start-ups overlap;
+    attestd serves not-ready until the broker answers), and no dependency makes systemd's
+    restart of a failed broker restart attestd too (Requires=, BindsTo=, PartOf= would)."""
+    api, broker = _unit_deps("attestd.service"), _unit_deps("attestd-tpm.service")
+    assert "attestd-tpm.service" in api.get("Wants", set())
+    for key in ("After", "Requires", "BindsTo", "PartOf"):
+        assert "attestd-tpm.service" not in api.get(key, set()), key
+    assert "attestd.service" not in broker.get("Before", set())
+    assert "dev-tpmrm0.device" in broker.get("After", set())  # the broker opens it at start
+
+
 # --- the units under systemd's own tools --------------------------------------------------
 
 

@@ -22,7 +22,16 @@ def test_broker_dropin_keeps_the_shipped_command_line_and_adds_the_slot_devices(
         assert arg in start
     assert "--slot-device a=/dev/disk/by-id/virtio-slot-a" in start
     assert "--slot-device b=/dev/disk/by-id/virtio-slot-b" in start
-    assert r"dev-disk-by\x2did-virtio\x2dslot\x2db.device" in dropin
+    # Not ordered on the slot disks or attest-vm-boot: the broker opens a slot only to stage.
+    assert "After=" not in dropin and "Requires=" not in dropin and "Wants=" not in dropin
+
+
+def test_only_attestd_waits_for_the_vm_boot_unit() -> None:
+    """attest-vm-boot writes attestd's slot file and TLS key, nothing of the broker's: the
+    broker starts beside it, attestd after it."""
+    before = [ln for ln in prodnode.VM_BOOT_UNIT.splitlines() if ln.startswith("Before=")]
+    assert before == ["Before=attestd.service"]
+    assert "After=attest-vm-boot.service" in prodnode.ATTESTD_DROPIN
 
 
 def test_documented_exposure_names_both_units() -> None:

@@ -12,22 +12,6 @@ import sys
 import types
 from typing import TYPE_CHECKING
 
-from attest.eventlog.parse import (
-    FORMAT_CRYPTO_AGILE,
-    FORMAT_SHA1,
-    Event,
-    UnverifiedEventLog,
-    parse_event_log,
-)
-from attest.eventlog.quirks import QUIRKS, AppliedQuirk, Quirk, QuirkKind
-from attest.eventlog.replay import (
-    DigestStatus,
-    VerifiedEventLog,
-    replay,
-    replay_pcrs,
-    replay_self,
-)
-
 if TYPE_CHECKING:
     from attest.eventlog.cel import (
         CelRecord,
@@ -44,11 +28,35 @@ if TYPE_CHECKING:
     )
     from attest.eventlog.diff import Divergence, describe, diff_logs
     from attest.eventlog.facts import BootFacts, facts, load_options_digest, verity_root_hashes
+    from attest.eventlog.parse import (
+        FORMAT_CRYPTO_AGILE,
+        FORMAT_SHA1,
+        Event,
+        UnverifiedEventLog,
+        parse_event_log,
+    )
+    from attest.eventlog.quirks import QUIRKS, AppliedQuirk, Quirk, QuirkKind
+    from attest.eventlog.replay import (
+        DigestStatus,
+        VerifiedEventLog,
+        replay,
+        replay_pcrs,
+        replay_self,
+    )
 
-# Imported on first use (PEP 562): ``attest eventlog replay`` is a process start, and these
-# modules (their frozen dataclasses each generate their methods at import) are not on its
-# path. Parsing and replay load eagerly.
+# Imported on first use (PEP 562): a process start pays only for what it uses (their frozen
+# dataclasses each generate their methods at import, and ``uefi`` builds its tables). The node's
+# daemons import ``attest.eventlog.cel`` (the runtime log), never parsing or replay.
 _LAZY = {
+    **dict.fromkeys(
+        ("FORMAT_CRYPTO_AGILE", "FORMAT_SHA1", "Event", "UnverifiedEventLog", "parse_event_log"),
+        "attest.eventlog.parse",
+    ),
+    **dict.fromkeys(("QUIRKS", "AppliedQuirk", "Quirk", "QuirkKind"), "attest.eventlog.quirks"),
+    **dict.fromkeys(
+        ("DigestStatus", "VerifiedEventLog", "replay", "replay_pcrs", "replay_self"),
+        "attest.eventlog.replay",
+    ),
     **dict.fromkeys(
         (
             "CelRecord",
@@ -87,13 +95,13 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package's ``facts`` is the function, as when this module imported it eagerly: the
-    import system binds a loaded submodule as an attribute of its package, which would make
-    ``attest.eventlog.facts`` the module once anything imported ``attest.eventlog.facts``."""
+    """The package's ``facts`` and ``replay`` are the functions, as when this module imported
+    them eagerly: the import system binds a loaded submodule as an attribute of its package,
+    which would make ``attest.eventlog.replay`` the module once anything imported it."""
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name == "facts" and isinstance(value, types.ModuleType):
-            value = value.facts
+        if name in ("facts", "replay") and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
         super().__setattr__(name, value)
 
 

@@ -273,7 +273,6 @@ def make_status(settings: Settings) -> Any:
     image's release in the locally trusted registry (attest.appraisal.selfcheck decides)."""
     from datetime import UTC, datetime
 
-    from attest.appraisal.selfcheck import evaluate_node
     from attest.model import HashAlg, PcrSelection
     from attest.runtime import verify_runtime_log
     from attest.storage.trusted_state import load_state
@@ -292,6 +291,8 @@ def make_status(settings: Settings) -> Any:
         return problem
 
     def status(ctx: Any) -> dict[str, Any]:
+        from attest.appraisal.selfcheck import evaluate_node  # at the first status (basic_status)
+
         now = datetime.now(UTC)
         tpm_error = None if ctx.ready else (ctx.last_tpm_error or "starting")
         # [snp] only: no runtime log to replay (the report is the evidence)

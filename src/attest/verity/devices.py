@@ -38,7 +38,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from attest.errors import VerityFormatError
-from attest.eventlog.facts import verity_root_hashes
 
 MAX_LINE = 4096  # a verity table with every option is well under 1 KiB
 MAX_OPT_PARAMS = 64  # the kernel accepts at most 15 (DM_VERITY_OPTS_MAX); room for new ones
@@ -472,6 +471,10 @@ def evaluate_verity(devices: Iterable[VerityDevice], *, cmdline: str) -> VerityR
     (``attest.eventlog.facts.verity_root_hashes``). A hash is backed by a device whose table was
     read and whose root digest is equal; the device's corruption status is reported separately
     (``VerityReport.corrupted``)."""
+    # Here, not at the top: the module's types are on both daemons' start path (the broker
+    # protocol), the firmware event log package behind this function is not.
+    from attest.eventlog.facts import verity_root_hashes
+
     devs = tuple(devices)
     hashes = tuple(
         CmdlineRootHash(

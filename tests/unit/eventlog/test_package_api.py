@@ -39,30 +39,50 @@ def _python(code: str) -> str:
 
 
 def test_lazy_names_load_their_module_on_first_use_only() -> None:
+    lazy = sorted(f"attest.eventlog.{m}" for m in SUBMODULES)
     code = (
         "import sys\n"
         "import attest.eventlog as e\n"
-        "lazy = {'attest.eventlog.cel', 'attest.eventlog.diff', 'attest.eventlog.facts'}\n"
+        f"lazy = set({lazy!r})\n"
         "before = lazy & set(sys.modules)\n"
         "from attest.eventlog import describe, verify_cel, BootFacts\n"
         "print(sorted(before), sorted(lazy & set(sys.modules)), e.describe is describe)\n"
     )
-    loaded = "['attest.eventlog.cel', 'attest.eventlog.diff', 'attest.eventlog.facts']"
-    assert _python(code) == f"[] {loaded} True"
+    # BootFacts' module (facts) needs parse, quirks and replay: all six are loaded then
+    assert _python(code) == f"[] {lazy} True"
+
+
+def test_the_runtime_log_loads_no_firmware_log_parsing() -> None:
+    """The node's daemons use the CEL runtime log only: importing it (and the verity and
+    node-port types on their start path) loads none of parse, quirks, replay, uefi, facts."""
+    code = (
+        "import sys\n"
+        "import attest.eventlog.cel, attest.verity.devices, attest.node.port\n"
+        "print(sorted(m for m in sys.modules if m.startswith('attest.eventlog.')))\n"
+    )
+    assert _python(code) == "['attest.eventlog.cel']"
 
 
 @pytest.mark.parametrize(
     "first",
-    ["import attest.appraisal.stages", "import attest.eventlog.facts", "import attest.eventlog"],
+    [
+        "import attest.appraisal.stages",
+        "import attest.eventlog.facts",
+        "import attest.eventlog.replay",
+        "import attest.eventlog",
+    ],
 )
-def test_facts_is_the_function_however_the_submodule_was_loaded(first: str) -> None:
-    """The submodule ``facts`` shares its name with the function the package exports; the
-    package's attribute stays the function, as when the package imported it eagerly."""
+@pytest.mark.parametrize("name", ["facts", "replay"])
+def test_function_named_as_its_submodule_stays_the_function(first: str, name: str) -> None:
+    """The submodules ``facts`` and ``replay`` share their names with functions the package
+    exports; the package's attribute stays the function, as when the package imported it
+    eagerly, whichever import loaded the submodule first."""
     code = (
         f"{first}\n"
         "import attest.eventlog\n"
-        "from attest.eventlog import facts\n"
-        "import attest.eventlog.facts\n"
-        "print(facts is attest.eventlog.facts and facts.__name__ == 'facts' and callable(facts))\n"
+        f"from attest.eventlog import {name}\n"
+        f"import attest.eventlog.{name}\n"
+        f"f = attest.eventlog.{name}\n"
+        f"print({name} is f and f.__name__ == {name!r} and callable(f))\n"
     )
     assert _python(code) == "True"

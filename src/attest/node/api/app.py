@@ -30,7 +30,6 @@ from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest import __version__, cmw
-from attest.appraisal.selfcheck import SelfVerdict
 from attest.errors import (
     AttestError,
     BrokerUnavailable,
@@ -305,6 +304,10 @@ def _read_image(settings: Settings) -> Callable[[], tuple[str | None, str | None
 
 def basic_status(ctx: NodeContext) -> dict[str, Any]:
     """Self-appraisal without a registry: TPM and runtime log health."""
+    # Imported when asked, not at start: importing attest.appraisal.selfcheck runs the whole
+    # appraisal package (~0.3 s of a node's start under TCG), which /readyz and evidence need not.
+    from attest.appraisal.selfcheck import SelfVerdict
+
     reasons = [] if ctx.ready else [f"TPM unavailable: {ctx.last_tpm_error}"]
     return {"verdict": SelfVerdict.OK if ctx.ready else SelfVerdict.DEGRADED, "reasons": reasons}
 

@@ -19,7 +19,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from attest.appraisal.selfcheck import SelfVerdict
 from attest.errors import AttestError
 from attest.node.port import StateFs
 
@@ -30,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 # The text format every Prometheus 2.x reads (the names need nothing newer).
 METRICS_MEDIA_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-_SELF_OK = (SelfVerdict.OK, SelfVerdict.BLESSED)  # attest_status_ok 1
 
 
 def state_fs(ctx: NodeContext) -> StateFs | None:
@@ -62,6 +60,9 @@ class NodeCollector(Collector):
         return ()  # names are not checked at registration: collecting asks the broker
 
     def collect(self) -> Iterable[Metric]:
+        # At the first scrape, not at start (as attest.node.api.app.basic_status).
+        from attest.appraisal.selfcheck import SelfVerdict
+
         ctx = self.ctx
         m, b = ctx.metrics, ctx.batcher
         verdict = str(self.status().get("verdict", SelfVerdict.UNKNOWN))
@@ -77,7 +78,7 @@ class NodeCollector(Collector):
             "1 when the self-appraisal verdict (label) is ok or blessed",
             labels=["verdict"],
         )
-        ok.add_metric([verdict], int(verdict in _SELF_OK))
+        ok.add_metric([verdict], int(verdict in (SelfVerdict.OK, SelfVerdict.BLESSED)))
         yield ok
         yield _counter("attest_challenges", "evidence requests (challenges) received", m.challenges)
         yield _counter(
