@@ -305,7 +305,8 @@ def test_attestd_with_a_broker_loads_no_host_reader_appraisal_or_firmware_log_pa
     """attestd (broker mode) asks the broker; the modules that read the host stay unloaded.
     Its start (a node under TCG pays ~14x for every import) loads no ``attest.appraisal``
     (the self-appraisal imports it at the first /v1/status or /metrics) and no firmware event
-    log parser (the broker's and the verifier's)."""
+    log parser (the broker's and the verifier's), and no X.509 (the registry's SEV-SNP policy
+    types load without it)."""
     import subprocess
     import sys
 
@@ -316,7 +317,7 @@ def test_attestd_with_a_broker_loads_no_host_reader_appraisal_or_firmware_log_pa
         "attest.node.daemon.make_status(Settings())\n"
         "loaded = [m for m in sys.modules if m.startswith(('attest.node.verity_watch',"
         " 'attest.node.broker.host', 'attest.node.broker.local', 'pyudev', 'attest.appraisal',"
-        " 'attest.eventlog.parse', 'attest.eventlog.uefi'))]\n"
+        " 'attest.eventlog.parse', 'attest.eventlog.uefi', 'cryptography.x509'))]\n"
         "print(loaded)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

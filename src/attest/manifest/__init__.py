@@ -20,38 +20,90 @@ Public API::
 
 from __future__ import annotations
 
-from attest.manifest.canonical import canonicalize, parse_canonical, parse_json
-from attest.manifest.envelope import Key, UnverifiedEnvelope
-from attest.manifest.evaluate import (
-    EmbargoState,
-    ReleaseDecision,
-    ReleaseStatus,
-    RollbackDecision,
-    RollbackKind,
-    evaluate_release,
-    evaluate_rollback,
-)
-from attest.manifest.model import (
-    Embargo,
-    PlatformReference,
-    RegistrySnapshot,
-    Release,
-    Revocation,
-    Role,
-    RollbackAuthorisation,
-    TrustRoot,
-    VerifiedRegistry,
-    VerifiedRoot,
-    VerityParams,
-)
-from attest.manifest.parse import load_registry, load_root
-from attest.manifest.trusted import TrustedState
-from attest.manifest.verify import (
-    verify_root_self_signed,
-    verify_root_update,
-    verify_snapshot,
-    verify_snapshot_signatures,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attest.manifest.canonical import canonicalize, parse_canonical, parse_json
+    from attest.manifest.envelope import Key, UnverifiedEnvelope
+    from attest.manifest.evaluate import (
+        EmbargoState,
+        ReleaseDecision,
+        ReleaseStatus,
+        RollbackDecision,
+        RollbackKind,
+        evaluate_release,
+        evaluate_rollback,
+    )
+    from attest.manifest.model import (
+        Embargo,
+        PlatformReference,
+        RegistrySnapshot,
+        Release,
+        Revocation,
+        Role,
+        RollbackAuthorisation,
+        TrustRoot,
+        VerifiedRegistry,
+        VerifiedRoot,
+        VerityParams,
+    )
+    from attest.manifest.parse import load_registry, load_root
+    from attest.manifest.trusted import TrustedState
+    from attest.manifest.verify import (
+        verify_root_self_signed,
+        verify_root_update,
+        verify_snapshot,
+        verify_snapshot_signatures,
+    )
+
+# Imported on first use (PEP 562): importing one submodule (``attest.manifest.canonical``, which
+# the node's runtime and audit logs use) no longer loads the whole package, whose frozen
+# dataclasses each generate their methods at import (a second of attestd's start under TCG).
+_LAZY = {
+    **dict.fromkeys(("canonicalize", "parse_canonical", "parse_json"), "attest.manifest.canonical"),
+    **dict.fromkeys(("Key", "UnverifiedEnvelope"), "attest.manifest.envelope"),
+    **dict.fromkeys(
+        (
+            "EmbargoState",
+            "ReleaseDecision",
+            "ReleaseStatus",
+            "RollbackDecision",
+            "RollbackKind",
+            "evaluate_release",
+            "evaluate_rollback",
+        ),
+        "attest.manifest.evaluate",
+    ),
+    **dict.fromkeys(
+        (
+            "Embargo",
+            "PlatformReference",
+            "RegistrySnapshot",
+            "Release",
+            "Revocation",
+            "Role",
+            "RollbackAuthorisation",
+            "TrustRoot",
+            "VerifiedRegistry",
+            "VerifiedRoot",
+            "VerityParams",
+        ),
+        "attest.manifest.model",
+    ),
+    **dict.fromkeys(("load_registry", "load_root"), "attest.manifest.parse"),
+    **dict.fromkeys(("TrustedState",), "attest.manifest.trusted"),
+    **dict.fromkeys(
+        (
+            "verify_root_self_signed",
+            "verify_root_update",
+            "verify_snapshot",
+            "verify_snapshot_signatures",
+        ),
+        "attest.manifest.verify",
+    ),
+}
+
 
 __all__ = [
     "Embargo",
@@ -85,3 +137,16 @@ __all__ = [
     "verify_snapshot",
     "verify_snapshot_signatures",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -19,12 +19,15 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from attest.errors import SnpCheckError
-from attest.snp.certs import UnverifiedCrl, crl_signed_by
 from attest.snp.findings import Finding, SnpCheck
 from attest.snp.report import Product, TcbVersion
-from attest.snp.verify import VerifiedChain, VerifiedReport
+
+if TYPE_CHECKING:  # the policy's types load without the X.509 machinery (attestd's start)
+    from attest.snp.certs import UnverifiedCrl
+    from attest.snp.verify import VerifiedChain, VerifiedReport
 
 
 class CrlMissing(enum.Enum):
@@ -123,6 +126,8 @@ class SnpDecision:
 
 def verify_crl(crl: UnverifiedCrl, chain: VerifiedChain) -> VerifiedCrl | None:
     """The CRL when the chain's root signed it, else None (then it counts as missing)."""
+    from attest.snp.certs import crl_signed_by
+
     if not crl_signed_by(crl, chain.root):
         return None
     c = crl.crl
