@@ -157,6 +157,7 @@ class SimFleet:
             ]
         self._verity_root_hash = verity_root_hash
         self._own: list[asyncio.Server] = []  # one node each (``listen``)
+        self._handlers: set[asyncio.Task[None]] = set()  # open connections (``stop`` ends them)
         self.nodes: list[SimNode] = []
         for i in range(count):
             tpm = FakeTpm(banks=BANKS, seed=f"{seed}/{i}".encode())
@@ -358,8 +359,15 @@ class SimFleet:
         return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop listening, then end the open connections' handlers (a server's ``close`` leaves
+        them running until 3.12): none is left to be collected after the loop is gone."""
         for server in [s for s in (self.server, *self._own) if s is not None]:
             server.close()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        for server in [s for s in (self.server, *self._own) if s is not None]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
 
@@ -369,6 +377,9 @@ class SimFleet:
     async def _conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, prefix: str = ""
     ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -400,6 +411,7 @@ class SimFleet:
         ):
             pass  # the client went away, or the server is stopping
         finally:
+            self._handlers.discard(task)
             writer.close()
 
     def _route(self, method: bytes, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
