@@ -7,10 +7,11 @@ boot = facts(verified)                      # -> BootFacts (from verified events
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
+
+from attest._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from attest.eventlog.cel import (
@@ -81,19 +82,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
-
 class _Package(types.ModuleType):
     """The package's ``facts`` and ``replay`` are the functions, as when this module imported
     them eagerly: the import system binds a loaded submodule as an attribute of its package,
@@ -142,3 +130,5 @@ __all__ = [
     "verify_cel",
     "verity_root_hashes",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
