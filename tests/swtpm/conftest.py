@@ -342,15 +342,28 @@ def verify_pair(
         str(ca / "issuercert.pem"),
         "--operator-socket",
         str(g.api_sock),
-        "--host-ek-ca",
-        str(pair.host.state.root_ca),
-        "--host-ek-ca",
-        str(pair.host.state.intermediate_ca),
-        "--host-operator-socket",
-        str(pair.host.api_sock),
+        *host_verify_args(pair.host),
         *([] if "--policy" in extra else ["--policy", no_release_policy(state.parent)]),
         *extra,
     ]
+    return verify_json(capsys, args)
+
+
+def host_verify_args(host: Node, *, operator: bool = True) -> list[str]:
+    """``attest verify --host``'s arguments for a host node: its EK CAs and (``operator``)
+    its operator socket."""
+    assert host.state is not None
+    return [
+        "--host-ek-ca",
+        str(host.state.root_ca),
+        "--host-ek-ca",
+        str(host.state.intermediate_ca),
+        *(["--host-operator-socket", str(host.api_sock)] if operator else []),
+    ]
+
+
+def verify_json(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, dict[str, Any]]:
+    """``attest verify ARGS``: its exit code and its ``--json`` output."""
     capsys.readouterr()
     code = verify_main(args)
     return code, json.loads(capsys.readouterr().out)

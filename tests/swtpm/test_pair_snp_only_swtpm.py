@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.cli import verify_main
 from tests.support.replay import splicing
 from tests.support.snp import guest_registry_args
-from tests.swtpm.conftest import Node, NodeFactory, SnpOnlyPair, no_release_policy
+from tests.swtpm.conftest import (
+    Node,
+    NodeFactory,
+    SnpOnlyPair,
+    host_verify_args,
+    no_release_policy,
+    verify_json,
+)
 
 import attest.cli.verify_snp
 from attest import cmw
@@ -44,31 +51,23 @@ def _verify(
     host: Node | None = None,
 ) -> tuple[int, dict[str, Any]]:
     h = host or pair.host
-    state = tmp_path / "verifier"
-    assert h.state is not None
     args = [
         guest_url or pair.guest.url,
         "--host",
         h.url,
         "--no-guest-vtpm",
         "--state",
-        str(state),
+        str(tmp_path / "verifier"),
         "--ear-key",
         str(key),
         "--json",
-        "--host-ek-ca",
-        str(h.state.root_ca),
-        "--host-ek-ca",
-        str(h.state.intermediate_ca),
-        *([] if "--evidence" in extra else ["--host-operator-socket", str(h.api_sock)]),
+        *host_verify_args(h, operator="--evidence" not in extra),
         "--policy",
         no_release_policy(tmp_path),
         *guest_registry_args(tmp_path, pair.amd, BLESSED, version="4.0.0"),
         *extra,
     ]
-    capsys.readouterr()
-    code = verify_main(args)
-    return code, json.loads(capsys.readouterr().out)
+    return verify_json(capsys, args)
 
 
 @pytest.fixture()
