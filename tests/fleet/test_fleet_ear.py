@@ -240,3 +240,82 @@ def test_cli_ls_and_show_print_the_ear(tmp_path: Path, capsys: pytest.CaptureFix
     # Appraised in 1970: its verdict is kept but never shown as current.
     assert "STALE (last affirming)" in capsys.readouterr().out
     assert main(["show", "nope", "--db", db]) == 2
+
+
+async def test_ear_collateral_follows_a_replaced_registry(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """The poller hashes the registry and its platform reference for the EAR once per registry,
+    not per node; a new snapshot (a new object) is named from the next appraisal on, and a
+    return to the old one names the old one again."""
+    from tests.support.manifest import NOW
+    from tests.support.poller import SIM_PLATFORM, SIM_PLATFORMS
+
+    from attest.appraisal.ear import collateral
+    from attest.manifest import verify_snapshot
+    from attest.manifest.model import Embargo
+    from attest.verifier.fleet.trust import RegistryState
+
+    world = registry.world
+    newer = world.snapshot(
+        7,
+        releases=[
+            release
+            for release in registry.verified.snapshot.releases.values()
+            if release.embargo != Embargo()
+        ],
+        platforms=SIM_PLATFORMS,
+    )
+    other = verify_snapshot(world.root, world.registry_bytes(newer), now=NOW)
+    assert other.raw != registry.verified.raw
+    signer = load_or_create_key(tmp_path / "ear.pem")
+    key = jwk_public_key(signer.jwk)
+    now: list[RegistryState] = [registry.state()]
+    sim = SimFleet(2)
+    with sim_server(sim) as srv:
+        for i in range(2):
+            srv.call(sim.set_image, i, registry.root_hash("1.0.0"))
+        store = SqliteStore(str(tmp_path / "fleet.db"))
+        for i in range(2):
+            store.add_node(f"n{i}", srv.url(i), sim.enrollment(i), now=time.time())
+
+        def named() -> set[str]:
+            out = set()
+            for i in range(2):
+                ear = store.get_node(f"n{i}").ear
+                if ear:
+                    out.add(
+                        verify_ear(ear, key)["submods"][f"n{i}"]["attest.collateral"]["registry"][
+                            "sha256"
+                        ]
+                    )
+            return out
+
+        poller = Poller(
+            store,
+            settings=settings(),
+            appraise=default_appraiser(),
+            registry=lambda: now[0],
+            signer=signer,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop))
+        digests = [sha256(r.raw).hexdigest() for r in (registry.verified, other)]
+        try:
+            for reg, digest in (
+                (registry.verified, digests[0]),
+                (other, digests[1]),
+                (registry.verified, digests[0]),
+            ):
+                now[0] = RegistryState(reg, configured=True)
+                await until(lambda d=digest: named() == {d})
+        finally:
+            stop.set()
+            await task
+            poller.close()
+    # and what it named is what collateral() computes, platform reference included
+    want = collateral(registry.verified, SIM_PLATFORM)
+    ear = store.get_node("n0").ear
+    assert ear is not None
+    assert verify_ear(ear, key)["submods"]["n0"]["attest.collateral"] == want
+    assert "platform-reference" in want
