@@ -14,7 +14,11 @@ Each simulated node serves a firmware event log (default: the real OVMF log from
 and then only from where it ended.
 
 Each appraisal is signed as an EAR with a verifier key, as ``attest fleet serve`` does
-(``--no-ear``: not signed, the reference before signed results).
+(``--no-ear``: not signed, the reference before signed results), and made against a trusted
+registry read as ``attest fleet serve --trust-dir`` reads it (``RegistrySource``): a signed
+snapshot blessing the nodes' release (their dm-verity root hash) with their platform reference,
+so the nodes are affirming (``--no-registry``: no registry, every verdict a warning -- the shape
+of this benchmark before 2026-12-07). Each worker prints the verdicts of its window.
 
 Prints appraisals/s (target: N / interval), p99 latency (challenge + appraisal), the CPU share
 of the verifier and of the simulator, and -- measured in the same run, without the network,
@@ -118,6 +122,34 @@ OVMF_LOG = ROOT.parent / "shared" / "eventlogs" / "ovmf__q35-direct-boot.bin"
 ROOT_HASH = bytes(range(32))
 
 
+def platform_id(firmware: bytes | None) -> str:
+    return "sim-ovmf-q35" if firmware else "sim-no-firmware"
+
+
+def write_trust_dir(directory: str, firmware: bytes | None) -> None:
+    """The trusted state ``attest fleet serve --trust-dir`` reads: a root and a registry
+    snapshot, signed by fresh keys, blessing release 1.0.0 (the simulated nodes' dm-verity
+    root hash) with the simulated nodes' platform reference (their firmware PCRs 0-7)."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    sys.path.insert(0, str(ROOT))
+    from tests.support.manifest import build_world, release
+
+    from attest.manifest import TrustedState
+    from attest.storage.trusted_state import save_state
+    from attest.testing.fleet_sim import SimFleet
+
+    world = build_world()
+    rel = release("1.0.0", 1)
+    rel = dataclasses.replace(rel, verity=dataclasses.replace(rel.verity, root_hash=ROOT_HASH))
+    ref = SimFleet(0, firmware_log=firmware).platform_reference(platform_id(firmware))
+    snap = world.snapshot(releases=[rel], platforms=[ref])
+    now = datetime.now(UTC)
+    state = TrustedState.bootstrap(world.root_bytes(), now=now)
+    save_state(directory, state.update_registry(world.registry_bytes(snap), now=now))
+
+
 def make_fleet(n: int, firmware: bytes | None, runtime_events: int, **kw: object) -> object:
     from attest.testing.fleet_sim import SimFleet
 
@@ -194,6 +226,11 @@ def verifier(
 
         appraiser = replayed
 
+    registry: dict[str, Any] = {}
+    if args.trust_dir:  # as `attest fleet serve --trust-dir`: the registry and its platform
+        from attest.verifier.fleet.trust import RegistrySource
+
+        registry["registry"] = RegistrySource(args.trust_dir)
     settings = PollSettings(
         worker_id=worker,
         interval=args.interval,
@@ -201,6 +238,7 @@ def verifier(
         concurrency=args.concurrency,
         timeout=5.0,
         lease_ttl=30.0,
+        platform_id=args.platform_id,
     )
     signer = None
     if not args.no_ear:  # as `attest fleet serve` does: a signed EAR per appraisal
@@ -208,7 +246,12 @@ def verifier(
 
         signer = load_or_create_key(args.ear_key)
     poller = Poller(
-        store, settings=settings, appraise=appraiser, record_latencies=True, signer=signer
+        store,
+        settings=settings,
+        appraise=appraiser,
+        record_latencies=True,
+        signer=signer,
+        **registry,
     )
 
     async def main() -> None:
@@ -218,6 +261,7 @@ def verifier(
         bare = _bare_verify_us()  # blocks the loop ~0.1 s, before the window
         m = poller.metrics
         a0, f0, s0 = m.appraisals, m.failures, m.appraise_seconds
+        v0 = dict(m.by_status)
         c0, t0 = time.process_time(), time.time()
         th0 = _thread_cpu()
         del m.latencies[:]
@@ -250,6 +294,11 @@ def verifier(
                 "worker": worker,
                 "aps": (a1 - a0) / (t1 - t0),
                 "failures": f1 - f0,
+                "verdicts": {
+                    str(getattr(k, "value", k)): n - v0.get(k, 0)
+                    for k, n in m.by_status.items()
+                    if n - v0.get(k, 0)
+                },
                 "cpu": (c1 - c0) / (t1 - t0),
                 "appraise_cpu_share": (s1 - s0) / (t1 - t0),
                 "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
@@ -374,6 +423,14 @@ def main() -> int:
         "the whole logs (as before incremental appraisal)",
     )
     ap.add_argument(
+        "--no-registry",
+        action="store_true",
+        help="appraise without a trusted registry (no release, no platform reference: every "
+        "verdict a warning; the shape of this benchmark before 2026-12-07). Default: as "
+        "`attest fleet serve --trust-dir`, a signed registry blessing the nodes' release with "
+        "their platform reference",
+    )
+    ap.add_argument(
         "--no-appraisal",
         action="store_true",
         help="the machinery alone: every contact is challenged, answered, signed and stored as "
@@ -434,6 +491,10 @@ def main() -> int:
     if db == "sqlite":
         db = f"sqlite:///{work}/fleet.db"
     args.ear_key = f"{work}/ear.pem"
+    args.trust_dir, args.platform_id = None, None
+    if not args.no_registry:
+        args.trust_dir, args.platform_id = f"{work}/trust", platform_id(firmware)
+        write_trust_dir(args.trust_dir, firmware)
     if not args.no_ear:
         from attest.verifier.fleet.signing import load_or_create_key
 
@@ -491,6 +552,7 @@ def main() -> int:
             f"{r['worker']}: {r['aps']:7.1f} appraisals/s  p50 {r['p50'] * 1000:6.1f} ms  "
             f"p99 {r['p99'] * 1000:6.1f} ms  CPU {r['cpu']:.2f} core (appraise() "
             f"{r['appraise_cpu_share']:.2f})  failures {r['failures']}  dropped {r['dropped']}"
+            f"  verdicts {r['verdicts']}"
             f"  refetches {r['refetches']}"
         )
     target = args.nodes / args.interval
@@ -506,7 +568,7 @@ def main() -> int:
         f"db={'postgresql' if db.startswith('postgres') else 'sqlite'} "
         f"firmware_log={'none' if firmware is None else len(firmware)} "
         f"runtime_events={args.runtime_events} "
-        f"mode={mode} ear={int(not args.no_ear)} "
+        f"mode={mode} ear={int(not args.no_ear)} registry={int(not args.no_registry)} "
         f"loop={'uvloop' if args.uvloop else 'asyncio'} "
         f"target_aps={target:.0f} "
         f"aps={aps:.0f} keeps_up={int(aps >= 0.97 * target)} p99_ms={p99:.1f} "
