@@ -81,3 +81,49 @@ def test_self_verdicts_worst_first() -> None:
         "blessed",
         "ok",
     ]
+
+
+def test_result_documents_name_each_values_tier_as_tier_of_does() -> None:
+    """The result documents' table lookups agree with ``Tier.of`` for every value, the ones
+    without a tier included, and ``explanations`` keeps exactly the findings worse than
+    affirming, verifier malfunctions and unexpected evidence."""
+    from datetime import UTC, datetime
+
+    from attest.appraisal import AppraisalResult
+    from attest.appraisal.claims import (
+        UNEXPECTED_EVIDENCE,
+        VERIFIER_MALFUNCTION,
+        Claim,
+        Finding,
+        claim_results,
+        tier_label,
+        verdict_of,
+    )
+
+    values = range(-3, 131)
+    for v in values:
+        assert tier_label(v) == Tier.of(v).label
+    findings = tuple(
+        Finding(list(Claim)[i % len(Claim)], v, f"check-{i}", f"value {v}")
+        for i, v in enumerate(values)
+    )
+    claims = claim_results(findings)
+    r = AppraisalResult(
+        "n", verdict_of(claims), claims, findings, None, "p", b"", datetime.now(UTC)
+    )
+    doc = r.to_json()
+    assert [f["tier"] for f in doc["findings"]] == [Tier.of(v).label for v in values]
+    assert [f["claim"] for f in doc["findings"]] == [f.claim.value for f in findings]
+    assert {k: c["tier"] for k, c in doc["claims"].items()} == {
+        c.claim.value: Tier.of(c.value).label for c in claims
+    }
+    assert doc["verdict"] == r.verdict.value
+    assert doc["trustworthiness_vector"] == {c.claim.value: c.value for c in claims if c.value}
+    want = [
+        f"value {v}"
+        for v in values
+        if Tier.of(v) > Tier.AFFIRMING or v in (VERIFIER_MALFUNCTION, UNEXPECTED_EVIDENCE)
+    ]
+    assert doc["explanations"] == want and list(r.explanations) == want
+    assert "value 31" not in want and "value 32" in want and "value 130" not in want
+    json.dumps(doc)  # plain JSON: no enum member left in it

@@ -61,6 +61,15 @@ from attest.tpmstruct import ClockInfo
 # --- the result ------------------------------------------------------------------------------
 
 
+# The finding values ``explanations`` names: a tier worse than affirming (32..127), a verifier
+# malfunction, unexpected evidence.
+_EXPLAINED = frozenset(
+    v
+    for v in range(VERIFIER_MALFUNCTION, 128)
+    if Tier.of(v) > Tier.AFFIRMING or v in (VERIFIER_MALFUNCTION, UNEXPECTED_EVIDENCE)
+)
+
+
 @dataclass(frozen=True, slots=True)
 class AppraisalResult:
     """The decision about one node. ``to_json`` is the stable machine form (the fleet service
@@ -101,24 +110,20 @@ class AppraisalResult:
     @property
     def trustworthiness_vector(self) -> dict[str, int]:
         """The AR4SI vector: claims that were made (value ≠ 0), by EAR name."""
-        return {c.claim.value: c.value for c in self.claims if c.value != NO_CLAIM}
+        return {c.claim._value_: c.value for c in self.claims if c.value != NO_CLAIM}
 
     @property
     def explanations(self) -> tuple[str, ...]:
         """One sentence per finding that is not affirming, in check order."""
-        return tuple(
-            f.explanation
-            for f in self.findings
-            if f.tier > Tier.AFFIRMING or f.value in (VERIFIER_MALFUNCTION, UNEXPECTED_EVIDENCE)
-        )
+        return tuple(f.explanation for f in self.findings if f.value in _EXPLAINED)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
-            "verdict": self.verdict.value,
+            "verdict": self.verdict._value_,
             "status": self.status,
             "trustworthiness_vector": self.trustworthiness_vector,
-            "claims": {c.claim.value: c.to_json() for c in self.claims},
+            "claims": {c.claim._value_: c.to_json() for c in self.claims},
             "first_divergence": self.first_divergence,
             "explanations": list(self.explanations),
             "findings": [f.to_json() for f in self.findings],

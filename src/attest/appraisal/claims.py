@@ -67,6 +67,15 @@ _TIERS: tuple[Tier, ...] = tuple(
     for v in range(128)
 )
 _TIER_LABELS: dict[Tier, str] = {t: t.name.lower() for t in Tier}
+# The label of each value's tier, by value (0..127; the rest have no tier): the result
+# documents' hot path, without an enum hash or a property per finding.
+_VALUE_LABELS: tuple[str, ...] = tuple(_TIER_LABELS[t] for t in _TIERS)
+_NONE_LABEL = _TIER_LABELS[_NONE_TIER]
+
+
+def tier_label(value: int) -> str:
+    """``Tier.of(value).label``."""
+    return _VALUE_LABELS[value] if 0 <= value <= 127 else _NONE_LABEL
 
 
 # Values (draft-ietf-rats-ar4si §2.3.3-§2.3.10, as in Veraison's EAR libraries).
@@ -139,9 +148,9 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "claim": self.claim.value,
+            "claim": self.claim._value_,  # ``.value`` is a Python-level property of Enum
             "value": self.value,
-            "tier": self.tier.label,
+            "tier": tier_label(self.value),
             "check": self.check,
             "explanation": self.explanation,
         }
@@ -160,7 +169,7 @@ class ClaimResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "value": self.value,
-            "tier": self.tier.label,
+            "tier": tier_label(self.value),
             "explanations": [f.explanation for f in self.findings],
         }
 

@@ -76,7 +76,8 @@ class Summary:
 
 def summarize(result: AppraisalResult) -> Summary:
     status = NodeStatus.of_tier(result.verdict.tier)  # an alarm is contraindicated
-    reasons = list(result.explanations)
+    doc = result.to_json()
+    reasons = list(doc["explanations"])
     if result.first_divergence and result.first_divergence not in reasons:
         reasons.insert(0, result.first_divergence)
     if not reasons:
@@ -85,9 +86,7 @@ def summarize(result: AppraisalResult) -> Summary:
     decision = result.release
     if decision is not None and decision.release is not None and decision.status in RUNNING:
         release = decision.release.version
-    return Summary(
-        status, "; ".join(reasons), result.first_divergence, release, result.clock, result.to_json()
-    )
+    return Summary(status, "; ".join(reasons), result.first_divergence, release, result.clock, doc)
 
 
 # The store's ``continuity`` column: one node's ``Continuity.to_json()``; a pair's
