@@ -127,3 +127,46 @@ def test_result_documents_name_each_values_tier_as_tier_of_does() -> None:
     assert doc["explanations"] == want and list(r.explanations) == want
     assert "value 31" not in want and "value 32" in want and "value 130" not in want
     json.dumps(doc)  # plain JSON: no enum member left in it
+
+
+def test_claim_results_and_first_divergence_agree_with_their_definition() -> None:
+    """Random findings (values with and without a tier, several per claim, ties within a
+    tier): each claim's value is its worst finding by (tier, value), the first such on a tie;
+    the verdict is the worst claim's tier; the first divergence is the first finding of the
+    worst tier."""
+    import random
+
+    from attest.appraisal.claims import (
+        NO_CLAIM,
+        Claim,
+        Finding,
+        claim_results,
+        first_divergence,
+        verdict_of,
+    )
+
+    rng = random.Random(18)
+    values = [-7, -1, 0, 1, 2, 3, 31, 32, 33, 95, 96, 97, 99, 127, 128, 500]
+    for _ in range(500):
+        findings = [
+            Finding(rng.choice(list(Claim)), rng.choice(values), f"c{i}", f"e{i}")
+            for i in range(rng.randrange(0, 12))
+        ]
+        got = claim_results(findings)
+        assert [c.claim for c in got] == list(Claim)
+        for c in got:
+            mine = tuple(f for f in findings if f.claim is c.claim)
+            assert c.findings == mine
+            want = max(mine, key=lambda f: (Tier.of(f.value), f.value)).value if mine else NO_CLAIM
+            assert c.value == want
+        verdict = verdict_of(got)
+        worst = max((Tier.of(c.value) for c in got), default=Tier.NONE)
+        assert verdict.tier is worst or (verdict is Verdict.UNAPPRAISABLE and worst is Tier.NONE)
+        first = first_divergence(findings, verdict)
+        worst_f = max((Tier.of(f.value) for f in findings), default=Tier.NONE)
+        if worst_f > Tier.AFFIRMING:
+            assert first == next(f.explanation for f in findings if Tier.of(f.value) is worst_f)
+        elif verdict is Verdict.UNAPPRAISABLE:
+            assert first == (findings[0].explanation if findings else "no claim could be made")
+        else:
+            assert first is None

@@ -174,26 +174,46 @@ class ClaimResult:
         }
 
 
+_CLAIMS: tuple[Claim, ...] = tuple(Claim)
+# A claim no finding was about: the same immutable result every time.
+_UNCLAIMED: dict[str, ClaimResult] = {c.value: ClaimResult(c, NO_CLAIM, ()) for c in Claim}
+
+
+def _tier_of(value: int) -> Tier:
+    return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER
+
+
 def claim_results(findings: Sequence[Finding]) -> tuple[ClaimResult, ...]:
     """One result per ``Claim``, in ``Claim`` order: the value of its worst finding (no
     finding: ``NO_CLAIM``)."""
-    by_claim: dict[Claim, list[Finding]] = {}
+    # Keyed by the claims' strings (an Enum member hashes in Python); one pass.
+    mine: dict[str, list[Finding]] = {}
+    worst: dict[str, int] = {}
     for f in findings:
-        by_claim.setdefault(f.claim, []).append(f)
-    claims = []
-    for claim in Claim:
-        mine = tuple(by_claim.get(claim, ()))
-        value = NO_CLAIM
-        if mine:
-            # The worst tier wins; within a tier the highest value (the more specific one).
-            value = max(mine, key=lambda f: (Tier.of(f.value), f.value)).value
-        claims.append(ClaimResult(claim, value, mine))
-    return tuple(claims)
+        key = f.claim._value_
+        group = mine.get(key)
+        if group is None:
+            mine[key] = [f]
+            worst[key] = f.value
+            continue
+        group.append(f)
+        # The worst tier wins; within a tier the highest value (the more specific one).
+        w = worst[key]
+        v = f.value
+        tv, tw = _tier_of(v), _tier_of(w)
+        if tv > tw or (tv == tw and v > w):
+            worst[key] = v
+    return tuple(
+        _UNCLAIMED[key]
+        if (group := mine.get(key := claim._value_)) is None
+        else ClaimResult(claim, worst[key], tuple(group))
+        for claim in _CLAIMS
+    )
 
 
 def verdict_of(claims: Sequence[ClaimResult]) -> Verdict:
     """The tier of the worst claim; when no claim has a tier, the node could not be appraised."""
-    worst = max((Tier.of(c.value) for c in claims), default=Tier.NONE)
+    worst = max((_tier_of(c.value) for c in claims), default=Tier.NONE)
     if worst is Tier.CONTRAINDICATED:
         return Verdict.CONTRAINDICATED
     if worst is Tier.WARNING:
@@ -208,10 +228,10 @@ def first_divergence(findings: Sequence[Finding], verdict: Verdict) -> str | Non
     contraindicated node is explained by a contraindication, not by an earlier warning); when
     the node could not be appraised and no finding is worse than affirming, the first finding
     (or that no claim could be made)."""
-    worst = max((f.tier for f in findings), default=Tier.NONE)
+    worst = max((_tier_of(f.value) for f in findings), default=Tier.NONE)
     first = None
     if worst > Tier.AFFIRMING:
-        first = next(f.explanation for f in findings if f.tier is worst)
+        first = next(f.explanation for f in findings if _tier_of(f.value) is worst)
     if first is None and verdict is Verdict.UNAPPRAISABLE:
         first = next((f.explanation for f in findings), "no claim could be made")
     return first
