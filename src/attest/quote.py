@@ -37,15 +37,22 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.errors import (
     AttestationTypeError,
+    AttestError,
     ClockError,
     KeyPolicyError,
     NonceError,
     PcrDigestError,
     PcrSelectionError,
+    QuoteFormatError,
     SignatureError,
 )
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import (
+    _CLOCK_FW,
+    MAX_DIGEST,
+    MAX_ECC_KEY_BYTES,
+    MAX_NAME,
+    MAX_RSA_KEY_BYTES,
     TPM_GENERATED_VALUE,
     TPM_ST_ATTEST_QUOTE,
     Alg,
@@ -53,6 +60,7 @@ from attest.tpmstruct import (
     ClockInfo,
     Public,
     Signature,
+    _scan_pcr_selection,
     parse_attest,
     parse_signature,
 )
@@ -189,8 +197,8 @@ def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[in
 
 
 # A bank of a signed selection as the hot path reads it: the bank, a C-level getter of its
-# values in selection order, how many there are, and the list of their expected lengths.
-_Bank = tuple[HashAlg, Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int, list[int]]
+# values in selection order, how many there are, and their expected lengths (one byte each).
+_Bank = tuple[HashAlg, Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int, bytes]
 _PLANS: dict[int, tuple[PcrSelection, tuple[_Bank, ...]]] = {}
 
 
@@ -208,7 +216,7 @@ def _plan(signed: PcrSelection) -> tuple[_Bank, ...]:
             get = operator.itemgetter(*indices)
         else:
             get = functools.partial(_pick, indices)
-        banks.append((alg, get, len(indices), [alg.digest_size] * len(indices)))
+        banks.append((alg, get, len(indices), bytes([alg.digest_size] * len(indices))))
     plan = tuple(banks)
     if len(_PLANS) >= 256:
         _PLANS.clear()
@@ -227,22 +235,10 @@ def _selected_values(
     that they are exactly that selection (the fast path of ``check_selection``: same number
     of values per bank and every signed index present means the same index set; any doubt
     goes to ``check_selection``, which raises with the precise message)."""
-    plan = _plan(signed)
-    if len(plan) != len(presented):
-        _selection_mismatch(signed, presented)
-    parts: list[bytes] = []
-    for alg, get, count, sizes in plan:
-        given = presented.get(alg)
-        if given is None or len(given) != count:
-            _raise_selection(signed, presented)
-        try:
-            chosen = get(given)
-        except KeyError:
-            _raise_selection(signed, presented)
-        if list(map(len, chosen)) != sizes:
-            _raise_selection(signed, presented)
-        parts += chosen
-    return b"".join(parts)
+    concatenated = _concat_fast(_plan(signed), presented)
+    if concatenated is None:
+        _raise_selection(signed, presented)
+    return concatenated
 
 
 def _raise_selection(
@@ -299,10 +295,137 @@ def verify_quote(
     previous: ClockInfo | VerifiedQuote | None = None,
     policy: QuotePolicy = DEFAULT_POLICY,
 ) -> VerifiedQuote:
-    """Verify a TPM2_Quote; return the verified quote or raise (see the module docstring)."""
+    """Verify a TPM2_Quote; return the verified quote or raise (see the module docstring).
+
+    The verifier's hot path. A quote laid out as a TPM makes it, signed with a scheme the AK
+    and ``policy`` allow, is checked here in one pass with the per-AK state prepared once
+    (``_prepare``); anything else -- every malformed, unexpected or refused input -- goes
+    to ``_verify_quote_reference``, which makes the same checks one by one and raises the
+    specific error. The fast path therefore only ever accepts: it never decides an error
+    except the one left once everything before the signature check has passed
+    (``SignatureError``), so errors, their order and their messages are the reference's.
+    """
+    state = ak.__dict__.get(_STATE)
+    if state is None or state[0] is not policy:
+        state = _prepare(ak, policy)
+    n = len(signature)
+    # TPMT_SIGNATURE (Part 2 §11.3.4): sigAlg and hash, both as this AK and policy allow.
+    p = state[1].get(signature[:4]) if 6 <= n <= 1024 else None
+    if p is None:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    ecc, verify, args, hctor, dsize, dsize_field, sig_alg, sig_hash = p
+    size = signature[4] << 8 | signature[5]
+    if ecc:
+        pos = 6 + size
+        if size > MAX_ECC_KEY_BYTES or pos + 2 > n:
+            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+        size_s = signature[pos] << 8 | signature[pos + 1]
+        if size_s > MAX_ECC_KEY_BYTES or pos + 2 + size_s != n:
+            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+        raw = der_signature(signature[6:pos], signature[pos + 2 :])
+    else:
+        if size > MAX_RSA_KEY_BYTES or 6 + size != n:
+            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+        raw = signature[6:]
+    # TPMS_ATTEST (Part 2 §10.12.12) of a quote made by a TPM: magic and type in one compare.
+    n = len(attest)
+    if n > 4096 or n < 8 or attest[:6] != _QUOTE_HEAD:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    size = attest[6] << 8 | attest[7]  # qualifiedSigner
+    pos = 8 + size
+    if size > MAX_NAME or pos + 2 > n:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    signer = attest[8:pos]
+    size = attest[pos] << 8 | attest[pos + 1]  # extraData
+    pos += 2
+    extra = attest[pos : pos + size]
+    pos += size
+    # then clockInfo, firmwareVersion, pcrSelect, and pcrDigest -- a digest of the signing
+    # hash (Part 3 §18.4), so its size is known and the selection lies between.
+    end = n - 2 - dsize
+    if size > MAX_DIGEST or pos + _CLOCK_FW.size > end or attest[end:-dsize] != dsize_field:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    clock, reset, restart, safe, fw = _CLOCK_FW.unpack_from(attest, pos)
+    if safe > 1:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    known = _SELECTIONS.get(attest[pos + _CLOCK_FW.size : end])
+    if known is None:
+        known = _learn_selection(attest, pos + _CLOCK_FW.size, end)
+        if known is None:
+            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    selection, plan = known
+    try:
+        verify(raw, attest, *args)
+    except InvalidSignature:
+        # Everything the reference checks before the signature has passed.
+        raise SignatureError("the signature does not verify with the AK") from None
+    # From here on the structure is authentic; any doubt goes to the reference for the error.
+    values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
+    concatenated = _concat_fast(plan, values)
+    if (
+        concatenated is None
+        or not hmac.compare_digest(extra, nonce)
+        or not hmac.compare_digest(hctor(concatenated).digest(), attest[-dsize:])
+    ):
+        return _check_contents(
+            parse_attest(attest), sig_alg, sig_hash, nonce, pcrs, previous, policy
+        )
+    clock_info = _new(ClockInfo, (clock, reset, restart, safe == 1))
+    if previous is not None or safe != 1:
+        prev = previous.clock if isinstance(previous, VerifiedQuote) else previous
+        check_clock(clock_info, prev, require_safe=policy.require_safe_clock)
+    verified = (
+        pcrs
+        if isinstance(pcrs, PcrValues)
+        else PcrValues({alg: dict(values[alg]) for alg, _ in selection.banks})
+    )
+    parsed = _new(
+        Attest,
+        (
+            TPM_GENERATED_VALUE,
+            TPM_ST_ATTEST_QUOTE,
+            signer,
+            extra,
+            clock_info,
+            fw,
+            selection,
+            attest[-dsize:],
+            attest,
+        ),
+    )
+    return _new(
+        VerifiedQuote,
+        (verified, selection, extra, clock_info, fw, signer, sig_alg, sig_hash, parsed),
+    )
+
+
+def _verify_quote_reference(
+    attest: bytes,
+    signature: bytes,
+    ak: Public,
+    nonce: bytes,
+    pcrs: Mapping[HashAlg, Mapping[int, bytes]] | PcrValues,
+    previous: ClockInfo | VerifiedQuote | None,
+    policy: QuotePolicy,
+) -> VerifiedQuote:
+    """``verify_quote`` one check at a time, in the module docstring's order: the reference
+    that decides every error."""
     sig = parse_signature(signature)
     parsed = parse_attest(attest)
     verify_signature(attest, sig, ak, policy)
+    return _check_contents(parsed, sig.alg, sig.hash, nonce, pcrs, previous, policy)
+
+
+def _check_contents(
+    parsed: Attest,
+    sig_alg: Alg,
+    sig_hash: HashAlg,
+    nonce: bytes,
+    pcrs: Mapping[HashAlg, Mapping[int, bytes]] | PcrValues,
+    previous: ClockInfo | VerifiedQuote | None,
+    policy: QuotePolicy,
+) -> VerifiedQuote:
+    """Steps 3-7 of the module docstring, on a TPMS_ATTEST whose signature has verified."""
     magic, st, signer, extra, clock, firmware, selection, pcr_digest, _ = parsed
     if magic != TPM_GENERATED_VALUE:
         raise AttestationTypeError(
@@ -314,7 +437,7 @@ def verify_quote(
         raise NonceError("qualifying data in the quote is not the expected nonce")
     values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
     concatenated = _selected_values(selection, values)
-    if not hmac.compare_digest(_HASHLIB[sig.hash](concatenated).digest(), pcr_digest):
+    if not hmac.compare_digest(_HASHLIB[sig_hash](concatenated).digest(), pcr_digest):
         raise PcrDigestError(
             "pcrDigest does not match the PCR values presented (values changed or reordered)"
         )
@@ -330,5 +453,128 @@ def verify_quote(
     # tuple.__new__ skips the NamedTuple's Python-level __new__ (every field is given).
     return _new(
         VerifiedQuote,
-        (verified, selection, extra, clock, firmware, signer, sig.alg, sig.hash, parsed),
+        (verified, selection, extra, clock, firmware, signer, sig_alg, sig_hash, parsed),
     )
+
+
+# --- the fast path's prepared state ----------------------------------------------------------
+
+# What the fast path needs for one signature head (sigAlg, hash) that an AK and a policy
+# accept: ECDSA or not, the key's bound verify and its extra arguments (prebuilt padding and
+# hash objects), the PCR digest's hashlib constructor, its size and its TPM2B size field,
+# and the signature's scheme and hash as the result reports them.
+_SigParams = tuple[
+    bool,
+    Callable[..., None],
+    tuple[object, ...],
+    Callable[[bytes], "hashlib._Hash"],
+    int,
+    bytes,
+    Alg,
+    HashAlg,
+]
+# Kept in the AK's instance dict (beside ``Public.key``'s cached key object), so that it lives
+# as long as the AK and a fleet of AKs does not thrash a shared cache: (policy, {head: params}).
+_STATE = "_attest_quote_fast_path"
+_QUOTE_HEAD = TPM_GENERATED_VALUE.to_bytes(4, "big") + TPM_ST_ATTEST_QUOTE.to_bytes(2, "big")
+_SIG_ALGS = (Alg.ECDSA, Alg.RSASSA, Alg.RSAPSS)
+
+
+def _prepare(ak: Public, policy: QuotePolicy) -> tuple[QuotePolicy, dict[bytes, _SigParams]]:
+    """The signature heads that ``verify_signature`` would let through to the cryptographic
+    check for this AK under this policy, each with its prepared parameters; stored on ``ak``."""
+    heads: dict[bytes, _SigParams] = {}
+    try:
+        key = ak.key
+    except AttestError:
+        key = None  # no valid key: the reference raises the error
+    if ak.scheme != _NULL:
+        pairs = [(ak.scheme, ak.scheme_hash)]
+    else:
+        pairs = [(alg, h) for alg in _SIG_ALGS for h in _HASHES]
+    for alg, h in pairs:
+        if (
+            key is None
+            or h is None
+            or h not in _HASHES
+            or alg not in _SIG_ALGS
+            or alg not in policy.schemes
+            or h not in policy.signature_hashes
+        ):
+            continue
+        params: tuple[bool, Callable[..., None], tuple[object, ...]]
+        if alg == _ECDSA_ALG:
+            if ak.type != _ECC:
+                continue
+            params = (True, cast(ec.EllipticCurvePublicKey, key).verify, (_ECDSA[h],))
+        else:
+            if ak.type != _RSA or ak.key_bits < policy.min_rsa_bits:
+                continue
+            pad = _PKCS1 if alg == _RSASSA else _PSS[h]
+            params = (False, cast(rsa.RSAPublicKey, key).verify, (pad, _HASHES[h]))
+        size = h.digest_size
+        head = int(alg).to_bytes(2, "big") + int(h).to_bytes(2, "big")
+        heads[head] = (*params, _HASHLIB[h], size, size.to_bytes(2, "big"), Alg(alg), h)
+    state = (policy, heads)
+    ak.__dict__[_STATE] = state
+    return state
+
+
+# TPML_PCR_SELECTION blobs seen in verified-format quotes, by their exact bytes: the selection
+# and the plan to read its values. A verifier sees the same few selections over and over.
+_SELECTIONS: dict[bytes, tuple[PcrSelection, tuple[_Bank, ...]]] = {}
+
+
+def _learn_selection(
+    attest: bytes, start: int, end: int
+) -> tuple[PcrSelection, tuple[_Bank, ...]] | None:
+    """The selection at ``attest[start:end]`` if it is a valid one spanning exactly that."""
+    try:
+        selection, stop = _scan_pcr_selection(attest, start, "TPMS_ATTEST")
+    except QuoteFormatError:
+        return None
+    if stop != end:
+        return None
+    if len(_SELECTIONS) >= 256:
+        _SELECTIONS.clear()
+    known = (selection, _plan(selection))
+    _SELECTIONS[attest[start:end]] = known
+    return known
+
+
+def _concat_fast(
+    plan: tuple[_Bank, ...], presented: Mapping[HashAlg, Mapping[int, bytes]]
+) -> bytes | None:
+    """The presented values concatenated in the plan's order if they are exactly its
+    selection (same number of values per bank and every signed index present means the same
+    index set), else None: ``check_selection`` says what is wrong."""
+    if len(plan) != len(presented):
+        return None
+    parts: list[bytes] = []
+    for alg, get, count, sizes in plan:
+        given = presented.get(alg)
+        if given is None or len(given) != count:
+            return None
+        try:
+            chosen = get(given)
+            if bytes(map(len, chosen)) != sizes:
+                return None
+        except (KeyError, ValueError):
+            return None
+        parts += chosen
+    return b"".join(parts)
+
+
+def der_signature(r: bytes, s: bytes) -> bytes:
+    """The DER ECDSA-Sig-Value of big-endian ``r`` and ``s``: ``encode_dss_signature`` of
+    their integers, byte for byte, without the round trip through Python integers."""
+    r = r.lstrip(b"\0") or b"\0"
+    if r[0] > 127:
+        r = b"\0" + r
+    s = s.lstrip(b"\0") or b"\0"
+    if s[0] > 127:
+        s = b"\0" + s
+    lr, ls = len(r), len(s)
+    if lr + ls > 123:  # long-form lengths (P-521): leave it to cryptography
+        return encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+    return bytes((48, lr + ls + 4, 2, lr)) + r + bytes((2, ls)) + s
