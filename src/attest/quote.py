@@ -26,6 +26,7 @@ import functools
 import hashlib
 import hmac
 import operator
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn, cast
@@ -49,6 +50,7 @@ from attest.errors import (
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import (
     _CLOCK_FW,
+    _CURVES,
     MAX_DIGEST,
     MAX_ECC_KEY_BYTES,
     MAX_NAME,
@@ -61,6 +63,7 @@ from attest.tpmstruct import (
     Public,
     Signature,
     _scan_pcr_selection,
+    ecc_coordinate_size,
     parse_attest,
     parse_signature,
 )
@@ -308,49 +311,41 @@ def verify_quote(
     state = ak.__dict__.get(_STATE)
     if state is None or state[0] is not policy:
         state = _prepare(ak, policy)
-    n = len(signature)
-    # TPMT_SIGNATURE (Part 2 §11.3.4): sigAlg and hash, both as this AK and policy allow.
-    p = state[1].get(signature[:4]) if 6 <= n <= 1024 else None
-    if p is None:
+    # TPMT_SIGNATURE (Part 2 §11.3.4): sigAlg, hash and the first size as this AK and policy
+    # allow, and the length that makes for this AK's key.
+    p = state[1].get(signature[:6])
+    if p is None or len(signature) != p[0]:
         return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-    ecc, verify, args, hctor, dsize, dsize_field, sig_alg, sig_hash = p
-    size = signature[4] << 8 | signature[5]
-    if ecc:
-        pos = 6 + size
-        if size > MAX_ECC_KEY_BYTES or pos + 2 > n:
-            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-        size_s = signature[pos] << 8 | signature[pos + 1]
-        if size_s > MAX_ECC_KEY_BYTES or pos + 2 + size_s != n:
-            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-        raw = der_signature(signature[6:pos], signature[pos + 2 :])
-    else:
-        if size > MAX_RSA_KEY_BYTES or 6 + size != n:
-            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    _, verify, args, hctor, dsize, sig_alg, sig_hash, split, der = p
+    if der is None:  # RSA
         raw = signature[6:]
-    # TPMS_ATTEST (Part 2 §10.12.12) of a quote made by a TPM: magic and type in one compare.
+    elif signature[split : split + 2] != signature[4:6]:  # ECDSA: signatureS as long as R
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    else:
+        r0, s0 = signature[6], signature[split + 2]
+        if r0 and s0:  # no leading zero byte: the DER frame depends on the top bits only
+            head, mid = der[r0 >> 7 | (s0 >> 7) << 1]
+            raw = b"".join((head, signature[6:split], mid, signature[split + 2 :]))
+        else:
+            raw = der_signature(signature[6:split], signature[split + 2 :])
+    # TPMS_ATTEST (Part 2 §10.12.12) of a quote made by a TPM, with this AK's qualifiedSigner
+    # size and the expected nonce's size: its fixed part in one unpack.
+    layout = state[2].get(len(nonce))
+    if layout is None:
+        layout = _layout(ak, state, len(nonce))
+        if layout is None:
+            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    fixed, head8 = layout
     n = len(attest)
-    if n > 4096 or n < 8 or attest[:6] != _QUOTE_HEAD:
+    end = n - dsize  # then pcrSelect and pcrDigest's size, then the digest (Part 3 §18.4)
+    if n > 4096 or end < fixed.size:
         return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-    size = attest[6] << 8 | attest[7]  # qualifiedSigner
-    pos = 8 + size
-    if size > MAX_NAME or pos + 2 > n:
+    h8, signer, esize, extra, clock, reset, restart, safe, fw = fixed.unpack_from(attest)
+    if h8 != head8 or esize != len(nonce) or safe > 1:
         return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-    signer = attest[8:pos]
-    size = attest[pos] << 8 | attest[pos + 1]  # extraData
-    pos += 2
-    extra = attest[pos : pos + size]
-    pos += size
-    # then clockInfo, firmwareVersion, pcrSelect, and pcrDigest -- a digest of the signing
-    # hash (Part 3 §18.4), so its size is known and the selection lies between.
-    end = n - 2 - dsize
-    if size > MAX_DIGEST or pos + _CLOCK_FW.size > end or attest[end:-dsize] != dsize_field:
-        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-    clock, reset, restart, safe, fw = _CLOCK_FW.unpack_from(attest, pos)
-    if safe > 1:
-        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-    known = _SELECTIONS.get(attest[pos + _CLOCK_FW.size : end])
+    known = _SELECTIONS.get(attest[fixed.size : end])
     if known is None:
-        known = _learn_selection(attest, pos + _CLOCK_FW.size, end)
+        known = _learn_selection(attest, fixed.size, end)
         if known is None:
             return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
     selection, plan = known
@@ -360,12 +355,16 @@ def verify_quote(
         # Everything the reference checks before the signature has passed.
         raise SignatureError("the signature does not verify with the AK") from None
     # From here on the structure is authentic; any doubt goes to the reference for the error.
-    values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
+    if isinstance(pcrs, PcrValues):
+        values, verified = pcrs.values, pcrs
+    else:
+        values, verified = pcrs, None
     concatenated = _concat_fast(plan, values)
+    digest = attest[end:]
     if (
         concatenated is None
         or not hmac.compare_digest(extra, nonce)
-        or not hmac.compare_digest(hctor(concatenated).digest(), attest[-dsize:])
+        or not hmac.compare_digest(hctor(concatenated).digest(), digest)
     ):
         return _check_contents(
             parse_attest(attest), sig_alg, sig_hash, nonce, pcrs, previous, policy
@@ -374,11 +373,8 @@ def verify_quote(
     if previous is not None or safe != 1:
         prev = previous.clock if isinstance(previous, VerifiedQuote) else previous
         check_clock(clock_info, prev, require_safe=policy.require_safe_clock)
-    verified = (
-        pcrs
-        if isinstance(pcrs, PcrValues)
-        else PcrValues({alg: dict(values[alg]) for alg, _ in selection.banks})
-    )
+    if verified is None:  # a plain mapping is copied so later changes to it cannot leak in
+        verified = PcrValues({alg: dict(values[alg]) for alg, _ in selection.banks})
     parsed = _new(
         Attest,
         (
@@ -389,7 +385,7 @@ def verify_quote(
             clock_info,
             fw,
             selection,
-            attest[-dsize:],
+            digest,
             attest,
         ),
     )
@@ -459,31 +455,40 @@ def _check_contents(
 
 # --- the fast path's prepared state ----------------------------------------------------------
 
-# What the fast path needs for one signature head (sigAlg, hash) that an AK and a policy
-# accept: ECDSA or not, the key's bound verify and its extra arguments (prebuilt padding and
-# hash objects), the PCR digest's hashlib constructor, its size and its TPM2B size field,
-# and the signature's scheme and hash as the result reports them.
+# What the fast path needs for one signature prefix (sigAlg, hash, first TPM2B size) that an
+# AK and a policy accept: the signature's whole length, the key's bound verify and its extra
+# arguments (prebuilt padding and hash objects), the PCR digest's hashlib constructor and
+# size, the scheme and hash as the result reports them, and for ECDSA where signatureS's size
+# field starts and the DER frames by the top bits of r and s.
 _SigParams = tuple[
-    bool,
+    int,
     Callable[..., None],
     tuple[object, ...],
     Callable[[bytes], "hashlib._Hash"],
     int,
-    bytes,
     Alg,
     HashAlg,
+    int,
+    "dict[int, tuple[bytes, bytes]] | None",
 ]
+# The fixed part of a quote TPMS_ATTEST for a nonce size, up to pcrSelect, and its first
+# eight bytes: magic, type and the qualifiedSigner's size.
+_Layout = tuple[struct.Struct, bytes]
 # Kept in the AK's instance dict (beside ``Public.key``'s cached key object), so that it lives
-# as long as the AK and a fleet of AKs does not thrash a shared cache: (policy, {head: params}).
+# as long as the AK and a fleet of AKs does not thrash a shared cache:
+# (policy, {signature prefix: params}, {nonce size: layout}).
+_State = tuple[QuotePolicy, dict[bytes, _SigParams], dict[int, _Layout | None]]
 _STATE = "_attest_quote_fast_path"
 _QUOTE_HEAD = TPM_GENERATED_VALUE.to_bytes(4, "big") + TPM_ST_ATTEST_QUOTE.to_bytes(2, "big")
 _SIG_ALGS = (Alg.ECDSA, Alg.RSASSA, Alg.RSAPSS)
 
 
-def _prepare(ak: Public, policy: QuotePolicy) -> tuple[QuotePolicy, dict[bytes, _SigParams]]:
-    """The signature heads that ``verify_signature`` would let through to the cryptographic
-    check for this AK under this policy, each with its prepared parameters; stored on ``ak``."""
-    heads: dict[bytes, _SigParams] = {}
+def _prepare(ak: Public, policy: QuotePolicy) -> _State:
+    """The signatures that ``verify_signature`` would let through to the cryptographic check
+    for this AK under this policy, each with its prepared parameters; stored on ``ak``. Only
+    the fixed sizes a TPM makes are covered (RSA: the modulus' size; ECDSA: r and s of the
+    curve's size); any other size goes to the reference."""
+    sigs: dict[bytes, _SigParams] = {}
     try:
         key = ak.key
     except AttestError:
@@ -492,6 +497,7 @@ def _prepare(ak: Public, policy: QuotePolicy) -> tuple[QuotePolicy, dict[bytes, 
         pairs = [(ak.scheme, ak.scheme_hash)]
     else:
         pairs = [(alg, h) for alg in _SIG_ALGS for h in _HASHES]
+    verify: Callable[..., None]
     for alg, h in pairs:
         if (
             key is None
@@ -502,38 +508,75 @@ def _prepare(ak: Public, policy: QuotePolicy) -> tuple[QuotePolicy, dict[bytes, 
             or h not in policy.signature_hashes
         ):
             continue
-        params: tuple[bool, Callable[..., None], tuple[object, ...]]
         if alg == _ECDSA_ALG:
-            if ak.type != _ECC:
+            if ak.type != _ECC or ak.curve not in _CURVES:
                 continue
-            params = (True, cast(ec.EllipticCurvePublicKey, key).verify, (_ECDSA[h],))
+            size = ecc_coordinate_size(ak.curve)
+            verify = cast(ec.EllipticCurvePublicKey, key).verify
+            args: tuple[object, ...] = (_ECDSA[h],)
+            length, split, der = 6 + size + 2 + size, 6 + size, _der_frames(size)
         else:
             if ak.type != _RSA or ak.key_bits < policy.min_rsa_bits:
                 continue
-            pad = _PKCS1 if alg == _RSASSA else _PSS[h]
-            params = (False, cast(rsa.RSAPublicKey, key).verify, (pad, _HASHES[h]))
-        size = h.digest_size
-        head = int(alg).to_bytes(2, "big") + int(h).to_bytes(2, "big")
-        heads[head] = (*params, _HASHLIB[h], size, size.to_bytes(2, "big"), Alg(alg), h)
-    state = (policy, heads)
+            size = ak.key_bits // 8
+            verify = cast(rsa.RSAPublicKey, key).verify
+            args = (_PKCS1 if alg == _RSASSA else _PSS[h], _HASHES[h])
+            length, split, der = 6 + size, 0, None
+        if size > (MAX_ECC_KEY_BYTES if der else MAX_RSA_KEY_BYTES) or length > 1024:
+            continue
+        prefix = _U16X3.pack(alg, h, size)
+        sigs[prefix] = (length, verify, args, _HASHLIB[h], h.digest_size, Alg(alg), h, split, der)
+    state: _State = (policy, sigs, {})
     ak.__dict__[_STATE] = state
     return state
 
 
-# TPML_PCR_SELECTION blobs seen in verified-format quotes, by their exact bytes: the selection
-# and the plan to read its values. A verifier sees the same few selections over and over.
+def _layout(ak: Public, state: _State, nonce_size: int) -> _Layout | None:
+    """The fixed part of a quote TPMS_ATTEST by this AK for a nonce of ``nonce_size`` bytes:
+    qualifiedSigner is the AK's Qualified Name (nameAlg || digest, Part 1 §16.6)."""
+    layout: _Layout | None = None
+    signer = 2 + ak.name_alg.digest_size
+    if nonce_size <= MAX_DIGEST and signer <= MAX_NAME:
+        fixed = struct.Struct(f">8s{signer}sH{nonce_size}s{_CLOCK_FW.format[1:]}")
+        layout = (fixed, _QUOTE_HEAD + signer.to_bytes(2, "big"))
+    if len(state[2]) < 16:
+        state[2][nonce_size] = layout
+    return layout
+
+
+def _der_frames(size: int) -> dict[int, tuple[bytes, bytes]]:
+    """For r and s of ``size`` bytes without a leading zero byte, by ``r[0] >> 7 | (s[0] >> 7)
+    << 1``: the DER bytes before r and between r and s (a zero is prepended to an integer
+    whose top bit is set)."""
+    frames = {}
+    for hr in (0, 1):
+        for hs in (0, 1):
+            lr, ls = size + hr, size + hs
+            head = b"\x30" + _der_length(lr + ls + 4) + b"\x02" + _der_length(lr) + b"\0" * hr
+            frames[hr | hs << 1] = (head, b"\x02" + _der_length(ls) + b"\0" * hs)
+    return frames
+
+
+def _der_length(n: int) -> bytes:
+    return bytes([n]) if n < 128 else bytes([0x81, n])
+
+
+# TPML_PCR_SELECTION blobs, each with the TPM2B size field of the pcrDigest that follows it,
+# seen in quotes, by their exact bytes: the selection and the plan to read its values. A
+# verifier sees the same few selections over and over.
 _SELECTIONS: dict[bytes, tuple[PcrSelection, tuple[_Bank, ...]]] = {}
 
 
 def _learn_selection(
     attest: bytes, start: int, end: int
 ) -> tuple[PcrSelection, tuple[_Bank, ...]] | None:
-    """The selection at ``attest[start:end]`` if it is a valid one spanning exactly that."""
+    """The selection at ``attest[start:]`` if it is a valid one followed, exactly at ``end``
+    - 2, by the size field of a digest that takes the rest of ``attest`` after ``end``."""
     try:
         selection, stop = _scan_pcr_selection(attest, start, "TPMS_ATTEST")
     except QuoteFormatError:
         return None
-    if stop != end:
+    if stop != end - 2 or attest[stop:end] != (len(attest) - end).to_bytes(2, "big"):
         return None
     if len(_SELECTIONS) >= 256:
         _SELECTIONS.clear()
@@ -565,6 +608,9 @@ def _concat_fast(
     return b"".join(parts)
 
 
+_U16X3 = struct.Struct(">HHH")
+
+
 def der_signature(r: bytes, s: bytes) -> bytes:
     """The DER ECDSA-Sig-Value of big-endian ``r`` and ``s``: ``encode_dss_signature`` of
     their integers, byte for byte, without the round trip through Python integers."""
@@ -575,6 +621,6 @@ def der_signature(r: bytes, s: bytes) -> bytes:
     if s[0] > 127:
         s = b"\0" + s
     lr, ls = len(r), len(s)
-    if lr + ls > 123:  # long-form lengths (P-521): leave it to cryptography
+    if lr + ls > 123:  # a long-form length (P-521): left to cryptography
         return encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
     return bytes((48, lr + ls + 4, 2, lr)) + r + bytes((2, ls)) + s
