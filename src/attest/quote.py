@@ -313,7 +313,8 @@ def verify_quote(
         state = _prepare(ak, policy)
     # TPMT_SIGNATURE (Part 2 §11.3.4): sigAlg, hash and the first size as this AK and policy
     # allow, and the length that makes for this AK's key.
-    p = state[1].get(signature[:6])
+    # (Exactly bytes: the memo keys below are slices of these.)
+    p = state[1].get(signature[:6]) if type(signature) is bytes is type(attest) else None
     if p is None or len(signature) != p[0]:
         return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
     _, verify, args, hctor, dsize, sig_alg, sig_hash, split, der = p
@@ -336,9 +337,10 @@ def verify_quote(
         if layout is None:
             return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
     fixed, head8 = layout
-    n = len(attest)
-    end = n - dsize  # then pcrSelect and pcrDigest's size, then the digest (Part 3 §18.4)
-    if n > 4096 or end < fixed.size:
+    # Then pcrSelect and pcrDigest's size, then the digest (Part 3 §18.4). (No need for the
+    # reference's 4096-byte bound: every part is bounded, so a quote that passes is smaller.)
+    end = len(attest) - dsize
+    if end < fixed.size:
         return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
     h8, signer, esize, extra, clock, reset, restart, safe, fw = fixed.unpack_from(attest)
     if h8 != head8 or esize != len(nonce) or safe > 1:
@@ -346,9 +348,9 @@ def verify_quote(
     known = _SELECTIONS.get(attest[fixed.size : end])
     if known is None:
         known = _learn_selection(attest, fixed.size, end)
-        if known is None:
-            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
-    selection, plan = known
+    if known is None or known[2] != dsize:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    selection, plan, _ = known
     try:
         verify(raw, attest, *args)
     except InvalidSignature:
@@ -562,25 +564,25 @@ def _der_length(n: int) -> bytes:
 
 
 # TPML_PCR_SELECTION blobs, each with the TPM2B size field of the pcrDigest that follows it,
-# seen in quotes, by their exact bytes: the selection and the plan to read its values. A
-# verifier sees the same few selections over and over.
-_SELECTIONS: dict[bytes, tuple[PcrSelection, tuple[_Bank, ...]]] = {}
+# seen in quotes, by their exact bytes: the selection, the plan to read its values and the
+# digest size the field says. A verifier sees the same few selections over and over.
+_Known = tuple[PcrSelection, tuple[_Bank, ...], int]
+_SELECTIONS: dict[bytes, _Known] = {}
 
 
-def _learn_selection(
-    attest: bytes, start: int, end: int
-) -> tuple[PcrSelection, tuple[_Bank, ...]] | None:
+def _learn_selection(attest: bytes, start: int, end: int) -> _Known | None:
     """The selection at ``attest[start:]`` if it is a valid one followed, exactly at ``end``
     - 2, by the size field of a digest that takes the rest of ``attest`` after ``end``."""
     try:
         selection, stop = _scan_pcr_selection(attest, start, "TPMS_ATTEST")
     except QuoteFormatError:
         return None
-    if stop != end - 2 or attest[stop:end] != (len(attest) - end).to_bytes(2, "big"):
+    dsize = len(attest) - end
+    if stop != end - 2 or attest[stop:end] != dsize.to_bytes(2, "big"):
         return None
     if len(_SELECTIONS) >= 256:
         _SELECTIONS.clear()
-    known = (selection, _plan(selection))
+    known = (selection, _plan(selection), dsize)
     _SELECTIONS[attest[start:end]] = known
     return known
 
