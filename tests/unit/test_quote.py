@@ -546,32 +546,46 @@ def test_fast_path_covers_an_ak_without_a_scheme(fake: FakeTpm, no_reference: No
     )
 
 
-def _tampered_cases(fake: FakeTpm, signer: Signer) -> dict[str, tuple[Any, type[AttestError]]]:
-    values = values_of(fake)
-    attest, sig = signer.quote(values)
-    changed = {alg: dict(v) for alg, v in values.items()}
-    changed[HashAlg.SHA256][2] = b"\xee" * 32
-    relabelled = {
-        HashAlg.SHA256: {i + 4: v for i, v in values[HashAlg.SHA256].items()},
-        HashAlg.SHA1: dict(values[HashAlg.SHA1]),
-    }
-    short = {alg: dict(v) for alg, v in values.items()}
-    short[HashAlg.SHA256][1] = values[HashAlg.SHA256][1][:31]
-    short[HashAlg.SHA256][2] = values[HashAlg.SHA256][1][31:] + values[HashAlg.SHA256][2]
+def _tampered_cases(
+    fake: FakeTpm, signer: Signer, sel: PcrSelection
+) -> dict[str, tuple[Any, type[AttestError]]]:
+    values = values_of(fake, sel)
+    attest, sig = signer.quote(values, sel)
+    first = HashAlg.SHA256  # the first bank of each selection below, PCRs 0-3
+
+    def edited(change: Callable[[dict[int, bytes]], object]) -> dict[HashAlg, dict[int, bytes]]:
+        out = {alg: dict(v) for alg, v in values.items()}
+        change(out[first])
+        return out
+
+    relabelled = {alg: dict(v) for alg, v in values.items()}
+    relabelled[first] = {i + 4: v for i, v in values[first].items()}
+    v1, v2 = values[first][1], values[first][2]
+    without_last_bank = {alg: dict(v) for alg, v in list(values.items())[:-1]}
     bad_sig = bytearray(sig)
     bad_sig[-1] ^= 1
     other = Signer("pss" if signer.scheme == Alg.RSASSA else "rsassa")
     other.key = signer.key if signer.scheme != Alg.ECDSA else other.key
-    unsafe = signer.quote(values, clock=ClockInfo(10, 3, 1, False))
-    not_yes_no = signer.quote(values, clock=ClockInfo(10, 3, 1, 2))  # type: ignore[arg-type]
+    unsafe = signer.quote(values, sel, clock=ClockInfo(10, 3, 1, False))
+    not_yes_no = signer.quote(values, sel, clock=ClockInfo(10, 3, 1, 2))  # type: ignore[arg-type]
     return {
-        "tampered PCR value": ((attest, sig, NONCE, changed), PcrDigestError),
+        "tampered PCR value": ((attest, sig, NONCE, edited(lambda b: b.update({2: b"\xee" * 32}))),
+                               PcrDigestError),
         "wrong nonce": ((attest, sig, b"\x00" * 32, values), NonceError),
         "shorter nonce": ((attest, sig, NONCE[:16], values), NonceError),
         "relabelled selection": ((attest, sig, NONCE, relabelled), PcrSelectionError),
-        "value boundaries moved": ((attest, sig, NONCE, short), PcrSelectionError),
-        "missing bank": ((attest, sig, NONCE, {HashAlg.SHA256: values[HashAlg.SHA256]}),
-                         PcrSelectionError),
+        "value boundaries moved": ((attest, sig, NONCE,
+                                   edited(lambda b: b.update({1: v1[:31], 2: v1[31:] + v2}))),
+                                   PcrSelectionError),
+        "value of 300 bytes": ((attest, sig, NONCE, edited(lambda b: b.update({1: bytes(300)}))),
+                               PcrSelectionError),
+        "extra PCR": ((attest, sig, NONCE, edited(lambda b: b.update({9: v1}))),
+                      PcrSelectionError),
+        "PCR swapped for another": ((attest, sig, NONCE, edited(lambda b: b.update({9: b.pop(3)}))),
+                                    PcrSelectionError),
+        "missing bank": ((attest, sig, NONCE, without_last_bank), PcrSelectionError),
+        "extra bank": ((attest, sig, NONCE, {**values, HashAlg.SHA384: {0: bytes(48)}}),
+                       PcrSelectionError),
         "truncated attest": ((attest[:-1], sig, NONCE, values), QuoteFormatError),
         "trailing byte": ((attest + b"\x00", sig, NONCE, values), QuoteFormatError),
         "truncated signature": ((attest, sig[:-1], NONCE, values), QuoteFormatError),
@@ -584,10 +598,13 @@ def _tampered_cases(fake: FakeTpm, signer: Signer) -> dict[str, tuple[Any, type[
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("sel", [SEL, PcrSelection.parse("sha256:0-3")], ids=["2 banks", "1 bank"])
 @pytest.mark.parametrize("kind", ["ecc", "rsassa"])
-def test_fast_path_refuses_with_the_references_errors(kind: str, fake: FakeTpm) -> None:
+def test_fast_path_refuses_with_the_references_errors(
+    kind: str, sel: PcrSelection, fake: FakeTpm
+) -> None:
     signer = Signer(kind)
-    for case, ((attest, sig, nonce, pcrs), error) in _tampered_cases(fake, signer).items():
+    for case, ((attest, sig, nonce, pcrs), error) in _tampered_cases(fake, signer, sel).items():
         outcome = _refused_alike(attest, sig, signer.ak, nonce, pcrs)
         assert isinstance(outcome, tuple) and outcome[0] is error, (case, outcome)
 
@@ -721,7 +738,11 @@ def test_fast_path_and_reference_agree_on_mutated_quotes(data: st.DataObject) ->
     nonce = data.draw(st.sampled_from([NONCE, NONCE[:20], b""]))
     clock = ClockInfo(1000, 3, 1, data.draw(st.booleans()))
     values = {alg: dict(v) for alg, v in _MUTANT_VALUES.items()}
-    attest, sig = signer.quote(values, nonce=nonce, clock=clock)
+    sel = SEL
+    if data.draw(st.booleans()):  # one bank
+        del values[HashAlg.SHA1]
+        sel = PcrSelection.parse("sha256:0-3")
+    attest, sig = signer.quote(values, sel, nonce=nonce, clock=clock)
     attest = data.draw(_mutation(attest))
     sig = signer.sign(attest) if data.draw(st.booleans()) else data.draw(_mutation(sig))
     given_nonce = data.draw(st.sampled_from([nonce, NONCE[::-1], nonce + b"\x00"]))
@@ -729,11 +750,11 @@ def test_fast_path_and_reference_agree_on_mutated_quotes(data: st.DataObject) ->
     if change == "value":
         values[HashAlg.SHA256][1] = b"\x00" * 32
     elif change == "length":
-        values[HashAlg.SHA1][7] = b"\x00" * 21
+        values[HashAlg.SHA256][2] = b"\x00" * 31
     elif change == "index":
         values[HashAlg.SHA256][9] = values[HashAlg.SHA256].pop(3)
     elif change == "bank":
-        del values[HashAlg.SHA1]
+        values.pop(HashAlg.SHA1, None) or values.pop(HashAlg.SHA256)
     previous = data.draw(
         st.sampled_from([None, ClockInfo(999, 3, 1, True), ClockInfo(5, 4, 0, True)])
     )
