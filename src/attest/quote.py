@@ -200,8 +200,8 @@ def check_selection(signed: PcrSelection, presented: Mapping[HashAlg, Mapping[in
 
 
 # A bank of a signed selection as the hot path reads it: the bank, a C-level getter of its
-# values in selection order, how many there are, and their expected lengths (one byte each).
-_Bank = tuple[HashAlg, Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int, bytes]
+# values in selection order, how many there are, and the list of their expected lengths.
+_Bank = tuple[HashAlg, Callable[[Mapping[int, bytes]], tuple[bytes, ...]], int, list[int]]
 _PLANS: dict[int, tuple[PcrSelection, tuple[_Bank, ...]]] = {}
 
 
@@ -219,7 +219,7 @@ def _plan(signed: PcrSelection) -> tuple[_Bank, ...]:
             get = operator.itemgetter(*indices)
         else:
             get = functools.partial(_pick, indices)
-        banks.append((alg, get, len(indices), bytes([alg.digest_size] * len(indices))))
+        banks.append((alg, get, len(indices), [alg.digest_size] * len(indices)))
     plan = tuple(banks)
     if len(_PLANS) >= 256:
         _PLANS.clear()
@@ -371,9 +371,9 @@ def verify_quote(
         if given is not None and len(given) == count:
             try:
                 chosen = get(given)
-                if bytes(map(len, chosen)) == sizes:
+                if [*map(len, chosen)] == sizes:
                     concatenated = b"".join(chosen)
-            except (KeyError, ValueError):
+            except KeyError:
                 pass
     else:
         concatenated = _concat_fast(plan, values)
@@ -617,9 +617,9 @@ def _concat_fast(
             return None
         try:
             chosen = get(given)
-            if bytes(map(len, chosen)) != sizes:
-                return None
-        except (KeyError, ValueError):
+        except KeyError:
+            return None
+        if [*map(len, chosen)] != sizes:
             return None
         parts += chosen
     return b"".join(parts)
