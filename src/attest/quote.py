@@ -26,6 +26,7 @@ import functools
 import hashlib
 import hmac
 import operator
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn, cast
@@ -37,15 +38,23 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.errors import (
     AttestationTypeError,
+    AttestError,
     ClockError,
     KeyPolicyError,
     NonceError,
     PcrDigestError,
     PcrSelectionError,
+    QuoteFormatError,
     SignatureError,
 )
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import (
+    _CLOCK_FW,
+    _CURVES,
+    MAX_DIGEST,
+    MAX_ECC_KEY_BYTES,
+    MAX_NAME,
+    MAX_RSA_KEY_BYTES,
     TPM_GENERATED_VALUE,
     TPM_ST_ATTEST_QUOTE,
     Alg,
@@ -53,6 +62,8 @@ from attest.tpmstruct import (
     ClockInfo,
     Public,
     Signature,
+    _scan_pcr_selection,
+    ecc_coordinate_size,
     parse_attest,
     parse_signature,
 )
@@ -227,22 +238,10 @@ def _selected_values(
     that they are exactly that selection (the fast path of ``check_selection``: same number
     of values per bank and every signed index present means the same index set; any doubt
     goes to ``check_selection``, which raises with the precise message)."""
-    plan = _plan(signed)
-    if len(plan) != len(presented):
-        _selection_mismatch(signed, presented)
-    parts: list[bytes] = []
-    for alg, get, count, sizes in plan:
-        given = presented.get(alg)
-        if given is None or len(given) != count:
-            _raise_selection(signed, presented)
-        try:
-            chosen = get(given)
-        except KeyError:
-            _raise_selection(signed, presented)
-        if list(map(len, chosen)) != sizes:
-            _raise_selection(signed, presented)
-        parts += chosen
-    return b"".join(parts)
+    concatenated = _concat_fast(_plan(signed), presented)
+    if concatenated is None:
+        _raise_selection(signed, presented)
+    return concatenated
 
 
 def _raise_selection(
@@ -299,10 +298,147 @@ def verify_quote(
     previous: ClockInfo | VerifiedQuote | None = None,
     policy: QuotePolicy = DEFAULT_POLICY,
 ) -> VerifiedQuote:
-    """Verify a TPM2_Quote; return the verified quote or raise (see the module docstring)."""
+    """Verify a TPM2_Quote; return the verified quote or raise (see the module docstring).
+
+    The verifier's hot path. A quote laid out as a TPM makes it, signed with a scheme the AK
+    and ``policy`` allow, is checked here in one pass with the per-AK state prepared once
+    (``_prepare``); anything else -- every malformed, unexpected or refused input -- goes
+    to ``_verify_quote_reference``, which makes the same checks one by one and raises the
+    specific error. The fast path therefore only ever accepts: it never decides an error
+    except the one left once everything before the signature check has passed
+    (``SignatureError``), so errors, their order and their messages are the reference's.
+    """
+    state = ak.__dict__.get(_STATE)
+    if state is None or state[0] is not policy:
+        state = _prepare(ak, policy)
+    # TPMT_SIGNATURE (Part 2 §11.3.4): sigAlg, hash and the first size as this AK and policy
+    # allow, and the length that makes for this AK's key.
+    # (Exactly bytes: the memo keys below are slices of these.)
+    p = state[1].get(signature[:6]) if type(signature) is bytes is type(attest) else None
+    if p is None or len(signature) != p[0]:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    _, verify, args, hctor, dsize, sig_alg, sig_hash, split, der = p
+    if der is None:  # RSA
+        raw = signature[6:]
+    elif signature[split : split + 2] != signature[4:6]:  # ECDSA: signatureS as long as R
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    else:
+        r0, s0 = signature[6], signature[split + 2]
+        if r0 and s0:  # no leading zero byte: the DER frame depends on the top bits only
+            head, mid = der[r0 >> 7 | (s0 >> 7) << 1]
+            raw = b"".join((head, signature[6:split], mid, signature[split + 2 :]))
+        else:
+            raw = der_signature(signature[6:split], signature[split + 2 :])
+    # TPMS_ATTEST (Part 2 §10.12.12) of a quote made by a TPM, with this AK's qualifiedSigner
+    # size and the expected nonce's size: its fixed part in one unpack.
+    layout = state[2].get(len(nonce))
+    if layout is None:
+        layout = _layout(ak, state, len(nonce))
+        if layout is None:
+            return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    fixed, head8 = layout
+    # Then pcrSelect and pcrDigest's size, then the digest (Part 3 §18.4). (No need for the
+    # reference's 4096-byte bound: every part is bounded, so a quote that passes is smaller.)
+    end = len(attest) - dsize
+    if end < fixed.size:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    h8, signer, esize, extra, clock, reset, restart, safe, fw = fixed.unpack_from(attest)
+    if h8 != head8 or esize != len(nonce) or safe > 1:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    known = _SELECTIONS.get(attest[fixed.size : end])
+    if known is None:
+        known = _learn_selection(attest, fixed.size, end)
+    if known is None or known[2] != dsize:
+        return _verify_quote_reference(attest, signature, ak, nonce, pcrs, previous, policy)
+    selection, plan, _ = known
+    try:
+        if der is None:
+            verify(raw, attest, args[0], args[1])
+        else:
+            verify(raw, attest, args[0])
+    except InvalidSignature:
+        # Everything the reference checks before the signature has passed.
+        raise SignatureError("the signature does not verify with the AK") from None
+    # From here on the structure is authentic; any doubt goes to the reference for the error.
+    if isinstance(pcrs, PcrValues):
+        values, verified = pcrs.values, pcrs
+    else:
+        values, verified = pcrs, None
+    concatenated = None
+    if len(plan) == 1 == len(values):  # one bank (the common case): _concat_fast inlined
+        alg, get, count, sizes = plan[0]
+        given = values.get(alg)
+        if given is not None and len(given) == count:
+            try:
+                chosen = get(given)
+                if [*map(len, chosen)] == sizes:
+                    concatenated = b"".join(chosen)
+            except KeyError:
+                pass
+    else:
+        concatenated = _concat_fast(plan, values)
+    digest = attest[end:]
+    if (
+        concatenated is None
+        or not hmac.compare_digest(extra, nonce)
+        or not hmac.compare_digest(hctor(concatenated).digest(), digest)
+    ):
+        return _check_contents(
+            parse_attest(attest), sig_alg, sig_hash, nonce, pcrs, previous, policy
+        )
+    clock_info = _new(ClockInfo, (clock, reset, restart, safe == 1))
+    if previous is not None or safe != 1:
+        prev = previous.clock if isinstance(previous, VerifiedQuote) else previous
+        check_clock(clock_info, prev, require_safe=policy.require_safe_clock)
+    if verified is None:  # a plain mapping is copied so later changes to it cannot leak in
+        verified = PcrValues({alg: dict(values[alg]) for alg, _ in selection.banks})
+    parsed = _new(
+        Attest,
+        (
+            TPM_GENERATED_VALUE,
+            TPM_ST_ATTEST_QUOTE,
+            signer,
+            extra,
+            clock_info,
+            fw,
+            selection,
+            digest,
+            attest,
+        ),
+    )
+    return _new(
+        VerifiedQuote,
+        (verified, selection, extra, clock_info, fw, signer, sig_alg, sig_hash, parsed),
+    )
+
+
+def _verify_quote_reference(
+    attest: bytes,
+    signature: bytes,
+    ak: Public,
+    nonce: bytes,
+    pcrs: Mapping[HashAlg, Mapping[int, bytes]] | PcrValues,
+    previous: ClockInfo | VerifiedQuote | None,
+    policy: QuotePolicy,
+) -> VerifiedQuote:
+    """``verify_quote`` one check at a time, in the module docstring's order: the reference
+    that decides every error."""
     sig = parse_signature(signature)
     parsed = parse_attest(attest)
     verify_signature(attest, sig, ak, policy)
+    return _check_contents(parsed, sig.alg, sig.hash, nonce, pcrs, previous, policy)
+
+
+def _check_contents(
+    parsed: Attest,
+    sig_alg: Alg,
+    sig_hash: HashAlg,
+    nonce: bytes,
+    pcrs: Mapping[HashAlg, Mapping[int, bytes]] | PcrValues,
+    previous: ClockInfo | VerifiedQuote | None,
+    policy: QuotePolicy,
+) -> VerifiedQuote:
+    """Steps 3-7 of the module docstring, on a TPMS_ATTEST whose signature has verified."""
     magic, st, signer, extra, clock, firmware, selection, pcr_digest, _ = parsed
     if magic != TPM_GENERATED_VALUE:
         raise AttestationTypeError(
@@ -314,7 +450,7 @@ def verify_quote(
         raise NonceError("qualifying data in the quote is not the expected nonce")
     values = pcrs.values if isinstance(pcrs, PcrValues) else pcrs
     concatenated = _selected_values(selection, values)
-    if not hmac.compare_digest(_HASHLIB[sig.hash](concatenated).digest(), pcr_digest):
+    if not hmac.compare_digest(_HASHLIB[sig_hash](concatenated).digest(), pcr_digest):
         raise PcrDigestError(
             "pcrDigest does not match the PCR values presented (values changed or reordered)"
         )
@@ -330,5 +466,178 @@ def verify_quote(
     # tuple.__new__ skips the NamedTuple's Python-level __new__ (every field is given).
     return _new(
         VerifiedQuote,
-        (verified, selection, extra, clock, firmware, signer, sig.alg, sig.hash, parsed),
+        (verified, selection, extra, clock, firmware, signer, sig_alg, sig_hash, parsed),
     )
+
+
+# --- the fast path's prepared state ----------------------------------------------------------
+
+# What the fast path needs for one signature prefix (sigAlg, hash, first TPM2B size) that an
+# AK and a policy accept: the signature's whole length, the key's bound verify and its extra
+# arguments (prebuilt padding and hash objects), the PCR digest's hashlib constructor and
+# size, the scheme and hash as the result reports them, and for ECDSA where signatureS's size
+# field starts and the DER frames by the top bits of r and s.
+_SigParams = tuple[
+    int,
+    Callable[..., None],
+    tuple[object, ...],
+    Callable[[bytes], "hashlib._Hash"],
+    int,
+    Alg,
+    HashAlg,
+    int,
+    "dict[int, tuple[bytes, bytes]] | None",
+]
+# The fixed part of a quote TPMS_ATTEST for a nonce size, up to pcrSelect, and its first
+# eight bytes: magic, type and the qualifiedSigner's size.
+_Layout = tuple[struct.Struct, bytes]
+# Kept in the AK's instance dict (beside ``Public.key``'s cached key object), so that it lives
+# as long as the AK and a fleet of AKs does not thrash a shared cache:
+# (policy, {signature prefix: params}, {nonce size: layout}).
+_State = tuple[QuotePolicy, dict[bytes, _SigParams], dict[int, _Layout | None]]
+_STATE = "_attest_quote_fast_path"
+_QUOTE_HEAD = TPM_GENERATED_VALUE.to_bytes(4, "big") + TPM_ST_ATTEST_QUOTE.to_bytes(2, "big")
+_SIG_ALGS = (Alg.ECDSA, Alg.RSASSA, Alg.RSAPSS)
+
+
+def _prepare(ak: Public, policy: QuotePolicy) -> _State:
+    """The signatures that ``verify_signature`` would let through to the cryptographic check
+    for this AK under this policy, each with its prepared parameters; stored on ``ak``. Only
+    the fixed sizes a TPM makes are covered (RSA: the modulus' size; ECDSA: r and s of the
+    curve's size); any other size goes to the reference."""
+    sigs: dict[bytes, _SigParams] = {}
+    try:
+        key = ak.key
+    except AttestError:
+        key = None  # no valid key: the reference raises the error
+    if ak.scheme != _NULL:
+        pairs = [(ak.scheme, ak.scheme_hash)]
+    else:
+        pairs = [(alg, h) for alg in _SIG_ALGS for h in _HASHES]
+    verify: Callable[..., None]
+    for alg, h in pairs:
+        if (
+            key is None
+            or h is None
+            or h not in _HASHES
+            or alg not in _SIG_ALGS
+            or alg not in policy.schemes
+            or h not in policy.signature_hashes
+        ):
+            continue
+        if alg == _ECDSA_ALG:
+            if ak.type != _ECC or ak.curve not in _CURVES:
+                continue
+            size = ecc_coordinate_size(ak.curve)
+            verify = cast(ec.EllipticCurvePublicKey, key).verify
+            args: tuple[object, ...] = (_ECDSA[h],)
+            length, split, der = 6 + size + 2 + size, 6 + size, _der_frames(size)
+        else:
+            if ak.type != _RSA or ak.key_bits < policy.min_rsa_bits:
+                continue
+            size = ak.key_bits // 8
+            verify = cast(rsa.RSAPublicKey, key).verify
+            args = (_PKCS1 if alg == _RSASSA else _PSS[h], _HASHES[h])
+            length, split, der = 6 + size, 0, None
+        if size > (MAX_ECC_KEY_BYTES if der else MAX_RSA_KEY_BYTES) or length > 1024:
+            continue
+        prefix = _U16X3.pack(alg, h, size)
+        sigs[prefix] = (length, verify, args, _HASHLIB[h], h.digest_size, Alg(alg), h, split, der)
+    state: _State = (policy, sigs, {})
+    ak.__dict__[_STATE] = state
+    return state
+
+
+def _layout(ak: Public, state: _State, nonce_size: int) -> _Layout | None:
+    """The fixed part of a quote TPMS_ATTEST by this AK for a nonce of ``nonce_size`` bytes:
+    qualifiedSigner is the AK's Qualified Name (nameAlg || digest, Part 1 §16.6)."""
+    layout: _Layout | None = None
+    signer = 2 + ak.name_alg.digest_size
+    if nonce_size <= MAX_DIGEST and signer <= MAX_NAME:
+        fixed = struct.Struct(f">8s{signer}sH{nonce_size}s{_CLOCK_FW.format[1:]}")
+        layout = (fixed, _QUOTE_HEAD + signer.to_bytes(2, "big"))
+    if len(state[2]) < 16:
+        state[2][nonce_size] = layout
+    return layout
+
+
+def _der_frames(size: int) -> dict[int, tuple[bytes, bytes]]:
+    """For r and s of ``size`` bytes without a leading zero byte, by ``r[0] >> 7 | (s[0] >> 7)
+    << 1``: the DER bytes before r and between r and s (a zero is prepended to an integer
+    whose top bit is set)."""
+    frames = {}
+    for hr in (0, 1):
+        for hs in (0, 1):
+            lr, ls = size + hr, size + hs
+            head = b"\x30" + _der_length(lr + ls + 4) + b"\x02" + _der_length(lr) + b"\0" * hr
+            frames[hr | hs << 1] = (head, b"\x02" + _der_length(ls) + b"\0" * hs)
+    return frames
+
+
+def _der_length(n: int) -> bytes:
+    return bytes([n]) if n < 128 else bytes([0x81, n])
+
+
+# TPML_PCR_SELECTION blobs, each with the TPM2B size field of the pcrDigest that follows it,
+# seen in quotes, by their exact bytes: the selection, the plan to read its values and the
+# digest size the field says. A verifier sees the same few selections over and over.
+_Known = tuple[PcrSelection, tuple[_Bank, ...], int]
+_SELECTIONS: dict[bytes, _Known] = {}
+
+
+def _learn_selection(attest: bytes, start: int, end: int) -> _Known | None:
+    """The selection at ``attest[start:]`` if it is a valid one followed, exactly at ``end``
+    - 2, by the size field of a digest that takes the rest of ``attest`` after ``end``."""
+    try:
+        selection, stop = _scan_pcr_selection(attest, start, "TPMS_ATTEST")
+    except QuoteFormatError:
+        return None
+    dsize = len(attest) - end
+    if stop != end - 2 or attest[stop:end] != dsize.to_bytes(2, "big"):
+        return None
+    if len(_SELECTIONS) >= 256:
+        _SELECTIONS.clear()
+    known = (selection, _plan(selection), dsize)
+    _SELECTIONS[attest[start:end]] = known
+    return known
+
+
+def _concat_fast(
+    plan: tuple[_Bank, ...], presented: Mapping[HashAlg, Mapping[int, bytes]]
+) -> bytes | None:
+    """The presented values concatenated in the plan's order if they are exactly its
+    selection (same number of values per bank and every signed index present means the same
+    index set), else None: ``check_selection`` says what is wrong."""
+    if len(plan) != len(presented):
+        return None
+    parts: list[bytes] = []
+    for alg, get, count, sizes in plan:
+        given = presented.get(alg)
+        if given is None or len(given) != count:
+            return None
+        try:
+            chosen = get(given)
+        except KeyError:
+            return None
+        if [*map(len, chosen)] != sizes:
+            return None
+        parts += chosen
+    return b"".join(parts)
+
+
+_U16X3 = struct.Struct(">HHH")
+
+
+def der_signature(r: bytes, s: bytes) -> bytes:
+    """The DER ECDSA-Sig-Value of big-endian ``r`` and ``s``: ``encode_dss_signature`` of
+    their integers, byte for byte, without the round trip through Python integers."""
+    r = r.lstrip(b"\0") or b"\0"
+    if r[0] > 127:
+        r = b"\0" + r
+    s = s.lstrip(b"\0") or b"\0"
+    if s[0] > 127:
+        s = b"\0" + s
+    lr, ls = len(r), len(s)
+    if lr + ls > 123:  # a long-form length (P-521): left to cryptography
+        return encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+    return bytes((48, lr + ls + 4, 2, lr)) + r + bytes((2, ls)) + s

@@ -21,7 +21,8 @@ from pathlib import Path
 import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attest import cmw
@@ -38,6 +39,7 @@ from attest.errors import (
     ReplayError,
     SnpFormatError,
     UkiFormatError,
+    VerificationError,
     VerityFormatError,
 )
 from attest.eventlog.cel import dumps_cel, loads_cel, new_record, parse_ima_log
@@ -65,6 +67,7 @@ from attest.manifest.model import (
 )
 from attest.manifest.parse import load_registry, load_root
 from attest.model import HashAlg, PcrSelection, PcrValues
+from attest.quote import DEFAULT_POLICY, _verify_quote_reference, verify_quote
 from attest.snp.certs import AmdCertificate, crl_signed_by, load_certificates, load_crl
 from attest.snp.certtable import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table, parse_cert_table
 from attest.snp.policy import SnpPolicy
@@ -76,9 +79,11 @@ from attest.tpmstruct import (
     Alg,
     ClockInfo,
     ObjectAttr,
+    Public,
     Signature,
     build_attest,
     build_signature,
+    digest_of_values,
     parse_attest,
     parse_public,
     parse_signature,
@@ -129,6 +134,86 @@ def _tpm_seeds() -> tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...
 @cache
 def _rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+# --- quote verification: the fast path against the reference --------------------------------
+
+_QUOTE_NONCE = b"q" * 32
+_QUOTE_SEL = PcrSelection.of({HashAlg.SHA256: range(8), HashAlg.SHA1: [0, 7]})
+_QUOTE_PCRS = PcrValues(
+    {alg: {i: bytes([i + 1]) * alg.digest_size for i in idx} for alg, idx in _QUOTE_SEL.banks}
+)
+
+
+@cache
+def _quote_aks() -> tuple[tuple[Public, Callable[[bytes], bytes]], ...]:
+    """An ECC P-256 and an RSA-2048 AK, each with a function that signs as a TPM does."""
+    ecc = ec.derive_private_key(11, ec.SECP256R1())
+    rsa_key = _rsa_key()
+
+    def sign_ecdsa(message: bytes) -> bytes:
+        r, s = decode_dss_signature(ecc.sign(message, ec.ECDSA(hashes.SHA256())))
+        sig = Signature(Alg.ECDSA, HashAlg.SHA256, r=r.to_bytes(32, "big"), s=s.to_bytes(32, "big"))
+        return build_signature(sig)
+
+    def sign_rsassa(message: bytes) -> bytes:
+        raw = rsa_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        return build_signature(Signature(Alg.RSASSA, HashAlg.SHA256, sig=raw))
+
+    attrs = ObjectAttr(0x00050072)
+    return (
+        (public_from_key(ecc.public_key(), attributes=attrs, scheme=Alg.ECDSA,
+                         scheme_hash=HashAlg.SHA256), sign_ecdsa),
+        (public_from_key(rsa_key.public_key(), attributes=attrs, scheme=Alg.RSASSA,
+                         scheme_hash=HashAlg.SHA256), sign_rsassa),
+    )  # fmt: skip
+
+
+def _quote_seeds() -> tuple[bytes, ...]:
+    """Genuine quotes as ``_quote_verify`` takes them: which AK (one byte), the TPMS_ATTEST's
+    size (two bytes), the TPMS_ATTEST and the TPMT_SIGNATURE."""
+    seeds = []
+    for which, (ak, sign_as_tpm) in enumerate(_quote_aks()):
+        attest = build_attest(
+            qualified_signer=ak.name,
+            extra_data=_QUOTE_NONCE,
+            clock_info=ClockInfo(123456, 3, 1, True),
+            firmware_version=0x2000_0001,
+            pcr_select=_QUOTE_SEL,
+            pcr_digest=digest_of_values(HashAlg.SHA256, _QUOTE_PCRS.values, _QUOTE_SEL),
+        )
+        seeds.append(bytes([which]) + len(attest).to_bytes(2, "big") + attest + sign_as_tpm(attest))
+    return tuple(seeds)
+
+
+def _quote_verify(data: bytes) -> object:
+    """``verify_quote`` (its fast path first) and the reference path on the same quote, AK,
+    nonce and PCR values: the same result or the same error with the same message, else an
+    ``AssertionError`` (a finding)."""
+    if len(data) < 3:
+        raise QuoteFormatError("quote fuzz input: shorter than its header")
+    ak = _quote_aks()[data[0] & 1][0]
+    size = int.from_bytes(data[1:3], "big")
+    attest, signature = data[3 : 3 + size], data[3 + size :]
+    try:
+        fast: object = verify_quote(attest, signature, ak=ak, nonce=_QUOTE_NONCE, pcrs=_QUOTE_PCRS)
+    except AttestError as exc:
+        fast = exc
+    try:
+        ref: object = _verify_quote_reference(
+            attest, signature, ak, _QUOTE_NONCE, _QUOTE_PCRS, None, DEFAULT_POLICY
+        )
+    except AttestError as exc:
+        ref = exc
+    if _outcome(fast) != _outcome(ref):
+        raise AssertionError(f"fast path: {fast!r}; reference: {ref!r}")
+    if isinstance(fast, AttestError):
+        raise fast
+    return fast
+
+
+def _outcome(result: object) -> object:
+    return (type(result), str(result)) if isinstance(result, AttestError) else result
 
 
 # --- event logs ------------------------------------------------------------------------------
@@ -487,6 +572,7 @@ def targets(*, eventlog_dirs: Sequence[Path] = ()) -> list[Target]:
         _t("tpms-attest", parse_attest, attests, QuoteFormatError),
         _t("tpmt-signature", parse_signature, sigs, QuoteFormatError),
         _t("tpm2b-public", parse_public, publics, QuoteFormatError),
+        _t("quote-verify", _quote_verify, _quote_seeds(), QuoteFormatError, VerificationError),
         _t("eventlog", parse_event_log, logs, EventLogFormatError),
         _t(
             "eventlog-strict",
