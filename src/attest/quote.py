@@ -150,6 +150,8 @@ def verify_signature(message: bytes, sig: Signature, ak: Public, policy: QuotePo
         raise KeyPolicyError(f"signature scheme {alg.name} is not allowed")
     if h not in policy.signature_hashes:
         raise KeyPolicyError(f"signature hash {h.bank_name} is not allowed")
+    if h not in _HASHES:  # a policy may name it; no signature check here implements it
+        raise KeyPolicyError(f"signature hash {h.bank_name} is not supported")
     # A restricted signing key signs only with its own scheme (Part 1 §25.2.3.2).
     if ak.scheme != _NULL and (alg != ak.scheme or h != ak.scheme_hash):
         raise SignatureError(

@@ -188,6 +188,23 @@ def test_rejects_sha1_signature_by_default(fake: FakeTpm) -> None:
         verify_quote(attest, sig, ak=signer.ak, nonce=NONCE, pcrs=values)
 
 
+def test_a_policy_naming_a_hash_with_no_signature_check_is_refused_not_a_crash(
+    fake: FakeTpm,
+) -> None:
+    """SM3 may be allowed by a policy a program builds, but no signature check here implements
+    it: an SM3 signature by an AK with no scheme of its own is a ``KeyPolicyError``."""
+    signer = Signer()
+    signer.ak = dataclasses.replace(signer.ak, scheme=Alg.NULL, scheme_hash=None)
+    values = values_of(fake)
+    attest, _ = signer.quote(values)
+    ecdsa = Signature(Alg.ECDSA, HashAlg.SM3_256, r=b"\x01" * 32, s=b"\x02" * 32)
+    policy = QuotePolicy(signature_hashes=frozenset({HashAlg.SHA256, HashAlg.SM3_256}))
+    with pytest.raises(KeyPolicyError, match="sm3_256 is not supported"):
+        verify_quote(
+            attest, build_signature(ecdsa), ak=signer.ak, nonce=NONCE, pcrs=values, policy=policy
+        )
+
+
 def test_rejects_small_rsa_key() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     ak = public_from_key(
