@@ -65,6 +65,7 @@ from attest.verifier.fleet.enrollment import (
     Registration,
     with_roots,
 )
+from attest.verifier.fleet.heap import collect_periodically, tune_gc
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso
 from attest.verifier.fleet.pairs import SnpCollateral
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
@@ -366,6 +367,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tasks = [
             asyncio.create_task(poller.run(stop)),
             asyncio.create_task(watch_rollout(store, registry, stop)),
+            asyncio.create_task(collect_periodically(stop)),
         ]
         if sender is not None:
             tasks.append(asyncio.create_task(sender.run(stop)))
@@ -389,6 +391,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    tune_gc()
     try:
         asyncio.run(main())
     finally:
