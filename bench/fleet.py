@@ -39,7 +39,8 @@ result document, the EAR, the store).
 it also prints the CPU per appraisal of each thread. ``--quick``: 2,000 nodes at 2 s (the same
 1,000 appraisals/s as 10,000 at 10 s, for 10 s). Last line:
     fleet nodes=… interval_s=… target_aps=… aps=… p99_ms=… verifier_cpu=…
-          verifier_cpu_us_per_appraisal=… cpu_per_appraisal_over_verify=… sim_cpu=…
+          verifier_cpu_us_per_appraisal=… cpu_per_appraisal_over_verify=… gc_us_per_appraisal=…
+          sim_cpu=…
           appraise_us=… appraise_full_us=… bare_verify_us=… offline_bare_verify_us=…
           appraise_over_verify=…
           double_appraisals=…
@@ -253,15 +254,38 @@ def verifier(
         signer=signer,
         **registry,
     )
+    if not args.default_gc:  # as attest fleet serve does before it polls
+        from attest.verifier.fleet.heap import tune_gc
+
+        tune_gc()
+
+    # The garbage collector's CPU in the window, by generation (its callbacks, thread time).
+    import gc
+
+    gc_cpu = [0.0, 0.0, 0.0]
+    gc_started = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.thread_time()
+        else:
+            gc_cpu[info["generation"]] += time.thread_time() - gc_started[0]
+
+    gc.callbacks.append(gc_timer)
 
     async def main() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(poller.run(stop))
+        if not args.default_gc:
+            from attest.verifier.fleet.heap import collect_periodically
+
+            collector = asyncio.create_task(collect_periodically(stop))
         await asyncio.sleep(max(0.0, start_at - time.time()))  # warm-up ends
         bare = _bare_verify_us()  # blocks the loop ~0.1 s, before the window
         m = poller.metrics
         a0, f0, s0 = m.appraisals, m.failures, m.appraise_seconds
         v0 = dict(m.by_status)
+        gc0 = list(gc_cpu)
         c0, t0 = time.process_time(), time.time()
         th0 = _thread_cpu()
         del m.latencies[:]
@@ -285,10 +309,15 @@ def verifier(
         a1, f1, s1 = m.appraisals, m.failures, m.appraise_seconds
         c1, t1 = time.process_time(), time.time()
         th1 = _thread_cpu()
+        t = time.thread_time()  # what collect_periodically's full collection costs now
+        gc.collect()
+        full_gc = time.thread_time() - t
         bare += _bare_verify_us()  # after the window
         lat = sorted(m.latencies)
         stop.set()
         await task
+        if not args.default_gc:
+            await collector
         out.put(
             {
                 "worker": worker,
@@ -299,6 +328,8 @@ def verifier(
                     for k, n in m.by_status.items()
                     if n - v0.get(k, 0)
                 },
+                "gc": [b - a for a, b in zip(gc0, gc_cpu, strict=True)],
+                "full_gc": full_gc,
                 "cpu": (c1 - c0) / (t1 - t0),
                 "appraise_cpu_share": (s1 - s0) / (t1 - t0),
                 "p99": lat[int(len(lat) * 0.99) - 1] if lat else float("nan"),
@@ -431,6 +462,13 @@ def main() -> int:
         "their platform reference",
     )
     ap.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="CPython's garbage collection as it comes (attest fleet serve applies "
+        "attest.verifier.fleet.heap: the started service frozen, full collections once a "
+        "minute)",
+    )
+    ap.add_argument(
         "--no-appraisal",
         action="store_true",
         help="the machinery alone: every contact is challenged, answered, signed and stored as "
@@ -544,9 +582,13 @@ def main() -> int:
             for k, v in sorted(r["threads"].items(), key=lambda kv: -kv[1])
             if v > 0
         )
+        gc_us = [g / max(r["appraisals"], 1) * 1e6 for g in r["gc"]]
         print(
             f"{r['worker']}: CPU per appraisal by thread (µs): {per}; "
-            f"all threads {r['cpu'] / max(r['aps'], 1e-9) * 1e6:.0f}"
+            f"all threads {r['cpu'] / max(r['aps'], 1e-9) * 1e6:.0f}; of it the garbage "
+            f"collector {sum(gc_us):.0f} (generations 0/1/2: "
+            f"{' / '.join(f'{u:.0f}' for u in gc_us)}); a full collection after the window "
+            f"{r['full_gc'] * 1000:.0f} ms"
         )
         print(
             f"{r['worker']}: {r['aps']:7.1f} appraisals/s  p50 {r['p50'] * 1000:6.1f} ms  "
@@ -563,17 +605,21 @@ def main() -> int:
         f"whole firmware log (warm-up included)"
     )
     mode = "full" if args.full_appraisal else "none" if args.no_appraisal else "incremental"
+    gc_total = sum(sum(r["gc"]) for r in results)
+    done = sum(r["appraisals"] for r in results)
     print(
         f"fleet nodes={args.nodes} interval_s={args.interval:g} workers={args.workers} "
         f"db={'postgresql' if db.startswith('postgres') else 'sqlite'} "
         f"firmware_log={'none' if firmware is None else len(firmware)} "
         f"runtime_events={args.runtime_events} "
         f"mode={mode} ear={int(not args.no_ear)} registry={int(not args.no_registry)} "
+        f"gc={'default' if args.default_gc else 'service'} "
         f"loop={'uvloop' if args.uvloop else 'asyncio'} "
         f"target_aps={target:.0f} "
         f"aps={aps:.0f} keeps_up={int(aps >= 0.97 * target)} p99_ms={p99:.1f} "
         f"verifier_cpu={cpu:.2f} verifier_cpu_us_per_appraisal={cpu / aps * 1e6:.0f} "
         f"cpu_per_appraisal_over_verify={cpu / aps * 1e6 / verify_us:.1f} "
+        f"gc_us_per_appraisal={gc_total / max(done, 1) * 1e6:.0f} "
         f"sim_cpu={sim_cpu:.2f} appraise_us={appraise_us:.0f} appraise_full_us={full_us:.0f} "
         f"bare_verify_us={verify_us:.0f} offline_bare_verify_us={median(bare):.0f} "
         f"appraise_over_verify={appraise_us / median(bare):.1f} "
