@@ -1,26 +1,17 @@
 """Fixtures of the fleet tier: simulated nodes on loopback, a throwaway PostgreSQL server,
 and a signed registry.
 
-PostgreSQL: Debian's server binaries (``/usr/lib/postgresql/<v>/bin``: initdb, pg_ctl) start a
-cluster in a temporary directory on a free port, for the session. PostgreSQL refuses to run as
-root: under root the cluster runs as the system user ``attest-test``, created with ``useradd``
-when missing. Missing binaries skip the PostgreSQL tests with the reason, and FAIL them under
-``CI=true`` (``.ci/run`` installs the ``postgresql`` package).
+PostgreSQL: a throwaway cluster (``attest.testing.pg``: Debian's server binaries, a temporary
+directory, a free port) for the session. Missing binaries skip the PostgreSQL tests with the
+reason, and FAIL them under ``CI=true`` (``.ci/run`` installs the ``postgresql`` package).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
-import pwd
-import secrets
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,20 +23,13 @@ from tests.support.poller import SIM_PLATFORMS
 
 from attest.manifest import VerifiedRegistry, verify_snapshot
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import PgCluster, PgServer, PgUnavailable
 from attest.verifier.fleet.trust import RegistryState
-
-PG_USER = "attest-test"
 
 
 def serve_command(db: str, *args: str) -> list[str]:
     """``attest fleet serve --db DB ARGS`` as a subprocess's command line."""
     return [sys.executable, "-m", "attest.cli.fleet", "serve", "--db", db, *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class SimServer:
@@ -154,122 +138,16 @@ def registry() -> Registry:
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
-def _pg_bindir() -> Path | None:
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3])
-    )
-    return Path(found[-1]).parent if found else None
-
-
-def _need_pg() -> Path:
-    bindir = _pg_bindir()
-    if bindir is not None:
-        return bindir
-    msg = "PostgreSQL server binaries missing (/usr/lib/postgresql/*/bin; apt package postgresql)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the PostgreSQL tests: {msg}")
-    pytest.skip(msg)
-
-
-def _as_user() -> list[str]:
-    if os.geteuid() != 0:
-        return []
-    try:
-        pwd.getpwnam(PG_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-            check=True,
-        )
-    return ["runuser", "-u", PG_USER, "--"]
-
-
-@dataclass
-class PgServer:
-    dsn_base: str
-
-    def new_database(self) -> str:
-        import psycopg
-
-        name = "t_" + secrets.token_hex(6)
-        with psycopg.connect(self.dsn_base + "/postgres", autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return f"{self.dsn_base}/{name}"
-
-
-@dataclass
-class PgCluster:
-    """A PostgreSQL cluster in a temporary directory, on a free port: started, stopped and
-    started again on demand (``pg_ctl``)."""
-
-    bindir: Path
-    prefix: list[str]
-    work: Path
-    port: int
-
-    @classmethod
-    def create(cls) -> PgCluster:
-        bindir = _need_pg()
-        pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
-        prefix = _as_user()
-        work = Path(tempfile.mkdtemp(prefix="attest-pg-"))
-        os.chmod(work, 0o755)
-        if prefix:
-            shutil.chown(work, PG_USER)
-        c = cls(bindir, prefix, work, free_port())
-        subprocess.run(
-            [
-                *prefix,
-                str(bindir / "initdb"),
-                "-D",
-                str(c.data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return c
-
-    @property
-    def data(self) -> Path:
-        return self.work / "data"
-
-    @property
-    def dsn_base(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}"
-
-    def _ctl(self, *args: str) -> None:
-        subprocess.run(
-            [*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), *args],
-            check=True,
-            capture_output=True,
-        )
-
-    def start(self) -> None:
-        opts = (
-            f"-p {self.port} -k {self.work} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
-        )
-        self._ctl("-o", opts, "-l", str(self.work / "log"), "-w", "-t", "60", "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._ctl("-m", mode, "-w", "stop")
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop("immediate")
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def pg_cluster() -> Iterator[PgCluster]:
-    """A cluster of its own (a test that stops and restarts it)."""
-    c = PgCluster.create()
+    """A cluster of its own (a test that stops and restarts it). Missing server binaries or
+    psycopg skip the test with the reason, and fail it under ``CI=true``."""
+    try:
+        c = PgCluster.create()
+    except PgUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {exc}")
+        pytest.skip(str(exc))
     c.start()
     try:
         yield c

@@ -11,9 +11,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.fleet.conftest import free_port
-
 from attest.errors import WebhookSignatureError
+from attest.testing.pg import free_port
 from attest.verifier.fleet.outbox import OutboxEvent
 from attest.verifier.fleet.webhooks import IDEMPOTENCY_HEADER, verify_signature
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from tests.fleet.conftest import Registry, free_port, sim_server
+from tests.fleet.conftest import Registry, sim_server
 from tests.support.poller import settings
 
 from attest.errors import NodeIdRefused
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import free_port
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser

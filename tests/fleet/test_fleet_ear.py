@@ -17,12 +17,13 @@ from pathlib import Path
 import cbor2
 import pytest
 from fastapi.testclient import TestClient
-from tests.fleet.conftest import Registry, free_port, sim_server
+from tests.fleet.conftest import Registry, sim_server
 from tests.support.poller import settings, until, verdicts
 
 from attest.appraisal.ear import jwk_public_key, public_jwk, verify_cwt, verify_ear, verify_token
 from attest.errors import ConfigError, EvidenceFormatError, SignatureError
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import free_port
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import EAR_CWT_MEDIA_TYPE, EAR_MEDIA_TYPE, create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.fleet.conftest import Registry, dev_policy, free_port, sim_server
+from tests.fleet.conftest import Registry, dev_policy, sim_server
 from tests.support.manifest import NOW, release
 from tests.support.poller import SIM_PLATFORM, SIM_PLATFORMS
 from tests.support.prom import samples
@@ -38,6 +38,7 @@ from attest.errors import NodeIdTaken
 from attest.manifest.trusted import TrustedState
 from attest.storage.trusted_state import save_state
 from attest.testing.fleet_sim import SimFleet, SimNode
+from attest.testing.pg import free_port
 from attest.verifier.fleet.store import SqliteStore
 from attest.verifier.fleet.webhooks import verify_signature
 

@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.fleet.conftest import dev_policy, free_port, sim_server
+from tests.fleet.conftest import dev_policy, sim_server
 from tests.support.hostile import assert_refused_cleanly
 
 from attest.testing.fleet_sim import EK_ATTRS, SimFleet, SimNode
 from attest.testing.hostile_peers import MARKER, hostile
+from attest.testing.pg import free_port
 from attest.tpmstruct import Alg, SymDef, public_from_key
 
 WRITE = "write-token-0123456789abcdef"

@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from tests.fleet.conftest import PgServer, dev_policy, free_port, pg_cluster, sim_server
+from tests.fleet.conftest import PgServer, dev_policy, pg_cluster, sim_server
 from tests.support.prom import samples
 
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import free_port
 from attest.verifier.fleet.store import open_store
 
 N = 20

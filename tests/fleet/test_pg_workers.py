@@ -12,9 +12,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.fleet.conftest import dev_policy, free_port, sim_server
+from tests.fleet.conftest import dev_policy, sim_server
 
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import free_port
 from attest.verifier.fleet.store import open_store
 
 N = 40

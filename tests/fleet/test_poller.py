@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fleet.conftest import Registry, SimServer, free_port, sim_server
+from tests.fleet.conftest import Registry, SimServer, sim_server
 from tests.support.poller import (
     OVMF_LOG,
     SIM_OVMF_PLATFORM,
@@ -24,6 +24,7 @@ from attest.appraisal.rules import VerifierRules
 from attest.enroll import Enrollment
 from attest.errors import WebhookSignatureError
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import free_port
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.store import SqliteStore

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.fleet.conftest import free_port
 from tests.support.prom import samples
 
 from attest.errors import DatabaseUnavailable
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import free_port
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.model import Freshness, NodeRow

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.fleet.conftest import dev_serve_args, free_port, serve_command, sim_server
+from tests.fleet.conftest import dev_serve_args, serve_command, sim_server
 from tests.fleet.hooks import SECRET, Receiver
 
 from attest.testing.fleet_sim import SimFleet
+from attest.testing.pg import free_port
 from attest.verifier.fleet.store import open_store
 
 N = 10

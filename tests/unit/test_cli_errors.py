@@ -247,7 +247,7 @@ def test_fleet_unreachable_postgres_is_one_line_and_exit_4(
     fleet_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("psycopg", reason="psycopg (the fleet extra) is not installed")
-    from tests.fleet.conftest import free_port
+    from attest.testing.pg import free_port
 
     db = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
     for argv in (["fleet", "ls", "--db", db], ["fleet", "show", "n1", "--db", db]):
