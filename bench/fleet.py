@@ -38,7 +38,7 @@ result document, the EAR, the store).
 ``offline_bare_verify_us``, measured with it). Per worker
 it also prints the CPU per appraisal of each thread. ``--quick``: 2,000 nodes at 2 s (the same
 1,000 appraisals/s as 10,000 at 10 s, for 10 s). Last line:
-    fleet nodes=… interval_s=… target_aps=… aps=… p99_ms=… verifier_cpu=…
+    fleet nodes=… interval_s=… … cpu_quota=… target_aps=… aps=… p99_ms=… verifier_cpu=…
           verifier_cpu_us_per_appraisal=… cpu_per_appraisal_over_verify=… gc_us_per_appraisal=…
           sim_cpu=…
           appraise_us=… appraise_full_us=… bare_verify_us=… offline_bare_verify_us=…
@@ -102,6 +102,51 @@ def _bare_verify_us(n: int = 300, rounds: int = 3) -> list[float]:
             pub.verify(sig, msg, algo)
         out.append((time.thread_time() - t) / n * 1e6)
     return out
+
+
+class CpuQuota:
+    """A CPU cgroup that holds a process to ``cores`` of CPU time (CFS bandwidth: ``cores`` x
+    100 ms per 100 ms period): cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``). Needs
+    root; ``OSError`` says why it could not be made."""
+
+    V1 = Path("/sys/fs/cgroup/cpu")
+    V2 = Path("/sys/fs/cgroup")
+
+    def __init__(self, name: str, cores: float) -> None:
+        quota = max(1000, round(cores * 100_000))
+        if (self.V2 / "cgroup.controllers").exists():
+            if "cpu" not in (self.V2 / "cgroup.subtree_control").read_text().split():
+                (self.V2 / "cgroup.subtree_control").write_text("+cpu")
+            self.path = self.V2 / name
+            self.path.mkdir()
+            (self.path / "cpu.max").write_text(f"{quota} 100000")
+        else:
+            self.path = self.V1 / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text("100000")
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid``, all its threads, into the group."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def periods(self) -> tuple[int, int]:
+        """The quota's periods so far, and how many of them the group was held back in."""
+        stat = dict(
+            line.split(" ", 1) for line in (self.path / "cpu.stat").read_text().splitlines()
+        )
+        return int(stat.get("nr_periods", 0)), int(stat.get("nr_throttled", 0))
+
+    def remove(self) -> None:
+        """Remove the group (its processes have ended)."""
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:  # EBUSY until the last exited process is reaped
+                time.sleep(0.1)
 
 
 def _run(coro: object, uvloop_ok: bool = True) -> object:
@@ -491,6 +536,15 @@ def main() -> int:
         help="do not sign an EAR per appraisal (the reference before signed EARs)",
     )
     ap.add_argument(
+        "--cpu-quota",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="hold each verifier process to CORES of CPU time (a CPU cgroup of its own; needs "
+        "root): the cores given to each worker, for a scaling measurement on a machine with "
+        "few cores (bench/fleet_scaling.py). Default: no quota",
+    )
+    ap.add_argument(
         "--runtime-events",
         type=int,
         default=4,
@@ -558,15 +612,35 @@ def main() -> int:
         ctx.Process(target=verifier, args=(db, f"w{k + 1}", args, start_at, out))
         for k in range(args.workers)
     ]
-    for w in workers:
-        w.start()
+    quotas: list[CpuQuota] = []
+    try:
+        for w in workers:
+            w.start()
+            if args.cpu_quota > 0:
+                quotas.append(CpuQuota(f"attest-bench-{os.getpid()}-{w.pid}", args.cpu_quota))
+                quotas[-1].add(w.pid)  # type: ignore[arg-type]
+    except OSError as exc:
+        for w in workers:
+            w.kill()
+        for q in quotas:
+            q.remove()
+        stop.set()
+        print(f"fleet.py: --cpu-quota: cannot make a CPU cgroup: {exc}", file=sys.stderr)
+        return 2
     time.sleep(max(0.0, start_at - time.time()))
+    periods0 = [q.periods() for q in quotas]
     sim_c0 = _cpu(sim.pid)  # type: ignore[arg-type]
     time.sleep(args.seconds)
     sim_cpu = (_cpu(sim.pid) - sim_c0) / args.seconds  # type: ignore[arg-type]
+    periods = [
+        (n - n0, t - t0)
+        for (n, t), (n0, t0) in zip((q.periods() for q in quotas), periods0, strict=True)
+    ]
     results = [out.get(timeout=args.seconds + 120) for _ in workers]
     for w in workers:
         w.join(30)
+    for q in quotas:
+        q.remove()
     stop.set()
     min_gap, doubles, requests, log_bytes = gaps_q.get(timeout=60)
     sim.join(30)
@@ -599,6 +673,11 @@ def main() -> int:
         )
     target = args.nodes / args.interval
     full_logs = log_bytes / len(firmware) if firmware else 0
+    if quotas:
+        print(
+            f"CPU quota {args.cpu_quota:g} core per worker; held back by it in "
+            f"{', '.join(f'{t}/{n}' for n, t in periods)} of the window's 100 ms periods"
+        )
     print(
         f"simulator CPU {sim_cpu:.2f} core; min gap between two challenges to one node "
         f"{min_gap:.2f} s; {requests} challenges served, {full_logs:.0f} of them with the "
@@ -615,6 +694,7 @@ def main() -> int:
         f"mode={mode} ear={int(not args.no_ear)} registry={int(not args.no_registry)} "
         f"gc={'default' if args.default_gc else 'service'} "
         f"loop={'uvloop' if args.uvloop else 'asyncio'} "
+        f"cpu_quota={args.cpu_quota:g} "
         f"target_aps={target:.0f} "
         f"aps={aps:.0f} keeps_up={int(aps >= 0.97 * target)} p99_ms={p99:.1f} "
         f"verifier_cpu={cpu:.2f} verifier_cpu_us_per_appraisal={cpu / aps * 1e6:.0f} "
