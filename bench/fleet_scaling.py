@@ -15,12 +15,14 @@ the benchmark says so when the offer was not enough (the ratio is then a lower b
 
 Prints each run's figures and, last:
     fleet_scaling cpu_quota=… nodes=… interval_s=… offered_aps=… aps_1=… aps_2=… scaling=…
-                  efficiency=… cpu_us_per_appraisal_1=… cpu_us_per_appraisal_2=…
-                  bare_verify_us=… double_appraisals=… over_offered=…
+                  efficiency=… scaling_per_verify=… cpu_us_per_appraisal_1=…
+                  cpu_us_per_appraisal_2=… bare_verify_us=… double_appraisals=… over_offered=…
 ``scaling`` is the two workers' appraisals/s over one worker's (medians of the rounds);
-``efficiency`` is scaling / 2 (1.0: linear). ``double_appraisals``: challenges to a node less
-than 0.5 s after the previous one, over all two-worker runs (two workers appraising the same
-node in one interval).
+``efficiency`` is scaling / 2 (1.0: linear). The machine's speed drifts between runs, so
+``scaling_per_verify`` divides it by the runs' speeds: each run's appraisals/s times its bare
+verify (measured inside the verifiers at the edges of the window), two workers' over one's.
+``double_appraisals``: challenges to a node less than 0.5 s after the previous one, over all
+two-worker runs (two workers appraising the same node in one interval).
 """
 
 from __future__ import annotations
@@ -132,6 +134,12 @@ def main() -> int:
 
     aps1, aps2 = med(1, "aps"), med(2, "aps")
     scaling = aps2 / aps1
+    # The machine's speed drifts from one run to the next (the bare verify measured inside the
+    # verifiers moves by up to a third): appraisals/s in units of the same run's bare verify.
+    work = {
+        w: median(float(g["aps"]) * float(g["bare_verify_us"]) / 1e6 for g in runs[w])
+        for w in (1, 2)
+    }
     over = all(g["keeps_up"] == "0" for g in runs[1] + runs[2])
     doubles = sum(int(g["double_appraisals"]) for g in runs[2])
     if not over:
@@ -143,6 +151,7 @@ def main() -> int:
         f"fleet_scaling cpu_quota={args.cpu_quota:g} nodes={args.nodes} "
         f"interval_s={args.interval:g} offered_aps={offered:.0f} rounds={args.rounds} "
         f"aps_1={aps1:.0f} aps_2={aps2:.0f} scaling={scaling:.2f} efficiency={scaling / 2:.2f} "
+        f"scaling_per_verify={work[2] / work[1]:.2f} "
         f"cpu_us_per_appraisal_1={med(1, 'verifier_cpu_us_per_appraisal'):.0f} "
         f"cpu_us_per_appraisal_2={med(2, 'verifier_cpu_us_per_appraisal'):.0f} "
         f"bare_verify_us={median(float(g['bare_verify_us']) for g in runs[1] + runs[2]):.0f} "
