@@ -44,7 +44,7 @@ class Tier(enum.IntEnum):
     def of(cls, value: int) -> Tier:
         """AR4SI §2.3.1: 2..31 affirming, 32..95 warning, 96..127 contraindicated; -1 (verifier
         malfunction), 0 (no claim), 1 (unexpected evidence) carry no tier."""
-        return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER  # appraisal's hot path
+        return _tier_of(value)
 
     @classmethod
     def of_label(cls, label: object) -> Tier:
@@ -67,6 +67,13 @@ _TIERS: tuple[Tier, ...] = tuple(
     for v in range(128)
 )
 _TIER_LABELS: dict[Tier, str] = {t: t.name.lower() for t in Tier}
+
+
+def _tier_of(value: int) -> Tier:
+    """``Tier.of`` without a class-method call (the appraisal's hot path)."""
+    return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER
+
+
 # The label of each value's tier, by value (0..127; the rest have no tier): the result
 # documents' hot path, without an enum hash or a property per finding.
 _VALUE_LABELS: tuple[str, ...] = tuple(_TIER_LABELS[t] for t in _TIERS)
@@ -177,10 +184,6 @@ class ClaimResult:
 _CLAIMS: tuple[Claim, ...] = tuple(Claim)
 # A claim no finding was about: the same immutable result every time.
 _UNCLAIMED: dict[str, ClaimResult] = {c.value: ClaimResult(c, NO_CLAIM, ()) for c in Claim}
-
-
-def _tier_of(value: int) -> Tier:
-    return _TIERS[value] if 0 <= value <= 127 else _NONE_TIER
 
 
 def claim_results(findings: Sequence[Finding]) -> tuple[ClaimResult, ...]:
