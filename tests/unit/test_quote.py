@@ -696,11 +696,11 @@ def test_fast_path_takes_ecdsa_signatures_with_leading_zero_bytes(
         r0, s0 = sig[6], sig[6 + 32 + 2]
         if r0 and s0:
             continue
-        seen.add((r0 == 0, s0 == 0))
+        seen.add((r0 == 0, s0 == 0))  # (True, True): one signature in 65,536
         verify_quote(attest, sig, ak=signer.ak, nonce=NONCE, pcrs=values)
-        if len(seen) == 2:
+        if {(True, False), (False, True)} <= seen:
             break
-    assert seen == {(True, False), (False, True)}
+    assert {(True, False), (False, True)} <= seen
 
 
 @pytest.mark.parametrize("size", [32, 48, 66])
