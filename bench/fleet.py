@@ -536,6 +536,12 @@ def main() -> int:
         help="do not sign an EAR per appraisal (the reference before signed EARs)",
     )
     ap.add_argument(
+        "--offline-rounds",
+        type=int,
+        default=7,
+        help="rounds of the offline measurement (appraisal and bare verify without the network)",
+    )
+    ap.add_argument(
         "--cpu-quota",
         type=float,
         default=0.0,
@@ -560,7 +566,7 @@ def main() -> int:
     from attest.verifier.fleet.store import open_store
 
     firmware = None if args.firmware_log == "none" else Path(args.firmware_log).read_bytes()
-    inc, full, bare = offline_costs(firmware, args.runtime_events)
+    inc, full, bare = offline_costs(firmware, args.runtime_events, args.offline_rounds)
     appraise_us, full_us, verify_us = median(inc), median(full), median(bare)
     print(
         f"offline (no network, {len(inc)} interleaved rounds, min / median): incremental "

@@ -65,6 +65,8 @@ def run_fleet(dsn: str, workers: int, args: argparse.Namespace) -> tuple[dict[st
         f"{args.seconds:g}",
         "--warmup",
         f"{args.warmup:g}",
+        "--offline-rounds",  # its offline figures are not used here
+        "1",
     ]
     timeout = 300 + args.warmup + args.seconds
     got = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)

@@ -31,13 +31,13 @@ def test_one_and_two_workers_under_a_cpu_quota_each(pg_server: PgServer) -> None
             "--cpu-quota",
             str(QUOTA),
             "--nodes",
-            "300",
+            "200",
             "--interval",
             "1",
             "--warmup",
-            "4",
-            "--seconds",
             "3",
+            "--seconds",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -45,7 +45,7 @@ def test_one_and_two_workers_under_a_cpu_quota_each(pg_server: PgServer) -> None
         check=True,
     ).stdout
     runs = re.findall(
-        r"round 1, (\d) workers?: +([\d.]+) appraisals/s of 300 offered, verifier CPU ([\d.]+) "
+        r"round 1, (\d) workers?: +([\d.]+) appraisals/s of 200 offered, verifier CPU ([\d.]+) "
         r"core",
         out,
     )
