@@ -118,6 +118,45 @@ def test_lease_affinity_leaves_a_node_to_its_worker_until_overdue(
         s.close()
 
 
+def test_a_worker_behind_on_its_own_nodes_takes_none_of_anothers_until_takeover(
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL: past ``affinity``, another worker's node is taken only by a worker with room
+    to spare (its own due nodes do not fill the lease), and by any worker past ``takeover``: two
+    workers that are both behind keep to their own nodes (a taken node costs a full-log
+    appraisal)."""
+    s = open_store(request.getfixturevalue("pg_dsn"), history=3)
+    kw = {"ttl": 30.0, "affinity": 5.0, "takeover": 15.0}
+    try:
+        for i in range(4):
+            s.add_node(f"sim-{i}", f"http://127.0.0.1:1/n/{i}", SIM.enrollment(i), now=100.0)
+        got = {n.node_id: n for n in s.lease("w1", now=101.0, limit=2, **kw)}
+        assert set(got) == {"sim-0", "sim-1"}
+        assert s.complete("w1", [outcome(n, 101.0) for n in got.values()])  # due at 111
+        got = {n.node_id: n for n in s.lease("w2", now=101.0, limit=2, **kw)}
+        assert set(got) == {"sim-2", "sim-3"}
+        assert s.complete("w2", [outcome(n, 105.0) for n in got.values()])  # due at 115
+        # 120: w1's nodes are 9 s overdue, past affinity, and due before w2's own two; but
+        # those fill w2's lease of two
+        got = {n.node_id: n for n in s.lease("w2", now=120.0, limit=2, **kw)}
+        assert set(got) == {"sim-2", "sim-3"}
+        assert s.complete("w2", [outcome(n, 120.0) for n in got.values()])  # due at 130
+        # with room for four, w2 takes w1's two as well (w1 may have died)
+        taken = {n.node_id for n in s.lease("w2", now=121.0, limit=4, **kw)}
+        assert taken == {"sim-0", "sim-1"}
+        # past takeover, a worker takes another's node even with no room to spare
+        s.add_node("sim-4", "http://127.0.0.1:1/n/4", SIM.enrollment(4), now=140.0)
+        (n4,) = s.lease("w1", now=140.0, limit=1, **kw)
+        assert s.complete("w1", [outcome(n4, 140.0)])  # due at 150, w1's
+        mine = s.lease("w2", now=160.0, limit=4, **kw)  # sim-4 10 s overdue: w2's own four
+        assert {n.node_id for n in mine} == {"sim-0", "sim-1", "sim-2", "sim-3"}
+        assert s.complete("w2", [outcome(n, 150.0) for n in mine])  # due again at 160
+        again = s.lease("w2", now=166.0, limit=4, **kw)  # sim-4 16 s overdue, w2's four due
+        assert "sim-4" in {n.node_id for n in again}
+    finally:
+        s.close()
+
+
 def test_text_with_quotes_backslashes_and_unicode_is_stored_as_written(store: Store) -> None:
     """What a result carries (JSON documents, explanations, the EAR, continuity) is stored
     byte for byte: PostgreSQL gets the text arrays in binary, nothing is escaped or lost."""

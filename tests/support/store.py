@@ -6,7 +6,7 @@ from __future__ import annotations
 from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.store import Leased, Outcome
 
-SIM = SimFleet(3)
+SIM = SimFleet(5)
 
 
 def outcome(node: Leased, at: float, verdict: str = "affirming", **kw: object) -> Outcome:

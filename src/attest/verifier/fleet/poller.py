@@ -104,10 +104,12 @@ class PollSettings:
     max_backoff: float = 300.0
     unreachable_after: int = 2
     lease_ttl: float = 60.0
-    # Leave a node another worker took last to it until it is overdue by this many intervals:
-    # that worker holds the node's logs (PostgreSQL only). A dead or stalled worker's nodes are
-    # taken over then.
+    # Leave a node another worker took last to it (that worker holds the node's logs;
+    # PostgreSQL only) until it is overdue by ``affinity`` intervals and this worker has room to
+    # spare, or by ``takeover`` intervals whatever the room: a dead or stalled worker's nodes
+    # are taken over then; workers that are all behind keep to their own.
     affinity: float = 1.0
+    takeover: float = 3.0
     batch: int = 500
     flush_interval: float = 0.25
     tick: float = 0.05
@@ -829,6 +831,7 @@ class Poller:
             limit=limit,
             ttl=s.lease_ttl,
             affinity=s.affinity * s.interval,
+            takeover=s.takeover * s.interval,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -136,7 +136,14 @@ class Store(OutboxStore, Protocol):
     def get_node(self, node_id: str) -> NodeRow | None: ...
     def list_nodes(self, *, ear: bool = False) -> list[NodeRow]: ...
     def lease(
-        self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
+        self,
+        worker_id: str,
+        *,
+        now: float,
+        limit: int,
+        ttl: float,
+        affinity: float = 0.0,
+        takeover: float | None = None,
     ) -> list[Leased]: ...
     def complete(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Outcome]: ...
     def results(self, node_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
@@ -644,9 +651,17 @@ class SqliteStore(_SqlStore):
         return self._tx()
 
     def lease(
-        self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
+        self,
+        worker_id: str,
+        *,
+        now: float,
+        limit: int,
+        ttl: float,
+        affinity: float = 0.0,
+        takeover: float | None = None,
     ) -> list[Leased]:
-        # ``affinity`` is not applied: one SQLite file has one worker, as a rule.
+        # ``affinity`` and ``takeover`` are not applied: one SQLite file has one worker, as a
+        # rule.
         token = secrets.randbits(62)
         with self._tx() as cur:
             cur.execute(
@@ -788,13 +803,26 @@ class PostgresStore(_SqlStore):
     # One statement: pick due rows (SKIP LOCKED: concurrent workers skip each other's rows),
     # move their due time to the lease's expiry (a concurrent reader re-checks the updated row
     # and drops it), record the leases, and return what the appraisals need. Affinity: a node
-    # another worker took last is left to it until it is ``affinity`` seconds overdue (that
-    # worker holds the node's logs in memory; one that stalls or dies loses its nodes then).
+    # another worker took last is left to it (that worker holds the node's logs in memory)
+    # until it is ``affinity`` seconds overdue *and* this worker has room to spare (its own and
+    # unowned due nodes do not fill ``limit``), or until it is ``takeover`` seconds overdue
+    # whatever the room. So workers that are all behind keep to their own nodes instead of
+    # taking each other's (each taken node costs a full-log appraisal), and the nodes of a
+    # worker that stalls or dies are taken over by one with room after ``affinity``, by any
+    # after ``takeover``.
     _LEASE = """
-        WITH due AS (
-            SELECT node_id FROM nodes WHERE next_due <= %(now)s
-                AND (owner IS NULL OR owner = %(worker)s OR next_due <= %(steal)s)
+        WITH mine AS (
+            SELECT node_id, next_due FROM nodes WHERE next_due <= %(now)s
+                AND (owner IS NULL OR owner = %(worker)s OR next_due <= %(takeover)s)
             ORDER BY next_due LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
+        spare AS (
+            SELECT node_id, next_due FROM nodes WHERE next_due <= %(steal)s
+                AND owner IS NOT NULL AND owner <> %(worker)s
+                AND node_id NOT IN (SELECT node_id FROM mine)
+            ORDER BY next_due
+            LIMIT GREATEST(%(limit)s - (SELECT count(*) FROM mine), 0)
+            FOR UPDATE SKIP LOCKED),
+        due AS (SELECT node_id FROM mine UNION ALL SELECT node_id FROM spare),
         taken AS (
             UPDATE nodes n SET next_due = %(expires)s, owner = %(worker)s
             FROM due WHERE n.node_id = due.node_id
@@ -810,7 +838,14 @@ class PostgresStore(_SqlStore):
         FROM taken t LEFT JOIN enrollments e ON e.node_id = t.node_id"""
 
     def lease(
-        self, worker_id: str, *, now: float, limit: int, ttl: float, affinity: float = 0.0
+        self,
+        worker_id: str,
+        *,
+        now: float,
+        limit: int,
+        ttl: float,
+        affinity: float = 0.0,
+        takeover: float | None = None,
     ) -> list[Leased]:
         token = secrets.randbits(62)
         with self._lease_db.cursor() as cur:
@@ -823,6 +858,7 @@ class PostgresStore(_SqlStore):
                     "worker": worker_id,
                     "token": token,
                     "steal": now - affinity,
+                    "takeover": now - (affinity if takeover is None else max(takeover, affinity)),
                 },
             )
             rows = cur.fetchall()
