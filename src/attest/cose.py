@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -43,6 +43,11 @@ class EcdsaAlg:
     hash: type[hashes.HashAlgorithm]
     size: int
     order: int  # the curve's group order n (low S: s <= n / 2)
+    # The signature algorithm object, built once (as dear as the rest of a sign's overhead).
+    ecdsa: ec.ECDSA = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ecdsa", ec.ECDSA(self.hash()))
 
 
 ES256 = EcdsaAlg(
@@ -77,7 +82,7 @@ def ecdsa_sign(key: ec.EllipticCurvePrivateKey, data: bytes, alg: EcdsaAlg) -> b
     """Raw ``r || s`` with ``s`` normalised to low S."""
     if not isinstance(key.curve, alg.curve):
         raise ValueError(f"{alg.name} needs a {alg.curve.name} key, not {key.curve.name}")
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(alg.hash())))
+    r, s = decode_dss_signature(key.sign(data, alg.ecdsa))
     if s > alg.order // 2:
         s = alg.order - s
     return r.to_bytes(alg.size, "big") + s.to_bytes(alg.size, "big")
@@ -101,7 +106,7 @@ def ecdsa_verify(
     if low_s and s > alg.order // 2:
         raise SignatureError(f"{alg.name} signature has a high S (not the signer's canonical form)")
     try:
-        public_key.verify(encode_dss_signature(r, s), data, ec.ECDSA(alg.hash()))
+        public_key.verify(encode_dss_signature(r, s), data, alg.ecdsa)
     except InvalidSignature:
         raise SignatureError(f"the {what} signature does not verify with the given key") from None
 
