@@ -1,4 +1,4 @@
-"""The fleet store as the tests drive it: three simulated nodes' enrollments and an appraisal
+"""The fleet store as the tests drive it: five simulated nodes' enrollments and an appraisal
 ``Outcome`` built for a leased node."""
 
 from __future__ import annotations
