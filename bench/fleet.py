@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -126,10 +127,8 @@ async def _sample_verify(stop: asyncio.Event, out: list[float], cpu: list[float]
         spent = time.thread_time() - t
         out.append(spent / 20 * 1e6)
         cpu[0] += spent
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
-        except TimeoutError:
-            pass
 
 
 class CpuQuota:
