@@ -103,6 +103,12 @@ def main() -> int:
 
     from attest.testing.pg import PgServer, PgUnavailable, pg_cluster
 
+    try:
+        import psycopg
+    except ImportError:
+        print("fleet_scaling.py: psycopg (the fleet extra) is not installed", file=sys.stderr)
+        return 2
+
     offered = args.nodes / args.interval
     runs: dict[int, list[dict[str, str]]] = {1: [], 2: []}
     with contextlib.ExitStack() as stack:
@@ -117,7 +123,16 @@ def main() -> int:
         for r in range(args.rounds):
             for workers in (1, 2):
                 t = time.time()
-                got, out = run_fleet(server.new_database(), workers, args)
+                try:
+                    dsn = server.new_database()
+                except psycopg.Error as exc:
+                    print(
+                        f"fleet_scaling.py: cannot create a database on {server.dsn_base}: "
+                        f"{str(exc).splitlines()[0]}",
+                        file=sys.stderr,
+                    )
+                    return 2
+                got, out = run_fleet(dsn, workers, args)
                 runs[workers].append(got)
                 if args.verbose:
                     print(out)
