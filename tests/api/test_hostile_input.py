@@ -7,12 +7,13 @@ log no traceback."""
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 import pytest
 from tests.api.conftest import AppFactory
 from tests.conftest import uvicorn_server
-from tests.support.hostile import assert_refused_cleanly
+from tests.support.hostile import assert_refused_cleanly, raw_error, raw_exchange
 
 from attest.node.api.middleware import ChannelApp
 
@@ -96,3 +97,23 @@ def test_every_body_field_refuses_non_standard_json_cleanly(
         assert client.get("/healthz").status_code == 200
     tracebacks = [rec for rec in caplog.records if rec.exc_info or "Traceback" in rec.getMessage()]
     assert not tracebacks, [rec.getMessage() for rec in tracebacks]
+
+
+# --- a body that stops arriving ------------------------------------------------------------------
+
+
+def test_a_body_that_stops_arriving_is_a_408(app_factory: AppFactory) -> None:
+    """A declared body never sent in full (or a chunked one without its last chunk) held the
+    request, and its connection, for ever."""
+    app = app_factory()
+    app.deadline = 0.5  # SizeLimit's, default 30 s
+    head = b"POST /v1/evidence HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with uvicorn_server(ChannelApp(app, "public")) as url:
+        for raw in (
+            head + b"Content-Length: 100\r\n\r\n{",
+            head + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+        ):
+            t0 = time.monotonic()
+            status, doc = raw_error(raw_exchange(url, raw, timeout=10))
+            assert status == 408 and doc["error"] == "RequestTimeout", doc
+            assert time.monotonic() - t0 < 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -52,15 +53,25 @@ async def _reply(
     await send({"type": "http.response.body", "body": data})
 
 
+BODY_DEADLINE = 30.0  # seconds for a whole (small, JSON) body to arrive
+
+
 class SizeLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether announced by
-    Content-Length or streamed in chunks."""
+    Content-Length or streamed in chunks, and bodies not received within ``deadline`` seconds
+    with 408 (a client that stops sending holds no request for ever)."""
 
     def __init__(
-        self, app: ASGIApp, limit: int, *, streaming: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        limit: int,
+        *,
+        streaming: dict[str, int] | None = None,
+        deadline: float = BODY_DEADLINE,
     ) -> None:
         self.app = app
         self.limit = limit
+        self.deadline = deadline
         # Paths whose bodies are streamed to disk by their route (image uploads), with their
         # own limits: the route refuses a declared or streamed length over the limit itself,
         # so that the refusal is recorded (``upload-too-large``); only a malformed
@@ -92,18 +103,29 @@ class SizeLimit:
         # with 413 before any route sees it; then hand the app exactly what was read.
         chunks: list[bytes] = []
         seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body = message.get("body", b"")
-            seen += len(body)
-            if seen > self.limit:
-                await _reply(send, 413, _too_large(self.limit))
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.deadline):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    body = message.get("body", b"")
+                    seen += len(body)
+                    if seen > self.limit:
+                        await _reply(send, 413, _too_large(self.limit))
+                        return
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            detail = f"request body not received within {self.deadline:g} s"
+            await _reply(
+                send,
+                408,
+                {"error": "RequestTimeout", "check": None, "detail": detail},
+                [(b"connection", b"close")],
+            )
+            return
         replayed = False
 
         async def replay() -> Message:
