@@ -6,7 +6,9 @@ is a clean 422 -- with no traceback in the service's log."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.fleet.conftest import dev_policy, sim_server
-from tests.support.hostile import assert_refused_cleanly
+from tests.support.hostile import assert_refused_cleanly, raw_error, raw_exchange
 
 from attest.testing.fleet_sim import EK_ATTRS, SimFleet, SimNode
 from attest.testing.hostile_peers import MARKER, hostile
@@ -425,6 +427,59 @@ def test_every_body_field_refuses_non_standard_json_at_the_fleet(fleet: Service)
             check_refusal(case, r.status_code, r.text)
     time.sleep(0.2)
     assert fleet.text().count("Traceback") == before, fleet.text()[-3000:]
+
+
+# --- limits before any route: the request body -------------------------------------
+
+
+def _nodes(fleet: Service) -> list[Any]:
+    return list(httpx.get(fleet.url + "/v1/nodes", headers=R, timeout=10).json()["nodes"])
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(fleet: Service) -> None:
+    """The fleet read any body a writer sent (and invited a declared gigabyte with ``100
+    Continue``) into memory; a body over the limit is a 413, declared or streamed."""
+    before = _nodes(fleet)
+    head = (
+        b"POST /v1/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + WRITE.encode() + b"\r\n"
+        b"Content-Type: application/json\r\n"
+    )
+    declared = raw_exchange(
+        fleet.url, head + b"Expect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    assert b"100 Continue" not in declared, declared[:200]
+    chunk = b"%x\r\n%s\r\n" % (4096, b" " * 4096)
+    streamed = raw_exchange(fleet.url, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 64)
+    for answer in (declared, streamed):
+        status, doc = raw_error(answer)
+        assert status == 413 and doc["error"] == "RequestTooLarge", doc
+    assert _nodes(fleet) == before
+
+
+async def test_a_body_that_stops_arriving_is_a_408_at_the_fleet() -> None:
+    """A writer's body that stopped arriving held the request for ever."""
+    from attest.verifier.fleet.access import BodyLimit
+
+    reached: list[object] = []
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope)
+
+    parts = [{"type": "http.request", "body": b"{", "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop()
+        await asyncio.Event().wait()  # the client sends nothing more
+        raise AssertionError
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await BodyLimit(app, deadline=0.2)({"type": "http", "headers": []}, receive, send)
+    assert reached == [] and sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["error"] == "RequestTimeout"
 
 
 def test_schemathesis_finds_no_server_error_at_the_fleet(tmp_path: Path) -> None:

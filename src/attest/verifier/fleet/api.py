@@ -58,6 +58,7 @@ from attest.errors import (
 )
 from attest.verifier.fleet.access import (
     Access,
+    BodyLimit,
     TokenAuth,
     error_answer,
     error_responses,
@@ -205,6 +206,7 @@ def create_fleet_app(
         version=__version__,
         description="Continuous attestation of a fleet of nodes.",
     )
+    app.add_middleware(BodyLimit)  # inside TokenAuth: no token, no body read
     app.add_middleware(TokenAuth, access=access)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
