@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.hostile import raw_error, raw_exchange
 
 BIN = Path(sys.executable).parent
 
@@ -126,6 +127,21 @@ def test_no_watchdog_pings_when_the_watchdog_is_another_process(
     try:
         notify.wait_for("READY=1")
         assert [m for m in notify.messages(1.0) if m == "WATCHDOG=1"] == []
+    finally:
+        _stop(proc)
+
+
+def test_attestd_bounds_a_request_head_before_the_app(tmp_path: Path, notify: Notify) -> None:
+    """The real attestd parses with the guarded protocol (attest.serving): a head over its
+    limit is a 431 in the error shape, where uvicorn's own kept every header it was sent."""
+    port = _free_port()
+    env = _env(tmp_path, port, NOTIFY_SOCKET=str(notify.path))
+    proc = _start(env, tmp_path / "attestd.log")
+    try:
+        notify.wait_for("READY=1")
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (1 << 20) + b"\r\n\r\n"
+        status, doc = raw_error(raw_exchange(f"http://127.0.0.1:{port}", head))
+        assert status == 431 and doc["error"] == "RequestHeadTooLarge", doc
     finally:
         _stop(proc)
 

@@ -7,6 +7,7 @@ log no traceback."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import httpx
@@ -15,7 +16,9 @@ from tests.api.conftest import AppFactory
 from tests.conftest import uvicorn_server
 from tests.support.hostile import assert_refused_cleanly, raw_error, raw_exchange
 
+from attest import serving
 from attest.node.api.middleware import ChannelApp
+from attest.serving.guarded import GuardedHttpToolsProtocol
 
 NONCE = '"nonce": "' + "00" * 16 + '"'
 # Python's json module reads these; RFC 8259 JSON has none of them.
@@ -99,7 +102,62 @@ def test_every_body_field_refuses_non_standard_json_cleanly(
     assert not tracebacks, [rec.getMessage() for rec in tracebacks]
 
 
-# --- a body that stops arriving ------------------------------------------------------------------
+# --- before the app: the request's head, and a body that stops arriving ------------------------
+
+
+class _QuickGuard(GuardedHttpToolsProtocol):
+    head_deadline = 0.5
+
+
+def test_attestd_parses_requests_with_the_guarded_protocol() -> None:
+    assert serving.protocol() is GuardedHttpToolsProtocol  # httptools: a [node] requirement
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (1 << 20) + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 20000 + b"\r\n",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["one-huge-header", "many-headers", "huge-path"],
+)
+def test_a_request_head_over_the_limit_is_a_431(app_factory: AppFactory, head: bytes) -> None:
+    """uvicorn's httptools protocol kept every header it was sent: a client streaming headers
+    without end grew attestd's memory (200 MB of headers: +200 MB) before any route ran."""
+    with uvicorn_server(ChannelApp(app_factory(), "public"), http=serving.protocol()) as url:
+        status, doc = raw_error(raw_exchange(url, head))
+        assert status == 431 and doc["error"] == "RequestHeadTooLarge", doc
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_malformed_request_is_a_400_in_the_error_shape(app_factory: AppFactory) -> None:
+    with uvicorn_server(ChannelApp(app_factory(), "public"), http=serving.protocol()) as url:
+        for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"):
+            status, doc = raw_error(raw_exchange(url, raw))
+            assert status == 400 and doc["error"] == "BadRequest", doc
+
+
+def test_a_client_that_never_finishes_its_head_is_cut_off(app_factory: AppFactory) -> None:
+    """A connection that sends nothing, or a head trickled without end (first request or a
+    kept-alive connection's next one), held its connection for ever: uvicorn arms no timer
+    before a first response."""
+    with uvicorn_server(ChannelApp(app_factory(), "public"), http=_QuickGuard) as url:
+        for partial in (b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: "):
+            t0 = time.monotonic()
+            status, doc = raw_error(raw_exchange(url, partial, timeout=10))
+            assert status == 408 and doc["error"] == "RequestTimeout", doc
+            assert time.monotonic() - t0 < 5
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200 "), first
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+            rest = b""
+            while chunk := s.recv(65536):
+                rest += chunk
+        assert rest.startswith(b"HTTP/1.1 408 "), rest
 
 
 def test_a_body_that_stops_arriving_is_a_408(app_factory: AppFactory) -> None:
@@ -108,7 +166,7 @@ def test_a_body_that_stops_arriving_is_a_408(app_factory: AppFactory) -> None:
     app = app_factory()
     app.deadline = 0.5  # SizeLimit's, default 30 s
     head = b"POST /v1/evidence HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    with uvicorn_server(ChannelApp(app, "public")) as url:
+    with uvicorn_server(ChannelApp(app, "public"), http=serving.protocol()) as url:
         for raw in (
             head + b"Content-Length: 100\r\n\r\n{",
             head + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",

@@ -429,7 +429,7 @@ def test_every_body_field_refuses_non_standard_json_at_the_fleet(fleet: Service)
     assert fleet.text().count("Traceback") == before, fleet.text()[-3000:]
 
 
-# --- limits before any route: the request body -------------------------------------
+# --- limits before any route: the request's head and body -------------------------------------
 
 
 def _nodes(fleet: Service) -> list[Any]:
@@ -454,6 +454,16 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(fleet: Service) -> N
         status, doc = raw_error(answer)
         assert status == 413 and doc["error"] == "RequestTooLarge", doc
     assert _nodes(fleet) == before
+
+
+def test_a_request_head_over_the_limit_is_a_431_at_the_fleet(fleet: Service) -> None:
+    """``attest fleet serve`` parses with the guarded protocol (attest.serving): uvicorn's own
+    kept every header it was sent, before the token was checked."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (1 << 20) + b"\r\n\r\n"
+    status, doc = raw_error(raw_exchange(fleet.url, head))
+    assert status == 431 and doc["error"] == "RequestHeadTooLarge", doc
+    status, doc = raw_error(raw_exchange(fleet.url, b"GARBAGE\r\n\r\n"))
+    assert status == 400 and doc["error"] == "BadRequest", doc
 
 
 async def test_a_body_that_stops_arriving_is_a_408_at_the_fleet() -> None:

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from attest import serving
 from attest.appraisal.pair import LAYERS as PAIR_LAYERS
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import error_line, print_json
@@ -358,7 +359,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         server = Server(
             uvicorn.Config(
-                app, host=host, port=port, log_level="warning", access_log=False, **listen_options
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                http=serving.protocol(),  # a bounded request head, within a deadline
+                **listen_options,
             )
         )
         loop = asyncio.get_running_loop()

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from attest import __version__
+from attest import __version__, serving
 from attest.errors import AttestError, BrokerUnavailable, ConfigError, SnpGuestError
 from attest.node import sdnotify
 from attest.node.config import Settings, config_path, load_settings, settings_digest
@@ -187,6 +187,7 @@ async def serve(settings: Settings, node: Any) -> None:
         # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local process could
         # then pick the address the rate limit counts it under. Only api.trusted_proxies'.
         "proxy_headers": False,
+        "http": serving.protocol(),  # a bounded request head, within a deadline
     }
     configs = []
     tls: dict[str, Any] = {}
