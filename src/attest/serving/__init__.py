@@ -13,8 +13,8 @@ buffers for ever). ``attest.serving.guarded.GuardedHttpToolsProtocol`` adds, per
   answers it in plain text).
 
 ``protocol()`` is what a shell gives uvicorn as ``http=``: this class where httptools is
-installed (a node always; ``[node]`` requires it), else uvicorn's h11 protocol, whose parser
-bounds the head itself (16 KiB) but which has no head deadline.
+installed (the ``[node]`` and ``[verifier]`` extras require it), else uvicorn's h11 protocol,
+whose parser bounds the head itself (16 KiB) but which has no head deadline.
 """
 
 from __future__ import annotations
@@ -26,6 +26,6 @@ def protocol() -> type[asyncio.Protocol] | str:
     """What a shell gives uvicorn as ``http=``."""
     try:
         from attest.serving.guarded import GuardedHttpToolsProtocol
-    except ImportError:  # no httptools (a verifier-only install): uvicorn's h11 protocol
+    except ImportError:  # no httptools (installed without its extras): uvicorn's h11
         return "h11"
     return GuardedHttpToolsProtocol
