@@ -104,6 +104,23 @@ async def test_refusals_are_the_documented_error_schema(
         assert_error_answer(spec, method, path, status, r.json())
 
 
+async def test_pcr_indices_and_log_offsets_are_json_integers(app_factory: AppFactory) -> None:
+    """pydantic's lax mode read ``true`` as PCR 1 and ``"3"`` as record 3: a challenge's
+    numbers must be JSON integers."""
+    async with _running(app_factory(), "public") as c:
+        for body in [
+            {"nonce": NONCE, "pcrs": {"sha256": [True]}},
+            {"nonce": NONCE, "pcrs": {"sha256": [0, "7"]}},
+            {"nonce": NONCE, "logs": {"runtime": {"start": "3"}}},
+            {"nonce": NONCE, "logs": {"firmware": {"start": False}}},
+        ]:
+            r = await c.post("/v1/evidence", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert r.json()["check"] == "request-schema"
+        ok = await c.post("/v1/evidence", json={"nonce": NONCE, "pcrs": {"sha256": [0, 7]}})
+        assert ok.status_code == 200, ok.text
+
+
 async def test_rate_limit_and_an_absent_broker_are_the_error_schema(
     app_factory: AppFactory,
 ) -> None:

@@ -99,3 +99,14 @@ def test_a_bug_is_a_500_in_the_error_schema_naming_nothing(tmp_path: Path) -> No
         "detail": "internal error (see the service's log)",
     }
     assert_error_answer(spec, "GET", "/v1/boom", 500, answer.json())
+
+
+def test_flags_are_json_booleans_not_yes_or_one(tmp_path: Path) -> None:
+    """pydantic's lax mode read ``"yes"``, ``"on"`` and ``1`` as true: a flag that replaces an
+    enrollment must be said in JSON, ``true``."""
+    c = TestClient(_app(tmp_path))
+    w = {"Authorization": f"Bearer {WRITE}"}
+    for flag, value in [("re_enroll", "yes"), ("re_enroll", 1), ("guest_vtpm", "off")]:
+        r = c.post("/v1/nodes", json={"url": "http://10.0.0.5:7443", flag: value}, headers=w)
+        assert r.status_code == 422, (flag, value, r.text)
+        assert r.json()["check"] == "request-schema" and flag in r.json()["detail"]

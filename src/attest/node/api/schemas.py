@@ -7,12 +7,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 HEX_NONCE = r"^(?:[0-9a-fA-F]{2}){8,64}$"  # 8..64 bytes: a TPM2B_DATA holds at most 64
-PcrIndex = Annotated[int, Field(ge=0, le=23)]
+PcrIndex = Annotated[int, Field(ge=0, le=23, strict=True)]  # strict: true is not PCR 1
 
 
 class LogRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    start: int = Field(0, ge=0, le=1 << 40, description="firmware: byte offset; runtime: recnum")
+    start: int = Field(
+        0, ge=0, le=1 << 40, strict=True, description="firmware: byte offset; runtime: recnum"
+    )
 
 
 Bank = Literal["sha1", "sha256", "sha384", "sha512"]

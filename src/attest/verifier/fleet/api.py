@@ -124,12 +124,14 @@ class RegisterRequest(BaseModel):
     host_activation_url: str | None = Field(default=None, max_length=2048, pattern=_URL)
     guest_vtpm: bool = Field(
         default=True,
+        strict=True,  # JSON true or false: not "yes", "off", 0 or 1
         description="a pair: false when the guest has no vTPM -- only the host is enrolled, and "
         "the guest is appraised by its SEV-SNP report alone, tied to the host by the chip the "
         "host records (layers host and guest-snp)",
     )
     re_enroll: bool = Field(
         default=False,
+        strict=True,
         description="replace the enrollment (URL and AK) of a node id that is already enrolled; "
         "recorded in its history, resets its continuity",
     )
