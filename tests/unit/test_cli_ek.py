@@ -87,3 +87,40 @@ def test_exit_3_for_input_that_is_not_a_certificate(
 
 def test_naive_now_is_a_usage_error(dirs: tuple[Path, Path, Path]) -> None:
     assert main(_args(*dirs, "--now", "2030-06-01T00:00:00")) == 2
+
+
+GOOGLE_LEAF = (
+    Path(__file__).resolve().parents[1] / "data/ekcerts/leaves/google-shielded-vm-ecc-ek.pem"
+)
+
+
+def test_a_long_issuer_cn_is_no_warning_on_stderr(
+    recwarn: pytest.WarningsRecorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its issuing CA's CN is longer than X.520's 64 characters: cryptography's UserWarning
+    (two lines of Python source on stderr) must not print beside the command's output."""
+    assert main(["ek", "verify", str(GOOGLE_LEAF), "--now", "2026-06-01T00:00:00Z"]) == 0
+    assert [str(w.message) for w in recwarn] == []
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [("device", "not a file or a directory"), ("loop", "Too many levels of symbolic links")],
+)
+def test_a_roots_path_that_is_no_file_names_why(
+    kind: str,
+    says: str,
+    dirs: tuple[Path, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Not 'No such file or directory' for /dev/zero or a symlink loop: the line says why."""
+    nv, _, inters = dirs
+    roots = Path("/dev/zero")
+    if kind == "loop":
+        roots = tmp_path / "a"
+        roots.symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(roots)
+    assert main(_args(nv, roots, inters)) == 6
+    assert capsys.readouterr().err == f"attest: cannot access {roots}: {says}\n"

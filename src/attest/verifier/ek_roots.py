@@ -18,6 +18,7 @@ deviations load.
 
 from __future__ import annotations
 
+import errno
 import importlib.resources
 import logging
 import os
@@ -108,6 +109,9 @@ def _read_all(entries: Iterable[Traversable], errors: list[LoadError]) -> list[P
     out: list[ParsedCertificate] = []
     for entry in entries:
         if not entry.is_file() and not entry.is_dir():
+            if isinstance(entry, Path):  # say why: a symlink loop, a device, a FIFO
+                entry.stat()  # OSError with its own reason (ENOENT, ELOOP, EACCES)
+                raise OSError(errno.EINVAL, "not a file or a directory", str(entry))
             raise FileNotFoundError(2, "No such file or directory", str(entry))
         for f in _files(entry):
             out.extend(_read(f, errors))
