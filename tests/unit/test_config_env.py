@@ -35,3 +35,30 @@ def test_default_file_is_read_only_when_it_exists(
     cfg.write_text("[api]\nport = 7444\n")
     assert config_path(None, {}) == str(cfg)
     assert load_settings(config_path(None, {}), environ={}).api.port == 7444
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"\xff\xfe node_id = 'n'\n", "is not valid TOML: 'utf-8' codec"),
+        (b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "is not valid TOML: maximum recursion"),
+        (b"node_id = " + b"9" * 10_000 + b"\n", "is not valid TOML: Exceeds the limit"),
+        (b"#" * (2 << 20), "is larger than 1048576 bytes"),
+    ],
+    ids=["not-utf8", "deep-nesting", "huge-integer", "oversized"],
+)
+def test_a_hostile_file_is_a_config_error_naming_it(
+    tmp_path: Path, content: bytes, says: str
+) -> None:
+    """Never a UnicodeDecodeError, RecursionError or int-digits ValueError (exit 70 in
+    ``attest manifest config-digest``), nor an unbounded read."""
+    path = tmp_path / "attestd.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=says) as err:
+        load_settings(path, environ={})
+    assert err.value.key == "config"
+
+
+def test_dev_zero_is_refused_not_read_without_end() -> None:
+    with pytest.raises(ConfigError, match="is larger than"):
+        load_settings("/dev/zero", environ={})

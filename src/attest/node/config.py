@@ -19,6 +19,8 @@ from typing import Any
 
 from attest.errors import ConfigError
 
+MAX_CONFIG_BYTES = 1 << 20  # attestd's TOML file: a few KiB; /dev/zero is refused, not read
+
 
 @dataclass(frozen=True, slots=True)
 class TpmSettings:
@@ -283,10 +285,16 @@ def load_settings(
     if path is not None:
         try:
             with open(path, "rb") as fh:
-                doc = tomllib.load(fh)
+                data = fh.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}", key="config") from None
-        except tomllib.TOMLDecodeError as exc:
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes", key="config")
+        try:
+            doc = tomllib.loads(data.decode())
+        # TOMLDecodeError, UnicodeDecodeError, an integer over Python's digit limit are
+        # ValueErrors; deeply nested arrays or tables exhaust the parser's recursion.
+        except (ValueError, RecursionError) as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}", key="config") from None
     unknown = set(doc) - set(_SECTIONS) - {"node_id"}
     if unknown:
