@@ -84,6 +84,20 @@ def test_unexpected_errors_are_one_line_with_their_own_code(
     assert "unexpected error (ZeroDivisionError): a bug" in one_line(capsys)
 
 
+@pytest.mark.parametrize("command", ["show", "replay", "facts"])
+def test_an_oversized_event_log_is_refused_by_its_size(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sparse 200 MB file of zeros is not read whole (and, as zero padding, 'parsed' as a
+    one-event log): over the input bound it is exit 6, at once; /dev/zero likewise."""
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as f:
+        f.truncate(200 << 20)
+    for path in (huge, Path("/dev/zero")):
+        assert main(["eventlog", command, str(path)]) == 6
+        assert f"attest: cannot access {path}: file larger than" in one_line(capsys)
+
+
 def test_fleet_refuses_a_non_boolean_or_unknown_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

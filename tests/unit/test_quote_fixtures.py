@@ -159,3 +159,37 @@ def test_serialized_pcr_file_of_any_layout_reads_back(text: str, per_list: int) 
     got_sel, got = read_tools_serialized_pcrs(tools_serialized_pcrs(sel, values, per_list=per_list))
     assert got_sel == sel and got == values
     assert [list(v) for v in got.values()] == [list(idx) for _, idx in sel.banks]
+
+
+def _verify_argv(**files: Path) -> list[str]:
+    paths = {"ak": "ak.pem", "quote": "quote.msg", "signature": "quote.sig", "pcrs": "quote.pcrs"}
+    argv = ["quote", "verify", "--nonce", NONCE.hex()]
+    for flag, name in paths.items():
+        argv += [f"--{flag}", str(files.get(flag, FIX / name))]
+    if "previous" in files:
+        argv += ["--previous", str(files["previous"])]
+    return argv
+
+
+@pytest.mark.parametrize("flag", ["ak", "quote", "signature", "pcrs", "previous"])
+def test_cli_refuses_an_endless_file_without_reading_it(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/dev/zero (or a 200 MB file) as any input: exit 6 once the bound is passed, not a
+    MemoryError (exit 70) after reading until memory runs out."""
+    assert main(_verify_argv(**{flag: Path("/dev/zero")})) == 6
+    err = capsys.readouterr().err
+    assert err == "attest: cannot access /dev/zero: file larger than 16777216 bytes\n"
+
+
+@pytest.mark.parametrize("flag", ["pcrs", "previous"])
+def test_cli_deeply_nested_json_is_malformed_input(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A RecursionError from json.loads is a format error (exit 3), not a bug (exit 70)."""
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    assert main(_verify_argv(**{flag: deep})) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"attest: malformed input: {deep}: not a") and err.count("\n") == 1
+    assert "maximum recursion depth" in err

@@ -6,6 +6,7 @@ without importing the parser (``attest.cli``) that imports the sub-commands.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -86,11 +87,18 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
-def read_file(path: str | os.PathLike[str]) -> bytes:
-    """A whole input file, as ``Path.read_bytes`` reads it (the ``OSError`` names the file), for
-    the commands on the hot path that take paths as ``str`` so as not to import ``pathlib``."""
+MAX_INPUT_FILE = 16 * 1024 * 1024  # as storage.files.DEFAULT_MAX_READ; a node serves 4 MiB logs
+
+
+def read_file(path: str | os.PathLike[str], *, max_size: int = MAX_INPUT_FILE) -> bytes:
+    """A whole input file, as ``storage.files.read_bytes`` reads it (the ``OSError`` names the
+    file; over ``max_size`` bytes, e.g. /dev/zero, it is ``EFBIG``, not read whole), for the
+    commands on the hot path that take paths as ``str`` so as not to import ``pathlib``."""
     with open(path, "rb") as f:
-        return f.read()
+        data = f.read(max_size + 1)
+    if len(data) > max_size:
+        raise OSError(errno.EFBIG, f"file larger than {max_size} bytes", os.fspath(path))
+    return data
 
 
 def print_json(doc: Any) -> None:

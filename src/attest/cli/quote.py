@@ -188,7 +188,7 @@ def load_pcrs(
     if data.lstrip().startswith(b"{"):
         try:
             return PcrValues.from_json(json.loads(data))
-        except (ValueError, AttributeError, TypeError) as exc:
+        except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             raise QuoteFormatError(f"{path}: not a PCR JSON file: {exc}") from None
     from attest.tpmstruct import (
         is_tools_serialized_pcrs,
@@ -218,7 +218,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             c = json.loads(read_file(args.previous).decode())["clock"]
             previous = ClockInfo(c["clock_ms"], c["reset_count"], c["restart_count"], c["safe"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise QuoteFormatError(f"{args.previous}: not a verify result: {exc}") from None
     policy = DEFAULT_POLICY
     if args.allow_sha1:
