@@ -98,6 +98,14 @@ def test_an_oversized_event_log_is_refused_by_its_size(
         assert f"attest: cannot access {path}: file larger than" in one_line(capsys)
 
 
+def test_an_ear_key_that_never_ends_is_refused_by_its_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["verify", "http://127.0.0.1:9", "--tofu", "--ear-key", "/dev/zero"]
+    assert main([*argv, "--state", str(tmp_path / "state")]) == 6
+    assert "attest: cannot access /dev/zero: file larger than 16384 bytes" in one_line(capsys)
+
+
 def test_fleet_refuses_a_non_boolean_or_unknown_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

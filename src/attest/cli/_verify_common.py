@@ -59,6 +59,7 @@ EXIT_CODES = {
 }
 
 DEFAULT_STATE = "~/.local/state/attest/verifier"
+MAX_EAR_KEY_BYTES = 16 << 10  # a PEM P-256 private key is ~250 bytes
 NO_REGISTRY_NOTE = (
     "no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "
     "and expected PCRs are not appraised"
@@ -111,8 +112,10 @@ def load_ear_key(path: str | None) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    from attest.storage.files import read_bytes
+
     try:
-        key = load_pem_private_key(Path(path).read_bytes(), None)
+        key = load_pem_private_key(read_bytes(path, max_size=MAX_EAR_KEY_BYTES), None)
     except (ValueError, TypeError):
         raise ConfigError(
             f"{path} is not an unencrypted PEM private key (the .pub.json of keygen is the "
