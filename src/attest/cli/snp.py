@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import importlib
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from attest.snp.verify import SnpVerifier, VerifiedReport
 from attest.storage.files import read_bytes
 
 MAX_INPUT = 1024 * 1024
+MAX_HASHED_FILE = 2 << 30  # a kernel or initrd (sev-snp-measure reads it into memory)
 MAX_ARK_FILES = 32
 CERT_SUFFIXES = (".pem", ".der", ".crt", ".cer")
 GUEST_FEATURES = 0x1  # sev-snp-measure's default for SNP: SNPActive
@@ -273,6 +276,9 @@ def launch_measurement(
     if vcpus < 1:
         raise ConfigError("at least one vCPU", key=f"{flags}vcpus")
     read_bytes(ovmf)  # a missing or oversized file is an I/O error, before the library
+    for path in (kernel, initrd):
+        if path is not None:
+            _check_hashed_file(path)
     try:
         if not ovmf_mod.OVMF(str(ovmf)).metadata_items():
             raise SnpFormatError(f"{ovmf}: no SEV metadata (not an AmdSev/SNP OVMF build)")
@@ -289,6 +295,17 @@ def launch_measurement(
     except (RuntimeError, ValueError) as exc:  # what sev-snp-measure raises on a bad OVMF
         raise SnpFormatError(f"{ovmf}: {exc}") from None
     return digest
+
+
+def _check_hashed_file(path: Path) -> None:
+    """A kernel or initrd that sev-snp-measure reads whole to hash: a regular file of at most
+    ``MAX_HASHED_FILE`` bytes (``OSError``, exit 6), so that /dev/zero or a FIFO is refused
+    rather than read without end."""
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if st.st_size > MAX_HASHED_FILE:
+        raise OSError(errno.EFBIG, f"file larger than {MAX_HASHED_FILE} bytes", str(path))
 
 
 def cmd_measure(args: argparse.Namespace) -> int:

@@ -312,3 +312,18 @@ def test_measure_usage_errors_exit_2(
     flat = [x for kv in args.items() for x in kv]
     rc, _, err = _run(capsys, "snp", "measure", "--ovmf", str(ovmf), *flat, *rest)
     assert rc == 2 and err.startswith("attest: configuration error")
+
+
+@pytest.mark.parametrize("flag", ["--kernel", "--initrd"])
+def test_measure_refuses_a_kernel_or_initrd_that_is_not_a_regular_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: str
+) -> None:
+    """sev-snp-measure reads them whole: /dev/zero would be read until memory runs out
+    (MemoryError, exit 70). A device or a FIFO is refused by name, exit 6."""
+    ovmf = make_ovmf(tmp_path / "OVMF.fd")
+    (tmp_path / "k").write_bytes(b"k")
+    base = ["snp", "measure", "--ovmf", str(ovmf), "--vcpus", "1", "--vcpu-type", "EPYC-v4"]
+    files = {"--kernel": str(tmp_path / "k"), flag: "/dev/zero"}
+    rc, out, err = _run(capsys, *base, *[x for kv in files.items() for x in kv])
+    assert (rc, out) == (6, "")
+    assert err == "attest: cannot access /dev/zero: not a regular file\n"
