@@ -22,6 +22,7 @@ from typing import Any
 from attest.cli._common import EXIT_OK, print_json
 from attest.cli._registry import add_registry_arguments, load_registry
 from attest.errors import ConfigError, SnpCheckError, SnpFormatError
+from attest.manifest.parse import MAX_SNP_VCPUS
 from attest.manifest.snp import SnpReleaseAppraisal, appraise_snp_release
 from attest.snp.certs import AmdCertificate, load_certificates, load_crl
 from attest.snp.certtable import chain_of, parse_cert_table
@@ -273,8 +274,10 @@ def launch_measurement(
     sigs: dict[str, int] = vcpu_types.CPU_SIGS
     if vcpu_type not in sigs:
         raise ConfigError(f"unknown vCPU type; one of {', '.join(sigs)}", key=f"{flags}vcpu-type")
-    if vcpus < 1:
-        raise ConfigError("at least one vCPU", key=f"{flags}vcpus")
+    # The digest takes one VMSA page per vCPU: --vcpus 10**20 would never end. The registry's
+    # bound: a launch of more vCPUs could not be blessed.
+    if not 1 <= vcpus <= MAX_SNP_VCPUS:
+        raise ConfigError(f"at least one vCPU, at most {MAX_SNP_VCPUS}", key=f"{flags}vcpus")
     read_bytes(ovmf)  # a missing or oversized file is an I/O error, before the library
     for path in (kernel, initrd):
         if path is not None:

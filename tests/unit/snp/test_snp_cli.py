@@ -294,8 +294,13 @@ def test_measure_refuses_an_ovmf_without_sev_metadata(
 
 @pytest.mark.parametrize(
     "extra",
-    [["--vcpu-type", "Pentium"], ["--vcpus", "0"], ["--append", "x"]],
-    ids=["vcpu-type", "vcpus", "append-without-kernel"],
+    [
+        ["--vcpu-type", "Pentium"],
+        ["--vcpus", "0"],
+        ["--vcpus", "99999999999999999999"],  # one VMSA page each: the digest never ended
+        ["--append", "x"],
+    ],
+    ids=["vcpu-type", "vcpus", "vcpus-huge", "append-without-kernel"],
 )
 def test_measure_usage_errors_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str]
