@@ -34,6 +34,8 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
     [
         (["verify", "not-a-url", "--tofu"], 2, "not an http(s) URL"),
         (["verify", "ftp://node/", "--tofu"], 2, "not an http(s) URL"),
+        (["verify", "http://127.0.0.1:99999", "--tofu"], 2, "not an http(s) URL"),
+        (["verify", "http://node:port", "--tofu"], 2, "not an http(s) URL"),
         (["verify", "http://127.0.0.1:9", "--tofu", "--ear-key", "{g}"], 2, "--ear-key: {g}"),
         (["verify", "http://127.0.0.1:9", "--ek-ca", "{g}"], 3, "{g}"),
         (

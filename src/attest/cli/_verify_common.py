@@ -133,6 +133,7 @@ def _check_url(url: str, key: str) -> None:
     try:
         parts = urlsplit(url)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- ValueError: a port that is no number in 0-65535
     except ValueError:
         ok = False
     if not ok:
