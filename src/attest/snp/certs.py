@@ -20,6 +20,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -158,7 +159,11 @@ def _load_der(der: bytes) -> AmdCertificate:
         parse = der[:serial_at] + b"\x01" + der[serial_at + 1 :]
     try:
         cert = x509.load_der_x509_certificate(parse)
-        cert.subject, cert.issuer, cert.public_key()  # noqa: B018 -- parsed lazily: fail here
+        # A CN over X.520's 64 (a non-AMD certificate given as the VCEK or chain) is refused
+        # by the checks that follow, not by two lines of cryptography's UserWarning on stderr.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Attribute's length must be", UserWarning)
+            cert.subject, cert.issuer, cert.public_key()  # noqa: B018 -- parsed lazily: fail here
     # TypeError: a name attribute cryptography refuses by type (a BIT STRING, not x500UID)
     except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise SnpFormatError(f"certificate does not parse: {exc}") from None

@@ -43,6 +43,18 @@ def test_vcek_serial_zero_loads_without_a_warning_and_keeps_its_bytes(amd: FakeA
     assert signed_by(cert, amd.ask)  # verified over the TBS as received, serial 0
 
 
+def test_a_cn_over_64_characters_loads_without_a_warning() -> None:
+    """A non-AMD certificate given as the VCEK (here Google's vTPM EK, whose issuer's CN is
+    79 characters): refused later by the chain checks, never two lines of UserWarning."""
+    from pathlib import Path
+
+    leaf = Path(__file__).resolve().parents[2] / "data/ekcerts/leaves/google-shielded-vm-ecc-ek.pem"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cert = load_certificates(leaf.read_bytes())[0]
+    assert len(cert.x509.issuer.rfc4514_string()) > 64
+
+
 def test_plain_cryptography_warns_on_the_same_certificate() -> None:
     with pytest.warns(Warning, match="serial number"):
         x509.load_der_x509_certificate(fake(Product.MILAN).vcek.der)
