@@ -58,6 +58,12 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
             "malformed input: {g}: not JSON",
         ),
         (["verify", "http://127.0.0.1:9", "--tofu", "--ear-key", "/nonexistent/k.pem"], 6, ""),
+        (
+            ["verify", "http://127.0.0.1:9", "--tofu", "--client-cert", "/no/c.pem"]
+            + ["--client-key", "{g}"],
+            2,
+            "--client-cert: /no/c.pem: no such file",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_a_documented_exit_code(

@@ -147,7 +147,9 @@ def _check_client_cert(cert: str, key: str) -> None:
     try:
         ssl.create_default_context().load_cert_chain(cert, key)
     except FileNotFoundError as exc:
-        raise ConfigError(f"{exc.filename}: no such file", key="--client-cert") from None
+        # ssl's error names no file: find the one that is missing
+        missing = exc.filename or next((p for p in (cert, key) if not os.path.exists(p)), cert)
+        raise ConfigError(f"{missing}: no such file", key="--client-cert") from None
     except (ssl.SSLError, OSError):
         raise ConfigError(
             f"{cert} and {key} are not a PEM certificate and its private key",
