@@ -122,6 +122,23 @@ def test_registry_push_to_a_missing_socket_is_a_usage_error(
     assert "no such socket" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-1"])
+@pytest.mark.parametrize("command", ["registry", "upgrade"])
+def test_push_timeout_that_is_no_positive_number_is_a_usage_error(
+    w: World, capsys: pytest.CaptureFixture[str], timeout: str, command: str
+) -> None:
+    """--timeout nan reached the socket layer: ValueError, exit 70."""
+    snap = write(w, "s.json", w.snap(10))
+    sock = w.tmp / "node.sock"
+    with socket.socket(socket.AF_UNIX) as listener:  # a socket that exists; never reached
+        listener.bind(str(sock))
+        args = [str(sock), snap] if command == "registry" else [str(sock), snap, snap]
+        assert main([command, "push", *args, "--timeout", timeout]) == 2
+    err = capsys.readouterr().err
+    says = f"--timeout: {float(timeout)} is not a finite number over 0"
+    assert err == f"attest: configuration error: {says}\n"
+
+
 def test_upgrade_push_stages_the_image_and_prints_the_gates_decision(
     w: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,6 +14,7 @@ silences it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -59,6 +60,8 @@ def open_client(args: argparse.Namespace) -> Any:
     from attest.cli._verify_common import _check_client_cert, _check_url
     from attest.verifier.client import NodeClient
 
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # argparse's float takes nan
+        raise ConfigError(f"{args.timeout} is not a finite number over 0", key="--timeout")
     uds = socket_path(args.url)
     if uds is not None:
         if not os.path.exists(uds):
