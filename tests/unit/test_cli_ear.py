@@ -169,3 +169,14 @@ def test_other_verifiers_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "submod cpu0: affirming" in out and "another verifier's dialect" in out
     assert _run(v.TRUSTEE_JWT, "--key", jwk) == 1  # expired since July 2025
     assert "expired" in capsys.readouterr().err
+
+
+def test_a_jwk_nested_past_the_parsers_limit_is_a_key_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """json.loads' RecursionError was exit 70 (here and in manifest import-corim --key)."""
+    deep = tmp_path / "deep.jwk"
+    deep.write_text('{"a":' * 6000 + "1" + "}" * 6000)
+    assert _run(v.TRUSTEE_JWT, "--key", deep) == 2
+    err = capsys.readouterr().err
+    assert err == f"attest: configuration error: --key: {deep}: not JSON (a JWK or a JWK set)\n"

@@ -161,6 +161,22 @@ def test_rules_refuse_unknown_keys_and_parse_toml() -> None:
         parse_rules(b"\xff\xfe")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":' * 6000 + "1" + "}" * 6000,  # JSON nested past the parser's recursion limit
+        "a = " + "{b = " * 5000 + "1" + "}" * 5000,  # TOML likewise
+        "runtime_pcr = " + "9" * 5000,  # past Python's int digit limit
+    ],
+    ids=["deep-json", "deep-toml", "huge-int"],
+)
+def test_rules_refuse_hostile_nesting_as_a_config_error(text: str) -> None:
+    """Not a RecursionError or ValueError escaping as exit 70 of attest verify --policy."""
+    with pytest.raises(ConfigError, match="neither JSON nor TOML") as err:
+        parse_rules(text.encode())
+    assert err.value.key == "policy"
+
+
 # --- 3. withholding is not cheaper than lying ------------------------------------------------
 
 

@@ -84,10 +84,10 @@ def parse_rules(data: bytes) -> VerifierRules:
     doc: object
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's limit
         try:
             doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError
             raise ConfigError(f"neither JSON nor TOML: {exc}", key="policy") from None
     if not isinstance(doc, Mapping):
         raise ConfigError("must be an object of rules", key="policy")

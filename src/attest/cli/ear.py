@@ -184,7 +184,7 @@ def public_keys(path: Path) -> list[tuple[str | None, ec.EllipticCurvePublicKey]
     if data.lstrip().startswith(b"{"):
         try:
             doc = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's limit
             raise ConfigError(f"{path}: not JSON (a JWK or a JWK set)", key="--key") from None
         jwks = doc.get("keys") if isinstance(doc, dict) and "keys" in doc else [doc]
         if not isinstance(jwks, list) or not jwks or len(jwks) > MAX_KEYS:
