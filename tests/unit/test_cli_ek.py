@@ -71,8 +71,11 @@ def test_exit_1_names_the_failed_check(
     other.mkdir()
     (other / "root.pem").write_bytes(make_ca("Other Vendor Root").cert.public_bytes(Encoding.PEM))
     assert main(_args(nv, other, inters, "--now", "2030-06-01T00:00:00Z", "--json")) == 1
-    doc = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
     assert (doc["verified"], doc["check"]) == (False, "no-path")
+    # --json keeps stdout JSON; the one error line still goes to stderr
+    assert err.startswith("attest: certificate check failed (no-path): ") and err.count("\n") == 1
 
 
 def test_exit_3_for_input_that_is_not_a_certificate(

@@ -105,11 +105,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print_json(
                 {"verified": False, "check": exc.reason, "error": str(exc), "ek_roots": source}
             )
-        else:
-            print(
-                f"attest: certificate check failed ({exc.reason}): {exc} (EK roots: {source})",
-                file=sys.stderr,
-            )
+        # with --json too: the error line goes to stderr, as every command's does
+        print(
+            f"attest: certificate check failed ({exc.reason}): {exc} (EK roots: {source})",
+            file=sys.stderr,
+        )
         return EXIT_VERIFY_FAILED
     if args.json:
         print_json({"verified": True, **verified.describe(), "ek_roots": source})
