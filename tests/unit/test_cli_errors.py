@@ -114,6 +114,27 @@ def test_an_ear_key_that_never_ends_is_refused_by_its_size(
     assert "attest: cannot access /dev/zero: file larger than 16384 bytes" in one_line(capsys)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ek", "verify", "{g}"],
+        ["manifest", "verify", "--root", "{g}"],
+        ["upgrade", "stage", "{g}", "--snapshot", "{g}", "--tcti", "device:/nonexistent"],
+    ],
+    ids=["ek", "manifest", "upgrade-stage"],
+)
+@pytest.mark.parametrize(
+    "now", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00", "yesterday"]
+)
+def test_a_now_out_of_range_in_utc_is_a_usage_error(
+    argv: list[str], now: str, garbage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Year 1 at +01:00 parses, but is before datetime.min in UTC: every comparison raised
+    OverflowError (exit 70); upgrade stage's --now took no check at all."""
+    assert main([a.replace("{g}", garbage) for a in argv] + ["--now", now]) == 2
+    assert "configuration error: --now: " in one_line(capsys)
+
+
 def test_fleet_refuses_a_non_boolean_or_unknown_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -76,6 +76,10 @@ def parse_now(text: str | None) -> datetime:
         raise ConfigError(f"{text!r} is not an ISO 8601 time", key="--now") from None
     if now.tzinfo is None:
         raise ConfigError(f"{text!r} has no time zone (e.g. append Z)", key="--now")
+    try:  # year 1 at +01:00 is before datetime.min in UTC: every comparison would overflow
+        now.astimezone(UTC)
+    except OverflowError:
+        raise ConfigError(f"{text!r} is out of range in UTC", key="--now") from None
     return now
 
 

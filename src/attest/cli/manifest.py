@@ -70,9 +70,11 @@ def _time(text: str, *, key: str) -> datetime:
     """ISO 8601; a time without a zone is taken as UTC."""
     try:
         t = datetime.fromisoformat(text)
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
     except ValueError:
         raise ConfigError(f"not an ISO 8601 time: {text!r}", key=key) from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except OverflowError:  # year 1 at +01:00 is before datetime.min in UTC
+        raise ConfigError(f"out of range in UTC: {text!r}", key=key) from None
 
 
 def _now(args: argparse.Namespace) -> datetime:

@@ -184,14 +184,18 @@ def _stage_via_broker(args: argparse.Namespace, offer: Any) -> dict[str, Any]:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from attest.errors import UpgradeRefused
+    from attest.errors import ConfigError, UpgradeRefused
     from attest.node.upgrade.stager import Offer, read_hash_tree
     from attest.node.upgrade.wire import MAX_SNAPSHOT
     from attest.storage.files import read_bytes
 
-    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        now.astimezone(UTC)  # OverflowError: year 1 at +01:00 is before datetime.min in UTC
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{args.now!r} is not an ISO 8601 time in range", key="--now") from None
     offer = Offer(
         Path(args.image),
         read_bytes(args.snapshot, max_size=MAX_SNAPSHOT),
