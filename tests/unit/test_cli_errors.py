@@ -180,6 +180,21 @@ def test_a_full_stdout_is_still_an_error_line(tmp_path: Path) -> None:
     assert err.decode() == "attest: cannot access: No space left on device\n"
 
 
+def test_a_file_name_that_is_not_utf8_is_echoed_as_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a locale whose stdout is strict, printing the surrogate-escaped name was a
+    UnicodeEncodeError (exit 70); it is written back as the bytes it came as, as ls does."""
+    name = os.fsencode(tmp_path) + b"/log\xff.bin"
+    with open(name, "wb") as f:
+        f.write(bytes(64))  # zeros: a one-event SHA-1 log (zero padding ends it)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8:strict")
+    proc = _attest(["eventlog", "show", os.fsdecode(name)], subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, b"")
+    assert out.startswith(b"# " + name + b": sha1 log")
+
+
 def test_ear_key_public_halves_are_refused_by_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

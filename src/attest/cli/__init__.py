@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import io
 import os
 import select
 import sys
@@ -166,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     quiet_libraries(args.verbose, logs_nothing=getattr(args, "logs_nothing", False))
+    # A file name that is not UTF-8 (Python holds its bytes as surrogates) is echoed as those
+    # bytes, as ls does: under a locale whose stdout is strict it was a UnicodeEncodeError.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         rc: int = args.func(args)
         return rc
