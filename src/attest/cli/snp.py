@@ -264,6 +264,11 @@ def launch_measurement(
     ``flags`` prefixes the option names that errors cite."""
     if kernel is None and (initrd is not None or append is not None):
         raise ConfigError("--initrd and --append need --kernel", key=f"{flags}kernel")
+    if append is not None:
+        try:  # bytes that are not UTF-8 (held as surrogates): the library's error named the OVMF
+            append.encode()
+        except UnicodeEncodeError:
+            raise ConfigError("the command line is not UTF-8", key=f"{flags}append") from None
     try:  # the optional 'snp' extra, loaded only when a launch is measured
         guest = importlib.import_module("sevsnpmeasure.guest")
         ovmf_mod = importlib.import_module("sevsnpmeasure.ovmf")

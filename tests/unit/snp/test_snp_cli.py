@@ -299,8 +299,9 @@ def test_measure_refuses_an_ovmf_without_sev_metadata(
         ["--vcpus", "0"],
         ["--vcpus", "99999999999999999999"],  # one VMSA page each: the digest never ended
         ["--append", "x"],
+        ["--kernel", "{ovmf}", "--append", "\udcff"],  # a byte that is not UTF-8, from argv
     ],
-    ids=["vcpu-type", "vcpus", "vcpus-huge", "append-without-kernel"],
+    ids=["vcpu-type", "vcpus", "vcpus-huge", "append-without-kernel", "append-not-utf8"],
 )
 def test_measure_usage_errors_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str]
@@ -315,6 +316,7 @@ def test_measure_usage_errors_exit_2(
         else:
             rest += [flag, next(it)]
     flat = [x for kv in args.items() for x in kv]
+    rest = [str(ovmf) if x == "{ovmf}" else x for x in rest]
     rc, _, err = _run(capsys, "snp", "measure", "--ovmf", str(ovmf), *flat, *rest)
     assert rc == 2 and err.startswith("attest: configuration error")
 
