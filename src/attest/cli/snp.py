@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import errno
 import importlib
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -307,10 +308,10 @@ def launch_measurement(
 
 def _check_hashed_file(path: Path) -> None:
     """A kernel or initrd that sev-snp-measure reads whole to hash: a regular file of at most
-    ``MAX_HASHED_FILE`` bytes (``OSError``, exit 6), so that /dev/zero or a FIFO is refused
-    rather than read without end."""
+    ``MAX_HASHED_FILE`` bytes, or /dev/null for none (``OSError``, exit 6), so that /dev/zero
+    or a FIFO is refused rather than read without end."""
     st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) and not path.samefile(os.devnull):
         raise OSError(errno.EINVAL, "not a regular file", str(path))
     if st.st_size > MAX_HASHED_FILE:
         raise OSError(errno.EFBIG, f"file larger than {MAX_HASHED_FILE} bytes", str(path))

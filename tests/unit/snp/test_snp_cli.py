@@ -326,7 +326,7 @@ def test_measure_refuses_a_kernel_or_initrd_that_is_not_a_regular_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: str
 ) -> None:
     """sev-snp-measure reads them whole: /dev/zero would be read until memory runs out
-    (MemoryError, exit 70). A device or a FIFO is refused by name, exit 6."""
+    (MemoryError, exit 70). A device (but /dev/null) or a FIFO is refused by name, exit 6."""
     ovmf = make_ovmf(tmp_path / "OVMF.fd")
     (tmp_path / "k").write_bytes(b"k")
     base = ["snp", "measure", "--ovmf", str(ovmf), "--vcpus", "1", "--vcpu-type", "EPYC-v4"]
@@ -334,3 +334,6 @@ def test_measure_refuses_a_kernel_or_initrd_that_is_not_a_regular_file(
     rc, out, err = _run(capsys, *base, *[x for kv in files.items() for x in kv])
     assert (rc, out) == (6, "")
     assert err == "attest: cannot access /dev/zero: not a regular file\n"
+    files[flag] = "/dev/null"  # the one device taken: no kernel or initrd (empty)
+    rc, out, err = _run(capsys, *base, *[x for kv in files.items() for x in kv])
+    assert rc == 0 and err == "" and len(out.strip()) == 96, err
