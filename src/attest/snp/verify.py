@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -139,6 +140,12 @@ def _find_root(
     )
 
 
+def _name(name: x509.Name) -> str:
+    """A certificate name for an error line: its RFC 4514 form, or that it is empty."""
+    text = name.rfc4514_string()
+    return repr(text[:200]) if text else "an empty name"
+
+
 def verify_chain(
     leaf: AmdCertificate,
     certs: Sequence[AmdCertificate] = (),
@@ -164,8 +171,12 @@ def verify_chain(
         None,
     )
     if issuer is None:
-        names = ", ".join(sorted({repr(c.subject_cn) for c in intermediates}))
-        raise SnpCheckError(SnpCheck.CHAIN, f"the leaf is not signed by any of {names}")
+        names = ", ".join(sorted({_name(c.x509.subject) for c in intermediates}))
+        raise SnpCheckError(
+            SnpCheck.CHAIN,
+            f"the leaf (issuer {_name(leaf.x509.issuer)}) is not signed by any ASK or ASVK "
+            f"presented ({names})",
+        )
     arks.sort(key=lambda pa: not valid_at(pa[1], now))  # an ARK valid at now first
     root_product, root = _find_root(issuer, arks)
     if not is_ca(issuer):

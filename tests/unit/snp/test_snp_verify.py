@@ -198,6 +198,10 @@ def test_refuses_a_leaf_under_another_products_ask() -> None:
     with pytest.raises(SnpCheckError) as exc:
         verify_chain(milan.vcek, [genoa.ask, milan.ark], now=FAKE_NOW, pins=milan.pins)
     assert _check(exc) is SnpCheck.CHAIN
+    # The refusal names both sides: the leaf's issuer and what was presented (by full name:
+    # a certificate whose CN is empty was shown as '').
+    text = str(exc.value)
+    assert "the leaf (issuer 'CN=SEV-Milan" in text and "presented ('CN=SEV-Genoa" in text, text
 
 
 def test_refuses_a_vcek_under_the_asvk_names(amd: FakeAmd) -> None:
