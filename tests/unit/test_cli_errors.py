@@ -36,6 +36,8 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["verify", "ftp://node/", "--tofu"], 2, "not an http(s) URL"),
         (["verify", "http://127.0.0.1:99999", "--tofu"], 2, "not an http(s) URL"),
         (["verify", "http://node:port", "--tofu"], 2, "not an http(s) URL"),
+        (["verify", "http://u:pw0rd@127.0.0.1:9", "--tofu"], 2, "with a user or password"),
+        (["verify", "https://token@127.0.0.1:9", "--tofu"], 2, "with a user or password"),
         (["verify", "http://127.0.0.1:9", "--tofu", "--ear-key", "{g}"], 2, "--ear-key: {g}"),
         (["verify", "http://127.0.0.1:9", "--ek-ca", "{g}"], 3, "{g}"),
         (
@@ -77,6 +79,18 @@ def test_bad_input_is_one_line_and_a_documented_exit_code(
     args = [a.replace("{g}", garbage) for a in argv] + ["--state", str(tmp_path / "state")]
     assert main(args) == code
     assert says.replace("{g}", garbage) in one_line(capsys)
+
+
+def test_a_password_in_a_node_url_is_refused_without_being_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for cmd in (["verify"], ["registry", "push"]):
+        argv = [*cmd, "http://admin:pw0rd@127.0.0.1:9"]
+        (tmp_path / "x").write_text("{}")
+        argv += ["--state", str(tmp_path / "s")] if cmd == ["verify"] else [str(tmp_path / "x")]
+        assert main(argv) == 2
+        out = capsys.readouterr()
+        assert "pw0rd" not in out.out + out.err and "with a user or password" in out.err
 
 
 def test_unexpected_errors_are_one_line_with_their_own_code(

@@ -136,6 +136,13 @@ def _check_url(url: str, key: str) -> None:
         parts.port  # noqa: B018 -- ValueError: a port that is no number in 0-65535
     except ValueError:
         ok = False
+    if ok and (parts.username is not None or parts.password is not None):
+        # Never echoed: the verdict, its explanations and the logs would carry the password.
+        raise ConfigError(
+            "a node URL with a user or password is not taken (it would be shown in every "
+            "verdict and log line): a node authenticates by TLS (--client-cert/--client-key)",
+            key=key,
+        )
     if not ok:
         raise ConfigError(f"{url[:200]!r} is not an http(s) URL of a node", key=key)
 
