@@ -37,6 +37,28 @@ def one_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["verify", "http://127.0.0.1:99999", "--tofu"], 2, "not an http(s) URL"),
         (["verify", "http://node:port", "--tofu"], 2, "not an http(s) URL"),
         (["verify", "http://u:pw0rd@127.0.0.1:9", "--tofu"], 2, "with a user or password"),
+        # Flags that contradict each other, or need one that is missing: a usage error, not a
+        # verdict about the node (these were ignored, or read as could-not-appraise, exit 12).
+        (["verify", "http://127.0.0.1:9", "--guest-id", "g"], 2, "--guest-id: goes with --host"),
+        (["verify", "http://127.0.0.1:9", "--no-guest-vtpm"], 2, "--no-guest-vtpm: goes with"),
+        (["verify", "http://127.0.0.1:9", "--snp", "off"], 2, "--snp: goes with --host"),
+        (
+            ["verify", "http://127.0.0.1:9", "--host-root", "{g}", "--snp-release", "1"],
+            2,
+            "--host-root: goes with --host HOST_URL: a host and its guest (as do --snp-release)",
+        ),
+        (["verify", "http://127.0.0.1:9", "--root", "{g}"], 2, "give --root and --snapshot"),
+        (
+            ["verify", "http://127.0.0.1:9", "--trust-dir", "/tmp", "--snapshot", "{g}"],
+            2,
+            "give --trust-dir or --root with --snapshot, not both",
+        ),
+        (
+            ["verify", "http://127.0.0.1:8", "--host", "http://127.0.0.1:9", "--snp", "off"]
+            + ["--snp-release", "1.0.0"],
+            2,
+            "--snp-release appraises the SNP report: not with --snp off",
+        ),
         (["verify", "https://token@127.0.0.1:9", "--tofu"], 2, "with a user or password"),
         (["verify", "http://127.0.0.1:9", "--tofu", "--ear-key", "{g}"], 2, "--ear-key: {g}"),
         (["verify", "http://127.0.0.1:9", "--ek-ca", "{g}"], 3, "{g}"),

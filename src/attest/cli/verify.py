@@ -32,6 +32,7 @@ from attest.cli._verify_common import (
 )
 from attest.cli.verify_pair import cmd_verify_pair
 from attest.cli.verify_snp import add_snp_arguments
+from attest.errors import ConfigError
 from attest.model import PcrSelection
 from attest.verifier.enrollments import EnrollmentStore
 
@@ -151,7 +152,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --- the command -----------------------------------------------------------------------------
 
 
+# Flags of a host and its guest (``--host``): without it they would be ignored unsaid.
+_PAIR_ONLY = (
+    "guest_id",
+    "host_ek_ca",
+    "host_operator_socket",
+    "host_client_cert",
+    "host_client_key",
+    "host_activation_url",
+    "host_tls_ca",
+    "host_trust_dir",
+    "host_root",
+    "host_snapshot",
+    "host_platform",
+    "no_guest_vtpm",
+    "snp_crl",
+    "snp_amd_cert",
+    "snp_release",
+)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_combinations(args: argparse.Namespace) -> None:
+    """Flags that contradict each other or go with one that is missing: a usage error (exit 2)
+    naming them, before anything is read or contacted -- never a verdict about the node."""
+    if not getattr(args, "host", None):
+        given = [_flag(d) for d in _PAIR_ONLY if getattr(args, d, None)]
+        if getattr(args, "snp", "auto") != "auto":
+            given.append("--snp")
+        if given:
+            more = f" (as do {', '.join(given[1:])})" if len(given) > 1 else ""
+            raise ConfigError(
+                f"goes with --host HOST_URL: a host and its guest{more}", key=given[0]
+            )
+    elif getattr(args, "snp", "auto") == "off" and getattr(args, "snp_release", None):
+        raise ConfigError("--snp-release appraises the SNP report: not with --snp off", key="--snp")
+    for prefix in ("", "host_"):
+        trust_dir = getattr(args, prefix + "trust_dir", None)
+        root = getattr(args, prefix + "root", None)
+        snapshot = getattr(args, prefix + "snapshot", None)
+        if trust_dir is not None and (root is not None or snapshot is not None):
+            raise ConfigError(
+                f"give {_flag(prefix + 'trust_dir')} or {_flag(prefix + 'root')} with "
+                f"{_flag(prefix + 'snapshot')}, not both",
+                key=_flag(prefix + "trust_dir"),
+            )
+        if (root is None) != (snapshot is None):
+            raise ConfigError(
+                f"give {_flag(prefix + 'root')} and {_flag(prefix + 'snapshot')} together",
+                key=_flag(prefix + ("snapshot" if root is not None else "root")),
+            )
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    check_combinations(args)
     if getattr(args, "evidence", None) is not None:
         return verify_saved.cmd_verify_saved(args)
     verify_saved.check_arguments(args)
