@@ -355,3 +355,24 @@ def test_fleet_unreachable_postgres_is_one_line_and_exit_4(
     for argv in (["fleet", "ls", "--db", db], ["fleet", "show", "n1", "--db", db]):
         assert main(argv) == 4  # as the fleet's own entry point: not 70
         assert one_line(capsys).startswith("attest: the fleet's database is unreachable: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["audit", "show", "--from", "-5"], "argument --from: -5 is negative"),
+        (["audit", "show", "--from", "1e3"], "argument --from: '1e3' is not a whole number"),
+        (["upgrade", "status", "--slot-capacity", "0"], "--slot-capacity: a size must be over 0"),
+        (["upgrade", "status", "--slot-capacity", "-1"], "--slot-capacity: -1 is negative"),
+    ],
+)
+def test_counts_and_sizes_are_checked_before_a_socket_or_the_tpm(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They reached the broker or the TPM as they were (a negative offset, a slot of -1
+    bytes): a usage error now, from the parser."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err

@@ -91,6 +91,30 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
+def count_arg(text: str) -> int:
+    """``type=`` for a count or an offset: a whole number, 0 or more (argparse makes anything
+    else a usage error, exit 2, before a socket or the TPM is touched)."""
+    import argparse
+
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative")
+    return n
+
+
+def size_arg(text: str) -> int:
+    """``type=`` for a size in bytes: a whole number over 0."""
+    import argparse
+
+    n = count_arg(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("a size must be over 0")
+    return n
+
+
 MAX_INPUT_FILE = 16 * 1024 * 1024  # as storage.files.DEFAULT_MAX_READ; a node serves 4 MiB logs
 
 

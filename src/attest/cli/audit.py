@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from attest.cli._common import EXIT_OK, print_json
+from attest.cli._common import EXIT_OK, count_arg, print_json
 from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, DEFAULT_SOCKET
 
 # PAM_TYPE (pam_exec(8)) -> audit event.
@@ -59,7 +59,7 @@ def register(sub: Any) -> None:
 
     s = asub.add_parser("show", help="print the (pseudonymised) audit log")
     s.add_argument(
-        "--from", dest="start", type=int, default=0, metavar="N", help="start at entry N"
+        "--from", dest="start", type=count_arg, default=0, metavar="N", help="start at entry N"
     )
     s.add_argument("--json", action="store_true", help="JSON on stdout")
     s.add_argument("--socket", default=DEFAULT_SOCKET, help="broker socket (default %(default)s)")

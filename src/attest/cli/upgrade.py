@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from attest.cli._common import EXIT_OK, EXIT_REFUSED, print_json
+from attest.cli._common import EXIT_OK, EXIT_REFUSED, print_json, size_arg
 
 DEFAULT_SLOTS_DIR = "/var/lib/attest/slots"
 DEFAULT_TRUST_DIR = "/var/lib/attest/trust"
@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
         )
         q.add_argument(
             "--slot-capacity",
-            type=int,
+            type=size_arg,
             default=4 << 30,
             help="size of a file slot in bytes (default %(default)s)",
         )
