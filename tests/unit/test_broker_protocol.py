@@ -551,6 +551,31 @@ def test_slow_client_does_not_block_others(broker: Any) -> None:
     slow.close()
 
 
+def test_trickling_client_is_dropped_at_request_timeout(broker: Any) -> None:
+    """request_timeout bounds the whole frame once started, not each recv: a byte every
+    0.2 s (each within the 0.5 s timeout) does not hold the connection open."""
+    _, api, _, _ = broker
+    with _raw(api) as slow:
+        slow.sendall(struct.pack(">I", 100) + b"{")
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            while time.monotonic() - t0 < 3:
+                time.sleep(0.2)
+                slow.sendall(b" ")
+        assert time.monotonic() - t0 < 1.5
+    with BrokerClient(api) as c:
+        c.identity()
+
+
+def test_half_sent_header_is_dropped_at_request_timeout_not_idle_timeout(broker: Any) -> None:
+    _, api, _, _ = broker  # idle_timeout is the default 300 s
+    with _raw(api) as slow:
+        slow.sendall(b"\x00\x00")
+        t0 = time.monotonic()
+        assert slow.recv(1) == b""
+        assert time.monotonic() - t0 < 1.5
+
+
 def test_client_reconnects_after_broker_restart(broker: Any, tmp_path: Path) -> None:
     server, api, op, _ = broker
     with BrokerClient(api) as c:
