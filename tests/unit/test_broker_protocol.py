@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -536,6 +537,19 @@ def test_garbage_json_gets_error_and_connection_stays_usable(broker: Any) -> Non
             while len(data) < n:
                 data += s.recv(n - len(data))
         assert "ok" in json.loads(data)
+
+
+def test_a_refusal_quoting_the_client_is_logged_on_one_line(
+    broker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, api, _, _ = broker
+    forged = "x\nERROR attest.node.broker: forged"
+    with caplog.at_level(logging.INFO, logger="attest.node.broker.server"):
+        doc = _ask(api, wire.dumps({"op": "identity", "args": {forged: 1}}))
+    assert doc["error"]["type"] == "TransportError"
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "\n" not in refusals[0] and "x\\nERROR" in refusals[0]
 
 
 def test_slow_client_does_not_block_others(broker: Any) -> None:

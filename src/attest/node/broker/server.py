@@ -20,7 +20,8 @@ What each socket answers, and what the broker runs for each operation, is the ta
   are logged here and reported as an internal error without details.
 - The peer's uid and pid (SO_PEERCRED) are logged per connection; request arguments never are
   (an audit event holds identities in clear until the audit log pseudonymises them), nor the
-  refusals of an operation marked ``redact``.
+  refusals of an operation marked ``redact``. A refusal is logged on one line: control
+  characters of what it quotes from the request are escaped.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ class _Listener:
     mode: int
     sock: socket.socket
     slots: threading.BoundedSemaphore
+
+
+def _one_line(text: str) -> str:
+    """``text`` for a log line: a refusal may quote what the client sent, and a control
+    character (a newline) in it must not start a forged line of the broker's log."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -246,7 +253,7 @@ class BrokerServer:
                 )
             return out
         except AttestError as exc:
-            detail = "(not logged)" if redact else exc
+            detail = "(not logged)" if redact else _one_line(str(exc))
             logger.info(
                 "request %s from uid %d refused: %s: %s", name, uid, type(exc).__name__, detail
             )
