@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.conftest import need_binaries
 
-from attest.errors import ClockError, PcrSelectionError, TpmError
+from attest.errors import ClockError, OperationNotAllowed, PcrSelectionError, TpmError
 from attest.model import HashAlg, PcrSelection
 from attest.node.tpm.esapi import AkSpec, EsapiTpm
 from attest.quote import verify_quote
@@ -118,6 +118,22 @@ def test_nv_counter_only_increments(tpm: EsapiTpm) -> None:
     assert tpm.nv_counter_define(index) == first  # defining again is a no-op
     assert tpm.nv_counter_increment(index) == first + 1
     assert tpm.nv_counter_read(index) == first + 1
+
+
+def test_an_ordinary_nv_index_is_not_read_as_a_counter(swtpm: Any, tmp_path: Path) -> None:
+    """The broker reads counters with owner authorisation for the API: an ordinary index
+    (someone else's data) is refused, not its first 8 bytes returned."""
+    proc, _ = swtpm
+    index = "0x01800123"
+    attrs = "ownerread|ownerwrite|authread|authwrite"
+    tools(proc.tcti, "tpm2_nvdefine", index, "-C", "o", "-s", "16", "-a", attrs, cwd=tmp_path)
+    (tmp_path / "secret").write_bytes(b"S3CRETKEY-123456")
+    tools(proc.tcti, "tpm2_nvwrite", index, "-C", "o", "-i", "secret", cwd=tmp_path)
+    with EsapiTpm(proc.tcti) as tpm:
+        for call in (tpm.nv_counter_read, tpm.nv_counter_define):
+            with pytest.raises(OperationNotAllowed, match="0x01800123 is not a counter"):
+                call(int(index, 16))
+        assert tpm.recoveries() == 0
 
 
 def test_reading_an_undefined_counter_is_a_tpm_error(tpm: EsapiTpm) -> None:

@@ -11,7 +11,7 @@ pytest.importorskip("tpm2_pytss")
 
 from tpm2_pytss import TSS2_Exception  # noqa: E402
 
-from attest.errors import TpmError  # noqa: E402
+from attest.errors import OperationNotAllowed, TpmError  # noqa: E402
 from attest.node.tpm.esapi import EsapiTpm, _recovery  # noqa: E402
 
 TCTI_IO = 0x000A000A  # TSS2_TCTI_RC_IO_ERROR: the connection broke
@@ -81,3 +81,30 @@ def test_a_connection_still_broken_is_dropped_so_the_next_call_starts_afresh() -
     assert tpm._esapi is None and tpm.connects == 2
     assert tpm._call("quote", failing()) == "quote"  # the TPM is back
     assert tpm.connects == 3
+
+
+class _NvContext(_Context):
+    """An ordinary NV index (not a counter) holding someone else's data."""
+
+    def tr_from_tpmpublic(self, index: int) -> int:
+        return index
+
+    def nv_read_public(self, tr: int) -> tuple[Any, None]:
+        from tpm2_pytss.constants import TPM2_NT, TPMA_NV
+        from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+
+        attrs = TPMA_NV.OWNERREAD | (TPM2_NT.ORDINARY << TPMA_NV.TPM2_NT_SHIFT)
+        return TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(nvIndex=tr, attributes=attrs)), None
+
+    def nv_read(self, tr: int, size: int, offset: int, **_: Any) -> bytes:
+        return b"S3CRETKEY-123456"[offset : offset + size]
+
+
+def test_an_ordinary_nv_index_is_not_read_as_a_counter() -> None:
+    """The API may ask for any index in the NV range: the adapter reads a counter only, with
+    no reconnect (a refusal is not a broken TPM)."""
+    tpm = _Adapter()
+    tpm._esapi = _NvContext()
+    with pytest.raises(OperationNotAllowed, match="0x01800123 is not a counter"):
+        tpm.nv_counter_read(0x01800123)
+    assert tpm.connects == 1 and tpm.recoveries() == 0

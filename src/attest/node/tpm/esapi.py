@@ -54,7 +54,7 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
-from attest.errors import TpmError
+from attest.errors import OperationNotAllowed, TpmError
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.node.tpm.port import EK_CERT_INDICES, RawQuote
 from attest.tpmstruct import Public, digest_of_values, parse_attest, parse_public
@@ -433,7 +433,13 @@ class EsapiTpm:
         return self._call(f"defining NV counter 0x{index:08x}", op)
 
     def _nv_counter_value(self, index: int) -> int:
+        """The value of the counter at ``index``. Only a counter: the broker reads with owner
+        authorisation, and the first bytes of an ordinary index are not its client's to read."""
         tr = self._esapi.tr_from_tpmpublic(index)
+        public, _ = self._esapi.nv_read_public(tr)
+        nt = (int(public.nvPublic.attributes) & TPMA_NV.TPM2_NT_MASK) >> TPMA_NV.TPM2_NT_SHIFT
+        if nt != TPM2_NT.COUNTER:
+            raise OperationNotAllowed(f"NV index 0x{index:08x} is not a counter")
         return int.from_bytes(bytes(self._esapi.nv_read(tr, 8, 0, auth_handle=ESYS_TR.OWNER)))
 
     def nv_counter_read(self, index: int) -> int:
