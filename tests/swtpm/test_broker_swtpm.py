@@ -146,6 +146,18 @@ def test_unprivileged_socket_cannot_record_audit_events(broker: Broker) -> None:
     assert broker.api.audit_log() == ()
 
 
+@pytest.mark.parametrize(("id_object", "secret", "rc"), [(133, 0, 0x1D5), (0, 513, 0x2D5)])
+def test_oversized_credential_blob_is_a_tpm_size_error(
+    broker: Broker, id_object: int, secret: int, rc: int
+) -> None:
+    """The protocol allows 1024 bytes; the TPM2B buffers hold less. The API gets the TPM's
+    size error, not an internal error, and the TPM stays usable."""
+    with pytest.raises(TpmError, match="over the") as info:
+        broker.api.activate_credential(b"\x00" * id_object, b"\x00" * secret)
+    assert info.value.rc == rc
+    assert broker.api.identity().ak is not None
+
+
 def test_crash_between_append_and_extend_is_reconciled(broker: Broker, tmp_path: Path) -> None:
     broker.stop()  # a clean stop: daemon-start, then audit-close
     # Simulate the crash: the record reached the file, the extend never reached the TPM.

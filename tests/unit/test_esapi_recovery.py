@@ -108,3 +108,15 @@ def test_an_ordinary_nv_index_is_not_read_as_a_counter() -> None:
     with pytest.raises(OperationNotAllowed, match="0x01800123 is not a counter"):
         tpm.nv_counter_read(0x01800123)
     assert tpm.connects == 1 and tpm.recoveries() == 0
+
+
+@pytest.mark.parametrize(("id_object", "secret", "rc"), [(133, 0, 0x1D5), (0, 513, 0x2D5)])
+def test_a_credential_blob_over_its_tpm2b_buffer_is_a_size_error(
+    id_object: int, secret: int, rc: int
+) -> None:
+    """tpm2-pytss cannot build the structure (IndexError, an internal error in the broker):
+    refused as the TPM would, before any command, without a reconnect."""
+    tpm = _Adapter()
+    with pytest.raises(TpmError, match="over the") as info:
+        tpm.activate_credential(b"\x00" * id_object, b"\x00" * secret)
+    assert info.value.rc == rc and tpm.connects == 1

@@ -82,6 +82,10 @@ _TCTI_LAYER = 0x000A0000  # TSS2_TCTI_RC_LAYER: the connection, not the TPM, fai
 # TSS2_ESYS_RC_BAD_SEQUENCE: the ESAPI context still waits for the answer to a command whose
 # connection broke (a TPM killed mid-command); only a new context recovers.
 _ESYS_BAD_SEQUENCE = 0x00070007
+_RC_SIZE_PARAMETER = 0x0D5  # TPM_RC_SIZE of a parameter (RC_FMT1 | RC_P), | its number << 8
+# TPM2B_ID_OBJECT: a TPMS_ID_OBJECT, two TPM2B_DIGEST (Part 2 §12.4.2); TPM2B_ENCRYPTED_SECRET:
+# a TPMU_ENCRYPTED_SECRET, MAX_RSA_KEY_BYTES in tpm2-tss (Part 2 §11.4.33).
+_ID_OBJECT_ROOM, _SECRET_ROOM = 2 * (2 + 64), 512
 _RC_INITIALIZE = 0x100  # TPM_RC_INITIALIZE: TPM2_Startup not run (Part 2 §6.6.3)
 # Warnings "this handle/session is not loaded" (TPM_RC_REFERENCE_H0..H6, _S0..S6) and "no room
 # for another object" (TPM_RC_OBJECT_MEMORY), Part 2 §6.6.3.
@@ -385,6 +389,16 @@ class EsapiTpm:
         return self._call("reading EK certificates", op)
 
     def activate_credential(self, id_object: bytes, encrypted_secret: bytes) -> bytes:
+        # A blob longer than its TPM2B buffer is the TPM's TPM_RC_SIZE for that parameter,
+        # answered here: tpm2-pytss cannot build the structure (it raised IndexError).
+        for n, blob, room in ((1, id_object, _ID_OBJECT_ROOM), (2, encrypted_secret, _SECRET_ROOM)):
+            if len(blob) > room:
+                raise TpmError(
+                    f"activating the credential failed: parameter {n} is {len(blob)} bytes, "
+                    f"over the {room} its structure holds",
+                    rc=_RC_SIZE_PARAMETER | n << 8,
+                )
+
         def op() -> bytes:
             ak, ek = self._ak_handle(), self._ek_handle()
             session = self._esapi.start_auth_session(
