@@ -200,6 +200,8 @@ def test_rejects_malformed_requests(doc: dict[str, Any]) -> None:
         b"[" * 5000 + b"]" * 5000,  # deep nesting
         b'{"op":"runtime_log","args":{"start":' + b"9" * 5000 + b"}}",  # huge integer
         b"\xff\xfe",  # not UTF-8
+        b'{"op":"identity","args":{"\\ud800":1}}',  # a lone surrogate: JSON, not Unicode
+        b'{"op":"measure","args":{"kind":"config","content":{"sha256":"\\udfff"}}}',
         b"",
     ],
 )
@@ -550,6 +552,17 @@ def test_a_refusal_quoting_the_client_is_logged_on_one_line(
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1
     assert "\n" not in refusals[0] and "x\\nERROR" in refusals[0]
+
+
+def test_a_lone_surrogate_in_a_member_name_gets_an_answer(broker: Any) -> None:
+    """Quoted in the refusal, it made the answer unencodable: the connection's thread died
+    unanswered (an uncaught UnicodeEncodeError)."""
+    _, api, _, _ = broker
+    doc = _ask(api, b'{"op":"identity","args":{"\\ud800":1}}')
+    assert doc["error"] == {
+        "type": "TransportError",
+        "message": "string holds a lone surrogate (not Unicode)",
+    }
 
 
 def test_slow_client_does_not_block_others(broker: Any) -> None:

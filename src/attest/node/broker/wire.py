@@ -8,10 +8,11 @@ travel as lower-case hex.
     request   {"op": NAME, "args": {...}}
     response  {"ok": RESULT} | {"error": {"type": CLASS, "message": TEXT, ...fields}}
 
-Unknown or missing members, wrong types, duplicate names, floats, deep nesting and oversized
-values are refused. Every malformed input raises ``TransportError`` and nothing else. Errors
-travel as the name of their ``attest.errors`` class with their fields (``rc`` of a
-``TpmError``, ``invalid_pcrs`` of a ``ReplayError``, ...), and the client raises the same class.
+Unknown or missing members, wrong types, duplicate names, floats, deep nesting, lone
+surrogates and oversized values are refused. Every malformed input raises ``TransportError``
+and nothing else. Errors travel as the name of their ``attest.errors`` class with their fields
+(``rc`` of a ``TpmError``, ``invalid_pcrs`` of a ``ReplayError``, ...), and the client raises
+the same class.
 """
 
 from __future__ import annotations
@@ -94,16 +95,29 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _depth_ok(value: Any) -> None:
+def _unicode(s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TransportError("string holds a lone surrogate (not Unicode)") from None
+
+
+def _shape_ok(value: Any) -> None:
+    """Not nested deeper than ``MAX_DEPTH``, and every string Unicode: a ``\\ud800`` escape
+    is valid JSON but no UTF-8, and an answer that quotes it could not be encoded."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise TransportError(f"nesting deeper than {MAX_DEPTH}")
         if isinstance(item, dict):
+            for k in item:
+                _unicode(k)
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            _unicode(item)
 
 
 def loads(body: bytes, *, limit: int) -> Any:
@@ -122,7 +136,7 @@ def loads(body: bytes, *, limit: int) -> Any:
         raise
     except (ValueError, RecursionError) as exc:
         raise TransportError(f"message is not JSON: {str(exc)[:100]}") from None
-    _depth_ok(value)
+    _shape_ok(value)
     return value
 
 
