@@ -111,7 +111,12 @@ class PcrSelection:
                     continue
                 if "-" in token:
                     lo, _, hi = token.partition("-")
-                    values.extend(range(int(lo), int(hi) + 1))
+                    first, last = int(lo), int(hi)
+                    if not 0 <= first <= last < MAX_PCR:  # before a range of 10**20 is built
+                        raise ValueError(
+                            f"PCR range {token[:40]!r} is not FIRST-LAST within 0..{MAX_PCR - 1}"
+                        )
+                    values.extend(range(first, last + 1))
                 else:
                     values.append(int(token, 0))
             if not values:

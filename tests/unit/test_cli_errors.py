@@ -296,6 +296,19 @@ def _serve(*more: str) -> list[str]:
         (["fleet", "add", "not-a-url", "--tofu"], "url: 'not-a-url' is not a node's URL"),
         (["fleet", "add", "http://n:1/x", "--tofu"], "url: 'http://n:1/x' is not a node's URL"),
         (["fleet", "add", "http://n:1", "--host", "ftp://h", "--tofu"], "--host: 'ftp://h'"),
+        (["fleet", "add", "http://[::1", "--tofu"], "url: 'http://[::1' is not a node's URL"),
+        (["fleet", "add", "http://n:1", "--id", "\udcff", "--tofu"], "--id: '\\udcff': a node id"),
+        (["fleet", "add", "http://n:1", "--id", "a/b", "--tofu"], "--id: 'a/b': a node id must"),
+        (["fleet", "show", "\udcff"], "node_id: no node '\\udcff' in the fleet (a node id must"),
+        (_serve("--listen", "127.0.0.1:99999"), "--listen: '127.0.0.1:99999': the port is not"),
+        (_serve("--selection", "garbage"), "--selection: PCR selection 'garbage' is not BANK"),
+        (_serve("--selection", "md5:0"), "--selection: unknown hash algorithm 'md5'"),
+        (_serve("--selection", "sha256:0-99999999999999999999"), "--selection: PCR range"),
+        (
+            _serve("--webhook", "http://127.0.0.1:9/h", "--webhook-secret-file", "dev.toml")
+            + ["--webhook-timeout", "nan"],
+            "--webhook-timeout: must be a finite number over 0, not nan",
+        ),
     ],
 )
 def test_fleet_usage_errors_are_one_line_and_exit_2(
@@ -376,3 +389,49 @@ def test_counts_and_sizes_are_checked_before_a_socket_or_the_tpm(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "url", ["http://u:hunter2@127.0.0.1:9", "http://:hunter2@n:1", "http://n:1/?token=hunter2"]
+)
+@pytest.mark.parametrize("key", ["url", "--host", "--activation-url"])
+def test_fleet_add_refuses_a_url_with_a_secret_without_echoing_it(
+    url: str, key: str, fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal quoted the URL whole: the password (or a token in its query) was printed."""
+    argv = ["fleet", "add", "--tofu", "http://127.0.0.1:9"]
+    argv += [url] if key == "url" else [key, url]
+    if key == "url":
+        argv.remove("http://127.0.0.1:9")
+    assert main(argv) == 2
+    err = one_line(capsys)
+    assert f"{key}: the URL (not shown" in err
+    assert "hunter2" not in err
+
+
+def test_fleet_serve_reads_a_webhook_secret_that_never_ends_bounded(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--webhook-secret-file /dev/zero`` was read without end before anything started."""
+    argv = _serve("--webhook", "http://127.0.0.1:9/h", "--webhook-secret-file", os.devnull)
+    assert main([*argv[:-1], "/dev/zero"]) == 6
+    assert "/dev/zero: file larger than 4096 bytes" in one_line(capsys)
+    (fleet_dir / "short").write_bytes(b"  too short \n")  # a short one was exit 70
+    assert main([*argv[:-1], "short"]) == 2
+    assert "--webhook-secret-file: short: the webhook secret must be at least 16" in one_line(
+        capsys
+    )
+    assert not (fleet_dir / "attest-fleet.db").exists()
+
+
+def test_a_pcr_range_beyond_the_bank_is_a_usage_error_not_a_list_of_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--pcrs sha256:0-99999999999999999999`` was a traceback (OverflowError), and 0-50000000
+    built a list of 50 million indices (seconds and gigabytes) before refusing it."""
+    for pcrs in ("sha256:0-99999999999999999999", "sha256:0-50000000", "sha256:7-0"):
+        with pytest.raises(SystemExit) as exc:
+            main(["demo", "--pcrs", pcrs])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --pcrs" in err and "Traceback" not in err

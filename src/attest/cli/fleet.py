@@ -51,11 +51,23 @@ from attest import serving
 from attest.appraisal.pair import LAYERS as PAIR_LAYERS
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import error_line, print_json
-from attest.errors import AttestError, ConfigError, DatabaseUnavailable, NodeUrlRefused
+from attest.errors import (
+    AttestError,
+    ConfigError,
+    DatabaseUnavailable,
+    NodeIdRefused,
+    NodeUrlRefused,
+)
+from attest.model import PcrSelection
 from attest.snp.certs import load_crl
 from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
-from attest.verifier.fleet.admission import NodeAddresses, check_node_url, parse_networks
+from attest.verifier.fleet.admission import (
+    NodeAddresses,
+    check_node_id,
+    check_node_url,
+    parse_networks,
+)
 from attest.verifier.fleet.api import create_fleet_app, node_json
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.config import DEFAULT_EAR_KEY, FleetSettings, load_fleet_settings
@@ -88,6 +100,8 @@ from attest.verifier.fleet.webhooks import (
 )
 
 logger = logging.getLogger(__name__)
+
+MAX_WEBHOOK_SECRET = 4096  # an HMAC key; /dev/zero is not read without end
 
 
 def _settings(args: argparse.Namespace) -> FleetSettings:
@@ -208,8 +222,8 @@ def _webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
         ("--webhook-backoff", args.webhook_backoff),
         ("--webhook-max-backoff", args.webhook_max_backoff),
     ):
-        if value <= 0:
-            raise ConfigError(f"must be positive, not {value:g}", key=key)
+        if not (math.isfinite(value) and value > 0):  # nan passed `value <= 0`
+            raise ConfigError(f"must be a finite number over 0, not {value:g}", key=key)
     return WebhookSettings(
         max_events=args.webhook_outbox_max,
         timeout=args.webhook_timeout,
@@ -218,12 +232,26 @@ def _webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
     )
 
 
+def _webhook_secret(path: str) -> bytes:
+    """The webhook's HMAC key: read bounded (``/dev/zero`` was read without end), at least
+    16 bytes once stripped (a short one was a bug line, exit 70)."""
+    secret = read_bytes(path, max_size=MAX_WEBHOOK_SECRET).strip()
+    if len(secret) < 16:
+        raise ConfigError(
+            f"{path}: the webhook secret must be at least 16 bytes", key="--webhook-secret-file"
+        )
+    return secret
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
-        return host or "127.0.0.1", int(port)
+        number = int(port)
     except ValueError:
         raise ConfigError(f"{text!r} is not HOST:PORT", key="--listen") from None
+    if not 0 <= number <= 65535:  # uvicorn's bind raised OverflowError: a traceback
+        raise ConfigError(f"{text!r}: the port is not in 0..65535", key="--listen")
+    return host or "127.0.0.1", number
 
 
 def _security(args: argparse.Namespace, host: str) -> tuple[Access, NodeAddresses, dict[str, Any]]:
@@ -275,6 +303,10 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
     if args.concurrency < 1:
         raise ConfigError(f"{args.concurrency} is not at least 1", key="--concurrency")
     _positive(args.registry_refresh, "--registry-refresh")
+    try:  # the poller parses it again when it starts: a bad one was a bug line (exit 70)
+        PcrSelection.parse(args.selection)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--selection") from None
     return PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
         interval=_positive(args.interval, "--interval"),
@@ -306,10 +338,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     freshness = _freshness(args)
     registry, host_registry = _registries(args, rules)
     hook = _webhook_settings(args)
+    secret = _webhook_secret(args.webhook_secret_file) if hook is not None else b""
     store = _store(args, fleet)
     sender = None
     if hook is not None:  # its outbox is the fleet's database
-        secret = Path(args.webhook_secret_file).read_bytes().strip()
         sender = WebhookSender(
             args.webhook, secret, store=store, worker_id=settings.worker_id, settings=hook
         )
@@ -464,11 +496,18 @@ def cmd_add(args: argparse.Namespace) -> int:
             try:
                 check_node_url(url, what=key)
             except NodeUrlRefused as exc:  # an argument of this command: a usage error
-                shown = url if len(url) <= 80 else url[:77] + "..."
+                shown = repr(url if len(url) <= 80 else url[:77] + "...")
+                if any(c in url for c in "@?#"):  # never echoed: it may hold a password/token
+                    shown = "the URL (not shown: it has user information, a query or fragment)"
                 raise ConfigError(
-                    f"{shown!r} is not a node's URL ({str(exc).removeprefix(key + ': ')})",
+                    f"{shown} is not a node's URL ({str(exc).removeprefix(key + ': ')})",
                     key=key,
                 ) from None
+    if args.id is not None:  # before the database or the node: the rule every id follows
+        try:
+            check_node_id(args.id)
+        except NodeIdRefused as exc:
+            raise ConfigError(f"{args.id[:80]!r}: {exc}", key="--id") from None
     fleet = _settings(args)
     enroller = _enroller(args, fleet, _rules(args))
     store = _store(args, fleet)
@@ -585,6 +624,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     fleet = _settings(args)
     fresh = _freshness(args)
+    try:  # every stored id follows the rule; another (e.g. not UTF-8) cannot be queried
+        check_node_id(args.node_id)
+    except NodeIdRefused as exc:
+        raise ConfigError(
+            f"no node {args.node_id[:80]!r} in the fleet ({exc})", key="node_id"
+        ) from None
     store = _store(args, fleet)
     try:
         n = store.get_node(args.node_id)

@@ -52,7 +52,10 @@ def check_node_url(url: str, *, what: str = "url") -> str:
         raise refuse("no query or fragment")
     if "\\" in url:
         raise refuse("no backslash")
-    u = urlsplit(url)
+    try:
+        u = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket, http://[::1
+        raise refuse("not a URL (an IPv6 address is written [addr])") from None
     if u.scheme not in ("http", "https"):
         raise refuse("the scheme must be http or https")
     if "@" in u.netloc:
