@@ -435,3 +435,16 @@ def test_a_pcr_range_beyond_the_bank_is_a_usage_error_not_a_list_of_it(
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert "argument --pcrs" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("action", [["create"], ["record", "--ek-public", os.devnull]])
+def test_a_vtpm_guest_id_that_is_not_utf8_is_a_usage_error(
+    action: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``attest vtpm create --guest $'\\xff'`` was exit 70 (encoding the broker request)."""
+    argv = ["vtpm", *action, "--guest", "\udcff", "--broker-socket", str(tmp_path / "none")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --guest: '\\udcff' is not UTF-8 text" in err and "Traceback" not in err

@@ -24,6 +24,16 @@ from attest.node.broker.client import DEFAULT_OPERATOR_SOCKET, BrokerClient
 from attest.storage.files import read_bytes
 
 
+def _guest(text: str) -> str:
+    """``type=`` for ``--guest``: text the broker's request can carry (the broker applies its
+    id rule); bytes that are not UTF-8 were a bug line (exit 70) when the request was encoded."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not UTF-8 text") from None
+    return text
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("vtpm", help="host side: create guest vTPMs and vouch for them")
     vs = p.add_subparsers(dest="vtpm_command", metavar="ACTION")
@@ -39,11 +49,13 @@ def register(sub: Any) -> None:
         q.add_argument("--json", action="store_true")
 
     c = vs.add_parser("create", help="manufacture a guest's vTPM and vouch for it")
-    c.add_argument("--guest", required=True, metavar="ID", help="the guest's id on this host")
+    c.add_argument(
+        "--guest", required=True, metavar="ID", type=_guest, help="the guest's id on this host"
+    )
     common(c)
     c.set_defaults(func=cmd_create)
     r = vs.add_parser("record", help="vouch for a guest's vTPM in this boot's runtime log")
-    r.add_argument("--guest", required=True, metavar="ID")
+    r.add_argument("--guest", required=True, metavar="ID", type=_guest)
     r.add_argument(
         "--ek-public",
         required=True,
