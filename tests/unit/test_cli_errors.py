@@ -448,3 +448,14 @@ def test_a_vtpm_guest_id_that_is_not_utf8_is_a_usage_error(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --guest: '\\udcff' is not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_fleet_serve_names_an_ear_key_that_is_a_directory(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It read "cannot access 6: Is a directory": the descriptor's number, not the path."""
+    (fleet_dir / "keydir").mkdir()
+    argv = _serve()
+    argv[argv.index("ear.pem")] = "keydir"
+    assert main(argv) == 6
+    assert one_line(capsys) == "attest: cannot access keydir: Is a directory\n"

@@ -12,6 +12,7 @@ Several workers of one fleet share the key file (give them the same path); the k
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -92,7 +93,13 @@ def load_or_create_key(path: str | os.PathLike[str]) -> EarSigner:
 
 def _load(p: Path) -> EarSigner:
     fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
+    try:
+        f = os.fdopen(fd, "rb")
+    except OSError as exc:  # e.g. a directory: named by its path, not the descriptor's number
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise OSError(exc.errno, exc.strerror, str(p)) from None
+    with f:
         st = os.fstat(f.fileno())
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(
