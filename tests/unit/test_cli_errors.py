@@ -301,6 +301,7 @@ def _serve(*more: str) -> list[str]:
         (["fleet", "add", "http://n:1", "--id", "a/b", "--tofu"], "--id: 'a/b': a node id must"),
         (["fleet", "show", "\udcff"], "node_id: no node '\\udcff' in the fleet (a node id must"),
         (_serve("--listen", "127.0.0.1:99999"), "--listen: '127.0.0.1:99999': the port is not"),
+        (_serve("--worker-id", "\udcff"), "--worker-id: '\\udcff' is not UTF-8 text"),
         (_serve("--selection", "garbage"), "--selection: PCR selection 'garbage' is not BANK"),
         (_serve("--selection", "md5:0"), "--selection: unknown hash algorithm 'md5'"),
         (_serve("--selection", "sha256:0-99999999999999999999"), "--selection: PCR range"),

@@ -303,6 +303,10 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
     if args.concurrency < 1:
         raise ConfigError(f"{args.concurrency} is not at least 1", key="--concurrency")
     _positive(args.registry_refresh, "--registry-refresh")
+    try:  # written to every lease: bytes that are not UTF-8 failed each lease, for ever
+        (args.worker_id or "").encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"{args.worker_id[:40]!r} is not UTF-8 text", key="--worker-id") from None
     try:  # the poller parses it again when it starts: a bad one was a bug line (exit 70)
         PcrSelection.parse(args.selection)
     except ValueError as exc:
