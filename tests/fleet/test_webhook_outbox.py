@@ -292,7 +292,13 @@ async def test_events_made_while_the_database_is_away_are_sent_from_memory_then_
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--webhook-outbox-max", "0"), ("--webhook-timeout", "-1"), ("--webhook-max-backoff", "0")],
+    [
+        ("--webhook-outbox-max", "0"),
+        ("--webhook-timeout", "-1"),
+        ("--webhook-max-backoff", "0"),
+        ("--webhook-timeout", "nan"),  # compared with 0, NaN was neither over nor under it
+        ("--webhook-backoff", "inf"),
+    ],
 )
 def test_serve_refuses_a_webhook_bound_or_time_that_is_not_positive_before_it_starts(
     option: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -321,6 +327,8 @@ def test_serve_refuses_a_webhook_bound_or_time_that_is_not_positive_before_it_st
     )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert (
-        rc == 2 and err == f"attest: configuration error: {option}: must be positive, not {value}"
+        rc == 2
+        and err
+        == f"attest: configuration error: {option}: must be a finite number over 0, not {value}"
     )
     assert not db.exists()  # refused before anything started
