@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from attest.errors import TransportError
+from attest.errors import EvidenceFormatError, TransportError
+from attest.evidence import parse_evidence
 from attest.testing.hostile_peers import hostile
 from attest.verifier.client import NodeClient
-from attest.verifier.fleet.http import HttpPool, Origin
+from attest.verifier.fleet.http import HttpPool, Origin, Response
 from attest.verifier.fleet.store import Outcome, SqliteStore
 from attest.verifier.fleet.webhooks import WebhookSender, WebhookSettings, verdict_event
 
@@ -284,3 +285,38 @@ def test_fleet_contacts_at_most_max_enrolling_nodes_at_once(tmp_path: Any) -> No
     store.close()
     assert codes == [502] * (3 * MAX_ENROLLING)
     assert now[1] == MAX_ENROLLING, now
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xef\xbb\xbf{}",  # a byte-order mark
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": 1e400}',  # infinite as a double
+        b'{"a": "\\ud800"}',  # a lone surrogate
+        b'{"a": "\xff"}',  # not UTF-8
+        '{"a": 1}'.encode("utf-16"),
+        b"[" * 100_000 + b"]" * 100_000,  # nesting past any recursion limit
+        b'{"a": 1} trailing',
+    ],
+    ids=lambda b: repr(b[:12]),
+)
+def test_poller_reads_a_hostile_json_answer_as_one_transport_error(body: bytes) -> None:
+    """The poller parses each node's answer with orjson: whatever the bytes, the answer is a
+    document or one TransportError -- never RecursionError, never a NaN or a lone surrogate
+    handed to the appraisal."""
+    with pytest.raises(TransportError, match="not JSON"):
+        Response(200, body, None).json()
+
+
+def test_poller_reads_numbers_past_64_bits_as_floats_the_evidence_checks_refuse() -> None:
+    """orjson reads an integer past 64 bits as a float (json made it an int): the evidence's
+    integer checks refuse a float, so such a number is a format error, not a bigger offset."""
+    doc = Response(200, b'{"from": 18446744073709551616, "ok": 18446744073709551615}', None).json()
+    assert doc == {"from": float(2**64), "ok": 2**64 - 1}
+    assert type(doc["from"]) is float and type(doc["ok"]) is int
+    big = b'{"version": 1, "quote": {}, "ak": {}, "pcrs": {}, "batch": {"size": 1%s}}' % (b"0" * 30)
+    with pytest.raises(EvidenceFormatError, match="batch.size is not an integer"):
+        parse_evidence(Response(200, big, None).json())

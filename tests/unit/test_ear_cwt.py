@@ -26,6 +26,7 @@ from attest.appraisal.ear import (
     sign_cwt,
     sign_ear,
     token_format,
+    unb64url,
     verify_cwt,
     verify_ear,
     verify_token,
@@ -292,6 +293,32 @@ def test_joserfc_verifies_our_jwt_and_we_verify_joserfcs(
     assert token.header["alg"] == "ES256" and token.claims == claims
     theirs = jwt.encode({"alg": "ES256"}, claims, jkey, algorithms=["ES256"])
     assert verify_ear(theirs, key.public_key(), low_s=False) == claims
+
+
+def test_jwt_payload_is_compact_sorted_utf8_json_and_non_ascii_text_survives(
+    key: ec.EllipticCurvePrivateKey,
+    claims: dict,  # type: ignore[type-arg]
+) -> None:
+    """The payload is written by orjson (the fleet signs one per appraisal): compact JSON with
+    sorted keys, non-ASCII text as UTF-8 -- what json.dumps(sort_keys, ensure_ascii=False)
+    writes -- and an explanation with such text comes back as signed, also through joserfc."""
+    from cryptography.hazmat.primitives import serialization
+    from joserfc import jwt
+    from joserfc.jwk import ECKey
+
+    odd = json.loads(json.dumps(claims))
+    (sm,) = odd["submods"].values()
+    sm["attest.explanation"]["explanations"] = ["AK 3f2a… refused: «é» \u2028 \U0001f512"]
+    token = sign_ear(odd, key)
+    payload = unb64url(token.split(".")[1], "payload")
+    assert payload == json.dumps(
+        odd, separators=(",", ":"), sort_keys=True, ensure_ascii=False
+    ).encode("utf-8")
+    assert verify_ear(token, key.public_key()) == odd
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    assert jwt.decode(token, ECKey.import_key(pem), algorithms=["ES256"]).claims == odd
 
 
 # --- tampering ---------------------------------------------------------------------------------

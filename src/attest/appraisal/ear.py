@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any
 
 import cbor2
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attest import __version__, cose
@@ -238,11 +239,7 @@ def sign_ear(
     """JWS compact serialization (RFC 7515 §7.1) of ``claims`` with ES256. The signature is
     normalised to low S (``s <= n/2``), the only form ``verify_ear`` accepts."""
     _check_key(key)
-    signing_input = (
-        _header(kid)
-        + "."
-        + b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-    )
+    signing_input = _header(kid) + "." + b64url(orjson.dumps(claims, option=orjson.OPT_SORT_KEYS))
     return signing_input + "." + b64url(cose.ecdsa_sign(key, signing_input.encode("ascii"), ES256))
 
 

@@ -24,6 +24,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Protocol
 
+import orjson
+
 from attest.appraisal import AppraisalResult, Appraised, appraise_incremental
 from attest.appraisal.memory import Continuity, FirmwareReplayCache, NodeMemory
 from attest.appraisal.rules import VerifierRules
@@ -107,7 +109,7 @@ def continuity_of(text: str | None, layer: str | None = None) -> Continuity | No
 
 
 def continuity_text(c: Continuity | None) -> str | None:
-    return None if c is None else json.dumps(c.to_json(), separators=(",", ":"))
+    return None if c is None else orjson.dumps(c.to_json()).decode()
 
 
 def pair_continuity_text(
@@ -122,4 +124,4 @@ def pair_continuity_text(
         "host": None if host is None else host.to_json(),
         "guest": None if guest is None else guest.to_json(),
     }
-    return json.dumps(doc, separators=(",", ":"))
+    return orjson.dumps(doc).decode()

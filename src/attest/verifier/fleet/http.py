@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from attest.errors import ReadBudgetSpent, TransportError
 
@@ -63,7 +64,7 @@ class Response:
 
     def json(self) -> Any:
         try:
-            return json.loads(self.body)
+            return orjson.loads(self.body)
         except ValueError:
             raise TransportError("the answer is not JSON") from None
 
@@ -147,11 +148,7 @@ class HttpPool:
     ) -> Response:
         """One request on ``origin``'s prefix + ``path``; raise ``TransportError`` on any
         connection problem, timeout or malformed answer (the status is the caller's)."""
-        data = (
-            json.dumps(body, separators=(",", ":")).encode()
-            if isinstance(body, Mapping)
-            else (body or b"")
-        )
+        data = orjson.dumps(body) if isinstance(body, Mapping) else (body or b"")
         head = (
             f"{method} {origin.prefix}{path} HTTP/1.1\r\nHost: {origin.host}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"

@@ -38,6 +38,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from attest.enroll import EnrollmentStrength
 from attest.errors import DatabaseUnavailable, NodeIdTaken
 from attest.tpmstruct import ClockInfo
@@ -305,11 +307,11 @@ def _result_doc(o: Outcome, worker_id: str) -> str:
     }
     if o.layers is not None:
         doc["layers"] = o.layers
-    return json.dumps(doc, separators=(",", ":"), default=str)
+    return orjson.dumps(doc, default=str).decode()
 
 
 def _layers_text(o: Outcome) -> str | None:
-    return None if o.layers is None else json.dumps(o.layers, separators=(",", ":"))
+    return None if o.layers is None else orjson.dumps(o.layers).decode()
 
 
 class _SqlStore(SqlOutbox):
