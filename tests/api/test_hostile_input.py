@@ -164,7 +164,7 @@ def test_a_body_that_stops_arriving_is_a_408(app_factory: AppFactory) -> None:
     """A declared body never sent in full (or a chunked one without its last chunk) held the
     request, and its connection, for ever."""
     app = app_factory()
-    app.deadline = 0.5  # SizeLimit's, default 30 s
+    app.deadline = 0.5  # BodyLimit's (attest.serving.body), default 30 s
     head = b"POST /v1/evidence HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     with uvicorn_server(ChannelApp(app, "public"), http=serving.protocol()) as url:
         for raw in (

@@ -468,7 +468,7 @@ def test_a_request_head_over_the_limit_is_a_431_at_the_fleet(fleet: Service) -> 
 
 async def test_a_body_that_stops_arriving_is_a_408_at_the_fleet() -> None:
     """A writer's body that stopped arriving held the request for ever."""
-    from attest.verifier.fleet.access import BodyLimit
+    from attest.serving.body import BodyLimit
 
     reached: list[object] = []
     sent: list[dict[str, Any]] = []
@@ -487,7 +487,7 @@ async def test_a_body_that_stops_arriving_is_a_408_at_the_fleet() -> None:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    await BodyLimit(app, deadline=0.2)({"type": "http", "headers": []}, receive, send)
+    await BodyLimit(app, 1024, deadline=0.2)({"type": "http", "headers": []}, receive, send)
     assert reached == [] and sent[0]["status"] == 408
     assert json.loads(sent[1]["body"])["error"] == "RequestTimeout"
 

@@ -15,6 +15,9 @@ buffers for ever). ``attest.serving.guarded.GuardedHttpToolsProtocol`` adds, per
 ``protocol()`` is what a shell gives uvicorn as ``http=``: this class where httptools is
 installed (the ``[node]`` and ``[verifier]`` extras require it), else uvicorn's h11 protocol,
 whose parser bounds the head itself (16 KiB) but which has no head deadline.
+
+``attest.serving.body.BodyLimit`` (pure ASGI) bounds what comes after the head: the body's size
+(413) and the time it may take to arrive (408).
 """
 
 from __future__ import annotations

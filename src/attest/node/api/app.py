@@ -61,11 +61,12 @@ from attest.node.api.errors import (
     validation_error_handler,
 )
 from attest.node.api.metrics import METRICS_MEDIA_TYPE, node_registry, state_fs
-from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit, SizeLimit
+from attest.node.api.middleware import CHANNEL_KEY, TRUSTED_CHANNELS, RateLimit
 from attest.node.api.snp import NO_TPM, add_tpmless_refusals, snp_report_member, tpmless_identity
 from attest.node.config import Settings
 from attest.node.port import FIRMWARE_LOG_CHUNK, NodeIdentity, NodePort
 from attest.node.tpm.port import RawQuote
+from attest.serving.body import BodyLimit
 from attest.verity.devices import VerityReport
 
 logger = logging.getLogger(__name__)
@@ -384,7 +385,7 @@ def create_app(
     # paths whose bodies they stream themselves, with those paths' size limits.
     streaming = extra_routes(app, ctx) if extra_routes is not None else {}
     limited = RateLimit(app, rate=settings.api.rate_per_second, burst=settings.api.rate_burst)
-    outer = SizeLimit(limited, settings.api.max_request_bytes, streaming=streaming)
+    outer = BodyLimit(limited, settings.api.max_request_bytes, streaming=streaming)
     outer.fastapi = app  # type: ignore[attr-defined]  # for tests and the daemon
     outer.ctx = ctx  # type: ignore[attr-defined]
     return outer

@@ -11,13 +11,12 @@
   each operation declares it in the OpenAPI document; ``validation_error``, ``http_error``,
   ``internal_error``: a request that breaks the schema (described without echoing it), the
   framework's refusals and a bug, in that shape.
-- ``BodyLimit``: a request body is at most ``MAX_BODY`` bytes and arrives within
-  ``BODY_DEADLINE`` seconds, or the request is refused (413, 408) before any route reads it.
+- ``MAX_BODY``: what a request body may hold (``attest.serving.body.BodyLimit`` refuses more,
+  or a body that does not arrive in time, with 413 or 408 before any route reads it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
@@ -25,7 +24,7 @@ import http
 import ipaddress
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attest.errors import AttestError, ConfigError
+from attest.serving.body import ASGIApp, Receive, Scope, Send, json_reply
 
 logger = logging.getLogger(__name__)
 
@@ -123,12 +123,6 @@ def serve_warnings(*, listen_host: str, access: Access, tls: bool, allow_nodes: 
     return out
 
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 _READS = frozenset({"GET", "HEAD"})
 _ALWAYS_OPEN = frozenset({"/healthz", "/readyz"})
 
@@ -183,100 +177,21 @@ class TokenAuth:
 
 
 async def _deny(send: Send, status: int, detail: str) -> None:
-    body = JSONResponse(
+    await json_reply(
+        send,
+        status,
         {
             "error": "Unauthorized" if status == 401 else "Forbidden",
             "check": "api-token",
             "detail": detail,
-        }
-    ).body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="attest fleet", Basic realm="attest fleet"'),
-            ],
-        }
+        },
+        ((b"www-authenticate", b'Bearer realm="attest fleet", Basic realm="attest fleet"'),),
     )
-    await send({"type": "http.response.body", "body": body})
 
 
 # --- request bodies ---------------------------------------------------------------------------
 
 MAX_BODY = 64 << 10  # a registration is a few URLs and ids: under 10 KiB
-BODY_DEADLINE = 30.0  # seconds for a whole body to arrive
-
-
-class BodyLimit:
-    """Pure ASGI middleware: refuse a body over ``limit`` bytes (declared or streamed: 413) or
-    not received within ``deadline`` seconds (408), before any route reads it; then hand the
-    app exactly what was read."""
-
-    def __init__(
-        self, app: ASGIApp, limit: int = MAX_BODY, deadline: float = BODY_DEADLINE
-    ) -> None:
-        self.app = app
-        self.limit = limit
-        self.deadline = deadline
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = f"request body over {self.limit} bytes"
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and not (value.isdigit() and int(value) <= self.limit):
-                await _refuse(send, 413, "RequestTooLarge", too_large)
-                return
-        chunks: list[bytes] = []
-        seen = 0
-        try:
-            async with asyncio.timeout(self.deadline):
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        break
-                    body = message.get("body", b"")
-                    seen += len(body)
-                    if seen > self.limit:
-                        await _refuse(send, 413, "RequestTooLarge", too_large)
-                        return
-                    chunks.append(body)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            detail = f"request body not received within {self.deadline:g} s"
-            await _refuse(send, 408, "RequestTimeout", detail)
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-async def _refuse(send: Send, status: int, error: str, detail: str) -> None:
-    body = JSONResponse({"error": error, "check": None, "detail": detail}).body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # --- errors -----------------------------------------------------------------------------------

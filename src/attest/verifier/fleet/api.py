@@ -56,9 +56,10 @@ from attest.errors import (
     TransportError,
     VerificationError,
 )
+from attest.serving.body import BodyLimit
 from attest.verifier.fleet.access import (
+    MAX_BODY,
     Access,
-    BodyLimit,
     TokenAuth,
     error_answer,
     error_responses,
@@ -208,7 +209,7 @@ def create_fleet_app(
         version=__version__,
         description="Continuous attestation of a fleet of nodes.",
     )
-    app.add_middleware(BodyLimit)  # inside TokenAuth: no token, no body read
+    app.add_middleware(BodyLimit, limit=MAX_BODY)  # inside TokenAuth: no token, no body read
     app.add_middleware(TokenAuth, access=access)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
