@@ -25,10 +25,13 @@ def restored_gc() -> Iterator[None]:
 def test_tune_gc_freezes_the_started_process_and_stops_full_collections_by_count(
     restored_gc: None,
 ) -> None:
-    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)  # CPython's defaults
     heap.tune_gc()
     assert gc.get_freeze_count() > 1000  # the modules, classes, ... alive now
-    assert gc.get_threshold() == (young, middle, 1 << 30)  # young generations unchanged
+    assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, 10, 1 << 30)
+    gc.set_threshold(50_000, 10, 10)
+    heap.tune_gc()
+    assert gc.get_threshold() == (50_000, 10, 1 << 30)  # never more often than configured
 
     class Cycle:
         me: object
