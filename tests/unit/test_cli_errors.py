@@ -310,6 +310,30 @@ def _serve(*more: str) -> list[str]:
             + ["--webhook-timeout", "nan"],
             "--webhook-timeout: must be a finite number over 0, not nan",
         ),
+        (_serve("--interval", "1e-300"), "--interval: 1e-300 s is under the least interval, 0.1"),
+        (_serve("--platform", ""), "--platform: an empty platform id names no platform"),
+        (_serve("--host-platform", " "), "--host-platform: an empty platform id"),
+        (
+            _serve("--webhook", "ftp://h/x", "--webhook-secret-file", "dev.toml"),
+            "--webhook: the webhook URL: the scheme must be http or https",
+        ),
+        (
+            _serve("--webhook", "notaurl", "--webhook-secret-file", "dev.toml"),
+            "--webhook: the webhook URL: the scheme must be http or https",
+        ),
+        (
+            _serve("--webhook", "http://[::1", "--webhook-secret-file", "dev.toml"),
+            "--webhook: the webhook URL: not a URL with a valid host and port",
+        ),
+        (
+            _serve("--listen-cert", "dev.toml", "--listen-key", "dev.toml"),
+            "--listen-cert: cannot load the listener's certificate dev.toml and key dev.toml: "
+            "not a PEM certificate",
+        ),
+        (
+            _serve("--listen-cert", "nope.pem", "--listen-key", "nope.pem"),
+            "certificate nope.pem and key nope.pem: No such file or directory",
+        ),
     ],
 )
 def test_fleet_usage_errors_are_one_line_and_exit_2(
@@ -319,6 +343,15 @@ def test_fleet_usage_errors_are_one_line_and_exit_2(
     assert says in one_line(capsys)
     assert list((fleet_dir / "foo:").iterdir()) == []  # nothing was created under the typo
     assert not (fleet_dir / "attest-fleet.db").exists()  # nor the default database
+
+
+def test_a_webhook_url_with_a_password_is_refused_without_echoing_it(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _serve("--webhook", "https://u:hunter2@h/x", "--webhook-secret-file", "dev.toml")
+    assert main(argv) == 2
+    line = one_line(capsys)
+    assert "--webhook: the webhook URL: no user information" in line and "hunter2" not in line
 
 
 def test_fleet_db_from_the_environment_is_named(

@@ -46,6 +46,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from attest import serving
 from attest.appraisal.pair import LAYERS as PAIR_LAYERS
@@ -63,6 +64,7 @@ from attest.snp.certs import load_crl
 from attest.storage.files import read_bytes
 from attest.verifier.fleet.access import Access, read_token_file, serve_warnings
 from attest.verifier.fleet.admission import (
+    MAX_URL,
     NodeAddresses,
     check_node_id,
     check_node_url,
@@ -101,6 +103,7 @@ from attest.verifier.fleet.webhooks import (
 
 logger = logging.getLogger(__name__)
 
+MIN_INTERVAL = 0.1  # seconds: the fleet's polling interval at its shortest
 MAX_WEBHOOK_SECRET = 4096  # an HMAC key; /dev/zero is not read without end
 
 
@@ -214,6 +217,7 @@ def _webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
     """The webhook's settings from the options (None without --webhook)."""
     if not args.webhook:
         return None
+    _webhook_url(args.webhook)
     if not args.webhook_secret_file:
         raise ConfigError("a webhook needs --webhook-secret-file", key="--webhook")
     for key, value in (
@@ -230,6 +234,31 @@ def _webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
         backoff=args.webhook_backoff,
         max_backoff=max(args.webhook_max_backoff, args.webhook_backoff),
     )
+
+
+def _webhook_url(url: str) -> str:
+    """The webhook's URL, if it is one the sender can use: http(s), a host, a valid port, no
+    user information (refused without echoing it: the events are authenticated by the HMAC
+    secret, and the URL would be shown). Checked at start: before, ``notaurl`` or ``ftp://``
+    started a service whose every delivery failed."""
+
+    def refuse(rule: str) -> ConfigError:
+        return ConfigError(f"the webhook URL: {rule}", key="--webhook")
+
+    if len(url) > MAX_URL or not all("!" <= c <= "~" for c in url):
+        raise refuse(f"at most {MAX_URL} printable ASCII characters without spaces")
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 - parses the port, raising on a bad one
+    except ValueError:
+        raise refuse("not a URL with a valid host and port") from None
+    if u.scheme not in ("http", "https"):
+        raise refuse("the scheme must be http or https")
+    if "@" in u.netloc:
+        raise refuse("no user information (the events are signed with --webhook-secret-file)")
+    if not u.hostname:
+        raise refuse("a host is needed")
+    return url
 
 
 def _webhook_secret(path: str) -> bytes:
@@ -284,8 +313,30 @@ def _security(args: argparse.Namespace, host: str) -> tuple[Access, NodeAddresse
         "forwarded_allow_ips": proxies or None,
     }
     if args.listen_cert:
+        _check_listen_tls(args.listen_cert, args.listen_key)
         options.update(ssl_certfile=args.listen_cert, ssl_keyfile=args.listen_key)
     return access, NodeAddresses(allow), options
+
+
+def _check_listen_tls(cert: str, key: str) -> None:
+    """Load the listener's certificate and key as uvicorn will, so that a problem is one line
+    naming both files (uvicorn's read "cannot access: [SSL] PEM lib" or "No such file or
+    directory", naming neither). A key that needs a password is refused here, not prompted for."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=lambda: b"")
+        return
+    except ssl.SSLError as exc:  # OpenSSL's "[SSL] PEM lib (_ssl.c:3905)" says nothing here
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            why = "the key is not the certificate's"
+        else:
+            why = "not a PEM certificate (chain) and an unencrypted PEM private key"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    raise ConfigError(
+        f"cannot load the listener's certificate {cert} and key {key}: {why}",
+        key="--listen-cert",
+    ) from None
 
 
 def _positive(value: float, key: str, *, above: float = 0.0, what: str = "") -> float:
@@ -311,9 +362,17 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
         PcrSelection.parse(args.selection)
     except ValueError as exc:
         raise ConfigError(str(exc), key="--selection") from None
+    interval = _positive(args.interval, "--interval")
+    if interval < MIN_INTERVAL:  # 1e-300 challenged every node without pause
+        raise ConfigError(
+            f"{interval:g} s is under the least interval, {MIN_INTERVAL:g} s", key="--interval"
+        )
+    for key, name in (("--platform", args.platform_id), ("--host-platform", args.host_platform_id)):
+        if name is not None and not name.strip():
+            raise ConfigError("an empty platform id names no platform reference", key=key)
     return PollSettings(
         worker_id=args.worker_id or f"{socket.gethostname()}-{os.getpid()}",
-        interval=_positive(args.interval, "--interval"),
+        interval=interval,
         jitter=args.jitter,
         concurrency=args.concurrency,
         timeout=timeout,
