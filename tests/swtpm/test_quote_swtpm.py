@@ -136,6 +136,18 @@ def test_an_ordinary_nv_index_is_not_read_as_a_counter(swtpm: Any, tmp_path: Pat
         assert tpm.recoveries() == 0
 
 
+def test_a_bank_the_tpm_lacks_is_refused_without_reconnecting(tpm: EsapiTpm) -> None:
+    """swtpm has no SHA-384 or SHA-512 bank here: reading or quoting one is the adapter's
+    TpmError, and the connection and the loaded AK stay (it re-created the AK each time)."""
+    tpm.quote(PcrSelection.parse("sha256:0"), b"\x01" * 32)  # the AK is loaded
+    context, ak = tpm._esapi, tpm._ak
+    for text in ("sha384:0", "sha512:0,1"):
+        for call in (tpm.read_pcrs, lambda s: tpm.quote(s, b"\x02" * 32)):
+            with pytest.raises(TpmError, match="the TPM returned no value"):
+                call(PcrSelection.parse(text))
+    assert tpm._esapi is context and tpm._ak is ak and tpm.recoveries() == 0
+
+
 def test_reading_an_undefined_counter_is_a_tpm_error(tpm: EsapiTpm) -> None:
     with pytest.raises(TpmError) as exc:
         tpm.nv_counter_read(0x01500999)

@@ -83,6 +83,52 @@ def test_a_connection_still_broken_is_dropped_so_the_next_call_starts_afresh() -
     assert tpm.connects == 3
 
 
+def test_an_answer_of_the_command_itself_keeps_the_connection_and_the_keys() -> None:
+    """A PCR read of a bank the TPM does not have is the adapter's own TpmError ("the TPM
+    returned no value"): the answer, not a broken connection. It dropped the connection and
+    the keys, so a client asking for a missing bank made the broker re-create its AK (an RSA
+    primary takes seconds on a hardware TPM) at every request."""
+    tpm = _Adapter()
+    context, tpm._ak = tpm._esapi, "ak-handle"
+
+    def missing_bank() -> None:
+        raise TpmError("the TPM returned no value for sha512:0")
+
+    for _ in range(3):
+        with pytest.raises(TpmError, match="no value for sha512:0"):
+            tpm._call("reading PCRs", missing_bank)
+    assert tpm._esapi is context and tpm._ak == "ak-handle"
+    assert tpm.connects == 1 and tpm.recoveries() == 0
+
+
+class _FlakyConnect(_Adapter):
+    """Connections fail ``fail`` times first (the TPM device is away)."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        super().__init__()
+
+    def _connect(self) -> None:
+        self.connects += 1
+        if self.fail:
+            self.fail -= 1
+            raise TpmError("cannot open TPM at swtpm:…: connection refused")
+        self._esapi = _Context()
+
+
+@pytest.mark.parametrize(("fail", "works"), [(1, True), (2, False)])
+def test_a_failed_connection_is_tried_once_more_then_named(fail: int, works: bool) -> None:
+    tpm = _FlakyConnect(0)
+    tpm._drop()
+    tpm.fail = fail
+    if works:
+        assert tpm._call("quote", failing()) == "quote"
+    else:
+        with pytest.raises(TpmError, match="cannot open TPM"):
+            tpm._call("quote", failing())
+    assert tpm.connects == 1 + 2
+
+
 class _NvContext(_Context):
     """An ordinary NV index (not a counter) holding someone else's data."""
 

@@ -188,13 +188,23 @@ class EsapiTpm:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` against the TPM; map TSS errors to TpmError. Each way of recovering
-        (``_recovery``) is tried at most once per call, then the command is retried."""
+        (``_recovery``) is tried at most once per call, then the command is retried. A
+        ``TpmError`` that ``fn`` raises itself (a bank the TPM does not have, PCRs that kept
+        changing) is its answer, not a broken connection: it is raised as it is -- before, it
+        dropped the connection and the keys, so that a client asking for a missing bank made
+        the broker re-create its AK at every request."""
         with self._lock:
             tried: set[str] = set()
             while True:
-                try:
-                    if self._esapi is None:
+                if self._esapi is None:
+                    try:
                         self._connect()
+                    except TpmError:
+                        if "connection" in tried:
+                            raise
+                        tried.add("connection")
+                        continue
+                try:
                     return fn()
                 except TSS2_Exception as exc:
                     rc = _rc(exc)
@@ -205,11 +215,6 @@ class EsapiTpm:
                         raise TpmError(f"{what} failed: {exc}", rc=rc) from None
                     tried.add(how)
                     self._recover(what, how, rc)
-                except TpmError:
-                    if "connection" in tried:
-                        raise
-                    tried.add("connection")
-                    self._drop()
 
     def _recover(self, what: str, how: str, rc: int) -> None:
         if how == "startup":
