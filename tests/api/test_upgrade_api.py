@@ -162,3 +162,45 @@ def test_a_new_app_removes_the_upload_files_a_killed_attestd_left(w: World) -> N
     (spool / "keep.txt").write_text("not an upload")
     gate_app(w, "mtls")
     assert sorted(p.name for p in spool.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("path", ["/v1/upgrades", "/v1/registry"])
+def test_a_refused_upload_closes_the_connection_instead_of_draining_the_body(
+    w: World, path: str
+) -> None:
+    """A public client refused (403) before its body is read: the server answers with
+    ``Connection: close`` and closes, rather than keep reading (and discarding) a body the
+    client may stream for as long as it likes."""
+    import socket
+    import time
+
+    from tests.conftest import uvicorn_server
+
+    from attest import serving
+
+    with uvicorn_server(gate_app(w, "public"), http=serving.protocol()) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n".encode()
+                + b"\0" * 65536
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += s.recv(65536)
+            head = answer.split(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 403 ") and b"connection: close" in head, head
+            t0, closed = time.monotonic(), False
+            s.settimeout(0.2)
+            while time.monotonic() - t0 < 5:  # keep streaming: the server must hang up
+                try:
+                    s.sendall(b"\0" * 65536)
+                    if s.recv(65536) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:  # reset: closed
+                    closed = True
+                    break
+            assert closed, "the server kept reading the refused body"

@@ -9,7 +9,9 @@ streamed body with 413 as soon as it passes ``limit``, and a body not received w
 refusal closes the connection: the rest of the body is never read. The app then gets exactly
 the bytes that were read. ``streaming`` names paths whose routes stream their bodies to disk
 under limits of their own (attestd's image uploads, so that the refusal is recorded): for them
-only a malformed ``Content-Length`` is refused here.
+only a malformed ``Content-Length`` is refused here, and their error answers close the
+connection (the rest of a refused upload is not read and discarded for as long as the client
+sends it).
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ def too_large(limit: int) -> dict[str, Any]:
     return {"error": "RequestTooLarge", "check": None, "detail": f"request body over {limit} bytes"}
 
 
+def _closing_on_refusal(send: Send) -> Send:
+    """``send``, adding ``Connection: close`` to an error answer: a streaming route refuses
+    (unauthenticated, too large, malformed) without reading the rest of a body that may be
+    gigabytes, which the server would otherwise read and discard for as long as the client
+    sends it."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"connection" for name, _ in headers):
+                message = {**message, "headers": [*headers, *CLOSE]}
+        await send(message)
+
+    return wrapped
+
+
 class BodyLimit:
     """Pure ASGI middleware: the request body bounded by ``limit`` bytes and ``deadline``
     seconds (the module's docstring)."""
@@ -84,7 +102,7 @@ class BodyLimit:
                 await json_reply(send, 413, too_large(self.limit), CLOSE)
                 return
         if stream_limit is not None:  # the route reads it, under its own limit
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _closing_on_refusal(send))
             return
         chunks: list[bytes] = []
         seen = 0
