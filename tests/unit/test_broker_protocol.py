@@ -653,3 +653,40 @@ def test_refuses_to_replace_non_socket_file(tmp_path: Path) -> None:
         BrokerServer(node, tmp_path / "api.sock").start()
     assert (tmp_path / "api.sock").read_text() == "important"
     assert os.path.exists(tmp_path / "api.sock")
+
+
+def test_a_full_socket_refuses_connections_with_one_warning_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past max_connections a connection is closed unanswered; the warning says how many were
+    refused, once a minute (one line per refusal let a group member flood the log)."""
+    node = LocalNode.open(FakeTpm(), tmp_path)
+    api = tmp_path / "api.sock"
+    server = BrokerServer(node, api, max_connections=1).start()
+    held = socket.socket(socket.AF_UNIX)
+    try:
+        held.connect(str(api))
+        caplog.set_level(logging.WARNING, logger="attest.node.broker.server")
+        for _ in range(20):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(str(api))
+                assert s.recv(1) == b""  # closed without an answer
+        warnings = [
+            r.getMessage() for r in caplog.records if "too many connections" in r.getMessage()
+        ]
+        assert len(warnings) == 1, warnings
+        assert "(1 held): refused 1 since the last warning" in warnings[0]
+        server._refused["api"] = (time.monotonic() - 61, 19)  # a minute later
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(api))
+            assert s.recv(1) == b""
+        warnings = [
+            r.getMessage() for r in caplog.records if "too many connections" in r.getMessage()
+        ]
+        assert len(warnings) == 2 and "refused 20 since the last warning" in warnings[1]
+    finally:
+        held.close()
+        server.shutdown()
+        node.close()

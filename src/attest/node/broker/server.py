@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ from attest.node.tpm.vtpm import VtpmManager
 logger = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")
+REFUSAL_LOG_PERIOD = 60.0  # seconds between two "too many connections" warnings of a socket
 _API_ACTOR = re.compile(r"api-[a-z]{1,16}")
 
 
@@ -131,6 +134,7 @@ class BrokerServer:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._stop = threading.Event()
+        self._refused: dict[str, tuple[float, int]] = {}  # per socket: last warning, count since
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -197,14 +201,31 @@ class BrokerServer:
                 logger.exception("accept failed on %s", lst.path)
                 continue
             if not lst.slots.acquire(blocking=False):
-                logger.warning("too many connections on %s; refusing one", lst.path)
                 conn.close()
+                self._note_refused(lst)
                 continue
             with self._conns_lock:
                 self._conns.add(conn)
             threading.Thread(
                 target=self._serve, args=(lst, conn), daemon=True, name=f"broker-conn-{lst.name}"
             ).start()
+
+    def _note_refused(self, lst: _Listener) -> None:
+        """Count a connection refused on a full socket; warn at most once a minute per socket
+        (a warning per refusal let a member of the socket's group flood the log)."""
+        now = time.monotonic()
+        last, count = self._refused.get(lst.name, (-math.inf, 0))
+        count += 1
+        if now - last < REFUSAL_LOG_PERIOD:
+            self._refused[lst.name] = (last, count)
+            return
+        self._refused[lst.name] = (now, 0)
+        logger.warning(
+            "too many connections on %s (%d held): refused %d since the last warning",
+            lst.path,
+            self._max,
+            count,
+        )
 
     def _serve(self, lst: _Listener, conn: socket.socket) -> None:
         try:
