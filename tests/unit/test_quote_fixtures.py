@@ -78,7 +78,10 @@ def test_cli_verify_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*base, "--nonce", "00"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("attest: nonce check failed") and err.count("\n") == 1
-    assert main([*base, "--nonce", "zz"]) == 3
+    assert main([*base, "--nonce", "zz"]) == 2  # a usage error, as for `ear` and `verify`
+    assert "--nonce: 'zz' is not hex" in capsys.readouterr().err
+    assert main([*base, "--nonce", "00" * 65]) == 2
+    assert "65 bytes; TPM2B_DATA holds at most 64" in capsys.readouterr().err
     assert (
         main(
             [

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
-from attest.errors import PcrSelectionError, QuoteFormatError
+from attest.errors import ConfigError, PcrSelectionError, QuoteFormatError
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import Alg, ObjectAttr, Public, parse_attest, parse_public, public_from_key
 
@@ -83,12 +83,16 @@ def _selection(text: str) -> PcrSelection:
 
 
 def _nonce(text: str) -> bytes:
+    """``--nonce``: a usage error (exit 2) when it is not hex or too long, as for ``ear`` and
+    ``verify`` (it was a format error, exit 3, as if an input file had not parsed)."""
     try:
         value = bytes.fromhex(text)
     except ValueError:
-        raise QuoteFormatError(f"nonce {text[:20]!r} is not hex") from None
+        raise ConfigError(f"{text[:20]!r} is not hex", key="--nonce") from None
     if len(value) > 64:
-        raise QuoteFormatError(f"nonce is {len(value)} bytes; TPM2B_DATA holds at most 64")
+        raise ConfigError(
+            f"{len(value)} bytes; TPM2B_DATA holds at most 64", key="--nonce"
+        ) from None
     return value
 
 
@@ -209,6 +213,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from attest.quote import DEFAULT_POLICY, QuotePolicy, verify_quote
     from attest.tpmstruct import ClockInfo
 
+    nonce = _nonce(args.nonce)  # a usage error before any file is read
     ak = load_ak(args.ak)
     attest = read_file(args.quote)
     signature = read_file(args.signature)
@@ -227,7 +232,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         attest,
         signature,
         ak=ak,
-        nonce=_nonce(args.nonce),
+        nonce=nonce,
         pcrs=pcrs,
         previous=previous,
         policy=policy,
