@@ -287,22 +287,21 @@ def test_fleet_contacts_at_most_max_enrolling_nodes_at_once(tmp_path: Any) -> No
     assert now[1] == MAX_ENROLLING, now
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"",
-        b"\xef\xbb\xbf{}",  # a byte-order mark
-        b'{"a": NaN}',
-        b'{"a": Infinity}',
-        b'{"a": 1e400}',  # infinite as a double
-        b'{"a": "\\ud800"}',  # a lone surrogate
-        b'{"a": "\xff"}',  # not UTF-8
-        '{"a": 1}'.encode("utf-16"),
-        b"[" * 100_000 + b"]" * 100_000,  # nesting past any recursion limit
-        b'{"a": 1} trailing',
-    ],
-    ids=lambda b: repr(b[:12]),
-)
+HOSTILE_JSON = [
+    b"",
+    b"\xef\xbb\xbf{}",  # a byte-order mark
+    b'{"a": NaN}',
+    b'{"a": Infinity}',
+    b'{"a": 1e400}',  # infinite as a double
+    b'{"a": "\\ud800"}',  # a lone surrogate
+    b'{"a": "\xff"}',  # not UTF-8
+    '{"a": 1}'.encode("utf-16"),
+    b"[" * 100_000 + b"]" * 100_000,  # nesting past any recursion limit
+    b'{"a": 1} trailing',
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON, ids=lambda b: repr(b[:12]))
 def test_poller_reads_a_hostile_json_answer_as_one_transport_error(body: bytes) -> None:
     """The poller parses each node's answer with orjson: whatever the bytes, the answer is a
     document or one TransportError -- never RecursionError, never a NaN or a lone surrogate
@@ -320,3 +319,14 @@ def test_poller_reads_numbers_past_64_bits_as_floats_the_evidence_checks_refuse(
     big = b'{"version": 1, "quote": {}, "ak": {}, "pcrs": {}, "batch": {"size": 1%s}}' % (b"0" * 30)
     with pytest.raises(EvidenceFormatError, match="batch.size is not an integer"):
         parse_evidence(Response(200, big, None).json())
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON, ids=lambda b: repr(b[:12]))
+def test_node_client_reads_a_hostile_json_answer_as_the_poller_does(
+    body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`attest verify` and enrollment read a node's answer as the poller does: one
+    TransportError, whatever the bytes (json read NaN and lone surrogates, and UTF-16)."""
+    monkeypatch.setattr(NodeClient, "_exchange", lambda self, *a, **kw: (200, body))
+    with NodeClient("http://127.0.0.1:9") as c, pytest.raises(TransportError, match="not JSON"):
+        c._request("GET", "/v1/identity")

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpcore
 import httpx
+import orjson
 
 from attest.errors import TransportError
 from attest.evidence import b64, unb64
@@ -174,14 +175,15 @@ class NodeClient:
         status, body = self._exchange(method, path, cap, self.deadline, **kw)
         if status != 200:
             try:
-                doc = httpx.Response(status, content=body).json()
+                doc = orjson.loads(body)
                 detail = doc.get("detail") if isinstance(doc, dict) else doc
-            except (ValueError, RecursionError):
+            except ValueError:
                 detail = body.decode("utf-8", "replace")
             raise TransportError(f"{where}: HTTP {status}: {_printable(str(detail))}")
-        try:
-            return httpx.Response(200, content=body).json()
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
+        try:  # as the fleet's poller reads it (attest.verifier.fleet.http): strict UTF-8 JSON,
+            # no NaN or Infinity, no lone surrogate, nesting bounded (1,024)
+            return orjson.loads(body)
+        except ValueError:
             raise TransportError(f"{path}: the answer is not JSON") from None
 
     def _exchange(
