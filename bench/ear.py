@@ -44,9 +44,9 @@ def main() -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from attest.appraisal import _summarise
     from attest.appraisal import ear as ear_mod
     from attest.appraisal.claims import Claim, Finding
+    from attest.appraisal.engine import _summarise
 
     now = datetime(2025, 6, 1, tzinfo=UTC)
     result = _summarise(

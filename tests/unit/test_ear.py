@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attest.appraisal import _summarise
 from attest.appraisal.claims import Claim, Finding
 from attest.appraisal.ear import EAR_PROFILE, ear_claims, result_ear, sign_ear, submod, verify_ear
+from attest.appraisal.engine import _summarise
 from attest.errors import EvidenceFormatError, SignatureError
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)

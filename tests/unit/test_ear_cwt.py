@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.unit import ear_vectors as v
 
 from attest import cose
-from attest.appraisal import _summarise
 from attest.appraisal.claims import Claim, Finding
 from attest.appraisal.ear import (
     EAR_PROFILE,
@@ -31,6 +30,7 @@ from attest.appraisal.ear import (
     verify_ear,
     verify_token,
 )
+from attest.appraisal.engine import _summarise
 from attest.errors import EarTimeError, EvidenceFormatError, NonceError, SignatureError
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
