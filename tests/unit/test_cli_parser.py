@@ -101,6 +101,42 @@ def test_eventlog_replay_loads_no_server_http_or_tpm_library(shared_dir: Path) -
     assert not loaded & {"attest.eventlog.cel", "attest.eventlog.diff", "attest.eventlog.facts"}
 
 
+def test_ear_verify_loads_neither_the_appraisal_nor_a_server_library(tmp_path: Path) -> None:
+    """A relying party verifying an attestation result needs the EAR format and a signature
+    check, not the appraisal (``attest.appraisal`` loads its engine on first use): 240 -> 99 ms
+    a process on this machine (2026-12-07)."""
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from attest.appraisal.ear import EAR_PROFILE, sign_ear, verifier_id
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = int(time.time())
+    claims = {
+        "eat_profile": EAR_PROFILE,
+        "iat": now,
+        "exp": now + 3600,
+        "ear.verifier-id": verifier_id(),
+        "submods": {"n1": {"ear.status": "affirming"}},
+    }
+    pem = tmp_path / "ear.pub.pem"
+    pem.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    rc, loaded = _imported_by(["ear", "verify", sign_ear(claims, key), "--key", str(pem)])
+    assert rc == 0 and "attest.appraisal.ear" in loaded
+    assert {m for m in loaded if m.split(".")[0] in HEAVY} == set()
+    assert not loaded & {
+        "attest.appraisal.engine",
+        "attest.appraisal.checks",
+        "attest.appraisal.stages",
+    }
+
+
 def test_eventlog_show_and_diff_still_load_what_they_use(shared_dir: Path) -> None:
     log = str(shared_dir / "eventlogs" / "ovmf__q35-direct-boot.bin")
     rc, loaded = _imported_by(["eventlog", "show", log, "--json"])

@@ -29,17 +29,22 @@ them.
 
 from __future__ import annotations
 
-from attest.appraisal.engine import (
-    AppraisalResult,
-    Appraised,
-    appraise,
-    appraise_incremental,
-    enrollment_refused,
-    identity_alarm,
-    result_of,
-    unappraisable,
-    with_findings,
-)
+from typing import TYPE_CHECKING
+
+from attest._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from attest.appraisal.engine import (
+        AppraisalResult,
+        Appraised,
+        appraise,
+        appraise_incremental,
+        enrollment_refused,
+        identity_alarm,
+        result_of,
+        unappraisable,
+        with_findings,
+    )
 
 __all__ = [
     "AppraisalResult",
@@ -52,3 +57,10 @@ __all__ = [
     "unappraisable",
     "with_findings",
 ]
+
+# Imported on first use (PEP 562): importing one part (``attest.appraisal.claims`` for the
+# AR4SI vocabulary, ``attest.appraisal.ear`` to verify an attestation result) no longer loads the
+# checks, the stages and the engine (~0.1 s).
+__getattr__, __dir__ = lazy_attributes(
+    __name__, dict.fromkeys(__all__, "attest.appraisal.engine"), __all__
+)

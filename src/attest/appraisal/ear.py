@@ -41,18 +41,21 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attest import __version__, cose
-from attest.appraisal import AppraisalResult
 from attest.appraisal.claims import Tier
 from attest.cose import ES256
 from attest.errors import EarTimeError, EvidenceFormatError, NonceError, SignatureError
-from attest.manifest import VerifiedRegistry, canonicalize
+from attest.manifest import canonicalize
+
+if TYPE_CHECKING:  # types only: verifying an EAR loads neither the appraisal nor the registry
+    from attest.appraisal.engine import AppraisalResult
+    from attest.manifest import VerifiedRegistry
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 # The profile Trustee (confidential-containers' attestation service) puts in EARs of the same
