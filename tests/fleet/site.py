@@ -25,7 +25,7 @@ from attest.testing.pg import free_port
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.enrollment import PairEnrollment
+from attest.verifier.fleet.enrolled import PairEnrollment
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.store import SqliteStore
 from attest.verifier.fleet.webhooks import WebhookSender

@@ -196,7 +196,7 @@ def test_vouchings_count_only_from_a_quote_verified_now(tmp_path: Path) -> None:
 
 def test_store_keeps_both_clocks_and_the_layers(tmp_path: Path) -> None:
     from attest.tpmstruct import ClockInfo
-    from attest.verifier.fleet.enrollment import PairEnrollment
+    from attest.verifier.fleet.enrolled import PairEnrollment
 
     sim = SimFleet(2)
     store = SqliteStore(str(tmp_path / "fleet.db"))

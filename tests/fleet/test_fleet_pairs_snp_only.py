@@ -24,12 +24,8 @@ from attest.testing.fleet_sim import SimFleet
 from attest.verifier.fleet.access import Access
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.enrollment import (
-    Enroller,
-    EnrollPolicy,
-    PairEnrollment,
-    enrollment_from_json,
-)
+from attest.verifier.fleet.enrolled import PairEnrollment, enrollment_from_json
+from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy
 from attest.verifier.fleet.pairs import fresh_chips
 from attest.verifier.fleet.poller import Poller
 from attest.verifier.fleet.signing import load_or_create_key

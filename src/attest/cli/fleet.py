@@ -73,10 +73,10 @@ from attest.verifier.fleet.admission import (
 from attest.verifier.fleet.api import create_fleet_app, node_json
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.config import DEFAULT_EAR_KEY, FleetSettings, load_fleet_settings
+from attest.verifier.fleet.enrolled import PairEnrollment
 from attest.verifier.fleet.enrollment import (
     Enroller,
     EnrollPolicy,
-    PairEnrollment,
     Registration,
     with_roots,
 )

@@ -74,7 +74,8 @@ from attest.verifier.fleet.admission import (
     NodeAddresses,
     check_node_id,
 )
-from attest.verifier.fleet.enrollment import PairEnrollment, Registration
+from attest.verifier.fleet.enrolled import PairEnrollment
+from attest.verifier.fleet.enrollment import Registration
 from attest.verifier.fleet.metrics import METRICS_MEDIA_TYPE, FleetCollector, fleet_registry
 from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso
 from attest.verifier.fleet.pages import (

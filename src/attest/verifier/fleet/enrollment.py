@@ -24,7 +24,7 @@ host by the chip the host records, is its identity at every poll.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +34,7 @@ from cryptography import x509
 from attest.appraisal.pair import GUEST, HOST
 from attest.appraisal.rules import DEFAULT_RULES
 from attest.ekcert.parse import ParsedCertificate
-from attest.enroll import Enrollment, EnrollmentStrength
+from attest.enroll import Enrollment
 from attest.errors import (
     CertificateError,
     ConfigError,
@@ -47,6 +47,7 @@ from attest.errors import (
 )
 from attest.verifier.contact import enroll, open_channels
 from attest.verifier.ek_roots import verifier_ek_roots
+from attest.verifier.fleet.enrolled import PairEnrollment
 
 logger = logging.getLogger(__name__)
 
@@ -186,14 +187,6 @@ def enroll_node(
     return e
 
 
-# The enrollment strengths, weakest first (attest.enroll.EnrollmentStrength).
-STRENGTH_RANK = {
-    EnrollmentStrength.TOFU.value: 0,
-    EnrollmentStrength.ACTIVATED.value: 1,
-    EnrollmentStrength.EK_CHAIN.value: 2,
-}
-
-
 def with_roots(policy: EnrollPolicy, roots: list[str] | None, *, key: str) -> EnrollPolicy:
     """``policy`` with other EK CAs (a pair's host layer), or the same without them."""
     if not roots:
@@ -207,60 +200,6 @@ def with_roots(policy: EnrollPolicy, roots: list[str] | None, *, key: str) -> En
         ek_intermediates=tuple(ek.intermediates),
         ek_source=ek.source,
     ).validate(key=key)
-
-
-@dataclass(frozen=True, slots=True)
-class PairEnrollment:
-    """Both layers' enrollments and the id the host knows the guest by. ``guest`` None: the
-    guest has no vTPM (appraised by its SEV-SNP report alone), and ``guest_id`` is its node id."""
-
-    host: Enrollment
-    guest: Enrollment | None
-    guest_id: str
-
-    @property
-    def node_id(self) -> str:
-        return self.guest_id if self.guest is None else self.guest.node_id
-
-    @property
-    def strength(self) -> EnrollmentStrength:
-        """The weaker layer's: a pair is trusted as far as its weaker enrollment reaches (a
-        guest without a vTPM has no enrollment: the host's)."""
-        h = self.host.strength
-        if self.guest is None:
-            return h
-        g = self.guest.strength
-        return h if STRENGTH_RANK[h.value] < STRENGTH_RANK[g.value] else g
-
-    @property
-    def ak_names(self) -> str:
-        """The AK names (hex) as the history records them; a pair's: ``host/guest`` (``host/-``
-        for a guest without a vTPM)."""
-        guest = "-" if self.guest is None else self.guest.ak_name.hex()
-        return f"{self.host.ak_name.hex()}/{guest}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pair": {
-                "guest_id": self.guest_id,
-                "host": self.host.to_json(),
-                "guest": None if self.guest is None else self.guest.to_json(),
-            }
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> PairEnrollment:
-        p = doc["pair"]
-        guest = None if p["guest"] is None else Enrollment.from_json(p["guest"])
-        return cls(Enrollment.from_json(p["host"]), guest, str(p["guest_id"]))
-
-
-def enrollment_from_json(doc: Mapping[str, Any]) -> Enrollment | PairEnrollment:
-    return PairEnrollment.from_json(doc) if "pair" in doc else Enrollment.from_json(doc)
-
-
-def ak_names(e: Enrollment | PairEnrollment) -> str:
-    return e.ak_names if isinstance(e, PairEnrollment) else e.ak_name.hex()
 
 
 def _enroll_layer(

@@ -15,7 +15,7 @@ false``; ``PairEnrollment.guest`` None) is that layer alone, as ``attest verify 
 its SEV-SNP chip (``snp-host`` events of its runtime log, ``fresh_chips``) instead of its vTPM.
 
 This module holds what the fleet stores and shows of a pair (the per-layer summaries; the
-enrollment is ``attest.verifier.fleet.enrollment.PairEnrollment``); the pair logic itself is
+enrollment is ``attest.verifier.fleet.enrolled.PairEnrollment``); the pair logic itself is
 ``attest.appraisal.pair``'s.
 """
 
@@ -43,7 +43,7 @@ from attest.runtime import RuntimeEvent, VtpmVouch
 from attest.snp.certs import UnverifiedCrl
 from attest.snp.verify import SnpVerifier
 from attest.verifier.fleet.appraiser import summarize
-from attest.verifier.fleet.enrollment import PairEnrollment
+from attest.verifier.fleet.enrolled import PairEnrollment
 
 
 @dataclass(frozen=True)

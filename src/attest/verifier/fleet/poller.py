@@ -68,7 +68,7 @@ from attest.verifier.fleet.appraiser import (
     pair_continuity_text,
     summarize,
 )
-from attest.verifier.fleet.enrollment import PairEnrollment, enrollment_from_json
+from attest.verifier.fleet.enrolled import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin, Response
 from attest.verifier.fleet.model import NodeStatus
 from attest.verifier.fleet.outbox import OutboxEvent

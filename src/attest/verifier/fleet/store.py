@@ -45,7 +45,7 @@ from attest.errors import DatabaseUnavailable, NodeIdTaken
 from attest.tpmstruct import ClockInfo
 from attest.verifier.fleet.admission import check_node_id
 from attest.verifier.fleet.dburl import parse_db_url
-from attest.verifier.fleet.enrollment import STRENGTH_RANK, ak_names, enrollment_from_json
+from attest.verifier.fleet.enrolled import STRENGTH_RANK, ak_names, enrollment_from_json
 from attest.verifier.fleet.model import NodeRow, NodeStatus
 from attest.verifier.fleet.outbox import (
     INSERT,
