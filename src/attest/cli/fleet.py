@@ -70,7 +70,7 @@ from attest.verifier.fleet.admission import (
     check_node_url,
     parse_networks,
 )
-from attest.verifier.fleet.api import create_fleet_app, node_json
+from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
 from attest.verifier.fleet.config import DEFAULT_EAR_KEY, FleetSettings, load_fleet_settings
 from attest.verifier.fleet.enrolled import PairEnrollment
@@ -81,7 +81,7 @@ from attest.verifier.fleet.enrollment import (
     with_roots,
 )
 from attest.verifier.fleet.heap import collect_periodically, tune_gc
-from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso
+from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso, node_json
 from attest.verifier.fleet.pairs import SnpCollateral
 from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout

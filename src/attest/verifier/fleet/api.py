@@ -77,7 +77,7 @@ from attest.verifier.fleet.admission import (
 from attest.verifier.fleet.enrolled import PairEnrollment
 from attest.verifier.fleet.enrollment import Registration
 from attest.verifier.fleet.metrics import METRICS_MEDIA_TYPE, FleetCollector, fleet_registry
-from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso
+from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso, node_json
 from attest.verifier.fleet.pages import (
     MAX_PAGE,
     RELEASE_RULE,
@@ -146,15 +146,6 @@ EAR_CWT_MEDIA_TYPE = "application/eat+cwt"  # RFC 9782: an EAT in a CWT
 # answer (attest.verifier.client.MAX_SMALL_RESPONSE) whatever its node streams: memory stays
 # bounded however many registrations of hostile URLs arrive together.
 MAX_ENROLLING = 4
-
-
-def node_json(n: NodeRow, *, ear: bool = True, now: float, freshness: Freshness) -> dict[str, Any]:
-    """The node as REST and ``fleet ls --json`` show it: its stored verdict with its ``age``
-    (seconds since its last appraisal), ``stale`` and ``state`` (the verdict, or ``stale``)."""
-    doc = {**n.to_json(ear=ear), **freshness.to_json(n, now)}
-    for k in ("added_at", "next_due", "last_appraised", "last_seen"):
-        doc[k] = iso(doc[k])
-    return doc
 
 
 @dataclass(frozen=True, slots=True)

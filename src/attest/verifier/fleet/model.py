@@ -136,3 +136,12 @@ class Freshness:
             "stale": stale,
             "state": NodeStatus.STALE if stale else n.verdict,
         }
+
+
+def node_json(n: NodeRow, *, ear: bool = True, now: float, freshness: Freshness) -> dict[str, Any]:
+    """The node as REST and ``fleet ls --json`` show it: its stored verdict with its ``age``
+    (seconds since its last appraisal), ``stale`` and ``state`` (the verdict, or ``stale``)."""
+    doc = {**n.to_json(ear=ear), **freshness.to_json(n, now)}
+    for k in ("added_at", "next_due", "last_appraised", "last_seen"):
+        doc[k] = iso(doc[k])
+    return doc
