@@ -26,9 +26,8 @@ from attest.appraisal.claims import (
     Verdict,
 )
 from attest.appraisal.ear import sign_ear, verify_ear
+from attest.appraisal.layers import GUEST, HOST
 from attest.appraisal.pair import (
-    GUEST,
-    HOST,
     NO_GUEST_EVIDENCE,
     GuestIdentity,
     appraise_pair,

@@ -27,10 +27,8 @@ from attest.appraisal.claims import (
     Verdict,
 )
 from attest.appraisal.ear import sign_ear, verify_ear
+from attest.appraisal.layers import GUEST_SNP, GUEST_VTPM, HOST
 from attest.appraisal.pair import (
-    GUEST_SNP,
-    GUEST_VTPM,
-    HOST,
     GuestIdentity,
     appraise_pair,
     guest_nonce,

@@ -28,10 +28,9 @@ from attest.appraisal.claims import (
     Verdict,
 )
 from attest.appraisal.ear import sign_ear, verify_ear
+from attest.appraisal.layers import GUEST_SNP, HOST
 from attest.appraisal.pair import (
     CHECK,
-    GUEST_SNP,
-    HOST,
     GuestIdentity,
     appraise_pair,
     guest_evidence_of,

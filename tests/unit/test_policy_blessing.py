@@ -36,9 +36,9 @@ from tests.support.manifest import FAR, NOW, build_world, release, sign_doc
 
 from attest.appraisal import appraise, appraise_incremental
 from attest.appraisal.claims import Claim, Tier, Verdict
+from attest.appraisal.layers import GUEST
 from attest.appraisal.memory import NodeMemory
 from attest.appraisal.pair import (
-    GUEST,
     GuestIdentity,
     appraise_pair,
     guest_nonce,

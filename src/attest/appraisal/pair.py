@@ -66,16 +66,12 @@ from attest.appraisal.claims import (
     Verdict,
 )
 from attest.appraisal.ear import ear_claims, submod
+from attest.appraisal.layers import GUEST, GUEST_SNP, GUEST_VTPM, HOST
 from attest.errors import EvidenceFormatError
 from attest.evidence import pair_evidence_digest
 from attest.runtime import SnpHostChip, VtpmVouch
 from attest.snp.findings import SnpCheck
 
-HOST = "host"
-GUEST = "guest"
-GUEST_SNP = "guest-snp"  # attest.appraisal.snp.GUEST_SNP
-GUEST_VTPM = "guest-vtpm"  # the guest layer's name when there is an SNP layer too
-LAYERS = (HOST, GUEST, GUEST_SNP, GUEST_VTPM)  # every layer name a pair's JSON may hold
 CHECK = "host-vouch"
 _DOMAIN = b"attest-pair-v2\x00"
 NO_GUEST_EVIDENCE = bytes(32)  # the digest committed to when the guest sent no usable evidence

@@ -77,7 +77,6 @@ from attest.snp.report import Signer, parse_report
 from attest.snp.reportdata import verify_report_data
 from attest.snp.verify import SnpVerifier, VerifiedReport
 
-GUEST_SNP = "guest-snp"
 POLICY_ID = "attest/snp"
 HOST_VOUCH = "host-vouch"  # attest.appraisal.pair.CHECK
 

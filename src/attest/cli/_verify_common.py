@@ -22,9 +22,8 @@ from attest.appraisal import (
     unappraisable,
 )
 from attest.appraisal.claims import Tier, Verdict
+from attest.appraisal.layers import GUEST, HOST
 from attest.appraisal.pair import (
-    GUEST,
-    HOST,
     host_chips_of,
     vouchings_of,
 )

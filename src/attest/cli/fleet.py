@@ -49,7 +49,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from attest import serving
-from attest.appraisal.pair import LAYERS as PAIR_LAYERS
+from attest.appraisal.layers import LAYERS as PAIR_LAYERS
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import error_line, print_json
 from attest.errors import (

@@ -19,10 +19,8 @@ from attest.appraisal import (
     unappraisable,
 )
 from attest.appraisal.ear import collateral
+from attest.appraisal.layers import GUEST, GUEST_SNP, HOST
 from attest.appraisal.pair import (
-    GUEST,
-    GUEST_SNP,
-    HOST,
     GuestIdentity,
     appraise_pair,
     guest_evidence_of,

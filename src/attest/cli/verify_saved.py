@@ -24,9 +24,8 @@ from typing import Any
 
 from attest import cmw
 from attest.appraisal import unappraisable
+from attest.appraisal.layers import GUEST, HOST
 from attest.appraisal.pair import (
-    GUEST,
-    HOST,
     guest_evidence_of,
     guest_nonce,
     host_chips_of,

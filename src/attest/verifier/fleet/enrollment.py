@@ -31,7 +31,7 @@ from typing import Any
 
 from cryptography import x509
 
-from attest.appraisal.pair import GUEST, HOST
+from attest.appraisal.layers import GUEST, HOST
 from attest.appraisal.rules import DEFAULT_RULES
 from attest.ekcert.parse import ParsedCertificate
 from attest.enroll import Enrollment

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from attest.appraisal.pair import LAYERS as PAIR_LAYERS
+from attest.appraisal.layers import LAYERS as PAIR_LAYERS
 from attest.enroll import EnrollmentStrength
 from attest.manifest.evaluate import EmbargoState
 from attest.verifier.fleet.model import Freshness, NodeRow, NodeStatus, iso, rank

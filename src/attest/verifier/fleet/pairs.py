@@ -27,8 +27,8 @@ from datetime import datetime
 from typing import Any
 
 from attest.appraisal import AppraisalResult, Appraised, unappraisable
+from attest.appraisal.layers import HOST
 from attest.appraisal.pair import (
-    HOST,
     GuestIdentity,
     PairResult,
     appraise_pair,

@@ -50,8 +50,9 @@ from typing import Any
 from attest.appraisal import AppraisalResult, Appraised, unappraisable
 from attest.appraisal.claims import Tier, Verdict
 from attest.appraisal.ear import collateral, ear_claims, submod
+from attest.appraisal.layers import GUEST, GUEST_SNP, HOST
 from attest.appraisal.memory import Continuity, NodeMemory
-from attest.appraisal.pair import GUEST, GUEST_SNP, HOST, PairResult, guest_evidence_of
+from attest.appraisal.pair import PairResult, guest_evidence_of
 from attest.appraisal.pair import guest_nonce as pair_guest_nonce
 from attest.appraisal.pair import host_nonce as pair_host_nonce
 from attest.appraisal.rules import DEFAULT_RULES, VerifierRules

@@ -73,7 +73,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from attest.appraisal.pair import LAYERS as PAIR_LAYERS
+from attest.appraisal.layers import LAYERS as PAIR_LAYERS
 from attest.errors import DatabaseUnavailable, WebhookSignatureError
 from attest.verifier.fleet.model import NodeRow, iso
 from attest.verifier.fleet.outbox import ClaimedEvent, OutboxEvent, OutboxStore
