@@ -35,6 +35,10 @@ from attest.errors import ConfigError
 
 DEFAULT_POLICY_ID = "attest/default@3"  # @3: the platform reference is required
 RUNTIME_PCRS = range(8, 16)  # neither firmware (0-7) nor resettable/debug (16-23)
+# PCRs a full appraisal asks for besides the runtime PCR: firmware (0-7), boot loader and
+# kernel command line (8, 9), unified kernel image (11) and its command line (12), the dm-verity
+# root hash measured before switch_root (15; docs/runtime-log.md).
+APPRAISAL_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 15)
 MAX_RULES_BYTES = 64 * 1024
 
 

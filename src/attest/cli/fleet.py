@@ -72,7 +72,14 @@ from attest.verifier.fleet.admission import (
 )
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.config import DEFAULT_EAR_KEY, FleetSettings, load_fleet_settings
+from attest.verifier.fleet.config import (
+    DEFAULT_EAR_KEY,
+    DEFAULT_OUTBOX_MAX,
+    DEFAULT_REFRESH,
+    DEFAULT_SELECTION,
+    FleetSettings,
+    load_fleet_settings,
+)
 from attest.verifier.fleet.enrolled import PairEnrollment
 from attest.verifier.fleet.enrollment import (
     Enroller,
@@ -83,19 +90,17 @@ from attest.verifier.fleet.enrollment import (
 from attest.verifier.fleet.heap import collect_periodically, tune_gc
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, Freshness, iso, node_json
 from attest.verifier.fleet.pairs import SnpCollateral
-from attest.verifier.fleet.poller import DEFAULT_SELECTION, Poller, PollSettings
+from attest.verifier.fleet.poller import Poller, PollSettings
 from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
 from attest.verifier.fleet.staleness import StaleWatch, watch_staleness
 from attest.verifier.fleet.store import Store, open_store
 from attest.verifier.fleet.trust import (
-    DEFAULT_REFRESH,
     NO_REGISTRY,
     RegistrySource,
     RegistryState,
 )
 from attest.verifier.fleet.webhooks import (
-    DEFAULT_OUTBOX_MAX,
     WebhookSender,
     WebhookSettings,
     verdict_event,

@@ -26,7 +26,7 @@ from cryptography import x509
 
 from attest.appraisal import Appraised, appraise_incremental
 from attest.appraisal.memory import Continuity, NodeMemory
-from attest.appraisal.rules import DEFAULT_RULES, VerifierRules
+from attest.appraisal.rules import APPRAISAL_PCRS, DEFAULT_RULES, VerifierRules
 from attest.ekcert.parse import ParsedCertificate
 from attest.enroll import (
     Enrollment,
@@ -45,7 +45,6 @@ from attest.verifier.client import NodeClient
 from attest.verifier.ek_roots import load_ek_cas_store
 
 __all__ = [
-    "APPRAISAL_PCRS",
     "Enrollment",
     "Evidence",
     "appraise_evidence",
@@ -193,11 +192,6 @@ def enroll(
 
 
 # --- evidence gathering for ``attest.appraisal.appraise`` --------------------------------------
-
-# PCRs a full appraisal asks for besides the runtime PCR: firmware (0-7), boot loader and
-# kernel command line (8, 9), unified kernel image (11) and its command line (12), the dm-verity
-# root hash measured before switch_root (15; docs/runtime-log.md).
-APPRAISAL_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 15)
 
 
 def selection_for(runtime_pcr: int, extra: PcrSelection | None = None) -> PcrSelection:

@@ -18,10 +18,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from attest.appraisal.rules import APPRAISAL_PCRS
 from attest.errors import ConfigError
 
 DEFAULT_DB = "sqlite:///attest-fleet.db"  # relative to the working directory
 DEFAULT_EAR_KEY = "attest-fleet-ear.pem"  # relative to the working directory
+# The same PCRs as `attest verify` (firmware, boot loader, kernel, UKI, verity root; the rules'
+# runtime PCR is added): a release's expected PCRs are checked only where quoted.
+DEFAULT_SELECTION = "sha256:" + ",".join(str(p) for p in APPRAISAL_PCRS)
+DEFAULT_REFRESH = 60.0  # seconds between two reads of the registry's state directory
+DEFAULT_OUTBOX_MAX = 100_000  # undelivered webhook events kept
 PREFIX = "ATTEST_FLEET_"
 ENVIRONMENT = (
     "ATTEST_FLEET_DB",

@@ -61,7 +61,6 @@ from attest.errors import AttestError, DatabaseUnavailable, ReadBudgetSpent, Tra
 from attest.manifest import VerifiedRegistry
 from attest.model import HashAlg, PcrSelection
 from attest.tpmstruct import ClockInfo
-from attest.verifier.contact import APPRAISAL_PCRS
 from attest.verifier.fleet.appraiser import (
     Appraiser,
     continuity_of,
@@ -69,6 +68,7 @@ from attest.verifier.fleet.appraiser import (
     pair_continuity_text,
     summarize,
 )
+from attest.verifier.fleet.config import DEFAULT_SELECTION
 from attest.verifier.fleet.enrolled import PairEnrollment, enrollment_from_json
 from attest.verifier.fleet.http import HttpPool, Origin, Response
 from attest.verifier.fleet.model import NodeStatus
@@ -87,9 +87,6 @@ from attest.verifier.fleet.trust import NO_REGISTRY, RegistryState
 
 logger = logging.getLogger(__name__)
 
-# The same PCRs as `attest verify` (firmware, boot loader, kernel, UKI, verity root; the rules'
-# runtime PCR is added): a release's expected PCRs are checked only where quoted.
-DEFAULT_SELECTION = "sha256:" + ",".join(str(p) for p in APPRAISAL_PCRS)
 DB_RETRY = 0.5  # seconds between lease attempts while the database is unreachable
 DEFER_DELAY = 1.0  # seconds before a node whose answer was put off for the read budget
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

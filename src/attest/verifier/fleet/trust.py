@@ -26,10 +26,9 @@ from attest.errors import AttestError
 from attest.manifest import VerifiedRegistry
 from attest.manifest.trusted import TrustedState
 from attest.storage.trusted_state import load_state
+from attest.verifier.fleet.config import DEFAULT_REFRESH
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_REFRESH = 60.0  # seconds between two reads of the state directory
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ import httpx
 
 from attest.appraisal.layers import LAYERS as PAIR_LAYERS
 from attest.errors import DatabaseUnavailable, WebhookSignatureError
+from attest.verifier.fleet.config import DEFAULT_OUTBOX_MAX
 from attest.verifier.fleet.model import NodeRow, iso
 from attest.verifier.fleet.outbox import ClaimedEvent, OutboxEvent, OutboxStore
 from attest.verifier.fleet.store import Outcome
@@ -84,7 +85,6 @@ logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Attest-Signature"
 TIMESTAMP_HEADER = "X-Attest-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-DEFAULT_OUTBOX_MAX = 100_000
 
 T = TypeVar("T")
 
