@@ -539,7 +539,8 @@ def test_schemathesis_finds_no_server_error_at_the_fleet(tmp_path: Path) -> None
 def test_fleet_believes_forwarded_headers_only_from_trusted_proxies(tmp_path: Path) -> None:
     import argparse
 
-    from attest.cli.fleet import _security, register
+    from attest.cli._fleet_service import _security
+    from attest.cli.fleet import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -278,7 +278,7 @@ def test_fleet_poller_checks_the_nodes_tls_certificate(
     system's CAs only, the same node is unreachable (certificate refused), never appraised."""
     import asyncio
 
-    from attest.cli.fleet import _tls_context
+    from attest.cli._fleet_service import _tls_context
     from attest.verifier.fleet.appraiser import default_appraiser
     from attest.verifier.fleet.poller import Poller
     from attest.verifier.fleet.store import SqliteStore
