@@ -137,6 +137,32 @@ def test_ear_verify_loads_neither_the_appraisal_nor_a_server_library(tmp_path: P
     }
 
 
+def test_fleet_ls_and_show_read_the_store_without_loading_the_service(tmp_path: Path) -> None:
+    """``attest fleet ls`` and ``show`` read the fleet's database: neither the service (FastAPI,
+    the poller, the webhooks), the enrolling side (HTTP, the verifier's client) nor the pair
+    appraisal. 10,000 nodes: ``ls`` 1.03 -> 0.31 s, ``show`` 0.86 -> 0.15 s (2026-12-07)."""
+    db = f"sqlite:///{tmp_path}/fleet.db"
+    not_needed = {
+        "attest.cli._fleet_service",
+        "attest.verifier.fleet.api",
+        "attest.verifier.fleet.poller",
+        "attest.verifier.fleet.enrollment",
+        "attest.verifier.fleet.webhooks",
+        "attest.verifier.contact",
+        "attest.appraisal.pair",
+        "attest.appraisal.engine",
+    }
+    for argv in (["fleet", "ls", "--json", "--db", db], ["fleet", "show", "n1", "--db", db]):
+        rc, loaded = _imported_by(argv)
+        assert rc == (0 if argv[1] == "ls" else 2)  # no node n1 in the (new, empty) fleet
+        assert "attest.verifier.fleet.store" in loaded
+        assert {m for m in loaded if m.split(".")[0] in HEAVY} == set()
+        assert not loaded & not_needed
+    # serve and add still load what they use, when they run
+    rc, loaded = _imported_by(["fleet", "add", "http://127.0.0.1:1", "--db", db])
+    assert rc == 2 and not_needed - loaded <= {"attest.verifier.fleet.poller"}
+
+
 def test_eventlog_show_and_diff_still_load_what_they_use(shared_dir: Path) -> None:
     log = str(shared_dir / "eventlogs" / "ovmf__q35-direct-boot.bin")
     rc, loaded = _imported_by(["eventlog", "show", log, "--json"])

@@ -130,5 +130,6 @@ def read_file(path: str | os.PathLike[str], *, max_size: int = MAX_INPUT_FILE) -
 
 
 def print_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    # One write: json.dump writes each of its chunks (every key, comma and indent) on its own,
+    # a third of `fleet ls --json`'s time for 10,000 nodes.
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")

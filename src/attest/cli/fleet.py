@@ -31,16 +31,16 @@ intervals. See docs/fleet.md.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from attest.appraisal.layers import LAYERS as PAIR_LAYERS
 from attest.cli._common import error_line, print_json
 from attest.cli._fleet_common import freshness_of, settings_of, store_of
-from attest.cli._fleet_service import cmd_add, cmd_serve
 from attest.errors import (
     AttestError,
     ConfigError,
@@ -56,6 +56,18 @@ from attest.verifier.fleet.config import (
     DEFAULT_SELECTION,
 )
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, iso, node_json
+
+
+def _service(name: str) -> Callable[[argparse.Namespace], int]:
+    """``serve`` or ``add`` (``attest.cli._fleet_service``), imported when it runs: ``ls`` and
+    ``show`` read the store without loading the service (FastAPI, the poller, HTTP, X.509)."""
+
+    def run(args: argparse.Namespace) -> int:
+        command = getattr(importlib.import_module("attest.cli._fleet_service"), name)
+        rc: int = command(args)
+        return rc
+
+    return run
 
 
 def _age(age: float | None) -> str:
@@ -362,7 +374,7 @@ def _serve_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-
     _serve_access_options(s)
     _freshness_options(s, interval=False)
     _enrollment_options(s)
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=_service("cmd_serve"))
 
 
 def _add_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -401,7 +413,7 @@ def _add_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     a.add_argument("--json", action="store_true")
     _db_option(a)
     _enrollment_options(a)
-    a.set_defaults(func=cmd_add)
+    a.set_defaults(func=_service("cmd_add"))
 
 
 def _ls_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
