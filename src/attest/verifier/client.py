@@ -115,6 +115,10 @@ class _DeadlineTransport(httpx.HTTPTransport):
         )
 
 
+def _over_the_cap(where: str, cap: int) -> TransportError:
+    return TransportError(f"{where}: response over the limit of {cap} bytes: refused")
+
+
 def _printable(text: str) -> str:
     """A peer's text, safe to print on a terminal or log line: no control characters."""
     return "".join(c if c.isprintable() else "?" for c in text[:DETAIL_CHARS])
@@ -208,16 +212,18 @@ class NodeClient:
 
     def _read(self, r: httpx.Response, where: str, cap: int) -> bytes:
         """The body, at most ``cap`` bytes, as sent (no content decoding)."""
-        over = TransportError(f"{where}: response over the limit of {cap} bytes: refused")
         if r.headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise TransportError(f"{where}: the answer is content-encoded: refused")
         declared = r.headers.get("content-length")
         if declared is not None and (not declared.strip().isdigit() or int(declared) > cap):
-            raise over
+            raise _over_the_cap(where, cap)
         out = bytearray()
         for chunk in r.iter_raw():
             if len(out) + len(chunk) > cap:
-                raise over
+                # Made here, held by no local: an exception in a local of the frame it is
+                # raised from is a reference cycle (its traceback holds the frame), which kept
+                # this frame's body -- up to the cap -- alive until a garbage collection.
+                raise _over_the_cap(where, cap)
             out += chunk
         return bytes(out)
 
