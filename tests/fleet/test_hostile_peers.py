@@ -90,6 +90,24 @@ def test_node_client_frees_a_refused_body_with_its_error_not_at_a_collection() -
         gc.enable()
 
 
+def test_node_clients_share_one_tls_context_of_the_system_cas() -> None:
+    """Each TLS context loads the CA store (~32 ms, ~850 KiB): clients that trust the
+    system's CAs share one; a client with its own CAs (or none) keeps its own."""
+    import ssl
+
+    def context(c: NodeClient) -> ssl.SSLContext:
+        return c._http._transport._pool._ssl_context  # type: ignore[attr-defined,no-any-return]
+
+    with NodeClient("https://a.invalid") as a, NodeClient("https://b.invalid") as b:
+        assert context(a) is context(b)
+        assert context(a).verify_mode == ssl.CERT_REQUIRED and context(a).check_hostname
+    mine = ssl.create_default_context()
+    with NodeClient("https://a.invalid", verify=mine) as c:
+        assert context(c) is mine
+    with NodeClient("https://a.invalid", verify=False) as d, NodeClient("http://x") as e:
+        assert context(d) is not context(e) and context(d).verify_mode == ssl.CERT_NONE
+
+
 def test_node_client_refuses_a_declared_length_over_the_cap_without_reading() -> None:
     with hostile("huge-length") as srv, NodeClient(srv.url, max_response=CAP) as c:
         exc, took = _timed(c.status)
