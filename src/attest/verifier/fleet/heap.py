@@ -16,6 +16,11 @@ at most one period to be freed. The youngest generation is collected every ``YOU
 allocations instead of 700: each young collection walks what the appraisals in flight hold at
 that moment, so fewer of them cost less -- at 1,000 appraisals/s the collector's CPU went from
 25-28 to 5-6 µs per appraisal (``bench/fleet.py --quick``, A B A B, 2026-12-07).
+
+Garbage in reference cycles waits longer so, and up to a minute once it has lived through a
+young collection: nothing a peer sends may be freed only by the collector (a body in a cycle
+with its error was: ``attest.verifier.client``, fixed 2026-12-08). ``bench/peer_memory.py``,
+run by CI, holds the service to its memory bound against endless peers with these settings.
 """
 
 from __future__ import annotations
