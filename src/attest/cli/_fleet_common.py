@@ -7,13 +7,8 @@ import argparse
 import math
 import os
 
-from attest.errors import (
-    ConfigError,
-)
-from attest.verifier.fleet.config import (
-    FleetSettings,
-    load_fleet_settings,
-)
+from attest.errors import ConfigError
+from attest.verifier.fleet.config import FleetSettings, load_fleet_settings
 from attest.verifier.fleet.model import Freshness
 from attest.verifier.fleet.store import Store, open_store
 

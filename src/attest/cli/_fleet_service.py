@@ -24,12 +24,7 @@ from attest import serving
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import print_json
 from attest.cli._fleet_common import freshness_of, positive, settings_of, store_of
-from attest.errors import (
-    ConfigError,
-    DatabaseUnavailable,
-    NodeIdRefused,
-    NodeUrlRefused,
-)
+from attest.errors import ConfigError, DatabaseUnavailable, NodeIdRefused, NodeUrlRefused
 from attest.model import PcrSelection
 from attest.snp.certs import load_crl
 from attest.storage.files import read_bytes
@@ -43,16 +38,9 @@ from attest.verifier.fleet.admission import (
 )
 from attest.verifier.fleet.api import create_fleet_app
 from attest.verifier.fleet.appraiser import default_appraiser
-from attest.verifier.fleet.config import (
-    FleetSettings,
-)
+from attest.verifier.fleet.config import FleetSettings
 from attest.verifier.fleet.enrolled import PairEnrollment
-from attest.verifier.fleet.enrollment import (
-    Enroller,
-    EnrollPolicy,
-    Registration,
-    with_roots,
-)
+from attest.verifier.fleet.enrollment import Enroller, EnrollPolicy, Registration, with_roots
 from attest.verifier.fleet.heap import collect_periodically, tune_gc
 from attest.verifier.fleet.model import iso
 from attest.verifier.fleet.pairs import SnpCollateral
@@ -61,16 +49,8 @@ from attest.verifier.fleet.rollout import completed_embargoes, rollout
 from attest.verifier.fleet.signing import load_or_create_key
 from attest.verifier.fleet.staleness import StaleWatch, watch_staleness
 from attest.verifier.fleet.store import Store
-from attest.verifier.fleet.trust import (
-    NO_REGISTRY,
-    RegistrySource,
-    RegistryState,
-)
-from attest.verifier.fleet.webhooks import (
-    WebhookSender,
-    WebhookSettings,
-    verdict_event,
-)
+from attest.verifier.fleet.trust import NO_REGISTRY, RegistrySource, RegistryState
+from attest.verifier.fleet.webhooks import WebhookSender, WebhookSettings, verdict_event
 
 logger = logging.getLogger(__name__)
 

@@ -41,14 +41,8 @@ from pathlib import Path
 from attest.appraisal.layers import LAYERS as PAIR_LAYERS
 from attest.cli._common import error_line, print_json
 from attest.cli._fleet_common import freshness_of, settings_of, store_of
-from attest.errors import (
-    AttestError,
-    ConfigError,
-    NodeIdRefused,
-)
-from attest.verifier.fleet.admission import (
-    check_node_id,
-)
+from attest.errors import AttestError, ConfigError, NodeIdRefused
+from attest.verifier.fleet.admission import check_node_id
 from attest.verifier.fleet.config import (
     DEFAULT_EAR_KEY,
     DEFAULT_OUTBOX_MAX,
