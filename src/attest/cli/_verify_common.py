@@ -30,6 +30,7 @@ from attest.appraisal.pair import (
 from attest.appraisal.rules import DEFAULT_RULES, MAX_RULES_BYTES, VerifierRules, parse_rules
 from attest.cli._common import EXIT_OK, print_json
 from attest.cli._registry import load_registry
+from attest.cli._verify_args import DEFAULT_STATE
 from attest.enroll import Enrollment
 from attest.errors import (
     AttestError,
@@ -57,7 +58,6 @@ EXIT_CODES = {
     Verdict.UNAPPRAISABLE: EXIT_UNAPPRAISABLE,
 }
 
-DEFAULT_STATE = "~/.local/state/attest/verifier"
 MAX_EAR_KEY_BYTES = 16 << 10  # a PEM P-256 private key is ~250 bytes
 NO_REGISTRY_NOTE = (
     "no registry given (--trust-dir or --root/--snapshot): releases, dm-verity "

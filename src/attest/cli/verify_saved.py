@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from attest import cmw
@@ -45,31 +44,6 @@ OFFLINE_NOTE = (
     "continuity against earlier contacts, no audit log, no TLS binding; the enrollment "
     "record is not updated"
 )
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("saved evidence (docs/cmw.md)")
-    g.add_argument(
-        "--evidence",
-        type=Path,
-        metavar="FILE",
-        help="appraise this saved evidence offline (a CMW, JSON or CBOR, or the node's plain "
-        "JSON answer) instead of contacting URL, which then only names the enrollment record "
-        "in --state; needs --nonce",
-    )
-    g.add_argument(
-        "--nonce",
-        metavar="HEX",
-        help="with --evidence: the challenge the evidence must answer (16-64 bytes; a pair's "
-        "challenge with --host)",
-    )
-    g.add_argument(
-        "--save-evidence",
-        type=Path,
-        metavar="FILE",
-        help="write the evidence this contact gathered as a CMW (application/cmw+json; a "
-        "host+guest collection with --host); the note names the nonce it answers",
-    )
 
 
 def parse_nonce(args: argparse.Namespace) -> bytes:

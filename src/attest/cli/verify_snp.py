@@ -1,5 +1,6 @@
 """The ``guest-snp`` layer of ``attest verify --host HOST_URL GUEST_URL`` (docs/snp.md, "One verdict
-for host and guest"): the options, the AMD certificates and CRLs they name, and the call into
+for host and guest"): the AMD certificates and CRLs its options name (``--snp*``, in
+``attest.cli._verify_args``), and the call into
 ``attest.appraisal.snp.guest_snp_layer`` with the guest layer's evidence and enrollment (the
 fleet's pairs make the same call).
 
@@ -30,45 +31,6 @@ from attest.snp.verify import SnpVerifier
 from attest.storage.files import read_bytes
 
 MAX_INPUT = 1 << 20
-
-
-def add_snp_arguments(h: Any) -> None:
-    h.add_argument(
-        "--no-guest-vtpm",
-        action="store_true",
-        help="the guest has no vTPM: appraise it by its SEV-SNP report alone, tied to the host "
-        "by the chip the host's runtime log names (layers host and guest-snp; docs/snp.md)",
-    )
-    h.add_argument(
-        "--snp",
-        choices=["auto", "require", "off"],
-        default="auto",
-        help="the guest's SEV-SNP report (layer guest-snp): appraise it when sent (auto), "
-        "require one, or ignore it (default %(default)s)",
-    )
-    h.add_argument(
-        "--snp-crl",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="CRL",
-        help="an AMD CRL (DER or PEM, e.g. KDS crl for the product; repeatable)",
-    )
-    h.add_argument(
-        "--snp-amd-cert",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="PEM",
-        help="AMD certificates offered with every report (ARK, ASK; trusted only as far as "
-        "they chain to a pinned ARK)",
-    )
-    h.add_argument(
-        "--snp-release",
-        metavar="VERSION",
-        help="appraise the report under this release (default: the release whose blessed "
-        "launch has its MEASUREMENT)",
-    )
 
 
 def _crls(paths: list[Path]) -> list[UnverifiedCrl]:
