@@ -68,11 +68,15 @@ QUOTE_VERIFY += ["-s", f"{FIX}/quote.sig", "-f", f"{FIX}/quote.pcrs", "--nonce",
 
 
 def _imported_by(argv: list[str]) -> tuple[int, set[str]]:
-    """The exit code of ``attest ARGV`` in a fresh interpreter and every module it loaded."""
+    """The exit code of ``attest ARGV`` in a fresh interpreter and every module it loaded
+    (argparse's exits, ``--help`` and usage errors, included)."""
     code = (
         "import sys\n"
         "from attest.cli import main\n"
-        f"rc = main({argv!r})\n"
+        "try:\n"
+        f"    rc = main({argv!r})\n"
+        "except SystemExit as exc:\n"
+        "    rc = exc.code\n"
         "print('MODULES', rc, ' '.join(sorted(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -161,6 +165,50 @@ def test_fleet_ls_and_show_read_the_store_without_loading_the_service(tmp_path: 
     # serve and add still load what they use, when they run
     rc, loaded = _imported_by(["fleet", "add", "http://127.0.0.1:1", "--db", db])
     assert rc == 2 and not_needed - loaded <= {"attest.verifier.fleet.poller"}
+
+
+def test_verify_help_and_usage_errors_load_no_appraisal() -> None:
+    """``attest verify --help``, an option argparse refuses and a combination the command
+    refuses before any contact need the parser alone: neither the appraisal, the verifier's
+    client nor X.509 (0.36 -> 0.04 s a process on this machine, 2026-12-08)."""
+    not_needed = {
+        "attest.appraisal.engine",
+        "attest.cli._verify_common",
+        "attest.cli.verify_saved",
+        "attest.verifier.client",
+        "attest.manifest.verify",
+        "cryptography.x509",
+    }
+    for argv, want in (
+        (["verify", "--help"], 0),
+        (["verify", "http://127.0.0.1:1", "--pcrs", "zz"], 2),
+        (["verify", "http://127.0.0.1:1", "--guest-id", "g"], 2),
+    ):
+        rc, loaded = _imported_by(argv)
+        assert rc == want, argv
+        assert {m for m in loaded if m.split(".")[0] in HEAVY} == set(), argv
+        assert not loaded & not_needed, (argv, loaded & not_needed)
+    # and a contact loads them, when it runs
+    rc, loaded = _imported_by(["verify", "http://127.0.0.1:1", "--tofu"])
+    assert rc == 12 and not_needed <= loaded
+
+
+def test_a_pcr_selection_argparse_refuses_says_why() -> None:
+    """``--pcrs`` of verify, quote and demo: exit 2 with the selection's own error (argparse
+    alone printed "invalid parse value: 'zz'")."""
+    for argv, why in (
+        (
+            ["verify", "http://127.0.0.1:1", "--pcrs", "zz"],
+            "PCR selection 'zz' is not BANK:INDICES",
+        ),
+        (["quote", "create", "--pcrs", "sha256:0+sha256:1"], "bank sha256 selected twice"),
+        (["demo", "--pcrs", "sha999:0"], "unknown hash algorithm 'sha999'"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "attest", *argv], capture_output=True, text=True
+        )
+        assert done.returncode == 2, (argv, done.stderr)
+        assert f"error: argument --pcrs: {why}" in done.stderr, done.stderr
 
 
 def test_eventlog_show_and_diff_still_load_what_they_use(shared_dir: Path) -> None:

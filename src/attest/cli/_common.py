@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from datetime import datetime
     from pathlib import Path
 
+    from attest.model import PcrSelection
+
 # Exit codes (documented in the README's CLI reference).
 EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1  # evidence parsed but a check failed; the line names the check
@@ -116,6 +118,20 @@ def size_arg(text: str) -> int:
 
 
 MAX_INPUT_FILE = 16 * 1024 * 1024  # as storage.files.DEFAULT_MAX_READ; a node serves 4 MiB logs
+
+
+def pcr_selection_arg(text: str) -> PcrSelection:
+    """``type=`` for a PCR selection (``sha256:0,1,2+sha1:7``): a usage error that says what is
+    wrong with it (argparse alone says "invalid parse value"), the model loaded only when the
+    argument is given."""
+    import argparse
+
+    from attest.model import PcrSelection
+
+    try:
+        return PcrSelection.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def read_file(path: str | os.PathLike[str], *, max_size: int = MAX_INPUT_FILE) -> bytes:

@@ -8,13 +8,12 @@ import contextlib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attest.errors import ConfigError, EvidenceFormatError, ManifestFormatError
-from attest.manifest.model import VerifiedRegistry
-from attest.manifest.parse import MAX_REGISTRY_BYTES, MAX_ROOT_BYTES
-from attest.manifest.verify import verify_root_self_signed, verify_snapshot
-from attest.storage.files import read_bytes
-from attest.storage.trusted_state import load_state
+
+if TYPE_CHECKING:
+    from attest.manifest.model import VerifiedRegistry
 
 
 def add_registry_arguments(p: argparse.ArgumentParser, *, trust_dir_help: str) -> None:
@@ -26,6 +25,12 @@ def add_registry_arguments(p: argparse.ArgumentParser, *, trust_dir_help: str) -
 
 def load_registry(args: argparse.Namespace, now: datetime) -> VerifiedRegistry | None:
     """The registry the arguments name, verified at ``now``; None when they name none."""
+    # loaded here, not with the module: the parsers that add these options need none of it
+    from attest.manifest.parse import MAX_REGISTRY_BYTES, MAX_ROOT_BYTES
+    from attest.manifest.verify import verify_root_self_signed, verify_snapshot
+    from attest.storage.files import read_bytes
+    from attest.storage.trusted_state import load_state
+
     if args.trust_dir is not None:
         state = load_state(args.trust_dir)
         if state is None:

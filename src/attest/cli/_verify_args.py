@@ -8,8 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from attest.cli._common import pcr_selection_arg
 from attest.cli._registry import add_registry_arguments
-from attest.model import PcrSelection
 
 DEFAULT_STATE = "~/.local/state/attest/verifier"
 
@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pcrs",
-        type=PcrSelection.parse,
+        type=pcr_selection_arg,
         default=None,
         help="PCRs to quote besides the runtime PCR (default sha256:0-9,11,12,15)",
     )

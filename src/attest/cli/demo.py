@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attest.cli._common import EXIT_OK, EXIT_VERIFY_FAILED, print_json
+from attest.cli._common import EXIT_OK, EXIT_VERIFY_FAILED, pcr_selection_arg, print_json
 from attest.cli._demo_release import (
     TEST_TRUST,
     VERSION,
@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--pcrs",
         default="sha256:0-7",
-        type=PcrSelection.parse,
+        type=pcr_selection_arg,
         help="PCRs to quote besides the runtime PCR (default sha256:0-7)",
     )
     p.add_argument(

@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attest.cli._common import EXIT_OK, path_arg, print_json, read_file
+from attest.cli._common import EXIT_OK, path_arg, pcr_selection_arg, print_json, read_file
 from attest.errors import ConfigError, PcrSelectionError, QuoteFormatError
 from attest.model import HashAlg, PcrSelection, PcrValues
 from attest.tpmstruct import Alg, ObjectAttr, Public, parse_attest, parse_public, public_from_key
@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     c = qsub.add_parser("create", help="take a quote over PCRs with a caller-supplied nonce")
     c.add_argument("--tcti", required=True, help="device:/dev/tpmrm0 or swtpm:host=H,port=P")
     c.add_argument("--nonce", required=True, help="qualifying data, hex (at most 64 bytes)")
-    c.add_argument("--pcrs", required=True, type=_selection, help="e.g. sha256:0,1,2+sha1:7")
+    c.add_argument("--pcrs", required=True, type=pcr_selection_arg, help="e.g. sha256:0,1,2+sha1:7")
     c.add_argument(
         "--ak-type", default="ecc256", choices=["ecc256", "ecc384", "rsa2048", "rsa2048-pss"]
     )
@@ -61,7 +61,7 @@ def register(sub: Any) -> None:
     )
     v.add_argument(
         "--pcr-list",
-        type=_selection,
+        type=pcr_selection_arg,
         help="the selection that was asked for; the quote must cover exactly it "
         "(also labels a tpm2-tools values file)",
     )
@@ -73,13 +73,6 @@ def register(sub: Any) -> None:
     v.add_argument("--allow-sha1", action="store_true", help="accept SHA-1 signatures")
     v.add_argument("--json", action="store_true", help="JSON on stdout (the default)")
     v.set_defaults(func=cmd_verify, logs_nothing=True)
-
-
-def _selection(text: str) -> PcrSelection:
-    try:
-        return PcrSelection.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _nonce(text: str) -> bytes:
