@@ -52,12 +52,13 @@ from attest.verifier.fleet.config import (
 from attest.verifier.fleet.model import DEFAULT_STALE_INTERVALS, iso, node_json
 
 
-def _service(name: str) -> Callable[[argparse.Namespace], int]:
-    """``serve`` or ``add`` (``attest.cli._fleet_service``), imported when it runs: ``ls`` and
-    ``show`` read the store without loading the service (FastAPI, the poller, HTTP, X.509)."""
+def _service(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """``serve`` (``attest.cli._fleet_service``) or ``add`` (``attest.cli._fleet_add``),
+    imported when it runs: ``ls`` and ``show`` read the store without loading the service
+    (FastAPI, the poller, HTTP, X.509), and ``add`` enrolls without loading FastAPI."""
 
     def run(args: argparse.Namespace) -> int:
-        command = getattr(importlib.import_module("attest.cli._fleet_service"), name)
+        command = getattr(importlib.import_module(f"attest.cli.{module}"), name)
         rc: int = command(args)
         return rc
 
@@ -368,7 +369,7 @@ def _serve_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-
     _serve_access_options(s)
     _freshness_options(s, interval=False)
     _enrollment_options(s)
-    s.set_defaults(func=_service("cmd_serve"))
+    s.set_defaults(func=_service("_fleet_service", "cmd_serve"))
 
 
 def _add_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -407,7 +408,7 @@ def _add_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     a.add_argument("--json", action="store_true")
     _db_option(a)
     _enrollment_options(a)
-    a.set_defaults(func=_service("cmd_add"))
+    a.set_defaults(func=_service("_fleet_add", "cmd_add"))
 
 
 def _ls_parser(fs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
