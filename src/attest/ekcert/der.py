@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from attest.errors import CertificateFormatError
 
@@ -55,8 +56,7 @@ class Tolerated:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Tlv:
+class Tlv(NamedTuple):
     """One element: its identifier octets, where it lies in the buffer, and its contents
     (``content`` for a primitive element, ``children`` for a constructed one)."""
 
@@ -135,7 +135,14 @@ class _Reader:
         if self.elements > MAX_ELEMENTS:
             raise self.fail(pos, f"more than {MAX_ELEMENTS} elements")
         start = pos
-        cls, constructed, number, pos = self.identifier(pos, end)
+        buf = self.buf
+        if pos >= end:
+            raise self.fail(pos, "truncated")
+        first = buf[pos]
+        if first & 0x1F == 0x1F:  # high-tag-number form
+            cls, constructed, number, pos = self.identifier(pos, end)
+        else:  # one identifier octet: the usual case, read here without a call
+            cls, constructed, number, pos = first >> 6, bool(first & 0x20), first & 0x1F, pos + 1
         if cls == UNIVERSAL:
             if number == 0:
                 raise self.fail(start, "unexpected end-of-contents")
@@ -143,8 +150,12 @@ class _Reader:
                 raise self.fail(start, f"constructed encoding of universal type {number}")
             if not constructed and number in (SEQUENCE, SET):
                 raise self.fail(start, "primitive SEQUENCE or SET")
-        ident = self.buf[start:pos]
-        length, pos = self.length(pos, end, constructed)
+        ident = buf[start:pos]
+        if pos < end and buf[pos] < 0x80:  # short form: the usual case, read without a call
+            length: int | None = buf[pos]
+            pos += 1
+        else:
+            length, pos = self.length(pos, end, constructed)
         if length is None:
             children, after = self.until_eoc(pos, end, depth)
             return Tlv(ident, cls, constructed, number, start, after, b"", children)
@@ -152,7 +163,7 @@ class _Reader:
             raise self.fail(start, f"length {length} runs past the enclosing element")
         stop = pos + length
         if not constructed:
-            return Tlv(ident, cls, False, number, start, stop, self.buf[pos:stop], ())
+            return Tlv(ident, cls, False, number, start, stop, buf[pos:stop], ())
         children_list = []
         while pos < stop:
             child = self.element(pos, stop, depth + 1)
