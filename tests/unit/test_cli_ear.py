@@ -180,3 +180,15 @@ def test_a_jwk_nested_past_the_parsers_limit_is_a_key_error(
     assert _run(v.TRUSTEE_JWT, "--key", deep) == 2
     err = capsys.readouterr().err
     assert err == f"attest: configuration error: --key: {deep}: not JSON (a JWK or a JWK set)\n"
+
+
+def test_a_token_that_is_neither_a_file_nor_a_jwt_says_both(
+    pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TOKEN is a file or the JWT itself: when it is neither, the error names both (it said
+    only "No such file or directory"); still an I/O error, exit 6."""
+    assert _run("garbage", "--key", pem) == 6
+    assert capsys.readouterr().err == (
+        "attest: cannot access garbage: no such file, and not a JWT (three base64url parts "
+        "and dots)\n"
+    )

@@ -15,6 +15,7 @@ failed (signature, time, nonce), 3 the token does not parse.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
@@ -156,7 +157,13 @@ def _token(arg: str) -> str | bytes:
         path = Path(arg)
         if _JWT_SHAPE.fullmatch(arg) and not _is_file(path):
             return arg  # the JWT itself
-        with path.open("rb") as f:
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:  # the argument is either: say so for both
+            raise FileNotFoundError(
+                errno.ENOENT, "no such file, and not a JWT (three base64url parts and dots)", arg
+            ) from None
+        with f:
             data = f.read(MAX_TOKEN + 1)
     if len(data) > MAX_TOKEN:
         raise EvidenceFormatError("the EAR is over 1 MiB")
