@@ -118,13 +118,7 @@ class Floor:
         due, slot = loop.time(), 0
         while not stop.is_set():
             nonce = os.urandom(32)
-            body = orjson.dumps(
-                {
-                    "nonce": nonce.hex(),
-                    "pcrs": {"sha256": [0, 1, 2, 3, 4, 5, 6, 7, 13]},
-                    "logs": offsets,
-                }
-            )
+            body = orjson.dumps({"nonce": nonce.hex(), "pcrs": PCRS, "logs": offsets})
             writer.write(
                 b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
